@@ -1,0 +1,1 @@
+//! regionkv-engine: see ARCHITECTURE.md. Filled in by its issue.

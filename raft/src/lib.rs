@@ -1,0 +1,1 @@
+//! regionkv-raft: see ARCHITECTURE.md. Filled in by its issue.

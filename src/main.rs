@@ -1,0 +1,3 @@
+//! The `regionkv` command-line tool.
+
+fn main() {}

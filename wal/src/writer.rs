@@ -1,0 +1,169 @@
+//! The leader's side of a group: frame, write, roll, sync.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::RwLock;
+
+use crate::error::{Error, Result};
+use crate::fs::FileSystem;
+use crate::group_commit::{Cause, GroupBuf, GroupWriter};
+use crate::lsn::Lsn;
+use crate::pool::Pool;
+use crate::record::{self, HEADER_LEN, RecordKind};
+use crate::segment::{SEGMENT_HEADER_LEN, Segment};
+
+/// State shared by the writer, readers and purge.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub fs: Arc<dyn FileSystem>,
+    pub dir: PathBuf,
+    /// Live segments, oldest first; the last is the active one.
+    pub segments: RwLock<VecDeque<Arc<Segment>>>,
+    /// One past the last durable byte: readers see only records below it.
+    pub durable_end: AtomicU64,
+    pub pool: Arc<Pool>,
+    pub io: IoCounters,
+}
+
+impl Shared {
+    pub fn durable_end(&self) -> Lsn {
+        Lsn(self.durable_end.load(Ordering::Acquire))
+    }
+}
+
+/// Counters kept by the writer.
+#[derive(Debug, Default)]
+pub(crate) struct IoCounters {
+    pub fsyncs: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub segment_rolls: AtomicU64,
+}
+
+/// Writes groups into the active segment; owned by the group-commit kernel, so only the
+/// current leader touches it.
+#[derive(Debug)]
+pub(crate) struct LogWriter {
+    shared: Arc<Shared>,
+    active: Arc<Segment>,
+    /// File offset of the next record in the active segment.
+    offset: u64,
+    /// Every byte below this Lsn is durable; stamped into each header as `durable`.
+    synced: Lsn,
+}
+
+impl LogWriter {
+    pub fn new(shared: Arc<Shared>, active: Arc<Segment>, offset: u64) -> LogWriter {
+        let synced = active.lsn_at(offset);
+        shared.durable_end.store(synced.0, Ordering::Release);
+        LogWriter { shared, active, offset, synced }
+    }
+
+    /// Writes and syncs the records of `group`; see [`GroupWriter::write_group`].
+    fn write_records(&mut self, group: &mut GroupBuf, lsns: &mut Vec<Lsn>) -> Result<()> {
+        let count = group.slots.len();
+        // Every write ends with an all-zero header, the end marker: recovery then tells a
+        // clean end (zeros) from a torn write (bad bytes), even in a recycled segment
+        // full of stale records. The marker of a run that ends before the next record's
+        // slot is that slot's still-blank header; after the last record, these zeros.
+        let body = group.bytes.len();
+        group.bytes.resize(body + HEADER_LEN, 0);
+        let mut i = 0;
+        while i < count {
+            // Frame the longest run of records that fits in the active segment ...
+            let run_start = group.slots[i].offset;
+            let mut end = self.offset;
+            let mut j = i;
+            while j < count && end + group.encoded_len(j) as u64 <= self.active.capacity {
+                let slot = group.slots[j];
+                let lsn = self.active.lsn_at(end);
+                let header = &mut group.bytes[slot.offset..];
+                record::write_header(header, lsn, slot.kind, slot.len, slot.pcrc, self.synced);
+                lsns.push(lsn);
+                end += group.encoded_len(j) as u64;
+                j += 1;
+            }
+            // ... write it with its end marker in one call ...
+            if j > i {
+                let marker = (HEADER_LEN as u64).min(self.active.capacity - end);
+                let run_len =
+                    usize::try_from(end - self.offset + marker).expect("runs fit in memory");
+                let run = &group.bytes[run_start..run_start + run_len];
+                self.active
+                    .file
+                    .write_at(self.offset, run)
+                    .map_err(|e| Error::io("write", &self.active.path, e))?;
+                self.shared.io.bytes_written.fetch_add(run.len() as u64, Ordering::Relaxed);
+                self.offset = end;
+            }
+            // ... and continue in a fresh segment if records remain.
+            if j < count {
+                if self.offset == SEGMENT_HEADER_LEN {
+                    // Append checks record sizes against the segment size; a record that
+                    // does not fit an empty segment means those checks were bypassed.
+                    return Err(Error::RecordTooLarge {
+                        len: group.slots[j].len as usize,
+                        max: usize::try_from(self.active.capacity - SEGMENT_HEADER_LEN)
+                            .unwrap_or(usize::MAX),
+                    });
+                }
+                self.roll()?;
+            }
+            i = j;
+        }
+        group.bytes.truncate(body);
+        self.sync()
+    }
+
+    /// Makes everything written durable and publishes the new durable end.
+    pub fn sync(&mut self) -> Result<()> {
+        self.active.file.sync_data().map_err(|e| Error::io("fdatasync", &self.active.path, e))?;
+        self.shared.io.fsyncs.fetch_add(1, Ordering::Relaxed);
+        let end = self.active.lsn_at(self.offset);
+        // The durable end only moves forward (P7); a regression would expose lost data.
+        assert!(end >= self.synced, "durable end went backwards: {end:?} < {:?}", self.synced);
+        self.synced = end;
+        self.shared.durable_end.store(end.0, Ordering::Release);
+        Ok(())
+    }
+
+    /// Seals the active segment and makes a spare the next one.
+    ///
+    /// The finished segment is synced first, so the existence of a next segment proves
+    /// it complete; [`Pool::install_segment`] then makes the next one appear whole.
+    fn roll(&mut self) -> Result<()> {
+        self.sync()?;
+        let end = self.synced;
+        let id = self.active.id.next();
+        let next = Arc::new(self.shared.pool.install_segment(id, end)?);
+        {
+            let mut segments = self.shared.segments.write();
+            let last = segments.back_mut().expect("the active segment is listed");
+            *last = Arc::new(last.sealed(end));
+            segments.push_back(next.clone());
+        }
+        tracing::debug!(segment = %id, start = %end, "rolled to a new WAL segment");
+        self.shared.io.segment_rolls.fetch_add(1, Ordering::Relaxed);
+        self.active = next;
+        self.offset = SEGMENT_HEADER_LEN;
+        Ok(())
+    }
+
+    /// Writes the seal record of a clean close.
+    pub fn seal(&mut self) -> Result<()> {
+        let mut group = GroupBuf::default();
+        group.push(RecordKind::Seal, &[], record::payload_crc(&[]));
+        self.write_records(&mut group, &mut Vec::with_capacity(1))
+    }
+}
+
+impl GroupWriter for LogWriter {
+    fn write_group(&mut self, group: &mut GroupBuf, lsns: &mut Vec<Lsn>) -> Result<(), Cause> {
+        self.write_records(group, lsns).map_err(|e| {
+            tracing::error!(error = %e, "WAL write failed; the log is now poisoned and must be reopened");
+            Arc::from(e.to_string())
+        })
+    }
+}
