@@ -4,3 +4,5 @@
 //! ([`wal`]); the engine, Raft store and client API land on top of it.
 
 pub use regionkv_wal as wal;
+
+pub mod bench;
