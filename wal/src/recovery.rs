@@ -130,7 +130,7 @@ fn list(fs: &dyn FileSystem, dir: &Path, segment_bytes: u64) -> Result<Listing> 
                 removed = true;
             }
             FileName::Other => {
-                tracing::debug!(file = %path.display(), "ignoring unknown file in the WAL directory")
+                tracing::debug!(file = %path.display(), "ignoring unknown file in the WAL directory");
             }
         }
     }

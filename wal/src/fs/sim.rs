@@ -240,6 +240,14 @@ impl SplitMix {
     }
 }
 
+/// Why a mutating call did not happen.
+enum Refusal {
+    /// The machine has stopped or crashed: the call has no effect at all.
+    Down(io::Error),
+    /// The fault hook failed it.
+    Injected(io::Error),
+}
+
 fn machine_down() -> io::Error {
     io::Error::other("simulated machine is down")
 }
@@ -341,16 +349,26 @@ impl SimFs {
 impl State {
     /// Counts a mutating call, applies the halt point and the fault hook.
     fn begin(&mut self, kind: SimOpKind, path: &Path, offset: u64, len: u64) -> io::Result<()> {
-        if self.dead {
-            return Err(machine_down());
+        match self.begin_op(kind, path, offset, len) {
+            Ok(()) => Ok(()),
+            Err(Refusal::Down(e) | Refusal::Injected(e)) => Err(e),
         }
-        if self.halt_after.is_some_and(|h| self.ops >= h) {
-            return Err(machine_down());
+    }
+
+    fn begin_op(
+        &mut self,
+        kind: SimOpKind,
+        path: &Path,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), Refusal> {
+        if self.dead || self.halt_after.is_some_and(|h| self.ops >= h) {
+            return Err(Refusal::Down(machine_down()));
         }
         self.ops += 1;
         let op = SimOp { index: self.ops, kind, path: path.to_owned(), offset, len };
         match self.hook.as_mut().and_then(|hook| hook(&op)) {
-            Some(err) => Err(err),
+            Some(err) => Err(Refusal::Injected(err)),
             None => Ok(()),
         }
     }
@@ -497,15 +515,23 @@ impl File for SimFile {
 
     fn sync_data(&self) -> io::Result<()> {
         let mut st = self.state.lock();
-        let result = st.begin(SimOpKind::SyncData, &self.path, 0, 0);
+        let result = st.begin_op(SimOpKind::SyncData, &self.path, 0, 0);
         let inode = st.inodes.get_mut(&self.ino).expect("open inode exists");
         match result {
-            Ok(()) => inode.sync(),
+            Ok(()) => {
+                inode.sync();
+                Ok(())
+            }
+            // A stopped machine does nothing at all: the dirty data stays in limbo for
+            // `crash` to decide.
+            Err(Refusal::Down(e)) => Err(e),
             // Linux marks the pages clean after a failed writeback: they are never
             // written, and the next sync has nothing to report.
-            Err(_) => inode.dirty.clear(),
+            Err(Refusal::Injected(e)) => {
+                inode.dirty.clear();
+                Err(e)
+            }
         }
-        result
     }
 
     fn len(&self) -> io::Result<u64> {
@@ -630,12 +656,16 @@ mod tests {
     }
 
     #[test]
-    fn halted_machine_refuses_writes() {
+    fn halted_machine_refuses_calls_without_effect() {
         let (fs, dir) = setup();
         let f = fs.open(&dir.join("a"), OpenMode::CreateNew).unwrap();
         fs.halt_after(1);
         f.write_at(0, b"one").unwrap();
         assert!(f.write_at(3, b"two").is_err());
+        assert!(f.sync_data().is_err());
         assert_eq!(fs.contents(&dir.join("a")).unwrap(), b"one");
+        // The refused sync did not drop the unsynced write: a crash may still keep it.
+        assert_eq!(fs.unsynced_bytes(), 3);
+        assert_eq!(fs.crash(CrashMode::Persisted).contents(&dir.join("a")).unwrap(), b"one");
     }
 }
