@@ -6,3 +6,4 @@
 pub use regionkv_wal as wal;
 
 pub mod bench;
+pub mod demo;

@@ -1,2 +1,10 @@
 //! `regionkv bench`: throughput and latency, each next to a baseline measured in the
 //! same run (the disk's raw fdatasync rate and bandwidth, a bare data structure).
+
+#![allow(
+    clippy::cast_precision_loss,
+    reason = "counts become f64 rates; 2^52 operations is far beyond any run"
+)]
+
+pub mod disk;
+pub mod wal;

@@ -44,7 +44,8 @@ impl Default for SyncPolicy {
 /// Whether spare segments are prepared ahead of need on a background thread.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SparePreparation {
-    /// A `wal-spares` thread keeps spares zero-filled ahead of need (the default).
+    /// A `wal-spares` thread keeps a zero-filled spare ready when no recycled one is
+    /// (the default).
     #[default]
     Background,
     /// Spares are made by the writer when it needs one: no thread, so the sequence of
@@ -67,7 +68,9 @@ pub struct WalOptions {
     /// A position the caller knows to be durable (persisted elsewhere); damage below it
     /// is always corruption. Default [`Lsn::ZERO`].
     pub durable_floor: Lsn,
-    /// Spare segments kept ready and recycled. Default 2.
+    /// Most purged segment files kept for reuse. Default 2. With
+    /// [`SparePreparation::Background`] one zero-filled spare is also kept ready
+    /// whenever none is.
     pub spare_segments: usize,
     /// How spares are prepared. Default: in the background.
     pub spare_preparation: SparePreparation,
@@ -238,13 +241,19 @@ impl Wal {
             options.recovery,
             options.durable_floor,
         )?;
-        let pool = Arc::new(Pool::new(
+        let mut pool = Arc::new(Pool::new(
             fs.clone(),
             &dir,
             options.segment_bytes,
             options.spare_segments,
             recovered.spares,
         ));
+        let spares_thread = match options.spare_preparation {
+            SparePreparation::Background => {
+                Some(pool.spawn().map_err(|e| Error::io("spawn wal-spares thread", &dir, e))?)
+            }
+            SparePreparation::OnDemand => None,
+        };
         let mut report = recovered.report;
         let (segments, tail_offset) = if recovered.segments.is_empty() {
             let first = pool.install_segment(SegmentId(1), Lsn::ZERO)?;
@@ -274,12 +283,6 @@ impl Wal {
                 max_group_records: 1,
                 delay: None,
             },
-        };
-        let spares_thread = match options.spare_preparation {
-            SparePreparation::Background if options.spare_segments > 0 => Some(
-                pool.spawn().map_err(|e| Error::io("spawn wal-spares thread", &shared.dir, e))?,
-            ),
-            _ => None,
         };
         tracing::info!(
             dir = %shared.dir.display(),

@@ -6,6 +6,12 @@
 //! segment file is written with zeros in full before it is used, and a purged segment
 //! is renamed back into the pool rather than deleted.
 //!
+//! Recycled files are preferred: the background preparer zero-fills a new spare only
+//! when none is ready, since in a store that purges its log (after checkpoints) the
+//! purged segments come back faster than they are needed, and zero-filling writes every
+//! byte twice. A writer that finds the pool empty waits for a fill in progress rather
+//! than start a second one.
+//!
 //! A spare is made as `spare-N.tmp`, zero-filled, synced, renamed to `spare-N.wal`, and
 //! the directory synced; a crash leaves either a complete spare or a `.tmp` that the
 //! next open deletes. A recycled spare still holds its old records; they cannot be
@@ -30,13 +36,24 @@ use crate::segment::{
 /// Zeros are written in chunks of this size.
 const FILL_CHUNK: usize = 1 << 20;
 
+/// How a new spare's blocks are allocated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fill {
+    /// Written with zeros: later overwrites make the cheapest fdatasyncs.
+    Zeros,
+    /// Only sized (`set_len`): instant, blocks allocated as the log writes them.
+    Sparse,
+}
+
 #[derive(Debug)]
 pub(crate) struct Pool {
     fs: Arc<dyn FileSystem>,
     dir: PathBuf,
     segment_bytes: u64,
-    /// Spares to keep ready ahead of need.
-    target: usize,
+    /// Most spares kept by recycling.
+    capacity: usize,
+    /// A background preparer runs.
+    background: bool,
     state: Mutex<PoolState>,
     wake: Condvar,
 }
@@ -46,6 +63,8 @@ struct PoolState {
     spares: Vec<PathBuf>,
     next_no: u64,
     stop: bool,
+    /// The preparer is zero-filling a spare.
+    filling: bool,
 }
 
 impl Pool {
@@ -53,7 +72,7 @@ impl Pool {
         fs: Arc<dyn FileSystem>,
         dir: &Path,
         segment_bytes: u64,
-        target: usize,
+        capacity: usize,
         spares: Vec<(u64, PathBuf)>,
     ) -> Pool {
         let next_no = spares.iter().map(|(n, _)| n + 1).max().unwrap_or(0);
@@ -61,24 +80,31 @@ impl Pool {
             fs,
             dir: dir.to_owned(),
             segment_bytes,
-            target,
+            capacity,
+            background: false,
             state: Mutex::new(PoolState {
                 spares: spares.into_iter().map(|(_, p)| p).collect(),
                 next_no,
                 stop: false,
+                filling: false,
             }),
             wake: Condvar::new(),
         }
     }
 
-    /// A ready spare file: one from the pool, or one made now if the pool is empty.
+    /// A ready spare file: one from the pool, or else one made now.
+    ///
+    /// With a background preparer the writer never waits for a zero-fill: it takes a
+    /// sparse file (allocated as it is written; fsyncs cost more until it is full) and
+    /// the preparer zero-fills the next spare meanwhile. Without one, it zero-fills
+    /// here.
     fn take(&self) -> io::Result<PathBuf> {
-        let taken = self.state.lock().spares.pop();
-        self.wake.notify_all();
-        match taken {
-            Some(path) => Ok(path),
-            None => self.make(),
+        if let Some(path) = self.state.lock().spares.pop() {
+            self.wake.notify_all();
+            return Ok(path);
         }
+        self.wake.notify_all();
+        self.make(if self.background { Fill::Sparse } else { Fill::Zeros })
     }
 
     /// Turns a spare into live segment `id` starting at `start`.
@@ -107,7 +133,7 @@ impl Pool {
     /// The caller syncs the directory.
     pub fn recycle(&self, path: &Path) -> io::Result<()> {
         let mut st = self.state.lock();
-        if st.spares.len() >= self.target {
+        if st.spares.len() >= self.capacity {
             drop(st);
             return self.fs.remove_file(path);
         }
@@ -115,6 +141,8 @@ impl Pool {
         st.next_no += 1;
         self.fs.rename(path, &spare)?;
         st.spares.push(spare);
+        drop(st);
+        self.wake.notify_all();
         Ok(())
     }
 
@@ -122,8 +150,8 @@ impl Pool {
         self.state.lock().spares.len()
     }
 
-    /// Makes one zero-filled spare and adds nothing to the pool: the caller gets it.
-    fn make(&self) -> io::Result<PathBuf> {
+    /// Makes one spare and adds nothing to the pool: the caller gets it.
+    fn make(&self, allocation: Fill) -> io::Result<PathBuf> {
         let n = {
             let mut st = self.state.lock();
             st.next_no += 1;
@@ -132,14 +160,17 @@ impl Pool {
         let tmp = self.dir.join(format!("spare-{n:016x}.tmp"));
         let path = self.dir.join(spare_file_name(n));
         let file = self.fs.open(&tmp, OpenMode::CreateNew)?;
-        let zeros =
-            vec![0u8; FILL_CHUNK.min(usize::try_from(self.segment_bytes).unwrap_or(FILL_CHUNK))];
-        let mut offset = 0;
-        while offset < self.segment_bytes {
-            let n =
-                zeros.len().min(usize::try_from(self.segment_bytes - offset).unwrap_or(usize::MAX));
-            file.write_at(offset, &zeros[..n])?;
-            offset += n as u64;
+        match allocation {
+            Fill::Zeros => {
+                let zeros = vec![0u8; FILL_CHUNK.min(self.segment_bytes as usize)];
+                let mut offset = 0;
+                while offset < self.segment_bytes {
+                    let len = zeros.len().min((self.segment_bytes - offset) as usize);
+                    file.write_at(offset, &zeros[..len])?;
+                    offset += len as u64;
+                }
+            }
+            Fill::Sparse => file.set_len(self.segment_bytes)?,
         }
         file.sync_data()?;
         self.fs.rename(&tmp, &path)?;
@@ -147,35 +178,44 @@ impl Pool {
         Ok(path)
     }
 
-    /// Keeps `target` spares ready until [`Pool::stop`]; runs on its own thread.
+    /// Keeps one spare ready until [`Pool::stop`]; runs on its own thread.
     fn run(&self) {
         loop {
             {
                 let mut st = self.state.lock();
-                while !st.stop && st.spares.len() >= self.target {
+                while !st.stop && (!st.spares.is_empty() || st.filling) {
                     self.wake.wait(&mut st);
                 }
                 if st.stop {
                     return;
                 }
+                st.filling = true;
             }
-            match self.make() {
-                Ok(path) => self.state.lock().spares.push(path),
+            let made = self.make(Fill::Zeros);
+            let mut st = self.state.lock();
+            st.filling = false;
+            match made {
+                Ok(path) => st.spares.push(path),
                 Err(e) => {
                     // Not fatal here: the writer makes spares itself when the pool is
                     // empty, and fails the log if that fails too.
                     tracing::warn!(error = %e, dir = %self.dir.display(), "could not prepare a spare WAL segment; retrying in 1 s");
-                    let mut st = self.state.lock();
+                    self.wake.notify_all();
                     if !st.stop {
                         self.wake.wait_for(&mut st, Duration::from_secs(1));
                     }
+                    continue;
                 }
             }
+            drop(st);
+            self.wake.notify_all();
         }
     }
 
-    /// Starts the background preparer.
-    pub fn spawn(self: &Arc<Self>) -> io::Result<JoinHandle<()>> {
+    /// Starts the background preparer; `take` no longer waits for zero-fills.
+    pub fn spawn(self: &mut Arc<Self>) -> io::Result<JoinHandle<()>> {
+        Arc::get_mut(self).expect("the preparer starts before the pool is shared").background =
+            true;
         let pool = self.clone();
         std::thread::Builder::new().name("wal-spares".into()).spawn(move || pool.run())
     }
