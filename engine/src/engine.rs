@@ -285,7 +285,7 @@ impl Engine {
                 let file = if let Some(file) = files.get(&part.file_id) {
                     file.clone()
                 } else {
-                    let file = map_checkpoint(fs.as_ref(), &dir, part.file_id)?;
+                    let file = map_checkpoint(fs.as_ref(), &dir, part)?;
                     files.insert(part.file_id, file.clone());
                     file
                 };
@@ -559,6 +559,7 @@ impl Engine {
             applied_index,
             start: region.start.clone(),
             end: region.end.clone(),
+            file_bytes: Some(stats.file_bytes),
         };
         let map = self.region_map();
         set_regions(&mut next, &map, |r| (r.id == id).then(|| vec![whole.clone()]));
@@ -582,7 +583,7 @@ impl Engine {
             return Err(Error::RegionNotFound { region: id });
         };
         let [part] = entry.checkpoints.as_slice() else { return Ok(None) };
-        let file = map_checkpoint(self.inner.fs.as_ref(), &self.inner.dir, part.file_id)?;
+        let file = map_checkpoint(self.inner.fs.as_ref(), &self.inner.dir, part)?;
         let h = file.header();
         let whole = h.region.id == id && h.region.start == part.start && h.region.end == part.end;
         Ok(whole.then_some(file))
@@ -635,6 +636,7 @@ impl Engine {
             applied_index: header.applied_index,
             start: region.start.clone(),
             end: region.end.clone(),
+            file_bytes: Some(file.stats().file_bytes),
         };
         let mut next = durable.manifest.clone();
         next.next_file_id = durable.next_file_id;
@@ -865,6 +867,7 @@ fn restrict(parts: &[CheckpointRef], region: &Region) -> Vec<CheckpointRef> {
                 applied_index: p.applied_index,
                 start: start.to_vec(),
                 end: end.map(<[u8]>::to_vec),
+                file_bytes: p.file_bytes,
             })
         })
         .collect()
@@ -889,9 +892,21 @@ fn set_regions(
         .collect();
 }
 
-fn map_checkpoint(fs: &dyn FileSystem, dir: &Path, file_id: u64) -> Result<CheckpointFile> {
-    let path = dir.join(checkpoint_name(file_id));
+/// Maps and verifies the file of `part`, after checking its length if the manifest
+/// recorded one.
+fn map_checkpoint(fs: &dyn FileSystem, dir: &Path, part: &CheckpointRef) -> Result<CheckpointFile> {
+    let path = dir.join(checkpoint_name(part.file_id));
     let file = fs.open(&path, OpenMode::Existing).map_err(|e| Error::io("open", &path, e))?;
+    if let Some(expected) = part.file_bytes {
+        let len = file.len().map_err(|e| Error::io("stat", &path, e))?;
+        if len != expected {
+            return Err(Error::corruption(
+                &path,
+                len.min(expected),
+                format!("file is {len} bytes, the manifest says {expected}"),
+            ));
+        }
+    }
     let data = file.map().map_err(|e| Error::io("map", &path, e))?;
     CheckpointFile::open(data, &path)
 }

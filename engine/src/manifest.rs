@@ -16,6 +16,13 @@
 //! record, so a field added in a later version is `None` in an older file, never a
 //! guess.
 //!
+//! Versions:
+//!
+//! - 1: store id, clean-shutdown flag, next file id, regions with checkpoint parts,
+//!   task state.
+//! - 2: adds `file_bytes` to checkpoint parts (optional; readers of version 1 skip
+//!   it, so the minimum reader stays 1). Migration 1 -> 2 fills it in from the files.
+//!
 //! The manifest is replaced atomically: written in full to `MANIFEST.tmp`, fsynced,
 //! renamed over `MANIFEST`, and the directory fsynced.
 
@@ -32,7 +39,7 @@ use crate::region::{Region, StoreId};
 /// Identifies a regionkv manifest.
 pub(crate) const MAGIC: [u8; 8] = *b"rkvMAN\r\n";
 /// The manifest format this binary writes.
-pub const MANIFEST_FORMAT_VERSION: u32 = 1;
+pub const MANIFEST_FORMAT_VERSION: u32 = 2;
 /// The oldest manifest format this binary can migrate from.
 pub const OLDEST_MIGRATABLE_VERSION: u32 = 1;
 /// The oldest reader version that can read what this binary writes.
@@ -66,7 +73,10 @@ const C_APPLIED_INDEX: u16 = 2;
 const C_START: u16 = 3;
 const C_END: u16 = 4;
 const C_END_UNBOUNDED: u16 = 5;
-const CHECKPOINT_TAGS: &[u16] = &[C_FILE_ID, C_APPLIED_INDEX, C_START, C_END, C_END_UNBOUNDED];
+/// Since version 2.
+const C_FILE_BYTES: u16 = 6;
+const CHECKPOINT_TAGS: &[u16] =
+    &[C_FILE_ID, C_APPLIED_INDEX, C_START, C_END, C_END_UNBOUNDED, C_FILE_BYTES];
 // Task fields.
 const T_NAME: u16 = 1;
 const T_DATA: u16 = 2;
@@ -121,6 +131,9 @@ pub struct CheckpointRef {
     pub start: Vec<u8>,
     /// End of that part; `None` is unbounded.
     pub end: Option<Vec<u8>>,
+    /// Length of the whole file (since format version 2; `None` in a part written by
+    /// version 1 and not migrated). Checked before the file is mapped.
+    pub file_bytes: Option<u64>,
 }
 
 /// A hosted region and where its durable data is.
@@ -181,6 +194,9 @@ impl Manifest {
                         codec::put_u64(out, C_APPLIED_INDEX, ckpt.applied_index);
                         codec::put_field(out, C_START, &ckpt.start);
                         codec::put_range_end(out, C_END, C_END_UNBOUNDED, ckpt.end.as_deref());
+                        if let Some(bytes) = ckpt.file_bytes {
+                            codec::put_u64(out, C_FILE_BYTES, bytes);
+                        }
                     });
                 }
             });
@@ -333,6 +349,7 @@ fn decode_checkpoint_ref(buf: &[u8], skip_unknown: bool) -> DecodeResult<Checkpo
         applied_index: rec.required(C_APPLIED_INDEX, "applied index missing")?.as_u64()?,
         start: rec.required(C_START, "checkpoint start missing")?.value.to_vec(),
         end: codec::range_end(&rec, C_END, C_END_UNBOUNDED)?,
+        file_bytes: rec.optional(C_FILE_BYTES)?.map(|f| f.as_u64()).transpose()?,
     })
 }
 
@@ -350,7 +367,30 @@ pub struct Migration {
 }
 
 /// Every migration, in order. Each released format version gets one step to the next.
-pub const MIGRATIONS: &[Migration] = &[];
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    from: 1,
+    to: 2,
+    description: "record the length of every checkpoint file",
+    run: fill_file_bytes,
+}];
+
+const _: () = assert!(
+    MIGRATIONS.len() as u32 == MANIFEST_FORMAT_VERSION - OLDEST_MIGRATABLE_VERSION,
+    "one migration per version step"
+);
+
+/// Migration 1 -> 2: `file_bytes` of every checkpoint part, from the file itself.
+fn fill_file_bytes(manifest: &mut Manifest, fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+    for entry in &mut manifest.regions {
+        for part in &mut entry.checkpoints {
+            let path = dir.join(format!("{:016x}.ckpt", part.file_id));
+            let file =
+                fs.open(&path, OpenMode::Existing).map_err(|e| Error::io("open", &path, e))?;
+            part.file_bytes = Some(file.len().map_err(|e| Error::io("stat", &path, e))?);
+        }
+    }
+    Ok(())
+}
 
 /// Runs the chained migrations from `manifest.format_version` to the current version.
 pub fn migrate(manifest: &mut Manifest, fs: &dyn FileSystem, dir: &Path) -> Result<Vec<u32>> {
@@ -461,12 +501,14 @@ pub(crate) mod tests {
                     applied_index: 40,
                     start: Vec::new(),
                     end: Some(b"g".to_vec()),
+                    file_bytes: Some(1000),
                 },
                 CheckpointRef {
                     file_id: 4,
                     applied_index: 12,
                     start: b"g".to_vec(),
                     end: Some(b"m".to_vec()),
+                    file_bytes: None,
                 },
             ],
         });
