@@ -169,22 +169,20 @@ impl<'e> ApplyRound<'e> {
     /// Makes `region` the current region of the round, after checking that the store
     /// hosts it at exactly `epoch`, and pins it until the round ends.
     ///
-    /// Preparing the current region again is a no-op. Preparing a region that was
-    /// current earlier in this round is [`Error::RegionAlreadyPrepared`].
+    /// Preparing the current region again re-checks its epoch (and picks up its range
+    /// after a split or merge). Preparing a region that was current earlier in this
+    /// round is [`Error::RegionAlreadyPrepared`]. On error the round is unchanged.
     pub fn prepare_for_region(&mut self, region: RegionId, epoch: Epoch) -> Result<()> {
-        if let Some(current) = &self.current
-            && current.region.id == region
-        {
-            if current.region.epoch != epoch {
-                return Err(self.engine.epoch_not_match(region, epoch));
-            }
-            return Ok(());
-        }
-        if self.prepared.contains(&region) {
+        let is_current = self.current.as_ref().is_some_and(|c| c.region.id == region);
+        if !is_current && self.prepared.contains(&region) {
             return Err(Error::RegionAlreadyPrepared { region });
         }
+        // Checked against the map even for the current region: a split or merge since
+        // it was prepared changed its epoch and range. Pinning twice is a no-op.
         let found = self.engine.pin_for_round(self.id, region, epoch)?;
-        self.prepared.push(region);
+        if !is_current {
+            self.prepared.push(region);
+        }
         self.current = Some(Prepared { region: found });
         Ok(())
     }
