@@ -36,19 +36,31 @@ enum Op {
     Delete(u8),
     /// Writes (key, Some(value) = put, None = delete) in one round, region by region;
     /// `stale` also tries a stale epoch and a key outside the region first.
-    Batch { writes: Vec<(u8, Option<Vec<u8>>)>, stale: bool },
-    Scan { start: u8, end: Option<u8>, limit: usize },
+    Batch {
+        writes: Vec<(u8, Option<Vec<u8>>)>,
+        stale: bool,
+    },
+    Scan {
+        start: u8,
+        end: Option<u8>,
+        limit: usize,
+    },
     TakeSnapshot,
     ReadSnapshot(usize),
     DropSnapshot(usize),
     Split(u8),
-    Merge { region: usize, right: bool },
+    Merge {
+        region: usize,
+        right: bool,
+    },
     Remove(usize),
     InsertAbsent(usize),
     Checkpoint(usize),
     CheckpointAll,
     Gc(usize),
-    Reopen { crash: bool },
+    Reopen {
+        crash: bool,
+    },
 }
 
 fn value() -> impl Strategy<Value = Vec<u8>> {
@@ -105,7 +117,11 @@ fn clear_range(data: &mut Data, r: &Region) {
 }
 
 fn scan_all(snapshot: &Snapshot) -> Data {
-    snapshot.scan(b"", None, usize::MAX).into_iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+    snapshot
+        .scan(b"", None, usize::MAX)
+        .into_iter()
+        .map(|(k, v)| (k.to_vec(), v.to_vec()))
+        .collect()
 }
 
 impl Harness {
@@ -161,7 +177,10 @@ impl Harness {
                 if let Some((snap, data)) = self.snapshots.get(i % self.snapshots.len().max(1)) {
                     prop_assert_eq!(&scan_all(snap), data, "snapshot lost or gained data");
                     for i in 0..KEYS {
-                        prop_assert_eq!(snap.get(&key(i)).map(|v| v.to_vec()), data.get(&key(i)).cloned());
+                        prop_assert_eq!(
+                            snap.get(&key(i)).map(|v| v.to_vec()),
+                            data.get(&key(i)).cloned()
+                        );
                     }
                 }
             }
@@ -189,13 +208,19 @@ impl Harness {
                 self.regions.retain(|r| r.id != region.id);
             }
             Op::InsertAbsent(i) => {
-                let gaps: Vec<_> =
-                    self.engine.region_map().slots().into_iter().filter(|s| s.region.is_none()).collect();
+                let gaps: Vec<_> = self
+                    .engine
+                    .region_map()
+                    .slots()
+                    .into_iter()
+                    .filter(|s| s.region.is_none())
+                    .collect();
                 if gaps.is_empty() {
                     return Ok(());
                 }
                 let gap = &gaps[i % gaps.len()];
-                let region = Region::new(RegionId(self.next_region_id), gap.start.clone(), gap.end.clone());
+                let region =
+                    Region::new(RegionId(self.next_region_id), gap.start.clone(), gap.end.clone());
                 self.next_region_id += 1;
                 self.engine.insert_region(region.clone()).unwrap();
                 self.regions.push(region);
@@ -236,7 +261,11 @@ impl Harness {
     }
 
     /// One round over `writes`, grouped region by region in order of first appearance.
-    fn write(&mut self, writes: Vec<(u8, Option<Vec<u8>>)>, stale: bool) -> Result<(), TestCaseError> {
+    fn write(
+        &mut self,
+        writes: Vec<(u8, Option<Vec<u8>>)>,
+        stale: bool,
+    ) -> Result<(), TestCaseError> {
         let mut groups: Vec<(Region, Vec<(Vec<u8>, Option<Vec<u8>>)>)> = Vec::new();
         for (k, v) in writes {
             let k = key(k);
@@ -251,13 +280,21 @@ impl Harness {
         let mut round = self.engine.begin_round();
         for (region, ws) in &groups {
             if stale {
-                let old = Epoch { version: region.epoch.version - 1, conf_ver: region.epoch.conf_ver };
+                let old =
+                    Epoch { version: region.epoch.version - 1, conf_ver: region.epoch.conf_ver };
                 let err = round.prepare_for_region(region.id, old).unwrap_err();
-                prop_assert!(matches!(err, Error::EpochNotMatch { ref current, .. } if current[0] == *region), "{:?}", err);
+                prop_assert!(
+                    matches!(err, Error::EpochNotMatch { ref current, .. } if current[0] == *region),
+                    "{:?}",
+                    err
+                );
             }
             round.prepare_for_region(region.id, region.epoch).unwrap();
             if stale && let Some(outside) = (0..KEYS).map(key).find(|k| !region.contains(k)) {
-                prop_assert!(matches!(round.put(&outside, b"x"), Err(Error::KeyNotInRegion { .. })), "key outside");
+                prop_assert!(
+                    matches!(round.put(&outside, b"x"), Err(Error::KeyNotInRegion { .. })),
+                    "key outside"
+                );
             }
             for (k, v) in ws {
                 match v {
@@ -269,10 +306,13 @@ impl Harness {
         if let Some((first, _)) = groups.first()
             && groups.len() > 1
         {
-            prop_assert!(matches!(
-                round.prepare_for_region(first.id, first.epoch),
-                Err(Error::RegionAlreadyPrepared { .. })
-            ), "re-prepare");
+            prop_assert!(
+                matches!(
+                    round.prepare_for_region(first.id, first.epoch),
+                    Err(Error::RegionAlreadyPrepared { .. })
+                ),
+                "re-prepare"
+            );
         }
         round.commit().unwrap();
         for (_, ws) in groups {
@@ -291,10 +331,14 @@ impl Harness {
         let new_id = RegionId(self.next_region_id);
         let result = self.engine.split(region.id, &[at.to_vec()], &[new_id]);
         if region.start == at {
-            prop_assert!(matches!(
-                result,
-                Err(Error::RegionChange { reason: RegionChangeError::InvalidSplit { .. } })
-            ), "{:?}", result);
+            prop_assert!(
+                matches!(
+                    result,
+                    Err(Error::RegionChange { reason: RegionChangeError::InvalidSplit { .. } })
+                ),
+                "{:?}",
+                result
+            );
             return Ok(());
         }
         self.next_region_id += 1;
@@ -317,12 +361,17 @@ impl Harness {
         let Some(source) = self.regions.get(j).cloned() else { return Ok(()) };
         let target = self.regions[i].clone();
         let result = self.engine.merge(source.id, target.id);
-        let adjacent = source.end.as_ref() == Some(&target.start) || target.end.as_ref() == Some(&source.start);
+        let adjacent = source.end.as_ref() == Some(&target.start)
+            || target.end.as_ref() == Some(&source.start);
         if !adjacent {
-            prop_assert!(matches!(
-                result,
-                Err(Error::RegionChange { reason: RegionChangeError::NotAdjacent { .. } })
-            ), "{:?}", result);
+            prop_assert!(
+                matches!(
+                    result,
+                    Err(Error::RegionChange { reason: RegionChangeError::NotAdjacent { .. } })
+                ),
+                "{:?}",
+                result
+            );
             return Ok(());
         }
         let mut merged = target.clone();
@@ -342,7 +391,8 @@ impl Harness {
     fn checkpoint(&mut self, region: &Region) -> Result<(), TestCaseError> {
         let meta = self.engine.checkpoint(region.id, self.applied_index).unwrap();
         prop_assert_eq!(&meta.region, region);
-        let expected: Data = range_of(&self.live, region).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let expected: Data =
+            range_of(&self.live, region).map(|(k, v)| (k.clone(), v.clone())).collect();
         prop_assert_eq!(meta.stats.entries, expected.len() as u64);
         clear_range(&mut self.durable, region);
         self.durable.extend(expected.clone());
