@@ -1,0 +1,3 @@
+//! Criterion benches of the engine (written in a following commit).
+
+fn main() {}

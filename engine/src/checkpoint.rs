@@ -1,0 +1,664 @@
+//! Checkpoint files: a consistent image of one region at an applied index.
+//!
+//! ```text
+//!  +----------+---------+---------+-----+-------------+---------+----------+
+//!  | header   | block 0 | block 1 | ... | block n - 1 | index   | footer   |
+//!  +----------+---------+---------+-----+-------------+---------+----------+
+//!
+//!  header
+//!  0          8          12         16         20                     20+n      24+n
+//!  +----------+----------+----------+----------+----------------------+---------+
+//!  | magic    | version  | flags 0  | n        | n bytes: fields      | crc32   |
+//!  | 8 bytes  | u32 LE   | u32 LE   | u32 LE   | (region, applied     | of      |
+//!  |          |          |          |          |  index), see codec   | 0..20+n |
+//!  +----------+----------+----------+----------+----------------------+---------+
+//!
+//!  block (sorted entries, keys strictly increasing across the whole file)
+//!  0          4          8          12                                12+n      16+n
+//!  +----------+----------+----------+----------------------------------+---------+
+//!  | n        | entries  | flags 0  | entries: klen u32 LE, vlen u32   | crc32   |
+//!  | u32 LE   | u32 LE   | u32 LE   | LE, key, value; n bytes in all   | 0..12+n |
+//!  +----------+----------+----------+----------------------------------+---------+
+//!
+//!  index
+//!  0          4          8
+//!  +----------+----------+-----------------------------------------------+---------+
+//!  | blocks   | flags 0  | per block: offset u64, len u32 (whole block), | crc32   |
+//!  | u32 LE   | u32 LE   | entries u32, first key len u32, first key     | of all  |
+//!  +----------+----------+-----------------------------------------------+---------+
+//!
+//!  footer
+//!  0           8           12          16          24          32        36      40
+//!  +-----------+-----------+-----------+-----------+-----------+---------+-------+
+//!  | index off | index len | blocks    | entries   | kv bytes  | "CKPT"  | crc32 |
+//!  | u64 LE    | u32 LE    | u32 LE    | u64 LE    | u64 LE    |         | 0..36 |
+//!  +-----------+-----------+-----------+-----------+-----------+---------+-------+
+//! ```
+//!
+//! A checkpoint is written once, to a temporary name, fsynced, renamed and the
+//! directory fsynced; it is never modified afterwards, so readers map it. Opening one
+//! checks every checksum, every length, the order of every key and that every key is
+//! inside the region, before anything is loaded.
+
+use std::path::Path;
+
+use bytes::Bytes;
+
+use crate::codec::{self, DecodeError, DecodeResult, Decoder, Record};
+use crate::error::{Error, Result};
+use crate::region::{Region, in_range};
+
+/// Identifies a regionkv checkpoint; `\r\n` catches text-mode mangling.
+pub(crate) const MAGIC: [u8; 8] = *b"rkvCKP\r\n";
+/// Marks the footer.
+const FOOTER_MAGIC: [u8; 4] = *b"CKPT";
+/// The checkpoint format this binary writes and the newest it reads.
+pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
+const HEADER_FIXED_LEN: usize = 20;
+const BLOCK_HEADER_LEN: usize = 12;
+const CRC_LEN: usize = 4;
+const INDEX_FIXED_LEN: usize = 8;
+/// Bytes of the footer.
+pub(crate) const FOOTER_LEN: usize = 40;
+/// A block is closed once it holds at least this many bytes of entries.
+pub(crate) const BLOCK_TARGET_BYTES: usize = 64 << 10;
+/// Largest header body: a region record with a few peers and two keys.
+const MAX_HEADER_BODY_BYTES: usize = 1 << 20;
+
+const _: () = assert!(FOOTER_LEN == 8 + 4 + 4 + 8 + 8 + 4 + 4, "footer fields fill it");
+const _: () = assert!(BLOCK_TARGET_BYTES < u32::MAX as usize / 2, "block lengths fit u32");
+
+// Header fields.
+const HDR_REGION: u16 = 1;
+const HDR_APPLIED_INDEX: u16 = 2;
+const HDR_TAGS: &[u16] = &[HDR_REGION, HDR_APPLIED_INDEX];
+
+/// What a checkpoint says about itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointHeader {
+    /// The region as it was when the checkpoint was taken.
+    pub region: Region,
+    /// The Raft index the image reflects: every entry up to it is applied, none after.
+    pub applied_index: u64,
+}
+
+/// Totals of a checkpoint, from its footer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckpointStats {
+    /// Key/value pairs.
+    pub entries: u64,
+    /// Sum of key and value lengths.
+    pub kv_bytes: u64,
+    /// Blocks.
+    pub blocks: u32,
+    /// Length of the whole file.
+    pub file_bytes: u64,
+}
+
+fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn len_u32(len: usize) -> u32 {
+    // Every length written here is bounded by the format's limits (block target,
+    // key and value limits), all far below 4 GiB.
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
+
+/// Encodes a checkpoint as a stream of bytes handed to `sink` in pieces of at least
+/// `flush_bytes` (the last may be shorter).
+pub(crate) struct Encoder<'s> {
+    out: Vec<u8>,
+    /// File offset of `out[0]`.
+    out_offset: u64,
+    flush_bytes: usize,
+    sink: &'s mut dyn FnMut(u64, &[u8]) -> std::io::Result<()>,
+    /// Start of the open block in `out`, if one is open.
+    block_start: Option<usize>,
+    block_entries: u32,
+    index: Vec<u8>,
+    /// Offset in `index` of the open block's entry.
+    index_at: usize,
+    blocks: u32,
+    entries: u64,
+    kv_bytes: u64,
+}
+
+impl<'s> Encoder<'s> {
+    pub fn new(
+        header: &CheckpointHeader,
+        flush_bytes: usize,
+        sink: &'s mut dyn FnMut(u64, &[u8]) -> std::io::Result<()>,
+    ) -> Encoder<'s> {
+        let mut body = Vec::new();
+        codec::put_nested(&mut body, HDR_REGION, |out| codec::put_region(out, &header.region));
+        codec::put_u64(&mut body, HDR_APPLIED_INDEX, header.applied_index);
+        let mut out = Vec::with_capacity(flush_bytes + BLOCK_TARGET_BYTES * 2);
+        out.extend_from_slice(&MAGIC);
+        put_u32(&mut out, CHECKPOINT_FORMAT_VERSION);
+        put_u32(&mut out, 0);
+        put_u32(&mut out, len_u32(body.len()));
+        out.extend_from_slice(&body);
+        let crc = crc32fast::hash(&out);
+        put_u32(&mut out, crc);
+        let mut index = Vec::new();
+        index.extend_from_slice(&[0; INDEX_FIXED_LEN]);
+        Encoder {
+            out,
+            out_offset: 0,
+            flush_bytes,
+            sink,
+            block_start: None,
+            block_entries: 0,
+            index_at: 0,
+            index,
+            blocks: 0,
+            entries: 0,
+            kv_bytes: 0,
+        }
+    }
+
+    /// Appends one pair; keys must come in strictly increasing order.
+    pub fn push(&mut self, key: &[u8], value: &[u8]) -> std::io::Result<()> {
+        let start = if let Some(start) = self.block_start {
+            start
+        } else {
+            {
+                let start = self.out.len();
+                self.out.extend_from_slice(&[0; BLOCK_HEADER_LEN]);
+                self.index_at = self.index.len();
+                self.index.extend_from_slice(&(self.out_offset + start as u64).to_le_bytes());
+                self.index.extend_from_slice(&[0; 8]); // len and entries, set on close
+                put_u32(&mut self.index, len_u32(key.len()));
+                self.index.extend_from_slice(key);
+                self.block_start = Some(start);
+                start
+            }
+        };
+        put_u32(&mut self.out, len_u32(key.len()));
+        put_u32(&mut self.out, len_u32(value.len()));
+        self.out.extend_from_slice(key);
+        self.out.extend_from_slice(value);
+        self.block_entries += 1;
+        self.entries += 1;
+        self.kv_bytes += (key.len() + value.len()) as u64;
+        if self.out.len() - start - BLOCK_HEADER_LEN >= BLOCK_TARGET_BYTES {
+            self.close_block();
+            if self.out.len() >= self.flush_bytes {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn close_block(&mut self) {
+        let Some(start) = self.block_start.take() else { return };
+        let n = self.out.len() - start - BLOCK_HEADER_LEN;
+        self.out[start..start + 4].copy_from_slice(&len_u32(n).to_le_bytes());
+        self.out[start + 4..start + 8].copy_from_slice(&self.block_entries.to_le_bytes());
+        let crc = crc32fast::hash(&self.out[start..]);
+        put_u32(&mut self.out, crc);
+        // Patch this block's index entry: len and entries follow its offset.
+        let whole = len_u32(self.out.len() - start);
+        let at = self.index_at;
+        self.index[at + 8..at + 12].copy_from_slice(&whole.to_le_bytes());
+        self.index[at + 12..at + 16].copy_from_slice(&self.block_entries.to_le_bytes());
+        self.block_entries = 0;
+        self.blocks += 1;
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            (self.sink)(self.out_offset, &self.out)?;
+            self.out_offset += self.out.len() as u64;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes the index and footer and flushes everything; returns the totals.
+    pub fn finish(mut self) -> std::io::Result<CheckpointStats> {
+        self.close_block();
+        let index_offset = self.out_offset + self.out.len() as u64;
+        self.index[0..4].copy_from_slice(&self.blocks.to_le_bytes());
+        let crc = crc32fast::hash(&self.index);
+        put_u32(&mut self.index, crc);
+        self.out.extend_from_slice(&self.index);
+        let mut footer = Vec::with_capacity(FOOTER_LEN);
+        footer.extend_from_slice(&index_offset.to_le_bytes());
+        put_u32(&mut footer, len_u32(self.index.len()));
+        put_u32(&mut footer, self.blocks);
+        footer.extend_from_slice(&self.entries.to_le_bytes());
+        footer.extend_from_slice(&self.kv_bytes.to_le_bytes());
+        footer.extend_from_slice(&FOOTER_MAGIC);
+        let crc = crc32fast::hash(&footer);
+        put_u32(&mut footer, crc);
+        self.out.extend_from_slice(&footer);
+        let file_bytes = self.out_offset + self.out.len() as u64;
+        self.flush()?;
+        Ok(CheckpointStats {
+            entries: self.entries,
+            kv_bytes: self.kv_bytes,
+            blocks: self.blocks,
+            file_bytes,
+        })
+    }
+}
+
+/// One block as listed by the index.
+#[derive(Clone, Copy, Debug)]
+struct BlockHandle {
+    offset: usize,
+    len: usize,
+    entries: u32,
+}
+
+/// A verified checkpoint image (memory-mapped on the real disk).
+#[derive(Clone, Debug)]
+pub struct CheckpointFile {
+    data: Bytes,
+    header: CheckpointHeader,
+    blocks: Vec<BlockHandle>,
+    stats: CheckpointStats,
+}
+
+impl CheckpointFile {
+    /// Decodes and verifies a whole checkpoint. `path` names it in errors.
+    pub fn open(data: Bytes, path: &Path) -> Result<CheckpointFile> {
+        let corrupt = |e: DecodeError| Error::corruption(path, e.offset as u64, e.reason);
+        let version = codec::u32_at(&data, 8);
+        if data.len() >= 12 && data[..8] == MAGIC && version != Some(CHECKPOINT_FORMAT_VERSION) {
+            let found = version.unwrap_or(0);
+            if found > CHECKPOINT_FORMAT_VERSION {
+                return Err(Error::TooNew {
+                    file: path.to_owned(),
+                    found,
+                    min_reader: found,
+                    supported: CHECKPOINT_FORMAT_VERSION,
+                });
+            }
+        }
+        Self::decode(data).map_err(corrupt)
+    }
+
+    #[allow(clippy::too_many_lines, reason = "one pass over the layout, in file order")]
+    fn decode(data: Bytes) -> DecodeResult<CheckpointFile> {
+        let err = DecodeError::new;
+        let buf: &[u8] = &data;
+        // Header.
+        if buf.len() < HEADER_FIXED_LEN + CRC_LEN + FOOTER_LEN {
+            return Err(err(0, "file shorter than a header and a footer"));
+        }
+        if buf[..8] != MAGIC {
+            return Err(err(0, "bad magic (not a regionkv checkpoint)"));
+        }
+        let mut d = Decoder::new(&buf[8..]);
+        let version = d.u32("header")?;
+        if version != CHECKPOINT_FORMAT_VERSION {
+            return Err(err(8, "unsupported checkpoint format version"));
+        }
+        let flags = d.u32("header")?;
+        let body_len = d.u32("header")? as usize;
+        if body_len > MAX_HEADER_BODY_BYTES {
+            return Err(err(16, "header body length out of bounds"));
+        }
+        let header_end = HEADER_FIXED_LEN + body_len;
+        let Some(header_crc) = codec::u32_at(buf, header_end) else {
+            return Err(err(16, "header runs past the end of the file"));
+        };
+        if header_crc != crc32fast::hash(&buf[..header_end]) {
+            return Err(err(header_end, "header checksum mismatch"));
+        }
+        if flags != 0 {
+            return Err(err(12, "unknown header flags"));
+        }
+        let header = decode_header_body(&buf[HEADER_FIXED_LEN..header_end])
+            .map_err(|e| e.shifted(HEADER_FIXED_LEN))?;
+        let data_start = header_end + CRC_LEN;
+
+        // Footer.
+        let footer_at = buf.len() - FOOTER_LEN;
+        let footer = &buf[footer_at..];
+        if codec::u32_at(footer, 36) != Some(crc32fast::hash(&footer[..36])) {
+            return Err(err(footer_at, "footer checksum mismatch"));
+        }
+        if footer[32..36] != FOOTER_MAGIC {
+            return Err(err(footer_at + 32, "bad footer magic"));
+        }
+        let mut f = Decoder::new(footer);
+        let index_offset = f.u64("footer")?;
+        let index_len = f.u32("footer")? as usize;
+        let blocks = f.u32("footer")?;
+        let entries = f.u64("footer")?;
+        let kv_bytes = f.u64("footer")?;
+        let index_start = usize::try_from(index_offset).unwrap_or(usize::MAX);
+        if index_start < data_start
+            || index_start.checked_add(index_len) != Some(footer_at)
+            || index_len < INDEX_FIXED_LEN + CRC_LEN
+        {
+            return Err(err(footer_at, "index position out of bounds"));
+        }
+
+        // Index.
+        let index = &buf[index_start..footer_at];
+        let (index_body, index_crc) = index.split_at(index_len - CRC_LEN);
+        if codec::u32_at(index_crc, 0) != Some(crc32fast::hash(index_body)) {
+            return Err(err(index_start, "index checksum mismatch"));
+        }
+        let mut d = Decoder::new(index_body);
+        let count = d.u32("index")?;
+        if d.u32("index")? != 0 {
+            return Err(err(index_start + 4, "unknown index flags"));
+        }
+        if count != blocks {
+            return Err(err(index_start, "index and footer disagree on the block count"));
+        }
+        let mut handles = Vec::new();
+        let mut expected_offset = data_start;
+        let mut prev_key: Option<&[u8]> = None;
+        let mut total_entries = 0u64;
+        let mut total_kv = 0u64;
+        for _ in 0..count {
+            let at = index_start + d.pos();
+            let offset = usize::try_from(d.u64("index entry")?).unwrap_or(usize::MAX);
+            let len = d.u32("index entry")? as usize;
+            let n_entries = d.u32("index entry")?;
+            let klen = d.u32("index entry")? as usize;
+            let first_key = d.bytes(klen, "index entry key")?;
+            if offset != expected_offset {
+                return Err(err(at, "blocks are not contiguous"));
+            }
+            let end = offset.checked_add(len).filter(|&e| e <= index_start);
+            let Some(end) = end else {
+                return Err(err(at, "block runs past the index"));
+            };
+            let block = &buf[offset..end];
+            let stats = verify_block(block, n_entries, first_key, &mut prev_key, &header.region)
+                .map_err(|e| e.shifted(offset))?;
+            total_entries += stats.0;
+            total_kv += stats.1;
+            handles.push(BlockHandle { offset, len, entries: n_entries });
+            expected_offset = end;
+        }
+        if d.remaining() != 0 {
+            return Err(err(index_start + d.pos(), "trailing bytes in the index"));
+        }
+        if expected_offset != index_start {
+            return Err(err(expected_offset, "bytes between the last block and the index"));
+        }
+        if total_entries != entries || total_kv != kv_bytes {
+            return Err(err(footer_at, "footer totals differ from the blocks"));
+        }
+        let stats = CheckpointStats { entries, kv_bytes, blocks, file_bytes: buf.len() as u64 };
+        Ok(CheckpointFile { data, header, blocks: handles, stats })
+    }
+
+    /// The header: region and applied index.
+    pub fn header(&self) -> &CheckpointHeader {
+        &self.header
+    }
+
+    /// Totals from the footer (verified against the blocks).
+    pub fn stats(&self) -> CheckpointStats {
+        self.stats
+    }
+
+    /// The whole file.
+    pub fn bytes(&self) -> &Bytes {
+        &self.data
+    }
+
+    /// Calls `f(key, value)` for every pair in key order.
+    pub fn for_each(&self, mut f: impl FnMut(&[u8], &[u8])) {
+        for block in &self.blocks {
+            let body = &self.data[block.offset + BLOCK_HEADER_LEN..block.offset + block.len - 4];
+            let mut d = Decoder::new(body);
+            for _ in 0..block.entries {
+                // Verified at open; a failure here cannot happen, and stops the walk.
+                let Ok((k, v)) = next_entry(&mut d) else { return };
+                f(k, v);
+            }
+        }
+    }
+}
+
+fn next_entry<'a>(d: &mut Decoder<'a>) -> DecodeResult<(&'a [u8], &'a [u8])> {
+    let klen = d.u32("entry header")? as usize;
+    let vlen = d.u32("entry header")? as usize;
+    let key = d.bytes(klen, "entry key runs past its block")?;
+    let value = d.bytes(vlen, "entry value runs past its block")?;
+    Ok((key, value))
+}
+
+/// Checks one block; returns (entries, kv bytes).
+fn verify_block<'a>(
+    block: &'a [u8],
+    entries: u32,
+    first_key: &[u8],
+    prev_key: &mut Option<&'a [u8]>,
+    region: &Region,
+) -> DecodeResult<(u64, u64)> {
+    let err = DecodeError::new;
+    if block.len() < BLOCK_HEADER_LEN + CRC_LEN {
+        return Err(err(0, "block shorter than its framing"));
+    }
+    let (body, crc) = block.split_at(block.len() - CRC_LEN);
+    if codec::u32_at(crc, 0) != Some(crc32fast::hash(body)) {
+        return Err(err(0, "block checksum mismatch"));
+    }
+    let mut d = Decoder::new(body);
+    let n = d.u32("block header")? as usize;
+    let count = d.u32("block header")?;
+    let flags = d.u32("block header")?;
+    if n != d.remaining() || count != entries || flags != 0 || count == 0 {
+        return Err(err(0, "block header disagrees with the index"));
+    }
+    let mut kv = 0u64;
+    for i in 0..count {
+        let at = d.pos();
+        let (key, value) = next_entry(&mut d).map_err(|e| e.shifted(0))?;
+        if i == 0 && key != first_key {
+            return Err(err(at, "first key differs from the index"));
+        }
+        if prev_key.is_some_and(|p| p >= key) {
+            return Err(err(at, "keys are not strictly increasing"));
+        }
+        if !in_range(key, &region.start, region.end.as_deref()) {
+            return Err(err(at, "key outside the region"));
+        }
+        *prev_key = Some(key);
+        kv += (key.len() + value.len()) as u64;
+    }
+    if d.remaining() != 0 {
+        return Err(err(d.pos(), "trailing bytes in a block"));
+    }
+    Ok((u64::from(count), kv))
+}
+
+fn decode_header_body(body: &[u8]) -> DecodeResult<CheckpointHeader> {
+    let rec = Record::parse(body, HDR_TAGS, false)?;
+    let region_field = rec.required(HDR_REGION, "checkpoint region missing")?;
+    let region = codec::decode_region(region_field.value, false)
+        .map_err(|e| e.shifted(region_field.offset))?;
+    let applied_index = rec.required(HDR_APPLIED_INDEX, "applied index missing")?.as_u64()?;
+    Ok(CheckpointHeader { region, applied_index })
+}
+
+/// A piece of a checkpoint file in transit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointChunk {
+    /// Offset of `data` in the file.
+    pub offset: u64,
+    /// Length of the whole file.
+    pub file_bytes: u64,
+    /// The bytes.
+    pub data: Bytes,
+}
+
+/// Streams a checkpoint file in bounded chunks (for Raft snapshots and duplication).
+/// The bytes are slices of the mapped file: no copies.
+#[derive(Debug)]
+pub struct CheckpointChunks {
+    data: Bytes,
+    offset: usize,
+    chunk_bytes: usize,
+}
+
+impl CheckpointChunks {
+    /// Chunks of at most `chunk_bytes` (at least 1) of `file`.
+    pub fn new(file: &CheckpointFile, chunk_bytes: usize) -> CheckpointChunks {
+        CheckpointChunks { data: file.data.clone(), offset: 0, chunk_bytes: chunk_bytes.max(1) }
+    }
+}
+
+impl Iterator for CheckpointChunks {
+    type Item = CheckpointChunk;
+
+    fn next(&mut self) -> Option<CheckpointChunk> {
+        if self.offset >= self.data.len() {
+            return None;
+        }
+        let end = (self.offset + self.chunk_bytes).min(self.data.len());
+        let chunk = CheckpointChunk {
+            offset: self.offset as u64,
+            file_bytes: self.data.len() as u64,
+            data: self.data.slice(self.offset..end),
+        };
+        self.offset = end;
+        Some(chunk)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::region::{Epoch, Peer, PeerId, RegionId, StoreId};
+
+    pub(crate) fn encode(header: &CheckpointHeader, pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+        let mut file = Vec::new();
+        let mut sink = |offset: u64, buf: &[u8]| {
+            assert_eq!(offset, file.len() as u64);
+            file.extend_from_slice(buf);
+            Ok(())
+        };
+        let mut enc = Encoder::new(header, 1 << 20, &mut sink);
+        for (k, v) in pairs {
+            enc.push(k, v).unwrap();
+        }
+        let stats = enc.finish().unwrap();
+        assert_eq!(stats.file_bytes, file.len() as u64);
+        file
+    }
+
+    fn header() -> CheckpointHeader {
+        CheckpointHeader {
+            region: Region {
+                id: RegionId(3),
+                start: b"b".to_vec(),
+                end: Some(b"y".to_vec()),
+                epoch: Epoch { version: 4, conf_ver: 2 },
+                peers: vec![Peer { id: PeerId(10), store: StoreId(1) }],
+            },
+            applied_index: 77,
+        }
+    }
+
+    fn pairs(n: usize, value_len: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        (0..n).map(|i| (format!("k{i:08}").into_bytes(), vec![i as u8; value_len])).collect()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<CheckpointFile> {
+        CheckpointFile::open(Bytes::copy_from_slice(bytes), Path::new("test.ckpt"))
+    }
+
+    fn read_all(file: &CheckpointFile) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut out = Vec::new();
+        file.for_each(|k, v| out.push((k.to_vec(), v.to_vec())));
+        out
+    }
+
+    #[test]
+    fn round_trips_across_many_blocks_and_empty() {
+        let data = pairs(3000, 100);
+        let file = decode(&encode(&header(), &data)).unwrap();
+        assert_eq!(file.header(), &header());
+        assert!(file.stats().blocks > 3);
+        assert_eq!(file.stats().entries, 3000);
+        assert_eq!(read_all(&file), data);
+        let empty = decode(&encode(&header(), &[])).unwrap();
+        assert_eq!(empty.stats().entries, 0);
+        assert!(read_all(&empty).is_empty());
+    }
+
+    #[test]
+    fn keys_out_of_order_or_outside_the_region_are_rejected() {
+        let mut bad = pairs(3, 1);
+        bad.swap(0, 1);
+        assert!(decode(&encode(&header(), &bad)).unwrap_err().is_corruption());
+        let outside = vec![(b"z".to_vec(), b"1".to_vec())];
+        assert!(decode(&encode(&header(), &outside)).unwrap_err().is_corruption());
+    }
+
+    #[test]
+    fn a_newer_version_is_reported_as_too_new() {
+        let mut file = encode(&header(), &pairs(2, 1));
+        file[8] = 2;
+        assert!(matches!(decode(&file), Err(Error::TooNew { found: 2, .. })));
+    }
+
+    #[test]
+    fn chunks_cover_the_file_in_order() {
+        let bytes = encode(&header(), &pairs(100, 10));
+        let file = decode(&bytes).unwrap();
+        let chunks: Vec<_> = CheckpointChunks::new(&file, 100).collect();
+        assert!(chunks.iter().all(|c| c.data.len() <= 100));
+        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.data.to_vec()).collect();
+        assert_eq!(joined, bytes);
+    }
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = decode(&bytes);
+            let mut with_magic = MAGIC.to_vec();
+            with_magic.extend_from_slice(&bytes);
+            let _ = decode(&with_magic);
+        }
+
+        #[test]
+        fn every_single_bit_flip_is_detected(n in 0usize..6, value_len in 0usize..20) {
+            let bytes = encode(&header(), &pairs(n, value_len));
+            for bit in 0..bytes.len() * 8 {
+                let mut damaged = bytes.clone();
+                damaged[bit / 8] ^= 1 << (bit % 8);
+                prop_assert!(decode(&damaged).is_err(), "flip of bit {} unnoticed", bit);
+            }
+        }
+
+        #[test]
+        fn truncation_and_extension_are_detected(n in 1usize..20, cut in 1usize..64) {
+            let bytes = encode(&header(), &pairs(n, 8));
+            let cut = cut.min(bytes.len());
+            prop_assert!(decode(&bytes[..bytes.len() - cut]).is_err());
+            let mut longer = bytes.clone();
+            longer.extend_from_slice(&[0; 7]);
+            prop_assert!(decode(&longer).is_err());
+        }
+
+        #[test]
+        fn round_trips(entries in proptest::collection::btree_map(
+            proptest::collection::vec(any::<u8>(), 0..12),
+            proptest::collection::vec(any::<u8>(), 0..40),
+            0..50,
+        )) {
+            let mut h = header();
+            h.region.start = Vec::new();
+            h.region.end = None;
+            let data: Vec<_> = entries.into_iter().collect();
+            let file = decode(&encode(&h, &data)).unwrap();
+            prop_assert_eq!(read_all(&file), data);
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! Write batch rounds (`TiKV`'s invariant): an apply round is a guard whose end always
+//! resets the batch.
+//!
+//! A round prepares regions in turn; puts and deletes buffer for the current one. The
+//! state a round can be in:
+//!
+//! - *initial*: no current region, nothing prepared, no pin held, nothing buffered.
+//!   A new round starts here, and every end ([`ApplyRound::commit`],
+//!   [`ApplyRound::clear`], drop) returns here, whether or not anything was written.
+//! - *open*: a current region, the regions prepared before it, their pins, and zero
+//!   or more buffered writes. "No keys buffered" ([`ApplyRound::is_empty`]) is a
+//!   different question from "round over": a round that prepared a region and wrote
+//!   nothing still holds a pin until it ends.
+//!
+//! The upstream bug this shape rules out: a batch that prepared region B and wrote
+//! nothing was not cleared, so B stayed marked prepared; the next round prepared A
+//! and then B, found B "prepared but not current", and panicked. Here a round cannot
+//! leak state into the next one (each round is a new value, and its end resets it),
+//! and coming back to an earlier region inside one round is the typed error
+//! [`Error::RegionAlreadyPrepared`], never a panic.
+//!
+//! Pins: preparing a region pins it in the engine's ledger under the round's id, so
+//! the region cannot be removed while the round may still write to it. The ledger
+//! follows splits (children are pinned by every round that pinned the parent) and
+//! merges (the target is pinned by every round that pinned the source), and a round's
+//! end releases everything listed under its id, so each pin is released exactly once.
+
+use std::collections::HashMap;
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::memtable::{EntryKey, Seq};
+use crate::region::{Epoch, Region, RegionId, in_range};
+
+/// Identifies an open round in the pin ledger.
+pub(crate) type RoundId = u64;
+
+/// Which open rounds pin which regions.
+#[derive(Debug, Default)]
+pub(crate) struct PinLedger {
+    /// Regions pinned by each open round, each listed once.
+    by_round: HashMap<RoundId, Vec<RegionId>>,
+    /// Number of rounds that list each region; no zero entries.
+    count: HashMap<RegionId, u32>,
+}
+
+impl PinLedger {
+    /// Pins `region` for `round`; a no-op if the round holds it already.
+    pub fn pin(&mut self, round: RoundId, region: RegionId) {
+        let regions = self.by_round.entry(round).or_default();
+        if !regions.contains(&region) {
+            regions.push(region);
+            *self.count.entry(region).or_insert(0) += 1;
+        }
+    }
+
+    /// Releases every pin of `round`; returns how many. A second call releases none.
+    pub fn release_round(&mut self, round: RoundId) -> usize {
+        let Some(regions) = self.by_round.remove(&round) else { return 0 };
+        for region in &regions {
+            if let Some(n) = self.count.get_mut(region) {
+                *n -= 1;
+                if *n == 0 {
+                    self.count.remove(region);
+                }
+            }
+        }
+        regions.len()
+    }
+
+    /// Rounds that pinned `parent` now also pin each of `children`.
+    pub fn on_split(&mut self, parent: RegionId, children: &[RegionId]) {
+        let rounds: Vec<RoundId> = self
+            .by_round
+            .iter()
+            .filter(|(_, regions)| regions.contains(&parent))
+            .map(|(&round, _)| round)
+            .collect();
+        for round in rounds {
+            for &child in children {
+                self.pin(round, child);
+            }
+        }
+    }
+
+    /// Rounds that pinned `source` pin `target` instead (once, if they pinned both).
+    pub fn on_merge(&mut self, source: RegionId, target: RegionId) {
+        let rounds: Vec<RoundId> = self
+            .by_round
+            .iter()
+            .filter(|(_, regions)| regions.contains(&source))
+            .map(|(&round, _)| round)
+            .collect();
+        for round in rounds {
+            if let Some(regions) = self.by_round.get_mut(&round) {
+                regions.retain(|&r| r != source);
+            }
+            self.pin(round, target);
+        }
+        self.count.remove(&source);
+    }
+
+    /// Open rounds that pin `region`.
+    pub fn count(&self, region: RegionId) -> u32 {
+        self.count.get(&region).copied().unwrap_or(0)
+    }
+
+    /// Pins held over all regions.
+    pub fn total(&self) -> u64 {
+        self.count.values().map(|&n| u64::from(n)).sum()
+    }
+
+    /// True if the counts agree with the per-round lists (O(n); for tests).
+    pub fn is_consistent(&self) -> bool {
+        let mut count: HashMap<RegionId, u32> = HashMap::new();
+        for regions in self.by_round.values() {
+            for region in regions {
+                *count.entry(*region).or_insert(0) += 1;
+            }
+        }
+        count == self.count
+    }
+}
+
+/// The region a round currently writes to, as it was when prepared.
+#[derive(Debug)]
+struct Prepared {
+    region: Region,
+}
+
+/// One apply round: a guard over the engine's write batch. See the module docs.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use regionkv_engine::{Engine, EngineOptions, Region, RegionId, StoreId};
+/// # let engine = Engine::open(Arc::new(regionkv_wal::SimFs::new()), "/e", EngineOptions::new(StoreId(1)))?;
+/// # engine.insert_region(Region::whole(RegionId(1)))?;
+/// let epoch = engine.region(RegionId(1)).unwrap().epoch;
+/// let mut round = engine.begin_round();
+/// round.prepare_for_region(RegionId(1), epoch)?;
+/// round.put(b"k", b"v")?;
+/// let seq = round.commit()?; // visible to snapshots taken from now on
+/// assert!(seq.is_some());
+///
+/// let mut empty = engine.begin_round();
+/// empty.prepare_for_region(RegionId(1), epoch)?;
+/// drop(empty); // wrote nothing: the pin is released all the same
+/// assert_eq!(engine.pins(RegionId(1)), 0);
+/// # Ok::<(), regionkv_engine::Error>(())
+/// ```
+#[derive(Debug)]
+#[must_use = "a round applies nothing until commit() is called"]
+pub struct ApplyRound<'e> {
+    engine: &'e Engine,
+    id: RoundId,
+    current: Option<Prepared>,
+    /// Regions prepared in this round, in order; the last is the current one.
+    prepared: Vec<RegionId>,
+    writes: Vec<EntryKey>,
+    /// Bytes of `writes`.
+    bytes: usize,
+}
+
+impl<'e> ApplyRound<'e> {
+    pub(crate) fn new(engine: &'e Engine, id: RoundId) -> ApplyRound<'e> {
+        ApplyRound { engine, id, current: None, prepared: Vec::new(), writes: Vec::new(), bytes: 0 }
+    }
+
+    /// Makes `region` the current region of the round, after checking that the store
+    /// hosts it at exactly `epoch`, and pins it until the round ends.
+    ///
+    /// Preparing the current region again re-checks its epoch (and picks up its range
+    /// after a split or merge). Preparing a region that was current earlier in this
+    /// round is [`Error::RegionAlreadyPrepared`]. On error the round is unchanged.
+    pub fn prepare_for_region(&mut self, region: RegionId, epoch: Epoch) -> Result<()> {
+        let is_current = self.current.as_ref().is_some_and(|c| c.region.id == region);
+        if !is_current && self.prepared.contains(&region) {
+            return Err(Error::RegionAlreadyPrepared { region });
+        }
+        // Checked against the map even for the current region: a split or merge since
+        // it was prepared changed its epoch and range. Pinning twice is a no-op.
+        let found = self.engine.pin_for_round(self.id, region, epoch)?;
+        if !is_current {
+            self.prepared.push(region);
+        }
+        self.current = Some(Prepared { region: found });
+        Ok(())
+    }
+
+    /// Buffers `key = value` for the current region.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.check_write(key, value.len())?;
+        self.push(EntryKey::put(key, value));
+        Ok(())
+    }
+
+    /// Buffers a deletion of `key` for the current region.
+    pub fn delete(&mut self, key: &[u8]) -> Result<()> {
+        self.check_write(key, 0)?;
+        self.push(EntryKey::delete(key));
+        Ok(())
+    }
+
+    fn check_write(&self, key: &[u8], value_len: usize) -> Result<()> {
+        let current = self.current.as_ref().ok_or(Error::NoRegionPrepared)?;
+        let limits = self.engine.limits();
+        if key.len() > limits.max_key_bytes {
+            return Err(too_large("key", key.len(), limits.max_key_bytes));
+        }
+        if value_len > limits.max_value_bytes {
+            return Err(too_large("value", value_len, limits.max_value_bytes));
+        }
+        let region = &current.region;
+        if !in_range(key, &region.start, region.end.as_deref()) {
+            return Err(Error::KeyNotInRegion {
+                key: key.to_vec(),
+                region: Box::new(region.clone()),
+            });
+        }
+        let after = self.bytes + key.len() + value_len;
+        if after > limits.max_round_bytes {
+            return Err(too_large("round", after, limits.max_round_bytes));
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, entry: EntryKey) {
+        self.bytes += entry.key().len() + entry.value().len();
+        self.writes.push(entry);
+    }
+
+    /// True if no key is buffered (the round may still hold prepared regions).
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// Number of buffered writes.
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// The current region, if one is prepared.
+    pub fn current_region(&self) -> Option<RegionId> {
+        self.current.as_ref().map(|p| p.region.id)
+    }
+
+    /// Regions prepared in this round so far, in order.
+    pub fn prepared_regions(&self) -> &[RegionId] {
+        &self.prepared
+    }
+
+    /// Applies the buffered writes atomically (one sequence number per write; a
+    /// snapshot sees all of them or none) and ends the round. Returns the sequence
+    /// number of the last write, or `None` if nothing was buffered. Whatever the
+    /// outcome, the round is reset and its pins released.
+    pub fn commit(mut self) -> Result<Option<Seq>> {
+        let writes = std::mem::take(&mut self.writes);
+        let result = self.engine.commit_writes(writes);
+        self.reset();
+        result
+    }
+
+    /// Discards buffered writes and prepared regions and releases the pins; the round
+    /// stays usable, back at its initial state. Calling it twice is harmless.
+    pub fn clear(&mut self) {
+        self.reset();
+    }
+
+    fn reset(&mut self) {
+        self.current = None;
+        self.writes.clear();
+        self.bytes = 0;
+        if !self.prepared.is_empty() {
+            self.prepared.clear();
+            self.engine.release_round(self.id);
+        }
+    }
+}
+
+impl Drop for ApplyRound<'_> {
+    /// Ending a round without commit discards its writes and releases its pins.
+    fn drop(&mut self) {
+        self.reset();
+    }
+}
+
+fn too_large(what: &'static str, len: usize, max: usize) -> Error {
+    Error::TooLarge { what, len: len as u64, max: max as u64 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ledger_follows_split_and_merge_and_releases_once() {
+        let mut l = PinLedger::default();
+        l.pin(1, RegionId(10));
+        l.pin(1, RegionId(10));
+        l.pin(2, RegionId(10));
+        assert_eq!(l.count(RegionId(10)), 2);
+        l.on_split(RegionId(10), &[RegionId(11), RegionId(12)]);
+        assert_eq!(l.count(RegionId(11)), 2);
+        l.on_merge(RegionId(11), RegionId(12));
+        assert_eq!(l.count(RegionId(11)), 0);
+        assert_eq!(l.count(RegionId(12)), 2);
+        assert!(l.is_consistent());
+        assert_eq!(l.release_round(1), 2);
+        assert_eq!(l.release_round(1), 0);
+        assert_eq!(l.release_round(2), 2);
+        assert_eq!(l.total(), 0);
+        assert!(l.is_consistent());
+    }
+}
