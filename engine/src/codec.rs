@@ -19,16 +19,19 @@
 use crate::region::{Epoch, Peer, PeerId, Region, RegionId, StoreId};
 
 /// Bytes of a field's tag and length.
-pub(crate) const FIELD_HEADER_LEN: usize = 6;
+pub const FIELD_HEADER_LEN: usize = 6;
 
 /// Why bytes did not decode, and where (relative to the start of the decoded buffer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct DecodeError {
+pub struct DecodeError {
+    /// Byte offset of the problem.
     pub offset: usize,
+    /// What was wrong.
     pub reason: &'static str,
 }
 
 impl DecodeError {
+    /// An error at `offset`.
     pub fn new(offset: usize, reason: &'static str) -> DecodeError {
         DecodeError { offset, reason }
     }
@@ -40,28 +43,33 @@ impl DecodeError {
     }
 }
 
-pub(crate) type DecodeResult<T> = Result<T, DecodeError>;
+/// Shorthand for decoding results.
+pub type DecodeResult<T> = Result<T, DecodeError>;
 
 /// A cursor over a byte slice that never reads past its end.
 #[derive(Debug)]
-pub(crate) struct Decoder<'a> {
+pub struct Decoder<'a> {
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Decoder<'a> {
+    /// A cursor at the start of `buf`.
     pub fn new(buf: &'a [u8]) -> Decoder<'a> {
         Decoder { buf, pos: 0 }
     }
 
+    /// Bytes read so far.
     pub fn pos(&self) -> usize {
         self.pos
     }
 
+    /// Bytes left to read.
     pub fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
 
+    /// The next `len` bytes; `what` names them in the error if fewer remain.
     pub fn bytes(&mut self, len: usize, what: &'static str) -> DecodeResult<&'a [u8]> {
         let end = self.pos.checked_add(len).filter(|&end| end <= self.buf.len());
         let Some(end) = end else {
@@ -72,16 +80,19 @@ impl<'a> Decoder<'a> {
         Ok(out)
     }
 
+    /// The next little-endian u16.
     pub fn u16(&mut self, what: &'static str) -> DecodeResult<u16> {
         let b = self.bytes(2, what)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
 
+    /// The next little-endian u32.
     pub fn u32(&mut self, what: &'static str) -> DecodeResult<u32> {
         let b = self.bytes(4, what)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
+    /// The next little-endian u64.
     pub fn u64(&mut self, what: &'static str) -> DecodeResult<u64> {
         let b = self.bytes(8, what)?;
         let mut a = [0u8; 8];
@@ -91,13 +102,13 @@ impl<'a> Decoder<'a> {
 }
 
 /// Reads a little-endian u32 at `at`, if the slice is long enough.
-pub(crate) fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
+pub fn u32_at(buf: &[u8], at: usize) -> Option<u32> {
     let b = buf.get(at..at.checked_add(4)?)?;
     Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// Appends one field.
-pub(crate) fn put_field(out: &mut Vec<u8>, tag: u16, value: &[u8]) {
+pub fn put_field(out: &mut Vec<u8>, tag: u16, value: &[u8]) {
     out.extend_from_slice(&tag.to_le_bytes());
     // Field values are bounded far below 4 GiB by every format's own limits.
     let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
@@ -106,12 +117,12 @@ pub(crate) fn put_field(out: &mut Vec<u8>, tag: u16, value: &[u8]) {
 }
 
 /// Appends a field holding a u64.
-pub(crate) fn put_u64(out: &mut Vec<u8>, tag: u16, value: u64) {
+pub fn put_u64(out: &mut Vec<u8>, tag: u16, value: u64) {
     put_field(out, tag, &value.to_le_bytes());
 }
 
 /// Appends a field holding a nested record built by `f`.
-pub(crate) fn put_nested(out: &mut Vec<u8>, tag: u16, f: impl FnOnce(&mut Vec<u8>)) {
+pub fn put_nested(out: &mut Vec<u8>, tag: u16, f: impl FnOnce(&mut Vec<u8>)) {
     let at = out.len();
     out.extend_from_slice(&tag.to_le_bytes());
     out.extend_from_slice(&[0; 4]);
@@ -122,13 +133,17 @@ pub(crate) fn put_nested(out: &mut Vec<u8>, tag: u16, f: impl FnOnce(&mut Vec<u8
 
 /// One decoded field: its tag, value, and the value's offset in the record.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Field<'a> {
+pub struct Field<'a> {
+    /// The field's tag.
     pub tag: u16,
+    /// The field's value bytes.
     pub value: &'a [u8],
+    /// Offset of the value from the start of the parsed buffer.
     pub offset: usize,
 }
 
 impl Field<'_> {
+    /// The value as a little-endian u64 (exactly 8 bytes).
     pub fn as_u64(&self) -> DecodeResult<u64> {
         match <[u8; 8]>::try_from(self.value) {
             Ok(b) => Ok(u64::from_le_bytes(b)),
@@ -136,6 +151,7 @@ impl Field<'_> {
         }
     }
 
+    /// The value as a flag (exactly one byte, 0 or 1).
     pub fn as_bool(&self) -> DecodeResult<bool> {
         match self.value {
             [0] => Ok(false),
@@ -146,7 +162,7 @@ impl Field<'_> {
 }
 
 /// The fields of a record, in order; fails on a field that runs past the end.
-pub(crate) fn fields(buf: &[u8]) -> DecodeResult<Vec<Field<'_>>> {
+pub fn fields(buf: &[u8]) -> DecodeResult<Vec<Field<'_>>> {
     let mut d = Decoder::new(buf);
     let mut out = Vec::new();
     while d.remaining() > 0 {
@@ -161,7 +177,7 @@ pub(crate) fn fields(buf: &[u8]) -> DecodeResult<Vec<Field<'_>>> {
 
 /// A record's fields, looked up by tag, with duplicates and unknown tags checked.
 #[derive(Debug)]
-pub(crate) struct Record<'a> {
+pub struct Record<'a> {
     fields: Vec<Field<'a>>,
 }
 
@@ -220,7 +236,7 @@ const PEER_ID: u16 = 1;
 const PEER_STORE: u16 = 2;
 
 /// Appends the fields of `region`.
-pub(crate) fn put_region(out: &mut Vec<u8>, region: &Region) {
+pub fn put_region(out: &mut Vec<u8>, region: &Region) {
     put_u64(out, REGION_ID, region.id.0);
     put_field(out, REGION_START, &region.start);
     put_range_end(out, REGION_END, REGION_END_UNBOUNDED, region.end.as_deref());
@@ -236,7 +252,7 @@ pub(crate) fn put_region(out: &mut Vec<u8>, region: &Region) {
 
 /// Appends a range end: the bounded tag with the key, or the unbounded tag, empty. The
 /// two tags keep "unbounded" apart from "field missing".
-pub(crate) fn put_range_end(out: &mut Vec<u8>, bounded: u16, unbounded: u16, end: Option<&[u8]>) {
+pub fn put_range_end(out: &mut Vec<u8>, bounded: u16, unbounded: u16, end: Option<&[u8]>) {
     match end {
         Some(end) => put_field(out, bounded, end),
         None => put_field(out, unbounded, &[]),
@@ -244,11 +260,7 @@ pub(crate) fn put_range_end(out: &mut Vec<u8>, bounded: u16, unbounded: u16, end
 }
 
 /// Decodes a range end written by [`put_range_end`]: exactly one of the two tags.
-pub(crate) fn range_end(
-    rec: &Record<'_>,
-    bounded: u16,
-    unbounded: u16,
-) -> DecodeResult<Option<Vec<u8>>> {
+pub fn range_end(rec: &Record<'_>, bounded: u16, unbounded: u16) -> DecodeResult<Option<Vec<u8>>> {
     match (rec.optional(bounded)?, rec.optional(unbounded)?) {
         (Some(end), None) => Ok(Some(end.value.to_vec())),
         (None, Some(f)) if f.value.is_empty() => Ok(None),
@@ -259,7 +271,7 @@ pub(crate) fn range_end(
 }
 
 /// Decodes a region record; every field is required except peers (zero or more).
-pub(crate) fn decode_region(buf: &[u8], skip_unknown: bool) -> DecodeResult<Region> {
+pub fn decode_region(buf: &[u8], skip_unknown: bool) -> DecodeResult<Region> {
     let rec = Record::parse(buf, REGION_TAGS, skip_unknown)?;
     let id = RegionId(rec.required(REGION_ID, "region id missing")?.as_u64()?);
     let start = rec.required(REGION_START, "region start missing")?.value.to_vec();

@@ -58,7 +58,7 @@
 const _: () = assert!(usize::BITS == 64, "regionkv supports 64-bit targets only");
 
 pub mod checkpoint;
-mod codec;
+pub mod codec;
 mod engine;
 mod error;
 pub mod manifest;

@@ -1,0 +1,653 @@
+//! The Raft log of every region of a store, on the store's one WAL.
+//!
+//! Entries of all regions are interleaved in one [`Wal`]: each write of the store (one
+//! or more regions' ready) is one WAL record ([`batch`]). In memory, every region keeps
+//! an index from Raft index to the record and span holding the entry, the entries
+//! cached (bounded), and its state (hard state, conf state, compaction point).
+//!
+//! The flow follows raft-rs's asynchronous ready:
+//! 1. the Raft thread [`RaftLog::stage`]s a ready's entries and state into a
+//!    [`LogWrite`]: they are readable through [`crate::storage`] at once, as raft-rs
+//!    requires before `advance_append_async`;
+//! 2. a writer thread [`RaftLog::persist`]s the write: one WAL append, group-committed
+//!    with every other writer's, returning once it is durable; the index then records
+//!    where each entry went;
+//! 3. the Raft thread calls `on_persist_ready`, and only then sends the messages that
+//!    acknowledge the entries.
+//!
+//! Writes of one region must be persisted in the order they were staged (a region's
+//! writes go through one writer), since recovery replays records in WAL order.
+//!
+//! Opening replays every record to rebuild the index. [`RaftLog::purge_plan`] tells
+//! how far the WAL may be purged (below every entry not yet compacted and every
+//! region's latest state record) and which regions' state should be rewritten so that
+//! an idle region does not hold old segments forever; the rewrite is staged like any
+//! other write, so a region's records keep their order.
+
+pub(crate) mod batch;
+mod region;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use raft::eraftpb::{ConfState, Entry, HardState};
+use regionkv_engine::RegionId;
+use regionkv_wal::{Lsn, Wal};
+
+pub use self::batch::LogState;
+use self::batch::{BatchEncoder, Item};
+use self::region::{Location, RegionLog, entry_bytes};
+use crate::error::{Error, Result};
+
+/// Bounds of the log's memory.
+#[derive(Clone, Copy, Debug)]
+pub struct RaftLogOptions {
+    /// Bytes of durable entries kept cached per region after a write; older ones are
+    /// read back from the WAL when needed (a lagging follower).
+    pub region_cache_bytes: usize,
+    /// Bytes of entries cached over all regions; past it, written regions keep none.
+    pub total_cache_bytes: usize,
+}
+
+impl Default for RaftLogOptions {
+    fn default() -> Self {
+        RaftLogOptions { region_cache_bytes: 1 << 20, total_cache_bytes: 256 << 20 }
+    }
+}
+
+/// One region's part of a write.
+#[derive(Debug, Default)]
+struct RegionWrite {
+    entries: Vec<Entry>,
+    /// The region's whole state after this write, if it changed.
+    state: Option<LogState>,
+    tombstone: bool,
+}
+
+/// Changes staged for one WAL record; made durable by [`RaftLog::persist`].
+#[derive(Debug)]
+pub struct LogWrite {
+    id: u64,
+    regions: Vec<(RegionId, RegionWrite)>,
+}
+
+impl LogWrite {
+    /// True if nothing was staged.
+    pub fn is_empty(&self) -> bool {
+        self.regions.is_empty()
+    }
+
+    fn region(&mut self, region: RegionId) -> &mut RegionWrite {
+        let at = match self.regions.iter().position(|(r, _)| *r == region) {
+            Some(at) => at,
+            None => {
+                self.regions.push((region, RegionWrite::default()));
+                self.regions.len() - 1
+            }
+        };
+        &mut self.regions[at].1
+    }
+}
+
+/// How far the WAL could be purged now.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PurgePlan {
+    /// Every record below this Lsn is no longer needed.
+    pub purge_below: Lsn,
+    /// Regions whose latest state record is older than their entries: rewriting their
+    /// state lets a later purge pass it.
+    pub rewrite: Vec<RegionId>,
+}
+
+/// The Raft logs of all regions of a store.
+#[derive(Debug)]
+pub struct RaftLog {
+    wal: Wal,
+    // Lock order: `regions` before any region's mutex; never the reverse.
+    regions: RwLock<HashMap<RegionId, Arc<Mutex<RegionLog>>>>,
+    cached_bytes: AtomicUsize,
+    next_write: AtomicU64,
+    options: RaftLogOptions,
+}
+
+impl RaftLog {
+    /// Rebuilds the logs from `wal`, replaying every record.
+    pub fn open(wal: Wal, options: RaftLogOptions) -> Result<RaftLog> {
+        let mut regions: HashMap<RegionId, RegionLog> = HashMap::new();
+        let mut records = 0u64;
+        for record in wal.iter_from(wal.first_lsn())? {
+            let record = record?;
+            records += 1;
+            let corrupt = |reason: String| Error::LogCorruption { lsn: record.lsn, reason };
+            let items = batch::decode(&record.payload)
+                .map_err(|e| corrupt(format!("{} at byte {}", e.reason, e.offset)))?;
+            for item in items {
+                match item {
+                    Item::Entries { region, first_index, spans } => {
+                        let Some(log) = regions.get_mut(&region) else {
+                            return Err(corrupt(format!(
+                                "entries of region {} before any state of it",
+                                region.0
+                            )));
+                        };
+                        log.recover_entries(first_index, &spans, record.lsn)
+                            .map_err(|e| corrupt(format!("region {}: {e}", region.0)))?;
+                    }
+                    Item::State { region, state } => {
+                        if state.first_index == 0 {
+                            return Err(corrupt(format!("region {}: first index 0", region.0)));
+                        }
+                        match regions.get_mut(&region) {
+                            Some(log) if state.first_index < log.state.first_index => {
+                                return Err(corrupt(format!(
+                                    "region {}: compaction point went back",
+                                    region.0
+                                )));
+                            }
+                            Some(log) => log.set_state(state),
+                            None => {
+                                regions.insert(region, RegionLog::new(state));
+                            }
+                        }
+                        regions.get_mut(&region).expect("just set").state_lsn = Some(record.lsn);
+                    }
+                    Item::Tombstone { region } => {
+                        regions.remove(&region);
+                    }
+                }
+            }
+        }
+        tracing::info!(records, regions = regions.len(), "recovered the Raft log");
+        let regions =
+            regions.into_iter().map(|(id, log)| (id, Arc::new(Mutex::new(log)))).collect();
+        Ok(RaftLog {
+            wal,
+            regions: RwLock::new(regions),
+            cached_bytes: AtomicUsize::new(0),
+            next_write: AtomicU64::new(1),
+            options,
+        })
+    }
+
+    /// The WAL underneath.
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    /// Regions that have a log.
+    pub fn region_ids(&self) -> Vec<RegionId> {
+        self.regions.read().keys().copied().collect()
+    }
+
+    fn region(&self, region: RegionId) -> Result<Arc<Mutex<RegionLog>>> {
+        self.regions.read().get(&region).cloned().ok_or(Error::RegionNotFound { region })
+    }
+
+    /// The current (possibly not yet durable) state of a region's log.
+    pub fn state(&self, region: RegionId) -> Option<LogState> {
+        self.regions.read().get(&region).map(|log| log.lock().state.clone())
+    }
+
+    /// Starts a new write.
+    pub fn begin_write(&self) -> LogWrite {
+        LogWrite { id: self.next_write.fetch_add(1, Ordering::Relaxed), regions: Vec::new() }
+    }
+
+    /// Creates a region's log with `state` (a new peer); it is persisted with `write`.
+    pub fn create_region(
+        &self,
+        write: &mut LogWrite,
+        region: RegionId,
+        state: LogState,
+    ) -> Result<()> {
+        if state.first_index == 0 {
+            return Err(Error::Internal(format!("region {} created with first index 0", region.0)));
+        }
+        let mut regions = self.regions.write();
+        if regions.contains_key(&region) {
+            return Err(Error::RegionExists { region });
+        }
+        regions.insert(region, Arc::new(Mutex::new(RegionLog::new(state.clone()))));
+        write.region(region).state = Some(state);
+        Ok(())
+    }
+
+    /// Stages a ready's entries and hard state for `region`: readable at once, durable
+    /// once `write` is persisted.
+    pub fn stage(
+        &self,
+        write: &mut LogWrite,
+        region: RegionId,
+        entries: Vec<Entry>,
+        hard_state: Option<&HardState>,
+    ) -> Result<()> {
+        let log = self.region(region)?;
+        let mut log = log.lock();
+        let added = log.stage(&entries, write.id);
+        self.cached_bytes.fetch_add(added, Ordering::Relaxed);
+        let w = write.region(region);
+        if let Some(first) = entries.first() {
+            // Later entries of the same region in the same write replace from their index.
+            w.entries.retain(|e| e.index < first.index);
+            w.entries.extend(entries);
+        }
+        if let Some(hs) = hard_state {
+            log.state.hard_state = hs.clone();
+            w.state = Some(log.state.clone());
+        }
+        Ok(())
+    }
+
+    /// Stages a new conf state for `region`.
+    pub fn stage_conf_state(
+        &self,
+        write: &mut LogWrite,
+        region: RegionId,
+        conf_state: ConfState,
+    ) -> Result<()> {
+        let log = self.region(region)?;
+        let mut log = log.lock();
+        log.state.conf_state = conf_state;
+        write.region(region).state = Some(log.state.clone());
+        Ok(())
+    }
+
+    /// Stages a compaction: entries up to `index` (whose term is `term`) are no longer
+    /// needed, because a checkpoint at `index` or later is durable.
+    pub fn stage_compaction(
+        &self,
+        write: &mut LogWrite,
+        region: RegionId,
+        index: u64,
+    ) -> Result<()> {
+        let log = self.region(region)?;
+        let mut log = log.lock();
+        if index < log.state.first_index {
+            return Ok(());
+        }
+        let Some(term) = log.term(index) else {
+            return Err(Error::Internal(format!(
+                "compaction of region {} to {index} beyond its log",
+                region.0
+            )));
+        };
+        let mut state = log.state.clone();
+        state.first_index = index + 1;
+        state.truncated_term = term;
+        let freed = log.cached_bytes;
+        log.set_state(state.clone());
+        self.cached_bytes.fetch_sub(freed - log.cached_bytes, Ordering::Relaxed);
+        write.region(region).state = Some(state);
+        Ok(())
+    }
+
+    /// Stages a snapshot: the log restarts after `state.first_index - 1`. The snapshot's
+    /// data must already be durable in the engine.
+    pub fn stage_snapshot(
+        &self,
+        write: &mut LogWrite,
+        region: RegionId,
+        state: LogState,
+    ) -> Result<()> {
+        let log = self.region(region)?;
+        let mut log = log.lock();
+        let before = log.cached_bytes;
+        log.set_state(state.clone());
+        self.cached_bytes.fetch_sub(before - log.cached_bytes, Ordering::Relaxed);
+        let w = write.region(region);
+        w.entries.clear();
+        w.state = Some(state);
+        Ok(())
+    }
+
+    /// Stages the region's current state again, so its old state record stops holding
+    /// back a purge (see [`RaftLog::purge_plan`]).
+    pub fn stage_state_rewrite(&self, write: &mut LogWrite, region: RegionId) -> Result<()> {
+        let log = self.region(region)?;
+        let state = log.lock().state.clone();
+        write.region(region).state.get_or_insert(state);
+        Ok(())
+    }
+
+    /// Stages the removal of a region's log.
+    pub fn stage_tombstone(&self, write: &mut LogWrite, region: RegionId) {
+        if let Some(log) = self.regions.write().remove(&region) {
+            self.cached_bytes.fetch_sub(log.lock().cached_bytes, Ordering::Relaxed);
+        }
+        let w = write.region(region);
+        *w = RegionWrite { tombstone: true, ..RegionWrite::default() };
+    }
+
+    /// Makes a staged write durable: one WAL append (group-committed with other
+    /// writers), returning once it is fsynced.
+    pub fn persist(&self, write: LogWrite) -> Result<Lsn> {
+        let mut encoder = BatchEncoder::default();
+        for (region, w) in &write.regions {
+            if w.tombstone {
+                encoder.add_tombstone(*region);
+                continue;
+            }
+            // State first: a snapshot or a new region sets the first index that the
+            // entries after it continue from.
+            if let Some(state) = &w.state {
+                encoder.add_state(*region, state);
+            }
+            encoder.add_entries(*region, &w.entries);
+        }
+        let (payload, spans) = encoder.finish();
+        let lsn = self.wal.append(&payload)?;
+        let mut spans = spans.into_iter();
+        let regions = self.regions.read();
+        for (region, w) in &write.regions {
+            let entry_spans = if w.entries.is_empty() || w.tombstone { None } else { spans.next() };
+            let Some(log) = regions.get(region) else { continue };
+            let mut log = log.lock();
+            if let (Some(first), Some(entry_spans)) = (w.entries.first(), &entry_spans) {
+                log.on_persisted(first.index, entry_spans, lsn, write.id);
+            }
+            if w.state.is_some() {
+                log.state_lsn = Some(lsn);
+            }
+            self.evict(&mut log);
+        }
+        Ok(lsn)
+    }
+
+    fn evict(&self, log: &mut RegionLog) {
+        let keep = if self.cached_bytes.load(Ordering::Relaxed) > self.options.total_cache_bytes {
+            0
+        } else {
+            self.options.region_cache_bytes
+        };
+        let freed = log.evict(keep);
+        self.cached_bytes.fetch_sub(freed, Ordering::Relaxed);
+    }
+
+    /// Entries `[low, high)` of `region`, at most `max_bytes` of them but at least one.
+    pub fn entries(
+        &self,
+        region: RegionId,
+        low: u64,
+        high: u64,
+        max_bytes: Option<u64>,
+    ) -> Result<Vec<Entry>> {
+        let log = self.region(region)?;
+        let log = log.lock();
+        if low < log.first_index() {
+            return Err(Error::Compacted { region, index: low });
+        }
+        if high > log.last_index() + 1 {
+            return Err(Error::Unavailable { region, index: high - 1 });
+        }
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let mut bytes = 0u64;
+        let mut record: Option<(Lsn, Bytes)> = None;
+        for index in low..high {
+            let slot = log.slot(index).expect("checked against the log's bounds");
+            let entry = match (&slot.cached, slot.location) {
+                (Some(e), _) => e.clone(),
+                (None, Location::Durable { lsn, span }) => {
+                    if record.as_ref().is_none_or(|(l, _)| *l != lsn) {
+                        record = Some((lsn, self.wal.read(lsn)?.payload));
+                    }
+                    let payload = &record.as_ref().expect("read above").1;
+                    batch::entry_at(payload, span, index).map_err(|e| Error::LogCorruption {
+                        lsn,
+                        reason: format!(
+                            "entry {index} of region {}: {} at byte {}",
+                            region.0, e.reason, e.offset
+                        ),
+                    })?
+                }
+                (None, Location::Pending { .. }) => {
+                    unreachable!("pending entries are always cached")
+                }
+            };
+            bytes += entry_bytes(&entry) as u64;
+            if !out.is_empty() && max_bytes.is_some_and(|max| bytes > max) {
+                break;
+            }
+            out.push(entry);
+        }
+        Ok(out)
+    }
+
+    /// The term of entry `index` of `region`, for `index` in `[first - 1, last]`.
+    pub fn term(&self, region: RegionId, index: u64) -> Result<u64> {
+        let log = self.region(region)?;
+        let log = log.lock();
+        if index + 1 < log.first_index() {
+            return Err(Error::Compacted { region, index });
+        }
+        log.term(index).ok_or(Error::Unavailable { region, index })
+    }
+
+    /// First and last index of `region`'s log.
+    pub fn bounds(&self, region: RegionId) -> Result<(u64, u64)> {
+        let log = self.region(region)?;
+        let log = log.lock();
+        Ok((log.first_index(), log.last_index()))
+    }
+
+    /// How far the WAL may be purged, and which regions' states to rewrite first.
+    pub fn purge_plan(&self) -> PurgePlan {
+        let end = self.wal.end_lsn();
+        let regions = self.regions.read();
+        let mut entries_floor = end;
+        let mut states = Vec::with_capacity(regions.len());
+        for (&id, log) in regions.iter() {
+            let log = log.lock();
+            let first_entry = log.slots.iter().find_map(|s| match s.location {
+                Location::Durable { lsn, .. } => Some(lsn),
+                Location::Pending { .. } => None,
+            });
+            if let Some(lsn) = first_entry {
+                entries_floor = entries_floor.min(lsn);
+            }
+            states.push((id, log.min_lsn().unwrap_or(end), log.state_lsn));
+        }
+        let mut rewrite: Vec<RegionId> = states
+            .iter()
+            .filter(|(_, _, state)| state.is_some_and(|s| s < entries_floor))
+            .map(|(id, _, _)| *id)
+            .collect();
+        rewrite.sort_unstable();
+        let purge_below = states.iter().map(|(_, min, _)| *min).min().unwrap_or(end).min(end);
+        PurgePlan { purge_below, rewrite }
+    }
+
+    /// Purges WAL segments wholly below `plan.purge_below`. Returns segments removed.
+    pub fn purge(&self, plan: &PurgePlan) -> Result<usize> {
+        Ok(self.wal.purge_below(plan.purge_below)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use regionkv_wal::{CrashMode, SimFs, SparePreparation, WalOptions};
+
+    use super::*;
+
+    fn wal_options() -> WalOptions {
+        WalOptions::default().segment_bytes(8192).spare_preparation(SparePreparation::OnDemand)
+    }
+
+    fn open(fs: &SimFs) -> RaftLog {
+        let wal = Wal::open(Arc::new(fs.clone()), "/raft", wal_options()).unwrap();
+        RaftLog::open(wal, RaftLogOptions { region_cache_bytes: 0, total_cache_bytes: 0 }).unwrap()
+    }
+
+    fn entries(first: u64, n: u64, term: u64) -> Vec<Entry> {
+        (first..first + n)
+            .map(|i| {
+                let mut e = Entry::default();
+                e.index = i;
+                e.term = term;
+                e.data = Bytes::from(format!("r-{i}-t{term}-{}", "x".repeat((i % 50) as usize)));
+                e
+            })
+            .collect()
+    }
+
+    fn initial() -> LogState {
+        LogState { first_index: 1, ..LogState::default() }
+    }
+
+    fn hs(term: u64, vote: u64, commit: u64) -> HardState {
+        let mut hs = HardState::default();
+        hs.term = term;
+        hs.vote = vote;
+        hs.commit = commit;
+        hs
+    }
+
+    const R1: RegionId = RegionId(1);
+    const R2: RegionId = RegionId(2);
+
+    #[test]
+    fn staged_entries_are_readable_before_they_are_durable_and_survive_reopen() {
+        let fs = SimFs::new();
+        let log = open(&fs);
+        let mut w = log.begin_write();
+        log.create_region(&mut w, R1, initial()).unwrap();
+        log.stage(&mut w, R1, entries(1, 5, 1), Some(&hs(1, 7, 0))).unwrap();
+        assert_eq!(
+            log.entries(R1, 1, 6, None).unwrap(),
+            entries(1, 5, 1),
+            "readable while pending"
+        );
+        assert_eq!(log.bounds(R1).unwrap(), (1, 5));
+        log.persist(w).unwrap();
+        // With no cache, reads come from the WAL now.
+        assert_eq!(log.entries(R1, 2, 5, None).unwrap(), entries(2, 3, 1));
+        assert_eq!(log.entries(R1, 1, 6, Some(1)).unwrap().len(), 1, "at least one entry");
+        drop(log);
+        let log = open(&fs.crash(CrashMode::Lost));
+        assert_eq!(log.entries(R1, 1, 6, None).unwrap(), entries(1, 5, 1));
+        assert_eq!(log.state(R1).unwrap().hard_state, hs(1, 7, 0));
+        assert_eq!(log.term(R1, 0).unwrap(), 0);
+        assert!(matches!(log.entries(R1, 1, 7, None), Err(Error::Unavailable { .. })));
+    }
+
+    #[test]
+    fn an_overwritten_tail_is_replaced_in_memory_and_on_reopen() {
+        let fs = SimFs::new();
+        let log = open(&fs);
+        let mut w = log.begin_write();
+        log.create_region(&mut w, R1, initial()).unwrap();
+        log.stage(&mut w, R1, entries(1, 6, 1), None).unwrap();
+        log.persist(w).unwrap();
+        let mut w = log.begin_write();
+        log.stage(&mut w, R1, entries(4, 2, 2), Some(&hs(2, 3, 3))).unwrap();
+        let expect: Vec<Entry> = entries(1, 3, 1).into_iter().chain(entries(4, 2, 2)).collect();
+        assert_eq!(log.entries(R1, 1, 6, None).unwrap(), expect);
+        log.persist(w).unwrap();
+        drop(log);
+        let log = open(&fs.crash(CrashMode::Lost));
+        assert_eq!(log.bounds(R1).unwrap(), (1, 5));
+        assert_eq!(log.entries(R1, 1, 6, None).unwrap(), expect);
+    }
+
+    #[test]
+    fn an_unpersisted_write_is_gone_after_a_crash_and_a_later_write_does_not_resurrect_it() {
+        let fs = SimFs::new();
+        let log = open(&fs);
+        let mut w = log.begin_write();
+        log.create_region(&mut w, R1, initial()).unwrap();
+        log.stage(&mut w, R1, entries(1, 3, 1), None).unwrap();
+        log.persist(w).unwrap();
+        let mut w = log.begin_write();
+        log.stage(&mut w, R1, entries(4, 3, 1), None).unwrap();
+        drop(w); // never persisted
+        drop(log);
+        let log = open(&fs.crash(CrashMode::Persisted));
+        assert_eq!(log.bounds(R1).unwrap(), (1, 3));
+    }
+
+    #[test]
+    fn compaction_and_snapshots_move_the_first_index_durably() {
+        let fs = SimFs::new();
+        let log = open(&fs);
+        let mut w = log.begin_write();
+        log.create_region(&mut w, R1, initial()).unwrap();
+        log.stage(&mut w, R1, entries(1, 10, 1), None).unwrap();
+        log.stage_compaction(&mut w, R1, 4).unwrap();
+        log.persist(w).unwrap();
+        assert_eq!(log.bounds(R1).unwrap(), (5, 10));
+        assert!(matches!(log.entries(R1, 3, 6, None), Err(Error::Compacted { .. })));
+        assert_eq!(log.term(R1, 4).unwrap(), 1, "the compacted entry's term is kept");
+        let mut w = log.begin_write();
+        let snap = LogState {
+            first_index: 21,
+            truncated_term: 3,
+            hard_state: hs(3, 0, 20),
+            ..LogState::default()
+        };
+        log.stage_snapshot(&mut w, R1, snap.clone()).unwrap();
+        log.persist(w).unwrap();
+        drop(log);
+        let log = open(&fs.crash(CrashMode::Lost));
+        assert_eq!(log.bounds(R1).unwrap(), (21, 20), "empty log after the snapshot");
+        assert_eq!(log.state(R1).unwrap(), snap);
+        assert_eq!(log.term(R1, 20).unwrap(), 3);
+    }
+
+    #[test]
+    fn purge_rewrites_idle_regions_and_never_loses_state() {
+        let fs = SimFs::new();
+        let log = open(&fs);
+        let mut w = log.begin_write();
+        log.create_region(&mut w, R1, initial()).unwrap();
+        log.create_region(&mut w, R2, initial()).unwrap();
+        log.stage(&mut w, R2, entries(1, 2, 1), Some(&hs(1, 2, 2))).unwrap();
+        log.stage_compaction(&mut w, R2, 2).unwrap();
+        log.persist(w).unwrap();
+        // R1 is busy and compacts as it goes; R2 is idle.
+        for round in 0..40u64 {
+            let mut w = log.begin_write();
+            log.stage(&mut w, R1, entries(round * 10 + 1, 10, 1), Some(&hs(1, 1, round * 10 + 10)))
+                .unwrap();
+            if round > 0 {
+                log.stage_compaction(&mut w, R1, round * 10).unwrap();
+            }
+            log.persist(w).unwrap();
+        }
+        let plan = log.purge_plan();
+        assert_eq!(plan.rewrite, vec![R2], "the idle region's old state holds back the purge");
+        let before = log.wal().first_lsn();
+        let mut w = log.begin_write();
+        log.stage_state_rewrite(&mut w, R2).unwrap();
+        log.persist(w).unwrap();
+        let plan = log.purge_plan();
+        assert!(plan.rewrite.is_empty());
+        assert!(log.purge(&plan).unwrap() > 0, "segments were purged: {plan:?}");
+        assert!(log.wal().first_lsn() > before);
+        drop(log);
+        let log = open(&fs.crash(CrashMode::Lost));
+        let r2 = log.state(R2).unwrap();
+        assert_eq!((r2.hard_state.clone(), r2.first_index, r2.truncated_term), (hs(1, 2, 2), 3, 1));
+        assert_eq!(log.bounds(R1).unwrap(), (391, 400));
+        assert_eq!(log.entries(R1, 391, 401, None).unwrap(), entries(391, 10, 1));
+    }
+
+    #[test]
+    fn tombstones_remove_a_region() {
+        let fs = SimFs::new();
+        let log = open(&fs);
+        let mut w = log.begin_write();
+        log.create_region(&mut w, R1, initial()).unwrap();
+        log.stage(&mut w, R1, entries(1, 2, 1), None).unwrap();
+        log.persist(w).unwrap();
+        let mut w = log.begin_write();
+        log.stage_tombstone(&mut w, R1);
+        log.persist(w).unwrap();
+        assert!(log.state(R1).is_none());
+        drop(log);
+        assert!(open(&fs.crash(CrashMode::Lost)).region_ids().is_empty());
+    }
+}

@@ -1,0 +1,212 @@
+//! One region's Raft log in memory: where each entry is, and the entries cached.
+
+use std::collections::VecDeque;
+
+use raft::eraftpb::Entry;
+use regionkv_wal::Lsn;
+
+use super::batch::{EntrySpan, LogState};
+
+/// Where an entry's bytes are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Location {
+    /// Staged by a ready; written by the batch `write` once that batch is durable.
+    Pending { write: u64 },
+    /// In the WAL record at `lsn`, at `span`.
+    Durable { lsn: Lsn, span: EntrySpan },
+}
+
+/// One entry of the log.
+#[derive(Clone, Debug)]
+pub(crate) struct Slot {
+    pub term: u64,
+    pub location: Location,
+    /// The entry itself, if cached; pending entries are always cached.
+    pub cached: Option<Entry>,
+}
+
+/// A region's log: entries `first_index..first_index + slots.len()`, and its state.
+#[derive(Debug)]
+pub(crate) struct RegionLog {
+    pub state: LogState,
+    pub slots: VecDeque<Slot>,
+    /// The record holding the latest durable state of this region, if any.
+    pub state_lsn: Option<Lsn>,
+    /// Bytes of cached entries.
+    pub cached_bytes: usize,
+}
+
+pub(crate) fn entry_bytes(e: &Entry) -> usize {
+    e.data.len() + e.context.len() + 64
+}
+
+impl RegionLog {
+    pub fn new(state: LogState) -> RegionLog {
+        // Raft indexes start at 1; `last_index` relies on it.
+        assert!(state.first_index >= 1, "a region log starts at index 1 or later");
+        RegionLog { state, slots: VecDeque::new(), state_lsn: None, cached_bytes: 0 }
+    }
+
+    pub fn first_index(&self) -> u64 {
+        self.state.first_index
+    }
+
+    pub fn last_index(&self) -> u64 {
+        self.state.first_index + self.slots.len() as u64 - 1
+    }
+
+    /// The term of entry `index`, for `index` in `[first_index - 1, last_index]`.
+    pub fn term(&self, index: u64) -> Option<u64> {
+        if index + 1 == self.state.first_index {
+            return Some(self.state.truncated_term);
+        }
+        let offset = index.checked_sub(self.state.first_index)?;
+        self.slots.get(usize::try_from(offset).ok()?).map(|s| s.term)
+    }
+
+    pub fn slot(&self, index: u64) -> Option<&Slot> {
+        let offset = index.checked_sub(self.state.first_index)?;
+        self.slots.get(usize::try_from(offset).ok()?)
+    }
+
+    /// Drops entries from `index` on (a Raft leader overwrote them).
+    fn truncate_from(&mut self, index: u64) {
+        let keep = index.saturating_sub(self.state.first_index) as usize;
+        while self.slots.len() > keep {
+            if let Some(slot) = self.slots.pop_back()
+                && let Some(e) = &slot.cached
+            {
+                self.cached_bytes -= entry_bytes(e);
+            }
+        }
+    }
+
+    /// Stages entries that a ready asks to persist: they replace everything from their
+    /// first index on and are readable at once. Returns the bytes newly cached.
+    pub fn stage(&mut self, entries: &[Entry], write: u64) -> usize {
+        let Some(first) = entries.first() else { return 0 };
+        // A gap would mean Raft skipped entries; it never does outside snapshots, which
+        // reset the log before entries follow.
+        assert!(
+            first.index <= self.last_index() + 1 && first.index >= self.state.first_index,
+            "staged entries at {} do not follow the log [{}, {}]",
+            first.index,
+            self.state.first_index,
+            self.last_index()
+        );
+        self.truncate_from(first.index);
+        let mut added = 0;
+        for e in entries {
+            added += entry_bytes(e);
+            self.slots.push_back(Slot {
+                term: e.term,
+                location: Location::Pending { write },
+                cached: Some(e.clone()),
+            });
+        }
+        self.cached_bytes += added;
+        added
+    }
+
+    /// Records where the entries of batch `write` went, for those not overwritten since.
+    pub fn on_persisted(&mut self, first_index: u64, spans: &[EntrySpan], lsn: Lsn, write: u64) {
+        for (i, span) in spans.iter().enumerate() {
+            let index = first_index + i as u64;
+            let Some(offset) = index.checked_sub(self.state.first_index) else { continue };
+            let Some(slot) = self.slots.get_mut(offset as usize) else { continue };
+            if slot.location == (Location::Pending { write }) {
+                slot.location = Location::Durable { lsn, span: *span };
+            }
+        }
+    }
+
+    /// Recovery: entries read from the WAL, replacing everything from `first_index` on.
+    pub fn recover_entries(
+        &mut self,
+        first_index: u64,
+        spans: &[EntrySpan],
+        lsn: Lsn,
+    ) -> Result<(), String> {
+        // Entries below the compaction point are obsolete; skip them.
+        let skip = self.state.first_index.saturating_sub(first_index);
+        let spans = spans.get(skip as usize..).unwrap_or_default();
+        let first_index = first_index + skip;
+        if spans.is_empty() {
+            return Ok(());
+        }
+        if first_index > self.last_index() + 1 {
+            return Err(format!(
+                "entries at {first_index} leave a gap after {}",
+                self.last_index()
+            ));
+        }
+        self.truncate_from(first_index);
+        for span in spans {
+            self.slots.push_back(Slot {
+                term: span.term,
+                location: Location::Durable { lsn, span: *span },
+                cached: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies a new whole state. If the entry before its first index is in this log
+    /// with the recorded term, the log continues (a hard-state change, or a compaction
+    /// that drops the entries below); otherwise a snapshot restarted the log.
+    pub fn set_state(&mut self, state: LogState) {
+        // Compaction and snapshots only move the first index forward (P7).
+        assert!(
+            state.first_index >= self.state.first_index,
+            "log state moved back from {} to {}",
+            self.state.first_index,
+            state.first_index
+        );
+        let continues = state.first_index <= self.last_index() + 1
+            && self.term(state.first_index - 1) == Some(state.truncated_term);
+        let drop = if continues {
+            state.first_index - self.state.first_index
+        } else {
+            self.slots.len() as u64
+        };
+        for _ in 0..drop {
+            if let Some(slot) = self.slots.pop_front()
+                && let Some(e) = &slot.cached
+            {
+                self.cached_bytes -= entry_bytes(e);
+            }
+        }
+        self.state = state;
+    }
+
+    /// Drops cached entries that are durable, oldest first, until at most `keep_bytes`
+    /// remain cached. Returns the bytes freed.
+    pub fn evict(&mut self, keep_bytes: usize) -> usize {
+        let mut freed = 0;
+        for slot in &mut self.slots {
+            if self.cached_bytes <= keep_bytes {
+                break;
+            }
+            if matches!(slot.location, Location::Durable { .. })
+                && let Some(e) = slot.cached.take()
+            {
+                let bytes = entry_bytes(&e);
+                self.cached_bytes -= bytes;
+                freed += bytes;
+            }
+        }
+        freed
+    }
+
+    /// The oldest WAL record this region still needs.
+    pub fn min_lsn(&self) -> Option<Lsn> {
+        let entries = self.slots.iter().find_map(|s| match s.location {
+            Location::Durable { lsn, .. } => Some(lsn),
+            Location::Pending { .. } => None,
+        });
+        match (entries, self.state_lsn) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! [`PeerStorage`]: raft-rs's view of one region's log on this store.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use raft::eraftpb::{Entry, Snapshot};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use regionkv_engine::RegionId;
+
+use crate::error::Error;
+use crate::log::RaftLog;
+
+/// What raft-rs reads when it asks for a snapshot of this peer.
+#[derive(Debug, Default)]
+pub(crate) struct SnapshotSlot {
+    /// The latest snapshot prepared for sending (metadata; the data is a checkpoint
+    /// streamed separately), if any.
+    pub ready: Option<Snapshot>,
+    /// Set when raft-rs asked for a snapshot newer than the ready one: the peer
+    /// prepares one on its next turn.
+    pub wanted: Option<u64>,
+}
+
+/// One region's log as raft-rs sees it: a handle on the store's [`RaftLog`].
+#[derive(Clone, Debug)]
+pub struct PeerStorage {
+    region: RegionId,
+    log: Arc<RaftLog>,
+    snapshot: Arc<Mutex<SnapshotSlot>>,
+}
+
+impl PeerStorage {
+    pub(crate) fn new(region: RegionId, log: Arc<RaftLog>) -> PeerStorage {
+        PeerStorage { region, log, snapshot: Arc::default() }
+    }
+
+    pub(crate) fn snapshot_slot(&self) -> &Arc<Mutex<SnapshotSlot>> {
+        &self.snapshot
+    }
+}
+
+fn to_raft(e: Error) -> raft::Error {
+    match e {
+        Error::Compacted { .. } => raft::Error::Store(StorageError::Compacted),
+        Error::Unavailable { .. } => raft::Error::Store(StorageError::Unavailable),
+        other => raft::Error::Store(StorageError::Other(Box::new(other))),
+    }
+}
+
+impl raft::Storage for PeerStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let state = self
+            .log
+            .state(self.region)
+            .ok_or_else(|| to_raft(Error::RegionNotFound { region: self.region }))?;
+        Ok(RaftState { hard_state: state.hard_state, conf_state: state.conf_state })
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.log.entries(self.region, low, high, max_size.into()).map_err(to_raft)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.log.term(self.region, idx).map_err(to_raft)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        self.log.bounds(self.region).map(|(first, _)| first).map_err(to_raft)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        self.log.bounds(self.region).map(|(_, last)| last).map_err(to_raft)
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let mut slot = self.snapshot.lock();
+        match &slot.ready {
+            Some(snap) if snap.get_metadata().index >= request_index => Ok(snap.clone()),
+            _ => {
+                slot.wanted = Some(request_index);
+                Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+            }
+        }
+    }
+}
