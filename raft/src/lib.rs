@@ -6,6 +6,7 @@ const _: () = assert!(usize::BITS == 64, "regionkv supports 64-bit targets only"
 mod error;
 pub mod log;
 mod storage;
+pub mod transport;
 
 pub use error::{Error, Result};
 pub use storage::PeerStorage;
