@@ -521,7 +521,10 @@ impl Engine {
     }
 
     /// Replaces the peers of region `id`, bumping its `conf_ver`.
-    pub fn change_peers(&self, id: RegionId, peers: Vec<Peer>) -> Result<Region> {
+    ///
+    /// `at_index` is the Raft index of the membership change; it is recorded with the
+    /// region (see [`Engine::meta_index`]).
+    pub fn change_peers(&self, id: RegionId, peers: Vec<Peer>, at_index: u64) -> Result<Region> {
         let mut durable = self.inner.durable.lock();
         self.inner.check_usable()?;
         let mut regions = self.inner.regions.write();
@@ -532,6 +535,7 @@ impl Engine {
         let region = map.change_peers(id, peers)?;
         let mut next = durable.manifest.clone();
         set_regions(&mut next, &map, |_| None);
+        set_meta_index(&mut next, &[id], at_index);
         self.inner.persist(&mut durable, next)?;
         regions.map = map;
         Ok(region)
@@ -596,7 +600,7 @@ impl Engine {
     }
 
     /// Starts receiving a checkpoint streamed from another store.
-    pub fn receive_checkpoint(&self) -> Result<CheckpointReceiver<'_>> {
+    pub fn receive_checkpoint(&self) -> Result<CheckpointReceiver> {
         let file_id = {
             let mut durable = self.inner.durable.lock();
             self.inner.check_usable()?;
@@ -610,7 +614,7 @@ impl Engine {
             .open(&tmp, OpenMode::CreateNew)
             .map_err(|e| self.inner.fail("create received checkpoint", &tmp, &e))?;
         Ok(CheckpointReceiver {
-            engine: self,
+            engine: self.clone(),
             file_id,
             tmp,
             file: Some(file),
@@ -620,7 +624,9 @@ impl Engine {
     }
 
     /// Hosts the region of a received, verified checkpoint, with exactly the
-    /// checkpoint's data. The region's range must be absent from this store.
+    /// checkpoint's data. If this store hosts an older version of the same region
+    /// (a lagging replica), it is replaced, data and all, in one manifest update; any
+    /// other region overlapping the range is an error.
     pub fn install_checkpoint(&self, received: ReceivedCheckpoint) -> Result<Region> {
         let ReceivedCheckpoint { file_id, file } = received;
         let mut durable = self.inner.durable.lock();
@@ -629,7 +635,14 @@ impl Engine {
         let mut regions = self.inner.regions.write();
         let header = file.header().clone();
         let region = header.region.clone();
+        let pins = self.inner.pins.lock().count(region.id);
+        if pins > 0 {
+            return Err(Error::RegionBusy { region: region.id, pins });
+        }
         let mut map = regions.map.clone();
+        // A lagging replica's old version of the region is replaced in the same
+        // manifest update: after a crash either the old region or the new one is there.
+        let replaced = map.remove(region.id)?;
         map.insert(region.clone())?;
         let part = CheckpointRef {
             file_id,
@@ -641,9 +654,19 @@ impl Engine {
         let mut next = durable.manifest.clone();
         next.next_file_id = durable.next_file_id;
         set_regions(&mut next, &map, |r| (r.id == region.id).then(|| vec![part.clone()]));
+        // The checkpoint's region is the metadata as of its applied index.
+        set_meta_index(&mut next, &[region.id], header.applied_index);
         self.inner.persist(&mut durable, next)?;
+        if let Some(old) = &replaced {
+            self.inner.memtable.remove_range(&old.start, old.end.as_deref());
+            regions.bytes.remove(&old.id);
+        }
         let seq = commit.next_seq;
-        let entry = RegionEntry { region: region.clone(), checkpoints: vec![part.clone()] };
+        let entry = RegionEntry {
+            region: region.clone(),
+            checkpoints: vec![part.clone()],
+            meta_index: Some(header.applied_index),
+        };
         load_part(&self.inner.memtable, &file, &entry, &part, seq);
         commit.next_seq += 1;
         self.inner.visible_seq.store(seq, Ordering::Release);
@@ -721,6 +744,20 @@ impl Engine {
         self.inner.persist(&mut durable, next)?;
         self.inner.closed.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// The Raft index of the admin command that produced region `id`'s metadata as it
+    /// is, if one was recorded (`None` for a region bootstrapped here, or written by a
+    /// format before version 3). A replayed admin command at or below it is already
+    /// reflected and must not be applied again.
+    pub fn meta_index(&self, id: RegionId) -> Option<u64> {
+        let durable = self.inner.durable.lock();
+        durable.manifest.regions.iter().find(|e| e.region.id == id).and_then(|e| e.meta_index)
+    }
+
+    /// The most bytes of keys and values one apply round may buffer.
+    pub fn max_round_bytes(&self) -> usize {
+        self.limits().max_round_bytes
     }
 
     pub(crate) fn limits(&self) -> Limits {
@@ -880,16 +917,28 @@ fn set_regions(
     map: &RegionMap,
     parts_for: impl Fn(&Region) -> Option<Vec<CheckpointRef>>,
 ) {
-    let old: HashMap<RegionId, Vec<CheckpointRef>> =
-        manifest.regions.drain(..).map(|e| (e.region.id, e.checkpoints)).collect();
+    let old: HashMap<RegionId, (Vec<CheckpointRef>, Option<u64>)> =
+        manifest.regions.drain(..).map(|e| (e.region.id, (e.checkpoints, e.meta_index))).collect();
     manifest.regions = map
         .regions()
-        .map(|region| RegionEntry {
-            region: region.clone(),
-            checkpoints: parts_for(region)
-                .unwrap_or_else(|| old.get(&region.id).cloned().unwrap_or_default()),
+        .map(|region| {
+            let (parts, meta_index) = old.get(&region.id).cloned().unwrap_or_default();
+            RegionEntry {
+                region: region.clone(),
+                checkpoints: parts_for(region).unwrap_or(parts),
+                meta_index,
+            }
         })
         .collect();
+}
+
+/// Records that the metadata of `ids` was produced by the admin command at `index`.
+fn set_meta_index(manifest: &mut Manifest, ids: &[RegionId], index: u64) {
+    for entry in &mut manifest.regions {
+        if ids.contains(&entry.region.id) {
+            entry.meta_index = Some(index);
+        }
+    }
 }
 
 /// Maps and verifies the file of `part`, after checking its length if the manifest
@@ -1092,8 +1141,8 @@ impl Drop for Snapshot {
 
 /// Receives a checkpoint streamed in chunks into a temporary file of the engine.
 #[derive(Debug)]
-pub struct CheckpointReceiver<'e> {
-    engine: &'e Engine,
+pub struct CheckpointReceiver {
+    engine: Engine,
     file_id: u64,
     tmp: PathBuf,
     file: Option<Arc<dyn File>>,
@@ -1116,7 +1165,7 @@ impl ReceivedCheckpoint {
     }
 }
 
-impl CheckpointReceiver<'_> {
+impl CheckpointReceiver {
     /// Appends the next chunk; chunks must come in order.
     pub fn push(&mut self, chunk: &CheckpointChunk) -> Result<()> {
         if chunk.offset != self.next_offset {
@@ -1167,7 +1216,7 @@ impl CheckpointReceiver<'_> {
     }
 }
 
-impl Drop for CheckpointReceiver<'_> {
+impl Drop for CheckpointReceiver {
     /// An unfinished transfer leaves no file behind (recovery would remove it too).
     fn drop(&mut self) {
         if !self.tmp.as_os_str().is_empty() {

@@ -22,6 +22,12 @@
 //!   task state.
 //! - 2: adds `file_bytes` to checkpoint parts (optional; readers of version 1 skip
 //!   it, so the minimum reader stays 1). Migration 1 -> 2 fills it in from the files.
+//! - 3: adds `meta_index` to regions: the Raft index of the admin command (membership
+//!   change, split, merge) that produced the region's metadata, so that replaying the
+//!   log after a restart never applies one twice. The minimum reader becomes 3: a
+//!   version-2 binary would drop the field when it rewrites the manifest, so it must
+//!   refuse the file instead. Migration 2 -> 3 leaves it `None` (unknown): nothing
+//!   recorded it before.
 //!
 //! The manifest is replaced atomically: written in full to `MANIFEST.tmp`, fsynced,
 //! renamed over `MANIFEST`, and the directory fsynced.
@@ -39,11 +45,11 @@ use crate::region::{Region, StoreId};
 /// Identifies a regionkv manifest.
 pub(crate) const MAGIC: [u8; 8] = *b"rkvMAN\r\n";
 /// The manifest format this binary writes.
-pub const MANIFEST_FORMAT_VERSION: u32 = 2;
+pub const MANIFEST_FORMAT_VERSION: u32 = 3;
 /// The oldest manifest format this binary can migrate from.
 pub const OLDEST_MIGRATABLE_VERSION: u32 = 1;
 /// The oldest reader version that can read what this binary writes.
-pub const MIN_READER_VERSION: u32 = 1;
+pub const MIN_READER_VERSION: u32 = 3;
 /// File name of the manifest inside the engine's directory.
 pub const MANIFEST_FILE: &str = "MANIFEST";
 /// File name a new manifest is written under before it is renamed.
@@ -66,7 +72,9 @@ const STORE_TAGS: &[u16] = &[F_STORE_ID, F_CLEAN_SHUTDOWN, F_NEXT_FILE_ID, F_REG
 // Region entry fields.
 const R_REGION: u16 = 1;
 const R_CHECKPOINT: u16 = 2;
-const REGION_ENTRY_TAGS: &[u16] = &[R_REGION, R_CHECKPOINT];
+// Since version 3.
+const R_META_INDEX: u16 = 3;
+const REGION_ENTRY_TAGS: &[u16] = &[R_REGION, R_CHECKPOINT, R_META_INDEX];
 // Checkpoint reference fields.
 const C_FILE_ID: u16 = 1;
 const C_APPLIED_INDEX: u16 = 2;
@@ -146,6 +154,9 @@ pub struct RegionEntry {
     /// part keeps its share of the parent's file, after a merge the target holds both
     /// sides' parts, until the region's next checkpoint replaces them all.
     pub checkpoints: Vec<CheckpointRef>,
+    /// The Raft index of the admin command that produced `region` as it is (since
+    /// format version 3; `None` when no such command was recorded).
+    pub meta_index: Option<u64>,
 }
 
 /// The manifest of one store.
@@ -198,6 +209,9 @@ impl Manifest {
                             codec::put_u64(out, C_FILE_BYTES, bytes);
                         }
                     });
+                }
+                if let Some(index) = entry.meta_index {
+                    codec::put_u64(out, R_META_INDEX, index);
                 }
             });
         }
@@ -339,7 +353,8 @@ fn decode_region_entry(
         }
         checkpoints.push(ckpt);
     }
-    Ok(RegionEntry { region, checkpoints })
+    let meta_index = rec.optional(R_META_INDEX)?.map(|f| f.as_u64()).transpose()?;
+    Ok(RegionEntry { region, checkpoints, meta_index })
 }
 
 fn decode_checkpoint_ref(buf: &[u8], skip_unknown: bool) -> DecodeResult<CheckpointRef> {
@@ -367,12 +382,28 @@ pub struct Migration {
 }
 
 /// Every migration, in order. Each released format version gets one step to the next.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    from: 1,
-    to: 2,
-    description: "record the length of every checkpoint file",
-    run: fill_file_bytes,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        from: 1,
+        to: 2,
+        description: "record the length of every checkpoint file",
+        run: fill_file_bytes,
+    },
+    Migration {
+        from: 2,
+        to: 3,
+        description: "regions gain meta_index (unknown for regions written before)",
+        run: no_meta_index,
+    },
+];
+
+/// Migration 2 -> 3: nothing to fill in; `meta_index` stays `None` (unknown).
+fn no_meta_index(manifest: &mut Manifest, _: &dyn FileSystem, _: &Path) -> Result<()> {
+    for entry in &mut manifest.regions {
+        entry.meta_index = None;
+    }
+    Ok(())
+}
 
 const _: () = assert!(
     MIGRATIONS.len() as u32 == MANIFEST_FORMAT_VERSION - OLDEST_MIGRATABLE_VERSION,
@@ -511,10 +542,12 @@ pub(crate) mod tests {
                     file_bytes: None,
                 },
             ],
+            meta_index: Some(37),
         });
         m.regions.push(RegionEntry {
             region: Region::new(RegionId(2), b"m".to_vec(), None),
             checkpoints: Vec::new(),
+            meta_index: None,
         });
         m.tasks.insert("duplication".into(), b"\x01stage".to_vec());
         m

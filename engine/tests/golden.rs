@@ -50,6 +50,11 @@ fn write_scenario() -> Result<(Vec<u8>, Vec<u8>), Box<dyn std::error::Error>> {
     round.delete(b"date")?;
     round.commit()?;
     let meta = engine.checkpoint(RegionId(7), 42)?;
+    // Since manifest version 3: a membership change after the checkpoint, recorded with
+    // its Raft index (the checkpoint file, format 1, is unchanged by it).
+    let mut peers = region().peers;
+    peers.push(Peer { id: PeerId(73), store: StoreId(3) });
+    engine.change_peers(RegionId(7), peers, 43)?;
     engine.set_task_state("duplication", Some(b"stage=1".to_vec()))?;
     engine.close()?;
     let manifest = fs.contents(&manifest::path(Path::new("/golden"))).ok_or("no manifest")?;
@@ -111,9 +116,14 @@ fn golden_manifest_v2_decodes_field_by_field() -> TestResult {
     let bytes = std::fs::read(golden_dir().join("manifest-v2.bin"))?;
     let (version, min_reader, compat) = Manifest::check_header(&bytes)?;
     assert_eq!((version, min_reader), (2, 1));
-    assert_eq!(compat, Compatibility::Compatible);
+    assert_eq!(
+        compat,
+        Compatibility::NeedsMigration { from: 2, to: manifest::MANIFEST_FORMAT_VERSION }
+    );
     let m = Manifest::decode(&bytes)?;
     assert_eq!(m.format_version, 2);
+    // Added in version 3: absent from a version-2 record, so unknown.
+    assert_eq!(m.regions[0].meta_index, None);
     assert_eq!(m.store_id, StoreId(1));
     assert!(m.clean_shutdown);
     assert_eq!(m.next_file_id, 2);
@@ -131,6 +141,29 @@ fn golden_manifest_v2_decodes_field_by_field() -> TestResult {
         }]
     );
     assert_eq!(m.tasks.len(), 1);
+    assert_eq!(m.tasks["duplication"], b"stage=1");
+    Ok(())
+}
+
+#[test]
+fn golden_manifest_v3_decodes_field_by_field() -> TestResult {
+    let bytes = std::fs::read(golden_dir().join("manifest-v3.bin"))?;
+    let (version, min_reader, compat) = Manifest::check_header(&bytes)?;
+    // A version-2 reader would drop meta_index on rewrite, so it must refuse the file.
+    assert_eq!((version, min_reader), (3, 3));
+    assert_eq!(compat, Compatibility::Compatible);
+    let m = Manifest::decode(&bytes)?;
+    assert_eq!(m.format_version, 3);
+    assert_eq!(m.store_id, StoreId(1));
+    assert!(m.clean_shutdown);
+    assert_eq!(m.regions.len(), 1);
+    let mut expected = region();
+    expected.epoch.conf_ver += 1;
+    expected.peers.push(Peer { id: PeerId(73), store: StoreId(3) });
+    assert_eq!(m.regions[0].region, expected);
+    assert_eq!(m.regions[0].meta_index, Some(43));
+    let golden_checkpoint_len = std::fs::read(golden_dir().join("checkpoint-v1.bin"))?.len();
+    assert_eq!(m.regions[0].checkpoints[0].file_bytes, Some(golden_checkpoint_len as u64));
     assert_eq!(m.tasks["duplication"], b"stage=1");
     Ok(())
 }

@@ -3,10 +3,24 @@
 // File offsets and lengths are u64 on disk and usize in memory; see the workspace lints.
 const _: () = assert!(usize::BITS == 64, "regionkv supports 64-bit targets only");
 
+mod command;
+mod config;
+mod core;
 mod error;
 pub mod log;
+mod logger;
+mod peer;
+pub mod sim;
 mod storage;
 pub mod transport;
 
+pub use command::{Op, Write};
+pub use config::{ReadMode, StoreConfig};
+pub use core::{
+    ApplyObserver, ElectionTicks, Output, PeerStatus, StoreContext, StoreCore, WriteTask,
+};
 pub use error::{Error, Result};
+pub use peer::{
+    ChangePeersRequest, PeerChange, Query, QueryResult, ReadRequest, Reply, WriteRequest,
+};
 pub use storage::PeerStorage;

@@ -51,6 +51,8 @@ const S_COMMIT: u16 = 4;
 const S_CONF: u16 = 5;
 const S_FIRST_INDEX: u16 = 6;
 const S_TRUNCATED_TERM: u16 = 7;
+const S_PEER_ID: u16 = 8;
+const S_CONF_INDEX: u16 = 9;
 
 const C_VOTER: u16 = 1;
 const C_LEARNER: u16 = 2;
@@ -71,6 +73,11 @@ pub struct LogState {
     pub first_index: u64,
     /// The term of entry `first_index - 1`.
     pub truncated_term: u64,
+    /// This store's replica of the region (the Raft id).
+    pub peer_id: u64,
+    /// The index of the entry whose application produced `conf_state` (0: the initial
+    /// configuration); replay never applies a conf change at or below it again.
+    pub conf_index: u64,
 }
 
 /// Where an encoded entry sits inside a batch's payload.
@@ -133,6 +140,8 @@ impl BatchEncoder {
             codec::put_nested(out, S_CONF, |out| put_conf_state(out, &state.conf_state));
             codec::put_u64(out, S_FIRST_INDEX, state.first_index);
             codec::put_u64(out, S_TRUNCATED_TERM, state.truncated_term);
+            codec::put_u64(out, S_PEER_ID, state.peer_id);
+            codec::put_u64(out, S_CONF_INDEX, state.conf_index);
         });
     }
 
@@ -220,8 +229,17 @@ pub(crate) fn decode(payload: &[u8]) -> DecodeResult<Vec<Item>> {
                 items.push(Item::Entries { region, first_index, spans });
             }
             STATE => {
-                let known =
-                    [S_REGION, S_TERM, S_VOTE, S_COMMIT, S_CONF, S_FIRST_INDEX, S_TRUNCATED_TERM];
+                let known = [
+                    S_REGION,
+                    S_TERM,
+                    S_VOTE,
+                    S_COMMIT,
+                    S_CONF,
+                    S_FIRST_INDEX,
+                    S_TRUNCATED_TERM,
+                    S_PEER_ID,
+                    S_CONF_INDEX,
+                ];
                 let rec = Record::parse(field.value, &known, false).map_err(at)?;
                 let u64_of =
                     |tag, what| rec.required(tag, what).and_then(|f| f.as_u64()).map_err(at);
@@ -239,6 +257,8 @@ pub(crate) fn decode(payload: &[u8]) -> DecodeResult<Vec<Item>> {
                         conf_state,
                         first_index: u64_of(S_FIRST_INDEX, "state first index")?,
                         truncated_term: u64_of(S_TRUNCATED_TERM, "state truncated term")?,
+                        peer_id: u64_of(S_PEER_ID, "state peer id")?,
+                        conf_index: u64_of(S_CONF_INDEX, "state conf index")?,
                     },
                 });
             }

@@ -241,16 +241,18 @@ impl RaftLog {
         Ok(())
     }
 
-    /// Stages a new conf state for `region`.
+    /// Stages a new conf state for `region`, produced by applying entry `index`.
     pub fn stage_conf_state(
         &self,
         write: &mut LogWrite,
         region: RegionId,
         conf_state: ConfState,
+        index: u64,
     ) -> Result<()> {
         let log = self.region(region)?;
         let mut log = log.lock();
         log.state.conf_state = conf_state;
+        log.state.conf_index = index;
         write.region(region).state = Some(log.state.clone());
         Ok(())
     }

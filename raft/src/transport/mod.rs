@@ -47,48 +47,54 @@ pub enum Body {
     SnapshotChunk(SnapshotChunk),
 }
 
-/// One bounded piece of a snapshot's checkpoint.
+/// One bounded piece of a snapshot's checkpoint; chunks are sent in file order.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SnapshotChunk {
     /// The snapshot's index.
     pub index: u64,
     /// The snapshot's term.
     pub term: u64,
-    /// Position of this chunk, from 0.
-    pub seq: u32,
-    /// True for the final chunk.
-    pub last: bool,
-    /// The checkpoint's bytes.
+    /// Offset of `data` in the checkpoint file.
+    pub offset: u64,
+    /// Length of the whole checkpoint file.
+    pub file_bytes: u64,
+    /// The checkpoint's bytes at `offset`.
     pub data: Bytes,
+}
+
+impl SnapshotChunk {
+    /// True for the chunk that reaches the end of the file.
+    pub fn is_last(&self) -> bool {
+        self.offset + self.data.len() as u64 >= self.file_bytes
+    }
 }
 
 impl fmt::Debug for Envelope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut d = f.debug_struct("Envelope");
-        d.field("region", &self.region.0).field("from", &self.from.0).field("to", &self.to.0);
-        match &self.body {
-            Body::Raft(m) => d
-                .field("type", &m.get_msg_type())
-                .field("term", &m.term)
-                .field("index", &m.index)
-                .field("entries", &m.entries.len()),
-            Body::SnapshotChunk(c) => {
-                d.field("snapshot_chunk", &(c.index, c.seq, c.last, c.data.len()))
-            }
-        };
-        d.finish()
+        f.debug_struct("Envelope")
+            .field("region", &self.region.0)
+            .field("from", &self.from.0)
+            .field("to", &self.to.0)
+            .field("epoch", &self.epoch)
+            .field("body", &self.body)
+            .finish()
     }
 }
 
 impl fmt::Debug for Body {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Body::Raft(m) => {
-                write!(f, "Raft({:?} term {} index {})", m.get_msg_type(), m.term, m.index)
-            }
-            Body::SnapshotChunk(c) => {
-                write!(f, "SnapshotChunk({} #{} last {})", c.index, c.seq, c.last)
-            }
+            Body::Raft(m) => write!(
+                f,
+                "Raft({:?} {}->{} term {} index {} entries {})",
+                m.get_msg_type(),
+                m.from,
+                m.to,
+                m.term,
+                m.index,
+                m.entries.len()
+            ),
+            Body::SnapshotChunk(c) => c.fmt(f),
         }
     }
 }
@@ -97,11 +103,11 @@ impl fmt::Debug for SnapshotChunk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "SnapshotChunk(index {} term {} #{} last {} {} bytes)",
+            "SnapshotChunk(index {} term {} at {} of {}: {} bytes)",
             self.index,
             self.term,
-            self.seq,
-            self.last,
+            self.offset,
+            self.file_bytes,
             self.data.len()
         )
     }

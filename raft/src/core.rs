@@ -1,0 +1,1182 @@
+//! [`StoreCore`]: the step functions of a store's Raft groups.
+//!
+//! The core owns a set of peers (all of a store's, or one poller's share) and changes
+//! only in response to its step functions: [`StoreCore::on_tick`],
+//! [`StoreCore::on_envelopes`], [`StoreCore::on_write`], [`StoreCore::on_read`],
+//! [`StoreCore::on_change_peers`] and [`StoreCore::on_persisted`]. It does no I/O of
+//! its own but two kinds: applying committed entries into the in-memory engine (and
+//! checkpoints, which the engine writes), and reading the log. Everything else comes out
+//! of [`StoreCore::flush`] as an [`Output`] for a driver to carry out:
+//!
+//! - `messages`: to send now; a leader's appends go out in parallel with its own fsync
+//!   (raft thesis 10.2.1);
+//! - `write`: a [`WriteTask`]: the staged log write to make durable, the messages that
+//!   may only leave after it is durable (votes, append responses), and the readies to
+//!   report back through `on_persisted` once it is.
+//!
+//! The deterministic simulator and the threaded production driver both drive this
+//! same code; only where and when a `WriteTask` is persisted differs.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message,
+    MessageType, Snapshot,
+};
+use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
+use regionkv_engine::checkpoint::CheckpointChunks;
+use regionkv_engine::{ApplyRound, CheckpointChunk, Engine, PeerId, Region, RegionId};
+use regionkv_wal::{CancellationToken, Lsn, Timeline};
+
+use crate::command::{self, ChangePeersContext, Op, Write};
+use crate::config::{ReadMode, StoreConfig};
+use crate::error::{Error, Result};
+use crate::log::{LogState, LogWrite, RaftLog};
+use crate::logger::raft_logger;
+use crate::peer::{
+    ChangePeersRequest, Incoming, Peer, PeerChange, Proposal, Query, QueryResult, ReadRequest,
+    Reply, Waiting, WriteRequest,
+};
+use crate::storage::PeerStorage;
+use crate::transport::{Body, Envelope, SnapshotChunk};
+
+/// Sees every entry a store applies: `(region, index, term, data)`. For checkers.
+pub type ApplyObserver = Box<dyn Fn(RegionId, u64, u64, &[u8]) + Send + Sync>;
+
+/// Chooses a peer's election timeout in ticks, given its region and peer id. Lets a
+/// deterministic driver replace raft-rs's thread-local randomness with a seed.
+pub type ElectionTicks = Box<dyn Fn(RegionId, PeerId) -> usize + Send + Sync>;
+
+/// What a store shares between its cores and drivers.
+pub struct StoreContext {
+    /// How the store runs.
+    pub config: StoreConfig,
+    /// The store's engine.
+    pub engine: Engine,
+    /// The store's Raft log.
+    pub log: Arc<RaftLog>,
+    /// Cancelled when the store shuts down; every timeline's token is a child.
+    pub cancel: CancellationToken,
+    /// Called for every applied entry, if set.
+    pub apply_observer: Option<ApplyObserver>,
+    /// Fixes each peer's election timeout, if set (else raft-rs randomizes it).
+    pub election_ticks: Option<ElectionTicks>,
+}
+
+impl std::fmt::Debug for StoreContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreContext").field("store", &self.config.store_id).finish_non_exhaustive()
+    }
+}
+
+impl StoreContext {
+    /// A context with no observers.
+    pub fn new(
+        config: StoreConfig,
+        engine: Engine,
+        log: Arc<RaftLog>,
+        cancel: CancellationToken,
+    ) -> StoreContext {
+        StoreContext { config, engine, log, cancel, apply_observer: None, election_ticks: None }
+    }
+}
+
+/// A log write to make durable, and what waits for it.
+#[derive(Debug)]
+pub struct WriteTask {
+    /// The staged changes.
+    pub write: LogWrite,
+    /// Messages that may leave only once the write is durable.
+    pub messages: Vec<Envelope>,
+    /// Readies to report through [`StoreCore::on_persisted`] once it is.
+    pub readies: Vec<(RegionId, u64)>,
+}
+
+/// What a [`StoreCore::flush`] asks the driver to do.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Send these now.
+    pub messages: Vec<Envelope>,
+    /// Persist this, then send its messages and report its readies.
+    pub write: Option<WriteTask>,
+}
+
+/// One peer's status, for monitors and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The region as this store knows it.
+    pub region: Region,
+    /// This store's replica.
+    pub peer: PeerId,
+    /// Leader, follower, candidate or pre-candidate.
+    pub role: StateRole,
+    /// The current term.
+    pub term: u64,
+    /// The leader's peer id, if known.
+    pub leader: Option<PeerId>,
+    /// Highest index known committed.
+    pub commit: u64,
+    /// Highest index applied.
+    pub applied: u64,
+    /// Last index in the log.
+    pub last_index: u64,
+    /// True once the replica holds data (a snapshot or bootstrap).
+    pub initialized: bool,
+}
+
+/// How many times `flush` re-runs readies made by the previous round (light readies
+/// after an inline persist, cascaded applies); bounds the loop.
+const MAX_READY_PASSES: usize = 8;
+
+/// Purge the WAL every this many ticks.
+const PURGE_EVERY_TICKS: u64 = 50;
+
+/// The Raft groups of a store (or a share of them) and their step functions.
+pub struct StoreCore {
+    ctx: Arc<StoreContext>,
+    peers: HashMap<RegionId, Peer>,
+    /// Regions whose replica here was removed; messages for them are ignored.
+    tombstones: HashSet<RegionId>,
+    /// Peers that may have a ready; ordered for determinism.
+    dirty: BTreeSet<RegionId>,
+    write: LogWrite,
+    readies: Vec<(RegionId, u64)>,
+    outbox: Vec<Envelope>,
+    after_persist: Vec<Envelope>,
+    ticks: u64,
+    /// Which regions this core owns, for cores that share a store.
+    owns: Box<dyn Fn(RegionId) -> bool + Send>,
+}
+
+impl std::fmt::Debug for StoreCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreCore")
+            .field("store", &self.ctx.config.store_id)
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn raft_config(config: &StoreConfig, id: u64, applied: u64) -> raft::Config {
+    raft::Config {
+        id,
+        election_tick: config.election_ticks,
+        heartbeat_tick: config.heartbeat_ticks,
+        applied,
+        max_size_per_msg: config.max_append_bytes,
+        max_inflight_msgs: config.max_inflight_appends,
+        check_quorum: true,
+        pre_vote: true,
+        read_only_option: match config.read_mode {
+            ReadMode::ReadIndex => ReadOnlyOption::Safe,
+            ReadMode::Lease => ReadOnlyOption::LeaseBased,
+        },
+        ..raft::Config::default()
+    }
+}
+
+impl StoreCore {
+    /// Opens the cores's share of a store: a peer for every region `owns` accepts that
+    /// the engine hosts or the log has (an uninitialized replica). Committed entries
+    /// after each region's checkpoint are applied again by the first flushes.
+    pub fn open(
+        ctx: Arc<StoreContext>,
+        owns: Box<dyn Fn(RegionId) -> bool + Send>,
+    ) -> Result<StoreCore> {
+        let write = ctx.log.begin_write();
+        let mut core = StoreCore {
+            ctx,
+            peers: HashMap::new(),
+            tombstones: HashSet::new(),
+            dirty: BTreeSet::new(),
+            write,
+            readies: Vec::new(),
+            outbox: Vec::new(),
+            after_persist: Vec::new(),
+            ticks: 0,
+            owns,
+        };
+        let hosted: HashMap<RegionId, Region> =
+            core.ctx.engine.regions().into_iter().map(|r| (r.id, r)).collect();
+        let mut ids = core.ctx.log.region_ids();
+        ids.sort_unstable();
+        for id in ids {
+            if !(core.owns)(id) {
+                continue;
+            }
+            let state = core.ctx.log.state(id).ok_or(Error::RegionNotFound { region: id })?;
+            match hosted.get(&id) {
+                Some(region) => {
+                    let applied = match core.ctx.engine.latest_checkpoint(id)? {
+                        Some(file) => file.header().applied_index,
+                        None => 0,
+                    };
+                    core.add_peer(
+                        region.clone(),
+                        true,
+                        PeerId(state.peer_id),
+                        applied,
+                        state.conf_index,
+                    )?;
+                }
+                None => {
+                    let region = Region::new(id, Vec::new(), Some(Vec::new()));
+                    core.add_peer(region, false, PeerId(state.peer_id), 0, state.conf_index)?;
+                }
+            }
+        }
+        Ok(core)
+    }
+
+    fn add_peer(
+        &mut self,
+        region: Region,
+        initialized: bool,
+        id: PeerId,
+        applied: u64,
+        conf_index: u64,
+    ) -> Result<()> {
+        let storage = PeerStorage::new(region.id, self.ctx.log.clone());
+        let snapshot_slot = storage.snapshot_slot().clone();
+        let (first, _) = self.ctx.log.bounds(region.id)?;
+        // raft-rs requires applied >= first_index - 1; a checkpoint older than the
+        // compaction point would be a bug (compaction follows checkpoints).
+        let applied = applied.max(first.saturating_sub(1));
+        let mut config = raft_config(&self.ctx.config, id.0, applied);
+        if let Some(choose) = &self.ctx.election_ticks {
+            // One fixed timeout per peer: raft-rs draws from [min, max), so max = min + 1.
+            let ticks = choose(region.id, id).max(config.heartbeat_tick + 1);
+            config.min_election_tick = ticks;
+            config.max_election_tick = ticks + 1;
+        }
+        let raw = RawNode::new(&config, storage, &raft_logger())?;
+        let timeline = Timeline::new(
+            format!("store-{}/region-{}", self.ctx.config.store_id, region.id),
+            &self.ctx.cancel,
+        );
+        let region_id = region.id;
+        self.peers.insert(
+            region_id,
+            Peer {
+                region,
+                initialized,
+                id,
+                raw,
+                snapshot_slot,
+                snapshot_file: None,
+                batch: Vec::new(),
+                batch_bytes: 0,
+                proposals: Default::default(),
+                reads_pending: HashMap::new(),
+                reads_ready: Default::default(),
+                next_read_ctx: 1,
+                applied_index: applied,
+                checkpoint_index: applied,
+                applied_bytes_since_checkpoint: 0,
+                conf_index,
+                peer_stores: HashMap::new(),
+                incoming: None,
+                received: None,
+                timeline,
+                removed: false,
+            },
+        );
+        self.dirty.insert(region_id);
+        Ok(())
+    }
+
+    /// Creates a region from nothing on this store (cluster bootstrap): the engine
+    /// hosts it empty, its log starts with `region.peers` as voters.
+    pub fn bootstrap_region(&mut self, region: Region) -> Result<()> {
+        let me = self.ctx.config.store_id;
+        let peer = *region.peers.iter().find(|p| p.store == me).ok_or_else(|| {
+            Error::Internal(format!(
+                "bootstrap of region {} that has no peer on store {me}",
+                region.id
+            ))
+        })?;
+        let mut conf_state = ConfState::default();
+        conf_state.voters = region.peers.iter().map(|p| p.id.0).collect();
+        let state =
+            LogState { first_index: 1, conf_state, peer_id: peer.id.0, ..LogState::default() };
+        self.ctx.engine.insert_region(region.clone())?;
+        self.ctx.log.create_region(&mut self.write, region.id, state)?;
+        self.add_peer(region, true, peer.id, 0, 0)
+    }
+
+    /// The context this core works in.
+    pub fn context(&self) -> &Arc<StoreContext> {
+        &self.ctx
+    }
+
+    /// Advances every group's logical clock by one tick.
+    pub fn on_tick(&mut self) {
+        self.ticks += 1;
+        for (&id, peer) in &mut self.peers {
+            if peer.raw.tick() {
+                self.dirty.insert(id);
+            }
+        }
+        if self.ticks % PURGE_EVERY_TICKS == 0 {
+            self.plan_purge();
+        }
+    }
+
+    /// Takes envelopes that arrived from other stores.
+    pub fn on_envelopes(&mut self, envelopes: Vec<Envelope>) {
+        for env in envelopes {
+            let region = env.region;
+            if let Err(e) = self.on_envelope(env) {
+                tracing::debug!(region = region.0, error = %e, "dropped a message");
+            }
+        }
+    }
+
+    fn on_envelope(&mut self, env: Envelope) -> Result<()> {
+        if env.to != self.ctx.config.store_id
+            || !(self.owns)(env.region)
+            || self.tombstones.contains(&env.region)
+        {
+            return Ok(());
+        }
+        let Envelope { region, from, body, .. } = env;
+        if !self.peers.contains_key(&region) {
+            // A replica added by a membership change learns of its region from the
+            // first message; it holds nothing until a snapshot arrives.
+            let to = match &body {
+                Body::Raft(m) => m.to,
+                Body::SnapshotChunk(_) => return Ok(()), // the Raft message comes first
+            };
+            self.create_uninitialized(region, PeerId(to))?;
+        }
+        let peer = self.peers.get_mut(&region).expect("created above");
+        match body {
+            Body::Raft(msg) => {
+                if msg.to != peer.id.0 {
+                    return Ok(()); // for an older replica of the region on this store
+                }
+                peer.peer_stores.insert(PeerId(msg.from), from);
+                if msg.get_msg_type() == MessageType::MsgSnapshot {
+                    let meta = msg.get_snapshot().get_metadata();
+                    let ready = peer
+                        .received
+                        .as_ref()
+                        .is_some_and(|(i, t, _)| *i == meta.index && *t == meta.term);
+                    if !ready {
+                        // The checkpoint did not arrive whole; the leader sends again.
+                        tracing::debug!(
+                            region = region.0,
+                            index = meta.index,
+                            "snapshot message without its checkpoint"
+                        );
+                        return Ok(());
+                    }
+                }
+                peer.raw.step(msg)?;
+            }
+            Body::SnapshotChunk(chunk) => self.on_snapshot_chunk(region, chunk)?,
+        }
+        self.dirty.insert(region);
+        Ok(())
+    }
+
+    fn create_uninitialized(&mut self, region: RegionId, id: PeerId) -> Result<()> {
+        let state = LogState { first_index: 1, peer_id: id.0, ..LogState::default() };
+        self.ctx.log.create_region(&mut self.write, region, state)?;
+        tracing::info!(
+            region = region.0,
+            peer = id.0,
+            "created a replica to be filled by a snapshot"
+        );
+        self.add_peer(Region::new(region, Vec::new(), Some(Vec::new())), false, id, 0, 0)
+    }
+
+    fn on_snapshot_chunk(&mut self, region: RegionId, chunk: SnapshotChunk) -> Result<()> {
+        let peer = self.peers.get_mut(&region).expect("checked by caller");
+        if chunk.offset == 0 {
+            peer.incoming = Some(Incoming {
+                index: chunk.index,
+                term: chunk.term,
+                next_offset: 0,
+                receiver: self.ctx.engine.receive_checkpoint()?,
+            });
+        }
+        let Some(incoming) = peer.incoming.as_mut() else { return Ok(()) };
+        if (incoming.index, incoming.term, incoming.next_offset)
+            != (chunk.index, chunk.term, chunk.offset)
+        {
+            peer.incoming = None; // a chunk went missing: drop the transfer, the leader resends
+            return Ok(());
+        }
+        let last = chunk.is_last();
+        let data = CheckpointChunk {
+            offset: chunk.offset,
+            file_bytes: chunk.file_bytes,
+            data: chunk.data,
+        };
+        incoming.next_offset = chunk.offset + data.data.len() as u64;
+        if let Err(e) = incoming.receiver.push(&data) {
+            peer.incoming = None;
+            return Err(e.into());
+        }
+        if last {
+            let done = peer.incoming.take().expect("checked");
+            let received = done.receiver.finish()?;
+            peer.received = Some((done.index, done.term, received));
+        }
+        Ok(())
+    }
+
+    /// Takes a client write.
+    pub fn on_write(&mut self, req: WriteRequest) {
+        let Some(peer) = self.peers.get_mut(&req.region) else {
+            (req.reply)(Err(Error::RegionNotFound { region: req.region }));
+            return;
+        };
+        if !peer.is_leader() {
+            let e = peer.not_leader();
+            (req.reply)(Err(e));
+            return;
+        }
+        if let Err(e) = peer.check_version(req.epoch) {
+            (req.reply)(Err(e));
+            return;
+        }
+        if req.ops.iter().any(|op| !peer.region.contains(op.key())) {
+            (req.reply)(Err(Error::KeyNotInRegion {
+                region: peer.region.id,
+                current: Some(peer.region.clone()),
+            }));
+            return;
+        }
+        let write = Write { epoch: req.epoch, ops: req.ops };
+        peer.batch_bytes += write.encoded_len();
+        peer.batch.push((write, req.reply));
+        self.dirty.insert(req.region);
+    }
+
+    /// Takes a linearizable read.
+    pub fn on_read(&mut self, req: ReadRequest) {
+        let Some(peer) = self.peers.get_mut(&req.region) else {
+            (req.reply)(Err(Error::RegionNotFound { region: req.region }));
+            return;
+        };
+        if !peer.is_leader() {
+            let e = peer.not_leader();
+            (req.reply)(Err(e));
+            return;
+        }
+        if let Err(e) = peer.check_version(req.epoch) {
+            (req.reply)(Err(e));
+            return;
+        }
+        let ctx = peer.next_read_ctx;
+        peer.next_read_ctx += 1;
+        peer.raw.read_index(ctx.to_le_bytes().to_vec());
+        peer.reads_pending.entry(ctx).or_default().push(req);
+        self.dirty.insert(peer.region.id);
+    }
+
+    /// Takes a membership change (one peer at a time).
+    pub fn on_change_peers(&mut self, req: ChangePeersRequest) {
+        let Some(peer) = self.peers.get_mut(&req.region) else {
+            (req.reply)(Err(Error::RegionNotFound { region: req.region }));
+            return;
+        };
+        if !peer.is_leader() {
+            let e = peer.not_leader();
+            (req.reply)(Err(e));
+            return;
+        }
+        if req.epoch != peer.region.epoch {
+            (req.reply)(Err(Error::EpochNotMatch {
+                region: req.region,
+                current: vec![peer.region.clone()],
+            }));
+            return;
+        }
+        let mut single = ConfChangeSingle::default();
+        let mut added = Vec::new();
+        match req.change {
+            PeerChange::AddVoter(p) => {
+                single.set_change_type(ConfChangeType::AddNode);
+                single.node_id = p.id.0;
+                added.push(p);
+            }
+            PeerChange::AddLearner(p) => {
+                single.set_change_type(ConfChangeType::AddLearnerNode);
+                single.node_id = p.id.0;
+                added.push(p);
+            }
+            PeerChange::Remove(id) => {
+                single.set_change_type(ConfChangeType::RemoveNode);
+                single.node_id = id.0;
+            }
+        }
+        let mut cc = ConfChangeV2::default();
+        cc.mut_changes().push(single);
+        let context =
+            command::encode_change_peers(&ChangePeersContext { epoch: req.epoch, peers: added });
+        let before = peer.raw.raft.raft_log.last_index();
+        if let Err(e) = peer.raw.propose_conf_change(context, cc) {
+            (req.reply)(Err(e.into()));
+            return;
+        }
+        let index = peer.raw.raft.raft_log.last_index();
+        if index == before {
+            (req.reply)(Err(Error::Dropped {
+                region: req.region,
+                reason: "raft-rs dropped the proposal",
+            }));
+            return;
+        }
+        peer.proposals.push_back(Proposal {
+            index,
+            term: peer.raw.raft.term,
+            waiting: Waiting::ChangePeers(req.reply),
+        });
+        self.dirty.insert(req.region);
+    }
+
+    /// Asks the leader of `region` to hand leadership to `to`.
+    pub fn on_transfer_leader(&mut self, region: RegionId, to: PeerId) {
+        if let Some(peer) = self.peers.get_mut(&region) {
+            peer.raw.transfer_leader(to.0);
+            self.dirty.insert(region);
+        }
+    }
+
+    /// Reports that the writes carrying these readies are durable.
+    pub fn on_persisted(&mut self, readies: &[(RegionId, u64)]) {
+        for &(region, number) in readies {
+            if let Some(peer) = self.peers.get_mut(&region) {
+                peer.raw.on_persist_ready(number);
+                self.dirty.insert(region);
+            }
+        }
+    }
+
+    /// The status of every peer, by region id.
+    pub fn status(&self) -> Vec<PeerStatus> {
+        let mut out: Vec<PeerStatus> = self
+            .peers
+            .values()
+            .map(|p| PeerStatus {
+                region: p.region.clone(),
+                peer: p.id,
+                role: p.raw.raft.state,
+                term: p.raw.raft.term,
+                leader: (p.raw.raft.leader_id != raft::INVALID_ID)
+                    .then_some(PeerId(p.raw.raft.leader_id)),
+                commit: p.raw.raft.raft_log.committed,
+                applied: p.applied_index,
+                last_index: p.raw.raft.raft_log.last_index(),
+                initialized: p.initialized,
+            })
+            .collect();
+        out.sort_by_key(|s| s.region.id);
+        out
+    }
+
+    /// True if any peer may have work for `flush`.
+    pub fn has_work(&self) -> bool {
+        !self.dirty.is_empty() || !self.outbox.is_empty() || !self.write.is_empty()
+    }
+
+    /// Handles every pending ready: proposes batched writes, applies what committed,
+    /// stages what must be persisted. See the module docs for what comes out.
+    pub fn flush(&mut self) -> Output {
+        for _ in 0..MAX_READY_PASSES {
+            if self.dirty.is_empty() {
+                break;
+            }
+            let dirty = std::mem::take(&mut self.dirty);
+            for region in dirty {
+                if let Err(e) = self.flush_peer(region) {
+                    self.on_peer_error(region, &e);
+                }
+            }
+        }
+        let messages = std::mem::take(&mut self.outbox);
+        let write =
+            if self.write.is_empty() && self.readies.is_empty() && self.after_persist.is_empty() {
+                None
+            } else {
+                Some(WriteTask {
+                    write: std::mem::replace(&mut self.write, self.ctx.log.begin_write()),
+                    messages: std::mem::take(&mut self.after_persist),
+                    readies: std::mem::take(&mut self.readies),
+                })
+            };
+        Output { messages, write }
+    }
+
+    fn on_peer_error(&mut self, region: RegionId, error: &Error) {
+        if error.is_cancelled() {
+            tracing::debug!(region = region.0, "peer stopped by shutdown");
+        } else {
+            tracing::error!(region = region.0, error = %error, "peer failed");
+        }
+    }
+
+    fn flush_peer(&mut self, region: RegionId) -> Result<()> {
+        self.propose_batch(region)?;
+        self.prepare_snapshot(region)?;
+        let Some(peer) = self.peers.get_mut(&region) else { return Ok(()) };
+        if !peer.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = peer.raw.ready();
+        let me = self.ctx.config.store_id;
+
+        // Messages that need not wait for our own fsync (a leader's).
+        let now = ready.take_messages();
+        self.route(region, now, false);
+
+        // A snapshot to install: its checkpoint arrived in chunks before the message.
+        if !ready.snapshot().is_empty() {
+            let snap = ready.snapshot().clone();
+            self.install_snapshot(region, &snap)?;
+        }
+
+        // Committed entries (already durable here): apply them.
+        let committed = ready.take_committed_entries();
+        if !committed.is_empty() {
+            self.apply(region, committed)?;
+        }
+
+        let peer = self.peers.get_mut(&region).expect("present");
+        // Entries and hard state: readable now, durable with the write.
+        let entries = ready.take_entries();
+        self.ctx.log.stage(&mut self.write, region, entries, ready.hs())?;
+        for state in ready.take_read_states() {
+            let ctx = u64::from_le_bytes(
+                state.request_ctx.get(..8).and_then(|b| b.try_into().ok()).unwrap_or_default(),
+            );
+            if let Some(reads) = peer.reads_pending.remove(&ctx) {
+                peer.reads_ready.push_back((state.index, reads));
+            }
+        }
+        if let Some(ss) = ready.ss() {
+            if ss.raft_state != StateRole::Leader {
+                let leader = peer.leader_store();
+                peer.fail_unproposed(|| Error::NotLeader { region, leader });
+            }
+            tracing::debug!(store = me.0, region = region.0, role = ?ss.raft_state, leader = ss.leader_id, "role changed");
+        }
+        let persisted = ready.take_persisted_messages();
+        let number = ready.number();
+        peer.raw.advance_append_async(ready);
+        self.readies.push((region, number));
+        self.route(region, persisted, true);
+        self.serve_reads(region);
+        self.maybe_checkpoint(region)?;
+        if self.peers.get(&region).is_some_and(|p| p.removed) {
+            self.destroy(region)?;
+        } else {
+            self.dirty.insert(region); // a later pass may have a light ready
+        }
+        Ok(())
+    }
+
+    /// Proposes the writes batched this turn as few entries as the size bound allows.
+    fn propose_batch(&mut self, region: RegionId) -> Result<()> {
+        let max = self.ctx.config.max_entry_bytes;
+        let Some(peer) = self.peers.get_mut(&region) else { return Ok(()) };
+        if peer.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut peer.batch);
+        peer.batch_bytes = 0;
+        let mut writes = Vec::new();
+        let mut replies = Vec::new();
+        let mut bytes = 0;
+        let mut chunks = Vec::new();
+        for (write, reply) in batch {
+            let len = write.encoded_len();
+            if !writes.is_empty() && bytes + len > max {
+                chunks.push((std::mem::take(&mut writes), std::mem::take(&mut replies)));
+                bytes = 0;
+            }
+            bytes += len;
+            writes.push(write);
+            replies.push(reply);
+        }
+        chunks.push((writes, replies));
+        for (writes, replies) in chunks {
+            if !peer.is_leader() {
+                replies.into_iter().for_each(|r| r(Err(peer.not_leader())));
+                continue;
+            }
+            let data = command::encode_writes(&writes);
+            let before = peer.raw.raft.raft_log.last_index();
+            match peer.raw.propose(Vec::new(), data) {
+                Ok(()) if peer.raw.raft.raft_log.last_index() > before => {
+                    let index = peer.raw.raft.raft_log.last_index();
+                    peer.proposals.push_back(Proposal {
+                        index,
+                        term: peer.raw.raft.term,
+                        waiting: Waiting::Writes(replies),
+                    });
+                }
+                Ok(()) => replies.into_iter().for_each(|r| {
+                    r(Err(Error::Dropped { region, reason: "raft-rs dropped the proposal" }))
+                }),
+                Err(e) => {
+                    let reason = if matches!(e, raft::Error::ProposalDropped) {
+                        "proposal dropped (leadership changing)"
+                    } else {
+                        "proposal refused"
+                    };
+                    replies.into_iter().for_each(|r| r(Err(Error::Dropped { region, reason })));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns envelopes into messages to send now or after the write persists; a
+    /// snapshot message is preceded by its checkpoint's chunks.
+    fn route(&mut self, region: RegionId, messages: Vec<Message>, after_persist: bool) {
+        if messages.is_empty() {
+            return;
+        }
+        let me = self.ctx.config.store_id;
+        let chunk_bytes = self.ctx.config.snapshot_chunk_bytes;
+        let peer = self.peers.get_mut(&region).expect("present");
+        let epoch = peer.initialized.then_some(peer.region.epoch);
+        for msg in messages {
+            let Some(to) = peer.store_of(PeerId(msg.to)) else {
+                tracing::debug!(
+                    region = region.0,
+                    to = msg.to,
+                    "no store known for peer; message dropped"
+                );
+                continue;
+            };
+            let mut out = Vec::new();
+            if msg.get_msg_type() == MessageType::MsgSnapshot {
+                let meta = msg.get_snapshot().get_metadata();
+                match &peer.snapshot_file {
+                    Some(file) if file.header().applied_index == meta.index => {
+                        for chunk in CheckpointChunks::new(file, chunk_bytes) {
+                            out.push(Envelope {
+                                region,
+                                from: me,
+                                to,
+                                epoch,
+                                body: Body::SnapshotChunk(SnapshotChunk {
+                                    index: meta.index,
+                                    term: meta.term,
+                                    offset: chunk.offset,
+                                    file_bytes: chunk.file_bytes,
+                                    data: chunk.data,
+                                }),
+                            });
+                        }
+                        // The follower confirms by its next append response; a lost
+                        // transfer shows as a rejection and a new snapshot.
+                        peer.raw.report_snapshot(msg.to, SnapshotStatus::Finish);
+                    }
+                    _ => {
+                        peer.raw.report_snapshot(msg.to, SnapshotStatus::Failure);
+                        continue;
+                    }
+                }
+            }
+            out.push(Envelope { region, from: me, to, epoch, body: Body::Raft(msg) });
+            if after_persist {
+                self.after_persist.extend(out);
+            } else {
+                self.outbox.extend(out);
+            }
+        }
+    }
+
+    /// Makes a snapshot raft-rs asked for: a checkpoint of the region as applied now.
+    fn prepare_snapshot(&mut self, region: RegionId) -> Result<()> {
+        let Some(peer) = self.peers.get_mut(&region) else { return Ok(()) };
+        let wanted = peer.snapshot_slot.lock().wanted.take();
+        let Some(wanted) = wanted else { return Ok(()) };
+        if peer.applied_index < wanted || !peer.initialized {
+            peer.snapshot_slot.lock().wanted = Some(wanted);
+            return Ok(());
+        }
+        let term = self.ctx.log.term(region, peer.applied_index)?;
+        let meta = self.ctx.engine.checkpoint(region, peer.applied_index)?;
+        let file = self.ctx.engine.latest_checkpoint(region)?.ok_or_else(|| {
+            Error::Internal(format!(
+                "checkpoint of region {} at {} not found",
+                region.0, meta.applied_index
+            ))
+        })?;
+        peer.checkpoint_index = peer.applied_index;
+        peer.applied_bytes_since_checkpoint = 0;
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = peer.applied_index;
+        snap.mut_metadata().term = term;
+        snap.mut_metadata().set_conf_state(peer.raw.raft.prs().conf().to_conf_state());
+        peer.snapshot_slot.lock().ready = Some(snap);
+        peer.snapshot_file = Some(file);
+        self.ctx.log.stage_compaction(&mut self.write, region, peer.checkpoint_index)?;
+        tracing::info!(region = region.0, index = peer.applied_index, "prepared a snapshot");
+        Ok(())
+    }
+
+    /// Installs a received snapshot: the engine takes the checkpoint (durably), then
+    /// the log restarts after it.
+    fn install_snapshot(&mut self, region: RegionId, snap: &Snapshot) -> Result<()> {
+        let peer = self.peers.get_mut(&region).expect("present");
+        let meta = snap.get_metadata();
+        let Some((index, term, received)) = peer.received.take() else {
+            return Err(Error::Internal(format!(
+                "snapshot of region {} at {} without its checkpoint",
+                region.0, meta.index
+            )));
+        };
+        if (index, term) != (meta.index, meta.term) {
+            return Err(Error::Internal(format!(
+                "snapshot {}/{} does not match the received checkpoint {index}/{term}",
+                meta.index, meta.term
+            )));
+        }
+        let installed = self.ctx.engine.install_checkpoint(received)?;
+        let state = LogState {
+            hard_state: peer.raw.raft.hard_state(),
+            conf_state: meta.get_conf_state().clone(),
+            first_index: meta.index + 1,
+            truncated_term: meta.term,
+            peer_id: peer.id.0,
+            conf_index: meta.index,
+        };
+        self.ctx.log.stage_snapshot(&mut self.write, region, state)?;
+        peer.region = installed;
+        peer.initialized = true;
+        peer.applied_index = meta.index;
+        peer.checkpoint_index = meta.index;
+        peer.conf_index = meta.index;
+        peer.applied_bytes_since_checkpoint = 0;
+        tracing::info!(region = region.0, index = meta.index, "installed a snapshot");
+        Ok(())
+    }
+
+    /// Applies committed entries of one region, in write-batch rounds.
+    fn apply(&mut self, region: RegionId, entries: Vec<Entry>) -> Result<()> {
+        let engine = self.ctx.engine.clone();
+        let max_round = engine.max_round_bytes();
+        let mut round = engine.begin_round();
+        let mut round_bytes = 0usize;
+        let mut replies: Vec<(Reply<()>, Result<()>)> = Vec::new();
+        let last = entries.last().map_or(0, |e| e.index);
+        let peer = self.peers.get_mut(&region).expect("present");
+        let timeline = peer.timeline.clone();
+        let result = timeline.ingest(Lsn(last), || -> Result<(), regionkv_wal::IngestError> {
+            for entry in &entries {
+                let peer = self.peers.get_mut(&region).expect("present");
+                if entry.index <= peer.applied_index {
+                    continue; // applied before a restart, or by a snapshot
+                }
+                peer.applied_bytes_since_checkpoint += entry.data.len() as u64;
+                if let Some(observe) = &self.ctx.apply_observer {
+                    observe(region, entry.index, entry.term, &entry.data);
+                }
+                let mut outcome = match entry.get_entry_type() {
+                    EntryType::EntryNormal if entry.data.is_empty() => Vec::new(),
+                    EntryType::EntryNormal => {
+                        let writes = command::decode_writes(&entry.data).map_err(|e| {
+                            ingest_error(Error::Internal(format!(
+                                "undecodable entry {}: {}",
+                                entry.index, e.reason
+                            )))
+                        })?;
+                        let mut results = Vec::with_capacity(writes.len());
+                        for write in &writes {
+                            let bytes: usize =
+                                write.ops.iter().map(|op| op.key().len() + op_value_len(op)).sum();
+                            if round_bytes + bytes > max_round && !round.is_empty() {
+                                // A write never straddles two rounds: it is atomic.
+                                let full = std::mem::replace(&mut round, engine.begin_round());
+                                full.commit().map_err(|e| ingest_error(e.into()))?;
+                                round_bytes = 0;
+                            }
+                            let result = apply_write(&mut round, peer, write);
+                            if result.is_ok() {
+                                round_bytes += bytes;
+                            }
+                            results.push(result);
+                        }
+                        results
+                    }
+                    EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                        // Admin commands change durable metadata; data before them lands first.
+                        let full = std::mem::replace(&mut round, engine.begin_round());
+                        full.commit().map_err(|e| ingest_error(e.into()))?;
+                        round_bytes = 0;
+                        self.apply_conf_change(region, entry).map_err(ingest_error)?;
+                        Vec::new()
+                    }
+                };
+                let peer = self.peers.get_mut(&region).expect("present");
+                peer.applied_index = entry.index;
+                // Match the entry with the proposal waiting for it, if any.
+                while let Some(front) = peer.proposals.front() {
+                    if front.index > entry.index {
+                        break;
+                    }
+                    let proposal = peer.proposals.pop_front().expect("peeked");
+                    let matched = proposal.index == entry.index && proposal.term == entry.term;
+                    match proposal.waiting {
+                        Waiting::Writes(waiting) if matched => {
+                            let mut results = std::mem::take(&mut outcome).into_iter();
+                            for reply in waiting {
+                                let r = results.next().unwrap_or_else(|| {
+                                    Err(Error::Internal("fewer results than writes".into()))
+                                });
+                                replies.push((reply, r));
+                            }
+                        }
+                        Waiting::Writes(waiting) => {
+                            for reply in waiting {
+                                replies.push((
+                                    reply,
+                                    Err(Error::Dropped {
+                                        region,
+                                        reason: "its entry was overwritten by a new leader",
+                                    }),
+                                ));
+                            }
+                        }
+                        Waiting::ChangePeers(reply) if matched => {
+                            let region_now = peer.region.clone();
+                            reply(Ok(region_now));
+                        }
+                        Waiting::ChangePeers(reply) => {
+                            reply(Err(Error::Dropped {
+                                region,
+                                reason: "its entry was overwritten by a new leader",
+                            }));
+                        }
+                    }
+                }
+            }
+            let done = std::mem::replace(&mut round, engine.begin_round());
+            done.commit().map_err(|e| ingest_error(e.into()))?;
+            Ok(())
+        });
+        drop(round);
+        match result {
+            Ok(()) => {
+                for (reply, r) in replies {
+                    reply(r);
+                }
+                let peer = self.peers.get_mut(&region).expect("present");
+                peer.raw.advance_apply_to(peer.applied_index);
+                Ok(())
+            }
+            Err(e) if e.is_cancelled() => {
+                for (reply, _) in replies {
+                    reply(Err(Error::Cancelled));
+                }
+                Err(Error::Cancelled)
+            }
+            Err(e) => {
+                for (reply, _) in replies {
+                    reply(Err(Error::Internal(format!("apply failed: {e}"))));
+                }
+                Err(Error::Internal(format!("apply of region {} failed: {e}", region.0)))
+            }
+        }
+    }
+
+    /// Applies a membership change: raft-rs's configuration and the region's peers.
+    ///
+    /// Replay after a restart must not apply a change twice: raft-rs's configuration
+    /// already reflects entries up to the log's `conf_index`, and the engine's region
+    /// reflects admin entries up to its `meta_index`.
+    fn apply_conf_change(&mut self, region: RegionId, entry: &Entry) -> Result<()> {
+        let me = self.ctx.config.store_id;
+        let peer = self.peers.get_mut(&region).expect("present");
+        if entry.get_entry_type() != EntryType::EntryConfChangeV2 {
+            return Err(Error::Internal(format!(
+                "entry {} is a v1 conf change, which regionkv never proposes",
+                entry.index
+            )));
+        }
+        let cc = ConfChangeV2::parse_from_bytes(&entry.data)
+            .map_err(|e| Error::Internal(format!("conf change at {}: {e}", entry.index)))?;
+        let ctx = command::decode_change_peers(&entry.context).map_err(|e| {
+            Error::Internal(format!("conf change context at {}: {}", entry.index, e.reason))
+        })?;
+        if entry.index > peer.conf_index {
+            let cs = peer.raw.apply_conf_change(&cc)?;
+            self.ctx.log.stage_conf_state(&mut self.write, region, cs, entry.index)?;
+            peer.conf_index = entry.index;
+        }
+        // `None`: nothing recorded; metadata is at least as new as the checkpoint.
+        let meta_index = self.ctx.engine.meta_index(region).unwrap_or(peer.checkpoint_index);
+        if entry.index > meta_index {
+            let mut peers = peer.region.peers.clone();
+            for change in cc.get_changes() {
+                let id = PeerId(change.node_id);
+                match change.get_change_type() {
+                    ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                        if !peers.iter().any(|p| p.id == id) {
+                            let Some(added) = ctx.peers.iter().find(|p| p.id == id) else {
+                                return Err(Error::Internal(format!(
+                                    "conf change at {} adds peer {id} without its store",
+                                    entry.index
+                                )));
+                            };
+                            peers.push(*added);
+                        }
+                    }
+                    ConfChangeType::RemoveNode => peers.retain(|p| p.id != id),
+                }
+            }
+            peer.region = self.ctx.engine.change_peers(region, peers, entry.index)?;
+        } else {
+            peer.region = self.ctx.engine.region(region).ok_or(Error::RegionNotFound { region })?;
+        }
+        if !peer.region.peers.iter().any(|p| p.id == peer.id && p.store == me) {
+            peer.removed = true;
+        }
+        tracing::info!(region = region.0, index = entry.index, epoch = %peer.region.epoch, peers = ?peer.region.peers, "applied a membership change");
+        Ok(())
+    }
+
+    /// Serves confirmed reads whose index has been applied.
+    fn serve_reads(&mut self, region: RegionId) {
+        let Some(peer) = self.peers.get_mut(&region) else { return };
+        while peer.reads_ready.front().is_some_and(|(index, _)| *index <= peer.applied_index) {
+            let (_, reads) = peer.reads_ready.pop_front().expect("peeked");
+            let snapshot = self.ctx.engine.snapshot();
+            for read in reads {
+                let result = peer
+                    .check_version(read.epoch)
+                    .and_then(|()| run_query(&snapshot, &peer.region, &read.query));
+                (read.reply)(result);
+            }
+        }
+    }
+
+    /// Checkpoints a region once enough log has been applied since the last, and
+    /// compacts its log up to the checkpoint.
+    fn maybe_checkpoint(&mut self, region: RegionId) -> Result<()> {
+        let Some(peer) = self.peers.get_mut(&region) else { return Ok(()) };
+        if !peer.initialized
+            || peer.applied_bytes_since_checkpoint < self.ctx.config.checkpoint_log_bytes
+            || peer.applied_index <= peer.checkpoint_index
+        {
+            return Ok(());
+        }
+        self.ctx.engine.checkpoint(region, peer.applied_index)?;
+        peer.checkpoint_index = peer.applied_index;
+        peer.applied_bytes_since_checkpoint = 0;
+        peer.snapshot_file = None;
+        peer.snapshot_slot.lock().ready = None;
+        self.ctx.log.stage_compaction(&mut self.write, region, peer.checkpoint_index)?;
+        tracing::debug!(
+            region = region.0,
+            index = peer.checkpoint_index,
+            "checkpointed and compacted"
+        );
+        Ok(())
+    }
+
+    /// Removes a replica that a membership change removed.
+    fn destroy(&mut self, region: RegionId) -> Result<()> {
+        let Some(mut peer) = self.peers.remove(&region) else { return Ok(()) };
+        peer.fail_all(|| Error::RegionNotFound { region });
+        if peer.initialized {
+            self.ctx.engine.remove_region(region)?;
+        }
+        self.ctx.log.stage_tombstone(&mut self.write, region);
+        self.tombstones.insert(region);
+        tracing::info!(region = region.0, "removed this store's replica");
+        Ok(())
+    }
+
+    /// Plans a WAL purge: stages state rewrites for idle regions, and purges what the
+    /// plan allows now.
+    fn plan_purge(&mut self) {
+        let plan = self.ctx.log.purge_plan();
+        for region in &plan.rewrite {
+            if self.peers.contains_key(region) {
+                let _ = self.ctx.log.stage_state_rewrite(&mut self.write, *region);
+            }
+        }
+        match self.ctx.log.purge(&plan) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::debug!(segments = n, below = %plan.purge_below, "purged WAL segments")
+            }
+            Err(e) => tracing::warn!(error = %e, "WAL purge failed; will retry"),
+        }
+    }
+
+    /// Stops every peer: fails what waits with `Cancelled`, shuts timelines down.
+    pub fn shutdown(&mut self, timeout: std::time::Duration) {
+        for peer in self.peers.values_mut() {
+            peer.fail_all(|| Error::Cancelled);
+            if let Err(e) = peer.timeline.shutdown(timeout, || Ok(())) {
+                tracing::warn!(error = %e, "timeline did not shut down cleanly");
+            }
+        }
+    }
+}
+
+fn ingest_error(e: Error) -> regionkv_wal::IngestError {
+    regionkv_wal::IngestError::Apply(Box::new(e))
+}
+
+fn op_value_len(op: &Op) -> usize {
+    match op {
+        Op::Put { value, .. } => value.len(),
+        Op::Delete { .. } => 0,
+    }
+}
+
+/// Applies one client write into the round, or says why not.
+fn apply_write(round: &mut ApplyRound<'_>, peer: &Peer, write: &Write) -> Result<()> {
+    peer.check_version(write.epoch)?;
+    let region = &peer.region;
+    if write.ops.iter().any(|op| !region.contains(op.key())) {
+        return Err(Error::KeyNotInRegion { region: region.id, current: Some(region.clone()) });
+    }
+    round.prepare_for_region(region.id, region.epoch)?;
+    for op in &write.ops {
+        match op {
+            Op::Put { key, value } => round.put(key, value)?,
+            Op::Delete { key } => round.delete(key)?,
+        }
+    }
+    Ok(())
+}
+
+fn run_query(
+    snapshot: &regionkv_engine::Snapshot,
+    region: &Region,
+    query: &Query,
+) -> Result<QueryResult> {
+    match query {
+        Query::Get { key } => {
+            if !region.contains(key) {
+                return Err(Error::KeyNotInRegion {
+                    region: region.id,
+                    current: Some(region.clone()),
+                });
+            }
+            Ok(QueryResult::Value(snapshot.get(key)))
+        }
+        Query::Scan { start, end, limit } => {
+            let start = start.as_ref().max(region.start.as_slice());
+            let end = match (end.as_deref(), region.end.as_deref()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            Ok(QueryResult::Rows(snapshot.scan(start, end, *limit)))
+        }
+    }
+}

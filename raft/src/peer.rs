@@ -1,0 +1,219 @@
+//! One replica of one region on this store: a raft-rs `RawNode` and what surrounds it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use raft::RawNode;
+use regionkv_engine::checkpoint::CheckpointFile;
+use regionkv_engine::{
+    CheckpointReceiver, Epoch, PeerId, ReceivedCheckpoint, Region, RegionId, StoreId,
+};
+use regionkv_wal::Timeline;
+
+use crate::command::{Op, Write};
+use crate::error::{Error, Result};
+use crate::storage::{PeerStorage, SnapshotSlot};
+
+/// A callback that receives the outcome of a request.
+pub type Reply<T> = Box<dyn FnOnce(Result<T>) + Send>;
+
+/// A client write to one region.
+pub struct WriteRequest {
+    /// The region the client routed the write to.
+    pub region: RegionId,
+    /// The region's epoch as the client knows it.
+    pub epoch: Epoch,
+    /// The changes; they apply together or not at all.
+    pub ops: Vec<Op>,
+    /// Called once the write is applied (or refused).
+    pub reply: Reply<()>,
+}
+
+/// What a read asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Query {
+    /// The value of one key.
+    Get {
+        /// The key.
+        key: Bytes,
+    },
+    /// Up to `limit` pairs with `start <= key < end` (`end == None`: to the region's end).
+    Scan {
+        /// First key (inclusive).
+        start: Bytes,
+        /// Last key (exclusive).
+        end: Option<Bytes>,
+        /// Most pairs returned.
+        limit: usize,
+    },
+}
+
+/// What a read returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueryResult {
+    /// The value of a `Get`.
+    Value(Option<Bytes>),
+    /// The pairs of a `Scan`, in key order.
+    Rows(Vec<(Bytes, Bytes)>),
+}
+
+/// A linearizable read of one region.
+pub struct ReadRequest {
+    /// The region.
+    pub region: RegionId,
+    /// The region's epoch as the client knows it.
+    pub epoch: Epoch,
+    /// What to read.
+    pub query: Query,
+    /// Called with the result.
+    pub reply: Reply<QueryResult>,
+}
+
+/// One membership change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerChange {
+    /// Add a voting replica.
+    AddVoter(regionkv_engine::Peer),
+    /// Add a non-voting replica (it catches up without affecting quorums).
+    AddLearner(regionkv_engine::Peer),
+    /// Remove a replica.
+    Remove(PeerId),
+}
+
+/// A membership change of one region.
+pub struct ChangePeersRequest {
+    /// The region.
+    pub region: RegionId,
+    /// The region's epoch as the caller knows it.
+    pub epoch: Epoch,
+    /// The change.
+    pub change: PeerChange,
+    /// Called with the region after the change is applied.
+    pub reply: Reply<Region>,
+}
+
+/// A proposal in flight: the entry it became, and who waits for it.
+pub(crate) struct Proposal {
+    pub index: u64,
+    pub term: u64,
+    pub waiting: Waiting,
+}
+
+/// Who waits for a proposal.
+pub(crate) enum Waiting {
+    /// One reply per client write of the entry, in order.
+    Writes(Vec<Reply<()>>),
+    /// A membership change.
+    ChangePeers(Reply<Region>),
+}
+
+/// A snapshot being received, chunk by chunk.
+pub(crate) struct Incoming {
+    pub index: u64,
+    pub term: u64,
+    /// Offset the next chunk must start at.
+    pub next_offset: u64,
+    pub receiver: CheckpointReceiver,
+}
+
+/// A replica of a region.
+pub(crate) struct Peer {
+    /// The region as this replica knows it (a mirror of the engine's, once initialized).
+    pub region: Region,
+    /// False until the replica has data: created by a message, waiting for a snapshot.
+    pub initialized: bool,
+    pub id: PeerId,
+    pub raw: RawNode<PeerStorage>,
+    pub snapshot_slot: Arc<Mutex<SnapshotSlot>>,
+    /// The checkpoint backing the snapshot in `snapshot_slot`, kept mapped until sent.
+    pub snapshot_file: Option<CheckpointFile>,
+    /// Client writes to propose at the end of this turn, and their replies.
+    pub batch: Vec<(Write, Reply<()>)>,
+    pub batch_bytes: usize,
+    pub proposals: VecDeque<Proposal>,
+    /// Reads sent to raft-rs as ReadIndex requests, by context.
+    pub reads_pending: HashMap<u64, Vec<ReadRequest>>,
+    /// Reads confirmed at an index, waiting for apply to reach it.
+    pub reads_ready: VecDeque<(u64, Vec<ReadRequest>)>,
+    pub next_read_ctx: u64,
+    pub applied_index: u64,
+    /// The index of the region's latest checkpoint.
+    pub checkpoint_index: u64,
+    /// Bytes of entries applied since that checkpoint.
+    pub applied_bytes_since_checkpoint: u64,
+    /// The index whose application produced raft-rs's current conf state.
+    pub conf_index: u64,
+    /// Stores of peers learned from messages (an uninitialized replica knows no region).
+    pub peer_stores: HashMap<PeerId, StoreId>,
+    pub incoming: Option<Incoming>,
+    pub received: Option<(u64, u64, ReceivedCheckpoint)>,
+    pub timeline: Timeline,
+    /// Set when a membership change removed this replica: it is destroyed after the
+    /// turn that applied the change.
+    pub removed: bool,
+}
+
+impl Peer {
+    /// The store that hosts peer `id` of this region, if known.
+    pub fn store_of(&self, id: PeerId) -> Option<StoreId> {
+        self.region
+            .peers
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| p.store)
+            .or_else(|| self.peer_stores.get(&id).copied())
+    }
+
+    /// The store of the current leader, if known.
+    pub fn leader_store(&self) -> Option<StoreId> {
+        let leader = self.raw.raft.leader_id;
+        (leader != raft::INVALID_ID).then(|| self.store_of(PeerId(leader))).flatten()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == raft::StateRole::Leader
+    }
+
+    pub fn not_leader(&self) -> Error {
+        Error::NotLeader { region: self.region.id, leader: self.leader_store() }
+    }
+
+    /// Refuses a request routed with an epoch whose `version` differs from the region's
+    /// (a split or merge moved keys since); membership changes do not move keys.
+    pub fn check_version(&self, epoch: Epoch) -> Result<()> {
+        if epoch.version == self.region.epoch.version {
+            Ok(())
+        } else {
+            Err(Error::EpochNotMatch { region: self.region.id, current: vec![self.region.clone()] })
+        }
+    }
+
+    /// Fails what can no longer succeed once this peer stops leading: writes not yet
+    /// proposed, and reads not yet confirmed. Proposed entries are left alone: they may
+    /// still commit, and resolve when applied (matched by index and term).
+    pub fn fail_unproposed(&mut self, error: impl Fn() -> Error) {
+        for (_, reply) in self.batch.drain(..) {
+            reply(Err(error()));
+        }
+        self.batch_bytes = 0;
+        for (_, reads) in self.reads_pending.drain() {
+            reads.into_iter().for_each(|r| (r.reply)(Err(error())));
+        }
+    }
+
+    /// Fails everything waiting on this peer with `error()` (shutdown, removal).
+    pub fn fail_all(&mut self, error: impl Fn() -> Error) {
+        self.fail_unproposed(&error);
+        for proposal in self.proposals.drain(..) {
+            match proposal.waiting {
+                Waiting::Writes(replies) => replies.into_iter().for_each(|r| r(Err(error()))),
+                Waiting::ChangePeers(reply) => reply(Err(error())),
+            }
+        }
+        for (_, reads) in self.reads_ready.drain(..) {
+            reads.into_iter().for_each(|r| (r.reply)(Err(error())));
+        }
+    }
+}

@@ -1,0 +1,656 @@
+//! A deterministic simulator that drives real stores on one thread.
+//!
+//! Each simulated store is the production code ([`StoreCore`], [`RaftLog`] on a
+//! [`Wal`], an [`Engine`]) on its own simulated disk ([`SimFs`]). A virtual clock and
+//! one seeded generator decide everything else: when ticks happen, how long messages
+//! travel (and whether the [`Faults`] drop, duplicate or delay them), how long each
+//! write takes to become durable, and what a crash leaves on disk. The same seed gives
+//! the same run, event for event ([`SimCluster::trace_hash`]).
+//!
+//! Checkers run after every event:
+//! - P5: at most one leader per region and term, across restarts;
+//! - P6: the entry applied at an index of a region is the same on every replica;
+//! - P7: on every store, a region's term and epoch never go back (across restarts),
+//!   and commit and applied index never go back while the store runs (after a restart
+//!   the applied index starts at the region's checkpoint and the log is replayed
+//!   before any read is served).
+//!
+//! A violation panics with the seed, so the failing run can be replayed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use raft::StateRole;
+use raft::eraftpb::MessageType;
+use regionkv_engine::{Engine, EngineOptions, Epoch, Peer, PeerId, Region, RegionId, StoreId};
+use regionkv_wal::fs::FileSystem;
+use regionkv_wal::{
+    CancellationToken, CrashMode, RecoveryMode, SimFs, SparePreparation, Wal, WalOptions,
+};
+
+use crate::command::Op;
+use crate::config::StoreConfig;
+use crate::core::{PeerStatus, StoreContext, StoreCore, WriteTask};
+use crate::error::{Error, Result};
+use crate::log::RaftLog;
+use crate::peer::{ChangePeersRequest, PeerChange, Query, QueryResult, ReadRequest, WriteRequest};
+use crate::transport::local::{Faults, SplitMix};
+use crate::transport::{Body, Envelope};
+
+/// How a simulation runs.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Seed of every random choice.
+    pub seed: u64,
+    /// Stores that bootstrap region 1 together (ids 1..=voters).
+    pub voters: usize,
+    /// Stores that start empty (ids after the voters), for membership changes.
+    pub spares: usize,
+    /// Virtual time between ticks.
+    pub tick: Duration,
+    /// Message latency range.
+    pub latency: (Duration, Duration),
+    /// Range of the time a write takes to become durable.
+    pub fsync: (Duration, Duration),
+    /// WAL segment size (small, so segments roll and purge).
+    pub segment_bytes: u64,
+    /// Checkpoint a region after this many bytes of applied entries.
+    pub checkpoint_log_bytes: u64,
+}
+
+impl SimConfig {
+    /// Three voters, no spares, 10 ms ticks, 0.2–2 ms messages, 0.1–1 ms fsyncs.
+    pub fn new(seed: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            voters: 3,
+            spares: 0,
+            tick: Duration::from_millis(10),
+            latency: (Duration::from_micros(200), Duration::from_millis(2)),
+            fsync: (Duration::from_micros(100), Duration::from_millis(1)),
+            segment_bytes: 64 << 10,
+            checkpoint_log_bytes: 64 << 10,
+        }
+    }
+}
+
+/// The outcome of a request, filled in when it completes.
+#[derive(Debug)]
+pub struct Pending<T>(Arc<Mutex<Option<Result<T>>>>);
+
+impl<T> Clone for Pending<T> {
+    fn clone(&self) -> Self {
+        Pending(self.0.clone())
+    }
+}
+
+impl<T> Pending<T> {
+    fn new() -> Pending<T> {
+        Pending(Arc::new(Mutex::new(None)))
+    }
+
+    fn reply(&self) -> Box<dyn FnOnce(Result<T>) + Send>
+    where
+        T: Send + 'static,
+    {
+        let slot = self.0.clone();
+        Box::new(move |r| *slot.lock() = Some(r))
+    }
+
+    /// True once the request completed (or failed).
+    pub fn is_done(&self) -> bool {
+        self.0.lock().is_some()
+    }
+
+    /// Takes the outcome, if there is one.
+    pub fn take(&self) -> Option<Result<T>> {
+        self.0.lock().take()
+    }
+}
+
+#[derive(Debug)]
+enum Event {
+    Tick(StoreId),
+    Deliver(StoreId, Vec<Envelope>),
+    Persisted(StoreId, u64),
+}
+
+/// A running store.
+struct Running {
+    core: StoreCore,
+    wal: Wal,
+    engine: Engine,
+    /// Writes waiting to be persisted, in order; the first is in flight.
+    writes: std::collections::VecDeque<WriteTask>,
+    in_flight: bool,
+}
+
+struct SimStore {
+    disk: SimFs,
+    running: Option<Running>,
+    /// Bumped at every crash or stop, so events of an old incarnation are ignored.
+    incarnation: u64,
+}
+
+/// Invariant state shared with the apply observers.
+#[derive(Default)]
+struct Checks {
+    /// (region, term) -> the store that led it.
+    leaders: HashMap<(RegionId, u64), StoreId>,
+    /// (region, index) -> hash of (term, data) applied there.
+    applied: HashMap<(RegionId, u64), u64>,
+    /// (store, region) -> highest (term, epoch) seen.
+    durable_max: HashMap<(StoreId, RegionId), (u64, Epoch)>,
+    /// (store, region) -> highest (commit, applied) seen in this incarnation.
+    running_max: HashMap<(StoreId, RegionId), (u64, u64)>,
+    violation: Option<String>,
+}
+
+/// A simulated cluster.
+pub struct SimCluster {
+    config: SimConfig,
+    now: Duration,
+    rng: SplitMix,
+    events: BTreeMap<(Duration, u64), Event>,
+    seq: u64,
+    stores: BTreeMap<StoreId, SimStore>,
+    faults: Faults,
+    trace: DefaultHasher,
+    checks: Arc<Mutex<Checks>>,
+    next_peer_id: u64,
+}
+
+fn wal_options(segment_bytes: u64, recovery: RecoveryMode) -> WalOptions {
+    WalOptions::default()
+        .segment_bytes(segment_bytes)
+        .spare_segments(1)
+        .spare_preparation(SparePreparation::OnDemand)
+        .recovery(recovery)
+}
+
+fn hash_of(term: u64, data: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    term.hash(&mut h);
+    data.hash(&mut h);
+    h.finish()
+}
+
+impl SimCluster {
+    /// Bootstraps region 1 (the whole key space) on the voters and starts everyone.
+    pub fn new(config: SimConfig) -> Result<SimCluster> {
+        let mut cluster = SimCluster {
+            rng: SplitMix(config.seed),
+            config,
+            now: Duration::ZERO,
+            events: BTreeMap::new(),
+            seq: 0,
+            stores: BTreeMap::new(),
+            faults: Faults::new(),
+            trace: DefaultHasher::new(),
+            checks: Arc::default(),
+            next_peer_id: 1,
+        };
+        let total = cluster.config.voters + cluster.config.spares;
+        let voters: Vec<Peer> = (1..=cluster.config.voters as u64)
+            .map(|s| Peer { id: PeerId(s), store: StoreId(s) })
+            .collect();
+        cluster.next_peer_id = cluster.config.voters as u64 + 1;
+        for s in 1..=total as u64 {
+            let id = StoreId(s);
+            cluster
+                .stores
+                .insert(id, SimStore { disk: SimFs::new(), running: None, incarnation: 0 });
+            cluster.start(id)?;
+            if s <= cluster.config.voters as u64 {
+                let region = Region { peers: voters.clone(), ..Region::whole(RegionId(1)) };
+                let running = cluster.running(id)?;
+                running.core.bootstrap_region(region)?;
+                cluster.process(id);
+            }
+        }
+        Ok(cluster)
+    }
+
+    fn running(&mut self, store: StoreId) -> Result<&mut Running> {
+        self.stores
+            .get_mut(&store)
+            .and_then(|s| s.running.as_mut())
+            .ok_or(Error::Internal(format!("store {store} is not running")))
+    }
+
+    /// Opens a store on its disk (recovering whatever is there) and schedules its ticks.
+    fn start(&mut self, id: StoreId) -> Result<()> {
+        let disk = self.stores[&id].disk.clone();
+        let fs: Arc<dyn FileSystem> = Arc::new(disk);
+        let segment_bytes = self.config.segment_bytes;
+        let wal = match Wal::open(
+            fs.clone(),
+            "/store/wal",
+            wal_options(segment_bytes, RecoveryMode::TolerateTornTail),
+        ) {
+            Ok(wal) => wal,
+            // A replicated store may cut a damaged tail of unacknowledged writes; it
+            // catches up from the leader.
+            Err(regionkv_wal::Error::Corruption { .. }) => Wal::open(
+                fs.clone(),
+                "/store/wal",
+                wal_options(segment_bytes, RecoveryMode::PointInTime),
+            )?,
+            Err(e) => return Err(e.into()),
+        };
+        let engine = Engine::open(fs, "/store/engine", EngineOptions::new(id))?;
+        let mut config = StoreConfig::new(id)
+            .tick_interval(self.config.tick)
+            .checkpoint_log_bytes(self.config.checkpoint_log_bytes);
+        config.snapshot_chunk_bytes = 4096;
+        let log = Arc::new(RaftLog::open(wal.clone(), config.log)?);
+        let mut ctx = StoreContext::new(config, engine.clone(), log, CancellationToken::new());
+        let checks = self.checks.clone();
+        ctx.apply_observer = Some(Box::new(move |region, index, term, data| {
+            let mut c = checks.lock();
+            let h = hash_of(term, data);
+            if let Some(&prev) = c.applied.get(&(region, index))
+                && prev != h
+                && c.violation.is_none()
+            {
+                c.violation = Some(format!(
+                    "P6: region {region} index {index} applied differently on two replicas (store {id})"
+                ));
+            }
+            c.applied.insert((region, index), h);
+        }));
+        let seed = self.config.seed;
+        ctx.election_ticks = Some(Box::new(move |region, peer| {
+            let mut h = DefaultHasher::new();
+            (seed, region.0, peer.0).hash(&mut h);
+            10 + (h.finish() % 10) as usize
+        }));
+        let core = StoreCore::open(Arc::new(ctx), Box::new(|_| true))?;
+        let store = self.stores.get_mut(&id).expect("known store");
+        store.running =
+            Some(Running { core, wal, engine, writes: Default::default(), in_flight: false });
+        self.checks.lock().running_max.retain(|(s, _), _| *s != id);
+        let at = self.now + self.config.tick;
+        self.schedule(at, Event::Tick(id));
+        Ok(())
+    }
+
+    fn schedule(&mut self, at: Duration, event: Event) {
+        self.seq += 1;
+        self.events.insert((at, self.seq), event);
+    }
+
+    fn between(&mut self, (min, max): (Duration, Duration)) -> Duration {
+        let span = max.saturating_sub(min).as_nanos() as u64;
+        min + Duration::from_nanos(if span == 0 { 0 } else { self.rng.next_u64() % span })
+    }
+
+    fn trace(&mut self, what: impl Hash) {
+        self.now.hash(&mut self.trace);
+        what.hash(&mut self.trace);
+    }
+
+    /// Runs a store's flush and hands its output to the network and the disk.
+    fn process(&mut self, id: StoreId) {
+        let Some(running) = self.stores.get_mut(&id).and_then(|s| s.running.as_mut()) else {
+            return;
+        };
+        let out = running.core.flush();
+        if let Some(write) = out.write {
+            running.writes.push_back(write);
+        }
+        let start_write = !running.in_flight && !running.writes.is_empty();
+        if start_write {
+            running.in_flight = true;
+        }
+        self.send(out.messages);
+        if start_write {
+            let incarnation = self.stores[&id].incarnation;
+            let at = self.now + self.between(self.config.fsync);
+            self.schedule(at, Event::Persisted(id, incarnation));
+        }
+    }
+
+    fn send(&mut self, envelopes: Vec<Envelope>) {
+        let mut by_arrival: BTreeMap<(Duration, StoreId), Vec<Envelope>> = BTreeMap::new();
+        for env in envelopes {
+            let fate = self.faults.decide(&env, &mut self.rng);
+            for _ in 0..fate.copies {
+                let at = self.now + self.between(self.config.latency) + fate.delay;
+                by_arrival.entry((at, env.to)).or_default().push(env.clone());
+            }
+        }
+        for ((at, to), batch) in by_arrival {
+            self.schedule(at, Event::Deliver(to, batch));
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Tick(id) => {
+                let Some(running) = self.stores.get_mut(&id).and_then(|s| s.running.as_mut())
+                else {
+                    return;
+                };
+                running.core.on_tick();
+                self.trace(("tick", id.0));
+                self.process(id);
+                let at = self.now + self.config.tick;
+                self.schedule(at, Event::Tick(id));
+            }
+            Event::Deliver(id, envelopes) => {
+                for env in &envelopes {
+                    let (kind, term, index) = match &env.body {
+                        Body::Raft(m) => (m.get_msg_type() as i32, m.term, m.index),
+                        Body::SnapshotChunk(c) => (-1, c.term, c.offset),
+                    };
+                    self.trace(("deliver", env.region.0, env.from.0, env.to.0, kind, term, index));
+                }
+                let Some(running) = self.stores.get_mut(&id).and_then(|s| s.running.as_mut())
+                else {
+                    return;
+                };
+                running.core.on_envelopes(envelopes);
+                self.process(id);
+            }
+            Event::Persisted(id, incarnation) => {
+                let Some(store) = self.stores.get_mut(&id) else { return };
+                if store.incarnation != incarnation {
+                    return; // the write died with the store
+                }
+                let Some(running) = store.running.as_mut() else { return };
+                let task = running.writes.pop_front().expect("a write is in flight");
+                running.in_flight = false;
+                let readies = task.readies;
+                let result = running.core.context().log.persist(task.write);
+                let lsn = match result {
+                    Ok(lsn) => lsn.0,
+                    Err(e) => {
+                        panic!("seed {}: store {id} could not persist: {e}", self.config.seed)
+                    }
+                };
+                self.trace(("persisted", id.0, lsn));
+                self.send(task.messages);
+                let running =
+                    self.stores.get_mut(&id).and_then(|s| s.running.as_mut()).expect("running");
+                running.core.on_persisted(&readies);
+                self.process(id);
+            }
+        }
+        self.check();
+    }
+
+    /// Runs until virtual time `until` (or forever, bounded by `max_events`).
+    fn run_to(&mut self, until: Duration, stop: &mut dyn FnMut(&mut SimCluster) -> bool) -> bool {
+        // A bound on the loop: far more events than any test needs.
+        for _ in 0..50_000_000u64 {
+            if stop(self) {
+                return true;
+            }
+            let Some((&(at, seq), _)) = self.events.iter().next() else { return false };
+            if at > until {
+                self.now = until;
+                return false;
+            }
+            let event = self.events.remove(&(at, seq)).expect("peeked");
+            self.now = at;
+            self.handle(event);
+        }
+        panic!("seed {}: the simulation did not settle", self.config.seed);
+    }
+
+    /// Advances virtual time by `duration`.
+    pub fn run_for(&mut self, duration: Duration) {
+        let until = self.now + duration;
+        self.run_to(until, &mut |_| false);
+    }
+
+    /// Runs until `cond` holds or `max` virtual time passed; true if it held.
+    pub fn run_until(
+        &mut self,
+        max: Duration,
+        mut cond: impl FnMut(&mut SimCluster) -> bool,
+    ) -> bool {
+        let until = self.now + max;
+        self.run_to(until, &mut cond)
+    }
+
+    /// Virtual time now.
+    pub fn now(&self) -> Duration {
+        self.now
+    }
+
+    /// The network's fault rules.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// A hash of every event so far: equal for equal seeds (P15).
+    pub fn trace_hash(&self) -> u64 {
+        self.trace.clone().finish()
+    }
+
+    /// Stores, running or not.
+    pub fn store_ids(&self) -> Vec<StoreId> {
+        self.stores.keys().copied().collect()
+    }
+
+    /// True if `store` is running.
+    pub fn is_running(&self, store: StoreId) -> bool {
+        self.stores.get(&store).is_some_and(|s| s.running.is_some())
+    }
+
+    /// The status of every peer on `store` (empty if it is down).
+    pub fn status(&self, store: StoreId) -> Vec<PeerStatus> {
+        self.stores
+            .get(&store)
+            .and_then(|s| s.running.as_ref())
+            .map_or_else(Vec::new, |r| r.core.status())
+    }
+
+    /// The store whose peer leads `region` with the highest term, if any.
+    pub fn leader(&self, region: RegionId) -> Option<StoreId> {
+        let mut best: Option<(u64, StoreId)> = None;
+        for &id in self.stores.keys() {
+            for s in self.status(id) {
+                if s.region.id == region
+                    && s.role == StateRole::Leader
+                    && best.is_none_or(|(t, _)| s.term > t)
+                {
+                    best = Some((s.term, id));
+                }
+            }
+        }
+        best.map(|(_, id)| id)
+    }
+
+    /// Runs until `region` has a leader; returns it.
+    pub fn wait_leader(&mut self, region: RegionId, max: Duration) -> Option<StoreId> {
+        self.run_until(max, |c| c.leader(region).is_some());
+        self.leader(region)
+    }
+
+    /// The region as `store` knows it.
+    pub fn region(&self, store: StoreId, region: RegionId) -> Option<Region> {
+        self.status(store).into_iter().find(|s| s.region.id == region).map(|s| s.region)
+    }
+
+    /// Submits a write to `store`'s peer of `region`, at the epoch that store knows.
+    pub fn write(&mut self, store: StoreId, region: RegionId, ops: Vec<Op>) -> Pending<()> {
+        let pending = Pending::new();
+        let epoch = self.region(store, region).map_or(Epoch::INITIAL, |r| r.epoch);
+        match self.running(store) {
+            Ok(running) => {
+                running.core.on_write(WriteRequest { region, epoch, ops, reply: pending.reply() });
+                self.process(store);
+            }
+            Err(e) => (pending.reply())(Err(e)),
+        }
+        pending
+    }
+
+    /// Submits a linearizable read to `store`.
+    pub fn read(&mut self, store: StoreId, region: RegionId, query: Query) -> Pending<QueryResult> {
+        let pending = Pending::new();
+        let epoch = self.region(store, region).map_or(Epoch::INITIAL, |r| r.epoch);
+        match self.running(store) {
+            Ok(running) => {
+                running.core.on_read(ReadRequest { region, epoch, query, reply: pending.reply() });
+                self.process(store);
+            }
+            Err(e) => (pending.reply())(Err(e)),
+        }
+        pending
+    }
+
+    /// Submits a membership change to `store`.
+    pub fn change_peers(
+        &mut self,
+        store: StoreId,
+        region: RegionId,
+        change: PeerChange,
+    ) -> Pending<Region> {
+        let pending = Pending::new();
+        let epoch = self.region(store, region).map_or(Epoch::INITIAL, |r| r.epoch);
+        match self.running(store) {
+            Ok(running) => {
+                running.core.on_change_peers(ChangePeersRequest {
+                    region,
+                    epoch,
+                    change,
+                    reply: pending.reply(),
+                });
+                self.process(store);
+            }
+            Err(e) => (pending.reply())(Err(e)),
+        }
+        pending
+    }
+
+    /// A fresh peer id, unique in the cluster.
+    pub fn new_peer_id(&mut self) -> PeerId {
+        self.next_peer_id += 1;
+        PeerId(self.next_peer_id)
+    }
+
+    /// Asks `store`'s peer of `region` to hand leadership to `to`.
+    pub fn transfer_leader(&mut self, store: StoreId, region: RegionId, to: PeerId) {
+        if let Ok(running) = self.running(store) {
+            running.core.on_transfer_leader(region, to);
+            self.process(store);
+        }
+    }
+
+    /// Runs until `pending` completes or `max` passes; returns its outcome.
+    pub fn wait<T>(&mut self, pending: &Pending<T>, max: Duration) -> Option<Result<T>> {
+        self.run_until(max, |_| pending.is_done());
+        pending.take()
+    }
+
+    /// Cuts the power of `store`: what was not durable is treated as `mode` says, and
+    /// everything in flight is lost.
+    pub fn crash(&mut self, store: StoreId, mode: CrashMode) {
+        let Some(s) = self.stores.get_mut(&store) else { return };
+        if let Some(running) = s.running.take() {
+            drop(running);
+            s.disk = s.disk.crash(mode);
+        }
+        s.incarnation += 1;
+        self.trace(("crash", store.0));
+    }
+
+    /// Stops `store` cleanly: timelines shut down, log and engine closed.
+    pub fn stop(&mut self, store: StoreId) {
+        let Some(s) = self.stores.get_mut(&store) else { return };
+        if let Some(mut running) = s.running.take() {
+            running.core.shutdown(Duration::from_secs(5));
+            let _ = running.wal.close();
+            let _ = running.engine.close();
+        }
+        s.incarnation += 1;
+        self.trace(("stop", store.0));
+    }
+
+    /// Restarts a crashed or stopped store from its disk.
+    pub fn restart(&mut self, store: StoreId) -> Result<()> {
+        if self.is_running(store) {
+            return Ok(());
+        }
+        self.trace(("restart", store.0));
+        self.start(store)?;
+        self.process(store);
+        Ok(())
+    }
+
+    fn check(&mut self) {
+        let mut statuses = Vec::new();
+        for (&id, s) in &self.stores {
+            if let Some(r) = &s.running {
+                statuses.push((id, r.core.status()));
+            }
+        }
+        let mut c = self.checks.lock();
+        for (id, status) in statuses {
+            for s in status {
+                let region = s.region.id;
+                if s.role == StateRole::Leader
+                    && let Some(&other) = c.leaders.get(&(region, s.term))
+                    && other != id
+                    && c.violation.is_none()
+                {
+                    c.violation = Some(format!(
+                        "P5: stores {other} and {id} both led region {region} in term {}",
+                        s.term
+                    ));
+                }
+                if s.role == StateRole::Leader {
+                    c.leaders.insert((region, s.term), id);
+                }
+                let (term, epoch) = c.durable_max.get(&(id, region)).copied().unwrap_or_default();
+                if (s.term < term || !s.region.epoch.covers(epoch))
+                    && s.initialized
+                    && c.violation.is_none()
+                {
+                    c.violation = Some(format!(
+                        "P7: store {id} region {region}: term {} epoch {} after term {term} epoch {epoch}",
+                        s.term, s.region.epoch
+                    ));
+                }
+                if s.initialized {
+                    c.durable_max.insert((id, region), (s.term.max(term), s.region.epoch));
+                }
+                let (commit, applied) =
+                    c.running_max.get(&(id, region)).copied().unwrap_or_default();
+                if (s.commit < commit || s.applied < applied) && c.violation.is_none() {
+                    c.violation = Some(format!(
+                        "P7: store {id} region {region}: commit {} applied {} after {commit} {applied}",
+                        s.commit, s.applied
+                    ));
+                }
+                c.running_max.insert((id, region), (s.commit.max(commit), s.applied.max(applied)));
+            }
+        }
+        if let Some(v) = &c.violation {
+            panic!("seed {}: {v}", self.config.seed);
+        }
+    }
+
+    /// Messages of `kind` dropped or not, for tests that count traffic (debugging aid).
+    pub fn is_raft(env: &Envelope, kind: MessageType) -> bool {
+        matches!(&env.body, Body::Raft(m) if m.get_msg_type() == kind)
+    }
+
+    /// The disk of `store`, for inspection.
+    pub fn disk(&self, store: StoreId) -> Option<&SimFs> {
+        self.stores.get(&store).map(|s| &s.disk)
+    }
+
+    /// True if `path` exists on `store`'s disk (for tests of purge and checkpoints).
+    pub fn disk_has(&self, store: StoreId, path: &Path) -> bool {
+        self.disk(store).is_some_and(|d| d.contents(path).is_some())
+    }
+}
