@@ -279,6 +279,7 @@ impl StoreCore {
                 peer_stores: HashMap::new(),
                 incoming: None,
                 received: None,
+                snapshot_applied: None,
                 timeline,
                 removed: false,
             },
@@ -553,6 +554,12 @@ impl StoreCore {
         for &(region, number) in readies {
             if let Some(peer) = self.peers.get_mut(&region) {
                 peer.raw.on_persist_ready(number);
+                if let Some((ready, index)) = peer.snapshot_applied
+                    && ready <= number
+                {
+                    peer.raw.advance_apply_to(index);
+                    peer.snapshot_applied = None;
+                }
                 self.dirty.insert(region);
             }
         }
@@ -636,9 +643,11 @@ impl StoreCore {
         self.route(region, now, false);
 
         // A snapshot to install: its checkpoint arrived in chunks before the message.
+        let mut installed = None;
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
             self.install_snapshot(region, &snap)?;
+            installed = Some(snap.get_metadata().index);
         }
 
         // Committed entries (already durable here): apply them.
@@ -669,6 +678,11 @@ impl StoreCore {
         let persisted = ready.take_persisted_messages();
         let number = ready.number();
         peer.raw.advance_append_async(ready);
+        if let Some(index) = installed {
+            // The snapshot's state is applied; raft-rs learns it once the snapshot is
+            // persisted (it requires applied <= persisted).
+            peer.snapshot_applied = Some((number, index));
+        }
         self.readies.push((region, number));
         self.route(region, persisted, true);
         self.serve_reads(region);

@@ -149,6 +149,9 @@ pub(crate) struct Peer {
     pub peer_stores: HashMap<PeerId, StoreId>,
     pub incoming: Option<Incoming>,
     pub received: Option<(u64, u64, ReceivedCheckpoint)>,
+    /// A snapshot installed by ready `.0` at index `.1`: raft-rs is told it is applied
+    /// once that ready is persisted.
+    pub snapshot_applied: Option<(u64, u64)>,
     pub timeline: Timeline,
     /// Set when a membership change removed this replica: it is destroyed after the
     /// turn that applied the change.
