@@ -1,9 +1,20 @@
 //! regionkv: an embeddable, Raft-replicated, region-sharded key-value engine.
 //!
-//! The facade re-exports the layers underneath. Today that is the durable log
-//! ([`wal`]); the engine, Raft store and client API land on top of it.
+//! The facade: an in-process [`Cluster`] (stores on real files in this process), a
+//! [`Db`] client (routing and retries hidden), and the layers underneath re-exported:
+//! [`wal`] (the durable log), [`engine`] (the MVCC state machine) and [`raft`] (the
+//! multi-Raft store).
 
-pub use regionkv_wal as wal;
+mod cluster;
+mod db;
+mod error;
 
 pub mod bench;
 pub mod demo;
+
+pub use cluster::{Cluster, ClusterBuilder};
+pub use db::{Db, WriteBatch};
+pub use error::{Error, Result};
+pub use regionkv_engine as engine;
+pub use regionkv_raft as raft;
+pub use regionkv_wal as wal;

@@ -36,6 +36,18 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchTarget {
+    /// Replicated puts on 3 stores in this process (1, 16, 64 clients) next to the bare WAL.
+    Cluster {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Directory on the disk to measure (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Seconds per figure.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+    },
     /// Group-commit appends (1, 4, 16, 64 writers) next to raw fdatasync and bandwidth.
     Wal {
         /// Print one JSON object instead of a table.
@@ -70,6 +82,15 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 ..regionkv::demo::DemoOptions::new(dir.path())
             };
             regionkv::demo::run(&options, &mut std::io::stdout())?;
+        }
+        Command::Bench { what: BenchTarget::Cluster { json, dir, seconds } } => {
+            let dir = bench_dir(dir)?;
+            let report = regionkv::bench::cluster::run(dir.path(), seconds)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                report.print_table();
+            }
         }
         Command::Bench { what: BenchTarget::Wal { json, dir, seconds } } => {
             let dir = bench_dir(dir)?;

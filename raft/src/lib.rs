@@ -12,6 +12,7 @@ mod logger;
 mod peer;
 pub mod sim;
 mod storage;
+mod store;
 pub mod transport;
 
 pub use command::{Op, Write};
@@ -24,3 +25,4 @@ pub use peer::{
     ChangePeersRequest, PeerChange, Query, QueryResult, ReadRequest, Reply, WriteRequest,
 };
 pub use storage::PeerStorage;
+pub use store::{Store, StoreOptions};

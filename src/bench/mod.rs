@@ -6,6 +6,7 @@
     reason = "counts become f64 rates; 2^52 operations is far beyond any run"
 )]
 
+pub mod cluster;
 pub mod disk;
 pub mod engine;
 pub mod wal;

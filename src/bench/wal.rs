@@ -136,6 +136,13 @@ fn append_run(
     })
 }
 
+/// Appends per second of `writers` threads appending 128 B records to a log in steady
+/// state (the baseline other benches compare against).
+pub fn append_ops_per_sec(dir: &Path, writers: usize, duration: Duration) -> io::Result<f64> {
+    append_run(dir, writers, SMALL_RECORD_BYTES, duration, Upkeep::SteadyState)
+        .map(|r| r.ops_per_sec)
+}
+
 /// Runs every measurement in `dir` (on the disk to be measured), `seconds` each.
 pub fn run(dir: &Path, seconds: f64) -> io::Result<WalBenchReport> {
     let duration = Duration::from_secs_f64(seconds);

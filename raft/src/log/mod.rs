@@ -326,34 +326,45 @@ impl RaftLog {
     /// Makes a staged write durable: one WAL append (group-committed with other
     /// writers), returning once it is fsynced.
     pub fn persist(&self, write: LogWrite) -> Result<Lsn> {
+        self.persist_all(vec![write])
+    }
+
+    /// Makes several staged writes durable in one WAL record, in order (a writer that
+    /// fell behind catches up with one fsync).
+    pub fn persist_all(&self, writes: Vec<LogWrite>) -> Result<Lsn> {
         let mut encoder = BatchEncoder::default();
-        for (region, w) in &write.regions {
-            if w.tombstone {
-                encoder.add_tombstone(*region);
-                continue;
+        for write in &writes {
+            for (region, w) in &write.regions {
+                if w.tombstone {
+                    encoder.add_tombstone(*region);
+                    continue;
+                }
+                // State first: a snapshot or a new region sets the first index that the
+                // entries after it continue from.
+                if let Some(state) = &w.state {
+                    encoder.add_state(*region, state);
+                }
+                encoder.add_entries(*region, &w.entries);
             }
-            // State first: a snapshot or a new region sets the first index that the
-            // entries after it continue from.
-            if let Some(state) = &w.state {
-                encoder.add_state(*region, state);
-            }
-            encoder.add_entries(*region, &w.entries);
         }
         let (payload, spans) = encoder.finish();
         let lsn = self.wal.append(&payload)?;
         let mut spans = spans.into_iter();
         let regions = self.regions.read();
-        for (region, w) in &write.regions {
-            let entry_spans = if w.entries.is_empty() || w.tombstone { None } else { spans.next() };
-            let Some(log) = regions.get(region) else { continue };
-            let mut log = log.lock();
-            if let (Some(first), Some(entry_spans)) = (w.entries.first(), &entry_spans) {
-                log.on_persisted(first.index, entry_spans, lsn, write.id);
+        for write in &writes {
+            for (region, w) in &write.regions {
+                let entry_spans =
+                    if w.entries.is_empty() || w.tombstone { None } else { spans.next() };
+                let Some(log) = regions.get(region) else { continue };
+                let mut log = log.lock();
+                if let (Some(first), Some(entry_spans)) = (w.entries.first(), &entry_spans) {
+                    log.on_persisted(first.index, entry_spans, lsn, write.id);
+                }
+                if w.state.is_some() {
+                    log.state_lsn = Some(lsn);
+                }
+                self.evict(&mut log);
             }
-            if w.state.is_some() {
-                log.state_lsn = Some(lsn);
-            }
-            self.evict(&mut log);
         }
         Ok(lsn)
     }

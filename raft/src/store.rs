@@ -1,0 +1,482 @@
+//! [`Store`]: the production driver, running a store's Raft groups on threads.
+//!
+//! ```text
+//!  transport ──envelopes──► inbox ──(region hash)──► poller i ──WriteTask──► writer i ──► WAL
+//!  clients ──requests────────────────────────────────┘   ▲  │                   │ (group commit
+//!                                                        │  └─messages─► transport   across writers)
+//!                                                        └──── persisted ◄─────┘ + after-persist messages
+//! ```
+//!
+//! Each poller thread owns the regions whose id hashes to it and runs a [`StoreCore`]
+//! over them: it drains its bounded channel (envelopes, client requests, persisted
+//! notifications), ticks on time, flushes, sends the messages that may leave at once,
+//! and hands the log write to its writer. Each writer thread persists its poller's
+//! writes in order (one WAL record for everything queued), then sends the messages
+//! that had to wait for the fsync and reports back. Writers of different pollers share
+//! fsyncs through the WAL's group commit. The Raft core never waits for a disk.
+//!
+//! Shutdown is ordered (design 5.2): the store's token is cancelled (and with it every
+//! timeline's), pollers stop taking requests and shut their timelines down (bounded),
+//! writers drain and stop, then the WAL is closed with its seal and the engine with its
+//! clean-shutdown mark. [`Store::kill`] skips all of it, as a crash would.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
+use parking_lot::Mutex;
+use regionkv_engine::{Engine, EngineOptions, Region, RegionId};
+use regionkv_wal::fs::FileSystem;
+use regionkv_wal::{CancellationToken, RecoveryMode, Wal, WalOptions};
+
+use crate::config::StoreConfig;
+use crate::core::{PeerStatus, StoreContext, StoreCore, WriteTask};
+use crate::error::{Error, Result};
+use crate::log::RaftLog;
+use crate::peer::{ChangePeersRequest, ReadRequest, WriteRequest};
+use crate::transport::{Envelope, Inbox, Transport};
+
+/// Requests a poller takes.
+enum Msg {
+    Envelopes(Vec<Envelope>),
+    Write(WriteRequest),
+    Read(ReadRequest),
+    ChangePeers(ChangePeersRequest),
+    TransferLeader(RegionId, regionkv_engine::PeerId),
+    Bootstrap(Region, Sender<Result<()>>),
+    Persisted(Vec<(RegionId, u64)>),
+    Status(Sender<Vec<PeerStatus>>),
+}
+
+/// Bounds of a store's queues.
+const POLLER_QUEUE: usize = 4096;
+const WRITER_QUEUE: usize = 64;
+/// Most messages a poller handles before it flushes.
+const POLLER_BATCH: usize = 256;
+
+/// How a [`Store`] runs on threads.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// The Raft and store configuration.
+    pub config: StoreConfig,
+    /// Poller threads (each with its writer thread).
+    pub pollers: usize,
+    /// Options of the store's WAL.
+    pub wal: WalOptions,
+    /// How long shutdown waits for tasks inside each timeline.
+    pub shutdown_timeout: Duration,
+}
+
+impl StoreOptions {
+    /// One poller and default WAL options for `config`.
+    pub fn new(config: StoreConfig) -> StoreOptions {
+        StoreOptions {
+            config,
+            pollers: 1,
+            wal: WalOptions::default(),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Where the transport hands a store its envelopes.
+struct StoreInbox {
+    pollers: Vec<Sender<Msg>>,
+    dropped: AtomicU64,
+}
+
+fn poller_of(region: RegionId, pollers: usize) -> usize {
+    // Fibonacci hashing spreads consecutive ids.
+    ((region.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % pollers as u64) as usize
+}
+
+impl Inbox for StoreInbox {
+    fn deliver(&self, envelopes: Vec<Envelope>) {
+        let n = self.pollers.len();
+        let mut shards: Vec<Vec<Envelope>> = (0..n).map(|_| Vec::new()).collect();
+        for env in envelopes {
+            shards[poller_of(env.region, n)].push(env);
+        }
+        for (i, batch) in shards.into_iter().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            let len = batch.len() as u64;
+            match self.pollers[i].try_send(Msg::Envelopes(batch)) {
+                Ok(()) => {}
+                // Raft resends what a full queue drops.
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                    self.dropped.fetch_add(len, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// A running store: its Raft groups on poller and writer threads.
+pub struct Store {
+    ctx: Arc<StoreContext>,
+    wal: Wal,
+    inbox: Arc<StoreInbox>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Set by `kill`: threads leave at once, nothing is flushed.
+    killed: Arc<AtomicBool>,
+    shutdown_timeout: Duration,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("store", &self.ctx.config.store_id).finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens the store in `dir` (its WAL in `dir/wal`, its engine in `dir/engine`),
+    /// recovers it, and starts its threads. Messages go out through `transport`;
+    /// register [`Store::inbox`] with the transport for messages to come in.
+    pub fn start(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        options: StoreOptions,
+        transport: Arc<dyn Transport>,
+    ) -> Result<Store> {
+        let wal_dir = dir.join("wal");
+        let wal = match Wal::open(fs.clone(), &wal_dir, options.wal.clone()) {
+            Ok(wal) => wal,
+            Err(regionkv_wal::Error::Corruption { .. })
+                if options.wal.recovery == RecoveryMode::TolerateTornTail =>
+            {
+                // A replica may cut damage beyond every acknowledged write: what it
+                // loses is fetched from the leader before it votes again.
+                tracing::warn!(dir = %wal_dir.display(), "WAL damaged beyond its torn tail; recovering to the last good record");
+                Wal::open(
+                    fs.clone(),
+                    &wal_dir,
+                    options.wal.clone().recovery(RecoveryMode::PointInTime),
+                )?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let engine =
+            Engine::open(fs, dir.join("engine"), EngineOptions::new(options.config.store_id))?;
+        let log = Arc::new(RaftLog::open(wal.clone(), options.config.log)?);
+        let ctx = Arc::new(StoreContext::new(
+            options.config.clone(),
+            engine,
+            log,
+            CancellationToken::new(),
+        ));
+        let pollers = options.pollers.max(1);
+        let mut senders = Vec::with_capacity(pollers);
+        let mut receivers = Vec::with_capacity(pollers);
+        for _ in 0..pollers {
+            let (tx, rx) = bounded(POLLER_QUEUE);
+            senders.push(tx);
+            receivers.push(rx);
+        }
+        let inbox = Arc::new(StoreInbox { pollers: senders.clone(), dropped: AtomicU64::new(0) });
+        let killed = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for (i, rx) in receivers.into_iter().enumerate() {
+            let core = StoreCore::open(ctx.clone(), Box::new(move |r| poller_of(r, pollers) == i))?;
+            let (wtx, wrx) = bounded::<WriteTask>(WRITER_QUEUE);
+            let store_id = ctx.config.store_id.0;
+            let writer = {
+                let (ctx, transport, back, killed) =
+                    (ctx.clone(), transport.clone(), senders[i].clone(), killed.clone());
+                std::thread::Builder::new()
+                    .name(format!("s{store_id}-writer-{i}"))
+                    .spawn(move || writer_loop(&ctx, &wrx, transport.as_ref(), &back, &killed))
+                    .map_err(|e| Error::Internal(format!("spawn writer: {e}")))?
+            };
+            let poller = {
+                let (transport, killed) = (transport.clone(), killed.clone());
+                let timeout = options.shutdown_timeout;
+                std::thread::Builder::new()
+                    .name(format!("s{store_id}-poller-{i}"))
+                    .spawn(move || {
+                        poller_loop(core, &rx, &wtx, transport.as_ref(), &killed, timeout)
+                    })
+                    .map_err(|e| Error::Internal(format!("spawn poller: {e}")))?
+            };
+            threads.push(poller);
+            threads.push(writer);
+        }
+        tracing::info!(store = ctx.config.store_id.0, pollers, dir = %dir.display(), "store started");
+        Ok(Store {
+            ctx,
+            wal,
+            inbox,
+            threads: Mutex::new(threads),
+            killed,
+            shutdown_timeout: options.shutdown_timeout,
+        })
+    }
+
+    /// Where the transport delivers this store's envelopes.
+    pub fn inbox(&self) -> Arc<dyn Inbox> {
+        self.inbox.clone()
+    }
+
+    /// The store's shared context (engine, log, configuration).
+    pub fn context(&self) -> &Arc<StoreContext> {
+        &self.ctx
+    }
+
+    fn send(&self, region: RegionId, msg: Msg) -> Result<()> {
+        if self.ctx.cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let i = poller_of(region, self.inbox.pollers.len());
+        self.inbox.pollers[i].send(msg).map_err(|_| Error::Cancelled)
+    }
+
+    /// Creates `region` from nothing on this store (cluster bootstrap).
+    pub fn bootstrap_region(&self, region: Region) -> Result<()> {
+        let (tx, rx) = bounded(1);
+        self.send(region.id, Msg::Bootstrap(region, tx))?;
+        rx.recv().map_err(|_| Error::Cancelled)?
+    }
+
+    /// Submits a write; its reply is called when it is applied or refused.
+    pub fn write(&self, req: WriteRequest) {
+        let region = req.region;
+        if let Err(Msg::Write(req)) = self.try_send(region, Msg::Write(req)) {
+            (req.reply)(Err(Error::Cancelled));
+        }
+    }
+
+    /// Submits a linearizable read.
+    pub fn read(&self, req: ReadRequest) {
+        let region = req.region;
+        if let Err(Msg::Read(req)) = self.try_send(region, Msg::Read(req)) {
+            (req.reply)(Err(Error::Cancelled));
+        }
+    }
+
+    /// Submits a membership change.
+    pub fn change_peers(&self, req: ChangePeersRequest) {
+        let region = req.region;
+        if let Err(Msg::ChangePeers(req)) = self.try_send(region, Msg::ChangePeers(req)) {
+            (req.reply)(Err(Error::Cancelled));
+        }
+    }
+
+    /// Asks the leader of `region` here to hand leadership to peer `to`.
+    pub fn transfer_leader(&self, region: RegionId, to: regionkv_engine::PeerId) -> Result<()> {
+        self.send(region, Msg::TransferLeader(region, to))
+    }
+
+    /// Hands a request to its poller, blocking while its queue is full (backpressure);
+    /// gives the request back if the store is stopping.
+    fn try_send(&self, region: RegionId, msg: Msg) -> std::result::Result<(), Msg> {
+        if self.ctx.cancel.is_cancelled() {
+            return Err(msg);
+        }
+        let i = poller_of(region, self.inbox.pollers.len());
+        self.inbox.pollers[i].send(msg).map_err(|e| e.0)
+    }
+
+    /// The status of every peer on this store.
+    pub fn status(&self) -> Vec<PeerStatus> {
+        let mut all = Vec::new();
+        for poller in &self.inbox.pollers {
+            let (tx, rx) = bounded(1);
+            if poller.send(Msg::Status(tx)).is_ok()
+                && let Ok(status) = rx.recv_timeout(Duration::from_secs(10))
+            {
+                all.extend(status);
+            }
+        }
+        all.sort_by_key(|s| s.region.id);
+        all
+    }
+
+    /// Envelopes dropped because a poller's queue was full.
+    pub fn dropped_envelopes(&self) -> u64 {
+        self.inbox.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Shuts down in order and writes the clean-shutdown marks. See the module docs.
+    pub fn shutdown(&self) -> Result<()> {
+        // 1. Cancel: requests are refused from now on, timelines see shutdown.
+        self.ctx.cancel.cancel();
+        // 2-4. Pollers shut their timelines down and leave; writers drain and leave.
+        self.join();
+        // 5. The clean-shutdown marks.
+        self.wal.close()?;
+        self.ctx.engine.close()?;
+        tracing::info!(store = self.ctx.config.store_id.0, "store shut down cleanly");
+        Ok(())
+    }
+
+    /// Stops at once: nothing is flushed or closed, as a crash would leave it (minus
+    /// the page cache, which a process kill does not lose).
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
+        self.ctx.cancel.cancel();
+        self.join();
+    }
+
+    fn join(&self) {
+        let threads = std::mem::take(&mut *self.threads.lock());
+        let deadline = Instant::now() + self.shutdown_timeout * 2;
+        for t in threads {
+            // Threads leave on cancellation within a tick; the deadline is a last guard.
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                tracing::warn!(thread = ?t.thread().name(), "thread did not stop in time");
+            }
+        }
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if !self.threads.lock().is_empty() {
+            self.kill();
+        }
+    }
+}
+
+fn handle(core: &mut StoreCore, msg: Msg) {
+    match msg {
+        Msg::Envelopes(envs) => core.on_envelopes(envs),
+        Msg::Write(req) => core.on_write(req),
+        Msg::Read(req) => core.on_read(req),
+        Msg::ChangePeers(req) => core.on_change_peers(req),
+        Msg::TransferLeader(region, to) => core.on_transfer_leader(region, to),
+        Msg::Bootstrap(region, reply) => {
+            let _ = reply.send(core.bootstrap_region(region));
+        }
+        Msg::Persisted(readies) => core.on_persisted(&readies),
+        Msg::Status(reply) => {
+            let _ = reply.send(core.status());
+        }
+    }
+}
+
+fn poller_loop(
+    mut core: StoreCore,
+    rx: &Receiver<Msg>,
+    writer: &Sender<WriteTask>,
+    transport: &dyn Transport,
+    killed: &AtomicBool,
+    shutdown_timeout: Duration,
+) {
+    let tick = core.context().config.tick_interval;
+    let cancel = core.context().cancel.clone();
+    let mut next_tick = Instant::now() + tick;
+    loop {
+        if killed.load(Ordering::Relaxed) {
+            return;
+        }
+        if cancel.is_cancelled() {
+            // Persisted notifications still arrive while the writer drains; serve
+            // them so waiting clients learn their outcome, then stop the timelines.
+            while let Ok(msg) = rx.try_recv() {
+                if let Msg::Persisted(_) | Msg::Status(_) = msg {
+                    handle(&mut core, msg);
+                } else {
+                    refuse(msg);
+                }
+            }
+            core.shutdown(shutdown_timeout);
+            return;
+        }
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(msg) => {
+                handle(&mut core, msg);
+                for _ in 0..POLLER_BATCH {
+                    match rx.try_recv() {
+                        Ok(msg) => handle(&mut core, msg),
+                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                    }
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        }
+        if Instant::now() >= next_tick {
+            core.on_tick();
+            next_tick += tick;
+            if next_tick < Instant::now() {
+                next_tick = Instant::now() + tick; // fell behind: do not tick in a burst
+            }
+        }
+        let out = core.flush();
+        transport.send(out.messages);
+        if let Some(task) = out.write
+            && writer.send(task).is_err()
+        {
+            return; // the writer stopped: the store failed
+        }
+    }
+}
+
+fn refuse(msg: Msg) {
+    match msg {
+        Msg::Write(req) => (req.reply)(Err(Error::Cancelled)),
+        Msg::Read(req) => (req.reply)(Err(Error::Cancelled)),
+        Msg::ChangePeers(req) => (req.reply)(Err(Error::Cancelled)),
+        Msg::Bootstrap(_, reply) => {
+            let _ = reply.send(Err(Error::Cancelled));
+        }
+        Msg::Envelopes(_) | Msg::TransferLeader(..) | Msg::Persisted(_) | Msg::Status(_) => {}
+    }
+}
+
+fn writer_loop(
+    ctx: &StoreContext,
+    rx: &Receiver<WriteTask>,
+    transport: &dyn Transport,
+    back: &Sender<Msg>,
+    killed: &AtomicBool,
+) {
+    while let Ok(first) = rx.recv() {
+        if killed.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut tasks = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            tasks.push(more);
+        }
+        let mut writes = Vec::with_capacity(tasks.len());
+        let mut messages = Vec::new();
+        let mut readies = Vec::new();
+        for task in tasks {
+            if !task.write.is_empty() {
+                writes.push(task.write);
+            }
+            messages.extend(task.messages);
+            readies.extend(task.readies);
+        }
+        if !writes.is_empty()
+            && let Err(e) = ctx.log.persist_all(writes)
+        {
+            // Fail-stop: nothing more is acknowledged; a restart recovers from disk.
+            if ctx.cancel.is_cancelled() || e.is_cancelled() {
+                tracing::debug!(error = %e, "log write stopped by shutdown");
+            } else {
+                tracing::error!(store = ctx.config.store_id.0, error = %e, "log write failed; the store stops");
+            }
+            ctx.cancel.cancel();
+            return;
+        }
+        if killed.load(Ordering::Relaxed) {
+            return;
+        }
+        transport.send(messages);
+        if back.send(Msg::Persisted(readies)).is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! The facade's one error type.
+
+use std::time::Duration;
+
+/// What went wrong, and whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The cluster could not serve the request before the deadline (no leader, stores
+    /// down, or retries exhausted). For a write the outcome is unknown: it may have
+    /// been applied.
+    #[error("no answer within {waited:?} ({last}); for a write the outcome is unknown")]
+    Unavailable {
+        /// How long the client tried.
+        waited: Duration,
+        /// The last error seen.
+        last: String,
+    },
+    /// A write batch touches keys of more than one region; it would not be atomic.
+    #[error(
+        "the batch spans regions {regions:?}; batches are atomic within one region only: \
+         split it by region"
+    )]
+    CrossRegionBatch {
+        /// The regions the batch touches.
+        regions: Vec<u64>,
+    },
+    /// The request is invalid (empty key, too large, ...).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The cluster is shut down.
+    #[error("the cluster is shut down")]
+    Shutdown,
+    /// A store failed in a way that needs attention (I/O, corruption).
+    #[error(transparent)]
+    Store(#[from] regionkv_raft::Error),
+    /// Files could not be prepared.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// True if retrying the same request later may succeed. Exhaustive on purpose.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Unavailable { .. } => true,
+            Error::Store(e) => e.is_retryable(),
+            Error::CrossRegionBatch { .. }
+            | Error::InvalidRequest(_)
+            | Error::Shutdown
+            | Error::Io(_) => false,
+        }
+    }
+}
+
+/// Shorthand for results of the facade.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
