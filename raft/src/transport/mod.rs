@@ -69,6 +69,7 @@ impl fmt::Debug for Envelope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Envelope");
         d.field("region", &self.region.0).field("from", &self.from.0).field("to", &self.to.0);
+        d.field("epoch", &self.epoch);
         match &self.body {
             Body::Raft(m) => d
                 .field("type", &m.get_msg_type())
