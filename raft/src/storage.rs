@@ -29,6 +29,7 @@ pub struct PeerStorage {
     snapshot: Arc<Mutex<SnapshotSlot>>,
 }
 
+#[allow(dead_code, reason = "used by the store core, which is built on another branch")]
 impl PeerStorage {
     pub(crate) fn new(region: RegionId, log: Arc<RaftLog>) -> PeerStorage {
         PeerStorage { region, log, snapshot: Arc::default() }

@@ -81,12 +81,11 @@ impl LogWrite {
     }
 
     fn region(&mut self, region: RegionId) -> &mut RegionWrite {
-        let at = match self.regions.iter().position(|(r, _)| *r == region) {
-            Some(at) => at,
-            None => {
-                self.regions.push((region, RegionWrite::default()));
-                self.regions.len() - 1
-            }
+        let at = if let Some(at) = self.regions.iter().position(|(r, _)| *r == region) {
+            at
+        } else {
+            self.regions.push((region, RegionWrite::default()));
+            self.regions.len() - 1
         };
         &mut self.regions[at].1
     }
@@ -325,6 +324,10 @@ impl RaftLog {
 
     /// Makes a staged write durable: one WAL append (group-committed with other
     /// writers), returning once it is fsynced.
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "a staged write is persisted once: taking it keeps callers from reusing it"
+    )]
     pub fn persist(&self, write: LogWrite) -> Result<Lsn> {
         self.persist_all(vec![write])
     }

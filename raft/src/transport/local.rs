@@ -111,6 +111,7 @@ impl SplitMix {
 }
 
 impl FaultRng for SplitMix {
+    #[allow(clippy::cast_precision_loss, reason = "both values have 53 bits: exact in f64")]
     fn unit(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
@@ -279,7 +280,7 @@ impl LocalNetwork {
         match timer {
             Ok(handle) => *inner.timer.lock() = Some(handle),
             Err(e) => {
-                tracing::warn!(error = %e, "no timer thread: delay rules will deliver at once")
+                tracing::warn!(error = %e, "no timer thread: delay rules will deliver at once");
             }
         }
         LocalNetwork { inner }

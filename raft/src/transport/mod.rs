@@ -9,10 +9,14 @@
 //! - [`local::LocalTransport`]: in-process channels with fault hooks (drop, delay,
 //!   duplicate, reorder, partition and isolate, per store pair, region or message
 //!   type) for tests and the in-process cluster;
-//! - `tcp`: length-prefixed, checksummed frames over TCP, after a handshake that proves
-//!   knowledge of the cluster secret.
+//! - [`tcp::TcpTransport`]: length-prefixed, checksummed, size-bounded frames over TCP
+//!   (format in [`wire`]), after a handshake that proves knowledge of the cluster
+//!   secret; one connection and one bounded queue per peer store, reconnecting with
+//!   backoff.
 
 pub mod local;
+pub mod tcp;
+pub mod wire;
 
 use std::fmt;
 use std::sync::Arc;
