@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 use regionkv_engine::{Peer, PeerId, Region, RegionId, StoreId};
+use regionkv_raft::transport::Transport;
 use regionkv_raft::transport::local::LocalNetwork;
 use regionkv_raft::{PeerStatus, Store, StoreConfig, StoreOptions};
 use regionkv_wal::{RealFs, WalOptions};
@@ -145,11 +146,12 @@ impl ClusterInner {
     }
 
     fn start_store(&self, id: StoreId) -> Result<()> {
+        let transport: Arc<dyn Transport> = Arc::new(self.net.transport(id));
         let store = Store::start(
             Arc::new(RealFs),
             &store_dir(&self.dir, id),
-            self.options(id),
-            Arc::new(self.net.transport(id)),
+            &self.options(id),
+            &transport,
         )?;
         self.net.register(id, store.inbox());
         self.stores.write().insert(id, Arc::new(store));

@@ -100,22 +100,23 @@ impl Db {
 
     /// Applies `batch` atomically: all of it or none.
     pub fn write(&self, batch: WriteBatch) -> Result<()> {
-        if batch.is_empty() {
+        let WriteBatch { ops } = batch;
+        if ops.is_empty() {
             return Ok(());
         }
-        if batch.ops.iter().any(|op| op.key().is_empty()) {
+        if ops.iter().any(|op| op.key().is_empty()) {
             return Err(Error::InvalidRequest("empty keys are not allowed".into()));
         }
         let region = FIRST_REGION;
         self.call(region, |store, epoch, reply| {
-            store.write(WriteRequest { region, epoch, ops: batch.ops.clone(), reply });
+            store.write(WriteRequest { region, epoch, ops: ops.clone(), reply });
         })
     }
 
     /// The value of `key`, read linearizably.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
         let key = Bytes::copy_from_slice(key.as_ref());
-        match self.read(Query::Get { key })? {
+        match self.read(&Query::Get { key })? {
             QueryResult::Value(v) => Ok(v),
             QueryResult::Rows(_) => Err(Error::InvalidRequest("a get returned rows".into())),
         }
@@ -134,13 +135,13 @@ impl Db {
             end: end.map(Bytes::copy_from_slice),
             limit,
         };
-        match self.read(query)? {
+        match self.read(&query)? {
             QueryResult::Rows(rows) => Ok(rows),
             QueryResult::Value(_) => Err(Error::InvalidRequest("a scan returned a value".into())),
         }
     }
 
-    fn read(&self, query: Query) -> Result<QueryResult> {
+    fn read(&self, query: &Query) -> Result<QueryResult> {
         let region = FIRST_REGION;
         self.call(region, |store, epoch, reply| {
             store.read(ReadRequest { region, epoch, query: query.clone(), reply });

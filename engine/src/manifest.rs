@@ -398,6 +398,7 @@ pub const MIGRATIONS: &[Migration] = &[
 ];
 
 /// Migration 2 -> 3: nothing to fill in; `meta_index` stays `None` (unknown).
+#[expect(clippy::unnecessary_wraps, reason = "every migration step has the same signature")]
 fn no_meta_index(manifest: &mut Manifest, _: &dyn FileSystem, _: &Path) -> Result<()> {
     for entry in &mut manifest.regions {
         entry.meta_index = None;

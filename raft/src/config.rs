@@ -9,7 +9,7 @@ use crate::log::RaftLogOptions;
 /// How reads are confirmed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ReadMode {
-    /// ReadIndex: the leader confirms with a quorum that it still leads before serving
+    /// `ReadIndex`: the leader confirms with a quorum that it still leads before serving
     /// a read at its commit index. Linearizable with no clock assumption (the default).
     #[default]
     ReadIndex,

@@ -17,7 +17,7 @@
 //! The deterministic simulator and the threaded production driver both drive this
 //! same code; only where and when a `WriteTask` is persisted differs.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use protobuf::Message as _;
@@ -207,24 +207,20 @@ impl StoreCore {
                 continue;
             }
             let state = core.ctx.log.state(id).ok_or(Error::RegionNotFound { region: id })?;
-            match hosted.get(&id) {
-                Some(region) => {
-                    let applied = match core.ctx.engine.latest_checkpoint(id)? {
-                        Some(file) => file.header().applied_index,
-                        None => 0,
-                    };
-                    core.add_peer(
-                        region.clone(),
-                        true,
-                        PeerId(state.peer_id),
-                        applied,
-                        state.conf_index,
-                    )?;
-                }
-                None => {
-                    let region = Region::new(id, Vec::new(), Some(Vec::new()));
-                    core.add_peer(region, false, PeerId(state.peer_id), 0, state.conf_index)?;
-                }
+            if let Some(region) = hosted.get(&id) {
+                let applied =
+                    core.ctx.engine.latest_checkpoint(id)?.map_or(0, |f| f.header().applied_index);
+                core.add_peer(
+                    region.clone(),
+                    true,
+                    PeerId(state.peer_id),
+                    applied,
+                    state.conf_index,
+                )?;
+            } else {
+                // In the log but not the engine: a replica waiting for its snapshot.
+                let region = Region::new(id, Vec::new(), Some(Vec::new()));
+                core.add_peer(region, false, PeerId(state.peer_id), 0, state.conf_index)?;
             }
         }
         Ok(core)
@@ -268,15 +264,15 @@ impl StoreCore {
                 snapshot_file: None,
                 batch: Vec::new(),
                 batch_bytes: 0,
-                proposals: Default::default(),
+                proposals: VecDeque::new(),
                 reads_pending: HashMap::new(),
-                reads_ready: Default::default(),
+                reads_ready: VecDeque::new(),
                 next_read_ctx: 1,
                 applied_index: applied,
                 checkpoint_index: applied,
                 applied_bytes_since_checkpoint: 0,
                 conf_index,
-                peer_stores: HashMap::new(),
+                known_stores: HashMap::new(),
                 incoming: None,
                 received: None,
                 snapshot_applied: None,
@@ -320,7 +316,7 @@ impl StoreCore {
                 self.dirty.insert(id);
             }
         }
-        if self.ticks % PURGE_EVERY_TICKS == 0 {
+        if self.ticks.is_multiple_of(PURGE_EVERY_TICKS) {
             self.plan_purge();
         }
     }
@@ -358,7 +354,7 @@ impl StoreCore {
                 if msg.to != peer.id.0 {
                     return Ok(()); // for an older replica of the region on this store
                 }
-                peer.peer_stores.insert(PeerId(msg.from), from);
+                peer.known_stores.insert(PeerId(msg.from), from);
                 if msg.get_msg_type() == MessageType::MsgSnapshot {
                     let meta = msg.get_snapshot().get_metadata();
                     let ready = peer
@@ -602,7 +598,7 @@ impl StoreCore {
             let dirty = std::mem::take(&mut self.dirty);
             for region in dirty {
                 if let Err(e) = self.flush_peer(region) {
-                    self.on_peer_error(region, &e);
+                    Self::on_peer_error(region, &e);
                 }
             }
         }
@@ -620,7 +616,7 @@ impl StoreCore {
         Output { messages, write }
     }
 
-    fn on_peer_error(&mut self, region: RegionId, error: &Error) {
+    fn on_peer_error(region: RegionId, error: &Error) {
         if error.is_cancelled() {
             tracing::debug!(region = region.0, "peer stopped by shutdown");
         } else {
@@ -629,7 +625,7 @@ impl StoreCore {
     }
 
     fn flush_peer(&mut self, region: RegionId) -> Result<()> {
-        self.propose_batch(region)?;
+        self.propose_batch(region);
         self.prepare_snapshot(region)?;
         let Some(peer) = self.peers.get_mut(&region) else { return Ok(()) };
         if !peer.raw.has_ready() {
@@ -653,7 +649,7 @@ impl StoreCore {
         // Committed entries (already durable here): apply them.
         let committed = ready.take_committed_entries();
         if !committed.is_empty() {
-            self.apply(region, committed)?;
+            self.apply(region, &committed)?;
         }
 
         let peer = self.peers.get_mut(&region).expect("present");
@@ -696,11 +692,11 @@ impl StoreCore {
     }
 
     /// Proposes the writes batched this turn as few entries as the size bound allows.
-    fn propose_batch(&mut self, region: RegionId) -> Result<()> {
+    fn propose_batch(&mut self, region: RegionId) {
         let max = self.ctx.config.max_entry_bytes;
-        let Some(peer) = self.peers.get_mut(&region) else { return Ok(()) };
+        let Some(peer) = self.peers.get_mut(&region) else { return };
         if peer.batch.is_empty() {
-            return Ok(());
+            return;
         }
         let batch = std::mem::take(&mut peer.batch);
         peer.batch_bytes = 0;
@@ -721,7 +717,9 @@ impl StoreCore {
         chunks.push((writes, replies));
         for (writes, replies) in chunks {
             if !peer.is_leader() {
-                replies.into_iter().for_each(|r| r(Err(peer.not_leader())));
+                for reply in replies {
+                    reply(Err(peer.not_leader()));
+                }
                 continue;
             }
             let data = command::encode_writes(&writes);
@@ -735,20 +733,26 @@ impl StoreCore {
                         waiting: Waiting::Writes(replies),
                     });
                 }
-                Ok(()) => replies.into_iter().for_each(|r| {
-                    r(Err(Error::Dropped { region, reason: "raft-rs dropped the proposal" }))
-                }),
+                Ok(()) => {
+                    for reply in replies {
+                        reply(Err(Error::Dropped {
+                            region,
+                            reason: "raft-rs dropped the proposal",
+                        }));
+                    }
+                }
                 Err(e) => {
                     let reason = if matches!(e, raft::Error::ProposalDropped) {
                         "proposal dropped (leadership changing)"
                     } else {
                         "proposal refused"
                     };
-                    replies.into_iter().for_each(|r| r(Err(Error::Dropped { region, reason })));
+                    for reply in replies {
+                        reply(Err(Error::Dropped { region, reason }));
+                    }
                 }
             }
         }
-        Ok(())
     }
 
     /// Turns envelopes into messages to send now or after the write persists; a
@@ -876,110 +880,22 @@ impl StoreCore {
         Ok(())
     }
 
-    /// Applies committed entries of one region, in write-batch rounds.
-    fn apply(&mut self, region: RegionId, entries: Vec<Entry>) -> Result<()> {
+    /// Applies committed entries of one region, in write-batch rounds, through the
+    /// region's timeline. Replies are released only once the round holding their
+    /// writes is committed.
+    fn apply(&mut self, region: RegionId, entries: &[Entry]) -> Result<()> {
         let engine = self.ctx.engine.clone();
-        let max_round = engine.max_round_bytes();
-        let mut round = engine.begin_round();
-        let mut round_bytes = 0usize;
-        let mut replies: Vec<(Reply<()>, Result<()>)> = Vec::new();
+        let mut applier = Applier::new(&engine);
         let last = entries.last().map_or(0, |e| e.index);
-        let peer = self.peers.get_mut(&region).expect("present");
-        let timeline = peer.timeline.clone();
+        let timeline = self.peers[&region].timeline.clone();
         let result = timeline.ingest(Lsn(last), || -> Result<(), regionkv_wal::IngestError> {
-            for entry in &entries {
-                let peer = self.peers.get_mut(&region).expect("present");
-                if entry.index <= peer.applied_index {
-                    continue; // applied before a restart, or by a snapshot
-                }
-                peer.applied_bytes_since_checkpoint += entry.data.len() as u64;
-                if let Some(observe) = &self.ctx.apply_observer {
-                    observe(region, entry.index, entry.term, &entry.data);
-                }
-                let mut outcome = match entry.get_entry_type() {
-                    EntryType::EntryNormal if entry.data.is_empty() => Vec::new(),
-                    EntryType::EntryNormal => {
-                        let writes = command::decode_writes(&entry.data).map_err(|e| {
-                            ingest_error(Error::Internal(format!(
-                                "undecodable entry {}: {}",
-                                entry.index, e.reason
-                            )))
-                        })?;
-                        let mut results = Vec::with_capacity(writes.len());
-                        for write in &writes {
-                            let bytes: usize =
-                                write.ops.iter().map(|op| op.key().len() + op_value_len(op)).sum();
-                            if round_bytes + bytes > max_round && !round.is_empty() {
-                                // A write never straddles two rounds: it is atomic.
-                                let full = std::mem::replace(&mut round, engine.begin_round());
-                                full.commit().map_err(|e| ingest_error(e.into()))?;
-                                round_bytes = 0;
-                            }
-                            let result = apply_write(&mut round, peer, write);
-                            if result.is_ok() {
-                                round_bytes += bytes;
-                            }
-                            results.push(result);
-                        }
-                        results
-                    }
-                    EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                        // Admin commands change durable metadata; data before them lands first.
-                        let full = std::mem::replace(&mut round, engine.begin_round());
-                        full.commit().map_err(|e| ingest_error(e.into()))?;
-                        round_bytes = 0;
-                        self.apply_conf_change(region, entry).map_err(ingest_error)?;
-                        Vec::new()
-                    }
-                };
-                let peer = self.peers.get_mut(&region).expect("present");
-                peer.applied_index = entry.index;
-                // Match the entry with the proposal waiting for it, if any.
-                while let Some(front) = peer.proposals.front() {
-                    if front.index > entry.index {
-                        break;
-                    }
-                    let proposal = peer.proposals.pop_front().expect("peeked");
-                    let matched = proposal.index == entry.index && proposal.term == entry.term;
-                    match proposal.waiting {
-                        Waiting::Writes(waiting) if matched => {
-                            let mut results = std::mem::take(&mut outcome).into_iter();
-                            for reply in waiting {
-                                let r = results.next().unwrap_or_else(|| {
-                                    Err(Error::Internal("fewer results than writes".into()))
-                                });
-                                replies.push((reply, r));
-                            }
-                        }
-                        Waiting::Writes(waiting) => {
-                            for reply in waiting {
-                                replies.push((
-                                    reply,
-                                    Err(Error::Dropped {
-                                        region,
-                                        reason: "its entry was overwritten by a new leader",
-                                    }),
-                                ));
-                            }
-                        }
-                        Waiting::ChangePeers(reply) if matched => {
-                            let region_now = peer.region.clone();
-                            reply(Ok(region_now));
-                        }
-                        Waiting::ChangePeers(reply) => {
-                            reply(Err(Error::Dropped {
-                                region,
-                                reason: "its entry was overwritten by a new leader",
-                            }));
-                        }
-                    }
-                }
+            for entry in entries {
+                self.apply_entry(region, entry, &mut applier).map_err(ingest_error)?;
             }
-            let done = std::mem::replace(&mut round, engine.begin_round());
-            done.commit().map_err(|e| ingest_error(e.into()))?;
-            Ok(())
+            applier.cut().map_err(ingest_error)
         });
-        drop(round);
+        let replies = std::mem::take(&mut applier.replies);
+        drop(applier);
         match result {
             Ok(()) => {
                 for (reply, r) in replies {
@@ -989,19 +905,62 @@ impl StoreCore {
                 peer.raw.advance_apply_to(peer.applied_index);
                 Ok(())
             }
-            Err(e) if e.is_cancelled() => {
-                for (reply, _) in replies {
-                    reply(Err(Error::Cancelled));
-                }
-                Err(Error::Cancelled)
-            }
             Err(e) => {
+                let cancelled = e.is_cancelled();
                 for (reply, _) in replies {
-                    reply(Err(Error::Internal(format!("apply failed: {e}"))));
+                    reply(Err(if cancelled {
+                        Error::Cancelled
+                    } else {
+                        Error::Internal(format!("apply failed: {e}"))
+                    }));
                 }
-                Err(Error::Internal(format!("apply of region {} failed: {e}", region.0)))
+                Err(if cancelled {
+                    Error::Cancelled
+                } else {
+                    Error::Internal(format!("apply of region {} failed: {e}", region.0))
+                })
             }
         }
+    }
+
+    /// Applies one committed entry and resolves the proposal waiting for it.
+    fn apply_entry(
+        &mut self,
+        region: RegionId,
+        entry: &Entry,
+        applier: &mut Applier<'_>,
+    ) -> Result<()> {
+        let peer = self.peers.get_mut(&region).expect("present");
+        if entry.index <= peer.applied_index {
+            return Ok(()); // applied before a restart, or by a snapshot
+        }
+        peer.applied_bytes_since_checkpoint += entry.data.len() as u64;
+        if let Some(observe) = &self.ctx.apply_observer {
+            observe(region, entry.index, entry.term, &entry.data);
+        }
+        let outcome = match entry.get_entry_type() {
+            EntryType::EntryNormal if entry.data.is_empty() => Vec::new(), // a new leader's no-op
+            EntryType::EntryNormal => {
+                let writes = command::decode_writes(&entry.data).map_err(|e| {
+                    Error::Internal(format!("undecodable entry {}: {}", entry.index, e.reason))
+                })?;
+                let mut results = Vec::with_capacity(writes.len());
+                for write in &writes {
+                    results.push(applier.write(peer, write)?);
+                }
+                results
+            }
+            EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                // Admin commands change durable metadata; the data before them lands first.
+                applier.cut()?;
+                self.apply_conf_change(region, entry)?;
+                Vec::new()
+            }
+        };
+        let peer = self.peers.get_mut(&region).expect("present");
+        peer.applied_index = entry.index;
+        resolve_proposals(peer, entry, outcome, &mut applier.replies);
+        Ok(())
     }
 
     /// Applies a membership change: raft-rs's configuration and the region's peers.
@@ -1124,7 +1083,7 @@ impl StoreCore {
         match self.ctx.log.purge(&plan) {
             Ok(0) => {}
             Ok(n) => {
-                tracing::debug!(segments = n, below = %plan.purge_below, "purged WAL segments")
+                tracing::debug!(segments = n, below = %plan.purge_below, "purged WAL segments");
             }
             Err(e) => tracing::warn!(error = %e, "WAL purge failed; will retry"),
         }
@@ -1152,21 +1111,103 @@ fn op_value_len(op: &Op) -> usize {
     }
 }
 
-/// Applies one client write into the round, or says why not.
-fn apply_write(round: &mut ApplyRound<'_>, peer: &Peer, write: &Write) -> Result<()> {
+/// The write-batch round of one apply pass, and the replies waiting for it.
+struct Applier<'e> {
+    engine: &'e Engine,
+    round: ApplyRound<'e>,
+    /// Bytes of keys and values buffered in `round`.
+    bytes: usize,
+    max_bytes: usize,
+    replies: Vec<(Reply<()>, Result<()>)>,
+}
+
+impl<'e> Applier<'e> {
+    fn new(engine: &'e Engine) -> Applier<'e> {
+        Applier {
+            engine,
+            round: engine.begin_round(),
+            bytes: 0,
+            max_bytes: engine.max_round_bytes(),
+            replies: Vec::new(),
+        }
+    }
+
+    /// Commits the current round (its writes become visible) and opens a fresh one.
+    fn cut(&mut self) -> Result<()> {
+        let full = std::mem::replace(&mut self.round, self.engine.begin_round());
+        self.bytes = 0;
+        full.commit()?;
+        Ok(())
+    }
+
+    /// Buffers one client write, whole: it never straddles two rounds. The outer error
+    /// is a failure of the apply itself; the inner result is the write's own outcome (a
+    /// stale epoch or a key outside the region refuses just this write).
+    fn write(&mut self, peer: &Peer, write: &Write) -> Result<Result<()>> {
+        if let Err(refused) = check_write(peer, write) {
+            return Ok(Err(refused));
+        }
+        let bytes: usize = write.ops.iter().map(|op| op.key().len() + op_value_len(op)).sum();
+        if self.bytes + bytes > self.max_bytes && !self.round.is_empty() {
+            self.cut()?;
+        }
+        let region = &peer.region;
+        self.round.prepare_for_region(region.id, region.epoch)?;
+        for op in &write.ops {
+            // An error here leaves part of the write buffered; it fails the whole
+            // apply (the round is dropped uncommitted), never commits a part.
+            match op {
+                Op::Put { key, value } => self.round.put(key, value)?,
+                Op::Delete { key } => self.round.delete(key)?,
+            }
+        }
+        self.bytes += bytes;
+        Ok(Ok(()))
+    }
+}
+
+/// Why a committed client write must not apply, if it must not.
+fn check_write(peer: &Peer, write: &Write) -> Result<()> {
     peer.check_version(write.epoch)?;
     let region = &peer.region;
     if write.ops.iter().any(|op| !region.contains(op.key())) {
         return Err(Error::KeyNotInRegion { region: region.id, current: Some(region.clone()) });
     }
-    round.prepare_for_region(region.id, region.epoch)?;
-    for op in &write.ops {
-        match op {
-            Op::Put { key, value } => round.put(key, value)?,
-            Op::Delete { key } => round.delete(key)?,
+    Ok(())
+}
+
+/// Matches an applied entry with the proposals waiting at or before its index: the
+/// one with the same index and term gets the entry's outcome; any other was
+/// overwritten by a new leader and is dropped.
+fn resolve_proposals(
+    peer: &mut Peer,
+    entry: &Entry,
+    outcome: Vec<Result<()>>,
+    replies: &mut Vec<(Reply<()>, Result<()>)>,
+) {
+    let region = peer.region.id;
+    let dropped = || Error::Dropped { region, reason: "its entry was overwritten by a new leader" };
+    let mut outcome = Some(outcome);
+    while peer.proposals.front().is_some_and(|p| p.index <= entry.index) {
+        let proposal = peer.proposals.pop_front().expect("checked");
+        let matched = proposal.index == entry.index && proposal.term == entry.term;
+        match proposal.waiting {
+            Waiting::Writes(waiting) if matched => {
+                let mut results = outcome.take().unwrap_or_default().into_iter();
+                for reply in waiting {
+                    let r = results.next().unwrap_or_else(|| {
+                        Err(Error::Internal("fewer results than writes".into()))
+                    });
+                    replies.push((reply, r));
+                }
+            }
+            Waiting::Writes(waiting) => {
+                replies.extend(waiting.into_iter().map(|reply| (reply, Err(dropped()))));
+            }
+            Waiting::ChangePeers(reply) if matched => reply(Ok(peer.region.clone())),
+            Waiting::ChangePeers(reply) => reply(Err(dropped())),
         }
     }
-    Ok(())
 }
 
 fn run_query(

@@ -133,7 +133,7 @@ pub(crate) struct Peer {
     pub batch: Vec<(Write, Reply<()>)>,
     pub batch_bytes: usize,
     pub proposals: VecDeque<Proposal>,
-    /// Reads sent to raft-rs as ReadIndex requests, by context.
+    /// Reads sent to raft-rs as `ReadIndex` requests, by context.
     pub reads_pending: HashMap<u64, Vec<ReadRequest>>,
     /// Reads confirmed at an index, waiting for apply to reach it.
     pub reads_ready: VecDeque<(u64, Vec<ReadRequest>)>,
@@ -146,7 +146,7 @@ pub(crate) struct Peer {
     /// The index whose application produced raft-rs's current conf state.
     pub conf_index: u64,
     /// Stores of peers learned from messages (an uninitialized replica knows no region).
-    pub peer_stores: HashMap<PeerId, StoreId>,
+    pub known_stores: HashMap<PeerId, StoreId>,
     pub incoming: Option<Incoming>,
     pub received: Option<(u64, u64, ReceivedCheckpoint)>,
     /// A snapshot installed by ready `.0` at index `.1`: raft-rs is told it is applied
@@ -166,7 +166,7 @@ impl Peer {
             .iter()
             .find(|p| p.id == id)
             .map(|p| p.store)
-            .or_else(|| self.peer_stores.get(&id).copied())
+            .or_else(|| self.known_stores.get(&id).copied())
     }
 
     /// The store of the current leader, if known.
@@ -202,7 +202,9 @@ impl Peer {
         }
         self.batch_bytes = 0;
         for (_, reads) in self.reads_pending.drain() {
-            reads.into_iter().for_each(|r| (r.reply)(Err(error())));
+            for read in reads {
+                (read.reply)(Err(error()));
+            }
         }
     }
 
@@ -216,7 +218,9 @@ impl Peer {
             }
         }
         for (_, reads) in self.reads_ready.drain(..) {
-            reads.into_iter().for_each(|r| (r.reply)(Err(error())));
+            for read in reads {
+                (read.reply)(Err(error()));
+            }
         }
     }
 }

@@ -271,8 +271,13 @@ impl SimCluster {
         }));
         let core = StoreCore::open(Arc::new(ctx), Box::new(|_| true))?;
         let store = self.stores.get_mut(&id).expect("known store");
-        store.running =
-            Some(Running { core, wal, engine, writes: Default::default(), in_flight: false });
+        store.running = Some(Running {
+            core,
+            wal,
+            engine,
+            writes: std::collections::VecDeque::new(),
+            in_flight: false,
+        });
         self.checks.lock().running_max.retain(|(s, _), _| *s != id);
         let at = self.now + self.config.tick;
         self.schedule(at, Event::Tick(id));

@@ -140,8 +140,8 @@ impl Store {
     pub fn start(
         fs: Arc<dyn FileSystem>,
         dir: &Path,
-        options: StoreOptions,
-        transport: Arc<dyn Transport>,
+        options: &StoreOptions,
+        transport: &Arc<dyn Transport>,
     ) -> Result<Store> {
         let wal_dir = dir.join("wal");
         let wal = match Wal::open(fs.clone(), &wal_dir, options.wal.clone()) {
@@ -198,7 +198,7 @@ impl Store {
                 std::thread::Builder::new()
                     .name(format!("s{store_id}-poller-{i}"))
                     .spawn(move || {
-                        poller_loop(core, &rx, &wtx, transport.as_ref(), &killed, timeout)
+                        poller_loop(core, &rx, &wtx, transport.as_ref(), &killed, timeout);
                     })
                     .map_err(|e| Error::Internal(format!("spawn poller: {e}")))?
             };
@@ -460,7 +460,7 @@ fn writer_loop(
             readies.extend(task.readies);
         }
         if !writes.is_empty()
-            && let Err(e) = ctx.log.persist_all(writes)
+            && let Err(e) = ctx.log.persist_all(&writes)
         {
             // Fail-stop: nothing more is acknowledged; a restart recovers from disk.
             if ctx.cancel.is_cancelled() || e.is_cancelled() {

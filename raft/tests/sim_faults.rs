@@ -27,11 +27,13 @@ fn put(k: &str, v: &str) -> Op {
 
 /// A client: routes to the leader, retries retryable errors, gives up after `max`.
 /// Returns Ok(true) if acknowledged, Ok(false) if the outcome is unknown.
-fn write(c: &mut SimCluster, ops: Vec<Op>, max: Duration) -> bool {
+fn write(c: &mut SimCluster, ops: &[Op], max: Duration) -> bool {
     let deadline = c.now() + max;
     while c.now() < deadline {
-        let Some(leader) = c.wait_leader(R1, deadline - c.now()) else { return false };
-        let pending = c.write(leader, R1, ops.clone());
+        let Some(leader) = c.wait_leader(R1, deadline.saturating_sub(c.now())) else {
+            return false;
+        };
+        let pending = c.write(leader, R1, ops.to_vec());
         match c.wait(&pending, Duration::from_millis(500)) {
             Some(Ok(())) => return true,
             Some(Err(e)) if e.is_retryable() => c.run_for(Duration::from_millis(20)),
@@ -46,7 +48,7 @@ fn write(c: &mut SimCluster, ops: Vec<Op>, max: Duration) -> bool {
 fn read(c: &mut SimCluster, key: &str, max: Duration) -> Option<Bytes> {
     let deadline = c.now() + max;
     while c.now() < deadline {
-        let Some(leader) = c.wait_leader(R1, deadline - c.now()) else { break };
+        let Some(leader) = c.wait_leader(R1, deadline.saturating_sub(c.now())) else { break };
         let pending: Pending<QueryResult> =
             c.read(leader, R1, Query::Get { key: Bytes::from(key.to_owned()) });
         match c.wait(&pending, Duration::from_millis(500)) {
@@ -102,7 +104,7 @@ fn the_leader_crashes_and_a_new_one_takes_over_then_it_catches_up() {
     let mut c = SimCluster::new(SimConfig::new(11)).unwrap();
     let mut model = Model::default();
     for i in 0..30 {
-        let ok = write(&mut c, vec![put(&format!("k{i}"), &format!("v{i}"))], 10 * SECOND);
+        let ok = write(&mut c, &[put(&format!("k{i}"), &format!("v{i}"))], 10 * SECOND);
         model.record(&format!("k{i}"), &format!("v{i}"), ok);
     }
     let old = c.leader(R1).unwrap();
@@ -110,7 +112,7 @@ fn the_leader_crashes_and_a_new_one_takes_over_then_it_catches_up() {
     let new = c.wait_leader(R1, 10 * SECOND).expect("a new leader within a few election timeouts");
     assert_ne!(new, old);
     for i in 30..60 {
-        let ok = write(&mut c, vec![put(&format!("k{i}"), &format!("v{i}"))], 10 * SECOND);
+        let ok = write(&mut c, &[put(&format!("k{i}"), &format!("v{i}"))], 10 * SECOND);
         model.record(&format!("k{i}"), &format!("v{i}"), ok);
     }
     c.restart(old).unwrap();
@@ -122,7 +124,7 @@ fn the_leader_crashes_and_a_new_one_takes_over_then_it_catches_up() {
 fn a_partitioned_leader_loses_its_place_and_the_majority_goes_on() {
     let mut c = SimCluster::new(SimConfig::new(12)).unwrap();
     let old = c.wait_leader(R1, 10 * SECOND).unwrap();
-    assert!(write(&mut c, vec![put("before", "1")], 10 * SECOND));
+    assert!(write(&mut c, &[put("before", "1")], 10 * SECOND));
     c.faults().isolate(old);
     // The isolated leader cannot commit: its write never succeeds.
     let stuck = c.write(old, R1, vec![put("isolated", "x")]);
@@ -134,7 +136,7 @@ fn a_partitioned_leader_loses_its_place_and_the_majority_goes_on() {
     let mut model = Model::default();
     model.record("before", "1", true);
     for i in 0..10 {
-        let ok = write(&mut c, vec![put(&format!("m{i}"), "1")], 10 * SECOND);
+        let ok = write(&mut c, &[put(&format!("m{i}"), "1")], 10 * SECOND);
         model.record(&format!("m{i}"), "1", ok);
         assert!(ok, "the majority keeps committing");
     }
@@ -157,7 +159,7 @@ fn writes_complete_through_loss_duplication_and_reordering() {
     });
     let mut model = Model::default();
     for i in 0..40 {
-        let ok = write(&mut c, vec![put(&format!("k{i}"), &format!("v{i}"))], 30 * SECOND);
+        let ok = write(&mut c, &[put(&format!("k{i}"), &format!("v{i}"))], 30 * SECOND);
         model.record(&format!("k{i}"), &format!("v{i}"), ok);
     }
     c.faults().clear();
@@ -174,7 +176,7 @@ fn a_new_replica_joins_by_snapshot_and_a_removed_one_leaves() {
     let mut model = Model::default();
     for i in 0..200 {
         let v = format!("value-{i}-{}", "x".repeat(40));
-        let ok = write(&mut c, vec![put(&format!("k{i:03}"), &v)], 10 * SECOND);
+        let ok = write(&mut c, &[put(&format!("k{i:03}"), &v)], 10 * SECOND);
         model.record(&format!("k{i:03}"), &v, ok);
     }
     let leader = c.leader(R1).unwrap();
@@ -206,7 +208,7 @@ fn a_new_replica_joins_by_snapshot_and_a_removed_one_leaves() {
         c.run_until(10 * SECOND, |c| c.status(victim).is_empty()),
         "the removed replica is destroyed"
     );
-    assert!(write(&mut c, vec![put("after-removal", "1")], 10 * SECOND));
+    assert!(write(&mut c, &[put("after-removal", "1")], 10 * SECOND));
 }
 
 /// Many seeds: random writes while stores crash (in every crash mode) and restart,
@@ -254,7 +256,7 @@ fn random_faults_never_lose_an_acknowledged_write() {
                 _ => {
                     let key = format!("k{}", rng.next_u64() % 20);
                     let value = format!("s{seed}-{step}");
-                    let ok = write(&mut c, vec![put(&key, &value)], 2 * SECOND);
+                    let ok = write(&mut c, &[put(&key, &value)], 2 * SECOND);
                     model.record(&key, &value, ok);
                     if ok { acked += 1 } else { unknown += 1 }
                 }

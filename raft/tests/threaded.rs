@@ -34,8 +34,9 @@ impl Cluster {
         let mut options = options(id);
         options.wal = options.wal.recovery(recovery);
         let dir = self.dir.path().join(format!("store-{}", id.0));
-        let store = Store::start(Arc::new(RealFs), &dir, options, Arc::new(self.net.transport(id)))
-            .unwrap();
+        let transport: Arc<dyn regionkv_raft::transport::Transport> =
+            Arc::new(self.net.transport(id));
+        let store = Store::start(Arc::new(RealFs), &dir, &options, &transport).unwrap();
         self.net.register(id, store.inbox());
         self.stores.insert(id, store);
     }

@@ -329,14 +329,14 @@ impl RaftLog {
         reason = "a staged write is persisted once: taking it keeps callers from reusing it"
     )]
     pub fn persist(&self, write: LogWrite) -> Result<Lsn> {
-        self.persist_all(vec![write])
+        self.persist_all(std::slice::from_ref(&write))
     }
 
     /// Makes several staged writes durable in one WAL record, in order (a writer that
     /// fell behind catches up with one fsync).
-    pub fn persist_all(&self, writes: Vec<LogWrite>) -> Result<Lsn> {
+    pub fn persist_all(&self, writes: &[LogWrite]) -> Result<Lsn> {
         let mut encoder = BatchEncoder::default();
-        for write in &writes {
+        for write in writes {
             for (region, w) in &write.regions {
                 if w.tombstone {
                     encoder.add_tombstone(*region);
@@ -354,7 +354,7 @@ impl RaftLog {
         let lsn = self.wal.append(&payload)?;
         let mut spans = spans.into_iter();
         let regions = self.regions.read();
-        for write in &writes {
+        for write in writes {
             for (region, w) in &write.regions {
                 let entry_spans =
                     if w.entries.is_empty() || w.tombstone { None } else { spans.next() };
