@@ -47,6 +47,9 @@ enum BenchTarget {
         /// Seconds per figure.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
+        /// Client-thread counts to measure (default: 1, 16 and 64).
+        #[arg(long, value_delimiter = ',')]
+        clients: Vec<usize>,
     },
     /// Group-commit appends (1, 4, 16, 64 writers) next to raw fdatasync and bandwidth.
     Wal {
@@ -83,9 +86,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             };
             regionkv::demo::run(&options, &mut std::io::stdout())?;
         }
-        Command::Bench { what: BenchTarget::Cluster { json, dir, seconds } } => {
+        Command::Bench { what: BenchTarget::Cluster { json, dir, seconds, clients } } => {
             let dir = bench_dir(dir)?;
-            let report = regionkv::bench::cluster::run(dir.path(), seconds)?;
+            let clients = if clients.is_empty() { regionkv::bench::cluster::CLIENTS.to_vec() } else { clients };
+            let report = regionkv::bench::cluster::run(dir.path(), seconds, &clients)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
