@@ -214,7 +214,11 @@ impl Memtable {
         mut f: impl FnMut(&[u8], &[u8]) -> bool,
     ) {
         let mut cursor = self.seek(start, MAX_SEQ);
-        let mut done_key: Option<Entry<'_, EntryKey, ()>> = None;
+        // The key whose visible version was handled; its older versions are skipped.
+        // A copy, not an entry handle: holding handles costs reference-count traffic
+        // on every node.
+        let mut done_key: Vec<u8> = Vec::new();
+        let mut have_done = false;
         let mut emitted = 0usize;
         while let Some(entry) = cursor {
             if emitted >= limit {
@@ -224,7 +228,7 @@ impl Memtable {
             if !in_range(k.key(), start, end) {
                 return;
             }
-            let already = done_key.as_ref().is_some_and(|d| d.key().key() == k.key());
+            let already = have_done && done_key == k.key();
             if !already && k.seq() <= seq {
                 if !k.is_delete() {
                     emitted += 1;
@@ -232,9 +236,9 @@ impl Memtable {
                         return;
                     }
                 }
-                cursor = entry.next();
-                done_key = Some(entry);
-                continue;
+                done_key.clear();
+                done_key.extend_from_slice(k.key());
+                have_done = true;
             }
             cursor = entry.next();
         }

@@ -82,6 +82,10 @@ fn modes(k: u64) -> Vec<CrashMode> {
     modes
 }
 
+fn has_extension(name: &str, ext: &str) -> bool {
+    Path::new(name).extension().is_some_and(|e| e == ext)
+}
+
 fn contents(engine: &Engine) -> Data {
     engine
         .snapshot()
@@ -96,14 +100,14 @@ fn reopen_and_check(fs: &Arc<SimFs>) -> Result<(Engine, Manifest), Box<dyn std::
     let engine = Engine::open(fs.clone(), DIR, options())?;
     assert!(!engine.recovery().clean_shutdown);
     let names = fs.list(Path::new(DIR))?;
-    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "temporary files left: {names:?}");
+    assert!(!names.iter().any(|n| has_extension(n, "tmp")), "temporary files left: {names:?}");
     let m = Manifest::decode(&fs.contents(&manifest::path(Path::new(DIR))).ok_or("no manifest")?)?;
     let referenced: Vec<String> = m
         .regions
         .iter()
         .flat_map(|e| e.checkpoints.iter().map(|c| format!("{:016x}.ckpt", c.file_id)))
         .collect();
-    let mut files: Vec<&String> = names.iter().filter(|n| n.ends_with(".ckpt")).collect();
+    let mut files: Vec<&String> = names.iter().filter(|n| has_extension(n, "ckpt")).collect();
     files.sort();
     files.dedup();
     let mut want: Vec<&String> = referenced.iter().collect();

@@ -22,6 +22,8 @@ use regionkv_engine::{
 use regionkv_wal::{CrashMode, SimFs};
 
 type Data = BTreeMap<Vec<u8>, Vec<u8>>;
+/// A key and its new value (`None`: delete).
+type Write = (Vec<u8>, Option<Vec<u8>>);
 
 const KEYS: u8 = 24;
 const DIR: &str = "/store";
@@ -146,6 +148,7 @@ impl Harness {
         self.regions.iter().find(|r| r.contains(key))
     }
 
+    #[allow(clippy::too_many_lines, reason = "one arm per operation reads best as one match")]
     fn apply(&mut self, op: Op) -> Result<(), TestCaseError> {
         self.applied_index += 1;
         match op {
@@ -266,7 +269,7 @@ impl Harness {
         writes: Vec<(u8, Option<Vec<u8>>)>,
         stale: bool,
     ) -> Result<(), TestCaseError> {
-        let mut groups: Vec<(Region, Vec<(Vec<u8>, Option<Vec<u8>>)>)> = Vec::new();
+        let mut groups: Vec<(Region, Vec<Write>)> = Vec::new();
         for (k, v) in writes {
             let k = key(k);
             let Some(region) = self.region_of(&k).cloned() else {
@@ -376,9 +379,9 @@ impl Harness {
         }
         let mut merged = target.clone();
         if right {
-            merged.end = source.end.clone();
+            merged.end.clone_from(&source.end);
         } else {
-            merged.start = source.start.clone();
+            merged.start.clone_from(&source.start);
         }
         merged.epoch.version = source.epoch.version.max(target.epoch.version) + 1;
         prop_assert_eq!(result.unwrap(), merged.clone());

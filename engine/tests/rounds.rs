@@ -17,7 +17,10 @@ use regionkv_wal::SimFs;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-fn engine_with(regions: &[(u64, &[u8], Option<&[u8]>)]) -> Result<Engine, Error> {
+/// A region to host: id, start, end.
+type Spec<'a> = (u64, &'a [u8], Option<&'a [u8]>);
+
+fn engine_with(regions: &[Spec<'_>]) -> Result<Engine, Error> {
     let engine = Engine::open(Arc::new(SimFs::new()), "/e", EngineOptions::new(StoreId(1)))?;
     for &(id, start, end) in regions {
         engine.insert_region(Region::new(RegionId(id), start.to_vec(), end.map(<[u8]>::to_vec)))?;
@@ -87,7 +90,7 @@ fn coming_back_to_an_earlier_region_is_an_error_not_a_panic() -> TestResult {
     Ok(())
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 enum Op {
     Begin(usize),
     Prepare {
@@ -152,7 +155,7 @@ struct Harness<'e> {
     next_key: u64,
 }
 
-impl<'e> Harness<'e> {
+impl Harness<'_> {
     fn regions(&self) -> Vec<Region> {
         self.engine.regions()
     }
@@ -162,6 +165,7 @@ impl<'e> Harness<'e> {
         (!regions.is_empty()).then(|| regions[i % regions.len()].clone())
     }
 
+    #[allow(clippy::too_many_lines, reason = "one arm per operation reads best as one match")]
     fn apply(&mut self, op: Op) -> Result<(), TestCaseError> {
         match op {
             Op::Begin(r) => {
