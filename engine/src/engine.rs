@@ -889,17 +889,16 @@ fn load_part(
     else {
         return (0, 0);
     };
-    let mut batch = Batch::new();
-    file.for_each(|k, v| {
-        if in_range(k, start, end) {
-            batch.put_at(k, v, seq);
-        }
-    });
-    // Checkpoint keys are sorted and distinct, so the batch is in map order already.
-    let vis = Visibility { snapshots: Vec::new(), visible: seq };
-    let mut charged = 0i64;
-    memtable.apply(&batch, &vis, &mut |_, delta| charged += delta);
-    (batch.len() as u64, charged.unsigned_abs())
+    let stats = file.stats();
+    let estimate =
+        (usize::try_from(stats.entries).unwrap_or(0), usize::try_from(stats.kv_bytes).unwrap_or(0));
+    memtable.load_sorted(start, end, seq, estimate, |push| {
+        file.for_each(|k, v| {
+            if in_range(k, start, end) {
+                push(k, v);
+            }
+        });
+    })
 }
 
 impl Inner {

@@ -150,12 +150,6 @@ impl Batch {
         encode_into(&mut self.buf, KIND_DELETE, 0, key, &[]);
     }
 
-    /// A put at a given sequence number (loading checkpoints).
-    pub fn put_at(&mut self, key: &[u8], value: &[u8], seq: u64) {
-        self.offsets.push(self.buf.len());
-        encode_into(&mut self.buf, KIND_PUT, seq, key, value);
-    }
-
     pub fn len(&self) -> usize {
         self.offsets.len()
     }
@@ -317,6 +311,20 @@ impl LeafBuilder {
         // and an entry at most the engine's value limit (below 2 GiB).
         self.offsets.push(u32::try_from(self.data.len()).unwrap_or(u32::MAX));
         self.data.extend_from_slice(e);
+    }
+
+    /// Appends a put of `key = value` at `seq`, encoded in place (no intermediate copy).
+    fn push_new(&mut self, seq: u64, key: &[u8], value: &[u8]) {
+        if self.data.len() >= self.piece_bytes {
+            let same_key =
+                self.offsets.last().is_some_and(|&o| key_of(&self.data[o as usize..]) == key);
+            if !same_key {
+                self.cut();
+                self.start = Some(key.to_vec());
+            }
+        }
+        self.offsets.push(u32::try_from(self.data.len()).unwrap_or(u32::MAX));
+        encode_into(&mut self.data, KIND_PUT, seq, key, value);
     }
 
     /// Appends the old leaf's entries `from..to` (whole keys, in map order): one copy
@@ -645,9 +653,21 @@ impl Memtable {
         debug_assert!(self.bytes.load(AtomicOrdering::Relaxed) < u64::MAX / 2);
     }
 
+    /// Swaps rebuilt leaves into the index, after removing the leaves `remove`.
+    fn install_replacing(&self, remove: &[IndexKey], replacements: Vec<(IndexKey, Rebuilt)>) {
+        let mut index = self.index.write();
+        for key in remove {
+            index.remove(key);
+        }
+        Self::install_locked(&mut index, replacements);
+    }
+
     /// Swaps rebuilt leaves into the index.
     fn install(&self, replacements: Vec<(IndexKey, Rebuilt)>) {
-        let mut index = self.index.write();
+        Self::install_locked(&mut self.index.write(), replacements);
+    }
+
+    fn install_locked(index: &mut Index, replacements: Vec<(IndexKey, Rebuilt)>) {
         for (start, leaves) in replacements {
             for (leaf_start, leaf) in leaves {
                 match leaf_start {
@@ -668,6 +688,56 @@ impl Memtable {
                 }
             }
         }
+    }
+
+    /// Loads sorted, distinct puts at `seq` into `[start, end)`, which must hold no
+    /// entries (a fresh engine, or a range no region hosted). `fill` hands each pair to
+    /// the function it is given, in key order; pairs are encoded straight into the new
+    /// leaves. `estimate` is about how many (entries, key and value bytes) come.
+    /// Returns the entries loaded and the bytes charged. The caller is the only writer.
+    pub fn load_sorted(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        seq: u64,
+        estimate: (usize, usize),
+        fill: impl FnOnce(&mut dyn FnMut(&[u8], &[u8])),
+    ) -> (u64, u64) {
+        let leaves = self.leaves_in(start, end);
+        let old_bytes: usize = leaves.iter().map(|(_, l)| l.data_len()).sum();
+        let old_entries: usize = leaves.iter().map(|(_, l)| l.len()).sum();
+        let mut builder = LeafBuilder::new(
+            old_bytes + estimate.1 + estimate.0 * ENTRY_HEADER_LEN,
+            old_entries + estimate.0,
+        );
+        // Old entries before the range can only be in the first leaf; none are inside.
+        let first = &leaves[0].1;
+        let below = first.lower_bound(start, u64::MAX);
+        builder.push_run(first, 0, below);
+        let mut loaded = 0u64;
+        let mut charged = 0u64;
+        let mut last: Option<Vec<u8>> = None;
+        fill(&mut |k, v| {
+            debug_assert!(in_range(k, start, end), "loaded keys are inside the range");
+            debug_assert!(last.as_deref().is_none_or(|l| l < k), "loaded keys are sorted");
+            if cfg!(debug_assertions) {
+                last = Some(k.to_vec());
+            }
+            builder.push_new(seq, k, v);
+            loaded += 1;
+            charged += (ENTRY_HEADER_LEN + k.len() + v.len()) as u64 + ENTRY_OVERHEAD_BYTES;
+        });
+        for (i, (_, leaf)) in leaves.iter().enumerate() {
+            let from = if i == 0 { below } else { 0 };
+            let at_end = end.map_or(leaf.len(), |e| leaf.lower_bound_from(from, e, u64::MAX));
+            builder.push_run(leaf, at_end.max(from), leaf.len());
+        }
+        let rebuilt = builder.finish();
+        let kept: usize = rebuilt.iter().map(|(_, l)| l.len()).sum();
+        let remove: Vec<IndexKey> = leaves[1..].iter().map(|(k, _)| k.clone()).collect();
+        self.install_replacing(&remove, vec![(leaves[0].0.clone(), rebuilt)]);
+        self.account(charged, 0, kept, old_entries);
+        (loaded, charged)
     }
 
     /// The newest version of `key` at `seq` or below.

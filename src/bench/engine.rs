@@ -58,10 +58,10 @@ pub struct EngineBenchReport {
     /// Size of the checkpoint file.
     pub checkpoint_file_bytes: u64,
     /// Checkpoint file bytes written per second, durable (fsync, rename, dir fsync,
-    /// manifest).
+    /// manifest); best of two.
     pub checkpoint_write_bytes_per_sec: f64,
     /// Checkpoint file bytes loaded per second by opening a fresh engine on it (warm
-    /// page cache).
+    /// page cache); best of two.
     pub checkpoint_load_bytes_per_sec: f64,
     /// Checkpoint file bytes verified per second (mmap, every checksum, key order), no
     /// insertion: the format's own cost within the load.
@@ -237,10 +237,16 @@ pub fn run(dir: &Path, quick: bool) -> io::Result<EngineBenchReport> {
     let scan = start.elapsed();
     drop(snapshot);
 
-    // Checkpoint write, then load into a fresh engine.
-    let start = Instant::now();
-    let meta = engine.checkpoint(RegionId(1), n as u64).map_err(to_io)?;
-    let write = start.elapsed();
+    // Checkpoint write (twice: the second replaces the first), then load into a fresh
+    // engine (twice); the faster run of each counts.
+    let mut write = Duration::MAX;
+    let mut meta = None;
+    for index in [n as u64, n as u64 + 1] {
+        let start = Instant::now();
+        meta = Some(engine.checkpoint(RegionId(1), index).map_err(to_io)?);
+        write = write.min(start.elapsed());
+    }
+    let meta = meta.ok_or_else(|| io::Error::other("no checkpoint"))?;
     engine.close().map_err(to_io)?;
     drop(engine);
     let file_bytes = meta.stats.file_bytes;
@@ -249,13 +255,17 @@ pub fn run(dir: &Path, quick: bool) -> io::Result<EngineBenchReport> {
     let verified = CheckpointFile::open(data, &meta.path).map_err(to_io)?;
     let verify = start.elapsed();
     drop(verified);
-    let start = Instant::now();
-    let reopened = Engine::open(Arc::new(RealFs), &engine_dir, options.clone()).map_err(to_io)?;
-    let load = start.elapsed();
-    if reopened.recovery().entries_loaded != n as u64 {
-        return Err(io::Error::other("the checkpoint did not load every key"));
+    let mut load = Duration::MAX;
+    for _ in 0..2 {
+        let start = Instant::now();
+        let reopened =
+            Engine::open(Arc::new(RealFs), &engine_dir, options.clone()).map_err(to_io)?;
+        load = load.min(start.elapsed());
+        if reopened.recovery().entries_loaded != n as u64 {
+            return Err(io::Error::other("the checkpoint did not load every key"));
+        }
+        reopened.close().map_err(to_io)?;
     }
-    drop(reopened);
 
     // Baseline: a bare skip list, same keys and values. The machine may be shared, so
     // apply and baseline each run twice, alternating, and the faster run counts.
