@@ -902,6 +902,36 @@ fn load_part(
 }
 
 impl Inner {
+    /// Encodes the checkpoint of `header.region` at `snapshot` into `sink`.
+    fn encode_checkpoint(
+        &self,
+        header: &CheckpointHeader,
+        snapshot: &Snapshot,
+        sink: &mut dyn FnMut(u64, &mut Vec<u8>) -> io::Result<()>,
+    ) -> Result<CheckpointStats> {
+        let mut encoder = Encoder::new(header, self.options.checkpoint_write_buffer_bytes, sink);
+        let mut error = None;
+        let region = &header.region;
+        self.memtable.scan(
+            &region.start,
+            region.end.as_deref(),
+            snapshot.seq,
+            usize::MAX,
+            |k, v| match encoder.push(k, v) {
+                Ok(()) => true,
+                Err(e) => {
+                    error = Some(e);
+                    false
+                }
+            },
+        );
+        let io_error = |e| Error::io("write checkpoint", PathBuf::new(), e);
+        if let Some(e) = error {
+            return Err(io_error(e));
+        }
+        encoder.finish().map_err(io_error)
+    }
+
     fn check_usable(&self) -> Result<()> {
         if let Some(cause) = self.failure.lock().clone() {
             return Err(Error::Poisoned { cause });
@@ -968,28 +998,47 @@ impl Inner {
         let tmp = self.dir.join(format!("{name}{TEMP_SUFFIX}"));
         let file =
             self.fs.open(&tmp, OpenMode::CreateNew).map_err(|e| self.fail("create", &tmp, &e))?;
-        let mut sink = |offset: u64, buf: &[u8]| file.write_at(offset, buf);
-        let mut encoder =
-            Encoder::new(header, self.options.checkpoint_write_buffer_bytes, &mut sink);
-        let mut error = None;
-        let region = &header.region;
-        self.memtable.scan(
-            &region.start,
-            region.end.as_deref(),
-            snapshot.seq,
-            usize::MAX,
-            |k, v| match encoder.push(k, v) {
-                Ok(()) => true,
-                Err(e) => {
-                    error = Some(e);
-                    false
-                }
-            },
-        );
-        if let Some(e) = error {
-            return Err(self.fail("write", &tmp, &e));
-        }
-        let stats = encoder.finish().map_err(|e| self.fail("write", &tmp, &e))?;
+        // A writer thread writes full buffers while this one encodes the next: scanning
+        // and writing overlap. At most three buffers exist (one filling, one queued,
+        // one being written); they circulate between the two threads.
+        let buffer_bytes = self.options.checkpoint_write_buffer_bytes;
+        let (to_writer, queued) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(1);
+        let (to_encoder, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+        let outcome =
+            std::thread::scope(|scope| -> io::Result<(Result<CheckpointStats>, io::Result<()>)> {
+                let writer = std::thread::Builder::new().name("ckpt-writer".into()).spawn_scoped(
+                    scope,
+                    || -> io::Result<()> {
+                        for (offset, buf) in queued {
+                            file.write_at(offset, &buf)?;
+                            // The encoder may have finished; then the buffer is not needed.
+                            let _ = to_encoder.try_send(buf);
+                        }
+                        Ok(())
+                    },
+                )?;
+                let mut sink = |offset: u64, buf: &mut Vec<u8>| -> io::Result<()> {
+                    let next =
+                        spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(buffer_bytes * 2));
+                    let full = std::mem::replace(buf, next);
+                    to_writer
+                        .send((offset, full))
+                        .map_err(|_| io::Error::other("the checkpoint writer stopped"))
+                };
+                let encoded = self.encode_checkpoint(header, snapshot, &mut sink);
+                drop(to_writer);
+                let written =
+                    writer.join().unwrap_or_else(|_| Err(io::Error::other("writer panicked")));
+                Ok((encoded, written))
+            });
+        let (encoded, written) = outcome.map_err(|e| self.fail("spawn writer", &tmp, &e))?;
+        // The writer's error is the cause when both failed (the encoder then only saw
+        // the channel close).
+        written.map_err(|e| self.fail("write", &tmp, &e))?;
+        let stats = encoded.map_err(|e| match e {
+            Error::Io { source, .. } => self.fail("write", &tmp, &source),
+            other => other,
+        })?;
         file.sync_data().map_err(|e| self.fail("fsync", &tmp, &e))?;
         self.fs.rename(&tmp, &path).map_err(|e| self.fail("rename", &tmp, &e))?;
         self.fs.sync_dir(&self.dir).map_err(|e| self.fail("sync_dir", &self.dir, &e))?;
