@@ -203,22 +203,22 @@ impl Db {
             let reply = slot.clone();
             send(&store, epoch, Box::new(move |r| reply.set(r)));
             let wait = ATTEMPT_TIMEOUT.min(self.deadline.saturating_sub(start.elapsed()));
-            match slot.wait(wait).ok_or(()) {
-                Ok(Ok(v)) => {
+            match slot.wait(wait) {
+                Some(Ok(v)) => {
                     self.leader.store(id.0, Ordering::Relaxed);
                     return Ok(v);
                 }
-                Ok(Err(regionkv_raft::Error::NotLeader { leader: Some(l), .. })) if l != id => {
+                Some(Err(regionkv_raft::Error::NotLeader { leader: Some(l), .. })) if l != id => {
                     self.leader.store(l.0, Ordering::Relaxed);
                     last = format!("store {id} is not the leader");
                     continue; // follow the hint at once
                 }
-                Ok(Err(e)) if e.is_retryable() || e.is_cancelled() => {
+                Some(Err(e)) if e.is_retryable() || e.is_cancelled() => {
                     last = e.to_string();
                     self.leader.store(0, Ordering::Relaxed);
                 }
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_) => {
+                Some(Err(e)) => return Err(e.into()),
+                None => {
                     last = format!("store {id} did not answer within {wait:?}");
                     self.leader.store(0, Ordering::Relaxed);
                 }

@@ -88,7 +88,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Bench { what: BenchTarget::Cluster { json, dir, seconds, clients } } => {
             let dir = bench_dir(dir)?;
-            let clients = if clients.is_empty() { regionkv::bench::cluster::CLIENTS.to_vec() } else { clients };
+            let clients = if clients.is_empty() {
+                regionkv::bench::cluster::CLIENTS.to_vec()
+            } else {
+                clients
+            };
             let report = regionkv::bench::cluster::run(dir.path(), seconds, &clients)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

@@ -106,13 +106,14 @@ fn len_u32(len: usize) -> u32 {
 }
 
 /// Encodes a checkpoint as a stream of bytes handed to `sink` in pieces of at least
-/// `flush_bytes` (the last may be shorter).
+/// `flush_bytes` (the last may be shorter). The sink gets the buffer itself and may
+/// swap in another one (to hand the full one to a writer thread without a copy).
 pub(crate) struct Encoder<'s> {
     out: Vec<u8>,
     /// File offset of `out[0]`.
     out_offset: u64,
     flush_bytes: usize,
-    sink: &'s mut dyn FnMut(u64, &[u8]) -> std::io::Result<()>,
+    sink: &'s mut dyn FnMut(u64, &mut Vec<u8>) -> std::io::Result<()>,
     /// Start of the open block in `out`, if one is open.
     block_start: Option<usize>,
     block_entries: u32,
@@ -128,7 +129,7 @@ impl<'s> Encoder<'s> {
     pub fn new(
         header: &CheckpointHeader,
         flush_bytes: usize,
-        sink: &'s mut dyn FnMut(u64, &[u8]) -> std::io::Result<()>,
+        sink: &'s mut dyn FnMut(u64, &mut Vec<u8>) -> std::io::Result<()>,
     ) -> Encoder<'s> {
         let mut body = Vec::new();
         codec::put_nested(&mut body, HDR_REGION, |out| codec::put_region(out, &header.region));
@@ -209,8 +210,9 @@ impl<'s> Encoder<'s> {
 
     fn flush(&mut self) -> std::io::Result<()> {
         if !self.out.is_empty() {
-            (self.sink)(self.out_offset, &self.out)?;
-            self.out_offset += self.out.len() as u64;
+            let len = self.out.len() as u64;
+            (self.sink)(self.out_offset, &mut self.out)?;
+            self.out_offset += len;
             self.out.clear();
         }
         Ok(())
@@ -538,7 +540,7 @@ pub(crate) mod tests {
 
     pub(crate) fn encode(header: &CheckpointHeader, pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
         let mut file = Vec::new();
-        let mut sink = |offset: u64, buf: &[u8]| {
+        let mut sink = |offset: u64, buf: &mut Vec<u8>| {
             assert_eq!(offset, file.len() as u64);
             file.extend_from_slice(buf);
             Ok(())

@@ -15,7 +15,7 @@ use crate::checkpoint::{
 };
 use crate::error::{Error, Result};
 use crate::manifest::{self, CheckpointRef, Compatibility, Manifest, RegionEntry};
-use crate::memtable::{EntryKey, Found, MAX_SEQ, Memtable, Seq};
+use crate::memtable::{Batch, Found, MAX_SEQ, Memtable, Seq, Visibility};
 use crate::region::{Epoch, Peer, Region, RegionId, StoreId, in_range, intersect};
 use crate::region_map::RegionMap;
 use crate::round::{ApplyRound, PinLedger, RoundId};
@@ -280,6 +280,7 @@ impl Engine {
         let memtable = Memtable::new();
         let mut seq = 0u64;
         let mut files: HashMap<u64, CheckpointFile> = HashMap::new();
+        let mut bytes: HashMap<RegionId, AtomicU64> = HashMap::new();
         for entry in &manifest.regions {
             for part in &entry.checkpoints {
                 let file = if let Some(file) = files.get(&part.file_id) {
@@ -290,14 +291,14 @@ impl Engine {
                     file
                 };
                 seq += 1;
-                recovery.entries_loaded += load_part(&memtable, &file, entry, part, seq);
+                let (entries, charged) = load_part(&memtable, &file, entry, part, seq);
+                recovery.entries_loaded += entries;
+                bytes.entry(entry.region.id).or_default().fetch_add(charged, Ordering::Relaxed);
             }
         }
         drop(files);
-        let mut bytes = HashMap::new();
         for region in map.regions() {
-            let b = memtable.range_bytes(&region.start, region.end.as_deref());
-            bytes.insert(region.id, AtomicU64::new(b));
+            bytes.entry(region.id).or_default();
         }
         recovery.regions = map.len();
 
@@ -667,10 +668,9 @@ impl Engine {
             checkpoints: vec![part.clone()],
             meta_index: Some(header.applied_index),
         };
-        load_part(&self.inner.memtable, &file, &entry, &part, seq);
+        let (_, bytes) = load_part(&self.inner.memtable, &file, &entry, &part, seq);
         commit.next_seq += 1;
         self.inner.visible_seq.store(seq, Ordering::Release);
-        let bytes = self.inner.memtable.range_bytes(&region.start, region.end.as_deref());
         regions.bytes.insert(region.id, AtomicU64::new(bytes));
         regions.map = map;
         Ok(region)
@@ -681,34 +681,21 @@ impl Engine {
     /// snapshot needed them are dropped at commit already; this sweep catches those a
     /// snapshot held at the time.
     pub fn gc(&self, max_keys: usize) -> GcStats {
-        let mut commit = self.inner.commit.lock();
-        let regions = self.inner.regions.read();
-        let live = self.inner.live_snapshots();
-        let mut stats = GcStats::default();
-        let start = commit.gc_cursor.take().unwrap_or_default();
-        let mut cursor = self.inner.memtable.first_at_or_after(&start);
-        while let Some(entry) = cursor {
-            if stats.keys >= max_keys {
-                commit.gc_cursor = Some(entry.key().key().to_vec());
-                return stats;
-            }
-            stats.keys += 1;
-            let key = entry.key().key().to_vec();
-            let freed = self.inner.memtable.prune_key(&entry, &live);
-            stats.bytes_freed += freed;
-            charge(&regions, &key, -(freed.cast_signed()));
-            // Skip the key's remaining versions (kept ones).
-            let mut next = entry.next();
-            while let Some(e) = &next {
-                if e.key().key() != key.as_slice() {
-                    break;
+        let inner = &*self.inner;
+        let mut commit = inner.commit.lock();
+        let vis = inner.visibility();
+        let regions = inner.regions.read();
+        let mut cache = RegionCache::default();
+        let cursor = commit.gc_cursor.take().unwrap_or_default();
+        let (next, keys, bytes_freed) =
+            inner.memtable.gc(&cursor, max_keys, &vis, &mut |key, delta| {
+                if let Some(b) = cache.lookup(&regions, key).and_then(|id| regions.bytes.get(&id)) {
+                    add_signed(b, delta);
                 }
-                next = e.next();
-            }
-            cursor = next;
-        }
-        stats.wrapped = true;
-        stats
+            });
+        let wrapped = next.is_none();
+        commit.gc_cursor = next;
+        GcStats { keys, bytes_freed, wrapped }
     }
 
     /// Opaque state of background task `name`, as last stored.
@@ -798,52 +785,43 @@ impl Engine {
         self.inner.pins.lock().release_round(round);
     }
 
-    pub(crate) fn commit_writes(&self, mut writes: Vec<EntryKey>) -> Result<Option<Seq>> {
+    pub(crate) fn commit_writes(&self, mut batch: Batch) -> Result<Option<Seq>> {
         self.inner.check_usable()?;
-        if writes.is_empty() {
+        if batch.is_empty() {
             return Ok(None);
         }
         let inner = &*self.inner;
         let mut commit = inner.commit.lock();
         let first = commit.next_seq;
-        let last = first + writes.len() as u64 - 1;
+        let last = first + batch.len() as u64 - 1;
         if last > MAX_SEQ {
             return Err(Error::InvalidOptions("sequence numbers exhausted".into()));
         }
+        batch.set_seqs(first);
+        batch.sort();
+        // Snapshots registered from here until `last` is published read at `visible`,
+        // which the visibility rule keeps.
+        let vis = inner.visibility();
         let regions = inner.regions.read();
         let mut cache = RegionCache::default();
-        let mut to_prune = Vec::new();
-        for (i, mut write) in writes.drain(..).enumerate() {
-            write.set_seq(first + i as u64);
-            let charge = write.charge();
-            let key_region = cache.lookup(&regions, write.key());
-            if let Some(b) = key_region.and_then(|id| regions.bytes.get(&id)) {
-                b.fetch_add(charge, Ordering::Relaxed);
+        inner.memtable.apply(&batch, &vis, &mut |key, delta| {
+            if let Some(b) = cache.lookup(&regions, key).and_then(|id| regions.bytes.get(&id)) {
+                add_signed(b, delta);
             }
-            let entry = inner.memtable.insert(write);
-            let shadows = entry.key().is_delete()
-                || entry.next().is_some_and(|n| n.key().key() == entry.key().key());
-            if shadows {
-                to_prune.push(entry);
-            }
-        }
+        });
         commit.next_seq = last + 1;
-        // Publish, then read the registry: a snapshot registered before this point is
-        // in the registry; one registered after reads `last` and needs no version this
-        // round shadowed.
         inner.visible_seq.store(last, Ordering::Release);
-        if !to_prune.is_empty() {
-            let live = inner.live_snapshots();
-            for entry in &to_prune {
-                // A later write of the same round may have pruned this one already.
-                if entry.is_removed() {
-                    continue;
-                }
-                let freed = inner.memtable.prune_key(entry, &live);
-                charge(&regions, entry.key().key(), -(freed.cast_signed()));
-            }
-        }
         Ok(Some(Seq(last)))
+    }
+}
+
+fn add_signed(counter: &AtomicU64, delta: i64) {
+    if delta >= 0 {
+        counter.fetch_add(delta.cast_unsigned(), Ordering::Relaxed);
+    } else {
+        let d = delta.unsigned_abs();
+        let _ = counter
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(d)));
     }
 }
 
@@ -863,22 +841,6 @@ impl RegionCache {
         let region = regions.map.region_for_key(key)?;
         self.last = Some((region.start.clone(), region.end.clone(), region.id));
         Some(region.id)
-    }
-}
-
-fn charge(regions: &RegionState, key: &[u8], delta: i64) {
-    if delta == 0 {
-        return;
-    }
-    let Some(region) = regions.map.region_for_key(key) else { return };
-    if let Some(b) = regions.bytes.get(&region.id) {
-        if delta >= 0 {
-            b.fetch_add(delta.cast_unsigned(), Ordering::Relaxed);
-        } else {
-            let d = delta.unsigned_abs();
-            let _ =
-                b.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(d)));
-        }
     }
 }
 
@@ -960,33 +922,65 @@ fn map_checkpoint(fs: &dyn FileSystem, dir: &Path, part: &CheckpointRef) -> Resu
     CheckpointFile::open(data, &path)
 }
 
-/// Inserts the pairs of `file` inside `part` (and its region) at `seq`.
+/// Inserts the pairs of `file` inside `part` (and its region) at `seq`; returns how
+/// many and the bytes charged for them. The range holds no entries before (a fresh
+/// engine or an absent range).
 fn load_part(
     memtable: &Memtable,
     file: &CheckpointFile,
     entry: &RegionEntry,
     part: &CheckpointRef,
     seq: u64,
-) -> u64 {
+) -> (u64, u64) {
     let region = &entry.region;
     let Some((start, end)) =
         intersect((&part.start, part.end.as_deref()), (&region.start, region.end.as_deref()))
     else {
-        return 0;
+        return (0, 0);
     };
-    let mut loaded = 0;
-    file.for_each(|k, v| {
-        if in_range(k, start, end) {
-            let mut e = EntryKey::put(k, v);
-            e.set_seq(seq);
-            memtable.insert(e);
-            loaded += 1;
-        }
-    });
-    loaded
+    let stats = file.stats();
+    let estimate =
+        (usize::try_from(stats.entries).unwrap_or(0), usize::try_from(stats.kv_bytes).unwrap_or(0));
+    memtable.load_sorted(start, end, seq, estimate, |push| {
+        file.for_each(|k, v| {
+            if in_range(k, start, end) {
+                push(k, v);
+            }
+        });
+    })
 }
 
 impl Inner {
+    /// Encodes the checkpoint of `header.region` at `snapshot` into `sink`.
+    fn encode_checkpoint(
+        &self,
+        header: &CheckpointHeader,
+        snapshot: &Snapshot,
+        sink: &mut dyn FnMut(u64, &mut Vec<u8>) -> io::Result<()>,
+    ) -> Result<CheckpointStats> {
+        let mut encoder = Encoder::new(header, self.options.checkpoint_write_buffer_bytes, sink);
+        let mut error = None;
+        let region = &header.region;
+        self.memtable.scan(
+            &region.start,
+            region.end.as_deref(),
+            snapshot.seq,
+            usize::MAX,
+            |k, v| match encoder.push(k, v) {
+                Ok(()) => true,
+                Err(e) => {
+                    error = Some(e);
+                    false
+                }
+            },
+        );
+        let io_error = |e| Error::io("write checkpoint", PathBuf::new(), e);
+        if let Some(e) = error {
+            return Err(io_error(e));
+        }
+        encoder.finish().map_err(io_error)
+    }
+
     fn check_usable(&self) -> Result<()> {
         if let Some(cause) = self.failure.lock().clone() {
             return Err(Error::Poisoned { cause });
@@ -1006,9 +1000,12 @@ impl Inner {
         Error::Poisoned { cause }
     }
 
-    fn live_snapshots(&self) -> Vec<u64> {
+    /// What a writer may drop now; call with the commit lock held.
+    fn visibility(&self) -> Visibility {
         let snapshots = self.snapshots.lock();
-        if snapshots.is_empty() { Vec::new() } else { snapshots.keys().copied().collect() }
+        let live =
+            if snapshots.is_empty() { Vec::new() } else { snapshots.keys().copied().collect() };
+        Visibility { snapshots: live, visible: self.visible_seq.load(Ordering::Acquire) }
     }
 
     /// Makes `next` the durable manifest, then removes checkpoint files it no longer
@@ -1050,28 +1047,47 @@ impl Inner {
         let tmp = self.dir.join(format!("{name}{TEMP_SUFFIX}"));
         let file =
             self.fs.open(&tmp, OpenMode::CreateNew).map_err(|e| self.fail("create", &tmp, &e))?;
-        let mut sink = |offset: u64, buf: &[u8]| file.write_at(offset, buf);
-        let mut encoder =
-            Encoder::new(header, self.options.checkpoint_write_buffer_bytes, &mut sink);
-        let mut error = None;
-        let region = &header.region;
-        self.memtable.scan(
-            &region.start,
-            region.end.as_deref(),
-            snapshot.seq,
-            usize::MAX,
-            |k, v| match encoder.push(k, v) {
-                Ok(()) => true,
-                Err(e) => {
-                    error = Some(e);
-                    false
-                }
-            },
-        );
-        if let Some(e) = error {
-            return Err(self.fail("write", &tmp, &e));
-        }
-        let stats = encoder.finish().map_err(|e| self.fail("write", &tmp, &e))?;
+        // A writer thread writes full buffers while this one encodes the next: scanning
+        // and writing overlap. At most three buffers exist (one filling, one queued,
+        // one being written); they circulate between the two threads.
+        let buffer_bytes = self.options.checkpoint_write_buffer_bytes;
+        let (to_writer, queued) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(1);
+        let (to_encoder, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
+        let outcome =
+            std::thread::scope(|scope| -> io::Result<(Result<CheckpointStats>, io::Result<()>)> {
+                let writer = std::thread::Builder::new().name("ckpt-writer".into()).spawn_scoped(
+                    scope,
+                    || -> io::Result<()> {
+                        for (offset, buf) in queued {
+                            file.write_at(offset, &buf)?;
+                            // The encoder may have finished; then the buffer is not needed.
+                            let _ = to_encoder.try_send(buf);
+                        }
+                        Ok(())
+                    },
+                )?;
+                let mut sink = |offset: u64, buf: &mut Vec<u8>| -> io::Result<()> {
+                    let next =
+                        spare.try_recv().unwrap_or_else(|_| Vec::with_capacity(buffer_bytes * 2));
+                    let full = std::mem::replace(buf, next);
+                    to_writer
+                        .send((offset, full))
+                        .map_err(|_| io::Error::other("the checkpoint writer stopped"))
+                };
+                let encoded = self.encode_checkpoint(header, snapshot, &mut sink);
+                drop(to_writer);
+                let written =
+                    writer.join().unwrap_or_else(|_| Err(io::Error::other("writer panicked")));
+                Ok((encoded, written))
+            });
+        let (encoded, written) = outcome.map_err(|e| self.fail("spawn writer", &tmp, &e))?;
+        // The writer's error is the cause when both failed (the encoder then only saw
+        // the channel close).
+        written.map_err(|e| self.fail("write", &tmp, &e))?;
+        let stats = encoded.map_err(|e| match e {
+            Error::Io { source, .. } => self.fail("write", &tmp, &source),
+            other => other,
+        })?;
         file.sync_data().map_err(|e| self.fail("fsync", &tmp, &e))?;
         self.fs.rename(&tmp, &path).map_err(|e| self.fail("rename", &tmp, &e))?;
         self.fs.sync_dir(&self.dir).map_err(|e| self.fail("sync_dir", &self.dir, &e))?;

@@ -29,7 +29,7 @@ use std::collections::HashMap;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
-use crate::memtable::{EntryKey, Seq};
+use crate::memtable::{Batch, Seq};
 use crate::region::{Epoch, Region, RegionId, in_range};
 
 /// Identifies an open round in the pin ledger.
@@ -156,14 +156,21 @@ pub struct ApplyRound<'e> {
     current: Option<Prepared>,
     /// Regions prepared in this round, in order; the last is the current one.
     prepared: Vec<RegionId>,
-    writes: Vec<EntryKey>,
+    writes: Batch,
     /// Bytes of `writes`.
     bytes: usize,
 }
 
 impl<'e> ApplyRound<'e> {
     pub(crate) fn new(engine: &'e Engine, id: RoundId) -> ApplyRound<'e> {
-        ApplyRound { engine, id, current: None, prepared: Vec::new(), writes: Vec::new(), bytes: 0 }
+        ApplyRound {
+            engine,
+            id,
+            current: None,
+            prepared: Vec::new(),
+            writes: Batch::new(),
+            bytes: 0,
+        }
     }
 
     /// Makes `region` the current region of the round, after checking that the store
@@ -190,14 +197,16 @@ impl<'e> ApplyRound<'e> {
     /// Buffers `key = value` for the current region.
     pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         self.check_write(key, value.len())?;
-        self.push(EntryKey::put(key, value));
+        self.writes.put(key, value);
+        self.bytes += key.len() + value.len();
         Ok(())
     }
 
     /// Buffers a deletion of `key` for the current region.
     pub fn delete(&mut self, key: &[u8]) -> Result<()> {
         self.check_write(key, 0)?;
-        self.push(EntryKey::delete(key));
+        self.writes.delete(key);
+        self.bytes += key.len();
         Ok(())
     }
 
@@ -222,11 +231,6 @@ impl<'e> ApplyRound<'e> {
             return Err(too_large("round", after, limits.max_round_bytes));
         }
         Ok(())
-    }
-
-    fn push(&mut self, entry: EntryKey) {
-        self.bytes += entry.key().len() + entry.value().len();
-        self.writes.push(entry);
     }
 
     /// True if no key is buffered (the round may still hold prepared regions).

@@ -210,3 +210,36 @@ fn split_manifest_update_is_all_or_nothing_at_every_crash_point() -> TestResult 
         },
     )
 }
+
+/// P13: an fsync error poisons the engine; nothing is retried or acknowledged after
+/// it, and the next open recovers the last durable state.
+#[test]
+fn fsync_failure_poisons_the_engine_and_reopen_recovers() -> TestResult {
+    let (fs, engine) = setup()?;
+    fs.set_fault_hook(Box::new(|op| {
+        (op.kind == regionkv_wal::fs::SimOpKind::SyncData)
+            .then(|| std::io::Error::from_raw_os_error(5))
+    }));
+    let err = engine.checkpoint(RegionId(1), 20).unwrap_err();
+    assert!(err.is_fatal(), "{err:?}");
+    fs.clear_fault_hook();
+    assert!(engine.failure().is_some());
+    // Never retried: later durable changes and commits are refused.
+    assert!(engine.checkpoint(RegionId(1), 21).unwrap_err().is_fatal());
+    assert!(
+        engine.split(RegionId(1), &[b"key010".to_vec()], &[RegionId(2)]).unwrap_err().is_fatal()
+    );
+    let region = engine.region(RegionId(1)).ok_or("no region")?;
+    let mut round = engine.begin_round();
+    round.prepare_for_region(region.id, region.epoch)?;
+    round.put(b"late", b"x")?;
+    assert!(round.commit().unwrap_err().is_fatal());
+    assert_eq!(engine.total_pins(), 0, "a failed commit still releases its pins");
+    drop(engine);
+    for mode in [CrashMode::Lost, CrashMode::Persisted] {
+        let (engine, m) = reopen_and_check(&Arc::new(fs.image_after_crash(mode)))?;
+        assert_eq!(m.regions[0].checkpoints[0].applied_index, 10);
+        assert!(contents(&engine) == old_data());
+    }
+    Ok(())
+}

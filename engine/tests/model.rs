@@ -25,7 +25,7 @@ type Data = BTreeMap<Vec<u8>, Vec<u8>>;
 /// A key and its new value (`None`: delete).
 type Write = (Vec<u8>, Option<Vec<u8>>);
 
-const KEYS: u8 = 24;
+const KEYS: u8 = 40;
 const DIR: &str = "/store";
 
 fn key(i: u8) -> Vec<u8> {
@@ -65,8 +65,13 @@ enum Op {
     },
 }
 
+/// Mostly small values; some large enough that the memtable splits into several
+/// leaves (its leaves hold up to 8 KiB), so leaf splits and rebuilds are exercised.
 fn value() -> impl Strategy<Value = Vec<u8>> {
-    proptest::collection::vec(any::<u8>(), 0..12)
+    prop_oneof![
+        3 => proptest::collection::vec(any::<u8>(), 0..12),
+        1 => proptest::collection::vec(any::<u8>(), 300..900),
+    ]
 }
 
 fn op() -> impl Strategy<Value = Op> {

@@ -41,7 +41,12 @@ pub struct ClusterBenchReport {
 
 /// Runs the put load of `clients` threads: a warm-up of `warmup` (not measured: a new
 /// store zero-fills its first spare WAL segment meanwhile), then `duration` measured.
-fn puts(cluster: &Cluster, clients: usize, warmup: Duration, duration: Duration) -> io::Result<(f64, Vec<u32>)> {
+fn puts(
+    cluster: &Cluster,
+    clients: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> io::Result<(f64, Vec<u32>)> {
     let db = cluster.db();
     // A leader is elected and the first put succeeds.
     db.put(b"warmup", b"x").map_err(io::Error::other)?;
