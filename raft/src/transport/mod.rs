@@ -123,6 +123,40 @@ pub trait Inbox: Send + Sync {
     fn deliver(&self, envelopes: Vec<Envelope>);
 }
 
+/// An inbox bound later: lets a transport start before the store that receives from
+/// it (a [`crate::Store`] makes its inbox when it starts, and needs its transport to
+/// start). Envelopes that arrive before [`InboxSlot::bind`] are dropped; Raft resends.
+#[derive(Default)]
+pub struct InboxSlot {
+    target: std::sync::OnceLock<Arc<dyn Inbox>>,
+}
+
+impl InboxSlot {
+    /// An unbound slot.
+    pub fn new() -> Arc<InboxSlot> {
+        Arc::new(InboxSlot::default())
+    }
+
+    /// Binds the slot to `inbox` (once; later calls are ignored).
+    pub fn bind(&self, inbox: Arc<dyn Inbox>) {
+        let _ = self.target.set(inbox);
+    }
+}
+
+impl fmt::Debug for InboxSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InboxSlot").field("bound", &self.target.get().is_some()).finish()
+    }
+}
+
+impl Inbox for InboxSlot {
+    fn deliver(&self, envelopes: Vec<Envelope>) {
+        if let Some(inbox) = self.target.get() {
+            inbox.deliver(envelopes);
+        }
+    }
+}
+
 /// Sends envelopes to other stores.
 pub trait Transport: Send + Sync {
     /// Queues `envelopes` for their stores. Never blocks: when a peer's queue is full
