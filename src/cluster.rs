@@ -217,6 +217,16 @@ impl Cluster {
             .ok_or_else(|| Error::InvalidRequest(format!("store {id} is not running")))
     }
 
+    /// WAL counters of every running store (records, groups, fsyncs, ...).
+    pub fn wal_stats(&self) -> Vec<(StoreId, regionkv_wal::WalStats)> {
+        self.inner
+            .stores
+            .read()
+            .iter()
+            .map(|(&id, s)| (id, s.context().log.wal().stats()))
+            .collect()
+    }
+
     /// Stops a store cleanly (its timelines shut down, its WAL sealed).
     pub fn stop_store(&self, id: StoreId) -> Result<()> {
         self.take(id)?.shutdown()?;

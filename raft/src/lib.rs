@@ -9,6 +9,7 @@ mod core;
 mod error;
 pub mod log;
 mod logger;
+mod mailbox;
 mod peer;
 pub mod sim;
 mod storage;

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
+use crossbeam_channel::{Sender, bounded};
 use parking_lot::Mutex;
 use regionkv_engine::{Engine, EngineOptions, Region, RegionId};
 use regionkv_wal::fs::FileSystem;
@@ -36,6 +36,7 @@ use crate::config::StoreConfig;
 use crate::core::{PeerStatus, StoreContext, StoreCore, WriteTask};
 use crate::error::{Error, Result};
 use crate::log::RaftLog;
+use crate::mailbox::{Mailbox, SendError};
 use crate::peer::{ChangePeersRequest, ReadRequest, WriteRequest};
 use crate::transport::{Envelope, Inbox, Transport};
 
@@ -54,8 +55,6 @@ enum Msg {
 /// Bounds of a store's queues.
 const POLLER_QUEUE: usize = 4096;
 const WRITER_QUEUE: usize = 64;
-/// Most messages a poller handles before it flushes.
-const POLLER_BATCH: usize = 256;
 
 /// How a [`Store`] runs on threads.
 #[derive(Clone, Debug)]
@@ -84,7 +83,7 @@ impl StoreOptions {
 
 /// Where the transport hands a store its envelopes.
 struct StoreInbox {
-    pollers: Vec<Sender<Msg>>,
+    pollers: Vec<Arc<Mailbox<Msg>>>,
     dropped: AtomicU64,
 }
 
@@ -105,12 +104,9 @@ impl Inbox for StoreInbox {
                 continue;
             }
             let len = batch.len() as u64;
-            match self.pollers[i].try_send(Msg::Envelopes(batch)) {
-                Ok(()) => {}
+            if self.pollers[i].try_send(Msg::Envelopes(batch)).is_err() {
                 // Raft resends what a full queue drops.
-                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                    self.dropped.fetch_add(len, Ordering::Relaxed);
-                }
+                self.dropped.fetch_add(len, Ordering::Relaxed);
             }
         }
     }
@@ -173,16 +169,17 @@ impl Store {
         let mut senders = Vec::with_capacity(pollers);
         let mut receivers = Vec::with_capacity(pollers);
         for _ in 0..pollers {
-            let (tx, rx) = bounded(POLLER_QUEUE);
-            senders.push(tx);
-            receivers.push(rx);
+            let mailbox = Arc::new(Mailbox::new(POLLER_QUEUE));
+            senders.push(mailbox.clone());
+            receivers.push(mailbox);
         }
         let inbox = Arc::new(StoreInbox { pollers: senders.clone(), dropped: AtomicU64::new(0) });
         let killed = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         for (i, rx) in receivers.into_iter().enumerate() {
             let core = StoreCore::open(ctx.clone(), Box::new(move |r| poller_of(r, pollers) == i))?;
-            let (wtx, wrx) = bounded::<WriteTask>(WRITER_QUEUE);
+            let write_queue = Arc::new(Mailbox::<WriteTask>::new(WRITER_QUEUE));
+            let (wtx, wrx) = (write_queue.clone(), write_queue);
             let store_id = ctx.config.store_id.0;
             let writer = {
                 let (ctx, transport, back, killed) =
@@ -277,7 +274,9 @@ impl Store {
             return Err(msg);
         }
         let i = poller_of(region, self.inbox.pollers.len());
-        self.inbox.pollers[i].send(msg).map_err(|e| e.0)
+        self.inbox.pollers[i].send(msg).map_err(|e| match e {
+            SendError::Full(msg) | SendError::Closed(msg) => msg,
+        })
     }
 
     /// The status of every peer on this store.
@@ -365,8 +364,8 @@ fn handle(core: &mut StoreCore, msg: Msg) {
 
 fn poller_loop(
     mut core: StoreCore,
-    rx: &Receiver<Msg>,
-    writer: &Sender<WriteTask>,
+    inbox: &Mailbox<Msg>,
+    writer: &Mailbox<WriteTask>,
     transport: &dyn Transport,
     killed: &AtomicBool,
     shutdown_timeout: Duration,
@@ -374,14 +373,17 @@ fn poller_loop(
     let tick = core.context().config.tick_interval;
     let cancel = core.context().cancel.clone();
     let mut next_tick = Instant::now() + tick;
+    let mut batch = Vec::new();
     loop {
         if killed.load(Ordering::Relaxed) {
+            writer.close();
             return;
         }
         if cancel.is_cancelled() {
             // Persisted notifications still arrive while the writer drains; serve
             // them so waiting clients learn their outcome, then stop the timelines.
-            while let Ok(msg) = rx.try_recv() {
+            inbox.recv_all(&mut batch, Instant::now());
+            for msg in batch.drain(..) {
                 if let Msg::Persisted(_) | Msg::Status(_) = msg {
                     handle(&mut core, msg);
                 } else {
@@ -389,21 +391,15 @@ fn poller_loop(
                 }
             }
             core.shutdown(shutdown_timeout);
+            writer.close();
             return;
         }
-        let wait = next_tick.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(wait) {
-            Ok(msg) => {
-                handle(&mut core, msg);
-                for _ in 0..POLLER_BATCH {
-                    match rx.try_recv() {
-                        Ok(msg) => handle(&mut core, msg),
-                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                    }
-                }
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+        if !inbox.recv_all(&mut batch, next_tick) {
+            writer.close();
+            return;
+        }
+        for msg in batch.drain(..) {
+            handle(&mut core, msg);
         }
         if Instant::now() >= next_tick {
             core.on_tick();
@@ -436,23 +432,24 @@ fn refuse(msg: Msg) {
 
 fn writer_loop(
     ctx: &StoreContext,
-    rx: &Receiver<WriteTask>,
+    inbox: &Mailbox<WriteTask>,
     transport: &dyn Transport,
-    back: &Sender<Msg>,
+    back: &Mailbox<Msg>,
     killed: &AtomicBool,
 ) {
-    while let Ok(first) = rx.recv() {
+    let mut tasks = Vec::new();
+    // The poller closes the mailbox when it stops; a far deadline only bounds the wait.
+    while inbox.recv_all(&mut tasks, Instant::now() + Duration::from_secs(1)) {
         if killed.load(Ordering::Relaxed) {
             return;
         }
-        let mut tasks = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            tasks.push(more);
+        if tasks.is_empty() {
+            continue;
         }
         let mut writes = Vec::with_capacity(tasks.len());
         let mut messages = Vec::new();
         let mut readies = Vec::new();
-        for task in tasks {
+        for task in tasks.drain(..) {
             if !task.write.is_empty() {
                 writes.push(task.write);
             }

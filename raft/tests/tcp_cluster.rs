@@ -84,7 +84,7 @@ fn put(nodes: &BTreeMap<u64, Node>, key: &str) {
             }];
             let store = &nodes[&l].store;
             if let Some(Ok(())) = call(|reply| {
-                store.write(WriteRequest { region: R1, epoch: Epoch::INITIAL, ops, reply })
+                store.write(WriteRequest { region: R1, epoch: Epoch::INITIAL, ops, reply });
             }) {
                 return;
             }
@@ -101,7 +101,7 @@ fn get(nodes: &BTreeMap<u64, Node>, key: &str) -> Option<Bytes> {
             let query = Query::Get { key: Bytes::from(key.to_owned()) };
             let store = &nodes[&l].store;
             if let Some(Ok(QueryResult::Value(v))) = call(|reply| {
-                store.read(ReadRequest { region: R1, epoch: Epoch::INITIAL, query, reply })
+                store.read(ReadRequest { region: R1, epoch: Epoch::INITIAL, query, reply });
             }) {
                 return v;
             }
