@@ -217,6 +217,17 @@ impl Cluster {
             .ok_or_else(|| Error::InvalidRequest(format!("store {id} is not running")))
     }
 
+    /// Reads `key` from `store`'s own replica, without Raft: what that replica has
+    /// applied so far (it may lag the leader). For checking that every replica holds
+    /// the data, not for serving reads: use [`Db::get`] for those.
+    pub fn local_get(&self, store: StoreId, key: &[u8]) -> Result<Option<bytes::Bytes>> {
+        let stores = self.inner.stores.read();
+        let s = stores
+            .get(&store)
+            .ok_or_else(|| Error::InvalidRequest(format!("store {store} is not running")))?;
+        Ok(s.context().engine.snapshot().get(key))
+    }
+
     /// WAL counters of every running store (records, groups, fsyncs, ...).
     pub fn wal_stats(&self) -> Vec<(StoreId, regionkv_wal::WalStats)> {
         self.inner

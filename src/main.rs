@@ -23,9 +23,15 @@ enum Command {
         /// Concurrent writer threads.
         #[arg(long, default_value_t = 64)]
         writers: usize,
-        /// Records to append.
-        #[arg(long, default_value_t = 200_000)]
+        /// Records to append to the bare log.
+        #[arg(long, default_value_t = 100_000)]
         records: u64,
+        /// Keys to write to the cluster.
+        #[arg(long, default_value_t = 20_000)]
+        keys: u64,
+        /// Concurrent cluster clients.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
     },
     /// Measure a layer against the disk's own limits, in one run.
     Bench {
@@ -77,11 +83,13 @@ fn bench_dir(dir: Option<PathBuf>) -> std::io::Result<tempfile::TempDir> {
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
-        Command::Demo { dir, writers, records } => {
+        Command::Demo { dir, writers, records, keys, clients } => {
             let dir = bench_dir(dir)?;
             let options = regionkv::demo::DemoOptions {
                 writers,
                 records,
+                keys,
+                clients,
                 ..regionkv::demo::DemoOptions::new(dir.path())
             };
             regionkv::demo::run(&options, &mut std::io::stdout())?;

@@ -5,13 +5,21 @@ use std::process::Command;
 #[test]
 fn demo_runs_and_verifies() {
     let out = Command::new(env!("CARGO_BIN_EXE_regionkv"))
-        .args(["demo", "--writers", "8", "--records", "3000"])
+        .args(["demo", "--writers", "8", "--records", "3000", "--keys", "900", "--clients", "4"])
         .output()
         .expect("run regionkv demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("3000 records intact (clean shutdown: true)"), "{stdout}");
-    assert!(stdout.contains("4000 acknowledged records intact"), "{stdout}");
-    assert!(stdout.contains("verified: every acknowledged write survived"), "{stdout}");
+    for expected in [
+        "3000 records intact (clean shutdown: true)",
+        "4000 acknowledged records intact",
+        "store 2 killed after",
+        "store 2 restarted after",
+        "is on all three replicas (900 keys)",
+        "900 keys intact after the restart",
+        "verified: every acknowledged write survived",
+    ] {
+        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+    }
 }
