@@ -162,7 +162,7 @@ impl ClusterInner {
 /// Stores in this process, on real files, talking over in-process channels: for tests,
 /// demos and embedding a replicated store in one process.
 ///
-/// ```no_run
+/// ```
 /// let dir = tempfile::tempdir()?;
 /// let cluster = regionkv::Cluster::builder().dir(dir.path()).stores(3).build()?;
 /// let db = cluster.db();

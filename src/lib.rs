@@ -18,3 +18,8 @@ pub use error::{Error, Result};
 pub use regionkv_engine as engine;
 pub use regionkv_raft as raft;
 pub use regionkv_wal as wal;
+
+/// The README's examples, compiled and run as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -42,6 +42,18 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchTarget {
+    /// Engine apply, reads, memory and checkpoints next to a bare skip list and the disk.
+    Engine {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Directory on the disk to measure (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Fewer keys (100 k instead of 1 M): a quick look, not the reference figures.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Replicated puts on 3 stores in this process (1, 16, 64 clients) next to the bare WAL.
     Cluster {
         /// Print one JSON object instead of a table.
@@ -93,6 +105,15 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 ..regionkv::demo::DemoOptions::new(dir.path())
             };
             regionkv::demo::run(&options, &mut std::io::stdout())?;
+        }
+        Command::Bench { what: BenchTarget::Engine { json, dir, quick } } => {
+            let dir = bench_dir(dir)?;
+            let report = regionkv::bench::engine::run(dir.path(), quick)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                report.print_table();
+            }
         }
         Command::Bench { what: BenchTarget::Cluster { json, dir, seconds, clients } } => {
             let dir = bench_dir(dir)?;
