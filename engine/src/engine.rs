@@ -521,6 +521,114 @@ impl Engine {
         Ok(merged)
     }
 
+    /// Splits region `id` as [`Engine::split`] does, and makes the result a checkpoint
+    /// barrier: every resulting region is checkpointed (the parent at `at_index`, the
+    /// Raft index of the split; each child at `child_index`, where its own log starts)
+    /// before one manifest update switches regions, checkpoints and `meta_index`
+    /// together. After a crash either nothing of the split is durable, or all of it:
+    /// no region's durable state ever depends on another region's log.
+    pub fn split_at(
+        &self,
+        id: RegionId,
+        split_keys: &[Vec<u8>],
+        new_ids: &[RegionId],
+        at_index: u64,
+        child_index: u64,
+    ) -> Result<Vec<Region>> {
+        let mut durable = self.inner.durable.lock();
+        self.inner.check_usable()?;
+        let _commit = self.inner.commit.lock();
+        let mut regions = self.inner.regions.write();
+        if regions.map.get(id).is_none() {
+            return Err(Error::RegionNotFound { region: id });
+        }
+        let mut map = regions.map.clone();
+        let parts = map.split(id, split_keys, new_ids)?;
+        // The commit lock is held: the snapshot is the state as of the split's index.
+        let snapshot = self.snapshot();
+        let mut refs = Vec::with_capacity(parts.len());
+        for (i, part) in parts.iter().enumerate() {
+            let applied_index = if i == 0 { at_index } else { child_index };
+            refs.push(self.write_whole_checkpoint(&mut durable, part, applied_index, &snapshot)?);
+        }
+        let mut next = durable.manifest.clone();
+        next.next_file_id = durable.next_file_id;
+        set_regions(&mut next, &map, |region| {
+            parts.iter().position(|p| p.id == region.id).map(|i| vec![refs[i].clone()])
+        });
+        set_meta_index(&mut next, &[id], at_index);
+        set_meta_index(&mut next, new_ids, child_index);
+        self.inner.persist(&mut durable, next)?;
+        let mut moved = 0u64;
+        for part in &parts[1..] {
+            let b = self.inner.memtable.range_bytes(&part.start, part.end.as_deref());
+            moved += b;
+            regions.bytes.insert(part.id, AtomicU64::new(b));
+        }
+        if let Some(b) = regions.bytes.get(&id) {
+            let left = b.load(Ordering::Relaxed).saturating_sub(moved);
+            b.store(left, Ordering::Relaxed);
+        }
+        let children: Vec<RegionId> = parts[1..].iter().map(|p| p.id).collect();
+        self.inner.pins.lock().on_split(id, &children);
+        regions.map = map;
+        Ok(parts)
+    }
+
+    /// Merges `source` into `target` as [`Engine::merge`] does, and makes it a
+    /// checkpoint barrier: the merged target is checkpointed at `at_index` (the Raft
+    /// index of the merge in the target's log) before one manifest update removes the
+    /// source and records the target's new range, checkpoint and `meta_index`.
+    pub fn merge_at(&self, source: RegionId, target: RegionId, at_index: u64) -> Result<Region> {
+        let mut durable = self.inner.durable.lock();
+        self.inner.check_usable()?;
+        let _commit = self.inner.commit.lock();
+        let mut regions = self.inner.regions.write();
+        for id in [source, target] {
+            if regions.map.get(id).is_none() {
+                return Err(Error::RegionNotFound { region: id });
+            }
+        }
+        let mut map = regions.map.clone();
+        let merged = map.merge(source, target)?;
+        let snapshot = self.snapshot();
+        let whole = self.write_whole_checkpoint(&mut durable, &merged, at_index, &snapshot)?;
+        let mut next = durable.manifest.clone();
+        next.next_file_id = durable.next_file_id;
+        set_regions(&mut next, &map, |region| (region.id == target).then(|| vec![whole.clone()]));
+        set_meta_index(&mut next, &[target], at_index);
+        self.inner.persist(&mut durable, next)?;
+        let moved = regions.bytes.remove(&source).map_or(0, AtomicU64::into_inner);
+        if let Some(b) = regions.bytes.get(&target) {
+            b.fetch_add(moved, Ordering::Relaxed);
+        }
+        self.inner.pins.lock().on_merge(source, target);
+        regions.map = map;
+        Ok(merged)
+    }
+
+    /// Writes a checkpoint of `region` (as given, not as the map has it) from
+    /// `snapshot`; the caller records it in the next manifest.
+    fn write_whole_checkpoint(
+        &self,
+        durable: &mut Durable,
+        region: &Region,
+        applied_index: u64,
+        snapshot: &Snapshot,
+    ) -> Result<CheckpointRef> {
+        let file_id = durable.next_file_id;
+        durable.next_file_id += 1;
+        let header = CheckpointHeader { region: region.clone(), applied_index };
+        let stats = self.inner.write_checkpoint(file_id, &header, snapshot)?;
+        Ok(CheckpointRef {
+            file_id,
+            applied_index,
+            start: region.start.clone(),
+            end: region.end.clone(),
+            file_bytes: Some(stats.file_bytes),
+        })
+    }
+
     /// Replaces the peers of region `id`, bumping its `conf_ver`.
     ///
     /// `at_index` is the Raft index of the membership change; it is recorded with the

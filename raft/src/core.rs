@@ -40,7 +40,7 @@ use crate::peer::{
     Reply, Waiting, WriteRequest,
 };
 use crate::storage::PeerStorage;
-use crate::transport::{Body, Envelope, SnapshotChunk};
+use crate::transport::{Body, Envelope, KeyRange, SnapshotChunk};
 
 /// Sees every entry a store applies: `(region, index, term, data)`. For checkers.
 pub type ApplyObserver = Box<dyn Fn(RegionId, u64, u64, &[u8]) + Send + Sync>;
@@ -338,14 +338,25 @@ impl StoreCore {
         {
             return Ok(());
         }
-        let Envelope { region, from, body, .. } = env;
+        let Envelope { region, from, range, body, .. } = env;
         if !self.peers.contains_key(&region) {
             // A replica added by a membership change learns of its region from the
-            // first message; it holds nothing until a snapshot arrives.
+            // first message; it holds nothing until a snapshot arrives. But if the
+            // region's range overlaps one hosted here, this store is behind: its own
+            // split (or merge) will create the region, with its data; wait for that.
+            // An unknown range decides nothing (design 5.5): no replica is created.
             let to = match &body {
                 Body::Raft(m) => m.to,
                 Body::SnapshotChunk(_) => return Ok(()), // the Raft message comes first
             };
+            let Some(range) = range else { return Ok(()) };
+            if self
+                .peers
+                .values()
+                .any(|p| p.initialized && range.overlaps(&p.region.start, p.region.end.as_deref()))
+            {
+                return Ok(());
+            }
             self.create_uninitialized(region, PeerId(to))?;
         }
         let peer = self.peers.get_mut(&region).expect("created above");
@@ -765,6 +776,9 @@ impl StoreCore {
         let chunk_bytes = self.ctx.config.snapshot_chunk_bytes;
         let peer = self.peers.get_mut(&region).expect("present");
         let epoch = peer.initialized.then_some(peer.region.epoch);
+        let range = peer
+            .initialized
+            .then(|| KeyRange { start: peer.region.start.clone(), end: peer.region.end.clone() });
         for msg in messages {
             let Some(to) = peer.store_of(PeerId(msg.to)) else {
                 tracing::debug!(
@@ -785,6 +799,7 @@ impl StoreCore {
                                 from: me,
                                 to,
                                 epoch,
+                                range: range.clone(),
                                 body: Body::SnapshotChunk(SnapshotChunk {
                                     index: meta.index,
                                     term: meta.term,
@@ -804,7 +819,14 @@ impl StoreCore {
                     }
                 }
             }
-            out.push(Envelope { region, from: me, to, epoch, body: Body::Raft(msg) });
+            out.push(Envelope {
+                region,
+                from: me,
+                to,
+                epoch,
+                range: range.clone(),
+                body: Body::Raft(msg),
+            });
             if after_persist {
                 self.after_persist.extend(out);
             } else {

@@ -16,7 +16,7 @@ use regionkv_raft::transport::wire::{
     self, ClusterId, FRAME_HEADER_BYTES, FrameKind, HandshakeKey, Hello, Proof, RejectReason, Role,
     Transcript,
 };
-use regionkv_raft::transport::{Body, Envelope, Inbox, SnapshotChunk, Transport};
+use regionkv_raft::transport::{Body, Envelope, Inbox, KeyRange, SnapshotChunk, Transport};
 
 type TestResult = Result<(), Box<dyn Error>>;
 
@@ -112,6 +112,7 @@ fn raft_msg(from: u64, to: u64, i: u64) -> Envelope {
         from: StoreId(from),
         to: StoreId(to),
         epoch: i.is_multiple_of(2).then_some(Epoch { version: i, conf_ver: 2 }),
+        range: i.is_multiple_of(3).then(|| KeyRange { start: vec![i as u8], end: None }),
         body: Body::Raft(m),
     }
 }
@@ -123,6 +124,7 @@ fn chunk(from: u64, to: u64, seq: u32, chunks: u32, bytes: usize) -> Envelope {
         from: StoreId(from),
         to: StoreId(to),
         epoch: Some(Epoch { version: 1, conf_ver: 1 }),
+        range: None,
         body: Body::SnapshotChunk(SnapshotChunk {
             index: 500,
             term: 4,

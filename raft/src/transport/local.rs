@@ -447,6 +447,7 @@ mod tests {
             from: StoreId(from),
             to: StoreId(to),
             epoch: None,
+            range: None,
             body: Body::Raft(m),
         }
     }

@@ -37,8 +37,31 @@ pub struct Envelope {
     /// The sender's epoch of the region, if it reported one (a field that is absent is
     /// unknown, never "zero": design 5.5).
     pub epoch: Option<Epoch>,
+    /// The sender's key range of the region, if it knows it. A store that receives a
+    /// message for a region it does not host creates a replica only if this range is
+    /// known and overlaps none of its regions (an overlap means its own split or merge
+    /// will create the region); an unknown range creates nothing.
+    pub range: Option<KeyRange>,
     /// What the message carries.
     pub body: Body,
+}
+
+/// A region's key range `[start, end)`; `end == None` is unbounded.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct KeyRange {
+    /// First key (inclusive).
+    pub start: Vec<u8>,
+    /// First key after the range (exclusive); `None` is unbounded.
+    pub end: Option<Vec<u8>>,
+}
+
+impl KeyRange {
+    /// True if the two ranges share a key.
+    pub fn overlaps(&self, start: &[u8], end: Option<&[u8]>) -> bool {
+        let starts_before_other_ends = end.is_none_or(|e| self.start.as_slice() < e);
+        let other_starts_before_end = self.end.as_deref().is_none_or(|e| start < e);
+        starts_before_other_ends && other_starts_before_end
+    }
 }
 
 /// The payload of an [`Envelope`].
@@ -80,6 +103,7 @@ impl fmt::Debug for Envelope {
             .field("from", &self.from.0)
             .field("to", &self.to.0)
             .field("epoch", &self.epoch)
+            .field("range", &self.range)
             .field("body", &self.body)
             .finish()
     }

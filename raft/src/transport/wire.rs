@@ -35,6 +35,8 @@
 //!            5 raft message: protobuf `eraftpb.Message` bytes
 //!            6 snapshot chunk (nested): 1 index u64, 2 term u64, 3 offset u64,
 //!              4 file bytes u64, 5 data
+//!            7 key range (nested, optional: absent = unknown): 1 start, and either
+//!              2 end or 3 unbounded (empty)
 //! ```
 
 use std::fmt;
@@ -45,7 +47,7 @@ use raft::eraftpb::Message;
 use regionkv_engine::codec::{self, DecodeError, Record};
 use regionkv_engine::{Epoch, RegionId, StoreId};
 
-use super::{Body, Envelope, SnapshotChunk};
+use super::{Body, Envelope, KeyRange, SnapshotChunk};
 
 /// The first four bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"RKVW";
@@ -100,7 +102,13 @@ const E_TO: u16 = 3;
 const E_EPOCH: u16 = 4;
 const E_RAFT: u16 = 5;
 const E_CHUNK: u16 = 6;
-const E_TAGS: &[u16] = &[E_REGION, E_FROM, E_TO, E_EPOCH, E_RAFT, E_CHUNK];
+/// Since the region work of wire version 1: optional, absent = unknown.
+const E_RANGE: u16 = 7;
+const E_TAGS: &[u16] = &[E_REGION, E_FROM, E_TO, E_EPOCH, E_RAFT, E_CHUNK, E_RANGE];
+
+const R_START: u16 = 1;
+const R_END: u16 = 2;
+const R_END_UNBOUNDED: u16 = 3;
 // Epoch fields.
 const EP_VERSION: u16 = 1;
 const EP_CONF_VER: u16 = 2;
@@ -598,6 +606,12 @@ pub fn encode_envelope(env: &Envelope, out: &mut Vec<u8>) -> Result<(), WireErro
                 codec::put_u64(out, EP_CONF_VER, epoch.conf_ver);
             });
         }
+        if let Some(range) = &env.range {
+            codec::put_nested(out, E_RANGE, |out| {
+                codec::put_field(out, R_START, &range.start);
+                codec::put_range_end(out, R_END, R_END_UNBOUNDED, range.end.as_deref());
+            });
+        }
         match body {
             Encoded::Raft(bytes) => codec::put_field(out, E_RAFT, &bytes),
             Encoded::Chunk(c) => codec::put_nested(out, E_CHUNK, |out| {
@@ -658,6 +672,18 @@ fn decode_envelope_fields(whole: &Bytes, buf: &[u8]) -> Result<Envelope, WireErr
         None => None,
         Some(f) => Some(decode_epoch(f.value).map_err(|e| shift(e, f.offset))?),
     };
+    let range = match rec.optional(E_RANGE).map_err(&bad)? {
+        None => None,
+        Some(f) => {
+            let r = Record::parse(f.value, &[R_START, R_END, R_END_UNBOUNDED], true)
+                .map_err(|e| bad(e.shifted(f.offset)))?;
+            let start =
+                r.required(R_START, "range start missing").map_err(|e| bad(e.shifted(f.offset)))?;
+            let end = codec::range_end(&r, R_END, R_END_UNBOUNDED)
+                .map_err(|e| bad(e.shifted(f.offset)))?;
+            Some(KeyRange { start: start.value.to_vec(), end })
+        }
+    };
     let body = match (rec.optional(E_RAFT).map_err(&bad)?, rec.optional(E_CHUNK).map_err(&bad)?) {
         (Some(f), None) => Body::Raft(
             Message::parse_from_bytes(f.value).map_err(|e| WireError::Protobuf(e.to_string()))?,
@@ -670,7 +696,7 @@ fn decode_envelope_fields(whole: &Bytes, buf: &[u8]) -> Result<Envelope, WireErr
         }
         (None, None) => return Err(bad(DecodeError::new(0, "body missing"))),
     };
-    Ok(Envelope { region, from, to, epoch, body })
+    Ok(Envelope { region, from, to, epoch, range, body })
 }
 
 fn decode_epoch(buf: &[u8]) -> Result<Epoch, WireError> {
@@ -726,6 +752,10 @@ mod tests {
             from: StoreId(1),
             to: StoreId(2),
             epoch,
+            range: epoch.map(|_| KeyRange {
+                start: b"m".to_vec(),
+                end: i.is_multiple_of(2).then(|| b"t".to_vec()),
+            }),
             body: Body::Raft(m),
         }
     }
@@ -736,6 +766,7 @@ mod tests {
             from: StoreId(2),
             to: StoreId(1),
             epoch: Some(Epoch { version: 4, conf_ver: 5 }),
+            range: None,
             body: Body::SnapshotChunk(SnapshotChunk {
                 index: 100,
                 term: 3,
@@ -913,12 +944,18 @@ mod tests {
                     data: Bytes::from(data),
                 })
             });
-        (any::<u64>(), any::<u64>(), any::<u64>(), epoch, prop_oneof![raft, chunk]).prop_map(
-            |(region, from, to, epoch, body)| Envelope {
+        let range = proptest::option::of((
+            proptest::collection::vec(any::<u8>(), 0..8),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8)),
+        ))
+        .prop_map(|r| r.map(|(start, end)| KeyRange { start, end }));
+        (any::<u64>(), any::<u64>(), any::<u64>(), epoch, range, prop_oneof![raft, chunk]).prop_map(
+            |(region, from, to, epoch, range, body)| Envelope {
                 region: RegionId(region),
                 from: StoreId(from),
                 to: StoreId(to),
                 epoch,
+                range,
                 body,
             },
         )
