@@ -14,7 +14,7 @@ use crate::checkpoint::{
     CheckpointChunk, CheckpointChunks, CheckpointFile, CheckpointHeader, CheckpointStats, Encoder,
 };
 use crate::error::{Error, Result};
-use crate::manifest::{self, CheckpointRef, Compatibility, Manifest, RegionEntry};
+use crate::manifest::{self, CheckpointRef, Compatibility, Manifest, MergeState, RegionEntry};
 use crate::memtable::{Batch, Found, MAX_SEQ, Memtable, Seq, Visibility};
 use crate::region::{Epoch, Peer, Region, RegionId, StoreId, in_range, intersect};
 use crate::region_map::RegionMap;
@@ -554,8 +554,19 @@ impl Engine {
         let mut next = durable.manifest.clone();
         next.next_file_id = durable.next_file_id;
         set_regions(&mut next, &map, |region| {
-            parts.iter().position(|p| p.id == region.id).map(|i| vec![refs[i].clone()])
+            let i = parts.iter().position(|p| p.id == region.id)?;
+            Some(refs[i].iter().cloned().collect())
         });
+        if refs[0].is_none() {
+            set_empty_at(&mut next, &[id], at_index);
+        }
+        let empty: Vec<RegionId> = parts[1..]
+            .iter()
+            .zip(&refs[1..])
+            .filter(|(_, r)| r.is_none())
+            .map(|(p, _)| p.id)
+            .collect();
+        set_empty_at(&mut next, &empty, child_index);
         set_meta_index(&mut next, &[id], at_index);
         set_meta_index(&mut next, new_ids, child_index);
         self.inner.persist(&mut durable, next)?;
@@ -595,7 +606,12 @@ impl Engine {
         let whole = self.write_whole_checkpoint(&mut durable, &merged, at_index, &snapshot)?;
         let mut next = durable.manifest.clone();
         next.next_file_id = durable.next_file_id;
-        set_regions(&mut next, &map, |region| (region.id == target).then(|| vec![whole.clone()]));
+        set_regions(&mut next, &map, |region| {
+            (region.id == target).then(|| whole.iter().cloned().collect())
+        });
+        if whole.is_none() {
+            set_empty_at(&mut next, &[target], at_index);
+        }
         set_meta_index(&mut next, &[target], at_index);
         self.inner.persist(&mut durable, next)?;
         let moved = regions.bytes.remove(&source).map_or(0, AtomicU64::into_inner);
@@ -608,25 +624,29 @@ impl Engine {
     }
 
     /// Writes a checkpoint of `region` (as given, not as the map has it) from
-    /// `snapshot`; the caller records it in the next manifest.
+    /// `snapshot`; the caller records it in the next manifest. Writes nothing and
+    /// returns `None` if the region holds no keys: its image is empty (`empty_at`).
     fn write_whole_checkpoint(
         &self,
         durable: &mut Durable,
         region: &Region,
         applied_index: u64,
         snapshot: &Snapshot,
-    ) -> Result<CheckpointRef> {
+    ) -> Result<Option<CheckpointRef>> {
+        if snapshot.scan(&region.start, region.end.as_deref(), 1).is_empty() {
+            return Ok(None);
+        }
         let file_id = durable.next_file_id;
         durable.next_file_id += 1;
         let header = CheckpointHeader { region: region.clone(), applied_index };
         let stats = self.inner.write_checkpoint(file_id, &header, snapshot)?;
-        Ok(CheckpointRef {
+        Ok(Some(CheckpointRef {
             file_id,
             applied_index,
             start: region.start.clone(),
             end: region.end.clone(),
             file_bytes: Some(stats.file_bytes),
-        })
+        }))
     }
 
     /// Replaces the peers of region `id`, bumping its `conf_ver`.
@@ -775,6 +795,8 @@ impl Engine {
             region: region.clone(),
             checkpoints: vec![part.clone()],
             meta_index: Some(header.applied_index),
+            merge: None,
+            empty_at: None,
         };
         let (_, bytes) = load_part(&self.inner.memtable, &file, &entry, &part, seq);
         commit.next_seq += 1;
@@ -848,6 +870,70 @@ impl Engine {
     pub fn meta_index(&self, id: RegionId) -> Option<u64> {
         let durable = self.inner.durable.lock();
         durable.manifest.regions.iter().find(|e| e.region.id == id).and_then(|e| e.meta_index)
+    }
+
+    /// The applied index of region `id`'s durable image, if the image is one whole
+    /// checkpoint of the region as it is or known to be empty: what a restart starts
+    /// replaying the log after. `None` if the region is not hosted or its image is made
+    /// of parts of older regions' checkpoints (after [`Engine::split`] or
+    /// [`Engine::merge`]) or of nothing recorded (a bootstrapped region).
+    pub fn image_index(&self, id: RegionId) -> Result<Option<u64>> {
+        let empty_at = {
+            let durable = self.inner.durable.lock();
+            let entry = durable.manifest.regions.iter().find(|e| e.region.id == id);
+            entry.ok_or(Error::RegionNotFound { region: id })?.empty_at
+        };
+        match empty_at {
+            Some(index) => Ok(Some(index)),
+            None => Ok(self.latest_checkpoint(id)?.map(|f| f.header().applied_index)),
+        }
+    }
+
+    /// The merge region `id` is the prepared source of, if any.
+    pub fn merge_state(&self, id: RegionId) -> Option<MergeState> {
+        let durable = self.inner.durable.lock();
+        durable.manifest.regions.iter().find(|e| e.region.id == id).and_then(|e| e.merge)
+    }
+
+    /// Records that region `id` is the prepared source of `merge` (the prepare command
+    /// at `at_index`), bumping its `version`: writes routed before are refused from
+    /// now on, and it takes none until [`Engine::merge_at`] or
+    /// [`Engine::rollback_merge`]. Durable before it returns.
+    pub fn prepare_merge(&self, id: RegionId, merge: MergeState, at_index: u64) -> Result<Region> {
+        self.change_merge_state(id, Some(merge), at_index)
+    }
+
+    /// Cancels the merge prepared on region `id` (the rollback command at `at_index`),
+    /// bumping its `version` again. Durable before it returns.
+    pub fn rollback_merge(&self, id: RegionId, at_index: u64) -> Result<Region> {
+        self.change_merge_state(id, None, at_index)
+    }
+
+    fn change_merge_state(
+        &self,
+        id: RegionId,
+        merge: Option<MergeState>,
+        at_index: u64,
+    ) -> Result<Region> {
+        let mut durable = self.inner.durable.lock();
+        self.inner.check_usable()?;
+        let mut regions = self.inner.regions.write();
+        if regions.map.get(id).is_none() {
+            return Err(Error::RegionNotFound { region: id });
+        }
+        let mut map = regions.map.clone();
+        let region = map.bump_version(id)?;
+        let mut next = durable.manifest.clone();
+        set_regions(&mut next, &map, |_| None);
+        set_meta_index(&mut next, &[id], at_index);
+        for entry in &mut next.regions {
+            if entry.region.id == id {
+                entry.merge = merge;
+            }
+        }
+        self.inner.persist(&mut durable, next)?;
+        regions.map = map;
+        Ok(region)
     }
 
     /// The most bytes of keys and values one apply round may buffer.
@@ -987,19 +1073,36 @@ fn set_regions(
     map: &RegionMap,
     parts_for: impl Fn(&Region) -> Option<Vec<CheckpointRef>>,
 ) {
-    let old: HashMap<RegionId, (Vec<CheckpointRef>, Option<u64>)> =
-        manifest.regions.drain(..).map(|e| (e.region.id, (e.checkpoints, e.meta_index))).collect();
+    let mut old: HashMap<RegionId, RegionEntry> =
+        manifest.regions.drain(..).map(|e| (e.region.id, e)).collect();
     manifest.regions = map
         .regions()
         .map(|region| {
-            let (parts, meta_index) = old.get(&region.id).cloned().unwrap_or_default();
-            RegionEntry {
+            let mut entry = old.remove(&region.id).unwrap_or_else(|| RegionEntry {
                 region: region.clone(),
-                checkpoints: parts_for(region).unwrap_or(parts),
-                meta_index,
+                checkpoints: Vec::new(),
+                meta_index: None,
+                merge: None,
+                empty_at: None,
+            });
+            entry.region = region.clone();
+            if let Some(parts) = parts_for(region) {
+                entry.checkpoints = parts;
+                entry.empty_at = None;
             }
+            entry
         })
         .collect();
+}
+
+/// Records that the durable image of each of `ids` is empty as of `index`.
+fn set_empty_at(manifest: &mut Manifest, ids: &[RegionId], index: u64) {
+    for entry in &mut manifest.regions {
+        if ids.contains(&entry.region.id) {
+            entry.checkpoints.clear();
+            entry.empty_at = Some(index);
+        }
+    }
 }
 
 /// Records that the metadata of `ids` was produced by the admin command at `index`.

@@ -77,7 +77,7 @@ pub use engine::{
     MemoryStats, ReceivedCheckpoint, RecoveryInfo, Snapshot,
 };
 pub use error::{Error, ErrorClass, RegionChangeError, Result};
-pub use manifest::{Compatibility, Manifest};
+pub use manifest::{Compatibility, Manifest, MergeState};
 pub use memtable::{ENTRY_OVERHEAD_BYTES, MAX_SEQ, Seq};
 pub use region::{Epoch, Peer, PeerId, Region, RegionId, StoreId};
 pub use region_map::{RegionMap, SlotView};

@@ -28,6 +28,13 @@
 //!   version-2 binary would drop the field when it rewrites the manifest, so it must
 //!   refuse the file instead. Migration 2 -> 3 leaves it `None` (unknown): nothing
 //!   recorded it before.
+//! - 4: adds to regions `merge` (a merge prepared on this region as its source: the
+//!   target and the index and term of the prepare command; a source in this state
+//!   takes no writes) and `empty_at` (the region held no keys at this applied index
+//!   and has had no checkpoint since: its durable image is empty as of that index, no
+//!   file needed). The minimum reader becomes 4: an older binary would drop `merge`
+//!   when it rewrites the manifest and let a merging source take writes again.
+//!   Migration 3 -> 4 leaves both `None`.
 //!
 //! The manifest is replaced atomically: written in full to `MANIFEST.tmp`, fsynced,
 //! renamed over `MANIFEST`, and the directory fsynced.
@@ -40,16 +47,16 @@ use regionkv_wal::fs::{FileSystem, OpenMode};
 
 use crate::codec::{self, DecodeError, DecodeResult, Decoder, Record};
 use crate::error::{Error, Result};
-use crate::region::{Region, StoreId};
+use crate::region::{Region, RegionId, StoreId};
 
 /// Identifies a regionkv manifest.
 pub(crate) const MAGIC: [u8; 8] = *b"rkvMAN\r\n";
 /// The manifest format this binary writes.
-pub const MANIFEST_FORMAT_VERSION: u32 = 3;
+pub const MANIFEST_FORMAT_VERSION: u32 = 4;
 /// The oldest manifest format this binary can migrate from.
 pub const OLDEST_MIGRATABLE_VERSION: u32 = 1;
 /// The oldest reader version that can read what this binary writes.
-pub const MIN_READER_VERSION: u32 = 3;
+pub const MIN_READER_VERSION: u32 = 4;
 /// File name of the manifest inside the engine's directory.
 pub const MANIFEST_FILE: &str = "MANIFEST";
 /// File name a new manifest is written under before it is renamed.
@@ -74,7 +81,15 @@ const R_REGION: u16 = 1;
 const R_CHECKPOINT: u16 = 2;
 // Since version 3.
 const R_META_INDEX: u16 = 3;
-const REGION_ENTRY_TAGS: &[u16] = &[R_REGION, R_CHECKPOINT, R_META_INDEX];
+// Since version 4.
+const R_MERGE: u16 = 4;
+const R_EMPTY_AT: u16 = 5;
+const REGION_ENTRY_TAGS: &[u16] = &[R_REGION, R_CHECKPOINT, R_META_INDEX, R_MERGE, R_EMPTY_AT];
+// Merge state fields (since version 4).
+const M_TARGET: u16 = 1;
+const M_PREPARE_INDEX: u16 = 2;
+const M_PREPARE_TERM: u16 = 3;
+const MERGE_TAGS: &[u16] = &[M_TARGET, M_PREPARE_INDEX, M_PREPARE_TERM];
 // Checkpoint reference fields.
 const C_FILE_ID: u16 = 1;
 const C_APPLIED_INDEX: u16 = 2;
@@ -144,6 +159,18 @@ pub struct CheckpointRef {
     pub file_bytes: Option<u64>,
 }
 
+/// A merge prepared on a region as its source: from the prepare command on, the region
+/// takes no writes and waits to be merged into `target` or rolled back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MergeState {
+    /// The region it merges into.
+    pub target: RegionId,
+    /// Raft index of the prepare command in the source's log.
+    pub prepare_index: u64,
+    /// Raft term of that entry.
+    pub prepare_term: u64,
+}
+
 /// A hosted region and where its durable data is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegionEntry {
@@ -157,6 +184,11 @@ pub struct RegionEntry {
     /// The Raft index of the admin command that produced `region` as it is (since
     /// format version 3; `None` when no such command was recorded).
     pub meta_index: Option<u64>,
+    /// The merge this region is the prepared source of (since format version 4).
+    pub merge: Option<MergeState>,
+    /// The region held no keys at this applied index, and `checkpoints` is empty: the
+    /// durable image is empty as of it (since format version 4).
+    pub empty_at: Option<u64>,
 }
 
 /// The manifest of one store.
@@ -212,6 +244,16 @@ impl Manifest {
                 }
                 if let Some(index) = entry.meta_index {
                     codec::put_u64(out, R_META_INDEX, index);
+                }
+                if let Some(m) = entry.merge {
+                    codec::put_nested(out, R_MERGE, |out| {
+                        codec::put_u64(out, M_TARGET, m.target.0);
+                        codec::put_u64(out, M_PREPARE_INDEX, m.prepare_index);
+                        codec::put_u64(out, M_PREPARE_TERM, m.prepare_term);
+                    });
+                }
+                if let Some(index) = entry.empty_at {
+                    codec::put_u64(out, R_EMPTY_AT, index);
                 }
             });
         }
@@ -354,7 +396,26 @@ fn decode_region_entry(
         checkpoints.push(ckpt);
     }
     let meta_index = rec.optional(R_META_INDEX)?.map(|f| f.as_u64()).transpose()?;
-    Ok(RegionEntry { region, checkpoints, meta_index })
+    let merge = match rec.optional(R_MERGE)? {
+        None => None,
+        Some(field) => Some(
+            decode_merge_state(field.value, skip_unknown).map_err(|e| e.shifted(field.offset))?,
+        ),
+    };
+    let empty_at = rec.optional(R_EMPTY_AT)?.map(|f| f.as_u64()).transpose()?;
+    if empty_at.is_some() && !checkpoints.is_empty() {
+        return Err(DecodeError::new(0, "an empty image listed with checkpoint parts"));
+    }
+    Ok(RegionEntry { region, checkpoints, meta_index, merge, empty_at })
+}
+
+fn decode_merge_state(buf: &[u8], skip_unknown: bool) -> DecodeResult<MergeState> {
+    let rec = Record::parse(buf, MERGE_TAGS, skip_unknown)?;
+    Ok(MergeState {
+        target: RegionId(rec.required(M_TARGET, "merge target missing")?.as_u64()?),
+        prepare_index: rec.required(M_PREPARE_INDEX, "prepare index missing")?.as_u64()?,
+        prepare_term: rec.required(M_PREPARE_TERM, "prepare term missing")?.as_u64()?,
+    })
 }
 
 fn decode_checkpoint_ref(buf: &[u8], skip_unknown: bool) -> DecodeResult<CheckpointRef> {
@@ -395,7 +456,23 @@ pub const MIGRATIONS: &[Migration] = &[
         description: "regions gain meta_index (unknown for regions written before)",
         run: no_meta_index,
     },
+    Migration {
+        from: 3,
+        to: 4,
+        description: "regions gain merge state and empty images (none before)",
+        run: no_merge_state,
+    },
 ];
+
+/// Migration 3 -> 4: no region of an older binary was merging or had an empty image.
+#[expect(clippy::unnecessary_wraps, reason = "every migration step has the same signature")]
+fn no_merge_state(manifest: &mut Manifest, _: &dyn FileSystem, _: &Path) -> Result<()> {
+    for entry in &mut manifest.regions {
+        entry.merge = None;
+        entry.empty_at = None;
+    }
+    Ok(())
+}
 
 /// Migration 2 -> 3: nothing to fill in; `meta_index` stays `None` (unknown).
 #[expect(clippy::unnecessary_wraps, reason = "every migration step has the same signature")]
@@ -513,7 +590,7 @@ pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::region::{Epoch, Peer, PeerId, RegionId};
+    use crate::region::{Epoch, Peer, PeerId};
 
     pub(crate) fn sample() -> Manifest {
         let mut m = Manifest::new(StoreId(5));
@@ -544,11 +621,15 @@ pub(crate) mod tests {
                 },
             ],
             meta_index: Some(37),
+            merge: Some(MergeState { target: RegionId(2), prepare_index: 36, prepare_term: 4 }),
+            empty_at: None,
         });
         m.regions.push(RegionEntry {
             region: Region::new(RegionId(2), b"m".to_vec(), None),
             checkpoints: Vec::new(),
             meta_index: None,
+            merge: None,
+            empty_at: Some(12),
         });
         m.tasks.insert("duplication".into(), b"\x01stage".to_vec());
         m

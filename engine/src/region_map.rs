@@ -230,6 +230,19 @@ impl RegionMap {
         Ok(merged)
     }
 
+    /// Bumps the `version` of region `id` (a merge prepared or rolled back: requests
+    /// routed before must be refused). Returns the region.
+    pub fn bump_version(&mut self, id: RegionId) -> ChangeResult<Region> {
+        let mut region =
+            self.regions.get(&id).cloned().ok_or(RegionChangeError::NotHosted { region: id })?;
+        region.epoch.version += 1;
+        self.change(|map| {
+            map.regions.insert(id, region.clone());
+            Ok(())
+        })?;
+        Ok(region)
+    }
+
     /// Replaces the peers of region `id` and bumps its `conf_ver`. Returns the region.
     pub fn change_peers(&mut self, id: RegionId, peers: Vec<Peer>) -> ChangeResult<Region> {
         let mut region =

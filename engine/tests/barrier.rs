@@ -172,3 +172,56 @@ fn merge_at_is_all_or_nothing_at_every_crash_point() {
         }
     }
 }
+
+/// A split of a region that holds no keys writes no checkpoint file: every part's
+/// image is empty as of its index, and a restart knows where each log resumes.
+#[test]
+fn empty_parts_need_no_file_and_keep_their_index() {
+    let fs = SimFs::new();
+    let engine = open(&fs);
+    engine.insert_region(Region::whole(RegionId(1))).unwrap();
+    put_all(&engine, &["a"], "v");
+    engine
+        .split_at(RegionId(1), &[b"m".to_vec(), b"t".to_vec()], &[RegionId(2), RegionId(3)], 9, 5)
+        .unwrap();
+    drop(engine);
+    let engine = open(&fs);
+    assert_eq!(checkpoint_index(&engine, RegionId(1)), Some(9), "region 1 holds a key");
+    assert_eq!(engine.image_index(RegionId(1)).unwrap(), Some(9));
+    assert_eq!(checkpoint_index(&engine, RegionId(2)), None);
+    assert_eq!(engine.image_index(RegionId(2)).unwrap(), Some(5));
+    assert_eq!(engine.image_index(RegionId(3)).unwrap(), Some(5));
+    assert_eq!(engine.snapshot().scan(b"", None, 10).len(), 1);
+    // A later checkpoint replaces the empty image.
+    put_all(&engine, &["n"], "v");
+    engine.checkpoint(RegionId(2), 7).unwrap();
+    drop(engine);
+    let engine = open(&fs);
+    assert_eq!(engine.image_index(RegionId(2)).unwrap(), Some(7));
+    assert_eq!(engine.snapshot().get(b"n").as_deref(), Some(&b"v"[..]));
+}
+
+/// A prepared merge is durable region state: it survives a restart, bumps the
+/// version, and a rollback clears it with another bump.
+#[test]
+fn merge_state_survives_restart_until_rolled_back() {
+    use regionkv_engine::MergeState;
+    let fs = setup();
+    let engine = open(&fs);
+    engine.split_at(RegionId(1), &[b"m".to_vec()], &[RegionId(2)], 20, 5).unwrap();
+    let before = engine.region(RegionId(2)).unwrap().epoch;
+    let merge = MergeState { target: RegionId(1), prepare_index: 8, prepare_term: 6 };
+    let prepared = engine.prepare_merge(RegionId(2), merge, 8).unwrap();
+    assert_eq!(prepared.epoch.version, before.version + 1);
+    drop(engine);
+    let engine = open(&fs);
+    assert_eq!(engine.merge_state(RegionId(2)), Some(merge));
+    assert_eq!(engine.meta_index(RegionId(2)), Some(8));
+    assert_eq!(engine.merge_state(RegionId(1)), None);
+    let rolled = engine.rollback_merge(RegionId(2), 9).unwrap();
+    assert_eq!(rolled.epoch.version, before.version + 2);
+    drop(engine);
+    let engine = open(&fs);
+    assert_eq!(engine.merge_state(RegionId(2)), None);
+    assert_eq!(engine.region(RegionId(2)).unwrap().epoch.version, before.version + 2);
+}

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use regionkv_engine::manifest::{self, CheckpointRef, Manifest};
 use regionkv_engine::{
-    CheckpointFile, Compatibility, Engine, EngineOptions, Epoch, Peer, PeerId, Region, RegionId,
-    StoreId,
+    CheckpointFile, Compatibility, Engine, EngineOptions, Epoch, MergeState, Peer, PeerId, Region,
+    RegionId, StoreId,
 };
 use regionkv_wal::SimFs;
 
@@ -55,6 +55,13 @@ fn write_scenario() -> Result<(Vec<u8>, Vec<u8>), Box<dyn std::error::Error>> {
     let mut peers = region().peers;
     peers.push(Peer { id: PeerId(73), store: StoreId(3) });
     engine.change_peers(RegionId(7), peers, 43)?;
+    // Since manifest version 4: an empty region split (both images empty as of the
+    // split, no checkpoint file), and a merge of region 7 into region 8 prepared.
+    let right = Region { id: RegionId(8), start: b"z".to_vec(), end: None, ..region() };
+    engine.insert_region(right)?;
+    engine.split_at(RegionId(8), &[b"zz".to_vec()], &[RegionId(9)], 10, 5)?;
+    let merge = MergeState { target: RegionId(8), prepare_index: 44, prepare_term: 2 };
+    engine.prepare_merge(RegionId(7), merge, 44)?;
     engine.set_task_state("duplication", Some(b"stage=1".to_vec()))?;
     engine.close()?;
     let manifest = fs.contents(&manifest::path(Path::new("/golden"))).ok_or("no manifest")?;
@@ -151,7 +158,7 @@ fn golden_manifest_v3_decodes_field_by_field() -> TestResult {
     let (version, min_reader, compat) = Manifest::check_header(&bytes)?;
     // A version-2 reader would drop meta_index on rewrite, so it must refuse the file.
     assert_eq!((version, min_reader), (3, 3));
-    assert_eq!(compat, Compatibility::Compatible);
+    assert_eq!(compat, Compatibility::NeedsMigration { from: 3, to: 4 });
     let m = Manifest::decode(&bytes)?;
     assert_eq!(m.format_version, 3);
     assert_eq!(m.store_id, StoreId(1));
@@ -165,6 +172,46 @@ fn golden_manifest_v3_decodes_field_by_field() -> TestResult {
     let golden_checkpoint_len = std::fs::read(golden_dir().join("checkpoint-v1.bin"))?.len();
     assert_eq!(m.regions[0].checkpoints[0].file_bytes, Some(golden_checkpoint_len as u64));
     assert_eq!(m.tasks["duplication"], b"stage=1");
+    Ok(())
+}
+
+#[test]
+fn golden_manifest_v4_decodes_field_by_field() -> TestResult {
+    let bytes = std::fs::read(golden_dir().join("manifest-v4.bin"))?;
+    let (version, min_reader, compat) = Manifest::check_header(&bytes)?;
+    // A version-3 reader would drop the merge state on rewrite: it must refuse the file.
+    assert_eq!((version, min_reader), (4, 4));
+    assert_eq!(compat, Compatibility::Compatible);
+    let m = Manifest::decode(&bytes)?;
+    assert_eq!(m.format_version, 4);
+    let ids: Vec<RegionId> = m.regions.iter().map(|e| e.region.id).collect();
+    assert_eq!(ids, vec![RegionId(7), RegionId(8), RegionId(9)]);
+    let seven = &m.regions[0];
+    assert_eq!(seven.region.epoch, Epoch { version: 4, conf_ver: 3 }, "prepare bumps version");
+    assert_eq!(seven.meta_index, Some(44));
+    assert_eq!(
+        seven.merge,
+        Some(MergeState { target: RegionId(8), prepare_index: 44, prepare_term: 2 })
+    );
+    assert_eq!(seven.empty_at, None);
+    assert_eq!(seven.checkpoints.len(), 1);
+    for (entry, index, end) in [(&m.regions[1], 10, Some(b"zz".to_vec())), (&m.regions[2], 5, None)]
+    {
+        assert!(entry.checkpoints.is_empty(), "an empty image needs no file");
+        assert_eq!(entry.empty_at, Some(index));
+        assert_eq!(entry.meta_index, Some(index));
+        assert_eq!(entry.merge, None);
+        assert_eq!(entry.region.end, end);
+        assert_eq!(entry.region.epoch.version, region().epoch.version + 1);
+    }
+    Ok(())
+}
+
+/// Fields added in version 4 read as `None` from a version-3 file (design 5.4).
+#[test]
+fn golden_manifest_v3_has_no_version_4_fields() -> TestResult {
+    let m = Manifest::decode(&std::fs::read(golden_dir().join("manifest-v3.bin"))?)?;
+    assert!(m.regions.iter().all(|e| e.merge.is_none() && e.empty_at.is_none()));
     Ok(())
 }
 
