@@ -375,6 +375,11 @@ impl Engine {
         self.inner.regions.read().map.region_for_key(key).cloned()
     }
 
+    /// Hosted regions overlapping `[start, end)` (`end == None`: unbounded).
+    pub fn overlapping(&self, start: &[u8], end: Option<&[u8]>) -> Vec<Region> {
+        self.inner.regions.read().map.overlapping(start, end).cloned().collect()
+    }
+
     /// A copy of the region map.
     pub fn region_map(&self) -> RegionMap {
         self.inner.regions.read().map.clone()

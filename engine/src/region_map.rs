@@ -89,6 +89,25 @@ impl RegionMap {
         }
     }
 
+    /// Hosted regions that overlap `[start, end)` (`end == None`: unbounded), in key
+    /// order.
+    pub fn overlapping<'a>(
+        &'a self,
+        start: &'a [u8],
+        end: Option<&'a [u8]>,
+    ) -> impl Iterator<Item = &'a Region> + 'a {
+        // The slot holding `start`, then every slot that starts inside the range.
+        let first = self.slots.range::<[u8], _>((Unbounded, Included(start))).next_back();
+        let rest = self.slots.range::<[u8], _>((Excluded(start), Unbounded));
+        first
+            .into_iter()
+            .chain(rest.take_while(move |(s, _)| end.is_none_or(|end| s.as_slice() < end)))
+            .filter_map(|(_, slot)| match slot {
+                Slot::Hosted(id) => self.regions.get(id),
+                Slot::Absent => None,
+            })
+    }
+
     /// Hosted regions in key order.
     pub fn regions(&self) -> impl Iterator<Item = &Region> {
         self.slots.values().filter_map(|slot| match slot {
@@ -373,6 +392,24 @@ mod tests {
 
     fn r(id: u64, start: &[u8], end: Option<&[u8]>) -> Region {
         Region::new(RegionId(id), start.to_vec(), end.map(<[u8]>::to_vec))
+    }
+
+    #[test]
+    fn overlapping_finds_exactly_the_hosted_regions_in_a_range() {
+        let mut map = RegionMap::new();
+        map.insert(r(1, b"b", Some(b"d"))).unwrap();
+        map.insert(r(2, b"d", Some(b"f"))).unwrap();
+        map.insert(r(3, b"h", None)).unwrap();
+        let ids = |start: &[u8], end: Option<&[u8]>| -> Vec<u64> {
+            map.overlapping(start, end).map(|r| r.id.0).collect()
+        };
+        assert_eq!(ids(b"", None), vec![1, 2, 3]);
+        assert_eq!(ids(b"", Some(b"b")), Vec::<u64>::new());
+        assert_eq!(ids(b"c", Some(b"d")), vec![1]);
+        assert_eq!(ids(b"c", Some(b"d\0")), vec![1, 2]);
+        assert_eq!(ids(b"f", Some(b"h")), Vec::<u64>::new());
+        assert_eq!(ids(b"g", Some(b"i")), vec![3]);
+        assert_eq!(ids(b"zz", None), vec![3]);
     }
 
     #[test]

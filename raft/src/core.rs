@@ -12,7 +12,15 @@
 //!   (raft thesis 10.2.1);
 //! - `write`: a [`WriteTask`]: the staged log write to make durable, the messages that
 //!   may only leave after it is durable (votes, append responses), and the readies to
-//!   report back through `on_persisted` once it is.
+//!   report back through `on_persisted` once it is;
+//! - `controls`: [`Control`]s for regions another core owns (split children to create,
+//!   merge sources and targets to coordinate), for the driver to hand over through
+//!   [`StoreCore::on_control`].
+//!
+//! Committed entries of every region a flush pass touches are applied in one
+//! write-batch round ([`ApplyRound`]): the round prepares region after region, is cut
+//! (committed) before every admin command, and ends with the pass; replies, reads and
+//! checkpoints wait for the round's commit.
 //!
 //! The deterministic simulator and the threaded production driver both drive this
 //! same code; only where and when a `WriteTask` is persisted differs.
@@ -27,17 +35,19 @@ use raft::eraftpb::{
 };
 use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
 use regionkv_engine::checkpoint::CheckpointChunks;
-use regionkv_engine::{ApplyRound, CheckpointChunk, Engine, PeerId, Region, RegionId};
+use regionkv_engine::{
+    ApplyRound, CheckpointChunk, Engine, MergeState, PeerId, Region, RegionId, StoreId,
+};
 use regionkv_wal::{CancellationToken, Lsn, Timeline};
 
-use crate::command::{self, ChangePeersContext, Op, Write};
+use crate::command::{self, Admin, AdminCmd, ChangePeersContext, Command, Op, Write};
 use crate::config::{ReadMode, StoreConfig};
 use crate::error::{Error, Result};
 use crate::log::{LogState, LogWrite, RaftLog};
 use crate::logger::raft_logger;
 use crate::peer::{
-    ChangePeersRequest, Incoming, Peer, PeerChange, Proposal, Query, QueryResult, ReadRequest,
-    Reply, Waiting, WriteRequest,
+    AdminRequest, AdminResult, CatchUp, ChangePeersRequest, Incoming, MergeStatus, Paused, Peer,
+    PeerChange, Proposal, Query, QueryResult, ReadRequest, Reply, Waiting, WriteRequest,
 };
 use crate::storage::PeerStorage;
 use crate::transport::{Body, Envelope, KeyRange, SnapshotChunk};
@@ -83,6 +93,64 @@ impl StoreContext {
     }
 }
 
+/// The Raft index and term a region created by a split starts its log at: its log
+/// begins as if entries up to this index, of this term, had been compacted (raft-rs
+/// needs a non-zero starting point that no real entry of the child can have reached).
+pub const RAFT_INIT_INDEX: u64 = 5;
+/// See [`RAFT_INIT_INDEX`].
+pub const RAFT_INIT_TERM: u64 = 5;
+
+/// Work for the core that owns a region, handed over by another core (or queued by a
+/// core for itself). Splits and merges touch two regions; each region's state changes
+/// only in the core that owns it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Create the replica of split child `region`: the engine hosts it and its log
+    /// exists. It campaigns at once if the parent's leader was on this store.
+    Adopt {
+        /// The child.
+        region: RegionId,
+        /// Campaign now.
+        campaign: bool,
+    },
+    /// Merge target `target` here waits for merge source `source` here to apply its
+    /// log up to `index` (whose term is `term`).
+    CatchUp {
+        /// The source.
+        source: RegionId,
+        /// The target waiting.
+        target: RegionId,
+        /// Index of the source's prepare command.
+        index: u64,
+        /// Its term.
+        term: u64,
+    },
+    /// Merge source `source` here has applied its prepare command.
+    SourceReady {
+        /// The target waiting.
+        target: RegionId,
+        /// The source.
+        source: RegionId,
+    },
+    /// `source` was merged into a target here: its replica goes (the engine no
+    /// longer hosts it).
+    Merged {
+        /// The source.
+        source: RegionId,
+    },
+}
+
+impl Control {
+    /// The region whose core must handle this.
+    pub fn region(&self) -> RegionId {
+        match self {
+            Control::Adopt { region, .. } => *region,
+            Control::CatchUp { source, .. } | Control::Merged { source } => *source,
+            Control::SourceReady { target, .. } => *target,
+        }
+    }
+}
+
 /// A log write to make durable, and what waits for it.
 #[derive(Debug)]
 pub struct WriteTask {
@@ -101,6 +169,8 @@ pub struct Output {
     pub messages: Vec<Envelope>,
     /// Persist this, then send its messages and report its readies.
     pub write: Option<WriteTask>,
+    /// Hand these to the cores that own their regions ([`Control::region`]).
+    pub controls: Vec<Control>,
 }
 
 /// One peer's status, for monitors and tests.
@@ -146,6 +216,10 @@ pub struct StoreCore {
     outbox: Vec<Envelope>,
     after_persist: Vec<Envelope>,
     ticks: u64,
+    /// Controls for regions this core owns, handled at the start of each pass.
+    controls: VecDeque<Control>,
+    /// Controls for regions other cores own, for the driver.
+    foreign: Vec<Control>,
     /// Which regions this core owns, for cores that share a store.
     owns: Box<dyn Fn(RegionId) -> bool + Send>,
 }
@@ -196,11 +270,24 @@ impl StoreCore {
             outbox: Vec::new(),
             after_persist: Vec::new(),
             ticks: 0,
+            controls: VecDeque::new(),
+            foreign: Vec::new(),
             owns,
         };
         let hosted: HashMap<RegionId, Region> =
             core.ctx.engine.regions().into_iter().map(|r| (r.id, r)).collect();
-        let mut ids = core.ctx.log.region_ids();
+        let mut ids: Vec<RegionId> = core.ctx.log.region_ids();
+        // Hosted by the engine but without a log: a bootstrap that crashed between its
+        // engine change and its log write. The log is made from the engine's region.
+        let mut unlogged: Vec<&Region> = hosted
+            .values()
+            .filter(|r| (core.owns)(r.id) && core.ctx.log.state(r.id).is_none())
+            .collect();
+        unlogged.sort_by_key(|r| r.id);
+        for region in unlogged {
+            core.create_log_from_engine(region)?;
+            ids.push(region.id);
+        }
         ids.sort_unstable();
         for id in ids {
             if !(core.owns)(id) {
@@ -208,8 +295,7 @@ impl StoreCore {
             }
             let state = core.ctx.log.state(id).ok_or(Error::RegionNotFound { region: id })?;
             if let Some(region) = hosted.get(&id) {
-                let applied =
-                    core.ctx.engine.latest_checkpoint(id)?.map_or(0, |f| f.header().applied_index);
+                let applied = core.ctx.engine.image_index(id)?.unwrap_or(0);
                 core.add_peer(
                     region.clone(),
                     true,
@@ -217,6 +303,16 @@ impl StoreCore {
                     applied,
                     state.conf_index,
                 )?;
+            } else if !state.conf_state.voters.is_empty() || !state.conf_state.learners.is_empty() {
+                // An initialized log the engine does not host: the replica was removed
+                // (a membership change, or merged away) and a crash came before its log
+                // was tombstoned; or a split child whose split never became durable in
+                // the engine (the split is applied again from the parent's log).
+                tracing::info!(
+                    region = id.0,
+                    "tombstoning the log of a replica the engine no longer hosts"
+                );
+                core.ctx.log.stage_tombstone(&mut core.write, id);
             } else {
                 // In the log but not the engine: a replica waiting for its snapshot.
                 let region = Region::new(id, Vec::new(), Some(Vec::new()));
@@ -224,6 +320,42 @@ impl StoreCore {
             }
         }
         Ok(core)
+    }
+
+    /// Creates the log of a region the engine hosts: it starts after the region's
+    /// image (empty for a bootstrapped region; [`RAFT_INIT_INDEX`] for a split child),
+    /// with the region's peers as voters.
+    fn create_log_from_engine(&mut self, region: &Region) -> Result<()> {
+        let me = self.ctx.config.store_id;
+        let Some(peer) = region.peers.iter().find(|p| p.store == me) else {
+            return Err(Error::Internal(format!(
+                "region {} is hosted here but lists no peer on store {me}",
+                region.id
+            )));
+        };
+        let image = self.ctx.engine.image_index(region.id)?.unwrap_or(0);
+        let term = match image {
+            0 => 0,
+            RAFT_INIT_INDEX => RAFT_INIT_TERM,
+            _ => {
+                return Err(Error::Internal(format!(
+                    "region {} has an image at {image} but no log; restore this store from a replica",
+                    region.id
+                )));
+            }
+        };
+        let mut state = LogState {
+            first_index: image + 1,
+            truncated_term: term,
+            peer_id: peer.id.0,
+            conf_index: image,
+            ..LogState::default()
+        };
+        state.conf_state.voters = region.peers.iter().map(|p| p.id.0).collect();
+        state.hard_state.term = term;
+        state.hard_state.commit = image;
+        tracing::info!(region = region.id.0, image, "created the log of a hosted region");
+        self.ctx.log.create_region(&mut self.write, region.id, state)
     }
 
     fn add_peer(
@@ -236,10 +368,29 @@ impl StoreCore {
     ) -> Result<()> {
         let storage = PeerStorage::new(region.id, self.ctx.log.clone());
         let snapshot_slot = storage.snapshot_slot().clone();
-        let (first, _) = self.ctx.log.bounds(region.id)?;
+        let (first, last) = self.ctx.log.bounds(region.id)?;
         // raft-rs requires applied >= first_index - 1; a checkpoint older than the
         // compaction point would be a bug (compaction follows checkpoints).
         let applied = applied.max(first.saturating_sub(1));
+        if applied > last {
+            return Err(Error::Internal(format!(
+                "region {}: the engine's image is at index {applied}, past the end of the log \
+                 ({last}); a crash interrupted a snapshot install: restore this store from a \
+                 replica",
+                region.id
+            )));
+        }
+        // An image is written at the applied index, synchronously, while the hard state
+        // recording the commit index that allowed the apply is persisted with the next
+        // log write: a crash in between leaves the durable commit index behind the
+        // image. What was applied was committed, so the commit index moves up to it.
+        if let Some(state) = self.ctx.log.state(region.id)
+            && state.hard_state.commit < applied
+        {
+            let mut hs = state.hard_state;
+            hs.commit = applied;
+            self.ctx.log.stage(&mut self.write, region.id, Vec::new(), Some(&hs))?;
+        }
         let mut config = raft_config(&self.ctx.config, id.0, applied);
         if let Some(choose) = &self.ctx.election_ticks {
             // One fixed timeout per peer: raft-rs draws from [min, max), so max = min + 1.
@@ -248,6 +399,7 @@ impl StoreCore {
             config.max_election_tick = ticks + 1;
         }
         let raw = RawNode::new(&config, storage, &raft_logger())?;
+        let merge = if initialized { self.ctx.engine.merge_state(region.id) } else { None };
         let timeline = Timeline::new(
             format!("store-{}/region-{}", self.ctx.config.store_id, region.id),
             &self.ctx.cancel,
@@ -265,6 +417,7 @@ impl StoreCore {
                 batch: Vec::new(),
                 batch_bytes: 0,
                 proposals: VecDeque::new(),
+                reads_unissued: Vec::new(),
                 reads_pending: HashMap::new(),
                 reads_ready: VecDeque::new(),
                 next_read_ctx: 1,
@@ -278,6 +431,10 @@ impl StoreCore {
                 snapshot_applied: None,
                 timeline,
                 removed: false,
+                merge,
+                catch_up: None,
+                paused: None,
+                source_ready: None,
             },
         );
         self.dirty.insert(region_id);
@@ -350,10 +507,10 @@ impl StoreCore {
                 Body::SnapshotChunk(_) => return Ok(()), // the Raft message comes first
             };
             let Some(range) = range else { return Ok(()) };
-            if self
-                .peers
-                .values()
-                .any(|p| p.initialized && range.overlaps(&p.region.start, p.region.end.as_deref()))
+            // The engine knows every region of the store, whichever core owns it; one
+            // it hosts under this id is a split child whose replica is being created.
+            if self.ctx.engine.region(region).is_some()
+                || !self.ctx.engine.overlapping(&range.start, range.end.as_deref()).is_empty()
             {
                 return Ok(());
             }
@@ -448,7 +605,7 @@ impl StoreCore {
             (req.reply)(Err(e));
             return;
         }
-        if let Err(e) = peer.check_version(req.epoch) {
+        if let Err(e) = peer.check_version(req.epoch).and_then(|()| peer.check_not_merging()) {
             (req.reply)(Err(e));
             return;
         }
@@ -480,11 +637,22 @@ impl StoreCore {
             (req.reply)(Err(e));
             return;
         }
+        peer.reads_unissued.push(req);
+        self.dirty.insert(peer.region.id);
+    }
+
+    /// Sends the reads taken this turn to raft-rs as one `ReadIndex` request, once this
+    /// leader has committed an entry of its term (raft-rs drops a request before).
+    fn issue_reads(&mut self, region: RegionId) {
+        let Some(peer) = self.peers.get_mut(&region) else { return };
+        if peer.reads_unissued.is_empty() || !peer.raw.raft.commit_to_current_term() {
+            return;
+        }
         let ctx = peer.next_read_ctx;
         peer.next_read_ctx += 1;
         peer.raw.read_index(ctx.to_le_bytes().to_vec());
-        peer.reads_pending.entry(ctx).or_default().push(req);
-        self.dirty.insert(peer.region.id);
+        let reads = std::mem::take(&mut peer.reads_unissued);
+        peer.reads_pending.entry(ctx).or_default().extend(reads);
     }
 
     /// Takes a membership change (one peer at a time).
@@ -503,6 +671,10 @@ impl StoreCore {
                 region: req.region,
                 current: vec![peer.region.clone()],
             }));
+            return;
+        }
+        if let Err(e) = peer.check_not_merging() {
+            (req.reply)(Err(e));
             return;
         }
         let mut single = ConfChangeSingle::default();
@@ -546,6 +718,157 @@ impl StoreCore {
             waiting: Waiting::ChangePeers(req.reply),
         });
         self.dirty.insert(req.region);
+    }
+
+    /// Takes an admin command (split, prepare, commit or roll back a merge). It is
+    /// checked here against the leader's view, and again when applied, where the
+    /// decision is made from replicated state only.
+    pub fn on_admin(&mut self, req: AdminRequest) {
+        let Some(peer) = self.peers.get_mut(&req.region) else {
+            (req.reply)(Err(Error::RegionNotFound { region: req.region }));
+            return;
+        };
+        if !peer.is_leader() {
+            let e = peer.not_leader();
+            (req.reply)(Err(e));
+            return;
+        }
+        if let Err(e) = check_admin(peer, req.epoch, &req.cmd, peer.applied_index + 1) {
+            (req.reply)(Err(e));
+            return;
+        }
+        if let AdminCmd::PrepareMerge { .. } = req.cmd
+            && peer.raw.raft.pending_conf_index > peer.applied_index
+        {
+            (req.reply)(Err(Error::Dropped {
+                region: req.region,
+                reason: "a membership change is pending; merge after it applied",
+            }));
+            return;
+        }
+        let data = command::encode_admin(&Admin { epoch: req.epoch, cmd: req.cmd });
+        let before = peer.raw.raft.raft_log.last_index();
+        if let Err(e) = peer.raw.propose(Vec::new(), data) {
+            (req.reply)(Err(e.into()));
+            return;
+        }
+        let index = peer.raw.raft.raft_log.last_index();
+        if index == before {
+            (req.reply)(Err(Error::Dropped {
+                region: req.region,
+                reason: "raft-rs dropped the proposal",
+            }));
+            return;
+        }
+        peer.proposals.push_back(Proposal {
+            index,
+            term: peer.raw.raft.term,
+            waiting: Waiting::Admin(req.reply),
+        });
+        self.dirty.insert(req.region);
+    }
+
+    /// The merge status of `region`, as its leader sees it.
+    pub fn merge_status(&self, region: RegionId) -> Result<MergeStatus> {
+        let peer = self.peers.get(&region).ok_or(Error::RegionNotFound { region })?;
+        if !peer.is_leader() {
+            return Err(peer.not_leader());
+        }
+        let all_matched = peer.merge.is_some_and(|m| {
+            peer.raw.raft.prs().iter().all(|(_, pr)| pr.matched >= m.prepare_index)
+        });
+        Ok(MergeStatus { region: peer.region.clone(), merge: peer.merge, all_matched })
+    }
+
+    /// Takes a [`Control`] for a region this core owns.
+    pub fn on_control(&mut self, control: Control) {
+        self.controls.push_back(control);
+    }
+
+    /// Queues `control` for the core that owns its region.
+    fn send_control(&mut self, control: Control) {
+        if (self.owns)(control.region()) {
+            self.controls.push_back(control);
+        } else {
+            self.foreign.push(control);
+        }
+    }
+
+    fn run_controls(&mut self) {
+        while let Some(control) = self.controls.pop_front() {
+            let region = control.region();
+            if let Err(e) = self.run_control(control) {
+                Self::on_peer_error(region, &e);
+            }
+        }
+    }
+
+    #[allow(
+        clippy::needless_pass_by_value,
+        reason = "a control is handled once: taking it says so"
+    )]
+    fn run_control(&mut self, control: Control) -> Result<()> {
+        match control {
+            Control::Adopt { region, campaign } => {
+                if self.peers.contains_key(&region) {
+                    return Ok(());
+                }
+                let hosted =
+                    self.ctx.engine.region(region).ok_or(Error::RegionNotFound { region })?;
+                let state = self.ctx.log.state(region).ok_or(Error::RegionNotFound { region })?;
+                let applied = self.ctx.engine.image_index(region)?.unwrap_or(RAFT_INIT_INDEX);
+                self.tombstones.remove(&region);
+                self.add_peer(hosted, true, PeerId(state.peer_id), applied, state.conf_index)?;
+                if campaign {
+                    let peer = self.peers.get_mut(&region).expect("just added");
+                    peer.raw.campaign()?;
+                }
+                tracing::info!(region = region.0, campaign, "created the replica of a split child");
+            }
+            Control::CatchUp { source, target, index, term } => {
+                let Some(peer) = self.peers.get_mut(&source) else {
+                    tracing::warn!(
+                        source = source.0,
+                        target = target.0,
+                        "merge source has no replica here"
+                    );
+                    return Ok(());
+                };
+                peer.catch_up = Some(CatchUp { target, index });
+                let log = &mut peer.raw.raft.raft_log;
+                // The target committed its merge, so the source's prepare command is
+                // committed in the source's group; if this replica's log holds that very
+                // entry, it may commit it without hearing from the source's leader
+                // (which may be gone already).
+                if peer.applied_index < index
+                    && log.committed < index
+                    && log.persisted >= index
+                    && log.term(index).ok() == Some(term)
+                {
+                    log.commit_to(index);
+                }
+                self.dirty.insert(source);
+                self.check_catch_up(source);
+            }
+            Control::SourceReady { target, source } => {
+                if let Some(peer) = self.peers.get_mut(&target) {
+                    peer.source_ready = Some(source);
+                    self.dirty.insert(target);
+                }
+            }
+            Control::Merged { source } => self.destroy(source)?,
+        }
+        Ok(())
+    }
+
+    /// Tells a waiting merge target once this source replica applied far enough.
+    fn check_catch_up(&mut self, source: RegionId) {
+        let Some(peer) = self.peers.get_mut(&source) else { return };
+        let Some(catch_up) = peer.catch_up else { return };
+        if peer.applied_index >= catch_up.index {
+            peer.catch_up = None;
+            self.send_control(Control::SourceReady { target: catch_up.target, source });
+        }
     }
 
     /// Asks the leader of `region` to hand leadership to `to`.
@@ -596,19 +919,48 @@ impl StoreCore {
 
     /// True if any peer may have work for `flush`.
     pub fn has_work(&self) -> bool {
-        !self.dirty.is_empty() || !self.outbox.is_empty() || !self.write.is_empty()
+        !self.dirty.is_empty()
+            || !self.outbox.is_empty()
+            || !self.write.is_empty()
+            || !self.controls.is_empty()
+            || !self.foreign.is_empty()
     }
 
     /// Handles every pending ready: proposes batched writes, applies what committed,
     /// stages what must be persisted. See the module docs for what comes out.
     pub fn flush(&mut self) -> Output {
         for _ in 0..MAX_READY_PASSES {
+            self.run_controls();
             if self.dirty.is_empty() {
                 break;
             }
             let dirty = std::mem::take(&mut self.dirty);
+            let engine = self.ctx.engine.clone();
+            let mut applier = Applier::new(&engine);
+            let mut touched = Vec::new();
             for region in dirty {
-                if let Err(e) = self.flush_peer(region) {
+                match self.flush_peer(region, &mut applier) {
+                    Ok(true) => touched.push(region),
+                    Ok(false) => {}
+                    Err(e) => {
+                        Self::on_peer_error(region, &e);
+                        applier.failed = true;
+                    }
+                }
+            }
+            // The pass's round ends: what every region wrote becomes visible together,
+            // then their clients hear of it.
+            if let Err(e) = applier.finish() {
+                if !e.is_cancelled() {
+                    // Entries were taken as applied; the store must not go on from a
+                    // state it does not have. A restart replays them from the log.
+                    tracing::error!(store = self.ctx.config.store_id.0, error = %e, "apply failed; the store stops");
+                }
+                self.ctx.cancel.cancel();
+                break;
+            }
+            for region in touched {
+                if let Err(e) = self.after_apply(region) {
                     Self::on_peer_error(region, &e);
                 }
             }
@@ -624,7 +976,7 @@ impl StoreCore {
                     readies: std::mem::take(&mut self.readies),
                 })
             };
-        Output { messages, write }
+        Output { messages, write, controls: std::mem::take(&mut self.foreign) }
     }
 
     fn on_peer_error(region: RegionId, error: &Error) {
@@ -635,12 +987,22 @@ impl StoreCore {
         }
     }
 
-    fn flush_peer(&mut self, region: RegionId) -> Result<()> {
+    /// Handles one peer's ready; true if it applied entries into `applier` (the rest
+    /// of its turn comes after the round is committed, in `after_apply`).
+    fn flush_peer(&mut self, region: RegionId, applier: &mut Applier<'_>) -> Result<bool> {
         self.propose_batch(region);
+        self.issue_reads(region);
         self.prepare_snapshot(region)?;
-        let Some(peer) = self.peers.get_mut(&region) else { return Ok(()) };
+        let Some(peer) = self.peers.get_mut(&region) else { return Ok(false) };
+        let resume = peer.paused.as_ref().is_some_and(|p| peer.source_ready == Some(p.source));
+        if resume {
+            // The source caught up: apply what was held back, the commit merge first.
+            let held = peer.paused.take().map(|p| p.entries).unwrap_or_default();
+            self.apply(region, held, applier)?;
+            return Ok(true);
+        }
         if !peer.raw.has_ready() {
-            return Ok(());
+            return Ok(false);
         }
         let mut ready = peer.raw.ready();
         let me = self.ctx.config.store_id;
@@ -659,8 +1021,9 @@ impl StoreCore {
 
         // Committed entries (already durable here): apply them.
         let committed = ready.take_committed_entries();
-        if !committed.is_empty() {
-            self.apply(region, &committed)?;
+        let has_committed = !committed.is_empty();
+        if has_committed {
+            self.apply(region, committed, applier)?;
         }
 
         let peer = self.peers.get_mut(&region).expect("present");
@@ -692,12 +1055,26 @@ impl StoreCore {
         }
         self.readies.push((region, number));
         self.route(region, persisted, true);
+        if !has_committed {
+            self.serve_reads(region);
+        }
+        self.dirty.insert(region); // a later pass may have a light ready
+        Ok(has_committed)
+    }
+
+    /// The rest of a peer's turn once the round holding what it applied is
+    /// committed: raft-rs learns the applied index, reads at it are served, a
+    /// checkpoint may be due, a removed replica goes.
+    fn after_apply(&mut self, region: RegionId) -> Result<()> {
+        let Some(peer) = self.peers.get_mut(&region) else { return Ok(()) };
+        peer.raw.advance_apply_to(peer.applied_index);
         self.serve_reads(region);
+        self.check_catch_up(region);
         self.maybe_checkpoint(region)?;
         if self.peers.get(&region).is_some_and(|p| p.removed) {
             self.destroy(region)?;
         } else {
-            self.dirty.insert(region); // a later pass may have a light ready
+            self.dirty.insert(region);
         }
         Ok(())
     }
@@ -840,7 +1217,9 @@ impl StoreCore {
         let Some(peer) = self.peers.get_mut(&region) else { return Ok(()) };
         let wanted = peer.snapshot_slot.lock().wanted.take();
         let Some(wanted) = wanted else { return Ok(()) };
-        if peer.applied_index < wanted || !peer.initialized {
+        // A merge source makes no snapshot: a replica that needs one cannot have the
+        // prepare command in its log, and the merge waits (or rolls back) instead.
+        if peer.applied_index < wanted || !peer.initialized || peer.merge.is_some() {
             peer.snapshot_slot.lock().wanted = Some(wanted);
             return Ok(());
         }
@@ -902,47 +1281,71 @@ impl StoreCore {
         Ok(())
     }
 
-    /// Applies committed entries of one region, in write-batch rounds, through the
-    /// region's timeline. Replies are released only once the round holding their
-    /// writes is committed.
-    fn apply(&mut self, region: RegionId, entries: &[Entry]) -> Result<()> {
-        let engine = self.ctx.engine.clone();
-        let mut applier = Applier::new(&engine);
-        let last = entries.last().map_or(0, |e| e.index);
-        let timeline = self.peers[&region].timeline.clone();
-        let result = timeline.ingest(Lsn(last), || -> Result<(), regionkv_wal::IngestError> {
-            for entry in entries {
-                self.apply_entry(region, entry, &mut applier).map_err(ingest_error)?;
-            }
-            applier.cut().map_err(ingest_error)
-        });
-        let replies = std::mem::take(&mut applier.replies);
-        drop(applier);
-        match result {
-            Ok(()) => {
-                for (reply, r) in replies {
-                    reply(r);
-                }
+    /// Applies committed entries of one region into the pass's round, each through
+    /// the region's timeline. A commit merge whose source replica here has not caught
+    /// up yet holds itself and everything after it back (`Peer::paused`).
+    fn apply(
+        &mut self,
+        region: RegionId,
+        entries: Vec<Entry>,
+        applier: &mut Applier<'_>,
+    ) -> Result<()> {
+        let peer = self.peers.get_mut(&region).expect("present");
+        if let Some(paused) = peer.paused.as_mut() {
+            paused.entries.extend(entries);
+            return Ok(());
+        }
+        let timeline = peer.timeline.clone();
+        let mut entries = entries.into_iter();
+        while let Some(entry) = entries.next() {
+            if let Some((source, index, term)) = self.merge_wait(region, &entry) {
+                let held: Vec<Entry> = std::iter::once(entry).chain(entries).collect();
+                tracing::info!(
+                    target = region.0,
+                    source = source.0,
+                    index,
+                    "merge waits for its source to catch up"
+                );
                 let peer = self.peers.get_mut(&region).expect("present");
-                peer.raw.advance_apply_to(peer.applied_index);
-                Ok(())
+                peer.paused = Some(Paused { source, entries: held });
+                self.send_control(Control::CatchUp { source, target: region, index, term });
+                return Ok(());
             }
-            Err(e) => {
-                let cancelled = e.is_cancelled();
-                for (reply, _) in replies {
-                    reply(Err(if cancelled {
+            timeline
+                .ingest(Lsn(entry.index), || {
+                    self.apply_entry(region, &entry, applier).map_err(ingest_error)
+                })
+                .map_err(|e| {
+                    if e.is_cancelled() {
                         Error::Cancelled
                     } else {
-                        Error::Internal(format!("apply failed: {e}"))
-                    }));
-                }
-                Err(if cancelled {
-                    Error::Cancelled
-                } else {
-                    Error::Internal(format!("apply of region {} failed: {e}", region.0))
-                })
-            }
+                        Error::Internal(format!("apply of region {} failed: {e}", region.0))
+                    }
+                })?;
         }
+        Ok(())
+    }
+
+    /// If `entry` is a commit merge that will apply but whose source replica here has
+    /// not reported catching up: the source, and the index and term it must reach.
+    fn merge_wait(&self, region: RegionId, entry: &Entry) -> Option<(RegionId, u64, u64)> {
+        if entry.get_entry_type() != EntryType::EntryNormal || !command::is_admin(&entry.data) {
+            return None;
+        }
+        let Ok(Command::Admin(admin)) = command::decode(&entry.data) else { return None };
+        let AdminCmd::CommitMerge { source, prepare_index, prepare_term } = &admin.cmd else {
+            return None;
+        };
+        let peer = self.peers.get(&region)?;
+        let meta_index = self.ctx.engine.meta_index(region).unwrap_or(peer.checkpoint_index);
+        if entry.index <= peer.applied_index
+            || entry.index <= meta_index
+            || check_admin(peer, admin.epoch, &admin.cmd, entry.index).is_err()
+            || peer.source_ready == Some(source.id)
+        {
+            return None;
+        }
+        Some((source.id, *prepare_index, *prepare_term))
     }
 
     /// Applies one committed entry and resolves the proposal waiting for it.
@@ -961,28 +1364,168 @@ impl StoreCore {
             observe(region, entry.index, entry.term, &entry.data);
         }
         let outcome = match entry.get_entry_type() {
-            EntryType::EntryNormal if entry.data.is_empty() => Vec::new(), // a new leader's no-op
-            EntryType::EntryNormal => {
-                let writes = command::decode_writes(&entry.data).map_err(|e| {
-                    Error::Internal(format!("undecodable entry {}: {}", entry.index, e.reason))
-                })?;
-                let mut results = Vec::with_capacity(writes.len());
-                for write in &writes {
-                    results.push(applier.write(peer, write)?);
+            EntryType::EntryNormal if entry.data.is_empty() => Outcome::Nothing, // a new leader's no-op
+            EntryType::EntryNormal => match command::decode(&entry.data).map_err(|e| {
+                Error::Internal(format!("undecodable entry {}: {}", entry.index, e.reason))
+            })? {
+                Command::Writes(writes) => {
+                    let mut results = Vec::with_capacity(writes.len());
+                    for write in &writes {
+                        results.push(applier.write(peer, write)?);
+                    }
+                    Outcome::Writes(results)
                 }
-                results
-            }
+                Command::Admin(admin) => {
+                    // Admin commands change durable metadata; the data before them
+                    // (of every region in the round) lands first.
+                    applier.cut()?;
+                    Outcome::Admin(self.apply_admin(region, entry, admin)?)
+                }
+            },
             EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                // Admin commands change durable metadata; the data before them lands first.
                 applier.cut()?;
                 self.apply_conf_change(region, entry)?;
-                Vec::new()
+                Outcome::Nothing
             }
         };
         let peer = self.peers.get_mut(&region).expect("present");
         peer.applied_index = entry.index;
         resolve_proposals(peer, entry, outcome, &mut applier.replies);
         Ok(())
+    }
+
+    /// Applies an admin command. The outer result fails the apply (the store stops);
+    /// the inner one is the command's outcome, decided from replicated state only, so
+    /// that every replica decides alike.
+    fn apply_admin(
+        &mut self,
+        region: RegionId,
+        entry: &Entry,
+        admin: Admin,
+    ) -> Result<Result<AdminResult>> {
+        let peer = self.peers.get_mut(&region).expect("present");
+        let meta_index = self.ctx.engine.meta_index(region).unwrap_or(peer.checkpoint_index);
+        if entry.index <= meta_index {
+            // Applied before a restart: the engine's metadata (and for a split, the
+            // children's replicas) reflect it already.
+            peer.region = self.ctx.engine.region(region).ok_or(Error::RegionNotFound { region })?;
+            peer.merge = self.ctx.engine.merge_state(region);
+            return Ok(Err(Error::Dropped { region, reason: "applied before a restart" }));
+        }
+        if let Err(refused) = check_admin(peer, admin.epoch, &admin.cmd, entry.index) {
+            tracing::info!(region = region.0, index = entry.index, error = %refused, "admin command refused");
+            return Ok(Err(refused));
+        }
+        let result = match admin.cmd {
+            AdminCmd::Split { split_keys, new_ids } => {
+                self.apply_split(region, entry, &split_keys, &new_ids)?
+            }
+            AdminCmd::PrepareMerge { target } => {
+                let merge = MergeState {
+                    target: target.id,
+                    prepare_index: entry.index,
+                    prepare_term: entry.term,
+                };
+                let source = self.ctx.engine.prepare_merge(region, merge, entry.index)?;
+                let peer = self.peers.get_mut(&region).expect("present");
+                peer.region = source.clone();
+                peer.merge = Some(merge);
+                peer.fail_unproposed(|| Error::Merging { region, target: target.id });
+                tracing::info!(
+                    source = region.0,
+                    target = target.id.0,
+                    index = entry.index,
+                    "merge prepared"
+                );
+                AdminResult::Prepared {
+                    source,
+                    prepare_index: entry.index,
+                    prepare_term: entry.term,
+                }
+            }
+            AdminCmd::CommitMerge { source, prepare_index, prepare_term } => {
+                let expected = MergeState { target: region, prepare_index, prepare_term };
+                if self.ctx.engine.merge_state(source.id) != Some(expected) {
+                    return Err(Error::Internal(format!(
+                        "commit merge of region {} into {region} at {}: the source here is not \
+                         prepared as the committed command says",
+                        source.id, entry.index
+                    )));
+                }
+                let merged = self.ctx.engine.merge_at(source.id, region, entry.index)?;
+                let peer = self.peers.get_mut(&region).expect("present");
+                peer.region = merged.clone();
+                peer.source_ready = None;
+                self.send_control(Control::Merged { source: source.id });
+                tracing::info!(
+                    source = source.id.0,
+                    target = region.0,
+                    index = entry.index,
+                    "merge committed"
+                );
+                AdminResult::Merged(merged)
+            }
+            AdminCmd::RollbackMerge { .. } => {
+                let source = self.ctx.engine.rollback_merge(region, entry.index)?;
+                let peer = self.peers.get_mut(&region).expect("present");
+                peer.region = source.clone();
+                peer.merge = None;
+                tracing::info!(source = region.0, index = entry.index, "merge rolled back");
+                AdminResult::RolledBack(source)
+            }
+        };
+        Ok(Ok(result))
+    }
+
+    /// Splits `region` at the split command `entry`: the children's logs are made
+    /// durable first, then the engine splits (a checkpoint barrier), then the
+    /// children's replicas are created. A crash in between leaves logs of children the
+    /// engine does not host: they are tombstoned at the next open, and the split is
+    /// applied again from the parent's log.
+    fn apply_split(
+        &mut self,
+        region: RegionId,
+        entry: &Entry,
+        split_keys: &[Vec<u8>],
+        new_ids: &[RegionId],
+    ) -> Result<AdminResult> {
+        let peer = self.peers.get(&region).expect("present");
+        let conf_state = peer.raw.raft.prs().conf().to_conf_state();
+        let peer_id = peer.id;
+        let campaign = peer.is_leader();
+        let mut leftovers = self.ctx.log.begin_write();
+        for id in new_ids {
+            if self.ctx.log.state(*id).is_some() {
+                self.ctx.log.stage_tombstone(&mut leftovers, *id);
+            }
+        }
+        if !leftovers.is_empty() {
+            self.ctx.log.persist(leftovers)?;
+        }
+        let mut write = self.ctx.log.begin_write();
+        for id in new_ids {
+            let mut state = LogState {
+                first_index: RAFT_INIT_INDEX + 1,
+                truncated_term: RAFT_INIT_TERM,
+                conf_state: conf_state.clone(),
+                peer_id: peer_id.0,
+                conf_index: RAFT_INIT_INDEX,
+                ..LogState::default()
+            };
+            state.hard_state.term = RAFT_INIT_TERM;
+            state.hard_state.commit = RAFT_INIT_INDEX;
+            self.ctx.log.create_region(&mut write, *id, state)?;
+        }
+        self.ctx.log.persist(write)?;
+        let parts =
+            self.ctx.engine.split_at(region, split_keys, new_ids, entry.index, RAFT_INIT_INDEX)?;
+        let peer = self.peers.get_mut(&region).expect("present");
+        peer.region = parts[0].clone();
+        for child in &parts[1..] {
+            self.send_control(Control::Adopt { region: child.id, campaign });
+        }
+        tracing::info!(region = region.0, index = entry.index, children = ?new_ids, "split");
+        Ok(AdminResult::Split(parts))
     }
 
     /// Applies a membership change: raft-rs's configuration and the region's peers.
@@ -1004,6 +1547,22 @@ impl StoreCore {
         let ctx = command::decode_change_peers(&entry.context).map_err(|e| {
             Error::Internal(format!("conf change context at {}: {}", entry.index, e.reason))
         })?;
+        // A prepared merge source keeps its members: a change proposed before the
+        // prepare and committed after it applies as no change (the merge's commit
+        // relies on the members the prepare saw).
+        if peer.merge.is_some_and(|m| entry.index > m.prepare_index) {
+            if entry.index > peer.conf_index {
+                let cs = peer.raw.apply_conf_change(&ConfChangeV2::default())?;
+                self.ctx.log.stage_conf_state(&mut self.write, region, cs, entry.index)?;
+                peer.conf_index = entry.index;
+            }
+            tracing::info!(
+                region = region.0,
+                index = entry.index,
+                "membership change refused: a merge is prepared"
+            );
+            return Ok(());
+        }
         if entry.index > peer.conf_index {
             let cs = peer.raw.apply_conf_change(&cc)?;
             self.ctx.log.stage_conf_state(&mut self.write, region, cs, entry.index)?;
@@ -1063,6 +1622,7 @@ impl StoreCore {
         if !peer.initialized
             || peer.applied_bytes_since_checkpoint < self.ctx.config.checkpoint_log_bytes
             || peer.applied_index <= peer.checkpoint_index
+            || peer.merge.is_some()
         {
             return Ok(());
         }
@@ -1084,7 +1644,8 @@ impl StoreCore {
     fn destroy(&mut self, region: RegionId) -> Result<()> {
         let Some(mut peer) = self.peers.remove(&region) else { return Ok(()) };
         peer.fail_all(|| Error::RegionNotFound { region });
-        if peer.initialized {
+        // A merged source is gone from the engine already.
+        if peer.initialized && self.ctx.engine.region(region).is_some() {
             self.ctx.engine.remove_region(region)?;
         }
         self.ctx.log.stage_tombstone(&mut self.write, region);
@@ -1133,7 +1694,8 @@ fn op_value_len(op: &Op) -> usize {
     }
 }
 
-/// The write-batch round of one apply pass, and the replies waiting for it.
+/// The write-batch round of one flush pass over every region it touches, and the
+/// replies waiting for it.
 struct Applier<'e> {
     engine: &'e Engine,
     round: ApplyRound<'e>,
@@ -1141,6 +1703,9 @@ struct Applier<'e> {
     bytes: usize,
     max_bytes: usize,
     replies: Vec<(Reply<()>, Result<()>)>,
+    /// Set when a region's apply failed: the round may hold part of a write and must
+    /// not be committed.
+    failed: bool,
 }
 
 impl<'e> Applier<'e> {
@@ -1151,14 +1716,46 @@ impl<'e> Applier<'e> {
             bytes: 0,
             max_bytes: engine.max_round_bytes(),
             replies: Vec::new(),
+            failed: false,
         }
+    }
+
+    /// Ends the pass: commits the round (dropped, uncommitted, if an apply failed)
+    /// and answers every client whose write it held.
+    fn finish(mut self) -> Result<()> {
+        let result = if self.failed {
+            Err(Error::Internal("an apply failed; the round is dropped".into()))
+        } else {
+            self.cut()
+        };
+        let replies = std::mem::take(&mut self.replies);
+        match &result {
+            Ok(()) => replies.into_iter().for_each(|(reply, r)| reply(r)),
+            Err(e) => {
+                let cancelled = e.is_cancelled();
+                for (reply, _) in replies {
+                    reply(Err(if cancelled {
+                        Error::Cancelled
+                    } else {
+                        Error::Internal(format!("apply failed: {e}"))
+                    }));
+                }
+            }
+        }
+        result
     }
 
     /// Commits the current round (its writes become visible) and opens a fresh one.
     fn cut(&mut self) -> Result<()> {
+        if self.failed {
+            return Err(Error::Internal("an apply failed; the round is dropped".into()));
+        }
         let full = std::mem::replace(&mut self.round, self.engine.begin_round());
         self.bytes = 0;
-        full.commit()?;
+        if let Err(e) = full.commit() {
+            self.failed = true;
+            return Err(e.into());
+        }
         Ok(())
     }
 
@@ -1204,7 +1801,7 @@ fn check_write(peer: &Peer, write: &Write) -> Result<()> {
 fn resolve_proposals(
     peer: &mut Peer,
     entry: &Entry,
-    outcome: Vec<Result<()>>,
+    outcome: Outcome,
     replies: &mut Vec<(Reply<()>, Result<()>)>,
 ) {
     let region = peer.region.id;
@@ -1214,8 +1811,17 @@ fn resolve_proposals(
         let proposal = peer.proposals.pop_front().expect("checked");
         let matched = proposal.index == entry.index && proposal.term == entry.term;
         match proposal.waiting {
+            Waiting::Admin(reply) if matched => match outcome.take() {
+                Some(Outcome::Admin(result)) => reply(result),
+                _ => reply(Err(Error::Internal("an admin proposal matched another entry".into()))),
+            },
+            Waiting::Admin(reply) => reply(Err(dropped())),
             Waiting::Writes(waiting) if matched => {
-                let mut results = outcome.take().unwrap_or_default().into_iter();
+                let results = match outcome.take() {
+                    Some(Outcome::Writes(results)) => results,
+                    _ => Vec::new(),
+                };
+                let mut results = results.into_iter();
                 for reply in waiting {
                     let r = results.next().unwrap_or_else(|| {
                         Err(Error::Internal("fewer results than writes".into()))
@@ -1230,6 +1836,102 @@ fn resolve_proposals(
             Waiting::ChangePeers(reply) => reply(Err(dropped())),
         }
     }
+}
+
+/// What applying one entry produced, for the proposal waiting on it.
+enum Outcome {
+    /// A no-op or membership change (whose proposer is answered when it applies).
+    Nothing,
+    /// One result per client write of the entry.
+    Writes(Vec<Result<()>>),
+    /// An admin command's result.
+    Admin(Result<AdminResult>),
+}
+
+/// Why an admin command must not apply at `index` (`applied + 1` when proposing):
+/// checked by the leader before proposing and by every replica when applying, from the
+/// region's replicated state only.
+fn check_admin(
+    peer: &Peer,
+    epoch: regionkv_engine::Epoch,
+    cmd: &AdminCmd,
+    index: u64,
+) -> Result<()> {
+    let region = &peer.region;
+    let stale = || Error::EpochNotMatch { region: region.id, current: vec![region.clone()] };
+    let invalid = |reason: &str| Error::InvalidRequest(format!("region {}: {reason}", region.id));
+    let merging = peer.merge.filter(|m| index > m.prepare_index);
+    let neighbours = |other: &Region| {
+        other.id != region.id
+            && (other.end.as_ref() == Some(&region.start)
+                || region.end.as_ref() == Some(&other.start))
+    };
+    let same_stores = |other: &Region| {
+        let stores = |r: &Region| {
+            let mut s: Vec<StoreId> = r.peers.iter().map(|p| p.store).collect();
+            s.sort_unstable();
+            s
+        };
+        stores(other) == stores(region)
+    };
+    match cmd {
+        AdminCmd::Split { split_keys, new_ids } => {
+            if epoch.version != region.epoch.version {
+                return Err(stale());
+            }
+            if let Some(m) = merging {
+                return Err(Error::Merging { region: region.id, target: m.target });
+            }
+            if split_keys.is_empty() || split_keys.len() != new_ids.len() {
+                return Err(invalid("a split needs one new region id per split key"));
+            }
+            if !split_keys.windows(2).all(|w| w[0] < w[1]) {
+                return Err(invalid("split keys are not strictly increasing"));
+            }
+            let first = &split_keys[0];
+            let last = &split_keys[split_keys.len() - 1];
+            if *first <= region.start || region.end.as_ref().is_some_and(|end| last >= end) {
+                return Err(invalid("split keys must be strictly inside the region"));
+            }
+            let mut ids: Vec<RegionId> = new_ids.clone();
+            ids.sort_unstable();
+            ids.dedup();
+            if ids.len() != new_ids.len() || ids.contains(&region.id) {
+                return Err(invalid("new region ids must be distinct and new"));
+            }
+        }
+        AdminCmd::PrepareMerge { target } => {
+            if epoch != region.epoch {
+                return Err(stale());
+            }
+            if let Some(m) = merging {
+                return Err(Error::Merging { region: region.id, target: m.target });
+            }
+            if !neighbours(target) {
+                return Err(invalid("a merge target must be a neighbour"));
+            }
+            if !same_stores(target) {
+                return Err(invalid("a merge target must have replicas on the same stores"));
+            }
+        }
+        AdminCmd::CommitMerge { source, .. } => {
+            if epoch != region.epoch {
+                return Err(stale());
+            }
+            if let Some(m) = merging {
+                return Err(Error::Merging { region: region.id, target: m.target });
+            }
+            if !neighbours(source) || !same_stores(source) {
+                return Err(invalid("the merge source is not a neighbour on the same stores"));
+            }
+        }
+        AdminCmd::RollbackMerge { prepare_index } => {
+            if merging.is_none_or(|m| m.prepare_index != *prepare_index) {
+                return Err(invalid("no merge prepared at that index"));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn run_query(

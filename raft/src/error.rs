@@ -43,6 +43,24 @@ pub enum Error {
         /// The region.
         region: RegionId,
     },
+    /// The region is the source of a prepared merge and takes no writes until the
+    /// merge commits (its keys then belong to the target) or rolls back; retry.
+    #[error("region {} is merging into region {}; retry", region.0, target.0)]
+    Merging {
+        /// The region.
+        region: RegionId,
+        /// The region it merges into.
+        target: RegionId,
+    },
+    /// A merge was rolled back: the source takes writes again, nothing moved. It may
+    /// be tried again.
+    #[error("merge of region {} rolled back: {reason}", region.0)]
+    MergeAborted {
+        /// The region that was to merge away (the source).
+        region: RegionId,
+        /// Why.
+        reason: &'static str,
+    },
     /// The proposal was dropped (leadership changed, or its entry was overwritten)
     /// before it committed; its outcome is known: not applied. Retry.
     #[error("proposal to region {} dropped before commit ({reason}); retry", region.0)]
@@ -85,6 +103,10 @@ pub enum Error {
         /// What check failed.
         reason: String,
     },
+    /// The request can never succeed as asked (bad split keys, a merge of regions
+    /// that are not neighbours, ...); fix the request.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
     /// A message from the network did not decode; it was dropped.
     #[error("malformed message: {0}")]
     Malformed(String),
@@ -110,6 +132,7 @@ impl Error {
             | Error::EpochNotMatch { .. }
             | Error::KeyNotInRegion { .. }
             | Error::RegionNotFound { .. }
+            | Error::Merging { .. }
             | Error::Dropped { .. } => true,
             Error::RegionExists { .. }
             | Error::Cancelled
@@ -118,6 +141,8 @@ impl Error {
             | Error::Unavailable { .. }
             | Error::LogCorruption { .. }
             | Error::Malformed(_)
+            | Error::InvalidRequest(_)
+            | Error::MergeAborted { .. }
             | Error::Wal(_)
             | Error::Engine(_)
             | Error::Raft(_)

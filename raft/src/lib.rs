@@ -3,6 +3,7 @@
 // File offsets and lengths are u64 on disk and usize in memory; see the workspace lints.
 const _: () = assert!(usize::BITS == 64, "regionkv supports 64-bit targets only");
 
+pub mod admin;
 mod command;
 mod config;
 mod core;
@@ -16,14 +17,16 @@ mod storage;
 mod store;
 pub mod transport;
 
-pub use command::{Op, Write};
+pub use command::{AdminCmd, Op, Write};
 pub use config::{ReadMode, StoreConfig};
 pub use core::{
-    ApplyObserver, ElectionTicks, Output, PeerStatus, StoreContext, StoreCore, WriteTask,
+    ApplyObserver, Control, ElectionTicks, Output, PeerStatus, RAFT_INIT_INDEX, RAFT_INIT_TERM,
+    StoreContext, StoreCore, WriteTask,
 };
 pub use error::{Error, Result};
 pub use peer::{
-    ChangePeersRequest, PeerChange, Query, QueryResult, ReadRequest, Reply, WriteRequest,
+    AdminRequest, AdminResult, ChangePeersRequest, MergeStatus, PeerChange, Query, QueryResult,
+    ReadRequest, Reply, WriteRequest,
 };
 pub use storage::PeerStorage;
 pub use store::{Store, StoreOptions};

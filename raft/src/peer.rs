@@ -6,13 +6,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use raft::RawNode;
+use raft::eraftpb::Entry;
 use regionkv_engine::checkpoint::CheckpointFile;
 use regionkv_engine::{
-    CheckpointReceiver, Epoch, PeerId, ReceivedCheckpoint, Region, RegionId, StoreId,
+    CheckpointReceiver, Epoch, MergeState, PeerId, ReceivedCheckpoint, Region, RegionId, StoreId,
 };
 use regionkv_wal::Timeline;
 
-use crate::command::{Op, Write};
+use crate::command::{AdminCmd, Op, Write};
 use crate::error::{Error, Result};
 use crate::storage::{PeerStorage, SnapshotSlot};
 
@@ -94,6 +95,50 @@ pub struct ChangePeersRequest {
     pub reply: Reply<Region>,
 }
 
+/// A change to a region's shape (split, merge), proposed to its leader.
+pub struct AdminRequest {
+    /// The region.
+    pub region: RegionId,
+    /// The region's epoch as the caller knows it.
+    pub epoch: Epoch,
+    /// The command.
+    pub cmd: AdminCmd,
+    /// Called with the outcome once the command is applied (or refused).
+    pub reply: Reply<AdminResult>,
+}
+
+/// What an applied admin command produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminResult {
+    /// The regions of a split, in key order; the first is the parent.
+    Split(Vec<Region>),
+    /// A merge source, prepared: it takes no writes until merged or rolled back.
+    Prepared {
+        /// The source as the prepare left it.
+        source: Region,
+        /// Index of the prepare command in the source's log.
+        prepare_index: u64,
+        /// Its term.
+        prepare_term: u64,
+    },
+    /// The target of a merge, grown over the source's range.
+    Merged(Region),
+    /// A merge source after its rollback: it takes writes again.
+    RolledBack(Region),
+}
+
+/// A merge source as its leader sees it, for whoever drives the merge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergeStatus {
+    /// The region.
+    pub region: Region,
+    /// The merge prepared on it, if any.
+    pub merge: Option<MergeState>,
+    /// True once every replica's log holds the prepare command: the merge may commit
+    /// (a lagging replica can then finish applying its own log).
+    pub all_matched: bool,
+}
+
 /// A proposal in flight: the entry it became, and who waits for it.
 pub(crate) struct Proposal {
     pub index: u64,
@@ -107,6 +152,23 @@ pub(crate) enum Waiting {
     Writes(Vec<Reply<()>>),
     /// A membership change.
     ChangePeers(Reply<Region>),
+    /// An admin command.
+    Admin(Reply<AdminResult>),
+}
+
+/// A merge target on this store waiting for its source replica here to apply the
+/// source's log up to the prepare command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CatchUp {
+    pub target: RegionId,
+    pub index: u64,
+}
+
+/// Committed entries a merge target holds back, from its commit merge on, until the
+/// source replica here has caught up.
+pub(crate) struct Paused {
+    pub source: RegionId,
+    pub entries: Vec<Entry>,
 }
 
 /// A snapshot being received, chunk by chunk.
@@ -133,6 +195,10 @@ pub(crate) struct Peer {
     pub batch: Vec<(Write, Reply<()>)>,
     pub batch_bytes: usize,
     pub proposals: VecDeque<Proposal>,
+    /// Reads taken this turn, sent to raft-rs as one `ReadIndex` request at the end of
+    /// it (raft-rs drops a request made before the leader committed in its term, so
+    /// they wait here until it has).
+    pub reads_unissued: Vec<ReadRequest>,
     /// Reads sent to raft-rs as `ReadIndex` requests, by context.
     pub reads_pending: HashMap<u64, Vec<ReadRequest>>,
     /// Reads confirmed at an index, waiting for apply to reach it.
@@ -156,6 +222,14 @@ pub(crate) struct Peer {
     /// Set when a membership change removed this replica: it is destroyed after the
     /// turn that applied the change.
     pub removed: bool,
+    /// The merge this region is the prepared source of (mirrors the engine).
+    pub merge: Option<MergeState>,
+    /// As a merge source: the target waiting for this replica to catch up.
+    pub catch_up: Option<CatchUp>,
+    /// As a merge target: entries held back until the source caught up.
+    pub paused: Option<Paused>,
+    /// As a merge target: the source that reported it caught up.
+    pub source_ready: Option<RegionId>,
 }
 
 impl Peer {
@@ -177,6 +251,14 @@ impl Peer {
 
     pub fn is_leader(&self) -> bool {
         self.raw.raft.state == raft::StateRole::Leader
+    }
+
+    /// Refuses client writes and shape changes while a merge is prepared here.
+    pub fn check_not_merging(&self) -> Result<()> {
+        match self.merge {
+            Some(m) => Err(Error::Merging { region: self.region.id, target: m.target }),
+            None => Ok(()),
+        }
     }
 
     pub fn not_leader(&self) -> Error {
@@ -201,6 +283,9 @@ impl Peer {
             reply(Err(error()));
         }
         self.batch_bytes = 0;
+        for read in self.reads_unissued.drain(..) {
+            (read.reply)(Err(error()));
+        }
         for (_, reads) in self.reads_pending.drain() {
             for read in reads {
                 (read.reply)(Err(error()));
@@ -215,6 +300,7 @@ impl Peer {
             match proposal.waiting {
                 Waiting::Writes(replies) => replies.into_iter().for_each(|r| r(Err(error()))),
                 Waiting::ChangePeers(reply) => reply(Err(error())),
+                Waiting::Admin(reply) => reply(Err(error())),
             }
         }
         for (_, reads) in self.reads_ready.drain(..) {

@@ -10,6 +10,7 @@
 //! Checkers run after every event:
 //! - P5: at most one leader per region and term, across restarts;
 //! - P6: the entry applied at an index of a region is the same on every replica;
+//! - design 5.1: between flushes no write-batch round holds a region pin;
 //! - P7: on every store, a region's term and epoch never go back (across restarts),
 //!   and commit and applied index never go back while the store runs (after a restart
 //!   the applied index starts at the region's checkpoint and the log is replayed
@@ -32,12 +33,16 @@ use regionkv_wal::{
     CancellationToken, CrashMode, RecoveryMode, SimFs, SparePreparation, Wal, WalOptions,
 };
 
+use crate::command::AdminCmd;
 use crate::command::Op;
 use crate::config::StoreConfig;
 use crate::core::{PeerStatus, StoreContext, StoreCore, WriteTask};
 use crate::error::{Error, Result};
 use crate::log::RaftLog;
-use crate::peer::{ChangePeersRequest, PeerChange, Query, QueryResult, ReadRequest, WriteRequest};
+use crate::peer::{
+    AdminRequest, AdminResult, ChangePeersRequest, MergeStatus, PeerChange, Query, QueryResult,
+    ReadRequest, WriteRequest,
+};
 use crate::transport::local::{Faults, SplitMix};
 use crate::transport::{Body, Envelope};
 
@@ -305,6 +310,11 @@ impl SimCluster {
             return;
         };
         let out = running.core.flush();
+        // One core owns every region of a simulated store: nothing is foreign.
+        debug_assert!(out.controls.is_empty());
+        for control in out.controls {
+            running.core.on_control(control);
+        }
         if let Some(write) = out.write {
             running.writes.push_back(write);
         }
@@ -536,6 +546,68 @@ impl SimCluster {
         pending
     }
 
+    /// Submits an admin command to `store`'s peer of `region`, at the epoch that store
+    /// knows.
+    pub fn admin(
+        &mut self,
+        store: StoreId,
+        region: RegionId,
+        cmd: AdminCmd,
+    ) -> Pending<AdminResult> {
+        let pending = Pending::new();
+        let epoch = self.region(store, region).map_or(Epoch::INITIAL, |r| r.epoch);
+        match self.running(store) {
+            Ok(running) => {
+                running.core.on_admin(AdminRequest { region, epoch, cmd, reply: pending.reply() });
+                self.process(store);
+            }
+            Err(e) => (pending.reply())(Err(e)),
+        }
+        pending
+    }
+
+    /// The merge status of `region` as `store`'s peer (its leader) sees it.
+    pub fn merge_status(&self, store: StoreId, region: RegionId) -> Result<MergeStatus> {
+        let running = self
+            .stores
+            .get(&store)
+            .and_then(|s| s.running.as_ref())
+            .ok_or(Error::Internal(format!("store {store} is not running")))?;
+        running.core.merge_status(region)
+    }
+
+    /// Runs until `region` has a leader, then `f` on it; retries routing errors until
+    /// `max` passes.
+    fn on_leader<T>(
+        &mut self,
+        region: RegionId,
+        max: Duration,
+        mut f: impl FnMut(&mut SimCluster, StoreId) -> Option<Result<T>>,
+    ) -> Result<T> {
+        let deadline = self.now + max;
+        let mut last = Error::NotLeader { region, leader: None };
+        while self.now < deadline {
+            let Some(leader) = self.wait_leader(region, deadline.saturating_sub(self.now)) else {
+                break;
+            };
+            match f(self, leader) {
+                Some(Err(e)) if e.is_retryable() => {
+                    last = e;
+                    self.run_for(Duration::from_millis(20));
+                }
+                Some(result) => return result,
+                None => last = Error::Timeout { region },
+            }
+        }
+        Err(last)
+    }
+
+    /// A fresh id for a region or a peer, unique in the cluster.
+    pub fn new_id(&mut self) -> u64 {
+        self.next_peer_id += 1;
+        self.next_peer_id
+    }
+
     /// A fresh peer id, unique in the cluster.
     pub fn new_peer_id(&mut self) -> PeerId {
         self.next_peer_id += 1;
@@ -593,12 +665,24 @@ impl SimCluster {
 
     fn check(&mut self) {
         let mut statuses = Vec::new();
+        let mut pinned = Vec::new();
         for (&id, s) in &self.stores {
             if let Some(r) = &s.running {
                 statuses.push((id, r.core.status()));
+                // Between flushes no write-batch round is open: every pin taken by a
+                // round was released exactly once (design 5.1).
+                let pins = r.engine.total_pins();
+                if pins != 0 {
+                    pinned.push((id, pins));
+                }
             }
         }
         let mut c = self.checks.lock();
+        if let Some((id, pins)) = pinned.first()
+            && c.violation.is_none()
+        {
+            c.violation = Some(format!("5.1: store {id} holds {pins} region pins between rounds"));
+        }
         for (id, status) in statuses {
             for s in status {
                 let region = s.region.id;
@@ -657,5 +741,43 @@ impl SimCluster {
     /// True if `path` exists on `store`'s disk (for tests of purge and checkpoints).
     pub fn disk_has(&self, store: StoreId, path: &Path) -> bool {
         self.disk(store).is_some_and(|d| d.contents(path).is_some())
+    }
+}
+
+/// Drives admin commands against the simulated cluster's leaders, running virtual
+/// time while it waits.
+impl crate::admin::RegionAdmin for SimCluster {
+    fn admin(&mut self, region: RegionId, epoch: Epoch, cmd: AdminCmd) -> Result<AdminResult> {
+        let max = Duration::from_secs(30);
+        self.on_leader(region, max, |c, leader| {
+            let pending = Pending::new();
+            match c.running(leader) {
+                Ok(running) => {
+                    running.core.on_admin(AdminRequest {
+                        region,
+                        epoch,
+                        cmd: cmd.clone(),
+                        reply: pending.reply(),
+                    });
+                    c.process(leader);
+                }
+                Err(e) => return Some(Err(e)),
+            }
+            c.wait(&pending, Duration::from_secs(2))
+        })
+    }
+
+    fn merge_status(&mut self, region: RegionId) -> Result<MergeStatus> {
+        self.on_leader(region, Duration::from_secs(30), |c, leader| {
+            Some(SimCluster::merge_status(c, leader, region))
+        })
+    }
+
+    fn pause(&mut self, duration: Duration) {
+        self.run_for(duration);
+    }
+
+    fn elapsed(&mut self) -> Duration {
+        self.now
     }
 }

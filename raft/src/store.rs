@@ -33,11 +33,11 @@ use regionkv_wal::fs::FileSystem;
 use regionkv_wal::{CancellationToken, RecoveryMode, Wal, WalOptions};
 
 use crate::config::StoreConfig;
-use crate::core::{PeerStatus, StoreContext, StoreCore, WriteTask};
+use crate::core::{Control, PeerStatus, StoreContext, StoreCore, WriteTask};
 use crate::error::{Error, Result};
 use crate::log::RaftLog;
 use crate::mailbox::{Mailbox, SendError};
-use crate::peer::{ChangePeersRequest, ReadRequest, WriteRequest};
+use crate::peer::{AdminRequest, ChangePeersRequest, MergeStatus, ReadRequest, WriteRequest};
 use crate::transport::{Envelope, Inbox, Transport};
 
 /// Requests a poller takes.
@@ -50,6 +50,9 @@ enum Msg {
     Bootstrap(Region, Sender<Result<()>>),
     Persisted(Vec<(RegionId, u64)>),
     Status(Sender<Vec<PeerStatus>>),
+    Admin(Box<AdminRequest>),
+    MergeStatus(RegionId, Sender<Result<MergeStatus>>),
+    Control(Control),
 }
 
 /// Bounds of a store's queues.
@@ -176,6 +179,7 @@ impl Store {
         let inbox = Arc::new(StoreInbox { pollers: senders.clone(), dropped: AtomicU64::new(0) });
         let killed = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
+        let all_pollers: Arc<Vec<Arc<Mailbox<Msg>>>> = Arc::new(senders.clone());
         for (i, rx) in receivers.into_iter().enumerate() {
             let core = StoreCore::open(ctx.clone(), Box::new(move |r| poller_of(r, pollers) == i))?;
             let write_queue = Arc::new(Mailbox::<WriteTask>::new(WRITER_QUEUE));
@@ -192,10 +196,20 @@ impl Store {
             let poller = {
                 let (transport, killed) = (transport.clone(), killed.clone());
                 let timeout = options.shutdown_timeout;
+                let others = all_pollers.clone();
                 std::thread::Builder::new()
                     .name(format!("s{store_id}-poller-{i}"))
                     .spawn(move || {
-                        poller_loop(core, &rx, &wtx, transport.as_ref(), &killed, timeout);
+                        let pollers = Pollers(&others);
+                        poller_loop(
+                            core,
+                            &rx,
+                            &wtx,
+                            &pollers,
+                            transport.as_ref(),
+                            &killed,
+                            timeout,
+                        );
                     })
                     .map_err(|e| Error::Internal(format!("spawn poller: {e}")))?
             };
@@ -260,6 +274,21 @@ impl Store {
         if let Err(Msg::ChangePeers(req)) = self.try_send(region, Msg::ChangePeers(req)) {
             (req.reply)(Err(Error::Cancelled));
         }
+    }
+
+    /// Submits an admin command (split, merge steps) to this store's peer of its region.
+    pub fn admin(&self, req: AdminRequest) {
+        let region = req.region;
+        if let Err(Msg::Admin(req)) = self.try_send(region, Msg::Admin(Box::new(req))) {
+            (req.reply)(Err(Error::Cancelled));
+        }
+    }
+
+    /// The merge status of `region`, from its leader here.
+    pub fn merge_status(&self, region: RegionId) -> Result<MergeStatus> {
+        let (tx, rx) = bounded(1);
+        self.send(region, Msg::MergeStatus(region, tx))?;
+        rx.recv_timeout(Duration::from_secs(10)).map_err(|_| Error::Timeout { region })?
     }
 
     /// Asks the leader of `region` here to hand leadership to peer `to`.
@@ -359,6 +388,25 @@ fn handle(core: &mut StoreCore, msg: Msg) {
         Msg::Status(reply) => {
             let _ = reply.send(core.status());
         }
+        Msg::Admin(req) => core.on_admin(*req),
+        Msg::MergeStatus(region, reply) => {
+            let _ = reply.send(core.merge_status(region));
+        }
+        Msg::Control(control) => core.on_control(control),
+    }
+}
+
+/// Every poller's mailbox, for controls that cross from one poller to another.
+struct Pollers<'a>(&'a [Arc<Mailbox<Msg>>]);
+
+impl Pollers<'_> {
+    fn send(&self, control: Control) {
+        let i = poller_of(control.region(), self.0.len());
+        // A blocking send: controls are rare, and one lost would stall a merge or
+        // leave a split child without its replica until a restart.
+        if self.0[i].send(Msg::Control(control)).is_err() {
+            tracing::debug!("control dropped: the poller stopped");
+        }
     }
 }
 
@@ -366,6 +414,7 @@ fn poller_loop(
     mut core: StoreCore,
     inbox: &Mailbox<Msg>,
     writer: &Mailbox<WriteTask>,
+    pollers: &Pollers<'_>,
     transport: &dyn Transport,
     killed: &AtomicBool,
     shutdown_timeout: Duration,
@@ -384,7 +433,7 @@ fn poller_loop(
             // them so waiting clients learn their outcome, then stop the timelines.
             inbox.recv_all(&mut batch, Instant::now());
             for msg in batch.drain(..) {
-                if let Msg::Persisted(_) | Msg::Status(_) = msg {
+                if let Msg::Persisted(_) | Msg::Status(_) | Msg::Control(_) = msg {
                     handle(&mut core, msg);
                 } else {
                     refuse(msg);
@@ -409,6 +458,9 @@ fn poller_loop(
             }
         }
         let out = core.flush();
+        for control in out.controls {
+            pollers.send(control);
+        }
         transport.send(out.messages);
         if let Some(task) = out.write
             && writer.send(task).is_err()
@@ -426,7 +478,15 @@ fn refuse(msg: Msg) {
         Msg::Bootstrap(_, reply) => {
             let _ = reply.send(Err(Error::Cancelled));
         }
-        Msg::Envelopes(_) | Msg::TransferLeader(..) | Msg::Persisted(_) | Msg::Status(_) => {}
+        Msg::Admin(req) => (req.reply)(Err(Error::Cancelled)),
+        Msg::MergeStatus(_, reply) => {
+            let _ = reply.send(Err(Error::Cancelled));
+        }
+        Msg::Envelopes(_)
+        | Msg::TransferLeader(..)
+        | Msg::Persisted(_)
+        | Msg::Status(_)
+        | Msg::Control(_) => {}
     }
 }
 

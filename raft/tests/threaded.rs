@@ -131,6 +131,10 @@ impl Cluster {
 
 #[test]
 fn three_threaded_stores_replicate_survive_a_kill_and_shut_down_cleanly() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let mut c = Cluster::new(3);
     for i in 0..50 {
         c.put(&format!("k{i}"), &format!("v{i}"));
