@@ -903,17 +903,22 @@ impl Engine {
     /// Records that region `id` is the prepared source of `merge` (the prepare command
     /// at `at_index`), bumping its `version`: writes routed before are refused from
     /// now on, and it takes none until [`Engine::merge_at`] or
-    /// [`Engine::rollback_merge`]. Durable before it returns.
+    /// [`Engine::rollback_merge`]. A checkpoint barrier like [`Engine::split_at`]:
+    /// durable, region and image together, before it returns.
     pub fn prepare_merge(&self, id: RegionId, merge: MergeState, at_index: u64) -> Result<Region> {
         self.change_merge_state(id, Some(merge), at_index)
     }
 
     /// Cancels the merge prepared on region `id` (the rollback command at `at_index`),
-    /// bumping its `version` again. Durable before it returns.
+    /// bumping its `version` again; a checkpoint barrier as well.
     pub fn rollback_merge(&self, id: RegionId, at_index: u64) -> Result<Region> {
         self.change_merge_state(id, None, at_index)
     }
 
+    /// Bumps the version of region `id` and sets its merge state, at a checkpoint
+    /// barrier. Every change of a region's version is one: writes are checked against
+    /// the version they were routed with, so replaying the log after a restart must
+    /// start after the last version change, never before it with the new version.
     fn change_merge_state(
         &self,
         id: RegionId,
@@ -922,14 +927,21 @@ impl Engine {
     ) -> Result<Region> {
         let mut durable = self.inner.durable.lock();
         self.inner.check_usable()?;
+        let _commit = self.inner.commit.lock();
         let mut regions = self.inner.regions.write();
         if regions.map.get(id).is_none() {
             return Err(Error::RegionNotFound { region: id });
         }
         let mut map = regions.map.clone();
         let region = map.bump_version(id)?;
+        let snapshot = self.snapshot();
+        let image = self.write_whole_checkpoint(&mut durable, &region, at_index, &snapshot)?;
         let mut next = durable.manifest.clone();
-        set_regions(&mut next, &map, |_| None);
+        next.next_file_id = durable.next_file_id;
+        set_regions(&mut next, &map, |r| (r.id == id).then(|| image.iter().cloned().collect()));
+        if image.is_none() {
+            set_empty_at(&mut next, &[id], at_index);
+        }
         set_meta_index(&mut next, &[id], at_index);
         for entry in &mut next.regions {
             if entry.region.id == id {

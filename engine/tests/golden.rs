@@ -50,6 +50,7 @@ fn write_scenario() -> Result<(Vec<u8>, Vec<u8>), Box<dyn std::error::Error>> {
     round.delete(b"date")?;
     round.commit()?;
     let meta = engine.checkpoint(RegionId(7), 42)?;
+    let checkpoint = fs.contents(&meta.path).ok_or("no checkpoint")?;
     // Since manifest version 3: a membership change after the checkpoint, recorded with
     // its Raft index (the checkpoint file, format 1, is unchanged by it).
     let mut peers = region().peers;
@@ -65,7 +66,6 @@ fn write_scenario() -> Result<(Vec<u8>, Vec<u8>), Box<dyn std::error::Error>> {
     engine.set_task_state("duplication", Some(b"stage=1".to_vec()))?;
     engine.close()?;
     let manifest = fs.contents(&manifest::path(Path::new("/golden"))).ok_or("no manifest")?;
-    let checkpoint = fs.contents(&meta.path).ok_or("no checkpoint")?;
     Ok((manifest, checkpoint))
 }
 
@@ -195,6 +195,7 @@ fn golden_manifest_v4_decodes_field_by_field() -> TestResult {
     );
     assert_eq!(seven.empty_at, None);
     assert_eq!(seven.checkpoints.len(), 1);
+    assert_eq!(seven.checkpoints[0].applied_index, 44, "the prepare is a checkpoint barrier");
     for (entry, index, end) in [(&m.regions[1], 10, Some(b"zz".to_vec())), (&m.regions[2], 5, None)]
     {
         assert!(entry.checkpoints.is_empty(), "an empty image needs no file");

@@ -149,7 +149,10 @@ struct Checks {
     /// (region, index) -> hash of (term, data) applied there.
     applied: HashMap<(RegionId, u64), u64>,
     /// (store, region) -> highest (term, epoch) seen.
-    durable_max: HashMap<(StoreId, RegionId), (u64, Epoch)>,
+    durable_max: HashMap<(StoreId, RegionId), Epoch>,
+    /// (store, region) -> highest term made durable (a term only in memory may be
+    /// lost by a crash: nothing was sent under it).
+    durable_term: HashMap<(StoreId, RegionId), u64>,
     /// (store, region) -> highest (commit, applied) seen in this incarnation.
     running_max: HashMap<(StoreId, RegionId), (u64, u64)>,
     violation: Option<String>,
@@ -381,6 +384,7 @@ impl SimCluster {
                 let task = running.writes.pop_front().expect("a write is in flight");
                 running.in_flight = false;
                 let readies = task.readies;
+                let terms: Vec<(RegionId, u64)> = task.write.terms().collect();
                 let result = running.core.context().log.persist(task.write);
                 let lsn = match result {
                     Ok(lsn) => lsn.0,
@@ -389,6 +393,13 @@ impl SimCluster {
                     }
                 };
                 self.trace(("persisted", id.0, lsn));
+                {
+                    let mut checks = self.checks.lock();
+                    for (region, term) in terms {
+                        let durable = checks.durable_term.entry((id, region)).or_default();
+                        *durable = (*durable).max(term);
+                    }
+                }
                 self.send(task.messages);
                 let running =
                     self.stores.get_mut(&id).and_then(|s| s.running.as_mut()).expect("running");
@@ -496,8 +507,19 @@ impl SimCluster {
 
     /// Submits a write to `store`'s peer of `region`, at the epoch that store knows.
     pub fn write(&mut self, store: StoreId, region: RegionId, ops: Vec<Op>) -> Pending<()> {
-        let pending = Pending::new();
         let epoch = self.region(store, region).map_or(Epoch::INITIAL, |r| r.epoch);
+        self.write_at(store, region, epoch, ops)
+    }
+
+    /// Submits a write routed with `epoch` (a client whose view may be stale).
+    pub fn write_at(
+        &mut self,
+        store: StoreId,
+        region: RegionId,
+        epoch: Epoch,
+        ops: Vec<Op>,
+    ) -> Pending<()> {
+        let pending = Pending::new();
         match self.running(store) {
             Ok(running) => {
                 running.core.on_write(WriteRequest { region, epoch, ops, reply: pending.reply() });
@@ -699,18 +721,19 @@ impl SimCluster {
                 if s.role == StateRole::Leader {
                     c.leaders.insert((region, s.term), id);
                 }
-                let (term, epoch) = c.durable_max.get(&(id, region)).copied().unwrap_or_default();
+                let epoch = c.durable_max.get(&(id, region)).copied().unwrap_or_default();
+                let term = c.durable_term.get(&(id, region)).copied().unwrap_or_default();
                 if (s.term < term || !s.region.epoch.covers(epoch))
                     && s.initialized
                     && c.violation.is_none()
                 {
                     c.violation = Some(format!(
-                        "P7: store {id} region {region}: term {} epoch {} after term {term} epoch {epoch}",
+                        "P7: store {id} region {region}: term {} epoch {} after durable term {term} epoch {epoch}",
                         s.term, s.region.epoch
                     ));
                 }
                 if s.initialized {
-                    c.durable_max.insert((id, region), (s.term.max(term), s.region.epoch));
+                    c.durable_max.insert((id, region), s.region.epoch);
                 }
                 let (commit, applied) =
                     c.running_max.get(&(id, region)).copied().unwrap_or_default();
@@ -731,6 +754,11 @@ impl SimCluster {
     /// Messages of `kind` dropped or not, for tests that count traffic (debugging aid).
     pub fn is_raft(env: &Envelope, kind: MessageType) -> bool {
         matches!(&env.body, Body::Raft(m) if m.get_msg_type() == kind)
+    }
+
+    /// The engine of `store`, if it runs (for inspection: what a replica holds).
+    pub fn engine(&self, store: StoreId) -> Option<&Engine> {
+        self.stores.get(&store).and_then(|s| s.running.as_ref()).map(|r| &r.engine)
     }
 
     /// The disk of `store`, for inspection.

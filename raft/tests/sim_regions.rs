@@ -11,164 +11,18 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::Bytes;
 use regionkv_engine::{Region, RegionId, StoreId};
 use regionkv_raft::admin::{self, MergeOptions, RegionAdmin};
-use regionkv_raft::sim::{SimCluster, SimConfig};
+use regionkv_raft::sim::SimCluster;
 use regionkv_raft::transport::local::{Action, Rule, Scope};
-use regionkv_raft::{AdminCmd, AdminResult, Error, Op, Query, QueryResult};
+use regionkv_raft::{AdminCmd, AdminResult, Error, Op};
 use regionkv_wal::CrashMode;
 
-const R1: RegionId = RegionId(1);
-const SECOND: Duration = Duration::from_secs(1);
+mod common;
 
-fn cluster(seed: u64) -> SimCluster {
-    let mut c = SimCluster::new(SimConfig::new(seed)).unwrap();
-    c.wait_leader(R1, 10 * SECOND).expect("a leader");
-    c
-}
-
-/// The newest region containing `key` that any running store knows.
-fn region_for(c: &SimCluster, key: &[u8]) -> Option<Region> {
-    let mut best: Option<Region> = None;
-    for store in c.store_ids() {
-        for s in c.status(store) {
-            if s.initialized
-                && s.region.contains(key)
-                && best.as_ref().is_none_or(|b| s.region.epoch.version > b.epoch.version)
-            {
-                best = Some(s.region);
-            }
-        }
-    }
-    best
-}
-
-/// A client: routes by key, retries retryable errors until `max`. True if
-/// acknowledged.
-fn put(c: &mut SimCluster, key: &str, value: &str, max: Duration) -> bool {
-    let deadline = c.now() + max;
-    let op = Op::Put { key: Bytes::from(key.to_owned()), value: Bytes::from(value.to_owned()) };
-    while c.now() < deadline {
-        let Some(region) = region_for(c, key.as_bytes()) else {
-            c.run_for(Duration::from_millis(20));
-            continue;
-        };
-        let Some(leader) = c.wait_leader(region.id, SECOND) else { continue };
-        let pending = c.write(leader, region.id, vec![op.clone()]);
-        match c.wait(&pending, Duration::from_millis(500)) {
-            Some(Ok(())) => return true,
-            Some(Err(e)) if e.is_retryable() => c.run_for(Duration::from_millis(20)),
-            Some(Err(e)) => panic!("unexpected write error: {e}"),
-            None => {}
-        }
-    }
-    false
-}
-
-/// Every key of every region, read through each region's leader (linearizable).
-fn scan_all(c: &mut SimCluster) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut start = Vec::new();
-    loop {
-        let region = loop {
-            if let Some(r) = region_for(c, &start) {
-                break r;
-            }
-            c.run_for(Duration::from_millis(20));
-        };
-        let Some(leader) = c.wait_leader(region.id, 10 * SECOND) else {
-            panic!("region {} has no leader", region.id);
-        };
-        let query = Query::Scan { start: Bytes::from(start.clone()), end: None, limit: usize::MAX };
-        let pending = c.read(leader, region.id, query);
-        match c.wait(&pending, SECOND) {
-            Some(Ok(QueryResult::Rows(rows))) => {
-                for (k, v) in rows {
-                    let k = String::from_utf8(k.to_vec()).unwrap();
-                    assert!(region.contains(k.as_bytes()), "region {} returned {k}", region.id);
-                    let v = String::from_utf8(v.to_vec()).unwrap();
-                    assert!(out.insert(k, v).is_none(), "a key came back twice");
-                }
-            }
-            Some(Err(e)) if e.is_retryable() => {
-                c.run_for(Duration::from_millis(20));
-                continue;
-            }
-            other => panic!("scan failed: {:?}", other.map(|r| r.map_err(|e| e.to_string()))),
-        }
-        match region.end {
-            Some(end) => start = end,
-            None => return out,
-        }
-    }
-}
-
-/// Runs until every running store hosts the same regions (ids, ranges, epochs), each
-/// fully applied; returns them.
-fn converge(c: &mut SimCluster) -> Vec<Region> {
-    let settled = c.run_until(30 * SECOND, |c| {
-        let views: Vec<Vec<(Region, u64, u64)>> = c
-            .store_ids()
-            .into_iter()
-            .filter(|s| c.is_running(*s))
-            .map(|s| {
-                c.status(s)
-                    .into_iter()
-                    .filter(|p| p.initialized)
-                    .map(|p| (p.region, p.commit, p.applied))
-                    .collect()
-            })
-            .collect();
-        views.windows(2).all(|w| w[0] == w[1])
-            && views[0].iter().all(|(_, commit, applied)| commit == applied)
-    });
-    assert!(settled, "stores did not converge on the same regions");
-    let store = c.store_ids().into_iter().find(|s| c.is_running(*s)).unwrap();
-    let mut regions: Vec<Region> = c.status(store).into_iter().map(|p| p.region).collect();
-    regions.sort_by(|a, b| a.start.cmp(&b.start));
-    for w in regions.windows(2) {
-        assert_eq!(w[0].end.as_ref(), Some(&w[1].start), "regions partition the key space");
-    }
-    assert!(regions[0].start.is_empty() && regions.last().unwrap().end.is_none());
-    regions
-}
-
-/// True if the leader of merge source `region` sees every replica holding the prepare.
-fn all_matched(c: &SimCluster, region: RegionId) -> bool {
-    c.leader(region).is_some_and(|l| c.merge_status(l, region).is_ok_and(|s| s.all_matched))
-}
-
-fn split(c: &mut SimCluster, region: RegionId, keys: &[&str]) -> Result<Vec<Region>, Error> {
-    let new_ids = keys.iter().map(|_| RegionId(c.new_id())).collect();
-    let split_keys = keys.iter().map(|k| k.as_bytes().to_vec()).collect();
-    let epoch = region_epoch(c, region);
-    match RegionAdmin::admin(c, region, epoch, AdminCmd::Split { split_keys, new_ids })? {
-        AdminResult::Split(parts) => Ok(parts),
-        other => panic!("split answered {other:?}"),
-    }
-}
-
-fn region_epoch(c: &mut SimCluster, region: RegionId) -> regionkv_engine::Epoch {
-    RegionAdmin::merge_status(c, region).expect("region has a leader").region.epoch
-}
-
-fn write_keys(
-    c: &mut SimCluster,
-    model: &mut BTreeMap<String, String>,
-    keys: &[String],
-    tag: &str,
-) {
-    for k in keys {
-        let v = format!("{k}-{tag}");
-        assert!(put(c, k, &v, 10 * SECOND), "write of {k} not acknowledged");
-        model.insert(k.clone(), v);
-    }
-}
-
-fn letters(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{}{:02}", (b'a' + (i % 26) as u8) as char, i)).collect()
-}
+use common::{
+    R1, SECOND, all_matched, cluster, converge, letters, put, scan_all, split, write_keys,
+};
 
 #[test]
 fn a_split_applies_on_every_replica_and_children_serve_their_keys() {

@@ -80,6 +80,12 @@ impl LogWrite {
         self.regions.is_empty()
     }
 
+    /// The term of every hard state in the write, by region (for checkers: what a
+    /// region's durable term is once the write persisted).
+    pub fn terms(&self) -> impl Iterator<Item = (RegionId, u64)> + '_ {
+        self.regions.iter().filter_map(|(id, w)| w.state.as_ref().map(|s| (*id, s.hard_state.term)))
+    }
+
     fn region(&mut self, region: RegionId) -> &mut RegionWrite {
         let at = if let Some(at) = self.regions.iter().position(|(r, _)| *r == region) {
             at

@@ -1,0 +1,263 @@
+//! Property test over region topology: random sequences of puts, deletes, scans,
+//! splits at random keys, merges of random neighbours, leader transfers, store
+//! restarts and crashes, on the simulated three-store cluster, checked against a model
+//! after every step:
+//!
+//! - P1: every acknowledged write is there (a write whose outcome is unknown may be);
+//! - P8: a request routed with a stale epoch is refused, and a key outside the region
+//!   routed to is refused;
+//! - P9: a scan over every region returns each key exactly once (nothing lost or
+//!   duplicated across splits and merges), and the regions partition the key space;
+//! - P7 (the simulator checks it after every event): epochs never go back.
+//!
+//! Seeds: `SIM_SEED=<seed>` replays one; `TOPOLOGY_SEEDS=<n>` runs more;
+//! `TOPOLOGY_TRACE=1` prints each step and the regions before it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use regionkv_engine::{Region, RegionId, StoreId};
+use regionkv_raft::admin::{self, MergeOptions};
+use regionkv_raft::sim::{SimCluster, SimConfig};
+use regionkv_raft::transport::local::SplitMix;
+use regionkv_raft::{Error, Op};
+use regionkv_wal::CrashMode;
+
+use common::{SECOND, converge, region_for, scan_all, split};
+
+/// What each key may hold: the last acknowledged outcome, and outcomes of later
+/// writes that were not acknowledged (any of them may have applied).
+#[derive(Default)]
+struct Model {
+    keys: BTreeMap<String, (Option<String>, Vec<Option<String>>)>,
+}
+
+impl Model {
+    fn record(&mut self, key: &str, value: Option<&str>, acked: bool) {
+        let entry = self.keys.entry(key.to_owned()).or_default();
+        let value = value.map(str::to_owned);
+        if acked {
+            *entry = (value, Vec::new());
+        } else {
+            entry.1.push(value);
+        }
+    }
+
+    /// P1 and P9 against a scan of every region; the observed state becomes the new
+    /// acknowledged state.
+    fn check(&mut self, observed: &BTreeMap<String, String>, seed: u64, step: usize) {
+        for (key, (acked, unknown)) in &mut self.keys {
+            let got = observed.get(key).cloned();
+            assert!(
+                got == *acked || unknown.contains(&got),
+                "seed {seed} step {step}: key {key} holds {got:?}, acknowledged {acked:?}, unknown {unknown:?}"
+            );
+            *acked = got;
+            unknown.clear();
+        }
+        for key in observed.keys() {
+            assert!(
+                self.keys.contains_key(key),
+                "seed {seed} step {step}: {key} was never written"
+            );
+        }
+    }
+}
+
+/// Writes (or deletes) one key through its region's leader, retrying routing
+/// errors; true if acknowledged.
+fn write(c: &mut SimCluster, key: &str, value: Option<&str>, max: Duration) -> bool {
+    let op = match value {
+        Some(v) => Op::Put { key: Bytes::from(key.to_owned()), value: Bytes::from(v.to_owned()) },
+        None => Op::Delete { key: Bytes::from(key.to_owned()) },
+    };
+    let deadline = c.now() + max;
+    while c.now() < deadline {
+        let Some(region) = region_for(c, key.as_bytes()) else {
+            c.run_for(Duration::from_millis(20));
+            continue;
+        };
+        let Some(leader) = c.wait_leader(region.id, SECOND) else { continue };
+        let pending = c.write(leader, region.id, vec![op.clone()]);
+        match c.wait(&pending, Duration::from_millis(500)) {
+            Some(Ok(())) => return true,
+            Some(Err(e)) if e.is_retryable() => c.run_for(Duration::from_millis(20)),
+            Some(Err(e)) => panic!("unexpected write error: {e}"),
+            None => {}
+        }
+    }
+    false
+}
+
+/// P8: a write routed to `region` with a stale epoch, or with a key outside it, is
+/// refused and changes nothing.
+fn check_stale_routing(c: &mut SimCluster, old: &Region, seed: u64, step: usize) {
+    let Some(leader) = c.wait_leader(old.id, SECOND) else { return };
+    let Some(now) = c.region(leader, old.id) else { return };
+    if now.epoch.version == old.epoch.version {
+        return;
+    }
+    let key = Bytes::from(now.start.clone());
+    let pending =
+        c.write_at(leader, old.id, old.epoch, vec![Op::Put { key, value: "stale".into() }]);
+    match c.wait(&pending, SECOND) {
+        Some(Err(Error::EpochNotMatch { current, .. })) => {
+            assert!(current.iter().any(|r| r.id == old.id && r.epoch == now.epoch));
+        }
+        Some(Err(e)) if e.is_retryable() => {} // the leader moved meanwhile
+        other => panic!(
+            "seed {seed} step {step}: a stale epoch was not refused: {:?}",
+            other.map(|r| r.map_err(|e| e.to_string()))
+        ),
+    }
+    if let Some(end) = &now.end {
+        let pending = c.write_at(
+            leader,
+            old.id,
+            now.epoch,
+            vec![Op::Put { key: Bytes::from(end.clone()), value: "outside".into() }],
+        );
+        let refused = matches!(
+            c.wait(&pending, SECOND),
+            Some(Err(Error::KeyNotInRegion { .. }
+                | Error::NotLeader { .. }
+                | Error::EpochNotMatch { .. }))
+        );
+        assert!(refused, "seed {seed} step {step}: a key outside the region was taken");
+    }
+}
+
+#[allow(clippy::too_many_lines, reason = "the table of random steps reads best in one place")]
+fn run(seed: u64) {
+    let mut c = SimCluster::new(SimConfig::new(seed)).unwrap();
+    c.wait_leader(RegionId(1), 10 * SECOND).unwrap();
+    let mut rng = SplitMix(seed ^ 0x70b0);
+    let mut model = Model::default();
+    let stores = c.store_ids();
+    let mut down: Option<StoreId> = None;
+    let (mut splits, mut merged_count, mut aborted) = (0, 0, 0);
+    for step in 0..60usize {
+        let live = |c: &SimCluster| {
+            c.store_ids().into_iter().filter(|s| c.is_running(*s)).collect::<Vec<_>>()
+        };
+        let op = rng.next_u64() % 20;
+        if std::env::var("TOPOLOGY_TRACE").is_ok() {
+            let regions: Vec<(u64, String)> = c
+                .status(c.store_ids().into_iter().find(|s| c.is_running(*s)).unwrap())
+                .iter()
+                .map(|p| (p.region.id.0, String::from_utf8_lossy(&p.region.start).into_owned()))
+                .collect();
+            eprintln!("step {step}: op {op} down {down:?} regions {regions:?}");
+        }
+        match op {
+            0..=6 => {
+                let key = format!("k{:02}", rng.next_u64() % 40);
+                let value = format!("s{seed}-{step}");
+                let ok = write(&mut c, &key, Some(&value), 3 * SECOND);
+                model.record(&key, Some(&value), ok);
+            }
+            7 => {
+                let key = format!("k{:02}", rng.next_u64() % 40);
+                let ok = write(&mut c, &key, None, 3 * SECOND);
+                model.record(&key, None, ok);
+            }
+            8..=10 => {
+                let key = format!("k{:02}", rng.next_u64() % 40);
+                let Some(region) = region_for(&c, key.as_bytes()) else { continue };
+                let inside = region.start.as_slice() < key.as_bytes();
+                if inside && split(&mut c, region.id, &[&key]).is_ok() {
+                    splits += 1;
+                    check_stale_routing(&mut c, &region, seed, step);
+                }
+            }
+            11..=13 => {
+                let regions = converge(&mut c);
+                if regions.len() < 2 {
+                    continue;
+                }
+                let i = (rng.next_u64() % (regions.len() as u64 - 1)) as usize;
+                // Either direction: the left into the right or the right into the left.
+                let (source, target) = if rng.next_u64().is_multiple_of(2) {
+                    (&regions[i + 1], &regions[i])
+                } else {
+                    (&regions[i], &regions[i + 1])
+                };
+                let options = MergeOptions { match_timeout: 3 * SECOND, ..MergeOptions::default() };
+                match admin::merge(&mut c, source.id, target.id, options) {
+                    Ok(merged) => {
+                        merged_count += 1;
+                        assert!(merged.start <= source.start && merged.id == target.id);
+                        check_stale_routing(&mut c, target, seed, step);
+                    }
+                    Err(Error::MergeAborted { .. }) => aborted += 1,
+                    Err(e) if e.is_retryable() || matches!(e, Error::Timeout { .. }) => {}
+                    Err(e) => panic!("seed {seed} step {step}: merge failed: {e}"),
+                }
+            }
+            14 => {
+                let Some(region) =
+                    region_for(&c, format!("k{:02}", rng.next_u64() % 40).as_bytes())
+                else {
+                    continue;
+                };
+                if let Some(leader) = c.leader(region.id) {
+                    let to = region.peers[(rng.next_u64() % region.peers.len() as u64) as usize];
+                    c.transfer_leader(leader, region.id, to.id);
+                    c.run_for(Duration::from_millis(100));
+                }
+            }
+            15 | 16 if down.is_none() => {
+                let victim = stores[(rng.next_u64() % stores.len() as u64) as usize];
+                if rng.next_u64().is_multiple_of(2) {
+                    c.stop(victim);
+                } else {
+                    let mode = match rng.next_u64() % 3 {
+                        0 => CrashMode::Lost,
+                        1 => CrashMode::Persisted,
+                        _ => CrashMode::Torn { seed: step as u64 },
+                    };
+                    c.crash(victim, mode);
+                }
+                down = Some(victim);
+            }
+            _ => {
+                if let Some(store) = down.take() {
+                    c.restart(store).unwrap();
+                }
+            }
+        }
+        // After every step: the live stores agree on a partition of the key space, and
+        // a scan of every region matches the model.
+        if live(&c).len() == stores.len() {
+            converge(&mut c);
+        }
+        let observed = scan_all(&mut c);
+        model.check(&observed, seed, step);
+    }
+    if let Some(store) = down.take() {
+        c.restart(store).unwrap();
+    }
+    let regions = converge(&mut c);
+    model.check(&scan_all(&mut c), seed, usize::MAX);
+    eprintln!(
+        "seed {seed}: {splits} splits, {merged_count} merges ({aborted} rolled back), {} regions at the end, {:.1} s virtual",
+        regions.len(),
+        c.now().as_secs_f64()
+    );
+}
+
+#[test]
+fn random_topology_changes_keep_every_write_exactly_once() {
+    let seeds: Vec<u64> = if let Ok(s) = std::env::var("SIM_SEED") {
+        vec![s.parse().expect("SIM_SEED is a number")]
+    } else {
+        let n = std::env::var("TOPOLOGY_SEEDS").ok().and_then(|n| n.parse().ok()).unwrap_or(12);
+        (1..=n).collect()
+    };
+    for seed in seeds {
+        run(seed);
+    }
+}
