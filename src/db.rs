@@ -1,16 +1,17 @@
 //! [`Db`]: the client handle. Routing and retries are hidden behind it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
-use regionkv_engine::{Epoch, RegionId, StoreId};
-use regionkv_raft::{Op, Query, QueryResult, ReadRequest, Store, WriteRequest};
+use regionkv_engine::{Region, StoreId};
+use regionkv_raft::Error as E;
+use regionkv_raft::{Op, Query, QueryResult, ReadRequest, WriteRequest};
 
-use crate::cluster::{ClusterInner, FIRST_REGION};
+use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::router::Router;
 
 /// Changes that apply atomically (within one region).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -49,45 +50,43 @@ impl WriteBatch {
 
 /// A client of a cluster: `Clone + Send + Sync`, cheap to clone.
 ///
-/// Every call finds the region's leader (cached), sends the request, and retries
-/// retryable errors (`NotLeader`, `EpochNotMatch`, a store that stopped, ...) with a
+/// Every call finds the region holding its key (a cache filled from the cluster
+/// directory), sends the request to the region's leader, and retries what can be
+/// retried (`NotLeader`, `EpochNotMatch`, `KeyNotInRegion`, `RegionNotFound`, a merge
+/// in progress, a store that stopped), refreshing the cache from each answer, with a
 /// bounded backoff until the deadline (10 s by default). The caller sees a retryable
-/// error only when the deadline passed: [`Error::Unavailable`].
+/// error only once the deadline passed: [`Error::Unavailable`], naming the last one.
 #[derive(Clone)]
 pub struct Db {
-    cluster: Arc<ClusterInner>,
-    /// The store believed to lead the first region (0: unknown).
-    leader: Arc<AtomicU64>,
+    router: Router,
     deadline: Duration,
 }
 
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Db")
-            .field("leader", &self.leader.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
+        f.debug_struct("Db").field("deadline", &self.deadline).finish_non_exhaustive()
     }
 }
 
 /// A one-shot reply slot. The waiting client parks on a condition variable without
 /// spinning: with many clients on few cores, spinning waiters starve the store's own
 /// threads (measured: ~8% of CPU in `sched_yield` with a spinning channel).
-struct Oneshot<T> {
+pub(crate) struct Oneshot<T> {
     value: Mutex<Option<T>>,
     ready: Condvar,
 }
 
 impl<T> Oneshot<T> {
-    fn new() -> Arc<Oneshot<T>> {
+    pub fn new() -> Arc<Oneshot<T>> {
         Arc::new(Oneshot { value: Mutex::new(None), ready: Condvar::new() })
     }
 
-    fn set(&self, value: T) {
+    pub fn set(&self, value: T) {
         *self.value.lock() = Some(value);
         self.ready.notify_one();
     }
 
-    fn wait(&self, timeout: Duration) -> Option<T> {
+    pub fn wait(&self, timeout: Duration) -> Option<T> {
         let deadline = Instant::now() + timeout;
         let mut value = self.value.lock();
         while value.is_none() {
@@ -99,12 +98,25 @@ impl<T> Oneshot<T> {
     }
 }
 
+/// Calls `send` with a reply and waits up to `timeout` for it.
+pub(crate) fn ask<T: Send + 'static>(
+    timeout: Duration,
+    send: impl FnOnce(regionkv_raft::Reply<T>),
+) -> Option<regionkv_raft::Result<T>> {
+    let slot = Oneshot::new();
+    let reply = slot.clone();
+    send(Box::new(move |r| reply.set(r)));
+    slot.wait(timeout)
+}
+
 /// How long one attempt waits before the client tries elsewhere.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait between attempts.
+const MAX_BACKOFF: Duration = Duration::from_millis(100);
 
 impl Db {
-    pub(crate) fn new(cluster: Arc<ClusterInner>) -> Db {
-        Db { cluster, leader: Arc::new(AtomicU64::new(0)), deadline: Duration::from_secs(10) }
+    pub(crate) fn new(router: Router) -> Db {
+        Db { router, deadline: Duration::from_secs(10) }
     }
 
     /// The same client with another deadline per call.
@@ -128,118 +140,176 @@ impl Db {
         self.write(batch)
     }
 
-    /// Applies `batch` atomically: all of it or none.
+    /// Applies `batch` atomically: all of it or none. Its keys must lie in one region
+    /// ([`Error::CrossRegionBatch`] otherwise).
     pub fn write(&self, batch: WriteBatch) -> Result<()> {
         let WriteBatch { ops } = batch;
-        if ops.is_empty() {
-            return Ok(());
-        }
+        let Some(first) = ops.first() else { return Ok(()) };
         if ops.iter().any(|op| op.key().is_empty()) {
             return Err(Error::InvalidRequest("empty keys are not allowed".into()));
         }
-        let region = FIRST_REGION;
-        self.call(region, |store, epoch, reply| {
-            store.write(WriteRequest { region, epoch, ops: ops.clone(), reply });
+        let key = first.key().to_vec();
+        self.call(&key, |backend, store, region, reply| {
+            if let Some(outside) = ops.iter().find(|op| !region.contains(op.key())) {
+                // Routing is current (the caller refreshed it on every refusal):
+                // the batch spans regions.
+                let other = self.router.locate(outside.key()).map_or(0, |r| r.region.id.0);
+                return Err(Error::CrossRegionBatch { regions: vec![region.id.0, other] });
+            }
+            backend.write(
+                store,
+                WriteRequest { region: region.id, epoch: region.epoch, ops: ops.clone(), reply },
+            );
+            Ok(())
         })
     }
 
     /// The value of `key`, read linearizably.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
         let key = Bytes::copy_from_slice(key.as_ref());
-        match self.read(&Query::Get { key })? {
+        let query = Query::Get { key: key.clone() };
+        match self.read(&key, &query)? {
             QueryResult::Value(v) => Ok(v),
             QueryResult::Rows(_) => Err(Error::InvalidRequest("a get returned rows".into())),
         }
     }
 
     /// Up to `limit` pairs with `start <= key < end` (`end == None`: to the end), in
-    /// key order, read linearizably.
+    /// key order, read linearizably region by region.
     pub fn scan(
         &self,
         start: impl AsRef<[u8]>,
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Bytes, Bytes)>> {
-        let query = Query::Scan {
-            start: Bytes::copy_from_slice(start.as_ref()),
-            end: end.map(Bytes::copy_from_slice),
-            limit,
-        };
-        match self.read(&query)? {
-            QueryResult::Rows(rows) => Ok(rows),
-            QueryResult::Value(_) => Err(Error::InvalidRequest("a scan returned a value".into())),
+        let mut out = Vec::new();
+        let mut from = start.as_ref().to_vec();
+        while out.len() < limit && end.is_none_or(|end| from.as_slice() < end) {
+            let query = Query::Scan {
+                start: Bytes::copy_from_slice(&from),
+                end: end.map(Bytes::copy_from_slice),
+                limit: limit - out.len(),
+            };
+            // The region that served this part (its end is where the next starts).
+            let served = Mutex::new(None);
+            let rows = self.call(&from, |backend, store, region, reply| {
+                *served.lock() = Some(region.end.clone());
+                backend.read(
+                    store,
+                    ReadRequest {
+                        region: region.id,
+                        epoch: region.epoch,
+                        query: query.clone(),
+                        reply,
+                    },
+                );
+                Ok(())
+            })?;
+            match rows {
+                QueryResult::Rows(rows) => out.extend(rows),
+                QueryResult::Value(_) => {
+                    return Err(Error::InvalidRequest("a scan returned a value".into()));
+                }
+            }
+            match served.into_inner().flatten() {
+                Some(next) => from = next,
+                None => break,
+            }
         }
+        out.truncate(limit);
+        Ok(out)
     }
 
-    fn read(&self, query: &Query) -> Result<QueryResult> {
-        let region = FIRST_REGION;
-        self.call(region, |store, epoch, reply| {
-            store.read(ReadRequest { region, epoch, query: query.clone(), reply });
+    fn read(&self, key: &[u8], query: &Query) -> Result<QueryResult> {
+        self.call(key, |backend, store, region, reply| {
+            backend.read(
+                store,
+                ReadRequest { region: region.id, epoch: region.epoch, query: query.clone(), reply },
+            );
+            Ok(())
         })
     }
 
-    /// Sends a request to the region's leader, following hints and retrying.
+    /// Sends a request for `key` to its region's leader, learning from every refusal
+    /// and retrying until the deadline.
     fn call<T: Send + 'static>(
         &self,
-        region: RegionId,
-        send: impl Fn(&Store, Epoch, regionkv_raft::Reply<T>),
+        key: &[u8],
+        send: impl Fn(&dyn Backend, StoreId, &Region, regionkv_raft::Reply<T>) -> Result<()>,
     ) -> Result<T> {
         let start = Instant::now();
+        let backend = self.router.backend().clone();
         let mut last = String::from("no attempt");
         let mut backoff = Duration::from_millis(1);
-        let mut next_store = 0usize;
+        let mut turn = 0usize;
         while start.elapsed() < self.deadline {
-            if self.cluster.shut.load(Ordering::Relaxed) {
+            if backend.is_shut() {
                 return Err(Error::Shutdown);
             }
-            let Some((id, store)) = self.pick(&mut next_store) else {
-                last = "no store is running".into();
+            let Some(record) = self.router.locate(key) else {
+                last = "no store knows the region of the key".into();
                 std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_millis(100));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             };
-            let epoch = store.context().engine.region(region).map_or(Epoch::INITIAL, |r| r.epoch);
-            let slot = Oneshot::new();
-            let reply = slot.clone();
-            send(&store, epoch, Box::new(move |r| reply.set(r)));
+            let region = record.region;
+            // The known leader, else the region's stores in turn.
+            let store = record.leader.unwrap_or_else(|| {
+                turn += 1;
+                region.peers.get(turn % region.peers.len().max(1)).map_or(StoreId(0), |p| p.store)
+            });
             let wait = ATTEMPT_TIMEOUT.min(self.deadline.saturating_sub(start.elapsed()));
-            match slot.wait(wait) {
+            let outcome = {
+                let slot = Oneshot::new();
+                let reply = slot.clone();
+                send(backend.as_ref(), store, &region, Box::new(move |r| reply.set(r)))?;
+                slot.wait(wait)
+            };
+            match outcome {
                 Some(Ok(v)) => {
-                    self.leader.store(id.0, Ordering::Relaxed);
+                    if record.leader != Some(store) {
+                        self.router.set_leader(region.id, Some(store));
+                    }
                     return Ok(v);
                 }
-                Some(Err(regionkv_raft::Error::NotLeader { leader: Some(l), .. })) if l != id => {
-                    self.leader.store(l.0, Ordering::Relaxed);
-                    last = format!("store {id} is not the leader");
+                Some(Err(E::NotLeader { leader: Some(l), .. })) if l != store => {
+                    self.router.set_leader(region.id, Some(l));
+                    last = format!("store {store} does not lead region {}", region.id);
                     continue; // follow the hint at once
                 }
+                Some(Err(E::EpochNotMatch { current, .. })) => {
+                    self.router.learn(&current);
+                    if current.iter().all(|r| r.id != region.id) {
+                        self.router.forget(region.id);
+                    }
+                    last = format!("region {} changed", region.id);
+                    continue;
+                }
+                Some(Err(E::KeyNotInRegion { current, .. })) => {
+                    match current {
+                        Some(r) => self.router.learn(&[r]),
+                        None => self.router.forget(region.id),
+                    }
+                    last = format!("the key left region {}", region.id);
+                    continue;
+                }
+                Some(Err(E::RegionNotFound { .. })) => {
+                    self.router.forget(region.id);
+                    last = format!("store {store} has no replica of region {}", region.id);
+                }
                 Some(Err(e)) if e.is_retryable() || e.is_cancelled() => {
+                    self.router.set_leader(region.id, None);
                     last = e.to_string();
-                    self.leader.store(0, Ordering::Relaxed);
                 }
                 Some(Err(e)) => return Err(e.into()),
                 None => {
-                    last = format!("store {id} did not answer within {wait:?}");
-                    self.leader.store(0, Ordering::Relaxed);
+                    self.router.set_leader(region.id, None);
+                    last = format!("store {store} did not answer within {wait:?}");
                 }
             }
             std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_millis(100));
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
         Err(Error::Unavailable { waited: start.elapsed(), last })
-    }
-
-    /// The cached leader if it runs, else the next store round-robin.
-    fn pick(&self, next: &mut usize) -> Option<(StoreId, Arc<Store>)> {
-        let stores = self.cluster.stores.read();
-        let cached = StoreId(self.leader.load(Ordering::Relaxed));
-        if let Some(store) = stores.get(&cached) {
-            return Some((cached, store.clone()));
-        }
-        if stores.is_empty() {
-            return None;
-        }
-        *next = (*next + 1) % stores.len();
-        stores.iter().nth(*next).map(|(&id, s)| (id, s.clone()))
     }
 }

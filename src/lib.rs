@@ -5,14 +5,16 @@
 //! [`wal`] (the durable log), [`engine`] (the MVCC state machine) and [`raft`] (the
 //! multi-Raft store).
 
+mod backend;
 mod cluster;
 mod db;
 mod error;
+mod router;
 
 pub mod bench;
 pub mod demo;
 
-pub use cluster::{Cluster, ClusterBuilder};
+pub use cluster::{Cluster, ClusterBuilder, RegionInfo};
 pub use db::{Db, WriteBatch};
 pub use error::{Error, Result};
 pub use regionkv_engine as engine;

@@ -28,6 +28,9 @@
 //!  |   6 prepare index              7 prepare term   (commit and rollback)           |
 //! ```
 //!
+//! Or, in the cluster directory's log only, one directory command: tag 3 (nested),
+//! laid out in [`crate::directory`].
+//!
 //! A membership change is an `EntryConfChangeV2` entry: raft-rs's `ConfChangeV2` in
 //! the data, and in the context the epoch it was proposed at and the stores of the
 //! peers it adds:
@@ -39,6 +42,8 @@
 use bytes::Bytes;
 use regionkv_engine::codec::{self, DecodeError, DecodeResult, Record};
 use regionkv_engine::{Epoch, Peer, PeerId, Region, RegionId, StoreId};
+
+use crate::directory::DirCmd;
 
 /// The format this binary writes and the newest it reads.
 pub(crate) const FORMAT_VERSION: u8 = 1;
@@ -56,6 +61,7 @@ const CC_PEER: u16 = 2;
 const PEER_ID: u16 = 1;
 const PEER_STORE: u16 = 2;
 const ADMIN: u16 = 2;
+const DIRECTORY: u16 = 3;
 const A_EPOCH: u16 = 1;
 const A_KIND: u16 = 2;
 const A_SPLIT_KEY: u16 = 3;
@@ -206,6 +212,15 @@ pub(crate) enum Command {
     Writes(Vec<Write>),
     /// One admin command.
     Admin(Admin),
+    /// One command of the cluster directory (its own region only).
+    Directory(DirCmd),
+}
+
+/// Encodes a directory command as one entry's data.
+pub(crate) fn encode_directory(cmd: &DirCmd) -> Vec<u8> {
+    let mut out = vec![FORMAT_VERSION];
+    codec::put_nested(&mut out, DIRECTORY, |out| crate::directory::encode_cmd(out, cmd));
+    out
 }
 
 /// Encodes an admin command as one entry's data.
@@ -292,6 +307,14 @@ pub(crate) fn decode(data: &Bytes) -> DecodeResult<Command> {
         return Err(DecodeError::new(0, "command of an unknown format version"));
     }
     let fields = codec::fields(body).map_err(|e| e.shifted(1))?;
+    if let Some(dir) = fields.iter().find(|f| f.tag == DIRECTORY) {
+        if fields.len() != 1 {
+            return Err(DecodeError::new(dir.offset + 1, "a directory command shares its entry"));
+        }
+        return crate::directory::decode_cmd(dir.value)
+            .map(Command::Directory)
+            .map_err(|e| e.shifted(dir.offset + 1));
+    }
     if let Some(admin) = fields.iter().find(|f| f.tag == ADMIN) {
         if fields.len() != 1 {
             return Err(DecodeError::new(admin.offset + 1, "an admin command shares its entry"));

@@ -42,6 +42,7 @@ use regionkv_wal::{CancellationToken, Lsn, Timeline};
 
 use crate::command::{self, Admin, AdminCmd, ChangePeersContext, Command, Op, Write};
 use crate::config::{ReadMode, StoreConfig};
+use crate::directory::{self, DIRECTORY, DirCmd, DirResult, RegionRecord};
 use crate::error::{Error, Result};
 use crate::log::{LogState, LogWrite, RaftLog};
 use crate::logger::raft_logger;
@@ -63,8 +64,10 @@ pub type ElectionTicks = Box<dyn Fn(RegionId, PeerId) -> usize + Send + Sync>;
 pub struct StoreContext {
     /// How the store runs.
     pub config: StoreConfig,
-    /// The store's engine.
+    /// The store's engine: every user region.
     pub engine: Engine,
+    /// The engine of the cluster directory's replica (region 0, [`DIRECTORY`]).
+    pub directory: Engine,
     /// The store's Raft log.
     pub log: Arc<RaftLog>,
     /// Cancelled when the store shuts down; every timeline's token is a child.
@@ -86,10 +89,25 @@ impl StoreContext {
     pub fn new(
         config: StoreConfig,
         engine: Engine,
+        directory: Engine,
         log: Arc<RaftLog>,
         cancel: CancellationToken,
     ) -> StoreContext {
-        StoreContext { config, engine, log, cancel, apply_observer: None, election_ticks: None }
+        StoreContext {
+            config,
+            engine,
+            directory,
+            log,
+            cancel,
+            apply_observer: None,
+            election_ticks: None,
+        }
+    }
+
+    /// The engine that holds `region`: the directory's for [`DIRECTORY`], else the
+    /// store's.
+    pub fn engine_of(&self, region: RegionId) -> &Engine {
+        if region == DIRECTORY { &self.directory } else { &self.engine }
     }
 }
 
@@ -171,6 +189,9 @@ pub struct Output {
     pub write: Option<WriteTask>,
     /// Hand these to the cores that own their regions ([`Control::region`]).
     pub controls: Vec<Control>,
+    /// Regions this store leads that changed (split, merge, membership, leadership):
+    /// for the cluster directory.
+    pub reports: Vec<RegionRecord>,
 }
 
 /// One peer's status, for monitors and tests.
@@ -220,6 +241,8 @@ pub struct StoreCore {
     controls: VecDeque<Control>,
     /// Controls for regions other cores own, for the driver.
     foreign: Vec<Control>,
+    /// Region changes for the directory, for the driver.
+    reports: Vec<RegionRecord>,
     /// Which regions this core owns, for cores that share a store.
     owns: Box<dyn Fn(RegionId) -> bool + Send>,
 }
@@ -272,10 +295,17 @@ impl StoreCore {
             ticks: 0,
             controls: VecDeque::new(),
             foreign: Vec::new(),
+            reports: Vec::new(),
             owns,
         };
-        let hosted: HashMap<RegionId, Region> =
-            core.ctx.engine.regions().into_iter().map(|r| (r.id, r)).collect();
+        let hosted: HashMap<RegionId, Region> = core
+            .ctx
+            .engine
+            .regions()
+            .into_iter()
+            .chain(core.ctx.directory.regions())
+            .map(|r| (r.id, r))
+            .collect();
         let mut ids: Vec<RegionId> = core.ctx.log.region_ids();
         // Hosted by the engine but without a log: a bootstrap that crashed between its
         // engine change and its log write. The log is made from the engine's region.
@@ -295,7 +325,7 @@ impl StoreCore {
             }
             let state = core.ctx.log.state(id).ok_or(Error::RegionNotFound { region: id })?;
             if let Some(region) = hosted.get(&id) {
-                let applied = core.ctx.engine.image_index(id)?.unwrap_or(0);
+                let applied = core.ctx.engine_of(id).image_index(id)?.unwrap_or(0);
                 core.add_peer(
                     region.clone(),
                     true,
@@ -333,7 +363,7 @@ impl StoreCore {
                 region.id
             )));
         };
-        let image = self.ctx.engine.image_index(region.id)?.unwrap_or(0);
+        let image = self.ctx.engine_of(region.id).image_index(region.id)?.unwrap_or(0);
         let term = match image {
             0 => 0,
             RAFT_INIT_INDEX => RAFT_INIT_TERM,
@@ -399,7 +429,8 @@ impl StoreCore {
             config.max_election_tick = ticks + 1;
         }
         let raw = RawNode::new(&config, storage, &raft_logger())?;
-        let merge = if initialized { self.ctx.engine.merge_state(region.id) } else { None };
+        let merge =
+            if initialized { self.ctx.engine_of(region.id).merge_state(region.id) } else { None };
         let timeline = Timeline::new(
             format!("store-{}/region-{}", self.ctx.config.store_id, region.id),
             &self.ctx.cancel,
@@ -455,7 +486,7 @@ impl StoreCore {
         conf_state.voters = region.peers.iter().map(|p| p.id.0).collect();
         let state =
             LogState { first_index: 1, conf_state, peer_id: peer.id.0, ..LogState::default() };
-        self.ctx.engine.insert_region(region.clone())?;
+        self.ctx.engine_of(region.id).insert_region(region.clone())?;
         self.ctx.log.create_region(&mut self.write, region.id, state)?;
         self.add_peer(region, true, peer.id, 0, 0)
     }
@@ -509,8 +540,9 @@ impl StoreCore {
             let Some(range) = range else { return Ok(()) };
             // The engine knows every region of the store, whichever core owns it; one
             // it hosts under this id is a split child whose replica is being created.
-            if self.ctx.engine.region(region).is_some()
-                || !self.ctx.engine.overlapping(&range.start, range.end.as_deref()).is_empty()
+            let engine = self.ctx.engine_of(region);
+            if engine.region(region).is_some()
+                || !engine.overlapping(&range.start, range.end.as_deref()).is_empty()
             {
                 return Ok(());
             }
@@ -565,7 +597,7 @@ impl StoreCore {
                 index: chunk.index,
                 term: chunk.term,
                 next_offset: 0,
-                receiver: self.ctx.engine.receive_checkpoint()?,
+                receiver: self.ctx.engine_of(region).receive_checkpoint()?,
             });
         }
         let Some(incoming) = peer.incoming.as_mut() else { return Ok(()) };
@@ -596,6 +628,12 @@ impl StoreCore {
 
     /// Takes a client write.
     pub fn on_write(&mut self, req: WriteRequest) {
+        if req.region == DIRECTORY {
+            (req.reply)(Err(Error::InvalidRequest(
+                "the cluster directory takes directory commands only".into(),
+            )));
+            return;
+        }
         let Some(peer) = self.peers.get_mut(&req.region) else {
             (req.reply)(Err(Error::RegionNotFound { region: req.region }));
             return;
@@ -768,6 +806,37 @@ impl StoreCore {
         self.dirty.insert(req.region);
     }
 
+    /// Takes a command for the cluster directory (this store must lead it).
+    pub fn on_directory(&mut self, cmd: &DirCmd, reply: Reply<DirResult>) {
+        let Some(peer) = self.peers.get_mut(&DIRECTORY) else {
+            reply(Err(Error::RegionNotFound { region: DIRECTORY }));
+            return;
+        };
+        if !peer.is_leader() {
+            reply(Err(peer.not_leader()));
+            return;
+        }
+        let before = peer.raw.raft.raft_log.last_index();
+        if let Err(e) = peer.raw.propose(Vec::new(), command::encode_directory(cmd)) {
+            reply(Err(e.into()));
+            return;
+        }
+        let index = peer.raw.raft.raft_log.last_index();
+        if index == before {
+            reply(Err(Error::Dropped {
+                region: DIRECTORY,
+                reason: "raft-rs dropped the proposal",
+            }));
+            return;
+        }
+        peer.proposals.push_back(Proposal {
+            index,
+            term: peer.raw.raft.term,
+            waiting: Waiting::Directory(reply),
+        });
+        self.dirty.insert(DIRECTORY);
+    }
+
     /// The merge status of `region`, as its leader sees it.
     pub fn merge_status(&self, region: RegionId) -> Result<MergeStatus> {
         let peer = self.peers.get(&region).ok_or(Error::RegionNotFound { region })?;
@@ -813,10 +882,14 @@ impl StoreCore {
                 if self.peers.contains_key(&region) {
                     return Ok(());
                 }
-                let hosted =
-                    self.ctx.engine.region(region).ok_or(Error::RegionNotFound { region })?;
+                let hosted = self
+                    .ctx
+                    .engine_of(region)
+                    .region(region)
+                    .ok_or(Error::RegionNotFound { region })?;
                 let state = self.ctx.log.state(region).ok_or(Error::RegionNotFound { region })?;
-                let applied = self.ctx.engine.image_index(region)?.unwrap_or(RAFT_INIT_INDEX);
+                let applied =
+                    self.ctx.engine_of(region).image_index(region)?.unwrap_or(RAFT_INIT_INDEX);
                 self.tombstones.remove(&region);
                 self.add_peer(hosted, true, PeerId(state.peer_id), applied, state.conf_index)?;
                 if campaign {
@@ -861,6 +934,16 @@ impl StoreCore {
         Ok(())
     }
 
+    /// Reports `region` to the directory if this store leads it. `leader` false: a
+    /// region this leader created (a split child) whose leader is not known yet.
+    fn report(&mut self, region: &Region, leader: bool) {
+        if region.id == DIRECTORY {
+            return;
+        }
+        let me = self.ctx.config.store_id;
+        self.reports.push(RegionRecord { region: region.clone(), leader: leader.then_some(me) });
+    }
+
     /// Tells a waiting merge target once this source replica applied far enough.
     fn check_catch_up(&mut self, source: RegionId) {
         let Some(peer) = self.peers.get_mut(&source) else { return };
@@ -897,24 +980,14 @@ impl StoreCore {
 
     /// The status of every peer, by region id.
     pub fn status(&self) -> Vec<PeerStatus> {
-        let mut out: Vec<PeerStatus> = self
-            .peers
-            .values()
-            .map(|p| PeerStatus {
-                region: p.region.clone(),
-                peer: p.id,
-                role: p.raw.raft.state,
-                term: p.raw.raft.term,
-                leader: (p.raw.raft.leader_id != raft::INVALID_ID)
-                    .then_some(PeerId(p.raw.raft.leader_id)),
-                commit: p.raw.raft.raft_log.committed,
-                applied: p.applied_index,
-                last_index: p.raw.raft.raft_log.last_index(),
-                initialized: p.initialized,
-            })
-            .collect();
+        let mut out: Vec<PeerStatus> = self.peers.values().map(peer_status).collect();
         out.sort_by_key(|s| s.region.id);
         out
+    }
+
+    /// The status of the peer of `region`, if there is one.
+    pub fn peer_status(&self, region: RegionId) -> Option<PeerStatus> {
+        self.peers.get(&region).map(peer_status)
     }
 
     /// True if any peer may have work for `flush`.
@@ -976,7 +1049,12 @@ impl StoreCore {
                     readies: std::mem::take(&mut self.readies),
                 })
             };
-        Output { messages, write, controls: std::mem::take(&mut self.foreign) }
+        Output {
+            messages,
+            write,
+            controls: std::mem::take(&mut self.foreign),
+            reports: std::mem::take(&mut self.reports),
+        }
     }
 
     fn on_peer_error(region: RegionId, error: &Error) {
@@ -1038,8 +1116,11 @@ impl StoreCore {
                 peer.reads_ready.push_back((state.index, reads));
             }
         }
+        let mut became_leader = None;
         if let Some(ss) = ready.ss() {
-            if ss.raft_state != StateRole::Leader {
+            if ss.raft_state == StateRole::Leader {
+                became_leader = peer.initialized.then(|| peer.region.clone());
+            } else {
                 let leader = peer.leader_store();
                 peer.fail_unproposed(|| Error::NotLeader { region, leader });
             }
@@ -1055,6 +1136,9 @@ impl StoreCore {
         }
         self.readies.push((region, number));
         self.route(region, persisted, true);
+        if let Some(led) = became_leader {
+            self.report(&led, true);
+        }
         if !has_committed {
             self.serve_reads(region);
         }
@@ -1224,8 +1308,9 @@ impl StoreCore {
             return Ok(());
         }
         let term = self.ctx.log.term(region, peer.applied_index)?;
-        let meta = self.ctx.engine.checkpoint(region, peer.applied_index)?;
-        let file = self.ctx.engine.latest_checkpoint(region)?.ok_or_else(|| {
+        let engine = self.ctx.engine_of(region);
+        let meta = engine.checkpoint(region, peer.applied_index)?;
+        let file = engine.latest_checkpoint(region)?.ok_or_else(|| {
             Error::Internal(format!(
                 "checkpoint of region {} at {} not found",
                 region.0, meta.applied_index
@@ -1261,7 +1346,7 @@ impl StoreCore {
                 meta.index, meta.term
             )));
         }
-        let installed = self.ctx.engine.install_checkpoint(received)?;
+        let installed = self.ctx.engine_of(region).install_checkpoint(received)?;
         let state = LogState {
             hard_state: peer.raw.raft.hard_state(),
             conf_state: meta.get_conf_state().clone(),
@@ -1337,7 +1422,8 @@ impl StoreCore {
             return None;
         };
         let peer = self.peers.get(&region)?;
-        let meta_index = self.ctx.engine.meta_index(region).unwrap_or(peer.checkpoint_index);
+        let meta_index =
+            self.ctx.engine_of(region).meta_index(region).unwrap_or(peer.checkpoint_index);
         if entry.index <= peer.applied_index
             || entry.index <= meta_index
             || check_admin(peer, admin.epoch, &admin.cmd, entry.index).is_err()
@@ -1368,6 +1454,10 @@ impl StoreCore {
             EntryType::EntryNormal => match command::decode(&entry.data).map_err(|e| {
                 Error::Internal(format!("undecodable entry {}: {}", entry.index, e.reason))
             })? {
+                Command::Writes(writes) if region == DIRECTORY => {
+                    let refused = || Error::InvalidRequest("client writes to the directory".into());
+                    Outcome::Writes(writes.iter().map(|_| Err(refused())).collect())
+                }
                 Command::Writes(writes) => {
                     let mut results = Vec::with_capacity(writes.len());
                     for write in &writes {
@@ -1375,6 +1465,13 @@ impl StoreCore {
                     }
                     Outcome::Writes(results)
                 }
+                Command::Directory(cmd) if region == DIRECTORY => {
+                    let epoch = peer.region.epoch;
+                    Outcome::Directory(Ok(directory::apply(&self.ctx.directory, epoch, &cmd)?))
+                }
+                Command::Directory(_) => Outcome::Directory(Err(Error::InvalidRequest(
+                    "a directory command outside the directory".into(),
+                ))),
                 Command::Admin(admin) => {
                     // Admin commands change durable metadata; the data before them
                     // (of every region in the round) lands first.
@@ -1404,12 +1501,14 @@ impl StoreCore {
         admin: Admin,
     ) -> Result<Result<AdminResult>> {
         let peer = self.peers.get_mut(&region).expect("present");
-        let meta_index = self.ctx.engine.meta_index(region).unwrap_or(peer.checkpoint_index);
+        let meta_index =
+            self.ctx.engine_of(region).meta_index(region).unwrap_or(peer.checkpoint_index);
         if entry.index <= meta_index {
             // Applied before a restart: the engine's metadata (and for a split, the
             // children's replicas) reflect it already.
-            peer.region = self.ctx.engine.region(region).ok_or(Error::RegionNotFound { region })?;
-            peer.merge = self.ctx.engine.merge_state(region);
+            let engine = self.ctx.engine_of(region);
+            peer.region = engine.region(region).ok_or(Error::RegionNotFound { region })?;
+            peer.merge = engine.merge_state(region);
             return Ok(Err(Error::Dropped { region, reason: "applied before a restart" }));
         }
         if let Err(refused) = check_admin(peer, admin.epoch, &admin.cmd, entry.index) {
@@ -1474,6 +1573,18 @@ impl StoreCore {
                 AdminResult::RolledBack(source)
             }
         };
+        if self.peers.get(&region).is_some_and(Peer::is_leader) {
+            match &result {
+                AdminResult::Split(parts) => {
+                    for (i, part) in parts.iter().enumerate() {
+                        self.report(part, i == 0);
+                    }
+                }
+                AdminResult::Prepared { source: r, .. }
+                | AdminResult::Merged(r)
+                | AdminResult::RolledBack(r) => self.report(&r.clone(), true),
+            }
+        }
         Ok(Ok(result))
     }
 
@@ -1569,7 +1680,8 @@ impl StoreCore {
             peer.conf_index = entry.index;
         }
         // `None`: nothing recorded; metadata is at least as new as the checkpoint.
-        let meta_index = self.ctx.engine.meta_index(region).unwrap_or(peer.checkpoint_index);
+        let meta_index =
+            self.ctx.engine_of(region).meta_index(region).unwrap_or(peer.checkpoint_index);
         if entry.index > meta_index {
             let mut peers = peer.region.peers.clone();
             for change in cc.get_changes() {
@@ -1589,14 +1701,22 @@ impl StoreCore {
                     ConfChangeType::RemoveNode => peers.retain(|p| p.id != id),
                 }
             }
-            peer.region = self.ctx.engine.change_peers(region, peers, entry.index)?;
+            peer.region = self.ctx.engine_of(region).change_peers(region, peers, entry.index)?;
         } else {
-            peer.region = self.ctx.engine.region(region).ok_or(Error::RegionNotFound { region })?;
+            peer.region = self
+                .ctx
+                .engine_of(region)
+                .region(region)
+                .ok_or(Error::RegionNotFound { region })?;
         }
         if !peer.region.peers.iter().any(|p| p.id == peer.id && p.store == me) {
             peer.removed = true;
         }
         tracing::info!(region = region.0, index = entry.index, epoch = %peer.region.epoch, peers = ?peer.region.peers, "applied a membership change");
+        if peer.is_leader() {
+            let changed = peer.region.clone();
+            self.report(&changed, true);
+        }
         Ok(())
     }
 
@@ -1605,7 +1725,7 @@ impl StoreCore {
         let Some(peer) = self.peers.get_mut(&region) else { return };
         while peer.reads_ready.front().is_some_and(|(index, _)| *index <= peer.applied_index) {
             let (_, reads) = peer.reads_ready.pop_front().expect("peeked");
-            let snapshot = self.ctx.engine.snapshot();
+            let snapshot = self.ctx.engine_of(region).snapshot();
             for read in reads {
                 let result = peer
                     .check_version(read.epoch)
@@ -1626,7 +1746,7 @@ impl StoreCore {
         {
             return Ok(());
         }
-        self.ctx.engine.checkpoint(region, peer.applied_index)?;
+        self.ctx.engine_of(region).checkpoint(region, peer.applied_index)?;
         peer.checkpoint_index = peer.applied_index;
         peer.applied_bytes_since_checkpoint = 0;
         peer.snapshot_file = None;
@@ -1645,8 +1765,9 @@ impl StoreCore {
         let Some(mut peer) = self.peers.remove(&region) else { return Ok(()) };
         peer.fail_all(|| Error::RegionNotFound { region });
         // A merged source is gone from the engine already.
-        if peer.initialized && self.ctx.engine.region(region).is_some() {
-            self.ctx.engine.remove_region(region)?;
+        let engine = self.ctx.engine_of(region);
+        if peer.initialized && engine.region(region).is_some() {
+            engine.remove_region(region)?;
         }
         self.ctx.log.stage_tombstone(&mut self.write, region);
         self.tombstones.insert(region);
@@ -1806,6 +1927,7 @@ fn resolve_proposals(
 ) {
     let region = peer.region.id;
     let dropped = || Error::Dropped { region, reason: "its entry was overwritten by a new leader" };
+    let mismatch = || Error::Internal("a proposal matched an entry of another kind".into());
     let mut outcome = Some(outcome);
     while peer.proposals.front().is_some_and(|p| p.index <= entry.index) {
         let proposal = peer.proposals.pop_front().expect("checked");
@@ -1813,9 +1935,14 @@ fn resolve_proposals(
         match proposal.waiting {
             Waiting::Admin(reply) if matched => match outcome.take() {
                 Some(Outcome::Admin(result)) => reply(result),
-                _ => reply(Err(Error::Internal("an admin proposal matched another entry".into()))),
+                _ => reply(Err(mismatch())),
             },
             Waiting::Admin(reply) => reply(Err(dropped())),
+            Waiting::Directory(reply) if matched => match outcome.take() {
+                Some(Outcome::Directory(result)) => reply(result),
+                _ => reply(Err(mismatch())),
+            },
+            Waiting::Directory(reply) => reply(Err(dropped())),
             Waiting::Writes(waiting) if matched => {
                 let results = match outcome.take() {
                     Some(Outcome::Writes(results)) => results,
@@ -1838,6 +1965,20 @@ fn resolve_proposals(
     }
 }
 
+fn peer_status(p: &Peer) -> PeerStatus {
+    PeerStatus {
+        region: p.region.clone(),
+        peer: p.id,
+        role: p.raw.raft.state,
+        term: p.raw.raft.term,
+        leader: (p.raw.raft.leader_id != raft::INVALID_ID).then_some(PeerId(p.raw.raft.leader_id)),
+        commit: p.raw.raft.raft_log.committed,
+        applied: p.applied_index,
+        last_index: p.raw.raft.raft_log.last_index(),
+        initialized: p.initialized,
+    }
+}
+
 /// What applying one entry produced, for the proposal waiting on it.
 enum Outcome {
     /// A no-op or membership change (whose proposer is answered when it applies).
@@ -1846,6 +1987,8 @@ enum Outcome {
     Writes(Vec<Result<()>>),
     /// An admin command's result.
     Admin(Result<AdminResult>),
+    /// A directory command's result.
+    Directory(Result<DirResult>),
 }
 
 /// Why an admin command must not apply at `index` (`applied + 1` when proposing):
@@ -1860,6 +2003,9 @@ fn check_admin(
     let region = &peer.region;
     let stale = || Error::EpochNotMatch { region: region.id, current: vec![region.clone()] };
     let invalid = |reason: &str| Error::InvalidRequest(format!("region {}: {reason}", region.id));
+    if region.id == DIRECTORY {
+        return Err(invalid("the cluster directory is never split or merged"));
+    }
     let merging = peer.merge.filter(|m| index > m.prepare_index);
     let neighbours = |other: &Region| {
         other.id != region.id

@@ -7,6 +7,7 @@ pub mod admin;
 mod command;
 mod config;
 mod core;
+pub mod directory;
 mod error;
 pub mod log;
 mod logger;
@@ -28,5 +29,6 @@ pub use peer::{
     AdminRequest, AdminResult, ChangePeersRequest, MergeStatus, PeerChange, Query, QueryResult,
     ReadRequest, Reply, WriteRequest,
 };
+pub use raft::StateRole;
 pub use storage::PeerStorage;
 pub use store::{Store, StoreOptions};

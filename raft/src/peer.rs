@@ -154,6 +154,8 @@ pub(crate) enum Waiting {
     ChangePeers(Reply<Region>),
     /// An admin command.
     Admin(Reply<AdminResult>),
+    /// A directory command.
+    Directory(Reply<crate::directory::DirResult>),
 }
 
 /// A merge target on this store waiting for its source replica here to apply the
@@ -301,6 +303,7 @@ impl Peer {
                 Waiting::Writes(replies) => replies.into_iter().for_each(|r| r(Err(error()))),
                 Waiting::ChangePeers(reply) => reply(Err(error())),
                 Waiting::Admin(reply) => reply(Err(error())),
+                Waiting::Directory(reply) => reply(Err(error())),
             }
         }
         for (_, reads) in self.reads_ready.drain(..) {

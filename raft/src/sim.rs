@@ -170,6 +170,8 @@ pub struct SimCluster {
     trace: DefaultHasher,
     checks: Arc<Mutex<Checks>>,
     next_peer_id: u64,
+    /// Reports for the directory, until taken.
+    reports: Vec<crate::directory::RegionRecord>,
 }
 
 fn wal_options(segment_bytes: u64, recovery: RecoveryMode) -> WalOptions {
@@ -201,6 +203,7 @@ impl SimCluster {
             trace: DefaultHasher::new(),
             checks: Arc::default(),
             next_peer_id: 1,
+            reports: Vec::new(),
         };
         let total = cluster.config.voters + cluster.config.spares;
         let voters: Vec<Peer> = (1..=cluster.config.voters as u64)
@@ -250,13 +253,15 @@ impl SimCluster {
             )?,
             Err(e) => return Err(e.into()),
         };
-        let engine = Engine::open(fs, "/store/engine", EngineOptions::new(id))?;
+        let engine = Engine::open(fs.clone(), "/store/engine", EngineOptions::new(id))?;
+        let directory = Engine::open(fs, "/store/directory", EngineOptions::new(id))?;
         let mut config = StoreConfig::new(id)
             .tick_interval(self.config.tick)
             .checkpoint_log_bytes(self.config.checkpoint_log_bytes);
         config.snapshot_chunk_bytes = 4096;
         let log = Arc::new(RaftLog::open(wal.clone(), config.log)?);
-        let mut ctx = StoreContext::new(config, engine.clone(), log, CancellationToken::new());
+        let mut ctx =
+            StoreContext::new(config, engine.clone(), directory, log, CancellationToken::new());
         let checks = self.checks.clone();
         ctx.apply_observer = Some(Box::new(move |region, index, term, data| {
             let mut c = checks.lock();
@@ -318,6 +323,7 @@ impl SimCluster {
         for control in out.controls {
             running.core.on_control(control);
         }
+        self.reports.extend(out.reports);
         if let Some(write) = out.write {
             running.writes.push_back(write);
         }
@@ -669,6 +675,7 @@ impl SimCluster {
             running.core.shutdown(Duration::from_secs(5));
             let _ = running.wal.close();
             let _ = running.engine.close();
+            let _ = running.core.context().directory.close();
         }
         s.incarnation += 1;
         self.trace(("stop", store.0));
@@ -754,6 +761,11 @@ impl SimCluster {
     /// Messages of `kind` dropped or not, for tests that count traffic (debugging aid).
     pub fn is_raft(env: &Envelope, kind: MessageType) -> bool {
         matches!(&env.body, Body::Raft(m) if m.get_msg_type() == kind)
+    }
+
+    /// Region changes reported by the stores' leaders since the last call.
+    pub fn take_reports(&mut self) -> Vec<crate::directory::RegionRecord> {
+        std::mem::take(&mut self.reports)
     }
 
     /// The engine of `store`, if it runs (for inspection: what a replica holds).

@@ -20,6 +20,7 @@
 //! writers drain and stop, then the WAL is closed with its seal and the engine with its
 //! clean-shutdown mark. [`Store::kill`] skips all of it, as a crash would.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,10 +35,13 @@ use regionkv_wal::{CancellationToken, RecoveryMode, Wal, WalOptions};
 
 use crate::config::StoreConfig;
 use crate::core::{Control, PeerStatus, StoreContext, StoreCore, WriteTask};
+use crate::directory::{DIRECTORY, DirCmd, DirResult, RegionRecord};
 use crate::error::{Error, Result};
 use crate::log::RaftLog;
 use crate::mailbox::{Mailbox, SendError};
-use crate::peer::{AdminRequest, ChangePeersRequest, MergeStatus, ReadRequest, WriteRequest};
+use crate::peer::{
+    AdminRequest, ChangePeersRequest, MergeStatus, ReadRequest, Reply, WriteRequest,
+};
 use crate::transport::{Envelope, Inbox, Transport};
 
 /// Requests a poller takes.
@@ -53,6 +57,8 @@ enum Msg {
     Admin(Box<AdminRequest>),
     MergeStatus(RegionId, Sender<Result<MergeStatus>>),
     Control(Control),
+    Directory(DirCmd, Reply<DirResult>),
+    PeerStatus(RegionId, Sender<Option<PeerStatus>>),
 }
 
 /// Bounds of a store's queues.
@@ -88,6 +94,8 @@ impl StoreOptions {
 struct StoreInbox {
     pollers: Vec<Arc<Mailbox<Msg>>>,
     dropped: AtomicU64,
+    /// Region changes for the directory, newest per region, until taken.
+    reports: Mutex<HashMap<RegionId, RegionRecord>>,
 }
 
 fn poller_of(region: RegionId, pollers: usize) -> usize {
@@ -159,12 +167,14 @@ impl Store {
             }
             Err(e) => return Err(e.into()),
         };
-        let engine =
-            Engine::open(fs, dir.join("engine"), EngineOptions::new(options.config.store_id))?;
+        let id = options.config.store_id;
+        let engine = Engine::open(fs.clone(), dir.join("engine"), EngineOptions::new(id))?;
+        let directory = Engine::open(fs, dir.join("directory"), EngineOptions::new(id))?;
         let log = Arc::new(RaftLog::open(wal.clone(), options.config.log)?);
         let ctx = Arc::new(StoreContext::new(
             options.config.clone(),
             engine,
+            directory,
             log,
             CancellationToken::new(),
         ));
@@ -176,7 +186,11 @@ impl Store {
             senders.push(mailbox.clone());
             receivers.push(mailbox);
         }
-        let inbox = Arc::new(StoreInbox { pollers: senders.clone(), dropped: AtomicU64::new(0) });
+        let inbox = Arc::new(StoreInbox {
+            pollers: senders.clone(),
+            dropped: AtomicU64::new(0),
+            reports: Mutex::new(HashMap::new()),
+        });
         let killed = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         let all_pollers: Arc<Vec<Arc<Mailbox<Msg>>>> = Arc::new(senders.clone());
@@ -197,10 +211,11 @@ impl Store {
                 let (transport, killed) = (transport.clone(), killed.clone());
                 let timeout = options.shutdown_timeout;
                 let others = all_pollers.clone();
+                let inbox = inbox.clone();
                 std::thread::Builder::new()
                     .name(format!("s{store_id}-poller-{i}"))
                     .spawn(move || {
-                        let pollers = Pollers(&others);
+                        let pollers = Pollers { mailboxes: &others, inbox: &inbox };
                         poller_loop(
                             core,
                             &rx,
@@ -323,6 +338,31 @@ impl Store {
         all
     }
 
+    /// Region changes seen by this store's leaders since the last call (the newest per
+    /// region), for the cluster directory.
+    pub fn take_reports(&self) -> Vec<RegionRecord> {
+        let mut reports: Vec<RegionRecord> =
+            std::mem::take(&mut *self.inbox.reports.lock()).into_values().collect();
+        reports.sort_by_key(|r| r.region.id);
+        reports
+    }
+
+    /// Submits a command to the cluster directory, whose leader must be on this store.
+    pub fn directory(&self, cmd: DirCmd, reply: Reply<DirResult>) {
+        if let Err(Msg::Directory(_, reply)) = self.try_send(DIRECTORY, Msg::Directory(cmd, reply))
+        {
+            reply(Err(Error::Cancelled));
+        }
+    }
+
+    /// The status of this store's peer of `region`, if it has one (cheaper than
+    /// [`Store::status`] on a store with many regions).
+    pub fn peer_status(&self, region: RegionId) -> Option<PeerStatus> {
+        let (tx, rx) = bounded(1);
+        self.send(region, Msg::PeerStatus(region, tx)).ok()?;
+        rx.recv_timeout(Duration::from_secs(10)).ok().flatten()
+    }
+
     /// Envelopes dropped because a poller's queue was full.
     pub fn dropped_envelopes(&self) -> u64 {
         self.inbox.dropped.load(Ordering::Relaxed)
@@ -337,6 +377,7 @@ impl Store {
         // 5. The clean-shutdown marks.
         self.wal.close()?;
         self.ctx.engine.close()?;
+        self.ctx.directory.close()?;
         tracing::info!(store = self.ctx.config.store_id.0, "store shut down cleanly");
         Ok(())
     }
@@ -393,19 +434,37 @@ fn handle(core: &mut StoreCore, msg: Msg) {
             let _ = reply.send(core.merge_status(region));
         }
         Msg::Control(control) => core.on_control(control),
+        Msg::Directory(cmd, reply) => core.on_directory(&cmd, reply),
+        Msg::PeerStatus(region, reply) => {
+            let _ = reply.send(core.peer_status(region));
+        }
     }
 }
 
-/// Every poller's mailbox, for controls that cross from one poller to another.
-struct Pollers<'a>(&'a [Arc<Mailbox<Msg>>]);
+/// What a poller hands to its siblings and to the store: controls that cross from
+/// one poller to another, and reports for the directory.
+struct Pollers<'a> {
+    mailboxes: &'a [Arc<Mailbox<Msg>>],
+    inbox: &'a StoreInbox,
+}
 
 impl Pollers<'_> {
     fn send(&self, control: Control) {
-        let i = poller_of(control.region(), self.0.len());
+        let i = poller_of(control.region(), self.mailboxes.len());
         // A blocking send: controls are rare, and one lost would stall a merge or
         // leave a split child without its replica until a restart.
-        if self.0[i].send(Msg::Control(control)).is_err() {
+        if self.mailboxes[i].send(Msg::Control(control)).is_err() {
             tracing::debug!("control dropped: the poller stopped");
+        }
+    }
+
+    fn report(&self, reports: Vec<RegionRecord>) {
+        if reports.is_empty() {
+            return;
+        }
+        let mut pending = self.inbox.reports.lock();
+        for r in reports {
+            pending.insert(r.region.id, r);
         }
     }
 }
@@ -461,6 +520,7 @@ fn poller_loop(
         for control in out.controls {
             pollers.send(control);
         }
+        pollers.report(out.reports);
         transport.send(out.messages);
         if let Some(task) = out.write
             && writer.send(task).is_err()
@@ -479,10 +539,12 @@ fn refuse(msg: Msg) {
             let _ = reply.send(Err(Error::Cancelled));
         }
         Msg::Admin(req) => (req.reply)(Err(Error::Cancelled)),
+        Msg::Directory(_, reply) => reply(Err(Error::Cancelled)),
         Msg::MergeStatus(_, reply) => {
             let _ = reply.send(Err(Error::Cancelled));
         }
         Msg::Envelopes(_)
+        | Msg::PeerStatus(..)
         | Msg::TransferLeader(..)
         | Msg::Persisted(_)
         | Msg::Status(_)

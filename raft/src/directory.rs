@@ -1,0 +1,498 @@
+//! The cluster directory: a small Raft group ([`DIRECTORY`], region 0) outside the user
+//! key space, on the same stores as everything else (`TiKV`'s PD reduced to a Raft
+//! group). It allocates ids (of regions, peers and stores) and keeps the region
+//! directory: each region's range, epoch and last known leader.
+//!
+//! Its replicas apply into a store's second engine (`<store>/directory`), which hosts
+//! only region 0; the directory is a few records in it:
+//!
+//! ```text
+//!  key                              value (format u8 = 1, then TLV)
+//!  "n"                              next id: 1 u64
+//!  "r" 0x01 <end key>               a region whose end is <end key>:
+//!  "r" 0x02                         the region whose end is unbounded
+//!                                     1 region (engine codec)  2 leader store (optional)
+//!  "i" <region id, u64 BE>          the directory key of that region's record
+//! ```
+//!
+//! Records are keyed by their end so that the region holding key `k` is the first
+//! record after `"r" 0x01 k` (its end is the first one above `k`).
+//!
+//! Every change goes through the group's log as a [`DirCmd`]; applying one is
+//! deterministic (it reads only the directory itself). A report never moves a region
+//! back: a record is replaced only by one of a newer epoch, and a new record removes
+//! the older ones whose ranges it overlaps (a split's parent range, a merge's source).
+//! Readers that only route requests may read any replica (stale is fine: a stale
+//! route is refused with the current region, and the client learns from that).
+
+use std::collections::BTreeSet;
+
+use regionkv_engine::codec::{self, DecodeError, DecodeResult, Record};
+use regionkv_engine::{Engine, Epoch, Region, RegionId, Snapshot, StoreId};
+
+use crate::error::{Error, Result};
+
+/// The directory's region id.
+pub const DIRECTORY: RegionId = RegionId(0);
+
+/// Ids below this one are for bootstrap (stores `1..=n`, regions 0 and 1, the peers of
+/// bootstrapped regions); the directory allocates from here on.
+pub const FIRST_ALLOCATED_ID: u64 = 1000;
+
+/// The format of directory records and commands.
+const FORMAT_VERSION: u8 = 1;
+
+const KEY_NEXT_ID: &[u8] = b"n";
+const KEY_REGION: u8 = b'r';
+const KEY_INDEX: u8 = b'i';
+const END_BOUNDED: u8 = 1;
+const END_UNBOUNDED: u8 = 2;
+
+const REC_REGION: u16 = 1;
+const REC_LEADER: u16 = 2;
+const REC_TAGS: &[u16] = &[REC_REGION, REC_LEADER];
+const NEXT_ID: u16 = 1;
+
+// Command fields.
+const CMD_KIND: u16 = 1;
+const CMD_COUNT: u16 = 2;
+const CMD_RECORD: u16 = 3;
+const CMD_TAGS: &[u16] = &[CMD_KIND, CMD_COUNT, CMD_RECORD];
+const KIND_ALLOC: u64 = 1;
+const KIND_REPORT: u64 = 2;
+
+/// What the directory knows of one region.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionRecord {
+    /// The region: range, epoch, peers.
+    pub region: Region,
+    /// The store that last reported leading it (`None`: unknown).
+    pub leader: Option<StoreId>,
+}
+
+/// A change to the directory, replicated through its log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DirCmd {
+    /// Allocate `count` fresh ids.
+    AllocIds {
+        /// How many.
+        count: u64,
+    },
+    /// Regions as their leaders see them now.
+    Report {
+        /// The records.
+        records: Vec<RegionRecord>,
+    },
+}
+
+/// What an applied [`DirCmd`] produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DirResult {
+    /// Ids `first .. first + count`, never handed out before.
+    Ids {
+        /// The first id.
+        first: u64,
+        /// How many.
+        count: u64,
+    },
+    /// How many reported records changed the directory (the others were stale).
+    Reported {
+        /// Records taken.
+        taken: usize,
+    },
+}
+
+fn region_key(end: Option<&[u8]>) -> Vec<u8> {
+    match end {
+        Some(end) => [&[KEY_REGION, END_BOUNDED][..], end].concat(),
+        None => vec![KEY_REGION, END_UNBOUNDED],
+    }
+}
+
+fn index_key(id: RegionId) -> Vec<u8> {
+    let mut key = vec![KEY_INDEX];
+    key.extend_from_slice(&id.0.to_be_bytes());
+    key
+}
+
+fn encode_record(record: &RegionRecord) -> Vec<u8> {
+    let mut out = vec![FORMAT_VERSION];
+    put_record_fields(&mut out, record);
+    out
+}
+
+fn put_record_fields(out: &mut Vec<u8>, record: &RegionRecord) {
+    codec::put_nested(out, REC_REGION, |out| codec::put_region(out, &record.region));
+    if let Some(leader) = record.leader {
+        codec::put_u64(out, REC_LEADER, leader.0);
+    }
+}
+
+fn decode_record_fields(buf: &[u8]) -> DecodeResult<RegionRecord> {
+    let rec = Record::parse(buf, REC_TAGS, false)?;
+    let f = rec.required(REC_REGION, "record region")?;
+    let region = codec::decode_region(f.value, false).map_err(|e| e.shifted(f.offset))?;
+    // Absent means unknown (design 5.5), never "store 0".
+    let leader = rec.optional(REC_LEADER)?.map(|f| f.as_u64().map(StoreId)).transpose()?;
+    Ok(RegionRecord { region, leader })
+}
+
+fn decode_record(buf: &[u8]) -> DecodeResult<RegionRecord> {
+    let (&version, body) = buf.split_first().ok_or(DecodeError::new(0, "empty record"))?;
+    if version != FORMAT_VERSION {
+        return Err(DecodeError::new(0, "directory record of an unknown format version"));
+    }
+    decode_record_fields(body).map_err(|e| e.shifted(1))
+}
+
+/// Encodes a command as the data of a directory entry (inside the command format's
+/// tag 3; see `command`).
+pub(crate) fn encode_cmd(out: &mut Vec<u8>, cmd: &DirCmd) {
+    match cmd {
+        DirCmd::AllocIds { count } => {
+            codec::put_u64(out, CMD_KIND, KIND_ALLOC);
+            codec::put_u64(out, CMD_COUNT, *count);
+        }
+        DirCmd::Report { records } => {
+            codec::put_u64(out, CMD_KIND, KIND_REPORT);
+            for r in records {
+                codec::put_nested(out, CMD_RECORD, |out| put_record_fields(out, r));
+            }
+        }
+    }
+}
+
+pub(crate) fn decode_cmd(buf: &[u8]) -> DecodeResult<DirCmd> {
+    let rec = Record::parse(buf, CMD_TAGS, false)?;
+    match rec.required(CMD_KIND, "directory command kind")?.as_u64()? {
+        KIND_ALLOC => {
+            Ok(DirCmd::AllocIds { count: rec.required(CMD_COUNT, "id count")?.as_u64()? })
+        }
+        KIND_REPORT => {
+            let mut records = Vec::new();
+            for f in rec.repeated(CMD_RECORD) {
+                records.push(decode_record_fields(f.value).map_err(|e| e.shifted(f.offset))?);
+            }
+            Ok(DirCmd::Report { records })
+        }
+        _ => Err(DecodeError::new(0, "unknown directory command")),
+    }
+}
+
+fn corrupt(what: &str, e: &DecodeError) -> Error {
+    Error::Internal(format!("directory {what} does not decode: {} at byte {}", e.reason, e.offset))
+}
+
+/// The next id to allocate.
+fn next_id(snapshot: &Snapshot) -> Result<u64> {
+    let Some(value) = snapshot.get(KEY_NEXT_ID) else { return Ok(FIRST_ALLOCATED_ID) };
+    let decode = || -> DecodeResult<u64> {
+        let (&version, body) = value.split_first().ok_or(DecodeError::new(0, "empty"))?;
+        if version != FORMAT_VERSION {
+            return Err(DecodeError::new(0, "unknown format version"));
+        }
+        Record::parse(body, &[NEXT_ID], false)?.required(NEXT_ID, "next id")?.as_u64()
+    };
+    decode().map_err(|e| corrupt("next id", &e))
+}
+
+/// The record of region `id`, if the directory has one.
+fn record_by_id(snapshot: &Snapshot, id: RegionId) -> Result<Option<(Vec<u8>, RegionRecord)>> {
+    let Some(key) = snapshot.get(&index_key(id)) else { return Ok(None) };
+    let Some(value) = snapshot.get(&key) else { return Ok(None) };
+    let record = decode_record(&value).map_err(|e| corrupt("record", &e))?;
+    Ok((record.region.id == id).then(|| (key.to_vec(), record)))
+}
+
+/// Records whose ranges overlap `[start, end)`, with their keys.
+fn overlapping(
+    snapshot: &Snapshot,
+    start: &[u8],
+    end: Option<&[u8]>,
+) -> Result<Vec<(Vec<u8>, RegionRecord)>> {
+    let mut out = Vec::new();
+    // Records are ordered by end: the first overlapping one has end > start.
+    let from = [&[KEY_REGION, END_BOUNDED][..], start, &[0]].concat();
+    let to = [KEY_REGION, END_UNBOUNDED + 1];
+    for (key, value) in snapshot.scan(&from, Some(&to), usize::MAX) {
+        let record = decode_record(&value).map_err(|e| corrupt("record", &e))?;
+        if end.is_some_and(|end| record.region.start.as_slice() >= end) {
+            break;
+        }
+        out.push((key.to_vec(), record));
+    }
+    Ok(out)
+}
+
+/// The region holding `key`, as the directory knows it.
+pub fn lookup(snapshot: &Snapshot, key: &[u8]) -> Result<Option<RegionRecord>> {
+    let found = overlapping(snapshot, key, Some(&[key, &[0]].concat()))?;
+    Ok(found.into_iter().map(|(_, r)| r).find(|r| r.region.contains(key)))
+}
+
+/// Every region the directory knows, in key order.
+pub fn regions(snapshot: &Snapshot) -> Result<Vec<RegionRecord>> {
+    let mut out: Vec<RegionRecord> =
+        overlapping(snapshot, b"", None)?.into_iter().map(|(_, r)| r).collect();
+    out.sort_by(|a, b| a.region.start.cmp(&b.region.start));
+    Ok(out)
+}
+
+/// True if the ranges of `a` and `b` share a key.
+fn overlap(a: &Region, b: &Region) -> bool {
+    a.end.as_deref().is_none_or(|e| e > b.start.as_slice())
+        && b.end.as_deref().is_none_or(|e| a.start.as_slice() < e)
+}
+
+/// True if `a` is newer than `b` (a later split/merge, or the same and a later
+/// membership change).
+fn newer(a: Epoch, b: Epoch) -> bool {
+    (a.version, a.conf_ver) > (b.version, b.conf_ver)
+}
+
+/// Applies `cmd` to the directory in `engine` (region 0 at `epoch`), deterministically.
+pub(crate) fn apply(engine: &Engine, epoch: Epoch, cmd: &DirCmd) -> Result<DirResult> {
+    let snapshot = engine.snapshot();
+    let mut round = engine.begin_round();
+    round.prepare_for_region(DIRECTORY, epoch)?;
+    let result = match cmd {
+        DirCmd::AllocIds { count } => {
+            let first = next_id(&snapshot)?;
+            let next = first
+                .checked_add(*count)
+                .ok_or_else(|| Error::InvalidRequest("id space exhausted".into()))?;
+            let mut value = vec![FORMAT_VERSION];
+            codec::put_u64(&mut value, NEXT_ID, next);
+            round.put(KEY_NEXT_ID, &value)?;
+            DirResult::Ids { first, count: *count }
+        }
+        DirCmd::Report { records } => {
+            // Later records of the same batch see the earlier ones: apply one by one,
+            // tracking what this batch wrote and removed.
+            let mut written: Vec<(Vec<u8>, RegionRecord)> = Vec::new();
+            let mut removed: BTreeSet<Vec<u8>> = BTreeSet::new();
+            let mut taken = 0;
+            for record in records {
+                let region = &record.region;
+                // What the snapshot says, minus what this batch removed or rewrote.
+                let live = |(k, _): &(Vec<u8>, RegionRecord)| {
+                    !removed.contains(k) && !written.iter().any(|(w, _)| w == k)
+                };
+                let mut current: Vec<(Vec<u8>, RegionRecord)> =
+                    overlapping(&snapshot, &region.start, region.end.as_deref())?
+                        .into_iter()
+                        .filter(live)
+                        .collect();
+                current.extend(record_by_id(&snapshot, region.id)?.filter(live));
+                current.sort_by(|a, b| a.0.cmp(&b.0));
+                current.dedup_by(|a, b| a.0 == b.0);
+                current.extend(
+                    written
+                        .iter()
+                        .filter(|(_, r)| r.region.id == region.id || overlap(&r.region, region))
+                        .cloned(),
+                );
+                // Stale if anything it would replace is as new or newer; at the same
+                // epoch a record replaces its own only to name a new leader.
+                let stale = current.iter().any(|(_, r)| {
+                    if r.region.id == region.id {
+                        let news = newer(region.epoch, r.region.epoch)
+                            || (region.epoch == r.region.epoch
+                                && record.leader.is_some()
+                                && record.leader != r.leader);
+                        !news
+                    } else {
+                        r.region.epoch.version >= region.epoch.version
+                    }
+                });
+                if stale {
+                    continue;
+                }
+                for (key, old) in current {
+                    if removed.insert(key.clone()) {
+                        round.delete(&key)?;
+                        round.delete(&index_key(old.region.id))?;
+                    }
+                    written.retain(|(k, _)| *k != key);
+                }
+                let key = region_key(region.end.as_deref());
+                removed.remove(&key);
+                round.put(&key, &encode_record(record))?;
+                round.put(&index_key(region.id), &key)?;
+                written.push((key, record.clone()));
+                taken += 1;
+            }
+            DirResult::Reported { taken }
+        }
+    };
+    round.commit()?;
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use regionkv_engine::{EngineOptions, Peer, PeerId};
+    use regionkv_wal::SimFs;
+
+    use super::*;
+
+    fn engine() -> Engine {
+        let engine =
+            Engine::open(Arc::new(SimFs::new()), "/d", EngineOptions::new(StoreId(1))).unwrap();
+        engine.insert_region(Region::whole(DIRECTORY)).unwrap();
+        engine
+    }
+
+    fn region(id: u64, start: &str, end: Option<&str>, version: u64) -> Region {
+        Region {
+            id: RegionId(id),
+            start: start.as_bytes().to_vec(),
+            end: end.map(|e| e.as_bytes().to_vec()),
+            epoch: Epoch { version, conf_ver: 1 },
+            peers: vec![Peer { id: PeerId(1), store: StoreId(1) }],
+        }
+    }
+
+    fn report(engine: &Engine, regions: &[Region]) -> usize {
+        let records =
+            regions.iter().map(|r| RegionRecord { region: r.clone(), leader: Some(StoreId(2)) });
+        match apply(engine, Epoch::INITIAL, &DirCmd::Report { records: records.collect() }) {
+            Ok(DirResult::Reported { taken }) => taken,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn ids(engine: &Engine) -> Vec<u64> {
+        regions(&engine.snapshot()).unwrap().iter().map(|r| r.region.id.0).collect()
+    }
+
+    #[test]
+    fn ids_are_never_handed_out_twice() {
+        let engine = engine();
+        let a = apply(&engine, Epoch::INITIAL, &DirCmd::AllocIds { count: 3 }).unwrap();
+        let b = apply(&engine, Epoch::INITIAL, &DirCmd::AllocIds { count: 2 }).unwrap();
+        assert_eq!(a, DirResult::Ids { first: FIRST_ALLOCATED_ID, count: 3 });
+        assert_eq!(b, DirResult::Ids { first: FIRST_ALLOCATED_ID + 3, count: 2 });
+    }
+
+    #[test]
+    fn reports_follow_splits_and_merges_and_never_go_back() {
+        let engine = engine();
+        assert_eq!(report(&engine, &[region(1, "", None, 1)]), 1);
+        // A split reported child first, then the parent: both taken, the old whole range gone.
+        assert_eq!(report(&engine, &[region(2, "m", None, 2), region(1, "", Some("m"), 2)]), 2);
+        assert_eq!(ids(&engine), vec![1, 2]);
+        let snap = engine.snapshot();
+        assert_eq!(lookup(&snap, b"a").unwrap().unwrap().region.id, RegionId(1));
+        assert_eq!(lookup(&snap, b"m").unwrap().unwrap().region.id, RegionId(2));
+        assert_eq!(lookup(&snap, b"zz").unwrap().unwrap().leader, Some(StoreId(2)));
+        // A late report of the old parent is stale: nothing changes.
+        assert_eq!(report(&engine, &[region(1, "", None, 1)]), 0);
+        assert_eq!(ids(&engine), vec![1, 2]);
+        // A merge of 2 into 1 (version max + 1 after the prepare's bump): 2 is gone.
+        assert_eq!(report(&engine, &[region(1, "", None, 4)]), 1);
+        assert_eq!(ids(&engine), vec![1]);
+        assert_eq!(lookup(&engine.snapshot(), b"q").unwrap().unwrap().region.epoch.version, 4);
+        // A stale child report after the merge is refused.
+        assert_eq!(report(&engine, &[region(2, "m", None, 3)]), 0);
+        assert_eq!(ids(&engine), vec![1]);
+        // Same epoch, a new leader: taken; the same leader again, or none: not.
+        let moved = RegionRecord { region: region(1, "", None, 4), leader: Some(StoreId(3)) };
+        let cmd = DirCmd::Report { records: vec![moved.clone()] };
+        assert_eq!(apply(&engine, Epoch::INITIAL, &cmd).unwrap(), DirResult::Reported { taken: 1 });
+        assert_eq!(apply(&engine, Epoch::INITIAL, &cmd).unwrap(), DirResult::Reported { taken: 0 });
+        let unknown = DirCmd::Report { records: vec![RegionRecord { leader: None, ..moved }] };
+        assert_eq!(
+            apply(&engine, Epoch::INITIAL, &unknown).unwrap(),
+            DirResult::Reported { taken: 0 }
+        );
+        assert_eq!(lookup(&engine.snapshot(), b"x").unwrap().unwrap().leader, Some(StoreId(3)));
+    }
+
+    /// A random history of splits and merges, as the records its leaders report.
+    fn history(ops: &[(u8, u8)]) -> (Vec<Region>, Vec<Region>) {
+        let mut regions = vec![region(1, "", None, 1)];
+        let mut reported = regions.clone();
+        let mut next_id = 2;
+        for &(op, at) in ops {
+            let i = at as usize % regions.len();
+            if op % 2 == 0 {
+                // Split region i at a key inside it.
+                let r = regions[i].clone();
+                let key = [r.start.clone(), vec![b'a' + op % 26]].concat();
+                if r.end.as_ref().is_some_and(|e| key >= *e) {
+                    continue;
+                }
+                let mut left = r.clone();
+                left.end = Some(key.clone());
+                left.epoch.version += 1;
+                let right = Region { id: RegionId(next_id), start: key, ..left.clone() };
+                let right = Region { end: r.end.clone(), ..right };
+                next_id += 1;
+                reported.extend([left.clone(), right.clone()]);
+                regions.splice(i..=i, [left, right]);
+            } else if i + 1 < regions.len() {
+                // Merge the right neighbour into region i: prepare, then commit.
+                let mut source = regions[i + 1].clone();
+                source.epoch.version += 1;
+                reported.push(source.clone());
+                let mut target = regions[i].clone();
+                target.end.clone_from(&source.end);
+                target.epoch.version = source.epoch.version.max(target.epoch.version) + 1;
+                reported.push(target.clone());
+                regions.splice(i..=i + 1, [target]);
+            }
+        }
+        (regions, reported)
+    }
+
+    proptest::proptest! {
+        /// However late and out of order the reports come, the directory ends at the
+        /// final partition: a newer region always beats an older overlapping one.
+        #[test]
+        fn reports_in_any_order_converge_on_the_final_regions(
+            ops in proptest::collection::vec((0u8..255, 0u8..255), 0..30),
+            order in proptest::collection::vec(0usize..1000, 0..200),
+            batch in 1usize..5,
+        ) {
+            let (last, mut reported) = history(&ops);
+            for (i, j) in order.iter().enumerate() {
+                let n = reported.len();
+                reported.swap(i % n, j % n);
+            }
+            let engine = engine();
+            for chunk in reported.chunks(batch) {
+                report(&engine, chunk);
+            }
+            let got: Vec<Region> =
+                regions(&engine.snapshot()).unwrap().into_iter().map(|r| r.region).collect();
+            proptest::prop_assert_eq!(got, last);
+        }
+    }
+
+    #[test]
+    fn commands_round_trip_and_garbage_never_panics() {
+        let cmds = [
+            DirCmd::AllocIds { count: 7 },
+            DirCmd::Report {
+                records: vec![
+                    RegionRecord { region: region(3, "a", Some("b"), 2), leader: None },
+                    RegionRecord { region: region(4, "b", None, 2), leader: Some(StoreId(3)) },
+                ],
+            },
+        ];
+        for cmd in cmds {
+            let mut buf = Vec::new();
+            encode_cmd(&mut buf, &cmd);
+            assert_eq!(decode_cmd(&buf).unwrap(), cmd);
+            for i in 0..buf.len() {
+                let _ = decode_cmd(&buf[..i]);
+                let mut flipped = buf.clone();
+                flipped[i] ^= 0x41;
+                let _ = decode_cmd(&flipped);
+            }
+        }
+    }
+}

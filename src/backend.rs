@@ -1,0 +1,143 @@
+//! How a client reaches the stores: the [`Backend`] seam, and its in-process
+//! implementation over a [`Cluster`](crate::Cluster)'s stores.
+//!
+//! Routing, retries and the merge driver are written against the seam only, so that a
+//! client of stores in other processes (over TCP) reuses them as they are.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::RwLock;
+use regionkv_engine::{Region, RegionId, StoreId};
+use regionkv_raft::directory::{self, DirCmd, DirResult, RegionRecord};
+use regionkv_raft::{
+    AdminRequest, MergeStatus, PeerStatus, ReadRequest, Reply, StateRole, Store, WriteRequest,
+};
+
+/// Requests to stores. Each call hands its reply to `reply` (or returns it), and fails
+/// with a retryable error when the store cannot take it.
+pub(crate) trait Backend: Send + Sync {
+    /// True once the client's cluster is shut down for good.
+    fn is_shut(&self) -> bool;
+    /// Stores that may be reached.
+    fn store_ids(&self) -> Vec<StoreId>;
+    fn write(&self, store: StoreId, req: WriteRequest);
+    fn read(&self, store: StoreId, req: ReadRequest);
+    fn admin(&self, store: StoreId, req: AdminRequest);
+    fn directory(&self, store: StoreId, cmd: DirCmd, reply: Reply<DirResult>);
+    fn merge_status(&self, store: StoreId, region: RegionId) -> regionkv_raft::Result<MergeStatus>;
+    /// The status of `store`'s replica of `region`, if it has one.
+    fn peer_status(&self, store: StoreId, region: RegionId) -> Option<PeerStatus>;
+    /// Where `key` lives, as some replica of the directory (or, before the directory
+    /// heard of it, some store) knows it: possibly stale, which routing corrects.
+    fn locate(&self, key: &[u8]) -> Option<RegionRecord>;
+    /// The store whose replica leads `region` with the highest term, if any is known.
+    fn leader_of(&self, region: RegionId) -> Option<StoreId> {
+        let mut best: Option<(u64, StoreId)> = None;
+        for store in self.store_ids() {
+            if let Some(s) = self.peer_status(store, region)
+                && s.role == StateRole::Leader
+                && best.is_none_or(|(term, _)| s.term > term)
+            {
+                best = Some((s.term, store));
+            }
+        }
+        best.map(|(_, store)| store)
+    }
+}
+
+/// The stores of a [`Cluster`](crate::Cluster), called in this process.
+pub(crate) struct LocalStores {
+    pub stores: RwLock<BTreeMap<StoreId, Arc<Store>>>,
+    pub shut: AtomicBool,
+}
+
+impl LocalStores {
+    fn store(&self, id: StoreId) -> Option<Arc<Store>> {
+        self.stores.read().get(&id).cloned()
+    }
+
+    fn all(&self) -> Vec<Arc<Store>> {
+        self.stores.read().values().cloned().collect()
+    }
+}
+
+/// A store that is not running answers like one shutting down: try elsewhere.
+fn gone<T>(reply: Reply<T>) {
+    reply(Err(regionkv_raft::Error::Cancelled));
+}
+
+impl Backend for LocalStores {
+    fn is_shut(&self) -> bool {
+        self.shut.load(Ordering::Relaxed)
+    }
+
+    fn store_ids(&self) -> Vec<StoreId> {
+        self.stores.read().keys().copied().collect()
+    }
+
+    fn write(&self, store: StoreId, req: WriteRequest) {
+        match self.store(store) {
+            Some(s) => s.write(req),
+            None => gone(req.reply),
+        }
+    }
+
+    fn read(&self, store: StoreId, req: ReadRequest) {
+        match self.store(store) {
+            Some(s) => s.read(req),
+            None => gone(req.reply),
+        }
+    }
+
+    fn admin(&self, store: StoreId, req: AdminRequest) {
+        match self.store(store) {
+            Some(s) => s.admin(req),
+            None => gone(req.reply),
+        }
+    }
+
+    fn directory(&self, store: StoreId, cmd: DirCmd, reply: Reply<DirResult>) {
+        match self.store(store) {
+            Some(s) => s.directory(cmd, reply),
+            None => gone(reply),
+        }
+    }
+
+    fn merge_status(&self, store: StoreId, region: RegionId) -> regionkv_raft::Result<MergeStatus> {
+        self.store(store).ok_or(regionkv_raft::Error::Cancelled)?.merge_status(region)
+    }
+
+    fn peer_status(&self, store: StoreId, region: RegionId) -> Option<PeerStatus> {
+        self.store(store)?.peer_status(region)
+    }
+
+    fn locate(&self, key: &[u8]) -> Option<RegionRecord> {
+        let stores = self.all();
+        // The directory's replicas first: the newest record any of them holds.
+        let mut best: Option<RegionRecord> = None;
+        for store in &stores {
+            let snapshot = store.context().directory.snapshot();
+            if let Ok(Some(record)) = directory::lookup(&snapshot, key)
+                && best.as_ref().is_none_or(|b| newer(&record.region, &b.region))
+            {
+                best = Some(record);
+            }
+        }
+        // Then what the stores host (a region the directory has not heard of yet).
+        for store in &stores {
+            if let Some(region) = store.context().engine.region_for_key(key)
+                && best.as_ref().is_none_or(|b| newer(&region, &b.region))
+            {
+                best = Some(RegionRecord { region, leader: None });
+            }
+        }
+        best
+    }
+}
+
+/// True if `a` is a newer view than `b` of the regions holding some key.
+pub(crate) fn newer(a: &Region, b: &Region) -> bool {
+    (a.epoch.version, a.epoch.conf_ver) > (b.epoch.version, b.epoch.conf_ver)
+}

@@ -1,0 +1,132 @@
+//! Regions through the public API: `Cluster::split` and `Cluster::merge` on real files
+//! and threads, a `Db` that routes across regions and follows changes it did not see,
+//! and the cluster directory catching up with every change.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use regionkv::{Cluster, Db, Error, WriteBatch};
+
+fn cluster(dir: &std::path::Path) -> Cluster {
+    Cluster::builder().dir(dir).stores(3).tick_interval(Duration::from_millis(20)).build().unwrap()
+}
+
+fn key(i: usize) -> String {
+    format!("key{i:04}")
+}
+
+fn check_all(db: &Db, model: &BTreeMap<String, String>) {
+    let rows = db.scan(b"", None, usize::MAX).unwrap();
+    let got: BTreeMap<String, String> = rows
+        .into_iter()
+        .map(|(k, v)| {
+            (String::from_utf8(k.to_vec()).unwrap(), String::from_utf8(v.to_vec()).unwrap())
+        })
+        .collect();
+    assert_eq!(&got, model, "a scan across every region returns each key once");
+    for (k, v) in model.iter().step_by(17) {
+        assert_eq!(db.get(k).unwrap().as_deref(), Some(v.as_bytes()));
+    }
+}
+
+/// Waits until the directory lists exactly the cluster's regions.
+fn directory_catches_up(cluster: &Cluster) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let live: Vec<_> = cluster.regions().into_iter().map(|r| r.region).collect();
+        let listed: Vec<_> = cluster.directory().into_iter().map(|r| r.region).collect();
+        if live == listed {
+            return;
+        }
+        assert!(Instant::now() < deadline, "directory {listed:?} never matched {live:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn splits_and_merges_through_the_api_keep_every_key_and_the_directory_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path());
+    let db = cluster.db();
+    let mut model = BTreeMap::new();
+    for i in 0..300 {
+        db.put(key(i), format!("v{i}")).unwrap();
+        model.insert(key(i), format!("v{i}"));
+    }
+    for at in [100, 200, 50, 250] {
+        let parts = cluster.split(key(at)).unwrap();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[1].start, key(at).as_bytes());
+        check_all(&db, &model);
+    }
+    let regions = cluster.regions();
+    assert_eq!(regions.len(), 5);
+    assert!(regions.iter().all(|r| r.leader.is_some() && r.replicas.len() == 3));
+    // Splitting at an existing boundary changes nothing.
+    assert_eq!(cluster.split(key(100)).unwrap().len(), 2);
+    assert_eq!(cluster.regions().len(), 5);
+    directory_catches_up(&cluster);
+
+    // Writes keep flowing across the new regions.
+    for i in (0..300).step_by(3) {
+        db.put(key(i), format!("w{i}")).unwrap();
+        model.insert(key(i), format!("w{i}"));
+    }
+    check_all(&db, &model);
+
+    // Merge neighbours back, right into left, until one region is left.
+    while cluster.regions().len() > 1 {
+        let regions = cluster.regions();
+        let (left, right) = (regions[0].region.id, regions[1].region.id);
+        let merged = cluster.merge(left, right).unwrap();
+        assert_eq!(merged.id, left);
+        assert_eq!(merged.end, regions[1].region.end);
+        check_all(&db, &model);
+    }
+    directory_catches_up(&cluster);
+    cluster.shutdown().unwrap();
+
+    // Everything survives a restart, regions and data.
+    let cluster = self::cluster(dir.path());
+    assert_eq!(cluster.regions().len(), 1);
+    check_all(&cluster.db(), &model);
+    cluster.shutdown().unwrap();
+}
+
+#[test]
+fn a_client_with_a_stale_cache_follows_changes_it_did_not_see() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path());
+    let db = cluster.db();
+    db.put("a", "1").unwrap();
+    db.put("z", "1").unwrap();
+    // Each `Cluster::db` has its own cache: the changes below happen behind this
+    // client's back.
+    let parts = cluster.split("m").unwrap();
+    db.put("z", "2").unwrap(); // its cached region lost "z": refused, relearned, retried
+    assert_eq!(db.get("z").unwrap().as_deref(), Some(&b"2"[..]));
+    let merged = cluster.merge(parts[0].id, parts[1].id).unwrap();
+    assert!(merged.end.is_none());
+    db.put("q", "3").unwrap(); // the right region is gone: found anew
+    assert_eq!(db.scan("", None, 10).unwrap().len(), 3);
+    cluster.shutdown().unwrap();
+}
+
+#[test]
+fn a_batch_spanning_regions_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path());
+    let db = cluster.db();
+    cluster.split("m").unwrap();
+    let mut batch = WriteBatch::new();
+    batch.put("a", "1").put("x", "1");
+    let err = db.write(batch).unwrap_err();
+    assert!(matches!(err, Error::CrossRegionBatch { .. }), "{err}");
+    assert!(!err.is_retryable());
+    assert_eq!(db.get("a").unwrap(), None);
+    let mut batch = WriteBatch::new();
+    batch.put("a", "1").put("b", "2");
+    db.write(batch).unwrap();
+    assert_eq!(db.scan("", None, 10).unwrap().len(), 2);
+    cluster.shutdown().unwrap();
+}
