@@ -48,6 +48,11 @@ pub struct StoreConfig {
     pub read_mode: ReadMode,
     /// Bounds of the Raft log's entry cache.
     pub log: RaftLogOptions,
+    /// Let idle regions hibernate: a leader with nothing to do for two election
+    /// timeouts stops ticking and sending heartbeats, and so do its followers, until
+    /// a request or a message wakes them; stores tell each other they are alive so
+    /// that the followers of a leader on a silent store wake and elect. Default on.
+    pub hibernate_regions: bool,
 }
 
 impl StoreConfig {
@@ -65,6 +70,7 @@ impl StoreConfig {
             snapshot_chunk_bytes: 1 << 20,
             read_mode: ReadMode::ReadIndex,
             log: RaftLogOptions::default(),
+            hibernate_regions: true,
         }
     }
 

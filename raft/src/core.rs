@@ -215,6 +215,8 @@ pub struct PeerStatus {
     pub last_index: u64,
     /// True once the replica holds data (a snapshot or bootstrap).
     pub initialized: bool,
+    /// True while the replica hibernates (does not tick).
+    pub hibernated: bool,
 }
 
 /// How many times `flush` re-runs readies made by the previous round (light readies
@@ -243,6 +245,8 @@ pub struct StoreCore {
     foreign: Vec<Control>,
     /// Region changes for the directory, for the driver.
     reports: Vec<RegionRecord>,
+    /// The tick at which each other store was last heard from.
+    store_heard: HashMap<StoreId, u64>,
     /// Which regions this core owns, for cores that share a store.
     owns: Box<dyn Fn(RegionId) -> bool + Send>,
 }
@@ -296,6 +300,7 @@ impl StoreCore {
             controls: VecDeque::new(),
             foreign: Vec::new(),
             reports: Vec::new(),
+            store_heard: HashMap::new(),
             owns,
         };
         let hosted: HashMap<RegionId, Region> = core
@@ -466,6 +471,8 @@ impl StoreCore {
                 catch_up: None,
                 paused: None,
                 source_ready: None,
+                hibernated: false,
+                idle_ticks: 0,
             },
         );
         self.dirty.insert(region_id);
@@ -497,15 +504,142 @@ impl StoreCore {
     }
 
     /// Advances every group's logical clock by one tick.
+    /// Hibernating peers do not tick; a leader that had nothing to do for long
+    /// enough hibernates (see [`StoreCore::maybe_hibernate`]).
     pub fn on_tick(&mut self) {
         self.ticks += 1;
+        let hibernate_after = self.hibernate_after();
+        let mut quiet = Vec::new();
         for (&id, peer) in &mut self.peers {
+            if peer.hibernated {
+                continue;
+            }
             if peer.raw.tick() {
                 self.dirty.insert(id);
             }
+            peer.idle_ticks = peer.idle_ticks.saturating_add(1);
+            if hibernate_after.is_some_and(|after| peer.idle_ticks >= after) && peer.is_leader() {
+                quiet.push(id);
+            }
         }
+        quiet.sort_unstable(); // deterministic message order
+        for id in quiet {
+            self.maybe_hibernate(id);
+        }
+        self.check_liveness();
         if self.ticks.is_multiple_of(PURGE_EVERY_TICKS) {
             self.plan_purge();
+        }
+    }
+
+    /// Ticks of nothing to do after which a leader hibernates (`None`: never).
+    fn hibernate_after(&self) -> Option<u32> {
+        let config = &self.ctx.config;
+        config
+            .hibernate_regions
+            .then(|| u32::try_from(config.election_ticks * 2).unwrap_or(u32::MAX))
+    }
+
+    /// Hibernates the leader of `region` if its group is quiescent: every replica
+    /// holds and has committed the whole log, nothing is proposed, read or moving.
+    /// Its followers are told, and stop ticking once their own logs agree.
+    fn maybe_hibernate(&mut self, region: RegionId) {
+        let me = self.ctx.config.store_id;
+        let Some(peer) = self.peers.get_mut(&region) else { return };
+        let raft = &peer.raw.raft;
+        let last = raft.raft_log.last_index();
+        let quiescent = peer.initialized
+            && peer.batch.is_empty()
+            && peer.proposals.is_empty()
+            && peer.reads_unissued.is_empty()
+            && peer.reads_pending.is_empty()
+            && peer.reads_ready.is_empty()
+            && peer.catch_up.is_none()
+            && peer.paused.is_none()
+            && peer.incoming.is_none()
+            && raft.lead_transferee.is_none()
+            && raft.pending_conf_index <= peer.applied_index
+            && raft.raft_log.committed == last
+            && raft.raft_log.persisted == last
+            && peer.applied_index == last
+            && raft.prs().iter().all(|(&id, pr)| {
+                id == raft.id || (pr.matched == last && pr.committed_index == last)
+            });
+        if !quiescent {
+            return;
+        }
+        peer.hibernated = true;
+        let (term, epoch) = (raft.term, peer.region.epoch);
+        let followers: Vec<StoreId> =
+            peer.region.peers.iter().filter(|p| p.store != me).map(|p| p.store).collect();
+        for to in followers {
+            self.outbox.push(Envelope {
+                region,
+                from: me,
+                to,
+                epoch: Some(epoch),
+                range: None,
+                body: Body::Hibernate { term, index: last },
+            });
+        }
+        tracing::trace!(region = region.0, term, index = last, "hibernating");
+    }
+
+    /// Wakes `region`: it ticks again, and as a leader counts idle time anew.
+    fn wake(&mut self, region: RegionId) {
+        if let Some(peer) = self.peers.get_mut(&region) {
+            peer.hibernated = false;
+            peer.idle_ticks = 0;
+        }
+    }
+
+    /// Store liveness, for hibernation: tells the other stores this one is alive (the
+    /// core that owns the directory's replica speaks for the store), and wakes the
+    /// hibernating followers of leaders whose stores fell silent, so they elect anew.
+    fn check_liveness(&mut self) {
+        let me = self.ctx.config.store_id;
+        let config = &self.ctx.config;
+        if !config.hibernate_regions {
+            return;
+        }
+        // Several per silence window (two election timeouts).
+        let every = (config.election_ticks / 2).max(1) as u64;
+        if (self.owns)(DIRECTORY) && self.ticks.is_multiple_of(every) {
+            let mut stores: BTreeSet<StoreId> = BTreeSet::new();
+            for peer in self.peers.values() {
+                stores.extend(peer.region.peers.iter().map(|p| p.store));
+            }
+            stores.remove(&me);
+            for to in stores {
+                self.outbox.push(Envelope {
+                    region: DIRECTORY,
+                    from: me,
+                    to,
+                    epoch: None,
+                    range: None,
+                    body: Body::Alive,
+                });
+            }
+        }
+        let silent_after = (config.election_ticks * 2) as u64;
+        let ticks = self.ticks;
+        let silent: HashSet<StoreId> = self
+            .store_heard
+            .iter()
+            .filter(|&(_, &heard)| ticks.saturating_sub(heard) > silent_after)
+            .map(|(&store, _)| store)
+            .collect();
+        if silent.is_empty() {
+            return;
+        }
+        let woken: Vec<RegionId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.hibernated && p.leader_store().is_some_and(|l| silent.contains(&l)))
+            .map(|(&id, _)| id)
+            .collect();
+        for region in woken {
+            self.wake(region);
         }
     }
 
@@ -513,6 +647,7 @@ impl StoreCore {
     pub fn on_envelopes(&mut self, envelopes: Vec<Envelope>) {
         for env in envelopes {
             let region = env.region;
+            self.store_heard.insert(env.from, self.ticks);
             if let Err(e) = self.on_envelope(env) {
                 tracing::debug!(region = region.0, error = %e, "dropped a message");
             }
@@ -521,12 +656,17 @@ impl StoreCore {
 
     fn on_envelope(&mut self, env: Envelope) -> Result<()> {
         if env.to != self.ctx.config.store_id
+            || matches!(env.body, Body::Alive)
             || !(self.owns)(env.region)
             || self.tombstones.contains(&env.region)
         {
             return Ok(());
         }
         let Envelope { region, from, range, body, .. } = env;
+        if let Body::Hibernate { term, index } = body {
+            self.on_hibernate(region, from, term, index);
+            return Ok(());
+        }
         if !self.peers.contains_key(&region) {
             // A replica added by a membership change learns of its region from the
             // first message; it holds nothing until a snapshot arrives. But if the
@@ -535,7 +675,8 @@ impl StoreCore {
             // An unknown range decides nothing (design 5.5): no replica is created.
             let to = match &body {
                 Body::Raft(m) => m.to,
-                Body::SnapshotChunk(_) => return Ok(()), // the Raft message comes first
+                // The Raft message comes before a snapshot's chunks.
+                Body::SnapshotChunk(_) | Body::Hibernate { .. } | Body::Alive => return Ok(()),
             };
             let Some(range) = range else { return Ok(()) };
             // The engine knows every region of the store, whichever core owns it; one
@@ -549,7 +690,18 @@ impl StoreCore {
             self.create_uninitialized(region, PeerId(to))?;
         }
         let peer = self.peers.get_mut(&region).expect("created above");
+        // Any message wakes a hibernating replica, but a leader's own heartbeat
+        // responses (which keep coming for a while after it went quiet).
+        let heartbeat_response =
+            matches!(&body, Body::Raft(m) if m.get_msg_type() == MessageType::MsgHeartbeatResponse);
+        if !heartbeat_response {
+            peer.hibernated = false;
+            if !matches!(&body, Body::Raft(m) if m.get_msg_type() == MessageType::MsgHeartbeat) {
+                peer.idle_ticks = 0;
+            }
+        }
         match body {
+            Body::Hibernate { .. } | Body::Alive => {}
             Body::Raft(msg) => {
                 if msg.to != peer.id.0 {
                     return Ok(()); // for an older replica of the region on this store
@@ -577,6 +729,24 @@ impl StoreCore {
         }
         self.dirty.insert(region);
         Ok(())
+    }
+
+    /// A leader's notice that it hibernates: this follower does too if it follows
+    /// that leader in that term and its log is complete and committed.
+    fn on_hibernate(&mut self, region: RegionId, from: StoreId, term: u64, index: u64) {
+        let Some(peer) = self.peers.get_mut(&region) else { return };
+        let raft = &peer.raw.raft;
+        if raft.state == StateRole::Follower
+            && raft.term == term
+            && peer.leader_store() == Some(from)
+            && raft.raft_log.last_index() == index
+            && raft.raft_log.committed == index
+            && peer.reads_unissued.is_empty()
+            && peer.paused.is_none()
+            && peer.catch_up.is_none()
+        {
+            peer.hibernated = true;
+        }
     }
 
     fn create_uninitialized(&mut self, region: RegionId, id: PeerId) -> Result<()> {
@@ -628,6 +798,7 @@ impl StoreCore {
 
     /// Takes a client write.
     pub fn on_write(&mut self, req: WriteRequest) {
+        self.wake(req.region);
         if req.region == DIRECTORY {
             (req.reply)(Err(Error::InvalidRequest(
                 "the cluster directory takes directory commands only".into(),
@@ -662,6 +833,7 @@ impl StoreCore {
 
     /// Takes a linearizable read.
     pub fn on_read(&mut self, req: ReadRequest) {
+        self.wake(req.region);
         let Some(peer) = self.peers.get_mut(&req.region) else {
             (req.reply)(Err(Error::RegionNotFound { region: req.region }));
             return;
@@ -695,6 +867,7 @@ impl StoreCore {
 
     /// Takes a membership change (one peer at a time).
     pub fn on_change_peers(&mut self, req: ChangePeersRequest) {
+        self.wake(req.region);
         let Some(peer) = self.peers.get_mut(&req.region) else {
             (req.reply)(Err(Error::RegionNotFound { region: req.region }));
             return;
@@ -762,6 +935,7 @@ impl StoreCore {
     /// checked here against the leader's view, and again when applied, where the
     /// decision is made from replicated state only.
     pub fn on_admin(&mut self, req: AdminRequest) {
+        self.wake(req.region);
         let Some(peer) = self.peers.get_mut(&req.region) else {
             (req.reply)(Err(Error::RegionNotFound { region: req.region }));
             return;
@@ -808,6 +982,7 @@ impl StoreCore {
 
     /// Takes a command for the cluster directory (this store must lead it).
     pub fn on_directory(&mut self, cmd: &DirCmd, reply: Reply<DirResult>) {
+        self.wake(DIRECTORY);
         let Some(peer) = self.peers.get_mut(&DIRECTORY) else {
             reply(Err(Error::RegionNotFound { region: DIRECTORY }));
             return;
@@ -851,12 +1026,14 @@ impl StoreCore {
 
     /// Takes a [`Control`] for a region this core owns.
     pub fn on_control(&mut self, control: Control) {
+        self.wake(control.region());
         self.controls.push_back(control);
     }
 
     /// Queues `control` for the core that owns its region.
     fn send_control(&mut self, control: Control) {
         if (self.owns)(control.region()) {
+            self.wake(control.region());
             self.controls.push_back(control);
         } else {
             self.foreign.push(control);
@@ -956,6 +1133,7 @@ impl StoreCore {
 
     /// Asks the leader of `region` to hand leadership to `to`.
     pub fn on_transfer_leader(&mut self, region: RegionId, to: PeerId) {
+        self.wake(region);
         if let Some(peer) = self.peers.get_mut(&region) {
             peer.raw.transfer_leader(to.0);
             self.dirty.insert(region);
@@ -1976,6 +2154,7 @@ fn peer_status(p: &Peer) -> PeerStatus {
         applied: p.applied_index,
         last_index: p.raw.raft.raft_log.last_index(),
         initialized: p.initialized,
+        hibernated: p.hibernated,
     }
 }
 

@@ -232,6 +232,10 @@ pub(crate) struct Peer {
     pub paused: Option<Paused>,
     /// As a merge target: the source that reported it caught up.
     pub source_ready: Option<RegionId>,
+    /// Not ticking: the group was quiet (see `StoreCore::maybe_hibernate`).
+    pub hibernated: bool,
+    /// Ticks since this leader last had something to do.
+    pub idle_ticks: u32,
 }
 
 impl Peer {

@@ -172,6 +172,8 @@ pub struct SimCluster {
     next_peer_id: u64,
     /// Reports for the directory, until taken.
     reports: Vec<crate::directory::RegionRecord>,
+    /// Envelopes handed to the network so far.
+    sent: u64,
 }
 
 fn wal_options(segment_bytes: u64, recovery: RecoveryMode) -> WalOptions {
@@ -204,6 +206,7 @@ impl SimCluster {
             checks: Arc::default(),
             next_peer_id: 1,
             reports: Vec::new(),
+            sent: 0,
         };
         let total = cluster.config.voters + cluster.config.spares;
         let voters: Vec<Peer> = (1..=cluster.config.voters as u64)
@@ -340,6 +343,7 @@ impl SimCluster {
     }
 
     fn send(&mut self, envelopes: Vec<Envelope>) {
+        self.sent += envelopes.len() as u64;
         let mut by_arrival: BTreeMap<(Duration, StoreId), Vec<Envelope>> = BTreeMap::new();
         for env in envelopes {
             let fate = self.faults.decide(&env, &mut self.rng);
@@ -371,6 +375,8 @@ impl SimCluster {
                     let (kind, term, index) = match &env.body {
                         Body::Raft(m) => (m.get_msg_type() as i32, m.term, m.index),
                         Body::SnapshotChunk(c) => (-1, c.term, c.offset),
+                        Body::Hibernate { term, index } => (-2, *term, *index),
+                        Body::Alive => (-3, 0, 0),
                     };
                     self.trace(("deliver", env.region.0, env.from.0, env.to.0, kind, term, index));
                 }
@@ -761,6 +767,11 @@ impl SimCluster {
     /// Messages of `kind` dropped or not, for tests that count traffic (debugging aid).
     pub fn is_raft(env: &Envelope, kind: MessageType) -> bool {
         matches!(&env.body, Body::Raft(m) if m.get_msg_type() == kind)
+    }
+
+    /// Envelopes the stores sent so far (before faults).
+    pub fn messages_sent(&self) -> u64 {
+        self.sent
     }
 
     /// Region changes reported by the stores' leaders since the last call.

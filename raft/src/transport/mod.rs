@@ -72,6 +72,18 @@ pub enum Body {
     /// One chunk of a checkpoint that backs a Raft snapshot; chunks precede the
     /// snapshot message itself.
     SnapshotChunk(SnapshotChunk),
+    /// The region's leader goes quiet (hibernates) at `term` with every replica's log
+    /// at `index`: a follower whose log is there too stops ticking, until a message
+    /// or a request wakes it (or the leader's store falls silent).
+    Hibernate {
+        /// The leader's term.
+        term: u64,
+        /// The last index of the leader's log, committed on every replica.
+        index: u64,
+    },
+    /// The sending store is alive (the region field is unused). Followers of a
+    /// hibernating leader wake when its store stops sending these.
+    Alive,
 }
 
 /// One bounded piece of a snapshot's checkpoint; chunks are sent in file order.
@@ -123,6 +135,8 @@ impl fmt::Debug for Body {
                 m.entries.len()
             ),
             Body::SnapshotChunk(c) => c.fmt(f),
+            Body::Hibernate { term, index } => write!(f, "Hibernate(term {term}, index {index})"),
+            Body::Alive => f.write_str("Alive"),
         }
     }
 }

@@ -676,6 +676,7 @@ fn estimated_bytes(env: &Envelope) -> usize {
             OVERHEAD_BYTES + entries + m.context.len() + m.get_snapshot().get_data().len()
         }
         Body::SnapshotChunk(c) => OVERHEAD_BYTES + c.data.len(),
+        Body::Hibernate { .. } | Body::Alive => OVERHEAD_BYTES,
     }
 }
 

@@ -37,7 +37,12 @@
 //!              4 file bytes u64, 5 data
 //!            7 key range (nested, optional: absent = unknown): 1 start, and either
 //!              2 end or 3 unbounded (empty)
+//!            8 hibernate (nested): 1 term u64, 2 index u64
+//!            9 alive (empty)
 //! ```
+//!
+//! An envelope whose body is none of these (a kind added by a newer writer) is
+//! skipped, not the batch around it.
 
 use std::fmt;
 
@@ -104,7 +109,14 @@ const E_RAFT: u16 = 5;
 const E_CHUNK: u16 = 6;
 /// Since the region work of wire version 1: optional, absent = unknown.
 const E_RANGE: u16 = 7;
-const E_TAGS: &[u16] = &[E_REGION, E_FROM, E_TO, E_EPOCH, E_RAFT, E_CHUNK, E_RANGE];
+/// Bodies added with hibernation.
+const E_HIBERNATE: u16 = 8;
+const E_ALIVE: u16 = 9;
+const E_TAGS: &[u16] =
+    &[E_REGION, E_FROM, E_TO, E_EPOCH, E_RAFT, E_CHUNK, E_RANGE, E_HIBERNATE, E_ALIVE];
+// Hibernate fields.
+const HB_TERM: u16 = 1;
+const HB_INDEX: u16 = 2;
 
 const R_START: u16 = 1;
 const R_END: u16 = 2;
@@ -589,12 +601,16 @@ pub fn encode_envelope(env: &Envelope, out: &mut Vec<u8>) -> Result<(), WireErro
     enum Encoded<'a> {
         Raft(Vec<u8>),
         Chunk(&'a SnapshotChunk),
+        Hibernate(u64, u64),
+        Alive,
     }
     let body = match &env.body {
         Body::Raft(m) => Encoded::Raft(
             m.write_to_bytes().map_err(|e| WireError::Encode(format!("a Raft message: {e}")))?,
         ),
         Body::SnapshotChunk(c) => Encoded::Chunk(c),
+        Body::Hibernate { term, index } => Encoded::Hibernate(*term, *index),
+        Body::Alive => Encoded::Alive,
     };
     codec::put_nested(out, B_ENVELOPE, |out| {
         codec::put_u64(out, E_REGION, env.region.0);
@@ -621,6 +637,11 @@ pub fn encode_envelope(env: &Envelope, out: &mut Vec<u8>) -> Result<(), WireErro
                 codec::put_u64(out, C_FILE_BYTES, c.file_bytes);
                 codec::put_field(out, C_DATA, &c.data);
             }),
+            Encoded::Hibernate(term, index) => codec::put_nested(out, E_HIBERNATE, |out| {
+                codec::put_u64(out, HB_TERM, term);
+                codec::put_u64(out, HB_INDEX, index);
+            }),
+            Encoded::Alive => codec::put_field(out, E_ALIVE, &[]),
         }
     });
     Ok(())
@@ -644,9 +665,11 @@ pub fn decode_batch(payload: &Bytes) -> Result<Vec<Envelope>, WireError> {
         if field.tag != B_ENVELOPE {
             continue; // a newer writer's addition
         }
-        let env =
-            decode_envelope_fields(payload, field.value).map_err(|e| shift(e, field.offset))?;
-        out.push(env);
+        if let Some(env) =
+            decode_envelope_fields(payload, field.value).map_err(|e| shift(e, field.offset))?
+        {
+            out.push(env);
+        }
     }
     Ok(out)
 }
@@ -660,9 +683,11 @@ fn shift(e: WireError, base: usize) -> WireError {
     }
 }
 
-/// Decodes one envelope's nested record `buf`, a slice of `whole`.
-fn decode_envelope_fields(whole: &Bytes, buf: &[u8]) -> Result<Envelope, WireError> {
+/// Decodes one envelope's nested record `buf`, a slice of `whole`; `None` for an
+/// envelope whose body is of a kind this binary does not know.
+fn decode_envelope_fields(whole: &Bytes, buf: &[u8]) -> Result<Option<Envelope>, WireError> {
     let bad = WireError::malformed("envelope");
+    let all = codec::fields(buf).map_err(&bad)?;
     let rec = Record::parse(buf, E_TAGS, true).map_err(&bad)?;
     let u64_of = |tag, what| rec.required(tag, what).and_then(|f| f.as_u64()).map_err(&bad);
     let region = RegionId(u64_of(E_REGION, "region missing")?);
@@ -684,19 +709,37 @@ fn decode_envelope_fields(whole: &Bytes, buf: &[u8]) -> Result<Envelope, WireErr
             Some(KeyRange { start: start.value.to_vec(), end })
         }
     };
-    let body = match (rec.optional(E_RAFT).map_err(&bad)?, rec.optional(E_CHUNK).map_err(&bad)?) {
-        (Some(f), None) => Body::Raft(
+    let bodies = [E_RAFT, E_CHUNK, E_HIBERNATE, E_ALIVE];
+    let mut present = Vec::new();
+    for tag in bodies {
+        if let Some(f) = rec.optional(tag).map_err(&bad)? {
+            present.push((tag, f));
+        }
+    }
+    let body = match present.as_slice() {
+        [(E_RAFT, f)] => Body::Raft(
             Message::parse_from_bytes(f.value).map_err(|e| WireError::Protobuf(e.to_string()))?,
         ),
-        (None, Some(f)) => {
+        [(E_CHUNK, f)] => {
             Body::SnapshotChunk(decode_chunk(whole, f.value).map_err(|e| shift(e, f.offset))?)
         }
-        (Some(f), Some(_)) => {
-            return Err(bad(DecodeError::new(f.offset, "both a Raft message and a chunk")));
+        [(E_HIBERNATE, f)] => {
+            let h = Record::parse(f.value, &[HB_TERM, HB_INDEX], true)
+                .map_err(|e| bad(e.shifted(f.offset)))?;
+            let u64_of = |tag, what| {
+                h.required(tag, what).and_then(|x| x.as_u64()).map_err(|e| bad(e.shifted(f.offset)))
+            };
+            Body::Hibernate {
+                term: u64_of(HB_TERM, "hibernate term missing")?,
+                index: u64_of(HB_INDEX, "hibernate index missing")?,
+            }
         }
-        (None, None) => return Err(bad(DecodeError::new(0, "body missing"))),
+        [(E_ALIVE, _)] => Body::Alive,
+        [] if all.iter().any(|f| !E_TAGS.contains(&f.tag)) => return Ok(None),
+        [] => return Err(bad(DecodeError::new(0, "body missing"))),
+        [(_, f), ..] => return Err(bad(DecodeError::new(f.offset, "more than one body"))),
     };
-    Ok(Envelope { region, from, to, epoch, range, body })
+    Ok(Some(Envelope { region, from, to, epoch, range, body }))
 }
 
 fn decode_epoch(buf: &[u8]) -> Result<Epoch, WireError> {
