@@ -690,15 +690,19 @@ impl StoreCore {
             self.create_uninitialized(region, PeerId(to))?;
         }
         let peer = self.peers.get_mut(&region).expect("created above");
-        // Any message wakes a hibernating replica, but a leader's own heartbeat
-        // responses (which keep coming for a while after it went quiet).
-        let heartbeat_response =
-            matches!(&body, Body::Raft(m) if m.get_msg_type() == MessageType::MsgHeartbeatResponse);
-        if !heartbeat_response {
+        // Any message wakes a hibernating replica, but heartbeat traffic: a leader's
+        // responses keep coming for a while after it went quiet, and a follower
+        // answers a leader's heartbeat without ticking (a heartbeat sent just before
+        // the leader's notice may arrive just after it).
+        let kind = match &body {
+            Body::Raft(m) => Some(m.get_msg_type()),
+            _ => None,
+        };
+        let heartbeat =
+            matches!(kind, Some(MessageType::MsgHeartbeat | MessageType::MsgHeartbeatResponse));
+        if !heartbeat {
             peer.hibernated = false;
-            if !matches!(&body, Body::Raft(m) if m.get_msg_type() == MessageType::MsgHeartbeat) {
-                peer.idle_ticks = 0;
-            }
+            peer.idle_ticks = 0;
         }
         match body {
             Body::Hibernate { .. } | Body::Alive => {}
