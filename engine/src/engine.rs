@@ -1,6 +1,6 @@
 //! [`Engine`]: one store's state machine, as the Raft layer sees it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -558,8 +558,10 @@ impl Engine {
         }
         let mut next = durable.manifest.clone();
         next.next_file_id = durable.next_file_id;
+        let position: HashMap<RegionId, usize> =
+            parts.iter().enumerate().map(|(i, p)| (p.id, i)).collect();
         set_regions(&mut next, &map, |region| {
-            let i = parts.iter().position(|p| p.id == region.id)?;
+            let i = *position.get(&region.id)?;
             Some(refs[i].iter().cloned().collect())
         });
         if refs[0].is_none() {
@@ -1114,6 +1116,7 @@ fn set_regions(
 
 /// Records that the durable image of each of `ids` is empty as of `index`.
 fn set_empty_at(manifest: &mut Manifest, ids: &[RegionId], index: u64) {
+    let ids: HashSet<RegionId> = ids.iter().copied().collect();
     for entry in &mut manifest.regions {
         if ids.contains(&entry.region.id) {
             entry.checkpoints.clear();
@@ -1124,6 +1127,7 @@ fn set_empty_at(manifest: &mut Manifest, ids: &[RegionId], index: u64) {
 
 /// Records that the metadata of `ids` was produced by the admin command at `index`.
 fn set_meta_index(manifest: &mut Manifest, ids: &[RegionId], index: u64) {
+    let ids: HashSet<RegionId> = ids.iter().copied().collect();
     for entry in &mut manifest.regions {
         if ids.contains(&entry.region.id) {
             entry.meta_index = Some(index);

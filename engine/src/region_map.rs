@@ -193,8 +193,9 @@ impl RegionMap {
         if *first <= parent.start || parent.end.as_ref().is_some_and(|end| last >= end) {
             return Err(invalid("split keys must be strictly inside the region"));
         }
-        for (i, new_id) in new_ids.iter().enumerate() {
-            if self.regions.contains_key(new_id) || *new_id == id || new_ids[..i].contains(new_id) {
+        let mut seen = std::collections::HashSet::with_capacity(new_ids.len());
+        for new_id in new_ids {
+            if self.regions.contains_key(new_id) || *new_id == id || !seen.insert(*new_id) {
                 return Err(RegionChangeError::IdInUse { region: *new_id });
             }
         }

@@ -25,10 +25,11 @@
 //! Readers that only route requests may read any replica (stale is fine: a stale
 //! route is refused with the current region, and the client learns from that).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
+use std::ops::Bound::{Excluded, Included};
 
 use regionkv_engine::codec::{self, DecodeError, DecodeResult, Record};
-use regionkv_engine::{Engine, Epoch, Region, RegionId, Snapshot, StoreId};
+use regionkv_engine::{ApplyRound, Engine, Epoch, Region, RegionId, Snapshot, StoreId};
 
 use crate::error::{Error, Result};
 
@@ -196,52 +197,107 @@ fn next_id(snapshot: &Snapshot) -> Result<u64> {
     decode().map_err(|e| corrupt("next id", &e))
 }
 
-/// The record of region `id`, if the directory has one.
-fn record_by_id(snapshot: &Snapshot, id: RegionId) -> Result<Option<(Vec<u8>, RegionRecord)>> {
-    let Some(key) = snapshot.get(&index_key(id)) else { return Ok(None) };
-    let Some(value) = snapshot.get(&key) else { return Ok(None) };
-    let record = decode_record(&value).map_err(|e| corrupt("record", &e))?;
-    Ok((record.region.id == id).then(|| (key.to_vec(), record)))
+/// The directory as one command sees it while applying: the snapshot it started
+/// from, under what the command wrote so far.
+struct View<'a> {
+    snapshot: &'a Snapshot,
+    /// Keys written by the command: a value, or `None` for a deleted key.
+    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
-/// Records whose ranges overlap `[start, end)`, with their keys.
-fn overlapping(
-    snapshot: &Snapshot,
-    start: &[u8],
-    end: Option<&[u8]>,
-) -> Result<Vec<(Vec<u8>, RegionRecord)>> {
-    let mut out = Vec::new();
-    // Records are ordered by end: the first overlapping one has end > start.
-    let from = [&[KEY_REGION, END_BOUNDED][..], start, &[0]].concat();
-    let to = [KEY_REGION, END_UNBOUNDED + 1];
-    for (key, value) in snapshot.scan(&from, Some(&to), usize::MAX) {
-        let record = decode_record(&value).map_err(|e| corrupt("record", &e))?;
-        if end.is_some_and(|end| record.region.start.as_slice() >= end) {
-            break;
+impl View<'_> {
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        match self.overlay.get(key) {
+            Some(value) => value.clone(),
+            None => self.snapshot.get(key).map(|v| v.to_vec()),
         }
-        out.push((key.to_vec(), record));
     }
-    Ok(out)
+
+    /// The record of region `id`, with its key.
+    fn record_by_id(&self, id: RegionId) -> Result<Option<(Vec<u8>, RegionRecord)>> {
+        let Some(key) = self.get(&index_key(id)) else { return Ok(None) };
+        let Some(value) = self.get(&key) else { return Ok(None) };
+        let record = decode_record(&value).map_err(|e| corrupt("record", &e))?;
+        Ok((record.region.id == id).then_some((key, record)))
+    }
+
+    /// Records whose ranges overlap `[start, end)`, with their keys, in key order.
+    fn overlapping(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Result<Vec<(Vec<u8>, RegionRecord)>> {
+        // Records are keyed by their end and never overlap: the first that may
+        // overlap has an end above `start`, and once one starts at or after `end`,
+        // so do all after it.
+        let from = [&[KEY_REGION, END_BOUNDED][..], start, &[0]].concat();
+        let to = [KEY_REGION, END_UNBOUNDED + 1];
+        let within = |value: &[u8]| -> Result<Option<RegionRecord>> {
+            let record = decode_record(value).map_err(|e| corrupt("record", &e))?;
+            let past = end.is_some_and(|end| record.region.start.as_slice() >= end);
+            Ok((!past).then_some(record))
+        };
+        let mut found: BTreeMap<Vec<u8>, RegionRecord> = BTreeMap::new();
+        let mut failed = None;
+        self.snapshot.for_each(&from, Some(&to), |key, value| {
+            if self.overlay.contains_key(key) {
+                return true; // the overlay decides for this key
+            }
+            match within(value) {
+                Ok(Some(record)) => {
+                    found.insert(key.to_vec(), record);
+                    true
+                }
+                Ok(None) => false,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let overlay = self.overlay.range::<[u8], _>((Included(&from[..]), Excluded(&to[..])));
+        for (key, value) in overlay {
+            let Some(value) = value else { continue };
+            match within(value)? {
+                Some(record) => {
+                    found.insert(key.clone(), record);
+                }
+                None => break,
+            }
+        }
+        Ok(found.into_iter().collect())
+    }
+
+    fn put(&mut self, round: &mut ApplyRound<'_>, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
+        round.put(&key, &value)?;
+        self.overlay.insert(key, Some(value));
+        Ok(())
+    }
+
+    fn delete(&mut self, round: &mut ApplyRound<'_>, key: Vec<u8>) -> Result<()> {
+        round.delete(&key)?;
+        self.overlay.insert(key, None);
+        Ok(())
+    }
 }
 
 /// The region holding `key`, as the directory knows it.
 pub fn lookup(snapshot: &Snapshot, key: &[u8]) -> Result<Option<RegionRecord>> {
-    let found = overlapping(snapshot, key, Some(&[key, &[0]].concat()))?;
+    let view = View { snapshot, overlay: BTreeMap::new() };
+    let found = view.overlapping(key, Some(&[key, &[0]].concat()))?;
     Ok(found.into_iter().map(|(_, r)| r).find(|r| r.region.contains(key)))
 }
 
 /// Every region the directory knows, in key order.
 pub fn regions(snapshot: &Snapshot) -> Result<Vec<RegionRecord>> {
+    let view = View { snapshot, overlay: BTreeMap::new() };
     let mut out: Vec<RegionRecord> =
-        overlapping(snapshot, b"", None)?.into_iter().map(|(_, r)| r).collect();
+        view.overlapping(b"", None)?.into_iter().map(|(_, r)| r).collect();
     out.sort_by(|a, b| a.region.start.cmp(&b.region.start));
     Ok(out)
-}
-
-/// True if the ranges of `a` and `b` share a key.
-fn overlap(a: &Region, b: &Region) -> bool {
-    a.end.as_deref().is_none_or(|e| e > b.start.as_slice())
-        && b.end.as_deref().is_none_or(|e| a.start.as_slice() < e)
 }
 
 /// True if `a` is newer than `b` (a later split/merge, or the same and a later
@@ -267,31 +323,15 @@ pub(crate) fn apply(engine: &Engine, epoch: Epoch, cmd: &DirCmd) -> Result<DirRe
             DirResult::Ids { first, count: *count }
         }
         DirCmd::Report { records } => {
-            // Later records of the same batch see the earlier ones: apply one by one,
-            // tracking what this batch wrote and removed.
-            let mut written: Vec<(Vec<u8>, RegionRecord)> = Vec::new();
-            let mut removed: BTreeSet<Vec<u8>> = BTreeSet::new();
+            // Each record sees the ones before it in the batch.
+            let mut view = View { snapshot: &snapshot, overlay: BTreeMap::new() };
             let mut taken = 0;
             for record in records {
                 let region = &record.region;
-                // What the snapshot says, minus what this batch removed or rewrote.
-                let live = |(k, _): &(Vec<u8>, RegionRecord)| {
-                    !removed.contains(k) && !written.iter().any(|(w, _)| w == k)
-                };
-                let mut current: Vec<(Vec<u8>, RegionRecord)> =
-                    overlapping(&snapshot, &region.start, region.end.as_deref())?
-                        .into_iter()
-                        .filter(live)
-                        .collect();
-                current.extend(record_by_id(&snapshot, region.id)?.filter(live));
+                let mut current = view.overlapping(&region.start, region.end.as_deref())?;
+                current.extend(view.record_by_id(region.id)?);
                 current.sort_by(|a, b| a.0.cmp(&b.0));
                 current.dedup_by(|a, b| a.0 == b.0);
-                current.extend(
-                    written
-                        .iter()
-                        .filter(|(_, r)| r.region.id == region.id || overlap(&r.region, region))
-                        .cloned(),
-                );
                 // Stale if anything it would replace is as new or newer; at the same
                 // epoch a record replaces its own only to name a new leader.
                 let stale = current.iter().any(|(_, r)| {
@@ -309,17 +349,12 @@ pub(crate) fn apply(engine: &Engine, epoch: Epoch, cmd: &DirCmd) -> Result<DirRe
                     continue;
                 }
                 for (key, old) in current {
-                    if removed.insert(key.clone()) {
-                        round.delete(&key)?;
-                        round.delete(&index_key(old.region.id))?;
-                    }
-                    written.retain(|(k, _)| *k != key);
+                    view.delete(&mut round, key)?;
+                    view.delete(&mut round, index_key(old.region.id))?;
                 }
                 let key = region_key(region.end.as_deref());
-                removed.remove(&key);
-                round.put(&key, &encode_record(record))?;
-                round.put(&index_key(region.id), &key)?;
-                written.push((key, record.clone()));
+                view.put(&mut round, key.clone(), encode_record(record))?;
+                view.put(&mut round, index_key(region.id), key)?;
                 taken += 1;
             }
             DirResult::Reported { taken }
