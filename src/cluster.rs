@@ -148,6 +148,8 @@ impl ClusterBuilder {
 
 /// How often the scheduler forwards region reports to the directory.
 const REPORT_INTERVAL: Duration = Duration::from_millis(100);
+/// Most region records in one directory command.
+const REPORTS_PER_COMMAND: usize = 512;
 
 /// The cluster's background work: forwards what the stores' leaders report (splits,
 /// merges, leadership) to the directory. Leaves when the cluster is dropped or shut.
@@ -169,8 +171,15 @@ fn scheduler_loop(inner: &std::sync::Weak<ClusterInner>) {
         }
         let mut records: Vec<RegionRecord> = pending.values().cloned().collect();
         records.sort_by_key(|r| r.region.id);
-        if inner.directory(&DirCmd::Report { records }, Duration::from_secs(2)).is_ok() {
-            pending.clear();
+        // Bounded commands: a split into thousands of regions reports thousands.
+        for chunk in records.chunks(REPORTS_PER_COMMAND) {
+            let cmd = DirCmd::Report { records: chunk.to_vec() };
+            if inner.directory(&cmd, Duration::from_secs(2)).is_err() {
+                break;
+            }
+            for r in chunk {
+                pending.remove(&r.region.id);
+            }
         }
     }
 }
@@ -438,6 +447,33 @@ impl Cluster {
             }
         }
         Vec::new()
+    }
+
+    /// Splits the region holding the first of `keys` at every one of them, in one
+    /// Raft command (all must lie strictly inside that region, in increasing order):
+    /// how a region is cut into many at once. Returns the regions, left first.
+    pub fn split_keys<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Region>> {
+        let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.as_ref().to_vec()).collect();
+        let Some(first) = keys.first() else { return Ok(Vec::new()) };
+        let _one = self.inner.admin_lock.lock();
+        let first_id = self.inner.alloc_ids(keys.len() as u64)?;
+        let new_ids: Vec<RegionId> =
+            (0..keys.len() as u64).map(|i| RegionId(first_id + i)).collect();
+        let record = self
+            .inner
+            .router
+            .locate(first)
+            .ok_or_else(|| Error::InvalidRequest("no region holds the key".into()))?;
+        let region = record.region;
+        let cmd = AdminCmd::Split { split_keys: keys, new_ids };
+        let mut admin = Admin { inner: &self.inner, start: Instant::now() };
+        match admin.admin(region.id, region.epoch, cmd)? {
+            AdminResult::Split(parts) => {
+                self.inner.router.learn(&parts);
+                Ok(parts)
+            }
+            other => Err(Error::InvalidRequest(format!("a split answered {other:?}"))),
+        }
     }
 
     /// Splits the region holding `key` at `key` (which becomes the first key of a new

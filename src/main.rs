@@ -69,6 +69,24 @@ enum BenchTarget {
         #[arg(long, value_delimiter = ',')]
         clients: Vec<usize>,
     },
+    /// Puts with 1 to 10,000 regions per store, idle CPU, split and merge latency.
+    Regions {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Directory on the disk to measure (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Seconds per rate.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Seconds the idle CPU is measured over.
+        #[arg(long, default_value_t = 10.0)]
+        idle_seconds: f64,
+        /// Regions per store to measure (default: 1, 100, 1000, 10000).
+        #[arg(long, value_delimiter = ',')]
+        regions: Vec<usize>,
+    },
     /// Group-commit appends (1, 4, 16, 64 writers) next to raw fdatasync and bandwidth.
     Wal {
         /// Print one JSON object instead of a table.
@@ -123,6 +141,23 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 clients
             };
             let report = regionkv::bench::cluster::run(dir.path(), seconds, &clients)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                report.print_table();
+            }
+        }
+        Command::Bench {
+            what: BenchTarget::Regions { json, dir, seconds, idle_seconds, regions },
+        } => {
+            let dir = bench_dir(dir)?;
+            let regions = if regions.is_empty() {
+                regionkv::bench::regions::REGIONS.to_vec()
+            } else {
+                regions
+            };
+            let report =
+                regionkv::bench::regions::run(dir.path(), seconds, idle_seconds, &regions)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -9,4 +9,5 @@
 pub mod cluster;
 pub mod disk;
 pub mod engine;
+pub mod regions;
 pub mod wal;
