@@ -56,6 +56,8 @@ const FOOTER_MAGIC: [u8; 4] = *b"CKPT";
 pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
 const HEADER_FIXED_LEN: usize = 20;
 const BLOCK_HEADER_LEN: usize = 12;
+/// Bytes in front of each entry's key: its key and value lengths.
+const ENTRY_HEADER_LEN: usize = 8;
 const CRC_LEN: usize = 4;
 const INDEX_FIXED_LEN: usize = 8;
 /// Bytes of the footer.
@@ -159,30 +161,53 @@ impl<'s> Encoder<'s> {
         }
     }
 
-    /// Appends one pair; keys must come in strictly increasing order.
+    /// Appends one pair; keys must come in strictly increasing order. (The engine
+    /// uses [`Encoder::push_encoded`]; this encodes independently of the memtable.)
+    #[cfg(test)]
     pub fn push(&mut self, key: &[u8], value: &[u8]) -> std::io::Result<()> {
-        let start = if let Some(start) = self.block_start {
-            start
-        } else {
-            {
-                let start = self.out.len();
-                self.out.extend_from_slice(&[0; BLOCK_HEADER_LEN]);
-                self.index_at = self.index.len();
-                self.index.extend_from_slice(&(self.out_offset + start as u64).to_le_bytes());
-                self.index.extend_from_slice(&[0; 8]); // len and entries, set on close
-                put_u32(&mut self.index, len_u32(key.len()));
-                self.index.extend_from_slice(key);
-                self.block_start = Some(start);
-                start
-            }
-        };
+        let start = self.open_block(key);
         put_u32(&mut self.out, len_u32(key.len()));
         put_u32(&mut self.out, len_u32(value.len()));
         self.out.extend_from_slice(key);
         self.out.extend_from_slice(value);
+        self.entry_added(start, (key.len() + value.len()) as u64)
+    }
+
+    /// Appends one pair given as its block entry (`klen u32 LE, vlen u32 LE, key,
+    /// value`), copied as it is; keys must come in strictly increasing order.
+    pub fn push_encoded(&mut self, key: &[u8], entry: &[u8]) -> std::io::Result<()> {
+        debug_assert!(
+            codec::u32_at(entry, 0) == Some(len_u32(key.len()))
+                && entry.get(ENTRY_HEADER_LEN..ENTRY_HEADER_LEN + key.len()) == Some(key),
+            "an encoded entry of this key"
+        );
+        let start = self.open_block(key);
+        self.out.extend_from_slice(entry);
+        self.entry_added(start, (entry.len() - ENTRY_HEADER_LEN) as u64)
+    }
+
+    /// Opens a block starting at `key` unless one is open; returns its start in `out`.
+    fn open_block(&mut self, key: &[u8]) -> usize {
+        if let Some(start) = self.block_start {
+            return start;
+        }
+        let start = self.out.len();
+        self.out.extend_from_slice(&[0; BLOCK_HEADER_LEN]);
+        self.index_at = self.index.len();
+        self.index.extend_from_slice(&(self.out_offset + start as u64).to_le_bytes());
+        self.index.extend_from_slice(&[0; 8]); // len and entries, set on close
+        put_u32(&mut self.index, len_u32(key.len()));
+        self.index.extend_from_slice(key);
+        self.block_start = Some(start);
+        start
+    }
+
+    /// Counts an entry of `kv` key and value bytes just appended to the block at
+    /// `start`; closes the block once full, and hands the buffer on once full.
+    fn entry_added(&mut self, start: usize, kv: u64) -> std::io::Result<()> {
         self.block_entries += 1;
         self.entries += 1;
-        self.kv_bytes += (key.len() + value.len()) as u64;
+        self.kv_bytes += kv;
         if self.out.len() - start - BLOCK_HEADER_LEN >= BLOCK_TARGET_BYTES {
             self.close_block();
             if self.out.len() >= self.flush_bytes {

@@ -1193,12 +1193,11 @@ impl Inner {
         let mut encoder = Encoder::new(header, self.options.checkpoint_write_buffer_bytes, sink);
         let mut error = None;
         let region = &header.region;
-        self.memtable.scan(
+        self.memtable.scan_encoded(
             &region.start,
             region.end.as_deref(),
             snapshot.seq,
-            usize::MAX,
-            |k, v| match encoder.push(k, v) {
+            |k, entry| match encoder.push_encoded(k, entry) {
                 Ok(()) => true,
                 Err(e) => {
                     error = Some(e);

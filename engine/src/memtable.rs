@@ -108,6 +108,12 @@ fn value_of(e: &[u8]) -> &[u8] {
     &e[start..start + value_len(e)]
 }
 
+/// The entry without its sequence word: `klen u32 LE, vlen u32 LE, key, value`, which
+/// is byte for byte how a checkpoint block stores a pair (see [`crate::checkpoint`]).
+pub(crate) fn encoded_pair(e: &[u8]) -> &[u8] {
+    &e[8..]
+}
+
 fn entry_len(e: &[u8]) -> usize {
     ENTRY_HEADER_LEN + key_len(e) + value_len(e)
 }
@@ -774,6 +780,41 @@ impl Memtable {
         mut f: impl FnMut(&[u8], &[u8]) -> bool,
     ) {
         let mut emitted = 0usize;
+        self.visit_newest(start, end, seq, |e| {
+            if is_delete(e) {
+                return true;
+            }
+            if emitted >= limit {
+                return false;
+            }
+            emitted += 1;
+            f(key_of(e), value_of(e)) && emitted < limit
+        });
+    }
+
+    /// Calls `f(key, kv)` for the live keys in `[start, end)` at `seq`, in order, until
+    /// it returns false, where `kv` is the pair encoded as a checkpoint entry
+    /// ([`encoded_pair`]): a checkpoint copies each pair with one `memcpy`.
+    pub fn scan_encoded(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        seq: u64,
+        mut f: impl FnMut(&[u8], &[u8]) -> bool,
+    ) {
+        self.visit_newest(start, end, seq, |e| is_delete(e) || f(key_of(e), encoded_pair(e)));
+    }
+
+    /// Calls `f(entry)` with the newest version at or below `seq` of every key in
+    /// `[start, end)` (tombstones included), in key order, until it returns false.
+    /// Holds no lock while `f` runs.
+    fn visit_newest(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        seq: u64,
+        mut f: impl FnMut(&[u8]) -> bool,
+    ) {
         let mut cursor = start.to_vec();
         let mut batch: Vec<Arc<Leaf>> = Vec::with_capacity(SCAN_LEAVES_PER_LOCK);
         // Bounded by the number of leaves: every pass moves the cursor past a leaf.
@@ -798,33 +839,28 @@ impl Memtable {
                 }
                 next
             };
-            for leaf in &batch {
+            for (n, leaf) in batch.iter().enumerate() {
+                // Only the first leaf holds keys below the cursor; the others start
+                // after it (a search there would only cost cache misses).
+                let from = if n == 0 { leaf.lower_bound(&cursor, u64::MAX) } else { 0 };
                 let mut done: Option<&[u8]> = None;
-                for i in leaf.lower_bound(&cursor, u64::MAX)..leaf.len() {
-                    if emitted >= limit {
-                        return;
-                    }
+                for i in from..leaf.len() {
                     let e = leaf.entry(i);
                     let k = key_of(e);
                     if end.is_some_and(|end| k >= end) {
                         return;
                     }
-                    if done == Some(k) || seq_of(e) > seq {
+                    if seq_of(e) > seq || done == Some(k) {
                         continue;
                     }
                     done = Some(k);
-                    if !is_delete(e) {
-                        emitted += 1;
-                        if !f(k, value_of(e)) {
-                            return;
-                        }
+                    if !f(e) {
+                        return;
                     }
                 }
             }
             match next {
-                Some(n) if end.is_none_or(|end| n.as_slice() < end) && emitted < limit => {
-                    cursor = n;
-                }
+                Some(n) if end.is_none_or(|end| n.as_slice() < end) => cursor = n,
                 _ => return,
             }
         }
