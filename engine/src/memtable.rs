@@ -532,6 +532,36 @@ impl Default for Memtable {
     }
 }
 
+/// Asks the CPU to start loading the cache line at `p` (a hint: it never faults and
+/// changes nothing a program can observe).
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code, reason = "a prefetch hint; halves the time of a full scan (measured)")]
+fn prefetch(p: *const u8) {
+    // SAFETY: `prefetch` only hints the cache; it does not access memory in the
+    // language's sense and cannot fault, whatever the address. The call is unsafe only
+    // because the intrinsic is declared with `#[target_feature(enable = "sse")]`, and
+    // SSE is part of the x86_64 baseline.
+    unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast()) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn prefetch(_p: *const u8) {}
+
+/// Prefetches every cache line of `leaf`'s buffer.
+///
+/// Leaves are separate allocations that random writes scatter over the heap, so a
+/// scan in key order jumps to a cold page at every leaf: a TLB miss and a few cache
+/// misses before the hardware prefetcher catches on. Asking for the next leaf while
+/// the current one is read halved a full scan of 1 M keys of 16 + 100 bytes here
+/// (62-77 ms -> 29-41 ms; loading a byte of each line instead, safely, gave 37-56 ms).
+fn prefetch_leaf(leaf: &Leaf) {
+    let buf = leaf.buf.as_ptr();
+    for at in (0..leaf.buf.len()).step_by(64) {
+        prefetch(buf.wrapping_add(at));
+    }
+    prefetch(buf.wrapping_add(leaf.buf.len() - 1));
+}
+
 /// The leaf covering `key` and the start of the next leaf.
 fn leaf_for<'i>(
     index: &'i Index,
@@ -840,6 +870,14 @@ impl Memtable {
                 next
             };
             for (n, leaf) in batch.iter().enumerate() {
+                // Two leaves ahead, the leaf's header (where its buffer is); one leaf
+                // ahead, the buffer.
+                if let Some(after_next) = batch.get(n + 2) {
+                    prefetch(Arc::as_ptr(after_next).cast());
+                }
+                if let Some(next) = batch.get(n + 1) {
+                    prefetch_leaf(next);
+                }
                 // Only the first leaf holds keys below the cursor; the others start
                 // after it (a search there would only cost cache misses).
                 let from = if n == 0 { leaf.lower_bound(&cursor, u64::MAX) } else { 0 };
