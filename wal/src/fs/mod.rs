@@ -80,6 +80,33 @@ pub trait File: Send + Sync + fmt::Debug {
     /// Truncates or extends (with zeros) the file to `len` bytes.
     fn set_len(&self, len: u64) -> io::Result<()>;
 
+    /// Allocates disk space for the first `len` bytes (`fallocate`), so that writes
+    /// below `len` into a new file allocate no blocks as they go. A file shorter than
+    /// `len` grows to `len`, the new bytes reading as zeros, exactly as with
+    /// [`File::set_len`] (and, like it, the new length is durable only after
+    /// [`File::sync_data`]); a longer file keeps its length and contents. Where the
+    /// file system cannot allocate ahead, the file is only extended.
+    fn allocate(&self, len: u64) -> io::Result<()>;
+
+    /// Starts writing the data written in `[offset, offset + len)` to the disk, without
+    /// waiting for it (`sync_file_range(SYNC_FILE_RANGE_WRITE)` on Linux; nothing
+    /// elsewhere), so that a later [`File::sync_data`] has less left to do.
+    ///
+    /// A hint: it makes nothing durable, and a write error it provokes is reported by
+    /// the next `sync_data`, which is still required.
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()>;
+
+    /// Waits until the data written in `[offset, offset + len)` is on the disk, then
+    /// drops it from the page cache (`sync_file_range` with waits, then
+    /// `posix_fadvise(POSIX_FADV_DONTNEED)` on Linux; nothing elsewhere). For large
+    /// writes that will not be read back soon: the cache pages are reused by the next
+    /// writes instead of taking fresh memory.
+    ///
+    /// Makes nothing durable: metadata (the file's length) still needs
+    /// [`File::sync_data`], which remains required. An error means the data may not
+    /// have reached the disk; treat it like a failed `sync_data`.
+    fn evict_written(&self, offset: u64, len: u64) -> io::Result<()>;
+
     /// A read-only image of the whole file, memory-mapped where the platform allows.
     ///
     /// The caller must not write the file while the image is alive; regionkv maps only

@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -56,6 +57,16 @@ struct RealFile {
     path: PathBuf,
 }
 
+impl RealFile {
+    /// Extends the file with zeros to `len` bytes if it is shorter.
+    fn extend_to(&self, len: u64) -> io::Result<()> {
+        if self.file.metadata()?.len() < len {
+            self.file.set_len(len)?;
+        }
+        Ok(())
+    }
+}
+
 impl File for RealFile {
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
         self.file.write_all_at(buf, offset)
@@ -77,6 +88,85 @@ impl File for RealFile {
         self.file.set_len(len)
     }
 
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code, reason = "fallocate(2) has no std wrapper; see SAFETY")]
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        /// Attempts interrupted by a signal before giving up.
+        const MAX_INTERRUPTED: usize = 16;
+        let end = i64::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        if end == 0 {
+            return Ok(());
+        }
+        let mut interrupted = 0;
+        loop {
+            // SAFETY: fallocate takes a file descriptor and integers, no pointers; the
+            // descriptor is owned by `self.file` and open for writing for its lifetime.
+            let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), 0, 0, end) };
+            if rc == 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) if interrupted < MAX_INTERRUPTED => interrupted += 1,
+                // The file system cannot allocate ahead: extend the file instead.
+                Some(libc::EOPNOTSUPP) => return self.extend_to(len),
+                _ => return Err(e),
+            }
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        self.extend_to(len)
+    }
+
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code, reason = "sync_file_range(2) has no std wrapper; see SAFETY")]
+    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        };
+        // SAFETY: sync_file_range takes a file descriptor, integers and flags, no
+        // pointers; the descriptor is owned by `self.file` and open for its lifetime.
+        let rc = unsafe {
+            libc::sync_file_range(self.file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+        };
+        if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn start_writeback(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+
+    #[cfg(target_os = "linux")]
+    #[allow(unsafe_code, reason = "sync_file_range(2), posix_fadvise(2): no std wrappers")]
+    fn evict_written(&self, offset: u64, len: u64) -> io::Result<()> {
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        };
+        let fd = self.file.as_raw_fd();
+        let wait = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        // SAFETY: both calls take a file descriptor, integers and flags, no pointers;
+        // the descriptor is owned by `self.file` and open for its lifetime.
+        let rc = unsafe { libc::sync_file_range(fd, offset, len, wait) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above. Dropping clean pages changes no data; only dirty pages
+        // could hold unwritten data, and the wait above wrote them.
+        let rc = unsafe { libc::posix_fadvise(fd, offset, len, libc::POSIX_FADV_DONTNEED) };
+        // posix_fadvise returns the error number instead of setting errno.
+        if rc == 0 { Ok(()) } else { Err(io::Error::from_raw_os_error(rc)) }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn evict_written(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+
     #[allow(unsafe_code, reason = "memory-mapping a file is unsafe by nature; see SAFETY")]
     fn map(&self) -> io::Result<Bytes> {
         if self.len()? == 0 {
@@ -89,5 +179,37 @@ impl File for RealFile {
         let map = unsafe { memmap2::Mmap::map(&self.file)? };
         tracing::trace!(path = %self.path.display(), len = map.len(), "mapped file");
         Ok(Bytes::from_owner(map))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocate_extends_with_zeros_and_writeback_and_eviction_keep_the_data() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("a");
+        let f = RealFs.open(&path, OpenMode::CreateNew)?;
+        f.allocate(1 << 20)?;
+        assert_eq!(f.len()?, 1 << 20);
+        let mut head = [1u8; 16];
+        f.read_at(0, &mut head)?;
+        assert_eq!(head, [0; 16], "allocated bytes read as zeros");
+        f.write_at(0, b"written")?;
+        f.start_writeback(0, 7)?;
+        f.evict_written(0, 4096)?;
+        // A shorter allocation keeps the length and the data.
+        f.allocate(4)?;
+        assert_eq!(f.len()?, 1 << 20);
+        f.sync_data()?;
+        let mut back = [0u8; 7];
+        f.read_at(0, &mut back)?;
+        assert_eq!(&back, b"written");
+        f.set_len(7)?;
+        assert_eq!(std::fs::read(&path)?, b"written");
+        f.allocate(0)?;
+        assert_eq!(f.len()?, 7, "allocating nothing changes nothing");
+        Ok(())
     }
 }

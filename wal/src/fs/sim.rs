@@ -54,6 +54,8 @@ pub enum SimOpKind {
     SyncData,
     /// [`File::set_len`].
     SetLen,
+    /// [`File::allocate`].
+    Allocate,
     /// [`FileSystem::open`] with [`OpenMode::CreateNew`].
     Create,
     /// [`FileSystem::rename`].
@@ -73,7 +75,7 @@ pub struct SimOp {
     pub kind: SimOpKind,
     /// The file or directory it acts on.
     pub path: PathBuf,
-    /// Offset of a write or new length of a `set_len`; 0 otherwise.
+    /// Offset of a write, or new length of a `set_len` or `allocate`; 0 otherwise.
     pub offset: u64,
     /// Length of a write; 0 otherwise.
     pub len: u64,
@@ -355,6 +357,11 @@ impl State {
         }
     }
 
+    /// True once the machine stopped (halted or crashed).
+    fn is_down(&self) -> bool {
+        self.dead || self.halt_after.is_some_and(|h| self.ops >= h)
+    }
+
     fn begin_op(
         &mut self,
         kind: SimOpKind,
@@ -362,7 +369,7 @@ impl State {
         offset: u64,
         len: u64,
     ) -> Result<(), Refusal> {
-        if self.dead || self.halt_after.is_some_and(|h| self.ops >= h) {
+        if self.is_down() {
             return Err(Refusal::Down(machine_down()));
         }
         self.ops += 1;
@@ -552,6 +559,35 @@ impl File for SimFile {
         Ok(())
     }
 
+    fn allocate(&self, len: u64) -> io::Result<()> {
+        let mut st = self.state.lock();
+        st.begin(SimOpKind::Allocate, &self.path, len, 0)?;
+        let inode = st.inodes.get_mut(&self.ino).expect("open inode exists");
+        let old = inode.data.len() as u64;
+        if len > old {
+            inode.data.resize(to_usize(len), 0);
+            inode.mark_dirty(old, len);
+        }
+        Ok(())
+    }
+
+    /// Changes nothing: unsynced data may already reach the disk before a sync in
+    /// every crash mode but [`CrashMode::Lost`], which stays possible (a hint is no
+    /// promise).
+    fn start_writeback(&self, _offset: u64, _len: u64) -> io::Result<()> {
+        let st = self.state.lock();
+        if st.is_down() {
+            return Err(machine_down());
+        }
+        Ok(())
+    }
+
+    /// Changes nothing, like [`File::start_writeback`]: the simulated disk has no page
+    /// cache to drop, and its crash modes already cover data written back early.
+    fn evict_written(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.start_writeback(offset, len)
+    }
+
     fn map(&self) -> io::Result<Bytes> {
         let st = self.state.lock();
         if st.dead {
@@ -653,6 +689,32 @@ mod tests {
             assert_eq!(ones, 1);
             assert!(after[..100].iter().all(|&b| b == 0), "synced bytes are never flipped");
         }
+    }
+
+    #[test]
+    fn allocate_grows_like_set_len_and_writeback_and_eviction_are_hints() {
+        let (fs, dir) = setup();
+        let f = fs.open(&dir.join("a"), OpenMode::CreateNew).unwrap();
+        fs.sync_dir(&dir).unwrap();
+        let before = fs.op_count();
+        f.allocate(8).unwrap();
+        assert_eq!(fs.op_count(), before + 1, "a mutating call, a crash point");
+        assert_eq!(fs.contents(&dir.join("a")).unwrap(), [0u8; 8]);
+        f.write_at(0, b"abc").unwrap();
+        // Allocating less than the length changes nothing.
+        f.allocate(2).unwrap();
+        assert_eq!(fs.contents(&dir.join("a")).unwrap(), b"abc\0\0\0\0\0");
+        // Writeback is no sync: the new length and bytes can still be lost.
+        f.start_writeback(0, 8).unwrap();
+        f.evict_written(0, 8).unwrap();
+        assert_eq!(fs.op_count(), before + 3, "hints are no mutating calls");
+        assert_eq!(fs.unsynced_bytes(), 8);
+        assert_eq!(fs.image_after_crash(CrashMode::Lost).contents(&dir.join("a")).unwrap(), b"");
+        f.sync_data().unwrap();
+        let after = fs.crash(CrashMode::Lost);
+        assert_eq!(after.contents(&dir.join("a")).unwrap(), b"abc\0\0\0\0\0");
+        assert!(f.start_writeback(0, 8).is_err(), "a crashed machine refuses it");
+        assert!(f.evict_written(0, 8).is_err());
     }
 
     #[test]
