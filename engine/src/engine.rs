@@ -1,10 +1,11 @@
 //! [`Engine`]: one store's state machine, as the Raft layer sees it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -24,6 +25,9 @@ use crate::round::{ApplyRound, PinLedger, RoundId};
 const CHECKPOINT_SUFFIX: &str = ".ckpt";
 /// Suffix of files being written; removed by recovery.
 const TEMP_SUFFIX: &str = ".tmp";
+/// Buffers a checkpoint writer keeps in the page cache behind the one it writes
+/// (their writeback is under way) before it drops them; see `Inner::write_checkpoint`.
+const EVICT_BEHIND_BUFFERS: usize = 2;
 /// Largest checkpoint a receiver accepts.
 pub const MAX_CHECKPOINT_BYTES: u64 = 1 << 40;
 
@@ -551,10 +555,27 @@ impl Engine {
         let parts = map.split(id, split_keys, new_ids)?;
         // The commit lock is held: the snapshot is the state as of the split's index.
         let snapshot = self.snapshot();
+        // What each part is charged for: the length its checkpoint is estimated at, and
+        // (the children's) the charges that move below. Every change to the memtable
+        // takes the commit lock, so these are the charges after the checkpoints too.
+        let child_bytes: Vec<u64> = parts[1..]
+            .iter()
+            .map(|part| self.inner.memtable.range_bytes(&part.start, part.end.as_deref()))
+            .collect();
+        let moved: u64 = child_bytes.iter().sum();
+        let parent_bytes =
+            regions.bytes.get(&id).map_or(0, |b| b.load(Ordering::Relaxed)).saturating_sub(moved);
         let mut refs = Vec::with_capacity(parts.len());
         for (i, part) in parts.iter().enumerate() {
-            let applied_index = if i == 0 { at_index } else { child_index };
-            refs.push(self.write_whole_checkpoint(&mut durable, part, applied_index, &snapshot)?);
+            let (applied_index, estimate_bytes) =
+                if i == 0 { (at_index, parent_bytes) } else { (child_index, child_bytes[i - 1]) };
+            refs.push(self.write_whole_checkpoint(
+                &mut durable,
+                part,
+                applied_index,
+                &snapshot,
+                estimate_bytes,
+            )?);
         }
         let mut next = durable.manifest.clone();
         next.next_file_id = durable.next_file_id;
@@ -577,10 +598,7 @@ impl Engine {
         set_meta_index(&mut next, &[id], at_index);
         set_meta_index(&mut next, new_ids, child_index);
         self.inner.persist(&mut durable, next)?;
-        let mut moved = 0u64;
-        for part in &parts[1..] {
-            let b = self.inner.memtable.range_bytes(&part.start, part.end.as_deref());
-            moved += b;
+        for (part, &b) in parts[1..].iter().zip(&child_bytes) {
             regions.bytes.insert(part.id, AtomicU64::new(b));
         }
         if let Some(b) = regions.bytes.get(&id) {
@@ -610,7 +628,18 @@ impl Engine {
         let mut map = regions.map.clone();
         let merged = map.merge(source, target)?;
         let snapshot = self.snapshot();
-        let whole = self.write_whole_checkpoint(&mut durable, &merged, at_index, &snapshot)?;
+        let estimate_bytes = [source, target]
+            .iter()
+            .filter_map(|id| regions.bytes.get(id))
+            .map(|b| b.load(Ordering::Relaxed))
+            .sum();
+        let whole = self.write_whole_checkpoint(
+            &mut durable,
+            &merged,
+            at_index,
+            &snapshot,
+            estimate_bytes,
+        )?;
         let mut next = durable.manifest.clone();
         next.next_file_id = durable.next_file_id;
         set_regions(&mut next, &map, |region| {
@@ -633,12 +662,16 @@ impl Engine {
     /// Writes a checkpoint of `region` (as given, not as the map has it) from
     /// `snapshot`; the caller records it in the next manifest. Writes nothing and
     /// returns `None` if the region holds no keys: its image is empty (`empty_at`).
+    /// `estimate_bytes` is about how long the file will be (what the region is charged
+    /// for; see `Inner::write_checkpoint`); the callers hold the region map's lock, so
+    /// they pass it in.
     fn write_whole_checkpoint(
         &self,
         durable: &mut Durable,
         region: &Region,
         applied_index: u64,
         snapshot: &Snapshot,
+        estimate_bytes: u64,
     ) -> Result<Option<CheckpointRef>> {
         if snapshot.scan(&region.start, region.end.as_deref(), 1).is_empty() {
             return Ok(None);
@@ -646,7 +679,7 @@ impl Engine {
         let file_id = durable.next_file_id;
         durable.next_file_id += 1;
         let header = CheckpointHeader { region: region.clone(), applied_index };
-        let stats = self.inner.write_checkpoint(file_id, &header, snapshot)?;
+        let stats = self.inner.write_checkpoint(file_id, &header, snapshot, estimate_bytes)?;
         Ok(Some(CheckpointRef {
             file_id,
             applied_index,
@@ -691,7 +724,11 @@ impl Engine {
         let file_id = durable.next_file_id;
         durable.next_file_id += 1;
         let header = CheckpointHeader { region: region.clone(), applied_index };
-        let stats = self.inner.write_checkpoint(file_id, &header, &snapshot)?;
+        // What the region is charged for is a little more than its checkpoint takes
+        // (see `Inner::write_checkpoint`).
+        let charged =
+            (self.inner.regions.read().bytes.get(&id)).map_or(0, |b| b.load(Ordering::Relaxed));
+        let stats = self.inner.write_checkpoint(file_id, &header, &snapshot, charged)?;
         let mut next = durable.manifest.clone();
         next.next_file_id = durable.next_file_id;
         let whole = CheckpointRef {
@@ -937,7 +974,14 @@ impl Engine {
         let mut map = regions.map.clone();
         let region = map.bump_version(id)?;
         let snapshot = self.snapshot();
-        let image = self.write_whole_checkpoint(&mut durable, &region, at_index, &snapshot)?;
+        let estimate_bytes = regions.bytes.get(&id).map_or(0, |b| b.load(Ordering::Relaxed));
+        let image = self.write_whole_checkpoint(
+            &mut durable,
+            &region,
+            at_index,
+            &snapshot,
+            estimate_bytes,
+        )?;
         let mut next = durable.manifest.clone();
         next.next_file_id = durable.next_file_id;
         set_regions(&mut next, &map, |r| (r.id == id).then(|| image.iter().cloned().collect()));
@@ -1267,20 +1311,43 @@ impl Inner {
         Ok(())
     }
 
+    /// Writes the checkpoint of `header.region` at `snapshot` to a temporary file, makes
+    /// it durable and renames it to the name of `file_id`. `estimate_bytes` is about
+    /// how long the file will be (the region's memory charge: a little more).
     fn write_checkpoint(
         &self,
         file_id: u64,
         header: &CheckpointHeader,
         snapshot: &Snapshot,
+        estimate_bytes: u64,
     ) -> Result<CheckpointStats> {
+        let started = Instant::now();
         let name = checkpoint_name(file_id);
         let path = self.dir.join(&name);
         let tmp = self.dir.join(format!("{name}{TEMP_SUFFIX}"));
         let file =
             self.fs.open(&tmp, OpenMode::CreateNew).map_err(|e| self.fail("create", &tmp, &e))?;
+        // Blocks allocated in one call up front rather than as writeback finds them:
+        // measured 2-10% faster with the early writeback below, 10-30% without. Only a
+        // hint: if it fails, the writes allocate as they go (and fail if they must).
+        if estimate_bytes > 0
+            && let Err(e) = file.allocate(estimate_bytes)
+        {
+            tracing::warn!(path = %tmp.display(), error = %e, "could not allocate the checkpoint");
+        }
         // A writer thread writes full buffers while this one encodes the next: scanning
         // and writing overlap. At most three buffers exist (one filling, one queued,
         // one being written); they circulate between the two threads.
+        //
+        // The writer asks for each buffer to go to the disk at once, so the disk works
+        // while the rest is encoded and the final fsync waits for the last buffers only
+        // (measured: 45-55 ms -> 1-8 ms for 118 MiB). Two buffers behind, it waits for
+        // that writeback and drops the pages from the cache (drop-behind): the next
+        // writes reuse them. Otherwise every checkpoint takes its size in fresh page
+        // cache, and fresh memory is slow to touch on a VM that hands freed memory back
+        // to its host: the writer's copy into the cache took 124-340 ms of CPU for 118
+        // MiB instead of 27-55 ms (checkpoint 364-587 ms -> 158-204 ms, same runs).
+        // Nothing reads a checkpoint soon after writing it (a restart, a snapshot).
         let buffer_bytes = self.options.checkpoint_write_buffer_bytes;
         let (to_writer, queued) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(1);
         let (to_encoder, spare) = std::sync::mpsc::sync_channel::<Vec<u8>>(2);
@@ -1289,8 +1356,16 @@ impl Inner {
                 let writer = std::thread::Builder::new().name("ckpt-writer".into()).spawn_scoped(
                     scope,
                     || -> io::Result<()> {
+                        let mut behind = VecDeque::with_capacity(EVICT_BEHIND_BUFFERS + 1);
                         for (offset, buf) in queued {
                             file.write_at(offset, &buf)?;
+                            file.start_writeback(offset, buf.len() as u64)?;
+                            behind.push_back((offset, buf.len() as u64));
+                            if behind.len() > EVICT_BEHIND_BUFFERS
+                                && let Some((offset, len)) = behind.pop_front()
+                            {
+                                file.evict_written(offset, len)?;
+                            }
                             // The encoder may have finished; then the buffer is not needed.
                             let _ = to_encoder.try_send(buf);
                         }
@@ -1319,9 +1394,24 @@ impl Inner {
             Error::Io { source, .. } => self.fail("write", &tmp, &source),
             other => other,
         })?;
+        let written_at = started.elapsed();
+        // The allocation usually overshoots: cut the file to what was written.
+        let len = file.len().map_err(|e| self.fail("stat", &tmp, &e))?;
+        if len > stats.file_bytes {
+            file.set_len(stats.file_bytes).map_err(|e| self.fail("truncate", &tmp, &e))?;
+        }
         file.sync_data().map_err(|e| self.fail("fsync", &tmp, &e))?;
+        let synced_at = started.elapsed();
         self.fs.rename(&tmp, &path).map_err(|e| self.fail("rename", &tmp, &e))?;
         self.fs.sync_dir(&self.dir).map_err(|e| self.fail("sync_dir", &self.dir, &e))?;
+        tracing::debug!(
+            path = %path.display(),
+            bytes = stats.file_bytes,
+            written_us = written_at.as_micros(),
+            synced_us = synced_at.as_micros(),
+            renamed_us = started.elapsed().as_micros(),
+            "checkpoint written"
+        );
         Ok(stats)
     }
 }

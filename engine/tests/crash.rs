@@ -22,7 +22,7 @@ type Data = BTreeMap<Vec<u8>, Vec<u8>>;
 const DIR: &str = "/store";
 
 fn options() -> EngineOptions {
-    // Small write buffer: a checkpoint takes several writes, each a crash point.
+    // Small write buffer: each closed block of a checkpoint is a write, a crash point.
     EngineOptions::new(StoreId(1)).checkpoint_write_buffer_bytes(1024)
 }
 
@@ -40,8 +40,11 @@ fn write(engine: &Engine, data: &Data, deleted: &[Vec<u8>]) -> TestResult {
     Ok(())
 }
 
+/// 1200 pairs of about 200 bytes: a checkpoint of four 64 KiB blocks, each its own
+/// write (the write buffer is smaller than a block), so that the crash points fall
+/// between writes, early writebacks and evictions of the checkpoint writer.
 fn old_data() -> Data {
-    (0..60u32).map(|i| (format!("key{i:03}").into_bytes(), vec![b'o'; 200])).collect()
+    (0..1200u32).map(|i| (format!("key{i:03}").into_bytes(), vec![b'o'; 200])).collect()
 }
 
 fn new_data() -> (Data, Vec<Vec<u8>>) {
@@ -241,5 +244,85 @@ fn fsync_failure_poisons_the_engine_and_reopen_recovers() -> TestResult {
         assert_eq!(m.regions[0].checkpoints[0].applied_index, 10);
         assert!(contents(&engine) == old_data());
     }
+    Ok(())
+}
+
+/// The checkpoint write allocates the file's blocks first and trims the overshoot
+/// before its fsync; both are crash points of the scenarios above. This pins the
+/// order, so that a change of the write path shows up here.
+#[test]
+fn checkpoint_allocates_first_and_trims_before_its_fsync() -> TestResult {
+    use regionkv_wal::fs::SimOpKind;
+    let (fs, engine) = setup()?;
+    let ops = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = ops.clone();
+    fs.set_fault_hook(Box::new(move |op| {
+        if op.path.to_string_lossy().ends_with(".ckpt.tmp") {
+            seen.lock().expect("not poisoned").push((op.kind, op.offset));
+        }
+        None
+    }));
+    let meta = engine.checkpoint(RegionId(1), 20)?;
+    fs.clear_fault_hook();
+    let ops = ops.lock().expect("not poisoned").clone();
+    let kinds: Vec<SimOpKind> = ops.iter().map(|&(k, _)| k).collect();
+    assert_eq!(kinds[..2], [SimOpKind::Create, SimOpKind::Allocate], "{kinds:?}");
+    let writes = &kinds[2..kinds.len() - 3];
+    assert!(writes.len() >= 4 && writes.iter().all(|&k| k == SimOpKind::Write), "{kinds:?}");
+    assert_eq!(
+        kinds[kinds.len() - 3..],
+        [SimOpKind::SetLen, SimOpKind::SyncData, SimOpKind::Rename],
+        "{kinds:?}"
+    );
+    // Allocated more than written, trimmed to exactly the file.
+    assert!(ops[1].1 > meta.stats.file_bytes);
+    assert_eq!(ops[ops.len() - 3].1, meta.stats.file_bytes);
+    assert_eq!(fs.contents(&meta.path).map(|c| c.len() as u64), Some(meta.stats.file_bytes));
+    Ok(())
+}
+
+/// Allocation is an optimization: when it fails, the checkpoint is written anyway and
+/// the engine stays healthy.
+#[test]
+fn a_failed_allocation_costs_nothing_but_speed() -> TestResult {
+    let (fs, engine) = setup()?;
+    fs.set_fault_hook(Box::new(|op| {
+        (op.kind == regionkv_wal::fs::SimOpKind::Allocate)
+            .then(|| std::io::Error::from(std::io::ErrorKind::StorageFull))
+    }));
+    engine.checkpoint(RegionId(1), 20)?;
+    fs.clear_fault_hook();
+    assert!(engine.failure().is_none());
+    drop(engine);
+    let (engine, m) = reopen_and_check(&Arc::new(fs.image_after_crash(CrashMode::Lost)))?;
+    assert_eq!(m.regions[0].checkpoints[0].applied_index, 20);
+    assert!(contents(&engine) == new_data().0);
+    Ok(())
+}
+
+/// The allocation follows the region's memory charge, which long keys (copied into the
+/// block index) can outgrow: the file then grows past it and is still whole.
+#[test]
+fn a_checkpoint_larger_than_its_allocation_is_whole() -> TestResult {
+    let fs = Arc::new(SimFs::new());
+    let engine = Engine::open(fs.clone(), DIR, options())?;
+    engine.insert_region(Region::whole(RegionId(1)))?;
+    let data: Data =
+        (0..6u8).map(|i| (vec![b'k' + i; 40 << 10], vec![i; 3])).collect::<BTreeMap<_, _>>();
+    write(&engine, &data, &[])?;
+    let allocated = Arc::new(std::sync::Mutex::new(0));
+    let seen = allocated.clone();
+    fs.set_fault_hook(Box::new(move |op| {
+        if op.kind == regionkv_wal::fs::SimOpKind::Allocate {
+            *seen.lock().expect("not poisoned") = op.offset;
+        }
+        None
+    }));
+    let meta = engine.checkpoint(RegionId(1), 5)?;
+    fs.clear_fault_hook();
+    assert!(*allocated.lock().expect("not poisoned") < meta.stats.file_bytes);
+    drop(engine);
+    let (engine, _) = reopen_and_check(&Arc::new(fs.image_after_crash(CrashMode::Lost)))?;
+    assert!(contents(&engine) == data);
     Ok(())
 }
