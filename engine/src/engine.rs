@@ -1218,9 +1218,9 @@ fn load_part(
     let estimate =
         (usize::try_from(stats.entries).unwrap_or(0), usize::try_from(stats.kv_bytes).unwrap_or(0));
     memtable.load_sorted(start, end, seq, estimate, |push| {
-        file.for_each(|k, v| {
+        file.for_each_encoded(|k, pair| {
             if in_range(k, start, end) {
-                push(k, v);
+                push(k, pair);
             }
         });
     })

@@ -52,6 +52,8 @@ use crate::region::in_range;
 
 /// Bytes of framing in front of every key.
 pub(crate) const ENTRY_HEADER_LEN: usize = 16;
+/// Bytes of the sequence number and kind word that opens every entry.
+const SEQ_WORD_LEN: usize = 8;
 /// Largest sequence number: 56 bits, the low byte of the word holds the kind.
 pub const MAX_SEQ: u64 = (1 << 56) - 1;
 /// Bytes charged per entry beyond its encoding: its 4-byte offset in the leaf, plus
@@ -111,7 +113,7 @@ fn value_of(e: &[u8]) -> &[u8] {
 /// The entry without its sequence word: `klen u32 LE, vlen u32 LE, key, value`, which
 /// is byte for byte how a checkpoint block stores a pair (see [`crate::checkpoint`]).
 pub(crate) fn encoded_pair(e: &[u8]) -> &[u8] {
-    &e[8..]
+    &e[SEQ_WORD_LEN..]
 }
 
 fn entry_len(e: &[u8]) -> usize {
@@ -323,8 +325,9 @@ impl LeafBuilder {
         self.data.extend_from_slice(e);
     }
 
-    /// Appends a put of `key = value` at `seq`, encoded in place (no intermediate copy).
-    fn push_new(&mut self, seq: u64, key: &[u8], value: &[u8]) {
+    /// Appends a put of `key` at `seq` whose key and value come encoded as `pair` (see
+    /// [`encoded_pair`]): the entry is its sequence word and a copy of `pair`.
+    fn push_encoded_put(&mut self, seq: u64, key: &[u8], pair: &[u8]) {
         if self.data.len() >= self.piece_bytes {
             let same_key =
                 self.offsets.last().is_some_and(|&o| key_of(&self.data[o as usize..]) == key);
@@ -334,7 +337,8 @@ impl LeafBuilder {
             }
         }
         self.offsets.push(u32::try_from(self.data.len()).unwrap_or(u32::MAX));
-        encode_into(&mut self.data, KIND_PUT, seq, key, value);
+        self.data.extend_from_slice(&((seq << 8) | u64::from(KIND_PUT)).to_le_bytes());
+        self.data.extend_from_slice(pair);
     }
 
     /// Appends the old leaf's entries `from..to` (whole keys, in map order): one copy
@@ -732,8 +736,9 @@ impl Memtable {
 
     /// Loads sorted, distinct puts at `seq` into `[start, end)`, which must hold no
     /// entries (a fresh engine, or a range no region hosted). `fill` hands each pair to
-    /// the function it is given, in key order; pairs are encoded straight into the new
-    /// leaves. `estimate` is about how many (entries, key and value bytes) come.
+    /// the function it is given, in key order, as `(key, pair)` with the pair encoded
+    /// as a checkpoint stores it ([`encoded_pair`]); each is copied straight into the
+    /// new leaves. `estimate` is about how many (entries, key and value bytes) come.
     /// Returns the entries loaded and the bytes charged. The caller is the only writer.
     pub fn load_sorted(
         &self,
@@ -757,15 +762,15 @@ impl Memtable {
         let mut loaded = 0u64;
         let mut charged = 0u64;
         let mut last: Option<Vec<u8>> = None;
-        fill(&mut |k, v| {
+        fill(&mut |k, pair| {
             debug_assert!(in_range(k, start, end), "loaded keys are inside the range");
             debug_assert!(last.as_deref().is_none_or(|l| l < k), "loaded keys are sorted");
             if cfg!(debug_assertions) {
                 last = Some(k.to_vec());
             }
-            builder.push_new(seq, k, v);
+            builder.push_encoded_put(seq, k, pair);
             loaded += 1;
-            charged += (ENTRY_HEADER_LEN + k.len() + v.len()) as u64 + ENTRY_OVERHEAD_BYTES;
+            charged += (SEQ_WORD_LEN + pair.len()) as u64 + ENTRY_OVERHEAD_BYTES;
         });
         for (i, (_, leaf)) in leaves.iter().enumerate() {
             let from = if i == 0 { below } else { 0 };
