@@ -637,6 +637,10 @@ impl Memtable {
                 i = j;
             }
         }
+        // The leaves are far apart in memory: ask for all of them before reading any.
+        for (_, leaf, _) in &groups {
+            prefetch_leaf(leaf);
+        }
         let mut added = 0u64;
         let mut freed = 0u64;
         let mut kept_entries = 0usize;
