@@ -566,18 +566,22 @@ fn prefetch_leaf(leaf: &Leaf) {
     prefetch(buf.wrapping_add(leaf.buf.len() - 1));
 }
 
+/// The leaf covering `key`, with its start: one descent of the index.
+fn leaf_at<'i>(index: &'i Index, key: &[u8]) -> (&'i IndexKey, &'i Arc<Leaf>) {
+    index
+        .range((Unbounded, Included(&IndexKey::new(key))))
+        .next_back()
+        .or_else(|| index.iter().next())
+        .expect("the index always holds the leaf at the empty key")
+}
+
 /// The leaf covering `key` and the start of the next leaf.
 fn leaf_for<'i>(
     index: &'i Index,
     key: &[u8],
 ) -> (&'i IndexKey, &'i Arc<Leaf>, Option<&'i IndexKey>) {
-    let q = IndexKey::new(key);
-    let (start, leaf) = index
-        .range((Unbounded, Included(&q)))
-        .next_back()
-        .or_else(|| index.iter().next())
-        .expect("the index always holds the leaf at the empty key");
-    let next = index.range((Excluded(&q), Unbounded)).next();
+    let (start, leaf) = leaf_at(index, key);
+    let next = index.range((Excluded(start), Unbounded)).next();
     (start, leaf, next.map(|(k, _)| k))
 }
 
@@ -624,13 +628,18 @@ impl Memtable {
         let mut groups: Vec<(IndexKey, Arc<Leaf>, std::ops::Range<usize>)> = Vec::new();
         {
             let index = self.index.read();
+            // One descent of the index per key: a batch's keys are usually far apart,
+            // so finding where each leaf ends would cost a second descent per leaf.
             let mut i = 0;
+            let mut at = leaf_at(&index, key_of(batch.entry(0)));
             while i < batch.len() {
-                let (start, leaf, next) = leaf_for(&index, key_of(batch.entry(i)));
+                let (start, leaf) = at;
                 let mut j = i + 1;
-                while j < batch.len()
-                    && next.is_none_or(|n| key_of(batch.entry(j)) < n.key.as_slice())
-                {
+                while j < batch.len() {
+                    at = leaf_at(&index, key_of(batch.entry(j)));
+                    if !Arc::ptr_eq(at.1, leaf) {
+                        break;
+                    }
                     j += 1;
                 }
                 groups.push((start.clone(), leaf.clone(), i..j));
@@ -792,7 +801,7 @@ impl Memtable {
     /// The newest version of `key` at `seq` or below.
     pub fn get(&self, key: &[u8], seq: u64) -> Found {
         let index = self.index.read();
-        let (_, leaf, _) = leaf_for(&index, key);
+        let (_, leaf) = leaf_at(&index, key);
         let i = leaf.lower_bound(key, (seq << 8) | KIND_SEARCH);
         if i >= leaf.len() {
             return Found::Missing;
