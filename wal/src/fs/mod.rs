@@ -26,7 +26,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub use real::RealFs;
+pub(crate) use real::check_direct_alignment;
 pub use sim::{CrashMode, FaultHook, SimFs, SimOp, SimOpKind};
+
+/// Alignment, in bytes, of the offset, length and memory address of every
+/// [`File::write_direct_at`]: the largest logical block size in use (4 KiB covers
+/// 512-byte and 4 KiB devices alike).
+pub const DIRECT_IO_ALIGN: usize = 4096;
 
 /// How [`FileSystem::open`] treats a missing or existing file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +68,16 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
 pub trait File: Send + Sync + fmt::Debug {
     /// Writes all of `buf` at `offset`, extending the file if needed.
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()>;
+
+    /// Writes all of `buf` at `offset` as [`File::write_at`] does, but from `buf`
+    /// straight to the disk where the platform allows (`O_DIRECT`), bypassing the page
+    /// cache: for large writes that will not be read back soon, which then cost neither
+    /// a copy into the cache nor the cache's memory. `offset`, `buf.len()` and the
+    /// address of `buf` must be multiples of [`DIRECT_IO_ALIGN`]: `InvalidInput`
+    /// otherwise, on every implementation (the simulator catches a misuse too). Where
+    /// direct I/O is unavailable the data goes through the page cache. Durable, like
+    /// any write, only after [`File::sync_data`].
+    fn write_direct_at(&self, offset: u64, buf: &[u8]) -> io::Result<()>;
 
     /// Fills `buf` from `offset`; `UnexpectedEof` if the file ends first.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;

@@ -5,11 +5,12 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
-use super::{File, FileSystem, OpenMode};
+use super::{DIRECT_IO_ALIGN, File, FileSystem, OpenMode};
 
 /// The operating system's file system.
 #[derive(Clone, Copy, Debug, Default)]
@@ -23,7 +24,12 @@ impl FileSystem for RealFs {
             options.create_new(true);
         }
         let file = options.open(path)?;
-        Ok(Arc::new(RealFile { file, path: path.to_owned() }))
+        Ok(Arc::new(RealFile {
+            file,
+            path: path.to_owned(),
+            direct: OnceLock::new(),
+            direct_refused: AtomicBool::new(false),
+        }))
     }
 
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
@@ -55,9 +61,50 @@ impl FileSystem for RealFs {
 struct RealFile {
     file: fs::File,
     path: PathBuf,
+    /// The same file opened again with `O_DIRECT` for [`File::write_direct_at`], on
+    /// first use; `None` where that is not possible.
+    direct: OnceLock<Option<fs::File>>,
+    /// Set once the file system refused a direct write: later ones are buffered.
+    direct_refused: AtomicBool,
+}
+
+/// `InvalidInput` unless `offset`, `buf.len()` and `buf`'s address are multiples of
+/// [`DIRECT_IO_ALIGN`].
+pub(crate) fn check_direct_alignment(offset: u64, buf: &[u8]) -> io::Result<()> {
+    let align = DIRECT_IO_ALIGN as u64;
+    if offset.is_multiple_of(align)
+        && buf.len().is_multiple_of(DIRECT_IO_ALIGN)
+        && buf.as_ptr().align_offset(DIRECT_IO_ALIGN) == 0
+    {
+        Ok(())
+    } else {
+        Err(io::Error::new(io::ErrorKind::InvalidInput, "direct write not aligned"))
+    }
 }
 
 impl RealFile {
+    /// Opens the file again, with `O_DIRECT`: through `/proc/self/fd`, which names this
+    /// very file even if it was renamed since.
+    #[cfg(target_os = "linux")]
+    fn open_direct(&self) -> Option<fs::File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let proc_path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+        let opened =
+            fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(proc_path);
+        match opened {
+            Ok(file) => Some(file),
+            Err(e) => {
+                tracing::debug!(path = %self.path.display(), error = %e, "no direct I/O");
+                None
+            }
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn open_direct(&self) -> Option<fs::File> {
+        None
+    }
+
     /// Extends the file with zeros to `len` bytes if it is shorter.
     fn extend_to(&self, len: u64) -> io::Result<()> {
         if self.file.metadata()?.len() < len {
@@ -69,6 +116,25 @@ impl RealFile {
 
 impl File for RealFile {
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn write_direct_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        check_direct_alignment(offset, buf)?;
+        if !self.direct_refused.load(Ordering::Relaxed)
+            && let Some(direct) = self.direct.get_or_init(|| self.open_direct())
+        {
+            match direct.write_all_at(buf, offset) {
+                Ok(()) => return Ok(()),
+                // The file system does not do direct I/O after all (EINVAL): nothing
+                // was written; go through the cache from now on.
+                Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                    tracing::debug!(path = %self.path.display(), "direct writes refused");
+                    self.direct_refused.store(true, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
         self.file.write_all_at(buf, offset)
     }
 
@@ -210,6 +276,33 @@ mod tests {
         assert_eq!(std::fs::read(&path)?, b"written");
         f.allocate(0)?;
         assert_eq!(f.len()?, 7, "allocating nothing changes nothing");
+        Ok(())
+    }
+
+    #[test]
+    fn direct_writes_need_alignment_and_read_back() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("d");
+        let f = RealFs.open(&path, OpenMode::CreateNew)?;
+        let mut raw = vec![0u8; 3 * DIRECT_IO_ALIGN];
+        let at = raw.as_ptr().align_offset(DIRECT_IO_ALIGN);
+        raw.iter_mut().enumerate().for_each(|(i, b)| *b = (i % 251) as u8);
+        let buf = &raw[at..at + 2 * DIRECT_IO_ALIGN];
+        for misaligned in [
+            f.write_direct_at(1, buf),
+            f.write_direct_at(0, &buf[..100]),
+            f.write_direct_at(0, &raw[at + 1..at + 1 + DIRECT_IO_ALIGN]),
+        ] {
+            assert_eq!(misaligned.map_err(|e| e.kind()), Err(io::ErrorKind::InvalidInput));
+        }
+        f.write_at(0, b"cached first")?;
+        f.write_direct_at(DIRECT_IO_ALIGN as u64, buf)?;
+        f.write_direct_at(0, &buf[..DIRECT_IO_ALIGN])?;
+        f.sync_data()?;
+        let back = std::fs::read(&path)?;
+        assert_eq!(back.len(), 3 * DIRECT_IO_ALIGN);
+        assert_eq!(&back[..DIRECT_IO_ALIGN], &buf[..DIRECT_IO_ALIGN], "the cache is not stale");
+        assert_eq!(&back[DIRECT_IO_ALIGN..], buf);
         Ok(())
     }
 }

@@ -505,6 +505,13 @@ impl File for SimFile {
         Ok(())
     }
 
+    /// A [`File::write_at`] (the simulated disk has no cache to bypass), after the same
+    /// alignment check as the real one.
+    fn write_direct_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        super::check_direct_alignment(offset, buf)?;
+        self.write_at(offset, buf)
+    }
+
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let st = self.state.lock();
         if st.dead {
@@ -715,6 +722,26 @@ mod tests {
         assert_eq!(after.contents(&dir.join("a")).unwrap(), b"abc\0\0\0\0\0");
         assert!(f.start_writeback(0, 8).is_err(), "a crashed machine refuses it");
         assert!(f.evict_written(0, 8).is_err());
+    }
+
+    #[test]
+    fn direct_writes_are_checked_for_alignment_and_then_plain_writes() {
+        use super::super::DIRECT_IO_ALIGN;
+        let (fs, dir) = setup();
+        let f = fs.open(&dir.join("a"), OpenMode::CreateNew).unwrap();
+        let mut raw = vec![7u8; 2 * DIRECT_IO_ALIGN];
+        let at = raw.as_ptr().align_offset(DIRECT_IO_ALIGN);
+        let buf = &mut raw[at..at + DIRECT_IO_ALIGN];
+        let before = fs.op_count();
+        assert!(f.write_direct_at(3, buf).is_err());
+        assert!(f.write_direct_at(0, &buf[..10]).is_err());
+        assert_eq!(fs.op_count(), before, "a refused call does nothing");
+        f.write_direct_at(DIRECT_IO_ALIGN as u64, buf).unwrap();
+        assert_eq!(fs.op_count(), before + 1);
+        assert_eq!(fs.unsynced_bytes(), DIRECT_IO_ALIGN as u64, "as unsynced as any write");
+        let contents = fs.contents(&dir.join("a")).unwrap();
+        assert_eq!(contents.len(), 2 * DIRECT_IO_ALIGN);
+        assert!(contents[DIRECT_IO_ALIGN..].iter().all(|&b| b == 7));
     }
 
     #[test]
