@@ -497,10 +497,14 @@ struct IndexKey {
 
 impl IndexKey {
     fn new(key: &[u8]) -> IndexKey {
+        IndexKey::from_vec(key.to_vec())
+    }
+
+    fn from_vec(key: Vec<u8>) -> IndexKey {
         let mut p = [0u8; 16];
         let n = key.len().min(16);
         p[..n].copy_from_slice(&key[..n]);
-        IndexKey { prefix: u128::from_be_bytes(p), key: key.to_vec() }
+        IndexKey { prefix: u128::from_be_bytes(p), key }
     }
 }
 
@@ -740,7 +744,7 @@ impl Memtable {
                         }
                     },
                     Some(key) => {
-                        index.insert(IndexKey::new(&key), Arc::new(leaf));
+                        index.insert(IndexKey::from_vec(key), Arc::new(leaf));
                     }
                 }
             }
@@ -753,14 +757,16 @@ impl Memtable {
     /// as a checkpoint stores it ([`encoded_pair`]); each is copied straight into the
     /// new leaves. `estimate` is about how many (entries, key and value bytes) come.
     /// Returns the entries loaded and the bytes charged. The caller is the only writer.
-    pub fn load_sorted(
+    ///
+    /// If `fill` fails, nothing is loaded and its error is returned.
+    pub fn load_sorted<T, E>(
         &self,
         start: &[u8],
         end: Option<&[u8]>,
         seq: u64,
         estimate: (usize, usize),
-        fill: impl FnOnce(&mut dyn FnMut(&[u8], &[u8])),
-    ) -> (u64, u64) {
+        fill: impl FnOnce(&mut dyn FnMut(&[u8], &[u8])) -> Result<T, E>,
+    ) -> Result<(T, u64, u64), E> {
         let leaves = self.leaves_in(start, end);
         let old_bytes: usize = leaves.iter().map(|(_, l)| l.data_len()).sum();
         let old_entries: usize = leaves.iter().map(|(_, l)| l.len()).sum();
@@ -775,7 +781,7 @@ impl Memtable {
         let mut loaded = 0u64;
         let mut charged = 0u64;
         let mut last: Option<Vec<u8>> = None;
-        fill(&mut |k, pair| {
+        let filled = fill(&mut |k, pair| {
             debug_assert!(in_range(k, start, end), "loaded keys are inside the range");
             debug_assert!(last.as_deref().is_none_or(|l| l < k), "loaded keys are sorted");
             if cfg!(debug_assertions) {
@@ -784,7 +790,7 @@ impl Memtable {
             builder.push_encoded_put(seq, k, pair);
             loaded += 1;
             charged += (SEQ_WORD_LEN + pair.len()) as u64 + ENTRY_OVERHEAD_BYTES;
-        });
+        })?;
         for (i, (_, leaf)) in leaves.iter().enumerate() {
             let from = if i == 0 { below } else { 0 };
             let at_end = end.map_or(leaf.len(), |e| leaf.lower_bound_from(from, e, u64::MAX));
@@ -795,7 +801,7 @@ impl Memtable {
         let remove: Vec<IndexKey> = leaves[1..].iter().map(|(k, _)| k.clone()).collect();
         self.install_replacing(&remove, vec![(leaves[0].0.clone(), rebuilt)]);
         self.account(charged, 0, kept, old_entries);
-        (loaded, charged)
+        Ok((filled, loaded, charged))
     }
 
     /// The newest version of `key` at `seq` or below.

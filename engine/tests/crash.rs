@@ -326,3 +326,25 @@ fn a_checkpoint_larger_than_its_allocation_is_whole() -> TestResult {
     assert!(contents(&engine) == data);
     Ok(())
 }
+
+/// Opening verifies a checkpoint while it loads it (one pass): damage anywhere in the
+/// file, even in its last block after most pairs were loaded, fails the open with a
+/// corruption error, and the undamaged file still opens.
+#[test]
+fn a_damaged_checkpoint_fails_the_open_wherever_the_damage_is() -> TestResult {
+    let (fs, engine) = setup()?;
+    let meta = engine.checkpoint(RegionId(1), 20)?;
+    engine.close()?;
+    drop(engine);
+    let len = meta.stats.file_bytes;
+    assert!(meta.stats.blocks >= 4);
+    for offset in [30, len / 4, len / 2, len - 300, len - 50, len - 2] {
+        let damaged = Arc::new(fs.image_after_crash(CrashMode::Lost));
+        damaged.corrupt(&meta.path, offset, 0x10)?;
+        let err = Engine::open(damaged, DIR, options()).expect_err("damage must be found");
+        assert!(err.is_corruption(), "offset {offset}: {err:?}");
+    }
+    let intact = Engine::open(Arc::new(fs.image_after_crash(CrashMode::Lost)), DIR, options())?;
+    assert!(contents(&intact) == new_data().0);
+    Ok(())
+}
