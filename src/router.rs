@@ -4,7 +4,7 @@
 //! current regions, `NotLeader` the leader's store. A stale entry costs one refused
 //! request, never a wrong answer: stores check every request's epoch and range.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound::{Excluded, Included, Unbounded};
 use std::sync::Arc;
 
@@ -14,10 +14,12 @@ use regionkv_raft::directory::RegionRecord;
 
 use crate::backend::{Backend, newer};
 
-/// Cached regions by start key; they never overlap.
+/// Cached regions by start key; they never overlap. `by_id` maps each cached region to
+/// its start key, so that lookups by id cost O(1) with thousands of regions.
 #[derive(Default)]
 struct Cache {
     by_start: BTreeMap<Vec<u8>, RegionRecord>,
+    by_id: HashMap<RegionId, Vec<u8>>,
 }
 
 impl Cache {
@@ -48,9 +50,7 @@ impl Cache {
     /// replaces. A record of the same region and epoch keeps a known leader.
     fn insert(&mut self, mut record: RegionRecord) {
         let mut replaced = self.overlapping(&record.region);
-        if let Some((start, _)) =
-            self.by_start.iter().find(|(_, r)| r.region.id == record.region.id)
-        {
+        if let Some(start) = self.by_id.get(&record.region.id) {
             replaced.push(start.clone());
         }
         for start in &replaced {
@@ -72,13 +72,23 @@ impl Cache {
             }
         }
         for start in replaced {
-            self.by_start.remove(&start);
+            if let Some(old) = self.by_start.remove(&start) {
+                self.by_id.remove(&old.region.id);
+            }
         }
+        self.by_id.insert(record.region.id, record.region.start.clone());
         self.by_start.insert(record.region.start.clone(), record);
     }
 
+    fn by_id_mut(&mut self, id: RegionId) -> Option<&mut RegionRecord> {
+        let start = self.by_id.get(&id)?;
+        self.by_start.get_mut(start)
+    }
+
     fn remove(&mut self, id: RegionId) {
-        self.by_start.retain(|_, r| r.region.id != id);
+        if let Some(start) = self.by_id.remove(&id) {
+            self.by_start.remove(&start);
+        }
     }
 }
 
@@ -111,7 +121,8 @@ impl Router {
 
     /// The cached region `id`, if any.
     pub fn cached(&self, id: RegionId) -> Option<RegionRecord> {
-        self.cache.read().by_start.values().find(|r| r.region.id == id).cloned()
+        let cache = self.cache.read();
+        cache.by_id.get(&id).and_then(|start| cache.by_start.get(start)).cloned()
     }
 
     /// Learns regions from a store's answer (`EpochNotMatch`, `KeyNotInRegion`).
@@ -125,7 +136,7 @@ impl Router {
     /// Records that `store` leads `region` (or that the leader is unknown).
     pub fn set_leader(&self, region: RegionId, store: Option<StoreId>) {
         let mut cache = self.cache.write();
-        if let Some(r) = cache.by_start.values_mut().find(|r| r.region.id == region) {
+        if let Some(r) = cache.by_id_mut(region) {
             r.leader = store;
         }
     }
@@ -177,6 +188,7 @@ mod tests {
         // A merge of 2 into 1: one region again.
         cache.insert(rec(1, "", None, 4, None));
         assert_eq!(cache.by_start.len(), 1);
+        assert_eq!(cache.by_id.len(), 1);
         assert_eq!(cache.get(b"x").unwrap().region.epoch.version, 4);
         // The same epoch without a leader keeps the leader known.
         cache.insert(rec(1, "", None, 4, Some(2)));
@@ -184,5 +196,6 @@ mod tests {
         assert_eq!(cache.get(b"q").unwrap().leader, Some(StoreId(2)));
         cache.remove(RegionId(1));
         assert!(cache.get(b"q").is_none());
+        assert!(cache.by_id.is_empty());
     }
 }

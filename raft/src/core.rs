@@ -401,7 +401,7 @@ impl StoreCore {
         applied: u64,
         conf_index: u64,
     ) -> Result<()> {
-        let storage = PeerStorage::new(region.id, self.ctx.log.clone());
+        let storage = PeerStorage::new(region.id, self.ctx.log.clone())?;
         let snapshot_slot = storage.snapshot_slot().clone();
         let (first, last) = self.ctx.log.bounds(region.id)?;
         // raft-rs requires applied >= first_index - 1; a checkpoint older than the
@@ -532,12 +532,15 @@ impl StoreCore {
         }
     }
 
-    /// Ticks of nothing to do after which a leader hibernates (`None`: never).
+    /// Ticks of nothing to do after which a leader tries to hibernate (`None`: never).
+    /// Half an election timeout: long enough for a heartbeat round to carry the commit
+    /// index to every follower (quiescence needs it), short enough that, with thousands
+    /// of regions written now and then, most of them sleep between writes instead of
+    /// heartbeating.
     fn hibernate_after(&self) -> Option<u32> {
         let config = &self.ctx.config;
-        config
-            .hibernate_regions
-            .then(|| u32::try_from(config.election_ticks * 2).unwrap_or(u32::MAX))
+        let ticks = (config.election_ticks / 2).max(config.heartbeat_ticks * 2);
+        config.hibernate_regions.then(|| u32::try_from(ticks).unwrap_or(u32::MAX))
     }
 
     /// Hibernates the leader of `region` if its group is quiescent: every replica

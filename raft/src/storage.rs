@@ -8,7 +8,7 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 use regionkv_engine::RegionId;
 
 use crate::error::Error;
-use crate::log::RaftLog;
+use crate::log::{RaftLog, RegionHandle};
 
 /// What raft-rs reads when it asks for a snapshot of this peer.
 #[derive(Debug, Default)]
@@ -26,13 +26,16 @@ pub(crate) struct SnapshotSlot {
 pub struct PeerStorage {
     region: RegionId,
     log: Arc<RaftLog>,
+    handle: RegionHandle,
     snapshot: Arc<Mutex<SnapshotSlot>>,
 }
 
 #[allow(dead_code, reason = "used by the store core, which is built on another branch")]
 impl PeerStorage {
-    pub(crate) fn new(region: RegionId, log: Arc<RaftLog>) -> PeerStorage {
-        PeerStorage { region, log, snapshot: Arc::default() }
+    /// The storage of `region`, whose log must exist.
+    pub(crate) fn new(region: RegionId, log: Arc<RaftLog>) -> Result<PeerStorage, Error> {
+        let handle = log.handle(region)?;
+        Ok(PeerStorage { region, log, handle, snapshot: Arc::default() })
     }
 
     pub(crate) fn snapshot_slot(&self) -> &Arc<Mutex<SnapshotSlot>> {
@@ -64,19 +67,19 @@ impl raft::Storage for PeerStorage {
         max_size: impl Into<Option<u64>>,
         _: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        self.log.entries(self.region, low, high, max_size.into()).map_err(to_raft)
+        self.log.entries_in(&self.handle, low, high, max_size.into()).map_err(to_raft)
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        self.log.term(self.region, idx).map_err(to_raft)
+        RaftLog::term_in(&self.handle, idx).map_err(to_raft)
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        self.log.bounds(self.region).map(|(first, _)| first).map_err(to_raft)
+        RaftLog::bounds_in(&self.handle).map(|(first, _)| first).map_err(to_raft)
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        self.log.bounds(self.region).map(|(_, last)| last).map_err(to_raft)
+        RaftLog::bounds_in(&self.handle).map(|(_, last)| last).map_err(to_raft)
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {

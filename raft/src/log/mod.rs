@@ -71,7 +71,10 @@ struct RegionWrite {
 #[derive(Debug)]
 pub struct LogWrite {
     id: u64,
+    /// In the order regions were first staged (the order they are encoded in).
     regions: Vec<(RegionId, RegionWrite)>,
+    /// Position of each region in `regions`: a write may span thousands of regions.
+    positions: HashMap<RegionId, usize>,
 }
 
 impl LogWrite {
@@ -87,13 +90,30 @@ impl LogWrite {
     }
 
     fn region(&mut self, region: RegionId) -> &mut RegionWrite {
-        let at = if let Some(at) = self.regions.iter().position(|(r, _)| *r == region) {
-            at
-        } else {
-            self.regions.push((region, RegionWrite::default()));
-            self.regions.len() - 1
-        };
+        let regions = &mut self.regions;
+        let at = *self.positions.entry(region).or_insert_with(|| {
+            regions.push((region, RegionWrite::default()));
+            regions.len() - 1
+        });
         &mut self.regions[at].1
+    }
+}
+
+/// One region's log, held directly (see [`RaftLog::handle`]).
+#[derive(Clone, Debug)]
+pub(crate) struct RegionHandle {
+    region: RegionId,
+    log: Arc<Mutex<RegionLog>>,
+}
+
+impl RegionHandle {
+    /// The log, unless it was tombstoned since the handle was taken.
+    fn lock(&self) -> Result<parking_lot::MutexGuard<'_, RegionLog>> {
+        let log = self.log.lock();
+        if log.removed {
+            return Err(Error::RegionNotFound { region: self.region });
+        }
+        Ok(log)
     }
 }
 
@@ -191,6 +211,12 @@ impl RaftLog {
         self.regions.read().get(&region).cloned().ok_or(Error::RegionNotFound { region })
     }
 
+    /// A handle on `region`'s log for the `*_in` readers: a peer keeps one so that
+    /// raft-rs's frequent bound and term queries skip the map of thousands of regions.
+    pub(crate) fn handle(&self, region: RegionId) -> Result<RegionHandle> {
+        Ok(RegionHandle { region, log: self.region(region)? })
+    }
+
     /// The current (possibly not yet durable) state of a region's log.
     pub fn state(&self, region: RegionId) -> Option<LogState> {
         self.regions.read().get(&region).map(|log| log.lock().state.clone())
@@ -198,7 +224,11 @@ impl RaftLog {
 
     /// Starts a new write.
     pub fn begin_write(&self) -> LogWrite {
-        LogWrite { id: self.next_write.fetch_add(1, Ordering::Relaxed), regions: Vec::new() }
+        LogWrite {
+            id: self.next_write.fetch_add(1, Ordering::Relaxed),
+            regions: Vec::new(),
+            positions: HashMap::new(),
+        }
     }
 
     /// Creates a region's log with `state` (a new peer); it is persisted with `write`.
@@ -322,7 +352,9 @@ impl RaftLog {
     /// Stages the removal of a region's log.
     pub fn stage_tombstone(&self, write: &mut LogWrite, region: RegionId) {
         if let Some(log) = self.regions.write().remove(&region) {
-            self.cached_bytes.fetch_sub(log.lock().cached_bytes, Ordering::Relaxed);
+            let mut log = log.lock();
+            log.removed = true;
+            self.cached_bytes.fetch_sub(log.cached_bytes, Ordering::Relaxed);
         }
         let w = write.region(region);
         *w = RegionWrite { tombstone: true, ..RegionWrite::default() };
@@ -396,8 +428,19 @@ impl RaftLog {
         high: u64,
         max_bytes: Option<u64>,
     ) -> Result<Vec<Entry>> {
-        let log = self.region(region)?;
-        let log = log.lock();
+        self.entries_in(&self.handle(region)?, low, high, max_bytes)
+    }
+
+    /// [`RaftLog::entries`] through a handle.
+    pub(crate) fn entries_in(
+        &self,
+        handle: &RegionHandle,
+        low: u64,
+        high: u64,
+        max_bytes: Option<u64>,
+    ) -> Result<Vec<Entry>> {
+        let region = handle.region;
+        let log = handle.lock()?;
         if low < log.first_index() {
             return Err(Error::Compacted { region, index: low });
         }
@@ -439,8 +482,13 @@ impl RaftLog {
 
     /// The term of entry `index` of `region`, for `index` in `[first - 1, last]`.
     pub fn term(&self, region: RegionId, index: u64) -> Result<u64> {
-        let log = self.region(region)?;
-        let log = log.lock();
+        Self::term_in(&self.handle(region)?, index)
+    }
+
+    /// [`RaftLog::term`] through a handle.
+    pub(crate) fn term_in(handle: &RegionHandle, index: u64) -> Result<u64> {
+        let region = handle.region;
+        let log = handle.lock()?;
         if index + 1 < log.first_index() {
             return Err(Error::Compacted { region, index });
         }
@@ -449,8 +497,12 @@ impl RaftLog {
 
     /// First and last index of `region`'s log.
     pub fn bounds(&self, region: RegionId) -> Result<(u64, u64)> {
-        let log = self.region(region)?;
-        let log = log.lock();
+        Self::bounds_in(&self.handle(region)?)
+    }
+
+    /// [`RaftLog::bounds`] through a handle.
+    pub(crate) fn bounds_in(handle: &RegionHandle) -> Result<(u64, u64)> {
+        let log = handle.lock()?;
         Ok((log.first_index(), log.last_index()))
     }
 

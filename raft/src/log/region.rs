@@ -34,6 +34,8 @@ pub(crate) struct RegionLog {
     pub state_lsn: Option<Lsn>,
     /// Bytes of cached entries.
     pub cached_bytes: usize,
+    /// Set when the log is tombstoned: a handle kept by a peer finds it gone.
+    pub removed: bool,
 }
 
 pub(crate) fn entry_bytes(e: &Entry) -> usize {
@@ -44,7 +46,13 @@ impl RegionLog {
     pub fn new(state: LogState) -> RegionLog {
         // Raft indexes start at 1; `last_index` relies on it.
         assert!(state.first_index >= 1, "a region log starts at index 1 or later");
-        RegionLog { state, slots: VecDeque::new(), state_lsn: None, cached_bytes: 0 }
+        RegionLog {
+            state,
+            slots: VecDeque::new(),
+            state_lsn: None,
+            cached_bytes: 0,
+            removed: false,
+        }
     }
 
     pub fn first_index(&self) -> u64 {
