@@ -19,6 +19,7 @@ use regionkv_raft::{
 };
 use regionkv_wal::{RealFs, WalOptions};
 
+use crate::autosplit::{Action, Planner, SplitPolicy};
 use crate::backend::{Backend, LocalStores};
 use crate::db::{Db, ask};
 use crate::error::{Error, Result};
@@ -36,6 +37,7 @@ pub struct ClusterBuilder {
     pollers: usize,
     segment_bytes: u64,
     checkpoint_log_bytes: u64,
+    split_policy: SplitPolicy,
 }
 
 impl Default for ClusterBuilder {
@@ -47,6 +49,7 @@ impl Default for ClusterBuilder {
             pollers: 1,
             segment_bytes: 64 << 20,
             checkpoint_log_bytes: 64 << 20,
+            split_policy: SplitPolicy::default(),
         }
     }
 }
@@ -92,6 +95,13 @@ impl ClusterBuilder {
     #[must_use]
     pub fn checkpoint_log_bytes(mut self, bytes: u64) -> Self {
         self.checkpoint_log_bytes = bytes;
+        self
+    }
+
+    /// When regions split and merge on their own (default: [`SplitPolicy::default`]).
+    #[must_use]
+    pub fn split_policy(mut self, policy: SplitPolicy) -> Self {
+        self.split_policy = policy;
         self
     }
 
@@ -152,14 +162,22 @@ const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 const REPORTS_PER_COMMAND: usize = 512;
 
 /// The cluster's background work: forwards what the stores' leaders report (splits,
-/// merges, leadership) to the directory. Leaves when the cluster is dropped or shut.
+/// merges, leadership) to the directory, and splits and merges regions by the
+/// builder's [`SplitPolicy`]. Leaves when the cluster is dropped or shut.
 fn scheduler_loop(inner: &std::sync::Weak<ClusterInner>) {
     let mut pending: HashMap<RegionId, RegionRecord> = HashMap::new();
+    let mut planner = Planner::default();
+    let mut next_check = Instant::now();
     loop {
         std::thread::sleep(REPORT_INTERVAL);
         let Some(inner) = inner.upgrade() else { return };
         if inner.local.is_shut() {
             return;
+        }
+        if Instant::now() >= next_check {
+            let policy = inner.builder.split_policy.clone();
+            next_check = Instant::now() + policy.check_interval;
+            auto_split(&inner, &policy, &mut planner);
         }
         for store in inner.local.stores.read().values() {
             for record in store.take_reports() {
@@ -180,6 +198,42 @@ fn scheduler_loop(inner: &std::sync::Weak<ClusterInner>) {
             for r in chunk {
                 pending.remove(&r.region.id);
             }
+        }
+    }
+}
+
+/// Plans splits and merges of the regions each store leads, from that store's
+/// engine, and carries them out like asked-for ones. A failure (a region that changed
+/// meanwhile, a leader that moved) only waits for the next check.
+fn auto_split(inner: &Arc<ClusterInner>, policy: &SplitPolicy, planner: &mut Planner) {
+    let stores: Vec<Arc<Store>> = inner.local.stores.read().values().cloned().collect();
+    let mut actions = Vec::new();
+    let mut led_anywhere = Vec::new();
+    for store in &stores {
+        let mut led: Vec<Region> = store
+            .status()
+            .into_iter()
+            .filter(|p| p.role == StateRole::Leader && p.initialized && p.region.id != DIRECTORY)
+            .map(|p| p.region)
+            .collect();
+        led.sort_by(|a, b| a.start.cmp(&b.start));
+        led_anywhere.extend(led.iter().cloned());
+        // One planner for the cluster: regions are planned by whichever store leads them.
+        actions.extend(planner.plan_part(policy, &store.context().engine, &led, Instant::now()));
+    }
+    planner.keep_only(&led_anywhere);
+    let cluster = Cluster { inner: inner.clone() };
+    for action in actions {
+        if inner.local.is_shut() {
+            return;
+        }
+        let result = match &action {
+            Action::Split { key, .. } => cluster.split(key).map(drop),
+            Action::Merge { left, right } => cluster.merge(*left, *right).map(drop),
+        };
+        match result {
+            Ok(()) => tracing::info!(?action, "automatic split or merge done"),
+            Err(e) => tracing::debug!(?action, error = %e, "automatic split or merge not done"),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! [`wal`] (the durable log), [`engine`] (the MVCC state machine) and [`raft`] (the
 //! multi-Raft store).
 
+mod autosplit;
 mod backend;
 mod cluster;
 mod db;
@@ -14,6 +15,7 @@ mod router;
 pub mod bench;
 pub mod demo;
 
+pub use autosplit::SplitPolicy;
 pub use cluster::{Cluster, ClusterBuilder, RegionInfo};
 pub use db::{Db, WriteBatch};
 pub use error::{Error, Result};

@@ -226,6 +226,39 @@ const MAX_READY_PASSES: usize = 8;
 /// Purge the WAL every this many ticks.
 const PURGE_EVERY_TICKS: u64 = 50;
 
+/// Write-batch rounds this core committed, by how many regions each prepared (the
+/// apply loop's shape, for tests and metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ApplyStats {
+    /// Rounds committed.
+    pub rounds: u64,
+    /// Rounds that prepared no region (a pass that applied nothing, or only admin
+    /// commands, which are barriers outside rounds).
+    pub rounds_without_regions: u64,
+    /// Rounds that prepared two regions or more.
+    pub rounds_with_several_regions: u64,
+    /// The most regions one round prepared.
+    pub most_regions_in_a_round: usize,
+}
+
+impl ApplyStats {
+    fn count(&mut self, prepared: usize) {
+        self.rounds += 1;
+        self.rounds_without_regions += u64::from(prepared == 0);
+        self.rounds_with_several_regions += u64::from(prepared >= 2);
+        self.most_regions_in_a_round = self.most_regions_in_a_round.max(prepared);
+    }
+
+    fn add(&mut self, other: &ApplyStats) {
+        self.rounds += other.rounds;
+        self.rounds_without_regions += other.rounds_without_regions;
+        self.rounds_with_several_regions += other.rounds_with_several_regions;
+        self.most_regions_in_a_round =
+            self.most_regions_in_a_round.max(other.most_regions_in_a_round);
+    }
+}
+
 /// The Raft groups of a store (or a share of them) and their step functions.
 pub struct StoreCore {
     ctx: Arc<StoreContext>,
@@ -245,6 +278,7 @@ pub struct StoreCore {
     foreign: Vec<Control>,
     /// Region changes for the directory, for the driver.
     reports: Vec<RegionRecord>,
+    apply_stats: ApplyStats,
     /// The tick at which each other store was last heard from.
     store_heard: HashMap<StoreId, u64>,
     /// Which regions this core owns, for cores that share a store.
@@ -300,6 +334,7 @@ impl StoreCore {
             controls: VecDeque::new(),
             foreign: Vec::new(),
             reports: Vec::new(),
+            apply_stats: ApplyStats::default(),
             store_heard: HashMap::new(),
             owns,
         };
@@ -501,6 +536,11 @@ impl StoreCore {
     /// The context this core works in.
     pub fn context(&self) -> &Arc<StoreContext> {
         &self.ctx
+    }
+
+    /// The write-batch rounds this core committed so far.
+    pub fn apply_stats(&self) -> ApplyStats {
+        self.apply_stats
     }
 
     /// Advances every group's logical clock by one tick.
@@ -1208,7 +1248,7 @@ impl StoreCore {
             }
             // The pass's round ends: what every region wrote becomes visible together,
             // then their clients hear of it.
-            if let Err(e) = applier.finish() {
+            if let Err(e) = applier.finish(&mut self.apply_stats) {
                 if !e.is_cancelled() {
                     // Entries were taken as applied; the store must not go on from a
                     // state it does not have. A restart replays them from the log.
@@ -2004,6 +2044,7 @@ fn op_value_len(op: &Op) -> usize {
 /// replies waiting for it.
 struct Applier<'e> {
     engine: &'e Engine,
+    stats: ApplyStats,
     round: ApplyRound<'e>,
     /// Bytes of keys and values buffered in `round`.
     bytes: usize,
@@ -2018,6 +2059,7 @@ impl<'e> Applier<'e> {
     fn new(engine: &'e Engine) -> Applier<'e> {
         Applier {
             engine,
+            stats: ApplyStats::default(),
             round: engine.begin_round(),
             bytes: 0,
             max_bytes: engine.max_round_bytes(),
@@ -2028,12 +2070,13 @@ impl<'e> Applier<'e> {
 
     /// Ends the pass: commits the round (dropped, uncommitted, if an apply failed)
     /// and answers every client whose write it held.
-    fn finish(mut self) -> Result<()> {
+    fn finish(mut self, stats: &mut ApplyStats) -> Result<()> {
         let result = if self.failed {
             Err(Error::Internal("an apply failed; the round is dropped".into()))
         } else {
             self.cut()
         };
+        stats.add(&self.stats);
         let replies = std::mem::take(&mut self.replies);
         match &result {
             Ok(()) => replies.into_iter().for_each(|(reply, r)| reply(r)),
@@ -2058,6 +2101,7 @@ impl<'e> Applier<'e> {
         }
         let full = std::mem::replace(&mut self.round, self.engine.begin_round());
         self.bytes = 0;
+        self.stats.count(full.prepared_regions().len());
         if let Err(e) = full.commit() {
             self.failed = true;
             return Err(e.into());

@@ -21,8 +21,8 @@ pub mod transport;
 pub use command::{AdminCmd, Op, Write};
 pub use config::{ReadMode, StoreConfig};
 pub use core::{
-    ApplyObserver, Control, ElectionTicks, Output, PeerStatus, RAFT_INIT_INDEX, RAFT_INIT_TERM,
-    StoreContext, StoreCore, WriteTask,
+    ApplyObserver, ApplyStats, Control, ElectionTicks, Output, PeerStatus, RAFT_INIT_INDEX,
+    RAFT_INIT_TERM, StoreContext, StoreCore, WriteTask,
 };
 pub use error::{Error, Result};
 pub use peer::{

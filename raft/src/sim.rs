@@ -542,6 +542,66 @@ impl SimCluster {
         pending
     }
 
+    /// Submits writes to several regions and, optionally, an admin command to `store`
+    /// at once: they all reach its core before it flushes, so they are proposed and
+    /// persisted together and, with one voter, applied in the same pass.
+    pub fn submit_together(
+        &mut self,
+        store: StoreId,
+        writes: Vec<(RegionId, Vec<Op>)>,
+        admin: Option<(RegionId, AdminCmd)>,
+    ) -> (Vec<Pending<()>>, Option<Pending<AdminResult>>) {
+        let requests: Vec<_> = writes
+            .into_iter()
+            .map(|(region, ops)| {
+                let epoch = self.region(store, region).map_or(Epoch::INITIAL, |r| r.epoch);
+                (region, epoch, ops, Pending::new())
+            })
+            .collect();
+        let admin = admin.map(|(region, cmd)| {
+            let epoch = self.region(store, region).map_or(Epoch::INITIAL, |r| r.epoch);
+            (region, epoch, cmd, Pending::new())
+        });
+        let pendings = requests.iter().map(|r| r.3.clone()).collect();
+        let admin_pending = admin.as_ref().map(|a| a.3.clone());
+        match self.running(store) {
+            Ok(running) => {
+                for (region, epoch, ops, pending) in requests {
+                    running.core.on_write(WriteRequest {
+                        region,
+                        epoch,
+                        ops,
+                        reply: pending.reply(),
+                    });
+                }
+                if let Some((region, epoch, cmd, pending)) = admin {
+                    running.core.on_admin(AdminRequest {
+                        region,
+                        epoch,
+                        cmd,
+                        reply: pending.reply(),
+                    });
+                }
+                self.process(store);
+            }
+            Err(e) => {
+                let stopped = e.to_string();
+                for (_, _, _, pending) in requests {
+                    (pending.reply())(Err(Error::Internal(stopped.clone())));
+                }
+                if let Some((_, _, _, pending)) = admin {
+                    (pending.reply())(Err(e));
+                }
+            }
+        }
+        (pendings, admin_pending)
+    }
+
+    /// The write-batch rounds `store`'s core committed since it last started.
+    pub fn apply_stats(&self, store: StoreId) -> Option<crate::ApplyStats> {
+        self.stores.get(&store)?.running.as_ref().map(|r| r.core.apply_stats())
+    }
+
     /// Submits a linearizable read to `store`.
     pub fn read(&mut self, store: StoreId, region: RegionId, query: Query) -> Pending<QueryResult> {
         let pending = Pending::new();
