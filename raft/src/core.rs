@@ -554,21 +554,30 @@ impl StoreCore {
     /// enough hibernates (see [`StoreCore::maybe_hibernate`]).
     pub fn on_tick(&mut self) {
         self.ticks += 1;
-        let hibernate_after = self.hibernate_after();
-        let mut quiet = Vec::new();
+        // Leaders idle long enough try to hibernate before they tick: a quiescent
+        // group goes to sleep instead of sending the heartbeat round this tick may owe.
+        if let Some(after) = self.hibernate_after() {
+            let mut quiet: Vec<RegionId> = self
+                .awake
+                .iter()
+                .copied()
+                .filter(|id| {
+                    self.peers
+                        .get(id)
+                        .is_some_and(|p| p.is_leader() && p.idle_ticks.saturating_add(1) >= after)
+                })
+                .collect();
+            quiet.sort_unstable(); // deterministic message order
+            for id in quiet {
+                self.maybe_hibernate(id);
+            }
+        }
         for &id in &self.awake {
             let Some(peer) = self.peers.get_mut(&id) else { continue };
             if peer.raw.tick() {
                 self.dirty.insert(id);
             }
             peer.idle_ticks = peer.idle_ticks.saturating_add(1);
-            if hibernate_after.is_some_and(|after| peer.idle_ticks >= after) && peer.is_leader() {
-                quiet.push(id);
-            }
-        }
-        quiet.sort_unstable(); // deterministic message order
-        for id in quiet {
-            self.maybe_hibernate(id);
         }
         self.check_liveness();
         if self.ticks.is_multiple_of(PURGE_EVERY_TICKS) {
@@ -576,15 +585,14 @@ impl StoreCore {
         }
     }
 
-    /// Ticks of nothing to do after which a leader tries to hibernate (`None`: never).
-    /// Half an election timeout: long enough for a heartbeat round to carry the commit
-    /// index to every follower (quiescence needs it), short enough that, with thousands
-    /// of regions written now and then, most of them sleep between writes instead of
-    /// heartbeating.
+    /// Ticks of nothing to do after which a leader tries to hibernate (`None`: never):
+    /// the first tick with nothing new since the last. Quiescence needs every follower
+    /// to have committed the whole log, which raft-rs's commit broadcast tells them
+    /// within a round trip; a group that is not quiescent yet tries again next tick.
+    /// With thousands of regions written now and then, a region that sleeps between
+    /// writes costs two notices per write instead of a heartbeat round every interval.
     fn hibernate_after(&self) -> Option<u32> {
-        let config = &self.ctx.config;
-        let ticks = (config.election_ticks / 2).max(config.heartbeat_ticks * 2);
-        config.hibernate_regions.then(|| u32::try_from(ticks).unwrap_or(u32::MAX))
+        self.ctx.config.hibernate_regions.then_some(1)
     }
 
     /// Hibernates the leader of `region` if its group is quiescent: every replica

@@ -83,7 +83,7 @@ fn puts(
     Ok((all.len() as f64 / secs, all))
 }
 
-fn percentile(sorted: &[u32], p: usize) -> f64 {
+pub(super) fn percentile(sorted: &[u32], p: usize) -> f64 {
     f64::from(sorted.get(sorted.len() * p / 100).copied().unwrap_or_default())
 }
 

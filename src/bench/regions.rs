@@ -30,6 +30,10 @@ pub const VALUE_BYTES: usize = 128;
 pub struct RegionsBenchReport {
     /// Acknowledged puts per second with 64 clients, keyed by regions per store.
     pub put_ops_per_sec_by_regions: BTreeMap<String, f64>,
+    /// Median put latency in microseconds, keyed by regions per store.
+    pub put_p50_us_by_regions: BTreeMap<String, f64>,
+    /// 99th-percentile put latency in microseconds, keyed by regions per store.
+    pub put_p99_us_by_regions: BTreeMap<String, f64>,
     /// The rate with the most regions over the rate with one (target >= 0.5).
     pub put_most_vs_one_region: f64,
     /// CPU of the whole process (3 stores) holding the most regions, idle, in percent
@@ -78,21 +82,30 @@ fn make_regions(cluster: &Cluster, n: usize) -> io::Result<()> {
     }
 }
 
-/// 64 clients put to random regions for `warmup + duration`; the rate over `duration`.
+/// What the clients measured over one figure's duration.
+struct Puts {
+    per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// 64 clients put to random regions for `warmup + duration`; the rate and latency
+/// over `duration`.
 fn puts(
     cluster: &Cluster,
     regions: usize,
     warmup: Duration,
     duration: Duration,
-) -> io::Result<f64> {
+) -> io::Result<Puts> {
     let db = cluster.db();
     let barrier = Arc::new(Barrier::new(CLIENTS + 1));
     let counted = Arc::new(AtomicU64::new(0));
     let threads: Vec<_> = (0..CLIENTS)
         .map(|c| {
             let (db, barrier, counted) = (db.clone(), barrier.clone(), counted.clone());
-            std::thread::spawn(move || -> io::Result<()> {
+            std::thread::spawn(move || -> io::Result<Vec<u32>> {
                 let value = vec![b'v'; VALUE_BYTES];
+                let mut latencies = Vec::new();
                 let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (c as u64);
                 barrier.wait();
                 let start = Instant::now();
@@ -103,21 +116,29 @@ fn puts(
                     rng ^= rng << 17;
                     let region = (rng % regions as u64) as usize;
                     let key = format!("{}-c{c:02}-{i:08}", region_key(region));
+                    let t = Instant::now();
                     db.put(key.as_bytes(), &value).map_err(io::Error::other)?;
                     if start.elapsed() >= warmup {
                         counted.fetch_add(1, Ordering::Relaxed);
+                        latencies.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
                     }
                     i += 1;
                 }
-                Ok(())
+                Ok(latencies)
             })
         })
         .collect();
     barrier.wait();
+    let mut latencies = Vec::new();
     for t in threads {
-        t.join().map_err(|_| io::Error::other("client panicked"))??;
+        latencies.extend(t.join().map_err(|_| io::Error::other("client panicked"))??);
     }
-    Ok(counted.load(Ordering::Relaxed) as f64 / duration.as_secs_f64())
+    latencies.sort_unstable();
+    Ok(Puts {
+        per_sec: counted.load(Ordering::Relaxed) as f64 / duration.as_secs_f64(),
+        p50_us: super::cluster::percentile(&latencies, 50),
+        p99_us: super::cluster::percentile(&latencies, 99),
+    })
 }
 
 /// `USER_HZ`: the unit of /proc's CPU times on every Linux architecture we build for.
@@ -202,6 +223,8 @@ pub fn run(
 ) -> io::Result<RegionsBenchReport> {
     let duration = Duration::from_secs_f64(seconds);
     let mut put_ops_per_sec_by_regions = BTreeMap::new();
+    let mut put_p50_us_by_regions = BTreeMap::new();
+    let mut put_p99_us_by_regions = BTreeMap::new();
     let mut setup_seconds_by_regions = BTreeMap::new();
     let mut idle = (0.0, 0.0);
     let most = region_counts.iter().copied().max().unwrap_or(1);
@@ -211,8 +234,10 @@ pub fn run(
         let t0 = Instant::now();
         make_regions(&cluster, n)?;
         setup_seconds_by_regions.insert(n.to_string(), t0.elapsed().as_secs_f64());
-        let rate = puts(&cluster, n, Duration::from_secs(1), duration)?;
-        put_ops_per_sec_by_regions.insert(n.to_string(), rate);
+        let measured = puts(&cluster, n, Duration::from_secs(1), duration)?;
+        put_ops_per_sec_by_regions.insert(n.to_string(), measured.per_sec);
+        put_p50_us_by_regions.insert(n.to_string(), measured.p50_us);
+        put_p99_us_by_regions.insert(n.to_string(), measured.p99_us);
         if n == most {
             idle = idle_cpu(&cluster, idle_seconds)?;
         }
@@ -225,6 +250,8 @@ pub fn run(
     Ok(RegionsBenchReport {
         put_most_vs_one_region: if one > 0.0 { at_most / one } else { 0.0 },
         put_ops_per_sec_by_regions,
+        put_p50_us_by_regions,
+        put_p99_us_by_regions,
         idle_cpu_percent_10000: idle.0,
         idle_seconds,
         idle_hibernated_share: idle.1,
@@ -242,16 +269,22 @@ impl RegionsBenchReport {
         println!(
             "Many regions (3 stores in one process, fsync on, {CLIENTS} clients, 128 B values):"
         );
-        println!("  {:>8} {:>12} {:>10} {:>12}", "regions", "puts/s", "x 1 region", "setup s");
+        println!(
+            "  {:>8} {:>12} {:>10} {:>10} {:>10} {:>10}",
+            "regions", "puts/s", "x 1 region", "p50 ms", "p99 ms", "setup s"
+        );
         let one = self.put_ops_per_sec_by_regions.get("1").copied().unwrap_or(0.0);
         let mut rows: Vec<(&String, &f64)> = self.put_ops_per_sec_by_regions.iter().collect();
         rows.sort_by_key(|(k, _)| k.parse::<usize>().unwrap_or(0));
         for (k, rate) in rows {
+            let ms = |m: &BTreeMap<String, f64>| m.get(k).copied().unwrap_or(0.0) / 1000.0;
             println!(
-                "  {:>8} {:>12.0} {:>10.2} {:>12.1}",
+                "  {:>8} {:>12.0} {:>10.2} {:>10.2} {:>10.2} {:>10.1}",
                 k,
                 rate,
                 if one > 0.0 { rate / one } else { 0.0 },
+                ms(&self.put_p50_us_by_regions),
+                ms(&self.put_p99_us_by_regions),
                 self.setup_seconds_by_regions.get(k).copied().unwrap_or(0.0)
             );
         }
