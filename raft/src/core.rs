@@ -644,7 +644,7 @@ impl StoreCore {
     /// Wakes `region`: it ticks again, and as a leader counts idle time anew.
     fn wake(&mut self, region: RegionId) {
         if let Some(peer) = self.peers.get_mut(&region) {
-            peer.hibernated = false;
+            peer.wake();
             peer.idle_ticks = 0;
             self.awake.insert(region);
         }
@@ -758,7 +758,7 @@ impl StoreCore {
         let heartbeat =
             matches!(kind, Some(MessageType::MsgHeartbeat | MessageType::MsgHeartbeatResponse));
         if !heartbeat {
-            peer.hibernated = false;
+            peer.wake();
             peer.idle_ticks = 0;
             self.awake.insert(region);
         }
@@ -1348,7 +1348,14 @@ impl StoreCore {
         let peer = self.peers.get_mut(&region).expect("present");
         // Entries and hard state: readable now, durable with the write.
         let entries = ready.take_entries();
-        self.ctx.log.stage(&mut self.write, region, entries, ready.hs())?;
+        match ready.hs() {
+            // Only the commit index moved: no state record for it (see `keep_commit`).
+            Some(hs) if !ready.must_sync() => {
+                self.ctx.log.stage(&mut self.write, region, entries, None)?;
+                self.ctx.log.keep_commit(region, hs)?;
+            }
+            hs => self.ctx.log.stage(&mut self.write, region, entries, hs)?,
+        }
         for state in ready.take_read_states() {
             let ctx = u64::from_le_bytes(
                 state.request_ctx.get(..8).and_then(|b| b.try_into().ok()).unwrap_or_default(),

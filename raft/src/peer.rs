@@ -259,6 +259,27 @@ impl Peer {
         self.raw.raft.state == raft::StateRole::Leader
     }
 
+    /// Ends hibernation: the peer ticks again and counts idle time anew. A leader
+    /// forgets how far its followers committed: a follower that restarted meanwhile may
+    /// have come back with a lower commit index (it is not synced on its own), and
+    /// raft-rs only ever raises what it recorded. The group is quiescent again only once
+    /// every follower answered since.
+    pub fn wake(&mut self) {
+        if !self.hibernated {
+            return;
+        }
+        self.hibernated = false;
+        self.idle_ticks = 0;
+        if self.is_leader() {
+            let me = self.raw.raft.id;
+            for (&id, pr) in self.raw.raft.mut_prs().iter_mut() {
+                if id != me {
+                    pr.committed_index = 0;
+                }
+            }
+        }
+    }
+
     /// Refuses client writes and shape changes while a merge is prepared here.
     pub fn check_not_merging(&self) -> Result<()> {
         match self.merge {

@@ -276,6 +276,23 @@ impl RaftLog {
         Ok(())
     }
 
+    /// Takes a hard state that moved only its commit index (raft-rs's `must_sync` is
+    /// false): kept in memory, and written with the region's next state record rather
+    /// than costing one now. Nothing depends on it being durable: after a crash the
+    /// commit index is learned again from the leader (and open raises it to whatever
+    /// the engine's images already hold).
+    pub fn keep_commit(&self, region: RegionId, hard_state: &HardState) -> Result<()> {
+        let log = self.region(region)?;
+        let mut log = log.lock();
+        debug_assert_eq!(
+            (log.state.hard_state.term, log.state.hard_state.vote),
+            (hard_state.term, hard_state.vote),
+            "only the commit index may change without a sync"
+        );
+        log.state.hard_state = hard_state.clone();
+        Ok(())
+    }
+
     /// Stages a new conf state for `region`, produced by applying entry `index`.
     pub fn stage_conf_state(
         &self,
