@@ -37,10 +37,10 @@ pub enum Error {
     /// Files could not be prepared, or a node could not be reached.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
-    /// A node refused this client's or node's handshake.
+    /// The handshake with a node failed: one side refused the other.
     #[error(
-        "the node at {addr} refused the connection: {reason}; check that both use the same \
-         cluster id and cluster secret"
+        "the handshake with the node at {addr} failed: {reason}; check that both use the \
+         same cluster id and cluster secret"
     )]
     Refused {
         /// The node's address.

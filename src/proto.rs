@@ -197,8 +197,8 @@ pub(crate) enum FrameError {
     Malformed { what: &'static str, offset: usize, reason: &'static str },
     #[error("the peer refused the handshake: {0}")]
     Refused(RejectReason),
-    #[error("refused the peer: {0}")]
-    Rejected(String),
+    #[error("refused the peer: {reason} ({detail})")]
+    Rejected { reason: RejectReason, detail: String },
     #[error("cannot encode {0}")]
     Encode(String),
 }
@@ -388,7 +388,7 @@ fn reject(stream: &mut TcpStream, reason: RejectReason, detail: String) -> Frame
     if let Ok(frame) = encode_frame(Kind::Reject, &reason.encode()) {
         let _ = stream.write_all(&frame);
     }
-    FrameError::Rejected(format!("{reason}: {detail}"))
+    FrameError::Rejected { reason, detail }
 }
 
 /// A handshake frame of kind `expected`; a REJECT becomes [`FrameError::Refused`].
@@ -413,7 +413,10 @@ fn handshake_frame(
 }
 
 fn decode_hello(payload: &[u8]) -> Result<Hello, FrameError> {
-    Hello::decode(payload).map_err(|e| FrameError::Rejected(format!("bad hello: {e}")))
+    Hello::decode(payload).map_err(|e| FrameError::Rejected {
+        reason: RejectReason::ProtocolViolation,
+        detail: format!("bad hello: {e}"),
+    })
 }
 
 /// The client's side of the handshake; returns the node's store id.
@@ -444,8 +447,13 @@ pub(crate) fn handshake_client(
         connector_nonce: nonce,
         acceptor_nonce: theirs.nonce,
     };
-    let proof = Proof::decode(&handshake_frame(&reader, stream, Kind::Proof, deadline)?)
-        .map_err(|e| FrameError::Rejected(format!("bad proof frame: {e}")))?;
+    let proof =
+        Proof::decode(&handshake_frame(&reader, stream, Kind::Proof, deadline)?).map_err(|e| {
+            FrameError::Rejected {
+                reason: RejectReason::ProtocolViolation,
+                detail: format!("bad proof frame: {e}"),
+            }
+        })?;
     if !proof.verify(key, Role::Acceptor, &transcript) {
         return Err(reject(
             stream,
@@ -510,8 +518,13 @@ pub(crate) fn handshake_node(
     let proof = Proof::make(key, Role::Acceptor, &transcript);
     reply.extend_from_slice(&encode_frame(Kind::Proof, &proof.encode())?);
     stream.write_all(&reply)?;
-    let proof = Proof::decode(&handshake_frame(reader, stream, Kind::Proof, deadline)?)
-        .map_err(|e| FrameError::Rejected(format!("bad proof frame: {e}")))?;
+    let proof =
+        Proof::decode(&handshake_frame(reader, stream, Kind::Proof, deadline)?).map_err(|e| {
+            FrameError::Rejected {
+                reason: RejectReason::ProtocolViolation,
+                detail: format!("bad proof frame: {e}"),
+            }
+        })?;
     if !proof.verify(key, Role::Connector, &transcript) {
         return Err(reject(
             stream,

@@ -89,7 +89,9 @@ fn dial(
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     match proto::handshake_client(&mut stream, key, cluster, HANDSHAKE_TIMEOUT) {
         Ok(store) => Ok((stream, store)),
-        Err(FrameError::Refused(reason)) => Err(Error::Refused { addr, reason }),
+        Err(FrameError::Refused(reason) | FrameError::Rejected { reason, .. }) => {
+            Err(Error::Refused { addr, reason })
+        }
         Err(FrameError::Io(e)) => Err(Error::Io(e)),
         Err(e) => Err(Error::Protocol(format!("handshake with {addr}: {e}"))),
     }

@@ -387,3 +387,169 @@ impl ClientService {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Bad input on a node's client port: a wrong secret, a frame of another version,
+    //! garbage, a malformed request, an oversized frame and a bad checksum each get a
+    //! clear error, and the node keeps serving with nothing lost.
+
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+
+    use regionkv_engine::StoreId;
+    use regionkv_raft::transport::wire::{ClusterId, RejectReason};
+
+    use crate::proto::{self, ErrorCode, FrameReader, Kind, Request, Response};
+    use crate::{Client, Error, Node, NodeConfig};
+
+    const SECRET: &[u8] = b"a secret for the bad input test";
+    const CLUSTER: ClusterId = ClusterId(5);
+
+    fn connect(addr: SocketAddr) -> TcpStream {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let store = proto::handshake_client(
+            &mut s,
+            &proto::client_key(SECRET),
+            CLUSTER,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(store, StoreId(1));
+        s
+    }
+
+    /// The next response on `s`: its id and answer.
+    fn response(s: &mut TcpStream) -> (u64, Result<Response, proto::RemoteError>) {
+        let reader = FrameReader { cancel: None, stall: Duration::from_secs(10) };
+        let deadline = Some(std::time::Instant::now() + Duration::from_secs(10));
+        let (kind, payload) = reader.frame(s, proto::RESPONSE_BYTES_MAX, deadline).unwrap();
+        assert_eq!(kind, Kind::Response);
+        proto::decode_response(&payload).unwrap()
+    }
+
+    fn closed(s: &mut TcpStream) -> bool {
+        let mut buf = [0; 64];
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+
+    fn status_works(s: &mut TcpStream, id: u64) {
+        let frame =
+            proto::encode_frame(Kind::Request, &proto::encode_request(id, &Request::Status))
+                .unwrap();
+        s.write_all(&frame).unwrap();
+        let (got, answer) = response(s);
+        assert_eq!(got, id);
+        assert!(matches!(answer, Ok(Response::Status(_))), "{answer:?}");
+    }
+
+    #[test]
+    fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = NodeConfig::new(
+            StoreId(1),
+            dir.path(),
+            "127.0.0.1:0".parse().unwrap(),
+            CLUSTER,
+            SECRET.to_vec(),
+        );
+        config.tick_interval = Duration::from_millis(10);
+        let node = Node::open(config).unwrap();
+        let addr = node.local_addr();
+        let db = node.db();
+        for i in 0..20 {
+            db.put(format!("k{i:02}"), "v").unwrap();
+        }
+
+        // A wrong secret: refused with the reason, both sides.
+        match Client::connect(&[addr], CLUSTER, b"the wrong secret, long enough") {
+            Err(Error::Refused { reason: RejectReason::BadProof, .. }) => {}
+            other => panic!("not refused: {other:?}"),
+        }
+        // A client of a newer protocol version: refused, told why.
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let mut hello = proto::encode_frame(Kind::Hello, &[]).unwrap();
+        hello[4] = proto::VERSION + 1;
+        s.write_all(&hello).unwrap();
+        let reader = FrameReader { cancel: None, stall: Duration::from_secs(10) };
+        let (kind, payload) = reader.frame(&mut s, 1024, None).unwrap();
+        assert_eq!(kind, Kind::Reject);
+        assert_eq!(RejectReason::decode(&payload).unwrap(), RejectReason::UnsupportedVersion);
+        // Garbage that starts like the client protocol.
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        s.write_all(b"rkvGARBAGE GARBAGE GARBAGE").unwrap();
+        assert!(closed(&mut s), "garbage closes its connection");
+
+        // A malformed request in an intact frame: an error for that request, and the
+        // connection goes on.
+        let mut s = connect(addr);
+        s.write_all(
+            &proto::encode_frame(Kind::Request, b"\x01\x00\xff\x00\x00\x00runs past its end")
+                .unwrap(),
+        )
+        .unwrap();
+        let (_, answer) = response(&mut s);
+        let e = answer.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Malformed, "{e:?}");
+        assert!(e.message.contains("malformed request"), "{}", e.message);
+        status_works(&mut s, 7);
+        // A request of a kind from the future: unsupported, and the connection goes on.
+        let mut future = Vec::new();
+        regionkv_engine::codec::put_u64(&mut future, 1, 8);
+        regionkv_engine::codec::put_field(&mut future, 999, b"?");
+        s.write_all(&proto::encode_frame(Kind::Request, &future).unwrap()).unwrap();
+        let (id, answer) = response(&mut s);
+        assert_eq!((id, answer.unwrap_err().code), (8, ErrorCode::UnsupportedRequest));
+        status_works(&mut s, 9);
+
+        // An oversized frame: refused before its payload is read, then closed.
+        let mut header = proto::encode_frame(Kind::Request, &[]).unwrap();
+        header[6..10].copy_from_slice(&(proto::REQUEST_BYTES_MAX + 1).to_le_bytes());
+        s.write_all(&header).unwrap();
+        let (id, answer) = response(&mut s);
+        let e = answer.unwrap_err();
+        assert_eq!((id, e.code), (0, ErrorCode::TooLarge), "{e:?}");
+        assert!(e.message.contains("exceeds the bound"), "{}", e.message);
+        assert!(closed(&mut s));
+
+        // A bad checksum: an error, then closed.
+        let mut s = connect(addr);
+        let mut frame =
+            proto::encode_frame(Kind::Request, &proto::encode_request(3, &Request::Status))
+                .unwrap();
+        let last = frame.len() - 1;
+        frame[last] ^= 0x40;
+        s.write_all(&frame).unwrap();
+        let (_, answer) = response(&mut s);
+        assert_eq!(answer.unwrap_err().code, ErrorCode::Malformed);
+        assert!(closed(&mut s));
+
+        let stats = node.client_stats();
+        assert!(stats.handshake_failures >= 3, "{stats:?}");
+        assert!(stats.bad_frames >= 2, "{stats:?}");
+        assert!(stats.malformed_requests >= 1, "{stats:?}");
+
+        // The node still serves, and nothing was lost.
+        let client = Client::connect(&[addr], CLUSTER, SECRET).unwrap();
+        let cdb = client.db();
+        cdb.put("k99", "after").unwrap();
+        let rows = cdb.scan(b"k", None, 100).unwrap();
+        assert_eq!(rows.len(), 21);
+        client.close();
+        node.shutdown().unwrap();
+    }
+}
