@@ -56,8 +56,8 @@ enum Command {
 /// `regionkv node`: settings from a TOML file (--config), each overridden by its flag.
 #[derive(Args)]
 struct NodeArgs {
-    /// A TOML file with any of: store_id, data_dir, listen, cluster_id, secret or
-    /// secret_file, tick_interval_ms, and a [peers] table of "ID" = "IP:PORT".
+    /// A TOML file with any of `store_id`, `data_dir`, `listen`, `cluster_id`, `secret`
+    /// or `secret_file`, `tick_interval_ms`, and a `[peers]` table of "ID" = "IP:PORT".
     #[arg(long)]
     config: Option<PathBuf>,
     /// This node's store id (1, 2, ...).
@@ -280,6 +280,44 @@ fn region_line(r: &regionkv::engine::Region) -> String {
     )
 }
 
+/// Prints every store's replicas (unless `json`); returns them as JSON.
+fn status_output(stores: &[regionkv::StoreStatus], json: bool) -> serde_json::Value {
+    if !json {
+        for s in stores {
+            println!("store {} ({} replicas)", s.store, s.peers.len());
+            for p in &s.peers {
+                println!(
+                    "  region {} {:?} term {} commit {} applied {} last {}{}",
+                    p.region.id,
+                    p.role,
+                    p.term,
+                    p.commit,
+                    p.applied,
+                    p.last_index,
+                    if p.hibernated { " hibernated" } else { "" }
+                );
+            }
+        }
+    }
+    serde_json::json!(
+        stores
+            .iter()
+            .map(|s| serde_json::json!({
+                "store": s.store.0,
+                "replicas": s.peers.iter().map(|p| serde_json::json!({
+                    "region": p.region.id.0,
+                    "role": format!("{:?}", p.role),
+                    "term": p.term,
+                    "commit": p.commit,
+                    "applied": p.applied,
+                    "last_index": p.last_index,
+                    "hibernated": p.hibernated,
+                })).collect::<Vec<_>>(),
+            }))
+            .collect::<Vec<_>>()
+    )
+}
+
 fn run_client(args: ClientArgs) -> Result<(), Box<dyn std::error::Error>> {
     let secret = read_secret(args.secret.secret, args.secret.secret_file)?;
     let client = Client::connect(&args.addr, ClusterId(args.cluster_id), secret)?;
@@ -350,43 +388,7 @@ fn run_client(args: ClientArgs) -> Result<(), Box<dyn std::error::Error>> {
                     .collect::<Vec<_>>()
             )
         }
-        ClientOp::Status => {
-            let stores = client.status();
-            if !json {
-                for s in &stores {
-                    println!("store {} ({} replicas)", s.store, s.peers.len());
-                    for p in &s.peers {
-                        println!(
-                            "  region {} {:?} term {} commit {} applied {} last {}{}",
-                            p.region.id,
-                            p.role,
-                            p.term,
-                            p.commit,
-                            p.applied,
-                            p.last_index,
-                            if p.hibernated { " hibernated" } else { "" }
-                        );
-                    }
-                }
-            }
-            serde_json::json!(
-                stores
-                    .iter()
-                    .map(|s| serde_json::json!({
-                        "store": s.store.0,
-                        "replicas": s.peers.iter().map(|p| serde_json::json!({
-                            "region": p.region.id.0,
-                            "role": format!("{:?}", p.role),
-                            "term": p.term,
-                            "commit": p.commit,
-                            "applied": p.applied,
-                            "last_index": p.last_index,
-                            "hibernated": p.hibernated,
-                        })).collect::<Vec<_>>(),
-                    }))
-                    .collect::<Vec<_>>()
-            )
-        }
+        ClientOp::Status => status_output(&client.status(), json),
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&out)?);

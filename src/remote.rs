@@ -307,12 +307,11 @@ fn run_reader(conn: &Conn, mut stream: TcpStream, cancel: &CancellationToken) {
                 let waiting = conn.pending.lock().remove(&id);
                 match (waiting, answer) {
                     // The node's store dropped the request: the outcome is unknown.
-                    (Some(_), Ok(Response::NoReply)) => {}
+                    (Some(_), Ok(Response::NoReply)) | (None, Ok(_)) => {}
                     (Some(done), answer) => done(answer),
                     (None, Err(e)) => {
                         tracing::warn!(store, error = ?e, "a node reported a connection error");
                     }
-                    (None, Ok(_)) => {}
                 }
             }
             Err(e) => {
@@ -329,11 +328,14 @@ fn run_reader(conn: &Conn, mut stream: TcpStream, cancel: &CancellationToken) {
 /// Maps an answer to the Raft layer's result, as a store in this process returns it.
 fn answer<T>(
     r: Result<Response, RemoteError>,
-    pick: impl FnOnce(Response) -> Result<T, Response>,
+    pick: impl FnOnce(Response) -> Option<T>,
 ) -> regionkv_raft::Result<T> {
     match r {
-        Ok(resp) => pick(resp)
-            .map_err(|other| regionkv_raft::Error::Malformed(format!("a node answered {other:?}"))),
+        Ok(resp) => pick(resp).ok_or_else(|| {
+            regionkv_raft::Error::Malformed(
+                "a node answered with a response of another kind".into(),
+            )
+        }),
         Err(e) => Err(e.into_raft()),
     }
 }
@@ -351,8 +353,8 @@ impl Backend for RemoteStores {
         let WriteRequest { region, epoch, ops, reply } = req;
         let done = move |r| {
             reply(answer(r, |resp| match resp {
-                Response::Done => Ok(()),
-                other => Err(other),
+                Response::Done => Some(()),
+                _ => None,
             }));
         };
         self.send(store, &Request::Write { region, epoch, ops }, Box::new(done));
@@ -362,8 +364,8 @@ impl Backend for RemoteStores {
         let ReadRequest { region, epoch, query, reply } = req;
         let done = move |r| {
             reply(answer(r, |resp| match resp {
-                Response::Query(q) => Ok(q),
-                other => Err(other),
+                Response::Query(q) => Some(q),
+                _ => None,
             }));
         };
         self.send(store, &Request::Read { region, epoch, query }, Box::new(done));
@@ -373,8 +375,8 @@ impl Backend for RemoteStores {
         let AdminRequest { region, epoch, cmd, reply } = req;
         let done = move |r| {
             reply(answer(r, |resp| match resp {
-                Response::Admin(a) => Ok(a),
-                other => Err(other),
+                Response::Admin(a) => Some(a),
+                _ => None,
             }));
         };
         self.send(store, &Request::Admin { region, epoch, cmd }, Box::new(done));
@@ -383,8 +385,8 @@ impl Backend for RemoteStores {
     fn directory(&self, store: StoreId, cmd: DirCmd, reply: Reply<DirResult>) {
         let done = move |r| {
             reply(answer(r, |resp| match resp {
-                Response::Directory(d) => Ok(d),
-                other => Err(other),
+                Response::Directory(d) => Some(d),
+                _ => None,
             }));
         };
         self.send(store, &Request::Directory { cmd }, Box::new(done));
@@ -393,8 +395,8 @@ impl Backend for RemoteStores {
     fn merge_status(&self, store: StoreId, region: RegionId) -> regionkv_raft::Result<MergeStatus> {
         match self.call(store, &Request::MergeStatus { region }, CALL_TIMEOUT) {
             Some(r) => answer(r, |resp| match resp {
-                Response::MergeStatus(m) => Ok(m),
-                other => Err(other),
+                Response::MergeStatus(m) => Some(m),
+                _ => None,
             }),
             None => Err(regionkv_raft::Error::Timeout { region }),
         }

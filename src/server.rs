@@ -375,7 +375,7 @@ impl ClientService {
                 Some(node) => match request {
                     Request::Split { key } => node.split(&key).map(Response::Split),
                     Request::Merge { left, right } => node.merge(left, right).map(Response::Merged),
-                    _ => node.regions().map(Response::Regions),
+                    _ => Ok(Response::Regions(node.regions())),
                 }
                 .map_err(|e| RemoteError::from(&e)),
             };

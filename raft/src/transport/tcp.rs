@@ -466,7 +466,7 @@ struct Shared {
     local_addr: SocketAddr,
     inbox: Arc<dyn Inbox>,
     /// Serves connections of another protocol, if any.
-    shared_listener: Option<Arc<dyn SharedListener>>,
+    other_protocol: Option<Arc<dyn SharedListener>>,
     /// Lock order: `peers` before `threads`.
     peers: RwLock<HashMap<StoreId, PeerSlot>>,
     cancel: CancellationToken,
@@ -531,7 +531,7 @@ impl TcpTransport {
             key,
             local_addr,
             inbox,
-            shared_listener: other,
+            other_protocol: other,
             peers: RwLock::default(),
             cancel: CancellationToken::new(),
             gate: Gate::new(),
@@ -1212,7 +1212,7 @@ impl Shared {
                 return;
             }
         };
-        if let Some(other) = &self.shared_listener {
+        if let Some(other) = &self.other_protocol {
             match self.peek_first_byte(&stream, cancel) {
                 Ok(byte) if byte == other.first_byte() => {
                     other.serve(stream, remote, cancel);
