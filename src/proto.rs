@@ -72,8 +72,8 @@
 //! or an error response, then closes. Within version 1, records grow only by new
 //! optional tags: readers skip tags they do not know, a field added later decodes as
 //! `None` when absent (absent is not empty, design 5.5), and enum codes reserve 0 for
-//! "unspecified": an unknown error code decodes as [`ErrorCode::Unspecified`], an
-//! unknown request kind is answered with [`ErrorCode::UnsupportedRequest`], an unknown
+//! "unspecified": an unknown error code decodes as `Unspecified`, an
+//! unknown request kind is answered with `UnsupportedRequest`, an unknown
 //! role as a follower (never taken for leadership). A node that drops a request
 //! unanswered (its store stopped) says so with `no reply`, which the client treats as
 //! silence: the outcome is unknown.
