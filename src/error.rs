@@ -34,9 +34,29 @@ pub enum Error {
     /// A store failed in a way that needs attention (I/O, corruption).
     #[error(transparent)]
     Store(#[from] regionkv_raft::Error),
-    /// Files could not be prepared.
+    /// Files could not be prepared, or a node could not be reached.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The handshake with a node failed: one side refused the other.
+    #[error(
+        "the handshake with the node at {addr} failed: {reason}; check that both use the \
+         same cluster id and cluster secret"
+    )]
+    Refused {
+        /// The node's address.
+        addr: std::net::SocketAddr,
+        /// Why, as the node said.
+        reason: regionkv_raft::transport::wire::RejectReason,
+    },
+    /// A node answered with bytes that are not the client protocol this binary speaks.
+    #[error("client protocol error: {0}; are the client and the node the same version?")]
+    Protocol(String),
+    /// A node's configuration is unusable.
+    #[error("invalid node configuration: {0}; fix the configuration file or flags")]
+    Config(String),
+    /// The TCP transport of a node could not start (an address in use, ...).
+    #[error(transparent)]
+    Transport(#[from] regionkv_raft::transport::tcp::TcpError),
 }
 
 impl Error {
@@ -48,7 +68,11 @@ impl Error {
             Error::CrossRegionBatch { .. }
             | Error::InvalidRequest(_)
             | Error::Shutdown
-            | Error::Io(_) => false,
+            | Error::Io(_)
+            | Error::Refused { .. }
+            | Error::Protocol(_)
+            | Error::Config(_)
+            | Error::Transport(_) => false,
         }
     }
 }

@@ -1,16 +1,24 @@
 //! regionkv: an embeddable, Raft-replicated, region-sharded key-value engine.
 //!
 //! The facade: an in-process [`Cluster`] (stores on real files in this process), a
-//! [`Db`] client (routing and retries hidden), and the layers underneath re-exported:
+//! [`Node`] (one store in this process, replicating over TCP with the stores of other
+//! nodes and serving other processes over the client protocol), a [`Client`] of such
+//! nodes, a [`Db`] handle (routing and retries hidden) from any of them, and the layers
+//! underneath re-exported:
 //! [`wal`] (the durable log), [`engine`] (the MVCC state machine) and [`raft`] (the
 //! multi-Raft store).
 
 mod autosplit;
 mod backend;
 mod cluster;
+mod control;
 mod db;
 mod error;
+mod node;
+pub mod proto;
+mod remote;
 mod router;
+mod server;
 
 pub mod bench;
 pub mod demo;
@@ -19,9 +27,14 @@ pub use autosplit::SplitPolicy;
 pub use cluster::{Cluster, ClusterBuilder, RegionInfo};
 pub use db::{Db, WriteBatch};
 pub use error::{Error, Result};
+pub use node::{Node, NodeConfig};
+pub use proto::StoreStatus;
 pub use regionkv_engine as engine;
 pub use regionkv_raft as raft;
+pub use regionkv_raft::transport::wire::ClusterId;
 pub use regionkv_wal as wal;
+pub use remote::Client;
+pub use server::ClientStats;
 
 /// The README's examples, compiled and run as doctests so that they stay true.
 #[cfg(doctest)]

@@ -37,6 +37,16 @@
 //! tamper with a connection (each frame's CRC catches accidents, not attacks; TLS is
 //! future work).
 //!
+//! ## Another protocol on the same listener
+//!
+//! [`TcpTransport::start_with`] takes a [`SharedListener`]: an accepted connection whose
+//! first byte is the other protocol's ([`SharedListener::first_byte`], never the first
+//! byte of [`wire::MAGIC`]) is handed to it on its reader thread instead of running the
+//! store handshake (the byte is peeked, not consumed). The `regionkv` facade serves its
+//! client protocol this way, so a node has one address for stores and clients alike.
+//! The connection counts against [`TcpConfig::inbound_connections_max`], is closed by
+//! [`TcpTransport::shutdown`], and its thread is waited for like any reader.
+//!
 //! ## Threads
 //!
 //! - `tcp-accept`: accepts connections (non-blocking, polled) and spawns a reader per
@@ -428,6 +438,19 @@ fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
 
+/// Another protocol served on the transport's listener (see the module docs).
+pub trait SharedListener: Send + Sync {
+    /// The first byte of every connection of this protocol; it must differ from the
+    /// first byte of [`wire::MAGIC`] (`start_with` refuses it otherwise).
+    fn first_byte(&self) -> u8;
+
+    /// Serves one connection until it ends or `cancel` is cancelled, on the
+    /// transport's reader thread. Nothing of the stream has been consumed. Its read
+    /// timeout is the transport's poll interval, so reads return regularly to look at
+    /// `cancel`; the transport's shutdown also shuts the socket down.
+    fn serve(&self, stream: TcpStream, remote: SocketAddr, cancel: &CancellationToken);
+}
+
 /// A peer's send queue, shared by `send` and the peer's sender thread.
 struct PeerSlot {
     addr: SocketAddr,
@@ -442,6 +465,8 @@ struct Shared {
     key: HandshakeKey,
     local_addr: SocketAddr,
     inbox: Arc<dyn Inbox>,
+    /// Serves connections of another protocol, if any.
+    other_protocol: Option<Arc<dyn SharedListener>>,
     /// Lock order: `peers` before `threads`.
     peers: RwLock<HashMap<StoreId, PeerSlot>>,
     cancel: CancellationToken,
@@ -476,8 +501,23 @@ impl fmt::Debug for TcpTransport {
 impl TcpTransport {
     /// Binds the listener and starts the threads; envelopes for this store go to
     /// `inbox`.
-    pub fn start(mut config: TcpConfig, inbox: Arc<dyn Inbox>) -> Result<TcpTransport, TcpError> {
+    pub fn start(config: TcpConfig, inbox: Arc<dyn Inbox>) -> Result<TcpTransport, TcpError> {
+        TcpTransport::start_with(config, inbox, None)
+    }
+
+    /// Like [`TcpTransport::start`], and connections that open with the first byte of
+    /// `other`'s protocol are served by `other` (see the module docs).
+    pub fn start_with(
+        mut config: TcpConfig,
+        inbox: Arc<dyn Inbox>,
+        other: Option<Arc<dyn SharedListener>>,
+    ) -> Result<TcpTransport, TcpError> {
         config.validate()?;
+        if other.as_ref().is_some_and(|o| o.first_byte() == wire::MAGIC[0]) {
+            return Err(TcpError::Config(
+                "the shared listener's first byte is the store protocol's",
+            ));
+        }
         let listener = TcpListener::bind(config.listen_addr)
             .map_err(|source| TcpError::Bind { addr: config.listen_addr, source })?;
         let local_addr = listener.local_addr()?;
@@ -491,6 +531,7 @@ impl TcpTransport {
             key,
             local_addr,
             inbox,
+            other_protocol: other,
             peers: RwLock::default(),
             cancel: CancellationToken::new(),
             gate: Gate::new(),
@@ -910,6 +951,43 @@ impl Shared {
         Ok(nonce)
     }
 
+    /// The first byte a connection sends, left in the socket; waits at most the
+    /// handshake timeout.
+    fn peek_first_byte(
+        &self,
+        stream: &TcpStream,
+        cancel: &CancellationToken,
+    ) -> Result<u8, TcpError> {
+        let deadline = Instant::now() + self.config.handshake_timeout;
+        let mut byte = [0; 1];
+        // Bounded: every turn peeks a byte or waits a poll interval, until the deadline.
+        loop {
+            match stream.peek(&mut byte) {
+                Ok(0) => return Err(TcpError::Closed),
+                Ok(_) => return Ok(byte[0]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    if cancel.is_cancelled() {
+                        return Err(TcpError::Cancelled);
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(TcpError::Timeout {
+                            what: "the handshake",
+                            after: self.config.handshake_timeout,
+                        });
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
     /// The first frame of the peer's handshake reply: a HELLO, or a REJECT.
     fn read_handshake_frame(
         &self,
@@ -1134,6 +1212,22 @@ impl Shared {
                 return;
             }
         };
+        if let Some(other) = &self.other_protocol {
+            match self.peek_first_byte(&stream, cancel) {
+                Ok(byte) if byte == other.first_byte() => {
+                    other.serve(stream, remote, cancel);
+                    drop(registered);
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) if e.is_cancelled() => return,
+                Err(e) => {
+                    self.note_rejection(remote, Direction::Inbound, &e);
+                    tracing::info!(store = me, %remote, reason = %e, "closing tcp connection from {remote}: nothing received: {e}");
+                    return;
+                }
+            }
+        }
         let peer = match self.handshake_acceptor(&mut stream, cancel) {
             Ok(peer) => peer,
             Err(e) if e.is_cancelled() => return,

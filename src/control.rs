@@ -1,0 +1,231 @@
+//! Cluster-wide operations written against the [`Backend`] seam only: directory
+//! commands, split, merge and the region table. A [`Node`](crate::Node) runs them over
+//! its own store and its peers (in-process for the first, the client protocol for the
+//! others); they mirror what [`Cluster`](crate::Cluster) does over its in-process
+//! stores.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use regionkv_engine::{Epoch, Region, RegionId, StoreId};
+use regionkv_raft::admin::{self, MergeOptions, RegionAdmin};
+use regionkv_raft::directory::{DIRECTORY, DirCmd, DirResult};
+use regionkv_raft::{AdminCmd, AdminRequest, AdminResult, MergeStatus, PeerStatus, StateRole};
+
+use crate::backend::{Backend, newer};
+use crate::cluster::RegionInfo;
+use crate::db::ask;
+use crate::error::{Error, Result};
+use crate::router::Router;
+
+/// Drives directory commands, splits and merges through a backend.
+pub(crate) struct Control {
+    backend: Arc<dyn Backend>,
+    router: Router,
+    /// One split or merge driven at a time by this driver (a merge must have one).
+    admin_lock: Mutex<()>,
+}
+
+impl Control {
+    pub fn new(backend: Arc<dyn Backend>) -> Control {
+        Control { router: Router::new(backend.clone()), backend, admin_lock: Mutex::new(()) }
+    }
+
+    /// Runs `cmd` on the directory's leader, retrying until `timeout`.
+    pub fn directory(&self, cmd: &DirCmd, timeout: Duration) -> Result<DirResult> {
+        let start = Instant::now();
+        let mut last = String::from("no leader of the directory");
+        // Bounded by `timeout`; every turn sleeps.
+        while start.elapsed() < timeout {
+            if self.backend.is_shut() {
+                return Err(Error::Shutdown);
+            }
+            if let Some(leader) = self.backend.leader_of(DIRECTORY) {
+                let cmd = cmd.clone();
+                match ask(Duration::from_secs(2), |reply| {
+                    self.backend.directory(leader, cmd, reply);
+                }) {
+                    Some(Ok(result)) => return Ok(result),
+                    Some(Err(e)) if e.is_retryable() || e.is_cancelled() => last = e.to_string(),
+                    Some(Err(e)) => return Err(e.into()),
+                    None => last = format!("store {leader} did not answer"),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(Error::Unavailable { waited: start.elapsed(), last })
+    }
+
+    fn alloc_ids(&self, count: u64) -> Result<u64> {
+        match self.directory(&DirCmd::AllocIds { count }, Duration::from_secs(10))? {
+            DirResult::Ids { first, .. } => Ok(first),
+            other @ DirResult::Reported { .. } => {
+                Err(Error::InvalidRequest(format!("the directory answered {other:?}")))
+            }
+        }
+    }
+
+    /// Splits the region holding `key` at `key`; see [`Cluster::split`](crate::Cluster::split).
+    pub fn split(&self, key: &[u8], regions: impl Fn() -> Vec<RegionInfo>) -> Result<Vec<Region>> {
+        if key.is_empty() {
+            return Err(Error::InvalidRequest("the empty key starts the first region".into()));
+        }
+        let _one = self.admin_lock.lock();
+        let new_id = RegionId(self.alloc_ids(1)?);
+        let start = Instant::now();
+        // Bounded: each turn follows a changed region, for at most 10 s.
+        loop {
+            let record = self
+                .router
+                .locate(key)
+                .ok_or_else(|| Error::InvalidRequest("no region holds the key".into()))?;
+            let region = record.region;
+            if region.start == key {
+                let left = regions().into_iter().find(|r| r.region.end.as_deref() == Some(key));
+                return Ok(left.into_iter().map(|r| r.region).chain([region]).collect());
+            }
+            let cmd = AdminCmd::Split { split_keys: vec![key.to_vec()], new_ids: vec![new_id] };
+            let mut admin = Admin { control: self, start };
+            match admin.admin(region.id, region.epoch, cmd) {
+                Ok(AdminResult::Split(parts)) => {
+                    self.router.learn(&parts);
+                    return Ok(parts);
+                }
+                Ok(other) => {
+                    return Err(Error::InvalidRequest(format!("a split answered {other:?}")));
+                }
+                Err(regionkv_raft::Error::EpochNotMatch { current, .. })
+                    if start.elapsed() < Duration::from_secs(10) =>
+                {
+                    self.router.learn(&current);
+                    self.router.forget(region.id);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Merges region `right` into its left neighbour `left`; see
+    /// [`Cluster::merge`](crate::Cluster::merge).
+    pub fn merge(&self, left: RegionId, right: RegionId) -> Result<Region> {
+        let _one = self.admin_lock.lock();
+        let mut admin = Admin { control: self, start: Instant::now() };
+        let merged = admin::merge(&mut admin, right, left, MergeOptions::default())?;
+        self.router.forget(right);
+        self.router.learn(std::slice::from_ref(&merged));
+        Ok(merged)
+    }
+}
+
+/// Admin requests to region leaders, for the merge driver: finds the leader (the
+/// router's hint, else the stores' view) and retries routing errors.
+struct Admin<'a> {
+    control: &'a Control,
+    start: Instant,
+}
+
+impl Admin<'_> {
+    fn leader(&self, region: RegionId) -> Option<StoreId> {
+        self.control
+            .router
+            .cached(region)
+            .and_then(|r| r.leader)
+            .or_else(|| self.control.backend.leader_of(region))
+    }
+
+    fn retry<T>(
+        &mut self,
+        region: RegionId,
+        mut f: impl FnMut(&dyn Backend, StoreId) -> Option<regionkv_raft::Result<T>>,
+    ) -> regionkv_raft::Result<T> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = regionkv_raft::Error::NotLeader { region, leader: None };
+        // Bounded by the deadline; every turn sleeps.
+        while Instant::now() < deadline {
+            if self.control.backend.is_shut() {
+                return Err(regionkv_raft::Error::Cancelled);
+            }
+            let Some(leader) = self.leader(region) else {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            };
+            match f(self.control.backend.as_ref(), leader) {
+                Some(Err(e)) if e.is_retryable() || e.is_cancelled() => {
+                    self.control.router.set_leader(region, None);
+                    last = e;
+                }
+                Some(result) => return result,
+                None => last = regionkv_raft::Error::Timeout { region },
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(last)
+    }
+}
+
+impl RegionAdmin for Admin<'_> {
+    fn admin(
+        &mut self,
+        region: RegionId,
+        epoch: Epoch,
+        cmd: AdminCmd,
+    ) -> regionkv_raft::Result<AdminResult> {
+        self.retry(region, |backend, store| {
+            let cmd = cmd.clone();
+            ask(Duration::from_secs(5), |reply| {
+                backend.admin(store, AdminRequest { region, epoch, cmd, reply });
+            })
+        })
+    }
+
+    fn merge_status(&mut self, region: RegionId) -> regionkv_raft::Result<MergeStatus> {
+        self.retry(region, |backend, store| Some(backend.merge_status(store, region)))
+    }
+
+    fn pause(&mut self, duration: Duration) {
+        std::thread::sleep(duration);
+    }
+
+    fn elapsed(&mut self) -> Duration {
+        self.start.elapsed()
+    }
+}
+
+/// The user regions in key order from the statuses of the stores' replicas, each as
+/// its most advanced replica sees it (the directory's own group is not listed).
+pub(crate) fn region_table(statuses: Vec<(StoreId, Vec<PeerStatus>)>) -> Vec<RegionInfo> {
+    let mut by_id: BTreeMap<RegionId, RegionInfo> = BTreeMap::new();
+    for (store, peers) in statuses {
+        for p in peers.into_iter().filter(|p| p.initialized && p.region.id != DIRECTORY) {
+            let info = by_id.entry(p.region.id).or_insert_with(|| RegionInfo {
+                region: p.region.clone(),
+                leader: None,
+                replicas: Vec::new(),
+            });
+            if newer(&p.region, &info.region) {
+                info.region = p.region.clone();
+            }
+            if p.role == StateRole::Leader
+                && info.replicas.iter().all(|(_, r)| r.role != StateRole::Leader || r.term < p.term)
+            {
+                info.leader = Some(store);
+            }
+            info.replicas.push((store, p));
+        }
+    }
+    let mut regions: Vec<RegionInfo> = by_id.into_values().collect();
+    regions.sort_by(|a, b| a.region.start.cmp(&b.region.start));
+    // Only the newest region over each range (a lagging replica may hold an older one).
+    let all = regions.clone();
+    regions.retain(|r| {
+        !all.iter().any(|o| {
+            o.region.id != r.region.id
+                && o.region.epoch.version > r.region.epoch.version
+                && o.region.end.as_ref().is_none_or(|e| *e > r.region.start)
+                && r.region.end.as_ref().is_none_or(|e| *e > o.region.start)
+        })
+    });
+    regions
+}

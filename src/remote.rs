@@ -1,0 +1,595 @@
+//! Stores in other processes, reached over the client protocol ([`crate::proto`]):
+//! [`RemoteStores`], a [`Backend`] so that [`Db`] routes and retries over TCP exactly
+//! as it does in process, and the public [`Client`].
+//!
+//! One connection per store, opened on first use and again after it breaks: requests
+//! are pipelined on it, and a reader thread per connection hands each response to the
+//! request's reply. A store that cannot be reached answers at once as a stopped store
+//! would ([`regionkv_raft::Error::Cancelled`]: nothing was done; try elsewhere), and is
+//! not dialed again for [`REDIAL_AFTER`]. A request whose connection breaks before its
+//! response arrives gets no answer: its outcome is unknown, and the caller's own
+//! timeout decides, as for a store in this process that never answers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use regionkv_engine::{Region, RegionId, StoreId};
+use regionkv_raft::directory::{DirCmd, DirResult, RegionRecord};
+use regionkv_raft::transport::wire::{ClusterId, HandshakeKey};
+use regionkv_raft::{
+    AdminRequest, MergeStatus, PeerStatus, QueryResult, ReadRequest, Reply, WriteRequest,
+};
+use regionkv_wal::CancellationToken;
+
+use crate::backend::{Backend, newer};
+use crate::cluster::RegionInfo;
+use crate::db::{Db, Oneshot};
+use crate::error::{Error, Result};
+use crate::proto::{
+    self, ErrorCode, FrameError, FrameReader, Kind, RESPONSE_BYTES_MAX, RemoteError, Request,
+    Response, StoreStatus,
+};
+use crate::router::Router;
+
+/// How long an unreachable store is left alone before it is dialed again.
+pub const REDIAL_AFTER: Duration = Duration::from_millis(200);
+/// How long a TCP connect may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a frame write may block (a node that stopped reading).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read timeout of a connection: how often its reader looks at the cancel token.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// A response that started must arrive whole within this.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long synchronous requests (status, locate, ...) wait for their answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long requests that a node drives (split, merge) wait for their answer.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+type Pending = Box<dyn FnOnce(Result<Response, RemoteError>) + Send>;
+
+/// One connection to a node: requests go out under `writer`, responses come back on
+/// its reader thread.
+struct Conn {
+    store: StoreId,
+    writer: Mutex<TcpStream>,
+    /// Requests sent and not answered, by id.
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_id: AtomicU64,
+    broken: AtomicBool,
+    reader: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Conn {
+    fn break_off(&self) {
+        self.broken.store(true, Ordering::SeqCst);
+        let _ = self.writer.lock().shutdown(Shutdown::Both);
+    }
+}
+
+/// Dials `addr` and runs the client handshake; returns the stream and the node's
+/// store id.
+fn dial(
+    addr: SocketAddr,
+    key: &HandshakeKey,
+    cluster: ClusterId,
+) -> Result<(TcpStream, StoreId), Error> {
+    let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(POLL_INTERVAL))?;
+    stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
+    match proto::handshake_client(&mut stream, key, cluster, HANDSHAKE_TIMEOUT) {
+        Ok(store) => Ok((stream, store)),
+        Err(FrameError::Refused(reason) | FrameError::Rejected { reason, .. }) => {
+            Err(Error::Refused { addr, reason })
+        }
+        Err(FrameError::Io(e)) => Err(Error::Io(e)),
+        Err(e) => Err(Error::Protocol(format!("handshake with {addr}: {e}"))),
+    }
+}
+
+/// Stores reached over the client protocol.
+pub(crate) struct RemoteStores {
+    key: HandshakeKey,
+    cluster: ClusterId,
+    addrs: RwLock<BTreeMap<StoreId, SocketAddr>>,
+    conns: Mutex<HashMap<StoreId, Arc<Conn>>>,
+    /// Stores that could not be reached, and when they may be dialed again.
+    down_until: Mutex<HashMap<StoreId, Instant>>,
+    shut: AtomicBool,
+    cancel: CancellationToken,
+}
+
+impl RemoteStores {
+    pub fn new(
+        key: HandshakeKey,
+        cluster: ClusterId,
+        addrs: BTreeMap<StoreId, SocketAddr>,
+    ) -> RemoteStores {
+        RemoteStores {
+            key,
+            cluster,
+            addrs: RwLock::new(addrs),
+            conns: Mutex::default(),
+            down_until: Mutex::default(),
+            shut: AtomicBool::new(false),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    pub fn addrs(&self) -> BTreeMap<StoreId, SocketAddr> {
+        self.addrs.read().clone()
+    }
+
+    /// The open connection to `store`, or a new one.
+    fn conn(&self, store: StoreId) -> Result<Arc<Conn>, String> {
+        if let Some(c) = self.conns.lock().get(&store)
+            && !c.broken.load(Ordering::SeqCst)
+        {
+            return Ok(c.clone());
+        }
+        if self.shut.load(Ordering::SeqCst) {
+            return Err("the client is closed".into());
+        }
+        if self.down_until.lock().get(&store).is_some_and(|t| Instant::now() < *t) {
+            return Err(format!("store {store} was unreachable a moment ago"));
+        }
+        let addr =
+            self.addrs.read().get(&store).copied().ok_or(format!("no address of store {store}"))?;
+        let (stream, found) = match dial(addr, &self.key, self.cluster) {
+            Ok(ok) => ok,
+            Err(e) => {
+                self.down_until.lock().insert(store, Instant::now() + REDIAL_AFTER);
+                return Err(format!("store {store} at {addr}: {e}"));
+            }
+        };
+        if found != store {
+            let _ = stream.shutdown(Shutdown::Both);
+            return Err(format!("{addr} is store {found}, not store {store}"));
+        }
+        let read_half = stream.try_clone().map_err(|e| e.to_string())?;
+        let conn = Arc::new(Conn {
+            store,
+            writer: Mutex::new(stream),
+            pending: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            broken: AtomicBool::new(false),
+            reader: Mutex::new(None),
+        });
+        let reader = {
+            let conn = conn.clone();
+            let cancel = self.cancel.clone();
+            std::thread::Builder::new()
+                .name(format!("client-recv-{}", store.0))
+                .spawn(move || run_reader(&conn, read_half, &cancel))
+                .map_err(|e| e.to_string())?
+        };
+        *conn.reader.lock() = Some(reader);
+        let mut conns = self.conns.lock();
+        if let Some(old) = conns.insert(store, conn.clone()) {
+            old.break_off();
+        }
+        Ok(conn)
+    }
+
+    /// Sends `req` to `store`; `done` gets the answer, or is dropped unanswered if the
+    /// connection breaks first (outcome unknown).
+    fn send(&self, store: StoreId, req: &Request, done: Pending) {
+        let conn = match self.conn(store) {
+            Ok(c) => c,
+            Err(why) => {
+                tracing::debug!(store = store.0, why, "store unreachable");
+                // Nothing was sent: like a stopped store, the caller may try elsewhere.
+                done(Err(RemoteError::new(ErrorCode::Cancelled, why)));
+                return;
+            }
+        };
+        let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
+        let payload = proto::encode_request(id, req);
+        if payload.len() > proto::REQUEST_BYTES_MAX as usize {
+            done(Err(RemoteError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "the request is {} bytes, over the node's bound of {} bytes: send smaller \
+                     batches",
+                    payload.len(),
+                    proto::REQUEST_BYTES_MAX
+                ),
+            )));
+            return;
+        }
+        let frame = match proto::encode_frame(Kind::Request, &payload) {
+            Ok(f) => f,
+            Err(e) => {
+                done(Err(RemoteError::new(ErrorCode::InvalidRequest, e.to_string())));
+                return;
+            }
+        };
+        conn.pending.lock().insert(id, done);
+        if conn.broken.load(Ordering::SeqCst) {
+            // The reader left (and emptied `pending`) before the insert: nothing was
+            // sent on this connection.
+            if let Some(done) = conn.pending.lock().remove(&id) {
+                done(Err(RemoteError::new(ErrorCode::Cancelled, "the connection broke")));
+            }
+            return;
+        }
+        let written = conn.writer.lock().write_all(&frame);
+        if let Err(e) = written {
+            tracing::debug!(store = store.0, error = %e, "write to store failed");
+            // Part of the request may have left: its outcome is unknown. The reader
+            // drops every pending reply when the socket closes.
+            conn.break_off();
+        }
+    }
+
+    /// Sends `req` and waits for the answer (`None`: no answer in time).
+    fn call(
+        &self,
+        store: StoreId,
+        req: &Request,
+        timeout: Duration,
+    ) -> Option<Result<Response, RemoteError>> {
+        let slot = Oneshot::new();
+        let reply = slot.clone();
+        self.send(store, req, Box::new(move |r| reply.set(r)));
+        slot.wait(timeout)
+    }
+
+    /// `store`'s status (its replicas).
+    pub fn status(&self, store: StoreId) -> Result<StoreStatus> {
+        match self.call(store, &Request::Status, CALL_TIMEOUT) {
+            Some(Ok(Response::Status(s))) => Ok(s),
+            other => Err(unexpected(store, other)),
+        }
+    }
+
+    /// Stops every connection and waits for the readers.
+    pub fn close(&self) {
+        self.shut.store(true, Ordering::SeqCst);
+        self.cancel.cancel();
+        let conns: Vec<Arc<Conn>> = self.conns.lock().drain().map(|(_, c)| c).collect();
+        for conn in conns {
+            conn.break_off();
+            if let Some(reader) = conn.reader.lock().take() {
+                let _ = reader.join();
+            }
+        }
+    }
+}
+
+impl Drop for RemoteStores {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn unexpected(store: StoreId, answer: Option<Result<Response, RemoteError>>) -> Error {
+    match answer {
+        None => Error::Unavailable {
+            waited: CALL_TIMEOUT,
+            last: format!("store {store} did not answer"),
+        },
+        Some(Err(e)) => e.into_facade(),
+        Some(Ok(r)) => Error::Protocol(format!("store {store} answered {r:?}")),
+    }
+}
+
+/// Reads responses until the connection ends, then drops the replies still waiting.
+fn run_reader(conn: &Conn, mut stream: TcpStream, cancel: &CancellationToken) {
+    let reader = FrameReader { cancel: Some(cancel), stall: STALL_TIMEOUT };
+    let store = conn.store.0;
+    // Bounded: ends at the first error, when the node closes, or at cancellation.
+    loop {
+        let payload = match reader.frame(&mut stream, RESPONSE_BYTES_MAX, None) {
+            Ok((Kind::Response, payload)) => payload,
+            Ok((kind, _)) => {
+                tracing::warn!(store, ?kind, "unexpected frame from a node; closing");
+                break;
+            }
+            Err(e) if e.is_quiet() => break,
+            Err(e) => {
+                tracing::warn!(store, error = %e, "bad response from a node; closing");
+                break;
+            }
+        };
+        match proto::decode_response(&payload) {
+            Ok((id, answer)) => {
+                let waiting = conn.pending.lock().remove(&id);
+                match (waiting, answer) {
+                    // The node's store dropped the request: the outcome is unknown.
+                    (Some(_), Ok(Response::NoReply)) | (None, Ok(_)) => {}
+                    (Some(done), answer) => done(answer),
+                    (None, Err(e)) => {
+                        tracing::warn!(store, error = ?e, "a node reported a connection error");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(store, error = %e, "undecodable response from a node; closing");
+                break;
+            }
+        }
+    }
+    conn.broken.store(true, Ordering::SeqCst);
+    let _ = stream.shutdown(Shutdown::Both);
+    conn.pending.lock().clear();
+}
+
+/// Maps an answer to the Raft layer's result, as a store in this process returns it.
+fn answer<T>(
+    r: Result<Response, RemoteError>,
+    pick: impl FnOnce(Response) -> Option<T>,
+) -> regionkv_raft::Result<T> {
+    match r {
+        Ok(resp) => pick(resp).ok_or_else(|| {
+            regionkv_raft::Error::Malformed(
+                "a node answered with a response of another kind".into(),
+            )
+        }),
+        Err(e) => Err(e.into_raft()),
+    }
+}
+
+impl Backend for RemoteStores {
+    fn is_shut(&self) -> bool {
+        self.shut.load(Ordering::Relaxed)
+    }
+
+    fn store_ids(&self) -> Vec<StoreId> {
+        self.addrs.read().keys().copied().collect()
+    }
+
+    fn write(&self, store: StoreId, req: WriteRequest) {
+        let WriteRequest { region, epoch, ops, reply } = req;
+        let done = move |r| {
+            reply(answer(r, |resp| match resp {
+                Response::Done => Some(()),
+                _ => None,
+            }));
+        };
+        self.send(store, &Request::Write { region, epoch, ops }, Box::new(done));
+    }
+
+    fn read(&self, store: StoreId, req: ReadRequest) {
+        let ReadRequest { region, epoch, query, reply } = req;
+        let done = move |r| {
+            reply(answer(r, |resp| match resp {
+                Response::Query(q) => Some(q),
+                _ => None,
+            }));
+        };
+        self.send(store, &Request::Read { region, epoch, query }, Box::new(done));
+    }
+
+    fn admin(&self, store: StoreId, req: AdminRequest) {
+        let AdminRequest { region, epoch, cmd, reply } = req;
+        let done = move |r| {
+            reply(answer(r, |resp| match resp {
+                Response::Admin(a) => Some(a),
+                _ => None,
+            }));
+        };
+        self.send(store, &Request::Admin { region, epoch, cmd }, Box::new(done));
+    }
+
+    fn directory(&self, store: StoreId, cmd: DirCmd, reply: Reply<DirResult>) {
+        let done = move |r| {
+            reply(answer(r, |resp| match resp {
+                Response::Directory(d) => Some(d),
+                _ => None,
+            }));
+        };
+        self.send(store, &Request::Directory { cmd }, Box::new(done));
+    }
+
+    fn merge_status(&self, store: StoreId, region: RegionId) -> regionkv_raft::Result<MergeStatus> {
+        match self.call(store, &Request::MergeStatus { region }, CALL_TIMEOUT) {
+            Some(r) => answer(r, |resp| match resp {
+                Response::MergeStatus(m) => Some(m),
+                _ => None,
+            }),
+            None => Err(regionkv_raft::Error::Timeout { region }),
+        }
+    }
+
+    fn peer_status(&self, store: StoreId, region: RegionId) -> Option<PeerStatus> {
+        match self.call(store, &Request::PeerStatus { region }, CALL_TIMEOUT)? {
+            Ok(Response::PeerStatus(s)) => s,
+            _ => None,
+        }
+    }
+
+    fn locate(&self, key: &[u8]) -> Option<RegionRecord> {
+        // Ask every store at once; the newest record any of them holds wins.
+        let slots: Vec<_> = self
+            .store_ids()
+            .into_iter()
+            .map(|store| {
+                let slot = Oneshot::new();
+                let reply = slot.clone();
+                self.send(
+                    store,
+                    &Request::Locate { key: key.to_vec() },
+                    Box::new(move |r| reply.set(r)),
+                );
+                slot
+            })
+            .collect();
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let mut best: Option<RegionRecord> = None;
+        for slot in slots {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            if let Some(Ok(Response::Located(Some(record)))) = slot.wait(wait)
+                && best.as_ref().is_none_or(|b| newer(&record.region, &b.region))
+            {
+                best = Some(record);
+            }
+        }
+        best
+    }
+}
+
+/// A client of a cluster of [`Node`](crate::Node)s in other processes, over the client
+/// protocol: [`Client::db`] for reads and writes (routed to region leaders and retried
+/// exactly like [`Cluster::db`](crate::Cluster::db)), and the cluster's admin requests.
+///
+/// ```no_run
+/// use regionkv::{Client, ClusterId};
+///
+/// let addrs = ["127.0.0.1:7001".parse()?];
+/// let client = Client::connect(&addrs, ClusterId(1), b"a cluster secret of 16+ bytes")?;
+/// let db = client.db();
+/// db.put(b"hello", b"world")?;
+/// assert_eq!(db.get(b"hello")?.as_deref(), Some(&b"world"[..]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    remote: Arc<RemoteStores>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("stores", &self.remote.addrs()).finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Connects to the nodes at `addrs` (any of the cluster's nodes; one that answers
+    /// is enough) and learns every store's address from them. `secret` is the
+    /// cluster secret the nodes were started with.
+    pub fn connect(
+        addrs: &[SocketAddr],
+        cluster: ClusterId,
+        secret: impl AsRef<[u8]>,
+    ) -> Result<Client> {
+        let key = proto::client_key(secret.as_ref());
+        let mut seeds = BTreeMap::new();
+        let mut last = None;
+        for &addr in addrs {
+            match dial(addr, &key, cluster) {
+                Ok((stream, store)) => {
+                    let _ = stream.shutdown(Shutdown::Both);
+                    seeds.insert(store, addr);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        if seeds.is_empty() {
+            return Err(last.unwrap_or_else(|| {
+                Error::InvalidRequest("Client::connect needs at least one address".into())
+            }));
+        }
+        let remote = Arc::new(RemoteStores::new(key, cluster, seeds.clone()));
+        // The other stores, as the nodes know them; an address this client dialed wins
+        // (a node may listen on 0.0.0.0).
+        let mut all = BTreeMap::new();
+        for &store in seeds.keys() {
+            if let Some(Ok(Response::Members(members))) =
+                remote.call(store, &Request::Members, CALL_TIMEOUT)
+            {
+                for (id, addr) in members {
+                    if let Ok(addr) = addr.parse::<SocketAddr>() {
+                        all.entry(id).or_insert(addr);
+                    }
+                }
+            }
+        }
+        all.extend(seeds);
+        *remote.addrs.write() = all;
+        Ok(Client { remote })
+    }
+
+    /// A client handle for reads and writes; clones share one region cache.
+    pub fn db(&self) -> Db {
+        Db::new(Router::new(self.remote.clone()))
+    }
+
+    /// The stores this client knows, and where they listen.
+    pub fn stores(&self) -> BTreeMap<StoreId, SocketAddr> {
+        self.remote.addrs()
+    }
+
+    /// Asks the nodes in turn (until one answers) to run `req`, which they drive.
+    fn ask_any(&self, req: &Request) -> Result<Response> {
+        let mut last = Error::Unavailable { waited: Duration::ZERO, last: "no node".into() };
+        for store in self.remote.store_ids() {
+            match self.remote.call(store, req, ADMIN_TIMEOUT) {
+                Some(Ok(r)) => return Ok(r),
+                Some(Err(e)) if e.code == ErrorCode::Cancelled => last = e.into_facade(),
+                Some(Err(e)) => return Err(e.into_facade()),
+                None => {
+                    return Err(Error::Unavailable {
+                        waited: ADMIN_TIMEOUT,
+                        last: format!("store {store} did not answer; the outcome is unknown"),
+                    });
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Splits the region holding `key` at `key` (a node drives it). Returns the two
+    /// regions, left first; see [`Cluster::split`](crate::Cluster::split).
+    pub fn split(&self, key: impl AsRef<[u8]>) -> Result<Vec<Region>> {
+        match self.ask_any(&Request::Split { key: key.as_ref().to_vec() })? {
+            Response::Split(parts) => Ok(parts),
+            other => Err(Error::Protocol(format!("a split answered {other:?}"))),
+        }
+    }
+
+    /// Merges region `right` into its left neighbour `left` (a node drives it); see
+    /// [`Cluster::merge`](crate::Cluster::merge).
+    pub fn merge(&self, left: RegionId, right: RegionId) -> Result<Region> {
+        match self.ask_any(&Request::Merge { left, right })? {
+            Response::Merged(region) => Ok(region),
+            other => Err(Error::Protocol(format!("a merge answered {other:?}"))),
+        }
+    }
+
+    /// The user regions in key order, as the nodes' replicas see them.
+    pub fn regions(&self) -> Result<Vec<RegionInfo>> {
+        match self.ask_any(&Request::Regions)? {
+            Response::Regions(regions) => Ok(regions),
+            other => Err(Error::Protocol(format!("regions answered {other:?}"))),
+        }
+    }
+
+    /// The status of every store that answers (a store that does not is left out).
+    pub fn status(&self) -> Vec<StoreStatus> {
+        self.remote.store_ids().into_iter().filter_map(|s| self.remote.status(s).ok()).collect()
+    }
+
+    /// Up to `limit` pairs with `start <= key < end` from `store`'s own replicas,
+    /// without Raft: what that store has applied so far (it may lag). For checking
+    /// that every replica holds the data; use [`Db::scan`] to read.
+    pub fn local_scan(
+        &self,
+        store: StoreId,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
+        let req = Request::LocalScan { start: start.to_vec(), end: end.map(<[u8]>::to_vec), limit };
+        match self.remote.call(store, &req, CALL_TIMEOUT) {
+            Some(Ok(Response::Query(QueryResult::Rows(rows)))) => Ok(rows),
+            other => Err(unexpected(store, other)),
+        }
+    }
+
+    /// Closes every connection; handles from [`Client::db`] fail with
+    /// [`Error::Shutdown`] afterwards.
+    pub fn close(&self) {
+        self.remote.close();
+    }
+}

@@ -1,0 +1,555 @@
+//! The node's side of the client protocol ([`crate::proto`]): served on the store
+//! transport's listener for connections that open with the client magic.
+//!
+//! Each connection runs on the transport's reader thread: the handshake, then a loop
+//! that reads requests and hands them to the node's store (replies arrive later, on
+//! the store's threads) or answers them at once; a writer thread, scoped to the
+//! connection, sends the responses in the order they are ready. At most
+//! [`IN_FLIGHT_MAX`] requests are outstanding per connection: beyond that the reader
+//! waits. Bad input never panics and never reaches the store: a malformed request
+//! gets an error response and the connection goes on (its frame was intact); a frame
+//! that fails its checks (magic, version, kind, size bound, checksum) gets an error
+//! response with request id 0 and the connection is closed, with a `warn` line naming
+//! the remote address and the reason.
+
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
+use regionkv_engine::StoreId;
+use regionkv_raft::transport::tcp::SharedListener;
+use regionkv_raft::transport::wire::{ClusterId, HandshakeKey};
+use regionkv_raft::{AdminRequest, QueryResult, ReadRequest, Reply, WriteRequest};
+use regionkv_wal::CancellationToken;
+
+use crate::node::NodeShared;
+use crate::proto::{
+    self, ErrorCode, FrameError, FrameReader, IN_FLIGHT_MAX, Kind, REQUEST_BYTES_MAX,
+    RESPONSE_BYTES_MAX, RemoteError, Request, RequestError, Response, StoreStatus,
+};
+
+/// How long a client has for its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A request that started must arrive whole within this.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the writer looks whether its connection ended.
+const WRITER_POLL: Duration = Duration::from_millis(50);
+/// Split, merge and region-table requests running at once on a node.
+const ADMIN_TASKS_MAX: usize = 4;
+
+type Answer = (u64, Result<Response, RemoteError>);
+
+/// Counters of the client service since the node started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientStats {
+    /// Client connections that completed the handshake.
+    pub connections: u64,
+    /// Client handshakes refused or failed (wrong secret or cluster, garbage, ...).
+    pub handshake_failures: u64,
+    /// Frames that failed their checks (each closed its connection).
+    pub bad_frames: u64,
+    /// Requests that did not decode (each answered with an error).
+    pub malformed_requests: u64,
+    /// Requests served.
+    pub requests: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    connections: AtomicU64,
+    handshake_failures: AtomicU64,
+    bad_frames: AtomicU64,
+    malformed_requests: AtomicU64,
+    requests: AtomicU64,
+}
+
+/// Serves the client protocol for one node.
+pub(crate) struct ClientService {
+    key: HandshakeKey,
+    cluster: ClusterId,
+    store: StoreId,
+    /// The node, once it is up; requests before that (or after it is gone) are
+    /// answered with `Cancelled`.
+    node: OnceLock<Weak<NodeShared>>,
+    counters: Counters,
+    admin_tasks: Arc<AtomicUsize>,
+}
+
+impl ClientService {
+    pub fn new(key: HandshakeKey, cluster: ClusterId, store: StoreId) -> ClientService {
+        ClientService {
+            key,
+            cluster,
+            store,
+            node: OnceLock::new(),
+            counters: Counters::default(),
+            admin_tasks: Arc::default(),
+        }
+    }
+
+    pub fn bind(&self, node: Weak<NodeShared>) {
+        let _ = self.node.set(node);
+    }
+
+    pub fn stats(&self) -> ClientStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ClientStats {
+            connections: get(&c.connections),
+            handshake_failures: get(&c.handshake_failures),
+            bad_frames: get(&c.bad_frames),
+            malformed_requests: get(&c.malformed_requests),
+            requests: get(&c.requests),
+        }
+    }
+}
+
+impl SharedListener for ClientService {
+    fn first_byte(&self) -> u8 {
+        proto::MAGIC[0]
+    }
+
+    fn serve(&self, mut stream: TcpStream, remote: SocketAddr, cancel: &CancellationToken) {
+        let me = self.store.0;
+        let reader = FrameReader { cancel: Some(cancel), stall: STALL_TIMEOUT };
+        if let Err(e) = proto::handshake_node(
+            &mut stream,
+            &reader,
+            &self.key,
+            self.cluster,
+            self.store,
+            HANDSHAKE_TIMEOUT,
+        ) {
+            if !matches!(e, FrameError::Cancelled) {
+                self.counters.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(store = me, %remote, reason = %e, "refused client connection from {remote}: {e}");
+            }
+            return;
+        }
+        self.counters.connections.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(store = me, %remote, "client connected");
+        let Ok(write_half) = stream.try_clone() else { return };
+        let (tx, rx) = bounded::<Answer>(IN_FLIGHT_MAX + 2);
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let closed = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let writer = std::thread::Builder::new()
+                .name(format!("client-send-{me}-{}", remote.port()))
+                .spawn_scoped(scope, || run_writer(write_half, &rx, &in_flight, &closed));
+            if writer.is_err() {
+                return;
+            }
+            let end = self.read_requests(&mut stream, &reader, &tx, &in_flight, &closed);
+            match end {
+                FrameError::Closed | FrameError::Cancelled => {}
+                e => {
+                    self.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(store = me, %remote, reason = %e, "closing client connection from {remote}: {e}");
+                    let code = match e {
+                        FrameError::TooLarge { .. } => ErrorCode::TooLarge,
+                        _ => ErrorCode::Malformed,
+                    };
+                    let message = format!("{e}; the node closes the connection");
+                    push(&tx, &in_flight, (0, Err(RemoteError::new(code, message))));
+                }
+            }
+            // The writer sends what is queued, then leaves; the scope joins it.
+            closed.store(true, Ordering::SeqCst);
+        });
+        let _ = stream.shutdown(Shutdown::Both);
+    }
+}
+
+fn push(tx: &Sender<Answer>, in_flight: &AtomicUsize, answer: Answer) {
+    in_flight.fetch_add(1, Ordering::SeqCst);
+    if tx.try_send(answer).is_err() {
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Sends responses as they are ready; leaves when the connection is closed and
+/// nothing is queued, or a write fails.
+fn run_writer(
+    mut stream: TcpStream,
+    rx: &Receiver<Answer>,
+    in_flight: &AtomicUsize,
+    closed: &AtomicBool,
+) {
+    use std::io::Write;
+    // Bounded: ends once `closed` is set and the queue is empty, or at a failed write.
+    loop {
+        let (id, answer) = match rx.recv_timeout(WRITER_POLL) {
+            Ok(a) => a,
+            Err(RecvTimeoutError::Timeout) if closed.load(Ordering::SeqCst) => return,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        in_flight.fetch_sub(1, Ordering::SeqCst);
+        let mut payload = proto::encode_response(id, &answer);
+        if payload.len() > RESPONSE_BYTES_MAX as usize {
+            let message = format!(
+                "the response is {} bytes, over the bound of {RESPONSE_BYTES_MAX} bytes: scan \
+                 with a lower limit",
+                payload.len()
+            );
+            payload =
+                proto::encode_response(id, &Err(RemoteError::new(ErrorCode::TooLarge, message)));
+        }
+        let Ok(frame) = proto::encode_frame(Kind::Response, &payload) else { return };
+        if stream.write_all(&frame).is_err() {
+            closed.store(true, Ordering::SeqCst);
+            let _ = stream.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+}
+
+/// The one answer to a request. Dropped unanswered (a store that dropped the request
+/// on shutdown), it answers `no reply`: the outcome is unknown.
+struct Responder {
+    id: u64,
+    tx: Option<Sender<Answer>>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Responder {
+    fn send(mut self, answer: Result<Response, RemoteError>) {
+        if let Some(tx) = self.tx.take() {
+            push(&tx, &self.in_flight, (self.id, answer));
+        }
+    }
+
+    fn reply<T: 'static>(self, f: impl FnOnce(T) -> Response + Send + 'static) -> Reply<T> {
+        Box::new(move |r: regionkv_raft::Result<T>| {
+            self.send(r.map(f).map_err(|e| RemoteError::from(&e)));
+        })
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            push(&tx, &self.in_flight, (self.id, Ok(Response::NoReply)));
+        }
+    }
+}
+
+impl ClientService {
+    /// Reads and dispatches requests until the connection ends; returns why it ended.
+    fn read_requests(
+        &self,
+        stream: &mut TcpStream,
+        reader: &FrameReader<'_>,
+        tx: &Sender<Answer>,
+        in_flight: &Arc<AtomicUsize>,
+        closed: &AtomicBool,
+    ) -> FrameError {
+        let me = self.store.0;
+        // Bounded: ends at the first frame error, when the client closes, or at
+        // cancellation (the frame reader looks at the token every poll interval).
+        loop {
+            // Backpressure: bounded by the store answering (or dropping) requests.
+            while in_flight.load(Ordering::SeqCst) >= IN_FLIGHT_MAX {
+                if closed.load(Ordering::SeqCst)
+                    || reader.cancel.is_some_and(CancellationToken::is_cancelled)
+                {
+                    return FrameError::Cancelled;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let (kind, payload) = match reader.frame(stream, REQUEST_BYTES_MAX, None) {
+                Ok(frame) => frame,
+                Err(e) => return e,
+            };
+            if kind != Kind::Request {
+                return FrameError::Unexpected { expected: "a request", found: kind };
+            }
+            self.counters.requests.fetch_add(1, Ordering::Relaxed);
+            match proto::decode_request(&payload) {
+                Ok((id, request)) => {
+                    let responder =
+                        Responder { id, tx: Some(tx.clone()), in_flight: in_flight.clone() };
+                    self.dispatch(request, responder);
+                }
+                Err(RequestError::Malformed { id, error }) => {
+                    self.counters.malformed_requests.fetch_add(1, Ordering::Relaxed);
+                    let message = format!(
+                        "malformed request at byte {}: {}; nothing was done",
+                        error.offset, error.reason
+                    );
+                    tracing::warn!(store = me, id, "{message}");
+                    let answer = Err(RemoteError::new(ErrorCode::Malformed, message));
+                    push(tx, in_flight, (id.unwrap_or(0), answer));
+                }
+                Err(RequestError::Unsupported { id }) => {
+                    let message = format!(
+                        "this node (client protocol version {}) does not know the request's \
+                         kind; upgrade the node",
+                        proto::VERSION
+                    );
+                    push(
+                        tx,
+                        in_flight,
+                        (id, Err(RemoteError::new(ErrorCode::UnsupportedRequest, message))),
+                    );
+                }
+            }
+        }
+    }
+
+    fn dispatch(&self, request: Request, r: Responder) {
+        let Some(node) = self.node.get().and_then(Weak::upgrade) else {
+            r.send(Err(RemoteError::new(ErrorCode::Cancelled, "the node is starting or stopping")));
+            return;
+        };
+        if node.is_shut() {
+            r.send(Err(RemoteError::new(ErrorCode::Cancelled, "the node is shutting down")));
+            return;
+        }
+        let store = &node.store;
+        match request {
+            Request::Write { region, epoch, ops } => {
+                if ops.is_empty() || ops.iter().any(|op| op.key().is_empty()) {
+                    let message = "a write needs at least one op, and no empty key";
+                    r.send(Err(RemoteError::new(ErrorCode::InvalidRequest, message)));
+                    return;
+                }
+                store.write(WriteRequest {
+                    region,
+                    epoch,
+                    ops,
+                    reply: r.reply(|()| Response::Done),
+                });
+            }
+            Request::Read { region, epoch, query } => {
+                store.read(ReadRequest { region, epoch, query, reply: r.reply(Response::Query) });
+            }
+            Request::Admin { region, epoch, cmd } => {
+                store.admin(AdminRequest { region, epoch, cmd, reply: r.reply(Response::Admin) });
+            }
+            Request::Directory { cmd } => store.directory(cmd, r.reply(Response::Directory)),
+            Request::MergeStatus { region } => r.send(
+                store.merge_status(region).map(Response::MergeStatus).map_err(|e| (&e).into()),
+            ),
+            Request::PeerStatus { region } => {
+                r.send(Ok(Response::PeerStatus(store.peer_status(region))));
+            }
+            Request::Locate { key } => r.send(Ok(Response::Located(node.locate_local(&key)))),
+            Request::Status => r.send(Ok(Response::Status(StoreStatus {
+                store: self.store,
+                peers: store.status(),
+            }))),
+            Request::Members => r.send(Ok(Response::Members(node.members()))),
+            Request::LocalScan { start, end, limit } => {
+                let rows = store.context().engine.snapshot().scan(&start, end.as_deref(), limit);
+                r.send(Ok(Response::Query(QueryResult::Rows(rows))));
+            }
+            Request::Split { .. } | Request::Merge { .. } | Request::Regions => {
+                self.spawn_admin(&node, request, r);
+            }
+        }
+    }
+
+    /// Runs a request the node drives (it may take seconds) on its own thread, inside
+    /// the node's gate, at most [`ADMIN_TASKS_MAX`] at once.
+    fn spawn_admin(&self, node: &Arc<NodeShared>, request: Request, r: Responder) {
+        let busy = || {
+            RemoteError::new(
+                ErrorCode::Unavailable,
+                format!("the node runs {ADMIN_TASKS_MAX} admin requests already; retry later"),
+            )
+        };
+        if self.admin_tasks.fetch_add(1, Ordering::SeqCst) >= ADMIN_TASKS_MAX {
+            self.admin_tasks.fetch_sub(1, Ordering::SeqCst);
+            r.send(Err(busy()));
+            return;
+        }
+        let tasks = self.admin_tasks.clone();
+        let weak = Arc::downgrade(node);
+        let spawned = node.spawn_task("client admin request", move || {
+            let answer = match weak.upgrade() {
+                None => Err(RemoteError::new(ErrorCode::Cancelled, "the node is stopping")),
+                Some(node) => match request {
+                    Request::Split { key } => node.split(&key).map(Response::Split),
+                    Request::Merge { left, right } => node.merge(left, right).map(Response::Merged),
+                    _ => Ok(Response::Regions(node.regions())),
+                }
+                .map_err(|e| RemoteError::from(&e)),
+            };
+            r.send(answer);
+            tasks.fetch_sub(1, Ordering::SeqCst);
+        });
+        if !spawned {
+            self.admin_tasks.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Bad input on a node's client port: a wrong secret, a frame of another version,
+    //! garbage, a malformed request, an oversized frame and a bad checksum each get a
+    //! clear error, and the node keeps serving with nothing lost.
+
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+
+    use regionkv_engine::StoreId;
+    use regionkv_raft::transport::wire::{ClusterId, RejectReason};
+
+    use crate::proto::{self, ErrorCode, FrameReader, Kind, Request, Response};
+    use crate::{Client, Error, Node, NodeConfig};
+
+    const SECRET: &[u8] = b"a secret for the bad input test";
+    const CLUSTER: ClusterId = ClusterId(5);
+
+    fn connect(addr: SocketAddr) -> TcpStream {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let store = proto::handshake_client(
+            &mut s,
+            &proto::client_key(SECRET),
+            CLUSTER,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        assert_eq!(store, StoreId(1));
+        s
+    }
+
+    /// The next response on `s`: its id and answer.
+    fn response(s: &mut TcpStream) -> (u64, Result<Response, proto::RemoteError>) {
+        let reader = FrameReader { cancel: None, stall: Duration::from_secs(10) };
+        let deadline = Some(std::time::Instant::now() + Duration::from_secs(10));
+        let (kind, payload) = reader.frame(s, proto::RESPONSE_BYTES_MAX, deadline).unwrap();
+        assert_eq!(kind, Kind::Response);
+        proto::decode_response(&payload).unwrap()
+    }
+
+    fn closed(s: &mut TcpStream) -> bool {
+        let mut buf = [0; 64];
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => return true,
+            }
+        }
+        false
+    }
+
+    fn status_works(s: &mut TcpStream, id: u64) {
+        let frame =
+            proto::encode_frame(Kind::Request, &proto::encode_request(id, &Request::Status))
+                .unwrap();
+        s.write_all(&frame).unwrap();
+        let (got, answer) = response(s);
+        assert_eq!(got, id);
+        assert!(matches!(answer, Ok(Response::Status(_))), "{answer:?}");
+    }
+
+    #[test]
+    fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = NodeConfig::new(
+            StoreId(1),
+            dir.path(),
+            "127.0.0.1:0".parse().unwrap(),
+            CLUSTER,
+            SECRET.to_vec(),
+        );
+        config.tick_interval = Duration::from_millis(10);
+        let node = Node::open(config).unwrap();
+        let addr = node.local_addr();
+        let db = node.db();
+        for i in 0..20 {
+            db.put(format!("k{i:02}"), "v").unwrap();
+        }
+
+        // A wrong secret: refused with the reason, both sides.
+        match Client::connect(&[addr], CLUSTER, b"the wrong secret, long enough") {
+            Err(Error::Refused { reason: RejectReason::BadProof, .. }) => {}
+            other => panic!("not refused: {other:?}"),
+        }
+        // A client of a newer protocol version: refused, told why.
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let mut hello = proto::encode_frame(Kind::Hello, &[]).unwrap();
+        hello[4] = proto::VERSION + 1;
+        s.write_all(&hello).unwrap();
+        let reader = FrameReader { cancel: None, stall: Duration::from_secs(10) };
+        let (kind, payload) = reader.frame(&mut s, 1024, None).unwrap();
+        assert_eq!(kind, Kind::Reject);
+        assert_eq!(RejectReason::decode(&payload).unwrap(), RejectReason::UnsupportedVersion);
+        // Garbage that starts like the client protocol.
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        s.write_all(b"rkvGARBAGE GARBAGE GARBAGE").unwrap();
+        assert!(closed(&mut s), "garbage closes its connection");
+
+        // A malformed request in an intact frame: an error for that request, and the
+        // connection goes on.
+        let mut s = connect(addr);
+        s.write_all(
+            &proto::encode_frame(Kind::Request, b"\x01\x00\xff\x00\x00\x00runs past its end")
+                .unwrap(),
+        )
+        .unwrap();
+        let (_, answer) = response(&mut s);
+        let e = answer.unwrap_err();
+        assert_eq!(e.code, ErrorCode::Malformed, "{e:?}");
+        assert!(e.message.contains("malformed request"), "{}", e.message);
+        status_works(&mut s, 7);
+        // A request of a kind from the future: unsupported, and the connection goes on.
+        let mut future = Vec::new();
+        regionkv_engine::codec::put_u64(&mut future, 1, 8);
+        regionkv_engine::codec::put_field(&mut future, 999, b"?");
+        s.write_all(&proto::encode_frame(Kind::Request, &future).unwrap()).unwrap();
+        let (id, answer) = response(&mut s);
+        assert_eq!((id, answer.unwrap_err().code), (8, ErrorCode::UnsupportedRequest));
+        status_works(&mut s, 9);
+
+        // An oversized frame: refused before its payload is read, then closed.
+        let mut header = proto::encode_frame(Kind::Request, &[]).unwrap();
+        header[6..10].copy_from_slice(&(proto::REQUEST_BYTES_MAX + 1).to_le_bytes());
+        s.write_all(&header).unwrap();
+        let (id, answer) = response(&mut s);
+        let e = answer.unwrap_err();
+        assert_eq!((id, e.code), (0, ErrorCode::TooLarge), "{e:?}");
+        assert!(e.message.contains("exceeds the bound"), "{}", e.message);
+        assert!(closed(&mut s));
+
+        // A bad checksum: an error, then closed.
+        let mut s = connect(addr);
+        let mut frame =
+            proto::encode_frame(Kind::Request, &proto::encode_request(3, &Request::Status))
+                .unwrap();
+        let last = frame.len() - 1;
+        frame[last] ^= 0x40;
+        s.write_all(&frame).unwrap();
+        let (_, answer) = response(&mut s);
+        assert_eq!(answer.unwrap_err().code, ErrorCode::Malformed);
+        assert!(closed(&mut s));
+
+        let stats = node.client_stats();
+        assert!(stats.handshake_failures >= 3, "{stats:?}");
+        assert!(stats.bad_frames >= 2, "{stats:?}");
+        assert!(stats.malformed_requests >= 1, "{stats:?}");
+
+        // The node still serves, and nothing was lost.
+        let client = Client::connect(&[addr], CLUSTER, SECRET).unwrap();
+        let cdb = client.db();
+        cdb.put("k99", "after").unwrap();
+        let rows = cdb.scan(b"k", None, 100).unwrap();
+        assert_eq!(rows.len(), 21);
+        client.close();
+        node.shutdown().unwrap();
+    }
+}

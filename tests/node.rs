@@ -1,0 +1,145 @@
+//! Three `Node`s in one process over loopback TCP: writes through one node's `Db` read
+//! back through every node's; split and merge through the client protocol; a client
+//! with the wrong secret is refused and nothing changes.
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use regionkv::engine::StoreId;
+use regionkv::{Client, ClusterId, Error, Node, NodeConfig};
+
+const SECRET: &[u8] = b"the secret of the node test cluster";
+const CLUSTER: ClusterId = ClusterId(42);
+
+/// Free loopback addresses (bound, then released for the nodes to take).
+fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
+}
+
+fn config(dir: &std::path::Path, id: u64, addrs: &[SocketAddr]) -> NodeConfig {
+    let mut config = NodeConfig::new(
+        StoreId(id),
+        dir.join(format!("node-{id}")),
+        addrs[id as usize - 1],
+        CLUSTER,
+        SECRET.to_vec(),
+    );
+    config.tick_interval = Duration::from_millis(20);
+    for (i, addr) in addrs.iter().enumerate() {
+        let peer = i as u64 + 1;
+        if peer != id {
+            config = config.peer(StoreId(peer), *addr);
+        }
+    }
+    config
+}
+
+fn key(i: usize) -> String {
+    format!("key-{i:04}")
+}
+
+#[test]
+fn three_nodes_replicate_split_and_merge_over_tcp() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let addrs = free_addrs(3);
+    let nodes: Vec<Node> =
+        (1..=3).map(|id| Node::open(config(dir.path(), id, &addrs))).collect::<Result<_, _>>()?;
+
+    // Writes through node 1, reads through every node.
+    let db1 = nodes[0].db();
+    for i in 0..60 {
+        db1.put(key(i), format!("v{i}"))?;
+    }
+    for node in &nodes {
+        let db = node.db();
+        for i in [0, 17, 59] {
+            assert_eq!(
+                db.get(key(i))?.as_deref(),
+                Some(format!("v{i}").as_bytes()),
+                "node {} reads key {i}",
+                node.store_id()
+            );
+        }
+        let rows = db.scan(b"key-", None, 1000)?;
+        assert_eq!(rows.len(), 60, "node {} scans every key", node.store_id());
+    }
+
+    // Split and merge through the client protocol, from a client that knows one node.
+    let client = Client::connect(&addrs[2..], CLUSTER, SECRET)?;
+    assert_eq!(client.stores().len(), 3, "the client learned every store from one node");
+    let parts = client.split(key(30))?;
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[1].start, key(30).as_bytes());
+    let (left, right) = (parts[0].id, parts[1].id);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.regions()?.len() != 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(client.regions()?.len(), 2, "two regions after the split");
+
+    // Writes on both sides of the split, through the client's Db and node 2's.
+    let cdb = client.db();
+    for i in 60..90 {
+        cdb.put(key(i), format!("v{i}"))?;
+    }
+    nodes[1].db().put(key(5), "changed")?;
+    nodes[2].db().delete(key(6))?;
+    let mut batch = regionkv::WriteBatch::new();
+    batch.put(key(31), "batched").put(key(32), "batched");
+    cdb.write(batch)?;
+    // A batch across the split is refused, and says why.
+    let mut across = regionkv::WriteBatch::new();
+    across.put(key(1), "x").put(key(80), "x");
+    assert!(matches!(cdb.write(across), Err(Error::CrossRegionBatch { .. })));
+
+    let merged = client.merge(left, right)?;
+    assert_eq!((merged.id, merged.start.as_slice(), merged.end.as_ref()), (left, &b""[..], None));
+    while client.regions()?.len() != 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(client.regions()?.len(), 1, "one region after the merge");
+
+    // Every write is there, through every node and through the client.
+    let expected = |i: usize| -> Option<String> {
+        match i {
+            5 => Some("changed".into()),
+            6 => None,
+            31 | 32 => Some("batched".into()),
+            _ => Some(format!("v{i}")),
+        }
+    };
+    for db in nodes.iter().map(Node::db).chain([client.db()]) {
+        let rows = db.scan(b"", None, 1000)?;
+        assert_eq!(rows.len(), 89);
+        for i in 0..90 {
+            assert_eq!(
+                db.get(key(i))?.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                expected(i)
+            );
+        }
+    }
+
+    // The wrong secret is refused with a reason, and the nodes keep serving.
+    match Client::connect(&addrs, CLUSTER, b"not the secret of this cluster") {
+        Err(Error::Refused { reason, .. }) => {
+            assert_eq!(reason, regionkv::raft::transport::wire::RejectReason::BadProof);
+        }
+        other => panic!("a client with the wrong secret was not refused: {other:?}"),
+    }
+    match Client::connect(&addrs, ClusterId(7), SECRET) {
+        Err(Error::Refused { .. } | Error::Protocol(_)) => {}
+        other => panic!("a client of another cluster was not refused: {other:?}"),
+    }
+    assert!(nodes.iter().map(|n| n.client_stats().handshake_failures).sum::<u64>() >= 2);
+    cdb.put("after-refusals", "ok")?;
+    assert_eq!(nodes[0].db().get("after-refusals")?.as_deref(), Some(&b"ok"[..]));
+
+    client.close();
+    for node in &nodes {
+        node.shutdown()?;
+    }
+    assert!(matches!(db1.get(key(1)), Err(Error::Shutdown)));
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! Three `regionkv node` processes on loopback: a client library writes while the
+//! leader's process is killed with SIGKILL, keeps writing, restarts it; then every
+//! acknowledged write is on every node's replica and reads back through every node
+//! (P1), and the nodes stop cleanly when their stdin closes.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use regionkv::engine::StoreId;
+use regionkv::{Client, ClusterId};
+
+const CLUSTER: ClusterId = ClusterId(9);
+const SECRET: &str = "the secret of the process test cluster";
+/// The most keys the writer writes; it stops earlier once the test has seen enough.
+const KEYS_MAX: usize = 20_000;
+
+/// The node processes; every one still running is killed when this is dropped, so a
+/// failing test leaves none behind.
+struct Procs {
+    dir: PathBuf,
+    addrs: Vec<SocketAddr>,
+    children: Vec<Option<Child>>,
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Procs {
+    fn log(&self, id: usize) -> PathBuf {
+        self.dir.join(format!("node-{id}.log"))
+    }
+
+    /// Starts node `id` (1-based) and waits until it listens.
+    fn start(&mut self, id: usize) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_regionkv"));
+        cmd.arg("node")
+            .args(["--id", &id.to_string()])
+            .arg("--data-dir")
+            .arg(self.dir.join(format!("data-{id}")))
+            .args(["--listen", &self.addrs[id - 1].to_string()])
+            .args(["--cluster-id", &CLUSTER.0.to_string()])
+            .arg("--secret-file")
+            .arg(self.dir.join("secret"))
+            .args(["--tick-interval-ms", "20", "--stop-on-stdin-eof"]);
+        for (i, addr) in self.addrs.iter().enumerate() {
+            if i + 1 != id {
+                cmd.args(["--peer", &format!("{}={addr}", i + 1)]);
+            }
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log(id)).unwrap();
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .env("RUST_LOG", "info")
+            .spawn()
+            .expect("start regionkv node");
+        // The first line says the node listens; an early exit closes stdout instead.
+        let mut line = String::new();
+        let stdout = child.stdout.take().unwrap();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        assert!(line.contains("listening"), "node {id} did not start: {line:?}\n{}", self.logs());
+        self.children[id - 1] = Some(child);
+    }
+
+    fn kill(&mut self, id: usize) {
+        let mut child = self.children[id - 1].take().unwrap();
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+
+    /// Closes every node's stdin and checks that each stops cleanly (exit status 0).
+    fn stop_all_by_stdin(&mut self) {
+        for id in 1..=3 {
+            drop(self.children[id - 1].as_mut().unwrap().stdin.take());
+        }
+        for id in 1..=3 {
+            let child = self.children[id - 1].as_mut().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                assert!(Instant::now() < deadline, "node {id} did not stop\n{}", self.logs());
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            assert!(status.success(), "node {id} exited with {status}\n{}", self.logs());
+            self.children[id - 1] = None;
+        }
+    }
+
+    fn logs(&self) -> String {
+        (1..=self.addrs.len())
+            .map(|id| {
+                let text = std::fs::read_to_string(self.log(id)).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                format!(
+                    "--- node {id} (last lines)\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+fn free_addrs(n: usize) -> Vec<SocketAddr> {
+    let listeners: Vec<TcpListener> =
+        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
+}
+
+fn key(i: usize) -> String {
+    format!("key-{i:05}")
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn secret_file(dir: &Path) {
+    std::fs::write(dir.join("secret"), format!("{SECRET}\n")).unwrap();
+}
+
+#[test]
+fn acknowledged_writes_survive_a_sigkilled_node() {
+    let dir = tempfile::tempdir().unwrap();
+    secret_file(dir.path());
+    let mut procs = Procs {
+        dir: dir.path().to_path_buf(),
+        addrs: free_addrs(3),
+        children: vec![None, None, None],
+    };
+    for id in 1..=3 {
+        procs.start(id);
+    }
+    let client = Client::connect(&procs.addrs, CLUSTER, SECRET).unwrap();
+    assert_eq!(client.stores().len(), 3);
+
+    // One writer, in key order; a write is acknowledged when put returns Ok.
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let attempted = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let db = client.db().with_deadline(Duration::from_secs(15));
+        let (acked, attempted, stop) = (acked.clone(), attempted.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for i in 0..KEYS_MAX {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                attempted.store(i + 1, Ordering::SeqCst);
+                if db.put(key(i), format!("value-{i}")).is_ok() {
+                    acked.lock().insert(i);
+                }
+            }
+        })
+    };
+    let acked_after = |from: usize| acked.lock().range(from..).count();
+    wait_for("100 acknowledged writes", Duration::from_secs(20), || acked_after(0) >= 100);
+
+    // SIGKILL the node that leads the first region, while the writer goes on.
+    let victim = client
+        .regions()
+        .ok()
+        .and_then(|r| r.first().and_then(|i| i.leader))
+        .map_or(2, |s| s.0 as usize);
+    let killed_at = attempted.load(Ordering::SeqCst);
+    procs.kill(victim);
+    wait_for("100 writes after the kill", Duration::from_secs(30), || {
+        acked_after(killed_at) >= 100
+    });
+    let restarted_at = attempted.load(Ordering::SeqCst);
+    procs.start(victim);
+    wait_for("50 writes after the restart", Duration::from_secs(30), || {
+        acked_after(restarted_at) >= 50
+    });
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    let acked: Vec<usize> = acked.lock().iter().copied().collect();
+    let written = attempted.load(Ordering::SeqCst);
+    assert!(
+        acked.len() >= 250 && written < KEYS_MAX,
+        "{} of {written} writes acknowledged",
+        acked.len()
+    );
+
+    // P1 on every replica: each node's own store holds every acknowledged write (the
+    // restarted one once it has caught up).
+    for id in 1..=3u64 {
+        wait_for(
+            &format!("store {id} to hold every acknowledged write"),
+            Duration::from_secs(30),
+            || {
+                client.local_scan(StoreId(id), b"key-", None, 2 * KEYS_MAX).is_ok_and(|rows| {
+                    let keys: BTreeSet<String> =
+                        rows.iter().map(|(k, _)| String::from_utf8_lossy(k).into_owned()).collect();
+                    acked.iter().all(|&i| keys.contains(&key(i)))
+                })
+            },
+        );
+    }
+    // And reads through every node (a client that knows only that node) see them all.
+    for addr in &procs.addrs {
+        let db = Client::connect(&[*addr], CLUSTER, SECRET).unwrap().db();
+        let rows = db.scan(b"key-", None, 2 * KEYS_MAX).unwrap();
+        let got: std::collections::BTreeMap<String, String> = rows
+            .iter()
+            .map(|(k, v)| {
+                (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v).into_owned())
+            })
+            .collect();
+        for &i in &acked {
+            assert_eq!(
+                got.get(&key(i)).map(String::as_str),
+                Some(format!("value-{i}").as_str()),
+                "through {addr}"
+            );
+        }
+    }
+
+    // Closing stdin stops each node cleanly.
+    client.close();
+    procs.stop_all_by_stdin();
+}
