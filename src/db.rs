@@ -1,5 +1,8 @@
 //! [`Db`]: the client handle. Routing and retries are hidden behind it.
 
+use std::ops::{
+    Bound, Range, RangeBounds, RangeFrom, RangeFull, RangeInclusive, RangeTo, RangeToInclusive,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +15,61 @@ use regionkv_raft::{Op, Query, QueryResult, ReadRequest, WriteRequest};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::router::Router;
+
+/// A range of keys for [`Db::scan`]: `..`, `a..`, `..b`, `a..b`, `a..=b`, `..=b`, or a
+/// pair of [`Bound`]s, over any key type that is `AsRef<[u8]>`.
+pub trait KeyRange {
+    /// The range as `start <= key < end` (`None`: no end).
+    fn to_bounds(self) -> (Vec<u8>, Option<Vec<u8>>);
+}
+
+/// The smallest key after `key`.
+fn successor(key: &[u8]) -> Vec<u8> {
+    let mut next = Vec::with_capacity(key.len() + 1);
+    next.extend_from_slice(key);
+    next.push(0);
+    next
+}
+
+fn start_of<K: AsRef<[u8]>>(bound: Bound<&K>) -> Vec<u8> {
+    match bound {
+        Bound::Included(k) => k.as_ref().to_vec(),
+        Bound::Excluded(k) => successor(k.as_ref()),
+        Bound::Unbounded => Vec::new(),
+    }
+}
+
+fn end_of<K: AsRef<[u8]>>(bound: Bound<&K>) -> Option<Vec<u8>> {
+    match bound {
+        Bound::Included(k) => Some(successor(k.as_ref())),
+        Bound::Excluded(k) => Some(k.as_ref().to_vec()),
+        Bound::Unbounded => None,
+    }
+}
+
+impl KeyRange for RangeFull {
+    fn to_bounds(self) -> (Vec<u8>, Option<Vec<u8>>) {
+        (Vec::new(), None)
+    }
+}
+
+macro_rules! key_range {
+    ($($range:ident),*) => {$(
+        impl<K: AsRef<[u8]>> KeyRange for $range<K> {
+            fn to_bounds(self) -> (Vec<u8>, Option<Vec<u8>>) {
+                (start_of(self.start_bound()), end_of(self.end_bound()))
+            }
+        }
+    )*};
+}
+
+key_range!(Range, RangeFrom, RangeTo, RangeInclusive, RangeToInclusive);
+
+impl<K: AsRef<[u8]>> KeyRange for (Bound<K>, Bound<K>) {
+    fn to_bounds(self) -> (Vec<u8>, Option<Vec<u8>>) {
+        (start_of(self.0.as_ref()), end_of(self.1.as_ref()))
+    }
+}
 
 /// Changes that apply atomically (within one region).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -174,16 +232,14 @@ impl Db {
         }
     }
 
-    /// Up to `limit` pairs with `start <= key < end` (`end == None`: to the end), in
-    /// key order, read linearizably region by region.
-    pub fn scan(
-        &self,
-        start: impl AsRef<[u8]>,
-        end: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<(Bytes, Bytes)>> {
+    /// Up to `limit` pairs with keys in `range`, in key order, read linearizably
+    /// region by region: `db.scan(.., 100)`, `db.scan("a".."m", 10)`,
+    /// `db.scan(b"user/".., 10)`, or a pair of [`Bound`]s.
+    pub fn scan(&self, range: impl KeyRange, limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
+        let (start, end) = range.to_bounds();
+        let end = end.as_deref();
         let mut out = Vec::new();
-        let mut from = start.as_ref().to_vec();
+        let mut from = start;
         while out.len() < limit && end.is_none_or(|end| from.as_slice() < end) {
             let query = Query::Scan {
                 start: Bytes::copy_from_slice(&from),
@@ -311,5 +367,23 @@ impl Db {
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
         Err(Error::Unavailable { waited: start.elapsed(), last })
+    }
+}
+
+#[cfg(test)]
+mod key_range_tests {
+    use std::ops::Bound;
+
+    use super::KeyRange;
+
+    #[test]
+    fn every_range_form_maps_to_a_start_and_an_exclusive_end() {
+        assert_eq!((..).to_bounds(), (Vec::new(), None));
+        assert_eq!(("a".."m").to_bounds(), (b"a".to_vec(), Some(b"m".to_vec())));
+        assert_eq!(("a"..="m").to_bounds(), (b"a".to_vec(), Some(b"m\0".to_vec())));
+        assert_eq!((b"k"..).to_bounds(), (b"k".to_vec(), None));
+        assert_eq!((..b"k".to_vec()).to_bounds(), (Vec::new(), Some(b"k".to_vec())));
+        assert_eq!((..="k").to_bounds(), (Vec::new(), Some(b"k\0".to_vec())));
+        assert_eq!((Bound::Excluded("a"), Bound::Unbounded).to_bounds(), (b"a\0".to_vec(), None));
     }
 }

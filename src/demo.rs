@@ -335,8 +335,9 @@ fn verify_cluster(cluster: &Cluster, acked: &[u64]) -> Result<u64, DemoError> {
     let mut seen = std::collections::HashMap::new();
     let mut start = cluster_key(0).into_bytes();
     loop {
-        let page =
-            db.scan(&start, None, 1000).map_err(|e| DemoError::Verify(format!("scan: {e}")))?;
+        let page = db
+            .scan(start.as_slice().., 1000)
+            .map_err(|e| DemoError::Verify(format!("scan: {e}")))?;
         let Some((last, _)) = page.last() else { break };
         start = [last.as_ref(), b"\0"].concat();
         for (k, v) in page {

@@ -25,7 +25,7 @@ pub mod demo;
 
 pub use autosplit::SplitPolicy;
 pub use cluster::{Cluster, ClusterBuilder, RegionInfo};
-pub use db::{Db, WriteBatch};
+pub use db::{Db, KeyRange, WriteBatch};
 pub use error::{Error, Result};
 pub use node::{Node, NodeConfig};
 pub use proto::StoreStatus;

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::SocketAddr;
+use std::ops::Bound;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -343,7 +344,8 @@ fn run_client(args: ClientArgs) -> Result<(), Box<dyn std::error::Error>> {
             serde_json::json!({"key": key, "value": value.as_deref().map(show)})
         }
         ClientOp::Scan { start, end, limit } => {
-            let rows = db.scan(&start, end.as_deref().map(str::as_bytes), limit)?;
+            let end = end.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
+            let rows = db.scan((Bound::Included(&start), end), limit)?;
             if !json {
                 for (k, v) in &rows {
                     println!("{}\t{}", show(k), show(v));

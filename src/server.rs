@@ -547,7 +547,7 @@ mod tests {
         let client = Client::connect(&[addr], CLUSTER, SECRET).unwrap();
         let cdb = client.db();
         cdb.put("k99", "after").unwrap();
-        let rows = cdb.scan(b"k", None, 100).unwrap();
+        let rows = cdb.scan(b"k".., 100).unwrap();
         assert_eq!(rows.len(), 21);
         client.close();
         node.shutdown().unwrap();

@@ -12,7 +12,7 @@ fn key(i: usize) -> String {
 }
 
 fn check_all(db: &Db, model: &BTreeMap<String, String>) {
-    let rows = db.scan(b"", None, usize::MAX).unwrap();
+    let rows = db.scan(.., usize::MAX).unwrap();
     let got: BTreeMap<String, String> = rows
         .into_iter()
         .map(|(k, v)| {

@@ -62,7 +62,7 @@ fn three_nodes_replicate_split_and_merge_over_tcp() -> Result<(), Box<dyn std::e
                 node.store_id()
             );
         }
-        let rows = db.scan(b"key-", None, 1000)?;
+        let rows = db.scan(b"key-".., 1000)?;
         assert_eq!(rows.len(), 60, "node {} scans every key", node.store_id());
     }
 
@@ -111,7 +111,7 @@ fn three_nodes_replicate_split_and_merge_over_tcp() -> Result<(), Box<dyn std::e
         }
     };
     for db in nodes.iter().map(Node::db).chain([client.db()]) {
-        let rows = db.scan(b"", None, 1000)?;
+        let rows = db.scan(.., 1000)?;
         assert_eq!(rows.len(), 89);
         for i in 0..90 {
             assert_eq!(

@@ -220,7 +220,7 @@ fn acknowledged_writes_survive_a_sigkilled_node() {
     // And reads through every node (a client that knows only that node) see them all.
     for addr in &procs.addrs {
         let db = Client::connect(&[*addr], CLUSTER, SECRET).unwrap().db();
-        let rows = db.scan(b"key-", None, 2 * KEYS_MAX).unwrap();
+        let rows = db.scan(b"key-".., 2 * KEYS_MAX).unwrap();
         let got: std::collections::BTreeMap<String, String> = rows
             .iter()
             .map(|(k, v)| {

@@ -16,7 +16,7 @@ fn key(i: usize) -> String {
 }
 
 fn check_all(db: &Db, model: &BTreeMap<String, String>) {
-    let rows = db.scan(b"", None, usize::MAX).unwrap();
+    let rows = db.scan(.., usize::MAX).unwrap();
     let got: BTreeMap<String, String> = rows
         .into_iter()
         .map(|(k, v)| {
@@ -108,7 +108,7 @@ fn a_client_with_a_stale_cache_follows_changes_it_did_not_see() {
     let merged = cluster.merge(parts[0].id, parts[1].id).unwrap();
     assert!(merged.end.is_none());
     db.put("q", "3").unwrap(); // the right region is gone: found anew
-    assert_eq!(db.scan("", None, 10).unwrap().len(), 3);
+    assert_eq!(db.scan(.., 10).unwrap().len(), 3);
     cluster.shutdown().unwrap();
 }
 
@@ -127,6 +127,6 @@ fn a_batch_spanning_regions_is_refused_and_changes_nothing() {
     let mut batch = WriteBatch::new();
     batch.put("a", "1").put("b", "2");
     db.write(batch).unwrap();
-    assert_eq!(db.scan("", None, 10).unwrap().len(), 2);
+    assert_eq!(db.scan(.., 10).unwrap().len(), 2);
     cluster.shutdown().unwrap();
 }
