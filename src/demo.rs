@@ -5,12 +5,12 @@
 //!    after the fsync covering it), close cleanly, reopen under `AbsoluteConsistency`
 //!    and verify every acknowledged record at its position; then tear the tail as a
 //!    power loss mid-write would and verify that recovery cuts it and loses nothing.
-//! 3. The cluster: three stores replicate through Raft; clients write keys while one
-//!    store is killed (abruptly, as a crash) and later restarted; every acknowledged
-//!    key is then read back through the client and found on every replica.
+//! 3. The cluster: three stores replicate through Raft; the key space is split into
+//!    four regions; clients write keys while one store is killed (abruptly, as a
+//!    crash) and later restarted; two regions are merged back; every acknowledged key
+//!    is then read back through the client and found on every replica, and the region
+//!    table is printed.
 //! 4. The whole cluster is stopped cleanly, reopened from its files, and checked again.
-//!
-//! It grows with every layer that lands (regions, splits and merges next).
 
 #![allow(
     clippy::cast_precision_loss,
@@ -373,23 +373,40 @@ fn verify_cluster(cluster: &Cluster, acked: &[u64]) -> Result<u64, DemoError> {
     Ok(acked.len() as u64)
 }
 
-fn print_status(cluster: &Cluster, out: &mut dyn Write) -> io::Result<()> {
+/// The region table: each region's range, epoch, leader and replicas' progress.
+fn print_regions(cluster: &Cluster, out: &mut dyn Write) -> io::Result<()> {
     writeln!(
         out,
-        "   {:>6} {:>7} {:>10} {:>6} {:>8} {:>8}",
-        "store", "region", "role", "term", "commit", "applied"
+        "   {:>7} {:>14} {:>14} {:>8} {:>7}  replicas (store: applied)",
+        "region", "start", "end", "version", "leader"
     )?;
-    for (store, peers) in cluster.status() {
-        for p in peers {
-            let role = format!("{:?}", p.role);
-            writeln!(
-                out,
-                "   {:>6} {:>7} {:>10} {:>6} {:>8} {:>8}",
-                store.0, p.region.id.0, role, p.term, p.commit, p.applied
-            )?;
-        }
+    let show = |k: &[u8]| {
+        if k.is_empty() { "\"\"".to_owned() } else { String::from_utf8_lossy(k).into_owned() }
+    };
+    for info in cluster.regions() {
+        let r = &info.region;
+        let replicas: Vec<String> =
+            info.replicas.iter().map(|(s, p)| format!("{}: {}", s.0, p.applied)).collect();
+        writeln!(
+            out,
+            "   {:>7} {:>14} {:>14} {:>8} {:>7}  {}",
+            r.id.0,
+            show(&r.start),
+            r.end.as_deref().map_or_else(|| "(end)".to_owned(), show),
+            r.epoch.version,
+            info.leader.map_or_else(|| "-".to_owned(), |l| l.0.to_string()),
+            replicas.join(", ")
+        )?;
     }
     Ok(())
+}
+
+/// A progress bar of `done` out of `total`.
+fn progress(done: u64, total: u64) -> String {
+    const WIDTH: u64 = 30;
+    let filled = (done.min(total) * WIDTH).checked_div(total).unwrap_or(WIDTH);
+    let bar: String = (0..WIDTH).map(|i| if i < filled { '#' } else { '.' }).collect();
+    format!("[{bar}] {done:>8} / {total} keys acknowledged")
 }
 
 fn build_cluster(dir: &Path) -> Result<Cluster, DemoError> {
@@ -411,6 +428,22 @@ fn cluster_phase(opts: &DemoOptions, out: &mut dyn Write) -> Result<ClusterPhase
     let done = AtomicU64::new(0);
     let mut acked = Vec::new();
     let mut latencies = Vec::new();
+    // Four regions from the start: writes spread over them, and the client follows.
+    let split_at: Vec<String> = bounds[1..3]
+        .iter()
+        .chain([opts.keys / 2].iter())
+        .map(|&i| cluster_key(i))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let parts =
+        cluster.split_keys(&split_at).map_err(|e| DemoError::Verify(format!("split: {e}")))?;
+    writeln!(
+        out,
+        "   split the key space into {} regions at {}",
+        parts.len(),
+        split_at.join(", ")
+    )?;
     let start = Instant::now();
     for (part, window) in bounds.windows(2).enumerate() {
         if part == 1 {
@@ -432,12 +465,7 @@ fn cluster_phase(opts: &DemoOptions, out: &mut dyn Write) -> Result<ClusterPhase
             let writer =
                 s.spawn(|| write_keys(&cluster, opts.clients, window[0]..window[1], &done));
             while !writer.is_finished() {
-                let _ = write!(
-                    out,
-                    "\r   {:>8} / {} keys acknowledged",
-                    done.load(Ordering::Relaxed),
-                    opts.keys
-                );
+                let _ = write!(out, "\r   {}", progress(done.load(Ordering::Relaxed), opts.keys));
                 let _ = out.flush();
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -458,12 +486,29 @@ fn cluster_phase(opts: &DemoOptions, out: &mut dyn Write) -> Result<ClusterPhase
         pct(50),
         pct(99)
     )?;
+    // Merge the two right-most regions back (every replica must hold the source's log,
+    // so the restarted store must have caught up: the merge waits for it).
+    let regions = cluster.regions();
+    if let [.., left, right] = regions.as_slice() {
+        let merge_start = Instant::now();
+        let merged = cluster
+            .merge(left.region.id, right.region.id)
+            .map_err(|e| DemoError::Verify(format!("merge: {e}")))?;
+        writeln!(
+            out,
+            "   merged region {} into region {} in {:.0} ms: {} regions now",
+            right.region.id.0,
+            merged.id.0,
+            merge_start.elapsed().as_secs_f64() * 1000.0,
+            regions.len() - 1
+        )?;
+    }
     let verified = verify_cluster(&cluster, &acked)?;
     writeln!(
         out,
         "   every acknowledged key reads back and is on all three replicas ({verified} keys)"
     )?;
-    print_status(&cluster, out)?;
+    print_regions(&cluster, out)?;
 
     writeln!(out, "\n4. stop the whole cluster cleanly, reopen it from its files, verify again")?;
     cluster.shutdown().map_err(|e| DemoError::Verify(e.to_string()))?;
@@ -532,7 +577,7 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
 
     writeln!(
         out,
-        "\nverified: every acknowledged write survived a torn log tail, a killed store, and a full restart"
+        "\nverified: every acknowledged write survived a torn log tail, splits and a merge, a killed store, and a full restart"
     )?;
     Ok(DemoReport {
         raw_fdatasync_ops_per_sec: raw,
