@@ -1,27 +1,24 @@
 //! [`Cluster`]: stores in this process, on real files, talking over in-process channels.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
-use regionkv_engine::{Epoch, Peer, PeerId, Region, RegionId, StoreId};
-use regionkv_raft::admin::{self, MergeOptions, RegionAdmin};
-use regionkv_raft::directory::{DIRECTORY, DirCmd, DirResult, RegionRecord};
+use regionkv_engine::{Peer, PeerId, Region, RegionId, StoreId};
+use regionkv_raft::directory::{DIRECTORY, RegionRecord};
 use regionkv_raft::transport::Transport;
 use regionkv_raft::transport::local::LocalNetwork;
-use regionkv_raft::{
-    AdminCmd, AdminRequest, AdminResult, MergeStatus, PeerStatus, StateRole, Store, StoreConfig,
-    StoreOptions,
-};
+use regionkv_raft::{PeerStatus, Store, StoreConfig, StoreOptions};
 use regionkv_wal::{RealFs, WalOptions};
 
-use crate::autosplit::{Action, Planner, SplitPolicy};
+use crate::autosplit::SplitPolicy;
 use crate::backend::{Backend, LocalStores};
-use crate::db::{Db, ask};
+use crate::control::{Background, Control, REPORT_INTERVAL, region_table};
+use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::router::Router;
 
@@ -123,11 +120,10 @@ impl ClusterBuilder {
         let inner = Arc::new(ClusterInner {
             dir,
             net: LocalNetwork::new(1),
-            router: Router::new(local.clone()),
+            control: Control::new(local.clone()),
             local,
             builder: self,
             scheduler: Mutex::new(None),
-            admin_lock: Mutex::new(()),
         });
         let ids: Vec<StoreId> = (1..=inner.builder.stores as u64).map(StoreId).collect();
         for &id in &ids {
@@ -156,85 +152,18 @@ impl ClusterBuilder {
     }
 }
 
-/// How often the scheduler forwards region reports to the directory.
-const REPORT_INTERVAL: Duration = Duration::from_millis(100);
-/// Most region records in one directory command.
-const REPORTS_PER_COMMAND: usize = 512;
-
-/// The cluster's background work: forwards what the stores' leaders report (splits,
-/// merges, leadership) to the directory, and splits and merges regions by the
-/// builder's [`SplitPolicy`]. Leaves when the cluster is dropped or shut.
+/// The cluster's background work (see [`Background`]): leaves when the cluster is
+/// dropped or shut.
 fn scheduler_loop(inner: &std::sync::Weak<ClusterInner>) {
-    let mut pending: HashMap<RegionId, RegionRecord> = HashMap::new();
-    let mut planner = Planner::default();
-    let mut next_check = Instant::now();
+    let mut background = Background::new();
     loop {
         std::thread::sleep(REPORT_INTERVAL);
         let Some(inner) = inner.upgrade() else { return };
         if inner.local.is_shut() {
             return;
         }
-        if Instant::now() >= next_check {
-            let policy = inner.builder.split_policy.clone();
-            next_check = Instant::now() + policy.check_interval;
-            auto_split(&inner, &policy, &mut planner);
-        }
-        for store in inner.local.stores.read().values() {
-            for record in store.take_reports() {
-                pending.insert(record.region.id, record);
-            }
-        }
-        if pending.is_empty() {
-            continue;
-        }
-        let mut records: Vec<RegionRecord> = pending.values().cloned().collect();
-        records.sort_by_key(|r| r.region.id);
-        // Bounded commands: a split into thousands of regions reports thousands.
-        for chunk in records.chunks(REPORTS_PER_COMMAND) {
-            let cmd = DirCmd::Report { records: chunk.to_vec() };
-            if inner.directory(&cmd, Duration::from_secs(2)).is_err() {
-                break;
-            }
-            for r in chunk {
-                pending.remove(&r.region.id);
-            }
-        }
-    }
-}
-
-/// Plans splits and merges of the regions each store leads, from that store's
-/// engine, and carries them out like asked-for ones. A failure (a region that changed
-/// meanwhile, a leader that moved) only waits for the next check.
-fn auto_split(inner: &Arc<ClusterInner>, policy: &SplitPolicy, planner: &mut Planner) {
-    let stores: Vec<Arc<Store>> = inner.local.stores.read().values().cloned().collect();
-    let mut actions = Vec::new();
-    let mut led_anywhere = Vec::new();
-    for store in &stores {
-        let mut led: Vec<Region> = store
-            .status()
-            .into_iter()
-            .filter(|p| p.role == StateRole::Leader && p.initialized && p.region.id != DIRECTORY)
-            .map(|p| p.region)
-            .collect();
-        led.sort_by(|a, b| a.start.cmp(&b.start));
-        led_anywhere.extend(led.iter().cloned());
-        // One planner for the cluster: regions are planned by whichever store leads them.
-        actions.extend(planner.plan_part(policy, &store.context().engine, &led, Instant::now()));
-    }
-    planner.keep_only(&led_anywhere);
-    let cluster = Cluster { inner: inner.clone() };
-    for action in actions {
-        if inner.local.is_shut() {
-            return;
-        }
-        let result = match &action {
-            Action::Split { key, .. } => cluster.split(key).map(drop),
-            Action::Merge { left, right } => cluster.merge(*left, *right).map(drop),
-        };
-        match result {
-            Ok(()) => tracing::info!(?action, "automatic split or merge done"),
-            Err(e) => tracing::debug!(?action, error = %e, "automatic split or merge not done"),
-        }
+        let stores: Vec<Arc<Store>> = inner.local.stores.read().values().cloned().collect();
+        background.turn(&inner.control, &stores, &inner.builder.split_policy);
     }
 }
 
@@ -246,11 +175,10 @@ pub(crate) struct ClusterInner {
     dir: PathBuf,
     net: LocalNetwork,
     local: Arc<LocalStores>,
-    router: Router,
+    /// Directory commands, splits and merges over the local stores.
+    control: Control,
     builder: ClusterBuilder,
     scheduler: Mutex<Option<JoinHandle<()>>>,
-    /// One split or merge driven at a time (a merge must have one driver).
-    admin_lock: Mutex<()>,
 }
 
 impl ClusterInner {
@@ -276,113 +204,6 @@ impl ClusterInner {
         self.net.register(id, store.inbox());
         self.local.stores.write().insert(id, Arc::new(store));
         Ok(())
-    }
-
-    /// Runs `cmd` on the directory's leader, retrying until `timeout`.
-    fn directory(&self, cmd: &DirCmd, timeout: Duration) -> Result<DirResult> {
-        let start = Instant::now();
-        let mut last = String::from("no leader");
-        while start.elapsed() < timeout {
-            if self.local.is_shut() {
-                return Err(Error::Shutdown);
-            }
-            if let Some(leader) = self.local.leader_of(DIRECTORY) {
-                let cmd = cmd.clone();
-                match ask(Duration::from_secs(2), |reply| {
-                    self.local.directory(leader, cmd, reply);
-                }) {
-                    Some(Ok(result)) => return Ok(result),
-                    Some(Err(e)) if e.is_retryable() || e.is_cancelled() => last = e.to_string(),
-                    Some(Err(e)) => return Err(e.into()),
-                    None => last = "no answer".into(),
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err(Error::Unavailable { waited: start.elapsed(), last })
-    }
-
-    /// Fresh ids from the directory.
-    fn alloc_ids(&self, count: u64) -> Result<u64> {
-        match self.directory(&DirCmd::AllocIds { count }, Duration::from_secs(10))? {
-            DirResult::Ids { first, .. } => Ok(first),
-            other @ DirResult::Reported { .. } => {
-                Err(Error::InvalidRequest(format!("the directory answered {other:?}")))
-            }
-        }
-    }
-}
-
-/// Admin requests to region leaders over the backend, for the merge driver: finds the
-/// leader (the router's hint, else the stores' view), retries routing errors.
-struct Admin<'a> {
-    inner: &'a ClusterInner,
-    start: Instant,
-}
-
-impl Admin<'_> {
-    fn leader(&self, region: RegionId) -> Option<StoreId> {
-        self.inner
-            .router
-            .cached(region)
-            .and_then(|r| r.leader)
-            .or_else(|| self.inner.local.leader_of(region))
-    }
-
-    fn retry<T>(
-        &mut self,
-        region: RegionId,
-        mut f: impl FnMut(&ClusterInner, StoreId) -> Option<regionkv_raft::Result<T>>,
-    ) -> regionkv_raft::Result<T> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut last = regionkv_raft::Error::NotLeader { region, leader: None };
-        while Instant::now() < deadline {
-            if self.inner.local.is_shut() {
-                return Err(regionkv_raft::Error::Cancelled);
-            }
-            let Some(leader) = self.leader(region) else {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            };
-            match f(self.inner, leader) {
-                Some(Err(e)) if e.is_retryable() || e.is_cancelled() => {
-                    self.inner.router.set_leader(region, None);
-                    last = e;
-                }
-                Some(result) => return result,
-                None => last = regionkv_raft::Error::Timeout { region },
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err(last)
-    }
-}
-
-impl RegionAdmin for Admin<'_> {
-    fn admin(
-        &mut self,
-        region: RegionId,
-        epoch: Epoch,
-        cmd: AdminCmd,
-    ) -> regionkv_raft::Result<AdminResult> {
-        self.retry(region, |inner, store| {
-            let cmd = cmd.clone();
-            ask(Duration::from_secs(5), |reply| {
-                inner.local.admin(store, AdminRequest { region, epoch, cmd, reply });
-            })
-        })
-    }
-
-    fn merge_status(&mut self, region: RegionId) -> regionkv_raft::Result<MergeStatus> {
-        self.retry(region, |inner, store| Some(inner.local.merge_status(store, region)))
-    }
-
-    fn pause(&mut self, duration: Duration) {
-        std::thread::sleep(duration);
-    }
-
-    fn elapsed(&mut self) -> Duration {
-        self.start.elapsed()
     }
 }
 
@@ -450,42 +271,7 @@ impl Cluster {
     /// The user regions of the cluster in key order, each as its most advanced
     /// replica sees it (the cluster directory's own group is not listed).
     pub fn regions(&self) -> Vec<RegionInfo> {
-        let mut by_id: BTreeMap<RegionId, RegionInfo> = BTreeMap::new();
-        for (store, peers) in self.status() {
-            for p in peers.into_iter().filter(|p| p.initialized && p.region.id != DIRECTORY) {
-                let info = by_id.entry(p.region.id).or_insert_with(|| RegionInfo {
-                    region: p.region.clone(),
-                    leader: None,
-                    replicas: Vec::new(),
-                });
-                if crate::backend::newer(&p.region, &info.region) {
-                    info.region = p.region.clone();
-                }
-                if p.role == StateRole::Leader
-                    && info
-                        .replicas
-                        .iter()
-                        .all(|(_, r)| r.role != StateRole::Leader || r.term < p.term)
-                {
-                    info.leader = Some(store);
-                }
-                info.replicas.push((store, p));
-            }
-        }
-        // Only the newest region over each range (a lagging replica may still hold an
-        // older one).
-        let mut regions: Vec<RegionInfo> = by_id.into_values().collect();
-        regions.sort_by(|a, b| a.region.start.cmp(&b.region.start));
-        let all = regions.clone();
-        regions.retain(|r| {
-            !all.iter().any(|o| {
-                o.region.id != r.region.id
-                    && o.region.epoch.version > r.region.epoch.version
-                    && o.region.end.as_ref().is_none_or(|e| *e > r.region.start)
-                    && r.region.end.as_ref().is_none_or(|e| *e > o.region.start)
-            })
-        });
-        regions
+        region_table(self.status())
     }
 
     /// The regions as the cluster directory lists them (read from the replica of the
@@ -508,84 +294,20 @@ impl Cluster {
     /// how a region is cut into many at once. Returns the regions, left first.
     pub fn split_keys<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Region>> {
         let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.as_ref().to_vec()).collect();
-        let Some(first) = keys.first() else { return Ok(Vec::new()) };
-        let _one = self.inner.admin_lock.lock();
-        let first_id = self.inner.alloc_ids(keys.len() as u64)?;
-        let new_ids: Vec<RegionId> =
-            (0..keys.len() as u64).map(|i| RegionId(first_id + i)).collect();
-        let record = self
-            .inner
-            .router
-            .locate(first)
-            .ok_or_else(|| Error::InvalidRequest("no region holds the key".into()))?;
-        let region = record.region;
-        let cmd = AdminCmd::Split { split_keys: keys, new_ids };
-        let mut admin = Admin { inner: &self.inner, start: Instant::now() };
-        match admin.admin(region.id, region.epoch, cmd)? {
-            AdminResult::Split(parts) => {
-                self.inner.router.learn(&parts);
-                Ok(parts)
-            }
-            other => Err(Error::InvalidRequest(format!("a split answered {other:?}"))),
-        }
+        self.inner.control.split_keys(&keys)
     }
 
     /// Splits the region holding `key` at `key` (which becomes the first key of a new
     /// region). Returns the two regions, left first. Splitting at a key that already
     /// starts a region changes nothing and returns that region and its left neighbour.
     pub fn split(&self, key: impl AsRef<[u8]>) -> Result<Vec<Region>> {
-        let key = key.as_ref();
-        if key.is_empty() {
-            return Err(Error::InvalidRequest("the empty key starts the first region".into()));
-        }
-        let _one = self.inner.admin_lock.lock();
-        let new_id = RegionId(self.inner.alloc_ids(1)?);
-        let start = Instant::now();
-        loop {
-            let record = self
-                .inner
-                .router
-                .locate(key)
-                .ok_or_else(|| Error::InvalidRequest("no region holds the key".into()))?;
-            let region = record.region;
-            if region.start == key {
-                let left =
-                    self.regions().into_iter().find(|r| r.region.end.as_deref() == Some(key));
-                return Ok(left.into_iter().map(|r| r.region).chain([region]).collect());
-            }
-            let cmd = AdminCmd::Split { split_keys: vec![key.to_vec()], new_ids: vec![new_id] };
-            let mut admin = Admin { inner: &self.inner, start };
-            match admin.admin(region.id, region.epoch, cmd) {
-                Ok(AdminResult::Split(parts)) => {
-                    self.inner.router.learn(&parts);
-                    return Ok(parts);
-                }
-                Ok(other) => {
-                    return Err(Error::InvalidRequest(format!("a split answered {other:?}")));
-                }
-                Err(regionkv_raft::Error::EpochNotMatch { current, .. })
-                    if start.elapsed() < Duration::from_secs(10) =>
-                {
-                    // The region changed meanwhile: route again.
-                    self.inner.router.learn(&current);
-                    self.inner.router.forget(region.id);
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        self.inner.control.split(key.as_ref(), || self.regions())
     }
 
-    /// Merges region `right` into its left neighbour `left` (both on the same stores):
-    /// `left` grows over `right`'s range, `right` is gone. Returns the merged region.
-    /// A merge that cannot complete is rolled back ([`regionkv_raft::Error::MergeAborted`]).
+    /// Merges region `right` into its left neighbour `left` (prepare on the source, wait,
+    /// commit; rolled back if the source cannot merge). Returns the merged region.
     pub fn merge(&self, left: RegionId, right: RegionId) -> Result<Region> {
-        let _one = self.inner.admin_lock.lock();
-        let mut admin = Admin { inner: &self.inner, start: Instant::now() };
-        let merged = admin::merge(&mut admin, right, left, MergeOptions::default())?;
-        self.inner.router.learn(std::slice::from_ref(&merged));
-        self.inner.router.forget(right);
-        self.inner.router.learn(std::slice::from_ref(&merged));
-        Ok(merged)
+        self.inner.control.merge(left, right)
     }
 
     fn take(&self, id: StoreId) -> Result<Arc<Store>> {

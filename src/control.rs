@@ -1,19 +1,23 @@
 //! Cluster-wide operations written against the [`Backend`] seam only: directory
-//! commands, split, merge and the region table. A [`Node`](crate::Node) runs them over
-//! its own store and its peers (in-process for the first, the client protocol for the
-//! others); they mirror what [`Cluster`](crate::Cluster) does over its in-process
-//! stores.
+//! commands, split, merge, the region table, and the background work of a cluster
+//! (forwarding leaders' reports to the directory, automatic split and merge). A
+//! [`Cluster`](crate::Cluster) runs them over its in-process stores, a
+//! [`Node`](crate::Node) over its own store and its peers (in-process for the first,
+//! the client protocol for the others).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use regionkv_engine::{Epoch, Region, RegionId, StoreId};
 use regionkv_raft::admin::{self, MergeOptions, RegionAdmin};
-use regionkv_raft::directory::{DIRECTORY, DirCmd, DirResult};
-use regionkv_raft::{AdminCmd, AdminRequest, AdminResult, MergeStatus, PeerStatus, StateRole};
+use regionkv_raft::directory::{DIRECTORY, DirCmd, DirResult, RegionRecord};
+use regionkv_raft::{
+    AdminCmd, AdminRequest, AdminResult, MergeStatus, PeerStatus, StateRole, Store,
+};
 
+use crate::autosplit::{Action, Planner, SplitPolicy};
 use crate::backend::{Backend, newer};
 use crate::cluster::RegionInfo;
 use crate::db::ask;
@@ -64,6 +68,30 @@ impl Control {
             other @ DirResult::Reported { .. } => {
                 Err(Error::InvalidRequest(format!("the directory answered {other:?}")))
             }
+        }
+    }
+
+    /// Splits the region holding the first of `keys` at every one of them, in one Raft
+    /// command; see [`Cluster::split_keys`](crate::Cluster::split_keys).
+    pub fn split_keys(&self, keys: &[Vec<u8>]) -> Result<Vec<Region>> {
+        let Some(first) = keys.first() else { return Ok(Vec::new()) };
+        let _one = self.admin_lock.lock();
+        let first_id = self.alloc_ids(keys.len() as u64)?;
+        let new_ids: Vec<RegionId> =
+            (0..keys.len() as u64).map(|i| RegionId(first_id + i)).collect();
+        let record = self
+            .router
+            .locate(first)
+            .ok_or_else(|| Error::InvalidRequest("no region holds the key".into()))?;
+        let region = record.region;
+        let cmd = AdminCmd::Split { split_keys: keys.to_vec(), new_ids };
+        let mut admin = Admin { control: self, start: Instant::now() };
+        match admin.admin(region.id, region.epoch, cmd)? {
+            AdminResult::Split(parts) => {
+                self.router.learn(&parts);
+                Ok(parts)
+            }
+            other => Err(Error::InvalidRequest(format!("a split answered {other:?}"))),
         }
     }
 
@@ -228,4 +256,93 @@ pub(crate) fn region_table(statuses: Vec<(StoreId, Vec<PeerStatus>)>) -> Vec<Reg
         })
     });
     regions
+}
+
+/// How often the background work forwards region reports to the directory.
+pub(crate) const REPORT_INTERVAL: Duration = Duration::from_millis(100);
+/// Most region records in one directory command.
+const REPORTS_PER_COMMAND: usize = 512;
+
+/// The background work of a cluster driver, one turn every [`REPORT_INTERVAL`]:
+/// forwards what the stores' leaders report (splits, merges, leadership) to the
+/// directory, and splits and merges regions by a [`SplitPolicy`].
+pub(crate) struct Background {
+    pending: HashMap<RegionId, RegionRecord>,
+    planner: Planner,
+    next_check: Instant,
+}
+
+impl Background {
+    pub fn new() -> Background {
+        Background {
+            pending: HashMap::new(),
+            planner: Planner::default(),
+            next_check: Instant::now(),
+        }
+    }
+
+    /// One turn over `stores` (those this driver runs in process).
+    pub fn turn(&mut self, control: &Control, stores: &[Arc<Store>], policy: &SplitPolicy) {
+        if Instant::now() >= self.next_check {
+            self.next_check = Instant::now() + policy.check_interval;
+            self.split_and_merge(control, stores, policy);
+        }
+        for store in stores {
+            for record in store.take_reports() {
+                self.pending.insert(record.region.id, record);
+            }
+        }
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut records: Vec<RegionRecord> = self.pending.values().cloned().collect();
+        records.sort_by_key(|r| r.region.id);
+        // Bounded commands: a split into thousands of regions reports thousands.
+        for chunk in records.chunks(REPORTS_PER_COMMAND) {
+            let cmd = DirCmd::Report { records: chunk.to_vec() };
+            if let Err(e) = control.directory(&cmd, Duration::from_secs(2)) {
+                tracing::debug!(error = %e, "directory report deferred");
+                break;
+            }
+            for r in chunk {
+                self.pending.remove(&r.region.id);
+            }
+        }
+    }
+
+    /// Plans splits and merges of the regions each store leads, from that store's
+    /// engine, and carries them out like asked-for ones. A failure (a region that
+    /// changed meanwhile, a leader that moved) only waits for the next check.
+    fn split_and_merge(&mut self, control: &Control, stores: &[Arc<Store>], policy: &SplitPolicy) {
+        let mut actions = Vec::new();
+        let mut led_anywhere = Vec::new();
+        for store in stores {
+            let mut led: Vec<Region> = store
+                .status()
+                .into_iter()
+                .filter(|p| {
+                    p.role == StateRole::Leader && p.initialized && p.region.id != DIRECTORY
+                })
+                .map(|p| p.region)
+                .collect();
+            led.sort_by(|a, b| a.start.cmp(&b.start));
+            led_anywhere.extend(led.iter().cloned());
+            let engine = &store.context().engine;
+            actions.extend(self.planner.plan_part(policy, engine, &led, Instant::now()));
+        }
+        self.planner.keep_only(&led_anywhere);
+        for action in actions {
+            if control.backend.is_shut() {
+                return;
+            }
+            let result = match &action {
+                Action::Split { key, .. } => control.split(key, Vec::new).map(drop),
+                Action::Merge { left, right } => control.merge(*left, *right).map(drop),
+            };
+            match result {
+                Ok(()) => tracing::info!(?action, "automatic split or merge done"),
+                Err(e) => tracing::debug!(?action, error = %e, "automatic split or merge not done"),
+            }
+        }
+    }
 }

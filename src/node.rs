@@ -16,14 +16,14 @@
 //! there starts from its files. A reporter thread forwards what this store's leaders
 //! report (splits, merges, leadership) to the directory's leader, wherever it is.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use regionkv_engine::{Peer, PeerId, Region, RegionId, StoreId};
@@ -32,15 +32,15 @@ use regionkv_raft::transport::tcp::{SECRET_BYTES_MIN, TcpConfig, TcpTransport};
 use regionkv_raft::transport::wire::ClusterId;
 use regionkv_raft::transport::{InboxSlot, Transport};
 use regionkv_raft::{
-    AdminRequest, MergeStatus, PeerStatus, ReadRequest, Reply, StateRole, Store, StoreConfig,
-    StoreOptions, WriteRequest,
+    AdminRequest, MergeStatus, PeerStatus, ReadRequest, Reply, Store, StoreConfig, StoreOptions,
+    WriteRequest,
 };
 use regionkv_wal::{CancellationToken, Gate, RealFs};
 
-use crate::autosplit::{Action, Planner, SplitPolicy};
+use crate::autosplit::SplitPolicy;
 use crate::backend::{Backend, newer};
 use crate::cluster::{FIRST_REGION, RegionInfo};
-use crate::control::{Control, region_table};
+use crate::control::{Background, Control, REPORT_INTERVAL, region_table};
 use crate::db::Db;
 use crate::error::{Error, Result};
 use crate::proto::{self, StoreStatus};
@@ -50,10 +50,6 @@ use crate::server::{ClientService, ClientStats};
 
 /// The file a node writes once it has bootstrapped its regions.
 const BOOTSTRAPPED: &str = "bootstrapped";
-/// How often the reporter forwards region reports to the directory.
-const REPORT_INTERVAL: Duration = Duration::from_millis(100);
-/// Most region records in one directory command.
-const REPORTS_PER_COMMAND: usize = 512;
 /// How long shutdown waits for admin requests in flight.
 const TASKS_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -553,65 +549,12 @@ fn bootstrap(config: &NodeConfig, store: &Store) -> Result<()> {
 }
 
 /// Forwards this store's region reports to the directory's leader until cancelled.
-/// Plans splits and merges of the regions this node's store leads, from its engine,
-/// and carries them out like asked-for ones; a failure waits for the next check.
-fn auto_split(shared: &NodeShared, planner: &mut Planner) {
-    let mut led: Vec<Region> = shared
-        .store
-        .status()
-        .into_iter()
-        .filter(|p| p.role == StateRole::Leader && p.initialized && p.region.id != DIRECTORY)
-        .map(|p| p.region)
-        .collect();
-    led.sort_by(|a, b| a.start.cmp(&b.start));
-    let engine = &shared.store.context().engine;
-    let actions = planner.plan_part(&shared.split_policy, engine, &led, Instant::now());
-    planner.keep_only(&led);
-    for action in actions {
-        if shared.is_shut() {
-            return;
-        }
-        let result = match &action {
-            Action::Split { key, .. } => shared.split(key).map(drop),
-            Action::Merge { left, right } => shared.merge(*left, *right).map(drop),
-        };
-        match result {
-            Ok(()) => tracing::info!(store = shared.id.0, ?action, "automatic split or merge done"),
-            Err(e) => {
-                tracing::debug!(store = shared.id.0, ?action, error = %e, "automatic split or merge not done");
-            }
-        }
-    }
-}
-
 fn report_loop(shared: &Weak<NodeShared>, cancel: &CancellationToken) {
-    let mut pending: HashMap<RegionId, RegionRecord> = HashMap::new();
-    let mut planner = Planner::default();
-    let mut next_check = Instant::now();
+    let mut background = Background::new();
     // Bounded: ends when the node is cancelled or gone; every turn waits an interval.
     while !cancel.wait_timeout(REPORT_INTERVAL) {
         let Some(shared) = shared.upgrade() else { return };
-        if Instant::now() >= next_check {
-            next_check = Instant::now() + shared.split_policy.check_interval;
-            auto_split(&shared, &mut planner);
-        }
-        for record in shared.store.take_reports() {
-            pending.insert(record.region.id, record);
-        }
-        if pending.is_empty() {
-            continue;
-        }
-        let mut records: Vec<RegionRecord> = pending.values().cloned().collect();
-        records.sort_by_key(|r| r.region.id);
-        for chunk in records.chunks(REPORTS_PER_COMMAND) {
-            let cmd = DirCmd::Report { records: chunk.to_vec() };
-            if let Err(e) = shared.control.directory(&cmd, Duration::from_secs(2)) {
-                tracing::debug!(store = shared.id.0, error = %e, "directory report deferred");
-                break;
-            }
-            for r in chunk {
-                pending.remove(&r.region.id);
-            }
-        }
+        let stores = [shared.store.clone()];
+        background.turn(&shared.control, &stores, &shared.split_policy);
     }
 }
