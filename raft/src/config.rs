@@ -48,10 +48,13 @@ pub struct StoreConfig {
     pub read_mode: ReadMode,
     /// Bounds of the Raft log's entry cache.
     pub log: RaftLogOptions,
-    /// Let idle regions hibernate: a leader with nothing to do for two election
-    /// timeouts stops ticking and sending heartbeats, and so do its followers, until
-    /// a request or a message wakes them; stores tell each other they are alive so
-    /// that the followers of a leader on a silent store wake and elect. Default on.
+    /// Let idle regions hibernate: a leader whose group is quiescent (every replica
+    /// holds and committed the whole log) stops ticking and sending heartbeats at its
+    /// first idle tick, and so do its followers, until a request or a message wakes
+    /// them; stores tell each other they are alive so that the followers of a leader
+    /// on a silent store wake and elect. Default on. Ignored under
+    /// [`ReadMode::Lease`]: a leader that does not tick never notices it lost its
+    /// quorum, so its lease would never end.
     pub hibernate_regions: bool,
 }
 

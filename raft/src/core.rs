@@ -592,7 +592,9 @@ impl StoreCore {
     /// With thousands of regions written now and then, a region that sleeps between
     /// writes costs two notices per write instead of a heartbeat round every interval.
     fn hibernate_after(&self) -> Option<u32> {
-        self.ctx.config.hibernate_regions.then_some(1)
+        let config = &self.ctx.config;
+        // A lease holder must tick: check-quorum is what ends its lease.
+        (config.hibernate_regions && config.read_mode != ReadMode::Lease).then_some(1)
     }
 
     /// Hibernates the leader of `region` if its group is quiescent: every replica

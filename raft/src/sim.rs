@@ -65,6 +65,8 @@ pub struct SimConfig {
     pub segment_bytes: u64,
     /// Checkpoint a region after this many bytes of applied entries.
     pub checkpoint_log_bytes: u64,
+    /// How leaders serve reads.
+    pub read_mode: crate::ReadMode,
 }
 
 impl SimConfig {
@@ -79,6 +81,7 @@ impl SimConfig {
             fsync: (Duration::from_micros(100), Duration::from_millis(1)),
             segment_bytes: 64 << 10,
             checkpoint_log_bytes: 64 << 10,
+            read_mode: crate::ReadMode::ReadIndex,
         }
     }
 }
@@ -262,6 +265,7 @@ impl SimCluster {
             .tick_interval(self.config.tick)
             .checkpoint_log_bytes(self.config.checkpoint_log_bytes);
         config.snapshot_chunk_bytes = 4096;
+        config.read_mode = self.config.read_mode;
         let log = Arc::new(RaftLog::open(wal.clone(), config.log)?);
         let mut ctx =
             StoreContext::new(config, engine.clone(), directory, log, CancellationToken::new());

@@ -6,8 +6,10 @@ mod common;
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use regionkv_engine::{RegionId, StoreId};
-use regionkv_raft::sim::SimCluster;
+use regionkv_raft::sim::{SimCluster, SimConfig};
+use regionkv_raft::{Query, QueryResult, ReadMode};
 use regionkv_wal::CrashMode;
 
 use common::{R1, SECOND, cluster, converge, put, split};
@@ -97,4 +99,24 @@ fn a_cut_off_leader_store_loses_its_regions_to_the_majority() {
     c.faults().clear();
     c.run_for(Duration::from_secs(5));
     assert!(all_hibernate(&mut c, &regions));
+}
+
+#[test]
+fn under_lease_reads_leaders_never_hibernate_and_reads_see_the_last_write() {
+    // A leader that does not tick never notices it lost its quorum, so its lease would
+    // never end: lease reads and hibernation do not mix.
+    let mut c =
+        SimCluster::new(SimConfig { read_mode: ReadMode::Lease, ..SimConfig::new(14) }).unwrap();
+    c.wait_leader(R1, 10 * SECOND).expect("a leader");
+    for i in 0..20 {
+        assert!(put(&mut c, &format!("k{i:02}"), &format!("v{i}"), 10 * SECOND));
+    }
+    c.run_for(5 * SECOND);
+    assert_eq!(hibernating(&c, R1), 0, "no replica hibernates under lease reads");
+    let leader = c.leader(R1).unwrap();
+    let read = c.read(leader, R1, Query::Get { key: Bytes::from_static(b"k19") });
+    match c.wait(&read, SECOND) {
+        Some(Ok(QueryResult::Value(v))) => assert_eq!(v.as_deref(), Some(&b"v19"[..])),
+        other => panic!("lease read answered {other:?}"),
+    }
 }
