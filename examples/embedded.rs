@@ -3,7 +3,6 @@
 //!
 //! Run it with `cargo run --release --example embedded`.
 
-use regionkv::engine::StoreId;
 use regionkv::{Cluster, SplitPolicy, WriteBatch};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -34,9 +33,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("a scan across the split: {} rows", page.len());
 
     // A store crashes (nothing flushed); the other two keep serving.
-    cluster.kill_store(StoreId(3))?;
+    cluster.kill_store(3)?;
     db.put("user/after-crash", "still writable")?;
-    cluster.restart_store(StoreId(3))?; // recovers from its files and catches up
+    cluster.restart_store(3)?; // recovers from its files and catches up
 
     // Merge the two regions back (waits for every replica to hold the source's log).
     let merged = cluster.merge(parts[0].id, parts[1].id)?;

@@ -306,8 +306,8 @@ impl Cluster {
 
     /// Merges region `right` into its left neighbour `left` (prepare on the source, wait,
     /// commit; rolled back if the source cannot merge). Returns the merged region.
-    pub fn merge(&self, left: RegionId, right: RegionId) -> Result<Region> {
-        self.inner.control.merge(left, right)
+    pub fn merge(&self, left: impl Into<RegionId>, right: impl Into<RegionId>) -> Result<Region> {
+        self.inner.control.merge(left.into(), right.into())
     }
 
     fn take(&self, id: StoreId) -> Result<Arc<Store>> {
@@ -323,7 +323,8 @@ impl Cluster {
     /// Reads `key` from `store`'s own replica, without Raft: what that replica has
     /// applied so far (it may lag the leader). For checking that every replica holds
     /// the data, not for serving reads: use [`Db::get`] for those.
-    pub fn local_get(&self, store: StoreId, key: &[u8]) -> Result<Option<bytes::Bytes>> {
+    pub fn local_get(&self, store: impl Into<StoreId>, key: &[u8]) -> Result<Option<bytes::Bytes>> {
+        let store = store.into();
         let stores = self.inner.local.stores.read();
         let s = stores
             .get(&store)
@@ -343,19 +344,22 @@ impl Cluster {
     }
 
     /// Stops a store cleanly (its timelines shut down, its WAL sealed).
-    pub fn stop_store(&self, id: StoreId) -> Result<()> {
+    pub fn stop_store(&self, id: impl Into<StoreId>) -> Result<()> {
+        let id = id.into();
         self.take(id)?.shutdown()?;
         Ok(())
     }
 
     /// Stops a store abruptly, as a crash: nothing is flushed or closed.
-    pub fn kill_store(&self, id: StoreId) -> Result<()> {
+    pub fn kill_store(&self, id: impl Into<StoreId>) -> Result<()> {
+        let id = id.into();
         self.take(id)?.kill();
         Ok(())
     }
 
     /// Starts a stopped or killed store again; it recovers from its files.
-    pub fn restart_store(&self, id: StoreId) -> Result<()> {
+    pub fn restart_store(&self, id: impl Into<StoreId>) -> Result<()> {
+        let id = id.into();
         if self.inner.local.stores.read().contains_key(&id) {
             return Ok(());
         }

@@ -452,8 +452,8 @@ impl Node {
 
     /// Merges region `right` into its left neighbour `left`; see
     /// [`Cluster::merge`](crate::Cluster::merge).
-    pub fn merge(&self, left: RegionId, right: RegionId) -> Result<Region> {
-        self.shared.merge(left, right)
+    pub fn merge(&self, left: impl Into<RegionId>, right: impl Into<RegionId>) -> Result<Region> {
+        self.shared.merge(left.into(), right.into())
     }
 
     /// The user regions in key order, as the replicas of the stores that answer see

@@ -550,7 +550,8 @@ impl Client {
 
     /// Merges region `right` into its left neighbour `left` (a node drives it); see
     /// [`Cluster::merge`](crate::Cluster::merge).
-    pub fn merge(&self, left: RegionId, right: RegionId) -> Result<Region> {
+    pub fn merge(&self, left: impl Into<RegionId>, right: impl Into<RegionId>) -> Result<Region> {
+        let (left, right) = (left.into(), right.into());
         match self.ask_any(&Request::Merge { left, right })? {
             Response::Merged(region) => Ok(region),
             other => Err(Error::Protocol(format!("a merge answered {other:?}"))),

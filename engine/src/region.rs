@@ -26,6 +26,11 @@ macro_rules! id_fmt {
                 write!(f, "{}", self.0)
             }
         }
+        impl From<u64> for $t {
+            fn from(id: u64) -> $t {
+                $t(id)
+            }
+        }
     )*};
 }
 id_fmt!(RegionId, StoreId, PeerId);
