@@ -7,6 +7,25 @@
 //! underneath re-exported:
 //! [`wal`] (the durable log), [`engine`] (the MVCC state machine) and [`raft`] (the
 //! multi-Raft store).
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let cluster = regionkv::Cluster::builder().dir(dir.path()).stores(3).build()?;
+//! let db = cluster.db();
+//! db.put("apple", "red")?; // answered once a quorum has it on disk
+//! db.put("banana", "yellow")?;
+//! let parts = cluster.split("b")?; // two regions now; the client follows
+//! assert_eq!(parts.len(), 2);
+//! assert_eq!(db.scan(.., 10)?.len(), 2); // a scan crosses regions
+//! cluster.kill_store(3)?; // a crash: two of three stores keep a quorum
+//! db.delete("apple")?;
+//! cluster.restart_store(3)?;
+//! assert_eq!(db.get("apple")?, None);
+//! cluster.shutdown()?;
+//! # Ok(())
+//! # }
+//! ```
 
 mod autosplit;
 mod backend;
