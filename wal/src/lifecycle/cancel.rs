@@ -20,6 +20,11 @@ pub struct CancellationToken {
 #[derive(Default)]
 struct Node {
     cancelled: AtomicBool,
+    /// The parent, read by `is_cancelled`: a descendant is cancelled the instant an
+    /// ancestor's flag flips, not only once `cancel` has walked down to it (in that
+    /// window a thread that watched the ancestor could already have acted, and an error
+    /// it caused must be seen as cancellation).
+    parent: Option<Arc<Node>>,
     /// Children to cancel with this node; dead ones are pruned as children are added.
     children: Mutex<Vec<Weak<Node>>>,
     cancelled_signal: Condvar,
@@ -43,7 +48,11 @@ impl CancellationToken {
         let mut children = self.node.children.lock();
         // Checked under the lock that `cancel` takes after setting the flag: a child
         // made concurrently with `cancel` is either in the list it walks, or sees the flag.
-        let child = Node { cancelled: AtomicBool::new(self.is_cancelled()), ..Node::default() };
+        let child = Node {
+            cancelled: AtomicBool::new(self.is_cancelled()),
+            parent: Some(self.node.clone()),
+            ..Node::default()
+        };
         let child = Arc::new(child);
         children.retain(|c| c.strong_count() > 0);
         children.push(Arc::downgrade(&child));
@@ -65,7 +74,14 @@ impl CancellationToken {
 
     /// True once this token or an ancestor was cancelled. Never goes back to false.
     pub fn is_cancelled(&self) -> bool {
-        self.node.cancelled.load(Ordering::Acquire)
+        let mut node = Some(&self.node);
+        while let Some(n) = node {
+            if n.cancelled.load(Ordering::Acquire) {
+                return true;
+            }
+            node = n.parent.as_ref();
+        }
+        false
     }
 
     /// Waits up to `timeout` for cancellation; true if cancelled.
@@ -107,6 +123,17 @@ mod tests {
         token.cancel();
         assert!(waiter.join().unwrap());
         assert!(!CancellationToken::new().wait_timeout(Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn a_descendant_is_cancelled_the_instant_its_ancestor_flag_flips() {
+        let store = CancellationToken::new();
+        let task = store.child().child();
+        // The moment inside `cancel` after the store's flag is set and before the walk
+        // reaches the descendants: a thread that saw the store cancelled may already
+        // have acted, and the task must already count as cancelled.
+        store.node.cancelled.store(true, Ordering::Release);
+        assert!(task.is_cancelled());
     }
 
     #[test]
