@@ -12,6 +12,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::error::{Error, Result};
 use crate::fs::FileSystem;
 use crate::group_commit::{GroupCommit, Limits};
+use crate::histogram::HistogramSnapshot;
 use crate::lsn::{Lsn, SegmentId};
 use crate::pool::Pool;
 use crate::reader::{Record, WalIter};
@@ -162,6 +163,9 @@ impl WalOptions {
 }
 
 /// Counters of a [`Wal`] since it was opened.
+///
+/// The average group size is `records / groups`; [`WalStats::group_records`] has its
+/// distribution.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WalStats {
@@ -179,6 +183,11 @@ pub struct WalStats {
     pub queued_bytes_high_water: usize,
     /// Spare segment files ready now.
     pub spare_segments: usize,
+    /// How long each fdatasync of a segment took, in microseconds (one sample per
+    /// [`WalStats::fsyncs`]).
+    pub fsync_latency_us: HistogramSnapshot,
+    /// Records per group written (one sample per group; seals excluded).
+    pub group_records: HistogramSnapshot,
 }
 
 /// A durable, group-committed, checksummed log shared by all regions of a store.
@@ -452,6 +461,8 @@ impl Wal {
             segment_rolls: io.segment_rolls.load(Ordering::Relaxed),
             queued_bytes_high_water: kernel.queued_bytes_high_water,
             spare_segments: self.inner.shared.pool.spare_count(),
+            fsync_latency_us: io.fsync_latency.snapshot(),
+            group_records: io.group_records.snapshot(),
         }
     }
 }
