@@ -1268,6 +1268,8 @@ impl StoreCore {
     /// Handles every pending ready: proposes batched writes, applies what committed,
     /// stages what must be persisted. See the module docs for what comes out.
     pub fn flush(&mut self) -> Output {
+        let _span =
+            tracing::trace_span!("store.flush", store = self.ctx.config.store_id.0).entered();
         for _ in 0..MAX_READY_PASSES {
             self.run_controls();
             if self.dirty.is_empty() {

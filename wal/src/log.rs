@@ -318,6 +318,7 @@ impl Wal {
     /// On [`Error::Indeterminate`] the record may or may not be in the log after a
     /// reopen; on any other error it was not written.
     pub fn append(&self, payload: &[u8]) -> Result<Lsn> {
+        let _span = tracing::trace_span!("wal.append", bytes = payload.len()).entered();
         self.check_len(payload)?;
         let mut lsn = Vec::with_capacity(1);
         self.inner.kernel.commit(
@@ -332,6 +333,7 @@ impl Wal {
     /// are durable. Each record is still recovered on its own: after a crash before the
     /// fsync, a prefix of them may survive. Put data that must be atomic in one record.
     pub fn append_batch(&self, payloads: &[&[u8]]) -> Result<Vec<Lsn>> {
+        let _span = tracing::trace_span!("wal.append_batch", records = payloads.len()).entered();
         let mut records = Vec::with_capacity(payloads.len());
         for &payload in payloads {
             self.check_len(payload)?;

@@ -169,6 +169,7 @@ impl LogWriter {
 
 impl GroupWriter for LogWriter {
     fn write_group(&mut self, group: &mut GroupBuf, lsns: &mut Vec<Lsn>) -> Result<(), Cause> {
+        let _span = tracing::trace_span!("wal.write_group", records = group.slots.len()).entered();
         self.shared.io.group_records.record(group.slots.len() as u64);
         self.write_records(group, lsns).map_err(|e| {
             tracing::error!(error = %e, "WAL write failed; the log is now poisoned and must be reopened");
