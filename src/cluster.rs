@@ -12,7 +12,7 @@ use regionkv_engine::{Peer, PeerId, Region, RegionId, StoreId};
 use regionkv_raft::directory::{DIRECTORY, RegionRecord};
 use regionkv_raft::transport::Transport;
 use regionkv_raft::transport::local::LocalNetwork;
-use regionkv_raft::{PeerStatus, Store, StoreConfig, StoreOptions};
+use regionkv_raft::{PeerStatus, Store, StoreConfig, StoreMetrics, StoreOptions};
 use regionkv_wal::{RealFs, WalOptions};
 
 use crate::autosplit::SplitPolicy;
@@ -266,6 +266,17 @@ impl Cluster {
         let stores: Vec<(StoreId, Arc<Store>)> =
             self.inner.local.stores.read().iter().map(|(&id, s)| (id, s.clone())).collect();
         stores.into_iter().map(|(id, s)| (id, s.status())).collect()
+    }
+
+    /// The metrics of every running store, by store id: regions, leaders, applied lag,
+    /// write latency and batching, WAL fsync latency and group size.
+    pub fn metrics(&self) -> Vec<(StoreId, StoreMetrics)> {
+        let stores: Vec<(StoreId, Arc<Store>)> =
+            self.inner.local.stores.read().iter().map(|(&id, s)| (id, s.clone())).collect();
+        let mut out: Vec<(StoreId, StoreMetrics)> =
+            stores.into_iter().map(|(id, s)| (id, s.metrics())).collect();
+        out.sort_by_key(|(id, _)| *id);
+        out
     }
 
     /// The user regions of the cluster in key order, each as its most advanced

@@ -202,6 +202,7 @@ impl Db {
     /// ([`Error::CrossRegionBatch`] otherwise).
     pub fn write(&self, batch: WriteBatch) -> Result<()> {
         let WriteBatch { ops } = batch;
+        let _span = tracing::debug_span!("db.write", ops = ops.len()).entered();
         let Some(first) = ops.first() else { return Ok(()) };
         if ops.iter().any(|op| op.key().is_empty()) {
             return Err(Error::InvalidRequest("empty keys are not allowed".into()));
@@ -224,6 +225,7 @@ impl Db {
 
     /// The value of `key`, read linearizably.
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
+        let _span = tracing::debug_span!("db.get").entered();
         let key = Bytes::copy_from_slice(key.as_ref());
         let query = Query::Get { key: key.clone() };
         match self.read(&key, &query)? {
@@ -236,6 +238,7 @@ impl Db {
     /// region by region: `db.scan(.., 100)`, `db.scan("a".."m", 10)`,
     /// `db.scan(b"user/".., 10)`, or a pair of [`Bound`]s.
     pub fn scan(&self, range: impl KeyRange, limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
+        let _span = tracing::debug_span!("db.scan", limit).entered();
         let (start, end) = range.to_bounds();
         let end = end.as_deref();
         let mut out = Vec::new();
@@ -315,6 +318,10 @@ impl Db {
                 region.peers.get(turn % region.peers.len().max(1)).map_or(StoreId(0), |p| p.store)
             });
             let wait = ATTEMPT_TIMEOUT.min(self.deadline.saturating_sub(start.elapsed()));
+            // One span per attempt: a slow call shows where its time went.
+            let _attempt =
+                tracing::trace_span!("db.call", region = region.id.0, store = store.0, turn)
+                    .entered();
             let outcome = {
                 let slot = Oneshot::new();
                 let reply = slot.clone();

@@ -50,6 +50,7 @@ pub use node::{Node, NodeConfig};
 pub use proto::StoreStatus;
 pub use regionkv_engine as engine;
 pub use regionkv_raft as raft;
+pub use regionkv_raft::StoreMetrics;
 pub use regionkv_raft::transport::wire::ClusterId;
 pub use regionkv_wal as wal;
 pub use remote::Client;

@@ -281,7 +281,68 @@ fn region_line(r: &regionkv::engine::Region) -> String {
     )
 }
 
-/// Prints every store's replicas (unless `json`); returns them as JSON.
+/// A latency or size distribution as JSON: count, mean, p50, p99, max.
+fn histogram_json(h: &regionkv::wal::HistogramSnapshot) -> serde_json::Value {
+    serde_json::json!({
+        "count": h.count(),
+        "mean": h.mean(),
+        "p50": h.p50(),
+        "p99": h.p99(),
+        "max": h.max(),
+    })
+}
+
+fn metrics_json(m: &regionkv::StoreMetrics) -> serde_json::Value {
+    serde_json::json!({
+        "regions": m.regions,
+        "leaders": m.leaders,
+        "hibernating": m.hibernating,
+        "applied_lag_total": m.applied_lag_total,
+        "applied_lag_max": m.applied_lag_max,
+        "write_latency_us": histogram_json(&m.write_latency_us),
+        "writes_proposed": m.writes_proposed,
+        "entries_proposed": m.entries_proposed,
+        "writes_per_entry": m.writes_per_entry(),
+        "apply_rounds": m.apply.rounds,
+        "wal": {
+            "records": m.wal.records,
+            "groups": m.wal.groups,
+            "fsyncs": m.wal.fsyncs,
+            "bytes_written": m.wal.bytes_written,
+            "fsync_latency_us": histogram_json(&m.wal.fsync_latency_us),
+            "group_records": histogram_json(&m.wal.group_records),
+        },
+    })
+}
+
+fn print_metrics(m: &regionkv::StoreMetrics) {
+    let (w, f, g) = (&m.write_latency_us, &m.wal.fsync_latency_us, &m.wal.group_records);
+    println!(
+        "  regions {} leaders {} hibernating {} applied lag total {} max {}",
+        m.regions, m.leaders, m.hibernating, m.applied_lag_total, m.applied_lag_max
+    );
+    println!(
+        "  writes {} latency us p50 {} p99 {} max {}; {} entries ({:.1} writes/entry)",
+        w.count(),
+        w.p50(),
+        w.p99(),
+        w.max(),
+        m.entries_proposed,
+        m.writes_per_entry()
+    );
+    println!(
+        "  wal fsyncs {} latency us p50 {} p99 {} max {}; groups {} records/group p50 {} max {}",
+        m.wal.fsyncs,
+        f.p50(),
+        f.p99(),
+        f.max(),
+        m.wal.groups,
+        g.p50(),
+        g.max()
+    );
+}
+
+/// Prints every store's replicas and metrics (unless `json`); returns them as JSON.
 fn status_output(stores: &[regionkv::StoreStatus], json: bool) -> serde_json::Value {
     if !json {
         for s in stores {
@@ -297,6 +358,10 @@ fn status_output(stores: &[regionkv::StoreStatus], json: bool) -> serde_json::Va
                     p.last_index,
                     if p.hibernated { " hibernated" } else { "" }
                 );
+            }
+            match &s.metrics {
+                Some(m) => print_metrics(m),
+                None => println!("  metrics: not reported (an older node)"),
             }
         }
     }
@@ -314,6 +379,7 @@ fn status_output(stores: &[regionkv::StoreStatus], json: bool) -> serde_json::Va
                     "last_index": p.last_index,
                     "hibernated": p.hibernated,
                 })).collect::<Vec<_>>(),
+                "metrics": s.metrics.as_ref().map(metrics_json),
             }))
             .collect::<Vec<_>>()
     )

@@ -32,8 +32,8 @@ use regionkv_raft::transport::tcp::{SECRET_BYTES_MIN, TcpConfig, TcpTransport};
 use regionkv_raft::transport::wire::ClusterId;
 use regionkv_raft::transport::{InboxSlot, Transport};
 use regionkv_raft::{
-    AdminRequest, MergeStatus, PeerStatus, ReadRequest, Reply, Store, StoreConfig, StoreOptions,
-    WriteRequest,
+    AdminRequest, MergeStatus, PeerStatus, ReadRequest, Reply, Store, StoreConfig, StoreMetrics,
+    StoreOptions, WriteRequest,
 };
 use regionkv_wal::{CancellationToken, Gate, RealFs};
 
@@ -462,9 +462,19 @@ impl Node {
         self.shared.regions()
     }
 
-    /// This node's store's status.
+    /// This node's store's status, with its metrics.
     pub fn status(&self) -> StoreStatus {
-        StoreStatus { store: self.shared.id, peers: self.shared.store.status() }
+        StoreStatus {
+            store: self.shared.id,
+            peers: self.shared.store.status(),
+            metrics: Some(self.shared.store.metrics()),
+        }
+    }
+
+    /// This node's store's metrics: regions, leaders, applied lag, write latency and
+    /// batching, WAL fsync latency and group size.
+    pub fn metrics(&self) -> StoreMetrics {
+        self.shared.store.metrics()
     }
 
     /// Counters of the client protocol (connections, refused handshakes, bad frames).

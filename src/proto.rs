@@ -60,10 +60,21 @@
 //!            30 done  31 value { 1 value | 2 none }  32 rows { 1 row* { 1 key, 2 value } }
 //!            33 admin result  34 directory result  35 merge status
 //!            36 peer status { 1 status | 2 none }  37 located { 1 record | 2 none }
-//!            38 status { 1 store, 2 peer status* }  39 members { 1 member* { 1 store,
-//!            2 address } }  40 regions { 1 region info* }  41 split { 1 region* }
-//!            42 merged { 1 region }  43 no reply
+//!            38 status { 1 store, 2 peer status*, 3 metrics (optional, since 0.1) }
+//!            39 members { 1 member* { 1 store, 2 address } }  40 regions { 1 region info* }
+//!            41 split { 1 region* }  42 merged { 1 region }  43 no reply
+//!  metrics   1 regions  2 leaders  3 hibernating  4 applied lag total  5 applied lag max
+//!            6 write latency us (histogram)  7 writes proposed  8 entries proposed
+//!            9 apply { 1 rounds, 2 rounds without regions, 3 rounds with several,
+//!                      4 most regions in a round }
+//!            10 wal { 1 records, 2 groups, 3 fsyncs, 4 bytes written, 5 segment rolls,
+//!                     6 queued bytes high water, 7 spare segments,
+//!                     8 fsync latency us (histogram), 9 records per group (histogram) }
+//!  histogram 1 sum  2 max  3 bucket* { 1 index, 2 samples }   (non-empty buckets only)
 //! ```
+//!
+//! A status from a node that predates metrics has no tag 3: it decodes with
+//! `metrics: None`, not with zeros.
 //!
 //! ## Versions
 //!
@@ -90,9 +101,10 @@ use regionkv_raft::transport::wire::{
     self, ClusterId, HandshakeKey, Hello, NONCE_BYTES, Nonce, Proof, RejectReason, Role, Transcript,
 };
 use regionkv_raft::{
-    AdminCmd, AdminResult, MergeStatus, Op, PeerStatus, Query, QueryResult, StateRole,
+    AdminCmd, AdminResult, MergeStatus, Op, PeerStatus, Query, QueryResult, StateRole, StoreMetrics,
 };
 use regionkv_wal::CancellationToken;
+use regionkv_wal::{Histogram, HistogramSnapshot, WalStats};
 
 use crate::cluster::RegionInfo;
 use crate::error::Error;
@@ -566,7 +578,7 @@ pub(crate) enum Response {
     MergeStatus(MergeStatus),
     PeerStatus(Option<PeerStatus>),
     Located(Option<RegionRecord>),
-    Status(StoreStatus),
+    Status(Box<StoreStatus>),
     Members(Vec<(StoreId, String)>),
     Split(Vec<Region>),
     Merged(Region),
@@ -583,6 +595,9 @@ pub struct StoreStatus {
     pub store: StoreId,
     /// Its replicas: region, role, term, indexes.
     pub peers: Vec<PeerStatus>,
+    /// Its metrics; `None` from a node that does not report them (added after the
+    /// first release of protocol v1: absent is not empty).
+    pub metrics: Option<StoreMetrics>,
 }
 
 // Request tags.
@@ -1165,6 +1180,172 @@ fn peer_status_of(f: &Field<'_>) -> D<PeerStatus> {
     })
 }
 
+// ---- store status and metrics ----
+
+const ST_STORE: u16 = 1;
+const ST_PEER: u16 = 2;
+const ST_METRICS: u16 = 3;
+
+const M_REGIONS: u16 = 1;
+const M_LEADERS: u16 = 2;
+const M_HIBERNATING: u16 = 3;
+const M_LAG_TOTAL: u16 = 4;
+const M_LAG_MAX: u16 = 5;
+const M_WRITE_LATENCY: u16 = 6;
+const M_WRITES_PROPOSED: u16 = 7;
+const M_ENTRIES_PROPOSED: u16 = 8;
+const M_APPLY: u16 = 9;
+const M_WAL: u16 = 10;
+const M_TAGS: &[u16] = &[
+    M_REGIONS,
+    M_LEADERS,
+    M_HIBERNATING,
+    M_LAG_TOTAL,
+    M_LAG_MAX,
+    M_WRITE_LATENCY,
+    M_WRITES_PROPOSED,
+    M_ENTRIES_PROPOSED,
+    M_APPLY,
+    M_WAL,
+];
+
+const AP_ROUNDS: u16 = 1;
+const AP_WITHOUT: u16 = 2;
+const AP_SEVERAL: u16 = 3;
+const AP_MOST: u16 = 4;
+
+const W_RECORDS: u16 = 1;
+const W_GROUPS: u16 = 2;
+const W_FSYNCS: u16 = 3;
+const W_BYTES: u16 = 4;
+const W_ROLLS: u16 = 5;
+const W_HIGH_WATER: u16 = 6;
+const W_SPARES: u16 = 7;
+const W_FSYNC_LATENCY: u16 = 8;
+const W_GROUP_RECORDS: u16 = 9;
+const W_TAGS: &[u16] = &[
+    W_RECORDS,
+    W_GROUPS,
+    W_FSYNCS,
+    W_BYTES,
+    W_ROLLS,
+    W_HIGH_WATER,
+    W_SPARES,
+    W_FSYNC_LATENCY,
+    W_GROUP_RECORDS,
+];
+
+const H_SUM: u16 = 1;
+const H_MAX: u16 = 2;
+const H_BUCKET: u16 = 3;
+const HB_INDEX: u16 = 1;
+const HB_SAMPLES: u16 = 2;
+
+fn put_histogram(o: &mut Vec<u8>, tag: u16, h: &HistogramSnapshot) {
+    codec::put_nested(o, tag, |o| {
+        codec::put_u64(o, H_SUM, h.sum());
+        codec::put_u64(o, H_MAX, h.max());
+        for (index, samples) in h.buckets() {
+            codec::put_nested(o, H_BUCKET, |o| {
+                codec::put_u64(o, HB_INDEX, index as u64);
+                codec::put_u64(o, HB_SAMPLES, samples);
+            });
+        }
+    });
+}
+
+fn histogram_of(rec: &Record<'_>, tag: u16, what: &'static str) -> D<HistogramSnapshot> {
+    let r = nested(&rec.required(tag, what)?, &[H_SUM, H_MAX, H_BUCKET])?;
+    let mut buckets = Vec::new();
+    for field in r.repeated(H_BUCKET) {
+        let b = nested(&field, &[HB_INDEX, HB_SAMPLES])?;
+        let index = req_u64(&b, HB_INDEX, "bucket index missing")?;
+        let index = usize::try_from(index)
+            .ok()
+            .filter(|&i| i < Histogram::BUCKETS)
+            .ok_or_else(|| DecodeError::new(field.offset, "histogram bucket index out of range"))?;
+        buckets.push((index, req_u64(&b, HB_SAMPLES, "bucket samples missing")?));
+    }
+    Ok(HistogramSnapshot::from_parts(
+        buckets,
+        req_u64(&r, H_SUM, "histogram sum missing")?,
+        req_u64(&r, H_MAX, "histogram max missing")?,
+    ))
+}
+
+fn put_metrics(o: &mut Vec<u8>, tag: u16, m: &StoreMetrics) {
+    codec::put_nested(o, tag, |o| put_metrics_fields(o, m));
+}
+
+fn put_metrics_fields(o: &mut Vec<u8>, m: &StoreMetrics) {
+    codec::put_u64(o, M_REGIONS, m.regions);
+    codec::put_u64(o, M_LEADERS, m.leaders);
+    codec::put_u64(o, M_HIBERNATING, m.hibernating);
+    codec::put_u64(o, M_LAG_TOTAL, m.applied_lag_total);
+    codec::put_u64(o, M_LAG_MAX, m.applied_lag_max);
+    put_histogram(o, M_WRITE_LATENCY, &m.write_latency_us);
+    codec::put_u64(o, M_WRITES_PROPOSED, m.writes_proposed);
+    codec::put_u64(o, M_ENTRIES_PROPOSED, m.entries_proposed);
+    codec::put_nested(o, M_APPLY, |o| {
+        codec::put_u64(o, AP_ROUNDS, m.apply.rounds);
+        codec::put_u64(o, AP_WITHOUT, m.apply.rounds_without_regions);
+        codec::put_u64(o, AP_SEVERAL, m.apply.rounds_with_several_regions);
+        codec::put_u64(o, AP_MOST, m.apply.most_regions_in_a_round as u64);
+    });
+    let w = &m.wal;
+    codec::put_nested(o, M_WAL, |o| {
+        codec::put_u64(o, W_RECORDS, w.records);
+        codec::put_u64(o, W_GROUPS, w.groups);
+        codec::put_u64(o, W_FSYNCS, w.fsyncs);
+        codec::put_u64(o, W_BYTES, w.bytes_written);
+        codec::put_u64(o, W_ROLLS, w.segment_rolls);
+        codec::put_u64(o, W_HIGH_WATER, w.queued_bytes_high_water as u64);
+        codec::put_u64(o, W_SPARES, w.spare_segments as u64);
+        put_histogram(o, W_FSYNC_LATENCY, &w.fsync_latency_us);
+        put_histogram(o, W_GROUP_RECORDS, &w.group_records);
+    });
+}
+
+/// Decodes a metrics record. Its first fields are required: a metrics record always
+/// had them; fields added to it later will be optional.
+fn metrics_of(field: &Field<'_>) -> D<StoreMetrics> {
+    let rec = nested(field, M_TAGS)?;
+    let mut out = StoreMetrics::default();
+    out.regions = req_u64(&rec, M_REGIONS, "regions missing")?;
+    out.leaders = req_u64(&rec, M_LEADERS, "leaders missing")?;
+    out.hibernating = req_u64(&rec, M_HIBERNATING, "hibernating missing")?;
+    out.applied_lag_total = req_u64(&rec, M_LAG_TOTAL, "applied lag total missing")?;
+    out.applied_lag_max = req_u64(&rec, M_LAG_MAX, "applied lag max missing")?;
+    out.write_latency_us = histogram_of(&rec, M_WRITE_LATENCY, "write latency missing")?;
+    out.writes_proposed = req_u64(&rec, M_WRITES_PROPOSED, "writes proposed missing")?;
+    out.entries_proposed = req_u64(&rec, M_ENTRIES_PROPOSED, "entries proposed missing")?;
+    let apply = nested(
+        &rec.required(M_APPLY, "apply stats missing")?,
+        &[AP_ROUNDS, AP_WITHOUT, AP_SEVERAL, AP_MOST],
+    )?;
+    out.apply.rounds = req_u64(&apply, AP_ROUNDS, "apply rounds missing")?;
+    out.apply.rounds_without_regions = req_u64(&apply, AP_WITHOUT, "apply rounds missing")?;
+    out.apply.rounds_with_several_regions = req_u64(&apply, AP_SEVERAL, "apply rounds missing")?;
+    out.apply.most_regions_in_a_round =
+        usize::try_from(req_u64(&apply, AP_MOST, "apply rounds missing")?).unwrap_or(usize::MAX);
+    let wal_rec = nested(&rec.required(M_WAL, "wal stats missing")?, W_TAGS)?;
+    let mut wal = WalStats::default();
+    wal.records = req_u64(&wal_rec, W_RECORDS, "wal records missing")?;
+    wal.groups = req_u64(&wal_rec, W_GROUPS, "wal groups missing")?;
+    wal.fsyncs = req_u64(&wal_rec, W_FSYNCS, "wal fsyncs missing")?;
+    wal.bytes_written = req_u64(&wal_rec, W_BYTES, "wal bytes missing")?;
+    wal.segment_rolls = req_u64(&wal_rec, W_ROLLS, "wal rolls missing")?;
+    wal.queued_bytes_high_water =
+        usize::try_from(req_u64(&wal_rec, W_HIGH_WATER, "wal high water missing")?)
+            .unwrap_or(usize::MAX);
+    wal.spare_segments =
+        usize::try_from(req_u64(&wal_rec, W_SPARES, "wal spares missing")?).unwrap_or(usize::MAX);
+    wal.fsync_latency_us = histogram_of(&wal_rec, W_FSYNC_LATENCY, "fsync latency missing")?;
+    wal.group_records = histogram_of(&wal_rec, W_GROUP_RECORDS, "group records missing")?;
+    out.wal = wal;
+    Ok(out)
+}
+
 const MS_REGION: u16 = 1;
 const MS_TARGET: u16 = 2;
 const MS_INDEX: u16 = 3;
@@ -1319,9 +1500,12 @@ pub(crate) fn encode_response(id: u64, result: &Result<Response, RemoteError>) -
             None => codec::put_field(o, NONE, &[]),
         }),
         Ok(Response::Status(s)) => codec::put_nested(o, R_STATUS, |o| {
-            codec::put_u64(o, 1, s.store.0);
+            codec::put_u64(o, ST_STORE, s.store.0);
             for p in &s.peers {
-                put_peer_status(o, 2, p);
+                put_peer_status(o, ST_PEER, p);
+            }
+            if let Some(m) = &s.metrics {
+                put_metrics(o, ST_METRICS, m);
             }
         }),
         Ok(Response::Members(m)) => codec::put_nested(o, R_MEMBERS, |o| {
@@ -1406,11 +1590,12 @@ fn decode_response_body(f: &Field<'_>) -> D<Result<Response, RemoteError>> {
         }
         R_LOCATED => Response::Located(some_or_none(f)?.map(|s| record_of(&s)).transpose()?),
         R_STATUS => {
-            let r = nested(f, &[1, 2])?;
-            Response::Status(StoreStatus {
-                store: StoreId(req_u64(&r, 1, "store missing")?),
-                peers: r.repeated(2).map(|p| peer_status_of(&p)).collect::<D<_>>()?,
-            })
+            let r = nested(f, &[ST_STORE, ST_PEER, ST_METRICS])?;
+            Response::Status(Box::new(StoreStatus {
+                store: StoreId(req_u64(&r, ST_STORE, "store missing")?),
+                peers: r.repeated(ST_PEER).map(|p| peer_status_of(&p)).collect::<D<_>>()?,
+                metrics: r.optional(ST_METRICS)?.map(|m| metrics_of(&m)).transpose()?,
+            }))
         }
         R_MEMBERS => {
             let r = nested(f, &[1])?;
@@ -1849,7 +2034,16 @@ mod tests {
                 region: region(1, "", None),
                 leader: Some(StoreId(3)),
             }))),
-            Ok(Response::Status(StoreStatus { store: StoreId(2), peers: vec![status()] })),
+            Ok(Response::Status(Box::new(StoreStatus {
+                store: StoreId(2),
+                peers: vec![status()],
+                metrics: None,
+            }))),
+            Ok(Response::Status(Box::new(StoreStatus {
+                store: StoreId(2),
+                peers: vec![status()],
+                metrics: Some(metrics()),
+            }))),
             Ok(Response::Members(vec![(StoreId(1), "127.0.0.1:1".into())])),
             Ok(Response::Regions(vec![RegionInfo {
                 region: region(1, "", None),
@@ -1861,6 +2055,125 @@ mod tests {
             Err(epoch_err),
             Err(RemoteError::new(ErrorCode::Cancelled, "stopping")),
         ]
+    }
+
+    /// Metrics with every field set, histograms with several buckets.
+    fn metrics() -> StoreMetrics {
+        let histogram = |values: &[u64]| {
+            let h = regionkv_wal::Histogram::new();
+            for &v in values {
+                h.record(v);
+            }
+            h.snapshot()
+        };
+        let mut wal = WalStats::default();
+        wal.records = 900;
+        wal.groups = 300;
+        wal.fsyncs = 310;
+        wal.bytes_written = 1 << 20;
+        wal.segment_rolls = 2;
+        wal.queued_bytes_high_water = 4096;
+        wal.spare_segments = 1;
+        wal.fsync_latency_us = histogram(&[0, 90, 150, 2000, u64::MAX]);
+        wal.group_records = histogram(&[1, 1, 3, 7]);
+        let mut apply = regionkv_raft::ApplyStats::default();
+        apply.rounds = 40;
+        apply.rounds_without_regions = 3;
+        apply.rounds_with_several_regions = 5;
+        apply.most_regions_in_a_round = 4;
+        let mut m = StoreMetrics::default();
+        m.regions = 6;
+        m.leaders = 2;
+        m.hibernating = 1;
+        m.applied_lag_total = 11;
+        m.applied_lag_max = 7;
+        m.write_latency_us = histogram(&[400, 800, 1600]);
+        m.writes_proposed = 1000;
+        m.entries_proposed = 250;
+        m.apply = apply;
+        m.wal = wal;
+        m
+    }
+
+    /// A status response as a node from before metrics encodes it: store and peers.
+    fn status_without_metrics(id: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        codec::put_u64(&mut out, R_ID, id);
+        codec::put_nested(&mut out, R_STATUS, |o| {
+            codec::put_u64(o, 1, 2);
+            put_peer_status(o, 2, &status());
+        });
+        out
+    }
+
+    #[test]
+    fn status_without_metrics_decodes_as_none_not_zeros() {
+        let (id, back) = decode_response(&status_without_metrics(5)).unwrap();
+        assert_eq!(id, 5);
+        let Ok(Response::Status(s)) = back else { panic!("not a status: {back:?}") };
+        assert_eq!((s.store, s.peers, s.metrics), (StoreId(2), vec![status()], None));
+    }
+
+    #[test]
+    fn status_metrics_round_trip_and_keep_their_quantiles() {
+        let sent = StoreStatus { store: StoreId(2), peers: vec![], metrics: Some(metrics()) };
+        let payload = encode_response(9, &Ok(Response::Status(Box::new(sent.clone()))));
+        let (_, back) = decode_response(&payload).unwrap();
+        let Ok(Response::Status(got)) = back else { panic!("not a status: {back:?}") };
+        assert_eq!(*got, sent);
+        let (m, want) = (got.metrics.unwrap(), metrics());
+        assert_eq!(m.write_latency_us.p99(), want.write_latency_us.p99());
+        assert_eq!(m.wal.fsync_latency_us.max(), u64::MAX);
+        assert_eq!(m.wal.group_records.count(), 4);
+        assert!((m.writes_per_entry() - 4.0).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn a_newer_metrics_record_with_unknown_tags_still_decodes() {
+        // A newer node adds tags to the status and to its metrics; this reader skips them.
+        let mut out = Vec::new();
+        codec::put_u64(&mut out, R_ID, 1);
+        codec::put_nested(&mut out, R_STATUS, |o| {
+            codec::put_u64(o, ST_STORE, 2);
+            codec::put_u64(o, 99, 1234);
+            codec::put_nested(o, ST_METRICS, |o| {
+                put_metrics_fields(o, &metrics());
+                codec::put_u64(o, 77, 5);
+                codec::put_nested(o, M_WAL + 1, |o| codec::put_u64(o, 1, 1));
+            });
+        });
+        let (_, back) = decode_response(&out).unwrap();
+        let Ok(Response::Status(got)) = back else { panic!("not a status: {back:?}") };
+        assert_eq!(got.metrics, Some(metrics()));
+    }
+
+    #[test]
+    fn malformed_metrics_are_an_error_not_a_panic() {
+        // A bucket index past the last bucket.
+        let mut out = Vec::new();
+        codec::put_u64(&mut out, R_ID, 1);
+        codec::put_nested(&mut out, R_STATUS, |o| {
+            codec::put_u64(o, ST_STORE, 2);
+            codec::put_nested(o, ST_METRICS, |o| {
+                codec::put_nested(o, M_WRITE_LATENCY, |o| {
+                    codec::put_u64(o, H_SUM, 1);
+                    codec::put_u64(o, H_MAX, 1);
+                    codec::put_nested(o, H_BUCKET, |o| {
+                        codec::put_u64(o, HB_INDEX, 65);
+                        codec::put_u64(o, HB_SAMPLES, 1);
+                    });
+                });
+            });
+        });
+        assert!(decode_response(&out).is_err());
+        // A metrics record missing its fields is not taken as zeros.
+        let mut out = Vec::new();
+        codec::put_u64(&mut out, R_ID, 1);
+        codec::put_nested(&mut out, R_STATUS, |o| {
+            codec::put_u64(o, ST_STORE, 2);
+            codec::put_nested(o, ST_METRICS, |_| {});
+        });
+        assert!(decode_response(&out).is_err());
     }
 
     #[test]

@@ -248,7 +248,7 @@ impl RemoteStores {
     /// `store`'s status (its replicas).
     pub fn status(&self, store: StoreId) -> Result<StoreStatus> {
         match self.call(store, &Request::Status, CALL_TIMEOUT) {
-            Some(Ok(Response::Status(s))) => Ok(s),
+            Some(Ok(Response::Status(s))) => Ok(*s),
             other => Err(unexpected(store, other)),
         }
     }

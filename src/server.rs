@@ -338,10 +338,11 @@ impl ClientService {
                 r.send(Ok(Response::PeerStatus(store.peer_status(region))));
             }
             Request::Locate { key } => r.send(Ok(Response::Located(node.locate_local(&key)))),
-            Request::Status => r.send(Ok(Response::Status(StoreStatus {
+            Request::Status => r.send(Ok(Response::Status(Box::new(StoreStatus {
                 store: self.store,
                 peers: store.status(),
-            }))),
+                metrics: Some(store.metrics()),
+            })))),
             Request::Members => r.send(Ok(Response::Members(node.members()))),
             Request::LocalScan { start, end, limit } => {
                 let rows = store.context().engine.snapshot().scan(&start, end.as_deref(), limit);

@@ -69,6 +69,20 @@ fn three_nodes_replicate_split_and_merge_over_tcp() -> Result<(), Box<dyn std::e
     // Split and merge through the client protocol, from a client that knows one node.
     let client = Client::connect(&addrs[2..], CLUSTER, SECRET)?;
     assert_eq!(client.stores().len(), 3, "the client learned every store from one node");
+    // Every node reports its metrics with its status; the 60 writes were timed by the
+    // leader that acknowledged them, and each node's own view matches what it sent.
+    let statuses = client.status();
+    assert_eq!(statuses.len(), 3);
+    let timed: u64 = statuses
+        .iter()
+        .map(|s| s.metrics.as_ref().expect("a node of this version reports metrics"))
+        .map(|m| m.write_latency_us.count())
+        .sum();
+    assert!(timed >= 60, "{timed} writes timed");
+    for node in &nodes {
+        let m = node.metrics();
+        assert!(m.regions >= 1 && m.wal.fsyncs > 0, "node {}: {m:?}", node.store_id());
+    }
     let parts = client.split(key(30))?;
     assert_eq!(parts.len(), 2);
     assert_eq!(parts[1].start, key(30).as_bytes());

@@ -139,6 +139,46 @@ fn secret_file(dir: &Path) {
     std::fs::write(dir.join("secret"), format!("{SECRET}\n")).unwrap();
 }
 
+/// `regionkv client status` reports every node's metrics, as text and as JSON.
+fn check_client_status(procs: &Procs) {
+    let status = |json: bool| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_regionkv"));
+        cmd.arg("client")
+            .args([
+                "--addr",
+                &procs.addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+            ])
+            .args(["--cluster-id", &CLUSTER.0.to_string()])
+            .arg("--secret-file")
+            .arg(procs.dir.join("secret"));
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.arg("status").output().expect("run regionkv client status");
+        assert!(
+            out.status.success(),
+            "client status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = status(false);
+    assert!(text.contains("wal fsyncs") && text.contains("writes/entry"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    let stores = json.as_array().expect("an array of stores");
+    assert_eq!(stores.len(), 3, "{json}");
+    let mut timed = 0;
+    for s in stores {
+        let m = &s["metrics"];
+        assert!(m["regions"].as_u64() >= Some(1), "{s}");
+        assert!(m["wal"]["fsyncs"].as_u64() > Some(0), "{s}");
+        assert!(m["wal"]["group_records"]["p50"].as_u64() >= Some(1), "{s}");
+        timed += m["write_latency_us"]["count"].as_u64().unwrap();
+    }
+    // The store that took over from the killed leader acknowledged at least 100 writes.
+    assert!(timed >= 100, "{timed} writes timed: {json}");
+}
+
 #[test]
 fn acknowledged_writes_survive_a_sigkilled_node() {
     let dir = tempfile::tempdir().unwrap();
@@ -235,6 +275,8 @@ fn acknowledged_writes_survive_a_sigkilled_node() {
             );
         }
     }
+
+    check_client_status(&procs);
 
     // Closing stdin stops each node cleanly.
     client.close();

@@ -46,6 +46,7 @@ use crate::directory::{self, DIRECTORY, DirCmd, DirResult, RegionRecord};
 use crate::error::{Error, Result};
 use crate::log::{LogState, LogWrite, RaftLog};
 use crate::logger::raft_logger;
+use crate::metrics::{StoreMetrics, WriteMetrics};
 use crate::peer::{
     AdminRequest, AdminResult, CatchUp, ChangePeersRequest, Incoming, MergeStatus, Paused, Peer,
     PeerChange, Proposal, Query, QueryResult, ReadRequest, Reply, Waiting, WriteRequest,
@@ -76,6 +77,8 @@ pub struct StoreContext {
     pub apply_observer: Option<ApplyObserver>,
     /// Fixes each peer's election timeout, if set (else raft-rs randomizes it).
     pub election_ticks: Option<ElectionTicks>,
+    /// Write-path counters of every core of the store.
+    pub metrics: WriteMetrics,
 }
 
 impl std::fmt::Debug for StoreContext {
@@ -101,6 +104,7 @@ impl StoreContext {
             cancel,
             apply_observer: None,
             election_ticks: None,
+            metrics: WriteMetrics::default(),
         }
     }
 
@@ -250,7 +254,7 @@ impl ApplyStats {
         self.most_regions_in_a_round = self.most_regions_in_a_round.max(prepared);
     }
 
-    fn add(&mut self, other: &ApplyStats) {
+    pub(crate) fn add(&mut self, other: &ApplyStats) {
         self.rounds += other.rounds;
         self.rounds_without_regions += other.rounds_without_regions;
         self.rounds_with_several_regions += other.rounds_with_several_regions;
@@ -547,6 +551,27 @@ impl StoreCore {
     /// The write-batch rounds this core committed so far.
     pub fn apply_stats(&self) -> ApplyStats {
         self.apply_stats
+    }
+
+    /// This core's metrics: its replicas and apply rounds, with the store-wide
+    /// write-path and WAL figures. A store with several cores adds up their replica
+    /// figures ([`Store::metrics`](crate::Store::metrics)).
+    pub fn metrics(&self) -> StoreMetrics {
+        let mut m = StoreMetrics { apply: self.apply_stats, ..StoreMetrics::default() };
+        for peer in self.peers.values() {
+            if peer.region.id == DIRECTORY || !peer.initialized {
+                continue;
+            }
+            let lag = peer.raw.raft.raft_log.committed.saturating_sub(peer.applied_index);
+            m.regions += 1;
+            m.leaders += u64::from(peer.is_leader());
+            m.hibernating += u64::from(peer.hibernated);
+            m.applied_lag_total += lag;
+            m.applied_lag_max = m.applied_lag_max.max(lag);
+        }
+        self.ctx.metrics.fill(&mut m);
+        m.wal = self.ctx.log.wal().stats();
+        m
     }
 
     /// Advances every group's logical clock by one tick.
@@ -892,7 +917,7 @@ impl StoreCore {
         }
         let write = Write { epoch: req.epoch, ops: req.ops };
         peer.batch_bytes += write.encoded_len();
-        peer.batch.push((write, req.reply));
+        peer.batch.push((write, self.ctx.metrics.timed(req.reply)));
         self.dirty.insert(req.region);
     }
 
@@ -1245,6 +1270,8 @@ impl StoreCore {
     /// Handles every pending ready: proposes batched writes, applies what committed,
     /// stages what must be persisted. See the module docs for what comes out.
     pub fn flush(&mut self) -> Output {
+        let _span =
+            tracing::trace_span!("store.flush", store = self.ctx.config.store_id.0).entered();
         for _ in 0..MAX_READY_PASSES {
             self.run_controls();
             if self.dirty.is_empty() {
@@ -1448,6 +1475,7 @@ impl StoreCore {
             let before = peer.raw.raft.raft_log.last_index();
             match peer.raw.propose(Vec::new(), data) {
                 Ok(()) if peer.raw.raft.raft_log.last_index() > before => {
+                    self.ctx.metrics.on_proposed(writes.len());
                     let index = peer.raw.raft.raft_log.last_index();
                     peer.proposals.push_back(Proposal {
                         index,

@@ -12,6 +12,7 @@ mod error;
 pub mod log;
 mod logger;
 mod mailbox;
+mod metrics;
 mod peer;
 pub mod sim;
 mod storage;
@@ -25,6 +26,7 @@ pub use core::{
     RAFT_INIT_TERM, StoreContext, StoreCore, WriteTask,
 };
 pub use error::{Error, Result};
+pub use metrics::{StoreMetrics, WriteMetrics};
 pub use peer::{
     AdminRequest, AdminResult, ChangePeersRequest, MergeStatus, PeerChange, Query, QueryResult,
     ReadRequest, Reply, WriteRequest,

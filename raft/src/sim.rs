@@ -606,6 +606,11 @@ impl SimCluster {
         self.stores.get(&store)?.running.as_ref().map(|r| r.core.apply_stats())
     }
 
+    /// `store`'s metrics (its one core's replicas, the write path, the WAL), if it runs.
+    pub fn metrics(&self, store: StoreId) -> Option<crate::StoreMetrics> {
+        self.stores.get(&store)?.running.as_ref().map(|r| r.core.metrics())
+    }
+
     /// Submits a linearizable read to `store`.
     pub fn read(&mut self, store: StoreId, region: RegionId, query: Query) -> Pending<QueryResult> {
         let pending = Pending::new();

@@ -39,6 +39,7 @@ use crate::directory::{DIRECTORY, DirCmd, DirResult, RegionRecord};
 use crate::error::{Error, Result};
 use crate::log::RaftLog;
 use crate::mailbox::{Mailbox, SendError};
+use crate::metrics::StoreMetrics;
 use crate::peer::{
     AdminRequest, ChangePeersRequest, MergeStatus, ReadRequest, Reply, WriteRequest,
 };
@@ -54,6 +55,7 @@ enum Msg {
     Bootstrap(Region, Sender<Result<()>>),
     Persisted(Vec<(RegionId, u64)>),
     Status(Sender<Vec<PeerStatus>>),
+    Metrics(Sender<StoreMetrics>),
     Admin(Box<AdminRequest>),
     MergeStatus(RegionId, Sender<Result<MergeStatus>>),
     Control(Control),
@@ -338,6 +340,24 @@ impl Store {
         all
     }
 
+    /// The store's metrics: its replicas (regions, leaders, hibernating, applied lag),
+    /// write latency and batching, apply rounds and WAL figures. Each poller answers
+    /// for its replicas; one that does not answer in time is left out.
+    pub fn metrics(&self) -> StoreMetrics {
+        let mut total = StoreMetrics::default();
+        for poller in &self.inbox.pollers {
+            let (tx, rx) = bounded(1);
+            if poller.send(Msg::Metrics(tx)).is_ok()
+                && let Ok(part) = rx.recv_timeout(Duration::from_secs(10))
+            {
+                total.add_replicas(&part);
+            }
+        }
+        self.ctx.metrics.fill(&mut total);
+        total.wal = self.wal.stats();
+        total
+    }
+
     /// Region changes seen by this store's leaders since the last call (the newest per
     /// region), for the cluster directory.
     pub fn take_reports(&self) -> Vec<RegionRecord> {
@@ -429,6 +449,9 @@ fn handle(core: &mut StoreCore, msg: Msg) {
         Msg::Status(reply) => {
             let _ = reply.send(core.status());
         }
+        Msg::Metrics(reply) => {
+            let _ = reply.send(core.metrics());
+        }
         Msg::Admin(req) => core.on_admin(*req),
         Msg::MergeStatus(region, reply) => {
             let _ = reply.send(core.merge_status(region));
@@ -492,7 +515,8 @@ fn poller_loop(
             // them so waiting clients learn their outcome, then stop the timelines.
             inbox.recv_all(&mut batch, Instant::now());
             for msg in batch.drain(..) {
-                if let Msg::Persisted(_) | Msg::Status(_) | Msg::Control(_) = msg {
+                if let Msg::Persisted(_) | Msg::Status(_) | Msg::Metrics(_) | Msg::Control(_) = msg
+                {
                     handle(&mut core, msg);
                 } else {
                     refuse(msg);
@@ -548,6 +572,7 @@ fn refuse(msg: Msg) {
         | Msg::TransferLeader(..)
         | Msg::Persisted(_)
         | Msg::Status(_)
+        | Msg::Metrics(_)
         | Msg::Control(_) => {}
     }
 }

@@ -133,3 +133,26 @@ fn rounds_of_a_merge_then_a_round_over_the_target_and_another_region() {
     c.run_for(Duration::from_millis(100));
     assert_reset(&c);
 }
+
+/// Writes that reach a leader before it flushes are proposed as one entry, and the
+/// metrics say so exactly: writes and entries proposed, one latency sample per
+/// acknowledged write, the region led and fully applied.
+#[test]
+fn writes_taken_together_are_one_entry_in_the_metrics() {
+    let mut c = single_voter(11);
+    let before = c.metrics(S).expect("running");
+    let writes: Vec<(RegionId, Vec<Op>)> =
+        ["m1", "m2", "m3", "m4", "m5"].iter().map(|k| (R1, put(k))).collect();
+    let (pendings, _) = c.submit_together(S, writes, None);
+    acknowledged(&mut c, &pendings);
+    let after = c.metrics(S).expect("running");
+    assert_eq!(after.writes_proposed - before.writes_proposed, 5, "{after:?}");
+    assert_eq!(after.entries_proposed - before.entries_proposed, 1, "{after:?}");
+    assert_eq!(after.write_latency_us.count() - before.write_latency_us.count(), 5);
+    assert!(after.writes_per_entry() > 1.0, "{after:?}");
+    assert_eq!((after.regions, after.leaders), (1, 1), "{after:?}");
+    assert_eq!((after.applied_lag_total, after.applied_lag_max), (0, 0), "{after:?}");
+    assert!(after.wal.fsyncs > before.wal.fsyncs, "{after:?}");
+    assert!(after.wal.group_records.count() > before.wal.group_records.count());
+    assert!(after.apply.rounds > before.apply.rounds, "{after:?}");
+}

@@ -19,6 +19,8 @@
 //!   that was acknowledged, proven by the durable position every record carries.
 //! - **Reads** ([`Wal::read`], [`Wal::iter_from`]) verify checksums every time and read
 //!   sealed segments through mmap.
+//! - **Metrics** ([`Wal::stats`]): counters, and [`Histogram`]s of fsync latency and
+//!   group size; the same lock-free histogram serves the layers above.
 //! - **Lifecycle** ([`lifecycle`]): cancellation tokens, gates and [`Timeline`]s give
 //!   the rest of the store an ordered, bounded, quiet shutdown.
 //! - **The file-system seam** ([`fs`]): the log, and everything else in regionkv that
@@ -54,6 +56,7 @@ const _: () = assert!(usize::BITS == 64, "regionkv supports 64-bit targets only"
 mod error;
 pub mod fs;
 mod group_commit;
+mod histogram;
 pub mod lifecycle;
 mod log;
 mod lsn;
@@ -67,6 +70,7 @@ mod writer;
 
 pub use error::{Error, ErrorClass, Result};
 pub use fs::{CrashMode, FileSystem, RealFs, SimFs};
+pub use histogram::{Histogram, HistogramSnapshot};
 pub use lifecycle::{CancellationToken, Gate, IngestError, Timeline, TimelineState};
 pub use log::{SparePreparation, SyncPolicy, Wal, WalOptions, WalStats};
 pub use lsn::{Lsn, SegmentId};

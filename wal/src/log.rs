@@ -12,6 +12,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::error::{Error, Result};
 use crate::fs::FileSystem;
 use crate::group_commit::{GroupCommit, Limits};
+use crate::histogram::HistogramSnapshot;
 use crate::lsn::{Lsn, SegmentId};
 use crate::pool::Pool;
 use crate::reader::{Record, WalIter};
@@ -162,6 +163,9 @@ impl WalOptions {
 }
 
 /// Counters of a [`Wal`] since it was opened.
+///
+/// The average group size is `records / groups`; [`WalStats::group_records`] has its
+/// distribution.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WalStats {
@@ -179,6 +183,11 @@ pub struct WalStats {
     pub queued_bytes_high_water: usize,
     /// Spare segment files ready now.
     pub spare_segments: usize,
+    /// How long each fdatasync of a segment took, in microseconds (one sample per
+    /// [`WalStats::fsyncs`]).
+    pub fsync_latency_us: HistogramSnapshot,
+    /// Records per group written (one sample per group; seals excluded).
+    pub group_records: HistogramSnapshot,
 }
 
 /// A durable, group-committed, checksummed log shared by all regions of a store.
@@ -309,6 +318,7 @@ impl Wal {
     /// On [`Error::Indeterminate`] the record may or may not be in the log after a
     /// reopen; on any other error it was not written.
     pub fn append(&self, payload: &[u8]) -> Result<Lsn> {
+        let _span = tracing::trace_span!("wal.append", bytes = payload.len()).entered();
         self.check_len(payload)?;
         let mut lsn = Vec::with_capacity(1);
         self.inner.kernel.commit(
@@ -323,6 +333,7 @@ impl Wal {
     /// are durable. Each record is still recovered on its own: after a crash before the
     /// fsync, a prefix of them may survive. Put data that must be atomic in one record.
     pub fn append_batch(&self, payloads: &[&[u8]]) -> Result<Vec<Lsn>> {
+        let _span = tracing::trace_span!("wal.append_batch", records = payloads.len()).entered();
         let mut records = Vec::with_capacity(payloads.len());
         for &payload in payloads {
             self.check_len(payload)?;
@@ -452,6 +463,8 @@ impl Wal {
             segment_rolls: io.segment_rolls.load(Ordering::Relaxed),
             queued_bytes_high_water: kernel.queued_bytes_high_water,
             spare_segments: self.inner.shared.pool.spare_count(),
+            fsync_latency_us: io.fsync_latency.snapshot(),
+            group_records: io.group_records.snapshot(),
         }
     }
 }

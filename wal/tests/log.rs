@@ -132,6 +132,12 @@ fn real_disk_round_trip_with_background_spares() -> TestResult {
     let stats = wal.stats();
     assert_eq!(stats.records, 800);
     assert!(stats.fsyncs < 800, "concurrent appends share fsyncs: {stats:?}");
+    // The histograms see every group and every fsync, and account for every record.
+    assert_eq!(stats.group_records.count(), stats.groups, "{stats:?}");
+    assert_eq!(stats.group_records.sum(), stats.records, "{stats:?}");
+    assert!(stats.group_records.max() >= 1 && stats.group_records.p50() >= 1, "{stats:?}");
+    assert_eq!(stats.fsync_latency_us.count(), stats.fsyncs, "{stats:?}");
+    assert!(stats.fsync_latency_us.max() >= stats.fsync_latency_us.p99(), "{stats:?}");
     wal.close()?;
     drop(wal);
     let wal = Wal::open(

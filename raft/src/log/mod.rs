@@ -390,6 +390,7 @@ impl RaftLog {
     /// Makes several staged writes durable in one WAL record, in order (a writer that
     /// fell behind catches up with one fsync).
     pub fn persist_all(&self, writes: &[LogWrite]) -> Result<Lsn> {
+        let _span = tracing::debug_span!("raft_log.persist_all", writes = writes.len()).entered();
         let mut encoder = BatchEncoder::default();
         for write in writes {
             for (region, w) in &write.regions {

@@ -1,0 +1,109 @@
+//! [`StoreMetrics`]: what a store reports about itself, and the write-path counters
+//! ([`WriteMetrics`]) its cores share.
+//!
+//! Every figure here is *measured only*: the cores record wall-clock latencies with
+//! [`Instant`] but never read them back, so a simulated store stays deterministic.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use regionkv_wal::{Histogram, HistogramSnapshot, WalStats};
+
+use crate::core::ApplyStats;
+use crate::peer::Reply;
+
+/// Write-path counters shared by the cores of one store (in its [`StoreContext`]).
+///
+/// [`StoreContext`]: crate::StoreContext
+#[derive(Debug, Default)]
+pub struct WriteMetrics {
+    /// Microseconds from a write reaching a core to its successful reply.
+    latency: Arc<Histogram>,
+    /// Client writes proposed (inside entries raft-rs accepted).
+    writes_proposed: AtomicU64,
+    /// Entries proposed that carry client writes.
+    entries_proposed: AtomicU64,
+}
+
+impl WriteMetrics {
+    /// Wraps `reply` so that a successful outcome records the time since now.
+    pub(crate) fn timed(&self, reply: Reply<()>) -> Reply<()> {
+        let started = Instant::now();
+        let latency = Arc::clone(&self.latency);
+        Box::new(move |result| {
+            if result.is_ok() {
+                latency.record_duration(started.elapsed());
+            }
+            reply(result);
+        })
+    }
+
+    /// Counts one proposed entry carrying `writes` client writes.
+    pub(crate) fn on_proposed(&self, writes: usize) {
+        self.entries_proposed.fetch_add(1, Ordering::Relaxed);
+        self.writes_proposed.fetch_add(writes as u64, Ordering::Relaxed);
+    }
+
+    /// Fills in the store-wide write-path figures of `m`.
+    pub(crate) fn fill(&self, m: &mut StoreMetrics) {
+        m.write_latency_us = self.latency.snapshot();
+        m.writes_proposed = self.writes_proposed.load(Ordering::Relaxed);
+        m.entries_proposed = self.entries_proposed.load(Ordering::Relaxed);
+    }
+}
+
+/// A store's metrics at one moment ([`Store::metrics`](crate::Store::metrics)).
+///
+/// Replica figures cover user regions only (not the cluster directory's group) and
+/// initialized replicas only (not one waiting for its first snapshot).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreMetrics {
+    /// Regions with a replica on this store.
+    pub regions: u64,
+    /// Of those, the ones this store leads.
+    pub leaders: u64,
+    /// Of those, the replicas hibernating (not ticking).
+    pub hibernating: u64,
+    /// Sum over replicas of `commit - applied`: entries known committed here and not
+    /// applied yet.
+    pub applied_lag_total: u64,
+    /// The largest `commit - applied` of one replica.
+    pub applied_lag_max: u64,
+    /// Microseconds from a client write reaching the store to its successful reply
+    /// (commit by a quorum and apply included); one sample per acknowledged write.
+    pub write_latency_us: HistogramSnapshot,
+    /// Client writes proposed to Raft.
+    pub writes_proposed: u64,
+    /// Raft entries those writes were proposed in (writes are batched per region).
+    pub entries_proposed: u64,
+    /// Write-batch rounds of the apply loop.
+    pub apply: ApplyStats,
+    /// The store's WAL: fsyncs, their latency, group sizes.
+    pub wal: WalStats,
+}
+
+impl StoreMetrics {
+    /// Client writes per proposed entry (0 before the first proposal): how well
+    /// batching works.
+    pub fn writes_per_entry(&self) -> f64 {
+        if self.entries_proposed == 0 {
+            return 0.0;
+        }
+        #[expect(clippy::cast_precision_loss, reason = "a ratio for display")]
+        let ratio = self.writes_proposed as f64 / self.entries_proposed as f64;
+        ratio
+    }
+
+    /// Adds the per-core figures of `other` (replicas, apply rounds) to these; the
+    /// store-wide ones (write path, WAL) are left as they are.
+    pub(crate) fn add_replicas(&mut self, other: &StoreMetrics) {
+        self.regions += other.regions;
+        self.leaders += other.leaders;
+        self.hibernating += other.hibernating;
+        self.applied_lag_total += other.applied_lag_total;
+        self.applied_lag_max = self.applied_lag_max.max(other.applied_lag_max);
+        self.apply.add(&other.apply);
+    }
+}
