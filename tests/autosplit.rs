@@ -5,21 +5,14 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use regionkv::{Cluster, Db, SplitPolicy};
+use regionkv::{Cluster, SplitPolicy};
+
+mod common;
+
+use common::check_all;
 
 fn key(i: usize) -> String {
     format!("key{i:05}")
-}
-
-fn check_all(db: &Db, model: &BTreeMap<String, String>) {
-    let rows = db.scan(.., usize::MAX).unwrap();
-    let got: BTreeMap<String, String> = rows
-        .into_iter()
-        .map(|(k, v)| {
-            (String::from_utf8(k.to_vec()).unwrap(), String::from_utf8(v.to_vec()).unwrap())
-        })
-        .collect();
-    assert_eq!(&got, model, "a scan across every region returns each key once");
 }
 
 /// Keys of `model` in each of the cluster's regions, in key order.

@@ -5,7 +5,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use regionkv::{Cluster, Db, Error, WriteBatch};
+use regionkv::{Cluster, Error, WriteBatch};
+
+mod common;
+
+use common::check_all;
 
 fn cluster(dir: &std::path::Path) -> Cluster {
     Cluster::builder().dir(dir).stores(3).tick_interval(Duration::from_millis(20)).build().unwrap()
@@ -13,20 +17,6 @@ fn cluster(dir: &std::path::Path) -> Cluster {
 
 fn key(i: usize) -> String {
     format!("key{i:04}")
-}
-
-fn check_all(db: &Db, model: &BTreeMap<String, String>) {
-    let rows = db.scan(.., usize::MAX).unwrap();
-    let got: BTreeMap<String, String> = rows
-        .into_iter()
-        .map(|(k, v)| {
-            (String::from_utf8(k.to_vec()).unwrap(), String::from_utf8(v.to_vec()).unwrap())
-        })
-        .collect();
-    assert_eq!(&got, model, "a scan across every region returns each key once");
-    for (k, v) in model.iter().step_by(17) {
-        assert_eq!(db.get(k).unwrap().as_deref(), Some(v.as_bytes()));
-    }
 }
 
 /// Waits until the directory lists exactly the cluster's regions.
