@@ -97,6 +97,7 @@ use bytes::Bytes;
 use regionkv_engine::codec::{self, DecodeError, Field, Record};
 use regionkv_engine::{Epoch, MergeState, PeerId, Region, RegionId, StoreId};
 use regionkv_raft::directory::{DirCmd, DirResult, RegionRecord};
+use regionkv_raft::transport::tcp::is_read_timeout;
 use regionkv_raft::transport::wire::{
     self, ClusterId, HandshakeKey, Hello, NONCE_BYTES, Nonce, Proof, RejectReason, Role, Transcript,
 };
@@ -307,14 +308,7 @@ impl FrameReader<'_> {
                     filled += n;
                     last = Instant::now();
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
+                Err(e) if is_read_timeout(&e) => {
                     if self.cancel.is_some_and(CancellationToken::is_cancelled) {
                         return Err(FrameError::Cancelled);
                     }

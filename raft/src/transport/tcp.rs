@@ -870,14 +870,7 @@ impl Shared {
                     filled += n;
                     last_progress = Instant::now();
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
+                Err(e) if is_read_timeout(&e) => {
                     if cancel.is_cancelled() {
                         return Err(TcpError::Cancelled);
                     }
@@ -965,14 +958,7 @@ impl Shared {
             match stream.peek(&mut byte) {
                 Ok(0) => return Err(TcpError::Closed),
                 Ok(_) => return Ok(byte[0]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
+                Err(e) if is_read_timeout(&e) => {
                     if cancel.is_cancelled() {
                         return Err(TcpError::Cancelled);
                     }
@@ -1464,6 +1450,15 @@ fn peer_has_closed(stream: &TcpStream) -> bool {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => restored.is_err(),
         Ok(_) | Err(_) => true,
     }
+}
+
+/// True for the errors a socket read with a timeout returns when nothing arrived in
+/// time (or a signal interrupted it): the caller checks its deadline and reads again.
+pub fn is_read_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
 }
 
 #[cfg(test)]
