@@ -575,8 +575,8 @@ impl StoreCore {
     }
 
     /// Advances every group's logical clock by one tick.
-    /// Hibernating peers do not tick; a leader that had nothing to do for long
-    /// enough hibernates (see [`StoreCore::maybe_hibernate`]).
+    /// Hibernating peers do not tick; a leader with nothing new since its last tick
+    /// whose group is quiescent hibernates first (see `maybe_hibernate`).
     pub fn on_tick(&mut self) {
         self.ticks += 1;
         // Leaders idle long enough try to hibernate before they tick: a quiescent

@@ -1,13 +1,13 @@
 //! The Raft log of every region of a store, on the store's one WAL.
 //!
 //! Entries of all regions are interleaved in one [`Wal`]: each write of the store (one
-//! or more regions' ready) is one WAL record ([`batch`]). In memory, every region keeps
+//! or more regions' ready) is one WAL record (encoded by the `batch` module). In memory, every region keeps
 //! an index from Raft index to the record and span holding the entry, the entries
 //! cached (bounded), and its state (hard state, conf state, compaction point).
 //!
 //! The flow follows raft-rs's asynchronous ready:
 //! 1. the Raft thread [`RaftLog::stage`]s a ready's entries and state into a
-//!    [`LogWrite`]: they are readable through [`crate::storage`] at once, as raft-rs
+//!    [`LogWrite`]: they are readable through the peer's storage at once, as raft-rs
 //!    requires before `advance_append_async`;
 //! 2. a writer thread [`RaftLog::persist`]s the write: one WAL append, group-committed
 //!    with every other writer's, returning once it is durable; the index then records
