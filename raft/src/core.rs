@@ -227,8 +227,14 @@ pub struct PeerStatus {
 /// after an inline persist, cascaded applies); bounds the loop.
 const MAX_READY_PASSES: usize = 8;
 
-/// Purge the WAL every this many ticks.
+/// Purge the WAL, and sweep the engines for versions no snapshot sees, every this many
+/// ticks.
 const PURGE_EVERY_TICKS: u64 = 50;
+
+/// Distinct keys one garbage sweep of an engine looks at. The sweep holds the engine's
+/// commit lock (every core's apply waits), so it is short: about a millisecond. At the
+/// default 100 ms tick a store sweeps a million keys in about five minutes.
+const GC_KEYS_PER_SWEEP: usize = 16 * 1024;
 
 /// Write-batch rounds this core committed, by how many regions each prepared (the
 /// apply loop's shape, for tests and metrics).
@@ -607,6 +613,7 @@ impl StoreCore {
         self.check_liveness();
         if self.ticks.is_multiple_of(PURGE_EVERY_TICKS) {
             self.plan_purge();
+            self.collect_garbage();
         }
     }
 
@@ -2069,6 +2076,28 @@ impl StoreCore {
                 tracing::debug!(segments = n, below = %plan.purge_below, "purged WAL segments");
             }
             Err(e) => tracing::warn!(error = %e, "WAL purge failed; will retry"),
+        }
+    }
+
+    /// Drops versions no snapshot can see any more from the store's engines, a bounded
+    /// part of the key space per call (each call goes on where the last stopped).
+    /// Commits drop what they shadow only when no snapshot needs it; versions a
+    /// snapshot held at the time stay until a sweep, and a key that is not written
+    /// again gets no other. One core per store sweeps: the one that owns the
+    /// directory's region (the engines are shared by every core of the store).
+    fn collect_garbage(&self) {
+        if !(self.owns)(DIRECTORY) {
+            return;
+        }
+        for engine in [&self.ctx.engine, &self.ctx.directory] {
+            let swept = engine.gc(GC_KEYS_PER_SWEEP);
+            if swept.bytes_freed > 0 {
+                tracing::debug!(
+                    keys = swept.keys,
+                    bytes = swept.bytes_freed,
+                    "dropped old versions"
+                );
+            }
         }
     }
 
