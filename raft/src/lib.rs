@@ -22,14 +22,14 @@ pub mod transport;
 pub use command::{AdminCmd, Op, Write};
 pub use config::{ReadMode, StoreConfig};
 pub use core::{
-    ApplyObserver, ApplyStats, Control, ElectionTicks, Output, PeerStatus, RAFT_INIT_INDEX,
-    RAFT_INIT_TERM, StoreContext, StoreCore, WriteTask,
+    ApplyObserver, Control, ElectionTicks, Output, RAFT_INIT_INDEX, RAFT_INIT_TERM, StoreContext,
+    StoreCore, WriteTask,
 };
 pub use error::{Error, Result};
-pub use metrics::{StoreMetrics, WriteMetrics};
+pub use metrics::{ApplyStats, StoreMetrics, WriteMetrics};
 pub use peer::{
-    AdminRequest, AdminResult, ChangePeersRequest, MergeStatus, PeerChange, Query, QueryResult,
-    ReadRequest, Reply, WriteRequest,
+    AdminRequest, AdminResult, ChangePeersRequest, MergeStatus, PeerChange, PeerStatus, Query,
+    QueryResult, ReadRequest, Reply, WriteRequest,
 };
 pub use raft::StateRole;
 pub use storage::PeerStorage;

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use raft::RawNode;
 use raft::eraftpb::Entry;
+use raft::{RawNode, StateRole};
 use regionkv_engine::checkpoint::CheckpointFile;
 use regionkv_engine::{
     CheckpointReceiver, Epoch, MergeState, PeerId, ReceivedCheckpoint, Region, RegionId, StoreId,
@@ -182,6 +182,31 @@ pub(crate) struct Incoming {
     pub receiver: CheckpointReceiver,
 }
 
+/// One peer's status, for monitors and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The region as this store knows it.
+    pub region: Region,
+    /// This store's replica.
+    pub peer: PeerId,
+    /// Leader, follower, candidate or pre-candidate.
+    pub role: StateRole,
+    /// The current term.
+    pub term: u64,
+    /// The leader's peer id, if known.
+    pub leader: Option<PeerId>,
+    /// Highest index known committed.
+    pub commit: u64,
+    /// Highest index applied.
+    pub applied: u64,
+    /// Last index in the log.
+    pub last_index: u64,
+    /// True once the replica holds data (a snapshot or bootstrap).
+    pub initialized: bool,
+    /// True while the replica hibernates (does not tick).
+    pub hibernated: bool,
+}
+
 /// A replica of a region.
 pub(crate) struct Peer {
     /// The region as this replica knows it (a mirror of the engine's, once initialized).
@@ -239,6 +264,23 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
+    /// This replica's status.
+    pub fn status(&self) -> PeerStatus {
+        PeerStatus {
+            region: self.region.clone(),
+            peer: self.id,
+            role: self.raw.raft.state,
+            term: self.raw.raft.term,
+            leader: (self.raw.raft.leader_id != raft::INVALID_ID)
+                .then_some(PeerId(self.raw.raft.leader_id)),
+            commit: self.raw.raft.raft_log.committed,
+            applied: self.applied_index,
+            last_index: self.raw.raft.raft_log.last_index(),
+            initialized: self.initialized,
+            hibernated: self.hibernated,
+        }
+    }
+
     /// The store that hosts peer `id` of this region, if known.
     pub fn store_of(&self, id: PeerId) -> Option<StoreId> {
         self.region

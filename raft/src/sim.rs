@@ -36,12 +36,12 @@ use regionkv_wal::{
 use crate::command::AdminCmd;
 use crate::command::Op;
 use crate::config::StoreConfig;
-use crate::core::{PeerStatus, StoreContext, StoreCore, WriteTask};
+use crate::core::{StoreContext, StoreCore, WriteTask};
 use crate::error::{Error, Result};
 use crate::log::RaftLog;
 use crate::peer::{
-    AdminRequest, AdminResult, ChangePeersRequest, MergeStatus, PeerChange, Query, QueryResult,
-    ReadRequest, WriteRequest,
+    AdminRequest, AdminResult, ChangePeersRequest, MergeStatus, PeerChange, PeerStatus, Query,
+    QueryResult, ReadRequest, WriteRequest,
 };
 use crate::transport::local::{Faults, SplitMix};
 use crate::transport::{Body, Envelope};

@@ -34,14 +34,14 @@ use regionkv_wal::fs::FileSystem;
 use regionkv_wal::{CancellationToken, RecoveryMode, Wal, WalOptions};
 
 use crate::config::StoreConfig;
-use crate::core::{Control, PeerStatus, StoreContext, StoreCore, WriteTask};
+use crate::core::{Control, StoreContext, StoreCore, WriteTask};
 use crate::directory::{DIRECTORY, DirCmd, DirResult, RegionRecord};
 use crate::error::{Error, Result};
 use crate::log::RaftLog;
 use crate::mailbox::{Mailbox, SendError};
 use crate::metrics::StoreMetrics;
 use crate::peer::{
-    AdminRequest, ChangePeersRequest, MergeStatus, ReadRequest, Reply, WriteRequest,
+    AdminRequest, ChangePeersRequest, MergeStatus, PeerStatus, ReadRequest, Reply, WriteRequest,
 };
 use crate::transport::{Envelope, Inbox, Transport};
 

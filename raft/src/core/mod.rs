@@ -1,0 +1,445 @@
+//! [`StoreCore`]: the step functions of a store's Raft groups.
+//!
+//! The core owns a set of peers (all of a store's, or one poller's share) and changes
+//! only in response to its step functions: [`StoreCore::on_tick`],
+//! [`StoreCore::on_envelopes`], [`StoreCore::on_write`], [`StoreCore::on_read`],
+//! [`StoreCore::on_change_peers`] and [`StoreCore::on_persisted`]. It does no I/O of
+//! its own but two kinds: applying committed entries into the in-memory engine (and
+//! checkpoints, which the engine writes), and reading the log. Everything else comes out
+//! of [`StoreCore::flush`] as an [`Output`] for a driver to carry out:
+//!
+//! - `messages`: to send now; a leader's appends go out in parallel with its own fsync
+//!   (raft thesis 10.2.1);
+//! - `write`: a [`WriteTask`]: the staged log write to make durable, the messages that
+//!   may only leave after it is durable (votes, append responses), and the readies to
+//!   report back through `on_persisted` once it is;
+//! - `controls`: [`Control`]s for regions another core owns (split children to create,
+//!   merge sources and targets to coordinate), for the driver to hand over through
+//!   [`StoreCore::on_control`].
+//!
+//! Committed entries of every region a flush pass touches are applied in one
+//! write-batch round ([`ApplyRound`]): the round prepares region after region, is cut
+//! (committed) before every admin command, and ends with the pass; replies, reads and
+//! checkpoints wait for the round's commit.
+//!
+//! The deterministic simulator and the threaded production driver both drive this
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use raft::StateRole;
+use regionkv_engine::{PeerId, Region, RegionId, StoreId};
+
+use crate::directory::{DIRECTORY, RegionRecord};
+use crate::error::{Error, Result};
+use crate::log::LogWrite;
+use crate::metrics::{ApplyStats, StoreMetrics};
+use crate::peer::{MergeStatus, Peer, PeerStatus};
+use crate::transport::Envelope;
+
+mod admin_apply;
+mod apply;
+mod context;
+mod hibernate;
+mod lifecycle;
+mod messages;
+mod output;
+mod propose;
+mod snapshot;
+
+use self::apply::Applier;
+pub use self::context::{
+    ApplyObserver, ElectionTicks, RAFT_INIT_INDEX, RAFT_INIT_TERM, StoreContext,
+};
+pub use self::output::{Control, Output, WriteTask};
+
+/// How many times `flush` re-runs readies made by the previous round (light readies
+/// after an inline persist, cascaded applies); bounds the loop.
+const MAX_READY_PASSES: usize = 8;
+
+/// The Raft groups of a store (or a share of them) and their step functions.
+pub struct StoreCore {
+    ctx: Arc<StoreContext>,
+    peers: HashMap<RegionId, Peer>,
+    /// Peers that are not hibernating: the only ones a tick visits, so that thousands
+    /// of idle regions cost nothing per tick. Kept equal to the peers whose
+    /// `hibernated` flag is false.
+    awake: HashSet<RegionId>,
+    /// Regions whose replica here was removed; messages for them are ignored.
+    tombstones: HashSet<RegionId>,
+    /// Peers that may have a ready; ordered for determinism.
+    dirty: BTreeSet<RegionId>,
+    write: LogWrite,
+    readies: Vec<(RegionId, u64)>,
+    outbox: Vec<Envelope>,
+    after_persist: Vec<Envelope>,
+    ticks: u64,
+    /// Controls for regions this core owns, handled at the start of each pass.
+    controls: VecDeque<Control>,
+    /// Controls for regions other cores own, for the driver.
+    foreign: Vec<Control>,
+    /// Region changes for the directory, for the driver.
+    reports: Vec<RegionRecord>,
+    apply_stats: ApplyStats,
+    /// The tick at which each other store was last heard from.
+    store_heard: HashMap<StoreId, u64>,
+    /// Which regions this core owns, for cores that share a store.
+    owns: Box<dyn Fn(RegionId) -> bool + Send>,
+}
+
+impl std::fmt::Debug for StoreCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreCore")
+            .field("store", &self.ctx.config.store_id)
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreCore {
+    /// Opens the cores's share of a store: a peer for every region `owns` accepts that
+    /// the engine hosts or the log has (an uninitialized replica). Committed entries
+    /// after each region's checkpoint are applied again by the first flushes.
+    pub fn open(
+        ctx: Arc<StoreContext>,
+        owns: Box<dyn Fn(RegionId) -> bool + Send>,
+    ) -> Result<StoreCore> {
+        let write = ctx.log.begin_write();
+        let mut core = StoreCore {
+            ctx,
+            peers: HashMap::new(),
+            awake: HashSet::new(),
+            tombstones: HashSet::new(),
+            dirty: BTreeSet::new(),
+            write,
+            readies: Vec::new(),
+            outbox: Vec::new(),
+            after_persist: Vec::new(),
+            ticks: 0,
+            controls: VecDeque::new(),
+            foreign: Vec::new(),
+            reports: Vec::new(),
+            apply_stats: ApplyStats::default(),
+            store_heard: HashMap::new(),
+            owns,
+        };
+        let hosted: HashMap<RegionId, Region> = core
+            .ctx
+            .engine
+            .regions()
+            .into_iter()
+            .chain(core.ctx.directory.regions())
+            .map(|r| (r.id, r))
+            .collect();
+        let mut ids: Vec<RegionId> = core.ctx.log.region_ids();
+        // Hosted by the engine but without a log: a bootstrap that crashed between its
+        // engine change and its log write. The log is made from the engine's region.
+        let mut unlogged: Vec<&Region> = hosted
+            .values()
+            .filter(|r| (core.owns)(r.id) && core.ctx.log.state(r.id).is_none())
+            .collect();
+        unlogged.sort_by_key(|r| r.id);
+        for region in unlogged {
+            core.create_log_from_engine(region)?;
+            ids.push(region.id);
+        }
+        ids.sort_unstable();
+        for id in ids {
+            if !(core.owns)(id) {
+                continue;
+            }
+            let state = core.ctx.log.state(id).ok_or(Error::RegionNotFound { region: id })?;
+            if let Some(region) = hosted.get(&id) {
+                let applied = core.ctx.engine_of(id).image_index(id)?.unwrap_or(0);
+                core.add_peer(
+                    region.clone(),
+                    true,
+                    PeerId(state.peer_id),
+                    applied,
+                    state.conf_index,
+                )?;
+            } else if !state.conf_state.voters.is_empty() || !state.conf_state.learners.is_empty() {
+                // An initialized log the engine does not host: the replica was removed
+                // (a membership change, or merged away) and a crash came before its log
+                // was tombstoned; or a split child whose split never became durable in
+                // the engine (the split is applied again from the parent's log).
+                tracing::info!(
+                    region = id.0,
+                    "tombstoning the log of a replica the engine no longer hosts"
+                );
+                core.ctx.log.stage_tombstone(&mut core.write, id);
+            } else {
+                // In the log but not the engine: a replica waiting for its snapshot.
+                let region = Region::new(id, Vec::new(), Some(Vec::new()));
+                core.add_peer(region, false, PeerId(state.peer_id), 0, state.conf_index)?;
+            }
+        }
+        Ok(core)
+    }
+
+    /// The context this core works in.
+    pub fn context(&self) -> &Arc<StoreContext> {
+        &self.ctx
+    }
+
+    /// The write-batch rounds this core committed so far.
+    pub fn apply_stats(&self) -> ApplyStats {
+        self.apply_stats
+    }
+
+    /// This core's metrics: its replicas and apply rounds, with the store-wide
+    /// write-path and WAL figures. A store with several cores adds up their replica
+    /// figures ([`Store::metrics`](crate::Store::metrics)).
+    pub fn metrics(&self) -> StoreMetrics {
+        let mut m = StoreMetrics { apply: self.apply_stats, ..StoreMetrics::default() };
+        for peer in self.peers.values() {
+            if peer.region.id == DIRECTORY || !peer.initialized {
+                continue;
+            }
+            let lag = peer.raw.raft.raft_log.committed.saturating_sub(peer.applied_index);
+            m.regions += 1;
+            m.leaders += u64::from(peer.is_leader());
+            m.hibernating += u64::from(peer.hibernated);
+            m.applied_lag_total += lag;
+            m.applied_lag_max = m.applied_lag_max.max(lag);
+        }
+        self.ctx.metrics.fill(&mut m);
+        m.wal = self.ctx.log.wal().stats();
+        m
+    }
+
+    /// The merge status of `region`, as its leader sees it.
+    pub fn merge_status(&self, region: RegionId) -> Result<MergeStatus> {
+        let peer = self.peers.get(&region).ok_or(Error::RegionNotFound { region })?;
+        if !peer.is_leader() {
+            return Err(peer.not_leader());
+        }
+        let all_matched = peer.merge.is_some_and(|m| {
+            peer.raw.raft.prs().iter().all(|(_, pr)| pr.matched >= m.prepare_index)
+        });
+        Ok(MergeStatus { region: peer.region.clone(), merge: peer.merge, all_matched })
+    }
+
+    /// The status of every peer, by region id.
+    pub fn status(&self) -> Vec<PeerStatus> {
+        let mut out: Vec<PeerStatus> = self.peers.values().map(Peer::status).collect();
+        out.sort_by_key(|s| s.region.id);
+        out
+    }
+
+    /// The status of the peer of `region`, if there is one.
+    pub fn peer_status(&self, region: RegionId) -> Option<PeerStatus> {
+        self.peers.get(&region).map(Peer::status)
+    }
+
+    /// True if any peer may have work for `flush`.
+    pub fn has_work(&self) -> bool {
+        !self.dirty.is_empty()
+            || !self.outbox.is_empty()
+            || !self.write.is_empty()
+            || !self.controls.is_empty()
+            || !self.foreign.is_empty()
+    }
+
+    /// Handles every pending ready: proposes batched writes, applies what committed,
+    /// stages what must be persisted. See the module docs for what comes out.
+    pub fn flush(&mut self) -> Output {
+        let _span =
+            tracing::trace_span!("store.flush", store = self.ctx.config.store_id.0).entered();
+        for _ in 0..MAX_READY_PASSES {
+            self.run_controls();
+            if self.dirty.is_empty() {
+                break;
+            }
+            let dirty = std::mem::take(&mut self.dirty);
+            let engine = self.ctx.engine.clone();
+            let mut applier = Applier::new(&engine);
+            let mut touched = Vec::new();
+            for region in dirty {
+                match self.flush_peer(region, &mut applier) {
+                    Ok(true) => touched.push(region),
+                    Ok(false) => {}
+                    Err(e) => {
+                        Self::on_peer_error(region, &e);
+                        applier.failed = true;
+                    }
+                }
+            }
+            // The pass's round ends: what every region wrote becomes visible together,
+            // then their clients hear of it.
+            if let Err(e) = applier.finish(&mut self.apply_stats) {
+                if !e.is_cancelled() {
+                    // Entries were taken as applied; the store must not go on from a
+                    // state it does not have. A restart replays them from the log.
+                    tracing::error!(store = self.ctx.config.store_id.0, error = %e, "apply failed; the store stops");
+                }
+                self.ctx.cancel.cancel();
+                break;
+            }
+            for region in touched {
+                if let Err(e) = self.after_apply(region) {
+                    Self::on_peer_error(region, &e);
+                }
+            }
+        }
+        let messages = std::mem::take(&mut self.outbox);
+        let write =
+            if self.write.is_empty() && self.readies.is_empty() && self.after_persist.is_empty() {
+                None
+            } else {
+                Some(WriteTask {
+                    write: std::mem::replace(&mut self.write, self.ctx.log.begin_write()),
+                    messages: std::mem::take(&mut self.after_persist),
+                    readies: std::mem::take(&mut self.readies),
+                })
+            };
+        Output {
+            messages,
+            write,
+            controls: std::mem::take(&mut self.foreign),
+            reports: std::mem::take(&mut self.reports),
+        }
+    }
+
+    fn on_peer_error(region: RegionId, error: &Error) {
+        if error.is_cancelled() {
+            tracing::debug!(region = region.0, "peer stopped by shutdown");
+        } else {
+            tracing::error!(region = region.0, error = %error, "peer failed");
+        }
+    }
+
+    /// Handles one peer's ready; true if it applied entries into `applier` (the rest
+    /// of its turn comes after the round is committed, in `after_apply`).
+    fn flush_peer(
+        &mut self,
+        region: RegionId,
+        applier: &mut Applier<'_>,
+    ) -> Result<bool> {
+        self.propose_batch(region);
+        self.issue_reads(region);
+        self.prepare_snapshot(region)?;
+        let Some(peer) = self.peers.get_mut(&region) else { return Ok(false) };
+        let resume = peer.paused.as_ref().is_some_and(|p| peer.source_ready == Some(p.source));
+        if resume {
+            // The source caught up: apply what was held back, the commit merge first.
+            let held = peer.paused.take().map(|p| p.entries).unwrap_or_default();
+            self.apply(region, held, applier)?;
+            return Ok(true);
+        }
+        if !peer.raw.has_ready() {
+            return Ok(false);
+        }
+        let mut ready = peer.raw.ready();
+        let me = self.ctx.config.store_id;
+
+        // Messages that need not wait for our own fsync (a leader's).
+        let now = ready.take_messages();
+        self.route(region, now, false);
+
+        // A snapshot to install: its checkpoint arrived in chunks before the message.
+        let mut installed = None;
+        if !ready.snapshot().is_empty() {
+            let snap = ready.snapshot().clone();
+            self.install_snapshot(region, &snap)?;
+            installed = Some(snap.get_metadata().index);
+        }
+
+        // Committed entries (already durable here): apply them.
+        let committed = ready.take_committed_entries();
+        let has_committed = !committed.is_empty();
+        if has_committed {
+            self.apply(region, committed, applier)?;
+        }
+
+        let peer = self.peers.get_mut(&region).expect("present");
+        // Entries and hard state: readable now, durable with the write.
+        let entries = ready.take_entries();
+        match ready.hs() {
+            // Only the commit index moved: no state record for it (see `keep_commit`).
+            Some(hs) if !ready.must_sync() => {
+                self.ctx.log.stage(&mut self.write, region, entries, None)?;
+                self.ctx.log.keep_commit(region, hs)?;
+            }
+            hs => self.ctx.log.stage(&mut self.write, region, entries, hs)?,
+        }
+        for state in ready.take_read_states() {
+            let ctx = u64::from_le_bytes(
+                state.request_ctx.get(..8).and_then(|b| b.try_into().ok()).unwrap_or_default(),
+            );
+            if let Some(reads) = peer.reads_pending.remove(&ctx) {
+                peer.reads_ready.push_back((state.index, reads));
+            }
+        }
+        let mut became_leader = None;
+        if let Some(ss) = ready.ss() {
+            if ss.raft_state == StateRole::Leader {
+                became_leader = peer.initialized.then(|| peer.region.clone());
+            } else {
+                let leader = peer.leader_store();
+                peer.fail_unproposed(|| Error::NotLeader { region, leader });
+            }
+            tracing::debug!(store = me.0, region = region.0, role = ?ss.raft_state, leader = ss.leader_id, "role changed");
+        }
+        let persisted = ready.take_persisted_messages();
+        let number = ready.number();
+        peer.raw.advance_append_async(ready);
+        if let Some(index) = installed {
+            // The snapshot's state is applied; raft-rs learns it once the snapshot is
+            // persisted (it requires applied <= persisted).
+            peer.snapshot_applied = Some((number, index));
+        }
+        self.readies.push((region, number));
+        self.route(region, persisted, true);
+        if let Some(led) = became_leader {
+            self.report(&led, true);
+        }
+        if !has_committed {
+            self.serve_reads(region);
+        }
+        self.dirty.insert(region); // a later pass may have a light ready
+        Ok(has_committed)
+    }
+
+    /// The rest of a peer's turn once the round holding what it applied is
+    /// committed: raft-rs learns the applied index, reads at it are served, a
+    /// checkpoint may be due, a removed replica goes.
+    fn after_apply(&mut self, region: RegionId) -> Result<()> {
+        let Some(peer) = self.peers.get_mut(&region) else { return Ok(()) };
+        peer.raw.advance_apply_to(peer.applied_index);
+        self.serve_reads(region);
+        self.check_catch_up(region);
+        self.maybe_checkpoint(region)?;
+        if self.peers.get(&region).is_some_and(|p| p.removed) {
+            self.destroy(region)?;
+        } else {
+            self.dirty.insert(region);
+        }
+        Ok(())
+    }
+
+    /// Reports that the writes carrying these readies are durable.
+    pub fn on_persisted(&mut self, readies: &[(RegionId, u64)]) {
+        for &(region, number) in readies {
+            if let Some(peer) = self.peers.get_mut(&region) {
+                peer.raw.on_persist_ready(number);
+                if let Some((ready, index)) = peer.snapshot_applied
+                    && ready <= number
+                {
+                    peer.raw.advance_apply_to(index);
+                    peer.snapshot_applied = None;
+                }
+                self.dirty.insert(region);
+            }
+        }
+    }
+
+    /// Reports `region` to the directory if this store leads it. `leader` false: a
+    /// region this leader created (a split child) whose leader is not known yet.
+    fn report(&mut self, region: &Region, leader: bool) {
+        if region.id == DIRECTORY {
+            return;
+        }
+        let me = self.ctx.config.store_id;
+        self.reports.push(RegionRecord { region: region.clone(), leader: leader.then_some(me) });
+    }
+}
