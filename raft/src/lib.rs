@@ -22,7 +22,7 @@ pub mod transport;
 pub use command::{AdminCmd, Op, Write};
 pub use config::{ReadMode, StoreConfig};
 pub use core::{
-    ApplyObserver, Control, ElectionTicks, Output, RAFT_INIT_INDEX, RAFT_INIT_TERM, StoreContext,
+    ApplyObserver, CoreTask, ElectionTicks, Output, RAFT_INIT_INDEX, RAFT_INIT_TERM, StoreContext,
     StoreCore, WriteTask,
 };
 pub use error::{Error, Result};

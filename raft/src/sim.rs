@@ -326,9 +326,9 @@ impl SimCluster {
         };
         let out = running.core.flush();
         // One core owns every region of a simulated store: nothing is foreign.
-        debug_assert!(out.controls.is_empty());
-        for control in out.controls {
-            running.core.on_control(control);
+        debug_assert!(out.tasks.is_empty());
+        for task in out.tasks {
+            running.core.on_task(task);
         }
         self.reports.extend(out.reports);
         if let Some(write) = out.write {

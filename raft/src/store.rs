@@ -34,7 +34,7 @@ use regionkv_wal::fs::FileSystem;
 use regionkv_wal::{CancellationToken, RecoveryMode, Wal, WalOptions};
 
 use crate::config::StoreConfig;
-use crate::core::{Control, StoreContext, StoreCore, WriteTask};
+use crate::core::{CoreTask, StoreContext, StoreCore, WriteTask};
 use crate::directory::{DIRECTORY, DirCmd, DirResult, RegionRecord};
 use crate::error::{Error, Result};
 use crate::log::RaftLog;
@@ -58,7 +58,7 @@ enum Msg {
     Metrics(Sender<StoreMetrics>),
     Admin(Box<AdminRequest>),
     MergeStatus(RegionId, Sender<Result<MergeStatus>>),
-    Control(Control),
+    Task(CoreTask),
     Directory(DirCmd, Reply<DirResult>),
     PeerStatus(RegionId, Sender<Option<PeerStatus>>),
 }
@@ -456,7 +456,7 @@ fn handle(core: &mut StoreCore, msg: Msg) {
         Msg::MergeStatus(region, reply) => {
             let _ = reply.send(core.merge_status(region));
         }
-        Msg::Control(control) => core.on_control(control),
+        Msg::Task(task) => core.on_task(task),
         Msg::Directory(cmd, reply) => core.on_directory(&cmd, reply),
         Msg::PeerStatus(region, reply) => {
             let _ = reply.send(core.peer_status(region));
@@ -464,7 +464,7 @@ fn handle(core: &mut StoreCore, msg: Msg) {
     }
 }
 
-/// What a poller hands to its siblings and to the store: controls that cross from
+/// What a poller hands to its siblings and to the store: core tasks that cross from
 /// one poller to another, and reports for the directory.
 struct Pollers<'a> {
     mailboxes: &'a [Arc<Mailbox<Msg>>],
@@ -472,12 +472,12 @@ struct Pollers<'a> {
 }
 
 impl Pollers<'_> {
-    fn send(&self, control: Control) {
-        let i = poller_of(control.region(), self.mailboxes.len());
-        // A blocking send: controls are rare, and one lost would stall a merge or
+    fn send(&self, task: CoreTask) {
+        let i = poller_of(task.region(), self.mailboxes.len());
+        // A blocking send: core tasks are rare, and one lost would stall a merge or
         // leave a split child without its replica until a restart.
-        if self.mailboxes[i].send(Msg::Control(control)).is_err() {
-            tracing::debug!("control dropped: the poller stopped");
+        if self.mailboxes[i].send(Msg::Task(task)).is_err() {
+            tracing::debug!("core task dropped: the poller stopped");
         }
     }
 
@@ -515,8 +515,7 @@ fn poller_loop(
             // them so waiting clients learn their outcome, then stop the timelines.
             inbox.recv_all(&mut batch, Instant::now());
             for msg in batch.drain(..) {
-                if let Msg::Persisted(_) | Msg::Status(_) | Msg::Metrics(_) | Msg::Control(_) = msg
-                {
+                if let Msg::Persisted(_) | Msg::Status(_) | Msg::Metrics(_) | Msg::Task(_) = msg {
                     handle(&mut core, msg);
                 } else {
                     refuse(msg);
@@ -541,8 +540,8 @@ fn poller_loop(
             }
         }
         let out = core.flush();
-        for control in out.controls {
-            pollers.send(control);
+        for task in out.tasks {
+            pollers.send(task);
         }
         pollers.report(out.reports);
         transport.send(out.messages);
@@ -573,7 +572,7 @@ fn refuse(msg: Msg) {
         | Msg::Persisted(_)
         | Msg::Status(_)
         | Msg::Metrics(_)
-        | Msg::Control(_) => {}
+        | Msg::Task(_) => {}
     }
 }
 

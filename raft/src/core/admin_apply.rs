@@ -7,7 +7,7 @@ use regionkv_engine::{MergeState, PeerId, Region, RegionId, StoreId};
 
 use super::StoreCore;
 use super::context::{RAFT_INIT_INDEX, RAFT_INIT_TERM};
-use super::output::Control;
+use super::output::CoreTask;
 use crate::command::{self, Admin, AdminCmd, Command};
 use crate::directory::DIRECTORY;
 use crate::error::{Error, Result};
@@ -195,7 +195,7 @@ impl StoreCore {
                 let peer = self.peers.get_mut(&region).expect("present");
                 peer.region = merged.clone();
                 peer.source_ready = None;
-                self.send_control(Control::Merged { source: source.id });
+                self.send_task(CoreTask::Merged { source: source.id });
                 tracing::info!(
                     source = source.id.0,
                     target = region.0,
@@ -273,7 +273,7 @@ impl StoreCore {
         let peer = self.peers.get_mut(&region).expect("present");
         peer.region = parts[0].clone();
         for child in &parts[1..] {
-            self.send_control(Control::Adopt { region: child.id, campaign });
+            self.send_task(CoreTask::Adopt { region: child.id, campaign });
         }
         tracing::info!(region = region.0, index = entry.index, children = ?new_ids, "split");
         Ok(AdminResult::Split(parts))
@@ -366,42 +366,39 @@ impl StoreCore {
         let Some(catch_up) = peer.catch_up else { return };
         if peer.applied_index >= catch_up.index {
             peer.catch_up = None;
-            self.send_control(Control::SourceReady { target: catch_up.target, source });
+            self.send_task(CoreTask::SourceReady { target: catch_up.target, source });
         }
     }
 
-    /// Takes a [`Control`] for a region this core owns.
-    pub fn on_control(&mut self, control: Control) {
-        self.wake(control.region());
-        self.controls.push_back(control);
+    /// Takes a [`CoreTask`] for a region this core owns.
+    pub fn on_task(&mut self, task: CoreTask) {
+        self.wake(task.region());
+        self.tasks.push_back(task);
     }
 
-    /// Queues `control` for the core that owns its region.
-    pub(super) fn send_control(&mut self, control: Control) {
-        if (self.owns)(control.region()) {
-            self.wake(control.region());
-            self.controls.push_back(control);
+    /// Queues `task` for the core that owns its region.
+    pub(super) fn send_task(&mut self, task: CoreTask) {
+        if (self.owns)(task.region()) {
+            self.wake(task.region());
+            self.tasks.push_back(task);
         } else {
-            self.foreign.push(control);
+            self.foreign_tasks.push(task);
         }
     }
 
-    pub(super) fn run_controls(&mut self) {
-        while let Some(control) = self.controls.pop_front() {
-            let region = control.region();
-            if let Err(e) = self.run_control(control) {
+    pub(super) fn run_tasks(&mut self) {
+        while let Some(task) = self.tasks.pop_front() {
+            let region = task.region();
+            if let Err(e) = self.run_task(task) {
                 Self::on_peer_error(region, &e);
             }
         }
     }
 
-    #[allow(
-        clippy::needless_pass_by_value,
-        reason = "a control is handled once: taking it says so"
-    )]
-    pub(super) fn run_control(&mut self, control: Control) -> Result<()> {
-        match control {
-            Control::Adopt { region, campaign } => {
+    #[allow(clippy::needless_pass_by_value, reason = "a task is handled once: taking it says so")]
+    pub(super) fn run_task(&mut self, task: CoreTask) -> Result<()> {
+        match task {
+            CoreTask::Adopt { region, campaign } => {
                 if self.peers.contains_key(&region) {
                     return Ok(());
                 }
@@ -421,7 +418,7 @@ impl StoreCore {
                 }
                 tracing::info!(region = region.0, campaign, "created the replica of a split child");
             }
-            Control::CatchUp { source, target, index, term } => {
+            CoreTask::CatchUp { source, target, index, term } => {
                 let Some(peer) = self.peers.get_mut(&source) else {
                     tracing::warn!(
                         source = source.0,
@@ -446,13 +443,13 @@ impl StoreCore {
                 self.dirty.insert(source);
                 self.check_catch_up(source);
             }
-            Control::SourceReady { target, source } => {
+            CoreTask::SourceReady { target, source } => {
                 if let Some(peer) = self.peers.get_mut(&target) {
                     peer.source_ready = Some(source);
                     self.dirty.insert(target);
                 }
             }
-            Control::Merged { source } => self.destroy(source)?,
+            CoreTask::Merged { source } => self.destroy(source)?,
         }
         Ok(())
     }

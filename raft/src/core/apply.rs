@@ -6,7 +6,7 @@ use regionkv_engine::{ApplyRound, Engine, Region, RegionId};
 use regionkv_wal::Lsn;
 
 use super::StoreCore;
-use super::output::Control;
+use super::output::CoreTask;
 use crate::command::{self, Command, Op, Write};
 use crate::directory::{self, DIRECTORY, DirResult};
 use crate::error::{Error, Result};
@@ -244,7 +244,7 @@ impl StoreCore {
                 );
                 let peer = self.peers.get_mut(&region).expect("present");
                 peer.paused = Some(Paused { source, entries: held });
-                self.send_control(Control::CatchUp { source, target: region, index, term });
+                self.send_task(CoreTask::CatchUp { source, target: region, index, term });
                 return Ok(());
             }
             timeline

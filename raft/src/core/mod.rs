@@ -13,9 +13,9 @@
 //! - `write`: a [`WriteTask`]: the staged log write to make durable, the messages that
 //!   may only leave after it is durable (votes, append responses), and the readies to
 //!   report back through `on_persisted` once it is;
-//! - `controls`: [`Control`]s for regions another core owns (split children to create,
+//! - `tasks`: [`CoreTask`]s for regions another core owns (split children to create,
 //!   merge sources and targets to coordinate), for the driver to hand over through
-//!   [`StoreCore::on_control`].
+//!   [`StoreCore::on_task`].
 //!
 //! Committed entries of every region a flush pass touches are applied in one
 //! write-batch round ([`ApplyRound`]): the round prepares region after region, is cut
@@ -50,7 +50,7 @@ use self::apply::Applier;
 pub use self::context::{
     ApplyObserver, ElectionTicks, RAFT_INIT_INDEX, RAFT_INIT_TERM, StoreContext,
 };
-pub use self::output::{Control, Output, WriteTask};
+pub use self::output::{CoreTask, Output, WriteTask};
 
 /// How many times `flush` re-runs readies made by the previous round (light readies
 /// after an inline persist, cascaded applies); bounds the loop.
@@ -73,10 +73,10 @@ pub struct StoreCore {
     outbox: Vec<Envelope>,
     after_persist: Vec<Envelope>,
     ticks: u64,
-    /// Controls for regions this core owns, handled at the start of each pass.
-    controls: VecDeque<Control>,
-    /// Controls for regions other cores own, for the driver.
-    foreign: Vec<Control>,
+    /// Tasks for regions this core owns, handled at the start of each pass.
+    tasks: VecDeque<CoreTask>,
+    /// Tasks for regions other cores own, for the driver.
+    foreign_tasks: Vec<CoreTask>,
     /// Region changes for the directory, for the driver.
     reports: Vec<RegionRecord>,
     apply_stats: ApplyStats,
@@ -115,8 +115,8 @@ impl StoreCore {
             outbox: Vec::new(),
             after_persist: Vec::new(),
             ticks: 0,
-            controls: VecDeque::new(),
-            foreign: Vec::new(),
+            tasks: VecDeque::new(),
+            foreign_tasks: Vec::new(),
             reports: Vec::new(),
             apply_stats: ApplyStats::default(),
             store_heard: HashMap::new(),
@@ -236,8 +236,8 @@ impl StoreCore {
         !self.dirty.is_empty()
             || !self.outbox.is_empty()
             || !self.write.is_empty()
-            || !self.controls.is_empty()
-            || !self.foreign.is_empty()
+            || !self.tasks.is_empty()
+            || !self.foreign_tasks.is_empty()
     }
 
     /// Handles every pending ready: proposes batched writes, applies what committed,
@@ -246,7 +246,7 @@ impl StoreCore {
         let _span =
             tracing::trace_span!("store.flush", store = self.ctx.config.store_id.0).entered();
         for _ in 0..MAX_READY_PASSES {
-            self.run_controls();
+            self.run_tasks();
             if self.dirty.is_empty() {
                 break;
             }
@@ -295,7 +295,7 @@ impl StoreCore {
         Output {
             messages,
             write,
-            controls: std::mem::take(&mut self.foreign),
+            tasks: std::mem::take(&mut self.foreign_tasks),
             reports: std::mem::take(&mut self.reports),
         }
     }
@@ -310,11 +310,7 @@ impl StoreCore {
 
     /// Handles one peer's ready; true if it applied entries into `applier` (the rest
     /// of its turn comes after the round is committed, in `after_apply`).
-    fn flush_peer(
-        &mut self,
-        region: RegionId,
-        applier: &mut Applier<'_>,
-    ) -> Result<bool> {
+    fn flush_peer(&mut self, region: RegionId, applier: &mut Applier<'_>) -> Result<bool> {
         self.propose_batch(region);
         self.issue_reads(region);
         self.prepare_snapshot(region)?;

@@ -1,5 +1,5 @@
 //! What a core hands its driver: an [`Output`] from every flush, with the [`WriteTask`]
-//! to persist and the [`Control`]s for the cores that own other regions.
+//! to persist and the [`CoreTask`]s for the cores that own other regions.
 
 use regionkv_engine::RegionId;
 
@@ -11,7 +11,7 @@ use crate::transport::Envelope;
 /// core for itself). Splits and merges touch two regions; each region's state changes
 /// only in the core that owns it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Control {
+pub enum CoreTask {
     /// Create the replica of split child `region`: the engine hosts it and its log
     /// exists. It campaigns at once if the parent's leader was on this store.
     Adopt {
@@ -47,13 +47,13 @@ pub enum Control {
     },
 }
 
-impl Control {
+impl CoreTask {
     /// The region whose core must handle this.
     pub fn region(&self) -> RegionId {
         match self {
-            Control::Adopt { region, .. } => *region,
-            Control::CatchUp { source, .. } | Control::Merged { source } => *source,
-            Control::SourceReady { target, .. } => *target,
+            CoreTask::Adopt { region, .. } => *region,
+            CoreTask::CatchUp { source, .. } | CoreTask::Merged { source } => *source,
+            CoreTask::SourceReady { target, .. } => *target,
         }
     }
 }
@@ -76,8 +76,8 @@ pub struct Output {
     pub messages: Vec<Envelope>,
     /// Persist this, then send its messages and report its readies.
     pub write: Option<WriteTask>,
-    /// Hand these to the cores that own their regions ([`Control::region`]).
-    pub controls: Vec<Control>,
+    /// Hand these to the cores that own their regions ([`CoreTask::region`]).
+    pub tasks: Vec<CoreTask>,
     /// Regions this store leads that changed (split, merge, membership, leadership):
     /// for the cluster directory.
     pub reports: Vec<RegionRecord>,
