@@ -13,7 +13,8 @@ pub mod log;
 mod logger;
 mod mailbox;
 mod metrics;
-mod peer;
+mod replica;
+mod request;
 pub mod sim;
 mod storage;
 mod store;
@@ -27,10 +28,11 @@ pub use core::{
 };
 pub use error::{Error, Result};
 pub use metrics::{ApplyStats, StoreMetrics, WriteMetrics};
-pub use peer::{
-    AdminRequest, AdminResult, ChangePeersRequest, MergeStatus, PeerChange, PeerStatus, Query,
-    QueryResult, ReadRequest, Reply, WriteRequest,
-};
 pub use raft::StateRole;
+pub use replica::PeerStatus;
+pub use request::{
+    AdminRequest, AdminResult, ChangePeersRequest, MergeStatus, PeerChange, Query, QueryResult,
+    ReadRequest, Reply, WriteRequest,
+};
 pub use storage::PeerStorage;
 pub use store::{Store, StoreOptions};

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use regionkv_wal::{Histogram, HistogramSnapshot, WalStats};
 
-use crate::peer::Reply;
+use crate::request::Reply;
 
 /// Write-path counters shared by the cores of one store (in its [`StoreContext`]).
 ///

@@ -39,9 +39,10 @@ use crate::config::StoreConfig;
 use crate::core::{StoreContext, StoreCore, WriteTask};
 use crate::error::{Error, Result};
 use crate::log::RaftLog;
-use crate::peer::{
-    AdminRequest, AdminResult, ChangePeersRequest, MergeStatus, PeerChange, PeerStatus, Query,
-    QueryResult, ReadRequest, WriteRequest,
+use crate::replica::PeerStatus;
+use crate::request::{
+    AdminRequest, AdminResult, ChangePeersRequest, MergeStatus, PeerChange, Query, QueryResult,
+    ReadRequest, WriteRequest,
 };
 use crate::transport::local::{Faults, SplitMix};
 use crate::transport::{Body, Envelope};

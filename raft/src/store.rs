@@ -40,8 +40,9 @@ use crate::error::{Error, Result};
 use crate::log::RaftLog;
 use crate::mailbox::{Mailbox, SendError};
 use crate::metrics::StoreMetrics;
-use crate::peer::{
-    AdminRequest, ChangePeersRequest, MergeStatus, PeerStatus, ReadRequest, Reply, WriteRequest,
+use crate::replica::PeerStatus;
+use crate::request::{
+    AdminRequest, ChangePeersRequest, MergeStatus, ReadRequest, Reply, WriteRequest,
 };
 use crate::transport::{Envelope, Inbox, Transport};
 

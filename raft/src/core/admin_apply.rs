@@ -5,31 +5,32 @@ use protobuf::Message as _;
 use raft::eraftpb::{ConfChangeType, ConfChangeV2, Entry, EntryType};
 use regionkv_engine::{MergeState, PeerId, Region, RegionId, StoreId};
 
-use super::StoreCore;
 use super::context::{RAFT_INIT_INDEX, RAFT_INIT_TERM};
 use super::output::CoreTask;
+use super::{Leadership, StoreCore};
 use crate::command::{self, Admin, AdminCmd, Command};
 use crate::directory::DIRECTORY;
 use crate::error::{Error, Result};
 use crate::log::LogState;
-use crate::peer::{AdminResult, CatchUp, Peer};
+use crate::replica::{CatchUp, Contents, Replica, ReplicaInit};
+use crate::request::AdminResult;
 
 /// Why an admin command must not apply at `index` (`applied + 1` when proposing):
 /// checked by the leader before proposing and by every replica when applying, from the
 /// region's replicated state only.
 pub(super) fn check_admin(
-    peer: &Peer,
+    replica: &Replica,
     epoch: regionkv_engine::Epoch,
     cmd: &AdminCmd,
     index: u64,
 ) -> Result<()> {
-    let region = &peer.region;
+    let region = &replica.region;
     let stale = || Error::EpochNotMatch { region: region.id, current: vec![region.clone()] };
     let invalid = |reason: &str| Error::InvalidRequest(format!("region {}: {reason}", region.id));
     if region.id == DIRECTORY {
         return Err(invalid("the cluster directory is never split or merged"));
     }
-    let merging = peer.merge.filter(|m| index > m.prepare_index);
+    let merging = replica.merge.state.filter(|m| index > m.prepare_index);
     let neighbours = |other: &Region| {
         other.id != region.id
             && (other.end.as_ref() == Some(&region.start)
@@ -118,13 +119,13 @@ impl StoreCore {
         let AdminCmd::CommitMerge { source, prepare_index, prepare_term } = &admin.cmd else {
             return None;
         };
-        let peer = self.peers.get(&region)?;
+        let replica = self.replicas.get(&region)?;
         let meta_index =
-            self.ctx.engine_of(region).meta_index(region).unwrap_or(peer.checkpoint_index);
-        if entry.index <= peer.applied_index
+            self.ctx.engine_of(region).meta_index(region).unwrap_or(replica.checkpoint_index);
+        if entry.index <= replica.applied_index
             || entry.index <= meta_index
-            || check_admin(peer, admin.epoch, &admin.cmd, entry.index).is_err()
-            || peer.source_ready == Some(source.id)
+            || check_admin(replica, admin.epoch, &admin.cmd, entry.index).is_err()
+            || replica.merge.source_ready == Some(source.id)
         {
             return None;
         }
@@ -140,18 +141,18 @@ impl StoreCore {
         entry: &Entry,
         admin: Admin,
     ) -> Result<Result<AdminResult>> {
-        let peer = self.peers.get_mut(&region).expect("present");
+        let replica = self.replicas.get_mut(&region).expect("present");
         let meta_index =
-            self.ctx.engine_of(region).meta_index(region).unwrap_or(peer.checkpoint_index);
+            self.ctx.engine_of(region).meta_index(region).unwrap_or(replica.checkpoint_index);
         if entry.index <= meta_index {
             // Applied before a restart: the engine's metadata (and for a split, the
             // children's replicas) reflect it already.
             let engine = self.ctx.engine_of(region);
-            peer.region = engine.region(region).ok_or(Error::RegionNotFound { region })?;
-            peer.merge = engine.merge_state(region);
+            replica.region = engine.region(region).ok_or(Error::RegionNotFound { region })?;
+            replica.merge.state = engine.merge_state(region);
             return Ok(Err(Error::Dropped { region, reason: "applied before a restart" }));
         }
-        if let Err(refused) = check_admin(peer, admin.epoch, &admin.cmd, entry.index) {
+        if let Err(refused) = check_admin(replica, admin.epoch, &admin.cmd, entry.index) {
             tracing::info!(region = region.0, index = entry.index, error = %refused, "admin command refused");
             return Ok(Err(refused));
         }
@@ -166,10 +167,10 @@ impl StoreCore {
                     prepare_term: entry.term,
                 };
                 let source = self.ctx.engine.prepare_merge(region, merge, entry.index)?;
-                let peer = self.peers.get_mut(&region).expect("present");
-                peer.region = source.clone();
-                peer.merge = Some(merge);
-                peer.fail_unproposed(|| Error::Merging { region, target: target.id });
+                let replica = self.replicas.get_mut(&region).expect("present");
+                replica.region = source.clone();
+                replica.merge.state = Some(merge);
+                replica.fail_unproposed(|| Error::Merging { region, target: target.id });
                 tracing::info!(
                     source = region.0,
                     target = target.id.0,
@@ -192,9 +193,9 @@ impl StoreCore {
                     )));
                 }
                 let merged = self.ctx.engine.merge_at(source.id, region, entry.index)?;
-                let peer = self.peers.get_mut(&region).expect("present");
-                peer.region = merged.clone();
-                peer.source_ready = None;
+                let replica = self.replicas.get_mut(&region).expect("present");
+                replica.region = merged.clone();
+                replica.merge.source_ready = None;
                 self.send_task(CoreTask::Merged { source: source.id });
                 tracing::info!(
                     source = source.id.0,
@@ -206,23 +207,26 @@ impl StoreCore {
             }
             AdminCmd::RollbackMerge { .. } => {
                 let source = self.ctx.engine.rollback_merge(region, entry.index)?;
-                let peer = self.peers.get_mut(&region).expect("present");
-                peer.region = source.clone();
-                peer.merge = None;
+                let replica = self.replicas.get_mut(&region).expect("present");
+                replica.region = source.clone();
+                replica.merge.state = None;
                 tracing::info!(source = region.0, index = entry.index, "merge rolled back");
                 AdminResult::RolledBack(source)
             }
         };
-        if self.peers.get(&region).is_some_and(Peer::is_leader) {
+        if self.replicas.get(&region).is_some_and(Replica::is_leader) {
             match &result {
                 AdminResult::Split(parts) => {
+                    // The parent keeps this leader; each child elects its own.
                     for (i, part) in parts.iter().enumerate() {
-                        self.report(part, i == 0);
+                        let leadership =
+                            if i == 0 { Leadership::ThisStore } else { Leadership::Unknown };
+                        self.report(part, leadership);
                     }
                 }
                 AdminResult::Prepared { source: r, .. }
                 | AdminResult::Merged(r)
-                | AdminResult::RolledBack(r) => self.report(&r.clone(), true),
+                | AdminResult::RolledBack(r) => self.report(&r.clone(), Leadership::ThisStore),
             }
         }
         Ok(Ok(result))
@@ -240,10 +244,10 @@ impl StoreCore {
         split_keys: &[Vec<u8>],
         new_ids: &[RegionId],
     ) -> Result<AdminResult> {
-        let peer = self.peers.get(&region).expect("present");
-        let conf_state = peer.raw.raft.prs().conf().to_conf_state();
-        let peer_id = peer.id;
-        let campaign = peer.is_leader();
+        let replica = self.replicas.get(&region).expect("present");
+        let conf_state = replica.conf_state();
+        let peer_id = replica.id;
+        let campaign = replica.is_leader();
         let mut leftovers = self.ctx.log.begin_write();
         for id in new_ids {
             if self.ctx.log.state(*id).is_some() {
@@ -270,8 +274,8 @@ impl StoreCore {
         self.ctx.log.persist(write)?;
         let parts =
             self.ctx.engine.split_at(region, split_keys, new_ids, entry.index, RAFT_INIT_INDEX)?;
-        let peer = self.peers.get_mut(&region).expect("present");
-        peer.region = parts[0].clone();
+        let replica = self.replicas.get_mut(&region).expect("present");
+        replica.region = parts[0].clone();
         for child in &parts[1..] {
             self.send_task(CoreTask::Adopt { region: child.id, campaign });
         }
@@ -286,7 +290,7 @@ impl StoreCore {
     /// reflects admin entries up to its `meta_index`.
     pub(super) fn apply_conf_change(&mut self, region: RegionId, entry: &Entry) -> Result<()> {
         let me = self.ctx.config.store_id;
-        let peer = self.peers.get_mut(&region).expect("present");
+        let replica = self.replicas.get_mut(&region).expect("present");
         if entry.get_entry_type() != EntryType::EntryConfChangeV2 {
             return Err(Error::Internal(format!(
                 "entry {} is a v1 conf change, which regionkv never proposes",
@@ -301,11 +305,11 @@ impl StoreCore {
         // A prepared merge source keeps its members: a change proposed before the
         // prepare and committed after it applies as no change (the merge's commit
         // relies on the members the prepare saw).
-        if peer.merge.is_some_and(|m| entry.index > m.prepare_index) {
-            if entry.index > peer.conf_index {
-                let cs = peer.raw.apply_conf_change(&ConfChangeV2::default())?;
+        if replica.merge.state.is_some_and(|m| entry.index > m.prepare_index) {
+            if entry.index > replica.conf_index {
+                let cs = replica.raw.apply_conf_change(&ConfChangeV2::default())?;
                 self.ctx.log.stage_conf_state(&mut self.write, region, cs, entry.index)?;
-                peer.conf_index = entry.index;
+                replica.conf_index = entry.index;
             }
             tracing::info!(
                 region = region.0,
@@ -314,16 +318,16 @@ impl StoreCore {
             );
             return Ok(());
         }
-        if entry.index > peer.conf_index {
-            let cs = peer.raw.apply_conf_change(&cc)?;
+        if entry.index > replica.conf_index {
+            let cs = replica.raw.apply_conf_change(&cc)?;
             self.ctx.log.stage_conf_state(&mut self.write, region, cs, entry.index)?;
-            peer.conf_index = entry.index;
+            replica.conf_index = entry.index;
         }
         // `None`: nothing recorded; metadata is at least as new as the checkpoint.
         let meta_index =
-            self.ctx.engine_of(region).meta_index(region).unwrap_or(peer.checkpoint_index);
+            self.ctx.engine_of(region).meta_index(region).unwrap_or(replica.checkpoint_index);
         if entry.index > meta_index {
-            let mut peers = peer.region.peers.clone();
+            let mut peers = replica.region.peers.clone();
             for change in cc.get_changes() {
                 let id = PeerId(change.node_id);
                 match change.get_change_type() {
@@ -341,31 +345,31 @@ impl StoreCore {
                     ConfChangeType::RemoveNode => peers.retain(|p| p.id != id),
                 }
             }
-            peer.region = self.ctx.engine_of(region).change_peers(region, peers, entry.index)?;
+            replica.region = self.ctx.engine_of(region).change_peers(region, peers, entry.index)?;
         } else {
-            peer.region = self
+            replica.region = self
                 .ctx
                 .engine_of(region)
                 .region(region)
                 .ok_or(Error::RegionNotFound { region })?;
         }
-        if !peer.region.peers.iter().any(|p| p.id == peer.id && p.store == me) {
-            peer.removed = true;
+        if !replica.region.peers.iter().any(|p| p.id == replica.id && p.store == me) {
+            replica.removed = true;
         }
-        tracing::info!(region = region.0, index = entry.index, epoch = %peer.region.epoch, peers = ?peer.region.peers, "applied a membership change");
-        if peer.is_leader() {
-            let changed = peer.region.clone();
-            self.report(&changed, true);
+        tracing::info!(region = region.0, index = entry.index, epoch = %replica.region.epoch, peers = ?replica.region.peers, "applied a membership change");
+        if replica.is_leader() {
+            let changed = replica.region.clone();
+            self.report(&changed, Leadership::ThisStore);
         }
         Ok(())
     }
 
     /// Tells a waiting merge target once this source replica applied far enough.
     pub(super) fn check_catch_up(&mut self, source: RegionId) {
-        let Some(peer) = self.peers.get_mut(&source) else { return };
-        let Some(catch_up) = peer.catch_up else { return };
-        if peer.applied_index >= catch_up.index {
-            peer.catch_up = None;
+        let Some(replica) = self.replicas.get_mut(&source) else { return };
+        let Some(catch_up) = replica.merge.catch_up else { return };
+        if replica.applied_index >= catch_up.index {
+            replica.merge.catch_up = None;
             self.send_task(CoreTask::SourceReady { target: catch_up.target, source });
         }
     }
@@ -390,7 +394,7 @@ impl StoreCore {
         while let Some(task) = self.tasks.pop_front() {
             let region = task.region();
             if let Err(e) = self.run_task(task) {
-                Self::on_peer_error(region, &e);
+                Self::on_replica_error(region, &e);
             }
         }
     }
@@ -399,7 +403,7 @@ impl StoreCore {
     pub(super) fn run_task(&mut self, task: CoreTask) -> Result<()> {
         match task {
             CoreTask::Adopt { region, campaign } => {
-                if self.peers.contains_key(&region) {
+                if self.replicas.contains_key(&region) {
                     return Ok(());
                 }
                 let hosted = self
@@ -411,15 +415,21 @@ impl StoreCore {
                 let applied =
                     self.ctx.engine_of(region).image_index(region)?.unwrap_or(RAFT_INIT_INDEX);
                 self.tombstones.remove(&region);
-                self.add_peer(hosted, true, PeerId(state.peer_id), applied, state.conf_index)?;
+                self.add_replica(ReplicaInit {
+                    region: hosted,
+                    contents: Contents::Data,
+                    id: PeerId(state.peer_id),
+                    applied_index: applied,
+                    conf_index: state.conf_index,
+                })?;
                 if campaign {
-                    let peer = self.peers.get_mut(&region).expect("just added");
-                    peer.raw.campaign()?;
+                    let replica = self.replicas.get_mut(&region).expect("just added");
+                    replica.raw.campaign()?;
                 }
                 tracing::info!(region = region.0, campaign, "created the replica of a split child");
             }
             CoreTask::CatchUp { source, target, index, term } => {
-                let Some(peer) = self.peers.get_mut(&source) else {
+                let Some(replica) = self.replicas.get_mut(&source) else {
                     tracing::warn!(
                         source = source.0,
                         target = target.0,
@@ -427,25 +437,18 @@ impl StoreCore {
                     );
                     return Ok(());
                 };
-                peer.catch_up = Some(CatchUp { target, index });
-                let log = &mut peer.raw.raft.raft_log;
+                replica.merge.catch_up = Some(CatchUp { target, index });
                 // The target committed its merge, so the source's prepare command is
                 // committed in the source's group; if this replica's log holds that very
                 // entry, it may commit it without hearing from the source's leader
                 // (which may be gone already).
-                if peer.applied_index < index
-                    && log.committed < index
-                    && log.persisted >= index
-                    && log.term(index).ok() == Some(term)
-                {
-                    log.commit_to(index);
-                }
+                replica.commit_held_entry(index, term);
                 self.dirty.insert(source);
                 self.check_catch_up(source);
             }
             CoreTask::SourceReady { target, source } => {
-                if let Some(peer) = self.peers.get_mut(&target) {
-                    peer.source_ready = Some(source);
+                if let Some(replica) = self.replicas.get_mut(&target) {
+                    replica.merge.source_ready = Some(source);
                     self.dirty.insert(target);
                 }
             }

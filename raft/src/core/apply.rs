@@ -11,13 +11,14 @@ use crate::command::{self, Command, Op, Write};
 use crate::directory::{self, DIRECTORY, DirResult};
 use crate::error::{Error, Result};
 use crate::metrics::ApplyStats;
-use crate::peer::{AdminResult, Paused, Peer, Query, QueryResult, Reply, Waiting};
+use crate::replica::{Paused, Replica, Waiting};
+use crate::request::{AdminResult, Query, QueryResult, Reply};
 
-pub(super) fn ingest_error(e: Error) -> regionkv_wal::IngestError {
+fn ingest_error(e: Error) -> regionkv_wal::IngestError {
     regionkv_wal::IngestError::Apply(Box::new(e))
 }
 
-pub(super) fn op_value_len(op: &Op) -> usize {
+fn op_value_len(op: &Op) -> usize {
     match op {
         Op::Put { value, .. } => value.len(),
         Op::Delete { .. } => 0,
@@ -96,15 +97,15 @@ impl<'e> Applier<'e> {
     /// Buffers one client write, whole: it never straddles two rounds. The outer error
     /// is a failure of the apply itself; the inner result is the write's own outcome (a
     /// stale epoch or a key outside the region refuses just this write).
-    fn write(&mut self, peer: &Peer, write: &Write) -> Result<Result<()>> {
-        if let Err(refused) = check_write(peer, write) {
+    fn write(&mut self, replica: &Replica, write: &Write) -> Result<Result<()>> {
+        if let Err(refused) = check_write(replica, write) {
             return Ok(Err(refused));
         }
         let bytes: usize = write.ops.iter().map(|op| op.key().len() + op_value_len(op)).sum();
         if self.bytes + bytes > self.max_bytes && !self.round.is_empty() {
             self.cut()?;
         }
-        let region = &peer.region;
+        let region = &replica.region;
         self.round.prepare_for_region(region.id, region.epoch)?;
         for op in &write.ops {
             // An error here leaves part of the write buffered; it fails the whole
@@ -120,30 +121,27 @@ impl<'e> Applier<'e> {
 }
 
 /// Why a committed client write must not apply, if it must not.
-pub(super) fn check_write(peer: &Peer, write: &Write) -> Result<()> {
-    peer.check_version(write.epoch)?;
-    let region = &peer.region;
-    if write.ops.iter().any(|op| !region.contains(op.key())) {
-        return Err(Error::KeyNotInRegion { region: region.id, current: Some(region.clone()) });
-    }
-    Ok(())
+fn check_write(replica: &Replica, write: &Write) -> Result<()> {
+    replica.check_version(write.epoch)?;
+    replica.check_keys(&write.ops)
 }
 
 /// Matches an applied entry with the proposals waiting at or before its index: the
 /// one with the same index and term gets the entry's outcome; any other was
 /// overwritten by a new leader and is dropped.
-pub(super) fn resolve_proposals(
-    peer: &mut Peer,
+fn resolve_proposals(
+    replica: &mut Replica,
     entry: &Entry,
     outcome: Outcome,
     replies: &mut Vec<(Reply<()>, Result<()>)>,
 ) {
-    let region = peer.region.id;
+    let region = replica.region.id;
     let dropped = || Error::Dropped { region, reason: "its entry was overwritten by a new leader" };
     let mismatch = || Error::Internal("a proposal matched an entry of another kind".into());
     let mut outcome = Some(outcome);
-    while peer.proposals.front().is_some_and(|p| p.index <= entry.index) {
-        let proposal = peer.proposals.pop_front().expect("checked");
+    let in_flight = &mut replica.proposals.in_flight;
+    while in_flight.front().is_some_and(|p| p.index <= entry.index) {
+        let proposal = in_flight.pop_front().expect("checked");
         let matched = proposal.index == entry.index && proposal.term == entry.term;
         match proposal.waiting {
             Waiting::Admin(reply) if matched => match outcome.take() {
@@ -172,14 +170,14 @@ pub(super) fn resolve_proposals(
             Waiting::Writes(waiting) => {
                 replies.extend(waiting.into_iter().map(|reply| (reply, Err(dropped()))));
             }
-            Waiting::ChangePeers(reply) if matched => reply(Ok(peer.region.clone())),
+            Waiting::ChangePeers(reply) if matched => reply(Ok(replica.region.clone())),
             Waiting::ChangePeers(reply) => reply(Err(dropped())),
         }
     }
 }
 
 /// What applying one entry produced, for the proposal waiting on it.
-pub(super) enum Outcome {
+enum Outcome {
     /// A no-op or membership change (whose proposer is answered when it applies).
     Nothing,
     /// One result per client write of the entry.
@@ -190,7 +188,7 @@ pub(super) enum Outcome {
     Directory(Result<DirResult>),
 }
 
-pub(super) fn run_query(
+fn run_query(
     snapshot: &regionkv_engine::Snapshot,
     region: &Region,
     query: &Query,
@@ -219,19 +217,19 @@ pub(super) fn run_query(
 impl StoreCore {
     /// Applies committed entries of one region into the pass's round, each through
     /// the region's timeline. A commit merge whose source replica here has not caught
-    /// up yet holds itself and everything after it back (`Peer::paused`).
+    /// up yet holds itself and everything after it back (`MergeProgress::paused`).
     pub(super) fn apply(
         &mut self,
         region: RegionId,
         entries: Vec<Entry>,
         applier: &mut Applier<'_>,
     ) -> Result<()> {
-        let peer = self.peers.get_mut(&region).expect("present");
-        if let Some(paused) = peer.paused.as_mut() {
+        let replica = self.replicas.get_mut(&region).expect("present");
+        if let Some(paused) = replica.merge.paused.as_mut() {
             paused.entries.extend(entries);
             return Ok(());
         }
-        let timeline = peer.timeline.clone();
+        let timeline = replica.timeline.clone();
         let mut entries = entries.into_iter();
         while let Some(entry) = entries.next() {
             if let Some((source, index, term)) = self.merge_wait(region, &entry) {
@@ -242,8 +240,8 @@ impl StoreCore {
                     index,
                     "merge waits for its source to catch up"
                 );
-                let peer = self.peers.get_mut(&region).expect("present");
-                peer.paused = Some(Paused { source, entries: held });
+                let replica = self.replicas.get_mut(&region).expect("present");
+                replica.merge.paused = Some(Paused { source, entries: held });
                 self.send_task(CoreTask::CatchUp { source, target: region, index, term });
                 return Ok(());
             }
@@ -269,11 +267,11 @@ impl StoreCore {
         entry: &Entry,
         applier: &mut Applier<'_>,
     ) -> Result<()> {
-        let peer = self.peers.get_mut(&region).expect("present");
-        if entry.index <= peer.applied_index {
+        let replica = self.replicas.get_mut(&region).expect("present");
+        if entry.index <= replica.applied_index {
             return Ok(()); // applied before a restart, or by a snapshot
         }
-        peer.applied_bytes_since_checkpoint += entry.data.len() as u64;
+        replica.applied_bytes_since_checkpoint += entry.data.len() as u64;
         if let Some(observe) = &self.ctx.apply_observer {
             observe(region, entry.index, entry.term, &entry.data);
         }
@@ -289,12 +287,12 @@ impl StoreCore {
                 Command::Writes(writes) => {
                     let mut results = Vec::with_capacity(writes.len());
                     for write in &writes {
-                        results.push(applier.write(peer, write)?);
+                        results.push(applier.write(replica, write)?);
                     }
                     Outcome::Writes(results)
                 }
                 Command::Directory(cmd) if region == DIRECTORY => {
-                    let epoch = peer.region.epoch;
+                    let epoch = replica.region.epoch;
                     Outcome::Directory(Ok(directory::apply(&self.ctx.directory, epoch, &cmd)?))
                 }
                 Command::Directory(_) => Outcome::Directory(Err(Error::InvalidRequest(
@@ -313,22 +311,23 @@ impl StoreCore {
                 Outcome::Nothing
             }
         };
-        let peer = self.peers.get_mut(&region).expect("present");
-        peer.applied_index = entry.index;
-        resolve_proposals(peer, entry, outcome, &mut applier.replies);
+        let replica = self.replicas.get_mut(&region).expect("present");
+        replica.applied_index = entry.index;
+        resolve_proposals(replica, entry, outcome, &mut applier.replies);
         Ok(())
     }
 
     /// Serves confirmed reads whose index has been applied.
     pub(super) fn serve_reads(&mut self, region: RegionId) {
-        let Some(peer) = self.peers.get_mut(&region) else { return };
-        while peer.reads_ready.front().is_some_and(|(index, _)| *index <= peer.applied_index) {
-            let (_, reads) = peer.reads_ready.pop_front().expect("peeked");
+        let Some(replica) = self.replicas.get_mut(&region) else { return };
+        let applied = replica.applied_index;
+        while replica.reads.ready.front().is_some_and(|(index, _)| *index <= applied) {
+            let (_, reads) = replica.reads.ready.pop_front().expect("peeked");
             let snapshot = self.ctx.engine_of(region).snapshot();
             for read in reads {
-                let result = peer
+                let result = replica
                     .check_version(read.epoch)
-                    .and_then(|()| run_query(&snapshot, &peer.region, &read.query));
+                    .and_then(|()| run_query(&snapshot, &replica.region, &read.query));
                 (read.reply)(result);
             }
         }

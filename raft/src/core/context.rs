@@ -14,7 +14,7 @@ use crate::metrics::WriteMetrics;
 /// Sees every entry a store applies: `(region, index, term, data)`. For checkers.
 pub type ApplyObserver = Box<dyn Fn(RegionId, u64, u64, &[u8]) + Send + Sync>;
 
-/// Chooses a peer's election timeout in ticks, given its region and peer id. Lets a
+/// Chooses a replica's election timeout in ticks, given its region and peer id. Lets a
 /// deterministic driver replace raft-rs's thread-local randomness with a seed.
 pub type ElectionTicks = Box<dyn Fn(RegionId, PeerId) -> usize + Send + Sync>;
 
@@ -32,7 +32,7 @@ pub struct StoreContext {
     pub cancel: CancellationToken,
     /// Called for every applied entry, if set.
     pub apply_observer: Option<ApplyObserver>,
-    /// Fixes each peer's election timeout, if set (else raft-rs randomizes it).
+    /// Fixes each replica's election timeout, if set (else raft-rs randomizes it).
     pub election_ticks: Option<ElectionTicks>,
     /// Write-path counters of every core of the store.
     pub metrics: WriteMetrics,

@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeSet, HashSet};
 
-use raft::StateRole;
 use regionkv_engine::{RegionId, StoreId};
 
 use super::StoreCore;
@@ -26,9 +25,9 @@ impl StoreCore {
                 .iter()
                 .copied()
                 .filter(|id| {
-                    self.peers
-                        .get(id)
-                        .is_some_and(|p| p.is_leader() && p.idle_ticks.saturating_add(1) >= after)
+                    self.replicas.get(id).is_some_and(|r| {
+                        r.is_leader() && r.hibernation.idle_ticks.saturating_add(1) >= after
+                    })
                 })
                 .collect();
             quiet.sort_unstable(); // deterministic message order
@@ -37,11 +36,12 @@ impl StoreCore {
             }
         }
         for &id in &self.awake {
-            let Some(peer) = self.peers.get_mut(&id) else { continue };
-            if peer.raw.tick() {
+            let Some(replica) = self.replicas.get_mut(&id) else { continue };
+            if replica.raw.tick() {
                 self.dirty.insert(id);
             }
-            peer.idle_ticks = peer.idle_ticks.saturating_add(1);
+            let idle = &mut replica.hibernation.idle_ticks;
+            *idle = idle.saturating_add(1);
         }
         self.check_liveness();
         if self.ticks.is_multiple_of(PURGE_EVERY_TICKS) {
@@ -67,34 +67,15 @@ impl StoreCore {
     /// Its followers are told, and stop ticking once their own logs agree.
     pub(super) fn maybe_hibernate(&mut self, region: RegionId) {
         let me = self.ctx.config.store_id;
-        let Some(peer) = self.peers.get_mut(&region) else { return };
-        let raft = &peer.raw.raft;
-        let last = raft.raft_log.last_index();
-        let quiescent = peer.initialized
-            && peer.batch.is_empty()
-            && peer.proposals.is_empty()
-            && peer.reads_unissued.is_empty()
-            && peer.reads_pending.is_empty()
-            && peer.reads_ready.is_empty()
-            && peer.catch_up.is_none()
-            && peer.paused.is_none()
-            && peer.incoming.is_none()
-            && raft.lead_transferee.is_none()
-            && raft.pending_conf_index <= peer.applied_index
-            && raft.raft_log.committed == last
-            && raft.raft_log.persisted == last
-            && peer.applied_index == last
-            && raft.prs().iter().all(|(&id, pr)| {
-                id == raft.id || (pr.matched == last && pr.committed_index == last)
-            });
-        if !quiescent {
+        let Some(replica) = self.replicas.get_mut(&region) else { return };
+        if !replica.is_quiescent() {
             return;
         }
-        peer.hibernated = true;
+        replica.hibernation.hibernated = true;
         self.awake.remove(&region);
-        let (term, epoch) = (raft.term, peer.region.epoch);
+        let (term, epoch, last) = (replica.term(), replica.region.epoch, replica.last_index());
         let followers: Vec<StoreId> =
-            peer.region.peers.iter().filter(|p| p.store != me).map(|p| p.store).collect();
+            replica.region.peers.iter().filter(|p| p.store != me).map(|p| p.store).collect();
         for to in followers {
             self.outbox.push(Envelope {
                 region,
@@ -110,9 +91,9 @@ impl StoreCore {
 
     /// Wakes `region`: it ticks again, and as a leader counts idle time anew.
     pub(super) fn wake(&mut self, region: RegionId) {
-        if let Some(peer) = self.peers.get_mut(&region) {
-            peer.wake();
-            peer.idle_ticks = 0;
+        if let Some(replica) = self.replicas.get_mut(&region) {
+            replica.wake();
+            replica.hibernation.idle_ticks = 0;
             self.awake.insert(region);
         }
     }
@@ -130,8 +111,8 @@ impl StoreCore {
         let every = (config.election_ticks / 2).max(1) as u64;
         if (self.owns)(DIRECTORY) && self.ticks.is_multiple_of(every) {
             let mut stores: BTreeSet<StoreId> = BTreeSet::new();
-            for peer in self.peers.values() {
-                stores.extend(peer.region.peers.iter().map(|p| p.store));
+            for replica in self.replicas.values() {
+                stores.extend(replica.region.peers.iter().map(|p| p.store));
             }
             stores.remove(&me);
             for to in stores {
@@ -157,9 +138,11 @@ impl StoreCore {
             return;
         }
         let woken: Vec<RegionId> = self
-            .peers
+            .replicas
             .iter()
-            .filter(|(_, p)| p.hibernated && p.leader_store().is_some_and(|l| silent.contains(&l)))
+            .filter(|(_, r)| {
+                r.hibernation.hibernated && r.leader_store().is_some_and(|l| silent.contains(&l))
+            })
             .map(|(&id, _)| id)
             .collect();
         for region in woken {
@@ -170,18 +153,9 @@ impl StoreCore {
     /// A leader's notice that it hibernates: this follower does too if it follows
     /// that leader in that term and its log is complete and committed.
     pub(super) fn on_hibernate(&mut self, region: RegionId, from: StoreId, term: u64, index: u64) {
-        let Some(peer) = self.peers.get_mut(&region) else { return };
-        let raft = &peer.raw.raft;
-        if raft.state == StateRole::Follower
-            && raft.term == term
-            && peer.leader_store() == Some(from)
-            && raft.raft_log.last_index() == index
-            && raft.raft_log.committed == index
-            && peer.reads_unissued.is_empty()
-            && peer.paused.is_none()
-            && peer.catch_up.is_none()
-        {
-            peer.hibernated = true;
+        let Some(replica) = self.replicas.get_mut(&region) else { return };
+        if replica.may_hibernate_after(from, term, index) {
+            replica.hibernation.hibernated = true;
             self.awake.remove(&region);
         }
     }

@@ -1,8 +1,6 @@
 //! Replicas come and go (created, bootstrapped, destroyed, shut down), and the
 //! store-wide upkeep that ticks run: WAL purge and engine garbage collection.
 
-use std::collections::{HashMap, VecDeque};
-
 use raft::eraftpb::ConfState;
 use raft::{RawNode, ReadOnlyOption};
 use regionkv_engine::{PeerId, Region, RegionId};
@@ -15,7 +13,7 @@ use crate::directory::DIRECTORY;
 use crate::error::{Error, Result};
 use crate::log::LogState;
 use crate::logger::raft_logger;
-use crate::peer::Peer;
+use crate::replica::{Contents, Replica, ReplicaInit};
 use crate::storage::PeerStorage;
 
 /// Purge the WAL, and sweep the engines for versions no snapshot sees, every this many
@@ -27,9 +25,9 @@ pub(super) const PURGE_EVERY_TICKS: u64 = 50;
 /// default 100 ms tick a store sweeps a million keys in about five minutes.
 const GC_KEYS_PER_SWEEP: usize = 16 * 1024;
 
-pub(super) fn raft_config(config: &StoreConfig, id: u64, applied: u64) -> raft::Config {
+fn raft_config(config: &StoreConfig, id: PeerId, applied: u64) -> raft::Config {
     raft::Config {
-        id,
+        id: id.0,
         election_tick: config.election_ticks,
         heartbeat_tick: config.heartbeat_ticks,
         applied,
@@ -51,7 +49,7 @@ impl StoreCore {
     /// with the region's peers as voters.
     pub(super) fn create_log_from_engine(&mut self, region: &Region) -> Result<()> {
         let me = self.ctx.config.store_id;
-        let Some(peer) = region.peers.iter().find(|p| p.store == me) else {
+        let Some(member) = region.peers.iter().find(|p| p.store == me) else {
             return Err(Error::Internal(format!(
                 "region {} is hosted here but lists no peer on store {me}",
                 region.id
@@ -71,7 +69,7 @@ impl StoreCore {
         let mut state = LogState {
             first_index: image + 1,
             truncated_term: term,
-            peer_id: peer.id.0,
+            peer_id: member.id.0,
             conf_index: image,
             ..LogState::default()
         };
@@ -82,90 +80,52 @@ impl StoreCore {
         self.ctx.log.create_region(&mut self.write, region.id, state)
     }
 
-    pub(super) fn add_peer(
-        &mut self,
-        region: Region,
-        initialized: bool,
-        id: PeerId,
-        applied: u64,
-        conf_index: u64,
-    ) -> Result<()> {
-        let storage = PeerStorage::new(region.id, self.ctx.log.clone())?;
-        let snapshot_slot = storage.snapshot_slot().clone();
-        let (first, last) = self.ctx.log.bounds(region.id)?;
+    /// Starts this store's replica of a region from `init`; its log must exist.
+    pub(super) fn add_replica(&mut self, mut init: ReplicaInit) -> Result<()> {
+        let region = init.region.id;
+        let storage = PeerStorage::new(region, self.ctx.log.clone())?;
+        let (first, last) = self.ctx.log.bounds(region)?;
         // raft-rs requires applied >= first_index - 1; a checkpoint older than the
         // compaction point would be a bug (compaction follows checkpoints).
-        let applied = applied.max(first.saturating_sub(1));
+        let applied = init.applied_index.max(first.saturating_sub(1));
         if applied > last {
             return Err(Error::Internal(format!(
-                "region {}: the engine's image is at index {applied}, past the end of the log \
-                 ({last}); a crash interrupted a snapshot install: restore this store from a \
-                 replica",
-                region.id
+                "region {region}: the engine's image is at index {applied}, past the end of the \
+                 log ({last}); a crash interrupted a snapshot install: restore this store from \
+                 a replica"
             )));
         }
+        init.applied_index = applied;
         // An image is written at the applied index, synchronously, while the hard state
         // recording the commit index that allowed the apply is persisted with the next
         // log write: a crash in between leaves the durable commit index behind the
         // image. What was applied was committed, so the commit index moves up to it.
-        if let Some(state) = self.ctx.log.state(region.id)
+        if let Some(state) = self.ctx.log.state(region)
             && state.hard_state.commit < applied
         {
             let mut hs = state.hard_state;
             hs.commit = applied;
-            self.ctx.log.stage(&mut self.write, region.id, Vec::new(), Some(&hs))?;
+            self.ctx.log.stage(&mut self.write, region, Vec::new(), Some(&hs))?;
         }
-        let mut config = raft_config(&self.ctx.config, id.0, applied);
+        let mut config = raft_config(&self.ctx.config, init.id, applied);
         if let Some(choose) = &self.ctx.election_ticks {
-            // One fixed timeout per peer: raft-rs draws from [min, max), so max = min + 1.
-            let ticks = choose(region.id, id).max(config.heartbeat_tick + 1);
+            // One fixed timeout per replica: raft-rs draws from [min, max), so max = min + 1.
+            let ticks = choose(region, init.id).max(config.heartbeat_tick + 1);
             config.min_election_tick = ticks;
             config.max_election_tick = ticks + 1;
         }
         let raw = RawNode::new(&config, storage, &raft_logger())?;
-        let merge =
-            if initialized { self.ctx.engine_of(region.id).merge_state(region.id) } else { None };
+        let merge = match init.contents {
+            Contents::Data => self.ctx.engine_of(region).merge_state(region),
+            Contents::AwaitingSnapshot => None,
+        };
         let timeline = Timeline::new(
-            format!("store-{}/region-{}", self.ctx.config.store_id, region.id),
+            format!("store-{}/region-{}", self.ctx.config.store_id, region),
             &self.ctx.cancel,
         );
-        let region_id = region.id;
-        self.awake.insert(region_id);
-        self.peers.insert(
-            region_id,
-            Peer {
-                region,
-                initialized,
-                id,
-                raw,
-                snapshot_slot,
-                snapshot_file: None,
-                batch: Vec::new(),
-                batch_bytes: 0,
-                proposals: VecDeque::new(),
-                reads_unissued: Vec::new(),
-                reads_pending: HashMap::new(),
-                reads_ready: VecDeque::new(),
-                next_read_ctx: 1,
-                applied_index: applied,
-                checkpoint_index: applied,
-                applied_bytes_since_checkpoint: 0,
-                conf_index,
-                known_stores: HashMap::new(),
-                incoming: None,
-                received: None,
-                snapshot_applied: None,
-                timeline,
-                removed: false,
-                merge,
-                catch_up: None,
-                paused: None,
-                source_ready: None,
-                hibernated: false,
-                idle_ticks: 0,
-            },
-        );
-        self.dirty.insert(region_id);
+        self.awake.insert(region);
+        self.replicas.insert(region, Replica::new(init, raw, timeline, merge));
+        self.dirty.insert(region);
         Ok(())
     }
 
@@ -173,7 +133,7 @@ impl StoreCore {
     /// hosts it empty, its log starts with `region.peers` as voters.
     pub fn bootstrap_region(&mut self, region: Region) -> Result<()> {
         let me = self.ctx.config.store_id;
-        let peer = *region.peers.iter().find(|p| p.store == me).ok_or_else(|| {
+        let member = *region.peers.iter().find(|p| p.store == me).ok_or_else(|| {
             Error::Internal(format!(
                 "bootstrap of region {} that has no peer on store {me}",
                 region.id
@@ -182,20 +142,26 @@ impl StoreCore {
         let mut conf_state = ConfState::default();
         conf_state.voters = region.peers.iter().map(|p| p.id.0).collect();
         let state =
-            LogState { first_index: 1, conf_state, peer_id: peer.id.0, ..LogState::default() };
+            LogState { first_index: 1, conf_state, peer_id: member.id.0, ..LogState::default() };
         self.ctx.engine_of(region.id).insert_region(region.clone())?;
         self.ctx.log.create_region(&mut self.write, region.id, state)?;
-        self.add_peer(region, true, peer.id, 0, 0)
+        self.add_replica(ReplicaInit {
+            region,
+            contents: Contents::Data,
+            id: member.id,
+            applied_index: 0,
+            conf_index: 0,
+        })
     }
 
     /// Removes a replica that a membership change removed.
     pub(super) fn destroy(&mut self, region: RegionId) -> Result<()> {
-        let Some(mut peer) = self.peers.remove(&region) else { return Ok(()) };
+        let Some(mut replica) = self.replicas.remove(&region) else { return Ok(()) };
         self.awake.remove(&region);
-        peer.fail_all(|| Error::RegionNotFound { region });
+        replica.fail_all(|| Error::RegionNotFound { region });
         // A merged source is gone from the engine already.
         let engine = self.ctx.engine_of(region);
-        if peer.initialized && engine.region(region).is_some() {
+        if replica.is_initialized() && engine.region(region).is_some() {
             engine.remove_region(region)?;
         }
         self.ctx.log.stage_tombstone(&mut self.write, region);
@@ -209,7 +175,7 @@ impl StoreCore {
     pub(super) fn plan_purge(&mut self) {
         let plan = self.ctx.log.purge_plan();
         for region in &plan.rewrite {
-            if self.peers.contains_key(region) {
+            if self.replicas.contains_key(region) {
                 let _ = self.ctx.log.stage_state_rewrite(&mut self.write, *region);
             }
         }
@@ -244,11 +210,11 @@ impl StoreCore {
         }
     }
 
-    /// Stops every peer: fails what waits with `Cancelled`, shuts timelines down.
+    /// Stops every replica: fails what waits with `Cancelled`, shuts timelines down.
     pub fn shutdown(&mut self, timeout: std::time::Duration) {
-        for peer in self.peers.values_mut() {
-            peer.fail_all(|| Error::Cancelled);
-            if let Err(e) = peer.timeline.shutdown(timeout, || Ok(())) {
+        for replica in self.replicas.values_mut() {
+            replica.fail_all(|| Error::Cancelled);
+            if let Err(e) = replica.timeline.shutdown(timeout, || Ok(())) {
                 tracing::warn!(error = %e, "timeline did not shut down cleanly");
             }
         }

@@ -4,12 +4,23 @@
 use raft::SnapshotStatus;
 use raft::eraftpb::{Message, MessageType};
 use regionkv_engine::checkpoint::CheckpointChunks;
-use regionkv_engine::{PeerId, Region, RegionId};
+use regionkv_engine::{PeerId, RegionId};
 
 use super::StoreCore;
 use crate::error::Result;
 use crate::log::LogState;
+use crate::replica::ReplicaInit;
 use crate::transport::{Body, Envelope, KeyRange, SnapshotChunk};
+
+/// When raft-rs's messages of a ready may leave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SendWhen {
+    /// At once: a leader's appends and heartbeats go out in parallel with its own fsync.
+    Now,
+    /// Once the ready's write is durable: votes and append responses promise what is on
+    /// disk.
+    AfterPersist,
+}
 
 impl StoreCore {
     /// Takes envelopes that arrived from other stores.
@@ -36,12 +47,13 @@ impl StoreCore {
             self.on_hibernate(region, from, term, index);
             return Ok(());
         }
-        if !self.peers.contains_key(&region) {
+        if !self.replicas.contains_key(&region) {
             // A replica added by a membership change learns of its region from the
             // first message; it holds nothing until a snapshot arrives. But if the
             // region's range overlaps one hosted here, this store is behind: its own
             // split (or merge) will create the region, with its data; wait for that.
-            // An unknown range decides nothing (design 5.5): no replica is created.
+            // A message without a range decides nothing (an unknown range is not an
+            // empty one): no replica is created.
             let to = match &body {
                 Body::Raft(m) => m.to,
                 // The Raft message comes before a snapshot's chunks.
@@ -58,7 +70,7 @@ impl StoreCore {
             }
             self.create_uninitialized(region, PeerId(to))?;
         }
-        let peer = self.peers.get_mut(&region).expect("created above");
+        let replica = self.replicas.get_mut(&region).expect("created above");
         // Any message wakes a hibernating replica, but heartbeat traffic: a leader's
         // responses keep coming for a while after it went quiet, and a follower
         // answers a leader's heartbeat without ticking (a heartbeat sent just before
@@ -70,23 +82,21 @@ impl StoreCore {
         let heartbeat =
             matches!(kind, Some(MessageType::MsgHeartbeat | MessageType::MsgHeartbeatResponse));
         if !heartbeat {
-            peer.wake();
-            peer.idle_ticks = 0;
+            replica.wake();
+            replica.hibernation.idle_ticks = 0;
             self.awake.insert(region);
         }
         match body {
             Body::Hibernate { .. } | Body::Alive => {}
             Body::Raft(msg) => {
-                if msg.to != peer.id.0 {
+                if msg.to != replica.id.0 {
                     return Ok(()); // for an older replica of the region on this store
                 }
-                peer.known_stores.insert(PeerId(msg.from), from);
+                replica.known_stores.insert(PeerId(msg.from), from);
                 if msg.get_msg_type() == MessageType::MsgSnapshot {
                     let meta = msg.get_snapshot().get_metadata();
-                    let ready = peer
-                        .received
-                        .as_ref()
-                        .is_some_and(|(i, t, _)| *i == meta.index && *t == meta.term);
+                    let ready = (replica.snapshot.received.as_ref())
+                        .is_some_and(|r| (r.index, r.term) == (meta.index, meta.term));
                     if !ready {
                         // The checkpoint did not arrive whole; the leader sends again.
                         tracing::debug!(
@@ -97,7 +107,7 @@ impl StoreCore {
                         return Ok(());
                     }
                 }
-                peer.raw.step(msg)?;
+                replica.raw.step(msg)?;
             }
             Body::SnapshotChunk(chunk) => self.on_snapshot_chunk(region, chunk)?,
         }
@@ -105,7 +115,9 @@ impl StoreCore {
         Ok(())
     }
 
-    pub(super) fn create_uninitialized(&mut self, region: RegionId, id: PeerId) -> Result<()> {
+    /// Creates a replica of `region`, as peer `id`, that holds nothing until its
+    /// leader's snapshot arrives.
+    fn create_uninitialized(&mut self, region: RegionId, id: PeerId) -> Result<()> {
         let state = LogState { first_index: 1, peer_id: id.0, ..LogState::default() };
         self.ctx.log.create_region(&mut self.write, region, state)?;
         tracing::info!(
@@ -113,24 +125,26 @@ impl StoreCore {
             peer = id.0,
             "created a replica to be filled by a snapshot"
         );
-        self.add_peer(Region::new(region, Vec::new(), Some(Vec::new())), false, id, 0, 0)
+        self.add_replica(ReplicaInit::awaiting_snapshot(region, id, 0))
     }
 
-    /// Turns envelopes into messages to send now or after the write persists; a
-    /// snapshot message is preceded by its checkpoint's chunks.
-    pub(super) fn route(&mut self, region: RegionId, messages: Vec<Message>, after_persist: bool) {
+    /// Turns raft-rs's messages into envelopes, to send now or once the write persists;
+    /// a snapshot message is preceded by its checkpoint's chunks.
+    pub(super) fn route(&mut self, region: RegionId, messages: Vec<Message>, when: SendWhen) {
         if messages.is_empty() {
             return;
         }
         let me = self.ctx.config.store_id;
         let chunk_bytes = self.ctx.config.snapshot_chunk_bytes;
-        let peer = self.peers.get_mut(&region).expect("present");
-        let epoch = peer.initialized.then_some(peer.region.epoch);
-        let range = peer
-            .initialized
-            .then(|| KeyRange { start: peer.region.start.clone(), end: peer.region.end.clone() });
+        let replica = self.replicas.get_mut(&region).expect("present");
+        let initialized = replica.is_initialized();
+        let epoch = initialized.then_some(replica.region.epoch);
+        let range = initialized.then(|| KeyRange {
+            start: replica.region.start.clone(),
+            end: replica.region.end.clone(),
+        });
         for msg in messages {
-            let Some(to) = peer.store_of(PeerId(msg.to)) else {
+            let Some(to) = replica.store_of(PeerId(msg.to)) else {
                 tracing::debug!(
                     region = region.0,
                     to = msg.to,
@@ -141,7 +155,7 @@ impl StoreCore {
             let mut out = Vec::new();
             if msg.get_msg_type() == MessageType::MsgSnapshot {
                 let meta = msg.get_snapshot().get_metadata();
-                match &peer.snapshot_file {
+                match &replica.snapshot.file {
                     Some(file) if file.header().applied_index == meta.index => {
                         for chunk in CheckpointChunks::new(file, chunk_bytes) {
                             out.push(Envelope {
@@ -161,10 +175,10 @@ impl StoreCore {
                         }
                         // The follower confirms by its next append response; a lost
                         // transfer shows as a rejection and a new snapshot.
-                        peer.raw.report_snapshot(msg.to, SnapshotStatus::Finish);
+                        replica.raw.report_snapshot(msg.to, SnapshotStatus::Finish);
                     }
                     _ => {
-                        peer.raw.report_snapshot(msg.to, SnapshotStatus::Failure);
+                        replica.raw.report_snapshot(msg.to, SnapshotStatus::Failure);
                         continue;
                     }
                 }
@@ -177,10 +191,9 @@ impl StoreCore {
                 range: range.clone(),
                 body: Body::Raft(msg),
             });
-            if after_persist {
-                self.after_persist.extend(out);
-            } else {
-                self.outbox.extend(out);
+            match when {
+                SendWhen::Now => self.outbox.extend(out),
+                SendWhen::AfterPersist => self.after_persist.extend(out),
             }
         }
     }

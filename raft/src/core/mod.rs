@@ -33,7 +33,8 @@ use crate::directory::{DIRECTORY, RegionRecord};
 use crate::error::{Error, Result};
 use crate::log::LogWrite;
 use crate::metrics::{ApplyStats, StoreMetrics};
-use crate::peer::{MergeStatus, Peer, PeerStatus};
+use crate::replica::{Contents, Installed, PeerStatus, Replica, ReplicaInit};
+use crate::request::MergeStatus;
 use crate::transport::Envelope;
 
 mod admin_apply;
@@ -50,16 +51,26 @@ use self::apply::Applier;
 pub use self::context::{
     ApplyObserver, ElectionTicks, RAFT_INIT_INDEX, RAFT_INIT_TERM, StoreContext,
 };
+use self::messages::SendWhen;
 pub use self::output::{CoreTask, Output, WriteTask};
 
 /// How many times `flush` re-runs readies made by the previous round (light readies
 /// after an inline persist, cascaded applies); bounds the loop.
 const MAX_READY_PASSES: usize = 8;
 
+/// Who leads a region reported to the directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Leadership {
+    /// This store, which reports it.
+    ThisStore,
+    /// Not known yet: a split child this store's leader created, before its election.
+    Unknown,
+}
+
 /// The Raft groups of a store (or a share of them) and their step functions.
 pub struct StoreCore {
     ctx: Arc<StoreContext>,
-    peers: HashMap<RegionId, Peer>,
+    replicas: HashMap<RegionId, Replica>,
     /// Peers that are not hibernating: the only ones a tick visits, so that thousands
     /// of idle regions cost nothing per tick. Kept equal to the peers whose
     /// `hibernated` flag is false.
@@ -90,13 +101,13 @@ impl std::fmt::Debug for StoreCore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreCore")
             .field("store", &self.ctx.config.store_id)
-            .field("peers", &self.peers.len())
+            .field("replicas", &self.replicas.len())
             .finish_non_exhaustive()
     }
 }
 
 impl StoreCore {
-    /// Opens the cores's share of a store: a peer for every region `owns` accepts that
+    /// Opens the cores's share of a store: a replica for every region `owns` accepts that
     /// the engine hosts or the log has (an uninitialized replica). Committed entries
     /// after each region's checkpoint are applied again by the first flushes.
     pub fn open(
@@ -106,7 +117,7 @@ impl StoreCore {
         let write = ctx.log.begin_write();
         let mut core = StoreCore {
             ctx,
-            peers: HashMap::new(),
+            replicas: HashMap::new(),
             awake: HashSet::new(),
             tombstones: HashSet::new(),
             dirty: BTreeSet::new(),
@@ -150,13 +161,13 @@ impl StoreCore {
             let state = core.ctx.log.state(id).ok_or(Error::RegionNotFound { region: id })?;
             if let Some(region) = hosted.get(&id) {
                 let applied = core.ctx.engine_of(id).image_index(id)?.unwrap_or(0);
-                core.add_peer(
-                    region.clone(),
-                    true,
-                    PeerId(state.peer_id),
-                    applied,
-                    state.conf_index,
-                )?;
+                core.add_replica(ReplicaInit {
+                    region: region.clone(),
+                    contents: Contents::Data,
+                    id: PeerId(state.peer_id),
+                    applied_index: applied,
+                    conf_index: state.conf_index,
+                })?;
             } else if !state.conf_state.voters.is_empty() || !state.conf_state.learners.is_empty() {
                 // An initialized log the engine does not host: the replica was removed
                 // (a membership change, or merged away) and a crash came before its log
@@ -169,8 +180,8 @@ impl StoreCore {
                 core.ctx.log.stage_tombstone(&mut core.write, id);
             } else {
                 // In the log but not the engine: a replica waiting for its snapshot.
-                let region = Region::new(id, Vec::new(), Some(Vec::new()));
-                core.add_peer(region, false, PeerId(state.peer_id), 0, state.conf_index)?;
+                let peer = PeerId(state.peer_id);
+                core.add_replica(ReplicaInit::awaiting_snapshot(id, peer, state.conf_index))?;
             }
         }
         Ok(core)
@@ -191,14 +202,14 @@ impl StoreCore {
     /// figures ([`Store::metrics`](crate::Store::metrics)).
     pub fn metrics(&self) -> StoreMetrics {
         let mut m = StoreMetrics { apply: self.apply_stats, ..StoreMetrics::default() };
-        for peer in self.peers.values() {
-            if peer.region.id == DIRECTORY || !peer.initialized {
+        for replica in self.replicas.values() {
+            if replica.region.id == DIRECTORY || !replica.is_initialized() {
                 continue;
             }
-            let lag = peer.raw.raft.raft_log.committed.saturating_sub(peer.applied_index);
+            let lag = replica.committed().saturating_sub(replica.applied_index);
             m.regions += 1;
-            m.leaders += u64::from(peer.is_leader());
-            m.hibernating += u64::from(peer.hibernated);
+            m.leaders += u64::from(replica.is_leader());
+            m.hibernating += u64::from(replica.hibernation.hibernated);
             m.applied_lag_total += lag;
             m.applied_lag_max = m.applied_lag_max.max(lag);
         }
@@ -209,29 +220,28 @@ impl StoreCore {
 
     /// The merge status of `region`, as its leader sees it.
     pub fn merge_status(&self, region: RegionId) -> Result<MergeStatus> {
-        let peer = self.peers.get(&region).ok_or(Error::RegionNotFound { region })?;
-        if !peer.is_leader() {
-            return Err(peer.not_leader());
+        let replica = self.replicas.get(&region).ok_or(Error::RegionNotFound { region })?;
+        if !replica.is_leader() {
+            return Err(replica.not_leader());
         }
-        let all_matched = peer.merge.is_some_and(|m| {
-            peer.raw.raft.prs().iter().all(|(_, pr)| pr.matched >= m.prepare_index)
-        });
-        Ok(MergeStatus { region: peer.region.clone(), merge: peer.merge, all_matched })
+        let merge = replica.merge.state;
+        let all_matched = merge.is_some_and(|m| replica.all_matched(m.prepare_index));
+        Ok(MergeStatus { region: replica.region.clone(), merge, all_matched })
     }
 
-    /// The status of every peer, by region id.
+    /// The status of every replica, by region id.
     pub fn status(&self) -> Vec<PeerStatus> {
-        let mut out: Vec<PeerStatus> = self.peers.values().map(Peer::status).collect();
+        let mut out: Vec<PeerStatus> = self.replicas.values().map(Replica::status).collect();
         out.sort_by_key(|s| s.region.id);
         out
     }
 
-    /// The status of the peer of `region`, if there is one.
+    /// The status of the replica of `region`, if there is one.
     pub fn peer_status(&self, region: RegionId) -> Option<PeerStatus> {
-        self.peers.get(&region).map(Peer::status)
+        self.replicas.get(&region).map(Replica::status)
     }
 
-    /// True if any peer may have work for `flush`.
+    /// True if any replica may have work for `flush`.
     pub fn has_work(&self) -> bool {
         !self.dirty.is_empty()
             || !self.outbox.is_empty()
@@ -255,11 +265,11 @@ impl StoreCore {
             let mut applier = Applier::new(&engine);
             let mut touched = Vec::new();
             for region in dirty {
-                match self.flush_peer(region, &mut applier) {
+                match self.flush_replica(region, &mut applier) {
                     Ok(true) => touched.push(region),
                     Ok(false) => {}
                     Err(e) => {
-                        Self::on_peer_error(region, &e);
+                        Self::on_replica_error(region, &e);
                         applier.failed = true;
                     }
                 }
@@ -277,7 +287,7 @@ impl StoreCore {
             }
             for region in touched {
                 if let Err(e) = self.after_apply(region) {
-                    Self::on_peer_error(region, &e);
+                    Self::on_replica_error(region, &e);
                 }
             }
         }
@@ -300,37 +310,38 @@ impl StoreCore {
         }
     }
 
-    fn on_peer_error(region: RegionId, error: &Error) {
+    fn on_replica_error(region: RegionId, error: &Error) {
         if error.is_cancelled() {
-            tracing::debug!(region = region.0, "peer stopped by shutdown");
+            tracing::debug!(region = region.0, "replica stopped by shutdown");
         } else {
-            tracing::error!(region = region.0, error = %error, "peer failed");
+            tracing::error!(region = region.0, error = %error, "replica failed");
         }
     }
 
-    /// Handles one peer's ready; true if it applied entries into `applier` (the rest
+    /// Handles one replica's ready; true if it applied entries into `applier` (the rest
     /// of its turn comes after the round is committed, in `after_apply`).
-    fn flush_peer(&mut self, region: RegionId, applier: &mut Applier<'_>) -> Result<bool> {
+    fn flush_replica(&mut self, region: RegionId, applier: &mut Applier<'_>) -> Result<bool> {
         self.propose_batch(region);
         self.issue_reads(region);
         self.prepare_snapshot(region)?;
-        let Some(peer) = self.peers.get_mut(&region) else { return Ok(false) };
-        let resume = peer.paused.as_ref().is_some_and(|p| peer.source_ready == Some(p.source));
+        let Some(replica) = self.replicas.get_mut(&region) else { return Ok(false) };
+        let merge = &mut replica.merge;
+        let resume = merge.paused.as_ref().is_some_and(|p| merge.source_ready == Some(p.source));
         if resume {
             // The source caught up: apply what was held back, the commit merge first.
-            let held = peer.paused.take().map(|p| p.entries).unwrap_or_default();
+            let held = merge.paused.take().map(|p| p.entries).unwrap_or_default();
             self.apply(region, held, applier)?;
             return Ok(true);
         }
-        if !peer.raw.has_ready() {
+        if !replica.raw.has_ready() {
             return Ok(false);
         }
-        let mut ready = peer.raw.ready();
+        let mut ready = replica.raw.ready();
         let me = self.ctx.config.store_id;
 
         // Messages that need not wait for our own fsync (a leader's).
         let now = ready.take_messages();
-        self.route(region, now, false);
+        self.route(region, now, SendWhen::Now);
 
         // A snapshot to install: its checkpoint arrived in chunks before the message.
         let mut installed = None;
@@ -347,7 +358,7 @@ impl StoreCore {
             self.apply(region, committed, applier)?;
         }
 
-        let peer = self.peers.get_mut(&region).expect("present");
+        let replica = self.replicas.get_mut(&region).expect("present");
         // Entries and hard state: readable now, durable with the write.
         let entries = ready.take_entries();
         match ready.hs() {
@@ -362,32 +373,32 @@ impl StoreCore {
             let ctx = u64::from_le_bytes(
                 state.request_ctx.get(..8).and_then(|b| b.try_into().ok()).unwrap_or_default(),
             );
-            if let Some(reads) = peer.reads_pending.remove(&ctx) {
-                peer.reads_ready.push_back((state.index, reads));
+            if let Some(reads) = replica.reads.pending.remove(&ctx) {
+                replica.reads.ready.push_back((state.index, reads));
             }
         }
         let mut became_leader = None;
         if let Some(ss) = ready.ss() {
             if ss.raft_state == StateRole::Leader {
-                became_leader = peer.initialized.then(|| peer.region.clone());
+                became_leader = replica.is_initialized().then(|| replica.region.clone());
             } else {
-                let leader = peer.leader_store();
-                peer.fail_unproposed(|| Error::NotLeader { region, leader });
+                let leader = replica.leader_store();
+                replica.fail_unproposed(|| Error::NotLeader { region, leader });
             }
             tracing::debug!(store = me.0, region = region.0, role = ?ss.raft_state, leader = ss.leader_id, "role changed");
         }
         let persisted = ready.take_persisted_messages();
         let number = ready.number();
-        peer.raw.advance_append_async(ready);
+        replica.raw.advance_append_async(ready);
         if let Some(index) = installed {
             // The snapshot's state is applied; raft-rs learns it once the snapshot is
             // persisted (it requires applied <= persisted).
-            peer.snapshot_applied = Some((number, index));
+            replica.snapshot.installed = Some(Installed { ready: number, index });
         }
         self.readies.push((region, number));
-        self.route(region, persisted, true);
+        self.route(region, persisted, SendWhen::AfterPersist);
         if let Some(led) = became_leader {
-            self.report(&led, true);
+            self.report(&led, Leadership::ThisStore);
         }
         if !has_committed {
             self.serve_reads(region);
@@ -396,16 +407,16 @@ impl StoreCore {
         Ok(has_committed)
     }
 
-    /// The rest of a peer's turn once the round holding what it applied is
+    /// The rest of a replica's turn once the round holding what it applied is
     /// committed: raft-rs learns the applied index, reads at it are served, a
     /// checkpoint may be due, a removed replica goes.
     fn after_apply(&mut self, region: RegionId) -> Result<()> {
-        let Some(peer) = self.peers.get_mut(&region) else { return Ok(()) };
-        peer.raw.advance_apply_to(peer.applied_index);
+        let Some(replica) = self.replicas.get_mut(&region) else { return Ok(()) };
+        replica.raw.advance_apply_to(replica.applied_index);
         self.serve_reads(region);
         self.check_catch_up(region);
         self.maybe_checkpoint(region)?;
-        if self.peers.get(&region).is_some_and(|p| p.removed) {
+        if self.replicas.get(&region).is_some_and(|p| p.removed) {
             self.destroy(region)?;
         } else {
             self.dirty.insert(region);
@@ -416,26 +427,29 @@ impl StoreCore {
     /// Reports that the writes carrying these readies are durable.
     pub fn on_persisted(&mut self, readies: &[(RegionId, u64)]) {
         for &(region, number) in readies {
-            if let Some(peer) = self.peers.get_mut(&region) {
-                peer.raw.on_persist_ready(number);
-                if let Some((ready, index)) = peer.snapshot_applied
-                    && ready <= number
+            if let Some(replica) = self.replicas.get_mut(&region) {
+                replica.raw.on_persist_ready(number);
+                if let Some(installed) = replica.snapshot.installed
+                    && installed.ready <= number
                 {
-                    peer.raw.advance_apply_to(index);
-                    peer.snapshot_applied = None;
+                    replica.raw.advance_apply_to(installed.index);
+                    replica.snapshot.installed = None;
                 }
                 self.dirty.insert(region);
             }
         }
     }
 
-    /// Reports `region` to the directory if this store leads it. `leader` false: a
-    /// region this leader created (a split child) whose leader is not known yet.
-    fn report(&mut self, region: &Region, leader: bool) {
+    /// Reports `region`, which this store leads or created (a split child), to the
+    /// directory.
+    fn report(&mut self, region: &Region, leadership: Leadership) {
         if region.id == DIRECTORY {
             return;
         }
-        let me = self.ctx.config.store_id;
-        self.reports.push(RegionRecord { region: region.clone(), leader: leader.then_some(me) });
+        let leader = match leadership {
+            Leadership::ThisStore => Some(self.ctx.config.store_id),
+            Leadership::Unknown => None,
+        };
+        self.reports.push(RegionRecord { region: region.clone(), leader });
     }
 }

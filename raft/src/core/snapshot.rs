@@ -7,7 +7,7 @@ use regionkv_engine::{CheckpointChunk, RegionId};
 use super::StoreCore;
 use crate::error::{Error, Result};
 use crate::log::LogState;
-use crate::peer::Incoming;
+use crate::replica::{Contents, Incoming, Received};
 use crate::transport::SnapshotChunk;
 
 impl StoreCore {
@@ -16,20 +16,21 @@ impl StoreCore {
         region: RegionId,
         chunk: SnapshotChunk,
     ) -> Result<()> {
-        let peer = self.peers.get_mut(&region).expect("checked by caller");
+        let replica = self.replicas.get_mut(&region).expect("checked by caller");
+        let transfer = &mut replica.snapshot;
         if chunk.offset == 0 {
-            peer.incoming = Some(Incoming {
+            transfer.incoming = Some(Incoming {
                 index: chunk.index,
                 term: chunk.term,
                 next_offset: 0,
                 receiver: self.ctx.engine_of(region).receive_checkpoint()?,
             });
         }
-        let Some(incoming) = peer.incoming.as_mut() else { return Ok(()) };
+        let Some(incoming) = transfer.incoming.as_mut() else { return Ok(()) };
         if (incoming.index, incoming.term, incoming.next_offset)
             != (chunk.index, chunk.term, chunk.offset)
         {
-            peer.incoming = None; // a chunk went missing: drop the transfer, the leader resends
+            transfer.incoming = None; // a chunk went missing: drop the transfer, the leader resends
             return Ok(());
         }
         let last = chunk.is_last();
@@ -40,56 +41,59 @@ impl StoreCore {
         };
         incoming.next_offset = chunk.offset + data.data.len() as u64;
         if let Err(e) = incoming.receiver.push(&data) {
-            peer.incoming = None;
+            transfer.incoming = None;
             return Err(e.into());
         }
         if last {
-            let done = peer.incoming.take().expect("checked");
-            let received = done.receiver.finish()?;
-            peer.received = Some((done.index, done.term, received));
+            let done = transfer.incoming.take().expect("checked");
+            let checkpoint = done.receiver.finish()?;
+            transfer.received = Some(Received { index: done.index, term: done.term, checkpoint });
         }
         Ok(())
     }
 
     /// Makes a snapshot raft-rs asked for: a checkpoint of the region as applied now.
     pub(super) fn prepare_snapshot(&mut self, region: RegionId) -> Result<()> {
-        let Some(peer) = self.peers.get_mut(&region) else { return Ok(()) };
-        let wanted = peer.snapshot_slot.lock().wanted.take();
+        let Some(replica) = self.replicas.get_mut(&region) else { return Ok(()) };
+        let wanted = replica.snapshot.slot.lock().wanted.take();
         let Some(wanted) = wanted else { return Ok(()) };
         // A merge source makes no snapshot: a replica that needs one cannot have the
         // prepare command in its log, and the merge waits (or rolls back) instead.
-        if peer.applied_index < wanted || !peer.initialized || peer.merge.is_some() {
-            peer.snapshot_slot.lock().wanted = Some(wanted);
+        if replica.applied_index < wanted
+            || !replica.is_initialized()
+            || replica.merge.state.is_some()
+        {
+            replica.snapshot.slot.lock().wanted = Some(wanted);
             return Ok(());
         }
-        let term = self.ctx.log.term(region, peer.applied_index)?;
+        let term = self.ctx.log.term(region, replica.applied_index)?;
         let engine = self.ctx.engine_of(region);
-        let meta = engine.checkpoint(region, peer.applied_index)?;
+        let meta = engine.checkpoint(region, replica.applied_index)?;
         let file = engine.latest_checkpoint(region)?.ok_or_else(|| {
             Error::Internal(format!(
                 "checkpoint of region {} at {} not found",
                 region.0, meta.applied_index
             ))
         })?;
-        peer.checkpoint_index = peer.applied_index;
-        peer.applied_bytes_since_checkpoint = 0;
+        replica.checkpoint_index = replica.applied_index;
+        replica.applied_bytes_since_checkpoint = 0;
         let mut snap = Snapshot::default();
-        snap.mut_metadata().index = peer.applied_index;
+        snap.mut_metadata().index = replica.applied_index;
         snap.mut_metadata().term = term;
-        snap.mut_metadata().set_conf_state(peer.raw.raft.prs().conf().to_conf_state());
-        peer.snapshot_slot.lock().ready = Some(snap);
-        peer.snapshot_file = Some(file);
-        self.ctx.log.stage_compaction(&mut self.write, region, peer.checkpoint_index)?;
-        tracing::info!(region = region.0, index = peer.applied_index, "prepared a snapshot");
+        snap.mut_metadata().set_conf_state(replica.conf_state());
+        replica.snapshot.slot.lock().ready = Some(snap);
+        replica.snapshot.file = Some(file);
+        self.ctx.log.stage_compaction(&mut self.write, region, replica.checkpoint_index)?;
+        tracing::info!(region = region.0, index = replica.applied_index, "prepared a snapshot");
         Ok(())
     }
 
     /// Installs a received snapshot: the engine takes the checkpoint (durably), then
     /// the log restarts after it.
     pub(super) fn install_snapshot(&mut self, region: RegionId, snap: &Snapshot) -> Result<()> {
-        let peer = self.peers.get_mut(&region).expect("present");
+        let replica = self.replicas.get_mut(&region).expect("present");
         let meta = snap.get_metadata();
-        let Some((index, term, received)) = peer.received.take() else {
+        let Some(Received { index, term, checkpoint }) = replica.snapshot.received.take() else {
             return Err(Error::Internal(format!(
                 "snapshot of region {} at {} without its checkpoint",
                 region.0, meta.index
@@ -101,22 +105,22 @@ impl StoreCore {
                 meta.index, meta.term
             )));
         }
-        let installed = self.ctx.engine_of(region).install_checkpoint(received)?;
+        let installed = self.ctx.engine_of(region).install_checkpoint(checkpoint)?;
         let state = LogState {
-            hard_state: peer.raw.raft.hard_state(),
+            hard_state: replica.hard_state(),
             conf_state: meta.get_conf_state().clone(),
             first_index: meta.index + 1,
             truncated_term: meta.term,
-            peer_id: peer.id.0,
+            peer_id: replica.id.0,
             conf_index: meta.index,
         };
         self.ctx.log.stage_snapshot(&mut self.write, region, state)?;
-        peer.region = installed;
-        peer.initialized = true;
-        peer.applied_index = meta.index;
-        peer.checkpoint_index = meta.index;
-        peer.conf_index = meta.index;
-        peer.applied_bytes_since_checkpoint = 0;
+        replica.region = installed;
+        replica.contents = Contents::Data;
+        replica.applied_index = meta.index;
+        replica.checkpoint_index = meta.index;
+        replica.conf_index = meta.index;
+        replica.applied_bytes_since_checkpoint = 0;
         tracing::info!(region = region.0, index = meta.index, "installed a snapshot");
         Ok(())
     }
@@ -124,23 +128,23 @@ impl StoreCore {
     /// Checkpoints a region once enough log has been applied since the last, and
     /// compacts its log up to the checkpoint.
     pub(super) fn maybe_checkpoint(&mut self, region: RegionId) -> Result<()> {
-        let Some(peer) = self.peers.get_mut(&region) else { return Ok(()) };
-        if !peer.initialized
-            || peer.applied_bytes_since_checkpoint < self.ctx.config.checkpoint_log_bytes
-            || peer.applied_index <= peer.checkpoint_index
-            || peer.merge.is_some()
+        let Some(replica) = self.replicas.get_mut(&region) else { return Ok(()) };
+        if !replica.is_initialized()
+            || replica.applied_bytes_since_checkpoint < self.ctx.config.checkpoint_log_bytes
+            || replica.applied_index <= replica.checkpoint_index
+            || replica.merge.state.is_some()
         {
             return Ok(());
         }
-        self.ctx.engine_of(region).checkpoint(region, peer.applied_index)?;
-        peer.checkpoint_index = peer.applied_index;
-        peer.applied_bytes_since_checkpoint = 0;
-        peer.snapshot_file = None;
-        peer.snapshot_slot.lock().ready = None;
-        self.ctx.log.stage_compaction(&mut self.write, region, peer.checkpoint_index)?;
+        self.ctx.engine_of(region).checkpoint(region, replica.applied_index)?;
+        replica.checkpoint_index = replica.applied_index;
+        replica.applied_bytes_since_checkpoint = 0;
+        replica.snapshot.file = None;
+        replica.snapshot.slot.lock().ready = None;
+        self.ctx.log.stage_compaction(&mut self.write, region, replica.checkpoint_index)?;
         tracing::debug!(
             region = region.0,
-            index = peer.checkpoint_index,
+            index = replica.checkpoint_index,
             "checkpointed and compacted"
         );
         Ok(())
