@@ -3,7 +3,6 @@
 // File offsets and lengths are u64 on disk and usize in memory; see the workspace lints.
 const _: () = assert!(usize::BITS == 64, "regionkv supports 64-bit targets only");
 
-pub mod admin;
 mod command;
 mod config;
 mod core;
@@ -12,6 +11,7 @@ mod error;
 pub mod log;
 mod logger;
 mod mailbox;
+pub mod merge_driver;
 mod metrics;
 mod replica;
 mod request;

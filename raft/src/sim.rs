@@ -867,7 +867,7 @@ impl SimCluster {
 
 /// Drives admin commands against the simulated cluster's leaders, running virtual
 /// time while it waits.
-impl crate::admin::RegionAdmin for SimCluster {
+impl crate::merge_driver::RegionAdmin for SimCluster {
     fn admin(&mut self, region: RegionId, epoch: Epoch, cmd: AdminCmd) -> Result<AdminResult> {
         let max = Duration::from_secs(30);
         self.on_leader(region, max, |c, leader| {

@@ -46,7 +46,7 @@ impl PeerStorage {
 fn to_raft(e: Error) -> raft::Error {
     match e {
         Error::Compacted { .. } => raft::Error::Store(StorageError::Compacted),
-        Error::Unavailable { .. } => raft::Error::Store(StorageError::Unavailable),
+        Error::EntryUnavailable { .. } => raft::Error::Store(StorageError::Unavailable),
         other => raft::Error::Store(StorageError::Other(Box::new(other))),
     }
 }

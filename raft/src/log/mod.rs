@@ -463,7 +463,7 @@ impl RaftLog {
             return Err(Error::Compacted { region, index: low });
         }
         if high > log.last_index() + 1 {
-            return Err(Error::Unavailable { region, index: high - 1 });
+            return Err(Error::EntryUnavailable { region, index: high - 1 });
         }
         let mut out = Vec::with_capacity((high - low) as usize);
         let mut bytes = 0u64;
@@ -510,7 +510,7 @@ impl RaftLog {
         if index + 1 < log.first_index() {
             return Err(Error::Compacted { region, index });
         }
-        log.term(index).ok_or(Error::Unavailable { region, index })
+        log.term(index).ok_or(Error::EntryUnavailable { region, index })
     }
 
     /// First and last index of `region`'s log.
@@ -623,7 +623,7 @@ mod tests {
         assert_eq!(log.entries(R1, 1, 6, None).unwrap(), entries(1, 5, 1));
         assert_eq!(log.state(R1).unwrap().hard_state, hs(1, 7, 0));
         assert_eq!(log.term(R1, 0).unwrap(), 0);
-        assert!(matches!(log.entries(R1, 1, 7, None), Err(Error::Unavailable { .. })));
+        assert!(matches!(log.entries(R1, 1, 7, None), Err(Error::EntryUnavailable { .. })));
     }
 
     #[test]
