@@ -1,4 +1,17 @@
 //! regionkv-raft: the multi-Raft store, built on raft-rs.
+//!
+//! A store hosts one replica of each of its regions' Raft groups, on one WAL (the Raft
+//! log of every region) and one engine (their data). The crate is the consensus and
+//! replication layer; it is not the client API (the `regionkv` facade routes requests
+//! to region leaders) and stores no data itself (`regionkv-engine` does).
+//!
+//! A write's path through the modules: `request` (what a store takes) -> `store` (the
+//! threaded driver: pollers and writers) -> `core` (the step functions: propose,
+//! the Ready loop, apply; see its docs for the life of a put) with `replica` (one
+//! region's raft-rs node) -> `log` (the Raft log on the WAL) and `transport` (to the
+//! other stores) -> back in `core`, applied into the engine. `sim` drives the same core
+//! deterministically; `merge_driver` runs a merge across two regions; `directory` is
+//! the cluster's region directory, itself a Raft group.
 
 // File offsets and lengths are u64 on disk and usize in memory; see the workspace lints.
 const _: () = assert!(usize::BITS == 64, "regionkv supports 64-bit targets only");

@@ -10,7 +10,8 @@
 //! Checkers run after every event:
 //! - P5: at most one leader per region and term, across restarts;
 //! - P6: the entry applied at an index of a region is the same on every replica;
-//! - design 5.1: between flushes no write-batch round holds a region pin;
+//! - rounds: between flushes no write-batch round holds a region pin (a round pins
+//!   the regions it prepared until it is committed or dropped);
 //! - P7: on every store, a region's term and epoch never go back (across restarts),
 //!   and commit and applied index never go back while the store runs (after a restart
 //!   the applied index starts at the region's checkpoint and the log is replayed
@@ -775,7 +776,7 @@ impl SimCluster {
             if let Some(r) = &s.running {
                 statuses.push((id, r.core.status()));
                 // Between flushes no write-batch round is open: every pin taken by a
-                // round was released exactly once (design 5.1).
+                // round was released exactly once.
                 let pins = r.engine.total_pins();
                 if pins != 0 {
                     pinned.push((id, pins));

@@ -30,7 +30,6 @@ pub struct PeerStorage {
     snapshot: Arc<Mutex<SnapshotSlot>>,
 }
 
-#[allow(dead_code, reason = "used by the store core, which is built on another branch")]
 impl PeerStorage {
     /// The storage of `region`, whose log must exist.
     pub(crate) fn new(region: RegionId, log: Arc<RaftLog>) -> Result<PeerStorage, Error> {

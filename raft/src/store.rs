@@ -13,12 +13,21 @@
 //! and hands the log write to its writer. Each writer thread persists its poller's
 //! writes in order (one WAL record for everything queued), then sends the messages
 //! that had to wait for the fsync and reports back. Writers of different pollers share
-//! fsyncs through the WAL's group commit. The Raft core never waits for a disk.
+//! fsyncs through the WAL's group commit.
 //!
-//! Shutdown is ordered (design 5.2): the store's token is cancelled (and with it every
-//! timeline's), pollers stop taking requests and shut their timelines down (bounded),
-//! writers drain and stop, then the WAL is closed with its seal and the engine with its
-//! clean-shutdown mark. [`Store::kill`] skips all of it, as a crash would.
+//! A poller never waits for the log writes of ordinary readies, but it does wait for a
+//! disk, inline, while it applies a split (the children's logs are persisted with
+//! `RaftLog::persist`, a WAL fdatasync, then every part is checkpointed), a merge step
+//! (a checkpoint and a manifest fsync) or a membership change (a manifest fsync), and
+//! while it checkpoints a region, prepares a snapshot or installs one. Meanwhile every
+//! region of that poller waits: no requests, messages or ticks are handled. The core's
+//! module docs list each of these steps.
+//!
+//! Shutdown is ordered, each step once the one before is done: the store's token is
+//! cancelled (and with it every timeline's), pollers stop taking requests and shut their
+//! timelines down (bounded), writers drain and stop, then the WAL is closed with its
+//! seal and the engine with its clean-shutdown mark. [`Store::kill`] skips all of it, as
+//! a crash would.
 
 use std::collections::HashMap;
 use std::path::Path;

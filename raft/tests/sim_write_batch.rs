@@ -1,4 +1,5 @@
-//! Write-batch rounds on a store's single apply loop (design 5.1): a round
+//! Write-batch rounds on a store's single apply loop (a round pins the regions it
+//! prepared until it commits, and every pin is released exactly once): a round
 //! that prepared a region and wrote nothing, or applied only an admin command (a split,
 //! a merge), followed by a round that prepares two regions. No panic, every write
 //! acknowledged, and the batch and every region pin back to zero after each round (the

@@ -1,15 +1,15 @@
-//! [`StoreCore`]: the step functions of a store's Raft groups.
+//! [`StoreCore`]: the step functions of a store's Raft groups, and the Ready loop that
+//! turns what they did into log writes, messages, applied entries and replies.
 //!
-//! The core owns a set of peers (all of a store's, or one poller's share) and changes
+//! The core owns a set of replicas (all of a store's, or one poller's share) and changes
 //! only in response to its step functions: [`StoreCore::on_tick`],
 //! [`StoreCore::on_envelopes`], [`StoreCore::on_write`], [`StoreCore::on_read`],
-//! [`StoreCore::on_change_peers`] and [`StoreCore::on_persisted`]. It does no I/O of
-//! its own but two kinds: applying committed entries into the in-memory engine (and
-//! checkpoints, which the engine writes), and reading the log. Everything else comes out
-//! of [`StoreCore::flush`] as an [`Output`] for a driver to carry out:
+//! [`StoreCore::on_change_peers`], [`StoreCore::on_admin`], [`StoreCore::on_task`] and
+//! [`StoreCore::on_persisted`]. What it cannot do itself comes out of
+//! [`StoreCore::flush`] as an [`Output`] for a driver to carry out:
 //!
 //! - `messages`: to send now; a leader's appends go out in parallel with its own fsync
-//!   (raft thesis 10.2.1);
+//!   (safe: raft-rs counts the leader in a commit quorum only for what it persisted);
 //! - `write`: a [`WriteTask`]: the staged log write to make durable, the messages that
 //!   may only leave after it is durable (votes, append responses), and the readies to
 //!   report back through `on_persisted` once it is;
@@ -17,12 +17,62 @@
 //!   merge sources and targets to coordinate), for the driver to hand over through
 //!   [`StoreCore::on_task`].
 //!
+//! # Life of a put
+//!
+//! 1. `propose.rs` [`StoreCore::on_write`]: the leader checks the write (epoch, merge,
+//!    keys) and adds it to its replica's batch; the region is marked dirty.
+//! 2. `mod.rs` [`StoreCore::flush`] -> `flush_replica` -> `propose.rs` `propose_batch`:
+//!    the turn's batch is encoded into as few entries as `max_entry_bytes` allows, and
+//!    `Replica::propose` (`replica.rs`) hands each to raft-rs and records who waits.
+//! 3. `mod.rs` `flush_replica`, on the ready: `messages.rs` `route` sends the appends
+//!    (`SendWhen::Now`), and the entries are staged into the pass's log write.
+//! 4. The driver persists the [`WriteTask`] (`store.rs` `writer_loop`, or the
+//!    simulator), sends what waited for it, and reports back: `mod.rs`
+//!    [`StoreCore::on_persisted`]. The followers' acknowledgements arrive through
+//!    `messages.rs` [`StoreCore::on_envelopes`], and the entry commits.
+//! 5. `mod.rs` `flush_replica` takes the committed entry -> `apply.rs` `apply` ->
+//!    `apply_entry` -> `Applier::write` buffers it in the pass's write-batch round, and
+//!    `resolve_proposals` matches it (by index and term) with the waiting reply.
+//! 6. `mod.rs` `flush` -> `apply.rs` `Applier::finish`: the round commits (the write is
+//!    visible in the memtable) and the reply is called; `after_apply` then tells raft-rs
+//!    the applied index and serves reads that waited for it.
+//!
 //! Committed entries of every region a flush pass touches are applied in one
-//! write-batch round ([`ApplyRound`]): the round prepares region after region, is cut
-//! (committed) before every admin command, and ends with the pass; replies, reads and
-//! checkpoints wait for the round's commit.
+//! write-batch round ([`regionkv_engine::ApplyRound`]): the round prepares region after
+//! region, is cut (committed) before every admin command, and ends with the pass;
+//! replies, reads and checkpoints wait for the round's commit.
+//!
+//! # Where the core waits for a disk
+//!
+//! Ordinary log writes leave as [`WriteTask`]s, but these steps write and fsync on the
+//! core's own thread, and every region of the core waits for them (a poller handles no
+//! request, message or tick meanwhile); a checkpoint's cost grows with its region:
+//!
+//! - applying a split (`admin_apply.rs` `apply_split`): the children's logs are made
+//!   durable with `RaftLog::persist` (a WAL append and fdatasync, outside the writer
+//!   thread), then `Engine::split_at` checkpoints every part and fsyncs the manifest;
+//! - applying a merge step (`apply_admin`): `Engine::prepare_merge` and
+//!   `rollback_merge` checkpoint the source, `Engine::merge_at` the merged target, each
+//!   with a manifest fsync;
+//! - applying a membership change (`apply_conf_change`), bootstrapping and destroying
+//!   a replica (`lifecycle.rs`): a manifest write and fsync;
+//! - checkpoints (`snapshot.rs` `maybe_checkpoint`), a snapshot prepared for a follower
+//!   (`prepare_snapshot`) and a received one installed (`install_snapshot`): a
+//!   checkpoint file written and fsynced, then the manifest;
+//! - reads of log entries no longer cached (for a follower far behind) read the WAL.
 //!
 //! The deterministic simulator and the threaded production driver both drive this
+//! same code; only where and when a `WriteTask` is persisted differs.
+//!
+//! # Files
+//!
+//! `propose.rs` (requests in), `messages.rs` (envelopes in, messages out), `apply.rs`
+//! (committed entries), `admin_apply.rs` (splits, merges, membership, and the core
+//! tasks), `snapshot.rs` (snapshots and checkpoints), `hibernate.rs` (ticks and
+//! hibernation), `lifecycle.rs` (replicas created and removed, WAL purge, engine
+//! garbage collection), `context.rs` and `output.rs` (what the core shares and hands
+//! out).
+
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
@@ -107,7 +157,7 @@ impl std::fmt::Debug for StoreCore {
 }
 
 impl StoreCore {
-    /// Opens the cores's share of a store: a replica for every region `owns` accepts that
+    /// Opens this core's share of a store: a replica for every region `owns` accepts that
     /// the engine hosts or the log has (an uninitialized replica). Committed entries
     /// after each region's checkpoint are applied again by the first flushes.
     pub fn open(

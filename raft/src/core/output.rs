@@ -65,11 +65,11 @@ pub struct WriteTask {
     pub write: LogWrite,
     /// Messages that may leave only once the write is durable.
     pub messages: Vec<Envelope>,
-    /// Readies to report through [`StoreCore::on_persisted`] once it is.
+    /// Readies to report through [`StoreCore::on_persisted`](crate::StoreCore::on_persisted) once it is.
     pub readies: Vec<(RegionId, u64)>,
 }
 
-/// What a [`StoreCore::flush`] asks the driver to do.
+/// What a [`StoreCore::flush`](crate::StoreCore::flush) asks the driver to do.
 #[derive(Debug, Default)]
 pub struct Output {
     /// Send these now.
