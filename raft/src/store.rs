@@ -303,7 +303,7 @@ impl Store {
         }
     }
 
-    /// Submits an admin command (split, merge steps) to this store's peer of its region.
+    /// Submits an admin command (split, merge steps) to this store's replica of its region.
     pub fn admin(&self, req: AdminRequest) {
         let region = req.region;
         if let Err(Msg::Admin(req)) = self.try_send(region, Msg::Admin(Box::new(req))) {
@@ -335,7 +335,7 @@ impl Store {
         })
     }
 
-    /// The status of every peer on this store.
+    /// The status of every replica on this store.
     pub fn status(&self) -> Vec<PeerStatus> {
         let mut all = Vec::new();
         for poller in &self.inbox.pollers {
@@ -385,7 +385,7 @@ impl Store {
         }
     }
 
-    /// The status of this store's peer of `region`, if it has one (cheaper than
+    /// The status of this store's replica of `region`, if it has one (cheaper than
     /// [`Store::status`] on a store with many regions).
     pub fn peer_status(&self, region: RegionId) -> Option<PeerStatus> {
         let (tx, rx) = bounded(1);

@@ -104,14 +104,19 @@ pub(super) fn check_admin(
     Ok(())
 }
 
+/// A commit merge waiting for its source replica here to catch up.
+pub(super) struct MergeWait {
+    pub source: RegionId,
+    /// The index the source must apply: its prepare command's.
+    pub index: u64,
+    /// The prepare command's term.
+    pub term: u64,
+}
+
 impl StoreCore {
     /// If `entry` is a commit merge that will apply but whose source replica here has
-    /// not reported catching up: the source, and the index and term it must reach.
-    pub(super) fn merge_wait(
-        &self,
-        region: RegionId,
-        entry: &Entry,
-    ) -> Option<(RegionId, u64, u64)> {
+    /// not reported catching up: what it waits for.
+    pub(super) fn merge_wait(&self, region: RegionId, entry: &Entry) -> Option<MergeWait> {
         if entry.get_entry_type() != EntryType::EntryNormal || !command::is_admin(&entry.data) {
             return None;
         }
@@ -129,7 +134,7 @@ impl StoreCore {
         {
             return None;
         }
-        Some((source.id, *prepare_index, *prepare_term))
+        Some(MergeWait { source: source.id, index: *prepare_index, term: *prepare_term })
     }
 
     /// Applies an admin command. The outer result fails the apply (the store stops);
@@ -237,7 +242,7 @@ impl StoreCore {
     /// children's replicas are created. A crash in between leaves logs of children the
     /// engine does not host: they are tombstoned at the next open, and the split is
     /// applied again from the parent's log.
-    pub(super) fn apply_split(
+    fn apply_split(
         &mut self,
         region: RegionId,
         entry: &Entry,
@@ -248,6 +253,10 @@ impl StoreCore {
         let conf_state = replica.conf_state();
         let peer_id = replica.id;
         let campaign = replica.is_leader();
+        // Both writes below are made durable here, on the core's thread, not by the
+        // driver's writer: the engine's split that follows must not become durable
+        // before the children's logs. Every region of this core waits for these WAL
+        // fdatasyncs (and for the split's checkpoints).
         let mut leftovers = self.ctx.log.begin_write();
         for id in new_ids {
             if self.ctx.log.state(*id).is_some() {
@@ -390,6 +399,7 @@ impl StoreCore {
         }
     }
 
+    /// Runs the tasks queued for this core's regions, in order.
     pub(super) fn run_tasks(&mut self) {
         while let Some(task) = self.tasks.pop_front() {
             let region = task.region();
@@ -400,7 +410,7 @@ impl StoreCore {
     }
 
     #[allow(clippy::needless_pass_by_value, reason = "a task is handled once: taking it says so")]
-    pub(super) fn run_task(&mut self, task: CoreTask) -> Result<()> {
+    fn run_task(&mut self, task: CoreTask) -> Result<()> {
         match task {
             CoreTask::Adopt { region, campaign } => {
                 if self.replicas.contains_key(&region) {

@@ -6,6 +6,7 @@ use regionkv_engine::{ApplyRound, Engine, Region, RegionId};
 use regionkv_wal::Lsn;
 
 use super::StoreCore;
+use super::admin_apply::MergeWait;
 use super::output::CoreTask;
 use crate::command::{self, Command, Op, Write};
 use crate::directory::{self, DIRECTORY, DirResult};
@@ -34,13 +35,14 @@ pub(super) struct Applier<'e> {
     /// Bytes of keys and values buffered in `round`.
     bytes: usize,
     max_bytes: usize,
-    pub(super) replies: Vec<(Reply<()>, Result<()>)>,
+    replies: Vec<(Reply<()>, Result<()>)>,
     /// Set when a region's apply failed: the round may hold part of a write and must
     /// not be committed.
-    pub(super) failed: bool,
+    failed: bool,
 }
 
 impl<'e> Applier<'e> {
+    /// A pass's round over `engine`.
     pub(super) fn new(engine: &'e Engine) -> Applier<'e> {
         Applier {
             engine,
@@ -51,6 +53,11 @@ impl<'e> Applier<'e> {
             replies: Vec::new(),
             failed: false,
         }
+    }
+
+    /// Records that a region's apply failed: the round is dropped, uncommitted.
+    pub(super) fn fail(&mut self) {
+        self.failed = true;
     }
 
     /// Ends the pass: commits the round (dropped, uncommitted, if an apply failed)
@@ -232,7 +239,7 @@ impl StoreCore {
         let timeline = replica.timeline.clone();
         let mut entries = entries.into_iter();
         while let Some(entry) = entries.next() {
-            if let Some((source, index, term)) = self.merge_wait(region, &entry) {
+            if let Some(MergeWait { source, index, term }) = self.merge_wait(region, &entry) {
                 let held: Vec<Entry> = std::iter::once(entry).chain(entries).collect();
                 tracing::info!(
                     target = region.0,
@@ -261,7 +268,7 @@ impl StoreCore {
     }
 
     /// Applies one committed entry and resolves the proposal waiting for it.
-    pub(super) fn apply_entry(
+    fn apply_entry(
         &mut self,
         region: RegionId,
         entry: &Entry,

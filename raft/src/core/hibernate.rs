@@ -13,7 +13,7 @@ use crate::transport::{Body, Envelope};
 
 impl StoreCore {
     /// Advances every group's logical clock by one tick.
-    /// Hibernating peers do not tick; a leader with nothing new since its last tick
+    /// Hibernating replicas do not tick; a leader with nothing new since its last tick
     /// whose group is quiescent hibernates first (see `maybe_hibernate`).
     pub fn on_tick(&mut self) {
         self.ticks += 1;
@@ -56,7 +56,7 @@ impl StoreCore {
     /// within a round trip; a group that is not quiescent yet tries again next tick.
     /// With thousands of regions written now and then, a region that sleeps between
     /// writes costs two notices per write instead of a heartbeat round every interval.
-    pub(super) fn hibernate_after(&self) -> Option<u32> {
+    fn hibernate_after(&self) -> Option<u32> {
         let config = &self.ctx.config;
         // A lease holder must tick: check-quorum is what ends its lease.
         (config.hibernate_regions && config.read_mode != ReadMode::Lease).then_some(1)
@@ -65,7 +65,7 @@ impl StoreCore {
     /// Hibernates the leader of `region` if its group is quiescent: every replica
     /// holds and has committed the whole log, nothing is proposed, read or moving.
     /// Its followers are told, and stop ticking once their own logs agree.
-    pub(super) fn maybe_hibernate(&mut self, region: RegionId) {
+    fn maybe_hibernate(&mut self, region: RegionId) {
         let me = self.ctx.config.store_id;
         let Some(replica) = self.replicas.get_mut(&region) else { return };
         if !replica.is_quiescent() {
@@ -101,7 +101,7 @@ impl StoreCore {
     /// Store liveness, for hibernation: tells the other stores this one is alive (the
     /// core that owns the directory's replica speaks for the store), and wakes the
     /// hibernating followers of leaders whose stores fell silent, so they elect anew.
-    pub(super) fn check_liveness(&mut self) {
+    fn check_liveness(&mut self) {
         let me = self.ctx.config.store_id;
         let config = &self.ctx.config;
         if !config.hibernate_regions {

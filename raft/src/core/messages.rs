@@ -34,7 +34,7 @@ impl StoreCore {
         }
     }
 
-    pub(super) fn on_envelope(&mut self, env: Envelope) -> Result<()> {
+    fn on_envelope(&mut self, env: Envelope) -> Result<()> {
         if env.to != self.ctx.config.store_id
             || matches!(env.body, Body::Alive)
             || !(self.owns)(env.region)

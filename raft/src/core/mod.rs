@@ -121,13 +121,13 @@ enum Leadership {
 pub struct StoreCore {
     ctx: Arc<StoreContext>,
     replicas: HashMap<RegionId, Replica>,
-    /// Peers that are not hibernating: the only ones a tick visits, so that thousands
-    /// of idle regions cost nothing per tick. Kept equal to the peers whose
+    /// Replicas that are not hibernating: the only ones a tick visits, so that thousands
+    /// of idle regions cost nothing per tick. Kept equal to the replicas whose
     /// `hibernated` flag is false.
     awake: HashSet<RegionId>,
     /// Regions whose replica here was removed; messages for them are ignored.
     tombstones: HashSet<RegionId>,
-    /// Peers that may have a ready; ordered for determinism.
+    /// Replicas that may have a ready; ordered for determinism.
     dirty: BTreeSet<RegionId>,
     write: LogWrite,
     readies: Vec<(RegionId, u64)>,
@@ -320,7 +320,7 @@ impl StoreCore {
                     Ok(false) => {}
                     Err(e) => {
                         Self::on_replica_error(region, &e);
-                        applier.failed = true;
+                        applier.fail();
                     }
                 }
             }
