@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use regionkv_engine::{Epoch, Region, RegionId, StoreId};
-use regionkv_raft::admin::{self, MergeOptions, RegionAdmin};
 use regionkv_raft::directory::{DIRECTORY, DirCmd, DirResult, RegionRecord};
+use regionkv_raft::merge_driver::{self, MergeOptions, RegionAdmin};
 use regionkv_raft::{
     AdminCmd, AdminRequest, AdminResult, MergeStatus, PeerStatus, StateRole, Store,
 };
@@ -140,7 +140,7 @@ impl Control {
     pub fn merge(&self, left: RegionId, right: RegionId) -> Result<Region> {
         let _one = self.admin_lock.lock();
         let mut admin = Admin { control: self, start: Instant::now() };
-        let merged = admin::merge(&mut admin, right, left, MergeOptions::default())?;
+        let merged = merge_driver::merge(&mut admin, right, left, MergeOptions::default())?;
         self.router.forget(right);
         self.router.learn(std::slice::from_ref(&merged));
         Ok(merged)

@@ -89,7 +89,7 @@ pub enum Error {
     },
     /// Log entries past the end of the log were asked for.
     #[error("entry {index} of region {} is not in the log", region.0)]
-    Unavailable {
+    EntryUnavailable {
         /// The region.
         region: RegionId,
         /// The index asked for.
@@ -138,7 +138,7 @@ impl Error {
             | Error::Cancelled
             | Error::Timeout { .. }
             | Error::Compacted { .. }
-            | Error::Unavailable { .. }
+            | Error::EntryUnavailable { .. }
             | Error::LogCorruption { .. }
             | Error::Malformed(_)
             | Error::InvalidRequest(_)

@@ -1,9 +1,21 @@
 //! regionkv-raft: the multi-Raft store, built on raft-rs.
+//!
+//! A store hosts one replica of each of its regions' Raft groups, on one WAL (the Raft
+//! log of every region) and one engine (their data). The crate is the consensus and
+//! replication layer; it is not the client API (the `regionkv` facade routes requests
+//! to region leaders) and stores no data itself (`regionkv-engine` does).
+//!
+//! A write's path through the modules: `request` (what a store takes) -> `store` (the
+//! threaded driver: pollers and writers) -> `core` (the step functions: propose,
+//! the Ready loop, apply; see its docs for the life of a put) with `replica` (one
+//! region's raft-rs node) -> `log` (the Raft log on the WAL) and `transport` (to the
+//! other stores) -> back in `core`, applied into the engine. `sim` drives the same core
+//! deterministically; `merge_driver` runs a merge across two regions; `directory` is
+//! the cluster's region directory, itself a Raft group.
 
 // File offsets and lengths are u64 on disk and usize in memory; see the workspace lints.
 const _: () = assert!(usize::BITS == 64, "regionkv supports 64-bit targets only");
 
-pub mod admin;
 mod command;
 mod config;
 mod core;
@@ -12,8 +24,10 @@ mod error;
 pub mod log;
 mod logger;
 mod mailbox;
+pub mod merge_driver;
 mod metrics;
-mod peer;
+mod replica;
+mod request;
 pub mod sim;
 mod storage;
 mod store;
@@ -22,15 +36,16 @@ pub mod transport;
 pub use command::{AdminCmd, Op, Write};
 pub use config::{ReadMode, StoreConfig};
 pub use core::{
-    ApplyObserver, ApplyStats, Control, ElectionTicks, Output, PeerStatus, RAFT_INIT_INDEX,
-    RAFT_INIT_TERM, StoreContext, StoreCore, WriteTask,
+    ApplyObserver, CoreTask, ElectionTicks, Output, RAFT_INIT_INDEX, RAFT_INIT_TERM, StoreContext,
+    StoreCore, WriteTask,
 };
 pub use error::{Error, Result};
-pub use metrics::{StoreMetrics, WriteMetrics};
-pub use peer::{
+pub use metrics::{ApplyStats, StoreMetrics, WriteMetrics};
+pub use raft::StateRole;
+pub use replica::PeerStatus;
+pub use request::{
     AdminRequest, AdminResult, ChangePeersRequest, MergeStatus, PeerChange, Query, QueryResult,
     ReadRequest, Reply, WriteRequest,
 };
-pub use raft::StateRole;
 pub use storage::PeerStorage;
 pub use store::{Store, StoreOptions};

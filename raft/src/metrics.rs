@@ -10,8 +10,7 @@ use std::time::Instant;
 
 use regionkv_wal::{Histogram, HistogramSnapshot, WalStats};
 
-use crate::core::ApplyStats;
-use crate::peer::Reply;
+use crate::request::Reply;
 
 /// Write-path counters shared by the cores of one store (in its [`StoreContext`]).
 ///
@@ -105,5 +104,38 @@ impl StoreMetrics {
         self.applied_lag_total += other.applied_lag_total;
         self.applied_lag_max = self.applied_lag_max.max(other.applied_lag_max);
         self.apply.add(&other.apply);
+    }
+}
+
+/// Write-batch rounds this core committed, by how many regions each prepared (the
+/// apply loop's shape, for tests and metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ApplyStats {
+    /// Rounds committed.
+    pub rounds: u64,
+    /// Rounds that prepared no region (a pass that applied nothing, or only admin
+    /// commands, which are barriers outside rounds).
+    pub rounds_without_regions: u64,
+    /// Rounds that prepared two regions or more.
+    pub rounds_with_several_regions: u64,
+    /// The most regions one round prepared.
+    pub most_regions_in_a_round: usize,
+}
+
+impl ApplyStats {
+    pub(crate) fn count(&mut self, prepared: usize) {
+        self.rounds += 1;
+        self.rounds_without_regions += u64::from(prepared == 0);
+        self.rounds_with_several_regions += u64::from(prepared >= 2);
+        self.most_regions_in_a_round = self.most_regions_in_a_round.max(prepared);
+    }
+
+    pub(crate) fn add(&mut self, other: &ApplyStats) {
+        self.rounds += other.rounds;
+        self.rounds_without_regions += other.rounds_without_regions;
+        self.rounds_with_several_regions += other.rounds_with_several_regions;
+        self.most_regions_in_a_round =
+            self.most_regions_in_a_round.max(other.most_regions_in_a_round);
     }
 }

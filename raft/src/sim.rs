@@ -10,7 +10,8 @@
 //! Checkers run after every event:
 //! - P5: at most one leader per region and term, across restarts;
 //! - P6: the entry applied at an index of a region is the same on every replica;
-//! - design 5.1: between flushes no write-batch round holds a region pin;
+//! - rounds: between flushes no write-batch round holds a region pin (a round pins
+//!   the regions it prepared until it is committed or dropped);
 //! - P7: on every store, a region's term and epoch never go back (across restarts),
 //!   and commit and applied index never go back while the store runs (after a restart
 //!   the applied index starts at the region's checkpoint and the log is replayed
@@ -36,10 +37,11 @@ use regionkv_wal::{
 use crate::command::AdminCmd;
 use crate::command::Op;
 use crate::config::StoreConfig;
-use crate::core::{PeerStatus, StoreContext, StoreCore, WriteTask};
+use crate::core::{StoreContext, StoreCore, WriteTask};
 use crate::error::{Error, Result};
 use crate::log::RaftLog;
-use crate::peer::{
+use crate::replica::PeerStatus;
+use crate::request::{
     AdminRequest, AdminResult, ChangePeersRequest, MergeStatus, PeerChange, Query, QueryResult,
     ReadRequest, WriteRequest,
 };
@@ -326,9 +328,9 @@ impl SimCluster {
         };
         let out = running.core.flush();
         // One core owns every region of a simulated store: nothing is foreign.
-        debug_assert!(out.controls.is_empty());
-        for control in out.controls {
-            running.core.on_control(control);
+        debug_assert!(out.tasks.is_empty());
+        for task in out.tasks {
+            running.core.on_task(task);
         }
         self.reports.extend(out.reports);
         if let Some(write) = out.write {
@@ -774,7 +776,7 @@ impl SimCluster {
             if let Some(r) = &s.running {
                 statuses.push((id, r.core.status()));
                 // Between flushes no write-batch round is open: every pin taken by a
-                // round was released exactly once (design 5.1).
+                // round was released exactly once.
                 let pins = r.engine.total_pins();
                 if pins != 0 {
                     pinned.push((id, pins));
@@ -866,7 +868,7 @@ impl SimCluster {
 
 /// Drives admin commands against the simulated cluster's leaders, running virtual
 /// time while it waits.
-impl crate::admin::RegionAdmin for SimCluster {
+impl crate::merge_driver::RegionAdmin for SimCluster {
     fn admin(&mut self, region: RegionId, epoch: Epoch, cmd: AdminCmd) -> Result<AdminResult> {
         let max = Duration::from_secs(30);
         self.on_leader(region, max, |c, leader| {

@@ -30,7 +30,6 @@ pub struct PeerStorage {
     snapshot: Arc<Mutex<SnapshotSlot>>,
 }
 
-#[allow(dead_code, reason = "used by the store core, which is built on another branch")]
 impl PeerStorage {
     /// The storage of `region`, whose log must exist.
     pub(crate) fn new(region: RegionId, log: Arc<RaftLog>) -> Result<PeerStorage, Error> {
@@ -46,7 +45,7 @@ impl PeerStorage {
 fn to_raft(e: Error) -> raft::Error {
     match e {
         Error::Compacted { .. } => raft::Error::Store(StorageError::Compacted),
-        Error::Unavailable { .. } => raft::Error::Store(StorageError::Unavailable),
+        Error::EntryUnavailable { .. } => raft::Error::Store(StorageError::Unavailable),
         other => raft::Error::Store(StorageError::Other(Box::new(other))),
     }
 }

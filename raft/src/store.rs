@@ -13,12 +13,21 @@
 //! and hands the log write to its writer. Each writer thread persists its poller's
 //! writes in order (one WAL record for everything queued), then sends the messages
 //! that had to wait for the fsync and reports back. Writers of different pollers share
-//! fsyncs through the WAL's group commit. The Raft core never waits for a disk.
+//! fsyncs through the WAL's group commit.
 //!
-//! Shutdown is ordered (design 5.2): the store's token is cancelled (and with it every
-//! timeline's), pollers stop taking requests and shut their timelines down (bounded),
-//! writers drain and stop, then the WAL is closed with its seal and the engine with its
-//! clean-shutdown mark. [`Store::kill`] skips all of it, as a crash would.
+//! A poller never waits for the log writes of ordinary readies, but it does wait for a
+//! disk, inline, while it applies a split (the children's logs are persisted with
+//! `RaftLog::persist`, a WAL fdatasync, then every part is checkpointed), a merge step
+//! (a checkpoint and a manifest fsync) or a membership change (a manifest fsync), and
+//! while it checkpoints a region, prepares a snapshot or installs one. Meanwhile every
+//! region of that poller waits: no requests, messages or ticks are handled. The core's
+//! module docs list each of these steps.
+//!
+//! Shutdown is ordered, each step once the one before is done: the store's token is
+//! cancelled (and with it every timeline's), pollers stop taking requests and shut their
+//! timelines down (bounded), writers drain and stop, then the WAL is closed with its
+//! seal and the engine with its clean-shutdown mark. [`Store::kill`] skips all of it, as
+//! a crash would.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -34,13 +43,14 @@ use regionkv_wal::fs::FileSystem;
 use regionkv_wal::{CancellationToken, RecoveryMode, Wal, WalOptions};
 
 use crate::config::StoreConfig;
-use crate::core::{Control, PeerStatus, StoreContext, StoreCore, WriteTask};
+use crate::core::{CoreTask, StoreContext, StoreCore, WriteTask};
 use crate::directory::{DIRECTORY, DirCmd, DirResult, RegionRecord};
 use crate::error::{Error, Result};
 use crate::log::RaftLog;
 use crate::mailbox::{Mailbox, SendError};
 use crate::metrics::StoreMetrics;
-use crate::peer::{
+use crate::replica::PeerStatus;
+use crate::request::{
     AdminRequest, ChangePeersRequest, MergeStatus, ReadRequest, Reply, WriteRequest,
 };
 use crate::transport::{Envelope, Inbox, Transport};
@@ -58,7 +68,7 @@ enum Msg {
     Metrics(Sender<StoreMetrics>),
     Admin(Box<AdminRequest>),
     MergeStatus(RegionId, Sender<Result<MergeStatus>>),
-    Control(Control),
+    Task(CoreTask),
     Directory(DirCmd, Reply<DirResult>),
     PeerStatus(RegionId, Sender<Option<PeerStatus>>),
 }
@@ -293,7 +303,7 @@ impl Store {
         }
     }
 
-    /// Submits an admin command (split, merge steps) to this store's peer of its region.
+    /// Submits an admin command (split, merge steps) to this store's replica of its region.
     pub fn admin(&self, req: AdminRequest) {
         let region = req.region;
         if let Err(Msg::Admin(req)) = self.try_send(region, Msg::Admin(Box::new(req))) {
@@ -325,7 +335,7 @@ impl Store {
         })
     }
 
-    /// The status of every peer on this store.
+    /// The status of every replica on this store.
     pub fn status(&self) -> Vec<PeerStatus> {
         let mut all = Vec::new();
         for poller in &self.inbox.pollers {
@@ -375,7 +385,7 @@ impl Store {
         }
     }
 
-    /// The status of this store's peer of `region`, if it has one (cheaper than
+    /// The status of this store's replica of `region`, if it has one (cheaper than
     /// [`Store::status`] on a store with many regions).
     pub fn peer_status(&self, region: RegionId) -> Option<PeerStatus> {
         let (tx, rx) = bounded(1);
@@ -456,7 +466,7 @@ fn handle(core: &mut StoreCore, msg: Msg) {
         Msg::MergeStatus(region, reply) => {
             let _ = reply.send(core.merge_status(region));
         }
-        Msg::Control(control) => core.on_control(control),
+        Msg::Task(task) => core.on_task(task),
         Msg::Directory(cmd, reply) => core.on_directory(&cmd, reply),
         Msg::PeerStatus(region, reply) => {
             let _ = reply.send(core.peer_status(region));
@@ -464,7 +474,7 @@ fn handle(core: &mut StoreCore, msg: Msg) {
     }
 }
 
-/// What a poller hands to its siblings and to the store: controls that cross from
+/// What a poller hands to its siblings and to the store: core tasks that cross from
 /// one poller to another, and reports for the directory.
 struct Pollers<'a> {
     mailboxes: &'a [Arc<Mailbox<Msg>>],
@@ -472,12 +482,12 @@ struct Pollers<'a> {
 }
 
 impl Pollers<'_> {
-    fn send(&self, control: Control) {
-        let i = poller_of(control.region(), self.mailboxes.len());
-        // A blocking send: controls are rare, and one lost would stall a merge or
+    fn send(&self, task: CoreTask) {
+        let i = poller_of(task.region(), self.mailboxes.len());
+        // A blocking send: core tasks are rare, and one lost would stall a merge or
         // leave a split child without its replica until a restart.
-        if self.mailboxes[i].send(Msg::Control(control)).is_err() {
-            tracing::debug!("control dropped: the poller stopped");
+        if self.mailboxes[i].send(Msg::Task(task)).is_err() {
+            tracing::debug!("core task dropped: the poller stopped");
         }
     }
 
@@ -515,8 +525,7 @@ fn poller_loop(
             // them so waiting clients learn their outcome, then stop the timelines.
             inbox.recv_all(&mut batch, Instant::now());
             for msg in batch.drain(..) {
-                if let Msg::Persisted(_) | Msg::Status(_) | Msg::Metrics(_) | Msg::Control(_) = msg
-                {
+                if let Msg::Persisted(_) | Msg::Status(_) | Msg::Metrics(_) | Msg::Task(_) = msg {
                     handle(&mut core, msg);
                 } else {
                     refuse(msg);
@@ -541,8 +550,8 @@ fn poller_loop(
             }
         }
         let out = core.flush();
-        for control in out.controls {
-            pollers.send(control);
+        for task in out.tasks {
+            pollers.send(task);
         }
         pollers.report(out.reports);
         transport.send(out.messages);
@@ -573,7 +582,7 @@ fn refuse(msg: Msg) {
         | Msg::Persisted(_)
         | Msg::Status(_)
         | Msg::Metrics(_)
-        | Msg::Control(_) => {}
+        | Msg::Task(_) => {}
     }
 }
 

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use regionkv_engine::{Region, RegionId, StoreId};
-use regionkv_raft::admin::{self, MergeOptions, RegionAdmin};
+use regionkv_raft::merge_driver::{self, MergeOptions, RegionAdmin};
 use regionkv_raft::sim::SimCluster;
 use regionkv_raft::transport::local::{Action, Rule, Scope};
 use regionkv_raft::{AdminCmd, AdminResult, Error, Op};
@@ -102,7 +102,7 @@ fn a_split_while_the_leader_moves_applies_once_or_not_at_all() {
 }
 
 fn merge(c: &mut SimCluster, source: RegionId, target: RegionId) -> Result<Region, Error> {
-    admin::merge(c, source, target, MergeOptions::default())
+    merge_driver::merge(c, source, target, MergeOptions::default())
 }
 
 #[test]
@@ -187,7 +187,7 @@ fn a_source_follower_that_lags_catches_up_on_its_own_log() {
     assert!(lag.last_index >= prepare_index && lag.commit < prepare_index, "{lag:?}");
     assert!(c.run_until(10 * SECOND, |c| all_matched(c, source)));
     let merge = regionkv_engine::MergeState { target: R1, prepare_index, prepare_term };
-    let merged = admin::finish_merge(&mut c, &src, merge, MergeOptions::default()).unwrap();
+    let merged = merge_driver::finish_merge(&mut c, &src, merge, MergeOptions::default()).unwrap();
     // Store 3's target commits the merge once its source replica applied its own log.
     assert_eq!(converge(&mut c), vec![merged]);
     c.faults().clear();
@@ -216,7 +216,7 @@ fn a_merge_whose_target_splits_meanwhile_rolls_back() {
     assert!(!put(&mut c, "x99", "refused", SECOND), "a merging source takes no write");
     split(&mut c, R1, &["c"]).unwrap();
     let merge = regionkv_engine::MergeState { target: R1, prepare_index, prepare_term };
-    let err = admin::finish_merge(&mut c, &src, merge, MergeOptions::default()).unwrap_err();
+    let err = merge_driver::finish_merge(&mut c, &src, merge, MergeOptions::default()).unwrap_err();
     assert!(matches!(err, Error::MergeAborted { .. }), "{err}");
     let regions = converge(&mut c);
     assert_eq!(regions.len(), 3);
@@ -256,7 +256,8 @@ fn a_merge_racing_a_split_of_its_source_lets_exactly_one_win() {
         if let Some(m) = status.merge {
             // The prepare won: finish the merge.
             let merged =
-                admin::finish_merge(&mut c, &status.region, m, MergeOptions::default()).unwrap();
+                merge_driver::finish_merge(&mut c, &status.region, m, MergeOptions::default())
+                    .unwrap();
             assert_eq!(converge(&mut c), vec![merged]);
         } else {
             assert!(regions.iter().any(|r| r.id == new_id), "the split won");
@@ -292,7 +293,8 @@ fn a_crash_between_prepare_and_commit_then_the_merge_completes() {
         let merge = status.merge.expect("the prepare survived the crash");
         assert!(!put(&mut c, "x99", "refused", SECOND));
         let merged =
-            admin::finish_merge(&mut c, &status.region, merge, MergeOptions::default()).unwrap();
+            merge_driver::finish_merge(&mut c, &status.region, merge, MergeOptions::default())
+                .unwrap();
         assert_eq!(converge(&mut c), vec![merged]);
         assert_eq!(scan_all(&mut c), model, "{mode:?}");
         write_keys(&mut c, &mut model, &letters(26), "v2");
@@ -336,7 +338,8 @@ fn a_crash_of_a_store_while_it_commits_a_merge_loses_nothing() {
         let _ = c.wait(&commit, 5 * SECOND);
         c.restart(victim).unwrap();
         let merge = regionkv_engine::MergeState { target: R1, prepare_index, prepare_term };
-        let merged = admin::finish_merge(&mut c, &src, merge, MergeOptions::default()).unwrap();
+        let merged =
+            merge_driver::finish_merge(&mut c, &src, merge, MergeOptions::default()).unwrap();
         assert_eq!(converge(&mut c), vec![merged], "delay {delay_ms}");
         assert_eq!(scan_all(&mut c), model, "delay {delay_ms}");
     }

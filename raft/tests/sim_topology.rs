@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use regionkv_engine::{Region, RegionId, StoreId};
-use regionkv_raft::admin::{self, MergeOptions};
+use regionkv_raft::merge_driver::{self, MergeOptions};
 use regionkv_raft::sim::{SimCluster, SimConfig};
 use regionkv_raft::transport::local::SplitMix;
 use regionkv_raft::{Error, Op};
@@ -186,7 +186,7 @@ fn run(seed: u64) {
                     (&regions[i], &regions[i + 1])
                 };
                 let options = MergeOptions { match_timeout: 3 * SECOND, ..MergeOptions::default() };
-                match admin::merge(&mut c, source.id, target.id, options) {
+                match merge_driver::merge(&mut c, source.id, target.id, options) {
                     Ok(merged) => {
                         merged_count += 1;
                         assert!(merged.start <= source.start && merged.id == target.id);

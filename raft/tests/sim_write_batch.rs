@@ -1,4 +1,5 @@
-//! Write-batch rounds on a store's single apply loop (design 5.1): a round
+//! Write-batch rounds on a store's single apply loop (a round pins the regions it
+//! prepared until it commits, and every pin is released exactly once): a round
 //! that prepared a region and wrote nothing, or applied only an admin command (a split,
 //! a merge), followed by a round that prepares two regions. No panic, every write
 //! acknowledged, and the batch and every region pin back to zero after each round (the
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use regionkv_engine::{RegionId, StoreId};
-use regionkv_raft::admin::{self, MergeOptions};
+use regionkv_raft::merge_driver::{self, MergeOptions};
 use regionkv_raft::sim::{Pending, SimCluster, SimConfig};
 use regionkv_raft::{AdminCmd, AdminResult, ApplyStats, Op};
 
@@ -118,7 +119,7 @@ fn rounds_of_a_merge_then_a_round_over_the_target_and_another_region() {
     let last = split_at(&mut c, middle, "p", None);
     round_over_two(&mut c, (middle, "k"), (last, "t"));
     let before = stats(&c);
-    let merged = admin::merge(&mut c, middle, R1, MergeOptions::default()).expect("merge");
+    let merged = merge_driver::merge(&mut c, middle, R1, MergeOptions::default()).expect("merge");
     assert_eq!(merged.end.as_deref(), Some(&b"p"[..]));
     assert_reset(&c);
     let after = stats(&c);

@@ -9,14 +9,21 @@
 //! 1. the Raft thread [`RaftLog::stage`]s a ready's entries and state into a
 //!    [`LogWrite`]: they are readable through the peer's storage at once, as raft-rs
 //!    requires before `advance_append_async`;
-//! 2. a writer thread [`RaftLog::persist`]s the write: one WAL append, group-committed
-//!    with every other writer's, returning once it is durable; the index then records
-//!    where each entry went;
+//! 2. the driver makes the write durable: a store's writer thread with
+//!    [`RaftLog::persist_all`] (one WAL record for every write it has queued,
+//!    group-committed with the other writers'), the simulator with
+//!    [`RaftLog::persist`]; either returns once the record is durable, and the index
+//!    then records where each entry went;
 //! 3. the Raft thread calls `on_persist_ready`, and only then sends the messages that
 //!    acknowledge the entries.
 //!
-//! Writes of one region must be persisted in the order they were staged (a region's
-//! writes go through one writer), since recovery replays records in WAL order.
+//! One write is persisted on the Raft thread itself, outside any writer: applying a
+//! split persists its children's new logs with [`RaftLog::persist`] (a WAL append and
+//! fdatasync) before the engine splits, and every region of that thread waits for it.
+//!
+//! Writes of one region must be persisted in the order they were staged (the core that
+//! owns a region hands its writes, in order, to one writer), since recovery replays
+//! records in WAL order.
 //!
 //! Opening replays every record to rebuild the index. [`RaftLog::purge_plan`] tells
 //! how far the WAL may be purged (below every entry not yet compacted and every
@@ -463,7 +470,7 @@ impl RaftLog {
             return Err(Error::Compacted { region, index: low });
         }
         if high > log.last_index() + 1 {
-            return Err(Error::Unavailable { region, index: high - 1 });
+            return Err(Error::EntryUnavailable { region, index: high - 1 });
         }
         let mut out = Vec::with_capacity((high - low) as usize);
         let mut bytes = 0u64;
@@ -510,7 +517,7 @@ impl RaftLog {
         if index + 1 < log.first_index() {
             return Err(Error::Compacted { region, index });
         }
-        log.term(index).ok_or(Error::Unavailable { region, index })
+        log.term(index).ok_or(Error::EntryUnavailable { region, index })
     }
 
     /// First and last index of `region`'s log.
@@ -623,7 +630,7 @@ mod tests {
         assert_eq!(log.entries(R1, 1, 6, None).unwrap(), entries(1, 5, 1));
         assert_eq!(log.state(R1).unwrap().hard_state, hs(1, 7, 0));
         assert_eq!(log.term(R1, 0).unwrap(), 0);
-        assert!(matches!(log.entries(R1, 1, 7, None), Err(Error::Unavailable { .. })));
+        assert!(matches!(log.entries(R1, 1, 7, None), Err(Error::EntryUnavailable { .. })));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use regionkv_engine::{Epoch, Region, RegionId};
-use regionkv_raft::admin::RegionAdmin;
+use regionkv_raft::merge_driver::RegionAdmin;
 use regionkv_raft::sim::{SimCluster, SimConfig};
 use regionkv_raft::{AdminCmd, AdminResult, Error, Op, Query, QueryResult};
 

@@ -25,7 +25,7 @@ use regionkv_engine::{Epoch, MergeState, Region, RegionId};
 
 use crate::command::AdminCmd;
 use crate::error::{Error, Result};
-use crate::peer::{AdminResult, MergeStatus};
+use crate::request::{AdminResult, MergeStatus};
 
 /// What a merge driver needs from the cluster: requests to region leaders, and time.
 /// Implementations find the leader and retry routing errors themselves, within a

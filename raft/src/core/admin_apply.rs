@@ -1,0 +1,469 @@
+//! Applying what changes a region's shape or members (split, merge, membership), and
+//! the tasks that splits and merges hand from one core to another.
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChangeType, ConfChangeV2, Entry, EntryType};
+use regionkv_engine::{MergeState, PeerId, Region, RegionId, StoreId};
+
+use super::context::{RAFT_INIT_INDEX, RAFT_INIT_TERM};
+use super::output::CoreTask;
+use super::{Leadership, StoreCore};
+use crate::command::{self, Admin, AdminCmd, Command};
+use crate::directory::DIRECTORY;
+use crate::error::{Error, Result};
+use crate::log::LogState;
+use crate::replica::{CatchUp, Contents, Replica, ReplicaInit};
+use crate::request::AdminResult;
+
+/// Why an admin command must not apply at `index` (`applied + 1` when proposing):
+/// checked by the leader before proposing and by every replica when applying, from the
+/// region's replicated state only.
+pub(super) fn check_admin(
+    replica: &Replica,
+    epoch: regionkv_engine::Epoch,
+    cmd: &AdminCmd,
+    index: u64,
+) -> Result<()> {
+    let region = &replica.region;
+    let stale = || Error::EpochNotMatch { region: region.id, current: vec![region.clone()] };
+    let invalid = |reason: &str| Error::InvalidRequest(format!("region {}: {reason}", region.id));
+    if region.id == DIRECTORY {
+        return Err(invalid("the cluster directory is never split or merged"));
+    }
+    let merging = replica.merge.state.filter(|m| index > m.prepare_index);
+    let neighbours = |other: &Region| {
+        other.id != region.id
+            && (other.end.as_ref() == Some(&region.start)
+                || region.end.as_ref() == Some(&other.start))
+    };
+    let same_stores = |other: &Region| {
+        let stores = |r: &Region| {
+            let mut s: Vec<StoreId> = r.peers.iter().map(|p| p.store).collect();
+            s.sort_unstable();
+            s
+        };
+        stores(other) == stores(region)
+    };
+    match cmd {
+        AdminCmd::Split { split_keys, new_ids } => {
+            if epoch.version != region.epoch.version {
+                return Err(stale());
+            }
+            if let Some(m) = merging {
+                return Err(Error::Merging { region: region.id, target: m.target });
+            }
+            if split_keys.is_empty() || split_keys.len() != new_ids.len() {
+                return Err(invalid("a split needs one new region id per split key"));
+            }
+            if !split_keys.windows(2).all(|w| w[0] < w[1]) {
+                return Err(invalid("split keys are not strictly increasing"));
+            }
+            let first = &split_keys[0];
+            let last = &split_keys[split_keys.len() - 1];
+            if *first <= region.start || region.end.as_ref().is_some_and(|end| last >= end) {
+                return Err(invalid("split keys must be strictly inside the region"));
+            }
+            let mut ids: Vec<RegionId> = new_ids.clone();
+            ids.sort_unstable();
+            ids.dedup();
+            if ids.len() != new_ids.len() || ids.contains(&region.id) {
+                return Err(invalid("new region ids must be distinct and new"));
+            }
+        }
+        AdminCmd::PrepareMerge { target } => {
+            if epoch != region.epoch {
+                return Err(stale());
+            }
+            if let Some(m) = merging {
+                return Err(Error::Merging { region: region.id, target: m.target });
+            }
+            if !neighbours(target) {
+                return Err(invalid("a merge target must be a neighbour"));
+            }
+            if !same_stores(target) {
+                return Err(invalid("a merge target must have replicas on the same stores"));
+            }
+        }
+        AdminCmd::CommitMerge { source, .. } => {
+            if epoch != region.epoch {
+                return Err(stale());
+            }
+            if let Some(m) = merging {
+                return Err(Error::Merging { region: region.id, target: m.target });
+            }
+            if !neighbours(source) || !same_stores(source) {
+                return Err(invalid("the merge source is not a neighbour on the same stores"));
+            }
+        }
+        AdminCmd::RollbackMerge { prepare_index } => {
+            if merging.is_none_or(|m| m.prepare_index != *prepare_index) {
+                return Err(invalid("no merge prepared at that index"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A commit merge waiting for its source replica here to catch up.
+pub(super) struct MergeWait {
+    pub source: RegionId,
+    /// The index the source must apply: its prepare command's.
+    pub index: u64,
+    /// The prepare command's term.
+    pub term: u64,
+}
+
+impl StoreCore {
+    /// If `entry` is a commit merge that will apply but whose source replica here has
+    /// not reported catching up: what it waits for.
+    pub(super) fn merge_wait(&self, region: RegionId, entry: &Entry) -> Option<MergeWait> {
+        if entry.get_entry_type() != EntryType::EntryNormal || !command::is_admin(&entry.data) {
+            return None;
+        }
+        let Ok(Command::Admin(admin)) = command::decode(&entry.data) else { return None };
+        let AdminCmd::CommitMerge { source, prepare_index, prepare_term } = &admin.cmd else {
+            return None;
+        };
+        let replica = self.replicas.get(&region)?;
+        let meta_index =
+            self.ctx.engine_of(region).meta_index(region).unwrap_or(replica.checkpoint_index);
+        if entry.index <= replica.applied_index
+            || entry.index <= meta_index
+            || check_admin(replica, admin.epoch, &admin.cmd, entry.index).is_err()
+            || replica.merge.source_ready == Some(source.id)
+        {
+            return None;
+        }
+        Some(MergeWait { source: source.id, index: *prepare_index, term: *prepare_term })
+    }
+
+    /// Applies an admin command. The outer result fails the apply (the store stops);
+    /// the inner one is the command's outcome, decided from replicated state only, so
+    /// that every replica decides alike.
+    pub(super) fn apply_admin(
+        &mut self,
+        region: RegionId,
+        entry: &Entry,
+        admin: Admin,
+    ) -> Result<Result<AdminResult>> {
+        let replica = self.replicas.get_mut(&region).expect("present");
+        let meta_index =
+            self.ctx.engine_of(region).meta_index(region).unwrap_or(replica.checkpoint_index);
+        if entry.index <= meta_index {
+            // Applied before a restart: the engine's metadata (and for a split, the
+            // children's replicas) reflect it already.
+            let engine = self.ctx.engine_of(region);
+            replica.region = engine.region(region).ok_or(Error::RegionNotFound { region })?;
+            replica.merge.state = engine.merge_state(region);
+            return Ok(Err(Error::Dropped { region, reason: "applied before a restart" }));
+        }
+        if let Err(refused) = check_admin(replica, admin.epoch, &admin.cmd, entry.index) {
+            tracing::info!(region = region.0, index = entry.index, error = %refused, "admin command refused");
+            return Ok(Err(refused));
+        }
+        let result = match admin.cmd {
+            AdminCmd::Split { split_keys, new_ids } => {
+                self.apply_split(region, entry, &split_keys, &new_ids)?
+            }
+            AdminCmd::PrepareMerge { target } => {
+                let merge = MergeState {
+                    target: target.id,
+                    prepare_index: entry.index,
+                    prepare_term: entry.term,
+                };
+                let source = self.ctx.engine.prepare_merge(region, merge, entry.index)?;
+                let replica = self.replicas.get_mut(&region).expect("present");
+                replica.region = source.clone();
+                replica.merge.state = Some(merge);
+                replica.fail_unproposed(|| Error::Merging { region, target: target.id });
+                tracing::info!(
+                    source = region.0,
+                    target = target.id.0,
+                    index = entry.index,
+                    "merge prepared"
+                );
+                AdminResult::Prepared {
+                    source,
+                    prepare_index: entry.index,
+                    prepare_term: entry.term,
+                }
+            }
+            AdminCmd::CommitMerge { source, prepare_index, prepare_term } => {
+                let expected = MergeState { target: region, prepare_index, prepare_term };
+                if self.ctx.engine.merge_state(source.id) != Some(expected) {
+                    return Err(Error::Internal(format!(
+                        "commit merge of region {} into {region} at {}: the source here is not \
+                         prepared as the committed command says",
+                        source.id, entry.index
+                    )));
+                }
+                let merged = self.ctx.engine.merge_at(source.id, region, entry.index)?;
+                let replica = self.replicas.get_mut(&region).expect("present");
+                replica.region = merged.clone();
+                replica.merge.source_ready = None;
+                self.send_task(CoreTask::Merged { source: source.id });
+                tracing::info!(
+                    source = source.id.0,
+                    target = region.0,
+                    index = entry.index,
+                    "merge committed"
+                );
+                AdminResult::Merged(merged)
+            }
+            AdminCmd::RollbackMerge { .. } => {
+                let source = self.ctx.engine.rollback_merge(region, entry.index)?;
+                let replica = self.replicas.get_mut(&region).expect("present");
+                replica.region = source.clone();
+                replica.merge.state = None;
+                tracing::info!(source = region.0, index = entry.index, "merge rolled back");
+                AdminResult::RolledBack(source)
+            }
+        };
+        if self.replicas.get(&region).is_some_and(Replica::is_leader) {
+            match &result {
+                AdminResult::Split(parts) => {
+                    // The parent keeps this leader; each child elects its own.
+                    for (i, part) in parts.iter().enumerate() {
+                        let leadership =
+                            if i == 0 { Leadership::ThisStore } else { Leadership::Unknown };
+                        self.report(part, leadership);
+                    }
+                }
+                AdminResult::Prepared { source: r, .. }
+                | AdminResult::Merged(r)
+                | AdminResult::RolledBack(r) => self.report(&r.clone(), Leadership::ThisStore),
+            }
+        }
+        Ok(Ok(result))
+    }
+
+    /// Splits `region` at the split command `entry`: the children's logs are made
+    /// durable first, then the engine splits (a checkpoint barrier), then the
+    /// children's replicas are created. A crash in between leaves logs of children the
+    /// engine does not host: they are tombstoned at the next open, and the split is
+    /// applied again from the parent's log.
+    fn apply_split(
+        &mut self,
+        region: RegionId,
+        entry: &Entry,
+        split_keys: &[Vec<u8>],
+        new_ids: &[RegionId],
+    ) -> Result<AdminResult> {
+        let replica = self.replicas.get(&region).expect("present");
+        let conf_state = replica.conf_state();
+        let peer_id = replica.id;
+        let campaign = replica.is_leader();
+        // Both writes below are made durable here, on the core's thread, not by the
+        // driver's writer: the engine's split that follows must not become durable
+        // before the children's logs. Every region of this core waits for these WAL
+        // fdatasyncs (and for the split's checkpoints).
+        let mut leftovers = self.ctx.log.begin_write();
+        for id in new_ids {
+            if self.ctx.log.state(*id).is_some() {
+                self.ctx.log.stage_tombstone(&mut leftovers, *id);
+            }
+        }
+        if !leftovers.is_empty() {
+            self.ctx.log.persist(leftovers)?;
+        }
+        let mut write = self.ctx.log.begin_write();
+        for id in new_ids {
+            let mut state = LogState {
+                first_index: RAFT_INIT_INDEX + 1,
+                truncated_term: RAFT_INIT_TERM,
+                conf_state: conf_state.clone(),
+                peer_id: peer_id.0,
+                conf_index: RAFT_INIT_INDEX,
+                ..LogState::default()
+            };
+            state.hard_state.term = RAFT_INIT_TERM;
+            state.hard_state.commit = RAFT_INIT_INDEX;
+            self.ctx.log.create_region(&mut write, *id, state)?;
+        }
+        self.ctx.log.persist(write)?;
+        let parts =
+            self.ctx.engine.split_at(region, split_keys, new_ids, entry.index, RAFT_INIT_INDEX)?;
+        let replica = self.replicas.get_mut(&region).expect("present");
+        replica.region = parts[0].clone();
+        for child in &parts[1..] {
+            self.send_task(CoreTask::Adopt { region: child.id, campaign });
+        }
+        tracing::info!(region = region.0, index = entry.index, children = ?new_ids, "split");
+        Ok(AdminResult::Split(parts))
+    }
+
+    /// Applies a membership change: raft-rs's configuration and the region's peers.
+    ///
+    /// Replay after a restart must not apply a change twice: raft-rs's configuration
+    /// already reflects entries up to the log's `conf_index`, and the engine's region
+    /// reflects admin entries up to its `meta_index`.
+    pub(super) fn apply_conf_change(&mut self, region: RegionId, entry: &Entry) -> Result<()> {
+        let me = self.ctx.config.store_id;
+        let replica = self.replicas.get_mut(&region).expect("present");
+        if entry.get_entry_type() != EntryType::EntryConfChangeV2 {
+            return Err(Error::Internal(format!(
+                "entry {} is a v1 conf change, which regionkv never proposes",
+                entry.index
+            )));
+        }
+        let cc = ConfChangeV2::parse_from_bytes(&entry.data)
+            .map_err(|e| Error::Internal(format!("conf change at {}: {e}", entry.index)))?;
+        let ctx = command::decode_change_peers(&entry.context).map_err(|e| {
+            Error::Internal(format!("conf change context at {}: {}", entry.index, e.reason))
+        })?;
+        // A prepared merge source keeps its members: a change proposed before the
+        // prepare and committed after it applies as no change (the merge's commit
+        // relies on the members the prepare saw).
+        if replica.merge.state.is_some_and(|m| entry.index > m.prepare_index) {
+            if entry.index > replica.conf_index {
+                let cs = replica.raw.apply_conf_change(&ConfChangeV2::default())?;
+                self.ctx.log.stage_conf_state(&mut self.write, region, cs, entry.index)?;
+                replica.conf_index = entry.index;
+            }
+            tracing::info!(
+                region = region.0,
+                index = entry.index,
+                "membership change refused: a merge is prepared"
+            );
+            return Ok(());
+        }
+        if entry.index > replica.conf_index {
+            let cs = replica.raw.apply_conf_change(&cc)?;
+            self.ctx.log.stage_conf_state(&mut self.write, region, cs, entry.index)?;
+            replica.conf_index = entry.index;
+        }
+        // `None`: nothing recorded; metadata is at least as new as the checkpoint.
+        let meta_index =
+            self.ctx.engine_of(region).meta_index(region).unwrap_or(replica.checkpoint_index);
+        if entry.index > meta_index {
+            let mut peers = replica.region.peers.clone();
+            for change in cc.get_changes() {
+                let id = PeerId(change.node_id);
+                match change.get_change_type() {
+                    ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                        if !peers.iter().any(|p| p.id == id) {
+                            let Some(added) = ctx.peers.iter().find(|p| p.id == id) else {
+                                return Err(Error::Internal(format!(
+                                    "conf change at {} adds peer {id} without its store",
+                                    entry.index
+                                )));
+                            };
+                            peers.push(*added);
+                        }
+                    }
+                    ConfChangeType::RemoveNode => peers.retain(|p| p.id != id),
+                }
+            }
+            replica.region = self.ctx.engine_of(region).change_peers(region, peers, entry.index)?;
+        } else {
+            replica.region = self
+                .ctx
+                .engine_of(region)
+                .region(region)
+                .ok_or(Error::RegionNotFound { region })?;
+        }
+        if !replica.region.peers.iter().any(|p| p.id == replica.id && p.store == me) {
+            replica.removed = true;
+        }
+        tracing::info!(region = region.0, index = entry.index, epoch = %replica.region.epoch, peers = ?replica.region.peers, "applied a membership change");
+        if replica.is_leader() {
+            let changed = replica.region.clone();
+            self.report(&changed, Leadership::ThisStore);
+        }
+        Ok(())
+    }
+
+    /// Tells a waiting merge target once this source replica applied far enough.
+    pub(super) fn check_catch_up(&mut self, source: RegionId) {
+        let Some(replica) = self.replicas.get_mut(&source) else { return };
+        let Some(catch_up) = replica.merge.catch_up else { return };
+        if replica.applied_index >= catch_up.index {
+            replica.merge.catch_up = None;
+            self.send_task(CoreTask::SourceReady { target: catch_up.target, source });
+        }
+    }
+
+    /// Takes a [`CoreTask`] for a region this core owns.
+    pub fn on_task(&mut self, task: CoreTask) {
+        self.wake(task.region());
+        self.tasks.push_back(task);
+    }
+
+    /// Queues `task` for the core that owns its region.
+    pub(super) fn send_task(&mut self, task: CoreTask) {
+        if (self.owns)(task.region()) {
+            self.wake(task.region());
+            self.tasks.push_back(task);
+        } else {
+            self.foreign_tasks.push(task);
+        }
+    }
+
+    /// Runs the tasks queued for this core's regions, in order.
+    pub(super) fn run_tasks(&mut self) {
+        while let Some(task) = self.tasks.pop_front() {
+            let region = task.region();
+            if let Err(e) = self.run_task(task) {
+                Self::on_replica_error(region, &e);
+            }
+        }
+    }
+
+    #[allow(clippy::needless_pass_by_value, reason = "a task is handled once: taking it says so")]
+    fn run_task(&mut self, task: CoreTask) -> Result<()> {
+        match task {
+            CoreTask::Adopt { region, campaign } => {
+                if self.replicas.contains_key(&region) {
+                    return Ok(());
+                }
+                let hosted = self
+                    .ctx
+                    .engine_of(region)
+                    .region(region)
+                    .ok_or(Error::RegionNotFound { region })?;
+                let state = self.ctx.log.state(region).ok_or(Error::RegionNotFound { region })?;
+                let applied =
+                    self.ctx.engine_of(region).image_index(region)?.unwrap_or(RAFT_INIT_INDEX);
+                self.tombstones.remove(&region);
+                self.add_replica(ReplicaInit {
+                    region: hosted,
+                    contents: Contents::Data,
+                    id: PeerId(state.peer_id),
+                    applied_index: applied,
+                    conf_index: state.conf_index,
+                })?;
+                if campaign {
+                    let replica = self.replicas.get_mut(&region).expect("just added");
+                    replica.raw.campaign()?;
+                }
+                tracing::info!(region = region.0, campaign, "created the replica of a split child");
+            }
+            CoreTask::CatchUp { source, target, index, term } => {
+                let Some(replica) = self.replicas.get_mut(&source) else {
+                    tracing::warn!(
+                        source = source.0,
+                        target = target.0,
+                        "merge source has no replica here"
+                    );
+                    return Ok(());
+                };
+                replica.merge.catch_up = Some(CatchUp { target, index });
+                // The target committed its merge, so the source's prepare command is
+                // committed in the source's group; if this replica's log holds that very
+                // entry, it may commit it without hearing from the source's leader
+                // (which may be gone already).
+                replica.commit_held_entry(index, term);
+                self.dirty.insert(source);
+                self.check_catch_up(source);
+            }
+            CoreTask::SourceReady { target, source } => {
+                if let Some(replica) = self.replicas.get_mut(&target) {
+                    replica.merge.source_ready = Some(source);
+                    self.dirty.insert(target);
+                }
+            }
+            CoreTask::Merged { source } => self.destroy(source)?,
+        }
+        Ok(())
+    }
+}

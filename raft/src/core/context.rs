@@ -1,0 +1,80 @@
+//! What a store's cores share: the [`StoreContext`] (configuration, engines, log,
+//! observers), and the index and term a split child's log starts at.
+
+use std::sync::Arc;
+
+use regionkv_engine::{Engine, PeerId, RegionId};
+use regionkv_wal::CancellationToken;
+
+use crate::config::StoreConfig;
+use crate::directory::DIRECTORY;
+use crate::log::RaftLog;
+use crate::metrics::WriteMetrics;
+
+/// Sees every entry a store applies: `(region, index, term, data)`. For checkers.
+pub type ApplyObserver = Box<dyn Fn(RegionId, u64, u64, &[u8]) + Send + Sync>;
+
+/// Chooses a replica's election timeout in ticks, given its region and peer id. Lets a
+/// deterministic driver replace raft-rs's thread-local randomness with a seed.
+pub type ElectionTicks = Box<dyn Fn(RegionId, PeerId) -> usize + Send + Sync>;
+
+/// What a store shares between its cores and drivers.
+pub struct StoreContext {
+    /// How the store runs.
+    pub config: StoreConfig,
+    /// The store's engine: every user region.
+    pub engine: Engine,
+    /// The engine of the cluster directory's replica (region 0, [`DIRECTORY`]).
+    pub directory: Engine,
+    /// The store's Raft log.
+    pub log: Arc<RaftLog>,
+    /// Cancelled when the store shuts down; every timeline's token is a child.
+    pub cancel: CancellationToken,
+    /// Called for every applied entry, if set.
+    pub apply_observer: Option<ApplyObserver>,
+    /// Fixes each replica's election timeout, if set (else raft-rs randomizes it).
+    pub election_ticks: Option<ElectionTicks>,
+    /// Write-path counters of every core of the store.
+    pub metrics: WriteMetrics,
+}
+
+impl std::fmt::Debug for StoreContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreContext").field("store", &self.config.store_id).finish_non_exhaustive()
+    }
+}
+
+impl StoreContext {
+    /// A context with no observers.
+    pub fn new(
+        config: StoreConfig,
+        engine: Engine,
+        directory: Engine,
+        log: Arc<RaftLog>,
+        cancel: CancellationToken,
+    ) -> StoreContext {
+        StoreContext {
+            config,
+            engine,
+            directory,
+            log,
+            cancel,
+            apply_observer: None,
+            election_ticks: None,
+            metrics: WriteMetrics::default(),
+        }
+    }
+
+    /// The engine that holds `region`: the directory's for [`DIRECTORY`], else the
+    /// store's.
+    pub fn engine_of(&self, region: RegionId) -> &Engine {
+        if region == DIRECTORY { &self.directory } else { &self.engine }
+    }
+}
+
+/// The Raft index and term a region created by a split starts its log at: its log
+/// begins as if entries up to this index, of this term, had been compacted (raft-rs
+/// needs a non-zero starting point that no real entry of the child can have reached).
+pub const RAFT_INIT_INDEX: u64 = 5;
+/// See [`RAFT_INIT_INDEX`].
+pub const RAFT_INIT_TERM: u64 = 5;

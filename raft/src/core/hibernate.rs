@@ -1,0 +1,162 @@
+//! Time: ticks, hibernation of quiet groups (leader and followers stop ticking), and the
+//! store liveness that wakes the followers of a leader whose store fell silent.
+
+use std::collections::{BTreeSet, HashSet};
+
+use regionkv_engine::{RegionId, StoreId};
+
+use super::StoreCore;
+use super::lifecycle::PURGE_EVERY_TICKS;
+use crate::config::ReadMode;
+use crate::directory::DIRECTORY;
+use crate::transport::{Body, Envelope};
+
+impl StoreCore {
+    /// Advances every group's logical clock by one tick.
+    /// Hibernating replicas do not tick; a leader with nothing new since its last tick
+    /// whose group is quiescent hibernates first (see `maybe_hibernate`).
+    pub fn on_tick(&mut self) {
+        self.ticks += 1;
+        // Leaders idle long enough try to hibernate before they tick: a quiescent
+        // group goes to sleep instead of sending the heartbeat round this tick may owe.
+        if let Some(after) = self.hibernate_after() {
+            let mut quiet: Vec<RegionId> = self
+                .awake
+                .iter()
+                .copied()
+                .filter(|id| {
+                    self.replicas.get(id).is_some_and(|r| {
+                        r.is_leader() && r.hibernation.idle_ticks.saturating_add(1) >= after
+                    })
+                })
+                .collect();
+            quiet.sort_unstable(); // deterministic message order
+            for id in quiet {
+                self.maybe_hibernate(id);
+            }
+        }
+        for &id in &self.awake {
+            let Some(replica) = self.replicas.get_mut(&id) else { continue };
+            if replica.raw.tick() {
+                self.dirty.insert(id);
+            }
+            let idle = &mut replica.hibernation.idle_ticks;
+            *idle = idle.saturating_add(1);
+        }
+        self.check_liveness();
+        if self.ticks.is_multiple_of(PURGE_EVERY_TICKS) {
+            self.plan_purge();
+            self.collect_garbage();
+        }
+    }
+
+    /// Ticks of nothing to do after which a leader tries to hibernate (`None`: never):
+    /// the first tick with nothing new since the last. Quiescence needs every follower
+    /// to have committed the whole log, which raft-rs's commit broadcast tells them
+    /// within a round trip; a group that is not quiescent yet tries again next tick.
+    /// With thousands of regions written now and then, a region that sleeps between
+    /// writes costs two notices per write instead of a heartbeat round every interval.
+    fn hibernate_after(&self) -> Option<u32> {
+        let config = &self.ctx.config;
+        // A lease holder must tick: check-quorum is what ends its lease.
+        (config.hibernate_regions && config.read_mode != ReadMode::Lease).then_some(1)
+    }
+
+    /// Hibernates the leader of `region` if its group is quiescent: every replica
+    /// holds and has committed the whole log, nothing is proposed, read or moving.
+    /// Its followers are told, and stop ticking once their own logs agree.
+    fn maybe_hibernate(&mut self, region: RegionId) {
+        let me = self.ctx.config.store_id;
+        let Some(replica) = self.replicas.get_mut(&region) else { return };
+        if !replica.is_quiescent() {
+            return;
+        }
+        replica.hibernation.hibernated = true;
+        self.awake.remove(&region);
+        let (term, epoch, last) = (replica.term(), replica.region.epoch, replica.last_index());
+        let followers: Vec<StoreId> =
+            replica.region.peers.iter().filter(|p| p.store != me).map(|p| p.store).collect();
+        for to in followers {
+            self.outbox.push(Envelope {
+                region,
+                from: me,
+                to,
+                epoch: Some(epoch),
+                range: None,
+                body: Body::Hibernate { term, index: last },
+            });
+        }
+        tracing::trace!(region = region.0, term, index = last, "hibernating");
+    }
+
+    /// Wakes `region`: it ticks again, and as a leader counts idle time anew.
+    pub(super) fn wake(&mut self, region: RegionId) {
+        if let Some(replica) = self.replicas.get_mut(&region) {
+            replica.wake();
+            replica.hibernation.idle_ticks = 0;
+            self.awake.insert(region);
+        }
+    }
+
+    /// Store liveness, for hibernation: tells the other stores this one is alive (the
+    /// core that owns the directory's replica speaks for the store), and wakes the
+    /// hibernating followers of leaders whose stores fell silent, so they elect anew.
+    fn check_liveness(&mut self) {
+        let me = self.ctx.config.store_id;
+        let config = &self.ctx.config;
+        if !config.hibernate_regions {
+            return;
+        }
+        // Several per silence window (two election timeouts).
+        let every = (config.election_ticks / 2).max(1) as u64;
+        if (self.owns)(DIRECTORY) && self.ticks.is_multiple_of(every) {
+            let mut stores: BTreeSet<StoreId> = BTreeSet::new();
+            for replica in self.replicas.values() {
+                stores.extend(replica.region.peers.iter().map(|p| p.store));
+            }
+            stores.remove(&me);
+            for to in stores {
+                self.outbox.push(Envelope {
+                    region: DIRECTORY,
+                    from: me,
+                    to,
+                    epoch: None,
+                    range: None,
+                    body: Body::Alive,
+                });
+            }
+        }
+        let silent_after = (config.election_ticks * 2) as u64;
+        let ticks = self.ticks;
+        let silent: HashSet<StoreId> = self
+            .store_heard
+            .iter()
+            .filter(|&(_, &heard)| ticks.saturating_sub(heard) > silent_after)
+            .map(|(&store, _)| store)
+            .collect();
+        if silent.is_empty() {
+            return;
+        }
+        let woken: Vec<RegionId> = self
+            .replicas
+            .iter()
+            .filter(|(_, r)| {
+                r.hibernation.hibernated && r.leader_store().is_some_and(|l| silent.contains(&l))
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for region in woken {
+            self.wake(region);
+        }
+    }
+
+    /// A leader's notice that it hibernates: this follower does too if it follows
+    /// that leader in that term and its log is complete and committed.
+    pub(super) fn on_hibernate(&mut self, region: RegionId, from: StoreId, term: u64, index: u64) {
+        let Some(replica) = self.replicas.get_mut(&region) else { return };
+        if replica.may_hibernate_after(from, term, index) {
+            replica.hibernation.hibernated = true;
+            self.awake.remove(&region);
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Replicas come and go (created, bootstrapped, destroyed, shut down), and the
+//! store-wide upkeep that ticks run: WAL purge and engine garbage collection.
+
+use raft::eraftpb::ConfState;
+use raft::{RawNode, ReadOnlyOption};
+use regionkv_engine::{PeerId, Region, RegionId};
+use regionkv_wal::Timeline;
+
+use super::StoreCore;
+use super::context::{RAFT_INIT_INDEX, RAFT_INIT_TERM};
+use crate::config::{ReadMode, StoreConfig};
+use crate::directory::DIRECTORY;
+use crate::error::{Error, Result};
+use crate::log::LogState;
+use crate::logger::raft_logger;
+use crate::replica::{Contents, Replica, ReplicaInit};
+use crate::storage::PeerStorage;
+
+/// Purge the WAL, and sweep the engines for versions no snapshot sees, every this many
+/// ticks.
+pub(super) const PURGE_EVERY_TICKS: u64 = 50;
+
+/// Distinct keys one garbage sweep of an engine looks at. The sweep holds the engine's
+/// commit lock (every core's apply waits), so it is short: about a millisecond. At the
+/// default 100 ms tick a store sweeps a million keys in about five minutes.
+const GC_KEYS_PER_SWEEP: usize = 16 * 1024;
+
+fn raft_config(config: &StoreConfig, id: PeerId, applied: u64) -> raft::Config {
+    raft::Config {
+        id: id.0,
+        election_tick: config.election_ticks,
+        heartbeat_tick: config.heartbeat_ticks,
+        applied,
+        max_size_per_msg: config.max_append_bytes,
+        max_inflight_msgs: config.max_inflight_appends,
+        check_quorum: true,
+        pre_vote: true,
+        read_only_option: match config.read_mode {
+            ReadMode::ReadIndex => ReadOnlyOption::Safe,
+            ReadMode::Lease => ReadOnlyOption::LeaseBased,
+        },
+        ..raft::Config::default()
+    }
+}
+
+impl StoreCore {
+    /// Creates the log of a region the engine hosts: it starts after the region's
+    /// image (empty for a bootstrapped region; [`RAFT_INIT_INDEX`] for a split child),
+    /// with the region's peers as voters.
+    pub(super) fn create_log_from_engine(&mut self, region: &Region) -> Result<()> {
+        let me = self.ctx.config.store_id;
+        let Some(member) = region.peers.iter().find(|p| p.store == me) else {
+            return Err(Error::Internal(format!(
+                "region {} is hosted here but lists no peer on store {me}",
+                region.id
+            )));
+        };
+        let image = self.ctx.engine_of(region.id).image_index(region.id)?.unwrap_or(0);
+        let term = match image {
+            0 => 0,
+            RAFT_INIT_INDEX => RAFT_INIT_TERM,
+            _ => {
+                return Err(Error::Internal(format!(
+                    "region {} has an image at {image} but no log; restore this store from a replica",
+                    region.id
+                )));
+            }
+        };
+        let mut state = LogState {
+            first_index: image + 1,
+            truncated_term: term,
+            peer_id: member.id.0,
+            conf_index: image,
+            ..LogState::default()
+        };
+        state.conf_state.voters = region.peers.iter().map(|p| p.id.0).collect();
+        state.hard_state.term = term;
+        state.hard_state.commit = image;
+        tracing::info!(region = region.id.0, image, "created the log of a hosted region");
+        self.ctx.log.create_region(&mut self.write, region.id, state)
+    }
+
+    /// Starts this store's replica of a region from `init`; its log must exist.
+    pub(super) fn add_replica(&mut self, mut init: ReplicaInit) -> Result<()> {
+        let region = init.region.id;
+        let storage = PeerStorage::new(region, self.ctx.log.clone())?;
+        let (first, last) = self.ctx.log.bounds(region)?;
+        // raft-rs requires applied >= first_index - 1; a checkpoint older than the
+        // compaction point would be a bug (compaction follows checkpoints).
+        let applied = init.applied_index.max(first.saturating_sub(1));
+        if applied > last {
+            return Err(Error::Internal(format!(
+                "region {region}: the engine's image is at index {applied}, past the end of the \
+                 log ({last}); a crash interrupted a snapshot install: restore this store from \
+                 a replica"
+            )));
+        }
+        init.applied_index = applied;
+        // An image is written at the applied index, synchronously, while the hard state
+        // recording the commit index that allowed the apply is persisted with the next
+        // log write: a crash in between leaves the durable commit index behind the
+        // image. What was applied was committed, so the commit index moves up to it.
+        if let Some(state) = self.ctx.log.state(region)
+            && state.hard_state.commit < applied
+        {
+            let mut hs = state.hard_state;
+            hs.commit = applied;
+            self.ctx.log.stage(&mut self.write, region, Vec::new(), Some(&hs))?;
+        }
+        let mut config = raft_config(&self.ctx.config, init.id, applied);
+        if let Some(choose) = &self.ctx.election_ticks {
+            // One fixed timeout per replica: raft-rs draws from [min, max), so max = min + 1.
+            let ticks = choose(region, init.id).max(config.heartbeat_tick + 1);
+            config.min_election_tick = ticks;
+            config.max_election_tick = ticks + 1;
+        }
+        let raw = RawNode::new(&config, storage, &raft_logger())?;
+        let merge = match init.contents {
+            Contents::Data => self.ctx.engine_of(region).merge_state(region),
+            Contents::AwaitingSnapshot => None,
+        };
+        let timeline = Timeline::new(
+            format!("store-{}/region-{}", self.ctx.config.store_id, region),
+            &self.ctx.cancel,
+        );
+        self.awake.insert(region);
+        self.replicas.insert(region, Replica::new(init, raw, timeline, merge));
+        self.dirty.insert(region);
+        Ok(())
+    }
+
+    /// Creates a region from nothing on this store (cluster bootstrap): the engine
+    /// hosts it empty, its log starts with `region.peers` as voters.
+    pub fn bootstrap_region(&mut self, region: Region) -> Result<()> {
+        let me = self.ctx.config.store_id;
+        let member = *region.peers.iter().find(|p| p.store == me).ok_or_else(|| {
+            Error::Internal(format!(
+                "bootstrap of region {} that has no peer on store {me}",
+                region.id
+            ))
+        })?;
+        let mut conf_state = ConfState::default();
+        conf_state.voters = region.peers.iter().map(|p| p.id.0).collect();
+        let state =
+            LogState { first_index: 1, conf_state, peer_id: member.id.0, ..LogState::default() };
+        self.ctx.engine_of(region.id).insert_region(region.clone())?;
+        self.ctx.log.create_region(&mut self.write, region.id, state)?;
+        self.add_replica(ReplicaInit {
+            region,
+            contents: Contents::Data,
+            id: member.id,
+            applied_index: 0,
+            conf_index: 0,
+        })
+    }
+
+    /// Removes a replica that a membership change removed.
+    pub(super) fn destroy(&mut self, region: RegionId) -> Result<()> {
+        let Some(mut replica) = self.replicas.remove(&region) else { return Ok(()) };
+        self.awake.remove(&region);
+        replica.fail_all(|| Error::RegionNotFound { region });
+        // A merged source is gone from the engine already.
+        let engine = self.ctx.engine_of(region);
+        if replica.is_initialized() && engine.region(region).is_some() {
+            engine.remove_region(region)?;
+        }
+        self.ctx.log.stage_tombstone(&mut self.write, region);
+        self.tombstones.insert(region);
+        tracing::info!(region = region.0, "removed this store's replica");
+        Ok(())
+    }
+
+    /// Plans a WAL purge: stages state rewrites for idle regions, and purges what the
+    /// plan allows now.
+    pub(super) fn plan_purge(&mut self) {
+        let plan = self.ctx.log.purge_plan();
+        for region in &plan.rewrite {
+            if self.replicas.contains_key(region) {
+                let _ = self.ctx.log.stage_state_rewrite(&mut self.write, *region);
+            }
+        }
+        match self.ctx.log.purge(&plan) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::debug!(segments = n, below = %plan.purge_below, "purged WAL segments");
+            }
+            Err(e) => tracing::warn!(error = %e, "WAL purge failed; will retry"),
+        }
+    }
+
+    /// Drops versions no snapshot can see any more from the store's engines, a bounded
+    /// part of the key space per call (each call goes on where the last stopped).
+    /// Commits drop what they shadow only when no snapshot needs it; versions a
+    /// snapshot held at the time stay until a sweep, and a key that is not written
+    /// again gets no other. One core per store sweeps: the one that owns the
+    /// directory's region (the engines are shared by every core of the store).
+    pub(super) fn collect_garbage(&self) {
+        if !(self.owns)(DIRECTORY) {
+            return;
+        }
+        for engine in [&self.ctx.engine, &self.ctx.directory] {
+            let swept = engine.gc(GC_KEYS_PER_SWEEP);
+            if swept.bytes_freed > 0 {
+                tracing::debug!(
+                    keys = swept.keys,
+                    bytes = swept.bytes_freed,
+                    "dropped old versions"
+                );
+            }
+        }
+    }
+
+    /// Stops every replica: fails what waits with `Cancelled`, shuts timelines down.
+    pub fn shutdown(&mut self, timeout: std::time::Duration) {
+        for replica in self.replicas.values_mut() {
+            replica.fail_all(|| Error::Cancelled);
+            if let Err(e) = replica.timeline.shutdown(timeout, || Ok(())) {
+                tracing::warn!(error = %e, "timeline did not shut down cleanly");
+            }
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Messages in and out: envelopes from other stores step the replicas (creating one for a
+//! new member), and raft-rs's messages go out now or once the write persists.
+
+use raft::SnapshotStatus;
+use raft::eraftpb::{Message, MessageType};
+use regionkv_engine::checkpoint::CheckpointChunks;
+use regionkv_engine::{PeerId, RegionId};
+
+use super::StoreCore;
+use crate::error::Result;
+use crate::log::LogState;
+use crate::replica::ReplicaInit;
+use crate::transport::{Body, Envelope, KeyRange, SnapshotChunk};
+
+/// When raft-rs's messages of a ready may leave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum SendWhen {
+    /// At once: a leader's appends and heartbeats go out in parallel with its own fsync.
+    Now,
+    /// Once the ready's write is durable: votes and append responses promise what is on
+    /// disk.
+    AfterPersist,
+}
+
+impl StoreCore {
+    /// Takes envelopes that arrived from other stores.
+    pub fn on_envelopes(&mut self, envelopes: Vec<Envelope>) {
+        for env in envelopes {
+            let region = env.region;
+            self.store_heard.insert(env.from, self.ticks);
+            if let Err(e) = self.on_envelope(env) {
+                tracing::debug!(region = region.0, error = %e, "dropped a message");
+            }
+        }
+    }
+
+    fn on_envelope(&mut self, env: Envelope) -> Result<()> {
+        if env.to != self.ctx.config.store_id
+            || matches!(env.body, Body::Alive)
+            || !(self.owns)(env.region)
+            || self.tombstones.contains(&env.region)
+        {
+            return Ok(());
+        }
+        let Envelope { region, from, range, body, .. } = env;
+        if let Body::Hibernate { term, index } = body {
+            self.on_hibernate(region, from, term, index);
+            return Ok(());
+        }
+        if !self.replicas.contains_key(&region) {
+            // A replica added by a membership change learns of its region from the
+            // first message; it holds nothing until a snapshot arrives. But if the
+            // region's range overlaps one hosted here, this store is behind: its own
+            // split (or merge) will create the region, with its data; wait for that.
+            // A message without a range decides nothing (an unknown range is not an
+            // empty one): no replica is created.
+            let to = match &body {
+                Body::Raft(m) => m.to,
+                // The Raft message comes before a snapshot's chunks.
+                Body::SnapshotChunk(_) | Body::Hibernate { .. } | Body::Alive => return Ok(()),
+            };
+            let Some(range) = range else { return Ok(()) };
+            // The engine knows every region of the store, whichever core owns it; one
+            // it hosts under this id is a split child whose replica is being created.
+            let engine = self.ctx.engine_of(region);
+            if engine.region(region).is_some()
+                || !engine.overlapping(&range.start, range.end.as_deref()).is_empty()
+            {
+                return Ok(());
+            }
+            self.create_uninitialized(region, PeerId(to))?;
+        }
+        let replica = self.replicas.get_mut(&region).expect("created above");
+        // Any message wakes a hibernating replica, but heartbeat traffic: a leader's
+        // responses keep coming for a while after it went quiet, and a follower
+        // answers a leader's heartbeat without ticking (a heartbeat sent just before
+        // the leader's notice may arrive just after it).
+        let kind = match &body {
+            Body::Raft(m) => Some(m.get_msg_type()),
+            _ => None,
+        };
+        let heartbeat =
+            matches!(kind, Some(MessageType::MsgHeartbeat | MessageType::MsgHeartbeatResponse));
+        if !heartbeat {
+            replica.wake();
+            replica.hibernation.idle_ticks = 0;
+            self.awake.insert(region);
+        }
+        match body {
+            Body::Hibernate { .. } | Body::Alive => {}
+            Body::Raft(msg) => {
+                if msg.to != replica.id.0 {
+                    return Ok(()); // for an older replica of the region on this store
+                }
+                replica.known_stores.insert(PeerId(msg.from), from);
+                if msg.get_msg_type() == MessageType::MsgSnapshot {
+                    let meta = msg.get_snapshot().get_metadata();
+                    let ready = (replica.snapshot.received.as_ref())
+                        .is_some_and(|r| (r.index, r.term) == (meta.index, meta.term));
+                    if !ready {
+                        // The checkpoint did not arrive whole; the leader sends again.
+                        tracing::debug!(
+                            region = region.0,
+                            index = meta.index,
+                            "snapshot message without its checkpoint"
+                        );
+                        return Ok(());
+                    }
+                }
+                replica.raw.step(msg)?;
+            }
+            Body::SnapshotChunk(chunk) => self.on_snapshot_chunk(region, chunk)?,
+        }
+        self.dirty.insert(region);
+        Ok(())
+    }
+
+    /// Creates a replica of `region`, as peer `id`, that holds nothing until its
+    /// leader's snapshot arrives.
+    fn create_uninitialized(&mut self, region: RegionId, id: PeerId) -> Result<()> {
+        let state = LogState { first_index: 1, peer_id: id.0, ..LogState::default() };
+        self.ctx.log.create_region(&mut self.write, region, state)?;
+        tracing::info!(
+            region = region.0,
+            peer = id.0,
+            "created a replica to be filled by a snapshot"
+        );
+        self.add_replica(ReplicaInit::awaiting_snapshot(region, id, 0))
+    }
+
+    /// Turns raft-rs's messages into envelopes, to send now or once the write persists;
+    /// a snapshot message is preceded by its checkpoint's chunks.
+    pub(super) fn route(&mut self, region: RegionId, messages: Vec<Message>, when: SendWhen) {
+        if messages.is_empty() {
+            return;
+        }
+        let me = self.ctx.config.store_id;
+        let chunk_bytes = self.ctx.config.snapshot_chunk_bytes;
+        let replica = self.replicas.get_mut(&region).expect("present");
+        let initialized = replica.is_initialized();
+        let epoch = initialized.then_some(replica.region.epoch);
+        let range = initialized.then(|| KeyRange {
+            start: replica.region.start.clone(),
+            end: replica.region.end.clone(),
+        });
+        for msg in messages {
+            let Some(to) = replica.store_of(PeerId(msg.to)) else {
+                tracing::debug!(
+                    region = region.0,
+                    to = msg.to,
+                    "no store known for peer; message dropped"
+                );
+                continue;
+            };
+            let mut out = Vec::new();
+            if msg.get_msg_type() == MessageType::MsgSnapshot {
+                let meta = msg.get_snapshot().get_metadata();
+                match &replica.snapshot.file {
+                    Some(file) if file.header().applied_index == meta.index => {
+                        for chunk in CheckpointChunks::new(file, chunk_bytes) {
+                            out.push(Envelope {
+                                region,
+                                from: me,
+                                to,
+                                epoch,
+                                range: range.clone(),
+                                body: Body::SnapshotChunk(SnapshotChunk {
+                                    index: meta.index,
+                                    term: meta.term,
+                                    offset: chunk.offset,
+                                    file_bytes: chunk.file_bytes,
+                                    data: chunk.data,
+                                }),
+                            });
+                        }
+                        // The follower confirms by its next append response; a lost
+                        // transfer shows as a rejection and a new snapshot.
+                        replica.raw.report_snapshot(msg.to, SnapshotStatus::Finish);
+                    }
+                    _ => {
+                        replica.raw.report_snapshot(msg.to, SnapshotStatus::Failure);
+                        continue;
+                    }
+                }
+            }
+            out.push(Envelope {
+                region,
+                from: me,
+                to,
+                epoch,
+                range: range.clone(),
+                body: Body::Raft(msg),
+            });
+            match when {
+                SendWhen::Now => self.outbox.extend(out),
+                SendWhen::AfterPersist => self.after_persist.extend(out),
+            }
+        }
+    }
+}

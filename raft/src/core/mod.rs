@@ -1,0 +1,505 @@
+//! [`StoreCore`]: the step functions of a store's Raft groups, and the Ready loop that
+//! turns what they did into log writes, messages, applied entries and replies.
+//!
+//! The core owns a set of replicas (all of a store's, or one poller's share) and changes
+//! only in response to its step functions: [`StoreCore::on_tick`],
+//! [`StoreCore::on_envelopes`], [`StoreCore::on_write`], [`StoreCore::on_read`],
+//! [`StoreCore::on_change_peers`], [`StoreCore::on_admin`], [`StoreCore::on_task`] and
+//! [`StoreCore::on_persisted`]. What it cannot do itself comes out of
+//! [`StoreCore::flush`] as an [`Output`] for a driver to carry out:
+//!
+//! - `messages`: to send now; a leader's appends go out in parallel with its own fsync
+//!   (safe: raft-rs counts the leader in a commit quorum only for what it persisted);
+//! - `write`: a [`WriteTask`]: the staged log write to make durable, the messages that
+//!   may only leave after it is durable (votes, append responses), and the readies to
+//!   report back through `on_persisted` once it is;
+//! - `tasks`: [`CoreTask`]s for regions another core owns (split children to create,
+//!   merge sources and targets to coordinate), for the driver to hand over through
+//!   [`StoreCore::on_task`].
+//!
+//! # Life of a put
+//!
+//! 1. `propose.rs` [`StoreCore::on_write`]: the leader checks the write (epoch, merge,
+//!    keys) and adds it to its replica's batch; the region is marked dirty.
+//! 2. `mod.rs` [`StoreCore::flush`] -> `flush_replica` -> `propose.rs` `propose_batch`:
+//!    the turn's batch is encoded into as few entries as `max_entry_bytes` allows, and
+//!    `Replica::propose` (`replica.rs`) hands each to raft-rs and records who waits.
+//! 3. `mod.rs` `flush_replica`, on the ready: `messages.rs` `route` sends the appends
+//!    (`SendWhen::Now`), and the entries are staged into the pass's log write.
+//! 4. The driver persists the [`WriteTask`] (`store.rs` `writer_loop`, or the
+//!    simulator), sends what waited for it, and reports back: `mod.rs`
+//!    [`StoreCore::on_persisted`]. The followers' acknowledgements arrive through
+//!    `messages.rs` [`StoreCore::on_envelopes`], and the entry commits.
+//! 5. `mod.rs` `flush_replica` takes the committed entry -> `apply.rs` `apply` ->
+//!    `apply_entry` -> `Applier::write` buffers it in the pass's write-batch round, and
+//!    `resolve_proposals` matches it (by index and term) with the waiting reply.
+//! 6. `mod.rs` `flush` -> `apply.rs` `Applier::finish`: the round commits (the write is
+//!    visible in the memtable) and the reply is called; `after_apply` then tells raft-rs
+//!    the applied index and serves reads that waited for it.
+//!
+//! Committed entries of every region a flush pass touches are applied in one
+//! write-batch round ([`regionkv_engine::ApplyRound`]): the round prepares region after
+//! region, is cut (committed) before every admin command, and ends with the pass;
+//! replies, reads and checkpoints wait for the round's commit.
+//!
+//! # Where the core waits for a disk
+//!
+//! Ordinary log writes leave as [`WriteTask`]s, but these steps write and fsync on the
+//! core's own thread, and every region of the core waits for them (a poller handles no
+//! request, message or tick meanwhile); a checkpoint's cost grows with its region:
+//!
+//! - applying a split (`admin_apply.rs` `apply_split`): the children's logs are made
+//!   durable with `RaftLog::persist` (a WAL append and fdatasync, outside the writer
+//!   thread), then `Engine::split_at` checkpoints every part and fsyncs the manifest;
+//! - applying a merge step (`apply_admin`): `Engine::prepare_merge` and
+//!   `rollback_merge` checkpoint the source, `Engine::merge_at` the merged target, each
+//!   with a manifest fsync;
+//! - applying a membership change (`apply_conf_change`), bootstrapping and destroying
+//!   a replica (`lifecycle.rs`): a manifest write and fsync;
+//! - checkpoints (`snapshot.rs` `maybe_checkpoint`), a snapshot prepared for a follower
+//!   (`prepare_snapshot`) and a received one installed (`install_snapshot`): a
+//!   checkpoint file written and fsynced, then the manifest;
+//! - reads of log entries no longer cached (for a follower far behind) read the WAL.
+//!
+//! The deterministic simulator and the threaded production driver both drive this
+//! same code; only where and when a `WriteTask` is persisted differs.
+//!
+//! # Files
+//!
+//! `propose.rs` (requests in), `messages.rs` (envelopes in, messages out), `apply.rs`
+//! (committed entries), `admin_apply.rs` (splits, merges, membership, and the core
+//! tasks), `snapshot.rs` (snapshots and checkpoints), `hibernate.rs` (ticks and
+//! hibernation), `lifecycle.rs` (replicas created and removed, WAL purge, engine
+//! garbage collection), `context.rs` and `output.rs` (what the core shares and hands
+//! out).
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use raft::StateRole;
+use regionkv_engine::{PeerId, Region, RegionId, StoreId};
+
+use crate::directory::{DIRECTORY, RegionRecord};
+use crate::error::{Error, Result};
+use crate::log::LogWrite;
+use crate::metrics::{ApplyStats, StoreMetrics};
+use crate::replica::{Contents, Installed, PeerStatus, Replica, ReplicaInit};
+use crate::request::MergeStatus;
+use crate::transport::Envelope;
+
+mod admin_apply;
+mod apply;
+mod context;
+mod hibernate;
+mod lifecycle;
+mod messages;
+mod output;
+mod propose;
+mod snapshot;
+
+use self::apply::Applier;
+pub use self::context::{
+    ApplyObserver, ElectionTicks, RAFT_INIT_INDEX, RAFT_INIT_TERM, StoreContext,
+};
+use self::messages::SendWhen;
+pub use self::output::{CoreTask, Output, WriteTask};
+
+/// How many times `flush` re-runs readies made by the previous round (light readies
+/// after an inline persist, cascaded applies); bounds the loop.
+const MAX_READY_PASSES: usize = 8;
+
+/// Who leads a region reported to the directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Leadership {
+    /// This store, which reports it.
+    ThisStore,
+    /// Not known yet: a split child this store's leader created, before its election.
+    Unknown,
+}
+
+/// The Raft groups of a store (or a share of them) and their step functions.
+pub struct StoreCore {
+    ctx: Arc<StoreContext>,
+    replicas: HashMap<RegionId, Replica>,
+    /// Replicas that are not hibernating: the only ones a tick visits, so that thousands
+    /// of idle regions cost nothing per tick. Kept equal to the replicas whose
+    /// `hibernated` flag is false.
+    awake: HashSet<RegionId>,
+    /// Regions whose replica here was removed; messages for them are ignored.
+    tombstones: HashSet<RegionId>,
+    /// Replicas that may have a ready; ordered for determinism.
+    dirty: BTreeSet<RegionId>,
+    write: LogWrite,
+    readies: Vec<(RegionId, u64)>,
+    outbox: Vec<Envelope>,
+    after_persist: Vec<Envelope>,
+    ticks: u64,
+    /// Tasks for regions this core owns, handled at the start of each pass.
+    tasks: VecDeque<CoreTask>,
+    /// Tasks for regions other cores own, for the driver.
+    foreign_tasks: Vec<CoreTask>,
+    /// Region changes for the directory, for the driver.
+    reports: Vec<RegionRecord>,
+    apply_stats: ApplyStats,
+    /// The tick at which each other store was last heard from.
+    store_heard: HashMap<StoreId, u64>,
+    /// Which regions this core owns, for cores that share a store.
+    owns: Box<dyn Fn(RegionId) -> bool + Send>,
+}
+
+impl std::fmt::Debug for StoreCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreCore")
+            .field("store", &self.ctx.config.store_id)
+            .field("replicas", &self.replicas.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreCore {
+    /// Opens this core's share of a store: a replica for every region `owns` accepts that
+    /// the engine hosts or the log has (an uninitialized replica). Committed entries
+    /// after each region's checkpoint are applied again by the first flushes.
+    pub fn open(
+        ctx: Arc<StoreContext>,
+        owns: Box<dyn Fn(RegionId) -> bool + Send>,
+    ) -> Result<StoreCore> {
+        let write = ctx.log.begin_write();
+        let mut core = StoreCore {
+            ctx,
+            replicas: HashMap::new(),
+            awake: HashSet::new(),
+            tombstones: HashSet::new(),
+            dirty: BTreeSet::new(),
+            write,
+            readies: Vec::new(),
+            outbox: Vec::new(),
+            after_persist: Vec::new(),
+            ticks: 0,
+            tasks: VecDeque::new(),
+            foreign_tasks: Vec::new(),
+            reports: Vec::new(),
+            apply_stats: ApplyStats::default(),
+            store_heard: HashMap::new(),
+            owns,
+        };
+        let hosted: HashMap<RegionId, Region> = core
+            .ctx
+            .engine
+            .regions()
+            .into_iter()
+            .chain(core.ctx.directory.regions())
+            .map(|r| (r.id, r))
+            .collect();
+        let mut ids: Vec<RegionId> = core.ctx.log.region_ids();
+        // Hosted by the engine but without a log: a bootstrap that crashed between its
+        // engine change and its log write. The log is made from the engine's region.
+        let mut unlogged: Vec<&Region> = hosted
+            .values()
+            .filter(|r| (core.owns)(r.id) && core.ctx.log.state(r.id).is_none())
+            .collect();
+        unlogged.sort_by_key(|r| r.id);
+        for region in unlogged {
+            core.create_log_from_engine(region)?;
+            ids.push(region.id);
+        }
+        ids.sort_unstable();
+        for id in ids {
+            if !(core.owns)(id) {
+                continue;
+            }
+            let state = core.ctx.log.state(id).ok_or(Error::RegionNotFound { region: id })?;
+            if let Some(region) = hosted.get(&id) {
+                let applied = core.ctx.engine_of(id).image_index(id)?.unwrap_or(0);
+                core.add_replica(ReplicaInit {
+                    region: region.clone(),
+                    contents: Contents::Data,
+                    id: PeerId(state.peer_id),
+                    applied_index: applied,
+                    conf_index: state.conf_index,
+                })?;
+            } else if !state.conf_state.voters.is_empty() || !state.conf_state.learners.is_empty() {
+                // An initialized log the engine does not host: the replica was removed
+                // (a membership change, or merged away) and a crash came before its log
+                // was tombstoned; or a split child whose split never became durable in
+                // the engine (the split is applied again from the parent's log).
+                tracing::info!(
+                    region = id.0,
+                    "tombstoning the log of a replica the engine no longer hosts"
+                );
+                core.ctx.log.stage_tombstone(&mut core.write, id);
+            } else {
+                // In the log but not the engine: a replica waiting for its snapshot.
+                let peer = PeerId(state.peer_id);
+                core.add_replica(ReplicaInit::awaiting_snapshot(id, peer, state.conf_index))?;
+            }
+        }
+        Ok(core)
+    }
+
+    /// The context this core works in.
+    pub fn context(&self) -> &Arc<StoreContext> {
+        &self.ctx
+    }
+
+    /// The write-batch rounds this core committed so far.
+    pub fn apply_stats(&self) -> ApplyStats {
+        self.apply_stats
+    }
+
+    /// This core's metrics: its replicas and apply rounds, with the store-wide
+    /// write-path and WAL figures. A store with several cores adds up their replica
+    /// figures ([`Store::metrics`](crate::Store::metrics)).
+    pub fn metrics(&self) -> StoreMetrics {
+        let mut m = StoreMetrics { apply: self.apply_stats, ..StoreMetrics::default() };
+        for replica in self.replicas.values() {
+            if replica.region.id == DIRECTORY || !replica.is_initialized() {
+                continue;
+            }
+            let lag = replica.committed().saturating_sub(replica.applied_index);
+            m.regions += 1;
+            m.leaders += u64::from(replica.is_leader());
+            m.hibernating += u64::from(replica.hibernation.hibernated);
+            m.applied_lag_total += lag;
+            m.applied_lag_max = m.applied_lag_max.max(lag);
+        }
+        self.ctx.metrics.fill(&mut m);
+        m.wal = self.ctx.log.wal().stats();
+        m
+    }
+
+    /// The merge status of `region`, as its leader sees it.
+    pub fn merge_status(&self, region: RegionId) -> Result<MergeStatus> {
+        let replica = self.replicas.get(&region).ok_or(Error::RegionNotFound { region })?;
+        if !replica.is_leader() {
+            return Err(replica.not_leader());
+        }
+        let merge = replica.merge.state;
+        let all_matched = merge.is_some_and(|m| replica.all_matched(m.prepare_index));
+        Ok(MergeStatus { region: replica.region.clone(), merge, all_matched })
+    }
+
+    /// The status of every replica, by region id.
+    pub fn status(&self) -> Vec<PeerStatus> {
+        let mut out: Vec<PeerStatus> = self.replicas.values().map(Replica::status).collect();
+        out.sort_by_key(|s| s.region.id);
+        out
+    }
+
+    /// The status of the replica of `region`, if there is one.
+    pub fn peer_status(&self, region: RegionId) -> Option<PeerStatus> {
+        self.replicas.get(&region).map(Replica::status)
+    }
+
+    /// True if any replica may have work for `flush`.
+    pub fn has_work(&self) -> bool {
+        !self.dirty.is_empty()
+            || !self.outbox.is_empty()
+            || !self.write.is_empty()
+            || !self.tasks.is_empty()
+            || !self.foreign_tasks.is_empty()
+    }
+
+    /// Handles every pending ready: proposes batched writes, applies what committed,
+    /// stages what must be persisted. See the module docs for what comes out.
+    pub fn flush(&mut self) -> Output {
+        let _span =
+            tracing::trace_span!("store.flush", store = self.ctx.config.store_id.0).entered();
+        for _ in 0..MAX_READY_PASSES {
+            self.run_tasks();
+            if self.dirty.is_empty() {
+                break;
+            }
+            let dirty = std::mem::take(&mut self.dirty);
+            let engine = self.ctx.engine.clone();
+            let mut applier = Applier::new(&engine);
+            let mut touched = Vec::new();
+            for region in dirty {
+                match self.flush_replica(region, &mut applier) {
+                    Ok(true) => touched.push(region),
+                    Ok(false) => {}
+                    Err(e) => {
+                        Self::on_replica_error(region, &e);
+                        applier.fail();
+                    }
+                }
+            }
+            // The pass's round ends: what every region wrote becomes visible together,
+            // then their clients hear of it.
+            if let Err(e) = applier.finish(&mut self.apply_stats) {
+                if !e.is_cancelled() {
+                    // Entries were taken as applied; the store must not go on from a
+                    // state it does not have. A restart replays them from the log.
+                    tracing::error!(store = self.ctx.config.store_id.0, error = %e, "apply failed; the store stops");
+                }
+                self.ctx.cancel.cancel();
+                break;
+            }
+            for region in touched {
+                if let Err(e) = self.after_apply(region) {
+                    Self::on_replica_error(region, &e);
+                }
+            }
+        }
+        let messages = std::mem::take(&mut self.outbox);
+        let write =
+            if self.write.is_empty() && self.readies.is_empty() && self.after_persist.is_empty() {
+                None
+            } else {
+                Some(WriteTask {
+                    write: std::mem::replace(&mut self.write, self.ctx.log.begin_write()),
+                    messages: std::mem::take(&mut self.after_persist),
+                    readies: std::mem::take(&mut self.readies),
+                })
+            };
+        Output {
+            messages,
+            write,
+            tasks: std::mem::take(&mut self.foreign_tasks),
+            reports: std::mem::take(&mut self.reports),
+        }
+    }
+
+    fn on_replica_error(region: RegionId, error: &Error) {
+        if error.is_cancelled() {
+            tracing::debug!(region = region.0, "replica stopped by shutdown");
+        } else {
+            tracing::error!(region = region.0, error = %error, "replica failed");
+        }
+    }
+
+    /// Handles one replica's ready; true if it applied entries into `applier` (the rest
+    /// of its turn comes after the round is committed, in `after_apply`).
+    fn flush_replica(&mut self, region: RegionId, applier: &mut Applier<'_>) -> Result<bool> {
+        self.propose_batch(region);
+        self.issue_reads(region);
+        self.prepare_snapshot(region)?;
+        let Some(replica) = self.replicas.get_mut(&region) else { return Ok(false) };
+        let merge = &mut replica.merge;
+        let resume = merge.paused.as_ref().is_some_and(|p| merge.source_ready == Some(p.source));
+        if resume {
+            // The source caught up: apply what was held back, the commit merge first.
+            let held = merge.paused.take().map(|p| p.entries).unwrap_or_default();
+            self.apply(region, held, applier)?;
+            return Ok(true);
+        }
+        if !replica.raw.has_ready() {
+            return Ok(false);
+        }
+        let mut ready = replica.raw.ready();
+        let me = self.ctx.config.store_id;
+
+        // Messages that need not wait for our own fsync (a leader's).
+        let now = ready.take_messages();
+        self.route(region, now, SendWhen::Now);
+
+        // A snapshot to install: its checkpoint arrived in chunks before the message.
+        let mut installed = None;
+        if !ready.snapshot().is_empty() {
+            let snap = ready.snapshot().clone();
+            self.install_snapshot(region, &snap)?;
+            installed = Some(snap.get_metadata().index);
+        }
+
+        // Committed entries (already durable here): apply them.
+        let committed = ready.take_committed_entries();
+        let has_committed = !committed.is_empty();
+        if has_committed {
+            self.apply(region, committed, applier)?;
+        }
+
+        let replica = self.replicas.get_mut(&region).expect("present");
+        // Entries and hard state: readable now, durable with the write.
+        let entries = ready.take_entries();
+        match ready.hs() {
+            // Only the commit index moved: no state record for it (see `keep_commit`).
+            Some(hs) if !ready.must_sync() => {
+                self.ctx.log.stage(&mut self.write, region, entries, None)?;
+                self.ctx.log.keep_commit(region, hs)?;
+            }
+            hs => self.ctx.log.stage(&mut self.write, region, entries, hs)?,
+        }
+        for state in ready.take_read_states() {
+            let ctx = u64::from_le_bytes(
+                state.request_ctx.get(..8).and_then(|b| b.try_into().ok()).unwrap_or_default(),
+            );
+            if let Some(reads) = replica.reads.pending.remove(&ctx) {
+                replica.reads.ready.push_back((state.index, reads));
+            }
+        }
+        let mut became_leader = None;
+        if let Some(ss) = ready.ss() {
+            if ss.raft_state == StateRole::Leader {
+                became_leader = replica.is_initialized().then(|| replica.region.clone());
+            } else {
+                let leader = replica.leader_store();
+                replica.fail_unproposed(|| Error::NotLeader { region, leader });
+            }
+            tracing::debug!(store = me.0, region = region.0, role = ?ss.raft_state, leader = ss.leader_id, "role changed");
+        }
+        let persisted = ready.take_persisted_messages();
+        let number = ready.number();
+        replica.raw.advance_append_async(ready);
+        if let Some(index) = installed {
+            // The snapshot's state is applied; raft-rs learns it once the snapshot is
+            // persisted (it requires applied <= persisted).
+            replica.snapshot.installed = Some(Installed { ready: number, index });
+        }
+        self.readies.push((region, number));
+        self.route(region, persisted, SendWhen::AfterPersist);
+        if let Some(led) = became_leader {
+            self.report(&led, Leadership::ThisStore);
+        }
+        if !has_committed {
+            self.serve_reads(region);
+        }
+        self.dirty.insert(region); // a later pass may have a light ready
+        Ok(has_committed)
+    }
+
+    /// The rest of a replica's turn once the round holding what it applied is
+    /// committed: raft-rs learns the applied index, reads at it are served, a
+    /// checkpoint may be due, a removed replica goes.
+    fn after_apply(&mut self, region: RegionId) -> Result<()> {
+        let Some(replica) = self.replicas.get_mut(&region) else { return Ok(()) };
+        replica.raw.advance_apply_to(replica.applied_index);
+        self.serve_reads(region);
+        self.check_catch_up(region);
+        self.maybe_checkpoint(region)?;
+        if self.replicas.get(&region).is_some_and(|p| p.removed) {
+            self.destroy(region)?;
+        } else {
+            self.dirty.insert(region);
+        }
+        Ok(())
+    }
+
+    /// Reports that the writes carrying these readies are durable.
+    pub fn on_persisted(&mut self, readies: &[(RegionId, u64)]) {
+        for &(region, number) in readies {
+            if let Some(replica) = self.replicas.get_mut(&region) {
+                replica.raw.on_persist_ready(number);
+                if let Some(installed) = replica.snapshot.installed
+                    && installed.ready <= number
+                {
+                    replica.raw.advance_apply_to(installed.index);
+                    replica.snapshot.installed = None;
+                }
+                self.dirty.insert(region);
+            }
+        }
+    }
+
+    /// Reports `region`, which this store leads or created (a split child), to the
+    /// directory.
+    fn report(&mut self, region: &Region, leadership: Leadership) {
+        if region.id == DIRECTORY {
+            return;
+        }
+        let leader = match leadership {
+            Leadership::ThisStore => Some(self.ctx.config.store_id),
+            Leadership::Unknown => None,
+        };
+        self.reports.push(RegionRecord { region: region.clone(), leader });
+    }
+}

@@ -1,0 +1,220 @@
+//! Requests in: client writes and reads, membership changes, admin and directory
+//! commands are checked here and become raft-rs proposals (writes batched per turn).
+
+use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+use regionkv_engine::{PeerId, RegionId};
+
+use super::StoreCore;
+use super::admin_apply::check_admin;
+use crate::command::{self, Admin, AdminCmd, ChangePeersContext, Write};
+use crate::directory::{DIRECTORY, DirCmd, DirResult};
+use crate::error::{Error, Result};
+use crate::replica::{Proposed, Replica, Waiting};
+use crate::request::{
+    AdminRequest, ChangePeersRequest, PeerChange, ReadRequest, Reply, WriteRequest,
+};
+
+impl StoreCore {
+    /// The replica of `region`, woken, if it leads its group: the first check of every
+    /// request.
+    fn leader(&mut self, region: RegionId) -> Result<&mut Replica> {
+        self.wake(region);
+        let replica = self.replicas.get_mut(&region).ok_or(Error::RegionNotFound { region })?;
+        if !replica.is_leader() {
+            return Err(replica.not_leader());
+        }
+        Ok(replica)
+    }
+
+    /// Takes a client write: it waits in the replica's batch for the end of the turn
+    /// (`propose_batch`).
+    pub fn on_write(&mut self, req: WriteRequest) {
+        let WriteRequest { region, epoch, ops, reply } = req;
+        if region == DIRECTORY {
+            self.wake(region);
+            reply(Err(Error::InvalidRequest(
+                "the cluster directory takes directory commands only".into(),
+            )));
+            return;
+        }
+        // Times the write from here to its successful reply.
+        let reply = self.ctx.metrics.timed(reply);
+        let replica = match self.leader(region).and_then(|replica| {
+            replica.check_version(epoch)?;
+            replica.check_not_merging()?;
+            replica.check_keys(&ops)?;
+            Ok(replica)
+        }) {
+            Ok(replica) => replica,
+            Err(e) => {
+                reply(Err(e));
+                return;
+            }
+        };
+        replica.proposals.batch.push((Write { epoch, ops }, reply));
+        self.dirty.insert(region);
+    }
+
+    /// Takes a linearizable read: it waits for the end of the turn (`issue_reads`).
+    pub fn on_read(&mut self, req: ReadRequest) {
+        let region = req.region;
+        match self.leader(region).and_then(|replica| {
+            replica.check_version(req.epoch)?;
+            Ok(replica)
+        }) {
+            Ok(replica) => replica.reads.unissued.push(req),
+            Err(e) => {
+                (req.reply)(Err(e));
+                return;
+            }
+        }
+        self.dirty.insert(region);
+    }
+
+    /// Sends the reads taken this turn to raft-rs as one `ReadIndex` request, once this
+    /// leader has committed an entry of its term (raft-rs drops a request before).
+    pub(super) fn issue_reads(&mut self, region: RegionId) {
+        let Some(replica) = self.replicas.get_mut(&region) else { return };
+        if replica.reads.unissued.is_empty() || !replica.has_committed_in_its_term() {
+            return;
+        }
+        let reads = &mut replica.reads;
+        let ctx = reads.next_ctx;
+        reads.next_ctx += 1;
+        replica.raw.read_index(ctx.to_le_bytes().to_vec());
+        let unissued = std::mem::take(&mut reads.unissued);
+        reads.pending.entry(ctx).or_default().extend(unissued);
+    }
+
+    /// Takes a membership change (one peer at a time).
+    pub fn on_change_peers(&mut self, req: ChangePeersRequest) {
+        let ChangePeersRequest { region, epoch, change, reply } = req;
+        let replica = match self.leader(region).and_then(|replica| {
+            if epoch != replica.region.epoch {
+                let current = vec![replica.region.clone()];
+                return Err(Error::EpochNotMatch { region, current });
+            }
+            replica.check_not_merging()?;
+            Ok(replica)
+        }) {
+            Ok(replica) => replica,
+            Err(e) => {
+                reply(Err(e));
+                return;
+            }
+        };
+        let mut single = ConfChangeSingle::default();
+        let mut added = Vec::new();
+        match change {
+            PeerChange::AddVoter(p) => {
+                single.set_change_type(ConfChangeType::AddNode);
+                single.node_id = p.id.0;
+                added.push(p);
+            }
+            PeerChange::AddLearner(p) => {
+                single.set_change_type(ConfChangeType::AddLearnerNode);
+                single.node_id = p.id.0;
+                added.push(p);
+            }
+            PeerChange::Remove(id) => {
+                single.set_change_type(ConfChangeType::RemoveNode);
+                single.node_id = id.0;
+            }
+        }
+        let mut cc = ConfChangeV2::default();
+        cc.mut_changes().push(single);
+        let context = command::encode_change_peers(&ChangePeersContext { epoch, peers: added });
+        let proposed = Proposed::ConfChange { context, change: cc };
+        if replica.propose(proposed, Waiting::ChangePeers(reply)).is_some() {
+            self.dirty.insert(region);
+        }
+    }
+
+    /// Takes an admin command (split, prepare, commit or roll back a merge). It is
+    /// checked here against the leader's view, and again when applied, where the
+    /// decision is made from replicated state only.
+    pub fn on_admin(&mut self, req: AdminRequest) {
+        let AdminRequest { region, epoch, cmd, reply } = req;
+        let replica = match self.leader(region).and_then(|replica| {
+            check_admin(replica, epoch, &cmd, replica.applied_index + 1)?;
+            if let AdminCmd::PrepareMerge { .. } = cmd
+                && replica.has_pending_conf_change()
+            {
+                let reason = "a membership change is pending; merge after it applied";
+                return Err(Error::Dropped { region, reason });
+            }
+            Ok(replica)
+        }) {
+            Ok(replica) => replica,
+            Err(e) => {
+                reply(Err(e));
+                return;
+            }
+        };
+        let data = command::encode_admin(&Admin { epoch, cmd });
+        if replica.propose(Proposed::Entry(data), Waiting::Admin(reply)).is_some() {
+            self.dirty.insert(region);
+        }
+    }
+
+    /// Takes a command for the cluster directory (this store must lead it).
+    pub fn on_directory(&mut self, cmd: &DirCmd, reply: Reply<DirResult>) {
+        let replica = match self.leader(DIRECTORY) {
+            Ok(replica) => replica,
+            Err(e) => {
+                reply(Err(e));
+                return;
+            }
+        };
+        let data = command::encode_directory(cmd);
+        if replica.propose(Proposed::Entry(data), Waiting::Directory(reply)).is_some() {
+            self.dirty.insert(DIRECTORY);
+        }
+    }
+
+    /// Asks the leader of `region` to hand leadership to `to`.
+    pub fn on_transfer_leader(&mut self, region: RegionId, to: PeerId) {
+        self.wake(region);
+        if let Some(replica) = self.replicas.get_mut(&region) {
+            replica.raw.transfer_leader(to.0);
+            self.dirty.insert(region);
+        }
+    }
+
+    /// Proposes the writes batched this turn as few entries as the size bound allows.
+    pub(super) fn propose_batch(&mut self, region: RegionId) {
+        let max = self.ctx.config.max_entry_bytes;
+        let Some(replica) = self.replicas.get_mut(&region) else { return };
+        if replica.proposals.batch.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut replica.proposals.batch);
+        let mut writes = Vec::new();
+        let mut replies = Vec::new();
+        let mut bytes = 0;
+        let mut chunks = Vec::new();
+        for (write, reply) in batch {
+            let len = write.encoded_len();
+            if !writes.is_empty() && bytes + len > max {
+                chunks.push((std::mem::take(&mut writes), std::mem::take(&mut replies)));
+                bytes = 0;
+            }
+            bytes += len;
+            writes.push(write);
+            replies.push(reply);
+        }
+        chunks.push((writes, replies));
+        for (writes, replies) in chunks {
+            if !replica.is_leader() {
+                for reply in replies {
+                    reply(Err(replica.not_leader()));
+                }
+                continue;
+            }
+            let data = command::encode_writes(&writes);
+            if replica.propose(Proposed::Entry(data), Waiting::Writes(replies)).is_some() {
+                self.ctx.metrics.on_proposed(writes.len());
+            }
+        }
+    }
+}

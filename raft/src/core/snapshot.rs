@@ -1,0 +1,152 @@
+//! Snapshots and checkpoints: receiving a snapshot in chunks and installing it, preparing
+//! one for a follower that fell behind, and checkpointing (and compacting) as logs grow.
+
+use raft::eraftpb::Snapshot;
+use regionkv_engine::{CheckpointChunk, RegionId};
+
+use super::StoreCore;
+use crate::error::{Error, Result};
+use crate::log::LogState;
+use crate::replica::{Contents, Incoming, Received};
+use crate::transport::SnapshotChunk;
+
+impl StoreCore {
+    pub(super) fn on_snapshot_chunk(
+        &mut self,
+        region: RegionId,
+        chunk: SnapshotChunk,
+    ) -> Result<()> {
+        let replica = self.replicas.get_mut(&region).expect("checked by caller");
+        let transfer = &mut replica.snapshot;
+        if chunk.offset == 0 {
+            transfer.incoming = Some(Incoming {
+                index: chunk.index,
+                term: chunk.term,
+                next_offset: 0,
+                receiver: self.ctx.engine_of(region).receive_checkpoint()?,
+            });
+        }
+        let Some(incoming) = transfer.incoming.as_mut() else { return Ok(()) };
+        if (incoming.index, incoming.term, incoming.next_offset)
+            != (chunk.index, chunk.term, chunk.offset)
+        {
+            transfer.incoming = None; // a chunk went missing: drop the transfer, the leader resends
+            return Ok(());
+        }
+        let last = chunk.is_last();
+        let data = CheckpointChunk {
+            offset: chunk.offset,
+            file_bytes: chunk.file_bytes,
+            data: chunk.data,
+        };
+        incoming.next_offset = chunk.offset + data.data.len() as u64;
+        if let Err(e) = incoming.receiver.push(&data) {
+            transfer.incoming = None;
+            return Err(e.into());
+        }
+        if last {
+            let done = transfer.incoming.take().expect("checked");
+            let checkpoint = done.receiver.finish()?;
+            transfer.received = Some(Received { index: done.index, term: done.term, checkpoint });
+        }
+        Ok(())
+    }
+
+    /// Makes a snapshot raft-rs asked for: a checkpoint of the region as applied now.
+    pub(super) fn prepare_snapshot(&mut self, region: RegionId) -> Result<()> {
+        let Some(replica) = self.replicas.get_mut(&region) else { return Ok(()) };
+        let wanted = replica.snapshot.slot.lock().wanted.take();
+        let Some(wanted) = wanted else { return Ok(()) };
+        // A merge source makes no snapshot: a replica that needs one cannot have the
+        // prepare command in its log, and the merge waits (or rolls back) instead.
+        if replica.applied_index < wanted
+            || !replica.is_initialized()
+            || replica.merge.state.is_some()
+        {
+            replica.snapshot.slot.lock().wanted = Some(wanted);
+            return Ok(());
+        }
+        let term = self.ctx.log.term(region, replica.applied_index)?;
+        let engine = self.ctx.engine_of(region);
+        let meta = engine.checkpoint(region, replica.applied_index)?;
+        let file = engine.latest_checkpoint(region)?.ok_or_else(|| {
+            Error::Internal(format!(
+                "checkpoint of region {} at {} not found",
+                region.0, meta.applied_index
+            ))
+        })?;
+        replica.checkpoint_index = replica.applied_index;
+        replica.applied_bytes_since_checkpoint = 0;
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = replica.applied_index;
+        snap.mut_metadata().term = term;
+        snap.mut_metadata().set_conf_state(replica.conf_state());
+        replica.snapshot.slot.lock().ready = Some(snap);
+        replica.snapshot.file = Some(file);
+        self.ctx.log.stage_compaction(&mut self.write, region, replica.checkpoint_index)?;
+        tracing::info!(region = region.0, index = replica.applied_index, "prepared a snapshot");
+        Ok(())
+    }
+
+    /// Installs a received snapshot: the engine takes the checkpoint (durably), then
+    /// the log restarts after it.
+    pub(super) fn install_snapshot(&mut self, region: RegionId, snap: &Snapshot) -> Result<()> {
+        let replica = self.replicas.get_mut(&region).expect("present");
+        let meta = snap.get_metadata();
+        let Some(Received { index, term, checkpoint }) = replica.snapshot.received.take() else {
+            return Err(Error::Internal(format!(
+                "snapshot of region {} at {} without its checkpoint",
+                region.0, meta.index
+            )));
+        };
+        if (index, term) != (meta.index, meta.term) {
+            return Err(Error::Internal(format!(
+                "snapshot {}/{} does not match the received checkpoint {index}/{term}",
+                meta.index, meta.term
+            )));
+        }
+        let installed = self.ctx.engine_of(region).install_checkpoint(checkpoint)?;
+        let state = LogState {
+            hard_state: replica.hard_state(),
+            conf_state: meta.get_conf_state().clone(),
+            first_index: meta.index + 1,
+            truncated_term: meta.term,
+            peer_id: replica.id.0,
+            conf_index: meta.index,
+        };
+        self.ctx.log.stage_snapshot(&mut self.write, region, state)?;
+        replica.region = installed;
+        replica.contents = Contents::Data;
+        replica.applied_index = meta.index;
+        replica.checkpoint_index = meta.index;
+        replica.conf_index = meta.index;
+        replica.applied_bytes_since_checkpoint = 0;
+        tracing::info!(region = region.0, index = meta.index, "installed a snapshot");
+        Ok(())
+    }
+
+    /// Checkpoints a region once enough log has been applied since the last, and
+    /// compacts its log up to the checkpoint.
+    pub(super) fn maybe_checkpoint(&mut self, region: RegionId) -> Result<()> {
+        let Some(replica) = self.replicas.get_mut(&region) else { return Ok(()) };
+        if !replica.is_initialized()
+            || replica.applied_bytes_since_checkpoint < self.ctx.config.checkpoint_log_bytes
+            || replica.applied_index <= replica.checkpoint_index
+            || replica.merge.state.is_some()
+        {
+            return Ok(());
+        }
+        self.ctx.engine_of(region).checkpoint(region, replica.applied_index)?;
+        replica.checkpoint_index = replica.applied_index;
+        replica.applied_bytes_since_checkpoint = 0;
+        replica.snapshot.file = None;
+        replica.snapshot.slot.lock().ready = None;
+        self.ctx.log.stage_compaction(&mut self.write, region, replica.checkpoint_index)?;
+        tracing::debug!(
+            region = region.0,
+            index = replica.checkpoint_index,
+            "checkpointed and compacted"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,573 @@
+//! [`Replica`]: this store's running copy of one region's Raft group, a raft-rs
+//! `RawNode` with the queues, indexes and transfers around it.
+//!
+//! Words: a *peer* is a member of a region's group (`regionkv_engine::Peer`, an id and
+//! the store that hosts it); a *replica* is the running copy of the group on this store.
+//! The store core owns the replicas and drives them; a replica answers questions about
+//! its group and proposes, but never touches the engine, the log or the network.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, HardState};
+use raft::{RawNode, StateRole};
+use regionkv_engine::checkpoint::CheckpointFile;
+use regionkv_engine::{
+    CheckpointReceiver, Epoch, MergeState, PeerId, ReceivedCheckpoint, Region, RegionId, StoreId,
+};
+use regionkv_wal::Timeline;
+
+use crate::command::{Op, Write};
+use crate::directory::DirResult;
+use crate::error::{Error, Result};
+use crate::request::{AdminResult, ReadRequest, Reply};
+use crate::storage::{PeerStorage, SnapshotSlot};
+
+/// A proposal in flight: the entry it became, and who waits for it.
+pub(crate) struct Proposal {
+    pub index: u64,
+    pub term: u64,
+    pub waiting: Waiting,
+}
+
+/// Who waits for a proposal.
+pub(crate) enum Waiting {
+    /// One reply per client write of the entry, in order.
+    Writes(Vec<Reply<()>>),
+    /// A membership change.
+    ChangePeers(Reply<Region>),
+    /// An admin command.
+    Admin(Reply<AdminResult>),
+    /// A directory command.
+    Directory(Reply<DirResult>),
+}
+
+impl Waiting {
+    /// Answers everyone waiting with `error()`.
+    pub fn fail(self, error: impl Fn() -> Error) {
+        match self {
+            Waiting::Writes(replies) => replies.into_iter().for_each(|r| r(Err(error()))),
+            Waiting::ChangePeers(reply) => reply(Err(error())),
+            Waiting::Admin(reply) => reply(Err(error())),
+            Waiting::Directory(reply) => reply(Err(error())),
+        }
+    }
+
+    /// Answers a proposal raft-rs refused. Client writes learn that it was dropped
+    /// (retryable: a client retries it at the new leader); the other requests get
+    /// raft-rs's error.
+    fn refuse(self, region: RegionId, error: raft::Error) {
+        match self {
+            Waiting::Writes(replies) => {
+                let reason = if matches!(error, raft::Error::ProposalDropped) {
+                    "proposal dropped (leadership changing)"
+                } else {
+                    "proposal refused"
+                };
+                for reply in replies {
+                    reply(Err(Error::Dropped { region, reason }));
+                }
+            }
+            Waiting::ChangePeers(reply) => reply(Err(error.into())),
+            Waiting::Admin(reply) => reply(Err(error.into())),
+            Waiting::Directory(reply) => reply(Err(error.into())),
+        }
+    }
+}
+
+/// What a replica proposes.
+pub(crate) enum Proposed {
+    /// A normal entry: encoded client writes, an admin or a directory command.
+    Entry(Vec<u8>),
+    /// A membership change, with its context (the epoch and the added peers' stores).
+    ConfChange { context: Vec<u8>, change: ConfChangeV2 },
+}
+
+/// Client writes waiting to be proposed, and proposals waiting for their entries.
+#[derive(Default)]
+pub(crate) struct Proposals {
+    /// Client writes to propose at the end of this turn, and their replies.
+    pub batch: Vec<(Write, Reply<()>)>,
+    /// Proposed, in index order: resolved when their entries apply.
+    pub in_flight: VecDeque<Proposal>,
+}
+
+/// Linearizable reads, from taken to served.
+pub(crate) struct Reads {
+    /// Taken this turn, sent to raft-rs as one `ReadIndex` request at the end of it
+    /// (raft-rs drops a request made before the leader committed in its term, so they
+    /// wait here until it has).
+    pub unissued: Vec<ReadRequest>,
+    /// Sent to raft-rs as `ReadIndex` requests, by context.
+    pub pending: HashMap<u64, Vec<ReadRequest>>,
+    /// Confirmed at an index, waiting for apply to reach it.
+    pub ready: VecDeque<(u64, Vec<ReadRequest>)>,
+    /// The context of the next `ReadIndex` request.
+    pub next_ctx: u64,
+}
+
+impl Default for Reads {
+    fn default() -> Self {
+        Reads { unissued: Vec::new(), pending: HashMap::new(), ready: VecDeque::new(), next_ctx: 1 }
+    }
+}
+
+/// Where this replica stands in a merge, as source or as target.
+#[derive(Default)]
+pub(crate) struct MergeProgress {
+    /// The merge this region is the prepared source of (mirrors the engine).
+    pub state: Option<MergeState>,
+    /// As a merge source: the target waiting for this replica to catch up.
+    pub catch_up: Option<CatchUp>,
+    /// As a merge target: entries held back until the source caught up.
+    pub paused: Option<Paused>,
+    /// As a merge target: the source that reported it caught up.
+    pub source_ready: Option<RegionId>,
+}
+
+/// A merge target on this store waiting for its source replica here to apply the
+/// source's log up to the prepare command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CatchUp {
+    pub target: RegionId,
+    pub index: u64,
+}
+
+/// Committed entries a merge target holds back, from its commit merge on, until the
+/// source replica here has caught up.
+pub(crate) struct Paused {
+    pub source: RegionId,
+    pub entries: Vec<Entry>,
+}
+
+/// Snapshots out of this replica (to followers) and into it (from its leader).
+pub(crate) struct SnapshotTransfer {
+    /// What raft-rs reads when it asks this replica's storage for a snapshot.
+    pub slot: Arc<Mutex<SnapshotSlot>>,
+    /// The checkpoint backing the snapshot in `slot`, kept mapped until sent.
+    pub file: Option<CheckpointFile>,
+    /// A snapshot's checkpoint arriving chunk by chunk.
+    pub incoming: Option<Incoming>,
+    /// A checkpoint received whole, waiting for its snapshot message.
+    pub received: Option<Received>,
+    /// A snapshot installed, whose apply raft-rs learns once its ready is persisted.
+    pub installed: Option<Installed>,
+}
+
+/// A snapshot being received, chunk by chunk.
+pub(crate) struct Incoming {
+    pub index: u64,
+    pub term: u64,
+    /// Offset the next chunk must start at.
+    pub next_offset: u64,
+    pub receiver: CheckpointReceiver,
+}
+
+/// A snapshot's checkpoint, received whole.
+pub(crate) struct Received {
+    /// The snapshot's index.
+    pub index: u64,
+    /// The snapshot's term.
+    pub term: u64,
+    pub checkpoint: ReceivedCheckpoint,
+}
+
+/// A snapshot installed by ready `ready` at `index`: raft-rs is told it is applied once
+/// that ready is persisted (it requires applied <= persisted).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Installed {
+    pub ready: u64,
+    pub index: u64,
+}
+
+/// Whether the replica ticks.
+#[derive(Default)]
+pub(crate) struct Hibernation {
+    /// Not ticking: the group was quiet (see `StoreCore::maybe_hibernate`).
+    pub hibernated: bool,
+    /// Ticks since this leader last had something to do.
+    pub idle_ticks: u32,
+}
+
+/// Whether a replica holds its region's data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Contents {
+    /// Created by a message of its group (a membership change added it): it holds
+    /// nothing until a snapshot arrives, and its `region` is a placeholder (the id, no
+    /// peers, an empty range).
+    AwaitingSnapshot,
+    /// Holds the region's data: bootstrapped, split off, reopened or installed from a
+    /// snapshot.
+    Data,
+}
+
+/// What a new replica starts from.
+pub(crate) struct ReplicaInit {
+    /// The region as the engine hosts it, or a placeholder for a replica awaiting its
+    /// snapshot.
+    pub region: Region,
+    pub contents: Contents,
+    /// This store's peer in the group.
+    pub id: PeerId,
+    /// The index of the engine's image of the region (0: none).
+    pub applied_index: u64,
+    /// The index whose application produced the log's conf state.
+    pub conf_index: u64,
+}
+
+impl ReplicaInit {
+    /// A replica of `region` that holds nothing until a snapshot arrives.
+    pub fn awaiting_snapshot(region: RegionId, id: PeerId, conf_index: u64) -> ReplicaInit {
+        ReplicaInit {
+            region: Region::new(region, Vec::new(), Some(Vec::new())),
+            contents: Contents::AwaitingSnapshot,
+            id,
+            applied_index: 0,
+            conf_index,
+        }
+    }
+}
+
+/// One replica's status, for monitors and tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// The region as this store knows it.
+    pub region: Region,
+    /// This store's peer in the region's group.
+    pub peer: PeerId,
+    /// Leader, follower, candidate or pre-candidate.
+    pub role: StateRole,
+    /// The current term.
+    pub term: u64,
+    /// The leader's peer id, if known.
+    pub leader: Option<PeerId>,
+    /// Highest index known committed.
+    pub commit: u64,
+    /// Highest index applied.
+    pub applied: u64,
+    /// Last index in the log.
+    pub last_index: u64,
+    /// True once the replica holds data (a snapshot or bootstrap).
+    pub initialized: bool,
+    /// True while the replica hibernates (does not tick).
+    pub hibernated: bool,
+}
+
+/// This store's replica of a region.
+pub(crate) struct Replica {
+    /// The region as this replica knows it (a mirror of the engine's, once it holds
+    /// the region).
+    pub region: Region,
+    pub contents: Contents,
+    pub id: PeerId,
+    pub raw: RawNode<PeerStorage>,
+    pub proposals: Proposals,
+    pub reads: Reads,
+    pub applied_index: u64,
+    /// The index of the region's latest checkpoint.
+    pub checkpoint_index: u64,
+    /// Bytes of entries applied since that checkpoint.
+    pub applied_bytes_since_checkpoint: u64,
+    /// The index whose application produced raft-rs's current conf state.
+    pub conf_index: u64,
+    /// Stores of peers learned from messages (a replica awaiting its snapshot knows no
+    /// region).
+    pub known_stores: HashMap<PeerId, StoreId>,
+    pub snapshot: SnapshotTransfer,
+    pub timeline: Timeline,
+    /// Set when a membership change removed this replica: it is destroyed after the
+    /// turn that applied the change.
+    pub removed: bool,
+    pub merge: MergeProgress,
+    pub hibernation: Hibernation,
+}
+
+impl Replica {
+    /// A replica started from `init`, around its raft-rs node; `merge` is the merge the
+    /// engine has it prepared for, if any.
+    pub fn new(
+        init: ReplicaInit,
+        raw: RawNode<PeerStorage>,
+        timeline: Timeline,
+        merge: Option<MergeState>,
+    ) -> Replica {
+        let slot = raw.store().snapshot_slot().clone();
+        Replica {
+            region: init.region,
+            contents: init.contents,
+            id: init.id,
+            raw,
+            proposals: Proposals::default(),
+            reads: Reads::default(),
+            applied_index: init.applied_index,
+            checkpoint_index: init.applied_index,
+            applied_bytes_since_checkpoint: 0,
+            conf_index: init.conf_index,
+            known_stores: HashMap::new(),
+            snapshot: SnapshotTransfer {
+                slot,
+                file: None,
+                incoming: None,
+                received: None,
+                installed: None,
+            },
+            timeline,
+            removed: false,
+            merge: MergeProgress { state: merge, ..MergeProgress::default() },
+            hibernation: Hibernation::default(),
+        }
+    }
+
+    /// True once the replica holds its region's data.
+    pub fn is_initialized(&self) -> bool {
+        self.contents == Contents::Data
+    }
+
+    /// The index of the last entry in the log (durable or not).
+    pub fn last_index(&self) -> u64 {
+        self.raw.raft.raft_log.last_index()
+    }
+
+    /// The highest index known committed.
+    pub fn committed(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// Leader, follower, candidate or pre-candidate.
+    pub fn role(&self) -> StateRole {
+        self.raw.raft.state
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.role() == StateRole::Leader
+    }
+
+    /// The group's members as raft-rs has them now.
+    pub fn conf_state(&self) -> ConfState {
+        self.raw.raft.prs().conf().to_conf_state()
+    }
+
+    /// raft-rs's hard state (term, vote, commit).
+    pub fn hard_state(&self) -> HardState {
+        self.raw.raft.hard_state()
+    }
+
+    /// True once this leader committed an entry of its term (raft-rs drops a
+    /// `ReadIndex` request made before).
+    pub fn has_committed_in_its_term(&self) -> bool {
+        self.raw.raft.commit_to_current_term()
+    }
+
+    /// True while a membership change is proposed and not applied yet.
+    pub fn has_pending_conf_change(&self) -> bool {
+        self.raw.raft.pending_conf_index > self.applied_index
+    }
+
+    /// True once every member's log holds `index` (as this leader knows).
+    pub fn all_matched(&self, index: u64) -> bool {
+        self.raw.raft.prs().iter().all(|(_, pr)| pr.matched >= index)
+    }
+
+    /// True if the group is quiescent, as this leader sees it: every replica holds and
+    /// has committed the whole log, and nothing is proposed, read, moving or changing.
+    pub fn is_quiescent(&self) -> bool {
+        let raft = &self.raw.raft;
+        let last = self.last_index();
+        self.is_initialized()
+            && self.proposals.batch.is_empty()
+            && self.proposals.in_flight.is_empty()
+            && self.reads.unissued.is_empty()
+            && self.reads.pending.is_empty()
+            && self.reads.ready.is_empty()
+            && self.merge.catch_up.is_none()
+            && self.merge.paused.is_none()
+            && self.snapshot.incoming.is_none()
+            && raft.lead_transferee.is_none()
+            && !self.has_pending_conf_change()
+            && raft.raft_log.committed == last
+            && raft.raft_log.persisted == last
+            && self.applied_index == last
+            && raft.prs().iter().all(|(&id, pr)| {
+                id == raft.id || (pr.matched == last && pr.committed_index == last)
+            })
+    }
+
+    /// True if this follower may hibernate on the notice of its leader's store `from`
+    /// (leading in `term`, its log ending at `index`): it follows that leader in that
+    /// term, its log is complete and committed, and nothing waits on it.
+    pub fn may_hibernate_after(&self, from: StoreId, term: u64, index: u64) -> bool {
+        self.role() == StateRole::Follower
+            && self.term() == term
+            && self.leader_store() == Some(from)
+            && self.last_index() == index
+            && self.committed() == index
+            && self.reads.unissued.is_empty()
+            && self.merge.paused.is_none()
+            && self.merge.catch_up.is_none()
+    }
+
+    /// Commits `index` from this replica's own log if it holds that entry with `term`
+    /// durably (a merge target committed the merge, which proves the entry committed in
+    /// this group, whose leader may be gone already).
+    pub fn commit_held_entry(&mut self, index: u64, term: u64) {
+        let log = &mut self.raw.raft.raft_log;
+        if self.applied_index < index
+            && log.committed < index
+            && log.persisted >= index
+            && log.term(index).ok() == Some(term)
+        {
+            log.commit_to(index);
+        }
+    }
+
+    /// Proposes `proposed`. Once raft-rs appended it, `waiting` waits for its entry
+    /// (resolved when the entry applies) and the entry's index is returned. If raft-rs
+    /// refused or dropped it, `waiting` is answered with why, and `None` returned.
+    pub fn propose(&mut self, proposed: Proposed, waiting: Waiting) -> Option<u64> {
+        let region = self.region.id;
+        let before = self.last_index();
+        let result = match proposed {
+            Proposed::Entry(data) => self.raw.propose(Vec::new(), data),
+            Proposed::ConfChange { context, change } => {
+                self.raw.propose_conf_change(context, change)
+            }
+        };
+        match result {
+            Ok(()) if self.last_index() > before => {
+                let index = self.last_index();
+                let term = self.term();
+                self.proposals.in_flight.push_back(Proposal { index, term, waiting });
+                Some(index)
+            }
+            Ok(()) => {
+                waiting.fail(|| Error::Dropped { region, reason: "raft-rs dropped the proposal" });
+                None
+            }
+            Err(e) => {
+                waiting.refuse(region, e);
+                None
+            }
+        }
+    }
+
+    /// This replica's status.
+    pub fn status(&self) -> PeerStatus {
+        let leader = self.raw.raft.leader_id;
+        PeerStatus {
+            region: self.region.clone(),
+            peer: self.id,
+            role: self.role(),
+            term: self.term(),
+            leader: (leader != raft::INVALID_ID).then_some(PeerId(leader)),
+            commit: self.committed(),
+            applied: self.applied_index,
+            last_index: self.last_index(),
+            initialized: self.is_initialized(),
+            hibernated: self.hibernation.hibernated,
+        }
+    }
+
+    /// The store that hosts peer `id` of this region, if known.
+    pub fn store_of(&self, id: PeerId) -> Option<StoreId> {
+        self.region
+            .peers
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| p.store)
+            .or_else(|| self.known_stores.get(&id).copied())
+    }
+
+    /// The store of the current leader, if known.
+    pub fn leader_store(&self) -> Option<StoreId> {
+        let leader = self.raw.raft.leader_id;
+        (leader != raft::INVALID_ID).then(|| self.store_of(PeerId(leader))).flatten()
+    }
+
+    /// Ends hibernation: the replica ticks again and counts idle time anew. A leader
+    /// forgets how far its followers committed: a follower that restarted meanwhile may
+    /// have come back with a lower commit index (it is not synced on its own), and
+    /// raft-rs only ever raises what it recorded. The group is quiescent again only once
+    /// every follower answered since.
+    pub fn wake(&mut self) {
+        if !self.hibernation.hibernated {
+            return;
+        }
+        self.hibernation.hibernated = false;
+        self.hibernation.idle_ticks = 0;
+        if self.is_leader() {
+            let me = self.raw.raft.id;
+            for (&id, pr) in self.raw.raft.mut_prs().iter_mut() {
+                if id != me {
+                    pr.committed_index = 0;
+                }
+            }
+        }
+    }
+
+    /// Refuses client writes and shape changes while a merge is prepared here.
+    pub fn check_not_merging(&self) -> Result<()> {
+        match self.merge.state {
+            Some(m) => Err(Error::Merging { region: self.region.id, target: m.target }),
+            None => Ok(()),
+        }
+    }
+
+    pub fn not_leader(&self) -> Error {
+        Error::NotLeader { region: self.region.id, leader: self.leader_store() }
+    }
+
+    /// Refuses a request routed with an epoch whose `version` differs from the region's
+    /// (a split or merge moved keys since); membership changes do not move keys.
+    pub fn check_version(&self, epoch: Epoch) -> Result<()> {
+        if epoch.version == self.region.epoch.version {
+            Ok(())
+        } else {
+            Err(Error::EpochNotMatch { region: self.region.id, current: vec![self.region.clone()] })
+        }
+    }
+
+    /// Refuses operations on keys outside the region.
+    pub fn check_keys(&self, ops: &[Op]) -> Result<()> {
+        let region = &self.region;
+        if ops.iter().any(|op| !region.contains(op.key())) {
+            return Err(Error::KeyNotInRegion { region: region.id, current: Some(region.clone()) });
+        }
+        Ok(())
+    }
+
+    /// Fails what can no longer succeed once this replica stops leading: writes not yet
+    /// proposed, and reads not yet confirmed. Proposed entries are left alone: they may
+    /// still commit, and resolve when applied (matched by index and term).
+    pub fn fail_unproposed(&mut self, error: impl Fn() -> Error) {
+        for (_, reply) in self.proposals.batch.drain(..) {
+            reply(Err(error()));
+        }
+        for read in self.reads.unissued.drain(..) {
+            (read.reply)(Err(error()));
+        }
+        for (_, reads) in self.reads.pending.drain() {
+            for read in reads {
+                (read.reply)(Err(error()));
+            }
+        }
+    }
+
+    /// Fails everything waiting on this replica with `error()` (shutdown, removal).
+    pub fn fail_all(&mut self, error: impl Fn() -> Error) {
+        self.fail_unproposed(&error);
+        for proposal in self.proposals.in_flight.drain(..) {
+            proposal.waiting.fail(&error);
+        }
+        for (_, reads) in self.reads.ready.drain(..) {
+            for read in reads {
+                (read.reply)(Err(error()));
+            }
+        }
+    }
+}

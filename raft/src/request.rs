@@ -1,0 +1,130 @@
+//! The requests a store takes (writes, reads, membership changes, admin commands) and
+//! what they answer; each carries the [`Reply`] that receives its outcome.
+
+use bytes::Bytes;
+use regionkv_engine::{Epoch, MergeState, PeerId, Region, RegionId};
+
+use crate::command::{AdminCmd, Op};
+use crate::error::Result;
+
+/// A callback that receives the outcome of a request.
+pub type Reply<T> = Box<dyn FnOnce(Result<T>) + Send>;
+
+/// A client write to one region.
+pub struct WriteRequest {
+    /// The region the client routed the write to.
+    pub region: RegionId,
+    /// The region's epoch as the client knows it.
+    pub epoch: Epoch,
+    /// The changes; they apply together or not at all.
+    pub ops: Vec<Op>,
+    /// Called once the write is applied (or refused).
+    pub reply: Reply<()>,
+}
+
+/// What a read asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Query {
+    /// The value of one key.
+    Get {
+        /// The key.
+        key: Bytes,
+    },
+    /// Up to `limit` pairs with `start <= key < end` (`end == None`: to the region's end).
+    Scan {
+        /// First key (inclusive).
+        start: Bytes,
+        /// Last key (exclusive).
+        end: Option<Bytes>,
+        /// Most pairs returned.
+        limit: usize,
+    },
+}
+
+/// What a read returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueryResult {
+    /// The value of a `Get`.
+    Value(Option<Bytes>),
+    /// The pairs of a `Scan`, in key order.
+    Rows(Vec<(Bytes, Bytes)>),
+}
+
+/// A linearizable read of one region.
+pub struct ReadRequest {
+    /// The region.
+    pub region: RegionId,
+    /// The region's epoch as the client knows it.
+    pub epoch: Epoch,
+    /// What to read.
+    pub query: Query,
+    /// Called with the result.
+    pub reply: Reply<QueryResult>,
+}
+
+/// One membership change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerChange {
+    /// Add a voting replica.
+    AddVoter(regionkv_engine::Peer),
+    /// Add a non-voting replica (it catches up without affecting quorums).
+    AddLearner(regionkv_engine::Peer),
+    /// Remove a replica.
+    Remove(PeerId),
+}
+
+/// A membership change of one region.
+pub struct ChangePeersRequest {
+    /// The region.
+    pub region: RegionId,
+    /// The region's epoch as the caller knows it.
+    pub epoch: Epoch,
+    /// The change.
+    pub change: PeerChange,
+    /// Called with the region after the change is applied.
+    pub reply: Reply<Region>,
+}
+
+/// A change to a region's shape (split, merge), proposed to its leader.
+pub struct AdminRequest {
+    /// The region.
+    pub region: RegionId,
+    /// The region's epoch as the caller knows it.
+    pub epoch: Epoch,
+    /// The command.
+    pub cmd: AdminCmd,
+    /// Called with the outcome once the command is applied (or refused).
+    pub reply: Reply<AdminResult>,
+}
+
+/// What an applied admin command produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminResult {
+    /// The regions of a split, in key order; the first is the parent.
+    Split(Vec<Region>),
+    /// A merge source, prepared: it takes no writes until merged or rolled back.
+    Prepared {
+        /// The source as the prepare left it.
+        source: Region,
+        /// Index of the prepare command in the source's log.
+        prepare_index: u64,
+        /// Its term.
+        prepare_term: u64,
+    },
+    /// The target of a merge, grown over the source's range.
+    Merged(Region),
+    /// A merge source after its rollback: it takes writes again.
+    RolledBack(Region),
+}
+
+/// A merge source as its leader sees it, for whoever drives the merge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergeStatus {
+    /// The region.
+    pub region: Region,
+    /// The merge prepared on it, if any.
+    pub merge: Option<MergeState>,
+    /// True once every replica's log holds the prepare command: the merge may commit
+    /// (a lagging replica can then finish applying its own log).
+    pub all_matched: bool,
+}
