@@ -39,9 +39,6 @@ mod remote;
 mod router;
 mod server;
 
-pub mod bench;
-pub mod demo;
-
 pub use autosplit::SplitPolicy;
 pub use cluster::{Cluster, ClusterBuilder, RegionInfo};
 pub use db::{Db, KeyRange, WriteBatch};
