@@ -1,11 +1,12 @@
 //! Cluster-wide operations written against the [`Backend`] seam only: directory
-//! commands, split, merge, the region table, and the background work of a cluster
-//! (forwarding leaders' reports to the directory, automatic split and merge). A
+//! commands, split and merge ([`ClusterOps`]), and the background work of a cluster
+//! ([`Background`]: forwarding leaders' reports to the directory, automatic split and
+//! merge). A
 //! [`Cluster`](crate::Cluster) runs them over its in-process stores, a
 //! [`Node`](crate::Node) over its own store and its peers (in-process for the first,
 //! the client protocol for the others).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,28 +14,26 @@ use parking_lot::Mutex;
 use regionkv_engine::{Epoch, Region, RegionId, StoreId};
 use regionkv_raft::admin::{self, MergeOptions, RegionAdmin};
 use regionkv_raft::directory::{DIRECTORY, DirCmd, DirResult, RegionRecord};
-use regionkv_raft::{
-    AdminCmd, AdminRequest, AdminResult, MergeStatus, PeerStatus, StateRole, Store,
-};
+use regionkv_raft::{AdminCmd, AdminRequest, AdminResult, MergeStatus, StateRole, Store};
 
 use crate::autosplit::{Action, Planner, SplitPolicy};
-use crate::backend::{Backend, newer};
-use crate::cluster::RegionInfo;
+use crate::backend::Backend;
 use crate::db::ask;
 use crate::error::{Error, Result};
+use crate::region_info::RegionInfo;
 use crate::router::Router;
 
 /// Drives directory commands, splits and merges through a backend.
-pub(crate) struct Control {
+pub(crate) struct ClusterOps {
     backend: Arc<dyn Backend>,
     router: Router,
     /// One split or merge driven at a time by this driver (a merge must have one).
     admin_lock: Mutex<()>,
 }
 
-impl Control {
-    pub fn new(backend: Arc<dyn Backend>) -> Control {
-        Control { router: Router::new(backend.clone()), backend, admin_lock: Mutex::new(()) }
+impl ClusterOps {
+    pub fn new(backend: Arc<dyn Backend>) -> ClusterOps {
+        ClusterOps { router: Router::new(backend.clone()), backend, admin_lock: Mutex::new(()) }
     }
 
     /// Runs `cmd` on the directory's leader, retrying until `timeout`.
@@ -85,7 +84,7 @@ impl Control {
             .ok_or_else(|| Error::InvalidRequest("no region holds the key".into()))?;
         let region = record.region;
         let cmd = AdminCmd::Split { split_keys: keys.to_vec(), new_ids };
-        let mut admin = Admin { control: self, start: Instant::now() };
+        let mut admin = BackendAdmin { ops: self, start: Instant::now() };
         match admin.admin(region.id, region.epoch, cmd)? {
             AdminResult::Split(parts) => {
                 self.router.learn(&parts);
@@ -115,7 +114,7 @@ impl Control {
                 return Ok(left.into_iter().map(|r| r.region).chain([region]).collect());
             }
             let cmd = AdminCmd::Split { split_keys: vec![key.to_vec()], new_ids: vec![new_id] };
-            let mut admin = Admin { control: self, start };
+            let mut admin = BackendAdmin { ops: self, start };
             match admin.admin(region.id, region.epoch, cmd) {
                 Ok(AdminResult::Split(parts)) => {
                     self.router.learn(&parts);
@@ -139,7 +138,7 @@ impl Control {
     /// [`Cluster::merge`](crate::Cluster::merge).
     pub fn merge(&self, left: RegionId, right: RegionId) -> Result<Region> {
         let _one = self.admin_lock.lock();
-        let mut admin = Admin { control: self, start: Instant::now() };
+        let mut admin = BackendAdmin { ops: self, start: Instant::now() };
         let merged = admin::merge(&mut admin, right, left, MergeOptions::default())?;
         self.router.forget(right);
         self.router.learn(std::slice::from_ref(&merged));
@@ -149,18 +148,18 @@ impl Control {
 
 /// Admin requests to region leaders, for the merge driver: finds the leader (the
 /// router's hint, else the stores' view) and retries routing errors.
-struct Admin<'a> {
-    control: &'a Control,
+struct BackendAdmin<'a> {
+    ops: &'a ClusterOps,
     start: Instant,
 }
 
-impl Admin<'_> {
+impl BackendAdmin<'_> {
     fn leader(&self, region: RegionId) -> Option<StoreId> {
-        self.control
+        self.ops
             .router
             .cached(region)
             .and_then(|r| r.leader)
-            .or_else(|| self.control.backend.leader_of(region))
+            .or_else(|| self.ops.backend.leader_of(region))
     }
 
     fn retry<T>(
@@ -172,16 +171,16 @@ impl Admin<'_> {
         let mut last = regionkv_raft::Error::NotLeader { region, leader: None };
         // Bounded by the deadline; every turn sleeps.
         while Instant::now() < deadline {
-            if self.control.backend.is_shut() {
+            if self.ops.backend.is_shut() {
                 return Err(regionkv_raft::Error::Cancelled);
             }
             let Some(leader) = self.leader(region) else {
                 std::thread::sleep(Duration::from_millis(20));
                 continue;
             };
-            match f(self.control.backend.as_ref(), leader) {
+            match f(self.ops.backend.as_ref(), leader) {
                 Some(Err(e)) if e.is_retryable() || e.is_cancelled() => {
-                    self.control.router.set_leader(region, None);
+                    self.ops.router.set_leader(region, None);
                     last = e;
                 }
                 Some(result) => return result,
@@ -193,7 +192,7 @@ impl Admin<'_> {
     }
 }
 
-impl RegionAdmin for Admin<'_> {
+impl RegionAdmin for BackendAdmin<'_> {
     fn admin(
         &mut self,
         region: RegionId,
@@ -221,43 +220,6 @@ impl RegionAdmin for Admin<'_> {
     }
 }
 
-/// The user regions in key order from the statuses of the stores' replicas, each as
-/// its most advanced replica sees it (the directory's own group is not listed).
-pub(crate) fn region_table(statuses: Vec<(StoreId, Vec<PeerStatus>)>) -> Vec<RegionInfo> {
-    let mut by_id: BTreeMap<RegionId, RegionInfo> = BTreeMap::new();
-    for (store, peers) in statuses {
-        for p in peers.into_iter().filter(|p| p.initialized && p.region.id != DIRECTORY) {
-            let info = by_id.entry(p.region.id).or_insert_with(|| RegionInfo {
-                region: p.region.clone(),
-                leader: None,
-                replicas: Vec::new(),
-            });
-            if newer(&p.region, &info.region) {
-                info.region = p.region.clone();
-            }
-            if p.role == StateRole::Leader
-                && info.replicas.iter().all(|(_, r)| r.role != StateRole::Leader || r.term < p.term)
-            {
-                info.leader = Some(store);
-            }
-            info.replicas.push((store, p));
-        }
-    }
-    let mut regions: Vec<RegionInfo> = by_id.into_values().collect();
-    regions.sort_by(|a, b| a.region.start.cmp(&b.region.start));
-    // Only the newest region over each range (a lagging replica may hold an older one).
-    let all = regions.clone();
-    regions.retain(|r| {
-        !all.iter().any(|o| {
-            o.region.id != r.region.id
-                && o.region.epoch.version > r.region.epoch.version
-                && o.region.end.as_ref().is_none_or(|e| *e > r.region.start)
-                && r.region.end.as_ref().is_none_or(|e| *e > o.region.start)
-        })
-    });
-    regions
-}
-
 /// How often the background work forwards region reports to the directory.
 pub(crate) const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 /// Most region records in one directory command.
@@ -282,10 +244,10 @@ impl Background {
     }
 
     /// One turn over `stores` (those this driver runs in process).
-    pub fn turn(&mut self, control: &Control, stores: &[Arc<Store>], policy: &SplitPolicy) {
+    pub fn turn(&mut self, ops: &ClusterOps, stores: &[Arc<Store>], policy: &SplitPolicy) {
         if Instant::now() >= self.next_check {
             self.next_check = Instant::now() + policy.check_interval;
-            self.split_and_merge(control, stores, policy);
+            self.split_and_merge(ops, stores, policy);
         }
         for store in stores {
             for record in store.take_reports() {
@@ -300,7 +262,7 @@ impl Background {
         // Bounded commands: a split into thousands of regions reports thousands.
         for chunk in records.chunks(REPORTS_PER_COMMAND) {
             let cmd = DirCmd::Report { records: chunk.to_vec() };
-            if let Err(e) = control.directory(&cmd, Duration::from_secs(2)) {
+            if let Err(e) = ops.directory(&cmd, Duration::from_secs(2)) {
                 tracing::debug!(error = %e, "directory report deferred");
                 break;
             }
@@ -313,7 +275,7 @@ impl Background {
     /// Plans splits and merges of the regions each store leads, from that store's
     /// engine, and carries them out like asked-for ones. A failure (a region that
     /// changed meanwhile, a leader that moved) only waits for the next check.
-    fn split_and_merge(&mut self, control: &Control, stores: &[Arc<Store>], policy: &SplitPolicy) {
+    fn split_and_merge(&mut self, ops: &ClusterOps, stores: &[Arc<Store>], policy: &SplitPolicy) {
         let mut actions = Vec::new();
         let mut led_anywhere = Vec::new();
         for store in stores {
@@ -332,12 +294,12 @@ impl Background {
         }
         self.planner.keep_only(&led_anywhere);
         for action in actions {
-            if control.backend.is_shut() {
+            if ops.backend.is_shut() {
                 return;
             }
             let result = match &action {
-                Action::Split { key, .. } => control.split(key, Vec::new).map(drop),
-                Action::Merge { left, right } => control.merge(*left, *right).map(drop),
+                Action::Split { key, .. } => ops.split(key, Vec::new).map(drop),
+                Action::Merge { left, right } => ops.merge(*left, *right).map(drop),
             };
             match result {
                 Ok(()) => tracing::info!(?action, "automatic split or merge done"),

@@ -3,8 +3,7 @@
 
 use std::ops::Bound;
 
-use regionkv::engine::RegionId;
-use regionkv::{Client, ClusterId};
+use regionkv::{Client, ClusterId, HistogramSnapshot, Region, RegionId, StoreMetrics, StoreStatus};
 
 use crate::args::{ClientArgs, ClientOp, read_secret};
 
@@ -12,7 +11,7 @@ fn show(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn region_json(r: &regionkv::engine::Region) -> serde_json::Value {
+fn region_json(r: &Region) -> serde_json::Value {
     serde_json::json!({
         "id": r.id.0,
         "start": show(&r.start),
@@ -23,7 +22,7 @@ fn region_json(r: &regionkv::engine::Region) -> serde_json::Value {
     })
 }
 
-fn region_line(r: &regionkv::engine::Region) -> String {
+fn region_line(r: &Region) -> String {
     let end = r.end.as_deref().map_or_else(|| "+inf".to_string(), |e| format!("{:?}", show(e)));
     format!(
         "region {} [{:?}, {end}) epoch {}/{}",
@@ -35,7 +34,7 @@ fn region_line(r: &regionkv::engine::Region) -> String {
 }
 
 /// A latency or size distribution as JSON: count, mean, p50, p99, max.
-fn histogram_json(h: &regionkv::wal::HistogramSnapshot) -> serde_json::Value {
+fn histogram_json(h: &HistogramSnapshot) -> serde_json::Value {
     serde_json::json!({
         "count": h.count(),
         "mean": h.mean(),
@@ -45,7 +44,7 @@ fn histogram_json(h: &regionkv::wal::HistogramSnapshot) -> serde_json::Value {
     })
 }
 
-fn metrics_json(m: &regionkv::StoreMetrics) -> serde_json::Value {
+fn metrics_json(m: &StoreMetrics) -> serde_json::Value {
     serde_json::json!({
         "regions": m.regions,
         "leaders": m.leaders,
@@ -68,7 +67,7 @@ fn metrics_json(m: &regionkv::StoreMetrics) -> serde_json::Value {
     })
 }
 
-fn print_metrics(m: &regionkv::StoreMetrics) {
+fn print_metrics(m: &StoreMetrics) {
     let (w, f, g) = (&m.write_latency_us, &m.wal.fsync_latency_us, &m.wal.group_records);
     println!(
         "  regions {} leaders {} hibernating {} applied lag total {} max {}",
@@ -96,7 +95,7 @@ fn print_metrics(m: &regionkv::StoreMetrics) {
 }
 
 /// Prints every store's replicas and metrics (unless `json`); returns them as JSON.
-fn status_output(stores: &[regionkv::StoreStatus], json: bool) -> serde_json::Value {
+fn status_output(stores: &[StoreStatus], json: bool) -> serde_json::Value {
     if !json {
         for s in stores {
             println!("store {} ({} replicas)", s.store, s.peers.len());

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use regionkv::engine::StoreId;
-use regionkv::{ClusterId, Node, NodeConfig};
+use regionkv::{ClusterId, Node, NodeConfig, StoreId};
 
 use crate::args::{NodeArgs, read_secret};
 
