@@ -17,8 +17,9 @@ use regionkv_wal::{RealFs, WalOptions};
 
 use crate::autosplit::SplitPolicy;
 use crate::backend::{Backend, LocalStores};
-use crate::control::{Background, ClusterOps, REPORT_INTERVAL};
+use crate::control::{Background, ClusterOps};
 use crate::db::Db;
+use crate::defaults::{self, REPORT_INTERVAL};
 use crate::error::{Error, Result};
 use crate::region_info::region_table;
 // Until the client protocol imports it from `region_info` (its old home was here).
@@ -44,11 +45,11 @@ impl Default for ClusterBuilder {
     fn default() -> Self {
         ClusterBuilder {
             dir: None,
-            stores: 3,
-            tick_interval: Duration::from_millis(50),
-            pollers: 1,
-            segment_bytes: 64 << 20,
-            checkpoint_log_bytes: 64 << 20,
+            stores: defaults::STORES,
+            tick_interval: defaults::TICK_INTERVAL,
+            pollers: defaults::POLLERS,
+            segment_bytes: WalOptions::default().segment_bytes,
+            checkpoint_log_bytes: defaults::CHECKPOINT_LOG_BYTES,
             split_policy: SplitPolicy::default(),
         }
     }
@@ -387,5 +388,31 @@ impl Cluster {
             }
         }
         first_error.map_or(Ok(()), |e| Err(e.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use regionkv_engine::StoreId;
+    use regionkv_raft::StoreConfig;
+    use regionkv_raft::transport::wire::ClusterId;
+
+    use super::ClusterBuilder;
+    use crate::NodeConfig;
+
+    #[test]
+    fn cluster_node_and_store_share_one_defaults_table() {
+        let store = StoreConfig::new(StoreId(1));
+        let cluster = ClusterBuilder::default();
+        let addr = "127.0.0.1:0".parse().unwrap();
+        let node = NodeConfig::new(StoreId(1), "unused", addr, ClusterId(1), b"secret".to_vec());
+        assert_eq!(cluster.tick_interval, Duration::from_millis(50));
+        assert_eq!(cluster.tick_interval, store.tick_interval);
+        assert_eq!(node.tick_interval, store.tick_interval);
+        assert_eq!(cluster.checkpoint_log_bytes, store.checkpoint_log_bytes);
+        assert_eq!((cluster.pollers, node.pollers), (1, 1));
+        assert_eq!((cluster.stores, cluster.segment_bytes), (3, 64 << 20));
     }
 }

@@ -19,6 +19,10 @@ use regionkv_raft::{AdminCmd, AdminRequest, AdminResult, MergeStatus, StateRole,
 use crate::autosplit::{Action, Planner, SplitPolicy};
 use crate::backend::Backend;
 use crate::db::ask;
+use crate::defaults::{
+    ADMIN_ATTEMPT_TIMEOUT, ADMIN_DEADLINE, ALLOC_IDS_DEADLINE, DIRECTORY_ATTEMPT_TIMEOUT,
+    DRIVER_RETRY_PAUSE, REPORT_DEADLINE, SPLIT_DEADLINE,
+};
 use crate::error::{Error, Result};
 use crate::region_info::RegionInfo;
 use crate::router::Router;
@@ -47,7 +51,7 @@ impl ClusterOps {
             }
             if let Some(leader) = self.backend.leader_of(DIRECTORY) {
                 let cmd = cmd.clone();
-                match ask(Duration::from_secs(2), |reply| {
+                match ask(DIRECTORY_ATTEMPT_TIMEOUT, |reply| {
                     self.backend.directory(leader, cmd, reply);
                 }) {
                     Some(Ok(result)) => return Ok(result),
@@ -56,13 +60,13 @@ impl ClusterOps {
                     None => last = format!("store {leader} did not answer"),
                 }
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(DRIVER_RETRY_PAUSE);
         }
         Err(Error::Unavailable { waited: start.elapsed(), last })
     }
 
     fn alloc_ids(&self, count: u64) -> Result<u64> {
-        match self.directory(&DirCmd::AllocIds { count }, Duration::from_secs(10))? {
+        match self.directory(&DirCmd::AllocIds { count }, ALLOC_IDS_DEADLINE)? {
             DirResult::Ids { first, .. } => Ok(first),
             other @ DirResult::Reported { .. } => {
                 Err(Error::InvalidRequest(format!("the directory answered {other:?}")))
@@ -102,7 +106,7 @@ impl ClusterOps {
         let _one = self.admin_lock.lock();
         let new_id = RegionId(self.alloc_ids(1)?);
         let start = Instant::now();
-        // Bounded: each turn follows a changed region, for at most 10 s.
+        // Bounded: each turn follows a changed region, for at most SPLIT_DEADLINE.
         loop {
             let record = self
                 .router
@@ -124,7 +128,7 @@ impl ClusterOps {
                     return Err(Error::InvalidRequest(format!("a split answered {other:?}")));
                 }
                 Err(regionkv_raft::Error::EpochNotMatch { current, .. })
-                    if start.elapsed() < Duration::from_secs(10) =>
+                    if start.elapsed() < SPLIT_DEADLINE =>
                 {
                     self.router.learn(&current);
                     self.router.forget(region.id);
@@ -167,7 +171,7 @@ impl BackendAdmin<'_> {
         region: RegionId,
         mut f: impl FnMut(&dyn Backend, StoreId) -> Option<regionkv_raft::Result<T>>,
     ) -> regionkv_raft::Result<T> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + ADMIN_DEADLINE;
         let mut last = regionkv_raft::Error::NotLeader { region, leader: None };
         // Bounded by the deadline; every turn sleeps.
         while Instant::now() < deadline {
@@ -175,7 +179,7 @@ impl BackendAdmin<'_> {
                 return Err(regionkv_raft::Error::Cancelled);
             }
             let Some(leader) = self.leader(region) else {
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(DRIVER_RETRY_PAUSE);
                 continue;
             };
             match f(self.ops.backend.as_ref(), leader) {
@@ -186,7 +190,7 @@ impl BackendAdmin<'_> {
                 Some(result) => return result,
                 None => last = regionkv_raft::Error::Timeout { region },
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(DRIVER_RETRY_PAUSE);
         }
         Err(last)
     }
@@ -201,7 +205,7 @@ impl RegionAdmin for BackendAdmin<'_> {
     ) -> regionkv_raft::Result<AdminResult> {
         self.retry(region, |backend, store| {
             let cmd = cmd.clone();
-            ask(Duration::from_secs(5), |reply| {
+            ask(ADMIN_ATTEMPT_TIMEOUT, |reply| {
                 backend.admin(store, AdminRequest { region, epoch, cmd, reply });
             })
         })
@@ -220,14 +224,13 @@ impl RegionAdmin for BackendAdmin<'_> {
     }
 }
 
-/// How often the background work forwards region reports to the directory.
-pub(crate) const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 /// Most region records in one directory command.
 const REPORTS_PER_COMMAND: usize = 512;
 
-/// The background work of a cluster driver, one turn every [`REPORT_INTERVAL`]:
-/// forwards what the stores' leaders report (splits, merges, leadership) to the
-/// directory, and splits and merges regions by a [`SplitPolicy`].
+/// The background work of a cluster driver, one turn every
+/// [`REPORT_INTERVAL`](crate::defaults::REPORT_INTERVAL): forwards what the stores'
+/// leaders report (splits, merges, leadership) to the directory, and splits and merges
+/// regions by a [`SplitPolicy`].
 pub(crate) struct Background {
     pending: HashMap<RegionId, RegionRecord>,
     planner: Planner,
@@ -262,7 +265,7 @@ impl Background {
         // Bounded commands: a split into thousands of regions reports thousands.
         for chunk in records.chunks(REPORTS_PER_COMMAND) {
             let cmd = DirCmd::Report { records: chunk.to_vec() };
-            if let Err(e) = ops.directory(&cmd, Duration::from_secs(2)) {
+            if let Err(e) = ops.directory(&cmd, REPORT_DEADLINE) {
                 tracing::debug!(error = %e, "directory report deferred");
                 break;
             }

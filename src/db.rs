@@ -13,6 +13,7 @@ use regionkv_raft::Error as E;
 use regionkv_raft::{Op, Query, QueryResult, ReadRequest, WriteRequest};
 
 use crate::backend::Backend;
+use crate::defaults::{DB_ATTEMPT_TIMEOUT, DB_DEADLINE, DB_FIRST_BACKOFF, DB_MAX_BACKOFF};
 use crate::error::{Error, Result};
 use crate::router::Router;
 
@@ -206,14 +207,9 @@ pub(crate) fn ask<T: Send + 'static>(
     slot.wait(timeout)
 }
 
-/// How long one attempt waits before the client tries elsewhere.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Longest wait between attempts.
-const MAX_BACKOFF: Duration = Duration::from_millis(100);
-
 impl Db {
     pub(crate) fn new(router: Router) -> Db {
-        Db { router, deadline: Duration::from_secs(10) }
+        Db { router, deadline: DB_DEADLINE }
     }
 
     /// The same client with another deadline per call.
@@ -339,7 +335,7 @@ impl Db {
         let start = Instant::now();
         let backend = self.router.backend().clone();
         let mut last = String::from("no attempt");
-        let mut backoff = Duration::from_millis(1);
+        let mut backoff = DB_FIRST_BACKOFF;
         let mut turn = 0usize;
         while start.elapsed() < self.deadline {
             if backend.is_shut() {
@@ -348,7 +344,7 @@ impl Db {
             let Some(record) = self.router.locate(key) else {
                 last = "no store knows the region of the key".into();
                 std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff = (backoff * 2).min(DB_MAX_BACKOFF);
                 continue;
             };
             let region = record.region;
@@ -357,7 +353,7 @@ impl Db {
                 turn += 1;
                 region.peers.get(turn % region.peers.len().max(1)).map_or(StoreId(0), |p| p.store)
             });
-            let wait = ATTEMPT_TIMEOUT.min(self.deadline.saturating_sub(start.elapsed()));
+            let wait = DB_ATTEMPT_TIMEOUT.min(self.deadline.saturating_sub(start.elapsed()));
             // One span per attempt: a slow call shows where its time went.
             let _attempt =
                 tracing::trace_span!("db.call", region = region.id.0, store = store.0, turn)
@@ -411,7 +407,7 @@ impl Db {
                 }
             }
             std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff = (backoff * 2).min(DB_MAX_BACKOFF);
         }
         Err(Error::Unavailable { waited: start.elapsed(), last })
     }

@@ -44,6 +44,7 @@ mod backend;
 mod cluster;
 mod control;
 mod db;
+mod defaults;
 mod error;
 mod node;
 mod proto;

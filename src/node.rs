@@ -40,8 +40,9 @@ use regionkv_wal::{CancellationToken, Gate, RealFs};
 use crate::autosplit::SplitPolicy;
 use crate::backend::{Backend, locate_on, newer};
 use crate::cluster::FIRST_REGION;
-use crate::control::{Background, ClusterOps, REPORT_INTERVAL};
+use crate::control::{Background, ClusterOps};
 use crate::db::Db;
+use crate::defaults::{self, NODE_TASKS_TIMEOUT, REPORT_INTERVAL};
 use crate::error::{Error, Result};
 use crate::proto::{self, StoreStatus};
 use crate::region_info::{RegionInfo, region_table};
@@ -51,8 +52,6 @@ use crate::server::{ClientService, ClientStats};
 
 /// The file a node writes once it has bootstrapped its regions.
 const BOOTSTRAPPED: &str = "bootstrapped";
-/// How long shutdown waits for admin requests in flight.
-const TASKS_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How to run a [`Node`]. [`NodeConfig::new`] fills in defaults for the rest.
 #[derive(Clone)]
@@ -114,8 +113,8 @@ impl NodeConfig {
             peers: BTreeMap::new(),
             cluster_id,
             secret: secret.into(),
-            tick_interval: Duration::from_millis(50),
-            pollers: 1,
+            tick_interval: defaults::TICK_INTERVAL,
+            pollers: defaults::POLLERS,
             split_policy: SplitPolicy::default(),
         }
     }
@@ -498,7 +497,7 @@ impl Node {
         if let Some(reporter) = self.reporter.lock().take() {
             let _ = reporter.join();
         }
-        if let Err(e) = shared.tasks.close(TASKS_TIMEOUT) {
+        if let Err(e) = shared.tasks.close(NODE_TASKS_TIMEOUT) {
             tracing::warn!(store = shared.id.0, error = %e, "admin requests did not finish in time");
         }
         for handle in std::mem::take(&mut *shared.task_threads.lock()) {
