@@ -1,5 +1,6 @@
 //! [`Db`]: the client handle. Routing and retries are hidden behind it.
 
+use std::convert::Infallible;
 use std::ops::{
     Bound, Range, RangeBounds, RangeFrom, RangeFull, RangeInclusive, RangeTo, RangeToInclusive,
 };
@@ -196,15 +197,28 @@ impl<T> Oneshot<T> {
     }
 }
 
-/// Calls `send` with a reply and waits up to `timeout` for it.
+/// Calls `send` with a reply and waits up to `timeout` for it (`None`: no answer).
 pub(crate) fn ask<T: Send + 'static>(
     timeout: Duration,
     send: impl FnOnce(regionkv_raft::Reply<T>),
 ) -> Option<regionkv_raft::Result<T>> {
+    let Ok(answer) = try_ask(timeout, |reply| {
+        send(reply);
+        Ok::<(), Infallible>(())
+    });
+    answer
+}
+
+/// [`ask`] for a `send` that may refuse before sending: its error comes back at once,
+/// without waiting for a reply that will not come.
+pub(crate) fn try_ask<T: Send + 'static, E>(
+    timeout: Duration,
+    send: impl FnOnce(regionkv_raft::Reply<T>) -> std::result::Result<(), E>,
+) -> std::result::Result<Option<regionkv_raft::Result<T>>, E> {
     let slot = Oneshot::new();
     let reply = slot.clone();
-    send(Box::new(move |r| reply.set(r)));
-    slot.wait(timeout)
+    send(Box::new(move |r| reply.set(r)))?;
+    Ok(slot.wait(timeout))
 }
 
 impl Db {
@@ -358,12 +372,7 @@ impl Db {
             let _attempt =
                 tracing::trace_span!("db.call", region = region.id.0, store = store.0, turn)
                     .entered();
-            let outcome = {
-                let slot = Oneshot::new();
-                let reply = slot.clone();
-                send(backend.as_ref(), store, &region, Box::new(move |r| reply.set(r)))?;
-                slot.wait(wait)
-            };
+            let outcome = try_ask(wait, |reply| send(backend.as_ref(), store, &region, reply))?;
             match outcome {
                 Some(Ok(v)) => {
                     if record.leader != Some(store) {
