@@ -1,4 +1,5 @@
-//! [`Cluster`]: stores in this process, on real files, talking over in-process channels.
+//! [`Cluster`]: stores in this process, on real files, talking over in-process channels,
+//! and [`ClusterBuilder`], how to start one (its defaults come from `defaults.rs`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,7 +23,8 @@ use crate::db::Db;
 use crate::defaults::{self, REPORT_INTERVAL};
 use crate::error::{Error, Result};
 use crate::region_info::region_table;
-// Until the client protocol imports it from `region_info` (its old home was here).
+// `proto.rs` and `remote.rs` still import `RegionInfo` from here, its old home; drop
+// this once they import `crate::region_info`.
 pub(crate) use crate::region_info::RegionInfo;
 use crate::router::Router;
 

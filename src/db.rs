@@ -1,4 +1,5 @@
-//! [`Db`]: the client handle. Routing and retries are hidden behind it.
+//! [`Db`]: the client handle, routing and retries hidden behind it; [`WriteBatch`], and
+//! the argument traits [`IntoBytes`] (keys and values) and [`IntoKeyRange`] (scans).
 
 use std::convert::Infallible;
 use std::ops::{

@@ -1,4 +1,5 @@
-//! The facade's one error type.
+//! The facade's one error type, [`Error`], classified for callers by
+//! [`Error::is_retryable`]; and [`Result`].
 
 use std::time::Duration;
 
