@@ -114,27 +114,27 @@ impl Backend for LocalStores {
     }
 
     fn locate(&self, key: &[u8]) -> Option<RegionRecord> {
-        let stores = self.all();
-        // The directory's replicas first: the newest record any of them holds.
-        let mut best: Option<RegionRecord> = None;
-        for store in &stores {
-            let snapshot = store.context().directory.snapshot();
-            if let Ok(Some(record)) = directory::lookup(&snapshot, key)
-                && best.as_ref().is_none_or(|b| newer(&record.region, &b.region))
-            {
-                best = Some(record);
-            }
-        }
-        // Then what the stores host (a region the directory has not heard of yet).
-        for store in &stores {
-            if let Some(region) = store.context().engine.region_for_key(key)
-                && best.as_ref().is_none_or(|b| newer(&region, &b.region))
-            {
-                best = Some(RegionRecord { region, leader: None });
-            }
-        }
-        best
+        locate_on(&self.all(), key)
     }
+}
+
+/// Where `key` lives as `stores` know it: the newest record their replicas of the
+/// directory hold, unless a region one of them hosts is newer still (a region the
+/// directory has not heard of yet). On a tie the directory's record wins: it may name
+/// the leader.
+pub(crate) fn locate_on(stores: &[Arc<Store>], key: &[u8]) -> Option<RegionRecord> {
+    let listed = stores.iter().filter_map(|store| {
+        directory::lookup(&store.context().directory.snapshot(), key).ok().flatten()
+    });
+    let hosted = stores.iter().filter_map(|store| {
+        let region = store.context().engine.region_for_key(key)?;
+        Some(RegionRecord { region, leader: None })
+    });
+    // The directory's records first, so that a hosted region must be strictly newer.
+    listed.chain(hosted).fold(None, |best: Option<RegionRecord>, record| match best {
+        Some(b) if !newer(&record.region, &b.region) => Some(b),
+        _ => Some(record),
+    })
 }
 
 /// True if `a` is a newer view than `b` of the regions holding some key.

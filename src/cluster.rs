@@ -1,4 +1,5 @@
-//! [`Cluster`]: stores in this process, on real files, talking over in-process channels.
+//! [`Cluster`]: stores in this process, on real files, talking over in-process channels,
+//! and [`ClusterBuilder`], how to start one (its defaults come from `defaults.rs`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,9 +18,14 @@ use regionkv_wal::{RealFs, WalOptions};
 
 use crate::autosplit::SplitPolicy;
 use crate::backend::{Backend, LocalStores};
-use crate::control::{Background, Control, REPORT_INTERVAL, region_table};
+use crate::control::{Background, ClusterOps};
 use crate::db::Db;
+use crate::defaults::{self, REPORT_INTERVAL};
 use crate::error::{Error, Result};
+use crate::region_info::region_table;
+// `proto.rs` and `remote.rs` still import `RegionInfo` from here, its old home; drop
+// this once they import `crate::region_info`.
+pub(crate) use crate::region_info::RegionInfo;
 use crate::router::Router;
 
 /// The region every new cluster starts with: the whole key space.
@@ -41,11 +47,11 @@ impl Default for ClusterBuilder {
     fn default() -> Self {
         ClusterBuilder {
             dir: None,
-            stores: 3,
-            tick_interval: Duration::from_millis(50),
-            pollers: 1,
-            segment_bytes: 64 << 20,
-            checkpoint_log_bytes: 64 << 20,
+            stores: defaults::STORES,
+            tick_interval: defaults::TICK_INTERVAL,
+            pollers: defaults::POLLERS,
+            segment_bytes: WalOptions::default().segment_bytes,
+            checkpoint_log_bytes: defaults::CHECKPOINT_LOG_BYTES,
             split_policy: SplitPolicy::default(),
         }
     }
@@ -120,7 +126,7 @@ impl ClusterBuilder {
         let inner = Arc::new(ClusterInner {
             dir,
             net: LocalNetwork::new(1),
-            control: Control::new(local.clone()),
+            ops: ClusterOps::new(local.clone()),
             local,
             builder: self,
             scheduler: Mutex::new(None),
@@ -163,7 +169,7 @@ fn scheduler_loop(inner: &std::sync::Weak<ClusterInner>) {
             return;
         }
         let stores: Vec<Arc<Store>> = inner.local.stores.read().values().cloned().collect();
-        background.turn(&inner.control, &stores, &inner.builder.split_policy);
+        background.turn(&inner.ops, &stores, &inner.builder.split_policy);
     }
 }
 
@@ -176,7 +182,7 @@ pub(crate) struct ClusterInner {
     net: LocalNetwork,
     local: Arc<LocalStores>,
     /// Directory commands, splits and merges over the local stores.
-    control: Control,
+    ops: ClusterOps,
     builder: ClusterBuilder,
     scheduler: Mutex<Option<JoinHandle<()>>>,
 }
@@ -205,18 +211,6 @@ impl ClusterInner {
         self.local.stores.write().insert(id, Arc::new(store));
         Ok(())
     }
-}
-
-/// A region as the cluster knows it: its range, epoch, replicas, and leader.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RegionInfo {
-    /// Id, range, epoch and replicas.
-    pub region: Region,
-    /// The store whose replica leads it, if one does.
-    pub leader: Option<StoreId>,
-    /// The replicas' roles, terms and indexes, by store.
-    pub replicas: Vec<(StoreId, PeerStatus)>,
 }
 
 /// Stores in this process, on real files, talking over in-process channels: for tests,
@@ -305,20 +299,20 @@ impl Cluster {
     /// how a region is cut into many at once. Returns the regions, left first.
     pub fn split_keys<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<Vec<Region>> {
         let keys: Vec<Vec<u8>> = keys.iter().map(|k| k.as_ref().to_vec()).collect();
-        self.inner.control.split_keys(&keys)
+        self.inner.ops.split_keys(&keys)
     }
 
     /// Splits the region holding `key` at `key` (which becomes the first key of a new
     /// region). Returns the two regions, left first. Splitting at a key that already
     /// starts a region changes nothing and returns that region and its left neighbour.
     pub fn split(&self, key: impl AsRef<[u8]>) -> Result<Vec<Region>> {
-        self.inner.control.split(key.as_ref(), || self.regions())
+        self.inner.ops.split(key.as_ref(), || self.regions())
     }
 
     /// Merges region `right` into its left neighbour `left` (prepare on the source, wait,
     /// commit; rolled back if the source cannot merge). Returns the merged region.
     pub fn merge(&self, left: impl Into<RegionId>, right: impl Into<RegionId>) -> Result<Region> {
-        self.inner.control.merge(left.into(), right.into())
+        self.inner.ops.merge(left.into(), right.into())
     }
 
     fn take(&self, id: StoreId) -> Result<Arc<Store>> {
@@ -334,13 +328,17 @@ impl Cluster {
     /// Reads `key` from `store`'s own replica, without Raft: what that replica has
     /// applied so far (it may lag the leader). For checking that every replica holds
     /// the data, not for serving reads: use [`Db::get`] for those.
-    pub fn local_get(&self, store: impl Into<StoreId>, key: &[u8]) -> Result<Option<bytes::Bytes>> {
+    pub fn local_get(
+        &self,
+        store: impl Into<StoreId>,
+        key: impl AsRef<[u8]>,
+    ) -> Result<Option<bytes::Bytes>> {
         let store = store.into();
         let stores = self.inner.local.stores.read();
         let s = stores
             .get(&store)
             .ok_or_else(|| Error::InvalidRequest(format!("store {store} is not running")))?;
-        Ok(s.context().engine.snapshot().get(key))
+        Ok(s.context().engine.snapshot().get(key.as_ref()))
     }
 
     /// WAL counters of every running store (records, groups, fsyncs, ...).
@@ -392,5 +390,31 @@ impl Cluster {
             }
         }
         first_error.map_or(Ok(()), |e| Err(e.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use regionkv_engine::StoreId;
+    use regionkv_raft::StoreConfig;
+    use regionkv_raft::transport::wire::ClusterId;
+
+    use super::ClusterBuilder;
+    use crate::NodeConfig;
+
+    #[test]
+    fn cluster_node_and_store_share_one_defaults_table() {
+        let store = StoreConfig::new(StoreId(1));
+        let cluster = ClusterBuilder::default();
+        let addr = "127.0.0.1:0".parse().unwrap();
+        let node = NodeConfig::new(StoreId(1), "unused", addr, ClusterId(1), b"secret".to_vec());
+        assert_eq!(cluster.tick_interval, Duration::from_millis(50));
+        assert_eq!(cluster.tick_interval, store.tick_interval);
+        assert_eq!(node.tick_interval, store.tick_interval);
+        assert_eq!(cluster.checkpoint_log_bytes, store.checkpoint_log_bytes);
+        assert_eq!((cluster.pollers, node.pollers), (1, 1));
+        assert_eq!((cluster.stores, cluster.segment_bytes), (3, 64 << 20));
     }
 }

@@ -1,11 +1,12 @@
 //! Cluster-wide operations written against the [`Backend`] seam only: directory
-//! commands, split, merge, the region table, and the background work of a cluster
-//! (forwarding leaders' reports to the directory, automatic split and merge). A
+//! commands, split and merge ([`ClusterOps`]), and the background work of a cluster
+//! ([`Background`]: forwarding leaders' reports to the directory, automatic split and
+//! merge). A
 //! [`Cluster`](crate::Cluster) runs them over its in-process stores, a
 //! [`Node`](crate::Node) over its own store and its peers (in-process for the first,
 //! the client protocol for the others).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,28 +14,30 @@ use parking_lot::Mutex;
 use regionkv_engine::{Epoch, Region, RegionId, StoreId};
 use regionkv_raft::directory::{DIRECTORY, DirCmd, DirResult, RegionRecord};
 use regionkv_raft::merge_driver::{self, MergeOptions, RegionAdmin};
-use regionkv_raft::{
-    AdminCmd, AdminRequest, AdminResult, MergeStatus, PeerStatus, StateRole, Store,
-};
+use regionkv_raft::{AdminCmd, AdminRequest, AdminResult, MergeStatus, StateRole, Store};
 
 use crate::autosplit::{Action, Planner, SplitPolicy};
-use crate::backend::{Backend, newer};
-use crate::cluster::RegionInfo;
+use crate::backend::Backend;
 use crate::db::ask;
+use crate::defaults::{
+    ADMIN_ATTEMPT_TIMEOUT, ADMIN_DEADLINE, ALLOC_IDS_DEADLINE, DIRECTORY_ATTEMPT_TIMEOUT,
+    DRIVER_RETRY_PAUSE, REPORT_DEADLINE, SPLIT_DEADLINE,
+};
 use crate::error::{Error, Result};
+use crate::region_info::RegionInfo;
 use crate::router::Router;
 
 /// Drives directory commands, splits and merges through a backend.
-pub(crate) struct Control {
+pub(crate) struct ClusterOps {
     backend: Arc<dyn Backend>,
     router: Router,
     /// One split or merge driven at a time by this driver (a merge must have one).
     admin_lock: Mutex<()>,
 }
 
-impl Control {
-    pub fn new(backend: Arc<dyn Backend>) -> Control {
-        Control { router: Router::new(backend.clone()), backend, admin_lock: Mutex::new(()) }
+impl ClusterOps {
+    pub fn new(backend: Arc<dyn Backend>) -> ClusterOps {
+        ClusterOps { router: Router::new(backend.clone()), backend, admin_lock: Mutex::new(()) }
     }
 
     /// Runs `cmd` on the directory's leader, retrying until `timeout`.
@@ -48,7 +51,7 @@ impl Control {
             }
             if let Some(leader) = self.backend.leader_of(DIRECTORY) {
                 let cmd = cmd.clone();
-                match ask(Duration::from_secs(2), |reply| {
+                match ask(DIRECTORY_ATTEMPT_TIMEOUT, |reply| {
                     self.backend.directory(leader, cmd, reply);
                 }) {
                     Some(Ok(result)) => return Ok(result),
@@ -57,13 +60,13 @@ impl Control {
                     None => last = format!("store {leader} did not answer"),
                 }
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(DRIVER_RETRY_PAUSE);
         }
         Err(Error::Unavailable { waited: start.elapsed(), last })
     }
 
     fn alloc_ids(&self, count: u64) -> Result<u64> {
-        match self.directory(&DirCmd::AllocIds { count }, Duration::from_secs(10))? {
+        match self.directory(&DirCmd::AllocIds { count }, ALLOC_IDS_DEADLINE)? {
             DirResult::Ids { first, .. } => Ok(first),
             other @ DirResult::Reported { .. } => {
                 Err(Error::InvalidRequest(format!("the directory answered {other:?}")))
@@ -85,7 +88,7 @@ impl Control {
             .ok_or_else(|| Error::InvalidRequest("no region holds the key".into()))?;
         let region = record.region;
         let cmd = AdminCmd::Split { split_keys: keys.to_vec(), new_ids };
-        let mut admin = Admin { control: self, start: Instant::now() };
+        let mut admin = BackendAdmin { ops: self, start: Instant::now() };
         match admin.admin(region.id, region.epoch, cmd)? {
             AdminResult::Split(parts) => {
                 self.router.learn(&parts);
@@ -103,7 +106,7 @@ impl Control {
         let _one = self.admin_lock.lock();
         let new_id = RegionId(self.alloc_ids(1)?);
         let start = Instant::now();
-        // Bounded: each turn follows a changed region, for at most 10 s.
+        // Bounded: each turn follows a changed region, for at most SPLIT_DEADLINE.
         loop {
             let record = self
                 .router
@@ -115,7 +118,7 @@ impl Control {
                 return Ok(left.into_iter().map(|r| r.region).chain([region]).collect());
             }
             let cmd = AdminCmd::Split { split_keys: vec![key.to_vec()], new_ids: vec![new_id] };
-            let mut admin = Admin { control: self, start };
+            let mut admin = BackendAdmin { ops: self, start };
             match admin.admin(region.id, region.epoch, cmd) {
                 Ok(AdminResult::Split(parts)) => {
                     self.router.learn(&parts);
@@ -125,7 +128,7 @@ impl Control {
                     return Err(Error::InvalidRequest(format!("a split answered {other:?}")));
                 }
                 Err(regionkv_raft::Error::EpochNotMatch { current, .. })
-                    if start.elapsed() < Duration::from_secs(10) =>
+                    if start.elapsed() < SPLIT_DEADLINE =>
                 {
                     self.router.learn(&current);
                     self.router.forget(region.id);
@@ -139,7 +142,7 @@ impl Control {
     /// [`Cluster::merge`](crate::Cluster::merge).
     pub fn merge(&self, left: RegionId, right: RegionId) -> Result<Region> {
         let _one = self.admin_lock.lock();
-        let mut admin = Admin { control: self, start: Instant::now() };
+        let mut admin = BackendAdmin { ops: self, start: Instant::now() };
         let merged = merge_driver::merge(&mut admin, right, left, MergeOptions::default())?;
         self.router.forget(right);
         self.router.learn(std::slice::from_ref(&merged));
@@ -149,18 +152,18 @@ impl Control {
 
 /// Admin requests to region leaders, for the merge driver: finds the leader (the
 /// router's hint, else the stores' view) and retries routing errors.
-struct Admin<'a> {
-    control: &'a Control,
+struct BackendAdmin<'a> {
+    ops: &'a ClusterOps,
     start: Instant,
 }
 
-impl Admin<'_> {
+impl BackendAdmin<'_> {
     fn leader(&self, region: RegionId) -> Option<StoreId> {
-        self.control
+        self.ops
             .router
             .cached(region)
             .and_then(|r| r.leader)
-            .or_else(|| self.control.backend.leader_of(region))
+            .or_else(|| self.ops.backend.leader_of(region))
     }
 
     fn retry<T>(
@@ -168,32 +171,32 @@ impl Admin<'_> {
         region: RegionId,
         mut f: impl FnMut(&dyn Backend, StoreId) -> Option<regionkv_raft::Result<T>>,
     ) -> regionkv_raft::Result<T> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + ADMIN_DEADLINE;
         let mut last = regionkv_raft::Error::NotLeader { region, leader: None };
         // Bounded by the deadline; every turn sleeps.
         while Instant::now() < deadline {
-            if self.control.backend.is_shut() {
+            if self.ops.backend.is_shut() {
                 return Err(regionkv_raft::Error::Cancelled);
             }
             let Some(leader) = self.leader(region) else {
-                std::thread::sleep(Duration::from_millis(20));
+                std::thread::sleep(DRIVER_RETRY_PAUSE);
                 continue;
             };
-            match f(self.control.backend.as_ref(), leader) {
+            match f(self.ops.backend.as_ref(), leader) {
                 Some(Err(e)) if e.is_retryable() || e.is_cancelled() => {
-                    self.control.router.set_leader(region, None);
+                    self.ops.router.set_leader(region, None);
                     last = e;
                 }
                 Some(result) => return result,
                 None => last = regionkv_raft::Error::Timeout { region },
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(DRIVER_RETRY_PAUSE);
         }
         Err(last)
     }
 }
 
-impl RegionAdmin for Admin<'_> {
+impl RegionAdmin for BackendAdmin<'_> {
     fn admin(
         &mut self,
         region: RegionId,
@@ -202,7 +205,7 @@ impl RegionAdmin for Admin<'_> {
     ) -> regionkv_raft::Result<AdminResult> {
         self.retry(region, |backend, store| {
             let cmd = cmd.clone();
-            ask(Duration::from_secs(5), |reply| {
+            ask(ADMIN_ATTEMPT_TIMEOUT, |reply| {
                 backend.admin(store, AdminRequest { region, epoch, cmd, reply });
             })
         })
@@ -221,51 +224,13 @@ impl RegionAdmin for Admin<'_> {
     }
 }
 
-/// The user regions in key order from the statuses of the stores' replicas, each as
-/// its most advanced replica sees it (the directory's own group is not listed).
-pub(crate) fn region_table(statuses: Vec<(StoreId, Vec<PeerStatus>)>) -> Vec<RegionInfo> {
-    let mut by_id: BTreeMap<RegionId, RegionInfo> = BTreeMap::new();
-    for (store, peers) in statuses {
-        for p in peers.into_iter().filter(|p| p.initialized && p.region.id != DIRECTORY) {
-            let info = by_id.entry(p.region.id).or_insert_with(|| RegionInfo {
-                region: p.region.clone(),
-                leader: None,
-                replicas: Vec::new(),
-            });
-            if newer(&p.region, &info.region) {
-                info.region = p.region.clone();
-            }
-            if p.role == StateRole::Leader
-                && info.replicas.iter().all(|(_, r)| r.role != StateRole::Leader || r.term < p.term)
-            {
-                info.leader = Some(store);
-            }
-            info.replicas.push((store, p));
-        }
-    }
-    let mut regions: Vec<RegionInfo> = by_id.into_values().collect();
-    regions.sort_by(|a, b| a.region.start.cmp(&b.region.start));
-    // Only the newest region over each range (a lagging replica may hold an older one).
-    let all = regions.clone();
-    regions.retain(|r| {
-        !all.iter().any(|o| {
-            o.region.id != r.region.id
-                && o.region.epoch.version > r.region.epoch.version
-                && o.region.end.as_ref().is_none_or(|e| *e > r.region.start)
-                && r.region.end.as_ref().is_none_or(|e| *e > o.region.start)
-        })
-    });
-    regions
-}
-
-/// How often the background work forwards region reports to the directory.
-pub(crate) const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 /// Most region records in one directory command.
 const REPORTS_PER_COMMAND: usize = 512;
 
-/// The background work of a cluster driver, one turn every [`REPORT_INTERVAL`]:
-/// forwards what the stores' leaders report (splits, merges, leadership) to the
-/// directory, and splits and merges regions by a [`SplitPolicy`].
+/// The background work of a cluster driver, one turn every
+/// [`REPORT_INTERVAL`](crate::defaults::REPORT_INTERVAL): forwards what the stores'
+/// leaders report (splits, merges, leadership) to the directory, and splits and merges
+/// regions by a [`SplitPolicy`].
 pub(crate) struct Background {
     pending: HashMap<RegionId, RegionRecord>,
     planner: Planner,
@@ -282,10 +247,10 @@ impl Background {
     }
 
     /// One turn over `stores` (those this driver runs in process).
-    pub fn turn(&mut self, control: &Control, stores: &[Arc<Store>], policy: &SplitPolicy) {
+    pub fn turn(&mut self, ops: &ClusterOps, stores: &[Arc<Store>], policy: &SplitPolicy) {
         if Instant::now() >= self.next_check {
             self.next_check = Instant::now() + policy.check_interval;
-            self.split_and_merge(control, stores, policy);
+            self.split_and_merge(ops, stores, policy);
         }
         for store in stores {
             for record in store.take_reports() {
@@ -300,7 +265,7 @@ impl Background {
         // Bounded commands: a split into thousands of regions reports thousands.
         for chunk in records.chunks(REPORTS_PER_COMMAND) {
             let cmd = DirCmd::Report { records: chunk.to_vec() };
-            if let Err(e) = control.directory(&cmd, Duration::from_secs(2)) {
+            if let Err(e) = ops.directory(&cmd, REPORT_DEADLINE) {
                 tracing::debug!(error = %e, "directory report deferred");
                 break;
             }
@@ -313,7 +278,7 @@ impl Background {
     /// Plans splits and merges of the regions each store leads, from that store's
     /// engine, and carries them out like asked-for ones. A failure (a region that
     /// changed meanwhile, a leader that moved) only waits for the next check.
-    fn split_and_merge(&mut self, control: &Control, stores: &[Arc<Store>], policy: &SplitPolicy) {
+    fn split_and_merge(&mut self, ops: &ClusterOps, stores: &[Arc<Store>], policy: &SplitPolicy) {
         let mut actions = Vec::new();
         let mut led_anywhere = Vec::new();
         for store in stores {
@@ -332,12 +297,12 @@ impl Background {
         }
         self.planner.keep_only(&led_anywhere);
         for action in actions {
-            if control.backend.is_shut() {
+            if ops.backend.is_shut() {
                 return;
             }
             let result = match &action {
-                Action::Split { key, .. } => control.split(key, Vec::new).map(drop),
-                Action::Merge { left, right } => control.merge(*left, *right).map(drop),
+                Action::Split { key, .. } => ops.split(key, Vec::new).map(drop),
+                Action::Merge { left, right } => ops.merge(*left, *right).map(drop),
             };
             match result {
                 Ok(()) => tracing::info!(?action, "automatic split or merge done"),

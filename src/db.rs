@@ -1,5 +1,7 @@
-//! [`Db`]: the client handle. Routing and retries are hidden behind it.
+//! [`Db`]: the client handle, routing and retries hidden behind it; [`WriteBatch`], and
+//! the argument traits [`IntoBytes`] (keys and values) and [`IntoKeyRange`] (scans).
 
+use std::convert::Infallible;
 use std::ops::{
     Bound, Range, RangeBounds, RangeFrom, RangeFull, RangeInclusive, RangeTo, RangeToInclusive,
 };
@@ -13,12 +15,13 @@ use regionkv_raft::Error as E;
 use regionkv_raft::{Op, Query, QueryResult, ReadRequest, WriteRequest};
 
 use crate::backend::Backend;
+use crate::defaults::{DB_ATTEMPT_TIMEOUT, DB_DEADLINE, DB_FIRST_BACKOFF, DB_MAX_BACKOFF};
 use crate::error::{Error, Result};
 use crate::router::Router;
 
 /// A range of keys for [`Db::scan`]: `..`, `a..`, `..b`, `a..b`, `a..=b`, `..=b`, or a
 /// pair of [`Bound`]s, over any key type that is `AsRef<[u8]>`.
-pub trait KeyRange {
+pub trait IntoKeyRange {
     /// The range as `start <= key < end` (`None`: no end).
     fn to_bounds(self) -> (Vec<u8>, Option<Vec<u8>>);
 }
@@ -47,7 +50,7 @@ fn end_of<K: AsRef<[u8]>>(bound: Bound<&K>) -> Option<Vec<u8>> {
     }
 }
 
-impl KeyRange for RangeFull {
+impl IntoKeyRange for RangeFull {
     fn to_bounds(self) -> (Vec<u8>, Option<Vec<u8>>) {
         (Vec::new(), None)
     }
@@ -55,7 +58,7 @@ impl KeyRange for RangeFull {
 
 macro_rules! key_range {
     ($($range:ident),*) => {$(
-        impl<K: AsRef<[u8]>> KeyRange for $range<K> {
+        impl<K: AsRef<[u8]>> IntoKeyRange for $range<K> {
             fn to_bounds(self) -> (Vec<u8>, Option<Vec<u8>>) {
                 (start_of(self.start_bound()), end_of(self.end_bound()))
             }
@@ -65,9 +68,48 @@ macro_rules! key_range {
 
 key_range!(Range, RangeFrom, RangeTo, RangeInclusive, RangeToInclusive);
 
-impl<K: AsRef<[u8]>> KeyRange for (Bound<K>, Bound<K>) {
+impl<K: AsRef<[u8]>> IntoKeyRange for (Bound<K>, Bound<K>) {
     fn to_bounds(self) -> (Vec<u8>, Option<Vec<u8>>) {
         (start_of(self.0.as_ref()), end_of(self.1.as_ref()))
+    }
+}
+
+/// A key or value for [`Db::put`], [`Db::delete`] and [`WriteBatch`]: the same forms
+/// everywhere. Borrowed bytes (`&str`, `&[u8]`, `b"..."`, `&String`, `&Vec<u8>`,
+/// `&Bytes`) are copied once; owned ones (`Vec<u8>`, `String`, [`Bytes`], `[u8; N]`)
+/// are taken as they are.
+pub trait IntoBytes {
+    /// The bytes, owned.
+    fn into_bytes(self) -> Bytes;
+}
+
+impl<T: AsRef<[u8]> + ?Sized> IntoBytes for &T {
+    fn into_bytes(self) -> Bytes {
+        Bytes::copy_from_slice(self.as_ref())
+    }
+}
+
+impl IntoBytes for Vec<u8> {
+    fn into_bytes(self) -> Bytes {
+        Bytes::from(self)
+    }
+}
+
+impl IntoBytes for String {
+    fn into_bytes(self) -> Bytes {
+        Bytes::from(self)
+    }
+}
+
+impl IntoBytes for Bytes {
+    fn into_bytes(self) -> Bytes {
+        self
+    }
+}
+
+impl<const N: usize> IntoBytes for [u8; N] {
+    fn into_bytes(self) -> Bytes {
+        Bytes::copy_from_slice(&self)
     }
 }
 
@@ -84,14 +126,14 @@ impl WriteBatch {
     }
 
     /// Sets `key` to `value`.
-    pub fn put(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> &mut Self {
-        self.ops.push(Op::Put { key: key.into(), value: value.into() });
+    pub fn put(&mut self, key: impl IntoBytes, value: impl IntoBytes) -> &mut Self {
+        self.ops.push(Op::Put { key: key.into_bytes(), value: value.into_bytes() });
         self
     }
 
     /// Removes `key`.
-    pub fn delete(&mut self, key: impl Into<Bytes>) -> &mut Self {
-        self.ops.push(Op::Delete { key: key.into() });
+    pub fn delete(&mut self, key: impl IntoBytes) -> &mut Self {
+        self.ops.push(Op::Delete { key: key.into_bytes() });
         self
     }
 
@@ -156,25 +198,33 @@ impl<T> Oneshot<T> {
     }
 }
 
-/// Calls `send` with a reply and waits up to `timeout` for it.
+/// Calls `send` with a reply and waits up to `timeout` for it (`None`: no answer).
 pub(crate) fn ask<T: Send + 'static>(
     timeout: Duration,
     send: impl FnOnce(regionkv_raft::Reply<T>),
 ) -> Option<regionkv_raft::Result<T>> {
-    let slot = Oneshot::new();
-    let reply = slot.clone();
-    send(Box::new(move |r| reply.set(r)));
-    slot.wait(timeout)
+    let Ok(answer) = try_ask(timeout, |reply| {
+        send(reply);
+        Ok::<(), Infallible>(())
+    });
+    answer
 }
 
-/// How long one attempt waits before the client tries elsewhere.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Longest wait between attempts.
-const MAX_BACKOFF: Duration = Duration::from_millis(100);
+/// [`ask`] for a `send` that may refuse before sending: its error comes back at once,
+/// without waiting for a reply that will not come.
+pub(crate) fn try_ask<T: Send + 'static, E>(
+    timeout: Duration,
+    send: impl FnOnce(regionkv_raft::Reply<T>) -> std::result::Result<(), E>,
+) -> std::result::Result<Option<regionkv_raft::Result<T>>, E> {
+    let slot = Oneshot::new();
+    let reply = slot.clone();
+    send(Box::new(move |r| reply.set(r)))?;
+    Ok(slot.wait(timeout))
+}
 
 impl Db {
     pub(crate) fn new(router: Router) -> Db {
-        Db { router, deadline: Duration::from_secs(10) }
+        Db { router, deadline: DB_DEADLINE }
     }
 
     /// The same client with another deadline per call.
@@ -185,16 +235,16 @@ impl Db {
     }
 
     /// Sets `key` to `value`; returns once the write is committed and applied.
-    pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
+    pub fn put(&self, key: impl IntoBytes, value: impl IntoBytes) -> Result<()> {
         let mut batch = WriteBatch::new();
-        batch.put(Bytes::copy_from_slice(key.as_ref()), Bytes::copy_from_slice(value.as_ref()));
+        batch.put(key, value);
         self.write(batch)
     }
 
     /// Removes `key`.
-    pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<()> {
+    pub fn delete(&self, key: impl IntoBytes) -> Result<()> {
         let mut batch = WriteBatch::new();
-        batch.delete(Bytes::copy_from_slice(key.as_ref()));
+        batch.delete(key);
         self.write(batch)
     }
 
@@ -212,8 +262,9 @@ impl Db {
             if let Some(outside) = ops.iter().find(|op| !region.contains(op.key())) {
                 // Routing is current (the caller refreshed it on every refusal):
                 // the batch spans regions.
-                let other = self.router.locate(outside.key()).map_or(0, |r| r.region.id.0);
-                return Err(Error::CrossRegionBatch { regions: vec![region.id.0, other] });
+                let other = self.router.locate(outside.key()).map(|r| r.region.id);
+                let regions = std::iter::once(region.id).chain(other).collect();
+                return Err(Error::CrossRegionBatch { regions });
             }
             backend.write(
                 store,
@@ -237,7 +288,7 @@ impl Db {
     /// Up to `limit` pairs with keys in `range`, in key order, read linearizably
     /// region by region: `db.scan(.., 100)`, `db.scan("a".."m", 10)`,
     /// `db.scan(b"user/".., 10)`, or a pair of [`Bound`]s.
-    pub fn scan(&self, range: impl KeyRange, limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
+    pub fn scan(&self, range: impl IntoKeyRange, limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
         let _span = tracing::debug_span!("db.scan", limit).entered();
         let (start, end) = range.to_bounds();
         let end = end.as_deref();
@@ -299,7 +350,7 @@ impl Db {
         let start = Instant::now();
         let backend = self.router.backend().clone();
         let mut last = String::from("no attempt");
-        let mut backoff = Duration::from_millis(1);
+        let mut backoff = DB_FIRST_BACKOFF;
         let mut turn = 0usize;
         while start.elapsed() < self.deadline {
             if backend.is_shut() {
@@ -308,7 +359,7 @@ impl Db {
             let Some(record) = self.router.locate(key) else {
                 last = "no store knows the region of the key".into();
                 std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                backoff = (backoff * 2).min(DB_MAX_BACKOFF);
                 continue;
             };
             let region = record.region;
@@ -317,17 +368,12 @@ impl Db {
                 turn += 1;
                 region.peers.get(turn % region.peers.len().max(1)).map_or(StoreId(0), |p| p.store)
             });
-            let wait = ATTEMPT_TIMEOUT.min(self.deadline.saturating_sub(start.elapsed()));
+            let wait = DB_ATTEMPT_TIMEOUT.min(self.deadline.saturating_sub(start.elapsed()));
             // One span per attempt: a slow call shows where its time went.
             let _attempt =
                 tracing::trace_span!("db.call", region = region.id.0, store = store.0, turn)
                     .entered();
-            let outcome = {
-                let slot = Oneshot::new();
-                let reply = slot.clone();
-                send(backend.as_ref(), store, &region, Box::new(move |r| reply.set(r)))?;
-                slot.wait(wait)
-            };
+            let outcome = try_ask(wait, |reply| send(backend.as_ref(), store, &region, reply))?;
             match outcome {
                 Some(Ok(v)) => {
                     if record.leader != Some(store) {
@@ -371,17 +417,43 @@ impl Db {
                 }
             }
             std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff = (backoff * 2).min(DB_MAX_BACKOFF);
         }
         Err(Error::Unavailable { waited: start.elapsed(), last })
     }
 }
 
 #[cfg(test)]
-mod key_range_tests {
+mod tests {
     use std::ops::Bound;
 
-    use super::KeyRange;
+    use bytes::Bytes;
+    use regionkv_raft::Op;
+
+    use super::{IntoKeyRange, WriteBatch};
+
+    #[test]
+    fn keys_and_values_take_every_byte_form() {
+        let owned_string = String::from("k");
+        let owned_vec = b"v".to_vec();
+        let shared = Bytes::from_static(b"v");
+        let mut batch = WriteBatch::new();
+        batch
+            .put("k", "v")
+            .put(&b"k"[..], &b"v"[..])
+            .put(b"k", b"v")
+            .put(*b"k", *b"v")
+            .put(&owned_string, &owned_vec)
+            .put(owned_string.clone(), owned_vec.clone())
+            .put(Bytes::from_static(b"k"), &shared)
+            .delete("k")
+            .delete(owned_string);
+        let put = Op::Put { key: Bytes::from_static(b"k"), value: shared };
+        let delete = Op::Delete { key: Bytes::from_static(b"k") };
+        let mut expected = vec![put; 7];
+        expected.extend([delete.clone(), delete]);
+        assert_eq!(batch.ops, expected);
+    }
 
     #[test]
     fn every_range_form_maps_to_a_start_and_an_exclusive_end() {

@@ -1,6 +1,9 @@
-//! The facade's one error type.
+//! The facade's one error type, [`Error`], classified for callers by
+//! [`Error::is_retryable`]; and [`Result`].
 
 use std::time::Duration;
+
+use regionkv_engine::RegionId;
 
 /// What went wrong, and whether trying again can help.
 #[derive(Debug, thiserror::Error)]
@@ -18,12 +21,15 @@ pub enum Error {
     },
     /// A write batch touches keys of more than one region; it would not be atomic.
     #[error(
-        "the batch spans regions {regions:?}; batches are atomic within one region only: \
-         split it by region"
+        "the batch spans regions {}; batches are atomic within one region only: \
+         split it by region",
+        id_list(regions)
     )]
     CrossRegionBatch {
-        /// The regions the batch touches.
-        regions: Vec<u64>,
+        /// The regions the batch touches, as far as routing knows them: the region of
+        /// its first key, then the region of a key outside it unless no store could
+        /// say which (absent, never made up).
+        regions: Vec<RegionId>,
     },
     /// The request is invalid (empty key, too large, ...).
     #[error("invalid request: {0}")]
@@ -75,6 +81,12 @@ impl Error {
             | Error::Transport(_) => false,
         }
     }
+}
+
+/// `[1, 7]`: region ids as a list of numbers, for messages.
+fn id_list(ids: &[RegionId]) -> String {
+    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    format!("[{}]", ids.join(", "))
 }
 
 /// Shorthand for results of the facade.

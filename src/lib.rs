@@ -1,12 +1,24 @@
 //! regionkv: an embeddable, Raft-replicated, region-sharded key-value engine.
 //!
-//! The facade: an in-process [`Cluster`] (stores on real files in this process), a
-//! [`Node`] (one store in this process, replicating over TCP with the stores of other
-//! nodes and serving other processes over the client protocol), a [`Client`] of such
-//! nodes, a [`Db`] handle (routing and retries hidden) from any of them, and the layers
-//! underneath re-exported:
-//! [`wal`] (the durable log), [`engine`] (the MVCC state machine) and [`raft`] (the
-//! multi-Raft store).
+//! The facade, all at the crate root:
+//!
+//! - three ways to reach a cluster: an in-process [`Cluster`] (stores on real files in
+//!   this process, built with [`ClusterBuilder`]), a [`Node`] (one store in this
+//!   process, replicating over TCP with the stores of other nodes and serving other
+//!   processes over the client protocol; configured by [`NodeConfig`]), and a
+//!   [`Client`] of such nodes;
+//! - from any of them a [`Db`] handle (routing and retries hidden) for `put`, `get`,
+//!   `delete`, `scan` (any [`IntoKeyRange`]) and atomic [`WriteBatch`]es, which take
+//!   keys and values in every [`IntoBytes`] form;
+//! - one [`Error`] type (with [`Error::is_retryable`]) and [`Result`];
+//! - the ids and records the facade hands back: [`RegionId`], [`StoreId`], [`PeerId`],
+//!   [`Region`], [`Epoch`], [`RegionInfo`], [`PeerStatus`], [`StateRole`],
+//!   [`RegionRecord`], [`StoreStatus`], [`StoreMetrics`], [`ClusterId`], ...
+//!
+//! The layers underneath stay reachable, for embedding one of them alone, but only
+//! through [`layers`]: [`layers::wal`] (the durable log), [`layers::engine`] (the MVCC
+//! state machine) and [`layers::raft`] (the multi-Raft store). Their APIs are lower
+//! level and change more often than the facade's.
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -32,29 +44,43 @@ mod backend;
 mod cluster;
 mod control;
 mod db;
+mod defaults;
 mod error;
 mod node;
-pub mod proto;
+mod proto;
+mod region_info;
 mod remote;
 mod router;
 mod server;
 
-pub mod bench;
-pub mod demo;
-
 pub use autosplit::SplitPolicy;
-pub use cluster::{Cluster, ClusterBuilder, RegionInfo};
-pub use db::{Db, KeyRange, WriteBatch};
+pub use cluster::{Cluster, ClusterBuilder};
+pub use db::{Db, IntoBytes, IntoKeyRange, WriteBatch};
 pub use error::{Error, Result};
 pub use node::{Node, NodeConfig};
 pub use proto::StoreStatus;
-pub use regionkv_engine as engine;
-pub use regionkv_raft as raft;
-pub use regionkv_raft::StoreMetrics;
-pub use regionkv_raft::transport::wire::ClusterId;
-pub use regionkv_wal as wal;
+pub use region_info::RegionInfo;
 pub use remote::Client;
 pub use server::ClientStats;
+
+// Ids, records and settings that the facade's signatures name, from the layers.
+pub use bytes::Bytes;
+pub use regionkv_engine::{Epoch, Peer, PeerId, Region, RegionId, StoreId};
+pub use regionkv_raft::directory::RegionRecord;
+pub use regionkv_raft::transport::tcp::{TcpError, TcpStats};
+pub use regionkv_raft::transport::wire::{ClusterId, RejectReason};
+pub use regionkv_raft::{
+    ApplyStats, Error as StoreError, PeerStatus, ReadMode, StateRole, StoreMetrics,
+};
+pub use regionkv_wal::{HistogramSnapshot, WalStats};
+
+/// The crates underneath the facade, for embedding one layer alone: the durable log,
+/// the MVCC engine, the multi-Raft store. Lower level than the facade, and less stable.
+pub mod layers {
+    pub use regionkv_engine as engine;
+    pub use regionkv_raft as raft;
+    pub use regionkv_wal as wal;
+}
 
 /// The README's examples, compiled and run as doctests so that they stay true.
 #[cfg(doctest)]

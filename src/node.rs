@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use regionkv_engine::{Peer, PeerId, Region, RegionId, StoreId};
-use regionkv_raft::directory::{self, DIRECTORY, DirCmd, DirResult, RegionRecord};
+use regionkv_raft::directory::{DIRECTORY, DirCmd, DirResult, RegionRecord};
 use regionkv_raft::transport::tcp::{SECRET_BYTES_MIN, TcpConfig, TcpTransport};
 use regionkv_raft::transport::wire::ClusterId;
 use regionkv_raft::transport::{InboxSlot, Transport};
@@ -38,20 +38,20 @@ use regionkv_raft::{
 use regionkv_wal::{CancellationToken, Gate, RealFs};
 
 use crate::autosplit::SplitPolicy;
-use crate::backend::{Backend, newer};
-use crate::cluster::{FIRST_REGION, RegionInfo};
-use crate::control::{Background, Control, REPORT_INTERVAL, region_table};
+use crate::backend::{Backend, locate_on, newer};
+use crate::cluster::FIRST_REGION;
+use crate::control::{Background, ClusterOps};
 use crate::db::Db;
+use crate::defaults::{self, NODE_TASKS_TIMEOUT, REPORT_INTERVAL};
 use crate::error::{Error, Result};
 use crate::proto::{self, StoreStatus};
+use crate::region_info::{RegionInfo, region_table};
 use crate::remote::RemoteStores;
 use crate::router::Router;
 use crate::server::{ClientService, ClientStats};
 
 /// The file a node writes once it has bootstrapped its regions.
 const BOOTSTRAPPED: &str = "bootstrapped";
-/// How long shutdown waits for admin requests in flight.
-const TASKS_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How to run a [`Node`]. [`NodeConfig::new`] fills in defaults for the rest.
 #[derive(Clone)]
@@ -113,8 +113,8 @@ impl NodeConfig {
             peers: BTreeMap::new(),
             cluster_id,
             secret: secret.into(),
-            tick_interval: Duration::from_millis(50),
-            pollers: 1,
+            tick_interval: defaults::TICK_INTERVAL,
+            pollers: defaults::POLLERS,
             split_policy: SplitPolicy::default(),
         }
     }
@@ -149,7 +149,7 @@ pub(crate) struct NodeShared {
     id: StoreId,
     pub store: Arc<Store>,
     remote: Arc<RemoteStores>,
-    control: Control,
+    control: ClusterOps,
     members: Vec<(StoreId, String)>,
     split_policy: SplitPolicy,
     shut: AtomicBool,
@@ -171,15 +171,7 @@ impl NodeShared {
     /// Where `key` lives as this store knows it: its directory replica, else the
     /// regions it hosts.
     pub fn locate_local(&self, key: &[u8]) -> Option<RegionRecord> {
-        let ctx = self.store.context();
-        let from_directory = directory::lookup(&ctx.directory.snapshot(), key).ok().flatten();
-        let hosted =
-            ctx.engine.region_for_key(key).map(|region| RegionRecord { region, leader: None });
-        match (from_directory, hosted) {
-            (Some(d), Some(h)) if newer(&h.region, &d.region) => Some(h),
-            (Some(d), _) => Some(d),
-            (None, h) => h,
-        }
+        locate_on(std::slice::from_ref(&self.store), key)
     }
 
     /// Runs `f` on a thread inside the node's task gate; false if the node is stopping.
@@ -301,8 +293,7 @@ impl Backend for NodeStores {
 /// same address.
 ///
 /// ```no_run
-/// use regionkv::{ClusterId, Node, NodeConfig};
-/// use regionkv::engine::StoreId;
+/// use regionkv::{ClusterId, Node, NodeConfig, StoreId};
 ///
 /// let config = NodeConfig::new(
 ///     StoreId(1),
@@ -398,7 +389,7 @@ impl Node {
                 id,
                 store: store.clone(),
                 remote: remote.clone(),
-                control: Control::new(backend),
+                control: ClusterOps::new(backend),
                 members,
                 split_policy: config.split_policy.clone(),
                 shut: AtomicBool::new(false),
@@ -506,7 +497,7 @@ impl Node {
         if let Some(reporter) = self.reporter.lock().take() {
             let _ = reporter.join();
         }
-        if let Err(e) = shared.tasks.close(TASKS_TIMEOUT) {
+        if let Err(e) = shared.tasks.close(NODE_TASKS_TIMEOUT) {
             tracing::warn!(store = shared.id.0, error = %e, "admin requests did not finish in time");
         }
         for handle in std::mem::take(&mut *shared.task_threads.lock()) {

@@ -5,9 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use regionkv::engine::StoreId;
-use regionkv::raft::StateRole;
-use regionkv::{Cluster, StoreMetrics};
+use regionkv::{Cluster, StateRole, StoreId, StoreMetrics};
 
 const WRITES: usize = 200;
 const WRITERS: usize = 4;

@@ -5,8 +5,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use regionkv::engine::StoreId;
-use regionkv::{Client, ClusterId, Error, Node, NodeConfig};
+use regionkv::{Client, ClusterId, Error, Node, NodeConfig, RejectReason, StoreId};
 
 const SECRET: &[u8] = b"the secret of the node test cluster";
 const CLUSTER: ClusterId = ClusterId(42);
@@ -138,7 +137,7 @@ fn three_nodes_replicate_split_and_merge_over_tcp() -> Result<(), Box<dyn std::e
     // The wrong secret is refused with a reason, and the nodes keep serving.
     match Client::connect(&addrs, CLUSTER, b"not the secret of this cluster") {
         Err(Error::Refused { reason, .. }) => {
-            assert_eq!(reason, regionkv::raft::transport::wire::RejectReason::BadProof);
+            assert_eq!(reason, RejectReason::BadProof);
         }
         other => panic!("a client with the wrong secret was not refused: {other:?}"),
     }

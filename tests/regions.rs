@@ -107,11 +107,12 @@ fn a_batch_spanning_regions_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path());
     let db = cluster.db();
-    cluster.split("m").unwrap();
+    let parts = cluster.split("m").unwrap();
     let mut batch = WriteBatch::new();
     batch.put("a", "1").put("x", "1");
     let err = db.write(batch).unwrap_err();
-    assert!(matches!(err, Error::CrossRegionBatch { .. }), "{err}");
+    let Error::CrossRegionBatch { regions } = &err else { panic!("{err}") };
+    assert_eq!(regions, &[parts[0].id, parts[1].id], "the first key's region, then the other");
     assert!(!err.is_retryable());
     assert_eq!(db.get("a").unwrap(), None);
     let mut batch = WriteBatch::new();

@@ -1,4 +1,5 @@
-//! Store configuration.
+//! Store configuration: [`StoreConfig`], with the defaults table of every store knob
+//! (the facade's `Cluster` and `Node` start from the same constants).
 
 use std::time::Duration;
 
@@ -16,11 +17,29 @@ pub enum ReadMode {
     /// Lease: the leader serves reads without a round trip while its lease lasts. This
     /// assumes that clocks on the stores drift by less than the lease margin (raft-rs
     /// uses the election timeout, so drift must stay well below it), and that a paused
-    /// process cannot wake up believing its old lease is still valid.
+    /// process cannot wake up believing its old lease is still valid. Regions never
+    /// hibernate in this mode ([`StoreConfig::hibernate_regions`] is ignored).
     Lease,
 }
 
 /// How one store runs.
+///
+/// The defaults, one constant each (the facade's `Cluster` and `Node` start from the
+/// same constants, so that they cannot disagree with a bare store):
+///
+/// | knob | default | constant |
+/// |---|---|---|
+/// | [`tick_interval`](Self::tick_interval) | 50 ms | [`DEFAULT_TICK_INTERVAL`](Self::DEFAULT_TICK_INTERVAL) |
+/// | [`election_ticks`](Self::election_ticks) | 10 ticks (an election timeout of 0.5-1 s) | [`DEFAULT_ELECTION_TICKS`](Self::DEFAULT_ELECTION_TICKS) |
+/// | [`heartbeat_ticks`](Self::heartbeat_ticks) | 2 ticks (100 ms) | [`DEFAULT_HEARTBEAT_TICKS`](Self::DEFAULT_HEARTBEAT_TICKS) |
+/// | [`max_entry_bytes`](Self::max_entry_bytes) | 1 MiB | [`DEFAULT_MAX_ENTRY_BYTES`](Self::DEFAULT_MAX_ENTRY_BYTES) |
+/// | [`max_append_bytes`](Self::max_append_bytes) | 1 MiB | [`DEFAULT_MAX_APPEND_BYTES`](Self::DEFAULT_MAX_APPEND_BYTES) |
+/// | [`max_inflight_appends`](Self::max_inflight_appends) | 256 | [`DEFAULT_MAX_INFLIGHT_APPENDS`](Self::DEFAULT_MAX_INFLIGHT_APPENDS) |
+/// | [`checkpoint_log_bytes`](Self::checkpoint_log_bytes) | 64 MiB | [`DEFAULT_CHECKPOINT_LOG_BYTES`](Self::DEFAULT_CHECKPOINT_LOG_BYTES) |
+/// | [`snapshot_chunk_bytes`](Self::snapshot_chunk_bytes) | 1 MiB | [`DEFAULT_SNAPSHOT_CHUNK_BYTES`](Self::DEFAULT_SNAPSHOT_CHUNK_BYTES) |
+/// | [`read_mode`](Self::read_mode) | [`ReadMode::ReadIndex`] | |
+/// | [`log`](Self::log) | [`RaftLogOptions::default`] | |
+/// | [`hibernate_regions`](Self::hibernate_regions) | on (never under [`ReadMode::Lease`]) | |
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct StoreConfig {
@@ -54,23 +73,42 @@ pub struct StoreConfig {
     /// them; stores tell each other they are alive so that the followers of a leader
     /// on a silent store wake and elect. Default on. Ignored under
     /// [`ReadMode::Lease`]: a leader that does not tick never notices it lost its
-    /// quorum, so its lease would never end.
+    /// quorum, so its lease would never end. So `true` means "hibernate when the read
+    /// mode allows it"; with `ReadMode::Lease` no region ever hibernates, whatever this
+    /// says.
     pub hibernate_regions: bool,
 }
 
 impl StoreConfig {
-    /// Defaults for store `store_id`: 100 ms ticks, a 1–2 s election timeout.
+    /// Default [`StoreConfig::tick_interval`].
+    pub const DEFAULT_TICK_INTERVAL: Duration = Duration::from_millis(50);
+    /// Default [`StoreConfig::election_ticks`].
+    pub const DEFAULT_ELECTION_TICKS: usize = 10;
+    /// Default [`StoreConfig::heartbeat_ticks`].
+    pub const DEFAULT_HEARTBEAT_TICKS: usize = 2;
+    /// Default [`StoreConfig::max_entry_bytes`].
+    pub const DEFAULT_MAX_ENTRY_BYTES: usize = 1 << 20;
+    /// Default [`StoreConfig::max_append_bytes`].
+    pub const DEFAULT_MAX_APPEND_BYTES: u64 = 1 << 20;
+    /// Default [`StoreConfig::max_inflight_appends`].
+    pub const DEFAULT_MAX_INFLIGHT_APPENDS: usize = 256;
+    /// Default [`StoreConfig::checkpoint_log_bytes`].
+    pub const DEFAULT_CHECKPOINT_LOG_BYTES: u64 = 64 << 20;
+    /// Default [`StoreConfig::snapshot_chunk_bytes`].
+    pub const DEFAULT_SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+    /// The defaults of the table above for store `store_id`.
     pub fn new(store_id: StoreId) -> StoreConfig {
         StoreConfig {
             store_id,
-            tick_interval: Duration::from_millis(100),
-            election_ticks: 10,
-            heartbeat_ticks: 2,
-            max_entry_bytes: 1 << 20,
-            max_append_bytes: 1 << 20,
-            max_inflight_appends: 256,
-            checkpoint_log_bytes: 64 << 20,
-            snapshot_chunk_bytes: 1 << 20,
+            tick_interval: Self::DEFAULT_TICK_INTERVAL,
+            election_ticks: Self::DEFAULT_ELECTION_TICKS,
+            heartbeat_ticks: Self::DEFAULT_HEARTBEAT_TICKS,
+            max_entry_bytes: Self::DEFAULT_MAX_ENTRY_BYTES,
+            max_append_bytes: Self::DEFAULT_MAX_APPEND_BYTES,
+            max_inflight_appends: Self::DEFAULT_MAX_INFLIGHT_APPENDS,
+            checkpoint_log_bytes: Self::DEFAULT_CHECKPOINT_LOG_BYTES,
+            snapshot_chunk_bytes: Self::DEFAULT_SNAPSHOT_CHUNK_BYTES,
             read_mode: ReadMode::ReadIndex,
             log: RaftLogOptions::default(),
             hibernate_regions: true,

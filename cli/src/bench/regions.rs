@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::Cluster;
+use regionkv::Cluster;
 
 /// Regions per store measured.
 pub const REGIONS: [usize; 4] = [1, 100, 1000, 10_000];

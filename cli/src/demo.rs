@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use regionkv_engine::StoreId;
 use regionkv_wal::{Lsn, RealFs, RecoveryMode, Wal, WalOptions};
 
-use crate::Cluster;
 use crate::bench::disk;
+use regionkv::Cluster;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -61,31 +61,6 @@ impl DemoOptions {
             clients: 16,
         }
     }
-}
-
-/// What the demo measured and verified.
-#[derive(Clone, Debug)]
-pub struct DemoReport {
-    /// The disk's raw fdatasync rate in this run.
-    pub raw_fdatasync_ops_per_sec: f64,
-    /// Group-commit appends per second.
-    pub appends_per_sec: f64,
-    /// Median and 99th-percentile append latency.
-    pub p50_us: u32,
-    /// 99th-percentile append latency.
-    pub p99_us: u32,
-    /// Mean records per fdatasync.
-    pub records_per_fsync: f64,
-    /// Acknowledged records found intact after the clean reopen and after the torn tail.
-    pub verified: u64,
-    /// Bytes recovery cut at the torn tail (0 if none).
-    pub torn_tail_cut_at: Option<u64>,
-    /// Acknowledged cluster writes per second.
-    pub cluster_puts_per_sec: f64,
-    /// 99th-percentile cluster write latency.
-    pub cluster_p99_us: u32,
-    /// Acknowledged keys found on every replica after the full restart.
-    pub cluster_keys_verified: u64,
 }
 
 /// A failed verification: something acknowledged is not there.
@@ -263,13 +238,6 @@ fn torn_tail_phase(
     Ok((cut.offset, verified, cut.reason))
 }
 
-/// What the cluster phase measured.
-struct ClusterPhase {
-    puts_per_sec: f64,
-    p99_us: u32,
-    verified: u64,
-}
-
 fn cluster_key(i: u64) -> String {
     format!("key-{i:08}")
 }
@@ -346,7 +314,7 @@ fn verify_cluster(cluster: &Cluster, acked: &[u64]) -> Result<u64, DemoError> {
     }
     for &i in acked {
         let got = seen.get(cluster_key(i).as_bytes());
-        if got.map(bytes::Bytes::as_ref) != Some(cluster_value(i).as_bytes()) {
+        if got.map(AsRef::<[u8]>::as_ref) != Some(cluster_value(i).as_bytes()) {
             return Err(DemoError::Verify(format!("{} holds {got:?}", cluster_key(i))));
         }
     }
@@ -420,7 +388,7 @@ fn build_cluster(dir: &Path) -> Result<Cluster, DemoError> {
 
 /// Phases 3 and 4: the replicated cluster, a store killed and restarted mid-way, then
 /// a full clean restart.
-fn cluster_phase(opts: &DemoOptions, out: &mut dyn Write) -> Result<ClusterPhase, DemoError> {
+fn cluster_phase(opts: &DemoOptions, out: &mut dyn Write) -> Result<(), DemoError> {
     let dir = opts.dir.join("cluster");
     let cluster = build_cluster(&dir)?;
     let victim = StoreId(2);
@@ -517,11 +485,11 @@ fn cluster_phase(opts: &DemoOptions, out: &mut dyn Write) -> Result<ClusterPhase
     let verified_again = verify_cluster(&cluster, &acked)?;
     writeln!(out, "   {verified_again} keys intact after the restart")?;
     cluster.shutdown().map_err(|e| DemoError::Verify(e.to_string()))?;
-    Ok(ClusterPhase { puts_per_sec, p99_us: pct(99), verified: verified_again.min(verified) })
+    Ok(())
 }
 
 /// Runs the demo, printing progress and results to `out`.
-pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoError> {
+pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<(), DemoError> {
     let wal_dir = opts.dir.join("wal");
     writeln!(out, "regionkv demo in {}", opts.dir.display())?;
     writeln!(out, "\n1. the disk: one thread overwriting 4 KiB blocks with fdatasync")?;
@@ -573,22 +541,11 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport, DemoEr
         "\n3. the cluster: three stores replicate {} keys from {} clients; store 2 is killed and restarted mid-way",
         opts.keys, opts.clients
     )?;
-    let cluster = cluster_phase(opts, out)?;
+    cluster_phase(opts, out)?;
 
     writeln!(
         out,
         "\nverified: every acknowledged write survived a torn log tail, splits and a merge, a killed store, and a full restart"
     )?;
-    Ok(DemoReport {
-        raw_fdatasync_ops_per_sec: raw,
-        appends_per_sec,
-        p50_us: phase.percentile(50),
-        p99_us: phase.percentile(99),
-        records_per_fsync,
-        verified,
-        torn_tail_cut_at: Some(cut_at),
-        cluster_puts_per_sec: cluster.puts_per_sec,
-        cluster_p99_us: cluster.p99_us,
-        cluster_keys_verified: cluster.verified,
-    })
+    Ok(())
 }

@@ -1,4 +1,5 @@
-//! The disk's own limits, measured in the same run as every figure they sit next to.
+//! The disk's own limits (raw fdatasync rate, write bandwidth), measured in the same run
+//! as every figure they sit next to.
 
 use std::fs::{File, OpenOptions};
 use std::io;

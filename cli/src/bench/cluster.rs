@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::Cluster;
+use regionkv::Cluster;
 
 /// Client-thread counts measured.
 pub const CLIENTS: [usize; 3] = [1, 16, 64];

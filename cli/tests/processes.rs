@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use regionkv::engine::StoreId;
-use regionkv::{Client, ClusterId};
+use regionkv::{Client, ClusterId, StoreId};
 
 const CLUSTER: ClusterId = ClusterId(9);
 const SECRET: &str = "the secret of the process test cluster";

@@ -1,0 +1,224 @@
+//! The command line of `regionkv`: every subcommand, flag and argument, as clap parses
+//! them. The commands themselves live in `node_cmd`, `client_cmd`, `demo` and `bench`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// regionkv: an embeddable, Raft-replicated, region-sharded key-value engine.
+#[derive(Parser)]
+#[command(version, about)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Run the end-to-end demo on a temporary directory and verify it.
+    Demo {
+        /// Directory to run in (default: a temporary directory, removed afterwards).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Concurrent writer threads.
+        #[arg(long, default_value_t = 64)]
+        writers: usize,
+        /// Records to append to the bare log.
+        #[arg(long, default_value_t = 100_000)]
+        records: u64,
+        /// Keys to write to the cluster.
+        #[arg(long, default_value_t = 20_000)]
+        keys: u64,
+        /// Concurrent cluster clients.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+    },
+    /// Measure a layer against the disk's own limits, in one run.
+    Bench {
+        #[command(subcommand)]
+        what: BenchTarget,
+    },
+    /// Run one node of a cluster (one store; TCP to its peers; clients on the same
+    /// address) until SIGTERM or SIGINT (or, with --stop-on-stdin-eof, stdin closing).
+    Node(NodeArgs),
+    /// Talk to a running cluster over the client protocol.
+    Client(ClientArgs),
+}
+
+/// `regionkv node`: settings from a TOML file (--config), each overridden by its flag.
+#[derive(Args)]
+pub(crate) struct NodeArgs {
+    /// A TOML file with any of `store_id`, `data_dir`, `listen`, `cluster_id`, `secret`
+    /// or `secret_file`, `tick_interval_ms`, and a `[peers]` table of "ID" = "IP:PORT".
+    #[arg(long)]
+    pub(crate) config: Option<PathBuf>,
+    /// This node's store id (1, 2, ...).
+    #[arg(long)]
+    pub(crate) id: Option<u64>,
+    /// Where the store keeps its files.
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Address to listen on, for stores and clients alike (IP:PORT).
+    #[arg(long)]
+    pub(crate) listen: Option<SocketAddr>,
+    /// A peer store, as ID=IP:PORT (repeat for each; replaces the file's peers).
+    #[arg(long = "peer", value_parser = parse_peer)]
+    pub(crate) peers: Vec<(u64, SocketAddr)>,
+    /// The cluster's id (default 1).
+    #[arg(long)]
+    pub(crate) cluster_id: Option<u64>,
+    #[command(flatten)]
+    pub(crate) secret: SecretArgs,
+    /// Raft tick interval in milliseconds (default 50).
+    #[arg(long)]
+    pub(crate) tick_interval_ms: Option<u64>,
+    /// Also stop (cleanly) when standard input reaches its end: for supervisors and
+    /// tests that own the node's stdin.
+    #[arg(long)]
+    pub(crate) stop_on_stdin_eof: bool,
+}
+
+/// The cluster secret, from a flag or a file.
+#[derive(Args)]
+pub(crate) struct SecretArgs {
+    /// The cluster secret (at least 16 bytes); prefer --secret-file.
+    #[arg(long)]
+    pub(crate) secret: Option<String>,
+    /// A file holding the cluster secret (a trailing newline is ignored).
+    #[arg(long)]
+    pub(crate) secret_file: Option<PathBuf>,
+}
+
+/// `regionkv client`.
+#[derive(Args)]
+pub(crate) struct ClientArgs {
+    /// A node's address (IP:PORT); repeat or separate with commas for more.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub(crate) addr: Vec<SocketAddr>,
+    /// The cluster's id (default 1).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) cluster_id: u64,
+    #[command(flatten)]
+    pub(crate) secret: SecretArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+    #[command(subcommand)]
+    pub(crate) op: ClientOp,
+}
+
+/// What `regionkv client` asks for.
+#[derive(Subcommand)]
+pub(crate) enum ClientOp {
+    /// Set KEY to VALUE.
+    Put { key: String, value: String },
+    /// Print the value of KEY.
+    Get { key: String },
+    /// Remove KEY.
+    Delete { key: String },
+    /// Print up to --limit pairs from --start (inclusive) to --end (exclusive).
+    Scan {
+        #[arg(long, default_value = "")]
+        start: String,
+        #[arg(long)]
+        end: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Split the region holding KEY at KEY.
+    Split { key: String },
+    /// Merge region RIGHT into its left neighbour LEFT.
+    Merge { left: u64, right: u64 },
+    /// Print the region table.
+    Regions,
+    /// Print every store's replicas: roles, terms, indexes.
+    Status,
+}
+
+/// Parses `--peer ID=IP:PORT`.
+pub(crate) fn parse_peer(s: &str) -> Result<(u64, SocketAddr), String> {
+    let (id, addr) = s.split_once('=').ok_or("expected ID=IP:PORT")?;
+    let id = id.trim().parse().map_err(|e| format!("bad store id {id:?}: {e}"))?;
+    let addr = addr.trim().parse().map_err(|e| format!("bad address {addr:?}: {e}"))?;
+    Ok((id, addr))
+}
+
+/// The cluster secret from `--secret`, else from the file `--secret-file` names.
+pub(crate) fn read_secret(
+    secret: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<Vec<u8>, String> {
+    match (secret, file) {
+        (Some(s), _) => Ok(s.into_bytes()),
+        (None, Some(f)) => {
+            let text = std::fs::read_to_string(&f)
+                .map_err(|e| format!("cannot read the secret file {}: {e}", f.display()))?;
+            Ok(text.trim_end_matches(['\n', '\r']).as_bytes().to_vec())
+        }
+        (None, None) => Err("no cluster secret: give --secret-file (or --secret)".into()),
+    }
+}
+
+/// What `regionkv bench` measures.
+#[derive(Subcommand)]
+pub(crate) enum BenchTarget {
+    /// Engine apply, reads, memory and checkpoints next to a bare skip list and the disk.
+    Engine {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Directory on the disk to measure (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Fewer keys (100 k instead of 1 M): a quick look, not the reference figures.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Replicated puts on 3 stores in this process (1, 16, 64 clients) next to the bare WAL.
+    Cluster {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Directory on the disk to measure (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Seconds per figure.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Client-thread counts to measure (default: 1, 16 and 64).
+        #[arg(long, value_delimiter = ',')]
+        clients: Vec<usize>,
+    },
+    /// Puts with 1 to 10,000 regions per store, idle CPU, split and merge latency.
+    Regions {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Directory on the disk to measure (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Seconds per rate.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Seconds the idle CPU is measured over.
+        #[arg(long, default_value_t = 10.0)]
+        idle_seconds: f64,
+        /// Regions per store to measure (default: 1, 100, 1000, 10000).
+        #[arg(long, value_delimiter = ',')]
+        regions: Vec<usize>,
+    },
+    /// Group-commit appends (1, 4, 16, 64 writers) next to raw fdatasync and bandwidth.
+    Wal {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Directory on the disk to measure (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Seconds per figure.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+    },
+}

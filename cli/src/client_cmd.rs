@@ -1,0 +1,218 @@
+//! `regionkv client`: one request to a running cluster over the client protocol,
+//! printed as text or JSON.
+
+use std::ops::Bound;
+
+use regionkv::{Client, ClusterId, HistogramSnapshot, Region, RegionId, StoreMetrics, StoreStatus};
+
+use crate::args::{ClientArgs, ClientOp, read_secret};
+
+fn show(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn region_json(r: &Region) -> serde_json::Value {
+    serde_json::json!({
+        "id": r.id.0,
+        "start": show(&r.start),
+        "end": r.end.as_deref().map(show),
+        "version": r.epoch.version,
+        "conf_ver": r.epoch.conf_ver,
+        "stores": r.peers.iter().map(|p| p.store.0).collect::<Vec<_>>(),
+    })
+}
+
+fn region_line(r: &Region) -> String {
+    let end = r.end.as_deref().map_or_else(|| "+inf".to_string(), |e| format!("{:?}", show(e)));
+    format!(
+        "region {} [{:?}, {end}) epoch {}/{}",
+        r.id,
+        show(&r.start),
+        r.epoch.version,
+        r.epoch.conf_ver
+    )
+}
+
+/// A latency or size distribution as JSON: count, mean, p50, p99, max.
+fn histogram_json(h: &HistogramSnapshot) -> serde_json::Value {
+    serde_json::json!({
+        "count": h.count(),
+        "mean": h.mean(),
+        "p50": h.p50(),
+        "p99": h.p99(),
+        "max": h.max(),
+    })
+}
+
+fn metrics_json(m: &StoreMetrics) -> serde_json::Value {
+    serde_json::json!({
+        "regions": m.regions,
+        "leaders": m.leaders,
+        "hibernating": m.hibernating,
+        "applied_lag_total": m.applied_lag_total,
+        "applied_lag_max": m.applied_lag_max,
+        "write_latency_us": histogram_json(&m.write_latency_us),
+        "writes_proposed": m.writes_proposed,
+        "entries_proposed": m.entries_proposed,
+        "writes_per_entry": m.writes_per_entry(),
+        "apply_rounds": m.apply.rounds,
+        "wal": {
+            "records": m.wal.records,
+            "groups": m.wal.groups,
+            "fsyncs": m.wal.fsyncs,
+            "bytes_written": m.wal.bytes_written,
+            "fsync_latency_us": histogram_json(&m.wal.fsync_latency_us),
+            "group_records": histogram_json(&m.wal.group_records),
+        },
+    })
+}
+
+fn print_metrics(m: &StoreMetrics) {
+    let (w, f, g) = (&m.write_latency_us, &m.wal.fsync_latency_us, &m.wal.group_records);
+    println!(
+        "  regions {} leaders {} hibernating {} applied lag total {} max {}",
+        m.regions, m.leaders, m.hibernating, m.applied_lag_total, m.applied_lag_max
+    );
+    println!(
+        "  writes {} latency us p50 {} p99 {} max {}; {} entries ({:.1} writes/entry)",
+        w.count(),
+        w.p50(),
+        w.p99(),
+        w.max(),
+        m.entries_proposed,
+        m.writes_per_entry()
+    );
+    println!(
+        "  wal fsyncs {} latency us p50 {} p99 {} max {}; groups {} records/group p50 {} max {}",
+        m.wal.fsyncs,
+        f.p50(),
+        f.p99(),
+        f.max(),
+        m.wal.groups,
+        g.p50(),
+        g.max()
+    );
+}
+
+/// Prints every store's replicas and metrics (unless `json`); returns them as JSON.
+fn status_output(stores: &[StoreStatus], json: bool) -> serde_json::Value {
+    if !json {
+        for s in stores {
+            println!("store {} ({} replicas)", s.store, s.peers.len());
+            for p in &s.peers {
+                println!(
+                    "  region {} {:?} term {} commit {} applied {} last {}{}",
+                    p.region.id,
+                    p.role,
+                    p.term,
+                    p.commit,
+                    p.applied,
+                    p.last_index,
+                    if p.hibernated { " hibernated" } else { "" }
+                );
+            }
+            match &s.metrics {
+                Some(m) => print_metrics(m),
+                None => println!("  metrics: not reported (an older node)"),
+            }
+        }
+    }
+    serde_json::json!(
+        stores
+            .iter()
+            .map(|s| serde_json::json!({
+                "store": s.store.0,
+                "replicas": s.peers.iter().map(|p| serde_json::json!({
+                    "region": p.region.id.0,
+                    "role": format!("{:?}", p.role),
+                    "term": p.term,
+                    "commit": p.commit,
+                    "applied": p.applied,
+                    "last_index": p.last_index,
+                    "hibernated": p.hibernated,
+                })).collect::<Vec<_>>(),
+                "metrics": s.metrics.as_ref().map(metrics_json),
+            }))
+            .collect::<Vec<_>>()
+    )
+}
+
+pub(crate) fn run_client(args: ClientArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let secret = read_secret(args.secret.secret, args.secret.secret_file)?;
+    let client = Client::connect(&args.addr, ClusterId(args.cluster_id), secret)?;
+    let db = client.db();
+    let json = args.json;
+    let out = match args.op {
+        ClientOp::Put { key, value } => {
+            db.put(&key, &value)?;
+            serde_json::json!({"ok": true})
+        }
+        ClientOp::Delete { key } => {
+            db.delete(&key)?;
+            serde_json::json!({"ok": true})
+        }
+        ClientOp::Get { key } => {
+            let value = db.get(&key)?;
+            if !json {
+                match &value {
+                    Some(v) => println!("{}", show(v)),
+                    None => println!("(not found)"),
+                }
+            }
+            serde_json::json!({"key": key, "value": value.as_deref().map(show)})
+        }
+        ClientOp::Scan { start, end, limit } => {
+            let end = end.as_ref().map_or(Bound::Unbounded, Bound::Excluded);
+            let rows = db.scan((Bound::Included(&start), end), limit)?;
+            if !json {
+                for (k, v) in &rows {
+                    println!("{}\t{}", show(k), show(v));
+                }
+            }
+            serde_json::json!(
+                rows.iter().map(|(k, v)| serde_json::json!([show(k), show(v)])).collect::<Vec<_>>()
+            )
+        }
+        ClientOp::Split { key } => {
+            let parts = client.split(&key)?;
+            if !json {
+                for r in &parts {
+                    println!("{}", region_line(r));
+                }
+            }
+            serde_json::json!(parts.iter().map(region_json).collect::<Vec<_>>())
+        }
+        ClientOp::Merge { left, right } => {
+            let merged = client.merge(RegionId(left), RegionId(right))?;
+            if !json {
+                println!("{}", region_line(&merged));
+            }
+            region_json(&merged)
+        }
+        ClientOp::Regions => {
+            let regions = client.regions()?;
+            if !json {
+                for info in &regions {
+                    let leader = info.leader.map_or_else(|| "none".to_string(), |l| l.to_string());
+                    println!("{} leader store {leader}", region_line(&info.region));
+                }
+            }
+            serde_json::json!(
+                regions
+                    .iter()
+                    .map(|i| {
+                        let mut v = region_json(&i.region);
+                        v["leader"] = serde_json::json!(i.leader.map(|l| l.0));
+                        v
+                    })
+                    .collect::<Vec<_>>()
+            )
+        }
+        ClientOp::Status => status_output(&client.status(), json),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    client.close();
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! `regionkv node`: one node of a cluster in this process, configured from a TOML file
+//! and flags, until SIGTERM or SIGINT (or the end of stdin); then an ordered shutdown.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use regionkv::{ClusterId, Node, NodeConfig, StoreId};
+
+use crate::args::{NodeArgs, read_secret};
+
+/// The TOML file of `regionkv node --config`.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    store_id: Option<u64>,
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    cluster_id: Option<u64>,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    tick_interval_ms: Option<u64>,
+    #[serde(default)]
+    peers: BTreeMap<String, SocketAddr>,
+}
+
+fn node_config(args: NodeArgs) -> Result<(NodeConfig, bool), String> {
+    let file: NodeFile = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => NodeFile::default(),
+    };
+    let id = args.id.or(file.store_id).ok_or("no store id: give --id")?;
+    let data_dir = args.data_dir.or(file.data_dir).ok_or("no data directory: give --data-dir")?;
+    let listen = args.listen.or(file.listen).ok_or("no listen address: give --listen")?;
+    let cluster = args.cluster_id.or(file.cluster_id).unwrap_or(1);
+    let secret = if args.secret.secret.is_some() || args.secret.secret_file.is_some() {
+        read_secret(args.secret.secret, args.secret.secret_file)?
+    } else {
+        read_secret(file.secret, file.secret_file)?
+    };
+    let peers: Vec<(u64, SocketAddr)> = if args.peers.is_empty() {
+        file.peers
+            .into_iter()
+            .map(|(id, addr)| {
+                id.parse().map(|id| (id, addr)).map_err(|e| format!("bad peer id {id:?}: {e}"))
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        args.peers
+    };
+    let mut config = NodeConfig::new(StoreId(id), data_dir, listen, ClusterId(cluster), secret);
+    for (peer, addr) in peers {
+        config = config.peer(StoreId(peer), addr);
+    }
+    if let Some(ms) = args.tick_interval_ms.or(file.tick_interval_ms) {
+        config.tick_interval = Duration::from_millis(ms);
+    }
+    Ok((config, args.stop_on_stdin_eof))
+}
+
+/// Runs a node until SIGTERM or SIGINT (or stdin's end), then shuts it down in order.
+pub(crate) fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let (config, stop_on_stdin_eof) = node_config(args)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone())?;
+    }
+    if stop_on_stdin_eof {
+        let stop = stop.clone();
+        std::thread::Builder::new().name("stdin-watch".into()).spawn(move || {
+            let mut sink = [0u8; 256];
+            let mut stdin = std::io::stdin();
+            // Bounded by stdin: ends at its end or at an error.
+            while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+            stop.store(true, Ordering::SeqCst);
+        })?;
+    }
+    let id = config.store_id;
+    let node = Node::open(config)?;
+    say(&format!("regionkv node {id} listening on {}", node.local_addr()));
+    // Bounded by the stop flag; each turn sleeps.
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Whoever started the node may have stopped reading its stdout: these lines are
+    // best effort (the log on stderr has them too).
+    say(&format!("regionkv node {id} stopping"));
+    node.shutdown()?;
+    say(&format!("regionkv node {id} stopped"));
+    Ok(())
+}
+
+/// Prints a line to stdout, ignoring a closed pipe.
+fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
