@@ -17,9 +17,10 @@ use crate::checkpoint::{
 use crate::error::{Error, Result};
 use crate::manifest::{self, CheckpointRef, Compatibility, Manifest, MergeState, RegionEntry};
 use crate::memtable::{Batch, Found, MAX_SEQ, Memtable, Seq, Visibility};
+use crate::pins::{PinLedger, RoundId};
 use crate::region::{Epoch, Peer, Region, RegionId, StoreId, in_range, intersect};
 use crate::region_map::RegionMap;
-use crate::round::{ApplyRound, PinLedger, RoundId};
+use crate::round::ApplyRound;
 
 /// Suffix of checkpoint files.
 const CHECKPOINT_SUFFIX: &str = ".ckpt";

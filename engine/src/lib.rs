@@ -65,6 +65,7 @@ mod engine;
 mod error;
 pub mod manifest;
 mod memtable;
+mod pins;
 pub mod region;
 mod region_map;
 mod round;
