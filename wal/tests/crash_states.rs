@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, Sender, channel};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::Scope;
 use std::time::{Duration, Instant};
 
@@ -100,7 +100,7 @@ impl Turnstile {
     }
 
     fn set_open(&self, open: bool) {
-        self.state.lock().unwrap().open = open;
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).open = open;
         self.changed.notify_all();
     }
 
@@ -113,6 +113,15 @@ impl Turnstile {
     fn holds_a_write(&self) -> bool {
         let st = self.state.lock().unwrap();
         st.waiting && st.permits == 0
+    }
+}
+
+/// Opens a [`Turnstile`] when dropped.
+struct OpenOnDrop<'t>(&'t Turnstile);
+
+impl Drop for OpenOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.set_open(true);
     }
 }
 
@@ -165,6 +174,9 @@ fn workload(fs: &SimFs) -> History {
     if let Ok(wal) = Wal::open(Arc::new(fs.clone()), "/wal", options()) {
         turnstile.set_open(false);
         std::thread::scope(|s| {
+            // Opens the turnstile however this closure ends, so that the scope can join
+            // every appender even after a failed check.
+            let _open = OpenOnDrop(&turnstile);
             let mut appenders = Appenders::new(s, &wal);
             run_groups(&mut appenders, &wal, &turnstile, &mut h);
             turnstile.set_open(true);
