@@ -1,8 +1,11 @@
-//! The engine's error type and its classes.
+//! The engine's error type, classified by the [`ErrorClass`] that the log crate defines
+//! for every storage layer.
 
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+pub use regionkv_wal::ErrorClass;
 
 use crate::region::{Epoch, Region, RegionId, StoreId};
 
@@ -228,23 +231,6 @@ pub enum RegionChangeError {
     /// The map would not partition the key space (an internal check; a bug if seen).
     #[error("partition invariant broken: {0}")]
     Partition(&'static str),
-}
-
-/// What a caller can do about an [`Error`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// Routing information is stale or a region is busy: refresh and retry.
-    Retryable,
-    /// The engine is closed: not a failure of the data.
-    Cancelled,
-    /// Damage on disk or an unreadable format: stop and repair.
-    Corruption,
-    /// The engine is failed: reopen it.
-    Fatal,
-    /// The caller asked for something impossible; fix the call.
-    InvalidInput,
-    /// A read-side I/O error; durable state is unaffected.
-    Io,
 }
 
 impl Error {

@@ -65,20 +65,21 @@ mod engine;
 mod error;
 pub mod manifest;
 mod memtable;
+mod pins;
 pub mod region;
 mod region_map;
 mod round;
+mod snapshot;
 
 pub use checkpoint::{
-    CheckpointChunk, CheckpointChunks, CheckpointFile, CheckpointHeader, CheckpointStats,
+    CheckpointChunk, CheckpointChunks, CheckpointFile, CheckpointHeader, CheckpointReceiver,
+    CheckpointStats, MAX_CHECKPOINT_BYTES, ReceivedCheckpoint,
 };
-pub use engine::{
-    CheckpointMeta, CheckpointReceiver, Engine, EngineOptions, GcStats, MAX_CHECKPOINT_BYTES,
-    MemoryStats, ReceivedCheckpoint, RecoveryInfo, Snapshot,
-};
+pub use engine::{CheckpointMeta, Engine, EngineOptions, GcStats, MemoryStats, RecoveryInfo};
 pub use error::{Error, ErrorClass, RegionChangeError, Result};
 pub use manifest::{Compatibility, Manifest, MergeState};
 pub use memtable::{ENTRY_OVERHEAD_BYTES, MAX_SEQ, Seq};
 pub use region::{Epoch, Peer, PeerId, Region, RegionId, StoreId};
 pub use region_map::{RegionMap, SlotView};
 pub use round::ApplyRound;
+pub use snapshot::Snapshot;

@@ -39,7 +39,7 @@
 //! The manifest is replaced atomically: written in full to `MANIFEST.tmp`, fsynced,
 //! renamed over `MANIFEST`, and the directory fsynced.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -47,7 +47,8 @@ use regionkv_wal::fs::{FileSystem, OpenMode};
 
 use crate::codec::{self, DecodeError, DecodeResult, Decoder, Record};
 use crate::error::{Error, Result};
-use crate::region::{Region, RegionId, StoreId};
+use crate::region::{Region, RegionId, StoreId, intersect};
+use crate::region_map::RegionMap;
 
 /// Identifies a regionkv manifest.
 pub(crate) const MAGIC: [u8; 8] = *b"rkvMAN\r\n";
@@ -324,6 +325,91 @@ impl Manifest {
     }
 }
 
+/// Edits the engine makes to the next manifest when regions or their images change.
+impl Manifest {
+    /// The checkpoint parts of region `id` (none if it is not listed).
+    pub(crate) fn parts_of(&self, id: RegionId) -> Vec<CheckpointRef> {
+        self.regions
+            .iter()
+            .find(|e| e.region.id == id)
+            .map(|e| e.checkpoints.clone())
+            .unwrap_or_default()
+    }
+
+    /// The numbers of every checkpoint file a region's image refers to.
+    pub(crate) fn referenced_files(&self) -> BTreeSet<u64> {
+        self.regions.iter().flat_map(|e| e.checkpoints.iter().map(|c| c.file_id)).collect()
+    }
+
+    /// Rewrites the region list from `map`. Each region keeps its checkpoint parts
+    /// unless `parts_for` gives new ones.
+    pub(crate) fn set_regions(
+        &mut self,
+        map: &RegionMap,
+        parts_for: impl Fn(&Region) -> Option<Vec<CheckpointRef>>,
+    ) {
+        let mut old: HashMap<RegionId, RegionEntry> =
+            self.regions.drain(..).map(|e| (e.region.id, e)).collect();
+        self.regions = map
+            .regions()
+            .map(|region| {
+                let mut entry = old.remove(&region.id).unwrap_or_else(|| RegionEntry {
+                    region: region.clone(),
+                    checkpoints: Vec::new(),
+                    meta_index: None,
+                    merge: None,
+                    empty_at: None,
+                });
+                entry.region = region.clone();
+                if let Some(parts) = parts_for(region) {
+                    entry.checkpoints = parts;
+                    entry.empty_at = None;
+                }
+                entry
+            })
+            .collect();
+    }
+
+    /// Records that the durable image of each of `ids` is empty as of `index`.
+    pub(crate) fn set_empty_at(&mut self, ids: &[RegionId], index: u64) {
+        let ids: HashSet<RegionId> = ids.iter().copied().collect();
+        for entry in &mut self.regions {
+            if ids.contains(&entry.region.id) {
+                entry.checkpoints.clear();
+                entry.empty_at = Some(index);
+            }
+        }
+    }
+
+    /// Records that the metadata of `ids` was produced by the admin command at `index`.
+    pub(crate) fn set_meta_index(&mut self, ids: &[RegionId], index: u64) {
+        let ids: HashSet<RegionId> = ids.iter().copied().collect();
+        for entry in &mut self.regions {
+            if ids.contains(&entry.region.id) {
+                entry.meta_index = Some(index);
+            }
+        }
+    }
+}
+
+/// The share of `parts` inside `region`.
+pub(crate) fn restrict(parts: &[CheckpointRef], region: &Region) -> Vec<CheckpointRef> {
+    parts
+        .iter()
+        .filter_map(|p| {
+            let (start, end) =
+                intersect((&p.start, p.end.as_deref()), (&region.start, region.end.as_deref()))?;
+            Some(CheckpointRef {
+                file_id: p.file_id,
+                applied_index: p.applied_index,
+                start: start.to_vec(),
+                end: end.map(<[u8]>::to_vec),
+                file_bytes: p.file_bytes,
+            })
+        })
+        .collect()
+}
+
 fn decode_error(e: DecodeError) -> Error {
     Error::corruption(MANIFEST_FILE, e.offset as u64, e.reason)
 }
@@ -492,7 +578,7 @@ const _: () = assert!(
 fn fill_file_bytes(manifest: &mut Manifest, fs: &dyn FileSystem, dir: &Path) -> Result<()> {
     for entry in &mut manifest.regions {
         for part in &mut entry.checkpoints {
-            let path = dir.join(format!("{:016x}.ckpt", part.file_id));
+            let path = dir.join(crate::checkpoint::file_name(part.file_id));
             let file =
                 fs.open(&path, OpenMode::Existing).map_err(|e| Error::io("open", &path, e))?;
             part.file_bytes = Some(file.len().map_err(|e| Error::io("stat", &path, e))?);

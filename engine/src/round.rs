@@ -19,108 +19,15 @@
 //! and coming back to an earlier region inside one round is the typed error
 //! [`Error::RegionAlreadyPrepared`], never a panic.
 //!
-//! Pins: preparing a region pins it in the engine's ledger under the round's id, so
-//! the region cannot be removed while the round may still write to it. The ledger
-//! follows splits (children are pinned by every round that pinned the parent) and
-//! merges (the target is pinned by every round that pinned the source), and a round's
-//! end releases everything listed under its id, so each pin is released exactly once.
-
-use std::collections::HashMap;
+//! Pins: preparing a region pins it in the engine's pin ledger (`pins.rs`) under the
+//! round's id, so the region cannot be removed while the round may still write to it;
+//! a round's end releases everything listed under its id, exactly once.
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::memtable::{Batch, Seq};
+use crate::pins::RoundId;
 use crate::region::{Epoch, Region, RegionId, in_range};
-
-/// Identifies an open round in the pin ledger.
-pub(crate) type RoundId = u64;
-
-/// Which open rounds pin which regions.
-#[derive(Debug, Default)]
-pub(crate) struct PinLedger {
-    /// Regions pinned by each open round, each listed once.
-    by_round: HashMap<RoundId, Vec<RegionId>>,
-    /// Number of rounds that list each region; no zero entries.
-    count: HashMap<RegionId, u32>,
-}
-
-impl PinLedger {
-    /// Pins `region` for `round`; a no-op if the round holds it already.
-    pub fn pin(&mut self, round: RoundId, region: RegionId) {
-        let regions = self.by_round.entry(round).or_default();
-        if !regions.contains(&region) {
-            regions.push(region);
-            *self.count.entry(region).or_insert(0) += 1;
-        }
-    }
-
-    /// Releases every pin of `round`; returns how many. A second call releases none.
-    pub fn release_round(&mut self, round: RoundId) -> usize {
-        let Some(regions) = self.by_round.remove(&round) else { return 0 };
-        for region in &regions {
-            if let Some(n) = self.count.get_mut(region) {
-                *n -= 1;
-                if *n == 0 {
-                    self.count.remove(region);
-                }
-            }
-        }
-        regions.len()
-    }
-
-    /// Rounds that pinned `parent` now also pin each of `children`.
-    pub fn on_split(&mut self, parent: RegionId, children: &[RegionId]) {
-        let rounds: Vec<RoundId> = self
-            .by_round
-            .iter()
-            .filter(|(_, regions)| regions.contains(&parent))
-            .map(|(&round, _)| round)
-            .collect();
-        for round in rounds {
-            for &child in children {
-                self.pin(round, child);
-            }
-        }
-    }
-
-    /// Rounds that pinned `source` pin `target` instead (once, if they pinned both).
-    pub fn on_merge(&mut self, source: RegionId, target: RegionId) {
-        let rounds: Vec<RoundId> = self
-            .by_round
-            .iter()
-            .filter(|(_, regions)| regions.contains(&source))
-            .map(|(&round, _)| round)
-            .collect();
-        for round in rounds {
-            if let Some(regions) = self.by_round.get_mut(&round) {
-                regions.retain(|&r| r != source);
-            }
-            self.pin(round, target);
-        }
-        self.count.remove(&source);
-    }
-
-    /// Open rounds that pin `region`.
-    pub fn count(&self, region: RegionId) -> u32 {
-        self.count.get(&region).copied().unwrap_or(0)
-    }
-
-    /// Pins held over all regions.
-    pub fn total(&self) -> u64 {
-        self.count.values().map(|&n| u64::from(n)).sum()
-    }
-
-    /// True if the counts agree with the per-round lists (O(n); for tests).
-    pub fn is_consistent(&self) -> bool {
-        let mut count: HashMap<RegionId, u32> = HashMap::new();
-        for regions in self.by_round.values() {
-            for region in regions {
-                *count.entry(*region).or_insert(0) += 1;
-            }
-        }
-        count == self.count
-    }
-}
 
 /// The region a round currently writes to, as it was when prepared.
 #[derive(Debug)]
@@ -290,29 +197,4 @@ impl Drop for ApplyRound<'_> {
 
 fn too_large(what: &'static str, len: usize, max: usize) -> Error {
     Error::TooLarge { what, len: len as u64, max: max as u64 }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ledger_follows_split_and_merge_and_releases_once() {
-        let mut l = PinLedger::default();
-        l.pin(1, RegionId(10));
-        l.pin(1, RegionId(10));
-        l.pin(2, RegionId(10));
-        assert_eq!(l.count(RegionId(10)), 2);
-        l.on_split(RegionId(10), &[RegionId(11), RegionId(12)]);
-        assert_eq!(l.count(RegionId(11)), 2);
-        l.on_merge(RegionId(11), RegionId(12));
-        assert_eq!(l.count(RegionId(11)), 0);
-        assert_eq!(l.count(RegionId(12)), 2);
-        assert!(l.is_consistent());
-        assert_eq!(l.release_round(1), 2);
-        assert_eq!(l.release_round(1), 0);
-        assert_eq!(l.release_round(2), 2);
-        assert_eq!(l.total(), 0);
-        assert!(l.is_consistent());
-    }
 }

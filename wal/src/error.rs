@@ -1,4 +1,5 @@
-//! The log's error type and its classes.
+//! The log's error type, and the [`ErrorClass`] that every storage layer classifies its
+//! errors by.
 
 use std::io;
 use std::path::PathBuf;
@@ -131,18 +132,24 @@ pub enum Error {
     InvalidOptions(String),
 }
 
-/// What a caller can do about an [`Error`].
+/// What a caller can do about an error. One classification for the storage layers: the
+/// log's [`Error::class`] and the engine's both answer with it, so callers classify
+/// alike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorClass {
-    /// The log is shutting down or shut down: not a failure of the data.
+    /// Routing information is stale or a resource is busy: refresh and retry. The log
+    /// itself never says so.
+    Retryable,
+    /// The component is shutting down or shut down: not a failure of the data.
     Cancelled,
-    /// Damage on disk: stop and repair (restore, or a more tolerant recovery mode).
+    /// Damage on disk or an unreadable format: stop and repair (restore, or for the log
+    /// a more tolerant recovery mode).
     Corruption,
-    /// The log is failed: reopen it; the outcome of in-flight appends is unknown.
+    /// The component failed: reopen it; the outcome of writes in flight is unknown.
     Fatal,
     /// The caller asked for something impossible; fix the call.
     InvalidInput,
-    /// An I/O error outside the write path; the log itself is unaffected.
+    /// An I/O error outside the write path; durable state is unaffected.
     Io,
 }
 

@@ -338,6 +338,11 @@ impl<W: GroupWriter> GroupCommit<W> {
     pub fn stats(&self) -> KernelStats {
         self.state.lock().stats
     }
+
+    /// Records in the open group, waiting for the next write.
+    pub fn queued_records(&self) -> usize {
+        self.state.lock().open.slots.len()
+    }
 }
 
 #[cfg(all(test, not(loom)))]

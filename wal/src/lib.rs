@@ -28,7 +28,7 @@
 //!   after any I/O and check what survives.
 //!
 //! What this crate is not: it knows nothing of regions, Raft or keys. Its records are
-//! opaque bytes.
+//! opaque bytes, and a [`Timeline`]'s positions are whatever its caller orders by.
 //!
 //! ```
 //! use std::sync::Arc;

@@ -329,27 +329,18 @@ impl Wal {
         Ok(lsn[0])
     }
 
-    /// Appends several records in one group (one fsync) and returns their Lsns once all
-    /// are durable. Each record is still recovered on its own: after a crash before the
-    /// fsync, a prefix of them may survive. Put data that must be atomic in one record.
-    pub fn append_batch(&self, payloads: &[&[u8]]) -> Result<Vec<Lsn>> {
-        let _span = tracing::trace_span!("wal.append_batch", records = payloads.len()).entered();
-        let mut records = Vec::with_capacity(payloads.len());
-        for &payload in payloads {
-            self.check_len(payload)?;
-            records.push((payload, record::payload_crc(payload)));
-        }
-        let mut lsns = Vec::with_capacity(payloads.len());
-        self.inner.kernel.commit(RecordKind::Data, &records, &mut lsns)?;
-        Ok(lsns)
-    }
-
     fn check_len(&self, payload: &[u8]) -> Result<()> {
         let max = self.inner.options.max_payload();
         if payload.len() > max {
             return Err(Error::RecordTooLarge { len: payload.len(), max });
         }
         Ok(())
+    }
+
+    /// Records appended and still waiting for the next group write: how deep the
+    /// group-commit queue is right now (zero when no appender waits).
+    pub fn queued_records(&self) -> usize {
+        self.inner.kernel.queued_records()
     }
 
     /// Reads the record at `lsn`, verifying its checksums.

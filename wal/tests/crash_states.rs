@@ -1,7 +1,9 @@
 //! Crash states (reliability layer L2): a workload on the simulated file system is cut
 //! after every single I/O operation, each cut is materialized as lost, persisted, torn
-//! (512-byte sectors) and bit-flipped unsynced data, and the log is recovered. In every
-//! state:
+//! (512-byte sectors) and bit-flipped unsynced data, and the log is recovered. The
+//! workload appends as a store's writers do: concurrent appenders, one record each,
+//! that group commit writes several to a group, made deterministic by holding the
+//! writer at each write until the next group has queued. In every state:
 //!
 //! - P1: every acknowledged record is there, at the Lsn its append returned;
 //! - P2: nothing else is there but records that were issued, whole;
@@ -12,8 +14,12 @@
 //! add `CRASH_TRACE=1` to print every I/O operation of the replay.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::Scope;
+use std::time::{Duration, Instant};
 
+use regionkv_wal::fs::{SimOp, SimOpKind};
 use regionkv_wal::{CrashMode, Error, Lsn, RecoveryMode, SimFs, SparePreparation, Wal, WalOptions};
 
 fn options() -> WalOptions {
@@ -44,10 +50,13 @@ fn group_sizes(seed: u64) -> impl Iterator<Item = usize> {
 
 const RECORDS: u32 = 320;
 
+/// How long any wait of the workload may take before the test calls it stuck.
+const STUCK_AFTER: Duration = Duration::from_secs(60);
+
 /// What the workload did before the machine stopped.
 #[derive(Debug, Default)]
 struct History {
-    /// Every payload handed to `append_batch`, in order.
+    /// Every payload handed to `append`, in the order the log took them.
     issued: Vec<Vec<u8>>,
     /// Acknowledged records: issue index -> Lsn.
     acked: HashMap<usize, Lsn>,
@@ -55,12 +64,99 @@ struct History {
     purged_below: Lsn,
 }
 
-/// Appends `RECORDS` records in groups of 1..=7 (one fsync each), purging now and then.
-/// Stops at the first error, as a store whose log failed would.
+/// Holds the log's writer at each write into a segment until the workload lets it
+/// through, so that appenders queue up behind a group being written, in a known order:
+/// group commit as concurrent writers drive it in production, made deterministic.
+#[derive(Default)]
+struct Turnstile {
+    state: Mutex<TurnstileState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct TurnstileState {
+    /// Writes pass freely (while the log opens, and while the workload drains).
+    open: bool,
+    /// Writes that may pass while closed.
+    permits: u64,
+    /// A write waits at the turnstile.
+    waiting: bool,
+}
+
+impl Turnstile {
+    /// Called by the file system before a segment write.
+    fn pass(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.waiting = true;
+        self.changed.notify_all();
+        while !st.open && st.permits == 0 {
+            st = self.changed.wait(st).unwrap();
+        }
+        if !st.open {
+            st.permits -= 1;
+        }
+        st.waiting = false;
+        self.changed.notify_all();
+    }
+
+    fn set_open(&self, open: bool) {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).open = open;
+        self.changed.notify_all();
+    }
+
+    fn let_one_through(&self) {
+        self.state.lock().unwrap().permits += 1;
+        self.changed.notify_all();
+    }
+
+    /// True if a write waits and no permit is pending for it.
+    fn holds_a_write(&self) -> bool {
+        let st = self.state.lock().unwrap();
+        st.waiting && st.permits == 0
+    }
+}
+
+/// Opens a [`Turnstile`] when dropped.
+struct OpenOnDrop<'t>(&'t Turnstile);
+
+impl Drop for OpenOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.set_open(true);
+    }
+}
+
+/// Waits, bounded, until `done` holds.
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + STUCK_AFTER;
+    let mut spins = 0u32;
+    while !done() {
+        assert!(Instant::now() < deadline, "the workload is stuck waiting for {what}");
+        spins += 1;
+        if spins < 1000 { std::hint::spin_loop() } else { std::thread::yield_now() }
+    }
+}
+
+/// True for a write of records into a segment: past the segment header (a spare being
+/// made or installed is written from offset 0). A handle keeps the name it was opened
+/// under, so an installed spare's writes still name the spare.
+fn is_record_write(op: &SimOp) -> bool {
+    op.kind == SimOpKind::Write && op.offset > 0 && op.path.extension() == Some("wal".as_ref())
+}
+
+/// Appends `RECORDS` records from concurrent appenders, in groups of 1..=7 that queue
+/// up behind the group being written (one write and one fsync per group, as group
+/// commit forms them for concurrent writers), purging now and then. The [`Turnstile`]
+/// makes it deterministic: each appender joins the queue before the next one starts, so
+/// issue order is Lsn order and every run does the same I/O. Stops at the first error,
+/// as a store whose log failed would.
 fn workload(fs: &SimFs) -> History {
     let mut h = History::default();
-    if std::env::var_os("CRASH_TRACE").is_some() {
-        fs.set_fault_hook(Box::new(|op| {
+    let turnstile = Arc::new(Turnstile::default());
+    turnstile.set_open(true);
+    let trace = std::env::var_os("CRASH_TRACE").is_some();
+    let gate = turnstile.clone();
+    fs.set_fault_hook(Box::new(move |op| {
+        if trace {
             eprintln!(
                 "op {:>4} {:?} {} offset={} len={}",
                 op.index,
@@ -69,39 +165,194 @@ fn workload(fs: &SimFs) -> History {
                 op.offset,
                 op.len
             );
-            None
-        }));
+        }
+        if is_record_write(op) {
+            gate.pass();
+        }
+        None
+    }));
+    if let Ok(wal) = Wal::open(Arc::new(fs.clone()), "/wal", options()) {
+        turnstile.set_open(false);
+        std::thread::scope(|s| {
+            // Opens the turnstile however this closure ends, so that the scope can join
+            // every appender even after a failed check.
+            let _open = OpenOnDrop(&turnstile);
+            let mut appenders = Appenders::new(s, &wal);
+            run_groups(&mut appenders, &wal, &turnstile, &mut h);
+            turnstile.set_open(true);
+            appenders.join_all();
+        });
     }
-    let Ok(wal) = Wal::open(Arc::new(fs.clone()), "/wal", options()) else { return h };
+    fs.clear_fault_hook();
+    h
+}
+
+/// What an appender reports: the record's issue index and the outcome of its append.
+type Appended = (usize, Result<Lsn, Error>);
+
+/// Appender threads, started as needed and reused: each appends one record at a time.
+struct Appenders<'s, 'e> {
+    scope: &'s Scope<'s, 'e>,
+    wal: &'s Wal,
+    /// Threads waiting for a record.
+    idle: Vec<Sender<(usize, Vec<u8>)>>,
+    /// Threads appending, by the issue index of their record.
+    busy: HashMap<usize, Sender<(usize, Vec<u8>)>>,
+    done_tx: Sender<Appended>,
+    done_rx: Receiver<Appended>,
+    /// Appends finished and not yet taken.
+    finished: Vec<Appended>,
+}
+
+impl<'s, 'e> Appenders<'s, 'e> {
+    fn new(scope: &'s Scope<'s, 'e>, wal: &'s Wal) -> Self {
+        let (done_tx, done_rx) = channel();
+        Appenders {
+            scope,
+            wal,
+            idle: Vec::new(),
+            busy: HashMap::new(),
+            done_tx,
+            done_rx,
+            finished: Vec::new(),
+        }
+    }
+
+    /// Starts appending `payload`, the record issued as `index`.
+    fn start(&mut self, index: usize, payload: Vec<u8>) {
+        let worker = self.idle.pop().unwrap_or_else(|| {
+            let (tx, rx) = channel::<(usize, Vec<u8>)>();
+            let (wal, done) = (self.wal, self.done_tx.clone());
+            self.scope.spawn(move || {
+                for (index, payload) in rx {
+                    let _ = done.send((index, wal.append(&payload)));
+                }
+            });
+            tx
+        });
+        worker.send((index, payload)).expect("appender threads run until dropped");
+        self.busy.insert(index, worker);
+    }
+
+    fn on_done(&mut self, (index, result): Appended) {
+        if let Some(worker) = self.busy.remove(&index) {
+            self.idle.push(worker);
+        }
+        self.finished.push((index, result));
+    }
+
+    fn poll(&mut self) {
+        while let Ok(done) = self.done_rx.try_recv() {
+            self.on_done(done);
+        }
+    }
+
+    fn is_finished(&mut self, index: usize) -> bool {
+        self.poll();
+        !self.busy.contains_key(&index)
+    }
+
+    fn all_finished(&mut self) -> bool {
+        self.poll();
+        self.busy.is_empty()
+    }
+
+    /// Waits for every append under way.
+    fn join_all(&mut self) {
+        while !self.busy.is_empty() {
+            let done = self.done_rx.recv_timeout(STUCK_AFTER).expect("appends finish");
+            self.on_done(done);
+        }
+    }
+
+    /// Records the finished appends in `h`; false if one failed.
+    fn collect(&mut self, h: &mut History) -> bool {
+        let mut ok = true;
+        for (index, result) in self.finished.drain(..) {
+            match result {
+                Ok(lsn) => {
+                    h.acked.insert(index, lsn);
+                }
+                Err(_) => ok = false,
+            }
+        }
+        ok
+    }
+}
+
+/// The groups of [`workload`]; returns at the end or at the first failed append.
+fn run_groups(
+    appenders: &mut Appenders<'_, '_>,
+    wal: &Wal,
+    turnstile: &Turnstile,
+    h: &mut History,
+) {
+    // Lets every write through and waits for every append; false if one failed.
+    let drain = |appenders: &mut Appenders<'_, '_>, h: &mut History| -> bool {
+        turnstile.set_open(true);
+        appenders.join_all();
+        turnstile.set_open(false);
+        appenders.collect(h)
+    };
+    // Some(n) while a write is held at the turnstile (a group is being written): new
+    // appenders queue behind it, n of them so far.
+    let mut queued: Option<usize> = None;
     let mut sizes = group_sizes(0x5eed);
     let mut next = 0u32;
     while next < RECORDS {
         let n = sizes.next().unwrap().min((RECORDS - next) as usize);
-        let batch: Vec<Vec<u8>> = (next..next + n as u32).map(payload).collect();
-        let first = h.issued.len();
-        h.issued.extend(batch.iter().cloned());
-        let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
-        match wal.append_batch(&refs) {
-            Ok(lsns) => {
-                for (i, lsn) in lsns.into_iter().enumerate() {
-                    h.acked.insert(first + i, lsn);
-                }
+        for record in next..next + n as u32 {
+            let index = h.issued.len();
+            h.issued.push(payload(record));
+            appenders.start(index, payload(record));
+            if let Some(queued) = queued.as_mut() {
+                // It joins the open group, behind the one being written.
+                *queued += 1;
+                let expect = *queued;
+                wait_for("an appender to queue", || {
+                    wal.queued_records() == expect || appenders.is_finished(index)
+                });
+            } else {
+                // The writer is idle: it leads a group of its own, held at the turnstile.
+                wait_for("a group to be written", || {
+                    turnstile.holds_a_write() || appenders.is_finished(index)
+                });
+                queued = Some(0);
             }
-            Err(_) => return h,
+            if appenders.is_finished(index) {
+                // Only a failure ends an append that was held or queued.
+                drain(appenders, h);
+                return;
+            }
         }
         next += n as u32;
+        // Let the held write through; the queued appenders form the next group.
+        turnstile.let_one_through();
+        wait_for("the next write or the last ack", || {
+            turnstile.holds_a_write() || appenders.all_finished()
+        });
+        queued = turnstile.holds_a_write().then(|| wal.queued_records());
+        if !appenders.collect(h) {
+            drain(appenders, h);
+            return;
+        }
         if next % 60 < n as u32 {
+            // A purge touches the file system, which a held write blocks: drain first.
+            if !drain(appenders, h) {
+                return;
+            }
+            queued = None;
             // Keep the last ~40 records; everything older may go.
             let keep = h.acked[&(h.issued.len().saturating_sub(40))];
             // Once a purge is asked for, records below its point may go, even if the
             // call does not return.
             h.purged_below = keep;
             if wal.purge_below(keep).is_err() {
-                return h;
+                return;
             }
         }
     }
-    h
+    drain(appenders, h);
 }
 
 /// Checks P1–P3 on a recovered log.

@@ -56,14 +56,17 @@ type Applied = (usize, Lsn, Vec<u8>);
 #[error("the applier has stopped")]
 struct ApplierGone;
 
+/// What a timeline fed by the log refuses with.
+type LsnIngestError = IngestError<Lsn>;
+
 /// One ingest task: appends through its timeline until it is told to stop, and keeps
 /// what was acknowledged and every error it saw.
 fn ingest_task(
     index: usize,
-    timeline: &Timeline,
+    timeline: &Timeline<Lsn>,
     wal: &Wal,
     to_applier: &SyncSender<Applied>,
-) -> (Vec<(Lsn, Vec<u8>)>, Vec<IngestError>) {
+) -> (Vec<(Lsn, Vec<u8>)>, Vec<LsnIngestError>) {
     let task_token = timeline.cancellation().child();
     let mut acked = Vec::new();
     let mut errors = Vec::new();
@@ -104,7 +107,7 @@ fn round(
         .spare_preparation(SparePreparation::OnDemand);
     let wal = Wal::open(fs.clone(), dir, options.clone()).unwrap();
     let store = CancellationToken::new();
-    let lines: Vec<Timeline> =
+    let lines: Vec<Timeline<Lsn>> =
         (0..timelines).map(|i| Timeline::new(format!("region-{i}"), &store)).collect();
     let (to_applier, from_ingest) = sync_channel::<Applied>(16);
     let errors_before = error_events().lock().unwrap().len();

@@ -12,4 +12,4 @@ mod timeline;
 
 pub use cancel::CancellationToken;
 pub use gate::{Gate, GateClosed, GateGuard, GateTimeout};
-pub use timeline::{IngestError, ShutdownError, Timeline, TimelineState};
+pub use timeline::{IngestError, Position, ShutdownError, Timeline, TimelineState};

@@ -1,7 +1,10 @@
-//! A timeline: one LSN-ordered ingest stream with a lifecycle (Neon's pattern).
+//! A timeline: one ordered ingest stream with a lifecycle (Neon's pattern).
 //!
-//! Each region replica ingests its committed log into the engine through a timeline.
-//! The lesson from the Neon pageserver: during shutdown, the tasks that feed a timeline
+//! A timeline knows nothing of what flows through it. Its records come at positions
+//! the caller chooses, opaque to the timeline and strictly increasing (a log's
+//! [`Lsn`], an index of the caller's own log, a sequence number): the type parameter
+//! of [`Timeline`]. It runs the caller's apply for each, one at a time, in position
+//! order, inside its gate. The lesson from the Neon pageserver: during shutdown, the tasks that feed a timeline
 //! fail in many ways (a closed channel, a cancelled flush, a gate that is closed), and
 //! reporting those as errors, or worse as corruption, pages people for nothing and hides
 //! the real errors. So every error a timeline sees passes through [`Timeline::classify`],
@@ -18,7 +21,7 @@
 //!
 //! The store then writes its clean-shutdown mark (for the WAL: [`crate::Wal::close`]).
 
-use std::fmt;
+use std::fmt::{self, Debug, Display};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,20 +47,27 @@ pub enum TimelineState {
     Broken,
 }
 
-/// Why an ingest did not happen.
+/// What a [`Timeline`] orders its records by: an opaque, strictly increasing position
+/// chosen by the caller. Any totally ordered value that can be copied and printed is
+/// one.
+pub trait Position: Copy + Ord + Debug + Display + Send + Sync + 'static {}
+
+impl<P: Copy + Ord + Debug + Display + Send + Sync + 'static> Position for P {}
+
+/// Why an ingest did not happen; `P` is the timeline's [`Position`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum IngestError {
+pub enum IngestError<P = Lsn> {
     /// The timeline is shutting down; not a failure.
     #[error("ingest cancelled: the timeline is shutting down")]
     Cancelled,
-    /// A record arrived at or below the last ingested Lsn.
-    #[error("out-of-order ingest: lsn {got} is not after the last ingested lsn {last}")]
+    /// A record arrived at or below the last ingested position.
+    #[error("out-of-order ingest: position {got} is not after the last ingested position {last}")]
     OutOfOrder {
-        /// The last Lsn ingested.
-        last: Lsn,
-        /// The Lsn offered.
-        got: Lsn,
+        /// The last position ingested.
+        last: P,
+        /// The position offered.
+        got: P,
     },
     /// The timeline broke earlier; reopen the store to recover it.
     #[error("the timeline is broken ({reason}); reopen the store to recover it")]
@@ -73,7 +83,7 @@ pub enum IngestError {
     Apply(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-impl IngestError {
+impl<P> IngestError<P> {
     /// True for [`IngestError::Cancelled`]. Exhaustive: a new variant must decide.
     pub fn is_cancelled(&self) -> bool {
         match self {
@@ -121,23 +131,32 @@ pub enum ShutdownError {
     },
 }
 
-/// One LSN-ordered ingest stream with a lifecycle. Clones share the timeline.
-#[derive(Clone)]
-pub struct Timeline {
-    inner: Arc<Inner>,
+/// One ordered ingest stream with a lifecycle, its records at positions of type `P`
+/// (see [`Position`]). Clones share the timeline.
+///
+/// `P` defaults to [`Lsn`], for a timeline fed by [`Timeline::append`].
+pub struct Timeline<P = Lsn> {
+    inner: Arc<Inner<P>>,
 }
 
-struct Inner {
+impl<P> Clone for Timeline<P> {
+    fn clone(&self) -> Self {
+        Timeline { inner: self.inner.clone() }
+    }
+}
+
+struct Inner<P> {
     name: String,
     cancel: CancellationToken,
     gate: Gate,
     state: Mutex<TimelineState>,
     broken: Mutex<Option<Arc<str>>>,
-    /// The last Lsn ingested; held across an ingest so one record is ingested at a time.
-    last_lsn: Mutex<Option<Lsn>>,
+    /// The last position ingested; held across an ingest so one record is ingested at a
+    /// time.
+    last: Mutex<Option<P>>,
 }
 
-impl fmt::Debug for Timeline {
+impl<P: Position> fmt::Debug for Timeline<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Timeline")
             .field("name", &self.inner.name)
@@ -146,9 +165,9 @@ impl fmt::Debug for Timeline {
     }
 }
 
-impl Timeline {
+impl<P: Position> Timeline<P> {
     /// An active timeline whose token is a child of `parent` (the store's token).
-    pub fn new(name: impl Into<String>, parent: &CancellationToken) -> Timeline {
+    pub fn new(name: impl Into<String>, parent: &CancellationToken) -> Timeline<P> {
         Timeline {
             inner: Arc::new(Inner {
                 name: name.into(),
@@ -156,7 +175,7 @@ impl Timeline {
                 gate: Gate::new(),
                 state: Mutex::new(TimelineState::Active),
                 broken: Mutex::new(None),
-                last_lsn: Mutex::new(None),
+                last: Mutex::new(None),
             }),
         }
     }
@@ -171,9 +190,9 @@ impl Timeline {
         *self.inner.state.lock()
     }
 
-    /// The last Lsn ingested.
-    pub fn last_lsn(&self) -> Option<Lsn> {
-        *self.inner.last_lsn.lock()
+    /// The last position ingested.
+    pub fn last_position(&self) -> Option<P> {
+        *self.inner.last.lock()
     }
 
     /// The timeline's token; ingest tasks take a [`CancellationToken::child`] of it.
@@ -189,54 +208,37 @@ impl Timeline {
 
     /// Classifies an error seen by this timeline: once shutdown began, every error is
     /// [`IngestError::Cancelled`], whatever it was.
-    pub fn classify(&self, error: IngestError) -> IngestError {
+    pub fn classify(&self, error: IngestError<P>) -> IngestError<P> {
         if self.shutdown_began() { IngestError::Cancelled } else { error }
     }
 
-    /// Ingests the record at `lsn` by running `apply`: one record at a time, in Lsn
-    /// order, inside the gate. Errors are classified and logged here.
+    /// Ingests the record at `position` by running `apply`: one record at a time, in
+    /// position order, inside the gate. Errors are classified and logged here.
     pub fn ingest<E>(
         &self,
-        lsn: Lsn,
+        position: P,
         apply: impl FnOnce() -> Result<(), E>,
-    ) -> Result<(), IngestError>
+    ) -> Result<(), IngestError<P>>
     where
-        E: Into<IngestError>,
+        E: Into<IngestError<P>>,
     {
-        self.ingest_with(|| Ok(lsn), |_| apply().map_err(Into::into)).map(|_| ())
-    }
-
-    /// Appends `payload` to `wal` (waiting for its fsync) and ingests it at the Lsn the
-    /// log gave it by running `apply`. Returns that Lsn.
-    pub fn append<E>(
-        &self,
-        wal: &Wal,
-        payload: &[u8],
-        apply: impl FnOnce(Lsn) -> Result<(), E>,
-    ) -> Result<Lsn, IngestError>
-    where
-        E: Into<IngestError>,
-    {
-        self.ingest_with(
-            || wal.append(payload).map_err(IngestError::Wal),
-            |lsn| apply(lsn).map_err(Into::into),
-        )
+        self.ingest_with(|| Ok(position), |_| apply().map_err(Into::into)).map(|_| ())
     }
 
     fn ingest_with(
         &self,
-        position: impl FnOnce() -> Result<Lsn, IngestError>,
-        apply: impl FnOnce(Lsn) -> Result<(), IngestError>,
-    ) -> Result<Lsn, IngestError> {
+        position: impl FnOnce() -> Result<P, IngestError<P>>,
+        apply: impl FnOnce(P) -> Result<(), IngestError<P>>,
+    ) -> Result<P, IngestError<P>> {
         let result = self.try_ingest(position, apply);
         result.map_err(|e| self.on_error(e))
     }
 
     fn try_ingest(
         &self,
-        position: impl FnOnce() -> Result<Lsn, IngestError>,
-        apply: impl FnOnce(Lsn) -> Result<(), IngestError>,
-    ) -> Result<Lsn, IngestError> {
+        position: impl FnOnce() -> Result<P, IngestError<P>>,
+        apply: impl FnOnce(P) -> Result<(), IngestError<P>>,
+    ) -> Result<P, IngestError<P>> {
         if self.shutdown_began() {
             return Err(IngestError::Cancelled);
         }
@@ -244,20 +246,20 @@ impl Timeline {
         if let Some(reason) = self.inner.broken.lock().clone() {
             return Err(IngestError::Broken { reason });
         }
-        let mut last = self.inner.last_lsn.lock();
-        let lsn = position()?;
+        let mut last = self.inner.last.lock();
+        let position = position()?;
         if let Some(last) = *last
-            && lsn <= last
+            && position <= last
         {
-            return Err(IngestError::OutOfOrder { last, got: lsn });
+            return Err(IngestError::OutOfOrder { last, got: position });
         }
-        apply(lsn)?;
-        *last = Some(lsn);
-        Ok(lsn)
+        apply(position)?;
+        *last = Some(position);
+        Ok(position)
     }
 
     /// Classifies, logs, and breaks the timeline if the error requires it.
-    fn on_error(&self, error: IngestError) -> IngestError {
+    fn on_error(&self, error: IngestError<P>) -> IngestError<P> {
         let error = self.classify(error);
         if error.is_cancelled() {
             tracing::debug!(timeline = %self.inner.name, "ingest cancelled by shutdown");
@@ -305,8 +307,27 @@ impl Timeline {
         }
         // 5. Done.
         *self.inner.state.lock() = TimelineState::Stopped;
-        tracing::debug!(timeline = %self.inner.name, last_lsn = ?self.last_lsn(), "timeline stopped");
+        tracing::debug!(timeline = %self.inner.name, last = ?self.last_position(), "timeline stopped");
         Ok(())
+    }
+}
+
+impl Timeline<Lsn> {
+    /// Appends `payload` to `wal` (waiting for its fsync) and ingests it at the Lsn the
+    /// log gave it by running `apply`. Returns that Lsn.
+    pub fn append<E>(
+        &self,
+        wal: &Wal,
+        payload: &[u8],
+        apply: impl FnOnce(Lsn) -> Result<(), E>,
+    ) -> Result<Lsn, IngestError<Lsn>>
+    where
+        E: Into<IngestError<Lsn>>,
+    {
+        self.ingest_with(
+            || wal.append(payload).map_err(IngestError::Wal),
+            |lsn| apply(lsn).map_err(Into::into),
+        )
     }
 }
 
@@ -318,7 +339,7 @@ mod tests {
     #[error("downstream channel closed")]
     struct Disconnected;
 
-    impl From<Disconnected> for IngestError {
+    impl From<Disconnected> for IngestError<Lsn> {
         fn from(e: Disconnected) -> Self {
             IngestError::Apply(Box::new(e))
         }
@@ -327,16 +348,36 @@ mod tests {
     #[test]
     fn ingest_is_ordered() {
         let tl = Timeline::new("t", &CancellationToken::new());
-        tl.ingest(Lsn(5), || Ok::<_, IngestError>(())).unwrap();
-        let err = tl.ingest(Lsn(5), || Ok::<_, IngestError>(())).unwrap_err();
+        tl.ingest(Lsn(5), || Ok::<_, IngestError<Lsn>>(())).unwrap();
+        let err = tl.ingest(Lsn(5), || Ok::<_, IngestError<Lsn>>(())).unwrap_err();
         assert!(matches!(err, IngestError::OutOfOrder { last: Lsn(5), got: Lsn(5) }));
         assert_eq!(
             tl.state(),
             TimelineState::Active,
             "a refused record does not break the timeline"
         );
-        tl.ingest(Lsn(9), || Ok::<_, IngestError>(())).unwrap();
-        assert_eq!(tl.last_lsn(), Some(Lsn(9)));
+        tl.ingest(Lsn(9), || Ok::<_, IngestError<Lsn>>(())).unwrap();
+        assert_eq!(tl.last_position(), Some(Lsn(9)));
+    }
+
+    #[test]
+    fn positions_are_the_callers() {
+        // A log index of the caller's, not a WAL position: any ordered type will do.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+        struct Index(u64);
+        impl fmt::Display for Index {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+        let tl = Timeline::new("t", &CancellationToken::new());
+        tl.ingest(Index(3), || Ok::<_, IngestError<Index>>(())).unwrap();
+        let err = tl.ingest(Index(2), || Ok::<_, IngestError<Index>>(())).unwrap_err();
+        assert!(matches!(err, IngestError::OutOfOrder { last: Index(3), got: Index(2) }));
+        assert!(err.to_string().contains("position 2 is not after the last ingested position 3"));
+        let plain = Timeline::<u64>::new("u", &CancellationToken::new());
+        plain.ingest(7, || Ok::<_, IngestError<u64>>(())).unwrap();
+        assert_eq!((tl.last_position(), plain.last_position()), (Some(Index(3)), Some(7)));
     }
 
     #[test]
@@ -378,12 +419,12 @@ mod tests {
             shutdown.join().unwrap().unwrap();
         });
         assert_eq!(tl.state(), TimelineState::Stopped);
-        assert!(tl.ingest(Lsn(2), || Ok::<_, IngestError>(())).unwrap_err().is_cancelled());
+        assert!(tl.ingest(Lsn(2), || Ok::<_, IngestError<Lsn>>(())).unwrap_err().is_cancelled());
     }
 
     #[test]
     fn a_failed_flush_breaks_the_timeline() {
-        let tl = Timeline::new("t", &CancellationToken::new());
+        let tl = Timeline::<Lsn>::new("t", &CancellationToken::new());
         let err = tl.shutdown(Duration::from_secs(1), || Err(Error::Closed)).unwrap_err();
         assert!(matches!(err, ShutdownError::Flush { .. }));
         assert_eq!(tl.state(), TimelineState::Broken);
@@ -391,7 +432,7 @@ mod tests {
 
     #[test]
     fn a_stuck_task_makes_shutdown_time_out_and_names_it() {
-        let tl = Timeline::new("t", &CancellationToken::new());
+        let tl = Timeline::<Lsn>::new("t", &CancellationToken::new());
         let _stuck = tl.inner.gate.enter("stuck").unwrap();
         let err = tl.shutdown(Duration::from_millis(10), || Ok(())).unwrap_err();
         let ShutdownError::GateTimeout { source, .. } = err else { panic!("expected a timeout") };

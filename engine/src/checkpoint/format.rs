@@ -1,4 +1,5 @@
-//! Checkpoint files: a consistent image of one region at an applied index.
+//! The checkpoint file format: one region's image at an applied index as header, sorted
+//! blocks, index and footer, each checksummed; encoded, verified and streamed in chunks.
 //!
 //! ```text
 //!  +----------+---------+---------+-----+-------------+---------+----------+

@@ -1,0 +1,169 @@
+//! A region's durable image as the engine keeps it: checkpoints written for a region
+//! (alone or as part of a region change), found, streamed, and received from elsewhere.
+
+use std::sync::atomic::Ordering;
+
+use regionkv_wal::fs::OpenMode;
+
+use super::{CheckpointMeta, Durable, Engine, Inner};
+use crate::checkpoint::{
+    CheckpointChunks, CheckpointFile, CheckpointHeader, CheckpointReceiver, CheckpointStats,
+    CheckpointWrite, TEMP_SUFFIX, file_name, map_checkpoint,
+};
+use crate::error::{Error, Result};
+use crate::manifest::CheckpointRef;
+use crate::region::{Region, RegionId};
+use crate::snapshot::Snapshot;
+
+impl Engine {
+    /// Writes a checkpoint of region `id`: its live keys at the latest committed round,
+    /// labelled with `applied_index`, which the caller asserts is the Raft index of that
+    /// state (call it between apply rounds). Written to a temporary file, fsynced,
+    /// renamed, the directory fsynced; then the manifest points the region at it, and
+    /// the files it replaces are removed.
+    pub fn checkpoint(&self, id: RegionId, applied_index: u64) -> Result<CheckpointMeta> {
+        let mut durable = self.inner.durable.lock();
+        self.inner.check_usable()?;
+        // Region changes take the durable lock too, so the region is stable from here.
+        let region = self.region(id).ok_or(Error::RegionNotFound { region: id })?;
+        let snapshot = self.snapshot();
+        let file_id = durable.next_file_id;
+        durable.next_file_id += 1;
+        let header = CheckpointHeader { region: region.clone(), applied_index };
+        // What the region is charged for is a little more than its checkpoint takes
+        // (see `Inner::write_checkpoint`).
+        let charged =
+            (self.inner.regions.read().bytes.get(&id)).map_or(0, |b| b.load(Ordering::Relaxed));
+        let stats = self.inner.write_checkpoint(file_id, &header, &snapshot, charged)?;
+        let mut next = durable.manifest.clone();
+        next.next_file_id = durable.next_file_id;
+        let whole = CheckpointRef {
+            file_id,
+            applied_index,
+            start: region.start.clone(),
+            end: region.end.clone(),
+            file_bytes: Some(stats.file_bytes),
+        };
+        let map = self.region_map();
+        next.set_regions(&map, |r| (r.id == id).then(|| vec![whole.clone()]));
+        self.inner.persist(&mut durable, next)?;
+        Ok(CheckpointMeta {
+            region,
+            applied_index,
+            seq: snapshot.seq(),
+            file_id,
+            path: self.inner.dir.join(file_name(file_id)),
+            stats,
+        })
+    }
+
+    /// The region's latest checkpoint, if the region's durable image is exactly one
+    /// checkpoint of the region as it is now (none after a split or merge until the
+    /// next [`Engine::checkpoint`]). Mapped and fully verified.
+    pub fn latest_checkpoint(&self, id: RegionId) -> Result<Option<CheckpointFile>> {
+        let durable = self.inner.durable.lock();
+        let Some(entry) = durable.manifest.regions.iter().find(|e| e.region.id == id) else {
+            return Err(Error::RegionNotFound { region: id });
+        };
+        let [part] = entry.checkpoints.as_slice() else { return Ok(None) };
+        let file = map_checkpoint(self.inner.fs.as_ref(), &self.inner.dir, part)?;
+        let h = file.header();
+        let whole = h.region.id == id && h.region.start == part.start && h.region.end == part.end;
+        Ok(whole.then_some(file))
+    }
+
+    /// Streams the region's latest checkpoint in chunks of at most `chunk_bytes`.
+    pub fn checkpoint_chunks(&self, id: RegionId, chunk_bytes: usize) -> Result<CheckpointChunks> {
+        let file = self.latest_checkpoint(id)?.ok_or(Error::RegionNotFound { region: id })?;
+        Ok(CheckpointChunks::new(&file, chunk_bytes))
+    }
+
+    /// Starts receiving a checkpoint streamed from another store.
+    pub fn receive_checkpoint(&self) -> Result<CheckpointReceiver> {
+        let file_id = {
+            let mut durable = self.inner.durable.lock();
+            self.inner.check_usable()?;
+            durable.next_file_id += 1;
+            durable.next_file_id - 1
+        };
+        let tmp = self.inner.dir.join(format!("{}{TEMP_SUFFIX}", file_name(file_id)));
+        let file = self
+            .inner
+            .fs
+            .open(&tmp, OpenMode::CreateNew)
+            .map_err(|e| self.inner.fail("create received checkpoint", &tmp, &e))?;
+        Ok(CheckpointReceiver::new(self.clone(), file_id, tmp, file))
+    }
+
+    /// The applied index of region `id`'s durable image, if the image is one whole
+    /// checkpoint of the region as it is or known to be empty: what a restart starts
+    /// replaying the log after. `None` if the region is not hosted or its image is made
+    /// of parts of older regions' checkpoints (after [`Engine::split`] or
+    /// [`Engine::merge`]) or of nothing recorded (a bootstrapped region).
+    pub fn image_index(&self, id: RegionId) -> Result<Option<u64>> {
+        let empty_at = {
+            let durable = self.inner.durable.lock();
+            let entry = durable.manifest.regions.iter().find(|e| e.region.id == id);
+            entry.ok_or(Error::RegionNotFound { region: id })?.empty_at
+        };
+        match empty_at {
+            Some(index) => Ok(Some(index)),
+            None => Ok(self.latest_checkpoint(id)?.map(|f| f.header().applied_index)),
+        }
+    }
+
+    /// Writes a checkpoint of `region` (as given, not as the map has it) from
+    /// `snapshot`; the caller records it in the next manifest. Writes nothing and
+    /// returns `None` if the region holds no keys: its image is empty (`empty_at`).
+    /// `estimate_bytes` is about how long the file will be (what the region is charged
+    /// for; see `Inner::write_checkpoint`); the callers hold the region map's lock, so
+    /// they pass it in.
+    pub(super) fn write_whole_checkpoint(
+        &self,
+        durable: &mut Durable,
+        region: &Region,
+        applied_index: u64,
+        snapshot: &Snapshot,
+        estimate_bytes: u64,
+    ) -> Result<Option<CheckpointRef>> {
+        if snapshot.scan(&region.start, region.end.as_deref(), 1).is_empty() {
+            return Ok(None);
+        }
+        let file_id = durable.next_file_id;
+        durable.next_file_id += 1;
+        let header = CheckpointHeader { region: region.clone(), applied_index };
+        let stats = self.inner.write_checkpoint(file_id, &header, snapshot, estimate_bytes)?;
+        Ok(Some(CheckpointRef {
+            file_id,
+            applied_index,
+            start: region.start.clone(),
+            end: region.end.clone(),
+            file_bytes: Some(stats.file_bytes),
+        }))
+    }
+}
+
+impl Inner {
+    /// Writes checkpoint file `file_id` of `header.region` from `snapshot` (see
+    /// [`CheckpointWrite`]); a failure latches the engine failed. `estimate_bytes` is
+    /// about how long the file will be (the region's memory charge: a little more).
+    pub(super) fn write_checkpoint(
+        &self,
+        file_id: u64,
+        header: &CheckpointHeader,
+        snapshot: &Snapshot,
+        estimate_bytes: u64,
+    ) -> Result<CheckpointStats> {
+        let write = CheckpointWrite {
+            fs: self.fs.as_ref(),
+            dir: &self.dir,
+            buffer_bytes: self.options.checkpoint_write_buffer_bytes,
+            memtable: &self.memtable,
+            seq: snapshot.seq().0,
+            file_id,
+            header,
+            estimate_bytes,
+        };
+        write.run(|op, path, e| self.fail(op, path, e))
+    }
+}

@@ -1,0 +1,649 @@
+//! [`Engine`]: one store's state machine, as the Raft layer sees it: opening and
+//! recovery, the read side, apply-round plumbing, garbage collection and shutdown.
+//!
+//! The rest of `Engine` is in the child modules: changes of the hosted regions
+//! (`topology`: insert, remove, split, merge, membership, merge state, installing a
+//! received checkpoint, all through one transaction, `Inner::change`) and a region's
+//! durable image (`images`: writing, finding, streaming and receiving checkpoints).
+
+mod images;
+mod topology;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+use regionkv_wal::fs::FileSystem;
+
+use crate::checkpoint::{self, CheckpointFile, CheckpointStats, load_part, open_and_load_part};
+use crate::error::{Error, Result};
+use crate::manifest::{self, Compatibility, Manifest, MergeState};
+use crate::memtable::{Batch, MAX_SEQ, Memtable, Seq, Visibility};
+use crate::pins::{PinLedger, RoundId};
+use crate::region::{Epoch, Region, RegionId, StoreId, in_range};
+use crate::region_map::RegionMap;
+use crate::round::ApplyRound;
+use crate::snapshot::Snapshot;
+
+/// How to open an [`Engine`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct EngineOptions {
+    /// The store this engine belongs to; checked against the manifest.
+    pub store_id: StoreId,
+    /// Largest key. Default 64 KiB.
+    pub max_key_bytes: usize,
+    /// Largest value. Default 32 MiB.
+    pub max_value_bytes: usize,
+    /// Largest sum of key and value bytes buffered in one apply round. Default 256 MiB.
+    pub max_round_bytes: usize,
+    /// Checkpoint bytes buffered between writes to the file. Default 4 MiB.
+    pub checkpoint_write_buffer_bytes: usize,
+}
+
+impl EngineOptions {
+    /// Defaults for store `store_id`.
+    pub fn new(store_id: StoreId) -> EngineOptions {
+        EngineOptions {
+            store_id,
+            max_key_bytes: 64 << 10,
+            max_value_bytes: 32 << 20,
+            max_round_bytes: 256 << 20,
+            checkpoint_write_buffer_bytes: 4 << 20,
+        }
+    }
+
+    /// Sets [`EngineOptions::checkpoint_write_buffer_bytes`].
+    #[must_use]
+    pub fn checkpoint_write_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.checkpoint_write_buffer_bytes = bytes;
+        self
+    }
+
+    /// Sets [`EngineOptions::max_round_bytes`].
+    #[must_use]
+    pub fn max_round_bytes(mut self, bytes: usize) -> Self {
+        self.max_round_bytes = bytes;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.max_key_bytes == 0 || self.max_key_bytes > u32::MAX as usize / 2 {
+            return Err(Error::InvalidOptions("max_key_bytes must be in 1..2^31".into()));
+        }
+        if self.max_value_bytes > u32::MAX as usize / 2 {
+            return Err(Error::InvalidOptions("max_value_bytes must be below 2^31".into()));
+        }
+        if self.checkpoint_write_buffer_bytes == 0 {
+            return Err(Error::InvalidOptions("checkpoint_write_buffer_bytes must be > 0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Size limits a round checks.
+#[derive(Clone, Copy, Debug)]
+#[allow(clippy::struct_field_names, reason = "the names of EngineOptions' fields")]
+pub(crate) struct Limits {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+    pub max_round_bytes: usize,
+}
+
+/// What [`Engine::open`] found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveryInfo {
+    /// True if the directory was new.
+    pub created: bool,
+    /// True if the engine had been closed cleanly.
+    pub clean_shutdown: bool,
+    /// Manifest versions migrated through, in order (empty if none).
+    pub migrated_to: Vec<u32>,
+    /// Regions hosted.
+    pub regions: usize,
+    /// Key/value pairs loaded from checkpoints.
+    pub entries_loaded: u64,
+    /// Leftover files removed (temporary and unreferenced checkpoint files).
+    pub removed_files: Vec<String>,
+}
+
+/// A checkpoint just written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CheckpointMeta {
+    /// The region as it was checkpointed.
+    pub region: Region,
+    /// The applied index given by the caller.
+    pub applied_index: u64,
+    /// The snapshot the image was read at.
+    pub seq: Seq,
+    /// The file's number.
+    pub file_id: u64,
+    /// The file.
+    pub path: PathBuf,
+    /// Totals.
+    pub stats: CheckpointStats,
+}
+
+/// Memory held by the memtable.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MemoryStats {
+    /// Bytes charged for every entry (see [`crate::ENTRY_OVERHEAD_BYTES`]).
+    pub total_bytes: u64,
+    /// Entries (versions and tombstones).
+    pub entries: usize,
+    /// Bytes charged per hosted region, in key order.
+    pub regions: Vec<(RegionId, u64)>,
+}
+
+/// What one [`Engine::gc`] call did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GcStats {
+    /// Distinct keys looked at.
+    pub keys: usize,
+    /// Bytes freed.
+    pub bytes_freed: u64,
+    /// True if the sweep reached the end of the key space (the next call starts over).
+    pub wrapped: bool,
+}
+
+/// Serialized by `Inner::commit`.
+#[derive(Debug)]
+struct CommitState {
+    /// The sequence number of the next write.
+    next_seq: u64,
+    /// Where the next GC sweep continues.
+    gc_cursor: Option<Vec<u8>>,
+}
+
+#[derive(Debug)]
+struct RegionState {
+    map: RegionMap,
+    /// Bytes charged per hosted region; updated under the commit lock.
+    bytes: HashMap<RegionId, AtomicU64>,
+}
+
+#[derive(Debug)]
+struct Durable {
+    /// The manifest as last made durable.
+    manifest: Manifest,
+    /// Next checkpoint file number (>= the manifest's; never reused in one run).
+    next_file_id: u64,
+}
+
+/// The shared state of an [`Engine`].
+///
+/// Lock order: `durable` -> `commit` -> `regions` -> `pins` -> `snapshots`. A thread
+/// holding one of them takes only locks further right; each field repeats its place.
+/// The `failure` latch may be taken under any of them and holds none while it is held.
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) fs: Arc<dyn FileSystem>,
+    pub(crate) dir: PathBuf,
+    options: EngineOptions,
+    /// Changed only under `commit`; read by anyone (leaves are shared by `Arc`).
+    pub(crate) memtable: Memtable,
+    /// Lock 1 of 5, taken first: serializes every file-system change (checkpoints,
+    /// the manifest) and every change of the region map.
+    durable: Mutex<Durable>,
+    /// Lock 2 of 5 (after `durable`, if both): serializes every change of the memtable
+    /// and of the regions' byte charges.
+    commit: Mutex<CommitState>,
+    /// Lock 3 of 5 (after `durable` and `commit`, if held): the region map, written
+    /// only by `Inner::change`.
+    regions: RwLock<RegionState>,
+    /// Lock 4 of 5 (after `regions`, if held): which open rounds pin which regions.
+    pins: Mutex<PinLedger>,
+    /// Lock 5 of 5, taken last: live snapshots, sequence number -> how many.
+    pub(crate) snapshots: Mutex<BTreeMap<u64, u32>>,
+    /// Every write up to this sequence number is applied; snapshots read at it.
+    pub(crate) visible_seq: AtomicU64,
+    next_round: AtomicU64,
+    /// The first mutating file-system failure; once set, every change is refused.
+    failure: Mutex<Option<Arc<str>>>,
+    closed: AtomicBool,
+    recovery: RecoveryInfo,
+}
+
+/// The in-memory MVCC state machine of one store. See the crate docs.
+///
+/// Cloning is cheap; clones share the engine.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Opens (or creates) the engine in `dir`: reads the manifest through the
+    /// compatibility gate, runs migrations, removes leftover temporary and
+    /// unreferenced files, and loads every hosted region's checkpoints.
+    pub fn open(
+        fs: Arc<dyn FileSystem>,
+        dir: impl AsRef<Path>,
+        options: EngineOptions,
+    ) -> Result<Engine> {
+        options.validate()?;
+        let dir = dir.as_ref().to_owned();
+        fs.create_dir_all(&dir).map_err(|e| Error::io("create_dir_all", &dir, e))?;
+        let names = fs.list(&dir).map_err(|e| Error::io("list", &dir, e))?;
+        let mut recovery = RecoveryInfo::default();
+
+        let (mut manifest, compat) = if let Some(found) = manifest::read(fs.as_ref(), &dir)? {
+            found
+        } else {
+            {
+                if names.iter().any(|n| checkpoint::parse_file_name(n).is_some()) {
+                    return Err(Error::corruption(
+                        manifest::path(&dir),
+                        0,
+                        "manifest missing but checkpoint files present",
+                    ));
+                }
+                recovery.created = true;
+                (Manifest::new(options.store_id), Compatibility::Compatible)
+            }
+        };
+        if manifest.store_id != options.store_id {
+            return Err(Error::StoreMismatch {
+                expected: options.store_id,
+                found: manifest.store_id,
+            });
+        }
+        if let Compatibility::NeedsMigration { .. } = compat {
+            recovery.migrated_to = manifest::migrate(&mut manifest, fs.as_ref(), &dir)?;
+        }
+        recovery.clean_shutdown = manifest.clean_shutdown;
+        let map = RegionMap::with_regions(manifest.regions.iter().map(|e| e.region.clone()))
+            .map_err(|e| Error::corruption(manifest::path(&dir), 0, e.to_string()))?;
+
+        // Leftovers: temporary files of interrupted writes, and checkpoint files that
+        // no durable manifest references (written but never installed, or replaced).
+        let referenced = manifest.referenced_files();
+        for name in &names {
+            let stale = name.ends_with(checkpoint::TEMP_SUFFIX)
+                || checkpoint::parse_file_name(name).is_some_and(|id| !referenced.contains(&id));
+            if stale {
+                let path = dir.join(name);
+                fs.remove_file(&path).map_err(|e| Error::io("remove", &path, e))?;
+                recovery.removed_files.push(name.clone());
+            }
+        }
+        if !recovery.removed_files.is_empty() {
+            fs.sync_dir(&dir).map_err(|e| Error::io("sync_dir", &dir, e))?;
+        }
+
+        // Load checkpoints: each part at its own sequence number.
+        let memtable = Memtable::new();
+        let mut seq = 0u64;
+        let mut files: HashMap<u64, CheckpointFile> = HashMap::new();
+        let mut bytes: HashMap<RegionId, AtomicU64> = HashMap::new();
+        for entry in &manifest.regions {
+            for part in &entry.checkpoints {
+                seq += 1;
+                // A file is verified as its first part loads (one pass over it); the
+                // parts of other regions that share it load from the verified image.
+                let (entries, charged) = if let Some(file) = files.get(&part.file_id) {
+                    load_part(&memtable, file, entry, part, seq)
+                } else {
+                    let (file, entries, charged) =
+                        open_and_load_part(fs.as_ref(), &dir, &memtable, entry, part, seq)?;
+                    files.insert(part.file_id, file);
+                    (entries, charged)
+                };
+                recovery.entries_loaded += entries;
+                bytes.entry(entry.region.id).or_default().fetch_add(charged, Ordering::Relaxed);
+            }
+        }
+        drop(files);
+        for region in map.regions() {
+            bytes.entry(region.id).or_default();
+        }
+        recovery.regions = map.len();
+
+        // From now on a crash is not a clean shutdown.
+        manifest.clean_shutdown = false;
+        manifest.format_version = manifest::MANIFEST_FORMAT_VERSION;
+        manifest::write(fs.as_ref(), &dir, &manifest)
+            .map_err(|e| Error::io("write manifest", manifest::path(&dir), e))?;
+
+        let next_file_id = manifest.next_file_id;
+        let inner = Inner {
+            fs,
+            dir,
+            options,
+            memtable,
+            durable: Mutex::new(Durable { manifest, next_file_id }),
+            commit: Mutex::new(CommitState { next_seq: seq + 1, gc_cursor: None }),
+            regions: RwLock::new(RegionState { map, bytes }),
+            pins: Mutex::new(PinLedger::default()),
+            snapshots: Mutex::new(BTreeMap::new()),
+            visible_seq: AtomicU64::new(seq),
+            next_round: AtomicU64::new(1),
+            failure: Mutex::new(None),
+            closed: AtomicBool::new(false),
+            recovery,
+        };
+        tracing::info!(dir = %inner.dir.display(), recovery = ?inner.recovery, "engine opened");
+        Ok(Engine { inner: Arc::new(inner) })
+    }
+
+    /// What [`Engine::open`] found and did.
+    pub fn recovery(&self) -> &RecoveryInfo {
+        &self.inner.recovery
+    }
+
+    /// The directory of the engine.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Starts an apply round. See [`ApplyRound`].
+    pub fn begin_round(&self) -> ApplyRound<'_> {
+        ApplyRound::new(self, self.inner.next_round.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A consistent read view at the latest committed round. It pins the versions it
+    /// can see until dropped.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot::register(&self.inner)
+    }
+
+    /// The sequence number of the latest committed write.
+    pub fn visible_seq(&self) -> Seq {
+        Seq(self.inner.visible_seq.load(Ordering::Acquire))
+    }
+
+    /// Hosted regions in key order.
+    pub fn regions(&self) -> Vec<Region> {
+        self.inner.regions.read().map.regions().cloned().collect()
+    }
+
+    /// The hosted region `id`.
+    pub fn region(&self, id: RegionId) -> Option<Region> {
+        self.inner.regions.read().map.get(id).cloned()
+    }
+
+    /// The hosted region containing `key`.
+    pub fn region_for_key(&self, key: &[u8]) -> Option<Region> {
+        self.inner.regions.read().map.region_for_key(key).cloned()
+    }
+
+    /// Hosted regions overlapping `[start, end)` (`end == None`: unbounded).
+    pub fn overlapping(&self, start: &[u8], end: Option<&[u8]>) -> Vec<Region> {
+        self.inner.regions.read().map.overlapping(start, end).cloned().collect()
+    }
+
+    /// A copy of the region map.
+    pub fn region_map(&self) -> RegionMap {
+        self.inner.regions.read().map.clone()
+    }
+
+    /// Open rounds that pin region `id`.
+    pub fn pins(&self, id: RegionId) -> u32 {
+        self.inner.pins.lock().count(id)
+    }
+
+    /// Pins held over all regions (zero when no round is open).
+    pub fn total_pins(&self) -> u64 {
+        let pins = self.inner.pins.lock();
+        debug_assert!(pins.is_consistent());
+        pins.total()
+    }
+
+    /// Memory charged to the memtable, in total and per region.
+    pub fn memory(&self) -> MemoryStats {
+        let regions = self.inner.regions.read();
+        MemoryStats {
+            total_bytes: self.inner.memtable.bytes(),
+            entries: self.inner.memtable.len(),
+            regions: regions
+                .map
+                .regions()
+                .map(|r| {
+                    let b = regions.bytes.get(&r.id).map_or(0, |b| b.load(Ordering::Relaxed));
+                    (r.id, b)
+                })
+                .collect(),
+        }
+    }
+
+    /// Drops versions no snapshot can see any more, looking at up to `max_keys`
+    /// distinct keys from where the previous call stopped. Versions shadowed while no
+    /// snapshot needed them are dropped at commit already; this sweep catches those a
+    /// snapshot held at the time.
+    ///
+    /// Nothing in regionkv calls it on its own yet: until a caller runs the sweep, a
+    /// key that is never written again keeps the versions a snapshot held.
+    pub fn gc(&self, max_keys: usize) -> GcStats {
+        let inner = &*self.inner;
+        let mut commit = inner.commit.lock();
+        let vis = inner.visibility();
+        let regions = inner.regions.read();
+        let mut cache = RegionCache::default();
+        let cursor = commit.gc_cursor.take().unwrap_or_default();
+        let (next, keys, bytes_freed) =
+            inner.memtable.gc(&cursor, max_keys, &vis, &mut |key, delta| {
+                if let Some(b) = cache.lookup(&regions, key).and_then(|id| regions.bytes.get(&id)) {
+                    add_signed(b, delta);
+                }
+            });
+        let wrapped = next.is_none();
+        commit.gc_cursor = next;
+        GcStats { keys, bytes_freed, wrapped }
+    }
+
+    /// Opaque state of background task `name`, as last stored.
+    pub fn task_state(&self, name: &str) -> Option<Vec<u8>> {
+        self.inner.durable.lock().manifest.tasks.get(name).cloned()
+    }
+
+    /// Stores (or with `None` removes) the state of background task `name` durably,
+    /// before returning.
+    pub fn set_task_state(&self, name: &str, state: Option<Vec<u8>>) -> Result<()> {
+        let mut durable = self.inner.durable.lock();
+        self.inner.check_usable()?;
+        let mut next = durable.manifest.clone();
+        match state {
+            Some(state) => next.tasks.insert(name.to_owned(), state),
+            None => next.tasks.remove(name),
+        };
+        self.inner.persist(&mut durable, next)
+    }
+
+    /// The failure that poisoned the engine, if any.
+    pub fn failure(&self) -> Option<Arc<str>> {
+        self.inner.failure.lock().clone()
+    }
+
+    /// Marks the engine closed and records a clean shutdown in the manifest. Later
+    /// changes fail with [`Error::Closed`]; snapshots keep working.
+    pub fn close(&self) -> Result<()> {
+        let mut durable = self.inner.durable.lock();
+        self.inner.check_usable()?;
+        let mut next = durable.manifest.clone();
+        next.clean_shutdown = true;
+        self.inner.persist(&mut durable, next)?;
+        self.inner.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The Raft index of the admin command that produced region `id`'s metadata as it
+    /// is, if one was recorded (`None` for a region bootstrapped here, or written by a
+    /// format before version 3). A replayed admin command at or below it is already
+    /// reflected and must not be applied again.
+    pub fn meta_index(&self, id: RegionId) -> Option<u64> {
+        let durable = self.inner.durable.lock();
+        durable.manifest.regions.iter().find(|e| e.region.id == id).and_then(|e| e.meta_index)
+    }
+
+    /// The merge region `id` is the prepared source of, if any.
+    pub fn merge_state(&self, id: RegionId) -> Option<MergeState> {
+        let durable = self.inner.durable.lock();
+        durable.manifest.regions.iter().find(|e| e.region.id == id).and_then(|e| e.merge)
+    }
+
+    /// The most bytes of keys and values one apply round may buffer.
+    pub fn max_round_bytes(&self) -> usize {
+        self.limits().max_round_bytes
+    }
+
+    pub(crate) fn limits(&self) -> Limits {
+        let o = &self.inner.options;
+        Limits {
+            max_key_bytes: o.max_key_bytes,
+            max_value_bytes: o.max_value_bytes,
+            max_round_bytes: o.max_round_bytes,
+        }
+    }
+
+    pub(crate) fn epoch_not_match(&self, id: RegionId, requested: Epoch) -> Error {
+        let regions = self.inner.regions.read();
+        let mut current: Vec<Region> = regions.map.get(id).cloned().into_iter().collect();
+        current.extend(regions.map.neighbours(id));
+        Error::EpochNotMatch { region: id, requested, current }
+    }
+
+    /// Checks `id` is hosted at `epoch` and pins it for `round`.
+    pub(crate) fn pin_for_round(
+        &self,
+        round: RoundId,
+        id: RegionId,
+        epoch: Epoch,
+    ) -> Result<Region> {
+        let regions = self.inner.regions.read();
+        let region = regions.map.get(id).ok_or(Error::RegionNotFound { region: id })?;
+        if region.epoch != epoch {
+            drop(regions);
+            return Err(self.epoch_not_match(id, epoch));
+        }
+        // Pinned while the region lock is held, so a removal cannot slip in between.
+        self.inner.pins.lock().pin(round, id);
+        Ok(region.clone())
+    }
+
+    pub(crate) fn release_round(&self, round: RoundId) {
+        self.inner.pins.lock().release_round(round);
+    }
+
+    pub(crate) fn commit_writes(&self, mut batch: Batch) -> Result<Option<Seq>> {
+        self.inner.check_usable()?;
+        if batch.is_empty() {
+            return Ok(None);
+        }
+        let inner = &*self.inner;
+        let mut commit = inner.commit.lock();
+        let first = commit.next_seq;
+        let last = first + batch.len() as u64 - 1;
+        if last > MAX_SEQ {
+            return Err(Error::InvalidOptions("sequence numbers exhausted".into()));
+        }
+        batch.set_seqs(first);
+        batch.sort();
+        // Snapshots registered from here until `last` is published read at `visible`,
+        // which the visibility rule keeps.
+        let vis = inner.visibility();
+        let regions = inner.regions.read();
+        let mut cache = RegionCache::default();
+        inner.memtable.apply(&batch, &vis, &mut |key, delta| {
+            if let Some(b) = cache.lookup(&regions, key).and_then(|id| regions.bytes.get(&id)) {
+                add_signed(b, delta);
+            }
+        });
+        commit.next_seq = last + 1;
+        inner.visible_seq.store(last, Ordering::Release);
+        Ok(Some(Seq(last)))
+    }
+}
+
+fn add_signed(counter: &AtomicU64, delta: i64) {
+    if delta >= 0 {
+        counter.fetch_add(delta.cast_unsigned(), Ordering::Relaxed);
+    } else {
+        let d = delta.unsigned_abs();
+        let _ = counter
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub(d)));
+    }
+}
+
+/// Remembers the last region looked up by key: a round's writes come region by region.
+#[derive(Default)]
+struct RegionCache {
+    last: Option<(Vec<u8>, Option<Vec<u8>>, RegionId)>,
+}
+
+impl RegionCache {
+    fn lookup(&mut self, regions: &RegionState, key: &[u8]) -> Option<RegionId> {
+        if let Some((start, end, id)) = &self.last
+            && in_range(key, start, end.as_deref())
+        {
+            return Some(*id);
+        }
+        let region = regions.map.region_for_key(key)?;
+        self.last = Some((region.start.clone(), region.end.clone(), region.id));
+        Some(region.id)
+    }
+}
+
+impl Inner {
+    fn check_usable(&self) -> Result<()> {
+        if let Some(cause) = self.failure.lock().clone() {
+            return Err(Error::Poisoned { cause });
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    /// Latches the engine failed after a mutating file-system call failed.
+    pub(crate) fn fail(&self, op: &str, path: &Path, e: &io::Error) -> Error {
+        let cause: Arc<str> = format!("{op} on {}: {e}", path.display()).into();
+        tracing::error!(%cause, "engine failed; reopen to recover");
+        let mut failure = self.failure.lock();
+        let cause = failure.get_or_insert(cause).clone();
+        Error::Poisoned { cause }
+    }
+
+    /// What a writer may drop now; call with the commit lock held.
+    fn visibility(&self) -> Visibility {
+        let snapshots = self.snapshots.lock();
+        let live =
+            if snapshots.is_empty() { Vec::new() } else { snapshots.keys().copied().collect() };
+        Visibility { snapshots: live, visible: self.visible_seq.load(Ordering::Acquire) }
+    }
+
+    /// Makes `next` the durable manifest, then removes checkpoint files it no longer
+    /// references.
+    fn persist(&self, durable: &mut Durable, next: Manifest) -> Result<()> {
+        let path = manifest::path(&self.dir);
+        manifest::write(self.fs.as_ref(), &self.dir, &next)
+            .map_err(|e| self.fail("write manifest", &path, &e))?;
+        let dropped: Vec<u64> = durable
+            .manifest
+            .referenced_files()
+            .difference(&next.referenced_files())
+            .copied()
+            .collect();
+        durable.manifest = next;
+        if !dropped.is_empty() {
+            // Unreferenced files are garbage: a failure here only leaves them for the
+            // next open to remove.
+            for id in dropped {
+                let path = self.dir.join(checkpoint::file_name(id));
+                if let Err(e) = self.fs.remove_file(&path) {
+                    tracing::warn!(path = %path.display(), error = %e, "could not remove old checkpoint");
+                }
+            }
+            if let Err(e) = self.fs.sync_dir(&self.dir) {
+                tracing::warn!(error = %e, "could not sync the directory after removals");
+            }
+        }
+        Ok(())
+    }
+}
