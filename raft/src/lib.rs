@@ -21,6 +21,7 @@ mod config;
 mod core;
 pub mod directory;
 mod error;
+mod index;
 pub mod log;
 mod logger;
 mod mailbox;
@@ -40,6 +41,7 @@ pub use core::{
     StoreCore, WriteTask,
 };
 pub use error::{Error, Result};
+pub use index::RaftIndex;
 pub use metrics::{ApplyStats, StoreMetrics, WriteMetrics};
 pub use raft::StateRole;
 pub use replica::PeerStatus;

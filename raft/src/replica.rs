@@ -21,6 +21,7 @@ use regionkv_wal::Timeline;
 use crate::command::{Op, Write};
 use crate::directory::DirResult;
 use crate::error::{Error, Result};
+use crate::index::RaftIndex;
 use crate::request::{AdminResult, ReadRequest, Reply};
 use crate::storage::{PeerStorage, SnapshotSlot};
 
@@ -275,7 +276,7 @@ pub(crate) struct Replica {
     /// region).
     pub known_stores: HashMap<PeerId, StoreId>,
     pub snapshot: SnapshotTransfer,
-    pub timeline: Timeline,
+    pub timeline: Timeline<RaftIndex>,
     /// Set when a membership change removed this replica: it is destroyed after the
     /// turn that applied the change.
     pub removed: bool,
@@ -289,7 +290,7 @@ impl Replica {
     pub fn new(
         init: ReplicaInit,
         raw: RawNode<PeerStorage>,
-        timeline: Timeline,
+        timeline: Timeline<RaftIndex>,
         merge: Option<MergeState>,
     ) -> Replica {
         let slot = raw.store().snapshot_slot().clone();

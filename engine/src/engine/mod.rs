@@ -418,8 +418,9 @@ impl Engine {
     /// snapshot needed them are dropped at commit already; this sweep catches those a
     /// snapshot held at the time.
     ///
-    /// Nothing in regionkv calls it on its own yet: until a caller runs the sweep, a
-    /// key that is never written again keeps the versions a snapshot held.
+    /// The Raft store runs the sweep on a timer (`regionkv-raft`'s core, beside its log
+    /// purge); an embedder of the engine alone calls it itself, or a key that is never
+    /// written again keeps the versions a snapshot held.
     pub fn gc(&self, max_keys: usize) -> GcStats {
         let inner = &*self.inner;
         let mut commit = inner.commit.lock();

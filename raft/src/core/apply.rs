@@ -3,7 +3,6 @@
 
 use raft::eraftpb::{Entry, EntryType};
 use regionkv_engine::{ApplyRound, Engine, Region, RegionId};
-use regionkv_wal::Lsn;
 
 use super::StoreCore;
 use super::admin_apply::MergeWait;
@@ -11,11 +10,12 @@ use super::output::CoreTask;
 use crate::command::{self, Command, Op, Write};
 use crate::directory::{self, DIRECTORY, DirResult};
 use crate::error::{Error, Result};
+use crate::index::RaftIndex;
 use crate::metrics::ApplyStats;
 use crate::replica::{Paused, Replica, Waiting};
 use crate::request::{AdminResult, Query, QueryResult, Reply};
 
-fn ingest_error(e: Error) -> regionkv_wal::IngestError {
+fn ingest_error(e: Error) -> regionkv_wal::IngestError<RaftIndex> {
     regionkv_wal::IngestError::Apply(Box::new(e))
 }
 
@@ -253,7 +253,7 @@ impl StoreCore {
                 return Ok(());
             }
             timeline
-                .ingest(Lsn(entry.index), || {
+                .ingest(RaftIndex(entry.index), || {
                     self.apply_entry(region, &entry, applier).map_err(ingest_error)
                 })
                 .map_err(|e| {

@@ -57,7 +57,7 @@ impl<P: Copy + Ord + Debug + Display + Send + Sync + 'static> Position for P {}
 /// Why an ingest did not happen; `P` is the timeline's [`Position`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum IngestError<P = Lsn> {
+pub enum IngestError<P> {
     /// The timeline is shutting down; not a failure.
     #[error("ingest cancelled: the timeline is shutting down")]
     Cancelled,
@@ -133,9 +133,7 @@ pub enum ShutdownError {
 
 /// One ordered ingest stream with a lifecycle, its records at positions of type `P`
 /// (see [`Position`]). Clones share the timeline.
-///
-/// `P` defaults to [`Lsn`], for a timeline fed by [`Timeline::append`].
-pub struct Timeline<P = Lsn> {
+pub struct Timeline<P> {
     inner: Arc<Inner<P>>,
 }
 
