@@ -13,7 +13,14 @@
 //!   (format in [`wire`]), after a handshake that proves knowledge of the cluster
 //!   secret; one connection and one bounded queue per peer store, reconnecting with
 //!   backoff.
+//!
+//! Under the TCP transport, and under the facade's client protocol too, lie one
+//! framing layer ([`frame`]: header, kinds, CRC, a bounded reader) and one handshake
+//! ([`handshake`]: mutual proof of the cluster secret), each parameterised by the
+//! protocol that uses it.
 
+pub mod frame;
+pub mod handshake;
 pub mod local;
 pub mod tcp;
 pub mod wire;
