@@ -25,7 +25,7 @@ pub use core::{
     ApplyObserver, ApplyStats, Control, ElectionTicks, Output, PeerStatus, RAFT_INIT_INDEX,
     RAFT_INIT_TERM, StoreContext, StoreCore, WriteTask,
 };
-pub use error::{Error, Result};
+pub use error::{DropReason, Error, MergeAbortReason, Result};
 pub use metrics::{StoreMetrics, WriteMetrics};
 pub use peer::{
     AdminRequest, AdminResult, ChangePeersRequest, MergeStatus, PeerChange, Query, QueryResult,
