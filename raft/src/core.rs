@@ -1009,7 +1009,7 @@ impl StoreCore {
         if index == before {
             (req.reply)(Err(Error::Dropped {
                 region: req.region,
-                reason: "raft-rs dropped the proposal",
+                reason: crate::error::DropReason::NotAppended,
             }));
             return;
         }
@@ -1044,7 +1044,7 @@ impl StoreCore {
         {
             (req.reply)(Err(Error::Dropped {
                 region: req.region,
-                reason: "a membership change is pending; merge after it applied",
+                reason: crate::error::DropReason::ConfChangePending,
             }));
             return;
         }
@@ -1058,7 +1058,7 @@ impl StoreCore {
         if index == before {
             (req.reply)(Err(Error::Dropped {
                 region: req.region,
-                reason: "raft-rs dropped the proposal",
+                reason: crate::error::DropReason::NotAppended,
             }));
             return;
         }
@@ -1090,7 +1090,7 @@ impl StoreCore {
         if index == before {
             reply(Err(Error::Dropped {
                 region: DIRECTORY,
-                reason: "raft-rs dropped the proposal",
+                reason: crate::error::DropReason::NotAppended,
             }));
             return;
         }
@@ -1487,15 +1487,15 @@ impl StoreCore {
                     for reply in replies {
                         reply(Err(Error::Dropped {
                             region,
-                            reason: "raft-rs dropped the proposal",
+                            reason: crate::error::DropReason::NotAppended,
                         }));
                     }
                 }
                 Err(e) => {
                     let reason = if matches!(e, raft::Error::ProposalDropped) {
-                        "proposal dropped (leadership changing)"
+                        crate::error::DropReason::LeadershipChanging
                     } else {
-                        "proposal refused"
+                        crate::error::DropReason::Refused
                     };
                     for reply in replies {
                         reply(Err(Error::Dropped { region, reason }));
@@ -1787,7 +1787,10 @@ impl StoreCore {
             let engine = self.ctx.engine_of(region);
             peer.region = engine.region(region).ok_or(Error::RegionNotFound { region })?;
             peer.merge = engine.merge_state(region);
-            return Ok(Err(Error::Dropped { region, reason: "applied before a restart" }));
+            return Ok(Err(Error::Dropped {
+                region,
+                reason: crate::error::DropReason::AppliedBeforeRestart,
+            }));
         }
         if let Err(refused) = check_admin(peer, admin.epoch, &admin.cmd, entry.index) {
             tracing::info!(region = region.0, index = entry.index, error = %refused, "admin command refused");
@@ -2209,7 +2212,7 @@ fn resolve_proposals(
     replies: &mut Vec<(Reply<()>, Result<()>)>,
 ) {
     let region = peer.region.id;
-    let dropped = || Error::Dropped { region, reason: "its entry was overwritten by a new leader" };
+    let dropped = || Error::Dropped { region, reason: crate::error::DropReason::Overwritten };
     let mismatch = || Error::Internal("a proposal matched an entry of another kind".into());
     let mut outcome = Some(outcome);
     while peer.proposals.front().is_some_and(|p| p.index <= entry.index) {
