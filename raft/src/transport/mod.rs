@@ -42,7 +42,7 @@ pub struct Envelope {
     /// The receiving store.
     pub to: StoreId,
     /// The sender's epoch of the region, if it reported one (a field that is absent is
-    /// unknown, never "zero": design 5.5).
+    /// unknown, never "zero").
     pub epoch: Option<Epoch>,
     /// The sender's key range of the region, if it knows it. A store that receives a
     /// message for a region it does not host creates a replica only if this range is

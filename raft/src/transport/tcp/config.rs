@@ -38,20 +38,20 @@ impl Backoff {
     }
 }
 
-/// How a [`TcpTransport`] runs. [`TcpConfig::new`] fills in defaults for everything
+/// How a [`TcpTransport`](super::TcpTransport) runs. [`TcpConfig::new`] fills in defaults for everything
 /// but the identity and the secret.
 #[derive(Clone)]
 pub struct TcpConfig {
     /// This store.
     pub store: StoreId,
-    /// Where to listen (port 0: any free port; see [`TcpTransport::local_addr`]).
+    /// Where to listen (port 0: any free port; see [`TcpTransport::local_addr`](super::TcpTransport::local_addr)).
     pub listen_addr: SocketAddr,
     /// The cluster; peers of another cluster are refused.
     pub cluster: ClusterId,
     /// The secret shared by the cluster's stores, at least [`SECRET_BYTES_MIN`] bytes.
     /// It never leaves the process.
     pub secret: Vec<u8>,
-    /// The peer stores' listen addresses; see also [`TcpTransport::set_peer_addr`].
+    /// The peer stores' listen addresses; see also [`TcpTransport::set_peer_addr`](super::TcpTransport::set_peer_addr).
     pub peers: HashMap<StoreId, SocketAddr>,
     /// The largest frame payload sent or read (default 64 MiB); larger frames are
     /// refused from their header, before their payload is read.

@@ -47,6 +47,7 @@ pub struct QueueDepth {
     pub bytes: usize,
 }
 
+/// The live counters, bumped by every thread of the transport.
 #[derive(Default)]
 pub(super) struct Counters {
     pub(super) envelopes_queued: AtomicU64,
@@ -64,6 +65,7 @@ pub(super) struct Counters {
     pub(super) connections_accepted: AtomicU64,
 }
 
+/// Adds `by` to `counter`.
 pub(super) fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);
 }
