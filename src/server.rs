@@ -428,8 +428,7 @@ mod tests {
     use std::time::Duration;
 
     use regionkv_engine::StoreId;
-    use regionkv_raft::transport::frame::Deadline;
-    use regionkv_raft::transport::frame::FrameKind;
+    use regionkv_raft::transport::frame::{Deadline, FrameKind};
     use regionkv_raft::transport::handshake::{ClusterId, RejectReason};
 
     use crate::proto::{self, ErrorCode, Request, Response};

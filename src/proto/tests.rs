@@ -6,7 +6,9 @@ use bytes::Bytes;
 use regionkv_engine::codec;
 use regionkv_engine::{Epoch, MergeState, Peer, PeerId, Region, RegionId, StoreId};
 use regionkv_raft::directory::{DirCmd, DirResult, RegionRecord};
+use regionkv_raft::transport::frame::FrameKind;
 use regionkv_raft::transport::frame::WireError;
+use regionkv_raft::transport::handshake::ClusterId;
 use regionkv_raft::transport::wire;
 use regionkv_raft::{
     AdminCmd, AdminResult, DropReason, MergeAbortReason, MergeStatus, Op, PeerStatus, Query,
@@ -449,4 +451,30 @@ fn frame_headers_are_checked_before_the_payload() {
     store[..4].copy_from_slice(&wire::MAGIC);
     assert!(matches!(FRAMES.parse_header(&store, 1024), Err(WireError::BadMagic { .. })));
     assert!(matches!(h.check(b"hellO"), Err(WireError::Checksum { .. })));
+}
+
+#[test]
+fn the_client_key_and_frames_are_those_of_earlier_binaries() {
+    use regionkv_raft::transport::handshake::{HandshakeKey, Proof, Role, Transcript};
+    // Earlier binaries derived the client key as the store transport's key of the
+    // label followed by the secret; a node and a client of different builds must agree.
+    let secret = b"a cluster secret of 16+ bytes";
+    let mut material = b"regionkv client protocol v1\0".to_vec();
+    material.extend_from_slice(secret);
+    let t = Transcript {
+        cluster: ClusterId(1),
+        connector: CLIENT_ID,
+        acceptor: StoreId(2),
+        connector_nonce: [3; 32],
+        acceptor_nonce: [4; 32],
+    };
+    let proof = Proof::make(&client_key(secret), Role::Connector, &t);
+    assert!(proof.verify(&HandshakeKey::derive(&material), Role::Connector, &t));
+    assert!(!proof.verify(&HandshakeKey::derive(secret), Role::Connector, &t));
+    // A frame's header: magic "rkvc", version 1, the kind's byte, length, CRC32.
+    let frame = encode_frame(FrameKind::Response, b"abc").unwrap();
+    assert_eq!(&frame[..6], b"rkvc\x01\x0c");
+    assert_eq!(&frame[6..10], &3u32.to_le_bytes());
+    assert_eq!(&frame[10..14], &crc32fast::hash(b"abc").to_le_bytes());
+    assert_eq!(encode_frame(FrameKind::Request, b"").unwrap()[5], 0b0000_1010);
 }

@@ -105,6 +105,7 @@ struct PeerSlot {
     cancel: CancellationToken,
 }
 
+/// What the transport's handle and its threads share.
 struct Shared {
     config: TcpConfig,
     key: HandshakeKey,

@@ -80,6 +80,8 @@ impl Drop for Registered<'_> {
 }
 
 impl Shared {
+    /// Runs `f` on a new thread named `name`, inside the transport's gate (as
+    /// `holder`); fails once shutdown closed the gate.
     pub(super) fn spawn(
         self: &Arc<Self>,
         name: String,
@@ -98,6 +100,7 @@ impl Shared {
         Ok(())
     }
 
+    /// Where `store` is dialed, if it is a peer.
     pub(super) fn peer_addr(&self, store: StoreId) -> Option<SocketAddr> {
         self.peers.read().get(&store).map(|slot| slot.addr)
     }
