@@ -22,10 +22,7 @@ use crate::control::{Background, ClusterOps};
 use crate::db::Db;
 use crate::defaults::{self, REPORT_INTERVAL};
 use crate::error::{Error, Result};
-use crate::region_info::region_table;
-// `proto.rs` and `remote.rs` still import `RegionInfo` from here, its old home; drop
-// this once they import `crate::region_info`.
-pub(crate) use crate::region_info::RegionInfo;
+use crate::region_info::{RegionInfo, region_table};
 use crate::router::Router;
 
 /// The region every new cluster starts with: the whole key space.

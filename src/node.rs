@@ -28,8 +28,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use regionkv_engine::{Peer, PeerId, Region, RegionId, StoreId};
 use regionkv_raft::directory::{DIRECTORY, DirCmd, DirResult, RegionRecord};
+use regionkv_raft::transport::handshake::ClusterId;
 use regionkv_raft::transport::tcp::{SECRET_BYTES_MIN, TcpConfig, TcpTransport};
-use regionkv_raft::transport::wire::ClusterId;
 use regionkv_raft::transport::{InboxSlot, Transport};
 use regionkv_raft::{
     AdminRequest, MergeStatus, PeerStatus, ReadRequest, Reply, Store, StoreConfig, StoreMetrics,
@@ -48,7 +48,7 @@ use crate::proto::{self, StoreStatus};
 use crate::region_info::{RegionInfo, region_table};
 use crate::remote::RemoteStores;
 use crate::router::Router;
-use crate::server::{ClientService, ClientStats};
+use crate::server::{ClientHandler, ClientService, ClientStats};
 
 /// The file a node writes once it has bootstrapped its regions.
 const BOOTSTRAPPED: &str = "bootstrapped";
@@ -160,22 +160,37 @@ pub(crate) struct NodeShared {
 }
 
 impl NodeShared {
-    pub fn is_shut(&self) -> bool {
+    fn statuses(&self) -> Vec<(StoreId, Vec<PeerStatus>)> {
+        let mut out = vec![(self.id, self.store.status())];
+        for store in self.remote.store_ids() {
+            if let Ok(s) = self.remote.status(store) {
+                out.push((s.store, s.peers));
+            }
+        }
+        out
+    }
+}
+
+impl ClientHandler for NodeShared {
+    fn is_shut(&self) -> bool {
         self.shut.load(Ordering::SeqCst)
     }
 
-    pub fn members(&self) -> Vec<(StoreId, String)> {
+    fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn members(&self) -> Vec<(StoreId, String)> {
         self.members.clone()
     }
 
     /// Where `key` lives as this store knows it: its directory replica, else the
     /// regions it hosts.
-    pub fn locate_local(&self, key: &[u8]) -> Option<RegionRecord> {
+    fn locate_local(&self, key: &[u8]) -> Option<RegionRecord> {
         locate_on(std::slice::from_ref(&self.store), key)
     }
 
-    /// Runs `f` on a thread inside the node's task gate; false if the node is stopping.
-    pub fn spawn_task(&self, name: &'static str, f: impl FnOnce() + Send + 'static) -> bool {
+    fn spawn_task(&self, name: &'static str, f: Box<dyn FnOnce() + Send>) -> bool {
         let Ok(guard) = self.tasks.enter(name) else { return false };
         let spawned = std::thread::Builder::new().name("node-task".into()).spawn(move || {
             let _guard = guard;
@@ -192,25 +207,15 @@ impl NodeShared {
         }
     }
 
-    fn statuses(&self) -> Vec<(StoreId, Vec<PeerStatus>)> {
-        let mut out = vec![(self.id, self.store.status())];
-        for store in self.remote.store_ids() {
-            if let Ok(s) = self.remote.status(store) {
-                out.push((s.store, s.peers));
-            }
-        }
-        out
-    }
-
-    pub fn regions(&self) -> Vec<RegionInfo> {
+    fn regions(&self) -> Vec<RegionInfo> {
         region_table(self.statuses())
     }
 
-    pub fn split(&self, key: &[u8]) -> Result<Vec<Region>> {
+    fn split(&self, key: &[u8]) -> Result<Vec<Region>> {
         self.control.split(key, || region_table(self.statuses()))
     }
 
-    pub fn merge(&self, left: RegionId, right: RegionId) -> Result<Region> {
+    fn merge(&self, left: RegionId, right: RegionId) -> Result<Region> {
         self.control.merge(left, right)
     }
 }
@@ -400,7 +405,7 @@ impl Node {
         });
         let backend =
             Arc::new(NodeStores { shared: Arc::downgrade(&shared), id, local: store, remote });
-        service.bind(Arc::downgrade(&shared));
+        service.bind(Arc::<NodeShared>::downgrade(&shared));
         let reporter = {
             let weak = Arc::downgrade(&shared);
             let cancel = shared.cancel.clone();

@@ -22,20 +22,20 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use regionkv_engine::{Region, RegionId, StoreId};
 use regionkv_raft::directory::{DirCmd, DirResult, RegionRecord};
-use regionkv_raft::transport::wire::{ClusterId, HandshakeKey};
+use regionkv_raft::transport::frame::{FrameError, FrameKind};
+use regionkv_raft::transport::handshake::{ClusterId, HandshakeError, HandshakeKey};
 use regionkv_raft::{
     AdminRequest, MergeStatus, PeerStatus, QueryResult, ReadRequest, Reply, WriteRequest,
 };
 use regionkv_wal::CancellationToken;
 
 use crate::backend::{Backend, newer};
-use crate::cluster::RegionInfo;
 use crate::db::{Db, Oneshot};
 use crate::error::{Error, Result};
 use crate::proto::{
-    self, ErrorCode, FrameError, FrameReader, Kind, RESPONSE_BYTES_MAX, RemoteError, Request,
-    Response, StoreStatus,
+    self, ErrorCode, RESPONSE_BYTES_MAX, RemoteError, Request, Response, StoreStatus,
 };
+use crate::region_info::RegionInfo;
 use crate::router::Router;
 
 /// How long an unreachable store is left alone before it is dialed again.
@@ -89,10 +89,10 @@ fn dial(
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
     match proto::handshake_client(&mut stream, key, cluster, HANDSHAKE_TIMEOUT) {
         Ok(store) => Ok((stream, store)),
-        Err(FrameError::Refused(reason) | FrameError::Rejected { reason, .. }) => {
+        Err(HandshakeError::RefusedByPeer(reason) | HandshakeError::Rejected { reason, .. }) => {
             Err(Error::Refused { addr, reason })
         }
-        Err(FrameError::Io(e)) => Err(Error::Io(e)),
+        Err(HandshakeError::Frame(FrameError::Io(e))) => Err(Error::Io(e)),
         Err(e) => Err(Error::Protocol(format!("handshake with {addr}: {e}"))),
     }
 }
@@ -207,7 +207,7 @@ impl RemoteStores {
             )));
             return;
         }
-        let frame = match proto::encode_frame(Kind::Request, &payload) {
+        let frame = match proto::encode_frame(FrameKind::Request, &payload) {
             Ok(f) => f,
             Err(e) => {
                 done(Err(RemoteError::new(ErrorCode::InvalidRequest, e.to_string())));
@@ -286,12 +286,12 @@ fn unexpected(store: StoreId, answer: Option<Result<Response, RemoteError>>) -> 
 
 /// Reads responses until the connection ends, then drops the replies still waiting.
 fn run_reader(conn: &Conn, mut stream: TcpStream, cancel: &CancellationToken) {
-    let reader = FrameReader { cancel: Some(cancel), stall: STALL_TIMEOUT };
+    let reader = proto::reader(Some(cancel), STALL_TIMEOUT);
     let store = conn.store.0;
     // Bounded: ends at the first error, when the node closes, or at cancellation.
     loop {
         let payload = match reader.frame(&mut stream, RESPONSE_BYTES_MAX, None) {
-            Ok((Kind::Response, payload)) => payload,
+            Ok((FrameKind::Response, payload)) => payload,
             Ok((kind, _)) => {
                 tracing::warn!(store, ?kind, "unexpected frame from a node; closing");
                 break;

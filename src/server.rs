@@ -11,6 +11,9 @@
 //! that fails its checks (magic, version, kind, size bound, checksum) gets an error
 //! response with request id 0 and the connection is closed, with a `warn` line naming
 //! the remote address and the reason.
+//!
+//! The service talks to the node through [`ClientHandler`], which the node implements:
+//! it knows nothing else of the node.
 
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -18,17 +21,20 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
-use regionkv_engine::StoreId;
+use regionkv_engine::{Region, RegionId, StoreId};
+use regionkv_raft::directory::RegionRecord;
+use regionkv_raft::transport::frame::{FrameError, FrameKind, FrameReader, WireError};
+use regionkv_raft::transport::handshake::{ClusterId, HandshakeError, HandshakeKey};
 use regionkv_raft::transport::tcp::SharedListener;
-use regionkv_raft::transport::wire::{ClusterId, HandshakeKey};
-use regionkv_raft::{AdminRequest, QueryResult, ReadRequest, Reply, WriteRequest};
+use regionkv_raft::{AdminRequest, QueryResult, ReadRequest, Reply, Store, WriteRequest};
 use regionkv_wal::CancellationToken;
 
-use crate::node::NodeShared;
+use crate::error::Result;
 use crate::proto::{
-    self, ErrorCode, FrameError, FrameReader, IN_FLIGHT_MAX, Kind, REQUEST_BYTES_MAX,
-    RESPONSE_BYTES_MAX, RemoteError, Request, RequestError, Response, StoreStatus,
+    self, ErrorCode, IN_FLIGHT_MAX, REQUEST_BYTES_MAX, RESPONSE_BYTES_MAX, RemoteError, Request,
+    RequestError, Response, StoreStatus,
 };
+use crate::region_info::RegionInfo;
 
 /// How long a client has for its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,6 +46,28 @@ const WRITER_POLL: Duration = Duration::from_millis(50);
 const ADMIN_TASKS_MAX: usize = 4;
 
 type Answer = (u64, Result<Response, RemoteError>);
+
+/// What the client service needs from the node it serves (the node implements it).
+/// Calls come from connection threads, any number at once.
+pub(crate) trait ClientHandler: Send + Sync {
+    /// True once the node shuts down: requests are answered `Cancelled` from then on.
+    fn is_shut(&self) -> bool;
+    /// The node's store: it serves reads, writes, admin and status requests.
+    fn store(&self) -> &Store;
+    /// Where `key` lives as this node's store knows it (`None`: it does not know).
+    fn locate_local(&self, key: &[u8]) -> Option<RegionRecord>;
+    /// The cluster's stores and where they listen.
+    fn members(&self) -> Vec<(StoreId, String)>;
+    /// Runs `f` on a thread of its own inside the node's task gate, so that shutdown
+    /// waits for it; false (and `f` dropped) if the node is stopping.
+    fn spawn_task(&self, name: &'static str, f: Box<dyn FnOnce() + Send>) -> bool;
+    /// Splits the region holding `key` at `key`; returns the two regions, left first.
+    fn split(&self, key: &[u8]) -> Result<Vec<Region>>;
+    /// Merges region `right` into its left neighbour `left`; returns the merged region.
+    fn merge(&self, left: RegionId, right: RegionId) -> Result<Region>;
+    /// The user regions in key order, as the replicas of the stores that answer see them.
+    fn regions(&self) -> Vec<RegionInfo>;
+}
 
 /// Counters of the client service since the node started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -73,7 +101,7 @@ pub(crate) struct ClientService {
     store: StoreId,
     /// The node, once it is up; requests before that (or after it is gone) are
     /// answered with `Cancelled`.
-    node: OnceLock<Weak<NodeShared>>,
+    node: OnceLock<Weak<dyn ClientHandler>>,
     counters: Counters,
     admin_tasks: Arc<AtomicUsize>,
 }
@@ -90,7 +118,7 @@ impl ClientService {
         }
     }
 
-    pub fn bind(&self, node: Weak<NodeShared>) {
+    pub fn bind(&self, node: Weak<dyn ClientHandler>) {
         let _ = self.node.set(node);
     }
 
@@ -114,16 +142,16 @@ impl SharedListener for ClientService {
 
     fn serve(&self, mut stream: TcpStream, remote: SocketAddr, cancel: &CancellationToken) {
         let me = self.store.0;
-        let reader = FrameReader { cancel: Some(cancel), stall: STALL_TIMEOUT };
+        let reader = proto::reader(Some(cancel), STALL_TIMEOUT);
         if let Err(e) = proto::handshake_node(
             &mut stream,
-            &reader,
+            reader,
             &self.key,
             self.cluster,
             self.store,
             HANDSHAKE_TIMEOUT,
         ) {
-            if !matches!(e, FrameError::Cancelled) {
+            if !matches!(e, HandshakeError::Frame(FrameError::Cancelled)) {
                 self.counters.handshake_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(store = me, %remote, reason = %e, "refused client connection from {remote}: {e}");
             }
@@ -144,12 +172,12 @@ impl SharedListener for ClientService {
             }
             let end = self.read_requests(&mut stream, &reader, &tx, &in_flight, &closed);
             match end {
-                FrameError::Closed | FrameError::Cancelled => {}
+                e if e.is_quiet() => {}
                 e => {
                     self.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(store = me, %remote, reason = %e, "closing client connection from {remote}: {e}");
                     let code = match e {
-                        FrameError::TooLarge { .. } => ErrorCode::TooLarge,
+                        FrameError::Wire(WireError::FrameTooLarge { .. }) => ErrorCode::TooLarge,
                         _ => ErrorCode::Malformed,
                     };
                     let message = format!("{e}; the node closes the connection");
@@ -198,7 +226,7 @@ fn run_writer(
             payload =
                 proto::encode_response(id, &Err(RemoteError::new(ErrorCode::TooLarge, message)));
         }
-        let Ok(frame) = proto::encode_frame(Kind::Response, &payload) else { return };
+        let Ok(frame) = proto::encode_frame(FrameKind::Response, &payload) else { return };
         if stream.write_all(&frame).is_err() {
             closed.store(true, Ordering::SeqCst);
             let _ = stream.shutdown(Shutdown::Both);
@@ -264,8 +292,8 @@ impl ClientService {
                 Ok(frame) => frame,
                 Err(e) => return e,
             };
-            if kind != Kind::Request {
-                return FrameError::Unexpected { expected: "a request", found: kind };
+            if kind != FrameKind::Request {
+                return WireError::UnexpectedKind { expected: "a request", found: kind }.into();
             }
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
             match proto::decode_request(&payload) {
@@ -309,7 +337,7 @@ impl ClientService {
             r.send(Err(RemoteError::new(ErrorCode::Cancelled, "the node is shutting down")));
             return;
         }
-        let store = &node.store;
+        let store = node.store();
         match request {
             Request::Write { region, epoch, ops } => {
                 if ops.is_empty() || ops.iter().any(|op| op.key().is_empty()) {
@@ -356,7 +384,7 @@ impl ClientService {
 
     /// Runs a request the node drives (it may take seconds) on its own thread, inside
     /// the node's gate, at most [`ADMIN_TASKS_MAX`] at once.
-    fn spawn_admin(&self, node: &Arc<NodeShared>, request: Request, r: Responder) {
+    fn spawn_admin(&self, node: &Arc<dyn ClientHandler>, request: Request, r: Responder) {
         let busy = || {
             RemoteError::new(
                 ErrorCode::Unavailable,
@@ -370,7 +398,7 @@ impl ClientService {
         }
         let tasks = self.admin_tasks.clone();
         let weak = Arc::downgrade(node);
-        let spawned = node.spawn_task("client admin request", move || {
+        let task = Box::new(move || {
             let answer = match weak.upgrade() {
                 None => Err(RemoteError::new(ErrorCode::Cancelled, "the node is stopping")),
                 Some(node) => match request {
@@ -383,7 +411,7 @@ impl ClientService {
             r.send(answer);
             tasks.fetch_sub(1, Ordering::SeqCst);
         });
-        if !spawned {
+        if !node.spawn_task("client admin request", task) {
             self.admin_tasks.fetch_sub(1, Ordering::SeqCst);
         }
     }
@@ -400,9 +428,10 @@ mod tests {
     use std::time::Duration;
 
     use regionkv_engine::StoreId;
-    use regionkv_raft::transport::wire::{ClusterId, RejectReason};
+    use regionkv_raft::transport::frame::{Deadline, FrameKind};
+    use regionkv_raft::transport::handshake::{ClusterId, RejectReason};
 
-    use crate::proto::{self, ErrorCode, FrameReader, Kind, Request, Response};
+    use crate::proto::{self, ErrorCode, Request, Response};
     use crate::{Client, Error, Node, NodeConfig};
 
     const SECRET: &[u8] = b"a secret for the bad input test";
@@ -424,10 +453,10 @@ mod tests {
 
     /// The next response on `s`: its id and answer.
     fn response(s: &mut TcpStream) -> (u64, Result<Response, proto::RemoteError>) {
-        let reader = FrameReader { cancel: None, stall: Duration::from_secs(10) };
-        let deadline = Some(std::time::Instant::now() + Duration::from_secs(10));
-        let (kind, payload) = reader.frame(s, proto::RESPONSE_BYTES_MAX, deadline).unwrap();
-        assert_eq!(kind, Kind::Response);
+        let reader = proto::reader(None, Duration::from_secs(10));
+        let deadline = Deadline::after("a response", Duration::from_secs(10));
+        let (kind, payload) = reader.frame(s, proto::RESPONSE_BYTES_MAX, Some(&deadline)).unwrap();
+        assert_eq!(kind, FrameKind::Response);
         proto::decode_response(&payload).unwrap()
     }
 
@@ -448,7 +477,7 @@ mod tests {
 
     fn status_works(s: &mut TcpStream, id: u64) {
         let frame =
-            proto::encode_frame(Kind::Request, &proto::encode_request(id, &Request::Status))
+            proto::encode_frame(FrameKind::Request, &proto::encode_request(id, &Request::Status))
                 .unwrap();
         s.write_all(&frame).unwrap();
         let (got, answer) = response(s);
@@ -482,12 +511,12 @@ mod tests {
         // A client of a newer protocol version: refused, told why.
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
-        let mut hello = proto::encode_frame(Kind::Hello, &[]).unwrap();
+        let mut hello = proto::encode_frame(FrameKind::Hello, &[]).unwrap();
         hello[4] = proto::VERSION + 1;
         s.write_all(&hello).unwrap();
-        let reader = FrameReader { cancel: None, stall: Duration::from_secs(10) };
+        let reader = proto::reader(None, Duration::from_secs(10));
         let (kind, payload) = reader.frame(&mut s, 1024, None).unwrap();
-        assert_eq!(kind, Kind::Reject);
+        assert_eq!(kind, FrameKind::Reject);
         assert_eq!(RejectReason::decode(&payload).unwrap(), RejectReason::UnsupportedVersion);
         // Garbage that starts like the client protocol.
         let mut s = TcpStream::connect(addr).unwrap();
@@ -499,7 +528,7 @@ mod tests {
         // connection goes on.
         let mut s = connect(addr);
         s.write_all(
-            &proto::encode_frame(Kind::Request, b"\x01\x00\xff\x00\x00\x00runs past its end")
+            &proto::encode_frame(FrameKind::Request, b"\x01\x00\xff\x00\x00\x00runs past its end")
                 .unwrap(),
         )
         .unwrap();
@@ -512,13 +541,13 @@ mod tests {
         let mut future = Vec::new();
         regionkv_engine::codec::put_u64(&mut future, 1, 8);
         regionkv_engine::codec::put_field(&mut future, 999, b"?");
-        s.write_all(&proto::encode_frame(Kind::Request, &future).unwrap()).unwrap();
+        s.write_all(&proto::encode_frame(FrameKind::Request, &future).unwrap()).unwrap();
         let (id, answer) = response(&mut s);
         assert_eq!((id, answer.unwrap_err().code), (8, ErrorCode::UnsupportedRequest));
         status_works(&mut s, 9);
 
         // An oversized frame: refused before its payload is read, then closed.
-        let mut header = proto::encode_frame(Kind::Request, &[]).unwrap();
+        let mut header = proto::encode_frame(FrameKind::Request, &[]).unwrap();
         header[6..10].copy_from_slice(&(proto::REQUEST_BYTES_MAX + 1).to_le_bytes());
         s.write_all(&header).unwrap();
         let (id, answer) = response(&mut s);
@@ -530,7 +559,7 @@ mod tests {
         // A bad checksum: an error, then closed.
         let mut s = connect(addr);
         let mut frame =
-            proto::encode_frame(Kind::Request, &proto::encode_request(3, &Request::Status))
+            proto::encode_frame(FrameKind::Request, &proto::encode_request(3, &Request::Status))
                 .unwrap();
         let last = frame.len() - 1;
         frame[last] ^= 0x40;

@@ -1,4 +1,7 @@
-//! The Raft layer's error type and its classes.
+//! The Raft layer's error type and its classes, and the typed reasons of dropped
+//! proposals and aborted merges (which cross the client protocol as codes).
+
+use std::fmt;
 
 use regionkv_engine::{Region, RegionId, StoreId};
 use regionkv_wal::Lsn;
@@ -59,7 +62,7 @@ pub enum Error {
         /// The region that was to merge away (the source).
         region: RegionId,
         /// Why.
-        reason: &'static str,
+        reason: MergeAbortReason,
     },
     /// The proposal was dropped (leadership changed, or its entry was overwritten)
     /// before it committed; its outcome is known: not applied. Retry.
@@ -68,7 +71,7 @@ pub enum Error {
         /// The region.
         region: RegionId,
         /// Why.
-        reason: &'static str,
+        reason: DropReason,
     },
     /// The store is shutting down; nothing was done.
     #[error("the store is shutting down")]
@@ -162,3 +165,145 @@ impl Error {
 
 /// Shorthand for results in this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why a proposal was dropped before it committed ([`Error::Dropped`]). Code 0 is
+/// reserved: a code this binary does not know (from a newer store) decodes as
+/// [`DropReason::Unspecified`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// No reason given, or one this binary does not know.
+    Unspecified,
+    /// raft-rs accepted the proposal but appended nothing (it dropped it silently).
+    NotAppended,
+    /// raft-rs refused it because leadership is changing.
+    LeadershipChanging,
+    /// raft-rs refused it for another reason.
+    Refused,
+    /// A membership change is still pending; a merge must wait until it applied.
+    ConfChangePending,
+    /// Its entry was applied before a restart, so its reply was lost with the process.
+    AppliedBeforeRestart,
+    /// A new leader overwrote its entry.
+    Overwritten,
+}
+
+impl DropReason {
+    /// The reason's code on the wire.
+    pub fn code(self) -> u64 {
+        match self {
+            DropReason::Unspecified => 0,
+            DropReason::NotAppended => 1,
+            DropReason::LeadershipChanging => 2,
+            DropReason::Refused => 3,
+            DropReason::ConfChangePending => 4,
+            DropReason::AppliedBeforeRestart => 5,
+            DropReason::Overwritten => 6,
+        }
+    }
+
+    /// The reason with this code; an unknown code is `Unspecified`.
+    pub fn from_code(code: u64) -> DropReason {
+        match code {
+            1 => DropReason::NotAppended,
+            2 => DropReason::LeadershipChanging,
+            3 => DropReason::Refused,
+            4 => DropReason::ConfChangePending,
+            5 => DropReason::AppliedBeforeRestart,
+            6 => DropReason::Overwritten,
+            _ => DropReason::Unspecified,
+        }
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DropReason::Unspecified => "unspecified; see the store's log",
+            DropReason::NotAppended => "raft-rs dropped the proposal",
+            DropReason::LeadershipChanging => "proposal dropped (leadership changing)",
+            DropReason::Refused => "proposal refused",
+            DropReason::ConfChangePending => {
+                "a membership change is pending; merge after it applied"
+            }
+            DropReason::AppliedBeforeRestart => "applied before a restart",
+            DropReason::Overwritten => "its entry was overwritten by a new leader",
+        })
+    }
+}
+
+/// Why a merge was rolled back ([`Error::MergeAborted`]). Code 0 is reserved: a code
+/// this binary does not know (from a newer store) decodes as
+/// [`MergeAbortReason::Unspecified`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MergeAbortReason {
+    /// No reason given, or one this binary does not know.
+    Unspecified,
+    /// A replica of the source did not get the prepare command in time.
+    PrepareNotReplicated,
+    /// The target changed (a split or a membership change) before the commit.
+    TargetChanged,
+}
+
+impl MergeAbortReason {
+    /// The reason's code on the wire.
+    pub fn code(self) -> u64 {
+        match self {
+            MergeAbortReason::Unspecified => 0,
+            MergeAbortReason::PrepareNotReplicated => 1,
+            MergeAbortReason::TargetChanged => 2,
+        }
+    }
+
+    /// The reason with this code; an unknown code is `Unspecified`.
+    pub fn from_code(code: u64) -> MergeAbortReason {
+        match code {
+            1 => MergeAbortReason::PrepareNotReplicated,
+            2 => MergeAbortReason::TargetChanged,
+            _ => MergeAbortReason::Unspecified,
+        }
+    }
+}
+
+impl fmt::Display for MergeAbortReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MergeAbortReason::Unspecified => "unspecified; see the store's log",
+            MergeAbortReason::PrepareNotReplicated => {
+                "a source replica did not get the prepare command in time"
+            }
+            MergeAbortReason::TargetChanged => "the target changed (split or membership change)",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_round_trip_through_their_codes_and_unknown_codes_are_unspecified() {
+        for r in [
+            DropReason::Unspecified,
+            DropReason::NotAppended,
+            DropReason::LeadershipChanging,
+            DropReason::Refused,
+            DropReason::ConfChangePending,
+            DropReason::AppliedBeforeRestart,
+            DropReason::Overwritten,
+        ] {
+            assert_eq!(DropReason::from_code(r.code()), r);
+        }
+        for r in [
+            MergeAbortReason::Unspecified,
+            MergeAbortReason::PrepareNotReplicated,
+            MergeAbortReason::TargetChanged,
+        ] {
+            assert_eq!(MergeAbortReason::from_code(r.code()), r);
+        }
+        assert_eq!(DropReason::from_code(999), DropReason::Unspecified);
+        assert_eq!(DropReason::from_code(u64::MAX), DropReason::Unspecified);
+        assert_eq!(MergeAbortReason::from_code(3), MergeAbortReason::Unspecified);
+    }
+}

@@ -40,7 +40,7 @@ pub use core::{
     ApplyObserver, CoreTask, ElectionTicks, Output, RAFT_INIT_INDEX, RAFT_INIT_TERM, StoreContext,
     StoreCore, WriteTask,
 };
-pub use error::{Error, Result};
+pub use error::{DropReason, Error, MergeAbortReason, Result};
 pub use index::RaftIndex;
 pub use metrics::{ApplyStats, StoreMetrics, WriteMetrics};
 pub use raft::StateRole;

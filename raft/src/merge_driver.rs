@@ -24,7 +24,7 @@ use std::time::Duration;
 use regionkv_engine::{Epoch, MergeState, Region, RegionId};
 
 use crate::command::AdminCmd;
-use crate::error::{Error, Result};
+use crate::error::{Error, MergeAbortReason, Result};
 use crate::request::{AdminResult, MergeStatus};
 
 /// What a merge driver needs from the cluster: requests to region leaders, and time.
@@ -126,7 +126,7 @@ pub fn finish_merge(
             rollback(admin, source, merge)?;
             return Err(Error::MergeAborted {
                 region: source.id,
-                reason: "a source replica did not get the prepare command in time",
+                reason: MergeAbortReason::PrepareNotReplicated,
             });
         }
         admin.pause(options.poll);
@@ -158,7 +158,7 @@ pub fn finish_merge(
                 rollback(admin, source, merge)?;
                 return Err(Error::MergeAborted {
                     region: source.id,
-                    reason: "the target changed (split or membership change)",
+                    reason: MergeAbortReason::TargetChanged,
                 });
             }
             Err(e) if e.is_retryable() || matches!(e, Error::Timeout { .. }) => {

@@ -20,7 +20,7 @@ use regionkv_wal::Timeline;
 
 use crate::command::{Op, Write};
 use crate::directory::DirResult;
-use crate::error::{Error, Result};
+use crate::error::{DropReason, Error, Result};
 use crate::index::RaftIndex;
 use crate::request::{AdminResult, ReadRequest, Reply};
 use crate::storage::{PeerStorage, SnapshotSlot};
@@ -62,9 +62,9 @@ impl Waiting {
         match self {
             Waiting::Writes(replies) => {
                 let reason = if matches!(error, raft::Error::ProposalDropped) {
-                    "proposal dropped (leadership changing)"
+                    DropReason::LeadershipChanging
                 } else {
-                    "proposal refused"
+                    DropReason::Refused
                 };
                 for reply in replies {
                     reply(Err(Error::Dropped { region, reason }));
@@ -447,7 +447,7 @@ impl Replica {
                 Some(index)
             }
             Ok(()) => {
-                waiting.fail(|| Error::Dropped { region, reason: "raft-rs dropped the proposal" });
+                waiting.fail(|| Error::Dropped { region, reason: DropReason::NotAppended });
                 None
             }
             Err(e) => {

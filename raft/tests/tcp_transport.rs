@@ -212,7 +212,7 @@ fn closed_by_peer(stream: &mut TcpStream) -> bool {
 fn read_frame(stream: &mut TcpStream) -> Result<(FrameKind, Vec<u8>), Box<dyn Error>> {
     let mut header = [0u8; FRAME_HEADER_BYTES];
     stream.read_exact(&mut header)?;
-    let header = wire::FrameHeader::parse(&header, 1 << 20)?;
+    let header = wire::parse_header(&header, 1 << 20)?;
     let mut payload = vec![0; header.len as usize];
     stream.read_exact(&mut payload)?;
     header.check(&payload)?;

@@ -10,7 +10,7 @@ use super::output::CoreTask;
 use super::{Leadership, StoreCore};
 use crate::command::{self, Admin, AdminCmd, Command};
 use crate::directory::DIRECTORY;
-use crate::error::{Error, Result};
+use crate::error::{DropReason, Error, Result};
 use crate::log::LogState;
 use crate::replica::{CatchUp, Contents, Replica, ReplicaInit};
 use crate::request::AdminResult;
@@ -155,7 +155,7 @@ impl StoreCore {
             let engine = self.ctx.engine_of(region);
             replica.region = engine.region(region).ok_or(Error::RegionNotFound { region })?;
             replica.merge.state = engine.merge_state(region);
-            return Ok(Err(Error::Dropped { region, reason: "applied before a restart" }));
+            return Ok(Err(Error::Dropped { region, reason: DropReason::AppliedBeforeRestart }));
         }
         if let Err(refused) = check_admin(replica, admin.epoch, &admin.cmd, entry.index) {
             tracing::info!(region = region.0, index = entry.index, error = %refused, "admin command refused");

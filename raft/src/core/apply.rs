@@ -9,7 +9,7 @@ use super::admin_apply::MergeWait;
 use super::output::CoreTask;
 use crate::command::{self, Command, Op, Write};
 use crate::directory::{self, DIRECTORY, DirResult};
-use crate::error::{Error, Result};
+use crate::error::{DropReason, Error, Result};
 use crate::index::RaftIndex;
 use crate::metrics::ApplyStats;
 use crate::replica::{Paused, Replica, Waiting};
@@ -143,7 +143,7 @@ fn resolve_proposals(
     replies: &mut Vec<(Reply<()>, Result<()>)>,
 ) {
     let region = replica.region.id;
-    let dropped = || Error::Dropped { region, reason: "its entry was overwritten by a new leader" };
+    let dropped = || Error::Dropped { region, reason: DropReason::Overwritten };
     let mismatch = || Error::Internal("a proposal matched an entry of another kind".into());
     let mut outcome = Some(outcome);
     let in_flight = &mut replica.proposals.in_flight;

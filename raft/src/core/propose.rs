@@ -8,7 +8,7 @@ use super::StoreCore;
 use super::admin_apply::check_admin;
 use crate::command::{self, Admin, AdminCmd, ChangePeersContext, Write};
 use crate::directory::{DIRECTORY, DirCmd, DirResult};
-use crate::error::{Error, Result};
+use crate::error::{DropReason, Error, Result};
 use crate::replica::{Proposed, Replica, Waiting};
 use crate::request::{
     AdminRequest, ChangePeersRequest, PeerChange, ReadRequest, Reply, WriteRequest,
@@ -140,7 +140,7 @@ impl StoreCore {
             if let AdminCmd::PrepareMerge { .. } = cmd
                 && replica.has_pending_conf_change()
             {
-                let reason = "a membership change is pending; merge after it applied";
+                let reason = DropReason::ConfChangePending;
                 return Err(Error::Dropped { region, reason });
             }
             Ok(replica)

@@ -13,7 +13,14 @@
 //!   (format in [`wire`]), after a handshake that proves knowledge of the cluster
 //!   secret; one connection and one bounded queue per peer store, reconnecting with
 //!   backoff.
+//!
+//! Under the TCP transport, and under the facade's client protocol too, lie one
+//! framing layer ([`frame`]: header, kinds, CRC, a bounded reader) and one handshake
+//! ([`handshake`]: mutual proof of the cluster secret), each parameterised by the
+//! protocol that uses it.
 
+pub mod frame;
+pub mod handshake;
 pub mod local;
 pub mod tcp;
 pub mod wire;
@@ -35,7 +42,7 @@ pub struct Envelope {
     /// The receiving store.
     pub to: StoreId,
     /// The sender's epoch of the region, if it reported one (a field that is absent is
-    /// unknown, never "zero": design 5.5).
+    /// unknown, never "zero").
     pub epoch: Option<Epoch>,
     /// The sender's key range of the region, if it knows it. A store that receives a
     /// message for a region it does not host creates a replica only if this range is

@@ -1,0 +1,272 @@
+//! The client protocol, version 1: how a process that hosts no store talks to a running
+//! [`Node`](crate::Node). Its frames, handshake, requests, responses and errors.
+//!
+//! Clients connect to a node's one listening address: the store transport reads the
+//! first byte of every accepted connection, and a connection that opens with this
+//! protocol's magic is served here instead of as a store (`SharedListener` in
+//! `regionkv_raft::transport::tcp`).
+//!
+//! ## Frames
+//!
+//! The store transport's frames (`regionkv_raft::transport::frame`: a 14-byte header
+//! of magic, version, kind, payload length and payload CRC32, then the payload), with
+//! this protocol's own magic `"rkvc"`, version 1 and kinds HELLO, PROOF, ACCEPT,
+//! REJECT, REQUEST and RESPONSE ([`FRAMES`]).
+//!
+//! The magic's first byte differs from the store protocol's (`"RKVW"`), which is how
+//! the listener tells them apart. A reader checks magic, version, kind and length
+//! (against its own bound: [`REQUEST_BYTES_MAX`] on a node, [`RESPONSE_BYTES_MAX`] on a
+//! client, [`HANDSHAKE_FRAME_BYTES_MAX`](regionkv_raft::transport::handshake::HANDSHAKE_FRAME_BYTES_MAX) during the handshake) before it reads a payload
+//! byte, and the CRC32 before it decodes one.
+//!
+//! ## Handshake
+//!
+//! The store transport's handshake (`regionkv_raft::transport::handshake`), with the
+//! client as connector and store id 0:
+//!
+//! ```text
+//!  C -> N  HELLO  { cluster id, 0, nonce_c, 4 highest client protocol version }
+//!  N -> C  HELLO  { cluster id, N's store id, nonce_n }  PROOF { acceptor mac }
+//!  C -> N  PROOF  { connector mac }
+//!  N -> C  ACCEPT            (or REJECT { reason } at any step, then close)
+//! ```
+//!
+//! The MACs are the store transport's, under a key derived from the cluster secret for
+//! this protocol only ([`client_key`]): a proof made for a client connection is never
+//! valid for a store connection, nor the reverse.
+//!
+//! ## Requests and responses
+//!
+//! After ACCEPT the client sends REQUEST frames and the node answers each with one
+//! RESPONSE frame carrying the request's id, in any order: requests are pipelined, at
+//! most [`IN_FLIGHT_MAX`] per connection (the node stops reading beyond that). Payloads
+//! are TLV records ([`regionkv_engine::codec`]):
+//!
+//! ```text
+//!  REQUEST   1 id u64, and exactly one of
+//!            10 write { 1 region, 2 epoch { 1 version, 2 conf_ver },
+//!                       3 op* { 1 kind (1 put, 2 delete), 2 key, 3 value } }
+//!            11 read  { 1 region, 2 epoch, 3 get { 1 key } | 4 scan { 1 start,
+//!                       2 end | 3 unbounded, 4 limit } }
+//!            12 admin { 1 region, 2 epoch, 3 cmd }      13 directory { 1 cmd }
+//!            14 merge status { 1 region }                15 peer status { 1 region }
+//!            16 locate { 1 key }       17 status       18 members
+//!            19 split { 1 key }        20 merge { 1 left, 2 right }     21 regions
+//!            22 local scan { 1 start, 2 end | 3 unbounded, 4 limit }
+//!  RESPONSE  1 id u64, and exactly one of
+//!            2 error { 1 code, 2 region, 3 leader store, 4 region*, 5 message, 6 target,
+//!                      7 reason (optional: the code of a drop or merge-abort reason) }
+//!            30 done  31 value { 1 value | 2 none }  32 rows { 1 row* { 1 key, 2 value } }
+//!            33 admin result  34 directory result  35 merge status
+//!            36 peer status { 1 status | 2 none }  37 located { 1 record | 2 none }
+//!            38 status { 1 store, 2 peer status*, 3 metrics (optional, since 0.1) }
+//!            39 members { 1 member* { 1 store, 2 address } }  40 regions { 1 region info* }
+//!            41 split { 1 region* }  42 merged { 1 region }  43 no reply
+//!  metrics   1 regions  2 leaders  3 hibernating  4 applied lag total  5 applied lag max
+//!            6 write latency us (histogram)  7 writes proposed  8 entries proposed
+//!            9 apply { 1 rounds, 2 rounds without regions, 3 rounds with several,
+//!                      4 most regions in a round }
+//!            10 wal { 1 records, 2 groups, 3 fsyncs, 4 bytes written, 5 segment rolls,
+//!                     6 queued bytes high water, 7 spare segments,
+//!                     8 fsync latency us (histogram), 9 records per group (histogram) }
+//!  histogram 1 sum  2 max  3 bucket* { 1 index, 2 samples }   (non-empty buckets only)
+//! ```
+//!
+//! A status from a node that predates metrics has no tag 3: it decodes with
+//! `metrics: None`, not with zeros.
+//!
+//! ## Versions
+//!
+//! The version byte of every frame says how to read it; this binary reads version 1
+//! only and answers any other with REJECT `UnsupportedVersion` (during the handshake)
+//! or an error response, then closes. Within version 1, records grow only by new
+//! optional tags: readers skip tags they do not know, a field added later decodes as
+//! `None` when absent (absent is not empty), and enum codes reserve 0 for
+//! "unspecified": an unknown error code (or reason code) decodes as `Unspecified`, an
+//! unknown request kind is answered with `UnsupportedRequest`, an unknown
+//! role as a follower (never taken for leadership). A node that drops a request
+//! unanswered (its store stopped) says so with `no reply`, which the client treats as
+//! silence: the outcome is unknown.
+
+mod error;
+mod records;
+mod request;
+mod response;
+#[cfg(test)]
+mod tests;
+
+use std::net::TcpStream;
+use std::time::Duration;
+
+use regionkv_engine::codec;
+use regionkv_engine::{Epoch, Region, RegionId, StoreId};
+use regionkv_raft::directory::{DirCmd, DirResult, RegionRecord};
+use regionkv_raft::transport::frame::{FrameFormat, FrameKind, FrameReader, WireError};
+use regionkv_raft::transport::handshake::{
+    ClusterId, Expect, Handshake, HandshakeError, HandshakeKey, Names,
+};
+use regionkv_raft::transport::wire;
+use regionkv_raft::{
+    AdminCmd, AdminResult, MergeStatus, Op, PeerStatus, Query, QueryResult, StoreMetrics,
+};
+use regionkv_wal::CancellationToken;
+
+use crate::region_info::RegionInfo;
+
+pub(crate) use self::error::{ErrorCode, RemoteError};
+pub(crate) use self::request::{RequestError, decode_request, encode_request};
+pub(crate) use self::response::{decode_response, encode_response};
+
+/// The first four bytes of every client-protocol frame.
+pub const MAGIC: [u8; 4] = *b"rkvc";
+/// The client protocol version this binary speaks (and the only one it reads).
+pub const VERSION: u8 = 1;
+/// Bytes of a frame header.
+#[cfg(test)]
+pub const HEADER_BYTES: usize = regionkv_raft::transport::frame::FRAME_HEADER_BYTES;
+/// The largest request payload a node reads (a write batch must fit).
+pub const REQUEST_BYTES_MAX: u32 = 16 << 20;
+/// The largest response payload a client reads (a scan's rows must fit).
+pub const RESPONSE_BYTES_MAX: u32 = 64 << 20;
+/// Requests a connection may have outstanding at once.
+pub const IN_FLIGHT_MAX: usize = 256;
+/// The store id a client claims in its HELLO: no store has it.
+pub const CLIENT_ID: StoreId = StoreId(0);
+
+/// The client protocol's frames.
+pub const FRAMES: FrameFormat = FrameFormat {
+    protocol: "the regionkv client protocol",
+    magic: MAGIC,
+    version: VERSION,
+    kinds: &[
+        FrameKind::Hello,
+        FrameKind::Proof,
+        FrameKind::Accept,
+        FrameKind::Reject,
+        FrameKind::Request,
+        FrameKind::Response,
+    ],
+};
+
+// The listener tells the two protocols apart by their first byte.
+const _: () = assert!(MAGIC[0] != wire::MAGIC[0], "the listener tells protocols apart by byte 0");
+// A header's kind byte must name one kind of the protocol.
+const _: () = assert!(FRAMES.kinds_are_distinct(), "the client protocol's kinds differ");
+const _: () = assert!(REQUEST_BYTES_MAX <= RESPONSE_BYTES_MAX);
+
+/// Bytes read into memory at a time: a peer that announces a large frame and stalls
+/// costs at most this much.
+const READ_CHUNK_BYTES: usize = 256 << 10;
+/// The label of the client protocol's handshake key.
+const KEY_LABEL: &[u8] = b"regionkv client protocol v1\0";
+/// HELLO field of the client: the highest client protocol version it speaks.
+const H_PROTOCOL_VERSION: u16 = 4;
+
+/// The key of client-protocol proofs: derived from the cluster secret, and distinct
+/// from the store transport's key for the same secret.
+pub fn client_key(secret: &[u8]) -> HandshakeKey {
+    HandshakeKey::derive_labelled(KEY_LABEL, secret)
+}
+
+/// A reader of client-protocol frames that gives up on a frame stalled for `stall`,
+/// and stops once `cancel` (if any) is cancelled.
+pub(crate) fn reader(cancel: Option<&CancellationToken>, stall: Duration) -> FrameReader<'_> {
+    FrameReader { format: &FRAMES, cancel, stall, chunk_bytes: READ_CHUNK_BYTES }
+}
+
+/// A whole client-protocol frame.
+pub(crate) fn encode_frame(kind: FrameKind, payload: &[u8]) -> Result<Vec<u8>, WireError> {
+    FRAMES.encode(kind, payload)
+}
+
+/// The client's side of the handshake; returns the node's store id.
+pub(crate) fn handshake_client(
+    stream: &mut TcpStream,
+    key: &HandshakeKey,
+    cluster: ClusterId,
+    timeout: Duration,
+) -> Result<StoreId, HandshakeError> {
+    let mut hello_extra = Vec::new();
+    codec::put_u64(&mut hello_extra, H_PROTOCOL_VERSION, u64::from(VERSION));
+    let side = Handshake {
+        reader: reader(None, timeout),
+        key,
+        cluster,
+        me: CLIENT_ID,
+        timeout,
+        hello_extra: &hello_extra,
+        names: Names { me: "this client", peer: "the node" },
+    };
+    side.connect(stream, Expect::Any)
+}
+
+/// The node's side of the handshake.
+pub(crate) fn handshake_node(
+    stream: &mut TcpStream,
+    reader: FrameReader<'_>,
+    key: &HandshakeKey,
+    cluster: ClusterId,
+    me: StoreId,
+    timeout: Duration,
+) -> Result<(), HandshakeError> {
+    let side = Handshake {
+        reader,
+        key,
+        cluster,
+        me,
+        timeout,
+        hello_extra: &[],
+        names: Names { me: "this node", peer: "the client" },
+    };
+    side.accept(stream, Expect::Store(CLIENT_ID)).map(|_| ())
+}
+
+/// What a client asks a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Request {
+    Write { region: RegionId, epoch: Epoch, ops: Vec<Op> },
+    Read { region: RegionId, epoch: Epoch, query: Query },
+    Admin { region: RegionId, epoch: Epoch, cmd: AdminCmd },
+    Directory { cmd: DirCmd },
+    MergeStatus { region: RegionId },
+    PeerStatus { region: RegionId },
+    Locate { key: Vec<u8> },
+    Status,
+    Members,
+    Split { key: Vec<u8> },
+    Merge { left: RegionId, right: RegionId },
+    Regions,
+    LocalScan { start: Vec<u8>, end: Option<Vec<u8>>, limit: usize },
+}
+
+/// A node's answer to one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Response {
+    Done,
+    Query(QueryResult),
+    Admin(AdminResult),
+    Directory(DirResult),
+    MergeStatus(MergeStatus),
+    PeerStatus(Option<PeerStatus>),
+    Located(Option<RegionRecord>),
+    Status(Box<StoreStatus>),
+    Members(Vec<(StoreId, String)>),
+    Split(Vec<Region>),
+    Merged(Region),
+    Regions(Vec<RegionInfo>),
+    /// The node's store dropped the request without an answer: its outcome is unknown.
+    NoReply,
+}
+
+/// One store's status as a node reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoreStatus {
+    /// The store.
+    pub store: StoreId,
+    /// Its replicas: region, role, term, indexes.
+    pub peers: Vec<PeerStatus>,
+    /// Its metrics; `None` from a node that does not report them (added after the
+    /// first release of protocol v1: absent is not empty).
+    pub metrics: Option<StoreMetrics>,
+}

@@ -1,0 +1,255 @@
+//! REQUEST payloads of the client protocol: what a client asks a node, encoded by
+//! [`encode_request`] and decoded (never panicking) by [`decode_request`].
+
+use bytes::Bytes;
+use regionkv_engine::RegionId;
+use regionkv_engine::codec::{self, DecodeError, Field};
+use regionkv_raft::{Op, Query};
+
+use super::Request;
+use super::records::{
+    D, admin_cmd_of, dir_cmd_of, epoch_of, nested, parse, put_admin_cmd, put_dir_cmd, put_epoch,
+    put_range, range_of, req_u64,
+};
+
+// Request tags.
+pub(super) const Q_ID: u16 = 1;
+const Q_WRITE: u16 = 10;
+const Q_READ: u16 = 11;
+const Q_ADMIN: u16 = 12;
+const Q_DIRECTORY: u16 = 13;
+const Q_MERGE_STATUS: u16 = 14;
+const Q_PEER_STATUS: u16 = 15;
+const Q_LOCATE: u16 = 16;
+const Q_STATUS: u16 = 17;
+const Q_MEMBERS: u16 = 18;
+const Q_SPLIT: u16 = 19;
+const Q_MERGE: u16 = 20;
+const Q_REGIONS: u16 = 21;
+const Q_LOCAL_SCAN: u16 = 22;
+const Q_TAGS: &[u16] = &[
+    Q_ID,
+    Q_WRITE,
+    Q_READ,
+    Q_ADMIN,
+    Q_DIRECTORY,
+    Q_MERGE_STATUS,
+    Q_PEER_STATUS,
+    Q_LOCATE,
+    Q_STATUS,
+    Q_MEMBERS,
+    Q_SPLIT,
+    Q_MERGE,
+    Q_REGIONS,
+    Q_LOCAL_SCAN,
+];
+
+// Nested request fields.
+const F_REGION: u16 = 1;
+const F_EPOCH: u16 = 2;
+const F_OPS: u16 = 3;
+const F_CMD: u16 = 3;
+const F_GET: u16 = 3;
+const F_SCAN: u16 = 4;
+const OP_KIND: u16 = 1;
+const OP_KEY: u16 = 2;
+const OP_VALUE: u16 = 3;
+const OP_PUT: u64 = 1;
+const OP_DELETE: u64 = 2;
+const K_KEY: u16 = 1;
+const M_LEFT: u16 = 1;
+const M_RIGHT: u16 = 2;
+
+/// A REQUEST payload.
+pub(crate) fn encode_request(id: u64, req: &Request) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    codec::put_u64(&mut out, Q_ID, id);
+    match req {
+        Request::Write { region, epoch, ops } => codec::put_nested(&mut out, Q_WRITE, |o| {
+            codec::put_u64(o, F_REGION, region.0);
+            put_epoch(o, F_EPOCH, *epoch);
+            for op in ops {
+                codec::put_nested(o, F_OPS, |o| match op {
+                    Op::Put { key, value } => {
+                        codec::put_u64(o, OP_KIND, OP_PUT);
+                        codec::put_field(o, OP_KEY, key);
+                        codec::put_field(o, OP_VALUE, value);
+                    }
+                    Op::Delete { key } => {
+                        codec::put_u64(o, OP_KIND, OP_DELETE);
+                        codec::put_field(o, OP_KEY, key);
+                    }
+                });
+            }
+        }),
+        Request::Read { region, epoch, query } => codec::put_nested(&mut out, Q_READ, |o| {
+            codec::put_u64(o, F_REGION, region.0);
+            put_epoch(o, F_EPOCH, *epoch);
+            match query {
+                Query::Get { key } => {
+                    codec::put_nested(o, F_GET, |o| codec::put_field(o, K_KEY, key));
+                }
+                Query::Scan { start, end, limit } => codec::put_nested(o, F_SCAN, |o| {
+                    put_range(o, start, end.as_deref(), *limit);
+                }),
+            }
+        }),
+        Request::Admin { region, epoch, cmd } => codec::put_nested(&mut out, Q_ADMIN, |o| {
+            codec::put_u64(o, F_REGION, region.0);
+            put_epoch(o, F_EPOCH, *epoch);
+            codec::put_nested(o, F_CMD, |o| put_admin_cmd(o, cmd));
+        }),
+        Request::Directory { cmd } => codec::put_nested(&mut out, Q_DIRECTORY, |o| {
+            codec::put_nested(o, 1, |o| put_dir_cmd(o, cmd));
+        }),
+        Request::MergeStatus { region } => codec::put_nested(&mut out, Q_MERGE_STATUS, |o| {
+            codec::put_u64(o, F_REGION, region.0);
+        }),
+        Request::PeerStatus { region } => codec::put_nested(&mut out, Q_PEER_STATUS, |o| {
+            codec::put_u64(o, F_REGION, region.0);
+        }),
+        Request::Locate { key } => {
+            codec::put_nested(&mut out, Q_LOCATE, |o| codec::put_field(o, K_KEY, key));
+        }
+        Request::Status => codec::put_field(&mut out, Q_STATUS, &[]),
+        Request::Members => codec::put_field(&mut out, Q_MEMBERS, &[]),
+        Request::Split { key } => {
+            codec::put_nested(&mut out, Q_SPLIT, |o| codec::put_field(o, K_KEY, key));
+        }
+        Request::Merge { left, right } => codec::put_nested(&mut out, Q_MERGE, |o| {
+            codec::put_u64(o, M_LEFT, left.0);
+            codec::put_u64(o, M_RIGHT, right.0);
+        }),
+        Request::Regions => codec::put_field(&mut out, Q_REGIONS, &[]),
+        Request::LocalScan { start, end, limit } => {
+            codec::put_nested(&mut out, Q_LOCAL_SCAN, |o| {
+                put_range(o, start, end.as_deref(), *limit);
+            });
+        }
+    }
+    out
+}
+
+/// Why a request did not decode.
+#[derive(Debug)]
+pub(crate) enum RequestError {
+    /// The payload is not a valid request (the id, if it could be read).
+    Malformed { id: Option<u64>, error: DecodeError },
+    /// A well-formed request of a kind this binary does not know (a newer client).
+    Unsupported { id: u64 },
+}
+
+/// Decodes a REQUEST payload. Never panics.
+pub(crate) fn decode_request(payload: &[u8]) -> Result<(u64, Request), RequestError> {
+    let rec =
+        parse(payload, Q_TAGS).map_err(|error| RequestError::Malformed { id: None, error })?;
+    let id = req_u64(&rec, Q_ID, "request id missing")
+        .map_err(|error| RequestError::Malformed { id: None, error })?;
+    let bodies: Vec<Field<'_>> =
+        Q_TAGS.iter().filter(|&&t| t != Q_ID).filter_map(|&t| rec.optional(t).ok()?).collect();
+    let body = match bodies.as_slice() {
+        [] => return Err(RequestError::Unsupported { id }),
+        [one] => *one,
+        [_, second, ..] => {
+            return Err(RequestError::Malformed {
+                id: Some(id),
+                error: DecodeError::new(second.offset, "a request has more than one body"),
+            });
+        }
+    };
+    decode_body(&body)
+        .map(|r| (id, r))
+        .map_err(|error| RequestError::Malformed { id: Some(id), error })
+}
+
+fn decode_body(f: &Field<'_>) -> D<Request> {
+    Ok(match f.tag {
+        Q_WRITE => {
+            let r = nested(f, &[F_REGION, F_EPOCH, F_OPS])?;
+            let mut ops = Vec::new();
+            for op in r.repeated(F_OPS) {
+                let o = nested(&op, &[OP_KIND, OP_KEY, OP_VALUE])?;
+                let key = Bytes::copy_from_slice(o.required(OP_KEY, "op key missing")?.value);
+                ops.push(match req_u64(&o, OP_KIND, "op kind missing")? {
+                    OP_PUT => Op::Put {
+                        key,
+                        value: Bytes::copy_from_slice(
+                            o.required(OP_VALUE, "put value missing")?.value,
+                        ),
+                    },
+                    OP_DELETE => Op::Delete { key },
+                    // An op this binary does not know must fail the whole batch, never
+                    // be skipped: the batch is atomic.
+                    _ => return Err(DecodeError::new(op.offset, "unknown write op kind")),
+                });
+            }
+            Request::Write {
+                region: RegionId(req_u64(&r, F_REGION, "region missing")?),
+                epoch: epoch_of(&r, F_EPOCH)?,
+                ops,
+            }
+        }
+        Q_READ => {
+            let r = nested(f, &[F_REGION, F_EPOCH, F_GET, F_SCAN])?;
+            let query = match (r.optional(F_GET)?, r.optional(F_SCAN)?) {
+                (Some(g), None) => {
+                    let g = nested(&g, &[K_KEY])?;
+                    Query::Get {
+                        key: Bytes::copy_from_slice(g.required(K_KEY, "key missing")?.value),
+                    }
+                }
+                (None, Some(s)) => {
+                    let (start, end, limit) = range_of(&s)?;
+                    Query::Scan { start: start.into(), end: end.map(Bytes::from), limit }
+                }
+                _ => return Err(DecodeError::new(f.offset, "a read needs exactly one query")),
+            };
+            Request::Read {
+                region: RegionId(req_u64(&r, F_REGION, "region missing")?),
+                epoch: epoch_of(&r, F_EPOCH)?,
+                query,
+            }
+        }
+        Q_ADMIN => {
+            let r = nested(f, &[F_REGION, F_EPOCH, F_CMD])?;
+            Request::Admin {
+                region: RegionId(req_u64(&r, F_REGION, "region missing")?),
+                epoch: epoch_of(&r, F_EPOCH)?,
+                cmd: admin_cmd_of(&r.required(F_CMD, "admin command missing")?)?,
+            }
+        }
+        Q_DIRECTORY => {
+            let r = nested(f, &[1])?;
+            Request::Directory { cmd: dir_cmd_of(&r.required(1, "directory command missing")?)? }
+        }
+        Q_MERGE_STATUS | Q_PEER_STATUS => {
+            let r = nested(f, &[F_REGION])?;
+            let region = RegionId(req_u64(&r, F_REGION, "region missing")?);
+            if f.tag == Q_MERGE_STATUS {
+                Request::MergeStatus { region }
+            } else {
+                Request::PeerStatus { region }
+            }
+        }
+        Q_LOCATE | Q_SPLIT => {
+            let r = nested(f, &[K_KEY])?;
+            let key = r.required(K_KEY, "key missing")?.value.to_vec();
+            if f.tag == Q_LOCATE { Request::Locate { key } } else { Request::Split { key } }
+        }
+        Q_STATUS => Request::Status,
+        Q_MEMBERS => Request::Members,
+        Q_REGIONS => Request::Regions,
+        Q_MERGE => {
+            let r = nested(f, &[M_LEFT, M_RIGHT])?;
+            Request::Merge {
+                left: RegionId(req_u64(&r, M_LEFT, "left region missing")?),
+                right: RegionId(req_u64(&r, M_RIGHT, "right region missing")?),
+            }
+        }
+        Q_LOCAL_SCAN => {
+            let (start, end, limit) = range_of(f)?;
+            Request::LocalScan { start, end, limit }
+        }
+        _ => return Err(DecodeError::new(f.offset, "unknown request body")),
+    })
+}

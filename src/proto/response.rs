@@ -1,0 +1,221 @@
+//! RESPONSE payloads of the client protocol: [`encode_response`] and
+//! [`decode_response`].
+
+use bytes::Bytes;
+use regionkv_engine::StoreId;
+use regionkv_engine::codec::{self, DecodeError, Field};
+use regionkv_raft::QueryResult;
+use regionkv_raft::transport::frame::WireError;
+
+use super::error::RemoteError;
+use super::records::{
+    D, admin_result_of, dir_result_of, merge_status_of, metrics_of, nested, parse, peer_status_of,
+    put_admin_result, put_dir_result, put_merge_status, put_metrics, put_peer_status, put_record,
+    put_region, put_region_info, record_of, region_info_of, region_of, req_u64,
+};
+use super::{Response, StoreStatus};
+
+// Status fields.
+pub(super) const ST_STORE: u16 = 1;
+const ST_PEER: u16 = 2;
+pub(super) const ST_METRICS: u16 = 3;
+
+pub(super) const R_ID: u16 = 1;
+pub(super) const R_ERROR: u16 = 2;
+const R_DONE: u16 = 30;
+const R_VALUE: u16 = 31;
+const R_ROWS: u16 = 32;
+const R_ADMIN: u16 = 33;
+const R_DIRECTORY: u16 = 34;
+const R_MERGE_STATUS: u16 = 35;
+const R_PEER_STATUS: u16 = 36;
+const R_LOCATED: u16 = 37;
+pub(super) const R_STATUS: u16 = 38;
+const R_MEMBERS: u16 = 39;
+const R_REGIONS: u16 = 40;
+const R_SPLIT: u16 = 41;
+const R_MERGED: u16 = 42;
+const R_NO_REPLY: u16 = 43;
+const R_TAGS: &[u16] = &[
+    R_ID,
+    R_ERROR,
+    R_DONE,
+    R_VALUE,
+    R_ROWS,
+    R_ADMIN,
+    R_DIRECTORY,
+    R_MERGE_STATUS,
+    R_PEER_STATUS,
+    R_LOCATED,
+    R_STATUS,
+    R_MEMBERS,
+    R_REGIONS,
+    R_SPLIT,
+    R_MERGED,
+    R_NO_REPLY,
+];
+const SOME: u16 = 1;
+const NONE: u16 = 2;
+const ROW: u16 = 1;
+const ROW_KEY: u16 = 1;
+const ROW_VALUE: u16 = 2;
+
+/// A RESPONSE payload.
+pub(crate) fn encode_response(id: u64, result: &Result<Response, RemoteError>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    codec::put_u64(&mut out, R_ID, id);
+    let o = &mut out;
+    match result {
+        Err(e) => codec::put_nested(o, R_ERROR, |o| e.encode(o)),
+        Ok(Response::Done) => codec::put_field(o, R_DONE, &[]),
+        Ok(Response::NoReply) => codec::put_field(o, R_NO_REPLY, &[]),
+        Ok(Response::Query(QueryResult::Value(v))) => codec::put_nested(o, R_VALUE, |o| match v {
+            Some(v) => codec::put_field(o, SOME, v),
+            None => codec::put_field(o, NONE, &[]),
+        }),
+        Ok(Response::Query(QueryResult::Rows(rows))) => codec::put_nested(o, R_ROWS, |o| {
+            for (k, v) in rows {
+                codec::put_nested(o, ROW, |o| {
+                    codec::put_field(o, ROW_KEY, k);
+                    codec::put_field(o, ROW_VALUE, v);
+                });
+            }
+        }),
+        Ok(Response::Admin(a)) => codec::put_nested(o, R_ADMIN, |o| put_admin_result(o, a)),
+        Ok(Response::Directory(d)) => codec::put_nested(o, R_DIRECTORY, |o| put_dir_result(o, d)),
+        Ok(Response::MergeStatus(m)) => {
+            codec::put_nested(o, R_MERGE_STATUS, |o| put_merge_status(o, m));
+        }
+        Ok(Response::PeerStatus(p)) => codec::put_nested(o, R_PEER_STATUS, |o| match p {
+            Some(p) => put_peer_status(o, SOME, p),
+            None => codec::put_field(o, NONE, &[]),
+        }),
+        Ok(Response::Located(l)) => codec::put_nested(o, R_LOCATED, |o| match l {
+            Some(r) => put_record(o, SOME, r),
+            None => codec::put_field(o, NONE, &[]),
+        }),
+        Ok(Response::Status(s)) => codec::put_nested(o, R_STATUS, |o| {
+            codec::put_u64(o, ST_STORE, s.store.0);
+            for p in &s.peers {
+                put_peer_status(o, ST_PEER, p);
+            }
+            if let Some(m) = &s.metrics {
+                put_metrics(o, ST_METRICS, m);
+            }
+        }),
+        Ok(Response::Members(m)) => codec::put_nested(o, R_MEMBERS, |o| {
+            for (store, addr) in m {
+                codec::put_nested(o, 1, |o| {
+                    codec::put_u64(o, 1, store.0);
+                    codec::put_field(o, 2, addr.as_bytes());
+                });
+            }
+        }),
+        Ok(Response::Regions(infos)) => codec::put_nested(o, R_REGIONS, |o| {
+            for info in infos {
+                put_region_info(o, 1, info);
+            }
+        }),
+        Ok(Response::Split(parts)) => codec::put_nested(o, R_SPLIT, |o| {
+            for p in parts {
+                put_region(o, 1, p);
+            }
+        }),
+        Ok(Response::Merged(r)) => codec::put_nested(o, R_MERGED, |o| put_region(o, 1, r)),
+    }
+    out
+}
+
+/// Decodes a RESPONSE payload: its request id, and the answer. Never panics.
+pub(crate) fn decode_response(
+    payload: &[u8],
+) -> Result<(u64, Result<Response, RemoteError>), WireError> {
+    let bad = WireError::malformed("response");
+    let rec = parse(payload, R_TAGS).map_err(&bad)?;
+    let id = req_u64(&rec, R_ID, "response id missing").map_err(&bad)?;
+    let bodies: Vec<Field<'_>> =
+        R_TAGS.iter().filter(|&&t| t != R_ID).filter_map(|&t| rec.optional(t).ok()?).collect();
+    let [body] = bodies.as_slice() else {
+        return Err(WireError::Malformed {
+            what: "response",
+            offset: 0,
+            reason: "a response needs exactly one known body",
+        });
+    };
+    let answer = decode_response_body(body).map_err(&bad)?;
+    Ok((id, answer))
+}
+
+/// An optional value: `SOME` with it, or `NONE` (absent is not empty: neither is an
+/// error).
+fn some_or_none<'a>(f: &Field<'a>) -> D<Option<Field<'a>>> {
+    let r = nested(f, &[SOME, NONE])?;
+    match (r.optional(SOME)?, r.optional(NONE)?) {
+        (Some(s), None) => Ok(Some(s)),
+        (None, Some(_)) => Ok(None),
+        _ => Err(DecodeError::new(f.offset, "exactly one of some and none")),
+    }
+}
+
+fn decode_response_body(f: &Field<'_>) -> D<Result<Response, RemoteError>> {
+    Ok(Ok(match f.tag {
+        R_ERROR => return Ok(Err(RemoteError::decode(f)?)),
+        R_DONE => Response::Done,
+        R_NO_REPLY => Response::NoReply,
+        R_VALUE => Response::Query(QueryResult::Value(
+            some_or_none(f)?.map(|v| Bytes::copy_from_slice(v.value)),
+        )),
+        R_ROWS => {
+            let r = nested(f, &[ROW])?;
+            let mut rows = Vec::new();
+            for row in r.repeated(ROW) {
+                let kv = nested(&row, &[ROW_KEY, ROW_VALUE])?;
+                rows.push((
+                    Bytes::copy_from_slice(kv.required(ROW_KEY, "row key missing")?.value),
+                    Bytes::copy_from_slice(kv.required(ROW_VALUE, "row value missing")?.value),
+                ));
+            }
+            Response::Query(QueryResult::Rows(rows))
+        }
+        R_ADMIN => Response::Admin(admin_result_of(f)?),
+        R_DIRECTORY => Response::Directory(dir_result_of(f)?),
+        R_MERGE_STATUS => Response::MergeStatus(merge_status_of(f)?),
+        R_PEER_STATUS => {
+            Response::PeerStatus(some_or_none(f)?.map(|s| peer_status_of(&s)).transpose()?)
+        }
+        R_LOCATED => Response::Located(some_or_none(f)?.map(|s| record_of(&s)).transpose()?),
+        R_STATUS => {
+            let r = nested(f, &[ST_STORE, ST_PEER, ST_METRICS])?;
+            Response::Status(Box::new(StoreStatus {
+                store: StoreId(req_u64(&r, ST_STORE, "store missing")?),
+                peers: r.repeated(ST_PEER).map(|p| peer_status_of(&p)).collect::<D<_>>()?,
+                metrics: r.optional(ST_METRICS)?.map(|m| metrics_of(&m)).transpose()?,
+            }))
+        }
+        R_MEMBERS => {
+            let r = nested(f, &[1])?;
+            let mut members = Vec::new();
+            for m in r.repeated(1) {
+                let m = nested(&m, &[1, 2])?;
+                let addr = m.required(2, "member address missing")?;
+                let addr = std::str::from_utf8(addr.value)
+                    .map_err(|_| DecodeError::new(addr.offset, "address is not UTF-8"))?;
+                members.push((StoreId(req_u64(&m, 1, "member store missing")?), addr.to_owned()));
+            }
+            Response::Members(members)
+        }
+        R_REGIONS => {
+            let r = nested(f, &[1])?;
+            Response::Regions(r.repeated(1).map(|i| region_info_of(&i)).collect::<D<_>>()?)
+        }
+        R_SPLIT => {
+            let r = nested(f, &[1])?;
+            Response::Split(r.repeated(1).map(|p| region_of(&p)).collect::<D<_>>()?)
+        }
+        R_MERGED => {
+            let r = nested(f, &[1])?;
+            Response::Merged(region_of(&r.required(1, "region missing")?)?)
+        }
+        _ => return Err(DecodeError::new(f.offset, "unknown response body")),
+    }))
+}

@@ -1,0 +1,480 @@
+//! Unit tests of the client protocol's codecs: every request and response round-trips,
+//! unknown codes and tags from a newer peer decode as unspecified or are skipped,
+//! errors keep what routing needs, and garbage never panics.
+
+use bytes::Bytes;
+use regionkv_engine::codec;
+use regionkv_engine::{Epoch, MergeState, Peer, PeerId, Region, RegionId, StoreId};
+use regionkv_raft::directory::{DirCmd, DirResult, RegionRecord};
+use regionkv_raft::transport::frame::FrameKind;
+use regionkv_raft::transport::frame::WireError;
+use regionkv_raft::transport::handshake::ClusterId;
+use regionkv_raft::transport::wire;
+use regionkv_raft::{
+    AdminCmd, AdminResult, DropReason, MergeAbortReason, MergeStatus, Op, PeerStatus, Query,
+    QueryResult, StateRole, StoreMetrics,
+};
+use regionkv_wal::WalStats;
+
+use super::error::E_CODE;
+use super::records::{
+    H_BUCKET, H_MAX, H_SUM, HB_INDEX, HB_SAMPLES, M_WAL, M_WRITE_LATENCY, put_metrics_fields,
+    put_peer_status, role_of,
+};
+use super::request::Q_ID;
+use super::response::{R_ERROR, R_ID, R_STATUS, ST_METRICS, ST_STORE};
+use super::*;
+use crate::region_info::RegionInfo;
+
+fn region(id: u64, start: &str, end: Option<&str>) -> Region {
+    Region {
+        id: RegionId(id),
+        start: start.as_bytes().to_vec(),
+        end: end.map(|e| e.as_bytes().to_vec()),
+        epoch: Epoch { version: 3, conf_ver: 2 },
+        peers: vec![Peer { id: PeerId(1), store: StoreId(1) }],
+    }
+}
+
+fn status() -> PeerStatus {
+    PeerStatus {
+        region: region(1, "", None),
+        peer: PeerId(2),
+        role: StateRole::Leader,
+        term: 7,
+        leader: Some(PeerId(2)),
+        commit: 10,
+        applied: 9,
+        last_index: 11,
+        initialized: true,
+        hibernated: false,
+    }
+}
+
+fn requests() -> Vec<Request> {
+    let epoch = Epoch { version: 2, conf_ver: 1 };
+    vec![
+        Request::Write {
+            region: RegionId(4),
+            epoch,
+            ops: vec![
+                Op::Put { key: Bytes::from_static(b"k"), value: Bytes::new() },
+                Op::Delete { key: Bytes::from_static(b"d") },
+            ],
+        },
+        Request::Read { region: RegionId(4), epoch, query: Query::Get { key: "k".into() } },
+        Request::Read {
+            region: RegionId(4),
+            epoch,
+            query: Query::Scan { start: Bytes::new(), end: Some("z".into()), limit: 5 },
+        },
+        Request::Read {
+            region: RegionId(4),
+            epoch,
+            query: Query::Scan { start: "a".into(), end: None, limit: 5 },
+        },
+        Request::Admin {
+            region: RegionId(1),
+            epoch,
+            cmd: AdminCmd::Split {
+                split_keys: vec![b"m".to_vec(), b"t".to_vec()],
+                new_ids: vec![RegionId(8), RegionId(9)],
+            },
+        },
+        Request::Admin {
+            region: RegionId(1),
+            epoch,
+            cmd: AdminCmd::PrepareMerge { target: region(2, "", Some("m")) },
+        },
+        Request::Admin {
+            region: RegionId(1),
+            epoch,
+            cmd: AdminCmd::CommitMerge {
+                source: region(3, "m", None),
+                prepare_index: 5,
+                prepare_term: 2,
+            },
+        },
+        Request::Admin {
+            region: RegionId(1),
+            epoch,
+            cmd: AdminCmd::RollbackMerge { prepare_index: 5 },
+        },
+        Request::Directory { cmd: DirCmd::AllocIds { count: 3 } },
+        Request::Directory {
+            cmd: DirCmd::Report {
+                records: vec![
+                    RegionRecord { region: region(1, "", None), leader: Some(StoreId(2)) },
+                    RegionRecord { region: region(5, "a", Some("b")), leader: None },
+                ],
+            },
+        },
+        Request::MergeStatus { region: RegionId(3) },
+        Request::PeerStatus { region: RegionId(3) },
+        Request::Locate { key: Vec::new() },
+        Request::Status,
+        Request::Members,
+        Request::Split { key: b"m".to_vec() },
+        Request::Merge { left: RegionId(1), right: RegionId(2) },
+        Request::Regions,
+        Request::LocalScan { start: b"a".to_vec(), end: None, limit: 9 },
+    ]
+}
+
+fn responses() -> Vec<Result<Response, RemoteError>> {
+    let mut epoch_err = RemoteError::new(ErrorCode::EpochNotMatch, "changed");
+    epoch_err.region = Some(RegionId(1));
+    epoch_err.regions = vec![region(1, "", Some("m")), region(2, "m", None)];
+    vec![
+        Ok(Response::Done),
+        Ok(Response::NoReply),
+        Ok(Response::Query(QueryResult::Value(None))),
+        Ok(Response::Query(QueryResult::Value(Some(Bytes::new())))),
+        Ok(Response::Query(QueryResult::Rows(vec![("a".into(), "1".into())]))),
+        Ok(Response::Admin(AdminResult::Split(vec![region(1, "", Some("m"))]))),
+        Ok(Response::Admin(AdminResult::Prepared {
+            source: region(2, "m", None),
+            prepare_index: 4,
+            prepare_term: 3,
+        })),
+        Ok(Response::Admin(AdminResult::Merged(region(1, "", None)))),
+        Ok(Response::Admin(AdminResult::RolledBack(region(2, "m", None)))),
+        Ok(Response::Directory(DirResult::Ids { first: 10, count: 2 })),
+        Ok(Response::Directory(DirResult::Reported { taken: 3 })),
+        Ok(Response::MergeStatus(MergeStatus {
+            region: region(2, "m", None),
+            merge: Some(MergeState { target: RegionId(1), prepare_index: 3, prepare_term: 1 }),
+            all_matched: true,
+        })),
+        Ok(Response::PeerStatus(Some(status()))),
+        Ok(Response::PeerStatus(None)),
+        Ok(Response::Located(None)),
+        Ok(Response::Located(Some(RegionRecord {
+            region: region(1, "", None),
+            leader: Some(StoreId(3)),
+        }))),
+        Ok(Response::Status(Box::new(StoreStatus {
+            store: StoreId(2),
+            peers: vec![status()],
+            metrics: None,
+        }))),
+        Ok(Response::Status(Box::new(StoreStatus {
+            store: StoreId(2),
+            peers: vec![status()],
+            metrics: Some(metrics()),
+        }))),
+        Ok(Response::Members(vec![(StoreId(1), "127.0.0.1:1".into())])),
+        Ok(Response::Regions(vec![RegionInfo {
+            region: region(1, "", None),
+            leader: Some(StoreId(1)),
+            replicas: vec![(StoreId(1), status())],
+        }])),
+        Ok(Response::Split(vec![region(1, "", Some("m")), region(2, "m", None)])),
+        Ok(Response::Merged(region(1, "", None))),
+        Err(epoch_err),
+        Err(RemoteError::new(ErrorCode::Cancelled, "stopping")),
+    ]
+}
+
+/// Metrics with every field set, histograms with several buckets.
+fn metrics() -> StoreMetrics {
+    let histogram = |values: &[u64]| {
+        let h = regionkv_wal::Histogram::new();
+        for &v in values {
+            h.record(v);
+        }
+        h.snapshot()
+    };
+    let mut wal = WalStats::default();
+    wal.records = 900;
+    wal.groups = 300;
+    wal.fsyncs = 310;
+    wal.bytes_written = 1 << 20;
+    wal.segment_rolls = 2;
+    wal.queued_bytes_high_water = 4096;
+    wal.spare_segments = 1;
+    wal.fsync_latency_us = histogram(&[0, 90, 150, 2000, u64::MAX]);
+    wal.group_records = histogram(&[1, 1, 3, 7]);
+    let mut apply = regionkv_raft::ApplyStats::default();
+    apply.rounds = 40;
+    apply.rounds_without_regions = 3;
+    apply.rounds_with_several_regions = 5;
+    apply.most_regions_in_a_round = 4;
+    let mut m = StoreMetrics::default();
+    m.regions = 6;
+    m.leaders = 2;
+    m.hibernating = 1;
+    m.applied_lag_total = 11;
+    m.applied_lag_max = 7;
+    m.write_latency_us = histogram(&[400, 800, 1600]);
+    m.writes_proposed = 1000;
+    m.entries_proposed = 250;
+    m.apply = apply;
+    m.wal = wal;
+    m
+}
+
+/// A status response as a node from before metrics encodes it: store and peers.
+fn status_without_metrics(id: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    codec::put_u64(&mut out, R_ID, id);
+    codec::put_nested(&mut out, R_STATUS, |o| {
+        codec::put_u64(o, 1, 2);
+        put_peer_status(o, 2, &status());
+    });
+    out
+}
+
+#[test]
+fn status_without_metrics_decodes_as_none_not_zeros() {
+    let (id, back) = decode_response(&status_without_metrics(5)).unwrap();
+    assert_eq!(id, 5);
+    let Ok(Response::Status(s)) = back else { panic!("not a status: {back:?}") };
+    assert_eq!((s.store, s.peers, s.metrics), (StoreId(2), vec![status()], None));
+}
+
+#[test]
+fn status_metrics_round_trip_and_keep_their_quantiles() {
+    let sent = StoreStatus { store: StoreId(2), peers: vec![], metrics: Some(metrics()) };
+    let payload = encode_response(9, &Ok(Response::Status(Box::new(sent.clone()))));
+    let (_, back) = decode_response(&payload).unwrap();
+    let Ok(Response::Status(got)) = back else { panic!("not a status: {back:?}") };
+    assert_eq!(*got, sent);
+    let (m, want) = (got.metrics.unwrap(), metrics());
+    assert_eq!(m.write_latency_us.p99(), want.write_latency_us.p99());
+    assert_eq!(m.wal.fsync_latency_us.max(), u64::MAX);
+    assert_eq!(m.wal.group_records.count(), 4);
+    assert!((m.writes_per_entry() - 4.0).abs() < f64::EPSILON);
+}
+
+#[test]
+fn a_newer_metrics_record_with_unknown_tags_still_decodes() {
+    // A newer node adds tags to the status and to its metrics; this reader skips them.
+    let mut out = Vec::new();
+    codec::put_u64(&mut out, R_ID, 1);
+    codec::put_nested(&mut out, R_STATUS, |o| {
+        codec::put_u64(o, ST_STORE, 2);
+        codec::put_u64(o, 99, 1234);
+        codec::put_nested(o, ST_METRICS, |o| {
+            put_metrics_fields(o, &metrics());
+            codec::put_u64(o, 77, 5);
+            codec::put_nested(o, M_WAL + 1, |o| codec::put_u64(o, 1, 1));
+        });
+    });
+    let (_, back) = decode_response(&out).unwrap();
+    let Ok(Response::Status(got)) = back else { panic!("not a status: {back:?}") };
+    assert_eq!(got.metrics, Some(metrics()));
+}
+
+#[test]
+fn malformed_metrics_are_an_error_not_a_panic() {
+    // A bucket index past the last bucket.
+    let mut out = Vec::new();
+    codec::put_u64(&mut out, R_ID, 1);
+    codec::put_nested(&mut out, R_STATUS, |o| {
+        codec::put_u64(o, ST_STORE, 2);
+        codec::put_nested(o, ST_METRICS, |o| {
+            codec::put_nested(o, M_WRITE_LATENCY, |o| {
+                codec::put_u64(o, H_SUM, 1);
+                codec::put_u64(o, H_MAX, 1);
+                codec::put_nested(o, H_BUCKET, |o| {
+                    codec::put_u64(o, HB_INDEX, 65);
+                    codec::put_u64(o, HB_SAMPLES, 1);
+                });
+            });
+        });
+    });
+    assert!(decode_response(&out).is_err());
+    // A metrics record missing its fields is not taken as zeros.
+    let mut out = Vec::new();
+    codec::put_u64(&mut out, R_ID, 1);
+    codec::put_nested(&mut out, R_STATUS, |o| {
+        codec::put_u64(o, ST_STORE, 2);
+        codec::put_nested(o, ST_METRICS, |_| {});
+    });
+    assert!(decode_response(&out).is_err());
+}
+
+#[test]
+fn requests_and_responses_round_trip() {
+    for (i, req) in requests().into_iter().enumerate() {
+        let payload = encode_request(i as u64, &req);
+        let (id, back) = decode_request(&payload).unwrap();
+        assert_eq!((id, &back), (i as u64, &req));
+    }
+    for (i, resp) in responses().into_iter().enumerate() {
+        let payload = encode_response(i as u64, &resp);
+        let (id, back) = decode_response(&payload).unwrap();
+        assert_eq!((id, back), (i as u64, resp));
+    }
+}
+
+#[test]
+fn errors_keep_what_routing_needs() {
+    let errors = [
+        regionkv_raft::Error::NotLeader { region: RegionId(3), leader: Some(StoreId(2)) },
+        regionkv_raft::Error::EpochNotMatch {
+            region: RegionId(3),
+            current: vec![region(3, "", Some("m")), region(4, "m", None)],
+        },
+        regionkv_raft::Error::KeyNotInRegion {
+            region: RegionId(3),
+            current: Some(region(3, "", Some("m"))),
+        },
+        regionkv_raft::Error::RegionNotFound { region: RegionId(3) },
+        regionkv_raft::Error::Merging { region: RegionId(3), target: RegionId(1) },
+        regionkv_raft::Error::Dropped {
+            region: RegionId(3),
+            reason: DropReason::AppliedBeforeRestart,
+        },
+        regionkv_raft::Error::MergeAborted {
+            region: RegionId(3),
+            reason: MergeAbortReason::TargetChanged,
+        },
+        regionkv_raft::Error::Cancelled,
+    ];
+    for e in errors {
+        let wire = encode_response(1, &Err(RemoteError::from(&e)));
+        let (_, back) = decode_response(&wire).unwrap();
+        let back = back.unwrap_err().into_raft();
+        assert_eq!(format!("{back:?}"), format!("{e:?}"));
+        assert_eq!(back.is_retryable(), e.is_retryable());
+        assert_eq!(back.is_cancelled(), e.is_cancelled());
+    }
+}
+
+#[test]
+fn an_absent_region_decodes_as_unknown_never_as_region_0() {
+    // Regression: `into_raft` made up region 0 (the directory, a real region) for an
+    // error that came without its region or merge target, so a client could take it
+    // for an answer about the directory.
+    use regionkv_raft::Error as E;
+    let codes =
+        [ErrorCode::NotLeader, ErrorCode::EpochNotMatch, ErrorCode::Dropped, ErrorCode::Timeout];
+    for code in codes {
+        let wire = encode_response(1, &Err(RemoteError::new(code, "sent without a region")));
+        let (_, back) = decode_response(&wire).unwrap();
+        let back = back.unwrap_err();
+        assert_eq!((back.code, back.region), (code, None), "absent is unknown");
+        let e = back.into_raft();
+        assert!(matches!(&e, E::Malformed(m) if m.contains("without the region")), "{e:?}");
+    }
+    let mut merging = RemoteError::new(ErrorCode::Merging, "sent without a target");
+    merging.region = Some(RegionId(3));
+    let e = merging.into_raft();
+    assert!(matches!(&e, E::Malformed(m) if m.contains("without the merge target")), "{e:?}");
+    // A reason code from a newer node, or none (an older node): unspecified.
+    let mut dropped = RemoteError::new(ErrorCode::Dropped, "some reason");
+    dropped.region = Some(RegionId(3));
+    for reason in [Some(999), None] {
+        dropped.reason = reason;
+        let e = dropped.clone().into_raft();
+        assert!(
+            matches!(e, E::Dropped { region: RegionId(3), reason: DropReason::Unspecified }),
+            "{e:?}"
+        );
+    }
+}
+
+#[test]
+fn unknown_codes_and_kinds_are_unspecified_not_errors() {
+    let mut payload = Vec::new();
+    codec::put_u64(&mut payload, R_ID, 9);
+    codec::put_nested(&mut payload, R_ERROR, |o| {
+        codec::put_u64(o, E_CODE, 999);
+        codec::put_field(o, 77, b"a field from the future");
+    });
+    let (id, answer) = decode_response(&payload).unwrap();
+    assert_eq!(id, 9);
+    assert_eq!(answer.unwrap_err().code, ErrorCode::Unspecified);
+    // A request of a kind from the future: well-formed, unsupported.
+    let mut payload = Vec::new();
+    codec::put_u64(&mut payload, Q_ID, 4);
+    codec::put_field(&mut payload, 999, b"?");
+    assert!(matches!(decode_request(&payload), Err(RequestError::Unsupported { id: 4 })));
+    // A role from the future is not leadership.
+    assert_eq!(role_of(0), StateRole::Follower);
+    assert_eq!(role_of(77), StateRole::Follower);
+}
+
+#[test]
+fn garbage_never_panics() {
+    let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+    for len in 0..400 {
+        let bytes: Vec<u8> = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let _ = decode_request(&bytes);
+        let _ = decode_response(&bytes);
+        if let Ok(h) = <[u8; HEADER_BYTES]>::try_from(&bytes[..HEADER_BYTES.min(len)]) {
+            let _ = FRAMES.parse_header(&h, REQUEST_BYTES_MAX);
+        }
+    }
+    // Every single-byte truncation of valid payloads fails cleanly.
+    for req in requests() {
+        let payload = encode_request(1, &req);
+        for cut in 0..payload.len() {
+            let _ = decode_request(&payload[..cut]);
+        }
+    }
+    for resp in responses() {
+        let payload = encode_response(1, &resp);
+        for cut in 0..payload.len() {
+            let _ = decode_response(&payload[..cut]);
+        }
+    }
+}
+
+#[test]
+fn frame_headers_are_checked_before_the_payload() {
+    let frame = encode_frame(FrameKind::Request, b"hello").unwrap();
+    let header: [u8; HEADER_BYTES] = frame[..HEADER_BYTES].try_into().unwrap();
+    let h = FRAMES.parse_header(&header, 1024).unwrap();
+    assert_eq!((h.kind, h.len), (FrameKind::Request, 5));
+    h.check(&frame[HEADER_BYTES..]).unwrap();
+    assert!(matches!(
+        FRAMES.parse_header(&header, 4),
+        Err(WireError::FrameTooLarge { len: 5, max: 4 })
+    ));
+    let mut v2 = header;
+    v2[4] = 2;
+    assert!(matches!(
+        FRAMES.parse_header(&v2, 1024),
+        Err(WireError::UnsupportedVersion { found: 2, .. })
+    ));
+    let mut store = header;
+    store[..4].copy_from_slice(&wire::MAGIC);
+    assert!(matches!(FRAMES.parse_header(&store, 1024), Err(WireError::BadMagic { .. })));
+    assert!(matches!(h.check(b"hellO"), Err(WireError::Checksum { .. })));
+}
+
+#[test]
+fn the_client_key_and_frames_are_those_of_earlier_binaries() {
+    use regionkv_raft::transport::handshake::{HandshakeKey, Proof, Role, Transcript};
+    // Earlier binaries derived the client key as the store transport's key of the
+    // label followed by the secret; a node and a client of different builds must agree.
+    let secret = b"a cluster secret of 16+ bytes";
+    let mut material = b"regionkv client protocol v1\0".to_vec();
+    material.extend_from_slice(secret);
+    let t = Transcript {
+        cluster: ClusterId(1),
+        connector: CLIENT_ID,
+        acceptor: StoreId(2),
+        connector_nonce: [3; 32],
+        acceptor_nonce: [4; 32],
+    };
+    let proof = Proof::make(&client_key(secret), Role::Connector, &t);
+    assert!(proof.verify(&HandshakeKey::derive(&material), Role::Connector, &t));
+    assert!(!proof.verify(&HandshakeKey::derive(secret), Role::Connector, &t));
+    // A frame's header: magic "rkvc", version 1, the kind's byte, length, CRC32.
+    let frame = encode_frame(FrameKind::Response, b"abc").unwrap();
+    assert_eq!(&frame[..6], b"rkvc\x01\x0c");
+    assert_eq!(&frame[6..10], &3u32.to_le_bytes());
+    assert_eq!(&frame[10..14], &crc32fast::hash(b"abc").to_le_bytes());
+    assert_eq!(encode_frame(FrameKind::Request, b"").unwrap()[5], 0b0000_1010);
+}
