@@ -175,23 +175,43 @@ pub fn fields(buf: &[u8]) -> DecodeResult<Vec<Field<'_>>> {
     Ok(out)
 }
 
-/// A record's fields, looked up by tag, with duplicates and unknown tags checked.
+/// What a decoder does with a field whose tag it does not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnknownTags {
+    /// An error: the format's version says every tag is known (a record of this
+    /// binary's own version, or a format that never grows).
+    Reject,
+    /// Skipped: the record may come from a newer, compatible writer that added
+    /// optional fields this binary reads as absent.
+    Skip,
+}
+
+/// One TLV record's fields, looked up by tag, with duplicates and unknown tags checked.
+/// (Not to be confused with a WAL record, `regionkv_wal::Record`, which holds opaque
+/// bytes; a TLV record is what this codec finds inside them.)
 #[derive(Debug)]
-pub struct Record<'a> {
+pub struct TlvRecord<'a> {
     fields: Vec<Field<'a>>,
 }
 
-impl<'a> Record<'a> {
-    /// Splits `buf` into fields. Tags outside `known` are an error unless
-    /// `skip_unknown` (the record comes from a newer, compatible writer).
-    pub fn parse(buf: &'a [u8], known: &[u16], skip_unknown: bool) -> DecodeResult<Record<'a>> {
+impl<'a> TlvRecord<'a> {
+    /// Splits `buf` into fields. Tags outside `known` are skipped or an error, as
+    /// `unknown` says.
+    pub fn parse(
+        buf: &'a [u8],
+        known: &[u16],
+        unknown: UnknownTags,
+    ) -> DecodeResult<TlvRecord<'a>> {
         let mut fields = fields(buf)?;
-        if skip_unknown {
-            fields.retain(|f| known.contains(&f.tag));
-        } else if let Some(f) = fields.iter().find(|f| !known.contains(&f.tag)) {
-            return Err(DecodeError::new(f.offset, "unknown field tag"));
+        match unknown {
+            UnknownTags::Skip => fields.retain(|f| known.contains(&f.tag)),
+            UnknownTags::Reject => {
+                if let Some(f) = fields.iter().find(|f| !known.contains(&f.tag)) {
+                    return Err(DecodeError::new(f.offset, "unknown field tag"));
+                }
+            }
         }
-        Ok(Record { fields })
+        Ok(TlvRecord { fields })
     }
 
     /// The field `tag` if present; an error if it appears more than once.
@@ -260,7 +280,11 @@ pub fn put_range_end(out: &mut Vec<u8>, bounded: u16, unbounded: u16, end: Optio
 }
 
 /// Decodes a range end written by [`put_range_end`]: exactly one of the two tags.
-pub fn range_end(rec: &Record<'_>, bounded: u16, unbounded: u16) -> DecodeResult<Option<Vec<u8>>> {
+pub fn range_end(
+    rec: &TlvRecord<'_>,
+    bounded: u16,
+    unbounded: u16,
+) -> DecodeResult<Option<Vec<u8>>> {
     match (rec.optional(bounded)?, rec.optional(unbounded)?) {
         (Some(end), None) => Ok(Some(end.value.to_vec())),
         (None, Some(f)) if f.value.is_empty() => Ok(None),
@@ -271,8 +295,8 @@ pub fn range_end(rec: &Record<'_>, bounded: u16, unbounded: u16) -> DecodeResult
 }
 
 /// Decodes a region record; every field is required except peers (zero or more).
-pub fn decode_region(buf: &[u8], skip_unknown: bool) -> DecodeResult<Region> {
-    let rec = Record::parse(buf, REGION_TAGS, skip_unknown)?;
+pub fn decode_region(buf: &[u8], unknown: UnknownTags) -> DecodeResult<Region> {
+    let rec = TlvRecord::parse(buf, REGION_TAGS, unknown)?;
     let id = RegionId(rec.required(REGION_ID, "region id missing")?.as_u64()?);
     let start = rec.required(REGION_START, "region start missing")?.value.to_vec();
     let end = range_end(&rec, REGION_END, REGION_END_UNBOUNDED)?;
@@ -280,7 +304,7 @@ pub fn decode_region(buf: &[u8], skip_unknown: bool) -> DecodeResult<Region> {
     let conf_ver = rec.required(REGION_EPOCH_CONF_VER, "epoch conf_ver missing")?.as_u64()?;
     let mut peers = Vec::new();
     for field in rec.repeated(REGION_PEER) {
-        let peer = Record::parse(field.value, &[PEER_ID, PEER_STORE], skip_unknown)
+        let peer = TlvRecord::parse(field.value, &[PEER_ID, PEER_STORE], unknown)
             .and_then(|p| {
                 Ok(Peer {
                     id: PeerId(p.required(PEER_ID, "peer id missing")?.as_u64()?),
@@ -317,25 +341,28 @@ mod tests {
     fn region_round_trips_and_missing_fields_are_errors() {
         let mut buf = Vec::new();
         put_region(&mut buf, &region());
-        assert_eq!(decode_region(&buf, false), Ok(region()));
+        assert_eq!(decode_region(&buf, UnknownTags::Reject), Ok(region()));
         // Drop the end field: the decoder must not guess "unbounded".
         let fields = fields(&buf).unwrap();
         let mut without_end = Vec::new();
         for f in fields.iter().filter(|f| f.tag != REGION_END_UNBOUNDED) {
             put_field(&mut without_end, f.tag, f.value);
         }
-        assert_eq!(decode_region(&without_end, false).unwrap_err().reason, "range end missing");
+        assert_eq!(
+            decode_region(&without_end, UnknownTags::Reject).unwrap_err().reason,
+            "range end missing"
+        );
         // An unknown tag is an error for our own version, skipped for a newer writer.
         put_u64(&mut buf, 99, 1);
-        assert!(decode_region(&buf, false).is_err());
-        assert_eq!(decode_region(&buf, true), Ok(region()));
+        assert!(decode_region(&buf, UnknownTags::Reject).is_err());
+        assert_eq!(decode_region(&buf, UnknownTags::Skip), Ok(region()));
     }
 
     proptest! {
         #[test]
         fn random_records_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let _ = decode_region(&bytes, false);
-            let _ = decode_region(&bytes, true);
+            let _ = decode_region(&bytes, UnknownTags::Reject);
+            let _ = decode_region(&bytes, UnknownTags::Skip);
         }
     }
 }

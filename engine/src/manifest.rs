@@ -45,7 +45,7 @@ use std::path::{Path, PathBuf};
 
 use regionkv_wal::fs::{FileSystem, OpenMode};
 
-use crate::codec::{self, DecodeError, DecodeResult, Decoder, Record};
+use crate::codec::{self, DecodeError, DecodeResult, Decoder, TlvRecord, UnknownTags};
 use crate::error::{Error, Result};
 use crate::region::{Region, RegionId, StoreId, intersect};
 use crate::region_map::RegionMap;
@@ -320,8 +320,9 @@ impl Manifest {
         if crc32fast::hash(body) != body_crc {
             return Err(DecodeError::new(20, "body checksum mismatch"));
         }
-        let skip_unknown = version > MANIFEST_FORMAT_VERSION;
-        decode_body(body, version, skip_unknown).map_err(|e| e.shifted(HEADER_LEN))
+        let unknown =
+            if version > MANIFEST_FORMAT_VERSION { UnknownTags::Skip } else { UnknownTags::Reject };
+        decode_body(body, version, unknown).map_err(|e| e.shifted(HEADER_LEN))
     }
 }
 
@@ -414,15 +415,15 @@ fn decode_error(e: DecodeError) -> Error {
     Error::corruption(MANIFEST_FILE, e.offset as u64, e.reason)
 }
 
-fn decode_body(body: &[u8], version: u32, skip_unknown: bool) -> DecodeResult<Manifest> {
-    let rec = Record::parse(body, STORE_TAGS, skip_unknown)?;
+fn decode_body(body: &[u8], version: u32, unknown: UnknownTags) -> DecodeResult<Manifest> {
+    let rec = TlvRecord::parse(body, STORE_TAGS, unknown)?;
     let store_id = StoreId(rec.required(F_STORE_ID, "store id missing")?.as_u64()?);
     let clean_shutdown =
         rec.required(F_CLEAN_SHUTDOWN, "clean-shutdown flag missing")?.as_bool()?;
     let next_file_id = rec.required(F_NEXT_FILE_ID, "next file id missing")?.as_u64()?;
     let mut regions: Vec<RegionEntry> = Vec::new();
     for field in rec.repeated(F_REGION) {
-        let entry = decode_region_entry(field.value, skip_unknown, next_file_id)
+        let entry = decode_region_entry(field.value, unknown, next_file_id)
             .map_err(|e| e.shifted(field.offset))?;
         if let Some(prev) = regions.last()
             && prev.region.end.as_ref().is_none_or(|end| *end > entry.region.start)
@@ -433,7 +434,7 @@ fn decode_body(body: &[u8], version: u32, skip_unknown: bool) -> DecodeResult<Ma
     }
     let mut tasks = BTreeMap::new();
     for field in rec.repeated(F_TASK) {
-        let (name, data) = Record::parse(field.value, &[T_NAME, T_DATA], skip_unknown)
+        let (name, data) = TlvRecord::parse(field.value, &[T_NAME, T_DATA], unknown)
             .and_then(|t| {
                 let name = t.required(T_NAME, "task name missing")?;
                 let name = std::str::from_utf8(name.value)
@@ -450,17 +451,16 @@ fn decode_body(body: &[u8], version: u32, skip_unknown: bool) -> DecodeResult<Ma
 
 fn decode_region_entry(
     buf: &[u8],
-    skip_unknown: bool,
+    unknown: UnknownTags,
     next_file_id: u64,
 ) -> DecodeResult<RegionEntry> {
-    let rec = Record::parse(buf, REGION_ENTRY_TAGS, skip_unknown)?;
+    let rec = TlvRecord::parse(buf, REGION_ENTRY_TAGS, unknown)?;
     let field = rec.required(R_REGION, "region missing")?;
-    let region =
-        codec::decode_region(field.value, skip_unknown).map_err(|e| e.shifted(field.offset))?;
+    let region = codec::decode_region(field.value, unknown).map_err(|e| e.shifted(field.offset))?;
     let mut checkpoints: Vec<CheckpointRef> = Vec::new();
     for field in rec.repeated(R_CHECKPOINT) {
-        let ckpt = decode_checkpoint_ref(field.value, skip_unknown)
-            .map_err(|e| e.shifted(field.offset))?;
+        let ckpt =
+            decode_checkpoint_ref(field.value, unknown).map_err(|e| e.shifted(field.offset))?;
         let bad = |reason| Err(DecodeError::new(field.offset, reason));
         if ckpt.file_id >= next_file_id {
             return bad("checkpoint file id not below the next file id");
@@ -484,9 +484,9 @@ fn decode_region_entry(
     let meta_index = rec.optional(R_META_INDEX)?.map(|f| f.as_u64()).transpose()?;
     let merge = match rec.optional(R_MERGE)? {
         None => None,
-        Some(field) => Some(
-            decode_merge_state(field.value, skip_unknown).map_err(|e| e.shifted(field.offset))?,
-        ),
+        Some(field) => {
+            Some(decode_merge_state(field.value, unknown).map_err(|e| e.shifted(field.offset))?)
+        }
     };
     let empty_at = rec.optional(R_EMPTY_AT)?.map(|f| f.as_u64()).transpose()?;
     if empty_at.is_some() && !checkpoints.is_empty() {
@@ -495,8 +495,8 @@ fn decode_region_entry(
     Ok(RegionEntry { region, checkpoints, meta_index, merge, empty_at })
 }
 
-fn decode_merge_state(buf: &[u8], skip_unknown: bool) -> DecodeResult<MergeState> {
-    let rec = Record::parse(buf, MERGE_TAGS, skip_unknown)?;
+fn decode_merge_state(buf: &[u8], unknown: UnknownTags) -> DecodeResult<MergeState> {
+    let rec = TlvRecord::parse(buf, MERGE_TAGS, unknown)?;
     Ok(MergeState {
         target: RegionId(rec.required(M_TARGET, "merge target missing")?.as_u64()?),
         prepare_index: rec.required(M_PREPARE_INDEX, "prepare index missing")?.as_u64()?,
@@ -504,8 +504,8 @@ fn decode_merge_state(buf: &[u8], skip_unknown: bool) -> DecodeResult<MergeState
     })
 }
 
-fn decode_checkpoint_ref(buf: &[u8], skip_unknown: bool) -> DecodeResult<CheckpointRef> {
-    let rec = Record::parse(buf, CHECKPOINT_TAGS, skip_unknown)?;
+fn decode_checkpoint_ref(buf: &[u8], unknown: UnknownTags) -> DecodeResult<CheckpointRef> {
+    let rec = TlvRecord::parse(buf, CHECKPOINT_TAGS, unknown)?;
     Ok(CheckpointRef {
         file_id: rec.required(C_FILE_ID, "checkpoint file id missing")?.as_u64()?,
         applied_index: rec.required(C_APPLIED_INDEX, "applied index missing")?.as_u64()?,

@@ -40,7 +40,7 @@
 //! ```
 
 use bytes::Bytes;
-use regionkv_engine::codec::{self, DecodeError, DecodeResult, Record};
+use regionkv_engine::codec::{self, DecodeError, DecodeResult, TlvRecord, UnknownTags};
 use regionkv_engine::{Epoch, Peer, PeerId, Region, RegionId, StoreId};
 
 use crate::directory::DirCmd;
@@ -133,7 +133,7 @@ fn put_epoch(out: &mut Vec<u8>, epoch: Epoch) {
 }
 
 fn decode_epoch(buf: &[u8]) -> DecodeResult<Epoch> {
-    let rec = Record::parse(buf, &[EPOCH_VERSION, EPOCH_CONF_VER], true)?;
+    let rec = TlvRecord::parse(buf, &[EPOCH_VERSION, EPOCH_CONF_VER], UnknownTags::Skip)?;
     Ok(Epoch {
         version: rec.required(EPOCH_VERSION, "epoch version")?.as_u64()?,
         conf_ver: rec.required(EPOCH_CONF_VER, "epoch conf_ver")?.as_u64()?,
@@ -258,12 +258,12 @@ pub(crate) fn encode_admin(admin: &Admin) -> Vec<u8> {
 }
 
 fn decode_admin(buf: &[u8]) -> DecodeResult<Admin> {
-    let rec = Record::parse(buf, ADMIN_TAGS, false)?;
+    let rec = TlvRecord::parse(buf, ADMIN_TAGS, UnknownTags::Reject)?;
     let epoch_field = rec.required(A_EPOCH, "admin epoch")?;
     let epoch = decode_epoch(epoch_field.value).map_err(|e| e.shifted(epoch_field.offset))?;
     let region = || -> DecodeResult<Region> {
         let f = rec.required(A_REGION, "admin region")?;
-        codec::decode_region(f.value, false).map_err(|e| e.shifted(f.offset))
+        codec::decode_region(f.value, UnknownTags::Reject).map_err(|e| e.shifted(f.offset))
     };
     let u64_of = |tag, what| rec.required(tag, what).and_then(|f| f.as_u64());
     let cmd = match rec.required(A_KIND, "admin kind")?.as_u64()? {
@@ -329,14 +329,16 @@ pub(crate) fn decode(data: &Bytes) -> DecodeResult<Command> {
             return Err(DecodeError::new(field.offset + 1, "unknown command"));
         }
         let at = |e: DecodeError| e.shifted(field.offset + 1);
-        let rec = Record::parse(field.value, &[W_EPOCH, W_OP], false).map_err(at)?;
+        let rec =
+            TlvRecord::parse(field.value, &[W_EPOCH, W_OP], UnknownTags::Reject).map_err(at)?;
         let epoch_field = rec.required(W_EPOCH, "write epoch").map_err(at)?;
         let epoch =
             decode_epoch(epoch_field.value).map_err(|e| at(e.shifted(epoch_field.offset)))?;
         let mut ops = Vec::new();
         for op in rec.repeated(W_OP) {
             let op_at = |e: DecodeError| at(e.shifted(op.offset));
-            let o = Record::parse(op.value, &[OP_KIND, OP_KEY, OP_VALUE], false).map_err(op_at)?;
+            let o = TlvRecord::parse(op.value, &[OP_KIND, OP_KEY, OP_VALUE], UnknownTags::Reject)
+                .map_err(op_at)?;
             let key = data.slice_ref(o.required(OP_KEY, "op key").map_err(op_at)?.value);
             ops.push(
                 match o.required(OP_KIND, "op kind").and_then(|f| f.as_u64()).map_err(op_at)? {
@@ -382,12 +384,13 @@ pub(crate) fn decode_change_peers(data: &[u8]) -> DecodeResult<ChangePeersContex
     if version != FORMAT_VERSION {
         return Err(DecodeError::new(0, "change-peers context of an unknown format version"));
     }
-    let rec = Record::parse(body, &[CC_EPOCH, CC_PEER], false).map_err(|e| e.shifted(1))?;
+    let rec = TlvRecord::parse(body, &[CC_EPOCH, CC_PEER], UnknownTags::Reject)
+        .map_err(|e| e.shifted(1))?;
     let epoch_field = rec.required(CC_EPOCH, "change-peers epoch").map_err(|e| e.shifted(1))?;
     let epoch = decode_epoch(epoch_field.value).map_err(|e| e.shifted(1 + epoch_field.offset))?;
     let mut peers = Vec::new();
     for p in rec.repeated(CC_PEER) {
-        let r = Record::parse(p.value, &[PEER_ID, PEER_STORE], false)
+        let r = TlvRecord::parse(p.value, &[PEER_ID, PEER_STORE], UnknownTags::Reject)
             .map_err(|e| e.shifted(1 + p.offset))?;
         let id = r
             .required(PEER_ID, "peer id")

@@ -28,7 +28,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound::{Excluded, Included};
 
-use regionkv_engine::codec::{self, DecodeError, DecodeResult, Record};
+use regionkv_engine::codec::{self, DecodeError, DecodeResult, TlvRecord, UnknownTags};
 use regionkv_engine::{ApplyRound, Engine, Epoch, Region, RegionId, Snapshot, StoreId};
 
 use crate::error::{Error, Result};
@@ -130,9 +130,10 @@ fn put_record_fields(out: &mut Vec<u8>, record: &RegionRecord) {
 }
 
 fn decode_record_fields(buf: &[u8]) -> DecodeResult<RegionRecord> {
-    let rec = Record::parse(buf, REC_TAGS, false)?;
+    let rec = TlvRecord::parse(buf, REC_TAGS, UnknownTags::Reject)?;
     let f = rec.required(REC_REGION, "record region")?;
-    let region = codec::decode_region(f.value, false).map_err(|e| e.shifted(f.offset))?;
+    let region =
+        codec::decode_region(f.value, UnknownTags::Reject).map_err(|e| e.shifted(f.offset))?;
     // Absent means unknown (design 5.5), never "store 0".
     let leader = rec.optional(REC_LEADER)?.map(|f| f.as_u64().map(StoreId)).transpose()?;
     Ok(RegionRecord { region, leader })
@@ -164,7 +165,7 @@ pub(crate) fn encode_cmd(out: &mut Vec<u8>, cmd: &DirCmd) {
 }
 
 pub(crate) fn decode_cmd(buf: &[u8]) -> DecodeResult<DirCmd> {
-    let rec = Record::parse(buf, CMD_TAGS, false)?;
+    let rec = TlvRecord::parse(buf, CMD_TAGS, UnknownTags::Reject)?;
     match rec.required(CMD_KIND, "directory command kind")?.as_u64()? {
         KIND_ALLOC => {
             Ok(DirCmd::AllocIds { count: rec.required(CMD_COUNT, "id count")?.as_u64()? })
@@ -192,7 +193,9 @@ fn next_id(snapshot: &Snapshot) -> Result<u64> {
         if version != FORMAT_VERSION {
             return Err(DecodeError::new(0, "unknown format version"));
         }
-        Record::parse(body, &[NEXT_ID], false)?.required(NEXT_ID, "next id")?.as_u64()
+        TlvRecord::parse(body, &[NEXT_ID], UnknownTags::Reject)?
+            .required(NEXT_ID, "next id")?
+            .as_u64()
     };
     decode().map_err(|e| corrupt("next id", &e))
 }

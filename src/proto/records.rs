@@ -2,7 +2,7 @@
 //! decodes it (epochs, regions, ranges, admin and directory commands and results,
 //! peer and merge statuses, metrics, region infos), and the decoding helpers they share.
 
-use regionkv_engine::codec::{self, DecodeError, Field, Record};
+use regionkv_engine::codec::{self, DecodeError, Field, TlvRecord, UnknownTags};
 use regionkv_engine::{Epoch, MergeState, PeerId, Region, RegionId, StoreId};
 use regionkv_raft::directory::{DirCmd, DirResult, RegionRecord};
 use regionkv_raft::{AdminCmd, AdminResult, MergeStatus, PeerStatus, StateRole, StoreMetrics};
@@ -21,20 +21,20 @@ const S_LIMIT: u16 = 4;
 
 pub(super) type D<T> = Result<T, DecodeError>;
 
-pub(super) fn parse<'a>(buf: &'a [u8], tags: &[u16]) -> D<Record<'a>> {
+pub(super) fn parse<'a>(buf: &'a [u8], tags: &[u16]) -> D<TlvRecord<'a>> {
     // Always skip unknown tags: they come from a newer, compatible writer.
-    Record::parse(buf, tags, true)
+    TlvRecord::parse(buf, tags, UnknownTags::Skip)
 }
 
-pub(super) fn nested<'a>(field: &Field<'a>, tags: &[u16]) -> D<Record<'a>> {
+pub(super) fn nested<'a>(field: &Field<'a>, tags: &[u16]) -> D<TlvRecord<'a>> {
     parse(field.value, tags).map_err(|e| e.shifted(field.offset))
 }
 
-pub(super) fn req_u64(rec: &Record<'_>, tag: u16, what: &'static str) -> D<u64> {
+pub(super) fn req_u64(rec: &TlvRecord<'_>, tag: u16, what: &'static str) -> D<u64> {
     rec.required(tag, what)?.as_u64()
 }
 
-pub(super) fn opt_u64(rec: &Record<'_>, tag: u16) -> D<Option<u64>> {
+pub(super) fn opt_u64(rec: &TlvRecord<'_>, tag: u16) -> D<Option<u64>> {
     rec.optional(tag)?.map(|f| f.as_u64()).transpose()
 }
 
@@ -45,7 +45,7 @@ pub(super) fn put_epoch(out: &mut Vec<u8>, tag: u16, epoch: Epoch) {
     });
 }
 
-pub(super) fn epoch_of(rec: &Record<'_>, tag: u16) -> D<Epoch> {
+pub(super) fn epoch_of(rec: &TlvRecord<'_>, tag: u16) -> D<Epoch> {
     let f = rec.required(tag, "epoch missing")?;
     let e = nested(&f, &[EP_VERSION, EP_CONF_VER])?;
     Ok(Epoch {
@@ -59,7 +59,7 @@ pub(super) fn put_region(out: &mut Vec<u8>, tag: u16, region: &Region) {
 }
 
 pub(super) fn region_of(field: &Field<'_>) -> D<Region> {
-    codec::decode_region(field.value, true).map_err(|e| e.shifted(field.offset))
+    codec::decode_region(field.value, UnknownTags::Skip).map_err(|e| e.shifted(field.offset))
 }
 
 pub(super) fn put_range(out: &mut Vec<u8>, start: &[u8], end: Option<&[u8]>, limit: usize) {
@@ -421,7 +421,7 @@ fn put_histogram(o: &mut Vec<u8>, tag: u16, h: &HistogramSnapshot) {
     });
 }
 
-fn histogram_of(rec: &Record<'_>, tag: u16, what: &'static str) -> D<HistogramSnapshot> {
+fn histogram_of(rec: &TlvRecord<'_>, tag: u16, what: &'static str) -> D<HistogramSnapshot> {
     let r = nested(&rec.required(tag, what)?, &[H_SUM, H_MAX, H_BUCKET])?;
     let mut buckets = Vec::new();
     for field in r.repeated(H_BUCKET) {

@@ -45,7 +45,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 
-use crate::codec::{self, DecodeError, DecodeResult, Decoder, Record};
+use crate::codec::{self, DecodeError, DecodeResult, Decoder, TlvRecord, UnknownTags};
 use crate::error::{Error, Result};
 use crate::region::{Region, in_range};
 
@@ -567,9 +567,9 @@ fn verify_block<'a>(
 }
 
 fn decode_header_body(body: &[u8]) -> DecodeResult<CheckpointHeader> {
-    let rec = Record::parse(body, HDR_TAGS, false)?;
+    let rec = TlvRecord::parse(body, HDR_TAGS, UnknownTags::Reject)?;
     let region_field = rec.required(HDR_REGION, "checkpoint region missing")?;
-    let region = codec::decode_region(region_field.value, false)
+    let region = codec::decode_region(region_field.value, UnknownTags::Reject)
         .map_err(|e| e.shifted(region_field.offset))?;
     let applied_index = rec.required(HDR_APPLIED_INDEX, "applied index missing")?.as_u64()?;
     Ok(CheckpointHeader { region, applied_index })

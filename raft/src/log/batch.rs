@@ -26,7 +26,7 @@
 use bytes::Bytes;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
 use regionkv_engine::RegionId;
-use regionkv_engine::codec::{self, DecodeError, DecodeResult, Record};
+use regionkv_engine::codec::{self, DecodeError, DecodeResult, TlvRecord, UnknownTags};
 
 /// The format this binary writes and the newest it reads.
 pub(crate) const FORMAT_VERSION: u8 = 1;
@@ -172,10 +172,10 @@ fn put_conf_state(out: &mut Vec<u8>, cs: &ConfState) {
 }
 
 fn decode_conf_state(buf: &[u8]) -> DecodeResult<ConfState> {
-    let rec = Record::parse(
+    let rec = TlvRecord::parse(
         buf,
         &[C_VOTER, C_LEARNER, C_VOTER_OUTGOING, C_LEARNER_NEXT, C_AUTO_LEAVE],
-        false,
+        UnknownTags::Reject,
     )?;
     let ids = |tag| rec.repeated(tag).map(|f| f.as_u64()).collect::<DecodeResult<Vec<u64>>>();
     let mut cs = ConfState::default();
@@ -208,8 +208,12 @@ pub(crate) fn decode(payload: &[u8]) -> DecodeResult<Vec<Item>> {
         let at = |e: DecodeError| e.shifted(base);
         match field.tag {
             ENTRIES => {
-                let rec = Record::parse(field.value, &[E_REGION, E_FIRST_INDEX, E_ENTRY], false)
-                    .map_err(at)?;
+                let rec = TlvRecord::parse(
+                    field.value,
+                    &[E_REGION, E_FIRST_INDEX, E_ENTRY],
+                    UnknownTags::Reject,
+                )
+                .map_err(at)?;
                 let region = RegionId(
                     rec.required(E_REGION, "entries region").map_err(at)?.as_u64().map_err(at)?,
                 );
@@ -240,7 +244,7 @@ pub(crate) fn decode(payload: &[u8]) -> DecodeResult<Vec<Item>> {
                     S_PEER_ID,
                     S_CONF_INDEX,
                 ];
-                let rec = Record::parse(field.value, &known, false).map_err(at)?;
+                let rec = TlvRecord::parse(field.value, &known, UnknownTags::Reject).map_err(at)?;
                 let u64_of =
                     |tag, what| rec.required(tag, what).and_then(|f| f.as_u64()).map_err(at);
                 let mut hard_state = HardState::default();
@@ -263,7 +267,8 @@ pub(crate) fn decode(payload: &[u8]) -> DecodeResult<Vec<Item>> {
                 });
             }
             TOMBSTONE => {
-                let rec = Record::parse(field.value, &[T_REGION], false).map_err(at)?;
+                let rec =
+                    TlvRecord::parse(field.value, &[T_REGION], UnknownTags::Reject).map_err(at)?;
                 let region = RegionId(
                     rec.required(T_REGION, "tombstone region").map_err(at)?.as_u64().map_err(at)?,
                 );
@@ -284,7 +289,11 @@ struct EntryFields<'a> {
 }
 
 fn decode_entry_fields(buf: &[u8]) -> DecodeResult<EntryFields<'_>> {
-    let rec = Record::parse(buf, &[ENTRY_TERM, ENTRY_KIND, ENTRY_DATA, ENTRY_CONTEXT], false)?;
+    let rec = TlvRecord::parse(
+        buf,
+        &[ENTRY_TERM, ENTRY_KIND, ENTRY_DATA, ENTRY_CONTEXT],
+        UnknownTags::Reject,
+    )?;
     let term = rec.required(ENTRY_TERM, "entry term")?.as_u64()?;
     let kind_field = rec.required(ENTRY_KIND, "entry kind")?;
     let kind = match kind_field.as_u64()? {

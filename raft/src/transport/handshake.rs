@@ -41,7 +41,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use regionkv_engine::StoreId;
-use regionkv_engine::codec::{self, DecodeError, Record};
+use regionkv_engine::codec::{self, DecodeError, TlvRecord, UnknownTags};
 
 use super::frame::{Deadline, FrameError, FrameKind, FrameReader, WireError};
 
@@ -111,7 +111,8 @@ impl Hello {
     /// Decodes a HELLO payload; every version-1 field is required.
     pub fn decode(payload: &[u8]) -> Result<Hello, WireError> {
         let bad = WireError::malformed("hello");
-        let rec = Record::parse(payload, &[H_CLUSTER, H_STORE, H_NONCE], true).map_err(&bad)?;
+        let rec = TlvRecord::parse(payload, &[H_CLUSTER, H_STORE, H_NONCE], UnknownTags::Skip)
+            .map_err(&bad)?;
         let cluster = rec.required(H_CLUSTER, "cluster id missing").and_then(|f| f.as_u64());
         let store = rec.required(H_STORE, "store id missing").and_then(|f| f.as_u64());
         let nonce = rec.required(H_NONCE, "nonce missing").and_then(|f| {
@@ -231,7 +232,7 @@ impl Proof {
     /// Decodes a PROOF payload.
     pub fn decode(payload: &[u8]) -> Result<Proof, WireError> {
         let bad = WireError::malformed("proof");
-        let rec = Record::parse(payload, &[P_MAC], true).map_err(&bad)?;
+        let rec = TlvRecord::parse(payload, &[P_MAC], UnknownTags::Skip).map_err(&bad)?;
         let mac = rec.required(P_MAC, "mac missing").and_then(|f| {
             <[u8; MAC_BYTES]>::try_from(f.value)
                 .map_err(|_| DecodeError::new(f.offset, "mac is not 32 bytes"))
@@ -298,7 +299,7 @@ impl RejectReason {
     /// Decodes a REJECT payload; a missing reason is `Unspecified`.
     pub fn decode(payload: &[u8]) -> Result<RejectReason, WireError> {
         let bad = WireError::malformed("reject");
-        let rec = Record::parse(payload, &[R_REASON], true).map_err(&bad)?;
+        let rec = TlvRecord::parse(payload, &[R_REASON], UnknownTags::Skip).map_err(&bad)?;
         match rec.optional(R_REASON).map_err(&bad)? {
             Some(f) => Ok(RejectReason::from_code(f.as_u64().map_err(&bad)?)),
             None => Ok(RejectReason::Unspecified),

@@ -36,7 +36,7 @@
 use bytes::Bytes;
 use protobuf::Message as _;
 use raft::eraftpb::Message;
-use regionkv_engine::codec::{self, DecodeError, Record};
+use regionkv_engine::codec::{self, DecodeError, TlvRecord, UnknownTags};
 use regionkv_engine::{Epoch, RegionId, StoreId};
 
 pub use super::frame::{
@@ -220,7 +220,7 @@ fn shift(e: WireError, base: usize) -> WireError {
 fn decode_envelope_fields(whole: &Bytes, buf: &[u8]) -> Result<Option<Envelope>, WireError> {
     let bad = WireError::malformed("envelope");
     let all = codec::fields(buf).map_err(&bad)?;
-    let rec = Record::parse(buf, E_TAGS, true).map_err(&bad)?;
+    let rec = TlvRecord::parse(buf, E_TAGS, UnknownTags::Skip).map_err(&bad)?;
     let u64_of = |tag, what| rec.required(tag, what).and_then(|f| f.as_u64()).map_err(&bad);
     let region = RegionId(u64_of(E_REGION, "region missing")?);
     let from = StoreId(u64_of(E_FROM, "from store missing")?);
@@ -232,8 +232,9 @@ fn decode_envelope_fields(whole: &Bytes, buf: &[u8]) -> Result<Option<Envelope>,
     let range = match rec.optional(E_RANGE).map_err(&bad)? {
         None => None,
         Some(f) => {
-            let r = Record::parse(f.value, &[R_START, R_END, R_END_UNBOUNDED], true)
-                .map_err(|e| bad(e.shifted(f.offset)))?;
+            let r =
+                TlvRecord::parse(f.value, &[R_START, R_END, R_END_UNBOUNDED], UnknownTags::Skip)
+                    .map_err(|e| bad(e.shifted(f.offset)))?;
             let start =
                 r.required(R_START, "range start missing").map_err(|e| bad(e.shifted(f.offset)))?;
             let end = codec::range_end(&r, R_END, R_END_UNBOUNDED)
@@ -256,7 +257,7 @@ fn decode_envelope_fields(whole: &Bytes, buf: &[u8]) -> Result<Option<Envelope>,
             Body::SnapshotChunk(decode_chunk(whole, f.value).map_err(|e| shift(e, f.offset))?)
         }
         [(E_HIBERNATE, f)] => {
-            let h = Record::parse(f.value, &[HB_TERM, HB_INDEX], true)
+            let h = TlvRecord::parse(f.value, &[HB_TERM, HB_INDEX], UnknownTags::Skip)
                 .map_err(|e| bad(e.shifted(f.offset)))?;
             let u64_of = |tag, what| {
                 h.required(tag, what).and_then(|x| x.as_u64()).map_err(|e| bad(e.shifted(f.offset)))
@@ -276,7 +277,7 @@ fn decode_envelope_fields(whole: &Bytes, buf: &[u8]) -> Result<Option<Envelope>,
 
 fn decode_epoch(buf: &[u8]) -> Result<Epoch, WireError> {
     let bad = WireError::malformed("epoch");
-    let rec = Record::parse(buf, &[EP_VERSION, EP_CONF_VER], true).map_err(&bad)?;
+    let rec = TlvRecord::parse(buf, &[EP_VERSION, EP_CONF_VER], UnknownTags::Skip).map_err(&bad)?;
     let u64_of = |tag, what| rec.required(tag, what).and_then(|f| f.as_u64()).map_err(&bad);
     Ok(Epoch {
         version: u64_of(EP_VERSION, "epoch version missing")?,
@@ -286,7 +287,7 @@ fn decode_epoch(buf: &[u8]) -> Result<Epoch, WireError> {
 
 fn decode_chunk(whole: &Bytes, buf: &[u8]) -> Result<SnapshotChunk, WireError> {
     let bad = WireError::malformed("snapshot chunk");
-    let rec = Record::parse(buf, C_TAGS, true).map_err(&bad)?;
+    let rec = TlvRecord::parse(buf, C_TAGS, UnknownTags::Skip).map_err(&bad)?;
     let u64_of = |tag, what| rec.required(tag, what).and_then(|f| f.as_u64()).map_err(&bad);
     let data = rec.required(C_DATA, "chunk data missing").map_err(&bad)?;
     Ok(SnapshotChunk {
