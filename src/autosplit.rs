@@ -227,7 +227,7 @@ impl Planner {
         let half = if by_keys { size.keys / 2 } else { size.bytes / 2 };
         let mut seen = 0u64;
         let mut at = None;
-        engine.snapshot().for_each(&region.start, region.end.as_deref(), |k, v| {
+        engine.read_view().for_each(&region.start, region.end.as_deref(), |k, v| {
             seen += if by_keys { 1 } else { pair_bytes(k, v) };
             if seen > half && k > region.start.as_slice() {
                 at = Some(k.to_vec());
@@ -287,7 +287,7 @@ impl Planner {
 /// Live keys and bytes of `region`, counting stops once `max_keys` keys were seen.
 fn live_size(engine: &Engine, region: &Region, max_keys: u64) -> Size {
     let mut size = Size::default();
-    engine.snapshot().for_each(&region.start, region.end.as_deref(), |k, v| {
+    engine.read_view().for_each(&region.start, region.end.as_deref(), |k, v| {
         size.keys += 1;
         size.bytes += pair_bytes(k, v);
         size.keys < max_keys

@@ -124,7 +124,7 @@ impl Backend for LocalStores {
 /// the leader.
 pub(crate) fn locate_on(stores: &[Arc<Store>], key: &[u8]) -> Option<RegionRecord> {
     let listed = stores.iter().filter_map(|store| {
-        directory::lookup(&store.context().directory.snapshot(), key).ok().flatten()
+        directory::lookup(&store.context().directory.read_view(), key).ok().flatten()
     });
     let hosted = stores.iter().filter_map(|store| {
         let region = store.context().engine.region_for_key(key)?;

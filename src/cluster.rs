@@ -281,7 +281,7 @@ impl Cluster {
     pub fn directory(&self) -> Vec<RegionRecord> {
         let stores = self.inner.local.stores.read();
         for store in stores.values() {
-            let snapshot = store.context().directory.snapshot();
+            let snapshot = store.context().directory.read_view();
             if let Ok(regions) = regionkv_raft::directory::regions(&snapshot)
                 && !regions.is_empty()
             {
@@ -335,7 +335,7 @@ impl Cluster {
         let s = stores
             .get(&store)
             .ok_or_else(|| Error::InvalidRequest(format!("store {store} is not running")))?;
-        Ok(s.context().engine.snapshot().get(key.as_ref()))
+        Ok(s.context().engine.read_view().get(key.as_ref()))
     }
 
     /// WAL counters of every running store (records, groups, fsyncs, ...).

@@ -373,7 +373,7 @@ impl ClientService {
             })))),
             Request::Members => r.send(Ok(Response::Members(node.members()))),
             Request::LocalScan { start, end, limit } => {
-                let rows = store.context().engine.snapshot().scan(&start, end.as_deref(), limit);
+                let rows = store.context().engine.read_view().scan(&start, end.as_deref(), limit);
                 r.send(Ok(Response::Query(QueryResult::Rows(rows))));
             }
             Request::Split { .. } | Request::Merge { .. } | Request::Regions => {

@@ -80,7 +80,7 @@ fn apply(c: &mut Criterion) {
     group.finish();
 
     let mut group = c.benchmark_group("read");
-    let snapshot = engine.snapshot();
+    let snapshot = engine.read_view();
     let mut i = 0u64;
     group.bench_function("get", |b| {
         b.iter(|| {

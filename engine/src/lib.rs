@@ -13,7 +13,7 @@
 //! - the memtable: one ordered map of `(key, sequence number)` versions for every
 //!   region, kept in immutable copy-on-write leaves of sorted entries (measured against
 //!   a crossbeam skip list: less than half the memory per key, scans and checkpoints
-//!   at memory speed); [`Snapshot`]s read at a sequence number and pin what they see;
+//!   at memory speed); [`ReadView`]s read at a sequence number and pin what they see;
 //!   commits and [`Engine::gc`] drop what nobody can see.
 //! - [`checkpoint`]: a region's image at an applied index: written through the
 //!   file-system seam (temp file, fsync, rename, directory fsync), read back through
@@ -50,7 +50,7 @@
 //! engine.close()?;
 //! drop(engine);
 //! let engine = Engine::open(fs, "/store", EngineOptions::new(StoreId(1)))?;
-//! let snap = engine.snapshot();
+//! let snap = engine.read_view();
 //! assert_eq!(snap.get(b"kiwi").as_deref(), Some(&b"green"[..]));
 //! assert_eq!(snap.get(b"apple"), None); // region 1 was never checkpointed
 //! # Ok::<(), regionkv_engine::Error>(())
@@ -66,10 +66,10 @@ mod error;
 pub mod manifest;
 mod memtable;
 mod pins;
+mod read_view;
 pub mod region;
 mod region_map;
 mod round;
-mod snapshot;
 
 pub use checkpoint::{
     CheckpointChunk, CheckpointChunks, CheckpointFile, CheckpointHeader, CheckpointReceiver,
@@ -79,7 +79,7 @@ pub use engine::{CheckpointMeta, Engine, EngineOptions, GcStats, MemoryStats, Re
 pub use error::{Error, ErrorClass, RegionChangeError, Result};
 pub use manifest::{Compatibility, Manifest, MergeState};
 pub use memtable::{ENTRY_OVERHEAD_BYTES, MAX_SEQ, Seq};
+pub use read_view::ReadView;
 pub use region::{Epoch, Peer, PeerId, Region, RegionId, StoreId};
 pub use region_map::{RegionMap, SlotView};
 pub use round::ApplyRound;
-pub use snapshot::Snapshot;

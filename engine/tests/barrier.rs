@@ -64,7 +64,7 @@ fn split_at_is_all_or_nothing_at_every_crash_point() {
             let disk = fs.crash(mode);
             let engine = open(&disk);
             let regions = engine.regions();
-            let snap = engine.snapshot();
+            let snap = engine.read_view();
             let ctx = format!("crash after op {point}/{total} ({mode:?})");
             match regions.len() {
                 1 => {
@@ -136,7 +136,7 @@ fn merge_at_is_all_or_nothing_at_every_crash_point() {
             let engine = open(&disk);
             let ctx = format!("crash after op {point}/{total} ({mode:?})");
             assert!(no_temp_files(&disk), "{ctx}: leftover temporary files");
-            let snap = engine.snapshot();
+            let snap = engine.read_view();
             match engine.regions().len() {
                 2 => {
                     // Nothing of the merge: both halves as the split checkpointed them
@@ -191,14 +191,14 @@ fn empty_parts_need_no_file_and_keep_their_index() {
     assert_eq!(checkpoint_index(&engine, RegionId(2)), None);
     assert_eq!(engine.image_index(RegionId(2)).unwrap(), Some(5));
     assert_eq!(engine.image_index(RegionId(3)).unwrap(), Some(5));
-    assert_eq!(engine.snapshot().scan(b"", None, 10).len(), 1);
+    assert_eq!(engine.read_view().scan(b"", None, 10).len(), 1);
     // A later checkpoint replaces the empty image.
     put_all(&engine, &["n"], "v");
     engine.checkpoint(RegionId(2), 7).unwrap();
     drop(engine);
     let engine = open(&fs);
     assert_eq!(engine.image_index(RegionId(2)).unwrap(), Some(7));
-    assert_eq!(engine.snapshot().get(b"n").as_deref(), Some(&b"v"[..]));
+    assert_eq!(engine.read_view().get(b"n").as_deref(), Some(&b"v"[..]));
 }
 
 /// A prepared merge is durable region state: it survives a restart, bumps the

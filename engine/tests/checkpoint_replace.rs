@@ -34,7 +34,7 @@ fn a_received_checkpoint_replaces_an_older_version_of_the_region()
         receiver.push(&chunk)?;
     }
     lagging.install_checkpoint(receiver.finish()?)?;
-    let snap = lagging.snapshot();
+    let snap = lagging.read_view();
     assert_eq!(snap.get(b"new").as_deref(), Some(&b"leader"[..]));
     assert_eq!(snap.get(b"old").as_deref(), Some(&b"both"[..]));
     assert_eq!(snap.get(b"stale"), None, "the old replica's data is gone");
@@ -44,7 +44,7 @@ fn a_received_checkpoint_replaces_an_older_version_of_the_region()
     lagging.close()?;
     drop(lagging);
     let reopened = Engine::open(Arc::new(lagging_fs), "/lagging", EngineOptions::new(StoreId(2)))?;
-    assert_eq!(reopened.snapshot().get(b"new").as_deref(), Some(&b"leader"[..]));
-    assert_eq!(reopened.snapshot().get(b"stale"), None);
+    assert_eq!(reopened.read_view().get(b"new").as_deref(), Some(&b"leader"[..]));
+    assert_eq!(reopened.read_view().get(b"stale"), None);
     Ok(())
 }

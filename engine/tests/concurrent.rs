@@ -50,7 +50,7 @@ fn snapshots_are_consistent_under_concurrent_commits_and_gc()
                     let mut checks = 0u64;
                     // Bounded: the writer finishes after ROUNDS rounds.
                     while !done.load(Ordering::Acquire) || checks == 0 {
-                        let snap = engine.snapshot();
+                        let snap = engine.read_view();
                         let first = snap.scan(b"account-", Some(b"account-~"), usize::MAX);
                         assert_eq!(first.len() as u64, ACCOUNTS);
                         let sum: u64 = first.iter().map(|(_, v)| balance(v)).sum();

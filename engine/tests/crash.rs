@@ -91,7 +91,7 @@ fn has_extension(name: &str, ext: &str) -> bool {
 
 fn contents(engine: &Engine) -> Data {
     engine
-        .snapshot()
+        .read_view()
         .scan(b"", None, usize::MAX)
         .into_iter()
         .map(|(k, v)| (k.to_vec(), v.to_vec()))

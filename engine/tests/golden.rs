@@ -266,7 +266,7 @@ fn golden_v1_store_opens() -> TestResult {
     let expected: Vec<u32> = (2..=manifest::MANIFEST_FORMAT_VERSION).collect();
     assert_eq!(engine.recovery().migrated_to, expected);
     assert_eq!(engine.regions(), vec![region()]);
-    let snap = engine.snapshot();
+    let snap = engine.read_view();
     let all = snap.scan(b"", None, 100);
     let keys: Vec<&[u8]> = all.iter().map(|(k, _)| &k[..]).collect();
     assert_eq!(keys, vec![&b"apple"[..], b"banana", b"cherry"]);

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use regionkv_engine::{
-    Engine, EngineOptions, Epoch, Error, Region, RegionChangeError, RegionId, Snapshot, StoreId,
+    Engine, EngineOptions, Epoch, Error, ReadView, Region, RegionChangeError, RegionId, StoreId,
 };
 use regionkv_wal::{CrashMode, SimFs};
 
@@ -107,7 +107,7 @@ struct Harness {
     /// Hosted regions in key order.
     regions: Vec<Region>,
     next_region_id: u64,
-    snapshots: Vec<(Snapshot, Data)>,
+    snapshots: Vec<(ReadView, Data)>,
     applied_index: u64,
 }
 
@@ -123,7 +123,7 @@ fn clear_range(data: &mut Data, r: &Region) {
     }
 }
 
-fn scan_all(snapshot: &Snapshot) -> Data {
+fn scan_all(snapshot: &ReadView) -> Data {
     snapshot
         .scan(b"", None, usize::MAX)
         .into_iter()
@@ -162,7 +162,7 @@ impl Harness {
             Op::Batch { writes, stale } => self.write(writes, stale)?,
             Op::Scan { start, end, limit } => {
                 let (start, end) = (key(start), end.map(key));
-                let got = self.engine.snapshot().scan(&start, end.as_deref(), limit);
+                let got = self.engine.read_view().scan(&start, end.as_deref(), limit);
                 let want: Vec<_> = self
                     .live
                     .range(start.clone()..)
@@ -179,7 +179,7 @@ impl Harness {
                 if self.snapshots.len() == 4 {
                     self.snapshots.remove(0);
                 }
-                self.snapshots.push((self.engine.snapshot(), self.live.clone()));
+                self.snapshots.push((self.engine.read_view(), self.live.clone()));
             }
             Op::ReadSnapshot(i) => {
                 if let Some((snap, data)) = self.snapshots.get(i % self.snapshots.len().max(1)) {
@@ -414,12 +414,12 @@ impl Harness {
         }
         let installed = fresh.install_checkpoint(receiver.finish().unwrap()).unwrap();
         prop_assert_eq!(&installed, region);
-        prop_assert_eq!(scan_all(&fresh.snapshot()), expected);
+        prop_assert_eq!(scan_all(&fresh.read_view()), expected);
         Ok(())
     }
 
     fn check(&self) -> Result<(), TestCaseError> {
-        prop_assert_eq!(&scan_all(&self.engine.snapshot()), &self.live);
+        prop_assert_eq!(&scan_all(&self.engine.read_view()), &self.live);
         // P8: the hosted regions are the model's, and the map is a partition.
         prop_assert_eq!(self.engine.regions(), self.regions.clone());
         let map = self.engine.region_map();

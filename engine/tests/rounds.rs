@@ -65,7 +65,7 @@ fn round_that_prepared_b_and_wrote_nothing_then_round_preparing_a_then_b() -> Te
         assert_eq!(second.prepared_regions(), &[a, b]);
         assert!(second.commit()?.is_some());
         assert_eq!(engine.total_pins(), 0);
-        let snap = engine.snapshot();
+        let snap = engine.read_view();
         assert_eq!(snap.get(b"apple").as_deref(), Some(&b"1"[..]));
         assert_eq!(snap.get(b"melon").as_deref(), Some(&b"2"[..]));
         // With every pin released, B can be removed (upstream: eviction hung).

@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound::{Excluded, Included};
 
 use regionkv_engine::codec::{self, DecodeError, DecodeResult, TlvRecord, UnknownTags};
-use regionkv_engine::{ApplyRound, Engine, Epoch, Region, RegionId, Snapshot, StoreId};
+use regionkv_engine::{ApplyRound, Engine, Epoch, ReadView, Region, RegionId, StoreId};
 
 use crate::error::{Error, Result};
 
@@ -186,7 +186,7 @@ fn corrupt(what: &str, e: &DecodeError) -> Error {
 }
 
 /// The next id to allocate.
-fn next_id(snapshot: &Snapshot) -> Result<u64> {
+fn next_id(snapshot: &ReadView) -> Result<u64> {
     let Some(value) = snapshot.get(KEY_NEXT_ID) else { return Ok(FIRST_ALLOCATED_ID) };
     let decode = || -> DecodeResult<u64> {
         let (&version, body) = value.split_first().ok_or(DecodeError::new(0, "empty"))?;
@@ -203,7 +203,7 @@ fn next_id(snapshot: &Snapshot) -> Result<u64> {
 /// The directory as one command sees it while applying: the snapshot it started
 /// from, under what the command wrote so far.
 struct View<'a> {
-    snapshot: &'a Snapshot,
+    snapshot: &'a ReadView,
     /// Keys written by the command: a value, or `None` for a deleted key.
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
@@ -288,14 +288,14 @@ impl View<'_> {
 }
 
 /// The region holding `key`, as the directory knows it.
-pub fn lookup(snapshot: &Snapshot, key: &[u8]) -> Result<Option<RegionRecord>> {
+pub fn lookup(snapshot: &ReadView, key: &[u8]) -> Result<Option<RegionRecord>> {
     let view = View { snapshot, overlay: BTreeMap::new() };
     let found = view.overlapping(key, Some(&[key, &[0]].concat()))?;
     Ok(found.into_iter().map(|(_, r)| r).find(|r| r.region.contains(key)))
 }
 
 /// Every region the directory knows, in key order.
-pub fn regions(snapshot: &Snapshot) -> Result<Vec<RegionRecord>> {
+pub fn regions(snapshot: &ReadView) -> Result<Vec<RegionRecord>> {
     let view = View { snapshot, overlay: BTreeMap::new() };
     let mut out: Vec<RegionRecord> =
         view.overlapping(b"", None)?.into_iter().map(|(_, r)| r).collect();
@@ -311,7 +311,7 @@ fn newer(a: Epoch, b: Epoch) -> bool {
 
 /// Applies `cmd` to the directory in `engine` (region 0 at `epoch`), deterministically.
 pub(crate) fn apply(engine: &Engine, epoch: Epoch, cmd: &DirCmd) -> Result<DirResult> {
-    let snapshot = engine.snapshot();
+    let snapshot = engine.read_view();
     let mut round = engine.begin_round();
     round.prepare_for_region(DIRECTORY, epoch)?;
     let result = match cmd {
@@ -403,7 +403,7 @@ mod tests {
     }
 
     fn ids(engine: &Engine) -> Vec<u64> {
-        regions(&engine.snapshot()).unwrap().iter().map(|r| r.region.id.0).collect()
+        regions(&engine.read_view()).unwrap().iter().map(|r| r.region.id.0).collect()
     }
 
     #[test]
@@ -422,7 +422,7 @@ mod tests {
         // A split reported child first, then the parent: both taken, the old whole range gone.
         assert_eq!(report(&engine, &[region(2, "m", None, 2), region(1, "", Some("m"), 2)]), 2);
         assert_eq!(ids(&engine), vec![1, 2]);
-        let snap = engine.snapshot();
+        let snap = engine.read_view();
         assert_eq!(lookup(&snap, b"a").unwrap().unwrap().region.id, RegionId(1));
         assert_eq!(lookup(&snap, b"m").unwrap().unwrap().region.id, RegionId(2));
         assert_eq!(lookup(&snap, b"zz").unwrap().unwrap().leader, Some(StoreId(2)));
@@ -432,7 +432,7 @@ mod tests {
         // A merge of 2 into 1 (version max + 1 after the prepare's bump): 2 is gone.
         assert_eq!(report(&engine, &[region(1, "", None, 4)]), 1);
         assert_eq!(ids(&engine), vec![1]);
-        assert_eq!(lookup(&engine.snapshot(), b"q").unwrap().unwrap().region.epoch.version, 4);
+        assert_eq!(lookup(&engine.read_view(), b"q").unwrap().unwrap().region.epoch.version, 4);
         // A stale child report after the merge is refused.
         assert_eq!(report(&engine, &[region(2, "m", None, 3)]), 0);
         assert_eq!(ids(&engine), vec![1]);
@@ -446,7 +446,7 @@ mod tests {
             apply(&engine, Epoch::INITIAL, &unknown).unwrap(),
             DirResult::Reported { taken: 0 }
         );
-        assert_eq!(lookup(&engine.snapshot(), b"x").unwrap().unwrap().leader, Some(StoreId(3)));
+        assert_eq!(lookup(&engine.read_view(), b"x").unwrap().unwrap().leader, Some(StoreId(3)));
     }
 
     /// A random history of splits and merges, as the records its leaders report.
@@ -505,7 +505,7 @@ mod tests {
                 report(&engine, chunk);
             }
             let got: Vec<Region> =
-                regions(&engine.snapshot()).unwrap().into_iter().map(|r| r.region).collect();
+                regions(&engine.read_view()).unwrap().into_iter().map(|r| r.region).collect();
             proptest::prop_assert_eq!(got, last);
         }
     }

@@ -7,7 +7,7 @@
 
 mod common;
 
-use regionkv_engine::Snapshot;
+use regionkv_engine::ReadView;
 use regionkv_raft::sim::SimCluster;
 
 use common::{SECOND, cluster, converge, put};
@@ -21,10 +21,10 @@ fn versions_no_snapshot_sees_are_dropped_on_idle_keys() {
     let stores = c.store_ids();
     // Each round rewrites every key while a snapshot of the previous state is held on
     // every store: commit cannot drop the version the snapshot sees.
-    let mut held: Vec<Snapshot> = Vec::new();
+    let mut held: Vec<ReadView> = Vec::new();
     for round in 0..ROUNDS {
         for &s in &stores {
-            held.push(c.engine(s).expect("running").snapshot());
+            held.push(c.engine(s).expect("running").read_view());
         }
         for k in 0..KEYS {
             let (key, value) = (format!("k{k:02}"), format!("v{round}"));

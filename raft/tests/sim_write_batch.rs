@@ -58,7 +58,7 @@ fn round_over_two(c: &mut SimCluster, a: (RegionId, &str), b: (RegionId, &str)) 
         after.rounds_with_several_regions > before.rounds_with_several_regions,
         "the two writes were applied in one round: {before:?} -> {after:?}"
     );
-    let snapshot = c.engine(S).expect("running").snapshot();
+    let snapshot = c.engine(S).expect("running").read_view();
     for key in [a.1, b.1] {
         assert_eq!(snapshot.get(key.as_bytes()), Some(Bytes::from(format!("{key}-v"))));
     }
@@ -129,7 +129,7 @@ fn rounds_of_a_merge_then_a_round_over_the_target_and_another_region() {
     );
     // The target now holds the source's keys, and shares a round with another region.
     round_over_two(&mut c, (R1, "k2"), (last, "u"));
-    let snapshot = c.engine(S).expect("running").snapshot();
+    let snapshot = c.engine(S).expect("running").read_view();
     assert_eq!(snapshot.get(b"k"), Some(Bytes::from("k-v")));
     c.run_for(Duration::from_millis(100));
     assert_reset(&c);

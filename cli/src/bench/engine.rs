@@ -215,7 +215,7 @@ pub fn run(dir: &Path, quick: bool) -> io::Result<EngineBenchReport> {
     let charged = engine.memory().total_bytes as f64 / n as f64 - payload;
 
     // Reads at a snapshot.
-    let snapshot = engine.snapshot();
+    let snapshot = engine.read_view();
     let gets = n.min(500_000);
     let start = Instant::now();
     let mut found = 0usize;

@@ -12,8 +12,8 @@ use crate::checkpoint::{
 };
 use crate::error::{Error, Result};
 use crate::manifest::CheckpointRef;
+use crate::read_view::ReadView;
 use crate::region::{Region, RegionId};
-use crate::snapshot::Snapshot;
 
 impl Engine {
     /// Writes a checkpoint of region `id`: its live keys at the latest committed round,
@@ -26,7 +26,7 @@ impl Engine {
         self.inner.check_usable()?;
         // Region changes take the durable lock too, so the region is stable from here.
         let region = self.region(id).ok_or(Error::RegionNotFound { region: id })?;
-        let snapshot = self.snapshot();
+        let snapshot = self.read_view();
         let file_id = durable.next_file_id;
         durable.next_file_id += 1;
         let header = CheckpointHeader { region: region.clone(), applied_index };
@@ -123,7 +123,7 @@ impl Engine {
         durable: &mut Durable,
         region: &Region,
         applied_index: u64,
-        snapshot: &Snapshot,
+        snapshot: &ReadView,
         estimate_bytes: u64,
     ) -> Result<Option<CheckpointRef>> {
         if snapshot.scan(&region.start, region.end.as_deref(), 1).is_empty() {
@@ -151,7 +151,7 @@ impl Inner {
         &self,
         file_id: u64,
         header: &CheckpointHeader,
-        snapshot: &Snapshot,
+        snapshot: &ReadView,
         estimate_bytes: u64,
     ) -> Result<CheckpointStats> {
         let write = CheckpointWrite {

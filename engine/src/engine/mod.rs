@@ -23,10 +23,10 @@ use crate::error::{Error, Result};
 use crate::manifest::{self, Compatibility, Manifest, MergeState};
 use crate::memtable::{Batch, MAX_SEQ, Memtable, Seq, Visibility};
 use crate::pins::{PinLedger, RoundId};
+use crate::read_view::ReadView;
 use crate::region::{Epoch, Region, RegionId, StoreId, in_range};
 use crate::region_map::RegionMap;
 use crate::round::ApplyRound;
-use crate::snapshot::Snapshot;
 
 /// How to open an [`Engine`].
 #[derive(Clone, Debug)]
@@ -201,7 +201,7 @@ pub(crate) struct Inner {
     /// Lock 4 of 5 (after `regions`, if held): which open rounds pin which regions.
     pins: Mutex<PinLedger>,
     /// Lock 5 of 5, taken last: live snapshots, sequence number -> how many.
-    pub(crate) snapshots: Mutex<BTreeMap<u64, u32>>,
+    pub(crate) read_views: Mutex<BTreeMap<u64, u32>>,
     /// Every write up to this sequence number is applied; snapshots read at it.
     pub(crate) visible_seq: AtomicU64,
     next_round: AtomicU64,
@@ -322,7 +322,7 @@ impl Engine {
             commit: Mutex::new(CommitState { next_seq: seq + 1, gc_cursor: None }),
             regions: RwLock::new(RegionState { map, bytes }),
             pins: Mutex::new(PinLedger::default()),
-            snapshots: Mutex::new(BTreeMap::new()),
+            read_views: Mutex::new(BTreeMap::new()),
             visible_seq: AtomicU64::new(seq),
             next_round: AtomicU64::new(1),
             failure: Mutex::new(None),
@@ -350,8 +350,8 @@ impl Engine {
 
     /// A consistent read view at the latest committed round. It pins the versions it
     /// can see until dropped.
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot::register(&self.inner)
+    pub fn read_view(&self) -> ReadView {
+        ReadView::register(&self.inner)
     }
 
     /// The sequence number of the latest committed write.
@@ -613,7 +613,7 @@ impl Inner {
 
     /// What a writer may drop now; call with the commit lock held.
     fn visibility(&self) -> Visibility {
-        let snapshots = self.snapshots.lock();
+        let snapshots = self.read_views.lock();
         let live =
             if snapshots.is_empty() { Vec::new() } else { snapshots.keys().copied().collect() };
         Visibility { snapshots: live, visible: self.visible_seq.load(Ordering::Acquire) }

@@ -201,7 +201,7 @@ impl Engine {
                 let parts = s.map.split(id, split_keys, new_ids)?;
                 // The commit lock is held: the snapshot is the state as of the split's
                 // index.
-                let snapshot = self.snapshot();
+                let snapshot = self.read_view();
                 // What each part is charged for: the length its checkpoint is estimated
                 // at, and (the children's) the charges that move. Every change to the
                 // memtable takes the commit lock, so these are the charges after the
@@ -263,7 +263,7 @@ impl Engine {
             |s| {
                 s.check_hosted(&[source, target])?;
                 let merged = s.map.merge(source, target)?;
-                let snapshot = self.snapshot();
+                let snapshot = self.read_view();
                 let estimate_bytes = [source, target]
                     .iter()
                     .filter_map(|id| s.regions.bytes.get(id))
@@ -339,7 +339,7 @@ impl Engine {
             |s| {
                 s.check_hosted(&[id])?;
                 let region = s.map.bump_version(id)?;
-                let snapshot = self.snapshot();
+                let snapshot = self.read_view();
                 let estimate_bytes =
                     s.regions.bytes.get(&id).map_or(0, |b| b.load(Ordering::Relaxed));
                 let image = self.write_whole_checkpoint(

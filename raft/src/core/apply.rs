@@ -196,7 +196,7 @@ enum Outcome {
 }
 
 fn run_query(
-    snapshot: &regionkv_engine::Snapshot,
+    snapshot: &regionkv_engine::ReadView,
     region: &Region,
     query: &Query,
 ) -> Result<QueryResult> {
@@ -330,7 +330,7 @@ impl StoreCore {
         let applied = replica.applied_index;
         while replica.reads.ready.front().is_some_and(|(index, _)| *index <= applied) {
             let (_, reads) = replica.reads.ready.pop_front().expect("peeked");
-            let snapshot = self.ctx.engine_of(region).snapshot();
+            let snapshot = self.ctx.engine_of(region).read_view();
             for read in reads {
                 let result = replica
                     .check_version(read.epoch)

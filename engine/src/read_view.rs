@@ -1,4 +1,4 @@
-//! [`Snapshot`]: a consistent, MVCC read view of the whole store at one sequence
+//! [`ReadView`]: a consistent, MVCC read view of the whole store at one sequence
 //! number, which keeps what it can see from being dropped while it lives.
 
 use std::sync::Arc;
@@ -13,21 +13,21 @@ use crate::memtable::{Found, Seq};
 ///
 /// Holding it keeps every version it can see in memory; drop it when done.
 #[derive(Debug)]
-pub struct Snapshot {
+pub struct ReadView {
     inner: Arc<Inner>,
     seq: u64,
 }
 
-impl Snapshot {
-    /// A snapshot at the latest committed round, registered so that commits keep what
+impl ReadView {
+    /// A read view at the latest committed round, registered so that commits keep what
     /// it can see.
-    pub(crate) fn register(inner: &Arc<Inner>) -> Snapshot {
-        let mut snapshots = inner.snapshots.lock();
+    pub(crate) fn register(inner: &Arc<Inner>) -> ReadView {
+        let mut views = inner.read_views.lock();
         // Read under the registry lock: a commit publishes its sequence number before
         // it reads the registry to decide what to prune (see `commit_writes`).
         let seq = inner.visible_seq.load(Ordering::Acquire);
-        *snapshots.entry(seq).or_insert(0) += 1;
-        Snapshot { inner: inner.clone(), seq }
+        *views.entry(seq).or_insert(0) += 1;
+        ReadView { inner: inner.clone(), seq }
     }
 
     /// The sequence number it reads at.
@@ -61,16 +61,16 @@ impl Snapshot {
     }
 }
 
-impl Clone for Snapshot {
+impl Clone for ReadView {
     fn clone(&self) -> Self {
-        *self.inner.snapshots.lock().entry(self.seq).or_insert(0) += 1;
-        Snapshot { inner: self.inner.clone(), seq: self.seq }
+        *self.inner.read_views.lock().entry(self.seq).or_insert(0) += 1;
+        ReadView { inner: self.inner.clone(), seq: self.seq }
     }
 }
 
-impl Drop for Snapshot {
+impl Drop for ReadView {
     fn drop(&mut self) {
-        let mut snapshots = self.inner.snapshots.lock();
+        let mut snapshots = self.inner.read_views.lock();
         if let Some(n) = snapshots.get_mut(&self.seq) {
             *n -= 1;
             if *n == 0 {
