@@ -510,7 +510,8 @@ impl Node {
                 let _ = handle.join();
             }
         }
-        // 3. The store, in its own order (design 5.2).
+        // 3. The store, in its own order (invariant 2 in ARCHITECTURE.md: cancel, stop
+        //    the timelines, wait for the gate, flush, then the clean mark).
         let result = shared.store.shutdown();
         // 4. Connections: stores and clients, then this node's connections to peers.
         self.transport.shutdown();

@@ -208,7 +208,8 @@ fn golden_manifest_v4_decodes_field_by_field() -> TestResult {
     Ok(())
 }
 
-/// Fields added in version 4 read as `None` from a version-3 file (design 5.4).
+/// Fields added in version 4 read as `None` from a version-3 file (invariant 4 in
+/// ARCHITECTURE.md).
 #[test]
 fn golden_manifest_v3_has_no_version_4_fields() -> TestResult {
     let m = Manifest::decode(&std::fs::read(golden_dir().join("manifest-v3.bin"))?)?;

@@ -134,7 +134,7 @@ fn decode_record_fields(buf: &[u8]) -> DecodeResult<RegionRecord> {
     let f = rec.required(REC_REGION, "record region")?;
     let region =
         codec::decode_region(f.value, UnknownTags::Reject).map_err(|e| e.shifted(f.offset))?;
-    // Absent means unknown (design 5.5), never "store 0".
+    // Absent means unknown (invariant 5 in ARCHITECTURE.md), never "store 0".
     let leader = rec.optional(REC_LEADER)?.map(|f| f.as_u64().map(StoreId)).transpose()?;
     Ok(RegionRecord { region, leader })
 }

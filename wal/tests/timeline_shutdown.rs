@@ -1,5 +1,5 @@
-//! Timeline shutdown under load (design 5.2, Neon's lesson): several timelines ingest
-//! into one shared log while the store shuts down, many times over with different
+//! Timeline shutdown under load (invariant 2 in ARCHITECTURE.md, Neon's lesson): several
+//! timelines ingest into one shared log while the store shuts down, many times over with different
 //! timing. Every error an ingest task sees is `Cancelled`, no event is logged at error
 //! level, shutdown completes within its bound, and the log reopens under
 //! `AbsoluteConsistency` with every acknowledged record in it.
