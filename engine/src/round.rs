@@ -68,8 +68,15 @@ pub struct ApplyRound<'e> {
     bytes: usize,
 }
 
+impl Engine {
+    /// Starts an apply round. See [`ApplyRound`].
+    pub fn begin_round(&self) -> ApplyRound<'_> {
+        ApplyRound::new(self, self.next_round_id())
+    }
+}
+
 impl<'e> ApplyRound<'e> {
-    pub(crate) fn new(engine: &'e Engine, id: RoundId) -> ApplyRound<'e> {
+    fn new(engine: &'e Engine, id: RoundId) -> ApplyRound<'e> {
         ApplyRound {
             engine,
             id,

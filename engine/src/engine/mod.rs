@@ -26,7 +26,6 @@ use crate::pins::{PinLedger, RoundId};
 use crate::read_view::ReadView;
 use crate::region::{Epoch, Region, RegionId, StoreId, in_range};
 use crate::region_map::RegionMap;
-use crate::round::ApplyRound;
 
 /// How to open an [`Engine`].
 #[derive(Clone, Debug)]
@@ -343,9 +342,10 @@ impl Engine {
         &self.inner.dir
     }
 
-    /// Starts an apply round. See [`ApplyRound`].
-    pub fn begin_round(&self) -> ApplyRound<'_> {
-        ApplyRound::new(self, self.inner.next_round.fetch_add(1, Ordering::Relaxed))
+    /// A fresh id for an apply round (`Engine::begin_round`, in `round.rs`, which owns
+    /// rounds: the engine knows their pins and limits, never the round type).
+    pub(crate) fn next_round_id(&self) -> RoundId {
+        self.inner.next_round.fetch_add(1, Ordering::Relaxed)
     }
 
     /// A consistent read view at the latest committed round. It pins the versions it
