@@ -77,22 +77,13 @@ impl TcpError {
         }
     }
 
-    /// True if a handshake was refused, by either side. Exhaustive on purpose.
+    /// True if a handshake was refused, by either side.
     pub fn is_refusal(&self) -> bool {
-        match self {
-            TcpError::Rejected { .. } | TcpError::RefusedByPeer(_) => true,
-            TcpError::Config(_)
-            | TcpError::Bind { .. }
-            | TcpError::Io(_)
-            | TcpError::Closed
-            | TcpError::Timeout { .. }
-            | TcpError::Wire(_)
-            | TcpError::Random(_)
-            | TcpError::Cancelled => false,
-        }
+        self.reject_reason().is_some()
     }
 
-    /// The refusal reason, for refusals.
+    /// The refusal reason, for refusals. Exhaustive on purpose: a new variant must say
+    /// whether it is one.
     pub fn reject_reason(&self) -> Option<RejectReason> {
         match self {
             TcpError::Rejected { reason, .. } | TcpError::RefusedByPeer(reason) => Some(*reason),
