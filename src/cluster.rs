@@ -38,6 +38,7 @@ pub struct ClusterBuilder {
     segment_bytes: u64,
     checkpoint_log_bytes: u64,
     split_policy: SplitPolicy,
+    left_out: Vec<StoreId>,
 }
 
 impl Default for ClusterBuilder {
@@ -50,6 +51,7 @@ impl Default for ClusterBuilder {
             segment_bytes: WalOptions::default().segment_bytes,
             checkpoint_log_bytes: defaults::CHECKPOINT_LOG_BYTES,
             split_policy: SplitPolicy::default(),
+            left_out: Vec::new(),
         }
     }
 }
@@ -98,6 +100,17 @@ impl ClusterBuilder {
         self
     }
 
+    /// Leaves `store` out when the cluster starts: it is a member of every region a new
+    /// cluster bootstraps, but it is not started (as if its process were down), so the
+    /// others run on a quorum without it. [`Cluster::restart_store`] starts it later; a
+    /// store that never ran fills its replicas from the others' snapshots. For testing
+    /// an application under a missing store; may be given more than once.
+    #[must_use]
+    pub fn leave_out(mut self, store: impl Into<StoreId>) -> Self {
+        self.left_out.push(store.into());
+        self
+    }
+
     /// When regions split and merge on their own (default: [`SplitPolicy::default`]).
     #[must_use]
     pub fn split_policy(mut self, policy: SplitPolicy) -> Self {
@@ -115,7 +128,8 @@ impl ClusterBuilder {
             return Err(Error::InvalidRequest("a cluster needs at least one store".into()));
         }
         std::fs::create_dir_all(&dir)?;
-        let fresh = !store_dir(&dir, StoreId(1)).exists();
+        // New if no store has files yet (a store left out may never have run).
+        let fresh = (1..=self.stores as u64).all(|id| !store_dir(&dir, StoreId(id)).exists());
         let local = Arc::new(LocalStores {
             stores: RwLock::new(BTreeMap::new()),
             shut: AtomicBool::new(false),
@@ -129,19 +143,23 @@ impl ClusterBuilder {
             scheduler: Mutex::new(None),
         });
         let ids: Vec<StoreId> = (1..=inner.builder.stores as u64).map(StoreId).collect();
-        for &id in &ids {
+        if let Some(id) = inner.builder.left_out.iter().find(|id| !ids.contains(id)) {
+            return Err(Error::InvalidRequest(format!(
+                "store {id} is left out, but the cluster's stores are 1 to {}",
+                ids.len()
+            )));
+        }
+        for &id in ids.iter().filter(|id| !inner.builder.left_out.contains(id)) {
             inner.start_store(id)?;
         }
         if fresh {
-            // Every store replicates the directory and the first region; the peers of
-            // bootstrapped regions take the ids of their stores.
-            let peers: Vec<Peer> =
-                ids.iter().map(|&s| Peer { id: PeerId(s.0), store: s }).collect();
-            for id in [DIRECTORY, FIRST_REGION] {
-                let region = Region { peers: peers.clone(), ..Region::whole(id) };
-                for store in inner.local.stores.read().values() {
-                    store.bootstrap_region(region.clone())?;
-                }
+            // A store left out bootstraps when it first starts (`restart_store`); the
+            // mark says it may, and is written before any other store runs a region.
+            for &id in &inner.builder.left_out {
+                write_durably(&pending_bootstrap(&inner.dir, id))?;
+            }
+            for store in inner.local.stores.read().values() {
+                inner.bootstrap(store)?;
             }
         }
         let scheduler = {
@@ -174,6 +192,20 @@ fn store_dir(dir: &Path, id: StoreId) -> PathBuf {
     dir.join(format!("store-{}", id.0))
 }
 
+/// The mark of a store that was left out of a new cluster and has not bootstrapped yet.
+fn pending_bootstrap(dir: &Path, id: StoreId) -> PathBuf {
+    dir.join(format!("store-{}.bootstrap-pending", id.0))
+}
+
+/// Creates an empty file and makes it and its name durable.
+fn write_durably(path: &Path) -> Result<()> {
+    std::fs::File::create(path)?.sync_all()?;
+    if let Some(parent) = path.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
 pub(crate) struct ClusterInner {
     dir: PathBuf,
     net: LocalNetwork,
@@ -196,6 +228,22 @@ impl ClusterInner {
         options
     }
 
+    /// Creates the regions every store of a new cluster starts with: the directory and
+    /// the first region, replicated on every store, whose peers take their stores' ids.
+    fn bootstrap(&self, store: &Store) -> Result<()> {
+        let peers: Vec<Peer> = (1..=self.builder.stores as u64)
+            .map(|s| Peer { id: PeerId(s), store: StoreId(s) })
+            .collect();
+        for id in [DIRECTORY, FIRST_REGION] {
+            match store.bootstrap_region(Region { peers: peers.clone(), ..Region::whole(id) }) {
+                // A crash after bootstrapping but before the pending mark was removed.
+                Ok(()) | Err(regionkv_raft::Error::RegionExists { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
     fn start_store(&self, id: StoreId) -> Result<()> {
         let transport: Arc<dyn Transport> = Arc::new(self.net.transport(id));
         let store = Store::start(
@@ -205,6 +253,16 @@ impl ClusterInner {
             &transport,
         )?;
         self.net.register(id, store.inbox());
+        let pending = pending_bootstrap(&self.dir, id);
+        if pending.exists() {
+            // Left out of the new cluster and starting for the first time: the same
+            // regions as every other store had at their start (it never acknowledged
+            // anything, so starting from the common beginning is safe); Raft catches
+            // it up from there.
+            self.bootstrap(&store)?;
+            std::fs::remove_file(&pending)?;
+            std::fs::File::open(&self.dir)?.sync_all()?;
+        }
         self.local.stores.write().insert(id, Arc::new(store));
         Ok(())
     }
@@ -336,6 +394,26 @@ impl Cluster {
             .get(&store)
             .ok_or_else(|| Error::InvalidRequest(format!("store {store} is not running")))?;
         Ok(s.context().engine.read_view().get(key.as_ref()))
+    }
+
+    /// The fault rules of the cluster's in-process network, shared with it: partition
+    /// stores, isolate one, or drop, delay (which reorders) and duplicate messages, by
+    /// sending and receiving store, region and message type. Rules apply to messages
+    /// sent after they are added; [`Faults::clear`](crate::faults::Faults::clear) heals
+    /// everything. For testing an application under network faults:
+    ///
+    /// ```
+    /// use regionkv::StoreId;
+    /// # let dir = tempfile::tempdir()?;
+    /// let cluster = regionkv::Cluster::builder().dir(dir.path()).stores(3).build()?;
+    /// cluster.faults().isolate(StoreId(3)); // stores 1 and 2 keep a quorum
+    /// cluster.db().put("k", "v")?;
+    /// cluster.faults().clear();
+    /// # cluster.shutdown()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn faults(&self) -> crate::faults::Faults {
+        self.inner.net.faults().clone()
     }
 
     /// WAL counters of every running store (records, groups, fsyncs, ...).

@@ -74,6 +74,13 @@ pub use regionkv_raft::{
 };
 pub use regionkv_wal::{HistogramSnapshot, WalStats};
 
+/// Network faults for testing an application on an in-process [`Cluster`]
+/// ([`Cluster::faults`]): rules that drop, delay or duplicate messages, scoped by
+/// sending and receiving store, region and Raft message type.
+pub mod faults {
+    pub use regionkv_raft::transport::local::{Action, Faults, Rule, Scope};
+}
+
 /// The crates underneath the facade, for embedding one layer alone: the durable log,
 /// the MVCC engine, the multi-Raft store. Lower level than the facade, and less stable.
 pub mod layers {
