@@ -128,14 +128,16 @@ impl Engine {
             |p, region| {
                 self.inner.memtable.remove_range(&region.start, region.end.as_deref());
                 p.regions.bytes.remove(&id);
+                self.inner.sessions.lock().remove(&id);
                 region
             },
         )
     }
 
     /// Splits region `id` at `split_keys`; see [`RegionMap::split`]. Moves no data:
-    /// children inherit the parent's checkpoint parts (each its share), its pins and
-    /// its epoch (bumped). Returns the parts in key order.
+    /// children inherit the parent's checkpoint parts (each its share), its pins, its
+    /// client sessions (a copy each) and its epoch (bumped). Returns the parts in key
+    /// order.
     pub fn split(
         &self,
         id: RegionId,
@@ -161,8 +163,8 @@ impl Engine {
     }
 
     /// Merges region `source` into its neighbour `target`; see [`RegionMap::merge`].
-    /// Moves no data: the target takes over the source's checkpoint parts and pins.
-    /// Returns the grown target.
+    /// Moves no data: the target takes over the source's checkpoint parts and pins,
+    /// and joins the source's client sessions into its own. Returns the grown target.
     pub fn merge(&self, source: RegionId, target: RegionId) -> Result<Region> {
         self.inner.change(
             |s| {
@@ -413,6 +415,7 @@ impl Engine {
                     empty_at: None,
                 };
                 let (_, bytes) = load_part(&self.inner.memtable, &file, &entry, &part, seq);
+                self.inner.sessions.lock().remove(&region.id);
                 p.commit.next_seq += 1;
                 self.inner.visible_seq.store(seq, Ordering::Release);
                 p.regions.bytes.insert(region.id, AtomicU64::new(bytes));
@@ -432,8 +435,9 @@ impl Engine {
     }
 
     /// After a split of `parent` into `parts` (the parent first): the children's
-    /// charges move from the parent to them, and rounds that pin the parent pin the
-    /// children too.
+    /// charges move from the parent to them, rounds that pin the parent pin the
+    /// children too, and every child starts with a copy of the parent's sessions (a
+    /// write the parent applied is recognised by whichever part its keys are in now).
     fn on_split(
         &self,
         regions: &mut RegionState,
@@ -451,15 +455,27 @@ impl Engine {
         }
         let children: Vec<RegionId> = parts[1..].iter().map(|p| p.id).collect();
         self.inner.pins.lock().on_split(parent, &children);
+        let mut sessions = self.inner.sessions.lock();
+        if let Some(table) = sessions.get(&parent).cloned() {
+            for child in children {
+                sessions.insert(child, table.clone());
+            }
+        }
     }
 
     /// After a merge of `source` into `target`: the source's charge and pins go to the
-    /// target.
+    /// target, and its sessions join the target's (per session the highest sequence
+    /// number: a write either side applied is recognised).
     fn on_merge(&self, regions: &mut RegionState, source: RegionId, target: RegionId) {
         let moved = regions.bytes.remove(&source).map_or(0, AtomicU64::into_inner);
         if let Some(b) = regions.bytes.get(&target) {
             b.fetch_add(moved, Ordering::Relaxed);
         }
         self.inner.pins.lock().on_merge(source, target);
+        let mut sessions = self.inner.sessions.lock();
+        if let Some(from) = sessions.remove(&source) {
+            let limits = self.inner.options.session_limits;
+            sessions.entry(target).or_default().join(&from, limits);
+        }
     }
 }
