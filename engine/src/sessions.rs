@@ -20,6 +20,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
+use crate::codec::{self, DecodeError, DecodeResult, TlvRecord, UnknownTags};
+
 /// A client session's id: random, chosen by the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SessionId(pub u64);
@@ -65,6 +67,9 @@ impl Default for SessionLimits {
         SessionLimits::DEFAULT
     }
 }
+
+/// Bytes one session takes in an encoded table: a nested record of three u64 fields.
+pub(crate) const ENCODED_SESSION_BYTES: usize = codec::FIELD_HEADER_LEN * 4 + 3 * 8;
 
 /// Whether a write of a session is new to the region.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,10 +220,61 @@ impl SessionTable {
         }
         self.expire(limits, None);
     }
+
+    /// Appends the table as TLV fields: `1 now_ms`, then `2 session` (nested, repeated,
+    /// by id: `1 id`, `2 last seq`, `3 last used ms`).
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        codec::put_u64(out, T_NOW, self.now_ms);
+        for (id, u) in self.sessions() {
+            codec::put_nested(out, T_SESSION, |out| {
+                codec::put_u64(out, S_ID, id.0);
+                codec::put_u64(out, S_LAST_SEQ, u.last_seq);
+                codec::put_u64(out, S_LAST_USED, u.last_used_ms);
+            });
+        }
+    }
+
+    /// Decodes what [`SessionTable::encode`] wrote. Never panics.
+    pub(crate) fn decode(buf: &[u8]) -> DecodeResult<SessionTable> {
+        let rec = TlvRecord::parse(buf, &[T_NOW, T_SESSION], UnknownTags::Reject)?;
+        let mut table = SessionTable::new();
+        table.now_ms = rec.required(T_NOW, "session table clock")?.as_u64()?;
+        for f in rec.repeated(T_SESSION) {
+            let at = |e: DecodeError| e.shifted(f.offset);
+            let s =
+                TlvRecord::parse(f.value, &[S_ID, S_LAST_SEQ, S_LAST_USED], UnknownTags::Reject)
+                    .map_err(at)?;
+            let u64_of = |tag, what| s.required(tag, what).and_then(|v| v.as_u64()).map_err(at);
+            let id = SessionId(u64_of(S_ID, "session id")?);
+            let u = SessionUse {
+                last_seq: u64_of(S_LAST_SEQ, "session last seq")?,
+                last_used_ms: u64_of(S_LAST_USED, "session last use")?,
+            };
+            if u.last_used_ms > table.now_ms {
+                return Err(DecodeError::new(f.offset, "a session used after the table's clock"));
+            }
+            if table.entries.contains_key(&id) {
+                return Err(DecodeError::new(f.offset, "a session is listed twice"));
+            }
+            if table.entries.len() >= SessionLimits::MAX_SESSIONS {
+                return Err(DecodeError::new(f.offset, "more sessions than a table may hold"));
+            }
+            table.set(id, Some(u));
+        }
+        Ok(table)
+    }
 }
+
+const T_NOW: u16 = 1;
+const T_SESSION: u16 = 2;
+const S_ID: u16 = 1;
+const S_LAST_SEQ: u16 = 2;
+const S_LAST_USED: u16 = 3;
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     const LIMITS: SessionLimits = SessionLimits { ttl_ms: 1000, max_sessions: 3 };
@@ -291,5 +347,23 @@ mod tests {
         assert_eq!(a.get(SessionId(1)), Some(SessionUse { last_seq: 7, last_used_ms: 300 }));
         assert_eq!(a.get(SessionId(3)).unwrap().last_seq, 9);
         assert_eq!(a.len(), 3);
+    }
+
+    proptest! {
+        #[test]
+        fn tables_round_trip_and_damage_never_panics(
+            writes in proptest::collection::vec((0u64..6, 0u64..10, 0u64..3_000), 0..20)
+        ) {
+            let mut t = SessionTable::new();
+            for (id, seq, time) in writes {
+                t.write(SessionId(id), seq, time, LIMITS, &mut Vec::new());
+            }
+            let mut buf = Vec::new();
+            t.encode(&mut buf);
+            prop_assert_eq!(SessionTable::decode(&buf).unwrap(), t);
+            for cut in 0..buf.len() {
+                let _ = SessionTable::decode(&buf[..cut]);
+            }
+        }
     }
 }

@@ -108,3 +108,46 @@ fn split_parts_copy_the_table_and_a_merge_joins_them() -> TestResult {
     assert_eq!(engine.sessions(R1).map(|t| t.len()), Some(0), "a new region starts empty");
     Ok(())
 }
+
+fn reopen(fs: &Arc<SimFs>, engine: Engine) -> Result<Engine, regionkv_engine::Error> {
+    engine.close()?;
+    drop(engine);
+    Engine::open(fs.clone(), "/e", EngineOptions::new(StoreId(1)))
+}
+
+#[test]
+fn checkpoints_carry_the_table_through_a_restart_a_split_and_a_snapshot() -> TestResult {
+    let fs = Arc::new(SimFs::new());
+    let engine = Engine::open(fs.clone(), "/e", EngineOptions::new(StoreId(1)))?;
+    engine.insert_region(Region::whole(R1))?;
+    apply(&engine, R1, 1, "a", "1")?;
+    apply(&engine, R1, 2, "a", "")?;
+    let epoch = engine.region(R1).ok_or("no region")?.epoch;
+    let mut round = engine.begin_round();
+    round.prepare_for_region(R1, epoch)?;
+    round.delete(b"a")?; // the region holds no key, only sessions
+    round.commit()?;
+    let table = engine.sessions(R1).ok_or("no table")?;
+    engine.checkpoint(R1, 20)?;
+    let engine = reopen(&fs, engine)?;
+    assert_eq!(engine.sessions(R1), Some(table.clone()), "restart from the checkpoint");
+
+    // A split of a region with sessions but no keys still checkpoints every part.
+    engine.split_at(R1, &[b"m".to_vec()], &[RegionId(2)], 21, 5)?;
+    let engine = reopen(&fs, engine)?;
+    assert_eq!(engine.sessions(R1), Some(table.clone()));
+    assert_eq!(engine.sessions(RegionId(2)), Some(table.clone()));
+    apply(&engine, RegionId(2), 2, "x", "retry")?;
+    assert_eq!(get(&engine, "x"), None, "the child recognises the parent's write");
+
+    // A snapshot: another store installs the checkpoint, sessions and all.
+    let other = Engine::open(Arc::new(SimFs::new()), "/o", EngineOptions::new(StoreId(2)))?;
+    engine.checkpoint(RegionId(2), 30)?;
+    let mut receiver = other.receive_checkpoint()?;
+    for chunk in engine.checkpoint_chunks(RegionId(2), 64)? {
+        receiver.push(&chunk)?;
+    }
+    other.install_checkpoint(receiver.finish()?)?;
+    assert_eq!(other.sessions(RegionId(2)), engine.sessions(RegionId(2)));
+    Ok(())
+}

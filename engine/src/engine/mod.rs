@@ -303,8 +303,11 @@ impl Engine {
             fs.sync_dir(&dir).map_err(|e| Error::io("sync_dir", &dir, e))?;
         }
 
-        // Load checkpoints: each part at its own sequence number.
+        // Load checkpoints: each part at its own sequence number, and the session tables
+        // of the files each region's image is made of (joined, as a merge joins them;
+        // the parts of a split share their parent's file, so each gets a copy).
         let memtable = Memtable::new();
+        let mut sessions: HashMap<RegionId, SessionTable> = HashMap::new();
         let mut seq = 0u64;
         let mut files: HashMap<u64, CheckpointFile> = HashMap::new();
         let mut bytes: HashMap<RegionId, AtomicU64> = HashMap::new();
@@ -323,6 +326,12 @@ impl Engine {
                 };
                 recovery.entries_loaded += entries;
                 bytes.entry(entry.region.id).or_default().fetch_add(charged, Ordering::Relaxed);
+                if let Some(table) =
+                    files.get(&part.file_id).and_then(|f| f.header().sessions.as_ref())
+                {
+                    let limits = options.session_limits;
+                    sessions.entry(entry.region.id).or_default().join(table, limits);
+                }
             }
         }
         drop(files);
@@ -348,7 +357,7 @@ impl Engine {
             regions: RwLock::new(RegionState { map, bytes }),
             pins: Mutex::new(PinLedger::default()),
             read_views: Mutex::new(BTreeMap::new()),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(sessions),
             visible_seq: AtomicU64::new(seq),
             next_round: AtomicU64::new(1),
             failure: Mutex::new(None),

@@ -204,6 +204,8 @@ impl Engine {
                 // The commit lock is held: the snapshot is the state as of the split's
                 // index.
                 let snapshot = self.read_view();
+                // Every part starts with the parent's sessions.
+                let sessions = self.inner.sessions.lock().get(&id).cloned().unwrap_or_default();
                 // What each part is charged for: the length its checkpoint is estimated
                 // at, and (the children's) the charges that move. Every change to the
                 // memtable takes the commit lock, so these are the charges after the
@@ -225,6 +227,7 @@ impl Engine {
                         part,
                         applied_index,
                         &snapshot,
+                        &sessions,
                         estimate_bytes,
                     )?);
                 }
@@ -266,6 +269,14 @@ impl Engine {
                 s.check_hosted(&[source, target])?;
                 let merged = s.map.merge(source, target)?;
                 let snapshot = self.read_view();
+                let sessions = {
+                    let tables = self.inner.sessions.lock();
+                    let mut joined = tables.get(&target).cloned().unwrap_or_default();
+                    if let Some(from) = tables.get(&source) {
+                        joined.join(from, self.inner.options.session_limits);
+                    }
+                    joined
+                };
                 let estimate_bytes = [source, target]
                     .iter()
                     .filter_map(|id| s.regions.bytes.get(id))
@@ -276,6 +287,7 @@ impl Engine {
                     &merged,
                     at_index,
                     &snapshot,
+                    &sessions,
                     estimate_bytes,
                 )?;
                 let mut next = s.manifest(|region| {
@@ -342,6 +354,7 @@ impl Engine {
                 s.check_hosted(&[id])?;
                 let region = s.map.bump_version(id)?;
                 let snapshot = self.read_view();
+                let sessions = self.inner.sessions.lock().get(&id).cloned().unwrap_or_default();
                 let estimate_bytes =
                     s.regions.bytes.get(&id).map_or(0, |b| b.load(Ordering::Relaxed));
                 let image = self.write_whole_checkpoint(
@@ -349,6 +362,7 @@ impl Engine {
                     &region,
                     at_index,
                     &snapshot,
+                    &sessions,
                     estimate_bytes,
                 )?;
                 let mut next =
@@ -370,7 +384,7 @@ impl Engine {
     }
 
     /// Hosts the region of a received, verified checkpoint, with exactly the
-    /// checkpoint's data. If this store hosts an older version of the same region
+    /// checkpoint's data and client sessions. If this store hosts an older version of the same region
     /// (a lagging replica), it is replaced, data and all, in one manifest update; any
     /// other region overlapping the range is an error.
     pub fn install_checkpoint(&self, received: ReceivedCheckpoint) -> Result<Region> {
@@ -415,7 +429,12 @@ impl Engine {
                     empty_at: None,
                 };
                 let (_, bytes) = load_part(&self.inner.memtable, &file, &entry, &part, seq);
-                self.inner.sessions.lock().remove(&region.id);
+                // The region's sessions are the checkpoint's, as of its index.
+                let mut sessions = self.inner.sessions.lock();
+                match &header.sessions {
+                    Some(table) => sessions.insert(region.id, table.clone()),
+                    None => sessions.remove(&region.id),
+                };
                 p.commit.next_seq += 1;
                 self.inner.visible_seq.store(seq, Ordering::Release);
                 p.regions.bytes.insert(region.id, AtomicU64::new(bytes));
