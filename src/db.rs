@@ -268,7 +268,13 @@ impl Db {
             }
             backend.write(
                 store,
-                WriteRequest { region: region.id, epoch: region.epoch, ops: ops.clone(), reply },
+                WriteRequest {
+                    region: region.id,
+                    epoch: region.epoch,
+                    ops: ops.clone(),
+                    session: None,
+                    reply,
+                },
             );
             Ok(())
         })

@@ -350,7 +350,7 @@ impl Backend for RemoteStores {
     }
 
     fn write(&self, store: StoreId, req: WriteRequest) {
-        let WriteRequest { region, epoch, ops, reply } = req;
+        let WriteRequest { region, epoch, ops, reply, .. } = req;
         let done = move |r| {
             reply(answer(r, |resp| match resp {
                 Response::Done => Some(()),

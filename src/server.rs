@@ -349,6 +349,7 @@ impl ClientService {
                     region,
                     epoch,
                     ops,
+                    session: None,
                     reply: r.reply(|()| Response::Done),
                 });
             }
