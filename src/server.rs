@@ -339,7 +339,7 @@ impl ClientService {
         }
         let store = node.store();
         match request {
-            Request::Write { region, epoch, ops } => {
+            Request::Write { region, epoch, ops, session } => {
                 if ops.is_empty() || ops.iter().any(|op| op.key().is_empty()) {
                     let message = "a write needs at least one op, and no empty key";
                     r.send(Err(RemoteError::new(ErrorCode::InvalidRequest, message)));
@@ -349,7 +349,7 @@ impl ClientService {
                     region,
                     epoch,
                     ops,
-                    session: None,
+                    session,
                     reply: r.reply(|()| Response::Done),
                 });
             }
