@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
-use regionkv_engine::{Region, StoreId};
+use regionkv_engine::{Region, SessionId, StoreId};
 use regionkv_raft::Error as E;
-use regionkv_raft::{Op, Query, QueryResult, ReadRequest, WriteRequest};
+use regionkv_raft::{Op, Query, QueryResult, ReadRequest, WriteRequest, WriteSession};
 
 use crate::backend::Backend;
-use crate::defaults::{DB_ATTEMPT_TIMEOUT, DB_DEADLINE, DB_FIRST_BACKOFF, DB_MAX_BACKOFF};
+use crate::defaults::{
+    DB_ATTEMPT_TIMEOUT, DB_DEADLINE, DB_FIRST_BACKOFF, DB_MAX_BACKOFF, DB_WRITE_RETRY_MAX,
+};
 use crate::error::{Error, Result};
 use crate::router::Router;
 
@@ -153,13 +155,71 @@ impl WriteBatch {
 /// Every call finds the region holding its key (a cache filled from the cluster
 /// directory), sends the request to the region's leader, and retries what can be
 /// retried (`NotLeader`, `EpochNotMatch`, `KeyNotInRegion`, `RegionNotFound`, a merge
-/// in progress, a store that stopped), refreshing the cache from each answer, with a
-/// bounded backoff until the deadline (10 s by default). The caller sees a retryable
-/// error only once the deadline passed: [`Error::Unavailable`], naming the last one.
+/// in progress, a store that stopped, no answer), refreshing the cache from each
+/// answer, with a bounded backoff until the deadline (10 s by default). The caller
+/// sees a retryable error only once the deadline passed: [`Error::Unavailable`],
+/// naming the last one.
+///
+/// Writes are applied exactly once, however often they are sent: every write goes
+/// out in a client session (a pool of them is shared by a `Db` and its clones) with
+/// its own sequence number, the same
+/// for each retry, and a region skips a number it has applied already. So a write
+/// whose first attempt timed out, or whose store stopped with it in flight, is sent
+/// again safely; if the call fails in the end, the write may or may not have been
+/// applied (once at most).
 #[derive(Clone)]
 pub struct Db {
     router: Router,
     deadline: Duration,
+    sessions: Arc<Sessions>,
+}
+
+/// One client session: an id, and the number of its last write.
+#[derive(Debug)]
+struct Session {
+    id: SessionId,
+    last_seq: u64,
+}
+
+/// The client sessions of a [`Db`] and its clones, for exactly-once writes
+/// (ARCHITECTURE.md, "Exactly once").
+///
+/// A write takes an idle session (or makes one, with a random id), numbers itself with
+/// the session's next sequence number, keeps that (id, number) for every attempt, and
+/// gives the session back when the call returns, whatever its outcome. So a session
+/// has at most one write in flight, and its writes are numbered in the order they
+/// were made: a region that remembers the last number it applied per session knows
+/// that a number at or below it was applied already, or was given up by the client
+/// (which has moved on, so a late copy must not apply either). A write given up at the
+/// deadline keeps its number: the next write of the session is the next number. The
+/// pool holds as many sessions as writes ever ran at once.
+#[derive(Debug, Default)]
+struct Sessions {
+    idle: Mutex<Vec<Session>>,
+}
+
+impl Sessions {
+    /// An idle session, or a new one.
+    fn take(&self) -> Result<Session> {
+        if let Some(session) = self.idle.lock().pop() {
+            return Ok(session);
+        }
+        // Random: ids must not collide between clients, processes and restarts (a
+        // session seen with a higher number would swallow another's write).
+        let id = getrandom::u64()
+            .map_err(|e| Error::Io(std::io::Error::other(format!("no random session id: {e}"))))?;
+        Ok(Session { id: SessionId(id), last_seq: 0 })
+    }
+
+    /// Numbers the next write of `session`.
+    fn next_write(session: &mut Session) -> WriteSession {
+        session.last_seq += 1;
+        WriteSession { id: session.id, seq: session.last_seq }
+    }
+
+    fn give_back(&self, session: Session) {
+        self.idle.lock().push(session);
+    }
 }
 
 impl std::fmt::Debug for Db {
@@ -224,10 +284,12 @@ pub(crate) fn try_ask<T: Send + 'static, E>(
 
 impl Db {
     pub(crate) fn new(router: Router) -> Db {
-        Db { router, deadline: DB_DEADLINE }
+        Db { router, deadline: DB_DEADLINE, sessions: Arc::default() }
     }
 
-    /// The same client with another deadline per call.
+    /// The same client with another deadline per call. A write stops retrying after 5
+    /// minutes whatever the deadline: half the time a region remembers a session, so
+    /// that its last retry is still recognised.
     #[must_use]
     pub fn with_deadline(mut self, deadline: Duration) -> Db {
         self.deadline = deadline;
@@ -258,7 +320,11 @@ impl Db {
             return Err(Error::InvalidRequest("empty keys are not allowed".into()));
         }
         let key = first.key().to_vec();
-        self.call(&key, |backend, store, region, reply| {
+        let mut session = self.sessions.take()?;
+        // One number for every attempt: the write applies at most once.
+        let numbered = Sessions::next_write(&mut session);
+        let deadline = self.deadline.min(DB_WRITE_RETRY_MAX);
+        let result = self.call(&key, deadline, |backend, store, region, reply| {
             if let Some(outside) = ops.iter().find(|op| !region.contains(op.key())) {
                 // Routing is current (the caller refreshed it on every refusal):
                 // the batch spans regions.
@@ -268,10 +334,20 @@ impl Db {
             }
             backend.write(
                 store,
-                WriteRequest { region: region.id, epoch: region.epoch, ops: ops.clone(), reply },
+                WriteRequest {
+                    region: region.id,
+                    epoch: region.epoch,
+                    ops: ops.clone(),
+                    session: Some(numbered),
+                    reply,
+                },
             );
             Ok(())
-        })
+        });
+        // Whatever happened, this write is the session's last: the next one is
+        // numbered after it.
+        self.sessions.give_back(session);
+        result
     }
 
     /// The value of `key`, read linearizably.
@@ -302,7 +378,7 @@ impl Db {
             };
             // The region that served this part (its end is where the next starts).
             let served = Mutex::new(None);
-            let rows = self.call(&from, |backend, store, region, reply| {
+            let rows = self.call(&from, self.deadline, |backend, store, region, reply| {
                 *served.lock() = Some(region.end.clone());
                 backend.read(
                     store,
@@ -331,7 +407,7 @@ impl Db {
     }
 
     fn read(&self, key: &[u8], query: &Query) -> Result<QueryResult> {
-        self.call(key, |backend, store, region, reply| {
+        self.call(key, self.deadline, |backend, store, region, reply| {
             backend.read(
                 store,
                 ReadRequest { region: region.id, epoch: region.epoch, query: query.clone(), reply },
@@ -341,10 +417,19 @@ impl Db {
     }
 
     /// Sends a request for `key` to its region's leader, learning from every refusal
-    /// and retrying until the deadline.
+    /// and retrying until `deadline`.
+    ///
+    /// Every request sent here may be sent again whatever became of the last attempt:
+    /// reads change nothing, and writes carry their session and number, so a copy of
+    /// a write that was applied already is not applied again. That is what makes it
+    /// safe to retry an attempt whose outcome is unknown (no answer in time, or
+    /// `CancelledInFlight`: its store stopped with it in flight), besides the refusals
+    /// made before anything was proposed (`NotLeader`, `EpochNotMatch`, `Cancelled`,
+    /// ...).
     fn call<T: Send + 'static>(
         &self,
         key: &[u8],
+        deadline: Duration,
         send: impl Fn(&dyn Backend, StoreId, &Region, regionkv_raft::Reply<T>) -> Result<()>,
     ) -> Result<T> {
         let start = Instant::now();
@@ -352,7 +437,7 @@ impl Db {
         let mut last = String::from("no attempt");
         let mut backoff = DB_FIRST_BACKOFF;
         let mut turn = 0usize;
-        while start.elapsed() < self.deadline {
+        while start.elapsed() < deadline {
             if backend.is_shut() {
                 return Err(Error::Shutdown);
             }
@@ -368,7 +453,7 @@ impl Db {
                 turn += 1;
                 region.peers.get(turn % region.peers.len().max(1)).map_or(StoreId(0), |p| p.store)
             });
-            let wait = DB_ATTEMPT_TIMEOUT.min(self.deadline.saturating_sub(start.elapsed()));
+            let wait = DB_ATTEMPT_TIMEOUT.min(deadline.saturating_sub(start.elapsed()));
             // One span per attempt: a slow call shows where its time went.
             let _attempt =
                 tracing::trace_span!("db.call", region = region.id.0, store = store.0, turn)
@@ -406,11 +491,14 @@ impl Db {
                     self.router.forget(region.id);
                     last = format!("store {store} has no replica of region {}", region.id);
                 }
+                // Refused before propose, or in flight when its store stopped (outcome
+                // unknown: safe to send again, see above).
                 Some(Err(e)) if e.is_retryable() || e.is_cancelled() => {
                     self.router.set_leader(region.id, None);
                     last = e.to_string();
                 }
                 Some(Err(e)) => return Err(e.into()),
+                // No answer: the outcome is unknown; safe to send again (see above).
                 None => {
                     self.router.set_leader(region.id, None);
                     last = format!("store {store} did not answer within {wait:?}");

@@ -18,6 +18,7 @@
 //! | wait | default | constant |
 //! |---|---|---|
 //! | a `Db` call, all attempts | 10 s (`Db::with_deadline`) | [`DB_DEADLINE`] |
+//! | a `Db` write, all attempts, whatever the deadline | 5 min | [`DB_WRITE_RETRY_MAX`] |
 //! | one attempt of a `Db` call | 2 s | [`DB_ATTEMPT_TIMEOUT`] |
 //! | pause between `Db` attempts | 1 ms, doubling up to 100 ms | [`DB_FIRST_BACKOFF`], [`DB_MAX_BACKOFF`] |
 //! | one attempt of a directory command | 2 s | [`DIRECTORY_ATTEMPT_TIMEOUT`] |
@@ -48,6 +49,10 @@ pub(crate) const POLLERS: usize = 1;
 
 /// How long a `Db` call keeps trying (all attempts).
 pub(crate) const DB_DEADLINE: Duration = Duration::from_secs(10);
+/// The longest a `Db` write keeps retrying, whatever its deadline: half the time a
+/// region remembers a client session, so that its last retry is still recognised.
+pub(crate) const DB_WRITE_RETRY_MAX: Duration =
+    Duration::from_millis(regionkv_engine::SessionLimits::DEFAULT.ttl_ms / 2);
 /// How long one attempt of a `Db` call waits for its store before trying elsewhere.
 pub(crate) const DB_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The first pause between attempts of a `Db` call; it doubles each time.

@@ -3,12 +3,15 @@
 //! as it does in process, and the public [`Client`].
 //!
 //! One connection per store, opened on first use and again after it breaks: requests
-//! are pipelined on it, and a reader thread per connection hands each response to the
-//! request's reply. A store that cannot be reached answers at once as a stopped store
-//! would ([`regionkv_raft::Error::Cancelled`]: nothing was done; try elsewhere), and is
-//! not dialed again for [`REDIAL_AFTER`]. A request whose connection breaks before its
-//! response arrives gets no answer: its outcome is unknown, and the caller's own
-//! timeout decides, as for a store in this process that never answers.
+//! are pipelined on it (at most [`IN_FLIGHT_MAX`] unanswered, as the node reads no
+//! more; a request beyond waits for a slot), and a reader thread per connection hands
+//! each response to the request's reply. A store that cannot be reached answers at once
+//! as a stopped store would ([`regionkv_raft::Error::Cancelled`]: nothing was done; try
+//! elsewhere), and is not dialed again for [`REDIAL_AFTER`]. A request whose
+//! connection breaks before its response arrives, or that the node answers `no reply`
+//! (its store dropped it), gets [`regionkv_raft::Error::CancelledInFlight`] at once:
+//! its outcome is unknown (a `Db` write is then sent again with the same session,
+//! which applies it at most once).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -19,9 +22,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use regionkv_engine::{Region, RegionId, StoreId};
-use regionkv_raft::directory::{DirCmd, DirResult, RegionRecord};
+use regionkv_raft::directory::{DIRECTORY, DirCmd, DirResult, RegionRecord};
 use regionkv_raft::transport::frame::{FrameError, FrameKind};
 use regionkv_raft::transport::handshake::{ClusterId, HandshakeError, HandshakeKey};
 use regionkv_raft::{
@@ -33,7 +36,7 @@ use crate::backend::{Backend, newer};
 use crate::db::{Db, Oneshot};
 use crate::error::{Error, Result};
 use crate::proto::{
-    self, ErrorCode, RESPONSE_BYTES_MAX, RemoteError, Request, Response, StoreStatus,
+    self, ErrorCode, IN_FLIGHT_MAX, RESPONSE_BYTES_MAX, RemoteError, Request, Response, StoreStatus,
 };
 use crate::region_info::RegionInfo;
 use crate::router::Router;
@@ -62,8 +65,10 @@ type Pending = Box<dyn FnOnce(Result<Response, RemoteError>) + Send>;
 struct Conn {
     store: StoreId,
     writer: Mutex<TcpStream>,
-    /// Requests sent and not answered, by id.
+    /// Requests sent and not answered, by id: at most [`IN_FLIGHT_MAX`].
     pending: Mutex<HashMap<u64, Pending>>,
+    /// Signalled when a pending request is answered (or the connection breaks).
+    slot_freed: Condvar,
     next_id: AtomicU64,
     broken: AtomicBool,
     reader: Mutex<Option<JoinHandle<()>>>,
@@ -161,6 +166,7 @@ impl RemoteStores {
             store,
             writer: Mutex::new(stream),
             pending: Mutex::default(),
+            slot_freed: Condvar::new(),
             next_id: AtomicU64::new(1),
             broken: AtomicBool::new(false),
             reader: Mutex::new(None),
@@ -214,7 +220,25 @@ impl RemoteStores {
                 return;
             }
         };
-        conn.pending.lock().insert(id, done);
+        {
+            // The node reads at most IN_FLIGHT_MAX requests of a connection ahead of
+            // its answers: wait for a slot rather than block in the socket (bounded).
+            let mut pending = conn.pending.lock();
+            let deadline = Instant::now() + WRITE_TIMEOUT;
+            while pending.len() >= IN_FLIGHT_MAX && !conn.broken.load(Ordering::SeqCst) {
+                if conn.slot_freed.wait_until(&mut pending, deadline).timed_out() {
+                    break;
+                }
+            }
+            if pending.len() >= IN_FLIGHT_MAX {
+                drop(pending);
+                // Nothing was sent: the caller may try again.
+                let why = format!("{IN_FLIGHT_MAX} requests to store {store} are unanswered");
+                done(Err(RemoteError::new(ErrorCode::Cancelled, why)));
+                return;
+            }
+            pending.insert(id, done);
+        }
         if conn.broken.load(Ordering::SeqCst) {
             // The reader left (and emptied `pending`) before the insert: nothing was
             // sent on this connection.
@@ -227,7 +251,7 @@ impl RemoteStores {
         if let Err(e) = written {
             tracing::debug!(store = store.0, error = %e, "write to store failed");
             // Part of the request may have left: its outcome is unknown. The reader
-            // drops every pending reply when the socket closes.
+            // answers every pending request so when the socket closes.
             conn.break_off();
         }
     }
@@ -284,7 +308,8 @@ fn unexpected(store: StoreId, answer: Option<Result<Response, RemoteError>>) -> 
     }
 }
 
-/// Reads responses until the connection ends, then drops the replies still waiting.
+/// Reads responses until the connection ends, then answers the requests still waiting:
+/// their outcome is unknown ([`ErrorCode::CancelledInFlight`]).
 fn run_reader(conn: &Conn, mut stream: TcpStream, cancel: &CancellationToken) {
     let reader = proto::reader(Some(cancel), STALL_TIMEOUT);
     let store = conn.store.0;
@@ -305,10 +330,14 @@ fn run_reader(conn: &Conn, mut stream: TcpStream, cancel: &CancellationToken) {
         match proto::decode_response(&payload) {
             Ok((id, answer)) => {
                 let waiting = conn.pending.lock().remove(&id);
+                conn.slot_freed.notify_one();
                 match (waiting, answer) {
                     // The node's store dropped the request: the outcome is unknown.
-                    (Some(_), Ok(Response::NoReply)) | (None, Ok(_)) => {}
+                    (Some(done), Ok(Response::NoReply)) => {
+                        done(Err(in_flight("the node's store dropped the request unanswered")));
+                    }
                     (Some(done), answer) => done(answer),
+                    (None, Ok(_)) => {}
                     (None, Err(e)) => {
                         tracing::warn!(store, error = ?e, "a node reported a connection error");
                     }
@@ -322,12 +351,25 @@ fn run_reader(conn: &Conn, mut stream: TcpStream, cancel: &CancellationToken) {
     }
     conn.broken.store(true, Ordering::SeqCst);
     let _ = stream.shutdown(Shutdown::Both);
-    conn.pending.lock().clear();
+    let waiting: Vec<Pending> = conn.pending.lock().drain().map(|(_, done)| done).collect();
+    conn.slot_freed.notify_all();
+    for done in waiting {
+        done(Err(in_flight("the connection broke before the answer came")));
+    }
 }
 
-/// Maps an answer to the Raft layer's result, as a store in this process returns it.
+/// The error of a request that was sent and got no answer: its outcome is unknown. The
+/// reply it goes to names the region ([`answer`]).
+fn in_flight(why: &str) -> RemoteError {
+    RemoteError::new(ErrorCode::CancelledInFlight, format!("{why}; the outcome is unknown"))
+}
+
+/// Maps an answer to a request for `region` to the Raft layer's result, as a store in
+/// this process returns it. A request left in flight ([`in_flight`], made here) gets
+/// the region it was sent for.
 fn answer<T>(
     r: Result<Response, RemoteError>,
+    region: RegionId,
     pick: impl FnOnce(Response) -> Option<T>,
 ) -> regionkv_raft::Result<T> {
     match r {
@@ -336,7 +378,12 @@ fn answer<T>(
                 "a node answered with a response of another kind".into(),
             )
         }),
-        Err(e) => Err(e.into_raft()),
+        Err(mut e) => {
+            if e.code == ErrorCode::CancelledInFlight && e.region.is_none() {
+                e.region = Some(region);
+            }
+            Err(e.into_raft())
+        }
     }
 }
 
@@ -350,20 +397,20 @@ impl Backend for RemoteStores {
     }
 
     fn write(&self, store: StoreId, req: WriteRequest) {
-        let WriteRequest { region, epoch, ops, reply } = req;
+        let WriteRequest { region, epoch, ops, session, reply } = req;
         let done = move |r| {
-            reply(answer(r, |resp| match resp {
+            reply(answer(r, region, |resp| match resp {
                 Response::Done => Some(()),
                 _ => None,
             }));
         };
-        self.send(store, &Request::Write { region, epoch, ops }, Box::new(done));
+        self.send(store, &Request::Write { region, epoch, ops, session }, Box::new(done));
     }
 
     fn read(&self, store: StoreId, req: ReadRequest) {
         let ReadRequest { region, epoch, query, reply } = req;
         let done = move |r| {
-            reply(answer(r, |resp| match resp {
+            reply(answer(r, region, |resp| match resp {
                 Response::Query(q) => Some(q),
                 _ => None,
             }));
@@ -374,7 +421,7 @@ impl Backend for RemoteStores {
     fn admin(&self, store: StoreId, req: AdminRequest) {
         let AdminRequest { region, epoch, cmd, reply } = req;
         let done = move |r| {
-            reply(answer(r, |resp| match resp {
+            reply(answer(r, region, |resp| match resp {
                 Response::Admin(a) => Some(a),
                 _ => None,
             }));
@@ -384,7 +431,7 @@ impl Backend for RemoteStores {
 
     fn directory(&self, store: StoreId, cmd: DirCmd, reply: Reply<DirResult>) {
         let done = move |r| {
-            reply(answer(r, |resp| match resp {
+            reply(answer(r, DIRECTORY, |resp| match resp {
                 Response::Directory(d) => Some(d),
                 _ => None,
             }));
@@ -394,7 +441,7 @@ impl Backend for RemoteStores {
 
     fn merge_status(&self, store: StoreId, region: RegionId) -> regionkv_raft::Result<MergeStatus> {
         match self.call(store, &Request::MergeStatus { region }, CALL_TIMEOUT) {
-            Some(r) => answer(r, |resp| match resp {
+            Some(r) => answer(r, region, |resp| match resp {
                 Response::MergeStatus(m) => Some(m),
                 _ => None,
             }),

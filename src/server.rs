@@ -4,9 +4,19 @@
 //! Each connection runs on the transport's reader thread: the handshake, then a loop
 //! that reads requests and hands them to the node's store (replies arrive later, on
 //! the store's threads) or answers them at once; a writer thread, scoped to the
-//! connection, sends the responses in the order they are ready. At most
-//! [`IN_FLIGHT_MAX`] requests are outstanding per connection: beyond that the reader
-//! waits. Bad input never panics and never reaches the store: a malformed request
+//! connection, sends the responses in the order they are ready.
+//!
+//! Every request gets exactly one answer, and no answer is dropped. A request counts
+//! as in flight from the moment its frame is read until its answer is written to the
+//! socket; at [`IN_FLIGHT_MAX`] the reader stops reading (the client's writes then
+//! wait in TCP) until an answer goes out. So no more than `IN_FLIGHT_MAX` answers (and
+//! the connection's last error) are ever queued for the writer, whose queue holds
+//! that many: a store thread handing over an answer never waits and never finds the
+//! queue full, however slowly the client reads. When the client stops sending, the
+//! writer stays until the answers still in flight are written (bounded by
+//! [`CLOSE_LINGER`] and by shutdown).
+//!
+//! Bad input never panics and never reaches the store: a malformed request
 //! gets an error response and the connection goes on (its frame was intact); a frame
 //! that fails its checks (magic, version, kind, size bound, checksum) gets an error
 //! response with request id 0 and the connection is closed, with a `warn` line naming
@@ -18,9 +28,10 @@
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
+use parking_lot::{Condvar, Mutex};
 use regionkv_engine::{Region, RegionId, StoreId};
 use regionkv_raft::directory::RegionRecord;
 use regionkv_raft::transport::frame::{FrameError, FrameKind, FrameReader, WireError};
@@ -44,6 +55,13 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 const WRITER_POLL: Duration = Duration::from_millis(50);
 /// Split, merge and region-table requests running at once on a node.
 const ADMIN_TASKS_MAX: usize = 4;
+/// How long a connection whose client stopped sending (or sent a bad frame) waits for
+/// the answers still in flight before it closes.
+const CLOSE_LINGER: Duration = Duration::from_secs(10);
+/// Answers the writer's queue holds: every request in flight, and the connection's
+/// last error.
+const ANSWER_QUEUE: usize = IN_FLIGHT_MAX + 1;
+const _: () = assert!(ANSWER_QUEUE > IN_FLIGHT_MAX, "room for the last error too");
 
 type Answer = (u64, Result<Response, RemoteError>);
 
@@ -160,13 +178,13 @@ impl SharedListener for ClientService {
         self.counters.connections.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(store = me, %remote, "client connected");
         let Ok(write_half) = stream.try_clone() else { return };
-        let (tx, rx) = bounded::<Answer>(IN_FLIGHT_MAX + 2);
-        let in_flight = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = bounded::<Answer>(ANSWER_QUEUE);
+        let in_flight = InFlight::default();
         let closed = AtomicBool::new(false);
         std::thread::scope(|scope| {
             let writer = std::thread::Builder::new()
                 .name(format!("client-send-{me}-{}", remote.port()))
-                .spawn_scoped(scope, || run_writer(write_half, &rx, &in_flight, &closed));
+                .spawn_scoped(scope, || run_writer(write_half, &rx, &in_flight, &closed, cancel));
             if writer.is_err() {
                 return;
             }
@@ -181,41 +199,99 @@ impl SharedListener for ClientService {
                         _ => ErrorCode::Malformed,
                     };
                     let message = format!("{e}; the node closes the connection");
-                    push(&tx, &in_flight, (0, Err(RemoteError::new(code, message))));
+                    in_flight.begin();
+                    push(&tx, (0, Err(RemoteError::new(code, message))));
                 }
             }
-            // The writer sends what is queued, then leaves; the scope joins it.
+            // The writer sends every answer still in flight, then leaves (bounded by
+            // CLOSE_LINGER and shutdown); the scope joins it.
             closed.store(true, Ordering::SeqCst);
         });
         let _ = stream.shutdown(Shutdown::Both);
     }
 }
 
-fn push(tx: &Sender<Answer>, in_flight: &AtomicUsize, answer: Answer) {
-    in_flight.fetch_add(1, Ordering::SeqCst);
-    if tx.try_send(answer).is_err() {
-        in_flight.fetch_sub(1, Ordering::SeqCst);
+/// The requests of one connection that are in flight: read, and not answered on the
+/// socket yet. The reader waits on it at [`IN_FLIGHT_MAX`].
+#[derive(Default)]
+struct InFlight {
+    count: Mutex<usize>,
+    /// Signalled when an answer was written.
+    written: Condvar,
+}
+
+impl InFlight {
+    /// A request was read (or the connection's last error is queued).
+    fn begin(&self) {
+        *self.count.lock() += 1;
+    }
+
+    /// An answer was written (or can no longer be).
+    fn end(&self) {
+        let mut count = self.count.lock();
+        *count = count.saturating_sub(1);
+        self.written.notify_all();
+    }
+
+    fn count(&self) -> usize {
+        *self.count.lock()
+    }
+
+    /// Waits up to `timeout` until fewer than [`IN_FLIGHT_MAX`] are in flight; true if
+    /// so.
+    fn wait_below_max(&self, timeout: Duration) -> bool {
+        let mut count = self.count.lock();
+        if *count >= IN_FLIGHT_MAX {
+            let _ = self.written.wait_for(&mut count, timeout);
+        }
+        *count < IN_FLIGHT_MAX
     }
 }
 
-/// Sends responses as they are ready; leaves when the connection is closed and
-/// nothing is queued, or a write fails.
+/// Queues an answer for the writer. The queue holds every answer that can be in flight
+/// ([`ANSWER_QUEUE`]), so it is never full; once the connection is gone (nobody
+/// receives any more), the answer has nowhere to go.
+fn push(tx: &Sender<Answer>, answer: Answer) {
+    match tx.try_send(answer) {
+        Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+        Err(TrySendError::Full((id, _))) => {
+            // The bound above makes this unreachable: a bug, never a silent drop.
+            tracing::error!(id, "the answer queue of a client connection is full; answer lost");
+            debug_assert!(false, "the answer queue is sized for every request in flight");
+        }
+    }
+}
+
+/// Sends responses as they are ready. Leaves when a write fails, or once the
+/// connection is closed and every answer in flight is written (or after
+/// [`CLOSE_LINGER`], or at shutdown).
 fn run_writer(
     mut stream: TcpStream,
     rx: &Receiver<Answer>,
-    in_flight: &AtomicUsize,
+    in_flight: &InFlight,
     closed: &AtomicBool,
+    cancel: &CancellationToken,
 ) {
     use std::io::Write;
-    // Bounded: ends once `closed` is set and the queue is empty, or at a failed write.
+    let mut closed_at: Option<Instant> = None;
+    // Bounded: by a failed write, and once closed by CLOSE_LINGER.
     loop {
         let (id, answer) = match rx.recv_timeout(WRITER_POLL) {
             Ok(a) => a,
-            Err(RecvTimeoutError::Timeout) if closed.load(Ordering::SeqCst) => return,
-            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Timeout) => {
+                if closed.load(Ordering::SeqCst) {
+                    let since = *closed_at.get_or_insert_with(Instant::now);
+                    if in_flight.count() == 0
+                        || cancel.is_cancelled()
+                        || since.elapsed() >= CLOSE_LINGER
+                    {
+                        return;
+                    }
+                }
+                continue;
+            }
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        in_flight.fetch_sub(1, Ordering::SeqCst);
         let mut payload = proto::encode_response(id, &answer);
         if payload.len() > RESPONSE_BYTES_MAX as usize {
             let message = format!(
@@ -226,8 +302,12 @@ fn run_writer(
             payload =
                 proto::encode_response(id, &Err(RemoteError::new(ErrorCode::TooLarge, message)));
         }
-        let Ok(frame) = proto::encode_frame(FrameKind::Response, &payload) else { return };
-        if stream.write_all(&frame).is_err() {
+        let written = match proto::encode_frame(FrameKind::Response, &payload) {
+            Ok(frame) => stream.write_all(&frame).is_ok(),
+            Err(_) => false,
+        };
+        in_flight.end();
+        if !written {
             closed.store(true, Ordering::SeqCst);
             let _ = stream.shutdown(Shutdown::Both);
             return;
@@ -235,18 +315,18 @@ fn run_writer(
     }
 }
 
-/// The one answer to a request. Dropped unanswered (a store that dropped the request
-/// on shutdown), it answers `no reply`: the outcome is unknown.
+/// The one answer to a request (counted in flight since it was read). Dropped
+/// unanswered (a store that dropped the request on shutdown), it answers `no reply`:
+/// the outcome is unknown.
 struct Responder {
     id: u64,
     tx: Option<Sender<Answer>>,
-    in_flight: Arc<AtomicUsize>,
 }
 
 impl Responder {
     fn send(mut self, answer: Result<Response, RemoteError>) {
         if let Some(tx) = self.tx.take() {
-            push(&tx, &self.in_flight, (self.id, answer));
+            push(&tx, (self.id, answer));
         }
     }
 
@@ -260,7 +340,7 @@ impl Responder {
 impl Drop for Responder {
     fn drop(&mut self) {
         if let Some(tx) = self.tx.take() {
-            push(&tx, &self.in_flight, (self.id, Ok(Response::NoReply)));
+            push(&tx, (self.id, Ok(Response::NoReply)));
         }
     }
 }
@@ -272,21 +352,21 @@ impl ClientService {
         stream: &mut TcpStream,
         reader: &FrameReader<'_>,
         tx: &Sender<Answer>,
-        in_flight: &Arc<AtomicUsize>,
+        in_flight: &InFlight,
         closed: &AtomicBool,
     ) -> FrameError {
         let me = self.store.0;
         // Bounded: ends at the first frame error, when the client closes, or at
         // cancellation (the frame reader looks at the token every poll interval).
         loop {
-            // Backpressure: bounded by the store answering (or dropping) requests.
-            while in_flight.load(Ordering::SeqCst) >= IN_FLIGHT_MAX {
+            // Backpressure: stop reading while IN_FLIGHT_MAX requests are unanswered;
+            // the writer signals each answer it writes.
+            while !in_flight.wait_below_max(WRITER_POLL) {
                 if closed.load(Ordering::SeqCst)
                     || reader.cancel.is_some_and(CancellationToken::is_cancelled)
                 {
                     return FrameError::Cancelled;
                 }
-                std::thread::sleep(Duration::from_millis(1));
             }
             let (kind, payload) = match reader.frame(stream, REQUEST_BYTES_MAX, None) {
                 Ok(frame) => frame,
@@ -296,11 +376,12 @@ impl ClientService {
                 return WireError::UnexpectedKind { expected: "a request", found: kind }.into();
             }
             self.counters.requests.fetch_add(1, Ordering::Relaxed);
+            // In flight from here until its answer is written: every branch below
+            // answers it exactly once.
+            in_flight.begin();
             match proto::decode_request(&payload) {
                 Ok((id, request)) => {
-                    let responder =
-                        Responder { id, tx: Some(tx.clone()), in_flight: in_flight.clone() };
-                    self.dispatch(request, responder);
+                    self.dispatch(request, Responder { id, tx: Some(tx.clone()) });
                 }
                 Err(RequestError::Malformed { id, error }) => {
                     self.counters.malformed_requests.fetch_add(1, Ordering::Relaxed);
@@ -310,7 +391,7 @@ impl ClientService {
                     );
                     tracing::warn!(store = me, id, "{message}");
                     let answer = Err(RemoteError::new(ErrorCode::Malformed, message));
-                    push(tx, in_flight, (id.unwrap_or(0), answer));
+                    push(tx, (id.unwrap_or(0), answer));
                 }
                 Err(RequestError::Unsupported { id }) => {
                     let message = format!(
@@ -318,11 +399,7 @@ impl ClientService {
                          kind; upgrade the node",
                         proto::VERSION
                     );
-                    push(
-                        tx,
-                        in_flight,
-                        (id, Err(RemoteError::new(ErrorCode::UnsupportedRequest, message))),
-                    );
+                    push(tx, (id, Err(RemoteError::new(ErrorCode::UnsupportedRequest, message))));
                 }
             }
         }
@@ -339,7 +416,7 @@ impl ClientService {
         }
         let store = node.store();
         match request {
-            Request::Write { region, epoch, ops } => {
+            Request::Write { region, epoch, ops, session } => {
                 if ops.is_empty() || ops.iter().any(|op| op.key().is_empty()) {
                     let message = "a write needs at least one op, and no empty key";
                     r.send(Err(RemoteError::new(ErrorCode::InvalidRequest, message)));
@@ -349,6 +426,7 @@ impl ClientService {
                     region,
                     epoch,
                     ops,
+                    session,
                     reply: r.reply(|()| Response::Done),
                 });
             }
@@ -427,9 +505,11 @@ mod tests {
     use std::net::{SocketAddr, TcpStream};
     use std::time::Duration;
 
+    use bytes::Bytes;
     use regionkv_engine::StoreId;
     use regionkv_raft::transport::frame::{Deadline, FrameKind};
     use regionkv_raft::transport::handshake::{ClusterId, RejectReason};
+    use regionkv_raft::{Query, QueryResult};
 
     use crate::proto::{self, ErrorCode, Request, Response};
     use crate::{Client, Error, Node, NodeConfig};
@@ -483,6 +563,78 @@ mod tests {
         let (got, answer) = response(s);
         assert_eq!(got, id);
         assert!(matches!(answer, Ok(Response::Status(_))), "{answer:?}");
+    }
+
+    fn open_node(dir: &std::path::Path) -> Node {
+        let mut config = NodeConfig::new(
+            StoreId(1),
+            dir,
+            "127.0.0.1:0".parse().unwrap(),
+            CLUSTER,
+            SECRET.to_vec(),
+        );
+        config.tick_interval = Duration::from_millis(10);
+        Node::open(config).unwrap()
+    }
+
+    /// Regression (issue 12, A7): a client that pipelines far more requests than
+    /// `IN_FLIGHT_MAX` and reads slowly lost answers. The node counted only answers
+    /// queued for its writer, so it read requests without bound; once its writer was
+    /// blocked on the slow client, the answers that found the writer's queue full were
+    /// dropped, and the client waited for them forever (a `Db` then retried writes
+    /// whose outcome it did not know). Now a request is in flight from its frame to
+    /// its answer on the socket, the reader stops at the bound, and the writer's queue
+    /// holds every answer that can be in flight.
+    #[test]
+    fn a_client_pipelining_past_the_bound_and_reading_slowly_gets_every_answer() {
+        const REQUESTS: u64 = 2_000;
+        let dir = tempfile::tempdir().unwrap();
+        let node = open_node(dir.path());
+        // Large answers fill the socket's buffers long before the client reads.
+        let big = Bytes::from(vec![7u8; 64 << 10]);
+        node.db().put("big", big.clone()).unwrap();
+        let mut s = connect(node.local_addr());
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let locate = Request::Locate { key: b"big".to_vec() };
+        s.write_all(
+            &proto::encode_frame(FrameKind::Request, &proto::encode_request(0, &locate)).unwrap(),
+        )
+        .unwrap();
+        let Ok(Response::Located(Some(record))) = response(&mut s).1 else { panic!("no region") };
+        let get = Request::Read {
+            region: record.region.id,
+            epoch: record.region.epoch,
+            query: Query::Get { key: Bytes::from_static(b"big") },
+        };
+        let mut send = s.try_clone().unwrap();
+        let sender = std::thread::spawn(move || {
+            for id in 1..=REQUESTS {
+                let payload = proto::encode_request(id, &get);
+                send.write_all(&proto::encode_frame(FrameKind::Request, &payload).unwrap())
+                    .unwrap();
+            }
+        });
+        // Reading slowly: nothing for a while, then everything.
+        std::thread::sleep(Duration::from_secs(1));
+        let mut answered = std::collections::BTreeSet::new();
+        let reader = proto::reader(None, Duration::from_secs(10));
+        while answered.len() < REQUESTS as usize {
+            let deadline = Deadline::after("a response", Duration::from_secs(30));
+            let (_, payload) =
+                reader.frame(&mut s, proto::RESPONSE_BYTES_MAX, Some(&deadline)).unwrap_or_else(
+                    |e| panic!("{} of {REQUESTS} requests answered, then: {e}", answered.len()),
+                );
+            let (id, answer) = proto::decode_response(&payload).unwrap();
+            match answer {
+                Ok(Response::Query(QueryResult::Value(Some(v)))) => assert_eq!(v, big),
+                other => panic!("request {id} answered {other:?}"),
+            }
+            assert!(answered.insert(id), "request {id} answered twice");
+        }
+        sender.join().unwrap();
+        assert_eq!(answered.first(), Some(&1));
+        assert_eq!(answered.last(), Some(&REQUESTS));
+        node.shutdown().unwrap();
     }
 
     #[test]

@@ -10,6 +10,9 @@
 //!   partition of the key space that every change keeps (typed errors otherwise).
 //! - [`ApplyRound`]: the write batch of one apply round, a guard whose end always
 //!   resets it (`TiKV`'s invariant): prepare a region at its epoch, put/delete, commit.
+//! - [`sessions`]: each region's table of client sessions (the last applied sequence
+//!   number of each), changed in the same round as the data, so that a retried write
+//!   applies at most once.
 //! - the memtable: one ordered map of `(key, sequence number)` versions for every
 //!   region, kept in immutable copy-on-write leaves of sorted entries (measured against
 //!   a crossbeam skip list: less than half the memory per key, scans and checkpoints
@@ -70,6 +73,7 @@ mod read_view;
 pub mod region;
 mod region_map;
 mod round;
+pub mod sessions;
 
 pub use checkpoint::{
     CheckpointChunk, CheckpointChunks, CheckpointFile, CheckpointHeader, CheckpointReceiver,
@@ -83,3 +87,4 @@ pub use read_view::ReadView;
 pub use region::{Epoch, Peer, PeerId, Region, RegionId, StoreId};
 pub use region_map::{RegionMap, SlotView};
 pub use round::ApplyRound;
+pub use sessions::{SessionId, SessionLimits, SessionTable, SessionUse, SessionWrite};

@@ -22,12 +22,20 @@
 //! Pins: preparing a region pins it in the engine's pin ledger (`pins.rs`) under the
 //! round's id, so the region cannot be removed while the round may still write to it;
 //! a round's end releases everything listed under its id, exactly once.
+//!
+//! Sessions: [`ApplyRound::session_write`] decides whether a client's write is new to
+//! the current region and records it in the region's session table at once, so that
+//! the next write of the round sees it; the round keeps how to undo it, and undoes it
+//! unless it commits. A region's table is changed only by the thread that applies the
+//! region (one round at a time) and by region changes, which the Raft layer makes
+//! between rounds.
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::memtable::{Batch, Seq};
 use crate::pins::RoundId;
 use crate::region::{Epoch, Region, RegionId, in_range};
+use crate::sessions::{SessionId, SessionWrite, Undo};
 
 /// The region a round currently writes to, as it was when prepared.
 #[derive(Debug)]
@@ -66,6 +74,8 @@ pub struct ApplyRound<'e> {
     writes: Batch,
     /// Bytes of `writes`.
     bytes: usize,
+    /// How to undo this round's changes of session tables, in the order they were made.
+    sessions_undo: Vec<(RegionId, Undo)>,
 }
 
 impl Engine {
@@ -84,6 +94,7 @@ impl<'e> ApplyRound<'e> {
             prepared: Vec::new(),
             writes: Batch::new(),
             bytes: 0,
+            sessions_undo: Vec::new(),
         }
     }
 
@@ -147,6 +158,17 @@ impl<'e> ApplyRound<'e> {
         Ok(())
     }
 
+    /// Takes a client's write numbered `seq` in session `id` for the current region,
+    /// stamped `time_ms` by the leader that took it: [`SessionWrite::Fresh`] if the
+    /// region has not applied it (buffer its changes now), or
+    /// [`SessionWrite::AlreadyApplied`] (a retry: its changes must not be buffered
+    /// again). Either way the use is recorded in the region's session table, undone if
+    /// the round does not commit.
+    pub fn session_write(&mut self, id: SessionId, seq: u64, time_ms: u64) -> Result<SessionWrite> {
+        let current = self.current.as_ref().ok_or(Error::NoRegionPrepared)?;
+        Ok(self.engine.session_write(current.region.id, id, seq, time_ms, &mut self.sessions_undo))
+    }
+
     /// True if no key is buffered (the round may still hold prepared regions).
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty()
@@ -168,18 +190,24 @@ impl<'e> ApplyRound<'e> {
     }
 
     /// Applies the buffered writes atomically (one sequence number per write; a
-    /// snapshot sees all of them or none) and ends the round. Returns the sequence
+    /// snapshot sees all of them or none) and ends the round; its session changes stand
+    /// if it succeeds and are undone if it fails. Returns the sequence
     /// number of the last write, or `None` if nothing was buffered. Whatever the
     /// outcome, the round is reset and its pins released.
     pub fn commit(mut self) -> Result<Option<Seq>> {
         let writes = std::mem::take(&mut self.writes);
         let result = self.engine.commit_writes(writes);
+        if result.is_ok() {
+            // The session changes stand with the data.
+            self.sessions_undo.clear();
+        }
         self.reset();
         result
     }
 
-    /// Discards buffered writes and prepared regions and releases the pins; the round
-    /// stays usable, back at its initial state. Calling it twice is harmless.
+    /// Discards buffered writes and session changes and prepared regions and releases
+    /// the pins; the round stays usable, back at its initial state. Calling it twice is
+    /// harmless.
     pub fn clear(&mut self) {
         self.reset();
     }
@@ -188,6 +216,9 @@ impl<'e> ApplyRound<'e> {
         self.current = None;
         self.writes.clear();
         self.bytes = 0;
+        if !self.sessions_undo.is_empty() {
+            self.engine.undo_sessions(std::mem::take(&mut self.sessions_undo));
+        }
         if !self.prepared.is_empty() {
             self.prepared.clear();
             self.engine.release_round(self.id);

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use regionkv_engine::manifest::{self, CheckpointRef, Manifest};
 use regionkv_engine::{
     CheckpointFile, Compatibility, Engine, EngineOptions, Epoch, MergeState, Peer, PeerId, Region,
-    RegionId, StoreId,
+    RegionId, SessionId, SessionUse, StoreId,
 };
 use regionkv_wal::SimFs;
 
@@ -36,13 +36,27 @@ fn region() -> Region {
     }
 }
 
+/// The client sessions of the golden checkpoint (since checkpoint version 2).
+const SESSIONS: [(SessionId, u64, u64); 2] = [
+    (SessionId(0x5E55_1011), 3, 1_700_000_000_000),
+    (SessionId(0x0A11_CE00), 12, 1_700_000_000_250),
+];
+
 /// Runs the golden scenario on a simulated disk; returns (manifest, checkpoint) bytes.
-fn write_scenario() -> Result<(Vec<u8>, Vec<u8>), Box<dyn std::error::Error>> {
+/// With `sessions`, the round also records [`SESSIONS`] (the checkpoint from version 2
+/// on; the manifest is the scenario's without them, since the manifest records the
+/// checkpoint's length and the manifest format did not change).
+fn write_scenario(sessions: bool) -> Result<(Vec<u8>, Vec<u8>), Box<dyn std::error::Error>> {
     let fs = Arc::new(SimFs::new());
     let engine = Engine::open(fs.clone(), "/golden", EngineOptions::new(StoreId(1)))?;
     engine.insert_region(region())?;
     let mut round = engine.begin_round();
     round.prepare_for_region(RegionId(7), region().epoch)?;
+    if sessions {
+        for (id, seq, time_ms) in SESSIONS {
+            round.session_write(id, seq, time_ms)?;
+        }
+    }
     round.put(b"apple", b"red")?;
     round.put(b"banana", b"yellow")?;
     round.put(b"cherry", b"")?;
@@ -72,7 +86,8 @@ fn write_scenario() -> Result<(Vec<u8>, Vec<u8>), Box<dyn std::error::Error>> {
 #[test]
 #[ignore = "writes the golden files of the current format versions; run on a version bump"]
 fn regenerate_golden_files() -> TestResult {
-    let (manifest, checkpoint) = write_scenario()?;
+    let (manifest, _) = write_scenario(false)?;
+    let (_, checkpoint) = write_scenario(true)?;
     let dir = golden_dir();
     std::fs::create_dir_all(&dir)?;
     let m = format!("manifest-v{}.bin", manifest::MANIFEST_FORMAT_VERSION);
@@ -239,6 +254,36 @@ fn golden_checkpoint_v1_decodes_field_by_field() -> TestResult {
     Ok(())
 }
 
+#[test]
+fn golden_checkpoint_v2_decodes_field_by_field() -> TestResult {
+    let bytes = std::fs::read(golden_dir().join("checkpoint-v2.bin"))?;
+    let file = CheckpointFile::open(Bytes::from(bytes), Path::new("checkpoint-v2.bin"))?;
+    assert_eq!(file.header().region, region());
+    assert_eq!(file.header().applied_index, 42);
+    let sessions = file.header().sessions.as_ref().ok_or("no session table")?;
+    assert_eq!(sessions.now_ms(), 1_700_000_000_250);
+    assert_eq!(
+        sessions.sessions(),
+        vec![
+            (SessionId(0x0A11_CE00), SessionUse { last_seq: 12, last_used_ms: 1_700_000_000_250 }),
+            (SessionId(0x5E55_1011), SessionUse { last_seq: 3, last_used_ms: 1_700_000_000_000 }),
+        ]
+    );
+    let mut pairs = Vec::new();
+    file.for_each(|k, v| pairs.push((k.to_vec(), v.to_vec())));
+    assert_eq!(pairs.len(), 3);
+    Ok(())
+}
+
+/// A version-1 checkpoint has no session table: its region opens with an empty one.
+#[test]
+fn golden_checkpoint_v1_has_no_session_table() -> TestResult {
+    let bytes = std::fs::read(golden_dir().join("checkpoint-v1.bin"))?;
+    let file = CheckpointFile::open(Bytes::from(bytes), Path::new("checkpoint-v1.bin"))?;
+    assert_eq!(file.header().sessions, None);
+    Ok(())
+}
+
 /// A store written by version 1 opens with the current binary (migrating if needed)
 /// and holds exactly the golden data.
 #[test]
@@ -272,6 +317,7 @@ fn golden_v1_store_opens() -> TestResult {
     let keys: Vec<&[u8]> = all.iter().map(|(k, _)| &k[..]).collect();
     assert_eq!(keys, vec![&b"apple"[..], b"banana", b"cherry"]);
     assert_eq!(engine.task_state("duplication").as_deref(), Some(&b"stage=1"[..]));
+    assert_eq!(engine.sessions(RegionId(7)).map(|t| t.len()), Some(0));
     // The migration recorded the checkpoint's length, and the store is now current.
     engine.close()?;
     let m = Manifest::decode(&fs.contents(&manifest::path(dir)).ok_or("no manifest")?)?;
@@ -285,7 +331,8 @@ fn golden_v1_store_opens() -> TestResult {
 /// that forgets to bump the version fails here.
 #[test]
 fn current_writer_matches_current_golden_files() -> TestResult {
-    let (manifest, checkpoint) = write_scenario()?;
+    let (manifest, _) = write_scenario(false)?;
+    let (_, checkpoint) = write_scenario(true)?;
     let m = format!("manifest-v{}.bin", manifest::MANIFEST_FORMAT_VERSION);
     let c = format!("checkpoint-v{}.bin", regionkv_engine::checkpoint::CHECKPOINT_FORMAT_VERSION);
     assert_eq!(manifest, std::fs::read(golden_dir().join(m))?);

@@ -10,12 +10,19 @@
 //!  |        |     1 epoch (nested: 1 version, 2 conf_ver)                  |
 //!  |        |     2 op (nested, repeated): 1 kind (1 put, 2 delete),       |
 //!  |        |       2 key, 3 value (puts only)                             |
+//!  |        |     3 session (nested, optional): 1 id, 2 seq                |
+//!  |        |     4 time (optional): ms since the Unix epoch, stamped by   |
+//!  |        |       the leader that took the write (with a session only)   |
 //!  +--------+--------------------------------------------------------------+
 //! ```
 //!
 //! Many client writes share one entry (batching); each is checked against the region
 //! when applied and succeeds or fails on its own, and the ops of one write apply
-//! together or not at all.
+//! together or not at all. A write with a session is applied at most once: a region
+//! skips one whose sequence number it has applied already (`regionkv_engine::sessions`,
+//! ARCHITECTURE.md "Exactly once"). Fields 3 and 4 came after the first version: a
+//! write without them (from a client or leader before sessions) is applied as it
+//! comes, and encodes exactly as it did.
 //!
 //! Or a normal entry carries one admin command (never together with writes):
 //!
@@ -41,7 +48,7 @@
 
 use bytes::Bytes;
 use regionkv_engine::codec::{self, DecodeError, DecodeResult, TlvRecord, UnknownTags};
-use regionkv_engine::{Epoch, Peer, PeerId, Region, RegionId, StoreId};
+use regionkv_engine::{Epoch, Peer, PeerId, Region, RegionId, SessionId, StoreId};
 
 use crate::directory::DirCmd;
 
@@ -54,6 +61,10 @@ const W_OP: u16 = 2;
 const OP_KIND: u16 = 1;
 const OP_KEY: u16 = 2;
 const OP_VALUE: u16 = 3;
+const W_SESSION: u16 = 3;
+const W_TIME: u16 = 4;
+const SESSION_ID: u16 = 1;
+const SESSION_SEQ: u16 = 2;
 const EPOCH_VERSION: u16 = 1;
 const EPOCH_CONF_VER: u16 = 2;
 const CC_EPOCH: u16 = 1;
@@ -109,6 +120,18 @@ impl Op {
     }
 }
 
+/// A write's place in its client's session: the session and the write's sequence
+/// number in it, the same for every retry of the write. A client has at most one write
+/// in flight per session and numbers them 1, 2, 3, ...: a region that applied number
+/// `seq` applies no write of the session numbered `seq` or below again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WriteSession {
+    /// The session (random, chosen by the client).
+    pub id: SessionId,
+    /// The write's number in the session.
+    pub seq: u64,
+}
+
 /// One client write: its ops apply together, if the region is still at `epoch`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Write {
@@ -116,13 +139,22 @@ pub struct Write {
     pub epoch: Epoch,
     /// The changes, applied in order.
     pub ops: Vec<Op>,
+    /// The client session, if the client has one: the write is applied at most once.
+    /// `None`: a client from before sessions; applied as it comes.
+    pub session: Option<WriteSession>,
+    /// When the leader took the write (ms since the Unix epoch, by its clock): the time
+    /// the region's session table goes by (never a clock read at apply). Set with a
+    /// session only; `None` leaves the table's clock where it is.
+    pub time_ms: Option<u64>,
 }
 
 impl Write {
     /// Bytes this write adds to an entry.
     pub fn encoded_len(&self) -> usize {
+        let session = if self.session.is_some() { 4 * codec::FIELD_HEADER_LEN + 24 } else { 0 };
         4 * codec::FIELD_HEADER_LEN
             + 16
+            + session
             + self.ops.iter().map(|op| op.encoded_len() + codec::FIELD_HEADER_LEN).sum::<usize>()
     }
 }
@@ -158,6 +190,15 @@ pub(crate) fn encode_writes<'a>(writes: impl IntoIterator<Item = &'a Write>) -> 
                         codec::put_field(out, OP_KEY, key);
                     }
                 });
+            }
+            if let Some(session) = w.session {
+                codec::put_nested(out, W_SESSION, |out| {
+                    codec::put_u64(out, SESSION_ID, session.id.0);
+                    codec::put_u64(out, SESSION_SEQ, session.seq);
+                });
+            }
+            if let Some(time_ms) = w.time_ms {
+                codec::put_u64(out, W_TIME, time_ms);
             }
         });
     }
@@ -330,7 +371,8 @@ pub(crate) fn decode(data: &Bytes) -> DecodeResult<Command> {
         }
         let at = |e: DecodeError| e.shifted(field.offset + 1);
         let rec =
-            TlvRecord::parse(field.value, &[W_EPOCH, W_OP], UnknownTags::Reject).map_err(at)?;
+            TlvRecord::parse(field.value, &[W_EPOCH, W_OP, W_SESSION, W_TIME], UnknownTags::Reject)
+                .map_err(at)?;
         let epoch_field = rec.required(W_EPOCH, "write epoch").map_err(at)?;
         let epoch =
             decode_epoch(epoch_field.value).map_err(|e| at(e.shifted(epoch_field.offset)))?;
@@ -352,7 +394,23 @@ pub(crate) fn decode(data: &Bytes) -> DecodeResult<Command> {
                 },
             );
         }
-        writes.push(Write { epoch, ops });
+        let session = match rec.optional(W_SESSION).map_err(at)? {
+            Some(f) => {
+                let s_at = |e: DecodeError| at(e.shifted(f.offset));
+                let s = TlvRecord::parse(f.value, &[SESSION_ID, SESSION_SEQ], UnknownTags::Reject)
+                    .map_err(s_at)?;
+                let u64_of =
+                    |tag, what| s.required(tag, what).and_then(|v| v.as_u64()).map_err(s_at);
+                Some(WriteSession {
+                    id: SessionId(u64_of(SESSION_ID, "session id")?),
+                    seq: u64_of(SESSION_SEQ, "session seq")?,
+                })
+            }
+            None => None,
+        };
+        let time_ms =
+            rec.optional(W_TIME).and_then(|f| f.map(|f| f.as_u64()).transpose()).map_err(at)?;
+        writes.push(Write { epoch, ops, session, time_ms });
     }
     Ok(Command::Writes(writes))
 }
@@ -421,8 +479,15 @@ mod tests {
             proptest::collection::vec(any::<u8>(), 0..20)
                 .prop_map(|k| Op::Delete { key: k.into() }),
         ];
-        (any::<u64>(), any::<u64>(), proptest::collection::vec(op, 0..6))
-            .prop_map(|(version, conf_ver, ops)| Write { epoch: Epoch { version, conf_ver }, ops })
+        let session = proptest::option::of((any::<u64>(), any::<u64>(), any::<u64>()));
+        (any::<u64>(), any::<u64>(), proptest::collection::vec(op, 0..6), session).prop_map(
+            |(version, conf_ver, ops, session)| Write {
+                epoch: Epoch { version, conf_ver },
+                ops,
+                session: session.map(|(id, seq, _)| WriteSession { id: SessionId(id), seq }),
+                time_ms: session.map(|(_, _, time)| time),
+            },
+        )
     }
 
     fn arb_region() -> impl Strategy<Value = Region> {
@@ -488,6 +553,32 @@ mod tests {
             prop_assert_eq!(decode(&data).unwrap(), Command::Writes(writes.clone()));
             let estimate: usize = writes.iter().map(Write::encoded_len).sum::<usize>() + 1;
             prop_assert!(data.len() <= estimate, "size estimate {} below actual {}", estimate, data.len());
+        }
+
+        #[test]
+        fn writes_without_a_session_encode_as_before_sessions(
+            writes in proptest::collection::vec(arb_write(), 0..5)
+        ) {
+            // The format before sessions, by hand: epoch and ops only.
+            let bare: Vec<Write> =
+                writes.into_iter().map(|w| Write { session: None, time_ms: None, ..w }).collect();
+            let mut old = vec![FORMAT_VERSION];
+            for w in &bare {
+                codec::put_nested(&mut old, WRITE, |out| {
+                    codec::put_nested(out, W_EPOCH, |out| put_epoch(out, w.epoch));
+                    for op in &w.ops {
+                        codec::put_nested(out, W_OP, |out| {
+                            codec::put_u64(out, OP_KIND, match op { Op::Put { .. } => 1, Op::Delete { .. } => 2 });
+                            codec::put_field(out, OP_KEY, op.key());
+                            if let Op::Put { value, .. } = op {
+                                codec::put_field(out, OP_VALUE, value);
+                            }
+                        });
+                    }
+                });
+            }
+            prop_assert_eq!(&encode_writes(&bare), &old);
+            prop_assert_eq!(decode(&Bytes::from(old)).unwrap(), Command::Writes(bare));
         }
 
         #[test]

@@ -73,9 +73,23 @@ pub enum Error {
         /// Why.
         reason: DropReason,
     },
-    /// The store is shutting down; nothing was done.
+    /// Refused before it was proposed: the store is shutting down (or not running).
+    /// Nothing was done; safe to retry elsewhere.
     #[error("the store is shutting down")]
     Cancelled,
+    /// The store shut down (or its replica of the region was removed) while the
+    /// request was in flight: proposed, so it may still commit and apply. The outcome
+    /// is unknown. A write with a session ([`crate::WriteSession`]) may be retried
+    /// with the same session and number: it applies at most once. One without must
+    /// not be retried blindly.
+    #[error(
+        "region {}: the store stopped with the request in flight; the outcome is unknown",
+        region.0
+    )]
+    CancelledInFlight {
+        /// The region.
+        region: RegionId,
+    },
     /// No reply within the deadline; the write may or may not have been applied.
     #[error("no reply from region {} within the deadline; the outcome is unknown", region.0)]
     Timeout {
@@ -139,6 +153,7 @@ impl Error {
             | Error::Dropped { .. } => true,
             Error::RegionExists { .. }
             | Error::Cancelled
+            | Error::CancelledInFlight { .. }
             | Error::Timeout { .. }
             | Error::Compacted { .. }
             | Error::EntryUnavailable { .. }
@@ -153,12 +168,40 @@ impl Error {
         }
     }
 
-    /// True if the error comes from shutdown.
+    /// True if the error comes from shutdown (before propose, or in flight: see
+    /// [`Error::is_outcome_unknown`]).
     pub fn is_cancelled(&self) -> bool {
         match self {
-            Error::Cancelled => true,
+            Error::Cancelled | Error::CancelledInFlight { .. } => true,
             Error::Wal(e) => e.is_cancelled(),
             _ => false,
+        }
+    }
+
+    /// True if the request may have taken effect although it failed: it was in flight
+    /// when its store stopped, or no answer came in time. Retrying a write then is
+    /// safe only with its session. Exhaustive on purpose.
+    pub fn is_outcome_unknown(&self) -> bool {
+        match self {
+            Error::CancelledInFlight { .. } | Error::Timeout { .. } => true,
+            Error::NotLeader { .. }
+            | Error::EpochNotMatch { .. }
+            | Error::KeyNotInRegion { .. }
+            | Error::RegionNotFound { .. }
+            | Error::RegionExists { .. }
+            | Error::Merging { .. }
+            | Error::MergeAborted { .. }
+            | Error::Dropped { .. }
+            | Error::Cancelled
+            | Error::Compacted { .. }
+            | Error::EntryUnavailable { .. }
+            | Error::LogCorruption { .. }
+            | Error::InvalidRequest(_)
+            | Error::Malformed(_)
+            | Error::Wal(_)
+            | Error::Engine(_)
+            | Error::Raft(_)
+            | Error::Internal(_) => false,
         }
     }
 }

@@ -34,11 +34,11 @@ mod storage;
 mod store;
 pub mod transport;
 
-pub use command::{AdminCmd, Op, Write};
+pub use command::{AdminCmd, Op, Write, WriteSession};
 pub use config::{ReadMode, StoreConfig};
 pub use core::{
-    ApplyObserver, CoreTask, ElectionTicks, Output, RAFT_INIT_INDEX, RAFT_INIT_TERM, StoreContext,
-    StoreCore, WriteTask,
+    ApplyObserver, Clock, CoreTask, ElectionTicks, Output, RAFT_INIT_INDEX, RAFT_INIT_TERM,
+    StoreContext, StoreCore, WriteTask, system_clock_ms,
 };
 pub use error::{DropReason, Error, MergeAbortReason, Result};
 pub use index::RaftIndex;

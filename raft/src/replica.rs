@@ -559,11 +559,14 @@ impl Replica {
         }
     }
 
-    /// Fails everything waiting on this replica with `error()` (shutdown, removal).
+    /// Fails everything waiting on this replica (shutdown, removal): what was not
+    /// proposed yet, and reads, with `error()`; proposals in flight, which may still
+    /// commit and apply, with [`Error::CancelledInFlight`] (their outcome is unknown).
     pub fn fail_all(&mut self, error: impl Fn() -> Error) {
         self.fail_unproposed(&error);
+        let region = self.region.id;
         for proposal in self.proposals.in_flight.drain(..) {
-            proposal.waiting.fail(&error);
+            proposal.waiting.fail(|| Error::CancelledInFlight { region });
         }
         for (_, reads) in self.reads.ready.drain(..) {
             for read in reads {

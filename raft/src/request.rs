@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use regionkv_engine::{Epoch, MergeState, PeerId, Region, RegionId};
 
-use crate::command::{AdminCmd, Op};
+use crate::command::{AdminCmd, Op, WriteSession};
 use crate::error::Result;
 
 /// A callback that receives the outcome of a request.
@@ -18,6 +18,10 @@ pub struct WriteRequest {
     pub epoch: Epoch,
     /// The changes; they apply together or not at all.
     pub ops: Vec<Op>,
+    /// The client's session and the write's number in it, the same for every retry:
+    /// the write then applies at most once, however often it is sent. `None`: applied
+    /// each time it is sent (a retry after an unknown outcome may apply it twice).
+    pub session: Option<WriteSession>,
     /// Called once the write is applied (or refused).
     pub reply: Reply<()>,
 }

@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -34,8 +35,7 @@ use regionkv_wal::{
     CancellationToken, CrashMode, RecoveryMode, SimFs, SparePreparation, Wal, WalOptions,
 };
 
-use crate::command::AdminCmd;
-use crate::command::Op;
+use crate::command::{AdminCmd, Op, WriteSession};
 use crate::config::StoreConfig;
 use crate::core::{StoreContext, StoreCore, WriteTask};
 use crate::error::{Error, Result};
@@ -167,6 +167,9 @@ struct Checks {
 pub struct SimCluster {
     config: SimConfig,
     now: Duration,
+    /// `now` as the stores' wall clock reads it (ms since the Unix epoch, from
+    /// [`WALL_CLOCK_START_MS`]): leaders stamp it into writes with a session.
+    wall_ms: Arc<AtomicU64>,
     rng: SplitMix,
     events: BTreeMap<(Duration, u64), Event>,
     seq: u64,
@@ -180,6 +183,10 @@ pub struct SimCluster {
     /// Envelopes handed to the network so far.
     sent: u64,
 }
+
+/// The stores' wall clock at virtual time zero (ms since the Unix epoch): a fixed
+/// date, so that runs replay.
+pub const WALL_CLOCK_START_MS: u64 = 1_700_000_000_000;
 
 fn wal_options(segment_bytes: u64, recovery: RecoveryMode) -> WalOptions {
     WalOptions::default()
@@ -203,6 +210,7 @@ impl SimCluster {
             rng: SplitMix(config.seed),
             config,
             now: Duration::ZERO,
+            wall_ms: Arc::new(AtomicU64::new(WALL_CLOCK_START_MS)),
             events: BTreeMap::new(),
             seq: 0,
             stores: BTreeMap::new(),
@@ -291,6 +299,8 @@ impl SimCluster {
             (seed, region.0, peer.0).hash(&mut h);
             10 + (h.finish() % 10) as usize
         }));
+        let wall_ms = self.wall_ms.clone();
+        ctx.clock = Some(Box::new(move || wall_ms.load(Ordering::Relaxed)));
         let core = StoreCore::open(Arc::new(ctx), Box::new(|_| true))?;
         let store = self.stores.get_mut(&id).expect("known store");
         store.running = Some(Running {
@@ -437,14 +447,21 @@ impl SimCluster {
             }
             let Some((&(at, seq), _)) = self.events.iter().next() else { return false };
             if at > until {
-                self.now = until;
+                self.set_now(until);
                 return false;
             }
             let event = self.events.remove(&(at, seq)).expect("peeked");
-            self.now = at;
+            self.set_now(at);
             self.handle(event);
         }
         panic!("seed {}: the simulation did not settle", self.config.seed);
+    }
+
+    /// Moves virtual time (and the stores' wall clock with it).
+    fn set_now(&mut self, now: Duration) {
+        self.now = now;
+        let ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+        self.wall_ms.store(WALL_CLOCK_START_MS.saturating_add(ms), Ordering::Relaxed);
     }
 
     /// Advances virtual time by `duration`.
@@ -537,10 +554,35 @@ impl SimCluster {
         epoch: Epoch,
         ops: Vec<Op>,
     ) -> Pending<()> {
+        self.submit_write(store, region, epoch, ops, None)
+    }
+
+    /// Submits a write of a client session (at the epoch `store` knows): the same
+    /// `session` sent again is applied at most once.
+    pub fn write_in_session(
+        &mut self,
+        store: StoreId,
+        region: RegionId,
+        ops: Vec<Op>,
+        session: WriteSession,
+    ) -> Pending<()> {
+        let epoch = self.region(store, region).map_or(Epoch::INITIAL, |r| r.epoch);
+        self.submit_write(store, region, epoch, ops, Some(session))
+    }
+
+    fn submit_write(
+        &mut self,
+        store: StoreId,
+        region: RegionId,
+        epoch: Epoch,
+        ops: Vec<Op>,
+        session: Option<WriteSession>,
+    ) -> Pending<()> {
         let pending = Pending::new();
         match self.running(store) {
             Ok(running) => {
-                running.core.on_write(WriteRequest { region, epoch, ops, reply: pending.reply() });
+                let reply = pending.reply();
+                running.core.on_write(WriteRequest { region, epoch, ops, session, reply });
                 self.process(store);
             }
             Err(e) => (pending.reply())(Err(e)),
@@ -577,6 +619,7 @@ impl SimCluster {
                         region,
                         epoch,
                         ops,
+                        session: None,
                         reply: pending.reply(),
                     });
                 }

@@ -84,7 +84,13 @@ fn put(nodes: &BTreeMap<u64, Node>, key: &str) {
             }];
             let store = &nodes[&l].store;
             if let Some(Ok(())) = call(|reply| {
-                store.write(WriteRequest { region: R1, epoch: Epoch::INITIAL, ops, reply });
+                store.write(WriteRequest {
+                    region: R1,
+                    epoch: Epoch::INITIAL,
+                    ops,
+                    session: None,
+                    reply,
+                });
             }) {
                 return;
             }

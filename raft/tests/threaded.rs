@@ -88,6 +88,7 @@ impl Cluster {
                 region: R1,
                 epoch: Epoch::INITIAL,
                 ops,
+                session: None,
                 reply: Box::new(move |r| {
                     let _ = tx.send(r);
                 }),

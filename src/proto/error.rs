@@ -32,6 +32,8 @@ pub(crate) enum ErrorCode {
     Unavailable,
     CrossRegionBatch,
     TooLarge,
+    /// Since 0.1: the store stopped with the request in flight; the outcome is unknown.
+    CancelledInFlight,
 }
 
 const ERROR_CODES: &[ErrorCode] = &[
@@ -53,6 +55,7 @@ const ERROR_CODES: &[ErrorCode] = &[
     ErrorCode::Unavailable,
     ErrorCode::CrossRegionBatch,
     ErrorCode::TooLarge,
+    ErrorCode::CancelledInFlight,
 ];
 
 impl ErrorCode {
@@ -185,6 +188,7 @@ impl RemoteError {
             }
             ErrorCode::Timeout => E::Timeout { region: region()? },
             ErrorCode::Cancelled => E::Cancelled,
+            ErrorCode::CancelledInFlight => E::CancelledInFlight { region: region()? },
             ErrorCode::InvalidRequest | ErrorCode::CrossRegionBatch | ErrorCode::TooLarge => {
                 E::InvalidRequest(message)
             }
@@ -200,7 +204,8 @@ impl RemoteError {
     /// regions).
     pub fn into_facade(self) -> Error {
         match self.code {
-            ErrorCode::Unavailable => {
+            // In flight when its node or connection stopped: the outcome is unknown.
+            ErrorCode::Unavailable | ErrorCode::CancelledInFlight => {
                 Error::Unavailable { waited: Duration::ZERO, last: self.message }
             }
             ErrorCode::CrossRegionBatch | ErrorCode::InvalidRequest | ErrorCode::TooLarge => {
@@ -262,6 +267,10 @@ impl From<&regionkv_raft::Error> for RemoteError {
                 out.message = reason.to_string();
             }
             E::Cancelled => out.code = ErrorCode::Cancelled,
+            E::CancelledInFlight { region } => {
+                out.code = ErrorCode::CancelledInFlight;
+                out.region = Some(*region);
+            }
             E::Timeout { region } => {
                 out.code = ErrorCode::Timeout;
                 out.region = Some(*region);

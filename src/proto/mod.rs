@@ -45,7 +45,8 @@
 //! ```text
 //!  REQUEST   1 id u64, and exactly one of
 //!            10 write { 1 region, 2 epoch { 1 version, 2 conf_ver },
-//!                       3 op* { 1 kind (1 put, 2 delete), 2 key, 3 value } }
+//!                       3 op* { 1 kind (1 put, 2 delete), 2 key, 3 value },
+//!                       4 session { 1 id, 2 seq } (optional: exactly once) }
 //!            11 read  { 1 region, 2 epoch, 3 get { 1 key } | 4 scan { 1 start,
 //!                       2 end | 3 unbounded, 4 limit } }
 //!            12 admin { 1 region, 2 epoch, 3 cmd }      13 directory { 1 cmd }
@@ -56,6 +57,7 @@
 //!  RESPONSE  1 id u64, and exactly one of
 //!            2 error { 1 code, 2 region, 3 leader store, 4 region*, 5 message, 6 target,
 //!                      7 reason (optional: the code of a drop or merge-abort reason) }
+//!                      (code 18, cancelled in flight: the outcome is unknown)
 //!            30 done  31 value { 1 value | 2 none }  32 rows { 1 row* { 1 key, 2 value } }
 //!            33 admin result  34 directory result  35 merge status
 //!            36 peer status { 1 status | 2 none }  37 located { 1 record | 2 none }
@@ -108,6 +110,7 @@ use regionkv_raft::transport::handshake::{
 use regionkv_raft::transport::wire;
 use regionkv_raft::{
     AdminCmd, AdminResult, MergeStatus, Op, PeerStatus, Query, QueryResult, StoreMetrics,
+    WriteSession,
 };
 use regionkv_wal::CancellationToken;
 
@@ -224,19 +227,50 @@ pub(crate) fn handshake_node(
 /// What a client asks a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Request {
-    Write { region: RegionId, epoch: Epoch, ops: Vec<Op> },
-    Read { region: RegionId, epoch: Epoch, query: Query },
-    Admin { region: RegionId, epoch: Epoch, cmd: AdminCmd },
-    Directory { cmd: DirCmd },
-    MergeStatus { region: RegionId },
-    PeerStatus { region: RegionId },
-    Locate { key: Vec<u8> },
+    /// A write; `session` absent (a client from before sessions): applied each time.
+    Write {
+        region: RegionId,
+        epoch: Epoch,
+        ops: Vec<Op>,
+        session: Option<WriteSession>,
+    },
+    Read {
+        region: RegionId,
+        epoch: Epoch,
+        query: Query,
+    },
+    Admin {
+        region: RegionId,
+        epoch: Epoch,
+        cmd: AdminCmd,
+    },
+    Directory {
+        cmd: DirCmd,
+    },
+    MergeStatus {
+        region: RegionId,
+    },
+    PeerStatus {
+        region: RegionId,
+    },
+    Locate {
+        key: Vec<u8>,
+    },
     Status,
     Members,
-    Split { key: Vec<u8> },
-    Merge { left: RegionId, right: RegionId },
+    Split {
+        key: Vec<u8>,
+    },
+    Merge {
+        left: RegionId,
+        right: RegionId,
+    },
     Regions,
-    LocalScan { start: Vec<u8>, end: Option<Vec<u8>>, limit: usize },
+    LocalScan {
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: usize,
+    },
 }
 
 /// A node's answer to one request.

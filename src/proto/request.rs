@@ -2,9 +2,9 @@
 //! [`encode_request`] and decoded (never panicking) by [`decode_request`].
 
 use bytes::Bytes;
-use regionkv_engine::RegionId;
 use regionkv_engine::codec::{self, DecodeError, Field};
-use regionkv_raft::{Op, Query};
+use regionkv_engine::{RegionId, SessionId};
+use regionkv_raft::{Op, Query, WriteSession};
 
 use super::Request;
 use super::records::{
@@ -48,6 +48,10 @@ const Q_TAGS: &[u16] = &[
 const F_REGION: u16 = 1;
 const F_EPOCH: u16 = 2;
 const F_OPS: u16 = 3;
+/// Since 0.1: optional, absent = a client without sessions.
+const F_SESSION: u16 = 4;
+const S_ID: u16 = 1;
+const S_SEQ: u16 = 2;
 const F_CMD: u16 = 3;
 const F_GET: u16 = 3;
 const F_SCAN: u16 = 4;
@@ -65,23 +69,31 @@ pub(crate) fn encode_request(id: u64, req: &Request) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
     codec::put_u64(&mut out, Q_ID, id);
     match req {
-        Request::Write { region, epoch, ops } => codec::put_nested(&mut out, Q_WRITE, |o| {
-            codec::put_u64(o, F_REGION, region.0);
-            put_epoch(o, F_EPOCH, *epoch);
-            for op in ops {
-                codec::put_nested(o, F_OPS, |o| match op {
-                    Op::Put { key, value } => {
-                        codec::put_u64(o, OP_KIND, OP_PUT);
-                        codec::put_field(o, OP_KEY, key);
-                        codec::put_field(o, OP_VALUE, value);
-                    }
-                    Op::Delete { key } => {
-                        codec::put_u64(o, OP_KIND, OP_DELETE);
-                        codec::put_field(o, OP_KEY, key);
-                    }
-                });
-            }
-        }),
+        Request::Write { region, epoch, ops, session } => {
+            codec::put_nested(&mut out, Q_WRITE, |o| {
+                codec::put_u64(o, F_REGION, region.0);
+                put_epoch(o, F_EPOCH, *epoch);
+                for op in ops {
+                    codec::put_nested(o, F_OPS, |o| match op {
+                        Op::Put { key, value } => {
+                            codec::put_u64(o, OP_KIND, OP_PUT);
+                            codec::put_field(o, OP_KEY, key);
+                            codec::put_field(o, OP_VALUE, value);
+                        }
+                        Op::Delete { key } => {
+                            codec::put_u64(o, OP_KIND, OP_DELETE);
+                            codec::put_field(o, OP_KEY, key);
+                        }
+                    });
+                }
+                if let Some(s) = session {
+                    codec::put_nested(o, F_SESSION, |o| {
+                        codec::put_u64(o, S_ID, s.id.0);
+                        codec::put_u64(o, S_SEQ, s.seq);
+                    });
+                }
+            });
+        }
         Request::Read { region, epoch, query } => codec::put_nested(&mut out, Q_READ, |o| {
             codec::put_u64(o, F_REGION, region.0);
             put_epoch(o, F_EPOCH, *epoch);
@@ -165,7 +177,7 @@ pub(crate) fn decode_request(payload: &[u8]) -> Result<(u64, Request), RequestEr
 fn decode_body(f: &Field<'_>) -> D<Request> {
     Ok(match f.tag {
         Q_WRITE => {
-            let r = nested(f, &[F_REGION, F_EPOCH, F_OPS])?;
+            let r = nested(f, &[F_REGION, F_EPOCH, F_OPS, F_SESSION])?;
             let mut ops = Vec::new();
             for op in r.repeated(F_OPS) {
                 let o = nested(&op, &[OP_KIND, OP_KEY, OP_VALUE])?;
@@ -183,10 +195,21 @@ fn decode_body(f: &Field<'_>) -> D<Request> {
                     _ => return Err(DecodeError::new(op.offset, "unknown write op kind")),
                 });
             }
+            let session = match r.optional(F_SESSION)? {
+                Some(s) => {
+                    let s = nested(&s, &[S_ID, S_SEQ])?;
+                    Some(WriteSession {
+                        id: SessionId(req_u64(&s, S_ID, "session id missing")?),
+                        seq: req_u64(&s, S_SEQ, "session seq missing")?,
+                    })
+                }
+                None => None,
+            };
             Request::Write {
                 region: RegionId(req_u64(&r, F_REGION, "region missing")?),
                 epoch: epoch_of(&r, F_EPOCH)?,
                 ops,
+                session,
             }
         }
         Q_READ => {

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use regionkv_engine::codec;
-use regionkv_engine::{Epoch, MergeState, Peer, PeerId, Region, RegionId, StoreId};
+use regionkv_engine::{Epoch, MergeState, Peer, PeerId, Region, RegionId, SessionId, StoreId};
 use regionkv_raft::directory::{DirCmd, DirResult, RegionRecord};
 use regionkv_raft::transport::frame::FrameKind;
 use regionkv_raft::transport::frame::WireError;
@@ -12,7 +12,7 @@ use regionkv_raft::transport::handshake::ClusterId;
 use regionkv_raft::transport::wire;
 use regionkv_raft::{
     AdminCmd, AdminResult, DropReason, MergeAbortReason, MergeStatus, Op, PeerStatus, Query,
-    QueryResult, StateRole, StoreMetrics,
+    QueryResult, StateRole, StoreMetrics, WriteSession,
 };
 use regionkv_wal::WalStats;
 
@@ -61,6 +61,13 @@ fn requests() -> Vec<Request> {
                 Op::Put { key: Bytes::from_static(b"k"), value: Bytes::new() },
                 Op::Delete { key: Bytes::from_static(b"d") },
             ],
+            session: None,
+        },
+        Request::Write {
+            region: RegionId(4),
+            epoch,
+            ops: vec![Op::Put { key: Bytes::from_static(b"k"), value: Bytes::new() }],
+            session: Some(WriteSession { id: SessionId(0x5E55_1011), seq: 7 }),
         },
         Request::Read { region: RegionId(4), epoch, query: Query::Get { key: "k".into() } },
         Request::Read {
@@ -332,6 +339,7 @@ fn errors_keep_what_routing_needs() {
             reason: MergeAbortReason::TargetChanged,
         },
         regionkv_raft::Error::Cancelled,
+        regionkv_raft::Error::CancelledInFlight { region: RegionId(3) },
     ];
     for e in errors {
         let wire = encode_response(1, &Err(RemoteError::from(&e)));
@@ -349,8 +357,13 @@ fn an_absent_region_decodes_as_unknown_never_as_region_0() {
     // error that came without its region or merge target, so a client could take it
     // for an answer about the directory.
     use regionkv_raft::Error as E;
-    let codes =
-        [ErrorCode::NotLeader, ErrorCode::EpochNotMatch, ErrorCode::Dropped, ErrorCode::Timeout];
+    let codes = [
+        ErrorCode::NotLeader,
+        ErrorCode::EpochNotMatch,
+        ErrorCode::Dropped,
+        ErrorCode::Timeout,
+        ErrorCode::CancelledInFlight,
+    ];
     for code in codes {
         let wire = encode_response(1, &Err(RemoteError::new(code, "sent without a region")));
         let (_, back) = decode_response(&wire).unwrap();
@@ -477,4 +490,29 @@ fn the_client_key_and_frames_are_those_of_earlier_binaries() {
     assert_eq!(&frame[6..10], &3u32.to_le_bytes());
     assert_eq!(&frame[10..14], &crc32fast::hash(b"abc").to_le_bytes());
     assert_eq!(encode_frame(FrameKind::Request, b"").unwrap()[5], 0b0000_1010);
+}
+
+#[test]
+fn a_write_without_a_session_has_the_bytes_of_earlier_binaries() {
+    // Earlier binaries: region, epoch, ops; a session is an optional tag after them
+    // (which they skip, applying the write without deduplication).
+    let epoch = Epoch { version: 2, conf_ver: 1 };
+    let op = Op::Put { key: Bytes::from_static(b"k"), value: Bytes::from_static(b"v") };
+    let mut old = Vec::new();
+    codec::put_u64(&mut old, Q_ID, 9);
+    codec::put_nested(&mut old, 10, |o| {
+        codec::put_u64(o, 1, 4);
+        codec::put_nested(o, 2, |o| {
+            codec::put_u64(o, 1, 2);
+            codec::put_u64(o, 2, 1);
+        });
+        codec::put_nested(o, 3, |o| {
+            codec::put_u64(o, 1, 1);
+            codec::put_field(o, 2, b"k");
+            codec::put_field(o, 3, b"v");
+        });
+    });
+    let req = Request::Write { region: RegionId(4), epoch, ops: vec![op], session: None };
+    assert_eq!(encode_request(9, &req), old);
+    assert_eq!(decode_request(&old).unwrap(), (9, req));
 }

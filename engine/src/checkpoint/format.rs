@@ -11,8 +11,13 @@
 //!  +----------+----------+----------+----------+----------------------+---------+
 //!  | magic    | version  | flags 0  | n        | n bytes: fields      | crc32   |
 //!  | 8 bytes  | u32 LE   | u32 LE   | u32 LE   | (region, applied     | of      |
-//!  |          |          |          |          |  index), see codec   | 0..20+n |
+//!  |          |          |          |          |  index, sessions)    | 0..20+n |
 //!  +----------+----------+----------+----------+----------------------+---------+
+//!
+//!  header fields (TLV, see codec): 1 region (nested), 2 applied index, and since
+//!  version 2, 3 sessions (nested, optional; absent: none): the region's table of
+//!  client sessions (`crate::sessions`): 1 clock ms, 2 session (nested, repeated:
+//!  1 id, 2 last applied seq, 3 last used ms)
 //!
 //!  block (sorted entries, keys strictly increasing across the whole file)
 //!  0          4          8          12                                12+n      16+n
@@ -40,6 +45,11 @@
 //! directory fsynced; it is never modified afterwards, so readers map it. Opening one
 //! checks every checksum, every length, the order of every key and that every key is
 //! inside the region, before anything is loaded.
+//!
+//! Versions: 1 (no session table), 2 (the optional session table). A version-1 file
+//! decodes as it always did, with `sessions: None` (its region starts with an empty
+//! table: version-1 binaries applied writes without sessions); it is never rewritten,
+//! only replaced by the region's next checkpoint, of the current version.
 
 use std::path::Path;
 
@@ -48,13 +58,16 @@ use bytes::Bytes;
 use crate::codec::{self, DecodeError, DecodeResult, Decoder, TlvRecord, UnknownTags};
 use crate::error::{Error, Result};
 use crate::region::{Region, in_range};
+use crate::sessions::{ENCODED_SESSION_BYTES, SessionLimits, SessionTable};
 
 /// Identifies a regionkv checkpoint; `\r\n` catches text-mode mangling.
 pub(crate) const MAGIC: [u8; 8] = *b"rkvCKP\r\n";
 /// Marks the footer.
 const FOOTER_MAGIC: [u8; 4] = *b"CKPT";
 /// The checkpoint format this binary writes and the newest it reads.
-pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
+pub const CHECKPOINT_FORMAT_VERSION: u32 = 2;
+/// The oldest checkpoint format this binary reads.
+const OLDEST_READABLE_VERSION: u32 = 1;
 const HEADER_FIXED_LEN: usize = 20;
 const BLOCK_HEADER_LEN: usize = 12;
 /// Bytes in front of each entry's key: its key and value lengths.
@@ -65,8 +78,14 @@ const INDEX_FIXED_LEN: usize = 8;
 pub(crate) const FOOTER_LEN: usize = 40;
 /// A block is closed once it holds at least this many bytes of entries.
 pub(crate) const BLOCK_TARGET_BYTES: usize = 64 << 10;
-/// Largest header body: a region record with a few peers and two keys.
+/// Largest header body: a region record with a few peers and two keys, and a full
+/// session table.
 const MAX_HEADER_BODY_BYTES: usize = 1 << 20;
+
+const _: () = assert!(
+    SessionLimits::MAX_SESSIONS * ENCODED_SESSION_BYTES + (256 << 10) <= MAX_HEADER_BODY_BYTES,
+    "a full session table leaves a quarter of the header to the region record"
+);
 
 const _: () = assert!(FOOTER_LEN == 8 + 4 + 4 + 8 + 8 + 4 + 4, "footer fields fill it");
 const _: () = assert!(BLOCK_TARGET_BYTES < u32::MAX as usize / 2, "block lengths fit u32");
@@ -74,7 +93,10 @@ const _: () = assert!(BLOCK_TARGET_BYTES < u32::MAX as usize / 2, "block lengths
 // Header fields.
 const HDR_REGION: u16 = 1;
 const HDR_APPLIED_INDEX: u16 = 2;
-const HDR_TAGS: &[u16] = &[HDR_REGION, HDR_APPLIED_INDEX];
+/// Since version 2.
+const HDR_SESSIONS: u16 = 3;
+const HDR_TAGS_V1: &[u16] = &[HDR_REGION, HDR_APPLIED_INDEX];
+const HDR_TAGS: &[u16] = &[HDR_REGION, HDR_APPLIED_INDEX, HDR_SESSIONS];
 
 /// What a checkpoint says about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +105,9 @@ pub struct CheckpointHeader {
     pub region: Region,
     /// The Raft index the image reflects: every entry up to it is applied, none after.
     pub applied_index: u64,
+    /// The region's client sessions as of `applied_index`; `None`: none (an empty
+    /// table, or a version-1 file, written before sessions existed).
+    pub sessions: Option<SessionTable>,
 }
 
 /// Totals of a checkpoint, from its footer.
@@ -137,6 +162,9 @@ impl<'s> Encoder<'s> {
         let mut body = Vec::new();
         codec::put_nested(&mut body, HDR_REGION, |out| codec::put_region(out, &header.region));
         codec::put_u64(&mut body, HDR_APPLIED_INDEX, header.applied_index);
+        if let Some(sessions) = &header.sessions {
+            codec::put_nested(&mut body, HDR_SESSIONS, |out| sessions.encode(out));
+        }
         let mut out = Vec::with_capacity(flush_bytes + BLOCK_TARGET_BYTES * 2);
         out.extend_from_slice(&MAGIC);
         put_u32(&mut out, CHECKPOINT_FORMAT_VERSION);
@@ -308,7 +336,7 @@ impl CheckpointFile {
     ) -> Result<CheckpointFile> {
         let corrupt = |e: DecodeError| Error::corruption(path, e.offset as u64, e.reason);
         let version = codec::u32_at(&data, 8);
-        if data.len() >= 12 && data[..8] == MAGIC && version != Some(CHECKPOINT_FORMAT_VERSION) {
+        if data.len() >= 12 && data[..8] == MAGIC {
             let found = version.unwrap_or(0);
             if found > CHECKPOINT_FORMAT_VERSION {
                 return Err(Error::TooNew {
@@ -346,7 +374,7 @@ impl CheckpointFile {
         }
         let mut d = Decoder::new(&buf[8..]);
         let version = d.u32("header")?;
-        if version != CHECKPOINT_FORMAT_VERSION {
+        if !(OLDEST_READABLE_VERSION..=CHECKPOINT_FORMAT_VERSION).contains(&version) {
             return Err(err(8, "unsupported checkpoint format version"));
         }
         let flags = d.u32("header")?;
@@ -364,7 +392,7 @@ impl CheckpointFile {
         if flags != 0 {
             return Err(err(12, "unknown header flags"));
         }
-        let header = decode_header_body(&buf[HEADER_FIXED_LEN..header_end])
+        let header = decode_header_body(&buf[HEADER_FIXED_LEN..header_end], version)
             .map_err(|e| e.shifted(HEADER_FIXED_LEN))?;
         let data_start = header_end + CRC_LEN;
 
@@ -566,13 +594,20 @@ fn verify_block<'a>(
     Ok((u64::from(count), kv))
 }
 
-fn decode_header_body(body: &[u8]) -> DecodeResult<CheckpointHeader> {
-    let rec = TlvRecord::parse(body, HDR_TAGS, UnknownTags::Reject)?;
+/// Decodes the header fields of a file of format `version` (a version-1 file has no
+/// session table: the tag is unknown there).
+fn decode_header_body(body: &[u8], version: u32) -> DecodeResult<CheckpointHeader> {
+    let tags = if version == 1 { HDR_TAGS_V1 } else { HDR_TAGS };
+    let rec = TlvRecord::parse(body, tags, UnknownTags::Reject)?;
     let region_field = rec.required(HDR_REGION, "checkpoint region missing")?;
     let region = codec::decode_region(region_field.value, UnknownTags::Reject)
         .map_err(|e| e.shifted(region_field.offset))?;
     let applied_index = rec.required(HDR_APPLIED_INDEX, "applied index missing")?.as_u64()?;
-    Ok(CheckpointHeader { region, applied_index })
+    let sessions = match rec.optional(HDR_SESSIONS)? {
+        Some(f) => Some(SessionTable::decode(f.value).map_err(|e| e.shifted(f.offset))?),
+        None => None,
+    };
+    Ok(CheckpointHeader { region, applied_index, sessions })
 }
 
 /// A piece of a checkpoint file in transit.
@@ -653,6 +688,7 @@ pub(crate) mod tests {
                 peers: vec![Peer { id: PeerId(10), store: StoreId(1) }],
             },
             applied_index: 77,
+            sessions: None,
         }
     }
 
@@ -695,8 +731,34 @@ pub(crate) mod tests {
     #[test]
     fn a_newer_version_is_reported_as_too_new() {
         let mut file = encode(&header(), &pairs(2, 1));
-        file[8] = 2;
-        assert!(matches!(decode(&file), Err(Error::TooNew { found: 2, .. })));
+        file[8] = 3;
+        assert!(matches!(decode(&file), Err(Error::TooNew { found: 3, .. })));
+    }
+
+    #[test]
+    fn the_session_table_round_trips_and_version_1_has_none() {
+        let mut table = SessionTable::new();
+        let limits = SessionLimits::DEFAULT;
+        for (id, seq, time) in [(7, 1, 1_000), (3, 9, 1_500), (7, 2, 1_700)] {
+            table.write(crate::sessions::SessionId(id), seq, time, limits, &mut Vec::new());
+        }
+        let h = CheckpointHeader { sessions: Some(table), ..header() };
+        let file = decode(&encode(&h, &pairs(3, 4))).unwrap();
+        assert_eq!(file.header(), &h);
+        // A version-1 file is read as it always was: no table. The same header bytes
+        // with version 1 and a session table are refused (the tag did not exist).
+        let mut v1 = encode(&header(), &pairs(3, 4));
+        v1[8] = 1;
+        let crc_at = HEADER_FIXED_LEN + codec::u32_at(&v1, 16).unwrap() as usize;
+        let crc = crc32fast::hash(&v1[..crc_at]);
+        v1[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode(&v1).unwrap().header().sessions, None);
+        let mut bad = encode(&h, &pairs(3, 4));
+        bad[8] = 1;
+        let crc_at = HEADER_FIXED_LEN + codec::u32_at(&bad, 16).unwrap() as usize;
+        let crc = crc32fast::hash(&bad[..crc_at]);
+        bad[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
+        assert!(decode(&bad).unwrap_err().is_corruption());
     }
 
     #[test]

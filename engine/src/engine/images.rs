@@ -14,10 +14,11 @@ use crate::error::{Error, Result};
 use crate::manifest::CheckpointRef;
 use crate::read_view::ReadView;
 use crate::region::{Region, RegionId};
+use crate::sessions::SessionTable;
 
 impl Engine {
-    /// Writes a checkpoint of region `id`: its live keys at the latest committed round,
-    /// labelled with `applied_index`, which the caller asserts is the Raft index of that
+    /// Writes a checkpoint of region `id`: its live keys and its client sessions at the
+    /// latest committed round, labelled with `applied_index`, which the caller asserts is the Raft index of that
     /// state (call it between apply rounds). Written to a temporary file, fsynced,
     /// renamed, the directory fsynced; then the manifest points the region at it, and
     /// the files it replaces are removed.
@@ -27,9 +28,14 @@ impl Engine {
         // Region changes take the durable lock too, so the region is stable from here.
         let region = self.region(id).ok_or(Error::RegionNotFound { region: id })?;
         let snapshot = self.read_view();
+        let sessions = self.inner.sessions.lock().get(&id).cloned().unwrap_or_default();
         let file_id = durable.next_file_id;
         durable.next_file_id += 1;
-        let header = CheckpointHeader { region: region.clone(), applied_index };
+        let header = CheckpointHeader {
+            region: region.clone(),
+            applied_index,
+            sessions: (!sessions.is_empty()).then_some(sessions),
+        };
         // What the region is charged for is a little more than its checkpoint takes
         // (see `Inner::write_checkpoint`).
         let charged =
@@ -113,8 +119,9 @@ impl Engine {
     }
 
     /// Writes a checkpoint of `region` (as given, not as the map has it) from
-    /// `snapshot`; the caller records it in the next manifest. Writes nothing and
-    /// returns `None` if the region holds no keys: its image is empty (`empty_at`).
+    /// `snapshot`, with `sessions` as its session table; the caller records it in the
+    /// next manifest. Writes nothing and returns `None` if the region holds no keys and
+    /// no sessions: its image is empty (`empty_at`).
     /// `estimate_bytes` is about how long the file will be (what the region is charged
     /// for; see `Inner::write_checkpoint`); the callers hold the region map's lock, so
     /// they pass it in.
@@ -124,14 +131,20 @@ impl Engine {
         region: &Region,
         applied_index: u64,
         snapshot: &ReadView,
+        sessions: &SessionTable,
         estimate_bytes: u64,
     ) -> Result<Option<CheckpointRef>> {
-        if snapshot.scan(&region.start, region.end.as_deref(), 1).is_empty() {
+        if sessions.is_empty() && snapshot.scan(&region.start, region.end.as_deref(), 1).is_empty()
+        {
             return Ok(None);
         }
         let file_id = durable.next_file_id;
         durable.next_file_id += 1;
-        let header = CheckpointHeader { region: region.clone(), applied_index };
+        let header = CheckpointHeader {
+            region: region.clone(),
+            applied_index,
+            sessions: (!sessions.is_empty()).then(|| sessions.clone()),
+        };
         let stats = self.inner.write_checkpoint(file_id, &header, snapshot, estimate_bytes)?;
         Ok(Some(CheckpointRef {
             file_id,

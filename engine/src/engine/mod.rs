@@ -26,6 +26,7 @@ use crate::pins::{PinLedger, RoundId};
 use crate::read_view::ReadView;
 use crate::region::{Epoch, Region, RegionId, StoreId, in_range};
 use crate::region_map::RegionMap;
+use crate::sessions::{SessionId, SessionLimits, SessionTable, SessionWrite, Undo};
 
 /// How to open an [`Engine`].
 #[derive(Clone, Debug)]
@@ -41,6 +42,9 @@ pub struct EngineOptions {
     pub max_round_bytes: usize,
     /// Checkpoint bytes buffered between writes to the file. Default 4 MiB.
     pub checkpoint_write_buffer_bytes: usize,
+    /// How long, and how many, client sessions each region remembers (see
+    /// [`SessionLimits`]). Every store of a cluster must use the same limits.
+    pub session_limits: SessionLimits,
 }
 
 impl EngineOptions {
@@ -52,7 +56,15 @@ impl EngineOptions {
             max_value_bytes: 32 << 20,
             max_round_bytes: 256 << 20,
             checkpoint_write_buffer_bytes: 4 << 20,
+            session_limits: SessionLimits::DEFAULT,
         }
+    }
+
+    /// Sets [`EngineOptions::session_limits`].
+    #[must_use]
+    pub fn session_limits(mut self, limits: SessionLimits) -> Self {
+        self.session_limits = limits;
+        self
     }
 
     /// Sets [`EngineOptions::checkpoint_write_buffer_bytes`].
@@ -78,6 +90,15 @@ impl EngineOptions {
         }
         if self.checkpoint_write_buffer_bytes == 0 {
             return Err(Error::InvalidOptions("checkpoint_write_buffer_bytes must be > 0".into()));
+        }
+        let sessions = self.session_limits;
+        if sessions.ttl_ms == 0
+            || !(1..=SessionLimits::MAX_SESSIONS).contains(&sessions.max_sessions)
+        {
+            return Err(Error::InvalidOptions(format!(
+                "session limits need a TTL above 0 and 1 to {} sessions",
+                SessionLimits::MAX_SESSIONS
+            )));
         }
         Ok(())
     }
@@ -178,8 +199,9 @@ struct Durable {
 
 /// The shared state of an [`Engine`].
 ///
-/// Lock order: `durable` -> `commit` -> `regions` -> `pins` -> `snapshots`. A thread
-/// holding one of them takes only locks further right; each field repeats its place.
+/// Lock order: `durable` -> `commit` -> `regions` -> `pins` -> `snapshots` ->
+/// `sessions`. A thread holding one of them takes only locks further right; each field
+/// repeats its place.
 /// The `failure` latch may be taken under any of them and holds none while it is held.
 #[derive(Debug)]
 pub(crate) struct Inner {
@@ -188,19 +210,23 @@ pub(crate) struct Inner {
     options: EngineOptions,
     /// Changed only under `commit`; read by anyone (leaves are shared by `Arc`).
     pub(crate) memtable: Memtable,
-    /// Lock 1 of 5, taken first: serializes every file-system change (checkpoints,
+    /// Lock 1 of 6, taken first: serializes every file-system change (checkpoints,
     /// the manifest) and every change of the region map.
     durable: Mutex<Durable>,
-    /// Lock 2 of 5 (after `durable`, if both): serializes every change of the memtable
+    /// Lock 2 of 6 (after `durable`, if both): serializes every change of the memtable
     /// and of the regions' byte charges.
     commit: Mutex<CommitState>,
-    /// Lock 3 of 5 (after `durable` and `commit`, if held): the region map, written
+    /// Lock 3 of 6 (after `durable` and `commit`, if held): the region map, written
     /// only by `Inner::change`.
     regions: RwLock<RegionState>,
-    /// Lock 4 of 5 (after `regions`, if held): which open rounds pin which regions.
+    /// Lock 4 of 6 (after `regions`, if held): which open rounds pin which regions.
     pins: Mutex<PinLedger>,
-    /// Lock 5 of 5, taken last: live snapshots, sequence number -> how many.
+    /// Lock 5 of 6: live snapshots, sequence number -> how many.
     pub(crate) read_views: Mutex<BTreeMap<u64, u32>>,
+    /// Lock 6 of 6, taken last: the client sessions of each hosted region (absent:
+    /// none). Changed by the rounds of the thread that applies the region (see
+    /// `round.rs`) and by region changes (`topology.rs`).
+    pub(crate) sessions: Mutex<HashMap<RegionId, SessionTable>>,
     /// Every write up to this sequence number is applied; snapshots read at it.
     pub(crate) visible_seq: AtomicU64,
     next_round: AtomicU64,
@@ -277,8 +303,11 @@ impl Engine {
             fs.sync_dir(&dir).map_err(|e| Error::io("sync_dir", &dir, e))?;
         }
 
-        // Load checkpoints: each part at its own sequence number.
+        // Load checkpoints: each part at its own sequence number, and the session tables
+        // of the files each region's image is made of (joined, as a merge joins them;
+        // the parts of a split share their parent's file, so each gets a copy).
         let memtable = Memtable::new();
+        let mut sessions: HashMap<RegionId, SessionTable> = HashMap::new();
         let mut seq = 0u64;
         let mut files: HashMap<u64, CheckpointFile> = HashMap::new();
         let mut bytes: HashMap<RegionId, AtomicU64> = HashMap::new();
@@ -297,6 +326,12 @@ impl Engine {
                 };
                 recovery.entries_loaded += entries;
                 bytes.entry(entry.region.id).or_default().fetch_add(charged, Ordering::Relaxed);
+                if let Some(table) =
+                    files.get(&part.file_id).and_then(|f| f.header().sessions.as_ref())
+                {
+                    let limits = options.session_limits;
+                    sessions.entry(entry.region.id).or_default().join(table, limits);
+                }
             }
         }
         drop(files);
@@ -322,6 +357,7 @@ impl Engine {
             regions: RwLock::new(RegionState { map, bytes }),
             pins: Mutex::new(PinLedger::default()),
             read_views: Mutex::new(BTreeMap::new()),
+            sessions: Mutex::new(sessions),
             visible_seq: AtomicU64::new(seq),
             next_round: AtomicU64::new(1),
             failure: Mutex::new(None),
@@ -487,6 +523,44 @@ impl Engine {
     pub fn merge_state(&self, id: RegionId) -> Option<MergeState> {
         let durable = self.inner.durable.lock();
         durable.manifest.regions.iter().find(|e| e.region.id == id).and_then(|e| e.merge)
+    }
+
+    /// Region `id`'s client sessions (a copy), if the region is hosted.
+    pub fn sessions(&self, id: RegionId) -> Option<SessionTable> {
+        self.region(id)?;
+        Some(self.inner.sessions.lock().get(&id).cloned().unwrap_or_default())
+    }
+
+    /// Takes a write of session `id` numbered `seq`, stamped `time_ms`, into region
+    /// `region`'s table (see [`SessionTable`]); the changes are pushed to `undo`.
+    pub(crate) fn session_write(
+        &self,
+        region: RegionId,
+        id: SessionId,
+        seq: u64,
+        time_ms: u64,
+        undo: &mut Vec<(RegionId, Undo)>,
+    ) -> SessionWrite {
+        let mut steps = Vec::new();
+        let limits = self.inner.options.session_limits;
+        let outcome = (self.inner.sessions.lock().entry(region).or_default())
+            .write(id, seq, time_ms, limits, &mut steps);
+        undo.extend(steps.into_iter().map(|step| (region, step)));
+        outcome
+    }
+
+    /// Reverts session changes (a round that did not commit), the last first.
+    pub(crate) fn undo_sessions(&self, undo: Vec<(RegionId, Undo)>) {
+        let mut sessions = self.inner.sessions.lock();
+        for (region, step) in undo.into_iter().rev() {
+            sessions.entry(region).or_default().undo(step);
+        }
+        sessions.retain(|_, t| !t.is_empty() || t.now_ms() > 0);
+    }
+
+    /// The limits of the regions' session tables.
+    pub fn session_limits(&self) -> SessionLimits {
+        self.inner.options.session_limits
     }
 
     /// The most bytes of keys and values one apply round may buffer.

@@ -128,14 +128,16 @@ impl Engine {
             |p, region| {
                 self.inner.memtable.remove_range(&region.start, region.end.as_deref());
                 p.regions.bytes.remove(&id);
+                self.inner.sessions.lock().remove(&id);
                 region
             },
         )
     }
 
     /// Splits region `id` at `split_keys`; see [`RegionMap::split`]. Moves no data:
-    /// children inherit the parent's checkpoint parts (each its share), its pins and
-    /// its epoch (bumped). Returns the parts in key order.
+    /// children inherit the parent's checkpoint parts (each its share), its pins, its
+    /// client sessions (a copy each) and its epoch (bumped). Returns the parts in key
+    /// order.
     pub fn split(
         &self,
         id: RegionId,
@@ -161,8 +163,8 @@ impl Engine {
     }
 
     /// Merges region `source` into its neighbour `target`; see [`RegionMap::merge`].
-    /// Moves no data: the target takes over the source's checkpoint parts and pins.
-    /// Returns the grown target.
+    /// Moves no data: the target takes over the source's checkpoint parts and pins,
+    /// and joins the source's client sessions into its own. Returns the grown target.
     pub fn merge(&self, source: RegionId, target: RegionId) -> Result<Region> {
         self.inner.change(
             |s| {
@@ -202,6 +204,8 @@ impl Engine {
                 // The commit lock is held: the snapshot is the state as of the split's
                 // index.
                 let snapshot = self.read_view();
+                // Every part starts with the parent's sessions.
+                let sessions = self.inner.sessions.lock().get(&id).cloned().unwrap_or_default();
                 // What each part is charged for: the length its checkpoint is estimated
                 // at, and (the children's) the charges that move. Every change to the
                 // memtable takes the commit lock, so these are the charges after the
@@ -223,6 +227,7 @@ impl Engine {
                         part,
                         applied_index,
                         &snapshot,
+                        &sessions,
                         estimate_bytes,
                     )?);
                 }
@@ -264,6 +269,14 @@ impl Engine {
                 s.check_hosted(&[source, target])?;
                 let merged = s.map.merge(source, target)?;
                 let snapshot = self.read_view();
+                let sessions = {
+                    let tables = self.inner.sessions.lock();
+                    let mut joined = tables.get(&target).cloned().unwrap_or_default();
+                    if let Some(from) = tables.get(&source) {
+                        joined.join(from, self.inner.options.session_limits);
+                    }
+                    joined
+                };
                 let estimate_bytes = [source, target]
                     .iter()
                     .filter_map(|id| s.regions.bytes.get(id))
@@ -274,6 +287,7 @@ impl Engine {
                     &merged,
                     at_index,
                     &snapshot,
+                    &sessions,
                     estimate_bytes,
                 )?;
                 let mut next = s.manifest(|region| {
@@ -340,6 +354,7 @@ impl Engine {
                 s.check_hosted(&[id])?;
                 let region = s.map.bump_version(id)?;
                 let snapshot = self.read_view();
+                let sessions = self.inner.sessions.lock().get(&id).cloned().unwrap_or_default();
                 let estimate_bytes =
                     s.regions.bytes.get(&id).map_or(0, |b| b.load(Ordering::Relaxed));
                 let image = self.write_whole_checkpoint(
@@ -347,6 +362,7 @@ impl Engine {
                     &region,
                     at_index,
                     &snapshot,
+                    &sessions,
                     estimate_bytes,
                 )?;
                 let mut next =
@@ -368,7 +384,7 @@ impl Engine {
     }
 
     /// Hosts the region of a received, verified checkpoint, with exactly the
-    /// checkpoint's data. If this store hosts an older version of the same region
+    /// checkpoint's data and client sessions. If this store hosts an older version of the same region
     /// (a lagging replica), it is replaced, data and all, in one manifest update; any
     /// other region overlapping the range is an error.
     pub fn install_checkpoint(&self, received: ReceivedCheckpoint) -> Result<Region> {
@@ -413,6 +429,12 @@ impl Engine {
                     empty_at: None,
                 };
                 let (_, bytes) = load_part(&self.inner.memtable, &file, &entry, &part, seq);
+                // The region's sessions are the checkpoint's, as of its index.
+                let mut sessions = self.inner.sessions.lock();
+                match &header.sessions {
+                    Some(table) => sessions.insert(region.id, table.clone()),
+                    None => sessions.remove(&region.id),
+                };
                 p.commit.next_seq += 1;
                 self.inner.visible_seq.store(seq, Ordering::Release);
                 p.regions.bytes.insert(region.id, AtomicU64::new(bytes));
@@ -432,8 +454,9 @@ impl Engine {
     }
 
     /// After a split of `parent` into `parts` (the parent first): the children's
-    /// charges move from the parent to them, and rounds that pin the parent pin the
-    /// children too.
+    /// charges move from the parent to them, rounds that pin the parent pin the
+    /// children too, and every child starts with a copy of the parent's sessions (a
+    /// write the parent applied is recognised by whichever part its keys are in now).
     fn on_split(
         &self,
         regions: &mut RegionState,
@@ -451,15 +474,27 @@ impl Engine {
         }
         let children: Vec<RegionId> = parts[1..].iter().map(|p| p.id).collect();
         self.inner.pins.lock().on_split(parent, &children);
+        let mut sessions = self.inner.sessions.lock();
+        if let Some(table) = sessions.get(&parent).cloned() {
+            for child in children {
+                sessions.insert(child, table.clone());
+            }
+        }
     }
 
     /// After a merge of `source` into `target`: the source's charge and pins go to the
-    /// target.
+    /// target, and its sessions join the target's (per session the highest sequence
+    /// number: a write either side applied is recognised).
     fn on_merge(&self, regions: &mut RegionState, source: RegionId, target: RegionId) {
         let moved = regions.bytes.remove(&source).map_or(0, AtomicU64::into_inner);
         if let Some(b) = regions.bytes.get(&target) {
             b.fetch_add(moved, Ordering::Relaxed);
         }
         self.inner.pins.lock().on_merge(source, target);
+        let mut sessions = self.inner.sessions.lock();
+        if let Some(from) = sessions.remove(&source) {
+            let limits = self.inner.options.session_limits;
+            sessions.entry(target).or_default().join(&from, limits);
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! proposals waiting for them are resolved, and confirmed reads are served.
 
 use raft::eraftpb::{Entry, EntryType};
-use regionkv_engine::{ApplyRound, Engine, Region, RegionId};
+use regionkv_engine::{ApplyRound, Engine, Region, RegionId, SessionWrite};
 
 use super::StoreCore;
 use super::admin_apply::MergeWait;
@@ -35,7 +35,9 @@ pub(super) struct Applier<'e> {
     /// Bytes of keys and values buffered in `round`.
     bytes: usize,
     max_bytes: usize,
-    replies: Vec<(Reply<()>, Result<()>)>,
+    /// Each client write's reply, its region and its outcome, answered once the round
+    /// commits.
+    replies: Vec<(Reply<()>, RegionId, Result<()>)>,
     /// Set when a region's apply failed: the round may hold part of a write and must
     /// not be committed.
     failed: bool,
@@ -61,7 +63,10 @@ impl<'e> Applier<'e> {
     }
 
     /// Ends the pass: commits the round (dropped, uncommitted, if an apply failed)
-    /// and answers every client whose write it held.
+    /// and answers every client whose write it held. If the round is dropped at
+    /// shutdown, its writes are committed entries that were not applied here: they
+    /// apply after the restart, so their outcome is unknown to the client
+    /// ([`Error::CancelledInFlight`]).
     pub(super) fn finish(mut self, stats: &mut ApplyStats) -> Result<()> {
         let result = if self.failed {
             Err(Error::Internal("an apply failed; the round is dropped".into()))
@@ -71,12 +76,12 @@ impl<'e> Applier<'e> {
         stats.add(&self.stats);
         let replies = std::mem::take(&mut self.replies);
         match &result {
-            Ok(()) => replies.into_iter().for_each(|(reply, r)| reply(r)),
+            Ok(()) => replies.into_iter().for_each(|(reply, _, r)| reply(r)),
             Err(e) => {
                 let cancelled = e.is_cancelled();
-                for (reply, _) in replies {
+                for (reply, region, _) in replies {
                     reply(Err(if cancelled {
-                        Error::Cancelled
+                        Error::CancelledInFlight { region }
                     } else {
                         Error::Internal(format!("apply failed: {e}"))
                     }));
@@ -104,6 +109,13 @@ impl<'e> Applier<'e> {
     /// Buffers one client write, whole: it never straddles two rounds. The outer error
     /// is a failure of the apply itself; the inner result is the write's own outcome (a
     /// stale epoch or a key outside the region refuses just this write).
+    ///
+    /// A write with a session that the region applied already (a retry whose first
+    /// answer was lost: the same session and number, in this entry, an earlier one, or
+    /// before a split or merge) is not applied again and is answered with the first
+    /// outcome, success; its use is recorded in the region's session table, in this
+    /// round (see `regionkv_engine::sessions`). Only applied writes are recorded: a
+    /// refused one may come again and apply.
     fn write(&mut self, replica: &Replica, write: &Write) -> Result<Result<()>> {
         if let Err(refused) = check_write(replica, write) {
             return Ok(Err(refused));
@@ -114,6 +126,14 @@ impl<'e> Applier<'e> {
         }
         let region = &replica.region;
         self.round.prepare_for_region(region.id, region.epoch)?;
+        if let Some(session) = write.session {
+            let time_ms = write.time_ms.unwrap_or(0);
+            if self.round.session_write(session.id, session.seq, time_ms)?
+                == SessionWrite::AlreadyApplied
+            {
+                return Ok(Ok(()));
+            }
+        }
         for op in &write.ops {
             // An error here leaves part of the write buffered; it fails the whole
             // apply (the round is dropped uncommitted), never commits a part.
@@ -140,7 +160,7 @@ fn resolve_proposals(
     replica: &mut Replica,
     entry: &Entry,
     outcome: Outcome,
-    replies: &mut Vec<(Reply<()>, Result<()>)>,
+    replies: &mut Vec<(Reply<()>, RegionId, Result<()>)>,
 ) {
     let region = replica.region.id;
     let dropped = || Error::Dropped { region, reason: DropReason::Overwritten };
@@ -171,11 +191,11 @@ fn resolve_proposals(
                     let r = results.next().unwrap_or_else(|| {
                         Err(Error::Internal("fewer results than writes".into()))
                     });
-                    replies.push((reply, r));
+                    replies.push((reply, region, r));
                 }
             }
             Waiting::Writes(waiting) => {
-                replies.extend(waiting.into_iter().map(|reply| (reply, Err(dropped()))));
+                replies.extend(waiting.into_iter().map(|reply| (reply, region, Err(dropped()))));
             }
             Waiting::ChangePeers(reply) if matched => reply(Ok(replica.region.clone())),
             Waiting::ChangePeers(reply) => reply(Err(dropped())),

@@ -18,6 +18,18 @@ pub type ApplyObserver = Box<dyn Fn(RegionId, u64, u64, &[u8]) + Send + Sync>;
 /// deterministic driver replace raft-rs's thread-local randomness with a seed.
 pub type ElectionTicks = Box<dyn Fn(RegionId, PeerId) -> usize + Send + Sync>;
 
+/// Reads the wall clock: milliseconds since the Unix epoch. A leader stamps it into
+/// each write that carries a session (what the region's session table goes by); apply
+/// never reads it. A deterministic driver replaces it with its virtual clock.
+pub type Clock = Box<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system clock, as a [`Clock`] reads it (0 before 1970).
+pub fn system_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// What a store shares between its cores and drivers.
 pub struct StoreContext {
     /// How the store runs.
@@ -34,6 +46,8 @@ pub struct StoreContext {
     pub apply_observer: Option<ApplyObserver>,
     /// Fixes each replica's election timeout, if set (else raft-rs randomizes it).
     pub election_ticks: Option<ElectionTicks>,
+    /// The wall clock leaders stamp into writes, if set (else [`system_clock_ms`]).
+    pub clock: Option<Clock>,
     /// Write-path counters of every core of the store.
     pub metrics: WriteMetrics,
 }
@@ -61,8 +75,14 @@ impl StoreContext {
             cancel,
             apply_observer: None,
             election_ticks: None,
+            clock: None,
             metrics: WriteMetrics::default(),
         }
+    }
+
+    /// The wall clock now (ms since the Unix epoch): [`StoreContext::clock`] if set.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.as_ref().map_or_else(system_clock_ms, |clock| clock())
     }
 
     /// The engine that holds `region`: the directory's for [`DIRECTORY`], else the

@@ -210,7 +210,8 @@ impl StoreCore {
         }
     }
 
-    /// Stops every replica: fails what waits with `Cancelled`, shuts timelines down.
+    /// Stops every replica: fails what waits with `Cancelled` (proposals in flight with
+    /// `CancelledInFlight`), shuts timelines down.
     pub fn shutdown(&mut self, timeout: std::time::Duration) {
         for replica in self.replicas.values_mut() {
             replica.fail_all(|| Error::Cancelled);

@@ -99,7 +99,8 @@ mod snapshot;
 
 use self::apply::Applier;
 pub use self::context::{
-    ApplyObserver, ElectionTicks, RAFT_INIT_INDEX, RAFT_INIT_TERM, StoreContext,
+    ApplyObserver, Clock, ElectionTicks, RAFT_INIT_INDEX, RAFT_INIT_TERM, StoreContext,
+    system_clock_ms,
 };
 use self::messages::SendWhen;
 pub use self::output::{CoreTask, Output, WriteTask};

@@ -27,9 +27,10 @@ impl StoreCore {
     }
 
     /// Takes a client write: it waits in the replica's batch for the end of the turn
-    /// (`propose_batch`).
+    /// (`propose_batch`). A write with a session is stamped with this leader's clock:
+    /// the time its region's session table will go by when it applies.
     pub fn on_write(&mut self, req: WriteRequest) {
-        let WriteRequest { region, epoch, ops, reply } = req;
+        let WriteRequest { region, epoch, ops, session, reply } = req;
         if region == DIRECTORY {
             self.wake(region);
             reply(Err(Error::InvalidRequest(
@@ -39,6 +40,7 @@ impl StoreCore {
         }
         // Times the write from here to its successful reply.
         let reply = self.ctx.metrics.timed(reply);
+        let time_ms = session.map(|_| self.ctx.now_ms());
         let replica = match self.leader(region).and_then(|replica| {
             replica.check_version(epoch)?;
             replica.check_not_merging()?;
@@ -51,7 +53,7 @@ impl StoreCore {
                 return;
             }
         };
-        replica.proposals.batch.push((Write { epoch, ops }, reply));
+        replica.proposals.batch.push((Write { epoch, ops, session, time_ms }, reply));
         self.dirty.insert(region);
     }
 
