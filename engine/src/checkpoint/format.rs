@@ -11,8 +11,14 @@
 //!  +----------+----------+----------+----------+----------------------+---------+
 //!  | magic    | version  | flags 0  | n        | n bytes: fields      | crc32   |
 //!  | 8 bytes  | u32 LE   | u32 LE   | u32 LE   | (region, applied     | of      |
-//!  |          |          |          |          |  index), see codec   | 0..20+n |
+//!  |          |          |          |          |  index, snapshot),   | 0..20+n |
+//!  |          |          |          |          |  see below           |         |
 //!  +----------+----------+----------+----------+----------------------+---------+
+//!
+//!  header fields   1 region  2 applied index u64
+//!                  3 snapshot { 1 term u64, 2 voter* u64, 3 learner* u64 }
+//!                    (since version 2, optional: only in a checkpoint made for a
+//!                    Raft snapshot)
 //!
 //!  block (sorted entries, keys strictly increasing across the whole file)
 //!  0          4          8          12                                12+n      16+n
@@ -40,6 +46,15 @@
 //! directory fsynced; it is never modified afterwards, so readers map it. Opening one
 //! checks every checksum, every length, the order of every key and that every key is
 //! inside the region, before anything is loaded.
+//!
+//! Versions:
+//!
+//! - 1: region and applied index in the header.
+//! - 2: adds the optional `snapshot` field: a checkpoint a leader made for a Raft
+//!   snapshot records the term of the entry at the applied index and the voters and
+//!   learners then, so that a store that crashed after installing it, before its log
+//!   said so, can restart the region's log right after the image. Version-1 files
+//!   still open (the field is `None`); a version-1 binary refuses version-2 files.
 
 use std::path::Path;
 
@@ -54,7 +69,9 @@ pub(crate) const MAGIC: [u8; 8] = *b"rkvCKP\r\n";
 /// Marks the footer.
 const FOOTER_MAGIC: [u8; 4] = *b"CKPT";
 /// The checkpoint format this binary writes and the newest it reads.
-pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
+pub const CHECKPOINT_FORMAT_VERSION: u32 = 2;
+/// The oldest checkpoint format this binary reads.
+pub const OLDEST_CHECKPOINT_VERSION: u32 = 1;
 const HEADER_FIXED_LEN: usize = 20;
 const BLOCK_HEADER_LEN: usize = 12;
 /// Bytes in front of each entry's key: its key and value lengths.
@@ -74,7 +91,14 @@ const _: () = assert!(BLOCK_TARGET_BYTES < u32::MAX as usize / 2, "block lengths
 // Header fields.
 const HDR_REGION: u16 = 1;
 const HDR_APPLIED_INDEX: u16 = 2;
-const HDR_TAGS: &[u16] = &[HDR_REGION, HDR_APPLIED_INDEX];
+/// Since version 2.
+const HDR_SNAPSHOT: u16 = 3;
+const HDR_TAGS: &[u16] = &[HDR_REGION, HDR_APPLIED_INDEX, HDR_SNAPSHOT];
+// Snapshot fields.
+const S_TERM: u16 = 1;
+const S_VOTER: u16 = 2;
+const S_LEARNER: u16 = 3;
+const SNAPSHOT_TAGS: &[u16] = &[S_TERM, S_VOTER, S_LEARNER];
 
 /// What a checkpoint says about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +107,21 @@ pub struct CheckpointHeader {
     pub region: Region,
     /// The Raft index the image reflects: every entry up to it is applied, none after.
     pub applied_index: u64,
+    /// The Raft snapshot this checkpoint was made for (since format version 2; `None`
+    /// in other checkpoints and in version-1 files).
+    pub snapshot: Option<SnapshotMeta>,
+}
+
+/// What a Raft snapshot says about its image beyond the applied index: enough to
+/// restart the region's log right after the image (the engine only stores it).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct SnapshotMeta {
+    /// The Raft term of the entry at the applied index.
+    pub term: u64,
+    /// The voting peers at the applied index.
+    pub voters: Vec<u64>,
+    /// The non-voting peers (learners) at the applied index.
+    pub learners: Vec<u64>,
 }
 
 /// Totals of a checkpoint, from its footer.
@@ -137,6 +176,17 @@ impl<'s> Encoder<'s> {
         let mut body = Vec::new();
         codec::put_nested(&mut body, HDR_REGION, |out| codec::put_region(out, &header.region));
         codec::put_u64(&mut body, HDR_APPLIED_INDEX, header.applied_index);
+        if let Some(snap) = &header.snapshot {
+            codec::put_nested(&mut body, HDR_SNAPSHOT, |out| {
+                codec::put_u64(out, S_TERM, snap.term);
+                for &id in &snap.voters {
+                    codec::put_u64(out, S_VOTER, id);
+                }
+                for &id in &snap.learners {
+                    codec::put_u64(out, S_LEARNER, id);
+                }
+            });
+        }
         let mut out = Vec::with_capacity(flush_bytes + BLOCK_TARGET_BYTES * 2);
         out.extend_from_slice(&MAGIC);
         put_u32(&mut out, CHECKPOINT_FORMAT_VERSION);
@@ -308,7 +358,7 @@ impl CheckpointFile {
     ) -> Result<CheckpointFile> {
         let corrupt = |e: DecodeError| Error::corruption(path, e.offset as u64, e.reason);
         let version = codec::u32_at(&data, 8);
-        if data.len() >= 12 && data[..8] == MAGIC && version != Some(CHECKPOINT_FORMAT_VERSION) {
+        if data.len() >= 12 && data[..8] == MAGIC {
             let found = version.unwrap_or(0);
             if found > CHECKPOINT_FORMAT_VERSION {
                 return Err(Error::TooNew {
@@ -346,7 +396,7 @@ impl CheckpointFile {
         }
         let mut d = Decoder::new(&buf[8..]);
         let version = d.u32("header")?;
-        if version != CHECKPOINT_FORMAT_VERSION {
+        if !(OLDEST_CHECKPOINT_VERSION..=CHECKPOINT_FORMAT_VERSION).contains(&version) {
             return Err(err(8, "unsupported checkpoint format version"));
         }
         let flags = d.u32("header")?;
@@ -364,7 +414,7 @@ impl CheckpointFile {
         if flags != 0 {
             return Err(err(12, "unknown header flags"));
         }
-        let header = decode_header_body(&buf[HEADER_FIXED_LEN..header_end])
+        let header = decode_header_body(&buf[HEADER_FIXED_LEN..header_end], version)
             .map_err(|e| e.shifted(HEADER_FIXED_LEN))?;
         let data_start = header_end + CRC_LEN;
 
@@ -566,13 +616,27 @@ fn verify_block<'a>(
     Ok((u64::from(count), kv))
 }
 
-fn decode_header_body(body: &[u8]) -> DecodeResult<CheckpointHeader> {
+fn decode_header_body(body: &[u8], version: u32) -> DecodeResult<CheckpointHeader> {
     let rec = TlvRecord::parse(body, HDR_TAGS, UnknownTags::Reject)?;
     let region_field = rec.required(HDR_REGION, "checkpoint region missing")?;
     let region = codec::decode_region(region_field.value, UnknownTags::Reject)
         .map_err(|e| e.shifted(region_field.offset))?;
     let applied_index = rec.required(HDR_APPLIED_INDEX, "applied index missing")?.as_u64()?;
-    Ok(CheckpointHeader { region, applied_index })
+    let snapshot = match rec.optional(HDR_SNAPSHOT)? {
+        Some(field) if version < 2 => {
+            return Err(DecodeError::new(field.offset, "a snapshot field in a version-1 file"));
+        }
+        Some(field) => Some(decode_snapshot(field.value).map_err(|e| e.shifted(field.offset))?),
+        None => None,
+    };
+    Ok(CheckpointHeader { region, applied_index, snapshot })
+}
+
+fn decode_snapshot(buf: &[u8]) -> DecodeResult<SnapshotMeta> {
+    let rec = TlvRecord::parse(buf, SNAPSHOT_TAGS, UnknownTags::Reject)?;
+    let term = rec.required(S_TERM, "snapshot term missing")?.as_u64()?;
+    let ids = |tag| rec.repeated(tag).map(|f| f.as_u64()).collect::<DecodeResult<Vec<u64>>>();
+    Ok(SnapshotMeta { term, voters: ids(S_VOTER)?, learners: ids(S_LEARNER)? })
 }
 
 /// A piece of a checkpoint file in transit.
@@ -653,6 +717,7 @@ pub(crate) mod tests {
                 peers: vec![Peer { id: PeerId(10), store: StoreId(1) }],
             },
             applied_index: 77,
+            snapshot: Some(SnapshotMeta { term: 6, voters: vec![10, 11], learners: vec![12] }),
         }
     }
 
@@ -695,8 +760,29 @@ pub(crate) mod tests {
     #[test]
     fn a_newer_version_is_reported_as_too_new() {
         let mut file = encode(&header(), &pairs(2, 1));
-        file[8] = 2;
-        assert!(matches!(decode(&file), Err(Error::TooNew { found: 2, .. })));
+        let newer = CHECKPOINT_FORMAT_VERSION + 1;
+        file[8..12].copy_from_slice(&newer.to_le_bytes());
+        assert!(matches!(decode(&file), Err(Error::TooNew { found, .. }) if found == newer));
+    }
+
+    /// Rewrites the version of an encoded file (and its header checksum).
+    fn with_version(mut file: Vec<u8>, version: u32) -> Vec<u8> {
+        file[8..12].copy_from_slice(&version.to_le_bytes());
+        let body_len = codec::u32_at(&file, 16).unwrap() as usize;
+        let end = HEADER_FIXED_LEN + body_len;
+        let crc = crc32fast::hash(&file[..end]);
+        file[end..end + 4].copy_from_slice(&crc.to_le_bytes());
+        file
+    }
+
+    #[test]
+    fn a_version_1_file_opens_without_snapshot_metadata_and_may_not_carry_it() {
+        let v1 = CheckpointHeader { snapshot: None, ..header() };
+        let file = decode(&with_version(encode(&v1, &pairs(3, 2)), 1)).unwrap();
+        assert_eq!(file.header(), &v1);
+        assert_eq!(read_all(&file), pairs(3, 2));
+        let forged = with_version(encode(&header(), &pairs(3, 2)), 1);
+        assert!(decode(&forged).unwrap_err().is_corruption());
     }
 
     #[test]

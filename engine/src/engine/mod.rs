@@ -24,7 +24,7 @@ use crate::manifest::{self, Compatibility, Manifest, MergeState};
 use crate::memtable::{Batch, MAX_SEQ, Memtable, Seq, Visibility};
 use crate::pins::{PinLedger, RoundId};
 use crate::read_view::ReadView;
-use crate::region::{Epoch, Region, RegionId, StoreId, in_range};
+use crate::region::{Epoch, Incarnation, Region, RegionId, StoreId, in_range};
 use crate::region_map::RegionMap;
 
 /// How to open an [`Engine`].
@@ -437,6 +437,27 @@ impl Engine {
         let wrapped = next.is_none();
         commit.gc_cursor = next;
         GcStats { keys, bytes_freed, wrapped }
+    }
+
+    /// This life of the store's disk, if one was recorded (see [`Incarnation`]).
+    pub fn incarnation(&self) -> Option<Incarnation> {
+        self.inner.durable.lock().manifest.incarnation
+    }
+
+    /// The store's incarnation: the recorded one, or else `fresh`, recorded durably
+    /// before this returns. The caller draws `fresh` at random (the simulator from its
+    /// seed); it is written once per life of the disk.
+    pub fn ensure_incarnation(&self, fresh: Incarnation) -> Result<Incarnation> {
+        let mut durable = self.inner.durable.lock();
+        if let Some(known) = durable.manifest.incarnation {
+            return Ok(known);
+        }
+        self.inner.check_usable()?;
+        let mut next = durable.manifest.clone();
+        next.incarnation = Some(fresh);
+        self.inner.persist(&mut durable, next)?;
+        tracing::info!(dir = %self.inner.dir.display(), incarnation = %fresh, "recorded the store's incarnation");
+        Ok(fresh)
     }
 
     /// Opaque state of background task `name`, as last stored.
