@@ -229,7 +229,7 @@ impl Engine {
     ) -> Result<Engine> {
         options.validate()?;
         let dir = dir.as_ref().to_owned();
-        fs.create_dir_all(&dir).map_err(|e| Error::io("create_dir_all", &dir, e))?;
+        fs.create_dir_all_durable(&dir).map_err(|e| Error::io("create_dir_all", &dir, e))?;
         let names = fs.list(&dir).map_err(|e| Error::io("list", &dir, e))?;
         let mut recovery = RecoveryInfo::default();
 
