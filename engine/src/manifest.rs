@@ -35,12 +35,14 @@
 //!   file needed). The minimum reader becomes 4: an older binary would drop `merge`
 //!   when it rewrites the manifest and let a merging source take writes again.
 //!   Migration 3 -> 4 leaves both `None`.
-//! - 5: adds the store's `incarnation`: a random number written when the store is
-//!   first opened, carried in the transport handshake, so that peers can tell a store
-//!   that lost its disk from the one they knew (ARCHITECTURE.md, "Store identity").
-//!   The minimum reader becomes 5: an older binary would drop it when it rewrites the
+//! - 5: adds the store's `incarnation`, a random number written when the store is
+//!   first opened, and its `peer_floor`, an id from the cluster's allocator written
+//!   when the store joined a running cluster (every peer of this store has a greater
+//!   id). Both travel in the transport handshake, so that peers can tell a store that
+//!   lost its disk from the one they knew (ARCHITECTURE.md, "Store identity"). The
+//!   minimum reader becomes 5: an older binary would drop them when it rewrites the
 //!   manifest, and the next start would take the store for a replaced one. Migration
-//!   4 -> 5 leaves it `None` (unknown); the store writes a new one as it opens.
+//!   4 -> 5 leaves both `None` (unknown); the store writes an incarnation as it opens.
 //!
 //! The manifest is replaced atomically: written in full to `MANIFEST.tmp`, fsynced,
 //! renamed over `MANIFEST`, and the directory fsynced.
@@ -53,7 +55,7 @@ use regionkv_wal::fs::{FileSystem, OpenMode};
 
 use crate::codec::{self, DecodeError, DecodeResult, Decoder, TlvRecord, UnknownTags};
 use crate::error::{Error, Result};
-use crate::region::{Incarnation, Region, RegionId, StoreId, intersect};
+use crate::region::{Incarnation, PeerId, Region, RegionId, StoreId, intersect};
 use crate::region_map::RegionMap;
 
 /// Identifies a regionkv manifest.
@@ -84,8 +86,9 @@ const F_REGION: u16 = 4;
 const F_TASK: u16 = 5;
 // Since version 5.
 const F_INCARNATION: u16 = 6;
+const F_PEER_FLOOR: u16 = 7;
 const STORE_TAGS: &[u16] =
-    &[F_STORE_ID, F_CLEAN_SHUTDOWN, F_NEXT_FILE_ID, F_REGION, F_TASK, F_INCARNATION];
+    &[F_STORE_ID, F_CLEAN_SHUTDOWN, F_NEXT_FILE_ID, F_REGION, F_TASK, F_INCARNATION, F_PEER_FLOOR];
 // Region entry fields.
 const R_REGION: u16 = 1;
 const R_CHECKPOINT: u16 = 2;
@@ -211,6 +214,10 @@ pub struct Manifest {
     /// This life of the store's disk (since format version 5; `None` until the store
     /// first opens with a binary that writes it).
     pub incarnation: Option<Incarnation>,
+    /// Every peer of this store has a greater id: an id the cluster allocated when the
+    /// store joined it (since format version 5; `None` for a store that bootstrapped
+    /// its cluster, or from before).
+    pub peer_floor: Option<PeerId>,
     /// True if the engine was closed cleanly and nothing changed since.
     pub clean_shutdown: bool,
     /// The next checkpoint file number to use.
@@ -229,6 +236,7 @@ impl Manifest {
             format_version: MANIFEST_FORMAT_VERSION,
             store_id,
             incarnation: None,
+            peer_floor: None,
             clean_shutdown: false,
             next_file_id: 1,
             regions: Vec::new(),
@@ -244,6 +252,9 @@ impl Manifest {
         codec::put_u64(&mut body, F_NEXT_FILE_ID, self.next_file_id);
         if let Some(incarnation) = self.incarnation {
             codec::put_u64(&mut body, F_INCARNATION, incarnation.0);
+        }
+        if let Some(floor) = self.peer_floor {
+            codec::put_u64(&mut body, F_PEER_FLOOR, floor.0);
         }
         for entry in &self.regions {
             codec::put_nested(&mut body, F_REGION, |out| {
@@ -439,6 +450,7 @@ fn decode_body(body: &[u8], version: u32, unknown: UnknownTags) -> DecodeResult<
     let next_file_id = rec.required(F_NEXT_FILE_ID, "next file id missing")?.as_u64()?;
     let incarnation =
         rec.optional(F_INCARNATION)?.map(|f| f.as_u64()).transpose()?.map(Incarnation);
+    let peer_floor = rec.optional(F_PEER_FLOOR)?.map(|f| f.as_u64()).transpose()?.map(PeerId);
     let mut regions: Vec<RegionEntry> = Vec::new();
     for field in rec.repeated(F_REGION) {
         let entry = decode_region_entry(field.value, unknown, next_file_id)
@@ -468,6 +480,7 @@ fn decode_body(body: &[u8], version: u32, unknown: UnknownTags) -> DecodeResult<
         format_version: version,
         store_id,
         incarnation,
+        peer_floor,
         clean_shutdown,
         next_file_id,
         regions,
@@ -577,15 +590,16 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         from: 4,
         to: 5,
-        description: "the store gains an incarnation (unknown before; written on open)",
+        description: "the store gains an incarnation and a peer floor (unknown before)",
         run: no_incarnation,
     },
 ];
 
-/// Migration 4 -> 5: no older binary recorded an incarnation.
+/// Migration 4 -> 5: no older binary recorded an incarnation or a peer floor.
 #[expect(clippy::unnecessary_wraps, reason = "every migration step has the same signature")]
 fn no_incarnation(manifest: &mut Manifest, _: &dyn FileSystem, _: &Path) -> Result<()> {
     manifest.incarnation = None;
+    manifest.peer_floor = None;
     Ok(())
 }
 
@@ -715,11 +729,12 @@ pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::region::{Epoch, Peer, PeerId};
+    use crate::region::{Epoch, Peer};
 
     pub(crate) fn sample() -> Manifest {
         let mut m = Manifest::new(StoreId(5));
         m.incarnation = Some(Incarnation(0x5eed_cafe));
+        m.peer_floor = Some(PeerId(1004));
         m.clean_shutdown = true;
         m.next_file_id = 9;
         m.regions.push(RegionEntry {

@@ -46,8 +46,9 @@ fn region() -> Region {
 fn write_scenario() -> Result<(Vec<u8>, Vec<u8>), Box<dyn std::error::Error>> {
     let fs = Arc::new(SimFs::new());
     let engine = Engine::open(fs.clone(), "/golden", EngineOptions::new(StoreId(1)))?;
-    // Since manifest version 5: the store's incarnation.
+    // Since manifest version 5: the store's incarnation and peer floor.
     engine.ensure_incarnation(INCARNATION)?;
+    engine.set_peer_floor(PeerId(1004))?;
     engine.insert_region(region())?;
     let mut round = engine.begin_round();
     round.prepare_for_region(RegionId(7), region().epoch)?;
@@ -201,7 +202,7 @@ fn golden_manifest_v4_decodes_field_by_field() -> TestResult {
     let m = Manifest::decode(&bytes)?;
     assert_eq!(m.format_version, 4);
     // Added in version 5: absent from a version-4 record, so unknown.
-    assert_eq!(m.incarnation, None);
+    assert_eq!((m.incarnation, m.peer_floor), (None, None));
     let ids: Vec<RegionId> = m.regions.iter().map(|e| e.region.id).collect();
     assert_eq!(ids, vec![RegionId(7), RegionId(8), RegionId(9)]);
     let seven = &m.regions[0];
@@ -236,6 +237,7 @@ fn golden_manifest_v5_decodes_field_by_field() -> TestResult {
     let m = Manifest::decode(&bytes)?;
     assert_eq!(m.format_version, 5);
     assert_eq!(m.incarnation, Some(INCARNATION));
+    assert_eq!(m.peer_floor, Some(PeerId(1004)));
     let ids: Vec<RegionId> = m.regions.iter().map(|e| e.region.id).collect();
     assert_eq!(ids, vec![RegionId(7), RegionId(8), RegionId(9)]);
     assert_eq!(

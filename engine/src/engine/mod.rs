@@ -24,7 +24,7 @@ use crate::manifest::{self, Compatibility, Manifest, MergeState};
 use crate::memtable::{Batch, MAX_SEQ, Memtable, Seq, Visibility};
 use crate::pins::{PinLedger, RoundId};
 use crate::read_view::ReadView;
-use crate::region::{Epoch, Incarnation, Region, RegionId, StoreId, in_range};
+use crate::region::{Epoch, Incarnation, PeerId, Region, RegionId, StoreId, in_range};
 use crate::region_map::RegionMap;
 
 /// How to open an [`Engine`].
@@ -458,6 +458,21 @@ impl Engine {
         self.inner.persist(&mut durable, next)?;
         tracing::info!(dir = %self.inner.dir.display(), incarnation = %fresh, "recorded the store's incarnation");
         Ok(fresh)
+    }
+
+    /// The floor of this store's peer ids, if one was recorded: every peer of the
+    /// store has a greater id (set when the store joins a running cluster).
+    pub fn peer_floor(&self) -> Option<PeerId> {
+        self.inner.durable.lock().manifest.peer_floor
+    }
+
+    /// Records the floor of this store's peer ids durably, before returning.
+    pub fn set_peer_floor(&self, floor: PeerId) -> Result<()> {
+        let mut durable = self.inner.durable.lock();
+        self.inner.check_usable()?;
+        let mut next = durable.manifest.clone();
+        next.peer_floor = Some(floor);
+        self.inner.persist(&mut durable, next)
     }
 
     /// Opaque state of background task `name`, as last stored.
