@@ -25,7 +25,8 @@ use regionkv_raft::directory::{DirCmd, DirResult, RegionRecord};
 use regionkv_raft::transport::frame::{FrameError, FrameKind};
 use regionkv_raft::transport::handshake::{ClusterId, HandshakeError, HandshakeKey};
 use regionkv_raft::{
-    AdminRequest, MergeStatus, PeerStatus, QueryResult, ReadRequest, Reply, WriteRequest,
+    AdminRequest, ChangePeersRequest, MergeStatus, PeerStatus, QueryResult, ReadRequest, Reply,
+    WriteRequest,
 };
 use regionkv_wal::CancellationToken;
 
@@ -54,6 +55,9 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long requests that a node drives (split, merge) wait for their answer.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a store add or remove (a node drives it, region by region, and a store
+/// added waits for its snapshots) may take.
+const STORE_CHANGE_TIMEOUT: Duration = Duration::from_secs(600);
 
 type Pending = Box<dyn FnOnce(Result<Response, RemoteError>) + Send>;
 
@@ -245,6 +249,23 @@ impl RemoteStores {
         slot.wait(timeout)
     }
 
+    /// Where `store` is dialed from now on.
+    pub fn set_addr(&self, store: StoreId, addr: SocketAddr) {
+        let changed = self.addrs.write().insert(store, addr) != Some(addr);
+        if changed && let Some(conn) = self.conns.lock().remove(&store) {
+            conn.break_off();
+        }
+        self.down_until.lock().remove(&store);
+    }
+
+    /// Sends `req` to `store` and waits for `Done` (or the error).
+    pub fn ask(&self, store: StoreId, req: &Request) -> Result<()> {
+        match self.call(store, req, CALL_TIMEOUT) {
+            Some(Ok(Response::Done)) => Ok(()),
+            other => Err(unexpected(store, other)),
+        }
+    }
+
     /// `store`'s status (its replicas).
     pub fn status(&self, store: StoreId) -> Result<StoreStatus> {
         match self.call(store, &Request::Status, CALL_TIMEOUT) {
@@ -380,6 +401,17 @@ impl Backend for RemoteStores {
             }));
         };
         self.send(store, &Request::Admin { region, epoch, cmd }, Box::new(done));
+    }
+
+    fn change_peers(&self, store: StoreId, req: ChangePeersRequest) {
+        let ChangePeersRequest { region, epoch, change, reply } = req;
+        let done = move |r| {
+            reply(answer(r, |resp| match resp {
+                Response::PeersChanged(region) => Some(region),
+                _ => None,
+            }));
+        };
+        self.send(store, &Request::ChangePeers { region, epoch, change }, Box::new(done));
     }
 
     fn directory(&self, store: StoreId, cmd: DirCmd, reply: Reply<DirResult>) {
@@ -522,15 +554,20 @@ impl Client {
 
     /// Asks the nodes in turn (until one answers) to run `req`, which they drive.
     fn ask_any(&self, req: &Request) -> Result<Response> {
+        self.ask_any_for(req, ADMIN_TIMEOUT)
+    }
+
+    /// [`Client::ask_any`], waiting up to `timeout` for the node that runs it.
+    fn ask_any_for(&self, req: &Request, timeout: Duration) -> Result<Response> {
         let mut last = Error::Unavailable { waited: Duration::ZERO, last: "no node".into() };
         for store in self.remote.store_ids() {
-            match self.remote.call(store, req, ADMIN_TIMEOUT) {
+            match self.remote.call(store, req, timeout) {
                 Some(Ok(r)) => return Ok(r),
                 Some(Err(e)) if e.code == ErrorCode::Cancelled => last = e.into_facade(),
                 Some(Err(e)) => return Err(e.into_facade()),
                 None => {
                     return Err(Error::Unavailable {
-                        waited: ADMIN_TIMEOUT,
+                        waited: timeout,
                         last: format!("store {store} did not answer; the outcome is unknown"),
                     });
                 }
@@ -555,6 +592,30 @@ impl Client {
         match self.ask_any(&Request::Merge { left, right })? {
             Response::Merged(region) => Ok(region),
             other => Err(Error::Protocol(format!("a merge answered {other:?}"))),
+        }
+    }
+
+    /// Adds store `store`, listening at `addr`, to every region (a node drives it; see
+    /// [`Node::add_store`](crate::Node::add_store)). Start the store's node with
+    /// `--join` first. Returns the regions as they are afterwards.
+    pub fn add_store(&self, store: StoreId, addr: SocketAddr) -> Result<Vec<Region>> {
+        let req = Request::StoreAdd { store, addr: addr.to_string() };
+        let changed = match self.ask_any_for(&req, STORE_CHANGE_TIMEOUT)? {
+            Response::StoreChanged(regions) => regions,
+            other => return Err(Error::Protocol(format!("a store add answered {other:?}"))),
+        };
+        self.remote.set_addr(store, addr);
+        Ok(changed)
+    }
+
+    /// Removes store `store` from every region (a node drives it; see
+    /// [`Node::remove_store`](crate::Node::remove_store)): the first step of
+    /// replacing a store whose disk was lost. Returns the regions as they are
+    /// afterwards.
+    pub fn remove_store(&self, store: StoreId) -> Result<Vec<Region>> {
+        match self.ask_any_for(&Request::StoreRemove { store }, STORE_CHANGE_TIMEOUT)? {
+            Response::StoreChanged(regions) => Ok(regions),
+            other => Err(Error::Protocol(format!("a store remove answered {other:?}"))),
         }
     }
 

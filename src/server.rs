@@ -26,7 +26,9 @@ use regionkv_raft::directory::RegionRecord;
 use regionkv_raft::transport::frame::{FrameError, FrameKind, FrameReader, WireError};
 use regionkv_raft::transport::handshake::{ClusterId, HandshakeError, HandshakeKey};
 use regionkv_raft::transport::tcp::SharedListener;
-use regionkv_raft::{AdminRequest, QueryResult, ReadRequest, Reply, Store, WriteRequest};
+use regionkv_raft::{
+    AdminRequest, ChangePeersRequest, QueryResult, ReadRequest, Reply, Store, WriteRequest,
+};
 use regionkv_wal::CancellationToken;
 
 use crate::error::Result;
@@ -67,6 +69,13 @@ pub(crate) trait ClientHandler: Send + Sync {
     fn merge(&self, left: RegionId, right: RegionId) -> Result<Region>;
     /// The user regions in key order, as the replicas of the stores that answer see them.
     fn regions(&self) -> Vec<RegionInfo>;
+    /// Adds store `store`, listening at `addr`, to every region (see
+    /// [`Node::add_store`](crate::Node::add_store)).
+    fn add_store(&self, store: StoreId, addr: &str) -> Result<Vec<Region>>;
+    /// Removes store `store` from every region.
+    fn remove_store(&self, store: StoreId) -> Result<Vec<Region>>;
+    /// Store `store` listens at `addr` from now on.
+    fn learn_member(&self, store: StoreId, addr: &str) -> Result<()>;
 }
 
 /// Counters of the client service since the node started.
@@ -376,7 +385,26 @@ impl ClientService {
                 let rows = store.context().engine.read_view().scan(&start, end.as_deref(), limit);
                 r.send(Ok(Response::Query(QueryResult::Rows(rows))));
             }
-            Request::Split { .. } | Request::Merge { .. } | Request::Regions => {
+            Request::ChangePeers { region, epoch, change } => {
+                store.change_peers(ChangePeersRequest {
+                    region,
+                    epoch,
+                    change,
+                    reply: r.reply(Response::PeersChanged),
+                });
+            }
+            Request::Member { store, addr } => {
+                r.send(
+                    node.learn_member(store, &addr)
+                        .map(|()| Response::Done)
+                        .map_err(|e| (&e).into()),
+                );
+            }
+            Request::Split { .. }
+            | Request::Merge { .. }
+            | Request::Regions
+            | Request::StoreAdd { .. }
+            | Request::StoreRemove { .. } => {
                 self.spawn_admin(&node, request, r);
             }
         }
@@ -404,6 +432,12 @@ impl ClientService {
                 Some(node) => match request {
                     Request::Split { key } => node.split(&key).map(Response::Split),
                     Request::Merge { left, right } => node.merge(left, right).map(Response::Merged),
+                    Request::StoreAdd { store, addr } => {
+                        node.add_store(store, &addr).map(Response::StoreChanged)
+                    }
+                    Request::StoreRemove { store } => {
+                        node.remove_store(store).map(Response::StoreChanged)
+                    }
                     _ => Ok(Response::Regions(node.regions())),
                 }
                 .map_err(|e| RemoteError::from(&e)),
@@ -496,7 +530,7 @@ mod tests {
             SECRET.to_vec(),
         );
         config.tick_interval = Duration::from_millis(10);
-        let node = Node::open(config).unwrap();
+        let node = Node::open(config.bootstrap()).unwrap();
         let addr = node.local_addr();
         let db = node.db();
         for i in 0..20 {

@@ -26,6 +26,8 @@ struct Procs {
     dir: PathBuf,
     addrs: Vec<SocketAddr>,
     children: Vec<Option<Child>>,
+    /// Nodes started before: they restart from their files, without `--bootstrap`.
+    started: BTreeSet<usize>,
 }
 
 impl Drop for Procs {
@@ -54,6 +56,9 @@ impl Procs {
             .arg("--secret-file")
             .arg(self.dir.join("secret"))
             .args(["--tick-interval-ms", "20", "--stop-on-stdin-eof"]);
+        if self.started.insert(id) {
+            cmd.arg("--bootstrap");
+        }
         for (i, addr) in self.addrs.iter().enumerate() {
             if i + 1 != id {
                 cmd.args(["--peer", &format!("{}={addr}", i + 1)]);
@@ -186,6 +191,7 @@ fn acknowledged_writes_survive_a_sigkilled_node() {
         dir: dir.path().to_path_buf(),
         addrs: free_addrs(3),
         children: vec![None, None, None],
+        started: BTreeSet::new(),
     };
     for id in 1..=3 {
         procs.start(id);

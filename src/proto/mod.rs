@@ -53,6 +53,10 @@
 //!            16 locate { 1 key }       17 status       18 members
 //!            19 split { 1 key }        20 merge { 1 left, 2 right }     21 regions
 //!            22 local scan { 1 start, 2 end | 3 unbounded, 4 limit }
+//!            23 change peers { 1 region, 2 epoch, 3 change { 1 kind (1 add voter,
+//!                       2 add learner, 3 remove), 2 peer id, 3 store (adds only) } }
+//!            24 store add { 1 store, 2 address }      25 store remove { 1 store }
+//!            26 member { 1 store, 2 address }
 //!  RESPONSE  1 id u64, and exactly one of
 //!            2 error { 1 code, 2 region, 3 leader store, 4 region*, 5 message, 6 target,
 //!                      7 reason (optional: the code of a drop or merge-abort reason) }
@@ -62,6 +66,7 @@
 //!            38 status { 1 store, 2 peer status*, 3 metrics (optional, since 0.1) }
 //!            39 members { 1 member* { 1 store, 2 address } }  40 regions { 1 region info* }
 //!            41 split { 1 region* }  42 merged { 1 region }  43 no reply
+//!            44 peers changed { 1 region }  45 store changed { 1 region* }
 //!  metrics   1 regions  2 leaders  3 hibernating  4 applied lag total  5 applied lag max
 //!            6 write latency us (histogram)  7 writes proposed  8 entries proposed
 //!            9 apply { 1 rounds, 2 rounds without regions, 3 rounds with several,
@@ -107,7 +112,8 @@ use regionkv_raft::transport::handshake::{
 };
 use regionkv_raft::transport::wire;
 use regionkv_raft::{
-    AdminCmd, AdminResult, MergeStatus, Op, PeerStatus, Query, QueryResult, StoreMetrics,
+    AdminCmd, AdminResult, MergeStatus, Op, PeerChange, PeerStatus, Query, QueryResult,
+    StoreMetrics,
 };
 use regionkv_wal::CancellationToken;
 
@@ -196,6 +202,7 @@ pub(crate) fn handshake_client(
         timeout,
         hello_extra: &hello_extra,
         names: Names { me: "this client", peer: "the node" },
+        vet: None,
     };
     side.connect(stream, Expect::Any)
 }
@@ -217,6 +224,7 @@ pub(crate) fn handshake_node(
         timeout,
         hello_extra: &[],
         names: Names { me: "this node", peer: "the client" },
+        vet: None,
     };
     side.accept(stream, Expect::Store(CLIENT_ID)).map(|_| ())
 }
@@ -224,19 +232,68 @@ pub(crate) fn handshake_node(
 /// What a client asks a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Request {
-    Write { region: RegionId, epoch: Epoch, ops: Vec<Op> },
-    Read { region: RegionId, epoch: Epoch, query: Query },
-    Admin { region: RegionId, epoch: Epoch, cmd: AdminCmd },
-    Directory { cmd: DirCmd },
-    MergeStatus { region: RegionId },
-    PeerStatus { region: RegionId },
-    Locate { key: Vec<u8> },
+    Write {
+        region: RegionId,
+        epoch: Epoch,
+        ops: Vec<Op>,
+    },
+    Read {
+        region: RegionId,
+        epoch: Epoch,
+        query: Query,
+    },
+    Admin {
+        region: RegionId,
+        epoch: Epoch,
+        cmd: AdminCmd,
+    },
+    Directory {
+        cmd: DirCmd,
+    },
+    MergeStatus {
+        region: RegionId,
+    },
+    PeerStatus {
+        region: RegionId,
+    },
+    Locate {
+        key: Vec<u8>,
+    },
     Status,
     Members,
-    Split { key: Vec<u8> },
-    Merge { left: RegionId, right: RegionId },
+    Split {
+        key: Vec<u8>,
+    },
+    Merge {
+        left: RegionId,
+        right: RegionId,
+    },
     Regions,
-    LocalScan { start: Vec<u8>, end: Option<Vec<u8>>, limit: usize },
+    LocalScan {
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: usize,
+    },
+    /// One membership change of one region, to its leader (a node's own backend).
+    ChangePeers {
+        region: RegionId,
+        epoch: Epoch,
+        change: PeerChange,
+    },
+    /// Add store `store` (listening at `addr`) to every region; the node drives it.
+    StoreAdd {
+        store: StoreId,
+        addr: String,
+    },
+    /// Remove store `store` from every region; the node drives it.
+    StoreRemove {
+        store: StoreId,
+    },
+    /// Store `store` listens at `addr`: the node dials it there from now on.
+    Member {
+        store: StoreId,
+        addr: String,
+    },
 }
 
 /// A node's answer to one request.
@@ -254,6 +311,10 @@ pub(crate) enum Response {
     Split(Vec<Region>),
     Merged(Region),
     Regions(Vec<RegionInfo>),
+    /// The region after a membership change.
+    PeersChanged(Region),
+    /// The regions a store was added to or removed from, as they are after it.
+    StoreChanged(Vec<Region>),
     /// The node's store dropped the request without an answer: its outcome is unknown.
     NoReply,
 }
