@@ -458,6 +458,7 @@ impl Node {
         let remote = Arc::new(RemoteStores::new(
             proto::client_key(&config.secret),
             config.cluster_id,
+            id,
             config.peers.clone(),
         ));
         if first == Some(InitialClusterState::Existing)

@@ -86,12 +86,13 @@ fn dial(
     addr: SocketAddr,
     key: &HandshakeKey,
     cluster: ClusterId,
+    me: StoreId,
 ) -> Result<(TcpStream, StoreId), Error> {
     let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(POLL_INTERVAL))?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    match proto::handshake_client(&mut stream, key, cluster, HANDSHAKE_TIMEOUT) {
+    match proto::handshake_client(&mut stream, key, cluster, me, HANDSHAKE_TIMEOUT) {
         Ok(store) => Ok((stream, store)),
         Err(HandshakeError::RefusedByPeer(reason) | HandshakeError::Rejected { reason, .. }) => {
             Err(Error::Refused { addr, reason })
@@ -105,6 +106,9 @@ fn dial(
 pub(crate) struct RemoteStores {
     key: HandshakeKey,
     cluster: ClusterId,
+    /// Who this is in the handshake: `CLIENT_ID` for a client, a node's store id for
+    /// the node's own backend (raw admin requests are answered only then).
+    me: StoreId,
     addrs: RwLock<BTreeMap<StoreId, SocketAddr>>,
     conns: Mutex<HashMap<StoreId, Arc<Conn>>>,
     /// Stores that could not be reached, and when they may be dialed again.
@@ -117,11 +121,13 @@ impl RemoteStores {
     pub fn new(
         key: HandshakeKey,
         cluster: ClusterId,
+        me: StoreId,
         addrs: BTreeMap<StoreId, SocketAddr>,
     ) -> RemoteStores {
         RemoteStores {
             key,
             cluster,
+            me,
             addrs: RwLock::new(addrs),
             conns: Mutex::default(),
             down_until: Mutex::default(),
@@ -149,7 +155,7 @@ impl RemoteStores {
         }
         let addr =
             self.addrs.read().get(&store).copied().ok_or(format!("no address of store {store}"))?;
-        let (stream, found) = match dial(addr, &self.key, self.cluster) {
+        let (stream, found) = match dial(addr, &self.key, self.cluster, self.me) {
             Ok(ok) => ok,
             Err(e) => {
                 self.down_until.lock().insert(store, Instant::now() + REDIAL_AFTER);
@@ -509,7 +515,7 @@ impl Client {
         let mut seeds = BTreeMap::new();
         let mut last = None;
         for &addr in addrs {
-            match dial(addr, &key, cluster) {
+            match dial(addr, &key, cluster, proto::CLIENT_ID) {
                 Ok((stream, store)) => {
                     let _ = stream.shutdown(Shutdown::Both);
                     seeds.insert(store, addr);
@@ -522,7 +528,7 @@ impl Client {
                 Error::InvalidRequest("Client::connect needs at least one address".into())
             }));
         }
-        let remote = Arc::new(RemoteStores::new(key, cluster, seeds.clone()));
+        let remote = Arc::new(RemoteStores::new(key, cluster, proto::CLIENT_ID, seeds.clone()));
         // The other stores, as the nodes know them; an address this client dialed wins
         // (a node may listen on 0.0.0.0).
         let mut all = BTreeMap::new();

@@ -152,7 +152,7 @@ impl SharedListener for ClientService {
     fn serve(&self, mut stream: TcpStream, remote: SocketAddr, cancel: &CancellationToken) {
         let me = self.store.0;
         let reader = proto::reader(Some(cancel), STALL_TIMEOUT);
-        if let Err(e) = proto::handshake_node(
+        let peer = match proto::handshake_node(
             &mut stream,
             reader,
             &self.key,
@@ -160,12 +160,15 @@ impl SharedListener for ClientService {
             self.store,
             HANDSHAKE_TIMEOUT,
         ) {
-            if !matches!(e, HandshakeError::Frame(FrameError::Cancelled)) {
-                self.counters.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(store = me, %remote, reason = %e, "refused client connection from {remote}: {e}");
+            Ok(peer) => peer,
+            Err(e) => {
+                if !matches!(e, HandshakeError::Frame(FrameError::Cancelled)) {
+                    self.counters.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(store = me, %remote, reason = %e, "refused client connection from {remote}: {e}");
+                }
+                return;
             }
-            return;
-        }
+        };
         self.counters.connections.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(store = me, %remote, "client connected");
         let Ok(write_half) = stream.try_clone() else { return };
@@ -179,7 +182,7 @@ impl SharedListener for ClientService {
             if writer.is_err() {
                 return;
             }
-            let end = self.read_requests(&mut stream, &reader, &tx, &in_flight, &closed);
+            let end = self.read_requests(&mut stream, &reader, peer, &tx, &in_flight, &closed);
             match end {
                 e if e.is_quiet() => {}
                 e => {
@@ -280,6 +283,7 @@ impl ClientService {
         &self,
         stream: &mut TcpStream,
         reader: &FrameReader<'_>,
+        peer: StoreId,
         tx: &Sender<Answer>,
         in_flight: &Arc<AtomicUsize>,
         closed: &AtomicBool,
@@ -309,7 +313,7 @@ impl ClientService {
                 Ok((id, request)) => {
                     let responder =
                         Responder { id, tx: Some(tx.clone()), in_flight: in_flight.clone() };
-                    self.dispatch(request, responder);
+                    self.dispatch(request, responder, peer);
                 }
                 Err(RequestError::Malformed { id, error }) => {
                     self.counters.malformed_requests.fetch_add(1, Ordering::Relaxed);
@@ -337,7 +341,8 @@ impl ClientService {
         }
     }
 
-    fn dispatch(&self, request: Request, r: Responder) {
+    /// Serves one request of a connection from `peer` (`CLIENT_ID`: a client).
+    fn dispatch(&self, request: Request, r: Responder, peer: StoreId) {
         let Some(node) = self.node.get().and_then(Weak::upgrade) else {
             r.send(Err(RemoteError::new(ErrorCode::Cancelled, "the node is starting or stopping")));
             return;
@@ -347,6 +352,16 @@ impl ClientService {
             return;
         }
         let store = node.store();
+        let raw = matches!(
+            request,
+            Request::Admin { .. } | Request::Directory { .. } | Request::ChangePeers { .. }
+        );
+        if raw && peer == proto::CLIENT_ID {
+            let message = "raw admin, directory and membership commands are for the nodes' \
+                           own use; ask for split, merge, store add and store remove instead";
+            r.send(Err(RemoteError::new(ErrorCode::NotAllowed, message)));
+            return;
+        }
         match request {
             Request::Write { region, epoch, ops } => {
                 if ops.is_empty() || ops.iter().any(|op| op.key().is_empty()) {
@@ -461,9 +476,11 @@ mod tests {
     use std::net::{SocketAddr, TcpStream};
     use std::time::Duration;
 
-    use regionkv_engine::StoreId;
+    use regionkv_engine::{Epoch, PeerId, RegionId, StoreId};
+    use regionkv_raft::directory::DirCmd;
     use regionkv_raft::transport::frame::{Deadline, FrameKind};
     use regionkv_raft::transport::handshake::{ClusterId, RejectReason};
+    use regionkv_raft::{AdminCmd, PeerChange};
 
     use crate::proto::{self, ErrorCode, Request, Response};
     use crate::{Client, Error, Node, NodeConfig};
@@ -478,6 +495,7 @@ mod tests {
             &mut s,
             &proto::client_key(SECRET),
             CLUSTER,
+            proto::CLIENT_ID,
             Duration::from_secs(5),
         )
         .unwrap();
@@ -517,6 +535,46 @@ mod tests {
         let (got, answer) = response(s);
         assert_eq!(got, id);
         assert!(matches!(answer, Ok(Response::Status(_))), "{answer:?}");
+    }
+
+    /// Raw admin, directory and membership commands from a client: refused, typed, and
+    /// nothing is done (before, a client's huge id allocation reached the directory and
+    /// the store stopped); a node's own backend (a store id in the handshake) is served.
+    fn raw_commands_are_refused_from_clients(s: &mut TcpStream, addr: SocketAddr) {
+        let raw = [
+            Request::Directory { cmd: DirCmd::AllocIds { count: u64::MAX } },
+            Request::Admin {
+                region: RegionId(1),
+                epoch: Epoch::INITIAL,
+                cmd: AdminCmd::Split {
+                    split_keys: vec![b"k05".to_vec()],
+                    new_ids: vec![RegionId(1)],
+                },
+            },
+            Request::ChangePeers {
+                region: RegionId(1),
+                epoch: Epoch::INITIAL,
+                change: PeerChange::Remove(PeerId(1)),
+            },
+        ];
+        for (i, req) in raw.iter().enumerate() {
+            let id = 20 + i as u64;
+            let frame = proto::encode_frame(FrameKind::Request, &proto::encode_request(id, req));
+            s.write_all(&frame.unwrap()).unwrap();
+            let (got, answer) = response(s);
+            assert_eq!((got, answer.map_err(|e| e.code)), (id, Err(ErrorCode::NotAllowed)));
+        }
+        status_works(s, 10);
+        // A node's own backend (a store id in the handshake) is served.
+        let mut n = TcpStream::connect(addr).unwrap();
+        n.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let key = proto::client_key(SECRET);
+        proto::handshake_client(&mut n, &key, CLUSTER, StoreId(2), Duration::from_secs(5)).unwrap();
+        let alloc = Request::Directory { cmd: DirCmd::AllocIds { count: 1 } };
+        let frame = proto::encode_frame(FrameKind::Request, &proto::encode_request(30, &alloc));
+        n.write_all(&frame.unwrap()).unwrap();
+        let (got, answer) = response(&mut n);
+        assert!(got == 30 && matches!(answer, Ok(Response::Directory(_))), "{answer:?}");
     }
 
     #[test]
@@ -579,6 +637,8 @@ mod tests {
         let (id, answer) = response(&mut s);
         assert_eq!((id, answer.unwrap_err().code), (8, ErrorCode::UnsupportedRequest));
         status_works(&mut s, 9);
+
+        raw_commands_are_refused_from_clients(&mut s, addr);
 
         // An oversized frame: refused before its payload is read, then closed.
         let mut header = proto::encode_frame(FrameKind::Request, &[]).unwrap();

@@ -32,6 +32,9 @@ pub(crate) enum ErrorCode {
     Unavailable,
     CrossRegionBatch,
     TooLarge,
+    /// A raw command (admin, directory, membership change) from a client: only nodes
+    /// send those; clients ask for split, merge and membership by intent.
+    NotAllowed,
 }
 
 const ERROR_CODES: &[ErrorCode] = &[
@@ -53,6 +56,7 @@ const ERROR_CODES: &[ErrorCode] = &[
     ErrorCode::Unavailable,
     ErrorCode::CrossRegionBatch,
     ErrorCode::TooLarge,
+    ErrorCode::NotAllowed,
 ];
 
 impl ErrorCode {
@@ -185,9 +189,10 @@ impl RemoteError {
             }
             ErrorCode::Timeout => E::Timeout { region: region()? },
             ErrorCode::Cancelled => E::Cancelled,
-            ErrorCode::InvalidRequest | ErrorCode::CrossRegionBatch | ErrorCode::TooLarge => {
-                E::InvalidRequest(message)
-            }
+            ErrorCode::InvalidRequest
+            | ErrorCode::CrossRegionBatch
+            | ErrorCode::TooLarge
+            | ErrorCode::NotAllowed => E::InvalidRequest(message),
             ErrorCode::Malformed => E::Malformed(message),
             ErrorCode::Unspecified
             | ErrorCode::StoreFailed
@@ -203,9 +208,10 @@ impl RemoteError {
             ErrorCode::Unavailable => {
                 Error::Unavailable { waited: Duration::ZERO, last: self.message }
             }
-            ErrorCode::CrossRegionBatch | ErrorCode::InvalidRequest | ErrorCode::TooLarge => {
-                Error::InvalidRequest(self.message)
-            }
+            ErrorCode::CrossRegionBatch
+            | ErrorCode::InvalidRequest
+            | ErrorCode::TooLarge
+            | ErrorCode::NotAllowed => Error::InvalidRequest(self.message),
             ErrorCode::UnsupportedRequest => Error::Protocol(format!(
                 "the node does not support this request ({}); upgrade the node",
                 self.message

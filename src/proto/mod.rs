@@ -22,7 +22,10 @@
 //! ## Handshake
 //!
 //! The store transport's handshake (`regionkv_raft::transport::handshake`), with the
-//! client as connector and store id 0:
+//! client as connector and store id 0 (a node's own backend, which reaches the other
+//! nodes' stores over this protocol, connects with its store id instead: raw admin,
+//! directory and membership requests are answered only on such connections; a client
+//! gets `not allowed` and asks for split, merge and membership by intent):
 //!
 //! ```text
 //!  C -> N  HELLO  { cluster id, 0, nonce_c, 4 highest client protocol version }
@@ -185,11 +188,13 @@ pub(crate) fn encode_frame(kind: FrameKind, payload: &[u8]) -> Result<Vec<u8>, W
     FRAMES.encode(kind, payload)
 }
 
-/// The client's side of the handshake; returns the node's store id.
+/// The client's side of the handshake, as store `me` (`CLIENT_ID` for a client, a
+/// node's own id for its backend); returns the node's store id.
 pub(crate) fn handshake_client(
     stream: &mut TcpStream,
     key: &HandshakeKey,
     cluster: ClusterId,
+    me: StoreId,
     timeout: Duration,
 ) -> Result<StoreId, HandshakeError> {
     let mut hello_extra = Vec::new();
@@ -198,7 +203,7 @@ pub(crate) fn handshake_client(
         reader: reader(None, timeout),
         key,
         cluster,
-        me: CLIENT_ID,
+        me,
         timeout,
         hello_extra: &hello_extra,
         names: Names { me: "this client", peer: "the node" },
@@ -207,7 +212,8 @@ pub(crate) fn handshake_client(
     side.connect(stream, Expect::Any)
 }
 
-/// The node's side of the handshake.
+/// The node's side of the handshake; returns who connected: `CLIENT_ID` for a client,
+/// another store's id for a node's backend.
 pub(crate) fn handshake_node(
     stream: &mut TcpStream,
     reader: FrameReader<'_>,
@@ -215,7 +221,7 @@ pub(crate) fn handshake_node(
     cluster: ClusterId,
     me: StoreId,
     timeout: Duration,
-) -> Result<(), HandshakeError> {
+) -> Result<StoreId, HandshakeError> {
     let side = Handshake {
         reader,
         key,
@@ -226,7 +232,7 @@ pub(crate) fn handshake_node(
         names: Names { me: "this node", peer: "the client" },
         vet: None,
     };
-    side.accept(stream, Expect::Store(CLIENT_ID)).map(|_| ())
+    side.accept(stream, Expect::NotMe)
 }
 
 /// What a client asks a node.
