@@ -280,7 +280,7 @@ impl ClientHandler for NodeShared {
         // Every node dials the store at `addr` from now on (best effort: a node that
         // does not hear it learns it from its configuration at its next start).
         self.learn_member(store, addr)?;
-        for other in self.remote.store_ids() {
+        for other in self.remote.store_ids().into_iter().filter(|&s| s != store) {
             let member = proto::Request::Member { store, addr: addr.to_owned() };
             if let Err(e) = self.remote.ask(other, &member) {
                 tracing::warn!(store = other.0, error = %e, "a node did not learn the new member's address");
