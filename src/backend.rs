@@ -12,7 +12,8 @@ use parking_lot::RwLock;
 use regionkv_engine::{Region, RegionId, StoreId};
 use regionkv_raft::directory::{self, DirCmd, DirResult, RegionRecord};
 use regionkv_raft::{
-    AdminRequest, MergeStatus, PeerStatus, ReadRequest, Reply, StateRole, Store, WriteRequest,
+    AdminRequest, ChangePeersRequest, MergeStatus, PeerStatus, ReadRequest, Reply, StateRole,
+    Store, WriteRequest,
 };
 
 /// Requests to stores. Each call hands its reply to `reply` (or returns it), and fails
@@ -25,6 +26,8 @@ pub(crate) trait Backend: Send + Sync {
     fn write(&self, store: StoreId, req: WriteRequest);
     fn read(&self, store: StoreId, req: ReadRequest);
     fn admin(&self, store: StoreId, req: AdminRequest);
+    /// One membership change of one region, to `store`'s replica (its leader).
+    fn change_peers(&self, store: StoreId, req: ChangePeersRequest);
     fn directory(&self, store: StoreId, cmd: DirCmd, reply: Reply<DirResult>);
     fn merge_status(&self, store: StoreId, region: RegionId) -> regionkv_raft::Result<MergeStatus>;
     /// The status of `store`'s replica of `region`, if it has one.
@@ -94,6 +97,13 @@ impl Backend for LocalStores {
     fn admin(&self, store: StoreId, req: AdminRequest) {
         match self.store(store) {
             Some(s) => s.admin(req),
+            None => gone(req.reply),
+        }
+    }
+
+    fn change_peers(&self, store: StoreId, req: ChangePeersRequest) {
+        match self.store(store) {
+            Some(s) => s.change_peers(req),
             None => gone(req.reply),
         }
     }

@@ -1,5 +1,6 @@
 //! Cluster-wide operations written against the [`Backend`] seam only: directory
-//! commands, split and merge ([`ClusterOps`]), and the background work of a cluster
+//! commands, split and merge ([`ClusterOps`]), store membership (`membership`: a
+//! store added to or removed from every region), and the background work of a cluster
 //! ([`Background`]: forwarding leaders' reports to the directory, automatic split and
 //! merge). A
 //! [`Cluster`](crate::Cluster) runs them over its in-process stores, a
@@ -26,6 +27,8 @@ use crate::defaults::{
 use crate::error::{Error, Result};
 use crate::region_info::RegionInfo;
 use crate::router::Router;
+
+mod membership;
 
 /// Drives directory commands, splits and merges through a backend.
 pub(crate) struct ClusterOps {
@@ -65,7 +68,9 @@ impl ClusterOps {
         Err(Error::Unavailable { waited: start.elapsed(), last })
     }
 
-    fn alloc_ids(&self, count: u64) -> Result<u64> {
+    /// Allocates `count` fresh ids (regions and peers share the allocator); returns the
+    /// first.
+    pub fn alloc_ids(&self, count: u64) -> Result<u64> {
         match self.directory(&DirCmd::AllocIds { count }, ALLOC_IDS_DEADLINE)? {
             DirResult::Ids { first, .. } => Ok(first),
             other @ DirResult::Reported { .. } => {

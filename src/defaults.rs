@@ -30,6 +30,8 @@
 //! | region reports forwarded to the directory | every 100 ms | [`REPORT_INTERVAL`] |
 //! | one report to the directory before it is deferred | 2 s | [`REPORT_DEADLINE`] |
 //! | a node's shutdown waiting for admin requests in flight | 15 s | [`NODE_TASKS_TIMEOUT`] |
+//! | one membership change of one region (store add or remove) | 30 s | [`MEMBERSHIP_DEADLINE`] |
+//! | a store added to a region catching up (its snapshot) | 120 s | [`CATCH_UP_DEADLINE`] |
 //!
 //! The client protocol's timeouts live with it (`remote.rs`), the store's inside
 //! `regionkv-raft`.
@@ -78,3 +80,9 @@ pub(crate) const REPORT_INTERVAL: Duration = Duration::from_millis(100);
 pub(crate) const REPORT_DEADLINE: Duration = Duration::from_secs(2);
 /// How long a node's shutdown waits for admin requests in flight.
 pub(crate) const NODE_TASKS_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long one membership change of one region (a step of a store add or remove)
+/// keeps trying.
+pub(crate) const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a store added to a region may take to catch up (receive the region's
+/// snapshot and apply what its leader had committed) before it is promoted.
+pub(crate) const CATCH_UP_DEADLINE: Duration = Duration::from_secs(120);

@@ -60,6 +60,20 @@ pub enum Error {
     /// A node's configuration is unusable.
     #[error("invalid node configuration: {0}; fix the configuration file or flags")]
     Config(String),
+    /// A node's data directory holds no store, and the node was not told whether to
+    /// bootstrap a new cluster or join a running one.
+    #[error(
+        "the data dir {} holds no store. To start a new cluster, start each of its first \
+         nodes once with --bootstrap (initial_cluster_state = \"new\"); to add this node to \
+         a running cluster, or to bring back a store whose disk was lost, start it with \
+         --join (initial_cluster_state = \"existing\") and add it with `regionkv client \
+         store add ID ADDR` (after `regionkv client store remove ID` for a lost store)",
+        data_dir.display()
+    )]
+    NotInitialized {
+        /// The node's data directory.
+        data_dir: std::path::PathBuf,
+    },
     /// The TCP transport of a node could not start (an address in use, ...).
     #[error(transparent)]
     Transport(#[from] regionkv_raft::transport::tcp::TcpError),
@@ -78,6 +92,7 @@ impl Error {
             | Error::Refused { .. }
             | Error::Protocol(_)
             | Error::Config(_)
+            | Error::NotInitialized { .. }
             | Error::Transport(_) => false,
         }
     }

@@ -57,7 +57,7 @@ pub use autosplit::SplitPolicy;
 pub use cluster::{Cluster, ClusterBuilder};
 pub use db::{Db, IntoBytes, IntoKeyRange, WriteBatch};
 pub use error::{Error, Result};
-pub use node::{Node, NodeConfig};
+pub use node::{InitialClusterState, Node, NodeConfig};
 pub use proto::StoreStatus;
 pub use region_info::RegionInfo;
 pub use remote::Client;

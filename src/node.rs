@@ -9,33 +9,48 @@
 //!  node.db() ──► Db ──► NodeStores: this store in process, the others as RemoteStores
 //! ```
 //!
-//! A fresh cluster bootstraps deterministically: every node creates the cluster
-//! directory (region 0) and the first region (the whole key space) with the same peers,
-//! one per configured store (peer id = store id), exactly as [`Cluster`](crate::Cluster)
-//! does, then writes a `bootstrapped` mark in its data directory. A node whose mark is
-//! there starts from its files. A reporter thread forwards what this store's leaders
-//! report (splits, merges, leadership) to the directory's leader, wherever it is.
+//! A node starts from its files once its data directory holds a mark (`bootstrapped`
+//! or `joined`). A node whose data directory holds none starts only when told how
+//! (ARCHITECTURE.md, "Store identity"):
+//!
+//! - [`InitialClusterState::New`] (`regionkv node --bootstrap`): a fresh cluster
+//!   bootstraps deterministically: every node creates the cluster directory (region 0)
+//!   and the first region (the whole key space) with the same peers, one per
+//!   configured store (peer id = store id), exactly as [`Cluster`](crate::Cluster)
+//!   does, then writes the `bootstrapped` mark;
+//! - [`InitialClusterState::Existing`] (`--join`): the node starts an empty store and
+//!   writes the `joined` mark; it holds nothing until the cluster adds it
+//!   ([`Client::add_store`](crate::Client::add_store)), as a learner of every region
+//!   filled by snapshots, then as a voter;
+//! - neither: [`Error::NotInitialized`], which says how to join. A node whose disk was
+//!   lost must never bootstrap again under its old id: it would vote with an empty log.
+//!
+//! Each store has an incarnation (random, in its manifest), which the transport's
+//! handshake carries: peers refuse a store id whose incarnation changed while regions
+//! still list it ("store N was replaced: remove it and add it back"). A reporter
+//! thread forwards what this store's leaders report (splits, merges, leadership) to
+//! the directory's leader, wherever it is.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use regionkv_engine::{Peer, PeerId, Region, RegionId, StoreId};
 use regionkv_raft::directory::{DIRECTORY, DirCmd, DirResult, RegionRecord};
+use regionkv_raft::transport::Transport;
 use regionkv_raft::transport::handshake::ClusterId;
 use regionkv_raft::transport::tcp::{SECRET_BYTES_MIN, TcpConfig, TcpTransport};
-use regionkv_raft::transport::{InboxSlot, Transport};
 use regionkv_raft::{
-    AdminRequest, MergeStatus, PeerStatus, ReadRequest, Reply, Store, StoreConfig, StoreMetrics,
-    StoreOptions, WriteRequest,
+    AdminRequest, ChangePeersRequest, MergeStatus, PeerStatus, ReadRequest, Reply, Store,
+    StoreConfig, StoreMetrics, StoreOptions, WriteRequest,
 };
-use regionkv_wal::{CancellationToken, Gate, RealFs};
+use regionkv_wal::{CancellationToken, FileSystem, Gate, RealFs};
 
 use crate::autosplit::SplitPolicy;
 use crate::backend::{Backend, locate_on, newer};
@@ -52,6 +67,24 @@ use crate::server::{ClientHandler, ClientService, ClientStats};
 
 /// The file a node writes once it has bootstrapped its regions.
 const BOOTSTRAPPED: &str = "bootstrapped";
+/// The file a node writes once it has started an empty store to join a cluster.
+const JOINED: &str = "joined";
+
+/// How a node whose data directory holds no store starts (as etcd's
+/// `--initial-cluster-state`). Ignored once the data directory holds one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitialClusterState {
+    /// Bootstrap a new cluster: this node and its configured peers are its first
+    /// stores, and each creates the same first regions (`regionkv node --bootstrap`,
+    /// `initial_cluster_state = "new"`). Give it only on the first start of a new
+    /// cluster's nodes.
+    New,
+    /// Join a running cluster with an empty store, to be added by
+    /// [`Client::add_store`](crate::Client::add_store) (`--join`,
+    /// `initial_cluster_state = "existing"`). Also how a store whose disk was lost
+    /// comes back, after [`Client::remove_store`](crate::Client::remove_store).
+    Existing,
+}
 
 /// How to run a [`Node`]. [`NodeConfig::new`] fills in defaults for the rest.
 #[derive(Clone)]
@@ -79,6 +112,10 @@ pub struct NodeConfig {
     /// When this node splits and merges the regions its store leads (default
     /// [`SplitPolicy::default`]).
     pub split_policy: SplitPolicy,
+    /// How to start if the data directory holds no store yet (default `None`: such a
+    /// node refuses to start with [`Error::NotInitialized`]); see
+    /// [`NodeConfig::bootstrap`] and [`NodeConfig::join`].
+    pub initial_cluster_state: Option<InitialClusterState>,
 }
 
 impl fmt::Debug for NodeConfig {
@@ -93,6 +130,7 @@ impl fmt::Debug for NodeConfig {
             .field("tick_interval", &self.tick_interval)
             .field("pollers", &self.pollers)
             .field("split_policy", &self.split_policy)
+            .field("initial_cluster_state", &self.initial_cluster_state)
             .finish()
     }
 }
@@ -116,7 +154,24 @@ impl NodeConfig {
             tick_interval: defaults::TICK_INTERVAL,
             pollers: defaults::POLLERS,
             split_policy: SplitPolicy::default(),
+            initial_cluster_state: None,
         }
+    }
+
+    /// Bootstraps a new cluster if the data directory holds no store
+    /// ([`InitialClusterState::New`]).
+    #[must_use]
+    pub fn bootstrap(mut self) -> NodeConfig {
+        self.initial_cluster_state = Some(InitialClusterState::New);
+        self
+    }
+
+    /// Joins a running cluster with an empty store if the data directory holds none
+    /// ([`InitialClusterState::Existing`]).
+    #[must_use]
+    pub fn join(mut self) -> NodeConfig {
+        self.initial_cluster_state = Some(InitialClusterState::Existing);
+        self
     }
 
     /// Adds (or moves) a peer store.
@@ -149,8 +204,10 @@ pub(crate) struct NodeShared {
     id: StoreId,
     pub store: Arc<Store>,
     remote: Arc<RemoteStores>,
+    transport: Arc<TcpTransport>,
     control: ClusterOps,
-    members: Vec<(StoreId, String)>,
+    /// Every store of the cluster and where it listens, this one included.
+    members: parking_lot::RwLock<BTreeMap<StoreId, String>>,
     split_policy: SplitPolicy,
     shut: AtomicBool,
     cancel: CancellationToken,
@@ -181,7 +238,7 @@ impl ClientHandler for NodeShared {
     }
 
     fn members(&self) -> Vec<(StoreId, String)> {
-        self.members.clone()
+        self.members.read().iter().map(|(s, a)| (*s, a.clone())).collect()
     }
 
     /// Where `key` lives as this store knows it: its directory replica, else the
@@ -217,6 +274,38 @@ impl ClientHandler for NodeShared {
 
     fn merge(&self, left: RegionId, right: RegionId) -> Result<Region> {
         self.control.merge(left, right)
+    }
+
+    fn add_store(&self, store: StoreId, addr: &str) -> Result<Vec<Region>> {
+        // Every node dials the store at `addr` from now on (best effort: a node that
+        // does not hear it learns it from its configuration at its next start).
+        self.learn_member(store, addr)?;
+        for other in self.remote.store_ids().into_iter().filter(|&s| s != store) {
+            let member = proto::Request::Member { store, addr: addr.to_owned() };
+            if let Err(e) = self.remote.ask(other, &member) {
+                tracing::warn!(store = other.0, error = %e, "a node did not learn the new member's address");
+            }
+        }
+        self.control.add_store(store, || region_table(self.statuses()))
+    }
+
+    fn remove_store(&self, store: StoreId) -> Result<Vec<Region>> {
+        self.control.remove_store(store, || region_table(self.statuses()))
+    }
+
+    fn learn_member(&self, store: StoreId, addr: &str) -> Result<()> {
+        let parsed: SocketAddr = addr.parse().map_err(|e| {
+            Error::InvalidRequest(format!("store {store}'s address {addr:?} is not IP:PORT: {e}"))
+        })?;
+        if store == self.id || store == proto::CLIENT_ID {
+            return Err(Error::InvalidRequest(format!(
+                "store {store} cannot be added: it is this node's own id, or the clients' (0)"
+            )));
+        }
+        self.transport.set_peer_addr(store, parsed)?;
+        self.remote.set_addr(store, parsed);
+        self.members.write().insert(store, parsed.to_string());
+        Ok(())
     }
 }
 
@@ -256,6 +345,14 @@ impl Backend for NodeStores {
 
     fn admin(&self, store: StoreId, req: AdminRequest) {
         if self.is_local(store) { self.local.admin(req) } else { self.remote.admin(store, req) }
+    }
+
+    fn change_peers(&self, store: StoreId, req: ChangePeersRequest) {
+        if self.is_local(store) {
+            self.local.change_peers(req);
+        } else {
+            self.remote.change_peers(store, req);
+        }
     }
 
     fn directory(&self, store: StoreId, cmd: DirCmd, reply: Reply<DirResult>) {
@@ -308,7 +405,9 @@ impl Backend for NodeStores {
 ///     b"a cluster secret of 16+ bytes".to_vec(),
 /// )
 /// .peer(StoreId(2), "127.0.0.1:7002".parse()?)
-/// .peer(StoreId(3), "127.0.0.1:7003".parse()?);
+/// .peer(StoreId(3), "127.0.0.1:7003".parse()?)
+/// // The first start of a new cluster's node; ignored once its data dir holds a store.
+/// .bootstrap();
 /// let node = Node::open(config)?;
 /// node.db().put(b"hello", b"world")?;
 /// node.shutdown()?;
@@ -342,47 +441,58 @@ impl Node {
     )]
     pub fn open(config: NodeConfig) -> Result<Node> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir)?;
+        let fs = Arc::new(RealFs);
+        fs.create_dir_all_durable(&config.data_dir)?;
+        let first = first_start(&config)?;
         let id = config.store_id;
         let service =
             Arc::new(ClientService::new(proto::client_key(&config.secret), config.cluster_id, id));
-        let slot = InboxSlot::new();
+        // The store first: its incarnation goes in the transport's handshake. What it
+        // sends before the transport is up is dropped (Raft resends).
+        let outbound = Arc::new(TransportSlot::default());
+        let as_transport: Arc<dyn Transport> = outbound.clone();
+        let store_config = StoreConfig::new(id).tick_interval(config.tick_interval);
+        let mut options = StoreOptions::new(store_config);
+        options.pollers = config.pollers;
+        let store = Arc::new(Store::start(fs, &config.data_dir, &options, &as_transport)?);
+        let remote = Arc::new(RemoteStores::new(
+            proto::client_key(&config.secret),
+            config.cluster_id,
+            id,
+            config.peers.clone(),
+        ));
+        if first == Some(InitialClusterState::Existing)
+            && let Err(e) = join_floor(&remote, &store)
+        {
+            let _ = store.shutdown();
+            return Err(e);
+        }
         let mut tcp =
             TcpConfig::new(id, config.listen_addr, config.cluster_id, config.secret.clone());
         tcp.peers = config.peers.iter().map(|(&s, &a)| (s, a)).collect();
         tcp.inbound_connections_max = 256;
-        let transport =
-            Arc::new(TcpTransport::start_with(tcp, slot.clone(), Some(service.clone()))?);
-        let local_addr = transport.local_addr();
-        let as_transport: Arc<dyn Transport> = transport.clone();
-        let store_config = StoreConfig::new(id).tick_interval(config.tick_interval);
-        let mut options = StoreOptions::new(store_config);
-        options.pollers = config.pollers;
-        let store = match Store::start(Arc::new(RealFs), &config.data_dir, &options, &as_transport)
-        {
-            Ok(s) => Arc::new(s),
+        tcp.identity = Some(store.peer_book().clone());
+        let transport = match TcpTransport::start_with(tcp, store.inbox(), Some(service.clone())) {
+            Ok(t) => Arc::new(t),
             Err(e) => {
-                transport.shutdown();
+                let _ = store.shutdown();
                 return Err(e.into());
             }
         };
-        slot.bind(store.inbox());
+        let _ = outbound.0.set(transport.clone());
+        let local_addr = transport.local_addr();
         let stop = |e: Error| {
             let _ = store.shutdown();
             transport.shutdown();
             e
         };
-        bootstrap(&config, &store).map_err(stop)?;
+        if let Some(state) = first {
+            initialize(&config, &store, state).map_err(stop)?;
+        }
 
-        let remote = Arc::new(RemoteStores::new(
-            proto::client_key(&config.secret),
-            config.cluster_id,
-            config.peers.clone(),
-        ));
-        let mut members: Vec<(StoreId, String)> =
+        let mut members: BTreeMap<StoreId, String> =
             config.peers.iter().map(|(&s, a)| (s, a.to_string())).collect();
-        members.push((id, local_addr.to_string()));
-        members.sort();
+        members.insert(id, local_addr.to_string());
         let shared = Arc::new_cyclic(|weak: &Weak<NodeShared>| {
             let backend: Arc<dyn Backend> = Arc::new(NodeStores {
                 shared: weak.clone(),
@@ -394,8 +504,9 @@ impl Node {
                 id,
                 store: store.clone(),
                 remote: remote.clone(),
+                transport: transport.clone(),
                 control: ClusterOps::new(backend),
-                members,
+                members: parking_lot::RwLock::new(members),
                 split_policy: config.split_policy.clone(),
                 shut: AtomicBool::new(false),
                 cancel: CancellationToken::new(),
@@ -413,7 +524,8 @@ impl Node {
                 .name(format!("node-reporter-{}", id.0))
                 .spawn(move || report_loop(&weak, &cancel))?
         };
-        tracing::info!(store = id.0, addr = %local_addr, "node started");
+        let incarnation = shared.store.peer_book().incarnation();
+        tracing::info!(store = id.0, addr = %local_addr, %incarnation, "node started");
         Ok(Node {
             shared,
             transport,
@@ -458,6 +570,25 @@ impl Node {
         self.shared.regions()
     }
 
+    /// Adds store `store`, listening at `addr`, to the cluster: every node dials it
+    /// there, and it joins the directory's group and every region as a learner with a
+    /// new peer id (from the directory), is filled by a snapshot and, once caught up,
+    /// promoted to a voter. The store must be running, started with
+    /// [`NodeConfig::join`]. Returns the regions as they are afterwards. This is the
+    /// second half of replacing a store whose disk was lost (after
+    /// [`Node::remove_store`]); running it again is harmless.
+    pub fn add_store(&self, store: StoreId, addr: SocketAddr) -> Result<Vec<Region>> {
+        self.shared.add_store(store, &addr.to_string())
+    }
+
+    /// Removes store `store` from every region and the directory's group (one
+    /// membership change per region). Its peers then accept it again with a new
+    /// incarnation, so a node whose disk was lost can come back with `--join` and be
+    /// added with [`Node::add_store`]. Returns the regions as they are afterwards.
+    pub fn remove_store(&self, store: StoreId) -> Result<Vec<Region>> {
+        self.shared.remove_store(store)
+    }
+
     /// This node's store's status, with its metrics.
     pub fn status(&self) -> StoreStatus {
         StoreStatus {
@@ -481,6 +612,12 @@ impl Node {
     /// Counters of the store transport.
     pub fn transport_stats(&self) -> regionkv_raft::transport::tcp::TcpStats {
         self.transport.stats()
+    }
+
+    /// The store transport's latest failed handshakes, oldest first: a peer refused
+    /// as replaced shows here with [`RejectReason::Replaced`](crate::RejectReason).
+    pub fn transport_rejections(&self) -> Vec<regionkv_raft::transport::tcp::Rejection> {
+        self.transport.recent_rejections()
     }
 
     /// Stops the node in order, each step bounded: clients are refused from now on;
@@ -529,13 +666,83 @@ impl Drop for Node {
     }
 }
 
-/// Creates the directory and the first region on this store unless the node has
-/// bootstrapped before. Every node of a fresh cluster creates the same regions.
-fn bootstrap(config: &NodeConfig, store: &Store) -> Result<()> {
-    let mark = config.data_dir.join(BOOTSTRAPPED);
-    if mark.exists() {
-        return Ok(());
+/// The store's outbound messages, to the TCP transport once it is up (the store starts
+/// first: its incarnation goes in the transport's handshake).
+#[derive(Default)]
+struct TransportSlot(OnceLock<Arc<TcpTransport>>);
+
+impl Transport for TransportSlot {
+    fn send(&self, envelopes: Vec<regionkv_raft::transport::Envelope>) {
+        if let Some(transport) = self.0.get() {
+            transport.send(envelopes);
+        }
     }
+}
+
+/// What a node must do before it serves: `None` if its data directory holds a store
+/// it started before (the initial cluster state, if given, is ignored); else how to
+/// initialize it, or [`Error::NotInitialized`] if the configuration does not say.
+fn first_start(config: &NodeConfig) -> Result<Option<InitialClusterState>> {
+    let dir = &config.data_dir;
+    if dir.join(BOOTSTRAPPED).try_exists()? || dir.join(JOINED).try_exists()? {
+        if let Some(state) = config.initial_cluster_state {
+            tracing::info!(store = config.store_id.0, dir = %dir.display(), ?state, "the data dir holds a store already: the initial cluster state is ignored");
+        }
+        return Ok(None);
+    }
+    match config.initial_cluster_state {
+        Some(state) => Ok(Some(state)),
+        None => Err(Error::NotInitialized { data_dir: dir.clone() }),
+    }
+}
+
+/// Initializes a store started for the first time, then writes its mark (durably,
+/// before the node serves: a restart starts from the files). A crash before the mark
+/// leaves a data directory that is initialized again with the same flag.
+fn initialize(config: &NodeConfig, store: &Store, state: InitialClusterState) -> Result<()> {
+    let mark = match state {
+        InitialClusterState::New => {
+            bootstrap(config, store)?;
+            BOOTSTRAPPED
+        }
+        InitialClusterState::Existing => {
+            tracing::info!(
+                store = config.store_id.0,
+                "joined with an empty store: add it to the cluster with `regionkv client store add`"
+            );
+            JOINED
+        }
+    };
+    let file = std::fs::File::create(config.data_dir.join(mark))?;
+    file.sync_all()?;
+    std::fs::File::open(&config.data_dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Records the peer floor of a store joining a running cluster: an id from the
+/// cluster's allocator, asked of its nodes over the client protocol. Every peer the
+/// cluster adds to this store gets a greater id; every peer of an earlier life of the
+/// store (whose disk was lost) has a smaller one, and is never taken for this one.
+fn join_floor(remote: &Arc<RemoteStores>, store: &Store) -> Result<()> {
+    let backend: Arc<dyn Backend> = remote.clone();
+    let floor = ClusterOps::new(backend).alloc_ids(1).map_err(|e| Error::Unavailable {
+        waited: defaults::ALLOC_IDS_DEADLINE,
+        last: format!(
+            "joining the cluster: no id from its directory ({e}); are the peers' addresses \
+                 right, and are their nodes up?"
+        ),
+    })?;
+    store.peer_book().set_peer_floor(PeerId(floor))?;
+    tracing::info!(
+        floor,
+        "joining a running cluster: the peers of this store have ids above the floor"
+    );
+    Ok(())
+}
+
+/// Creates the directory and the first region on this store: every node of a fresh
+/// cluster creates the same regions.
+fn bootstrap(config: &NodeConfig, store: &Store) -> Result<()> {
     let mut stores: Vec<StoreId> = config.peers.keys().copied().collect();
     stores.push(config.store_id);
     stores.sort_unstable();
@@ -548,10 +755,6 @@ fn bootstrap(config: &NodeConfig, store: &Store) -> Result<()> {
             Err(e) => return Err(e.into()),
         }
     }
-    // The mark is durable before the node serves: a restart must not bootstrap again.
-    let file = std::fs::File::create(&mark)?;
-    file.sync_all()?;
-    std::fs::File::open(&config.data_dir)?.sync_all()?;
     Ok(())
 }
 

@@ -28,7 +28,8 @@ use regionkv_raft::directory::{DIRECTORY, DirCmd, DirResult, RegionRecord};
 use regionkv_raft::transport::frame::{FrameError, FrameKind};
 use regionkv_raft::transport::handshake::{ClusterId, HandshakeError, HandshakeKey};
 use regionkv_raft::{
-    AdminRequest, MergeStatus, PeerStatus, QueryResult, ReadRequest, Reply, WriteRequest,
+    AdminRequest, ChangePeersRequest, MergeStatus, PeerStatus, QueryResult, ReadRequest, Reply,
+    WriteRequest,
 };
 use regionkv_wal::CancellationToken;
 
@@ -57,6 +58,9 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long requests that a node drives (split, merge) wait for their answer.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a store add or remove (a node drives it, region by region, and a store
+/// added waits for its snapshots) may take.
+const STORE_CHANGE_TIMEOUT: Duration = Duration::from_secs(600);
 
 type Pending = Box<dyn FnOnce(Result<Response, RemoteError>) + Send>;
 
@@ -87,12 +91,13 @@ fn dial(
     addr: SocketAddr,
     key: &HandshakeKey,
     cluster: ClusterId,
+    me: StoreId,
 ) -> Result<(TcpStream, StoreId), Error> {
     let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(POLL_INTERVAL))?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    match proto::handshake_client(&mut stream, key, cluster, HANDSHAKE_TIMEOUT) {
+    match proto::handshake_client(&mut stream, key, cluster, me, HANDSHAKE_TIMEOUT) {
         Ok(store) => Ok((stream, store)),
         Err(HandshakeError::RefusedByPeer(reason) | HandshakeError::Rejected { reason, .. }) => {
             Err(Error::Refused { addr, reason })
@@ -106,6 +111,9 @@ fn dial(
 pub(crate) struct RemoteStores {
     key: HandshakeKey,
     cluster: ClusterId,
+    /// Who this is in the handshake: `CLIENT_ID` for a client, a node's store id for
+    /// the node's own backend (raw admin requests are answered only then).
+    me: StoreId,
     addrs: RwLock<BTreeMap<StoreId, SocketAddr>>,
     conns: Mutex<HashMap<StoreId, Arc<Conn>>>,
     /// Stores that could not be reached, and when they may be dialed again.
@@ -118,11 +126,13 @@ impl RemoteStores {
     pub fn new(
         key: HandshakeKey,
         cluster: ClusterId,
+        me: StoreId,
         addrs: BTreeMap<StoreId, SocketAddr>,
     ) -> RemoteStores {
         RemoteStores {
             key,
             cluster,
+            me,
             addrs: RwLock::new(addrs),
             conns: Mutex::default(),
             down_until: Mutex::default(),
@@ -150,7 +160,7 @@ impl RemoteStores {
         }
         let addr =
             self.addrs.read().get(&store).copied().ok_or(format!("no address of store {store}"))?;
-        let (stream, found) = match dial(addr, &self.key, self.cluster) {
+        let (stream, found) = match dial(addr, &self.key, self.cluster, self.me) {
             Ok(ok) => ok,
             Err(e) => {
                 self.down_until.lock().insert(store, Instant::now() + REDIAL_AFTER);
@@ -267,6 +277,23 @@ impl RemoteStores {
         let reply = slot.clone();
         self.send(store, req, Box::new(move |r| reply.set(r)));
         slot.wait(timeout)
+    }
+
+    /// Where `store` is dialed from now on.
+    pub fn set_addr(&self, store: StoreId, addr: SocketAddr) {
+        let changed = self.addrs.write().insert(store, addr) != Some(addr);
+        if changed && let Some(conn) = self.conns.lock().remove(&store) {
+            conn.break_off();
+        }
+        self.down_until.lock().remove(&store);
+    }
+
+    /// Sends `req` to `store` and waits for `Done` (or the error).
+    pub fn ask(&self, store: StoreId, req: &Request) -> Result<()> {
+        match self.call(store, req, CALL_TIMEOUT) {
+            Some(Ok(Response::Done)) => Ok(()),
+            other => Err(unexpected(store, other)),
+        }
     }
 
     /// `store`'s status (its replicas).
@@ -429,6 +456,17 @@ impl Backend for RemoteStores {
         self.send(store, &Request::Admin { region, epoch, cmd }, Box::new(done));
     }
 
+    fn change_peers(&self, store: StoreId, req: ChangePeersRequest) {
+        let ChangePeersRequest { region, epoch, change, reply } = req;
+        let done = move |r| {
+            reply(answer(r, region, |resp| match resp {
+                Response::PeersChanged(region) => Some(region),
+                _ => None,
+            }));
+        };
+        self.send(store, &Request::ChangePeers { region, epoch, change }, Box::new(done));
+    }
+
     fn directory(&self, store: StoreId, cmd: DirCmd, reply: Reply<DirResult>) {
         let done = move |r| {
             reply(answer(r, DIRECTORY, |resp| match resp {
@@ -524,7 +562,7 @@ impl Client {
         let mut seeds = BTreeMap::new();
         let mut last = None;
         for &addr in addrs {
-            match dial(addr, &key, cluster) {
+            match dial(addr, &key, cluster, proto::CLIENT_ID) {
                 Ok((stream, store)) => {
                     let _ = stream.shutdown(Shutdown::Both);
                     seeds.insert(store, addr);
@@ -537,7 +575,7 @@ impl Client {
                 Error::InvalidRequest("Client::connect needs at least one address".into())
             }));
         }
-        let remote = Arc::new(RemoteStores::new(key, cluster, seeds.clone()));
+        let remote = Arc::new(RemoteStores::new(key, cluster, proto::CLIENT_ID, seeds.clone()));
         // The other stores, as the nodes know them; an address this client dialed wins
         // (a node may listen on 0.0.0.0).
         let mut all = BTreeMap::new();
@@ -569,15 +607,20 @@ impl Client {
 
     /// Asks the nodes in turn (until one answers) to run `req`, which they drive.
     fn ask_any(&self, req: &Request) -> Result<Response> {
+        self.ask_any_for(req, ADMIN_TIMEOUT)
+    }
+
+    /// [`Client::ask_any`], waiting up to `timeout` for the node that runs it.
+    fn ask_any_for(&self, req: &Request, timeout: Duration) -> Result<Response> {
         let mut last = Error::Unavailable { waited: Duration::ZERO, last: "no node".into() };
         for store in self.remote.store_ids() {
-            match self.remote.call(store, req, ADMIN_TIMEOUT) {
+            match self.remote.call(store, req, timeout) {
                 Some(Ok(r)) => return Ok(r),
                 Some(Err(e)) if e.code == ErrorCode::Cancelled => last = e.into_facade(),
                 Some(Err(e)) => return Err(e.into_facade()),
                 None => {
                     return Err(Error::Unavailable {
-                        waited: ADMIN_TIMEOUT,
+                        waited: timeout,
                         last: format!("store {store} did not answer; the outcome is unknown"),
                     });
                 }
@@ -602,6 +645,30 @@ impl Client {
         match self.ask_any(&Request::Merge { left, right })? {
             Response::Merged(region) => Ok(region),
             other => Err(Error::Protocol(format!("a merge answered {other:?}"))),
+        }
+    }
+
+    /// Adds store `store`, listening at `addr`, to every region (a node drives it; see
+    /// [`Node::add_store`](crate::Node::add_store)). Start the store's node with
+    /// `--join` first. Returns the regions as they are afterwards.
+    pub fn add_store(&self, store: StoreId, addr: SocketAddr) -> Result<Vec<Region>> {
+        let req = Request::StoreAdd { store, addr: addr.to_string() };
+        let changed = match self.ask_any_for(&req, STORE_CHANGE_TIMEOUT)? {
+            Response::StoreChanged(regions) => regions,
+            other => return Err(Error::Protocol(format!("a store add answered {other:?}"))),
+        };
+        self.remote.set_addr(store, addr);
+        Ok(changed)
+    }
+
+    /// Removes store `store` from every region (a node drives it; see
+    /// [`Node::remove_store`](crate::Node::remove_store)): the first step of
+    /// replacing a store whose disk was lost. Returns the regions as they are
+    /// afterwards.
+    pub fn remove_store(&self, store: StoreId) -> Result<Vec<Region>> {
+        match self.ask_any_for(&Request::StoreRemove { store }, STORE_CHANGE_TIMEOUT)? {
+            Response::StoreChanged(regions) => Ok(regions),
+            other => Err(Error::Protocol(format!("a store remove answered {other:?}"))),
         }
     }
 

@@ -37,7 +37,9 @@ use regionkv_raft::directory::RegionRecord;
 use regionkv_raft::transport::frame::{FrameError, FrameKind, FrameReader, WireError};
 use regionkv_raft::transport::handshake::{ClusterId, HandshakeError, HandshakeKey};
 use regionkv_raft::transport::tcp::SharedListener;
-use regionkv_raft::{AdminRequest, QueryResult, ReadRequest, Reply, Store, WriteRequest};
+use regionkv_raft::{
+    AdminRequest, ChangePeersRequest, QueryResult, ReadRequest, Reply, Store, WriteRequest,
+};
 use regionkv_wal::CancellationToken;
 
 use crate::error::Result;
@@ -85,6 +87,13 @@ pub(crate) trait ClientHandler: Send + Sync {
     fn merge(&self, left: RegionId, right: RegionId) -> Result<Region>;
     /// The user regions in key order, as the replicas of the stores that answer see them.
     fn regions(&self) -> Vec<RegionInfo>;
+    /// Adds store `store`, listening at `addr`, to every region (see
+    /// [`Node::add_store`](crate::Node::add_store)).
+    fn add_store(&self, store: StoreId, addr: &str) -> Result<Vec<Region>>;
+    /// Removes store `store` from every region.
+    fn remove_store(&self, store: StoreId) -> Result<Vec<Region>>;
+    /// Store `store` listens at `addr` from now on.
+    fn learn_member(&self, store: StoreId, addr: &str) -> Result<()>;
 }
 
 /// Counters of the client service since the node started.
@@ -161,7 +170,7 @@ impl SharedListener for ClientService {
     fn serve(&self, mut stream: TcpStream, remote: SocketAddr, cancel: &CancellationToken) {
         let me = self.store.0;
         let reader = proto::reader(Some(cancel), STALL_TIMEOUT);
-        if let Err(e) = proto::handshake_node(
+        let peer = match proto::handshake_node(
             &mut stream,
             reader,
             &self.key,
@@ -169,12 +178,15 @@ impl SharedListener for ClientService {
             self.store,
             HANDSHAKE_TIMEOUT,
         ) {
-            if !matches!(e, HandshakeError::Frame(FrameError::Cancelled)) {
-                self.counters.handshake_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(store = me, %remote, reason = %e, "refused client connection from {remote}: {e}");
+            Ok(peer) => peer,
+            Err(e) => {
+                if !matches!(e, HandshakeError::Frame(FrameError::Cancelled)) {
+                    self.counters.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(store = me, %remote, reason = %e, "refused client connection from {remote}: {e}");
+                }
+                return;
             }
-            return;
-        }
+        };
         self.counters.connections.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(store = me, %remote, "client connected");
         let Ok(write_half) = stream.try_clone() else { return };
@@ -188,7 +200,7 @@ impl SharedListener for ClientService {
             if writer.is_err() {
                 return;
             }
-            let end = self.read_requests(&mut stream, &reader, &tx, &in_flight, &closed);
+            let end = self.read_requests(&mut stream, &reader, peer, &tx, &in_flight, &closed);
             match end {
                 e if e.is_quiet() => {}
                 e => {
@@ -351,6 +363,7 @@ impl ClientService {
         &self,
         stream: &mut TcpStream,
         reader: &FrameReader<'_>,
+        peer: StoreId,
         tx: &Sender<Answer>,
         in_flight: &InFlight,
         closed: &AtomicBool,
@@ -381,7 +394,7 @@ impl ClientService {
             in_flight.begin();
             match proto::decode_request(&payload) {
                 Ok((id, request)) => {
-                    self.dispatch(request, Responder { id, tx: Some(tx.clone()) });
+                    self.dispatch(request, Responder { id, tx: Some(tx.clone()) }, peer);
                 }
                 Err(RequestError::Malformed { id, error }) => {
                     self.counters.malformed_requests.fetch_add(1, Ordering::Relaxed);
@@ -405,7 +418,8 @@ impl ClientService {
         }
     }
 
-    fn dispatch(&self, request: Request, r: Responder) {
+    /// Serves one request of a connection from `peer` (`CLIENT_ID`: a client).
+    fn dispatch(&self, request: Request, r: Responder, peer: StoreId) {
         let Some(node) = self.node.get().and_then(Weak::upgrade) else {
             r.send(Err(RemoteError::new(ErrorCode::Cancelled, "the node is starting or stopping")));
             return;
@@ -415,6 +429,16 @@ impl ClientService {
             return;
         }
         let store = node.store();
+        let raw = matches!(
+            request,
+            Request::Admin { .. } | Request::Directory { .. } | Request::ChangePeers { .. }
+        );
+        if raw && peer == proto::CLIENT_ID {
+            let message = "raw admin, directory and membership commands are for the nodes' \
+                           own use; ask for split, merge, store add and store remove instead";
+            r.send(Err(RemoteError::new(ErrorCode::NotAllowed, message)));
+            return;
+        }
         match request {
             Request::Write { region, epoch, ops, session } => {
                 if ops.is_empty() || ops.iter().any(|op| op.key().is_empty()) {
@@ -454,7 +478,26 @@ impl ClientService {
                 let rows = store.context().engine.read_view().scan(&start, end.as_deref(), limit);
                 r.send(Ok(Response::Query(QueryResult::Rows(rows))));
             }
-            Request::Split { .. } | Request::Merge { .. } | Request::Regions => {
+            Request::ChangePeers { region, epoch, change } => {
+                store.change_peers(ChangePeersRequest {
+                    region,
+                    epoch,
+                    change,
+                    reply: r.reply(Response::PeersChanged),
+                });
+            }
+            Request::Member { store, addr } => {
+                r.send(
+                    node.learn_member(store, &addr)
+                        .map(|()| Response::Done)
+                        .map_err(|e| (&e).into()),
+                );
+            }
+            Request::Split { .. }
+            | Request::Merge { .. }
+            | Request::Regions
+            | Request::StoreAdd { .. }
+            | Request::StoreRemove { .. } => {
                 self.spawn_admin(&node, request, r);
             }
         }
@@ -482,6 +525,12 @@ impl ClientService {
                 Some(node) => match request {
                     Request::Split { key } => node.split(&key).map(Response::Split),
                     Request::Merge { left, right } => node.merge(left, right).map(Response::Merged),
+                    Request::StoreAdd { store, addr } => {
+                        node.add_store(store, &addr).map(Response::StoreChanged)
+                    }
+                    Request::StoreRemove { store } => {
+                        node.remove_store(store).map(Response::StoreChanged)
+                    }
                     _ => Ok(Response::Regions(node.regions())),
                 }
                 .map_err(|e| RemoteError::from(&e)),
@@ -506,10 +555,11 @@ mod tests {
     use std::time::Duration;
 
     use bytes::Bytes;
-    use regionkv_engine::StoreId;
+    use regionkv_engine::{Epoch, PeerId, RegionId, StoreId};
+    use regionkv_raft::directory::DirCmd;
     use regionkv_raft::transport::frame::{Deadline, FrameKind};
     use regionkv_raft::transport::handshake::{ClusterId, RejectReason};
-    use regionkv_raft::{Query, QueryResult};
+    use regionkv_raft::{AdminCmd, PeerChange, Query, QueryResult};
 
     use crate::proto::{self, ErrorCode, Request, Response};
     use crate::{Client, Error, Node, NodeConfig};
@@ -524,6 +574,7 @@ mod tests {
             &mut s,
             &proto::client_key(SECRET),
             CLUSTER,
+            proto::CLIENT_ID,
             Duration::from_secs(5),
         )
         .unwrap();
@@ -574,7 +625,7 @@ mod tests {
             SECRET.to_vec(),
         );
         config.tick_interval = Duration::from_millis(10);
-        Node::open(config).unwrap()
+        Node::open(config.bootstrap()).unwrap()
     }
 
     /// Regression (issue 12, A7): a client that pipelines far more requests than
@@ -637,6 +688,46 @@ mod tests {
         node.shutdown().unwrap();
     }
 
+    /// Raw admin, directory and membership commands from a client: refused, typed, and
+    /// nothing is done (before, a client's huge id allocation reached the directory and
+    /// the store stopped); a node's own backend (a store id in the handshake) is served.
+    fn raw_commands_are_refused_from_clients(s: &mut TcpStream, addr: SocketAddr) {
+        let raw = [
+            Request::Directory { cmd: DirCmd::AllocIds { count: u64::MAX } },
+            Request::Admin {
+                region: RegionId(1),
+                epoch: Epoch::INITIAL,
+                cmd: AdminCmd::Split {
+                    split_keys: vec![b"k05".to_vec()],
+                    new_ids: vec![RegionId(1)],
+                },
+            },
+            Request::ChangePeers {
+                region: RegionId(1),
+                epoch: Epoch::INITIAL,
+                change: PeerChange::Remove(PeerId(1)),
+            },
+        ];
+        for (i, req) in raw.iter().enumerate() {
+            let id = 20 + i as u64;
+            let frame = proto::encode_frame(FrameKind::Request, &proto::encode_request(id, req));
+            s.write_all(&frame.unwrap()).unwrap();
+            let (got, answer) = response(s);
+            assert_eq!((got, answer.map_err(|e| e.code)), (id, Err(ErrorCode::NotAllowed)));
+        }
+        status_works(s, 10);
+        // A node's own backend (a store id in the handshake) is served.
+        let mut n = TcpStream::connect(addr).unwrap();
+        n.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let key = proto::client_key(SECRET);
+        proto::handshake_client(&mut n, &key, CLUSTER, StoreId(2), Duration::from_secs(5)).unwrap();
+        let alloc = Request::Directory { cmd: DirCmd::AllocIds { count: 1 } };
+        let frame = proto::encode_frame(FrameKind::Request, &proto::encode_request(30, &alloc));
+        n.write_all(&frame.unwrap()).unwrap();
+        let (got, answer) = response(&mut n);
+        assert!(got == 30 && matches!(answer, Ok(Response::Directory(_))), "{answer:?}");
+    }
+
     #[test]
     fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
         let dir = tempfile::tempdir().unwrap();
@@ -648,7 +739,7 @@ mod tests {
             SECRET.to_vec(),
         );
         config.tick_interval = Duration::from_millis(10);
-        let node = Node::open(config).unwrap();
+        let node = Node::open(config.bootstrap()).unwrap();
         let addr = node.local_addr();
         let db = node.db();
         for i in 0..20 {
@@ -697,6 +788,8 @@ mod tests {
         let (id, answer) = response(&mut s);
         assert_eq!((id, answer.unwrap_err().code), (8, ErrorCode::UnsupportedRequest));
         status_works(&mut s, 9);
+
+        raw_commands_are_refused_from_clients(&mut s, addr);
 
         // An oversized frame: refused before its payload is read, then closed.
         let mut header = proto::encode_frame(FrameKind::Request, &[]).unwrap();

@@ -26,6 +26,7 @@ fn config(dir: &std::path::Path, id: u64, addrs: &[SocketAddr]) -> NodeConfig {
         SECRET.to_vec(),
     );
     config.tick_interval = Duration::from_millis(20);
+    config = config.bootstrap();
     for (i, addr) in addrs.iter().enumerate() {
         let peer = i as u64 + 1;
         if peer != id {

@@ -51,9 +51,18 @@ pub(crate) enum Command {
 #[derive(Args)]
 pub(crate) struct NodeArgs {
     /// A TOML file with any of `store_id`, `data_dir`, `listen`, `cluster_id`, `secret`
-    /// or `secret_file`, `tick_interval_ms`, and a `[peers]` table of "ID" = "IP:PORT".
+    /// or `secret_file`, `tick_interval_ms`, `initial_cluster_state` ("new" or
+    /// "existing"), and a `[peers]` table of "ID" = "IP:PORT".
     #[arg(long)]
     pub(crate) config: Option<PathBuf>,
+    /// If the data dir holds no store: bootstrap a new cluster of this node and its
+    /// peers (give it to each first node, on its first start only).
+    #[arg(long, conflicts_with = "join")]
+    pub(crate) bootstrap: bool,
+    /// If the data dir holds no store: start empty and wait to be added to the running
+    /// cluster (`regionkv client store add ID ADDR`).
+    #[arg(long)]
+    pub(crate) join: bool,
     /// This node's store id (1, 2, ...).
     #[arg(long)]
     pub(crate) id: Option<u64>,
@@ -135,6 +144,22 @@ pub(crate) enum ClientOp {
     Regions,
     /// Print every store's replicas: roles, terms, indexes.
     Status,
+    /// Add or remove a store (how a store whose disk was lost is replaced).
+    Store {
+        #[command(subcommand)]
+        op: StoreOp,
+    },
+}
+
+/// What `regionkv client store` changes.
+#[derive(Subcommand)]
+pub(crate) enum StoreOp {
+    /// Add store ID, listening at ADDR, to every region: a learner filled by a
+    /// snapshot, then a voter. Start its node with --join first.
+    Add { id: u64, addr: SocketAddr },
+    /// Remove store ID from every region (before adding back a store whose disk was
+    /// lost).
+    Remove { id: u64 },
 }
 
 /// Parses `--peer ID=IP:PORT`.

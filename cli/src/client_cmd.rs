@@ -3,9 +3,11 @@
 
 use std::ops::Bound;
 
-use regionkv::{Client, ClusterId, HistogramSnapshot, Region, RegionId, StoreMetrics, StoreStatus};
+use regionkv::{
+    Client, ClusterId, HistogramSnapshot, Region, RegionId, StoreId, StoreMetrics, StoreStatus,
+};
 
-use crate::args::{ClientArgs, ClientOp, read_secret};
+use crate::args::{ClientArgs, ClientOp, StoreOp, read_secret};
 
 fn show(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -209,6 +211,20 @@ pub(crate) fn run_client(args: ClientArgs) -> Result<(), Box<dyn std::error::Err
             )
         }
         ClientOp::Status => status_output(&client.status(), json),
+        ClientOp::Store { op } => {
+            let (what, regions) = match op {
+                StoreOp::Add { id, addr } => ("added to", client.add_store(StoreId(id), addr)?),
+                StoreOp::Remove { id } => ("removed from", client.remove_store(StoreId(id))?),
+            };
+            if !json {
+                println!("store {what} {} regions (the directory's included):", regions.len());
+                for r in &regions {
+                    let stores: Vec<String> = r.peers.iter().map(|p| p.store.to_string()).collect();
+                    println!("{} stores [{}]", region_line(r), stores.join(", "));
+                }
+            }
+            serde_json::json!(regions.iter().map(region_json).collect::<Vec<_>>())
+        }
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&out)?);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use regionkv::{ClusterId, Node, NodeConfig, StoreId};
+use regionkv::{ClusterId, InitialClusterState, Node, NodeConfig, StoreId};
 
 use crate::args::{NodeArgs, read_secret};
 
@@ -24,8 +24,28 @@ struct NodeFile {
     secret: Option<String>,
     secret_file: Option<PathBuf>,
     tick_interval_ms: Option<u64>,
+    initial_cluster_state: Option<String>,
     #[serde(default)]
     peers: BTreeMap<String, SocketAddr>,
+}
+
+/// How the node starts if its data dir holds no store: the flags, else the file.
+fn initial_state(
+    bootstrap: bool,
+    join: bool,
+    file: Option<&str>,
+) -> Result<Option<InitialClusterState>, String> {
+    Ok(match (bootstrap, join, file) {
+        (true, _, _) | (false, false, Some("new")) => Some(InitialClusterState::New),
+        (false, true, _) | (false, false, Some("existing")) => Some(InitialClusterState::Existing),
+        (false, false, None) => None,
+        (false, false, Some(other)) => {
+            return Err(format!(
+                "initial_cluster_state is {other:?}: it must be \"new\" (bootstrap a new \
+                 cluster) or \"existing\" (join a running one)"
+            ));
+        }
+    })
 }
 
 fn node_config(args: NodeArgs) -> Result<(NodeConfig, bool), String> {
@@ -63,6 +83,8 @@ fn node_config(args: NodeArgs) -> Result<(NodeConfig, bool), String> {
     if let Some(ms) = args.tick_interval_ms.or(file.tick_interval_ms) {
         config.tick_interval = Duration::from_millis(ms);
     }
+    config.initial_cluster_state =
+        initial_state(args.bootstrap, args.join, file.initial_cluster_state.as_deref())?;
     Ok((config, args.stop_on_stdin_eof))
 }
 

@@ -26,6 +26,8 @@ struct Procs {
     dir: PathBuf,
     addrs: Vec<SocketAddr>,
     children: Vec<Option<Child>>,
+    /// Nodes started before: they restart from their files, without `--bootstrap`.
+    started: BTreeSet<usize>,
 }
 
 impl Drop for Procs {
@@ -42,13 +44,13 @@ impl Procs {
         self.dir.join(format!("node-{id}.log"))
     }
 
-    /// Starts node `id` (1-based) and waits until it listens.
-    fn start(&mut self, id: usize) {
+    /// `regionkv node` for node `id` (1-based), without `--bootstrap` or `--join`.
+    fn node_command(&self, id: usize) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_regionkv"));
         cmd.arg("node")
             .args(["--id", &id.to_string()])
             .arg("--data-dir")
-            .arg(self.dir.join(format!("data-{id}")))
+            .arg(self.data_dir(id))
             .args(["--listen", &self.addrs[id - 1].to_string()])
             .args(["--cluster-id", &CLUSTER.0.to_string()])
             .arg("--secret-file")
@@ -59,6 +61,44 @@ impl Procs {
                 cmd.args(["--peer", &format!("{}={addr}", i + 1)]);
             }
         }
+        cmd
+    }
+
+    fn data_dir(&self, id: usize) -> PathBuf {
+        self.dir.join(format!("data-{id}"))
+    }
+
+    /// Starts node `id` (with `--bootstrap` the first time) and waits until it listens.
+    fn start(&mut self, id: usize) {
+        let mut cmd = self.node_command(id);
+        if self.started.insert(id) {
+            cmd.arg("--bootstrap");
+        }
+        self.spawn(id, cmd);
+    }
+
+    /// Starts node `id` with `--join` and waits until it listens.
+    fn join(&mut self, id: usize) {
+        let mut cmd = self.node_command(id);
+        cmd.arg("--join");
+        self.spawn(id, cmd);
+    }
+
+    /// Runs `regionkv client` with `args` against every node.
+    fn client(&self, args: &[&str]) -> std::process::Output {
+        let addrs: Vec<String> = self.addrs.iter().map(ToString::to_string).collect();
+        Command::new(env!("CARGO_BIN_EXE_regionkv"))
+            .arg("client")
+            .args(["--addr", &addrs.join(",")])
+            .args(["--cluster-id", &CLUSTER.0.to_string()])
+            .arg("--secret-file")
+            .arg(self.dir.join("secret"))
+            .args(args)
+            .output()
+            .expect("run regionkv client")
+    }
+
+    fn spawn(&mut self, id: usize, mut cmd: Command) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log(id)).unwrap();
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -186,6 +226,7 @@ fn acknowledged_writes_survive_a_sigkilled_node() {
         dir: dir.path().to_path_buf(),
         addrs: free_addrs(3),
         children: vec![None, None, None],
+        started: BTreeSet::new(),
     };
     for id in 1..=3 {
         procs.start(id);
@@ -278,6 +319,56 @@ fn acknowledged_writes_survive_a_sigkilled_node() {
     check_client_status(&procs);
 
     // Closing stdin stops each node cleanly.
+    client.close();
+    procs.stop_all_by_stdin();
+}
+
+/// S1 as the README tells it: a node whose data dir was wiped refuses to start without
+/// `--join`; started with `--join`, it is replaced with `regionkv client store remove`
+/// and `store add`, and then holds every write.
+#[test]
+fn a_wiped_node_is_replaced_with_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    secret_file(dir.path());
+    let mut procs = Procs {
+        dir: dir.path().to_path_buf(),
+        addrs: free_addrs(3),
+        children: vec![None, None, None],
+        started: BTreeSet::new(),
+    };
+    for id in 1..=3 {
+        procs.start(id);
+    }
+    let client = Client::connect(&procs.addrs, CLUSTER, SECRET).unwrap();
+    let db = client.db();
+    for i in 0..50 {
+        db.put(key(i), format!("value-{i}")).unwrap();
+    }
+    // Node 3 loses its disk.
+    procs.kill(3);
+    std::fs::remove_dir_all(procs.data_dir(3)).unwrap();
+    for i in 50..80 {
+        db.put(key(i), format!("value-{i}")).unwrap();
+    }
+    // Restarted as it was, it refuses to start, and says how to join.
+    let out = procs.node_command(3).stdin(Stdio::null()).output().expect("run regionkv node");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a wiped node started without --join: {stderr}");
+    assert!(stderr.contains("--join") && stderr.contains("store add"), "{stderr}");
+    // The replacement, as the README shows it.
+    procs.join(3);
+    let removed = procs.client(&["store", "remove", "3"]);
+    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    let addr = procs.addrs[2].to_string();
+    let added = procs.client(&["--json", "store", "add", "3", &addr]);
+    assert!(added.status.success(), "{}", String::from_utf8_lossy(&added.stderr));
+    let regions: serde_json::Value = serde_json::from_slice(&added.stdout).unwrap();
+    for r in regions.as_array().expect("the regions") {
+        assert!(r["stores"].as_array().unwrap().contains(&serde_json::json!(3)), "{r}");
+    }
+    wait_for("store 3 to hold every write", Duration::from_secs(30), || {
+        client.local_scan(StoreId(3), b"key-", None, 1000).is_ok_and(|rows| rows.len() == 80)
+    });
     client.close();
     procs.stop_all_by_stdin();
 }

@@ -77,14 +77,14 @@ pub mod sessions;
 
 pub use checkpoint::{
     CheckpointChunk, CheckpointChunks, CheckpointFile, CheckpointHeader, CheckpointReceiver,
-    CheckpointStats, MAX_CHECKPOINT_BYTES, ReceivedCheckpoint,
+    CheckpointStats, MAX_CHECKPOINT_BYTES, ReceivedCheckpoint, SnapshotMeta,
 };
 pub use engine::{CheckpointMeta, Engine, EngineOptions, GcStats, MemoryStats, RecoveryInfo};
 pub use error::{Error, ErrorClass, RegionChangeError, Result};
 pub use manifest::{Compatibility, Manifest, MergeState};
 pub use memtable::{ENTRY_OVERHEAD_BYTES, MAX_SEQ, Seq};
 pub use read_view::ReadView;
-pub use region::{Epoch, Peer, PeerId, Region, RegionId, StoreId};
+pub use region::{Epoch, Incarnation, Peer, PeerId, Region, RegionId, StoreId};
 pub use region_map::{RegionMap, SlotView};
 pub use round::ApplyRound;
 pub use sessions::{SessionId, SessionLimits, SessionTable, SessionUse, SessionWrite};

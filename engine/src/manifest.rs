@@ -35,6 +35,14 @@
 //!   file needed). The minimum reader becomes 4: an older binary would drop `merge`
 //!   when it rewrites the manifest and let a merging source take writes again.
 //!   Migration 3 -> 4 leaves both `None`.
+//! - 5: adds the store's `incarnation`, a random number written when the store is
+//!   first opened, and its `peer_floor`, an id from the cluster's allocator written
+//!   when the store joined a running cluster (every peer of this store has a greater
+//!   id). Both travel in the transport handshake, so that peers can tell a store that
+//!   lost its disk from the one they knew (ARCHITECTURE.md, "Store identity"). The
+//!   minimum reader becomes 5: an older binary would drop them when it rewrites the
+//!   manifest, and the next start would take the store for a replaced one. Migration
+//!   4 -> 5 leaves both `None` (unknown); the store writes an incarnation as it opens.
 //!
 //! The manifest is replaced atomically: written in full to `MANIFEST.tmp`, fsynced,
 //! renamed over `MANIFEST`, and the directory fsynced.
@@ -47,17 +55,17 @@ use regionkv_wal::fs::{FileSystem, OpenMode};
 
 use crate::codec::{self, DecodeError, DecodeResult, Decoder, TlvRecord, UnknownTags};
 use crate::error::{Error, Result};
-use crate::region::{Region, RegionId, StoreId, intersect};
+use crate::region::{Incarnation, PeerId, Region, RegionId, StoreId, intersect};
 use crate::region_map::RegionMap;
 
 /// Identifies a regionkv manifest.
 pub(crate) const MAGIC: [u8; 8] = *b"rkvMAN\r\n";
 /// The manifest format this binary writes.
-pub const MANIFEST_FORMAT_VERSION: u32 = 4;
+pub const MANIFEST_FORMAT_VERSION: u32 = 5;
 /// The oldest manifest format this binary can migrate from.
 pub const OLDEST_MIGRATABLE_VERSION: u32 = 1;
 /// The oldest reader version that can read what this binary writes.
-pub const MIN_READER_VERSION: u32 = 4;
+pub const MIN_READER_VERSION: u32 = 5;
 /// File name of the manifest inside the engine's directory.
 pub const MANIFEST_FILE: &str = "MANIFEST";
 /// File name a new manifest is written under before it is renamed.
@@ -76,7 +84,11 @@ const F_CLEAN_SHUTDOWN: u16 = 2;
 const F_NEXT_FILE_ID: u16 = 3;
 const F_REGION: u16 = 4;
 const F_TASK: u16 = 5;
-const STORE_TAGS: &[u16] = &[F_STORE_ID, F_CLEAN_SHUTDOWN, F_NEXT_FILE_ID, F_REGION, F_TASK];
+// Since version 5.
+const F_INCARNATION: u16 = 6;
+const F_PEER_FLOOR: u16 = 7;
+const STORE_TAGS: &[u16] =
+    &[F_STORE_ID, F_CLEAN_SHUTDOWN, F_NEXT_FILE_ID, F_REGION, F_TASK, F_INCARNATION, F_PEER_FLOOR];
 // Region entry fields.
 const R_REGION: u16 = 1;
 const R_CHECKPOINT: u16 = 2;
@@ -199,6 +211,13 @@ pub struct Manifest {
     pub format_version: u32,
     /// The store that owns the directory.
     pub store_id: StoreId,
+    /// This life of the store's disk (since format version 5; `None` until the store
+    /// first opens with a binary that writes it).
+    pub incarnation: Option<Incarnation>,
+    /// Every peer of this store has a greater id: an id the cluster allocated when the
+    /// store joined it (since format version 5; `None` for a store that bootstrapped
+    /// its cluster, or from before).
+    pub peer_floor: Option<PeerId>,
     /// True if the engine was closed cleanly and nothing changed since.
     pub clean_shutdown: bool,
     /// The next checkpoint file number to use.
@@ -216,6 +235,8 @@ impl Manifest {
         Manifest {
             format_version: MANIFEST_FORMAT_VERSION,
             store_id,
+            incarnation: None,
+            peer_floor: None,
             clean_shutdown: false,
             next_file_id: 1,
             regions: Vec::new(),
@@ -229,6 +250,12 @@ impl Manifest {
         codec::put_u64(&mut body, F_STORE_ID, self.store_id.0);
         codec::put_field(&mut body, F_CLEAN_SHUTDOWN, &[u8::from(self.clean_shutdown)]);
         codec::put_u64(&mut body, F_NEXT_FILE_ID, self.next_file_id);
+        if let Some(incarnation) = self.incarnation {
+            codec::put_u64(&mut body, F_INCARNATION, incarnation.0);
+        }
+        if let Some(floor) = self.peer_floor {
+            codec::put_u64(&mut body, F_PEER_FLOOR, floor.0);
+        }
         for entry in &self.regions {
             codec::put_nested(&mut body, F_REGION, |out| {
                 codec::put_nested(out, R_REGION, |out| codec::put_region(out, &entry.region));
@@ -421,6 +448,9 @@ fn decode_body(body: &[u8], version: u32, unknown: UnknownTags) -> DecodeResult<
     let clean_shutdown =
         rec.required(F_CLEAN_SHUTDOWN, "clean-shutdown flag missing")?.as_bool()?;
     let next_file_id = rec.required(F_NEXT_FILE_ID, "next file id missing")?.as_u64()?;
+    let incarnation =
+        rec.optional(F_INCARNATION)?.map(|f| f.as_u64()).transpose()?.map(Incarnation);
+    let peer_floor = rec.optional(F_PEER_FLOOR)?.map(|f| f.as_u64()).transpose()?.map(PeerId);
     let mut regions: Vec<RegionEntry> = Vec::new();
     for field in rec.repeated(F_REGION) {
         let entry = decode_region_entry(field.value, unknown, next_file_id)
@@ -446,7 +476,16 @@ fn decode_body(body: &[u8], version: u32, unknown: UnknownTags) -> DecodeResult<
             return Err(DecodeError::new(field.offset, "task state listed twice"));
         }
     }
-    Ok(Manifest { format_version: version, store_id, clean_shutdown, next_file_id, regions, tasks })
+    Ok(Manifest {
+        format_version: version,
+        store_id,
+        incarnation,
+        peer_floor,
+        clean_shutdown,
+        next_file_id,
+        regions,
+        tasks,
+    })
 }
 
 fn decode_region_entry(
@@ -548,7 +587,21 @@ pub const MIGRATIONS: &[Migration] = &[
         description: "regions gain merge state and empty images (none before)",
         run: no_merge_state,
     },
+    Migration {
+        from: 4,
+        to: 5,
+        description: "the store gains an incarnation and a peer floor (unknown before)",
+        run: no_incarnation,
+    },
 ];
+
+/// Migration 4 -> 5: no older binary recorded an incarnation or a peer floor.
+#[expect(clippy::unnecessary_wraps, reason = "every migration step has the same signature")]
+fn no_incarnation(manifest: &mut Manifest, _: &dyn FileSystem, _: &Path) -> Result<()> {
+    manifest.incarnation = None;
+    manifest.peer_floor = None;
+    Ok(())
+}
 
 /// Migration 3 -> 4: no region of an older binary was merging or had an empty image.
 #[expect(clippy::unnecessary_wraps, reason = "every migration step has the same signature")]
@@ -676,10 +729,12 @@ pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::region::{Epoch, Peer, PeerId};
+    use crate::region::{Epoch, Peer};
 
     pub(crate) fn sample() -> Manifest {
         let mut m = Manifest::new(StoreId(5));
+        m.incarnation = Some(Incarnation(0x5eed_cafe));
+        m.peer_floor = Some(PeerId(1004));
         m.clean_shutdown = true;
         m.next_file_id = 9;
         m.regions.push(RegionEntry {

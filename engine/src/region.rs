@@ -14,6 +14,13 @@ pub struct StoreId(pub u64);
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct PeerId(pub u64);
 
+/// One life of a store's disk: a random number written to the manifest when the store
+/// is first opened, and never changed while the files last. A store id whose
+/// incarnation changed lost its disk (wiped, or replaced): it must not take part under
+/// its old peer ids (ARCHITECTURE.md, "Store identity").
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Incarnation(pub u64);
+
 macro_rules! id_fmt {
     ($($t:ident),*) => {$(
         impl fmt::Debug for $t {
@@ -33,7 +40,7 @@ macro_rules! id_fmt {
         }
     )*};
 }
-id_fmt!(RegionId, StoreId, PeerId);
+id_fmt!(RegionId, StoreId, PeerId, Incarnation);
 
 /// A region's epoch: `version` grows on every split and merge, `conf_ver` on every
 /// membership change. A request routed with an older epoch is rejected.

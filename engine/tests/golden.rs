@@ -12,12 +12,18 @@ use std::sync::Arc;
 use bytes::Bytes;
 use regionkv_engine::manifest::{self, CheckpointRef, Manifest};
 use regionkv_engine::{
-    CheckpointFile, Compatibility, Engine, EngineOptions, Epoch, MergeState, Peer, PeerId, Region,
-    RegionId, SessionId, SessionUse, StoreId,
+    CheckpointFile, Compatibility, Engine, EngineOptions, Epoch, Incarnation, MergeState, Peer,
+    PeerId, Region, RegionId, SessionId, SessionUse, SnapshotMeta, StoreId,
 };
 use regionkv_wal::SimFs;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const INCARNATION: Incarnation = Incarnation(0x0123_4567_89ab_cdef);
+
+fn snapshot_meta() -> SnapshotMeta {
+    SnapshotMeta { term: 5, voters: vec![71], learners: vec![72] }
+}
 
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
@@ -45,10 +51,13 @@ const SESSIONS: [(SessionId, u64, u64); 2] = [
 /// Runs the golden scenario on a simulated disk; returns (manifest, checkpoint) bytes.
 /// With `sessions`, the round also records [`SESSIONS`] (the checkpoint from version 2
 /// on; the manifest is the scenario's without them, since the manifest records the
-/// checkpoint's length and the manifest format did not change).
+/// checkpoint's length and the session table did not change the manifest format).
 fn write_scenario(sessions: bool) -> Result<(Vec<u8>, Vec<u8>), Box<dyn std::error::Error>> {
     let fs = Arc::new(SimFs::new());
     let engine = Engine::open(fs.clone(), "/golden", EngineOptions::new(StoreId(1)))?;
+    // Since manifest version 5: the store's incarnation and peer floor.
+    engine.ensure_incarnation(INCARNATION)?;
+    engine.set_peer_floor(PeerId(1004))?;
     engine.insert_region(region())?;
     let mut round = engine.begin_round();
     round.prepare_for_region(RegionId(7), region().epoch)?;
@@ -63,7 +72,9 @@ fn write_scenario(sessions: bool) -> Result<(Vec<u8>, Vec<u8>), Box<dyn std::err
     round.put(b"date", b"brown")?;
     round.delete(b"date")?;
     round.commit()?;
-    let meta = engine.checkpoint(RegionId(7), 42)?;
+    // Since checkpoint version 2: a checkpoint made for a Raft snapshot records its
+    // term and members.
+    let meta = engine.checkpoint_for_snapshot(RegionId(7), 42, snapshot_meta())?;
     let checkpoint = fs.contents(&meta.path).ok_or("no checkpoint")?;
     // Since manifest version 3: a membership change after the checkpoint, recorded with
     // its Raft index (the checkpoint file, format 1, is unchanged by it).
@@ -173,7 +184,10 @@ fn golden_manifest_v3_decodes_field_by_field() -> TestResult {
     let (version, min_reader, compat) = Manifest::check_header(&bytes)?;
     // A version-2 reader would drop meta_index on rewrite, so it must refuse the file.
     assert_eq!((version, min_reader), (3, 3));
-    assert_eq!(compat, Compatibility::NeedsMigration { from: 3, to: 4 });
+    assert_eq!(
+        compat,
+        Compatibility::NeedsMigration { from: 3, to: manifest::MANIFEST_FORMAT_VERSION }
+    );
     let m = Manifest::decode(&bytes)?;
     assert_eq!(m.format_version, 3);
     assert_eq!(m.store_id, StoreId(1));
@@ -196,9 +210,14 @@ fn golden_manifest_v4_decodes_field_by_field() -> TestResult {
     let (version, min_reader, compat) = Manifest::check_header(&bytes)?;
     // A version-3 reader would drop the merge state on rewrite: it must refuse the file.
     assert_eq!((version, min_reader), (4, 4));
-    assert_eq!(compat, Compatibility::Compatible);
+    assert_eq!(
+        compat,
+        Compatibility::NeedsMigration { from: 4, to: manifest::MANIFEST_FORMAT_VERSION }
+    );
     let m = Manifest::decode(&bytes)?;
     assert_eq!(m.format_version, 4);
+    // Added in version 5: absent from a version-4 record, so unknown.
+    assert_eq!((m.incarnation, m.peer_floor), (None, None));
     let ids: Vec<RegionId> = m.regions.iter().map(|e| e.region.id).collect();
     assert_eq!(ids, vec![RegionId(7), RegionId(8), RegionId(9)]);
     let seven = &m.regions[0];
@@ -223,6 +242,60 @@ fn golden_manifest_v4_decodes_field_by_field() -> TestResult {
     Ok(())
 }
 
+#[test]
+fn golden_manifest_v5_decodes_field_by_field() -> TestResult {
+    let bytes = std::fs::read(golden_dir().join("manifest-v5.bin"))?;
+    let (version, min_reader, compat) = Manifest::check_header(&bytes)?;
+    // A version-4 reader would drop the incarnation on rewrite: it must refuse the file.
+    assert_eq!((version, min_reader), (5, 5));
+    assert_eq!(compat, Compatibility::Compatible);
+    let m = Manifest::decode(&bytes)?;
+    assert_eq!(m.format_version, 5);
+    assert_eq!(m.incarnation, Some(INCARNATION));
+    assert_eq!(m.peer_floor, Some(PeerId(1004)));
+    let ids: Vec<RegionId> = m.regions.iter().map(|e| e.region.id).collect();
+    assert_eq!(ids, vec![RegionId(7), RegionId(8), RegionId(9)]);
+    assert_eq!(
+        m.regions[0].merge,
+        Some(MergeState { target: RegionId(8), prepare_index: 44, prepare_term: 2 })
+    );
+    assert_eq!(m.tasks["duplication"], b"stage=1");
+    Ok(())
+}
+
+/// A store whose manifest predates incarnations gets one when it opens, once.
+#[test]
+fn golden_v4_store_gains_an_incarnation_once() -> TestResult {
+    use regionkv_wal::fs::{FileSystem, OpenMode};
+    let fs = Arc::new(SimFs::new());
+    let dir = Path::new("/v4");
+    fs.create_dir_all(dir)?;
+    let file = fs.open(&dir.join("MANIFEST"), OpenMode::CreateNew)?;
+    // The v4 golden manifest lists checkpoint files: keep only its store-level fields.
+    let mut m = Manifest::decode(&std::fs::read(golden_dir().join("manifest-v4.bin"))?)?;
+    m.regions.clear();
+    m.next_file_id = 1;
+    let mut bytes = m.encode();
+    // Write it back as version 4 (minimum reader 4), as a version-4 binary would.
+    bytes[8..12].copy_from_slice(&4u32.to_le_bytes());
+    bytes[12..16].copy_from_slice(&4u32.to_le_bytes());
+    let crc = crc32fast::hash(&bytes[..24]);
+    bytes[24..28].copy_from_slice(&crc.to_le_bytes());
+    file.write_at(0, &bytes)?;
+    file.sync_data()?;
+    fs.sync_dir(dir)?;
+    let engine = Engine::open(fs.clone(), dir, EngineOptions::new(StoreId(1)))?;
+    assert_eq!(engine.recovery().migrated_to, vec![5]);
+    assert_eq!(engine.incarnation(), None, "unknown until the store records one");
+    assert_eq!(engine.ensure_incarnation(INCARNATION)?, INCARNATION);
+    assert_eq!(engine.ensure_incarnation(Incarnation(99))?, INCARNATION, "written once");
+    engine.close()?;
+    drop(engine);
+    let engine = Engine::open(fs, dir, EngineOptions::new(StoreId(1)))?;
+    assert_eq!(engine.incarnation(), Some(INCARNATION), "durable");
+    Ok(())
+}
+
 /// Fields added in version 4 read as `None` from a version-3 file (invariant 4 in
 /// ARCHITECTURE.md).
 #[test]
@@ -238,6 +311,10 @@ fn golden_checkpoint_v1_decodes_field_by_field() -> TestResult {
     let file = CheckpointFile::open(Bytes::from(bytes), Path::new("checkpoint-v1.bin"))?;
     assert_eq!(file.header().region, region());
     assert_eq!(file.header().applied_index, 42);
+    // Added in version 2: absent from a version-1 file, so unknown (its region opens
+    // with an empty session table).
+    assert_eq!(file.header().snapshot, None);
+    assert_eq!(file.header().sessions, None);
     let stats = file.stats();
     assert_eq!((stats.entries, stats.blocks), (3, 1));
     assert_eq!(stats.kv_bytes, (5 + 3 + 6 + 6 + 6) as u64);
@@ -260,6 +337,8 @@ fn golden_checkpoint_v2_decodes_field_by_field() -> TestResult {
     let file = CheckpointFile::open(Bytes::from(bytes), Path::new("checkpoint-v2.bin"))?;
     assert_eq!(file.header().region, region());
     assert_eq!(file.header().applied_index, 42);
+    assert_eq!(file.header().snapshot, Some(snapshot_meta()));
+    assert_eq!(file.stats().entries, 3);
     let sessions = file.header().sessions.as_ref().ok_or("no session table")?;
     assert_eq!(sessions.now_ms(), 1_700_000_000_250);
     assert_eq!(
@@ -272,15 +351,6 @@ fn golden_checkpoint_v2_decodes_field_by_field() -> TestResult {
     let mut pairs = Vec::new();
     file.for_each(|k, v| pairs.push((k.to_vec(), v.to_vec())));
     assert_eq!(pairs.len(), 3);
-    Ok(())
-}
-
-/// A version-1 checkpoint has no session table: its region opens with an empty one.
-#[test]
-fn golden_checkpoint_v1_has_no_session_table() -> TestResult {
-    let bytes = std::fs::read(golden_dir().join("checkpoint-v1.bin"))?;
-    let file = CheckpointFile::open(Bytes::from(bytes), Path::new("checkpoint-v1.bin"))?;
-    assert_eq!(file.header().sessions, None);
     Ok(())
 }
 

@@ -21,6 +21,7 @@ mod config;
 mod core;
 pub mod directory;
 mod error;
+pub mod identity;
 mod index;
 pub mod log;
 mod logger;

@@ -29,7 +29,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use raft::StateRole;
 use raft::eraftpb::MessageType;
-use regionkv_engine::{Engine, EngineOptions, Epoch, Peer, PeerId, Region, RegionId, StoreId};
+use regionkv_engine::{
+    Engine, EngineOptions, Epoch, Incarnation, Peer, PeerId, Region, RegionId, StoreId,
+};
 use regionkv_wal::fs::FileSystem;
 use regionkv_wal::{
     CancellationToken, CrashMode, RecoveryMode, SimFs, SparePreparation, Wal, WalOptions,
@@ -39,6 +41,7 @@ use crate::command::{AdminCmd, Op, WriteSession};
 use crate::config::StoreConfig;
 use crate::core::{StoreContext, StoreCore, WriteTask};
 use crate::error::{Error, Result};
+use crate::identity::{Admission, PeerBook, StoreIdentity};
 use crate::log::RaftLog;
 use crate::replica::PeerStatus;
 use crate::request::{
@@ -125,13 +128,17 @@ impl<T> Pending<T> {
 #[derive(Debug)]
 enum Event {
     Tick(StoreId),
-    Deliver(StoreId, Vec<Envelope>),
+    /// Envelopes for a store, and their sender's identity when it sent them.
+    Deliver(StoreId, Option<StoreIdentity>, Vec<Envelope>),
     Persisted(StoreId, u64),
 }
 
 /// A running store.
 struct Running {
     core: StoreCore,
+    /// The incarnations this store accepted (its transport's check, applied per
+    /// message here).
+    book: Arc<PeerBook>,
     wal: Wal,
     engine: Engine,
     /// Writes waiting to be persisted, in order; the first is in flight.
@@ -142,8 +149,12 @@ struct Running {
 struct SimStore {
     disk: SimFs,
     running: Option<Running>,
-    /// Bumped at every crash or stop, so events of an old incarnation are ignored.
-    incarnation: u64,
+    /// Bumped at every crash or stop, so events of an earlier run are ignored.
+    life: u64,
+    /// Bumped when the disk is wiped: draws the next disk's incarnation.
+    disks: u64,
+    /// The store's identity as its last start made it (what its handshake sends).
+    identity: Option<StoreIdentity>,
 }
 
 /// Invariant state shared with the apply observers.
@@ -158,7 +169,7 @@ struct Checks {
     /// (store, region) -> highest term made durable (a term only in memory may be
     /// lost by a crash: nothing was sent under it).
     durable_term: HashMap<(StoreId, RegionId), u64>,
-    /// (store, region) -> highest (commit, applied) seen in this incarnation.
+    /// (store, region) -> highest (commit, applied) seen since the store last started.
     running_max: HashMap<(StoreId, RegionId), (u64, u64)>,
     violation: Option<String>,
 }
@@ -203,6 +214,12 @@ fn hash_of(term: u64, data: &[u8]) -> u64 {
     h.finish()
 }
 
+impl SimStore {
+    fn new(disk: SimFs) -> SimStore {
+        SimStore { disk, running: None, life: 0, disks: 0, identity: None }
+    }
+}
+
 impl SimCluster {
     /// Bootstraps region 1 (the whole key space) on the voters and starts everyone.
     pub fn new(config: SimConfig) -> Result<SimCluster> {
@@ -228,10 +245,8 @@ impl SimCluster {
         cluster.next_peer_id = cluster.config.voters as u64 + 1;
         for s in 1..=total as u64 {
             let id = StoreId(s);
-            cluster
-                .stores
-                .insert(id, SimStore { disk: SimFs::new(), running: None, incarnation: 0 });
-            cluster.start(id)?;
+            cluster.stores.insert(id, SimStore::new(SimFs::new()));
+            cluster.start(id, None)?;
             if s <= cluster.config.voters as u64 {
                 let region = Region { peers: voters.clone(), ..Region::whole(RegionId(1)) };
                 let running = cluster.running(id)?;
@@ -249,8 +264,10 @@ impl SimCluster {
             .ok_or(Error::Internal(format!("store {store} is not running")))
     }
 
-    /// Opens a store on its disk (recovering whatever is there) and schedules its ticks.
-    fn start(&mut self, id: StoreId) -> Result<()> {
+    /// Opens a store on its disk (recovering whatever is there) and schedules its ticks;
+    /// `floor` is the peer floor of a store that joins the cluster (see
+    /// `crate::identity`).
+    fn start(&mut self, id: StoreId, floor: Option<PeerId>) -> Result<()> {
         let disk = self.stores[&id].disk.clone();
         let fs: Arc<dyn FileSystem> = Arc::new(disk);
         let segment_bytes = self.config.segment_bytes;
@@ -271,6 +288,15 @@ impl SimCluster {
         };
         let engine = Engine::open(fs.clone(), "/store/engine", EngineOptions::new(id))?;
         let directory = Engine::open(fs, "/store/directory", EngineOptions::new(id))?;
+        // The same identity as a store's: an incarnation per disk (drawn from the seed),
+        // a peer book, and a floor for a store that joined.
+        let mut h = DefaultHasher::new();
+        (self.config.seed, id.0, self.stores[&id].disks).hash(&mut h);
+        let incarnation = engine.ensure_incarnation(Incarnation(h.finish()))?;
+        let book = Arc::new(PeerBook::open(id, incarnation, engine.clone(), directory.clone())?);
+        if let Some(floor) = floor {
+            book.set_peer_floor(floor)?;
+        }
         let mut config = StoreConfig::new(id)
             .tick_interval(self.config.tick)
             .checkpoint_log_bytes(self.config.checkpoint_log_bytes);
@@ -303,8 +329,10 @@ impl SimCluster {
         ctx.clock = Some(Box::new(move || wall_ms.load(Ordering::Relaxed)));
         let core = StoreCore::open(Arc::new(ctx), Box::new(|_| true))?;
         let store = self.stores.get_mut(&id).expect("known store");
+        store.identity = Some(book.identity());
         store.running = Some(Running {
             core,
+            book,
             wal,
             engine,
             writes: std::collections::VecDeque::new(),
@@ -352,16 +380,23 @@ impl SimCluster {
         }
         self.send(out.messages);
         if start_write {
-            let incarnation = self.stores[&id].incarnation;
+            let life = self.stores[&id].life;
             let at = self.now + self.between(self.config.fsync);
-            self.schedule(at, Event::Persisted(id, incarnation));
+            self.schedule(at, Event::Persisted(id, life));
         }
     }
 
     fn send(&mut self, envelopes: Vec<Envelope>) {
         self.sent += envelopes.len() as u64;
         let mut by_arrival: BTreeMap<(Duration, StoreId), Vec<Envelope>> = BTreeMap::new();
+        let from = envelopes.first().map(|e| e.from);
+        let identity = from.and_then(|f| self.stores.get(&f)).and_then(|s| s.identity);
         for env in envelopes {
+            // The sender's transport vets the receiver (as a TCP connector does).
+            if !self.admits(env.from, env.to, self.stores.get(&env.to).and_then(|s| s.identity)) {
+                self.trace(("refused", env.from.0, env.to.0));
+                continue;
+            }
             let fate = self.faults.decide(&env, &mut self.rng);
             for _ in 0..fate.copies {
                 let at = self.now + self.between(self.config.latency) + fate.delay;
@@ -369,8 +404,17 @@ impl SimCluster {
             }
         }
         for ((at, to), batch) in by_arrival {
-            self.schedule(at, Event::Deliver(to, batch));
+            self.schedule(at, Event::Deliver(to, identity, batch));
         }
+    }
+
+    /// True if `store`'s peer book accepts `peer` as `identity` (or `store` is down:
+    /// nothing of its own is checked then).
+    fn admits(&self, store: StoreId, peer: StoreId, identity: Option<StoreIdentity>) -> bool {
+        let Some(running) = self.stores.get(&store).and_then(|s| s.running.as_ref()) else {
+            return true;
+        };
+        running.book.admit(peer, identity) == Admission::Accepted
     }
 
     fn handle(&mut self, event: Event) {
@@ -386,7 +430,14 @@ impl SimCluster {
                 let at = self.now + self.config.tick;
                 self.schedule(at, Event::Tick(id));
             }
-            Event::Deliver(id, envelopes) => {
+            Event::Deliver(id, identity, mut envelopes) => {
+                // The receiver's transport vets the sender (as a TCP acceptor does).
+                if let Some(from) = envelopes.first().map(|e| e.from)
+                    && !self.admits(id, from, identity)
+                {
+                    self.trace(("refused", from.0, id.0));
+                    envelopes.clear();
+                }
                 for env in &envelopes {
                     let (kind, term, index) = match &env.body {
                         Body::Raft(m) => (m.get_msg_type() as i32, m.term, m.index),
@@ -403,9 +454,9 @@ impl SimCluster {
                 running.core.on_envelopes(envelopes);
                 self.process(id);
             }
-            Event::Persisted(id, incarnation) => {
+            Event::Persisted(id, life) => {
                 let Some(store) = self.stores.get_mut(&id) else { return };
-                if store.incarnation != incarnation {
+                if store.life != life {
                     return; // the write died with the store
                 }
                 let Some(running) = store.running.as_mut() else { return };
@@ -784,7 +835,7 @@ impl SimCluster {
             drop(running);
             s.disk = s.disk.crash(mode);
         }
-        s.incarnation += 1;
+        s.life += 1;
         self.trace(("crash", store.0));
     }
 
@@ -797,8 +848,27 @@ impl SimCluster {
             let _ = running.engine.close();
             let _ = running.core.context().directory.close();
         }
-        s.incarnation += 1;
+        s.life += 1;
         self.trace(("stop", store.0));
+    }
+
+    /// The store's disk is lost (wiped, or replaced): `store` restarts on an empty disk,
+    /// as a node started with `--join` does. It hosts nothing until it is added to
+    /// regions again.
+    pub fn wipe_and_rejoin(&mut self, store: StoreId) -> Result<()> {
+        self.crash(store, CrashMode::Lost);
+        if let Some(s) = self.stores.get_mut(&store) {
+            s.disk = SimFs::new();
+        }
+        if let Some(s) = self.stores.get_mut(&store) {
+            s.disks += 1;
+        }
+        self.trace(("wipe", store.0));
+        // As a node started with `--join` does: a peer floor from the cluster's allocator.
+        let floor = PeerId(self.new_id());
+        self.start(store, Some(floor))?;
+        self.process(store);
+        Ok(())
     }
 
     /// Restarts a crashed or stopped store from its disk.
@@ -807,7 +877,7 @@ impl SimCluster {
             return Ok(());
         }
         self.trace(("restart", store.0));
-        self.start(store)?;
+        self.start(store, None)?;
         self.process(store);
         Ok(())
     }

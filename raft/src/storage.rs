@@ -81,14 +81,26 @@ impl raft::Storage for PeerStorage {
         RaftLog::bounds_in(&self.handle).map(|(_, last)| last).map_err(to_raft)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let mut slot = self.snapshot.lock();
         match &slot.ready {
-            Some(snap) if snap.get_metadata().index >= request_index => Ok(snap.clone()),
+            // A snapshot made before `to` joined does not list it: `to` would ignore it
+            // (raft-rs refuses a snapshot whose members leave it out), so make a new one.
+            Some(snap)
+                if snap.get_metadata().index >= request_index
+                    && lists(snap.get_metadata().get_conf_state(), to) =>
+            {
+                Ok(snap.clone())
+            }
             _ => {
                 slot.wanted = Some(request_index);
                 Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
             }
         }
     }
+}
+
+/// True if `conf` has `peer` as a voter or a learner.
+fn lists(conf: &raft::eraftpb::ConfState, peer: u64) -> bool {
+    conf.voters.contains(&peer) || conf.learners.contains(&peer)
 }

@@ -46,6 +46,7 @@ use crate::config::StoreConfig;
 use crate::core::{CoreTask, StoreContext, StoreCore, WriteTask};
 use crate::directory::{DIRECTORY, DirCmd, DirResult, RegionRecord};
 use crate::error::{Error, Result};
+use crate::identity::{PeerBook, fresh_incarnation};
 use crate::log::RaftLog;
 use crate::mailbox::{Mailbox, SendError};
 use crate::metrics::StoreMetrics;
@@ -138,6 +139,8 @@ impl Inbox for StoreInbox {
 /// A running store: its Raft groups on poller and writer threads.
 pub struct Store {
     ctx: Arc<StoreContext>,
+    /// This store's incarnation and the peers' (`crate::identity`), for its transport.
+    book: Arc<PeerBook>,
     wal: Wal,
     inbox: Arc<StoreInbox>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -182,6 +185,8 @@ impl Store {
         let id = options.config.store_id;
         let engine = Engine::open(fs.clone(), dir.join("engine"), EngineOptions::new(id))?;
         let directory = Engine::open(fs, dir.join("directory"), EngineOptions::new(id))?;
+        let incarnation = engine.ensure_incarnation(fresh_incarnation()?)?;
+        let book = Arc::new(PeerBook::open(id, incarnation, engine.clone(), directory.clone())?);
         let log = Arc::new(RaftLog::open(wal.clone(), options.config.log)?);
         let ctx = Arc::new(StoreContext::new(
             options.config.clone(),
@@ -246,12 +251,19 @@ impl Store {
         tracing::info!(store = ctx.config.store_id.0, pollers, dir = %dir.display(), "store started");
         Ok(Store {
             ctx,
+            book,
             wal,
             inbox,
             threads: Mutex::new(threads),
             killed,
             shutdown_timeout: options.shutdown_timeout,
         })
+    }
+
+    /// This store's incarnation, and the incarnation each peer store was last
+    /// accepted with: give it to the transport (`TcpConfig::identity`).
+    pub fn peer_book(&self) -> &Arc<PeerBook> {
+        &self.book
     }
 
     /// Where the transport delivers this store's envelopes.

@@ -34,6 +34,9 @@ pub(crate) enum ErrorCode {
     TooLarge,
     /// Since 0.1: the store stopped with the request in flight; the outcome is unknown.
     CancelledInFlight,
+    /// A raw command (admin, directory, membership change) from a client: only nodes
+    /// send those; clients ask for split, merge and membership by intent.
+    NotAllowed,
 }
 
 const ERROR_CODES: &[ErrorCode] = &[
@@ -56,6 +59,7 @@ const ERROR_CODES: &[ErrorCode] = &[
     ErrorCode::CrossRegionBatch,
     ErrorCode::TooLarge,
     ErrorCode::CancelledInFlight,
+    ErrorCode::NotAllowed,
 ];
 
 impl ErrorCode {
@@ -189,9 +193,10 @@ impl RemoteError {
             ErrorCode::Timeout => E::Timeout { region: region()? },
             ErrorCode::Cancelled => E::Cancelled,
             ErrorCode::CancelledInFlight => E::CancelledInFlight { region: region()? },
-            ErrorCode::InvalidRequest | ErrorCode::CrossRegionBatch | ErrorCode::TooLarge => {
-                E::InvalidRequest(message)
-            }
+            ErrorCode::InvalidRequest
+            | ErrorCode::CrossRegionBatch
+            | ErrorCode::TooLarge
+            | ErrorCode::NotAllowed => E::InvalidRequest(message),
             ErrorCode::Malformed => E::Malformed(message),
             ErrorCode::Unspecified
             | ErrorCode::StoreFailed
@@ -208,9 +213,10 @@ impl RemoteError {
             ErrorCode::Unavailable | ErrorCode::CancelledInFlight => {
                 Error::Unavailable { waited: Duration::ZERO, last: self.message }
             }
-            ErrorCode::CrossRegionBatch | ErrorCode::InvalidRequest | ErrorCode::TooLarge => {
-                Error::InvalidRequest(self.message)
-            }
+            ErrorCode::CrossRegionBatch
+            | ErrorCode::InvalidRequest
+            | ErrorCode::TooLarge
+            | ErrorCode::NotAllowed => Error::InvalidRequest(self.message),
             ErrorCode::UnsupportedRequest => Error::Protocol(format!(
                 "the node does not support this request ({}); upgrade the node",
                 self.message

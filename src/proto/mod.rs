@@ -22,7 +22,10 @@
 //! ## Handshake
 //!
 //! The store transport's handshake (`regionkv_raft::transport::handshake`), with the
-//! client as connector and store id 0:
+//! client as connector and store id 0 (a node's own backend, which reaches the other
+//! nodes' stores over this protocol, connects with its store id instead: raw admin,
+//! directory and membership requests are answered only on such connections; a client
+//! gets `not allowed` and asks for split, merge and membership by intent):
 //!
 //! ```text
 //!  C -> N  HELLO  { cluster id, 0, nonce_c, 4 highest client protocol version }
@@ -54,6 +57,10 @@
 //!            16 locate { 1 key }       17 status       18 members
 //!            19 split { 1 key }        20 merge { 1 left, 2 right }     21 regions
 //!            22 local scan { 1 start, 2 end | 3 unbounded, 4 limit }
+//!            23 change peers { 1 region, 2 epoch, 3 change { 1 kind (1 add voter,
+//!                       2 add learner, 3 remove), 2 peer id, 3 store (adds only) } }
+//!            24 store add { 1 store, 2 address }      25 store remove { 1 store }
+//!            26 member { 1 store, 2 address }
 //!  RESPONSE  1 id u64, and exactly one of
 //!            2 error { 1 code, 2 region, 3 leader store, 4 region*, 5 message, 6 target,
 //!                      7 reason (optional: the code of a drop or merge-abort reason) }
@@ -64,6 +71,7 @@
 //!            38 status { 1 store, 2 peer status*, 3 metrics (optional, since 0.1) }
 //!            39 members { 1 member* { 1 store, 2 address } }  40 regions { 1 region info* }
 //!            41 split { 1 region* }  42 merged { 1 region }  43 no reply
+//!            44 peers changed { 1 region }  45 store changed { 1 region* }
 //!  metrics   1 regions  2 leaders  3 hibernating  4 applied lag total  5 applied lag max
 //!            6 write latency us (histogram)  7 writes proposed  8 entries proposed
 //!            9 apply { 1 rounds, 2 rounds without regions, 3 rounds with several,
@@ -109,8 +117,8 @@ use regionkv_raft::transport::handshake::{
 };
 use regionkv_raft::transport::wire;
 use regionkv_raft::{
-    AdminCmd, AdminResult, MergeStatus, Op, PeerStatus, Query, QueryResult, StoreMetrics,
-    WriteSession,
+    AdminCmd, AdminResult, MergeStatus, Op, PeerChange, PeerStatus, Query, QueryResult,
+    StoreMetrics, WriteSession,
 };
 use regionkv_wal::CancellationToken;
 
@@ -182,11 +190,13 @@ pub(crate) fn encode_frame(kind: FrameKind, payload: &[u8]) -> Result<Vec<u8>, W
     FRAMES.encode(kind, payload)
 }
 
-/// The client's side of the handshake; returns the node's store id.
+/// The client's side of the handshake, as store `me` (`CLIENT_ID` for a client, a
+/// node's own id for its backend); returns the node's store id.
 pub(crate) fn handshake_client(
     stream: &mut TcpStream,
     key: &HandshakeKey,
     cluster: ClusterId,
+    me: StoreId,
     timeout: Duration,
 ) -> Result<StoreId, HandshakeError> {
     let mut hello_extra = Vec::new();
@@ -195,15 +205,17 @@ pub(crate) fn handshake_client(
         reader: reader(None, timeout),
         key,
         cluster,
-        me: CLIENT_ID,
+        me,
         timeout,
         hello_extra: &hello_extra,
         names: Names { me: "this client", peer: "the node" },
+        vet: None,
     };
     side.connect(stream, Expect::Any)
 }
 
-/// The node's side of the handshake.
+/// The node's side of the handshake; returns who connected: `CLIENT_ID` for a client,
+/// another store's id for a node's backend.
 pub(crate) fn handshake_node(
     stream: &mut TcpStream,
     reader: FrameReader<'_>,
@@ -211,7 +223,7 @@ pub(crate) fn handshake_node(
     cluster: ClusterId,
     me: StoreId,
     timeout: Duration,
-) -> Result<(), HandshakeError> {
+) -> Result<StoreId, HandshakeError> {
     let side = Handshake {
         reader,
         key,
@@ -220,8 +232,9 @@ pub(crate) fn handshake_node(
         timeout,
         hello_extra: &[],
         names: Names { me: "this node", peer: "the client" },
+        vet: None,
     };
-    side.accept(stream, Expect::Store(CLIENT_ID)).map(|_| ())
+    side.accept(stream, Expect::NotMe)
 }
 
 /// What a client asks a node.
@@ -271,6 +284,26 @@ pub(crate) enum Request {
         end: Option<Vec<u8>>,
         limit: usize,
     },
+    /// One membership change of one region, to its leader (a node's own backend).
+    ChangePeers {
+        region: RegionId,
+        epoch: Epoch,
+        change: PeerChange,
+    },
+    /// Add store `store` (listening at `addr`) to every region; the node drives it.
+    StoreAdd {
+        store: StoreId,
+        addr: String,
+    },
+    /// Remove store `store` from every region; the node drives it.
+    StoreRemove {
+        store: StoreId,
+    },
+    /// Store `store` listens at `addr`: the node dials it there from now on.
+    Member {
+        store: StoreId,
+        addr: String,
+    },
 }
 
 /// A node's answer to one request.
@@ -288,6 +321,10 @@ pub(crate) enum Response {
     Split(Vec<Region>),
     Merged(Region),
     Regions(Vec<RegionInfo>),
+    /// The region after a membership change.
+    PeersChanged(Region),
+    /// The regions a store was added to or removed from, as they are after it.
+    StoreChanged(Vec<Region>),
     /// The node's store dropped the request without an answer: its outcome is unknown.
     NoReply,
 }

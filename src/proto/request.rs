@@ -3,8 +3,8 @@
 
 use bytes::Bytes;
 use regionkv_engine::codec::{self, DecodeError, Field};
-use regionkv_engine::{RegionId, SessionId};
-use regionkv_raft::{Op, Query, WriteSession};
+use regionkv_engine::{Peer, PeerId, RegionId, SessionId, StoreId};
+use regionkv_raft::{Op, PeerChange, Query, WriteSession};
 
 use super::Request;
 use super::records::{
@@ -27,6 +27,10 @@ const Q_SPLIT: u16 = 19;
 const Q_MERGE: u16 = 20;
 const Q_REGIONS: u16 = 21;
 const Q_LOCAL_SCAN: u16 = 22;
+const Q_CHANGE_PEERS: u16 = 23;
+const Q_STORE_ADD: u16 = 24;
+const Q_STORE_REMOVE: u16 = 25;
+const Q_MEMBER: u16 = 26;
 const Q_TAGS: &[u16] = &[
     Q_ID,
     Q_WRITE,
@@ -42,6 +46,10 @@ const Q_TAGS: &[u16] = &[
     Q_MERGE,
     Q_REGIONS,
     Q_LOCAL_SCAN,
+    Q_CHANGE_PEERS,
+    Q_STORE_ADD,
+    Q_STORE_REMOVE,
+    Q_MEMBER,
 ];
 
 // Nested request fields.
@@ -63,6 +71,15 @@ const OP_DELETE: u64 = 2;
 const K_KEY: u16 = 1;
 const M_LEFT: u16 = 1;
 const M_RIGHT: u16 = 2;
+const F_CHANGE: u16 = 3;
+const C_KIND: u16 = 1;
+const C_PEER: u16 = 2;
+const C_STORE: u16 = 3;
+const C_ADD_VOTER: u64 = 1;
+const C_ADD_LEARNER: u64 = 2;
+const C_REMOVE: u64 = 3;
+const ST_STORE: u16 = 1;
+const ST_ADDR: u16 = 2;
 
 /// A REQUEST payload.
 pub(crate) fn encode_request(id: u64, req: &Request) -> Vec<u8> {
@@ -138,8 +155,62 @@ pub(crate) fn encode_request(id: u64, req: &Request) -> Vec<u8> {
                 put_range(o, start, end.as_deref(), *limit);
             });
         }
+        Request::ChangePeers { region, epoch, change } => {
+            codec::put_nested(&mut out, Q_CHANGE_PEERS, |o| {
+                codec::put_u64(o, F_REGION, region.0);
+                put_epoch(o, F_EPOCH, *epoch);
+                codec::put_nested(o, F_CHANGE, |o| {
+                    let (kind, peer, store) = match change {
+                        PeerChange::AddVoter(p) => (C_ADD_VOTER, p.id, Some(p.store)),
+                        PeerChange::AddLearner(p) => (C_ADD_LEARNER, p.id, Some(p.store)),
+                        PeerChange::Remove(id) => (C_REMOVE, *id, None),
+                    };
+                    codec::put_u64(o, C_KIND, kind);
+                    codec::put_u64(o, C_PEER, peer.0);
+                    if let Some(store) = store {
+                        codec::put_u64(o, C_STORE, store.0);
+                    }
+                });
+            });
+        }
+        Request::StoreAdd { store, addr } => codec::put_nested(&mut out, Q_STORE_ADD, |o| {
+            codec::put_u64(o, ST_STORE, store.0);
+            codec::put_field(o, ST_ADDR, addr.as_bytes());
+        }),
+        Request::StoreRemove { store } => codec::put_nested(&mut out, Q_STORE_REMOVE, |o| {
+            codec::put_u64(o, ST_STORE, store.0);
+        }),
+        Request::Member { store, addr } => codec::put_nested(&mut out, Q_MEMBER, |o| {
+            codec::put_u64(o, ST_STORE, store.0);
+            codec::put_field(o, ST_ADDR, addr.as_bytes());
+        }),
     }
     out
+}
+
+/// A store id and an address (`store add`, `member`).
+fn store_and_addr(f: &Field<'_>) -> D<(StoreId, String)> {
+    let r = nested(f, &[ST_STORE, ST_ADDR])?;
+    let store = StoreId(req_u64(&r, ST_STORE, "store missing")?);
+    let addr = r.required(ST_ADDR, "address missing")?;
+    let text = std::str::from_utf8(addr.value)
+        .map_err(|_| DecodeError::new(addr.offset, "address is not UTF-8"))?;
+    Ok((store, text.to_owned()))
+}
+
+fn peer_change_of(f: &Field<'_>) -> D<PeerChange> {
+    let c = nested(f, &[C_KIND, C_PEER, C_STORE])?;
+    let id = PeerId(req_u64(&c, C_PEER, "peer id missing")?);
+    let peer = |c: &codec::TlvRecord<'_>| -> D<Peer> {
+        Ok(Peer { id, store: StoreId(req_u64(c, C_STORE, "peer store missing")?) })
+    };
+    Ok(match req_u64(&c, C_KIND, "change kind missing")? {
+        C_ADD_VOTER => PeerChange::AddVoter(peer(&c)?),
+        C_ADD_LEARNER => PeerChange::AddLearner(peer(&c)?),
+        C_REMOVE => PeerChange::Remove(id),
+        // Unknown (or 0, unspecified): never guessed.
+        _ => return Err(DecodeError::new(f.offset, "unknown membership change kind")),
+    })
 }
 
 /// Why a request did not decode.
@@ -272,6 +343,35 @@ fn decode_body(f: &Field<'_>) -> D<Request> {
         Q_LOCAL_SCAN => {
             let (start, end, limit) = range_of(f)?;
             Request::LocalScan { start, end, limit }
+        }
+        Q_CHANGE_PEERS | Q_STORE_ADD | Q_STORE_REMOVE | Q_MEMBER => decode_membership(f)?,
+        _ => return Err(DecodeError::new(f.offset, "unknown request body")),
+    })
+}
+
+/// The membership requests: a change of one region, a store added or removed, a
+/// member's address.
+fn decode_membership(f: &Field<'_>) -> D<Request> {
+    Ok(match f.tag {
+        Q_CHANGE_PEERS => {
+            let r = nested(f, &[F_REGION, F_EPOCH, F_CHANGE])?;
+            Request::ChangePeers {
+                region: RegionId(req_u64(&r, F_REGION, "region missing")?),
+                epoch: epoch_of(&r, F_EPOCH)?,
+                change: peer_change_of(&r.required(F_CHANGE, "change missing")?)?,
+            }
+        }
+        Q_STORE_ADD => {
+            let (store, addr) = store_and_addr(f)?;
+            Request::StoreAdd { store, addr }
+        }
+        Q_STORE_REMOVE => {
+            let r = nested(f, &[ST_STORE])?;
+            Request::StoreRemove { store: StoreId(req_u64(&r, ST_STORE, "store missing")?) }
+        }
+        Q_MEMBER => {
+            let (store, addr) = store_and_addr(f)?;
+            Request::Member { store, addr }
         }
         _ => return Err(DecodeError::new(f.offset, "unknown request body")),
     })

@@ -36,6 +36,8 @@ const R_REGIONS: u16 = 40;
 const R_SPLIT: u16 = 41;
 const R_MERGED: u16 = 42;
 const R_NO_REPLY: u16 = 43;
+const R_PEERS_CHANGED: u16 = 44;
+const R_STORE_CHANGED: u16 = 45;
 const R_TAGS: &[u16] = &[
     R_ID,
     R_ERROR,
@@ -53,6 +55,8 @@ const R_TAGS: &[u16] = &[
     R_SPLIT,
     R_MERGED,
     R_NO_REPLY,
+    R_PEERS_CHANGED,
+    R_STORE_CHANGED,
 ];
 const SOME: u16 = 1;
 const NONE: u16 = 2;
@@ -122,6 +126,14 @@ pub(crate) fn encode_response(id: u64, result: &Result<Response, RemoteError>) -
             }
         }),
         Ok(Response::Merged(r)) => codec::put_nested(o, R_MERGED, |o| put_region(o, 1, r)),
+        Ok(Response::PeersChanged(r)) => {
+            codec::put_nested(o, R_PEERS_CHANGED, |o| put_region(o, 1, r));
+        }
+        Ok(Response::StoreChanged(regions)) => codec::put_nested(o, R_STORE_CHANGED, |o| {
+            for r in regions {
+                put_region(o, 1, r);
+            }
+        }),
     }
     out
 }
@@ -215,6 +227,14 @@ fn decode_response_body(f: &Field<'_>) -> D<Result<Response, RemoteError>> {
         R_MERGED => {
             let r = nested(f, &[1])?;
             Response::Merged(region_of(&r.required(1, "region missing")?)?)
+        }
+        R_PEERS_CHANGED => {
+            let r = nested(f, &[1])?;
+            Response::PeersChanged(region_of(&r.required(1, "region missing")?)?)
+        }
+        R_STORE_CHANGED => {
+            let r = nested(f, &[1])?;
+            Response::StoreChanged(r.repeated(1).map(|p| region_of(&p)).collect::<D<_>>()?)
         }
         _ => return Err(DecodeError::new(f.offset, "unknown response body")),
     }))

@@ -11,8 +11,8 @@ use regionkv_raft::transport::frame::WireError;
 use regionkv_raft::transport::handshake::ClusterId;
 use regionkv_raft::transport::wire;
 use regionkv_raft::{
-    AdminCmd, AdminResult, DropReason, MergeAbortReason, MergeStatus, Op, PeerStatus, Query,
-    QueryResult, StateRole, StoreMetrics, WriteSession,
+    AdminCmd, AdminResult, DropReason, MergeAbortReason, MergeStatus, Op, PeerChange, PeerStatus,
+    Query, QueryResult, StateRole, StoreMetrics, WriteSession,
 };
 use regionkv_wal::WalStats;
 
@@ -125,6 +125,20 @@ fn requests() -> Vec<Request> {
         Request::Merge { left: RegionId(1), right: RegionId(2) },
         Request::Regions,
         Request::LocalScan { start: b"a".to_vec(), end: None, limit: 9 },
+        Request::ChangePeers {
+            region: RegionId(4),
+            epoch,
+            change: PeerChange::AddLearner(Peer { id: PeerId(1001), store: StoreId(3) }),
+        },
+        Request::ChangePeers {
+            region: RegionId(0),
+            epoch,
+            change: PeerChange::AddVoter(Peer { id: PeerId(1001), store: StoreId(3) }),
+        },
+        Request::ChangePeers { region: RegionId(4), epoch, change: PeerChange::Remove(PeerId(3)) },
+        Request::StoreAdd { store: StoreId(3), addr: "127.0.0.1:7003".into() },
+        Request::StoreRemove { store: StoreId(3) },
+        Request::Member { store: StoreId(4), addr: "10.0.0.4:7004".into() },
     ]
 }
 
@@ -178,6 +192,9 @@ fn responses() -> Vec<Result<Response, RemoteError>> {
         }])),
         Ok(Response::Split(vec![region(1, "", Some("m")), region(2, "m", None)])),
         Ok(Response::Merged(region(1, "", None))),
+        Ok(Response::PeersChanged(region(1, "", None))),
+        Ok(Response::StoreChanged(vec![region(0, "", None), region(1, "", None)])),
+        Ok(Response::StoreChanged(Vec::new())),
         Err(epoch_err),
         Err(RemoteError::new(ErrorCode::Cancelled, "stopping")),
     ]

@@ -242,7 +242,7 @@ impl Wal {
     ) -> Result<Wal> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
-        fs.create_dir_all(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
+        fs.create_dir_all_durable(&dir).map_err(|e| Error::io("create directory", &dir, e))?;
         let recovered = recovery::recover(
             fs.as_ref(),
             &dir,

@@ -11,13 +11,17 @@
 //!  +----------+----------+----------+----------+----------------------+---------+
 //!  | magic    | version  | flags 0  | n        | n bytes: fields      | crc32   |
 //!  | 8 bytes  | u32 LE   | u32 LE   | u32 LE   | (region, applied     | of      |
-//!  |          |          |          |          |  index, sessions)    | 0..20+n |
+//!  |          |          |          |          |  index, sessions,    | 0..20+n |
+//!  |          |          |          |          |  snapshot): below    |         |
 //!  +----------+----------+----------+----------+----------------------+---------+
 //!
-//!  header fields (TLV, see codec): 1 region (nested), 2 applied index, and since
-//!  version 2, 3 sessions (nested, optional; absent: none): the region's table of
-//!  client sessions (`crate::sessions`): 1 clock ms, 2 session (nested, repeated:
-//!  1 id, 2 last applied seq, 3 last used ms)
+//!  header fields (TLV, see codec): 1 region (nested), 2 applied index u64, and since
+//!  version 2, both optional:
+//!    3 sessions (nested; absent: none): the region's table of client sessions
+//!      (`crate::sessions`): 1 clock ms, 2 session (nested, repeated: 1 id, 2 last
+//!      applied seq, 3 last used ms)
+//!    4 snapshot (nested; only in a checkpoint made for a Raft snapshot):
+//!      1 term u64, 2 voter* u64, 3 learner* u64
 //!
 //!  block (sorted entries, keys strictly increasing across the whole file)
 //!  0          4          8          12                                12+n      16+n
@@ -46,10 +50,18 @@
 //! checks every checksum, every length, the order of every key and that every key is
 //! inside the region, before anything is loaded.
 //!
-//! Versions: 1 (no session table), 2 (the optional session table). A version-1 file
-//! decodes as it always did, with `sessions: None` (its region starts with an empty
-//! table: version-1 binaries applied writes without sessions); it is never rewritten,
-//! only replaced by the region's next checkpoint, of the current version.
+//! Versions:
+//!
+//! - 1: region and applied index in the header.
+//! - 2: adds two optional header fields. `sessions`: the region's table of client
+//!   sessions (a version-1 file decodes with `sessions: None`, an empty table:
+//!   version-1 binaries applied writes without sessions). `snapshot`: a checkpoint a
+//!   leader made for a Raft snapshot records the term of the entry at the applied
+//!   index and the voters and learners then, so that a store that crashed after
+//!   installing it, before its log said so, can restart the region's log right after
+//!   the image. Version-1 files still open (both fields `None`; either field in a
+//!   version-1 file is corruption); a version-1 binary refuses version-2 files. A
+//!   version-1 file is never rewritten, only replaced by the region's next checkpoint.
 
 use std::path::Path;
 
@@ -67,7 +79,7 @@ const FOOTER_MAGIC: [u8; 4] = *b"CKPT";
 /// The checkpoint format this binary writes and the newest it reads.
 pub const CHECKPOINT_FORMAT_VERSION: u32 = 2;
 /// The oldest checkpoint format this binary reads.
-const OLDEST_READABLE_VERSION: u32 = 1;
+pub const OLDEST_CHECKPOINT_VERSION: u32 = 1;
 const HEADER_FIXED_LEN: usize = 20;
 const BLOCK_HEADER_LEN: usize = 12;
 /// Bytes in front of each entry's key: its key and value lengths.
@@ -95,8 +107,15 @@ const HDR_REGION: u16 = 1;
 const HDR_APPLIED_INDEX: u16 = 2;
 /// Since version 2.
 const HDR_SESSIONS: u16 = 3;
+/// Since version 2.
+const HDR_SNAPSHOT: u16 = 4;
 const HDR_TAGS_V1: &[u16] = &[HDR_REGION, HDR_APPLIED_INDEX];
-const HDR_TAGS: &[u16] = &[HDR_REGION, HDR_APPLIED_INDEX, HDR_SESSIONS];
+const HDR_TAGS: &[u16] = &[HDR_REGION, HDR_APPLIED_INDEX, HDR_SESSIONS, HDR_SNAPSHOT];
+// Snapshot fields.
+const S_TERM: u16 = 1;
+const S_VOTER: u16 = 2;
+const S_LEARNER: u16 = 3;
+const SNAPSHOT_TAGS: &[u16] = &[S_TERM, S_VOTER, S_LEARNER];
 
 /// What a checkpoint says about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,6 +127,21 @@ pub struct CheckpointHeader {
     /// The region's client sessions as of `applied_index`; `None`: none (an empty
     /// table, or a version-1 file, written before sessions existed).
     pub sessions: Option<SessionTable>,
+    /// The Raft snapshot this checkpoint was made for (since format version 2; `None`
+    /// in other checkpoints and in version-1 files).
+    pub snapshot: Option<SnapshotMeta>,
+}
+
+/// What a Raft snapshot says about its image beyond the applied index: enough to
+/// restart the region's log right after the image (the engine only stores it).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct SnapshotMeta {
+    /// The Raft term of the entry at the applied index.
+    pub term: u64,
+    /// The voting peers at the applied index.
+    pub voters: Vec<u64>,
+    /// The non-voting peers (learners) at the applied index.
+    pub learners: Vec<u64>,
 }
 
 /// Totals of a checkpoint, from its footer.
@@ -164,6 +198,17 @@ impl<'s> Encoder<'s> {
         codec::put_u64(&mut body, HDR_APPLIED_INDEX, header.applied_index);
         if let Some(sessions) = &header.sessions {
             codec::put_nested(&mut body, HDR_SESSIONS, |out| sessions.encode(out));
+        }
+        if let Some(snap) = &header.snapshot {
+            codec::put_nested(&mut body, HDR_SNAPSHOT, |out| {
+                codec::put_u64(out, S_TERM, snap.term);
+                for &id in &snap.voters {
+                    codec::put_u64(out, S_VOTER, id);
+                }
+                for &id in &snap.learners {
+                    codec::put_u64(out, S_LEARNER, id);
+                }
+            });
         }
         let mut out = Vec::with_capacity(flush_bytes + BLOCK_TARGET_BYTES * 2);
         out.extend_from_slice(&MAGIC);
@@ -374,7 +419,7 @@ impl CheckpointFile {
         }
         let mut d = Decoder::new(&buf[8..]);
         let version = d.u32("header")?;
-        if !(OLDEST_READABLE_VERSION..=CHECKPOINT_FORMAT_VERSION).contains(&version) {
+        if !(OLDEST_CHECKPOINT_VERSION..=CHECKPOINT_FORMAT_VERSION).contains(&version) {
             return Err(err(8, "unsupported checkpoint format version"));
         }
         let flags = d.u32("header")?;
@@ -594,8 +639,8 @@ fn verify_block<'a>(
     Ok((u64::from(count), kv))
 }
 
-/// Decodes the header fields of a file of format `version` (a version-1 file has no
-/// session table: the tag is unknown there).
+/// Decodes the header fields of a file of format `version` (a version-1 file has
+/// neither the session table nor the snapshot field: their tags are unknown there).
 fn decode_header_body(body: &[u8], version: u32) -> DecodeResult<CheckpointHeader> {
     let tags = if version == 1 { HDR_TAGS_V1 } else { HDR_TAGS };
     let rec = TlvRecord::parse(body, tags, UnknownTags::Reject)?;
@@ -607,7 +652,18 @@ fn decode_header_body(body: &[u8], version: u32) -> DecodeResult<CheckpointHeade
         Some(f) => Some(SessionTable::decode(f.value).map_err(|e| e.shifted(f.offset))?),
         None => None,
     };
-    Ok(CheckpointHeader { region, applied_index, sessions })
+    let snapshot = match rec.optional(HDR_SNAPSHOT)? {
+        Some(field) => Some(decode_snapshot(field.value).map_err(|e| e.shifted(field.offset))?),
+        None => None,
+    };
+    Ok(CheckpointHeader { region, applied_index, sessions, snapshot })
+}
+
+fn decode_snapshot(buf: &[u8]) -> DecodeResult<SnapshotMeta> {
+    let rec = TlvRecord::parse(buf, SNAPSHOT_TAGS, UnknownTags::Reject)?;
+    let term = rec.required(S_TERM, "snapshot term missing")?.as_u64()?;
+    let ids = |tag| rec.repeated(tag).map(|f| f.as_u64()).collect::<DecodeResult<Vec<u64>>>();
+    Ok(SnapshotMeta { term, voters: ids(S_VOTER)?, learners: ids(S_LEARNER)? })
 }
 
 /// A piece of a checkpoint file in transit.
@@ -689,6 +745,7 @@ pub(crate) mod tests {
             },
             applied_index: 77,
             sessions: None,
+            snapshot: Some(SnapshotMeta { term: 6, voters: vec![10, 11], learners: vec![12] }),
         }
     }
 
@@ -731,8 +788,29 @@ pub(crate) mod tests {
     #[test]
     fn a_newer_version_is_reported_as_too_new() {
         let mut file = encode(&header(), &pairs(2, 1));
-        file[8] = 3;
-        assert!(matches!(decode(&file), Err(Error::TooNew { found: 3, .. })));
+        let newer = CHECKPOINT_FORMAT_VERSION + 1;
+        file[8..12].copy_from_slice(&newer.to_le_bytes());
+        assert!(matches!(decode(&file), Err(Error::TooNew { found, .. }) if found == newer));
+    }
+
+    /// Rewrites the version of an encoded file (and its header checksum).
+    fn with_version(mut file: Vec<u8>, version: u32) -> Vec<u8> {
+        file[8..12].copy_from_slice(&version.to_le_bytes());
+        let body_len = codec::u32_at(&file, 16).unwrap() as usize;
+        let end = HEADER_FIXED_LEN + body_len;
+        let crc = crc32fast::hash(&file[..end]);
+        file[end..end + 4].copy_from_slice(&crc.to_le_bytes());
+        file
+    }
+
+    #[test]
+    fn a_version_1_file_opens_without_snapshot_metadata_and_may_not_carry_it() {
+        let v1 = CheckpointHeader { snapshot: None, sessions: None, ..header() };
+        let file = decode(&with_version(encode(&v1, &pairs(3, 2)), 1)).unwrap();
+        assert_eq!(file.header(), &v1);
+        assert_eq!(read_all(&file), pairs(3, 2));
+        let forged = with_version(encode(&header(), &pairs(3, 2)), 1);
+        assert!(decode(&forged).unwrap_err().is_corruption());
     }
 
     #[test]
@@ -747,18 +825,11 @@ pub(crate) mod tests {
         assert_eq!(file.header(), &h);
         // A version-1 file is read as it always was: no table. The same header bytes
         // with version 1 and a session table are refused (the tag did not exist).
-        let mut v1 = encode(&header(), &pairs(3, 4));
-        v1[8] = 1;
-        let crc_at = HEADER_FIXED_LEN + codec::u32_at(&v1, 16).unwrap() as usize;
-        let crc = crc32fast::hash(&v1[..crc_at]);
-        v1[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode(&v1).unwrap().header().sessions, None);
-        let mut bad = encode(&h, &pairs(3, 4));
-        bad[8] = 1;
-        let crc_at = HEADER_FIXED_LEN + codec::u32_at(&bad, 16).unwrap() as usize;
-        let crc = crc32fast::hash(&bad[..crc_at]);
-        bad[crc_at..crc_at + 4].copy_from_slice(&crc.to_le_bytes());
-        assert!(decode(&bad).unwrap_err().is_corruption());
+        let v1 = CheckpointHeader { snapshot: None, sessions: None, ..header() };
+        let file = decode(&with_version(encode(&v1, &pairs(3, 4)), 1)).unwrap();
+        assert_eq!(file.header().sessions, None);
+        let bad = CheckpointHeader { snapshot: None, ..h };
+        assert!(decode(&with_version(encode(&bad, &pairs(3, 4)), 1)).unwrap_err().is_corruption());
     }
 
     #[test]

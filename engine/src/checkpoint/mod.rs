@@ -20,7 +20,7 @@ mod writer;
 
 pub use format::{
     CHECKPOINT_FORMAT_VERSION, CheckpointChunk, CheckpointChunks, CheckpointFile, CheckpointHeader,
-    CheckpointStats,
+    CheckpointStats, OLDEST_CHECKPOINT_VERSION, SnapshotMeta,
 };
 pub(crate) use load::{load_part, map_checkpoint, open_and_load_part};
 pub use receive::{CheckpointReceiver, MAX_CHECKPOINT_BYTES, ReceivedCheckpoint};

@@ -8,7 +8,7 @@ use regionkv_wal::fs::OpenMode;
 use super::{CheckpointMeta, Durable, Engine, Inner};
 use crate::checkpoint::{
     CheckpointChunks, CheckpointFile, CheckpointHeader, CheckpointReceiver, CheckpointStats,
-    CheckpointWrite, TEMP_SUFFIX, file_name, map_checkpoint,
+    CheckpointWrite, SnapshotMeta, TEMP_SUFFIX, file_name, map_checkpoint,
 };
 use crate::error::{Error, Result};
 use crate::manifest::CheckpointRef;
@@ -18,11 +18,33 @@ use crate::sessions::SessionTable;
 
 impl Engine {
     /// Writes a checkpoint of region `id`: its live keys and its client sessions at the
-    /// latest committed round, labelled with `applied_index`, which the caller asserts is the Raft index of that
-    /// state (call it between apply rounds). Written to a temporary file, fsynced,
+    /// latest committed round, labelled with `applied_index`, which the caller asserts
+    /// is the Raft index of that state (call it between apply rounds). Written to a temporary file, fsynced,
     /// renamed, the directory fsynced; then the manifest points the region at it, and
     /// the files it replaces are removed.
     pub fn checkpoint(&self, id: RegionId, applied_index: u64) -> Result<CheckpointMeta> {
+        self.checkpoint_with(id, applied_index, None)
+    }
+
+    /// [`Engine::checkpoint`] for a Raft snapshot: the file's header also records
+    /// `snapshot` (the term at `applied_index` and the voters and learners then), so
+    /// that a store that installs it and crashes before its log says so can restart the
+    /// region's log right after the image.
+    pub fn checkpoint_for_snapshot(
+        &self,
+        id: RegionId,
+        applied_index: u64,
+        snapshot: SnapshotMeta,
+    ) -> Result<CheckpointMeta> {
+        self.checkpoint_with(id, applied_index, Some(snapshot))
+    }
+
+    fn checkpoint_with(
+        &self,
+        id: RegionId,
+        applied_index: u64,
+        snapshot_meta: Option<SnapshotMeta>,
+    ) -> Result<CheckpointMeta> {
         let mut durable = self.inner.durable.lock();
         self.inner.check_usable()?;
         // Region changes take the durable lock too, so the region is stable from here.
@@ -35,6 +57,7 @@ impl Engine {
             region: region.clone(),
             applied_index,
             sessions: (!sessions.is_empty()).then_some(sessions),
+            snapshot: snapshot_meta,
         };
         // What the region is charged for is a little more than its checkpoint takes
         // (see `Inner::write_checkpoint`).
@@ -144,6 +167,7 @@ impl Engine {
             region: region.clone(),
             applied_index,
             sessions: (!sessions.is_empty()).then(|| sessions.clone()),
+            snapshot: None,
         };
         let stats = self.inner.write_checkpoint(file_id, &header, snapshot, estimate_bytes)?;
         Ok(Some(CheckpointRef {

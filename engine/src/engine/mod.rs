@@ -24,7 +24,7 @@ use crate::manifest::{self, Compatibility, Manifest, MergeState};
 use crate::memtable::{Batch, MAX_SEQ, Memtable, Seq, Visibility};
 use crate::pins::{PinLedger, RoundId};
 use crate::read_view::ReadView;
-use crate::region::{Epoch, Region, RegionId, StoreId, in_range};
+use crate::region::{Epoch, Incarnation, PeerId, Region, RegionId, StoreId, in_range};
 use crate::region_map::RegionMap;
 use crate::sessions::{SessionId, SessionLimits, SessionTable, SessionWrite, Undo};
 
@@ -255,7 +255,7 @@ impl Engine {
     ) -> Result<Engine> {
         options.validate()?;
         let dir = dir.as_ref().to_owned();
-        fs.create_dir_all(&dir).map_err(|e| Error::io("create_dir_all", &dir, e))?;
+        fs.create_dir_all_durable(&dir).map_err(|e| Error::io("create_dir_all", &dir, e))?;
         let names = fs.list(&dir).map_err(|e| Error::io("list", &dir, e))?;
         let mut recovery = RecoveryInfo::default();
 
@@ -473,6 +473,42 @@ impl Engine {
         let wrapped = next.is_none();
         commit.gc_cursor = next;
         GcStats { keys, bytes_freed, wrapped }
+    }
+
+    /// This life of the store's disk, if one was recorded (see [`Incarnation`]).
+    pub fn incarnation(&self) -> Option<Incarnation> {
+        self.inner.durable.lock().manifest.incarnation
+    }
+
+    /// The store's incarnation: the recorded one, or else `fresh`, recorded durably
+    /// before this returns. The caller draws `fresh` at random (the simulator from its
+    /// seed); it is written once per life of the disk.
+    pub fn ensure_incarnation(&self, fresh: Incarnation) -> Result<Incarnation> {
+        let mut durable = self.inner.durable.lock();
+        if let Some(known) = durable.manifest.incarnation {
+            return Ok(known);
+        }
+        self.inner.check_usable()?;
+        let mut next = durable.manifest.clone();
+        next.incarnation = Some(fresh);
+        self.inner.persist(&mut durable, next)?;
+        tracing::info!(dir = %self.inner.dir.display(), incarnation = %fresh, "recorded the store's incarnation");
+        Ok(fresh)
+    }
+
+    /// The floor of this store's peer ids, if one was recorded: every peer of the
+    /// store has a greater id (set when the store joins a running cluster).
+    pub fn peer_floor(&self) -> Option<PeerId> {
+        self.inner.durable.lock().manifest.peer_floor
+    }
+
+    /// Records the floor of this store's peer ids durably, before returning.
+    pub fn set_peer_floor(&self, floor: PeerId) -> Result<()> {
+        let mut durable = self.inner.durable.lock();
+        self.inner.check_usable()?;
+        let mut next = durable.manifest.clone();
+        next.peer_floor = Some(floor);
+        self.inner.persist(&mut durable, next)
     }
 
     /// Opaque state of background task `name`, as last stored.

@@ -197,7 +197,13 @@ fn resolve_proposals(
             Waiting::Writes(waiting) => {
                 replies.extend(waiting.into_iter().map(|reply| (reply, region, Err(dropped()))));
             }
-            Waiting::ChangePeers(reply) if matched => reply(Ok(replica.region.clone())),
+            // raft-rs turns a conf change proposed while another is pending into an
+            // empty entry at the same index and term: that one changed nothing.
+            Waiting::ChangePeers(reply)
+                if matched && entry.get_entry_type() == EntryType::EntryConfChangeV2 =>
+            {
+                reply(Ok(replica.region.clone()));
+            }
             Waiting::ChangePeers(reply) => reply(Err(dropped())),
         }
     }

@@ -80,6 +80,70 @@ impl StoreCore {
         self.ctx.log.create_region(&mut self.write, region.id, state)
     }
 
+    /// A6 (ARCHITECTURE.md, "Store identity"): installing a received snapshot makes the
+    /// engine's image durable first and stages the region's new log state for the
+    /// writer's next fsync; a crash in between leaves the image past the end of the
+    /// log. The checkpoint's header holds what that log state says (the snapshot's
+    /// term and members, `SnapshotMeta`), so the log restarts right after the image, as
+    /// the install would have left it: the durable term and vote are kept (the term
+    /// raised to the snapshot's if lower, with no vote then), the commit index is the
+    /// image's. Returns false if the region cannot be recovered (a checkpoint without
+    /// that metadata, from a leader that predates it): the region stays down with an
+    /// error logged, and the rest of the store opens.
+    pub(super) fn recover_interrupted_install(
+        &mut self,
+        region: &Region,
+        image: u64,
+    ) -> Result<bool> {
+        let id = region.id;
+        let (_, last) = self.ctx.log.bounds(id)?;
+        if image <= last {
+            return Ok(true);
+        }
+        let header = self.ctx.engine_of(id).latest_checkpoint(id)?.map(|f| f.header().clone());
+        let Some((meta, old)) = header
+            .filter(|h| h.applied_index == image)
+            .and_then(|h| h.snapshot)
+            .zip(self.ctx.log.state(id))
+        else {
+            tracing::error!(
+                region = id.0,
+                image,
+                last,
+                "the engine's image is past the end of the log (a crash interrupted a \
+                 snapshot install) and its checkpoint does not say the snapshot's term: this \
+                 replica stays down; remove it from the region and add it back"
+            );
+            return Ok(false);
+        };
+        let mut hard_state = old.hard_state.clone();
+        if hard_state.term < meta.term {
+            hard_state.term = meta.term;
+            hard_state.vote = 0;
+        }
+        hard_state.commit = image;
+        let mut conf_state = ConfState::default();
+        conf_state.voters = meta.voters;
+        conf_state.learners = meta.learners;
+        let state = LogState {
+            hard_state,
+            conf_state,
+            first_index: image + 1,
+            truncated_term: meta.term,
+            peer_id: old.peer_id,
+            conf_index: image,
+        };
+        self.ctx.log.stage_snapshot(&mut self.write, id, state)?;
+        tracing::warn!(
+            region = id.0,
+            image,
+            last,
+            term = meta.term,
+            "a crash interrupted a snapshot install: the region's log restarts after its image"
+        );
+        Ok(true)
+    }
+
     /// Starts this store's replica of a region from `init`; its log must exist.
     pub(super) fn add_replica(&mut self, mut init: ReplicaInit) -> Result<()> {
         let region = init.region.id;

@@ -60,6 +60,17 @@ impl StoreCore {
                 Body::SnapshotChunk(_) | Body::Hibernate { .. } | Body::Alive => return Ok(()),
             };
             let Some(range) = range else { return Ok(()) };
+            // A store that joined a running cluster hosts only peers above its floor
+            // (ARCHITECTURE.md, "Store identity"): a message to an older peer id of
+            // this store was meant for a life of it whose disk was lost.
+            if self.ctx.engine.peer_floor().is_some_and(|floor| to <= floor.0) {
+                tracing::debug!(
+                    region = region.0,
+                    to,
+                    "a message to a peer of an earlier life of this store; dropped"
+                );
+                return Ok(());
+            }
             // The engine knows every region of the store, whichever core owns it; one
             // it hosts under this id is a split child whose replica is being created.
             let engine = self.ctx.engine_of(region);
@@ -92,7 +103,38 @@ impl StoreCore {
                 if msg.to != replica.id.0 {
                     return Ok(()); // for an older replica of the region on this store
                 }
+                if msg.get_msg_type() == MessageType::MsgHeartbeat
+                    && msg.commit > replica.last_index()
+                {
+                    // The leader believes this replica holds entries it does not: the
+                    // store lost data it had acknowledged (raft-rs would panic here).
+                    tracing::warn!(
+                        region = region.0,
+                        peer = replica.id.0,
+                        leader = msg.from,
+                        commit = msg.commit,
+                        last = replica.last_index(),
+                        "a heartbeat names entries this replica does not hold; dropped"
+                    );
+                    return Ok(());
+                }
                 replica.known_stores.insert(PeerId(msg.from), from);
+                if !replica.is_initialized() && msg.get_msg_type() == MessageType::MsgAppend {
+                    // A replica that holds nothing takes its region from a snapshot,
+                    // never from entries (the engine hosts the region only once one is
+                    // installed); a leader whose log still starts at index 1 would send
+                    // entries. Ask it for a snapshot instead (raft-rs's request).
+                    let mut ask = Message::default();
+                    ask.set_msg_type(MessageType::MsgAppendResponse);
+                    ask.to = msg.from;
+                    ask.from = replica.id.0;
+                    ask.term = msg.term;
+                    ask.index = msg.index;
+                    ask.reject = true;
+                    ask.request_snapshot = 1;
+                    self.route(region, vec![ask], SendWhen::Now);
+                    return Ok(());
+                }
                 if msg.get_msg_type() == MessageType::MsgSnapshot {
                     let meta = msg.get_snapshot().get_metadata();
                     let ready = (replica.snapshot.received.as_ref())

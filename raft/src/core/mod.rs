@@ -212,6 +212,10 @@ impl StoreCore {
             let state = core.ctx.log.state(id).ok_or(Error::RegionNotFound { region: id })?;
             if let Some(region) = hosted.get(&id) {
                 let applied = core.ctx.engine_of(id).image_index(id)?.unwrap_or(0);
+                if !core.recover_interrupted_install(region, applied)? {
+                    continue; // this region stays down; the rest of the store opens
+                }
+                let state = core.ctx.log.state(id).ok_or(Error::RegionNotFound { region: id })?;
                 core.add_replica(ReplicaInit {
                     region: region.clone(),
                     contents: Contents::Data,

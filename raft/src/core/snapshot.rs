@@ -2,7 +2,7 @@
 //! one for a follower that fell behind, and checkpointing (and compacting) as logs grow.
 
 use raft::eraftpb::Snapshot;
-use regionkv_engine::{CheckpointChunk, RegionId};
+use regionkv_engine::{CheckpointChunk, RegionId, SnapshotMeta};
 
 use super::StoreCore;
 use crate::error::{Error, Result};
@@ -68,7 +68,12 @@ impl StoreCore {
         }
         let term = self.ctx.log.term(region, replica.applied_index)?;
         let engine = self.ctx.engine_of(region);
-        let meta = engine.checkpoint(region, replica.applied_index)?;
+        // The header records the snapshot's term and members: a receiver that crashes
+        // after installing the checkpoint, before its log says so, restarts the region's
+        // log from them (`lifecycle.rs`, `recover_interrupted_install`).
+        let conf = replica.conf_state();
+        let snapshot = SnapshotMeta { term, voters: conf.voters.clone(), learners: conf.learners };
+        let meta = engine.checkpoint_for_snapshot(region, replica.applied_index, snapshot)?;
         let file = engine.latest_checkpoint(region)?.ok_or_else(|| {
             Error::Internal(format!(
                 "checkpoint of region {} at {} not found",

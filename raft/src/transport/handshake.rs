@@ -8,14 +8,18 @@
 //! ```text
 //!  C -> A  HELLO  { cluster id, C's store id, nonce_c, [protocol's own fields] }
 //!  A       checks the cluster id (else REJECT ClusterMismatch) and the store id
-//!  A -> C  HELLO  { cluster id, A's store id, nonce_a }
+//!  A -> C  HELLO  { cluster id, A's store id, nonce_a, [protocol's own fields] }
 //!          PROOF  { mac(key, "acceptor", version, cluster, C, A, nonce_c, nonce_a) }
 //!  C       checks the cluster id, the store id it expects, and A's proof
-//!          (else REJECT with the reason)
+//!          (else REJECT with the reason), then vets A's own fields
 //!  C -> A  PROOF  { mac(key, "connector", ...same transcript...) }
-//!  A       checks C's proof (else REJECT BadProof)
+//!  A       checks C's proof (else REJECT BadProof), then vets C's own fields
 //!  A -> C  ACCEPT
 //! ```
+//!
+//! A protocol's own fields are vetted only once the peer proved the secret
+//! ([`Handshake::vet`]): the store transport refuses there a store whose incarnation
+//! changed (REJECT `Replaced`), and records the incarnation of one it accepts.
 //!
 //! `key` is derived from the cluster secret and a label naming the protocol
 //! ([`HandshakeKey::derive_labelled`]), so a proof made for one protocol never verifies
@@ -29,7 +33,11 @@
 //! not know (they come from a newer writer):
 //!
 //! ```text
-//!  HELLO   1 cluster id u64, 2 store id u64, 3 nonce (32 bytes)
+//!  HELLO   1 cluster id u64, 2 store id u64, 3 nonce (32 bytes);
+//!          a protocol's own fields from 4 on: the client protocol's client sends
+//!          4 its highest protocol version; the store transport's stores send
+//!          5 incarnation u64, 6 peer floor u64 (both optional: absent from older
+//!          stores, so unknown; the floor only from a store that joined a cluster)
 //!  PROOF   1 mac (32 bytes): keyed BLAKE3 of the transcript, see `Proof`
 //!  ACCEPT  (no fields)
 //!  REJECT  1 reason u64 (RejectReason code; 0 = unspecified)
@@ -40,8 +48,8 @@ use std::io::{self, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use regionkv_engine::StoreId;
 use regionkv_engine::codec::{self, DecodeError, TlvRecord, UnknownTags};
+use regionkv_engine::{Incarnation, PeerId, StoreId};
 
 use super::frame::{Deadline, FrameError, FrameKind, FrameReader, WireError};
 
@@ -62,6 +70,9 @@ const KEY_CONTEXT: &str = "regionkv tcp transport v1 handshake key";
 const H_CLUSTER: u16 = 1;
 const H_STORE: u16 = 2;
 const H_NONCE: u16 = 3;
+/// HELLO fields of the store transport: the sending store's incarnation and peer floor.
+const H_INCARNATION: u16 = 5;
+const H_PEER_FLOOR: u16 = 6;
 // PROOF fields.
 const P_MAC: u16 = 1;
 // REJECT fields.
@@ -125,6 +136,42 @@ impl Hello {
             nonce: nonce.map_err(&bad)?,
         })
     }
+}
+
+/// What a store says of itself in its HELLO (the store transport's own fields; see
+/// `crate::identity`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreIdentity {
+    /// This life of the store's disk.
+    pub incarnation: Incarnation,
+    /// Every peer of the store has a greater id (a store that joined a running
+    /// cluster); `None` for a store that bootstrapped its cluster.
+    pub peer_floor: Option<PeerId>,
+}
+
+/// The store transport's own HELLO fields for a store of this identity.
+pub fn identity_fields(identity: &StoreIdentity) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 * (codec::FIELD_HEADER_LEN + 8));
+    codec::put_u64(&mut out, H_INCARNATION, identity.incarnation.0);
+    if let Some(floor) = identity.peer_floor {
+        codec::put_u64(&mut out, H_PEER_FLOOR, floor.0);
+    }
+    out
+}
+
+/// The identity a store's HELLO payload carries: `Ok(None)` if it carries no
+/// incarnation (a store from before incarnations: unknown), an error if a field is
+/// malformed.
+pub fn identity_of(hello: &[u8]) -> Result<Option<StoreIdentity>, WireError> {
+    let bad = WireError::malformed("hello");
+    let tags = [H_INCARNATION, H_PEER_FLOOR];
+    let rec = TlvRecord::parse(hello, &tags, UnknownTags::Skip).map_err(&bad)?;
+    let Some(incarnation) = rec.optional(H_INCARNATION).map_err(&bad)? else { return Ok(None) };
+    let floor = rec.optional(H_PEER_FLOOR).map_err(&bad)?;
+    Ok(Some(StoreIdentity {
+        incarnation: Incarnation(incarnation.as_u64().map_err(&bad)?),
+        peer_floor: floor.map(|f| f.as_u64().map(PeerId)).transpose().map_err(&bad)?,
+    }))
 }
 
 /// Which side of a connection a proof comes from; part of what the MAC covers, so a
@@ -260,6 +307,10 @@ pub enum RejectReason {
     ProtocolViolation,
     /// The refusing side has too many connections.
     Busy,
+    /// The peer knew this store id with another incarnation: the store lost its disk
+    /// (it was wiped or replaced) and is still a member of regions there. Remove the
+    /// store and add it back (`regionkv client store remove N`, `store add N ADDR`).
+    Replaced,
 }
 
 impl RejectReason {
@@ -273,6 +324,7 @@ impl RejectReason {
             RejectReason::UnexpectedStore => 4,
             RejectReason::ProtocolViolation => 5,
             RejectReason::Busy => 6,
+            RejectReason::Replaced => 7,
         }
     }
 
@@ -285,6 +337,7 @@ impl RejectReason {
             4 => RejectReason::UnexpectedStore,
             5 => RejectReason::ProtocolViolation,
             6 => RejectReason::Busy,
+            7 => RejectReason::Replaced,
             _ => RejectReason::Unspecified,
         }
     }
@@ -317,6 +370,10 @@ impl fmt::Display for RejectReason {
             RejectReason::UnexpectedStore => "unexpected store id",
             RejectReason::ProtocolViolation => "handshake protocol violation",
             RejectReason::Busy => "too many connections",
+            RejectReason::Replaced => {
+                "the store was replaced (its data dir is not the one its peers knew): remove \
+                 it and add it back"
+            }
         })
     }
 }
@@ -378,7 +435,7 @@ pub enum Expect {
 }
 
 /// One side of a handshake: who it is, and how it reads.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub struct Handshake<'a> {
     /// Reads the peer's frames (the protocol's format, cancellation, stall bound).
     pub reader: FrameReader<'a>,
@@ -395,7 +452,29 @@ pub struct Handshake<'a> {
     pub hello_extra: &'a [u8],
     /// How refusals name the two sides.
     pub names: Names,
+    /// Vets the peer once it proved the secret: called with its store id and its
+    /// whole HELLO payload (to read the protocol's own fields); an error refuses it
+    /// with that reason (sent to the peer) and detail (for the log).
+    pub vet: Option<&'a Vet>,
 }
+
+impl fmt::Debug for Handshake<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handshake")
+            .field("reader", &self.reader)
+            .field("key", &self.key)
+            .field("cluster", &self.cluster)
+            .field("me", &self.me)
+            .field("timeout", &self.timeout)
+            .field("hello_extra", &self.hello_extra)
+            .field("names", &self.names)
+            .field("vet", &self.vet.is_some())
+            .finish()
+    }
+}
+
+/// A protocol's check of an authenticated peer's HELLO; see [`Handshake::vet`].
+pub type Vet = dyn Fn(StoreId, &[u8]) -> Result<(), (RejectReason, String)> + Send + Sync;
 
 impl Handshake<'_> {
     /// The dialing side; returns the store that answered, as `expect` allows.
@@ -410,7 +489,8 @@ impl Handshake<'_> {
         hello.extend_from_slice(self.hello_extra);
         self.write(stream, FrameKind::Hello, &hello)?;
 
-        let theirs = Hello::decode(&self.expect_frame(stream, FrameKind::Hello, &deadline)?)?;
+        let their_hello = self.expect_frame(stream, FrameKind::Hello, &deadline)?;
+        let theirs = Hello::decode(&their_hello)?;
         self.check_hello(stream, &theirs, expect, Role::Connector)?;
         let transcript = Transcript {
             cluster: self.cluster,
@@ -421,6 +501,7 @@ impl Handshake<'_> {
         };
         let proof = Proof::decode(&self.expect_frame(stream, FrameKind::Proof, &deadline)?)?;
         self.check_proof(stream, &proof, Role::Acceptor, &transcript)?;
+        self.run_vet(stream, theirs.store, &their_hello)?;
         let ours = Proof::make(self.key, Role::Connector, &transcript);
         self.write(stream, FrameKind::Proof, &ours.encode())?;
         self.expect_frame(stream, FrameKind::Accept, &deadline)?;
@@ -459,16 +540,31 @@ impl Handshake<'_> {
             acceptor_nonce: nonce,
         };
         let format = self.reader.format;
-        let hello = Hello { cluster: self.cluster, store: self.me, nonce };
+        let mut hello = Hello { cluster: self.cluster, store: self.me, nonce }.encode();
+        hello.extend_from_slice(self.hello_extra);
         let proof = Proof::make(self.key, Role::Acceptor, &transcript);
-        let mut reply = format.encode(FrameKind::Hello, &hello.encode())?;
+        let mut reply = format.encode(FrameKind::Hello, &hello)?;
         reply.extend_from_slice(&format.encode(FrameKind::Proof, &proof.encode())?);
         stream.write_all(&reply)?;
 
         let proof = Proof::decode(&self.expect_frame(stream, FrameKind::Proof, &deadline)?)?;
         self.check_proof(stream, &proof, Role::Connector, &transcript)?;
+        self.run_vet(stream, theirs.store, &payload)?;
         self.write(stream, FrameKind::Accept, &[])?;
         Ok(theirs.store)
+    }
+
+    /// The protocol's check of the authenticated peer, if it has one.
+    fn run_vet(
+        &self,
+        stream: &mut TcpStream,
+        peer: StoreId,
+        hello: &[u8],
+    ) -> Result<(), HandshakeError> {
+        match self.vet.map(|vet| vet(peer, hello)) {
+            Some(Err((reason, detail))) => Err(self.refuse(stream, reason, detail)),
+            None | Some(Ok(())) => Ok(()),
+        }
     }
 
     fn write(
@@ -609,6 +705,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             hello_extra: &[],
             names: NAMES,
+            vet: None,
         }
     }
 
@@ -639,7 +736,12 @@ mod tests {
     fn handshake_messages_round_trip_and_proofs_bind_everything() {
         let hello = Hello { cluster: ClusterId(42), store: StoreId(3), nonce: [7; NONCE_BYTES] };
         assert_eq!(Hello::decode(&hello.encode()), Ok(hello));
-        for r in [RejectReason::ClusterMismatch, RejectReason::BadProof, RejectReason::Busy] {
+        for r in [
+            RejectReason::ClusterMismatch,
+            RejectReason::BadProof,
+            RejectReason::Busy,
+            RejectReason::Replaced,
+        ] {
             assert_eq!(RejectReason::decode(&r.encode()), Ok(r));
         }
         assert_eq!(RejectReason::decode(&[]), Ok(RejectReason::Unspecified));
@@ -714,5 +816,64 @@ mod tests {
             matches!(&c, Err(HandshakeError::Rejected { reason: RejectReason::UnexpectedStore, detail }) if detail.contains("dialed store 8")),
             "{c:?}"
         );
+    }
+
+    /// The store transport's own HELLO field travels both ways, and each side vets the
+    /// other's only once it proved the secret: a refusal there reaches the peer.
+    #[test]
+    fn both_sides_vet_the_other_s_own_fields_after_the_proof() {
+        let key = HandshakeKey::derive(b"a secret of sixteen bytes");
+        let identity = |i, floor: Option<u64>| StoreIdentity {
+            incarnation: Incarnation(i),
+            peer_floor: floor.map(PeerId),
+        };
+        let three = identity_fields(&identity(3, Some(1003)));
+        let four = identity_fields(&identity(4, None));
+        let want = |store: u64, inc: u64| {
+            move |peer: StoreId, hello: &[u8]| match identity_of(hello) {
+                Ok(Some(id)) if peer == StoreId(store) && id.incarnation == Incarnation(inc) => {
+                    Ok(())
+                }
+                other => Err((RejectReason::Replaced, format!("store {peer}: {other:?}"))),
+            }
+        };
+        let (vet_c, vet_a) = (want(7, 4), want(3, 3));
+        let connector = Handshake { hello_extra: &three, vet: Some(&vet_c), ..side(&key, 1, 3) };
+        let acceptor = Handshake { hello_extra: &four, vet: Some(&vet_a), ..side(&key, 1, 7) };
+        let (c, a) = run(&connector, Expect::Store(StoreId(7)), &acceptor, Expect::NotMe);
+        assert_eq!((c.unwrap(), a.unwrap()), (StoreId(7), StoreId(3)));
+
+        // The acceptor knew store 3 with another incarnation: it refuses, and says why.
+        let vet_a = want(3, 99);
+        let acceptor = Handshake { hello_extra: &four, vet: Some(&vet_a), ..side(&key, 1, 7) };
+        let (c, a) = run(&connector, Expect::Store(StoreId(7)), &acceptor, Expect::NotMe);
+        assert!(matches!(c, Err(HandshakeError::RefusedByPeer(RejectReason::Replaced))), "{c:?}");
+        assert!(
+            matches!(a, Err(HandshakeError::Rejected { reason: RejectReason::Replaced, .. })),
+            "{a:?}"
+        );
+        // The connector knew store 7 with another incarnation: it refuses before its
+        // proof, and the acceptor hears why.
+        let vet_c = want(7, 99);
+        let connector = Handshake { hello_extra: &three, vet: Some(&vet_c), ..side(&key, 1, 3) };
+        let acceptor = Handshake { hello_extra: &four, ..side(&key, 1, 7) };
+        let (c, a) = run(&connector, Expect::Store(StoreId(7)), &acceptor, Expect::NotMe);
+        assert!(
+            matches!(c, Err(HandshakeError::Rejected { reason: RejectReason::Replaced, .. })),
+            "{c:?}"
+        );
+        assert!(matches!(a, Err(HandshakeError::RefusedByPeer(RejectReason::Replaced))), "{a:?}");
+        // No vet is called for a peer that failed its proof.
+        let other = HandshakeKey::derive(b"another secret of sixteen bytes");
+        let never = |_: StoreId, _: &[u8]| -> Result<(), (RejectReason, String)> {
+            panic!("vetted a peer that did not prove the secret")
+        };
+        let impostor = Handshake { hello_extra: &three, ..side(&other, 1, 3) };
+        let acceptor = Handshake { vet: Some(&never), ..side(&key, 1, 7) };
+        let (_, a) = run(&impostor, Expect::Store(StoreId(7)), &acceptor, Expect::NotMe);
+        assert!(matches!(a, Err(HandshakeError::RefusedByPeer(RejectReason::BadProof))), "{a:?}");
+        assert_eq!(identity_of(&[]).unwrap(), None, "absent is unknown");
+        assert_eq!(identity_of(&three).unwrap(), Some(identity(3, Some(1003))));
+        assert_eq!(identity_of(&four).unwrap(), Some(identity(4, None)));
     }
 }

@@ -62,6 +62,25 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
 
     /// Makes creations, renames and removals inside `dir` durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+
+    /// Creates `path` and its missing parents, as [`FileSystem::create_dir_all`] does,
+    /// and makes each new directory's entry durable in its parent: a directory that is
+    /// not synced into its parent may vanish in a power cut, with every file in it,
+    /// however well those files were synced.
+    fn create_dir_all_durable(&self, path: &Path) -> io::Result<()> {
+        let missing: Vec<&Path> = path
+            .ancestors()
+            .filter(|p| !p.as_os_str().is_empty())
+            .take_while(|p| matches!(self.list(p), Err(e) if e.kind() == io::ErrorKind::NotFound))
+            .collect();
+        self.create_dir_all(path)?;
+        // Top down: a parent's entry is durable before its child's.
+        for dir in missing.iter().rev() {
+            let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+            self.sync_dir(parent.unwrap_or(Path::new(".")))?;
+        }
+        Ok(())
+    }
 }
 
 /// An open file. Shared between threads; all methods take `&self`.

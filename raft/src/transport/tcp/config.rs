@@ -4,11 +4,13 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use regionkv_engine::StoreId;
 
 use super::TcpError;
+use crate::identity::PeerBook;
 use crate::transport::handshake::{ClusterId, HANDSHAKE_FRAME_BYTES_MAX};
 
 /// The shortest cluster secret accepted.
@@ -79,6 +81,11 @@ pub struct TcpConfig {
     pub poll_interval: Duration,
     /// How long shutdown waits for threads (default 10 s).
     pub shutdown_timeout: Duration,
+    /// This store's identity: its incarnation goes in every HELLO, and each peer's is
+    /// vetted by the book once the peer proved the secret (a replaced store is refused
+    /// with `RejectReason::Replaced`; see `crate::identity`). `None` (default): no
+    /// incarnation is sent and none is checked.
+    pub identity: Option<Arc<PeerBook>>,
 }
 
 impl fmt::Debug for TcpConfig {
@@ -101,6 +108,7 @@ impl fmt::Debug for TcpConfig {
             .field("inbound_connections_max", &self.inbound_connections_max)
             .field("poll_interval", &self.poll_interval)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("identity", &self.identity.as_ref().map(|b| b.identity()))
             .finish()
     }
 }
@@ -131,6 +139,7 @@ impl TcpConfig {
             inbound_connections_max: 64,
             poll_interval: Duration::from_millis(50),
             shutdown_timeout: Duration::from_secs(10),
+            identity: None,
         }
     }
 

@@ -50,7 +50,7 @@ pub enum TcpError {
         detail: String,
     },
     /// The peer refused our handshake.
-    #[error("the peer refused us: {0}; check that both stores use the same cluster id and secret")]
+    #[error("the peer refused us: {0}")]
     RefusedByPeer(RejectReason),
     /// The operating system gave no randomness for a handshake nonce.
     #[error("no randomness for a handshake nonce: {0}")]

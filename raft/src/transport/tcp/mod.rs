@@ -71,9 +71,10 @@ pub use self::error::{Direction, Rejection, TcpError};
 use self::stats::{Counters, bump};
 pub use self::stats::{QueueDepth, TcpStats};
 use self::threads::PeerSender;
-use super::handshake::{HandshakeKey, Names};
+use super::handshake::{HandshakeKey, Names, RejectReason, Vet, identity_fields, identity_of};
 use super::wire;
 use super::{Body, Envelope, Inbox, Transport};
+use crate::identity::{Admission, PeerBook, replaced_message};
 
 /// How many recent handshake failures [`TcpTransport::recent_rejections`] keeps.
 pub const REJECTIONS_KEPT: usize = 32;
@@ -109,6 +110,9 @@ struct PeerSlot {
 struct Shared {
     config: TcpConfig,
     key: HandshakeKey,
+    /// This store's own HELLO fields (its incarnation), and the check of a peer's.
+    hello_extra: Vec<u8>,
+    vet: Option<Box<Vet>>,
     local_addr: SocketAddr,
     inbox: Arc<dyn Inbox>,
     /// Serves connections of another protocol, if any.
@@ -169,12 +173,20 @@ impl TcpTransport {
         let local_addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
         let key = HandshakeKey::derive(&config.secret);
+        let hello_extra =
+            config.identity.as_ref().map(|b| identity_fields(&b.identity())).unwrap_or_default();
+        let vet = config.identity.clone().map(|book| -> Box<Vet> {
+            let me = config.store.0;
+            Box::new(move |peer, hello| vet_incarnation(&book, me, peer, hello))
+        });
         let peers = std::mem::take(&mut config.peers);
         // The secret is not kept: only the key derived from it.
         config.secret = Vec::new();
         let shared = Arc::new(Shared {
             config,
             key,
+            hello_extra,
+            vet,
             local_addr,
             inbox,
             other_protocol: other,
@@ -329,6 +341,25 @@ impl Transport for TcpTransport {
                     bump(&c.envelopes_dropped, 1);
                 }
             }
+        }
+    }
+}
+
+/// The store transport's check of an authenticated peer: its incarnation, by the book.
+fn vet_incarnation(
+    book: &PeerBook,
+    me: u64,
+    peer: StoreId,
+    hello: &[u8],
+) -> Result<(), (RejectReason, String)> {
+    let found = identity_of(hello)
+        .map_err(|e| (RejectReason::ProtocolViolation, format!("store {peer}'s hello: {e}")))?;
+    match book.admit(peer, found) {
+        Admission::Accepted => Ok(()),
+        Admission::Replaced { known, found } => {
+            let message = replaced_message(peer, known, found);
+            tracing::warn!(store = me, peer = peer.0, "{message}");
+            Err((RejectReason::Replaced, message))
         }
     }
 }

@@ -161,8 +161,9 @@ impl Shared {
             cluster: self.config.cluster,
             me: self.config.store,
             timeout: self.config.handshake_timeout,
-            hello_extra: &[],
+            hello_extra: &self.hello_extra,
             names: STORE_NAMES,
+            vet: self.vet.as_deref(),
         }
     }
 
