@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use regionkv_engine::codec::{self, DecodeError, Field};
-use regionkv_engine::{Peer, PeerId, RegionId, SessionId, StoreId};
+use regionkv_engine::{Epoch, Peer, PeerId, RegionId, SessionId, StoreId};
 use regionkv_raft::{Op, PeerChange, Query, WriteSession};
 
 use super::Request;
@@ -88,27 +88,7 @@ pub(crate) fn encode_request(id: u64, req: &Request) -> Vec<u8> {
     match req {
         Request::Write { region, epoch, ops, session } => {
             codec::put_nested(&mut out, Q_WRITE, |o| {
-                codec::put_u64(o, F_REGION, region.0);
-                put_epoch(o, F_EPOCH, *epoch);
-                for op in ops {
-                    codec::put_nested(o, F_OPS, |o| match op {
-                        Op::Put { key, value } => {
-                            codec::put_u64(o, OP_KIND, OP_PUT);
-                            codec::put_field(o, OP_KEY, key);
-                            codec::put_field(o, OP_VALUE, value);
-                        }
-                        Op::Delete { key } => {
-                            codec::put_u64(o, OP_KIND, OP_DELETE);
-                            codec::put_field(o, OP_KEY, key);
-                        }
-                    });
-                }
-                if let Some(s) = session {
-                    codec::put_nested(o, F_SESSION, |o| {
-                        codec::put_u64(o, S_ID, s.id.0);
-                        codec::put_u64(o, S_SEQ, s.seq);
-                    });
-                }
+                put_write(o, *region, *epoch, ops, session.as_ref());
             });
         }
         Request::Read { region, epoch, query } => codec::put_nested(&mut out, Q_READ, |o| {
@@ -159,18 +139,7 @@ pub(crate) fn encode_request(id: u64, req: &Request) -> Vec<u8> {
             codec::put_nested(&mut out, Q_CHANGE_PEERS, |o| {
                 codec::put_u64(o, F_REGION, region.0);
                 put_epoch(o, F_EPOCH, *epoch);
-                codec::put_nested(o, F_CHANGE, |o| {
-                    let (kind, peer, store) = match change {
-                        PeerChange::AddVoter(p) => (C_ADD_VOTER, p.id, Some(p.store)),
-                        PeerChange::AddLearner(p) => (C_ADD_LEARNER, p.id, Some(p.store)),
-                        PeerChange::Remove(id) => (C_REMOVE, *id, None),
-                    };
-                    codec::put_u64(o, C_KIND, kind);
-                    codec::put_u64(o, C_PEER, peer.0);
-                    if let Some(store) = store {
-                        codec::put_u64(o, C_STORE, store.0);
-                    }
-                });
+                codec::put_nested(o, F_CHANGE, |o| put_peer_change(o, change));
             });
         }
         Request::StoreAdd { store, addr } => codec::put_nested(&mut out, Q_STORE_ADD, |o| {
@@ -186,6 +155,51 @@ pub(crate) fn encode_request(id: u64, req: &Request) -> Vec<u8> {
         }),
     }
     out
+}
+
+/// The fields of a write request.
+fn put_write(
+    o: &mut Vec<u8>,
+    region: RegionId,
+    epoch: Epoch,
+    ops: &[Op],
+    session: Option<&WriteSession>,
+) {
+    codec::put_u64(o, F_REGION, region.0);
+    put_epoch(o, F_EPOCH, epoch);
+    for op in ops {
+        codec::put_nested(o, F_OPS, |o| match op {
+            Op::Put { key, value } => {
+                codec::put_u64(o, OP_KIND, OP_PUT);
+                codec::put_field(o, OP_KEY, key);
+                codec::put_field(o, OP_VALUE, value);
+            }
+            Op::Delete { key } => {
+                codec::put_u64(o, OP_KIND, OP_DELETE);
+                codec::put_field(o, OP_KEY, key);
+            }
+        });
+    }
+    if let Some(s) = session {
+        codec::put_nested(o, F_SESSION, |o| {
+            codec::put_u64(o, S_ID, s.id.0);
+            codec::put_u64(o, S_SEQ, s.seq);
+        });
+    }
+}
+
+/// The fields of one membership change.
+fn put_peer_change(o: &mut Vec<u8>, change: &PeerChange) {
+    let (kind, peer, store) = match change {
+        PeerChange::AddVoter(p) => (C_ADD_VOTER, p.id, Some(p.store)),
+        PeerChange::AddLearner(p) => (C_ADD_LEARNER, p.id, Some(p.store)),
+        PeerChange::Remove(id) => (C_REMOVE, *id, None),
+    };
+    codec::put_u64(o, C_KIND, kind);
+    codec::put_u64(o, C_PEER, peer.0);
+    if let Some(store) = store {
+        codec::put_u64(o, C_STORE, store.0);
+    }
 }
 
 /// A store id and an address (`store add`, `member`).
