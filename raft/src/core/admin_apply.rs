@@ -260,7 +260,7 @@ impl StoreCore {
         let mut leftovers = self.ctx.log.begin_write();
         for id in new_ids {
             if self.ctx.log.state(*id).is_some() {
-                self.ctx.log.stage_tombstone(&mut leftovers, *id);
+                self.ctx.log.stage_tombstone(&mut leftovers, *id, None);
             }
         }
         if !leftovers.is_empty() {

@@ -164,7 +164,7 @@ impl StoreCore {
         if replica.is_initialized() && engine.region(region).is_some() {
             engine.remove_region(region)?;
         }
-        self.ctx.log.stage_tombstone(&mut self.write, region);
+        self.ctx.log.stage_tombstone(&mut self.write, region, None);
         self.tombstones.insert(region);
         tracing::info!(region = region.0, "removed this store's replica");
         Ok(())

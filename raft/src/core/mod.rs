@@ -227,7 +227,7 @@ impl StoreCore {
                     region = id.0,
                     "tombstoning the log of a replica the engine no longer hosts"
                 );
-                core.ctx.log.stage_tombstone(&mut core.write, id);
+                core.ctx.log.stage_tombstone(&mut core.write, id, None);
             } else {
                 // In the log but not the engine: a replica waiting for its snapshot.
                 let peer = PeerId(state.peer_id);

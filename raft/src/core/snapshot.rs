@@ -113,6 +113,7 @@ impl StoreCore {
             truncated_term: meta.term,
             peer_id: replica.id.0,
             conf_index: meta.index,
+            ..LogState::default()
         };
         self.ctx.log.stage_snapshot(&mut self.write, region, state)?;
         replica.region = installed;
