@@ -73,6 +73,21 @@ pub enum Error {
         /// Why.
         reason: DropReason,
     },
+    /// This store's replica of the region stopped applying its log: it met a committed
+    /// entry it cannot apply here (a command written by a newer regionkv, or a conflict
+    /// with what this store holds that its group's other replicas may not have). The
+    /// store and its other regions go on; the region is served by its other replicas.
+    #[error(
+        "this store's replica of region {} stopped applying ({reason}); the region is served \
+         by its other replicas: upgrade this store, or remove this replica and add it back",
+        region.0
+    )]
+    ReplicaHalted {
+        /// The region.
+        region: RegionId,
+        /// What it could not apply.
+        reason: String,
+    },
     /// The store is shutting down; nothing was done.
     #[error("the store is shutting down")]
     Cancelled,
@@ -136,6 +151,7 @@ impl Error {
             | Error::KeyNotInRegion { .. }
             | Error::RegionNotFound { .. }
             | Error::Merging { .. }
+            | Error::ReplicaHalted { .. }
             | Error::Dropped { .. } => true,
             Error::RegionExists { .. }
             | Error::Cancelled
@@ -148,6 +164,41 @@ impl Error {
             | Error::MergeAborted { .. }
             | Error::Wal(_)
             | Error::Engine(_)
+            | Error::Raft(_)
+            | Error::Internal(_) => false,
+        }
+    }
+
+    /// True if the error must stop the store: its log or engine failed (I/O, a poisoned
+    /// engine, a damaged file), so the state in memory may be ahead of what is durable
+    /// and only a restart (recovering from disk) may go on. Everything else that can go
+    /// wrong applying a command is a refusal (the command is applied as a no-op and its
+    /// proposer told why), or at worst halts one replica. Exhaustive on purpose.
+    pub fn is_store_failure(&self) -> bool {
+        match self {
+            Error::Wal(e) => !e.is_cancelled(),
+            Error::Engine(e) => matches!(
+                e.class(),
+                regionkv_engine::ErrorClass::Io
+                    | regionkv_engine::ErrorClass::Fatal
+                    | regionkv_engine::ErrorClass::Corruption
+            ),
+            Error::LogCorruption { .. } => true,
+            Error::NotLeader { .. }
+            | Error::EpochNotMatch { .. }
+            | Error::KeyNotInRegion { .. }
+            | Error::RegionNotFound { .. }
+            | Error::RegionExists { .. }
+            | Error::Merging { .. }
+            | Error::MergeAborted { .. }
+            | Error::Dropped { .. }
+            | Error::ReplicaHalted { .. }
+            | Error::Cancelled
+            | Error::Timeout { .. }
+            | Error::Compacted { .. }
+            | Error::EntryUnavailable { .. }
+            | Error::InvalidRequest(_)
+            | Error::Malformed(_)
             | Error::Raft(_)
             | Error::Internal(_) => false,
         }

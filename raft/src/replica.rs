@@ -282,6 +282,10 @@ pub(crate) struct Replica {
     pub removed: bool,
     pub merge: MergeProgress,
     pub hibernation: Hibernation,
+    /// Set when the replica met a committed entry it cannot apply (see
+    /// [`Error::ReplicaHalted`]): it applies nothing more until the store restarts, and
+    /// refuses requests; its log still takes part in replication.
+    pub halted: Option<String>,
 }
 
 impl Replica {
@@ -317,6 +321,7 @@ impl Replica {
             removed: false,
             merge: MergeProgress { state: merge, ..MergeProgress::default() },
             hibernation: Hibernation::default(),
+            halted: None,
         }
     }
 

@@ -15,7 +15,9 @@
 //! - P7: on every store, a region's term and epoch never go back (across restarts),
 //!   and commit and applied index never go back while the store runs (after a restart
 //!   the applied index starts at the region's checkpoint and the log is replayed
-//!   before any read is served).
+//!   before any read is served);
+//! - A1: no store stops (the simulated disks never fail, and nothing else may stop a
+//!   store: a command that cannot apply is refused).
 //!
 //! A violation panics with the seed, so the failing run can be replayed.
 
@@ -69,6 +71,8 @@ pub struct SimConfig {
     pub checkpoint_log_bytes: u64,
     /// How leaders serve reads.
     pub read_mode: crate::ReadMode,
+    /// Bootstrap the cluster directory (region 0) on the voters too.
+    pub directory: bool,
 }
 
 impl SimConfig {
@@ -84,6 +88,7 @@ impl SimConfig {
             segment_bytes: 64 << 10,
             checkpoint_log_bytes: 64 << 10,
             read_mode: crate::ReadMode::ReadIndex,
+            directory: false,
         }
     }
 }
@@ -226,7 +231,14 @@ impl SimCluster {
             cluster.start(id)?;
             if s <= cluster.config.voters as u64 {
                 let region = Region { peers: voters.clone(), ..Region::whole(RegionId(1)) };
+                let directory = cluster.config.directory.then(|| Region {
+                    peers: voters.clone(),
+                    ..Region::whole(crate::directory::DIRECTORY)
+                });
                 let running = cluster.running(id)?;
+                if let Some(directory) = directory {
+                    running.core.bootstrap_region(directory)?;
+                }
                 running.core.bootstrap_region(region)?;
                 cluster.process(id);
             }
@@ -671,6 +683,24 @@ impl SimCluster {
         pending
     }
 
+    /// Submits a command for the cluster directory to `store` (its leader, for the
+    /// command to be taken); needs [`SimConfig::directory`].
+    pub fn directory(
+        &mut self,
+        store: StoreId,
+        cmd: &crate::directory::DirCmd,
+    ) -> Pending<crate::directory::DirResult> {
+        let pending = Pending::new();
+        match self.running(store) {
+            Ok(running) => {
+                running.core.on_directory(cmd, pending.reply());
+                self.process(store);
+            }
+            Err(e) => (pending.reply())(Err(e)),
+        }
+        pending
+    }
+
     /// The merge status of `region` as `store`'s peer (its leader) sees it.
     pub fn merge_status(&self, store: StoreId, region: RegionId) -> Result<MergeStatus> {
         let running = self
@@ -772,8 +802,12 @@ impl SimCluster {
     fn check(&mut self) {
         let mut statuses = Vec::new();
         let mut pinned = Vec::new();
+        let mut stopped = Vec::new();
         for (&id, s) in &self.stores {
             if let Some(r) = &s.running {
+                if r.core.context().cancel.is_cancelled() {
+                    stopped.push(id);
+                }
                 statuses.push((id, r.core.status()));
                 // Between flushes no write-batch round is open: every pin taken by a
                 // round was released exactly once.
@@ -788,6 +822,11 @@ impl SimCluster {
             && c.violation.is_none()
         {
             c.violation = Some(format!("5.1: store {id} holds {pins} region pins between rounds"));
+        }
+        if let Some(id) = stopped.first()
+            && c.violation.is_none()
+        {
+            c.violation = Some(format!("A1: store {id} stopped, and no disk failed"));
         }
         for (id, status) in statuses {
             for s in status {

@@ -104,6 +104,56 @@ pub(super) fn check_admin(
     Ok(())
 }
 
+/// Why a committed membership change must not apply, from the entry and the region's
+/// replicated state only (every replica decides alike); else the change and its
+/// context. regionkv proposes one simple change at a time (never a joint one), and a
+/// prepared merge source keeps its members (the merge's commit relies on the members
+/// the prepare saw), so a change proposed before the prepare and committed after it is
+/// refused. What raft-rs itself would refuse is refused here first: the application
+/// must not hand it a change it then rejects.
+fn check_conf_change(
+    replica: &Replica,
+    entry: &Entry,
+) -> Result<(ConfChangeV2, command::ChangePeersContext)> {
+    let region = replica.region.id;
+    let invalid = |why: String| Error::InvalidRequest(format!("region {region}: {why}"));
+    if let Some(m) = replica.merge.state.filter(|m| entry.index > m.prepare_index) {
+        return Err(Error::Merging { region, target: m.target });
+    }
+    if entry.get_entry_type() != EntryType::EntryConfChangeV2 {
+        return Err(invalid(format!("entry {} is a v1 membership change", entry.index)));
+    }
+    let cc = ConfChangeV2::parse_from_bytes(&entry.data)
+        .map_err(|e| invalid(format!("membership change {}: {e}", entry.index)))?;
+    let ctx = command::decode_change_peers(&entry.context)
+        .map_err(|e| invalid(format!("membership change {}: {}", entry.index, e.reason)))?;
+    let [change] = cc.get_changes() else {
+        return Err(invalid(format!("entry {} is not one simple change", entry.index)));
+    };
+    let id = change.node_id;
+    let voters = &replica.conf_state().voters;
+    match change.get_change_type() {
+        ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+            let known = replica.region.peers.iter().any(|p| p.id.0 == id);
+            if !known && !ctx.peers.iter().any(|p| p.id.0 == id) {
+                return Err(invalid(format!("peer {id} is added without its store")));
+            }
+            if change.get_change_type() == ConfChangeType::AddLearnerNode
+                && voters.len() == 1
+                && voters[0] == id
+            {
+                return Err(invalid(format!("peer {id} is the last voter")));
+            }
+        }
+        ConfChangeType::RemoveNode => {
+            if voters.len() == 1 && voters[0] == id {
+                return Err(invalid(format!("peer {id} is the last voter")));
+            }
+        }
+    }
+    Ok((cc, ctx))
+}
+
 /// A commit merge waiting for its source replica here to catch up.
 pub(super) struct MergeWait {
     pub source: RegionId,
@@ -292,49 +342,59 @@ impl StoreCore {
         Ok(AdminResult::Split(parts))
     }
 
-    /// Applies a membership change: raft-rs's configuration and the region's peers.
+    /// Applies a membership change: raft-rs's configuration and the region's peers. The
+    /// outer error fails the apply; the inner one refuses the change (applied as no
+    /// change, raft-rs not told, the proposer answered with why).
     ///
     /// Replay after a restart must not apply a change twice: raft-rs's configuration
     /// already reflects entries up to the log's `conf_index`, and the engine's region
-    /// reflects admin entries up to its `meta_index`.
-    pub(super) fn apply_conf_change(&mut self, region: RegionId, entry: &Entry) -> Result<()> {
+    /// reflects admin entries up to its `meta_index`. An accepted change is durable in
+    /// the engine before the log's new conf state is, so a replayed entry at or below
+    /// `conf_index` but above `meta_index` is one that was refused.
+    pub(super) fn apply_conf_change(
+        &mut self,
+        region: RegionId,
+        entry: &Entry,
+    ) -> Result<Result<()>> {
         let me = self.ctx.config.store_id;
         let replica = self.replicas.get_mut(&region).expect("present");
-        if entry.get_entry_type() != EntryType::EntryConfChangeV2 {
-            return Err(Error::Internal(format!(
-                "entry {} is a v1 conf change, which regionkv never proposes",
-                entry.index
-            )));
-        }
-        let cc = ConfChangeV2::parse_from_bytes(&entry.data)
-            .map_err(|e| Error::Internal(format!("conf change at {}: {e}", entry.index)))?;
-        let ctx = command::decode_change_peers(&entry.context).map_err(|e| {
-            Error::Internal(format!("conf change context at {}: {}", entry.index, e.reason))
-        })?;
-        // A prepared merge source keeps its members: a change proposed before the
-        // prepare and committed after it applies as no change (the merge's commit
-        // relies on the members the prepare saw).
-        if replica.merge.state.is_some_and(|m| entry.index > m.prepare_index) {
-            if entry.index > replica.conf_index {
-                let cs = replica.raw.apply_conf_change(&ConfChangeV2::default())?;
-                self.ctx.log.stage_conf_state(&mut self.write, region, cs, entry.index)?;
-                replica.conf_index = entry.index;
-            }
-            tracing::info!(
-                region = region.0,
-                index = entry.index,
-                "membership change refused: a merge is prepared"
-            );
-            return Ok(());
-        }
-        if entry.index > replica.conf_index {
-            let cs = replica.raw.apply_conf_change(&cc)?;
-            self.ctx.log.stage_conf_state(&mut self.write, region, cs, entry.index)?;
-            replica.conf_index = entry.index;
-        }
         // `None`: nothing recorded; metadata is at least as new as the checkpoint.
         let meta_index =
             self.ctx.engine_of(region).meta_index(region).unwrap_or(replica.checkpoint_index);
+        if entry.index <= replica.conf_index {
+            if entry.index > meta_index {
+                return Ok(Err(Error::InvalidRequest(format!(
+                    "the membership change at {} was refused (before a restart)",
+                    entry.index
+                ))));
+            }
+            // Applied before a restart, to raft-rs and to the engine.
+            replica.region = self
+                .ctx
+                .engine_of(region)
+                .region(region)
+                .ok_or(Error::RegionNotFound { region })?;
+            if !replica.region.peers.iter().any(|p| p.id == replica.id && p.store == me) {
+                replica.removed = true;
+            }
+            return Ok(Ok(()));
+        }
+        let (cc, ctx) = match check_conf_change(replica, entry) {
+            Ok(checked) => checked,
+            Err(refused) => {
+                // Refused alike by every replica, raft-rs is not told (it must not be,
+                // for a change the application rejects); the log records the index so
+                // that a replay knows.
+                let cs = replica.conf_state();
+                self.ctx.log.stage_conf_state(&mut self.write, region, cs, entry.index)?;
+                replica.conf_index = entry.index;
+                tracing::info!(region = region.0, index = entry.index, error = %refused, "membership change refused");
+                return Ok(Err(refused));
+            }
+        };
+        let cs = replica.raw.apply_conf_change(&cc)?;
+        self.ctx.log.stage_conf_state(&mut self.write, region, cs, entry.index)?;
+        replica.conf_index = entry.index;
         if entry.index > meta_index {
             let mut peers = replica.region.peers.clone();
             for change in cc.get_changes() {
@@ -342,6 +402,7 @@ impl StoreCore {
                 match change.get_change_type() {
                     ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
                         if !peers.iter().any(|p| p.id == id) {
+                            // Checked by `check_conf_change`.
                             let Some(added) = ctx.peers.iter().find(|p| p.id == id) else {
                                 return Err(Error::Internal(format!(
                                     "conf change at {} adds peer {id} without its store",
@@ -370,7 +431,7 @@ impl StoreCore {
             let changed = replica.region.clone();
             self.report(&changed, Leadership::ThisStore);
         }
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// Tells a waiting merge target once this source replica applied far enough.

@@ -35,6 +35,7 @@ impl StoreCore {
                 self.maybe_hibernate(id);
             }
         }
+        let mut halted_leaders = Vec::new();
         for &id in &self.awake {
             let Some(replica) = self.replicas.get_mut(&id) else { continue };
             if replica.raw.tick() {
@@ -42,6 +43,13 @@ impl StoreCore {
             }
             let idle = &mut replica.hibernation.idle_ticks;
             *idle = idle.saturating_add(1);
+            if replica.halted.is_some() && replica.is_leader() {
+                halted_leaders.push(id);
+            }
+        }
+        halted_leaders.sort_unstable(); // deterministic message order
+        for id in halted_leaders {
+            self.hand_over_leadership(id);
         }
         self.check_liveness();
         if self.ticks.is_multiple_of(PURGE_EVERY_TICKS) {

@@ -318,10 +318,13 @@ impl StoreCore {
                 match self.flush_replica(region, &mut applier) {
                     Ok(true) => touched.push(region),
                     Ok(false) => {}
-                    Err(e) => {
+                    // The log or the engine failed: the store stops (below).
+                    Err(e) if e.is_store_failure() || e.is_cancelled() || applier.has_failed() => {
                         Self::on_replica_error(region, &e);
                         applier.fail();
                     }
+                    // Anything else stops this replica only; the store goes on.
+                    Err(e) => self.halt(region, &e),
                 }
             }
             // The pass's round ends: what every region wrote becomes visible together,
@@ -357,6 +360,46 @@ impl StoreCore {
             write,
             tasks: std::mem::take(&mut self.foreign_tasks),
             reports: std::mem::take(&mut self.reports),
+        }
+    }
+
+    /// Stops `region`'s replica from applying more of its log, after `error` applying
+    /// a committed entry that is neither a refusal (every replica refuses alike, as a
+    /// no-op) nor a failure of the store's log or engine: a command of a newer format,
+    /// or a conflict with what this store holds. Its group goes on without it (a leader
+    /// hands its leadership over); the store and its other regions are unaffected.
+    /// Requests in flight learn that their outcome is unknown, later ones are refused
+    /// with [`Error::ReplicaHalted`]. A restart applies the log again.
+    fn halt(&mut self, region: RegionId, error: &Error) {
+        let store = self.ctx.config.store_id;
+        tracing::error!(store = store.0, region = region.0, error = %error, "this store's replica stopped applying its log; the store goes on: upgrade this store, or remove this replica and add it back");
+        let Some(replica) = self.replicas.get_mut(&region) else { return };
+        let reason = error.to_string();
+        replica.halted = Some(reason.clone());
+        let halted = || Error::ReplicaHalted { region, reason: reason.clone() };
+        replica.fail_unproposed(halted);
+        for proposal in replica.proposals.in_flight.drain(..) {
+            proposal.waiting.fail(|| Error::Timeout { region });
+        }
+        for (_, reads) in replica.reads.ready.drain(..) {
+            for read in reads {
+                (read.reply)(Err(halted()));
+            }
+        }
+        replica.merge.paused = None;
+        self.hand_over_leadership(region);
+    }
+
+    /// A halted replica that leads asks another voter to take over.
+    pub(super) fn hand_over_leadership(&mut self, region: RegionId) {
+        let Some(replica) = self.replicas.get_mut(&region) else { return };
+        if replica.halted.is_none() || !replica.is_leader() {
+            return;
+        }
+        let me = replica.id.0;
+        if let Some(&to) = replica.conf_state().voters.iter().find(|&&v| v != me) {
+            replica.raw.transfer_leader(to);
+            self.dirty.insert(region);
         }
     }
 

@@ -20,6 +20,9 @@ impl StoreCore {
     fn leader(&mut self, region: RegionId) -> Result<&mut Replica> {
         self.wake(region);
         let replica = self.replicas.get_mut(&region).ok_or(Error::RegionNotFound { region })?;
+        if let Some(reason) = &replica.halted {
+            return Err(Error::ReplicaHalted { region, reason: reason.clone() });
+        }
         if !replica.is_leader() {
             return Err(replica.not_leader());
         }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use regionkv_engine::{Epoch, Region, RegionId};
+use regionkv_raft::directory::DIRECTORY;
 use regionkv_raft::merge_driver::RegionAdmin;
 use regionkv_raft::sim::{SimCluster, SimConfig};
 use regionkv_raft::{AdminCmd, AdminResult, Error, Op, Query, QueryResult};
@@ -21,12 +22,14 @@ pub fn cluster(seed: u64) -> SimCluster {
     c
 }
 
-/// The newest region containing `key` that any running store knows.
+/// The newest region containing `key` that any running store knows (the cluster
+/// directory, region 0, holds no user key).
 pub fn region_for(c: &SimCluster, key: &[u8]) -> Option<Region> {
     let mut best: Option<Region> = None;
     for store in c.store_ids() {
         for s in c.status(store) {
             if s.initialized
+                && s.region.id != DIRECTORY
                 && s.region.contains(key)
                 && best.as_ref().is_none_or(|b| s.region.epoch.version > b.epoch.version)
             {
@@ -98,7 +101,7 @@ pub fn scan_all(c: &mut SimCluster) -> BTreeMap<String, String> {
 }
 
 /// Runs until every running store hosts the same regions (ids, ranges, epochs), each
-/// fully applied; returns them.
+/// fully applied; returns them (the user regions: the directory is left out).
 pub fn converge(c: &mut SimCluster) -> Vec<Region> {
     let settled = c.run_until(30 * SECOND, |c| {
         let views: Vec<Vec<(Region, u64, u64)>> = c
@@ -108,7 +111,7 @@ pub fn converge(c: &mut SimCluster) -> Vec<Region> {
             .map(|s| {
                 c.status(s)
                     .into_iter()
-                    .filter(|p| p.initialized)
+                    .filter(|p| p.initialized && p.region.id != DIRECTORY)
                     .map(|p| (p.region, p.commit, p.applied))
                     .collect()
             })
@@ -118,7 +121,12 @@ pub fn converge(c: &mut SimCluster) -> Vec<Region> {
     });
     assert!(settled, "stores did not converge on the same regions");
     let store = c.store_ids().into_iter().find(|s| c.is_running(*s)).unwrap();
-    let mut regions: Vec<Region> = c.status(store).into_iter().map(|p| p.region).collect();
+    let mut regions: Vec<Region> = c
+        .status(store)
+        .into_iter()
+        .filter(|p| p.region.id != DIRECTORY)
+        .map(|p| p.region)
+        .collect();
     regions.sort_by(|a, b| a.start.cmp(&b.start));
     for w in regions.windows(2) {
         assert_eq!(w[0].end.as_ref(), Some(&w[1].start), "regions partition the key space");
