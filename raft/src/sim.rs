@@ -180,6 +180,9 @@ pub struct SimCluster {
     trace: DefaultHasher,
     checks: Arc<Mutex<Checks>>,
     next_peer_id: u64,
+    /// The last region id handed out by `new_id` (ids come from where the directory
+    /// allocates them).
+    last_region_id: u64,
     /// Reports for the directory, until taken.
     reports: Vec<crate::directory::RegionRecord>,
     /// Envelopes handed to the network so far.
@@ -215,6 +218,7 @@ impl SimCluster {
             trace: DefaultHasher::new(),
             checks: Arc::default(),
             next_peer_id: 1,
+            last_region_id: crate::directory::FIRST_ALLOCATED_ID - 1,
             reports: Vec::new(),
             sent: 0,
         };
@@ -737,10 +741,11 @@ impl SimCluster {
         Err(last)
     }
 
-    /// A fresh id for a region or a peer, unique in the cluster.
+    /// A fresh region id, unique in the cluster, increasing as the directory allocates
+    /// them (from [`FIRST_ALLOCATED_ID`](crate::directory::FIRST_ALLOCATED_ID)).
     pub fn new_id(&mut self) -> u64 {
-        self.next_peer_id += 1;
-        self.next_peer_id
+        self.last_region_id += 1;
+        self.last_region_id
     }
 
     /// A fresh peer id, unique in the cluster.

@@ -117,3 +117,162 @@ fn a_membership_change_committed_after_a_merge_prepare_is_refused_and_the_store_
     assert_eq!(members, parts[1].peers, "the source keeps the members the prepare saw");
     keeps_serving(&mut c, "conf-change");
 }
+
+/// Proposes a split of `region` at `keys` with `new_ids` through its leader.
+fn raw_split(
+    c: &mut SimCluster,
+    region: RegionId,
+    keys: &[&str],
+    new_ids: &[u64],
+) -> Result<regionkv_raft::AdminResult, Error> {
+    let epoch = common::region_epoch(c, region);
+    let cmd = regionkv_raft::AdminCmd::Split {
+        split_keys: keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+        new_ids: new_ids.iter().map(|&id| RegionId(id)).collect(),
+    };
+    regionkv_raft::merge_driver::RegionAdmin::admin(c, region, epoch, cmd)
+}
+
+/// Every store still hosts `regions`, each with its log.
+fn all_hosted(c: &SimCluster, regions: &[RegionId], tag: &str) {
+    for store in c.store_ids() {
+        let ids: Vec<RegionId> = c.status(store).iter().map(|p| p.region.id).collect();
+        for region in regions {
+            assert!(ids.contains(region), "{tag}: store {store} lost region {region}: {ids:?}");
+        }
+    }
+}
+
+#[test]
+fn split_ids_the_directory_did_not_allocate_for_the_split_are_refused_and_nothing_is_tombstoned() {
+    let mut c = cluster_with_directory(4);
+    let mut model = std::collections::BTreeMap::new();
+    common::write_keys(&mut c, &mut model, &common::letters(26), "v1");
+    // A live region of the same lineage, split off region 1.
+    let a = common::split(&mut c, R1, &["p"]).unwrap()[1].id;
+    common::converge(&mut c);
+    let fresh = c.new_id();
+    let bad: [(&str, Vec<u64>); 6] = [
+        ("the directory's id", vec![DIRECTORY.0]),
+        ("the parent's id", vec![R1.0]),
+        ("a bootstrap id", vec![5]),
+        ("a live region's id", vec![a.0]),
+        ("an id of an earlier split of the lineage", vec![a.0 - 1]),
+        ("duplicates", vec![fresh, fresh]),
+    ];
+    for (what, ids) in bad {
+        let keys: &[&str] = if ids.len() == 2 { &["c", "f"] } else { &["c"] };
+        let refused = raw_split(&mut c, R1, keys, &ids);
+        assert!(matches!(refused, Err(Error::InvalidRequest(_))), "{what}: {refused:?}");
+        all_hosted(&c, &[DIRECTORY, R1, a], what);
+        assert_eq!(common::scan_all(&mut c), model, "{what}");
+    }
+    // A split with ids allocated for it still applies.
+    let parts = common::split(&mut c, R1, &["c"]).unwrap();
+    assert_eq!(parts.len(), 2);
+    common::write_keys(&mut c, &mut model, &common::letters(26), "v2");
+    keeps_serving(&mut c, "split-ids");
+    model.extend((0..2).map(|i| (format!("split-ids-{i}"), "v".to_owned())));
+    all_hosted(&c, &[DIRECTORY, R1, a, parts[1].id], "after restarts");
+    assert_eq!(common::scan_all(&mut c), model);
+}
+
+#[test]
+fn a_merged_target_refuses_the_ids_its_source_lineage_gave() {
+    let mut c = cluster_with_directory(5);
+    let mut model = std::collections::BTreeMap::new();
+    common::write_keys(&mut c, &mut model, &common::letters(26), "v1");
+    let a = common::split(&mut c, R1, &["h"]).unwrap()[1].id;
+    common::converge(&mut c);
+    let b = common::split(&mut c, a, &["p"]).unwrap()[1].id;
+    common::converge(&mut c);
+    // Region 1 takes over a's range and lineage; b is still a live region.
+    let options = regionkv_raft::merge_driver::MergeOptions::default();
+    regionkv_raft::merge_driver::merge(&mut c, a, R1, options).unwrap();
+    common::converge(&mut c);
+    for id in [a.0, b.0] {
+        let refused = raw_split(&mut c, R1, &["c"], &[id]);
+        assert!(matches!(refused, Err(Error::InvalidRequest(_))), "{id}: {refused:?}");
+    }
+    all_hosted(&c, &[DIRECTORY, R1, b], "after the refusals");
+    assert_eq!(common::scan_all(&mut c), model);
+    keeps_serving(&mut c, "merged-floor");
+}
+
+#[test]
+fn a_replica_filled_by_a_snapshot_refuses_the_same_split_ids() {
+    let mut config = SimConfig::new(6);
+    config.spares = 1;
+    config.checkpoint_log_bytes = 512; // compact often: a new replica needs a snapshot
+    let mut c = SimCluster::new(config).unwrap();
+    c.wait_leader(R1, 10 * SECOND).unwrap();
+    let mut model = std::collections::BTreeMap::new();
+    common::write_keys(&mut c, &mut model, &common::letters(26), "v1");
+    let a = common::split(&mut c, R1, &["p"]).unwrap()[1].id;
+    common::converge_region(&mut c, R1);
+    common::write_keys(&mut c, &mut model, &common::letters(16), "v2");
+    let spare = regionkv_engine::StoreId(4);
+    let leader = c.wait_leader(R1, SECOND).unwrap();
+    let peer = regionkv_engine::Peer { id: c.new_peer_id(), store: spare };
+    let added = c.change_peers(leader, R1, regionkv_raft::PeerChange::AddVoter(peer));
+    c.wait(&added, 10 * SECOND).expect("answered").expect("the voter is added");
+    assert!(
+        c.run_until(30 * SECOND, |c| c.status(spare).iter().any(|s| s.initialized)),
+        "the new replica installs a snapshot"
+    );
+    common::converge_region(&mut c, R1);
+    // The new replica leads and is asked for a split with an id an earlier split of
+    // the lineage gave: it knows the region's id floor from the snapshot, and refuses.
+    let leader = c.wait_leader(R1, SECOND).unwrap();
+    c.transfer_leader(leader, R1, peer.id);
+    assert!(c.run_until(10 * SECOND, |c| c.leader(R1) == Some(spare)), "leadership moves");
+    let cmd = regionkv_raft::AdminCmd::Split { split_keys: vec![b"c".to_vec()], new_ids: vec![a] };
+    let pending = c.admin(spare, R1, cmd);
+    let refused = c.wait(&pending, 5 * SECOND).expect("answered");
+    assert!(matches!(refused, Err(Error::InvalidRequest(_))), "{refused:?}");
+    let parent = common::converge_region(&mut c, R1);
+    assert_eq!(parent.end.as_deref(), Some(&b"p"[..]), "no replica split");
+    assert_eq!(common::scan_all(&mut c), model);
+}
+
+#[test]
+fn a_split_naming_a_live_region_of_another_lineage_destroys_nothing() {
+    let mut c = cluster_with_directory(7);
+    let mut model = std::collections::BTreeMap::new();
+    common::write_keys(&mut c, &mut model, &common::letters(26), "v1");
+    let a = common::split(&mut c, R1, &["h"]).unwrap()[1].id;
+    common::converge(&mut c);
+    let b = common::split(&mut c, a, &["p"]).unwrap()[1].id;
+    common::converge(&mut c);
+    // b was allocated after region 1's last split: no replicated state of region 1
+    // tells it apart from a fresh id. Every store hosts b, so every replica of region 1
+    // stops applying rather than destroy b's log (as it did before).
+    let leader = c.wait_leader(R1, SECOND).unwrap();
+    let cmd = regionkv_raft::AdminCmd::Split { split_keys: vec![b"c".to_vec()], new_ids: vec![b] };
+    let pending = c.admin(leader, R1, cmd);
+    let outcome = c.wait(&pending, 5 * SECOND).expect("answered");
+    assert!(matches!(outcome, Err(Error::Timeout { .. })), "{outcome:?}");
+    let serve = |c: &mut SimCluster, tag: &str| {
+        all_hosted(c, &[DIRECTORY, R1, a, b], tag);
+        assert!(matches!(directory(c, &DirCmd::AllocIds { count: 1 }), Ok(DirResult::Ids { .. })));
+        for key in ["k-in-a", "x-in-b"] {
+            assert!(put(c, key, tag, 10 * SECOND), "{tag}: {key}");
+        }
+        let leader = c.wait_leader(b, SECOND).unwrap();
+        let read = c.read(leader, b, regionkv_raft::Query::Get { key: "w22".into() });
+        let got = c.wait(&read, 5 * SECOND).expect("answered").unwrap();
+        assert_eq!(got, regionkv_raft::QueryResult::Value(Some("w22-v1".into())), "{tag}");
+        let store = c.store_ids()[0];
+        let write = c.write(store, R1, vec![Op::Put { key: "a".into(), value: "x".into() }]);
+        let refused = c.wait(&write, SECOND).expect("answered");
+        assert!(matches!(refused, Err(Error::ReplicaHalted { .. } | Error::NotLeader { .. })));
+    };
+    serve(&mut c, "halted");
+    for store in c.store_ids() {
+        c.crash(store, regionkv_wal::CrashMode::Lost);
+    }
+    for store in c.store_ids() {
+        c.restart(store).unwrap();
+    }
+    serve(&mut c, "restarted");
+}

@@ -9,17 +9,18 @@ use super::context::{RAFT_INIT_INDEX, RAFT_INIT_TERM};
 use super::output::CoreTask;
 use super::{Leadership, StoreCore};
 use crate::command::{self, Admin, AdminCmd, Command};
-use crate::directory::DIRECTORY;
+use crate::directory::{DIRECTORY, FIRST_ALLOCATED_ID};
 use crate::error::{DropReason, Error, Result};
-use crate::log::LogState;
+use crate::log::{IdFloor, LogState};
 use crate::replica::{CatchUp, Contents, Replica, ReplicaInit};
 use crate::request::AdminResult;
 
 /// Why an admin command must not apply at `index` (`applied + 1` when proposing):
 /// checked by the leader before proposing and by every replica when applying, from the
-/// region's replicated state only.
+/// region's replicated state only (`floor` is the region's id floor, from its log).
 pub(super) fn check_admin(
     replica: &Replica,
+    floor: Option<IdFloor>,
     epoch: regionkv_engine::Epoch,
     cmd: &AdminCmd,
     index: u64,
@@ -63,12 +64,7 @@ pub(super) fn check_admin(
             if *first <= region.start || region.end.as_ref().is_some_and(|end| last >= end) {
                 return Err(invalid("split keys must be strictly inside the region"));
             }
-            let mut ids: Vec<RegionId> = new_ids.clone();
-            ids.sort_unstable();
-            ids.dedup();
-            if ids.len() != new_ids.len() || ids.contains(&region.id) {
-                return Err(invalid("new region ids must be distinct and new"));
-            }
+            check_split_ids(region, floor, new_ids, index).map_err(|why| invalid(&why))?;
         }
         AdminCmd::PrepareMerge { target } => {
             if epoch != region.epoch {
@@ -154,6 +150,84 @@ fn check_conf_change(
     Ok((cc, ctx))
 }
 
+/// Why a split of `region` at `index` must not give its new regions `new_ids`: the
+/// ids must be ones the directory allocated for this split. Decided from the command
+/// and the region's replicated state only, so that every replica decides alike:
+///
+/// - The directory hands out ids once each, in increasing order, from
+///   [`FIRST_ALLOCATED_ID`] (ids below are bootstrap's: stores, the directory's region
+///   0, region 1, their peers). So an id below it, or one given twice in the command,
+///   was not allocated for this split.
+/// - Every id allocated after a region was created is above the region's own id (the
+///   region's id was allocated first, or is a bootstrap id): an id at or below the
+///   parent's names the parent or a region older than it.
+/// - The region records a watermark, its id floor (`LogState::id_floor`): one past the
+///   largest id any split of its lineage gave (a split sets it on the parent and its
+///   children, a merge gives the target the larger of both, a snapshot carries it).
+///   Ids below it were allocated for an earlier split of the lineage (a live child, or
+///   one merged away since). A split applied again after a crash between its log write
+///   and its engine split finds the floor set by itself, at its own index.
+///
+/// What this cannot see: an id allocated after the floor was set but for a split of
+/// another lineage. The directory never hands one out twice, so only a forged command
+/// can name one; `apply_split` then finds it hosted here and the replica halts rather
+/// than destroy anything (another replica of the region may not host it, so refusing
+/// here could make the replicas disagree).
+fn check_split_ids(
+    region: &Region,
+    floor: Option<IdFloor>,
+    new_ids: &[RegionId],
+    index: u64,
+) -> std::result::Result<(), String> {
+    let mut ids: Vec<u64> = new_ids.iter().map(|id| id.0).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.len() != new_ids.len() {
+        return Err("new region ids must be distinct".into());
+    }
+    let lowest = ids.first().copied().unwrap_or(u64::MAX);
+    if lowest < FIRST_ALLOCATED_ID {
+        return Err(format!(
+            "region id {lowest} was not allocated by the directory (it allocates from \
+             {FIRST_ALLOCATED_ID})"
+        ));
+    }
+    if lowest <= region.id.0 {
+        return Err(format!(
+            "region id {lowest} was allocated before region {} (an older region's)",
+            region.id
+        ));
+    }
+    if let Some(floor) = floor.filter(|f| f.set_at != index)
+        && lowest < floor.next_id
+    {
+        return Err(format!(
+            "region id {lowest} was allocated for an earlier split (this region's new ids \
+             start at {})",
+            floor.next_id
+        ));
+    }
+    Ok(())
+}
+
+/// The id floor of a merge target after a merge of `source` at `index` (of the
+/// target's log): above every id either lineage gave, and above the source's own id.
+fn merged_floor(
+    target: Option<IdFloor>,
+    source_floor: Option<IdFloor>,
+    source: RegionId,
+    index: u64,
+) -> IdFloor {
+    let next_id = [target, source_floor]
+        .into_iter()
+        .flatten()
+        .map(|f| f.next_id)
+        .chain([source.0 + 1])
+        .max()
+        .expect("one at least");
+    IdFloor { next_id, set_at: index }
+}
+
 /// A commit merge waiting for its source replica here to catch up.
 pub(super) struct MergeWait {
     pub source: RegionId,
@@ -164,6 +238,11 @@ pub(super) struct MergeWait {
 }
 
 impl StoreCore {
+    /// The id floor of `region` (see `check_split_ids`), from its log.
+    pub(super) fn id_floor(&self, region: RegionId) -> Option<IdFloor> {
+        self.ctx.log.state(region).and_then(|s| s.id_floor)
+    }
+
     /// If `entry` is a commit merge that will apply but whose source replica here has
     /// not reported catching up: what it waits for.
     pub(super) fn merge_wait(&self, region: RegionId, entry: &Entry) -> Option<MergeWait> {
@@ -179,7 +258,8 @@ impl StoreCore {
             self.ctx.engine_of(region).meta_index(region).unwrap_or(replica.checkpoint_index);
         if entry.index <= replica.applied_index
             || entry.index <= meta_index
-            || check_admin(replica, admin.epoch, &admin.cmd, entry.index).is_err()
+            || check_admin(replica, self.id_floor(region), admin.epoch, &admin.cmd, entry.index)
+                .is_err()
             || replica.merge.source_ready == Some(source.id)
         {
             return None;
@@ -207,7 +287,9 @@ impl StoreCore {
             replica.merge.state = engine.merge_state(region);
             return Ok(Err(Error::Dropped { region, reason: DropReason::AppliedBeforeRestart }));
         }
-        if let Err(refused) = check_admin(replica, admin.epoch, &admin.cmd, entry.index) {
+        let floor = self.ctx.log.state(region).and_then(|s| s.id_floor);
+        let replica = self.replicas.get_mut(&region).expect("present");
+        if let Err(refused) = check_admin(replica, floor, admin.epoch, &admin.cmd, entry.index) {
             tracing::info!(region = region.0, index = entry.index, error = %refused, "admin command refused");
             return Ok(Err(refused));
         }
@@ -247,6 +329,18 @@ impl StoreCore {
                         source.id, entry.index
                     )));
                 }
+                // The target takes over the source's lineage: its id floor becomes the
+                // larger of both, and above the source's own id (see
+                // `check_split_ids`). Durable before the engine's merge, like a split's.
+                let floor = merged_floor(
+                    self.id_floor(region),
+                    self.id_floor(source.id),
+                    source.id,
+                    entry.index,
+                );
+                let mut write = self.ctx.log.begin_write();
+                self.ctx.log.stage_id_floor(&mut write, region, floor)?;
+                self.ctx.log.persist(write)?;
                 let merged = self.ctx.engine.merge_at(source.id, region, entry.index)?;
                 let replica = self.replicas.get_mut(&region).expect("present");
                 replica.region = merged.clone();
@@ -288,10 +382,17 @@ impl StoreCore {
     }
 
     /// Splits `region` at the split command `entry`: the children's logs are made
-    /// durable first, then the engine splits (a checkpoint barrier), then the
-    /// children's replicas are created. A crash in between leaves logs of children the
-    /// engine does not host: they are tombstoned at the next open, and the split is
-    /// applied again from the parent's log.
+    /// durable first (with the parent's new id floor), then the engine splits (a
+    /// checkpoint barrier), then the children's replicas are created. A crash in
+    /// between leaves logs of children the engine does not host: they are tombstoned at
+    /// the next open, and the split is applied again from the parent's log.
+    ///
+    /// `check_admin` checked the new ids from replicated state; what only this store
+    /// can see is checked here before anything changes: a new id that names a region
+    /// hosted here, or a replica here with members (or one destroyed here), is never
+    /// destroyed to make room; the error halts this replica. A log left by an
+    /// uninitialized replica (created by a child's message, holding nothing) is
+    /// replaced.
     fn apply_split(
         &mut self,
         region: RegionId,
@@ -303,27 +404,41 @@ impl StoreCore {
         let conf_state = replica.conf_state();
         let peer_id = replica.id;
         let campaign = replica.is_leader();
-        // Both writes below are made durable here, on the core's thread, not by the
-        // driver's writer: the engine's split that follows must not become durable
-        // before the children's logs. Every region of this core waits for these WAL
-        // fdatasyncs (and for the split's checkpoints).
-        let mut leftovers = self.ctx.log.begin_write();
         for id in new_ids {
-            if self.ctx.log.state(*id).is_some() {
-                self.ctx.log.stage_tombstone(&mut leftovers, *id, None);
+            let hosted =
+                self.ctx.engine.region(*id).is_some() || self.ctx.directory.region(*id).is_some();
+            let live = self.ctx.log.state(*id).is_some_and(|s| {
+                !s.conf_state.voters.is_empty() || !s.conf_state.learners.is_empty()
+            });
+            let destroyed = self.ctx.log.tombstone(*id).is_some();
+            if hosted || live || destroyed {
+                return Err(Error::Internal(format!(
+                    "the split of region {region} at {} names region {id}, which this store \
+                     hosts, has a replica of or destroyed a replica of; nothing was changed",
+                    entry.index
+                )));
             }
         }
-        if !leftovers.is_empty() {
-            self.ctx.log.persist(leftovers)?;
-        }
+        // The write below is made durable here, on the core's thread, not by the
+        // driver's writer: the engine's split that follows must not become durable
+        // before the children's logs and the parent's id floor. Every region of this
+        // core waits for the WAL fdatasync (and for the split's checkpoints).
         let mut write = self.ctx.log.begin_write();
+        let largest = new_ids.iter().map(|id| id.0).max().expect("checked: one id or more");
+        let floor = IdFloor { next_id: largest + 1, set_at: entry.index };
+        self.ctx.log.stage_id_floor(&mut write, region, floor)?;
         for id in new_ids {
+            if self.ctx.log.state(*id).is_some() {
+                // An uninitialized replica's log: it holds nothing.
+                self.ctx.log.stage_tombstone(&mut write, *id, None);
+            }
             let mut state = LogState {
                 first_index: RAFT_INIT_INDEX + 1,
                 truncated_term: RAFT_INIT_TERM,
                 conf_state: conf_state.clone(),
                 peer_id: peer_id.0,
                 conf_index: RAFT_INIT_INDEX,
+                id_floor: Some(floor),
                 ..LogState::default()
             };
             state.hard_state.term = RAFT_INIT_TERM;
@@ -474,8 +589,17 @@ impl StoreCore {
     fn run_task(&mut self, task: CoreTask) -> Result<()> {
         match task {
             CoreTask::Adopt { region, campaign } => {
-                if self.replicas.contains_key(&region) {
-                    return Ok(());
+                match self.replicas.get(&region) {
+                    Some(replica) if replica.is_initialized() => return Ok(()),
+                    // A replica created by a message of the child's group, holding
+                    // nothing: the split tombstoned its log; the child replaces it.
+                    Some(_) => {
+                        if let Some(mut old) = self.replicas.remove(&region) {
+                            old.fail_all(|| Error::RegionNotFound { region });
+                        }
+                        self.awake.remove(&region);
+                    }
+                    None => {}
                 }
                 let hosted = self
                     .ctx

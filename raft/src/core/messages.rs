@@ -7,6 +7,7 @@ use regionkv_engine::checkpoint::CheckpointChunks;
 use regionkv_engine::{PeerId, RegionId};
 
 use super::StoreCore;
+use super::snapshot::decode_snapshot_data;
 use crate::error::Result;
 use crate::log::LogState;
 use crate::replica::ReplicaInit;
@@ -104,6 +105,10 @@ impl StoreCore {
                             index = meta.index,
                             "snapshot message without its checkpoint"
                         );
+                        return Ok(());
+                    }
+                    if let Err(e) = decode_snapshot_data(&msg.get_snapshot().data) {
+                        tracing::warn!(region = region.0, index = meta.index, reason = %e.reason, "snapshot message with malformed data dropped");
                         return Ok(());
                     }
                 }

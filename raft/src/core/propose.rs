@@ -138,8 +138,9 @@ impl StoreCore {
     /// decision is made from replicated state only.
     pub fn on_admin(&mut self, req: AdminRequest) {
         let AdminRequest { region, epoch, cmd, reply } = req;
+        let floor = self.id_floor(region);
         let replica = match self.leader(region).and_then(|replica| {
-            check_admin(replica, epoch, &cmd, replica.applied_index + 1)?;
+            check_admin(replica, floor, epoch, &cmd, replica.applied_index + 1)?;
             if let AdminCmd::PrepareMerge { .. } = cmd
                 && replica.has_pending_conf_change()
             {

@@ -1,14 +1,65 @@
 //! Snapshots and checkpoints: receiving a snapshot in chunks and installing it, preparing
 //! one for a follower that fell behind, and checkpointing (and compacting) as logs grow.
+//!
+//! A snapshot message carries raft-rs's metadata (index, term, members) and, in its
+//! data, the region's replicated state that lives in its Raft log rather than in the
+//! checkpoint:
+//!
+//! ```text
+//!  | format u8 = 1 | TLV (regionkv_engine::codec), every field optional:            |
+//!  |   1 id floor: the lowest id a split may give a new region   2 the index that set it |
+//! ```
+//!
+//! Empty data (a snapshot of a binary from before it) decodes as no id floor.
 
 use raft::eraftpb::Snapshot;
+use regionkv_engine::codec::{self, DecodeError, DecodeResult, TlvRecord, UnknownTags};
 use regionkv_engine::{CheckpointChunk, RegionId};
 
 use super::StoreCore;
 use crate::error::{Error, Result};
-use crate::log::LogState;
+use crate::log::{IdFloor, LogState};
 use crate::replica::{Contents, Incoming, Received};
 use crate::transport::SnapshotChunk;
+
+/// The format of a snapshot message's data.
+const SNAPSHOT_DATA_VERSION: u8 = 1;
+const D_ID_FLOOR: u16 = 1;
+const D_ID_FLOOR_INDEX: u16 = 2;
+
+/// A snapshot's data: the region's state kept in its log (see the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct SnapshotData {
+    pub id_floor: Option<IdFloor>,
+}
+
+pub(super) fn encode_snapshot_data(data: &SnapshotData) -> Vec<u8> {
+    let mut out = vec![SNAPSHOT_DATA_VERSION];
+    if let Some(floor) = data.id_floor {
+        codec::put_u64(&mut out, D_ID_FLOOR, floor.next_id);
+        codec::put_u64(&mut out, D_ID_FLOOR_INDEX, floor.set_at);
+    }
+    out
+}
+
+/// Decodes a snapshot's data; never panics, whatever `bytes` holds.
+pub(super) fn decode_snapshot_data(bytes: &[u8]) -> DecodeResult<SnapshotData> {
+    let Some((&version, body)) = bytes.split_first() else {
+        return Ok(SnapshotData::default());
+    };
+    if version != SNAPSHOT_DATA_VERSION {
+        return Err(DecodeError::new(0, "snapshot data of an unknown format version"));
+    }
+    let rec = TlvRecord::parse(body, &[D_ID_FLOOR, D_ID_FLOOR_INDEX], UnknownTags::Skip)
+        .map_err(|e| e.shifted(1))?;
+    let optional = |tag| rec.optional(tag).and_then(|f| f.map(|f| f.as_u64()).transpose());
+    let id_floor = match (optional(D_ID_FLOOR)?, optional(D_ID_FLOOR_INDEX)?) {
+        (Some(next_id), Some(set_at)) => Some(IdFloor { next_id, set_at }),
+        (None, None) => None,
+        _ => return Err(DecodeError::new(1, "an id floor without its index")),
+    };
+    Ok(SnapshotData { id_floor })
+}
 
 impl StoreCore {
     pub(super) fn on_snapshot_chunk(
@@ -81,6 +132,8 @@ impl StoreCore {
         snap.mut_metadata().index = replica.applied_index;
         snap.mut_metadata().term = term;
         snap.mut_metadata().set_conf_state(replica.conf_state());
+        let id_floor = self.ctx.log.state(region).and_then(|s| s.id_floor);
+        snap.data = encode_snapshot_data(&SnapshotData { id_floor }).into();
         replica.snapshot.slot.lock().ready = Some(snap);
         replica.snapshot.file = Some(file);
         self.ctx.log.stage_compaction(&mut self.write, region, replica.checkpoint_index)?;
@@ -105,6 +158,8 @@ impl StoreCore {
                 meta.index, meta.term
             )));
         }
+        // Checked before the message was stepped (`on_envelope`).
+        let data = decode_snapshot_data(&snap.data).unwrap_or_default();
         let installed = self.ctx.engine_of(region).install_checkpoint(checkpoint)?;
         let state = LogState {
             hard_state: replica.hard_state(),
@@ -113,6 +168,7 @@ impl StoreCore {
             truncated_term: meta.term,
             peer_id: replica.id.0,
             conf_index: meta.index,
+            id_floor: data.id_floor,
             ..LogState::default()
         };
         self.ctx.log.stage_snapshot(&mut self.write, region, state)?;

@@ -355,6 +355,21 @@ impl RaftLog {
         Ok(())
     }
 
+    /// Stages `region`'s new id floor (set by a split or merge; see
+    /// [`LogState::id_floor`]).
+    pub fn stage_id_floor(
+        &self,
+        write: &mut LogWrite,
+        region: RegionId,
+        floor: IdFloor,
+    ) -> Result<()> {
+        let log = self.region(region)?;
+        let mut log = log.lock();
+        log.state.id_floor = Some(floor);
+        write.region(region).state = Some(log.state.clone());
+        Ok(())
+    }
+
     /// Stages a compaction: entries up to `index` (whose term is `term`) are no longer
     /// needed, because a checkpoint at `index` or later is durable.
     pub fn stage_compaction(

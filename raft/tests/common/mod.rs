@@ -170,3 +170,24 @@ pub fn write_keys(
 pub fn letters(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{}{:02}", (b'a' + (i % 26) as u8) as char, i)).collect()
 }
+
+/// Runs until every running store with a replica of `region` has the same view of it,
+/// fully applied; returns it.
+pub fn converge_region(c: &mut SimCluster, region: RegionId) -> Region {
+    let settled = c.run_until(30 * SECOND, |c| {
+        let views: Vec<(Region, u64, u64)> = c
+            .store_ids()
+            .into_iter()
+            .filter(|s| c.is_running(*s))
+            .flat_map(|s| c.status(s))
+            .filter(|p| p.region.id == region && p.initialized)
+            .map(|p| (p.region, p.commit, p.applied))
+            .collect();
+        !views.is_empty()
+            && views.windows(2).all(|w| w[0] == w[1])
+            && views.iter().all(|(_, commit, applied)| commit == applied)
+    });
+    assert!(settled, "the replicas of region {region} did not converge");
+    let store = c.store_ids().into_iter().find(|s| c.is_running(*s)).unwrap();
+    c.region(store, region).expect("hosted")
+}
