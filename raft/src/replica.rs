@@ -128,11 +128,20 @@ pub(crate) struct MergeProgress {
 }
 
 /// A merge target on this store waiting for its source replica here to apply the
-/// source's log up to the prepare command.
+/// source's log up to the prepare command (at `index`, of `term`, as the target's
+/// commit merge says).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct CatchUp {
     pub target: RegionId,
     pub index: u64,
+    pub term: u64,
+}
+
+impl CatchUp {
+    /// The merge state the commit merge expects the source's prepare to have recorded.
+    pub fn expected(&self) -> MergeState {
+        MergeState { target: self.target, prepare_index: self.index, prepare_term: self.term }
+    }
 }
 
 /// Committed entries a merge target holds back, from its commit merge on, until the
@@ -418,9 +427,16 @@ impl Replica {
             && self.merge.catch_up.is_none()
     }
 
-    /// Commits `index` from this replica's own log if it holds that entry with `term`
-    /// durably (a merge target committed the merge, which proves the entry committed in
-    /// this group, whose leader may be gone already).
+    /// True if this replica's log holds entry `index` of `term` durably.
+    pub fn holds_entry(&self, index: u64, term: u64) -> bool {
+        let log = &self.raw.raft.raft_log;
+        log.persisted >= index && log.term(index).ok() == Some(term)
+    }
+
+    /// Commits `index` from this replica's own log, which holds it durably (a merge
+    /// target committed the merge naming that entry as this group's prepare command,
+    /// which proves it committed here; this group's leader may be gone already). The
+    /// caller checked that the entry is that prepare command.
     pub fn commit_held_entry(&mut self, index: u64, term: u64) {
         let log = &mut self.raw.raft.raft_log;
         if self.applied_index < index

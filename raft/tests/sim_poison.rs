@@ -276,3 +276,110 @@ fn a_split_naming_a_live_region_of_another_lineage_destroys_nothing() {
     }
     serve(&mut c, "restarted");
 }
+
+#[test]
+fn a_commit_merge_that_does_not_match_the_sources_prepare_is_refused() {
+    let mut c = cluster_with_directory(8);
+    let mut model = std::collections::BTreeMap::new();
+    common::write_keys(&mut c, &mut model, &common::letters(26), "v1");
+    let parts = common::split(&mut c, R1, &["h", "p"]).unwrap();
+    let (source, right) = (parts[1].id, parts[2].id);
+    common::converge(&mut c);
+    let leader = c.wait_leader(R1, SECOND).unwrap();
+    let target = c.region(leader, R1).unwrap();
+    let status = regionkv_raft::merge_driver::RegionAdmin::merge_status(&mut c, source).unwrap();
+    let prepared = regionkv_raft::merge_driver::RegionAdmin::admin(
+        &mut c,
+        source,
+        status.region.epoch,
+        regionkv_raft::AdminCmd::PrepareMerge { target },
+    )
+    .unwrap();
+    let regionkv_raft::AdminResult::Prepared { source: src, prepare_index, prepare_term } =
+        prepared
+    else {
+        panic!("{prepared:?}")
+    };
+    assert!(c.run_until(10 * SECOND, |c| common::all_matched(c, source)));
+    let commit = |c: &mut SimCluster, to: RegionId, index: u64, term: u64| {
+        let epoch = common::region_epoch(c, to);
+        let cmd = regionkv_raft::AdminCmd::CommitMerge {
+            source: src.clone(),
+            prepare_index: index,
+            prepare_term: term,
+        };
+        regionkv_raft::merge_driver::RegionAdmin::admin(c, to, epoch, cmd)
+    };
+    let bad = [
+        ("a later index", R1, prepare_index + 1, prepare_term),
+        ("an earlier index", R1, prepare_index - 1, prepare_term),
+        ("another term", R1, prepare_index, prepare_term + 1),
+        ("an index past the source's log", R1, prepare_index + 1000, prepare_term),
+        ("another target", right, prepare_index, prepare_term),
+    ];
+    for (what, to, index, term) in bad {
+        let refused = commit(&mut c, to, index, term);
+        assert!(matches!(refused, Err(Error::InvalidRequest(_))), "{what}: {refused:?}");
+        all_hosted(&c, &[DIRECTORY, R1, source, right], what);
+        let status = regionkv_raft::merge_driver::RegionAdmin::merge_status(&mut c, source);
+        assert!(status.unwrap().merge.is_some(), "{what}: the source is still prepared");
+    }
+    // The true commit still merges.
+    let merged = commit(&mut c, R1, prepare_index, prepare_term).unwrap();
+    assert!(matches!(merged, regionkv_raft::AdminResult::Merged(_)), "{merged:?}");
+    common::converge(&mut c);
+    assert_eq!(common::scan_all(&mut c), model);
+    keeps_serving(&mut c, "commit-merge");
+}
+
+#[test]
+fn a_commit_merge_naming_an_uncommitted_entry_never_commits_it() {
+    use regionkv_engine::StoreId;
+    use regionkv_raft::transport::local::{Action, Rule, Scope};
+    let mut c = cluster_with_directory(9);
+    let mut model = std::collections::BTreeMap::new();
+    common::write_keys(&mut c, &mut model, &common::letters(26), "v1");
+    let source = common::split(&mut c, R1, &["m"]).unwrap()[1].id;
+    common::converge(&mut c);
+    // Store 1 leads the source, store 2 the target.
+    let (one, two) = (StoreId(1), StoreId(2));
+    for (region, store) in [(source, one), (R1, two)] {
+        let leader = c.wait_leader(region, SECOND).unwrap();
+        let peers = c.region(leader, region).unwrap().peers;
+        let peer = peers.iter().find(|p| p.store == store).unwrap().id;
+        c.transfer_leader(leader, region, peer);
+        assert!(c.run_until(5 * SECOND, |c| c.leader(region) == Some(store)));
+    }
+    // The source's leader is cut off from its group and appends a write it can never
+    // commit: an entry (i, t) durable in its log only.
+    for scope in [
+        Scope { from: Some(one), region: Some(source), ..Scope::any() },
+        Scope { to: Some(one), region: Some(source), ..Scope::any() },
+    ] {
+        c.faults().add(Rule { scope, action: Action::Drop(1.0) });
+    }
+    let lost = c.write(one, source, vec![Op::Put { key: "x-lost".into(), value: "1".into() }]);
+    c.run_for(Duration::from_millis(50));
+    let held = c.status(one).into_iter().find(|p| p.region.id == source).unwrap();
+    assert!(held.last_index > held.commit, "{held:?}");
+    // A commit merge naming that entry: the target's replica on store 1 must not commit
+    // it in the source's log (it is not a prepare), and every replica refuses the merge.
+    let src = c.region(one, source).unwrap();
+    let cmd = regionkv_raft::AdminCmd::CommitMerge {
+        source: src,
+        prepare_index: held.last_index,
+        prepare_term: held.term,
+    };
+    let epoch = c.region(two, R1).unwrap().epoch;
+    let refused = regionkv_raft::merge_driver::RegionAdmin::admin(&mut c, R1, epoch, cmd);
+    assert!(matches!(refused, Err(Error::InvalidRequest(_))), "{refused:?}");
+    // The rest of the source's group elects a leader that never saw the entry.
+    assert!(c.run_until(10 * SECOND, |c| c.leader(source).is_some_and(|l| l != one)));
+    c.faults().clear();
+    common::converge(&mut c);
+    let lost = c.wait(&lost, 5 * SECOND);
+    assert!(!matches!(lost, Some(Ok(()))), "the cut-off write was never committed: {lost:?}");
+    all_hosted(&c, &[DIRECTORY, R1, source], "healed");
+    assert_eq!(common::scan_all(&mut c), model, "the uncommitted write never applied");
+    keeps_serving(&mut c, "uncommitted");
+}

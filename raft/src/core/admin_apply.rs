@@ -322,37 +322,10 @@ impl StoreCore {
             }
             AdminCmd::CommitMerge { source, prepare_index, prepare_term } => {
                 let expected = MergeState { target: region, prepare_index, prepare_term };
-                if self.ctx.engine.merge_state(source.id) != Some(expected) {
-                    return Err(Error::Internal(format!(
-                        "commit merge of region {} into {region} at {}: the source here is not \
-                         prepared as the committed command says",
-                        source.id, entry.index
-                    )));
+                match self.apply_commit_merge(region, entry, source.id, expected)? {
+                    Ok(merged) => merged,
+                    Err(refused) => return Ok(Err(refused)),
                 }
-                // The target takes over the source's lineage: its id floor becomes the
-                // larger of both, and above the source's own id (see
-                // `check_split_ids`). Durable before the engine's merge, like a split's.
-                let floor = merged_floor(
-                    self.id_floor(region),
-                    self.id_floor(source.id),
-                    source.id,
-                    entry.index,
-                );
-                let mut write = self.ctx.log.begin_write();
-                self.ctx.log.stage_id_floor(&mut write, region, floor)?;
-                self.ctx.log.persist(write)?;
-                let merged = self.ctx.engine.merge_at(source.id, region, entry.index)?;
-                let replica = self.replicas.get_mut(&region).expect("present");
-                replica.region = merged.clone();
-                replica.merge.source_ready = None;
-                self.send_task(CoreTask::Merged { source: source.id });
-                tracing::info!(
-                    source = source.id.0,
-                    target = region.0,
-                    index = entry.index,
-                    "merge committed"
-                );
-                AdminResult::Merged(merged)
             }
             AdminCmd::RollbackMerge { .. } => {
                 let source = self.ctx.engine.rollback_merge(region, entry.index)?;
@@ -379,6 +352,57 @@ impl StoreCore {
             }
         }
         Ok(Ok(result))
+    }
+
+    /// Applies a commit merge of `source` into `region` (the target), whose prepare the
+    /// command says recorded `expected`; refused unless the source's own prepare did.
+    fn apply_commit_merge(
+        &mut self,
+        region: RegionId,
+        entry: &Entry,
+        source: RegionId,
+        expected: MergeState,
+    ) -> Result<Result<AdminResult>> {
+        // The source replica here applied its log up to the prepare the command names
+        // (or cannot get there: see `catch_up`), so what its own prepare recorded is
+        // what every store's source replica recorded.
+        if self.ctx.engine.region(source).is_none() {
+            return Err(Error::Internal(format!(
+                "the merge of region {source} into {region} at {} committed, but the source \
+                 has no replica here",
+                entry.index
+            )));
+        }
+        let recorded = self.ctx.engine.merge_state(source);
+        if recorded != Some(expected) {
+            let refused = Error::InvalidRequest(format!(
+                "commit merge of region {source} into {region}: the source's prepare recorded \
+                 {recorded:?}, the command says {expected:?}"
+            ));
+            tracing::info!(region = region.0, index = entry.index, error = %refused, "admin command refused");
+            let replica = self.replicas.get_mut(&region).expect("present");
+            replica.merge.source_ready = None;
+            return Ok(Err(refused));
+        }
+        // The target takes over the source's lineage: its id floor becomes the larger
+        // of both, and above the source's own id (see `check_split_ids`). Durable
+        // before the engine's merge, like a split's.
+        let floor = merged_floor(self.id_floor(region), self.id_floor(source), source, entry.index);
+        let mut write = self.ctx.log.begin_write();
+        self.ctx.log.stage_id_floor(&mut write, region, floor)?;
+        self.ctx.log.persist(write)?;
+        let merged = self.ctx.engine.merge_at(source, region, entry.index)?;
+        let replica = self.replicas.get_mut(&region).expect("present");
+        replica.region = merged.clone();
+        replica.merge.source_ready = None;
+        self.send_task(CoreTask::Merged { source });
+        tracing::info!(
+            source = source.0,
+            target = region.0,
+            index = entry.index,
+            "merge committed"
+        );
+        Ok(Ok(AdminResult::Merged(merged)))
     }
 
     /// Splits `region` at the split command `entry`: the children's logs are made
@@ -549,14 +573,68 @@ impl StoreCore {
         Ok(Ok(()))
     }
 
-    /// Tells a waiting merge target once this source replica applied far enough.
+    /// Tells a waiting merge target once this source replica applied far enough: up
+    /// to the prepare its commit merge names, or its own prepare, if that is another
+    /// (then the commit merge is refused: a prepared source applies nothing that could
+    /// prepare it again before a rollback, which the merge driver proposes only once
+    /// no commit merge can apply). Until then, commits the prepare from this replica's
+    /// own log once it holds it durably (see `catch_up`).
     pub(super) fn check_catch_up(&mut self, source: RegionId) {
-        let Some(replica) = self.replicas.get_mut(&source) else { return };
+        let Some(replica) = self.replicas.get(&source) else { return };
         let Some(catch_up) = replica.merge.catch_up else { return };
-        if replica.applied_index >= catch_up.index {
+        let other_prepare = replica.merge.state.is_some_and(|m| m != catch_up.expected());
+        if replica.applied_index >= catch_up.index || other_prepare {
+            let replica = self.replicas.get_mut(&source).expect("checked");
             replica.merge.catch_up = None;
             self.send_task(CoreTask::SourceReady { target: catch_up.target, source });
+            return;
         }
+        let (index, term) = (catch_up.index, catch_up.term);
+        if replica.committed() < index
+            && replica.holds_entry(index, term)
+            && self.is_prepare_of(source, index, catch_up.target)
+        {
+            let replica = self.replicas.get_mut(&source).expect("checked");
+            replica.commit_held_entry(index, term);
+            self.dirty.insert(source);
+        }
+    }
+
+    /// True if entry `index` of `source`'s log here is a prepare merge into `target`.
+    fn is_prepare_of(&self, source: RegionId, index: u64, target: RegionId) -> bool {
+        let entries = self.ctx.log.entries(source, index, index + 1, None);
+        entries.ok().and_then(|e| e.into_iter().next()).is_some_and(|e| {
+            matches!(
+                command::decode(&e.data),
+                Ok(Command::Admin(Admin { cmd: AdminCmd::PrepareMerge { target: t }, .. }))
+                    if t.id == target
+            )
+        })
+    }
+
+    /// A merge target here waits for this store's source replica to apply its log up
+    /// to the prepare at (`index`, `term`) its commit merge names. That prepare is
+    /// committed in the source's group (the merge driver proposes the commit only then,
+    /// and only once every source replica's log holds it), so a replica whose log holds
+    /// that very entry durably, and it is a prepare naming this target, may commit it
+    /// without hearing from the source's leader (which may be gone already); never
+    /// another entry (an uncommitted tail of a deposed leader may sit at that index). A
+    /// replica that does not hold it yet waits for it: its log may have lost it (a
+    /// point-in-time recovery), and its group sends it again.
+    fn catch_up(&mut self, source: RegionId, target: RegionId, index: u64, term: u64) {
+        let Some(replica) = self.replicas.get_mut(&source) else {
+            tracing::warn!(
+                source = source.0,
+                target = target.0,
+                "merge source has no replica here"
+            );
+            // The target halts on the commit (it cannot merge a source it does not host).
+            self.send_task(CoreTask::SourceReady { target, source });
+            return;
+        };
+        replica.merge.catch_up = Some(CatchUp { target, index, term });
+        self.dirty.insert(source);
+        self.check_catch_up(source);
     }
 
     /// Takes a [`CoreTask`] for a region this core owns.
@@ -624,22 +702,7 @@ impl StoreCore {
                 tracing::info!(region = region.0, campaign, "created the replica of a split child");
             }
             CoreTask::CatchUp { source, target, index, term } => {
-                let Some(replica) = self.replicas.get_mut(&source) else {
-                    tracing::warn!(
-                        source = source.0,
-                        target = target.0,
-                        "merge source has no replica here"
-                    );
-                    return Ok(());
-                };
-                replica.merge.catch_up = Some(CatchUp { target, index });
-                // The target committed its merge, so the source's prepare command is
-                // committed in the source's group; if this replica's log holds that very
-                // entry, it may commit it without hearing from the source's leader
-                // (which may be gone already).
-                replica.commit_held_entry(index, term);
-                self.dirty.insert(source);
-                self.check_catch_up(source);
+                self.catch_up(source, target, index, term);
             }
             CoreTask::SourceReady { target, source } => {
                 if let Some(replica) = self.replicas.get_mut(&target) {
