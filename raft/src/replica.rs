@@ -540,6 +540,20 @@ impl Replica {
         }
     }
 
+    /// Refuses reads on a prepared merge source (the target may commit the merge and
+    /// take writes to these keys at any time: this copy may be stale already), and on
+    /// a merge target paused until its source replica here catches up (it holds back
+    /// what it committed). Both are retryable.
+    pub fn check_readable(&self) -> Result<()> {
+        if let Some(m) = self.merge.state {
+            return Err(Error::Merging { region: self.region.id, target: m.target });
+        }
+        if let Some(paused) = &self.merge.paused {
+            return Err(Error::Merging { region: paused.source, target: self.region.id });
+        }
+        Ok(())
+    }
+
     pub fn not_leader(&self) -> Error {
         Error::NotLeader { region: self.region.id, leader: self.leader_store() }
     }

@@ -420,6 +420,7 @@ impl StoreCore {
             for read in reads {
                 let result = replica
                     .check_version(read.epoch)
+                    .and_then(|()| replica.check_readable())
                     .and_then(|()| run_query(&snapshot, &replica.region, &read.query));
                 (read.reply)(result);
             }

@@ -63,6 +63,7 @@ impl StoreCore {
         let region = req.region;
         match self.leader(region).and_then(|replica| {
             replica.check_version(req.epoch)?;
+            replica.check_readable()?;
             Ok(replica)
         }) {
             Ok(replica) => replica.reads.unissued.push(req),
