@@ -879,6 +879,18 @@ impl SimCluster {
         }
     }
 
+    /// Delivers `envelopes` now, as if they came over the network (for tests that send
+    /// what no store would: forged or damaged messages).
+    pub fn inject(&mut self, envelopes: Vec<Envelope>) {
+        let mut by_store: BTreeMap<StoreId, Vec<Envelope>> = BTreeMap::new();
+        for env in envelopes {
+            by_store.entry(env.to).or_default().push(env);
+        }
+        for (to, batch) in by_store {
+            self.handle(Event::Deliver(to, batch));
+        }
+    }
+
     /// Messages of `kind` dropped or not, for tests that count traffic (debugging aid).
     pub fn is_raft(env: &Envelope, kind: MessageType) -> bool {
         matches!(&env.body, Body::Raft(m) if m.get_msg_type() == kind)

@@ -10,7 +10,9 @@
 
 mod common;
 
-use regionkv_engine::{RegionId, StoreId};
+use std::time::Duration;
+
+use regionkv_engine::{Region, RegionId, StoreId};
 use regionkv_raft::merge_driver::RegionAdmin;
 use regionkv_raft::sim::SimCluster;
 use regionkv_raft::transport::local::{Action, Rule, Scope};
@@ -100,4 +102,151 @@ fn lead(c: &mut SimCluster, region: RegionId, store: StoreId) {
     let peer = peers.iter().find(|p| p.store == store).unwrap().id;
     c.transfer_leader(leader, region, peer);
     assert!(c.run_until(5 * SECOND, |c| c.leader(region) == Some(store)), "{region} to {store}");
+}
+
+/// A2: a store down while a merge commits, whose target replica then gets a snapshot
+/// of the merged target (the log was compacted past the merge): the snapshot covers
+/// the source replica still on that store, a stale merge source. Before, the install
+/// failed on the overlap and stopped the store, at every restart.
+#[test]
+fn a_snapshot_over_a_stale_merge_source_replaces_it() {
+    for mode in [regionkv_wal::CrashMode::Lost, regionkv_wal::CrashMode::Persisted] {
+        let mut config = regionkv_raft::sim::SimConfig::new(33);
+        config.checkpoint_log_bytes = 1024; // compact soon after the merge
+        let mut c = SimCluster::new(config).unwrap();
+        c.wait_leader(R1, 10 * SECOND).unwrap();
+        let mut model = std::collections::BTreeMap::new();
+        write_keys(&mut c, &mut model, &letters(26), "v1");
+        let source = split(&mut c, R1, &["m"]).unwrap()[1].id;
+        converge(&mut c);
+        let down = StoreId(3);
+        lead(&mut c, R1, StoreId(1));
+        lead(&mut c, source, StoreId(1));
+        let (src, prepare_index, prepare_term) = prepare(&mut c, source);
+        assert!(c.run_until(10 * SECOND, |c| common::all_matched(c, source)));
+        c.crash(down, mode);
+        let merge = regionkv_engine::MergeState { target: R1, prepare_index, prepare_term };
+        let options = regionkv_raft::merge_driver::MergeOptions::default();
+        regionkv_raft::merge_driver::finish_merge(&mut c, &src, merge, options).unwrap();
+        // Enough writes for the target to checkpoint and compact past the merge.
+        write_keys(&mut c, &mut model, &letters(26), "v2");
+        write_keys(&mut c, &mut model, &letters(26), "v3");
+        c.restart(down).unwrap();
+        let regions = converge(&mut c);
+        assert_eq!(regions.len(), 1, "{mode:?}: {regions:?}");
+        assert!(c.status(down).iter().all(|p| p.region.id != source), "{mode:?}");
+        // Store 3 holds everything: read with store 1 cut off.
+        c.faults().isolate(StoreId(1));
+        assert_eq!(common::scan_all(&mut c), model, "{mode:?}");
+    }
+}
+
+/// A snapshot of `region` at (`index`, `term`) from its leader to `to`'s replica, whose
+/// checkpoint holds `header` (region and applied index) with one key, `evil`.
+fn crafted_snapshot(
+    c: &SimCluster,
+    region: RegionId,
+    to: StoreId,
+    (index, term): (u64, u64),
+    header: &regionkv_engine::Region,
+    applied_index: u64,
+) -> Vec<regionkv_raft::transport::Envelope> {
+    use regionkv_raft::transport::{Body, Envelope, KeyRange, SnapshotChunk};
+    let fs: std::sync::Arc<dyn regionkv_wal::fs::FileSystem> =
+        std::sync::Arc::new(regionkv_wal::SimFs::new());
+    let opts = regionkv_engine::EngineOptions::new(StoreId(99));
+    let engine = regionkv_engine::Engine::open(fs, "/forged", opts).unwrap();
+    engine.insert_region(header.clone()).unwrap();
+    let mut round = engine.begin_round();
+    round.prepare_for_region(header.id, header.epoch).unwrap();
+    round.put(b"evil", b"forged").unwrap();
+    round.commit().unwrap();
+    engine.checkpoint(header.id, applied_index).unwrap();
+    let file = engine.latest_checkpoint(header.id).unwrap().unwrap();
+    let leader = c.leader(region).unwrap();
+    let current = c.region(leader, region).unwrap();
+    let from = current.peers.iter().find(|p| p.store == leader).unwrap().id;
+    let peer = current.peers.iter().find(|p| p.store == to).unwrap().id;
+    let envelope = |body| Envelope {
+        region,
+        from: leader,
+        to,
+        epoch: Some(current.epoch),
+        range: Some(KeyRange { start: current.start.clone(), end: current.end.clone() }),
+        body,
+    };
+    let mut out: Vec<Envelope> = regionkv_engine::checkpoint::CheckpointChunks::new(&file, 4096)
+        .map(|chunk| {
+            envelope(Body::SnapshotChunk(SnapshotChunk {
+                index,
+                term,
+                offset: chunk.offset,
+                file_bytes: chunk.file_bytes,
+                data: chunk.data,
+            }))
+        })
+        .collect();
+    let mut msg = raft::eraftpb::Message::default();
+    msg.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
+    msg.from = from.0;
+    msg.to = peer.0;
+    msg.term = term;
+    let meta = msg.mut_snapshot().mut_metadata();
+    meta.index = index;
+    meta.term = term;
+    meta.mut_conf_state().voters = current.peers.iter().map(|p| p.id.0).collect();
+    out.push(envelope(Body::Raft(msg)));
+    out
+}
+
+/// How a test forges a snapshot's region from the true one.
+type Forge = fn(&Region) -> Region;
+
+/// `region` at a version ahead of its own (as a later split or merge would leave it).
+fn newer(region: &regionkv_engine::Region) -> regionkv_engine::Region {
+    let epoch = regionkv_engine::Epoch { version: region.epoch.version + 5, ..region.epoch };
+    regionkv_engine::Region { epoch, ..region.clone() }
+}
+
+/// The key `evil` is nowhere: not in any store's engine.
+fn no_forged_key(c: &SimCluster, tag: &str) {
+    for store in c.store_ids() {
+        let engine = c.engine(store).unwrap();
+        assert_eq!(engine.read_view().get(b"evil"), None, "{tag}: store {store}");
+    }
+}
+
+/// H3 and A2: snapshots a leader would never send are dropped before raft-rs sees them
+/// (a checkpoint of another region, or at another index than the snapshot's; a region
+/// overlapping one still hosted that is not an older part of it), and nothing of them
+/// is installed. Before, the engine installed whatever region the checkpoint named
+/// (or failed on the overlap and stopped the store).
+#[test]
+fn snapshots_whose_checkpoint_does_not_fit_are_dropped() {
+    let mut c = cluster(34);
+    let mut model = std::collections::BTreeMap::new();
+    write_keys(&mut c, &mut model, &letters(26), "v1");
+    let source = split(&mut c, R1, &["m"]).unwrap()[1].id;
+    converge(&mut c);
+    let victim = StoreId(3);
+    let cases: [(&str, Forge, u64); 3] = [
+        ("a checkpoint of another region", |r| Region { id: RegionId(4242), ..newer(r) }, 0),
+        ("a checkpoint at another index", newer, 1),
+        ("a region over one still hosted, not older", |r| Region { end: None, ..r.clone() }, 0),
+    ];
+    for (what, header, behind) in cases {
+        lead(&mut c, R1, StoreId(1));
+        let r1 = c.region(StoreId(1), R1).unwrap();
+        let status = c.status(victim).into_iter().find(|p| p.region.id == R1).unwrap();
+        let (index, term) = (status.commit + 100, status.term);
+        let forged = crafted_snapshot(&c, R1, victim, (index, term), &header(&r1), index - behind);
+        c.inject(forged);
+        c.run_for(Duration::from_millis(100));
+        no_forged_key(&c, what);
+        let regions = converge(&mut c);
+        assert_eq!(regions.iter().map(|r| r.id).collect::<Vec<_>>(), vec![R1, source], "{what}");
+        c.faults().isolate(StoreId(1));
+        assert_eq!(common::scan_all(&mut c), model, "{what}");
+        c.faults().clear();
+    }
 }

@@ -372,14 +372,40 @@ impl Engine {
     /// (a lagging replica), it is replaced, data and all, in one manifest update; any
     /// other region overlapping the range is an error.
     pub fn install_checkpoint(&self, received: ReceivedCheckpoint) -> Result<Region> {
+        self.install_checkpoint_over(received, &[])
+    }
+
+    /// [`Engine::install_checkpoint`], also removing the regions `stale` (data and
+    /// all) in the same manifest update: regions this store still hosts whose range
+    /// the checkpoint's region took over since (a merge source whose merge committed
+    /// while this store was behind). After a crash either they are all there, or the
+    /// installed region is. Any other region overlapping the range is an error, and
+    /// nothing changes.
+    pub fn install_checkpoint_over(
+        &self,
+        received: ReceivedCheckpoint,
+        stale: &[RegionId],
+    ) -> Result<Region> {
         let ReceivedCheckpoint { file_id, file } = received;
         let header = file.header();
         let region = &header.region;
         self.inner.change(
             |s| {
-                let pins = self.inner.pins.lock().count(region.id);
-                if pins > 0 {
-                    return Err(Error::RegionBusy { region: region.id, pins });
+                {
+                    let pins = self.inner.pins.lock();
+                    for id in std::iter::once(&region.id).chain(stale) {
+                        let count = pins.count(*id);
+                        if count > 0 {
+                            return Err(Error::RegionBusy { region: *id, pins: count });
+                        }
+                    }
+                }
+                let mut removed = Vec::with_capacity(stale.len());
+                for id in stale {
+                    if *id == region.id {
+                        continue;
+                    }
+                    removed.push(s.map.remove(*id)?.ok_or(Error::RegionNotFound { region: *id })?);
                 }
                 // A lagging replica's old version of the region is replaced in the same
                 // manifest update: after a crash either the old region or the new one
@@ -397,10 +423,11 @@ impl Engine {
                 next.next_file_id = s.durable.next_file_id;
                 // The checkpoint's region is the metadata as of its applied index.
                 next.set_meta_index(&[region.id], header.applied_index);
-                Ok((next, (replaced, part)))
+                removed.extend(replaced);
+                Ok((next, (removed, part)))
             },
-            |p, (replaced, part)| {
-                if let Some(old) = &replaced {
+            |p, (removed, part)| {
+                for old in &removed {
                     self.inner.memtable.remove_range(&old.start, old.end.as_deref());
                     p.regions.bytes.remove(&old.id);
                 }

@@ -94,30 +94,47 @@ impl StoreCore {
                     return Ok(()); // for an older replica of the region on this store
                 }
                 replica.known_stores.insert(PeerId(msg.from), from);
-                if msg.get_msg_type() == MessageType::MsgSnapshot {
-                    let meta = msg.get_snapshot().get_metadata();
-                    let ready = (replica.snapshot.received.as_ref())
-                        .is_some_and(|r| (r.index, r.term) == (meta.index, meta.term));
-                    if !ready {
-                        // The checkpoint did not arrive whole; the leader sends again.
-                        tracing::debug!(
-                            region = region.0,
-                            index = meta.index,
-                            "snapshot message without its checkpoint"
-                        );
-                        return Ok(());
-                    }
-                    if let Err(e) = decode_snapshot_data(&msg.get_snapshot().data) {
-                        tracing::warn!(region = region.0, index = meta.index, reason = %e.reason, "snapshot message with malformed data dropped");
-                        return Ok(());
-                    }
+                if msg.get_msg_type() == MessageType::MsgSnapshot
+                    && !self.may_step_snapshot(region, &msg)
+                {
+                    return Ok(());
                 }
+                let replica = self.replicas.get_mut(&region).expect("present");
                 replica.raw.step(msg)?;
             }
             Body::SnapshotChunk(chunk) => self.on_snapshot_chunk(region, chunk)?,
         }
         self.dirty.insert(region);
         Ok(())
+    }
+
+    /// True if raft-rs may take the snapshot message `msg` for `region`: its checkpoint
+    /// arrived whole, its data decodes, and `check_snapshot` finds it installable here.
+    /// Otherwise it is dropped (the leader sends it again).
+    fn may_step_snapshot(&mut self, region: RegionId, msg: &Message) -> bool {
+        let meta = msg.get_snapshot().get_metadata();
+        let replica = self.replicas.get_mut(&region).expect("present");
+        let ready = (replica.snapshot.received.as_ref())
+            .is_some_and(|r| (r.index, r.term) == (meta.index, meta.term));
+        if !ready {
+            // The checkpoint did not arrive whole; the leader sends again.
+            tracing::debug!(
+                region = region.0,
+                index = meta.index,
+                "snapshot message without its checkpoint"
+            );
+            return false;
+        }
+        let checked = decode_snapshot_data(&msg.get_snapshot().data)
+            .map_err(|e| format!("its data does not decode: {}", e.reason))
+            .and_then(|_| self.check_snapshot(region, meta.index));
+        if let Err(why) = checked {
+            tracing::warn!(region = region.0, index = meta.index, reason = %why, "snapshot dropped; the leader sends one again");
+            let replica = self.replicas.get_mut(&region).expect("present");
+            replica.snapshot.received = None;
+            return false;
+        }
+        true
     }
 
     /// Creates a replica of `region`, as peer `id`, that holds nothing until its

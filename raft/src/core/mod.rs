@@ -440,6 +440,9 @@ impl StoreCore {
         let mut installed = None;
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
+            // What the pass applied so far lands first: the install may replace regions
+            // the round holds (stale merge sources).
+            applier.cut()?;
             self.install_snapshot(region, &snap)?;
             installed = Some(snap.get_metadata().index);
         }

@@ -17,6 +17,7 @@ use regionkv_engine::codec::{self, DecodeError, DecodeResult, TlvRecord, Unknown
 use regionkv_engine::{CheckpointChunk, RegionId};
 
 use super::StoreCore;
+use super::output::CoreTask;
 use crate::error::{Error, Result};
 use crate::log::{IdFloor, LogState};
 use crate::replica::{Contents, Incoming, Received};
@@ -141,11 +142,72 @@ impl StoreCore {
         Ok(())
     }
 
-    /// Installs a received snapshot: the engine takes the checkpoint (durably), then
-    /// the log restarts after it.
+    /// Why the snapshot of `region` at `index`, whose checkpoint arrived whole, must not
+    /// be stepped (the leader sends it again later); else the regions hosted here that
+    /// installing it replaces. Checked before raft-rs sees the message, and again
+    /// before the install:
+    ///
+    /// - H3: the checkpoint must be of this region, at the snapshot's index (the
+    ///   engine installs whatever region the checkpoint's header names);
+    /// - A2: every other region hosted here that overlaps it must be a stale one whose
+    ///   range the snapshot's region took over since: a merge source whose merge
+    ///   state names this region, or an older version of part of its range (its whole
+    ///   range inside the snapshot's: it was merged into it while this store was
+    ///   behind). Those are replaced in the same manifest update as the install.
+    ///   Anything else (a region this store still needs, a split parent that will
+    ///   split itself) means this store is not ready for the snapshot.
+    pub(super) fn check_snapshot(
+        &self,
+        region: RegionId,
+        index: u64,
+    ) -> std::result::Result<Vec<RegionId>, String> {
+        let replica = self.replicas.get(&region).ok_or("no replica")?;
+        let received = replica.snapshot.received.as_ref().ok_or("no checkpoint received")?;
+        let header = received.checkpoint.file().header();
+        if header.region.id != region || header.applied_index != index {
+            return Err(format!(
+                "the checkpoint is of region {} at {}, the snapshot of region {region} at \
+                 {index}",
+                header.region.id, header.applied_index
+            ));
+        }
+        let new = &header.region;
+        let engine = self.ctx.engine_of(region);
+        let mut stale = Vec::new();
+        for old in engine.overlapping(&new.start, new.end.as_deref()) {
+            if old.id == region {
+                continue;
+            }
+            let source_of_this = engine.merge_state(old.id).is_some_and(|m| m.target == region);
+            let inside = new.start <= old.start
+                && match (&new.end, &old.end) {
+                    (None, _) => true,
+                    (Some(n), Some(o)) => o <= n,
+                    (Some(_), None) => false,
+                };
+            if old.epoch.version < new.epoch.version && (source_of_this || inside) {
+                stale.push(old.id);
+            } else {
+                return Err(format!(
+                    "it overlaps region {} (version {}), which is not an older part of \
+                     region {region} (version {})",
+                    old.id, old.epoch.version, new.epoch.version
+                ));
+            }
+        }
+        Ok(stale)
+    }
+
+    /// Installs a received snapshot: the engine takes the checkpoint (durably), with the
+    /// stale regions it replaces (see `check_snapshot`), then the log restarts after it
+    /// and the replaced regions' replicas go.
     pub(super) fn install_snapshot(&mut self, region: RegionId, snap: &Snapshot) -> Result<()> {
-        let replica = self.replicas.get_mut(&region).expect("present");
         let meta = snap.get_metadata();
+        // Checked before the message was stepped; what changed since halts the replica.
+        let replaced = self.check_snapshot(region, meta.index).map_err(|why| {
+            Error::Internal(format!("the snapshot of region {region} at {}: {why}", meta.index))
+        })?;
+        let replica = self.replicas.get_mut(&region).expect("present");
         let Some(Received { index, term, checkpoint }) = replica.snapshot.received.take() else {
             return Err(Error::Internal(format!(
                 "snapshot of region {} at {} without its checkpoint",
@@ -160,7 +222,8 @@ impl StoreCore {
         }
         // Checked before the message was stepped (`on_envelope`).
         let data = decode_snapshot_data(&snap.data).unwrap_or_default();
-        let installed = self.ctx.engine_of(region).install_checkpoint(checkpoint)?;
+        let installed =
+            self.ctx.engine_of(region).install_checkpoint_over(checkpoint, &replaced)?;
         let state = LogState {
             hard_state: replica.hard_state(),
             conf_state: meta.get_conf_state().clone(),
@@ -178,7 +241,12 @@ impl StoreCore {
         replica.checkpoint_index = meta.index;
         replica.conf_index = meta.index;
         replica.applied_bytes_since_checkpoint = 0;
-        tracing::info!(region = region.0, index = meta.index, "installed a snapshot");
+        replica.merge.state = None;
+        tracing::info!(region = region.0, index = meta.index, ?replaced, "installed a snapshot");
+        for old in replaced {
+            // The engine no longer hosts it: its replica goes (on the core that owns it).
+            self.send_task(CoreTask::Merged { source: old });
+        }
         Ok(())
     }
 
