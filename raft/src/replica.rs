@@ -291,6 +291,10 @@ pub(crate) struct Replica {
     pub removed: bool,
     pub merge: MergeProgress,
     pub hibernation: Hibernation,
+    /// Ticks since a leader of the group last claimed this replica (an append, a
+    /// heartbeat or a snapshot); an uninitialized replica unclaimed for long is
+    /// collected (see `StoreCore::collect_unclaimed`).
+    pub unclaimed_ticks: u64,
     /// Set when the replica met a committed entry it cannot apply (see
     /// [`Error::ReplicaHalted`]): it applies nothing more until the store restarts, and
     /// refuses requests; its log still takes part in replication.
@@ -331,6 +335,7 @@ impl Replica {
             merge: MergeProgress { state: merge, ..MergeProgress::default() },
             hibernation: Hibernation::default(),
             halted: None,
+            unclaimed_ticks: 0,
         }
     }
 

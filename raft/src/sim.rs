@@ -163,8 +163,9 @@ struct Checks {
     /// (store, region) -> highest term made durable (a term only in memory may be
     /// lost by a crash: nothing was sent under it).
     durable_term: HashMap<(StoreId, RegionId), u64>,
-    /// (store, region) -> highest (commit, applied) seen in this incarnation.
-    running_max: HashMap<(StoreId, RegionId), (u64, u64)>,
+    /// (store, region, peer) -> highest (commit, applied) seen in this incarnation (a
+    /// replica removed and added back is a new peer).
+    running_max: HashMap<(StoreId, RegionId, PeerId), (u64, u64)>,
     violation: Option<String>,
 }
 
@@ -316,7 +317,7 @@ impl SimCluster {
             writes: std::collections::VecDeque::new(),
             in_flight: false,
         });
-        self.checks.lock().running_max.retain(|(s, _), _| *s != id);
+        self.checks.lock().running_max.retain(|(s, _, _), _| *s != id);
         let at = self.now + self.config.tick;
         self.schedule(at, Event::Tick(id));
         Ok(())
@@ -864,14 +865,15 @@ impl SimCluster {
                     c.durable_max.insert((id, region), s.region.epoch);
                 }
                 let (commit, applied) =
-                    c.running_max.get(&(id, region)).copied().unwrap_or_default();
+                    c.running_max.get(&(id, region, s.peer)).copied().unwrap_or_default();
                 if (s.commit < commit || s.applied < applied) && c.violation.is_none() {
                     c.violation = Some(format!(
                         "P7: store {id} region {region}: commit {} applied {} after {commit} {applied}",
                         s.commit, s.applied
                     ));
                 }
-                c.running_max.insert((id, region), (s.commit.max(commit), s.applied.max(applied)));
+                let max = (s.commit.max(commit), s.applied.max(applied));
+                c.running_max.insert((id, region, s.peer), max);
             }
         }
         if let Some(v) = &c.violation {

@@ -81,10 +81,18 @@ impl raft::Storage for PeerStorage {
         RaftLog::bounds_in(&self.handle).map(|(_, last)| last).map_err(to_raft)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let mut slot = self.snapshot.lock();
+        // A snapshot made before `to` was added does not list it: raft-rs on `to` would
+        // ignore it, again and again. A new one is made.
+        let lists = |snap: &Snapshot| {
+            let cs = snap.get_metadata().get_conf_state();
+            cs.voters.contains(&to) || cs.learners.contains(&to)
+        };
         match &slot.ready {
-            Some(snap) if snap.get_metadata().index >= request_index => Ok(snap.clone()),
+            Some(snap) if snap.get_metadata().index >= request_index && lists(snap) => {
+                Ok(snap.clone())
+            }
             _ => {
                 slot.wanted = Some(request_index);
                 Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))

@@ -4,6 +4,11 @@
 //! - S5: a merge source takes no read once its prepare applied (the target may commit
 //!   the merge and take writes to those keys first), and a target paused for its
 //!   source refuses reads instead of holding them;
+//! - A2, H3: a snapshot is checked before raft-rs sees it (its checkpoint is of its
+//!   region and index; what it overlaps here is a stale part of it, replaced with the
+//!   install);
+//! - A10: a destroyed replica leaves a durable tombstone with its epoch, and an
+//!   uninitialized replica no leader claims is collected.
 //!
 //! Each test names the bug it pins. A failing seed replays with `SIM_SEED=<seed>
 //! cargo test --release -p regionkv-raft --test sim_safety`.
@@ -249,4 +254,109 @@ fn snapshots_whose_checkpoint_does_not_fit_are_dropped() {
         assert_eq!(common::scan_all(&mut c), model, "{what}");
         c.faults().clear();
     }
+}
+
+/// A message of `region`'s group from `from` to `to` at `epoch`, a heartbeat to peer
+/// `peer` (as a lagging or partitioned member would still send).
+fn stale_heartbeat(
+    region: &Region,
+    epoch: regionkv_engine::Epoch,
+    from: StoreId,
+    to: StoreId,
+    peer: regionkv_engine::PeerId,
+) -> regionkv_raft::transport::Envelope {
+    use regionkv_raft::transport::{Body, Envelope, KeyRange};
+    let mut msg = raft::eraftpb::Message::default();
+    msg.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+    msg.from = region.peers.iter().find(|p| p.store == from).unwrap().id.0;
+    msg.to = peer.0;
+    msg.term = 1;
+    Envelope {
+        region: region.id,
+        from,
+        to,
+        epoch: Some(epoch),
+        range: Some(KeyRange { start: region.start.clone(), end: region.end.clone() }),
+        body: Body::Raft(msg),
+    }
+}
+
+/// A10: a replica removed from its group leaves a durable tombstone with its epoch:
+/// a message of that epoch or older (a member that has not heard of the removal yet)
+/// never creates it again, across restarts too; a newer epoch (the store added back)
+/// does. Before, the tombstone lived in memory only: it blocked adding the store back
+/// until a restart, and after a restart a stale message made a zombie replica.
+#[test]
+fn a_removed_replica_leaves_a_durable_tombstone_that_a_newer_epoch_lifts() {
+    let mut config = regionkv_raft::sim::SimConfig::new(35);
+    // Compact often: a replica added back fills from a snapshot (region 1's log starts
+    // at index 1, so until it is compacted a new replica gets entries it cannot apply).
+    config.checkpoint_log_bytes = 512;
+    let mut c = SimCluster::new(config).unwrap();
+    c.wait_leader(R1, 10 * SECOND).unwrap();
+    let mut model = std::collections::BTreeMap::new();
+    write_keys(&mut c, &mut model, &letters(26), "v1");
+    let store = StoreId(3);
+    for restart in [false, true] {
+        lead(&mut c, R1, StoreId(1));
+        let before = c.region(StoreId(1), R1).unwrap();
+        let peer = before.peers.iter().find(|p| p.store == store).unwrap().id;
+        let pending = c.change_peers(StoreId(1), R1, regionkv_raft::PeerChange::Remove(peer));
+        c.wait(&pending, 5 * SECOND).expect("answered").expect("removed");
+        assert!(c.run_until(5 * SECOND, |c| c.status(store).is_empty()), "destroyed");
+        if restart {
+            c.run_for(Duration::from_millis(50)); // the tombstone is written
+            c.crash(store, regionkv_wal::CrashMode::Lost);
+            c.restart(store).unwrap();
+        }
+        c.inject(vec![stale_heartbeat(&before, before.epoch, StoreId(1), store, peer)]);
+        c.run_for(Duration::from_millis(50));
+        assert!(c.status(store).is_empty(), "restart {restart}: a stale message made a replica");
+        // Added back (a newer epoch, a new peer id): created, filled, serving.
+        let again = regionkv_engine::Peer { id: c.new_peer_id(), store };
+        let pending = c.change_peers(StoreId(1), R1, regionkv_raft::PeerChange::AddVoter(again));
+        c.wait(&pending, 5 * SECOND).expect("answered").expect("added back");
+        assert!(
+            c.run_until(10 * SECOND, |c| c.status(store).iter().any(|p| p.initialized)),
+            "restart {restart}: the store's replica is created again by the newer epoch"
+        );
+        converge(&mut c);
+    }
+    c.faults().isolate(StoreId(1));
+    assert_eq!(common::scan_all(&mut c), model);
+}
+
+/// A10: an uninitialized replica (created by a message, holding nothing) that no
+/// leader follows up is collected after a while. Before, it stayed forever and was
+/// opened again at every restart.
+#[test]
+fn an_unclaimed_uninitialized_replica_is_collected() {
+    let mut config = regionkv_raft::sim::SimConfig::new(36);
+    config.spares = 1;
+    let mut c = SimCluster::new(config).unwrap();
+    c.wait_leader(R1, 10 * SECOND).unwrap();
+    let spare = StoreId(4);
+    let ghost = Region {
+        id: RegionId(7777),
+        start: b"a".to_vec(),
+        end: Some(b"b".to_vec()),
+        epoch: regionkv_engine::Epoch::INITIAL,
+        peers: vec![
+            regionkv_engine::Peer { id: regionkv_engine::PeerId(77), store: StoreId(1) },
+            regionkv_engine::Peer { id: regionkv_engine::PeerId(78), store: spare },
+        ],
+    };
+    let message = stale_heartbeat(&ghost, ghost.epoch, StoreId(1), spare, ghost.peers[1].id);
+    c.inject(vec![message]);
+    c.run_for(Duration::from_millis(50));
+    assert_eq!(c.status(spare).len(), 1, "created by the message");
+    assert!(
+        c.run_until(60 * SECOND, |c| c.status(spare).is_empty()),
+        "collected once no leader claimed it for a while"
+    );
+    c.run_for(Duration::from_millis(50)); // the tombstone is written
+    c.crash(spare, regionkv_wal::CrashMode::Lost);
+    c.restart(spare).unwrap();
+    c.run_for(Duration::from_millis(50));
+    assert!(c.status(spare).is_empty(), "and not opened again");
 }

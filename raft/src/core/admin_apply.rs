@@ -687,7 +687,6 @@ impl StoreCore {
                 let state = self.ctx.log.state(region).ok_or(Error::RegionNotFound { region })?;
                 let applied =
                     self.ctx.engine_of(region).image_index(region)?.unwrap_or(RAFT_INIT_INDEX);
-                self.tombstones.remove(&region);
                 self.add_replica(ReplicaInit {
                     region: hosted,
                     contents: Contents::Data,

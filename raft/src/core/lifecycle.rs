@@ -164,9 +164,11 @@ impl StoreCore {
         if replica.is_initialized() && engine.region(region).is_some() {
             engine.remove_region(region)?;
         }
-        self.ctx.log.stage_tombstone(&mut self.write, region, None);
-        self.tombstones.insert(region);
-        tracing::info!(region = region.0, "removed this store's replica");
+        // The tombstone keeps the epoch of the replica destroyed (none for one that held
+        // nothing): messages of that epoch or older never create it again.
+        let epoch = replica.is_initialized().then_some(replica.region.epoch);
+        self.ctx.log.stage_tombstone(&mut self.write, region, epoch);
+        tracing::info!(region = region.0, ?epoch, "removed this store's replica");
         Ok(())
     }
 
@@ -179,6 +181,7 @@ impl StoreCore {
                 let _ = self.ctx.log.stage_state_rewrite(&mut self.write, *region);
             }
         }
+        self.ctx.log.stage_tombstone_rewrites(&mut self.write, &plan, &self.owns);
         match self.ctx.log.purge(&plan) {
             Ok(0) => {}
             Ok(n) => {

@@ -39,7 +39,7 @@ impl StoreCore {
         if env.to != self.ctx.config.store_id
             || matches!(env.body, Body::Alive)
             || !(self.owns)(env.region)
-            || self.tombstones.contains(&env.region)
+            || self.is_below_tombstone(&env)
         {
             return Ok(());
         }
@@ -87,6 +87,13 @@ impl StoreCore {
             replica.hibernation.idle_ticks = 0;
             self.awake.insert(region);
         }
+        let from_leader = matches!(
+            kind,
+            Some(MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot)
+        ) || matches!(body, Body::SnapshotChunk(_));
+        if from_leader {
+            replica.unclaimed_ticks = 0;
+        }
         match body {
             Body::Hibernate { .. } | Body::Alive => {}
             Body::Raft(msg) => {
@@ -106,6 +113,19 @@ impl StoreCore {
         }
         self.dirty.insert(region);
         Ok(())
+    }
+
+    /// True if `env` is for a region whose replica here was destroyed, from that epoch
+    /// or an older one (or with no epoch): a member that has not heard of the removal
+    /// or merge yet. A newer epoch (this store added back) may create the replica again;
+    /// creating it lifts the tombstone.
+    fn is_below_tombstone(&self, env: &Envelope) -> bool {
+        if self.replicas.contains_key(&env.region) {
+            return false;
+        }
+        self.ctx.log.tombstone(env.region).is_some_and(|t| {
+            env.epoch.is_none_or(|e| e.version <= t.version && e.conf_ver <= t.conf_ver)
+        })
     }
 
     /// True if raft-rs may take the snapshot message `msg` for `region`: its checkpoint

@@ -125,8 +125,6 @@ pub struct StoreCore {
     /// of idle regions cost nothing per tick. Kept equal to the replicas whose
     /// `hibernated` flag is false.
     awake: HashSet<RegionId>,
-    /// Regions whose replica here was removed; messages for them are ignored.
-    tombstones: HashSet<RegionId>,
     /// Replicas that may have a ready; ordered for determinism.
     dirty: BTreeSet<RegionId>,
     write: LogWrite,
@@ -169,7 +167,6 @@ impl StoreCore {
             ctx,
             replicas: HashMap::new(),
             awake: HashSet::new(),
-            tombstones: HashSet::new(),
             dirty: BTreeSet::new(),
             write,
             readies: Vec::new(),
