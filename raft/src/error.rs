@@ -204,11 +204,13 @@ impl Error {
         }
     }
 
-    /// True if the error comes from shutdown.
+    /// True if the error comes from shutdown (the store's, or its log's or engine's:
+    /// both are closed only by it).
     pub fn is_cancelled(&self) -> bool {
         match self {
             Error::Cancelled => true,
             Error::Wal(e) => e.is_cancelled(),
+            Error::Engine(e) => e.is_cancelled(),
             _ => false,
         }
     }
@@ -332,6 +334,16 @@ impl fmt::Display for MergeAbortReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_closed_log_or_engine_is_shutdown_not_failure() {
+        let engine = Error::Engine(regionkv_engine::Error::Closed);
+        assert!(engine.is_cancelled() && !engine.is_store_failure());
+        let wal = Error::Wal(regionkv_wal::Error::Closed);
+        assert!(wal.is_cancelled() && !wal.is_store_failure());
+        let poisoned = Error::Engine(regionkv_engine::Error::Poisoned { cause: "fsync".into() });
+        assert!(!poisoned.is_cancelled() && poisoned.is_store_failure());
+    }
 
     #[test]
     fn reasons_round_trip_through_their_codes_and_unknown_codes_are_unspecified() {

@@ -399,11 +399,24 @@ impl Store {
     }
 
     /// Shuts down in order and writes the clean-shutdown marks. See the module docs.
+    ///
+    /// If a thread has not stopped by its deadline (a writer inside an fsync that does
+    /// not return, a poller inside a long apply), no mark is written and an error
+    /// names the threads: the next open recovers as after a crash, which is right for a
+    /// state a running thread may still change.
     pub fn shutdown(&self) -> Result<()> {
         // 1. Cancel: requests are refused from now on, timelines see shutdown.
         self.ctx.cancel.cancel();
         // 2-4. Pollers shut their timelines down and leave; writers drain and leave.
-        self.join();
+        let running = self.join();
+        if !running.is_empty() {
+            tracing::warn!(store = self.ctx.config.store_id.0, threads = ?running, "threads did not stop in time; no clean-shutdown mark written");
+            return Err(Error::Internal(format!(
+                "threads {running:?} did not stop within {:?}: no clean-shutdown mark was \
+                 written; the next open recovers as after a crash",
+                self.shutdown_timeout * 2
+            )));
+        }
         // 5. The clean-shutdown marks.
         self.wal.close()?;
         self.ctx.engine.close()?;
@@ -417,12 +430,15 @@ impl Store {
     pub fn kill(&self) {
         self.killed.store(true, Ordering::SeqCst);
         self.ctx.cancel.cancel();
-        self.join();
+        let _ = self.join();
     }
 
-    fn join(&self) {
+    /// Waits (bounded) for every thread to stop; returns the names of those that did
+    /// not.
+    fn join(&self) -> Vec<String> {
         let threads = std::mem::take(&mut *self.threads.lock());
         let deadline = Instant::now() + self.shutdown_timeout * 2;
+        let mut running = Vec::new();
         for t in threads {
             // Threads leave on cancellation within a tick; the deadline is a last guard.
             while !t.is_finished() && Instant::now() < deadline {
@@ -431,9 +447,12 @@ impl Store {
             if t.is_finished() {
                 let _ = t.join();
             } else {
-                tracing::warn!(thread = ?t.thread().name(), "thread did not stop in time");
+                let name = t.thread().name().unwrap_or("unnamed").to_owned();
+                tracing::warn!(thread = %name, "thread did not stop in time");
+                running.push(name);
             }
         }
+        running
     }
 }
 
