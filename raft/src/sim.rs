@@ -149,6 +149,8 @@ struct SimStore {
     running: Option<Running>,
     /// Bumped at every crash or stop, so events of an old incarnation are ignored.
     incarnation: u64,
+    /// The next start opens as if its WAL recovery had cut valid records.
+    log_cut: bool,
 }
 
 /// Invariant state shared with the apply observers.
@@ -230,9 +232,10 @@ impl SimCluster {
         cluster.next_peer_id = cluster.config.voters as u64 + 1;
         for s in 1..=total as u64 {
             let id = StoreId(s);
-            cluster
-                .stores
-                .insert(id, SimStore { disk: SimFs::new(), running: None, incarnation: 0 });
+            cluster.stores.insert(
+                id,
+                SimStore { disk: SimFs::new(), running: None, incarnation: 0, log_cut: false },
+            );
             cluster.start(id)?;
             if s <= cluster.config.voters as u64 {
                 let region = Region { peers: voters.clone(), ..Region::whole(RegionId(1)) };
@@ -288,6 +291,8 @@ impl SimCluster {
         let log = Arc::new(RaftLog::open(wal.clone(), config.log)?);
         let mut ctx =
             StoreContext::new(config, engine.clone(), directory, log, CancellationToken::new());
+        let forced = std::mem::take(&mut self.stores.get_mut(&id).expect("known store").log_cut);
+        ctx.log_cut = forced || crate::core::wal_lost_records(&wal);
         let checks = self.checks.clone();
         ctx.apply_observer = Some(Box::new(move |region, index, term, data| {
             let mut c = checks.lock();
@@ -803,6 +808,18 @@ impl SimCluster {
         self.start(store)?;
         self.process(store);
         Ok(())
+    }
+
+    /// Restarts a crashed or stopped store as if its WAL recovery had cut valid records
+    /// past damage in the last group (a point-in-time recovery): what it acknowledged
+    /// last, its latest term and vote among it, may be gone. The simulated disks cannot
+    /// produce that damage (each simulated write is its own group), so the store is
+    /// told.
+    pub fn restart_after_log_cut(&mut self, store: StoreId) -> Result<()> {
+        if let Some(s) = self.stores.get_mut(&store) {
+            s.log_cut = true;
+        }
+        self.restart(store)
     }
 
     fn check(&mut self) {

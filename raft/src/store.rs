@@ -168,8 +168,9 @@ impl Store {
             Err(regionkv_wal::Error::Corruption { .. })
                 if options.wal.recovery == RecoveryMode::TolerateTornTail =>
             {
-                // A replica may cut damage beyond every acknowledged write: what it
-                // loses is fetched from the leader before it votes again.
+                // A replica may cut damage in the last group of records, which may hold
+                // acknowledged writes and its latest vote: its regions vote again only
+                // once caught up past the cut (`StoreContext::log_cut`).
                 tracing::warn!(dir = %wal_dir.display(), "WAL damaged beyond its torn tail; recovering to the last good record");
                 Wal::open(
                     fs.clone(),
@@ -183,13 +184,15 @@ impl Store {
         let engine = Engine::open(fs.clone(), dir.join("engine"), EngineOptions::new(id))?;
         let directory = Engine::open(fs, dir.join("directory"), EngineOptions::new(id))?;
         let log = Arc::new(RaftLog::open(wal.clone(), options.config.log)?);
-        let ctx = Arc::new(StoreContext::new(
+        let mut ctx = StoreContext::new(
             options.config.clone(),
             engine,
             directory,
             log,
             CancellationToken::new(),
-        ));
+        );
+        ctx.log_cut = crate::core::wal_lost_records(&wal);
+        let ctx = Arc::new(ctx);
         let pollers = options.pollers.max(1);
         let mut senders = Vec::with_capacity(pollers);
         let mut receivers = Vec::with_capacity(pollers);

@@ -45,6 +45,9 @@ impl StoreCore {
         let unclaimed_after = UNCLAIMED_ELECTION_TIMEOUTS * self.ctx.config.election_ticks as u64;
         for &id in &self.awake {
             let Some(replica) = self.replicas.get_mut(&id) else { continue };
+            if self.catching_up.contains_key(&id) {
+                continue; // a follower that must not campaign yet (H2)
+            }
             if replica.raw.tick() {
                 self.dirty.insert(id);
             }

@@ -106,6 +106,17 @@ impl StoreCore {
                 {
                     return Ok(());
                 }
+                if self.catching_up.contains_key(&region)
+                    && matches!(
+                        msg.get_msg_type(),
+                        MessageType::MsgRequestVote
+                            | MessageType::MsgRequestPreVote
+                            | MessageType::MsgTimeoutNow
+                    )
+                {
+                    // No vote (and no campaign) until caught up past a cut log (H2).
+                    return Ok(());
+                }
                 let replica = self.replicas.get_mut(&region).expect("present");
                 replica.raw.step(msg)?;
             }

@@ -99,7 +99,7 @@ mod snapshot;
 
 use self::apply::Applier;
 pub use self::context::{
-    ApplyObserver, ElectionTicks, RAFT_INIT_INDEX, RAFT_INIT_TERM, StoreContext,
+    ApplyObserver, ElectionTicks, RAFT_INIT_INDEX, RAFT_INIT_TERM, StoreContext, wal_lost_records,
 };
 use self::messages::SendWhen;
 pub use self::output::{CoreTask, Output, WriteTask};
@@ -143,6 +143,9 @@ pub struct StoreCore {
     store_heard: HashMap<StoreId, u64>,
     /// Which regions this core owns, for cores that share a store.
     owns: Box<dyn Fn(RegionId) -> bool + Send>,
+    /// Regions that neither vote nor campaign until their commit index reaches this
+    /// (their log lost its tail to a point-in-time recovery; see `mark_log_cut`).
+    catching_up: HashMap<RegionId, u64>,
 }
 
 impl std::fmt::Debug for StoreCore {
@@ -179,6 +182,7 @@ impl StoreCore {
             apply_stats: ApplyStats::default(),
             store_heard: HashMap::new(),
             owns,
+            catching_up: HashMap::new(),
         };
         let hosted: HashMap<RegionId, Region> = core
             .ctx
@@ -231,7 +235,52 @@ impl StoreCore {
                 core.add_replica(ReplicaInit::awaiting_snapshot(id, peer, state.conf_index))?;
             }
         }
+        core.mark_log_cut()?;
         Ok(core)
+    }
+
+    /// H2: after a point-in-time recovery cut valid records from the WAL (records that
+    /// may have been fsynced and acknowledged: entries, a term, a vote), no region of
+    /// this core votes or campaigns until it has caught up past the cut: until its
+    /// commit index, learned from a leader, is past the last entry its log kept. Which
+    /// regions the lost records held is unknown, so every region waits. The mark is
+    /// durable (`LogState::votes_from`), so a restart before catching up keeps it.
+    ///
+    /// What this bounds: a vote lost with the tail is not given again to a candidate of
+    /// that term until the group moved on past it, and a log that lost entries it
+    /// acknowledged does not vote for a candidate lacking them before the leader
+    /// re-sent them. If every replica of a region was cut at once, none votes: the
+    /// region stays without a leader until an operator restores one from a replica.
+    fn mark_log_cut(&mut self) -> Result<()> {
+        let mut ids: Vec<RegionId> =
+            self.replicas.keys().copied().filter(|id| (self.owns)(*id)).collect();
+        ids.sort_unstable();
+        for id in ids {
+            if self.ctx.log_cut {
+                let (_, last) = self.ctx.log.bounds(id)?;
+                self.ctx.log.stage_votes_from(&mut self.write, id, Some(last + 1))?;
+            }
+            if let Some(index) = self.ctx.log.state(id).and_then(|s| s.votes_from) {
+                tracing::warn!(
+                    region = id.0,
+                    index,
+                    "the log lost its tail: no vote until caught up"
+                );
+                self.catching_up.insert(id, index);
+            }
+        }
+        Ok(())
+    }
+
+    /// Lifts `region`'s no-vote mark once its commit index reached the mark.
+    fn maybe_caught_up(&mut self, region: RegionId) -> Result<()> {
+        let Some(&index) = self.catching_up.get(&region) else { return Ok(()) };
+        if self.replicas.get(&region).is_some_and(|r| r.committed() >= index) {
+            self.catching_up.remove(&region);
+            self.ctx.log.stage_votes_from(&mut self.write, region, None)?;
+            tracing::info!(region = region.0, index, "caught up past the cut log: votes again");
+        }
+        Ok(())
     }
 
     /// The context this core works in.
@@ -483,6 +532,8 @@ impl StoreCore {
         let persisted = ready.take_persisted_messages();
         let number = ready.number();
         replica.raw.advance_append_async(ready);
+        self.maybe_caught_up(region)?;
+        let replica = self.replicas.get_mut(&region).expect("present");
         if let Some(index) = installed {
             // The snapshot's state is applied; raft-rs learns it once the snapshot is
             // persisted (it requires applied <= persisted).

@@ -370,6 +370,20 @@ impl RaftLog {
         Ok(())
     }
 
+    /// Stages `region`'s votes-from index (see [`LogState::votes_from`]), or clears it.
+    pub fn stage_votes_from(
+        &self,
+        write: &mut LogWrite,
+        region: RegionId,
+        index: Option<u64>,
+    ) -> Result<()> {
+        let log = self.region(region)?;
+        let mut log = log.lock();
+        log.state.votes_from = index;
+        write.region(region).state = Some(log.state.clone());
+        Ok(())
+    }
+
     /// Stages a compaction: entries up to `index` (whose term is `term`) are no longer
     /// needed, because a checkpoint at `index` or later is durable.
     pub fn stage_compaction(
