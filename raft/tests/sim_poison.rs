@@ -383,3 +383,43 @@ fn a_commit_merge_naming_an_uncommitted_entry_never_commits_it() {
     assert_eq!(common::scan_all(&mut c), model, "the uncommitted write never applied");
     keeps_serving(&mut c, "uncommitted");
 }
+
+/// A refusal is replayed as a refusal: a commit merge refused because of what its
+/// source recorded, replayed after a restart once the source merged away for real,
+/// found no source to ask and halted the target. Found by the topology test's poison
+/// pills (seed 74); the refused command's index is now recorded as reflected in the
+/// region's metadata, so the replay skips it.
+#[test]
+fn a_refused_commit_merge_is_not_decided_again_after_its_source_is_gone() {
+    let mut c = cluster_with_directory(10);
+    let mut model = std::collections::BTreeMap::new();
+    common::write_keys(&mut c, &mut model, &common::letters(26), "v1");
+    let parts = common::split(&mut c, R1, &["h", "p"]).unwrap();
+    let (source, right) = (parts[1].id, parts[2].id);
+    common::converge(&mut c);
+    // A commit merge of the middle region into the right one, naming a prepare the
+    // middle one never made: refused.
+    let leader = c.wait_leader(source, SECOND).unwrap();
+    let src = c.region(leader, source).unwrap();
+    let applied = c.status(leader).into_iter().find(|p| p.region.id == source).unwrap().applied;
+    let epoch = common::region_epoch(&mut c, right);
+    let cmd = regionkv_raft::AdminCmd::CommitMerge {
+        source: src,
+        prepare_index: applied,
+        prepare_term: 99,
+    };
+    let refused = regionkv_raft::merge_driver::RegionAdmin::admin(&mut c, right, epoch, cmd);
+    assert!(matches!(refused, Err(Error::InvalidRequest(_))), "{refused:?}");
+    // The middle region then merges into the left one for real: gone.
+    let options = regionkv_raft::merge_driver::MergeOptions::default();
+    regionkv_raft::merge_driver::merge(&mut c, source, R1, options).unwrap();
+    common::converge(&mut c);
+    // Every store restarts and replays the right region's log, the refused command in it.
+    keeps_serving(&mut c, "replayed");
+    model.extend((0..2).map(|i| (format!("replayed-{i}"), "v".to_owned())));
+    all_hosted(&c, &[DIRECTORY, R1, right], "replayed");
+    common::converge(&mut c);
+    assert!(put(&mut c, "x-right", "v", 10 * SECOND), "the right region serves");
+    model.insert("x-right".into(), "v".into());
+    assert_eq!(common::scan_all(&mut c), model);
+}

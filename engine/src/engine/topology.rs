@@ -310,6 +310,27 @@ impl Engine {
         )
     }
 
+    /// Records that the admin command at `at_index` of region `id`'s log was refused:
+    /// the region's metadata reflects it (unchanged), so that a replay after a restart
+    /// skips it (see [`Engine::meta_index`]) instead of deciding again from state that
+    /// may have moved on since (a merge source gone, say). One manifest update; the
+    /// metadata index only rises.
+    pub fn record_refused(&self, id: RegionId, at_index: u64) -> Result<()> {
+        self.inner.change(
+            |s| {
+                s.check_hosted(&[id])?;
+                let mut next = s.manifest(|_| None);
+                let current =
+                    next.regions.iter().find(|e| e.region.id == id).and_then(|e| e.meta_index);
+                if current.is_none_or(|m| m < at_index) {
+                    next.set_meta_index(&[id], at_index);
+                }
+                Ok((next, ()))
+            },
+            |_, ()| (),
+        )
+    }
+
     /// Records that region `id` is the prepared source of `merge` (the prepare command
     /// at `at_index`), bumping its `version`: writes routed before are refused from
     /// now on, and it takes none until [`Engine::merge_at`] or

@@ -290,8 +290,7 @@ impl StoreCore {
         let floor = self.ctx.log.state(region).and_then(|s| s.id_floor);
         let replica = self.replicas.get_mut(&region).expect("present");
         if let Err(refused) = check_admin(replica, floor, admin.epoch, &admin.cmd, entry.index) {
-            tracing::info!(region = region.0, index = entry.index, error = %refused, "admin command refused");
-            return Ok(Err(refused));
+            return self.refuse_admin(region, entry, refused);
         }
         let result = match admin.cmd {
             AdminCmd::Split { split_keys, new_ids } => {
@@ -354,6 +353,23 @@ impl StoreCore {
         Ok(Ok(result))
     }
 
+    /// Refuses the admin command `entry` of `region`: a no-op, whose index the engine
+    /// records as reflected in the region's metadata, so that a replay after a restart
+    /// skips it rather than decide again from state that may have moved on (a commit
+    /// merge refused because of what its source recorded, whose source is gone since).
+    fn refuse_admin(
+        &mut self,
+        region: RegionId,
+        entry: &Entry,
+        refused: Error,
+    ) -> Result<Result<AdminResult>> {
+        tracing::info!(region = region.0, index = entry.index, error = %refused, "admin command refused");
+        if region != DIRECTORY {
+            self.ctx.engine.record_refused(region, entry.index)?;
+        }
+        Ok(Err(refused))
+    }
+
     /// Applies a commit merge of `source` into `region` (the target), whose prepare the
     /// command says recorded `expected`; refused unless the source's own prepare did.
     fn apply_commit_merge(
@@ -379,10 +395,9 @@ impl StoreCore {
                 "commit merge of region {source} into {region}: the source's prepare recorded \
                  {recorded:?}, the command says {expected:?}"
             ));
-            tracing::info!(region = region.0, index = entry.index, error = %refused, "admin command refused");
             let replica = self.replicas.get_mut(&region).expect("present");
             replica.merge.source_ready = None;
-            return Ok(Err(refused));
+            return self.refuse_admin(region, entry, refused);
         }
         // The target takes over the source's lineage: its id floor becomes the larger
         // of both, and above the source's own id (see `check_split_ids`). Durable
