@@ -146,64 +146,6 @@ fn a_snapshot_over_a_stale_merge_source_replaces_it() {
     }
 }
 
-/// A snapshot of `region` at (`index`, `term`) from its leader to `to`'s replica, whose
-/// checkpoint holds `header` (region and applied index) with one key, `evil`.
-fn crafted_snapshot(
-    c: &SimCluster,
-    region: RegionId,
-    to: StoreId,
-    (index, term): (u64, u64),
-    header: &regionkv_engine::Region,
-    applied_index: u64,
-) -> Vec<regionkv_raft::transport::Envelope> {
-    use regionkv_raft::transport::{Body, Envelope, KeyRange, SnapshotChunk};
-    let fs: std::sync::Arc<dyn regionkv_wal::fs::FileSystem> =
-        std::sync::Arc::new(regionkv_wal::SimFs::new());
-    let opts = regionkv_engine::EngineOptions::new(StoreId(99));
-    let engine = regionkv_engine::Engine::open(fs, "/forged", opts).unwrap();
-    engine.insert_region(header.clone()).unwrap();
-    let mut round = engine.begin_round();
-    round.prepare_for_region(header.id, header.epoch).unwrap();
-    round.put(b"evil", b"forged").unwrap();
-    round.commit().unwrap();
-    engine.checkpoint(header.id, applied_index).unwrap();
-    let file = engine.latest_checkpoint(header.id).unwrap().unwrap();
-    let leader = c.leader(region).unwrap();
-    let current = c.region(leader, region).unwrap();
-    let from = current.peers.iter().find(|p| p.store == leader).unwrap().id;
-    let peer = current.peers.iter().find(|p| p.store == to).unwrap().id;
-    let envelope = |body| Envelope {
-        region,
-        from: leader,
-        to,
-        epoch: Some(current.epoch),
-        range: Some(KeyRange { start: current.start.clone(), end: current.end.clone() }),
-        body,
-    };
-    let mut out: Vec<Envelope> = regionkv_engine::checkpoint::CheckpointChunks::new(&file, 4096)
-        .map(|chunk| {
-            envelope(Body::SnapshotChunk(SnapshotChunk {
-                index,
-                term,
-                offset: chunk.offset,
-                file_bytes: chunk.file_bytes,
-                data: chunk.data,
-            }))
-        })
-        .collect();
-    let mut msg = raft::eraftpb::Message::default();
-    msg.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
-    msg.from = from.0;
-    msg.to = peer.0;
-    msg.term = term;
-    let meta = msg.mut_snapshot().mut_metadata();
-    meta.index = index;
-    meta.term = term;
-    meta.mut_conf_state().voters = current.peers.iter().map(|p| p.id.0).collect();
-    out.push(envelope(Body::Raft(msg)));
-    out
-}
-
 /// How a test forges a snapshot's region from the true one.
 type Forge = fn(&Region) -> Region;
 
@@ -211,14 +153,6 @@ type Forge = fn(&Region) -> Region;
 fn newer(region: &regionkv_engine::Region) -> regionkv_engine::Region {
     let epoch = regionkv_engine::Epoch { version: region.epoch.version + 5, ..region.epoch };
     regionkv_engine::Region { epoch, ..region.clone() }
-}
-
-/// The key `evil` is nowhere: not in any store's engine.
-fn no_forged_key(c: &SimCluster, tag: &str) {
-    for store in c.store_ids() {
-        let engine = c.engine(store).unwrap();
-        assert_eq!(engine.read_view().get(b"evil"), None, "{tag}: store {store}");
-    }
 }
 
 /// H3 and A2: snapshots a leader would never send are dropped before raft-rs sees them
@@ -244,10 +178,12 @@ fn snapshots_whose_checkpoint_does_not_fit_are_dropped() {
         let r1 = c.region(StoreId(1), R1).unwrap();
         let status = c.status(victim).into_iter().find(|p| p.region.id == R1).unwrap();
         let (index, term) = (status.commit + 100, status.term);
-        let forged = crafted_snapshot(&c, R1, victim, (index, term), &header(&r1), index - behind);
+        let header = header(&r1);
+        let forged =
+            common::crafted_snapshot(&c, R1, victim, (index, term), &header, index - behind);
         c.inject(forged);
         c.run_for(Duration::from_millis(100));
-        no_forged_key(&c, what);
+        common::no_forged_key(&c, &header, what);
         let regions = converge(&mut c);
         assert_eq!(regions.iter().map(|r| r.id).collect::<Vec<_>>(), vec![R1, source], "{what}");
         c.faults().isolate(StoreId(1));
