@@ -423,3 +423,41 @@ fn a_refused_commit_merge_is_not_decided_again_after_its_source_is_gone() {
     model.insert("x-right".into(), "v".into());
     assert_eq!(common::scan_all(&mut c), model);
 }
+
+/// A store that was down replays a refused commit merge before the split that creates
+/// its source (the two regions' logs apply in any order): it waits for the source
+/// replica and decides as every other store did. Found by the topology soak (seed
+/// 213): the target replica halted, its source not created yet.
+#[test]
+fn a_commit_merge_whose_source_a_store_has_not_created_yet_waits_for_it() {
+    let mut c = cluster_with_directory(11);
+    let mut model = std::collections::BTreeMap::new();
+    common::write_keys(&mut c, &mut model, &common::letters(26), "v1");
+    // Region 1 ["", m) and x [m, ..), then p [f, m) split off region 1: x's id is below
+    // p's, and x is the right neighbour of what p splits off next.
+    let x = common::split(&mut c, R1, &["m"]).unwrap()[1].id;
+    common::converge(&mut c);
+    let p = common::split(&mut c, R1, &["f"]).unwrap()[1].id;
+    common::converge(&mut c);
+    let down = regionkv_engine::StoreId(3);
+    c.stop(down);
+    let child = common::split(&mut c, p, &["h"]).unwrap()[1].id;
+    let leader = c.wait_leader(child, SECOND).unwrap();
+    let src = c.region(leader, child).unwrap();
+    let applied = c.status(leader).into_iter().find(|s| s.region.id == child).unwrap().applied;
+    let epoch = common::region_epoch(&mut c, x);
+    let cmd = regionkv_raft::AdminCmd::CommitMerge {
+        source: src,
+        prepare_index: applied,
+        prepare_term: 99,
+    };
+    let refused = regionkv_raft::merge_driver::RegionAdmin::admin(&mut c, x, epoch, cmd);
+    assert!(matches!(refused, Err(Error::InvalidRequest(_))), "{refused:?}");
+    c.restart(down).unwrap();
+    let regions = common::converge(&mut c);
+    assert_eq!(regions.len(), 4, "{regions:?}");
+    c.faults().isolate(regionkv_engine::StoreId(1));
+    assert!(put(&mut c, "x-in-x", "v", 10 * SECOND), "x serves on stores 2 and 3");
+    model.insert("x-in-x".into(), "v".into());
+    assert_eq!(common::scan_all(&mut c), model);
+}

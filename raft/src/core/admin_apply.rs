@@ -636,20 +636,33 @@ impl StoreCore {
     /// another entry (an uncommitted tail of a deposed leader may sit at that index). A
     /// replica that does not hold it yet waits for it: its log may have lost it (a
     /// point-in-time recovery), and its group sends it again.
+    ///
+    /// A store that has no replica of the source yet (a split it has not applied will
+    /// create it: a commit merge a driver proposes has every source replica holding its
+    /// prepare, so this is a command no driver sent) keeps the target waiting until the
+    /// replica is created, then decides as every other store did.
     fn catch_up(&mut self, source: RegionId, target: RegionId, index: u64, term: u64) {
-        let Some(replica) = self.replicas.get_mut(&source) else {
-            tracing::warn!(
+        let initialized = self.replicas.get(&source).is_some_and(Replica::is_initialized);
+        let Some(replica) = self.replicas.get_mut(&source).filter(|_| initialized) else {
+            tracing::info!(
                 source = source.0,
                 target = target.0,
-                "merge source has no replica here"
+                "merge source has no replica here yet; the target waits for it"
             );
-            // The target halts on the commit (it cannot merge a source it does not host).
-            self.send_task(CoreTask::SourceReady { target, source });
+            self.awaiting_source.entry(source).or_default().push(CatchUp { target, index, term });
             return;
         };
         replica.merge.catch_up = Some(CatchUp { target, index, term });
         self.dirty.insert(source);
         self.check_catch_up(source);
+    }
+
+    /// Hands the merge targets waiting for `source` to appear (see `catch_up`) to its
+    /// replica, now created.
+    pub(super) fn source_appeared(&mut self, source: RegionId) {
+        for waiting in self.awaiting_source.remove(&source).unwrap_or_default() {
+            self.catch_up(source, waiting.target, waiting.index, waiting.term);
+        }
     }
 
     /// Takes a [`CoreTask`] for a region this core owns.
@@ -713,6 +726,7 @@ impl StoreCore {
                     let replica = self.replicas.get_mut(&region).expect("just added");
                     replica.raw.campaign()?;
                 }
+                self.source_appeared(region);
                 tracing::info!(region = region.0, campaign, "created the replica of a split child");
             }
             CoreTask::CatchUp { source, target, index, term } => {

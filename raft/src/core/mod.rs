@@ -146,6 +146,9 @@ pub struct StoreCore {
     /// Regions that neither vote nor campaign until their commit index reaches this
     /// (their log lost its tail to a point-in-time recovery; see `mark_log_cut`).
     catching_up: HashMap<RegionId, u64>,
+    /// Merge targets here waiting for a source replica this store does not have yet
+    /// (a split it has not applied will create it), by source; see `catch_up`.
+    awaiting_source: HashMap<RegionId, Vec<crate::replica::CatchUp>>,
 }
 
 impl std::fmt::Debug for StoreCore {
@@ -183,6 +186,7 @@ impl StoreCore {
             store_heard: HashMap::new(),
             owns,
             catching_up: HashMap::new(),
+            awaiting_source: HashMap::new(),
         };
         let hosted: HashMap<RegionId, Region> = core
             .ctx

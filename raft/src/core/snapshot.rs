@@ -247,6 +247,7 @@ impl StoreCore {
             // The engine no longer hosts it: its replica goes (on the core that owns it).
             self.send_task(CoreTask::Merged { source: old });
         }
+        self.source_appeared(region);
         Ok(())
     }
 
