@@ -119,8 +119,9 @@ impl Default for Reads {
 pub(crate) struct MergeProgress {
     /// The merge this region is the prepared source of (mirrors the engine).
     pub state: Option<MergeState>,
-    /// As a merge source: the target waiting for this replica to catch up.
-    pub catch_up: Option<CatchUp>,
+    /// As a merge source: the targets waiting for this replica to catch up (one, but
+    /// for commit merges no driver proposed).
+    pub catch_up: Vec<CatchUp>,
     /// As a merge target: entries held back until the source caught up.
     pub paused: Option<Paused>,
     /// As a merge target: the source that reported it caught up.
@@ -405,7 +406,7 @@ impl Replica {
             && self.reads.unissued.is_empty()
             && self.reads.pending.is_empty()
             && self.reads.ready.is_empty()
-            && self.merge.catch_up.is_none()
+            && self.merge.catch_up.is_empty()
             && self.merge.paused.is_none()
             && self.snapshot.incoming.is_none()
             && raft.lead_transferee.is_none()
@@ -429,7 +430,7 @@ impl Replica {
             && self.committed() == index
             && self.reads.unissued.is_empty()
             && self.merge.paused.is_none()
-            && self.merge.catch_up.is_none()
+            && self.merge.catch_up.is_empty()
     }
 
     /// True if this replica's log holds entry `index` of `term` durably.

@@ -461,3 +461,62 @@ fn a_commit_merge_whose_source_a_store_has_not_created_yet_waits_for_it() {
     model.insert("x-in-x".into(), "v".into());
     assert_eq!(common::scan_all(&mut c), model);
 }
+
+/// Two commit merges naming the same source, into its two neighbours, wait for it on
+/// the same store at once: each is answered. Found by the topology soak (seed 3524):
+/// a source kept one waiting target only, and the other stayed paused for good.
+#[test]
+fn two_targets_waiting_for_one_source_are_both_answered() {
+    use regionkv_raft::transport::local::{Action, Rule, Scope};
+    let mut c = cluster_with_directory(12);
+    let mut model = std::collections::BTreeMap::new();
+    common::write_keys(&mut c, &mut model, &common::letters(26), "v1");
+    let parts = common::split(&mut c, R1, &["h", "p"]).unwrap();
+    let (left, source, right) = (parts[0].id, parts[1].id, parts[2].id);
+    common::converge(&mut c);
+    // Store 3's source replica falls behind: its group's messages to it are dropped
+    // while the source takes writes.
+    let lagging = regionkv_engine::StoreId(3);
+    if c.leader(source) == Some(lagging) {
+        let peers = c.region(lagging, source).unwrap().peers;
+        let other = peers.iter().find(|p| p.store != lagging).unwrap().id;
+        c.transfer_leader(lagging, source, other);
+        assert!(c.run_until(5 * SECOND, |c| c.leader(source).is_some_and(|l| l != lagging)));
+    }
+    for target in [left, right] {
+        if c.leader(target) == Some(lagging) {
+            let peers = c.region(lagging, target).unwrap().peers;
+            let other = peers.iter().find(|p| p.store != lagging).unwrap().id;
+            c.transfer_leader(lagging, target, other);
+            assert!(c.run_until(5 * SECOND, |c| c.leader(target).is_some_and(|l| l != lagging)));
+        }
+    }
+    c.faults().add(Rule {
+        scope: Scope { to: Some(lagging), region: Some(source), ..Scope::any() },
+        action: Action::Drop(1.0),
+    });
+    for k in ["j1", "j2", "j3"] {
+        assert!(put(&mut c, k, "v", 10 * SECOND));
+        model.insert(k.to_owned(), "v".to_owned());
+    }
+    let leader = c.wait_leader(source, SECOND).unwrap();
+    let src = c.region(leader, source).unwrap();
+    let applied = c.status(leader).into_iter().find(|s| s.region.id == source).unwrap().applied;
+    // Commit merges of the source into both neighbours, naming a prepare it never made:
+    // refused at once where the source applied that far; on store 3 both targets wait.
+    for target in [left, right] {
+        let cmd = regionkv_raft::AdminCmd::CommitMerge {
+            source: src.clone(),
+            prepare_index: applied,
+            prepare_term: 99,
+        };
+        // Refused; or no answer, if store 3 came to lead the target meanwhile.
+        let pending = c.admin(c.leader(target).unwrap(), target, cmd);
+        let refused = c.wait(&pending, 5 * SECOND);
+        assert!(matches!(refused, None | Some(Err(Error::InvalidRequest(_)))), "{refused:?}");
+    }
+    c.faults().clear();
+    assert_eq!(common::converge(&mut c).len(), 3);
+    c.faults().isolate(regionkv_engine::StoreId(1));
+    assert_eq!(common::scan_all(&mut c), model);
+}

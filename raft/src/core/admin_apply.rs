@@ -595,23 +595,26 @@ impl StoreCore {
     /// no commit merge can apply). Until then, commits the prepare from this replica's
     /// own log once it holds it durably (see `catch_up`).
     pub(super) fn check_catch_up(&mut self, source: RegionId) {
-        let Some(replica) = self.replicas.get(&source) else { return };
-        let Some(catch_up) = replica.merge.catch_up else { return };
-        let other_prepare = replica.merge.state.is_some_and(|m| m != catch_up.expected());
-        if replica.applied_index >= catch_up.index || other_prepare {
+        let Some(replica) = self.replicas.get_mut(&source) else { return };
+        let waiting = std::mem::take(&mut replica.merge.catch_up);
+        for catch_up in waiting {
             let replica = self.replicas.get_mut(&source).expect("checked");
-            replica.merge.catch_up = None;
-            self.send_task(CoreTask::SourceReady { target: catch_up.target, source });
-            return;
-        }
-        let (index, term) = (catch_up.index, catch_up.term);
-        if replica.committed() < index
-            && replica.holds_entry(index, term)
-            && self.is_prepare_of(source, index, catch_up.target)
-        {
+            let other_prepare = replica.merge.state.is_some_and(|m| m != catch_up.expected());
+            if replica.applied_index >= catch_up.index || other_prepare {
+                self.send_task(CoreTask::SourceReady { target: catch_up.target, source });
+                continue;
+            }
+            let (index, term) = (catch_up.index, catch_up.term);
+            if replica.committed() < index
+                && replica.holds_entry(index, term)
+                && self.is_prepare_of(source, index, catch_up.target)
+            {
+                let replica = self.replicas.get_mut(&source).expect("checked");
+                replica.commit_held_entry(index, term);
+                self.dirty.insert(source);
+            }
             let replica = self.replicas.get_mut(&source).expect("checked");
-            replica.commit_held_entry(index, term);
-            self.dirty.insert(source);
+            replica.merge.catch_up.push(catch_up);
         }
     }
 
@@ -652,7 +655,7 @@ impl StoreCore {
             self.awaiting_source.entry(source).or_default().push(CatchUp { target, index, term });
             return;
         };
-        replica.merge.catch_up = Some(CatchUp { target, index, term });
+        replica.merge.catch_up.push(CatchUp { target, index, term });
         self.dirty.insert(source);
         self.check_catch_up(source);
     }

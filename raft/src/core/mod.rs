@@ -583,7 +583,7 @@ impl StoreCore {
                     replica.raw.advance_apply_to(installed.index);
                     replica.snapshot.installed = None;
                 }
-                let waited_for = replica.merge.catch_up.is_some();
+                let waited_for = !replica.merge.catch_up.is_empty();
                 self.dirty.insert(region);
                 if waited_for {
                     // A merge source a target waits for may hold its prepare durably now.
