@@ -84,22 +84,34 @@ impl ClusterOps {
     pub fn split_keys(&self, keys: &[Vec<u8>]) -> Result<Vec<Region>> {
         let Some(first) = keys.first() else { return Ok(Vec::new()) };
         let _one = self.admin_lock.lock();
-        let first_id = self.alloc_ids(keys.len() as u64)?;
-        let new_ids: Vec<RegionId> =
-            (0..keys.len() as u64).map(|i| RegionId(first_id + i)).collect();
-        let record = self
-            .router
-            .locate(first)
-            .ok_or_else(|| Error::InvalidRequest("no region holds the key".into()))?;
-        let region = record.region;
-        let cmd = AdminCmd::Split { split_keys: keys.to_vec(), new_ids };
-        let mut admin = BackendAdmin { ops: self, start: Instant::now() };
-        match admin.admin(region.id, region.epoch, cmd)? {
-            AdminResult::Split(parts) => {
-                self.router.learn(&parts);
-                Ok(parts)
+        let start = Instant::now();
+        // Bounded: each turn follows a changed region, for at most SPLIT_DEADLINE.
+        loop {
+            let record = self
+                .router
+                .locate(first)
+                .ok_or_else(|| Error::InvalidRequest("no region holds the key".into()))?;
+            let region = record.region;
+            // Fresh ids for every attempt: a region refuses ids allocated before its
+            // last split (its id floor), which another split may have raised meanwhile.
+            let first_id = self.alloc_ids(keys.len() as u64)?;
+            let new_ids: Vec<RegionId> =
+                (0..keys.len() as u64).map(|i| RegionId(first_id + i)).collect();
+            let cmd = AdminCmd::Split { split_keys: keys.to_vec(), new_ids };
+            let mut admin = BackendAdmin { ops: self, start };
+            match admin.admin(region.id, region.epoch, cmd) {
+                Ok(AdminResult::Split(parts)) => {
+                    self.router.learn(&parts);
+                    return Ok(parts);
+                }
+                Ok(other) => {
+                    return Err(Error::InvalidRequest(format!("a split answered {other:?}")));
+                }
+                // The router learned the region's current shape from the refusal.
+                Err(regionkv_raft::Error::EpochNotMatch { .. })
+                    if start.elapsed() < SPLIT_DEADLINE => {}
+                Err(e) => return Err(e.into()),
             }
-            other => Err(Error::InvalidRequest(format!("a split answered {other:?}"))),
         }
     }
 
@@ -109,7 +121,6 @@ impl ClusterOps {
             return Err(Error::InvalidRequest("the empty key starts the first region".into()));
         }
         let _one = self.admin_lock.lock();
-        let new_id = RegionId(self.alloc_ids(1)?);
         let start = Instant::now();
         // Bounded: each turn follows a changed region, for at most SPLIT_DEADLINE.
         loop {
@@ -122,6 +133,8 @@ impl ClusterOps {
                 let left = regions().into_iter().find(|r| r.region.end.as_deref() == Some(key));
                 return Ok(left.into_iter().map(|r| r.region).chain([region]).collect());
             }
+            // A fresh id for every attempt (see `split_keys`).
+            let new_id = RegionId(self.alloc_ids(1)?);
             let cmd = AdminCmd::Split { split_keys: vec![key.to_vec()], new_ids: vec![new_id] };
             let mut admin = BackendAdmin { ops: self, start };
             match admin.admin(region.id, region.epoch, cmd) {
@@ -132,12 +145,9 @@ impl ClusterOps {
                 Ok(other) => {
                     return Err(Error::InvalidRequest(format!("a split answered {other:?}")));
                 }
-                Err(regionkv_raft::Error::EpochNotMatch { current, .. })
-                    if start.elapsed() < SPLIT_DEADLINE =>
-                {
-                    self.router.learn(&current);
-                    self.router.forget(region.id);
-                }
+                // The router learned the region's current shape from the refusal.
+                Err(regionkv_raft::Error::EpochNotMatch { .. })
+                    if start.elapsed() < SPLIT_DEADLINE => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -148,10 +158,21 @@ impl ClusterOps {
     pub fn merge(&self, left: RegionId, right: RegionId) -> Result<Region> {
         let _one = self.admin_lock.lock();
         let mut admin = BackendAdmin { ops: self, start: Instant::now() };
-        let merged = merge_driver::merge(&mut admin, right, left, MergeOptions::default())?;
-        self.router.forget(right);
-        self.router.learn(std::slice::from_ref(&merged));
-        Ok(merged)
+        match merge_driver::merge(&mut admin, right, left, MergeOptions::default()) {
+            Ok(merged) => {
+                self.router.forget(right);
+                self.router.learn(std::slice::from_ref(&merged));
+                Ok(merged)
+            }
+            Err(e) => {
+                // Prepared, rolled back or half done: both regions may have moved on
+                // (a rollback bumps the source's version twice); the next request finds
+                // them anew.
+                self.router.forget(right);
+                self.router.forget(left);
+                Err(e.into())
+            }
+        }
     }
 }
 
@@ -188,6 +209,34 @@ impl BackendAdmin<'_> {
                 continue;
             };
             match f(self.ops.backend.as_ref(), leader) {
+                // Learned as `Db` learns from a refusal (`Db::call`): the leader's hint,
+                // the region's current shape. A stale epoch is the caller's to act on
+                // (route again, or give up): resending it until the deadline cannot help.
+                Some(Err(regionkv_raft::Error::NotLeader { leader: Some(l), .. }))
+                    if l != leader =>
+                {
+                    self.ops.router.set_leader(region, Some(l));
+                    last = regionkv_raft::Error::NotLeader { region, leader: Some(l) };
+                    continue;
+                }
+                Some(Err(e @ regionkv_raft::Error::EpochNotMatch { .. })) => {
+                    if let regionkv_raft::Error::EpochNotMatch { current, .. } = &e {
+                        self.ops.router.learn(current);
+                        if current.iter().all(|r| r.id != region) {
+                            self.ops.router.forget(region);
+                        }
+                    }
+                    return Err(e);
+                }
+                Some(Err(e @ regionkv_raft::Error::KeyNotInRegion { .. })) => {
+                    if let regionkv_raft::Error::KeyNotInRegion { current, .. } = &e {
+                        match current {
+                            Some(r) => self.ops.router.learn(std::slice::from_ref(r)),
+                            None => self.ops.router.forget(region),
+                        }
+                    }
+                    return Err(e);
+                }
                 Some(Err(e)) if e.is_retryable() || e.is_cancelled() => {
                     self.ops.router.set_leader(region, None);
                     last = e;

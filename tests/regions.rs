@@ -121,3 +121,38 @@ fn a_batch_spanning_regions_is_refused_and_changes_nothing() {
     assert_eq!(db.scan(.., 10).unwrap().len(), 2);
     cluster.shutdown().unwrap();
 }
+
+/// Item 5 of issue 11: a merge rolled back with a store down (its source's version
+/// moved twice: prepare, rollback), then every later split inside that region failed
+/// after 10 s with `EpochNotMatch`, even once the store was back: the admin path kept
+/// resending the epoch it had cached before the merge until its deadline. Admin paths
+/// now learn the current regions from a refusal, as `Db` does.
+#[test]
+fn a_region_that_rolled_back_a_merge_can_be_split_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path());
+    let db = cluster.db();
+    let mut model = BTreeMap::new();
+    for i in 0..200 {
+        db.put(key(i), format!("v{i}")).unwrap();
+        model.insert(key(i), format!("v{i}"));
+    }
+    let parts = cluster.split(key(100)).unwrap();
+    cluster.stop_store(3u64).unwrap();
+    // The source's replica on store 3 never gets the prepare: the merge rolls back.
+    let err = cluster.merge(parts[0].id, parts[1].id).unwrap_err();
+    assert!(err.to_string().contains("rolled back"), "{err}");
+    for i in (0..200).step_by(7) {
+        db.put(key(i), format!("w{i}")).unwrap();
+        model.insert(key(i), format!("w{i}"));
+    }
+    cluster.restart_store(3u64).unwrap();
+    let started = Instant::now();
+    let split = cluster.split(key(150)).unwrap();
+    assert_eq!(split.len(), 2);
+    assert_eq!(split[1].start, key(150).as_bytes());
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert_eq!(cluster.regions().len(), 3);
+    check_all(&db, &model);
+    cluster.shutdown().unwrap();
+}

@@ -334,6 +334,12 @@ fn decode_admin(buf: &[u8]) -> DecodeResult<Admin> {
     Ok(Admin { epoch, cmd })
 }
 
+/// True if `data` (a normal entry's) was written in a format newer than this binary
+/// reads: it cannot tell what the command does, so it must not refuse it either.
+pub(crate) fn is_newer_format(data: &[u8]) -> bool {
+    data.first().is_some_and(|&version| version > FORMAT_VERSION)
+}
+
 /// True if `data` (a normal entry's) starts with an admin command: a cheap look at
 /// the first field's tag, before any decoding.
 pub(crate) fn is_admin(data: &[u8]) -> bool {

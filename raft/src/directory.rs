@@ -40,6 +40,10 @@ pub const DIRECTORY: RegionId = RegionId(0);
 /// bootstrapped regions); the directory allocates from here on.
 pub const FIRST_ALLOCATED_ID: u64 = 1000;
 
+/// The most ids one [`DirCmd::AllocIds`] takes (a split into 10,000 regions takes
+/// 9,999); a larger count is refused.
+pub const MAX_IDS_PER_ALLOCATION: u64 = 1 << 16;
+
 /// The format of directory records and commands.
 const FORMAT_VERSION: u8 = 1;
 
@@ -310,16 +314,24 @@ fn newer(a: Epoch, b: Epoch) -> bool {
 }
 
 /// Applies `cmd` to the directory in `engine` (region 0 at `epoch`), deterministically.
-pub(crate) fn apply(engine: &Engine, epoch: Epoch, cmd: &DirCmd) -> Result<DirResult> {
+/// The outer error fails the apply (the directory's engine or its records failed); the
+/// inner one refuses the command, decided from the command and the directory alone, so
+/// every replica refuses it alike and nothing changes.
+pub(crate) fn apply(engine: &Engine, epoch: Epoch, cmd: &DirCmd) -> Result<Result<DirResult>> {
+    if let Err(refused) = check(cmd) {
+        return Ok(Err(refused));
+    }
     let snapshot = engine.read_view();
     let mut round = engine.begin_round();
     round.prepare_for_region(DIRECTORY, epoch)?;
     let result = match cmd {
         DirCmd::AllocIds { count } => {
             let first = next_id(&snapshot)?;
-            let next = first
-                .checked_add(*count)
-                .ok_or_else(|| Error::InvalidRequest("id space exhausted".into()))?;
+            let Some(next) = first.checked_add(*count) else {
+                return Ok(Err(Error::InvalidRequest(format!(
+                    "{count} ids from {first} would run past the id space"
+                ))));
+            };
             let mut value = vec![FORMAT_VERSION];
             codec::put_u64(&mut value, NEXT_ID, next);
             round.put(KEY_NEXT_ID, &value)?;
@@ -364,7 +376,19 @@ pub(crate) fn apply(engine: &Engine, epoch: Epoch, cmd: &DirCmd) -> Result<DirRe
         }
     };
     round.commit()?;
-    Ok(result)
+    Ok(Ok(result))
+}
+
+/// Why `cmd` must not apply, from the command alone.
+fn check(cmd: &DirCmd) -> Result<()> {
+    match cmd {
+        DirCmd::AllocIds { count } if *count == 0 || *count > MAX_IDS_PER_ALLOCATION => {
+            Err(Error::InvalidRequest(format!(
+                "an allocation takes 1 to {MAX_IDS_PER_ALLOCATION} ids, not {count}"
+            )))
+        }
+        DirCmd::AllocIds { .. } | DirCmd::Report { .. } => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -397,7 +421,7 @@ mod tests {
         let records =
             regions.iter().map(|r| RegionRecord { region: r.clone(), leader: Some(StoreId(2)) });
         match apply(engine, Epoch::INITIAL, &DirCmd::Report { records: records.collect() }) {
-            Ok(DirResult::Reported { taken }) => taken,
+            Ok(Ok(DirResult::Reported { taken })) => taken,
             other => panic!("{other:?}"),
         }
     }
@@ -409,10 +433,21 @@ mod tests {
     #[test]
     fn ids_are_never_handed_out_twice() {
         let engine = engine();
-        let a = apply(&engine, Epoch::INITIAL, &DirCmd::AllocIds { count: 3 }).unwrap();
-        let b = apply(&engine, Epoch::INITIAL, &DirCmd::AllocIds { count: 2 }).unwrap();
+        let a = apply(&engine, Epoch::INITIAL, &DirCmd::AllocIds { count: 3 }).unwrap().unwrap();
+        let b = apply(&engine, Epoch::INITIAL, &DirCmd::AllocIds { count: 2 }).unwrap().unwrap();
         assert_eq!(a, DirResult::Ids { first: FIRST_ALLOCATED_ID, count: 3 });
         assert_eq!(b, DirResult::Ids { first: FIRST_ALLOCATED_ID + 3, count: 2 });
+    }
+
+    #[test]
+    fn allocations_out_of_bounds_are_refused_and_change_nothing() {
+        let engine = engine();
+        for count in [0, MAX_IDS_PER_ALLOCATION + 1, u64::MAX] {
+            let refused = apply(&engine, Epoch::INITIAL, &DirCmd::AllocIds { count }).unwrap();
+            assert!(matches!(refused, Err(Error::InvalidRequest(_))), "{count}: {refused:?}");
+        }
+        let ids = apply(&engine, Epoch::INITIAL, &DirCmd::AllocIds { count: 1 }).unwrap();
+        assert_eq!(ids.unwrap(), DirResult::Ids { first: FIRST_ALLOCATED_ID, count: 1 });
     }
 
     #[test]
@@ -439,11 +474,17 @@ mod tests {
         // Same epoch, a new leader: taken; the same leader again, or none: not.
         let moved = RegionRecord { region: region(1, "", None, 4), leader: Some(StoreId(3)) };
         let cmd = DirCmd::Report { records: vec![moved.clone()] };
-        assert_eq!(apply(&engine, Epoch::INITIAL, &cmd).unwrap(), DirResult::Reported { taken: 1 });
-        assert_eq!(apply(&engine, Epoch::INITIAL, &cmd).unwrap(), DirResult::Reported { taken: 0 });
+        assert_eq!(
+            apply(&engine, Epoch::INITIAL, &cmd).unwrap().unwrap(),
+            DirResult::Reported { taken: 1 }
+        );
+        assert_eq!(
+            apply(&engine, Epoch::INITIAL, &cmd).unwrap().unwrap(),
+            DirResult::Reported { taken: 0 }
+        );
         let unknown = DirCmd::Report { records: vec![RegionRecord { leader: None, ..moved }] };
         assert_eq!(
-            apply(&engine, Epoch::INITIAL, &unknown).unwrap(),
+            apply(&engine, Epoch::INITIAL, &unknown).unwrap().unwrap(),
             DirResult::Reported { taken: 0 }
         );
         assert_eq!(lookup(&engine.read_view(), b"x").unwrap().unwrap().leader, Some(StoreId(3)));

@@ -73,6 +73,21 @@ pub enum Error {
         /// Why.
         reason: DropReason,
     },
+    /// This store's replica of the region stopped applying its log: it met a committed
+    /// entry it cannot apply here (a command written by a newer regionkv, or a conflict
+    /// with what this store holds that its group's other replicas may not have). The
+    /// store and its other regions go on; the region is served by its other replicas.
+    #[error(
+        "this store's replica of region {} stopped applying ({reason}); the region is served \
+         by its other replicas: upgrade this store, or remove this replica and add it back",
+        region.0
+    )]
+    ReplicaHalted {
+        /// The region.
+        region: RegionId,
+        /// What it could not apply.
+        reason: String,
+    },
     /// Refused before it was proposed: the store is shutting down (or not running).
     /// Nothing was done; safe to retry elsewhere.
     #[error("the store is shutting down")]
@@ -150,6 +165,7 @@ impl Error {
             | Error::KeyNotInRegion { .. }
             | Error::RegionNotFound { .. }
             | Error::Merging { .. }
+            | Error::ReplicaHalted { .. }
             | Error::Dropped { .. } => true,
             Error::RegionExists { .. }
             | Error::Cancelled
@@ -168,12 +184,49 @@ impl Error {
         }
     }
 
+    /// True if the error must stop the store: its log or engine failed (I/O, a poisoned
+    /// engine, a damaged file), so the state in memory may be ahead of what is durable
+    /// and only a restart (recovering from disk) may go on. Everything else that can go
+    /// wrong applying a command is a refusal (the command is applied as a no-op and its
+    /// proposer told why), or at worst halts one replica. Exhaustive on purpose.
+    pub fn is_store_failure(&self) -> bool {
+        match self {
+            Error::Wal(e) => !e.is_cancelled(),
+            Error::Engine(e) => matches!(
+                e.class(),
+                regionkv_engine::ErrorClass::Io
+                    | regionkv_engine::ErrorClass::Fatal
+                    | regionkv_engine::ErrorClass::Corruption
+            ),
+            Error::LogCorruption { .. } => true,
+            Error::NotLeader { .. }
+            | Error::EpochNotMatch { .. }
+            | Error::KeyNotInRegion { .. }
+            | Error::RegionNotFound { .. }
+            | Error::RegionExists { .. }
+            | Error::Merging { .. }
+            | Error::MergeAborted { .. }
+            | Error::Dropped { .. }
+            | Error::ReplicaHalted { .. }
+            | Error::Cancelled
+            | Error::CancelledInFlight { .. }
+            | Error::Timeout { .. }
+            | Error::Compacted { .. }
+            | Error::EntryUnavailable { .. }
+            | Error::InvalidRequest(_)
+            | Error::Malformed(_)
+            | Error::Raft(_)
+            | Error::Internal(_) => false,
+        }
+    }
+
     /// True if the error comes from shutdown (before propose, or in flight: see
     /// [`Error::is_outcome_unknown`]).
     pub fn is_cancelled(&self) -> bool {
         match self {
             Error::Cancelled | Error::CancelledInFlight { .. } => true,
             Error::Wal(e) => e.is_cancelled(),
+            Error::Engine(e) => e.is_cancelled(),
             _ => false,
         }
     }
@@ -192,6 +245,7 @@ impl Error {
             | Error::Merging { .. }
             | Error::MergeAborted { .. }
             | Error::Dropped { .. }
+            | Error::ReplicaHalted { .. }
             | Error::Cancelled
             | Error::Compacted { .. }
             | Error::EntryUnavailable { .. }
@@ -324,6 +378,16 @@ impl fmt::Display for MergeAbortReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_closed_log_or_engine_is_shutdown_not_failure() {
+        let engine = Error::Engine(regionkv_engine::Error::Closed);
+        assert!(engine.is_cancelled() && !engine.is_store_failure());
+        let wal = Error::Wal(regionkv_wal::Error::Closed);
+        assert!(wal.is_cancelled() && !wal.is_store_failure());
+        let poisoned = Error::Engine(regionkv_engine::Error::Poisoned { cause: "fsync".into() });
+        assert!(!poisoned.is_cancelled() && poisoned.is_store_failure());
+    }
 
     #[test]
     fn reasons_round_trip_through_their_codes_and_unknown_codes_are_unspecified() {

@@ -119,8 +119,9 @@ impl Default for Reads {
 pub(crate) struct MergeProgress {
     /// The merge this region is the prepared source of (mirrors the engine).
     pub state: Option<MergeState>,
-    /// As a merge source: the target waiting for this replica to catch up.
-    pub catch_up: Option<CatchUp>,
+    /// As a merge source: the targets waiting for this replica to catch up (one, but
+    /// for commit merges no driver proposed).
+    pub catch_up: Vec<CatchUp>,
     /// As a merge target: entries held back until the source caught up.
     pub paused: Option<Paused>,
     /// As a merge target: the source that reported it caught up.
@@ -128,11 +129,20 @@ pub(crate) struct MergeProgress {
 }
 
 /// A merge target on this store waiting for its source replica here to apply the
-/// source's log up to the prepare command.
+/// source's log up to the prepare command (at `index`, of `term`, as the target's
+/// commit merge says).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct CatchUp {
     pub target: RegionId,
     pub index: u64,
+    pub term: u64,
+}
+
+impl CatchUp {
+    /// The merge state the commit merge expects the source's prepare to have recorded.
+    pub fn expected(&self) -> MergeState {
+        MergeState { target: self.target, prepare_index: self.index, prepare_term: self.term }
+    }
 }
 
 /// Committed entries a merge target holds back, from its commit merge on, until the
@@ -282,6 +292,14 @@ pub(crate) struct Replica {
     pub removed: bool,
     pub merge: MergeProgress,
     pub hibernation: Hibernation,
+    /// Ticks since a leader of the group last claimed this replica (an append, a
+    /// heartbeat or a snapshot); an uninitialized replica unclaimed for long is
+    /// collected (see `StoreCore::collect_unclaimed`).
+    pub unclaimed_ticks: u64,
+    /// Set when the replica met a committed entry it cannot apply (see
+    /// [`Error::ReplicaHalted`]): it applies nothing more until the store restarts, and
+    /// refuses requests; its log still takes part in replication.
+    pub halted: Option<String>,
 }
 
 impl Replica {
@@ -317,6 +335,8 @@ impl Replica {
             removed: false,
             merge: MergeProgress { state: merge, ..MergeProgress::default() },
             hibernation: Hibernation::default(),
+            halted: None,
+            unclaimed_ticks: 0,
         }
     }
 
@@ -386,7 +406,7 @@ impl Replica {
             && self.reads.unissued.is_empty()
             && self.reads.pending.is_empty()
             && self.reads.ready.is_empty()
-            && self.merge.catch_up.is_none()
+            && self.merge.catch_up.is_empty()
             && self.merge.paused.is_none()
             && self.snapshot.incoming.is_none()
             && raft.lead_transferee.is_none()
@@ -410,12 +430,19 @@ impl Replica {
             && self.committed() == index
             && self.reads.unissued.is_empty()
             && self.merge.paused.is_none()
-            && self.merge.catch_up.is_none()
+            && self.merge.catch_up.is_empty()
     }
 
-    /// Commits `index` from this replica's own log if it holds that entry with `term`
-    /// durably (a merge target committed the merge, which proves the entry committed in
-    /// this group, whose leader may be gone already).
+    /// True if this replica's log holds entry `index` of `term` durably.
+    pub fn holds_entry(&self, index: u64, term: u64) -> bool {
+        let log = &self.raw.raft.raft_log;
+        log.persisted >= index && log.term(index).ok() == Some(term)
+    }
+
+    /// Commits `index` from this replica's own log, which holds it durably (a merge
+    /// target committed the merge naming that entry as this group's prepare command,
+    /// which proves it committed here; this group's leader may be gone already). The
+    /// caller checked that the entry is that prepare command.
     pub fn commit_held_entry(&mut self, index: u64, term: u64) {
         let log = &mut self.raw.raft.raft_log;
         if self.applied_index < index
@@ -517,6 +544,20 @@ impl Replica {
             Some(m) => Err(Error::Merging { region: self.region.id, target: m.target }),
             None => Ok(()),
         }
+    }
+
+    /// Refuses reads on a prepared merge source (the target may commit the merge and
+    /// take writes to these keys at any time: this copy may be stale already), and on
+    /// a merge target paused until its source replica here catches up (it holds back
+    /// what it committed). Both are retryable.
+    pub fn check_readable(&self) -> Result<()> {
+        if let Some(m) = self.merge.state {
+            return Err(Error::Merging { region: self.region.id, target: m.target });
+        }
+        if let Some(paused) = &self.merge.paused {
+            return Err(Error::Merging { region: paused.source, target: self.region.id });
+        }
+        Ok(())
     }
 
     pub fn not_leader(&self) -> Error {

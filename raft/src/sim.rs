@@ -15,7 +15,9 @@
 //! - P7: on every store, a region's term and epoch never go back (across restarts),
 //!   and commit and applied index never go back while the store runs (after a restart
 //!   the applied index starts at the region's checkpoint and the log is replayed
-//!   before any read is served).
+//!   before any read is served);
+//! - A1: no store stops (the simulated disks never fail, and nothing else may stop a
+//!   store: a command that cannot apply is refused).
 //!
 //! A violation panics with the seed, so the failing run can be replayed.
 
@@ -72,6 +74,8 @@ pub struct SimConfig {
     pub checkpoint_log_bytes: u64,
     /// How leaders serve reads.
     pub read_mode: crate::ReadMode,
+    /// Bootstrap the cluster directory (region 0) on the voters too.
+    pub directory: bool,
 }
 
 impl SimConfig {
@@ -87,6 +91,7 @@ impl SimConfig {
             segment_bytes: 64 << 10,
             checkpoint_log_bytes: 64 << 10,
             read_mode: crate::ReadMode::ReadIndex,
+            directory: false,
         }
     }
 }
@@ -155,6 +160,8 @@ struct SimStore {
     disks: u64,
     /// The store's identity as its last start made it (what its handshake sends).
     identity: Option<StoreIdentity>,
+    /// The next start opens as if its WAL recovery had cut valid records.
+    log_cut: bool,
 }
 
 /// Invariant state shared with the apply observers.
@@ -169,8 +176,9 @@ struct Checks {
     /// (store, region) -> highest term made durable (a term only in memory may be
     /// lost by a crash: nothing was sent under it).
     durable_term: HashMap<(StoreId, RegionId), u64>,
-    /// (store, region) -> highest (commit, applied) seen since the store last started.
-    running_max: HashMap<(StoreId, RegionId), (u64, u64)>,
+    /// (store, region, peer) -> highest (commit, applied) seen in this incarnation (a
+    /// replica removed and added back is a new peer).
+    running_max: HashMap<(StoreId, RegionId, PeerId), (u64, u64)>,
     violation: Option<String>,
 }
 
@@ -189,6 +197,9 @@ pub struct SimCluster {
     trace: DefaultHasher,
     checks: Arc<Mutex<Checks>>,
     next_peer_id: u64,
+    /// The last region id handed out by `new_id` (ids come from where the directory
+    /// allocates them).
+    last_region_id: u64,
     /// Reports for the directory, until taken.
     reports: Vec<crate::directory::RegionRecord>,
     /// Envelopes handed to the network so far.
@@ -216,7 +227,7 @@ fn hash_of(term: u64, data: &[u8]) -> u64 {
 
 impl SimStore {
     fn new(disk: SimFs) -> SimStore {
-        SimStore { disk, running: None, life: 0, disks: 0, identity: None }
+        SimStore { disk, running: None, life: 0, disks: 0, identity: None, log_cut: false }
     }
 }
 
@@ -235,6 +246,7 @@ impl SimCluster {
             trace: DefaultHasher::new(),
             checks: Arc::default(),
             next_peer_id: 1,
+            last_region_id: crate::directory::FIRST_ALLOCATED_ID - 1,
             reports: Vec::new(),
             sent: 0,
         };
@@ -249,7 +261,14 @@ impl SimCluster {
             cluster.start(id, None)?;
             if s <= cluster.config.voters as u64 {
                 let region = Region { peers: voters.clone(), ..Region::whole(RegionId(1)) };
+                let directory = cluster.config.directory.then(|| Region {
+                    peers: voters.clone(),
+                    ..Region::whole(crate::directory::DIRECTORY)
+                });
                 let running = cluster.running(id)?;
+                if let Some(directory) = directory {
+                    running.core.bootstrap_region(directory)?;
+                }
                 running.core.bootstrap_region(region)?;
                 cluster.process(id);
             }
@@ -305,6 +324,8 @@ impl SimCluster {
         let log = Arc::new(RaftLog::open(wal.clone(), config.log)?);
         let mut ctx =
             StoreContext::new(config, engine.clone(), directory, log, CancellationToken::new());
+        let forced = std::mem::take(&mut self.stores.get_mut(&id).expect("known store").log_cut);
+        ctx.log_cut = forced || crate::core::wal_lost_records(&wal);
         let checks = self.checks.clone();
         ctx.apply_observer = Some(Box::new(move |region, index, term, data| {
             let mut c = checks.lock();
@@ -338,7 +359,7 @@ impl SimCluster {
             writes: std::collections::VecDeque::new(),
             in_flight: false,
         });
-        self.checks.lock().running_max.retain(|(s, _), _| *s != id);
+        self.checks.lock().running_max.retain(|(s, _, _), _| *s != id);
         let at = self.now + self.config.tick;
         self.schedule(at, Event::Tick(id));
         Ok(())
@@ -765,6 +786,24 @@ impl SimCluster {
         pending
     }
 
+    /// Submits a command for the cluster directory to `store` (its leader, for the
+    /// command to be taken); needs [`SimConfig::directory`].
+    pub fn directory(
+        &mut self,
+        store: StoreId,
+        cmd: &crate::directory::DirCmd,
+    ) -> Pending<crate::directory::DirResult> {
+        let pending = Pending::new();
+        match self.running(store) {
+            Ok(running) => {
+                running.core.on_directory(cmd, pending.reply());
+                self.process(store);
+            }
+            Err(e) => (pending.reply())(Err(e)),
+        }
+        pending
+    }
+
     /// The merge status of `region` as `store`'s peer (its leader) sees it.
     pub fn merge_status(&self, store: StoreId, region: RegionId) -> Result<MergeStatus> {
         let running = self
@@ -801,10 +840,11 @@ impl SimCluster {
         Err(last)
     }
 
-    /// A fresh id for a region or a peer, unique in the cluster.
+    /// A fresh region id, unique in the cluster, increasing as the directory allocates
+    /// them (from [`FIRST_ALLOCATED_ID`](crate::directory::FIRST_ALLOCATED_ID)).
     pub fn new_id(&mut self) -> u64 {
-        self.next_peer_id += 1;
-        self.next_peer_id
+        self.last_region_id += 1;
+        self.last_region_id
     }
 
     /// A fresh peer id, unique in the cluster.
@@ -882,11 +922,27 @@ impl SimCluster {
         Ok(())
     }
 
+    /// Restarts a crashed or stopped store as if its WAL recovery had cut valid records
+    /// past damage in the last group (a point-in-time recovery): what it acknowledged
+    /// last, its latest term and vote among it, may be gone. The simulated disks cannot
+    /// produce that damage (each simulated write is its own group), so the store is
+    /// told.
+    pub fn restart_after_log_cut(&mut self, store: StoreId) -> Result<()> {
+        if let Some(s) = self.stores.get_mut(&store) {
+            s.log_cut = true;
+        }
+        self.restart(store)
+    }
+
     fn check(&mut self) {
         let mut statuses = Vec::new();
         let mut pinned = Vec::new();
+        let mut stopped = Vec::new();
         for (&id, s) in &self.stores {
             if let Some(r) = &s.running {
+                if r.core.context().cancel.is_cancelled() {
+                    stopped.push(id);
+                }
                 statuses.push((id, r.core.status()));
                 // Between flushes no write-batch round is open: every pin taken by a
                 // round was released exactly once.
@@ -901,6 +957,11 @@ impl SimCluster {
             && c.violation.is_none()
         {
             c.violation = Some(format!("5.1: store {id} holds {pins} region pins between rounds"));
+        }
+        if let Some(id) = stopped.first()
+            && c.violation.is_none()
+        {
+            c.violation = Some(format!("A1: store {id} stopped, and no disk failed"));
         }
         for (id, status) in statuses {
             for s in status {
@@ -933,18 +994,34 @@ impl SimCluster {
                     c.durable_max.insert((id, region), s.region.epoch);
                 }
                 let (commit, applied) =
-                    c.running_max.get(&(id, region)).copied().unwrap_or_default();
+                    c.running_max.get(&(id, region, s.peer)).copied().unwrap_or_default();
                 if (s.commit < commit || s.applied < applied) && c.violation.is_none() {
                     c.violation = Some(format!(
                         "P7: store {id} region {region}: commit {} applied {} after {commit} {applied}",
                         s.commit, s.applied
                     ));
                 }
-                c.running_max.insert((id, region), (s.commit.max(commit), s.applied.max(applied)));
+                let max = (s.commit.max(commit), s.applied.max(applied));
+                c.running_max.insert((id, region, s.peer), max);
             }
         }
         if let Some(v) = &c.violation {
             panic!("seed {}: {v}", self.config.seed);
+        }
+    }
+
+    /// Delivers `envelopes` now, as if they came over the network (for tests that send
+    /// what no store would: forged or damaged messages).
+    pub fn inject(&mut self, envelopes: Vec<Envelope>) {
+        let mut by_store: BTreeMap<StoreId, Vec<Envelope>> = BTreeMap::new();
+        for env in envelopes {
+            by_store.entry(env.to).or_default().push(env);
+        }
+        for (to, batch) in by_store {
+            // As if sent by the store the envelopes name, under its current identity.
+            let identity =
+                (batch.first()).and_then(|e| self.stores.get(&e.from)).and_then(|s| s.identity);
+            self.handle(Event::Deliver(to, identity, batch));
         }
     }
 

@@ -83,13 +83,14 @@ impl raft::Storage for PeerStorage {
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let mut slot = self.snapshot.lock();
+        // A snapshot made before `to` was added does not list it: raft-rs on `to` would
+        // ignore it, again and again. A new one is made.
+        let lists = |snap: &Snapshot| {
+            let cs = snap.get_metadata().get_conf_state();
+            cs.voters.contains(&to) || cs.learners.contains(&to)
+        };
         match &slot.ready {
-            // A snapshot made before `to` joined does not list it: `to` would ignore it
-            // (raft-rs refuses a snapshot whose members leave it out), so make a new one.
-            Some(snap)
-                if snap.get_metadata().index >= request_index
-                    && lists(snap.get_metadata().get_conf_state(), to) =>
-            {
+            Some(snap) if snap.get_metadata().index >= request_index && lists(snap) => {
                 Ok(snap.clone())
             }
             _ => {
@@ -98,9 +99,4 @@ impl raft::Storage for PeerStorage {
             }
         }
     }
-}
-
-/// True if `conf` has `peer` as a voter or a learner.
-fn lists(conf: &raft::eraftpb::ConfState, peer: u64) -> bool {
-    conf.voters.contains(&peer) || conf.learners.contains(&peer)
 }

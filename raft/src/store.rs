@@ -171,8 +171,9 @@ impl Store {
             Err(regionkv_wal::Error::Corruption { .. })
                 if options.wal.recovery == RecoveryMode::TolerateTornTail =>
             {
-                // A replica may cut damage beyond every acknowledged write: what it
-                // loses is fetched from the leader before it votes again.
+                // A replica may cut damage in the last group of records, which may hold
+                // acknowledged writes and its latest vote: its regions vote again only
+                // once caught up past the cut (`StoreContext::log_cut`).
                 tracing::warn!(dir = %wal_dir.display(), "WAL damaged beyond its torn tail; recovering to the last good record");
                 Wal::open(
                     fs.clone(),
@@ -188,13 +189,15 @@ impl Store {
         let incarnation = engine.ensure_incarnation(fresh_incarnation()?)?;
         let book = Arc::new(PeerBook::open(id, incarnation, engine.clone(), directory.clone())?);
         let log = Arc::new(RaftLog::open(wal.clone(), options.config.log)?);
-        let ctx = Arc::new(StoreContext::new(
+        let mut ctx = StoreContext::new(
             options.config.clone(),
             engine,
             directory,
             log,
             CancellationToken::new(),
-        ));
+        );
+        ctx.log_cut = crate::core::wal_lost_records(&wal);
+        let ctx = Arc::new(ctx);
         let pollers = options.pollers.max(1);
         let mut senders = Vec::with_capacity(pollers);
         let mut receivers = Vec::with_capacity(pollers);
@@ -411,11 +414,24 @@ impl Store {
     }
 
     /// Shuts down in order and writes the clean-shutdown marks. See the module docs.
+    ///
+    /// If a thread has not stopped by its deadline (a writer inside an fsync that does
+    /// not return, a poller inside a long apply), no mark is written and an error
+    /// names the threads: the next open recovers as after a crash, which is right for a
+    /// state a running thread may still change.
     pub fn shutdown(&self) -> Result<()> {
         // 1. Cancel: requests are refused from now on, timelines see shutdown.
         self.ctx.cancel.cancel();
         // 2-4. Pollers shut their timelines down and leave; writers drain and leave.
-        self.join();
+        let running = self.join();
+        if !running.is_empty() {
+            tracing::warn!(store = self.ctx.config.store_id.0, threads = ?running, "threads did not stop in time; no clean-shutdown mark written");
+            return Err(Error::Internal(format!(
+                "threads {running:?} did not stop within {:?}: no clean-shutdown mark was \
+                 written; the next open recovers as after a crash",
+                self.shutdown_timeout * 2
+            )));
+        }
         // 5. The clean-shutdown marks.
         self.wal.close()?;
         self.ctx.engine.close()?;
@@ -429,12 +445,15 @@ impl Store {
     pub fn kill(&self) {
         self.killed.store(true, Ordering::SeqCst);
         self.ctx.cancel.cancel();
-        self.join();
+        let _ = self.join();
     }
 
-    fn join(&self) {
+    /// Waits (bounded) for every thread to stop; returns the names of those that did
+    /// not.
+    fn join(&self) -> Vec<String> {
         let threads = std::mem::take(&mut *self.threads.lock());
         let deadline = Instant::now() + self.shutdown_timeout * 2;
+        let mut running = Vec::new();
         for t in threads {
             // Threads leave on cancellation within a tick; the deadline is a last guard.
             while !t.is_finished() && Instant::now() < deadline {
@@ -443,9 +462,12 @@ impl Store {
             if t.is_finished() {
                 let _ = t.join();
             } else {
-                tracing::warn!(thread = ?t.thread().name(), "thread did not stop in time");
+                let name = t.thread().name().unwrap_or("unnamed").to_owned();
+                tracing::warn!(thread = %name, "thread did not stop in time");
+                running.push(name);
             }
         }
+        running
     }
 }
 

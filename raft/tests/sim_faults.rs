@@ -5,7 +5,8 @@
 //! (every acknowledged write is there after the faults heal).
 //!
 //! A failing seed replays with `SIM_SEED=<seed> cargo test --release -p regionkv-raft
-//! --test sim_faults`.
+//! --test sim_faults`. The random-faults test runs 200 seeds; `SIM_SOAK_SEEDS=<n>` runs
+//! n (the soak: 5,000).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -215,9 +216,11 @@ fn a_new_replica_joins_by_snapshot_and_a_removed_one_leaves() {
 /// links drop and delay messages, and partitions come and go; then everything heals.
 #[test]
 fn random_faults_never_lose_an_acknowledged_write() {
-    let seeds: Vec<u64> = match std::env::var("SIM_SEED") {
-        Ok(s) => vec![s.parse().expect("SIM_SEED is a number")],
-        Err(_) => (100..164).collect(),
+    let seeds: Vec<u64> = if let Ok(s) = std::env::var("SIM_SEED") {
+        vec![s.parse().expect("SIM_SEED is a number")]
+    } else {
+        let soak = std::env::var("SIM_SOAK_SEEDS").ok().and_then(|n| n.parse().ok());
+        (100..100 + soak.unwrap_or(200)).collect()
     };
     let mut totals = (0, 0);
     for seed in seeds {

@@ -1,17 +1,21 @@
 //! Property test over region topology: random sequences of puts, deletes, scans,
 //! splits at random keys, merges of random neighbours, leader transfers, store
-//! restarts and crashes, on the simulated three-store cluster, checked against a model
-//! after every step:
+//! restarts and crashes, and poison pills (admin and directory commands that must be
+//! refused, forged snapshots that must be dropped), on the simulated three-store
+//! cluster with its directory, checked against a model after every step:
 //!
 //! - P1: every acknowledged write is there (a write whose outcome is unknown may be);
 //! - P8: a request routed with a stale epoch is refused, and a key outside the region
 //!   routed to is refused;
 //! - P9: a scan over every region returns each key exactly once (nothing lost or
 //!   duplicated across splits and merges), and the regions partition the key space;
-//! - P7 (the simulator checks it after every event): epochs never go back.
+//! - P7 (the simulator checks it after every event): epochs never go back;
+//! - A1 (the simulator too): no store ever stops; a poison pill is refused with a
+//!   typed error and changes nothing (the model check after the step).
 //!
-//! Seeds: `SIM_SEED=<seed>` replays one; `TOPOLOGY_SEEDS=<n>` runs more;
-//! `TOPOLOGY_TRACE=1` prints each step and the regions before it.
+//! Seeds: `SIM_SEED=<seed>` replays one; `TOPOLOGY_SEEDS=<n>` runs the first n (200 by
+//! default); `SIM_SOAK_SEEDS=<n>` too (the soak: 5,000); `TOPOLOGY_TRACE=1` prints
+//! each step and the regions before it.
 
 mod common;
 
@@ -20,10 +24,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use regionkv_engine::{Region, RegionId, StoreId};
-use regionkv_raft::merge_driver::{self, MergeOptions};
+use regionkv_raft::directory::{DIRECTORY, DirCmd, MAX_IDS_PER_ALLOCATION};
+use regionkv_raft::merge_driver::{self, MergeOptions, RegionAdmin};
 use regionkv_raft::sim::{SimCluster, SimConfig};
 use regionkv_raft::transport::local::SplitMix;
-use regionkv_raft::{Error, Op};
+use regionkv_raft::{AdminCmd, AdminResult, Error, Op};
 use regionkv_wal::CrashMode;
 
 use common::{SECOND, converge, region_for, scan_all, split};
@@ -130,10 +135,167 @@ fn check_stale_routing(c: &mut SimCluster, old: &Region, seed: u64, step: usize)
     }
 }
 
+/// Whether a poison pill's outcome is a refusal: typed, and changing nothing. A
+/// routing error (the leader moved, the region changed meanwhile) or no answer yet is
+/// not a verdict; anything that applied is a failure.
+fn refused<T: std::fmt::Debug>(what: &str, outcome: &Result<T, Error>, seed: u64, step: usize) {
+    match outcome {
+        Err(Error::InvalidRequest(_)) => {}
+        Err(e) if e.is_retryable() || matches!(e, Error::Timeout { .. }) => {}
+        other => panic!("seed {seed} step {step}: {what} was not refused: {other:?}"),
+    }
+}
+
+/// A key of the test's key space strictly inside `region`, if there is one.
+fn key_inside(region: &Region) -> Option<String> {
+    (0..40).map(|i| format!("k{i:02}")).find(|k| {
+        region.start.as_slice() < k.as_bytes()
+            && region.end.as_ref().is_none_or(|end| k.as_bytes() < end.as_slice())
+    })
+}
+
+/// One poison pill, chosen at random: an admin or directory command every replica must
+/// refuse alike, or a snapshot a leader would never send, which must be dropped.
+fn poison(
+    c: &mut SimCluster,
+    rng: &mut SplitMix,
+    given: &BTreeMap<RegionId, Vec<RegionId>>,
+    seed: u64,
+    step: usize,
+) {
+    let regions = converge(c);
+    let region = regions[(rng.next_u64() % regions.len() as u64) as usize].clone();
+    let kind = rng.next_u64() % 6;
+    if std::env::var("TOPOLOGY_TRACE").is_ok() {
+        eprintln!("poison pill {kind} at region {}", region.id);
+    }
+    match kind {
+        0 => {
+            // A split whose ids the directory did not allocate for it.
+            let Some(key) = key_inside(&region) else { return };
+            let older = regions.iter().map(|r| r.id).filter(|id| *id < region.id).max();
+            let fresh = RegionId(c.new_id());
+            let mut choices = vec![vec![DIRECTORY], vec![region.id], vec![RegionId(5)]];
+            choices.extend(older.map(|id| vec![id]));
+            choices.extend(given.get(&region.id).and_then(|ids| ids.last()).map(|id| vec![*id]));
+            let ids = &choices[(rng.next_u64() % choices.len() as u64) as usize];
+            let (keys, new_ids) = if rng.next_u64().is_multiple_of(4) {
+                (vec![key.clone().into_bytes(), format!("{key}z").into_bytes()], vec![fresh, fresh])
+            } else {
+                (vec![key.into_bytes()], ids.clone())
+            };
+            let cmd = AdminCmd::Split { split_keys: keys, new_ids };
+            let outcome = RegionAdmin::admin(c, region.id, region.epoch, cmd.clone());
+            refused(&format!("{cmd:?}"), &outcome, seed, step);
+        }
+        1 => {
+            // A commit merge naming a prepare its source never made (an index the source
+            // applied already, a term at random), into either neighbour.
+            let i = regions.iter().position(|r| r.id == region.id).expect("listed");
+            let Some(target) = [i.checked_sub(1), Some(i + 1)]
+                .into_iter()
+                .flatten()
+                .filter_map(|j| regions.get(j))
+                .nth((rng.next_u64() % 2) as usize)
+                .or_else(|| regions.get(i + 1).or_else(|| i.checked_sub(1).map(|j| &regions[j])))
+                .cloned()
+            else {
+                return;
+            };
+            let Some(leader) = c.leader(region.id) else { return };
+            let Some(applied) =
+                c.status(leader).into_iter().find(|p| p.region.id == region.id).map(|p| p.applied)
+            else {
+                return;
+            };
+            let cmd = AdminCmd::CommitMerge {
+                source: region.clone(),
+                prepare_index: applied.saturating_sub(rng.next_u64() % 3).max(1),
+                prepare_term: 1 + rng.next_u64() % 7,
+            };
+            let status = RegionAdmin::merge_status(c, region.id);
+            let outcome = RegionAdmin::admin(c, target.id, target.epoch, cmd.clone());
+            let prepared = status.is_ok_and(|s| s.merge.is_some());
+            match outcome {
+                // Only a source prepared into this very target, at that very index and
+                // term, merges: a real merge a driver left half done.
+                Ok(AdminResult::Merged(_)) if prepared => {}
+                other => refused(&format!("{cmd:?}"), &other, seed, step),
+            }
+        }
+        2 => {
+            // An allocation out of bounds.
+            let count = [0, MAX_IDS_PER_ALLOCATION + 1, u64::MAX][(rng.next_u64() % 3) as usize];
+            let Some(leader) = c.wait_leader(DIRECTORY, SECOND) else { return };
+            let pending = c.directory(leader, &DirCmd::AllocIds { count });
+            let outcome =
+                c.wait(&pending, SECOND).unwrap_or(Err(Error::Timeout { region: DIRECTORY }));
+            refused(&format!("AllocIds {{ count: {count} }}"), &outcome, seed, step);
+        }
+        3 => {
+            // A rollback of a merge never prepared at that index.
+            let cmd = AdminCmd::RollbackMerge { prepare_index: 1 + rng.next_u64() % 1000 };
+            let status = RegionAdmin::merge_status(c, region.id);
+            if status.is_ok_and(|s| s.merge.is_some()) {
+                return; // a real prepare, whose index may be this one
+            }
+            let outcome = RegionAdmin::admin(c, region.id, region.epoch, cmd.clone());
+            refused(&format!("{cmd:?}"), &outcome, seed, step);
+        }
+        kind => forged_snapshot(c, &regions, &region, kind == 4, seed, step),
+    }
+}
+
+/// A forged snapshot to a follower of `region`: a checkpoint of another region (H3),
+/// or of `region` over one still hosted that is not an older part of it (A2). Dropped:
+/// nothing of it is installed anywhere.
+fn forged_snapshot(
+    c: &mut SimCluster,
+    regions: &[Region],
+    region: &Region,
+    other_region: bool,
+    seed: u64,
+    step: usize,
+) {
+    let Some(leader) = c.leader(region.id) else { return };
+    let Some(to) = region.peers.iter().map(|p| p.store).find(|s| *s != leader && c.is_running(*s))
+    else {
+        return;
+    };
+    let Some(status) = c.status(to).into_iter().find(|p| p.region.id == region.id) else {
+        return;
+    };
+    let header = if other_region {
+        let epoch = regionkv_engine::Epoch { version: region.epoch.version + 5, ..region.epoch };
+        Region { id: RegionId(4242), epoch, ..region.clone() }
+    } else {
+        Region { start: Vec::new(), end: None, ..region.clone() }
+    };
+    // A peer is trusted with what versions mean: a snapshot over older regions
+    // replaces them (they merged into it while this store was behind). It must
+    // overlap one at least as new for the store to see the forgery.
+    if !other_region
+        && regions.iter().all(|r| r.id == region.id || r.epoch.version < region.epoch.version)
+    {
+        return;
+    }
+    let index = status.commit + 100;
+    let forged = common::crafted_snapshot(c, region.id, to, (index, status.term), &header, index);
+    c.inject(forged);
+    c.run_for(std::time::Duration::from_millis(100));
+    common::no_forged_key(c, &header, &format!("seed {seed} step {step}"));
+}
+
 #[allow(clippy::too_many_lines, reason = "the table of random steps reads best in one place")]
 fn run(seed: u64) {
-    let mut c = SimCluster::new(SimConfig::new(seed)).unwrap();
+    let mut config = SimConfig::new(seed);
+    config.directory = true;
+    let mut c = SimCluster::new(config).unwrap();
     c.wait_leader(RegionId(1), 10 * SECOND).unwrap();
+    c.wait_leader(DIRECTORY, 10 * SECOND).unwrap();
+    // The ids each region's splits gave its children: below its id floor from then on.
+    let mut given: BTreeMap<RegionId, Vec<RegionId>> = BTreeMap::new();
+    let mut pills = 0;
     let mut rng = SplitMix(seed ^ 0x70b0);
     let mut model = Model::default();
     let stores = c.store_ids();
@@ -143,7 +305,7 @@ fn run(seed: u64) {
         let live = |c: &SimCluster| {
             c.store_ids().into_iter().filter(|s| c.is_running(*s)).collect::<Vec<_>>()
         };
-        let op = rng.next_u64() % 20;
+        let op = rng.next_u64() % 21;
         if std::env::var("TOPOLOGY_TRACE").is_ok() {
             let regions: Vec<(u64, String)> = c
                 .status(c.store_ids().into_iter().find(|s| c.is_running(*s)).unwrap())
@@ -168,8 +330,9 @@ fn run(seed: u64) {
                 let key = format!("k{:02}", rng.next_u64() % 40);
                 let Some(region) = region_for(&c, key.as_bytes()) else { continue };
                 let inside = region.start.as_slice() < key.as_bytes();
-                if inside && split(&mut c, region.id, &[&key]).is_ok() {
+                if inside && let Ok(parts) = split(&mut c, region.id, &[&key]) {
                     splits += 1;
+                    given.entry(parts[0].id).or_default().extend(parts[1..].iter().map(|p| p.id));
                     check_stale_routing(&mut c, &region, seed, step);
                 }
             }
@@ -209,6 +372,10 @@ fn run(seed: u64) {
                     c.run_for(Duration::from_millis(100));
                 }
             }
+            20 => {
+                poison(&mut c, &mut rng, &given, seed, step);
+                pills += 1;
+            }
             15 | 16 if down.is_none() => {
                 let victim = stores[(rng.next_u64() % stores.len() as u64) as usize];
                 if rng.next_u64().is_multiple_of(2) {
@@ -243,7 +410,7 @@ fn run(seed: u64) {
     let regions = converge(&mut c);
     model.check(&scan_all(&mut c), seed, usize::MAX);
     eprintln!(
-        "seed {seed}: {splits} splits, {merged_count} merges ({aborted} rolled back), {} regions at the end, {:.1} s virtual",
+        "seed {seed}: {splits} splits, {merged_count} merges ({aborted} rolled back), {pills} poison pills, {} regions at the end, {:.1} s virtual",
         regions.len(),
         c.now().as_secs_f64()
     );
@@ -254,7 +421,10 @@ fn random_topology_changes_keep_every_write_exactly_once() {
     let seeds: Vec<u64> = if let Ok(s) = std::env::var("SIM_SEED") {
         vec![s.parse().expect("SIM_SEED is a number")]
     } else {
-        let n = std::env::var("TOPOLOGY_SEEDS").ok().and_then(|n| n.parse().ok()).unwrap_or(12);
+        let n = ["TOPOLOGY_SEEDS", "SIM_SOAK_SEEDS"]
+            .iter()
+            .find_map(|var| std::env::var(var).ok().and_then(|n| n.parse().ok()))
+            .unwrap_or(200);
         (1..=n).collect()
     };
     for seed in seeds {

@@ -604,6 +604,16 @@ impl Engine {
         self.limits().max_round_bytes
     }
 
+    /// The largest key a round takes.
+    pub fn max_key_bytes(&self) -> usize {
+        self.limits().max_key_bytes
+    }
+
+    /// The largest value a round takes.
+    pub fn max_value_bytes(&self) -> usize {
+        self.limits().max_value_bytes
+    }
+
     pub(crate) fn limits(&self) -> Limits {
         let o = &self.inner.options;
         Limits {

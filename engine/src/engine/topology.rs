@@ -324,6 +324,27 @@ impl Engine {
         )
     }
 
+    /// Records that the admin command at `at_index` of region `id`'s log was refused:
+    /// the region's metadata reflects it (unchanged), so that a replay after a restart
+    /// skips it (see [`Engine::meta_index`]) instead of deciding again from state that
+    /// may have moved on since (a merge source gone, say). One manifest update; the
+    /// metadata index only rises.
+    pub fn record_refused(&self, id: RegionId, at_index: u64) -> Result<()> {
+        self.inner.change(
+            |s| {
+                s.check_hosted(&[id])?;
+                let mut next = s.manifest(|_| None);
+                let current =
+                    next.regions.iter().find(|e| e.region.id == id).and_then(|e| e.meta_index);
+                if current.is_none_or(|m| m < at_index) {
+                    next.set_meta_index(&[id], at_index);
+                }
+                Ok((next, ()))
+            },
+            |_, ()| (),
+        )
+    }
+
     /// Records that region `id` is the prepared source of `merge` (the prepare command
     /// at `at_index`), bumping its `version`: writes routed before are refused from
     /// now on, and it takes none until [`Engine::merge_at`] or
@@ -388,14 +409,40 @@ impl Engine {
     /// (a lagging replica), it is replaced, data and all, in one manifest update; any
     /// other region overlapping the range is an error.
     pub fn install_checkpoint(&self, received: ReceivedCheckpoint) -> Result<Region> {
+        self.install_checkpoint_over(received, &[])
+    }
+
+    /// [`Engine::install_checkpoint`], also removing the regions `stale` (data and
+    /// all) in the same manifest update: regions this store still hosts whose range
+    /// the checkpoint's region took over since (a merge source whose merge committed
+    /// while this store was behind). After a crash either they are all there, or the
+    /// installed region is. Any other region overlapping the range is an error, and
+    /// nothing changes.
+    pub fn install_checkpoint_over(
+        &self,
+        received: ReceivedCheckpoint,
+        stale: &[RegionId],
+    ) -> Result<Region> {
         let ReceivedCheckpoint { file_id, file } = received;
         let header = file.header();
         let region = &header.region;
         self.inner.change(
             |s| {
-                let pins = self.inner.pins.lock().count(region.id);
-                if pins > 0 {
-                    return Err(Error::RegionBusy { region: region.id, pins });
+                {
+                    let pins = self.inner.pins.lock();
+                    for id in std::iter::once(&region.id).chain(stale) {
+                        let count = pins.count(*id);
+                        if count > 0 {
+                            return Err(Error::RegionBusy { region: *id, pins: count });
+                        }
+                    }
+                }
+                let mut removed = Vec::with_capacity(stale.len());
+                for id in stale {
+                    if *id == region.id {
+                        continue;
+                    }
+                    removed.push(s.map.remove(*id)?.ok_or(Error::RegionNotFound { region: *id })?);
                 }
                 // A lagging replica's old version of the region is replaced in the same
                 // manifest update: after a crash either the old region or the new one
@@ -413,10 +460,11 @@ impl Engine {
                 next.next_file_id = s.durable.next_file_id;
                 // The checkpoint's region is the metadata as of its applied index.
                 next.set_meta_index(&[region.id], header.applied_index);
-                Ok((next, (replaced, part)))
+                removed.extend(replaced);
+                Ok((next, (removed, part)))
             },
-            |p, (replaced, part)| {
-                if let Some(old) = &replaced {
+            |p, (removed, part)| {
+                for old in &removed {
                     self.inner.memtable.remove_range(&old.start, old.end.as_deref());
                     p.regions.bytes.remove(&old.id);
                 }

@@ -9,17 +9,18 @@ use super::context::{RAFT_INIT_INDEX, RAFT_INIT_TERM};
 use super::output::CoreTask;
 use super::{Leadership, StoreCore};
 use crate::command::{self, Admin, AdminCmd, Command};
-use crate::directory::DIRECTORY;
+use crate::directory::{DIRECTORY, FIRST_ALLOCATED_ID};
 use crate::error::{DropReason, Error, Result};
-use crate::log::LogState;
+use crate::log::{IdFloor, LogState};
 use crate::replica::{CatchUp, Contents, Replica, ReplicaInit};
 use crate::request::AdminResult;
 
 /// Why an admin command must not apply at `index` (`applied + 1` when proposing):
 /// checked by the leader before proposing and by every replica when applying, from the
-/// region's replicated state only.
+/// region's replicated state only (`floor` is the region's id floor, from its log).
 pub(super) fn check_admin(
     replica: &Replica,
+    floor: Option<IdFloor>,
     epoch: regionkv_engine::Epoch,
     cmd: &AdminCmd,
     index: u64,
@@ -63,12 +64,7 @@ pub(super) fn check_admin(
             if *first <= region.start || region.end.as_ref().is_some_and(|end| last >= end) {
                 return Err(invalid("split keys must be strictly inside the region"));
             }
-            let mut ids: Vec<RegionId> = new_ids.clone();
-            ids.sort_unstable();
-            ids.dedup();
-            if ids.len() != new_ids.len() || ids.contains(&region.id) {
-                return Err(invalid("new region ids must be distinct and new"));
-            }
+            check_split_ids(region, floor, new_ids, index).map_err(|why| invalid(&why))?;
         }
         AdminCmd::PrepareMerge { target } => {
             if epoch != region.epoch {
@@ -104,6 +100,134 @@ pub(super) fn check_admin(
     Ok(())
 }
 
+/// Why a committed membership change must not apply, from the entry and the region's
+/// replicated state only (every replica decides alike); else the change and its
+/// context. regionkv proposes one simple change at a time (never a joint one), and a
+/// prepared merge source keeps its members (the merge's commit relies on the members
+/// the prepare saw), so a change proposed before the prepare and committed after it is
+/// refused. What raft-rs itself would refuse is refused here first: the application
+/// must not hand it a change it then rejects.
+fn check_conf_change(
+    replica: &Replica,
+    entry: &Entry,
+) -> Result<(ConfChangeV2, command::ChangePeersContext)> {
+    let region = replica.region.id;
+    let invalid = |why: String| Error::InvalidRequest(format!("region {region}: {why}"));
+    if let Some(m) = replica.merge.state.filter(|m| entry.index > m.prepare_index) {
+        return Err(Error::Merging { region, target: m.target });
+    }
+    if entry.get_entry_type() != EntryType::EntryConfChangeV2 {
+        return Err(invalid(format!("entry {} is a v1 membership change", entry.index)));
+    }
+    let cc = ConfChangeV2::parse_from_bytes(&entry.data)
+        .map_err(|e| invalid(format!("membership change {}: {e}", entry.index)))?;
+    let ctx = command::decode_change_peers(&entry.context)
+        .map_err(|e| invalid(format!("membership change {}: {}", entry.index, e.reason)))?;
+    let [change] = cc.get_changes() else {
+        return Err(invalid(format!("entry {} is not one simple change", entry.index)));
+    };
+    let id = change.node_id;
+    let voters = &replica.conf_state().voters;
+    match change.get_change_type() {
+        ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+            let known = replica.region.peers.iter().any(|p| p.id.0 == id);
+            if !known && !ctx.peers.iter().any(|p| p.id.0 == id) {
+                return Err(invalid(format!("peer {id} is added without its store")));
+            }
+            if change.get_change_type() == ConfChangeType::AddLearnerNode
+                && voters.len() == 1
+                && voters[0] == id
+            {
+                return Err(invalid(format!("peer {id} is the last voter")));
+            }
+        }
+        ConfChangeType::RemoveNode => {
+            if voters.len() == 1 && voters[0] == id {
+                return Err(invalid(format!("peer {id} is the last voter")));
+            }
+        }
+    }
+    Ok((cc, ctx))
+}
+
+/// Why a split of `region` at `index` must not give its new regions `new_ids`: the
+/// ids must be ones the directory allocated for this split. Decided from the command
+/// and the region's replicated state only, so that every replica decides alike:
+///
+/// - The directory hands out ids once each, in increasing order, from
+///   [`FIRST_ALLOCATED_ID`] (ids below are bootstrap's: stores, the directory's region
+///   0, region 1, their peers). So an id below it, or one given twice in the command,
+///   was not allocated for this split.
+/// - Every id allocated after a region was created is above the region's own id (the
+///   region's id was allocated first, or is a bootstrap id): an id at or below the
+///   parent's names the parent or a region older than it.
+/// - The region records a watermark, its id floor (`LogState::id_floor`): one past the
+///   largest id any split of its lineage gave (a split sets it on the parent and its
+///   children, a merge gives the target the larger of both, a snapshot carries it).
+///   Ids below it were allocated for an earlier split of the lineage (a live child, or
+///   one merged away since). A split applied again after a crash between its log write
+///   and its engine split finds the floor set by itself, at its own index.
+///
+/// What this cannot see: an id allocated after the floor was set but for a split of
+/// another lineage. The directory never hands one out twice, so only a forged command
+/// can name one; `apply_split` then finds it hosted here and the replica halts rather
+/// than destroy anything (another replica of the region may not host it, so refusing
+/// here could make the replicas disagree).
+fn check_split_ids(
+    region: &Region,
+    floor: Option<IdFloor>,
+    new_ids: &[RegionId],
+    index: u64,
+) -> std::result::Result<(), String> {
+    let mut ids: Vec<u64> = new_ids.iter().map(|id| id.0).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.len() != new_ids.len() {
+        return Err("new region ids must be distinct".into());
+    }
+    let lowest = ids.first().copied().unwrap_or(u64::MAX);
+    if lowest < FIRST_ALLOCATED_ID {
+        return Err(format!(
+            "region id {lowest} was not allocated by the directory (it allocates from \
+             {FIRST_ALLOCATED_ID})"
+        ));
+    }
+    if lowest <= region.id.0 {
+        return Err(format!(
+            "region id {lowest} was allocated before region {} (an older region's)",
+            region.id
+        ));
+    }
+    if let Some(floor) = floor.filter(|f| f.set_at != index)
+        && lowest < floor.next_id
+    {
+        return Err(format!(
+            "region id {lowest} was allocated for an earlier split (this region's new ids \
+             start at {})",
+            floor.next_id
+        ));
+    }
+    Ok(())
+}
+
+/// The id floor of a merge target after a merge of `source` at `index` (of the
+/// target's log): above every id either lineage gave, and above the source's own id.
+fn merged_floor(
+    target: Option<IdFloor>,
+    source_floor: Option<IdFloor>,
+    source: RegionId,
+    index: u64,
+) -> IdFloor {
+    let next_id = [target, source_floor]
+        .into_iter()
+        .flatten()
+        .map(|f| f.next_id)
+        .chain([source.0 + 1])
+        .max()
+        .expect("one at least");
+    IdFloor { next_id, set_at: index }
+}
+
 /// A commit merge waiting for its source replica here to catch up.
 pub(super) struct MergeWait {
     pub source: RegionId,
@@ -114,6 +238,11 @@ pub(super) struct MergeWait {
 }
 
 impl StoreCore {
+    /// The id floor of `region` (see `check_split_ids`), from its log.
+    pub(super) fn id_floor(&self, region: RegionId) -> Option<IdFloor> {
+        self.ctx.log.state(region).and_then(|s| s.id_floor)
+    }
+
     /// If `entry` is a commit merge that will apply but whose source replica here has
     /// not reported catching up: what it waits for.
     pub(super) fn merge_wait(&self, region: RegionId, entry: &Entry) -> Option<MergeWait> {
@@ -129,7 +258,8 @@ impl StoreCore {
             self.ctx.engine_of(region).meta_index(region).unwrap_or(replica.checkpoint_index);
         if entry.index <= replica.applied_index
             || entry.index <= meta_index
-            || check_admin(replica, admin.epoch, &admin.cmd, entry.index).is_err()
+            || check_admin(replica, self.id_floor(region), admin.epoch, &admin.cmd, entry.index)
+                .is_err()
             || replica.merge.source_ready == Some(source.id)
         {
             return None;
@@ -157,9 +287,10 @@ impl StoreCore {
             replica.merge.state = engine.merge_state(region);
             return Ok(Err(Error::Dropped { region, reason: DropReason::AppliedBeforeRestart }));
         }
-        if let Err(refused) = check_admin(replica, admin.epoch, &admin.cmd, entry.index) {
-            tracing::info!(region = region.0, index = entry.index, error = %refused, "admin command refused");
-            return Ok(Err(refused));
+        let floor = self.ctx.log.state(region).and_then(|s| s.id_floor);
+        let replica = self.replicas.get_mut(&region).expect("present");
+        if let Err(refused) = check_admin(replica, floor, admin.epoch, &admin.cmd, entry.index) {
+            return self.refuse_admin(region, entry, refused);
         }
         let result = match admin.cmd {
             AdminCmd::Split { split_keys, new_ids } => {
@@ -190,25 +321,10 @@ impl StoreCore {
             }
             AdminCmd::CommitMerge { source, prepare_index, prepare_term } => {
                 let expected = MergeState { target: region, prepare_index, prepare_term };
-                if self.ctx.engine.merge_state(source.id) != Some(expected) {
-                    return Err(Error::Internal(format!(
-                        "commit merge of region {} into {region} at {}: the source here is not \
-                         prepared as the committed command says",
-                        source.id, entry.index
-                    )));
+                match self.apply_commit_merge(region, entry, source.id, expected)? {
+                    Ok(merged) => merged,
+                    Err(refused) => return Ok(Err(refused)),
                 }
-                let merged = self.ctx.engine.merge_at(source.id, region, entry.index)?;
-                let replica = self.replicas.get_mut(&region).expect("present");
-                replica.region = merged.clone();
-                replica.merge.source_ready = None;
-                self.send_task(CoreTask::Merged { source: source.id });
-                tracing::info!(
-                    source = source.id.0,
-                    target = region.0,
-                    index = entry.index,
-                    "merge committed"
-                );
-                AdminResult::Merged(merged)
             }
             AdminCmd::RollbackMerge { .. } => {
                 let source = self.ctx.engine.rollback_merge(region, entry.index)?;
@@ -237,11 +353,85 @@ impl StoreCore {
         Ok(Ok(result))
     }
 
+    /// Refuses the admin command `entry` of `region`: a no-op, whose index the engine
+    /// records as reflected in the region's metadata, so that a replay after a restart
+    /// skips it rather than decide again from state that may have moved on (a commit
+    /// merge refused because of what its source recorded, whose source is gone since).
+    fn refuse_admin(
+        &mut self,
+        region: RegionId,
+        entry: &Entry,
+        refused: Error,
+    ) -> Result<Result<AdminResult>> {
+        tracing::info!(region = region.0, index = entry.index, error = %refused, "admin command refused");
+        if region != DIRECTORY {
+            self.ctx.engine.record_refused(region, entry.index)?;
+        }
+        Ok(Err(refused))
+    }
+
+    /// Applies a commit merge of `source` into `region` (the target), whose prepare the
+    /// command says recorded `expected`; refused unless the source's own prepare did.
+    fn apply_commit_merge(
+        &mut self,
+        region: RegionId,
+        entry: &Entry,
+        source: RegionId,
+        expected: MergeState,
+    ) -> Result<Result<AdminResult>> {
+        // The source replica here applied its log up to the prepare the command names
+        // (or cannot get there: see `catch_up`), so what its own prepare recorded is
+        // what every store's source replica recorded.
+        if self.ctx.engine.region(source).is_none() {
+            return Err(Error::Internal(format!(
+                "the merge of region {source} into {region} at {} committed, but the source \
+                 has no replica here",
+                entry.index
+            )));
+        }
+        let recorded = self.ctx.engine.merge_state(source);
+        if recorded != Some(expected) {
+            let refused = Error::InvalidRequest(format!(
+                "commit merge of region {source} into {region}: the source's prepare recorded \
+                 {recorded:?}, the command says {expected:?}"
+            ));
+            let replica = self.replicas.get_mut(&region).expect("present");
+            replica.merge.source_ready = None;
+            return self.refuse_admin(region, entry, refused);
+        }
+        // The target takes over the source's lineage: its id floor becomes the larger
+        // of both, and above the source's own id (see `check_split_ids`). Durable
+        // before the engine's merge, like a split's.
+        let floor = merged_floor(self.id_floor(region), self.id_floor(source), source, entry.index);
+        let mut write = self.ctx.log.begin_write();
+        self.ctx.log.stage_id_floor(&mut write, region, floor)?;
+        self.ctx.log.persist(write)?;
+        let merged = self.ctx.engine.merge_at(source, region, entry.index)?;
+        let replica = self.replicas.get_mut(&region).expect("present");
+        replica.region = merged.clone();
+        replica.merge.source_ready = None;
+        self.send_task(CoreTask::Merged { source });
+        tracing::info!(
+            source = source.0,
+            target = region.0,
+            index = entry.index,
+            "merge committed"
+        );
+        Ok(Ok(AdminResult::Merged(merged)))
+    }
+
     /// Splits `region` at the split command `entry`: the children's logs are made
-    /// durable first, then the engine splits (a checkpoint barrier), then the
-    /// children's replicas are created. A crash in between leaves logs of children the
-    /// engine does not host: they are tombstoned at the next open, and the split is
-    /// applied again from the parent's log.
+    /// durable first (with the parent's new id floor), then the engine splits (a
+    /// checkpoint barrier), then the children's replicas are created. A crash in
+    /// between leaves logs of children the engine does not host: they are tombstoned at
+    /// the next open, and the split is applied again from the parent's log.
+    ///
+    /// `check_admin` checked the new ids from replicated state; what only this store
+    /// can see is checked here before anything changes: a new id that names a region
+    /// hosted here, or a replica here with members (or one destroyed here), is never
+    /// destroyed to make room; the error halts this replica. A log left by an
+    /// uninitialized replica (created by a child's message, holding nothing) is
+    /// replaced.
     fn apply_split(
         &mut self,
         region: RegionId,
@@ -253,27 +443,41 @@ impl StoreCore {
         let conf_state = replica.conf_state();
         let peer_id = replica.id;
         let campaign = replica.is_leader();
-        // Both writes below are made durable here, on the core's thread, not by the
-        // driver's writer: the engine's split that follows must not become durable
-        // before the children's logs. Every region of this core waits for these WAL
-        // fdatasyncs (and for the split's checkpoints).
-        let mut leftovers = self.ctx.log.begin_write();
         for id in new_ids {
-            if self.ctx.log.state(*id).is_some() {
-                self.ctx.log.stage_tombstone(&mut leftovers, *id);
+            let hosted =
+                self.ctx.engine.region(*id).is_some() || self.ctx.directory.region(*id).is_some();
+            let live = self.ctx.log.state(*id).is_some_and(|s| {
+                !s.conf_state.voters.is_empty() || !s.conf_state.learners.is_empty()
+            });
+            let destroyed = self.ctx.log.tombstone(*id).is_some();
+            if hosted || live || destroyed {
+                return Err(Error::Internal(format!(
+                    "the split of region {region} at {} names region {id}, which this store \
+                     hosts, has a replica of or destroyed a replica of; nothing was changed",
+                    entry.index
+                )));
             }
         }
-        if !leftovers.is_empty() {
-            self.ctx.log.persist(leftovers)?;
-        }
+        // The write below is made durable here, on the core's thread, not by the
+        // driver's writer: the engine's split that follows must not become durable
+        // before the children's logs and the parent's id floor. Every region of this
+        // core waits for the WAL fdatasync (and for the split's checkpoints).
         let mut write = self.ctx.log.begin_write();
+        let largest = new_ids.iter().map(|id| id.0).max().expect("checked: one id or more");
+        let floor = IdFloor { next_id: largest + 1, set_at: entry.index };
+        self.ctx.log.stage_id_floor(&mut write, region, floor)?;
         for id in new_ids {
+            if self.ctx.log.state(*id).is_some() {
+                // An uninitialized replica's log: it holds nothing.
+                self.ctx.log.stage_tombstone(&mut write, *id, None);
+            }
             let mut state = LogState {
                 first_index: RAFT_INIT_INDEX + 1,
                 truncated_term: RAFT_INIT_TERM,
                 conf_state: conf_state.clone(),
                 peer_id: peer_id.0,
                 conf_index: RAFT_INIT_INDEX,
+                id_floor: Some(floor),
                 ..LogState::default()
             };
             state.hard_state.term = RAFT_INIT_TERM;
@@ -292,49 +496,59 @@ impl StoreCore {
         Ok(AdminResult::Split(parts))
     }
 
-    /// Applies a membership change: raft-rs's configuration and the region's peers.
+    /// Applies a membership change: raft-rs's configuration and the region's peers. The
+    /// outer error fails the apply; the inner one refuses the change (applied as no
+    /// change, raft-rs not told, the proposer answered with why).
     ///
     /// Replay after a restart must not apply a change twice: raft-rs's configuration
     /// already reflects entries up to the log's `conf_index`, and the engine's region
-    /// reflects admin entries up to its `meta_index`.
-    pub(super) fn apply_conf_change(&mut self, region: RegionId, entry: &Entry) -> Result<()> {
+    /// reflects admin entries up to its `meta_index`. An accepted change is durable in
+    /// the engine before the log's new conf state is, so a replayed entry at or below
+    /// `conf_index` but above `meta_index` is one that was refused.
+    pub(super) fn apply_conf_change(
+        &mut self,
+        region: RegionId,
+        entry: &Entry,
+    ) -> Result<Result<()>> {
         let me = self.ctx.config.store_id;
         let replica = self.replicas.get_mut(&region).expect("present");
-        if entry.get_entry_type() != EntryType::EntryConfChangeV2 {
-            return Err(Error::Internal(format!(
-                "entry {} is a v1 conf change, which regionkv never proposes",
-                entry.index
-            )));
-        }
-        let cc = ConfChangeV2::parse_from_bytes(&entry.data)
-            .map_err(|e| Error::Internal(format!("conf change at {}: {e}", entry.index)))?;
-        let ctx = command::decode_change_peers(&entry.context).map_err(|e| {
-            Error::Internal(format!("conf change context at {}: {}", entry.index, e.reason))
-        })?;
-        // A prepared merge source keeps its members: a change proposed before the
-        // prepare and committed after it applies as no change (the merge's commit
-        // relies on the members the prepare saw).
-        if replica.merge.state.is_some_and(|m| entry.index > m.prepare_index) {
-            if entry.index > replica.conf_index {
-                let cs = replica.raw.apply_conf_change(&ConfChangeV2::default())?;
-                self.ctx.log.stage_conf_state(&mut self.write, region, cs, entry.index)?;
-                replica.conf_index = entry.index;
-            }
-            tracing::info!(
-                region = region.0,
-                index = entry.index,
-                "membership change refused: a merge is prepared"
-            );
-            return Ok(());
-        }
-        if entry.index > replica.conf_index {
-            let cs = replica.raw.apply_conf_change(&cc)?;
-            self.ctx.log.stage_conf_state(&mut self.write, region, cs, entry.index)?;
-            replica.conf_index = entry.index;
-        }
         // `None`: nothing recorded; metadata is at least as new as the checkpoint.
         let meta_index =
             self.ctx.engine_of(region).meta_index(region).unwrap_or(replica.checkpoint_index);
+        if entry.index <= replica.conf_index {
+            if entry.index > meta_index {
+                return Ok(Err(Error::InvalidRequest(format!(
+                    "the membership change at {} was refused (before a restart)",
+                    entry.index
+                ))));
+            }
+            // Applied before a restart, to raft-rs and to the engine.
+            replica.region = self
+                .ctx
+                .engine_of(region)
+                .region(region)
+                .ok_or(Error::RegionNotFound { region })?;
+            if !replica.region.peers.iter().any(|p| p.id == replica.id && p.store == me) {
+                replica.removed = true;
+            }
+            return Ok(Ok(()));
+        }
+        let (cc, ctx) = match check_conf_change(replica, entry) {
+            Ok(checked) => checked,
+            Err(refused) => {
+                // Refused alike by every replica, raft-rs is not told (it must not be,
+                // for a change the application rejects); the log records the index so
+                // that a replay knows.
+                let cs = replica.conf_state();
+                self.ctx.log.stage_conf_state(&mut self.write, region, cs, entry.index)?;
+                replica.conf_index = entry.index;
+                tracing::info!(region = region.0, index = entry.index, error = %refused, "membership change refused");
+                return Ok(Err(refused));
+            }
+        };
+        let cs = replica.raw.apply_conf_change(&cc)?;
+        self.ctx.log.stage_conf_state(&mut self.write, region, cs, entry.index)?;
+        replica.conf_index = entry.index;
         if entry.index > meta_index {
             let mut peers = replica.region.peers.clone();
             for change in cc.get_changes() {
@@ -342,6 +556,7 @@ impl StoreCore {
                 match change.get_change_type() {
                     ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
                         if !peers.iter().any(|p| p.id == id) {
+                            // Checked by `check_conf_change`.
                             let Some(added) = ctx.peers.iter().find(|p| p.id == id) else {
                                 return Err(Error::Internal(format!(
                                     "conf change at {} adds peer {id} without its store",
@@ -370,16 +585,86 @@ impl StoreCore {
             let changed = replica.region.clone();
             self.report(&changed, Leadership::ThisStore);
         }
-        Ok(())
+        Ok(Ok(()))
     }
 
-    /// Tells a waiting merge target once this source replica applied far enough.
+    /// Tells a waiting merge target once this source replica applied far enough: up
+    /// to the prepare its commit merge names, or its own prepare, if that is another
+    /// (then the commit merge is refused: a prepared source applies nothing that could
+    /// prepare it again before a rollback, which the merge driver proposes only once
+    /// no commit merge can apply). Until then, commits the prepare from this replica's
+    /// own log once it holds it durably (see `catch_up`).
     pub(super) fn check_catch_up(&mut self, source: RegionId) {
         let Some(replica) = self.replicas.get_mut(&source) else { return };
-        let Some(catch_up) = replica.merge.catch_up else { return };
-        if replica.applied_index >= catch_up.index {
-            replica.merge.catch_up = None;
-            self.send_task(CoreTask::SourceReady { target: catch_up.target, source });
+        let waiting = std::mem::take(&mut replica.merge.catch_up);
+        for catch_up in waiting {
+            let replica = self.replicas.get_mut(&source).expect("checked");
+            let other_prepare = replica.merge.state.is_some_and(|m| m != catch_up.expected());
+            if replica.applied_index >= catch_up.index || other_prepare {
+                self.send_task(CoreTask::SourceReady { target: catch_up.target, source });
+                continue;
+            }
+            let (index, term) = (catch_up.index, catch_up.term);
+            if replica.committed() < index
+                && replica.holds_entry(index, term)
+                && self.is_prepare_of(source, index, catch_up.target)
+            {
+                let replica = self.replicas.get_mut(&source).expect("checked");
+                replica.commit_held_entry(index, term);
+                self.dirty.insert(source);
+            }
+            let replica = self.replicas.get_mut(&source).expect("checked");
+            replica.merge.catch_up.push(catch_up);
+        }
+    }
+
+    /// True if entry `index` of `source`'s log here is a prepare merge into `target`.
+    fn is_prepare_of(&self, source: RegionId, index: u64, target: RegionId) -> bool {
+        let entries = self.ctx.log.entries(source, index, index + 1, None);
+        entries.ok().and_then(|e| e.into_iter().next()).is_some_and(|e| {
+            matches!(
+                command::decode(&e.data),
+                Ok(Command::Admin(Admin { cmd: AdminCmd::PrepareMerge { target: t }, .. }))
+                    if t.id == target
+            )
+        })
+    }
+
+    /// A merge target here waits for this store's source replica to apply its log up
+    /// to the prepare at (`index`, `term`) its commit merge names. That prepare is
+    /// committed in the source's group (the merge driver proposes the commit only then,
+    /// and only once every source replica's log holds it), so a replica whose log holds
+    /// that very entry durably, and it is a prepare naming this target, may commit it
+    /// without hearing from the source's leader (which may be gone already); never
+    /// another entry (an uncommitted tail of a deposed leader may sit at that index). A
+    /// replica that does not hold it yet waits for it: its log may have lost it (a
+    /// point-in-time recovery), and its group sends it again.
+    ///
+    /// A store that has no replica of the source yet (a split it has not applied will
+    /// create it: a commit merge a driver proposes has every source replica holding its
+    /// prepare, so this is a command no driver sent) keeps the target waiting until the
+    /// replica is created, then decides as every other store did.
+    fn catch_up(&mut self, source: RegionId, target: RegionId, index: u64, term: u64) {
+        let initialized = self.replicas.get(&source).is_some_and(Replica::is_initialized);
+        let Some(replica) = self.replicas.get_mut(&source).filter(|_| initialized) else {
+            tracing::info!(
+                source = source.0,
+                target = target.0,
+                "merge source has no replica here yet; the target waits for it"
+            );
+            self.awaiting_source.entry(source).or_default().push(CatchUp { target, index, term });
+            return;
+        };
+        replica.merge.catch_up.push(CatchUp { target, index, term });
+        self.dirty.insert(source);
+        self.check_catch_up(source);
+    }
+
+    /// Hands the merge targets waiting for `source` to appear (see `catch_up`) to its
+    /// replica, now created.
+    pub(super) fn source_appeared(&mut self, source: RegionId) {
+        for waiting in self.awaiting_source.remove(&source).unwrap_or_default() {
+            self.catch_up(source, waiting.target, waiting.index, waiting.term);
         }
     }
 
@@ -413,8 +698,17 @@ impl StoreCore {
     fn run_task(&mut self, task: CoreTask) -> Result<()> {
         match task {
             CoreTask::Adopt { region, campaign } => {
-                if self.replicas.contains_key(&region) {
-                    return Ok(());
+                match self.replicas.get(&region) {
+                    Some(replica) if replica.is_initialized() => return Ok(()),
+                    // A replica created by a message of the child's group, holding
+                    // nothing: the split tombstoned its log; the child replaces it.
+                    Some(_) => {
+                        if let Some(mut old) = self.replicas.remove(&region) {
+                            old.fail_all(|| Error::RegionNotFound { region });
+                        }
+                        self.awake.remove(&region);
+                    }
+                    None => {}
                 }
                 let hosted = self
                     .ctx
@@ -424,7 +718,6 @@ impl StoreCore {
                 let state = self.ctx.log.state(region).ok_or(Error::RegionNotFound { region })?;
                 let applied =
                     self.ctx.engine_of(region).image_index(region)?.unwrap_or(RAFT_INIT_INDEX);
-                self.tombstones.remove(&region);
                 self.add_replica(ReplicaInit {
                     region: hosted,
                     contents: Contents::Data,
@@ -436,25 +729,11 @@ impl StoreCore {
                     let replica = self.replicas.get_mut(&region).expect("just added");
                     replica.raw.campaign()?;
                 }
+                self.source_appeared(region);
                 tracing::info!(region = region.0, campaign, "created the replica of a split child");
             }
             CoreTask::CatchUp { source, target, index, term } => {
-                let Some(replica) = self.replicas.get_mut(&source) else {
-                    tracing::warn!(
-                        source = source.0,
-                        target = target.0,
-                        "merge source has no replica here"
-                    );
-                    return Ok(());
-                };
-                replica.merge.catch_up = Some(CatchUp { target, index });
-                // The target committed its merge, so the source's prepare command is
-                // committed in the source's group; if this replica's log holds that very
-                // entry, it may commit it without hearing from the source's leader
-                // (which may be gone already).
-                replica.commit_held_entry(index, term);
-                self.dirty.insert(source);
-                self.check_catch_up(source);
+                self.catch_up(source, target, index, term);
             }
             CoreTask::SourceReady { target, source } => {
                 if let Some(replica) = self.replicas.get_mut(&target) {

@@ -62,6 +62,11 @@ impl<'e> Applier<'e> {
         self.failed = true;
     }
 
+    /// True once the round cannot be committed (a commit failed, or `fail`).
+    pub(super) fn has_failed(&self) -> bool {
+        self.failed
+    }
+
     /// Ends the pass: commits the round (dropped, uncommitted, if an apply failed)
     /// and answers every client whose write it held. If the round is dropped at
     /// shutdown, its writes are committed entries that were not applied here: they
@@ -92,7 +97,7 @@ impl<'e> Applier<'e> {
     }
 
     /// Commits the current round (its writes become visible) and opens a fresh one.
-    fn cut(&mut self) -> Result<()> {
+    pub(super) fn cut(&mut self) -> Result<()> {
         if self.failed {
             return Err(Error::Internal("an apply failed; the round is dropped".into()));
         }
@@ -108,7 +113,9 @@ impl<'e> Applier<'e> {
 
     /// Buffers one client write, whole: it never straddles two rounds. The outer error
     /// is a failure of the apply itself; the inner result is the write's own outcome (a
-    /// stale epoch or a key outside the region refuses just this write).
+    /// stale epoch, a key outside the region or over the engine's limits refuses just
+    /// this write). Every check runs before the first op is buffered, so a refused
+    /// write leaves nothing in the round.
     ///
     /// A write with a session that the region applied already (a retry whose first
     /// answer was lost: the same session and number, in this entry, an earlier one, or
@@ -117,7 +124,7 @@ impl<'e> Applier<'e> {
     /// round (see `regionkv_engine::sessions`). Only applied writes are recorded: a
     /// refused one may come again and apply.
     fn write(&mut self, replica: &Replica, write: &Write) -> Result<Result<()>> {
-        if let Err(refused) = check_write(replica, write) {
+        if let Err(refused) = check_write(replica, write).and_then(|()| self.check_limits(write)) {
             return Ok(Err(refused));
         }
         let bytes: usize = write.ops.iter().map(|op| op.key().len() + op_value_len(op)).sum();
@@ -147,6 +154,33 @@ impl<'e> Applier<'e> {
     }
 }
 
+impl Applier<'_> {
+    /// Refuses a write the engine would refuse part of: a key or value over its limits,
+    /// or more bytes than one round takes. Depends on the write and the store's
+    /// configuration only (every store of a cluster runs with the same limits).
+    fn check_limits(&self, write: &Write) -> Result<()> {
+        let (max_key, max_value) = (self.engine.max_key_bytes(), self.engine.max_value_bytes());
+        let mut bytes = 0usize;
+        for op in &write.ops {
+            let (key, value) = (op.key().len(), op_value_len(op));
+            if key > max_key || value > max_value {
+                return Err(Error::InvalidRequest(format!(
+                    "a key of {key} bytes or a value of {value} bytes is over the limits \
+                     ({max_key} and {max_value} bytes)"
+                )));
+            }
+            bytes = bytes.saturating_add(key + value);
+        }
+        if bytes > self.max_bytes {
+            return Err(Error::InvalidRequest(format!(
+                "a write of {bytes} bytes is over the limit of {} bytes",
+                self.max_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Why a committed client write must not apply, if it must not.
 fn check_write(replica: &Replica, write: &Write) -> Result<()> {
     replica.check_version(write.epoch)?;
@@ -165,11 +199,26 @@ fn resolve_proposals(
     let region = replica.region.id;
     let dropped = || Error::Dropped { region, reason: DropReason::Overwritten };
     let mismatch = || Error::Internal("a proposal matched an entry of another kind".into());
+    let refused = match &outcome {
+        Outcome::Refused(why) => Some(refusal(why)),
+        _ => None,
+    };
     let mut outcome = Some(outcome);
     let in_flight = &mut replica.proposals.in_flight;
     while in_flight.front().is_some_and(|p| p.index <= entry.index) {
         let proposal = in_flight.pop_front().expect("checked");
         let matched = proposal.index == entry.index && proposal.term == entry.term;
+        if matched && let Some(why) = &refused {
+            let refused = || refusal(why);
+            match proposal.waiting {
+                Waiting::Writes(waiting) => {
+                    replies
+                        .extend(waiting.into_iter().map(|reply| (reply, region, Err(refused()))));
+                }
+                waiting => waiting.fail(refused),
+            }
+            continue;
+        }
         match proposal.waiting {
             Waiting::Admin(reply) if matched => match outcome.take() {
                 Some(Outcome::Admin(result)) => reply(result),
@@ -219,6 +268,21 @@ enum Outcome {
     Admin(Result<AdminResult>),
     /// A directory command's result.
     Directory(Result<DirResult>),
+    /// Refused whole (it does not decode, or a membership change that must not
+    /// apply), alike on every replica: why.
+    Refused(Error),
+}
+
+/// A copy of `error`, a refusal, for one more of the proposers waiting on it.
+fn refusal(error: &Error) -> Error {
+    match error {
+        Error::Merging { region, target } => Error::Merging { region: *region, target: *target },
+        Error::EpochNotMatch { region, current } => {
+            Error::EpochNotMatch { region: *region, current: current.clone() }
+        }
+        Error::Malformed(why) => Error::Malformed(why.clone()),
+        other => Error::InvalidRequest(other.to_string()),
+    }
 }
 
 fn run_query(
@@ -258,6 +322,9 @@ impl StoreCore {
         applier: &mut Applier<'_>,
     ) -> Result<()> {
         let replica = self.replicas.get_mut(&region).expect("present");
+        if replica.halted.is_some() {
+            return Ok(()); // applies nothing more (see `StoreCore::halt`)
+        }
         if let Some(paused) = replica.merge.paused.as_mut() {
             paused.entries.extend(entries);
             return Ok(());
@@ -282,12 +349,14 @@ impl StoreCore {
                 .ingest(RaftIndex(entry.index), || {
                     self.apply_entry(region, &entry, applier).map_err(ingest_error)
                 })
-                .map_err(|e| {
-                    if e.is_cancelled() {
-                        Error::Cancelled
-                    } else {
-                        Error::Internal(format!("apply of region {} failed: {e}", region.0))
-                    }
+                .map_err(|e| match e {
+                    // The apply's own error, with its class (a store failure or not).
+                    regionkv_wal::IngestError::Apply(inner) => match inner.downcast::<Error>() {
+                        Ok(e) => *e,
+                        Err(other) => Error::Internal(other.to_string()),
+                    },
+                    e if e.is_cancelled() => Error::Cancelled,
+                    e => Error::Internal(format!("apply of region {} failed: {e}", region.0)),
                 })?;
         }
         Ok(())
@@ -310,38 +379,56 @@ impl StoreCore {
         }
         let outcome = match entry.get_entry_type() {
             EntryType::EntryNormal if entry.data.is_empty() => Outcome::Nothing, // a new leader's no-op
-            EntryType::EntryNormal => match command::decode(&entry.data).map_err(|e| {
-                Error::Internal(format!("undecodable entry {}: {}", entry.index, e.reason))
-            })? {
-                Command::Writes(writes) if region == DIRECTORY => {
-                    let refused = || Error::InvalidRequest("client writes to the directory".into());
-                    Outcome::Writes(writes.iter().map(|_| Err(refused())).collect())
+            EntryType::EntryNormal => match command::decode(&entry.data) {
+                Err(_) if command::is_newer_format(&entry.data) => {
+                    // A newer binary's command: this one cannot know what it does, so
+                    // it must not guess (the replica halts; see ReplicaHalted).
+                    return Err(Error::Internal(format!(
+                        "entry {} holds a command of a newer format",
+                        entry.index
+                    )));
                 }
-                Command::Writes(writes) => {
-                    let mut results = Vec::with_capacity(writes.len());
-                    for write in &writes {
-                        results.push(applier.write(replica, write)?);
+                Err(e) => {
+                    tracing::info!(region = region.0, index = entry.index, reason = %e.reason, "undecodable entry refused");
+                    Outcome::Refused(Error::Malformed(format!(
+                        "entry {} does not decode: {} at byte {}",
+                        entry.index, e.reason, e.offset
+                    )))
+                }
+                Ok(command) => match command {
+                    Command::Writes(writes) if region == DIRECTORY => {
+                        let refused =
+                            || Error::InvalidRequest("client writes to the directory".into());
+                        Outcome::Writes(writes.iter().map(|_| Err(refused())).collect())
                     }
-                    Outcome::Writes(results)
-                }
-                Command::Directory(cmd) if region == DIRECTORY => {
-                    let epoch = replica.region.epoch;
-                    Outcome::Directory(Ok(directory::apply(&self.ctx.directory, epoch, &cmd)?))
-                }
-                Command::Directory(_) => Outcome::Directory(Err(Error::InvalidRequest(
-                    "a directory command outside the directory".into(),
-                ))),
-                Command::Admin(admin) => {
-                    // Admin commands change durable metadata; the data before them
-                    // (of every region in the round) lands first.
-                    applier.cut()?;
-                    Outcome::Admin(self.apply_admin(region, entry, admin)?)
-                }
+                    Command::Writes(writes) => {
+                        let mut results = Vec::with_capacity(writes.len());
+                        for write in &writes {
+                            results.push(applier.write(replica, write)?);
+                        }
+                        Outcome::Writes(results)
+                    }
+                    Command::Directory(cmd) if region == DIRECTORY => {
+                        let epoch = replica.region.epoch;
+                        Outcome::Directory(directory::apply(&self.ctx.directory, epoch, &cmd)?)
+                    }
+                    Command::Directory(_) => Outcome::Directory(Err(Error::InvalidRequest(
+                        "a directory command outside the directory".into(),
+                    ))),
+                    Command::Admin(admin) => {
+                        // Admin commands change durable metadata; the data before them
+                        // (of every region in the round) lands first.
+                        applier.cut()?;
+                        Outcome::Admin(self.apply_admin(region, entry, admin)?)
+                    }
+                },
             },
             EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
                 applier.cut()?;
-                self.apply_conf_change(region, entry)?;
-                Outcome::Nothing
+                match self.apply_conf_change(region, entry)? {
+                    Ok(()) => Outcome::Nothing,
+                    Err(refused) => Outcome::Refused(refused),
+                }
             }
         };
         let replica = self.replicas.get_mut(&region).expect("present");
@@ -360,6 +447,7 @@ impl StoreCore {
             for read in reads {
                 let result = replica
                     .check_version(read.epoch)
+                    .and_then(|()| replica.check_readable())
                     .and_then(|()| run_query(&snapshot, &replica.region, &read.query));
                 (read.reply)(result);
             }

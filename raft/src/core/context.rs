@@ -50,12 +50,21 @@ pub struct StoreContext {
     pub clock: Option<Clock>,
     /// Write-path counters of every core of the store.
     pub metrics: WriteMetrics,
+    /// True if opening the WAL cut valid records (a point-in-time recovery past damage
+    /// in the last group): records that may have been fsynced and acknowledged, and
+    /// with them a region's latest term and vote, are gone (H2; see `StoreCore::open`).
+    pub log_cut: bool,
 }
 
 impl std::fmt::Debug for StoreContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StoreContext").field("store", &self.config.store_id).finish_non_exhaustive()
     }
+}
+
+/// True if opening `wal` cut valid records past damage (see [`StoreContext::log_cut`]).
+pub fn wal_lost_records(wal: &regionkv_wal::Wal) -> bool {
+    wal.recovery_report().truncation.as_ref().is_some_and(|t| t.dropped_records > 0)
 }
 
 impl StoreContext {
@@ -77,6 +86,7 @@ impl StoreContext {
             election_ticks: None,
             clock: None,
             metrics: WriteMetrics::default(),
+            log_cut: false,
         }
     }
 

@@ -11,6 +11,11 @@ use crate::config::ReadMode;
 use crate::directory::DIRECTORY;
 use crate::transport::{Body, Envelope};
 
+/// Election timeouts after which an uninitialized replica that no leader claimed (no
+/// append, heartbeat or snapshot) is collected. A leader that adds a replica sends it
+/// a heartbeat every heartbeat interval, so only a replica no group wants goes.
+pub(super) const UNCLAIMED_ELECTION_TIMEOUTS: u64 = 10;
+
 impl StoreCore {
     /// Advances every group's logical clock by one tick.
     /// Hibernating replicas do not tick; a leader with nothing new since its last tick
@@ -35,18 +40,53 @@ impl StoreCore {
                 self.maybe_hibernate(id);
             }
         }
+        let mut halted_leaders = Vec::new();
+        let mut unclaimed = Vec::new();
+        let unclaimed_after = UNCLAIMED_ELECTION_TIMEOUTS * self.ctx.config.election_ticks as u64;
         for &id in &self.awake {
             let Some(replica) = self.replicas.get_mut(&id) else { continue };
+            if self.catching_up.contains_key(&id) {
+                continue; // a follower that must not campaign yet (H2)
+            }
             if replica.raw.tick() {
                 self.dirty.insert(id);
             }
             let idle = &mut replica.hibernation.idle_ticks;
             *idle = idle.saturating_add(1);
+            if replica.halted.is_some() && replica.is_leader() {
+                halted_leaders.push(id);
+            }
+            if !replica.is_initialized() {
+                replica.unclaimed_ticks += 1;
+                if replica.unclaimed_ticks > unclaimed_after {
+                    unclaimed.push(id);
+                }
+            }
         }
+        halted_leaders.sort_unstable(); // deterministic message order
+        for id in halted_leaders {
+            self.hand_over_leadership(id);
+        }
+        unclaimed.sort_unstable();
+        self.collect_unclaimed(&unclaimed);
         self.check_liveness();
         if self.ticks.is_multiple_of(PURGE_EVERY_TICKS) {
             self.plan_purge();
             self.collect_garbage();
+        }
+    }
+
+    /// Collects uninitialized replicas that no leader of their group claimed for
+    /// [`UNCLAIMED_ELECTION_TIMEOUTS`] election timeouts (a zombie: created by a stale
+    /// message, or left when this store was removed before its snapshot came). Their
+    /// logs are tombstoned without an epoch: a leader that does want a replica here
+    /// creates it again with its next message.
+    fn collect_unclaimed(&mut self, regions: &[RegionId]) {
+        for &region in regions {
+            tracing::info!(region = region.0, "collecting a replica no leader claimed");
+            if let Err(e) = self.destroy(region) {
+                tracing::warn!(region = region.0, error = %e, "could not collect a replica");
+            }
         }
     }
 

@@ -132,6 +132,10 @@ impl StoreCore {
             truncated_term: meta.term,
             peer_id: old.peer_id,
             conf_index: image,
+            // What the log knew beyond the image stays true: the ids its splits may no
+            // longer use, and from where it may vote again.
+            id_floor: old.id_floor,
+            votes_from: old.votes_from,
         };
         self.ctx.log.stage_snapshot(&mut self.write, id, state)?;
         tracing::warn!(
@@ -228,9 +232,11 @@ impl StoreCore {
         if replica.is_initialized() && engine.region(region).is_some() {
             engine.remove_region(region)?;
         }
-        self.ctx.log.stage_tombstone(&mut self.write, region);
-        self.tombstones.insert(region);
-        tracing::info!(region = region.0, "removed this store's replica");
+        // The tombstone keeps the epoch of the replica destroyed (none for one that held
+        // nothing): messages of that epoch or older never create it again.
+        let epoch = replica.is_initialized().then_some(replica.region.epoch);
+        self.ctx.log.stage_tombstone(&mut self.write, region, epoch);
+        tracing::info!(region = region.0, ?epoch, "removed this store's replica");
         Ok(())
     }
 
@@ -243,6 +249,7 @@ impl StoreCore {
                 let _ = self.ctx.log.stage_state_rewrite(&mut self.write, *region);
             }
         }
+        self.ctx.log.stage_tombstone_rewrites(&mut self.write, &plan, &self.owns);
         match self.ctx.log.purge(&plan) {
             Ok(0) => {}
             Ok(n) => {

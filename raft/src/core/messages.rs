@@ -7,6 +7,7 @@ use regionkv_engine::checkpoint::CheckpointChunks;
 use regionkv_engine::{PeerId, RegionId};
 
 use super::StoreCore;
+use super::snapshot::decode_snapshot_data;
 use crate::error::Result;
 use crate::log::LogState;
 use crate::replica::ReplicaInit;
@@ -38,7 +39,7 @@ impl StoreCore {
         if env.to != self.ctx.config.store_id
             || matches!(env.body, Body::Alive)
             || !(self.owns)(env.region)
-            || self.tombstones.contains(&env.region)
+            || self.is_below_tombstone(&env)
         {
             return Ok(());
         }
@@ -97,6 +98,13 @@ impl StoreCore {
             replica.hibernation.idle_ticks = 0;
             self.awake.insert(region);
         }
+        let from_leader = matches!(
+            kind,
+            Some(MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot)
+        ) || matches!(body, Body::SnapshotChunk(_));
+        if from_leader {
+            replica.unclaimed_ticks = 0;
+        }
         match body {
             Body::Hibernate { .. } | Body::Alive => {}
             Body::Raft(msg) => {
@@ -120,41 +128,75 @@ impl StoreCore {
                 }
                 replica.known_stores.insert(PeerId(msg.from), from);
                 if !replica.is_initialized() && msg.get_msg_type() == MessageType::MsgAppend {
-                    // A replica that holds nothing takes its region from a snapshot,
-                    // never from entries (the engine hosts the region only once one is
-                    // installed); a leader whose log still starts at index 1 would send
-                    // entries. Ask it for a snapshot instead (raft-rs's request).
-                    let mut ask = Message::default();
-                    ask.set_msg_type(MessageType::MsgAppendResponse);
-                    ask.to = msg.from;
-                    ask.from = replica.id.0;
-                    ask.term = msg.term;
-                    ask.index = msg.index;
-                    ask.reject = true;
-                    ask.request_snapshot = 1;
+                    let ask = ask_for_snapshot(&msg, replica.id);
                     self.route(region, vec![ask], SendWhen::Now);
                     return Ok(());
                 }
-                if msg.get_msg_type() == MessageType::MsgSnapshot {
-                    let meta = msg.get_snapshot().get_metadata();
-                    let ready = (replica.snapshot.received.as_ref())
-                        .is_some_and(|r| (r.index, r.term) == (meta.index, meta.term));
-                    if !ready {
-                        // The checkpoint did not arrive whole; the leader sends again.
-                        tracing::debug!(
-                            region = region.0,
-                            index = meta.index,
-                            "snapshot message without its checkpoint"
-                        );
-                        return Ok(());
-                    }
+                if msg.get_msg_type() == MessageType::MsgSnapshot
+                    && !self.may_step_snapshot(region, &msg)
+                {
+                    return Ok(());
                 }
+                if self.catching_up.contains_key(&region)
+                    && matches!(
+                        msg.get_msg_type(),
+                        MessageType::MsgRequestVote
+                            | MessageType::MsgRequestPreVote
+                            | MessageType::MsgTimeoutNow
+                    )
+                {
+                    // No vote (and no campaign) until caught up past a cut log (H2).
+                    return Ok(());
+                }
+                let replica = self.replicas.get_mut(&region).expect("present");
                 replica.raw.step(msg)?;
             }
             Body::SnapshotChunk(chunk) => self.on_snapshot_chunk(region, chunk)?,
         }
         self.dirty.insert(region);
         Ok(())
+    }
+
+    /// True if `env` is for a region whose replica here was destroyed, from that epoch
+    /// or an older one (or with no epoch): a member that has not heard of the removal
+    /// or merge yet. A newer epoch (this store added back) may create the replica again;
+    /// creating it lifts the tombstone.
+    fn is_below_tombstone(&self, env: &Envelope) -> bool {
+        if self.replicas.contains_key(&env.region) {
+            return false;
+        }
+        self.ctx.log.tombstone(env.region).is_some_and(|t| {
+            env.epoch.is_none_or(|e| e.version <= t.version && e.conf_ver <= t.conf_ver)
+        })
+    }
+
+    /// True if raft-rs may take the snapshot message `msg` for `region`: its checkpoint
+    /// arrived whole, its data decodes, and `check_snapshot` finds it installable here.
+    /// Otherwise it is dropped (the leader sends it again).
+    fn may_step_snapshot(&mut self, region: RegionId, msg: &Message) -> bool {
+        let meta = msg.get_snapshot().get_metadata();
+        let replica = self.replicas.get_mut(&region).expect("present");
+        let ready = (replica.snapshot.received.as_ref())
+            .is_some_and(|r| (r.index, r.term) == (meta.index, meta.term));
+        if !ready {
+            // The checkpoint did not arrive whole; the leader sends again.
+            tracing::debug!(
+                region = region.0,
+                index = meta.index,
+                "snapshot message without its checkpoint"
+            );
+            return false;
+        }
+        let checked = decode_snapshot_data(&msg.get_snapshot().data)
+            .map_err(|e| format!("its data does not decode: {}", e.reason))
+            .and_then(|_| self.check_snapshot(region, meta.index));
+        if let Err(why) = checked {
+            tracing::warn!(region = region.0, index = meta.index, reason = %why, "snapshot dropped; the leader sends one again");
+            let replica = self.replicas.get_mut(&region).expect("present");
+            replica.snapshot.received = None;
+            return false;
+        }
+        true
     }
 
     /// Creates a replica of `region`, as peer `id`, that holds nothing until its
@@ -239,4 +281,20 @@ impl StoreCore {
             }
         }
     }
+}
+
+/// The answer of a replica that holds nothing to a leader's entries: it takes its
+/// region from a snapshot, never from entries (the engine hosts the region only once
+/// one is installed), and a leader whose log still starts at index 1 would send
+/// entries. So it rejects them with raft-rs's snapshot request.
+fn ask_for_snapshot(append: &Message, me: PeerId) -> Message {
+    let mut ask = Message::default();
+    ask.set_msg_type(MessageType::MsgAppendResponse);
+    ask.to = append.from;
+    ask.from = me.0;
+    ask.term = append.term;
+    ask.index = append.index;
+    ask.reject = true;
+    ask.request_snapshot = 1;
+    ask
 }

@@ -100,7 +100,7 @@ mod snapshot;
 use self::apply::Applier;
 pub use self::context::{
     ApplyObserver, Clock, ElectionTicks, RAFT_INIT_INDEX, RAFT_INIT_TERM, StoreContext,
-    system_clock_ms,
+    system_clock_ms, wal_lost_records,
 };
 use self::messages::SendWhen;
 pub use self::output::{CoreTask, Output, WriteTask};
@@ -126,8 +126,6 @@ pub struct StoreCore {
     /// of idle regions cost nothing per tick. Kept equal to the replicas whose
     /// `hibernated` flag is false.
     awake: HashSet<RegionId>,
-    /// Regions whose replica here was removed; messages for them are ignored.
-    tombstones: HashSet<RegionId>,
     /// Replicas that may have a ready; ordered for determinism.
     dirty: BTreeSet<RegionId>,
     write: LogWrite,
@@ -146,6 +144,12 @@ pub struct StoreCore {
     store_heard: HashMap<StoreId, u64>,
     /// Which regions this core owns, for cores that share a store.
     owns: Box<dyn Fn(RegionId) -> bool + Send>,
+    /// Regions that neither vote nor campaign until their commit index reaches this
+    /// (their log lost its tail to a point-in-time recovery; see `mark_log_cut`).
+    catching_up: HashMap<RegionId, u64>,
+    /// Merge targets here waiting for a source replica this store does not have yet
+    /// (a split it has not applied will create it), by source; see `catch_up`.
+    awaiting_source: HashMap<RegionId, Vec<crate::replica::CatchUp>>,
 }
 
 impl std::fmt::Debug for StoreCore {
@@ -170,7 +174,6 @@ impl StoreCore {
             ctx,
             replicas: HashMap::new(),
             awake: HashSet::new(),
-            tombstones: HashSet::new(),
             dirty: BTreeSet::new(),
             write,
             readies: Vec::new(),
@@ -183,6 +186,8 @@ impl StoreCore {
             apply_stats: ApplyStats::default(),
             store_heard: HashMap::new(),
             owns,
+            catching_up: HashMap::new(),
+            awaiting_source: HashMap::new(),
         };
         let hosted: HashMap<RegionId, Region> = core
             .ctx
@@ -232,14 +237,59 @@ impl StoreCore {
                     region = id.0,
                     "tombstoning the log of a replica the engine no longer hosts"
                 );
-                core.ctx.log.stage_tombstone(&mut core.write, id);
+                core.ctx.log.stage_tombstone(&mut core.write, id, None);
             } else {
                 // In the log but not the engine: a replica waiting for its snapshot.
                 let peer = PeerId(state.peer_id);
                 core.add_replica(ReplicaInit::awaiting_snapshot(id, peer, state.conf_index))?;
             }
         }
+        core.mark_log_cut()?;
         Ok(core)
+    }
+
+    /// H2: after a point-in-time recovery cut valid records from the WAL (records that
+    /// may have been fsynced and acknowledged: entries, a term, a vote), no region of
+    /// this core votes or campaigns until it has caught up past the cut: until its
+    /// commit index, learned from a leader, is past the last entry its log kept. Which
+    /// regions the lost records held is unknown, so every region waits. The mark is
+    /// durable (`LogState::votes_from`), so a restart before catching up keeps it.
+    ///
+    /// What this bounds: a vote lost with the tail is not given again to a candidate of
+    /// that term until the group moved on past it, and a log that lost entries it
+    /// acknowledged does not vote for a candidate lacking them before the leader
+    /// re-sent them. If every replica of a region was cut at once, none votes: the
+    /// region stays without a leader until an operator restores one from a replica.
+    fn mark_log_cut(&mut self) -> Result<()> {
+        let mut ids: Vec<RegionId> =
+            self.replicas.keys().copied().filter(|id| (self.owns)(*id)).collect();
+        ids.sort_unstable();
+        for id in ids {
+            if self.ctx.log_cut {
+                let (_, last) = self.ctx.log.bounds(id)?;
+                self.ctx.log.stage_votes_from(&mut self.write, id, Some(last + 1))?;
+            }
+            if let Some(index) = self.ctx.log.state(id).and_then(|s| s.votes_from) {
+                tracing::warn!(
+                    region = id.0,
+                    index,
+                    "the log lost its tail: no vote until caught up"
+                );
+                self.catching_up.insert(id, index);
+            }
+        }
+        Ok(())
+    }
+
+    /// Lifts `region`'s no-vote mark once its commit index reached the mark.
+    fn maybe_caught_up(&mut self, region: RegionId) -> Result<()> {
+        let Some(&index) = self.catching_up.get(&region) else { return Ok(()) };
+        if self.replicas.get(&region).is_some_and(|r| r.committed() >= index) {
+            self.catching_up.remove(&region);
+            self.ctx.log.stage_votes_from(&mut self.write, region, None)?;
+            tracing::info!(region = region.0, index, "caught up past the cut log: votes again");
+        }
+        Ok(())
     }
 
     /// The context this core works in.
@@ -323,10 +373,13 @@ impl StoreCore {
                 match self.flush_replica(region, &mut applier) {
                     Ok(true) => touched.push(region),
                     Ok(false) => {}
-                    Err(e) => {
+                    // The log or the engine failed: the store stops (below).
+                    Err(e) if e.is_store_failure() || e.is_cancelled() || applier.has_failed() => {
                         Self::on_replica_error(region, &e);
                         applier.fail();
                     }
+                    // Anything else stops this replica only; the store goes on.
+                    Err(e) => self.halt(region, &e),
                 }
             }
             // The pass's round ends: what every region wrote becomes visible together,
@@ -362,6 +415,46 @@ impl StoreCore {
             write,
             tasks: std::mem::take(&mut self.foreign_tasks),
             reports: std::mem::take(&mut self.reports),
+        }
+    }
+
+    /// Stops `region`'s replica from applying more of its log, after `error` applying
+    /// a committed entry that is neither a refusal (every replica refuses alike, as a
+    /// no-op) nor a failure of the store's log or engine: a command of a newer format,
+    /// or a conflict with what this store holds. Its group goes on without it (a leader
+    /// hands its leadership over); the store and its other regions are unaffected.
+    /// Requests in flight learn that their outcome is unknown, later ones are refused
+    /// with [`Error::ReplicaHalted`]. A restart applies the log again.
+    fn halt(&mut self, region: RegionId, error: &Error) {
+        let store = self.ctx.config.store_id;
+        tracing::error!(store = store.0, region = region.0, error = %error, "this store's replica stopped applying its log; the store goes on: upgrade this store, or remove this replica and add it back");
+        let Some(replica) = self.replicas.get_mut(&region) else { return };
+        let reason = error.to_string();
+        replica.halted = Some(reason.clone());
+        let halted = || Error::ReplicaHalted { region, reason: reason.clone() };
+        replica.fail_unproposed(halted);
+        for proposal in replica.proposals.in_flight.drain(..) {
+            proposal.waiting.fail(|| Error::Timeout { region });
+        }
+        for (_, reads) in replica.reads.ready.drain(..) {
+            for read in reads {
+                (read.reply)(Err(halted()));
+            }
+        }
+        replica.merge.paused = None;
+        self.hand_over_leadership(region);
+    }
+
+    /// A halted replica that leads asks another voter to take over.
+    pub(super) fn hand_over_leadership(&mut self, region: RegionId) {
+        let Some(replica) = self.replicas.get_mut(&region) else { return };
+        if replica.halted.is_none() || !replica.is_leader() {
+            return;
+        }
+        let me = replica.id.0;
+        if let Some(&to) = replica.conf_state().voters.iter().find(|&&v| v != me) {
+            replica.raw.transfer_leader(to);
+            self.dirty.insert(region);
         }
     }
 
@@ -402,6 +495,9 @@ impl StoreCore {
         let mut installed = None;
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
+            // What the pass applied so far lands first: the install may replace regions
+            // the round holds (stale merge sources).
+            applier.cut()?;
             self.install_snapshot(region, &snap)?;
             installed = Some(snap.get_metadata().index);
         }
@@ -445,6 +541,8 @@ impl StoreCore {
         let persisted = ready.take_persisted_messages();
         let number = ready.number();
         replica.raw.advance_append_async(ready);
+        self.maybe_caught_up(region)?;
+        let replica = self.replicas.get_mut(&region).expect("present");
         if let Some(index) = installed {
             // The snapshot's state is applied; raft-rs learns it once the snapshot is
             // persisted (it requires applied <= persisted).
@@ -490,7 +588,12 @@ impl StoreCore {
                     replica.raw.advance_apply_to(installed.index);
                     replica.snapshot.installed = None;
                 }
+                let waited_for = !replica.merge.catch_up.is_empty();
                 self.dirty.insert(region);
+                if waited_for {
+                    // A merge source a target waits for may hold its prepare durably now.
+                    self.check_catch_up(region);
+                }
             }
         }
     }

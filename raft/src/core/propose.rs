@@ -20,6 +20,9 @@ impl StoreCore {
     fn leader(&mut self, region: RegionId) -> Result<&mut Replica> {
         self.wake(region);
         let replica = self.replicas.get_mut(&region).ok_or(Error::RegionNotFound { region })?;
+        if let Some(reason) = &replica.halted {
+            return Err(Error::ReplicaHalted { region, reason: reason.clone() });
+        }
         if !replica.is_leader() {
             return Err(replica.not_leader());
         }
@@ -62,6 +65,7 @@ impl StoreCore {
         let region = req.region;
         match self.leader(region).and_then(|replica| {
             replica.check_version(req.epoch)?;
+            replica.check_readable()?;
             Ok(replica)
         }) {
             Ok(replica) => replica.reads.unissued.push(req),
@@ -137,8 +141,9 @@ impl StoreCore {
     /// decision is made from replicated state only.
     pub fn on_admin(&mut self, req: AdminRequest) {
         let AdminRequest { region, epoch, cmd, reply } = req;
+        let floor = self.id_floor(region);
         let replica = match self.leader(region).and_then(|replica| {
-            check_admin(replica, epoch, &cmd, replica.applied_index + 1)?;
+            check_admin(replica, floor, epoch, &cmd, replica.applied_index + 1)?;
             if let AdminCmd::PrepareMerge { .. } = cmd
                 && replica.has_pending_conf_change()
             {

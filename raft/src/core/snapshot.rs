@@ -1,14 +1,66 @@
 //! Snapshots and checkpoints: receiving a snapshot in chunks and installing it, preparing
 //! one for a follower that fell behind, and checkpointing (and compacting) as logs grow.
+//!
+//! A snapshot message carries raft-rs's metadata (index, term, members) and, in its
+//! data, the region's replicated state that lives in its Raft log rather than in the
+//! checkpoint:
+//!
+//! ```text
+//!  | format u8 = 1 | TLV (regionkv_engine::codec), every field optional:            |
+//!  |   1 id floor: the lowest id a split may give a new region   2 the index that set it |
+//! ```
+//!
+//! Empty data (a snapshot of a binary from before it) decodes as no id floor.
 
 use raft::eraftpb::Snapshot;
+use regionkv_engine::codec::{self, DecodeError, DecodeResult, TlvRecord, UnknownTags};
 use regionkv_engine::{CheckpointChunk, RegionId, SnapshotMeta};
 
 use super::StoreCore;
+use super::output::CoreTask;
 use crate::error::{Error, Result};
-use crate::log::LogState;
+use crate::log::{IdFloor, LogState};
 use crate::replica::{Contents, Incoming, Received};
 use crate::transport::SnapshotChunk;
+
+/// The format of a snapshot message's data.
+const SNAPSHOT_DATA_VERSION: u8 = 1;
+const D_ID_FLOOR: u16 = 1;
+const D_ID_FLOOR_INDEX: u16 = 2;
+
+/// A snapshot's data: the region's state kept in its log (see the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct SnapshotData {
+    pub id_floor: Option<IdFloor>,
+}
+
+pub(super) fn encode_snapshot_data(data: &SnapshotData) -> Vec<u8> {
+    let mut out = vec![SNAPSHOT_DATA_VERSION];
+    if let Some(floor) = data.id_floor {
+        codec::put_u64(&mut out, D_ID_FLOOR, floor.next_id);
+        codec::put_u64(&mut out, D_ID_FLOOR_INDEX, floor.set_at);
+    }
+    out
+}
+
+/// Decodes a snapshot's data; never panics, whatever `bytes` holds.
+pub(super) fn decode_snapshot_data(bytes: &[u8]) -> DecodeResult<SnapshotData> {
+    let Some((&version, body)) = bytes.split_first() else {
+        return Ok(SnapshotData::default());
+    };
+    if version != SNAPSHOT_DATA_VERSION {
+        return Err(DecodeError::new(0, "snapshot data of an unknown format version"));
+    }
+    let rec = TlvRecord::parse(body, &[D_ID_FLOOR, D_ID_FLOOR_INDEX], UnknownTags::Skip)
+        .map_err(|e| e.shifted(1))?;
+    let optional = |tag| rec.optional(tag).and_then(|f| f.map(|f| f.as_u64()).transpose());
+    let id_floor = match (optional(D_ID_FLOOR)?, optional(D_ID_FLOOR_INDEX)?) {
+        (Some(next_id), Some(set_at)) => Some(IdFloor { next_id, set_at }),
+        (None, None) => None,
+        _ => return Err(DecodeError::new(1, "an id floor without its index")),
+    };
+    Ok(SnapshotData { id_floor })
+}
 
 impl StoreCore {
     pub(super) fn on_snapshot_chunk(
@@ -86,6 +138,8 @@ impl StoreCore {
         snap.mut_metadata().index = replica.applied_index;
         snap.mut_metadata().term = term;
         snap.mut_metadata().set_conf_state(replica.conf_state());
+        let id_floor = self.ctx.log.state(region).and_then(|s| s.id_floor);
+        snap.data = encode_snapshot_data(&SnapshotData { id_floor }).into();
         replica.snapshot.slot.lock().ready = Some(snap);
         replica.snapshot.file = Some(file);
         self.ctx.log.stage_compaction(&mut self.write, region, replica.checkpoint_index)?;
@@ -93,11 +147,72 @@ impl StoreCore {
         Ok(())
     }
 
-    /// Installs a received snapshot: the engine takes the checkpoint (durably), then
-    /// the log restarts after it.
+    /// Why the snapshot of `region` at `index`, whose checkpoint arrived whole, must not
+    /// be stepped (the leader sends it again later); else the regions hosted here that
+    /// installing it replaces. Checked before raft-rs sees the message, and again
+    /// before the install:
+    ///
+    /// - H3: the checkpoint must be of this region, at the snapshot's index (the
+    ///   engine installs whatever region the checkpoint's header names);
+    /// - A2: every other region hosted here that overlaps it must be a stale one whose
+    ///   range the snapshot's region took over since: a merge source whose merge
+    ///   state names this region, or an older version of part of its range (its whole
+    ///   range inside the snapshot's: it was merged into it while this store was
+    ///   behind). Those are replaced in the same manifest update as the install.
+    ///   Anything else (a region this store still needs, a split parent that will
+    ///   split itself) means this store is not ready for the snapshot.
+    pub(super) fn check_snapshot(
+        &self,
+        region: RegionId,
+        index: u64,
+    ) -> std::result::Result<Vec<RegionId>, String> {
+        let replica = self.replicas.get(&region).ok_or("no replica")?;
+        let received = replica.snapshot.received.as_ref().ok_or("no checkpoint received")?;
+        let header = received.checkpoint.file().header();
+        if header.region.id != region || header.applied_index != index {
+            return Err(format!(
+                "the checkpoint is of region {} at {}, the snapshot of region {region} at \
+                 {index}",
+                header.region.id, header.applied_index
+            ));
+        }
+        let new = &header.region;
+        let engine = self.ctx.engine_of(region);
+        let mut stale = Vec::new();
+        for old in engine.overlapping(&new.start, new.end.as_deref()) {
+            if old.id == region {
+                continue;
+            }
+            let source_of_this = engine.merge_state(old.id).is_some_and(|m| m.target == region);
+            let inside = new.start <= old.start
+                && match (&new.end, &old.end) {
+                    (None, _) => true,
+                    (Some(n), Some(o)) => o <= n,
+                    (Some(_), None) => false,
+                };
+            if old.epoch.version < new.epoch.version && (source_of_this || inside) {
+                stale.push(old.id);
+            } else {
+                return Err(format!(
+                    "it overlaps region {} (version {}), which is not an older part of \
+                     region {region} (version {})",
+                    old.id, old.epoch.version, new.epoch.version
+                ));
+            }
+        }
+        Ok(stale)
+    }
+
+    /// Installs a received snapshot: the engine takes the checkpoint (durably), with the
+    /// stale regions it replaces (see `check_snapshot`), then the log restarts after it
+    /// and the replaced regions' replicas go.
     pub(super) fn install_snapshot(&mut self, region: RegionId, snap: &Snapshot) -> Result<()> {
-        let replica = self.replicas.get_mut(&region).expect("present");
         let meta = snap.get_metadata();
+        // Checked before the message was stepped; what changed since halts the replica.
+        let replaced = self.check_snapshot(region, meta.index).map_err(|why| {
+            Error::Internal(format!("the snapshot of region {region} at {}: {why}", meta.index))
+        })?;
+        let replica = self.replicas.get_mut(&region).expect("present");
         let Some(Received { index, term, checkpoint }) = replica.snapshot.received.take() else {
             return Err(Error::Internal(format!(
                 "snapshot of region {} at {} without its checkpoint",
@@ -110,7 +225,10 @@ impl StoreCore {
                 meta.index, meta.term
             )));
         }
-        let installed = self.ctx.engine_of(region).install_checkpoint(checkpoint)?;
+        // Checked before the message was stepped (`on_envelope`).
+        let data = decode_snapshot_data(&snap.data).unwrap_or_default();
+        let installed =
+            self.ctx.engine_of(region).install_checkpoint_over(checkpoint, &replaced)?;
         let state = LogState {
             hard_state: replica.hard_state(),
             conf_state: meta.get_conf_state().clone(),
@@ -118,6 +236,8 @@ impl StoreCore {
             truncated_term: meta.term,
             peer_id: replica.id.0,
             conf_index: meta.index,
+            id_floor: data.id_floor,
+            ..LogState::default()
         };
         self.ctx.log.stage_snapshot(&mut self.write, region, state)?;
         replica.region = installed;
@@ -126,7 +246,13 @@ impl StoreCore {
         replica.checkpoint_index = meta.index;
         replica.conf_index = meta.index;
         replica.applied_bytes_since_checkpoint = 0;
-        tracing::info!(region = region.0, index = meta.index, "installed a snapshot");
+        replica.merge.state = None;
+        tracing::info!(region = region.0, index = meta.index, ?replaced, "installed a snapshot");
+        for old in replaced {
+            // The engine no longer hosts it: its replica goes (on the core that owns it).
+            self.send_task(CoreTask::Merged { source: old });
+        }
+        self.source_appeared(region);
         Ok(())
     }
 

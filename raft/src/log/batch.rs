@@ -4,17 +4,24 @@
 //!  0        1
 //!  +--------+---------------------------------------------------------------+
 //!  | format | TLV record (regionkv_engine::codec): items, in order           |
-//!  | u8 = 1 |   tag 1 ENTRIES  (nested, repeated)                           |
+//!  | u8 = 2 |   tag 1 ENTRIES  (nested, repeated)                           |
 //!  |        |     1 region u64, 2 first_index u64, 3 entry (nested, rep.):  |
 //!  |        |       1 term u64, 2 kind u64, 3 data, 4 context               |
 //!  |        |   tag 2 STATE    (nested, repeated)                           |
 //!  |        |     1 region, 2 term, 3 vote, 4 commit, 5 conf state (nested: |
 //!  |        |       1 voter, 2 learner, 3 outgoing voter, 4 next learner    |
 //!  |        |       (all repeated u64), 5 auto_leave flag),                  |
-//!  |        |     6 first_index, 7 truncated_term                           |
-//!  |        |   tag 3 TOMBSTONE (nested, repeated): 1 region                |
+//!  |        |     6 first_index, 7 truncated_term, 8 peer id, 9 conf index, |
+//!  |        |     since format 2, optional: 10 id floor, 11 the index that  |
+//!  |        |       set it, 12 votes-from index                             |
+//!  |        |   tag 3 TOMBSTONE (nested, repeated): 1 region, since format  |
+//!  |        |     2, optional: 2 version, 3 conf_ver (the destroyed epoch)  |
 //!  +--------+---------------------------------------------------------------+
 //! ```
+//!
+//! Format 1 had no optional fields; its records are read as format 2 records whose
+//! optional fields are absent (`None`: unknown, never a default). Format 2 is what this
+//! binary writes; a binary that reads only format 1 refuses it by its version byte.
 //!
 //! Items apply in record order, and records in WAL order: an ENTRIES item replaces
 //! every entry of its region from `first_index` on (Raft overwrites an uncommitted
@@ -25,11 +32,13 @@
 
 use bytes::Bytes;
 use raft::eraftpb::{ConfState, Entry, EntryType, HardState};
-use regionkv_engine::RegionId;
 use regionkv_engine::codec::{self, DecodeError, DecodeResult, TlvRecord, UnknownTags};
+use regionkv_engine::{Epoch, RegionId};
 
 /// The format this binary writes and the newest it reads.
-pub(crate) const FORMAT_VERSION: u8 = 1;
+pub(crate) const FORMAT_VERSION: u8 = 2;
+/// The oldest format this binary reads (migrated on read: see the module docs).
+const OLDEST_FORMAT_VERSION: u8 = 1;
 
 const ENTRIES: u16 = 1;
 const STATE: u16 = 2;
@@ -53,6 +62,10 @@ const S_FIRST_INDEX: u16 = 6;
 const S_TRUNCATED_TERM: u16 = 7;
 const S_PEER_ID: u16 = 8;
 const S_CONF_INDEX: u16 = 9;
+// Since format 2, optional.
+const S_ID_FLOOR: u16 = 10;
+const S_ID_FLOOR_INDEX: u16 = 11;
+const S_VOTES_FROM: u16 = 12;
 
 const C_VOTER: u16 = 1;
 const C_LEARNER: u16 = 2;
@@ -61,6 +74,9 @@ const C_LEARNER_NEXT: u16 = 4;
 const C_AUTO_LEAVE: u16 = 5;
 
 const T_REGION: u16 = 1;
+// Since format 2, optional.
+const T_VERSION: u16 = 2;
+const T_CONF_VER: u16 = 3;
 
 /// A region's whole durable log state apart from its entries.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -78,6 +94,25 @@ pub struct LogState {
     /// The index of the entry whose application produced `conf_state` (0: the initial
     /// configuration); replay never applies a conf change at or below it again.
     pub conf_index: u64,
+    /// The lowest id a split of the region may give a new region, and the index of the
+    /// split or merge that set it (`None`: never set; see `core/admin_apply.rs`,
+    /// `check_split_ids`). Replicated state: every replica of the region sets it at
+    /// the same index, a split child and a merged target inherit it, a snapshot carries
+    /// it.
+    pub id_floor: Option<IdFloor>,
+    /// Set after a point-in-time cut of the WAL tail (which may have dropped this
+    /// region's latest term and vote): the replica grants no vote and does not campaign
+    /// until its commit index reached this index (`None`: it votes).
+    pub votes_from: Option<u64>,
+}
+
+/// A region's id floor ([`LogState::id_floor`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IdFloor {
+    /// Every id a split of the region gives a new region is at least this.
+    pub next_id: u64,
+    /// The Raft index of the split or merge that set it.
+    pub set_at: u64,
 }
 
 /// Where an encoded entry sits inside a batch's payload.
@@ -142,12 +177,27 @@ impl BatchEncoder {
             codec::put_u64(out, S_TRUNCATED_TERM, state.truncated_term);
             codec::put_u64(out, S_PEER_ID, state.peer_id);
             codec::put_u64(out, S_CONF_INDEX, state.conf_index);
+            if let Some(floor) = state.id_floor {
+                codec::put_u64(out, S_ID_FLOOR, floor.next_id);
+                codec::put_u64(out, S_ID_FLOOR_INDEX, floor.set_at);
+            }
+            if let Some(index) = state.votes_from {
+                codec::put_u64(out, S_VOTES_FROM, index);
+            }
         });
     }
 
-    /// Adds the removal of a region's log.
-    pub fn add_tombstone(&mut self, region: RegionId) {
-        codec::put_nested(&mut self.buf, TOMBSTONE, |out| codec::put_u64(out, T_REGION, region.0));
+    /// Adds the removal of a region's log; `epoch`: the epoch of the replica destroyed
+    /// (messages of that epoch or older are dropped from then on), `None` for a log that
+    /// was never a replica's (a leftover of an interrupted split).
+    pub fn add_tombstone(&mut self, region: RegionId, epoch: Option<Epoch>) {
+        codec::put_nested(&mut self.buf, TOMBSTONE, |out| {
+            codec::put_u64(out, T_REGION, region.0);
+            if let Some(epoch) = epoch {
+                codec::put_u64(out, T_VERSION, epoch.version);
+                codec::put_u64(out, T_CONF_VER, epoch.conf_ver);
+            }
+        });
     }
 
     /// The payload to append to the WAL, and the entry spans of each ENTRIES item in
@@ -192,14 +242,14 @@ fn decode_conf_state(buf: &[u8]) -> DecodeResult<ConfState> {
 pub(crate) enum Item {
     Entries { region: RegionId, first_index: u64, spans: Vec<EntrySpan> },
     State { region: RegionId, state: LogState },
-    Tombstone { region: RegionId },
+    Tombstone { region: RegionId, epoch: Option<Epoch> },
 }
 
 /// Decodes a batch's items. Never panics, whatever `payload` holds.
 pub(crate) fn decode(payload: &[u8]) -> DecodeResult<Vec<Item>> {
     let (&version, body) =
         payload.split_first().ok_or(DecodeError::new(0, "empty Raft log record"))?;
-    if version != FORMAT_VERSION {
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
         return Err(DecodeError::new(0, "Raft log record of an unknown format version"));
     }
     let mut items = Vec::new();
@@ -232,52 +282,70 @@ pub(crate) fn decode(payload: &[u8]) -> DecodeResult<Vec<Item>> {
                 }
                 items.push(Item::Entries { region, first_index, spans });
             }
-            STATE => {
-                let known = [
-                    S_REGION,
-                    S_TERM,
-                    S_VOTE,
-                    S_COMMIT,
-                    S_CONF,
-                    S_FIRST_INDEX,
-                    S_TRUNCATED_TERM,
-                    S_PEER_ID,
-                    S_CONF_INDEX,
-                ];
-                let rec = TlvRecord::parse(field.value, &known, UnknownTags::Reject).map_err(at)?;
-                let u64_of =
-                    |tag, what| rec.required(tag, what).and_then(|f| f.as_u64()).map_err(at);
-                let mut hard_state = HardState::default();
-                hard_state.term = u64_of(S_TERM, "state term")?;
-                hard_state.vote = u64_of(S_VOTE, "state vote")?;
-                hard_state.commit = u64_of(S_COMMIT, "state commit")?;
-                let conf = rec.required(S_CONF, "state conf state").map_err(at)?;
-                let conf_state =
-                    decode_conf_state(conf.value).map_err(|e| e.shifted(base + conf.offset))?;
-                items.push(Item::State {
-                    region: RegionId(u64_of(S_REGION, "state region")?),
-                    state: LogState {
-                        hard_state,
-                        conf_state,
-                        first_index: u64_of(S_FIRST_INDEX, "state first index")?,
-                        truncated_term: u64_of(S_TRUNCATED_TERM, "state truncated term")?,
-                        peer_id: u64_of(S_PEER_ID, "state peer id")?,
-                        conf_index: u64_of(S_CONF_INDEX, "state conf index")?,
-                    },
-                });
-            }
-            TOMBSTONE => {
-                let rec =
-                    TlvRecord::parse(field.value, &[T_REGION], UnknownTags::Reject).map_err(at)?;
-                let region = RegionId(
-                    rec.required(T_REGION, "tombstone region").map_err(at)?.as_u64().map_err(at)?,
-                );
-                items.push(Item::Tombstone { region });
-            }
+            STATE => items.push(decode_state(field.value).map_err(at)?),
+            TOMBSTONE => items.push(decode_tombstone(field.value).map_err(at)?),
             _ => return Err(DecodeError::new(field.offset + 1, "unknown Raft log item")),
         }
     }
     Ok(items)
+}
+
+/// Decodes a STATE item's fields.
+fn decode_state(value: &[u8]) -> DecodeResult<Item> {
+    let known = [
+        S_REGION,
+        S_TERM,
+        S_VOTE,
+        S_COMMIT,
+        S_CONF,
+        S_FIRST_INDEX,
+        S_TRUNCATED_TERM,
+        S_PEER_ID,
+        S_CONF_INDEX,
+        S_ID_FLOOR,
+        S_ID_FLOOR_INDEX,
+        S_VOTES_FROM,
+    ];
+    let rec = TlvRecord::parse(value, &known, UnknownTags::Reject)?;
+    let u64_of = |tag, what| rec.required(tag, what).and_then(|f| f.as_u64());
+    let optional = |tag| rec.optional(tag).and_then(|f| f.map(|f| f.as_u64()).transpose());
+    let id_floor = match (optional(S_ID_FLOOR)?, optional(S_ID_FLOOR_INDEX)?) {
+        (Some(next_id), Some(set_at)) => Some(IdFloor { next_id, set_at }),
+        (None, None) => None,
+        _ => return Err(DecodeError::new(0, "an id floor without its index")),
+    };
+    let mut hard_state = HardState::default();
+    hard_state.term = u64_of(S_TERM, "state term")?;
+    hard_state.vote = u64_of(S_VOTE, "state vote")?;
+    hard_state.commit = u64_of(S_COMMIT, "state commit")?;
+    let conf = rec.required(S_CONF, "state conf state")?;
+    let conf_state = decode_conf_state(conf.value).map_err(|e| e.shifted(conf.offset))?;
+    Ok(Item::State {
+        region: RegionId(u64_of(S_REGION, "state region")?),
+        state: LogState {
+            hard_state,
+            conf_state,
+            first_index: u64_of(S_FIRST_INDEX, "state first index")?,
+            truncated_term: u64_of(S_TRUNCATED_TERM, "state truncated term")?,
+            peer_id: u64_of(S_PEER_ID, "state peer id")?,
+            conf_index: u64_of(S_CONF_INDEX, "state conf index")?,
+            id_floor,
+            votes_from: optional(S_VOTES_FROM)?,
+        },
+    })
+}
+
+/// Decodes a TOMBSTONE item's fields.
+fn decode_tombstone(value: &[u8]) -> DecodeResult<Item> {
+    let rec = TlvRecord::parse(value, &[T_REGION, T_VERSION, T_CONF_VER], UnknownTags::Reject)?;
+    let region = RegionId(rec.required(T_REGION, "tombstone region")?.as_u64()?);
+    let optional = |tag| rec.optional(tag).and_then(|f| f.map(|f| f.as_u64()).transpose());
+    let epoch = match (optional(T_VERSION)?, optional(T_CONF_VER)?) {
+        (Some(version), Some(conf_ver)) => Some(Epoch { version, conf_ver }),
+        (None, None) => None,
+        _ => return Err(DecodeError::new(0, "a tombstone epoch missing a half")),
+    };
+    Ok(Item::Tombstone { region, epoch })
 }
 
 /// The fields of one encoded entry.
@@ -356,11 +424,19 @@ mod tests {
         let es: Vec<Entry> = (7..10).map(|i| entry(i, 3, format!("data-{i}").as_bytes())).collect();
         enc.add_entries(RegionId(5), &es);
         enc.add_state(RegionId(5), &state(4));
-        enc.add_tombstone(RegionId(6));
+        enc.add_tombstone(RegionId(6), None);
+        let floored = LogState {
+            id_floor: Some(IdFloor { next_id: 1007, set_at: 12 }),
+            votes_from: Some(30),
+            ..state(9)
+        };
+        enc.add_state(RegionId(8), &floored);
+        let epoch = Epoch { version: 4, conf_ver: 2 };
+        enc.add_tombstone(RegionId(9), Some(epoch));
         let (payload, spans) = enc.finish();
         let payload = Bytes::from(payload);
         let items = decode(&payload).unwrap();
-        assert_eq!(items.len(), 3);
+        assert_eq!(items.len(), 5);
         let Item::Entries { region, first_index, spans: decoded } = &items[0] else { panic!() };
         assert_eq!((*region, *first_index), (RegionId(5), 7));
         assert_eq!(decoded, &spans[0]);
@@ -369,15 +445,82 @@ mod tests {
             assert_eq!(e, es[i]);
         }
         assert_eq!(items[1], Item::State { region: RegionId(5), state: state(4) });
-        assert_eq!(items[2], Item::Tombstone { region: RegionId(6) });
+        assert_eq!(items[2], Item::Tombstone { region: RegionId(6), epoch: None });
+        assert_eq!(items[3], Item::State { region: RegionId(8), state: floored });
+        assert_eq!(items[4], Item::Tombstone { region: RegionId(9), epoch: Some(epoch) });
+    }
+
+    /// The golden scenario: one record with entries (a normal entry and a membership
+    /// change with its context), a region's whole state, and a tombstone.
+    fn golden_scenario() -> Vec<u8> {
+        let mut enc = BatchEncoder::default();
+        let mut cc = entry(8, 3, b"conf-change");
+        cc.set_entry_type(EntryType::EntryConfChangeV2);
+        cc.context = Bytes::from_static(b"context");
+        enc.add_entries(RegionId(5), &[entry(7, 3, b"put k=v"), cc]);
+        enc.add_state(RegionId(5), &state(4));
+        enc.add_tombstone(RegionId(6), None);
+        if FORMAT_VERSION >= 2 {
+            let floored = LogState {
+                id_floor: Some(IdFloor { next_id: 1007, set_at: 12 }),
+                votes_from: Some(30),
+                ..state(9)
+            };
+            enc.add_state(RegionId(8), &floored);
+            enc.add_tombstone(RegionId(9), Some(Epoch { version: 4, conf_ver: 2 }));
+        }
+        enc.finish().0
+    }
+
+    fn golden_path(version: u8) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("tests/golden/raft-log-v{version}.bin"))
+    }
+
+    #[test]
+    #[ignore = "writes the golden record of the current format version; run on a version bump"]
+    fn regenerate_golden_record() {
+        let path = golden_path(FORMAT_VERSION);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, golden_scenario()).unwrap();
+    }
+
+    #[test]
+    fn golden_records_of_every_format_decode() {
+        // Format 1: no optional fields; they decode as absent.
+        let v1 = std::fs::read(golden_path(1)).unwrap();
+        let items = decode(&v1).unwrap();
+        assert_eq!(items.len(), 3);
+        assert_eq!(items[1], Item::State { region: RegionId(5), state: state(4) });
+        assert_eq!(items[2], Item::Tombstone { region: RegionId(6), epoch: None });
+        let Item::Entries { region, first_index, spans } = &items[0] else { panic!() };
+        assert_eq!((*region, *first_index, spans.len()), (RegionId(5), 7, 2));
+        let payload = Bytes::from(v1.clone());
+        let cc = entry_at(&payload, spans[1], 8).unwrap();
+        assert_eq!(cc.get_entry_type(), EntryType::EntryConfChangeV2);
+        assert_eq!((&cc.data[..], &cc.context[..]), (&b"conf-change"[..], &b"context"[..]));
+        // Format 2 (this binary's): the same, then a state with an id floor and a
+        // votes-from index, and a tombstone with its epoch.
+        let v2 = std::fs::read(golden_path(2)).unwrap();
+        assert_eq!(v2, golden_scenario(), "format 2 is written as it was released");
+        let items = decode(&v2).unwrap();
+        assert_eq!(items.len(), 5);
+        assert_eq!(&items[..3], &decode(&v1).unwrap()[..], "the format 1 items, unchanged");
+        let Item::State { state, .. } = &items[3] else { panic!() };
+        assert_eq!(state.id_floor, Some(IdFloor { next_id: 1007, set_at: 12 }));
+        assert_eq!(state.votes_from, Some(30));
+        let epoch = Some(Epoch { version: 4, conf_ver: 2 });
+        assert_eq!(items[4], Item::Tombstone { region: RegionId(9), epoch });
     }
 
     #[test]
     fn a_newer_format_is_refused() {
         let mut enc = BatchEncoder::default();
-        enc.add_tombstone(RegionId(1));
+        enc.add_tombstone(RegionId(1), None);
         let (mut payload, _) = enc.finish();
-        payload[0] = 2;
+        payload[0] = FORMAT_VERSION + 1;
+        assert!(decode(&payload).is_err());
+        payload[0] = 0;
         assert!(decode(&payload).is_err());
     }
 

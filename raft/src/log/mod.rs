@@ -41,11 +41,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use raft::eraftpb::{ConfState, Entry, HardState};
-use regionkv_engine::RegionId;
+use regionkv_engine::{Epoch, RegionId};
 use regionkv_wal::{Lsn, Wal};
 
-pub use self::batch::LogState;
 use self::batch::{BatchEncoder, Item};
+pub use self::batch::{IdFloor, LogState};
 use self::region::{Location, RegionLog, entry_bytes};
 use crate::error::{Error, Result};
 
@@ -71,7 +71,22 @@ struct RegionWrite {
     entries: Vec<Entry>,
     /// The region's whole state after this write, if it changed.
     state: Option<LogState>,
-    tombstone: bool,
+    /// The log is removed first (then `state`, if set, creates it anew).
+    tombstone: Option<Removal>,
+}
+
+/// A tombstone being written: the epoch of the replica destroyed, if it was one.
+#[derive(Clone, Copy, Debug)]
+struct Removal {
+    epoch: Option<Epoch>,
+}
+
+/// A destroyed replica's tombstone: the epoch it had, and the record holding it.
+#[derive(Clone, Copy, Debug)]
+struct Tombstone {
+    epoch: Epoch,
+    /// The latest record holding it (`None`: staged, not durable yet).
+    lsn: Option<Lsn>,
 }
 
 /// Changes staged for one WAL record; made durable by [`RaftLog::persist`].
@@ -106,6 +121,11 @@ impl LogWrite {
     }
 }
 
+/// The newer of two epochs of one region (each half only grows).
+fn newer_of(a: Epoch, b: Epoch) -> Epoch {
+    Epoch { version: a.version.max(b.version), conf_ver: a.conf_ver.max(b.conf_ver) }
+}
+
 /// One region's log, held directly (see [`RaftLog::handle`]).
 #[derive(Clone, Debug)]
 pub(crate) struct RegionHandle {
@@ -132,14 +152,21 @@ pub struct PurgePlan {
     /// Regions whose latest state record is older than their entries: rewriting their
     /// state lets a later purge pass it.
     pub rewrite: Vec<RegionId>,
+    /// Tombstones held in records older than every region's entries: rewritten like
+    /// idle regions' states, so that a purge never loses one.
+    pub rewrite_tombstones: Vec<RegionId>,
 }
 
 /// The Raft logs of all regions of a store.
 #[derive(Debug)]
 pub struct RaftLog {
     wal: Wal,
-    // Lock order: `regions` before any region's mutex; never the reverse.
+    // Lock order: `regions` before any region's mutex, and before `tombstones`; never
+    // the reverse.
     regions: RwLock<HashMap<RegionId, Arc<Mutex<RegionLog>>>>,
+    /// Destroyed replicas' epochs, by region (A10 in ARCHITECTURE.md's Regions
+    /// section): messages at or below are dropped; a region created again loses its.
+    tombstones: Mutex<HashMap<RegionId, Tombstone>>,
     cached_bytes: AtomicUsize,
     next_write: AtomicU64,
     options: RaftLogOptions,
@@ -149,6 +176,7 @@ impl RaftLog {
     /// Rebuilds the logs from `wal`, replaying every record.
     pub fn open(wal: Wal, options: RaftLogOptions) -> Result<RaftLog> {
         let mut regions: HashMap<RegionId, RegionLog> = HashMap::new();
+        let mut tombstones: HashMap<RegionId, Tombstone> = HashMap::new();
         let mut records = 0u64;
         for record in wal.iter_from(wal.first_lsn())? {
             let record = record?;
@@ -181,23 +209,33 @@ impl RaftLog {
                             }
                             Some(log) => log.set_state(state),
                             None => {
+                                tombstones.remove(&region); // created again
                                 regions.insert(region, RegionLog::new(state));
                             }
                         }
                         regions.get_mut(&region).expect("just set").state_lsn = Some(record.lsn);
                     }
-                    Item::Tombstone { region } => {
+                    Item::Tombstone { region, epoch } => {
                         regions.remove(&region);
+                        if let Some(epoch) = epoch {
+                            tombstones.insert(region, Tombstone { epoch, lsn: Some(record.lsn) });
+                        }
                     }
                 }
             }
         }
-        tracing::info!(records, regions = regions.len(), "recovered the Raft log");
+        tracing::info!(
+            records,
+            regions = regions.len(),
+            tombstones = tombstones.len(),
+            "recovered the Raft log"
+        );
         let regions =
             regions.into_iter().map(|(id, log)| (id, Arc::new(Mutex::new(log)))).collect();
         Ok(RaftLog {
             wal,
             regions: RwLock::new(regions),
+            tombstones: Mutex::new(tombstones),
             cached_bytes: AtomicUsize::new(0),
             next_write: AtomicU64::new(1),
             options,
@@ -253,6 +291,7 @@ impl RaftLog {
             return Err(Error::RegionExists { region });
         }
         regions.insert(region, Arc::new(Mutex::new(RegionLog::new(state.clone()))));
+        self.tombstones.lock().remove(&region);
         write.region(region).state = Some(state);
         Ok(())
     }
@@ -316,6 +355,35 @@ impl RaftLog {
         Ok(())
     }
 
+    /// Stages `region`'s new id floor (set by a split or merge; see
+    /// [`LogState::id_floor`]).
+    pub fn stage_id_floor(
+        &self,
+        write: &mut LogWrite,
+        region: RegionId,
+        floor: IdFloor,
+    ) -> Result<()> {
+        let log = self.region(region)?;
+        let mut log = log.lock();
+        log.state.id_floor = Some(floor);
+        write.region(region).state = Some(log.state.clone());
+        Ok(())
+    }
+
+    /// Stages `region`'s votes-from index (see [`LogState::votes_from`]), or clears it.
+    pub fn stage_votes_from(
+        &self,
+        write: &mut LogWrite,
+        region: RegionId,
+        index: Option<u64>,
+    ) -> Result<()> {
+        let log = self.region(region)?;
+        let mut log = log.lock();
+        log.state.votes_from = index;
+        write.region(region).state = Some(log.state.clone());
+        Ok(())
+    }
+
     /// Stages a compaction: entries up to `index` (whose term is `term`) are no longer
     /// needed, because a checkpoint at `index` or later is durable.
     pub fn stage_compaction(
@@ -373,15 +441,48 @@ impl RaftLog {
         Ok(())
     }
 
-    /// Stages the removal of a region's log.
-    pub fn stage_tombstone(&self, write: &mut LogWrite, region: RegionId) {
+    /// Stages the removal of a region's log. `epoch`: the epoch of the replica being
+    /// destroyed, kept as the region's tombstone (messages of that epoch or older are
+    /// dropped, see [`RaftLog::tombstone`]); `None` for a log that never held a replica
+    /// (a leftover of an interrupted split, an uninitialized replica collected).
+    pub fn stage_tombstone(&self, write: &mut LogWrite, region: RegionId, epoch: Option<Epoch>) {
         if let Some(log) = self.regions.write().remove(&region) {
             let mut log = log.lock();
             log.removed = true;
             self.cached_bytes.fetch_sub(log.cached_bytes, Ordering::Relaxed);
         }
+        if let Some(epoch) = epoch {
+            let mut tombstones = self.tombstones.lock();
+            let newest = tombstones.get(&region).map_or(epoch, |t| newer_of(t.epoch, epoch));
+            tombstones.insert(region, Tombstone { epoch: newest, lsn: None });
+        }
         let w = write.region(region);
-        *w = RegionWrite { tombstone: true, ..RegionWrite::default() };
+        *w = RegionWrite { tombstone: Some(Removal { epoch }), ..RegionWrite::default() };
+    }
+
+    /// The epoch of the replica of `region` that was destroyed here, if one was (and
+    /// the region was not created again since).
+    pub fn tombstone(&self, region: RegionId) -> Option<Epoch> {
+        self.tombstones.lock().get(&region).map(|t| t.epoch)
+    }
+
+    /// Stages the tombstones `plan` says to rewrite, for regions `owns` accepts (the
+    /// core that owns a region writes all of its records, in order).
+    pub fn stage_tombstone_rewrites(
+        &self,
+        write: &mut LogWrite,
+        plan: &PurgePlan,
+        owns: impl Fn(RegionId) -> bool,
+    ) {
+        let tombstones = self.tombstones.lock();
+        for region in plan.rewrite_tombstones.iter().filter(|r| owns(**r)) {
+            if let Some(t) = tombstones.get(region) {
+                let w = write.region(*region);
+                if w.state.is_none() && w.tombstone.is_none() {
+                    w.tombstone = Some(Removal { epoch: Some(t.epoch) });
+                }
+            }
+        }
     }
 
     /// Makes a staged write durable: one WAL append (group-committed with other
@@ -401,9 +502,8 @@ impl RaftLog {
         let mut encoder = BatchEncoder::default();
         for write in writes {
             for (region, w) in &write.regions {
-                if w.tombstone {
-                    encoder.add_tombstone(*region);
-                    continue;
+                if let Some(removal) = w.tombstone {
+                    encoder.add_tombstone(*region, removal.epoch);
                 }
                 // State first: a snapshot or a new region sets the first index that the
                 // entries after it continue from.
@@ -417,10 +517,21 @@ impl RaftLog {
         let lsn = self.wal.append(&payload)?;
         let mut spans = spans.into_iter();
         let regions = self.regions.read();
+        {
+            let mut tombstones = self.tombstones.lock();
+            for write in writes {
+                for (region, w) in &write.regions {
+                    if w.tombstone.is_some_and(|r| r.epoch.is_some())
+                        && let Some(t) = tombstones.get_mut(region)
+                    {
+                        t.lsn = Some(lsn);
+                    }
+                }
+            }
+        }
         for write in writes {
             for (region, w) in &write.regions {
-                let entry_spans =
-                    if w.entries.is_empty() || w.tombstone { None } else { spans.next() };
+                let entry_spans = if w.entries.is_empty() { None } else { spans.next() };
                 let Some(log) = regions.get(region) else { continue };
                 let mut log = log.lock();
                 if let (Some(first), Some(entry_spans)) = (w.entries.first(), &entry_spans) {
@@ -554,8 +665,24 @@ impl RaftLog {
             .map(|(id, _, _)| *id)
             .collect();
         rewrite.sort_unstable();
-        let purge_below = states.iter().map(|(_, min, _)| *min).min().unwrap_or(end).min(end);
-        PurgePlan { purge_below, rewrite }
+        // A tombstone not durable yet holds nothing back: its record comes later.
+        let tombstones: Vec<(RegionId, Lsn)> = self
+            .tombstones
+            .lock()
+            .iter()
+            .filter_map(|(&id, t)| t.lsn.map(|lsn| (id, lsn)))
+            .collect();
+        let mut rewrite_tombstones: Vec<RegionId> =
+            tombstones.iter().filter(|(_, lsn)| *lsn < entries_floor).map(|(id, _)| *id).collect();
+        rewrite_tombstones.sort_unstable();
+        let purge_below = states
+            .iter()
+            .map(|(_, min, _)| *min)
+            .chain(tombstones.iter().map(|(_, lsn)| *lsn))
+            .min()
+            .unwrap_or(end)
+            .min(end);
+        PurgePlan { purge_below, rewrite, rewrite_tombstones }
     }
 
     /// Purges WAL segments wholly below `plan.purge_below`. Returns segments removed.
@@ -743,10 +870,57 @@ mod tests {
         log.stage(&mut w, R1, entries(1, 2, 1), None).unwrap();
         log.persist(w).unwrap();
         let mut w = log.begin_write();
-        log.stage_tombstone(&mut w, R1);
+        log.stage_tombstone(&mut w, R1, None);
         log.persist(w).unwrap();
         assert!(log.state(R1).is_none());
         drop(log);
         assert!(open(&fs.crash(CrashMode::Lost)).region_ids().is_empty());
+    }
+
+    #[test]
+    fn a_tombstone_keeps_its_epoch_across_reopens_and_purges_until_the_region_returns() {
+        let fs = SimFs::new();
+        let log = open(&fs);
+        let epoch = Epoch { version: 3, conf_ver: 4 };
+        let mut w = log.begin_write();
+        log.create_region(&mut w, R1, initial()).unwrap();
+        log.create_region(&mut w, R2, initial()).unwrap();
+        log.persist(w).unwrap();
+        let mut w = log.begin_write();
+        log.stage_tombstone(&mut w, R2, Some(epoch));
+        log.persist(w).unwrap();
+        assert_eq!(log.tombstone(R2), Some(epoch));
+        // R1 writes on; the tombstone's record falls behind and is rewritten.
+        for round in 0..40u64 {
+            let mut w = log.begin_write();
+            log.stage(&mut w, R1, entries(round * 10 + 1, 10, 1), Some(&hs(1, 1, round * 10)))
+                .unwrap();
+            if round > 0 {
+                log.stage_compaction(&mut w, R1, round * 10).unwrap();
+            }
+            log.persist(w).unwrap();
+        }
+        let plan = log.purge_plan();
+        assert_eq!(plan.rewrite_tombstones, vec![R2], "{plan:?}");
+        let mut w = log.begin_write();
+        log.stage_tombstone_rewrites(&mut w, &plan, |_| true);
+        log.persist(w).unwrap();
+        let plan = log.purge_plan();
+        assert!(plan.rewrite_tombstones.is_empty());
+        assert!(log.purge(&plan).unwrap() > 0);
+        drop(log);
+        let fs = fs.crash(CrashMode::Lost);
+        let log = open(&fs);
+        assert_eq!(log.tombstone(R2), Some(epoch), "kept through the purge and the reopen");
+        assert!(log.state(R2).is_none());
+        // A newer replica of the region is created: the tombstone goes.
+        let mut w = log.begin_write();
+        log.create_region(&mut w, R2, initial()).unwrap();
+        assert_eq!(log.tombstone(R2), None);
+        log.persist(w).unwrap();
+        drop(log);
+        let log = open(&fs.crash(CrashMode::Lost));
+        assert_eq!(log.tombstone(R2), None);
+        assert!(log.state(R2).is_some());
     }
 }

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use raft::eraftpb::Entry;
 use regionkv_wal::Lsn;
 
-use super::batch::{EntrySpan, LogState};
+use super::batch::{EntrySpan, IdFloor, LogState};
 
 /// Where an entry's bytes are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +36,18 @@ pub(crate) struct RegionLog {
     pub cached_bytes: usize,
     /// Set when the log is tombstoned: a handle kept by a peer finds it gone.
     pub removed: bool,
+}
+
+/// The later of two id floors of one region. A floor only rises; a state record
+/// staged before a split (without the floor the split made durable first) may reach
+/// the WAL after it, and must not take the floor back.
+pub(crate) fn newest_floor(a: Option<IdFloor>, b: Option<IdFloor>) -> Option<IdFloor> {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            Some(if (b.next_id, b.set_at) > (a.next_id, a.set_at) { b } else { a })
+        }
+        (a, b) => a.or(b),
+    }
 }
 
 pub(crate) fn entry_bytes(e: &Entry) -> usize {
@@ -184,6 +196,8 @@ impl RegionLog {
                 self.cached_bytes -= entry_bytes(e);
             }
         }
+        let mut state = state;
+        state.id_floor = newest_floor(self.state.id_floor, state.id_floor);
         self.state = state;
     }
 

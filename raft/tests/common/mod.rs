@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use regionkv_engine::{Epoch, Region, RegionId};
+use regionkv_raft::directory::DIRECTORY;
 use regionkv_raft::merge_driver::RegionAdmin;
 use regionkv_raft::sim::{SimCluster, SimConfig};
 use regionkv_raft::{AdminCmd, AdminResult, Error, Op, Query, QueryResult};
@@ -21,12 +22,14 @@ pub fn cluster(seed: u64) -> SimCluster {
     c
 }
 
-/// The newest region containing `key` that any running store knows.
+/// The newest region containing `key` that any running store knows (the cluster
+/// directory, region 0, holds no user key).
 pub fn region_for(c: &SimCluster, key: &[u8]) -> Option<Region> {
     let mut best: Option<Region> = None;
     for store in c.store_ids() {
         for s in c.status(store) {
             if s.initialized
+                && s.region.id != DIRECTORY
                 && s.region.contains(key)
                 && best.as_ref().is_none_or(|b| s.region.epoch.version > b.epoch.version)
             {
@@ -98,7 +101,7 @@ pub fn scan_all(c: &mut SimCluster) -> BTreeMap<String, String> {
 }
 
 /// Runs until every running store hosts the same regions (ids, ranges, epochs), each
-/// fully applied; returns them.
+/// fully applied; returns them (the user regions: the directory is left out).
 pub fn converge(c: &mut SimCluster) -> Vec<Region> {
     let settled = c.run_until(30 * SECOND, |c| {
         let views: Vec<Vec<(Region, u64, u64)>> = c
@@ -108,7 +111,7 @@ pub fn converge(c: &mut SimCluster) -> Vec<Region> {
             .map(|s| {
                 c.status(s)
                     .into_iter()
-                    .filter(|p| p.initialized)
+                    .filter(|p| p.initialized && p.region.id != DIRECTORY)
                     .map(|p| (p.region, p.commit, p.applied))
                     .collect()
             })
@@ -116,9 +119,33 @@ pub fn converge(c: &mut SimCluster) -> Vec<Region> {
         views.windows(2).all(|w| w[0] == w[1])
             && views[0].iter().all(|(_, commit, applied)| commit == applied)
     });
+    if !settled {
+        for store in c.store_ids() {
+            let view: Vec<_> = c
+                .status(store)
+                .into_iter()
+                .map(|p| {
+                    (
+                        p.region.id.0,
+                        p.region.epoch.version,
+                        p.role,
+                        p.commit,
+                        p.applied,
+                        p.initialized,
+                    )
+                })
+                .collect();
+            eprintln!("store {store} running {}: {view:?}", c.is_running(store));
+        }
+    }
     assert!(settled, "stores did not converge on the same regions");
     let store = c.store_ids().into_iter().find(|s| c.is_running(*s)).unwrap();
-    let mut regions: Vec<Region> = c.status(store).into_iter().map(|p| p.region).collect();
+    let mut regions: Vec<Region> = c
+        .status(store)
+        .into_iter()
+        .filter(|p| p.region.id != DIRECTORY)
+        .map(|p| p.region)
+        .collect();
     regions.sort_by(|a, b| a.start.cmp(&b.start));
     for w in regions.windows(2) {
         assert_eq!(w[0].end.as_ref(), Some(&w[1].start), "regions partition the key space");
@@ -161,4 +188,99 @@ pub fn write_keys(
 
 pub fn letters(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{}{:02}", (b'a' + (i % 26) as u8) as char, i)).collect()
+}
+
+/// Runs until every running store with a replica of `region` has the same view of it,
+/// fully applied; returns it.
+pub fn converge_region(c: &mut SimCluster, region: RegionId) -> Region {
+    let settled = c.run_until(30 * SECOND, |c| {
+        let views: Vec<(Region, u64, u64)> = c
+            .store_ids()
+            .into_iter()
+            .filter(|s| c.is_running(*s))
+            .flat_map(|s| c.status(s))
+            .filter(|p| p.region.id == region && p.initialized)
+            .map(|p| (p.region, p.commit, p.applied))
+            .collect();
+        !views.is_empty()
+            && views.windows(2).all(|w| w[0] == w[1])
+            && views.iter().all(|(_, commit, applied)| commit == applied)
+    });
+    assert!(settled, "the replicas of region {region} did not converge");
+    let store = c.store_ids().into_iter().find(|s| c.is_running(*s)).unwrap();
+    c.region(store, region).expect("hosted")
+}
+
+/// The key a forged checkpoint of `header` holds (see [`crafted_snapshot`]).
+pub fn forged_key(header: &regionkv_engine::Region) -> Vec<u8> {
+    [header.start.as_slice(), b"\x01evil"].concat()
+}
+
+/// A snapshot of `region` at (`index`, `term`) from its leader to `to`'s replica, whose
+/// checkpoint holds `header` (region and applied index) with one key, [`forged_key`].
+pub fn crafted_snapshot(
+    c: &SimCluster,
+    region: RegionId,
+    to: regionkv_engine::StoreId,
+    (index, term): (u64, u64),
+    header: &regionkv_engine::Region,
+    applied_index: u64,
+) -> Vec<regionkv_raft::transport::Envelope> {
+    use regionkv_raft::transport::{Body, Envelope, KeyRange, SnapshotChunk};
+    let fs: std::sync::Arc<dyn regionkv_wal::fs::FileSystem> =
+        std::sync::Arc::new(regionkv_wal::SimFs::new());
+    let opts = regionkv_engine::EngineOptions::new(regionkv_engine::StoreId(99));
+    let engine = regionkv_engine::Engine::open(fs, "/forged", opts).unwrap();
+    engine.insert_region(header.clone()).unwrap();
+    let mut round = engine.begin_round();
+    round.prepare_for_region(header.id, header.epoch).unwrap();
+    round.put(&forged_key(header), b"forged").unwrap();
+    round.commit().unwrap();
+    engine.checkpoint(header.id, applied_index).unwrap();
+    let file = engine.latest_checkpoint(header.id).unwrap().unwrap();
+    let leader = c.leader(region).unwrap();
+    let current = c.region(leader, region).unwrap();
+    let from = current.peers.iter().find(|p| p.store == leader).unwrap().id;
+    let peer = current.peers.iter().find(|p| p.store == to).unwrap().id;
+    let envelope = |body| Envelope {
+        region,
+        from: leader,
+        to,
+        epoch: Some(current.epoch),
+        range: Some(KeyRange { start: current.start.clone(), end: current.end.clone() }),
+        body,
+    };
+    let mut out: Vec<Envelope> = regionkv_engine::checkpoint::CheckpointChunks::new(&file, 4096)
+        .map(|chunk| {
+            envelope(Body::SnapshotChunk(SnapshotChunk {
+                index,
+                term,
+                offset: chunk.offset,
+                file_bytes: chunk.file_bytes,
+                data: chunk.data,
+            }))
+        })
+        .collect();
+    let mut msg = raft::eraftpb::Message::default();
+    msg.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
+    msg.from = from.0;
+    msg.to = peer.0;
+    msg.term = term;
+    let meta = msg.mut_snapshot().mut_metadata();
+    meta.index = index;
+    meta.term = term;
+    meta.mut_conf_state().voters = current.peers.iter().map(|p| p.id.0).collect();
+    out.push(envelope(Body::Raft(msg)));
+    out
+}
+
+/// The key a forged checkpoint of `header` held is nowhere: not in any running store's
+/// engine.
+pub fn no_forged_key(c: &SimCluster, header: &regionkv_engine::Region, tag: &str) {
+    let key = forged_key(header);
+    for store in c.store_ids() {
+        if let Some(engine) = c.engine(store) {
+            assert_eq!(engine.read_view().get(&key), None, "{tag}: store {store}");
+        }
+    }
 }
