@@ -35,21 +35,14 @@ use regionkv_engine::{
     Engine, EngineOptions, Epoch, Incarnation, Peer, PeerId, Region, RegionId, StoreId,
 };
 use regionkv_wal::fs::FileSystem;
-use regionkv_wal::{
-    CancellationToken, CrashMode, RecoveryMode, SimFs, SparePreparation, Wal, WalOptions,
-};
+use regionkv_wal::{CancellationToken, RecoveryMode, SimFs, SparePreparation, Wal, WalOptions};
 
-use crate::command::{AdminCmd, Op, WriteSession};
 use crate::config::StoreConfig;
 use crate::core::{StoreContext, StoreCore, WriteTask};
 use crate::error::{Error, Result};
 use crate::identity::{Admission, PeerBook, StoreIdentity};
 use crate::log::RaftLog;
 use crate::replica::PeerStatus;
-use crate::request::{
-    AdminRequest, AdminResult, ChangePeersRequest, MergeStatus, PeerChange, Query, QueryResult,
-    ReadRequest, WriteRequest,
-};
 use crate::transport::local::{Faults, SplitMix};
 use crate::transport::{Body, Envelope};
 
@@ -196,9 +189,8 @@ pub struct SimCluster {
     faults: Faults,
     trace: DefaultHasher,
     checks: Arc<Mutex<Checks>>,
-    next_peer_id: u64,
-    /// The last region id handed out by `new_id` (ids come from where the directory
-    /// allocates them).
+    /// The last id handed out by `new_id`, for regions and peers alike (ids come from
+    /// where the directory allocates them).
     last_region_id: u64,
     /// Reports for the directory, until taken.
     reports: Vec<crate::directory::RegionRecord>,
@@ -245,7 +237,6 @@ impl SimCluster {
             faults: Faults::new(),
             trace: DefaultHasher::new(),
             checks: Arc::default(),
-            next_peer_id: 1,
             last_region_id: crate::directory::FIRST_ALLOCATED_ID - 1,
             reports: Vec::new(),
             sent: 0,
@@ -254,7 +245,6 @@ impl SimCluster {
         let voters: Vec<Peer> = (1..=cluster.config.voters as u64)
             .map(|s| Peer { id: PeerId(s), store: StoreId(s) })
             .collect();
-        cluster.next_peer_id = cluster.config.voters as u64 + 1;
         for s in 1..=total as u64 {
             let id = StoreId(s);
             cluster.stores.insert(id, SimStore::new(SimFs::new()));
@@ -612,112 +602,6 @@ impl SimCluster {
         self.status(store).into_iter().find(|s| s.region.id == region).map(|s| s.region)
     }
 
-    /// Submits a write to `store`'s peer of `region`, at the epoch that store knows.
-    pub fn write(&mut self, store: StoreId, region: RegionId, ops: Vec<Op>) -> Pending<()> {
-        let epoch = self.region(store, region).map_or(Epoch::INITIAL, |r| r.epoch);
-        self.write_at(store, region, epoch, ops)
-    }
-
-    /// Submits a write routed with `epoch` (a client whose view may be stale).
-    pub fn write_at(
-        &mut self,
-        store: StoreId,
-        region: RegionId,
-        epoch: Epoch,
-        ops: Vec<Op>,
-    ) -> Pending<()> {
-        self.submit_write(store, region, epoch, ops, None)
-    }
-
-    /// Submits a write of a client session (at the epoch `store` knows): the same
-    /// `session` sent again is applied at most once.
-    pub fn write_in_session(
-        &mut self,
-        store: StoreId,
-        region: RegionId,
-        ops: Vec<Op>,
-        session: WriteSession,
-    ) -> Pending<()> {
-        let epoch = self.region(store, region).map_or(Epoch::INITIAL, |r| r.epoch);
-        self.submit_write(store, region, epoch, ops, Some(session))
-    }
-
-    fn submit_write(
-        &mut self,
-        store: StoreId,
-        region: RegionId,
-        epoch: Epoch,
-        ops: Vec<Op>,
-        session: Option<WriteSession>,
-    ) -> Pending<()> {
-        let pending = Pending::new();
-        match self.running(store) {
-            Ok(running) => {
-                let reply = pending.reply();
-                running.core.on_write(WriteRequest { region, epoch, ops, session, reply });
-                self.process(store);
-            }
-            Err(e) => (pending.reply())(Err(e)),
-        }
-        pending
-    }
-
-    /// Submits writes to several regions and, optionally, an admin command to `store`
-    /// at once: they all reach its core before it flushes, so they are proposed and
-    /// persisted together and, with one voter, applied in the same pass.
-    pub fn submit_together(
-        &mut self,
-        store: StoreId,
-        writes: Vec<(RegionId, Vec<Op>)>,
-        admin: Option<(RegionId, AdminCmd)>,
-    ) -> (Vec<Pending<()>>, Option<Pending<AdminResult>>) {
-        let requests: Vec<_> = writes
-            .into_iter()
-            .map(|(region, ops)| {
-                let epoch = self.region(store, region).map_or(Epoch::INITIAL, |r| r.epoch);
-                (region, epoch, ops, Pending::new())
-            })
-            .collect();
-        let admin = admin.map(|(region, cmd)| {
-            let epoch = self.region(store, region).map_or(Epoch::INITIAL, |r| r.epoch);
-            (region, epoch, cmd, Pending::new())
-        });
-        let pendings = requests.iter().map(|r| r.3.clone()).collect();
-        let admin_pending = admin.as_ref().map(|a| a.3.clone());
-        match self.running(store) {
-            Ok(running) => {
-                for (region, epoch, ops, pending) in requests {
-                    running.core.on_write(WriteRequest {
-                        region,
-                        epoch,
-                        ops,
-                        session: None,
-                        reply: pending.reply(),
-                    });
-                }
-                if let Some((region, epoch, cmd, pending)) = admin {
-                    running.core.on_admin(AdminRequest {
-                        region,
-                        epoch,
-                        cmd,
-                        reply: pending.reply(),
-                    });
-                }
-                self.process(store);
-            }
-            Err(e) => {
-                let stopped = e.to_string();
-                for (_, _, _, pending) in requests {
-                    (pending.reply())(Err(Error::Internal(stopped.clone())));
-                }
-                if let Some((_, _, _, pending)) = admin {
-                    (pending.reply())(Err(e));
-                }
-            }
-        }
-        (pendings, admin_pending)
-    }
-
     /// The write-batch rounds `store`'s core committed since it last started.
     pub fn apply_stats(&self, store: StoreId) -> Option<crate::ApplyStats> {
         self.stores.get(&store)?.running.as_ref().map(|r| r.core.apply_stats())
@@ -728,118 +612,6 @@ impl SimCluster {
         self.stores.get(&store)?.running.as_ref().map(|r| r.core.metrics())
     }
 
-    /// Submits a linearizable read to `store`.
-    pub fn read(&mut self, store: StoreId, region: RegionId, query: Query) -> Pending<QueryResult> {
-        let pending = Pending::new();
-        let epoch = self.region(store, region).map_or(Epoch::INITIAL, |r| r.epoch);
-        match self.running(store) {
-            Ok(running) => {
-                running.core.on_read(ReadRequest { region, epoch, query, reply: pending.reply() });
-                self.process(store);
-            }
-            Err(e) => (pending.reply())(Err(e)),
-        }
-        pending
-    }
-
-    /// Submits a membership change to `store`.
-    pub fn change_peers(
-        &mut self,
-        store: StoreId,
-        region: RegionId,
-        change: PeerChange,
-    ) -> Pending<Region> {
-        let pending = Pending::new();
-        let epoch = self.region(store, region).map_or(Epoch::INITIAL, |r| r.epoch);
-        match self.running(store) {
-            Ok(running) => {
-                running.core.on_change_peers(ChangePeersRequest {
-                    region,
-                    epoch,
-                    change,
-                    reply: pending.reply(),
-                });
-                self.process(store);
-            }
-            Err(e) => (pending.reply())(Err(e)),
-        }
-        pending
-    }
-
-    /// Submits an admin command to `store`'s peer of `region`, at the epoch that store
-    /// knows.
-    pub fn admin(
-        &mut self,
-        store: StoreId,
-        region: RegionId,
-        cmd: AdminCmd,
-    ) -> Pending<AdminResult> {
-        let pending = Pending::new();
-        let epoch = self.region(store, region).map_or(Epoch::INITIAL, |r| r.epoch);
-        match self.running(store) {
-            Ok(running) => {
-                running.core.on_admin(AdminRequest { region, epoch, cmd, reply: pending.reply() });
-                self.process(store);
-            }
-            Err(e) => (pending.reply())(Err(e)),
-        }
-        pending
-    }
-
-    /// Submits a command for the cluster directory to `store` (its leader, for the
-    /// command to be taken); needs [`SimConfig::directory`].
-    pub fn directory(
-        &mut self,
-        store: StoreId,
-        cmd: &crate::directory::DirCmd,
-    ) -> Pending<crate::directory::DirResult> {
-        let pending = Pending::new();
-        match self.running(store) {
-            Ok(running) => {
-                running.core.on_directory(cmd, pending.reply());
-                self.process(store);
-            }
-            Err(e) => (pending.reply())(Err(e)),
-        }
-        pending
-    }
-
-    /// The merge status of `region` as `store`'s peer (its leader) sees it.
-    pub fn merge_status(&self, store: StoreId, region: RegionId) -> Result<MergeStatus> {
-        let running = self
-            .stores
-            .get(&store)
-            .and_then(|s| s.running.as_ref())
-            .ok_or(Error::Internal(format!("store {store} is not running")))?;
-        running.core.merge_status(region)
-    }
-
-    /// Runs until `region` has a leader, then `f` on it; retries routing errors until
-    /// `max` passes.
-    fn on_leader<T>(
-        &mut self,
-        region: RegionId,
-        max: Duration,
-        mut f: impl FnMut(&mut SimCluster, StoreId) -> Option<Result<T>>,
-    ) -> Result<T> {
-        let deadline = self.now + max;
-        let mut last = Error::NotLeader { region, leader: None };
-        while self.now < deadline {
-            let Some(leader) = self.wait_leader(region, deadline.saturating_sub(self.now)) else {
-                break;
-            };
-            match f(self, leader) {
-                Some(Err(e)) if e.is_retryable() => {
-                    last = e;
-                    self.run_for(Duration::from_millis(20));
-                }
-                Some(result) => return result,
-                None => last = Error::Timeout { region },
-            }
-        }
-        Err(last)
-    }
-
     /// A fresh region id, unique in the cluster, increasing as the directory allocates
     /// them (from [`FIRST_ALLOCATED_ID`](crate::directory::FIRST_ALLOCATED_ID)).
     pub fn new_id(&mut self) -> u64 {
@@ -847,182 +619,10 @@ impl SimCluster {
         self.last_region_id
     }
 
-    /// A fresh peer id, unique in the cluster.
+    /// A fresh peer id, unique in the cluster: from the same allocator as region ids
+    /// (as the directory's), so above the peer floor of every store that joined.
     pub fn new_peer_id(&mut self) -> PeerId {
-        self.next_peer_id += 1;
-        PeerId(self.next_peer_id)
-    }
-
-    /// Asks `store`'s peer of `region` to hand leadership to `to`.
-    pub fn transfer_leader(&mut self, store: StoreId, region: RegionId, to: PeerId) {
-        if let Ok(running) = self.running(store) {
-            running.core.on_transfer_leader(region, to);
-            self.process(store);
-        }
-    }
-
-    /// Runs until `pending` completes or `max` passes; returns its outcome.
-    pub fn wait<T>(&mut self, pending: &Pending<T>, max: Duration) -> Option<Result<T>> {
-        self.run_until(max, |_| pending.is_done());
-        pending.take()
-    }
-
-    /// Cuts the power of `store`: what was not durable is treated as `mode` says, and
-    /// everything in flight is lost.
-    pub fn crash(&mut self, store: StoreId, mode: CrashMode) {
-        let Some(s) = self.stores.get_mut(&store) else { return };
-        if let Some(running) = s.running.take() {
-            drop(running);
-            s.disk = s.disk.crash(mode);
-        }
-        s.life += 1;
-        self.trace(("crash", store.0));
-    }
-
-    /// Stops `store` cleanly: timelines shut down, log and engine closed.
-    pub fn stop(&mut self, store: StoreId) {
-        let Some(s) = self.stores.get_mut(&store) else { return };
-        if let Some(mut running) = s.running.take() {
-            running.core.shutdown(Duration::from_secs(5));
-            let _ = running.wal.close();
-            let _ = running.engine.close();
-            let _ = running.core.context().directory.close();
-        }
-        s.life += 1;
-        self.trace(("stop", store.0));
-    }
-
-    /// The store's disk is lost (wiped, or replaced): `store` restarts on an empty disk,
-    /// as a node started with `--join` does. It hosts nothing until it is added to
-    /// regions again.
-    pub fn wipe_and_rejoin(&mut self, store: StoreId) -> Result<()> {
-        self.crash(store, CrashMode::Lost);
-        if let Some(s) = self.stores.get_mut(&store) {
-            s.disk = SimFs::new();
-        }
-        if let Some(s) = self.stores.get_mut(&store) {
-            s.disks += 1;
-        }
-        self.trace(("wipe", store.0));
-        // As a node started with `--join` does: a peer floor from the cluster's allocator.
-        let floor = PeerId(self.new_id());
-        self.start(store, Some(floor))?;
-        self.process(store);
-        Ok(())
-    }
-
-    /// Restarts a crashed or stopped store from its disk.
-    pub fn restart(&mut self, store: StoreId) -> Result<()> {
-        if self.is_running(store) {
-            return Ok(());
-        }
-        self.trace(("restart", store.0));
-        self.start(store, None)?;
-        self.process(store);
-        Ok(())
-    }
-
-    /// Restarts a crashed or stopped store as if its WAL recovery had cut valid records
-    /// past damage in the last group (a point-in-time recovery): what it acknowledged
-    /// last, its latest term and vote among it, may be gone. The simulated disks cannot
-    /// produce that damage (each simulated write is its own group), so the store is
-    /// told.
-    pub fn restart_after_log_cut(&mut self, store: StoreId) -> Result<()> {
-        if let Some(s) = self.stores.get_mut(&store) {
-            s.log_cut = true;
-        }
-        self.restart(store)
-    }
-
-    fn check(&mut self) {
-        let mut statuses = Vec::new();
-        let mut pinned = Vec::new();
-        let mut stopped = Vec::new();
-        for (&id, s) in &self.stores {
-            if let Some(r) = &s.running {
-                if r.core.context().cancel.is_cancelled() {
-                    stopped.push(id);
-                }
-                statuses.push((id, r.core.status()));
-                // Between flushes no write-batch round is open: every pin taken by a
-                // round was released exactly once.
-                let pins = r.engine.total_pins();
-                if pins != 0 {
-                    pinned.push((id, pins));
-                }
-            }
-        }
-        let mut c = self.checks.lock();
-        if let Some((id, pins)) = pinned.first()
-            && c.violation.is_none()
-        {
-            c.violation = Some(format!("5.1: store {id} holds {pins} region pins between rounds"));
-        }
-        if let Some(id) = stopped.first()
-            && c.violation.is_none()
-        {
-            c.violation = Some(format!("A1: store {id} stopped, and no disk failed"));
-        }
-        for (id, status) in statuses {
-            for s in status {
-                let region = s.region.id;
-                if s.role == StateRole::Leader
-                    && let Some(&other) = c.leaders.get(&(region, s.term))
-                    && other != id
-                    && c.violation.is_none()
-                {
-                    c.violation = Some(format!(
-                        "P5: stores {other} and {id} both led region {region} in term {}",
-                        s.term
-                    ));
-                }
-                if s.role == StateRole::Leader {
-                    c.leaders.insert((region, s.term), id);
-                }
-                let epoch = c.durable_max.get(&(id, region)).copied().unwrap_or_default();
-                let term = c.durable_term.get(&(id, region)).copied().unwrap_or_default();
-                if (s.term < term || !s.region.epoch.covers(epoch))
-                    && s.initialized
-                    && c.violation.is_none()
-                {
-                    c.violation = Some(format!(
-                        "P7: store {id} region {region}: term {} epoch {} after durable term {term} epoch {epoch}",
-                        s.term, s.region.epoch
-                    ));
-                }
-                if s.initialized {
-                    c.durable_max.insert((id, region), s.region.epoch);
-                }
-                let (commit, applied) =
-                    c.running_max.get(&(id, region, s.peer)).copied().unwrap_or_default();
-                if (s.commit < commit || s.applied < applied) && c.violation.is_none() {
-                    c.violation = Some(format!(
-                        "P7: store {id} region {region}: commit {} applied {} after {commit} {applied}",
-                        s.commit, s.applied
-                    ));
-                }
-                let max = (s.commit.max(commit), s.applied.max(applied));
-                c.running_max.insert((id, region, s.peer), max);
-            }
-        }
-        if let Some(v) = &c.violation {
-            panic!("seed {}: {v}", self.config.seed);
-        }
-    }
-
-    /// Delivers `envelopes` now, as if they came over the network (for tests that send
-    /// what no store would: forged or damaged messages).
-    pub fn inject(&mut self, envelopes: Vec<Envelope>) {
-        let mut by_store: BTreeMap<StoreId, Vec<Envelope>> = BTreeMap::new();
-        for env in envelopes {
-            by_store.entry(env.to).or_default().push(env);
-        }
-        for (to, batch) in by_store {
-            // As if sent by the store the envelopes name, under its current identity.
-            let identity =
-                (batch.first()).and_then(|e| self.stores.get(&e.from)).and_then(|s| s.identity);
-            self.handle(Event::Deliver(to, identity, batch));
-        }
+        PeerId(self.new_id())
     }
 
     /// Messages of `kind` dropped or not, for tests that count traffic (debugging aid).
@@ -1056,40 +656,6 @@ impl SimCluster {
     }
 }
 
-/// Drives admin commands against the simulated cluster's leaders, running virtual
-/// time while it waits.
-impl crate::merge_driver::RegionAdmin for SimCluster {
-    fn admin(&mut self, region: RegionId, epoch: Epoch, cmd: AdminCmd) -> Result<AdminResult> {
-        let max = Duration::from_secs(30);
-        self.on_leader(region, max, |c, leader| {
-            let pending = Pending::new();
-            match c.running(leader) {
-                Ok(running) => {
-                    running.core.on_admin(AdminRequest {
-                        region,
-                        epoch,
-                        cmd: cmd.clone(),
-                        reply: pending.reply(),
-                    });
-                    c.process(leader);
-                }
-                Err(e) => return Some(Err(e)),
-            }
-            c.wait(&pending, Duration::from_secs(2))
-        })
-    }
-
-    fn merge_status(&mut self, region: RegionId) -> Result<MergeStatus> {
-        self.on_leader(region, Duration::from_secs(30), |c, leader| {
-            Some(SimCluster::merge_status(c, leader, region))
-        })
-    }
-
-    fn pause(&mut self, duration: Duration) {
-        self.run_for(duration);
-    }
-
-    fn elapsed(&mut self) -> Duration {
-        self.now
-    }
-}
+mod checks;
+mod nemesis;
+mod requests;

@@ -1,0 +1,82 @@
+//! The simulator's checkers, run after every event (the properties are listed in the
+//! module doc of `sim`): a violation panics with the seed.
+
+use super::{SimCluster, StateRole};
+
+impl SimCluster {
+    pub(super) fn check(&mut self) {
+        let mut statuses = Vec::new();
+        let mut pinned = Vec::new();
+        let mut stopped = Vec::new();
+        for (&id, s) in &self.stores {
+            if let Some(r) = &s.running {
+                if r.core.context().cancel.is_cancelled() {
+                    stopped.push(id);
+                }
+                statuses.push((id, r.core.status()));
+                // Between flushes no write-batch round is open: every pin taken by a
+                // round was released exactly once.
+                let pins = r.engine.total_pins();
+                if pins != 0 {
+                    pinned.push((id, pins));
+                }
+            }
+        }
+        let mut c = self.checks.lock();
+        if let Some((id, pins)) = pinned.first()
+            && c.violation.is_none()
+        {
+            c.violation = Some(format!("5.1: store {id} holds {pins} region pins between rounds"));
+        }
+        if let Some(id) = stopped.first()
+            && c.violation.is_none()
+        {
+            c.violation = Some(format!("A1: store {id} stopped, and no disk failed"));
+        }
+        for (id, status) in statuses {
+            for s in status {
+                let region = s.region.id;
+                if s.role == StateRole::Leader
+                    && let Some(&other) = c.leaders.get(&(region, s.term))
+                    && other != id
+                    && c.violation.is_none()
+                {
+                    c.violation = Some(format!(
+                        "P5: stores {other} and {id} both led region {region} in term {}",
+                        s.term
+                    ));
+                }
+                if s.role == StateRole::Leader {
+                    c.leaders.insert((region, s.term), id);
+                }
+                let epoch = c.durable_max.get(&(id, region)).copied().unwrap_or_default();
+                let term = c.durable_term.get(&(id, region)).copied().unwrap_or_default();
+                if (s.term < term || !s.region.epoch.covers(epoch))
+                    && s.initialized
+                    && c.violation.is_none()
+                {
+                    c.violation = Some(format!(
+                        "P7: store {id} region {region}: term {} epoch {} after durable term {term} epoch {epoch}",
+                        s.term, s.region.epoch
+                    ));
+                }
+                if s.initialized {
+                    c.durable_max.insert((id, region), s.region.epoch);
+                }
+                let (commit, applied) =
+                    c.running_max.get(&(id, region, s.peer)).copied().unwrap_or_default();
+                if (s.commit < commit || s.applied < applied) && c.violation.is_none() {
+                    c.violation = Some(format!(
+                        "P7: store {id} region {region}: commit {} applied {} after {commit} {applied}",
+                        s.commit, s.applied
+                    ));
+                }
+                let max = (s.commit.max(commit), s.applied.max(applied));
+                c.running_max.insert((id, region, s.peer), max);
+            }
+        }
+        if let Some(v) = &c.violation {
+            panic!("seed {}: {v}", self.config.seed);
+        }
+    }
+}
