@@ -37,6 +37,9 @@ pub(crate) enum ErrorCode {
     /// A raw command (admin, directory, membership change) from a client: only nodes
     /// send those; clients ask for split, merge and membership by intent.
     NotAllowed,
+    /// Since 0.1: this store's replica of the region stopped applying its log; the
+    /// region is served by its other replicas (retry there).
+    ReplicaHalted,
 }
 
 const ERROR_CODES: &[ErrorCode] = &[
@@ -60,6 +63,7 @@ const ERROR_CODES: &[ErrorCode] = &[
     ErrorCode::TooLarge,
     ErrorCode::CancelledInFlight,
     ErrorCode::NotAllowed,
+    ErrorCode::ReplicaHalted,
 ];
 
 impl ErrorCode {
@@ -193,6 +197,7 @@ impl RemoteError {
             ErrorCode::Timeout => E::Timeout { region: region()? },
             ErrorCode::Cancelled => E::Cancelled,
             ErrorCode::CancelledInFlight => E::CancelledInFlight { region: region()? },
+            ErrorCode::ReplicaHalted => E::ReplicaHalted { region: region()?, reason: message },
             ErrorCode::InvalidRequest
             | ErrorCode::CrossRegionBatch
             | ErrorCode::TooLarge
@@ -280,6 +285,11 @@ impl From<&regionkv_raft::Error> for RemoteError {
             E::Timeout { region } => {
                 out.code = ErrorCode::Timeout;
                 out.region = Some(*region);
+            }
+            E::ReplicaHalted { region, reason } => {
+                out.code = ErrorCode::ReplicaHalted;
+                out.region = Some(*region);
+                out.message.clone_from(reason);
             }
             E::InvalidRequest(m) => {
                 out.code = ErrorCode::InvalidRequest;

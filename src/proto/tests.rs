@@ -357,6 +357,10 @@ fn errors_keep_what_routing_needs() {
         },
         regionkv_raft::Error::Cancelled,
         regionkv_raft::Error::CancelledInFlight { region: RegionId(3) },
+        regionkv_raft::Error::ReplicaHalted {
+            region: RegionId(3),
+            reason: "a command written by a newer regionkv".into(),
+        },
     ];
     for e in errors {
         let wire = encode_response(1, &Err(RemoteError::from(&e)));
