@@ -5,7 +5,7 @@
 //! traffic as replaced until it is removed from the region and added back under a new
 //! peer id; then it holds every acknowledged write.
 //!
-//! The nemesis runs 64 seeds by default; `SIM_WIPE_SEEDS=5000` soaks it, and a failing
+//! The nemesis runs 200 seeds by default; `SIM_WIPE_SEEDS=5000` soaks it, and a failing
 //! seed replays with `SIM_SEED=<seed> cargo test --release -p regionkv-raft --test
 //! sim_identity`.
 
@@ -244,7 +244,7 @@ fn wiped_and_replaced_stores_never_lose_an_acknowledged_write() {
         (_, Ok(n)) => {
             (1000..1000 + n.parse::<u64>().expect("SIM_WIPE_SEEDS is a number")).collect()
         }
-        _ => (1000..1064).collect(),
+        _ => (1000..1200).collect(),
     };
     let mut totals = (0, 0);
     let _ = tracing_subscriber::fmt()
