@@ -369,6 +369,11 @@ impl Replica {
         self.role() == StateRole::Leader
     }
 
+    /// True if this replica knows of no leader in its term.
+    pub fn knows_no_leader(&self) -> bool {
+        self.raw.raft.leader_id == raft::INVALID_ID
+    }
+
     /// The group's members as raft-rs has them now.
     pub fn conf_state(&self) -> ConfState {
         self.raw.raft.prs().conf().to_conf_state()

@@ -69,6 +69,9 @@ impl StoreCore {
         }
         unclaimed.sort_unstable();
         self.collect_unclaimed(&unclaimed);
+        if self.ticks.is_multiple_of(self.ctx.config.election_ticks as u64) {
+            self.poke_sleeping_leaders();
+        }
         self.check_liveness();
         if self.ticks.is_multiple_of(PURGE_EVERY_TICKS) {
             self.plan_purge();
@@ -87,6 +90,49 @@ impl StoreCore {
             if let Err(e) = self.destroy(region) {
                 tracing::warn!(region = region.0, error = %e, "could not collect a replica");
             }
+        }
+    }
+
+    /// Wakes the groups of replicas here that know no leader but will not campaign to
+    /// find one: a replica that restarted as a learner in its own view (its promotion
+    /// was in its log but not yet applied) or that may not vote after a cut log (H2).
+    /// Their leader may be hibernating: it went to sleep when every replica had
+    /// committed the whole log, then this one restarted with an older commit index (a
+    /// commit-only hard state is not synced), and a hibernating leader sends nothing.
+    /// A voter would campaign, which wakes everyone; these send each peer an append
+    /// response for what they hold instead: any message but a heartbeat wakes a region,
+    /// and raft-rs takes it as a progress report it already had. Once per election
+    /// timeout; awake groups answer with their next heartbeat, so this stops.
+    fn poke_sleeping_leaders(&mut self) {
+        let mut pokes = Vec::new();
+        let mut ids: Vec<RegionId> = self.awake.iter().copied().collect();
+        ids.sort_unstable(); // deterministic message order
+        for id in ids {
+            let Some(replica) = self.replicas.get(&id) else { continue };
+            let campaigns = !self.catching_up.contains_key(&id)
+                && replica.conf_state().voters.contains(&replica.id.0);
+            if !replica.is_initialized() || replica.is_leader() || !replica.knows_no_leader() {
+                continue;
+            }
+            if campaigns {
+                continue;
+            }
+            for peer in &replica.region.peers {
+                if peer.id == replica.id {
+                    continue;
+                }
+                let mut msg = raft::eraftpb::Message::default();
+                msg.set_msg_type(raft::eraftpb::MessageType::MsgAppendResponse);
+                msg.to = peer.id.0;
+                msg.from = replica.id.0;
+                msg.term = replica.term();
+                msg.index = replica.last_index();
+                msg.commit = replica.committed();
+                pokes.push((id, msg));
+            }
+        }
+        for (region, msg) in pokes {
+            self.route(region, vec![msg], super::SendWhen::Now);
         }
     }
 
