@@ -689,7 +689,7 @@ impl StoreCore {
         while let Some(task) = self.tasks.pop_front() {
             let region = task.region();
             if let Err(e) = self.run_task(task) {
-                Self::on_replica_error(region, &e);
+                self.on_replica_error(region, &e);
             }
         }
     }

@@ -41,6 +41,9 @@ pub(super) struct Applier<'e> {
     /// Set when a region's apply failed: the round may hold part of a write and must
     /// not be committed.
     failed: bool,
+    /// Every failure so far was the shutdown's doing (a timeline or the engine closed
+    /// under the apply): the dropped round is [`Error::Cancelled`], not a failure.
+    cancelled: bool,
 }
 
 impl<'e> Applier<'e> {
@@ -54,12 +57,26 @@ impl<'e> Applier<'e> {
             max_bytes: engine.max_round_bytes(),
             replies: Vec::new(),
             failed: false,
+            cancelled: true,
         }
     }
 
     /// Records that a region's apply failed: the round is dropped, uncommitted.
-    pub(super) fn fail(&mut self) {
+    /// `cancelled` says the shutdown stopped it (every error after shutdown began is a
+    /// cancellation, ARCHITECTURE.md "The five invariants"); one real failure makes the
+    /// whole drop a failure.
+    pub(super) fn fail(&mut self, cancelled: bool) {
         self.failed = true;
+        self.cancelled &= cancelled;
+    }
+
+    /// Why the round was dropped: cancelled by the shutdown, or an apply failed.
+    fn dropped(&self) -> Error {
+        if self.cancelled {
+            Error::Cancelled
+        } else {
+            Error::Internal("an apply failed; the round is dropped".into())
+        }
     }
 
     /// True once the round cannot be committed (a commit failed, or `fail`).
@@ -73,11 +90,7 @@ impl<'e> Applier<'e> {
     /// apply after the restart, so their outcome is unknown to the client
     /// ([`Error::CancelledInFlight`]).
     pub(super) fn finish(mut self, stats: &mut ApplyStats) -> Result<()> {
-        let result = if self.failed {
-            Err(Error::Internal("an apply failed; the round is dropped".into()))
-        } else {
-            self.cut()
-        };
+        let result = if self.failed { Err(self.dropped()) } else { self.cut() };
         stats.add(&self.stats);
         let replies = std::mem::take(&mut self.replies);
         match &result {
@@ -99,14 +112,15 @@ impl<'e> Applier<'e> {
     /// Commits the current round (its writes become visible) and opens a fresh one.
     pub(super) fn cut(&mut self) -> Result<()> {
         if self.failed {
-            return Err(Error::Internal("an apply failed; the round is dropped".into()));
+            return Err(self.dropped());
         }
         let full = std::mem::replace(&mut self.round, self.engine.begin_round());
         self.bytes = 0;
         self.stats.count(full.prepared_regions().len());
         if let Err(e) = full.commit() {
-            self.failed = true;
-            return Err(e.into());
+            let e = Error::from(e);
+            self.fail(e.is_cancelled());
+            return Err(e);
         }
         Ok(())
     }

@@ -375,8 +375,7 @@ impl StoreCore {
                     Ok(false) => {}
                     // The log or the engine failed: the store stops (below).
                     Err(e) if e.is_store_failure() || e.is_cancelled() || applier.has_failed() => {
-                        Self::on_replica_error(region, &e);
-                        applier.fail();
+                        applier.fail(self.on_replica_error(region, &e));
                     }
                     // Anything else stops this replica only; the store goes on.
                     Err(e) => self.halt(region, &e),
@@ -385,7 +384,12 @@ impl StoreCore {
             // The pass's round ends: what every region wrote becomes visible together,
             // then their clients hear of it.
             if let Err(e) = applier.finish(&mut self.apply_stats) {
-                if !e.is_cancelled() {
+                if e.is_cancelled() || self.ctx.cancel.is_cancelled() {
+                    tracing::debug!(
+                        store = self.ctx.config.store_id.0,
+                        "apply round dropped by shutdown"
+                    );
+                } else {
                     // Entries were taken as applied; the store must not go on from a
                     // state it does not have. A restart replays them from the log.
                     tracing::error!(store = self.ctx.config.store_id.0, error = %e, "apply failed; the store stops");
@@ -395,7 +399,7 @@ impl StoreCore {
             }
             for region in touched {
                 if let Err(e) = self.after_apply(region) {
-                    Self::on_replica_error(region, &e);
+                    self.on_replica_error(region, &e);
                 }
             }
         }
@@ -458,12 +462,16 @@ impl StoreCore {
         }
     }
 
-    fn on_replica_error(region: RegionId, error: &Error) {
-        if error.is_cancelled() {
+    /// Logs a replica's error: below ERROR once shutdown began (then every error is a
+    /// cancellation). Returns whether it was one.
+    fn on_replica_error(&self, region: RegionId, error: &Error) -> bool {
+        let cancelled = error.is_cancelled() || self.ctx.cancel.is_cancelled();
+        if cancelled {
             tracing::debug!(region = region.0, "replica stopped by shutdown");
         } else {
             tracing::error!(region = region.0, error = %error, "replica failed");
         }
+        cancelled
     }
 
     /// Handles one replica's ready; true if it applied entries into `applier` (the rest
