@@ -13,7 +13,7 @@ use crate::error::{DropReason, Error, Result};
 use crate::index::RaftIndex;
 use crate::metrics::ApplyStats;
 use crate::replica::{Paused, Replica, Waiting};
-use crate::request::{AdminResult, Query, QueryResult, Reply};
+use crate::request::{AdminResult, Query, QueryResult, Reply, ScanCaps, scan_page};
 
 fn ingest_error(e: Error) -> regionkv_wal::IngestError<RaftIndex> {
     regionkv_wal::IngestError::Apply(Box::new(e))
@@ -289,6 +289,7 @@ fn run_query(
     snapshot: &regionkv_engine::ReadView,
     region: &Region,
     query: &Query,
+    caps: ScanCaps,
 ) -> Result<QueryResult> {
     match query {
         Query::Get { key } => {
@@ -306,7 +307,7 @@ fn run_query(
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            Ok(QueryResult::Rows(snapshot.scan(start, end, *limit)))
+            Ok(QueryResult::Rows(scan_page(snapshot, start, end, *limit, caps)))
         }
     }
 }
@@ -444,11 +445,15 @@ impl StoreCore {
         while replica.reads.ready.front().is_some_and(|(index, _)| *index <= applied) {
             let (_, reads) = replica.reads.ready.pop_front().expect("peeked");
             let snapshot = self.ctx.engine_of(region).read_view();
+            let caps = self.ctx.config.scan_caps();
             for read in reads {
+                if matches!(read.query, Query::Scan { .. }) {
+                    self.ctx.before_scan(region);
+                }
                 let result = replica
                     .check_version(read.epoch)
                     .and_then(|()| replica.check_readable())
-                    .and_then(|()| run_query(&snapshot, &replica.region, &read.query));
+                    .and_then(|()| run_query(&snapshot, &replica.region, &read.query, caps));
                 (read.reply)(result);
             }
         }

@@ -99,7 +99,7 @@ mod snapshot;
 
 use self::apply::Applier;
 pub use self::context::{
-    ApplyObserver, Clock, ElectionTicks, RAFT_INIT_INDEX, RAFT_INIT_TERM, StoreContext,
+    ApplyObserver, Clock, ElectionTicks, RAFT_INIT_INDEX, RAFT_INIT_TERM, ScanHook, StoreContext,
     system_clock_ms, wal_lost_records,
 };
 use self::messages::SendWhen;
