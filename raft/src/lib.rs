@@ -28,6 +28,7 @@ mod logger;
 mod mailbox;
 pub mod merge_driver;
 mod metrics;
+mod reader;
 mod replica;
 mod request;
 pub mod sim;

@@ -159,3 +159,75 @@ fn a_scan_without_a_limit_is_capped_in_bytes() {
     assert_every_key_once(&pages, n);
     one.store.shutdown().unwrap();
 }
+
+#[test]
+fn a_scan_held_on_its_way_leaves_the_poller_serving() {
+    let one = one_store();
+    fill(&one.store, 100, 8, 100);
+    // The next scan stops at the gate until the test opens it.
+    let (entered_tx, entered) = bounded::<()>(1);
+    let (open_tx, open) = bounded::<()>(1);
+    *one.store.context().scan_hook.lock() = Some(Arc::new(move |_| {
+        let _ = entered_tx.try_send(());
+        let _ = open.recv_timeout(Duration::from_secs(60));
+    }));
+    let scan = read(&one.store, Query::Scan { start: Bytes::new(), end: None, limit: 1000 });
+    entered.recv_timeout(Duration::from_secs(20)).expect("the scan reached the gate");
+
+    // While the scan is held, the region's poller still serves a get and a write (no
+    // time bound is tested: a poller held by the scan would never answer, and the
+    // generous timeout only turns that hang into a failure).
+    let get = read(&one.store, Query::Get { key: key(7) });
+    let got = get.recv_timeout(Duration::from_secs(20));
+    let put = write(&one.store, vec![Op::Put { key: key(500), value: Bytes::from("w") }]);
+    let put = put.recv_timeout(Duration::from_secs(20));
+    let _ = open_tx.send(());
+    assert_eq!(
+        got.ok().map(|r| r.map_err(|e| e.to_string())),
+        Some(Ok(QueryResult::Value(Some(Bytes::from(vec![b'v'; 8]))))),
+        "a get answered while a scan ran"
+    );
+    assert!(matches!(put, Ok(Ok(()))), "a write applied while a scan ran: {put:?}");
+    match scan.recv_timeout(Duration::from_secs(20)).unwrap().unwrap() {
+        QueryResult::Rows(page) => assert_eq!((page.rows.len(), page.resume), (100, None)),
+        other @ QueryResult::Value(_) => panic!("a scan answered {other:?}"),
+    }
+    one.store.shutdown().unwrap();
+}
+
+#[test]
+fn a_shutdown_answers_every_queued_scan_and_joins_the_reader() {
+    let one = one_store();
+    fill(&one.store, 10, 8, 10);
+    let (entered_tx, entered) = bounded::<()>(1);
+    let (open_tx, open) = bounded::<()>(1);
+    *one.store.context().scan_hook.lock() = Some(Arc::new(move |_| {
+        let _ = entered_tx.try_send(());
+        let _ = open.recv_timeout(Duration::from_secs(60));
+    }));
+    let all = || Query::Scan { start: Bytes::new(), end: None, limit: 100 };
+    let running = read(&one.store, all());
+    entered.recv_timeout(Duration::from_secs(20)).expect("the scan reached the gate");
+    // Queued behind it on the reader: a get sent after them is answered by the poller
+    // only once they were confirmed and handed over (reads are served in order).
+    let queued: Vec<_> = (0..4).map(|_| read(&one.store, all())).collect();
+    let get = read(&one.store, Query::Get { key: key(3) });
+    assert!(matches!(get.recv_timeout(Duration::from_secs(20)), Ok(Ok(_))));
+    std::thread::scope(|s| {
+        let shutdown = s.spawn(|| one.store.shutdown());
+        while !one.store.context().cancel.is_cancelled() {
+            std::thread::yield_now();
+        }
+        let _ = open_tx.send(());
+        // A clean shutdown: every thread, the reader too, stopped in time.
+        shutdown.join().unwrap().unwrap();
+    });
+    match running.recv_timeout(Duration::from_secs(20)).unwrap().unwrap() {
+        QueryResult::Rows(page) => assert_eq!(page.rows.len(), 10),
+        other @ QueryResult::Value(_) => panic!("a scan answered {other:?}"),
+    }
+    for rx in queued {
+        let answer = rx.recv_timeout(Duration::from_secs(20)).expect("every scan is answered");
+        assert!(matches!(answer, Err(regionkv_raft::Error::Cancelled)), "{answer:?}");
+    }
+}

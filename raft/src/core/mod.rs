@@ -150,6 +150,9 @@ pub struct StoreCore {
     /// Merge targets here waiting for a source replica this store does not have yet
     /// (a split it has not applied will create it), by source; see `catch_up`.
     awaiting_source: HashMap<RegionId, Vec<crate::replica::CatchUp>>,
+    /// Where confirmed scans run: inline (the simulator) or on the poller's reader
+    /// thread (`Store`; see `reader.rs`).
+    scans: crate::reader::Scans,
 }
 
 impl std::fmt::Debug for StoreCore {
@@ -188,6 +191,7 @@ impl StoreCore {
             owns,
             catching_up: HashMap::new(),
             awaiting_source: HashMap::new(),
+            scans: crate::reader::Scans::Inline,
         };
         let hosted: HashMap<RegionId, Region> = core
             .ctx
