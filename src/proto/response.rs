@@ -67,6 +67,17 @@ const ROWS_RESUME: u16 = 2;
 const ROW_KEY: u16 = 1;
 const ROW_VALUE: u16 = 2;
 
+// A scan page at the store's default caps fits a response with room to spare: its
+// keys and values (at most the byte cap, or one row of at most a Raft entry's 1 MiB)
+// and the resume key (one key) within twice the byte cap, plus three field headers
+// per row (ROW, ROW_KEY, ROW_VALUE).
+const _: () = {
+    use regionkv_raft::StoreConfig;
+    let page = 2 * StoreConfig::DEFAULT_SCAN_BYTES_MAX
+        + 3 * codec::FIELD_HEADER_LEN * StoreConfig::DEFAULT_SCAN_ROWS_MAX;
+    assert!(page < super::RESPONSE_BYTES_MAX as usize);
+};
+
 /// A RESPONSE payload.
 pub(crate) fn encode_response(id: u64, result: &Result<Response, RemoteError>) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
