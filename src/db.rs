@@ -363,7 +363,10 @@ impl Db {
 
     /// Up to `limit` pairs with keys in `range`, in key order, read linearizably
     /// region by region: `db.scan(.., 100)`, `db.scan("a".."m", 10)`,
-    /// `db.scan(b"user/".., 10)`, or a pair of [`Bound`]s.
+    /// `db.scan(b"user/".., 10)`, or a pair of [`Bound`]s. A store answers at most a
+    /// page (10,000 pairs or 4 MiB by default) per request; the scan asks again from
+    /// where each page stopped, so every pair up to `limit` comes back once, in order
+    /// (each page is linearizable on its own, as each region's part is).
     pub fn scan(&self, range: impl IntoKeyRange, limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
         let _span = tracing::debug_span!("db.scan", limit).entered();
         let (start, end) = range.to_bounds();
@@ -392,7 +395,20 @@ impl Db {
                 Ok(())
             })?;
             match rows {
-                QueryResult::Rows(rows) => out.extend(rows),
+                QueryResult::Rows(page) => {
+                    out.extend(page.rows);
+                    if let Some(resume) = page.resume {
+                        // The store's caps cut the page: go on from the first pair it
+                        // did not answer (routed again: the region may have changed).
+                        if resume.as_ref() <= from.as_slice() {
+                            return Err(Error::Protocol(format!(
+                                "a scan from {from:?} resumed at {resume:?}, not after it"
+                            )));
+                        }
+                        from = resume.to_vec();
+                        continue;
+                    }
+                }
                 QueryResult::Value(_) => {
                     return Err(Error::InvalidRequest("a scan returned a value".into()));
                 }

@@ -687,7 +687,8 @@ impl Client {
 
     /// Up to `limit` pairs with `start <= key < end` from `store`'s own replicas,
     /// without Raft: what that store has applied so far (it may lag). For checking
-    /// that every replica holds the data; use [`Db::scan`] to read.
+    /// that every replica holds the data; use [`Db::scan`] to read. Asked page by page
+    /// (the store caps each answer), each page at the store's state when it is read.
     pub fn local_scan(
         &self,
         store: StoreId,
@@ -695,11 +696,33 @@ impl Client {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Bytes, Bytes)>> {
-        let req = Request::LocalScan { start: start.to_vec(), end: end.map(<[u8]>::to_vec), limit };
-        match self.remote.call(store, &req, CALL_TIMEOUT) {
-            Some(Ok(Response::Query(QueryResult::Rows(rows)))) => Ok(rows),
-            other => Err(unexpected(store, other)),
+        let mut rows = Vec::new();
+        let mut from = start.to_vec();
+        // Bounded: every page moves `from` forward (checked) or ends the loop.
+        while rows.len() < limit {
+            let req = Request::LocalScan {
+                start: from.clone(),
+                end: end.map(<[u8]>::to_vec),
+                limit: limit - rows.len(),
+            };
+            let page = match self.remote.call(store, &req, CALL_TIMEOUT) {
+                Some(Ok(Response::Query(QueryResult::Rows(page)))) => page,
+                other => return Err(unexpected(store, other)),
+            };
+            rows.extend(page.rows);
+            match page.resume {
+                // The store's caps cut the page: ask again from where it stopped.
+                Some(resume) if resume.as_ref() > from.as_slice() => from = resume.to_vec(),
+                Some(resume) => {
+                    return Err(Error::Protocol(format!(
+                        "store {store}: a local scan from {from:?} resumed at {resume:?}"
+                    )));
+                }
+                None => break,
+            }
         }
+        rows.truncate(limit);
+        Ok(rows)
     }
 
     /// Closes every connection; handles from [`Client::db`] fail with

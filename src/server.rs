@@ -475,8 +475,13 @@ impl ClientService {
             })))),
             Request::Members => r.send(Ok(Response::Members(node.members()))),
             Request::LocalScan { start, end, limit } => {
-                let rows = store.context().engine.read_view().scan(&start, end.as_deref(), limit);
-                r.send(Ok(Response::Query(QueryResult::Rows(rows))));
+                // The store's caps bound it as they bound a scan through Raft: a capped
+                // page says where the client resumes (`Client::local_scan` does).
+                let ctx = store.context();
+                let view = ctx.engine.read_view();
+                let caps = ctx.config.scan_caps();
+                let page = regionkv_raft::scan_page(&view, &start, end.as_deref(), limit, caps);
+                r.send(Ok(Response::Query(QueryResult::Rows(page))));
             }
             Request::ChangePeers { region, epoch, change } => {
                 store.change_peers(ChangePeersRequest {
@@ -685,6 +690,67 @@ mod tests {
         sender.join().unwrap();
         assert_eq!(answered.first(), Some(&1));
         assert_eq!(answered.last(), Some(&REQUESTS));
+        node.shutdown().unwrap();
+    }
+
+    /// Regression (issue 12, A8): a scan's limit came from the client as a `u64` with
+    /// no cap: `limit = u64::MAX` read (and encoded) a whole region, or with a local
+    /// scan the whole engine, on a store's threads. Now each answer stops at the
+    /// store's caps (10,000 rows, 4 MiB) and says where to resume; `Db::scan` and
+    /// `Client::local_scan` ask page by page and still get every pair once, in order.
+    #[test]
+    fn a_scan_without_a_limit_gets_a_capped_page_and_clients_page_on() {
+        let rows_max = regionkv_raft::StoreConfig::DEFAULT_SCAN_ROWS_MAX;
+        let n = rows_max + 2_345;
+        let key = |i: usize| Bytes::from(format!("s{i:06}"));
+        let dir = tempfile::tempdir().unwrap();
+        let node = open_node(dir.path());
+        let db = node.db();
+        for first in (0..n).step_by(2_000) {
+            let mut batch = crate::WriteBatch::new();
+            for i in first..n.min(first + 2_000) {
+                batch.put(key(i), "v");
+            }
+            db.write(batch).unwrap();
+        }
+        let mut s = connect(node.local_addr());
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut ask = |id: u64, req: &Request| {
+            let payload = proto::encode_request(id, req);
+            s.write_all(&proto::encode_frame(FrameKind::Request, &payload).unwrap()).unwrap();
+            let (got, answer) = response(&mut s);
+            assert_eq!(got, id);
+            answer
+        };
+        let locate = Request::Locate { key: key(0).to_vec() };
+        let Ok(Response::Located(Some(record))) = ask(1, &locate) else { panic!("no region") };
+        // Raw requests with the largest limit the wire can carry (u64::MAX).
+        let read = Request::Read {
+            region: record.region.id,
+            epoch: record.region.epoch,
+            query: Query::Scan { start: Bytes::new(), end: None, limit: usize::MAX },
+        };
+        let local = Request::LocalScan { start: Vec::new(), end: None, limit: usize::MAX };
+        for (id, req) in [(2, &read), (3, &local)] {
+            match ask(id, req) {
+                Ok(Response::Query(QueryResult::Rows(page))) => {
+                    assert_eq!(page.rows.len(), rows_max, "{req:?}: one capped page");
+                    assert_eq!(page.resume, Some(key(rows_max)), "{req:?}: resumes after it");
+                }
+                other => panic!("{req:?} answered {other:?}"),
+            }
+        }
+        // The clients page on: every pair once, in order.
+        let all: Vec<Bytes> = (0..n).map(key).collect();
+        let keys = |rows: Vec<(Bytes, Bytes)>| rows.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        let client = Client::connect(&[node.local_addr()], CLUSTER, SECRET).unwrap();
+        assert_eq!(keys(client.db().scan(.., usize::MAX).unwrap()), all);
+        assert_eq!(keys(db.scan(.., usize::MAX).unwrap()), all);
+        assert_eq!(keys(client.local_scan(StoreId(1), b"", None, usize::MAX).unwrap()), all);
+        // A limit the cap does not reach is exact.
+        assert_eq!(keys(client.db().scan(.., rows_max + 1).unwrap()), all[..=rows_max]);
+        assert_eq!(keys(client.local_scan(StoreId(1), b"", None, 5).unwrap()), all[..5]);
+        client.close();
         node.shutdown().unwrap();
     }
 

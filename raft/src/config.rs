@@ -37,6 +37,8 @@ pub enum ReadMode {
 /// | [`max_inflight_appends`](Self::max_inflight_appends) | 256 | [`DEFAULT_MAX_INFLIGHT_APPENDS`](Self::DEFAULT_MAX_INFLIGHT_APPENDS) |
 /// | [`checkpoint_log_bytes`](Self::checkpoint_log_bytes) | 64 MiB | [`DEFAULT_CHECKPOINT_LOG_BYTES`](Self::DEFAULT_CHECKPOINT_LOG_BYTES) |
 /// | [`snapshot_chunk_bytes`](Self::snapshot_chunk_bytes) | 1 MiB | [`DEFAULT_SNAPSHOT_CHUNK_BYTES`](Self::DEFAULT_SNAPSHOT_CHUNK_BYTES) |
+/// | [`scan_rows_max`](Self::scan_rows_max) | 10,000 rows | [`DEFAULT_SCAN_ROWS_MAX`](Self::DEFAULT_SCAN_ROWS_MAX) |
+/// | [`scan_bytes_max`](Self::scan_bytes_max) | 4 MiB | [`DEFAULT_SCAN_BYTES_MAX`](Self::DEFAULT_SCAN_BYTES_MAX) |
 /// | [`read_mode`](Self::read_mode) | [`ReadMode::ReadIndex`] | |
 /// | [`log`](Self::log) | [`RaftLogOptions::default`] | |
 /// | [`hibernate_regions`](Self::hibernate_regions) | on (never under [`ReadMode::Lease`]) | |
@@ -63,6 +65,14 @@ pub struct StoreConfig {
     pub checkpoint_log_bytes: u64,
     /// Snapshots stream checkpoints in chunks of this size.
     pub snapshot_chunk_bytes: usize,
+    /// Most rows one scan answers, whatever its limit: a scan that reaches it stops
+    /// and says where to resume ([`Page::resume`](crate::Page::resume)); the client
+    /// asks again from there.
+    pub scan_rows_max: usize,
+    /// Most bytes (keys plus values) one scan answers, whatever its limit: the scan
+    /// stops before the row that would cross it (a first row is always answered, so
+    /// a scan moves on) and says where to resume.
+    pub scan_bytes_max: usize,
     /// How reads are confirmed.
     pub read_mode: ReadMode,
     /// Bounds of the Raft log's entry cache.
@@ -80,6 +90,11 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
+    /// The caps of one scan on this store.
+    pub fn scan_caps(&self) -> crate::request::ScanCaps {
+        crate::request::ScanCaps { rows_max: self.scan_rows_max, bytes_max: self.scan_bytes_max }
+    }
+
     /// Default [`StoreConfig::tick_interval`].
     pub const DEFAULT_TICK_INTERVAL: Duration = Duration::from_millis(50);
     /// Default [`StoreConfig::election_ticks`].
@@ -96,6 +111,11 @@ impl StoreConfig {
     pub const DEFAULT_CHECKPOINT_LOG_BYTES: u64 = 64 << 20;
     /// Default [`StoreConfig::snapshot_chunk_bytes`].
     pub const DEFAULT_SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+    /// Default [`StoreConfig::scan_rows_max`]: a page of 10,000 rows.
+    pub const DEFAULT_SCAN_ROWS_MAX: usize = 10_000;
+    /// Default [`StoreConfig::scan_bytes_max`]: 4 MiB, far below the client
+    /// protocol's 64 MiB response bound even with the framing of 10,000 rows.
+    pub const DEFAULT_SCAN_BYTES_MAX: usize = 4 << 20;
 
     /// The defaults of the table above for store `store_id`.
     pub fn new(store_id: StoreId) -> StoreConfig {
@@ -109,6 +129,8 @@ impl StoreConfig {
             max_inflight_appends: Self::DEFAULT_MAX_INFLIGHT_APPENDS,
             checkpoint_log_bytes: Self::DEFAULT_CHECKPOINT_LOG_BYTES,
             snapshot_chunk_bytes: Self::DEFAULT_SNAPSHOT_CHUNK_BYTES,
+            scan_rows_max: Self::DEFAULT_SCAN_ROWS_MAX,
+            scan_bytes_max: Self::DEFAULT_SCAN_BYTES_MAX,
             read_mode: ReadMode::ReadIndex,
             log: RaftLogOptions::default(),
             hibernate_regions: true,

@@ -28,6 +28,7 @@ mod logger;
 mod mailbox;
 pub mod merge_driver;
 mod metrics;
+mod reader;
 mod replica;
 mod request;
 pub mod sim;
@@ -39,7 +40,7 @@ pub use command::{AdminCmd, Op, Write, WriteSession};
 pub use config::{ReadMode, StoreConfig};
 pub use core::{
     ApplyObserver, Clock, CoreTask, ElectionTicks, Output, RAFT_INIT_INDEX, RAFT_INIT_TERM,
-    StoreContext, StoreCore, WriteTask, system_clock_ms,
+    ScanHook, StoreContext, StoreCore, WriteTask, system_clock_ms,
 };
 pub use error::{DropReason, Error, MergeAbortReason, Result};
 pub use index::RaftIndex;
@@ -47,8 +48,8 @@ pub use metrics::{ApplyStats, StoreMetrics, WriteMetrics};
 pub use raft::StateRole;
 pub use replica::PeerStatus;
 pub use request::{
-    AdminRequest, AdminResult, ChangePeersRequest, MergeStatus, PeerChange, Query, QueryResult,
-    ReadRequest, Reply, WriteRequest,
+    AdminRequest, AdminResult, ChangePeersRequest, MergeStatus, Page, PeerChange, Query,
+    QueryResult, ReadRequest, Reply, ScanCaps, WriteRequest, scan_page,
 };
 pub use storage::PeerStorage;
 pub use store::{Store, StoreOptions};

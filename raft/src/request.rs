@@ -34,7 +34,9 @@ pub enum Query {
         /// The key.
         key: Bytes,
     },
-    /// Up to `limit` pairs with `start <= key < end` (`end == None`: to the region's end).
+    /// Up to `limit` pairs with `start <= key < end` (`end == None`: to the region's end),
+    /// and no more than the store's caps (`StoreConfig::scan_rows_max`,
+    /// `scan_bytes_max`): a capped answer says where to resume ([`Page::resume`]).
     Scan {
         /// First key (inclusive).
         start: Bytes,
@@ -50,8 +52,69 @@ pub enum Query {
 pub enum QueryResult {
     /// The value of a `Get`.
     Value(Option<Bytes>),
-    /// The pairs of a `Scan`, in key order.
-    Rows(Vec<(Bytes, Bytes)>),
+    /// The pairs of a `Scan`, in key order, and whether the store's caps cut it short.
+    Rows(Page),
+}
+
+/// One answer to a scan: its pairs in key order, and where to resume if the store's
+/// caps stopped it before its limit and its range's end.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    /// The pairs, in key order.
+    pub rows: Vec<(Bytes, Bytes)>,
+    /// `Some(key)`: the store's caps stopped the scan; `key` is the first pair not
+    /// answered, and a scan from it continues exactly after `rows`. `None`: the scan
+    /// reached its limit or the end of its range (a complete answer).
+    pub resume: Option<Bytes>,
+}
+
+impl Page {
+    /// A complete answer: `rows` and nothing to resume.
+    pub fn complete(rows: Vec<(Bytes, Bytes)>) -> Page {
+        Page { rows, resume: None }
+    }
+}
+
+/// The caps of one scan (a store's `StoreConfig::scan_rows_max`, `scan_bytes_max`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScanCaps {
+    /// Most rows.
+    pub rows_max: usize,
+    /// Most bytes of keys and values (a first row is answered whatever its size).
+    pub bytes_max: usize,
+}
+
+/// Up to `limit` live pairs of `view` with `start <= key < end`, stopping at `caps`
+/// (never reading past them): the one scan loop of the store's reads and of a node's
+/// local scan.
+pub fn scan_page(
+    view: &regionkv_engine::ReadView,
+    start: &[u8],
+    end: Option<&[u8]>,
+    limit: usize,
+    caps: ScanCaps,
+) -> Page {
+    let mut page = Page::default();
+    if limit == 0 {
+        return page;
+    }
+    let rows_max = caps.rows_max.max(1);
+    let mut bytes = 0usize;
+    view.for_each(start, end, |key, value| {
+        let size = key.len() + value.len();
+        if page.rows.len() >= rows_max
+            || (!page.rows.is_empty() && bytes.saturating_add(size) > caps.bytes_max)
+        {
+            // Capped: this pair is the first one not answered.
+            page.resume = Some(Bytes::copy_from_slice(key));
+            return false;
+        }
+        bytes += size;
+        page.rows.push((Bytes::copy_from_slice(key), Bytes::copy_from_slice(value)));
+        // The client's own limit ends the scan: a complete answer.
+        page.rows.len() < limit
+    });
+    page
 }
 
 /// A linearizable read of one region.

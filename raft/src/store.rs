@@ -23,11 +23,15 @@
 //! region of that poller waits: no requests, messages or ticks are handled. The core's
 //! module docs list each of these steps.
 //!
+//! Each poller also has a reader thread: the poller confirms a scan (read index, epoch)
+//! and takes the engine's read view, and the reader runs it (`reader.rs`), so that a
+//! long scan holds up no region of the poller.
+//!
 //! Shutdown is ordered, each step once the one before is done: the store's token is
 //! cancelled (and with it every timeline's), pollers stop taking requests and shut their
-//! timelines down (bounded), writers drain and stop, then the WAL is closed with its
-//! seal and the engine with its clean-shutdown mark. [`Store::kill`] skips all of it, as
-//! a crash would.
+//! timelines down (bounded), readers answer their queued scans `Cancelled` and stop,
+//! writers drain and stop, then the WAL is closed with its seal and the engine with its
+//! clean-shutdown mark. [`Store::kill`] skips all of it, as a crash would.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -215,7 +219,11 @@ impl Store {
         let mut threads = Vec::new();
         let all_pollers: Arc<Vec<Arc<Mailbox<Msg>>>> = Arc::new(senders.clone());
         for (i, rx) in receivers.into_iter().enumerate() {
-            let core = StoreCore::open(ctx.clone(), Box::new(move |r| poller_of(r, pollers) == i))?;
+            let mut core =
+                StoreCore::open(ctx.clone(), Box::new(move |r| poller_of(r, pollers) == i))?;
+            // The poller's reader thread: its confirmed scans run there (`reader.rs`).
+            let (scans, reader) = crate::reader::spawn(&ctx, i)?;
+            core.serve_scans_on(scans);
             let write_queue = Arc::new(Mailbox::<WriteTask>::new(WRITER_QUEUE));
             let (wtx, wrx) = (write_queue.clone(), write_queue);
             let store_id = ctx.config.store_id.0;
@@ -250,6 +258,7 @@ impl Store {
             };
             threads.push(poller);
             threads.push(writer);
+            threads.push(reader);
         }
         tracing::info!(store = ctx.config.store_id.0, pollers, dir = %dir.display(), "store started");
         Ok(Store {

@@ -4,8 +4,8 @@
 use bytes::Bytes;
 use regionkv_engine::StoreId;
 use regionkv_engine::codec::{self, DecodeError, Field};
-use regionkv_raft::QueryResult;
 use regionkv_raft::transport::frame::WireError;
+use regionkv_raft::{Page, QueryResult};
 
 use super::error::RemoteError;
 use super::records::{
@@ -61,8 +61,22 @@ const R_TAGS: &[u16] = &[
 const SOME: u16 = 1;
 const NONE: u16 = 2;
 const ROW: u16 = 1;
+/// Where a capped scan resumes (`Page::resume`); added after v1's first release, so
+/// optional: absent is a complete answer.
+const ROWS_RESUME: u16 = 2;
 const ROW_KEY: u16 = 1;
 const ROW_VALUE: u16 = 2;
+
+// A scan page at the store's default caps fits a response with room to spare: its
+// keys and values (at most the byte cap, or one row of at most a Raft entry's 1 MiB)
+// and the resume key (one key) within twice the byte cap, plus three field headers
+// per row (ROW, ROW_KEY, ROW_VALUE).
+const _: () = {
+    use regionkv_raft::StoreConfig;
+    let page = 2 * StoreConfig::DEFAULT_SCAN_BYTES_MAX
+        + 3 * codec::FIELD_HEADER_LEN * StoreConfig::DEFAULT_SCAN_ROWS_MAX;
+    assert!(page < super::RESPONSE_BYTES_MAX as usize);
+};
 
 /// A RESPONSE payload.
 pub(crate) fn encode_response(id: u64, result: &Result<Response, RemoteError>) -> Vec<u8> {
@@ -77,12 +91,15 @@ pub(crate) fn encode_response(id: u64, result: &Result<Response, RemoteError>) -
             Some(v) => codec::put_field(o, SOME, v),
             None => codec::put_field(o, NONE, &[]),
         }),
-        Ok(Response::Query(QueryResult::Rows(rows))) => codec::put_nested(o, R_ROWS, |o| {
-            for (k, v) in rows {
+        Ok(Response::Query(QueryResult::Rows(page))) => codec::put_nested(o, R_ROWS, |o| {
+            for (k, v) in &page.rows {
                 codec::put_nested(o, ROW, |o| {
                     codec::put_field(o, ROW_KEY, k);
                     codec::put_field(o, ROW_VALUE, v);
                 });
+            }
+            if let Some(resume) = &page.resume {
+                codec::put_field(o, ROWS_RESUME, resume);
             }
         }),
         Ok(Response::Admin(a)) => codec::put_nested(o, R_ADMIN, |o| put_admin_result(o, a)),
@@ -178,7 +195,7 @@ fn decode_response_body(f: &Field<'_>) -> D<Result<Response, RemoteError>> {
             some_or_none(f)?.map(|v| Bytes::copy_from_slice(v.value)),
         )),
         R_ROWS => {
-            let r = nested(f, &[ROW])?;
+            let r = nested(f, &[ROW, ROWS_RESUME])?;
             let mut rows = Vec::new();
             for row in r.repeated(ROW) {
                 let kv = nested(&row, &[ROW_KEY, ROW_VALUE])?;
@@ -187,7 +204,8 @@ fn decode_response_body(f: &Field<'_>) -> D<Result<Response, RemoteError>> {
                     Bytes::copy_from_slice(kv.required(ROW_VALUE, "row value missing")?.value),
                 ));
             }
-            Response::Query(QueryResult::Rows(rows))
+            let resume = r.optional(ROWS_RESUME)?.map(|k| Bytes::copy_from_slice(k.value));
+            Response::Query(QueryResult::Rows(Page { rows, resume }))
         }
         R_ADMIN => Response::Admin(admin_result_of(f)?),
         R_DIRECTORY => Response::Directory(dir_result_of(f)?),

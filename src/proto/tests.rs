@@ -11,8 +11,8 @@ use regionkv_raft::transport::frame::WireError;
 use regionkv_raft::transport::handshake::ClusterId;
 use regionkv_raft::transport::wire;
 use regionkv_raft::{
-    AdminCmd, AdminResult, DropReason, MergeAbortReason, MergeStatus, Op, PeerChange, PeerStatus,
-    Query, QueryResult, StateRole, StoreMetrics, WriteSession,
+    AdminCmd, AdminResult, DropReason, MergeAbortReason, MergeStatus, Op, Page, PeerChange,
+    PeerStatus, Query, QueryResult, StateRole, StoreMetrics, WriteSession,
 };
 use regionkv_wal::WalStats;
 
@@ -151,7 +151,11 @@ fn responses() -> Vec<Result<Response, RemoteError>> {
         Ok(Response::NoReply),
         Ok(Response::Query(QueryResult::Value(None))),
         Ok(Response::Query(QueryResult::Value(Some(Bytes::new())))),
-        Ok(Response::Query(QueryResult::Rows(vec![("a".into(), "1".into())]))),
+        Ok(Response::Query(QueryResult::Rows(Page::complete(vec![("a".into(), "1".into())])))),
+        Ok(Response::Query(QueryResult::Rows(Page {
+            rows: vec![("a".into(), "1".into())],
+            resume: Some("b".into()),
+        }))),
         Ok(Response::Admin(AdminResult::Split(vec![region(1, "", Some("m"))]))),
         Ok(Response::Admin(AdminResult::Prepared {
             source: region(2, "m", None),
@@ -536,4 +540,27 @@ fn a_write_without_a_session_has_the_bytes_of_earlier_binaries() {
     let req = Request::Write { region: RegionId(4), epoch, ops: vec![op], session: None };
     assert_eq!(encode_request(9, &req), old);
     assert_eq!(decode_request(&old).unwrap(), (9, req));
+}
+
+#[test]
+fn a_complete_page_has_the_bytes_of_earlier_binaries() {
+    // Earlier binaries: the rows only; a capped page adds an optional resume key after
+    // them (absent: complete), which they skip.
+    let mut old = Vec::new();
+    codec::put_u64(&mut old, 1, 7);
+    codec::put_nested(&mut old, 32, |o| {
+        codec::put_nested(o, 1, |o| {
+            codec::put_field(o, 1, b"a");
+            codec::put_field(o, 2, b"1");
+        });
+    });
+    let page = Page::complete(vec![("a".into(), "1".into())]);
+    let complete = Ok(Response::Query(QueryResult::Rows(page.clone())));
+    assert_eq!(encode_response(7, &complete), old);
+    assert_eq!(decode_response(&old).unwrap(), (7, complete));
+    // A capped page: the same rows, then the resume key.
+    let capped = Page { resume: Some("b".into()), ..page };
+    let capped = Ok(Response::Query(QueryResult::Rows(capped)));
+    let bytes = encode_response(7, &capped);
+    assert_eq!(decode_response(&bytes).unwrap(), (7, capped));
 }

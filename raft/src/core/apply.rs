@@ -1,6 +1,9 @@
 //! Committed entries in: they are applied into the pass's write-batch round, the
 //! proposals waiting for them are resolved, and confirmed reads are served.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use raft::eraftpb::{Entry, EntryType};
 use regionkv_engine::{ApplyRound, Engine, Region, RegionId, SessionWrite};
 
@@ -11,7 +14,9 @@ use crate::command::{self, Command, Op, Write};
 use crate::directory::{self, DIRECTORY, DirResult};
 use crate::error::{DropReason, Error, Result};
 use crate::index::RaftIndex;
+use crate::mailbox::Mailbox;
 use crate::metrics::ApplyStats;
+use crate::reader::{ScanJob, Scans};
 use crate::replica::{Paused, Replica, Waiting};
 use crate::request::{AdminResult, Query, QueryResult, Reply};
 
@@ -299,30 +304,27 @@ fn refusal(error: &Error) -> Error {
     }
 }
 
-fn run_query(
-    snapshot: &regionkv_engine::ReadView,
-    region: &Region,
-    query: &Query,
-) -> Result<QueryResult> {
-    match query {
-        Query::Get { key } => {
-            if !region.contains(key) {
-                return Err(Error::KeyNotInRegion {
-                    region: region.id,
-                    current: Some(region.clone()),
-                });
-            }
-            Ok(QueryResult::Value(snapshot.get(key)))
-        }
-        Query::Scan { start, end, limit } => {
-            let start = start.as_ref().max(region.start.as_slice());
-            let end = match (end.as_deref(), region.end.as_deref()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            Ok(QueryResult::Rows(snapshot.scan(start, end, *limit)))
-        }
+/// The value of `key` in `view`, if `region` holds the key.
+fn get(view: &regionkv_engine::ReadView, region: &Region, key: &[u8]) -> Result<QueryResult> {
+    if !region.contains(key) {
+        return Err(Error::KeyNotInRegion { region: region.id, current: Some(region.clone()) });
     }
+    Ok(QueryResult::Value(view.get(key)))
+}
+
+/// `[start, end)` cut to `region`'s range.
+fn clamp(region: &Region, start: Bytes, end: Option<Bytes>) -> (Bytes, Option<Bytes>) {
+    let start = if start.as_ref() < region.start.as_slice() {
+        Bytes::copy_from_slice(&region.start)
+    } else {
+        start
+    };
+    let end = match (end, region.end.as_deref()) {
+        (Some(a), Some(b)) if b < a.as_ref() => Some(Bytes::copy_from_slice(b)),
+        (Some(a), _) => Some(a),
+        (None, b) => b.map(Bytes::copy_from_slice),
+    };
+    (start, end)
 }
 
 impl StoreCore {
@@ -451,20 +453,45 @@ impl StoreCore {
         Ok(())
     }
 
-    /// Serves confirmed reads whose index has been applied.
+    /// Serves confirmed reads whose index has been applied: each is checked here (epoch,
+    /// readable) against the engine's view at the applied index; a get is answered at
+    /// once, a scan runs where `self.scans` says (the poller's reader thread under
+    /// `Store`, so that it holds up no other region of the poller; inline in the
+    /// simulator).
     pub(super) fn serve_reads(&mut self, region: RegionId) {
         let Some(replica) = self.replicas.get_mut(&region) else { return };
         let applied = replica.applied_index;
+        let caps = self.ctx.config.scan_caps();
         while replica.reads.ready.front().is_some_and(|(index, _)| *index <= applied) {
             let (_, reads) = replica.reads.ready.pop_front().expect("peeked");
-            let snapshot = self.ctx.engine_of(region).read_view();
+            let view = self.ctx.engine_of(region).read_view();
             for read in reads {
-                let result = replica
-                    .check_version(read.epoch)
-                    .and_then(|()| replica.check_readable())
-                    .and_then(|()| run_query(&snapshot, &replica.region, &read.query));
-                (read.reply)(result);
+                let checked =
+                    replica.check_version(read.epoch).and_then(|()| replica.check_readable());
+                match (checked, read.query) {
+                    (Err(e), _) => (read.reply)(Err(e)),
+                    (Ok(()), Query::Get { key }) => (read.reply)(get(&view, &replica.region, &key)),
+                    (Ok(()), Query::Scan { start, end, limit }) => {
+                        let (start, end) = clamp(&replica.region, start, end);
+                        let job = ScanJob {
+                            region,
+                            view: view.clone(),
+                            start,
+                            end,
+                            limit,
+                            caps,
+                            reply: read.reply,
+                        };
+                        self.scans.submit(&self.ctx, job);
+                    }
+                }
             }
         }
+    }
+
+    /// Runs this core's confirmed scans on the reader thread behind `queue` from now
+    /// on (`Store` does, one reader per poller); a new core runs them inline.
+    pub(crate) fn serve_scans_on(&mut self, queue: Arc<Mailbox<ScanJob>>) {
+        self.scans = Scans::Reader(queue);
     }
 }

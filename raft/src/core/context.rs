@@ -23,6 +23,10 @@ pub type ElectionTicks = Box<dyn Fn(RegionId, PeerId) -> usize + Send + Sync>;
 /// never reads it. A deterministic driver replaces it with its virtual clock.
 pub type Clock = Box<dyn Fn() -> u64 + Send + Sync>;
 
+/// Called with the region just before a scan runs, on the thread that runs it. A test
+/// seam: a test holds a scan here (a gate) to see what the store does meanwhile.
+pub type ScanHook = std::sync::Arc<dyn Fn(RegionId) + Send + Sync>;
+
 /// The system clock, as a [`Clock`] reads it (0 before 1970).
 pub fn system_clock_ms() -> u64 {
     std::time::SystemTime::now()
@@ -54,6 +58,8 @@ pub struct StoreContext {
     /// in the last group): records that may have been fsynced and acknowledged, and
     /// with them a region's latest term and vote, are gone (H2; see `StoreCore::open`).
     pub log_cut: bool,
+    /// Called before every scan runs, if set (for tests: [`ScanHook`]).
+    pub scan_hook: parking_lot::Mutex<Option<ScanHook>>,
 }
 
 impl std::fmt::Debug for StoreContext {
@@ -87,12 +93,21 @@ impl StoreContext {
             clock: None,
             metrics: WriteMetrics::default(),
             log_cut: false,
+            scan_hook: parking_lot::Mutex::new(None),
         }
     }
 
     /// The wall clock now (ms since the Unix epoch): [`StoreContext::clock`] if set.
     pub fn now_ms(&self) -> u64 {
         self.clock.as_ref().map_or_else(system_clock_ms, |clock| clock())
+    }
+
+    /// Calls the [`ScanHook`], if one is set, for a scan of `region`.
+    pub(crate) fn before_scan(&self, region: RegionId) {
+        let hook = self.scan_hook.lock().clone();
+        if let Some(hook) = hook {
+            hook(region);
+        }
     }
 
     /// The engine that holds `region`: the directory's for [`DIRECTORY`], else the

@@ -99,7 +99,7 @@ mod snapshot;
 
 use self::apply::Applier;
 pub use self::context::{
-    ApplyObserver, Clock, ElectionTicks, RAFT_INIT_INDEX, RAFT_INIT_TERM, StoreContext,
+    ApplyObserver, Clock, ElectionTicks, RAFT_INIT_INDEX, RAFT_INIT_TERM, ScanHook, StoreContext,
     system_clock_ms, wal_lost_records,
 };
 use self::messages::SendWhen;
@@ -150,6 +150,9 @@ pub struct StoreCore {
     /// Merge targets here waiting for a source replica this store does not have yet
     /// (a split it has not applied will create it), by source; see `catch_up`.
     awaiting_source: HashMap<RegionId, Vec<crate::replica::CatchUp>>,
+    /// Where confirmed scans run: inline (the simulator) or on the poller's reader
+    /// thread (`Store`; see `reader.rs`).
+    scans: crate::reader::Scans,
 }
 
 impl std::fmt::Debug for StoreCore {
@@ -188,6 +191,7 @@ impl StoreCore {
             owns,
             catching_up: HashMap::new(),
             awaiting_source: HashMap::new(),
+            scans: crate::reader::Scans::Inline,
         };
         let hosted: HashMap<RegionId, Region> = core
             .ctx

@@ -79,12 +79,17 @@ pub fn scan_all(c: &mut SimCluster) -> BTreeMap<String, String> {
         let query = Query::Scan { start: Bytes::from(start.clone()), end: None, limit: usize::MAX };
         let pending = c.read(leader, region.id, query);
         match c.wait(&pending, SECOND) {
-            Some(Ok(QueryResult::Rows(rows))) => {
-                for (k, v) in rows {
+            Some(Ok(QueryResult::Rows(page))) => {
+                for (k, v) in page.rows {
                     let k = String::from_utf8(k.to_vec()).unwrap();
                     assert!(region.contains(k.as_bytes()), "region {} returned {k}", region.id);
                     let v = String::from_utf8(v.to_vec()).unwrap();
                     assert!(out.insert(k, v).is_none(), "a key came back twice");
+                }
+                if let Some(resume) = page.resume {
+                    // Capped by the store: the rest of the region from where it stopped.
+                    start = resume.to_vec();
+                    continue;
                 }
             }
             Some(Err(e)) if e.is_retryable() => {

@@ -1,0 +1,117 @@
+//! Where a store's confirmed scans run: [`Scans`] hands each one from the poller to the
+//! poller's reader thread ([`reader_loop`]), so that a scan never holds up the ticks,
+//! messages and requests of the poller's other regions; the simulator runs them inline.
+//!
+//! The poller does every check first (epoch, readable, the read index applied), takes
+//! the engine's read view and clamps the range to the region (`core/apply.rs`
+//! `serve_reads`): a [`ScanJob`] only reads that view, which holds its versions for as
+//! long as it lives (see ARCHITECTURE.md, "Reads").
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use bytes::Bytes;
+use regionkv_engine::{ReadView, RegionId};
+
+use crate::core::StoreContext;
+use crate::error::{Error, Result};
+use crate::mailbox::{Mailbox, SendError};
+use crate::request::{QueryResult, Reply, ScanCaps, scan_page};
+
+/// Scans queued for one reader thread at most; past it, the poller runs a scan
+/// itself (bounded by the store's caps) rather than wait or refuse.
+const READER_QUEUE: usize = 1024;
+
+/// One confirmed scan, ready to run anywhere: its read view, range and reply.
+pub(crate) struct ScanJob {
+    /// The region (for the scan hook).
+    pub region: RegionId,
+    /// The engine's view at the read's applied index.
+    pub view: ReadView,
+    /// First key, already clamped to the region.
+    pub start: Bytes,
+    /// End key (exclusive), already clamped to the region.
+    pub end: Option<Bytes>,
+    /// The client's limit.
+    pub limit: usize,
+    /// The store's caps.
+    pub caps: ScanCaps,
+    /// Called with the page.
+    pub reply: Reply<QueryResult>,
+}
+
+impl ScanJob {
+    fn run(self, ctx: &StoreContext) {
+        ctx.before_scan(self.region);
+        let page = scan_page(&self.view, &self.start, self.end.as_deref(), self.limit, self.caps);
+        drop(self.view); // the versions it held may go before the client reads the page
+        (self.reply)(Ok(QueryResult::Rows(page)));
+    }
+}
+
+/// Where a core runs its confirmed scans.
+pub(crate) enum Scans {
+    /// On the core's own thread, at once: the simulator's choice (one thread, and
+    /// every outcome in the order a seed replays).
+    Inline,
+    /// Queued for a reader thread ([`reader_loop`]).
+    Reader(Arc<Mailbox<ScanJob>>),
+}
+
+impl Scans {
+    /// Runs `job` or hands it to the reader. Every job is answered: by its page, or
+    /// `Cancelled` if the reader stopped (the store shuts down).
+    pub fn submit(&self, ctx: &StoreContext, job: ScanJob) {
+        match self {
+            Scans::Inline => job.run(ctx),
+            Scans::Reader(queue) => match queue.try_send(job) {
+                Ok(()) => {}
+                // A reader far behind: this scan runs here, bounded by the caps.
+                Err(SendError::Full(job)) => job.run(ctx),
+                Err(SendError::Closed(job)) => (job.reply)(Err(Error::Cancelled)),
+            },
+        }
+    }
+}
+
+/// Starts reader thread `i` of the store: the queue a core hands its scans to
+/// ([`Scans::Reader`]), and the thread, which stops once the store is cancelled.
+pub(crate) fn spawn(
+    ctx: &Arc<StoreContext>,
+    i: usize,
+) -> Result<(Arc<Mailbox<ScanJob>>, JoinHandle<()>)> {
+    let queue = Arc::new(Mailbox::new(READER_QUEUE));
+    let (ctx, theirs) = (ctx.clone(), queue.clone());
+    let thread = std::thread::Builder::new()
+        .name(format!("s{}-reader-{i}", ctx.config.store_id.0))
+        .spawn(move || reader_loop(&ctx, &theirs))
+        .map_err(|e| Error::Internal(format!("spawn reader: {e}")))?;
+    Ok((queue, thread))
+}
+
+/// A reader thread: runs the scans its poller queues, in order, until the store is
+/// cancelled; then refuses what is queued (`Cancelled`) and every later scan (the
+/// queue is closed, so the poller answers them), and returns.
+fn reader_loop(ctx: &StoreContext, queue: &Mailbox<ScanJob>) {
+    let poll = ctx.config.tick_interval;
+    let mut jobs = Vec::new();
+    // Bounded by cancellation, seen within one `poll` of a wait.
+    loop {
+        let open = queue.recv_all(&mut jobs, Instant::now() + poll);
+        if ctx.cancel.is_cancelled() {
+            queue.close();
+            queue.recv_all(&mut jobs, Instant::now());
+            for job in jobs.drain(..) {
+                (job.reply)(Err(Error::Cancelled));
+            }
+            return;
+        }
+        for job in jobs.drain(..) {
+            job.run(ctx);
+        }
+        if !open {
+            return;
+        }
+    }
+}
