@@ -64,6 +64,11 @@ fn a_partition_and_an_isolated_store_heal_and_every_replica_converges() {
     let cluster = builder(dir.path()).build().unwrap();
     let db = cluster.db();
     db.put("a", "1").unwrap();
+    // An acknowledged write may not have reached a follower yet: store 1 must hold it
+    // before it is cut off, or it has nothing to keep.
+    for store in 1..=3 {
+        replica_has(&cluster, store, "a", "1");
+    }
 
     // Store 1 alone on one side: the majority side keeps (or elects) a leader.
     cluster.faults().partition(&[StoreId(1)], &[StoreId(2), StoreId(3)]);
