@@ -20,7 +20,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -35,6 +35,9 @@ const CLIENTS: u64 = 4;
 /// Keys per round; the regions split at `k3` and `k6` hold 3, 3 and 2 of them.
 const KEYS: u64 = 8;
 const SPLITS: [&str; 2] = ["k3", "k6"];
+/// Each round splits its middle region at `k5-r<round>` and merges it back, under the
+/// clients' traffic.
+const MOVING: &str = "k5";
 /// Acknowledged calls the test waits for after each kill and restart, so that every
 /// fault lands on a cluster that serves.
 const PROGRESS: u64 = 40;
@@ -237,11 +240,103 @@ fn start_all(procs: &mut Procs) {
     }
 }
 
+/// Merges the region that starts at `at` into its left neighbour; done once no region
+/// starts there (a merge that failed, or whose answer was lost, is tried again).
+fn merge_at(procs: &Procs, client: &Client, at: &str) {
+    let deadline = Instant::now() + LIVENESS;
+    loop {
+        let outcome = client.regions().and_then(|regions| {
+            let Some(right) = regions.iter().find(|r| r.region.start == at.as_bytes()) else {
+                return Ok(());
+            };
+            let left = regions
+                .iter()
+                .find(|r| r.region.end.as_deref() == Some(at.as_bytes()))
+                .expect("a region ends where another starts");
+            client.merge(left.region.id, right.region.id).map(|_| ())
+        });
+        match outcome {
+            Ok(()) => return,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "merge at {at}: {e}\n{}", procs.logs());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// What the test does to the cluster, and how often it did it.
+struct Nemesis<'a> {
+    procs: Procs,
+    client: &'a Client,
+    shared: &'a Shared,
+    /// The test's own reads of every key.
+    reader: Db,
+    rng: Rng,
+    disks: Disks,
+    /// The data dirs' image, for [`Disks::RolledBack`].
+    image: PathBuf,
+    single_kills: u64,
+    whole_crashes: u64,
+    splits: u64,
+    merges: u64,
+}
+
+impl Nemesis<'_> {
+    /// A split, a node, a merge, a node, the whole cluster, a node. (The control
+    /// leaves the regions alone: its disks go back to the regions of its image.)
+    fn round(&mut self, round: u64) {
+        self.shared.round.store(round, Ordering::SeqCst);
+        wait_progress(&self.procs, self.shared, &format!("the start of round {round}"));
+        let moving = format!("{MOVING}-r{round}");
+        if self.disks == Disks::Kept {
+            split(&self.procs, self.client, &moving);
+            self.splits += 1;
+            wait_progress(&self.procs, self.shared, &format!("the split at {moving}"));
+        }
+        self.kill_one();
+        if self.disks == Disks::Kept {
+            merge_at(&self.procs, self.client, &moving);
+            self.merges += 1;
+            wait_progress(&self.procs, self.shared, &format!("the merge at {moving}"));
+        }
+        self.kill_one();
+        self.crash_all(round);
+        self.kill_one();
+    }
+
+    /// SIGKILLs a node, and restarts it after a pause.
+    fn kill_one(&mut self) {
+        let victim = usize::try_from(self.rng.next() % NODES as u64).unwrap() + 1;
+        self.procs.kill(victim);
+        self.single_kills += 1;
+        std::thread::sleep(self.rng.pause());
+        self.procs.start(victim);
+        wait_progress(&self.procs, self.shared, &format!("node {victim} restarted"));
+    }
+
+    /// SIGKILLs every node at once, restarts them after a pause and reads every key.
+    fn crash_all(&mut self, round: u64) {
+        self.procs.kill_all();
+        self.whole_crashes += 1;
+        if self.disks == Disks::RolledBack {
+            for id in 1..=NODES {
+                std::fs::remove_dir_all(self.procs.data_dir(id)).unwrap();
+                copy_dir(&self.image.join(id.to_string()), &self.procs.data_dir(id));
+            }
+        }
+        std::thread::sleep(self.rng.pause());
+        start_all(&mut self.procs);
+        // Every write acknowledged before the crash must read back.
+        read_every_key(&self.procs, self.shared, &self.reader, round, "after the crash");
+        wait_progress(&self.procs, self.shared, "the crash of the whole cluster");
+    }
+}
+
 /// Starts the cluster, runs `rounds` rounds of kills under the clients, reads every key
 /// and checks the history.
 fn run(rounds: u64, seed: u64, disks: Disks) -> Report {
     eprintln!("PROCESS_LIN_SEED={seed} PROCESS_LIN_ROUNDS={rounds}");
-    let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
     let mut procs = Procs::new(dir.path(), NODES);
     start_all(&mut procs);
@@ -275,62 +370,53 @@ fn run(rounds: u64, seed: u64, disks: Disks) -> Report {
             std::thread::spawn(move || run_client(&shared, &db, seed, c))
         })
         .collect();
-    let reader = client.db().with_deadline(READ_DEADLINE);
-
-    let (mut single_kills, mut whole_crashes) = (0u64, 0u64);
+    let mut nemesis = Nemesis {
+        procs,
+        client: &client,
+        shared: &shared,
+        reader: client.db().with_deadline(READ_DEADLINE),
+        rng: Rng(seed),
+        disks,
+        image,
+        single_kills: 0,
+        whole_crashes: 0,
+        splits: 0,
+        merges: 0,
+    };
     for round in 0..rounds {
-        shared.round.store(round, Ordering::SeqCst);
-        wait_progress(&procs, &shared, &format!("the start of round {round}"));
-        // Two nodes in turn, the whole cluster, one more node.
-        for step in 0..4 {
-            if step == 2 {
-                procs.kill_all();
-                whole_crashes += 1;
-                if disks == Disks::RolledBack {
-                    for id in 1..=NODES {
-                        std::fs::remove_dir_all(procs.data_dir(id)).unwrap();
-                        copy_dir(&image.join(id.to_string()), &procs.data_dir(id));
-                    }
-                }
-                std::thread::sleep(rng.pause());
-                start_all(&mut procs);
-                // Every write acknowledged before the whole cluster crashed must read back.
-                read_every_key(&procs, &shared, &reader, round, "after the whole cluster crashed");
-                wait_progress(&procs, &shared, "the crash of the whole cluster");
-            } else {
-                let victim = usize::try_from(rng.next() % NODES as u64).unwrap() + 1;
-                procs.kill(victim);
-                single_kills += 1;
-                std::thread::sleep(rng.pause());
-                procs.start(victim);
-                wait_progress(&procs, &shared, &format!("node {victim} restarted"));
-            }
-        }
+        nemesis.round(round);
     }
     shared.done.store(true, Ordering::SeqCst);
     for c in clients {
         c.join().unwrap();
     }
     // Settled: every node runs; the final reads close every key's history.
+    let procs = &mut nemesis.procs;
     assert!((1..=NODES).all(|id| procs.is_running(id)));
-    read_every_key(&procs, &shared, &reader, rounds - 1, "at the end");
+    read_every_key(procs, &shared, &nemesis.reader, rounds - 1, "at the end");
 
     let history = shared.recorder.history();
     let report = check(&history, STATES_MAX);
     eprintln!(
         "process linearizability: {rounds} rounds, {} calls, {} operations checked on {} keys \
-         ({} open writes), {single_kills} single kills, {whole_crashes} crashes of the \
-         whole cluster, {} unknown outcomes; first errors: {:?}",
+         ({} open writes, {} search states), {} single kills, {} crashes of the whole \
+         cluster, {} splits and {} merges under traffic, {} unknown outcomes; first errors: \
+         {:?}",
         history.len(),
         report.operations,
         report.keys,
         report.open_writes,
+        report.states,
+        nemesis.single_kills,
+        nemesis.whole_crashes,
+        nemesis.splits,
+        nemesis.merges,
         shared.unknown.load(Ordering::SeqCst),
         shared.errors.lock(),
     );
     assert_eq!(report.keys as u64, rounds * KEYS, "{report}");
     client.close();
-    procs.stop_all_by_stdin();
+    nemesis.procs.stop_all_by_stdin();
     report
 }
 
