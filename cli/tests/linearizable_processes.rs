@@ -83,8 +83,9 @@ struct Shared {
     recorder: Recorder<Bytes, Bytes>,
     /// Calls that returned Ok.
     acked: AtomicU64,
-    /// Calls whose outcome is unknown, and the first few distinct errors.
+    /// Calls whose outcome is unknown (open writes, dropped reads).
     unknown: AtomicU64,
+    /// The first few errors the calls returned.
     errors: Mutex<BTreeSet<String>>,
     /// The round whose keys the clients use.
     round: AtomicU64,
