@@ -3,179 +3,23 @@
 //! acknowledged write is on every node's replica and reads back through every node
 //! (P1), and the nodes stop cleanly when their stdin closes.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::{CLUSTER, Procs, SECRET, wait_for};
 use parking_lot::Mutex;
-use regionkv::{Client, ClusterId, StoreId};
+use regionkv::{Client, StoreId};
 
-const CLUSTER: ClusterId = ClusterId(9);
-const SECRET: &str = "the secret of the process test cluster";
 /// The most keys the writer writes; it stops earlier once the test has seen enough.
 const KEYS_MAX: usize = 20_000;
 
-/// The node processes; every one still running is killed when this is dropped, so a
-/// failing test leaves none behind.
-struct Procs {
-    dir: PathBuf,
-    addrs: Vec<SocketAddr>,
-    children: Vec<Option<Child>>,
-    /// Nodes started before: they restart from their files, without `--bootstrap`.
-    started: BTreeSet<usize>,
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for child in self.children.iter_mut().flatten() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Procs {
-    fn log(&self, id: usize) -> PathBuf {
-        self.dir.join(format!("node-{id}.log"))
-    }
-
-    /// `regionkv node` for node `id` (1-based), without `--bootstrap` or `--join`.
-    fn node_command(&self, id: usize) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_regionkv"));
-        cmd.arg("node")
-            .args(["--id", &id.to_string()])
-            .arg("--data-dir")
-            .arg(self.data_dir(id))
-            .args(["--listen", &self.addrs[id - 1].to_string()])
-            .args(["--cluster-id", &CLUSTER.0.to_string()])
-            .arg("--secret-file")
-            .arg(self.dir.join("secret"))
-            .args(["--tick-interval-ms", "20", "--stop-on-stdin-eof"]);
-        for (i, addr) in self.addrs.iter().enumerate() {
-            if i + 1 != id {
-                cmd.args(["--peer", &format!("{}={addr}", i + 1)]);
-            }
-        }
-        cmd
-    }
-
-    fn data_dir(&self, id: usize) -> PathBuf {
-        self.dir.join(format!("data-{id}"))
-    }
-
-    /// Starts node `id` (with `--bootstrap` the first time) and waits until it listens.
-    fn start(&mut self, id: usize) {
-        let mut cmd = self.node_command(id);
-        if self.started.insert(id) {
-            cmd.arg("--bootstrap");
-        }
-        self.spawn(id, cmd);
-    }
-
-    /// Starts node `id` with `--join` and waits until it listens.
-    fn join(&mut self, id: usize) {
-        let mut cmd = self.node_command(id);
-        cmd.arg("--join");
-        self.spawn(id, cmd);
-    }
-
-    /// Runs `regionkv client` with `args` against every node.
-    fn client(&self, args: &[&str]) -> std::process::Output {
-        let addrs: Vec<String> = self.addrs.iter().map(ToString::to_string).collect();
-        Command::new(env!("CARGO_BIN_EXE_regionkv"))
-            .arg("client")
-            .args(["--addr", &addrs.join(",")])
-            .args(["--cluster-id", &CLUSTER.0.to_string()])
-            .arg("--secret-file")
-            .arg(self.dir.join("secret"))
-            .args(args)
-            .output()
-            .expect("run regionkv client")
-    }
-
-    fn spawn(&mut self, id: usize, mut cmd: Command) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log(id)).unwrap();
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .env("RUST_LOG", "info")
-            .spawn()
-            .expect("start regionkv node");
-        // The first line says the node listens; an early exit closes stdout instead.
-        let mut line = String::new();
-        let stdout = child.stdout.take().unwrap();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        assert!(line.contains("listening"), "node {id} did not start: {line:?}\n{}", self.logs());
-        self.children[id - 1] = Some(child);
-    }
-
-    fn kill(&mut self, id: usize) {
-        let mut child = self.children[id - 1].take().unwrap();
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-    }
-
-    /// Closes every node's stdin and checks that each stops cleanly (exit status 0).
-    fn stop_all_by_stdin(&mut self) {
-        for id in 1..=3 {
-            drop(self.children[id - 1].as_mut().unwrap().stdin.take());
-        }
-        for id in 1..=3 {
-            let child = self.children[id - 1].as_mut().unwrap();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            let status = loop {
-                if let Some(status) = child.try_wait().unwrap() {
-                    break status;
-                }
-                assert!(Instant::now() < deadline, "node {id} did not stop\n{}", self.logs());
-                std::thread::sleep(Duration::from_millis(20));
-            };
-            assert!(status.success(), "node {id} exited with {status}\n{}", self.logs());
-            self.children[id - 1] = None;
-        }
-    }
-
-    fn logs(&self) -> String {
-        (1..=self.addrs.len())
-            .map(|id| {
-                let text = std::fs::read_to_string(self.log(id)).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(30).collect();
-                format!(
-                    "--- node {id} (last lines)\n{}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> =
-        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
-}
-
 fn key(i: usize) -> String {
     format!("key-{i:05}")
-}
-
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn secret_file(dir: &Path) {
-    std::fs::write(dir.join("secret"), format!("{SECRET}\n")).unwrap();
 }
 
 /// `regionkv client status` reports every node's metrics, as text and as JSON.
@@ -221,13 +65,7 @@ fn check_client_status(procs: &Procs) {
 #[test]
 fn acknowledged_writes_survive_a_sigkilled_node() {
     let dir = tempfile::tempdir().unwrap();
-    secret_file(dir.path());
-    let mut procs = Procs {
-        dir: dir.path().to_path_buf(),
-        addrs: free_addrs(3),
-        children: vec![None, None, None],
-        started: BTreeSet::new(),
-    };
+    let mut procs = Procs::new(dir.path(), 3);
     for id in 1..=3 {
         procs.start(id);
     }
@@ -329,13 +167,7 @@ fn acknowledged_writes_survive_a_sigkilled_node() {
 #[test]
 fn a_wiped_node_is_replaced_with_the_client() {
     let dir = tempfile::tempdir().unwrap();
-    secret_file(dir.path());
-    let mut procs = Procs {
-        dir: dir.path().to_path_buf(),
-        addrs: free_addrs(3),
-        children: vec![None, None, None],
-        started: BTreeSet::new(),
-    };
+    let mut procs = Procs::new(dir.path(), 3);
     for id in 1..=3 {
         procs.start(id);
     }
