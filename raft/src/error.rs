@@ -90,7 +90,7 @@ pub enum Error {
     },
     /// Refused before it was proposed: the store is shutting down (or not running).
     /// Nothing was done; safe to retry elsewhere.
-    #[error("the store is shutting down")]
+    #[error("the store is stopping, stopped or unreachable; nothing was done")]
     Cancelled,
     /// The store shut down (or its replica of the region was removed) while the
     /// request was in flight: proposed, so it may still commit and apply. The outcome
