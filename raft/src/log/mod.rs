@@ -495,55 +495,79 @@ impl RaftLog {
         self.persist_all(std::slice::from_ref(&write))
     }
 
-    /// Makes several staged writes durable in one WAL record, in order (a writer that
-    /// fell behind catches up with one fsync).
+    /// The largest entry data (plus context) a WAL record of this log holds, alone:
+    /// a proposal larger than this is refused (it could never be persisted).
+    pub(crate) fn max_entry_bytes(&self) -> usize {
+        /// Room kept for an entry's context (raft-rs's, for a conf change).
+        const CONTEXT_ROOM: usize = 256;
+        let empty = batch::entry_encoded_len(&Entry::default());
+        let overhead = 1 + batch::ENTRIES_ITEM_BYTES + empty + CONTEXT_ROOM;
+        self.wal.options().max_payload().saturating_sub(overhead)
+    }
+
+    /// Makes several staged writes durable, in order, in as few WAL records as the
+    /// WAL's largest record allows (a writer that fell behind catches up with one
+    /// record where it can). Returns the last record's Lsn.
+    ///
+    /// Records are cut (A3 in ARCHITECTURE.md's Raft log section) between writes
+    /// first; a write too large for one record between its regions; a region's part
+    /// too large for one record between its entries. Every record is durable before
+    /// the next is appended, so a crash between two records looks like an earlier
+    /// crash to each region: its log ends at a prefix of what was staged. When a
+    /// region's entries are cut, its state goes in the first record with its commit
+    /// index lowered to the last entry there (a durable commit index past the log's
+    /// end would stop raft-rs at the next start), and whole in the last record.
     pub fn persist_all(&self, writes: &[LogWrite]) -> Result<Lsn> {
         let _span = tracing::debug_span!("raft_log.persist_all", writes = writes.len()).entered();
-        let mut encoder = BatchEncoder::default();
-        for write in writes {
-            for (region, w) in &write.regions {
-                if let Some(removal) = w.tombstone {
-                    encoder.add_tombstone(*region, removal.epoch);
-                }
-                // State first: a snapshot or a new region sets the first index that the
-                // entries after it continue from.
-                if let Some(state) = &w.state {
-                    encoder.add_state(*region, state);
-                }
-                encoder.add_entries(*region, &w.entries);
-            }
+        let max = self.wal.options().max_payload();
+        let records = plan_records(writes, max)?;
+        let mut lsn = None;
+        for record in records {
+            let (payload, spans) = record.encoder.finish();
+            debug_assert!(payload.len() <= max, "planned within the WAL's record limit");
+            let at = self.wal.append(&payload)?;
+            self.on_record_durable(writes, &record.placed, spans, at);
+            lsn = Some(at);
         }
-        let (payload, spans) = encoder.finish();
-        let lsn = self.wal.append(&payload)?;
+        Ok(lsn.expect("a plan has one record or more"))
+    }
+
+    /// Notes where the items of one durable record went.
+    fn on_record_durable(
+        &self,
+        writes: &[LogWrite],
+        placed: &[Placed],
+        spans: Vec<Vec<batch::EntrySpan>>,
+        lsn: Lsn,
+    ) {
         let mut spans = spans.into_iter();
         let regions = self.regions.read();
-        {
-            let mut tombstones = self.tombstones.lock();
-            for write in writes {
-                for (region, w) in &write.regions {
+        for p in placed {
+            let write = &writes[p.write];
+            let (region, w) = &write.regions[p.region];
+            match p.item {
+                Part::Tombstone => {
                     if w.tombstone.is_some_and(|r| r.epoch.is_some())
-                        && let Some(t) = tombstones.get_mut(region)
+                        && let Some(t) = self.tombstones.lock().get_mut(region)
                     {
                         t.lsn = Some(lsn);
                     }
                 }
+                Part::State => {
+                    if let Some(log) = regions.get(region) {
+                        log.lock().state_lsn = Some(lsn);
+                    }
+                }
+                Part::Entries { first_index } => {
+                    let entry_spans = spans.next().expect("one span list per ENTRIES item");
+                    if let Some(log) = regions.get(region) {
+                        let mut log = log.lock();
+                        log.on_persisted(first_index, &entry_spans, lsn, write.id);
+                        self.evict(&mut log);
+                    }
+                }
             }
         }
-        for write in writes {
-            for (region, w) in &write.regions {
-                let entry_spans = if w.entries.is_empty() { None } else { spans.next() };
-                let Some(log) = regions.get(region) else { continue };
-                let mut log = log.lock();
-                if let (Some(first), Some(entry_spans)) = (w.entries.first(), &entry_spans) {
-                    log.on_persisted(first.index, entry_spans, lsn, write.id);
-                }
-                if w.state.is_some() {
-                    log.state_lsn = Some(lsn);
-                }
-                self.evict(&mut log);
-            }
-        }
-        Ok(lsn)
     }
 
     fn evict(&self, log: &mut RegionLog) {
@@ -689,6 +713,192 @@ impl RaftLog {
     pub fn purge(&self, plan: &PurgePlan) -> Result<usize> {
         Ok(self.wal.purge_below(plan.purge_below)?)
     }
+}
+
+/// Which item of a staged write a record holds.
+#[derive(Clone, Copy, Debug)]
+enum Part {
+    Tombstone,
+    State,
+    /// Entries from `first_index`: the record's next list of entry spans.
+    Entries {
+        first_index: u64,
+    },
+}
+
+/// An item of `writes[write].regions[region]` placed in a record.
+#[derive(Clone, Copy, Debug)]
+struct Placed {
+    write: usize,
+    region: usize,
+    item: Part,
+}
+
+/// One WAL record being planned, and what it holds.
+#[derive(Default)]
+struct Record {
+    encoder: BatchEncoder,
+    placed: Vec<Placed>,
+}
+
+impl Record {
+    fn mark(&self) -> (batch::Mark, usize) {
+        (self.encoder.mark(), self.placed.len())
+    }
+
+    fn rollback(&mut self, (mark, placed): (batch::Mark, usize)) {
+        self.encoder.rollback(mark);
+        self.placed.truncate(placed);
+    }
+
+    fn tombstone(&mut self, writes: &[LogWrite], write: usize, region: usize) {
+        let (id, w) = &writes[write].regions[region];
+        if let Some(removal) = w.tombstone {
+            self.encoder.add_tombstone(*id, removal.epoch);
+            self.placed.push(Placed { write, region, item: Part::Tombstone });
+        }
+    }
+
+    fn state(&mut self, writes: &[LogWrite], write: usize, region: usize, state: &LogState) {
+        let (id, _) = &writes[write].regions[region];
+        self.encoder.add_state(*id, state);
+        self.placed.push(Placed { write, region, item: Part::State });
+    }
+
+    fn entries(&mut self, writes: &[LogWrite], write: usize, region: usize, entries: &[Entry]) {
+        let (id, _) = &writes[write].regions[region];
+        if let Some(first) = entries.first() {
+            self.encoder.add_entries(*id, entries);
+            let item = Part::Entries { first_index: first.index };
+            self.placed.push(Placed { write, region, item });
+        }
+    }
+
+    /// A region's whole part of a write, in replay order: tombstone, state (a
+    /// snapshot or a new region sets the first index the entries continue from),
+    /// entries.
+    fn region(&mut self, writes: &[LogWrite], write: usize, region: usize) {
+        let w = &writes[write].regions[region].1;
+        self.tombstone(writes, write, region);
+        if let Some(state) = &w.state {
+            self.state(writes, write, region, state);
+        }
+        self.entries(writes, write, region, &w.entries);
+    }
+}
+
+/// Adds what `add` puts into the last record if it fits in `max` bytes, else into a
+/// new record if it fits there. False (nothing added) if it fits in no record.
+fn place(records: &mut Vec<Record>, max: usize, add: impl Fn(&mut Record)) -> bool {
+    for fresh in [false, true] {
+        if fresh {
+            if records.last().is_some_and(|r| r.encoder.is_empty()) {
+                return false; // the last record was already empty: no room anywhere
+            }
+            records.push(Record::default());
+        }
+        let record = records.last_mut().expect("one record or more");
+        let mark = record.mark();
+        add(record);
+        if record.encoder.len() <= max {
+            return true;
+        }
+        record.rollback(mark);
+    }
+    // The new record pushed above stays, empty, for what comes next.
+    false
+}
+
+/// Cuts `writes` into records of at most `max` payload bytes (see
+/// [`RaftLog::persist_all`]). An empty plan is one empty record.
+fn plan_records(writes: &[LogWrite], max: usize) -> Result<Vec<Record>> {
+    let mut records = vec![Record::default()];
+    for (wi, write) in writes.iter().enumerate() {
+        let whole = |r: &mut Record| {
+            for ri in 0..write.regions.len() {
+                r.region(writes, wi, ri);
+            }
+        };
+        if place(&mut records, max, whole) {
+            continue;
+        }
+        for ri in 0..write.regions.len() {
+            if !place(&mut records, max, |r: &mut Record| r.region(writes, wi, ri)) {
+                cut_region(&mut records, writes, wi, ri, max)?;
+            }
+        }
+    }
+    Ok(records)
+}
+
+/// Cuts one region's part of a write, too large for one record, between its
+/// entries; the last record is empty when called.
+fn cut_region(
+    records: &mut Vec<Record>,
+    writes: &[LogWrite],
+    wi: usize,
+    ri: usize,
+    max: usize,
+) -> Result<()> {
+    let (id, w) = &writes[wi].regions[ri];
+    let too_large = |len| Error::Wal(regionkv_wal::Error::RecordTooLarge { len, max });
+    let head = {
+        let mut r = Record::default();
+        r.tombstone(writes, wi, ri);
+        r.encoder.len() - 1 + w.state.as_ref().map_or(0, |s| BatchEncoder::state_len(*id, s))
+    };
+    let mut at = 0;
+    let mut first = true;
+    let mut whole_state_written = w.state.is_none();
+    while at < w.entries.len() {
+        let record = records.last_mut().expect("one record or more");
+        let mut len =
+            record.encoder.len() + batch::ENTRIES_ITEM_BYTES + if first { head } else { 0 };
+        let mut end = at;
+        while let Some(e) = w.entries.get(end) {
+            let next = len + batch::entry_encoded_len(e);
+            if next > max {
+                break;
+            }
+            len = next;
+            end += 1;
+        }
+        if end == at {
+            if record.encoder.is_empty() {
+                // One entry larger than a record: refused at propose time, so only a
+                // peer of another configuration could have sent it.
+                return Err(too_large(len + batch::entry_encoded_len(&w.entries[at])));
+            }
+            records.push(Record::default());
+            continue;
+        }
+        if first {
+            record.tombstone(writes, wi, ri);
+            if let Some(state) = &w.state {
+                let last = w.entries[end - 1].index;
+                if state.hard_state.commit <= last {
+                    record.state(writes, wi, ri, state);
+                    whole_state_written = true;
+                } else {
+                    let mut early = state.clone();
+                    early.hard_state.commit = last;
+                    record.state(writes, wi, ri, &early);
+                }
+            }
+            first = false;
+        }
+        record.entries(writes, wi, ri, &w.entries[at..end]);
+        at = end;
+        if at < w.entries.len() {
+            records.push(Record::default());
+        }
+    }
+    if let (Some(state), false) = (&w.state, whole_state_written)
+        && !place(records, max, |r: &mut Record| r.state(writes, wi, ri, state))
+    {
+        return Err(too_large(BatchEncoder::state_len(*id, state)));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -859,6 +1069,100 @@ mod tests {
         assert_eq!((r2.hard_state.clone(), r2.first_index, r2.truncated_term), (hs(1, 2, 2), 3, 1));
         assert_eq!(log.bounds(R1).unwrap(), (391, 400));
         assert_eq!(log.entries(R1, 391, 401, None).unwrap(), entries(391, 10, 1));
+    }
+
+    fn big_entries(first: u64, n: u64, term: u64, bytes: usize) -> Vec<Entry> {
+        (first..first + n)
+            .map(|i| {
+                let mut e = Entry::default();
+                e.index = i;
+                e.term = term;
+                e.data = Bytes::from(vec![(i % 251) as u8; bytes]);
+                e
+            })
+            .collect()
+    }
+
+    /// Stages, in one write, far more than one WAL record holds (max payload about
+    /// 8 KiB here): R1 gets 60 entries of 500 bytes and commits them all, R2 a few
+    /// entries, R3 (new) only its state.
+    fn stage_oversized(log: &RaftLog) -> LogWrite {
+        let mut w = log.begin_write();
+        log.create_region(&mut w, R1, initial()).unwrap();
+        log.create_region(&mut w, R2, initial()).unwrap();
+        log.stage(&mut w, R1, big_entries(1, 60, 2, 500), Some(&hs(2, 1, 60))).unwrap();
+        log.stage(&mut w, R2, big_entries(1, 5, 1, 900), Some(&hs(1, 1, 3))).unwrap();
+        log.create_region(&mut w, RegionId(3), initial()).unwrap();
+        w
+    }
+
+    /// A3: a write larger than the WAL's largest record was one record, refused with
+    /// `RecordTooLarge` (and the store stopped). It is cut into records that fit, and
+    /// every entry is found at the record that holds it.
+    #[test]
+    fn a_write_larger_than_a_record_is_cut_into_records_that_fit() {
+        let fs = SimFs::new();
+        let log = open(&fs);
+        let max = log.wal().options().max_payload();
+        let w = stage_oversized(&log);
+        let before = log.wal().end_lsn();
+        log.persist(w).expect("an oversized write is persisted in several records");
+        let records = log.wal().iter_from(before).unwrap().count();
+        assert!(records > 3, "{records} records");
+        for record in log.wal().iter_from(before).unwrap() {
+            assert!(record.unwrap().payload.len() <= max);
+        }
+        // No cache: every entry is read back from the record its span points into.
+        assert_eq!(log.entries(R1, 1, 61, None).unwrap(), big_entries(1, 60, 2, 500));
+        assert_eq!(log.entries(R2, 1, 6, None).unwrap(), big_entries(1, 5, 1, 900));
+        drop(log);
+        let log = open(&fs.crash(CrashMode::Lost));
+        assert_eq!(log.entries(R1, 1, 61, None).unwrap(), big_entries(1, 60, 2, 500));
+        assert_eq!(log.state(R1).unwrap().hard_state, hs(2, 1, 60));
+        assert_eq!(log.entries(R2, 1, 6, None).unwrap(), big_entries(1, 5, 1, 900));
+        assert_eq!(log.state(R2).unwrap().hard_state, hs(1, 1, 3));
+        assert!(log.state(RegionId(3)).is_some());
+    }
+
+    /// A3: a crash between the records of a cut write looks like an earlier crash:
+    /// every region's log opens, holds a prefix of what was staged, and never records
+    /// a commit index past its last entry (raft-rs refuses to start on one).
+    #[test]
+    fn a_crash_between_the_records_of_a_cut_write_looks_like_an_earlier_crash() {
+        let reference = SimFs::new();
+        let log = open(&reference);
+        let ops_before = reference.op_count();
+        log.persist(stage_oversized(&log)).expect("an oversized write is persisted");
+        let ops = reference.op_count() - ops_before;
+        drop(log);
+        for fail_at in 1..=ops {
+            let fs = SimFs::new();
+            let log = open(&fs);
+            let w = stage_oversized(&log);
+            let start = fs.op_count();
+            fs.set_fault_hook(Box::new(move |op| {
+                (op.index > start + fail_at - 1).then(|| std::io::Error::other("injected"))
+            }));
+            assert!(log.persist(w).is_err(), "op {fail_at} failed");
+            drop(log);
+            let fs = fs.crash(CrashMode::Lost);
+            fs.clear_fault_hook();
+            let log = open(&fs);
+            for (region, staged) in
+                [(R1, big_entries(1, 60, 2, 500)), (R2, big_entries(1, 5, 1, 900))]
+            {
+                let Some(state) = log.state(region) else { continue };
+                let (first, last) = log.bounds(region).unwrap();
+                assert_eq!(first, 1);
+                assert!(
+                    state.hard_state.commit <= last,
+                    "op {fail_at}: region {region:?} commits {} past its last entry {last}",
+                    state.hard_state.commit
+                );
+                let got = log.entries(region, 1, last + 1, None).unwrap();
+                assert_eq!(got[..], staged[..got.len()], "op {fail_at}: a prefix");
+            }
+        }
     }
 
     #[test]
