@@ -139,6 +139,14 @@ fn cut_region(
         r.tombstone(writes, wi, ri);
         r.encoder.len() - 1 + w.state.as_ref().map_or(0, |s| BatchEncoder::state_len(*id, s))
     };
+    if w.entries.is_empty() {
+        // A tombstone and a state alone: far below any record's limit.
+        return if place(records, max, |r: &mut Record| r.region(writes, wi, ri)) {
+            Ok(())
+        } else {
+            Err(too_large(head))
+        };
+    }
     let mut at = 0;
     let mut first = true;
     let mut whole_state_written = w.state.is_none();
