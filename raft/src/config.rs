@@ -62,7 +62,9 @@ pub struct StoreConfig {
     pub max_inflight_appends: usize,
     /// Most bytes of entries a leader holds proposed but not committed (raft-rs's
     /// `max_uncommitted_size`): past it, proposals are dropped (retryable) until the
-    /// group commits. Bounds what one flush stages while followers lag.
+    /// group commits ([`DropReason::UncommittedLimit`](crate::DropReason::UncommittedLimit)).
+    /// Bounds what a leader stages while its disk or its followers lag. At least
+    /// [`max_append_bytes`](Self::max_append_bytes) (raft-rs refuses less).
     pub max_uncommitted_bytes: u64,
     /// Most bytes of committed entries handed to apply in one ready (raft-rs's
     /// `max_committed_size_per_ready`); the rest come in the next ready.

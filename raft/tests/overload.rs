@@ -29,7 +29,8 @@ use regionkv_engine::{Epoch, Peer, PeerId, Region, RegionId, StoreId};
 use regionkv_raft::transport::Transport;
 use regionkv_raft::transport::local::LocalNetwork;
 use regionkv_raft::{
-    Error, Op, Query, QueryResult, ReadRequest, Store, StoreConfig, StoreOptions, WriteRequest,
+    DropReason, Error, Op, Query, QueryResult, ReadRequest, Store, StoreConfig, StoreOptions,
+    WriteRequest,
 };
 use regionkv_wal::SimFs;
 use regionkv_wal::fs::{File, FileSystem, OpenMode};
@@ -399,4 +400,54 @@ fn raft_messages_reach_a_leader_whose_clients_fill_its_queue() {
     for s in stores {
         Arc::try_unwrap(s).unwrap().shutdown().unwrap();
     }
+}
+
+/// raft-rs's `max_uncommitted_size` is set (`StoreConfig::max_uncommitted_bytes`):
+/// while the leader's fsync stalls nothing commits, and past the limit a write is
+/// dropped with a reason that says so (before: `LeadershipChanging`, which it was
+/// not); once the disk is back the group commits and writes are taken again.
+#[test]
+fn a_leader_past_its_uncommitted_limit_drops_writes_with_that_reason() {
+    let net = LocalNetwork::new(1);
+    let sim = SimFs::new();
+    let gate = Arc::new(Gate::default());
+    let fs = Arc::new(GatedFs { inner: Arc::new(sim), gate: gate.clone() });
+    let mut options = options(StoreId(1), 64 << 20);
+    options.config.max_append_bytes = 16 << 10;
+    options.config.max_uncommitted_bytes = 32 << 10;
+    let store = start_with(&net, fs, &options);
+    let peer = Peer { id: PeerId(1), store: StoreId(1) };
+    store.bootstrap_region(Region { peers: vec![peer], ..Region::whole(R1) }).unwrap();
+    wait_leader(&[&store]);
+    put(&store, "warm", Bytes::from_static(b"up")).recv_timeout(LIVENESS).unwrap().unwrap();
+    gate.close();
+    let mut pending = Vec::new();
+    let dropped = loop {
+        assert!(pending.len() < 100, "no write was dropped past the limit");
+        let rx = put(&store, &format!("k{}", pending.len()), value(0, 8 << 10));
+        // One at a time: each write is its own entry.
+        if let Ok(reply) = rx.recv_timeout(Duration::from_millis(50)) {
+            break reply;
+        }
+        pending.push(rx);
+    };
+    assert!(
+        matches!(dropped, Err(Error::Dropped { reason: DropReason::UncommittedLimit, .. })),
+        "{dropped:?}"
+    );
+    assert!(dropped.unwrap_err().is_retryable());
+    gate.open();
+    for rx in pending {
+        // Written, or (on a slow machine, answered after the 50 ms above) dropped too.
+        let reply = rx.recv_timeout(LIVENESS).expect("answered");
+        assert!(
+            matches!(
+                reply,
+                Ok(()) | Err(Error::Dropped { reason: DropReason::UncommittedLimit, .. })
+            ),
+            "{reply:?}"
+        );
+    }
+    put(&store, "after", Bytes::from_static(b"v")).recv_timeout(LIVENESS).unwrap().unwrap();
+    store.shutdown().unwrap();
 }
