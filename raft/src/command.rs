@@ -173,6 +173,14 @@ fn decode_epoch(buf: &[u8]) -> DecodeResult<Epoch> {
 }
 
 /// Encodes client writes as one entry's data.
+/// Bytes [`encode_writes`] adds to its writes' [`Write::encoded_len`]s.
+pub(crate) const ENCODED_WRITES_BYTES: usize = 1;
+
+/// The length of [`encode_writes`]'s output.
+pub(crate) fn encoded_writes_len<'a>(writes: impl IntoIterator<Item = &'a Write>) -> usize {
+    ENCODED_WRITES_BYTES + writes.into_iter().map(Write::encoded_len).sum::<usize>()
+}
+
 pub(crate) fn encode_writes<'a>(writes: impl IntoIterator<Item = &'a Write>) -> Vec<u8> {
     let mut out = vec![FORMAT_VERSION];
     for w in writes {

@@ -35,6 +35,8 @@ pub enum ReadMode {
 /// | [`max_entry_bytes`](Self::max_entry_bytes) | 1 MiB | [`DEFAULT_MAX_ENTRY_BYTES`](Self::DEFAULT_MAX_ENTRY_BYTES) |
 /// | [`max_append_bytes`](Self::max_append_bytes) | 1 MiB | [`DEFAULT_MAX_APPEND_BYTES`](Self::DEFAULT_MAX_APPEND_BYTES) |
 /// | [`max_inflight_appends`](Self::max_inflight_appends) | 256 | [`DEFAULT_MAX_INFLIGHT_APPENDS`](Self::DEFAULT_MAX_INFLIGHT_APPENDS) |
+/// | [`max_uncommitted_bytes`](Self::max_uncommitted_bytes) | 32 MiB | [`DEFAULT_MAX_UNCOMMITTED_BYTES`](Self::DEFAULT_MAX_UNCOMMITTED_BYTES) |
+/// | [`max_committed_bytes_per_ready`](Self::max_committed_bytes_per_ready) | 16 MiB | [`DEFAULT_MAX_COMMITTED_BYTES_PER_READY`](Self::DEFAULT_MAX_COMMITTED_BYTES_PER_READY) |
 /// | [`checkpoint_log_bytes`](Self::checkpoint_log_bytes) | 64 MiB | [`DEFAULT_CHECKPOINT_LOG_BYTES`](Self::DEFAULT_CHECKPOINT_LOG_BYTES) |
 /// | [`snapshot_chunk_bytes`](Self::snapshot_chunk_bytes) | 1 MiB | [`DEFAULT_SNAPSHOT_CHUNK_BYTES`](Self::DEFAULT_SNAPSHOT_CHUNK_BYTES) |
 /// | [`scan_rows_max`](Self::scan_rows_max) | 10,000 rows | [`DEFAULT_SCAN_ROWS_MAX`](Self::DEFAULT_SCAN_ROWS_MAX) |
@@ -60,6 +62,15 @@ pub struct StoreConfig {
     pub max_append_bytes: u64,
     /// Most append messages in flight to one follower.
     pub max_inflight_appends: usize,
+    /// Most bytes of entries a leader holds proposed but not committed (raft-rs's
+    /// `max_uncommitted_size`): past it, proposals are dropped (retryable) until the
+    /// group commits ([`DropReason::UncommittedLimit`](crate::DropReason::UncommittedLimit)).
+    /// Bounds what a leader stages while its disk or its followers lag. At least
+    /// [`max_append_bytes`](Self::max_append_bytes) (raft-rs refuses less).
+    pub max_uncommitted_bytes: u64,
+    /// Most bytes of committed entries handed to apply in one ready (raft-rs's
+    /// `max_committed_size_per_ready`); the rest come in the next ready.
+    pub max_committed_bytes_per_ready: u64,
     /// A region is checkpointed (and its log compacted) once this many bytes of entries
     /// were applied since its last checkpoint.
     pub checkpoint_log_bytes: u64,
@@ -107,6 +118,11 @@ impl StoreConfig {
     pub const DEFAULT_MAX_APPEND_BYTES: u64 = 1 << 20;
     /// Default [`StoreConfig::max_inflight_appends`].
     pub const DEFAULT_MAX_INFLIGHT_APPENDS: usize = 256;
+    /// Default [`StoreConfig::max_uncommitted_bytes`]: half the default WAL record
+    /// limit (64 MiB segments).
+    pub const DEFAULT_MAX_UNCOMMITTED_BYTES: u64 = 32 << 20;
+    /// Default [`StoreConfig::max_committed_bytes_per_ready`].
+    pub const DEFAULT_MAX_COMMITTED_BYTES_PER_READY: u64 = 16 << 20;
     /// Default [`StoreConfig::checkpoint_log_bytes`].
     pub const DEFAULT_CHECKPOINT_LOG_BYTES: u64 = 64 << 20;
     /// Default [`StoreConfig::snapshot_chunk_bytes`].
@@ -127,6 +143,8 @@ impl StoreConfig {
             max_entry_bytes: Self::DEFAULT_MAX_ENTRY_BYTES,
             max_append_bytes: Self::DEFAULT_MAX_APPEND_BYTES,
             max_inflight_appends: Self::DEFAULT_MAX_INFLIGHT_APPENDS,
+            max_uncommitted_bytes: Self::DEFAULT_MAX_UNCOMMITTED_BYTES,
+            max_committed_bytes_per_ready: Self::DEFAULT_MAX_COMMITTED_BYTES_PER_READY,
             checkpoint_log_bytes: Self::DEFAULT_CHECKPOINT_LOG_BYTES,
             snapshot_chunk_bytes: Self::DEFAULT_SNAPSHOT_CHUNK_BYTES,
             scan_rows_max: Self::DEFAULT_SCAN_ROWS_MAX,

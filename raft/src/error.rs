@@ -283,6 +283,9 @@ pub enum DropReason {
     AppliedBeforeRestart,
     /// A new leader overwrote its entry.
     Overwritten,
+    /// The group holds too many bytes proposed and not yet committed
+    /// (`StoreConfig::max_uncommitted_bytes`): retry once it has committed them.
+    UncommittedLimit,
 }
 
 impl DropReason {
@@ -296,6 +299,7 @@ impl DropReason {
             DropReason::ConfChangePending => 4,
             DropReason::AppliedBeforeRestart => 5,
             DropReason::Overwritten => 6,
+            DropReason::UncommittedLimit => 7,
         }
     }
 
@@ -308,6 +312,7 @@ impl DropReason {
             4 => DropReason::ConfChangePending,
             5 => DropReason::AppliedBeforeRestart,
             6 => DropReason::Overwritten,
+            7 => DropReason::UncommittedLimit,
             _ => DropReason::Unspecified,
         }
     }
@@ -325,6 +330,9 @@ impl fmt::Display for DropReason {
             }
             DropReason::AppliedBeforeRestart => "applied before a restart",
             DropReason::Overwritten => "its entry was overwritten by a new leader",
+            DropReason::UncommittedLimit => {
+                "too many bytes proposed and not yet committed; retry once they commit"
+            }
         })
     }
 }
@@ -399,6 +407,7 @@ mod tests {
             DropReason::ConfChangePending,
             DropReason::AppliedBeforeRestart,
             DropReason::Overwritten,
+            DropReason::UncommittedLimit,
         ] {
             assert_eq!(DropReason::from_code(r.code()), r);
         }

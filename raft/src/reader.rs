@@ -16,7 +16,7 @@ use regionkv_engine::{ReadView, RegionId};
 
 use crate::core::StoreContext;
 use crate::error::{Error, Result};
-use crate::mailbox::{Mailbox, SendError};
+use crate::mailbox::{Lane, Mailbox, SendError};
 use crate::request::{QueryResult, Reply, ScanCaps, scan_page};
 
 /// Scans queued for one reader thread at most; past it, the poller runs a scan
@@ -65,7 +65,7 @@ impl Scans {
     pub fn submit(&self, ctx: &StoreContext, job: ScanJob) {
         match self {
             Scans::Inline => job.run(ctx),
-            Scans::Reader(queue) => match queue.try_send(job) {
+            Scans::Reader(queue) => match queue.try_send(Lane::Client, job) {
                 Ok(()) => {}
                 // A reader far behind: this scan runs here, bounded by the caps.
                 Err(SendError::Full(job)) => job.run(ctx),
@@ -81,7 +81,8 @@ pub(crate) fn spawn(
     ctx: &Arc<StoreContext>,
     i: usize,
 ) -> Result<(Arc<Mailbox<ScanJob>>, JoinHandle<()>)> {
-    let queue = Arc::new(Mailbox::new(READER_QUEUE));
+    // Scans ride the client lane only.
+    let queue = Arc::new(Mailbox::new(1, READER_QUEUE));
     let (ctx, theirs) = (ctx.clone(), queue.clone());
     let thread = std::thread::Builder::new()
         .name(format!("s{}-reader-{i}", ctx.config.store_id.0))
@@ -98,10 +99,10 @@ fn reader_loop(ctx: &StoreContext, queue: &Mailbox<ScanJob>) {
     let mut jobs = Vec::new();
     // Bounded by cancellation, seen within one `poll` of a wait.
     loop {
-        let open = queue.recv_all(&mut jobs, Instant::now() + poll);
+        let open = queue.recv_all(&mut jobs, Instant::now() + poll, true);
         if ctx.cancel.is_cancelled() {
             queue.close();
-            queue.recv_all(&mut jobs, Instant::now());
+            queue.recv_all(&mut jobs, Instant::now(), true);
             for job in jobs.drain(..) {
                 (job.reply)(Err(Error::Cancelled));
             }

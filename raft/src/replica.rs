@@ -465,6 +465,7 @@ impl Replica {
     pub fn propose(&mut self, proposed: Proposed, waiting: Waiting) -> Option<u64> {
         let region = self.region.id;
         let before = self.last_index();
+        let entry = matches!(proposed, Proposed::Entry(_));
         let result = match proposed {
             Proposed::Entry(data) => self.raw.propose(Vec::new(), data),
             Proposed::ConfChange { context, change } => {
@@ -480,6 +481,18 @@ impl Replica {
             }
             Ok(()) => {
                 waiting.fail(|| Error::Dropped { region, reason: DropReason::NotAppended });
+                None
+            }
+            // A leader, in its group and transferring nothing, drops an ordinary entry
+            // only past raft-rs's `max_uncommitted_size`.
+            Err(raft::Error::ProposalDropped)
+                if entry
+                    && self.is_leader()
+                    && self.raw.raft.lead_transferee.is_none()
+                    && self.raw.raft.prs().get(self.raw.raft.id).is_some() =>
+            {
+                let reason = DropReason::UncommittedLimit;
+                waiting.fail(|| Error::Dropped { region, reason });
                 None
             }
             Err(e) => {

@@ -8,12 +8,21 @@
 //! ```
 //!
 //! Each poller thread owns the regions whose id hashes to it and runs a [`StoreCore`]
-//! over them: it drains its bounded channel (envelopes, client requests, persisted
-//! notifications), ticks on time, flushes, sends the messages that may leave at once,
-//! and hands the log write to its writer. Each writer thread persists its poller's
-//! writes in order (one WAL record for everything queued), then sends the messages
-//! that had to wait for the fsync and reports back. Writers of different pollers share
-//! fsyncs through the WAL's group commit.
+//! over them: it drains its mailbox, ticks on time, flushes, sends the messages that
+//! may leave at once, and hands the log write to its writer. Each writer thread
+//! persists its poller's writes in order (everything queued, in as few WAL records as
+//! fit), then sends the messages that had to wait for the fsync and reports back.
+//! Writers of different pollers share fsyncs through the WAL's group commit.
+//!
+//! Nothing in the store's own loop waits for a full queue (A5 and A9 in
+//! ARCHITECTURE.md's Raft layer section). A poller's mailbox has three lanes, drained
+//! in this order: *system* (unbounded: the writer's persisted notifications, core
+//! tasks from other pollers, status calls), *peer* (Raft envelopes, bounded: the
+//! transport drops what does not fit, and Raft resends) and *client* (requests,
+//! bounded: senders wait). The writer's queue never blocks the poller either; instead,
+//! with [`WRITER_BACKLOG`] write tasks not yet reported durable, the poller leaves its
+//! client lane undrained until the writer catches up. A slow disk pushes back on
+//! clients, never on Raft or on the writer.
 //!
 //! A poller never waits for the log writes of ordinary readies, but it does wait for a
 //! disk, inline, while it applies a split (the children's logs are persisted with
@@ -52,7 +61,7 @@ use crate::directory::{DIRECTORY, DirCmd, DirResult, RegionRecord};
 use crate::error::{Error, Result};
 use crate::identity::{PeerBook, fresh_incarnation};
 use crate::log::RaftLog;
-use crate::mailbox::{Mailbox, SendError};
+use crate::mailbox::{Lane, Mailbox, SendError};
 use crate::metrics::StoreMetrics;
 use crate::replica::PeerStatus;
 use crate::request::{
@@ -68,7 +77,11 @@ enum Msg {
     ChangePeers(ChangePeersRequest),
     TransferLeader(RegionId, regionkv_engine::PeerId),
     Bootstrap(Region, Sender<Result<()>>),
-    Persisted(Vec<(RegionId, u64)>),
+    /// From the writer: `tasks` write tasks are durable, with these readies.
+    Persisted {
+        readies: Vec<(RegionId, u64)>,
+        tasks: usize,
+    },
     Status(Sender<Vec<PeerStatus>>),
     Metrics(Sender<StoreMetrics>),
     Admin(Box<AdminRequest>),
@@ -78,9 +91,37 @@ enum Msg {
     PeerStatus(RegionId, Sender<Option<PeerStatus>>),
 }
 
-/// Bounds of a store's queues.
-const POLLER_QUEUE: usize = 4096;
-const WRITER_QUEUE: usize = 64;
+impl Msg {
+    /// The mailbox lane this message rides (see `crate::mailbox`): the store's own
+    /// traffic and synchronous status calls never wait behind clients or peers.
+    fn lane(&self) -> Lane {
+        match self {
+            Msg::Envelopes(_) => Lane::Peer,
+            Msg::Write(_)
+            | Msg::Read(_)
+            | Msg::ChangePeers(_)
+            | Msg::TransferLeader(..)
+            | Msg::Admin(_)
+            | Msg::Directory(..) => Lane::Client,
+            Msg::Bootstrap(..)
+            | Msg::Persisted { .. }
+            | Msg::Status(_)
+            | Msg::Metrics(_)
+            | Msg::MergeStatus(..)
+            | Msg::Task(_)
+            | Msg::PeerStatus(..) => Lane::System,
+        }
+    }
+}
+
+/// Bounds of a poller's peer lane (envelope batches) and client lane (requests).
+const PEER_QUEUE: usize = 4096;
+const CLIENT_QUEUE: usize = 4096;
+/// Write tasks a poller has handed to its writer and not yet heard are durable, past
+/// which it takes no client requests (they wait in the client lane, then their
+/// senders block): the writer's backlog is bounded by backpressure on clients, never
+/// by blocking the poller (A5 in ARCHITECTURE.md's Store section).
+const WRITER_BACKLOG: usize = 64;
 
 /// How a [`Store`] runs on threads.
 #[derive(Clone, Debug)]
@@ -132,8 +173,8 @@ impl Inbox for StoreInbox {
                 continue;
             }
             let len = batch.len() as u64;
-            if self.pollers[i].try_send(Msg::Envelopes(batch)).is_err() {
-                // Raft resends what a full queue drops.
+            if self.pollers[i].try_send(Lane::Peer, Msg::Envelopes(batch)).is_err() {
+                // Raft resends what a full lane drops; clients never fill this one.
                 self.dropped.fetch_add(len, Ordering::Relaxed);
             }
         }
@@ -206,7 +247,7 @@ impl Store {
         let mut senders = Vec::with_capacity(pollers);
         let mut receivers = Vec::with_capacity(pollers);
         for _ in 0..pollers {
-            let mailbox = Arc::new(Mailbox::new(POLLER_QUEUE));
+            let mailbox = Arc::new(Mailbox::new(PEER_QUEUE, CLIENT_QUEUE));
             senders.push(mailbox.clone());
             receivers.push(mailbox);
         }
@@ -224,7 +265,8 @@ impl Store {
             // The poller's reader thread: its confirmed scans run there (`reader.rs`).
             let (scans, reader) = crate::reader::spawn(&ctx, i)?;
             core.serve_scans_on(scans);
-            let write_queue = Arc::new(Mailbox::<WriteTask>::new(WRITER_QUEUE));
+            // Only the system lane is used: bounded by `WRITER_BACKLOG` (see there).
+            let write_queue = Arc::new(Mailbox::<WriteTask>::new(1, 1));
             let (wtx, wrx) = (write_queue.clone(), write_queue);
             let store_id = ctx.config.store_id.0;
             let writer = {
@@ -293,7 +335,7 @@ impl Store {
             return Err(Error::Cancelled);
         }
         let i = poller_of(region, self.inbox.pollers.len());
-        self.inbox.pollers[i].send(msg).map_err(|_| Error::Cancelled)
+        self.inbox.pollers[i].send(msg.lane(), msg).map_err(|_| Error::Cancelled)
     }
 
     /// Creates `region` from nothing on this store (cluster bootstrap).
@@ -347,14 +389,14 @@ impl Store {
         self.send(region, Msg::TransferLeader(region, to))
     }
 
-    /// Hands a request to its poller, blocking while its queue is full (backpressure);
+    /// Hands a request to its poller, blocking while its lane is full (backpressure);
     /// gives the request back if the store is stopping.
     fn try_send(&self, region: RegionId, msg: Msg) -> std::result::Result<(), Msg> {
         if self.ctx.cancel.is_cancelled() {
             return Err(msg);
         }
         let i = poller_of(region, self.inbox.pollers.len());
-        self.inbox.pollers[i].send(msg).map_err(|e| match e {
+        self.inbox.pollers[i].send(msg.lane(), msg).map_err(|e| match e {
             SendError::Full(msg) | SendError::Closed(msg) => msg,
         })
     }
@@ -364,7 +406,7 @@ impl Store {
         let mut all = Vec::new();
         for poller in &self.inbox.pollers {
             let (tx, rx) = bounded(1);
-            if poller.send(Msg::Status(tx)).is_ok()
+            if poller.send(Lane::System, Msg::Status(tx)).is_ok()
                 && let Ok(status) = rx.recv_timeout(Duration::from_secs(10))
             {
                 all.extend(status);
@@ -381,7 +423,7 @@ impl Store {
         let mut total = StoreMetrics::default();
         for poller in &self.inbox.pollers {
             let (tx, rx) = bounded(1);
-            if poller.send(Msg::Metrics(tx)).is_ok()
+            if poller.send(Lane::System, Msg::Metrics(tx)).is_ok()
                 && let Ok(part) = rx.recv_timeout(Duration::from_secs(10))
             {
                 total.add_replicas(&part);
@@ -498,7 +540,7 @@ fn handle(core: &mut StoreCore, msg: Msg) {
         Msg::Bootstrap(region, reply) => {
             let _ = reply.send(core.bootstrap_region(region));
         }
-        Msg::Persisted(readies) => core.on_persisted(&readies),
+        Msg::Persisted { readies, .. } => core.on_persisted(&readies),
         Msg::Status(reply) => {
             let _ = reply.send(core.status());
         }
@@ -527,9 +569,10 @@ struct Pollers<'a> {
 impl Pollers<'_> {
     fn send(&self, task: CoreTask) {
         let i = poller_of(task.region(), self.mailboxes.len());
-        // A blocking send: core tasks are rare, and one lost would stall a merge or
-        // leave a split child without its replica until a restart.
-        if self.mailboxes[i].send(Msg::Task(task)).is_err() {
+        // The system lane never blocks (two pollers sending each other tasks cannot
+        // wedge) and never drops: one lost would stall a merge or leave a split child
+        // without its replica until a restart.
+        if self.mailboxes[i].send(Lane::System, Msg::Task(task)).is_err() {
             tracing::debug!("core task dropped: the poller stopped");
         }
     }
@@ -558,31 +601,38 @@ fn poller_loop(
     let cancel = core.context().cancel.clone();
     let mut next_tick = Instant::now() + tick;
     let mut batch = Vec::new();
+    // Write tasks handed to the writer and not yet reported durable.
+    let mut backlog = 0usize;
     loop {
         if killed.load(Ordering::Relaxed) {
-            writer.close();
+            leave(inbox, writer);
             return;
         }
         if cancel.is_cancelled() {
             // Persisted notifications still arrive while the writer drains; serve
             // them so waiting clients learn their outcome, then stop the timelines.
-            inbox.recv_all(&mut batch, Instant::now());
+            inbox.recv_all(&mut batch, Instant::now(), true);
             for msg in batch.drain(..) {
-                if let Msg::Persisted(_) | Msg::Status(_) | Msg::Metrics(_) | Msg::Task(_) = msg {
+                if let Msg::Persisted { .. } | Msg::Status(_) | Msg::Metrics(_) | Msg::Task(_) = msg
+                {
                     handle(&mut core, msg);
                 } else {
                     refuse(msg);
                 }
             }
             core.shutdown(shutdown_timeout);
-            writer.close();
+            leave(inbox, writer);
             return;
         }
-        if !inbox.recv_all(&mut batch, next_tick) {
-            writer.close();
+        // Clients wait while the writer is behind; Raft and the writer never do.
+        if !inbox.recv_all(&mut batch, next_tick, backlog < WRITER_BACKLOG) {
+            leave(inbox, writer);
             return;
         }
         for msg in batch.drain(..) {
+            if let Msg::Persisted { tasks, .. } = &msg {
+                backlog = backlog.saturating_sub(*tasks);
+            }
             handle(&mut core, msg);
         }
         if Instant::now() >= next_tick {
@@ -598,12 +648,24 @@ fn poller_loop(
         }
         pollers.report(out.reports);
         transport.send(out.messages);
-        if let Some(task) = out.write
-            && writer.send(task).is_err()
-        {
-            return; // the writer stopped: the store failed
+        if let Some(task) = out.write {
+            if writer.send(Lane::System, task).is_err() {
+                return; // the writer stopped: the store failed
+            }
+            backlog += 1;
         }
     }
+}
+
+/// A poller stops: its writer drains what it has and stops, and requests still
+/// queued (or sent from now on) are refused, so that no client waits for room in a
+/// lane nobody drains.
+fn leave(inbox: &Mailbox<Msg>, writer: &Mailbox<WriteTask>) {
+    writer.close();
+    inbox.close();
+    let mut rest = Vec::new();
+    inbox.recv_all(&mut rest, Instant::now(), true);
+    rest.into_iter().for_each(refuse);
 }
 
 fn refuse(msg: Msg) {
@@ -622,7 +684,7 @@ fn refuse(msg: Msg) {
         Msg::Envelopes(_)
         | Msg::PeerStatus(..)
         | Msg::TransferLeader(..)
-        | Msg::Persisted(_)
+        | Msg::Persisted { .. }
         | Msg::Status(_)
         | Msg::Metrics(_)
         | Msg::Task(_) => {}
@@ -638,13 +700,14 @@ fn writer_loop(
 ) {
     let mut tasks = Vec::new();
     // The poller closes the mailbox when it stops; a far deadline only bounds the wait.
-    while inbox.recv_all(&mut tasks, Instant::now() + Duration::from_secs(1)) {
+    while inbox.recv_all(&mut tasks, Instant::now() + Duration::from_secs(1), true) {
         if killed.load(Ordering::Relaxed) {
             return;
         }
         if tasks.is_empty() {
             continue;
         }
+        let done = tasks.len();
         let mut writes = Vec::with_capacity(tasks.len());
         let mut messages = Vec::new();
         let mut readies = Vec::new();
@@ -671,8 +734,8 @@ fn writer_loop(
             return;
         }
         transport.send(messages);
-        if back.send(Msg::Persisted(readies)).is_err() {
-            return;
-        }
+        // The system lane: never full, so the writer never waits for its poller (A5).
+        // Closed once the poller left; what is still queued is persisted all the same.
+        let _ = back.send(Lane::System, Msg::Persisted { readies, tasks: done });
     }
 }

@@ -33,6 +33,8 @@ fn raft_config(config: &StoreConfig, id: PeerId, applied: u64) -> raft::Config {
         applied,
         max_size_per_msg: config.max_append_bytes,
         max_inflight_msgs: config.max_inflight_appends,
+        max_uncommitted_size: config.max_uncommitted_bytes,
+        max_committed_size_per_ready: config.max_committed_bytes_per_ready,
         check_quorum: true,
         pre_vote: true,
         read_only_option: match config.read_mode {

@@ -44,10 +44,21 @@ impl StoreCore {
         // Times the write from here to its successful reply.
         let reply = self.ctx.metrics.timed(reply);
         let time_ms = session.map(|_| self.ctx.now_ms());
+        let write = Write { epoch, ops, session, time_ms };
+        let max = self.ctx.log.max_entry_bytes();
         let replica = match self.leader(region).and_then(|replica| {
             replica.check_version(epoch)?;
             replica.check_not_merging()?;
-            replica.check_keys(&ops)?;
+            replica.check_keys(&write.ops)?;
+            // An entry larger than a WAL record could never be persisted (A3 in
+            // ARCHITECTURE.md's Raft log section): refused here, the store goes on.
+            let len = command::encoded_writes_len([&write]);
+            if len > max {
+                return Err(Error::InvalidRequest(format!(
+                    "a write of {len} bytes exceeds the largest Raft entry this store's \
+                     WAL holds ({max} bytes): split it into smaller writes"
+                )));
+            }
             Ok(replica)
         }) {
             Ok(replica) => replica,
@@ -56,7 +67,7 @@ impl StoreCore {
                 return;
             }
         };
-        replica.proposals.batch.push((Write { epoch, ops, session, time_ms }, reply));
+        replica.proposals.batch.push((write, reply));
         self.dirty.insert(region);
     }
 
@@ -190,7 +201,8 @@ impl StoreCore {
 
     /// Proposes the writes batched this turn as few entries as the size bound allows.
     pub(super) fn propose_batch(&mut self, region: RegionId) {
-        let max = self.ctx.config.max_entry_bytes;
+        // Never more than a WAL record holds, whatever the configuration says.
+        let max = self.ctx.config.max_entry_bytes.min(self.ctx.log.max_entry_bytes());
         let Some(replica) = self.replicas.get_mut(&region) else { return };
         if replica.proposals.batch.is_empty() {
             return;
@@ -202,7 +214,7 @@ impl StoreCore {
         let mut chunks = Vec::new();
         for (write, reply) in batch {
             let len = write.encoded_len();
-            if !writes.is_empty() && bytes + len > max {
+            if !writes.is_empty() && command::ENCODED_WRITES_BYTES + bytes + len > max {
                 chunks.push((std::mem::take(&mut writes), std::mem::take(&mut replies)));
                 bytes = 0;
             }

@@ -138,7 +138,55 @@ impl Default for BatchEncoder {
     }
 }
 
+/// Bytes an ENTRIES item adds to a record besides its entries: its field header, the
+/// region and the first index.
+pub(crate) const ENTRIES_ITEM_BYTES: usize = codec::FIELD_HEADER_LEN + 2 * U64_FIELD_BYTES;
+
+/// Bytes of one `put_u64` field.
+const U64_FIELD_BYTES: usize = codec::FIELD_HEADER_LEN + 8;
+
+/// Bytes `e` takes inside an ENTRIES item (exact: `add_entries` checks it).
+pub(crate) fn entry_encoded_len(e: &Entry) -> usize {
+    let context = if e.context.is_empty() { 0 } else { codec::FIELD_HEADER_LEN + e.context.len() };
+    2 * codec::FIELD_HEADER_LEN + 2 * U64_FIELD_BYTES + e.data.len() + context
+}
+
+/// A point of a [`BatchEncoder`] to go back to ([`BatchEncoder::rollback`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mark {
+    bytes: usize,
+    items: usize,
+}
+
 impl BatchEncoder {
+    /// Bytes of the payload so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// True if no item was added.
+    pub fn is_empty(&self) -> bool {
+        self.buf.len() == 1
+    }
+
+    /// The point to go back to if what is added next does not fit.
+    pub fn mark(&self) -> Mark {
+        Mark { bytes: self.buf.len(), items: self.spans.len() }
+    }
+
+    /// Forgets every item added since `mark`.
+    pub fn rollback(&mut self, mark: Mark) {
+        self.buf.truncate(mark.bytes);
+        self.spans.truncate(mark.items);
+    }
+
+    /// Bytes a STATE item for `state` takes.
+    pub fn state_len(region: RegionId, state: &LogState) -> usize {
+        let mut scratch = BatchEncoder::default();
+        scratch.add_state(region, state);
+        scratch.len() - 1
+    }
+
     /// Adds the entries of one region; they must be consecutive from their first index.
     pub fn add_entries(&mut self, region: RegionId, entries: &[Entry]) {
         let Some(first) = entries.first() else { return };
@@ -159,6 +207,7 @@ impl BatchEncoder {
                     }
                 });
                 let len = out.len() - at;
+                debug_assert_eq!(len + codec::FIELD_HEADER_LEN, entry_encoded_len(e));
                 spans.push(EntrySpan { term: e.term, offset: at as u32, len: len as u32 });
             }
         });
@@ -452,6 +501,26 @@ mod tests {
 
     /// The golden scenario: one record with entries (a normal entry and a membership
     /// change with its context), a region's whole state, and a tombstone.
+    #[test]
+    fn sizes_used_to_cut_records_are_exact() {
+        let mut with_context = entry(8, 2, b"data");
+        with_context.context = Bytes::from_static(b"ctx");
+        let entries = [entry(7, 2, b""), with_context, entry(9, 2, &[7; 300])];
+        let mut enc = BatchEncoder::default();
+        enc.add_entries(RegionId(4), &entries);
+        let expected =
+            1 + ENTRIES_ITEM_BYTES + entries.iter().map(entry_encoded_len).sum::<usize>();
+        assert_eq!(enc.len(), expected);
+        let mark = enc.mark();
+        enc.add_state(RegionId(4), &state(5));
+        assert_eq!(enc.len(), expected + BatchEncoder::state_len(RegionId(4), &state(5)));
+        enc.rollback(mark);
+        assert_eq!(enc.len(), expected);
+        let (payload, spans) = enc.finish();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(decode(&payload).unwrap().len(), 1);
+    }
+
     fn golden_scenario() -> Vec<u8> {
         let mut enc = BatchEncoder::default();
         let mut cc = entry(8, 3, b"conf-change");

@@ -32,6 +32,7 @@
 //! other write, so a region's records keep their order.
 
 pub(crate) mod batch;
+mod cut;
 mod region;
 
 use std::collections::HashMap;
@@ -44,8 +45,9 @@ use raft::eraftpb::{ConfState, Entry, HardState};
 use regionkv_engine::{Epoch, RegionId};
 use regionkv_wal::{Lsn, Wal};
 
-use self::batch::{BatchEncoder, Item};
+use self::batch::Item;
 pub use self::batch::{IdFloor, LogState};
+use self::cut::{Part, Placed, plan_records};
 use self::region::{Location, RegionLog, entry_bytes};
 use crate::error::{Error, Result};
 
@@ -495,55 +497,79 @@ impl RaftLog {
         self.persist_all(std::slice::from_ref(&write))
     }
 
-    /// Makes several staged writes durable in one WAL record, in order (a writer that
-    /// fell behind catches up with one fsync).
+    /// The largest entry data (plus context) a WAL record of this log holds, alone:
+    /// a proposal larger than this is refused (it could never be persisted).
+    pub(crate) fn max_entry_bytes(&self) -> usize {
+        /// Room kept for an entry's context (raft-rs's, for a conf change).
+        const CONTEXT_ROOM: usize = 256;
+        let empty = batch::entry_encoded_len(&Entry::default());
+        let overhead = 1 + batch::ENTRIES_ITEM_BYTES + empty + CONTEXT_ROOM;
+        self.wal.options().max_payload().saturating_sub(overhead)
+    }
+
+    /// Makes several staged writes durable, in order, in as few WAL records as the
+    /// WAL's largest record allows (a writer that fell behind catches up with one
+    /// record where it can). Returns the last record's Lsn.
+    ///
+    /// Records are cut (A3 in ARCHITECTURE.md's Raft log section) between writes
+    /// first; a write too large for one record between its regions; a region's part
+    /// too large for one record between its entries. Every record is durable before
+    /// the next is appended, so a crash between two records looks like an earlier
+    /// crash to each region: its log ends at a prefix of what was staged. When a
+    /// region's entries are cut, its state goes in the first record with its commit
+    /// index lowered to the last entry there (a durable commit index past the log's
+    /// end would stop raft-rs at the next start), and whole in the last record.
     pub fn persist_all(&self, writes: &[LogWrite]) -> Result<Lsn> {
         let _span = tracing::debug_span!("raft_log.persist_all", writes = writes.len()).entered();
-        let mut encoder = BatchEncoder::default();
-        for write in writes {
-            for (region, w) in &write.regions {
-                if let Some(removal) = w.tombstone {
-                    encoder.add_tombstone(*region, removal.epoch);
-                }
-                // State first: a snapshot or a new region sets the first index that the
-                // entries after it continue from.
-                if let Some(state) = &w.state {
-                    encoder.add_state(*region, state);
-                }
-                encoder.add_entries(*region, &w.entries);
-            }
+        let max = self.wal.options().max_payload();
+        let records = plan_records(writes, max)?;
+        let mut lsn = None;
+        for record in records {
+            let (payload, spans) = record.encoder.finish();
+            debug_assert!(payload.len() <= max, "planned within the WAL's record limit");
+            let at = self.wal.append(&payload)?;
+            self.on_record_durable(writes, &record.placed, spans, at);
+            lsn = Some(at);
         }
-        let (payload, spans) = encoder.finish();
-        let lsn = self.wal.append(&payload)?;
+        Ok(lsn.expect("a plan has one record or more"))
+    }
+
+    /// Notes where the items of one durable record went.
+    fn on_record_durable(
+        &self,
+        writes: &[LogWrite],
+        placed: &[Placed],
+        spans: Vec<Vec<batch::EntrySpan>>,
+        lsn: Lsn,
+    ) {
         let mut spans = spans.into_iter();
         let regions = self.regions.read();
-        {
-            let mut tombstones = self.tombstones.lock();
-            for write in writes {
-                for (region, w) in &write.regions {
+        for p in placed {
+            let write = &writes[p.write];
+            let (region, w) = &write.regions[p.region];
+            match p.item {
+                Part::Tombstone => {
                     if w.tombstone.is_some_and(|r| r.epoch.is_some())
-                        && let Some(t) = tombstones.get_mut(region)
+                        && let Some(t) = self.tombstones.lock().get_mut(region)
                     {
                         t.lsn = Some(lsn);
                     }
                 }
+                Part::State => {
+                    if let Some(log) = regions.get(region) {
+                        log.lock().state_lsn = Some(lsn);
+                    }
+                }
+                Part::Entries { first_index } => {
+                    let entry_spans = spans.next().expect("one span list per ENTRIES item");
+                    if let Some(log) = regions.get(region) {
+                        let mut log = log.lock();
+                        log.on_persisted(first_index, &entry_spans, lsn, write.id);
+                        self.evict(&mut log);
+                    }
+                }
             }
         }
-        for write in writes {
-            for (region, w) in &write.regions {
-                let entry_spans = if w.entries.is_empty() { None } else { spans.next() };
-                let Some(log) = regions.get(region) else { continue };
-                let mut log = log.lock();
-                if let (Some(first), Some(entry_spans)) = (w.entries.first(), &entry_spans) {
-                    log.on_persisted(first.index, entry_spans, lsn, write.id);
-                }
-                if w.state.is_some() {
-                    log.state_lsn = Some(lsn);
-                }
-                self.evict(&mut log);
-            }
-        }
-        Ok(lsn)
     }
 
     fn evict(&self, log: &mut RegionLog) {
@@ -692,235 +718,4 @@ impl RaftLog {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use regionkv_wal::{CrashMode, SimFs, SparePreparation, WalOptions};
-
-    use super::*;
-
-    fn wal_options() -> WalOptions {
-        WalOptions::default().segment_bytes(8192).spare_preparation(SparePreparation::OnDemand)
-    }
-
-    fn open(fs: &SimFs) -> RaftLog {
-        let wal = Wal::open(Arc::new(fs.clone()), "/raft", wal_options()).unwrap();
-        RaftLog::open(wal, RaftLogOptions { region_cache_bytes: 0, total_cache_bytes: 0 }).unwrap()
-    }
-
-    fn entries(first: u64, n: u64, term: u64) -> Vec<Entry> {
-        (first..first + n)
-            .map(|i| {
-                let mut e = Entry::default();
-                e.index = i;
-                e.term = term;
-                e.data = Bytes::from(format!("r-{i}-t{term}-{}", "x".repeat((i % 50) as usize)));
-                e
-            })
-            .collect()
-    }
-
-    fn initial() -> LogState {
-        LogState { first_index: 1, ..LogState::default() }
-    }
-
-    fn hs(term: u64, vote: u64, commit: u64) -> HardState {
-        let mut hs = HardState::default();
-        hs.term = term;
-        hs.vote = vote;
-        hs.commit = commit;
-        hs
-    }
-
-    const R1: RegionId = RegionId(1);
-    const R2: RegionId = RegionId(2);
-
-    #[test]
-    fn staged_entries_are_readable_before_they_are_durable_and_survive_reopen() {
-        let fs = SimFs::new();
-        let log = open(&fs);
-        let mut w = log.begin_write();
-        log.create_region(&mut w, R1, initial()).unwrap();
-        log.stage(&mut w, R1, entries(1, 5, 1), Some(&hs(1, 7, 0))).unwrap();
-        assert_eq!(
-            log.entries(R1, 1, 6, None).unwrap(),
-            entries(1, 5, 1),
-            "readable while pending"
-        );
-        assert_eq!(log.bounds(R1).unwrap(), (1, 5));
-        log.persist(w).unwrap();
-        // With no cache, reads come from the WAL now.
-        assert_eq!(log.entries(R1, 2, 5, None).unwrap(), entries(2, 3, 1));
-        assert_eq!(log.entries(R1, 1, 6, Some(1)).unwrap().len(), 1, "at least one entry");
-        drop(log);
-        let log = open(&fs.crash(CrashMode::Lost));
-        assert_eq!(log.entries(R1, 1, 6, None).unwrap(), entries(1, 5, 1));
-        assert_eq!(log.state(R1).unwrap().hard_state, hs(1, 7, 0));
-        assert_eq!(log.term(R1, 0).unwrap(), 0);
-        assert!(matches!(log.entries(R1, 1, 7, None), Err(Error::EntryUnavailable { .. })));
-    }
-
-    #[test]
-    fn an_overwritten_tail_is_replaced_in_memory_and_on_reopen() {
-        let fs = SimFs::new();
-        let log = open(&fs);
-        let mut w = log.begin_write();
-        log.create_region(&mut w, R1, initial()).unwrap();
-        log.stage(&mut w, R1, entries(1, 6, 1), None).unwrap();
-        log.persist(w).unwrap();
-        let mut w = log.begin_write();
-        log.stage(&mut w, R1, entries(4, 2, 2), Some(&hs(2, 3, 3))).unwrap();
-        let expect: Vec<Entry> = entries(1, 3, 1).into_iter().chain(entries(4, 2, 2)).collect();
-        assert_eq!(log.entries(R1, 1, 6, None).unwrap(), expect);
-        log.persist(w).unwrap();
-        drop(log);
-        let log = open(&fs.crash(CrashMode::Lost));
-        assert_eq!(log.bounds(R1).unwrap(), (1, 5));
-        assert_eq!(log.entries(R1, 1, 6, None).unwrap(), expect);
-    }
-
-    #[test]
-    fn an_unpersisted_write_is_gone_after_a_crash_and_a_later_write_does_not_resurrect_it() {
-        let fs = SimFs::new();
-        let log = open(&fs);
-        let mut w = log.begin_write();
-        log.create_region(&mut w, R1, initial()).unwrap();
-        log.stage(&mut w, R1, entries(1, 3, 1), None).unwrap();
-        log.persist(w).unwrap();
-        let mut w = log.begin_write();
-        log.stage(&mut w, R1, entries(4, 3, 1), None).unwrap();
-        drop(w); // never persisted
-        drop(log);
-        let log = open(&fs.crash(CrashMode::Persisted));
-        assert_eq!(log.bounds(R1).unwrap(), (1, 3));
-    }
-
-    #[test]
-    fn compaction_and_snapshots_move_the_first_index_durably() {
-        let fs = SimFs::new();
-        let log = open(&fs);
-        let mut w = log.begin_write();
-        log.create_region(&mut w, R1, initial()).unwrap();
-        log.stage(&mut w, R1, entries(1, 10, 1), None).unwrap();
-        log.stage_compaction(&mut w, R1, 4).unwrap();
-        log.persist(w).unwrap();
-        assert_eq!(log.bounds(R1).unwrap(), (5, 10));
-        assert!(matches!(log.entries(R1, 3, 6, None), Err(Error::Compacted { .. })));
-        assert_eq!(log.term(R1, 4).unwrap(), 1, "the compacted entry's term is kept");
-        let mut w = log.begin_write();
-        let snap = LogState {
-            first_index: 21,
-            truncated_term: 3,
-            hard_state: hs(3, 0, 20),
-            ..LogState::default()
-        };
-        log.stage_snapshot(&mut w, R1, snap.clone()).unwrap();
-        log.persist(w).unwrap();
-        drop(log);
-        let log = open(&fs.crash(CrashMode::Lost));
-        assert_eq!(log.bounds(R1).unwrap(), (21, 20), "empty log after the snapshot");
-        assert_eq!(log.state(R1).unwrap(), snap);
-        assert_eq!(log.term(R1, 20).unwrap(), 3);
-    }
-
-    #[test]
-    fn purge_rewrites_idle_regions_and_never_loses_state() {
-        let fs = SimFs::new();
-        let log = open(&fs);
-        let mut w = log.begin_write();
-        log.create_region(&mut w, R1, initial()).unwrap();
-        log.create_region(&mut w, R2, initial()).unwrap();
-        log.stage(&mut w, R2, entries(1, 2, 1), Some(&hs(1, 2, 2))).unwrap();
-        log.stage_compaction(&mut w, R2, 2).unwrap();
-        log.persist(w).unwrap();
-        // R1 is busy and compacts as it goes; R2 is idle.
-        for round in 0..40u64 {
-            let mut w = log.begin_write();
-            log.stage(&mut w, R1, entries(round * 10 + 1, 10, 1), Some(&hs(1, 1, round * 10 + 10)))
-                .unwrap();
-            if round > 0 {
-                log.stage_compaction(&mut w, R1, round * 10).unwrap();
-            }
-            log.persist(w).unwrap();
-        }
-        let plan = log.purge_plan();
-        assert_eq!(plan.rewrite, vec![R2], "the idle region's old state holds back the purge");
-        let before = log.wal().first_lsn();
-        let mut w = log.begin_write();
-        log.stage_state_rewrite(&mut w, R2).unwrap();
-        log.persist(w).unwrap();
-        let plan = log.purge_plan();
-        assert!(plan.rewrite.is_empty());
-        assert!(log.purge(&plan).unwrap() > 0, "segments were purged: {plan:?}");
-        assert!(log.wal().first_lsn() > before);
-        drop(log);
-        let log = open(&fs.crash(CrashMode::Lost));
-        let r2 = log.state(R2).unwrap();
-        assert_eq!((r2.hard_state.clone(), r2.first_index, r2.truncated_term), (hs(1, 2, 2), 3, 1));
-        assert_eq!(log.bounds(R1).unwrap(), (391, 400));
-        assert_eq!(log.entries(R1, 391, 401, None).unwrap(), entries(391, 10, 1));
-    }
-
-    #[test]
-    fn tombstones_remove_a_region() {
-        let fs = SimFs::new();
-        let log = open(&fs);
-        let mut w = log.begin_write();
-        log.create_region(&mut w, R1, initial()).unwrap();
-        log.stage(&mut w, R1, entries(1, 2, 1), None).unwrap();
-        log.persist(w).unwrap();
-        let mut w = log.begin_write();
-        log.stage_tombstone(&mut w, R1, None);
-        log.persist(w).unwrap();
-        assert!(log.state(R1).is_none());
-        drop(log);
-        assert!(open(&fs.crash(CrashMode::Lost)).region_ids().is_empty());
-    }
-
-    #[test]
-    fn a_tombstone_keeps_its_epoch_across_reopens_and_purges_until_the_region_returns() {
-        let fs = SimFs::new();
-        let log = open(&fs);
-        let epoch = Epoch { version: 3, conf_ver: 4 };
-        let mut w = log.begin_write();
-        log.create_region(&mut w, R1, initial()).unwrap();
-        log.create_region(&mut w, R2, initial()).unwrap();
-        log.persist(w).unwrap();
-        let mut w = log.begin_write();
-        log.stage_tombstone(&mut w, R2, Some(epoch));
-        log.persist(w).unwrap();
-        assert_eq!(log.tombstone(R2), Some(epoch));
-        // R1 writes on; the tombstone's record falls behind and is rewritten.
-        for round in 0..40u64 {
-            let mut w = log.begin_write();
-            log.stage(&mut w, R1, entries(round * 10 + 1, 10, 1), Some(&hs(1, 1, round * 10)))
-                .unwrap();
-            if round > 0 {
-                log.stage_compaction(&mut w, R1, round * 10).unwrap();
-            }
-            log.persist(w).unwrap();
-        }
-        let plan = log.purge_plan();
-        assert_eq!(plan.rewrite_tombstones, vec![R2], "{plan:?}");
-        let mut w = log.begin_write();
-        log.stage_tombstone_rewrites(&mut w, &plan, |_| true);
-        log.persist(w).unwrap();
-        let plan = log.purge_plan();
-        assert!(plan.rewrite_tombstones.is_empty());
-        assert!(log.purge(&plan).unwrap() > 0);
-        drop(log);
-        let fs = fs.crash(CrashMode::Lost);
-        let log = open(&fs);
-        assert_eq!(log.tombstone(R2), Some(epoch), "kept through the purge and the reopen");
-        assert!(log.state(R2).is_none());
-        // A newer replica of the region is created: the tombstone goes.
-        let mut w = log.begin_write();
-        log.create_region(&mut w, R2, initial()).unwrap();
-        assert_eq!(log.tombstone(R2), None);
-        log.persist(w).unwrap();
-        drop(log);
-        let log = open(&fs.crash(CrashMode::Lost));
-        assert_eq!(log.tombstone(R2), None);
-        assert!(log.state(R2).is_some());
-    }
-}
+mod tests;
