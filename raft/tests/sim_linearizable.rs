@@ -14,7 +14,8 @@
 //! applied stays open forever; one refused on every attempt is dropped; a read
 //! without an answer is dropped.
 //!
-//! Seeds: 200 by default; `SIM_LIN_SEEDS=<n>` runs n (the soak: 5,000), and a failing
+//! Seeds: 200 by default; `SIM_LIN_SEEDS=<n>` runs n (the soak: 5,000), from
+//! `SIM_LIN_FIRST=<seed>` (1 by default), and a failing
 //! seed replays with `SIM_SEED=<seed> cargo test --release -p regionkv-raft --test
 //! sim_linearizable`; `SIM_LIN_TRACE=1` prints the nemesis's steps.
 
@@ -943,7 +944,9 @@ fn seeds() -> Vec<u64> {
         return vec![s.parse().expect("SIM_SEED is a number")];
     }
     let n = std::env::var("SIM_LIN_SEEDS").ok().map_or(200, |n| n.parse().expect("a number"));
-    (1..=n).collect()
+    // `SIM_LIN_FIRST=<seed>`: where a soak starts (to run seeds beyond the default ones).
+    let first = std::env::var("SIM_LIN_FIRST").ok().map_or(1, |s| s.parse().expect("a number"));
+    (first..first + n).collect()
 }
 
 #[test]
