@@ -17,7 +17,8 @@
 //! Seeds: 200 by default; `SIM_LIN_SEEDS=<n>` runs n (the soak: 5,000), from
 //! `SIM_LIN_FIRST=<seed>` (1 by default), and a failing
 //! seed replays with `SIM_SEED=<seed> cargo test --release -p regionkv-raft --test
-//! sim_linearizable`; `SIM_LIN_TRACE=1` prints the nemesis's steps.
+//! sim_linearizable`; `SIM_LIN_TRACE=1` prints the nemesis's steps;
+//! `SIM_LIN_READ_MODE=lease` serves reads by lease instead of read index.
 
 mod common;
 
@@ -100,7 +101,8 @@ impl Sent {
 }
 
 enum State {
-    /// No call; the next starts at this time (`None`: only a scripted call starts).
+    /// No call; the next starts at this time (a random one only while the client
+    /// makes random calls; a scripted one at once).
     Idle(Duration),
     /// Waiting before the next attempt.
     Backoff(Ongoing, Duration),
@@ -198,7 +200,11 @@ struct World {
 
 impl World {
     fn new(seed: u64, flaw: Flaw) -> World {
-        let mut c = SimCluster::new(SimConfig::new(seed)).unwrap();
+        let mut config = SimConfig::new(seed);
+        if std::env::var("SIM_LIN_READ_MODE").is_ok_and(|m| m == "lease") {
+            config.read_mode = regionkv_raft::ReadMode::Lease;
+        }
+        let mut c = SimCluster::new(config).unwrap();
         c.wait_leader(RegionId(1), 10 * SECOND).expect("a first leader");
         let mut rng = SplitMix(seed ^ 0x11_4EA2);
         let clients = (0..CLIENTS)
