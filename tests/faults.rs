@@ -64,6 +64,8 @@ fn a_partition_and_an_isolated_store_heal_and_every_replica_converges() {
     let cluster = builder(dir.path()).build().unwrap();
     let db = cluster.db();
     db.put("a", "1").unwrap();
+    // A put returns once its leader applied it; store 1 may not have yet.
+    replica_has(&cluster, 1, "a", "1");
 
     // Store 1 alone on one side: the majority side keeps (or elects) a leader.
     cluster.faults().partition(&[StoreId(1)], &[StoreId(2), StoreId(3)]);
