@@ -816,7 +816,9 @@ impl Nemesis {
         };
         w.note(|| format!("merge region {source} into {target}"));
         let options = MergeOptions { match_timeout: 3 * SECOND, ..MergeOptions::default() };
-        match merge_driver::merge(w, source, target, options) {
+        let outcome = merge_driver::merge(w, source, target, options);
+        w.note(|| format!("merge of {source} into {target}: {outcome:?}"));
+        match outcome {
             Ok(_) => w.stats.merges += 1,
             Err(Error::MergeAborted { .. } | Error::Timeout { .. } | Error::InvalidRequest(_)) => {}
             Err(e) if e.is_retryable() => {}
@@ -1103,4 +1105,17 @@ fn a_seed_replays() {
     let (a, b) = (run(7, Flaw::None), run(7, Flaw::None));
     assert_eq!(a.trace, b.trace, "the same seed gave another run");
     assert_eq!(a.report, b.report);
+}
+
+/// A finding of the soak, not fixed here (liveness, not linearizability): a store cut
+/// off during a merge kept the merge source's replica (prepared, never committed
+/// there), then caught up its target by a snapshot taken after a later split of the
+/// target. The snapshot's range no longer overlaps the stale source, so nothing
+/// replaces it; the source's peers are gone, so it campaigns forever (initialized, so
+/// never collected as unclaimed); and the split's new part overlaps it, so this store
+/// never creates its replica. The replicas never converge after healing.
+#[test]
+#[ignore = "a known failure: a stale merge source is never removed (seed 3256)"]
+fn seed_3256_a_stale_merge_source_is_removed() {
+    run(3256, Flaw::None);
 }
