@@ -44,9 +44,8 @@ fn a_store_stopped_or_crashed_while_a_compaction_is_staged_opens_again() {
 }
 
 fn open_log(fs: &SimFs) -> regionkv_raft::Result<RaftLog> {
-    let options = WalOptions::default()
-        .segment_bytes(8192)
-        .spare_preparation(SparePreparation::OnDemand);
+    let options =
+        WalOptions::default().segment_bytes(8192).spare_preparation(SparePreparation::OnDemand);
     let wal = Wal::open(Arc::new(fs.clone()), "/wal", options)?;
     RaftLog::open(wal, RaftLogOptions::default())
 }
