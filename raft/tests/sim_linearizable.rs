@@ -660,10 +660,11 @@ struct Nemesis {
     partitioned: bool,
     /// Flaky-network rules in force (at most two).
     flaky: u32,
-    /// Stores restarted after a log cut: each votes again only once its commit index
-    /// passed what it may have lost, which no test here observes. A lost disk elsewhere
-    /// would leave one voter: the wipe takes such a store, or waits for another seed.
-    log_cut: Vec<StoreId>,
+    /// The store restarted after a log cut, if one was: it votes again only once its
+    /// commit index passed what it may have lost, which no test here observes. A cut
+    /// on a second store, or a lost disk elsewhere, would leave one voter in some
+    /// group (two failures): only this store is cut again, and the wipe takes it.
+    log_cut: Option<StoreId>,
     wiped: bool,
 }
 
@@ -712,12 +713,12 @@ impl Nemesis {
             }
             0..=5 => {
                 if let Some((store, crashed)) = self.down.take() {
-                    let cut = crashed && self.rng.next_u64().is_multiple_of(4);
+                    let cut = crashed
+                        && self.rng.next_u64().is_multiple_of(4)
+                        && self.log_cut.is_none_or(|s| s == store);
                     w.note(|| format!("restart {store} (log cut: {cut})"));
                     if cut {
-                        if !self.log_cut.contains(&store) {
-                            self.log_cut.push(store);
-                        }
+                        self.log_cut = Some(store);
                         w.c.restart_after_log_cut(store).unwrap();
                     } else {
                         w.c.restart(store).unwrap();
@@ -767,7 +768,7 @@ impl Nemesis {
                     w.c.transfer_leader(leader, region.id, to.id);
                 }
             }
-            17 if !self.wiped && self.log_cut.len() < 2 => self.wipe(w),
+            17 if !self.wiped => self.wipe(w),
             _ => {}
         }
         let pause = MS * (50 + (self.rng.next_u64() % 350) as u32);
@@ -850,11 +851,10 @@ impl Nemesis {
         self.heal(w);
         self.wiped = true;
         let stores = w.c.store_ids();
-        let wiped = match self.log_cut.first() {
-            Some(&cut) => cut,
+        let wiped = match self.log_cut.take() {
+            Some(cut) => cut,
             None => self.pick(&stores),
         };
-        self.log_cut.clear();
         w.note(|| format!("wipe {wiped}"));
         w.stats.wipes += 1;
         w.c.wipe_and_rejoin(wiped).unwrap();
@@ -953,7 +953,7 @@ fn run(seed: u64, flaw: Flaw) -> Outcome {
         down: None,
         partitioned: false,
         flaky: 0,
-        log_cut: Vec::new(),
+        log_cut: None,
         wiped: false,
     };
     for step in 0..NEMESIS_STEPS {
