@@ -48,7 +48,7 @@ use regionkv_wal::{Lsn, Wal};
 use self::batch::Item;
 pub use self::batch::{IdFloor, LogState};
 use self::cut::{Part, Placed, plan_records};
-use self::region::{Location, RegionLog, entry_bytes};
+use self::region::{Location, RegionLog, UnconfirmedStart, entry_bytes};
 use crate::error::{Error, Result};
 
 /// Bounds of the log's memory.
@@ -169,6 +169,11 @@ pub struct RaftLog {
     /// Destroyed replicas' epochs, by region (A10 in ARCHITECTURE.md's Regions
     /// section): messages at or below are dropped; a region created again loses its.
     tombstones: Mutex<HashMap<RegionId, Tombstone>>,
+    /// Records a staged write will make obsolete (its compaction, snapshot or
+    /// tombstone), by write id: the oldest record the durable state still needs. Held
+    /// back from purges until that write is durable, since a crash before it leaves the
+    /// old state in force.
+    holds: Mutex<Vec<(u64, Lsn)>>,
     cached_bytes: AtomicUsize,
     next_write: AtomicU64,
     options: RaftLogOptions,
@@ -189,12 +194,18 @@ impl RaftLog {
             for item in items {
                 match item {
                     Item::Entries { region, first_index, spans } => {
-                        let Some(log) = regions.get_mut(&region) else {
-                            return Err(corrupt(format!(
-                                "entries of region {} before any state of it",
-                                region.0
-                            )));
-                        };
+                        // No state yet: the region's older records were purged, after a
+                        // compaction whose state record comes later (`recover_entries`).
+                        let log = regions.entry(region).or_insert_with(|| {
+                            let state = LogState { first_index, ..LogState::default() };
+                            let mut log = RegionLog::new(state);
+                            log.unconfirmed_start = Some(UnconfirmedStart {
+                                after: None,
+                                at: first_index,
+                                lsn: record.lsn,
+                            });
+                            log
+                        });
                         log.recover_entries(first_index, &spans, record.lsn)
                             .map_err(|e| corrupt(format!("region {}: {e}", region.0)))?;
                     }
@@ -203,13 +214,35 @@ impl RaftLog {
                             return Err(corrupt(format!("region {}: first index 0", region.0)));
                         }
                         match regions.get_mut(&region) {
+                            // The log starts after a purge (see `recover_entries`): an
+                            // older state than the compaction that allowed it, kept
+                            // for its hard and conf state.
+                            Some(log)
+                                if log.unconfirmed_start.is_some()
+                                    && state.first_index < log.state.first_index =>
+                            {
+                                log.set_state(LogState {
+                                    first_index: log.state.first_index,
+                                    truncated_term: log.state.truncated_term,
+                                    ..state
+                                });
+                            }
                             Some(log) if state.first_index < log.state.first_index => {
                                 return Err(corrupt(format!(
                                     "region {}: compaction point went back",
                                     region.0
                                 )));
                             }
-                            Some(log) => log.set_state(state),
+                            Some(log) => {
+                                if log.unconfirmed_start.take().is_some()
+                                    && state.first_index == log.state.first_index
+                                {
+                                    // The compaction the purge followed: it knows the
+                                    // term before the log's first entry.
+                                    log.state.truncated_term = state.truncated_term;
+                                }
+                                log.set_state(state);
+                            }
                             None => {
                                 tombstones.remove(&region); // created again
                                 regions.insert(region, RegionLog::new(state));
@@ -226,6 +259,19 @@ impl RaftLog {
                 }
             }
         }
+        // A log that starts after a purge must have been compacted that far by a state
+        // record after those entries; if none came, entries it needs are gone.
+        if let Some((region, gap)) =
+            regions.iter().find_map(|(id, log)| log.unconfirmed_start.map(|gap| (*id, gap)))
+        {
+            let reason = match gap.after {
+                Some(after) => {
+                    format!("region {}: entries at {} leave a gap after {after}", region.0, gap.at)
+                }
+                None => format!("entries of region {} before any state of it", region.0),
+            };
+            return Err(Error::LogCorruption { lsn: gap.lsn, reason });
+        }
         tracing::info!(
             records,
             regions = regions.len(),
@@ -238,6 +284,7 @@ impl RaftLog {
             wal,
             regions: RwLock::new(regions),
             tombstones: Mutex::new(tombstones),
+            holds: Mutex::new(Vec::new()),
             cached_bytes: AtomicUsize::new(0),
             next_write: AtomicU64::new(1),
             options,
@@ -409,10 +456,19 @@ impl RaftLog {
         state.first_index = index + 1;
         state.truncated_term = term;
         let freed = log.cached_bytes;
+        self.hold(write, log.min_lsn());
         log.set_state(state.clone());
         self.cached_bytes.fetch_sub(freed - log.cached_bytes, Ordering::Relaxed);
         write.region(region).state = Some(state);
         Ok(())
+    }
+
+    /// Holds `lsn` (what the durable state of a region needs now) back from purges
+    /// until `write`, which makes it obsolete, is durable.
+    fn hold(&self, write: &LogWrite, lsn: Option<Lsn>) {
+        if let Some(lsn) = lsn {
+            self.holds.lock().push((write.id, lsn));
+        }
     }
 
     /// Stages a snapshot: the log restarts after `state.first_index - 1`. The snapshot's
@@ -426,6 +482,7 @@ impl RaftLog {
         let log = self.region(region)?;
         let mut log = log.lock();
         let before = log.cached_bytes;
+        self.hold(write, log.min_lsn());
         log.set_state(state.clone());
         self.cached_bytes.fetch_sub(before - log.cached_bytes, Ordering::Relaxed);
         let w = write.region(region);
@@ -450,6 +507,7 @@ impl RaftLog {
     pub fn stage_tombstone(&self, write: &mut LogWrite, region: RegionId, epoch: Option<Epoch>) {
         if let Some(log) = self.regions.write().remove(&region) {
             let mut log = log.lock();
+            self.hold(write, log.min_lsn());
             log.removed = true;
             self.cached_bytes.fetch_sub(log.cached_bytes, Ordering::Relaxed);
         }
@@ -531,6 +589,9 @@ impl RaftLog {
             self.on_record_durable(writes, &record.placed, spans, at);
             lsn = Some(at);
         }
+        // Every record of these writes is durable: what their compactions, snapshots
+        // and tombstones made obsolete may be purged now.
+        self.holds.lock().retain(|(id, _)| writes.iter().all(|w| w.id != *id));
         Ok(lsn.expect("a plan has one record or more"))
     }
 
@@ -701,10 +762,12 @@ impl RaftLog {
         let mut rewrite_tombstones: Vec<RegionId> =
             tombstones.iter().filter(|(_, lsn)| *lsn < entries_floor).map(|(id, _)| *id).collect();
         rewrite_tombstones.sort_unstable();
+        let holds: Vec<Lsn> = self.holds.lock().iter().map(|(_, lsn)| *lsn).collect();
         let purge_below = states
             .iter()
             .map(|(_, min, _)| *min)
             .chain(tombstones.iter().map(|(_, lsn)| *lsn))
+            .chain(holds)
             .min()
             .unwrap_or(end)
             .min(end);

@@ -36,6 +36,21 @@ pub(crate) struct RegionLog {
     pub cached_bytes: usize,
     /// Set when the log is tombstoned: a handle kept by a peer finds it gone.
     pub removed: bool,
+    /// Recovery only: the WAL was purged below the first entries found, which its
+    /// state (an older record) still names; a later state record must compact the log
+    /// that far (`RaftLog::open` checks it).
+    pub unconfirmed_start: Option<UnconfirmedStart>,
+}
+
+/// Where a recovered log starts after a purge, until a state record confirms it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct UnconfirmedStart {
+    /// The last index the older state names (`None`: no state was found before).
+    pub after: Option<u64>,
+    /// The first entry found.
+    pub at: u64,
+    /// The record it was found in.
+    pub lsn: Lsn,
 }
 
 /// The later of two id floors of one region. A floor only rises; a state record
@@ -64,6 +79,7 @@ impl RegionLog {
             state_lsn: None,
             cached_bytes: 0,
             removed: false,
+            unconfirmed_start: None,
         }
     }
 
@@ -153,6 +169,13 @@ impl RegionLog {
         let first_index = first_index + skip;
         if spans.is_empty() {
             return Ok(());
+        }
+        if first_index > self.last_index() + 1 && self.slots.is_empty() {
+            // Nothing found before these: the records holding the entries the state
+            // names were purged, after a compaction whose state record comes later.
+            self.unconfirmed_start =
+                Some(UnconfirmedStart { after: Some(self.last_index()), at: first_index, lsn });
+            self.state.first_index = first_index;
         }
         if first_index > self.last_index() + 1 {
             return Err(format!(

@@ -44,6 +44,20 @@ impl SimCluster {
         self.submit_write(store, region, epoch, ops, Some(session))
     }
 
+    /// Submits a write of a client session routed with `epoch` (a client's own view
+    /// of the region, which may be stale): how a routing client retries a write whose
+    /// outcome it did not learn.
+    pub fn write_in_session_at(
+        &mut self,
+        store: StoreId,
+        region: RegionId,
+        epoch: Epoch,
+        ops: Vec<Op>,
+        session: WriteSession,
+    ) -> Pending<()> {
+        self.submit_write(store, region, epoch, ops, Some(session))
+    }
+
     fn submit_write(
         &mut self,
         store: StoreId,
@@ -122,8 +136,19 @@ impl SimCluster {
 
     /// Submits a linearizable read to `store`.
     pub fn read(&mut self, store: StoreId, region: RegionId, query: Query) -> Pending<QueryResult> {
-        let pending = Pending::new();
         let epoch = self.region(store, region).map_or(Epoch::INITIAL, |r| r.epoch);
+        self.read_at(store, region, epoch, query)
+    }
+
+    /// Submits a linearizable read routed with `epoch` (a client's view of the region).
+    pub fn read_at(
+        &mut self,
+        store: StoreId,
+        region: RegionId,
+        epoch: Epoch,
+        query: Query,
+    ) -> Pending<QueryResult> {
+        let pending = Pending::new();
         match self.running(store) {
             Ok(running) => {
                 running.core.on_read(ReadRequest { region, epoch, query, reply: pending.reply() });
@@ -166,8 +191,19 @@ impl SimCluster {
         region: RegionId,
         cmd: AdminCmd,
     ) -> Pending<AdminResult> {
-        let pending = Pending::new();
         let epoch = self.region(store, region).map_or(Epoch::INITIAL, |r| r.epoch);
+        self.admin_at(store, region, epoch, cmd)
+    }
+
+    /// Submits an admin command to `store`'s peer of `region`, routed with `epoch`.
+    pub fn admin_at(
+        &mut self,
+        store: StoreId,
+        region: RegionId,
+        epoch: Epoch,
+        cmd: AdminCmd,
+    ) -> Pending<AdminResult> {
+        let pending = Pending::new();
         match self.running(store) {
             Ok(running) => {
                 running.core.on_admin(AdminRequest { region, epoch, cmd, reply: pending.reply() });
