@@ -21,24 +21,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use regionkv::faults::{Action, Rule, Scope};
 use regionkv::{Cluster, StoreId};
-use regionkv_check::{Op, Recorder, check};
+use regionkv_check::{Op, Recorder, XorShift as Rng, check};
 
 const CLIENTS: u64 = 6;
 const OPS_PER_CLIENT: u64 = 300;
 const KEYS: u64 = 6;
-
-/// A tiny deterministic generator per client (xorshift), so a run's operations are
-/// fixed even if its interleaving is not.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 fn round(round: u64) {
     let dir = tempfile::tempdir().unwrap();
@@ -92,7 +79,9 @@ fn round(round: u64) {
             let db = cluster.db().with_deadline(Duration::from_secs(5));
             let recorder = recorder.clone();
             std::thread::spawn(move || {
-                let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (client + 1) ^ (round << 32));
+                // A fixed generator per client, so a run's operations are fixed even if its
+                // interleaving is not.
+                let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15 ^ (client + 1) ^ (round << 32));
                 for n in 0..OPS_PER_CLIENT {
                     let key = Bytes::from(format!("r{round}-k{}", rng.next() % KEYS));
                     match rng.next() % 10 {

@@ -390,5 +390,26 @@ fn search<V: Clone + Eq + Hash>(entries: &[Entry<V>], max_states: u64) -> (Verdi
     (Verdict::NotLinearizable, states)
 }
 
+/// A tiny deterministic generator (xorshift) for the workloads that feed a
+/// [`Recorder`]: a client seeded alike makes the same calls, whatever the interleaving.
+#[derive(Clone, Debug)]
+pub struct XorShift(u64);
+
+impl XorShift {
+    /// A generator from `seed` (zero is replaced: xorshift stays at zero).
+    pub fn new(seed: u64) -> XorShift {
+        XorShift(if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed })
+    }
+
+    /// The next number.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use common::{CLUSTER, Procs, SECRET};
 use parking_lot::Mutex;
 use regionkv::{Bytes, Client, Db, Error};
-use regionkv_check::{Call, Op, Recorder, Report, check};
+use regionkv_check::{Call, Op, Recorder, Report, XorShift as Rng, check};
 
 const NODES: usize = 3;
 const CLIENTS: u64 = 4;
@@ -57,21 +57,9 @@ const READ_DEADLINE: Duration = Duration::from_secs(10);
 /// Search states per key before the checker gives up (inconclusive, never passing).
 const STATES_MAX: u64 = 2_000_000;
 
-/// A tiny generator (xorshift).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    /// A pause of 200 to 1,000 ms.
-    fn pause(&mut self) -> Duration {
-        Duration::from_millis(200 + self.next() % 800)
-    }
+/// A pause of 200 to 1,000 ms.
+fn pause(rng: &mut Rng) -> Duration {
+    Duration::from_millis(200 + rng.next() % 800)
 }
 
 fn key(round: u64, i: u64) -> Bytes {
@@ -140,7 +128,7 @@ impl Shared {
 
 /// One client thread: random calls on the current round's keys until told to stop.
 fn run_client(shared: &Shared, db: &Db, seed: u64, client: u64) {
-    let mut rng = Rng(seed ^ 0x9E37_79B9_7F4A_7C15 ^ (client + 1));
+    let mut rng = Rng::new(seed ^ 0x9E37_79B9_7F4A_7C15 ^ (client + 1));
     let mut n = 0u64;
     while !shared.done.load(Ordering::SeqCst) {
         n += 1;
@@ -311,7 +299,7 @@ impl Nemesis<'_> {
         let victim = usize::try_from(self.rng.next() % NODES as u64).unwrap() + 1;
         self.procs.kill(victim);
         self.single_kills += 1;
-        std::thread::sleep(self.rng.pause());
+        std::thread::sleep(pause(&mut self.rng));
         self.procs.start(victim);
         wait_progress(&self.procs, self.shared, &format!("node {victim} restarted"));
     }
@@ -326,7 +314,7 @@ impl Nemesis<'_> {
                 copy_dir(&self.image.join(id.to_string()), &self.procs.data_dir(id));
             }
         }
-        std::thread::sleep(self.rng.pause());
+        std::thread::sleep(pause(&mut self.rng));
         start_all(&mut self.procs);
         // Every write acknowledged before the crash must read back.
         read_every_key(&self.procs, self.shared, &self.reader, round, "after the crash");
@@ -376,7 +364,7 @@ fn run(rounds: u64, seed: u64, disks: Disks) -> Report {
         client: &client,
         shared: &shared,
         reader: client.db().with_deadline(READ_DEADLINE),
-        rng: Rng(seed),
+        rng: Rng::new(seed),
         disks,
         image,
         single_kills: 0,
