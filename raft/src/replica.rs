@@ -55,17 +55,18 @@ impl Waiting {
         }
     }
 
-    /// Answers a proposal raft-rs refused. Client writes learn that it was dropped
-    /// (retryable: a client retries it at the new leader); the other requests get
-    /// raft-rs's error.
+    /// Answers a proposal raft-rs refused. One it dropped (no leader here, a leader
+    /// moving away, a membership change still pending) was never appended: every
+    /// request learns that it was dropped, which is retryable (at the new leader, or
+    /// after the pending change). Other refusals are raft-rs's error.
     fn refuse(self, region: RegionId, error: raft::Error) {
+        if matches!(error, raft::Error::ProposalDropped) {
+            let reason = DropReason::LeadershipChanging;
+            return self.fail(|| Error::Dropped { region, reason });
+        }
         match self {
             Waiting::Writes(replies) => {
-                let reason = if matches!(error, raft::Error::ProposalDropped) {
-                    DropReason::LeadershipChanging
-                } else {
-                    DropReason::Refused
-                };
+                let reason = DropReason::Refused;
                 for reply in replies {
                     reply(Err(Error::Dropped { region, reason }));
                 }

@@ -17,6 +17,7 @@ mod common;
 
 use std::time::Duration;
 
+use raft::eraftpb::MessageType;
 use regionkv_engine::{Region, RegionId, StoreId};
 use regionkv_raft::merge_driver::RegionAdmin;
 use regionkv_raft::sim::SimCluster;
@@ -344,4 +345,40 @@ fn after_a_log_cut_a_region_votes_only_once_caught_up() {
     );
     c.faults().clear();
     assert_eq!(common::scan_all(&mut c), model);
+}
+
+/// An admin command or membership change that raft-rs drops before appending it (here
+/// a leader handing its leadership over drops every proposal) was never proposed:
+/// its caller learns `Dropped`, which it may retry, and the retry succeeds once the
+/// transfer is over. Before, both got raft-rs's own `ProposalDropped`, which no
+/// caller retries (found by the simulator's linearizability soak, seeds 410 and 1067).
+#[test]
+fn admin_commands_dropped_during_a_leader_transfer_are_retryable() {
+    let mut c = cluster(41);
+    let leader = c.wait_leader(R1, SECOND).unwrap();
+    let region = c.region(leader, R1).unwrap();
+    let other = region.peers.iter().find(|p| p.store != leader).unwrap();
+    // The transfer stays in progress: its "campaign now" never arrives.
+    c.faults().add(Rule {
+        scope: Scope { msg_type: Some(MessageType::MsgTimeoutNow), ..Scope::any() },
+        action: Action::Drop(1.0),
+    });
+    c.transfer_leader(leader, R1, other.id);
+    let split =
+        || AdminCmd::Split { split_keys: vec![b"m".to_vec()], new_ids: vec![RegionId(5000)] };
+    let dropped = c.admin(leader, R1, split());
+    let dropped = c.wait(&dropped, SECOND).expect("answered");
+    assert!(matches!(dropped, Err(Error::Dropped { .. })), "{dropped:?}");
+    assert!(dropped.unwrap_err().is_retryable());
+    let removed = region.peers.iter().find(|p| p.store != leader && p.id != other.id).unwrap();
+    let change = c.change_peers(leader, R1, regionkv_raft::PeerChange::Remove(removed.id));
+    let change = c.wait(&change, SECOND).expect("answered");
+    assert!(matches!(change, Err(Error::Dropped { .. })), "{change:?}");
+    // The transfer gives up after an election timeout; the same command goes through.
+    c.faults().clear();
+    c.run_for(5 * SECOND);
+    let leader = c.wait_leader(R1, SECOND).unwrap();
+    let again = c.admin(leader, R1, split());
+    let again = c.wait(&again, 5 * SECOND).expect("answered");
+    assert!(matches!(again, Ok(AdminResult::Split(_))), "{again:?}");
 }
