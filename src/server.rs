@@ -65,7 +65,14 @@ const CLOSE_LINGER: Duration = Duration::from_secs(10);
 const ANSWER_QUEUE: usize = IN_FLIGHT_MAX + 1;
 const _: () = assert!(ANSWER_QUEUE > IN_FLIGHT_MAX, "room for the last error too");
 
-type Answer = (u64, Result<Response, RemoteError>);
+/// Scans of one connection in flight at once: each answer holds up to a page of the
+/// store's scan caps (4 MiB by default), so this bounds what a client that reads
+/// slowly makes the node hold for it to about 64 MiB, where the request bound alone
+/// would allow `IN_FLIGHT_MAX` pages.
+const SCANS_IN_FLIGHT_MAX: usize = 16;
+
+/// A request's id, its answer, and whether it counts as a scan in flight.
+type Answer = (u64, Result<Response, RemoteError>, bool);
 
 /// What the client service needs from the node it serves (the node implements it).
 /// Calls come from connection threads, any number at once.
@@ -212,7 +219,7 @@ impl SharedListener for ClientService {
                     };
                     let message = format!("{e}; the node closes the connection");
                     in_flight.begin();
-                    push(&tx, (0, Err(RemoteError::new(code, message))));
+                    push(&tx, (0, Err(RemoteError::new(code, message)), false));
                 }
             }
             // The writer sends every answer still in flight, then leaves (bounded by
@@ -224,39 +231,62 @@ impl SharedListener for ClientService {
 }
 
 /// The requests of one connection that are in flight: read, and not answered on the
-/// socket yet. The reader waits on it at [`IN_FLIGHT_MAX`].
+/// socket yet; and how many of them are scans. The reader waits on it at
+/// [`IN_FLIGHT_MAX`] requests, and before a scan at [`SCANS_IN_FLIGHT_MAX`] scans.
 #[derive(Default)]
 struct InFlight {
-    count: Mutex<usize>,
+    count: Mutex<Counts>,
     /// Signalled when an answer was written.
     written: Condvar,
+}
+
+#[derive(Default)]
+struct Counts {
+    requests: usize,
+    scans: usize,
 }
 
 impl InFlight {
     /// A request was read (or the connection's last error is queued).
     fn begin(&self) {
-        *self.count.lock() += 1;
+        self.count.lock().requests += 1;
     }
 
-    /// An answer was written (or can no longer be).
-    fn end(&self) {
+    /// An answer was written (or can no longer be); `scan` if it answered a scan.
+    fn end(&self, scan: bool) {
         let mut count = self.count.lock();
-        *count = count.saturating_sub(1);
+        count.requests = count.requests.saturating_sub(1);
+        if scan {
+            count.scans = count.scans.saturating_sub(1);
+        }
         self.written.notify_all();
     }
 
     fn count(&self) -> usize {
-        *self.count.lock()
+        self.count.lock().requests
     }
 
     /// Waits up to `timeout` until fewer than [`IN_FLIGHT_MAX`] are in flight; true if
     /// so.
     fn wait_below_max(&self, timeout: Duration) -> bool {
         let mut count = self.count.lock();
-        if *count >= IN_FLIGHT_MAX {
+        if count.requests >= IN_FLIGHT_MAX {
             let _ = self.written.wait_for(&mut count, timeout);
         }
-        *count < IN_FLIGHT_MAX
+        count.requests < IN_FLIGHT_MAX
+    }
+
+    /// Waits up to `timeout` for room for one more scan; true if it took it.
+    fn begin_scan(&self, timeout: Duration) -> bool {
+        let mut count = self.count.lock();
+        if count.scans >= SCANS_IN_FLIGHT_MAX {
+            let _ = self.written.wait_for(&mut count, timeout);
+        }
+        let room = count.scans < SCANS_IN_FLIGHT_MAX;
+        if room {
+            count.scans += 1;
+        }
+        room
     }
 }
 
@@ -266,7 +296,7 @@ impl InFlight {
 fn push(tx: &Sender<Answer>, answer: Answer) {
     match tx.try_send(answer) {
         Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-        Err(TrySendError::Full((id, _))) => {
+        Err(TrySendError::Full((id, ..))) => {
             // The bound above makes this unreachable: a bug, never a silent drop.
             tracing::error!(id, "the answer queue of a client connection is full; answer lost");
             debug_assert!(false, "the answer queue is sized for every request in flight");
@@ -288,7 +318,7 @@ fn run_writer(
     let mut closed_at: Option<Instant> = None;
     // Bounded: by a failed write, and once closed by CLOSE_LINGER.
     loop {
-        let (id, answer) = match rx.recv_timeout(WRITER_POLL) {
+        let (id, answer, scan) = match rx.recv_timeout(WRITER_POLL) {
             Ok(a) => a,
             Err(RecvTimeoutError::Timeout) => {
                 if closed.load(Ordering::SeqCst) {
@@ -318,7 +348,7 @@ fn run_writer(
             Ok(frame) => stream.write_all(&frame).is_ok(),
             Err(_) => false,
         };
-        in_flight.end();
+        in_flight.end(scan);
         if !written {
             closed.store(true, Ordering::SeqCst);
             let _ = stream.shutdown(Shutdown::Both);
@@ -333,12 +363,14 @@ fn run_writer(
 struct Responder {
     id: u64,
     tx: Option<Sender<Answer>>,
+    /// The request is a scan (counted in [`Counts::scans`] until written).
+    scan: bool,
 }
 
 impl Responder {
     fn send(mut self, answer: Result<Response, RemoteError>) {
         if let Some(tx) = self.tx.take() {
-            push(&tx, (self.id, answer));
+            push(&tx, (self.id, answer, self.scan));
         }
     }
 
@@ -352,9 +384,17 @@ impl Responder {
 impl Drop for Responder {
     fn drop(&mut self) {
         if let Some(tx) = self.tx.take() {
-            push(&tx, (self.id, Ok(Response::NoReply)));
+            push(&tx, (self.id, Ok(Response::NoReply), self.scan));
         }
     }
+}
+
+/// True for a request whose answer can be a page of rows.
+fn is_scan(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::LocalScan { .. } | Request::Read { query: regionkv_raft::Query::Scan { .. }, .. }
+    )
 }
 
 impl ClientService {
@@ -394,7 +434,19 @@ impl ClientService {
             in_flight.begin();
             match proto::decode_request(&payload) {
                 Ok((id, request)) => {
-                    self.dispatch(request, Responder { id, tx: Some(tx.clone()) }, peer);
+                    let scan = is_scan(&request);
+                    // A scan waits (and reading with it) while this connection has
+                    // SCANS_IN_FLIGHT_MAX scans unanswered.
+                    while scan && !in_flight.begin_scan(WRITER_POLL) {
+                        if closed.load(Ordering::SeqCst)
+                            || reader.cancel.is_some_and(CancellationToken::is_cancelled)
+                        {
+                            let answer = RemoteError::new(ErrorCode::Cancelled, "closing");
+                            push(tx, (id, Err(answer), false));
+                            return FrameError::Cancelled;
+                        }
+                    }
+                    self.dispatch(request, Responder { id, tx: Some(tx.clone()), scan }, peer);
                 }
                 Err(RequestError::Malformed { id, error }) => {
                     self.counters.malformed_requests.fetch_add(1, Ordering::Relaxed);
@@ -404,7 +456,7 @@ impl ClientService {
                     );
                     tracing::warn!(store = me, id, "{message}");
                     let answer = Err(RemoteError::new(ErrorCode::Malformed, message));
-                    push(tx, (id.unwrap_or(0), answer));
+                    push(tx, (id.unwrap_or(0), answer, false));
                 }
                 Err(RequestError::Unsupported { id }) => {
                     let message = format!(
@@ -412,7 +464,8 @@ impl ClientService {
                          kind; upgrade the node",
                         proto::VERSION
                     );
-                    push(tx, (id, Err(RemoteError::new(ErrorCode::UnsupportedRequest, message))));
+                    let answer = Err(RemoteError::new(ErrorCode::UnsupportedRequest, message));
+                    push(tx, (id, answer, false));
                 }
             }
         }
@@ -690,6 +743,60 @@ mod tests {
         sender.join().unwrap();
         assert_eq!(answered.first(), Some(&1));
         assert_eq!(answered.last(), Some(&REQUESTS));
+        node.shutdown().unwrap();
+    }
+
+    /// A client that pipelines scans and reads none of the answers makes the node hold
+    /// at most `SCANS_IN_FLIGHT_MAX` pages for it: the reader stops reading at the
+    /// next scan. Before, it read on to `IN_FLIGHT_MAX` requests, each answered with up
+    /// to a page of the scan caps (about 1 GiB at 4 MiB pages); then every answer still
+    /// arrives, once.
+    #[test]
+    fn a_client_pipelining_scans_and_reading_none_holds_a_bounded_number_of_pages() {
+        const SCANS: u64 = 64;
+        let dir = tempfile::tempdir().unwrap();
+        let node = open_node(dir.path());
+        // Each answer is about 1 MiB: a few fill the socket's buffers.
+        let mut batch = crate::WriteBatch::new();
+        for i in 0..16 {
+            batch.put(format!("s{i:02}"), vec![7u8; 64 << 10]);
+        }
+        node.db().write(batch).unwrap();
+        let before = node.client_stats().requests;
+        let mut s = connect(node.local_addr());
+        let scan = Request::LocalScan { start: b"s".to_vec(), end: None, limit: usize::MAX };
+        let mut send = s.try_clone().unwrap();
+        let sender = std::thread::spawn(move || {
+            for id in 1..=SCANS {
+                let payload = proto::encode_request(id, &scan);
+                send.write_all(&proto::encode_frame(FrameKind::Request, &payload).unwrap())
+                    .unwrap();
+            }
+        });
+        let read = || node.client_stats().requests - before;
+        let cap = super::SCANS_IN_FLIGHT_MAX as u64;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while read() <= cap && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The scan after the cap is read and waits; give the reader time to go on if
+        // it would. The socket's buffers take a few answers of about 1 MiB (each
+        // written one frees a place): at most `slack` here.
+        std::thread::sleep(Duration::from_millis(500));
+        let slack = 8;
+        let n = read();
+        assert!(n <= cap + 1 + slack, "{n} scans read while {cap} answers were unwritten");
+        let reader = proto::reader(None, Duration::from_secs(10));
+        let mut answered = std::collections::BTreeSet::new();
+        while answered.len() < SCANS as usize {
+            let deadline = Deadline::after("a response", Duration::from_secs(30));
+            let (_, payload) =
+                reader.frame(&mut s, proto::RESPONSE_BYTES_MAX, Some(&deadline)).unwrap();
+            let (id, answer) = proto::decode_response(&payload).unwrap();
+            assert!(matches!(answer, Ok(Response::Query(QueryResult::Rows(_)))), "{answer:?}");
+            assert!(answered.insert(id), "scan {id} answered twice");
+        }
+        sender.join().unwrap();
         node.shutdown().unwrap();
     }
 
