@@ -195,9 +195,10 @@ impl StoreCore {
             epoch,
             peers: Vec::new(),
         };
-        overlapping
-            .iter()
-            .all(|old| engine.merge_state(old.id).is_some() && self.superseded(old, &new).is_ok())
+        let replaced: Vec<RegionId> = overlapping.iter().map(|old| old.id).collect();
+        overlapping.iter().all(|old| {
+            engine.merge_state(old.id).is_some() && self.superseded(old, &new, &replaced).is_ok()
+        })
     }
 
     /// True if raft-rs may take the snapshot message `msg` for `region`: its checkpoint

@@ -177,12 +177,13 @@ impl StoreCore {
         }
         let new = &header.region;
         let engine = self.ctx.engine_of(region);
-        let mut stale = Vec::new();
-        for old in engine.overlapping(&new.start, new.end.as_deref()) {
-            if old.id != region {
-                self.superseded(&old, new)?;
-                stale.push(old.id);
-            }
+        let overlapping: Vec<Region> = (engine.overlapping(&new.start, new.end.as_deref()))
+            .into_iter()
+            .filter(|old| old.id != region)
+            .collect();
+        let stale: Vec<RegionId> = overlapping.iter().map(|old| old.id).collect();
+        for old in &overlapping {
+            self.superseded(old, new, &stale)?;
         }
         Ok(stale)
     }
@@ -190,7 +191,8 @@ impl StoreCore {
     /// Why region `old`, hosted here, is not known to be gone from the cluster given
     /// that region `new` (another id, overlapping it) reached `new.epoch` (a state its
     /// group applied: a snapshot's checkpoint, or the epoch a message of its group
-    /// carries). It is gone if both hold (A2, ARCHITECTURE.md "Snapshots"):
+    /// carries), with the regions `replaced` along with it. It is gone if both hold
+    /// (A2, ARCHITECTURE.md "Snapshots"):
     ///
     /// - `new` is at a higher version and holds `old`'s start key. A region holds its
     ///   start key from its creation to its end (a split leaves it the leftmost part,
@@ -202,13 +204,18 @@ impl StoreCore {
     ///   `new`'s range, and a merge source replaced by its target's snapshot;
     /// - no replica here may still have to merge it: a merge target named by `old`'s
     ///   merge state or by a prepare in its log, hosted here at a version below
-    ///   `new`'s, may still apply the commit, which needs `old`'s replica
-    ///   (`catch_up`). A target that will apply it is at a
+    ///   `new`'s and not `replaced` with it, may still apply the commit, which needs
+    ///   `old`'s replica (`catch_up`). A target that will apply it is at a
     ///   version below the commit's, itself below `new`'s (`new` took the key from
     ///   the merged target or a later region), so one at `new`'s version or above will
     ///   not; until then this store waits (the target applies the commit, which
     ///   removes `old`).
-    pub(super) fn superseded(&self, old: &Region, new: &Region) -> std::result::Result<(), String> {
+    pub(super) fn superseded(
+        &self,
+        old: &Region,
+        new: &Region,
+        replaced: &[RegionId],
+    ) -> std::result::Result<(), String> {
         if old.epoch.version >= new.epoch.version || !new.contains(&old.start) {
             return Err(format!(
                 "it overlaps region {} (version {}), which is not an older part of region {} \
@@ -224,8 +231,10 @@ impl StoreCore {
             None => self.prepared_targets(old.id)?,
         };
         for target in targets {
-            if target == new.id {
-                continue; // its snapshot is past the commit: it holds `old`'s start key
+            if target == new.id || replaced.contains(&target) {
+                // Its snapshot is past the commit (it holds `old`'s start key), or it
+                // goes with `old` and applies nothing more.
+                continue;
             }
             let pending = self
                 .ctx
