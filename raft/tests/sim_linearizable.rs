@@ -1107,15 +1107,15 @@ fn a_seed_replays() {
     assert_eq!(a.report, b.report);
 }
 
-/// A finding of the soak, not fixed here (liveness, not linearizability): a store cut
-/// off during a merge kept the merge source's replica (prepared, never committed
-/// there), then caught up its target by a snapshot taken after a later split of the
-/// target. The snapshot's range no longer overlaps the stale source, so nothing
-/// replaces it; the source's peers are gone, so it campaigns forever (initialized, so
-/// never collected as unclaimed); and the split's new part overlaps it, so this store
-/// never creates its replica. The replicas never converge after healing.
+/// A finding of the soak (liveness, not linearizability): a store cut off during a
+/// merge kept the merge source's replica (prepared, never committed there), then caught
+/// up its target by a snapshot taken after a later split of the target. The snapshot's
+/// range no longer overlaps the stale source, so nothing replaced it; the source's
+/// peers are gone, so it campaigned forever (initialized, so never collected as
+/// unclaimed); and the split's new part overlapped it, so this store never created its
+/// replica. Now the new part's messages create the replica (the source is shown gone
+/// by the new part's epoch) and its snapshot replaces the source.
 #[test]
-#[ignore = "a known failure: a stale merge source is never removed (seed 3256)"]
 fn seed_3256_a_stale_merge_source_is_removed() {
     run(3256, Flaw::None);
 }

@@ -147,6 +147,88 @@ fn a_snapshot_over_a_stale_merge_source_replaces_it() {
     }
 }
 
+/// A2, liveness (seed 3256 of `sim_linearizable`): as above, but the target splits
+/// after the merge, so that its snapshot no longer overlaps the source replica left on
+/// the store that was down, while the split's new region covers it. That region's
+/// messages created no replica there (its range overlapped one hosted), the source's
+/// peers drop its messages (they hold its tombstone), so it campaigned forever and
+/// the store never got its replica of the new region.
+#[test]
+fn a_stale_merge_source_is_replaced_by_a_region_split_from_its_target() {
+    for mode in [regionkv_wal::CrashMode::Lost, regionkv_wal::CrashMode::Persisted] {
+        let mut config = regionkv_raft::sim::SimConfig::new(34);
+        config.checkpoint_log_bytes = 1024; // compact soon after the merge and the split
+        let mut c = SimCluster::new(config).unwrap();
+        c.wait_leader(R1, 10 * SECOND).unwrap();
+        let mut model = std::collections::BTreeMap::new();
+        write_keys(&mut c, &mut model, &letters(26), "v1");
+        let source = split(&mut c, R1, &["m"]).unwrap()[1].id;
+        converge(&mut c);
+        let down = StoreId(3);
+        lead(&mut c, R1, StoreId(1));
+        lead(&mut c, source, StoreId(1));
+        let (src, prepare_index, prepare_term) = prepare(&mut c, source);
+        assert!(c.run_until(10 * SECOND, |c| common::all_matched(c, source)));
+        c.crash(down, mode);
+        let merge = regionkv_engine::MergeState { target: R1, prepare_index, prepare_term };
+        let options = regionkv_raft::merge_driver::MergeOptions::default();
+        regionkv_raft::merge_driver::finish_merge(&mut c, &src, merge, options).unwrap();
+        // The new region [f, end) covers the source's range [m, end).
+        let child = split(&mut c, R1, &["f"]).unwrap()[1].id;
+        write_keys(&mut c, &mut model, &letters(26), "v2");
+        write_keys(&mut c, &mut model, &letters(26), "v3");
+        c.restart(down).unwrap();
+        let regions = converge(&mut c);
+        assert_eq!(regions.len(), 2, "{mode:?}: {regions:?}");
+        let hosted: Vec<RegionId> = c.status(down).iter().map(|p| p.region.id).collect();
+        assert!(!hosted.contains(&source), "{mode:?}: {hosted:?}");
+        assert!(hosted.contains(&child), "{mode:?}: {hosted:?}");
+        // Store 3 holds everything: read with store 1 cut off.
+        c.faults().isolate(StoreId(1));
+        assert_eq!(common::scan_all(&mut c), model, "{mode:?}");
+    }
+}
+
+/// A2: the same shape, but the store's target replica is only behind (its group's
+/// messages to it are lost), with the commit of the merge still to apply, which needs
+/// the source's replica. The region split from the target at the source's start key
+/// covers the source (a newer holder of its start key) and does not overlap the
+/// target's replica there: its messages must not create a replica whose snapshot
+/// replaces the source before the target applied the commit (the target would wait
+/// for its source forever).
+#[test]
+fn a_source_a_lagging_target_still_merges_is_not_replaced() {
+    let mut c = cluster(35);
+    let mut model = std::collections::BTreeMap::new();
+    write_keys(&mut c, &mut model, &letters(26), "v1");
+    let source = split(&mut c, R1, &["m"]).unwrap()[1].id;
+    converge(&mut c);
+    let lagging = StoreId(3);
+    lead(&mut c, R1, StoreId(1));
+    lead(&mut c, source, StoreId(1));
+    c.faults().add(Rule {
+        scope: Scope { to: Some(lagging), region: Some(R1), ..Scope::any() },
+        action: Action::Drop(1.0),
+    });
+    let (src, prepare_index, prepare_term) = prepare(&mut c, source);
+    assert!(c.run_until(10 * SECOND, |c| common::all_matched(c, source)));
+    let merge = regionkv_engine::MergeState { target: R1, prepare_index, prepare_term };
+    let options = regionkv_raft::merge_driver::MergeOptions::default();
+    regionkv_raft::merge_driver::finish_merge(&mut c, &src, merge, options).unwrap();
+    let child = split(&mut c, R1, &["m"]).unwrap()[1].id;
+    write_keys(&mut c, &mut model, &letters(26), "v2");
+    c.run_for(3 * SECOND);
+    let hosted: Vec<RegionId> = c.status(lagging).iter().map(|p| p.region.id).collect();
+    assert!(hosted.contains(&source) && !hosted.contains(&child), "{hosted:?}");
+    c.faults().clear();
+    let regions = converge(&mut c);
+    assert_eq!(regions.len(), 2, "{regions:?}");
+    let hosted: Vec<RegionId> = c.status(lagging).iter().map(|p| p.region.id).collect();
+    assert!(!hosted.contains(&source) && hosted.contains(&child), "{hosted:?}");
+    c.faults().isolate(StoreId(1));
+    assert_eq!(common::scan_all(&mut c), model);
+}
+
 /// How a test forges a snapshot's region from the true one.
 type Forge = fn(&Region) -> Region;
 

@@ -4,7 +4,7 @@
 use raft::SnapshotStatus;
 use raft::eraftpb::{Message, MessageType};
 use regionkv_engine::checkpoint::CheckpointChunks;
-use regionkv_engine::{PeerId, RegionId};
+use regionkv_engine::{Epoch, PeerId, Region, RegionId};
 
 use super::StoreCore;
 use super::snapshot::decode_snapshot_data;
@@ -43,18 +43,17 @@ impl StoreCore {
         {
             return Ok(());
         }
-        let Envelope { region, from, range, body, .. } = env;
+        let Envelope { region, from, epoch, range, body, .. } = env;
         if let Body::Hibernate { term, index } = body {
             self.on_hibernate(region, from, term, index);
             return Ok(());
         }
         if !self.replicas.contains_key(&region) {
             // A replica added by a membership change learns of its region from the
-            // first message; it holds nothing until a snapshot arrives. But if the
-            // region's range overlaps one hosted here, this store is behind: its own
-            // split (or merge) will create the region, with its data; wait for that.
-            // A message without a range decides nothing (an unknown range is not an
-            // empty one): no replica is created.
+            // first message; it holds nothing until a snapshot arrives. But not if
+            // this store is behind (see `may_create`). A message without a range
+            // decides nothing (an unknown range is not an empty one): no replica is
+            // created.
             let to = match &body {
                 Body::Raft(m) => m.to,
                 // The Raft message comes before a snapshot's chunks.
@@ -72,12 +71,7 @@ impl StoreCore {
                 );
                 return Ok(());
             }
-            // The engine knows every region of the store, whichever core owns it; one
-            // it hosts under this id is a split child whose replica is being created.
-            let engine = self.ctx.engine_of(region);
-            if engine.region(region).is_some()
-                || !engine.overlapping(&range.start, range.end.as_deref()).is_empty()
-            {
+            if !self.may_create(region, epoch, &range) {
                 return Ok(());
             }
             self.create_uninitialized(region, PeerId(to))?;
@@ -167,6 +161,43 @@ impl StoreCore {
         }
         self.ctx.log.tombstone(env.region).is_some_and(|t| {
             env.epoch.is_none_or(|e| e.version <= t.version && e.conf_ver <= t.conf_ver)
+        })
+    }
+
+    /// True if a message of `region`'s group, at `epoch` over `range`, may create a
+    /// replica of it here (this store has none). The engine knows every region of the
+    /// store, whichever core owns it; one it hosts under this id is a split child
+    /// whose replica is being created. A region hosted here that the range overlaps
+    /// means this store is behind: its own split (or merge) will create the region,
+    /// with its data; it waits for that. Unless every such region is a prepared merge
+    /// source gone from the cluster, as the epoch shows (`superseded`): a store that
+    /// was cut off while a source merged, whose target split since, so that no
+    /// snapshot of the target covers the source any more, but a part split from it
+    /// does. That part's snapshot replaces them (`check_snapshot` decides again then);
+    /// nothing else would (their groups are gone). A prepared source applied its log
+    /// up to its prepare and applies nothing after it but a rollback, so no split of
+    /// its own will create `region` here (a lagging replica of another kind might:
+    /// only prepared sources are passed over).
+    fn may_create(&self, region: RegionId, epoch: Option<Epoch>, range: &KeyRange) -> bool {
+        let engine = self.ctx.engine_of(region);
+        if engine.region(region).is_some() {
+            return false;
+        }
+        let overlapping = engine.overlapping(&range.start, range.end.as_deref());
+        if overlapping.is_empty() {
+            return true;
+        }
+        let Some(epoch) = epoch else { return false };
+        let new = Region {
+            id: region,
+            start: range.start.clone(),
+            end: range.end.clone(),
+            epoch,
+            peers: Vec::new(),
+        };
+        let replaced: Vec<RegionId> = overlapping.iter().map(|old| old.id).collect();
+        overlapping.iter().all(|old| {
+            engine.merge_state(old.id).is_some() && self.superseded(old, &new, &replaced).is_ok()
         })
     }
 

@@ -12,12 +12,13 @@
 //!
 //! Empty data (a snapshot of a binary from before it) decodes as no id floor.
 
-use raft::eraftpb::Snapshot;
+use raft::eraftpb::{EntryType, Snapshot};
 use regionkv_engine::codec::{self, DecodeError, DecodeResult, TlvRecord, UnknownTags};
-use regionkv_engine::{CheckpointChunk, RegionId, SnapshotMeta};
+use regionkv_engine::{CheckpointChunk, Region, RegionId, SnapshotMeta};
 
 use super::StoreCore;
 use super::output::CoreTask;
+use crate::command::{self, Admin, AdminCmd, Command};
 use crate::error::{Error, Result};
 use crate::log::{IdFloor, LogState};
 use crate::replica::{Contents, Incoming, Received};
@@ -154,13 +155,11 @@ impl StoreCore {
     ///
     /// - H3: the checkpoint must be of this region, at the snapshot's index (the
     ///   engine installs whatever region the checkpoint's header names);
-    /// - A2: every other region hosted here that overlaps it must be a stale one whose
-    ///   range the snapshot's region took over since: a merge source whose merge
-    ///   state names this region, or an older version of part of its range (its whole
-    ///   range inside the snapshot's: it was merged into it while this store was
-    ///   behind). Those are replaced in the same manifest update as the install.
-    ///   Anything else (a region this store still needs, a split parent that will
-    ///   split itself) means this store is not ready for the snapshot.
+    /// - A2: every other region hosted here that overlaps it must be a stale one, gone
+    ///   from the cluster (see `superseded`). Those are replaced in the same manifest
+    ///   update as the install. Anything else (a region this store still needs, a
+    ///   split parent that will split itself) means this store is not ready for the
+    ///   snapshot.
     pub(super) fn check_snapshot(
         &self,
         region: RegionId,
@@ -178,29 +177,99 @@ impl StoreCore {
         }
         let new = &header.region;
         let engine = self.ctx.engine_of(region);
-        let mut stale = Vec::new();
-        for old in engine.overlapping(&new.start, new.end.as_deref()) {
-            if old.id == region {
+        let overlapping: Vec<Region> = (engine.overlapping(&new.start, new.end.as_deref()))
+            .into_iter()
+            .filter(|old| old.id != region)
+            .collect();
+        let stale: Vec<RegionId> = overlapping.iter().map(|old| old.id).collect();
+        for old in &overlapping {
+            self.superseded(old, new, &stale)?;
+        }
+        Ok(stale)
+    }
+
+    /// Why region `old`, hosted here, is not known to be gone from the cluster given
+    /// that region `new` (another id, overlapping it) reached `new.epoch` (a state its
+    /// group applied: a snapshot's checkpoint, or the epoch a message of its group
+    /// carries), with the regions `replaced` along with it. It is gone if both hold
+    /// (A2, ARCHITECTURE.md "Snapshots"):
+    ///
+    /// - `new` is at a higher version and holds `old`'s start key. A region holds its
+    ///   start key from its creation to its end (a split leaves it the leftmost part,
+    ///   a merge into it only extends it), and each time a key changes regions (a
+    ///   split, a merge) the version of the region holding it grows. So `new` took
+    ///   that key after `old` held it at its version, which only `old`'s end allows:
+    ///   `old` was merged away (possibly into a region that split since: `new` may be
+    ///   its target or a part of it). This also covers an older version of part of
+    ///   `new`'s range, and a merge source replaced by its target's snapshot;
+    /// - no replica here may still have to merge it: a merge target named by `old`'s
+    ///   merge state or by a prepare in its log, hosted here at a version below
+    ///   `new`'s and not `replaced` with it, may still apply the commit, which needs
+    ///   `old`'s replica (`catch_up`). A target that will apply it is at a
+    ///   version below the commit's, itself below `new`'s (`new` took the key from
+    ///   the merged target or a later region), so one at `new`'s version or above will
+    ///   not; until then this store waits (the target applies the commit, which
+    ///   removes `old`).
+    pub(super) fn superseded(
+        &self,
+        old: &Region,
+        new: &Region,
+        replaced: &[RegionId],
+    ) -> std::result::Result<(), String> {
+        if old.epoch.version >= new.epoch.version || !new.contains(&old.start) {
+            return Err(format!(
+                "it overlaps region {} (version {}), which is not an older part of region {} \
+                 (version {})",
+                old.id, old.epoch.version, new.id, new.epoch.version
+            ));
+        }
+        let engine = self.ctx.engine_of(old.id);
+        // A prepared source applied its log up to its prepare and applies nothing
+        // after it but a rollback: only its prepare's target can still commit it here.
+        let targets = match engine.merge_state(old.id) {
+            Some(merge) => vec![merge.target],
+            None => self.prepared_targets(old.id)?,
+        };
+        for target in targets {
+            if target == new.id || replaced.contains(&target) {
+                // Its snapshot is past the commit (it holds `old`'s start key), or it
+                // goes with `old` and applies nothing more.
                 continue;
             }
-            let source_of_this = engine.merge_state(old.id).is_some_and(|m| m.target == region);
-            let inside = new.start <= old.start
-                && match (&new.end, &old.end) {
-                    (None, _) => true,
-                    (Some(n), Some(o)) => o <= n,
-                    (Some(_), None) => false,
-                };
-            if old.epoch.version < new.epoch.version && (source_of_this || inside) {
-                stale.push(old.id);
-            } else {
+            let pending = self
+                .ctx
+                .engine_of(target)
+                .region(target)
+                .filter(|t| t.epoch.version < new.epoch.version);
+            if let Some(t) = pending {
                 return Err(format!(
-                    "it overlaps region {} (version {}), which is not an older part of \
-                     region {region} (version {})",
-                    old.id, old.epoch.version, new.epoch.version
+                    "region {} may still be merged into region {} here (version {}), which \
+                     has to apply the merge first",
+                    old.id, t.id, t.epoch.version
                 ));
             }
         }
-        Ok(stale)
+        Ok(())
+    }
+
+    /// The merge targets named by the prepares in `region`'s log here.
+    fn prepared_targets(&self, region: RegionId) -> std::result::Result<Vec<RegionId>, String> {
+        let unreadable = |e: Error| format!("the log of region {region} is unreadable: {e}");
+        let (first, last) = self.ctx.log.bounds(region).map_err(unreadable)?;
+        if first > last {
+            return Ok(Vec::new());
+        }
+        let entries = self.ctx.log.entries(region, first, last + 1, None).map_err(unreadable)?;
+        Ok(entries
+            .iter()
+            .filter(|e| e.get_entry_type() == EntryType::EntryNormal && command::is_admin(&e.data))
+            .filter_map(|e| match command::decode(&e.data) {
+                Ok(Command::Admin(Admin { cmd: AdminCmd::PrepareMerge { target }, .. })) => {
+                    Some(target.id)
+                }
+                _ => None,
+            })
+            .collect())
     }
 
     /// Installs a received snapshot: the engine takes the checkpoint (durably), with the
