@@ -300,7 +300,7 @@ fn run(seed: u64) {
     let mut model = Model::default();
     let stores = c.store_ids();
     let mut down: Option<StoreId> = None;
-    let (mut splits, mut merged_count, mut aborted) = (0, 0, 0);
+    let (mut splits, mut merged_count, mut aborted, mut refused_left) = (0, 0, 0, 0);
     for step in 0..60usize {
         let live = |c: &SimCluster| {
             c.store_ids().into_iter().filter(|s| c.is_running(*s)).collect::<Vec<_>>()
@@ -342,7 +342,8 @@ fn run(seed: u64) {
                     continue;
                 }
                 let i = (rng.next_u64() % (regions.len() as u64 - 1)) as usize;
-                // Either direction: the left into the right or the right into the left.
+                // Either direction: the right into the left merges; the left into the
+                // right is refused before it is proposed (a region keeps its start key).
                 let (source, target) = if rng.next_u64().is_multiple_of(2) {
                     (&regions[i + 1], &regions[i])
                 } else {
@@ -353,7 +354,15 @@ fn run(seed: u64) {
                     Ok(merged) => {
                         merged_count += 1;
                         assert!(merged.start <= source.start && merged.id == target.id);
+                        assert_eq!(
+                            target.end.as_ref(),
+                            Some(&source.start),
+                            "seed {seed} step {step}: merged into a right neighbour"
+                        );
                         check_stale_routing(&mut c, target, seed, step);
+                    }
+                    Err(Error::InvalidRequest(_)) if source.end.as_ref() == Some(&target.start) => {
+                        refused_left += 1;
                     }
                     Err(Error::MergeAborted { .. }) => aborted += 1,
                     Err(e) if e.is_retryable() || matches!(e, Error::Timeout { .. }) => {}
@@ -410,7 +419,7 @@ fn run(seed: u64) {
     let regions = converge(&mut c);
     model.check(&scan_all(&mut c), seed, usize::MAX);
     eprintln!(
-        "seed {seed}: {splits} splits, {merged_count} merges ({aborted} rolled back), {pills} poison pills, {} regions at the end, {:.1} s virtual",
+        "seed {seed}: {splits} splits, {merged_count} merges ({aborted} rolled back, {refused_left} into a right neighbour refused), {pills} poison pills, {} regions at the end, {:.1} s virtual",
         regions.len(),
         c.now().as_secs_f64()
     );

@@ -149,12 +149,25 @@ impl StoreCore {
 
     /// Takes an admin command (split, prepare, commit or roll back a merge). It is
     /// checked here against the leader's view, and again when applied, where the
-    /// decision is made from replicated state only.
+    /// decision is made from replicated state only. A merge into a right neighbour is
+    /// refused here.
     pub fn on_admin(&mut self, req: AdminRequest) {
         let AdminRequest { region, epoch, cmd, reply } = req;
         let floor = self.id_floor(region);
         let replica = match self.leader(region).and_then(|replica| {
             check_admin(replica, floor, epoch, &cmd, replica.applied_index + 1)?;
+            // A region merges into its left neighbour only, so that every region keeps
+            // its start key for its whole life: the proof that a hosted region is gone
+            // (`StoreCore::superseded`) rests on it. Checked before propose, so logs
+            // written by earlier binaries still apply as they did.
+            if let AdminCmd::PrepareMerge { target } = &cmd
+                && target.end.as_ref() != Some(&replica.region.start)
+            {
+                return Err(Error::InvalidRequest(format!(
+                    "region {} merges into its left neighbour only, not into region {}",
+                    region, target.id
+                )));
+            }
             if let AdminCmd::PrepareMerge { .. } = cmd
                 && replica.has_pending_conf_change()
             {

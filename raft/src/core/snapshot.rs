@@ -196,7 +196,8 @@ impl StoreCore {
     ///
     /// - `new` is at a higher version and holds `old`'s start key. A region holds its
     ///   start key from its creation to its end (a split leaves it the leftmost part,
-    ///   a merge into it only extends it), and each time a key changes regions (a
+    ///   and a merge into it only extends it to the right: a leader refuses a merge
+    ///   into a right neighbour, `on_admin`), and each time a key changes regions (a
     ///   split, a merge) the version of the region holding it grows. So `new` took
     ///   that key after `old` held it at its version, which only `old`'s end allows:
     ///   `old` was merged away (possibly into a region that split since: `new` may be
