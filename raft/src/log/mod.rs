@@ -354,6 +354,11 @@ impl RaftLog {
         entries: Vec<Entry>,
         hard_state: Option<&HardState>,
     ) -> Result<()> {
+        if entries.is_empty() && hard_state.is_none() {
+            // Nothing to persist: the region stays out of the write, which would
+            // otherwise cost an empty WAL record and its fsync.
+            return Ok(());
+        }
         let log = self.region(region)?;
         let mut log = log.lock();
         let added = log.stage(&entries, write.id);
