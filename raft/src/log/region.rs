@@ -34,6 +34,10 @@ pub(crate) struct RegionLog {
     pub state_lsn: Option<Lsn>,
     /// Bytes of cached entries.
     pub cached_bytes: usize,
+    /// No entry below this index is cached: where `evict` starts, so that a persist
+    /// costs the entries newly durable, not the whole log. Only `stage` caches, and
+    /// it truncates first, which lowers this to the first staged index.
+    uncached_below: u64,
     /// Set when the log is tombstoned: a handle kept by a peer finds it gone.
     pub removed: bool,
     /// Recovery only: the WAL was purged below the first entries found, which its
@@ -78,6 +82,7 @@ impl RegionLog {
             slots: VecDeque::new(),
             state_lsn: None,
             cached_bytes: 0,
+            uncached_below: 0,
             removed: false,
             unconfirmed_start: None,
         }
@@ -107,6 +112,7 @@ impl RegionLog {
 
     /// Drops entries from `index` on (a Raft leader overwrote them).
     fn truncate_from(&mut self, index: u64) {
+        self.uncached_below = self.uncached_below.min(index);
         let keep = index.saturating_sub(self.state.first_index) as usize;
         while self.slots.len() > keep {
             if let Some(slot) = self.slots.pop_back()
@@ -225,10 +231,15 @@ impl RegionLog {
     }
 
     /// Drops cached entries that are durable, oldest first, until at most `keep_bytes`
-    /// remain cached. Returns the bytes freed.
+    /// remain cached. Returns the bytes freed. Starts where no entry below is cached.
     pub fn evict(&mut self, keep_bytes: usize) -> usize {
         let mut freed = 0;
-        for slot in &mut self.slots {
+        let first = self.state.first_index;
+        let start = self.uncached_below.max(first);
+        // While every slot from `start` on is uncached, the mark follows.
+        let mut contiguous = true;
+        let skip = usize::try_from(start - first).unwrap_or(usize::MAX);
+        for (i, slot) in self.slots.iter_mut().enumerate().skip(skip) {
             if self.cached_bytes <= keep_bytes {
                 break;
             }
@@ -238,6 +249,10 @@ impl RegionLog {
                 let bytes = entry_bytes(&e);
                 self.cached_bytes -= bytes;
                 freed += bytes;
+            }
+            contiguous &= slot.cached.is_none();
+            if contiguous {
+                self.uncached_below = first + i as u64 + 1;
             }
         }
         freed
@@ -253,5 +268,87 @@ impl RegionLog {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e.data = vec![b'x'; (index % 7) as usize].into();
+        e
+    }
+
+    fn persist(log: &mut RegionLog, from: u64, to: u64, write: u64) {
+        let spans: Vec<EntrySpan> = (from..=to)
+            .map(|i| EntrySpan { term: log.term(i).unwrap_or(0), offset: 0, len: 1 })
+            .collect();
+        log.on_persisted(from, &spans, Lsn(write), write);
+    }
+
+    /// Eviction starts where no entry below is cached, and a truncation (an
+    /// overwritten tail) moves that mark back: after every step, the cached bytes are
+    /// those of the cached entries, every durable entry is evicted by `evict(0)`, and
+    /// no pending entry is.
+    #[test]
+    fn eviction_drops_every_durable_entry_once_and_keeps_pending_ones() {
+        let mut log = RegionLog::new(LogState { first_index: 1, ..LogState::default() });
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut term = 1;
+        // Staged and not yet durable: (first, last, write), made durable in order.
+        let mut pending: Vec<(u64, u64, u64)> = Vec::new();
+        let mut truncations = 0;
+        for write in 1..400u64 {
+            // Stage a few entries, sometimes over the tail (a new leader's).
+            let last = log.last_index();
+            let back = if next() % 4 == 0 { next() % 5 } else { 0 };
+            let first = (last + 1).saturating_sub(back).max(log.first_index());
+            if back > 0 {
+                term += 1;
+                truncations += 1;
+            }
+            let n = 1 + next() % 6;
+            let staged: Vec<Entry> = (first..first + n).map(|i| entry(i, term)).collect();
+            log.stage(&staged, write);
+            pending.push((first, first + n - 1, write));
+            if next() % 3 > 0 {
+                for (from, to, w) in pending.drain(..) {
+                    persist(&mut log, from, to, w);
+                }
+            }
+            if next() % 10 == 0 {
+                // A compaction keeps the log continuing.
+                let to = log.first_index() + next() % 3;
+                if to <= log.last_index() {
+                    let state = LogState {
+                        first_index: to + 1,
+                        truncated_term: log.term(to).unwrap(),
+                        ..log.state.clone()
+                    };
+                    log.set_state(state);
+                }
+            }
+            log.evict(0);
+            let cached: usize =
+                log.slots.iter().filter_map(|s| s.cached.as_ref()).map(entry_bytes).sum();
+            assert_eq!(cached, log.cached_bytes, "write {write}");
+            for slot in &log.slots {
+                match slot.location {
+                    Location::Durable { .. } => assert!(slot.cached.is_none(), "write {write}"),
+                    Location::Pending { .. } => assert!(slot.cached.is_some(), "write {write}"),
+                }
+            }
+        }
+        assert!(truncations > 20, "the tail was overwritten {truncations} times");
     }
 }
