@@ -110,6 +110,34 @@ fn lead(c: &mut SimCluster, region: RegionId, store: StoreId) {
     assert!(c.run_until(5 * SECOND, |c| c.leader(region) == Some(store)), "{region} to {store}");
 }
 
+/// A merge of the right half `[m, end)` into region 1, prepared and replicated to
+/// every store, then committed while store 3 is down (crashed in `mode`), on a
+/// cluster that compacts soon after: the cluster, the model of what it holds, the
+/// merged source's id and the store that was down.
+fn merge_while_a_store_is_down(
+    seed: u64,
+    mode: regionkv_wal::CrashMode,
+) -> (SimCluster, std::collections::BTreeMap<String, String>, RegionId, StoreId) {
+    let mut config = regionkv_raft::sim::SimConfig::new(seed);
+    config.checkpoint_log_bytes = 1024;
+    let mut c = SimCluster::new(config).unwrap();
+    c.wait_leader(R1, 10 * SECOND).unwrap();
+    let mut model = std::collections::BTreeMap::new();
+    write_keys(&mut c, &mut model, &letters(26), "v1");
+    let source = split(&mut c, R1, &["m"]).unwrap()[1].id;
+    converge(&mut c);
+    let down = StoreId(3);
+    lead(&mut c, R1, StoreId(1));
+    lead(&mut c, source, StoreId(1));
+    let (src, prepare_index, prepare_term) = prepare(&mut c, source);
+    assert!(c.run_until(10 * SECOND, |c| common::all_matched(c, source)));
+    c.crash(down, mode);
+    let merge = regionkv_engine::MergeState { target: R1, prepare_index, prepare_term };
+    let options = regionkv_raft::merge_driver::MergeOptions::default();
+    regionkv_raft::merge_driver::finish_merge(&mut c, &src, merge, options).unwrap();
+    (c, model, source, down)
+}
+
 /// A2: a store down while a merge commits, whose target replica then gets a snapshot
 /// of the merged target (the log was compacted past the merge): the snapshot covers
 /// the source replica still on that store, a stale merge source. Before, the install
@@ -117,23 +145,7 @@ fn lead(c: &mut SimCluster, region: RegionId, store: StoreId) {
 #[test]
 fn a_snapshot_over_a_stale_merge_source_replaces_it() {
     for mode in [regionkv_wal::CrashMode::Lost, regionkv_wal::CrashMode::Persisted] {
-        let mut config = regionkv_raft::sim::SimConfig::new(33);
-        config.checkpoint_log_bytes = 1024; // compact soon after the merge
-        let mut c = SimCluster::new(config).unwrap();
-        c.wait_leader(R1, 10 * SECOND).unwrap();
-        let mut model = std::collections::BTreeMap::new();
-        write_keys(&mut c, &mut model, &letters(26), "v1");
-        let source = split(&mut c, R1, &["m"]).unwrap()[1].id;
-        converge(&mut c);
-        let down = StoreId(3);
-        lead(&mut c, R1, StoreId(1));
-        lead(&mut c, source, StoreId(1));
-        let (src, prepare_index, prepare_term) = prepare(&mut c, source);
-        assert!(c.run_until(10 * SECOND, |c| common::all_matched(c, source)));
-        c.crash(down, mode);
-        let merge = regionkv_engine::MergeState { target: R1, prepare_index, prepare_term };
-        let options = regionkv_raft::merge_driver::MergeOptions::default();
-        regionkv_raft::merge_driver::finish_merge(&mut c, &src, merge, options).unwrap();
+        let (mut c, mut model, source, down) = merge_while_a_store_is_down(33, mode);
         // Enough writes for the target to checkpoint and compact past the merge.
         write_keys(&mut c, &mut model, &letters(26), "v2");
         write_keys(&mut c, &mut model, &letters(26), "v3");
@@ -156,23 +168,7 @@ fn a_snapshot_over_a_stale_merge_source_replaces_it() {
 #[test]
 fn a_stale_merge_source_is_replaced_by_a_region_split_from_its_target() {
     for mode in [regionkv_wal::CrashMode::Lost, regionkv_wal::CrashMode::Persisted] {
-        let mut config = regionkv_raft::sim::SimConfig::new(34);
-        config.checkpoint_log_bytes = 1024; // compact soon after the merge and the split
-        let mut c = SimCluster::new(config).unwrap();
-        c.wait_leader(R1, 10 * SECOND).unwrap();
-        let mut model = std::collections::BTreeMap::new();
-        write_keys(&mut c, &mut model, &letters(26), "v1");
-        let source = split(&mut c, R1, &["m"]).unwrap()[1].id;
-        converge(&mut c);
-        let down = StoreId(3);
-        lead(&mut c, R1, StoreId(1));
-        lead(&mut c, source, StoreId(1));
-        let (src, prepare_index, prepare_term) = prepare(&mut c, source);
-        assert!(c.run_until(10 * SECOND, |c| common::all_matched(c, source)));
-        c.crash(down, mode);
-        let merge = regionkv_engine::MergeState { target: R1, prepare_index, prepare_term };
-        let options = regionkv_raft::merge_driver::MergeOptions::default();
-        regionkv_raft::merge_driver::finish_merge(&mut c, &src, merge, options).unwrap();
+        let (mut c, mut model, source, down) = merge_while_a_store_is_down(34, mode);
         // The new region [f, end) covers the source's range [m, end).
         let child = split(&mut c, R1, &["f"]).unwrap()[1].id;
         write_keys(&mut c, &mut model, &letters(26), "v2");
