@@ -51,3 +51,26 @@ fn every_directory_a_first_start_creates_is_synced_into_its_parent() {
         );
     }
 }
+
+/// A configuration raft-rs refuses for every replica (less uncommitted room than one
+/// append) is refused once, with a typed error, when the store opens. Before, the
+/// store started and then failed each replica as it created it.
+#[test]
+fn a_store_whose_raft_limits_do_not_fit_refuses_to_start() {
+    let fs = SimFs::new();
+    let transport: Arc<dyn Transport> = Arc::new(Nowhere);
+    let mut config = StoreConfig::new(StoreId(1));
+    config.max_uncommitted_bytes = config.max_append_bytes / 2;
+    let options = StoreOptions::new(config);
+    let refused = Store::start(Arc::new(fs), Path::new("/data/node-1"), &options, &transport);
+    match refused {
+        Err(regionkv_raft::Error::Raft(raft::Error::ConfigInvalid(why))) => {
+            assert!(why.contains("max_uncommitted_bytes"), "{why}");
+        }
+        Err(other) => panic!("refused with {other}"),
+        Ok(store) => {
+            store.shutdown().unwrap();
+            panic!("a store whose Raft limits do not fit started");
+        }
+    }
+}

@@ -25,6 +25,17 @@ pub(super) const PURGE_EVERY_TICKS: u64 = 50;
 /// default 100 ms tick a store sweeps a million keys in about five minutes.
 const GC_KEYS_PER_SWEEP: usize = 16 * 1024;
 
+/// Refuses a store configuration raft-rs would refuse for every replica, once, when
+/// the store opens (rather than failing each replica as it is created).
+pub(super) fn check_config(config: &StoreConfig) -> Result<()> {
+    raft_config(config, PeerId(1), 0).validate().map_err(|e| {
+        Error::Raft(raft::Error::ConfigInvalid(format!(
+            "{e}: fix the store configuration (max_uncommitted_bytes at least \
+             max_append_bytes, election_ticks above heartbeat_ticks)"
+        )))
+    })
+}
+
 fn raft_config(config: &StoreConfig, id: PeerId, applied: u64) -> raft::Config {
     raft::Config {
         id: id.0,

@@ -172,6 +172,7 @@ impl StoreCore {
         ctx: Arc<StoreContext>,
         owns: Box<dyn Fn(RegionId) -> bool + Send>,
     ) -> Result<StoreCore> {
+        lifecycle::check_config(&ctx.config)?;
         let write = ctx.log.begin_write();
         let mut core = StoreCore {
             ctx,
