@@ -8,60 +8,19 @@
 //! --test sim_faults`. The random-faults test runs 200 seeds; `SIM_SOAK_SEEDS=<n>` runs
 //! n (the soak: 5,000).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::Bytes;
 use raft::eraftpb::MessageType;
-use regionkv_engine::{Peer, RegionId, StoreId};
-use regionkv_raft::sim::{Pending, SimCluster, SimConfig};
+use regionkv_engine::{Peer, StoreId};
+use regionkv_raft::PeerChange;
+use regionkv_raft::sim::{SimCluster, SimConfig};
 use regionkv_raft::transport::local::{Action, Rule, Scope};
-use regionkv_raft::{Op, PeerChange, Query, QueryResult};
 use regionkv_wal::CrashMode;
 
-const R1: RegionId = RegionId(1);
-const SECOND: Duration = Duration::from_secs(1);
-
-fn put(k: &str, v: &str) -> Op {
-    Op::Put { key: Bytes::from(k.to_owned()), value: Bytes::from(v.to_owned()) }
-}
-
-/// A client: routes to the leader, retries retryable errors, gives up after `max`.
-/// Returns Ok(true) if acknowledged, Ok(false) if the outcome is unknown.
-fn write(c: &mut SimCluster, ops: &[Op], max: Duration) -> bool {
-    let deadline = c.now() + max;
-    while c.now() < deadline {
-        let Some(leader) = c.wait_leader(R1, deadline.saturating_sub(c.now())) else {
-            return false;
-        };
-        let pending = c.write(leader, R1, ops.to_vec());
-        match c.wait(&pending, Duration::from_millis(500)) {
-            Some(Ok(())) => return true,
-            Some(Err(e)) if e.is_retryable() => c.run_for(Duration::from_millis(20)),
-            Some(Err(e)) => panic!("unexpected write error: {e}"),
-            None => {} // no answer yet: may still apply; keep waiting on a new attempt
-        }
-    }
-    false
-}
-
-/// Reads `key` through the current leader, retrying until `max`.
-fn read(c: &mut SimCluster, key: &str, max: Duration) -> Option<Bytes> {
-    let deadline = c.now() + max;
-    while c.now() < deadline {
-        let Some(leader) = c.wait_leader(R1, deadline.saturating_sub(c.now())) else { break };
-        let pending: Pending<QueryResult> =
-            c.read(leader, R1, Query::Get { key: Bytes::from(key.to_owned()) });
-        match c.wait(&pending, Duration::from_millis(500)) {
-            Some(Ok(QueryResult::Value(v))) => return v,
-            Some(Ok(other)) => panic!("unexpected read result {other:?}"),
-            Some(Err(e)) if e.is_retryable() => c.run_for(Duration::from_millis(20)),
-            Some(Err(e)) => panic!("unexpected read error: {e}"),
-            None => {}
-        }
-    }
-    panic!("no read of {key} within {max:?}");
-}
+use common::{R1, SECOND, put_op as put, read_r1 as read, write_r1 as write};
 
 /// What the model expects of each key: the last acknowledged value, and values of
 /// later writes whose outcome is unknown (either may be there).

@@ -9,57 +9,18 @@
 //! seed replays with `SIM_SEED=<seed> cargo test --release -p regionkv-raft --test
 //! sim_identity`.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::Bytes;
-use regionkv_engine::{Peer, RegionId, StoreId};
+use regionkv_engine::{Peer, StoreId};
+use regionkv_raft::PeerChange;
 use regionkv_raft::sim::{SimCluster, SimConfig};
 use regionkv_raft::transport::local::SplitMix;
-use regionkv_raft::{Op, PeerChange, Query, QueryResult};
 use regionkv_wal::CrashMode;
 
-const R1: RegionId = RegionId(1);
-const SECOND: Duration = Duration::from_secs(1);
-
-fn put(k: &str, v: &str) -> Op {
-    Op::Put { key: Bytes::from(k.to_owned()), value: Bytes::from(v.to_owned()) }
-}
-
-/// A client: routes to the leader, retries, gives up after `max`. True if acknowledged.
-fn write(c: &mut SimCluster, ops: &[Op], max: Duration) -> bool {
-    let deadline = c.now() + max;
-    while c.now() < deadline {
-        let Some(leader) = c.wait_leader(R1, deadline.saturating_sub(c.now())) else {
-            return false;
-        };
-        let pending = c.write(leader, R1, ops.to_vec());
-        match c.wait(&pending, Duration::from_millis(500)) {
-            Some(Ok(())) => return true,
-            Some(Err(e)) if e.is_retryable() => c.run_for(Duration::from_millis(20)),
-            Some(Err(e)) => panic!("unexpected write error: {e}"),
-            None => {}
-        }
-    }
-    false
-}
-
-/// Reads `key` through the current leader, retrying until `max`.
-fn read(c: &mut SimCluster, key: &str, max: Duration) -> Option<Bytes> {
-    let deadline = c.now() + max;
-    while c.now() < deadline {
-        let Some(leader) = c.wait_leader(R1, deadline.saturating_sub(c.now())) else { break };
-        let pending = c.read(leader, R1, Query::Get { key: Bytes::from(key.to_owned()) });
-        match c.wait(&pending, Duration::from_millis(500)) {
-            Some(Ok(QueryResult::Value(v))) => return v,
-            Some(Ok(other)) => panic!("unexpected read result {other:?}"),
-            Some(Err(e)) if e.is_retryable() => c.run_for(Duration::from_millis(20)),
-            Some(Err(e)) => panic!("unexpected read error: {e}"),
-            None => {}
-        }
-    }
-    panic!("no read of {key} within {max:?}");
-}
+use common::{R1, SECOND, put_op as put, read_r1 as read, write_r1 as write};
 
 /// Every acknowledged write reads back through the leader (P1).
 fn verify(c: &mut SimCluster, acked: &BTreeMap<String, String>, seed: u64) {

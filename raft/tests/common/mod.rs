@@ -289,3 +289,44 @@ pub fn no_forged_key(c: &SimCluster, header: &regionkv_engine::Region, tag: &str
         }
     }
 }
+
+/// A put of `k` to `v`.
+pub fn put_op(k: &str, v: &str) -> Op {
+    Op::Put { key: Bytes::from(k.to_owned()), value: Bytes::from(v.to_owned()) }
+}
+
+/// A client of region 1: routes to its leader, retries retryable errors, gives up
+/// after `max`. True if acknowledged; false if the outcome is unknown.
+pub fn write_r1(c: &mut SimCluster, ops: &[Op], max: Duration) -> bool {
+    let deadline = c.now() + max;
+    while c.now() < deadline {
+        let Some(leader) = c.wait_leader(R1, deadline.saturating_sub(c.now())) else {
+            return false;
+        };
+        let pending = c.write(leader, R1, ops.to_vec());
+        match c.wait(&pending, Duration::from_millis(500)) {
+            Some(Ok(())) => return true,
+            Some(Err(e)) if e.is_retryable() => c.run_for(Duration::from_millis(20)),
+            Some(Err(e)) => panic!("unexpected write error: {e}"),
+            None => {} // no answer yet: may still apply; keep waiting on a new attempt
+        }
+    }
+    false
+}
+
+/// Reads `key` of region 1 through its current leader, retrying until `max`.
+pub fn read_r1(c: &mut SimCluster, key: &str, max: Duration) -> Option<Bytes> {
+    let deadline = c.now() + max;
+    while c.now() < deadline {
+        let Some(leader) = c.wait_leader(R1, deadline.saturating_sub(c.now())) else { break };
+        let pending = c.read(leader, R1, Query::Get { key: Bytes::from(key.to_owned()) });
+        match c.wait(&pending, Duration::from_millis(500)) {
+            Some(Ok(QueryResult::Value(v))) => return v,
+            Some(Ok(other)) => panic!("unexpected read result {other:?}"),
+            Some(Err(e)) if e.is_retryable() => c.run_for(Duration::from_millis(20)),
+            Some(Err(e)) => panic!("unexpected read error: {e}"),
+            None => {}
+        }
+    }
+    panic!("no read of {key} within {max:?}");
+}
