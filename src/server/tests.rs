@@ -1,0 +1,386 @@
+//! Bad input on a node's client port: a wrong secret, a frame of another version,
+//! garbage, a malformed request, an oversized frame and a bad checksum each get a
+//! clear error, and the node keeps serving with nothing lost.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use bytes::Bytes;
+use regionkv_engine::{Epoch, PeerId, RegionId, StoreId};
+use regionkv_raft::directory::DirCmd;
+use regionkv_raft::transport::frame::{Deadline, FrameKind};
+use regionkv_raft::transport::handshake::{ClusterId, RejectReason};
+use regionkv_raft::{AdminCmd, PeerChange, Query, QueryResult};
+
+use crate::proto::{self, ErrorCode, Request, Response};
+use crate::{Client, Error, Node, NodeConfig};
+
+const SECRET: &[u8] = b"a secret for the bad input test";
+const CLUSTER: ClusterId = ClusterId(5);
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let store = proto::handshake_client(
+        &mut s,
+        &proto::client_key(SECRET),
+        CLUSTER,
+        proto::CLIENT_ID,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(store, StoreId(1));
+    s
+}
+
+/// The next response on `s`: its id and answer.
+fn response(s: &mut TcpStream) -> (u64, Result<Response, proto::RemoteError>) {
+    let reader = proto::reader(None, Duration::from_secs(10));
+    let deadline = Deadline::after("a response", Duration::from_secs(10));
+    let (kind, payload) = reader.frame(s, proto::RESPONSE_BYTES_MAX, Some(&deadline)).unwrap();
+    assert_eq!(kind, FrameKind::Response);
+    proto::decode_response(&payload).unwrap()
+}
+
+fn closed(s: &mut TcpStream) -> bool {
+    let mut buf = [0; 64];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+fn status_works(s: &mut TcpStream, id: u64) {
+    let frame =
+        proto::encode_frame(FrameKind::Request, &proto::encode_request(id, &Request::Status))
+            .unwrap();
+    s.write_all(&frame).unwrap();
+    let (got, answer) = response(s);
+    assert_eq!(got, id);
+    assert!(matches!(answer, Ok(Response::Status(_))), "{answer:?}");
+}
+
+fn open_node(dir: &std::path::Path) -> Node {
+    let mut config =
+        NodeConfig::new(StoreId(1), dir, "127.0.0.1:0".parse().unwrap(), CLUSTER, SECRET.to_vec());
+    config.tick_interval = Duration::from_millis(10);
+    Node::open(config.bootstrap()).unwrap()
+}
+
+/// Regression (issue 12, A7): a client that pipelines far more requests than
+/// `IN_FLIGHT_MAX` and reads slowly lost answers. The node counted only answers
+/// queued for its writer, so it read requests without bound; once its writer was
+/// blocked on the slow client, the answers that found the writer's queue full were
+/// dropped, and the client waited for them forever (a `Db` then retried writes
+/// whose outcome it did not know). Now a request is in flight from its frame to
+/// its answer on the socket, the reader stops at the bound, and the writer's queue
+/// holds every answer that can be in flight.
+#[test]
+fn a_client_pipelining_past_the_bound_and_reading_slowly_gets_every_answer() {
+    const REQUESTS: u64 = 2_000;
+    let dir = tempfile::tempdir().unwrap();
+    let node = open_node(dir.path());
+    // Large answers fill the socket's buffers long before the client reads.
+    let big = Bytes::from(vec![7u8; 64 << 10]);
+    node.db().put("big", big.clone()).unwrap();
+    let mut s = connect(node.local_addr());
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let locate = Request::Locate { key: b"big".to_vec() };
+    s.write_all(
+        &proto::encode_frame(FrameKind::Request, &proto::encode_request(0, &locate)).unwrap(),
+    )
+    .unwrap();
+    let Ok(Response::Located(Some(record))) = response(&mut s).1 else { panic!("no region") };
+    let get = Request::Read {
+        region: record.region.id,
+        epoch: record.region.epoch,
+        query: Query::Get { key: Bytes::from_static(b"big") },
+    };
+    let mut send = s.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        for id in 1..=REQUESTS {
+            let payload = proto::encode_request(id, &get);
+            send.write_all(&proto::encode_frame(FrameKind::Request, &payload).unwrap()).unwrap();
+        }
+    });
+    // Reading slowly: nothing for a while, then everything.
+    std::thread::sleep(Duration::from_secs(1));
+    let mut answered = std::collections::BTreeSet::new();
+    let reader = proto::reader(None, Duration::from_secs(10));
+    while answered.len() < REQUESTS as usize {
+        let deadline = Deadline::after("a response", Duration::from_secs(30));
+        let (_, payload) =
+            reader.frame(&mut s, proto::RESPONSE_BYTES_MAX, Some(&deadline)).unwrap_or_else(|e| {
+                panic!("{} of {REQUESTS} requests answered, then: {e}", answered.len())
+            });
+        let (id, answer) = proto::decode_response(&payload).unwrap();
+        match answer {
+            Ok(Response::Query(QueryResult::Value(Some(v)))) => assert_eq!(v, big),
+            other => panic!("request {id} answered {other:?}"),
+        }
+        assert!(answered.insert(id), "request {id} answered twice");
+    }
+    sender.join().unwrap();
+    assert_eq!(answered.first(), Some(&1));
+    assert_eq!(answered.last(), Some(&REQUESTS));
+    node.shutdown().unwrap();
+}
+
+/// A client that pipelines scans and reads none of the answers makes the node hold
+/// at most `SCANS_IN_FLIGHT_MAX` pages for it: the reader stops reading at the
+/// next scan. Before, it read on to `IN_FLIGHT_MAX` requests, each answered with up
+/// to a page of the scan caps (about 1 GiB at 4 MiB pages); then every answer still
+/// arrives, once.
+#[test]
+fn a_client_pipelining_scans_and_reading_none_holds_a_bounded_number_of_pages() {
+    const SCANS: u64 = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let node = open_node(dir.path());
+    // Each answer is about 1 MiB: a few fill the socket's buffers.
+    let mut batch = crate::WriteBatch::new();
+    for i in 0..16 {
+        batch.put(format!("s{i:02}"), vec![7u8; 64 << 10]);
+    }
+    node.db().write(batch).unwrap();
+    let before = node.client_stats().requests;
+    let mut s = connect(node.local_addr());
+    let scan = Request::LocalScan { start: b"s".to_vec(), end: None, limit: usize::MAX };
+    let mut send = s.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        for id in 1..=SCANS {
+            let payload = proto::encode_request(id, &scan);
+            send.write_all(&proto::encode_frame(FrameKind::Request, &payload).unwrap()).unwrap();
+        }
+    });
+    let read = || node.client_stats().requests - before;
+    let cap = super::SCANS_IN_FLIGHT_MAX as u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while read() <= cap && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The scan after the cap is read and waits; give the reader time to go on if
+    // it would. The socket's buffers take a few answers of about 1 MiB (each
+    // written one frees a place): at most `slack` here.
+    std::thread::sleep(Duration::from_millis(500));
+    let slack = 8;
+    let n = read();
+    assert!(n <= cap + 1 + slack, "{n} scans read while {cap} answers were unwritten");
+    let reader = proto::reader(None, Duration::from_secs(10));
+    let mut answered = std::collections::BTreeSet::new();
+    while answered.len() < SCANS as usize {
+        let deadline = Deadline::after("a response", Duration::from_secs(30));
+        let (_, payload) =
+            reader.frame(&mut s, proto::RESPONSE_BYTES_MAX, Some(&deadline)).unwrap();
+        let (id, answer) = proto::decode_response(&payload).unwrap();
+        assert!(matches!(answer, Ok(Response::Query(QueryResult::Rows(_)))), "{answer:?}");
+        assert!(answered.insert(id), "scan {id} answered twice");
+    }
+    sender.join().unwrap();
+    node.shutdown().unwrap();
+}
+
+/// Regression (issue 12, A8): a scan's limit came from the client as a `u64` with
+/// no cap: `limit = u64::MAX` read (and encoded) a whole region, or with a local
+/// scan the whole engine, on a store's threads. Now each answer stops at the
+/// store's caps (10,000 rows, 4 MiB) and says where to resume; `Db::scan` and
+/// `Client::local_scan` ask page by page and still get every pair once, in order.
+#[test]
+fn a_scan_without_a_limit_gets_a_capped_page_and_clients_page_on() {
+    let rows_max = regionkv_raft::StoreConfig::DEFAULT_SCAN_ROWS_MAX;
+    let n = rows_max + 2_345;
+    let key = |i: usize| Bytes::from(format!("s{i:06}"));
+    let dir = tempfile::tempdir().unwrap();
+    let node = open_node(dir.path());
+    let db = node.db();
+    for first in (0..n).step_by(2_000) {
+        let mut batch = crate::WriteBatch::new();
+        for i in first..n.min(first + 2_000) {
+            batch.put(key(i), "v");
+        }
+        db.write(batch).unwrap();
+    }
+    let mut s = connect(node.local_addr());
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut ask = |id: u64, req: &Request| {
+        let payload = proto::encode_request(id, req);
+        s.write_all(&proto::encode_frame(FrameKind::Request, &payload).unwrap()).unwrap();
+        let (got, answer) = response(&mut s);
+        assert_eq!(got, id);
+        answer
+    };
+    let locate = Request::Locate { key: key(0).to_vec() };
+    let Ok(Response::Located(Some(record))) = ask(1, &locate) else { panic!("no region") };
+    // Raw requests with the largest limit the wire can carry (u64::MAX).
+    let read = Request::Read {
+        region: record.region.id,
+        epoch: record.region.epoch,
+        query: Query::Scan { start: Bytes::new(), end: None, limit: usize::MAX },
+    };
+    let local = Request::LocalScan { start: Vec::new(), end: None, limit: usize::MAX };
+    for (id, req) in [(2, &read), (3, &local)] {
+        match ask(id, req) {
+            Ok(Response::Query(QueryResult::Rows(page))) => {
+                assert_eq!(page.rows.len(), rows_max, "{req:?}: one capped page");
+                assert_eq!(page.resume, Some(key(rows_max)), "{req:?}: resumes after it");
+            }
+            other => panic!("{req:?} answered {other:?}"),
+        }
+    }
+    // The clients page on: every pair once, in order.
+    let all: Vec<Bytes> = (0..n).map(key).collect();
+    let keys = |rows: Vec<(Bytes, Bytes)>| rows.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+    let client = Client::connect(&[node.local_addr()], CLUSTER, SECRET).unwrap();
+    assert_eq!(keys(client.db().scan(.., usize::MAX).unwrap()), all);
+    assert_eq!(keys(db.scan(.., usize::MAX).unwrap()), all);
+    assert_eq!(keys(client.local_scan(StoreId(1), b"", None, usize::MAX).unwrap()), all);
+    // A limit the cap does not reach is exact.
+    assert_eq!(keys(client.db().scan(.., rows_max + 1).unwrap()), all[..=rows_max]);
+    assert_eq!(keys(client.local_scan(StoreId(1), b"", None, 5).unwrap()), all[..5]);
+    client.close();
+    node.shutdown().unwrap();
+}
+
+/// Raw admin, directory and membership commands from a client: refused, typed, and
+/// nothing is done (before, a client's huge id allocation reached the directory and
+/// the store stopped); a node's own backend (a store id in the handshake) is served.
+fn raw_commands_are_refused_from_clients(s: &mut TcpStream, addr: SocketAddr) {
+    let raw = [
+        Request::Directory { cmd: DirCmd::AllocIds { count: u64::MAX } },
+        Request::Admin {
+            region: RegionId(1),
+            epoch: Epoch::INITIAL,
+            cmd: AdminCmd::Split { split_keys: vec![b"k05".to_vec()], new_ids: vec![RegionId(1)] },
+        },
+        Request::ChangePeers {
+            region: RegionId(1),
+            epoch: Epoch::INITIAL,
+            change: PeerChange::Remove(PeerId(1)),
+        },
+    ];
+    for (i, req) in raw.iter().enumerate() {
+        let id = 20 + i as u64;
+        let frame = proto::encode_frame(FrameKind::Request, &proto::encode_request(id, req));
+        s.write_all(&frame.unwrap()).unwrap();
+        let (got, answer) = response(s);
+        assert_eq!((got, answer.map_err(|e| e.code)), (id, Err(ErrorCode::NotAllowed)));
+    }
+    status_works(s, 10);
+    // A node's own backend (a store id in the handshake) is served.
+    let mut n = TcpStream::connect(addr).unwrap();
+    n.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let key = proto::client_key(SECRET);
+    proto::handshake_client(&mut n, &key, CLUSTER, StoreId(2), Duration::from_secs(5)).unwrap();
+    let alloc = Request::Directory { cmd: DirCmd::AllocIds { count: 1 } };
+    let frame = proto::encode_frame(FrameKind::Request, &proto::encode_request(30, &alloc));
+    n.write_all(&frame.unwrap()).unwrap();
+    let (got, answer) = response(&mut n);
+    assert!(got == 30 && matches!(answer, Ok(Response::Directory(_))), "{answer:?}");
+}
+
+#[test]
+fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = NodeConfig::new(
+        StoreId(1),
+        dir.path(),
+        "127.0.0.1:0".parse().unwrap(),
+        CLUSTER,
+        SECRET.to_vec(),
+    );
+    config.tick_interval = Duration::from_millis(10);
+    let node = Node::open(config.bootstrap()).unwrap();
+    let addr = node.local_addr();
+    let db = node.db();
+    for i in 0..20 {
+        db.put(format!("k{i:02}"), "v").unwrap();
+    }
+
+    // A wrong secret: refused with the reason, both sides.
+    match Client::connect(&[addr], CLUSTER, b"the wrong secret, long enough") {
+        Err(Error::Refused { reason: RejectReason::BadProof, .. }) => {}
+        other => panic!("not refused: {other:?}"),
+    }
+    // A client of a newer protocol version: refused, told why.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut hello = proto::encode_frame(FrameKind::Hello, &[]).unwrap();
+    hello[4] = proto::VERSION + 1;
+    s.write_all(&hello).unwrap();
+    let reader = proto::reader(None, Duration::from_secs(10));
+    let (kind, payload) = reader.frame(&mut s, 1024, None).unwrap();
+    assert_eq!(kind, FrameKind::Reject);
+    assert_eq!(RejectReason::decode(&payload).unwrap(), RejectReason::UnsupportedVersion);
+    // Garbage that starts like the client protocol.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    s.write_all(b"rkvGARBAGE GARBAGE GARBAGE").unwrap();
+    assert!(closed(&mut s), "garbage closes its connection");
+
+    // A malformed request in an intact frame: an error for that request, and the
+    // connection goes on.
+    let mut s = connect(addr);
+    s.write_all(
+        &proto::encode_frame(FrameKind::Request, b"\x01\x00\xff\x00\x00\x00runs past its end")
+            .unwrap(),
+    )
+    .unwrap();
+    let (_, answer) = response(&mut s);
+    let e = answer.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Malformed, "{e:?}");
+    assert!(e.message.contains("malformed request"), "{}", e.message);
+    status_works(&mut s, 7);
+    // A request of a kind from the future: unsupported, and the connection goes on.
+    let mut future = Vec::new();
+    regionkv_engine::codec::put_u64(&mut future, 1, 8);
+    regionkv_engine::codec::put_field(&mut future, 999, b"?");
+    s.write_all(&proto::encode_frame(FrameKind::Request, &future).unwrap()).unwrap();
+    let (id, answer) = response(&mut s);
+    assert_eq!((id, answer.unwrap_err().code), (8, ErrorCode::UnsupportedRequest));
+    status_works(&mut s, 9);
+
+    raw_commands_are_refused_from_clients(&mut s, addr);
+
+    // An oversized frame: refused before its payload is read, then closed.
+    let mut header = proto::encode_frame(FrameKind::Request, &[]).unwrap();
+    header[6..10].copy_from_slice(&(proto::REQUEST_BYTES_MAX + 1).to_le_bytes());
+    s.write_all(&header).unwrap();
+    let (id, answer) = response(&mut s);
+    let e = answer.unwrap_err();
+    assert_eq!((id, e.code), (0, ErrorCode::TooLarge), "{e:?}");
+    assert!(e.message.contains("exceeds the bound"), "{}", e.message);
+    assert!(closed(&mut s));
+
+    // A bad checksum: an error, then closed.
+    let mut s = connect(addr);
+    let mut frame =
+        proto::encode_frame(FrameKind::Request, &proto::encode_request(3, &Request::Status))
+            .unwrap();
+    let last = frame.len() - 1;
+    frame[last] ^= 0x40;
+    s.write_all(&frame).unwrap();
+    let (_, answer) = response(&mut s);
+    assert_eq!(answer.unwrap_err().code, ErrorCode::Malformed);
+    assert!(closed(&mut s));
+
+    let stats = node.client_stats();
+    assert!(stats.handshake_failures >= 3, "{stats:?}");
+    assert!(stats.bad_frames >= 2, "{stats:?}");
+    assert!(stats.malformed_requests >= 1, "{stats:?}");
+
+    // The node still serves, and nothing was lost.
+    let client = Client::connect(&[addr], CLUSTER, SECRET).unwrap();
+    let cdb = client.db();
+    cdb.put("k99", "after").unwrap();
+    let rows = cdb.scan(b"k".., 100).unwrap();
+    assert_eq!(rows.len(), 21);
+    client.close();
+    node.shutdown().unwrap();
+}
