@@ -201,7 +201,8 @@ pub(crate) enum BenchTarget {
         #[arg(long)]
         quick: bool,
     },
-    /// Replicated puts on 3 stores in this process (1, 16, 64 clients) next to the bare WAL.
+    /// Replicated puts and gets on 3 stores (1, 16, 64 clients), in this process and as
+    /// three `regionkv node` processes over TCP, next to the bare WAL.
     Cluster {
         /// Print one JSON object instead of a table.
         #[arg(long)]
@@ -215,6 +216,25 @@ pub(crate) enum BenchTarget {
         /// Client-thread counts to measure (default: 1, 16 and 64).
         #[arg(long, value_delimiter = ',')]
         clients: Vec<usize>,
+        /// Skip the three node processes (the `_tcp` figures and the server CPU).
+        #[arg(long)]
+        in_process_only: bool,
+    },
+    /// One store as an embedded key-value store: puts and gets (1, 2, 16, 64 threads),
+    /// 1,000-key scans, fsyncs per put.
+    Kv {
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Directory on the disk to measure (default: a temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Seconds per figure.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Client-thread counts to measure (default: 1, 2, 16 and 64).
+        #[arg(long, value_delimiter = ',')]
+        threads: Vec<usize>,
     },
     /// Puts with 1 to 10,000 regions per store, idle CPU, split and merge latency.
     Regions {

@@ -49,11 +49,23 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 report.print_table();
             }
         }
-        Command::Bench { what: BenchTarget::Cluster { json, dir, seconds, clients } } => {
+        Command::Bench {
+            what: BenchTarget::Cluster { json, dir, seconds, clients, in_process_only },
+        } => {
             let dir = bench_dir(dir)?;
             let clients =
                 if clients.is_empty() { bench::cluster::CLIENTS.to_vec() } else { clients };
-            let report = bench::cluster::run(dir.path(), seconds, &clients)?;
+            let report = bench::cluster::run(dir.path(), seconds, &clients, !in_process_only)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                report.print_table();
+            }
+        }
+        Command::Bench { what: BenchTarget::Kv { json, dir, seconds, threads } } => {
+            let dir = bench_dir(dir)?;
+            let threads = if threads.is_empty() { bench::kv::THREADS.to_vec() } else { threads };
+            let report = bench::kv::run(dir.path(), seconds, &threads)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

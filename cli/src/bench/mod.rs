@@ -9,5 +9,8 @@
 pub mod cluster;
 pub mod disk;
 pub mod engine;
+pub mod kv;
+pub mod load;
+pub mod procs;
 pub mod regions;
 pub mod wal;

@@ -141,18 +141,9 @@ fn puts(
     })
 }
 
-/// `USER_HZ`: the unit of /proc's CPU times on every Linux architecture we build for.
-const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
-
 /// CPU seconds this process used so far (user + system, all threads).
 fn process_cpu_seconds() -> io::Result<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    // Fields after the command name (which may hold spaces) start at ") ".
-    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
-    // utime and stime are fields 14 and 15 of the line: 11 and 12 after the name.
-    Ok((ticks(11) + ticks(12)) as f64 / CLOCK_TICKS_PER_SECOND)
+    super::procs::cpu_us("self").map(|us| us as f64 / 1e6)
 }
 
 /// The share of replicas that hibernate.
