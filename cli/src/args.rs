@@ -219,6 +219,10 @@ pub(crate) enum BenchTarget {
         /// Skip the three node processes (the `_tcp` figures and the server CPU).
         #[arg(long)]
         in_process_only: bool,
+        /// Skip the bare-WAL baseline (its two figures print as 0): a quicker run
+        /// when only the cluster's own figures matter.
+        #[arg(long)]
+        no_wal_baseline: bool,
     },
     /// One store as an embedded key-value store: puts and gets (1, 2, 16, 64 threads),
     /// 1,000-key scans, fsyncs per put.

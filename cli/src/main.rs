@@ -50,12 +50,18 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Command::Bench {
-            what: BenchTarget::Cluster { json, dir, seconds, clients, in_process_only },
+            what:
+                BenchTarget::Cluster { json, dir, seconds, clients, in_process_only, no_wal_baseline },
         } => {
             let dir = bench_dir(dir)?;
             let clients =
                 if clients.is_empty() { bench::cluster::CLIENTS.to_vec() } else { clients };
-            let report = bench::cluster::run(dir.path(), seconds, &clients, !in_process_only)?;
+            let options = bench::cluster::Options {
+                seconds,
+                tcp: !in_process_only,
+                wal_baseline: !no_wal_baseline,
+            };
+            let report = bench::cluster::run(dir.path(), &clients, &options)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -111,15 +111,24 @@ fn put_then_get(
     Ok((puts, gets))
 }
 
-/// Runs the measurements in `dir`, `seconds` each; `tcp` adds the node processes.
-pub fn run(
-    dir: &Path,
-    seconds: f64,
-    clients: &[usize],
-    tcp: bool,
-) -> io::Result<ClusterBenchReport> {
+/// What `run` measures.
+pub struct Options {
+    /// Seconds per figure.
+    pub seconds: f64,
+    /// Also the three node processes over TCP.
+    pub tcp: bool,
+    /// Also the bare WAL (before and after the clusters).
+    pub wal_baseline: bool,
+}
+
+/// Runs the measurements in `dir` at each count of `clients`.
+pub fn run(dir: &Path, clients: &[usize], options: &Options) -> io::Result<ClusterBenchReport> {
+    let Options { seconds, tcp, wal_baseline } = *options;
     let duration = Duration::from_secs_f64(seconds);
-    let wal_before = super::wal::append_ops_per_sec(dir, 64, duration)?;
+    let wal = || -> io::Result<f64> {
+        if wal_baseline { super::wal::append_ops_per_sec(dir, 64, duration) } else { Ok(0.0) }
+    };
+    let wal_before = wal()?;
     let mut r = ClusterBenchReport { seconds_per_figure: seconds, ..ClusterBenchReport::default() };
     for &clients in clients {
         let key = clients.to_string();
@@ -160,10 +169,12 @@ pub fn run(
         r.put_tcp_vs_in_process.insert(key.clone(), puts.per_sec / r.put_ops_per_sec[&key]);
         r.get_tcp_vs_in_process.insert(key.clone(), gets.per_sec / r.get_ops_per_sec[&key]);
     }
-    let wal_after = super::wal::append_ops_per_sec(dir, 64, duration)?;
+    let wal_after = wal()?;
     r.wal_append_ops_per_sec_64 = f64::midpoint(wal_before, wal_after);
-    r.put_64_vs_wal_64 =
-        r.put_ops_per_sec.get("64").map_or(0.0, |p| p / r.wal_append_ops_per_sec_64);
+    r.put_64_vs_wal_64 = match r.put_ops_per_sec.get("64") {
+        Some(p) if wal_baseline => p / r.wal_append_ops_per_sec_64,
+        _ => 0.0,
+    };
     Ok(r)
 }
 
@@ -191,7 +202,11 @@ impl ClusterBenchReport {
                 rate,
                 self.put_p50_us[k],
                 self.put_p99_us[k],
-                rate / self.wal_append_ops_per_sec_64,
+                if self.wal_append_ops_per_sec_64 > 0.0 {
+                    rate / self.wal_append_ops_per_sec_64
+                } else {
+                    0.0
+                },
                 self.get_ops_per_sec[k],
                 self.process_cpu_us_per_put[k],
             );
