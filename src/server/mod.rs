@@ -2,9 +2,11 @@
 //! transport's listener for connections that open with the client magic.
 //!
 //! Each connection runs on the transport's reader thread: the handshake, then a loop
-//! that reads requests and hands them to the node's store (replies arrive later, on
-//! the store's threads) or answers them at once; a writer thread, scoped to the
-//! connection, sends the responses in the order they are ready.
+//! that reads requests (through a buffer: one `read` for every request that arrived
+//! together) and hands them to the node's store (replies arrive later, on the store's
+//! threads) or answers them at once; a writer thread, scoped to the connection, sends
+//! the responses in the order they are ready, every answer queued at once in one
+//! write.
 //!
 //! Every request gets exactly one answer, and no answer is dropped. A request counts
 //! as in flight from the moment its frame is read until its answer is written to the
