@@ -5,7 +5,9 @@
 //! One connection per store, opened on first use and again after it breaks: requests
 //! are pipelined on it (at most [`IN_FLIGHT_MAX`] unanswered, as the node reads no
 //! more; a request beyond waits for a slot), and a reader thread per connection hands
-//! each response to the request's reply. A store that cannot be reached answers at once
+//! each response to the request's reply. A request is written by the thread that makes
+//! it, with every request other threads queued meanwhile (one system call for them
+//! all), or taken along by the thread already writing ([`proto::Outbox`]). A store that cannot be reached answers at once
 //! as a stopped store would ([`regionkv_raft::Error::Cancelled`]: nothing was done; try
 //! elsewhere), and is not dialed again for [`REDIAL_AFTER`]. A request whose
 //! connection breaks before its response arrives, or that the node answers `no reply`
@@ -14,7 +16,6 @@
 //! which applies it at most once).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,7 +26,7 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
 use regionkv_engine::{Region, RegionId, StoreId};
 use regionkv_raft::directory::{DIRECTORY, DirCmd, DirResult, RegionRecord};
-use regionkv_raft::transport::frame::{FrameError, FrameKind};
+use regionkv_raft::transport::frame::{FrameError, FrameKind, FrameStream};
 use regionkv_raft::transport::handshake::{ClusterId, HandshakeError, HandshakeKey};
 use regionkv_raft::{
     AdminRequest, ChangePeersRequest, MergeStatus, PeerStatus, QueryResult, ReadRequest, Reply,
@@ -37,7 +38,8 @@ use crate::backend::{Backend, newer};
 use crate::db::{Db, Oneshot};
 use crate::error::{Error, Result};
 use crate::proto::{
-    self, ErrorCode, IN_FLIGHT_MAX, RESPONSE_BYTES_MAX, RemoteError, Request, Response, StoreStatus,
+    self, ErrorCode, IN_FLIGHT_MAX, Outbox, RESPONSE_BYTES_MAX, RemoteError, Request, Response,
+    StoreStatus,
 };
 use crate::region_info::RegionInfo;
 use crate::router::Router;
@@ -64,11 +66,13 @@ const STORE_CHANGE_TIMEOUT: Duration = Duration::from_secs(600);
 
 type Pending = Box<dyn FnOnce(Result<Response, RemoteError>) + Send>;
 
-/// One connection to a node: requests go out under `writer`, responses come back on
-/// its reader thread.
+/// One connection to a node: requests go out through `outbox` (written by the
+/// calling threads themselves, many requests per system call when they come
+/// together), responses come back on its reader thread.
 struct Conn {
     store: StoreId,
-    writer: Mutex<TcpStream>,
+    stream: TcpStream,
+    outbox: Outbox,
     /// Requests sent and not answered, by id: at most [`IN_FLIGHT_MAX`].
     pending: Mutex<HashMap<u64, Pending>>,
     /// Signalled when a pending request is answered (or the connection breaks).
@@ -81,7 +85,7 @@ struct Conn {
 impl Conn {
     fn break_off(&self) {
         self.broken.store(true, Ordering::SeqCst);
-        let _ = self.writer.lock().shutdown(Shutdown::Both);
+        let _ = self.stream.shutdown(Shutdown::Both);
     }
 }
 
@@ -174,7 +178,8 @@ impl RemoteStores {
         let read_half = stream.try_clone().map_err(|e| e.to_string())?;
         let conn = Arc::new(Conn {
             store,
-            writer: Mutex::new(stream),
+            stream,
+            outbox: Outbox::default(),
             pending: Mutex::default(),
             slot_freed: Condvar::new(),
             next_id: AtomicU64::new(1),
@@ -257,8 +262,9 @@ impl RemoteStores {
             }
             return;
         }
-        let written = conn.writer.lock().write_all(&frame);
-        if let Err(e) = written {
+        // This thread writes its request itself, with any queued by others meanwhile,
+        // unless another thread is writing: that one takes it along.
+        if let Err(e) = conn.outbox.send(&frame, &conn.stream) {
             tracing::debug!(store = store.0, error = %e, "write to store failed");
             // Part of the request may have left: its outcome is unknown. The reader
             // answers every pending request so when the socket closes.
@@ -337,12 +343,13 @@ fn unexpected(store: StoreId, answer: Option<Result<Response, RemoteError>>) -> 
 
 /// Reads responses until the connection ends, then answers the requests still waiting:
 /// their outcome is unknown ([`ErrorCode::CancelledInFlight`]).
-fn run_reader(conn: &Conn, mut stream: TcpStream, cancel: &CancellationToken) {
-    let reader = proto::reader(Some(cancel), STALL_TIMEOUT);
+fn run_reader(conn: &Conn, stream: TcpStream, cancel: &CancellationToken) {
+    // Buffered: the responses that arrived together are taken with one read.
+    let mut frames = FrameStream::new(proto::reader(Some(cancel), STALL_TIMEOUT), stream);
     let store = conn.store.0;
     // Bounded: ends at the first error, when the node closes, or at cancellation.
     loop {
-        let payload = match reader.frame(&mut stream, RESPONSE_BYTES_MAX, None) {
+        let payload = match frames.frame(RESPONSE_BYTES_MAX) {
             Ok((FrameKind::Response, payload)) => payload,
             Ok((kind, _)) => {
                 tracing::warn!(store, ?kind, "unexpected frame from a node; closing");
@@ -377,7 +384,7 @@ fn run_reader(conn: &Conn, mut stream: TcpStream, cancel: &CancellationToken) {
         }
     }
     conn.broken.store(true, Ordering::SeqCst);
-    let _ = stream.shutdown(Shutdown::Both);
+    let _ = frames.get_ref().shutdown(Shutdown::Both);
     let waiting: Vec<Pending> = conn.pending.lock().drain().map(|(_, done)| done).collect();
     conn.slot_freed.notify_all();
     for done in waiting {

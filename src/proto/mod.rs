@@ -99,6 +99,7 @@
 //! silence: the outcome is unknown.
 
 mod error;
+mod outbox;
 mod records;
 mod request;
 mod response;
@@ -111,7 +112,9 @@ use std::time::Duration;
 use regionkv_engine::codec;
 use regionkv_engine::{Epoch, Region, RegionId, StoreId};
 use regionkv_raft::directory::{DirCmd, DirResult, RegionRecord};
-use regionkv_raft::transport::frame::{FrameFormat, FrameKind, FrameReader, WireError};
+use regionkv_raft::transport::frame::{
+    FrameFormat, FrameKind, FrameReader, WireError, begin_frame,
+};
 use regionkv_raft::transport::handshake::{
     ClusterId, Expect, Handshake, HandshakeError, HandshakeKey, Names,
 };
@@ -125,6 +128,7 @@ use regionkv_wal::CancellationToken;
 use crate::region_info::RegionInfo;
 
 pub(crate) use self::error::{ErrorCode, RemoteError};
+pub(crate) use self::outbox::Outbox;
 pub(crate) use self::request::{RequestError, decode_request, encode_request};
 pub(crate) use self::response::{decode_response, encode_response};
 
@@ -188,6 +192,23 @@ pub(crate) fn reader(cancel: Option<&CancellationToken>, stall: Duration) -> Fra
 /// A whole client-protocol frame.
 pub(crate) fn encode_frame(kind: FrameKind, payload: &[u8]) -> Result<Vec<u8>, WireError> {
     FRAMES.encode(kind, payload)
+}
+
+/// Appends a whole client-protocol frame to `out` (which may hold frames already, to
+/// be written with one system call); on error `out` is as it was.
+pub(crate) fn encode_frame_into(
+    out: &mut Vec<u8>,
+    kind: FrameKind,
+    payload: &[u8],
+) -> Result<(), WireError> {
+    let at = out.len();
+    begin_frame(out);
+    out.extend_from_slice(payload);
+    let finished = FRAMES.finish(&mut out[at..], kind);
+    if finished.is_err() {
+        out.truncate(at);
+    }
+    finished
 }
 
 /// The client's side of the handshake, as store `me` (`CLIENT_ID` for a client, a

@@ -2,9 +2,11 @@
 //! transport's listener for connections that open with the client magic.
 //!
 //! Each connection runs on the transport's reader thread: the handshake, then a loop
-//! that reads requests and hands them to the node's store (replies arrive later, on
-//! the store's threads) or answers them at once; a writer thread, scoped to the
-//! connection, sends the responses in the order they are ready.
+//! that reads requests (through a buffer: one `read` for every request that arrived
+//! together) and hands them to the node's store (replies arrive later, on the store's
+//! threads) or answers them at once; a writer thread, scoped to the connection, sends
+//! the responses in the order they are ready, every answer queued at once in one
+//! write.
 //!
 //! Every request gets exactly one answer, and no answer is dropped. A request counts
 //! as in flight from the moment its frame is read until its answer is written to the
@@ -25,6 +27,7 @@
 //! The service talks to the node through [`ClientHandler`], which the node implements:
 //! it knows nothing else of the node.
 
+use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -34,7 +37,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounde
 use parking_lot::{Condvar, Mutex};
 use regionkv_engine::{Region, RegionId, StoreId};
 use regionkv_raft::directory::RegionRecord;
-use regionkv_raft::transport::frame::{FrameError, FrameKind, FrameReader, WireError};
+use regionkv_raft::transport::frame::{FrameError, FrameKind, FrameStream, WireError};
 use regionkv_raft::transport::handshake::{ClusterId, HandshakeError, HandshakeKey};
 use regionkv_raft::transport::tcp::SharedListener;
 use regionkv_raft::{
@@ -64,6 +67,9 @@ const CLOSE_LINGER: Duration = Duration::from_secs(10);
 /// last error.
 const ANSWER_QUEUE: usize = IN_FLIGHT_MAX + 1;
 const _: () = assert!(ANSWER_QUEUE > IN_FLIGHT_MAX, "room for the last error too");
+/// Bytes of answers the writer hands to one `write` at most: it takes every answer
+/// queued, up to this, so answers ready together cost one system call.
+const WRITE_BATCH_BYTES: usize = 256 << 10;
 
 /// Scans of one connection in flight at once: each answer holds up to a page of the
 /// store's scan caps (4 MiB by default), so this bounds what a client that reads
@@ -203,11 +209,13 @@ impl SharedListener for ClientService {
         std::thread::scope(|scope| {
             let writer = std::thread::Builder::new()
                 .name(format!("client-send-{me}-{}", remote.port()))
-                .spawn_scoped(scope, || run_writer(write_half, &rx, &in_flight, &closed, cancel));
+                .spawn_scoped(scope, || run_writer(&write_half, &rx, &in_flight, &closed, cancel));
             if writer.is_err() {
                 return;
             }
-            let end = self.read_requests(&mut stream, &reader, peer, &tx, &in_flight, &closed);
+            // Buffered: the requests that arrived together are taken with one read.
+            let mut frames = FrameStream::new(reader, &stream);
+            let end = self.read_requests(&mut frames, peer, &tx, &in_flight, &closed);
             match end {
                 e if e.is_quiet() => {}
                 e => {
@@ -252,13 +260,11 @@ impl InFlight {
         self.count.lock().requests += 1;
     }
 
-    /// An answer was written (or can no longer be); `scan` if it answered a scan.
-    fn end(&self, scan: bool) {
+    /// `answers` answers were written (or can no longer be), `scans` of them to scans.
+    fn end_many(&self, answers: usize, scans: usize) {
         let mut count = self.count.lock();
-        count.requests = count.requests.saturating_sub(1);
-        if scan {
-            count.scans = count.scans.saturating_sub(1);
-        }
+        count.requests = count.requests.saturating_sub(answers);
+        count.scans = count.scans.saturating_sub(scans);
         self.written.notify_all();
     }
 
@@ -304,21 +310,38 @@ fn push(tx: &Sender<Answer>, answer: Answer) {
     }
 }
 
-/// Sends responses as they are ready. Leaves when a write fails, or once the
-/// connection is closed and every answer in flight is written (or after
-/// [`CLOSE_LINGER`], or at shutdown).
+/// Sends responses as they are ready, every answer queued at once in one write.
+/// Leaves when a write fails (closing the connection), or once the connection is
+/// closed and every answer in flight is written (or after [`CLOSE_LINGER`], or at
+/// shutdown).
 fn run_writer(
-    mut stream: TcpStream,
+    stream: &TcpStream,
     rx: &Receiver<Answer>,
     in_flight: &InFlight,
     closed: &AtomicBool,
     cancel: &CancellationToken,
 ) {
-    use std::io::Write;
+    if !write_answers(&mut &*stream, rx, in_flight, closed, cancel) {
+        closed.store(true, Ordering::SeqCst);
+        let _ = stream.shutdown(Shutdown::Both);
+    }
+}
+
+/// The loop of [`run_writer`] on `out`: takes the next answer and every one queued
+/// behind it (up to [`WRITE_BATCH_BYTES`]) and writes their frames with one
+/// `write_all`. False if a write failed.
+fn write_answers<W: Write>(
+    out: &mut W,
+    rx: &Receiver<Answer>,
+    in_flight: &InFlight,
+    closed: &AtomicBool,
+    cancel: &CancellationToken,
+) -> bool {
     let mut closed_at: Option<Instant> = None;
+    let mut buf = Vec::new();
     // Bounded: by a failed write, and once closed by CLOSE_LINGER.
     loop {
-        let (id, answer, scan) = match rx.recv_timeout(WRITER_POLL) {
+        let first = match rx.recv_timeout(WRITER_POLL) {
             Ok(a) => a,
             Err(RecvTimeoutError::Timeout) => {
                 if closed.load(Ordering::SeqCst) {
@@ -327,34 +350,52 @@ fn run_writer(
                         || cancel.is_cancelled()
                         || since.elapsed() >= CLOSE_LINGER
                     {
-                        return;
+                        return true;
                     }
                 }
                 continue;
             }
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Disconnected) => return true,
         };
-        let mut payload = proto::encode_response(id, &answer);
-        if payload.len() > RESPONSE_BYTES_MAX as usize {
-            let message = format!(
-                "the response is {} bytes, over the bound of {RESPONSE_BYTES_MAX} bytes: scan \
-                 with a lower limit",
-                payload.len()
-            );
-            payload =
-                proto::encode_response(id, &Err(RemoteError::new(ErrorCode::TooLarge, message)));
+        buf.clear();
+        let (mut answers, mut scans, mut encoded) = (0, 0, true);
+        let mut next = Some(first);
+        // Bounded: by WRITE_BATCH_BYTES, and by the queue (ANSWER_QUEUE answers).
+        while let Some((id, answer, scan)) = next.take() {
+            answers += 1;
+            scans += usize::from(scan);
+            encoded &= encode_answer(&mut buf, id, &answer);
+            if buf.len() >= WRITE_BATCH_BYTES || !encoded {
+                break;
+            }
+            next = rx.try_recv().ok();
         }
-        let written = match proto::encode_frame(FrameKind::Response, &payload) {
-            Ok(frame) => stream.write_all(&frame).is_ok(),
-            Err(_) => false,
-        };
-        in_flight.end(scan);
+        // What was encoded goes out even if a later answer could not be.
+        let written = out.write_all(&buf).is_ok() && encoded;
+        in_flight.end_many(answers, scans);
         if !written {
-            closed.store(true, Ordering::SeqCst);
-            let _ = stream.shutdown(Shutdown::Both);
-            return;
+            return false;
+        }
+        if buf.capacity() > 4 * WRITE_BATCH_BYTES {
+            // A page of rows made it large: give the memory back.
+            buf = Vec::new();
         }
     }
+}
+
+/// Appends the RESPONSE frame of request `id` to `buf` (an error saying so if the
+/// response is over [`RESPONSE_BYTES_MAX`]); false if it could not be encoded.
+fn encode_answer(buf: &mut Vec<u8>, id: u64, answer: &Result<Response, RemoteError>) -> bool {
+    let mut payload = proto::encode_response(id, answer);
+    if payload.len() > RESPONSE_BYTES_MAX as usize {
+        let message = format!(
+            "the response is {} bytes, over the bound of {RESPONSE_BYTES_MAX} bytes: scan with a \
+             lower limit",
+            payload.len()
+        );
+        payload = proto::encode_response(id, &Err(RemoteError::new(ErrorCode::TooLarge, message)));
+    }
+    proto::encode_frame_into(buf, FrameKind::Response, &payload).is_ok()
 }
 
 /// The one answer to a request (counted in flight since it was read). Dropped
@@ -401,8 +442,7 @@ impl ClientService {
     /// Reads and dispatches requests until the connection ends; returns why it ended.
     fn read_requests(
         &self,
-        stream: &mut TcpStream,
-        reader: &FrameReader<'_>,
+        frames: &mut FrameStream<'_, &TcpStream>,
         peer: StoreId,
         tx: &Sender<Answer>,
         in_flight: &InFlight,
@@ -416,12 +456,12 @@ impl ClientService {
             // the writer signals each answer it writes.
             while !in_flight.wait_below_max(WRITER_POLL) {
                 if closed.load(Ordering::SeqCst)
-                    || reader.cancel.is_some_and(CancellationToken::is_cancelled)
+                    || frames.cancel().is_some_and(CancellationToken::is_cancelled)
                 {
                     return FrameError::Cancelled;
                 }
             }
-            let (kind, payload) = match reader.frame(stream, REQUEST_BYTES_MAX, None) {
+            let (kind, payload) = match frames.frame(REQUEST_BYTES_MAX) {
                 Ok(frame) => frame,
                 Err(e) => return e,
             };
@@ -439,7 +479,7 @@ impl ClientService {
                     // SCANS_IN_FLIGHT_MAX scans unanswered.
                     while scan && !in_flight.begin_scan(WRITER_POLL) {
                         if closed.load(Ordering::SeqCst)
-                            || reader.cancel.is_some_and(CancellationToken::is_cancelled)
+                            || frames.cancel().is_some_and(CancellationToken::is_cancelled)
                         {
                             let answer = RemoteError::new(ErrorCode::Cancelled, "closing");
                             push(tx, (id, Err(answer), false));

@@ -384,3 +384,53 @@ fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
     client.close();
     node.shutdown().unwrap();
 }
+
+/// A socket that counts its writes and keeps the bytes.
+#[derive(Default)]
+struct CountingSocket {
+    writes: usize,
+    bytes: Vec<u8>,
+}
+
+impl Write for CountingSocket {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.writes += 1;
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Regression (issue 13, cause 3): the node's writer made one `write` system call per
+/// response, however many responses were queued for it. It now writes every queued
+/// answer with one call; each still arrives whole and in order.
+#[test]
+fn answers_queued_together_go_out_in_one_write() {
+    use std::sync::atomic::AtomicBool;
+
+    use super::{ANSWER_QUEUE, InFlight, write_answers};
+
+    let (tx, rx) = crossbeam_channel::bounded(ANSWER_QUEUE);
+    let in_flight = InFlight::default();
+    for id in 1..=20 {
+        in_flight.begin();
+        tx.send((id, Ok(Response::Done), false)).unwrap();
+    }
+    drop(tx);
+    let mut socket = CountingSocket::default();
+    let cancel = regionkv_wal::CancellationToken::new();
+    assert!(write_answers(&mut socket, &rx, &in_flight, &AtomicBool::new(true), &cancel));
+    assert_eq!(socket.writes, 1, "20 answers queued together, one write");
+    assert_eq!(in_flight.count(), 0, "every answer written counts as answered");
+    let reader = proto::reader(None, Duration::from_secs(1));
+    let mut bytes = &socket.bytes[..];
+    for id in 1..=20 {
+        let (kind, payload) = reader.frame(&mut bytes, proto::RESPONSE_BYTES_MAX, None).unwrap();
+        assert_eq!(kind, FrameKind::Response);
+        assert_eq!(proto::decode_response(&payload).unwrap(), (id, Ok(Response::Done)));
+    }
+    assert!(bytes.is_empty());
+}

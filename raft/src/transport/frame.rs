@@ -21,10 +21,13 @@
 //! [`FrameReader`] reads frames from a socket whose read timeout is short (a poll
 //! interval): it looks at a cancellation token between reads, gives up on a frame whose
 //! bytes stall, and on a [`Deadline`] (the handshake's), and buffers a large frame a
-//! chunk at a time as its bytes arrive. Nothing here panics on bad bytes: every failure
-//! is a [`WireError`] or a [`FrameError`].
+//! chunk at a time as its bytes arrive. [`FrameStream`] is a connection's reading side
+//! after its handshake: the same reader over a [`READ_BUFFER_BYTES`] buffer, so that one
+//! `read` system call takes every frame that arrived together (the reader then parses
+//! them from memory). Nothing here panics on bad bytes: every failure is a
+//! [`WireError`] or a [`FrameError`].
 
-use std::io::{self, Read};
+use std::io::{self, BufReader, Read};
 use std::time::{Duration, Instant};
 
 use regionkv_engine::codec::DecodeError;
@@ -535,6 +538,52 @@ impl FrameReader<'_> {
     }
 }
 
+/// Bytes a [`FrameStream`] asks the socket for at a time: every frame that arrived
+/// together, up to this, is taken by one `read`.
+pub const READ_BUFFER_BYTES: usize = 64 << 10;
+
+/// The reading side of a connection after its handshake: frames of one format read
+/// through a buffer of [`READ_BUFFER_BYTES`], so that frames that arrived together cost
+/// one `read` system call, not two each (header, then payload). Every check of
+/// [`FrameReader::frame`] applies unchanged (it is the same reader over the buffer);
+/// a payload larger than the buffer is read straight into its own memory, a chunk at
+/// a time.
+///
+/// Only for the part of a connection that is all frames: what the buffer read ahead
+/// belongs to this stream, so the handshake (which hands the socket on) reads without it.
+#[derive(Debug)]
+pub struct FrameStream<'a, R> {
+    reader: FrameReader<'a>,
+    stream: BufReader<R>,
+}
+
+impl<'a, R: Read> FrameStream<'a, R> {
+    /// Frames from `stream`, read and checked by `reader`.
+    pub fn new(reader: FrameReader<'a>, stream: R) -> FrameStream<'a, R> {
+        FrameStream::with_buffer(reader, stream, READ_BUFFER_BYTES)
+    }
+
+    fn with_buffer(reader: FrameReader<'a>, stream: R, bytes: usize) -> FrameStream<'a, R> {
+        FrameStream { reader, stream: BufReader::with_capacity(bytes, stream) }
+    }
+
+    /// The next whole frame, checked as [`FrameReader::frame`] checks it (its payload
+    /// at most `payload_bytes_max`); waits between frames until cancelled.
+    pub fn frame(&mut self, payload_bytes_max: u32) -> Result<(FrameKind, Vec<u8>), FrameError> {
+        self.reader.frame(&mut self.stream, payload_bytes_max, None)
+    }
+
+    /// The reader's cancellation token, if any.
+    pub fn cancel(&self) -> Option<&'a CancellationToken> {
+        self.reader.cancel
+    }
+
+    /// The socket.
+    pub fn get_ref(&self) -> &R {
+        self.stream.get_ref()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -605,6 +654,67 @@ mod tests {
         let r = reader(Duration::from_secs(5));
         assert_eq!(r.frame(&mut socket, 11, None).unwrap(), (FrameKind::Response, vec![9; 11]));
         assert_eq!(r.frame(&mut socket, 11, None).unwrap(), (FrameKind::Hello, vec![]));
+    }
+
+    /// A socket on which `bytes` arrived at once: a read takes as much as it asks for;
+    /// it counts the reads.
+    struct Burst {
+        bytes: Vec<u8>,
+        at: usize,
+        reads: usize,
+    }
+
+    impl Read for Burst {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.reads += 1;
+            let n = buf.len().min(self.bytes.len() - self.at);
+            buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn frames_that_arrived_together_cost_one_read() {
+        //! Regression (issue 13, cause 3): both TCP protocols read a frame's header
+        //! and then its payload with a `read` each, so 2 system calls per frame however
+        //! many frames the socket held. A `FrameStream` takes them all with one read.
+        let frames: Vec<Vec<u8>> =
+            (0..50u8).map(|i| TEST.encode(FrameKind::Request, &[i; 20]).unwrap()).collect();
+        let mut socket = Burst { bytes: frames.concat(), at: 0, reads: 0 };
+        let r = reader(Duration::from_secs(5));
+        {
+            let mut stream =
+                FrameStream::new(FrameReader { chunk_bytes: 1 << 20, ..r }, &mut socket);
+            for i in 0..50u8 {
+                assert_eq!(stream.frame(64).unwrap(), (FrameKind::Request, vec![i; 20]));
+            }
+            assert!(matches!(stream.frame(64), Err(FrameError::Closed)));
+        }
+        // One read for the 50 frames, one that finds the end of the stream.
+        assert_eq!(socket.reads, 2);
+    }
+
+    #[test]
+    fn a_frame_stream_checks_what_the_reader_checks() {
+        // A frame larger than the buffer arrives whole; a bad frame after good ones
+        // in the same read is refused with the reader's error, never a panic.
+        let big = TEST.encode(FrameKind::Response, &[5; 100]).unwrap();
+        let good = TEST.encode(FrameKind::Request, b"ok").unwrap();
+        let mut bad = TEST.encode(FrameKind::Request, b"no").unwrap();
+        bad[FRAME_HEADER_BYTES] ^= 1;
+        let oversized = TEST.encode(FrameKind::Request, &[0; 65]).unwrap();
+        let bytes = [big, good.clone(), bad, good, oversized].concat();
+        let mut socket = Burst { bytes, at: 0, reads: 0 };
+        let mut stream = FrameStream::with_buffer(reader(Duration::from_secs(5)), &mut socket, 32);
+        assert_eq!(stream.frame(100).unwrap(), (FrameKind::Response, vec![5; 100]));
+        assert_eq!(stream.frame(64).unwrap(), (FrameKind::Request, b"ok".to_vec()));
+        assert!(matches!(stream.frame(64), Err(FrameError::Wire(WireError::Checksum { .. }))));
+        assert_eq!(stream.frame(64).unwrap(), (FrameKind::Request, b"ok".to_vec()));
+        assert!(matches!(
+            stream.frame(64),
+            Err(FrameError::Wire(WireError::FrameTooLarge { len: 65, max: 64 }))
+        ));
     }
 
     #[test]

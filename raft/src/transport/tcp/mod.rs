@@ -37,12 +37,13 @@
 //!
 //! - `tcp-accept`: accepts connections (non-blocking, polled) and spawns a reader per
 //!   connection, at most [`TcpConfig::inbound_connections_max`] at once;
-//! - `tcp-recv`: one per accepted connection: handshake, then BATCH frames decoded and
-//!   handed to the store's [`Inbox`]; a frame that fails its checks closes the
-//!   connection;
+//! - `tcp-recv`: one per accepted connection: handshake, then BATCH frames read through
+//!   a buffer (one `read` for the frames that arrived together), decoded and handed to
+//!   the store's [`Inbox`]; a frame that fails its checks closes the connection;
 //! - `tcp-send`: one per peer store: drains the peer's bounded queue, batches what is
-//!   queued into one frame, writes it, and reconnects with bounded exponential backoff
-//!   after errors.
+//!   queued into one frame, writes it (after a poll interval of silence it first
+//!   probes whether the peer closed the connection), and reconnects with bounded
+//!   exponential backoff after errors.
 //!
 //! [`TcpTransport::shutdown`] (also run on drop) cancels every thread's token, shuts
 //! down every socket (which unblocks blocked reads and writes), waits for the threads

@@ -17,7 +17,8 @@ use super::stats::bump;
 use super::{READ_CHUNK_BYTES, REJECTIONS_KEPT, STORE_NAMES, Shared, estimated_bytes};
 use crate::transport::Envelope;
 use crate::transport::frame::{
-    FRAME_HEADER_BYTES, FrameKind, FrameReader, WireError, begin_frame, is_read_timeout,
+    FRAME_HEADER_BYTES, FrameKind, FrameReader, FrameStream, WireError, begin_frame,
+    is_read_timeout,
 };
 use crate::transport::handshake::{Expect, Handshake, RejectReason};
 use crate::transport::wire::{self, FRAMES};
@@ -295,11 +296,11 @@ impl Shared {
         };
         bump(&self.counters.handshakes_completed, 1);
         tracing::debug!(store = me, %remote, peer = peer.0, "inbound tcp connection authenticated");
-        let reader = self.reader(cancel);
+        // Buffered: the batches that arrived together are taken with one read.
+        let mut frames = FrameStream::new(self.reader(cancel), &stream);
         // Bounded: ends at the first error, at the peer closing, or at cancellation.
         let end = loop {
-            let (kind, payload) = match reader.frame(&mut stream, self.config.frame_bytes_max, None)
-            {
+            let (kind, payload) = match frames.frame(self.config.frame_bytes_max) {
                 Ok(frame) => frame,
                 Err(e) => break TcpError::from(e),
             };
@@ -438,6 +439,8 @@ impl Shared {
         let frame_max = self.config.frame_bytes_max as usize;
         let mut buf = Vec::new();
         let mut carry: Option<Envelope> = None;
+        // The handshake just showed the peer alive.
+        let mut last_write = Instant::now();
         // Bounded: each turn waits at most a poll interval, and ends on cancellation.
         loop {
             if sender.cancel.is_cancelled() {
@@ -493,7 +496,12 @@ impl Shared {
                 continue;
             }
             FRAMES.finish(&mut buf, FrameKind::Batch)?;
-            let written = if peer_has_closed(&stream) {
+            // A peer that closed the connection while it was idle (restarted, say) is
+            // found before the write, which would go to a dead socket; while frames
+            // flow, a closed peer fails a write soon enough, and the probe (three
+            // system calls) would cost more than the frame.
+            let idle = last_write.elapsed() >= self.config.poll_interval;
+            let written = if idle && peer_has_closed(&stream) {
                 Err(TcpError::Closed)
             } else {
                 stream.write_all(&buf).map_err(TcpError::from)
@@ -502,6 +510,7 @@ impl Shared {
                 bump(&self.counters.envelopes_dropped, count + u64::from(carry.is_some()));
                 return Err(e);
             }
+            last_write = Instant::now();
             bump(&self.counters.frames_sent, 1);
             bump(&self.counters.envelopes_sent, count);
         }
