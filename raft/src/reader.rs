@@ -1,23 +1,27 @@
 //! Where a store's confirmed scans run: [`Scans`] hands each one from the poller to the
 //! poller's reader thread ([`reader_loop`]), so that a scan never holds up the ticks,
 //! messages and requests of the poller's other regions; the simulator runs them inline.
+//! And where a get needs no poller at all: [`LocalReads`], the regions whose only voter
+//! is this store's leader, answered on the caller's thread.
 //!
 //! The poller does every check first (epoch, readable, the read index applied), takes
 //! the engine's read view and clamps the range to the region (`core/apply.rs`
 //! `serve_reads`): a [`ScanJob`] only reads that view, which holds its versions for as
 //! long as it lives (see ARCHITECTURE.md, "Reads").
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use bytes::Bytes;
-use regionkv_engine::{ReadView, RegionId};
+use parking_lot::RwLock;
+use regionkv_engine::{ReadView, Region, RegionId};
 
 use crate::core::StoreContext;
 use crate::error::{Error, Result};
 use crate::mailbox::{Lane, Mailbox, SendError};
-use crate::request::{QueryResult, Reply, ScanCaps, scan_page};
+use crate::request::{Query, QueryResult, ReadRequest, Reply, ScanCaps, scan_page};
 
 /// Scans queued for one reader thread at most; past it, the poller runs a scan
 /// itself (bounded by the store's caps) rather than wait or refuse.
@@ -114,5 +118,60 @@ fn reader_loop(ctx: &StoreContext, queue: &Mailbox<ScanJob>) {
         if !open {
             return;
         }
+    }
+}
+
+/// The regions of a store whose gets are answered on the caller's thread, without a
+/// `ReadIndex` round on the poller: those whose only voter is this store's replica,
+/// which leads, has committed an entry of its term and applied everything committed.
+/// See ARCHITECTURE.md, "Reads".
+///
+/// Why that is linearizable: in a group of one voter, nothing commits but what this
+/// replica commits, and it answers a write only once the write's round is visible in
+/// the engine; a `ReadIndex` there is a local check that the poller would answer with
+/// the commit index, already applied. So a read view taken while the region is listed
+/// holds every write answered before the read arrived. The poller takes a region off
+/// the list (under the write lock) before anything that could let another peer commit:
+/// before it applies a membership change or an admin command (`core/apply.rs`), and
+/// when its replica stops leading, halts, merges or goes (`StoreCore::publish_reads`);
+/// a read that saw the region listed took its view before that, so it is answered at a
+/// point when this replica was still the only one that could commit.
+#[derive(Debug, Default)]
+pub(crate) struct LocalReads {
+    regions: RwLock<HashMap<RegionId, Region>>,
+}
+
+impl LocalReads {
+    /// Lists `region` (replacing its previous shape).
+    pub fn insert(&self, region: &Region) {
+        self.regions.write().insert(region.id, region.clone());
+    }
+
+    /// Takes `region` off the list.
+    pub fn remove(&self, region: RegionId) {
+        self.regions.write().remove(&region);
+    }
+
+    /// Answers `req` here, on the caller's thread, if its region is listed at the
+    /// request's epoch and it is a get of a key the region holds; otherwise gives it
+    /// back for the poller (which also makes every refusal, with its details).
+    pub fn serve(&self, ctx: &StoreContext, req: ReadRequest) -> Option<ReadRequest> {
+        let Query::Get { key } = &req.query else { return Some(req) };
+        let view = {
+            let regions = self.regions.read();
+            match regions.get(&req.region) {
+                Some(region)
+                    if region.epoch.version == req.epoch.version && region.contains(key) =>
+                {
+                    // Taken while listed: see the type's docs.
+                    ctx.engine_of(req.region).read_view()
+                }
+                _ => return Some(req),
+            }
+        };
+        let value = view.get(key);
+        drop(view);
+        (req.reply)(Ok(QueryResult::Value(value)));
+        None
     }
 }

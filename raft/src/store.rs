@@ -353,8 +353,15 @@ impl Store {
         }
     }
 
-    /// Submits a linearizable read.
+    /// Submits a linearizable read. A get of a region whose only voter is this store's
+    /// leader is answered here, on the caller's thread (`reader::LocalReads`); any
+    /// other read goes through the region's poller.
     pub fn read(&self, req: ReadRequest) {
+        if self.ctx.cancel.is_cancelled() {
+            (req.reply)(Err(Error::Cancelled));
+            return;
+        }
+        let Some(req) = self.ctx.local_reads.serve(&self.ctx, req) else { return };
         let region = req.region;
         if let Err(Msg::Read(req)) = self.try_send(region, Msg::Read(req)) {
             (req.reply)(Err(Error::Cancelled));
