@@ -1,8 +1,8 @@
 //! Where a store's confirmed scans run: [`Scans`] hands each one from the poller to the
 //! poller's reader thread ([`reader_loop`]), so that a scan never holds up the ticks,
 //! messages and requests of the poller's other regions; the simulator runs them inline.
-//! And where a get needs no poller at all: [`LocalReads`], the regions whose only voter
-//! is this store's leader, answered on the caller's thread.
+//! And where a read needs no poller at all: [`LocalReads`], the regions whose only
+//! voter is this store's leader, whose gets and scans run on the caller's thread.
 //!
 //! The poller does every check first (epoch, readable, the read index applied), takes
 //! the engine's read view and clamps the range to the region (`core/apply.rs`
@@ -153,25 +153,57 @@ impl LocalReads {
     }
 
     /// Answers `req` here, on the caller's thread, if its region is listed at the
-    /// request's epoch and it is a get of a key the region holds; otherwise gives it
-    /// back for the poller (which also makes every refusal, with its details).
+    /// request's epoch: a get of a key the region holds, or a scan (its range clamped
+    /// to the region, capped by the store's caps, through the scan hook like any
+    /// other). Otherwise gives it back for the poller (which also makes every
+    /// refusal, with its details).
     pub fn serve(&self, ctx: &StoreContext, req: ReadRequest) -> Option<ReadRequest> {
-        let Query::Get { key } = &req.query else { return Some(req) };
-        let view = {
-            let regions = self.regions.read();
-            match regions.get(&req.region) {
-                Some(region)
-                    if region.epoch.version == req.epoch.version && region.contains(key) =>
-                {
-                    // Taken while listed: see the type's docs.
-                    ctx.engine_of(req.region).read_view()
-                }
-                _ => return Some(req),
+        let regions = self.regions.read();
+        let Some(region) = regions.get(&req.region) else { return Some(req) };
+        if region.epoch.version != req.epoch.version {
+            return Some(req);
+        }
+        if let Query::Get { key } = &req.query
+            && !region.contains(key)
+        {
+            return Some(req);
+        }
+        // Taken while listed: see the type's docs.
+        let view = ctx.engine_of(req.region).read_view();
+        let ReadRequest { region: id, query, reply, .. } = req;
+        let query = match query {
+            Query::Scan { start, end, limit } => {
+                let (start, end) = clamp(region, start, end);
+                Query::Scan { start, end, limit }
+            }
+            get @ Query::Get { .. } => get,
+        };
+        drop(regions);
+        let answer = match query {
+            Query::Get { key } => QueryResult::Value(view.get(&key)),
+            Query::Scan { start, end, limit } => {
+                ctx.before_scan(id);
+                let caps = ctx.config.scan_caps();
+                QueryResult::Rows(scan_page(&view, &start, end.as_deref(), limit, caps))
             }
         };
-        let value = view.get(key);
-        drop(view);
-        (req.reply)(Ok(QueryResult::Value(value)));
+        drop(view); // the versions it held may go before the caller reads the answer
+        reply(Ok(answer));
         None
     }
+}
+
+/// `[start, end)` cut to `region`'s range.
+pub(crate) fn clamp(region: &Region, start: Bytes, end: Option<Bytes>) -> (Bytes, Option<Bytes>) {
+    let start = if start.as_ref() < region.start.as_slice() {
+        Bytes::copy_from_slice(&region.start)
+    } else {
+        start
+    };
+    let end = match (end, region.end.as_deref()) {
+        (Some(a), Some(b)) if b < a.as_ref() => Some(Bytes::copy_from_slice(b)),
+        (Some(a), _) => Some(a),
+        (None, b) => b.map(Bytes::copy_from_slice),
+    };
+    (start, end)
 }

@@ -1,8 +1,8 @@
 //! Issue 13: every linearizable get queued behind the region's poller, which served it
 //! after a `ReadIndex` round, even where that round is a local check (a group of one
-//! voter); one poller serialised every read of a one-store cluster. A get of a region
-//! whose only voter is this store's leader is now answered on the caller's thread
-//! (`LocalReads`, ARCHITECTURE.md "Reads"); once a second voter joins, gets go
+//! voter); one poller serialised every read of a one-store cluster. A get or a scan of
+//! a region whose only voter is this store's leader is now answered on the caller's
+//! thread (`LocalReads`, ARCHITECTURE.md "Reads"); once a second voter joins, gets go
 //! through the poller again and never answer from a replica that stopped leading.
 
 use std::sync::Arc;
@@ -131,6 +131,24 @@ fn a_get_of_a_region_with_one_voter_is_answered_on_the_callers_thread() {
         until_ok(|| write(&s.stores[0], "k", &v));
         assert_eq!(get_ok(&s.stores[0], "k"), (Some(Bytes::from(v)), true));
     }
+    // A scan too: on the caller's thread, clamped and capped as on the poller.
+    let (tx, rx) = bounded(1);
+    s.stores[0].read(ReadRequest {
+        region: R1,
+        epoch: Epoch::INITIAL,
+        query: Query::Scan { start: Bytes::new(), end: None, limit: 10 },
+        reply: Box::new(move |r| {
+            let _ = tx.send((r, std::thread::current().id()));
+        }),
+    });
+    let (answer, thread) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    match answer {
+        Ok(QueryResult::Rows(page)) => {
+            assert_eq!(page.rows, vec![(Bytes::from_static(b"k"), Bytes::from_static(b"v19"))]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(thread, std::thread::current().id(), "the scan ran on the caller's thread");
     // A get of the wrong epoch still gets the poller's refusal, with the region.
     let (tx, rx) = bounded(1);
     s.stores[0].read(ReadRequest {

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use raft::eraftpb::{Entry, EntryType};
 use regionkv_engine::{ApplyRound, Engine, Region, RegionId, SessionWrite};
 
@@ -16,7 +15,7 @@ use crate::error::{DropReason, Error, Result};
 use crate::index::RaftIndex;
 use crate::mailbox::Mailbox;
 use crate::metrics::ApplyStats;
-use crate::reader::{ScanJob, Scans};
+use crate::reader::{ScanJob, Scans, clamp};
 use crate::replica::{Paused, Replica, Waiting};
 use crate::request::{AdminResult, Query, QueryResult, Reply};
 
@@ -310,21 +309,6 @@ fn get(view: &regionkv_engine::ReadView, region: &Region, key: &[u8]) -> Result<
         return Err(Error::KeyNotInRegion { region: region.id, current: Some(region.clone()) });
     }
     Ok(QueryResult::Value(view.get(key)))
-}
-
-/// `[start, end)` cut to `region`'s range.
-fn clamp(region: &Region, start: Bytes, end: Option<Bytes>) -> (Bytes, Option<Bytes>) {
-    let start = if start.as_ref() < region.start.as_slice() {
-        Bytes::copy_from_slice(&region.start)
-    } else {
-        start
-    };
-    let end = match (end, region.end.as_deref()) {
-        (Some(a), Some(b)) if b < a.as_ref() => Some(Bytes::copy_from_slice(b)),
-        (Some(a), _) => Some(a),
-        (None, b) => b.map(Bytes::copy_from_slice),
-    };
-    (start, end)
 }
 
 impl StoreCore {
