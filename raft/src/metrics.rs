@@ -23,6 +23,8 @@ pub struct WriteMetrics {
     writes_proposed: AtomicU64,
     /// Entries proposed that carry client writes.
     entries_proposed: AtomicU64,
+    /// Write tasks handed to writer threads.
+    writer_tasks: AtomicU64,
 }
 
 impl WriteMetrics {
@@ -44,11 +46,17 @@ impl WriteMetrics {
         self.writes_proposed.fetch_add(writes as u64, Ordering::Relaxed);
     }
 
+    /// Counts one write task handed to a writer thread.
+    pub(crate) fn on_writer_task(&self) {
+        self.writer_tasks.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Fills in the store-wide write-path figures of `m`.
     pub(crate) fn fill(&self, m: &mut StoreMetrics) {
         m.write_latency_us = self.latency.snapshot();
         m.writes_proposed = self.writes_proposed.load(Ordering::Relaxed);
         m.entries_proposed = self.entries_proposed.load(Ordering::Relaxed);
+        m.writer_tasks = self.writer_tasks.load(Ordering::Relaxed);
     }
 }
 
@@ -77,6 +85,10 @@ pub struct StoreMetrics {
     pub writes_proposed: u64,
     /// Raft entries those writes were proposed in (writes are batched per region).
     pub entries_proposed: u64,
+    /// Write tasks the store's pollers handed to their writer threads (each a thread
+    /// wake-up there and back); readies with nothing to persist are not among them
+    /// when nothing is in flight. Not sent over the client protocol (0 there).
+    pub writer_tasks: u64,
     /// Write-batch rounds of the apply loop.
     pub apply: ApplyStats,
     /// The store's WAL: fsyncs, their latency, group sizes.

@@ -1,23 +1,27 @@
 //! Where a store's confirmed scans run: [`Scans`] hands each one from the poller to the
 //! poller's reader thread ([`reader_loop`]), so that a scan never holds up the ticks,
 //! messages and requests of the poller's other regions; the simulator runs them inline.
+//! And where a read needs no poller at all: [`LocalReads`], the regions whose only
+//! voter is this store's leader, whose gets and scans run on the caller's thread.
 //!
 //! The poller does every check first (epoch, readable, the read index applied), takes
 //! the engine's read view and clamps the range to the region (`core/apply.rs`
 //! `serve_reads`): a [`ScanJob`] only reads that view, which holds its versions for as
 //! long as it lives (see ARCHITECTURE.md, "Reads").
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use bytes::Bytes;
-use regionkv_engine::{ReadView, RegionId};
+use parking_lot::RwLock;
+use regionkv_engine::{ReadView, Region, RegionId};
 
 use crate::core::StoreContext;
 use crate::error::{Error, Result};
 use crate::mailbox::{Lane, Mailbox, SendError};
-use crate::request::{QueryResult, Reply, ScanCaps, scan_page};
+use crate::request::{Query, QueryResult, ReadRequest, Reply, ScanCaps, scan_page};
 
 /// Scans queued for one reader thread at most; past it, the poller runs a scan
 /// itself (bounded by the store's caps) rather than wait or refuse.
@@ -115,4 +119,91 @@ fn reader_loop(ctx: &StoreContext, queue: &Mailbox<ScanJob>) {
             return;
         }
     }
+}
+
+/// The regions of a store whose gets are answered on the caller's thread, without a
+/// `ReadIndex` round on the poller: those whose only voter is this store's replica,
+/// which leads, has committed an entry of its term and applied everything committed.
+/// See ARCHITECTURE.md, "Reads".
+///
+/// Why that is linearizable: in a group of one voter, nothing commits but what this
+/// replica commits, and it answers a write only once the write's round is visible in
+/// the engine; a `ReadIndex` there is a local check that the poller would answer with
+/// the commit index, already applied. So a read view taken while the region is listed
+/// holds every write answered before the read arrived. The poller takes a region off
+/// the list (under the write lock) before anything that could let another peer commit:
+/// before it applies a membership change or an admin command (`core/apply.rs`), and
+/// when its replica stops leading, halts, merges or goes (`StoreCore::publish_reads`);
+/// a read that saw the region listed took its view before that, so it is answered at a
+/// point when this replica was still the only one that could commit.
+#[derive(Debug, Default)]
+pub(crate) struct LocalReads {
+    regions: RwLock<HashMap<RegionId, Region>>,
+}
+
+impl LocalReads {
+    /// Lists `region` (replacing its previous shape).
+    pub fn insert(&self, region: &Region) {
+        self.regions.write().insert(region.id, region.clone());
+    }
+
+    /// Takes `region` off the list.
+    pub fn remove(&self, region: RegionId) {
+        self.regions.write().remove(&region);
+    }
+
+    /// Answers `req` here, on the caller's thread, if its region is listed at the
+    /// request's epoch: a get of a key the region holds, or a scan (its range clamped
+    /// to the region, capped by the store's caps, through the scan hook like any
+    /// other). Otherwise gives it back for the poller (which also makes every
+    /// refusal, with its details).
+    pub fn serve(&self, ctx: &StoreContext, req: ReadRequest) -> Option<ReadRequest> {
+        let regions = self.regions.read();
+        let Some(region) = regions.get(&req.region) else { return Some(req) };
+        if region.epoch.version != req.epoch.version {
+            return Some(req);
+        }
+        if let Query::Get { key } = &req.query
+            && !region.contains(key)
+        {
+            return Some(req);
+        }
+        // Taken while listed: see the type's docs.
+        let view = ctx.engine_of(req.region).read_view();
+        let ReadRequest { region: id, query, reply, .. } = req;
+        let query = match query {
+            Query::Scan { start, end, limit } => {
+                let (start, end) = clamp(region, start, end);
+                Query::Scan { start, end, limit }
+            }
+            get @ Query::Get { .. } => get,
+        };
+        drop(regions);
+        let answer = match query {
+            Query::Get { key } => QueryResult::Value(view.get(&key)),
+            Query::Scan { start, end, limit } => {
+                ctx.before_scan(id);
+                let caps = ctx.config.scan_caps();
+                QueryResult::Rows(scan_page(&view, &start, end.as_deref(), limit, caps))
+            }
+        };
+        drop(view); // the versions it held may go before the caller reads the answer
+        reply(Ok(answer));
+        None
+    }
+}
+
+/// `[start, end)` cut to `region`'s range.
+pub(crate) fn clamp(region: &Region, start: Bytes, end: Option<Bytes>) -> (Bytes, Option<Bytes>) {
+    let start = if start.as_ref() < region.start.as_slice() {
+        Bytes::copy_from_slice(&region.start)
+    } else {
+        start
+    };
+    let end = match (end, region.end.as_deref()) {
+        (Some(a), Some(b)) if b < a.as_ref() => Some(Bytes::copy_from_slice(b)),
+        (Some(a), _) => Some(a),
+        (None, b) => b.map(Bytes::copy_from_slice),
+    };
+    (start, end)
 }

@@ -107,11 +107,20 @@ pub(crate) struct Reads {
     pub ready: VecDeque<(u64, Vec<ReadRequest>)>,
     /// The context of the next `ReadIndex` request.
     pub next_ctx: u64,
+    /// The epoch the region is listed with in the store's `LocalReads` (its gets are
+    /// answered on the caller's thread), if it is.
+    pub local: Option<Epoch>,
 }
 
 impl Default for Reads {
     fn default() -> Self {
-        Reads { unissued: Vec::new(), pending: HashMap::new(), ready: VecDeque::new(), next_ctx: 1 }
+        Reads {
+            unissued: Vec::new(),
+            pending: HashMap::new(),
+            ready: VecDeque::new(),
+            next_ctx: 1,
+            local: None,
+        }
     }
 }
 
@@ -389,6 +398,23 @@ impl Replica {
     /// `ReadIndex` request made before).
     pub fn has_committed_in_its_term(&self) -> bool {
         self.raw.raft.commit_to_current_term()
+    }
+
+    /// True if this replica's gets may be answered on the caller's thread
+    /// (`reader::LocalReads`): it is the group's only voter (no joint configuration),
+    /// leads, has committed an entry of its term and applied every committed entry,
+    /// and nothing (a merge, a halt, a removal) stops it from serving reads.
+    pub fn reads_locally(&self) -> bool {
+        let prs = self.raw.raft.prs();
+        self.is_leader()
+            && self.is_initialized()
+            && self.halted.is_none()
+            && !self.removed
+            && self.check_readable().is_ok()
+            && prs.is_singleton()
+            && prs.conf().voters().contains(self.id.0)
+            && self.has_committed_in_its_term()
+            && self.applied_index >= self.committed()
     }
 
     /// True while a membership change is proposed and not applied yet.

@@ -87,6 +87,11 @@ pub struct ScanCaps {
 /// Up to `limit` live pairs of `view` with `start <= key < end`, stopping at `caps`
 /// (never reading past them): the one scan loop of the store's reads and of a node's
 /// local scan.
+///
+/// Every key and value of the page is copied once, into one buffer that the page's
+/// `Bytes` share (one allocation per page, not two per row: for a 1,000-row scan the
+/// per-row allocations and frees were the largest cost after the memtable walk). A
+/// row kept by the caller keeps the page's buffer alive with it.
 pub fn scan_page(
     view: &regionkv_engine::ReadView,
     start: &[u8],
@@ -100,20 +105,35 @@ pub fn scan_page(
     }
     let rows_max = caps.rows_max.max(1);
     let mut bytes = 0usize;
+    let mut buf: Vec<u8> = Vec::new();
+    // (key length, value length) of each row, laid end to end in `buf`.
+    let mut lens: Vec<(usize, usize)> = Vec::new();
     view.for_each(start, end, |key, value| {
         let size = key.len() + value.len();
-        if page.rows.len() >= rows_max
-            || (!page.rows.is_empty() && bytes.saturating_add(size) > caps.bytes_max)
+        if lens.len() >= rows_max
+            || (!lens.is_empty() && bytes.saturating_add(size) > caps.bytes_max)
         {
             // Capped: this pair is the first one not answered.
             page.resume = Some(Bytes::copy_from_slice(key));
             return false;
         }
         bytes += size;
-        page.rows.push((Bytes::copy_from_slice(key), Bytes::copy_from_slice(value)));
+        buf.extend_from_slice(key);
+        buf.extend_from_slice(value);
+        lens.push((key.len(), value.len()));
         // The client's own limit ends the scan: a complete answer.
-        page.rows.len() < limit
+        lens.len() < limit
     });
+    if buf.capacity() > buf.len() + buf.len() / 4 {
+        buf.shrink_to_fit(); // the page's rows hold the buffer: no more than they need
+    }
+    let buf = Bytes::from(buf);
+    page.rows.reserve_exact(lens.len());
+    let mut at = 0;
+    for (k, v) in lens {
+        page.rows.push((buf.slice(at..at + k), buf.slice(at + k..at + k + v)));
+        at += k + v;
+    }
     page
 }
 

@@ -123,6 +123,10 @@ const CLIENT_QUEUE: usize = 4096;
 /// by blocking the poller (A5 in ARCHITECTURE.md's Store section).
 const WRITER_BACKLOG: usize = 64;
 
+/// Turns of a poller's loop in which readies with nothing to persist are reported
+/// durable inline (see `poller_loop`); bounds that loop.
+const MAX_INLINE_PERSISTED: usize = 4;
+
 /// How a [`Store`] runs on threads.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -353,8 +357,15 @@ impl Store {
         }
     }
 
-    /// Submits a linearizable read.
+    /// Submits a linearizable read. A get of a region whose only voter is this store's
+    /// leader is answered here, on the caller's thread (`reader::LocalReads`); any
+    /// other read goes through the region's poller.
     pub fn read(&self, req: ReadRequest) {
+        if self.ctx.cancel.is_cancelled() {
+            (req.reply)(Err(Error::Cancelled));
+            return;
+        }
+        let Some(req) = self.ctx.local_reads.serve(&self.ctx, req) else { return };
         let region = req.region;
         if let Err(Msg::Read(req)) = self.try_send(region, Msg::Read(req)) {
             (req.reply)(Err(Error::Cancelled));
@@ -642,17 +653,35 @@ fn poller_loop(
                 next_tick = Instant::now() + tick; // fell behind: do not tick in a burst
             }
         }
-        let out = core.flush();
-        for task in out.tasks {
-            pollers.send(task);
-        }
-        pollers.report(out.reports);
-        transport.send(out.messages);
-        if let Some(task) = out.write {
+        let mut out = core.flush();
+        let mut inline = 0;
+        loop {
+            for task in std::mem::take(&mut out.tasks) {
+                pollers.send(task);
+            }
+            pollers.report(std::mem::take(&mut out.reports));
+            transport.send(std::mem::take(&mut out.messages));
+            let Some(task) = out.write.take() else { break };
+            if backlog == 0
+                && inline < MAX_INLINE_PERSISTED
+                && task.write.is_empty()
+                && task.messages.is_empty()
+            {
+                // Readies with nothing to persist and nothing before them in flight
+                // are durable already: reported here rather than round-tripped through
+                // the writer (two thread wake-ups per put; ARCHITECTURE.md "The write
+                // path").
+                inline += 1;
+                core.on_persisted(&task.readies);
+                out = core.flush();
+                continue;
+            }
             if writer.send(Lane::System, task).is_err() {
                 return; // the writer stopped: the store failed
             }
+            core.context().metrics.on_writer_task();
             backlog += 1;
+            break;
         }
     }
 }

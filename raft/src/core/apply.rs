@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use raft::eraftpb::{Entry, EntryType};
 use regionkv_engine::{ApplyRound, Engine, Region, RegionId, SessionWrite};
 
@@ -16,7 +15,7 @@ use crate::error::{DropReason, Error, Result};
 use crate::index::RaftIndex;
 use crate::mailbox::Mailbox;
 use crate::metrics::ApplyStats;
-use crate::reader::{ScanJob, Scans};
+use crate::reader::{ScanJob, Scans, clamp};
 use crate::replica::{Paused, Replica, Waiting};
 use crate::request::{AdminResult, Query, QueryResult, Reply};
 
@@ -312,21 +311,6 @@ fn get(view: &regionkv_engine::ReadView, region: &Region, key: &[u8]) -> Result<
     Ok(QueryResult::Value(view.get(key)))
 }
 
-/// `[start, end)` cut to `region`'s range.
-fn clamp(region: &Region, start: Bytes, end: Option<Bytes>) -> (Bytes, Option<Bytes>) {
-    let start = if start.as_ref() < region.start.as_slice() {
-        Bytes::copy_from_slice(&region.start)
-    } else {
-        start
-    };
-    let end = match (end, region.end.as_deref()) {
-        (Some(a), Some(b)) if b < a.as_ref() => Some(Bytes::copy_from_slice(b)),
-        (Some(a), _) => Some(a),
-        (None, b) => b.map(Bytes::copy_from_slice),
-    };
-    (start, end)
-}
-
 impl StoreCore {
     /// Applies committed entries of one region into the pass's round, each through
     /// the region's timeline. A commit merge whose source replica here has not caught
@@ -393,6 +377,13 @@ impl StoreCore {
         if let Some(observe) = &self.ctx.apply_observer {
             observe(region, entry.index, entry.term, &entry.data);
         }
+        if entry.get_entry_type() != EntryType::EntryNormal || command::is_admin(&entry.data) {
+            // A membership change or an admin command may let another peer commit or
+            // move keys: no get is answered off the poller from here until the replica
+            // is listed again after the round (`publish_reads`).
+            self.unlist_reads(region);
+        }
+        let replica = self.replicas.get_mut(&region).expect("present");
         let outcome = match entry.get_entry_type() {
             EntryType::EntryNormal if entry.data.is_empty() => Outcome::Nothing, // a new leader's no-op
             EntryType::EntryNormal => match command::decode(&entry.data) {
@@ -486,6 +477,38 @@ impl StoreCore {
                     }
                 }
             }
+        }
+    }
+
+    /// Lists `region` in the store's `LocalReads` (its gets answered on the caller's
+    /// thread) if its replica may serve them so (`Replica::reads_locally`), with its
+    /// current shape, or takes it off the list. Called once what the replica applied is
+    /// visible (never with entries of it in an uncommitted round).
+    pub(super) fn publish_reads(&mut self, region: RegionId) {
+        let Some(replica) = self.replicas.get_mut(&region) else {
+            self.ctx.local_reads.remove(region);
+            return;
+        };
+        let want = (region != DIRECTORY
+            && !self.catching_up.contains_key(&region)
+            && replica.reads_locally())
+        .then_some(replica.region.epoch);
+        if replica.reads.local == want {
+            return;
+        }
+        replica.reads.local = want;
+        match want {
+            Some(_) => self.ctx.local_reads.insert(&replica.region),
+            None => self.ctx.local_reads.remove(region),
+        }
+    }
+
+    /// Takes `region` off the store's `LocalReads`, if it is listed.
+    pub(super) fn unlist_reads(&mut self, region: RegionId) {
+        if let Some(replica) = self.replicas.get_mut(&region)
+            && replica.reads.local.take().is_some()
+        {
+            self.ctx.local_reads.remove(region);
         }
     }
 

@@ -60,6 +60,8 @@ pub struct StoreContext {
     pub log_cut: bool,
     /// Called before every scan runs, if set (for tests: [`ScanHook`]).
     pub scan_hook: parking_lot::Mutex<Option<ScanHook>>,
+    /// Regions whose gets are answered on the caller's thread (`reader::LocalReads`).
+    pub(crate) local_reads: crate::reader::LocalReads,
 }
 
 impl std::fmt::Debug for StoreContext {
@@ -94,6 +96,7 @@ impl StoreContext {
             metrics: WriteMetrics::default(),
             log_cut: false,
             scan_hook: parking_lot::Mutex::new(None),
+            local_reads: crate::reader::LocalReads::default(),
         }
     }
 

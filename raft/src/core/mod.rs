@@ -451,6 +451,7 @@ impl StoreCore {
             }
         }
         replica.merge.paused = None;
+        self.unlist_reads(region);
         self.hand_over_leadership(region);
     }
 
@@ -568,6 +569,7 @@ impl StoreCore {
         }
         if !has_committed {
             self.serve_reads(region);
+            self.publish_reads(region);
         }
         self.dirty.insert(region); // a later pass may have a light ready
         Ok(has_committed)
@@ -587,6 +589,7 @@ impl StoreCore {
         } else {
             self.dirty.insert(region);
         }
+        self.publish_reads(region);
         Ok(())
     }
 

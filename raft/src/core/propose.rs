@@ -73,6 +73,9 @@ impl StoreCore {
 
     /// Takes a linearizable read: it waits for the end of the turn (`issue_reads`).
     pub fn on_read(&mut self, req: ReadRequest) {
+        // A get of a region this store alone votes in needs no `ReadIndex` round
+        // (`reader::LocalReads`); the threaded store tries that before it queues.
+        let Some(req) = self.ctx.local_reads.serve(&self.ctx, req) else { return };
         let region = req.region;
         match self.leader(region).and_then(|replica| {
             replica.check_version(req.epoch)?;
