@@ -120,3 +120,23 @@ fn under_lease_reads_leaders_never_hibernate_and_reads_see_the_last_write() {
         other => panic!("lease read answered {other:?}"),
     }
 }
+
+#[test]
+fn hibernated_regions_hold_no_window_of_appends_in_flight() {
+    // raft-rs gives a leader `max_inflight_appends` slots per follower once it sends
+    // appends (2 KiB each at the default 256): with 10,000 idle regions that was most
+    // of a store's memory per region. A leader that sleeps has nothing in flight.
+    let (mut c, regions) = ten_regions(15);
+    assert!(put(&mut c, "k15", "v", 5 * SECOND));
+    assert!(all_hibernate(&mut c, &regions));
+    for store in c.store_ids() {
+        assert_eq!(c.inflight_slots(store), Some(0), "store {store} holds in-flight slots");
+    }
+    // A write allocates them again, and they go with the next sleep.
+    assert!(put(&mut c, "k25", "w", 5 * SECOND));
+    let held: usize = c.store_ids().into_iter().filter_map(|s| c.inflight_slots(s)).sum();
+    assert!(held > 0, "the woken leader's window is back");
+    assert!(all_hibernate(&mut c, &regions));
+    let held: usize = c.store_ids().into_iter().filter_map(|s| c.inflight_slots(s)).sum();
+    assert_eq!(held, 0);
+}

@@ -158,6 +158,10 @@ impl StoreCore {
             return;
         }
         replica.hibernation.hibernated = true;
+        // Nothing is in flight to a quiescent group's followers: raft-rs's window of
+        // appends in flight (`max_inflight_appends` slots per follower) is freed, and
+        // allocated again at the next append.
+        replica.raw.raft.maybe_free_inflight_buffers();
         self.awake.remove(&region);
         let (term, epoch, last) = (replica.term(), replica.region.epoch, replica.last_index());
         let followers: Vec<StoreId> =

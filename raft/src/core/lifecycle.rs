@@ -205,7 +205,7 @@ impl StoreCore {
             &self.ctx.cancel,
         );
         self.awake.insert(region);
-        self.replicas.insert(region, Replica::new(init, raw, timeline, merge));
+        self.replicas.insert(region, Box::new(Replica::new(init, raw, timeline, merge)));
         self.dirty.insert(region);
         Ok(())
     }

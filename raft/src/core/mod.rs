@@ -121,7 +121,10 @@ enum Leadership {
 /// The Raft groups of a store (or a share of them) and their step functions.
 pub struct StoreCore {
     ctx: Arc<StoreContext>,
-    replicas: HashMap<RegionId, Replica>,
+    /// Boxed: a replica is over 2 KiB, and the table keeps spare slots (up to as many
+    /// as it holds); boxed, a spare slot costs a pointer and probing stays in a compact
+    /// array (ARCHITECTURE.md, "Many regions").
+    replicas: HashMap<RegionId, Box<Replica>>,
     /// Replicas that are not hibernating: the only ones a tick visits, so that thousands
     /// of idle regions cost nothing per tick. Kept equal to the replicas whose
     /// `hibernated` flag is false.
@@ -328,6 +331,15 @@ impl StoreCore {
         m
     }
 
+    /// Slots raft-rs holds for appends in flight to followers, over every replica here
+    /// (`max_inflight_appends` per follower a leader sent to and has not freed): a
+    /// per-region memory figure for tests.
+    #[doc(hidden)]
+    pub fn inflight_slots(&self) -> usize {
+        let prs = self.replicas.values().flat_map(|r| r.raw.raft.prs().iter());
+        prs.map(|(_, pr)| pr.ins.buffer_capacity()).sum()
+    }
+
     /// The merge status of `region`, as its leader sees it.
     pub fn merge_status(&self, region: RegionId) -> Result<MergeStatus> {
         let replica = self.replicas.get(&region).ok_or(Error::RegionNotFound { region })?;
@@ -341,14 +353,14 @@ impl StoreCore {
 
     /// The status of every replica, by region id.
     pub fn status(&self) -> Vec<PeerStatus> {
-        let mut out: Vec<PeerStatus> = self.replicas.values().map(Replica::status).collect();
+        let mut out: Vec<PeerStatus> = self.replicas.values().map(|r| r.status()).collect();
         out.sort_by_key(|s| s.region.id);
         out
     }
 
     /// The status of the replica of `region`, if there is one.
     pub fn peer_status(&self, region: RegionId) -> Option<PeerStatus> {
-        self.replicas.get(&region).map(Replica::status)
+        self.replicas.get(&region).map(|r| r.status())
     }
 
     /// True if any replica may have work for `flush`.

@@ -612,6 +612,12 @@ impl SimCluster {
         self.stores.get(&store)?.running.as_ref().map(|r| r.core.metrics())
     }
 
+    /// Slots for appends in flight that `store`'s replicas hold (see
+    /// [`StoreCore::inflight_slots`]), if it runs.
+    pub fn inflight_slots(&self, store: StoreId) -> Option<usize> {
+        self.stores.get(&store)?.running.as_ref().map(|r| r.core.inflight_slots())
+    }
+
     /// A fresh region id, unique in the cluster, increasing as the directory allocates
     /// them (from [`FIRST_ALLOCATED_ID`](crate::directory::FIRST_ALLOCATED_ID)).
     pub fn new_id(&mut self) -> u64 {
