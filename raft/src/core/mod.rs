@@ -420,7 +420,9 @@ impl StoreCore {
                 }
             }
         }
-        let messages = std::mem::take(&mut self.outbox);
+        // The next pass likely sends about as many: one allocation, not a growth series.
+        let sent = self.outbox.len();
+        let messages = std::mem::replace(&mut self.outbox, Vec::with_capacity(sent));
         let write =
             if self.write.is_empty() && self.readies.is_empty() && self.after_persist.is_empty() {
                 None
