@@ -140,3 +140,27 @@ fn hibernated_regions_hold_no_window_of_appends_in_flight() {
     let held: usize = c.store_ids().into_iter().filter_map(|s| c.inflight_slots(s)).sum();
     assert_eq!(held, 0);
 }
+
+#[test]
+fn a_lone_write_to_a_sleeping_region_costs_six_messages() {
+    // Two appends, two responses, two hibernation notices (which carry the commit):
+    // no commit-only round of four more, which with thousands of regions written at
+    // random was paid by nearly every write.
+    let (mut c, regions) = ten_regions(16);
+    assert!(all_hibernate(&mut c, &regions));
+    let mut counts = Vec::new();
+    for (i, key) in ["k35", "k36", "k37"].into_iter().enumerate() {
+        let region = regions[3];
+        let before = c.messages_sent_for(region);
+        assert!(put(&mut c, key, &format!("v{i}"), 5 * SECOND));
+        assert!(all_hibernate(&mut c, &regions), "the region sleeps again");
+        counts.push(c.messages_sent_for(region) - before);
+    }
+    assert!(counts.iter().all(|&n| n <= 6), "messages per lone write: {counts:?}");
+    // Every replica applied the writes (the notices committed them).
+    for store in c.store_ids() {
+        let status = c.status(store);
+        let p = status.iter().find(|p| p.region.id == regions[3]).unwrap();
+        assert_eq!((p.commit, p.applied), (p.last_index, p.last_index), "store {store}: {p:?}");
+    }
+}
