@@ -577,6 +577,7 @@ impl StoreCore {
                 .region(region)
                 .ok_or(Error::RegionNotFound { region })?;
         }
+        self.alive_to.clear(); // the peers changed: found again (`check_liveness`)
         if !replica.region.peers.iter().any(|p| p.id == replica.id && p.store == me) {
             replica.removed = true;
         }

@@ -208,6 +208,7 @@ impl StoreCore {
             &self.ctx.cancel,
         );
         self.awake.insert(region);
+        self.alive_to.clear(); // found again with this replica's peers (`check_liveness`)
         self.replicas.insert(region, Box::new(Replica::new(init, raw, timeline, merge)));
         self.dirty.insert(region);
         Ok(())

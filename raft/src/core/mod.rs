@@ -145,6 +145,9 @@ pub struct StoreCore {
     apply_stats: ApplyStats,
     /// The tick at which each other store was last heard from.
     store_heard: HashMap<StoreId, u64>,
+    /// The other stores hosting a peer of a region here, to tell that this store is
+    /// alive; found again once per silence window (`hibernate.rs`, `check_liveness`).
+    alive_to: Vec<StoreId>,
     /// Which regions this core owns, for cores that share a store.
     owns: Box<dyn Fn(RegionId) -> bool + Send>,
     /// Regions that neither vote nor campaign until their commit index reaches this
@@ -192,6 +195,7 @@ impl StoreCore {
             reports: Vec::new(),
             apply_stats: ApplyStats::default(),
             store_heard: HashMap::new(),
+            alive_to: Vec::new(),
             owns,
             catching_up: HashMap::new(),
             awaiting_source: HashMap::new(),
