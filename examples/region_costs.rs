@@ -13,6 +13,11 @@
 //!   putting 128 B values to random regions; prints puts per second and the process's
 //!   CPU (user and system, clients included) per put.
 
+#![allow(
+    clippy::cast_precision_loss,
+    reason = "byte and operation counts become f64 ratios; 2^52 is far beyond any run"
+)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -110,8 +115,8 @@ fn keys(n: usize) -> Res<()> {
     let keys = per_thread * threads;
     println!(
         "keys: {keys} of 24 B + 150 B; RSS empty {:.1} MiB, loaded {:.1} MiB: {:.0} bytes per key",
-        empty as f64 / 1048576.0,
-        loaded as f64 / 1048576.0,
+        empty as f64 / 1_048_576.0,
+        loaded as f64 / 1_048_576.0,
         loaded.saturating_sub(empty) as f64 / keys as f64
     );
     println!(
@@ -139,8 +144,8 @@ fn regions(n: usize, stores: usize) -> Res<()> {
     println!(
         "regions: {n} on {stores} store(s) (setup {:.1} s); RSS with 1 region {:.1} MiB, with {n} {:.1} MiB: {:.0} bytes per region",
         setup.as_secs_f64(),
-        one as f64 / 1048576.0,
-        many as f64 / 1048576.0,
+        one as f64 / 1_048_576.0,
+        many as f64 / 1_048_576.0,
         many.saturating_sub(one) as f64 / (n - 1).max(1) as f64
     );
     let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / (n - 1).max(1) as f64;
@@ -208,13 +213,14 @@ fn puts(n: usize, seconds: f64) -> Res<()> {
 
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let arg = |i: usize, default: f64| -> f64 {
+    let count = |i: usize, default: usize| -> usize {
         args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default)
     };
+    let seconds = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5.0);
     match args.first().map(String::as_str) {
-        Some("keys") => keys(arg(1, 1e6) as usize),
-        Some("regions") => regions(arg(1, 1e4) as usize, arg(2, 1.0) as usize),
-        Some("puts") => puts(arg(1, 1e4) as usize, arg(2, 5.0)),
+        Some("keys") => keys(count(1, 1_000_000)),
+        Some("regions") => regions(count(1, 10_000), count(2, 1)),
+        Some("puts") => puts(count(1, 10_000), seconds),
         _ => Err("usage: region_costs keys [N] | regions [N] [STORES] | puts [N] [SECONDS]".into()),
     }
 }
