@@ -427,8 +427,10 @@ impl Replica {
         self.raw.raft.prs().iter().all(|(_, pr)| pr.matched >= index)
     }
 
-    /// True if the group is quiescent, as this leader sees it: every replica holds and
-    /// has committed the whole log, and nothing is proposed, read, moving or changing.
+    /// True if the group is quiescent, as this leader sees it: every replica holds the
+    /// whole log, which ends with a committed entry of this leader's term, and nothing
+    /// is proposed, read, moving or changing. The followers learn that commit from the
+    /// hibernation notice (`StoreCore::on_hibernate`).
     pub fn is_quiescent(&self) -> bool {
         let raft = &self.raw.raft;
         let last = self.last_index();
@@ -444,11 +446,10 @@ impl Replica {
             && raft.lead_transferee.is_none()
             && !self.has_pending_conf_change()
             && raft.raft_log.committed == last
+            && raft.raft_log.term(last).ok() == Some(raft.term)
             && raft.raft_log.persisted == last
             && self.applied_index == last
-            && raft.prs().iter().all(|(&id, pr)| {
-                id == raft.id || (pr.matched == last && pr.committed_index == last)
-            })
+            && raft.prs().iter().all(|(&id, pr)| id == raft.id || pr.matched == last)
     }
 
     /// True if this follower may hibernate on the notice of its leader's store `from`

@@ -120,3 +120,47 @@ fn under_lease_reads_leaders_never_hibernate_and_reads_see_the_last_write() {
         other => panic!("lease read answered {other:?}"),
     }
 }
+
+#[test]
+fn hibernated_regions_hold_no_window_of_appends_in_flight() {
+    // raft-rs gives a leader `max_inflight_appends` slots per follower once it sends
+    // appends (2 KiB each at the default 256): with 10,000 idle regions that was most
+    // of a store's memory per region. A leader that sleeps has nothing in flight.
+    let (mut c, regions) = ten_regions(15);
+    assert!(put(&mut c, "k15", "v", 5 * SECOND));
+    assert!(all_hibernate(&mut c, &regions));
+    for store in c.store_ids() {
+        assert_eq!(c.inflight_slots(store), Some(0), "store {store} holds in-flight slots");
+    }
+    // A write allocates them again, and they go with the next sleep.
+    assert!(put(&mut c, "k25", "w", 5 * SECOND));
+    let held: usize = c.store_ids().into_iter().filter_map(|s| c.inflight_slots(s)).sum();
+    assert!(held > 0, "the woken leader's window is back");
+    assert!(all_hibernate(&mut c, &regions));
+    let held: usize = c.store_ids().into_iter().filter_map(|s| c.inflight_slots(s)).sum();
+    assert_eq!(held, 0);
+}
+
+#[test]
+fn a_lone_write_to_a_sleeping_region_costs_six_messages() {
+    // Two appends, two responses, two hibernation notices (which carry the commit):
+    // no commit-only round of four more, which with thousands of regions written at
+    // random was paid by nearly every write.
+    let (mut c, regions) = ten_regions(16);
+    assert!(all_hibernate(&mut c, &regions));
+    let mut counts = Vec::new();
+    for (i, key) in ["k35", "k36", "k37"].into_iter().enumerate() {
+        let region = regions[3];
+        let before = c.messages_sent_for(region);
+        assert!(put(&mut c, key, &format!("v{i}"), 5 * SECOND));
+        assert!(all_hibernate(&mut c, &regions), "the region sleeps again");
+        counts.push(c.messages_sent_for(region) - before);
+    }
+    assert!(counts.iter().all(|&n| n <= 6), "messages per lone write: {counts:?}");
+    // Every replica applied the writes (the notices committed them).
+    for store in c.store_ids() {
+        let status = c.status(store);
+        let p = status.iter().find(|p| p.region.id == regions[3]).unwrap();
+        assert_eq!((p.commit, p.applied), (p.last_index, p.last_index), "store {store}: {p:?}");
+    }
+}

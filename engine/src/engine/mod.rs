@@ -693,20 +693,22 @@ fn add_signed(counter: &AtomicU64, delta: i64) {
 }
 
 /// Remembers the last region looked up by key: a round's writes come region by region.
+/// It borrows the region from the map the caller holds locked (with thousands of
+/// regions written at random nearly every key is a miss: no copy of its bounds).
 #[derive(Default)]
-struct RegionCache {
-    last: Option<(Vec<u8>, Option<Vec<u8>>, RegionId)>,
+struct RegionCache<'a> {
+    last: Option<&'a Region>,
 }
 
-impl RegionCache {
-    fn lookup(&mut self, regions: &RegionState, key: &[u8]) -> Option<RegionId> {
-        if let Some((start, end, id)) = &self.last
-            && in_range(key, start, end.as_deref())
+impl<'a> RegionCache<'a> {
+    fn lookup(&mut self, regions: &'a RegionState, key: &[u8]) -> Option<RegionId> {
+        if let Some(region) = self.last
+            && in_range(key, &region.start, region.end.as_deref())
         {
-            return Some(*id);
+            return Some(region.id);
         }
         let region = regions.map.region_for_key(key)?;
-        self.last = Some((region.start.clone(), region.end.clone(), region.id));
+        self.last = Some(region);
         Some(region.id)
     }
 }

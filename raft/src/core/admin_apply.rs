@@ -335,7 +335,7 @@ impl StoreCore {
                 AdminResult::RolledBack(source)
             }
         };
-        if self.replicas.get(&region).is_some_and(Replica::is_leader) {
+        if self.replicas.get(&region).is_some_and(|r| r.is_leader()) {
             match &result {
                 AdminResult::Split(parts) => {
                     // The parent keeps this leader; each child elects its own.
@@ -577,6 +577,7 @@ impl StoreCore {
                 .region(region)
                 .ok_or(Error::RegionNotFound { region })?;
         }
+        self.alive_to.clear(); // the peers changed: found again (`check_liveness`)
         if !replica.region.peers.iter().any(|p| p.id == replica.id && p.store == me) {
             replica.removed = true;
         }
@@ -645,7 +646,7 @@ impl StoreCore {
     /// prepare, so this is a command no driver sent) keeps the target waiting until the
     /// replica is created, then decides as every other store did.
     fn catch_up(&mut self, source: RegionId, target: RegionId, index: u64, term: u64) {
-        let initialized = self.replicas.get(&source).is_some_and(Replica::is_initialized);
+        let initialized = self.replicas.get(&source).is_some_and(|r| r.is_initialized());
         let Some(replica) = self.replicas.get_mut(&source).filter(|_| initialized) else {
             tracing::info!(
                 source = source.0,

@@ -48,6 +48,9 @@ fn raft_config(config: &StoreConfig, id: PeerId, applied: u64) -> raft::Config {
         max_committed_size_per_ready: config.max_committed_bytes_per_ready,
         check_quorum: true,
         pre_vote: true,
+        // A leader broadcasts each commit until it first hibernates; from then on its
+        // client writes commit without a round of their own (see `maybe_hibernate`).
+        skip_bcast_commit: false,
         read_only_option: match config.read_mode {
             ReadMode::ReadIndex => ReadOnlyOption::Safe,
             ReadMode::Lease => ReadOnlyOption::LeaseBased,
@@ -205,7 +208,8 @@ impl StoreCore {
             &self.ctx.cancel,
         );
         self.awake.insert(region);
-        self.replicas.insert(region, Replica::new(init, raw, timeline, merge));
+        self.alive_to.clear(); // found again with this replica's peers (`check_liveness`)
+        self.replicas.insert(region, Box::new(Replica::new(init, raw, timeline, merge)));
         self.dirty.insert(region);
         Ok(())
     }

@@ -267,7 +267,13 @@ impl StoreCore {
                 );
                 continue;
             };
-            let mut out = Vec::new();
+            // Appended in place: one message is one envelope but for a snapshot,
+            // whose chunks go first (no vector per message: with thousands of regions
+            // written at random, every put routes its own messages).
+            let out = match when {
+                SendWhen::Now => &mut self.outbox,
+                SendWhen::AfterPersist => &mut self.after_persist,
+            };
             if msg.get_msg_type() == MessageType::MsgSnapshot {
                 let meta = msg.get_snapshot().get_metadata();
                 match &replica.snapshot.file {
@@ -306,10 +312,6 @@ impl StoreCore {
                 range: range.clone(),
                 body: Body::Raft(msg),
             });
-            match when {
-                SendWhen::Now => self.outbox.extend(out),
-                SendWhen::AfterPersist => self.after_persist.extend(out),
-            }
         }
     }
 }

@@ -121,7 +121,10 @@ enum Leadership {
 /// The Raft groups of a store (or a share of them) and their step functions.
 pub struct StoreCore {
     ctx: Arc<StoreContext>,
-    replicas: HashMap<RegionId, Replica>,
+    /// Boxed: a replica is over 2 KiB, and the table keeps spare slots (up to as many
+    /// as it holds); boxed, a spare slot costs a pointer and probing stays in a compact
+    /// array (ARCHITECTURE.md, "Many regions").
+    replicas: HashMap<RegionId, Box<Replica>>,
     /// Replicas that are not hibernating: the only ones a tick visits, so that thousands
     /// of idle regions cost nothing per tick. Kept equal to the replicas whose
     /// `hibernated` flag is false.
@@ -142,6 +145,9 @@ pub struct StoreCore {
     apply_stats: ApplyStats,
     /// The tick at which each other store was last heard from.
     store_heard: HashMap<StoreId, u64>,
+    /// The other stores hosting a peer of a region here, to tell that this store is
+    /// alive; found again once per silence window (`hibernate.rs`, `check_liveness`).
+    alive_to: Vec<StoreId>,
     /// Which regions this core owns, for cores that share a store.
     owns: Box<dyn Fn(RegionId) -> bool + Send>,
     /// Regions that neither vote nor campaign until their commit index reaches this
@@ -189,6 +195,7 @@ impl StoreCore {
             reports: Vec::new(),
             apply_stats: ApplyStats::default(),
             store_heard: HashMap::new(),
+            alive_to: Vec::new(),
             owns,
             catching_up: HashMap::new(),
             awaiting_source: HashMap::new(),
@@ -328,6 +335,15 @@ impl StoreCore {
         m
     }
 
+    /// Slots raft-rs holds for appends in flight to followers, over every replica here
+    /// (`max_inflight_appends` per follower a leader sent to and has not freed): a
+    /// per-region memory figure for tests.
+    #[doc(hidden)]
+    pub fn inflight_slots(&self) -> usize {
+        let prs = self.replicas.values().flat_map(|r| r.raw.raft.prs().iter());
+        prs.map(|(_, pr)| pr.ins.buffer_capacity()).sum()
+    }
+
     /// The merge status of `region`, as its leader sees it.
     pub fn merge_status(&self, region: RegionId) -> Result<MergeStatus> {
         let replica = self.replicas.get(&region).ok_or(Error::RegionNotFound { region })?;
@@ -341,14 +357,14 @@ impl StoreCore {
 
     /// The status of every replica, by region id.
     pub fn status(&self) -> Vec<PeerStatus> {
-        let mut out: Vec<PeerStatus> = self.replicas.values().map(Replica::status).collect();
+        let mut out: Vec<PeerStatus> = self.replicas.values().map(|r| r.status()).collect();
         out.sort_by_key(|s| s.region.id);
         out
     }
 
     /// The status of the replica of `region`, if there is one.
     pub fn peer_status(&self, region: RegionId) -> Option<PeerStatus> {
-        self.replicas.get(&region).map(Replica::status)
+        self.replicas.get(&region).map(|r| r.status())
     }
 
     /// True if any replica may have work for `flush`.
@@ -408,7 +424,9 @@ impl StoreCore {
                 }
             }
         }
-        let messages = std::mem::take(&mut self.outbox);
+        // The next pass likely sends about as many: one allocation, not a growth series.
+        let sent = self.outbox.len();
+        let messages = std::mem::replace(&mut self.outbox, Vec::with_capacity(sent));
         let write =
             if self.write.is_empty() && self.readies.is_empty() && self.after_persist.is_empty() {
                 None

@@ -145,6 +145,7 @@ impl StoreCore {
         cc.mut_changes().push(single);
         let context = command::encode_change_peers(&ChangePeersContext { epoch, peers: added });
         let proposed = Proposed::ConfChange { context, change: cc };
+        replica.raw.raft.skip_bcast_commit(false); // see `maybe_hibernate`
         if replica.propose(proposed, Waiting::ChangePeers(reply)).is_some() {
             self.dirty.insert(region);
         }
@@ -186,6 +187,7 @@ impl StoreCore {
             }
         };
         let data = command::encode_admin(&Admin { epoch, cmd });
+        replica.raw.raft.skip_bcast_commit(false); // see `maybe_hibernate`
         if replica.propose(Proposed::Entry(data), Waiting::Admin(reply)).is_some() {
             self.dirty.insert(region);
         }
@@ -201,6 +203,7 @@ impl StoreCore {
             }
         };
         let data = command::encode_directory(cmd);
+        replica.raw.raft.skip_bcast_commit(false); // see `maybe_hibernate`
         if replica.propose(Proposed::Entry(data), Waiting::Directory(reply)).is_some() {
             self.dirty.insert(DIRECTORY);
         }

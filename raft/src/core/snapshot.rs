@@ -311,6 +311,7 @@ impl StoreCore {
         };
         self.ctx.log.stage_snapshot(&mut self.write, region, state)?;
         replica.region = installed;
+        self.alive_to.clear(); // the peers may differ: found again (`check_liveness`)
         replica.contents = Contents::Data;
         replica.applied_index = meta.index;
         replica.checkpoint_index = meta.index;

@@ -196,6 +196,8 @@ pub struct SimCluster {
     reports: Vec<crate::directory::RegionRecord>,
     /// Envelopes handed to the network so far.
     sent: u64,
+    /// Envelopes sent so far, by region.
+    sent_by_region: BTreeMap<RegionId, u64>,
 }
 
 /// The stores' wall clock at virtual time zero (ms since the Unix epoch): a fixed
@@ -240,6 +242,7 @@ impl SimCluster {
             last_region_id: crate::directory::FIRST_ALLOCATED_ID - 1,
             reports: Vec::new(),
             sent: 0,
+            sent_by_region: BTreeMap::new(),
         };
         let total = cluster.config.voters + cluster.config.spares;
         let voters: Vec<Peer> = (1..=cluster.config.voters as u64)
@@ -399,6 +402,9 @@ impl SimCluster {
 
     fn send(&mut self, envelopes: Vec<Envelope>) {
         self.sent += envelopes.len() as u64;
+        for env in &envelopes {
+            *self.sent_by_region.entry(env.region).or_default() += 1;
+        }
         let mut by_arrival: BTreeMap<(Duration, StoreId), Vec<Envelope>> = BTreeMap::new();
         let from = envelopes.first().map(|e| e.from);
         let identity = from.and_then(|f| self.stores.get(&f)).and_then(|s| s.identity);
@@ -612,6 +618,12 @@ impl SimCluster {
         self.stores.get(&store)?.running.as_ref().map(|r| r.core.metrics())
     }
 
+    /// Slots for appends in flight that `store`'s replicas hold (see
+    /// [`StoreCore::inflight_slots`]), if it runs.
+    pub fn inflight_slots(&self, store: StoreId) -> Option<usize> {
+        self.stores.get(&store)?.running.as_ref().map(|r| r.core.inflight_slots())
+    }
+
     /// A fresh region id, unique in the cluster, increasing as the directory allocates
     /// them (from [`FIRST_ALLOCATED_ID`](crate::directory::FIRST_ALLOCATED_ID)).
     pub fn new_id(&mut self) -> u64 {
@@ -633,6 +645,11 @@ impl SimCluster {
     /// Envelopes the stores sent so far (before faults).
     pub fn messages_sent(&self) -> u64 {
         self.sent
+    }
+
+    /// Envelopes the stores sent so far about `region` (before faults).
+    pub fn messages_sent_for(&self, region: RegionId) -> u64 {
+        self.sent_by_region.get(&region).copied().unwrap_or(0)
     }
 
     /// Region changes reported by the stores' leaders since the last call.
