@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use raft::eraftpb::{ConfChangeV2, ConfState, Entry, HardState};
+use raft::eraftpb::{ConfChangeV2, ConfState, Entry, HardState, Message};
 use raft::{RawNode, StateRole};
 use regionkv_engine::checkpoint::CheckpointFile;
 use regionkv_engine::{
@@ -174,6 +174,10 @@ pub(crate) struct SnapshotTransfer {
     pub received: Option<Received>,
     /// A snapshot installed, whose apply raft-rs learns once its ready is persisted.
     pub installed: Option<Installed>,
+    /// A leadership transfer (`MsgTimeoutNow`) that arrived while `installed` was
+    /// set: stepped once the snapshot is persisted (`core/snapshot.rs`,
+    /// `awaits_snapshot_persist`).
+    pub timeout_now: Option<Message>,
 }
 
 /// A snapshot being received, chunk by chunk.
@@ -340,6 +344,7 @@ impl Replica {
                 incoming: None,
                 received: None,
                 installed: None,
+                timeout_now: None,
             },
             timeline,
             removed: false,

@@ -7,6 +7,7 @@ use regionkv_engine::{RegionId, StoreId};
 
 use super::StoreCore;
 use super::lifecycle::PURGE_EVERY_TICKS;
+use super::snapshot::awaits_snapshot_persist;
 use crate::config::ReadMode;
 use crate::directory::DIRECTORY;
 use crate::transport::{Body, Envelope};
@@ -48,7 +49,10 @@ impl StoreCore {
             if self.catching_up.contains_key(&id) {
                 continue; // a follower that must not campaign yet (H2)
             }
-            if replica.raw.tick() {
+            // No election tick until an installed snapshot is persisted: raft-rs would
+            // panic campaigning (`awaits_snapshot_persist`). A replica that just took
+            // a snapshot is a follower: nothing else of its tick is missed.
+            if !awaits_snapshot_persist(replica) && replica.raw.tick() {
                 self.dirty.insert(id);
             }
             let idle = &mut replica.hibernation.idle_ticks;

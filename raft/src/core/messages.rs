@@ -7,7 +7,7 @@ use regionkv_engine::checkpoint::CheckpointChunks;
 use regionkv_engine::{Epoch, PeerId, Region, RegionId};
 
 use super::StoreCore;
-use super::snapshot::decode_snapshot_data;
+use super::snapshot::{awaits_snapshot_persist, decode_snapshot_data};
 use crate::error::Result;
 use crate::log::LogState;
 use crate::replica::ReplicaInit;
@@ -131,23 +131,37 @@ impl StoreCore {
                 {
                     return Ok(());
                 }
-                if self.catching_up.contains_key(&region)
-                    && matches!(
-                        msg.get_msg_type(),
-                        MessageType::MsgRequestVote
-                            | MessageType::MsgRequestPreVote
-                            | MessageType::MsgTimeoutNow
-                    )
-                {
-                    // No vote (and no campaign) until caught up past a cut log (H2).
-                    return Ok(());
-                }
-                let replica = self.replicas.get_mut(&region).expect("present");
-                replica.raw.step(msg)?;
+                self.step_message(region, msg)?;
             }
             Body::SnapshotChunk(chunk) => self.on_snapshot_chunk(region, chunk)?,
         }
         self.dirty.insert(region);
+        Ok(())
+    }
+
+    /// Steps `msg` into `region`'s replica, but a vote or a campaign it may not take
+    /// now.
+    fn step_message(&mut self, region: RegionId, msg: Message) -> Result<()> {
+        let kind = msg.get_msg_type();
+        if self.catching_up.contains_key(&region)
+            && matches!(
+                kind,
+                MessageType::MsgRequestVote
+                    | MessageType::MsgRequestPreVote
+                    | MessageType::MsgTimeoutNow
+            )
+        {
+            // No vote (and no campaign) until caught up past a cut log (H2).
+            return Ok(());
+        }
+        let replica = self.replicas.get_mut(&region).expect("present");
+        if kind == MessageType::MsgTimeoutNow && awaits_snapshot_persist(replica) {
+            // A transfer waits for the installed snapshot's persist (raft-rs would panic
+            // campaigning before it); `on_persisted` steps it.
+            replica.snapshot.timeout_now = Some(msg);
+            return Ok(());
+        }
+        replica.raw.step(msg)?;
         Ok(())
     }
 

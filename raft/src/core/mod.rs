@@ -621,6 +621,12 @@ impl StoreCore {
                 {
                     replica.raw.advance_apply_to(installed.index);
                     replica.snapshot.installed = None;
+                    // A transfer that came before the persist (`messages.rs`).
+                    if let Some(msg) = replica.snapshot.timeout_now.take()
+                        && let Err(e) = replica.raw.step(msg)
+                    {
+                        tracing::debug!(region = region.0, error = %e, "dropped a transfer");
+                    }
                 }
                 let waited_for = !replica.merge.catch_up.is_empty();
                 self.dirty.insert(region);

@@ -21,7 +21,7 @@ use super::output::CoreTask;
 use crate::command::{self, Admin, AdminCmd, Command};
 use crate::error::{Error, Result};
 use crate::log::{IdFloor, LogState};
-use crate::replica::{Contents, Incoming, Received};
+use crate::replica::{Contents, Incoming, Received, Replica};
 use crate::transport::SnapshotChunk;
 
 /// The format of a snapshot message's data.
@@ -61,6 +61,21 @@ pub(super) fn decode_snapshot_data(bytes: &[u8]) -> DecodeResult<SnapshotData> {
         _ => return Err(DecodeError::new(1, "an id floor without its index")),
     };
     Ok(SnapshotData { id_floor })
+}
+
+/// True while `replica` installed a snapshot whose ready is not persisted yet; it must
+/// not campaign then (no election tick, no `MsgTimeoutNow` stepped).
+///
+/// raft-rs learns that the snapshot is applied only once it is persisted (it requires
+/// applied <= persisted; `on_persisted`), and it forgets the snapshot as soon as the
+/// ready that carries it is advanced (`advance_append_async` makes it stable). In
+/// between, a campaign (raft-rs's `hup`, for an election timeout or a transfer) reads
+/// the committed entries it takes as unapplied, from its old applied index + 1, out of
+/// the log, which starts after the snapshot: raft-rs panics on the `Compacted` error,
+/// and the store's poller stops. The window closes with the persist; a transfer that
+/// arrived in it is stepped then (delayed, as the network may delay any message).
+pub(super) fn awaits_snapshot_persist(replica: &Replica) -> bool {
+    replica.snapshot.installed.is_some()
 }
 
 impl StoreCore {

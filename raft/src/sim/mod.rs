@@ -155,6 +155,8 @@ struct SimStore {
     identity: Option<StoreIdentity>,
     /// The next start opens as if its WAL recovery had cut valid records.
     log_cut: bool,
+    /// Writes do not become durable until released (`SimCluster::hold_writes`).
+    writes_held: bool,
 }
 
 /// Invariant state shared with the apply observers.
@@ -221,7 +223,15 @@ fn hash_of(term: u64, data: &[u8]) -> u64 {
 
 impl SimStore {
     fn new(disk: SimFs) -> SimStore {
-        SimStore { disk, running: None, life: 0, disks: 0, identity: None, log_cut: false }
+        SimStore {
+            disk,
+            running: None,
+            life: 0,
+            disks: 0,
+            identity: None,
+            log_cut: false,
+            writes_held: false,
+        }
     }
 }
 
@@ -475,6 +485,12 @@ impl SimCluster {
                 let Some(store) = self.stores.get_mut(&id) else { return };
                 if store.life != life {
                     return; // the write died with the store
+                }
+                if store.writes_held {
+                    // Still in flight: it completes a tick after its release.
+                    let at = self.now + self.config.tick;
+                    self.schedule(at, Event::Persisted(id, life));
+                    return;
                 }
                 let Some(running) = store.running.as_mut() else { return };
                 let task = running.writes.pop_front().expect("a write is in flight");

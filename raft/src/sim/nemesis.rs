@@ -1,5 +1,6 @@
 //! The simulator's faults on stores: crashes (with what the disk keeps), clean stops,
-//! wiped disks, restarts, and messages no store would send.
+//! wiped disks, restarts, writes held back (a stuck fsync), and messages no store would
+//! send.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -54,6 +55,16 @@ impl SimCluster {
         self.start(store, Some(floor))?;
         self.process(store);
         Ok(())
+    }
+
+    /// Holds back (`held`) or releases the completion of `store`'s writes: while held,
+    /// the write in flight stays in flight (nothing it carries is durable, its messages
+    /// wait, its core hears nothing of it), as a disk stuck in a long fsync would.
+    pub fn hold_writes(&mut self, store: StoreId, held: bool) {
+        if let Some(s) = self.stores.get_mut(&store) {
+            s.writes_held = held;
+        }
+        self.trace(("hold writes", store.0, held));
     }
 
     /// Restarts a crashed or stopped store from its disk.
