@@ -93,6 +93,12 @@ impl StoreCore {
 
     /// Sends the reads taken this turn to raft-rs as one `ReadIndex` request, once this
     /// leader has committed an entry of its term (raft-rs drops a request before).
+    ///
+    /// A round goes out every turn, even with another in flight. Holding a turn's reads
+    /// until the round before is confirmed doubled the gets per round (13.6 to 30 at 64
+    /// clients, 3.8 to 7.8 at 16: issue 13, three stores in one process), but the
+    /// poller then slept between rounds: more context switches and more CPU per get,
+    /// fewer gets per second at both client counts.
     pub(super) fn issue_reads(&mut self, region: RegionId) {
         let Some(replica) = self.replicas.get_mut(&region) else { return };
         if replica.reads.unissued.is_empty() || !replica.has_committed_in_its_term() {
