@@ -662,16 +662,14 @@ fn poller_loop(
             pollers.report(std::mem::take(&mut out.reports));
             transport.send(std::mem::take(&mut out.messages));
             let Some(task) = out.write.take() else { break };
-            if backlog == 0
-                && inline < MAX_INLINE_PERSISTED
-                && task.write.is_empty()
-                && task.messages.is_empty()
-            {
+            if backlog == 0 && inline < MAX_INLINE_PERSISTED && task.write.is_empty() {
                 // Readies with nothing to persist and nothing before them in flight
-                // are durable already: reported here rather than round-tripped through
-                // the writer (two thread wake-ups per put; ARCHITECTURE.md "The write
-                // path").
+                // are durable already: their messages leave and they are reported
+                // here rather than round-tripped through the writer (two thread
+                // wake-ups per put on a leader; per ReadIndex heartbeat on a follower,
+                // whose answer waited for that trip; ARCHITECTURE.md "The write path").
                 inline += 1;
+                transport.send(task.messages);
                 core.on_persisted(&task.readies);
                 out = core.flush();
                 continue;

@@ -10,7 +10,9 @@ use bytes::Bytes;
 use crossbeam_channel::bounded;
 use regionkv_engine::{Epoch, Peer, PeerId, Region, RegionId, StoreId};
 use regionkv_raft::transport::local::LocalNetwork;
-use regionkv_raft::{Op, Store, StoreConfig, StoreOptions, WriteRequest};
+use regionkv_raft::{
+    Op, Query, QueryResult, ReadRequest, Store, StoreConfig, StoreOptions, WriteRequest,
+};
 use regionkv_wal::RealFs;
 
 const R1: RegionId = RegionId(1);
@@ -60,4 +62,66 @@ fn a_put_on_one_store_hands_its_writer_one_task() {
     // for a few more: a tick's ready may fall between puts while one is in flight.
     assert!(tasks <= PUTS + PUTS / 4, "{tasks} write tasks for {PUTS} puts");
     store.shutdown().unwrap();
+}
+
+/// A follower answers a leader's `ReadIndex` heartbeat from a ready with nothing to
+/// persist; the answer waited for a trip through the follower's writer thread and back,
+/// two wake-ups on every replicated linearizable read's path. Now it leaves at once.
+#[test]
+fn a_followers_answer_to_a_read_index_heartbeat_skips_its_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let net = LocalNetwork::new(1);
+    let peers: Vec<Peer> = (1..=3).map(|i| Peer { id: PeerId(i), store: StoreId(i) }).collect();
+    let stores: Vec<Store> = (1..=3u64)
+        .map(|i| {
+            let id = StoreId(i);
+            let mut config = StoreConfig::new(id).tick_interval(Duration::from_millis(10));
+            config.hibernate_regions = false;
+            let transport: Arc<dyn regionkv_raft::transport::Transport> =
+                Arc::new(net.transport(id));
+            let path = dir.path().join(format!("store-{i}"));
+            let store =
+                Store::start(Arc::new(RealFs), &path, &StoreOptions::new(config), &transport)
+                    .unwrap();
+            net.register(id, store.inbox());
+            store.bootstrap_region(Region { peers: peers.clone(), ..Region::whole(R1) }).unwrap();
+            store
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let leader = loop {
+        if let Some(i) = stores.iter().position(|s| put(s, "first").is_ok()) {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let followers: Vec<&Store> =
+        stores.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, s)| s).collect();
+    let before: u64 = followers.iter().map(|s| s.metrics().writer_tasks).sum();
+    for _ in 0..GETS {
+        get(&stores[leader], "first").unwrap();
+    }
+    let tasks = followers.iter().map(|s| s.metrics().writer_tasks).sum::<u64>() - before;
+    // Each get is one ReadIndex round: before, each follower's answer to it was one
+    // writer task (2 * GETS in all). Room for a few: a heartbeat may meet a write.
+    assert!(tasks <= GETS / 4, "{tasks} follower writer tasks for {GETS} gets");
+    for store in &stores {
+        store.shutdown().unwrap();
+    }
+}
+
+const GETS: u64 = 50;
+
+fn get(store: &Store, key: &str) -> regionkv_raft::Result<QueryResult> {
+    let (tx, rx) = bounded(1);
+    store.read(ReadRequest {
+        region: R1,
+        epoch: Epoch::INITIAL,
+        query: Query::Get { key: Bytes::from(key.to_owned()) },
+        reply: Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    });
+    rx.recv_timeout(Duration::from_secs(10)).expect("an answer")
 }
