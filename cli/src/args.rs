@@ -186,17 +186,24 @@ pub(crate) fn read_secret(
     }
 }
 
+/// Where every bench runs and how it prints.
+#[derive(Args)]
+pub(crate) struct BenchOut {
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Directory on the disk to measure (default: a temporary directory).
+    #[arg(long)]
+    pub(crate) dir: Option<PathBuf>,
+}
+
 /// What `regionkv bench` measures.
 #[derive(Subcommand)]
 pub(crate) enum BenchTarget {
     /// Engine apply, reads, memory and checkpoints next to a bare skip list and the disk.
     Engine {
-        /// Print one JSON object instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Directory on the disk to measure (default: a temporary directory).
-        #[arg(long)]
-        dir: Option<PathBuf>,
+        #[command(flatten)]
+        out: BenchOut,
         /// Fewer keys (100 k instead of 1 M): a quick look, not the reference figures.
         #[arg(long)]
         quick: bool,
@@ -204,12 +211,8 @@ pub(crate) enum BenchTarget {
     /// Replicated puts and gets on 3 stores (1, 16, 64 clients), in this process and as
     /// three `regionkv node` processes over TCP, next to the bare WAL.
     Cluster {
-        /// Print one JSON object instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Directory on the disk to measure (default: a temporary directory).
-        #[arg(long)]
-        dir: Option<PathBuf>,
+        #[command(flatten)]
+        out: BenchOut,
         /// Seconds per figure.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
@@ -227,12 +230,8 @@ pub(crate) enum BenchTarget {
     /// One store as an embedded key-value store: puts and gets (1, 2, 16, 64 threads),
     /// 1,000-key scans, fsyncs per put.
     Kv {
-        /// Print one JSON object instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Directory on the disk to measure (default: a temporary directory).
-        #[arg(long)]
-        dir: Option<PathBuf>,
+        #[command(flatten)]
+        out: BenchOut,
         /// Seconds per figure.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
@@ -242,12 +241,8 @@ pub(crate) enum BenchTarget {
     },
     /// Puts with 1 to 10,000 regions per store, idle CPU, split and merge latency.
     Regions {
-        /// Print one JSON object instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Directory on the disk to measure (default: a temporary directory).
-        #[arg(long)]
-        dir: Option<PathBuf>,
+        #[command(flatten)]
+        out: BenchOut,
         /// Seconds per rate.
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
@@ -260,12 +255,8 @@ pub(crate) enum BenchTarget {
     },
     /// Group-commit appends (1, 4, 16, 64 writers) next to raw fdatasync and bandwidth.
     Wal {
-        /// Print one JSON object instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Directory on the disk to measure (default: a temporary directory).
-        #[arg(long)]
-        dir: Option<PathBuf>,
+        #[command(flatten)]
+        out: BenchOut,
         /// Seconds per figure.
         #[arg(long, default_value_t = 2.0)]
         seconds: f64,

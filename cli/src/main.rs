@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::args::{BenchTarget, Cli, Command};
+use crate::bench::Report as _;
 
 /// A fresh temporary directory, inside `dir` if given (removed when dropped).
 fn bench_dir(dir: Option<PathBuf>) -> std::io::Result<tempfile::TempDir> {
@@ -40,20 +41,15 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             };
             demo::run(&options, &mut std::io::stdout())?;
         }
-        Command::Bench { what: BenchTarget::Engine { json, dir, quick } } => {
-            let dir = bench_dir(dir)?;
+        Command::Bench { what: BenchTarget::Engine { out, quick } } => {
+            let dir = bench_dir(out.dir)?;
             let report = bench::engine::run(dir.path(), quick)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                report.print_table();
-            }
+            report.print(out.json)?;
         }
         Command::Bench {
-            what:
-                BenchTarget::Cluster { json, dir, seconds, clients, in_process_only, no_wal_baseline },
+            what: BenchTarget::Cluster { out, seconds, clients, in_process_only, no_wal_baseline },
         } => {
-            let dir = bench_dir(dir)?;
+            let dir = bench_dir(out.dir)?;
             let clients =
                 if clients.is_empty() { bench::cluster::CLIENTS.to_vec() } else { clients };
             let options = bench::cluster::Options {
@@ -62,43 +58,25 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 wal_baseline: !no_wal_baseline,
             };
             let report = bench::cluster::run(dir.path(), &clients, &options)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                report.print_table();
-            }
+            report.print(out.json)?;
         }
-        Command::Bench { what: BenchTarget::Kv { json, dir, seconds, threads } } => {
-            let dir = bench_dir(dir)?;
+        Command::Bench { what: BenchTarget::Kv { out, seconds, threads } } => {
+            let dir = bench_dir(out.dir)?;
             let threads = if threads.is_empty() { bench::kv::THREADS.to_vec() } else { threads };
             let report = bench::kv::run(dir.path(), seconds, &threads)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                report.print_table();
-            }
+            report.print(out.json)?;
         }
-        Command::Bench {
-            what: BenchTarget::Regions { json, dir, seconds, idle_seconds, regions },
-        } => {
-            let dir = bench_dir(dir)?;
+        Command::Bench { what: BenchTarget::Regions { out, seconds, idle_seconds, regions } } => {
+            let dir = bench_dir(out.dir)?;
             let regions =
                 if regions.is_empty() { bench::regions::REGIONS.to_vec() } else { regions };
             let report = bench::regions::run(dir.path(), seconds, idle_seconds, &regions)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                report.print_table();
-            }
+            report.print(out.json)?;
         }
-        Command::Bench { what: BenchTarget::Wal { json, dir, seconds } } => {
-            let dir = bench_dir(dir)?;
+        Command::Bench { what: BenchTarget::Wal { out, seconds } } => {
+            let dir = bench_dir(out.dir)?;
             let report = bench::wal::run(dir.path(), seconds)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                report.print_table();
-            }
+            report.print(out.json)?;
         }
     }
     Ok(())

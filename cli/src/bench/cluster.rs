@@ -182,9 +182,8 @@ pub(super) fn percentile(sorted: &[u32], p: usize) -> f64 {
     f64::from(sorted.get(sorted.len() * p / 100).copied().unwrap_or_default())
 }
 
-impl ClusterBenchReport {
-    /// The report as a table for people.
-    pub fn print_table(&self) {
+impl super::Report for ClusterBenchReport {
+    fn print_table(&self) {
         println!("Replicated puts and linearizable gets (3 stores, fsync on, 128 B values):");
         println!(
             "  bare WAL, 64 writers, same disk: {:.0} appends/s",

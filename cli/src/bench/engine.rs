@@ -80,9 +80,8 @@ pub struct EngineBenchReport {
     pub checkpoint_load_vs_raw: f64,
 }
 
-impl EngineBenchReport {
-    /// Prints the report as a table, with each target next to its measurement.
-    pub fn print_table(&self) {
+impl super::Report for EngineBenchReport {
+    fn print_table(&self) {
         let mib = |b: f64| b / f64::from(1u32 << 20);
         let mode = if self.quick { "quick" } else { "full" };
         println!(
@@ -390,6 +389,7 @@ fn raw_new_file_bandwidth(dir: &Path, bytes: u64) -> io::Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bench::Report as _;
 
     #[test]
     fn quick_run_reports_sane_numbers() -> io::Result<()> {

@@ -153,9 +153,8 @@ pub fn run(dir: &Path, seconds: f64, threads: &[usize]) -> io::Result<KvBenchRep
     Ok(r)
 }
 
-impl KvBenchReport {
-    /// The report as a table for people.
-    pub fn print_table(&self) {
+impl super::Report for KvBenchReport {
+    fn print_table(&self) {
         println!(
             "One store (in process, fsync on, {KEY_BYTES} B keys, {VALUE_BYTES} B values, \
              {PRELOAD_KEYS} preloaded keys for the reads):"

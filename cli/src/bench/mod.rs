@@ -14,3 +14,19 @@ pub mod load;
 pub mod procs;
 pub mod regions;
 pub mod wal;
+
+/// A bench's figures: printed as a table for a reader, or as one JSON object.
+pub trait Report: serde::Serialize {
+    /// Prints the figures as a table, each next to its baseline.
+    fn print_table(&self);
+
+    /// Prints the figures as `json` asks.
+    fn print(&self, json: bool) -> serde_json::Result<()> {
+        if json {
+            println!("{}", serde_json::to_string_pretty(self)?);
+        } else {
+            self.print_table();
+        }
+        Ok(())
+    }
+}

@@ -254,9 +254,8 @@ pub fn run(
     })
 }
 
-impl RegionsBenchReport {
-    /// The report as a table for people.
-    pub fn print_table(&self) {
+impl super::Report for RegionsBenchReport {
+    fn print_table(&self) {
         println!(
             "Many regions (3 stores in one process, fsync on, {CLIENTS} clients, 128 B values):"
         );

@@ -177,9 +177,8 @@ pub fn run(dir: &Path, seconds: f64) -> io::Result<WalBenchReport> {
     })
 }
 
-impl WalBenchReport {
-    /// The report as a table for people.
-    pub fn print_table(&self) {
+impl super::Report for WalBenchReport {
+    fn print_table(&self) {
         println!("WAL appends (128 B records, fsync on), next to the raw disk, same run:");
         println!(
             "  raw fdatasync (4 KiB overwrite, 1 thread)  {:>12.0} ops/s",
