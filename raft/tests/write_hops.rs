@@ -98,6 +98,15 @@ fn a_followers_answer_to_a_read_index_heartbeat_skips_its_writer() {
     };
     let followers: Vec<&Store> =
         stores.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, s)| s).collect();
+    // Every follower holds and applied that put first: a follower still catching up
+    // (the last store started, whose first fsyncs are still in flight) has writes in
+    // flight, and then rightly hands every ready to its writer, in order.
+    let applied = |s: &Store| s.status().iter().find(|p| p.region.id == R1).map(|p| p.applied);
+    let target = applied(&stores[leader]);
+    while followers.iter().any(|s| applied(s) < target) {
+        assert!(Instant::now() < deadline, "the followers did not catch up");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let before: u64 = followers.iter().map(|s| s.metrics().writer_tasks).sum();
     for _ in 0..GETS {
         get(&stores[leader], "first").unwrap();
