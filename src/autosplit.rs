@@ -144,28 +144,33 @@ impl Planner {
         led: &[Region],
         now: Instant,
     ) -> Vec<Action> {
-        let actions = self.plan_part(policy, engine, led, now);
-        self.keep_only(led);
-        actions
+        self.plan_stores(policy, &[(engine, led)], now)
     }
 
-    /// Forgets every region not in `regions`.
-    pub fn keep_only(&mut self, regions: &[Region]) {
-        let ids: std::collections::HashSet<RegionId> = regions.iter().map(|r| r.id).collect();
-        self.since.retain(|id, _| ids.contains(id));
-        self.scanned.retain(|id, _| ids.contains(id));
-    }
-
-    /// [`Planner::plan`] for one store's share of the regions, remembering the rest.
-    pub fn plan_part(
+    /// Actions for the regions the stores lead: `stores` pairs each store's engine
+    /// with the regions its replicas lead. Each region is sized from its leader's
+    /// engine; two neighbours may merge whichever stores lead them (where a split
+    /// child's leader lands, or where leadership moves, decides nothing). Forgets
+    /// regions no store leads.
+    pub fn plan_stores(
         &mut self,
         policy: &SplitPolicy,
-        engine: &Engine,
-        led: &[Region],
+        stores: &[(&Engine, &[Region])],
         now: Instant,
     ) -> Vec<Action> {
-        let charged: HashMap<RegionId, u64> = engine.memory().regions.into_iter().collect();
-        for r in led {
+        let charged: Vec<HashMap<RegionId, u64>> = stores
+            .iter()
+            .map(|(engine, _)| engine.memory().regions.into_iter().collect())
+            .collect();
+        // Every led region once (a region two stores both think they lead, during a
+        // change of leader, is taken from the first), in key order, with its store.
+        let mut led: Vec<(&Region, usize)> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (i, (_, regions)) in stores.iter().enumerate() {
+            led.extend(regions.iter().filter(|r| seen.insert(r.id)).map(|r| (r, i)));
+        }
+        led.sort_by(|a, b| a.0.start.cmp(&b.0.start));
+        for (r, _) in &led {
             let since = self.since.entry(r.id).or_insert((r.epoch.version, now));
             if since.0 != r.epoch.version {
                 *since = (r.epoch.version, now);
@@ -173,25 +178,35 @@ impl Planner {
         }
         let mut actions = Vec::new();
         let mut busy: Vec<RegionId> = Vec::new();
-        for r in led {
-            let Some(&bytes) = charged.get(&r.id) else { continue };
-            if let Some(key) = self.split_key(policy, engine, r, bytes) {
+        for &(r, i) in &led {
+            let Some(&bytes) = charged[i].get(&r.id) else { continue };
+            if let Some(key) = self.split_key(policy, stores[i].0, r, bytes) {
                 actions.push(Action::Split { region: r.id, key });
                 busy.push(r.id);
             }
         }
         if policy.merges() {
             for pair in led.windows(2) {
-                let (left, right) = (&pair[0], &pair[1]);
-                if busy.contains(&left.id) || busy.contains(&right.id) {
+                let (left, right) = (pair[0], pair[1]);
+                if busy.contains(&left.0.id) || busy.contains(&right.0.id) {
                     continue;
                 }
-                if self.mergeable(policy, engine, &charged, left, right, now) {
-                    actions.push(Action::Merge { left: left.id, right: right.id });
-                    busy.extend([left.id, right.id]);
+                let sized = |(r, i): (&Region, usize)| small(policy, stores[i].0, &charged[i], r);
+                if self.mergeable(policy, left.0, right.0, now)
+                    && let (Some(a), Some(b)) = (sized(left), sized(right))
+                    // The merged region must stay well under the split bounds, or it
+                    // would split again at once.
+                    && a.bytes + b.bytes <= policy.max_region_bytes / 2
+                    && a.keys + b.keys <= policy.max_region_keys / 2
+                {
+                    actions.push(Action::Merge { left: left.0.id, right: right.0.id });
+                    busy.extend([left.0.id, right.0.id]);
                 }
             }
         }
+        let ids: std::collections::HashSet<RegionId> = led.iter().map(|(r, _)| r.id).collect();
+        self.since.retain(|id, _| ids.contains(id));
+        self.scanned.retain(|id, _| ids.contains(id));
         actions
     }
 
@@ -238,15 +253,9 @@ impl Planner {
         at
     }
 
-    fn mergeable(
-        &self,
-        policy: &SplitPolicy,
-        engine: &Engine,
-        charged: &HashMap<RegionId, u64>,
-        left: &Region,
-        right: &Region,
-        now: Instant,
-    ) -> bool {
+    /// True if neighbours `left` and `right` may merge as far as their ranges,
+    /// stores and age go (their sizes are `small`'s).
+    fn mergeable(&self, policy: &SplitPolicy, left: &Region, right: &Region, now: Instant) -> bool {
         let settled = |r: &Region| {
             self.since
                 .get(&r.id)
@@ -257,31 +266,31 @@ impl Planner {
             s.sort_unstable();
             s
         };
-        if left.end.as_deref() != Some(right.start.as_slice())
-            || !settled(left)
-            || !settled(right)
-            || stores(left) != stores(right)
-        {
-            return false;
-        }
-        let small = |r: &Region| {
-            let &bytes = charged.get(&r.id)?;
-            if bytes >= policy.merge_region_bytes {
-                return None;
-            }
-            if bytes / ENTRY_OVERHEAD_BYTES < policy.merge_region_keys {
-                // Few enough bytes that the key bound cannot be reached: no scan.
-                return Some(Size { keys: bytes / ENTRY_OVERHEAD_BYTES, bytes });
-            }
-            let size = live_size(engine, r, policy.merge_region_keys);
-            (size.keys < policy.merge_region_keys).then_some(size)
-        };
-        let (Some(a), Some(b)) = (small(left), small(right)) else { return false };
-        // The merged region must stay well under the split bounds, or it would split
-        // again at once.
-        a.bytes + b.bytes <= policy.max_region_bytes / 2
-            && a.keys + b.keys <= policy.max_region_keys / 2
+        left.end.as_deref() == Some(right.start.as_slice())
+            && settled(left)
+            && settled(right)
+            && stores(left) == stores(right)
     }
+}
+
+/// The live size of `r` from `engine` (which charged it `charged`), if it is under
+/// both merge bounds.
+fn small(
+    policy: &SplitPolicy,
+    engine: &Engine,
+    charged: &HashMap<RegionId, u64>,
+    r: &Region,
+) -> Option<Size> {
+    let &bytes = charged.get(&r.id)?;
+    if bytes >= policy.merge_region_bytes {
+        return None;
+    }
+    if bytes / ENTRY_OVERHEAD_BYTES < policy.merge_region_keys {
+        // Few enough bytes that the key bound cannot be reached: no scan.
+        return Some(Size { keys: bytes / ENTRY_OVERHEAD_BYTES, bytes });
+    }
+    let size = live_size(engine, r, policy.merge_region_keys);
+    (size.keys < policy.merge_region_keys).then_some(size)
 }
 
 /// Live keys and bytes of `region`, counting stops once `max_keys` keys were seen.
@@ -389,5 +398,27 @@ mod tests {
         // Merged, they would split again at once: no merge.
         let tight = policy.split_above(u64::MAX, 1500);
         assert!(planner.plan(&tight, &engine, &led, later).is_empty());
+    }
+
+    #[test]
+    fn merges_neighbours_led_by_different_stores() {
+        // A split child's leader may land on another store than its parent's (its
+        // first campaign can reach the followers before they applied the split), and
+        // leadership moves: small neighbours merge whichever stores lead them.
+        let left = region(1, "", Some("k00500"));
+        let right = region(2, "k00500", None);
+        let one = engine_with(&[left.clone(), right.clone()], 100);
+        let two = engine_with(&[left.clone(), right.clone()], 100);
+        let policy =
+            SplitPolicy::default().merge_below(1 << 20, 1000).merge_after(Duration::from_secs(60));
+        let mut planner = Planner::default();
+        let (led_one, led_two) = ([left], [right]);
+        let stores = [(&one, &led_one[..]), (&two, &led_two[..])];
+        let t0 = Instant::now();
+        assert!(planner.plan_stores(&policy, &stores, t0).is_empty());
+        assert_eq!(
+            planner.plan_stores(&policy, &stores, t0 + Duration::from_secs(61)),
+            vec![Action::Merge { left: RegionId(1), right: RegionId(2) }]
+        );
     }
 }

@@ -329,27 +329,29 @@ impl Background {
         }
     }
 
-    /// Plans splits and merges of the regions each store leads, from that store's
-    /// engine, and carries them out like asked-for ones. A failure (a region that
-    /// changed meanwhile, a leader that moved) only waits for the next check.
+    /// Plans splits and merges of the regions the stores lead, each sized from its
+    /// leader's engine, and carries them out like asked-for ones. A failure (a region
+    /// that changed meanwhile, a leader that moved) only waits for the next check.
     fn split_and_merge(&mut self, ops: &ClusterOps, stores: &[Arc<Store>], policy: &SplitPolicy) {
-        let mut actions = Vec::new();
-        let mut led_anywhere = Vec::new();
-        for store in stores {
-            let mut led: Vec<Region> = store
-                .status()
-                .into_iter()
-                .filter(|p| {
-                    p.role == StateRole::Leader && p.initialized && p.region.id != DIRECTORY
-                })
-                .map(|p| p.region)
-                .collect();
-            led.sort_by(|a, b| a.start.cmp(&b.start));
-            led_anywhere.extend(led.iter().cloned());
-            let engine = &store.context().engine;
-            actions.extend(self.planner.plan_part(policy, engine, &led, Instant::now()));
-        }
-        self.planner.keep_only(&led_anywhere);
+        let led: Vec<Vec<Region>> = stores
+            .iter()
+            .map(|store| {
+                store
+                    .status()
+                    .into_iter()
+                    .filter(|p| {
+                        p.role == StateRole::Leader && p.initialized && p.region.id != DIRECTORY
+                    })
+                    .map(|p| p.region)
+                    .collect()
+            })
+            .collect();
+        let views: Vec<(&regionkv_engine::Engine, &[Region])> = stores
+            .iter()
+            .zip(&led)
+            .map(|(store, led)| (&store.context().engine, led.as_slice()))
+            .collect();
+        let actions = self.planner.plan_stores(policy, &views, Instant::now());
         for action in actions {
             if ops.backend.is_shut() {
                 return;

@@ -46,6 +46,23 @@ fn wait_for(
         if cond(&counts) {
             return counts;
         }
+        if Instant::now() >= deadline {
+            // Which store leads each region, and each replica's state: what a stalled
+            // split or merge needs to be told apart.
+            for info in cluster.regions() {
+                let replicas: Vec<_> = (info.replicas.iter())
+                    .map(|(s, p)| (s.0, p.role, p.term, p.applied, p.hibernated))
+                    .collect();
+                eprintln!(
+                    "region {} {:?}..{:?} epoch {:?} led from {:?}: {replicas:?}",
+                    info.region.id,
+                    String::from_utf8_lossy(&info.region.start),
+                    info.region.end.as_deref().map(String::from_utf8_lossy),
+                    info.region.epoch,
+                    info.leader,
+                );
+            }
+        }
         assert!(Instant::now() < deadline, "{what}: keys per region still {counts:?}");
         std::thread::sleep(Duration::from_millis(50));
     }

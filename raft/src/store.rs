@@ -123,6 +123,10 @@ const CLIENT_QUEUE: usize = 4096;
 /// by blocking the poller (A5 in ARCHITECTURE.md's Store section).
 const WRITER_BACKLOG: usize = 64;
 
+/// Turns of a poller's loop in which readies with nothing to persist are reported
+/// durable inline (see `poller_loop`); bounds that loop.
+const MAX_INLINE_PERSISTED: usize = 4;
+
 /// How a [`Store`] runs on threads.
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -649,18 +653,33 @@ fn poller_loop(
                 next_tick = Instant::now() + tick; // fell behind: do not tick in a burst
             }
         }
-        let out = core.flush();
-        for task in out.tasks {
-            pollers.send(task);
-        }
-        pollers.report(out.reports);
-        transport.send(out.messages);
-        if let Some(task) = out.write {
+        let mut out = core.flush();
+        let mut inline = 0;
+        loop {
+            for task in std::mem::take(&mut out.tasks) {
+                pollers.send(task);
+            }
+            pollers.report(std::mem::take(&mut out.reports));
+            transport.send(std::mem::take(&mut out.messages));
+            let Some(task) = out.write.take() else { break };
+            if backlog == 0 && inline < MAX_INLINE_PERSISTED && task.write.is_empty() {
+                // Readies with nothing to persist and nothing before them in flight
+                // are durable already: their messages leave and they are reported
+                // here rather than round-tripped through the writer (two thread
+                // wake-ups per put on a leader; per ReadIndex heartbeat on a follower,
+                // whose answer waited for that trip; ARCHITECTURE.md "The write path").
+                inline += 1;
+                transport.send(task.messages);
+                core.on_persisted(&task.readies);
+                out = core.flush();
+                continue;
+            }
             if writer.send(Lane::System, task).is_err() {
                 return; // the writer stopped: the store failed
             }
             core.context().metrics.on_writer_task();
             backlog += 1;
+            break;
         }
     }
 }

@@ -731,6 +731,9 @@ impl StoreCore {
                     replica.raw.campaign()?;
                 }
                 self.source_appeared(region);
+                // Vote requests that came before the split applied here: a campaign
+                // of the child's replica on the parent's leader store, most likely.
+                self.step_held_votes(region);
                 tracing::info!(region = region.0, campaign, "created the replica of a split child");
             }
             CoreTask::CatchUp { source, target, index, term } => {

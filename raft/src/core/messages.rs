@@ -13,6 +13,14 @@ use crate::log::LogState;
 use crate::replica::ReplicaInit;
 use crate::transport::{Body, Envelope, KeyRange, SnapshotChunk};
 
+/// Most regions whose early vote requests a store holds (see `hold_vote`).
+const MAX_HELD_VOTE_REGIONS: usize = 1024;
+
+/// True for a request for a vote or a pre-vote.
+fn is_vote_request(kind: MessageType) -> bool {
+    matches!(kind, MessageType::MsgRequestVote | MessageType::MsgRequestPreVote)
+}
+
 /// When raft-rs's messages of a ready may leave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum SendWhen {
@@ -72,6 +80,13 @@ impl StoreCore {
                 return Ok(());
             }
             if !self.may_create(region, epoch, &range) {
+                if let Body::Raft(m) = &body
+                    && is_vote_request(m.get_msg_type())
+                {
+                    let to = self.ctx.config.store_id;
+                    let range = Some(range);
+                    self.hold_vote(Envelope { region, from, to, epoch, range, body });
+                }
                 return Ok(());
             }
             self.create_uninitialized(region, PeerId(to))?;
@@ -137,6 +152,40 @@ impl StoreCore {
         }
         self.dirty.insert(region);
         Ok(())
+    }
+
+    /// Keeps a vote request for a region this store may not create a replica of yet
+    /// (see `may_create`): most often a split child's first campaign, from the replica
+    /// on the parent's leader store, which applies the split first (it learns the
+    /// commit first) and campaigns at once. Dropped, that campaign would fail, the
+    /// child would stay without a leader for an election timeout and could be led
+    /// from any store. `step_held_votes` steps it once this store's own split created
+    /// the child. Held requests expire after two election timeouts; at most
+    /// [`MAX_HELD_VOTE_REGIONS`] regions' are kept.
+    fn hold_vote(&mut self, env: Envelope) {
+        let now = self.ticks;
+        let expiry = 2 * self.ctx.config.election_ticks as u64;
+        self.held_votes.retain(|_, (at, _)| now.saturating_sub(*at) <= expiry);
+        if self.held_votes.len() >= MAX_HELD_VOTE_REGIONS
+            && !self.held_votes.contains_key(&env.region)
+        {
+            return;
+        }
+        let (at, held) = self.held_votes.entry(env.region).or_default();
+        *at = now;
+        held.retain(|e| e.from != env.from);
+        held.push(env);
+    }
+
+    /// Steps the vote requests held for `region` (see `hold_vote`), now that its
+    /// replica exists here.
+    pub(super) fn step_held_votes(&mut self, region: RegionId) {
+        let Some((_, held)) = self.held_votes.remove(&region) else { return };
+        for env in held {
+            if let Err(e) = self.on_envelope(env) {
+                tracing::debug!(region = region.0, error = %e, "dropped a held vote request");
+            }
+        }
     }
 
     /// Steps `msg` into `region`'s replica, but a vote or a campaign it may not take

@@ -156,6 +156,12 @@ pub struct StoreCore {
     /// Merge targets here waiting for a source replica this store does not have yet
     /// (a split it has not applied will create it), by source; see `catch_up`.
     awaiting_source: HashMap<RegionId, Vec<crate::replica::CatchUp>>,
+    /// Vote requests for regions this store does not host yet but that overlap one it
+    /// does (typically a split child whose first campaign came before this store
+    /// applied the split), kept until the split creates the replica (`CoreTask::Adopt`
+    /// steps them): by region, the tick the last came and one per sending store. See
+    /// `hold_vote` (`messages.rs`).
+    held_votes: HashMap<RegionId, (u64, Vec<Envelope>)>,
     /// Where confirmed scans run: inline (the simulator) or on the poller's reader
     /// thread (`Store`; see `reader.rs`).
     scans: crate::reader::Scans,
@@ -199,6 +205,7 @@ impl StoreCore {
             owns,
             catching_up: HashMap::new(),
             awaiting_source: HashMap::new(),
+            held_votes: HashMap::new(),
             scans: crate::reader::Scans::Inline,
         };
         let hosted: HashMap<RegionId, Region> = core
