@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use parking_lot::{Mutex, RwLock};
 use regionkv_wal::fs::FileSystem;
 
+use crate::IdHashMap;
 use crate::checkpoint::{self, CheckpointFile, CheckpointStats, load_part, open_and_load_part};
 use crate::error::{Error, Result};
 use crate::manifest::{self, Compatibility, Manifest, MergeState};
@@ -186,7 +187,7 @@ struct CommitState {
 struct RegionState {
     map: RegionMap,
     /// Bytes charged per hosted region; updated under the commit lock.
-    bytes: HashMap<RegionId, AtomicU64>,
+    bytes: IdHashMap<RegionId, AtomicU64>,
 }
 
 #[derive(Debug)]
@@ -226,7 +227,7 @@ pub(crate) struct Inner {
     /// Lock 6 of 6, taken last: the client sessions of each hosted region (absent:
     /// none). Changed by the rounds of the thread that applies the region (see
     /// `round.rs`) and by region changes (`topology.rs`).
-    pub(crate) sessions: Mutex<HashMap<RegionId, SessionTable>>,
+    pub(crate) sessions: Mutex<IdHashMap<RegionId, SessionTable>>,
     /// Every write up to this sequence number is applied; snapshots read at it.
     pub(crate) visible_seq: AtomicU64,
     next_round: AtomicU64,
@@ -307,10 +308,10 @@ impl Engine {
         // of the files each region's image is made of (joined, as a merge joins them;
         // the parts of a split share their parent's file, so each gets a copy).
         let memtable = Memtable::new();
-        let mut sessions: HashMap<RegionId, SessionTable> = HashMap::new();
+        let mut sessions: IdHashMap<RegionId, SessionTable> = IdHashMap::default();
         let mut seq = 0u64;
         let mut files: HashMap<u64, CheckpointFile> = HashMap::new();
-        let mut bytes: HashMap<RegionId, AtomicU64> = HashMap::new();
+        let mut bytes: IdHashMap<RegionId, AtomicU64> = IdHashMap::default();
         for entry in &manifest.regions {
             for part in &entry.checkpoints {
                 seq += 1;

@@ -35,14 +35,13 @@ pub(crate) mod batch;
 mod cut;
 mod region;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use raft::eraftpb::{ConfState, Entry, HardState};
-use regionkv_engine::{Epoch, RegionId};
+use regionkv_engine::{Epoch, IdHashMap, RegionId};
 use regionkv_wal::{Lsn, Wal};
 
 use self::batch::Item;
@@ -98,7 +97,7 @@ pub struct LogWrite {
     /// In the order regions were first staged (the order they are encoded in).
     regions: Vec<(RegionId, RegionWrite)>,
     /// Position of each region in `regions`: a write may span thousands of regions.
-    positions: HashMap<RegionId, usize>,
+    positions: IdHashMap<RegionId, usize>,
 }
 
 impl LogWrite {
@@ -165,10 +164,10 @@ pub struct RaftLog {
     wal: Wal,
     // Lock order: `regions` before any region's mutex, and before `tombstones`; never
     // the reverse.
-    regions: RwLock<HashMap<RegionId, Arc<Mutex<RegionLog>>>>,
+    regions: RwLock<IdHashMap<RegionId, Arc<Mutex<RegionLog>>>>,
     /// Destroyed replicas' epochs, by region (A10 in ARCHITECTURE.md's Regions
     /// section): messages at or below are dropped; a region created again loses its.
-    tombstones: Mutex<HashMap<RegionId, Tombstone>>,
+    tombstones: Mutex<IdHashMap<RegionId, Tombstone>>,
     /// Records a staged write will make obsolete (its compaction, snapshot or
     /// tombstone), by write id: the oldest record the durable state still needs. Held
     /// back from purges until that write is durable, since a crash before it leaves the
@@ -182,8 +181,8 @@ pub struct RaftLog {
 impl RaftLog {
     /// Rebuilds the logs from `wal`, replaying every record.
     pub fn open(wal: Wal, options: RaftLogOptions) -> Result<RaftLog> {
-        let mut regions: HashMap<RegionId, RegionLog> = HashMap::new();
-        let mut tombstones: HashMap<RegionId, Tombstone> = HashMap::new();
+        let mut regions: IdHashMap<RegionId, RegionLog> = IdHashMap::default();
+        let mut tombstones: IdHashMap<RegionId, Tombstone> = IdHashMap::default();
         let mut records = 0u64;
         for record in wal.iter_from(wal.first_lsn())? {
             let record = record?;
@@ -321,7 +320,7 @@ impl RaftLog {
         LogWrite {
             id: self.next_write.fetch_add(1, Ordering::Relaxed),
             regions: Vec::new(),
-            positions: HashMap::new(),
+            positions: IdHashMap::default(),
         }
     }
 
