@@ -544,14 +544,10 @@ impl StoreCore {
         let replica = self.replicas.get_mut(&region).expect("present");
         // Entries and hard state: readable now, durable with the write.
         let entries = ready.take_entries();
-        match ready.hs() {
-            // Only the commit index moved: no state record for it (see `keep_commit`).
-            Some(hs) if !ready.must_sync() => {
-                self.ctx.log.stage(&mut self.write, region, entries, None)?;
-                self.ctx.log.keep_commit(region, hs)?;
-            }
-            hs => self.ctx.log.stage(&mut self.write, region, entries, hs)?,
-        }
+        // A hard state that moved only the commit index costs no state record (see
+        // `RaftLog::stage_in`, `keep_commit`).
+        let handle = replica.raw.store().handle();
+        self.ctx.log.stage_in(&mut self.write, handle, entries, ready.hs())?;
         for state in ready.take_read_states() {
             let ctx = u64::from_le_bytes(
                 state.request_ctx.get(..8).and_then(|b| b.try_into().ok()).unwrap_or_default(),

@@ -358,8 +358,44 @@ impl RaftLog {
             // otherwise cost an empty WAL record and its fsync.
             return Ok(());
         }
-        let log = self.region(region)?;
-        let mut log = log.lock();
+        self.stage_locked(write, region, &mut self.region(region)?.lock(), entries, hard_state)
+    }
+
+    /// [`RaftLog::stage`] for a replica's turn, through its handle (no lookup in the
+    /// table of regions). A hard state whose term and vote are the log's is taken as
+    /// [`RaftLog::keep_commit`] takes it: kept in memory, no state record for it. With
+    /// thousands of regions written at random most writes of a follower carry one (its
+    /// commit index moved with the entries); nothing depends on a commit index being
+    /// durable (see `keep_commit`).
+    pub(crate) fn stage_in(
+        &self,
+        write: &mut LogWrite,
+        handle: &RegionHandle,
+        entries: Vec<Entry>,
+        hard_state: Option<&HardState>,
+    ) -> Result<()> {
+        let mut log = handle.lock()?;
+        let kept = &log.state.hard_state;
+        match hard_state {
+            Some(hs) if (hs.term, hs.vote) == (kept.term, kept.vote) => {
+                log.state.hard_state = hs.clone();
+                self.stage_locked(write, handle.region, &mut log, entries, None)
+            }
+            hs => self.stage_locked(write, handle.region, &mut log, entries, hs),
+        }
+    }
+
+    fn stage_locked(
+        &self,
+        write: &mut LogWrite,
+        region: RegionId,
+        log: &mut RegionLog,
+        entries: Vec<Entry>,
+        hard_state: Option<&HardState>,
+    ) -> Result<()> {
+        if entries.is_empty() && hard_state.is_none() {
+            return Ok(());
+        }
         let added = log.stage(&entries, write.id);
         self.cached_bytes.fetch_add(added, Ordering::Relaxed);
         let w = write.region(region);
