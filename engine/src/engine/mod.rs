@@ -463,7 +463,7 @@ impl Engine {
         let mut commit = inner.commit.lock();
         let vis = inner.visibility();
         let regions = inner.regions.read();
-        let mut cache = RegionCache::default();
+        let mut cache = RegionCache::new(&regions, &[]);
         let cursor = commit.gc_cursor.take().unwrap_or_default();
         let (next, keys, bytes_freed) =
             inner.memtable.gc(&cursor, max_keys, &vis, &mut |key, delta| {
@@ -653,7 +653,13 @@ impl Engine {
         self.inner.pins.lock().release_round(round);
     }
 
-    pub(crate) fn commit_writes(&self, mut batch: Batch) -> Result<Option<Seq>> {
+    /// Applies `batch`, written to the regions `prepared` (a round's: where the charge
+    /// of each key is looked up first).
+    pub(crate) fn commit_writes(
+        &self,
+        mut batch: Batch,
+        prepared: &[RegionId],
+    ) -> Result<Option<Seq>> {
         self.inner.check_usable()?;
         if batch.is_empty() {
             return Ok(None);
@@ -671,7 +677,7 @@ impl Engine {
         // which the visibility rule keeps.
         let vis = inner.visibility();
         let regions = inner.regions.read();
-        let mut cache = RegionCache::default();
+        let mut cache = RegionCache::new(&regions, prepared);
         inner.memtable.apply(&batch, &vis, &mut |key, delta| {
             if let Some(b) = cache.lookup(&regions, key).and_then(|id| regions.bytes.get(&id)) {
                 add_signed(b, delta);
@@ -693,22 +699,37 @@ fn add_signed(counter: &AtomicU64, delta: i64) {
     }
 }
 
-/// Remembers the last region looked up by key: a round's writes come region by region.
-/// It borrows the region from the map the caller holds locked (with thousands of
-/// regions written at random nearly every key is a miss: no copy of its bounds).
-#[derive(Default)]
+/// Finds the region of each key charged by a commit: the last one found, else the
+/// round's prepared regions (sorted by start key: a binary search over a few warm
+/// entries), else the whole region map. It borrows the regions from the map the caller
+/// holds locked. With thousands of regions written at random nearly every key is in a
+/// region other than the last, and a descent of the map of every region was a cold
+/// walk per key (measured at 10,000 regions).
 struct RegionCache<'a> {
     last: Option<&'a Region>,
+    prepared: Vec<&'a Region>,
 }
 
 impl<'a> RegionCache<'a> {
+    fn new(regions: &'a RegionState, prepared: &[RegionId]) -> RegionCache<'a> {
+        let mut sorted: Vec<&Region> =
+            prepared.iter().filter_map(|&id| regions.map.get(id)).collect();
+        sorted.sort_unstable_by(|a, b| a.start.cmp(&b.start));
+        RegionCache { last: None, prepared: sorted }
+    }
+
     fn lookup(&mut self, regions: &'a RegionState, key: &[u8]) -> Option<RegionId> {
+        let holds = |r: &Region| in_range(key, &r.start, r.end.as_deref());
         if let Some(region) = self.last
-            && in_range(key, &region.start, region.end.as_deref())
+            && holds(region)
         {
             return Some(region.id);
         }
-        let region = regions.map.region_for_key(key)?;
+        let after = self.prepared.partition_point(|r| r.start.as_slice() <= key);
+        let region = match after.checked_sub(1).map(|i| self.prepared[i]) {
+            Some(region) if holds(region) => region,
+            _ => regions.map.region_for_key(key)?,
+        };
         self.last = Some(region);
         Some(region.id)
     }
