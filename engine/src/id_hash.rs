@@ -1,10 +1,10 @@
 //! A hasher for maps keyed by small integer ids ([`RegionId`](crate::RegionId),
 //! [`PeerId`](crate::PeerId), [`StoreId`](crate::StoreId)): one multiply per id instead
-//! of SipHash's rounds.
+//! of the default hasher's rounds (`SipHash`).
 //!
 //! A store looks regions up by id many times per write (the core's replica table, the
 //! log's region table, the engine's region map); with 10,000 regions written at random
-//! the default hasher showed in every profile (ARCHITECTURE.md, "Many regions"). Ids
+//! the default hasher (`SipHash`) showed in every profile (ARCHITECTURE.md, "Many regions"). Ids
 //! are allocated by the cluster, never chosen by a client, so a hash an adversary could
 //! collide is no concern here.
 

@@ -358,7 +358,8 @@ impl RaftLog {
             // otherwise cost an empty WAL record and its fsync.
             return Ok(());
         }
-        self.stage_locked(write, region, &mut self.region(region)?.lock(), entries, hard_state)
+        self.stage_locked(write, region, &mut self.region(region)?.lock(), entries, hard_state);
+        Ok(())
     }
 
     /// [`RaftLog::stage`] for a replica's turn, through its handle (no lookup in the
@@ -379,10 +380,11 @@ impl RaftLog {
         match hard_state {
             Some(hs) if (hs.term, hs.vote) == (kept.term, kept.vote) => {
                 log.state.hard_state = hs.clone();
-                self.stage_locked(write, handle.region, &mut log, entries, None)
+                self.stage_locked(write, handle.region, &mut log, entries, None);
             }
             hs => self.stage_locked(write, handle.region, &mut log, entries, hs),
         }
+        Ok(())
     }
 
     fn stage_locked(
@@ -392,9 +394,9 @@ impl RaftLog {
         log: &mut RegionLog,
         entries: Vec<Entry>,
         hard_state: Option<&HardState>,
-    ) -> Result<()> {
+    ) {
         if entries.is_empty() && hard_state.is_none() {
-            return Ok(());
+            return;
         }
         let added = log.stage(&entries, write.id);
         self.cached_bytes.fetch_add(added, Ordering::Relaxed);
@@ -408,7 +410,6 @@ impl RaftLog {
             log.state.hard_state = hs.clone();
             w.state = Some(log.state.clone());
         }
-        Ok(())
     }
 
     /// Takes a hard state that moved only its commit index (raft-rs's `must_sync` is
