@@ -10,8 +10,9 @@
 //!   region, then with `N` (default 10,000); prints bytes per region (every store's
 //!   replica of it included).
 //! - `puts [N] [SECONDS]`: three stores, `N` regions (default 10,000), 64 clients
-//!   putting 128 B values to random regions; prints puts per second and the process's
-//!   CPU (user and system, clients included) per put.
+//!   putting 128 B values to random regions; prints puts per second, the process's
+//!   CPU (user and system, clients included) per put, and per put over the three
+//!   stores: WAL records, fsyncs, writer tasks and apply rounds.
 
 #![allow(
     clippy::cast_precision_loss,
@@ -190,6 +191,17 @@ fn puts(n: usize, seconds: f64) -> Res<()> {
         })
         .collect();
     std::thread::sleep(Duration::from_secs(1)); // warm-up
+    let totals = |cluster: &Cluster| {
+        cluster.metrics().iter().fold([0u64; 4], |t, (_, m)| {
+            [
+                t[0] + m.wal.records,
+                t[1] + m.wal.fsyncs,
+                t[2] + m.writer_tasks,
+                t[3] + m.apply.rounds,
+            ]
+        })
+    };
+    let counts0 = totals(&cluster);
     let (cpu0, t0) = (cpu_seconds()?, Instant::now());
     counting.store(true, Ordering::Relaxed);
     // For a profiler attached from outside (`perf stat -p`): the window starts now.
@@ -197,6 +209,7 @@ fn puts(n: usize, seconds: f64) -> Res<()> {
     std::thread::sleep(Duration::from_secs_f64(seconds));
     counting.store(false, Ordering::Relaxed);
     let (cpu, elapsed) = (cpu_seconds()? - cpu0, t0.elapsed().as_secs_f64());
+    let counts = totals(&cluster);
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.join().map_err(|_| "client panicked")??;
@@ -206,6 +219,14 @@ fn puts(n: usize, seconds: f64) -> Res<()> {
         "puts: {n} regions, 64 clients, {elapsed:.1} s: {:.0} puts/s, {:.1} us CPU per put",
         ops / elapsed,
         1e6 * cpu / ops.max(1.0)
+    );
+    let per_put = |i: usize| (counts[i] - counts0[i]) as f64 / ops.max(1.0);
+    println!(
+        "  per put, 3 stores: {:.2} WAL records, {:.2} fsyncs, {:.2} writer tasks, {:.2} apply rounds",
+        per_put(0),
+        per_put(1),
+        per_put(2),
+        per_put(3)
     );
     cluster.shutdown()?;
     Ok(())

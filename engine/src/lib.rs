@@ -66,6 +66,7 @@ pub mod checkpoint;
 pub mod codec;
 mod engine;
 mod error;
+pub mod id_hash;
 pub mod manifest;
 mod memtable;
 mod pins;
@@ -81,6 +82,7 @@ pub use checkpoint::{
 };
 pub use engine::{CheckpointMeta, Engine, EngineOptions, GcStats, MemoryStats, RecoveryInfo};
 pub use error::{Error, ErrorClass, RegionChangeError, Result};
+pub use id_hash::{IdBuildHasher, IdHashMap, IdHashSet, IdHasher};
 pub use manifest::{Compatibility, Manifest, MergeState};
 pub use memtable::{ENTRY_OVERHEAD_BYTES, MAX_SEQ, Seq};
 pub use read_view::ReadView;

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use crate::IdHashMap;
 use crate::region::RegionId;
 
 /// Identifies an open round in the pin ledger.
@@ -19,7 +20,7 @@ pub(crate) struct PinLedger {
     /// Regions pinned by each open round, each listed once.
     by_round: HashMap<RoundId, Vec<RegionId>>,
     /// Number of rounds that list each region; no zero entries.
-    count: HashMap<RegionId, u32>,
+    count: IdHashMap<RegionId, u32>,
 }
 
 impl PinLedger {
@@ -90,7 +91,7 @@ impl PinLedger {
 
     /// True if the counts agree with the per-round lists (O(n); for tests).
     pub fn is_consistent(&self) -> bool {
-        let mut count: HashMap<RegionId, u32> = HashMap::new();
+        let mut count: IdHashMap<RegionId, u32> = IdHashMap::default();
         for regions in self.by_round.values() {
             for region in regions {
                 *count.entry(*region).or_insert(0) += 1;

@@ -6,9 +6,10 @@
 //! a copy and checked against the partition invariant before it replaces the map, so a
 //! change that would break it is a typed error and leaves the map as it was.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Bound::{Excluded, Included, Unbounded};
 
+use crate::IdHashMap;
 use crate::error::RegionChangeError;
 use crate::region::{Epoch, Peer, Region, RegionId};
 
@@ -40,7 +41,7 @@ pub struct RegionMap {
     /// Slots by start key. The first key is always the empty key.
     slots: BTreeMap<Vec<u8>, Slot>,
     /// Hosted regions by id; exactly the ids of the `Hosted` slots.
-    regions: HashMap<RegionId, Region>,
+    regions: IdHashMap<RegionId, Region>,
 }
 
 impl Default for RegionMap {
@@ -54,7 +55,10 @@ type ChangeResult<T> = Result<T, RegionChangeError>;
 impl RegionMap {
     /// A map of a store that hosts nothing: one absent slot over the whole key space.
     pub fn new() -> RegionMap {
-        RegionMap { slots: BTreeMap::from([(Vec::new(), Slot::Absent)]), regions: HashMap::new() }
+        RegionMap {
+            slots: BTreeMap::from([(Vec::new(), Slot::Absent)]),
+            regions: IdHashMap::default(),
+        }
     }
 
     /// A map hosting `regions`, which must not overlap.

@@ -196,7 +196,7 @@ impl<'e> ApplyRound<'e> {
     /// outcome, the round is reset and its pins released.
     pub fn commit(mut self) -> Result<Option<Seq>> {
         let writes = std::mem::take(&mut self.writes);
-        let result = self.engine.commit_writes(writes);
+        let result = self.engine.commit_writes(writes, &self.prepared);
         if result.is_ok() {
             // The session changes stand with the data.
             self.sessions_undo.clear();

@@ -382,3 +382,36 @@ proptest! {
         }
     }
 }
+
+/// A round that writes several regions charges each key to its own region (the
+/// commit looks a key's region up among the round's prepared regions first), the same
+/// as one round per region does; overwrites free their old version's charge.
+#[test]
+fn a_round_over_several_regions_charges_each_key_to_its_region() -> TestResult {
+    let spec: [Spec<'_>; 3] = [(1, b"", Some(b"g")), (2, b"g", Some(b"p")), (3, b"p", None)];
+    let keys: [(u64, &[u8]); 6] =
+        [(3, b"z"), (1, b"a"), (2, b"h"), (3, b"q"), (1, b"c"), (2, b"o")];
+    let (one, many) = (engine_with(&spec)?, engine_with(&spec)?);
+    for value in [&b"first"[..], b"second, longer"] {
+        let mut round = many.begin_round();
+        for id in [2, 3, 1] {
+            round.prepare_for_region(RegionId(id), epoch(&many, id))?;
+            for (_, key) in keys.iter().filter(|(r, _)| *r == id) {
+                round.put(key, value)?;
+            }
+        }
+        round.commit()?;
+        for id in [1, 2, 3] {
+            let mut round = one.begin_round();
+            round.prepare_for_region(RegionId(id), epoch(&one, id))?;
+            for (_, key) in keys.iter().filter(|(r, _)| *r == id) {
+                round.put(key, value)?;
+            }
+            round.commit()?;
+        }
+    }
+    let charged = one.memory().regions;
+    assert_eq!(many.memory().regions, charged);
+    assert!(charged.iter().all(|&(_, bytes)| bytes > 0), "{charged:?}");
+    Ok(())
+}

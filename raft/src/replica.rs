@@ -14,7 +14,8 @@ use raft::eraftpb::{ConfChangeV2, ConfState, Entry, HardState, Message};
 use raft::{RawNode, StateRole};
 use regionkv_engine::checkpoint::CheckpointFile;
 use regionkv_engine::{
-    CheckpointReceiver, Epoch, MergeState, PeerId, ReceivedCheckpoint, Region, RegionId, StoreId,
+    CheckpointReceiver, Epoch, IdHashMap, MergeState, PeerId, ReceivedCheckpoint, Region, RegionId,
+    StoreId,
 };
 use regionkv_wal::Timeline;
 
@@ -298,7 +299,7 @@ pub(crate) struct Replica {
     pub conf_index: u64,
     /// Stores of peers learned from messages (a replica awaiting its snapshot knows no
     /// region).
-    pub known_stores: HashMap<PeerId, StoreId>,
+    pub known_stores: IdHashMap<PeerId, StoreId>,
     pub snapshot: SnapshotTransfer,
     pub timeline: Timeline<RaftIndex>,
     /// Set when a membership change removed this replica: it is destroyed after the
@@ -337,7 +338,7 @@ impl Replica {
             checkpoint_index: init.applied_index,
             applied_bytes_since_checkpoint: 0,
             conf_index: init.conf_index,
-            known_stores: HashMap::new(),
+            known_stores: IdHashMap::default(),
             snapshot: SnapshotTransfer {
                 slot,
                 file: None,

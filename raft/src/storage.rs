@@ -40,6 +40,12 @@ impl PeerStorage {
     pub(crate) fn snapshot_slot(&self) -> &Arc<Mutex<SnapshotSlot>> {
         &self.snapshot
     }
+
+    /// The handle on this region's log (staging through it skips the store's table
+    /// of regions).
+    pub(crate) fn handle(&self) -> &RegionHandle {
+        &self.handle
+    }
 }
 
 fn to_raft(e: Error) -> raft::Error {

@@ -182,11 +182,24 @@ impl IndexKey {
     }
 
     fn from_vec(key: Vec<u8>) -> IndexKey {
-        let mut p = [0u8; 16];
-        let n = key.len().min(16);
-        p[..n].copy_from_slice(&key[..n]);
-        IndexKey { prefix: u128::from_be_bytes(p), key }
+        IndexKey { prefix: prefix_of(&key), key }
     }
+
+    /// Makes this key `key`, reusing its buffer.
+    fn set(&mut self, key: &[u8]) -> &IndexKey {
+        self.key.clear();
+        self.key.extend_from_slice(key);
+        self.prefix = prefix_of(key);
+        self
+    }
+}
+
+/// The first 16 bytes of `key`, zero-padded, as a big-endian integer.
+fn prefix_of(key: &[u8]) -> u128 {
+    let mut p = [0u8; 16];
+    let n = key.len().min(16);
+    p[..n].copy_from_slice(&key[..n]);
+    u128::from_be_bytes(p)
 }
 
 impl PartialOrd for IndexKey {
@@ -253,8 +266,14 @@ fn prefetch_leaf(leaf: &Leaf) {
 
 /// The leaf covering `key`, with its start: one descent of the index.
 fn leaf_at<'i>(index: &'i Index, key: &[u8]) -> (&'i IndexKey, &'i Arc<Leaf>) {
+    leaf_at_probe(index, &IndexKey::new(key))
+}
+
+/// [`leaf_at`] for a search key the caller built (a writer reuses one buffer for every
+/// key of its batch rather than allocating a copy of each).
+fn leaf_at_probe<'i>(index: &'i Index, probe: &IndexKey) -> (&'i IndexKey, &'i Arc<Leaf>) {
     index
-        .range((Unbounded, Included(&IndexKey::new(key))))
+        .range((Unbounded, Included(probe)))
         .next_back()
         .or_else(|| index.iter().next())
         .expect("the index always holds the leaf at the empty key")
@@ -315,13 +334,14 @@ impl Memtable {
             let index = self.index.read();
             // One descent of the index per key: a batch's keys are usually far apart,
             // so finding where each leaf ends would cost a second descent per leaf.
+            let mut probe = IndexKey::new(b"");
             let mut i = 0;
-            let mut at = leaf_at(&index, key_of(batch.entry(0)));
+            let mut at = leaf_at_probe(&index, probe.set(key_of(batch.entry(0))));
             while i < batch.len() {
                 let (start, leaf) = at;
                 let mut j = i + 1;
                 while j < batch.len() {
-                    at = leaf_at(&index, key_of(batch.entry(j)));
+                    at = leaf_at_probe(&index, probe.set(key_of(batch.entry(j))));
                     if !Arc::ptr_eq(at.1, leaf) {
                         break;
                     }

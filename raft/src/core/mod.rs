@@ -73,11 +73,11 @@
 //! garbage collection), `context.rs` and `output.rs` (what the core shares and hands
 //! out).
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use raft::StateRole;
-use regionkv_engine::{PeerId, Region, RegionId, StoreId};
+use regionkv_engine::{IdHashMap, IdHashSet, PeerId, Region, RegionId, StoreId};
 
 use crate::directory::{DIRECTORY, RegionRecord};
 use crate::error::{Error, Result};
@@ -124,11 +124,11 @@ pub struct StoreCore {
     /// Boxed: a replica is over 2 KiB, and the table keeps spare slots (up to as many
     /// as it holds); boxed, a spare slot costs a pointer and probing stays in a compact
     /// array (ARCHITECTURE.md, "Many regions").
-    replicas: HashMap<RegionId, Box<Replica>>,
+    replicas: IdHashMap<RegionId, Box<Replica>>,
     /// Replicas that are not hibernating: the only ones a tick visits, so that thousands
     /// of idle regions cost nothing per tick. Kept equal to the replicas whose
     /// `hibernated` flag is false.
-    awake: HashSet<RegionId>,
+    awake: IdHashSet<RegionId>,
     /// Replicas that may have a ready; ordered for determinism.
     dirty: BTreeSet<RegionId>,
     write: LogWrite,
@@ -144,7 +144,7 @@ pub struct StoreCore {
     reports: Vec<RegionRecord>,
     apply_stats: ApplyStats,
     /// The tick at which each other store was last heard from.
-    store_heard: HashMap<StoreId, u64>,
+    store_heard: IdHashMap<StoreId, u64>,
     /// The other stores hosting a peer of a region here, to tell that this store is
     /// alive; found again once per silence window (`hibernate.rs`, `check_liveness`).
     alive_to: Vec<StoreId>,
@@ -152,16 +152,16 @@ pub struct StoreCore {
     owns: Box<dyn Fn(RegionId) -> bool + Send>,
     /// Regions that neither vote nor campaign until their commit index reaches this
     /// (their log lost its tail to a point-in-time recovery; see `mark_log_cut`).
-    catching_up: HashMap<RegionId, u64>,
+    catching_up: IdHashMap<RegionId, u64>,
     /// Merge targets here waiting for a source replica this store does not have yet
     /// (a split it has not applied will create it), by source; see `catch_up`.
-    awaiting_source: HashMap<RegionId, Vec<crate::replica::CatchUp>>,
+    awaiting_source: IdHashMap<RegionId, Vec<crate::replica::CatchUp>>,
     /// Vote requests for regions this store does not host yet but that overlap one it
     /// does (typically a split child whose first campaign came before this store
     /// applied the split), kept until the split creates the replica (`CoreTask::Adopt`
     /// steps them): by region, the tick the last came and one per sending store. See
     /// `hold_vote` (`messages.rs`).
-    held_votes: HashMap<RegionId, (u64, Vec<Envelope>)>,
+    held_votes: IdHashMap<RegionId, (u64, Vec<Envelope>)>,
     /// Where confirmed scans run: inline (the simulator) or on the poller's reader
     /// thread (`Store`; see `reader.rs`).
     scans: crate::reader::Scans,
@@ -188,8 +188,8 @@ impl StoreCore {
         let write = ctx.log.begin_write();
         let mut core = StoreCore {
             ctx,
-            replicas: HashMap::new(),
-            awake: HashSet::new(),
+            replicas: IdHashMap::default(),
+            awake: IdHashSet::default(),
             dirty: BTreeSet::new(),
             write,
             readies: Vec::new(),
@@ -200,15 +200,15 @@ impl StoreCore {
             foreign_tasks: Vec::new(),
             reports: Vec::new(),
             apply_stats: ApplyStats::default(),
-            store_heard: HashMap::new(),
+            store_heard: IdHashMap::default(),
             alive_to: Vec::new(),
             owns,
-            catching_up: HashMap::new(),
-            awaiting_source: HashMap::new(),
-            held_votes: HashMap::new(),
+            catching_up: IdHashMap::default(),
+            awaiting_source: IdHashMap::default(),
+            held_votes: IdHashMap::default(),
             scans: crate::reader::Scans::Inline,
         };
-        let hosted: HashMap<RegionId, Region> = core
+        let hosted: IdHashMap<RegionId, Region> = core
             .ctx
             .engine
             .regions()
@@ -551,14 +551,10 @@ impl StoreCore {
         let replica = self.replicas.get_mut(&region).expect("present");
         // Entries and hard state: readable now, durable with the write.
         let entries = ready.take_entries();
-        match ready.hs() {
-            // Only the commit index moved: no state record for it (see `keep_commit`).
-            Some(hs) if !ready.must_sync() => {
-                self.ctx.log.stage(&mut self.write, region, entries, None)?;
-                self.ctx.log.keep_commit(region, hs)?;
-            }
-            hs => self.ctx.log.stage(&mut self.write, region, entries, hs)?,
-        }
+        // A hard state that moved only the commit index costs no state record (see
+        // `RaftLog::stage_in`, `keep_commit`).
+        let handle = replica.raw.store().handle();
+        self.ctx.log.stage_in(&mut self.write, handle, entries, ready.hs())?;
         for state in ready.take_read_states() {
             let ctx = u64::from_le_bytes(
                 state.request_ctx.get(..8).and_then(|b| b.try_into().ok()).unwrap_or_default(),

@@ -35,14 +35,13 @@ pub(crate) mod batch;
 mod cut;
 mod region;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use raft::eraftpb::{ConfState, Entry, HardState};
-use regionkv_engine::{Epoch, RegionId};
+use regionkv_engine::{Epoch, IdHashMap, RegionId};
 use regionkv_wal::{Lsn, Wal};
 
 use self::batch::Item;
@@ -98,7 +97,7 @@ pub struct LogWrite {
     /// In the order regions were first staged (the order they are encoded in).
     regions: Vec<(RegionId, RegionWrite)>,
     /// Position of each region in `regions`: a write may span thousands of regions.
-    positions: HashMap<RegionId, usize>,
+    positions: IdHashMap<RegionId, usize>,
 }
 
 impl LogWrite {
@@ -165,10 +164,10 @@ pub struct RaftLog {
     wal: Wal,
     // Lock order: `regions` before any region's mutex, and before `tombstones`; never
     // the reverse.
-    regions: RwLock<HashMap<RegionId, Arc<Mutex<RegionLog>>>>,
+    regions: RwLock<IdHashMap<RegionId, Arc<Mutex<RegionLog>>>>,
     /// Destroyed replicas' epochs, by region (A10 in ARCHITECTURE.md's Regions
     /// section): messages at or below are dropped; a region created again loses its.
-    tombstones: Mutex<HashMap<RegionId, Tombstone>>,
+    tombstones: Mutex<IdHashMap<RegionId, Tombstone>>,
     /// Records a staged write will make obsolete (its compaction, snapshot or
     /// tombstone), by write id: the oldest record the durable state still needs. Held
     /// back from purges until that write is durable, since a crash before it leaves the
@@ -182,8 +181,8 @@ pub struct RaftLog {
 impl RaftLog {
     /// Rebuilds the logs from `wal`, replaying every record.
     pub fn open(wal: Wal, options: RaftLogOptions) -> Result<RaftLog> {
-        let mut regions: HashMap<RegionId, RegionLog> = HashMap::new();
-        let mut tombstones: HashMap<RegionId, Tombstone> = HashMap::new();
+        let mut regions: IdHashMap<RegionId, RegionLog> = IdHashMap::default();
+        let mut tombstones: IdHashMap<RegionId, Tombstone> = IdHashMap::default();
         let mut records = 0u64;
         for record in wal.iter_from(wal.first_lsn())? {
             let record = record?;
@@ -321,7 +320,7 @@ impl RaftLog {
         LogWrite {
             id: self.next_write.fetch_add(1, Ordering::Relaxed),
             regions: Vec::new(),
-            positions: HashMap::new(),
+            positions: IdHashMap::default(),
         }
     }
 
@@ -359,8 +358,46 @@ impl RaftLog {
             // otherwise cost an empty WAL record and its fsync.
             return Ok(());
         }
-        let log = self.region(region)?;
-        let mut log = log.lock();
+        self.stage_locked(write, region, &mut self.region(region)?.lock(), entries, hard_state);
+        Ok(())
+    }
+
+    /// [`RaftLog::stage`] for a replica's turn, through its handle (no lookup in the
+    /// table of regions). A hard state whose term and vote are the log's is taken as
+    /// [`RaftLog::keep_commit`] takes it: kept in memory, no state record for it. With
+    /// thousands of regions written at random most writes of a follower carry one (its
+    /// commit index moved with the entries); nothing depends on a commit index being
+    /// durable (see `keep_commit`).
+    pub(crate) fn stage_in(
+        &self,
+        write: &mut LogWrite,
+        handle: &RegionHandle,
+        entries: Vec<Entry>,
+        hard_state: Option<&HardState>,
+    ) -> Result<()> {
+        let mut log = handle.lock()?;
+        let kept = &log.state.hard_state;
+        match hard_state {
+            Some(hs) if (hs.term, hs.vote) == (kept.term, kept.vote) => {
+                log.state.hard_state = hs.clone();
+                self.stage_locked(write, handle.region, &mut log, entries, None);
+            }
+            hs => self.stage_locked(write, handle.region, &mut log, entries, hs),
+        }
+        Ok(())
+    }
+
+    fn stage_locked(
+        &self,
+        write: &mut LogWrite,
+        region: RegionId,
+        log: &mut RegionLog,
+        entries: Vec<Entry>,
+        hard_state: Option<&HardState>,
+    ) {
+        if entries.is_empty() && hard_state.is_none() {
+            return;
+        }
         let added = log.stage(&entries, write.id);
         self.cached_bytes.fetch_add(added, Ordering::Relaxed);
         let w = write.region(region);
@@ -373,7 +410,6 @@ impl RaftLog {
             log.state.hard_state = hs.clone();
             w.state = Some(log.state.clone());
         }
-        Ok(())
     }
 
     /// Takes a hard state that moved only its commit index (raft-rs's `must_sync` is

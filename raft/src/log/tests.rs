@@ -319,3 +319,36 @@ fn a_tombstone_keeps_its_epoch_across_reopens_and_purges_until_the_region_return
     assert_eq!(log.tombstone(R2), None);
     assert!(log.state(R2).is_some());
 }
+
+/// A replica's turn whose hard state moved only its commit index stages no state
+/// record, entries or not (with thousands of regions written at random, nearly every
+/// follower write carries one); a new term or vote does. The commit index is kept in
+/// memory and written with the region's next state record.
+#[test]
+fn a_turn_that_moved_only_the_commit_index_stages_no_state_record() {
+    let fs = SimFs::new();
+    let log = open(&fs);
+    let mut w = log.begin_write();
+    log.create_region(&mut w, R1, initial()).unwrap();
+    log.stage(&mut w, R1, entries(1, 2, 1), Some(&hs(1, 7, 0))).unwrap();
+    log.persist(w).unwrap();
+    let handle = log.handle(R1).unwrap();
+
+    let mut w = log.begin_write();
+    log.stage_in(&mut w, &handle, entries(3, 2, 1), Some(&hs(1, 7, 2))).unwrap();
+    assert_eq!(w.terms().count(), 0, "no state record for a commit-only change");
+    assert_eq!(log.state(R1).unwrap().hard_state, hs(1, 7, 2), "kept in memory");
+    log.persist(w).unwrap();
+
+    let mut w = log.begin_write();
+    log.stage_in(&mut w, &handle, Vec::new(), Some(&hs(1, 7, 4))).unwrap();
+    assert!(w.is_empty(), "a commit-only change alone costs no record");
+
+    log.stage_in(&mut w, &handle, entries(5, 1, 2), Some(&hs(2, 0, 4))).unwrap();
+    assert_eq!(w.terms().collect::<Vec<_>>(), vec![(R1, 2)], "a new term is written");
+    log.persist(w).unwrap();
+    drop(log);
+    let log = open(&fs.crash(CrashMode::Lost));
+    assert_eq!(log.state(R1).unwrap().hard_state, hs(2, 0, 4));
+    assert_eq!(log.bounds(R1).unwrap(), (1, 5));
+}
