@@ -356,16 +356,23 @@ impl Store {
         rx.recv().map_err(|_| Error::Cancelled)?
     }
 
-    /// Submits a write; its reply is called when it is applied or refused. On a store
-    /// whose poller is idle and hosts no replica with a peer on another store, this
-    /// thread runs the write through and its reply is called before this returns
-    /// (`store/solo.rs`).
+    /// Submits a write; its reply is called when it is applied or refused.
     pub fn write(&self, req: WriteRequest) {
-        let Some(req) = self.write_here(req) else { return };
         let region = req.region;
         if let Err(Msg::Write(req)) = self.try_send(region, Msg::Write(req)) {
             (req.reply)(Err(Error::Cancelled));
         }
+    }
+
+    /// Submits a write for a caller that waits for its reply anyway (`Db`). If the
+    /// region's poller is idle and hosts no replica with a peer on another store, the
+    /// write runs on this thread, its fsync included, and its reply is called before
+    /// this returns: no thread is woken (`store/solo.rs`). Otherwise as
+    /// [`Store::write`]. Not for a thread that serves other requests meanwhile (a
+    /// server connection): it would wait for each write's fsync in turn.
+    pub fn write_here(&self, req: WriteRequest) {
+        let Some(req) = self.take_turn(req) else { return };
+        self.write(req);
     }
 
     /// Submits a linearizable read. A get of a region whose only voter is this store's

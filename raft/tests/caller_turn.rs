@@ -3,10 +3,10 @@
 //!
 //! Regression (issue 13): a durable put on one store cost four thread wake-ups around
 //! its one fsync (caller -> poller -> writer -> poller -> caller), half of fjall's rate
-//! at one thread. The caller now runs the poller's core itself when the poller is
-//! idle, no write task is in flight and no replica of the poller has a peer on another
-//! store. These tests count (write tasks, fsyncs, the thread a reply runs on); they
-//! time nothing.
+//! at one thread. A caller that waits for its reply (`Store::write_here`) now runs the
+//! poller's core itself when the poller is idle, no write task is in flight and no
+//! replica of the poller has a peer on another store. These tests count (write tasks,
+//! fsyncs, the thread a reply runs on); they time nothing.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -34,7 +34,7 @@ type Answer = (regionkv_raft::Result<()>, ThreadId);
 /// reply ran on.
 fn put(store: &Store, epoch: Epoch, key: &str) -> Receiver<Answer> {
     let (tx, rx) = bounded(1);
-    store.write(WriteRequest {
+    store.write_here(WriteRequest {
         region: R1,
         epoch,
         ops: vec![Op::Put { key: Bytes::from(key.to_owned()), value: Bytes::from_static(b"v") }],

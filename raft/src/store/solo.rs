@@ -2,8 +2,9 @@
 //! another store runs on the caller's own thread, fsync and reply included.
 //!
 //! A write through the mailbox costs four thread wake-ups (caller -> poller -> writer
-//! -> poller -> caller) around its one fsync. When nothing else is going on, the caller
-//! takes the poller's turn instead: it runs the same core code the poller would
+//! -> poller -> caller) around its one fsync. When nothing else is going on, a caller
+//! that waits for its reply anyway ([`Store::write_here`], from `Db`) takes the
+//! poller's turn instead: it runs the same core code the poller would
 //! (`on_write`, `flush`), persists the write task itself as the writer would
 //! (`RaftLog::persist_all`), reports it (`on_persisted`) and flushes again until
 //! nothing is left to persist; the write's reply is called on this thread, so the
@@ -163,7 +164,7 @@ impl Store {
     /// Runs `req` on this thread if its poller allows a caller's turn now (see the
     /// module docs); gives it back for the mailbox otherwise. A caller refused because
     /// the store stops has its reply called with `Cancelled`.
-    pub(super) fn write_here(&self, req: WriteRequest) -> Option<WriteRequest> {
+    pub(super) fn take_turn(&self, req: WriteRequest) -> Option<WriteRequest> {
         let i = poller_of(req.region, self.cores.len());
         let (shared, writer) = &self.cores[i];
         let others = shared.callers.fetch_add(1, Ordering::SeqCst);
