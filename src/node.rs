@@ -335,12 +335,12 @@ impl Backend for NodeStores {
         ids
     }
 
+    /// `Db` waits for the reply: a local write may run on its thread.
     fn write(&self, store: StoreId, req: WriteRequest) {
-        // `Db` waits for the reply: a local write may run on its thread.
         if self.is_local(store) {
-            self.local.write_here(req)
+            self.local.write_here(req);
         } else {
-            self.remote.write(store, req)
+            self.remote.write(store, req);
         }
     }
 
