@@ -82,7 +82,8 @@ impl Backend for LocalStores {
 
     fn write(&self, store: StoreId, req: WriteRequest) {
         match self.store(store) {
-            Some(s) => s.write(req),
+            // `Db` waits for the reply: the write may run on its thread.
+            Some(s) => s.write_here(req),
             None => gone(req.reply),
         }
     }

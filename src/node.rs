@@ -335,8 +335,13 @@ impl Backend for NodeStores {
         ids
     }
 
+    /// `Db` waits for the reply: a local write may run on its thread.
     fn write(&self, store: StoreId, req: WriteRequest) {
-        if self.is_local(store) { self.local.write(req) } else { self.remote.write(store, req) }
+        if self.is_local(store) {
+            self.local.write_here(req);
+        } else {
+            self.remote.write(store, req);
+        }
     }
 
     fn read(&self, store: StoreId, req: ReadRequest) {

@@ -169,6 +169,11 @@ impl<T> Mailbox<T> {
         open
     }
 
+    /// True if nothing is queued in any lane.
+    pub fn is_empty(&self) -> bool {
+        !self.state.lock().has_work(true)
+    }
+
     /// Refuses further sends; the receiver still gets what was queued.
     pub fn close(&self) {
         self.state.lock().closed = true;

@@ -25,6 +25,8 @@ pub struct WriteMetrics {
     entries_proposed: AtomicU64,
     /// Write tasks handed to writer threads.
     writer_tasks: AtomicU64,
+    /// Write tasks persisted by a caller running its poller's core (`store/solo.rs`).
+    caller_tasks: AtomicU64,
 }
 
 impl WriteMetrics {
@@ -51,12 +53,18 @@ impl WriteMetrics {
         self.writer_tasks.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one write task persisted on a caller's thread.
+    pub(crate) fn on_caller_task(&self) {
+        self.caller_tasks.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Fills in the store-wide write-path figures of `m`.
     pub(crate) fn fill(&self, m: &mut StoreMetrics) {
         m.write_latency_us = self.latency.snapshot();
         m.writes_proposed = self.writes_proposed.load(Ordering::Relaxed);
         m.entries_proposed = self.entries_proposed.load(Ordering::Relaxed);
         m.writer_tasks = self.writer_tasks.load(Ordering::Relaxed);
+        m.caller_tasks = self.caller_tasks.load(Ordering::Relaxed);
     }
 }
 
@@ -89,6 +97,10 @@ pub struct StoreMetrics {
     /// wake-up there and back); readies with nothing to persist are not among them
     /// when nothing is in flight. Not sent over the client protocol (0 there).
     pub writer_tasks: u64,
+    /// Write tasks persisted on a client's own thread, which ran its poller's core
+    /// because the poller was idle and hosts no replica with a peer elsewhere (no
+    /// thread wake-up). Not sent over the client protocol (0 there).
+    pub caller_tasks: u64,
     /// Write-batch rounds of the apply loop.
     pub apply: ApplyStats,
     /// The store's WAL: fsyncs, their latency, group sizes.

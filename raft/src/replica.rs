@@ -406,6 +406,14 @@ impl Replica {
         self.raw.raft.commit_to_current_term()
     }
 
+    /// True if this replica holds its region's data and no other peer is a member of
+    /// its group (no other voter, no learner, no joint configuration): nothing it does
+    /// waits for, or is awaited by, another store.
+    pub fn is_alone(&self) -> bool {
+        let prs = self.raw.raft.prs();
+        self.is_initialized() && prs.is_singleton() && prs.iter().all(|(id, _)| *id == self.id.0)
+    }
+
     /// True if this replica's gets may be answered on the caller's thread
     /// (`reader::LocalReads`): it is the group's only voter (no joint configuration),
     /// leads, has committed an entry of its term and applied every committed entry,

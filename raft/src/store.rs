@@ -69,6 +69,10 @@ use crate::request::{
 };
 use crate::transport::{Envelope, Inbox, Transport};
 
+mod solo;
+
+use self::solo::{Outlets, Persist, SharedCore, Turn, finish_turn};
+
 /// Requests a poller takes.
 enum Msg {
     Envelopes(Vec<Envelope>),
@@ -122,10 +126,6 @@ const CLIENT_QUEUE: usize = 4096;
 /// senders block): the writer's backlog is bounded by backpressure on clients, never
 /// by blocking the poller (A5 in ARCHITECTURE.md's Store section).
 const WRITER_BACKLOG: usize = 64;
-
-/// Turns of a poller's loop in which readies with nothing to persist are reported
-/// durable inline (see `poller_loop`); bounds that loop.
-const MAX_INLINE_PERSISTED: usize = 4;
 
 /// How a [`Store`] runs on threads.
 #[derive(Clone, Debug)]
@@ -188,6 +188,10 @@ impl Inbox for StoreInbox {
 /// A running store: its Raft groups on poller and writer threads.
 pub struct Store {
     ctx: Arc<StoreContext>,
+    /// Each poller's core, which a caller may run (`store/solo.rs`), and its writer's
+    /// queue, by poller.
+    cores: Vec<(Arc<SharedCore>, Arc<Mailbox<WriteTask>>)>,
+    transport: Arc<dyn Transport>,
     /// This store's incarnation and the peers' (`crate::identity`), for its transport.
     book: Arc<PeerBook>,
     wal: Wal,
@@ -249,12 +253,10 @@ impl Store {
         let ctx = Arc::new(ctx);
         let pollers = options.pollers.max(1);
         let mut senders = Vec::with_capacity(pollers);
-        let mut receivers = Vec::with_capacity(pollers);
         for _ in 0..pollers {
-            let mailbox = Arc::new(Mailbox::new(PEER_QUEUE, CLIENT_QUEUE));
-            senders.push(mailbox.clone());
-            receivers.push(mailbox);
+            senders.push(Arc::new(Mailbox::new(PEER_QUEUE, CLIENT_QUEUE)));
         }
+        let receivers = senders.clone();
         let inbox = Arc::new(StoreInbox {
             pollers: senders.clone(),
             dropped: AtomicU64::new(0),
@@ -262,6 +264,7 @@ impl Store {
         });
         let killed = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
+        let mut cores = Vec::with_capacity(pollers);
         let all_pollers: Arc<Vec<Arc<Mailbox<Msg>>>> = Arc::new(senders.clone());
         for (i, rx) in receivers.into_iter().enumerate() {
             let mut core =
@@ -270,8 +273,10 @@ impl Store {
             let (scans, reader) = crate::reader::spawn(&ctx, i)?;
             core.serve_scans_on(scans);
             // Only the system lane is used: bounded by `WRITER_BACKLOG` (see there).
-            let write_queue = Arc::new(Mailbox::<WriteTask>::new(1, 1));
-            let (wtx, wrx) = (write_queue.clone(), write_queue);
+            let wtx = Arc::new(Mailbox::<WriteTask>::new(1, 1));
+            let wrx = wtx.clone();
+            let core = Arc::new(SharedCore::new(core));
+            cores.push((core.clone(), wtx.clone()));
             let store_id = ctx.config.store_id.0;
             let writer = {
                 let (ctx, transport, back, killed) =
@@ -291,7 +296,7 @@ impl Store {
                     .spawn(move || {
                         let pollers = Pollers { mailboxes: &others, inbox: &inbox };
                         poller_loop(
-                            core,
+                            &core,
                             &rx,
                             &wtx,
                             &pollers,
@@ -309,6 +314,8 @@ impl Store {
         tracing::info!(store = ctx.config.store_id.0, pollers, dir = %dir.display(), "store started");
         Ok(Store {
             ctx,
+            cores,
+            transport: transport.clone(),
             book,
             wal,
             inbox,
@@ -355,6 +362,17 @@ impl Store {
         if let Err(Msg::Write(req)) = self.try_send(region, Msg::Write(req)) {
             (req.reply)(Err(Error::Cancelled));
         }
+    }
+
+    /// Submits a write for a caller that waits for its reply anyway (`Db`). If the
+    /// region's poller is idle and hosts no replica with a peer on another store, the
+    /// write runs on this thread, its fsync included, and its reply is called before
+    /// this returns: no thread is woken (`store/solo.rs`). Otherwise as
+    /// [`Store::write`]. Not for a thread that serves other requests meanwhile (a
+    /// server connection): it would wait for each write's fsync in turn.
+    pub fn write_here(&self, req: WriteRequest) {
+        let Some(req) = self.take_turn(req) else { return };
+        self.write(req);
     }
 
     /// Submits a linearizable read. A get of a region whose only voter is this store's
@@ -599,8 +617,10 @@ impl Pollers<'_> {
     }
 }
 
+/// A poller: its turns run its core under the lock it shares with callers on the fast
+/// path (`store/solo.rs`), and it never sleeps holding it.
 fn poller_loop(
-    mut core: StoreCore,
+    shared: &SharedCore,
     inbox: &Mailbox<Msg>,
     writer: &Mailbox<WriteTask>,
     pollers: &Pollers<'_>,
@@ -608,14 +628,24 @@ fn poller_loop(
     killed: &AtomicBool,
     shutdown_timeout: Duration,
 ) {
-    let tick = core.context().config.tick_interval;
-    let cancel = core.context().cancel.clone();
+    let ctx = shared
+        .turn
+        .lock()
+        .as_ref()
+        .expect("a poller's core, until it leaves")
+        .core
+        .context()
+        .clone();
+    let tick = ctx.config.tick_interval;
+    let cancel = ctx.cancel.clone();
     let mut next_tick = Instant::now() + tick;
     let mut batch = Vec::new();
-    // Write tasks handed to the writer and not yet reported durable.
+    // The backlog as this poller's last turn left it (`Turn::backlog`).
     let mut backlog = 0usize;
     loop {
         if killed.load(Ordering::Relaxed) {
+            // Once a caller's turn is over, no caller runs the core again.
+            shared.turn.lock().take();
             leave(inbox, writer);
             return;
         }
@@ -623,28 +653,36 @@ fn poller_loop(
             // Persisted notifications still arrive while the writer drains; serve
             // them so waiting clients learn their outcome, then stop the timelines.
             inbox.recv_all(&mut batch, Instant::now(), true);
+            let mut guard = shared.turn.lock();
+            let Turn { core, .. } = guard.as_mut().expect("a poller's core, until it leaves");
             for msg in batch.drain(..) {
                 if let Msg::Persisted { .. } | Msg::Status(_) | Msg::Metrics(_) | Msg::Task(_) = msg
                 {
-                    handle(&mut core, msg);
+                    handle(core, msg);
                 } else {
                     refuse(msg);
                 }
             }
             core.shutdown(shutdown_timeout);
+            guard.take();
+            drop(guard);
             leave(inbox, writer);
             return;
         }
         // Clients wait while the writer is behind; Raft and the writer never do.
         if !inbox.recv_all(&mut batch, next_tick, backlog < WRITER_BACKLOG) {
+            shared.turn.lock().take();
             leave(inbox, writer);
             return;
         }
+        let mut guard = shared.turn.lock();
+        let turn = guard.as_mut().expect("a poller's core, until it leaves");
+        let core = &mut turn.core;
         for msg in batch.drain(..) {
             if let Msg::Persisted { tasks, .. } = &msg {
-                backlog = backlog.saturating_sub(*tasks);
+                turn.backlog = turn.backlog.saturating_sub(*tasks);
             }
-            handle(&mut core, msg);
+            handle(core, msg);
         }
         if Instant::now() >= next_tick {
             core.on_tick();
@@ -653,34 +691,13 @@ fn poller_loop(
                 next_tick = Instant::now() + tick; // fell behind: do not tick in a burst
             }
         }
-        let mut out = core.flush();
-        let mut inline = 0;
-        loop {
-            for task in std::mem::take(&mut out.tasks) {
-                pollers.send(task);
-            }
-            pollers.report(std::mem::take(&mut out.reports));
-            transport.send(std::mem::take(&mut out.messages));
-            let Some(task) = out.write.take() else { break };
-            if backlog == 0 && inline < MAX_INLINE_PERSISTED && task.write.is_empty() {
-                // Readies with nothing to persist and nothing before them in flight
-                // are durable already: their messages leave and they are reported
-                // here rather than round-tripped through the writer (two thread
-                // wake-ups per put on a leader; per ReadIndex heartbeat on a follower,
-                // whose answer waited for that trip; ARCHITECTURE.md "The write path").
-                inline += 1;
-                transport.send(task.messages);
-                core.on_persisted(&task.readies);
-                out = core.flush();
-                continue;
-            }
-            if writer.send(Lane::System, task).is_err() {
-                return; // the writer stopped: the store failed
-            }
-            core.context().metrics.on_writer_task();
-            backlog += 1;
-            break;
+        let out = core.flush();
+        let to = Outlets { ctx: &ctx, pollers, transport, writer };
+        if !finish_turn(turn, out, &to, Persist::Writer) {
+            guard.take();
+            return; // the writer stopped: the store failed
         }
+        backlog = turn.backlog;
     }
 }
 

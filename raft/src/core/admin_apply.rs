@@ -708,6 +708,7 @@ impl StoreCore {
                             old.fail_all(|| Error::RegionNotFound { region });
                         }
                         self.awake.remove(&region);
+                        self.note_peers(region);
                     }
                     None => {}
                 }

@@ -210,6 +210,7 @@ impl StoreCore {
         self.awake.insert(region);
         self.alive_to.clear(); // found again with this replica's peers (`check_liveness`)
         self.replicas.insert(region, Box::new(Replica::new(init, raw, timeline, merge)));
+        self.note_peers(region);
         self.dirty.insert(region);
         Ok(())
     }
@@ -243,6 +244,7 @@ impl StoreCore {
     pub(super) fn destroy(&mut self, region: RegionId) -> Result<()> {
         let Some(mut replica) = self.replicas.remove(&region) else { return Ok(()) };
         self.awake.remove(&region);
+        self.note_peers(region);
         replica.fail_all(|| Error::RegionNotFound { region });
         // A merged source is gone from the engine already.
         let engine = self.ctx.engine_of(region);

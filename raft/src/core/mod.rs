@@ -165,6 +165,12 @@ pub struct StoreCore {
     /// Where confirmed scans run: inline (the simulator) or on the poller's reader
     /// thread (`Store`; see `reader.rs`).
     scans: crate::reader::Scans,
+    /// Replicas that are not alone in their group (`Replica::is_alone`): they may have
+    /// a peer on another store, which must not wait behind a caller's fsync. Kept
+    /// true by `note_peers` wherever a replica is created, changes its members (only
+    /// inside its flush: a membership change, a snapshot) or goes; a driver lets
+    /// callers run this core only while it is empty (`store/solo.rs`).
+    not_alone: IdHashSet<RegionId>,
 }
 
 impl std::fmt::Debug for StoreCore {
@@ -207,6 +213,7 @@ impl StoreCore {
             awaiting_source: IdHashMap::default(),
             held_votes: IdHashMap::default(),
             scans: crate::reader::Scans::Inline,
+            not_alone: IdHashSet::default(),
         };
         let hosted: IdHashMap<RegionId, Region> = core
             .ctx
@@ -374,6 +381,33 @@ impl StoreCore {
         self.replicas.get(&region).map(|r| r.status())
     }
 
+    /// True if a replica here may have a peer on another store (see `not_alone`): a
+    /// caller must not run this core then (`store/solo.rs`).
+    pub fn hosts_remote_peers(&self) -> bool {
+        !self.not_alone.is_empty()
+    }
+
+    /// True if the list behind [`StoreCore::hosts_remote_peers`] names exactly the
+    /// replicas that are not alone: an O(replicas) check for tests and the simulator.
+    #[doc(hidden)]
+    pub fn remote_peers_listed(&self) -> bool {
+        let not_alone: IdHashSet<RegionId> =
+            self.replicas.iter().filter(|(_, r)| !r.is_alone()).map(|(id, _)| *id).collect();
+        not_alone == self.not_alone
+    }
+
+    /// Lists `region` in `not_alone`, or takes it off, as its replica is now.
+    fn note_peers(&mut self, region: RegionId) {
+        match self.replicas.get(&region) {
+            Some(replica) if !replica.is_alone() => {
+                self.not_alone.insert(region);
+            }
+            _ => {
+                self.not_alone.remove(&region);
+            }
+        }
+    }
+
     /// True if any replica may have work for `flush`.
     pub fn has_work(&self) -> bool {
         !self.dirty.is_empty()
@@ -408,6 +442,8 @@ impl StoreCore {
                     // Anything else stops this replica only; the store goes on.
                     Err(e) => self.halt(region, &e),
                 }
+                // A membership change or a snapshot changes members only here.
+                self.note_peers(region);
             }
             // The pass's round ends: what every region wrote becomes visible together,
             // then their clients hear of it.

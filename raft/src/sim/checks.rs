@@ -8,10 +8,14 @@ impl SimCluster {
         let mut statuses = Vec::new();
         let mut pinned = Vec::new();
         let mut stopped = Vec::new();
+        let mut unlisted = Vec::new();
         for (&id, s) in &self.stores {
             if let Some(r) = &s.running {
                 if r.core.context().cancel.is_cancelled() {
                     stopped.push(id);
+                }
+                if !r.core.remote_peers_listed() {
+                    unlisted.push(id);
                 }
                 statuses.push((id, r.core.status()));
                 // Between flushes no write-batch round is open: every pin taken by a
@@ -32,6 +36,11 @@ impl SimCluster {
             && c.violation.is_none()
         {
             c.violation = Some(format!("A1: store {id} stopped, and no disk failed"));
+        }
+        if let Some(id) = unlisted.first()
+            && c.violation.is_none()
+        {
+            c.violation = Some(format!("alone: store {id} lists the wrong replicas as not alone"));
         }
         for (id, status) in statuses {
             for s in status {

@@ -17,7 +17,10 @@
 //!   the applied index starts at the region's checkpoint and the log is replayed
 //!   before any read is served);
 //! - A1: no store stops (the simulated disks never fail, and nothing else may stop a
-//!   store: a command that cannot apply is refused).
+//!   store: a command that cannot apply is refused);
+//! - alone: every core's list of replicas that may have a peer on another store (what
+//!   lets a caller run the core, `store/solo.rs`) is exact, through membership
+//!   changes, splits, merges, snapshots and restarts.
 //!
 //! A violation panics with the seed, so the failing run can be replayed.
 
