@@ -742,16 +742,30 @@ mod loom_tests {
     struct Counter {
         next: u64,
         fail: bool,
+        /// The end of the last group published, as the durable end would be.
+        published: Arc<loom::sync::atomic::AtomicU64>,
     }
 
-    struct Synced;
+    impl Counter {
+        fn new(fail: bool) -> Counter {
+            Counter { next: 0, fail, published: Arc::new(loom::sync::atomic::AtomicU64::new(0)) }
+        }
+    }
+
+    struct Synced {
+        end: u64,
+        published: Arc<loom::sync::atomic::AtomicU64>,
+    }
 
     impl PendingSync for Synced {
         fn sync(&self) -> Result<(), Cause> {
             Ok(())
         }
 
-        fn publish(self) {}
+        fn publish(self) {
+            let before = self.published.swap(self.end, Ordering::SeqCst);
+            assert!(before < self.end, "published out of group order: {before} then {}", self.end);
+        }
     }
 
     impl GroupWriter for Counter {
@@ -770,21 +784,29 @@ mod loom_tests {
                 lsns.push(Lsn(self.next));
                 self.next += 1;
             }
-            Ok(Synced)
+            Ok(Synced { end: self.next, published: self.published.clone() })
         }
     }
 
+    /// Appends one record; an acknowledged one lies below the published end.
     fn append(gc: &GroupCommit<Counter>) -> Result<Lsn, Error> {
         let mut out = Vec::new();
         gc.commit(RecordKind::Data, &[(b"x", 0)], &mut out)?;
+        let published = gc.writer.lock().published.load(Ordering::SeqCst);
+        assert!(out[0].0 < published, "acknowledged before its group was published");
         Ok(out[0])
     }
 
     #[test]
     fn loom_three_appenders_all_acknowledged_once() {
-        loom::model(|| {
+        // With two groups in flight and the wake-up tree, the unbounded search of three
+        // appenders runs for many minutes; four preemptions (13 s here) cover a group
+        // that publishes while the next syncs and one that lingers.
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound.get_or_insert(4);
+        model.check(|| {
             let limits = Limits { max_group_bytes: 64, max_group_records: 2, delay: None };
-            let gc = Arc::new(GroupCommit::new(Counter { next: 0, fail: false }, limits));
+            let gc = Arc::new(GroupCommit::new(Counter::new(false), limits));
             let threads: Vec<_> = (0..2)
                 .map(|_| {
                     let gc = gc.clone();
@@ -803,7 +825,7 @@ mod loom_tests {
     fn loom_failure_reaches_every_waiter() {
         loom::model(|| {
             let limits = Limits { max_group_bytes: 64, max_group_records: 8, delay: None };
-            let gc = Arc::new(GroupCommit::new(Counter { next: 0, fail: true }, limits));
+            let gc = Arc::new(GroupCommit::new(Counter::new(true), limits));
             let other = {
                 let gc = gc.clone();
                 loom::thread::spawn(move || append(&gc))
@@ -820,7 +842,7 @@ mod loom_tests {
     fn loom_close_waits_for_queued_groups() {
         loom::model(|| {
             let limits = Limits { max_group_bytes: 64, max_group_records: 8, delay: None };
-            let gc = Arc::new(GroupCommit::new(Counter { next: 0, fail: false }, limits));
+            let gc = Arc::new(GroupCommit::new(Counter::new(false), limits));
             let appender = {
                 let gc = gc.clone();
                 loom::thread::spawn(move || append(&gc))
