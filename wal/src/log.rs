@@ -280,7 +280,7 @@ impl Wal {
             pool: pool.clone(),
             io: IoCounters::default(),
         });
-        let writer = LogWriter::new(shared.clone(), active, tail_offset);
+        let writer = LogWriter::new(shared.clone(), active, tail_offset)?;
         let limits = match options.sync {
             SyncPolicy::Batched { max_delay_us } => Limits {
                 max_group_bytes: options.max_group_bytes,
