@@ -395,12 +395,12 @@ struct Leftover {
 }
 
 impl Link {
-    /// Answers request `id`: on this thread if no other request of the connection
+    /// Answers a request: on this thread if no other request of the connection
     /// waits for its answer (none could share its write) and the write turn is free
     /// with nothing left over, with a send that does not wait; otherwise through the
-    /// writer thread (answers written earlier may still be counted in flight: their
-    /// write is done). If the socket takes the frame only in part (or fails), the rest goes
-    /// to the writer thread, which sends it first (or finds the error and closes).
+    /// writer thread. If the socket takes the frame only in part (or fails), the rest
+    /// goes to the writer thread, which sends it first (or finds the error and
+    /// closes).
     fn answer(&self, tx: &Sender<ToWriter>, answer: Answer) {
         if self.in_flight.ready_alone()
             && let Some(mut turn) = self.turn.try_lock()
