@@ -4,9 +4,14 @@
 //! Each connection runs on the transport's reader thread: the handshake, then a loop
 //! that reads requests (through a buffer: one `read` for every request that arrived
 //! together) and hands them to the node's store (replies arrive later, on the store's
-//! threads) or answers them at once; a writer thread, scoped to the connection, sends
-//! the responses in the order they are ready, every answer queued at once in one
-//! write.
+//! threads) or answers them at once. An answer that is the only one in flight on its
+//! connection is written by the thread that has it, with a send that does not wait
+//! (nothing could go out with it, and a hand-off would cost a thread wake-up); other
+//! answers go to a writer thread, scoped to the connection, which sends them in the
+//! order they are ready, every answer queued at once in one write. Whoever writes
+//! holds the connection's write turn, so frames never interleave; an answer the socket
+//! takes only in part (it is full) leaves its rest to the writer thread, which sends
+//! it first: a store thread never waits on a client's socket.
 //!
 //! Every request gets exactly one answer, and no answer is dropped. A request counts
 //! as in flight from the moment its frame is read until its answer is written to the
@@ -63,10 +68,10 @@ const ADMIN_TASKS_MAX: usize = 4;
 /// How long a connection whose client stopped sending (or sent a bad frame) waits for
 /// the answers still in flight before it closes.
 const CLOSE_LINGER: Duration = Duration::from_secs(10);
-/// Answers the writer's queue holds: every request in flight, and the connection's
-/// last error.
-const ANSWER_QUEUE: usize = IN_FLIGHT_MAX + 1;
-const _: () = assert!(ANSWER_QUEUE > IN_FLIGHT_MAX, "room for the last error too");
+/// Answers the writer's queue holds: every request in flight, the connection's last
+/// error, and one notice of an answer written inline in part ([`ToWriter::Leftover`]).
+const ANSWER_QUEUE: usize = IN_FLIGHT_MAX + 2;
+const _: () = assert!(ANSWER_QUEUE > IN_FLIGHT_MAX + 1, "room for the last error and a notice");
 /// Bytes of answers the writer hands to one `write` at most: it takes every answer
 /// queued, up to this, so answers ready together cost one system call.
 const WRITE_BATCH_BYTES: usize = 256 << 10;
@@ -79,6 +84,15 @@ const SCANS_IN_FLIGHT_MAX: usize = 16;
 
 /// A request's id, its answer, and whether it counts as a scan in flight.
 type Answer = (u64, Result<Response, RemoteError>, bool);
+
+/// What the writer thread of a connection is handed.
+enum ToWriter {
+    /// An answer to write.
+    Answer(Answer),
+    /// An answer written inline only in part: its rest waits in the write turn
+    /// ([`Leftover`]).
+    Leftover,
+}
 
 /// What the client service needs from the node it serves (the node implements it).
 /// Calls come from connection threads, any number at once.
@@ -123,6 +137,9 @@ pub struct ClientStats {
     pub malformed_requests: u64,
     /// Requests served.
     pub requests: u64,
+    /// Writes made by the connections' writer threads: each one is an answer (or a
+    /// batch of answers) handed over from the thread that had it, a thread wake-up.
+    pub writer_writes: u64,
 }
 
 #[derive(Default)]
@@ -132,6 +149,7 @@ struct Counters {
     bad_frames: AtomicU64,
     malformed_requests: AtomicU64,
     requests: AtomicU64,
+    writer_writes: AtomicU64,
 }
 
 /// Serves the client protocol for one node.
@@ -171,6 +189,7 @@ impl ClientService {
             bad_frames: get(&c.bad_frames),
             malformed_requests: get(&c.malformed_requests),
             requests: get(&c.requests),
+            writer_writes: get(&c.writer_writes),
         }
     }
 }
@@ -203,19 +222,26 @@ impl SharedListener for ClientService {
         self.counters.connections.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(store = me, %remote, "client connected");
         let Ok(write_half) = stream.try_clone() else { return };
-        let (tx, rx) = bounded::<Answer>(ANSWER_QUEUE);
-        let in_flight = InFlight::default();
+        let (tx, rx) = bounded::<ToWriter>(ANSWER_QUEUE);
+        let link = Arc::new(Link {
+            stream: write_half,
+            in_flight: InFlight::default(),
+            turn: Mutex::default(),
+        });
+        let in_flight = &link.in_flight;
         let closed = AtomicBool::new(false);
         std::thread::scope(|scope| {
             let writer = std::thread::Builder::new()
                 .name(format!("client-send-{me}-{}", remote.port()))
-                .spawn_scoped(scope, || run_writer(&write_half, &rx, &in_flight, &closed, cancel));
+                .spawn_scoped(scope, || {
+                    run_writer(&link, &rx, &closed, cancel, &self.counters.writer_writes);
+                });
             if writer.is_err() {
                 return;
             }
             // Buffered: the requests that arrived together are taken with one read.
             let mut frames = FrameStream::new(reader, &stream);
-            let end = self.read_requests(&mut frames, peer, &tx, &in_flight, &closed);
+            let end = self.read_requests(&mut frames, peer, &tx, &link, &closed);
             match end {
                 e if e.is_quiet() => {}
                 e => {
@@ -227,7 +253,7 @@ impl SharedListener for ClientService {
                     };
                     let message = format!("{e}; the node closes the connection");
                     in_flight.begin();
-                    push(&tx, (0, Err(RemoteError::new(code, message)), false));
+                    link.answer(&tx, (0, Err(RemoteError::new(code, message)), false));
                 }
             }
             // The writer sends every answer still in flight, then leaves (bounded by
@@ -246,6 +272,9 @@ struct InFlight {
     count: Mutex<Counts>,
     /// Signalled when an answer was written.
     written: Condvar,
+    /// Requests whose answer is not ready yet (read, and not handed to
+    /// [`Link::answer`]): while any is, another answer may come to share a write.
+    unanswered: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -258,6 +287,14 @@ impl InFlight {
     /// A request was read (or the connection's last error is queued).
     fn begin(&self) {
         self.count.lock().requests += 1;
+        self.unanswered.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// An answer is ready; true if no other request waits for its own.
+    fn ready_alone(&self) -> bool {
+        let before = self.unanswered.fetch_sub(1, Ordering::SeqCst);
+        debug_assert!(before > 0, "an answer to a request that was not counted");
+        before == 1
     }
 
     /// `answers` answers were written (or can no longer be), `scans` of them to scans.
@@ -299,10 +336,15 @@ impl InFlight {
 /// Queues an answer for the writer. The queue holds every answer that can be in flight
 /// ([`ANSWER_QUEUE`]), so it is never full; once the connection is gone (nobody
 /// receives any more), the answer has nowhere to go.
-fn push(tx: &Sender<Answer>, answer: Answer) {
-    match tx.try_send(answer) {
+/// An answer written inline only in part takes the slot of the answer it carries.
+fn push(tx: &Sender<ToWriter>, item: ToWriter) {
+    match tx.try_send(item) {
         Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-        Err(TrySendError::Full((id, ..))) => {
+        Err(TrySendError::Full(item)) => {
+            let id = match item {
+                ToWriter::Answer((id, ..)) => id,
+                ToWriter::Leftover => 0,
+            };
             // The bound above makes this unreachable: a bug, never a silent drop.
             tracing::error!(id, "the answer queue of a client connection is full; answer lost");
             debug_assert!(false, "the answer queue is sized for every request in flight");
@@ -315,28 +357,109 @@ fn push(tx: &Sender<Answer>, answer: Answer) {
 /// closed and every answer in flight is written (or after [`CLOSE_LINGER`], or at
 /// shutdown).
 fn run_writer(
-    stream: &TcpStream,
-    rx: &Receiver<Answer>,
-    in_flight: &InFlight,
+    link: &Link,
+    rx: &Receiver<ToWriter>,
     closed: &AtomicBool,
     cancel: &CancellationToken,
+    writes: &AtomicU64,
 ) {
-    if !write_answers(&mut &*stream, rx, in_flight, closed, cancel) {
+    let stream = &link.stream;
+    if !write_answers(&mut &*stream, rx, link, closed, cancel, writes) {
         closed.store(true, Ordering::SeqCst);
         let _ = stream.shutdown(Shutdown::Both);
     }
 }
 
+/// The writing side of a connection, shared by its writer thread and the threads that
+/// answer its requests.
+struct Link {
+    /// The connection (a handle of its own; the reader reads the other).
+    stream: TcpStream,
+    in_flight: InFlight,
+    /// The write turn: whoever writes to the socket holds it, so frames never
+    /// interleave. Inline writers only try it (they never wait for it).
+    turn: Mutex<Leftover>,
+}
+
+/// The rest of an answer written inline only in part: it goes out before anything
+/// else, by the writer thread.
+#[derive(Default)]
+struct Leftover {
+    bytes: Vec<u8>,
+    /// Answers (and scans among them) it ends; counted answered once written.
+    answers: usize,
+    scans: usize,
+    /// A [`ToWriter::Leftover`] notice is queued and not yet taken: no other is
+    /// queued (the writer takes every leftover when it next holds the turn).
+    noticed: bool,
+}
+
+impl Link {
+    /// Answers a request: on this thread if no other request of the connection
+    /// waits for its answer (none could share its write) and the write turn is free
+    /// with nothing left over, with a send that does not wait; otherwise through the
+    /// writer thread. If the socket takes the frame only in part (or fails), the rest
+    /// goes to the writer thread, which sends it first (or finds the error and
+    /// closes).
+    fn answer(&self, tx: &Sender<ToWriter>, answer: Answer) {
+        if self.in_flight.ready_alone()
+            && let Some(mut turn) = self.turn.try_lock()
+            && turn.bytes.is_empty()
+        {
+            let (id, result, scan) = &answer;
+            let mut frame = Vec::new();
+            if encode_answer(&mut frame, *id, result) {
+                let sent = send_nowait(&self.stream, &frame);
+                if sent == frame.len() {
+                    drop(turn);
+                    self.in_flight.end_many(1, usize::from(*scan));
+                    return;
+                }
+                frame.drain(..sent);
+                let notice = !turn.noticed;
+                *turn =
+                    Leftover { bytes: frame, answers: 1, scans: usize::from(*scan), noticed: true };
+                drop(turn);
+                if notice {
+                    push(tx, ToWriter::Leftover);
+                }
+                return;
+            }
+        }
+        push(tx, ToWriter::Answer(answer));
+    }
+}
+
+/// Bytes of `buf` the socket took without waiting: fewer than all when it is full
+/// or failed (a write that waits then finds the error).
+fn send_nowait(stream: &TcpStream, buf: &[u8]) -> usize {
+    use rustix::net::{SendFlags, send};
+    let mut sent = 0;
+    // Bounded: every turn sends bytes, or leaves.
+    while sent < buf.len() {
+        match send(stream, &buf[sent..], SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+            Ok(0) => break,
+            Ok(n) => sent += n,
+            Err(e) if e == rustix::io::Errno::INTR => {}
+            Err(_) => break,
+        }
+    }
+    sent
+}
+
 /// The loop of [`run_writer`] on `out`: takes the next answer and every one queued
 /// behind it (up to [`WRITE_BATCH_BYTES`]) and writes their frames with one
-/// `write_all`. False if a write failed.
+/// `write_all`, after the rest of an answer written inline in part, holding the
+/// link's write turn. False if a write failed.
 fn write_answers<W: Write>(
     out: &mut W,
-    rx: &Receiver<Answer>,
-    in_flight: &InFlight,
+    rx: &Receiver<ToWriter>,
+    link: &Link,
     closed: &AtomicBool,
     cancel: &CancellationToken,
+    writes: &AtomicU64,
 ) -> bool {
+    let in_flight = &link.in_flight;
     let mut closed_at: Option<Instant> = None;
     let mut buf = Vec::new();
     // Bounded: by a failed write, and once closed by CLOSE_LINGER.
@@ -358,20 +481,35 @@ fn write_answers<W: Write>(
             Err(RecvTimeoutError::Disconnected) => return true,
         };
         buf.clear();
-        let (mut answers, mut scans, mut encoded) = (0, 0, true);
+        let mut turn = link.turn.lock();
+        // The rest of an answer written inline in part goes first.
+        buf.append(&mut turn.bytes);
+        let (mut answers, mut scans, mut encoded) = (turn.answers, turn.scans, true);
+        (turn.answers, turn.scans) = (0, 0);
         let mut next = Some(first);
         // Bounded: by WRITE_BATCH_BYTES, and by the queue (ANSWER_QUEUE answers).
-        while let Some((id, answer, scan)) = next.take() {
-            answers += 1;
-            scans += usize::from(scan);
-            encoded &= encode_answer(&mut buf, id, &answer);
-            if buf.len() >= WRITE_BATCH_BYTES || !encoded {
-                break;
+        while let Some(item) = next.take() {
+            match item {
+                ToWriter::Answer((id, answer, scan)) => {
+                    answers += 1;
+                    scans += usize::from(scan);
+                    encoded &= encode_answer(&mut buf, id, &answer);
+                    if buf.len() >= WRITE_BATCH_BYTES || !encoded {
+                        break;
+                    }
+                }
+                ToWriter::Leftover => turn.noticed = false,
             }
             next = rx.try_recv().ok();
         }
+        if buf.is_empty() && encoded {
+            // A leftover an earlier batch took.
+            continue;
+        }
         // What was encoded goes out even if a later answer could not be.
         let written = out.write_all(&buf).is_ok() && encoded;
+        drop(turn);
+        writes.fetch_add(1, Ordering::Relaxed);
         in_flight.end_many(answers, scans);
         if !written {
             return false;
@@ -403,7 +541,9 @@ fn encode_answer(buf: &mut Vec<u8>, id: u64, answer: &Result<Response, RemoteErr
 /// the outcome is unknown.
 struct Responder {
     id: u64,
-    tx: Option<Sender<Answer>>,
+    tx: Option<Sender<ToWriter>>,
+    /// The connection (gone once it closed: the answer then has nowhere to go).
+    link: Weak<Link>,
     /// The request is a scan (counted in [`Counts::scans`] until written).
     scan: bool,
 }
@@ -411,7 +551,14 @@ struct Responder {
 impl Responder {
     fn send(mut self, answer: Result<Response, RemoteError>) {
         if let Some(tx) = self.tx.take() {
-            push(&tx, (self.id, answer, self.scan));
+            self.answer(&tx, (self.id, answer, self.scan));
+        }
+    }
+
+    fn answer(&self, tx: &Sender<ToWriter>, answer: Answer) {
+        // Gone: the connection closed, the answer has nowhere to go.
+        if let Some(link) = self.link.upgrade() {
+            link.answer(tx, answer);
         }
     }
 
@@ -425,7 +572,7 @@ impl Responder {
 impl Drop for Responder {
     fn drop(&mut self) {
         if let Some(tx) = self.tx.take() {
-            push(&tx, (self.id, Ok(Response::NoReply), self.scan));
+            self.answer(&tx, (self.id, Ok(Response::NoReply), self.scan));
         }
     }
 }
@@ -444,11 +591,12 @@ impl ClientService {
         &self,
         frames: &mut FrameStream<'_, &TcpStream>,
         peer: StoreId,
-        tx: &Sender<Answer>,
-        in_flight: &InFlight,
+        tx: &Sender<ToWriter>,
+        link: &Arc<Link>,
         closed: &AtomicBool,
     ) -> FrameError {
         let me = self.store.0;
+        let in_flight = &link.in_flight;
         // Bounded: ends at the first frame error, when the client closes, or at
         // cancellation (the frame reader looks at the token every poll interval).
         loop {
@@ -482,11 +630,13 @@ impl ClientService {
                             || frames.cancel().is_some_and(CancellationToken::is_cancelled)
                         {
                             let answer = RemoteError::new(ErrorCode::Cancelled, "closing");
-                            push(tx, (id, Err(answer), false));
+                            link.answer(tx, (id, Err(answer), false));
                             return FrameError::Cancelled;
                         }
                     }
-                    self.dispatch(request, Responder { id, tx: Some(tx.clone()), scan }, peer);
+                    let link = Arc::downgrade(link);
+                    let r = Responder { id, tx: Some(tx.clone()), link, scan };
+                    self.dispatch(request, r, peer);
                 }
                 Err(RequestError::Malformed { id, error }) => {
                     self.counters.malformed_requests.fetch_add(1, Ordering::Relaxed);
@@ -496,7 +646,7 @@ impl ClientService {
                     );
                     tracing::warn!(store = me, id, "{message}");
                     let answer = Err(RemoteError::new(ErrorCode::Malformed, message));
-                    push(tx, (id.unwrap_or(0), answer, false));
+                    link.answer(tx, (id.unwrap_or(0), answer, false));
                 }
                 Err(RequestError::Unsupported { id }) => {
                     let message = format!(
@@ -505,7 +655,7 @@ impl ClientService {
                         proto::VERSION
                     );
                     let answer = Err(RemoteError::new(ErrorCode::UnsupportedRequest, message));
-                    push(tx, (id, answer, false));
+                    link.answer(tx, (id, answer, false));
                 }
             }
         }
