@@ -264,12 +264,14 @@ impl Wal {
             SparePreparation::OnDemand => None,
         };
         let mut report = recovered.report;
-        let (segments, tail_offset) = if recovered.segments.is_empty() {
-            let first = pool.install_segment(SegmentId(1), Lsn::ZERO)?;
+        // A recovered tail segment counts as written through (a sparse one only costs
+        // dearer fdatasyncs until the next segment).
+        let (segments, tail_offset, sparse) = if recovered.segments.is_empty() {
+            let (first, sparse) = pool.install_segment(SegmentId(1), Lsn::ZERO)?;
             report.segments = 1;
-            (VecDeque::from([Arc::new(first)]), SEGMENT_HEADER_LEN)
+            (VecDeque::from([Arc::new(first)]), SEGMENT_HEADER_LEN, sparse)
         } else {
-            (recovered.segments, recovered.tail_offset)
+            (recovered.segments, recovered.tail_offset, false)
         };
         let active = segments.back().expect("at least one segment").clone();
         let shared = Arc::new(Shared {
@@ -280,7 +282,7 @@ impl Wal {
             pool: pool.clone(),
             io: IoCounters::default(),
         });
-        let writer = LogWriter::new(shared.clone(), active, tail_offset)?;
+        let writer = LogWriter::new(shared.clone(), active, tail_offset, sparse)?;
         let limits = match options.sync {
             SyncPolicy::Batched { max_delay_us } => Limits {
                 max_group_bytes: options.max_group_bytes,

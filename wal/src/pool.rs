@@ -98,13 +98,14 @@ impl Pool {
     /// sparse file (allocated as it is written; fsyncs cost more until it is full) and
     /// the preparer zero-fills the next spare meanwhile. Without one, it zero-fills
     /// here.
-    fn take(&self) -> io::Result<PathBuf> {
+    fn take(&self) -> io::Result<(PathBuf, Fill)> {
         if let Some(path) = self.state.lock().spares.pop() {
             self.wake.notify_all();
-            return Ok(path);
+            return Ok((path, Fill::Zeros));
         }
         self.wake.notify_all();
-        self.make(if self.background { Fill::Sparse } else { Fill::Zeros })
+        let fill = if self.background { Fill::Sparse } else { Fill::Zeros };
+        Ok((self.make(fill)?, fill))
     }
 
     /// Turns a spare into live segment `id` starting at `start`.
@@ -112,9 +113,11 @@ impl Pool {
     /// The spare gets its header and an end marker (a recycled spare holds stale records
     /// after the header) and is synced while still named a spare; then it is renamed and
     /// the directory synced, so the segment appears whole or not at all. Nothing may be
-    /// written into it before this returns.
-    pub fn install_segment(&self, id: SegmentId, start: Lsn) -> Result<Segment> {
-        let spare = self.take().map_err(|e| Error::io("prepare spare segment", &self.dir, e))?;
+    /// written into it before this returns. Also says whether the file is sparse (made
+    /// now, its blocks not written yet: see [`crate::writer::LogWriter`]'s zeroing ahead).
+    pub fn install_segment(&self, id: SegmentId, start: Lsn) -> Result<(Segment, bool)> {
+        let (spare, fill) =
+            self.take().map_err(|e| Error::io("prepare spare segment", &self.dir, e))?;
         let file =
             self.fs.open(&spare, OpenMode::Existing).map_err(|e| Error::io("open", &spare, e))?;
         let mut header = [0u8; SEGMENT_HEADER_LEN as usize + HEADER_LEN];
@@ -126,7 +129,7 @@ impl Pool {
         self.fs.rename(&spare, &path).map_err(|e| Error::io("rename", &spare, e))?;
         self.fs.sync_dir(&self.dir).map_err(|e| Error::io("fsync directory", &self.dir, e))?;
         let capacity = file.len().map_err(|e| Error::io("stat", &path, e))?;
-        Ok(Segment::new(id, start, capacity, file, &path))
+        Ok((Segment::new(id, start, capacity, file, &path), fill == Fill::Sparse))
     }
 
     /// Renames a purged segment into the pool if there is room; otherwise removes it.

@@ -111,6 +111,36 @@ fn oversized_records_are_refused_and_the_log_stays_usable() -> TestResult {
     Ok(())
 }
 
+/// A fresh log's first segment is made sparse (no spare is ready yet), and an
+/// fdatasync over blocks never written also commits their allocation. The writer
+/// zeroes a chunk ahead of its records, so after one small append the file already
+/// holds written blocks well past it (before: only the blocks of the header and the
+/// record), and the records read back after a reopen.
+#[test]
+fn a_sparse_first_segment_is_zeroed_ahead_of_the_records() -> TestResult {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir()?;
+    let options = WalOptions::default().segment_bytes(8 << 20);
+    let wal = Wal::open(Arc::new(RealFs), dir.path(), options.clone())?;
+    let lsn = wal.append(b"one small record")?;
+    let segment = std::fs::read_dir(dir.path())?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy() == "0000000000000001.wal"))
+        .ok_or("no first segment file")?;
+    let allocated = std::fs::metadata(&segment)?.blocks() * 512;
+    assert!(
+        allocated >= 1 << 20,
+        "{} holds {allocated} bytes of written blocks after one append",
+        segment.display()
+    );
+    drop(wal);
+    let wal = Wal::open(Arc::new(RealFs), dir.path(), options)?;
+    assert_eq!(&wal.read(lsn)?.payload[..], b"one small record");
+    Ok(())
+}
+
 #[test]
 fn real_disk_round_trip_with_background_spares() -> TestResult {
     let dir = tempfile::tempdir()?;
