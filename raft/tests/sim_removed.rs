@@ -50,6 +50,14 @@ fn remove_while_cut_off(c: &mut SimCluster, seed: u64) -> (Region, Region) {
     let victim = StoreId(3);
     lead(c, StoreId(1));
     converge(c);
+    // Every log at the leader's end, all of it committed: the next entry is the removal.
+    let idle = |c: &mut SimCluster| {
+        let end = r1(c, StoreId(1)).map(|s| s.last_index);
+        (1..=3).all(|s| {
+            r1(c, StoreId(s)).is_some_and(|p| Some(p.last_index) == end && p.commit == p.last_index)
+        })
+    };
+    assert!(c.run_until(5 * SECOND, idle), "seed {seed}: every replica caught up");
     let before = c.region(StoreId(1), R1).unwrap();
     let peer = before.peers.iter().find(|p| p.store == victim).unwrap().id;
     let last = r1(c, StoreId(1)).unwrap().last_index;
