@@ -2,7 +2,8 @@
 //! the deterministic simulator (ARCHITECTURE.md, "Membership"): the removal entry is
 //! in its log, but it was cut off before any message told it the entry committed, and
 //! the leader applied the removal (dropping its progress) meanwhile. Nobody sends to
-//! it any more; it campaigns, and its former peers ignore it. A store of the region
+//! it any more; it campaigns: its former peers ignore it (it campaigned for ever) or,
+//! hibernating, let it win an election in its old configuration. A store of the region
 //! answers its messages with a notice that it is gone (`Body::Gone`), and it destroys
 //! itself with a tombstone at the notice's epoch, and no replica that is still a member
 //! ever takes such a notice.
