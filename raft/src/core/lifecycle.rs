@@ -3,7 +3,7 @@
 
 use raft::eraftpb::ConfState;
 use raft::{RawNode, ReadOnlyOption};
-use regionkv_engine::{PeerId, Region, RegionId};
+use regionkv_engine::{Epoch, PeerId, Region, RegionId};
 use regionkv_wal::Timeline;
 
 use super::StoreCore;
@@ -242,6 +242,17 @@ impl StoreCore {
 
     /// Removes a replica that a membership change removed.
     pub(super) fn destroy(&mut self, region: RegionId) -> Result<()> {
+        self.destroy_gone_at(region, None)
+    }
+
+    /// Removes a replica; its tombstone holds `gone_at`, the epoch of the region at
+    /// which another store found it removed (`Body::Gone`, `messages.rs`), or else its
+    /// own epoch.
+    pub(super) fn destroy_gone_at(
+        &mut self,
+        region: RegionId,
+        gone_at: Option<Epoch>,
+    ) -> Result<()> {
         let Some(mut replica) = self.replicas.remove(&region) else { return Ok(()) };
         self.awake.remove(&region);
         self.note_peers(region);
@@ -253,7 +264,7 @@ impl StoreCore {
         }
         // The tombstone keeps the epoch of the replica destroyed (none for one that held
         // nothing): messages of that epoch or older never create it again.
-        let epoch = replica.is_initialized().then_some(replica.region.epoch);
+        let epoch = replica.is_initialized().then(|| gone_at.unwrap_or(replica.region.epoch));
         self.ctx.log.stage_tombstone(&mut self.write, region, epoch);
         tracing::info!(region = region.0, ?epoch, "removed this store's replica");
         Ok(())

@@ -4,7 +4,7 @@
 use raft::SnapshotStatus;
 use raft::eraftpb::{Message, MessageType};
 use regionkv_engine::checkpoint::CheckpointChunks;
-use regionkv_engine::{Epoch, PeerId, Region, RegionId};
+use regionkv_engine::{Epoch, PeerId, Region, RegionId, StoreId};
 
 use super::StoreCore;
 use super::snapshot::{awaits_snapshot_persist, decode_snapshot_data};
@@ -56,6 +56,9 @@ impl StoreCore {
             self.on_hibernate(region, from, term, index);
             return Ok(());
         }
+        if let Body::Gone { peer } = body {
+            return self.on_gone(region, from, epoch, PeerId(peer));
+        }
         if !self.replicas.contains_key(&region) {
             // A replica added by a membership change learns of its region from the
             // first message; it holds nothing until a snapshot arrives. But not if
@@ -65,7 +68,7 @@ impl StoreCore {
             let to = match &body {
                 Body::Raft(m) => m.to,
                 // The Raft message comes before a snapshot's chunks.
-                Body::SnapshotChunk(_) | Body::Hibernate { .. } | Body::Alive => return Ok(()),
+                _ => return Ok(()),
             };
             let Some(range) = range else { return Ok(()) };
             // A store that joined a running cluster hosts only peers above its floor
@@ -91,6 +94,9 @@ impl StoreCore {
             }
             self.create_uninitialized(region, PeerId(to))?;
         }
+        if self.tell_gone(region, from, epoch, &body) {
+            return Ok(()); // neither stepped (its vote requests disturb the group) nor waking
+        }
         let replica = self.replicas.get_mut(&region).expect("created above");
         // Any message wakes a hibernating replica, but heartbeat traffic: a leader's
         // responses keep coming for a while after it went quiet, and a follower
@@ -115,7 +121,7 @@ impl StoreCore {
             replica.unclaimed_ticks = 0;
         }
         match body {
-            Body::Hibernate { .. } | Body::Alive => {}
+            Body::Hibernate { .. } | Body::Alive | Body::Gone { .. } => {}
             Body::Raft(msg) => {
                 if msg.to != replica.id.0 {
                     return Ok(()); // for an older replica of the region on this store
@@ -152,6 +158,118 @@ impl StoreCore {
         }
         self.dirty.insert(region);
         Ok(())
+    }
+
+    /// True if `msg`, sent at `epoch`, comes from a peer that a membership change
+    /// removed from `region`: this store's replica holds the region at a newer
+    /// `conf_ver` than the sender's, and its members do not list the sender's peer. The
+    /// sender listed itself at its own epoch (it sends one only once it holds the
+    /// region) and a peer id is never used again, so a later change removed it for
+    /// good: a follower that holds the entry removing it but never learned that it
+    /// committed (ARCHITECTURE.md, "Membership"). No leader sends to it any more.
+    fn is_from_removed_peer(&self, region: RegionId, epoch: Option<Epoch>, msg: &Message) -> bool {
+        let (Some(replica), Some(epoch)) = (self.replicas.get(&region), epoch) else {
+            return false;
+        };
+        replica.is_initialized()
+            && epoch.conf_ver < replica.region.epoch.conf_ver
+            && !replica.region.peers.iter().any(|p| p.id.0 == msg.from)
+    }
+
+    /// True if `body`, from store `to` at `epoch`, is a Raft message of a peer removed
+    /// from `region` (see `is_from_removed_peer`); then tells that peer it is gone:
+    /// `Body::Gone` at this replica's epoch and range, at most once an election timeout
+    /// per peer (a removed replica campaigns once per timeout, to every member).
+    fn tell_gone(
+        &mut self,
+        region: RegionId,
+        to: StoreId,
+        epoch: Option<Epoch>,
+        body: &Body,
+    ) -> bool {
+        let Body::Raft(msg) = body else { return false };
+        if !self.is_from_removed_peer(region, epoch, msg) {
+            return false;
+        }
+        let peer = PeerId(msg.from);
+        let now = self.ticks;
+        let every = self.ctx.config.election_ticks as u64;
+        let told = self.told_gone.entry(region).or_default();
+        told.retain(|(_, at)| now.saturating_sub(*at) < every);
+        if told.iter().any(|(p, _)| *p == peer) {
+            return true;
+        }
+        told.push((peer, now));
+        let replica = self.replicas.get(&region).expect("checked by the caller");
+        tracing::info!(
+            region = region.0,
+            peer = peer.0,
+            store = to.0,
+            epoch = %replica.region.epoch,
+            "a removed peer sent a message; telling it it is gone"
+        );
+        self.outbox.push(Envelope {
+            region,
+            from: self.ctx.config.store_id,
+            to,
+            epoch: Some(replica.region.epoch),
+            range: Some(KeyRange {
+                start: replica.region.start.clone(),
+                end: replica.region.end.clone(),
+            }),
+            body: Body::Gone { peer: peer.0 },
+        });
+        true
+    }
+
+    /// Takes a notice from store `from` that peer `peer` of `region` is not a member at
+    /// `epoch`: the replica here destroys itself, with a tombstone at that epoch, if it
+    /// is that peer, holds the region at an older epoch (a lower `conf_ver`, no higher
+    /// version) and `from` hosts one of the region's peers as this replica knows them.
+    /// Anything else is refused (logged; nothing changes): a replica that is still a
+    /// member, added back under a new peer id, or already past that epoch never goes.
+    fn on_gone(
+        &mut self,
+        region: RegionId,
+        from: StoreId,
+        epoch: Option<Epoch>,
+        peer: PeerId,
+    ) -> Result<()> {
+        let Some(replica) = self.replicas.get(&region) else { return Ok(()) };
+        let me = self.ctx.config.store_id;
+        let mine = replica.region.epoch;
+        let refused = if !replica.is_initialized() {
+            Some("the replica holds nothing yet")
+        } else if replica.id != peer {
+            Some("it names another peer of this store")
+        } else if epoch.is_none_or(|e| e.conf_ver <= mine.conf_ver || e.version < mine.version) {
+            Some("its epoch is not newer than the replica's")
+        } else if from == me || !replica.region.peers.iter().any(|p| p.store == from) {
+            Some("its sender hosts none of the region's peers")
+        } else if replica.merge.state.is_some() {
+            Some("the replica is a prepared merge source")
+        } else {
+            None
+        };
+        if let Some(why) = refused {
+            tracing::debug!(
+                region = region.0,
+                peer = peer.0,
+                from = from.0,
+                ?epoch,
+                why,
+                "a notice that a peer is gone refused"
+            );
+            return Ok(());
+        }
+        tracing::info!(
+            region = region.0,
+            peer = peer.0,
+            from = from.0,
+            ?epoch,
+            "this replica was removed from its region (it missed the commit): destroying it"
+        );
+        self.destroy_gone_at(region, epoch)
     }
 
     /// Keeps a vote request for a region this store may not create a replica of yet

@@ -162,6 +162,10 @@ pub struct StoreCore {
     /// steps them): by region, the tick the last came and one per sending store. See
     /// `hold_vote` (`messages.rs`).
     held_votes: IdHashMap<RegionId, (u64, Vec<Envelope>)>,
+    /// The removed peers told they are gone (`Body::Gone`), by region: each peer and the
+    /// tick it was last told (at most once an election timeout; see `tell_gone` in
+    /// `messages.rs`).
+    told_gone: IdHashMap<RegionId, Vec<(PeerId, u64)>>,
     /// Where confirmed scans run: inline (the simulator) or on the poller's reader
     /// thread (`Store`; see `reader.rs`).
     scans: crate::reader::Scans,
@@ -212,6 +216,7 @@ impl StoreCore {
             catching_up: IdHashMap::default(),
             awaiting_source: IdHashMap::default(),
             held_votes: IdHashMap::default(),
+            told_gone: IdHashMap::default(),
             scans: crate::reader::Scans::Inline,
             not_alone: IdHashSet::default(),
         };

@@ -474,6 +474,7 @@ impl SimCluster {
                         Body::SnapshotChunk(c) => (-1, c.term, c.offset),
                         Body::Hibernate { term, index } => (-2, *term, *index),
                         Body::Alive => (-3, 0, 0),
+                        Body::Gone { peer } => (-4, *peer, 0),
                     };
                     self.trace(("deliver", env.region.0, env.from.0, env.to.0, kind, term, index));
                 }
@@ -625,6 +626,12 @@ impl SimCluster {
     /// The region as `store` knows it.
     pub fn region(&self, store: StoreId, region: RegionId) -> Option<Region> {
         self.status(store).into_iter().find(|s| s.region.id == region).map(|s| s.region)
+    }
+
+    /// The epoch of the tombstone `store`'s log holds for `region` (a replica of it
+    /// destroyed there), if it runs and holds one.
+    pub fn tombstone(&self, store: StoreId, region: RegionId) -> Option<regionkv_engine::Epoch> {
+        self.stores.get(&store)?.running.as_ref()?.core.context().log.tombstone(region)
     }
 
     /// The write-batch rounds `store`'s core committed since it last started.

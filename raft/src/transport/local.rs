@@ -47,8 +47,9 @@ impl Scope {
         let msg_type = match &env.body {
             Body::Raft(m) => m.get_msg_type(),
             Body::SnapshotChunk(_) => MessageType::MsgSnapshot,
-            // Liveness traffic counts as heartbeats for fault rules.
-            Body::Hibernate { .. } | Body::Alive => MessageType::MsgHeartbeat,
+            // Liveness traffic (and the notice that a peer is gone) counts as
+            // heartbeats for fault rules.
+            Body::Hibernate { .. } | Body::Alive | Body::Gone { .. } => MessageType::MsgHeartbeat,
         };
         self.from.is_none_or(|s| s == env.from)
             && self.to.is_none_or(|s| s == env.to)

@@ -91,6 +91,15 @@ pub enum Body {
     /// The sending store is alive (the region field is unused). Followers of a
     /// hibernating leader wake when its store stops sending these.
     Alive,
+    /// The receiver's replica `peer` of the region is not a member of it at the
+    /// envelope's epoch: a store of the region answers so a Raft message from a peer
+    /// that a membership change removed (a newer `conf_ver` than the message's), and the
+    /// replica, if that epoch is newer than its own, destroys itself (ARCHITECTURE.md,
+    /// "Membership").
+    Gone {
+        /// The removed peer: the receiver's replica, if it is still that peer.
+        peer: u64,
+    },
 }
 
 /// One bounded piece of a snapshot's checkpoint; chunks are sent in file order.
@@ -144,6 +153,7 @@ impl fmt::Debug for Body {
             Body::SnapshotChunk(c) => c.fmt(f),
             Body::Hibernate { term, index } => write!(f, "Hibernate(term {term}, index {index})"),
             Body::Alive => f.write_str("Alive"),
+            Body::Gone { peer } => write!(f, "Gone(peer {peer})"),
         }
     }
 }

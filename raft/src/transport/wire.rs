@@ -25,6 +25,8 @@
 //!              2 end or 3 unbounded (empty)
 //!            8 hibernate (nested): 1 term u64, 2 index u64
 //!            9 alive (empty)
+//!            10 gone (nested): 1 peer u64 (the receiver's removed peer; the
+//!              envelope's epoch is the one it is not a member of)
 //! ```
 //!
 //! An envelope whose body is none of these (a kind added by a newer writer) is
@@ -83,8 +85,13 @@ const E_RANGE: u16 = 7;
 /// Bodies added with hibernation.
 const E_HIBERNATE: u16 = 8;
 const E_ALIVE: u16 = 9;
+/// Added with the notice to a removed peer; a reader that predates it skips the
+/// envelope (an unknown body), so the removed replica goes on as before.
+const E_GONE: u16 = 10;
 const E_TAGS: &[u16] =
-    &[E_REGION, E_FROM, E_TO, E_EPOCH, E_RAFT, E_CHUNK, E_RANGE, E_HIBERNATE, E_ALIVE];
+    &[E_REGION, E_FROM, E_TO, E_EPOCH, E_RAFT, E_CHUNK, E_RANGE, E_HIBERNATE, E_ALIVE, E_GONE];
+// Gone fields.
+const G_PEER: u16 = 1;
 // Hibernate fields.
 const HB_TERM: u16 = 1;
 const HB_INDEX: u16 = 2;
@@ -135,6 +142,7 @@ pub fn encode_envelope(env: &Envelope, out: &mut Vec<u8>) -> Result<(), WireErro
         Chunk(&'a SnapshotChunk),
         Hibernate(u64, u64),
         Alive,
+        Gone(u64),
     }
     let body = match &env.body {
         Body::Raft(m) => Encoded::Raft(
@@ -143,6 +151,7 @@ pub fn encode_envelope(env: &Envelope, out: &mut Vec<u8>) -> Result<(), WireErro
         Body::SnapshotChunk(c) => Encoded::Chunk(c),
         Body::Hibernate { term, index } => Encoded::Hibernate(*term, *index),
         Body::Alive => Encoded::Alive,
+        Body::Gone { peer } => Encoded::Gone(*peer),
     };
     codec::put_nested(out, B_ENVELOPE, |out| {
         codec::put_u64(out, E_REGION, env.region.0);
@@ -174,6 +183,9 @@ pub fn encode_envelope(env: &Envelope, out: &mut Vec<u8>) -> Result<(), WireErro
                 codec::put_u64(out, HB_INDEX, index);
             }),
             Encoded::Alive => codec::put_field(out, E_ALIVE, &[]),
+            Encoded::Gone(peer) => {
+                codec::put_nested(out, E_GONE, |out| codec::put_u64(out, G_PEER, peer));
+            }
         }
     });
     Ok(())
@@ -242,7 +254,7 @@ fn decode_envelope_fields(whole: &Bytes, buf: &[u8]) -> Result<Option<Envelope>,
             Some(KeyRange { start: start.value.to_vec(), end })
         }
     };
-    let bodies = [E_RAFT, E_CHUNK, E_HIBERNATE, E_ALIVE];
+    let bodies = [E_RAFT, E_CHUNK, E_HIBERNATE, E_ALIVE, E_GONE];
     let mut present = Vec::new();
     for tag in bodies {
         if let Some(f) = rec.optional(tag).map_err(&bad)? {
@@ -268,6 +280,15 @@ fn decode_envelope_fields(whole: &Bytes, buf: &[u8]) -> Result<Option<Envelope>,
             }
         }
         [(E_ALIVE, _)] => Body::Alive,
+        [(E_GONE, f)] => {
+            let g = TlvRecord::parse(f.value, &[G_PEER], UnknownTags::Skip)
+                .map_err(|e| bad(e.shifted(f.offset)))?;
+            let peer = g
+                .required(G_PEER, "gone peer missing")
+                .and_then(|x| x.as_u64())
+                .map_err(|e| bad(e.shifted(f.offset)))?;
+            Body::Gone { peer }
+        }
         [] if all.iter().any(|f| !E_TAGS.contains(&f.tag)) => return Ok(None),
         [] => return Err(bad(DecodeError::new(0, "body missing"))),
         [(_, f), ..] => return Err(bad(DecodeError::new(f.offset, "more than one body"))),
@@ -409,6 +430,73 @@ mod tests {
         assert_eq!(decode_batch(&Bytes::from(payload)).unwrap(), vec![env]);
     }
 
+    fn gone_env() -> Envelope {
+        Envelope {
+            region: RegionId(1),
+            from: StoreId(1),
+            to: StoreId(3),
+            epoch: Some(Epoch { version: 1, conf_ver: 2 }),
+            range: Some(KeyRange { start: Vec::new(), end: None }),
+            body: Body::Gone { peer: 3 },
+        }
+    }
+
+    #[test]
+    fn a_gone_notice_has_fixed_bytes_and_round_trips() {
+        let env = gone_env();
+        let payload = encode_batch(std::slice::from_ref(&env)).unwrap();
+        let tlv = |tag: u16, value: &[u8]| {
+            let mut out = Vec::new();
+            codec::put_field(&mut out, tag, value);
+            out
+        };
+        let u64_tlv = |tag: u16, v: u64| {
+            let mut out = Vec::new();
+            codec::put_u64(&mut out, tag, v);
+            out
+        };
+        // The layout the module doc gives, field by field (tag 10: 1 peer).
+        let epoch = [u64_tlv(EP_VERSION, 1), u64_tlv(EP_CONF_VER, 2)].concat();
+        let range = [tlv(R_START, b""), tlv(R_END_UNBOUNDED, b"")].concat();
+        let inner = [
+            u64_tlv(E_REGION, 1),
+            u64_tlv(E_FROM, 1),
+            u64_tlv(E_TO, 3),
+            tlv(E_EPOCH, &epoch),
+            tlv(E_RANGE, &range),
+            tlv(10, &u64_tlv(1, 3)),
+        ]
+        .concat();
+        assert_eq!(payload, tlv(B_ENVELOPE, &inner));
+        assert_eq!(decode_batch(&Bytes::from(payload)).unwrap(), vec![env]);
+    }
+
+    #[test]
+    fn an_envelope_of_an_unknown_body_kind_is_skipped_not_its_batch() {
+        // A reader that predates a body kind (as one before `Gone` reads tag 10) sees
+        // an envelope with no body it knows: it skips it and keeps the others.
+        let raft = raft_env(4, None);
+        let mut payload = Vec::new();
+        codec::put_nested(&mut payload, B_ENVELOPE, |out| {
+            codec::put_u64(out, E_REGION, 1);
+            codec::put_u64(out, E_FROM, 1);
+            codec::put_u64(out, E_TO, 3);
+            codec::put_nested(out, 11, |out| codec::put_u64(out, 1, 3));
+        });
+        encode_envelope(&raft, &mut payload).unwrap();
+        assert_eq!(decode_batch(&Bytes::from(payload)).unwrap(), vec![raft]);
+        // A gone notice without its peer is malformed, not a notice about peer 0.
+        let mut payload = Vec::new();
+        codec::put_nested(&mut payload, B_ENVELOPE, |out| {
+            codec::put_u64(out, E_REGION, 1);
+            codec::put_u64(out, E_FROM, 1);
+            codec::put_u64(out, E_TO, 3);
+            codec::put_nested(out, E_GONE, |_| {});
+        });
+        let err = decode_batch(&Bytes::from(payload)).unwrap_err();
+        assert!(matches!(err, WireError::Malformed { reason: "gone peer missing", .. }), "{err}");
+    }
+
     #[test]
     fn a_bad_envelope_is_a_typed_error() {
         let mut payload = Vec::new();
@@ -487,16 +575,16 @@ mod tests {
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8)),
         ))
         .prop_map(|r| r.map(|(start, end)| KeyRange { start, end }));
-        (any::<u64>(), any::<u64>(), any::<u64>(), epoch, range, prop_oneof![raft, chunk]).prop_map(
-            |(region, from, to, epoch, range, body)| Envelope {
+        let gone = any::<u64>().prop_map(|peer| Body::Gone { peer });
+        (any::<u64>(), any::<u64>(), any::<u64>(), epoch, range, prop_oneof![raft, chunk, gone])
+            .prop_map(|(region, from, to, epoch, range, body)| Envelope {
                 region: RegionId(region),
                 from: StoreId(from),
                 to: StoreId(to),
                 epoch,
                 range,
                 body,
-            },
-        )
+            })
     }
 
     proptest! {

@@ -379,6 +379,6 @@ fn estimated_bytes(env: &Envelope) -> usize {
             OVERHEAD_BYTES + entries + m.context.len() + m.get_snapshot().get_data().len()
         }
         Body::SnapshotChunk(c) => OVERHEAD_BYTES + c.data.len(),
-        Body::Hibernate { .. } | Body::Alive => OVERHEAD_BYTES,
+        Body::Hibernate { .. } | Body::Alive | Body::Gone { .. } => OVERHEAD_BYTES,
     }
 }
