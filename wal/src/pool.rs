@@ -116,7 +116,7 @@ impl Pool {
     /// written into it before this returns. Also says whether the file is sparse (made
     /// now, its blocks not written yet: see [`crate::writer::LogWriter`]'s zeroing ahead).
     pub fn install_segment(&self, id: SegmentId, start: Lsn) -> Result<(Segment, bool)> {
-        let (spare, fill) =
+        let (spare, allocation) =
             self.take().map_err(|e| Error::io("prepare spare segment", &self.dir, e))?;
         let file =
             self.fs.open(&spare, OpenMode::Existing).map_err(|e| Error::io("open", &spare, e))?;
@@ -129,7 +129,7 @@ impl Pool {
         self.fs.rename(&spare, &path).map_err(|e| Error::io("rename", &spare, e))?;
         self.fs.sync_dir(&self.dir).map_err(|e| Error::io("fsync directory", &self.dir, e))?;
         let capacity = file.len().map_err(|e| Error::io("stat", &path, e))?;
-        Ok((Segment::new(id, start, capacity, file, &path), fill == Fill::Sparse))
+        Ok((Segment::new(id, start, capacity, file, &path), allocation == Fill::Sparse))
     }
 
     /// Renames a purged segment into the pool if there is room; otherwise removes it.
