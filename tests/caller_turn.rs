@@ -9,13 +9,15 @@
 //! them. This test guards what it must not change: every answer is as if the calls
 //! happened one at a time, across both paths and a crash.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use regionkv::Cluster;
-use regionkv_check::{Op, Recorder, XorShift as Rng, check};
+use regionkv_check::{Recorder, XorShift as Rng, check};
 
 const CLIENTS: u64 = 8;
 const OPS_PER_CLIENT: u64 = 250;
@@ -55,31 +57,10 @@ fn db_calls_on_one_store_stay_linearizable_across_callers_turns_and_a_kill() {
                 let mut rng = Rng::new(0x5DEE_CE66_D1CE_4E5B ^ (client + 1));
                 for n in 0..OPS_PER_CLIENT {
                     let key = Bytes::from(format!("k{}", rng.next() % KEYS));
-                    match rng.next() % 10 {
-                        0..=3 => {
-                            let call = recorder.invoke(key.clone(), Op::Get);
-                            match db.get(&key) {
-                                Ok(read) => recorder.ok(call, read),
-                                Err(_) => recorder.unknown(call),
-                            }
-                        }
-                        4..=8 => {
-                            // Every value is unique, so a read names the write it saw.
-                            let value = Bytes::from(format!("c{client}-{n}"));
-                            let call = recorder.invoke(key.clone(), Op::Put(value.clone()));
-                            match db.put(&key[..], value) {
-                                Ok(()) => recorder.ok(call, None),
-                                Err(_) => recorder.unknown(call),
-                            }
-                        }
-                        _ => {
-                            let call = recorder.invoke(key.clone(), Op::Delete);
-                            match db.delete(&key[..]) {
-                                Ok(()) => recorder.ok(call, None),
-                                Err(_) => recorder.unknown(call),
-                            }
-                        }
-                    }
+                    // Every value is unique, so a read names the write it saw.
+                    let value = Bytes::from(format!("c{client}-{n}"));
+                    let pick = rng.next() % 10;
+                    common::recorded_call(&db, &recorder, &key, pick, (4, 9), value);
                 }
             })
         })

@@ -14,6 +14,8 @@
 //!
 //! `LINEARIZABLE_ROUNDS=N` runs N rounds (default 1) with different key sets.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -21,7 +23,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use regionkv::faults::{Action, Rule, Scope};
 use regionkv::{Cluster, StoreId};
-use regionkv_check::{Op, Recorder, XorShift as Rng, check};
+use regionkv_check::{Recorder, XorShift as Rng, check};
 
 const CLIENTS: u64 = 6;
 const OPS_PER_CLIENT: u64 = 300;
@@ -84,31 +86,10 @@ fn round(round: u64) {
                 let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15 ^ (client + 1) ^ (round << 32));
                 for n in 0..OPS_PER_CLIENT {
                     let key = Bytes::from(format!("r{round}-k{}", rng.next() % KEYS));
-                    match rng.next() % 10 {
-                        0..=4 => {
-                            let call = recorder.invoke(key.clone(), Op::Get);
-                            match db.get(&key) {
-                                Ok(read) => recorder.ok(call, read),
-                                Err(_) => recorder.unknown(call),
-                            }
-                        }
-                        5..=8 => {
-                            // Every value is unique, so a read names the write it saw.
-                            let value = Bytes::from(format!("c{client}-{n}"));
-                            let call = recorder.invoke(key.clone(), Op::Put(value.clone()));
-                            match db.put(&key[..], value) {
-                                Ok(()) => recorder.ok(call, None),
-                                Err(_) => recorder.unknown(call),
-                            }
-                        }
-                        _ => {
-                            let call = recorder.invoke(key.clone(), Op::Delete);
-                            match db.delete(&key[..]) {
-                                Ok(()) => recorder.ok(call, None),
-                                Err(_) => recorder.unknown(call),
-                            }
-                        }
-                    }
+                    // Every value is unique, so a read names the write it saw.
+                    let value = Bytes::from(format!("c{client}-{n}"));
+                    let pick = rng.next() % 10;
+                    common::recorded_call(&db, &recorder, &key, pick, (5, 9), value);
                 }
             })
         })

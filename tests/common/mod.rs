@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use regionkv::Db;
+use regionkv_check::{Op, Recorder};
 
 /// Checks that a scan across every region returns exactly `model`, each key once, and
 /// that point reads of a sample of its keys agree.
@@ -19,5 +21,37 @@ pub fn check_all(db: &Db, model: &BTreeMap<String, String>) {
     assert_eq!(&got, model, "a scan across every region returns each key once");
     for (k, v) in model.iter().step_by(17) {
         assert_eq!(db.get(k).unwrap().as_deref(), Some(v.as_bytes()));
+    }
+}
+
+/// One recorded call of a linearizability run on `key`, chosen by `pick` (below 10):
+/// a get below `gets`, a put of `value` below `puts`, a delete otherwise. A call that
+/// fails is recorded as unknown: it may or may not have taken effect.
+pub fn recorded_call(
+    db: &Db,
+    recorder: &Recorder<Bytes, Bytes>,
+    key: &Bytes,
+    pick: u64,
+    (gets, puts): (u64, u64),
+    value: Bytes,
+) {
+    if pick < gets {
+        let call = recorder.invoke(key.clone(), Op::Get);
+        match db.get(key) {
+            Ok(read) => recorder.ok(call, read),
+            Err(_) => recorder.unknown(call),
+        }
+    } else if pick < puts {
+        let call = recorder.invoke(key.clone(), Op::Put(value.clone()));
+        match db.put(&key[..], value) {
+            Ok(()) => recorder.ok(call, None),
+            Err(_) => recorder.unknown(call),
+        }
+    } else {
+        let call = recorder.invoke(key.clone(), Op::Delete);
+        match db.delete(&key[..]) {
+            Ok(()) => recorder.ok(call, None),
+            Err(_) => recorder.unknown(call),
+        }
     }
 }
