@@ -6,8 +6,9 @@
 //! Client threads put, get and delete a few keys spread over three regions; every
 //! call is recorded as its client saw it (`regionkv-check`), and each key's history
 //! is checked against a register after final reads of every key. Every key is also
-//! read right after the whole cluster restarts, so a write acknowledged before the
-//! crash and missing after it fails the check; the control test shows that it does.
+//! read right after the whole cluster restarts, before the clients start new calls, so
+//! a write acknowledged before the crash and missing after it fails the check; the
+//! control test shows that it does.
 //!
 //! A call that returned an error may or may not have happened (a deadline, a lost
 //! connection): a write stays open forever, a read is dropped. Only a refusal before
@@ -77,6 +78,9 @@ struct Shared {
     errors: Mutex<BTreeSet<String>>,
     /// The round whose keys the clients use.
     round: AtomicU64,
+    /// While set, the clients start no new call (calls in flight go on): the test's
+    /// reads right after the whole cluster restarts come before any new write.
+    hold: AtomicBool,
     done: AtomicBool,
 }
 
@@ -131,6 +135,10 @@ fn run_client(shared: &Shared, db: &Db, seed: u64, client: u64) {
     let mut rng = Rng::new(seed ^ 0x9E37_79B9_7F4A_7C15 ^ (client + 1));
     let mut n = 0u64;
     while !shared.done.load(Ordering::SeqCst) {
+        if shared.hold.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+            continue;
+        }
         n += 1;
         let key = key(shared.round.load(Ordering::SeqCst), rng.next() % KEYS);
         match rng.next() % 10 {
@@ -306,6 +314,7 @@ impl Nemesis<'_> {
 
     /// SIGKILLs every node at once, restarts them after a pause and reads every key.
     fn crash_all(&mut self, round: u64) {
+        self.shared.hold.store(true, Ordering::SeqCst);
         self.procs.kill_all();
         self.whole_crashes += 1;
         if self.disks == Disks::RolledBack {
@@ -318,6 +327,7 @@ impl Nemesis<'_> {
         start_all(&mut self.procs);
         // Every write acknowledged before the crash must read back.
         read_every_key(&self.procs, self.shared, &self.reader, round, "after the crash");
+        self.shared.hold.store(false, Ordering::SeqCst);
         wait_progress(&self.procs, self.shared, "the crash of the whole cluster");
     }
 }
@@ -350,6 +360,7 @@ fn run(rounds: u64, seed: u64, disks: Disks) -> Report {
         unknown: AtomicU64::new(0),
         errors: Mutex::new(BTreeSet::new()),
         round: AtomicU64::new(0),
+        hold: AtomicBool::new(false),
         done: AtomicBool::new(false),
     });
     let clients: Vec<_> = (0..CLIENTS)
