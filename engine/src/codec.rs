@@ -204,7 +204,7 @@ pub enum UnknownTags {
 /// (Not to be confused with a WAL record, `regionkv_wal::Record`, which holds opaque
 /// bytes; a TLV record is what this codec finds inside them.)
 ///
-/// Up to [`INLINE_FIELDS`] fields are held in place: every command is parsed on the
+/// Up to 12 fields are held in place (`INLINE_FIELDS`): every command is parsed on the
 /// apply path of every write, and a vector was an allocation per record.
 #[derive(Debug)]
 pub struct TlvRecord<'a> {
