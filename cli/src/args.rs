@@ -238,6 +238,10 @@ pub(crate) enum BenchTarget {
         /// Client-thread counts to measure (default: 1, 2, 16 and 64).
         #[arg(long, value_delimiter = ',')]
         threads: Vec<usize>,
+        /// Measure the puts only (no preload, gets or scans): for profiling the put
+        /// path alone; the read figures print as 0.
+        #[arg(long)]
+        puts_only: bool,
     },
     /// Puts with 1 to 10,000 regions per store, idle CPU, split and merge latency.
     Regions {

@@ -60,10 +60,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let report = bench::cluster::run(dir.path(), &clients, &options)?;
             report.print(out.json)?;
         }
-        Command::Bench { what: BenchTarget::Kv { out, seconds, threads } } => {
+        Command::Bench { what: BenchTarget::Kv { out, seconds, threads, puts_only } } => {
             let dir = bench_dir(out.dir)?;
             let threads = if threads.is_empty() { bench::kv::THREADS.to_vec() } else { threads };
-            let report = bench::kv::run(dir.path(), seconds, &threads)?;
+            let report = bench::kv::run(dir.path(), seconds, &threads, !puts_only)?;
             report.print(out.json)?;
         }
         Command::Bench { what: BenchTarget::Regions { out, seconds, idle_seconds, regions } } => {

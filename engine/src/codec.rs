@@ -164,7 +164,9 @@ impl Field<'_> {
 /// The fields of a record, in order; fails on a field that runs past the end.
 pub fn fields(buf: &[u8]) -> DecodeResult<Vec<Field<'_>>> {
     let mut d = Decoder::new(buf);
-    let mut out = Vec::new();
+    // Sized by a first walk over the headers: one allocation, not a growth series
+    // (every command applied is parsed, on the apply path of every write).
+    let mut out = Vec::with_capacity(count_fields(buf));
     while d.remaining() > 0 {
         let tag = d.u16("truncated field tag")?;
         let len = d.u32("truncated field length")? as usize;
@@ -173,6 +175,18 @@ pub fn fields(buf: &[u8]) -> DecodeResult<Vec<Field<'_>>> {
         out.push(Field { tag, value, offset });
     }
     Ok(out)
+}
+
+/// How many whole fields `buf` starts with (a walk over their headers only).
+fn count_fields(buf: &[u8]) -> usize {
+    let mut at = 0usize;
+    let mut n = 0;
+    while let Some(header) = buf.get(at..at + FIELD_HEADER_LEN) {
+        let len = u32::from_le_bytes([header[2], header[3], header[4], header[5]]) as usize;
+        at = at.saturating_add(FIELD_HEADER_LEN).saturating_add(len);
+        n += 1;
+    }
+    n
 }
 
 /// What a decoder does with a field whose tag it does not know.
@@ -189,34 +203,71 @@ pub enum UnknownTags {
 /// One TLV record's fields, looked up by tag, with duplicates and unknown tags checked.
 /// (Not to be confused with a WAL record, `regionkv_wal::Record`, which holds opaque
 /// bytes; a TLV record is what this codec finds inside them.)
+///
+/// Up to 12 fields are held in place (`INLINE_FIELDS`): every command is parsed on the
+/// apply path of every write, and a vector was an allocation per record.
 #[derive(Debug)]
 pub struct TlvRecord<'a> {
-    fields: Vec<Field<'a>>,
+    inline: [Field<'a>; INLINE_FIELDS],
+    /// Fields in `inline`.
+    len: usize,
+    /// Every field, once there are more than fit in `inline`.
+    spilled: Vec<Field<'a>>,
 }
+
+/// Fields a [`TlvRecord`] holds without allocating.
+const INLINE_FIELDS: usize = 12;
 
 impl<'a> TlvRecord<'a> {
     /// Splits `buf` into fields. Tags outside `known` are skipped or an error, as
-    /// `unknown` says.
+    /// `unknown` says (after every field was found whole: a truncated record is told
+    /// as such first).
     pub fn parse(
         buf: &'a [u8],
         known: &[u16],
         unknown: UnknownTags,
     ) -> DecodeResult<TlvRecord<'a>> {
-        let mut fields = fields(buf)?;
-        match unknown {
-            UnknownTags::Skip => fields.retain(|f| known.contains(&f.tag)),
-            UnknownTags::Reject => {
-                if let Some(f) = fields.iter().find(|f| !known.contains(&f.tag)) {
-                    return Err(DecodeError::new(f.offset, "unknown field tag"));
-                }
+        const NONE: Field<'static> = Field { tag: 0, value: &[], offset: 0 };
+        let mut rec = TlvRecord { inline: [NONE; INLINE_FIELDS], len: 0, spilled: Vec::new() };
+        let mut first_unknown = None;
+        let mut d = Decoder::new(buf);
+        while d.remaining() > 0 {
+            let tag = d.u16("truncated field tag")?;
+            let len = d.u32("truncated field length")? as usize;
+            let offset = d.pos();
+            let value = d.bytes(len, "field runs past the end of its record")?;
+            if known.contains(&tag) {
+                rec.push(Field { tag, value, offset });
+            } else if unknown == UnknownTags::Reject {
+                first_unknown = first_unknown.or(Some(offset));
             }
         }
-        Ok(TlvRecord { fields })
+        match first_unknown {
+            Some(offset) => Err(DecodeError::new(offset, "unknown field tag")),
+            None => Ok(rec),
+        }
+    }
+
+    fn push(&mut self, field: Field<'a>) {
+        if self.spilled.is_empty() && self.len < INLINE_FIELDS {
+            self.inline[self.len] = field;
+            self.len += 1;
+        } else {
+            if self.spilled.is_empty() {
+                self.spilled.reserve(2 * INLINE_FIELDS);
+                self.spilled.extend_from_slice(&self.inline);
+            }
+            self.spilled.push(field);
+        }
+    }
+
+    fn fields(&self) -> &[Field<'a>] {
+        if self.spilled.is_empty() { &self.inline[..self.len] } else { &self.spilled }
     }
 
     /// The field `tag` if present; an error if it appears more than once.
     pub fn optional(&self, tag: u16) -> DecodeResult<Option<Field<'a>>> {
-        let mut found = self.fields.iter().filter(|f| f.tag == tag);
+        let mut found = self.fields().iter().filter(|f| f.tag == tag);
         let first = found.next().copied();
         if let Some(dup) = found.next() {
             return Err(DecodeError::new(dup.offset, "a field that may appear once is repeated"));
@@ -231,7 +282,7 @@ impl<'a> TlvRecord<'a> {
 
     /// Every occurrence of the repeated field `tag`.
     pub fn repeated(&self, tag: u16) -> impl Iterator<Item = Field<'a>> + '_ {
-        self.fields.iter().filter(move |f| f.tag == tag).copied()
+        self.fields().iter().filter(move |f| f.tag == tag).copied()
     }
 }
 
@@ -356,6 +407,28 @@ mod tests {
         put_u64(&mut buf, 99, 1);
         assert!(decode_region(&buf, UnknownTags::Reject).is_err());
         assert_eq!(decode_region(&buf, UnknownTags::Skip), Ok(region()));
+    }
+
+    #[test]
+    fn a_record_of_more_fields_than_held_in_place_keeps_them_all_in_order() {
+        let mut buf = Vec::new();
+        let n = 3 * INLINE_FIELDS as u64;
+        for i in 0..n {
+            put_u64(&mut buf, 1 + (i % 2) as u16, i);
+            put_u64(&mut buf, 9, i); // unknown
+        }
+        assert!(TlvRecord::parse(&buf, &[1, 2], UnknownTags::Reject).is_err());
+        let rec = TlvRecord::parse(&buf, &[1, 2], UnknownTags::Skip).unwrap();
+        let ones: Vec<u64> = rec.repeated(1).map(|f| f.as_u64().unwrap()).collect();
+        let twos: Vec<u64> = rec.repeated(2).map(|f| f.as_u64().unwrap()).collect();
+        assert_eq!(ones, (0..n).step_by(2).collect::<Vec<_>>());
+        assert_eq!(twos, (1..n).step_by(2).collect::<Vec<_>>());
+        assert!(rec.optional(1).is_err(), "repeated");
+        // Truncation is reported before an unknown tag.
+        let mut cut = buf.clone();
+        cut.truncate(cut.len() - 1);
+        let err = TlvRecord::parse(&cut, &[1, 2], UnknownTags::Reject).unwrap_err();
+        assert!(format!("{err:?}").contains("past the end"), "{err:?}");
     }
 
     proptest! {

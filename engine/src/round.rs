@@ -76,6 +76,8 @@ pub struct ApplyRound<'e> {
     bytes: usize,
     /// How to undo this round's changes of session tables, in the order they were made.
     sessions_undo: Vec<(RegionId, Undo)>,
+    /// Scratch for one session write's undo steps (kept: a vector per write otherwise).
+    session_steps: Vec<Undo>,
 }
 
 impl Engine {
@@ -95,6 +97,7 @@ impl<'e> ApplyRound<'e> {
             writes: Batch::new(),
             bytes: 0,
             sessions_undo: Vec::new(),
+            session_steps: Vec::new(),
         }
     }
 
@@ -106,6 +109,12 @@ impl<'e> ApplyRound<'e> {
     /// round is [`Error::RegionAlreadyPrepared`]. On error the round is unchanged.
     pub fn prepare_for_region(&mut self, region: RegionId, epoch: Epoch) -> Result<()> {
         let is_current = self.current.as_ref().is_some_and(|c| c.region.id == region);
+        if is_current && self.current.as_ref().is_some_and(|c| c.region.epoch == epoch) {
+            // Pinned already, and its range is the one held: an epoch changes with
+            // every change of range. The map is checked all the same (below), without
+            // a copy of the region for every write of a batch.
+            return self.engine.check_epoch(region, epoch);
+        }
         if !is_current && self.prepared.contains(&region) {
             return Err(Error::RegionAlreadyPrepared { region });
         }
@@ -166,7 +175,8 @@ impl<'e> ApplyRound<'e> {
     /// the round does not commit.
     pub fn session_write(&mut self, id: SessionId, seq: u64, time_ms: u64) -> Result<SessionWrite> {
         let current = self.current.as_ref().ok_or(Error::NoRegionPrepared)?;
-        Ok(self.engine.session_write(current.region.id, id, seq, time_ms, &mut self.sessions_undo))
+        let (region, steps) = (current.region.id, &mut self.session_steps);
+        Ok(self.engine.session_write(region, id, seq, time_ms, steps, &mut self.sessions_undo))
     }
 
     /// True if no key is buffered (the round may still hold prepared regions).

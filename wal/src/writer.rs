@@ -61,7 +61,20 @@ pub(crate) struct LogWriter {
     /// In a sparse active segment, the file offset below which its blocks have been
     /// written (records or zeros); `None` once the whole file has been.
     zeroed_to: Option<u64>,
+    /// File offset below which this writer has written the active segment's pages
+    /// whole (see [`PAGE`]).
+    paged_to: u64,
 }
+
+/// The page cache's unit. A write that covers only part of a page not in the cache
+/// makes the kernel read that block from disk first, inside the `write` call. A spare
+/// zero-filled with direct writes is not in the cache, so a small record entering a
+/// new page would pay that read (one in ten 418 B appends, measured: 55 µs instead of
+/// 12 µs per `write`); the last run of a group is padded with zeros to the end of its
+/// last page when it enters pages this writer has not written yet, and the records
+/// after it then find that page in the cache. The zeros lie past every record, where a
+/// spare holds zeros or stale records anyway.
+const PAGE: u64 = 4096;
 
 /// Bytes of zeros a writer puts ahead of its records in a sparse segment.
 ///
@@ -80,7 +93,7 @@ impl LogWriter {
         let synced = active.lsn_at(offset);
         shared.durable_end.store(synced.0, Ordering::Release);
         let zeroed_to = sparse.then_some(offset);
-        LogWriter { shared, active, offset, synced, zeroed_to }
+        LogWriter { shared, active, offset, synced, zeroed_to, paged_to: offset }
     }
 
     /// In a sparse segment, writes zeros from where the written blocks end to
@@ -128,8 +141,19 @@ impl LogWriter {
             // ... write it with its end marker in one call ...
             if j > i {
                 let marker = (HEADER_LEN as u64).min(self.active.capacity - end);
-                let run_len =
+                let mut run_len =
                     usize::try_from(end - self.offset + marker).expect("runs fit in memory");
+                let run_end = self.offset + run_len as u64;
+                if j == count && run_end > self.paged_to {
+                    // The last run: the bytes after it in `group` are ours to zero.
+                    let paged = run_end.next_multiple_of(PAGE).min(self.active.capacity);
+                    run_len += usize::try_from(paged - run_end).expect("a page fits in memory");
+                    let need = run_start + run_len;
+                    if group.bytes.len() < need {
+                        group.bytes.resize(need, 0);
+                    }
+                    self.paged_to = paged;
+                }
                 self.zero_ahead(self.offset + run_len as u64)?;
                 let run = &group.bytes[run_start..run_start + run_len];
                 self.active
@@ -193,6 +217,7 @@ impl LogWriter {
         self.active = next;
         self.offset = SEGMENT_HEADER_LEN;
         self.zeroed_to = sparse.then_some(SEGMENT_HEADER_LEN);
+        self.paged_to = SEGMENT_HEADER_LEN;
         Ok(())
     }
 

@@ -123,8 +123,9 @@ fn with_store<T>(dir: &Path, f: impl FnOnce(&Cluster) -> io::Result<T>) -> io::R
     Ok(out)
 }
 
-/// Runs the measurements in `dir`, `seconds` each, at each count of `threads`.
-pub fn run(dir: &Path, seconds: f64, threads: &[usize]) -> io::Result<KvBenchReport> {
+/// Runs the measurements in `dir`, `seconds` each, at each count of `threads`; the
+/// reads (preload, gets, scans) only if `reads`.
+pub fn run(dir: &Path, seconds: f64, threads: &[usize], reads: bool) -> io::Result<KvBenchReport> {
     let duration = Duration::from_secs_f64(seconds);
     let mut r = KvBenchReport { seconds_per_figure: seconds, ..KvBenchReport::default() };
     for &t in threads {
@@ -136,6 +137,9 @@ pub fn run(dir: &Path, seconds: f64, threads: &[usize]) -> io::Result<KvBenchRep
         r.put_p50_us.insert(k.clone(), puts.percentile_us(50));
         r.put_p99_us.insert(k.clone(), puts.percentile_us(99));
         r.fsyncs_per_put.insert(k, puts.counted_per_op());
+    }
+    if !reads {
+        return Ok(r);
     }
     with_store(&dir.join("kv-read"), |cluster| {
         let db = cluster.db();

@@ -576,13 +576,14 @@ impl Engine {
         id: SessionId,
         seq: u64,
         time_ms: u64,
+        steps: &mut Vec<Undo>,
         undo: &mut Vec<(RegionId, Undo)>,
     ) -> SessionWrite {
-        let mut steps = Vec::new();
+        steps.clear();
         let limits = self.inner.options.session_limits;
         let outcome = (self.inner.sessions.lock().entry(region).or_default())
-            .write(id, seq, time_ms, limits, &mut steps);
-        undo.extend(steps.into_iter().map(|step| (region, step)));
+            .write(id, seq, time_ms, limits, steps);
+        undo.extend(steps.drain(..).map(|step| (region, step)));
         outcome
     }
 
@@ -647,6 +648,20 @@ impl Engine {
         // Pinned while the region lock is held, so a removal cannot slip in between.
         self.inner.pins.lock().pin(round, id);
         Ok(region.clone())
+    }
+
+    /// Checks that the store hosts region `id` at exactly `epoch` (a region a round
+    /// pinned already: see `ApplyRound::prepare_for_region`).
+    pub(crate) fn check_epoch(&self, id: RegionId, epoch: Epoch) -> Result<()> {
+        let regions = self.inner.regions.read();
+        match regions.map.get(id) {
+            None => Err(Error::RegionNotFound { region: id }),
+            Some(region) if region.epoch != epoch => {
+                drop(regions);
+                Err(self.epoch_not_match(id, epoch))
+            }
+            Some(_) => Ok(()),
+        }
     }
 
     pub(crate) fn release_round(&self, round: RoundId) {

@@ -69,6 +69,8 @@ fn cmp_entries(a: &[u8], b: &[u8]) -> Ordering {
 }
 
 fn encode_into(buf: &mut Vec<u8>, kind: u8, seq: u64, key: &[u8], value: &[u8]) {
+    // One growth, not one per part (four for a batch's first entry).
+    buf.reserve(ENTRY_HEADER_LEN + key.len() + value.len());
     buf.extend_from_slice(&((seq << 8) | u64::from(kind)).to_le_bytes());
     // Keys and values are bounded by the engine's limits, far below 4 GiB.
     buf.extend_from_slice(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_le_bytes());
@@ -305,10 +307,16 @@ impl LeafBuilder {
     }
 
     fn cut(&mut self) {
+        self.cut_then(true);
+    }
+
+    /// Finishes the leaf being built; `more`: another follows (its buffer is sized
+    /// now), else this is the last.
+    fn cut_then(&mut self, more: bool) {
         let n = self.offsets.len();
         self.remaining_bytes = self.remaining_bytes.saturating_sub(self.data.len());
         self.remaining_entries = self.remaining_entries.saturating_sub(n);
-        let next = self.next_buffer();
+        let next = if more { self.next_buffer() } else { Vec::new() };
         let mut buf = std::mem::replace(&mut self.data, next);
         for o in &self.offsets {
             buf.extend_from_slice(&o.to_le_bytes());
@@ -326,7 +334,7 @@ impl LeafBuilder {
         if self.first || !self.offsets.is_empty() {
             self.remaining_bytes = 0;
             self.remaining_entries = 0;
-            self.cut();
+            self.cut_then(false);
         }
         self.out
     }

@@ -73,7 +73,7 @@
 //! garbage collection), `context.rs` and `output.rs` (what the core shares and hands
 //! out).
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use raft::StateRole;
@@ -90,6 +90,7 @@ use crate::transport::Envelope;
 mod admin_apply;
 mod apply;
 mod context;
+mod dirty;
 mod hibernate;
 mod lifecycle;
 mod messages;
@@ -130,7 +131,7 @@ pub struct StoreCore {
     /// `hibernated` flag is false.
     awake: IdHashSet<RegionId>,
     /// Replicas that may have a ready; ordered for determinism.
-    dirty: BTreeSet<RegionId>,
+    dirty: dirty::Dirty,
     write: LogWrite,
     readies: Vec<(RegionId, u64)>,
     outbox: Vec<Envelope>,
@@ -200,7 +201,7 @@ impl StoreCore {
             ctx,
             replicas: IdHashMap::default(),
             awake: IdHashSet::default(),
-            dirty: BTreeSet::new(),
+            dirty: dirty::Dirty::default(),
             write,
             readies: Vec::new(),
             outbox: Vec::new(),
@@ -432,11 +433,11 @@ impl StoreCore {
             if self.dirty.is_empty() {
                 break;
             }
-            let dirty = std::mem::take(&mut self.dirty);
+            let dirty = self.dirty.take();
             let engine = self.ctx.engine.clone();
             let mut applier = Applier::new(&engine);
             let mut touched = Vec::new();
-            for region in dirty {
+            for &region in &dirty {
                 match self.flush_replica(region, &mut applier) {
                     Ok(true) => touched.push(region),
                     Ok(false) => {}
@@ -450,6 +451,7 @@ impl StoreCore {
                 // A membership change or a snapshot changes members only here.
                 self.note_peers(region);
             }
+            self.dirty.give_back(dirty);
             // The pass's round ends: what every region wrote becomes visible together,
             // then their clients hear of it.
             if let Err(e) = applier.finish(&mut self.apply_stats) {
@@ -653,6 +655,15 @@ impl StoreCore {
         }
         self.publish_reads(region);
         Ok(())
+    }
+
+    /// Takes back the readies of a write task carried out (after `on_persisted`), to
+    /// fill again: a lone store's put has two tasks, each a vector otherwise.
+    pub fn recycle_readies(&mut self, mut readies: Vec<(RegionId, u64)>) {
+        if self.readies.is_empty() && self.readies.capacity() < readies.capacity() {
+            readies.clear();
+            self.readies = readies;
+        }
     }
 
     /// Reports that the writes carrying these readies are durable.

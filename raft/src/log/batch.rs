@@ -190,6 +190,8 @@ impl BatchEncoder {
     /// Adds the entries of one region; they must be consecutive from their first index.
     pub fn add_entries(&mut self, region: RegionId, entries: &[Entry]) {
         let Some(first) = entries.first() else { return };
+        // One growth for the item, not one per field.
+        self.buf.reserve(ENTRIES_ITEM_BYTES + entries.iter().map(entry_encoded_len).sum::<usize>());
         let mut spans = Vec::with_capacity(entries.len());
         let buf = &mut self.buf;
         codec::put_nested(buf, ENTRIES, |out| {

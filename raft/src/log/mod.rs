@@ -96,9 +96,15 @@ pub struct LogWrite {
     id: u64,
     /// In the order regions were first staged (the order they are encoded in).
     regions: Vec<(RegionId, RegionWrite)>,
-    /// Position of each region in `regions`: a write may span thousands of regions.
+    /// Position of each region in `regions` once they are more than
+    /// [`SCANNED_REGIONS`] (a write may span thousands of regions); empty until then.
     positions: IdHashMap<RegionId, usize>,
 }
+
+/// Regions of a write found by a scan of `LogWrite::regions` rather than through
+/// `LogWrite::positions`: most writes hold one region (a put on a lone store: its
+/// entry, then its commit), and a map would be allocated for every one of them.
+const SCANNED_REGIONS: usize = 8;
 
 impl LogWrite {
     /// True if nothing was staged.
@@ -114,10 +120,23 @@ impl LogWrite {
 
     fn region(&mut self, region: RegionId) -> &mut RegionWrite {
         let regions = &mut self.regions;
-        let at = *self.positions.entry(region).or_insert_with(|| {
-            regions.push((region, RegionWrite::default()));
-            regions.len() - 1
-        });
+        let at = if regions.len() <= SCANNED_REGIONS {
+            if let Some(at) = regions.iter().position(|(id, _)| *id == region) {
+                at
+            } else {
+                regions.push((region, RegionWrite::default()));
+                if regions.len() > SCANNED_REGIONS {
+                    self.positions =
+                        regions.iter().enumerate().map(|(at, (id, _))| (*id, at)).collect();
+                }
+                regions.len() - 1
+            }
+        } else {
+            *self.positions.entry(region).or_insert_with(|| {
+                regions.push((region, RegionWrite::default()));
+                regions.len() - 1
+            })
+        };
         &mut self.regions[at].1
     }
 }

@@ -153,6 +153,7 @@ pub(super) fn finish_turn(
         }
         to.transport.send(messages);
         turn.core.on_persisted(&readies);
+        turn.core.recycle_readies(readies);
         out = turn.core.flush();
     }
     true
