@@ -229,6 +229,9 @@ struct State {
     open_has_leader: bool,
     /// A leader is inside `write_group`.
     writing: bool,
+    /// `with_writer` calls that have the writer or wait for the groups in flight to
+    /// publish: no leader takes a group while any is pending.
+    borrowers: usize,
     /// Groups handed to the writer and not yet published (at most [`MAX_IN_FLIGHT`]).
     in_flight: usize,
     /// Number of the next group handed to the writer.
@@ -250,8 +253,9 @@ struct State {
 /// The group-commit kernel around a [`GroupWriter`].
 #[derive(Debug)]
 pub(crate) struct GroupCommit<W> {
-    // Lock order: `writer` may be held while taking `state` (`with_writer`), never the
-    // reverse: a leader drops `state` before it locks `writer`.
+    // Lock order: `writer` is never locked while `state` is held (a leader drops
+    // `state` before it locks `writer`), and whoever holds `writer` (a leader, `close`,
+    // `with_writer`) does not wait for `state`'s conditions.
     state: Mutex<State>,
     /// Signalled when a group has been written or published, or the log fails: the open
     /// group's leader, `close` and `with_writer` wait here.
@@ -274,6 +278,7 @@ impl<W: GroupWriter> GroupCommit<W> {
                 open_waiters: Vec::new(),
                 open_has_leader: false,
                 writing: false,
+                borrowers: 0,
                 in_flight: 0,
                 next_ticket: 0,
                 published: 0,
@@ -346,7 +351,9 @@ impl<W: GroupWriter> GroupCommit<W> {
     /// Runs as the open group's leader: writes it after the previous group, syncs it,
     /// publishes the outcome in group order and wakes the followers.
     fn lead<'a>(&'a self, mut st: MutexGuard<'a, State>) {
-        while (st.writing || st.in_flight >= MAX_IN_FLIGHT) && st.failed.is_none() {
+        while (st.writing || st.borrowers > 0 || st.in_flight >= MAX_IN_FLIGHT)
+            && st.failed.is_none()
+        {
             st = self.written.wait(st);
         }
         if let Some(delay) = self.limits.delay.filter(|_| st.failed.is_none()) {
@@ -461,22 +468,31 @@ impl<W: GroupWriter> GroupCommit<W> {
     }
 
     /// Runs `f` on the writer once every group in flight is published, unless the log
-    /// failed or closed.
+    /// failed or closed; no group is taken until `f` returns.
     pub fn with_writer<R>(&self, f: impl FnOnce(&mut W) -> R) -> Result<R, Error> {
-        let mut writer = self.writer.lock();
         let mut st = self.state.lock();
-        // Holding the writer, no group can start; those in flight only need `state`.
-        while st.in_flight > 0 && st.failed.is_none() {
+        // The writer is locked only once nothing is in flight: a leader that took its
+        // ticket locks the writer after dropping `state`, so holding the writer while
+        // waiting for it would deadlock.
+        st.borrowers += 1;
+        while (st.writing || st.in_flight > 0) && st.failed.is_none() {
             st = self.written.wait(st);
         }
-        if let Some(cause) = &st.failed {
-            return Err(Error::Poisoned { cause: cause.clone() });
-        }
-        if st.closed {
-            return Err(Error::Closed);
-        }
+        let refused = if let Some(cause) = &st.failed {
+            Some(Error::Poisoned { cause: cause.clone() })
+        } else if st.closed {
+            Some(Error::Closed)
+        } else {
+            None
+        };
         drop(st);
-        Ok(f(&mut writer))
+        let result = match refused {
+            Some(e) => Err(e),
+            None => Ok(f(&mut self.writer.lock())),
+        };
+        self.state.lock().borrowers -= 1;
+        self.written.notify_all();
+        result
     }
 
     /// Latches a failure found outside a group (by `with_writer` work).
@@ -835,6 +851,26 @@ mod loom_tests {
             for r in [mine, theirs] {
                 assert!(matches!(r, Err(Error::Indeterminate { .. } | Error::Poisoned { .. })));
             }
+        });
+    }
+
+    #[test]
+    fn loom_with_writer_waits_for_the_group_in_flight() {
+        let mut model = loom::model::Builder::new();
+        model.preemption_bound.get_or_insert(4);
+        model.check(|| {
+            let limits = Limits { max_group_bytes: 64, max_group_records: 8, delay: None };
+            let gc = Arc::new(GroupCommit::new(Counter::new(false), limits));
+            let appender = {
+                let gc = gc.clone();
+                loom::thread::spawn(move || append(&gc).unwrap())
+            };
+            // The writer is had between groups: nothing published is unwritten, and no
+            // deadlock with a leader that took its group.
+            let (written, published) =
+                gc.with_writer(|w| (w.next, w.published.load(Ordering::SeqCst))).unwrap();
+            assert_eq!(written, published, "with_writer ran while a group was in flight");
+            assert_eq!(appender.join().unwrap(), Lsn(0));
         });
     }
 
