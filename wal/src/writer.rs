@@ -295,3 +295,56 @@ impl GroupWriter for LogWriter {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::io;
+
+    use super::*;
+    use crate::fs::{SimFs, SimOpKind};
+    use crate::lsn::SegmentId;
+
+    fn writer(fs: &SimFs) -> LogWriter {
+        let fs: Arc<dyn FileSystem> = Arc::new(fs.clone());
+        let dir = PathBuf::from("/wal");
+        fs.create_dir_all(&dir).unwrap();
+        let pool = Arc::new(Pool::new(fs.clone(), &dir, 64 << 10, 0, Vec::new()));
+        let (first, sparse) = pool.install_segment(SegmentId(1), Lsn::ZERO).unwrap();
+        let first = Arc::new(first);
+        let shared = Arc::new(Shared {
+            fs,
+            dir,
+            segments: RwLock::new(VecDeque::from([first.clone()])),
+            durable_end: AtomicU64::new(0),
+            pool,
+            io: IoCounters::default(),
+        });
+        LogWriter::new(shared, first, SEGMENT_HEADER_LEN, sparse).unwrap()
+    }
+
+    fn group(payload: &[u8]) -> GroupBuf {
+        let mut group = GroupBuf::default();
+        group.push(RecordKind::Data, payload, record::payload_crc(payload));
+        group
+    }
+
+    #[test]
+    fn a_writeback_error_caught_by_the_later_groups_sync_fails_the_earlier_one_too() {
+        let fs = SimFs::new();
+        let mut writer = writer(&fs);
+        let mut lsns = Vec::new();
+        let first = writer.write_group(&mut group(b"first"), &mut lsns, 0).unwrap();
+        let second = writer.write_group(&mut group(b"second"), &mut lsns, 1).unwrap();
+        // The second group's fdatasync runs first, flushes the first group's pages too,
+        // and fails: the kernel drops them all.
+        fs.set_fault_hook(Box::new(|op| {
+            (op.kind == SimOpKind::SyncData).then(|| io::Error::from_raw_os_error(5))
+        }));
+        assert!(second.sync().is_err());
+        fs.clear_fault_hook();
+        // The first group's own fdatasync, on its own lane, must not report success
+        // for pages that never reached the disk.
+        assert!(first.sync().is_err(), "a lost group would be published durable");
+    }
+}
