@@ -5,8 +5,10 @@
 //! be *obviously* durable and fast next to the disk's own fdatasync rate:
 //!
 //! - **Group commit** ([`Wal::append`]): any number of threads append at once; one
-//!   leader writes the whole queued group and issues one fdatasync, and every appender
-//!   learns its [`Lsn`] only after the fsync that covers its record returned `Ok`. The
+//!   leader writes the whole queued group and issues one fdatasync (the next group may
+//!   be written and synced meanwhile; outcomes are published in group order), and every
+//!   appender learns its [`Lsn`] only after the fsync that covers its record returned
+//!   `Ok`, and every earlier group's too. The
 //!   queue is bounded, so a flood of appenders meets backpressure, not unbounded memory.
 //! - **Fail-stop on I/O errors**: an fsync error is never retried. The log latches;
 //!   in-flight appenders get [`Error::Indeterminate`], later ones [`Error::Poisoned`];

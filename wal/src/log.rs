@@ -282,7 +282,7 @@ impl Wal {
             pool: pool.clone(),
             io: IoCounters::default(),
         });
-        let writer = LogWriter::new(shared.clone(), active, tail_offset, sparse);
+        let writer = LogWriter::new(shared.clone(), active, tail_offset, sparse)?;
         let limits = match options.sync {
             SyncPolicy::Batched { max_delay_us } => Limits {
                 max_group_bytes: options.max_group_bytes,

@@ -18,11 +18,45 @@
 //! 2. Otherwise the stop is beyond every durably referenced position, and:
 //!    - [`RecoveryMode::AbsoluteConsistency`]: the log must end with a seal (a clean
 //!      close) and nothing valid may follow; anything else is an error.
-//!    - [`RecoveryMode::TolerateTornTail`]: a damaged or missing record with nothing
-//!      valid after it is a torn tail and is cut; damage followed by valid records is
-//!      corruption.
+//!    - [`RecoveryMode::TolerateTornTail`]: a damaged or missing record followed by
+//!      nothing valid, or by one contiguous run of valid records, is a torn tail and
+//!      is cut (the run dropped with it, see *Holes* below); damage followed by two or
+//!      more runs (a second hole) is corruption.
 //!    - [`RecoveryMode::PointInTime`]: the log is cut at the stop, dropping any valid
 //!      records after it.
+//!
+//! # Holes: two groups in flight
+//!
+//! The writer has up to two groups in flight (`group_commit.rs`): group N+1 is written,
+//! and may be synced, while N's fdatasync runs. If N's fdatasync fails, the kernel
+//! drops N's dirty pages, yet N+1's may reach the disk, and after a power loss the
+//! segment holds a hole (zeros, or a recycled file's stale bytes) where N was, then
+//! N+1's valid records. None of them was acknowledged: N failed, and outcomes are
+//! published in group order, so N+1 got [`Error::Indeterminate`] too. Such a run is
+//! recognised by the two facts below, and `TolerateTornTail` cuts it with the hole:
+//!
+//! - (a) no record after the stop has a `durable` stamp past the stop (rule 1), and
+//! - (b) the records after the stop form one run, back to back, with no second hole
+//!   (only N's lost pages precede N+1's records; the run may start with records of N
+//!   that survived in later pages). Two runs are refused, and `PointInTime` cuts them.
+//!
+//! No bound on the hole's length is needed beyond (a): group N+2 is written only after
+//! N published (at most two in flight), so every record of N+2 and later is stamped
+//! past N's end. With (a), the stop and everything after it therefore lie in the stop's
+//! group and the one after it: at most two groups' bytes, whatever `max_group_bytes`
+//! was when they were written (the option may change between opens, so it is not
+//! checked against).
+//!
+//! Can this cut drop an acknowledged record? Only if the stop lies in an acknowledged
+//! group G whose damage came after its fdatasync (bit rot, a misdirected write) and the
+//! only records after it belong to G itself or to G+1 written while G synced. That is
+//! the ambiguity the log has always had for its final acknowledged group with nothing
+//! after it (rot there is cut as a torn tail too): no later record vouches for G, and
+//! the bytes cannot tell rot from a lost write. Two in flight widen "nothing after it"
+//! to "only the group written during its sync", nothing more. Whatever the caller made
+//! durable elsewhere is still protected by `durable_floor`: a floor past the stop is
+//! corruption in every mode (rule 1), so a store passing its persisted commit index as
+//! the floor never loses a committed entry to this cut.
 //!
 //! A cut zeroes the bytes from the stop to the end of the last valid record found after
 //! it, so a later recovery cannot resurrect them, then syncs the file and directory.
@@ -68,7 +102,8 @@ pub struct Truncation {
     pub lsn: Lsn,
     /// Why the bytes there were not a record.
     pub reason: String,
-    /// Valid records found after the cut and dropped with it (only in `PointInTime`).
+    /// Valid records found after the cut and dropped with it: in `PointInTime`, any; in
+    /// `TolerateTornTail`, one run of unacknowledged records (see the module docs).
     pub dropped_records: usize,
 }
 
@@ -191,6 +226,9 @@ fn verify_sealed(segment: &Segment) -> Result<()> {
 #[derive(Debug, Default)]
 struct Later {
     count: usize,
+    /// Maximal runs of back-to-back records among them (each starts where no record of
+    /// the previous run ended).
+    runs: usize,
     first_offset: Option<u64>,
     /// End offset of the last one.
     end: u64,
@@ -209,6 +247,9 @@ fn find_later(segment: &Segment, image: &[u8], from: u64) -> Later {
             && let Decoded::Record(frame) =
                 record::decode(&image[offset..], segment.lsn_at(offset as u64))
         {
+            if later.count == 0 || later.end != offset as u64 {
+                later.runs += 1;
+            }
             later.count += 1;
             later.first_offset.get_or_insert(offset as u64);
             later.max_durable = later.max_durable.max(frame.durable);
@@ -290,12 +331,17 @@ fn scan_tail(segment: &Segment, mode: RecoveryMode, floor: Lsn) -> Result<Tail> 
         }
         RecoveryMode::AbsoluteConsistency => Err(Error::corruption(segment.id, offset, reason)),
         _ if clean_end => Ok(keep(sealed)),
-        RecoveryMode::TolerateTornTail if later.count > 0 => Err(Error::corruption(
+        // One run after the stop may be the group written while the stop's group
+        // synced, and is cut below; a second hole is more than two groups in flight
+        // can leave (see the module docs).
+        RecoveryMode::TolerateTornTail if later.runs > 1 => Err(Error::corruption(
             segment.id,
             offset,
             format!(
-                "{} (not a torn tail; RecoveryMode::PointInTime would cut the log here)",
-                followed()
+                "{}, in {} runs with holes between them (not a torn tail; \
+                 RecoveryMode::PointInTime would cut the log here)",
+                followed(),
+                later.runs
             ),
         )),
         RecoveryMode::TolerateTornTail | RecoveryMode::PointInTime => Ok(Tail {
@@ -423,4 +469,105 @@ pub(crate) fn recover(
         spares: listing.spares,
         report,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::SimFs;
+    use crate::segment::segment_file_name;
+
+    const CAPACITY: u64 = 4096;
+    const PAYLOAD: &[u8] = b"sixteen bytes ..";
+    /// Bytes one test record occupies.
+    const REC: u64 = (HEADER_LEN + PAYLOAD.len()) as u64;
+
+    /// A last segment (id 1, starting at Lsn 0) holding a record at each `(offset,
+    /// durable stamp)`, zeros elsewhere.
+    fn segment_with(records: &[(u64, u64)]) -> (SimFs, PathBuf) {
+        let fs = SimFs::new();
+        let dir = PathBuf::from("/wal");
+        fs.create_dir_all(&dir).unwrap();
+        let path = dir.join(segment_file_name(SegmentId(1)));
+        let file = fs.open(&path, OpenMode::CreateNew).unwrap();
+        let mut image = vec![0u8; to_usize(CAPACITY)];
+        let header = crate::segment::SegmentHeader { id: SegmentId(1), start: Lsn::ZERO };
+        image[..to_usize(SEGMENT_HEADER_LEN)].copy_from_slice(&header.encode());
+        for &(offset, durable) in records {
+            let lsn = Lsn(offset - SEGMENT_HEADER_LEN);
+            let bytes = record::encode(lsn, RecordKind::Data, PAYLOAD, Lsn(durable));
+            image[to_usize(offset)..to_usize(offset + REC)].copy_from_slice(&bytes);
+        }
+        file.write_at(0, &image).unwrap();
+        (fs, dir)
+    }
+
+    /// Record offsets: two durable records, then a hole of one record (a group whose
+    /// fdatasync failed and whose pages the kernel dropped).
+    const A: u64 = SEGMENT_HEADER_LEN;
+    const B: u64 = A + REC;
+    const HOLE: u64 = B + REC;
+    /// The stop's Lsn: the end of B.
+    const STOP: u64 = HOLE - SEGMENT_HEADER_LEN;
+
+    #[test]
+    fn one_run_after_a_hole_with_stamps_below_it_is_an_unacknowledged_tail() {
+        // The run is the group written while the hole's group synced: stamped with the
+        // durable end then, at most the stop.
+        let run = [(HOLE + REC, STOP), (HOLE + 2 * REC, STOP)];
+        let (fs, dir) = segment_with(&[(A, 0), (B, 0), run[0], run[1]]);
+        let recovered = recover(&fs, &dir, CAPACITY, RecoveryMode::TolerateTornTail, Lsn::ZERO)
+            .expect("a torn tail");
+        let cut = recovered.report.truncation.expect("cut");
+        assert_eq!((cut.offset, cut.lsn, cut.dropped_records), (HOLE, Lsn(STOP), 2));
+        assert_eq!(recovered.report.end_lsn, Lsn(STOP));
+        // The run is zeroed, so no later recovery finds it again.
+        let image = fs.contents(&dir.join(segment_file_name(SegmentId(1)))).unwrap();
+        assert!(image[to_usize(HOLE)..to_usize(HOLE + 3 * REC)].iter().all(|&b| b == 0));
+        let again = recover(&fs, &dir, CAPACITY, RecoveryMode::TolerateTornTail, Lsn::ZERO)
+            .expect("clean now");
+        assert_eq!(again.report.truncation, None);
+        assert_eq!(again.report.end_lsn, Lsn(STOP));
+    }
+
+    #[test]
+    fn a_run_after_a_hole_stamped_past_it_proves_the_hole_acknowledged() {
+        let (fs, dir) =
+            segment_with(&[(A, 0), (B, 0), (HOLE + REC, STOP), (HOLE + 2 * REC, STOP + REC)]);
+        for mode in [RecoveryMode::TolerateTornTail, RecoveryMode::PointInTime] {
+            let err = recover(&fs, &dir, CAPACITY, mode, Lsn::ZERO).err().expect("corruption");
+            assert!(
+                matches!(&err, Error::Corruption { offset: HOLE, reason, .. } if reason.contains("durably referenced")),
+                "{mode:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn two_runs_after_a_hole_are_not_a_torn_tail() {
+        // A second hole: more than the one group written while another syncs.
+        let records = [(A, 0), (B, 0), (HOLE + REC, STOP), (HOLE + 3 * REC, STOP)];
+        let (fs, dir) = segment_with(&records);
+        let err = recover(&fs, &dir, CAPACITY, RecoveryMode::TolerateTornTail, Lsn::ZERO)
+            .err()
+            .expect("corruption");
+        assert!(
+            matches!(&err, Error::Corruption { offset: HOLE, reason, .. } if reason.contains("2 runs")),
+            "{err}"
+        );
+        // PointInTime cuts it, dropping both runs.
+        let recovered =
+            recover(&fs, &dir, CAPACITY, RecoveryMode::PointInTime, Lsn::ZERO).expect("cut");
+        assert_eq!(recovered.report.truncation.map(|t| t.dropped_records), Some(2));
+    }
+
+    #[test]
+    fn a_durable_floor_past_the_hole_refuses_the_cut() {
+        let (fs, dir) = segment_with(&[(A, 0), (B, 0), (HOLE + REC, STOP)]);
+        let floor = Lsn(STOP + 1);
+        let err = recover(&fs, &dir, CAPACITY, RecoveryMode::TolerateTornTail, floor)
+            .err()
+            .expect("corruption");
+        assert!(matches!(err, Error::Corruption { offset: HOLE, .. }), "{err}");
+    }
 }

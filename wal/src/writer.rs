@@ -1,4 +1,13 @@
-//! The leader's side of a group: frame, write, roll, sync.
+//! The leader's side of a group: frame, write, roll; then the sync, on a lane handle.
+//!
+//! Two groups may be in flight (`group_commit.rs`): one's fdatasync runs while the next
+//! is written and synced. Each sync goes through its own *lane*, a separate open file
+//! handle of the active segment, one lane per group in flight. Linux reports a
+//! writeback error to each open file once (an error cursor per open file): had two
+//! concurrent fdatasyncs shared one handle, the error for the earlier group's pages
+//! could be reported to the later group's call alone, and the earlier group, whose call
+//! returned `Ok`, would be published durable. With a handle per lane, every sync sees
+//! every error since its lane's previous sync, and a lane never has two in flight.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -9,8 +18,8 @@ use std::time::Instant;
 use parking_lot::RwLock;
 
 use crate::error::{Error, Result};
-use crate::fs::FileSystem;
-use crate::group_commit::{Cause, GroupBuf, GroupWriter};
+use crate::fs::{File, FileSystem, OpenMode};
+use crate::group_commit::{Cause, GroupBuf, GroupWriter, MAX_IN_FLIGHT, PendingSync};
 use crate::histogram::Histogram;
 use crate::lsn::Lsn;
 use crate::pool::Pool;
@@ -34,6 +43,13 @@ impl Shared {
     pub fn durable_end(&self) -> Lsn {
         Lsn(self.durable_end.load(Ordering::Acquire))
     }
+
+    /// Moves the durable end up to `end`, the end of bytes an fsync just covered; a
+    /// lower `end` (a later publication of bytes a whole-segment sync covered already)
+    /// leaves it as it is: the durable end only moves forward (P7).
+    fn publish_durable(&self, end: Lsn) {
+        self.durable_end.fetch_max(end.0, Ordering::AcqRel);
+    }
 }
 
 /// Counters kept by the writer.
@@ -54,10 +70,10 @@ pub(crate) struct IoCounters {
 pub(crate) struct LogWriter {
     shared: Arc<Shared>,
     active: Arc<Segment>,
+    /// The active segment's sync lanes: its file opened once more per group in flight.
+    lanes: [Arc<dyn File>; MAX_IN_FLIGHT],
     /// File offset of the next record in the active segment.
     offset: u64,
-    /// Every byte below this Lsn is durable; stamped into each header as `durable`.
-    synced: Lsn,
     /// In a sparse active segment, the file offset below which its blocks have been
     /// written (records or zeros); `None` once the whole file has been.
     zeroed_to: Option<u64>,
@@ -89,11 +105,16 @@ const ZERO_AHEAD: u64 = 1 << 20;
 
 impl LogWriter {
     /// `sparse`: the active segment's blocks past `offset` have never been written.
-    pub fn new(shared: Arc<Shared>, active: Arc<Segment>, offset: u64, sparse: bool) -> LogWriter {
-        let synced = active.lsn_at(offset);
-        shared.durable_end.store(synced.0, Ordering::Release);
+    pub fn new(
+        shared: Arc<Shared>,
+        active: Arc<Segment>,
+        offset: u64,
+        sparse: bool,
+    ) -> Result<LogWriter> {
+        shared.durable_end.store(active.lsn_at(offset).0, Ordering::Release);
+        let lanes = open_lanes(&shared, &active)?;
         let zeroed_to = sparse.then_some(offset);
-        LogWriter { shared, active, offset, synced, zeroed_to, paged_to: offset }
+        Ok(LogWriter { shared, active, lanes, offset, zeroed_to, paged_to: offset })
     }
 
     /// In a sparse segment, writes zeros from where the written blocks end to
@@ -114,7 +135,9 @@ impl LogWriter {
         Ok(())
     }
 
-    /// Writes and syncs the records of `group`; see [`GroupWriter::write_group`].
+    /// Writes the records of `group`, rolling segments as needed; see
+    /// [`GroupWriter::write_group`]. The records of the last segment written are not
+    /// synced yet.
     fn write_records(&mut self, group: &mut GroupBuf, lsns: &mut Vec<Lsn>) -> Result<()> {
         let count = group.slots.len();
         // Every write ends with an all-zero header, the end marker: recovery then tells a
@@ -133,7 +156,9 @@ impl LogWriter {
                 let slot = group.slots[j];
                 let lsn = self.active.lsn_at(end);
                 let header = &mut group.bytes[slot.offset..];
-                record::write_header(header, lsn, slot.kind, slot.len, slot.pcrc, self.synced);
+                // Stamped with the published durable end: every byte below it is durable.
+                let durable = self.shared.durable_end();
+                record::write_header(header, lsn, slot.kind, slot.len, slot.pcrc, durable);
                 lsns.push(lsn);
                 end += group.encoded_len(j) as u64;
                 j += 1;
@@ -179,20 +204,14 @@ impl LogWriter {
             i = j;
         }
         group.bytes.truncate(body);
-        self.sync()
+        Ok(())
     }
 
-    /// Makes everything written durable and publishes the new durable end.
+    /// Makes everything written durable and publishes the new durable end. Called only
+    /// with no group in flight (`GroupCommit::with_writer`, `close`).
     pub fn sync(&mut self) -> Result<()> {
-        let started = Instant::now();
-        self.active.file.sync_data().map_err(|e| Error::io("fdatasync", &self.active.path, e))?;
-        self.shared.io.fsync_latency.record_duration(started.elapsed());
-        self.shared.io.fsyncs.fetch_add(1, Ordering::Relaxed);
-        let end = self.active.lsn_at(self.offset);
-        // The durable end only moves forward (P7); a regression would expose lost data.
-        assert!(end >= self.synced, "durable end went backwards: {end:?} < {:?}", self.synced);
-        self.synced = end;
-        self.shared.durable_end.store(end.0, Ordering::Release);
+        sync_file(&self.shared, &self.active, self.active.file.as_ref())?;
+        self.shared.publish_durable(self.active.lsn_at(self.offset));
         Ok(())
     }
 
@@ -200,12 +219,15 @@ impl LogWriter {
     ///
     /// The finished segment is synced first, so the existence of a next segment proves
     /// it complete; [`Pool::install_segment`] then makes the next one appear whole.
+    /// The durable end is not published here: a group in flight may still be syncing,
+    /// and outcomes are published in group order by the kernel.
     fn roll(&mut self) -> Result<()> {
-        self.sync()?;
-        let end = self.synced;
+        sync_file(&self.shared, &self.active, self.active.file.as_ref())?;
+        let end = self.active.lsn_at(self.offset);
         let id = self.active.id.next();
         let (next, sparse) = self.shared.pool.install_segment(id, end)?;
         let next = Arc::new(next);
+        let lanes = open_lanes(&self.shared, &next)?;
         {
             let mut segments = self.shared.segments.write();
             let last = segments.back_mut().expect("the active segment is listed");
@@ -215,27 +237,139 @@ impl LogWriter {
         tracing::debug!(segment = %id, start = %end, "rolled to a new WAL segment");
         self.shared.io.segment_rolls.fetch_add(1, Ordering::Relaxed);
         self.active = next;
+        self.lanes = lanes;
         self.offset = SEGMENT_HEADER_LEN;
         self.zeroed_to = sparse.then_some(SEGMENT_HEADER_LEN);
         self.paged_to = SEGMENT_HEADER_LEN;
         Ok(())
     }
 
-    /// Writes the seal record of a clean close.
+    /// Writes the seal record of a clean close, and syncs.
     pub fn seal(&mut self) -> Result<()> {
         let mut group = GroupBuf::default();
         group.push(RecordKind::Seal, &[], record::payload_crc(&[]));
-        self.write_records(&mut group, &mut Vec::with_capacity(1))
+        self.write_records(&mut group, &mut Vec::with_capacity(1))?;
+        self.sync()
+    }
+}
+
+/// Opens the sync lanes of `segment`.
+fn open_lanes(shared: &Shared, segment: &Segment) -> Result<[Arc<dyn File>; MAX_IN_FLIGHT]> {
+    let mut lanes = Vec::with_capacity(MAX_IN_FLIGHT);
+    for _ in 0..MAX_IN_FLIGHT {
+        let file = shared
+            .fs
+            .open(&segment.path, OpenMode::Existing)
+            .map_err(|e| Error::io("open", &segment.path, e))?;
+        lanes.push(file);
+    }
+    Ok(lanes.try_into().expect("MAX_IN_FLIGHT lanes"))
+}
+
+/// One fdatasync of `file`, a handle of `segment`, counted and timed.
+fn sync_file(shared: &Shared, segment: &Segment, file: &dyn File) -> Result<()> {
+    let started = Instant::now();
+    file.sync_data().map_err(|e| Error::io("fdatasync", &segment.path, e))?;
+    shared.io.fsync_latency.record_duration(started.elapsed());
+    shared.io.fsyncs.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+fn poisoned(e: &Error) -> Cause {
+    tracing::error!(error = %e, "WAL write failed; the log is now poisoned and must be reopened");
+    Arc::from(e.to_string())
+}
+
+/// A written group's sync: its lane of the segment it ended in, and its end.
+#[derive(Debug)]
+pub(crate) struct PendingGroup {
+    shared: Arc<Shared>,
+    segment: Arc<Segment>,
+    lane: Arc<dyn File>,
+    end: Lsn,
+}
+
+impl PendingSync for PendingGroup {
+    fn sync(&self) -> Result<(), Cause> {
+        // Every earlier segment was synced whole before its successor was installed.
+        sync_file(&self.shared, &self.segment, self.lane.as_ref()).map_err(|e| poisoned(&e))
+    }
+
+    fn publish(self) {
+        self.shared.publish_durable(self.end);
     }
 }
 
 impl GroupWriter for LogWriter {
-    fn write_group(&mut self, group: &mut GroupBuf, lsns: &mut Vec<Lsn>) -> Result<(), Cause> {
+    type Pending = PendingGroup;
+
+    fn write_group(
+        &mut self,
+        group: &mut GroupBuf,
+        lsns: &mut Vec<Lsn>,
+        lane: usize,
+    ) -> Result<PendingGroup, Cause> {
         let _span = tracing::trace_span!("wal.write_group", records = group.slots.len()).entered();
         self.shared.io.group_records.record(group.slots.len() as u64);
-        self.write_records(group, lsns).map_err(|e| {
-            tracing::error!(error = %e, "WAL write failed; the log is now poisoned and must be reopened");
-            Arc::from(e.to_string())
+        self.write_records(group, lsns).map_err(|e| poisoned(&e))?;
+        Ok(PendingGroup {
+            shared: self.shared.clone(),
+            segment: self.active.clone(),
+            lane: self.lanes[lane].clone(),
+            end: self.active.lsn_at(self.offset),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::io;
+
+    use super::*;
+    use crate::fs::{SimFs, SimOpKind};
+    use crate::lsn::SegmentId;
+
+    fn writer(fs: &SimFs) -> LogWriter {
+        let fs: Arc<dyn FileSystem> = Arc::new(fs.clone());
+        let dir = PathBuf::from("/wal");
+        fs.create_dir_all(&dir).unwrap();
+        let pool = Arc::new(Pool::new(fs.clone(), &dir, 64 << 10, 0, Vec::new()));
+        let (first, sparse) = pool.install_segment(SegmentId(1), Lsn::ZERO).unwrap();
+        let first = Arc::new(first);
+        let shared = Arc::new(Shared {
+            fs,
+            dir,
+            segments: RwLock::new(VecDeque::from([first.clone()])),
+            durable_end: AtomicU64::new(0),
+            pool,
+            io: IoCounters::default(),
+        });
+        LogWriter::new(shared, first, SEGMENT_HEADER_LEN, sparse).unwrap()
+    }
+
+    fn group(payload: &[u8]) -> GroupBuf {
+        let mut group = GroupBuf::default();
+        group.push(RecordKind::Data, payload, record::payload_crc(payload));
+        group
+    }
+
+    #[test]
+    fn a_writeback_error_caught_by_the_later_groups_sync_fails_the_earlier_one_too() {
+        let fs = SimFs::new();
+        let mut writer = writer(&fs);
+        let mut lsns = Vec::new();
+        let first = writer.write_group(&mut group(b"first"), &mut lsns, 0).unwrap();
+        let second = writer.write_group(&mut group(b"second"), &mut lsns, 1).unwrap();
+        // The second group's fdatasync runs first, flushes the first group's pages too,
+        // and fails: the kernel drops them all.
+        fs.set_fault_hook(Box::new(|op| {
+            (op.kind == SimOpKind::SyncData).then(|| io::Error::from_raw_os_error(5))
+        }));
+        assert!(second.sync().is_err());
+        fs.clear_fault_hook();
+        // The first group's own fdatasync, on its own lane, must not report success
+        // for pages that never reached the disk.
+        assert!(first.sync().is_err(), "a lost group would be published durable");
     }
 }

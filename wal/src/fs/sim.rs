@@ -6,7 +6,9 @@
 //! [`SimFs::crash`] turns the unsynced difference into one of four outcomes
 //! ([`CrashMode`]), and a fault hook can fail any mutating call with the error of your
 //! choice. A failed `sync_data` forgets the dirty ranges without persisting them, as
-//! Linux does: a later successful sync does not bring them back.
+//! Linux does: a later successful sync does not bring them back. As on Linux, the
+//! failure is also reported once to every other handle of the file opened before it,
+//! at that handle's next `sync_data` (each open file has its own error cursor).
 //!
 //! Directories are simplified: `create_dir_all` is durable at once.
 
@@ -15,6 +17,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -121,6 +124,8 @@ struct Inode {
     durable: Vec<u8>,
     /// Byte ranges `[start, end)` written since the last successful sync, merged.
     dirty: BTreeMap<u64, u64>,
+    /// Writeback errors so far: a handle reports those it has not seen yet.
+    errors: u64,
 }
 
 impl Inode {
@@ -339,7 +344,7 @@ impl SimFs {
         for (path, &ino) in names {
             next.inodes.entry(ino).or_insert_with(|| {
                 let image = st.inodes[&ino].after_crash(mode, &mut rng);
-                Inode { data: image.clone(), durable: image, dirty: BTreeMap::new() }
+                Inode { data: image.clone(), durable: image, ..Inode::default() }
             });
             next.names.insert(path.clone(), ino);
         }
@@ -411,7 +416,10 @@ impl FileSystem for SimFs {
                 ino
             }
         };
-        Ok(Arc::new(SimFile { state: self.state.clone(), ino, path: path.to_owned() }))
+        // A handle reports only the writeback errors that come after its opening (Linux
+        // samples the error cursor at open; errors seen by a failed sync are old news).
+        let seen = AtomicU64::new(st.inodes[&ino].errors);
+        Ok(Arc::new(SimFile { state: self.state.clone(), ino, path: path.to_owned(), seen }))
     }
 
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
@@ -480,6 +488,9 @@ struct SimFile {
     state: Arc<Mutex<State>>,
     ino: u64,
     path: PathBuf,
+    /// The inode's writeback errors this handle has reported (read and written under
+    /// the state lock).
+    seen: AtomicU64,
 }
 
 impl fmt::Debug for SimFile {
@@ -534,6 +545,11 @@ impl File for SimFile {
         match result {
             Ok(()) => {
                 inode.sync();
+                if self.seen.swap(inode.errors, Ordering::Relaxed) < inode.errors {
+                    // Another handle's sync failed since this one's last: its pages
+                    // may have been this handle's too.
+                    return Err(io::Error::from_raw_os_error(5));
+                }
                 Ok(())
             }
             // A stopped machine does nothing at all: the dirty data stays in limbo for
@@ -543,6 +559,8 @@ impl File for SimFile {
             // written, and the next sync has nothing to report.
             Err(Refusal::Injected(e)) => {
                 inode.dirty.clear();
+                inode.errors += 1;
+                self.seen.store(inode.errors, Ordering::Relaxed);
                 Err(e)
             }
         }
@@ -662,6 +680,28 @@ mod tests {
         f.sync_data().unwrap();
         // ... but the bytes never reached the disk (the new length did).
         assert_eq!(fs.crash(CrashMode::Persisted).contents(&dir.join("a")).unwrap(), [0u8; 4]);
+    }
+
+    #[test]
+    fn a_failed_sync_is_reported_to_every_handle_opened_before_it_once() {
+        let (fs, dir) = setup();
+        let path = dir.join("a");
+        let (first, second) = (
+            fs.open(&path, OpenMode::CreateNew).unwrap(),
+            fs.open(&path, OpenMode::Existing).unwrap(),
+        );
+        first.write_at(0, b"lost").unwrap();
+        fs.set_fault_hook(Box::new(|op| {
+            (op.kind == SimOpKind::SyncData).then(|| io::Error::from_raw_os_error(5))
+        }));
+        // The sync of another handle flushed (and lost) the first handle's pages.
+        assert!(second.sync_data().is_err());
+        fs.clear_fault_hook();
+        assert_eq!(first.sync_data().unwrap_err().raw_os_error(), Some(5));
+        first.sync_data().unwrap();
+        second.sync_data().unwrap();
+        // A handle opened after the failure does not report it.
+        fs.open(&path, OpenMode::Existing).unwrap().sync_data().unwrap();
     }
 
     #[test]
