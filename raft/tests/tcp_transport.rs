@@ -28,6 +28,10 @@ const MESSAGES: u64 = 150;
 const CHUNKS: u32 = 3;
 /// Envelopes sent to each unreachable peer in the queue test.
 const SENT: u64 = 10_000;
+/// Envelopes sent one at a time, each awaited, in the inline-write test.
+const ONE_BY_ONE: u64 = 20;
+/// 1 MiB chunks sent in a burst to a peer that stopped reading, in the same test.
+const BURST: u32 = 48;
 
 // ---- helpers ----
 
@@ -583,5 +587,74 @@ fn the_queue_of_an_unreachable_peer_stays_bounded() -> TestResult {
     assert!(depth.bytes <= 1 << 20 && depth.envelopes <= 11, "{depth:?}");
     // Shutdown is prompt although a sender is stuck in a handshake with the mute peer.
     stop(&t);
+    Ok(())
+}
+
+/// An inbox whose deliveries wait while the test holds `gate`: its connection's
+/// reader stops reading, and the sender's socket fills.
+#[derive(Default)]
+struct Gated {
+    gate: Mutex<()>,
+    inner: Collect,
+}
+
+impl Inbox for Gated {
+    fn deliver(&self, envelopes: Vec<Envelope>) {
+        let _open = self.gate.lock().unwrap();
+        self.inner.deliver(envelopes);
+    }
+}
+
+/// Regression (issue 13, cause 3): every frame to a peer was written by the peer's
+/// sender thread, a thread wake-up (and a futex) per Raft message on the write path.
+/// Once the connection is up and nothing waits in the queue, the thread that calls
+/// `send` writes the frame itself, without waiting; a frame the socket takes only in
+/// part (the peer stopped reading) leaves its rest to the sender thread, what follows
+/// queues behind it, and every envelope still arrives once, in order.
+#[test]
+fn a_connected_peer_gets_frames_from_the_thread_that_sends() -> TestResult {
+    let (a, _) = start(config(61))?;
+    let gated = Arc::new(Gated::default());
+    let b = TcpTransport::start(config(62), gated.clone())?;
+    let inbox = &gated.inner;
+    a.set_peer_addr(b.store(), b.local_addr())?;
+    // The first envelope waits in the queue while the sender thread connects.
+    a.send(vec![raft_msg(61, 62, 0)]);
+    assert!(wait_until(Duration::from_secs(10), || inbox.len() == 1), "{:?}", a.stats());
+    assert!(wait_until(Duration::from_secs(10), || a.stats().envelopes_sent == 1));
+    let before = a.stats();
+    for i in 1..=ONE_BY_ONE {
+        a.send(vec![raft_msg(61, 62, i)]);
+        let arrived = wait_until(Duration::from_secs(10), || inbox.len() == 1 + i as usize);
+        assert!(arrived, "{:?}", a.stats());
+    }
+    let s = a.stats();
+    assert_eq!(
+        s.frames_sent_inline - before.frames_sent_inline,
+        ONE_BY_ONE,
+        "each frame written by the thread that sent it: {s:?}"
+    );
+    assert_eq!(s.envelopes_queued, before.envelopes_queued, "nothing queued: {s:?}");
+
+    // The peer stops reading; a burst of 1 MiB chunks and small messages fills the
+    // socket: a frame goes out in part, the rest queues; then the peer reads again.
+    let mut sequence: Vec<Envelope> = (0..=ONE_BY_ONE).map(|i| raft_msg(61, 62, i)).collect();
+    let closed_gate = gated.gate.lock().unwrap();
+    for i in 0..BURST {
+        let part = vec![chunk(61, 62, i, BURST, 1 << 20), raft_msg(61, 62, 100 + u64::from(i))];
+        sequence.extend(part.iter().cloned());
+        a.send(part);
+    }
+    let queued = a.stats().envelopes_queued - before.envelopes_queued;
+    drop(closed_gate);
+    assert!(queued > 0, "a full socket sends the rest through the queue: {:?}", a.stats());
+    let total = sequence.len();
+    assert!(wait_until(Duration::from_secs(30), || inbox.len() == total), "{:?}", a.stats());
+    assert!(inbox.from(StoreId(61)) == sequence, "envelopes differ or are out of order");
+    assert!(wait_until(Duration::from_secs(10), || a.stats().envelopes_sent == total as u64));
+    let s = a.stats();
+    assert_eq!(s.envelopes_dropped, 0, "{s:?}");
+    stop(&a);
+    stop(&b);
     Ok(())
 }
