@@ -5,7 +5,7 @@
 
 use std::io;
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use parking_lot::Mutex;
@@ -41,6 +41,9 @@ pub(super) struct PeerLink {
     /// `send` was called; the sender thread lowers it, holding the turn, once it wrote
     /// (or dropped) them.
     pub(super) backlog: AtomicUsize,
+    /// Frames received from the peer (on its own connection to this store), counted
+    /// before they are delivered.
+    pub(super) heard: AtomicU64,
     /// The write turn: whoever writes to the connection holds it, so frames never
     /// interleave. The sender thread waits for it; `send` only tries it.
     pub(super) turn: Mutex<Turn>,
@@ -53,6 +56,10 @@ pub(super) struct Turn {
     pub(super) stream: Option<TcpStream>,
     /// When a frame last went out on it (the peer was alive then).
     pub(super) last_write: Option<Instant>,
+    /// [`PeerLink::heard`] when a frame last went out: while it is unchanged, the
+    /// peer has not answered, and the next frame queues for the sender thread (see
+    /// [`Shared::send_inline`]).
+    pub(super) heard_at_write: Option<u64>,
     /// The rest of a frame the socket took only in part: the sender thread writes it
     /// before anything else.
     pub(super) leftover: Vec<u8>,
@@ -82,10 +89,17 @@ impl PeerLink {
 
 impl Shared {
     /// Writes `batch` (envelopes for `slot`'s peer, in order) as one frame on this
-    /// thread if the connection is up, nothing waits before it, and the socket takes
-    /// the frame without waiting (in part: the sender thread writes the rest). Returns
-    /// what goes to the queue instead (empty if written), already counted in the
-    /// link's backlog. Never waits: the turn is only tried, the write does not block.
+    /// thread if the connection is up, nothing waits before it, the peer sent a frame
+    /// since the last one went out to it, and the socket takes the frame without
+    /// waiting (in part: the sender thread writes the rest). Returns what goes to the
+    /// queue instead (empty if written), already counted in the link's backlog. Never
+    /// waits: the turn is only tried, the write does not block.
+    ///
+    /// The rule on the peer's answer batches under load: a store that sends again
+    /// before its peer answered (many requests at once) hands the frame to the sender
+    /// thread, and what queues meanwhile leaves with it in one frame, which costs the
+    /// peer one wake-up instead of one per frame; a store that sends once per answer
+    /// (one client at a time, a follower answering) writes every frame itself.
     pub(super) fn send_inline(&self, slot: &PeerSlot, batch: Vec<Envelope>) -> Vec<Envelope> {
         let link = &slot.link;
         if link.backlog.load(Ordering::SeqCst) != 0 {
@@ -97,8 +111,12 @@ impl Shared {
             return batch;
         };
         // Under the turn: the sender thread lowers the backlog only while holding it.
-        let outcome = if link.backlog.load(Ordering::SeqCst) == 0 && turn.leftover.is_empty() {
-            self.write_inline(&mut turn, &batch)
+        let heard = link.heard.load(Ordering::SeqCst);
+        let outcome = if link.backlog.load(Ordering::SeqCst) == 0
+            && turn.leftover.is_empty()
+            && turn.heard_at_write != Some(heard)
+        {
+            self.write_inline(&mut turn, &batch, heard)
         } else {
             Inline::NotWritten
         };
@@ -120,7 +138,7 @@ impl Shared {
     }
 
     /// The inline write of [`Shared::send_inline`], holding the turn.
-    fn write_inline(&self, turn: &mut Turn, batch: &[Envelope]) -> Inline {
+    fn write_inline(&self, turn: &mut Turn, batch: &[Envelope], heard: u64) -> Inline {
         let Some(stream) = &turn.stream else { return Inline::NotWritten };
         let last_write = turn.last_write.unwrap_or_else(Instant::now);
         // After a poll interval of silence, the peer may have closed the connection
@@ -149,6 +167,7 @@ impl Shared {
         }
         let c = &self.counters;
         bump(&c.frames_sent_inline, 1);
+        turn.heard_at_write = Some(heard);
         let envelopes = batch.len() as u64;
         let outcome = if sent == buf.len() {
             bump(&c.frames_sent, 1);

@@ -45,9 +45,11 @@
 //!   interval of silence it first probes whether the peer closed the connection), and
 //!   reconnects with bounded exponential backoff after errors.
 //!
-//! While a peer's connection is up and nothing waits in its queue, [`Transport::send`]
-//! writes the peer's envelopes as one frame on the calling thread, with a send that
-//! does not wait, and the sender thread is not woken (`link.rs`). Whoever writes holds
+//! While a peer's connection is up, nothing waits in its queue and the peer sent a
+//! frame since the last one went to it, [`Transport::send`] writes the peer's
+//! envelopes as one frame on the calling thread, with a send that does not wait, and
+//! the sender thread is not woken (`link.rs`; a store that sends again before its
+//! peer answered hands over, so that frames batch under load). Whoever writes holds
 //! the connection's write turn (`send` only tries it); a frame the full socket takes
 //! in part leaves its rest to the sender thread, which writes it first; and envelopes
 //! queued or in the sender's hands keep later `send`s queued behind them, so frames

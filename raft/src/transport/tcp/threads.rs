@@ -372,6 +372,11 @@ impl Shared {
         bump(&self.counters.envelopes_misaddressed, misaddressed);
         if !envelopes.is_empty() {
             bump(&self.counters.envelopes_received, envelopes.len() as u64);
+            // Before the delivery: the answers the store sends to these find the peer
+            // heard (`Shared::send_inline`).
+            if let Some(slot) = self.peers.read().get(&peer) {
+                slot.link.heard.fetch_add(1, Ordering::SeqCst);
+            }
             self.inbox.deliver(envelopes);
         }
     }
@@ -523,6 +528,7 @@ impl Shared {
                 bump(&c.frames_sent, 1);
                 bump(&c.envelopes_sent, std::mem::take(&mut turn.leftover_envelopes));
                 turn.last_write = Some(Instant::now());
+                turn.heard_at_write = Some(sender.link.heard.load(Ordering::SeqCst));
             }
             let Some(first) = first else { continue };
             buf.clear();
@@ -587,6 +593,7 @@ impl Shared {
             }
             if count > 0 {
                 turn.last_write = Some(Instant::now());
+                turn.heard_at_write = Some(sender.link.heard.load(Ordering::SeqCst));
                 bump(&c.frames_sent, 1);
                 bump(&c.envelopes_sent, count);
             }
