@@ -4,8 +4,14 @@
 //!
 //! One connection per store, opened on first use and again after it breaks: requests
 //! are pipelined on it (at most [`IN_FLIGHT_MAX`] unanswered, as the node reads no
-//! more; a request beyond waits for a slot), and a reader thread per connection hands
-//! each response to the request's reply. A request is written by the thread that makes
+//! more; a request beyond waits for a slot). A caller whose request is the only one
+//! awaited on its connection reads the answers itself until its own is in (every
+//! caller waits for its answer: no thread hand-off); otherwise the connection's reader
+//! thread reads and hands each response to the request's reply. Whoever reads holds
+//! the connection's read side, and the reader thread waits while a caller reads or no
+//! answer is awaited; a connection nobody read for a poll interval is probed (one
+//! system call that does not wait) before it is used, so that one the node closed
+//! meanwhile is dialed again. A request is written by the thread that makes
 //! it, with every request other threads queued meanwhile (one system call for them
 //! all), or taken along by the thread already writing ([`proto::Outbox`]). A store that cannot be reached answers at once
 //! as a stopped store would ([`regionkv_raft::Error::Cancelled`]: nothing was done; try
@@ -54,6 +60,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Read timeout of a connection: how often its reader looks at the cancel token.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a caller reads answers for its own before it leaves the reading to the
+/// reader thread (it then waits for its reply as any other caller).
+const OWN_READ_MAX: Duration = POLL_INTERVAL;
 /// A response that started must arrive whole within this.
 const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long synchronous requests (status, locate, ...) wait for their answer.
@@ -68,24 +77,74 @@ type Pending = Box<dyn FnOnce(Result<Response, RemoteError>) + Send>;
 
 /// One connection to a node: requests go out through `outbox` (written by the
 /// calling threads themselves, many requests per system call when they come
-/// together), responses come back on its reader thread.
+/// together); answers are read by a caller that is alone in waiting for one (it reads
+/// its own, no thread to wake), or else by the connection's reader thread.
 struct Conn {
     store: StoreId,
     stream: TcpStream,
     outbox: Outbox,
-    /// Requests sent and not answered, by id: at most [`IN_FLIGHT_MAX`].
-    pending: Mutex<HashMap<u64, Pending>>,
+    /// Requests sent and not answered, and who reads their answers.
+    pending: Mutex<Awaited>,
     /// Signalled when a pending request is answered (or the connection breaks).
     slot_freed: Condvar,
+    /// Signalled when answers are awaited and no caller reads them (or the
+    /// connection breaks): the reader thread's cue.
+    unread: Condvar,
+    /// The reading side: whoever reads answers holds it.
+    frames: Mutex<FrameStream<'static, TcpStream>>,
     next_id: AtomicU64,
     broken: AtomicBool,
+    /// When the last answer was read (a connection idle for longer is probed before
+    /// use: nobody reads an idle connection, so nobody saw it close).
+    last_read: Mutex<Instant>,
     reader: Mutex<Option<JoinHandle<()>>>,
+    /// Answers the reader thread handed to their callers' threads (shared by the
+    /// connections of one [`RemoteStores`]).
+    handed_over: Arc<AtomicU64>,
+}
+
+/// A connection's requests sent and not answered.
+#[derive(Default)]
+struct Awaited {
+    /// Their replies, by request id: at most [`IN_FLIGHT_MAX`].
+    by_id: HashMap<u64, Pending>,
+    /// A caller reads answers for its own ([`Conn::read_own`]): the reader thread
+    /// waits.
+    caller_reads: bool,
 }
 
 impl Conn {
     fn break_off(&self) {
         self.broken.store(true, Ordering::SeqCst);
         let _ = self.stream.shutdown(Shutdown::Both);
+        self.unread.notify_all();
+    }
+
+    /// Reads answers until request `id`'s is in, holding the read side, on the
+    /// thread that sent it (which made itself the reader: `caller_reads`). Gives up
+    /// the read side at a frame boundary after [`OWN_READ_MAX`] (the caller then waits
+    /// for its reply as any other), and hands it to the reader thread if other answers
+    /// are awaited.
+    fn read_own(&self, id: u64) {
+        if let Some(mut frames) = self.frames.try_lock() {
+            let until = Instant::now() + OWN_READ_MAX;
+            // Bounded: by OWN_READ_MAX between frames, and by the stall bound within one.
+            while self.pending.lock().by_id.contains_key(&id) {
+                match read_answer(self, &mut frames, until, false) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(()) => {
+                        self.break_off();
+                        break;
+                    }
+                }
+            }
+        }
+        let mut pending = self.pending.lock();
+        pending.caller_reads = false;
+        if !pending.by_id.is_empty() {
+            self.unread.notify_one();
+        }
     }
 }
 
@@ -124,6 +183,8 @@ pub(crate) struct RemoteStores {
     down_until: Mutex<HashMap<StoreId, Instant>>,
     shut: AtomicBool,
     cancel: CancellationToken,
+    /// Answers handed from a reader thread to their callers' threads.
+    handed_over: Arc<AtomicU64>,
 }
 
 impl RemoteStores {
@@ -142,6 +203,7 @@ impl RemoteStores {
             down_until: Mutex::default(),
             shut: AtomicBool::new(false),
             cancel: CancellationToken::new(),
+            handed_over: Arc::default(),
         }
     }
 
@@ -154,7 +216,10 @@ impl RemoteStores {
         if let Some(c) = self.conns.lock().get(&store)
             && !c.broken.load(Ordering::SeqCst)
         {
-            return Ok(c.clone());
+            if !c.closed_while_idle() {
+                return Ok(c.clone());
+            }
+            c.break_off();
         }
         if self.shut.load(Ordering::SeqCst) {
             return Err("the client is closed".into());
@@ -182,16 +247,21 @@ impl RemoteStores {
             outbox: Outbox::default(),
             pending: Mutex::default(),
             slot_freed: Condvar::new(),
+            unread: Condvar::new(),
+            // Buffered: the answers that arrived together are taken with one read.
+            frames: Mutex::new(FrameStream::new(proto::reader(None, STALL_TIMEOUT), read_half)),
             next_id: AtomicU64::new(1),
             broken: AtomicBool::new(false),
+            last_read: Mutex::new(Instant::now()),
             reader: Mutex::new(None),
+            handed_over: self.handed_over.clone(),
         });
         let reader = {
             let conn = conn.clone();
             let cancel = self.cancel.clone();
             std::thread::Builder::new()
                 .name(format!("client-recv-{}", store.0))
-                .spawn(move || run_reader(&conn, read_half, &cancel))
+                .spawn(move || run_reader(&conn, &cancel))
                 .map_err(|e| e.to_string())?
         };
         *conn.reader.lock() = Some(reader);
@@ -235,29 +305,43 @@ impl RemoteStores {
                 return;
             }
         };
-        {
+        // This caller reads its own answer if it is the only one awaited and nobody
+        // reads (a caller that waits for each answer): no thread hand-off.
+        let reads_own = {
             // The node reads at most IN_FLIGHT_MAX requests of a connection ahead of
             // its answers: wait for a slot rather than block in the socket (bounded).
             let mut pending = conn.pending.lock();
             let deadline = Instant::now() + WRITE_TIMEOUT;
-            while pending.len() >= IN_FLIGHT_MAX && !conn.broken.load(Ordering::SeqCst) {
+            while pending.by_id.len() >= IN_FLIGHT_MAX && !conn.broken.load(Ordering::SeqCst) {
                 if conn.slot_freed.wait_until(&mut pending, deadline).timed_out() {
                     break;
                 }
             }
-            if pending.len() >= IN_FLIGHT_MAX {
+            if pending.by_id.len() >= IN_FLIGHT_MAX {
                 drop(pending);
                 // Nothing was sent: the caller may try again.
                 let why = format!("{IN_FLIGHT_MAX} requests to store {store} are unanswered");
                 done(Err(RemoteError::new(ErrorCode::Cancelled, why)));
                 return;
             }
-            pending.insert(id, done);
-        }
+            pending.by_id.insert(id, done);
+            let alone = pending.by_id.len() == 1 && !pending.caller_reads;
+            if alone {
+                pending.caller_reads = true;
+            } else if !pending.caller_reads {
+                conn.unread.notify_one();
+            }
+            alone
+        };
         if conn.broken.load(Ordering::SeqCst) {
             // The reader left (and emptied `pending`) before the insert: nothing was
             // sent on this connection.
-            if let Some(done) = conn.pending.lock().remove(&id) {
+            let mut pending = conn.pending.lock();
+            if reads_own {
+                pending.caller_reads = false;
+            }
+            if let Some(done) = pending.by_id.remove(&id) {
+                drop(pending);
                 done(Err(RemoteError::new(ErrorCode::Cancelled, "the connection broke")));
             }
             return;
@@ -269,6 +353,9 @@ impl RemoteStores {
             // Part of the request may have left: its outcome is unknown. The reader
             // answers every pending request so when the socket closes.
             conn.break_off();
+        }
+        if reads_own {
+            conn.read_own(id);
         }
     }
 
@@ -341,54 +428,109 @@ fn unexpected(store: StoreId, answer: Option<Result<Response, RemoteError>>) -> 
     }
 }
 
-/// Reads responses until the connection ends, then answers the requests still waiting:
-/// their outcome is unknown ([`ErrorCode::CancelledInFlight`]).
-fn run_reader(conn: &Conn, stream: TcpStream, cancel: &CancellationToken) {
-    // Buffered: the responses that arrived together are taken with one read.
-    let mut frames = FrameStream::new(proto::reader(Some(cancel), STALL_TIMEOUT), stream);
-    let store = conn.store.0;
-    // Bounded: ends at the first error, when the node closes, or at cancellation.
-    loop {
-        let payload = match frames.frame(RESPONSE_BYTES_MAX) {
-            Ok((FrameKind::Response, payload)) => payload,
-            Ok((kind, _)) => {
-                tracing::warn!(store, ?kind, "unexpected frame from a node; closing");
-                break;
+/// Reads answers while some are awaited and no caller reads them, until the
+/// connection ends; then answers the requests still waiting: their outcome is
+/// unknown ([`ErrorCode::CancelledInFlight`]).
+fn run_reader(conn: &Conn, cancel: &CancellationToken) {
+    // Bounded: ends when the connection breaks, the node closes it, or at
+    // cancellation; every wait is at most a poll interval.
+    while !cancel.is_cancelled() && !conn.broken.load(Ordering::SeqCst) {
+        {
+            let mut pending = conn.pending.lock();
+            if pending.by_id.is_empty() || pending.caller_reads {
+                conn.unread.wait_for(&mut pending, POLL_INTERVAL);
+                continue;
             }
-            Err(e) if e.is_quiet() => break,
-            Err(e) => {
-                tracing::warn!(store, error = %e, "bad response from a node; closing");
-                break;
-            }
-        };
-        match proto::decode_response(&payload) {
-            Ok((id, answer)) => {
-                let waiting = conn.pending.lock().remove(&id);
-                conn.slot_freed.notify_one();
-                match (waiting, answer) {
-                    // The node's store dropped the request: the outcome is unknown.
-                    (Some(done), Ok(Response::NoReply)) => {
-                        done(Err(in_flight("the node's store dropped the request unanswered")));
-                    }
-                    (Some(done), answer) => done(answer),
-                    (None, Ok(_)) => {}
-                    (None, Err(e)) => {
-                        tracing::warn!(store, error = ?e, "a node reported a connection error");
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(store, error = %e, "undecodable response from a node; closing");
-                break;
-            }
+        }
+        let mut frames = conn.frames.lock();
+        if read_answer(conn, &mut frames, Instant::now() + POLL_INTERVAL, true).is_err() {
+            break;
         }
     }
     conn.broken.store(true, Ordering::SeqCst);
-    let _ = frames.get_ref().shutdown(Shutdown::Both);
-    let waiting: Vec<Pending> = conn.pending.lock().drain().map(|(_, done)| done).collect();
+    let _ = conn.stream.shutdown(Shutdown::Both);
+    let waiting: Vec<Pending> = conn.pending.lock().by_id.drain().map(|(_, done)| done).collect();
     conn.slot_freed.notify_all();
     for done in waiting {
         done(Err(in_flight("the connection broke before the answer came")));
+    }
+}
+
+/// Reads one answer, if one starts arriving by `until`, and hands it to its request's
+/// reply (counted as handed over if `by_reader`, the reader thread); true if it did.
+/// An error means the connection is over (said in the log).
+fn read_answer(
+    conn: &Conn,
+    frames: &mut FrameStream<'static, TcpStream>,
+    until: Instant,
+    by_reader: bool,
+) -> Result<bool, ()> {
+    let store = conn.store.0;
+    let payload = match frames.frame_by(RESPONSE_BYTES_MAX, until) {
+        Ok(None) => return Ok(false),
+        Ok(Some((FrameKind::Response, payload))) => payload,
+        Ok(Some((kind, _))) => {
+            tracing::warn!(store, ?kind, "unexpected frame from a node; closing");
+            return Err(());
+        }
+        Err(e) if e.is_quiet() => return Err(()),
+        Err(e) => {
+            tracing::warn!(store, error = %e, "bad response from a node; closing");
+            return Err(());
+        }
+    };
+    *conn.last_read.lock() = Instant::now();
+    let (id, answer) = match proto::decode_response(&payload) {
+        Ok(decoded) => decoded,
+        Err(e) => {
+            tracing::warn!(store, error = %e, "undecodable response from a node; closing");
+            return Err(());
+        }
+    };
+    let waiting = conn.pending.lock().by_id.remove(&id);
+    conn.slot_freed.notify_one();
+    if waiting.is_some() && by_reader {
+        conn.handed_over.fetch_add(1, Ordering::Relaxed);
+    }
+    match (waiting, answer) {
+        // The node's store dropped the request: the outcome is unknown.
+        (Some(done), Ok(Response::NoReply)) => {
+            done(Err(in_flight("the node's store dropped the request unanswered")));
+        }
+        (Some(done), answer) => done(answer),
+        (None, Ok(_)) => {}
+        (None, Err(e)) => {
+            tracing::warn!(store, error = ?e, "a node reported a connection error");
+        }
+    }
+    Ok(true)
+}
+
+impl Conn {
+    /// True if the node closed the connection while nobody read it: it sends nothing
+    /// unasked, so a readable socket with no answer awaited means end of stream (or a
+    /// broken protocol). Looked at (one system call that does not wait) only after a
+    /// poll interval without answers.
+    fn closed_while_idle(&self) -> bool {
+        if self.last_read.lock().elapsed() < POLL_INTERVAL {
+            return false;
+        }
+        {
+            let pending = self.pending.lock();
+            if !pending.by_id.is_empty() || pending.caller_reads {
+                return false;
+            }
+        }
+        let mut byte = [0u8; 1];
+        let peeked = rustix::net::recv(
+            &self.stream,
+            &mut byte[..],
+            rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT,
+        );
+        match peeked {
+            Err(e) => e != rustix::io::Errno::AGAIN && e != rustix::io::Errno::INTR,
+            Ok(_) => true,
+        }
     }
 }
 
@@ -730,6 +872,13 @@ impl Client {
         }
         rows.truncate(limit);
         Ok(rows)
+    }
+
+    /// Answers this client's reader threads handed to the threads that wait for them
+    /// (a caller alone in waiting reads its own answer).
+    #[cfg(test)]
+    pub(crate) fn answers_handed_over(&self) -> u64 {
+        self.remote.handed_over.load(Ordering::Relaxed)
     }
 
     /// Closes every connection; handles from [`Client::db`] fail with

@@ -28,6 +28,10 @@ const MESSAGES: u64 = 150;
 const CHUNKS: u32 = 3;
 /// Envelopes sent to each unreachable peer in the queue test.
 const SENT: u64 = 10_000;
+/// Envelopes sent one at a time, each awaited, in the inline-write test.
+const ONE_BY_ONE: u64 = 20;
+/// 1 MiB chunks sent in one frame to a peer that stopped reading, in the same test.
+const BURST: u32 = 24;
 
 // ---- helpers ----
 
@@ -583,5 +587,98 @@ fn the_queue_of_an_unreachable_peer_stays_bounded() -> TestResult {
     assert!(depth.bytes <= 1 << 20 && depth.envelopes <= 11, "{depth:?}");
     // Shutdown is prompt although a sender is stuck in a handshake with the mute peer.
     stop(&t);
+    Ok(())
+}
+
+/// An inbox whose deliveries wait while the test holds `gate`: its connection's
+/// reader stops reading, and the sender's socket fills.
+#[derive(Default)]
+struct Gated {
+    gate: Mutex<()>,
+    inner: Collect,
+}
+
+impl Inbox for Gated {
+    fn deliver(&self, envelopes: Vec<Envelope>) {
+        let _open = self.gate.lock().unwrap();
+        self.inner.deliver(envelopes);
+    }
+}
+
+/// Regression (issue 13, cause 3): every frame to a peer was written by the peer's
+/// sender thread, a thread wake-up (and a futex) per Raft message on the write path.
+/// Once the connection is up, nothing waits in the queue and the peer answered the
+/// last frame, the thread that calls `send` writes the frame itself, without waiting;
+/// a frame sent before the peer answered queues (and batches with what follows). A
+/// frame the socket takes only in part (the peer stopped reading) leaves its rest to
+/// the sender thread, what follows queues behind it, and every envelope still
+/// arrives once, in order.
+#[test]
+fn a_connected_peer_gets_frames_from_the_thread_that_sends() -> TestResult {
+    let (a, answers) = start(TcpConfig { batch_bytes_max: 32 << 20, ..config(61) })?;
+    let gated = Arc::new(Gated::default());
+    let b = TcpTransport::start(config(62), gated.clone())?;
+    let inbox = &gated.inner;
+    a.set_peer_addr(b.store(), b.local_addr())?;
+    b.set_peer_addr(a.store(), a.local_addr())?;
+    let answer = |i: u64| {
+        b.send(vec![raft_msg(62, 61, i)]);
+        wait_until(Duration::from_secs(10), || answers.len() == 1 + i as usize)
+    };
+    // The first envelopes wait in the queues while the sender threads connect.
+    a.send(vec![raft_msg(61, 62, 0)]);
+    assert!(wait_until(Duration::from_secs(10), || inbox.len() == 1), "{:?}", a.stats());
+    assert!(answer(0), "{:?}", b.stats());
+    // Counted once the sender thread let go of the envelope.
+    assert!(wait_until(Duration::from_secs(10), || a.stats().envelopes_sent == 1));
+    let before = a.stats();
+    for i in 1..=ONE_BY_ONE {
+        a.send(vec![raft_msg(61, 62, i)]);
+        let arrived = wait_until(Duration::from_secs(10), || inbox.len() == 1 + i as usize);
+        assert!(arrived && answer(i), "{:?} {:?}", a.stats(), b.stats());
+    }
+    let s = a.stats();
+    assert_eq!(
+        s.frames_sent_inline - before.frames_sent_inline,
+        ONE_BY_ONE,
+        "each frame written by the thread that sent it: {s:?}"
+    );
+    assert_eq!(s.envelopes_queued, before.envelopes_queued, "nothing queued: {s:?}");
+    let mut sequence: Vec<Envelope> = (0..=ONE_BY_ONE).map(|i| raft_msg(61, 62, i)).collect();
+
+    // Not answered yet: the second frame queues for the sender thread.
+    sequence.extend([raft_msg(61, 62, 50), raft_msg(61, 62, 51)]);
+    a.send(vec![raft_msg(61, 62, 50)]);
+    a.send(vec![raft_msg(61, 62, 51)]);
+    let s = a.stats();
+    assert_eq!(s.frames_sent_inline - before.frames_sent_inline, ONE_BY_ONE + 1, "{s:?}");
+    assert_eq!(s.envelopes_queued - before.envelopes_queued, 1, "{s:?}");
+    assert!(wait_until(Duration::from_secs(10), || inbox.len() == sequence.len()));
+    let sent = sequence.len() as u64;
+    assert!(wait_until(Duration::from_secs(10), || a.stats().envelopes_sent == sent));
+    assert!(answer(ONE_BY_ONE + 1), "{:?}", b.stats());
+
+    // The peer stops reading; a frame of large chunks is written inline (the socket
+    // takes part of it), the small messages after it queue; then the peer reads again.
+    let closed_gate = gated.gate.lock().unwrap();
+    let mut part: Vec<Envelope> = (0..BURST).map(|i| chunk(61, 62, i, BURST, 1 << 20)).collect();
+    part.push(raft_msg(61, 62, 99));
+    sequence.extend(part.iter().cloned());
+    a.send(part);
+    for i in 100..110 {
+        sequence.push(raft_msg(61, 62, i));
+        a.send(vec![raft_msg(61, 62, i)]);
+    }
+    let s = a.stats();
+    drop(closed_gate);
+    assert_eq!(s.frames_sent_inline - before.frames_sent_inline, ONE_BY_ONE + 2, "{s:?}");
+    let total = sequence.len();
+    assert!(wait_until(Duration::from_secs(30), || inbox.len() == total), "{:?}", a.stats());
+    assert!(inbox.from(StoreId(61)) == sequence, "envelopes differ or are out of order");
+    assert!(wait_until(Duration::from_secs(10), || a.stats().envelopes_sent == total as u64));
+    let s = a.stats();
+    assert_eq!(s.envelopes_dropped, 0, "{s:?}");
+    stop(&a);
+    stop(&b);
     Ok(())
 }

@@ -543,3 +543,40 @@ fn an_answer_is_written_inline_only_when_no_other_is_awaited() {
     assert!(rx.try_recv().is_err(), "the last one awaited: written inline");
     assert_eq!(link.in_flight.count(), 1, "answer 2 is the writer's to write");
 }
+
+/// Regression (issue 13, cause 3): a client's answers were all read by the
+/// connection's reader thread and handed to the waiting caller, a thread wake-up on
+/// top of the caller's own per request. A caller alone in waiting on its connection
+/// now reads its own answer; callers at once still get every answer (read by one of
+/// them or by the reader thread).
+#[test]
+fn a_caller_alone_in_waiting_reads_its_own_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = open_node(dir.path());
+    let client = Client::connect(&[node.local_addr()], CLUSTER, SECRET).unwrap();
+    let db = client.db();
+    db.put("warm", "up").unwrap();
+    let before = client.answers_handed_over();
+    for i in 0..20 {
+        db.put(format!("k{i}"), "v").unwrap();
+        assert_eq!(db.get(format!("k{i}")).unwrap().as_deref(), Some(&b"v"[..]));
+    }
+    assert_eq!(client.answers_handed_over() - before, 0, "40 answers, none handed over");
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let db = db.clone();
+            std::thread::spawn(move || {
+                for i in 0..50 {
+                    let key = format!("t{t}-{i}");
+                    db.put(&key, "w").unwrap();
+                    assert_eq!(db.get(&key).unwrap().as_deref(), Some(&b"w"[..]));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    client.close();
+    node.shutdown().unwrap();
+}

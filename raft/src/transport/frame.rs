@@ -27,7 +27,7 @@
 //! them from memory). Nothing here panics on bad bytes: every failure is a
 //! [`WireError`] or a [`FrameError`].
 
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::time::{Duration, Instant};
 
 use regionkv_engine::codec::DecodeError;
@@ -571,6 +571,33 @@ impl<'a, R: Read> FrameStream<'a, R> {
     /// at most `payload_bytes_max`); waits between frames until cancelled.
     pub fn frame(&mut self, payload_bytes_max: u32) -> Result<(FrameKind, Vec<u8>), FrameError> {
         self.reader.frame(&mut self.stream, payload_bytes_max, None)
+    }
+
+    /// The next whole frame if its first byte arrives by `until` (`Ok(None)`: none
+    /// did, and nothing of the stream was consumed, so the next reader starts at a
+    /// frame's start). Once a frame started, it is read whole as [`FrameStream::frame`]
+    /// reads it, whatever `until` says.
+    pub fn frame_by(
+        &mut self,
+        payload_bytes_max: u32,
+        until: Instant,
+    ) -> Result<Option<(FrameKind, Vec<u8>)>, FrameError> {
+        // Bounded: every turn finds bytes, or waits one read timeout, until `until`.
+        loop {
+            match self.stream.fill_buf() {
+                Ok([]) => return Err(FrameError::Closed),
+                Ok(_) => return self.frame(payload_bytes_max).map(Some),
+                Err(e) if is_read_timeout(&e) => {
+                    if self.reader.cancel.is_some_and(CancellationToken::is_cancelled) {
+                        return Err(FrameError::Cancelled);
+                    }
+                    if Instant::now() >= until {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// The reader's cancellation token, if any.

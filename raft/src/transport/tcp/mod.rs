@@ -40,10 +40,21 @@
 //! - `tcp-recv`: one per accepted connection: handshake, then BATCH frames read through
 //!   a buffer (one `read` for the frames that arrived together), decoded and handed to
 //!   the store's [`Inbox`]; a frame that fails its checks closes the connection;
-//! - `tcp-send`: one per peer store: drains the peer's bounded queue, batches what is
-//!   queued into one frame, writes it (after a poll interval of silence it first
-//!   probes whether the peer closed the connection), and reconnects with bounded
-//!   exponential backoff after errors.
+//! - `tcp-send`: one per peer store: dials and runs the handshake, drains the peer's
+//!   bounded queue, batches what is queued into one frame, writes it (after a poll
+//!   interval of silence it first probes whether the peer closed the connection), and
+//!   reconnects with bounded exponential backoff after errors.
+//!
+//! While a peer's connection is up, nothing waits in its queue and the peer sent a
+//! frame since the last one went to it, [`Transport::send`] writes the peer's
+//! envelopes as one frame on the calling thread, with a send that does not wait, and
+//! the sender thread is not woken (`link.rs`; a store that sends again before its
+//! peer answered hands over, and the sender thread holds the frame for the answer, at
+//! most `ANSWER_WAIT_MAX`, so that frames batch under load). Whoever writes holds
+//! the connection's write turn (`send` only tries it); a frame the full socket takes
+//! in part leaves its rest to the sender thread, which writes it first; and envelopes
+//! queued or in the sender's hands keep later `send`s queued behind them, so frames
+//! leave in the order `send` was called.
 //!
 //! [`TcpTransport::shutdown`] (also run on drop) cancels every thread's token, shuts
 //! down every socket (which unblocks blocked reads and writes), waits for the threads
@@ -52,6 +63,7 @@
 
 mod config;
 mod error;
+mod link;
 mod stats;
 mod threads;
 
@@ -62,13 +74,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::Sender;
 use parking_lot::{Mutex, RwLock};
 use regionkv_engine::StoreId;
 use regionkv_wal::lifecycle::{CancellationToken, Gate};
 
 pub use self::config::{Backoff, FRAME_BYTES_MIN, SECRET_BYTES_MIN, TcpConfig};
 pub use self::error::{Direction, Rejection, TcpError};
+use self::link::{PeerLink, Queued};
 use self::stats::{Counters, bump};
 pub use self::stats::{QueueDepth, TcpStats};
 use self::threads::PeerSender;
@@ -98,10 +111,11 @@ pub trait SharedListener: Send + Sync {
     fn serve(&self, stream: TcpStream, remote: SocketAddr, cancel: &CancellationToken);
 }
 
-/// A peer's send queue, shared by `send` and the peer's sender thread.
+/// A peer's send queue and connection, shared by `send` and the peer's sender thread.
 struct PeerSlot {
     addr: SocketAddr,
-    queue: Sender<Envelope>,
+    queue: Sender<Queued>,
+    link: Arc<PeerLink>,
     queued_bytes: Arc<AtomicUsize>,
     /// Cancels the peer's sender when the peer is removed.
     cancel: CancellationToken,
@@ -238,16 +252,18 @@ impl TcpTransport {
         }
         let (queue, rx) = crossbeam_channel::bounded(shared.config.queue_capacity);
         let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let link = Arc::new(PeerLink::default());
         let cancel = shared.cancel.child();
         let sender = PeerSender {
             peer: store,
             rx,
             queued_bytes: queued_bytes.clone(),
+            link: link.clone(),
             cancel: cancel.clone(),
         };
         let name = format!("tcp-send-{}-{}", shared.config.store.0, store.0);
         shared.spawn(name, "tcp sender", move |s| s.run_sender(&sender))?;
-        peers.insert(store, PeerSlot { addr, queue, queued_bytes, cancel });
+        peers.insert(store, PeerSlot { addr, queue, link, queued_bytes, cancel });
         Ok(())
     }
 
@@ -318,32 +334,49 @@ impl Drop for TcpTransport {
 }
 
 impl Transport for TcpTransport {
+    /// Each peer's envelopes go out as one frame written by this thread when the
+    /// connection is up, nothing waits in the peer's queue and the socket takes the
+    /// frame without waiting; otherwise they queue for the peer's sender thread.
     fn send(&self, envelopes: Vec<Envelope>) {
         let shared = &self.shared;
         let c = &shared.counters;
         let peers = shared.peers.read();
-        for env in envelopes {
-            let Some(slot) = peers.get(&env.to) else {
-                tracing::debug!(to = env.to.0, "no address for the store; envelope dropped");
-                bump(&c.envelopes_dropped, 1);
+        for (to, batch) in by_peer(envelopes) {
+            let Some(slot) = peers.get(&to) else {
+                tracing::debug!(to = to.0, "no address for the store; envelopes dropped");
+                bump(&c.envelopes_dropped, batch.len() as u64);
                 continue;
             };
-            let bytes = estimated_bytes(&env);
-            let before = slot.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
-            if before + bytes > shared.config.queue_bytes_max {
-                slot.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-                bump(&c.envelopes_dropped, 1);
-                continue;
-            }
-            match slot.queue.try_send(env) {
-                Ok(()) => bump(&c.envelopes_queued, 1),
-                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+            // Counted in the link's backlog from here until written or dropped.
+            for env in shared.send_inline(slot, batch) {
+                let bytes = estimated_bytes(&env);
+                let before = slot.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+                let queued = before + bytes <= shared.config.queue_bytes_max
+                    && slot.queue.try_send(Queued::Envelope(env)).is_ok();
+                if queued {
+                    bump(&c.envelopes_queued, 1);
+                } else {
+                    // Full (or the peer is going): dropped.
                     slot.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                    slot.link.backlog.fetch_sub(1, Ordering::SeqCst);
                     bump(&c.envelopes_dropped, 1);
                 }
             }
         }
     }
+}
+
+/// `envelopes` grouped by the store they go to, each group in the order given.
+fn by_peer(envelopes: Vec<Envelope>) -> Vec<(StoreId, Vec<Envelope>)> {
+    let mut groups: Vec<(StoreId, Vec<Envelope>)> = Vec::new();
+    for env in envelopes {
+        // A handful of peers: a linear search beats a map.
+        match groups.iter_mut().find(|(to, _)| *to == env.to) {
+            Some((_, group)) => group.push(env),
+            None => groups.push((env.to, vec![env])),
+        }
+    }
+    groups
 }
 
 /// The store transport's check of an authenticated peer: its incarnation, by the book.

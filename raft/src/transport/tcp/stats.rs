@@ -21,6 +21,9 @@ pub struct TcpStats {
     pub envelopes_misaddressed: u64,
     /// Batch frames written.
     pub frames_sent: u64,
+    /// Batch frames of those written by the thread that called `send`, without a
+    /// hand-off to the peer's sender thread (whole, or in part with the rest left to it).
+    pub frames_sent_inline: u64,
     /// Batch frames read and decoded.
     pub frames_received: u64,
     /// Frames that failed a check (magic, version, kind, bound, CRC, decoding); each
@@ -56,6 +59,7 @@ pub(super) struct Counters {
     pub(super) envelopes_received: AtomicU64,
     pub(super) envelopes_misaddressed: AtomicU64,
     pub(super) frames_sent: AtomicU64,
+    pub(super) frames_sent_inline: AtomicU64,
     pub(super) frames_received: AtomicU64,
     pub(super) bad_frames: AtomicU64,
     pub(super) handshake_rejections: AtomicU64,
@@ -81,6 +85,7 @@ impl Counters {
             envelopes_received: get(&self.envelopes_received),
             envelopes_misaddressed: get(&self.envelopes_misaddressed),
             frames_sent: get(&self.frames_sent),
+            frames_sent_inline: get(&self.frames_sent_inline),
             frames_received: get(&self.frames_received),
             bad_frames: get(&self.bad_frames),
             handshake_rejections: get(&self.handshake_rejections),

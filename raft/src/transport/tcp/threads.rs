@@ -13,6 +13,7 @@ use regionkv_engine::StoreId;
 use regionkv_wal::lifecycle::CancellationToken;
 
 use super::error::{Direction, Rejection, TcpError};
+use super::link::{PeerLink, Queued, peer_has_closed};
 use super::stats::bump;
 use super::{READ_CHUNK_BYTES, REJECTIONS_KEPT, STORE_NAMES, Shared, estimated_bytes};
 use crate::transport::Envelope;
@@ -26,16 +27,35 @@ use crate::transport::wire::{self, FRAMES};
 /// What a sender thread owns.
 pub(super) struct PeerSender {
     pub(super) peer: StoreId,
-    pub(super) rx: Receiver<Envelope>,
+    pub(super) rx: Receiver<Queued>,
     pub(super) queued_bytes: Arc<AtomicUsize>,
+    pub(super) link: Arc<PeerLink>,
     pub(super) cancel: CancellationToken,
 }
 
 impl PeerSender {
-    /// The next queued envelope, with its bytes released from the queue's account.
+    /// The next queued envelope, with its bytes released from the queue's account
+    /// (it stays in the link's backlog until written or dropped: [`PeerSender::settle`]).
     fn take(&self, env: Envelope) -> Envelope {
         self.queued_bytes.fetch_sub(estimated_bytes(&env), Ordering::Relaxed);
         env
+    }
+
+    /// The next queued envelope, if any (notices of a leftover are skipped: the turn is
+    /// looked at before every write).
+    fn try_next(&self) -> Option<Envelope> {
+        // Bounded: by the queue's capacity.
+        loop {
+            match self.rx.try_recv().ok()? {
+                Queued::Envelope(env) => return Some(self.take(env)),
+                Queued::Leftover => {}
+            }
+        }
+    }
+
+    /// `n` envelopes taken from the queue were written or dropped.
+    fn settle(&self, n: u64) {
+        self.link.backlog.fetch_sub(n as usize, Ordering::SeqCst);
     }
 
     /// Drops everything queued (the peer is unreachable; Raft resends); returns how many.
@@ -43,10 +63,13 @@ impl PeerSender {
         let mut n = 0;
         // Bounded: the queue holds at most `queue_capacity`, and `send` may add more
         // meanwhile, so stop after one queue's worth.
-        for env in self.rx.try_iter().take(self.rx.capacity().unwrap_or(0)) {
-            drop(self.take(env));
-            n += 1;
+        for queued in self.rx.try_iter().take(self.rx.capacity().unwrap_or(0)) {
+            if let Queued::Envelope(env) = queued {
+                drop(self.take(env));
+                n += 1;
+            }
         }
+        self.settle(n);
         n
     }
 }
@@ -349,6 +372,11 @@ impl Shared {
         bump(&self.counters.envelopes_misaddressed, misaddressed);
         if !envelopes.is_empty() {
             bump(&self.counters.envelopes_received, envelopes.len() as u64);
+            // Before the delivery: the answers the store sends to these find the peer
+            // heard (`Shared::send_inline`).
+            if let Some(slot) = self.peers.read().get(&peer) {
+                slot.link.hear();
+            }
             self.inbox.deliver(envelopes);
         }
     }
@@ -370,7 +398,7 @@ impl Shared {
                 }
                 connected_before = true;
                 attempt = 0;
-                self.pump(sender, stream, addr, registered)
+                self.pump(sender, &stream, addr, registered)
             });
             let failure = match result {
                 Ok(PumpEnd::AddressChanged) => continue,
@@ -428,19 +456,50 @@ impl Shared {
     }
 
     /// Sends batches over an authenticated connection until it fails, the peer's
-    /// address changes, or the peer is removed.
+    /// address changes, or the peer is removed. While this runs, `send` writes to the
+    /// connection too, through the peer's link, when it can without waiting.
     fn pump(
         &self,
         sender: &PeerSender,
-        mut stream: TcpStream,
+        stream: &TcpStream,
         addr: SocketAddr,
         _registered: Registered<'_>,
     ) -> Result<PumpEnd, TcpError> {
-        let frame_max = self.config.frame_bytes_max as usize;
-        let mut buf = Vec::new();
+        let link = &sender.link;
+        {
+            let mut turn = link.turn.lock();
+            turn.stream = Some(stream.try_clone()?);
+            // The handshake just showed the peer alive.
+            turn.last_write = Some(Instant::now());
+        }
         let mut carry: Option<Envelope> = None;
-        // The handshake just showed the peer alive.
-        let mut last_write = Instant::now();
+        let end = self.pump_frames(sender, stream, addr, &mut carry);
+        // The connection is over: inline writes stop, and what was in hand is lost
+        // (Raft resends).
+        let mut turn = link.turn.lock();
+        turn.stream = None;
+        turn.leftover.clear();
+        let lost = std::mem::take(&mut turn.leftover_envelopes) + u64::from(carry.is_some());
+        sender.settle(u64::from(carry.is_some()));
+        drop(turn);
+        bump(&self.counters.envelopes_dropped, lost);
+        end
+    }
+
+    /// The loop of [`Shared::pump`]: each turn takes the queued envelopes into one
+    /// frame and writes it holding the link's write turn, after the rest of a frame
+    /// written inline in part. An envelope that did not fit the last frame is left in
+    /// `carry`.
+    fn pump_frames(
+        &self,
+        sender: &PeerSender,
+        mut stream: &TcpStream,
+        addr: SocketAddr,
+        carry: &mut Option<Envelope>,
+    ) -> Result<PumpEnd, TcpError> {
+        let frame_max = self.config.frame_bytes_max as usize;
+        let c = &self.counters;
+        let mut buf = Vec::new();
         // Bounded: each turn waits at most a poll interval, and ends on cancellation.
         loop {
             if sender.cancel.is_cancelled() {
@@ -450,16 +509,41 @@ impl Shared {
                 return Ok(PumpEnd::AddressChanged);
             }
             let first = match carry.take() {
-                Some(env) => env,
+                Some(env) => Some(env),
                 None => match sender.rx.recv_timeout(self.config.poll_interval) {
-                    Ok(env) => sender.take(env),
+                    Ok(Queued::Envelope(env)) => Some(sender.take(env)),
+                    Ok(Queued::Leftover) => None,
                     Err(RecvTimeoutError::Timeout) => continue,
                     Err(RecvTimeoutError::Disconnected) => return Ok(PumpEnd::Removed),
                 },
             };
+            // A peer that has not answered the last frame yet: hold this one for its
+            // answer (bounded), so that what queues meanwhile goes with it.
+            let unanswered = sender.link.turn.lock().heard_at_write;
+            if first.is_some()
+                && let Some(seen) = unanswered
+            {
+                sender.link.wait_heard_since(seen);
+            }
+            let mut turn = sender.link.turn.lock();
+            if !turn.leftover.is_empty() {
+                if let Err(e) = stream.write_all(&turn.leftover) {
+                    // Counted lost with the leftover by `pump`.
+                    *carry = first;
+                    return Err(e.into());
+                }
+                turn.leftover.clear();
+                bump(&c.frames_sent, 1);
+                bump(&c.envelopes_sent, std::mem::take(&mut turn.leftover_envelopes));
+                turn.last_write = Some(Instant::now());
+                turn.heard_at_write = Some(sender.link.heard.load(Ordering::SeqCst));
+            }
+            let Some(first) = first else { continue };
             buf.clear();
             begin_frame(&mut buf);
-            let mut count: u64 = 0;
+            // Envelopes in the frame, and those taken from the queue and done with
+            // (in the frame, or dropped).
+            let (mut count, mut settled): (u64, u64) = (0, 0);
             let mut next = Some(first);
             // Bounded: stops at the batch byte bound or when the queue is empty.
             while let Some(env) = next.take() {
@@ -467,13 +551,15 @@ impl Shared {
                 match wire::encode_envelope(&env, &mut buf) {
                     Err(e) => {
                         buf.truncate(at);
-                        bump(&self.counters.envelopes_dropped, 1);
+                        settled += 1;
+                        bump(&c.envelopes_dropped, 1);
                         tracing::warn!(peer = sender.peer.0, error = %e, ?env, "envelope dropped: cannot encode it");
                     }
                     Ok(()) if buf.len() - FRAME_HEADER_BYTES > frame_max => {
                         buf.truncate(at);
                         if count == 0 {
-                            bump(&self.counters.envelopes_dropped, 1);
+                            settled += 1;
+                            bump(&c.envelopes_dropped, 1);
                             tracing::warn!(
                                 peer = sender.peer.0,
                                 ?env,
@@ -481,54 +567,44 @@ impl Shared {
                                 "envelope dropped: larger than a frame"
                             );
                         } else {
-                            carry = Some(env);
+                            *carry = Some(env);
                             break;
                         }
                     }
-                    Ok(()) => count += 1,
+                    Ok(()) => (count, settled) = (count + 1, settled + 1),
                 }
                 if buf.len() - FRAME_HEADER_BYTES >= self.config.batch_bytes_max {
                     break;
                 }
-                next = sender.rx.try_recv().ok().map(|env| sender.take(env));
+                next = sender.try_next();
             }
-            if count == 0 {
-                continue;
-            }
-            FRAMES.finish(&mut buf, FrameKind::Batch)?;
-            // A peer that closed the connection while it was idle (restarted, say) is
-            // found before the write, which would go to a dead socket; while frames
-            // flow, a closed peer fails a write soon enough, and the probe (three
-            // system calls) would cost more than the frame.
-            let idle = last_write.elapsed() >= self.config.poll_interval;
-            let written = if idle && peer_has_closed(&stream) {
-                Err(TcpError::Closed)
+            let written = if count == 0 {
+                Ok(())
             } else {
-                stream.write_all(&buf).map_err(TcpError::from)
+                // A peer that closed the connection while it was idle (restarted, say)
+                // is found before the write, which would go to a dead socket; while
+                // frames flow, a closed peer fails a write soon enough.
+                let idle = turn.last_write.is_none_or(|t| t.elapsed() >= self.config.poll_interval);
+                FRAMES.finish(&mut buf, FrameKind::Batch).map_err(TcpError::from).and_then(|()| {
+                    if idle && peer_has_closed(stream) {
+                        Err(TcpError::Closed)
+                    } else {
+                        stream.write_all(&buf).map_err(TcpError::from)
+                    }
+                })
             };
+            // Under the turn: `send` writes inline only once nothing is in hand.
+            sender.settle(settled);
             if let Err(e) = written {
-                bump(&self.counters.envelopes_dropped, count + u64::from(carry.is_some()));
+                bump(&c.envelopes_dropped, count);
                 return Err(e);
             }
-            last_write = Instant::now();
-            bump(&self.counters.frames_sent, 1);
-            bump(&self.counters.envelopes_sent, count);
+            if count > 0 {
+                turn.last_write = Some(Instant::now());
+                turn.heard_at_write = Some(sender.link.heard.load(Ordering::SeqCst));
+                bump(&c.frames_sent, 1);
+                bump(&c.envelopes_sent, count);
+            }
         }
-    }
-}
-
-/// True if the acceptor closed the connection. It sends nothing after ACCEPT, so a
-/// readable socket means end of stream (or a broken protocol): a write would go to a
-/// dead connection and its envelopes would be lost.
-fn peer_has_closed(stream: &TcpStream) -> bool {
-    if stream.set_nonblocking(true).is_err() {
-        return true;
-    }
-    let mut byte = [0u8; 1];
-    let peeked = stream.peek(&mut byte);
-    let restored = stream.set_nonblocking(false);
-    match peeked {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => restored.is_err(),
-        Ok(_) | Err(_) => true,
     }
 }
