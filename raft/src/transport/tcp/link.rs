@@ -6,9 +6,9 @@
 use std::io;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
 use super::stats::bump;
 use super::{PeerSlot, Shared};
@@ -29,10 +29,6 @@ pub(super) enum Queued {
     Leftover,
 }
 
-/// How long the sender thread holds a frame for a peer that has not answered the last
-/// one yet: what queues meanwhile leaves with it (see [`Shared::send_inline`]).
-pub(super) const ANSWER_WAIT_MAX: Duration = Duration::from_millis(1);
-
 /// Spare capacity of the inline encoding buffer kept between frames; a larger one (a
 /// snapshot chunk made it grow) is freed.
 const SPARE_BYTES_MAX: usize = 256 << 10;
@@ -48,10 +44,6 @@ pub(super) struct PeerLink {
     /// Frames received from the peer (on its own connection to this store), counted
     /// before they are delivered.
     pub(super) heard: AtomicU64,
-    /// Taken to change [`PeerLink::heard`] and to wait for it to change.
-    heard_lock: Mutex<()>,
-    /// Signalled when [`PeerLink::heard`] changes.
-    heard_changed: Condvar,
     /// The write turn: whoever writes to the connection holds it, so frames never
     /// interleave. The sender thread waits for it; `send` only tries it.
     pub(super) turn: Mutex<Turn>,
@@ -88,24 +80,6 @@ enum Inline {
 }
 
 impl PeerLink {
-    /// A frame arrived from the peer.
-    pub(super) fn hear(&self) {
-        {
-            let _changing = self.heard_lock.lock();
-            self.heard.fetch_add(1, Ordering::SeqCst);
-        }
-        self.heard_changed.notify_all();
-    }
-
-    /// Waits until a frame arrived from the peer since `seen` was counted, at most
-    /// [`ANSWER_WAIT_MAX`].
-    pub(super) fn wait_heard_since(&self, seen: u64) {
-        let mut changing = self.heard_lock.lock();
-        if self.heard.load(Ordering::SeqCst) == seen {
-            self.heard_changed.wait_for(&mut changing, ANSWER_WAIT_MAX);
-        }
-    }
-
     /// Counts `n` envelopes that go to the queue (or are dropped: then the caller
     /// lowers the count again).
     fn queue_behind(&self, n: usize) {
@@ -123,10 +97,9 @@ impl Shared {
     ///
     /// The rule on the peer's answer batches under load: a store that sends again
     /// before its peer answered (many requests at once) hands the frame to the sender
-    /// thread, which holds it until the peer answers (at most [`ANSWER_WAIT_MAX`]), and
-    /// what queues meanwhile leaves with it in one frame, which costs the peer one
-    /// wake-up instead of one per frame; a store that sends once per answer (one
-    /// client at a time, a follower answering) writes every frame itself.
+    /// thread, and what queues meanwhile leaves with it in one frame, which costs the
+    /// peer one wake-up instead of one per frame; a store that sends once per answer
+    /// (one client at a time, a follower answering) writes every frame itself.
     pub(super) fn send_inline(&self, slot: &PeerSlot, batch: Vec<Envelope>) -> Vec<Envelope> {
         let link = &slot.link;
         if link.backlog.load(Ordering::SeqCst) != 0 {

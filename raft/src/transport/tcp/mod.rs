@@ -49,8 +49,7 @@
 //! frame since the last one went to it, [`Transport::send`] writes the peer's
 //! envelopes as one frame on the calling thread, with a send that does not wait, and
 //! the sender thread is not woken (`link.rs`; a store that sends again before its
-//! peer answered hands over, and the sender thread holds the frame for the answer, at
-//! most `ANSWER_WAIT_MAX`, so that frames batch under load). Whoever writes holds
+//! peer answered hands over, so that frames batch under load). Whoever writes holds
 //! the connection's write turn (`send` only tries it); a frame the full socket takes
 //! in part leaves its rest to the sender thread, which writes it first; and envelopes
 //! queued or in the sender's hands keep later `send`s queued behind them, so frames

@@ -375,7 +375,7 @@ impl Shared {
             // Before the delivery: the answers the store sends to these find the peer
             // heard (`Shared::send_inline`).
             if let Some(slot) = self.peers.read().get(&peer) {
-                slot.link.hear();
+                slot.link.heard.fetch_add(1, Ordering::SeqCst);
             }
             self.inbox.deliver(envelopes);
         }
@@ -517,14 +517,6 @@ impl Shared {
                     Err(RecvTimeoutError::Disconnected) => return Ok(PumpEnd::Removed),
                 },
             };
-            // A peer that has not answered the last frame yet: hold this one for its
-            // answer (bounded), so that what queues meanwhile goes with it.
-            let unanswered = sender.link.turn.lock().heard_at_write;
-            if first.is_some()
-                && let Some(seen) = unanswered
-            {
-                sender.link.wait_heard_since(seen);
-            }
             let mut turn = sender.link.turn.lock();
             if !turn.leftover.is_empty() {
                 if let Err(e) = stream.write_all(&turn.leftover) {
