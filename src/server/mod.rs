@@ -42,7 +42,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounde
 use parking_lot::{Condvar, Mutex};
 use regionkv_engine::{Region, RegionId, StoreId};
 use regionkv_raft::directory::RegionRecord;
-use regionkv_raft::transport::frame::{FrameError, FrameKind, FrameStream, WireError};
+use regionkv_raft::transport::frame::{FrameError, FrameKind, FrameStream, WireError, send_nowait};
 use regionkv_raft::transport::handshake::{ClusterId, HandshakeError, HandshakeKey};
 use regionkv_raft::transport::tcp::SharedListener;
 use regionkv_raft::{
@@ -428,23 +428,6 @@ impl Link {
         }
         push(tx, ToWriter::Answer(answer));
     }
-}
-
-/// Bytes of `buf` the socket took without waiting: fewer than all when it is full
-/// or failed (a write that waits then finds the error).
-fn send_nowait(stream: &TcpStream, buf: &[u8]) -> usize {
-    use rustix::net::{SendFlags, send};
-    let mut sent = 0;
-    // Bounded: every turn sends bytes, or leaves.
-    while sent < buf.len() {
-        match send(stream, &buf[sent..], SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
-            Ok(0) => break,
-            Ok(n) => sent += n,
-            Err(e) if e == rustix::io::Errno::INTR => {}
-            Err(_) => break,
-        }
-    }
-    sent
 }
 
 /// The loop of [`run_writer`] on `out`: takes the next answer and every one queued

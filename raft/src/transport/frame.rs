@@ -611,6 +611,25 @@ impl<'a, R: Read> FrameStream<'a, R> {
     }
 }
 
+/// Writes `buf` to `stream` without waiting (`MSG_DONTWAIT`, no `SIGPIPE`) and returns
+/// the bytes the socket took: fewer than all when it is full or failed (a write that
+/// waits then finds the error). For a thread that has a frame to send and must not
+/// block on the socket (the store's senders, the node's answers).
+pub fn send_nowait(stream: &std::net::TcpStream, buf: &[u8]) -> usize {
+    use rustix::net::{SendFlags, send};
+    let mut sent = 0;
+    // Bounded: every turn sends bytes, or leaves.
+    while sent < buf.len() {
+        match send(stream, &buf[sent..], SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+            Ok(0) => break,
+            Ok(n) => sent += n,
+            Err(e) if e == rustix::io::Errno::INTR => {}
+            Err(_) => break,
+        }
+    }
+    sent
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use super::stats::bump;
 use super::{PeerSlot, Shared};
 use crate::transport::Envelope;
-use crate::transport::frame::{FRAME_HEADER_BYTES, FrameKind, begin_frame};
+use crate::transport::frame::{FRAME_HEADER_BYTES, FrameKind, begin_frame, send_nowait};
 use crate::transport::wire::{self, FRAMES};
 
 /// What a peer's queue carries to its sender thread.
@@ -185,23 +185,6 @@ impl Shared {
         }
         outcome
     }
-}
-
-/// Bytes of `buf` the socket took without waiting: fewer than all when it is full or
-/// failed (a write that waits then finds the error).
-fn send_nowait(stream: &TcpStream, buf: &[u8]) -> usize {
-    use rustix::net::{SendFlags, send};
-    let mut sent = 0;
-    // Bounded: every turn sends bytes, or leaves.
-    while sent < buf.len() {
-        match send(stream, &buf[sent..], SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
-            Ok(0) => break,
-            Ok(n) => sent += n,
-            Err(e) if e == rustix::io::Errno::INTR => {}
-            Err(_) => break,
-        }
-    }
-    sent
 }
 
 /// True if the acceptor closed the connection. It sends nothing after ACCEPT, so a
