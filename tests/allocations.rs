@@ -7,11 +7,11 @@
 //! counts them, on this thread only, so other threads (the poller's ticks, the WAL's
 //! spare preparation) do not blur the figure. A count, not a timing.
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::Duration;
-
-use regionkv::Cluster;
 
 struct Counting;
 
@@ -58,12 +58,7 @@ fn a_put_on_one_store_allocates_little_on_its_callers_thread() {
     const WARM: u64 = 300;
     const N: u64 = 500;
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::builder()
-        .dir(dir.path())
-        .stores(1)
-        .tick_interval(Duration::from_millis(50))
-        .build()
-        .unwrap();
+    let cluster = common::one_store(dir.path(), Duration::from_millis(50));
     let db = cluster.db();
     let value = vec![b'v'; 150];
     for i in 0..WARM {

@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use regionkv::Cluster;
 use regionkv_check::{Recorder, XorShift as Rng, check};
 
 const CLIENTS: u64 = 8;
@@ -26,14 +25,7 @@ const KEYS: u64 = 4;
 #[test]
 fn db_calls_on_one_store_stay_linearizable_across_callers_turns_and_a_kill() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Arc::new(
-        Cluster::builder()
-            .dir(dir.path())
-            .stores(1)
-            .tick_interval(Duration::from_millis(20))
-            .build()
-            .unwrap(),
-    );
+    let cluster = Arc::new(common::one_store(dir.path(), Duration::from_millis(20)));
     let recorder: Arc<Recorder<Bytes, Bytes>> = Arc::new(Recorder::new());
     let done = Arc::new(AtomicBool::new(false));
     let nemesis = {

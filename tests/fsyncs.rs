@@ -6,6 +6,8 @@
 //! on one store, and a linearizable get (a read index round, nothing to persist) one.
 //! These are counts, not timings: the WAL counts its fsyncs.
 
+mod common;
+
 use std::time::Duration;
 
 use regionkv::Cluster;
@@ -18,12 +20,7 @@ fn fsyncs(cluster: &Cluster) -> u64 {
 fn a_put_costs_one_fsync_and_a_get_none() {
     const N: u64 = 200;
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::builder()
-        .dir(dir.path())
-        .stores(1)
-        .tick_interval(Duration::from_millis(50))
-        .build()
-        .unwrap();
+    let cluster = common::one_store(dir.path(), Duration::from_millis(50));
     let db = cluster.db();
     db.put("warm", "up").unwrap();
 

@@ -3,10 +3,12 @@
 //! regions that hold more than a page each, it still returns every pair once, in order,
 //! and stops exactly at its limit.
 
+mod common;
+
 use std::time::Duration;
 
 use bytes::Bytes;
-use regionkv::{Cluster, WriteBatch};
+use regionkv::WriteBatch;
 
 fn key(i: usize) -> Bytes {
     Bytes::from(format!("key{i:06}"))
@@ -15,12 +17,7 @@ fn key(i: usize) -> Bytes {
 #[test]
 fn a_scan_over_regions_larger_than_a_page_returns_every_pair_once() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = Cluster::builder()
-        .dir(dir.path())
-        .stores(1)
-        .tick_interval(Duration::from_millis(20))
-        .build()
-        .unwrap();
+    let cluster = common::one_store(dir.path(), Duration::from_millis(20));
     let db = cluster.db();
     // 3 regions; the first two over the byte cap (about 5 MiB each), the last over the
     // row cap (12,000 small pairs).

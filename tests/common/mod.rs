@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use regionkv::Db;
+use regionkv::{Cluster, Db};
 use regionkv_check::{Op, Recorder};
 
 /// Checks that a scan across every region returns exactly `model`, each key once, and
@@ -54,4 +54,9 @@ pub fn recorded_call(
             Err(_) => recorder.unknown(call),
         }
     }
+}
+
+/// A cluster of one store in `dir`, ticking every `tick`.
+pub fn one_store(dir: &std::path::Path, tick: std::time::Duration) -> Cluster {
+    Cluster::builder().dir(dir).stores(1).tick_interval(tick).build().unwrap()
 }
