@@ -88,6 +88,21 @@ pub enum Error {
         /// What it could not apply.
         reason: String,
     },
+    /// Refused before it was proposed: the command kind needs a newer cluster version
+    /// than the one active (`crate::version`). Nothing was done; finalize the upgrade
+    /// once every store runs a binary that supports `needed`.
+    #[error(
+        "{feature} needs cluster version {needed}, the cluster runs at {active}; upgrade \
+         every store, then finalize the upgrade"
+    )]
+    FeatureNotActive {
+        /// The feature.
+        feature: &'static str,
+        /// The active cluster version, as the refusing store knows it.
+        active: u32,
+        /// The version that introduced the feature.
+        needed: u32,
+    },
     /// Refused before it was proposed: the store is shutting down (or not running).
     /// Nothing was done; safe to retry elsewhere.
     #[error("the store is stopping, stopped or unreachable; nothing was done")]
@@ -176,6 +191,7 @@ impl Error {
             | Error::LogCorruption { .. }
             | Error::Malformed(_)
             | Error::InvalidRequest(_)
+            | Error::FeatureNotActive { .. }
             | Error::MergeAborted { .. }
             | Error::Wal(_)
             | Error::Engine(_)
@@ -214,6 +230,7 @@ impl Error {
             | Error::Compacted { .. }
             | Error::EntryUnavailable { .. }
             | Error::InvalidRequest(_)
+            | Error::FeatureNotActive { .. }
             | Error::Malformed(_)
             | Error::Raft(_)
             | Error::Internal(_) => false,
@@ -251,6 +268,7 @@ impl Error {
             | Error::EntryUnavailable { .. }
             | Error::LogCorruption { .. }
             | Error::InvalidRequest(_)
+            | Error::FeatureNotActive { .. }
             | Error::Malformed(_)
             | Error::Wal(_)
             | Error::Engine(_)

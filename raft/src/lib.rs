@@ -35,6 +35,7 @@ pub mod sim;
 mod storage;
 mod store;
 pub mod transport;
+pub mod version;
 
 pub use command::{AdminCmd, Op, Write, WriteSession};
 pub use config::{ReadMode, StoreConfig};

@@ -60,6 +60,8 @@ pub struct StoreContext {
     pub log_cut: bool,
     /// Called before every scan runs, if set (for tests: [`ScanHook`]).
     pub scan_hook: parking_lot::Mutex<Option<ScanHook>>,
+    /// The cluster's active version as this store knows it (`crate::version`).
+    pub cluster_version: crate::version::ClusterVersionView,
     /// Regions whose gets are answered on the caller's thread (`reader::LocalReads`).
     pub(crate) local_reads: crate::reader::LocalReads,
 }
@@ -96,6 +98,7 @@ impl StoreContext {
             metrics: WriteMetrics::default(),
             log_cut: false,
             scan_hook: parking_lot::Mutex::new(None),
+            cluster_version: crate::version::ClusterVersionView::default(),
             local_reads: crate::reader::LocalReads::default(),
         }
     }

@@ -1,0 +1,107 @@
+//! Cluster versions: which Raft command kinds a cluster may carry.
+//!
+//! A binary supports cluster versions up to [`CLUSTER_VERSION_MAX`]. The cluster runs
+//! at one *active* version, held by the directory and raised only by an explicit
+//! finalize once every store positively reported that its binary supports the target
+//! (a store that reports nothing has not upgraded: absent is unknown, never "new
+//! enough"). A command kind added after the first release names the version that
+//! introduced it ([`Feature::since`]); a proposer refuses it with
+//! [`Error::FeatureNotActive`] while the active version is older, so a replica running
+//! an older binary never meets a kind it cannot decode while the cluster version says
+//! every replica knows it.
+//!
+//! Each store keeps the active version as it last learned it in a
+//! [`ClusterVersionView`] (shared by its cores, read by proposers and by apply).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::error::{Error, Result};
+
+/// The version of a cluster whose directory holds no version record: every cluster
+/// from before the version gate, and the versions its binaries all support.
+pub const CLUSTER_VERSION_INITIAL: u32 = 1;
+
+/// The newest cluster version this binary can run at.
+pub const CLUSTER_VERSION_MAX: u32 = 2;
+
+/// A capability that needs every replica of the cluster to know a command kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Feature {
+    /// Its name, for errors and logs.
+    pub name: &'static str,
+    /// The cluster version that introduced it.
+    pub since: u32,
+}
+
+/// Replicas hash their region's image at a Raft index (the `ComputeHash` admin
+/// command), so that diverged replicas can be found.
+pub const IMAGE_HASH: Feature = Feature { name: "image-hash", since: 2 };
+
+/// Every feature, oldest first.
+pub const FEATURES: &[Feature] = &[IMAGE_HASH];
+
+/// A store's view of the cluster's active version: it only goes up.
+#[derive(Debug)]
+pub struct ClusterVersionView(AtomicU32);
+
+impl Default for ClusterVersionView {
+    fn default() -> ClusterVersionView {
+        ClusterVersionView(AtomicU32::new(CLUSTER_VERSION_INITIAL))
+    }
+}
+
+impl ClusterVersionView {
+    /// A view that starts at `active`.
+    pub fn new(active: u32) -> ClusterVersionView {
+        ClusterVersionView(AtomicU32::new(active))
+    }
+
+    /// The active version as this store knows it.
+    pub fn active(&self) -> u32 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Learns that the cluster runs at `active` (or newer); returns true if the view
+    /// moved. A version older than the view's changes nothing.
+    pub fn learn(&self, active: u32) -> bool {
+        self.0.fetch_max(active, Ordering::AcqRel) < active
+    }
+
+    /// Refuses `feature` while the active version is older than the one that
+    /// introduced it.
+    pub fn check(&self, feature: Feature) -> Result<()> {
+        let active = self.active();
+        if active >= feature.since {
+            Ok(())
+        } else {
+            Err(Error::FeatureNotActive { feature: feature.name, active, needed: feature.since })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_feature_is_refused_until_its_version_is_active_and_the_view_never_goes_back() {
+        let view = ClusterVersionView::default();
+        match view.check(IMAGE_HASH) {
+            Err(Error::FeatureNotActive { feature, active, needed }) => {
+                assert_eq!((feature, active, needed), ("image-hash", 1, 2));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(view.learn(2));
+        assert!(view.check(IMAGE_HASH).is_ok());
+        assert!(!view.learn(1));
+        assert_eq!(view.active(), 2);
+    }
+
+    #[test]
+    fn every_feature_fits_this_binary() {
+        for f in FEATURES {
+            assert!(f.since > CLUSTER_VERSION_INITIAL && f.since <= CLUSTER_VERSION_MAX, "{f:?}");
+        }
+    }
+}
