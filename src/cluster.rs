@@ -14,7 +14,7 @@ use regionkv_raft::directory::{DIRECTORY, RegionRecord};
 use regionkv_raft::transport::Transport;
 use regionkv_raft::transport::local::LocalNetwork;
 use regionkv_raft::{PeerStatus, Store, StoreConfig, StoreMetrics, StoreOptions};
-use regionkv_wal::{RealFs, WalOptions};
+use regionkv_wal::{CancellationToken, RealFs, WalOptions};
 
 use crate::autosplit::SplitPolicy;
 use crate::backend::{Backend, LocalStores};
@@ -22,6 +22,8 @@ use crate::control::{Background, ClusterOps};
 use crate::db::Db;
 use crate::defaults::{self, REPORT_INTERVAL};
 use crate::error::{Error, Result};
+use crate::health::{AuditEntry, HealthConfig, HealthHost, HealthReport, HealthRunner};
+use crate::proto::StoreStatus;
 use crate::region_info::{RegionInfo, region_table};
 use crate::router::Router;
 
@@ -39,6 +41,7 @@ pub struct ClusterBuilder {
     checkpoint_log_bytes: u64,
     split_policy: SplitPolicy,
     left_out: Vec<StoreId>,
+    health: Option<HealthConfig>,
 }
 
 impl Default for ClusterBuilder {
@@ -52,6 +55,7 @@ impl Default for ClusterBuilder {
             checkpoint_log_bytes: defaults::CHECKPOINT_LOG_BYTES,
             split_policy: SplitPolicy::default(),
             left_out: Vec::new(),
+            health: None,
         }
     }
 }
@@ -118,6 +122,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// How the health monitor judges and repairs (default: [`HealthConfig::default`],
+    /// with the replication factor the number of stores, at most 3).
+    #[must_use]
+    pub fn health(mut self, config: HealthConfig) -> Self {
+        self.health = Some(config);
+        self
+    }
+
     /// Starts the cluster.
     pub fn build(self) -> Result<Cluster> {
         let dir = self
@@ -139,6 +151,12 @@ impl ClusterBuilder {
             net: LocalNetwork::new(1),
             ops: ClusterOps::new(local.clone()),
             local,
+            health: HealthRunner::new(self.health.clone().unwrap_or_else(|| HealthConfig {
+                replication_factor: self.stores.min(3),
+                ..HealthConfig::default()
+            })),
+            health_cancel: CancellationToken::new(),
+            health_thread: Mutex::new(None),
             builder: self,
             scheduler: Mutex::new(None),
         });
@@ -168,7 +186,15 @@ impl ClusterBuilder {
                 .name("cluster-scheduler".into())
                 .spawn(move || scheduler_loop(&inner))?
         };
+        let health = {
+            let host = ClusterHealth(Arc::downgrade(&inner));
+            let (runner, cancel) = (inner.health.clone(), inner.health_cancel.clone());
+            std::thread::Builder::new()
+                .name("cluster-health".into())
+                .spawn(move || runner.run(&host, &cancel))?
+        };
         *inner.scheduler.lock() = Some(scheduler);
+        *inner.health_thread.lock() = Some(health);
         Ok(Cluster { inner })
     }
 }
@@ -214,6 +240,60 @@ pub(crate) struct ClusterInner {
     ops: ClusterOps,
     builder: ClusterBuilder,
     scheduler: Mutex<Option<JoinHandle<()>>>,
+    health: Arc<HealthRunner>,
+    health_cancel: CancellationToken,
+    health_thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The health monitor's view of a [`Cluster`]: every store is in this process.
+struct ClusterHealth(std::sync::Weak<ClusterInner>);
+
+impl ClusterHealth {
+    fn stores(&self) -> Vec<Arc<Store>> {
+        self.0.upgrade().map_or_else(Vec::new, |inner| {
+            inner.local.stores.read().values().cloned().collect()
+        })
+    }
+}
+
+impl HealthHost for ClusterHealth {
+    fn leads_directory(&self) -> bool {
+        self.stores().iter().any(|s| {
+            s.peer_status(DIRECTORY).is_some_and(|p| p.role == regionkv_raft::StateRole::Leader)
+        })
+    }
+
+    fn collect(&self) -> Vec<StoreStatus> {
+        self.stores().iter().map(|s| store_status(s)).collect()
+    }
+
+    fn directory(&self) -> Vec<RegionRecord> {
+        directory_of(&self.stores())
+    }
+
+    fn run_ops(&self, f: &mut dyn FnMut(&ClusterOps)) {
+        if let Some(inner) = self.0.upgrade() {
+            f(&inner.ops);
+        }
+    }
+}
+
+/// `store`'s status report, as a node would answer it.
+pub(crate) fn store_status(store: &Store) -> StoreStatus {
+    StoreStatus { store: store.context().config.store_id, peers: store.status(), metrics: Some(store.metrics()) }
+}
+
+/// The directory's records, from the replica of the first of `stores` that has one.
+fn directory_of(stores: &[Arc<Store>]) -> Vec<RegionRecord> {
+    for store in stores {
+        let snapshot = store.context().directory.read_view();
+        if let Ok(regions) = regionkv_raft::directory::regions(&snapshot)
+            && !regions.is_empty()
+        {
+            return regions;
+        }
+    }
+    Vec::new()
 }
 
 impl ClusterInner {
@@ -337,16 +417,26 @@ impl Cluster {
     /// The regions as the cluster directory lists them (read from the replica of the
     /// directory on the first running store that has one: possibly a little behind).
     pub fn directory(&self) -> Vec<RegionRecord> {
-        let stores = self.inner.local.stores.read();
-        for store in stores.values() {
-            let snapshot = store.context().directory.read_view();
-            if let Ok(regions) = regionkv_raft::directory::regions(&snapshot)
-                && !regions.is_empty()
-            {
-                return regions;
-            }
-        }
-        Vec::new()
+        let stores: Vec<Arc<Store>> = self.inner.local.stores.read().values().cloned().collect();
+        directory_of(&stores)
+    }
+
+    /// The health monitor's last evaluation: problems, the analyses that lacked
+    /// information, planned repairs, every store's liveness. `None` until the monitor's
+    /// first turn (it runs while a store of this cluster leads the directory).
+    pub fn health(&self) -> Option<HealthReport> {
+        self.inner.health.report()
+    }
+
+    /// The repairs the health monitor carried out, and why (oldest first).
+    pub fn health_audit(&self) -> Vec<AuditEntry> {
+        self.inner.health.audit().unwrap_or_default()
+    }
+
+    /// Changes the health monitor's settings (a detect-only switch, dry run, a
+    /// maintenance window, the timeouts).
+    pub fn configure_health(&self, f: impl FnOnce(&mut HealthConfig)) {
+        self.inner.health.configure(f);
     }
 
     /// Splits the region holding the first of `keys` at every one of them, in one
@@ -453,8 +543,12 @@ impl Cluster {
     /// Stops every store cleanly. Clients get [`Error::Shutdown`] afterwards.
     pub fn shutdown(&self) -> Result<()> {
         self.inner.local.shut.store(true, Ordering::SeqCst);
+        self.inner.health_cancel.cancel();
         if let Some(scheduler) = self.inner.scheduler.lock().take() {
             let _ = scheduler.join();
+        }
+        if let Some(health) = self.inner.health_thread.lock().take() {
+            let _ = health.join();
         }
         let stores = std::mem::take(&mut *self.inner.local.stores.write());
         let mut first_error = None;

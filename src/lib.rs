@@ -46,6 +46,7 @@ mod control;
 mod db;
 mod defaults;
 mod error;
+pub mod health;
 mod node;
 mod proto;
 mod region_info;

@@ -63,6 +63,51 @@ impl ClusterOps {
         })
     }
 
+    /// Replaces one peer of `region`: a new peer on `add` (a learner, caught up, then
+    /// promoted), then the peer on `remove` removed — add before remove, one membership
+    /// change at a time, so the region never has fewer live voters than a majority at
+    /// any step (the health monitor's repairs; either side may be absent). `in_charge`
+    /// is asked before each step: a caller that is no longer the one to act (the health
+    /// monitor of a process that lost the directory's leadership) stops there.
+    pub fn replace_in_region(
+        &self,
+        region: RegionId,
+        remove: Option<StoreId>,
+        add: Option<StoreId>,
+        in_charge: &dyn Fn() -> bool,
+    ) -> Result<Region> {
+        let _one = self.admin_lock.lock();
+        let stop = || Error::InvalidRequest("no longer in charge of repairs".into());
+        let mut current = None;
+        if let Some(store) = add {
+            if !in_charge() {
+                return Err(stop());
+            }
+            current = Some(self.add_to_region(store, region)?);
+        }
+        if let Some(store) = remove {
+            if !in_charge() {
+                return Err(stop());
+            }
+            current = Some(self.remove_from_region(store, region)?);
+        }
+        current.ok_or_else(|| Error::InvalidRequest("nothing to add or remove".into()))
+    }
+
+    /// Sends a read of `region` to each of its replicas on `stores`: a request wakes a
+    /// hibernated group, and a group with no leader elects one. Answers are not awaited.
+    pub fn wake_region(&self, region: &Region) {
+        for p in &region.peers {
+            let req = regionkv_raft::ReadRequest {
+                region: region.id,
+                epoch: region.epoch,
+                query: regionkv_raft::Query::Get { key: region.start.clone().into() },
+                reply: Box::new(|_| {}),
+            };
+            self.backend.read(p.store, req);
+        }
+    }
+
     /// Runs `step` on the directory's group and every listed region, passing over the
     /// table again until a pass finds nothing new (regions split meanwhile).
     fn each_region(
