@@ -123,7 +123,7 @@ impl ClusterBuilder {
     }
 
     /// How the health monitor judges and repairs (default: [`HealthConfig::default`],
-    /// with the replication factor the number of stores, at most 3).
+    /// with the replication factor the number of stores: every store holds every region at the start).
     #[must_use]
     pub fn health(mut self, config: HealthConfig) -> Self {
         self.health = Some(config);
@@ -152,7 +152,7 @@ impl ClusterBuilder {
             ops: ClusterOps::new(local.clone()),
             local,
             health: HealthRunner::new(self.health.clone().unwrap_or_else(|| HealthConfig {
-                replication_factor: self.stores.min(3),
+                replication_factor: self.stores,
                 ..HealthConfig::default()
             })),
             health_cancel: CancellationToken::new(),
