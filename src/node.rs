@@ -59,11 +59,14 @@ use crate::control::{Background, ClusterOps};
 use crate::db::Db;
 use crate::defaults::{self, NODE_TASKS_TIMEOUT, REPORT_INTERVAL};
 use crate::error::{Error, Result};
-use crate::proto::{self, StoreStatus};
+use crate::health::{AuditEntry, HealthConfig, HealthReport, HealthRunner};
+use crate::proto::{self, HealthAnswer, StoreStatus};
 use crate::region_info::{RegionInfo, region_table};
 use crate::remote::RemoteStores;
 use crate::router::Router;
 use crate::server::{ClientHandler, ClientService, ClientStats};
+
+mod health;
 
 /// The file a node writes once it has bootstrapped its regions.
 const BOOTSTRAPPED: &str = "bootstrapped";
@@ -116,6 +119,10 @@ pub struct NodeConfig {
     /// node refuses to start with [`Error::NotInitialized`]); see
     /// [`NodeConfig::bootstrap`] and [`NodeConfig::join`].
     pub initial_cluster_state: Option<InitialClusterState>,
+    /// How the health monitor judges and repairs, when this node's store leads the
+    /// directory (default `None`: [`HealthConfig::default`] with a replication factor
+    /// of this node's stores, its peers and itself, at most 3).
+    pub health: Option<HealthConfig>,
 }
 
 impl fmt::Debug for NodeConfig {
@@ -131,6 +138,7 @@ impl fmt::Debug for NodeConfig {
             .field("pollers", &self.pollers)
             .field("split_policy", &self.split_policy)
             .field("initial_cluster_state", &self.initial_cluster_state)
+            .field("health", &self.health)
             .finish()
     }
 }
@@ -155,7 +163,24 @@ impl NodeConfig {
             pollers: defaults::POLLERS,
             split_policy: SplitPolicy::default(),
             initial_cluster_state: None,
+            health: None,
         }
+    }
+
+    /// How the health monitor judges and repairs (see [`NodeConfig::health`]).
+    #[must_use]
+    pub fn health(mut self, config: HealthConfig) -> NodeConfig {
+        self.health = Some(config);
+        self
+    }
+
+    /// The health monitor's settings: the configured ones, else the defaults with a
+    /// replication factor of the stores this node was configured with (at most 3).
+    fn health_config(&self) -> HealthConfig {
+        self.health.clone().unwrap_or_else(|| HealthConfig {
+            replication_factor: (self.peers.len() + 1).min(3),
+            ..HealthConfig::default()
+        })
     }
 
     /// Bootstraps a new cluster if the data directory holds no store
@@ -214,9 +239,32 @@ pub(crate) struct NodeShared {
     /// Admin requests from clients run inside.
     tasks: Gate,
     task_threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The health monitor (it acts while this store leads the directory).
+    health: Arc<HealthRunner>,
 }
 
 impl NodeShared {
+    fn is_shut_now(&self) -> bool {
+        self.shut.load(Ordering::SeqCst)
+    }
+
+    fn own_status(&self) -> StoreStatus {
+        crate::cluster::store_status(&self.store)
+    }
+
+    /// Every node dials the store at `addr` from now on (best effort: a node that does
+    /// not hear it learns it from its configuration at its next start).
+    fn add_member(&self, store: StoreId, addr: &str) -> Result<()> {
+        self.learn_member(store, addr)?;
+        for other in self.remote.store_ids().into_iter().filter(|&s| s != store) {
+            let member = proto::Request::Member { store, addr: addr.to_owned() };
+            if let Err(e) = self.remote.ask(other, &member) {
+                tracing::warn!(store = other.0, error = %e, "a node did not learn the new member's address");
+            }
+        }
+        Ok(())
+    }
+
     fn statuses(&self) -> Vec<(StoreId, Vec<PeerStatus>)> {
         let mut out = vec![(self.id, self.store.status())];
         for store in self.remote.store_ids() {
@@ -277,20 +325,25 @@ impl ClientHandler for NodeShared {
     }
 
     fn add_store(&self, store: StoreId, addr: &str) -> Result<Vec<Region>> {
-        // Every node dials the store at `addr` from now on (best effort: a node that
-        // does not hear it learns it from its configuration at its next start).
-        self.learn_member(store, addr)?;
-        for other in self.remote.store_ids().into_iter().filter(|&s| s != store) {
-            let member = proto::Request::Member { store, addr: addr.to_owned() };
-            if let Err(e) = self.remote.ask(other, &member) {
-                tracing::warn!(store = other.0, error = %e, "a node did not learn the new member's address");
-            }
-        }
+        self.add_member(store, addr)?;
         self.control.add_store(store, || region_table(self.statuses()))
     }
 
     fn remove_store(&self, store: StoreId) -> Result<Vec<Region>> {
         self.control.remove_store(store, || region_table(self.statuses()))
+    }
+
+    fn health(&self, audit: bool) -> HealthAnswer {
+        if audit {
+            self.health.audit().map_or(HealthAnswer::NotMonitor, |entries| HealthAnswer::Audit {
+                entries,
+                skipped: 0,
+            })
+        } else {
+            self.health
+                .report()
+                .map_or(HealthAnswer::NotMonitor, |r| HealthAnswer::Report(Box::new(r)))
+        }
     }
 
     fn learn_member(&self, store: StoreId, addr: &str) -> Result<()> {
@@ -424,6 +477,7 @@ pub struct Node {
     service: Arc<ClientService>,
     backend: Arc<NodeStores>,
     reporter: Mutex<Option<JoinHandle<()>>>,
+    health: Mutex<Option<JoinHandle<()>>>,
     local_addr: SocketAddr,
     stopped: Mutex<bool>,
 }
@@ -517,6 +571,7 @@ impl Node {
                 cancel: CancellationToken::new(),
                 tasks: Gate::new(),
                 task_threads: Mutex::default(),
+                health: HealthRunner::new(config.health_config()),
             }
         });
         let backend =
@@ -529,6 +584,13 @@ impl Node {
                 .name(format!("node-reporter-{}", id.0))
                 .spawn(move || report_loop(&weak, &cancel))?
         };
+        let health = {
+            let host = health::NodeHealth(Arc::downgrade(&shared));
+            let (runner, cancel) = (shared.health.clone(), shared.cancel.clone());
+            std::thread::Builder::new()
+                .name(format!("node-health-{}", id.0))
+                .spawn(move || runner.run(&host, &cancel))?
+        };
         let incarnation = shared.store.peer_book().incarnation();
         tracing::info!(store = id.0, addr = %local_addr, %incarnation, "node started");
         Ok(Node {
@@ -537,6 +599,7 @@ impl Node {
             service,
             backend,
             reporter: Mutex::new(Some(reporter)),
+            health: Mutex::new(Some(health)),
             local_addr,
             stopped: Mutex::new(false),
         })
@@ -594,13 +657,36 @@ impl Node {
         self.shared.remove_store(store)
     }
 
+    /// Makes store `store`, listening at `addr`, a member of the cluster without adding
+    /// it to any region: every node dials it there, and the health monitor collects its
+    /// status and may place replicas on it (a spare). The store must be running,
+    /// started with [`NodeConfig::join`]. Running it again is harmless.
+    pub fn add_member(&self, store: StoreId, addr: SocketAddr) -> Result<()> {
+        self.shared.add_member(store, &addr.to_string())
+    }
+
+    /// The health monitor's last evaluation: problems, the analyses that lacked
+    /// information, planned repairs, every store's liveness. `None` unless this node
+    /// runs the monitor (its store leads the directory's group).
+    pub fn health(&self) -> Option<HealthReport> {
+        self.shared.health.report()
+    }
+
+    /// The repairs the health monitor carried out, and why (oldest first); empty
+    /// unless this node runs the monitor.
+    pub fn health_audit(&self) -> Vec<AuditEntry> {
+        self.shared.health.audit().unwrap_or_default()
+    }
+
+    /// Changes the health monitor's settings (a detect-only switch, dry run, a
+    /// maintenance window, timeouts).
+    pub fn configure_health(&self, f: impl FnOnce(&mut HealthConfig)) {
+        self.shared.health.configure(f);
+    }
+
     /// This node's store's status, with its metrics.
     pub fn status(&self) -> StoreStatus {
-        StoreStatus {
-            store: self.shared.id,
-            peers: self.shared.store.status(),
-            metrics: Some(self.shared.store.metrics()),
-        }
+        self.shared.own_status()
     }
 
     /// This node's store's metrics: regions, leaders, applied lag, write latency and
@@ -643,6 +729,10 @@ impl Node {
         shared.cancel.cancel();
         if let Some(reporter) = self.reporter.lock().take() {
             let _ = reporter.join();
+        }
+        // The health monitor stops at its next turn, or between two steps of a repair.
+        if let Some(health) = self.health.lock().take() {
+            let _ = health.join();
         }
         if let Err(e) = shared.tasks.close(NODE_TASKS_TIMEOUT) {
             tracing::warn!(store = shared.id.0, error = %e, "admin requests did not finish in time");

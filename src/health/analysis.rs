@@ -817,4 +817,3 @@ fn version_skew(v: &ClusterView<'_>) -> Matched {
     }
     Ok((versions.len() > 1).then(|| format!("binaries {versions:?}")))
 }
-

@@ -31,8 +31,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 pub use analysis::{
-    AnalysisCode, AnalysisDef, FieldId, Liveness, Priority, RegionFacts, RepairKind, Scope,
-    TABLE, Unknown,
+    AnalysisCode, AnalysisDef, FieldId, Liveness, Priority, RegionFacts, RepairKind, Scope, TABLE,
+    Unknown,
 };
 pub use evaluate::{Outcome, Subject};
 pub use observed::{
@@ -186,6 +186,10 @@ pub struct HealthReport {
     pub insufficient_total: Vec<(AnalysisCode, FieldId, u64)>,
     /// Repairs since the monitor started, per kind and result ("done", "failed").
     pub repairs_total: Vec<(RepairKind, String, u64)>,
+    /// Entries a newer node sent that this binary could not name (an analysis, field or
+    /// repair kind it does not know): left out of this report, never taken for another.
+    /// 0 in the process that evaluated.
+    pub skipped: u64,
 }
 
 impl HealthReport {
@@ -337,6 +341,7 @@ impl Monitor {
                 .iter()
                 .map(|((k, r), &n)| (*k, r.clone(), n))
                 .collect(),
+            skipped: 0,
         };
         self.last.clone()
     }

@@ -61,6 +61,8 @@
 //!                       2 add learner, 3 remove), 2 peer id, 3 store (adds only) } }
 //!            24 store add { 1 store, 2 address }      25 store remove { 1 store }
 //!            26 member { 1 store, 2 address }
+//!            32 health { 1 audit (0/1) }   (since the health monitor; an older node
+//!                       answers unsupported)
 //!  RESPONSE  1 id u64, and exactly one of
 //!            2 error { 1 code, 2 region, 3 leader store, 4 region*, 5 message, 6 target,
 //!                      7 reason (optional: the code of a drop or merge-abort reason) }
@@ -72,6 +74,7 @@
 //!            39 members { 1 member* { 1 store, 2 address } }  40 regions { 1 region info* }
 //!            41 split { 1 region* }  42 merged { 1 region }  43 no reply
 //!            44 peers changed { 1 region }  45 store changed { 1 region* }
+//!            50 health (the record in `health.rs`)
 //!  metrics   1 regions  2 leaders  3 hibernating  4 applied lag total  5 applied lag max
 //!            6 write latency us (histogram)  7 writes proposed  8 entries proposed
 //!            9 apply { 1 rounds, 2 rounds without regions, 3 rounds with several,
@@ -99,6 +102,7 @@
 //! silence: the outcome is unknown.
 
 mod error;
+mod health;
 mod outbox;
 mod records;
 mod request;
@@ -128,6 +132,7 @@ use regionkv_wal::CancellationToken;
 use crate::region_info::RegionInfo;
 
 pub(crate) use self::error::{ErrorCode, RemoteError};
+pub(crate) use self::health::HealthAnswer;
 pub(crate) use self::outbox::Outbox;
 pub(crate) use self::request::{RequestError, decode_request, encode_request};
 pub(crate) use self::response::{decode_response, encode_response};
@@ -325,6 +330,11 @@ pub(crate) enum Request {
         store: StoreId,
         addr: String,
     },
+    /// The health monitor's last report, or (`audit`) its audit; answered by the node
+    /// that runs it, else "not the monitor" (health.rs).
+    Health {
+        audit: bool,
+    },
 }
 
 /// A node's answer to one request.
@@ -348,6 +358,8 @@ pub(crate) enum Response {
     StoreChanged(Vec<Region>),
     /// The node's store dropped the request without an answer: its outcome is unknown.
     NoReply,
+    /// The health monitor's report or audit, or "not the monitor".
+    Health(HealthAnswer),
 }
 
 /// One store's status as a node reports it.

@@ -31,6 +31,9 @@ const Q_CHANGE_PEERS: u16 = 23;
 const Q_STORE_ADD: u16 = 24;
 const Q_STORE_REMOVE: u16 = 25;
 const Q_MEMBER: u16 = 26;
+// The health monitor's surfaces (27 to 31 are the version gate's).
+const Q_HEALTH: u16 = 32;
+const HQ_AUDIT: u16 = 1;
 const Q_TAGS: &[u16] = &[
     Q_ID,
     Q_WRITE,
@@ -50,6 +53,7 @@ const Q_TAGS: &[u16] = &[
     Q_STORE_ADD,
     Q_STORE_REMOVE,
     Q_MEMBER,
+    Q_HEALTH,
 ];
 
 // Nested request fields.
@@ -152,6 +156,9 @@ pub(crate) fn encode_request(id: u64, req: &Request) -> Vec<u8> {
         Request::Member { store, addr } => codec::put_nested(&mut out, Q_MEMBER, |o| {
             codec::put_u64(o, ST_STORE, store.0);
             codec::put_field(o, ST_ADDR, addr.as_bytes());
+        }),
+        Request::Health { audit } => codec::put_nested(&mut out, Q_HEALTH, |o| {
+            codec::put_u64(o, HQ_AUDIT, u64::from(*audit));
         }),
     }
     out
@@ -359,6 +366,19 @@ fn decode_body(f: &Field<'_>) -> D<Request> {
             Request::LocalScan { start, end, limit }
         }
         Q_CHANGE_PEERS | Q_STORE_ADD | Q_STORE_REMOVE | Q_MEMBER => decode_membership(f)?,
+        Q_HEALTH => {
+            let r = nested(f, &[HQ_AUDIT])?;
+            // Absent: the report (the first version had no audit flag).
+            let audit = match r.optional(HQ_AUDIT)? {
+                None => false,
+                Some(a) => match a.as_u64()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(DecodeError::new(a.offset, "the audit flag is 0 or 1")),
+                },
+            };
+            Request::Health { audit }
+        }
         _ => return Err(DecodeError::new(f.offset, "unknown request body")),
     })
 }

@@ -38,6 +38,8 @@ const R_MERGED: u16 = 42;
 const R_NO_REPLY: u16 = 43;
 const R_PEERS_CHANGED: u16 = 44;
 const R_STORE_CHANGED: u16 = 45;
+// The health monitor's answer (46 to 49 are the version gate's).
+const R_HEALTH: u16 = 50;
 const R_TAGS: &[u16] = &[
     R_ID,
     R_ERROR,
@@ -57,6 +59,7 @@ const R_TAGS: &[u16] = &[
     R_NO_REPLY,
     R_PEERS_CHANGED,
     R_STORE_CHANGED,
+    R_HEALTH,
 ];
 const SOME: u16 = 1;
 const NONE: u16 = 2;
@@ -151,6 +154,7 @@ pub(crate) fn encode_response(id: u64, result: &Result<Response, RemoteError>) -
                 put_region(o, 1, r);
             }
         }),
+        Ok(Response::Health(h)) => super::health::put_health(o, R_HEALTH, h),
     }
     out
 }
@@ -254,6 +258,7 @@ fn decode_response_body(f: &Field<'_>) -> D<Result<Response, RemoteError>> {
             let r = nested(f, &[1])?;
             Response::StoreChanged(r.repeated(1).map(|p| region_of(&p)).collect::<D<_>>()?)
         }
+        R_HEALTH => Response::Health(super::health::health_of(f)?),
         _ => return Err(DecodeError::new(f.offset, "unknown response body")),
     }))
 }

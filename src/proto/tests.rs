@@ -139,6 +139,8 @@ fn requests() -> Vec<Request> {
         Request::StoreAdd { store: StoreId(3), addr: "127.0.0.1:7003".into() },
         Request::StoreRemove { store: StoreId(3) },
         Request::Member { store: StoreId(4), addr: "10.0.0.4:7004".into() },
+        Request::Health { audit: false },
+        Request::Health { audit: true },
     ]
 }
 
@@ -199,8 +201,123 @@ fn responses() -> Vec<Result<Response, RemoteError>> {
         Ok(Response::PeersChanged(region(1, "", None))),
         Ok(Response::StoreChanged(vec![region(0, "", None), region(1, "", None)])),
         Ok(Response::StoreChanged(Vec::new())),
+        Ok(Response::Health(HealthAnswer::NotMonitor)),
+        Ok(Response::Health(HealthAnswer::Report(Box::new(health_report())))),
+        Ok(Response::Health(HealthAnswer::Report(Box::default()))),
+        Ok(Response::Health(HealthAnswer::Audit { entries: audit(), skipped: 0 })),
+        Ok(Response::Health(HealthAnswer::Audit { entries: Vec::new(), skipped: 0 })),
         Err(epoch_err),
         Err(RemoteError::new(ErrorCode::Cancelled, "stopping")),
+    ]
+}
+
+/// A health report with every kind of entry, optional fields present and absent.
+fn health_report() -> crate::health::HealthReport {
+    use crate::health::*;
+    use std::time::Duration;
+    let replace = PlannedRepair {
+        kind: RepairKind::ReplaceReplica,
+        region: RegionId(1),
+        reason: AnalysisCode::StoreDead,
+        remove: Some(StoreId(3)),
+    };
+    HealthReport {
+        at: Duration::from_micros(12_345_678),
+        detections: vec![
+            Detection {
+                code: AnalysisCode::QuorumLost,
+                priority: Priority::Critical,
+                subject: Subject::Region(RegionId(7)),
+                detail: "2 of 3 voters down".into(),
+                since: Duration::from_secs(3),
+            },
+            Detection {
+                code: AnalysisCode::StoreDown,
+                priority: Priority::High,
+                subject: Subject::Store(StoreId(3)),
+                detail: "silent for 5s".into(),
+                since: Duration::from_millis(1500),
+            },
+            Detection {
+                code: AnalysisCode::VersionSkew,
+                priority: Priority::Low,
+                subject: Subject::Cluster,
+                detail: String::new(),
+                since: Duration::ZERO,
+            },
+        ],
+        insufficient: vec![
+            Insufficient {
+                code: AnalysisCode::StoreDead,
+                subject: Subject::Store(StoreId(3)),
+                missing: Unknown { field: FieldId::RecentActive, store: Some(StoreId(1)) },
+            },
+            Insufficient {
+                code: AnalysisCode::VersionSkew,
+                subject: Subject::Cluster,
+                missing: Unknown { field: FieldId::BinaryVersion, store: None },
+            },
+        ],
+        planned: vec![
+            replace,
+            PlannedRepair {
+                kind: RepairKind::WakeRegion,
+                region: RegionId(2),
+                reason: AnalysisCode::NoLeader,
+                remove: None,
+            },
+        ],
+        dry_run: true,
+        stores: vec![
+            StoreHealth {
+                store: StoreId(1),
+                liveness: Liveness::Up,
+                report: Some((2, Some("0.3.0".into()), Some(StoreLifecycle::Serving))),
+                leaders: 2,
+                replicas: 3,
+            },
+            StoreHealth {
+                store: StoreId(2),
+                liveness: Liveness::Unknown,
+                report: Some((1, None, None)),
+                leaders: 0,
+                replicas: 3,
+            },
+            StoreHealth {
+                store: StoreId(3),
+                liveness: Liveness::Down { since: Duration::from_millis(2500) },
+                report: None,
+                leaders: 0,
+                replicas: 0,
+            },
+        ],
+        insufficient_total: vec![(AnalysisCode::StoreDead, FieldId::RecentActive, 41)],
+        repairs_total: vec![(RepairKind::ReplaceReplica, "done".into(), 2)],
+        skipped: 0,
+    }
+}
+
+fn audit() -> Vec<crate::health::AuditEntry> {
+    use crate::health::*;
+    let repair = PlannedRepair {
+        kind: RepairKind::ReplaceReplica,
+        region: RegionId(0),
+        reason: AnalysisCode::StoreDead,
+        remove: Some(StoreId(3)),
+    };
+    vec![
+        AuditEntry {
+            seq: 1,
+            at: std::time::Duration::from_secs(9),
+            repair: repair.clone(),
+            event: "started".into(),
+        },
+        AuditEntry {
+            seq: 2,
+            at: std::time::Duration::from_secs(11),
+            repair,
+            event: "done: a replica on store 4".into(),
+        },
     ]
 }
 
@@ -563,4 +680,112 @@ fn a_complete_page_has_the_bytes_of_earlier_binaries() {
     let capped = Ok(Response::Query(QueryResult::Rows(capped)));
     let bytes = encode_response(7, &capped);
     assert_eq!(decode_response(&bytes).unwrap(), (7, capped));
+}
+
+/// Replaces the last occurrence of a name in an encoded health answer with another of the same length (a
+/// newer node's name), leaving the TLV framing valid.
+fn renamed(payload: &[u8], from: &str, to: &str) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let (from, to) = (from.as_bytes(), to.as_bytes());
+    let at = payload.windows(from.len()).rposition(|w| w == from).expect("the name is there");
+    let mut out = payload.to_vec();
+    out[at..at + from.len()].copy_from_slice(to);
+    out
+}
+
+fn decoded_report(payload: &[u8]) -> crate::health::HealthReport {
+    match decode_response(payload).unwrap().1 {
+        Ok(Response::Health(HealthAnswer::Report(r))) => *r,
+        other => panic!("not a report: {other:?}"),
+    }
+}
+
+#[test]
+fn health_names_this_binary_does_not_know_are_skipped_and_counted_never_remapped() {
+    use crate::health::{AnalysisCode, Liveness};
+    let full = health_report();
+    let payload =
+        encode_response(5, &Ok(Response::Health(HealthAnswer::Report(Box::new(full.clone())))));
+    // An analysis from a newer node: its detection is left out, the others stay.
+    let r = decoded_report(&renamed(&payload, "quorum-lost", "quorum-gone"));
+    assert_eq!(r.skipped, 1);
+    assert_eq!(r.detections, full.detections[1..].to_vec());
+    assert!(r.detections.iter().all(|d| d.code != AnalysisCode::QuorumLost));
+    // A field it does not know: the insufficient entry and its total are left out.
+    let p = renamed(&payload, "progress.recent_active", "progress.recent_xctive");
+    let p = renamed(&p, "progress.recent_active", "progress.recent_xctive");
+    let r = decoded_report(&p);
+    assert_eq!(r.skipped, 2);
+    assert_eq!(r.insufficient, full.insufficient[1..].to_vec());
+    assert!(r.insufficient_total.is_empty());
+    // A liveness it does not know: the store is left out, never taken for down or up.
+    let r = decoded_report(&renamed(&payload, "down", "gone"));
+    assert_eq!(r.skipped, 1);
+    assert!(r.stores.iter().all(|s| s.store != StoreId(3)), "{:?}", r.stores);
+    assert!(r.stores.iter().all(|s| !matches!(s.liveness, Liveness::Down { .. })));
+    // A lifecycle it does not know is unknown (None), counted.
+    let r = decoded_report(&renamed(&payload, "serving", "servinx"));
+    assert_eq!((r.skipped, r.stores[0].report.clone()), (1, Some((2, Some("0.3.0".into()), None))));
+    // A repair kind it does not know: the planned repair and its total are left out.
+    let p = renamed(&payload, "replace-replica", "replace-replicx");
+    let p = renamed(&p, "replace-replica", "replace-replicx");
+    let r = decoded_report(&p);
+    assert_eq!(r.skipped, 2);
+    assert_eq!(r.planned, full.planned[1..].to_vec());
+    // In the audit too.
+    let payload = encode_response(
+        6,
+        &Ok(Response::Health(HealthAnswer::Audit { entries: audit(), skipped: 0 })),
+    );
+    let p = renamed(&payload, "store-dead", "store-lost");
+    match decode_response(&p).unwrap().1 {
+        Ok(Response::Health(HealthAnswer::Audit { entries, skipped })) => {
+            assert_eq!((entries.len(), skipped), (1, 1));
+        }
+        other => panic!("not an audit: {other:?}"),
+    }
+}
+
+#[test]
+fn a_health_record_of_a_newer_format_is_refused_never_read_as_this_one() {
+    // The health body (tag 50): format version, then "not the monitor" (tag 2).
+    let record = |format: u64| {
+        let mut payload = Vec::new();
+        codec::put_u64(&mut payload, R_ID, 5);
+        codec::put_nested(&mut payload, 50, |o| {
+            codec::put_u64(o, 1, format);
+            codec::put_field(o, 2, &[]);
+        });
+        payload
+    };
+    assert_eq!(
+        decode_response(&record(1)).unwrap(),
+        (5, Ok(Response::Health(HealthAnswer::NotMonitor)))
+    );
+    assert!(decode_response(&record(2)).is_err());
+    // No format at all, or two answers: malformed, not a guess.
+    let mut payload = Vec::new();
+    codec::put_u64(&mut payload, R_ID, 5);
+    codec::put_nested(&mut payload, 50, |o| codec::put_field(o, 2, &[]));
+    assert!(decode_response(&payload).is_err());
+    let mut payload = Vec::new();
+    codec::put_u64(&mut payload, R_ID, 5);
+    codec::put_nested(&mut payload, 50, |o| {
+        codec::put_u64(o, 1, 1);
+        codec::put_field(o, 2, &[]);
+        codec::put_nested(o, 4, |_| {});
+    });
+    assert!(decode_response(&payload).is_err());
+}
+
+#[test]
+fn a_health_request_without_the_audit_flag_asks_for_the_report() {
+    let mut payload = Vec::new();
+    codec::put_u64(&mut payload, Q_ID, 3);
+    codec::put_nested(&mut payload, 32, |_| {});
+    assert_eq!(decode_request(&payload).unwrap(), (3, Request::Health { audit: false }));
+    let mut payload = Vec::new();
+    codec::put_u64(&mut payload, Q_ID, 3);
+    codec::put_nested(&mut payload, 32, |o| codec::put_u64(o, 1, 7));
+    assert!(decode_request(&payload).is_err(), "an audit flag of 7 is not a guess");
 }

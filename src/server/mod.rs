@@ -121,6 +121,8 @@ pub(crate) trait ClientHandler: Send + Sync {
     fn remove_store(&self, store: StoreId) -> Result<Vec<Region>>;
     /// Store `store` listens at `addr` from now on.
     fn learn_member(&self, store: StoreId, addr: &str) -> Result<()>;
+    /// The health monitor's report or (`audit`) audit, if this node runs it.
+    fn health(&self, audit: bool) -> proto::HealthAnswer;
 }
 
 /// Counters of the client service since the node started.
@@ -724,6 +726,7 @@ impl ClientService {
                         .map_err(|e| (&e).into()),
                 );
             }
+            Request::Health { audit } => r.send(Ok(Response::Health(node.health(audit)))),
             Request::Split { .. }
             | Request::Merge { .. }
             | Request::Regions
