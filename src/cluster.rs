@@ -250,9 +250,9 @@ struct ClusterHealth(std::sync::Weak<ClusterInner>);
 
 impl ClusterHealth {
     fn stores(&self) -> Vec<Arc<Store>> {
-        self.0.upgrade().map_or_else(Vec::new, |inner| {
-            inner.local.stores.read().values().cloned().collect()
-        })
+        self.0
+            .upgrade()
+            .map_or_else(Vec::new, |inner| inner.local.stores.read().values().cloned().collect())
     }
 }
 
@@ -280,7 +280,11 @@ impl HealthHost for ClusterHealth {
 
 /// `store`'s status report, as a node would answer it.
 pub(crate) fn store_status(store: &Store) -> StoreStatus {
-    StoreStatus { store: store.context().config.store_id, peers: store.status(), metrics: Some(store.metrics()) }
+    StoreStatus {
+        store: store.context().config.store_id,
+        peers: store.status(),
+        metrics: Some(store.metrics()),
+    }
 }
 
 /// The directory's records, from the replica of the first of `stores` that has one.
