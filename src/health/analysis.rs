@@ -199,8 +199,6 @@ pub enum RepairKind {
     AddReplica,
     /// Remove a voter: one on a down store first, never the leader's.
     RemoveReplica,
-    /// Move leaders off a store that leads too many.
-    TransferLeader,
 }
 
 impl RepairKind {
@@ -211,7 +209,6 @@ impl RepairKind {
             RepairKind::ReplaceReplica => "replace-replica",
             RepairKind::AddReplica => "add-replica",
             RepairKind::RemoveReplica => "remove-replica",
-            RepairKind::TransferLeader => "transfer-leader",
         }
     }
 }
@@ -381,13 +378,14 @@ pub static TABLE: &[AnalysisDef] = &[
     },
     AnalysisDef {
         code: AnalysisCode::LeaderImbalance,
-        description: "a store leads more than 1.1 x the mean + 1 regions",
+        description: "a store leads more than 1.1 x the mean + 1 regions: report only (leader \
+                      transfers are not automated yet)",
         priority: Priority::Low,
         scope: Scope::Cluster,
         requires: &[FieldId::Role],
         min_schema: 1,
         hold: |c| c.pending_after,
-        repair: Some(RepairKind::TransferLeader),
+        repair: None,
         matcher: Matcher::Cluster(leader_imbalance),
     },
     AnalysisDef {
