@@ -41,6 +41,7 @@ pub struct ClusterBuilder {
     checkpoint_log_bytes: u64,
     split_policy: SplitPolicy,
     left_out: Vec<StoreId>,
+    spares: usize,
     health: Option<HealthConfig>,
 }
 
@@ -55,6 +56,7 @@ impl Default for ClusterBuilder {
             checkpoint_log_bytes: defaults::CHECKPOINT_LOG_BYTES,
             split_policy: SplitPolicy::default(),
             left_out: Vec::new(),
+            spares: 0,
             health: None,
         }
     }
@@ -112,6 +114,15 @@ impl ClusterBuilder {
     #[must_use]
     pub fn leave_out(mut self, store: impl Into<StoreId>) -> Self {
         self.left_out.push(store.into());
+        self
+    }
+
+    /// Adds `n` spare stores (ids after the cluster's stores): started empty, members of
+    /// no region, ready for the health monitor to place replicas on (a dead store's
+    /// replicas are replaced there). Default 0.
+    #[must_use]
+    pub fn spares(mut self, n: usize) -> Self {
+        self.spares = n;
         self
     }
 
@@ -178,6 +189,18 @@ impl ClusterBuilder {
             }
             for store in inner.local.stores.read().values() {
                 inner.bootstrap(store)?;
+            }
+        }
+        for id in (1..=inner.builder.spares as u64).map(|i| StoreId(inner.builder.stores as u64 + i)) {
+            let first_start = !store_dir(&inner.dir, id).exists();
+            inner.start_store(id)?;
+            if first_start {
+                // As a node that joins: every peer the cluster gives it has a greater id.
+                let floor = inner.ops.alloc_ids(1)?;
+                let store = inner.local.stores.read().get(&id).cloned();
+                if let Some(store) = store {
+                    store.peer_book().set_peer_floor(PeerId(floor))?;
+                }
             }
         }
         let scheduler = {

@@ -25,6 +25,8 @@ mod observed;
 mod runner;
 
 #[cfg(test)]
+mod matrix_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -306,8 +308,7 @@ impl Monitor {
             }
         }
         self.first_seen = seen;
-        detections
-            .sort_by(|a, b| (a.priority, a.code, a.subject).cmp(&(b.priority, b.code, b.subject)));
+        detections.sort_by_key(|d| (d.priority, d.code, d.subject));
         let planned = self.plan(now, &detections, &regions);
         let stores = liveness
             .iter()

@@ -210,9 +210,6 @@ impl HealthRunner {
                     region.epoch
                 ))
             }
-            RepairKind::TransferLeader => {
-                Err(Error::InvalidRequest("leader transfers are detect-only for now".into()))
-            }
         }
     }
 

@@ -167,15 +167,15 @@ const ROWS: &[(AnalysisCode, &str, Mutate, Expect)] = &[
         AnalysisCode::QuorumLost,
         "two of three silent",
         |w| {
-            store(w, 2).received_at = 0 * S;
-            store(w, 3).received_at = 0 * S;
+            store(w, 2).received_at = Duration::ZERO;
+            store(w, 3).received_at = Duration::ZERO;
         },
         Expect::Problem,
     ),
     (
         AnalysisCode::QuorumLost,
         "one of three silent",
-        |w| store(w, 3).received_at = 0 * S,
+        |w| store(w, 3).received_at = Duration::ZERO,
         Expect::Nothing,
     ),
     (AnalysisCode::QuorumLost, "schema 1", all_v1, Expect::Nothing),
