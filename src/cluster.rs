@@ -191,7 +191,9 @@ impl ClusterBuilder {
                 inner.bootstrap(store)?;
             }
         }
-        for id in (1..=inner.builder.spares as u64).map(|i| StoreId(inner.builder.stores as u64 + i)) {
+        for id in
+            (1..=inner.builder.spares as u64).map(|i| StoreId(inner.builder.stores as u64 + i))
+        {
             let first_start = !store_dir(&inner.dir, id).exists();
             inner.start_store(id)?;
             if first_start {

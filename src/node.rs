@@ -577,20 +577,7 @@ impl Node {
         let backend =
             Arc::new(NodeStores { shared: Arc::downgrade(&shared), id, local: store, remote });
         service.bind(Arc::<NodeShared>::downgrade(&shared));
-        let reporter = {
-            let weak = Arc::downgrade(&shared);
-            let cancel = shared.cancel.clone();
-            std::thread::Builder::new()
-                .name(format!("node-reporter-{}", id.0))
-                .spawn(move || report_loop(&weak, &cancel))?
-        };
-        let health = {
-            let host = health::NodeHealth(Arc::downgrade(&shared));
-            let (runner, cancel) = (shared.health.clone(), shared.cancel.clone());
-            std::thread::Builder::new()
-                .name(format!("node-health-{}", id.0))
-                .spawn(move || runner.run(&host, &cancel))?
-        };
+        let (reporter, health) = spawn_loops(&shared)?;
         let incarnation = shared.store.peer_book().incarnation();
         tracing::info!(store = id.0, addr = %local_addr, %incarnation, "node started");
         Ok(Node {
@@ -851,6 +838,27 @@ fn bootstrap(config: &NodeConfig, store: &Store) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Starts the node's background threads: the reporter and the health monitor (both
+/// stop once the node's cancellation token is cancelled).
+fn spawn_loops(shared: &Arc<NodeShared>) -> Result<(JoinHandle<()>, JoinHandle<()>)> {
+    let id = shared.id;
+    let reporter = {
+        let weak = Arc::downgrade(shared);
+        let cancel = shared.cancel.clone();
+        std::thread::Builder::new()
+            .name(format!("node-reporter-{}", id.0))
+            .spawn(move || report_loop(&weak, &cancel))?
+    };
+    let health = {
+        let host = health::NodeHealth(Arc::downgrade(shared));
+        let (runner, cancel) = (shared.health.clone(), shared.cancel.clone());
+        std::thread::Builder::new()
+            .name(format!("node-health-{}", id.0))
+            .spawn(move || runner.run(&host, &cancel))?
+    };
+    Ok((reporter, health))
 }
 
 /// Forwards this store's region reports to the directory's leader until cancelled.

@@ -134,20 +134,18 @@ const _: fn(FieldId) = |f| match f {
     | FieldId::StatusSchema => {}
 };
 
-const KINDS: [RepairKind; 5] = [
+const KINDS: [RepairKind; 4] = [
     RepairKind::WakeRegion,
     RepairKind::ReplaceReplica,
     RepairKind::AddReplica,
     RepairKind::RemoveReplica,
-    RepairKind::TransferLeader,
 ];
 
 const _: fn(RepairKind) = |k| match k {
     RepairKind::WakeRegion
     | RepairKind::ReplaceReplica
     | RepairKind::AddReplica
-    | RepairKind::RemoveReplica
-    | RepairKind::TransferLeader => {}
+    | RepairKind::RemoveReplica => {}
 };
 
 impl Priority {
@@ -369,12 +367,69 @@ const REPORT_TAGS: &[u16] = &[
     R_REPAIRS_TOTAL,
 ];
 
+/// One store's health, or `None` if its liveness is of a kind this binary does not
+/// know; and how many names it could not read (a lifecycle it does not know is None).
+fn store_health_of(field: &Field<'_>) -> D<(Option<StoreHealth>, u64)> {
+    let mut unknown = 0;
+    let s = nested(
+        field,
+        &[
+            S_STORE,
+            S_LIVENESS,
+            S_DOWN_SINCE,
+            S_SCHEMA,
+            S_BINARY,
+            S_LIFECYCLE,
+            S_LEADERS,
+            S_REPLICAS,
+        ],
+    )?;
+    let liveness = match req_str(&s, S_LIVENESS, "liveness missing")? {
+        "up" => Some(Liveness::Up),
+        "unknown" => Some(Liveness::Unknown),
+        "down" => Some(Liveness::Down { since: duration_of(&s, S_DOWN_SINCE, "since missing")? }),
+        _ => None,
+    };
+    let report = match opt_u64(&s, S_SCHEMA)? {
+        Some(schema) => {
+            let schema = u32::try_from(schema)
+                .map_err(|_| DecodeError::new(field.offset, "status schema over u32"))?;
+            let binary = s.optional(S_BINARY)?.map(|b| str_of(&b)).transpose()?;
+            let lifecycle = match s.optional(S_LIFECYCLE)? {
+                Some(l) => {
+                    let known = lifecycle_of(str_of(&l)?);
+                    // An unknown lifecycle is unknown (None), and counted.
+                    unknown += u64::from(known.is_none());
+                    known
+                }
+                None => None,
+            };
+            Some((schema, binary.map(str::to_owned), lifecycle))
+        }
+        None => None,
+    };
+    let count = |tag, what| -> D<usize> {
+        usize::try_from(req_u64(&s, tag, what)?)
+            .map_err(|_| DecodeError::new(field.offset, "a count over usize"))
+    };
+    let store = StoreId(req_u64(&s, S_STORE, "store missing")?);
+    let (leaders, replicas) =
+        (count(S_LEADERS, "leaders missing")?, count(S_REPLICAS, "replicas missing")?);
+    if liveness.is_none() {
+        unknown += 1;
+    }
+    Ok((
+        liveness.map(|liveness| StoreHealth { store, liveness, report, leaders, replicas }),
+        unknown,
+    ))
+}
+
 fn report_of(f: &Field<'_>) -> D<HealthReport> {
     let r = nested(f, REPORT_TAGS)?;
-    let mut skipped = 0u64;
-    let mut keep = |known: bool| {
+    let skipped = std::cell::Cell::new(0u64);
+    let keep = |known: bool| {
         if !known {
-            skipped += 1;
+            skipped.set(skipped.get() + 1);
         }
         known
     };
@@ -414,57 +469,9 @@ fn report_of(f: &Field<'_>) -> D<HealthReport> {
     }
     let mut stores = Vec::new();
     for field in r.repeated(R_STORE) {
-        let s = nested(
-            &field,
-            &[
-                S_STORE,
-                S_LIVENESS,
-                S_DOWN_SINCE,
-                S_SCHEMA,
-                S_BINARY,
-                S_LIFECYCLE,
-                S_LEADERS,
-                S_REPLICAS,
-            ],
-        )?;
-        let liveness = match req_str(&s, S_LIVENESS, "liveness missing")? {
-            "up" => Some(Liveness::Up),
-            "unknown" => Some(Liveness::Unknown),
-            "down" => {
-                Some(Liveness::Down { since: duration_of(&s, S_DOWN_SINCE, "since missing")? })
-            }
-            _ => None,
-        };
-        let report = match opt_u64(&s, S_SCHEMA)? {
-            Some(schema) => {
-                let schema = u32::try_from(schema)
-                    .map_err(|_| DecodeError::new(field.offset, "status schema over u32"))?;
-                let binary = s.optional(S_BINARY)?.map(|b| str_of(&b)).transpose()?;
-                let lifecycle = match s.optional(S_LIFECYCLE)? {
-                    Some(l) => {
-                        let known = lifecycle_of(str_of(&l)?);
-                        // An unknown lifecycle is unknown (None), and counted.
-                        keep(known.is_some());
-                        known
-                    }
-                    None => None,
-                };
-                Some((schema, binary.map(str::to_owned), lifecycle))
-            }
-            None => None,
-        };
-        let count = |tag, what| -> D<usize> {
-            usize::try_from(req_u64(&s, tag, what)?)
-                .map_err(|_| DecodeError::new(field.offset, "a count over usize"))
-        };
-        let store = StoreId(req_u64(&s, S_STORE, "store missing")?);
-        let (leaders, replicas) =
-            (count(S_LEADERS, "leaders missing")?, count(S_REPLICAS, "replicas missing")?);
-        if keep(liveness.is_some())
-            && let Some(liveness) = liveness
-        {
-            stores.push(StoreHealth { store, liveness, report, leaders, replicas });
-        }
+        let (store, unknown) = store_health_of(&field)?;
+        skipped.set(skipped.get() + unknown);
+        stores.extend(store);
     }
     let mut insufficient_total = Vec::new();
     for t in r.repeated(R_INSUFFICIENT_TOTAL) {
@@ -504,7 +511,7 @@ fn report_of(f: &Field<'_>) -> D<HealthReport> {
         stores,
         insufficient_total,
         repairs_total,
-        skipped,
+        skipped: skipped.get(),
     })
 }
 

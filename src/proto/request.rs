@@ -366,21 +366,24 @@ fn decode_body(f: &Field<'_>) -> D<Request> {
             Request::LocalScan { start, end, limit }
         }
         Q_CHANGE_PEERS | Q_STORE_ADD | Q_STORE_REMOVE | Q_MEMBER => decode_membership(f)?,
-        Q_HEALTH => {
-            let r = nested(f, &[HQ_AUDIT])?;
-            // Absent: the report (the first version had no audit flag).
-            let audit = match r.optional(HQ_AUDIT)? {
-                None => false,
-                Some(a) => match a.as_u64()? {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(DecodeError::new(a.offset, "the audit flag is 0 or 1")),
-                },
-            };
-            Request::Health { audit }
-        }
+        Q_HEALTH => health_request_of(f)?,
         _ => return Err(DecodeError::new(f.offset, "unknown request body")),
     })
+}
+
+/// A health request: the report, or (`audit` 1) the audit.
+fn health_request_of(f: &Field<'_>) -> D<Request> {
+    let r = nested(f, &[HQ_AUDIT])?;
+    // Absent: the report.
+    let audit = match r.optional(HQ_AUDIT)? {
+        None => false,
+        Some(a) => match a.as_u64()? {
+            0 => false,
+            1 => true,
+            _ => return Err(DecodeError::new(a.offset, "the audit flag is 0 or 1")),
+        },
+    };
+    Ok(Request::Health { audit })
 }
 
 /// The membership requests: a change of one region, a store added or removed, a
