@@ -738,6 +738,30 @@ impl Node {
         tracing::info!(store = shared.id.0, "node stopped");
         result.map_err(Error::from)
     }
+
+    /// Stops at once, as a crash would leave it (minus the page cache): the store is
+    /// killed (nothing flushed, no clean mark; its next open recovers from the log), then
+    /// every connection closes and the node's threads stop. For tests and demos of
+    /// failures (the health monitor's dead-store repair). [`Node::shutdown`] afterwards
+    /// does nothing.
+    pub fn kill(&self) {
+        let mut stopped = self.stopped.lock();
+        if *stopped {
+            return;
+        }
+        *stopped = true;
+        let shared = &self.shared;
+        shared.shut.store(true, Ordering::SeqCst);
+        shared.store.kill();
+        self.transport.shutdown();
+        shared.remote.close();
+        shared.cancel.cancel();
+        for thread in [self.reporter.lock().take(), self.health.lock().take()].into_iter().flatten()
+        {
+            let _ = thread.join();
+        }
+        tracing::info!(store = shared.id.0, "node killed");
+    }
 }
 
 impl Drop for Node {

@@ -87,6 +87,25 @@ pub(crate) struct NodeArgs {
     /// tests that own the node's stdin.
     #[arg(long)]
     pub(crate) stop_on_stdin_eof: bool,
+    #[command(flatten)]
+    pub(crate) health: HealthArgs,
+}
+
+/// `regionkv node`'s health monitor settings (the monitor runs on the node whose store
+/// leads the cluster directory).
+#[derive(Args)]
+pub(crate) struct HealthArgs {
+    /// The health monitor declares a store down after this many seconds without a
+    /// report (default 30).
+    #[arg(long = "health-down-after", value_name = "SECS")]
+    pub(crate) down_after: Option<f64>,
+    /// The health monitor declares a store dead, and replaces its replicas, after this
+    /// many seconds without a report, corroborated by its peers (default 300).
+    #[arg(long = "health-dead-after", value_name = "SECS")]
+    pub(crate) dead_after: Option<f64>,
+    /// The health monitor plans repairs and reports them, but carries none out.
+    #[arg(long = "health-dry-run")]
+    pub(crate) dry_run: bool,
 }
 
 /// The cluster secret, from a flag or a file.
@@ -112,7 +131,7 @@ pub(crate) struct ClientArgs {
     #[command(flatten)]
     pub(crate) secret: SecretArgs,
     /// Print JSON instead of text.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub(crate) json: bool,
     #[command(subcommand)]
     pub(crate) op: ClientOp,
@@ -149,6 +168,19 @@ pub(crate) enum ClientOp {
         #[command(subcommand)]
         op: StoreOp,
     },
+    /// Print the health monitor's analyses: problems with their priority, what could
+    /// not be concluded for lack of information, planned repairs, each store's liveness.
+    Health {
+        #[command(subcommand)]
+        what: Option<HealthOp>,
+    },
+}
+
+/// What `regionkv client health` prints besides the current analyses.
+#[derive(Subcommand)]
+pub(crate) enum HealthOp {
+    /// The repairs the monitor carried out, and why (oldest first).
+    Audit,
 }
 
 /// What `regionkv client store` changes.
@@ -160,6 +192,9 @@ pub(crate) enum StoreOp {
     /// Remove store ID from every region (before adding back a store whose disk was
     /// lost).
     Remove { id: u64 },
+    /// Make store ID, listening at ADDR, a member of no region: a spare the health
+    /// monitor watches and may place replicas on. Start its node with --join first.
+    AddMember { id: u64, addr: SocketAddr },
 }
 
 /// Parses `--peer ID=IP:PORT`.

@@ -7,7 +7,8 @@ use regionkv::{
     Client, ClusterId, HistogramSnapshot, Region, RegionId, StoreId, StoreMetrics, StoreStatus,
 };
 
-use crate::args::{ClientArgs, ClientOp, StoreOp, read_secret};
+use crate::args::{ClientArgs, ClientOp, HealthOp, StoreOp, read_secret};
+use crate::health_cmd::{audit_output, report_output};
 
 fn show(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -139,6 +140,34 @@ fn status_output(stores: &[StoreStatus], json: bool) -> serde_json::Value {
     )
 }
 
+/// Adds or removes a store, or adds a member; prints the outcome (unless `json`) and
+/// returns it as JSON.
+fn store_output(
+    client: &Client,
+    op: &StoreOp,
+    json: bool,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let (what, regions) = match op {
+        StoreOp::Add { id, addr } => ("added to", client.add_store(StoreId(*id), *addr)?),
+        StoreOp::Remove { id } => ("removed from", client.remove_store(StoreId(*id))?),
+        StoreOp::AddMember { id, addr } => {
+            client.add_member(StoreId(*id), *addr)?;
+            if !json {
+                println!("store {id} at {addr} is a member (of no region yet)");
+            }
+            return Ok(serde_json::json!({"ok": true, "store": id, "addr": addr.to_string()}));
+        }
+    };
+    if !json {
+        println!("store {what} {} regions (the directory's included):", regions.len());
+        for r in &regions {
+            let stores: Vec<String> = r.peers.iter().map(|p| p.store.to_string()).collect();
+            println!("{} stores [{}]", region_line(r), stores.join(", "));
+        }
+    }
+    Ok(serde_json::json!(regions.iter().map(region_json).collect::<Vec<_>>()))
+}
+
 pub(crate) fn run_client(args: ClientArgs) -> Result<(), Box<dyn std::error::Error>> {
     let secret = read_secret(args.secret.secret, args.secret.secret_file)?;
     let client = Client::connect(&args.addr, ClusterId(args.cluster_id), secret)?;
@@ -211,20 +240,11 @@ pub(crate) fn run_client(args: ClientArgs) -> Result<(), Box<dyn std::error::Err
             )
         }
         ClientOp::Status => status_output(&client.status(), json),
-        ClientOp::Store { op } => {
-            let (what, regions) = match op {
-                StoreOp::Add { id, addr } => ("added to", client.add_store(StoreId(id), addr)?),
-                StoreOp::Remove { id } => ("removed from", client.remove_store(StoreId(id))?),
-            };
-            if !json {
-                println!("store {what} {} regions (the directory's included):", regions.len());
-                for r in &regions {
-                    let stores: Vec<String> = r.peers.iter().map(|p| p.store.to_string()).collect();
-                    println!("{} stores [{}]", region_line(r), stores.join(", "));
-                }
-            }
-            serde_json::json!(regions.iter().map(region_json).collect::<Vec<_>>())
+        ClientOp::Health { what: None } => report_output(&client.health()?, json),
+        ClientOp::Health { what: Some(HealthOp::Audit) } => {
+            audit_output(&client.health_audit()?, json)
         }
+        ClientOp::Store { op } => store_output(&client, &op, json)?,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&out)?);

@@ -5,6 +5,7 @@ mod args;
 mod bench;
 mod client_cmd;
 mod demo;
+mod health_cmd;
 mod node_cmd;
 
 use std::path::PathBuf;

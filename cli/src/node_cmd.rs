@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use regionkv::health::HealthConfig;
 use regionkv::{ClusterId, InitialClusterState, Node, NodeConfig, StoreId};
 
 use crate::args::{NodeArgs, read_secret};
@@ -85,7 +86,45 @@ fn node_config(args: NodeArgs) -> Result<(NodeConfig, bool), String> {
     }
     config.initial_cluster_state =
         initial_state(args.bootstrap, args.join, file.initial_cluster_state.as_deref())?;
+    config.health = health_config(
+        (args.health.down_after, args.health.dead_after, args.health.dry_run),
+        config.peers.len(),
+    )?;
     Ok((config, args.stop_on_stdin_eof))
+}
+
+/// The health monitor's settings if a flag changes them: the defaults, with a
+/// replication factor of this node's configured stores (at most 3), and the flags.
+fn health_config(
+    (down_after, dead_after, dry_run): (Option<f64>, Option<f64>, bool),
+    peers: usize,
+) -> Result<Option<HealthConfig>, String> {
+    if down_after.is_none() && dead_after.is_none() && !dry_run {
+        return Ok(None);
+    }
+    let secs = |flag: &str, s: f64| {
+        Duration::try_from_secs_f64(s)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| format!("{flag} must be a positive number of seconds, not {s}"))
+    };
+    let mut config =
+        HealthConfig { replication_factor: (peers + 1).min(3), ..HealthConfig::default() };
+    if let Some(s) = down_after {
+        config.store_down_after = secs("--health-down-after", s)?;
+    }
+    if let Some(s) = dead_after {
+        config.store_dead_after = secs("--health-dead-after", s)?;
+    }
+    if config.store_dead_after < config.store_down_after {
+        return Err(format!(
+            "--health-dead-after ({:?}) is shorter than the down timeout ({:?}): a store is \
+             down before it is dead",
+            config.store_dead_after, config.store_down_after
+        ));
+    }
+    config.dry_run = dry_run;
+    Ok(Some(config))
 }
 
 /// Runs a node until SIGTERM or SIGINT (or stdin's end), then shuts it down in order.
