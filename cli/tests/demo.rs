@@ -18,6 +18,10 @@ fn demo_runs_and_verifies() {
         "store 2 restarted after",
         "is on all three replicas (900 keys)",
         "900 keys intact after the restart",
+        "node 3 killed",
+        "store-down on store 3",
+        "every region's replica on it was replaced on store 4",
+        "replace-replica region 0, off store 3 (for store-dead)",
         "verified: every acknowledged write survived",
     ] {
         assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
