@@ -87,7 +87,10 @@ fn a_dead_store_s_replicas_move_to_the_spare_and_nothing_else_is_repaired() {
     let done = audit.iter().filter(|e| e.event.starts_with("done")).count();
     assert_eq!(started, done, "{audit:?}");
     for i in 0..80 {
-        assert_eq!(db.get(format!("k{i:03}")).unwrap().as_deref(), Some(format!("v{i}").as_bytes()));
+        assert_eq!(
+            db.get(format!("k{i:03}")).unwrap().as_deref(),
+            Some(format!("v{i}").as_bytes())
+        );
     }
     cluster.shutdown().unwrap();
 }
