@@ -282,10 +282,17 @@ impl ClusterHealth {
 }
 
 impl HealthHost for ClusterHealth {
-    fn leads_directory(&self) -> bool {
-        self.stores().iter().any(|s| {
-            s.peer_status(DIRECTORY).is_some_and(|p| p.role == regionkv_raft::StateRole::Leader)
-        })
+    fn directory_leader(&self) -> Option<StoreId> {
+        self.stores()
+            .iter()
+            .find(|s| {
+                s.peer_status(DIRECTORY).is_some_and(|p| p.role == regionkv_raft::StateRole::Leader)
+            })
+            .map(|s| s.context().config.store_id)
+    }
+
+    fn health_events(&self) -> Vec<(u64, regionkv_raft::directory::HealthEvent)> {
+        health_events_of(&self.stores())
     }
 
     fn collect(&self) -> Vec<StoreStatus> {
@@ -310,6 +317,20 @@ pub(crate) fn store_status(store: &Store) -> StoreStatus {
         peers: store.status(),
         metrics: Some(store.metrics()),
     }
+}
+
+/// The directory's health events, from the replica of the first of `stores` that
+/// leads it (else any that has one).
+fn health_events_of(stores: &[Arc<Store>]) -> Vec<(u64, regionkv_raft::directory::HealthEvent)> {
+    let leads = |s: &&Arc<Store>| {
+        s.peer_status(DIRECTORY).is_some_and(|p| p.role == regionkv_raft::StateRole::Leader)
+    };
+    let first = stores.iter().find(leads).or_else(|| stores.first());
+    first
+        .and_then(|s| {
+            regionkv_raft::directory::health_events(&s.context().directory.read_view()).ok()
+        })
+        .unwrap_or_default()
 }
 
 /// The directory's records, from the replica of the first of `stores` that has one.
@@ -460,6 +481,15 @@ impl Cluster {
     /// The repairs the health monitor carried out, and why (oldest first).
     pub fn health_audit(&self) -> Vec<AuditEntry> {
         self.inner.health.audit().unwrap_or_default()
+    }
+
+    /// Every repair step the health monitors of the cluster recorded in its directory
+    /// (kept across restarts and leader changes; the last
+    /// [`HEALTH_EVENTS_KEPT`](regionkv_raft::directory::HEALTH_EVENTS_KEPT)), oldest
+    /// first, with their numbers.
+    pub fn health_history(&self) -> Vec<(u64, regionkv_raft::directory::HealthEvent)> {
+        let stores: Vec<Arc<Store>> = self.inner.local.stores.read().values().cloned().collect();
+        health_events_of(&stores)
     }
 
     /// Changes the health monitor's settings (a detect-only switch, dry run, a

@@ -73,7 +73,7 @@ impl ClusterOps {
     pub fn alloc_ids(&self, count: u64) -> Result<u64> {
         match self.directory(&DirCmd::AllocIds { count }, ALLOC_IDS_DEADLINE)? {
             DirResult::Ids { first, .. } => Ok(first),
-            other @ DirResult::Reported { .. } => {
+            other @ (DirResult::Reported { .. } | DirResult::Recorded { .. }) => {
                 Err(Error::InvalidRequest(format!("the directory answered {other:?}")))
             }
         }

@@ -104,6 +104,13 @@ pub(crate) fn report_lines(report: &HealthReport) -> Vec<String> {
             s.leaders
         ));
     }
+    if report.repairs_deferred > 0 {
+        out.push(format!(
+            "  {} turns' repairs waited: the cluster version does not allow recording them yet \
+             (regionkv client upgrade finalize)",
+            report.repairs_deferred
+        ));
+    }
     if report.skipped > 0 {
         out.push(format!(
             "  {} entries of a newer node were left out (names this binary does not know)",
@@ -159,6 +166,7 @@ pub(crate) fn report_output(report: &HealthReport, json: bool) -> serde_json::Va
             serde_json::json!({"kind": k.name(), "result": r, "count": n})
         }).collect::<Vec<_>>(),
         "skipped": report.skipped,
+        "repairs_deferred": report.repairs_deferred,
     })
 }
 

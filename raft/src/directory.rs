@@ -13,6 +13,11 @@
 //!  "r" 0x02                         the region whose end is unbounded
 //!                                     1 region (engine codec)  2 leader store (optional)
 //!  "i" <region id, u64 BE>          the directory key of that region's record
+//!  "h" <seq, u64 BE>                 a health event (the monitor's audit ring, the last
+//!                                     HEALTH_EVENTS_KEPT): 1 holder store, 2 region,
+//!                                     3 repair kind, 4 reason, 5 event, 6 store removed
+//!                                     (optional), 7 store added (optional)
+//!  "H"                               the next health event's seq: 1 u64
 //! ```
 //!
 //! Records are keyed by their end so that the region holding key `k` is the first
@@ -50,6 +55,13 @@ const FORMAT_VERSION: u8 = 1;
 const KEY_NEXT_ID: &[u8] = b"n";
 const KEY_REGION: u8 = b'r';
 const KEY_INDEX: u8 = b'i';
+const KEY_HEALTH: u8 = b'h';
+const KEY_HEALTH_NEXT: &[u8] = b"H";
+
+/// Health events the directory keeps (the oldest goes when one more is recorded).
+pub const HEALTH_EVENTS_KEPT: u64 = 256;
+/// The longest text a health event's fields may carry.
+pub const HEALTH_EVENT_TEXT_MAX: usize = 1024;
 const END_BOUNDED: u8 = 1;
 const END_UNBOUNDED: u8 = 2;
 
@@ -62,9 +74,21 @@ const NEXT_ID: u16 = 1;
 const CMD_KIND: u16 = 1;
 const CMD_COUNT: u16 = 2;
 const CMD_RECORD: u16 = 3;
-const CMD_TAGS: &[u16] = &[CMD_KIND, CMD_COUNT, CMD_RECORD];
+const CMD_TAGS: &[u16] = &[CMD_KIND, CMD_COUNT, CMD_RECORD, CMD_HEALTH];
+const CMD_HEALTH: u16 = 4;
 const KIND_ALLOC: u64 = 1;
 const KIND_REPORT: u64 = 2;
+/// Needs cluster version 2 (`crate::version::HEALTH_AUDIT`).
+const KIND_HEALTH: u64 = 3;
+
+const HE_HOLDER: u16 = 1;
+const HE_REGION: u16 = 2;
+const HE_KIND: u16 = 3;
+const HE_REASON: u16 = 4;
+const HE_EVENT: u16 = 5;
+const HE_REMOVE: u16 = 6;
+const HE_ADD: u16 = 7;
+const HE_TAGS: &[u16] = &[HE_HOLDER, HE_REGION, HE_KIND, HE_REASON, HE_EVENT, HE_REMOVE, HE_ADD];
 
 /// What the directory knows of one region.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,6 +112,31 @@ pub enum DirCmd {
         /// The records.
         records: Vec<RegionRecord>,
     },
+    /// One step of a health repair, recorded before the step is taken: the monitor's
+    /// audit, and its fence (only the directory's leader can get one applied).
+    RecordHealth {
+        /// The event.
+        event: Box<HealthEvent>,
+    },
+}
+
+/// One line of the health monitor's audit, as the directory keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthEvent {
+    /// The store whose monitor acts.
+    pub holder: StoreId,
+    /// The region repaired.
+    pub region: RegionId,
+    /// The repair's kind, by name.
+    pub kind: String,
+    /// The analysis that asked for it, by name.
+    pub reason: String,
+    /// "started", "done: ...", "failed: ...".
+    pub event: String,
+    /// The store whose peer the repair removes, if any.
+    pub remove: Option<StoreId>,
+    /// The store the repair adds a peer on, if any.
+    pub add: Option<StoreId>,
 }
 
 /// What an applied [`DirCmd`] produced.
@@ -104,6 +153,11 @@ pub enum DirResult {
     Reported {
         /// Records taken.
         taken: usize,
+    },
+    /// A health event recorded under this sequence number.
+    Recorded {
+        /// Its number.
+        seq: u64,
     },
 }
 
@@ -165,7 +219,95 @@ pub(crate) fn encode_cmd(out: &mut Vec<u8>, cmd: &DirCmd) {
                 codec::put_nested(out, CMD_RECORD, |out| put_record_fields(out, r));
             }
         }
+        DirCmd::RecordHealth { event } => {
+            codec::put_u64(out, CMD_KIND, KIND_HEALTH);
+            codec::put_nested(out, CMD_HEALTH, |out| put_health_fields(out, event));
+        }
     }
+}
+
+/// Writes `e`'s fields (the client protocol carries them as the directory does).
+pub fn put_health_fields(out: &mut Vec<u8>, e: &HealthEvent) {
+    codec::put_u64(out, HE_HOLDER, e.holder.0);
+    codec::put_u64(out, HE_REGION, e.region.0);
+    codec::put_field(out, HE_KIND, e.kind.as_bytes());
+    codec::put_field(out, HE_REASON, e.reason.as_bytes());
+    codec::put_field(out, HE_EVENT, e.event.as_bytes());
+    if let Some(s) = e.remove {
+        codec::put_u64(out, HE_REMOVE, s.0);
+    }
+    if let Some(s) = e.add {
+        codec::put_u64(out, HE_ADD, s.0);
+    }
+}
+
+/// Reads a health event's fields.
+pub fn decode_health_fields(buf: &[u8]) -> DecodeResult<HealthEvent> {
+    // Fields added later are skipped by this binary (absent is unknown).
+    let rec = TlvRecord::parse(buf, HE_TAGS, UnknownTags::Skip)?;
+    let text = |tag, what| -> DecodeResult<String> {
+        let f = rec.required(tag, what)?;
+        String::from_utf8(f.value.to_vec()).map_err(|_| DecodeError::new(f.offset, "not UTF-8"))
+    };
+    Ok(HealthEvent {
+        holder: StoreId(rec.required(HE_HOLDER, "holder")?.as_u64()?),
+        region: RegionId(rec.required(HE_REGION, "region")?.as_u64()?),
+        kind: text(HE_KIND, "kind")?,
+        reason: text(HE_REASON, "reason")?,
+        event: text(HE_EVENT, "event")?,
+        remove: rec.optional(HE_REMOVE)?.map(|f| f.as_u64().map(StoreId)).transpose()?,
+        add: rec.optional(HE_ADD)?.map(|f| f.as_u64().map(StoreId)).transpose()?,
+    })
+}
+
+fn health_key(seq: u64) -> Vec<u8> {
+    let mut key = vec![KEY_HEALTH];
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The health events the directory keeps, oldest first, with their numbers.
+pub fn health_events(snapshot: &ReadView) -> Result<Vec<(u64, HealthEvent)>> {
+    let mut out = Vec::new();
+    let mut failed = None;
+    snapshot.for_each(&[KEY_HEALTH], Some(&[KEY_HEALTH + 1]), |key, value| {
+        let decoded = (|| -> DecodeResult<(u64, HealthEvent)> {
+            let seq = key
+                .get(1..9)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .ok_or(DecodeError::new(0, "health event key"))?;
+            let (&version, body) = value.split_first().ok_or(DecodeError::new(0, "empty"))?;
+            if version != FORMAT_VERSION {
+                return Err(DecodeError::new(0, "health event of an unknown format version"));
+            }
+            Ok((seq, decode_health_fields(body).map_err(|e| e.shifted(1))?))
+        })();
+        match decoded {
+            Ok(e) => {
+                out.push(e);
+                true
+            }
+            Err(e) => {
+                failed = Some(corrupt("health event", &e));
+                false
+            }
+        }
+    });
+    failed.map_or(Ok(out), Err)
+}
+
+/// The next health event's number.
+fn next_health_seq(snapshot: &ReadView) -> Result<u64> {
+    let Some(value) = snapshot.get(KEY_HEALTH_NEXT) else { return Ok(1) };
+    let decode = || -> DecodeResult<u64> {
+        let (&version, body) = value.split_first().ok_or(DecodeError::new(0, "empty"))?;
+        if version != FORMAT_VERSION {
+            return Err(DecodeError::new(0, "unknown format version"));
+        }
+        TlvRecord::parse(body, &[NEXT_ID], UnknownTags::Reject)?.required(NEXT_ID, "next")?.as_u64()
+    };
+    decode().map_err(|e| corrupt("next health event", &e))
 }
 
 pub(crate) fn decode_cmd(buf: &[u8]) -> DecodeResult<DirCmd> {
@@ -180,6 +322,11 @@ pub(crate) fn decode_cmd(buf: &[u8]) -> DecodeResult<DirCmd> {
                 records.push(decode_record_fields(f.value).map_err(|e| e.shifted(f.offset))?);
             }
             Ok(DirCmd::Report { records })
+        }
+        KIND_HEALTH => {
+            let f = rec.required(CMD_HEALTH, "health event")?;
+            let event = decode_health_fields(f.value).map_err(|e| e.shifted(f.offset))?;
+            Ok(DirCmd::RecordHealth { event: Box::new(event) })
         }
         _ => Err(DecodeError::new(0, "unknown directory command")),
     }
@@ -374,6 +521,19 @@ pub(crate) fn apply(engine: &Engine, epoch: Epoch, cmd: &DirCmd) -> Result<Resul
             }
             DirResult::Reported { taken }
         }
+        DirCmd::RecordHealth { event } => {
+            let seq = next_health_seq(&snapshot)?;
+            let mut value = vec![FORMAT_VERSION];
+            put_health_fields(&mut value, event);
+            round.put(&health_key(seq), &value)?;
+            let mut next = vec![FORMAT_VERSION];
+            codec::put_u64(&mut next, NEXT_ID, seq + 1);
+            round.put(KEY_HEALTH_NEXT, &next)?;
+            if seq > HEALTH_EVENTS_KEPT {
+                round.delete(&health_key(seq - HEALTH_EVENTS_KEPT))?;
+            }
+            DirResult::Recorded { seq }
+        }
     };
     round.commit()?;
     Ok(Ok(result))
@@ -386,6 +546,15 @@ fn check(cmd: &DirCmd) -> Result<()> {
             Err(Error::InvalidRequest(format!(
                 "an allocation takes 1 to {MAX_IDS_PER_ALLOCATION} ids, not {count}"
             )))
+        }
+        DirCmd::RecordHealth { event } => {
+            let longest = [&event.kind, &event.reason, &event.event].iter().map(|t| t.len()).max();
+            if longest.unwrap_or(0) > HEALTH_EVENT_TEXT_MAX {
+                return Err(Error::InvalidRequest(format!(
+                    "a health event's text takes at most {HEALTH_EVENT_TEXT_MAX} bytes"
+                )));
+            }
+            Ok(())
         }
         DirCmd::AllocIds { .. } | DirCmd::Report { .. } => Ok(()),
     }
@@ -551,9 +720,49 @@ mod tests {
         }
     }
 
+    fn event(i: u64) -> HealthEvent {
+        HealthEvent {
+            holder: StoreId(1),
+            region: RegionId(i),
+            kind: "replace-replica".into(),
+            reason: "store-dead".into(),
+            event: format!("started {i}"),
+            remove: Some(StoreId(3)),
+            add: i.is_multiple_of(2).then_some(StoreId(4)),
+        }
+    }
+
+    #[test]
+    fn health_events_are_a_bounded_ring_and_overlong_ones_are_refused() {
+        let engine = engine();
+        for i in 1..=HEALTH_EVENTS_KEPT + 3 {
+            let cmd = DirCmd::RecordHealth { event: Box::new(event(i)) };
+            let result = apply(&engine, Epoch::INITIAL, &cmd).unwrap().unwrap();
+            assert_eq!(result, DirResult::Recorded { seq: i });
+        }
+        let events = health_events(&engine.read_view()).unwrap();
+        assert_eq!(events.len() as u64, HEALTH_EVENTS_KEPT);
+        assert_eq!(events[0], (4, event(4)));
+        assert_eq!(
+            events.last().unwrap(),
+            &(HEALTH_EVENTS_KEPT + 3, event(HEALTH_EVENTS_KEPT + 3))
+        );
+        let mut long = event(1);
+        long.event = "x".repeat(HEALTH_EVENT_TEXT_MAX + 1);
+        let refused =
+            apply(&engine, Epoch::INITIAL, &DirCmd::RecordHealth { event: Box::new(long) })
+                .unwrap();
+        assert!(matches!(refused, Err(Error::InvalidRequest(_))), "{refused:?}");
+        assert_eq!(health_events(&engine.read_view()).unwrap().len() as u64, HEALTH_EVENTS_KEPT);
+        // Ids and region records live beside it, untouched.
+        assert_eq!(ids(&engine), Vec::<u64>::new());
+    }
+
     #[test]
     fn commands_round_trip_and_garbage_never_panics() {
         let cmds = [
+            DirCmd::RecordHealth { event: Box::new(event(7)) },
+            DirCmd::RecordHealth { event: Box::new(event(8)) },
             DirCmd::AllocIds { count: 7 },
             DirCmd::Report {
                 records: vec![

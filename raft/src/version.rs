@@ -37,8 +37,12 @@ pub struct Feature {
 /// command), so that diverged replicas can be found.
 pub const IMAGE_HASH: Feature = Feature { name: "image-hash", since: 2 };
 
+/// The health monitor records each repair step in the directory (a directory command
+/// kind) before it takes it: its audit, and its fence.
+pub const HEALTH_AUDIT: Feature = Feature { name: "health-audit", since: 2 };
+
 /// Every feature, oldest first.
-pub const FEATURES: &[Feature] = &[IMAGE_HASH];
+pub const FEATURES: &[Feature] = &[IMAGE_HASH, HEALTH_AUDIT];
 
 /// A store's view of the cluster's active version: it only goes up.
 #[derive(Debug)]

@@ -192,6 +192,9 @@ pub struct HealthReport {
     /// repair kind it does not know): left out of this report, never taken for another.
     /// 0 in the process that evaluated.
     pub skipped: u64,
+    /// Turns whose repairs waited because the cluster version does not allow them yet
+    /// (repairs are recorded in the directory, a command kind of cluster version 2).
+    pub repairs_deferred: u64,
 }
 
 impl HealthReport {
@@ -219,6 +222,7 @@ pub struct Monitor {
     next_seq: u64,
     insufficient_total: BTreeMap<(AnalysisCode, FieldId), u64>,
     repairs_total: BTreeMap<(RepairKind, String), u64>,
+    repairs_deferred: u64,
     last: HealthReport,
 }
 
@@ -236,6 +240,7 @@ impl Monitor {
             next_seq: 1,
             insufficient_total: BTreeMap::new(),
             repairs_total: BTreeMap::new(),
+            repairs_deferred: 0,
             last: HealthReport::default(),
         }
     }
@@ -343,6 +348,7 @@ impl Monitor {
                 .map(|((k, r), &n)| (*k, r.clone(), n))
                 .collect(),
             skipped: 0,
+            repairs_deferred: self.repairs_deferred,
         };
         self.last.clone()
     }
@@ -355,6 +361,19 @@ impl Monitor {
     /// The audit ring, oldest first.
     pub fn audit(&self) -> Vec<AuditEntry> {
         self.audit.iter().cloned().collect()
+    }
+
+    /// Counts a turn whose repairs wait for the cluster version; true the first time.
+    pub fn repairs_deferred(&mut self) -> bool {
+        self.repairs_deferred += 1;
+        self.last.repairs_deferred = self.repairs_deferred;
+        self.repairs_deferred == 1
+    }
+
+    /// Blocks repairs of `region` for `repair_block` from `now` (another monitor
+    /// repairs it, or did lately).
+    pub fn block_region(&mut self, region: RegionId, now: Duration) {
+        self.recent.insert(region, now);
     }
 
     /// Records that `repair` starts (before its first step: invariant H5) and marks its

@@ -22,15 +22,26 @@ use regionkv_engine::StoreId;
 use regionkv_raft::directory::RegionRecord;
 use regionkv_wal::CancellationToken;
 
+use regionkv_raft::directory::{DirCmd, HealthEvent};
+
 use super::{HealthConfig, HealthReport, Liveness, Monitor, PlannedRepair, RepairKind};
+
+/// How long recording a repair step in the directory keeps trying.
+const RECORD_DEADLINE: Duration = Duration::from_secs(2);
 use crate::control::ClusterOps;
 use crate::error::{Error, Result};
 use crate::proto::StoreStatus;
 
 /// What the runner needs from the process it runs in.
 pub(crate) trait HealthHost: Send + Sync {
-    /// True while this process's store leads the directory's group.
-    fn leads_directory(&self) -> bool;
+    /// The store of this process that leads the directory's group, if one does.
+    fn directory_leader(&self) -> Option<StoreId>;
+    /// True while a store of this process leads the directory's group.
+    fn leads_directory(&self) -> bool {
+        self.directory_leader().is_some()
+    }
+    /// The health events the directory holds (every monitor's, oldest first).
+    fn health_events(&self) -> Vec<(u64, HealthEvent)>;
     /// Every store's status report that can be had now (a store that does not answer
     /// is left out: the monitor's clock decides when it is down).
     fn collect(&self) -> Vec<StoreStatus>;
@@ -46,6 +57,8 @@ pub(crate) struct HealthRunner {
     started: Instant,
     /// True while this process ran the last turn (it leads the directory).
     active: Mutex<bool>,
+    /// The highest directory health event taken into account.
+    events_seen: Mutex<u64>,
 }
 
 impl HealthRunner {
@@ -54,6 +67,7 @@ impl HealthRunner {
             monitor: Mutex::new(Monitor::new(config)),
             started: Instant::now(),
             active: Mutex::new(false),
+            events_seen: Mutex::new(0),
         })
     }
 
@@ -91,11 +105,12 @@ impl HealthRunner {
 
     /// One turn: collect, evaluate, re-check, repair.
     pub fn turn(&self, host: &dyn HealthHost, cancel: &CancellationToken) {
-        if !host.leads_directory() {
+        let Some(holder) = host.directory_leader() else {
             *self.active.lock() = false;
             return;
-        }
+        };
         *self.active.lock() = true;
+        self.note_other_monitors(host, holder);
         let planned = self.evaluate(host).planned;
         if planned.is_empty() || self.monitor.lock().config().dry_run {
             return;
@@ -103,8 +118,26 @@ impl HealthRunner {
         // Re-check on fresh reports: only what both plans hold runs.
         let again: BTreeSet<PlannedRepair> = self.evaluate(host).planned.into_iter().collect();
         for repair in planned.into_iter().filter(|r| again.contains(r)) {
-            if cancel.is_cancelled() || !host.leads_directory() {
+            if cancel.is_cancelled() {
                 return;
+            }
+            // The fence: the step is recorded in the directory first, which only its
+            // leader can do. A monitor that lost the directory stops here.
+            match Self::record(host, holder, &repair, "started".into()) {
+                Ok(()) => {}
+                Err(e) if feature_not_active(&e) => {
+                    if self.monitor.lock().repairs_deferred() {
+                        tracing::info!(
+                            "health: repairs wait for cluster version 2 (finalize the upgrade); \
+                             analyses are reported meanwhile"
+                        );
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "health: a repair not recorded in the directory is not taken");
+                    return;
+                }
             }
             self.monitor.lock().repair_started(self.now(), &repair);
             tracing::warn!(kind = repair.kind.name(), region = repair.region.0, reason = repair.reason.name(), remove = ?repair.remove, "health: repairing");
@@ -123,7 +156,55 @@ impl HealthRunner {
                     "health: repair failed"
                 ),
             }
+            let event = match &result {
+                Ok(what) => format!("done: {what}"),
+                Err(why) => format!("failed: {why}"),
+            };
+            if let Err(e) = Self::record(host, holder, &repair, event) {
+                tracing::info!(error = %e, "health: the end of a repair was not recorded in the directory");
+            }
             self.monitor.lock().repair_finished(self.now(), &repair, result);
+        }
+    }
+
+    /// Records one step of `repair` in the directory's health events.
+    fn record(
+        host: &dyn HealthHost,
+        holder: StoreId,
+        repair: &PlannedRepair,
+        event: String,
+    ) -> Result<()> {
+        let cmd = DirCmd::RecordHealth {
+            event: Box::new(HealthEvent {
+                holder,
+                region: repair.region,
+                kind: repair.kind.name().into(),
+                reason: repair.reason.name().into(),
+                event,
+                remove: repair.remove,
+                add: None,
+            }),
+        };
+        let mut result = Err(Error::Shutdown);
+        host.run_ops(&mut |ops| result = ops.directory(&cmd, RECORD_DEADLINE).map(drop));
+        result
+    }
+
+    /// Regions another monitor (an earlier directory leader) repairs, or repaired
+    /// lately, are not repaired again within the block.
+    fn note_other_monitors(&self, host: &dyn HealthHost, holder: StoreId) {
+        let events = host.health_events();
+        let mut seen = self.events_seen.lock();
+        let now = self.now();
+        let mut monitor = self.monitor.lock();
+        for (seq, e) in events {
+            if seq <= *seen {
+                continue;
+            }
+            *seen = seq;
+            if e.holder != holder {
+                monitor.block_region(e.region, now);
+            }
         }
     }
 
@@ -230,4 +311,9 @@ impl HealthRunner {
                 )
             })
     }
+}
+
+/// True if `e` says the cluster version does not allow the command yet.
+fn feature_not_active(e: &Error) -> bool {
+    matches!(e, Error::Store(regionkv_raft::Error::FeatureNotActive { .. }))
 }

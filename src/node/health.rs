@@ -6,8 +6,9 @@
 
 use std::sync::Weak;
 
+use regionkv_engine::StoreId;
 use regionkv_raft::StateRole;
-use regionkv_raft::directory::{DIRECTORY, RegionRecord};
+use regionkv_raft::directory::{DIRECTORY, HealthEvent, RegionRecord};
 
 use super::NodeShared;
 use crate::backend::Backend;
@@ -19,11 +20,17 @@ use crate::proto::StoreStatus;
 pub(super) struct NodeHealth(pub(super) Weak<NodeShared>);
 
 impl HealthHost for NodeHealth {
-    fn leads_directory(&self) -> bool {
-        self.0.upgrade().is_some_and(|shared| {
-            !shared.is_shut_now()
-                && shared.store.peer_status(DIRECTORY).is_some_and(|p| p.role == StateRole::Leader)
-        })
+    fn directory_leader(&self) -> Option<StoreId> {
+        let shared = self.0.upgrade()?;
+        let leads = !shared.is_shut_now()
+            && shared.store.peer_status(DIRECTORY).is_some_and(|p| p.role == StateRole::Leader);
+        leads.then_some(shared.id)
+    }
+
+    fn health_events(&self) -> Vec<(u64, HealthEvent)> {
+        let Some(shared) = self.0.upgrade() else { return Vec::new() };
+        let view = shared.store.context().directory.read_view();
+        regionkv_raft::directory::health_events(&view).unwrap_or_default()
     }
 
     fn collect(&self) -> Vec<StoreStatus> {

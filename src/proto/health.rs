@@ -10,6 +10,7 @@
 //!  report       1 at (us)  2 detection*  3 insufficient*  4 planned*  5 dry run (0/1)
 //!               6 store*  7 insufficient total* { 1 analysis, 2 field, 3 count }
 //!               8 repairs total* { 1 repair kind, 2 result, 3 count }
+//!               9 turns whose repairs waited for the cluster version
 //!  detection    1 analysis  2 priority  3 subject  4 detail  5 since (us)
 //!  insufficient 1 analysis  2 subject  3 field  4 store that did not report it (optional)
 //!  subject      exactly one of 1 region id | 2 store id | 3 cluster (empty)
@@ -64,6 +65,7 @@ const R_DRY_RUN: u16 = 5;
 const R_STORE: u16 = 6;
 const R_INSUFFICIENT_TOTAL: u16 = 7;
 const R_REPAIRS_TOTAL: u16 = 8;
+const R_REPAIRS_DEFERRED: u16 = 9;
 
 const D_ANALYSIS: u16 = 1;
 const D_PRIORITY: u16 = 2;
@@ -290,6 +292,7 @@ fn put_report(o: &mut Vec<u8>, r: &HealthReport) {
             codec::put_u64(o, T_COUNT, *n);
         });
     }
+    codec::put_u64(o, R_REPAIRS_DEFERRED, r.repairs_deferred);
 }
 
 fn put_audit(o: &mut Vec<u8>, entries: &[AuditEntry]) {
@@ -365,6 +368,7 @@ const REPORT_TAGS: &[u16] = &[
     R_STORE,
     R_INSUFFICIENT_TOTAL,
     R_REPAIRS_TOTAL,
+    R_REPAIRS_DEFERRED,
 ];
 
 /// One store's health, or `None` if its liveness is of a kind this binary does not
@@ -512,6 +516,7 @@ fn report_of(f: &Field<'_>) -> D<HealthReport> {
         insufficient_total,
         repairs_total,
         skipped: skipped.get(),
+        repairs_deferred: req_u64(&r, R_REPAIRS_DEFERRED, "repairs deferred missing")?,
     })
 }
 

@@ -4,7 +4,7 @@
 
 use regionkv_engine::codec::{self, DecodeError, Field, TlvRecord, UnknownTags};
 use regionkv_engine::{Epoch, MergeState, PeerId, Region, RegionId, StoreId};
-use regionkv_raft::directory::{DirCmd, DirResult, RegionRecord};
+use regionkv_raft::directory::{self, DirCmd, DirResult, RegionRecord};
 use regionkv_raft::{AdminCmd, AdminResult, MergeStatus, PeerStatus, StateRole, StoreMetrics};
 use regionkv_wal::{Histogram, HistogramSnapshot, WalStats};
 
@@ -190,7 +190,10 @@ const DC_COUNT: u16 = 2;
 const DC_RECORD: u16 = 3;
 const DC_FIRST: u16 = 4;
 const DC_TAKEN: u16 = 5;
-const DC_TAGS: &[u16] = &[DC_KIND, DC_COUNT, DC_RECORD, DC_FIRST, DC_TAKEN];
+const DC_HEALTH: u16 = 6;
+const DC_SEQ: u16 = 7;
+const DC_TAGS: &[u16] = &[DC_KIND, DC_COUNT, DC_RECORD, DC_FIRST, DC_TAKEN, DC_HEALTH, DC_SEQ];
+const DK_HEALTH: u64 = 3;
 const DK_ALLOC: u64 = 1;
 const DK_REPORT: u64 = 2;
 const RR_REGION: u16 = 1;
@@ -225,6 +228,10 @@ pub(super) fn put_dir_cmd(o: &mut Vec<u8>, cmd: &DirCmd) {
                 put_record(o, DC_RECORD, r);
             }
         }
+        DirCmd::RecordHealth { event } => {
+            codec::put_u64(o, DC_KIND, DK_HEALTH);
+            codec::put_nested(o, DC_HEALTH, |o| directory::put_health_fields(o, event));
+        }
     }
 }
 
@@ -235,6 +242,14 @@ pub(super) fn dir_cmd_of(f: &Field<'_>) -> D<DirCmd> {
         DK_REPORT => DirCmd::Report {
             records: r.repeated(DC_RECORD).map(|f| record_of(&f)).collect::<D<_>>()?,
         },
+        DK_HEALTH => {
+            let h = r.required(DC_HEALTH, "health event missing")?;
+            DirCmd::RecordHealth {
+                event: Box::new(
+                    directory::decode_health_fields(h.value).map_err(|e| e.shifted(h.offset))?,
+                ),
+            }
+        }
         _ => return Err(DecodeError::new(f.offset, "unknown directory command")),
     })
 }
@@ -250,6 +265,10 @@ pub(super) fn put_dir_result(o: &mut Vec<u8>, result: &DirResult) {
             codec::put_u64(o, DC_KIND, DK_REPORT);
             codec::put_u64(o, DC_TAKEN, *taken as u64);
         }
+        DirResult::Recorded { seq } => {
+            codec::put_u64(o, DC_KIND, DK_HEALTH);
+            codec::put_u64(o, DC_SEQ, *seq);
+        }
     }
 }
 
@@ -263,6 +282,7 @@ pub(super) fn dir_result_of(f: &Field<'_>) -> D<DirResult> {
         DK_REPORT => DirResult::Reported {
             taken: usize::try_from(req_u64(&r, DC_TAKEN, "taken missing")?).unwrap_or(usize::MAX),
         },
+        DK_HEALTH => DirResult::Recorded { seq: req_u64(&r, DC_SEQ, "seq missing")? },
         _ => return Err(DecodeError::new(f.offset, "unknown directory result")),
     })
 }

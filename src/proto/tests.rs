@@ -51,6 +51,23 @@ fn status() -> PeerStatus {
     }
 }
 
+/// A directory command recording a health repair step.
+fn record_health() -> Request {
+    Request::Directory {
+        cmd: DirCmd::RecordHealth {
+            event: Box::new(regionkv_raft::directory::HealthEvent {
+                holder: StoreId(1),
+                region: RegionId(7),
+                kind: "replace-replica".into(),
+                reason: "store-dead".into(),
+                event: "started".into(),
+                remove: Some(StoreId(3)),
+                add: None,
+            }),
+        },
+    }
+}
+
 fn requests() -> Vec<Request> {
     let epoch = Epoch { version: 2, conf_ver: 1 };
     vec![
@@ -116,6 +133,7 @@ fn requests() -> Vec<Request> {
                 ],
             },
         },
+        record_health(),
         Request::MergeStatus { region: RegionId(3) },
         Request::PeerStatus { region: RegionId(3) },
         Request::Locate { key: Vec::new() },
@@ -168,6 +186,7 @@ fn responses() -> Vec<Result<Response, RemoteError>> {
         Ok(Response::Admin(AdminResult::RolledBack(region(2, "m", None)))),
         Ok(Response::Directory(DirResult::Ids { first: 10, count: 2 })),
         Ok(Response::Directory(DirResult::Reported { taken: 3 })),
+        Ok(Response::Directory(DirResult::Recorded { seq: 9 })),
         Ok(Response::MergeStatus(MergeStatus {
             region: region(2, "m", None),
             merge: Some(MergeState { target: RegionId(1), prepare_index: 3, prepare_term: 1 }),
@@ -294,6 +313,7 @@ fn health_report() -> crate::health::HealthReport {
         insufficient_total: vec![(AnalysisCode::StoreDead, FieldId::RecentActive, 41)],
         repairs_total: vec![(RepairKind::ReplaceReplica, "done".into(), 2)],
         skipped: 0,
+        repairs_deferred: 3,
     }
 }
 

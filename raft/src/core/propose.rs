@@ -201,6 +201,12 @@ impl StoreCore {
 
     /// Takes a command for the cluster directory (this store must lead it).
     pub fn on_directory(&mut self, cmd: &DirCmd, reply: Reply<DirResult>) {
+        if matches!(cmd, DirCmd::RecordHealth { .. })
+            && let Err(e) = self.ctx.cluster_version.check(crate::version::HEALTH_AUDIT)
+        {
+            reply(Err(e));
+            return;
+        }
         let replica = match self.leader(DIRECTORY) {
             Ok(replica) => replica,
             Err(e) => {
