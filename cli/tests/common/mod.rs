@@ -84,6 +84,17 @@ impl Procs {
         self.spawn(id, cmd);
     }
 
+    /// Starts node `id` (with `--bootstrap` the first time) with `extra` flags, and
+    /// waits until it listens.
+    pub fn start_with(&mut self, id: usize, extra: &[&str]) {
+        let mut cmd = self.node_command(id);
+        if self.started.insert(id) {
+            cmd.arg("--bootstrap");
+        }
+        cmd.args(extra);
+        self.spawn(id, cmd);
+    }
+
     /// Starts node `id` with `--join` and waits until it listens.
     pub fn join(&mut self, id: usize) {
         let mut cmd = self.node_command(id);
