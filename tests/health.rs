@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use regionkv::health::{AnalysisCode, HealthConfig, HealthReport, RepairKind, Subject};
+use regionkv::health::{AnalysisCode, AuditEntry, HealthConfig, HealthReport, RepairKind, Subject};
 use regionkv::{Client, ClusterId, Node, NodeConfig, Region, RegionId, StoreId};
 
 const SECRET: &[u8] = b"the secret of the health test cluster";
@@ -126,26 +126,29 @@ fn a_killed_node_is_reported_down_then_its_replicas_move_to_the_spare()
         client.health().is_ok_and(|h| detected(&h, AnalysisCode::StoreDown, 3))
     });
 
-    // Past the dead timeout: dead, and every region's replica on store 3 replaced.
-    wait_for("store 3's replicas replaced on store 4", &client, || {
+    // Past the dead timeout: dead, and every region's replica on store 3 replaced,
+    // each repair audited as started and done.
+    let audited = |audit: &[AuditEntry], id: RegionId, event: &str| {
+        audit.iter().any(|e| {
+            e.repair.region == id
+                && e.repair.kind == RepairKind::ReplaceReplica
+                && e.repair.reason == AnalysisCode::StoreDead
+                && e.repair.remove == Some(StoreId(3))
+                && e.event.starts_with(event)
+        })
+    };
+    wait_for("store 3's replicas replaced on store 4, each repair done", &client, || {
         let ok = db.put(format!("key-{written:04}"), format!("v{written}")).is_ok();
         written += usize::from(ok);
         let now = regions(&client);
-        before.keys().all(|id| now.get(id).is_some_and(replaced))
+        let audit = client.health_audit().unwrap_or_default();
+        before.keys().all(|id| {
+            now.get(id).is_some_and(replaced)
+                && audited(&audit, *id, "started")
+                && audited(&audit, *id, "done")
+        })
     });
     let audit = client.health_audit()?;
-    for id in before.keys() {
-        let of = |event: &str| {
-            audit.iter().any(|e| {
-                e.repair.region == *id
-                    && e.repair.kind == RepairKind::ReplaceReplica
-                    && e.repair.reason == AnalysisCode::StoreDead
-                    && e.repair.remove == Some(StoreId(3))
-                    && e.event.starts_with(event)
-            })
-        };
-        assert!(of("started") && of("done"), "region {id}: {audit:#?}");
-    }
     assert!(audit.iter().all(|e| e.repair.remove == Some(StoreId(3))), "{audit:#?}");
 
     // Every acknowledged write reads back, through the cluster and from the spare.

@@ -1,9 +1,10 @@
 //! `regionkv client health [audit]`: the health monitor's analyses and its audit, as
 //! text or JSON (the demo prints the same text).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use regionkv::StoreId;
 use regionkv::health::{
     AuditEntry, HealthReport, Liveness, PlannedRepair, StoreLifecycle, Subject,
 };
@@ -43,16 +44,16 @@ fn liveness_text(l: Liveness) -> String {
 }
 
 /// The analyses that could not conclude, grouped by analysis and field: (analysis,
-/// field) -> subjects.
-fn insufficient_groups(report: &HealthReport) -> BTreeMap<(String, String), Vec<String>> {
-    let mut groups: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+/// field) -> (subjects, the stores that did not report it).
+fn insufficient_groups(
+    report: &HealthReport,
+) -> BTreeMap<(String, String), (Vec<String>, BTreeSet<StoreId>)> {
+    let mut groups: BTreeMap<(String, String), (Vec<String>, BTreeSet<StoreId>)> = BTreeMap::new();
     for i in &report.insufficient {
         let key = (i.code.name().to_owned(), i.missing.field.name().to_owned());
-        let who = match i.missing.store {
-            Some(s) => format!("{} (store {s} did not report it)", i.subject),
-            None => i.subject.to_string(),
-        };
-        groups.entry(key).or_default().push(who);
+        let (subjects, stores) = groups.entry(key).or_default();
+        subjects.push(i.subject.to_string());
+        stores.extend(i.missing.store);
     }
     groups
 }
@@ -78,8 +79,14 @@ pub(crate) fn report_lines(report: &HealthReport) -> Vec<String> {
     let groups = insufficient_groups(report);
     if !groups.is_empty() {
         out.push("  could not conclude (a field was not reported; nothing is repaired):".into());
-        for ((code, field), subjects) in &groups {
-            out.push(format!("    {code}: {field} missing for {}", subjects.join(", ")));
+        for ((code, field), (subjects, stores)) in &groups {
+            let by = if stores.is_empty() {
+                String::new()
+            } else {
+                let stores: Vec<String> = stores.iter().map(ToString::to_string).collect();
+                format!(" by store {}", stores.join(", "))
+            };
+            out.push(format!("    {code}: {field} not reported{by} ({})", subjects.join(", ")));
         }
     }
     for p in &report.planned {
@@ -138,8 +145,13 @@ pub(crate) fn report_output(report: &HealthReport, json: bool) -> serde_json::Va
             "detail": d.detail,
             "since_secs": secs(d.since),
         })).collect::<Vec<_>>(),
-        "insufficient": insufficient_groups(report).into_iter().map(|((code, field), subjects)| {
-            serde_json::json!({"analysis": code, "field": field, "subjects": subjects})
+        "insufficient": insufficient_groups(report).into_iter().map(|((code, field), (subjects, stores))| {
+            serde_json::json!({
+                "analysis": code,
+                "field": field,
+                "subjects": subjects,
+                "not_reported_by": stores.iter().map(|s| s.0).collect::<Vec<_>>(),
+            })
         }).collect::<Vec<_>>(),
         "planned": report.planned.iter().map(repair_json).collect::<Vec<_>>(),
         "stores": report.stores.iter().map(|s| {

@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use regionkv::health::{AnalysisCode, HealthConfig, Subject};
+use regionkv::health::{AnalysisCode, AuditEntry, HealthConfig, Subject};
 use regionkv::{Client, ClusterId, Node, NodeConfig, StoreId};
 
 use super::DemoError;
@@ -101,6 +101,13 @@ fn replaced(client: &Client) -> bool {
         })
 }
 
+/// True if the audit holds repairs and each one that started has ended.
+fn every_repair_ended(audit: &[AuditEntry]) -> bool {
+    let started = audit.iter().filter(|e| e.event == "started").count();
+    let ended = audit.iter().filter(|e| e.event != "started").count();
+    started > 0 && started == ended
+}
+
 /// Phase 5 (see the module docs).
 pub(super) fn health_phase(dir: &Path, out: &mut dyn Write) -> Result<(), DemoError> {
     let addrs = free_addrs(4)?;
@@ -148,11 +155,11 @@ pub(super) fn health_phase(dir: &Path, out: &mut dyn Write) -> Result<(), DemoEr
     if let Some(report) = &down {
         print_lines(out, &report_lines(report))?;
     }
-    wait_for("store 3's replicas replaced on store 4", || {
+    wait_for("store 3's replicas replaced on store 4, each repair done", || {
         if written < KEYS && db.put(format!("health-{written:04}"), format!("v{written}")).is_ok() {
             written += 1;
         }
-        replaced(&client)
+        replaced(&client) && client.health_audit().is_ok_and(|audit| every_repair_ended(&audit))
     })?;
     writeln!(
         out,
@@ -169,7 +176,7 @@ pub(super) fn health_phase(dir: &Path, out: &mut dyn Write) -> Result<(), DemoEr
     wait_for("nothing more to repair", || {
         client.health().is_ok_and(|h| {
             h.planned.is_empty()
-                && h.detections.iter().all(|d| d.subject == Subject::Store(StoreId(3)))
+                && h.detections.iter().all(|d| !matches!(d.subject, Subject::Region(_)))
         })
     })?;
     let after = client.health().map_err(verify_err)?;
