@@ -110,6 +110,11 @@ fn a_killed_node_is_reported_down_then_its_replicas_move_to_the_spare()
     wait_for("a monitor that hears four stores", &client, || {
         client.health().is_ok_and(|h| h.stores.iter().filter(|s| s.report.is_some()).count() == 4)
     });
+    // One monitor: the node whose store leads the directory; the others say so.
+    wait_for("exactly one node to run the monitor", &client, || {
+        nodes.iter().filter(|n| n.health().is_some()).count() == 1
+    });
+    assert!(spare.health().is_none() && spare.health_audit().is_empty());
     std::thread::sleep(health_config().store_down_after * 2);
     let healthy = client.health()?;
     assert!(healthy.is_healthy(), "{:#?}", healthy.detections);
