@@ -22,6 +22,7 @@ use crate::control::{Background, ClusterOps};
 use crate::db::Db;
 use crate::defaults::{self, REPORT_INTERVAL};
 use crate::error::{Error, Result};
+use crate::proto::StoreStatus;
 use crate::region_info::{RegionInfo, region_table};
 use crate::router::Router;
 
@@ -315,6 +316,14 @@ impl Cluster {
         let stores: Vec<(StoreId, Arc<Store>)> =
             self.inner.local.stores.read().iter().map(|(&id, s)| (id, s.clone())).collect();
         stores.into_iter().map(|(id, s)| (id, s.status())).collect()
+    }
+
+    /// The status report of running store `store`, as a `Node` of it would answer
+    /// (`Node::status`); None if it is not running.
+    pub fn store_status(&self, store: impl Into<StoreId>) -> Option<StoreStatus> {
+        let id = store.into();
+        let running = self.inner.local.stores.read().get(&id).cloned();
+        running.map(|s| StoreStatus::of_store(id, &s))
     }
 
     /// The metrics of every running store, by store id: regions, leaders, applied lag,

@@ -58,7 +58,7 @@ pub use cluster::{Cluster, ClusterBuilder};
 pub use db::{Db, IntoBytes, IntoKeyRange, WriteBatch};
 pub use error::{Error, Result};
 pub use node::{InitialClusterState, Node, NodeConfig};
-pub use proto::StoreStatus;
+pub use proto::{Capacity, STATUS_SCHEMA, StoreState, StoreStatus};
 pub use region_info::RegionInfo;
 pub use remote::Client;
 pub use server::ClientStats;

@@ -103,6 +103,7 @@ mod outbox;
 mod records;
 mod request;
 mod response;
+mod status;
 #[cfg(test)]
 mod tests;
 
@@ -121,7 +122,7 @@ use regionkv_raft::transport::handshake::{
 use regionkv_raft::transport::wire;
 use regionkv_raft::{
     AdminCmd, AdminResult, MergeStatus, Op, PeerChange, PeerStatus, Query, QueryResult,
-    StoreMetrics, WriteSession,
+    WriteSession,
 };
 use regionkv_wal::CancellationToken;
 
@@ -131,6 +132,9 @@ pub(crate) use self::error::{ErrorCode, RemoteError};
 pub(crate) use self::outbox::Outbox;
 pub(crate) use self::request::{RequestError, decode_request, encode_request};
 pub(crate) use self::response::{decode_response, encode_response};
+pub use self::status::{Capacity, STATUS_SCHEMA, StoreState, StoreStatus};
+#[allow(unused_imports, reason = "the health monitor's matrix uses them")]
+pub(crate) use self::status::{StatusSchema, decode_store_status, encode_store_status};
 
 /// The first four bytes of every client-protocol frame.
 pub const MAGIC: [u8; 4] = *b"rkvc";
@@ -335,7 +339,7 @@ pub(crate) enum Response {
     Admin(AdminResult),
     Directory(DirResult),
     MergeStatus(MergeStatus),
-    PeerStatus(Option<PeerStatus>),
+    PeerStatus(Option<Box<PeerStatus>>),
     Located(Option<RegionRecord>),
     Status(Box<StoreStatus>),
     Members(Vec<(StoreId, String)>),
@@ -348,17 +352,4 @@ pub(crate) enum Response {
     StoreChanged(Vec<Region>),
     /// The node's store dropped the request without an answer: its outcome is unknown.
     NoReply,
-}
-
-/// One store's status as a node reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct StoreStatus {
-    /// The store.
-    pub store: StoreId,
-    /// Its replicas: region, role, term, indexes.
-    pub peers: Vec<PeerStatus>,
-    /// Its metrics; `None` from a node that does not report them (added after the
-    /// first release of protocol v1: absent is not empty).
-    pub metrics: Option<StoreMetrics>,
 }
