@@ -105,6 +105,8 @@ mod request;
 mod response;
 mod status;
 #[cfg(test)]
+mod status_tests;
+#[cfg(test)]
 mod tests;
 
 use std::net::TcpStream;
