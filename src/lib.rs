@@ -70,7 +70,8 @@ pub use regionkv_raft::directory::RegionRecord;
 pub use regionkv_raft::transport::tcp::{TcpError, TcpStats};
 pub use regionkv_raft::transport::wire::{ClusterId, RejectReason};
 pub use regionkv_raft::{
-    ApplyStats, Error as StoreError, PeerStatus, ReadMode, StateRole, StoreMetrics,
+    ApplyStats, Error as StoreError, FollowerProgress, PeerStatus, ProgressState, ReadMode,
+    ReportedRole, StateRole, StoreMetrics, TimelineState,
 };
 pub use regionkv_wal::{HistogramSnapshot, WalStats};
 
