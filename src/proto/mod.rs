@@ -68,7 +68,8 @@
 //!            30 done  31 value { 1 value | 2 none }  32 rows { 1 row* { 1 key, 2 value } }
 //!            33 admin result  34 directory result  35 merge status
 //!            36 peer status { 1 status | 2 none }  37 located { 1 record | 2 none }
-//!            38 status { 1 store, 2 peer status*, 3 metrics (optional, since 0.1) }
+//!            38 status { 1 store, 2 peer status*, 3 metrics (optional, since 0.1),
+//!                        4 to 12: status schema 2 (optional; `status.rs`) }
 //!            39 members { 1 member* { 1 store, 2 address } }  40 regions { 1 region info* }
 //!            41 split { 1 region* }  42 merged { 1 region }  43 no reply
 //!            44 peers changed { 1 region }  45 store changed { 1 region* }
@@ -94,7 +95,8 @@
 //! `None` when absent (absent is not empty), and enum codes reserve 0 for
 //! "unspecified": an unknown error code (or reason code) decodes as `Unspecified`, an
 //! unknown request kind is answered with `UnsupportedRequest`, an unknown
-//! role as a follower (never taken for leadership). A node that drops a request
+//! role as a follower (never taken for leadership) and as `ReportedRole::Unspecified`
+//! for a monitor (`status.rs`). A node that drops a request
 //! unanswered (its store stopped) says so with `no reply`, which the client treats as
 //! silence: the outcome is unknown.
 

@@ -115,7 +115,7 @@ impl StoreContext {
     }
 
     /// The failure that stopped the store, if one did: the one recorded by
-    /// [`StoreContext::stop_on_failure`], else the one that poisoned the log or an
+    /// `StoreContext::stop_on_failure`, else the one that poisoned the log or an
     /// engine.
     pub fn failure(&self) -> Option<String> {
         self.failure.lock().clone().or_else(|| {
