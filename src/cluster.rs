@@ -296,7 +296,10 @@ impl HealthHost for ClusterHealth {
     }
 
     fn collect(&self) -> Vec<StoreStatus> {
-        self.stores().iter().map(|s| store_status(s)).collect()
+        self.stores()
+            .iter()
+            .map(|s| StoreStatus::of_store(s.context().config.store_id, s))
+            .collect()
     }
 
     fn directory(&self) -> Vec<RegionRecord> {
@@ -307,15 +310,6 @@ impl HealthHost for ClusterHealth {
         if let Some(inner) = self.0.upgrade() {
             f(&inner.ops);
         }
-    }
-}
-
-/// `store`'s status report, as a node would answer it.
-pub(crate) fn store_status(store: &Store) -> StoreStatus {
-    StoreStatus {
-        store: store.context().config.store_id,
-        peers: store.status(),
-        metrics: Some(store.metrics()),
     }
 }
 
@@ -445,6 +439,14 @@ impl Cluster {
         let stores: Vec<(StoreId, Arc<Store>)> =
             self.inner.local.stores.read().iter().map(|(&id, s)| (id, s.clone())).collect();
         stores.into_iter().map(|(id, s)| (id, s.status())).collect()
+    }
+
+    /// The status report of running store `store`, as a `Node` of it would answer
+    /// (`Node::status`); None if it is not running.
+    pub fn store_status(&self, store: impl Into<StoreId>) -> Option<StoreStatus> {
+        let id = store.into();
+        let running = self.inner.local.stores.read().get(&id).cloned();
+        running.map(|s| StoreStatus::of_store(id, &s))
     }
 
     /// The metrics of every running store, by store id: regions, leaders, applied lag,

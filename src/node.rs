@@ -594,13 +594,11 @@ impl Node {
         self.shared.remove_store(store)
     }
 
-    /// This node's store's status, with its metrics.
+    /// This node's store's status report: its replicas, its metrics, and the fields
+    /// of status schema 2 (schema, binary version, boot id and report number, state,
+    /// capacity). Each call takes the store's next report number.
     pub fn status(&self) -> StoreStatus {
-        StoreStatus {
-            store: self.shared.id,
-            peers: self.shared.store.status(),
-            metrics: Some(self.shared.store.metrics()),
-        }
+        StoreStatus::of_store(self.shared.id, &self.shared.store)
     }
 
     /// This node's store's metrics: regions, leaders, applied lag, write latency and

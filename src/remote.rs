@@ -638,7 +638,7 @@ impl Backend for RemoteStores {
 
     fn peer_status(&self, store: StoreId, region: RegionId) -> Option<PeerStatus> {
         match self.call(store, &Request::PeerStatus { region }, CALL_TIMEOUT)? {
-            Ok(Response::PeerStatus(s)) => s,
+            Ok(Response::PeerStatus(s)) => s.map(|s| *s),
             _ => None,
         }
     }

@@ -40,6 +40,23 @@ fn key(i: usize) -> String {
     format!("key-{i:04}")
 }
 
+/// Status schema 2 over the wire: each node's answer and its own `Node::status` are
+/// reports of the same start, numbered one after the other.
+fn check_status_reports(statuses: &[regionkv::StoreStatus], nodes: &[Node]) {
+    for wire in statuses {
+        let node = nodes.iter().find(|n| n.store_id() == wire.store).expect("a node's store");
+        assert_eq!(wire.status_schema, Some(regionkv::STATUS_SCHEMA));
+        assert_eq!(wire.binary_version.as_deref(), Some(env!("CARGO_PKG_VERSION")));
+        assert_eq!(wire.store_state, Some(regionkv::StoreState::Serving));
+        assert_eq!(wire.peer_set_complete, Some(true));
+        assert!(wire.capacity.is_some_and(|c| c.disk_total_bytes.is_some()), "{wire:?}");
+        assert!(wire.peers.iter().all(|p| p.timeline.is_some() && p.first_index.is_some()));
+        let own = node.status();
+        assert_eq!(own.boot_id, wire.boot_id, "one start of the store");
+        assert!(own.report_seq > wire.report_seq, "{own:?} after {wire:?}");
+    }
+}
+
 #[test]
 fn three_nodes_replicate_split_and_merge_over_tcp() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
@@ -83,6 +100,7 @@ fn three_nodes_replicate_split_and_merge_over_tcp() -> Result<(), Box<dyn std::e
         let m = node.metrics();
         assert!(m.regions >= 1 && m.wal.fsyncs > 0, "node {}: {m:?}", node.store_id());
     }
+    check_status_reports(&statuses, &nodes);
     let parts = client.split(key(30))?;
     assert_eq!(parts.len(), 2);
     assert_eq!(parts[1].start, key(30).as_bytes());

@@ -32,6 +32,7 @@ mod reader;
 mod replica;
 mod request;
 pub mod sim;
+mod status;
 mod storage;
 mod store;
 pub mod transport;
@@ -52,5 +53,6 @@ pub use request::{
     AdminRequest, AdminResult, ChangePeersRequest, MergeStatus, Page, PeerChange, Query,
     QueryResult, ReadRequest, Reply, ScanCaps, WriteRequest, scan_page,
 };
+pub use status::{FollowerProgress, ProgressState, ReportedRole, TimelineState};
 pub use storage::PeerStorage;
 pub use store::{Store, StoreOptions};

@@ -68,7 +68,8 @@
 //!            30 done  31 value { 1 value | 2 none }  32 rows { 1 row* { 1 key, 2 value } }
 //!            33 admin result  34 directory result  35 merge status
 //!            36 peer status { 1 status | 2 none }  37 located { 1 record | 2 none }
-//!            38 status { 1 store, 2 peer status*, 3 metrics (optional, since 0.1) }
+//!            38 status { 1 store, 2 peer status*, 3 metrics (optional, since 0.1),
+//!                        4 to 12: status schema 2 (optional; `status.rs`) }
 //!            39 members { 1 member* { 1 store, 2 address } }  40 regions { 1 region info* }
 //!            41 split { 1 region* }  42 merged { 1 region }  43 no reply
 //!            44 peers changed { 1 region }  45 store changed { 1 region* }
@@ -94,7 +95,8 @@
 //! `None` when absent (absent is not empty), and enum codes reserve 0 for
 //! "unspecified": an unknown error code (or reason code) decodes as `Unspecified`, an
 //! unknown request kind is answered with `UnsupportedRequest`, an unknown
-//! role as a follower (never taken for leadership). A node that drops a request
+//! role as a follower (never taken for leadership) and as `ReportedRole::Unspecified`
+//! for a monitor (`status.rs`). A node that drops a request
 //! unanswered (its store stopped) says so with `no reply`, which the client treats as
 //! silence: the outcome is unknown.
 
@@ -103,6 +105,9 @@ mod outbox;
 mod records;
 mod request;
 mod response;
+mod status;
+#[cfg(test)]
+mod status_tests;
 #[cfg(test)]
 mod tests;
 
@@ -121,7 +126,7 @@ use regionkv_raft::transport::handshake::{
 use regionkv_raft::transport::wire;
 use regionkv_raft::{
     AdminCmd, AdminResult, MergeStatus, Op, PeerChange, PeerStatus, Query, QueryResult,
-    StoreMetrics, WriteSession,
+    WriteSession,
 };
 use regionkv_wal::CancellationToken;
 
@@ -131,6 +136,9 @@ pub(crate) use self::error::{ErrorCode, RemoteError};
 pub(crate) use self::outbox::Outbox;
 pub(crate) use self::request::{RequestError, decode_request, encode_request};
 pub(crate) use self::response::{decode_response, encode_response};
+pub use self::status::{Capacity, STATUS_SCHEMA, StoreState, StoreStatus};
+#[allow(unused_imports, reason = "the health monitor's matrix uses them")]
+pub(crate) use self::status::{StatusSchema, decode_store_status, encode_store_status};
 
 /// The first four bytes of every client-protocol frame.
 pub const MAGIC: [u8; 4] = *b"rkvc";
@@ -335,7 +343,7 @@ pub(crate) enum Response {
     Admin(AdminResult),
     Directory(DirResult),
     MergeStatus(MergeStatus),
-    PeerStatus(Option<PeerStatus>),
+    PeerStatus(Option<Box<PeerStatus>>),
     Located(Option<RegionRecord>),
     Status(Box<StoreStatus>),
     Members(Vec<(StoreId, String)>),
@@ -348,17 +356,4 @@ pub(crate) enum Response {
     StoreChanged(Vec<Region>),
     /// The node's store dropped the request without an answer: its outcome is unknown.
     NoReply,
-}
-
-/// One store's status as a node reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct StoreStatus {
-    /// The store.
-    pub store: StoreId,
-    /// Its replicas: region, role, term, indexes.
-    pub peers: Vec<PeerStatus>,
-    /// Its metrics; `None` from a node that does not report them (added after the
-    /// first release of protocol v1: absent is not empty).
-    pub metrics: Option<StoreMetrics>,
 }

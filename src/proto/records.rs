@@ -1,13 +1,15 @@
 //! The client protocol's sub-records: each a `put_*` that appends it and a `*_of` that
 //! decodes it (epochs, regions, ranges, admin and directory commands and results,
-//! peer and merge statuses, metrics, region infos), and the decoding helpers they share.
+//! merge statuses, metrics, region infos), and the decoding helpers they share. Status
+//! records are in `status.rs`.
 
 use regionkv_engine::codec::{self, DecodeError, Field, TlvRecord, UnknownTags};
-use regionkv_engine::{Epoch, MergeState, PeerId, Region, RegionId, StoreId};
+use regionkv_engine::{Epoch, MergeState, Region, RegionId, StoreId};
 use regionkv_raft::directory::{self, DirCmd, DirResult, RegionRecord};
-use regionkv_raft::{AdminCmd, AdminResult, MergeStatus, PeerStatus, StateRole, StoreMetrics};
+use regionkv_raft::{AdminCmd, AdminResult, MergeStatus, StoreMetrics};
 use regionkv_wal::{Histogram, HistogramSnapshot, WalStats};
 
+use super::status::{peer_status_of, put_peer_status};
 use crate::region_info::RegionInfo;
 
 // Epoch fields.
@@ -36,6 +38,10 @@ pub(super) fn req_u64(rec: &TlvRecord<'_>, tag: u16, what: &'static str) -> D<u6
 
 pub(super) fn opt_u64(rec: &TlvRecord<'_>, tag: u16) -> D<Option<u64>> {
     rec.optional(tag)?.map(|f| f.as_u64()).transpose()
+}
+
+pub(super) fn put_flag(o: &mut Vec<u8>, tag: u16, flag: bool) {
+    codec::put_field(o, tag, &[u8::from(flag)]);
 }
 
 pub(super) fn put_epoch(out: &mut Vec<u8>, tag: u16, epoch: Epoch) {
@@ -287,91 +293,7 @@ pub(super) fn dir_result_of(f: &Field<'_>) -> D<DirResult> {
     })
 }
 
-// ---- statuses ----
-
-const PS_REGION: u16 = 1;
-const PS_PEER: u16 = 2;
-const PS_ROLE: u16 = 3;
-const PS_TERM: u16 = 4;
-const PS_LEADER: u16 = 5;
-const PS_COMMIT: u16 = 6;
-const PS_APPLIED: u16 = 7;
-const PS_LAST: u16 = 8;
-const PS_INITIALIZED: u16 = 9;
-const PS_HIBERNATED: u16 = 10;
-const PS_TAGS: &[u16] = &[
-    PS_REGION,
-    PS_PEER,
-    PS_ROLE,
-    PS_TERM,
-    PS_LEADER,
-    PS_COMMIT,
-    PS_APPLIED,
-    PS_LAST,
-    PS_INITIALIZED,
-    PS_HIBERNATED,
-];
-
-/// A role's code; 0 is reserved for "unspecified".
-fn role_code(role: StateRole) -> u64 {
-    match role {
-        StateRole::Follower => 1,
-        StateRole::Candidate => 2,
-        StateRole::Leader => 3,
-        StateRole::PreCandidate => 4,
-    }
-}
-
-/// The role of a code; an unknown code (0, or from a newer node) is reported as a
-/// follower: an unknown role is never taken for leadership.
-pub(super) fn role_of(code: u64) -> StateRole {
-    match code {
-        2 => StateRole::Candidate,
-        3 => StateRole::Leader,
-        4 => StateRole::PreCandidate,
-        _ => StateRole::Follower,
-    }
-}
-
-fn put_flag(o: &mut Vec<u8>, tag: u16, flag: bool) {
-    codec::put_field(o, tag, &[u8::from(flag)]);
-}
-
-pub(super) fn put_peer_status(o: &mut Vec<u8>, tag: u16, s: &PeerStatus) {
-    codec::put_nested(o, tag, |o| {
-        put_region(o, PS_REGION, &s.region);
-        codec::put_u64(o, PS_PEER, s.peer.0);
-        codec::put_u64(o, PS_ROLE, role_code(s.role));
-        codec::put_u64(o, PS_TERM, s.term);
-        if let Some(l) = s.leader {
-            codec::put_u64(o, PS_LEADER, l.0);
-        }
-        codec::put_u64(o, PS_COMMIT, s.commit);
-        codec::put_u64(o, PS_APPLIED, s.applied);
-        codec::put_u64(o, PS_LAST, s.last_index);
-        put_flag(o, PS_INITIALIZED, s.initialized);
-        put_flag(o, PS_HIBERNATED, s.hibernated);
-    });
-}
-
-pub(super) fn peer_status_of(f: &Field<'_>) -> D<PeerStatus> {
-    let r = nested(f, PS_TAGS)?;
-    let flag = |tag, what| r.required(tag, what).and_then(|f| f.as_bool());
-    Ok(PeerStatus {
-        region: region_of(&r.required(PS_REGION, "region missing")?)?,
-        peer: PeerId(req_u64(&r, PS_PEER, "peer missing")?),
-        role: role_of(opt_u64(&r, PS_ROLE)?.unwrap_or(0)),
-        term: req_u64(&r, PS_TERM, "term missing")?,
-        leader: opt_u64(&r, PS_LEADER)?.map(PeerId),
-        commit: req_u64(&r, PS_COMMIT, "commit missing")?,
-        applied: req_u64(&r, PS_APPLIED, "applied missing")?,
-        last_index: req_u64(&r, PS_LAST, "last index missing")?,
-        initialized: flag(PS_INITIALIZED, "initialized missing")?,
-        hibernated: flag(PS_HIBERNATED, "hibernated missing")?,
-    })
-}
-
-// ---- store status and metrics ----
+// ---- metrics ----
 
 const M_REGIONS: u16 = 1;
 const M_LEADERS: u16 = 2;

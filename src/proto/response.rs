@@ -7,18 +7,16 @@ use regionkv_engine::codec::{self, DecodeError, Field};
 use regionkv_raft::transport::frame::WireError;
 use regionkv_raft::{Page, QueryResult};
 
+use super::Response;
 use super::error::RemoteError;
 use super::records::{
-    D, admin_result_of, dir_result_of, merge_status_of, metrics_of, nested, parse, peer_status_of,
-    put_admin_result, put_dir_result, put_merge_status, put_metrics, put_peer_status, put_record,
-    put_region, put_region_info, record_of, region_info_of, region_of, req_u64,
+    D, admin_result_of, dir_result_of, merge_status_of, nested, parse, put_admin_result,
+    put_dir_result, put_merge_status, put_record, put_region, put_region_info, record_of,
+    region_info_of, region_of, req_u64,
 };
-use super::{Response, StoreStatus};
-
-// Status fields.
-pub(super) const ST_STORE: u16 = 1;
-const ST_PEER: u16 = 2;
-pub(super) const ST_METRICS: u16 = 3;
+use super::status::{
+    StatusSchema, peer_status_of, put_peer_status, put_store_status_fields, store_status_of,
+};
 
 pub(super) const R_ID: u16 = 1;
 pub(super) const R_ERROR: u16 = 2;
@@ -116,13 +114,7 @@ pub(crate) fn encode_response(id: u64, result: &Result<Response, RemoteError>) -
             None => codec::put_field(o, NONE, &[]),
         }),
         Ok(Response::Status(s)) => codec::put_nested(o, R_STATUS, |o| {
-            codec::put_u64(o, ST_STORE, s.store.0);
-            for p in &s.peers {
-                put_peer_status(o, ST_PEER, p);
-            }
-            if let Some(m) = &s.metrics {
-                put_metrics(o, ST_METRICS, m);
-            }
+            put_store_status_fields(o, s, StatusSchema::CURRENT);
         }),
         Ok(Response::Members(m)) => codec::put_nested(o, R_MEMBERS, |o| {
             for (store, addr) in m {
@@ -210,18 +202,11 @@ fn decode_response_body(f: &Field<'_>) -> D<Result<Response, RemoteError>> {
         R_ADMIN => Response::Admin(admin_result_of(f)?),
         R_DIRECTORY => Response::Directory(dir_result_of(f)?),
         R_MERGE_STATUS => Response::MergeStatus(merge_status_of(f)?),
-        R_PEER_STATUS => {
-            Response::PeerStatus(some_or_none(f)?.map(|s| peer_status_of(&s)).transpose()?)
-        }
+        R_PEER_STATUS => Response::PeerStatus(
+            some_or_none(f)?.map(|s| peer_status_of(&s).map(Box::new)).transpose()?,
+        ),
         R_LOCATED => Response::Located(some_or_none(f)?.map(|s| record_of(&s)).transpose()?),
-        R_STATUS => {
-            let r = nested(f, &[ST_STORE, ST_PEER, ST_METRICS])?;
-            Response::Status(Box::new(StoreStatus {
-                store: StoreId(req_u64(&r, ST_STORE, "store missing")?),
-                peers: r.repeated(ST_PEER).map(|p| peer_status_of(&p)).collect::<D<_>>()?,
-                metrics: r.optional(ST_METRICS)?.map(|m| metrics_of(&m)).transpose()?,
-            }))
-        }
+        R_STATUS => Response::Status(Box::new(store_status_of(f)?)),
         R_MEMBERS => {
             let r = nested(f, &[1])?;
             let mut members = Vec::new();

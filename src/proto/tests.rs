@@ -19,14 +19,14 @@ use regionkv_wal::WalStats;
 use super::error::E_CODE;
 use super::records::{
     H_BUCKET, H_MAX, H_SUM, HB_INDEX, HB_SAMPLES, M_WAL, M_WRITE_LATENCY, put_metrics_fields,
-    put_peer_status, role_of,
 };
 use super::request::Q_ID;
-use super::response::{R_ERROR, R_ID, R_STATUS, ST_METRICS, ST_STORE};
+use super::response::{R_ERROR, R_ID, R_STATUS};
+use super::status::{ST_METRICS, ST_STORE, put_peer_status, role_of};
 use super::*;
 use crate::region_info::RegionInfo;
 
-fn region(id: u64, start: &str, end: Option<&str>) -> Region {
+pub(super) fn region(id: u64, start: &str, end: Option<&str>) -> Region {
     Region {
         id: RegionId(id),
         start: start.as_bytes().to_vec(),
@@ -36,7 +36,7 @@ fn region(id: u64, start: &str, end: Option<&str>) -> Region {
     }
 }
 
-fn status() -> PeerStatus {
+pub(super) fn status() -> PeerStatus {
     PeerStatus {
         region: region(1, "", None),
         peer: PeerId(2),
@@ -48,6 +48,14 @@ fn status() -> PeerStatus {
         last_index: 11,
         initialized: true,
         hibernated: false,
+        reported_role: regionkv_raft::ReportedRole::Leader,
+        first_index: None,
+        timeline: None,
+        merge_pending: None,
+        progress: None,
+        is_learner: None,
+        image_hash: None,
+        halted: None,
     }
 }
 
@@ -190,22 +198,17 @@ fn responses() -> Vec<Result<Response, RemoteError>> {
             merge: Some(MergeState { target: RegionId(1), prepare_index: 3, prepare_term: 1 }),
             all_matched: true,
         })),
-        Ok(Response::PeerStatus(Some(status()))),
+        Ok(Response::PeerStatus(Some(Box::new(status())))),
         Ok(Response::PeerStatus(None)),
         Ok(Response::Located(None)),
         Ok(Response::Located(Some(RegionRecord {
             region: region(1, "", None),
             leader: Some(StoreId(3)),
         }))),
+        Ok(Response::Status(Box::new(StoreStatus::new(StoreId(2), vec![status()])))),
         Ok(Response::Status(Box::new(StoreStatus {
-            store: StoreId(2),
-            peers: vec![status()],
-            metrics: None,
-        }))),
-        Ok(Response::Status(Box::new(StoreStatus {
-            store: StoreId(2),
-            peers: vec![status()],
             metrics: Some(metrics()),
+            ..StoreStatus::new(StoreId(2), vec![status()])
         }))),
         Ok(Response::Members(vec![(StoreId(1), "127.0.0.1:1".into())])),
         Ok(Response::Regions(vec![RegionInfo {
@@ -224,7 +227,7 @@ fn responses() -> Vec<Result<Response, RemoteError>> {
 }
 
 /// Metrics with every field set, histograms with several buckets.
-fn metrics() -> StoreMetrics {
+pub(super) fn metrics() -> StoreMetrics {
     let histogram = |values: &[u64]| {
         let h = regionkv_wal::Histogram::new();
         for &v in values {
@@ -282,7 +285,7 @@ fn status_without_metrics_decodes_as_none_not_zeros() {
 
 #[test]
 fn status_metrics_round_trip_and_keep_their_quantiles() {
-    let sent = StoreStatus { store: StoreId(2), peers: vec![], metrics: Some(metrics()) };
+    let sent = StoreStatus { metrics: Some(metrics()), ..StoreStatus::new(StoreId(2), vec![]) };
     let payload = encode_response(9, &Ok(Response::Status(Box::new(sent.clone()))));
     let (_, back) = decode_response(&payload).unwrap();
     let Ok(Response::Status(got)) = back else { panic!("not a status: {back:?}") };

@@ -691,14 +691,12 @@ impl ClientService {
                 store.merge_status(region).map(Response::MergeStatus).map_err(|e| (&e).into()),
             ),
             Request::PeerStatus { region } => {
-                r.send(Ok(Response::PeerStatus(store.peer_status(region))));
+                r.send(Ok(Response::PeerStatus(store.peer_status(region).map(Box::new))));
             }
             Request::Locate { key } => r.send(Ok(Response::Located(node.locate_local(&key)))),
-            Request::Status => r.send(Ok(Response::Status(Box::new(StoreStatus {
-                store: self.store,
-                peers: store.status(),
-                metrics: Some(store.metrics()),
-            })))),
+            Request::Status => {
+                r.send(Ok(Response::Status(Box::new(StoreStatus::of_store(self.store, store)))));
+            }
             Request::Members => r.send(Ok(Response::Members(node.members()))),
             Request::LocalScan { start, end, limit } => {
                 // The store's caps bound it as they bound a scan through Raft: a capped

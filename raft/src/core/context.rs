@@ -64,6 +64,9 @@ pub struct StoreContext {
     pub cluster_version: crate::version::ClusterVersionView,
     /// Regions whose gets are answered on the caller's thread (`reader::LocalReads`).
     pub(crate) local_reads: crate::reader::LocalReads,
+    /// The failure that stopped the store (the first one), if one did: a log write or
+    /// an apply round that failed (see [`StoreContext::stop_on_failure`]).
+    failure: parking_lot::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for StoreContext {
@@ -100,7 +103,26 @@ impl StoreContext {
             scan_hook: parking_lot::Mutex::new(None),
             cluster_version: crate::version::ClusterVersionView::default(),
             local_reads: crate::reader::LocalReads::default(),
+            failure: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// Stops the store on a failure of its log or engine: records the failure (the
+    /// first one is kept, for status reports) and cancels the store.
+    pub(crate) fn stop_on_failure(&self, failure: &dyn std::fmt::Display) {
+        self.failure.lock().get_or_insert_with(|| failure.to_string());
+        self.cancel.cancel();
+    }
+
+    /// The failure that stopped the store, if one did: the one recorded by
+    /// `StoreContext::stop_on_failure`, else the one that poisoned the log or an
+    /// engine.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().clone().or_else(|| {
+            let poisoned = self.log.wal().failure();
+            let poisoned = poisoned.or_else(|| self.engine.failure());
+            poisoned.or_else(|| self.directory.failure()).map(|f| f.to_string())
+        })
     }
 
     /// The wall clock now (ms since the Unix epoch): [`StoreContext::clock`] if set.

@@ -460,12 +460,13 @@ impl StoreCore {
                         store = self.ctx.config.store_id.0,
                         "apply round dropped by shutdown"
                     );
+                    self.ctx.cancel.cancel();
                 } else {
                     // Entries were taken as applied; the store must not go on from a
                     // state it does not have. A restart replays them from the log.
                     tracing::error!(store = self.ctx.config.store_id.0, error = %e, "apply failed; the store stops");
+                    self.ctx.stop_on_failure(&e);
                 }
-                self.ctx.cancel.cancel();
                 break;
             }
             for region in touched {
