@@ -96,11 +96,35 @@ fn print_metrics(m: &StoreMetrics) {
     );
 }
 
+/// Prints a store's schema-2 report line: version, state, disk (or that an older node
+/// did not report them).
+fn print_store_report(s: &StoreStatus) {
+    let Some(schema) = s.status_schema else {
+        println!("  state: not reported (a node of status schema 1)");
+        return;
+    };
+    let unknown = || "unknown".to_owned();
+    let mib = |b: Option<u64>| b.map_or_else(unknown, |b| format!("{} MiB", b >> 20));
+    let capacity = s.capacity.unwrap_or_default();
+    println!(
+        "  schema {schema}, version {}, state {}, disk {} free of {}, memtable {}",
+        s.binary_version.clone().unwrap_or_else(unknown),
+        s.store_state.map_or_else(unknown, |st| format!("{st:?}")),
+        mib(capacity.disk_available_bytes),
+        mib(capacity.disk_total_bytes),
+        mib(capacity.memtable_bytes),
+    );
+    if let Some(f) = &s.failure {
+        println!("  failure: {f}");
+    }
+}
+
 /// Prints every store's replicas and metrics (unless `json`); returns them as JSON.
 fn status_output(stores: &[StoreStatus], json: bool) -> serde_json::Value {
     if !json {
         for s in stores {
             println!("store {} ({} replicas)", s.store, s.peers.len());
+            print_store_report(s);
             for p in &s.peers {
                 println!(
                     "  region {} {:?} term {} commit {} applied {} last {}{}",
@@ -132,8 +156,37 @@ fn status_output(stores: &[StoreStatus], json: bool) -> serde_json::Value {
                     "applied": p.applied,
                     "last_index": p.last_index,
                     "hibernated": p.hibernated,
+                    // Status schema 2; null: not reported (an older node).
+                    "reported_role": format!("{:?}", p.reported_role),
+                    "first_index": p.first_index,
+                    "timeline": p.timeline.map(|t| format!("{t:?}")),
+                    "merge_pending": p.merge_pending,
+                    "is_learner": p.is_learner,
+                    "halted": p.halted,
+                    "image_hash": p.image_hash.map(|(index, hash)| serde_json::json!({
+                        "index": index, "hash": hash,
+                    })),
+                    "progress": p.progress.as_ref().map(|ps| ps.iter().map(|f| serde_json::json!({
+                        "peer": f.peer.0,
+                        "matched": f.matched,
+                        "state": format!("{:?}", f.state),
+                        "recent_active": f.recent_active,
+                        "ticks_since_heard": f.ticks_since_heard,
+                    })).collect::<Vec<_>>()),
                 })).collect::<Vec<_>>(),
                 "metrics": s.metrics.as_ref().map(metrics_json),
+                "status_schema": s.status_schema,
+                "binary_version": s.binary_version,
+                "boot_id": s.boot_id,
+                "report_seq": s.report_seq,
+                "store_state": s.store_state.map(|st| format!("{st:?}")),
+                "failure": s.failure,
+                "capacity": s.capacity.map(|c| serde_json::json!({
+                    "disk_total_bytes": c.disk_total_bytes,
+                    "disk_available_bytes": c.disk_available_bytes,
+                    "memtable_bytes": c.memtable_bytes,
+                })),
+                "peer_set_complete": s.peer_set_complete,
             }))
             .collect::<Vec<_>>()
     )
