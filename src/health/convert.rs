@@ -75,5 +75,6 @@ fn progress(f: &FollowerProgress) -> ObservedProgress {
             ProgressState::Unspecified => None,
         },
         recent_active: f.recent_active,
+        ticks_since_heard: f.ticks_since_heard,
     }
 }

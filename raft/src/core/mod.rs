@@ -378,6 +378,16 @@ impl StoreCore {
     /// The status of every replica, by region id.
     pub fn status(&self) -> Vec<PeerStatus> {
         let mut out: Vec<PeerStatus> = self.replicas.values().map(|r| r.status()).collect();
+        // How long since this core heard from each follower's store (any message, the
+        // directory's liveness notices included, so also while the group hibernates).
+        for (status, replica) in out.iter_mut().zip(self.replicas.values()) {
+            for p in status.progress.iter_mut().flatten() {
+                p.ticks_since_heard = replica
+                    .store_of(p.peer)
+                    .and_then(|store| self.store_heard.get(&store))
+                    .map(|&heard| self.ticks.saturating_sub(heard));
+            }
+        }
         out.sort_by_key(|s| s.region.id);
         out
     }
