@@ -456,7 +456,9 @@ impl Node {
         // sends before the transport is up is dropped (Raft resends).
         let outbound = Arc::new(TransportSlot::default());
         let as_transport: Arc<dyn Transport> = outbound.clone();
-        let store_config = StoreConfig::new(id).tick_interval(config.tick_interval);
+        let store_config = StoreConfig::new(id)
+            .tick_interval(config.tick_interval)
+            .image_hash_interval(Some(crate::defaults::IMAGE_HASH_INTERVAL));
         let mut options = StoreOptions::new(store_config);
         options.pollers = config.pollers;
         let store = Arc::new(Store::start(fs, &config.data_dir, &options, &as_transport)?);

@@ -278,6 +278,10 @@ pub struct PeerStatus {
     pub initialized: bool,
     /// True while the replica hibernates (does not tick).
     pub hibernated: bool,
+    /// The index of the last `ComputeHash` command this replica applied since it
+    /// started, and its hash of the region's image there (`crate::image_hash`); `None`:
+    /// none applied since it started (unknown, never "no data").
+    pub image_hash: Option<(u64, u64)>,
 }
 
 /// This store's replica of a region.
@@ -315,6 +319,13 @@ pub(crate) struct Replica {
     /// [`Error::ReplicaHalted`]): it applies nothing more until the store restarts, and
     /// refuses requests; its log still takes part in replication.
     pub halted: Option<String>,
+    /// `(index, hash)` of the last `ComputeHash` command applied (see
+    /// [`PeerStatus::image_hash`]).
+    pub image_hash: Option<(u64, u64)>,
+    /// The store tick at which this replica, while it leads and is awake, proposes
+    /// its next periodic `ComputeHash` (`StoreCore::propose_image_hashes`); `None`
+    /// until first set.
+    pub image_hash_due: Option<u64>,
 }
 
 impl Replica {
@@ -352,6 +363,8 @@ impl Replica {
             merge: MergeProgress { state: merge, ..MergeProgress::default() },
             hibernation: Hibernation::default(),
             halted: None,
+            image_hash: None,
+            image_hash_due: None,
             unclaimed_ticks: 0,
         }
     }
@@ -558,6 +571,7 @@ impl Replica {
             last_index: self.last_index(),
             initialized: self.is_initialized(),
             hibernated: self.hibernation.hibernated,
+            image_hash: self.image_hash,
         }
     }
 
