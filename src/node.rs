@@ -571,6 +571,14 @@ impl Node {
         self.shared.merge(left.into(), right.into())
     }
 
+    /// Hashes every replica of `region` at one Raft index; see
+    /// [`Cluster::verify_region`](crate::Cluster::verify_region). A replica on another
+    /// node reports its hash over the client protocol's peer status (`None` from a
+    /// node whose status does not carry it).
+    pub fn verify_region(&self, region: impl Into<RegionId>) -> Result<Vec<crate::ReplicaHash>> {
+        self.shared.control.verify_region(region.into())
+    }
+
     /// The user regions in key order, as the replicas of the stores that answer see
     /// them.
     pub fn regions(&self) -> Vec<RegionInfo> {
