@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use regionkv_engine::{RegionId, StoreId};
 use regionkv_raft::directory::DIRECTORY;
-use regionkv_raft::merge_driver::RegionAdmin;
+use regionkv_raft::merge_driver::{self, MergeOptions, RegionAdmin};
 use regionkv_raft::sim::{SimCluster, SimConfig};
 use regionkv_raft::{AdminCmd, AdminResult, Error, Op};
 use regionkv_wal::CrashMode;
@@ -117,7 +117,7 @@ fn refused_until_the_cluster_runs_at_version_2_and_nothing_is_proposed() {
 }
 
 #[test]
-fn every_replica_reports_the_same_hash_through_writes_splits_and_a_snapshot() {
+fn every_replica_reports_the_same_hash_through_writes_a_split_a_snapshot_and_a_merge() {
     for seed in seeds(0..6) {
         let mut config = SimConfig::new(200 + seed);
         config.directory = true;
@@ -165,6 +165,19 @@ fn every_replica_reports_the_same_hash_through_writes_splits_and_a_snapshot() {
         }
         write_keys(&mut c, &mut model, &letters(26), "v2");
         all_agree(&mut c, parts[0].id, &tag("written again"));
+        // Merged back: the target hashes the joined range.
+        let merged = merge_driver::merge(&mut c, right, parts[0].id, MergeOptions::default())
+            .unwrap_or_else(|e| panic!("{}: {e}", tag("merge")));
+        converge(&mut c);
+        let after = all_agree(&mut c, merged.id, &tag("merged"));
+        assert_eq!(common::scan_all(&mut c), {
+            let mut all = model.clone();
+            for i in 0..60 {
+                all.insert(format!("s{i:03}"), value.clone());
+            }
+            all
+        });
+        assert_ne!(after.1, written.1, "{}", tag("the merged image is another"));
     }
 }
 
