@@ -12,7 +12,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use regionkv_engine::{RegionId, StoreId};
+use regionkv_engine::{Epoch, RegionId, StoreId};
 use regionkv_raft::directory::DIRECTORY;
 use regionkv_raft::merge_driver::{self, MergeOptions, RegionAdmin};
 use regionkv_raft::sim::{SimCluster, SimConfig};
@@ -114,6 +114,20 @@ fn refused_until_the_cluster_runs_at_version_2_and_nothing_is_proposed() {
     c.learn_cluster_version(leader, 2);
     let (index, _) = all_agree(&mut c, R1, "after learning version 2");
     assert!(index > before);
+    // Accepted at any epoch (it changes nothing; the hash names the epoch it covered),
+    // and it records nothing in the region's metadata.
+    let meta = |c: &SimCluster| -> Vec<Option<u64>> {
+        c.store_ids().into_iter().map(|s| c.engine(s).and_then(|e| e.meta_index(R1))).collect()
+    };
+    let meta_before = meta(&c);
+    let leader = c.wait_leader(R1, 10 * SECOND).expect("a leader");
+    let stale = c.admin_at(leader, R1, Epoch { version: 0, conf_ver: 0 }, AdminCmd::ComputeHash);
+    match c.wait(&stale, 5 * SECOND) {
+        Some(Ok(AdminResult::ImageHash { index: at, .. })) => assert!(at > index),
+        other => panic!("a stale epoch: {other:?}"),
+    }
+    c.run_for(SECOND);
+    assert_eq!(meta(&c), meta_before);
 }
 
 #[test]
