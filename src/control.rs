@@ -176,6 +176,60 @@ impl ClusterOps {
     }
 }
 
+/// One replica's image hash at a `ComputeHash` index: its store, and `(index, hash)`
+/// if known (see [`Cluster::verify_region`](crate::Cluster::verify_region)).
+pub type ReplicaHash = (StoreId, Option<(u64, u64)>);
+
+impl ClusterOps {
+    /// Proposes a `ComputeHash` at `region`'s leader, then waits (up to
+    /// [`ADMIN_DEADLINE`]) until every replica of the region on a reachable store
+    /// applied it; see [`Cluster::verify_region`](crate::Cluster::verify_region).
+    pub fn verify_region(&self, region: RegionId) -> Result<Vec<ReplicaHash>> {
+        let mut admin = BackendAdmin { ops: self, start: Instant::now() };
+        // The epoch is not checked for this command (`check_admin`).
+        let index = match admin.admin(region, Epoch::default(), AdminCmd::ComputeHash)? {
+            AdminResult::ImageHash { index, .. } => index,
+            other => {
+                return Err(Error::InvalidRequest(format!("a hash request answered {other:?}")));
+            }
+        };
+        let at_index = |s: &regionkv_raft::PeerStatus| s.image_hash.filter(|(i, _)| *i == index);
+        let deadline = Instant::now() + ADMIN_DEADLINE;
+        // Bounded by the deadline; every turn sleeps.
+        loop {
+            let reachable = self.backend.store_ids();
+            let statuses: Vec<(StoreId, Option<regionkv_raft::PeerStatus>)> =
+                reachable.iter().map(|&s| (s, self.backend.peer_status(s, region))).collect();
+            // The members as the most advanced replica knows them.
+            let members: Vec<StoreId> = statuses
+                .iter()
+                .filter_map(|(_, s)| s.as_ref())
+                .max_by_key(|s| (s.region.epoch.conf_ver, s.applied))
+                .map(|s| s.region.peers.iter().map(|p| p.store).collect())
+                .unwrap_or_default();
+            let applied = |store: StoreId| {
+                statuses
+                    .iter()
+                    .any(|(s, st)| *s == store && st.as_ref().is_some_and(|st| st.applied >= index))
+            };
+            let done = members.iter().all(|&m| !reachable.contains(&m) || applied(m));
+            if done || Instant::now() >= deadline || self.backend.is_shut() {
+                let mut out: Vec<ReplicaHash> = members
+                    .iter()
+                    .map(|&m| {
+                        let status =
+                            statuses.iter().find(|(s, _)| *s == m).and_then(|(_, s)| s.as_ref());
+                        (m, status.and_then(at_index))
+                    })
+                    .collect();
+                out.sort_by_key(|(s, _)| *s);
+                return Ok(out);
+            }
+            std::thread::sleep(DRIVER_RETRY_PAUSE);
+        }
+    }
+}
+
 /// Admin requests to region leaders, for the merge driver: finds the leader (the
 /// router's hint, else the stores' view) and retries routing errors.
 struct BackendAdmin<'a> {

@@ -56,6 +56,7 @@ mod server;
 
 pub use autosplit::SplitPolicy;
 pub use cluster::{Cluster, ClusterBuilder};
+pub use control::ReplicaHash;
 pub use db::{Db, IntoBytes, IntoKeyRange, WriteBatch};
 pub use error::{Error, Result};
 pub use node::{InitialClusterState, Node, NodeConfig};

@@ -456,7 +456,9 @@ impl Node {
         // sends before the transport is up is dropped (Raft resends).
         let outbound = Arc::new(TransportSlot::default());
         let as_transport: Arc<dyn Transport> = outbound.clone();
-        let store_config = StoreConfig::new(id).tick_interval(config.tick_interval);
+        let store_config = StoreConfig::new(id)
+            .tick_interval(config.tick_interval)
+            .image_hash_interval(Some(crate::defaults::IMAGE_HASH_INTERVAL));
         let mut options = StoreOptions::new(store_config);
         options.pollers = config.pollers;
         let store = Arc::new(Store::start(fs, &config.data_dir, &options, &as_transport)?);
@@ -567,6 +569,14 @@ impl Node {
     /// [`Cluster::merge`](crate::Cluster::merge).
     pub fn merge(&self, left: impl Into<RegionId>, right: impl Into<RegionId>) -> Result<Region> {
         self.shared.merge(left.into(), right.into())
+    }
+
+    /// Hashes every replica of `region` at one Raft index; see
+    /// [`Cluster::verify_region`](crate::Cluster::verify_region). A replica on another
+    /// node reports its hash over the client protocol's peer status (`None` from a
+    /// node whose status does not carry it).
+    pub fn verify_region(&self, region: impl Into<RegionId>) -> Result<Vec<crate::ReplicaHash>> {
+        self.shared.control.verify_region(region.into())
     }
 
     /// The user regions in key order, as the replicas of the stores that answer see

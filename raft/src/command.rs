@@ -29,7 +29,8 @@
 //! ```text
 //!  | format u8 = 1 | TLV: tag 2 ADMIN (nested)                                        |
 //!  |   1 epoch (nested) the region's epoch the command was proposed at               |
-//!  |   2 kind: 1 split, 2 prepare merge, 3 commit merge, 4 rollback merge            |
+//!  |   2 kind: 1 split, 2 prepare merge, 3 commit merge, 4 rollback merge,           |
+//!  |     5 compute hash (the kind alone; cluster version 2 on, version::IMAGE_HASH)  |
 //!  |   3 split key (repeated)       4 new region id (repeated, one per split key)    |
 //!  |   5 region (nested, engine codec): the merge target (prepare) or source (commit)|
 //!  |   6 prepare index              7 prepare term   (commit and rollback)           |
@@ -86,6 +87,7 @@ const KIND_SPLIT: u64 = 1;
 const KIND_PREPARE_MERGE: u64 = 2;
 const KIND_COMMIT_MERGE: u64 = 3;
 const KIND_ROLLBACK_MERGE: u64 = 4;
+const KIND_COMPUTE_HASH: u64 = 5;
 
 /// One change to one key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -248,6 +250,11 @@ pub enum AdminCmd {
         /// Index of the prepare command being cancelled.
         prepare_index: u64,
     },
+    /// Every replica hashes its image of the region at this command's index and keeps
+    /// `(index, hash)` (`PeerStatus::image_hash`), so that diverged replicas can be
+    /// found; it changes nothing. Proposed only once the cluster runs at version 2
+    /// ([`crate::version::IMAGE_HASH`]): a binary from before it cannot decode it.
+    ComputeHash,
 }
 
 /// An admin command and the epoch it was proposed at.
@@ -304,6 +311,7 @@ pub(crate) fn encode_admin(admin: &Admin) -> Vec<u8> {
                 codec::put_u64(out, A_KIND, KIND_ROLLBACK_MERGE);
                 codec::put_u64(out, A_PREPARE_INDEX, *prepare_index);
             }
+            AdminCmd::ComputeHash => codec::put_u64(out, A_KIND, KIND_COMPUTE_HASH),
         }
     });
     out
@@ -340,6 +348,7 @@ fn decode_admin(buf: &[u8]) -> DecodeResult<Admin> {
         KIND_ROLLBACK_MERGE => {
             AdminCmd::RollbackMerge { prepare_index: u64_of(A_PREPARE_INDEX, "prepare index")? }
         }
+        KIND_COMPUTE_HASH => AdminCmd::ComputeHash,
         _ => return Err(DecodeError::new(0, "unknown admin command")),
     };
     Ok(Admin { epoch, cmd })
@@ -546,9 +555,24 @@ mod tests {
                 }
             ),
             any::<u64>().prop_map(|prepare_index| AdminCmd::RollbackMerge { prepare_index }),
+            Just(AdminCmd::ComputeHash),
         ];
         (any::<u64>(), any::<u64>(), cmd)
             .prop_map(|(version, conf_ver, cmd)| Admin { epoch: Epoch { version, conf_ver }, cmd })
+    }
+
+    #[test]
+    fn compute_hash_is_its_epoch_and_kind_alone() {
+        let admin = Admin { epoch: Epoch { version: 3, conf_ver: 4 }, cmd: AdminCmd::ComputeHash };
+        let data = encode_admin(&admin);
+        let mut expected = vec![FORMAT_VERSION];
+        codec::put_nested(&mut expected, ADMIN, |out| {
+            codec::put_nested(out, A_EPOCH, |out| put_epoch(out, admin.epoch));
+            codec::put_u64(out, A_KIND, 5);
+        });
+        assert_eq!(data, expected);
+        assert!(is_admin(&data));
+        assert_eq!(decode(&Bytes::from(data)).unwrap(), Command::Admin(admin));
     }
 
     proptest! {

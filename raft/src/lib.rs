@@ -22,6 +22,7 @@ mod core;
 pub mod directory;
 mod error;
 pub mod identity;
+pub mod image_hash;
 mod index;
 pub mod log;
 mod logger;

@@ -346,6 +346,13 @@ pub(crate) struct Replica {
     /// [`Error::ReplicaHalted`]): it applies nothing more until the store restarts, and
     /// refuses requests; its log still takes part in replication.
     pub halted: Option<String>,
+    /// `(index, hash)` of the last `ComputeHash` command applied (see
+    /// [`PeerStatus::image_hash`]).
+    pub image_hash: Option<(u64, u64)>,
+    /// The store tick at which this replica, while it leads and is awake, proposes
+    /// its next periodic `ComputeHash` (`StoreCore::propose_image_hashes`); `None`
+    /// until first set.
+    pub image_hash_due: Option<u64>,
 }
 
 impl Replica {
@@ -383,6 +390,8 @@ impl Replica {
             merge: MergeProgress { state: merge, ..MergeProgress::default() },
             hibernation: Hibernation::default(),
             halted: None,
+            image_hash: None,
+            image_hash_due: None,
             unclaimed_ticks: 0,
         }
     }
@@ -601,7 +610,7 @@ impl Replica {
             is_learner: self
                 .is_initialized()
                 .then(|| self.raw.raft.prs().conf().learners().contains(&self.id.0)),
-            image_hash: None,
+            image_hash: self.image_hash,
             halted: self.halted.clone(),
         }
     }

@@ -90,15 +90,18 @@ const A_ID: u16 = 3;
 const A_REGION: u16 = 4;
 const A_INDEX: u16 = 5;
 const A_TERM: u16 = 6;
-const A_TAGS: &[u16] = &[A_KIND, A_KEY, A_ID, A_REGION, A_INDEX, A_TERM];
+const A_HASH: u16 = 7;
+const A_TAGS: &[u16] = &[A_KIND, A_KEY, A_ID, A_REGION, A_INDEX, A_TERM, A_HASH];
 const AK_SPLIT: u64 = 1;
 const AK_PREPARE: u64 = 2;
 const AK_COMMIT: u64 = 3;
 const AK_ROLLBACK: u64 = 4;
+const AK_COMPUTE_HASH: u64 = 5;
 const AR_SPLIT: u64 = 1;
 const AR_PREPARED: u64 = 2;
 const AR_MERGED: u64 = 3;
 const AR_ROLLED_BACK: u64 = 4;
+const AR_IMAGE_HASH: u64 = 5;
 
 pub(super) fn put_admin_cmd(o: &mut Vec<u8>, cmd: &AdminCmd) {
     match cmd {
@@ -125,6 +128,7 @@ pub(super) fn put_admin_cmd(o: &mut Vec<u8>, cmd: &AdminCmd) {
             codec::put_u64(o, A_KIND, AK_ROLLBACK);
             codec::put_u64(o, A_INDEX, *prepare_index);
         }
+        AdminCmd::ComputeHash => codec::put_u64(o, A_KIND, AK_COMPUTE_HASH),
     }
 }
 
@@ -144,6 +148,7 @@ pub(super) fn admin_cmd_of(f: &Field<'_>) -> D<AdminCmd> {
             prepare_term: req_u64(&r, A_TERM, "prepare term missing")?,
         },
         AK_ROLLBACK => AdminCmd::RollbackMerge { prepare_index: index()? },
+        AK_COMPUTE_HASH => AdminCmd::ComputeHash,
         _ => return Err(DecodeError::new(f.offset, "unknown admin command")),
     })
 }
@@ -170,6 +175,11 @@ pub(super) fn put_admin_result(o: &mut Vec<u8>, result: &AdminResult) {
             codec::put_u64(o, A_KIND, AR_ROLLED_BACK);
             put_region(o, A_REGION, r);
         }
+        AdminResult::ImageHash { index, hash } => {
+            codec::put_u64(o, A_KIND, AR_IMAGE_HASH);
+            codec::put_u64(o, A_INDEX, *index);
+            codec::put_u64(o, A_HASH, *hash);
+        }
     }
 }
 
@@ -187,6 +197,10 @@ pub(super) fn admin_result_of(f: &Field<'_>) -> D<AdminResult> {
         },
         AR_MERGED => AdminResult::Merged(region()?),
         AR_ROLLED_BACK => AdminResult::RolledBack(region()?),
+        AR_IMAGE_HASH => AdminResult::ImageHash {
+            index: req_u64(&r, A_INDEX, "image hash index missing")?,
+            hash: req_u64(&r, A_HASH, "image hash missing")?,
+        },
         _ => return Err(DecodeError::new(f.offset, "unknown admin result")),
     })
 }

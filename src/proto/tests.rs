@@ -132,6 +132,7 @@ fn requests() -> Vec<Request> {
             epoch,
             cmd: AdminCmd::RollbackMerge { prepare_index: 5 },
         },
+        Request::Admin { region: RegionId(1), epoch, cmd: AdminCmd::ComputeHash },
         Request::Directory { cmd: DirCmd::AllocIds { count: 3 } },
         Request::Directory {
             cmd: DirCmd::Report {
@@ -190,6 +191,7 @@ fn responses() -> Vec<Result<Response, RemoteError>> {
         })),
         Ok(Response::Admin(AdminResult::Merged(region(1, "", None)))),
         Ok(Response::Admin(AdminResult::RolledBack(region(2, "m", None)))),
+        Ok(Response::Admin(AdminResult::ImageHash { index: 12, hash: u64::MAX - 3 })),
         Ok(Response::Directory(DirResult::Ids { first: 10, count: 2 })),
         Ok(Response::Directory(DirResult::Reported { taken: 3 })),
         Ok(Response::Directory(DirResult::Recorded { seq: 9 })),

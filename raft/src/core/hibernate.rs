@@ -77,6 +77,7 @@ impl StoreCore {
             self.poke_sleeping_leaders();
         }
         self.check_liveness();
+        self.propose_image_hashes();
         if self.ticks.is_multiple_of(PURGE_EVERY_TICKS) {
             self.plan_purge();
             self.collect_garbage();

@@ -72,6 +72,8 @@ pub struct SimConfig {
     pub read_mode: crate::ReadMode,
     /// Bootstrap the cluster directory (region 0) on the voters too.
     pub directory: bool,
+    /// The stores' [`StoreConfig::image_hash_interval`] (off by default).
+    pub image_hash_interval: Option<Duration>,
 }
 
 impl SimConfig {
@@ -88,6 +90,7 @@ impl SimConfig {
             checkpoint_log_bytes: 64 << 10,
             read_mode: crate::ReadMode::ReadIndex,
             directory: false,
+            image_hash_interval: None,
         }
     }
 }
@@ -324,7 +327,8 @@ impl SimCluster {
         }
         let mut config = StoreConfig::new(id)
             .tick_interval(self.config.tick)
-            .checkpoint_log_bytes(self.config.checkpoint_log_bytes);
+            .checkpoint_log_bytes(self.config.checkpoint_log_bytes)
+            .image_hash_interval(self.config.image_hash_interval);
         config.snapshot_chunk_bytes = 4096;
         config.read_mode = self.config.read_mode;
         let log = Arc::new(RaftLog::open(wal.clone(), config.log)?);
@@ -686,6 +690,14 @@ impl SimCluster {
     /// The engine of `store`, if it runs (for inspection: what a replica holds).
     pub fn engine(&self, store: StoreId) -> Option<&Engine> {
         self.stores.get(&store).and_then(|s| s.running.as_ref()).map(|r| &r.engine)
+    }
+
+    /// Tells `store` (if it runs) that the cluster runs at version `active` (until the
+    /// directory's version record does: `crate::version`); a restart forgets it.
+    pub fn learn_cluster_version(&mut self, store: StoreId, active: u32) {
+        if let Some(r) = self.stores.get(&store).and_then(|s| s.running.as_ref()) {
+            r.core.context().cluster_version.learn(active);
+        }
     }
 
     /// The disk of `store`, for inspection.
