@@ -6,6 +6,7 @@ use std::time::Duration;
 use regionkv_engine::StoreId;
 
 use crate::log::RaftLogOptions;
+use crate::version::CLUSTER_VERSION_MAX;
 
 /// How reads are confirmed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -44,6 +45,7 @@ pub enum ReadMode {
 /// | [`read_mode`](Self::read_mode) | [`ReadMode::ReadIndex`] | |
 /// | [`log`](Self::log) | [`RaftLogOptions::default`] | |
 /// | [`hibernate_regions`](Self::hibernate_regions) | on (never under [`ReadMode::Lease`]) | |
+/// | [`cluster_version_max`](Self::cluster_version_max) | [`CLUSTER_VERSION_MAX`] | |
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct StoreConfig {
@@ -98,6 +100,14 @@ pub struct StoreConfig {
     /// mode allows it"; with `ReadMode::Lease` no region ever hibernates, whatever this
     /// says.
     pub hibernate_regions: bool,
+    /// The newest cluster version this store runs at (`crate::version`): what it
+    /// reports as its supported maximum (a finalize waits for every store's), what
+    /// its replicas halt above, and the versions of the command kinds it knows (a kind
+    /// introduced later is one it does not know). [`CLUSTER_VERSION_MAX`] by default;
+    /// lower only to run a store as an older binary would (tests, the simulator).
+    /// Between [`CLUSTER_VERSION_INITIAL`](crate::version::CLUSTER_VERSION_INITIAL) and
+    /// [`CLUSTER_VERSION_MAX`].
+    pub cluster_version_max: u32,
 }
 
 impl StoreConfig {
@@ -152,7 +162,15 @@ impl StoreConfig {
             read_mode: ReadMode::ReadIndex,
             log: RaftLogOptions::default(),
             hibernate_regions: true,
+            cluster_version_max: CLUSTER_VERSION_MAX,
         }
+    }
+
+    /// Sets [`StoreConfig::cluster_version_max`].
+    #[must_use]
+    pub fn cluster_version_max(mut self, version: u32) -> Self {
+        self.cluster_version_max = version;
+        self
     }
 
     /// Sets [`StoreConfig::tick_interval`].
