@@ -242,13 +242,8 @@ impl Store {
         let incarnation = engine.ensure_incarnation(fresh_incarnation()?)?;
         let book = Arc::new(PeerBook::open(id, incarnation, engine.clone(), directory.clone())?);
         let log = Arc::new(RaftLog::open(wal.clone(), options.config.log)?);
-        let mut ctx = StoreContext::new(
-            options.config.clone(),
-            engine,
-            directory,
-            log,
-            CancellationToken::new(),
-        );
+        let cancel = CancellationToken::new();
+        let mut ctx = StoreContext::new(options.config.clone(), engine, directory, log, cancel);
         ctx.log_cut = crate::core::wal_lost_records(&wal);
         // Before any replica applies: an older binary refuses a store that ran newer.
         ctx.open_cluster_version()?;

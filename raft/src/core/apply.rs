@@ -384,9 +384,7 @@ impl StoreCore {
             self.unlist_reads(region);
         }
         let decoded = match entry.get_entry_type() {
-            EntryType::EntryNormal if !entry.data.is_empty() => {
-                Some(command::decode(&entry.data))
-            }
+            EntryType::EntryNormal if !entry.data.is_empty() => Some(command::decode(&entry.data)),
             _ => None,
         };
         if let Some(refused) = decoded.as_ref().and_then(|d| self.unknown_kind(region, entry, d)) {

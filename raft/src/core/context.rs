@@ -167,7 +167,12 @@ impl StoreContext {
         self.cluster_version.learn(active);
         let supported = self.config.cluster_version_max;
         if active > supported {
-            tracing::error!(store = self.config.store_id.0, active, supported, "the cluster runs at a version this binary does not support: upgrade this store");
+            tracing::error!(
+                store = self.config.store_id.0,
+                active,
+                supported,
+                "the cluster runs at a version this binary does not support: upgrade this store"
+            );
         } else {
             tracing::info!(store = self.config.store_id.0, active, "learned the cluster version");
         }

@@ -310,6 +310,12 @@ impl SimCluster {
         self.config.cluster_version_max.insert(store, max);
     }
 
+    /// The shared context of `store` (its engines, configuration and cluster version
+    /// view), if it runs.
+    pub fn context(&self, store: StoreId) -> Option<&Arc<StoreContext>> {
+        self.stores.get(&store)?.running.as_ref().map(|r| r.core.context())
+    }
+
     /// The cluster version `store` runs at as it knows it, if it runs.
     pub fn cluster_version(&self, store: StoreId) -> Option<u32> {
         self.stores.get(&store)?.running.as_ref().map(|r| r.core.context().cluster_version.active())
