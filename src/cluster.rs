@@ -13,12 +13,13 @@ use regionkv_engine::{Peer, PeerId, Region, RegionId, StoreId};
 use regionkv_raft::directory::{DIRECTORY, RegionRecord};
 use regionkv_raft::transport::Transport;
 use regionkv_raft::transport::local::LocalNetwork;
+use regionkv_raft::version::CLUSTER_VERSION_MAX;
 use regionkv_raft::{PeerStatus, Store, StoreConfig, StoreMetrics, StoreOptions};
 use regionkv_wal::{RealFs, WalOptions};
 
 use crate::autosplit::SplitPolicy;
 use crate::backend::{Backend, LocalStores};
-use crate::control::{Background, ClusterOps};
+use crate::control::{Background, ClusterOps, UpgradeStatus};
 use crate::db::Db;
 use crate::defaults::{self, REPORT_INTERVAL};
 use crate::error::{Error, Result};
@@ -39,6 +40,7 @@ pub struct ClusterBuilder {
     checkpoint_log_bytes: u64,
     split_policy: SplitPolicy,
     left_out: Vec<StoreId>,
+    cluster_version_max: BTreeMap<StoreId, u32>,
 }
 
 impl Default for ClusterBuilder {
@@ -52,6 +54,7 @@ impl Default for ClusterBuilder {
             checkpoint_log_bytes: defaults::CHECKPOINT_LOG_BYTES,
             split_policy: SplitPolicy::default(),
             left_out: Vec::new(),
+            cluster_version_max: BTreeMap::new(),
         }
     }
 }
@@ -111,6 +114,15 @@ impl ClusterBuilder {
         self
     }
 
+    /// Runs `store` as a binary that supports cluster versions up to `max` (default:
+    /// this binary's newest): for testing an upgrade with a store left behind. A new
+    /// cluster starts at the newest version all its stores support.
+    #[must_use]
+    pub fn cluster_version_max(mut self, store: impl Into<StoreId>, max: u32) -> Self {
+        self.cluster_version_max.insert(store.into(), max);
+        self
+    }
+
     /// When regions split and merge on their own (default: [`SplitPolicy::default`]).
     #[must_use]
     pub fn split_policy(mut self, policy: SplitPolicy) -> Self {
@@ -139,6 +151,7 @@ impl ClusterBuilder {
             net: LocalNetwork::new(1),
             ops: ClusterOps::new(local.clone()),
             local,
+            versions: Mutex::new(self.cluster_version_max.clone()),
             builder: self,
             scheduler: Mutex::new(None),
         });
@@ -213,15 +226,20 @@ pub(crate) struct ClusterInner {
     /// Directory commands, splits and merges over the local stores.
     ops: ClusterOps,
     builder: ClusterBuilder,
+    /// The newest cluster version each store runs at from its next start, if not this
+    /// binary's (`ClusterBuilder::cluster_version_max`).
+    versions: Mutex<BTreeMap<StoreId, u32>>,
     scheduler: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl ClusterInner {
     fn options(&self, id: StoreId) -> StoreOptions {
         let b = &self.builder;
+        let max = self.versions.lock().get(&id).copied().unwrap_or(CLUSTER_VERSION_MAX);
         let config = StoreConfig::new(id)
             .tick_interval(b.tick_interval)
-            .checkpoint_log_bytes(b.checkpoint_log_bytes);
+            .checkpoint_log_bytes(b.checkpoint_log_bytes)
+            .cluster_version_max(max);
         let mut options = StoreOptions::new(config);
         options.pollers = b.pollers;
         options.wal = WalOptions::default().segment_bytes(b.segment_bytes);
@@ -234,6 +252,10 @@ impl ClusterInner {
         let peers: Vec<Peer> = (1..=self.builder.stores as u64)
             .map(|s| Peer { id: PeerId(s), store: StoreId(s) })
             .collect();
+        // A new cluster runs at the newest version all its stores support
+        // (ARCHITECTURE.md, "Cluster versions"); every store learns the same.
+        let versions = self.builder.cluster_version_max.values().copied();
+        store.learn_cluster_version(versions.chain([CLUSTER_VERSION_MAX]).min().unwrap_or(1))?;
         for id in [DIRECTORY, FIRST_REGION] {
             match store.bootstrap_region(Region { peers: peers.clone(), ..Region::whole(id) }) {
                 // A crash after bootstrapping but before the pending mark was removed.
@@ -368,6 +390,42 @@ impl Cluster {
     /// commit; rolled back if the source cannot merge). Returns the merged region.
     pub fn merge(&self, left: impl Into<RegionId>, right: impl Into<RegionId>) -> Result<Region> {
         self.inner.ops.merge(left.into(), right.into())
+    }
+
+    /// The active cluster version, as the directory's replicas hold it (ARCHITECTURE.md,
+    /// "Cluster versions").
+    pub fn cluster_version(&self) -> Result<u32> {
+        self.inner.ops.cluster_version()
+    }
+
+    /// The active cluster version and what every store of the cluster reports: the
+    /// version it runs at and the newest it supports.
+    pub fn upgrade_status(&self) -> Result<UpgradeStatus> {
+        self.inner.ops.upgrade_status()
+    }
+
+    /// Raises the cluster version to `target` (default: the newest this binary runs),
+    /// so that command kinds up to it may be proposed; returns the active version
+    /// after. Refused ([`Error::UpgradeRefused`], naming the store), with nothing
+    /// proposed, unless every store of the cluster (each holding a replica of a region
+    /// the directory lists, or of the directory) reports that it supports `target`. A
+    /// target at or below the active version changes nothing. Every running store
+    /// learns the result before this returns.
+    pub fn finalize_upgrade(&self, target: Option<u32>) -> Result<u32> {
+        let stores: Vec<Arc<Store>> = self.inner.local.stores.read().values().cloned().collect();
+        let by = self.inner.local.leader_of(DIRECTORY).unwrap_or(StoreId(0));
+        let active = self.inner.ops.finalize_upgrade(target, by)?;
+        for store in stores {
+            store.learn_cluster_version(active)?;
+        }
+        Ok(active)
+    }
+
+    /// Runs `store` as a binary that supports cluster versions up to `max` from its
+    /// next start ([`Cluster::restart_store`]): for testing an upgrade (or a
+    /// downgrade, which a store that ran at a newer version refuses).
+    pub fn set_cluster_version_max(&self, store: impl Into<StoreId>, max: u32) {
+        self.inner.versions.lock().insert(store.into(), max);
     }
 
     fn take(&self, id: StoreId) -> Result<Arc<Store>> {

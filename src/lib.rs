@@ -55,6 +55,7 @@ mod server;
 
 pub use autosplit::SplitPolicy;
 pub use cluster::{Cluster, ClusterBuilder};
+pub use control::{StoreVersion, UpgradeStatus};
 pub use db::{Db, IntoBytes, IntoKeyRange, WriteBatch};
 pub use error::{Error, Result};
 pub use node::{InitialClusterState, Node, NodeConfig};

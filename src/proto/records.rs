@@ -190,9 +190,19 @@ const DC_COUNT: u16 = 2;
 const DC_RECORD: u16 = 3;
 const DC_FIRST: u16 = 4;
 const DC_TAKEN: u16 = 5;
-const DC_TAGS: &[u16] = &[DC_KIND, DC_COUNT, DC_RECORD, DC_FIRST, DC_TAKEN];
+const DC_TARGET: u16 = 6;
+const DC_BY: u16 = 7;
+const DC_ACTIVE: u16 = 8;
+const DC_TAGS: &[u16] =
+    &[DC_KIND, DC_COUNT, DC_RECORD, DC_FIRST, DC_TAKEN, DC_TARGET, DC_BY, DC_ACTIVE];
 const DK_ALLOC: u64 = 1;
 const DK_REPORT: u64 = 2;
+const DK_SET_VERSION: u64 = 3;
+
+fn version_of(r: &codec::TlvRecord<'_>, tag: u16, what: &'static str) -> D<u32> {
+    let f = r.required(tag, what)?;
+    u32::try_from(f.as_u64()?).map_err(|_| DecodeError::new(f.offset, "version over u32"))
+}
 const RR_REGION: u16 = 1;
 const RR_LEADER: u16 = 2;
 
@@ -225,6 +235,11 @@ pub(super) fn put_dir_cmd(o: &mut Vec<u8>, cmd: &DirCmd) {
                 put_record(o, DC_RECORD, r);
             }
         }
+        DirCmd::SetClusterVersion { target, by } => {
+            codec::put_u64(o, DC_KIND, DK_SET_VERSION);
+            codec::put_u64(o, DC_TARGET, u64::from(*target));
+            codec::put_u64(o, DC_BY, by.0);
+        }
     }
 }
 
@@ -234,6 +249,10 @@ pub(super) fn dir_cmd_of(f: &Field<'_>) -> D<DirCmd> {
         DK_ALLOC => DirCmd::AllocIds { count: req_u64(&r, DC_COUNT, "count missing")? },
         DK_REPORT => DirCmd::Report {
             records: r.repeated(DC_RECORD).map(|f| record_of(&f)).collect::<D<_>>()?,
+        },
+        DK_SET_VERSION => DirCmd::SetClusterVersion {
+            target: version_of(&r, DC_TARGET, "target version missing")?,
+            by: StoreId(req_u64(&r, DC_BY, "finalizing store missing")?),
         },
         _ => return Err(DecodeError::new(f.offset, "unknown directory command")),
     })
@@ -250,6 +269,10 @@ pub(super) fn put_dir_result(o: &mut Vec<u8>, result: &DirResult) {
             codec::put_u64(o, DC_KIND, DK_REPORT);
             codec::put_u64(o, DC_TAKEN, *taken as u64);
         }
+        DirResult::ClusterVersion { active } => {
+            codec::put_u64(o, DC_KIND, DK_SET_VERSION);
+            codec::put_u64(o, DC_ACTIVE, u64::from(*active));
+        }
     }
 }
 
@@ -263,6 +286,9 @@ pub(super) fn dir_result_of(f: &Field<'_>) -> D<DirResult> {
         DK_REPORT => DirResult::Reported {
             taken: usize::try_from(req_u64(&r, DC_TAKEN, "taken missing")?).unwrap_or(usize::MAX),
         },
+        DK_SET_VERSION => {
+            DirResult::ClusterVersion { active: version_of(&r, DC_ACTIVE, "active missing")? }
+        }
         _ => return Err(DecodeError::new(f.offset, "unknown directory result")),
     })
 }
