@@ -395,8 +395,9 @@ impl Backend for NodeStores {
     }
 
     fn cluster_version(&self) -> Option<u32> {
-        // This store's replica of the directory, if it hosts one; else the others'.
-        directory_version(&self.local).or_else(|| self.remote.cluster_version())
+        // The highest of this store's replica of the directory (it may lag) and the
+        // others'.
+        directory_version(&self.local).max(self.remote.cluster_version())
     }
 
     fn store_version(&self, store: StoreId) -> Option<StoreVersion> {
