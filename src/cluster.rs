@@ -13,12 +13,13 @@ use regionkv_engine::{Peer, PeerId, Region, RegionId, StoreId};
 use regionkv_raft::directory::{DIRECTORY, RegionRecord};
 use regionkv_raft::transport::Transport;
 use regionkv_raft::transport::local::LocalNetwork;
+use regionkv_raft::version::CLUSTER_VERSION_MAX;
 use regionkv_raft::{PeerStatus, Store, StoreConfig, StoreMetrics, StoreOptions};
 use regionkv_wal::{CancellationToken, RealFs, WalOptions};
 
 use crate::autosplit::SplitPolicy;
 use crate::backend::{Backend, LocalStores};
-use crate::control::{Background, ClusterOps};
+use crate::control::{Background, ClusterOps, UpgradeStatus};
 use crate::db::Db;
 use crate::defaults::{self, REPORT_INTERVAL};
 use crate::error::{Error, Result};
@@ -43,6 +44,7 @@ pub struct ClusterBuilder {
     left_out: Vec<StoreId>,
     spares: usize,
     health: Option<HealthConfig>,
+    cluster_version_max: BTreeMap<StoreId, u32>,
 }
 
 impl Default for ClusterBuilder {
@@ -58,6 +60,7 @@ impl Default for ClusterBuilder {
             left_out: Vec::new(),
             spares: 0,
             health: None,
+            cluster_version_max: BTreeMap::new(),
         }
     }
 }
@@ -126,6 +129,15 @@ impl ClusterBuilder {
         self
     }
 
+    /// Runs `store` as a binary that supports cluster versions up to `max` (default:
+    /// this binary's newest): for testing an upgrade with a store left behind. A new
+    /// cluster starts at the newest version all its stores support.
+    #[must_use]
+    pub fn cluster_version_max(mut self, store: impl Into<StoreId>, max: u32) -> Self {
+        self.cluster_version_max.insert(store.into(), max);
+        self
+    }
+
     /// When regions split and merge on their own (default: [`SplitPolicy::default`]).
     #[must_use]
     pub fn split_policy(mut self, policy: SplitPolicy) -> Self {
@@ -168,6 +180,7 @@ impl ClusterBuilder {
             })),
             health_cancel: CancellationToken::new(),
             health_thread: Mutex::new(None),
+            versions: Mutex::new(self.cluster_version_max.clone()),
             builder: self,
             scheduler: Mutex::new(None),
         });
@@ -264,6 +277,9 @@ pub(crate) struct ClusterInner {
     /// Directory commands, splits and merges over the local stores.
     ops: ClusterOps,
     builder: ClusterBuilder,
+    /// The newest cluster version each store runs at from its next start, if not this
+    /// binary's (`ClusterBuilder::cluster_version_max`).
+    versions: Mutex<BTreeMap<StoreId, u32>>,
     scheduler: Mutex<Option<JoinHandle<()>>>,
     health: Arc<HealthRunner>,
     health_cancel: CancellationToken,
@@ -343,10 +359,12 @@ fn directory_of(stores: &[Arc<Store>]) -> Vec<RegionRecord> {
 impl ClusterInner {
     fn options(&self, id: StoreId) -> StoreOptions {
         let b = &self.builder;
+        let max = self.versions.lock().get(&id).copied().unwrap_or(CLUSTER_VERSION_MAX);
         let config = StoreConfig::new(id)
             .tick_interval(b.tick_interval)
             .checkpoint_log_bytes(b.checkpoint_log_bytes)
-            .image_hash_interval(Some(defaults::IMAGE_HASH_INTERVAL));
+            .image_hash_interval(Some(defaults::IMAGE_HASH_INTERVAL))
+            .cluster_version_max(max);
         let mut options = StoreOptions::new(config);
         options.pollers = b.pollers;
         options.wal = WalOptions::default().segment_bytes(b.segment_bytes);
@@ -359,6 +377,10 @@ impl ClusterInner {
         let peers: Vec<Peer> = (1..=self.builder.stores as u64)
             .map(|s| Peer { id: PeerId(s), store: StoreId(s) })
             .collect();
+        // A new cluster runs at the newest version all its stores support
+        // (ARCHITECTURE.md, "Cluster versions"); every store learns the same.
+        let versions = self.builder.cluster_version_max.values().copied();
+        store.learn_cluster_version(versions.chain([CLUSTER_VERSION_MAX]).min().unwrap_or(1))?;
         for id in [DIRECTORY, FIRST_REGION] {
             match store.bootstrap_region(Region { peers: peers.clone(), ..Region::whole(id) }) {
                 // A crash after bootstrapping but before the pending mark was removed.
@@ -532,6 +554,42 @@ impl Cluster {
     /// runs at version 2.
     pub fn verify_region(&self, region: impl Into<RegionId>) -> Result<Vec<crate::ReplicaHash>> {
         self.inner.ops.verify_region(region.into())
+    }
+
+    /// The active cluster version, as the directory's replicas hold it (ARCHITECTURE.md,
+    /// "Cluster versions").
+    pub fn cluster_version(&self) -> Result<u32> {
+        self.inner.ops.cluster_version()
+    }
+
+    /// The active cluster version and what every store of the cluster reports: the
+    /// version it runs at and the newest it supports.
+    pub fn upgrade_status(&self) -> Result<UpgradeStatus> {
+        self.inner.ops.upgrade_status()
+    }
+
+    /// Raises the cluster version to `target` (default: the newest this binary runs),
+    /// so that command kinds up to it may be proposed; returns the active version
+    /// after. Refused ([`Error::UpgradeRefused`], naming the store), with nothing
+    /// proposed, unless every store of the cluster (each holding a replica of a region
+    /// the directory lists, or of the directory) reports that it supports `target`. A
+    /// target at or below the active version changes nothing. Every running store
+    /// learns the result before this returns.
+    pub fn finalize_upgrade(&self, target: Option<u32>) -> Result<u32> {
+        let stores: Vec<Arc<Store>> = self.inner.local.stores.read().values().cloned().collect();
+        let by = self.inner.local.leader_of(DIRECTORY).unwrap_or(StoreId(0));
+        let active = self.inner.ops.finalize_upgrade(target, by)?;
+        for store in stores {
+            store.learn_cluster_version(active)?;
+        }
+        Ok(active)
+    }
+
+    /// Runs `store` as a binary that supports cluster versions up to `max` from its
+    /// next start ([`Cluster::restart_store`]): for testing an upgrade (or a
+    /// downgrade, which a store that ran at a newer version refuses).
+    pub fn set_cluster_version_max(&self, store: impl Into<StoreId>, max: u32) {
+        self.inner.versions.lock().insert(store.into(), max);
     }
 
     fn take(&self, id: StoreId) -> Result<Arc<Store>> {

@@ -29,6 +29,9 @@ use crate::region_info::RegionInfo;
 use crate::router::Router;
 
 mod membership;
+mod upgrade;
+
+pub use upgrade::{StoreVersion, UpgradeStatus};
 
 /// Drives directory commands, splits and merges through a backend.
 pub(crate) struct ClusterOps {
@@ -73,7 +76,9 @@ impl ClusterOps {
     pub fn alloc_ids(&self, count: u64) -> Result<u64> {
         match self.directory(&DirCmd::AllocIds { count }, ALLOC_IDS_DEADLINE)? {
             DirResult::Ids { first, .. } => Ok(first),
-            other @ (DirResult::Reported { .. } | DirResult::Recorded { .. }) => {
+            other @ (DirResult::Reported { .. }
+            | DirResult::Recorded { .. }
+            | DirResult::ClusterVersion { .. }) => {
                 Err(Error::InvalidRequest(format!("the directory answered {other:?}")))
             }
         }
@@ -332,6 +337,20 @@ impl RegionAdmin for BackendAdmin<'_> {
     }
 }
 
+/// How often a driver's stores learn the cluster version from the directory.
+const VERSION_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Teaches `stores` the cluster version the directory holds (a store without a
+/// replica of the directory learns it only so; ARCHITECTURE.md, "Cluster versions").
+fn learn_cluster_version(ops: &ClusterOps, stores: &[Arc<Store>]) {
+    let Some(active) = ops.backend.cluster_version() else { return };
+    for store in stores {
+        if let Err(e) = store.learn_cluster_version(active) {
+            tracing::warn!(store = store.context().config.store_id.0, error = %e, "could not persist the cluster version");
+        }
+    }
+}
+
 /// Most region records in one directory command.
 const REPORTS_PER_COMMAND: usize = 512;
 
@@ -343,6 +362,8 @@ pub(crate) struct Background {
     pending: HashMap<RegionId, RegionRecord>,
     planner: Planner,
     next_check: Instant,
+    /// When the stores next learn the cluster version from the directory.
+    next_version: Instant,
 }
 
 impl Background {
@@ -351,6 +372,7 @@ impl Background {
             pending: HashMap::new(),
             planner: Planner::default(),
             next_check: Instant::now(),
+            next_version: Instant::now(),
         }
     }
 
@@ -359,6 +381,10 @@ impl Background {
         if Instant::now() >= self.next_check {
             self.next_check = Instant::now() + policy.check_interval;
             self.split_and_merge(ops, stores, policy);
+        }
+        if Instant::now() >= self.next_version {
+            self.next_version = Instant::now() + VERSION_INTERVAL;
+            learn_cluster_version(ops, stores);
         }
         for store in stores {
             for record in store.take_reports() {

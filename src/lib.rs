@@ -56,7 +56,7 @@ mod server;
 
 pub use autosplit::SplitPolicy;
 pub use cluster::{Cluster, ClusterBuilder};
-pub use control::ReplicaHash;
+pub use control::{ReplicaHash, StoreVersion, UpgradeStatus};
 pub use db::{Db, IntoBytes, IntoKeyRange, WriteBatch};
 pub use error::{Error, Result};
 pub use node::{InitialClusterState, Node, NodeConfig};

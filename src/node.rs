@@ -53,9 +53,9 @@ use regionkv_raft::{
 use regionkv_wal::{CancellationToken, FileSystem, Gate, RealFs};
 
 use crate::autosplit::SplitPolicy;
-use crate::backend::{Backend, locate_on, newer};
+use crate::backend::{Backend, directory_version, local_version, locate_on, newer};
 use crate::cluster::FIRST_REGION;
-use crate::control::{Background, ClusterOps};
+use crate::control::{Background, ClusterOps, StoreVersion, UpgradeStatus};
 use crate::db::Db;
 use crate::defaults::{self, NODE_TASKS_TIMEOUT, REPORT_INTERVAL};
 use crate::error::{Error, Result};
@@ -293,6 +293,16 @@ impl ClientHandler for NodeShared {
         self.control.remove_store(store, || region_table(self.statuses()))
     }
 
+    fn upgrade_status(&self) -> Result<UpgradeStatus> {
+        self.control.upgrade_status()
+    }
+
+    fn finalize_upgrade(&self, target: Option<u32>) -> Result<u32> {
+        let active = self.control.finalize_upgrade(target, self.id)?;
+        self.store.learn_cluster_version(active)?;
+        Ok(active)
+    }
+
     fn learn_member(&self, store: StoreId, addr: &str) -> Result<()> {
         let parsed: SocketAddr = addr.parse().map_err(|e| {
             Error::InvalidRequest(format!("store {store}'s address {addr:?} is not IP:PORT: {e}"))
@@ -381,6 +391,20 @@ impl Backend for NodeStores {
             self.local.peer_status(region)
         } else {
             self.remote.peer_status(store, region)
+        }
+    }
+
+    fn cluster_version(&self) -> Option<u32> {
+        // The highest of this store's replica of the directory (it may lag) and the
+        // others'.
+        directory_version(&self.local).max(self.remote.cluster_version())
+    }
+
+    fn store_version(&self, store: StoreId) -> Option<StoreVersion> {
+        if self.is_local(store) {
+            Some(local_version(&self.local))
+        } else {
+            self.remote.store_version(store)
         }
     }
 
@@ -604,6 +628,23 @@ impl Node {
         self.shared.remove_store(store)
     }
 
+    /// The active cluster version and what every store of the cluster reports (see
+    /// [`Cluster::upgrade_status`](crate::Cluster::upgrade_status)).
+    pub fn upgrade_status(&self) -> Result<UpgradeStatus> {
+        self.shared.upgrade_status()
+    }
+
+    /// The active cluster version, as the directory holds it.
+    pub fn cluster_version(&self) -> Result<u32> {
+        self.shared.control.cluster_version()
+    }
+
+    /// Raises the cluster version to `target` (default: the newest this binary runs);
+    /// see [`Cluster::finalize_upgrade`](crate::Cluster::finalize_upgrade).
+    pub fn finalize_upgrade(&self, target: Option<u32>) -> Result<u32> {
+        self.shared.finalize_upgrade(target)
+    }
+
     /// This node's store's status report: its replicas, its metrics, and the fields
     /// of status schema 2 (schema, binary version, boot id and report number, state,
     /// capacity). Each call takes the store's next report number.
@@ -760,6 +801,9 @@ fn bootstrap(config: &NodeConfig, store: &Store) -> Result<()> {
     stores.push(config.store_id);
     stores.sort_unstable();
     let peers: Vec<Peer> = stores.iter().map(|&s| Peer { id: PeerId(s.0), store: s }).collect();
+    // A new cluster runs at the newest version of this binary, which every node of it
+    // runs (ARCHITECTURE.md, "Cluster versions").
+    store.learn_cluster_version(store.cluster_version_max())?;
     for id in [DIRECTORY, FIRST_REGION] {
         let region = Region { peers: peers.clone(), ..Region::whole(id) };
         match store.bootstrap_region(region) {

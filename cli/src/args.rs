@@ -149,6 +149,31 @@ pub(crate) enum ClientOp {
         #[command(subcommand)]
         op: StoreOp,
     },
+    /// The cluster version: what every store supports, and raising it.
+    Upgrade {
+        #[command(subcommand)]
+        op: UpgradeOp,
+    },
+}
+
+/// What `regionkv client upgrade` does.
+#[derive(Clone, Copy, Subcommand)]
+pub(crate) enum UpgradeOp {
+    /// Print the active cluster version and, per store, the version it runs at and the
+    /// newest it supports.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Raise the cluster version (refused unless every store supports it), so that
+    /// the command kinds it introduced may be used. Cannot be undone.
+    Finalize {
+        /// The version to raise it to (default: the newest the node that drives it
+        /// runs).
+        #[arg(long)]
+        to: Option<u32>,
+    },
 }
 
 /// What `regionkv client store` changes.

@@ -5,9 +5,10 @@ use std::ops::Bound;
 
 use regionkv::{
     Client, ClusterId, HistogramSnapshot, Region, RegionId, StoreId, StoreMetrics, StoreStatus,
+    UpgradeStatus,
 };
 
-use crate::args::{ClientArgs, ClientOp, StoreOp, read_secret};
+use crate::args::{ClientArgs, ClientOp, StoreOp, UpgradeOp, read_secret};
 
 fn show(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -192,6 +193,55 @@ fn status_output(stores: &[StoreStatus], json: bool) -> serde_json::Value {
     )
 }
 
+/// Prints the cluster version and every store's report (unless `json`); returns them
+/// as JSON. A store that reports nothing is shown as such (not upgraded), never as 0.
+fn upgrade_output(status: &UpgradeStatus, json: bool) -> serde_json::Value {
+    if !json {
+        println!("active cluster version {}", status.active);
+        for s in &status.stores {
+            let shown = |v: Option<u32>| v.map_or_else(|| "not reported".into(), |v| v.to_string());
+            println!(
+                "  store {}: runs at {}, supports up to {}",
+                s.store,
+                shown(s.active),
+                shown(s.max)
+            );
+        }
+    }
+    serde_json::json!({
+        "active": status.active,
+        "stores": status.stores.iter().map(|s| serde_json::json!({
+            "store": s.store.0,
+            "active": s.active,
+            "max": s.max,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `regionkv client upgrade status|finalize`; `json` is the client's own flag.
+fn run_upgrade(
+    client: &Client,
+    op: UpgradeOp,
+    json: bool,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    Ok(match op {
+        UpgradeOp::Status { json: local } => {
+            let out = upgrade_output(&client.upgrade_status()?, json || local);
+            if local && !json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            }
+            out
+        }
+        UpgradeOp::Finalize { to } => {
+            let active = client.finalize_upgrade(to)?;
+            if !json {
+                println!("active cluster version {active}");
+            }
+            serde_json::json!({"active": active})
+        }
+    })
+}
+
 pub(crate) fn run_client(args: ClientArgs) -> Result<(), Box<dyn std::error::Error>> {
     let secret = read_secret(args.secret.secret, args.secret.secret_file)?;
     let client = Client::connect(&args.addr, ClusterId(args.cluster_id), secret)?;
@@ -278,6 +328,7 @@ pub(crate) fn run_client(args: ClientArgs) -> Result<(), Box<dyn std::error::Err
             }
             serde_json::json!(regions.iter().map(region_json).collect::<Vec<_>>())
         }
+        ClientOp::Upgrade { op } => run_upgrade(&client, op, json)?,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&out)?);

@@ -89,6 +89,12 @@ const KIND_COMMIT_MERGE: u64 = 3;
 const KIND_ROLLBACK_MERGE: u64 = 4;
 const KIND_COMPUTE_HASH: u64 = 5;
 
+// The reasons of the decode errors for a kind this binary does not know (see
+// `is_unknown_kind`): a top-level tag, an admin kind, an op kind.
+const UNKNOWN_COMMAND: &str = "unknown command";
+const UNKNOWN_ADMIN: &str = "unknown admin command";
+const UNKNOWN_OP: &str = "unknown op kind";
+
 /// One change to one key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -349,7 +355,7 @@ fn decode_admin(buf: &[u8]) -> DecodeResult<Admin> {
             AdminCmd::RollbackMerge { prepare_index: u64_of(A_PREPARE_INDEX, "prepare index")? }
         }
         KIND_COMPUTE_HASH => AdminCmd::ComputeHash,
-        _ => return Err(DecodeError::new(0, "unknown admin command")),
+        _ => return Err(DecodeError::new(0, UNKNOWN_ADMIN)),
     };
     Ok(Admin { epoch, cmd })
 }
@@ -358,6 +364,37 @@ fn decode_admin(buf: &[u8]) -> DecodeResult<Admin> {
 /// reads: it cannot tell what the command does, so it must not refuse it either.
 pub(crate) fn is_newer_format(data: &[u8]) -> bool {
     data.first().is_some_and(|&version| version > FORMAT_VERSION)
+}
+
+/// True if `error` (from [`decode`]) says the entry is well formed up to a kind this
+/// binary does not know (a top-level tag, an admin, directory or op kind of format 1),
+/// rather than damaged: it may be a newer binary's command (ARCHITECTURE.md, "Cluster
+/// versions", says what apply does with it).
+pub(crate) fn is_unknown_kind(error: &DecodeError) -> bool {
+    [UNKNOWN_COMMAND, UNKNOWN_ADMIN, UNKNOWN_OP, crate::directory::UNKNOWN_DIRECTORY_COMMAND]
+        .contains(&error.reason)
+}
+
+impl Command {
+    /// The cluster version that introduced this command's kind: a binary configured to
+    /// support only older versions (`StoreConfig::cluster_version_max`) treats it as a
+    /// kind it does not know.
+    pub(crate) fn since(&self) -> u32 {
+        match self {
+            Command::Directory(DirCmd::SetClusterVersion { .. }) => {
+                crate::directory::SET_CLUSTER_VERSION_SINCE
+            }
+            Command::Directory(DirCmd::RecordHealth { .. }) => crate::version::HEALTH_AUDIT.since,
+            Command::Admin(Admin { cmd: AdminCmd::ComputeHash, .. }) => {
+                crate::version::IMAGE_HASH.since
+            }
+            Command::Writes(_)
+            | Command::Admin(_)
+            | Command::Directory(DirCmd::AllocIds { .. } | DirCmd::Report { .. }) => {
+                crate::version::CLUSTER_VERSION_INITIAL
+            }
+        }
+    }
 }
 
 /// True if `data` (a normal entry's) starts with an admin command: a cheap look at
@@ -393,7 +430,7 @@ pub(crate) fn decode(data: &Bytes) -> DecodeResult<Command> {
     let mut writes = Vec::new();
     for field in fields {
         if field.tag != WRITE {
-            return Err(DecodeError::new(field.offset + 1, "unknown command"));
+            return Err(DecodeError::new(field.offset + 1, UNKNOWN_COMMAND));
         }
         let at = |e: DecodeError| e.shifted(field.offset + 1);
         let rec =
@@ -416,7 +453,7 @@ pub(crate) fn decode(data: &Bytes) -> DecodeResult<Command> {
                             .slice_ref(o.required(OP_VALUE, "put value").map_err(op_at)?.value),
                     },
                     2 => Op::Delete { key },
-                    _ => return Err(op_at(DecodeError::new(0, "unknown op kind"))),
+                    _ => return Err(op_at(DecodeError::new(0, UNKNOWN_OP))),
                 },
             );
         }
@@ -635,6 +672,37 @@ mod tests {
                 peers: peers.into_iter().map(|(p, s)| Peer { id: PeerId(p), store: StoreId(s) }).collect(),
             };
             prop_assert_eq!(decode_change_peers(&encode_change_peers(&ctx)).unwrap(), ctx);
+        }
+    }
+
+    #[test]
+    fn kinds_this_binary_does_not_know_are_told_apart_from_damage() {
+        // A top-level tag, an admin kind and an op kind from a newer binary.
+        let mut top = vec![FORMAT_VERSION];
+        codec::put_nested(&mut top, 9, |out| codec::put_u64(out, 1, 1));
+        let mut admin = vec![FORMAT_VERSION];
+        codec::put_nested(&mut admin, ADMIN, |out| {
+            codec::put_nested(out, A_EPOCH, |out| put_epoch(out, Epoch::INITIAL));
+            codec::put_u64(out, A_KIND, 99);
+        });
+        let mut op = vec![FORMAT_VERSION];
+        codec::put_nested(&mut op, WRITE, |out| {
+            codec::put_nested(out, W_EPOCH, |out| put_epoch(out, Epoch::INITIAL));
+            codec::put_nested(out, W_OP, |out| {
+                codec::put_u64(out, OP_KIND, 7);
+                codec::put_field(out, OP_KEY, b"k");
+            });
+        });
+        let mut dir = vec![FORMAT_VERSION];
+        codec::put_nested(&mut dir, DIRECTORY, |out| codec::put_u64(out, 1, 42));
+        for data in [top, admin, op, dir] {
+            let e = decode(&Bytes::from(data)).unwrap_err();
+            assert!(is_unknown_kind(&e), "{e:?}");
+        }
+        // Damage is not an unknown kind.
+        for data in [vec![FORMAT_VERSION, 1], vec![FORMAT_VERSION, 1, 0, 200, 0, 0, 0]] {
+            let e = decode(&Bytes::from(data)).unwrap_err();
+            assert!(!is_unknown_kind(&e), "{e:?}");
         }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use regionkv_engine::StoreId;
 
 use crate::log::RaftLogOptions;
+use crate::version::CLUSTER_VERSION_MAX;
 
 /// How reads are confirmed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -45,6 +46,7 @@ pub enum ReadMode {
 /// | [`log`](Self::log) | [`RaftLogOptions::default`] | |
 /// | [`hibernate_regions`](Self::hibernate_regions) | on (never under [`ReadMode::Lease`]) | |
 /// | [`image_hash_interval`](Self::image_hash_interval) | off (a `Cluster` or `Node`: 10 min) | [`DEFAULT_IMAGE_HASH_INTERVAL`](Self::DEFAULT_IMAGE_HASH_INTERVAL) |
+/// | [`cluster_version_max`](Self::cluster_version_max) | [`CLUSTER_VERSION_MAX`] | |
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct StoreConfig {
@@ -106,6 +108,14 @@ pub struct StoreConfig {
     /// never; the facade's `Cluster` and `Node` use
     /// [`DEFAULT_IMAGE_HASH_INTERVAL`](Self::DEFAULT_IMAGE_HASH_INTERVAL).
     pub image_hash_interval: Option<Duration>,
+    /// The newest cluster version this store runs at (`crate::version`): what it
+    /// reports as its supported maximum (a finalize waits for every store's), what
+    /// its replicas halt above, and the versions of the command kinds it knows (a kind
+    /// introduced later is one it does not know). [`CLUSTER_VERSION_MAX`] by default;
+    /// lower only to run a store as an older binary would (tests, the simulator).
+    /// Between [`CLUSTER_VERSION_INITIAL`](crate::version::CLUSTER_VERSION_INITIAL) and
+    /// [`CLUSTER_VERSION_MAX`].
+    pub cluster_version_max: u32,
 }
 
 impl StoreConfig {
@@ -163,6 +173,7 @@ impl StoreConfig {
             log: RaftLogOptions::default(),
             hibernate_regions: true,
             image_hash_interval: None,
+            cluster_version_max: CLUSTER_VERSION_MAX,
         }
     }
 
@@ -178,6 +189,13 @@ impl StoreConfig {
         let tick = self.tick_interval.as_nanos().max(1);
         self.image_hash_interval
             .map(|i| u64::try_from(i.as_nanos() / tick).unwrap_or(u64::MAX).max(1))
+    }
+
+    /// Sets [`StoreConfig::cluster_version_max`].
+    #[must_use]
+    pub fn cluster_version_max(mut self, version: u32) -> Self {
+        self.cluster_version_max = version;
+        self
     }
 
     /// Sets [`StoreConfig::tick_interval`].

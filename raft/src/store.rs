@@ -256,14 +256,11 @@ impl Store {
         let boot_id = fresh_boot_id()?;
         let book = Arc::new(PeerBook::open(id, incarnation, engine.clone(), directory.clone())?);
         let log = Arc::new(RaftLog::open(wal.clone(), options.config.log)?);
-        let mut ctx = StoreContext::new(
-            options.config.clone(),
-            engine,
-            directory,
-            log,
-            CancellationToken::new(),
-        );
+        let cancel = CancellationToken::new();
+        let mut ctx = StoreContext::new(options.config.clone(), engine, directory, log, cancel);
         ctx.log_cut = crate::core::wal_lost_records(&wal);
+        // Before any replica applies: an older binary refuses a store that ran newer.
+        ctx.open_cluster_version()?;
         let ctx = Arc::new(ctx);
         let pollers = options.pollers.max(1);
         let mut senders = Vec::with_capacity(pollers);
@@ -519,6 +516,24 @@ impl Store {
             std::mem::take(&mut *self.inbox.reports.lock()).into_values().collect();
         reports.sort_by_key(|r| r.region.id);
         reports
+    }
+
+    /// The cluster version this store runs at, as it last learned it
+    /// (`crate::version`).
+    pub fn cluster_version(&self) -> u32 {
+        self.ctx.cluster_version.active()
+    }
+
+    /// The newest cluster version this store supports: its configured
+    /// [`StoreConfig::cluster_version_max`].
+    pub fn cluster_version_max(&self) -> u32 {
+        self.ctx.config.cluster_version_max
+    }
+
+    /// Learns that the cluster runs at `active`, durably (see
+    /// [`StoreContext::learn_cluster_version`]); true if this store's view moved.
+    pub fn learn_cluster_version(&self, active: u32) -> Result<bool> {
+        self.ctx.learn_cluster_version(active)
     }
 
     /// Submits a command to the cluster directory, whose leader must be on this store.

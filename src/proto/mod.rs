@@ -61,18 +61,28 @@
 //!                       2 add learner, 3 remove), 2 peer id, 3 store (adds only) } }
 //!            24 store add { 1 store, 2 address }      25 store remove { 1 store }
 //!            26 member { 1 store, 2 address }
+//!            27 cluster version (the version this node's directory replica holds)
+//!            28 upgrade status      29 finalize upgrade { 1 target (optional) }
 //!  RESPONSE  1 id u64, and exactly one of
 //!            2 error { 1 code, 2 region, 3 leader store, 4 region*, 5 message, 6 target,
-//!                      7 reason (optional: the code of a drop or merge-abort reason) }
+//!                      7 reason (optional: the code of a drop or merge-abort reason),
+//!                      8 feature, 9 active version, 10 needed version, 11 store,
+//!                      12 supported version (each optional: feature not active,
+//!                      upgrade refused) }
 //!                      (code 18, cancelled in flight: the outcome is unknown)
 //!            30 done  31 value { 1 value | 2 none }  32 rows { 1 row* { 1 key, 2 value } }
 //!            33 admin result  34 directory result  35 merge status
 //!            36 peer status { 1 status | 2 none }  37 located { 1 record | 2 none }
 //!            38 status { 1 store, 2 peer status*, 3 metrics (optional, since 0.1),
-//!                        4 to 12: status schema 2 (optional; `status.rs`) }
+//!                        4 to 12: status schema 2 (optional; `status.rs`),
+//!                        11 cluster version active, 13 cluster version max (optional:
+//!                        absent from a store before the version gate) }
 //!            39 members { 1 member* { 1 store, 2 address } }  40 regions { 1 region info* }
 //!            41 split { 1 region* }  42 merged { 1 region }  43 no reply
 //!            44 peers changed { 1 region }  45 store changed { 1 region* }
+//!            46 cluster version { 1 version | 2 none }
+//!            47 upgrade status { 1 active, 2 store* { 1 store, 2 active, 3 max (each
+//!                       optional: not reported) } }
 //!  metrics   1 regions  2 leaders  3 hibernating  4 applied lag total  5 applied lag max
 //!            6 write latency us (histogram)  7 writes proposed  8 entries proposed
 //!            9 apply { 1 rounds, 2 rounds without regions, 3 rounds with several,
@@ -333,6 +343,15 @@ pub(crate) enum Request {
         store: StoreId,
         addr: String,
     },
+    /// The cluster version this node's directory replica holds.
+    ClusterVersion,
+    /// The active cluster version and what every store reports; the node asks them.
+    UpgradeStatus,
+    /// Raise the cluster version to `target` (`None`: the newest the node runs);
+    /// the node drives it.
+    FinalizeUpgrade {
+        target: Option<u32>,
+    },
 }
 
 /// A node's answer to one request.
@@ -356,4 +375,8 @@ pub(crate) enum Response {
     StoreChanged(Vec<Region>),
     /// The node's store dropped the request without an answer: its outcome is unknown.
     NoReply,
+    /// A cluster version (`None`: the node's store hosts no replica of the directory).
+    ClusterVersion(Option<u32>),
+    /// The cluster version and what each store reports.
+    UpgradeStatus(crate::UpgradeStatus),
 }

@@ -210,12 +210,24 @@ const DC_COUNT: u16 = 2;
 const DC_RECORD: u16 = 3;
 const DC_FIRST: u16 = 4;
 const DC_TAKEN: u16 = 5;
-const DC_HEALTH: u16 = 6;
-const DC_SEQ: u16 = 7;
-const DC_TAGS: &[u16] = &[DC_KIND, DC_COUNT, DC_RECORD, DC_FIRST, DC_TAKEN, DC_HEALTH, DC_SEQ];
-const DK_HEALTH: u64 = 3;
+const DC_TARGET: u16 = 6;
+const DC_BY: u16 = 7;
+const DC_ACTIVE: u16 = 8;
+const DC_HEALTH: u16 = 9;
+const DC_SEQ: u16 = 10;
+const DC_TAGS: &[u16] = &[
+    DC_KIND, DC_COUNT, DC_RECORD, DC_FIRST, DC_TAKEN, DC_TARGET, DC_BY, DC_ACTIVE, DC_HEALTH,
+    DC_SEQ,
+];
+const DK_HEALTH: u64 = 4;
 const DK_ALLOC: u64 = 1;
 const DK_REPORT: u64 = 2;
+const DK_SET_VERSION: u64 = 3;
+
+fn version_of(r: &codec::TlvRecord<'_>, tag: u16, what: &'static str) -> D<u32> {
+    let f = r.required(tag, what)?;
+    u32::try_from(f.as_u64()?).map_err(|_| DecodeError::new(f.offset, "version over u32"))
+}
 const RR_REGION: u16 = 1;
 const RR_LEADER: u16 = 2;
 
@@ -252,6 +264,11 @@ pub(super) fn put_dir_cmd(o: &mut Vec<u8>, cmd: &DirCmd) {
             codec::put_u64(o, DC_KIND, DK_HEALTH);
             codec::put_nested(o, DC_HEALTH, |o| directory::put_health_fields(o, event));
         }
+        DirCmd::SetClusterVersion { target, by } => {
+            codec::put_u64(o, DC_KIND, DK_SET_VERSION);
+            codec::put_u64(o, DC_TARGET, u64::from(*target));
+            codec::put_u64(o, DC_BY, by.0);
+        }
     }
 }
 
@@ -270,6 +287,10 @@ pub(super) fn dir_cmd_of(f: &Field<'_>) -> D<DirCmd> {
                 ),
             }
         }
+        DK_SET_VERSION => DirCmd::SetClusterVersion {
+            target: version_of(&r, DC_TARGET, "target version missing")?,
+            by: StoreId(req_u64(&r, DC_BY, "finalizing store missing")?),
+        },
         _ => return Err(DecodeError::new(f.offset, "unknown directory command")),
     })
 }
@@ -289,6 +310,10 @@ pub(super) fn put_dir_result(o: &mut Vec<u8>, result: &DirResult) {
             codec::put_u64(o, DC_KIND, DK_HEALTH);
             codec::put_u64(o, DC_SEQ, *seq);
         }
+        DirResult::ClusterVersion { active } => {
+            codec::put_u64(o, DC_KIND, DK_SET_VERSION);
+            codec::put_u64(o, DC_ACTIVE, u64::from(*active));
+        }
     }
 }
 
@@ -303,6 +328,9 @@ pub(super) fn dir_result_of(f: &Field<'_>) -> D<DirResult> {
             taken: usize::try_from(req_u64(&r, DC_TAKEN, "taken missing")?).unwrap_or(usize::MAX),
         },
         DK_HEALTH => DirResult::Recorded { seq: req_u64(&r, DC_SEQ, "seq missing")? },
+        DK_SET_VERSION => {
+            DirResult::ClusterVersion { active: version_of(&r, DC_ACTIVE, "active missing")? }
+        }
         _ => return Err(DecodeError::new(f.offset, "unknown directory result")),
     })
 }

@@ -36,6 +36,13 @@ const R_MERGED: u16 = 42;
 const R_NO_REPLY: u16 = 43;
 const R_PEERS_CHANGED: u16 = 44;
 const R_STORE_CHANGED: u16 = 45;
+const R_CLUSTER_VERSION: u16 = 46;
+const R_UPGRADE_STATUS: u16 = 47;
+const UP_ACTIVE: u16 = 1;
+const UP_STORE: u16 = 2;
+const UV_STORE: u16 = 1;
+const UV_ACTIVE: u16 = 2;
+const UV_MAX: u16 = 3;
 const R_TAGS: &[u16] = &[
     R_ID,
     R_ERROR,
@@ -55,6 +62,8 @@ const R_TAGS: &[u16] = &[
     R_NO_REPLY,
     R_PEERS_CHANGED,
     R_STORE_CHANGED,
+    R_CLUSTER_VERSION,
+    R_UPGRADE_STATUS,
 ];
 const SOME: u16 = 1;
 const NONE: u16 = 2;
@@ -143,8 +152,38 @@ pub(crate) fn encode_response(id: u64, result: &Result<Response, RemoteError>) -
                 put_region(o, 1, r);
             }
         }),
+        Ok(Response::ClusterVersion(v)) => codec::put_nested(o, R_CLUSTER_VERSION, |o| match v {
+            Some(v) => codec::put_u64(o, SOME, u64::from(*v)),
+            None => codec::put_field(o, NONE, &[]),
+        }),
+        Ok(Response::UpgradeStatus(status)) => codec::put_nested(o, R_UPGRADE_STATUS, |o| {
+            codec::put_u64(o, UP_ACTIVE, u64::from(status.active));
+            for s in &status.stores {
+                codec::put_nested(o, UP_STORE, |o| {
+                    codec::put_u64(o, UV_STORE, s.store.0);
+                    put_opt_version(o, UV_ACTIVE, s.active);
+                    put_opt_version(o, UV_MAX, s.max);
+                });
+            }
+        }),
     }
     out
+}
+
+fn put_opt_version(o: &mut Vec<u8>, tag: u16, version: Option<u32>) {
+    if let Some(v) = version {
+        codec::put_u64(o, tag, u64::from(v));
+    }
+}
+
+/// An optional version field: absent is `None` (not reported), never 0.
+fn opt_version(r: &codec::TlvRecord<'_>, tag: u16) -> D<Option<u32>> {
+    match r.optional(tag)? {
+        Some(f) => u32::try_from(f.as_u64()?)
+            .map(Some)
+            .map_err(|_| DecodeError::new(f.offset, "cluster version over u32")),
+        None => Ok(None),
+    }
 }
 
 /// Decodes a RESPONSE payload: its request id, and the answer. Never panics.
@@ -238,6 +277,29 @@ fn decode_response_body(f: &Field<'_>) -> D<Result<Response, RemoteError>> {
         R_STORE_CHANGED => {
             let r = nested(f, &[1])?;
             Response::StoreChanged(r.repeated(1).map(|p| region_of(&p)).collect::<D<_>>()?)
+        }
+        R_CLUSTER_VERSION => {
+            let r = nested(f, &[SOME, NONE])?;
+            match (opt_version(&r, SOME)?, r.optional(NONE)?) {
+                (Some(v), None) => Response::ClusterVersion(Some(v)),
+                (None, Some(_)) => Response::ClusterVersion(None),
+                _ => return Err(DecodeError::new(f.offset, "exactly one of some and none")),
+            }
+        }
+        R_UPGRADE_STATUS => {
+            let r = nested(f, &[UP_ACTIVE, UP_STORE])?;
+            let active = opt_version(&r, UP_ACTIVE)?
+                .ok_or(DecodeError::new(f.offset, "active version missing"))?;
+            let mut stores = Vec::new();
+            for s in r.repeated(UP_STORE) {
+                let v = nested(&s, &[UV_STORE, UV_ACTIVE, UV_MAX])?;
+                stores.push(crate::StoreVersion {
+                    store: StoreId(req_u64(&v, UV_STORE, "store missing")?),
+                    active: opt_version(&v, UV_ACTIVE)?,
+                    max: opt_version(&v, UV_MAX)?,
+                });
+            }
+            Response::UpgradeStatus(crate::UpgradeStatus { active, stores })
         }
         _ => return Err(DecodeError::new(f.offset, "unknown response body")),
     }))

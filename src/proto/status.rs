@@ -109,6 +109,12 @@ pub struct StoreStatus {
     /// True if `peers` lists every replica the store hosts (false: a part of the store
     /// did not answer in time). None: unknown (an older store).
     pub peer_set_complete: Option<bool>,
+    /// Tag 11: the cluster version the store runs at, as it knows it; `None` from a
+    /// store before the version gate.
+    pub cluster_version_active: Option<u32>,
+    /// Tag 13: the newest cluster version the store supports; `None` from a store
+    /// before the version gate: it has not upgraded (a finalize waits for it).
+    pub max_cluster_version: Option<u32>,
 }
 
 impl StoreStatus {
@@ -126,6 +132,8 @@ impl StoreStatus {
             failure: None,
             capacity: None,
             peer_set_complete: None,
+            cluster_version_active: None,
+            max_cluster_version: None,
         }
     }
 
@@ -163,6 +171,8 @@ impl StoreStatus {
             failure,
             capacity: Some(capacity),
             peer_set_complete: Some(complete),
+            cluster_version_active: Some(store.cluster_version()),
+            max_cluster_version: Some(store.cluster_version_max()),
         }
     }
 
@@ -232,7 +242,9 @@ const ST_REPORT_SEQ: u16 = 7;
 const ST_STATE: u16 = 8;
 const ST_FAILURE: u16 = 9;
 const ST_CAPACITY: u16 = 10;
+const ST_CLUSTER_VERSION_ACTIVE: u16 = 11;
 const ST_PEER_SET_COMPLETE: u16 = 12;
+const ST_MAX_CLUSTER_VERSION: u16 = 13;
 const ST_TAGS_V1: &[u16] = &[ST_STORE, ST_PEER, ST_METRICS];
 const ST_TAGS_V2: &[u16] = &[
     ST_STORE,
@@ -245,7 +257,9 @@ const ST_TAGS_V2: &[u16] = &[
     ST_STATE,
     ST_FAILURE,
     ST_CAPACITY,
+    ST_CLUSTER_VERSION_ACTIVE,
     ST_PEER_SET_COMPLETE,
+    ST_MAX_CLUSTER_VERSION,
 ];
 const CAP_DISK_TOTAL: u16 = 1;
 const CAP_DISK_AVAILABLE: u16 = 2;
@@ -300,6 +314,8 @@ pub(super) fn put_store_status_fields(o: &mut Vec<u8>, s: &StoreStatus, schema: 
     if let Some(c) = s.peer_set_complete {
         put_flag(o, ST_PEER_SET_COMPLETE, c);
     }
+    put_u64(o, ST_CLUSTER_VERSION_ACTIVE, s.cluster_version_active.map(u64::from));
+    put_u64(o, ST_MAX_CLUSTER_VERSION, s.max_cluster_version.map(u64::from));
 }
 
 /// Decodes the store status record in `f`, as this binary reads it.
@@ -340,6 +356,16 @@ fn store_status_in(buf: &[u8], schema: StatusSchema) -> D<StoreStatus> {
         None => None,
     };
     s.peer_set_complete = opt_flag(&r, ST_PEER_SET_COMPLETE)?;
+    let version = |tag| -> D<Option<u32>> {
+        match r.optional(tag)? {
+            Some(f) => u32::try_from(f.as_u64()?)
+                .map(Some)
+                .map_err(|_| DecodeError::new(f.offset, "cluster version over u32")),
+            None => Ok(None),
+        }
+    };
+    s.cluster_version_active = version(ST_CLUSTER_VERSION_ACTIVE)?;
+    s.max_cluster_version = version(ST_MAX_CLUSTER_VERSION)?;
     Ok(s)
 }
 

@@ -24,6 +24,7 @@ use super::request::Q_ID;
 use super::response::{R_ERROR, R_ID, R_STATUS};
 use super::status::{ST_METRICS, ST_STORE, put_peer_status, role_of};
 use super::*;
+use crate::Error;
 use crate::region_info::RegionInfo;
 
 pub(super) fn region(id: u64, start: &str, end: Option<&str>) -> Region {
@@ -166,6 +167,11 @@ fn requests() -> Vec<Request> {
         Request::StoreAdd { store: StoreId(3), addr: "127.0.0.1:7003".into() },
         Request::StoreRemove { store: StoreId(3) },
         Request::Member { store: StoreId(4), addr: "10.0.0.4:7004".into() },
+        Request::Directory { cmd: DirCmd::SetClusterVersion { target: 2, by: StoreId(1) } },
+        Request::ClusterVersion,
+        Request::UpgradeStatus,
+        Request::FinalizeUpgrade { target: None },
+        Request::FinalizeUpgrade { target: Some(u32::MAX) },
     ]
 }
 
@@ -212,6 +218,13 @@ fn responses() -> Vec<Result<Response, RemoteError>> {
             metrics: Some(metrics()),
             ..StoreStatus::new(StoreId(2), vec![status()])
         }))),
+        Ok(Response::Status(Box::new(StoreStatus {
+            metrics: Some(metrics()),
+            status_schema: Some(2),
+            cluster_version_active: Some(1),
+            max_cluster_version: Some(2),
+            ..StoreStatus::new(StoreId(2), vec![status()])
+        }))),
         Ok(Response::Members(vec![(StoreId(1), "127.0.0.1:1".into())])),
         Ok(Response::Regions(vec![RegionInfo {
             region: region(1, "", None),
@@ -222,6 +235,16 @@ fn responses() -> Vec<Result<Response, RemoteError>> {
         Ok(Response::Merged(region(1, "", None))),
         Ok(Response::PeersChanged(region(1, "", None))),
         Ok(Response::StoreChanged(vec![region(0, "", None), region(1, "", None)])),
+        Ok(Response::Directory(DirResult::ClusterVersion { active: 2 })),
+        Ok(Response::ClusterVersion(Some(2))),
+        Ok(Response::ClusterVersion(None)),
+        Ok(Response::UpgradeStatus(crate::UpgradeStatus {
+            active: 1,
+            stores: vec![
+                crate::StoreVersion::new(StoreId(1), Some(1), Some(2)),
+                crate::StoreVersion::new(StoreId(2), None, None),
+            ],
+        })),
         Ok(Response::StoreChanged(Vec::new())),
         Err(epoch_err),
         Err(RemoteError::new(ErrorCode::Cancelled, "stopping")),
@@ -286,8 +309,55 @@ fn status_without_metrics_decodes_as_none_not_zeros() {
 }
 
 #[test]
+fn a_status_from_before_the_version_gate_reports_no_version_not_zero() {
+    let (_, back) = decode_response(&status_without_metrics(5)).unwrap();
+    let Ok(Response::Status(s)) = back else { panic!("not a status: {back:?}") };
+    assert_eq!((s.cluster_version_active, s.max_cluster_version), (None, None));
+}
+
+#[test]
+fn version_errors_cross_the_wire_with_their_fields() {
+    let feature =
+        regionkv_raft::Error::FeatureNotActive { feature: "image-hash", active: 1, needed: 2 };
+    let refused = Error::UpgradeRefused { store: StoreId(3), target: 2, supported: None };
+    let cases: Vec<RemoteError> = vec![RemoteError::from(&feature), RemoteError::from(&refused)];
+    let wire: Vec<RemoteError> = cases
+        .into_iter()
+        .map(|e| {
+            let (_, back) = decode_response(&encode_response(1, &Err(e))).unwrap();
+            back.unwrap_err()
+        })
+        .collect();
+    match Error::from(wire[0].clone().into_raft()) {
+        Error::FeatureNotActive { feature, active: 1, needed: 2 } => {
+            assert_eq!(feature, "image-hash");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        wire[0].clone().into_facade(),
+        Error::FeatureNotActive { active: 1, needed: 2, .. }
+    ));
+    match wire[1].clone().into_facade() {
+        e @ Error::UpgradeRefused { store: StoreId(3), target: 2, supported: None } => {
+            assert!(!e.is_retryable());
+        }
+        other => panic!("{other:?}"),
+    }
+    // Without its fields (an incomplete answer), never made up.
+    let bare = RemoteError::new(ErrorCode::FeatureNotActive, "no fields");
+    let (_, back) = decode_response(&encode_response(1, &Err(bare))).unwrap();
+    assert!(matches!(back.unwrap_err().into_facade(), Error::Protocol(_)));
+}
+
+#[test]
 fn status_metrics_round_trip_and_keep_their_quantiles() {
-    let sent = StoreStatus { metrics: Some(metrics()), ..StoreStatus::new(StoreId(2), vec![]) };
+    let sent = StoreStatus {
+        metrics: Some(metrics()),
+        cluster_version_active: Some(2),
+        max_cluster_version: Some(2),
+        ..StoreStatus::new(StoreId(2), vec![])
+    };
     let payload = encode_response(9, &Ok(Response::Status(Box::new(sent.clone()))));
     let (_, back) = decode_response(&payload).unwrap();
     let Ok(Response::Status(got)) = back else { panic!("not a status: {back:?}") };

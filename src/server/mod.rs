@@ -121,6 +121,10 @@ pub(crate) trait ClientHandler: Send + Sync {
     fn remove_store(&self, store: StoreId) -> Result<Vec<Region>>;
     /// Store `store` listens at `addr` from now on.
     fn learn_member(&self, store: StoreId, addr: &str) -> Result<()>;
+    /// The active cluster version and what every store reports.
+    fn upgrade_status(&self) -> Result<crate::UpgradeStatus>;
+    /// Raises the cluster version (see [`Node::finalize_upgrade`](crate::Node::finalize_upgrade)).
+    fn finalize_upgrade(&self, target: Option<u32>) -> Result<u32>;
 }
 
 /// Counters of the client service since the node started.
@@ -697,6 +701,9 @@ impl ClientService {
             Request::Status => {
                 r.send(Ok(Response::Status(Box::new(StoreStatus::of_store(self.store, store)))));
             }
+            Request::ClusterVersion => {
+                r.send(Ok(Response::ClusterVersion(crate::backend::directory_version(store))));
+            }
             Request::Members => r.send(Ok(Response::Members(node.members()))),
             Request::LocalScan { start, end, limit } => {
                 // The store's caps bound it as they bound a scan through Raft: a capped
@@ -726,7 +733,9 @@ impl ClientService {
             | Request::Merge { .. }
             | Request::Regions
             | Request::StoreAdd { .. }
-            | Request::StoreRemove { .. } => {
+            | Request::StoreRemove { .. }
+            | Request::UpgradeStatus
+            | Request::FinalizeUpgrade { .. } => {
                 self.spawn_admin(&node, request, r);
             }
         }
@@ -759,6 +768,10 @@ impl ClientService {
                     }
                     Request::StoreRemove { store } => {
                         node.remove_store(store).map(Response::StoreChanged)
+                    }
+                    Request::UpgradeStatus => node.upgrade_status().map(Response::UpgradeStatus),
+                    Request::FinalizeUpgrade { target } => {
+                        node.finalize_upgrade(target).map(|v| Response::ClusterVersion(Some(v)))
                     }
                     _ => Ok(Response::Regions(node.regions())),
                 }

@@ -75,6 +75,7 @@ impl StoreCore {
         self.collect_unclaimed(&unclaimed);
         if self.ticks.is_multiple_of(self.ctx.config.election_ticks as u64) {
             self.poke_sleeping_leaders();
+            self.assert_cluster_version();
         }
         self.check_liveness();
         self.propose_image_hashes();

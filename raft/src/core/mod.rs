@@ -176,6 +176,9 @@ pub struct StoreCore {
     /// inside its flush: a membership change, a snapshot) or goes; a driver lets
     /// callers run this core only while it is empty (`store/solo.rs`).
     not_alone: IdHashSet<RegionId>,
+    /// Regions that refused an entry of a kind this binary does not know since the
+    /// core opened: logged once each (`apply.rs`, `unknown_kind`).
+    unknown_kinds_logged: IdHashSet<RegionId>,
 }
 
 impl std::fmt::Debug for StoreCore {
@@ -220,6 +223,7 @@ impl StoreCore {
             told_gone: IdHashMap::default(),
             scans: crate::reader::Scans::Inline,
             not_alone: IdHashSet::default(),
+            unknown_kinds_logged: IdHashSet::default(),
         };
         let hosted: IdHashMap<RegionId, Region> = core
             .ctx

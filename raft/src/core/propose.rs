@@ -260,6 +260,42 @@ impl StoreCore {
         }
     }
 
+    /// Proposes this store's view of the cluster version to the directory if this
+    /// store leads it, has applied all it knows committed, and the directory holds an
+    /// older version. This is how a new cluster starts at the version its first stores
+    /// chose at bootstrap (each learned it before creating the directory's replica), and
+    /// it re-asserts only a version the store learned from the directory or from that
+    /// bootstrap: a finalized one, so no older replica can be left behind by it. Never
+    /// above the store's own maximum; idempotent if two land.
+    pub(super) fn assert_cluster_version(&mut self) {
+        let view = self.ctx.cluster_version.active();
+        if view > self.ctx.config.cluster_version_max {
+            return;
+        }
+        let Some(replica) = self.replicas.get(&DIRECTORY) else { return };
+        if !replica.is_leader()
+            || replica.halted.is_some()
+            || !replica.is_initialized()
+            || replica.applied_index < replica.raw.raft.raft_log.committed
+        {
+            return;
+        }
+        let held = match crate::directory::cluster_version(&self.ctx.directory.read_view()) {
+            Ok(held) => held.active,
+            Err(e) => {
+                tracing::warn!(error = %e, "the directory's cluster version does not decode");
+                return;
+            }
+        };
+        if held >= view {
+            return;
+        }
+        tracing::info!(held, view, "proposing this store's cluster version to the directory");
+        self.wake(DIRECTORY);
+        let by = self.ctx.config.store_id;
+        self.on_directory(&DirCmd::SetClusterVersion { target: view, by }, Box::new(|_| {}));
+    }
+
     /// Asks the leader of `region` to hand leadership to `to`.
     pub fn on_transfer_leader(&mut self, region: RegionId, to: PeerId) {
         self.wake(region);
