@@ -724,22 +724,28 @@ mod tests {
     #[test]
     fn verify_region_finds_a_replica_that_diverged() {
         let dir = tempfile::tempdir().unwrap();
-        let cluster = ClusterBuilder::default().dir(dir.path()).stores(3).build().unwrap();
+        // Store 3 runs as a binary of cluster version 1: the cluster starts at 1.
+        let cluster = ClusterBuilder::default()
+            .dir(dir.path())
+            .stores(3)
+            .cluster_version_max(3, 1)
+            .build()
+            .unwrap();
         let db = cluster.db();
         for i in 0..20 {
             db.put(format!("k{i:02}"), "v").unwrap();
         }
         let region = cluster.regions()[0].region.id;
         match cluster.verify_region(region) {
-            Err(crate::Error::Store(regionkv_raft::Error::FeatureNotActive {
-                needed: 2, ..
-            })) => {}
+            Err(crate::Error::FeatureNotActive { needed: 2, .. }) => {}
             other => panic!("before version 2: {other:?}"),
         }
+        // Store 3 upgrades; the cluster is finalized at 2.
+        cluster.set_cluster_version_max(3, 2);
+        cluster.stop_store(3).unwrap();
+        cluster.restart_store(3).unwrap();
+        assert_eq!(cluster.finalize_upgrade(Some(2)).unwrap(), 2);
         let stores: Vec<_> = cluster.inner.local.stores.read().values().cloned().collect();
-        for store in &stores {
-            store.context().cluster_version.learn(2);
-        }
         let all = cluster.verify_region(region).unwrap();
         assert_eq!(all.len(), 3, "{all:?}");
         let first = all[0].1.expect("hashed");
