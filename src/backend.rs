@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::RwLock;
+
+use crate::control::StoreVersion;
 use regionkv_engine::{Region, RegionId, StoreId};
-use regionkv_raft::directory::{self, DirCmd, DirResult, RegionRecord};
+use regionkv_raft::directory::{self, DIRECTORY, DirCmd, DirResult, RegionRecord};
 use regionkv_raft::{
     AdminRequest, ChangePeersRequest, MergeStatus, PeerStatus, ReadRequest, Reply, StateRole,
     Store, WriteRequest,
@@ -35,6 +37,11 @@ pub(crate) trait Backend: Send + Sync {
     /// Where `key` lives, as some replica of the directory (or, before the directory
     /// heard of it, some store) knows it: possibly stale, which routing corrects.
     fn locate(&self, key: &[u8]) -> Option<RegionRecord>;
+    /// The cluster version the directory holds, as the replicas of it that answer read
+    /// it (the highest); `None` if none answered.
+    fn cluster_version(&self) -> Option<u32>;
+    /// What `store` reports of its cluster versions; `None` if it did not answer.
+    fn store_version(&self, store: StoreId) -> Option<StoreVersion>;
     /// The store whose replica leads `region` with the highest term, if any is known.
     fn leader_of(&self, region: RegionId) -> Option<StoreId> {
         let mut best: Option<(u64, StoreId)> = None;
@@ -48,6 +55,19 @@ pub(crate) trait Backend: Send + Sync {
         }
         best.map(|(_, store)| store)
     }
+}
+
+/// The cluster version `store`'s replica of the directory holds, if it hosts one.
+pub(crate) fn directory_version(store: &Store) -> Option<u32> {
+    let directory = &store.context().directory;
+    directory.region(DIRECTORY)?;
+    directory::cluster_version(&directory.read_view()).ok().map(|v| v.active)
+}
+
+/// What `store` (in this process) reports of its cluster versions.
+pub(crate) fn local_version(store: &Store) -> StoreVersion {
+    let id = store.context().config.store_id;
+    StoreVersion::new(id, Some(store.cluster_version()), Some(store.cluster_version_max()))
 }
 
 /// The stores of a [`Cluster`](crate::Cluster), called in this process.
@@ -126,6 +146,14 @@ impl Backend for LocalStores {
 
     fn locate(&self, key: &[u8]) -> Option<RegionRecord> {
         locate_on(&self.all(), key)
+    }
+
+    fn cluster_version(&self) -> Option<u32> {
+        self.all().iter().filter_map(|s| directory_version(s)).max()
+    }
+
+    fn store_version(&self, store: StoreId) -> Option<StoreVersion> {
+        self.store(store).map(|s| local_version(&s))
     }
 }
 

@@ -13,12 +13,13 @@ use regionkv_engine::{Peer, PeerId, Region, RegionId, StoreId};
 use regionkv_raft::directory::{DIRECTORY, RegionRecord};
 use regionkv_raft::transport::Transport;
 use regionkv_raft::transport::local::LocalNetwork;
+use regionkv_raft::version::CLUSTER_VERSION_MAX;
 use regionkv_raft::{PeerStatus, Store, StoreConfig, StoreMetrics, StoreOptions};
 use regionkv_wal::{CancellationToken, RealFs, WalOptions};
 
 use crate::autosplit::SplitPolicy;
 use crate::backend::{Backend, LocalStores};
-use crate::control::{Background, ClusterOps};
+use crate::control::{Background, ClusterOps, UpgradeStatus};
 use crate::db::Db;
 use crate::defaults::{self, REPORT_INTERVAL};
 use crate::error::{Error, Result};
@@ -43,6 +44,7 @@ pub struct ClusterBuilder {
     left_out: Vec<StoreId>,
     spares: usize,
     health: Option<HealthConfig>,
+    cluster_version_max: BTreeMap<StoreId, u32>,
 }
 
 impl Default for ClusterBuilder {
@@ -58,6 +60,7 @@ impl Default for ClusterBuilder {
             left_out: Vec::new(),
             spares: 0,
             health: None,
+            cluster_version_max: BTreeMap::new(),
         }
     }
 }
@@ -126,6 +129,15 @@ impl ClusterBuilder {
         self
     }
 
+    /// Runs `store` as a binary that supports cluster versions up to `max` (default:
+    /// this binary's newest): for testing an upgrade with a store left behind. A new
+    /// cluster starts at the newest version all its stores support.
+    #[must_use]
+    pub fn cluster_version_max(mut self, store: impl Into<StoreId>, max: u32) -> Self {
+        self.cluster_version_max.insert(store.into(), max);
+        self
+    }
+
     /// When regions split and merge on their own (default: [`SplitPolicy::default`]).
     #[must_use]
     pub fn split_policy(mut self, policy: SplitPolicy) -> Self {
@@ -168,6 +180,7 @@ impl ClusterBuilder {
             })),
             health_cancel: CancellationToken::new(),
             health_thread: Mutex::new(None),
+            versions: Mutex::new(self.cluster_version_max.clone()),
             builder: self,
             scheduler: Mutex::new(None),
         });
@@ -264,6 +277,9 @@ pub(crate) struct ClusterInner {
     /// Directory commands, splits and merges over the local stores.
     ops: ClusterOps,
     builder: ClusterBuilder,
+    /// The newest cluster version each store runs at from its next start, if not this
+    /// binary's (`ClusterBuilder::cluster_version_max`).
+    versions: Mutex<BTreeMap<StoreId, u32>>,
     scheduler: Mutex<Option<JoinHandle<()>>>,
     health: Arc<HealthRunner>,
     health_cancel: CancellationToken,
@@ -296,7 +312,10 @@ impl HealthHost for ClusterHealth {
     }
 
     fn collect(&self) -> Vec<StoreStatus> {
-        self.stores().iter().map(|s| store_status(s)).collect()
+        self.stores()
+            .iter()
+            .map(|s| StoreStatus::of_store(s.context().config.store_id, s))
+            .collect()
     }
 
     fn directory(&self) -> Vec<RegionRecord> {
@@ -307,15 +326,6 @@ impl HealthHost for ClusterHealth {
         if let Some(inner) = self.0.upgrade() {
             f(&inner.ops);
         }
-    }
-}
-
-/// `store`'s status report, as a node would answer it.
-pub(crate) fn store_status(store: &Store) -> StoreStatus {
-    StoreStatus {
-        store: store.context().config.store_id,
-        peers: store.status(),
-        metrics: Some(store.metrics()),
     }
 }
 
@@ -349,9 +359,12 @@ fn directory_of(stores: &[Arc<Store>]) -> Vec<RegionRecord> {
 impl ClusterInner {
     fn options(&self, id: StoreId) -> StoreOptions {
         let b = &self.builder;
+        let max = self.versions.lock().get(&id).copied().unwrap_or(CLUSTER_VERSION_MAX);
         let config = StoreConfig::new(id)
             .tick_interval(b.tick_interval)
-            .checkpoint_log_bytes(b.checkpoint_log_bytes);
+            .checkpoint_log_bytes(b.checkpoint_log_bytes)
+            .image_hash_interval(Some(defaults::IMAGE_HASH_INTERVAL))
+            .cluster_version_max(max);
         let mut options = StoreOptions::new(config);
         options.pollers = b.pollers;
         options.wal = WalOptions::default().segment_bytes(b.segment_bytes);
@@ -364,6 +377,10 @@ impl ClusterInner {
         let peers: Vec<Peer> = (1..=self.builder.stores as u64)
             .map(|s| Peer { id: PeerId(s), store: StoreId(s) })
             .collect();
+        // A new cluster runs at the newest version all its stores support
+        // (ARCHITECTURE.md, "Cluster versions"); every store learns the same.
+        let versions = self.builder.cluster_version_max.values().copied();
+        store.learn_cluster_version(versions.chain([CLUSTER_VERSION_MAX]).min().unwrap_or(1))?;
         for id in [DIRECTORY, FIRST_REGION] {
             match store.bootstrap_region(Region { peers: peers.clone(), ..Region::whole(id) }) {
                 // A crash after bootstrapping but before the pending mark was removed.
@@ -447,6 +464,14 @@ impl Cluster {
         stores.into_iter().map(|(id, s)| (id, s.status())).collect()
     }
 
+    /// The status report of running store `store`, as a `Node` of it would answer
+    /// (`Node::status`); None if it is not running.
+    pub fn store_status(&self, store: impl Into<StoreId>) -> Option<StoreStatus> {
+        let id = store.into();
+        let running = self.inner.local.stores.read().get(&id).cloned();
+        running.map(|s| StoreStatus::of_store(id, &s))
+    }
+
     /// The metrics of every running store, by store id: regions, leaders, applied lag,
     /// write latency and batching, WAL fsync latency and group size.
     pub fn metrics(&self) -> Vec<(StoreId, StoreMetrics)> {
@@ -517,6 +542,54 @@ impl Cluster {
     /// commit; rolled back if the source cannot merge). Returns the merged region.
     pub fn merge(&self, left: impl Into<RegionId>, right: impl Into<RegionId>) -> Result<Region> {
         self.inner.ops.merge(left.into(), right.into())
+    }
+
+    /// Checks that every replica of `region` holds the same data: the region's leader
+    /// proposes a `ComputeHash` (every replica hashes its image of the region at that
+    /// Raft index), then this waits, bounded, until each replica applied it. Returns,
+    /// for each store of the region, `Some((index, hash))`, or `None` where it is not
+    /// known (the store is down, or did not apply the command in time). Two replicas
+    /// with different hashes diverged. Refused with
+    /// [`FeatureNotActive`](regionkv_raft::Error::FeatureNotActive) until the cluster
+    /// runs at version 2.
+    pub fn verify_region(&self, region: impl Into<RegionId>) -> Result<Vec<crate::ReplicaHash>> {
+        self.inner.ops.verify_region(region.into())
+    }
+
+    /// The active cluster version, as the directory's replicas hold it (ARCHITECTURE.md,
+    /// "Cluster versions").
+    pub fn cluster_version(&self) -> Result<u32> {
+        self.inner.ops.cluster_version()
+    }
+
+    /// The active cluster version and what every store of the cluster reports: the
+    /// version it runs at and the newest it supports.
+    pub fn upgrade_status(&self) -> Result<UpgradeStatus> {
+        self.inner.ops.upgrade_status()
+    }
+
+    /// Raises the cluster version to `target` (default: the newest this binary runs),
+    /// so that command kinds up to it may be proposed; returns the active version
+    /// after. Refused ([`Error::UpgradeRefused`], naming the store), with nothing
+    /// proposed, unless every store of the cluster (each holding a replica of a region
+    /// the directory lists, or of the directory) reports that it supports `target`. A
+    /// target at or below the active version changes nothing. Every running store
+    /// learns the result before this returns.
+    pub fn finalize_upgrade(&self, target: Option<u32>) -> Result<u32> {
+        let stores: Vec<Arc<Store>> = self.inner.local.stores.read().values().cloned().collect();
+        let by = self.inner.local.leader_of(DIRECTORY).unwrap_or(StoreId(0));
+        let active = self.inner.ops.finalize_upgrade(target, by)?;
+        for store in stores {
+            store.learn_cluster_version(active)?;
+        }
+        Ok(active)
+    }
+
+    /// Runs `store` as a binary that supports cluster versions up to `max` from its
+    /// next start ([`Cluster::restart_store`]): for testing an upgrade (or a
+    /// downgrade, which a store that ran at a newer version refuses).
+    pub fn set_cluster_version_max(&self, store: impl Into<StoreId>, max: u32) {
+        self.inner.versions.lock().insert(store.into(), max);
     }
 
     fn take(&self, id: StoreId) -> Result<Arc<Store>> {
@@ -644,5 +717,55 @@ mod tests {
         assert_eq!(cluster.checkpoint_log_bytes, store.checkpoint_log_bytes);
         assert_eq!((cluster.pollers, node.pollers), (1, 1));
         assert_eq!((cluster.stores, cluster.segment_bytes), (3, 64 << 20));
+        assert_eq!(store.image_hash_interval, None, "a bare store: off");
+        assert_eq!(crate::defaults::IMAGE_HASH_INTERVAL, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn verify_region_finds_a_replica_that_diverged() {
+        let dir = tempfile::tempdir().unwrap();
+        // Store 3 runs as a binary of cluster version 1: the cluster starts at 1.
+        let cluster = ClusterBuilder::default()
+            .dir(dir.path())
+            .stores(3)
+            .cluster_version_max(3, 1)
+            .build()
+            .unwrap();
+        let db = cluster.db();
+        for i in 0..20 {
+            db.put(format!("k{i:02}"), "v").unwrap();
+        }
+        let region = cluster.regions()[0].region.id;
+        match cluster.verify_region(region) {
+            Err(crate::Error::FeatureNotActive { needed: 2, .. }) => {}
+            other => panic!("before version 2: {other:?}"),
+        }
+        // Store 3 upgrades; the cluster is finalized at 2.
+        cluster.set_cluster_version_max(3, 2);
+        cluster.stop_store(3).unwrap();
+        cluster.restart_store(3).unwrap();
+        assert_eq!(cluster.finalize_upgrade(Some(2)).unwrap(), 2);
+        let stores: Vec<_> = cluster.inner.local.stores.read().values().cloned().collect();
+        let all = cluster.verify_region(region).unwrap();
+        assert_eq!(all.len(), 3, "{all:?}");
+        let first = all[0].1.expect("hashed");
+        assert!(all.iter().all(|(_, h)| *h == Some(first)), "{all:?}");
+        // A key only store 3's engine holds.
+        let rogue = &stores[2];
+        let engine = &rogue.context().engine;
+        let epoch = engine.region(region).unwrap().epoch;
+        let mut round = engine.begin_round();
+        round.prepare_for_region(region, epoch).unwrap();
+        round.put(b"rogue", b"1").unwrap();
+        round.commit().unwrap();
+        let all = cluster.verify_region(region).unwrap();
+        let (index, hash) = all[0].1.expect("hashed");
+        assert!(index > first.0);
+        for (store, h) in &all {
+            let (at, h) = h.expect("hashed");
+            assert_eq!(at, index);
+            assert_eq!(h == hash, *store != rogue.context().config.store_id, "{all:?}");
+        }
+        cluster.shutdown().unwrap();
     }
 }

@@ -29,6 +29,9 @@ use crate::region_info::RegionInfo;
 use crate::router::Router;
 
 mod membership;
+mod upgrade;
+
+pub use upgrade::{StoreVersion, UpgradeStatus};
 
 /// Drives directory commands, splits and merges through a backend.
 pub(crate) struct ClusterOps {
@@ -73,7 +76,9 @@ impl ClusterOps {
     pub fn alloc_ids(&self, count: u64) -> Result<u64> {
         match self.directory(&DirCmd::AllocIds { count }, ALLOC_IDS_DEADLINE)? {
             DirResult::Ids { first, .. } => Ok(first),
-            other @ (DirResult::Reported { .. } | DirResult::Recorded { .. }) => {
+            other @ (DirResult::Reported { .. }
+            | DirResult::Recorded { .. }
+            | DirResult::ClusterVersion { .. }) => {
                 Err(Error::InvalidRequest(format!("the directory answered {other:?}")))
             }
         }
@@ -172,6 +177,60 @@ impl ClusterOps {
                 self.router.forget(left);
                 Err(e.into())
             }
+        }
+    }
+}
+
+/// One replica's image hash at a `ComputeHash` index: its store, and `(index, hash)`
+/// if known (see [`Cluster::verify_region`](crate::Cluster::verify_region)).
+pub type ReplicaHash = (StoreId, Option<(u64, u64)>);
+
+impl ClusterOps {
+    /// Proposes a `ComputeHash` at `region`'s leader, then waits (up to
+    /// [`ADMIN_DEADLINE`]) until every replica of the region on a reachable store
+    /// applied it; see [`Cluster::verify_region`](crate::Cluster::verify_region).
+    pub fn verify_region(&self, region: RegionId) -> Result<Vec<ReplicaHash>> {
+        let mut admin = BackendAdmin { ops: self, start: Instant::now() };
+        // The epoch is not checked for this command (`check_admin`).
+        let index = match admin.admin(region, Epoch::default(), AdminCmd::ComputeHash)? {
+            AdminResult::ImageHash { index, .. } => index,
+            other => {
+                return Err(Error::InvalidRequest(format!("a hash request answered {other:?}")));
+            }
+        };
+        let at_index = |s: &regionkv_raft::PeerStatus| s.image_hash.filter(|(i, _)| *i == index);
+        let deadline = Instant::now() + ADMIN_DEADLINE;
+        // Bounded by the deadline; every turn sleeps.
+        loop {
+            let reachable = self.backend.store_ids();
+            let statuses: Vec<(StoreId, Option<regionkv_raft::PeerStatus>)> =
+                reachable.iter().map(|&s| (s, self.backend.peer_status(s, region))).collect();
+            // The members as the most advanced replica knows them.
+            let members: Vec<StoreId> = statuses
+                .iter()
+                .filter_map(|(_, s)| s.as_ref())
+                .max_by_key(|s| (s.region.epoch.conf_ver, s.applied))
+                .map(|s| s.region.peers.iter().map(|p| p.store).collect())
+                .unwrap_or_default();
+            let applied = |store: StoreId| {
+                statuses
+                    .iter()
+                    .any(|(s, st)| *s == store && st.as_ref().is_some_and(|st| st.applied >= index))
+            };
+            let done = members.iter().all(|&m| !reachable.contains(&m) || applied(m));
+            if done || Instant::now() >= deadline || self.backend.is_shut() {
+                let mut out: Vec<ReplicaHash> = members
+                    .iter()
+                    .map(|&m| {
+                        let status =
+                            statuses.iter().find(|(s, _)| *s == m).and_then(|(_, s)| s.as_ref());
+                        (m, status.and_then(at_index))
+                    })
+                    .collect();
+                out.sort_by_key(|(s, _)| *s);
+                return Ok(out);
+            }
+            std::thread::sleep(DRIVER_RETRY_PAUSE);
         }
     }
 }
@@ -278,6 +337,20 @@ impl RegionAdmin for BackendAdmin<'_> {
     }
 }
 
+/// How often a driver's stores learn the cluster version from the directory.
+const VERSION_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Teaches `stores` the cluster version the directory holds (a store without a
+/// replica of the directory learns it only so; ARCHITECTURE.md, "Cluster versions").
+fn learn_cluster_version(ops: &ClusterOps, stores: &[Arc<Store>]) {
+    let Some(active) = ops.backend.cluster_version() else { return };
+    for store in stores {
+        if let Err(e) = store.learn_cluster_version(active) {
+            tracing::warn!(store = store.context().config.store_id.0, error = %e, "could not persist the cluster version");
+        }
+    }
+}
+
 /// Most region records in one directory command.
 const REPORTS_PER_COMMAND: usize = 512;
 
@@ -289,6 +362,8 @@ pub(crate) struct Background {
     pending: HashMap<RegionId, RegionRecord>,
     planner: Planner,
     next_check: Instant,
+    /// When the stores next learn the cluster version from the directory.
+    next_version: Instant,
 }
 
 impl Background {
@@ -297,6 +372,7 @@ impl Background {
             pending: HashMap::new(),
             planner: Planner::default(),
             next_check: Instant::now(),
+            next_version: Instant::now(),
         }
     }
 
@@ -305,6 +381,10 @@ impl Background {
         if Instant::now() >= self.next_check {
             self.next_check = Instant::now() + policy.check_interval;
             self.split_and_merge(ops, stores, policy);
+        }
+        if Instant::now() >= self.next_version {
+            self.next_version = Instant::now() + VERSION_INTERVAL;
+            learn_cluster_version(ops, stores);
         }
         for store in stores {
             for record in store.take_reports() {

@@ -12,6 +12,7 @@
 //! | stores of a `Cluster` | 3 | [`STORES`] |
 //! | poller threads per store | 1 | [`POLLERS`] |
 //! | automatic split and merge | see `SplitPolicy::default` | `autosplit.rs` |
+//! | replica image hash (`ComputeHash`) per awake led region, from cluster version 2 | every 10 min | [`IMAGE_HASH_INTERVAL`] = `StoreConfig::DEFAULT_IMAGE_HASH_INTERVAL` |
 //!
 //! Waits (each loop that uses one is bounded by it):
 //!
@@ -44,6 +45,9 @@ use regionkv_raft::StoreConfig;
 pub(crate) const TICK_INTERVAL: Duration = StoreConfig::DEFAULT_TICK_INTERVAL;
 /// A region is checkpointed after this many bytes of applied log.
 pub(crate) const CHECKPOINT_LOG_BYTES: u64 = StoreConfig::DEFAULT_CHECKPOINT_LOG_BYTES;
+/// How often each awake region a `Cluster`'s or a `Node`'s store leads hashes its
+/// replicas' images (`StoreConfig::image_hash_interval`).
+pub(crate) const IMAGE_HASH_INTERVAL: Duration = StoreConfig::DEFAULT_IMAGE_HASH_INTERVAL;
 /// Stores of a new `Cluster`.
 pub(crate) const STORES: usize = 3;
 /// Poller threads per store.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use regionkv_engine::RegionId;
+use regionkv_engine::{RegionId, StoreId};
 
 /// What went wrong, and whether trying again can help.
 #[derive(Debug, thiserror::Error)]
@@ -37,9 +37,37 @@ pub enum Error {
     /// The cluster is shut down.
     #[error("the cluster is shut down")]
     Shutdown,
+    /// Refused before anything was proposed: the command kind needs a newer cluster
+    /// version than the active one. Upgrade every store, then finalize the upgrade
+    /// ([`Cluster::finalize_upgrade`](crate::Cluster::finalize_upgrade), `regionkv
+    /// client upgrade finalize`).
+    #[error(
+        "{feature} needs cluster version {needed}, the cluster runs at {active}; upgrade \
+         every store, then finalize the upgrade"
+    )]
+    FeatureNotActive {
+        /// The feature.
+        feature: String,
+        /// The active cluster version, as the refusing store knew it.
+        active: u32,
+        /// The version that introduced the feature.
+        needed: u32,
+    },
+    /// A finalize was refused, nothing proposed: a store of the cluster did not
+    /// positively report that it supports the target version.
+    #[error("{}", upgrade_refused(*store, *target, *supported))]
+    UpgradeRefused {
+        /// The store that holds the finalize back.
+        store: StoreId,
+        /// The version asked for.
+        target: u32,
+        /// The newest version the store reported supporting; `None`: it reported none
+        /// (a binary from before the version gate, or it did not answer).
+        supported: Option<u32>,
+    },
     /// A store failed in a way that needs attention (I/O, corruption).
     #[error(transparent)]
-    Store(#[from] regionkv_raft::Error),
+    Store(regionkv_raft::Error),
     /// Files could not be prepared, or a node could not be reached.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -79,6 +107,31 @@ pub enum Error {
     Transport(#[from] regionkv_raft::transport::tcp::TcpError),
 }
 
+impl From<regionkv_raft::Error> for Error {
+    fn from(e: regionkv_raft::Error) -> Error {
+        match e {
+            regionkv_raft::Error::FeatureNotActive { feature, active, needed } => {
+                Error::FeatureNotActive { feature: feature.to_owned(), active, needed }
+            }
+            e => Error::Store(e),
+        }
+    }
+}
+
+fn upgrade_refused(store: StoreId, target: u32, supported: Option<u32>) -> String {
+    match supported {
+        Some(max) => format!(
+            "finalize to cluster version {target} refused: store {store} supports cluster \
+             versions up to {max}; upgrade its binary, then finalize again"
+        ),
+        None => format!(
+            "finalize to cluster version {target} refused: store {store} reports no supported \
+             cluster version (it runs a binary from before the version gate, or it did not \
+             answer); upgrade it or bring it up, then finalize again"
+        ),
+    }
+}
+
 impl Error {
     /// True if retrying the same request later may succeed. Exhaustive on purpose.
     pub fn is_retryable(&self) -> bool {
@@ -87,6 +140,8 @@ impl Error {
             Error::Store(e) => e.is_retryable(),
             Error::CrossRegionBatch { .. }
             | Error::InvalidRequest(_)
+            | Error::FeatureNotActive { .. }
+            | Error::UpgradeRefused { .. }
             | Error::Shutdown
             | Error::Io(_)
             | Error::Refused { .. }

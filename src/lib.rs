@@ -56,10 +56,11 @@ mod server;
 
 pub use autosplit::SplitPolicy;
 pub use cluster::{Cluster, ClusterBuilder};
+pub use control::{ReplicaHash, StoreVersion, UpgradeStatus};
 pub use db::{Db, IntoBytes, IntoKeyRange, WriteBatch};
 pub use error::{Error, Result};
 pub use node::{InitialClusterState, Node, NodeConfig};
-pub use proto::StoreStatus;
+pub use proto::{Capacity, STATUS_SCHEMA, StoreState, StoreStatus};
 pub use region_info::RegionInfo;
 pub use remote::Client;
 pub use server::ClientStats;
@@ -71,7 +72,8 @@ pub use regionkv_raft::directory::RegionRecord;
 pub use regionkv_raft::transport::tcp::{TcpError, TcpStats};
 pub use regionkv_raft::transport::wire::{ClusterId, RejectReason};
 pub use regionkv_raft::{
-    ApplyStats, Error as StoreError, PeerStatus, ReadMode, StateRole, StoreMetrics,
+    ApplyStats, Error as StoreError, FollowerProgress, PeerStatus, ProgressState, ReadMode,
+    ReportedRole, StateRole, StoreMetrics, TimelineState,
 };
 pub use regionkv_wal::{HistogramSnapshot, WalStats};
 

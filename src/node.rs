@@ -53,9 +53,9 @@ use regionkv_raft::{
 use regionkv_wal::{CancellationToken, FileSystem, Gate, RealFs};
 
 use crate::autosplit::SplitPolicy;
-use crate::backend::{Backend, locate_on, newer};
+use crate::backend::{Backend, directory_version, local_version, locate_on, newer};
 use crate::cluster::FIRST_REGION;
-use crate::control::{Background, ClusterOps};
+use crate::control::{Background, ClusterOps, StoreVersion, UpgradeStatus};
 use crate::db::Db;
 use crate::defaults::{self, NODE_TASKS_TIMEOUT, REPORT_INTERVAL};
 use crate::error::{Error, Result};
@@ -249,7 +249,7 @@ impl NodeShared {
     }
 
     fn own_status(&self) -> StoreStatus {
-        crate::cluster::store_status(&self.store)
+        StoreStatus::of_store(self.id, &self.store)
     }
 
     /// Every node dials the store at `addr` from now on (best effort: a node that does
@@ -346,6 +346,16 @@ impl ClientHandler for NodeShared {
         }
     }
 
+    fn upgrade_status(&self) -> Result<UpgradeStatus> {
+        self.control.upgrade_status()
+    }
+
+    fn finalize_upgrade(&self, target: Option<u32>) -> Result<u32> {
+        let active = self.control.finalize_upgrade(target, self.id)?;
+        self.store.learn_cluster_version(active)?;
+        Ok(active)
+    }
+
     fn learn_member(&self, store: StoreId, addr: &str) -> Result<()> {
         let parsed: SocketAddr = addr.parse().map_err(|e| {
             Error::InvalidRequest(format!("store {store}'s address {addr:?} is not IP:PORT: {e}"))
@@ -437,6 +447,20 @@ impl Backend for NodeStores {
         }
     }
 
+    fn cluster_version(&self) -> Option<u32> {
+        // The highest of this store's replica of the directory (it may lag) and the
+        // others'.
+        directory_version(&self.local).max(self.remote.cluster_version())
+    }
+
+    fn store_version(&self, store: StoreId) -> Option<StoreVersion> {
+        if self.is_local(store) {
+            Some(local_version(&self.local))
+        } else {
+            self.remote.store_version(store)
+        }
+    }
+
     fn locate(&self, key: &[u8]) -> Option<RegionRecord> {
         let local = self.shared.upgrade().and_then(|s| s.locate_local(key));
         let remote = self.remote.locate(key);
@@ -510,7 +534,9 @@ impl Node {
         // sends before the transport is up is dropped (Raft resends).
         let outbound = Arc::new(TransportSlot::default());
         let as_transport: Arc<dyn Transport> = outbound.clone();
-        let store_config = StoreConfig::new(id).tick_interval(config.tick_interval);
+        let store_config = StoreConfig::new(id)
+            .tick_interval(config.tick_interval)
+            .image_hash_interval(Some(crate::defaults::IMAGE_HASH_INTERVAL));
         let mut options = StoreOptions::new(store_config);
         options.pollers = config.pollers;
         let store = Arc::new(Store::start(fs, &config.data_dir, &options, &as_transport)?);
@@ -619,6 +645,14 @@ impl Node {
         self.shared.merge(left.into(), right.into())
     }
 
+    /// Hashes every replica of `region` at one Raft index; see
+    /// [`Cluster::verify_region`](crate::Cluster::verify_region). A replica on another
+    /// node reports its hash over the client protocol's peer status (`None` from a
+    /// node whose status does not carry it).
+    pub fn verify_region(&self, region: impl Into<RegionId>) -> Result<Vec<crate::ReplicaHash>> {
+        self.shared.control.verify_region(region.into())
+    }
+
     /// The user regions in key order, as the replicas of the stores that answer see
     /// them.
     pub fn regions(&self) -> Vec<RegionInfo> {
@@ -671,7 +705,26 @@ impl Node {
         self.shared.health.configure(f);
     }
 
-    /// This node's store's status, with its metrics.
+    /// The active cluster version and what every store of the cluster reports (see
+    /// [`Cluster::upgrade_status`](crate::Cluster::upgrade_status)).
+    pub fn upgrade_status(&self) -> Result<UpgradeStatus> {
+        self.shared.upgrade_status()
+    }
+
+    /// The active cluster version, as the directory holds it.
+    pub fn cluster_version(&self) -> Result<u32> {
+        self.shared.control.cluster_version()
+    }
+
+    /// Raises the cluster version to `target` (default: the newest this binary runs);
+    /// see [`Cluster::finalize_upgrade`](crate::Cluster::finalize_upgrade).
+    pub fn finalize_upgrade(&self, target: Option<u32>) -> Result<u32> {
+        self.shared.finalize_upgrade(target)
+    }
+
+    /// This node's store's status report: its replicas, its metrics, and the fields
+    /// of status schema 2 (schema, binary version, boot id and report number, state,
+    /// capacity). Each call takes the store's next report number.
     pub fn status(&self) -> StoreStatus {
         self.shared.own_status()
     }
@@ -853,6 +906,9 @@ fn bootstrap(config: &NodeConfig, store: &Store) -> Result<()> {
     stores.push(config.store_id);
     stores.sort_unstable();
     let peers: Vec<Peer> = stores.iter().map(|&s| Peer { id: PeerId(s.0), store: s }).collect();
+    // A new cluster runs at the newest version of this binary, which every node of it
+    // runs (ARCHITECTURE.md, "Cluster versions").
+    store.learn_cluster_version(store.cluster_version_max())?;
     for id in [DIRECTORY, FIRST_REGION] {
         let region = Region { peers: peers.clone(), ..Region::whole(id) };
         match store.bootstrap_region(region) {

@@ -41,6 +41,7 @@ use regionkv_raft::{
 use regionkv_wal::CancellationToken;
 
 use crate::backend::{Backend, newer};
+use crate::control::{StoreVersion, UpgradeStatus};
 use crate::db::{Db, Oneshot};
 use crate::error::{Error, Result};
 use crate::health::{AuditEntry, HealthReport};
@@ -639,9 +640,38 @@ impl Backend for RemoteStores {
 
     fn peer_status(&self, store: StoreId, region: RegionId) -> Option<PeerStatus> {
         match self.call(store, &Request::PeerStatus { region }, CALL_TIMEOUT)? {
-            Ok(Response::PeerStatus(s)) => s,
+            Ok(Response::PeerStatus(s)) => s.map(|s| *s),
             _ => None,
         }
+    }
+
+    fn cluster_version(&self) -> Option<u32> {
+        // Ask every store at once; the highest version a replica of the directory
+        // holds wins (an older node answers unsupported: it holds none).
+        let slots: Vec<_> = self
+            .store_ids()
+            .into_iter()
+            .map(|store| {
+                let slot = Oneshot::new();
+                let reply = slot.clone();
+                self.send(store, &Request::ClusterVersion, Box::new(move |r| reply.set(r)));
+                slot
+            })
+            .collect();
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let mut best = None;
+        for slot in slots {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            if let Some(Ok(Response::ClusterVersion(Some(v)))) = slot.wait(wait) {
+                best = best.max(Some(v));
+            }
+        }
+        best
+    }
+
+    fn store_version(&self, store: StoreId) -> Option<StoreVersion> {
+        let status = self.status(store).ok()?;
+        Some(StoreVersion::new(store, status.cluster_version_active, status.max_cluster_version))
     }
 
     fn locate(&self, key: &[u8]) -> Option<RegionRecord> {
@@ -910,6 +940,32 @@ impl Client {
         match self.ask_any(&Request::Regions)? {
             Response::Regions(regions) => Ok(regions),
             other => Err(Error::Protocol(format!("regions answered {other:?}"))),
+        }
+    }
+
+    /// The active cluster version and what every store of the cluster reports (a node
+    /// asks them; see [`Cluster::upgrade_status`](crate::Cluster::upgrade_status)).
+    pub fn upgrade_status(&self) -> Result<UpgradeStatus> {
+        match self.ask_any(&Request::UpgradeStatus)? {
+            Response::UpgradeStatus(status) => Ok(status),
+            other => Err(Error::Protocol(format!("upgrade status answered {other:?}"))),
+        }
+    }
+
+    /// The active cluster version, as the nodes' replicas of the directory hold it.
+    pub fn cluster_version(&self) -> Result<u32> {
+        self.remote.cluster_version().ok_or_else(|| Error::Unavailable {
+            waited: CALL_TIMEOUT,
+            last: "no node answered with the directory's cluster version".into(),
+        })
+    }
+
+    /// Raises the cluster version to `target` (default: the newest the node that
+    /// drives it runs); see [`Cluster::finalize_upgrade`](crate::Cluster::finalize_upgrade).
+    pub fn finalize_upgrade(&self, target: Option<u32>) -> Result<u32> {
+        match self.ask_any(&Request::FinalizeUpgrade { target })? {
+            Response::ClusterVersion(Some(active)) => Ok(active),
+            other => Err(Error::Protocol(format!("a finalize answered {other:?}"))),
         }
     }
 

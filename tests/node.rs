@@ -40,6 +40,23 @@ fn key(i: usize) -> String {
     format!("key-{i:04}")
 }
 
+/// Status schema 2 over the wire: each node's answer and its own `Node::status` are
+/// reports of the same start, numbered one after the other.
+fn check_status_reports(statuses: &[regionkv::StoreStatus], nodes: &[Node]) {
+    for wire in statuses {
+        let node = nodes.iter().find(|n| n.store_id() == wire.store).expect("a node's store");
+        assert_eq!(wire.status_schema, Some(regionkv::STATUS_SCHEMA));
+        assert_eq!(wire.binary_version.as_deref(), Some(env!("CARGO_PKG_VERSION")));
+        assert_eq!(wire.store_state, Some(regionkv::StoreState::Serving));
+        assert_eq!(wire.peer_set_complete, Some(true));
+        assert!(wire.capacity.is_some_and(|c| c.disk_total_bytes.is_some()), "{wire:?}");
+        assert!(wire.peers.iter().all(|p| p.timeline.is_some() && p.first_index.is_some()));
+        let own = node.status();
+        assert_eq!(own.boot_id, wire.boot_id, "one start of the store");
+        assert!(own.report_seq > wire.report_seq, "{own:?} after {wire:?}");
+    }
+}
+
 #[test]
 fn three_nodes_replicate_split_and_merge_over_tcp() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
@@ -83,6 +100,7 @@ fn three_nodes_replicate_split_and_merge_over_tcp() -> Result<(), Box<dyn std::e
         let m = node.metrics();
         assert!(m.regions >= 1 && m.wal.fsyncs > 0, "node {}: {m:?}", node.store_id());
     }
+    check_status_reports(&statuses, &nodes);
     let parts = client.split(key(30))?;
     assert_eq!(parts.len(), 2);
     assert_eq!(parts[1].start, key(30).as_bytes());
@@ -155,5 +173,43 @@ fn three_nodes_replicate_split_and_merge_over_tcp() -> Result<(), Box<dyn std::e
         node.shutdown()?;
     }
     assert!(matches!(db1.get(key(1)), Err(Error::Shutdown)));
+    Ok(())
+}
+
+#[test]
+fn the_cluster_version_is_read_and_finalized_over_the_client_protocol()
+-> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let addrs = free_addrs(3);
+    let nodes: Vec<Node> =
+        (1..=3).map(|id| Node::open(config(dir.path(), id, &addrs))).collect::<Result<_, _>>()?;
+    nodes[0].db().put("k", "v")?;
+    let client = Client::connect(&addrs[1..2], CLUSTER, SECRET)?;
+    // A new cluster runs at the newest version once its directory leader said so.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.cluster_version().ok() != Some(2) {
+        assert!(Instant::now() < deadline, "the cluster never ran at version 2");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = client.upgrade_status()?;
+    assert_eq!(status.active, 2);
+    let reports: Vec<_> = status.stores.iter().map(|s| (s.store.0, s.active, s.max)).collect();
+    assert_eq!(reports, vec![(1, Some(2), Some(2)), (2, Some(2), Some(2)), (3, Some(2), Some(2))]);
+    for s in client.status() {
+        assert_eq!((s.cluster_version_active, s.max_cluster_version), (Some(2), Some(2)));
+    }
+    assert_eq!(client.finalize_upgrade(None)?, 2);
+    // No store supports version 3: refused, naming the first store, nothing proposed.
+    match client.finalize_upgrade(Some(3)) {
+        Err(Error::UpgradeRefused { store, target: 3, supported: Some(2) }) => {
+            assert_eq!(store.0, 1);
+        }
+        other => panic!("a finalize past every store's binary was not refused: {other:?}"),
+    }
+    assert_eq!(nodes[2].cluster_version()?, 2);
+    assert_eq!(nodes[0].upgrade_status()?.active, 2);
+    for node in &nodes {
+        node.shutdown()?;
+    }
     Ok(())
 }

@@ -131,7 +131,7 @@ pub(crate) struct ClientArgs {
     #[command(flatten)]
     pub(crate) secret: SecretArgs,
     /// Print JSON instead of text.
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub(crate) json: bool,
     #[command(subcommand)]
     pub(crate) op: ClientOp,
@@ -171,16 +171,48 @@ pub(crate) enum ClientOp {
     /// Print the health monitor's analyses: problems with their priority, what could
     /// not be concluded for lack of information, planned repairs, each store's liveness.
     Health {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
         #[command(subcommand)]
         what: Option<HealthOp>,
+    },
+    /// The cluster version: what every store supports, and raising it.
+    Upgrade {
+        #[command(subcommand)]
+        op: UpgradeOp,
+    },
+}
+
+/// What `regionkv client upgrade` does.
+#[derive(Clone, Copy, Subcommand)]
+pub(crate) enum UpgradeOp {
+    /// Print the active cluster version and, per store, the version it runs at and the
+    /// newest it supports.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Raise the cluster version (refused unless every store supports it), so that
+    /// the command kinds it introduced may be used. Cannot be undone.
+    Finalize {
+        /// The version to raise it to (default: the newest the node that drives it
+        /// runs).
+        #[arg(long)]
+        to: Option<u32>,
     },
 }
 
 /// What `regionkv client health` prints besides the current analyses.
-#[derive(Subcommand)]
+#[derive(Clone, Copy, Subcommand)]
 pub(crate) enum HealthOp {
     /// The repairs the monitor carried out, and why (oldest first).
-    Audit,
+    Audit {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// What `regionkv client store` changes.

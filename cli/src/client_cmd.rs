@@ -5,9 +5,10 @@ use std::ops::Bound;
 
 use regionkv::{
     Client, ClusterId, HistogramSnapshot, Region, RegionId, StoreId, StoreMetrics, StoreStatus,
+    UpgradeStatus,
 };
 
-use crate::args::{ClientArgs, ClientOp, HealthOp, StoreOp, read_secret};
+use crate::args::{ClientArgs, ClientOp, HealthOp, StoreOp, UpgradeOp, read_secret};
 use crate::health_cmd::{audit_output, report_output};
 
 fn show(bytes: &[u8]) -> String {
@@ -97,11 +98,35 @@ fn print_metrics(m: &StoreMetrics) {
     );
 }
 
+/// Prints a store's schema-2 report line: version, state, disk (or that an older node
+/// did not report them).
+fn print_store_report(s: &StoreStatus) {
+    let Some(schema) = s.status_schema else {
+        println!("  state: not reported (a node of status schema 1)");
+        return;
+    };
+    let unknown = || "unknown".to_owned();
+    let mib = |b: Option<u64>| b.map_or_else(unknown, |b| format!("{} MiB", b >> 20));
+    let capacity = s.capacity.unwrap_or_default();
+    println!(
+        "  schema {schema}, version {}, state {}, disk {} free of {}, memtable {}",
+        s.binary_version.clone().unwrap_or_else(unknown),
+        s.store_state.map_or_else(unknown, |st| format!("{st:?}")),
+        mib(capacity.disk_available_bytes),
+        mib(capacity.disk_total_bytes),
+        mib(capacity.memtable_bytes),
+    );
+    if let Some(f) = &s.failure {
+        println!("  failure: {f}");
+    }
+}
+
 /// Prints every store's replicas and metrics (unless `json`); returns them as JSON.
 fn status_output(stores: &[StoreStatus], json: bool) -> serde_json::Value {
     if !json {
         for s in stores {
             println!("store {} ({} replicas)", s.store, s.peers.len());
+            print_store_report(s);
             for p in &s.peers {
                 println!(
                     "  region {} {:?} term {} commit {} applied {} last {}{}",
@@ -133,8 +158,37 @@ fn status_output(stores: &[StoreStatus], json: bool) -> serde_json::Value {
                     "applied": p.applied,
                     "last_index": p.last_index,
                     "hibernated": p.hibernated,
+                    // Status schema 2; null: not reported (an older node).
+                    "reported_role": format!("{:?}", p.reported_role),
+                    "first_index": p.first_index,
+                    "timeline": p.timeline.map(|t| format!("{t:?}")),
+                    "merge_pending": p.merge_pending,
+                    "is_learner": p.is_learner,
+                    "halted": p.halted,
+                    "image_hash": p.image_hash.map(|(index, hash)| serde_json::json!({
+                        "index": index, "hash": hash,
+                    })),
+                    "progress": p.progress.as_ref().map(|ps| ps.iter().map(|f| serde_json::json!({
+                        "peer": f.peer.0,
+                        "matched": f.matched,
+                        "state": format!("{:?}", f.state),
+                        "recent_active": f.recent_active,
+                        "ticks_since_heard": f.ticks_since_heard,
+                    })).collect::<Vec<_>>()),
                 })).collect::<Vec<_>>(),
                 "metrics": s.metrics.as_ref().map(metrics_json),
+                "status_schema": s.status_schema,
+                "binary_version": s.binary_version,
+                "boot_id": s.boot_id,
+                "report_seq": s.report_seq,
+                "store_state": s.store_state.map(|st| format!("{st:?}")),
+                "failure": s.failure,
+                "capacity": s.capacity.map(|c| serde_json::json!({
+                    "disk_total_bytes": c.disk_total_bytes,
+                    "disk_available_bytes": c.disk_available_bytes,
+                    "memtable_bytes": c.memtable_bytes,
+                })),
+                "peer_set_complete": s.peer_set_complete,
             }))
             .collect::<Vec<_>>()
     )
@@ -168,11 +222,66 @@ fn store_output(
     Ok(serde_json::json!(regions.iter().map(region_json).collect::<Vec<_>>()))
 }
 
+/// Prints the cluster version and every store's report (unless `json`); returns them
+/// as JSON. A store that reports nothing is shown as such (not upgraded), never as 0.
+fn upgrade_output(status: &UpgradeStatus, json: bool) -> serde_json::Value {
+    if !json {
+        println!("active cluster version {}", status.active);
+        for s in &status.stores {
+            let shown = |v: Option<u32>| v.map_or_else(|| "not reported".into(), |v| v.to_string());
+            println!(
+                "  store {}: runs at {}, supports up to {}",
+                s.store,
+                shown(s.active),
+                shown(s.max)
+            );
+        }
+    }
+    serde_json::json!({
+        "active": status.active,
+        "stores": status.stores.iter().map(|s| serde_json::json!({
+            "store": s.store.0,
+            "active": s.active,
+            "max": s.max,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `regionkv client upgrade status|finalize`; `json` is the client's own flag.
+fn run_upgrade(
+    client: &Client,
+    op: UpgradeOp,
+    json: bool,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    Ok(match op {
+        UpgradeOp::Status { json: local } => {
+            let out = upgrade_output(&client.upgrade_status()?, json || local);
+            if local && !json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            }
+            out
+        }
+        UpgradeOp::Finalize { to } => {
+            let active = client.finalize_upgrade(to)?;
+            if !json {
+                println!("active cluster version {active}");
+            }
+            serde_json::json!({"active": active})
+        }
+    })
+}
+
 pub(crate) fn run_client(args: ClientArgs) -> Result<(), Box<dyn std::error::Error>> {
     let secret = read_secret(args.secret.secret, args.secret.secret_file)?;
     let client = Client::connect(&args.addr, ClusterId(args.cluster_id), secret)?;
     let db = client.db();
-    let json = args.json;
+    // `--json` before the subcommand, or after `health` or `health audit`.
+    let json = args.json
+        || matches!(
+            args.op,
+            ClientOp::Health { json: true, .. }
+                | ClientOp::Health { what: Some(HealthOp::Audit { json: true }), .. }
+        );
     let out = match args.op {
         ClientOp::Put { key, value } => {
             db.put(&key, &value)?;
@@ -240,11 +349,12 @@ pub(crate) fn run_client(args: ClientArgs) -> Result<(), Box<dyn std::error::Err
             )
         }
         ClientOp::Status => status_output(&client.status(), json),
-        ClientOp::Health { what: None } => report_output(&client.health()?, json),
-        ClientOp::Health { what: Some(HealthOp::Audit) } => {
+        ClientOp::Health { what: None, .. } => report_output(&client.health()?, json),
+        ClientOp::Health { what: Some(HealthOp::Audit { .. }), .. } => {
             audit_output(&client.health_audit()?, json)
         }
         ClientOp::Store { op } => store_output(&client, &op, json)?,
+        ClientOp::Upgrade { op } => run_upgrade(&client, op, json)?,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&out)?);

@@ -26,8 +26,8 @@ impl Drop for Spare {
 }
 
 fn json(procs: &Procs, args: &[&str]) -> Option<serde_json::Value> {
-    let mut all = args.to_vec();
-    all.push("--json");
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
     let out = procs.client(&all);
     out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
 }

@@ -47,6 +47,7 @@ fn check_client_status(procs: &Procs) {
     };
     let text = status(false);
     assert!(text.contains("wal fsyncs") && text.contains("writes/entry"), "{text}");
+    assert!(text.contains("schema 2,") && text.contains("state Serving"), "{text}");
     let json: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
     let stores = json.as_array().expect("an array of stores");
     assert_eq!(stores.len(), 3, "{json}");
@@ -57,6 +58,12 @@ fn check_client_status(procs: &Procs) {
         assert!(m["wal"]["fsyncs"].as_u64() > Some(0), "{s}");
         assert!(m["wal"]["group_records"]["p50"].as_u64() >= Some(1), "{s}");
         timed += m["write_latency_us"]["count"].as_u64().unwrap();
+        // Status schema 2: the node's state and each replica's timeline.
+        assert_eq!(
+            (s["status_schema"].as_u64(), s["store_state"].as_str()),
+            (Some(2), Some("Serving"))
+        );
+        assert!(s["replicas"].as_array().unwrap().iter().all(|r| r["timeline"].is_string()), "{s}");
     }
     // The store that took over from the killed leader acknowledged at least 100 writes.
     assert!(timed >= 100, "{timed} writes timed: {json}");

@@ -29,7 +29,8 @@
 //! ```text
 //!  | format u8 = 1 | TLV: tag 2 ADMIN (nested)                                        |
 //!  |   1 epoch (nested) the region's epoch the command was proposed at               |
-//!  |   2 kind: 1 split, 2 prepare merge, 3 commit merge, 4 rollback merge            |
+//!  |   2 kind: 1 split, 2 prepare merge, 3 commit merge, 4 rollback merge,           |
+//!  |     5 compute hash (the kind alone; cluster version 2 on, version::IMAGE_HASH)  |
 //!  |   3 split key (repeated)       4 new region id (repeated, one per split key)    |
 //!  |   5 region (nested, engine codec): the merge target (prepare) or source (commit)|
 //!  |   6 prepare index              7 prepare term   (commit and rollback)           |
@@ -86,6 +87,13 @@ const KIND_SPLIT: u64 = 1;
 const KIND_PREPARE_MERGE: u64 = 2;
 const KIND_COMMIT_MERGE: u64 = 3;
 const KIND_ROLLBACK_MERGE: u64 = 4;
+const KIND_COMPUTE_HASH: u64 = 5;
+
+// The reasons of the decode errors for a kind this binary does not know (see
+// `is_unknown_kind`): a top-level tag, an admin kind, an op kind.
+const UNKNOWN_COMMAND: &str = "unknown command";
+const UNKNOWN_ADMIN: &str = "unknown admin command";
+const UNKNOWN_OP: &str = "unknown op kind";
 
 /// One change to one key.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -248,6 +256,11 @@ pub enum AdminCmd {
         /// Index of the prepare command being cancelled.
         prepare_index: u64,
     },
+    /// Every replica hashes its image of the region at this command's index and keeps
+    /// `(index, hash)` (`PeerStatus::image_hash`), so that diverged replicas can be
+    /// found; it changes nothing. Proposed only once the cluster runs at version 2
+    /// ([`crate::version::IMAGE_HASH`]): a binary from before it cannot decode it.
+    ComputeHash,
 }
 
 /// An admin command and the epoch it was proposed at.
@@ -304,6 +317,7 @@ pub(crate) fn encode_admin(admin: &Admin) -> Vec<u8> {
                 codec::put_u64(out, A_KIND, KIND_ROLLBACK_MERGE);
                 codec::put_u64(out, A_PREPARE_INDEX, *prepare_index);
             }
+            AdminCmd::ComputeHash => codec::put_u64(out, A_KIND, KIND_COMPUTE_HASH),
         }
     });
     out
@@ -340,7 +354,8 @@ fn decode_admin(buf: &[u8]) -> DecodeResult<Admin> {
         KIND_ROLLBACK_MERGE => {
             AdminCmd::RollbackMerge { prepare_index: u64_of(A_PREPARE_INDEX, "prepare index")? }
         }
-        _ => return Err(DecodeError::new(0, "unknown admin command")),
+        KIND_COMPUTE_HASH => AdminCmd::ComputeHash,
+        _ => return Err(DecodeError::new(0, UNKNOWN_ADMIN)),
     };
     Ok(Admin { epoch, cmd })
 }
@@ -349,6 +364,37 @@ fn decode_admin(buf: &[u8]) -> DecodeResult<Admin> {
 /// reads: it cannot tell what the command does, so it must not refuse it either.
 pub(crate) fn is_newer_format(data: &[u8]) -> bool {
     data.first().is_some_and(|&version| version > FORMAT_VERSION)
+}
+
+/// True if `error` (from [`decode`]) says the entry is well formed up to a kind this
+/// binary does not know (a top-level tag, an admin, directory or op kind of format 1),
+/// rather than damaged: it may be a newer binary's command (ARCHITECTURE.md, "Cluster
+/// versions", says what apply does with it).
+pub(crate) fn is_unknown_kind(error: &DecodeError) -> bool {
+    [UNKNOWN_COMMAND, UNKNOWN_ADMIN, UNKNOWN_OP, crate::directory::UNKNOWN_DIRECTORY_COMMAND]
+        .contains(&error.reason)
+}
+
+impl Command {
+    /// The cluster version that introduced this command's kind: a binary configured to
+    /// support only older versions (`StoreConfig::cluster_version_max`) treats it as a
+    /// kind it does not know.
+    pub(crate) fn since(&self) -> u32 {
+        match self {
+            Command::Directory(DirCmd::SetClusterVersion { .. }) => {
+                crate::directory::SET_CLUSTER_VERSION_SINCE
+            }
+            Command::Directory(DirCmd::RecordHealth { .. }) => crate::version::HEALTH_AUDIT.since,
+            Command::Admin(Admin { cmd: AdminCmd::ComputeHash, .. }) => {
+                crate::version::IMAGE_HASH.since
+            }
+            Command::Writes(_)
+            | Command::Admin(_)
+            | Command::Directory(DirCmd::AllocIds { .. } | DirCmd::Report { .. }) => {
+                crate::version::CLUSTER_VERSION_INITIAL
+            }
+        }
+    }
 }
 
 /// True if `data` (a normal entry's) starts with an admin command: a cheap look at
@@ -384,7 +430,7 @@ pub(crate) fn decode(data: &Bytes) -> DecodeResult<Command> {
     let mut writes = Vec::new();
     for field in fields {
         if field.tag != WRITE {
-            return Err(DecodeError::new(field.offset + 1, "unknown command"));
+            return Err(DecodeError::new(field.offset + 1, UNKNOWN_COMMAND));
         }
         let at = |e: DecodeError| e.shifted(field.offset + 1);
         let rec =
@@ -407,7 +453,7 @@ pub(crate) fn decode(data: &Bytes) -> DecodeResult<Command> {
                             .slice_ref(o.required(OP_VALUE, "put value").map_err(op_at)?.value),
                     },
                     2 => Op::Delete { key },
-                    _ => return Err(op_at(DecodeError::new(0, "unknown op kind"))),
+                    _ => return Err(op_at(DecodeError::new(0, UNKNOWN_OP))),
                 },
             );
         }
@@ -546,9 +592,24 @@ mod tests {
                 }
             ),
             any::<u64>().prop_map(|prepare_index| AdminCmd::RollbackMerge { prepare_index }),
+            Just(AdminCmd::ComputeHash),
         ];
         (any::<u64>(), any::<u64>(), cmd)
             .prop_map(|(version, conf_ver, cmd)| Admin { epoch: Epoch { version, conf_ver }, cmd })
+    }
+
+    #[test]
+    fn compute_hash_is_its_epoch_and_kind_alone() {
+        let admin = Admin { epoch: Epoch { version: 3, conf_ver: 4 }, cmd: AdminCmd::ComputeHash };
+        let data = encode_admin(&admin);
+        let mut expected = vec![FORMAT_VERSION];
+        codec::put_nested(&mut expected, ADMIN, |out| {
+            codec::put_nested(out, A_EPOCH, |out| put_epoch(out, admin.epoch));
+            codec::put_u64(out, A_KIND, 5);
+        });
+        assert_eq!(data, expected);
+        assert!(is_admin(&data));
+        assert_eq!(decode(&Bytes::from(data)).unwrap(), Command::Admin(admin));
     }
 
     proptest! {
@@ -611,6 +672,37 @@ mod tests {
                 peers: peers.into_iter().map(|(p, s)| Peer { id: PeerId(p), store: StoreId(s) }).collect(),
             };
             prop_assert_eq!(decode_change_peers(&encode_change_peers(&ctx)).unwrap(), ctx);
+        }
+    }
+
+    #[test]
+    fn kinds_this_binary_does_not_know_are_told_apart_from_damage() {
+        // A top-level tag, an admin kind and an op kind from a newer binary.
+        let mut top = vec![FORMAT_VERSION];
+        codec::put_nested(&mut top, 9, |out| codec::put_u64(out, 1, 1));
+        let mut admin = vec![FORMAT_VERSION];
+        codec::put_nested(&mut admin, ADMIN, |out| {
+            codec::put_nested(out, A_EPOCH, |out| put_epoch(out, Epoch::INITIAL));
+            codec::put_u64(out, A_KIND, 99);
+        });
+        let mut op = vec![FORMAT_VERSION];
+        codec::put_nested(&mut op, WRITE, |out| {
+            codec::put_nested(out, W_EPOCH, |out| put_epoch(out, Epoch::INITIAL));
+            codec::put_nested(out, W_OP, |out| {
+                codec::put_u64(out, OP_KIND, 7);
+                codec::put_field(out, OP_KEY, b"k");
+            });
+        });
+        let mut dir = vec![FORMAT_VERSION];
+        codec::put_nested(&mut dir, DIRECTORY, |out| codec::put_u64(out, 1, 42));
+        for data in [top, admin, op, dir] {
+            let e = decode(&Bytes::from(data)).unwrap_err();
+            assert!(is_unknown_kind(&e), "{e:?}");
+        }
+        // Damage is not an unknown kind.
+        for data in [vec![FORMAT_VERSION, 1], vec![FORMAT_VERSION, 1, 0, 200, 0, 0, 0]] {
+            let e = decode(&Bytes::from(data)).unwrap_err();
+            assert!(!is_unknown_kind(&e), "{e:?}");
         }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use regionkv_engine::StoreId;
 
 use crate::log::RaftLogOptions;
+use crate::version::CLUSTER_VERSION_MAX;
 
 /// How reads are confirmed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -44,6 +45,8 @@ pub enum ReadMode {
 /// | [`read_mode`](Self::read_mode) | [`ReadMode::ReadIndex`] | |
 /// | [`log`](Self::log) | [`RaftLogOptions::default`] | |
 /// | [`hibernate_regions`](Self::hibernate_regions) | on (never under [`ReadMode::Lease`]) | |
+/// | [`image_hash_interval`](Self::image_hash_interval) | off (a `Cluster` or `Node`: 10 min) | [`DEFAULT_IMAGE_HASH_INTERVAL`](Self::DEFAULT_IMAGE_HASH_INTERVAL) |
+/// | [`cluster_version_max`](Self::cluster_version_max) | [`CLUSTER_VERSION_MAX`] | |
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct StoreConfig {
@@ -98,6 +101,21 @@ pub struct StoreConfig {
     /// mode allows it"; with `ReadMode::Lease` no region ever hibernates, whatever this
     /// says.
     pub hibernate_regions: bool,
+    /// How often the leader of each awake region proposes a `ComputeHash` (every
+    /// replica hashes its image at that index: `PeerStatus::image_hash`), staggered by
+    /// region, and only while the cluster version allows it (`version::IMAGE_HASH`).
+    /// A hibernating region is not woken for it. `None` (the default of a bare store):
+    /// never; the facade's `Cluster` and `Node` use
+    /// [`DEFAULT_IMAGE_HASH_INTERVAL`](Self::DEFAULT_IMAGE_HASH_INTERVAL).
+    pub image_hash_interval: Option<Duration>,
+    /// The newest cluster version this store runs at (`crate::version`): what it
+    /// reports as its supported maximum (a finalize waits for every store's), what
+    /// its replicas halt above, and the versions of the command kinds it knows (a kind
+    /// introduced later is one it does not know). [`CLUSTER_VERSION_MAX`] by default;
+    /// lower only to run a store as an older binary would (tests, the simulator).
+    /// Between [`CLUSTER_VERSION_INITIAL`](crate::version::CLUSTER_VERSION_INITIAL) and
+    /// [`CLUSTER_VERSION_MAX`].
+    pub cluster_version_max: u32,
 }
 
 impl StoreConfig {
@@ -106,6 +124,8 @@ impl StoreConfig {
         crate::request::ScanCaps { rows_max: self.scan_rows_max, bytes_max: self.scan_bytes_max }
     }
 
+    /// The facade's [`StoreConfig::image_hash_interval`]: 10 minutes per region.
+    pub const DEFAULT_IMAGE_HASH_INTERVAL: Duration = Duration::from_secs(600);
     /// Default [`StoreConfig::tick_interval`].
     pub const DEFAULT_TICK_INTERVAL: Duration = Duration::from_millis(50);
     /// Default [`StoreConfig::election_ticks`].
@@ -152,7 +172,30 @@ impl StoreConfig {
             read_mode: ReadMode::ReadIndex,
             log: RaftLogOptions::default(),
             hibernate_regions: true,
+            image_hash_interval: None,
+            cluster_version_max: CLUSTER_VERSION_MAX,
         }
+    }
+
+    /// Sets [`StoreConfig::image_hash_interval`].
+    #[must_use]
+    pub fn image_hash_interval(mut self, interval: Option<Duration>) -> Self {
+        self.image_hash_interval = interval;
+        self
+    }
+
+    /// [`StoreConfig::image_hash_interval`] in ticks (at least one), if set.
+    pub(crate) fn image_hash_ticks(&self) -> Option<u64> {
+        let tick = self.tick_interval.as_nanos().max(1);
+        self.image_hash_interval
+            .map(|i| u64::try_from(i.as_nanos() / tick).unwrap_or(u64::MAX).max(1))
+    }
+
+    /// Sets [`StoreConfig::cluster_version_max`].
+    #[must_use]
+    pub fn cluster_version_max(mut self, version: u32) -> Self {
+        self.cluster_version_max = version;
+        self
     }
 
     /// Sets [`StoreConfig::tick_interval`].

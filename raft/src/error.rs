@@ -103,6 +103,32 @@ pub enum Error {
         /// The version that introduced the feature.
         needed: u32,
     },
+    /// This store's binary cannot run at the cluster's active version (a finalized
+    /// version above its `StoreConfig::cluster_version_max`, or a command of a kind
+    /// it does not know while that version is active): the replica that met it halts
+    /// ([`Error::ReplicaHalted`] says why); the store goes on.
+    #[error(
+        "cluster version {active} is active; this binary supports up to {supported}: \
+         upgrade this store"
+    )]
+    ClusterVersionTooNew {
+        /// The active cluster version.
+        active: u32,
+        /// The newest this store runs at.
+        supported: u32,
+    },
+    /// The store refuses to open: it already ran at a cluster version newer than this
+    /// binary supports (its persisted version, or its directory replica's record).
+    #[error(
+        "this store ran at cluster version {ran}, this binary supports up to {supported}: \
+         run a newer binary"
+    )]
+    StoreVersionTooNew {
+        /// The version the store ran at.
+        ran: u32,
+        /// The newest this binary (as configured) runs at.
+        supported: u32,
+    },
     /// Refused before it was proposed: the store is shutting down (or not running).
     /// Nothing was done; safe to retry elsewhere.
     #[error("the store is stopping, stopped or unreachable; nothing was done")]
@@ -192,6 +218,8 @@ impl Error {
             | Error::Malformed(_)
             | Error::InvalidRequest(_)
             | Error::FeatureNotActive { .. }
+            | Error::ClusterVersionTooNew { .. }
+            | Error::StoreVersionTooNew { .. }
             | Error::MergeAborted { .. }
             | Error::Wal(_)
             | Error::Engine(_)
@@ -231,6 +259,8 @@ impl Error {
             | Error::EntryUnavailable { .. }
             | Error::InvalidRequest(_)
             | Error::FeatureNotActive { .. }
+            | Error::ClusterVersionTooNew { .. }
+            | Error::StoreVersionTooNew { .. }
             | Error::Malformed(_)
             | Error::Raft(_)
             | Error::Internal(_) => false,
@@ -269,6 +299,8 @@ impl Error {
             | Error::LogCorruption { .. }
             | Error::InvalidRequest(_)
             | Error::FeatureNotActive { .. }
+            | Error::ClusterVersionTooNew { .. }
+            | Error::StoreVersionTooNew { .. }
             | Error::Malformed(_)
             | Error::Wal(_)
             | Error::Engine(_)

@@ -22,6 +22,7 @@ mod core;
 pub mod directory;
 mod error;
 pub mod identity;
+pub mod image_hash;
 mod index;
 pub mod log;
 mod logger;
@@ -32,6 +33,7 @@ mod reader;
 mod replica;
 mod request;
 pub mod sim;
+mod status;
 mod storage;
 mod store;
 pub mod transport;
@@ -52,5 +54,6 @@ pub use request::{
     AdminRequest, AdminResult, ChangePeersRequest, MergeStatus, Page, PeerChange, Query,
     QueryResult, ReadRequest, Reply, ScanCaps, WriteRequest, scan_page,
 };
+pub use status::{FollowerProgress, ProgressState, ReportedRole, TimelineState};
 pub use storage::PeerStorage;
 pub use store::{Store, StoreOptions};

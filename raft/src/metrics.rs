@@ -27,6 +27,8 @@ pub struct WriteMetrics {
     writer_tasks: AtomicU64,
     /// Write tasks persisted by a caller running its poller's core (`store/solo.rs`).
     caller_tasks: AtomicU64,
+    /// Committed entries of a kind this binary does not know, refused (a no-op).
+    unknown_kinds_refused: AtomicU64,
 }
 
 impl WriteMetrics {
@@ -58,6 +60,11 @@ impl WriteMetrics {
         self.caller_tasks.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one committed entry of a kind this binary does not know, refused.
+    pub(crate) fn on_unknown_kind_refused(&self) {
+        self.unknown_kinds_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Fills in the store-wide write-path figures of `m`.
     pub(crate) fn fill(&self, m: &mut StoreMetrics) {
         m.write_latency_us = self.latency.snapshot();
@@ -65,6 +72,7 @@ impl WriteMetrics {
         m.entries_proposed = self.entries_proposed.load(Ordering::Relaxed);
         m.writer_tasks = self.writer_tasks.load(Ordering::Relaxed);
         m.caller_tasks = self.caller_tasks.load(Ordering::Relaxed);
+        m.unknown_kinds_refused = self.unknown_kinds_refused.load(Ordering::Relaxed);
     }
 }
 
@@ -101,6 +109,10 @@ pub struct StoreMetrics {
     /// because the poller was idle and hosts no replica with a peer elsewhere (no
     /// thread wake-up). Not sent over the client protocol (0 there).
     pub caller_tasks: u64,
+    /// Committed entries of a command kind this binary does not know, refused as
+    /// malformed while the cluster version said none could exist (ARCHITECTURE.md,
+    /// "Cluster versions"). Not sent over the client protocol (0 there).
+    pub unknown_kinds_refused: u64,
     /// Write-batch rounds of the apply loop.
     pub apply: ApplyStats,
     /// The store's WAL: fsyncs, their latency, group sizes.

@@ -24,6 +24,7 @@ use crate::directory::DirResult;
 use crate::error::{DropReason, Error, Result};
 use crate::index::RaftIndex;
 use crate::request::{AdminResult, ReadRequest, Reply};
+use crate::status::{FollowerProgress, ReportedRole, TimelineState};
 use crate::storage::{PeerStorage, SnapshotSlot};
 
 /// A proposal in flight: the entry it became, and who waits for it.
@@ -262,7 +263,9 @@ pub struct PeerStatus {
     pub region: Region,
     /// This store's peer in the region's group.
     pub peer: PeerId,
-    /// Leader, follower, candidate or pre-candidate.
+    /// Leader, follower, candidate or pre-candidate, for routing: a role code this
+    /// binary does not know decodes as a follower (never taken for leadership). A
+    /// health monitor reads [`PeerStatus::reported_role`] instead.
     pub role: StateRole,
     /// The current term.
     pub term: u64,
@@ -278,6 +281,34 @@ pub struct PeerStatus {
     pub initialized: bool,
     /// True while the replica hibernates (does not tick).
     pub hibernated: bool,
+    // Fields added with status schema 2: `None` is unknown (an older store, or not known
+    // here), never a default (ARCHITECTURE.md, "Versions").
+    /// The role as reported: a health monitor reads this field, never
+    /// [`PeerStatus::role`] (which takes an unknown role for a follower, as routing
+    /// must). `Unspecified` when the sender's role code is unknown here, or absent.
+    pub reported_role: ReportedRole,
+    /// The log's first index (its compaction point + 1). None: unknown (an older store,
+    /// or not known here).
+    pub first_index: Option<u64>,
+    /// The state of the replica's apply timeline; a halted replica reports `Broken`.
+    /// None: unknown (an older store, or not known here).
+    pub timeline: Option<TimelineState>,
+    /// True while the replica is a prepared merge source. None: unknown (an older
+    /// store, or not known here).
+    pub merge_pending: Option<bool>,
+    /// A leader's view of every other member of its group; None on a follower, and
+    /// unknown (an older store, or not known here).
+    pub progress: Option<Vec<FollowerProgress>>,
+    /// True if the replica is a learner of its group. None: unknown (an older store, or
+    /// not known here: a replica that holds no data yet does not know its group).
+    pub is_learner: Option<bool>,
+    /// `(index, hash)` of the replica's last image hash. None: unknown (an older store,
+    /// or no hash computed here yet).
+    pub image_hash: Option<(u64, u64)>,
+    /// Why the replica halted, if it did. None: not halted, or unknown (an older store);
+    /// [`PeerStatus::timeline`] tells them apart (a store that sends it reports a
+    /// halted replica as `Broken`).
+    pub halted: Option<String>,
 }
 
 /// This store's replica of a region.
@@ -315,6 +346,13 @@ pub(crate) struct Replica {
     /// [`Error::ReplicaHalted`]): it applies nothing more until the store restarts, and
     /// refuses requests; its log still takes part in replication.
     pub halted: Option<String>,
+    /// `(index, hash)` of the last `ComputeHash` command applied (see
+    /// [`PeerStatus::image_hash`]).
+    pub image_hash: Option<(u64, u64)>,
+    /// The store tick at which this replica, while it leads and is awake, proposes
+    /// its next periodic `ComputeHash` (`StoreCore::propose_image_hashes`); `None`
+    /// until first set.
+    pub image_hash_due: Option<u64>,
 }
 
 impl Replica {
@@ -352,6 +390,8 @@ impl Replica {
             merge: MergeProgress { state: merge, ..MergeProgress::default() },
             hibernation: Hibernation::default(),
             halted: None,
+            image_hash: None,
+            image_hash_due: None,
             unclaimed_ticks: 0,
         }
     }
@@ -558,7 +598,42 @@ impl Replica {
             last_index: self.last_index(),
             initialized: self.is_initialized(),
             hibernated: self.hibernation.hibernated,
+            reported_role: self.role().into(),
+            first_index: Some(self.raw.raft.raft_log.first_index()),
+            timeline: Some(if self.halted.is_some() {
+                TimelineState::Broken
+            } else {
+                self.timeline.state().into()
+            }),
+            merge_pending: Some(self.merge.state.is_some()),
+            progress: self.is_leader().then(|| self.progress()),
+            is_learner: self
+                .is_initialized()
+                .then(|| self.raw.raft.prs().conf().learners().contains(&self.id.0)),
+            image_hash: self.image_hash,
+            halted: self.halted.clone(),
         }
+    }
+
+    /// How this leader sees every other member of its group, by peer id.
+    fn progress(&self) -> Vec<FollowerProgress> {
+        let me = self.raw.raft.id;
+        let mut out: Vec<FollowerProgress> = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != me)
+            .map(|(&id, pr)| FollowerProgress {
+                peer: PeerId(id),
+                matched: pr.matched,
+                state: pr.state.into(),
+                recent_active: Some(pr.recent_active),
+                ticks_since_heard: None,
+            })
+            .collect();
+        out.sort_by_key(|p| p.peer);
+        out
     }
 
     /// The store that hosts peer `id` of this region, if known.

@@ -202,6 +202,14 @@ pub enum AdminResult {
     Merged(Region),
     /// A merge source after its rollback: it takes writes again.
     RolledBack(Region),
+    /// The leader's hash of its image of the region at the `ComputeHash` command's
+    /// index (`crate::image_hash`).
+    ImageHash {
+        /// The command's index.
+        index: u64,
+        /// The hash.
+        hash: u64,
+    },
 }
 
 /// A merge source as its leader sees it, for whoever drives the merge.

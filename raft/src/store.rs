@@ -160,6 +160,32 @@ struct StoreInbox {
     reports: Mutex<HashMap<RegionId, RegionRecord>>,
 }
 
+/// Opens the store's WAL in `dir/wal`. A replica may cut damage in the last group of
+/// records, which may hold acknowledged writes and its latest vote: its regions vote
+/// again only once caught up past the cut (`StoreContext::log_cut`).
+fn open_wal(fs: Arc<dyn FileSystem>, dir: &Path, options: &StoreOptions) -> Result<Wal> {
+    let wal_dir = dir.join("wal");
+    match Wal::open(fs.clone(), &wal_dir, options.wal.clone()) {
+        Ok(wal) => Ok(wal),
+        Err(regionkv_wal::Error::Corruption { .. })
+            if options.wal.recovery == RecoveryMode::TolerateTornTail =>
+        {
+            tracing::warn!(dir = %wal_dir.display(), "WAL damaged beyond its torn tail; recovering to the last good record");
+            let point_in_time = options.wal.clone().recovery(RecoveryMode::PointInTime);
+            Ok(Wal::open(fs, &wal_dir, point_in_time)?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A fresh boot id (see [`Store::boot_id`]) from the operating system's randomness.
+fn fresh_boot_id() -> Result<u64> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| Error::Internal(format!("no randomness for a boot id: {e}")))?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
 fn poller_of(region: RegionId, pollers: usize) -> usize {
     // Fibonacci hashing spreads consecutive ids.
     ((region.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % pollers as u64) as usize
@@ -200,6 +226,10 @@ pub struct Store {
     /// Set by `kill`: threads leave at once, nothing is flushed.
     killed: Arc<AtomicBool>,
     shutdown_timeout: Duration,
+    /// Drawn at random when the store started (see [`Store::boot_id`]).
+    boot_id: u64,
+    /// Status reports numbered in this start (see [`Store::next_report_seq`]).
+    reports_numbered: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -218,38 +248,19 @@ impl Store {
         options: &StoreOptions,
         transport: &Arc<dyn Transport>,
     ) -> Result<Store> {
-        let wal_dir = dir.join("wal");
-        let wal = match Wal::open(fs.clone(), &wal_dir, options.wal.clone()) {
-            Ok(wal) => wal,
-            Err(regionkv_wal::Error::Corruption { .. })
-                if options.wal.recovery == RecoveryMode::TolerateTornTail =>
-            {
-                // A replica may cut damage in the last group of records, which may hold
-                // acknowledged writes and its latest vote: its regions vote again only
-                // once caught up past the cut (`StoreContext::log_cut`).
-                tracing::warn!(dir = %wal_dir.display(), "WAL damaged beyond its torn tail; recovering to the last good record");
-                Wal::open(
-                    fs.clone(),
-                    &wal_dir,
-                    options.wal.clone().recovery(RecoveryMode::PointInTime),
-                )?
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let wal = open_wal(fs.clone(), dir, options)?;
         let id = options.config.store_id;
         let engine = Engine::open(fs.clone(), dir.join("engine"), EngineOptions::new(id))?;
         let directory = Engine::open(fs, dir.join("directory"), EngineOptions::new(id))?;
         let incarnation = engine.ensure_incarnation(fresh_incarnation()?)?;
+        let boot_id = fresh_boot_id()?;
         let book = Arc::new(PeerBook::open(id, incarnation, engine.clone(), directory.clone())?);
         let log = Arc::new(RaftLog::open(wal.clone(), options.config.log)?);
-        let mut ctx = StoreContext::new(
-            options.config.clone(),
-            engine,
-            directory,
-            log,
-            CancellationToken::new(),
-        );
+        let cancel = CancellationToken::new();
+        let mut ctx = StoreContext::new(options.config.clone(), engine, directory, log, cancel);
         ctx.log_cut = crate::core::wal_lost_records(&wal);
+        // Before any replica applies: an older binary refuses a store that ran newer.
+        ctx.open_cluster_version()?;
         let ctx = Arc::new(ctx);
         let pollers = options.pollers.max(1);
         let mut senders = Vec::with_capacity(pollers);
@@ -322,6 +333,8 @@ impl Store {
             threads: Mutex::new(threads),
             killed,
             shutdown_timeout: options.shutdown_timeout,
+            boot_id,
+            reports_numbered: AtomicU64::new(0),
         })
     }
 
@@ -432,17 +445,50 @@ impl Store {
 
     /// The status of every replica on this store.
     pub fn status(&self) -> Vec<PeerStatus> {
+        self.status_report().0
+    }
+
+    /// The status of every replica on this store, by region id, and true if the list
+    /// is complete: every poller answered in time (one that did not is left out).
+    pub fn status_report(&self) -> (Vec<PeerStatus>, bool) {
         let mut all = Vec::new();
+        let mut complete = true;
         for poller in &self.inbox.pollers {
             let (tx, rx) = bounded(1);
             if poller.send(Lane::System, Msg::Status(tx)).is_ok()
                 && let Ok(status) = rx.recv_timeout(Duration::from_secs(10))
             {
                 all.extend(status);
+            } else {
+                complete = false;
             }
         }
         all.sort_by_key(|s| s.region.id);
-        all
+        (all, complete)
+    }
+
+    /// A random number drawn when this store started: a status report with another
+    /// one comes from another start of the store.
+    pub fn boot_id(&self) -> u64 {
+        self.boot_id
+    }
+
+    /// The next number of this start's status reports: 1, then 2, and so on. A
+    /// monitor drops a report whose `(boot id, number)` is not newer than the last it
+    /// kept (reports can be reordered on the way).
+    pub fn next_report_seq(&self) -> u64 {
+        self.reports_numbered.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The failure that stopped the store, if one did (a log write, an apply, a
+    /// poisoned log or engine).
+    pub fn failure(&self) -> Option<String> {
+        self.ctx.failure()
+    }
+
+    /// True once the store began to stop: a shutdown, a kill or a failure.
+    pub fn is_stopping(&self) -> bool {
+        self.ctx.cancel.is_cancelled()
     }
 
     /// The store's metrics: its replicas (regions, leaders, hibernating, applied lag),
@@ -470,6 +516,24 @@ impl Store {
             std::mem::take(&mut *self.inbox.reports.lock()).into_values().collect();
         reports.sort_by_key(|r| r.region.id);
         reports
+    }
+
+    /// The cluster version this store runs at, as it last learned it
+    /// (`crate::version`).
+    pub fn cluster_version(&self) -> u32 {
+        self.ctx.cluster_version.active()
+    }
+
+    /// The newest cluster version this store supports: its configured
+    /// [`StoreConfig::cluster_version_max`].
+    pub fn cluster_version_max(&self) -> u32 {
+        self.ctx.config.cluster_version_max
+    }
+
+    /// Learns that the cluster runs at `active`, durably (see
+    /// [`StoreContext::learn_cluster_version`]); true if this store's view moved.
+    pub fn learn_cluster_version(&self, active: u32) -> Result<bool> {
+        self.ctx.learn_cluster_version(active)
     }
 
     /// Submits a command to the cluster directory, whose leader must be on this store.
@@ -768,10 +832,11 @@ fn writer_loop(
             // Fail-stop: nothing more is acknowledged; a restart recovers from disk.
             if ctx.cancel.is_cancelled() || e.is_cancelled() {
                 tracing::debug!(error = %e, "log write stopped by shutdown");
+                ctx.cancel.cancel();
             } else {
                 tracing::error!(store = ctx.config.store_id.0, error = %e, "log write failed; the store stops");
+                ctx.stop_on_failure(&e);
             }
-            ctx.cancel.cancel();
             return;
         }
         if killed.load(Ordering::Relaxed) {

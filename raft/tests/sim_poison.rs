@@ -268,6 +268,12 @@ fn a_split_naming_a_live_region_of_another_lineage_destroys_nothing() {
         assert!(matches!(refused, Err(Error::ReplicaHalted { .. } | Error::NotLeader { .. })));
     };
     serve(&mut c, "halted");
+    // Each halted replica says so in its status: a broken timeline, and why.
+    for store in c.store_ids() {
+        let r1 = c.status(store).into_iter().find(|s| s.region.id == R1).expect("hosted");
+        assert_eq!(r1.timeline, Some(regionkv_raft::TimelineState::Broken), "store {store}");
+        assert!(r1.halted.is_some(), "store {store}: {r1:?}");
+    }
     for store in c.store_ids() {
         c.crash(store, regionkv_wal::CrashMode::Lost);
     }

@@ -529,6 +529,13 @@ impl ReplicaView<'_> {
         let p = self.read(FieldId::Progress, p)?;
         Ok((p.matched, self.read(FieldId::Progress, p.state)?))
     }
+    /// Ticks since the leader's store heard from follower `peer`'s store.
+    pub fn ticks_since_heard(&self, peer: PeerId) -> Result<u64, Unknown> {
+        let progress = self.read(FieldId::Progress, self.r.progress.as_ref())?;
+        let p = progress.iter().find(|p| p.peer == peer);
+        self.read(FieldId::RecentActive, p.and_then(|p| p.ticks_since_heard))
+    }
+
     /// A leader's view of whether follower `peer` was heard from lately.
     pub fn recent_active(&self, peer: PeerId) -> Result<bool, Unknown> {
         let progress = self.read(FieldId::Progress, self.r.progress.as_ref())?;
@@ -742,15 +749,20 @@ fn store_dead(v: &StoreView<'_>) -> Matched {
     if down_for < v.config.store_dead_after {
         return Ok(None);
     }
-    // Corroboration: the store is silent to the monitor, and leaders on other stores
-    // (awake ones: a hibernated leader's view is old) no longer hear from it either. A
-    // monitor cut off from a store its peers still hear never declares it dead.
+    // Corroboration: the store is silent to the monitor, and the leaders of its
+    // regions on other stores do not hear from it either: by how long their store has
+    // not heard from its store (kept fresh by the stores' liveness notices, also while
+    // a group hibernates), else by an awake leader's check-quorum flag (a hibernated
+    // leader's flag is old). One voice that still hears it keeps it alive: a monitor
+    // cut off from a store its peers hear never declares it dead.
     let mut silent = 0;
     for (leader, peer) in &v.leaders {
-        if leader.r.hibernated {
-            continue;
-        }
-        if leader.recent_active(*peer)? {
+        let hears = match leader.ticks_since_heard(*peer) {
+            Ok(ticks) => ticks <= v.config.silent_ticks,
+            Err(_) if leader.r.hibernated => continue,
+            Err(_) => leader.recent_active(*peer)?,
+        };
+        if hears {
             return Ok(None);
         }
         silent += 1;

@@ -20,7 +20,7 @@ use regionkv_raft::sim::{SimCluster, SimConfig};
 use regionkv_raft::{PeerChange, Query};
 
 use super::*;
-use crate::proto::StoreStatus;
+use crate::proto::{StatusSchema, StoreStatus};
 
 const MS: Duration = Duration::from_millis(1);
 const SPARE: StoreId = StoreId(4);
@@ -121,35 +121,34 @@ fn config() -> HealthConfig {
 }
 
 /// `store`'s report as a sender speaking `sender` writes it and a monitor speaking
-/// `reader` reads it.
-fn report(
+/// `reader` reads it (the wire profiles of `proto::status`); `unknown_role`: the
+/// sender is a newer binary whose role codes this monitor cannot name.
+fn observed(
     sim: &SimCluster,
     store: StoreId,
-    sender: Schema,
-    reader: Schema,
-    unknown_role: bool,
-) -> StoreStatus {
-    let _ = (sender, reader, unknown_role);
-    StoreStatus { store, peers: sim.status(store), metrics: None }
-}
-
-fn observed(
-    status: &StoreStatus,
     now: Duration,
     sender: Schema,
     reader: Schema,
     unknown_role: bool,
 ) -> ObservedStore {
-    let mut o = convert::observed(status, now);
-    if sender == Schema::V2 && reader == Schema::V2 {
-        o.schema = 2;
+    let mut status = StoreStatus::new(store, sim.status(store));
+    if sender == Schema::V2 {
+        status.status_schema = Some(2);
+        status.binary_version = Some("0.1.0".into());
+        status.store_state = Some(crate::proto::StoreState::Serving);
     }
     if unknown_role {
-        for r in &mut o.replicas {
-            r.role = None;
+        for p in &mut status.peers {
+            p.reported_role = regionkv_raft::ReportedRole::Unspecified;
         }
     }
-    o
+    // The weaker of the two schemas is what crosses the wire.
+    let wire = if sender == Schema::V2 && reader == Schema::V2 {
+        StatusSchema::V2
+    } else {
+        StatusSchema::V1
+    };
+    convert::observed(&status.as_sent_by(wire), now)
 }
 
 struct Outcome {
@@ -206,8 +205,7 @@ fn run(monitor_schema: Schema, mix: Mix, fault: Fault, seed: u64) -> Outcome {
             }
             let sender = schema_of(mix, s, t);
             let unknown = fault == Fault::UnknownRole && s.0 == 2 && sender == Schema::V2;
-            let status = report(&sim, s, sender, monitor_schema, unknown);
-            batch.push(observed(&status, sim.now(), sender, monitor_schema, unknown));
+            batch.push(observed(&sim, s, sim.now(), sender, monitor_schema, unknown));
         }
         if fault == Fault::Reorder {
             // Deliver this turn's reports, then some held from earlier turns again.
@@ -336,7 +334,7 @@ fn check_cell(monitor_schema: Schema, mix: Mix, fault: Fault) {
                     "{cell}: not replaced: {:?}; detected {:?}; insufficient {:?}",
                     o.peers_on, o.detected, o.insufficient
                 );
-            } else {
+            } else if monitor_schema == Schema::V1 {
                 assert!(!replaced, "{cell}: replaced without schema 2");
                 assert!(
                     o.insufficient.iter().any(|(c, _)| *c == AnalysisCode::StoreDead),

@@ -58,6 +58,9 @@ pub struct HealthConfig {
     pub store_down_after: Duration,
     /// A store down this long (and corroborated) is dead: its replicas are replaced.
     pub store_dead_after: Duration,
+    /// A leader's store that has not heard from a follower's store for more ticks than
+    /// this counts as not hearing it (corroborating that the follower's store is dead).
+    pub silent_ticks: u64,
     /// A region without a leader this long is woken.
     pub no_leader_after: Duration,
     /// A region under- or over-replicated this long is repaired.
@@ -87,6 +90,7 @@ impl Default for HealthConfig {
             interval: Duration::from_secs(1),
             store_down_after: Duration::from_secs(30),
             store_dead_after: Duration::from_secs(300),
+            silent_ticks: 2 * regionkv_raft::StoreConfig::DEFAULT_ELECTION_TICKS as u64,
             no_leader_after: Duration::from_secs(3),
             under_replicated_after: Duration::from_secs(30),
             pending_after: Duration::from_secs(60),

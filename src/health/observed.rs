@@ -69,6 +69,9 @@ pub struct ObservedProgress {
     pub state: Option<ReplicationState>,
     /// Heard from within the last election timeout (`None`: unknown).
     pub recent_active: Option<bool>,
+    /// Ticks since the leader's store last heard from the follower's store (`None`:
+    /// unknown, or never heard).
+    pub ticks_since_heard: Option<u64>,
 }
 
 /// One replica as its store last reported it.

@@ -315,5 +315,9 @@ impl HealthRunner {
 
 /// True if `e` says the cluster version does not allow the command yet.
 fn feature_not_active(e: &Error) -> bool {
-    matches!(e, Error::Store(regionkv_raft::Error::FeatureNotActive { .. }))
+    matches!(
+        e,
+        Error::FeatureNotActive { .. }
+            | Error::Store(regionkv_raft::Error::FeatureNotActive { .. })
+    )
 }

@@ -55,6 +55,7 @@ fn replica(region: &Region, store: u64, leader_store: Option<u64>) -> ObservedRe
                     matched: 100,
                     state: Some(ReplicationState::Replicate),
                     recent_active: Some(true),
+                    ticks_since_heard: Some(1),
                 })
                 .collect()
         }),
@@ -291,10 +292,56 @@ const ROWS: &[(AnalysisCode, &str, Mutate, Expect)] = &[
             for pr in rep(w, 1).progress.as_mut().unwrap() {
                 if pr.peer == p {
                     pr.recent_active = Some(false);
+                    pr.ticks_since_heard = Some(500);
                 }
             }
         },
         Expect::Problem,
+    ),
+    (
+        AnalysisCode::StoreDead,
+        "silent, the leader hibernates and its store has not heard it",
+        |w| {
+            store(w, 3).received_at = 70 * S;
+            let p = peer_of(&w.regions[0], 3);
+            rep(w, 1).hibernated = true;
+            for pr in rep(w, 1).progress.as_mut().unwrap() {
+                if pr.peer == p {
+                    pr.ticks_since_heard = Some(500);
+                }
+            }
+        },
+        Expect::Problem,
+    ),
+    (
+        AnalysisCode::StoreDead,
+        "silent, the leader hibernates, its store's view unknown",
+        |w| {
+            store(w, 3).received_at = 70 * S;
+            let p = peer_of(&w.regions[0], 3);
+            rep(w, 1).hibernated = true;
+            for pr in rep(w, 1).progress.as_mut().unwrap() {
+                if pr.peer == p {
+                    pr.ticks_since_heard = None;
+                    pr.recent_active = Some(false);
+                }
+            }
+        },
+        Expect::Insufficient(FieldId::RecentActive),
+    ),
+    (
+        AnalysisCode::StoreDead,
+        "silent to the monitor, the leader's store heard it lately",
+        |w| {
+            store(w, 3).received_at = 70 * S;
+            let p = peer_of(&w.regions[0], 3);
+            for pr in rep(w, 1).progress.as_mut().unwrap() {
+                if pr.peer == p {
+                    pr.recent_active = Some(false);
+                }
+            }
+        },
+        Expect::Nothing,
     ),
     (
         AnalysisCode::StoreDead,
@@ -311,6 +358,7 @@ const ROWS: &[(AnalysisCode, &str, Mutate, Expect)] = &[
             for pr in rep(w, 1).progress.as_mut().unwrap() {
                 if pr.peer == p {
                     pr.recent_active = None;
+                    pr.ticks_since_heard = None;
                 }
             }
         },
@@ -568,6 +616,7 @@ fn a_dead_store_s_replicas_are_replaced_once_and_not_again_within_the_block() {
     for pr in rep(&mut w, 1).progress.as_mut().unwrap() {
         if pr.peer == p {
             pr.recent_active = Some(false);
+            pr.ticks_since_heard = Some(500);
         }
     }
     let mut m = Monitor::new(config());

@@ -40,6 +40,12 @@ pub(crate) enum ErrorCode {
     /// Since 0.1: this store's replica of the region stopped applying its log; the
     /// region is served by its other replicas (retry there).
     ReplicaHalted,
+    /// Since the version gate: the command needs a newer cluster version (fields 8 to
+    /// 10 say which); not retryable.
+    FeatureNotActive,
+    /// Since the version gate: a finalize was refused, nothing proposed (fields 11 and
+    /// 12 say which store holds it back).
+    UpgradeRefused,
 }
 
 const ERROR_CODES: &[ErrorCode] = &[
@@ -64,6 +70,8 @@ const ERROR_CODES: &[ErrorCode] = &[
     ErrorCode::CancelledInFlight,
     ErrorCode::NotAllowed,
     ErrorCode::ReplicaHalted,
+    ErrorCode::FeatureNotActive,
+    ErrorCode::UpgradeRefused,
 ];
 
 impl ErrorCode {
@@ -94,7 +102,24 @@ pub(crate) struct RemoteError {
     /// The code of the reason of a `Dropped` ([`DropReason`]) or `MergeAborted`
     /// ([`MergeAbortReason`]) error.
     pub reason: Option<u64>,
-    pub message: String,
+    /// Boxed, not a `String`: the record stays under clippy's large-error bound.
+    pub message: Box<str>,
+    /// The fields of a version error (feature not active, upgrade refused), boxed:
+    /// most errors have none.
+    pub version: Option<Box<VersionFields>>,
+}
+
+/// The fields of a version error; each absent is unknown, never made up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct VersionFields {
+    /// Feature not active: the feature, the active and the needed version.
+    pub feature: Option<String>,
+    pub active: Option<u64>,
+    pub needed: Option<u64>,
+    /// Upgrade refused: the store, and the newest version it reported supporting
+    /// (the target is in `needed`).
+    pub store: Option<StoreId>,
+    pub supported: Option<u64>,
 }
 
 pub(super) const E_CODE: u16 = 1;
@@ -105,7 +130,26 @@ const E_MESSAGE: u16 = 5;
 const E_TARGET: u16 = 6;
 /// Since 0.1: optional, absent = unknown (decodes as an `Unspecified` reason).
 const E_REASON: u16 = 7;
-const E_TAGS: &[u16] = &[E_CODE, E_REGION, E_LEADER, E_REGIONS, E_MESSAGE, E_TARGET, E_REASON];
+/// Since the version gate, each optional: absent = unknown, never made up.
+const E_FEATURE: u16 = 8;
+const E_ACTIVE: u16 = 9;
+const E_NEEDED: u16 = 10;
+const E_STORE: u16 = 11;
+const E_SUPPORTED: u16 = 12;
+const E_TAGS: &[u16] = &[
+    E_CODE,
+    E_REGION,
+    E_LEADER,
+    E_REGIONS,
+    E_MESSAGE,
+    E_TARGET,
+    E_REASON,
+    E_FEATURE,
+    E_ACTIVE,
+    E_NEEDED,
+    E_STORE,
+    E_SUPPORTED,
+];
 
 impl RemoteError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> RemoteError {
@@ -116,7 +160,8 @@ impl RemoteError {
             regions: Vec::new(),
             target: None,
             reason: None,
-            message: message.into(),
+            message: message.into().into_boxed_str(),
+            version: None,
         }
     }
 
@@ -138,6 +183,20 @@ impl RemoteError {
         if let Some(reason) = self.reason {
             codec::put_u64(o, E_REASON, reason);
         }
+        let Some(v) = &self.version else { return };
+        if let Some(feature) = &v.feature {
+            codec::put_field(o, E_FEATURE, feature.as_bytes());
+        }
+        for (tag, value) in [
+            (E_ACTIVE, v.active),
+            (E_NEEDED, v.needed),
+            (E_STORE, v.store.map(|s| s.0)),
+            (E_SUPPORTED, v.supported),
+        ] {
+            if let Some(value) = value {
+                codec::put_u64(o, tag, value);
+            }
+        }
     }
 
     pub(super) fn decode(f: &Field<'_>) -> D<RemoteError> {
@@ -152,7 +211,20 @@ impl RemoteError {
             message: r
                 .optional(E_MESSAGE)?
                 .map(|m| String::from_utf8_lossy(m.value).into_owned())
-                .unwrap_or_default(),
+                .unwrap_or_default()
+                .into_boxed_str(),
+            version: {
+                let v = VersionFields {
+                    feature: r
+                        .optional(E_FEATURE)?
+                        .map(|f| String::from_utf8_lossy(f.value).into_owned()),
+                    active: opt_u64(&r, E_ACTIVE)?,
+                    needed: opt_u64(&r, E_NEEDED)?,
+                    store: opt_u64(&r, E_STORE)?.map(StoreId),
+                    supported: opt_u64(&r, E_SUPPORTED)?,
+                };
+                (v != VersionFields::default()).then(|| Box::new(v))
+            },
         })
     }
 
@@ -168,7 +240,9 @@ impl RemoteError {
     /// [`RemoteError::into_raft`], or the error that says which field was missing.
     fn try_into_raft(self) -> Result<regionkv_raft::Error, regionkv_raft::Error> {
         use regionkv_raft::Error as E;
-        let RemoteError { code, region, leader, regions, target, reason, message } = self;
+        let RemoteError { code, region, leader, regions, target, reason, message, version: v } =
+            self;
+        let VersionFields { feature, active, needed, .. } = v.map(|v| *v).unwrap_or_default();
         let missing = |what: &str| {
             E::Malformed(format!(
                 "a node answered {code:?} without the {what}, which is unknown ({message})"
@@ -197,12 +271,25 @@ impl RemoteError {
             ErrorCode::Timeout => E::Timeout { region: region()? },
             ErrorCode::Cancelled => E::Cancelled,
             ErrorCode::CancelledInFlight => E::CancelledInFlight { region: region()? },
-            ErrorCode::ReplicaHalted => E::ReplicaHalted { region: region()?, reason: message },
+            ErrorCode::ReplicaHalted => {
+                E::ReplicaHalted { region: region()?, reason: message.into() }
+            }
             ErrorCode::InvalidRequest
             | ErrorCode::CrossRegionBatch
             | ErrorCode::TooLarge
-            | ErrorCode::NotAllowed => E::InvalidRequest(message),
-            ErrorCode::Malformed => E::Malformed(message),
+            | ErrorCode::NotAllowed
+            | ErrorCode::UpgradeRefused => E::InvalidRequest(message.into()),
+            // The raft error names a feature this binary knows (a static name); one it
+            // does not know is refused as invalid, with the node's words.
+            ErrorCode::FeatureNotActive => match self_feature(feature.as_deref()) {
+                Some(feature) => E::FeatureNotActive {
+                    feature,
+                    active: version(active).ok_or_else(|| missing("active version"))?,
+                    needed: version(needed).ok_or_else(|| missing("needed version"))?,
+                },
+                None => E::InvalidRequest(message.into()),
+            },
+            ErrorCode::Malformed => E::Malformed(message.into()),
             ErrorCode::Unspecified
             | ErrorCode::StoreFailed
             | ErrorCode::UnsupportedRequest
@@ -211,23 +298,54 @@ impl RemoteError {
     }
 
     /// The error as the facade returns it (for requests a node drives: split, merge,
-    /// regions).
+    /// regions, finalize).
     pub fn into_facade(self) -> Error {
         match self.code {
+            ErrorCode::FeatureNotActive | ErrorCode::UpgradeRefused => self.into_version_error(),
             // In flight when its node or connection stopped: the outcome is unknown.
             ErrorCode::Unavailable | ErrorCode::CancelledInFlight => {
-                Error::Unavailable { waited: Duration::ZERO, last: self.message }
+                Error::Unavailable { waited: Duration::ZERO, last: self.message.into() }
             }
             ErrorCode::CrossRegionBatch
             | ErrorCode::InvalidRequest
             | ErrorCode::TooLarge
-            | ErrorCode::NotAllowed => Error::InvalidRequest(self.message),
+            | ErrorCode::NotAllowed => Error::InvalidRequest(self.message.into()),
             ErrorCode::UnsupportedRequest => Error::Protocol(format!(
                 "the node does not support this request ({}); upgrade the node",
                 self.message
             )),
             ErrorCode::Cancelled => Error::Shutdown,
             _ => Error::Store(self.into_raft()),
+        }
+    }
+}
+
+impl RemoteError {
+    /// A feature-not-active or upgrade-refused error as the facade returns it; one
+    /// without the fields it needs says so.
+    fn into_version_error(self) -> Error {
+        let v = self.version.as_deref().cloned().unwrap_or_default();
+        let incomplete = || {
+            Error::Protocol(format!(
+                "a node answered {:?} without its fields ({})",
+                self.code, self.message
+            ))
+        };
+        match self.code {
+            ErrorCode::FeatureNotActive => {
+                match (v.feature, version(v.active), version(v.needed)) {
+                    (Some(feature), Some(active), Some(needed)) => {
+                        Error::FeatureNotActive { feature, active, needed }
+                    }
+                    _ => incomplete(),
+                }
+            }
+            _ => match (v.store, version(v.needed)) {
+                (Some(store), Some(target)) => {
+                    Error::UpgradeRefused { store, target, supported: version(v.supported) }
+                }
+                _ => incomplete(),
+            },
         }
     }
 }
@@ -269,13 +387,13 @@ impl From<&regionkv_raft::Error> for RemoteError {
                 out.code = ErrorCode::MergeAborted;
                 out.region = Some(*region);
                 out.reason = Some(reason.code());
-                out.message = reason.to_string();
+                out.message = reason.to_string().into();
             }
             E::Dropped { region, reason } => {
                 out.code = ErrorCode::Dropped;
                 out.region = Some(*region);
                 out.reason = Some(reason.code());
-                out.message = reason.to_string();
+                out.message = reason.to_string().into();
             }
             E::Cancelled => out.code = ErrorCode::Cancelled,
             E::CancelledInFlight { region } => {
@@ -289,15 +407,24 @@ impl From<&regionkv_raft::Error> for RemoteError {
             E::ReplicaHalted { region, reason } => {
                 out.code = ErrorCode::ReplicaHalted;
                 out.region = Some(*region);
-                out.message.clone_from(reason);
+                out.message = reason.as_str().into();
             }
             E::InvalidRequest(m) => {
                 out.code = ErrorCode::InvalidRequest;
-                out.message.clone_from(m);
+                out.message = m.as_str().into();
             }
             E::Malformed(m) => {
                 out.code = ErrorCode::Malformed;
-                out.message.clone_from(m);
+                out.message = m.as_str().into();
+            }
+            E::FeatureNotActive { feature, active, needed } => {
+                out.code = ErrorCode::FeatureNotActive;
+                out.version = Some(Box::new(VersionFields {
+                    feature: Some((*feature).to_owned()),
+                    active: Some(u64::from(*active)),
+                    needed: Some(u64::from(*needed)),
+                    ..VersionFields::default()
+                }));
             }
             // A store's own failure (I/O, corruption, a bug): the message says which.
             _ => {}
@@ -315,8 +442,39 @@ impl From<&Error> for RemoteError {
                 RemoteError::new(ErrorCode::CrossRegionBatch, e.to_string())
             }
             Error::InvalidRequest(m) => RemoteError::new(ErrorCode::InvalidRequest, m.clone()),
+            Error::FeatureNotActive { feature, active, needed } => {
+                let mut out = RemoteError::new(ErrorCode::FeatureNotActive, e.to_string());
+                out.version = Some(Box::new(VersionFields {
+                    feature: Some(feature.clone()),
+                    active: Some(u64::from(*active)),
+                    needed: Some(u64::from(*needed)),
+                    ..VersionFields::default()
+                }));
+                out
+            }
+            Error::UpgradeRefused { store, target, supported } => {
+                let mut out = RemoteError::new(ErrorCode::UpgradeRefused, e.to_string());
+                out.version = Some(Box::new(VersionFields {
+                    store: Some(*store),
+                    needed: Some(u64::from(*target)),
+                    supported: supported.map(u64::from),
+                    ..VersionFields::default()
+                }));
+                out
+            }
             Error::Shutdown => RemoteError::new(ErrorCode::Cancelled, e.to_string()),
             _ => RemoteError::new(ErrorCode::StoreFailed, e.to_string()),
         }
     }
+}
+
+/// A version field that fits a `u32` (`None`: absent or out of range, unknown).
+fn version(v: Option<u64>) -> Option<u32> {
+    v.and_then(|v| u32::try_from(v).ok())
+}
+
+/// The static name of a feature this binary knows, by its name on the wire.
+fn self_feature(name: Option<&str>) -> Option<&'static str> {
+    let name = name?;
+    regionkv_raft::version::FEATURES.iter().find(|f| f.name == name).map(|f| f.name)
 }

@@ -61,19 +61,30 @@
 //!                       2 add learner, 3 remove), 2 peer id, 3 store (adds only) } }
 //!            24 store add { 1 store, 2 address }      25 store remove { 1 store }
 //!            26 member { 1 store, 2 address }
+//!            27 cluster version (the version this node's directory replica holds)
+//!            28 upgrade status      29 finalize upgrade { 1 target (optional) }
 //!            32 health { 1 audit (0/1) }   (since the health monitor; an older node
 //!                       answers unsupported)
 //!  RESPONSE  1 id u64, and exactly one of
 //!            2 error { 1 code, 2 region, 3 leader store, 4 region*, 5 message, 6 target,
-//!                      7 reason (optional: the code of a drop or merge-abort reason) }
+//!                      7 reason (optional: the code of a drop or merge-abort reason),
+//!                      8 feature, 9 active version, 10 needed version, 11 store,
+//!                      12 supported version (each optional: feature not active,
+//!                      upgrade refused) }
 //!                      (code 18, cancelled in flight: the outcome is unknown)
 //!            30 done  31 value { 1 value | 2 none }  32 rows { 1 row* { 1 key, 2 value } }
 //!            33 admin result  34 directory result  35 merge status
 //!            36 peer status { 1 status | 2 none }  37 located { 1 record | 2 none }
-//!            38 status { 1 store, 2 peer status*, 3 metrics (optional, since 0.1) }
+//!            38 status { 1 store, 2 peer status*, 3 metrics (optional, since 0.1),
+//!                        4 to 12: status schema 2 (optional; `status.rs`),
+//!                        11 cluster version active, 13 cluster version max (optional:
+//!                        absent from a store before the version gate) }
 //!            39 members { 1 member* { 1 store, 2 address } }  40 regions { 1 region info* }
 //!            41 split { 1 region* }  42 merged { 1 region }  43 no reply
 //!            44 peers changed { 1 region }  45 store changed { 1 region* }
+//!            46 cluster version { 1 version | 2 none }
+//!            47 upgrade status { 1 active, 2 store* { 1 store, 2 active, 3 max (each
+//!                       optional: not reported) } }
 //!            50 health (the record in `health.rs`)
 //!  metrics   1 regions  2 leaders  3 hibernating  4 applied lag total  5 applied lag max
 //!            6 write latency us (histogram)  7 writes proposed  8 entries proposed
@@ -97,7 +108,8 @@
 //! `None` when absent (absent is not empty), and enum codes reserve 0 for
 //! "unspecified": an unknown error code (or reason code) decodes as `Unspecified`, an
 //! unknown request kind is answered with `UnsupportedRequest`, an unknown
-//! role as a follower (never taken for leadership). A node that drops a request
+//! role as a follower (never taken for leadership) and as `ReportedRole::Unspecified`
+//! for a monitor (`status.rs`). A node that drops a request
 //! unanswered (its store stopped) says so with `no reply`, which the client treats as
 //! silence: the outcome is unknown.
 
@@ -107,6 +119,9 @@ mod outbox;
 mod records;
 mod request;
 mod response;
+mod status;
+#[cfg(test)]
+mod status_tests;
 #[cfg(test)]
 mod tests;
 
@@ -125,7 +140,7 @@ use regionkv_raft::transport::handshake::{
 use regionkv_raft::transport::wire;
 use regionkv_raft::{
     AdminCmd, AdminResult, MergeStatus, Op, PeerChange, PeerStatus, Query, QueryResult,
-    StoreMetrics, WriteSession,
+    WriteSession,
 };
 use regionkv_wal::CancellationToken;
 
@@ -136,6 +151,9 @@ pub(crate) use self::health::HealthAnswer;
 pub(crate) use self::outbox::Outbox;
 pub(crate) use self::request::{RequestError, decode_request, encode_request};
 pub(crate) use self::response::{decode_response, encode_response};
+pub use self::status::{Capacity, STATUS_SCHEMA, StoreState, StoreStatus};
+#[allow(unused_imports, reason = "the health monitor's matrix uses them")]
+pub(crate) use self::status::{StatusSchema, decode_store_status, encode_store_status};
 
 /// The first four bytes of every client-protocol frame.
 pub const MAGIC: [u8; 4] = *b"rkvc";
@@ -330,6 +348,15 @@ pub(crate) enum Request {
         store: StoreId,
         addr: String,
     },
+    /// The cluster version this node's directory replica holds.
+    ClusterVersion,
+    /// The active cluster version and what every store reports; the node asks them.
+    UpgradeStatus,
+    /// Raise the cluster version to `target` (`None`: the newest the node runs);
+    /// the node drives it.
+    FinalizeUpgrade {
+        target: Option<u32>,
+    },
     /// The health monitor's last report, or (`audit`) its audit; answered by the node
     /// that runs it, else "not the monitor" (health.rs).
     Health {
@@ -345,7 +372,7 @@ pub(crate) enum Response {
     Admin(AdminResult),
     Directory(DirResult),
     MergeStatus(MergeStatus),
-    PeerStatus(Option<PeerStatus>),
+    PeerStatus(Option<Box<PeerStatus>>),
     Located(Option<RegionRecord>),
     Status(Box<StoreStatus>),
     Members(Vec<(StoreId, String)>),
@@ -358,19 +385,10 @@ pub(crate) enum Response {
     StoreChanged(Vec<Region>),
     /// The node's store dropped the request without an answer: its outcome is unknown.
     NoReply,
+    /// A cluster version (`None`: the node's store hosts no replica of the directory).
+    ClusterVersion(Option<u32>),
+    /// The cluster version and what each store reports.
+    UpgradeStatus(crate::UpgradeStatus),
     /// The health monitor's report or audit, or "not the monitor".
     Health(HealthAnswer),
-}
-
-/// One store's status as a node reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct StoreStatus {
-    /// The store.
-    pub store: StoreId,
-    /// Its replicas: region, role, term, indexes.
-    pub peers: Vec<PeerStatus>,
-    /// Its metrics; `None` from a node that does not report them (added after the
-    /// first release of protocol v1: absent is not empty).
-    pub metrics: Option<StoreMetrics>,
 }

@@ -1,13 +1,15 @@
 //! The client protocol's sub-records: each a `put_*` that appends it and a `*_of` that
 //! decodes it (epochs, regions, ranges, admin and directory commands and results,
-//! peer and merge statuses, metrics, region infos), and the decoding helpers they share.
+//! merge statuses, metrics, region infos), and the decoding helpers they share. Status
+//! records are in `status.rs`.
 
 use regionkv_engine::codec::{self, DecodeError, Field, TlvRecord, UnknownTags};
-use regionkv_engine::{Epoch, MergeState, PeerId, Region, RegionId, StoreId};
+use regionkv_engine::{Epoch, MergeState, Region, RegionId, StoreId};
 use regionkv_raft::directory::{self, DirCmd, DirResult, RegionRecord};
-use regionkv_raft::{AdminCmd, AdminResult, MergeStatus, PeerStatus, StateRole, StoreMetrics};
+use regionkv_raft::{AdminCmd, AdminResult, MergeStatus, StoreMetrics};
 use regionkv_wal::{Histogram, HistogramSnapshot, WalStats};
 
+use super::status::{peer_status_of, put_peer_status};
 use crate::region_info::RegionInfo;
 
 // Epoch fields.
@@ -36,6 +38,10 @@ pub(super) fn req_u64(rec: &TlvRecord<'_>, tag: u16, what: &'static str) -> D<u6
 
 pub(super) fn opt_u64(rec: &TlvRecord<'_>, tag: u16) -> D<Option<u64>> {
     rec.optional(tag)?.map(|f| f.as_u64()).transpose()
+}
+
+pub(super) fn put_flag(o: &mut Vec<u8>, tag: u16, flag: bool) {
+    codec::put_field(o, tag, &[u8::from(flag)]);
 }
 
 pub(super) fn put_epoch(out: &mut Vec<u8>, tag: u16, epoch: Epoch) {
@@ -84,15 +90,18 @@ const A_ID: u16 = 3;
 const A_REGION: u16 = 4;
 const A_INDEX: u16 = 5;
 const A_TERM: u16 = 6;
-const A_TAGS: &[u16] = &[A_KIND, A_KEY, A_ID, A_REGION, A_INDEX, A_TERM];
+const A_HASH: u16 = 7;
+const A_TAGS: &[u16] = &[A_KIND, A_KEY, A_ID, A_REGION, A_INDEX, A_TERM, A_HASH];
 const AK_SPLIT: u64 = 1;
 const AK_PREPARE: u64 = 2;
 const AK_COMMIT: u64 = 3;
 const AK_ROLLBACK: u64 = 4;
+const AK_COMPUTE_HASH: u64 = 5;
 const AR_SPLIT: u64 = 1;
 const AR_PREPARED: u64 = 2;
 const AR_MERGED: u64 = 3;
 const AR_ROLLED_BACK: u64 = 4;
+const AR_IMAGE_HASH: u64 = 5;
 
 pub(super) fn put_admin_cmd(o: &mut Vec<u8>, cmd: &AdminCmd) {
     match cmd {
@@ -119,6 +128,7 @@ pub(super) fn put_admin_cmd(o: &mut Vec<u8>, cmd: &AdminCmd) {
             codec::put_u64(o, A_KIND, AK_ROLLBACK);
             codec::put_u64(o, A_INDEX, *prepare_index);
         }
+        AdminCmd::ComputeHash => codec::put_u64(o, A_KIND, AK_COMPUTE_HASH),
     }
 }
 
@@ -138,6 +148,7 @@ pub(super) fn admin_cmd_of(f: &Field<'_>) -> D<AdminCmd> {
             prepare_term: req_u64(&r, A_TERM, "prepare term missing")?,
         },
         AK_ROLLBACK => AdminCmd::RollbackMerge { prepare_index: index()? },
+        AK_COMPUTE_HASH => AdminCmd::ComputeHash,
         _ => return Err(DecodeError::new(f.offset, "unknown admin command")),
     })
 }
@@ -164,6 +175,11 @@ pub(super) fn put_admin_result(o: &mut Vec<u8>, result: &AdminResult) {
             codec::put_u64(o, A_KIND, AR_ROLLED_BACK);
             put_region(o, A_REGION, r);
         }
+        AdminResult::ImageHash { index, hash } => {
+            codec::put_u64(o, A_KIND, AR_IMAGE_HASH);
+            codec::put_u64(o, A_INDEX, *index);
+            codec::put_u64(o, A_HASH, *hash);
+        }
     }
 }
 
@@ -181,6 +197,10 @@ pub(super) fn admin_result_of(f: &Field<'_>) -> D<AdminResult> {
         },
         AR_MERGED => AdminResult::Merged(region()?),
         AR_ROLLED_BACK => AdminResult::RolledBack(region()?),
+        AR_IMAGE_HASH => AdminResult::ImageHash {
+            index: req_u64(&r, A_INDEX, "image hash index missing")?,
+            hash: req_u64(&r, A_HASH, "image hash missing")?,
+        },
         _ => return Err(DecodeError::new(f.offset, "unknown admin result")),
     })
 }
@@ -190,12 +210,24 @@ const DC_COUNT: u16 = 2;
 const DC_RECORD: u16 = 3;
 const DC_FIRST: u16 = 4;
 const DC_TAKEN: u16 = 5;
-const DC_HEALTH: u16 = 6;
-const DC_SEQ: u16 = 7;
-const DC_TAGS: &[u16] = &[DC_KIND, DC_COUNT, DC_RECORD, DC_FIRST, DC_TAKEN, DC_HEALTH, DC_SEQ];
-const DK_HEALTH: u64 = 3;
+const DC_TARGET: u16 = 6;
+const DC_BY: u16 = 7;
+const DC_ACTIVE: u16 = 8;
+const DC_HEALTH: u16 = 9;
+const DC_SEQ: u16 = 10;
+const DC_TAGS: &[u16] = &[
+    DC_KIND, DC_COUNT, DC_RECORD, DC_FIRST, DC_TAKEN, DC_TARGET, DC_BY, DC_ACTIVE, DC_HEALTH,
+    DC_SEQ,
+];
+const DK_HEALTH: u64 = 4;
 const DK_ALLOC: u64 = 1;
 const DK_REPORT: u64 = 2;
+const DK_SET_VERSION: u64 = 3;
+
+fn version_of(r: &codec::TlvRecord<'_>, tag: u16, what: &'static str) -> D<u32> {
+    let f = r.required(tag, what)?;
+    u32::try_from(f.as_u64()?).map_err(|_| DecodeError::new(f.offset, "version over u32"))
+}
 const RR_REGION: u16 = 1;
 const RR_LEADER: u16 = 2;
 
@@ -232,6 +264,11 @@ pub(super) fn put_dir_cmd(o: &mut Vec<u8>, cmd: &DirCmd) {
             codec::put_u64(o, DC_KIND, DK_HEALTH);
             codec::put_nested(o, DC_HEALTH, |o| directory::put_health_fields(o, event));
         }
+        DirCmd::SetClusterVersion { target, by } => {
+            codec::put_u64(o, DC_KIND, DK_SET_VERSION);
+            codec::put_u64(o, DC_TARGET, u64::from(*target));
+            codec::put_u64(o, DC_BY, by.0);
+        }
     }
 }
 
@@ -250,6 +287,10 @@ pub(super) fn dir_cmd_of(f: &Field<'_>) -> D<DirCmd> {
                 ),
             }
         }
+        DK_SET_VERSION => DirCmd::SetClusterVersion {
+            target: version_of(&r, DC_TARGET, "target version missing")?,
+            by: StoreId(req_u64(&r, DC_BY, "finalizing store missing")?),
+        },
         _ => return Err(DecodeError::new(f.offset, "unknown directory command")),
     })
 }
@@ -269,6 +310,10 @@ pub(super) fn put_dir_result(o: &mut Vec<u8>, result: &DirResult) {
             codec::put_u64(o, DC_KIND, DK_HEALTH);
             codec::put_u64(o, DC_SEQ, *seq);
         }
+        DirResult::ClusterVersion { active } => {
+            codec::put_u64(o, DC_KIND, DK_SET_VERSION);
+            codec::put_u64(o, DC_ACTIVE, u64::from(*active));
+        }
     }
 }
 
@@ -283,95 +328,14 @@ pub(super) fn dir_result_of(f: &Field<'_>) -> D<DirResult> {
             taken: usize::try_from(req_u64(&r, DC_TAKEN, "taken missing")?).unwrap_or(usize::MAX),
         },
         DK_HEALTH => DirResult::Recorded { seq: req_u64(&r, DC_SEQ, "seq missing")? },
+        DK_SET_VERSION => {
+            DirResult::ClusterVersion { active: version_of(&r, DC_ACTIVE, "active missing")? }
+        }
         _ => return Err(DecodeError::new(f.offset, "unknown directory result")),
     })
 }
 
-// ---- statuses ----
-
-const PS_REGION: u16 = 1;
-const PS_PEER: u16 = 2;
-const PS_ROLE: u16 = 3;
-const PS_TERM: u16 = 4;
-const PS_LEADER: u16 = 5;
-const PS_COMMIT: u16 = 6;
-const PS_APPLIED: u16 = 7;
-const PS_LAST: u16 = 8;
-const PS_INITIALIZED: u16 = 9;
-const PS_HIBERNATED: u16 = 10;
-const PS_TAGS: &[u16] = &[
-    PS_REGION,
-    PS_PEER,
-    PS_ROLE,
-    PS_TERM,
-    PS_LEADER,
-    PS_COMMIT,
-    PS_APPLIED,
-    PS_LAST,
-    PS_INITIALIZED,
-    PS_HIBERNATED,
-];
-
-/// A role's code; 0 is reserved for "unspecified".
-fn role_code(role: StateRole) -> u64 {
-    match role {
-        StateRole::Follower => 1,
-        StateRole::Candidate => 2,
-        StateRole::Leader => 3,
-        StateRole::PreCandidate => 4,
-    }
-}
-
-/// The role of a code; an unknown code (0, or from a newer node) is reported as a
-/// follower: an unknown role is never taken for leadership.
-pub(super) fn role_of(code: u64) -> StateRole {
-    match code {
-        2 => StateRole::Candidate,
-        3 => StateRole::Leader,
-        4 => StateRole::PreCandidate,
-        _ => StateRole::Follower,
-    }
-}
-
-fn put_flag(o: &mut Vec<u8>, tag: u16, flag: bool) {
-    codec::put_field(o, tag, &[u8::from(flag)]);
-}
-
-pub(super) fn put_peer_status(o: &mut Vec<u8>, tag: u16, s: &PeerStatus) {
-    codec::put_nested(o, tag, |o| {
-        put_region(o, PS_REGION, &s.region);
-        codec::put_u64(o, PS_PEER, s.peer.0);
-        codec::put_u64(o, PS_ROLE, role_code(s.role));
-        codec::put_u64(o, PS_TERM, s.term);
-        if let Some(l) = s.leader {
-            codec::put_u64(o, PS_LEADER, l.0);
-        }
-        codec::put_u64(o, PS_COMMIT, s.commit);
-        codec::put_u64(o, PS_APPLIED, s.applied);
-        codec::put_u64(o, PS_LAST, s.last_index);
-        put_flag(o, PS_INITIALIZED, s.initialized);
-        put_flag(o, PS_HIBERNATED, s.hibernated);
-    });
-}
-
-pub(super) fn peer_status_of(f: &Field<'_>) -> D<PeerStatus> {
-    let r = nested(f, PS_TAGS)?;
-    let flag = |tag, what| r.required(tag, what).and_then(|f| f.as_bool());
-    Ok(PeerStatus {
-        region: region_of(&r.required(PS_REGION, "region missing")?)?,
-        peer: PeerId(req_u64(&r, PS_PEER, "peer missing")?),
-        role: role_of(opt_u64(&r, PS_ROLE)?.unwrap_or(0)),
-        term: req_u64(&r, PS_TERM, "term missing")?,
-        leader: opt_u64(&r, PS_LEADER)?.map(PeerId),
-        commit: req_u64(&r, PS_COMMIT, "commit missing")?,
-        applied: req_u64(&r, PS_APPLIED, "applied missing")?,
-        last_index: req_u64(&r, PS_LAST, "last index missing")?,
-        initialized: flag(PS_INITIALIZED, "initialized missing")?,
-        hibernated: flag(PS_HIBERNATED, "hibernated missing")?,
-    })
-}
-
-// ---- store status and metrics ----
+// ---- metrics ----
 
 const M_REGIONS: u16 = 1;
 const M_LEADERS: u16 = 2;

@@ -31,6 +31,10 @@ const Q_CHANGE_PEERS: u16 = 23;
 const Q_STORE_ADD: u16 = 24;
 const Q_STORE_REMOVE: u16 = 25;
 const Q_MEMBER: u16 = 26;
+const Q_CLUSTER_VERSION: u16 = 27;
+const Q_UPGRADE_STATUS: u16 = 28;
+const Q_FINALIZE_UPGRADE: u16 = 29;
+const U_TARGET: u16 = 1;
 // The health monitor's surfaces (27 to 31 are the version gate's).
 const Q_HEALTH: u16 = 32;
 const HQ_AUDIT: u16 = 1;
@@ -53,6 +57,9 @@ const Q_TAGS: &[u16] = &[
     Q_STORE_ADD,
     Q_STORE_REMOVE,
     Q_MEMBER,
+    Q_CLUSTER_VERSION,
+    Q_UPGRADE_STATUS,
+    Q_FINALIZE_UPGRADE,
     Q_HEALTH,
 ];
 
@@ -157,6 +164,15 @@ pub(crate) fn encode_request(id: u64, req: &Request) -> Vec<u8> {
             codec::put_u64(o, ST_STORE, store.0);
             codec::put_field(o, ST_ADDR, addr.as_bytes());
         }),
+        Request::ClusterVersion => codec::put_field(&mut out, Q_CLUSTER_VERSION, &[]),
+        Request::UpgradeStatus => codec::put_field(&mut out, Q_UPGRADE_STATUS, &[]),
+        Request::FinalizeUpgrade { target } => {
+            codec::put_nested(&mut out, Q_FINALIZE_UPGRADE, |o| {
+                if let Some(target) = target {
+                    codec::put_u64(o, U_TARGET, u64::from(*target));
+                }
+            });
+        }
         Request::Health { audit } => codec::put_nested(&mut out, Q_HEALTH, |o| {
             codec::put_u64(o, HQ_AUDIT, u64::from(*audit));
         }),
@@ -366,9 +382,14 @@ fn decode_body(f: &Field<'_>) -> D<Request> {
             Request::LocalScan { start, end, limit }
         }
         Q_CHANGE_PEERS | Q_STORE_ADD | Q_STORE_REMOVE | Q_MEMBER => decode_membership(f)?,
-        Q_HEALTH => health_request_of(f)?,
+        Q_CLUSTER_VERSION | Q_UPGRADE_STATUS | Q_FINALIZE_UPGRADE | Q_HEALTH => decode_later(f)?,
         _ => return Err(DecodeError::new(f.offset, "unknown request body")),
     })
+}
+
+/// The request kinds added after the first release: the cluster version's, health.
+fn decode_later(f: &Field<'_>) -> D<Request> {
+    if f.tag == Q_HEALTH { health_request_of(f) } else { decode_upgrade(f) }
 }
 
 /// A health request: the report, or (`audit` 1) the audit.
@@ -384,6 +405,25 @@ fn health_request_of(f: &Field<'_>) -> D<Request> {
         },
     };
     Ok(Request::Health { audit })
+}
+
+/// The cluster version requests: the version, the upgrade's status, a finalize (its
+/// target, if given).
+fn decode_upgrade(f: &Field<'_>) -> D<Request> {
+    match f.tag {
+        Q_CLUSTER_VERSION => return Ok(Request::ClusterVersion),
+        Q_UPGRADE_STATUS => return Ok(Request::UpgradeStatus),
+        _ => {}
+    }
+    let r = nested(f, &[U_TARGET])?;
+    let target = match r.optional(U_TARGET)? {
+        Some(t) => Some(
+            u32::try_from(t.as_u64()?)
+                .map_err(|_| DecodeError::new(t.offset, "target version over u32"))?,
+        ),
+        None => None,
+    };
+    Ok(Request::FinalizeUpgrade { target })
 }
 
 /// The membership requests: a change of one region, a store added or removed, a

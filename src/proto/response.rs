@@ -7,18 +7,16 @@ use regionkv_engine::codec::{self, DecodeError, Field};
 use regionkv_raft::transport::frame::WireError;
 use regionkv_raft::{Page, QueryResult};
 
+use super::Response;
 use super::error::RemoteError;
 use super::records::{
-    D, admin_result_of, dir_result_of, merge_status_of, metrics_of, nested, parse, peer_status_of,
-    put_admin_result, put_dir_result, put_merge_status, put_metrics, put_peer_status, put_record,
-    put_region, put_region_info, record_of, region_info_of, region_of, req_u64,
+    D, admin_result_of, dir_result_of, merge_status_of, nested, parse, put_admin_result,
+    put_dir_result, put_merge_status, put_record, put_region, put_region_info, record_of,
+    region_info_of, region_of, req_u64,
 };
-use super::{Response, StoreStatus};
-
-// Status fields.
-pub(super) const ST_STORE: u16 = 1;
-const ST_PEER: u16 = 2;
-pub(super) const ST_METRICS: u16 = 3;
+use super::status::{
+    StatusSchema, peer_status_of, put_peer_status, put_store_status_fields, store_status_of,
+};
 
 pub(super) const R_ID: u16 = 1;
 pub(super) const R_ERROR: u16 = 2;
@@ -38,6 +36,13 @@ const R_MERGED: u16 = 42;
 const R_NO_REPLY: u16 = 43;
 const R_PEERS_CHANGED: u16 = 44;
 const R_STORE_CHANGED: u16 = 45;
+const R_CLUSTER_VERSION: u16 = 46;
+const R_UPGRADE_STATUS: u16 = 47;
+const UP_ACTIVE: u16 = 1;
+const UP_STORE: u16 = 2;
+const UV_STORE: u16 = 1;
+const UV_ACTIVE: u16 = 2;
+const UV_MAX: u16 = 3;
 // The health monitor's answer (46 to 49 are the version gate's).
 const R_HEALTH: u16 = 50;
 const R_TAGS: &[u16] = &[
@@ -59,6 +64,8 @@ const R_TAGS: &[u16] = &[
     R_NO_REPLY,
     R_PEERS_CHANGED,
     R_STORE_CHANGED,
+    R_CLUSTER_VERSION,
+    R_UPGRADE_STATUS,
     R_HEALTH,
 ];
 const SOME: u16 = 1;
@@ -119,13 +126,7 @@ pub(crate) fn encode_response(id: u64, result: &Result<Response, RemoteError>) -
             None => codec::put_field(o, NONE, &[]),
         }),
         Ok(Response::Status(s)) => codec::put_nested(o, R_STATUS, |o| {
-            codec::put_u64(o, ST_STORE, s.store.0);
-            for p in &s.peers {
-                put_peer_status(o, ST_PEER, p);
-            }
-            if let Some(m) = &s.metrics {
-                put_metrics(o, ST_METRICS, m);
-            }
+            put_store_status_fields(o, s, StatusSchema::CURRENT);
         }),
         Ok(Response::Members(m)) => codec::put_nested(o, R_MEMBERS, |o| {
             for (store, addr) in m {
@@ -154,9 +155,39 @@ pub(crate) fn encode_response(id: u64, result: &Result<Response, RemoteError>) -
                 put_region(o, 1, r);
             }
         }),
+        Ok(Response::ClusterVersion(v)) => codec::put_nested(o, R_CLUSTER_VERSION, |o| match v {
+            Some(v) => codec::put_u64(o, SOME, u64::from(*v)),
+            None => codec::put_field(o, NONE, &[]),
+        }),
+        Ok(Response::UpgradeStatus(status)) => codec::put_nested(o, R_UPGRADE_STATUS, |o| {
+            codec::put_u64(o, UP_ACTIVE, u64::from(status.active));
+            for s in &status.stores {
+                codec::put_nested(o, UP_STORE, |o| {
+                    codec::put_u64(o, UV_STORE, s.store.0);
+                    put_opt_version(o, UV_ACTIVE, s.active);
+                    put_opt_version(o, UV_MAX, s.max);
+                });
+            }
+        }),
         Ok(Response::Health(h)) => super::health::put_health(o, R_HEALTH, h),
     }
     out
+}
+
+fn put_opt_version(o: &mut Vec<u8>, tag: u16, version: Option<u32>) {
+    if let Some(v) = version {
+        codec::put_u64(o, tag, u64::from(v));
+    }
+}
+
+/// An optional version field: absent is `None` (not reported), never 0.
+fn opt_version(r: &codec::TlvRecord<'_>, tag: u16) -> D<Option<u32>> {
+    match r.optional(tag)? {
+        Some(f) => u32::try_from(f.as_u64()?)
+            .map(Some)
+            .map_err(|_| DecodeError::new(f.offset, "cluster version over u32")),
+        None => Ok(None),
+    }
 }
 
 /// Decodes a RESPONSE payload: its request id, and the answer. Never panics.
@@ -214,18 +245,11 @@ fn decode_response_body(f: &Field<'_>) -> D<Result<Response, RemoteError>> {
         R_ADMIN => Response::Admin(admin_result_of(f)?),
         R_DIRECTORY => Response::Directory(dir_result_of(f)?),
         R_MERGE_STATUS => Response::MergeStatus(merge_status_of(f)?),
-        R_PEER_STATUS => {
-            Response::PeerStatus(some_or_none(f)?.map(|s| peer_status_of(&s)).transpose()?)
-        }
+        R_PEER_STATUS => Response::PeerStatus(
+            some_or_none(f)?.map(|s| peer_status_of(&s).map(Box::new)).transpose()?,
+        ),
         R_LOCATED => Response::Located(some_or_none(f)?.map(|s| record_of(&s)).transpose()?),
-        R_STATUS => {
-            let r = nested(f, &[ST_STORE, ST_PEER, ST_METRICS])?;
-            Response::Status(Box::new(StoreStatus {
-                store: StoreId(req_u64(&r, ST_STORE, "store missing")?),
-                peers: r.repeated(ST_PEER).map(|p| peer_status_of(&p)).collect::<D<_>>()?,
-                metrics: r.optional(ST_METRICS)?.map(|m| metrics_of(&m)).transpose()?,
-            }))
-        }
+        R_STATUS => Response::Status(Box::new(store_status_of(f)?)),
         R_MEMBERS => {
             let r = nested(f, &[1])?;
             let mut members = Vec::new();
@@ -257,6 +281,29 @@ fn decode_response_body(f: &Field<'_>) -> D<Result<Response, RemoteError>> {
         R_STORE_CHANGED => {
             let r = nested(f, &[1])?;
             Response::StoreChanged(r.repeated(1).map(|p| region_of(&p)).collect::<D<_>>()?)
+        }
+        R_CLUSTER_VERSION => {
+            let r = nested(f, &[SOME, NONE])?;
+            match (opt_version(&r, SOME)?, r.optional(NONE)?) {
+                (Some(v), None) => Response::ClusterVersion(Some(v)),
+                (None, Some(_)) => Response::ClusterVersion(None),
+                _ => return Err(DecodeError::new(f.offset, "exactly one of some and none")),
+            }
+        }
+        R_UPGRADE_STATUS => {
+            let r = nested(f, &[UP_ACTIVE, UP_STORE])?;
+            let active = opt_version(&r, UP_ACTIVE)?
+                .ok_or(DecodeError::new(f.offset, "active version missing"))?;
+            let mut stores = Vec::new();
+            for s in r.repeated(UP_STORE) {
+                let v = nested(&s, &[UV_STORE, UV_ACTIVE, UV_MAX])?;
+                stores.push(crate::StoreVersion {
+                    store: StoreId(req_u64(&v, UV_STORE, "store missing")?),
+                    active: opt_version(&v, UV_ACTIVE)?,
+                    max: opt_version(&v, UV_MAX)?,
+                });
+            }
+            Response::UpgradeStatus(crate::UpgradeStatus { active, stores })
         }
         R_HEALTH => Response::Health(super::health::health_of(f)?),
         _ => return Err(DecodeError::new(f.offset, "unknown response body")),

@@ -19,14 +19,15 @@ use regionkv_wal::WalStats;
 use super::error::E_CODE;
 use super::records::{
     H_BUCKET, H_MAX, H_SUM, HB_INDEX, HB_SAMPLES, M_WAL, M_WRITE_LATENCY, put_metrics_fields,
-    put_peer_status, role_of,
 };
 use super::request::Q_ID;
-use super::response::{R_ERROR, R_ID, R_STATUS, ST_METRICS, ST_STORE};
+use super::response::{R_ERROR, R_ID, R_STATUS};
+use super::status::{ST_METRICS, ST_STORE, put_peer_status, role_of};
 use super::*;
+use crate::Error;
 use crate::region_info::RegionInfo;
 
-fn region(id: u64, start: &str, end: Option<&str>) -> Region {
+pub(super) fn region(id: u64, start: &str, end: Option<&str>) -> Region {
     Region {
         id: RegionId(id),
         start: start.as_bytes().to_vec(),
@@ -36,7 +37,7 @@ fn region(id: u64, start: &str, end: Option<&str>) -> Region {
     }
 }
 
-fn status() -> PeerStatus {
+pub(super) fn status() -> PeerStatus {
     PeerStatus {
         region: region(1, "", None),
         peer: PeerId(2),
@@ -48,6 +49,14 @@ fn status() -> PeerStatus {
         last_index: 11,
         initialized: true,
         hibernated: false,
+        reported_role: regionkv_raft::ReportedRole::Leader,
+        first_index: None,
+        timeline: None,
+        merge_pending: None,
+        progress: None,
+        is_learner: None,
+        image_hash: None,
+        halted: None,
     }
 }
 
@@ -124,6 +133,7 @@ fn requests() -> Vec<Request> {
             epoch,
             cmd: AdminCmd::RollbackMerge { prepare_index: 5 },
         },
+        Request::Admin { region: RegionId(1), epoch, cmd: AdminCmd::ComputeHash },
         Request::Directory { cmd: DirCmd::AllocIds { count: 3 } },
         Request::Directory {
             cmd: DirCmd::Report {
@@ -157,6 +167,11 @@ fn requests() -> Vec<Request> {
         Request::StoreAdd { store: StoreId(3), addr: "127.0.0.1:7003".into() },
         Request::StoreRemove { store: StoreId(3) },
         Request::Member { store: StoreId(4), addr: "10.0.0.4:7004".into() },
+        Request::Directory { cmd: DirCmd::SetClusterVersion { target: 2, by: StoreId(1) } },
+        Request::ClusterVersion,
+        Request::UpgradeStatus,
+        Request::FinalizeUpgrade { target: None },
+        Request::FinalizeUpgrade { target: Some(u32::MAX) },
         Request::Health { audit: false },
         Request::Health { audit: true },
     ]
@@ -184,6 +199,7 @@ fn responses() -> Vec<Result<Response, RemoteError>> {
         })),
         Ok(Response::Admin(AdminResult::Merged(region(1, "", None)))),
         Ok(Response::Admin(AdminResult::RolledBack(region(2, "m", None)))),
+        Ok(Response::Admin(AdminResult::ImageHash { index: 12, hash: u64::MAX - 3 })),
         Ok(Response::Directory(DirResult::Ids { first: 10, count: 2 })),
         Ok(Response::Directory(DirResult::Reported { taken: 3 })),
         Ok(Response::Directory(DirResult::Recorded { seq: 9 })),
@@ -192,22 +208,24 @@ fn responses() -> Vec<Result<Response, RemoteError>> {
             merge: Some(MergeState { target: RegionId(1), prepare_index: 3, prepare_term: 1 }),
             all_matched: true,
         })),
-        Ok(Response::PeerStatus(Some(status()))),
+        Ok(Response::PeerStatus(Some(Box::new(status())))),
         Ok(Response::PeerStatus(None)),
         Ok(Response::Located(None)),
         Ok(Response::Located(Some(RegionRecord {
             region: region(1, "", None),
             leader: Some(StoreId(3)),
         }))),
+        Ok(Response::Status(Box::new(StoreStatus::new(StoreId(2), vec![status()])))),
         Ok(Response::Status(Box::new(StoreStatus {
-            store: StoreId(2),
-            peers: vec![status()],
-            metrics: None,
+            metrics: Some(metrics()),
+            ..StoreStatus::new(StoreId(2), vec![status()])
         }))),
         Ok(Response::Status(Box::new(StoreStatus {
-            store: StoreId(2),
-            peers: vec![status()],
             metrics: Some(metrics()),
+            status_schema: Some(2),
+            cluster_version_active: Some(1),
+            max_cluster_version: Some(2),
+            ..StoreStatus::new(StoreId(2), vec![status()])
         }))),
         Ok(Response::Members(vec![(StoreId(1), "127.0.0.1:1".into())])),
         Ok(Response::Regions(vec![RegionInfo {
@@ -219,6 +237,16 @@ fn responses() -> Vec<Result<Response, RemoteError>> {
         Ok(Response::Merged(region(1, "", None))),
         Ok(Response::PeersChanged(region(1, "", None))),
         Ok(Response::StoreChanged(vec![region(0, "", None), region(1, "", None)])),
+        Ok(Response::Directory(DirResult::ClusterVersion { active: 2 })),
+        Ok(Response::ClusterVersion(Some(2))),
+        Ok(Response::ClusterVersion(None)),
+        Ok(Response::UpgradeStatus(crate::UpgradeStatus {
+            active: 1,
+            stores: vec![
+                crate::StoreVersion::new(StoreId(1), Some(1), Some(2)),
+                crate::StoreVersion::new(StoreId(2), None, None),
+            ],
+        })),
         Ok(Response::StoreChanged(Vec::new())),
         Ok(Response::Health(HealthAnswer::NotMonitor)),
         Ok(Response::Health(HealthAnswer::Report(Box::new(health_report())))),
@@ -342,7 +370,7 @@ fn audit() -> Vec<crate::health::AuditEntry> {
 }
 
 /// Metrics with every field set, histograms with several buckets.
-fn metrics() -> StoreMetrics {
+pub(super) fn metrics() -> StoreMetrics {
     let histogram = |values: &[u64]| {
         let h = regionkv_wal::Histogram::new();
         for &v in values {
@@ -399,8 +427,55 @@ fn status_without_metrics_decodes_as_none_not_zeros() {
 }
 
 #[test]
+fn a_status_from_before_the_version_gate_reports_no_version_not_zero() {
+    let (_, back) = decode_response(&status_without_metrics(5)).unwrap();
+    let Ok(Response::Status(s)) = back else { panic!("not a status: {back:?}") };
+    assert_eq!((s.cluster_version_active, s.max_cluster_version), (None, None));
+}
+
+#[test]
+fn version_errors_cross_the_wire_with_their_fields() {
+    let feature =
+        regionkv_raft::Error::FeatureNotActive { feature: "image-hash", active: 1, needed: 2 };
+    let refused = Error::UpgradeRefused { store: StoreId(3), target: 2, supported: None };
+    let cases: Vec<RemoteError> = vec![RemoteError::from(&feature), RemoteError::from(&refused)];
+    let wire: Vec<RemoteError> = cases
+        .into_iter()
+        .map(|e| {
+            let (_, back) = decode_response(&encode_response(1, &Err(e))).unwrap();
+            back.unwrap_err()
+        })
+        .collect();
+    match Error::from(wire[0].clone().into_raft()) {
+        Error::FeatureNotActive { feature, active: 1, needed: 2 } => {
+            assert_eq!(feature, "image-hash");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        wire[0].clone().into_facade(),
+        Error::FeatureNotActive { active: 1, needed: 2, .. }
+    ));
+    match wire[1].clone().into_facade() {
+        e @ Error::UpgradeRefused { store: StoreId(3), target: 2, supported: None } => {
+            assert!(!e.is_retryable());
+        }
+        other => panic!("{other:?}"),
+    }
+    // Without its fields (an incomplete answer), never made up.
+    let bare = RemoteError::new(ErrorCode::FeatureNotActive, "no fields");
+    let (_, back) = decode_response(&encode_response(1, &Err(bare))).unwrap();
+    assert!(matches!(back.unwrap_err().into_facade(), Error::Protocol(_)));
+}
+
+#[test]
 fn status_metrics_round_trip_and_keep_their_quantiles() {
-    let sent = StoreStatus { store: StoreId(2), peers: vec![], metrics: Some(metrics()) };
+    let sent = StoreStatus {
+        metrics: Some(metrics()),
+        cluster_version_active: Some(2),
+        max_cluster_version: Some(2),
+        ..StoreStatus::new(StoreId(2), vec![])
+    };
     let payload = encode_response(9, &Ok(Response::Status(Box::new(sent.clone()))));
     let (_, back) = decode_response(&payload).unwrap();
     let Ok(Response::Status(got)) = back else { panic!("not a status: {back:?}") };
@@ -835,8 +910,7 @@ fn health_golden_bytes() -> Vec<u8> {
 }
 
 #[test]
-fn the_golden_health_record_of_format_1_decodes_entry_by_entry_and_is_what_this_binary_writes()
-{
+fn the_golden_health_record_of_format_1_decodes_entry_by_entry_and_is_what_this_binary_writes() {
     let bytes = std::fs::read(health_golden()).expect("src/proto/golden/health-v1.bin");
     let mut rest = bytes.as_slice();
     let mut decoded = Vec::new();

@@ -121,6 +121,10 @@ pub(crate) trait ClientHandler: Send + Sync {
     fn remove_store(&self, store: StoreId) -> Result<Vec<Region>>;
     /// Store `store` listens at `addr` from now on.
     fn learn_member(&self, store: StoreId, addr: &str) -> Result<()>;
+    /// The active cluster version and what every store reports.
+    fn upgrade_status(&self) -> Result<crate::UpgradeStatus>;
+    /// Raises the cluster version (see [`Node::finalize_upgrade`](crate::Node::finalize_upgrade)).
+    fn finalize_upgrade(&self, target: Option<u32>) -> Result<u32>;
     /// The health monitor's report or (`audit`) audit, if this node runs it.
     fn health(&self, audit: bool) -> proto::HealthAnswer;
 }
@@ -693,14 +697,15 @@ impl ClientService {
                 store.merge_status(region).map(Response::MergeStatus).map_err(|e| (&e).into()),
             ),
             Request::PeerStatus { region } => {
-                r.send(Ok(Response::PeerStatus(store.peer_status(region))));
+                r.send(Ok(Response::PeerStatus(store.peer_status(region).map(Box::new))));
             }
             Request::Locate { key } => r.send(Ok(Response::Located(node.locate_local(&key)))),
-            Request::Status => r.send(Ok(Response::Status(Box::new(StoreStatus {
-                store: self.store,
-                peers: store.status(),
-                metrics: Some(store.metrics()),
-            })))),
+            Request::Status => {
+                r.send(Ok(Response::Status(Box::new(StoreStatus::of_store(self.store, store)))));
+            }
+            Request::ClusterVersion => {
+                r.send(Ok(Response::ClusterVersion(crate::backend::directory_version(store))));
+            }
             Request::Members => r.send(Ok(Response::Members(node.members()))),
             Request::LocalScan { start, end, limit } => {
                 // The store's caps bound it as they bound a scan through Raft: a capped
@@ -731,7 +736,9 @@ impl ClientService {
             | Request::Merge { .. }
             | Request::Regions
             | Request::StoreAdd { .. }
-            | Request::StoreRemove { .. } => {
+            | Request::StoreRemove { .. }
+            | Request::UpgradeStatus
+            | Request::FinalizeUpgrade { .. } => {
                 self.spawn_admin(&node, request, r);
             }
         }
@@ -764,6 +771,10 @@ impl ClientService {
                     }
                     Request::StoreRemove { store } => {
                         node.remove_store(store).map(Response::StoreChanged)
+                    }
+                    Request::UpgradeStatus => node.upgrade_status().map(Response::UpgradeStatus),
+                    Request::FinalizeUpgrade { target } => {
+                        node.finalize_upgrade(target).map(|v| Response::ClusterVersion(Some(v)))
                     }
                     _ => Ok(Response::Regions(node.regions())),
                 }

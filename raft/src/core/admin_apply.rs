@@ -28,7 +28,7 @@ pub(super) fn check_admin(
     let region = &replica.region;
     let stale = || Error::EpochNotMatch { region: region.id, current: vec![region.clone()] };
     let invalid = |reason: &str| Error::InvalidRequest(format!("region {}: {reason}", region.id));
-    if region.id == DIRECTORY {
+    if region.id == DIRECTORY && *cmd != AdminCmd::ComputeHash {
         return Err(invalid("the cluster directory is never split or merged"));
     }
     let merging = replica.merge.state.filter(|m| index > m.prepare_index);
@@ -91,6 +91,11 @@ pub(super) fn check_admin(
                 return Err(invalid("the merge source is not a neighbour on the same stores"));
             }
         }
+        // Accepted at any epoch, on any region (the directory too), merging or not: it
+        // changes nothing, and the hash names the range and epoch it covered, the same
+        // on every replica at the index. Refusing a stale one would only record a
+        // refusal in the region's metadata for a command that otherwise writes none.
+        AdminCmd::ComputeHash => {}
         AdminCmd::RollbackMerge { prepare_index } => {
             if merging.is_none_or(|m| m.prepare_index != *prepare_index) {
                 return Err(invalid("no merge prepared at that index"));
@@ -326,6 +331,7 @@ impl StoreCore {
                     Err(refused) => return Ok(Err(refused)),
                 }
             }
+            AdminCmd::ComputeHash => self.compute_hash(region, entry.index),
             AdminCmd::RollbackMerge { .. } => {
                 let source = self.ctx.engine.rollback_merge(region, entry.index)?;
                 let replica = self.replicas.get_mut(&region).expect("present");
@@ -348,9 +354,24 @@ impl StoreCore {
                 AdminResult::Prepared { source: r, .. }
                 | AdminResult::Merged(r)
                 | AdminResult::RolledBack(r) => self.report(&r.clone(), Leadership::ThisStore),
+                AdminResult::ImageHash { .. } => {}
             }
         }
         Ok(Ok(result))
+    }
+
+    /// Applies a `ComputeHash` at `index`: hashes the region's image as the engine
+    /// holds it now (every entry before `index` applied and visible: the apply cut the
+    /// round before this command) and keeps `(index, hash)` on the replica. A replay
+    /// after a restart starts from a checkpoint at or below `index` and applies the
+    /// same entries again, so it computes the same hash.
+    fn compute_hash(&mut self, region: RegionId, index: u64) -> AdminResult {
+        let replica = self.replicas.get_mut(&region).expect("present");
+        let view = self.ctx.engine_of(region).read_view();
+        let hash = crate::image_hash::region_image_hash(&view, &replica.region);
+        replica.image_hash = Some((index, hash));
+        tracing::debug!(region = region.0, index, hash, "image hash");
+        AdminResult::ImageHash { index, hash }
     }
 
     /// Refuses the admin command `entry` of `region`: a no-op, whose index the engine

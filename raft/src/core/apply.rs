@@ -10,7 +10,7 @@ use super::StoreCore;
 use super::admin_apply::MergeWait;
 use super::output::CoreTask;
 use crate::command::{self, Command, Op, Write};
-use crate::directory::{self, DIRECTORY, DirResult};
+use crate::directory::{self, DIRECTORY, DirCmd, DirResult};
 use crate::error::{DropReason, Error, Result};
 use crate::index::RaftIndex;
 use crate::mailbox::Mailbox;
@@ -383,10 +383,20 @@ impl StoreCore {
             // is listed again after the round (`publish_reads`).
             self.unlist_reads(region);
         }
+        let decoded = match entry.get_entry_type() {
+            EntryType::EntryNormal if !entry.data.is_empty() => Some(command::decode(&entry.data)),
+            _ => None,
+        };
+        if let Some(refused) = decoded.as_ref().and_then(|d| self.unknown_kind(region, entry, d)) {
+            let replica = self.replicas.get_mut(&region).expect("present");
+            replica.applied_index = entry.index;
+            resolve_proposals(replica, entry, Outcome::Refused(refused?), &mut applier.replies);
+            return Ok(());
+        }
         let replica = self.replicas.get_mut(&region).expect("present");
         let outcome = match entry.get_entry_type() {
             EntryType::EntryNormal if entry.data.is_empty() => Outcome::Nothing, // a new leader's no-op
-            EntryType::EntryNormal => match command::decode(&entry.data) {
+            EntryType::EntryNormal => match decoded.expect("decoded above") {
                 Err(_) if command::is_newer_format(&entry.data) => {
                     // A newer binary's command: this one cannot know what it does, so
                     // it must not guess (the replica halts; see ReplicaHalted).
@@ -417,7 +427,20 @@ impl StoreCore {
                     }
                     Command::Directory(cmd) if region == DIRECTORY => {
                         let epoch = replica.region.epoch;
-                        Outcome::Directory(directory::apply(&self.ctx.directory, epoch, &cmd)?)
+                        let supported = self.ctx.config.cluster_version_max;
+                        if let DirCmd::SetClusterVersion { target, .. } = cmd
+                            && target > supported
+                        {
+                            // Every other replica may run there: this one cannot (its
+                            // replica halts, the store goes on).
+                            return Err(Error::ClusterVersionTooNew { active: target, supported });
+                        }
+                        let result =
+                            directory::apply(&self.ctx.directory, epoch, &cmd, entry.index)?;
+                        if let Ok(DirResult::ClusterVersion { active }) = &result {
+                            self.ctx.learn_cluster_version(*active)?;
+                        }
+                        Outcome::Directory(result)
                     }
                     Command::Directory(_) => Outcome::Directory(Err(Error::InvalidRequest(
                         "a directory command outside the directory".into(),
@@ -442,6 +465,49 @@ impl StoreCore {
         replica.applied_index = entry.index;
         resolve_proposals(replica, entry, outcome, &mut applier.replies);
         Ok(())
+    }
+
+    /// What to do with an entry whose command is of a kind this binary does not know
+    /// (as decoded, or one introduced after the store's configured
+    /// `cluster_version_max`): `None` if it is not one; a refusal (a no-op, alike on
+    /// every replica of this binary) while the store's view of the cluster version is
+    /// at or below its maximum, since no such kind can exist yet; an error that halts
+    /// the replica once the view is above it, since the kind may be legitimate
+    /// (ARCHITECTURE.md, "Cluster versions").
+    fn unknown_kind(
+        &mut self,
+        region: RegionId,
+        entry: &Entry,
+        decoded: &regionkv_engine::codec::DecodeResult<Command>,
+    ) -> Option<Result<Error>> {
+        let supported = self.ctx.config.cluster_version_max;
+        let what = match decoded {
+            Err(e) if command::is_unknown_kind(e) => e.reason.to_string(),
+            Ok(command) if command.since() > supported => {
+                format!("a command of cluster version {}", command.since())
+            }
+            _ => return None,
+        };
+        let active = self.ctx.cluster_version.active();
+        if active > supported {
+            return Some(Err(Error::ClusterVersionTooNew { active, supported }));
+        }
+        if self.unknown_kinds_logged.insert(region) {
+            tracing::info!(
+                region = region.0,
+                index = entry.index,
+                what,
+                active,
+                "refused an entry of a kind this binary does not know: the cluster version \
+                 says none can exist yet (logged once per region)"
+            );
+        }
+        self.ctx.metrics.on_unknown_kind_refused();
+        Some(Ok(Error::Malformed(format!(
+            "entry {} holds a command of a kind this binary does not know ({what}), which \
+             cluster version {active} cannot carry",
+            entry.index
+        ))))
     }
 
     /// Serves confirmed reads whose index has been applied: each is checked here (epoch,

@@ -8,6 +8,7 @@ use regionkv_wal::CancellationToken;
 
 use crate::config::StoreConfig;
 use crate::directory::DIRECTORY;
+use crate::error::{Error, Result};
 use crate::log::RaftLog;
 use crate::metrics::WriteMetrics;
 
@@ -60,10 +61,17 @@ pub struct StoreContext {
     pub log_cut: bool,
     /// Called before every scan runs, if set (for tests: [`ScanHook`]).
     pub scan_hook: parking_lot::Mutex<Option<ScanHook>>,
-    /// The cluster's active version as this store knows it (`crate::version`).
+    /// The cluster's active version as this store knows it (`crate::version`). Raise
+    /// it with [`StoreContext::learn_cluster_version`], which persists it first.
     pub cluster_version: crate::version::ClusterVersionView,
+    /// Held while the learned version is persisted, so that writes of it never go
+    /// back.
+    version_persist: parking_lot::Mutex<()>,
     /// Regions whose gets are answered on the caller's thread (`reader::LocalReads`).
     pub(crate) local_reads: crate::reader::LocalReads,
+    /// The failure that stopped the store (the first one), if one did: a log write or
+    /// an apply round that failed (see [`StoreContext::stop_on_failure`]).
+    failure: parking_lot::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for StoreContext {
@@ -99,8 +107,28 @@ impl StoreContext {
             log_cut: false,
             scan_hook: parking_lot::Mutex::new(None),
             cluster_version: crate::version::ClusterVersionView::default(),
+            version_persist: parking_lot::Mutex::new(()),
             local_reads: crate::reader::LocalReads::default(),
+            failure: parking_lot::Mutex::new(None),
         }
+    }
+
+    /// Stops the store on a failure of its log or engine: records the failure (the
+    /// first one is kept, for status reports) and cancels the store.
+    pub(crate) fn stop_on_failure(&self, failure: &dyn std::fmt::Display) {
+        self.failure.lock().get_or_insert_with(|| failure.to_string());
+        self.cancel.cancel();
+    }
+
+    /// The failure that stopped the store, if one did: the one recorded by
+    /// `StoreContext::stop_on_failure`, else the one that poisoned the log or an
+    /// engine.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().clone().or_else(|| {
+            let poisoned = self.log.wal().failure();
+            let poisoned = poisoned.or_else(|| self.engine.failure());
+            poisoned.or_else(|| self.directory.failure()).map(|f| f.to_string())
+        })
     }
 
     /// The wall clock now (ms since the Unix epoch): [`StoreContext::clock`] if set.
@@ -116,11 +144,96 @@ impl StoreContext {
         }
     }
 
+    /// Loads the cluster version this store learned before (persisted in its
+    /// engine's manifest) and the one its directory replica holds, if it hosts one,
+    /// into [`StoreContext::cluster_version`]. Call once, before the store's cores
+    /// open. Refuses ([`Error::StoreVersionTooNew`]) a store that ran at a version
+    /// above its configured [`StoreConfig::cluster_version_max`]: an older binary
+    /// must not run it.
+    pub fn open_cluster_version(&self) -> Result<()> {
+        let supported = self.config.cluster_version_max;
+        if let Some(state) = self.engine.task_state(CLUSTER_VERSION_TASK) {
+            let ran = decode_learned(&state).ok_or_else(|| {
+                Error::Internal(
+                    "the cluster version this store persisted does not decode (a newer \
+                     binary's format?): run a newer binary"
+                        .into(),
+                )
+            })?;
+            if ran > supported {
+                return Err(Error::StoreVersionTooNew { ran, supported });
+            }
+            self.cluster_version.learn(ran);
+        }
+        if self.directory.region(DIRECTORY).is_some() {
+            let held = crate::directory::cluster_version(&self.directory.read_view())?.active;
+            if held > supported {
+                return Err(Error::StoreVersionTooNew { ran: held, supported });
+            }
+            self.learn_cluster_version(held)?;
+        }
+        Ok(())
+    }
+
+    /// Learns that the cluster runs at `active` (or newer): persists it in the store's
+    /// manifest first (a restart never goes back, and an older binary refuses the
+    /// store), then raises [`StoreContext::cluster_version`]. True if the view moved;
+    /// a version at or below it changes nothing. An I/O failure is the engine's
+    /// (poisoned).
+    pub fn learn_cluster_version(&self, active: u32) -> Result<bool> {
+        let _one = self.version_persist.lock();
+        if active <= self.cluster_version.active() {
+            return Ok(false);
+        }
+        self.engine.set_task_state(CLUSTER_VERSION_TASK, Some(encode_learned(active)))?;
+        self.cluster_version.learn(active);
+        let supported = self.config.cluster_version_max;
+        if active > supported {
+            tracing::error!(
+                store = self.config.store_id.0,
+                active,
+                supported,
+                "the cluster runs at a version this binary does not support: upgrade this store"
+            );
+        } else {
+            tracing::info!(store = self.config.store_id.0, active, "learned the cluster version");
+        }
+        Ok(true)
+    }
+
     /// The engine that holds `region`: the directory's for [`DIRECTORY`], else the
     /// store's.
     pub fn engine_of(&self, region: RegionId) -> &Engine {
         if region == DIRECTORY { &self.directory } else { &self.engine }
     }
+}
+
+/// The name of the store's learned cluster version in its engine's manifest (a task
+/// state: the manifest is versioned, checksummed and written durably, so this needs
+/// no file of its own). Its value:
+///
+/// ```text
+///  | format u8 = 1 | TLV: 1 version (u64, at most u32::MAX) |
+/// ```
+const CLUSTER_VERSION_TASK: &str = "cluster-version";
+const LEARNED_FORMAT: u8 = 1;
+const LEARNED_VERSION: u16 = 1;
+
+fn encode_learned(version: u32) -> Vec<u8> {
+    let mut out = vec![LEARNED_FORMAT];
+    regionkv_engine::codec::put_u64(&mut out, LEARNED_VERSION, u64::from(version));
+    out
+}
+
+/// The persisted version, or `None` if it does not decode (a newer format).
+fn decode_learned(buf: &[u8]) -> Option<u32> {
+    use regionkv_engine::codec::{TlvRecord, UnknownTags};
+    let (&format, body) = buf.split_first()?;
+    if format != LEARNED_FORMAT {
+        return None;
+    }
+    let rec = TlvRecord::parse(body, &[LEARNED_VERSION], UnknownTags::Skip).ok()?;
+    u32::try_from(rec.required(LEARNED_VERSION, "version").ok()?.as_u64().ok()?).ok()
 }
 
 /// The Raft index and term a region created by a split starts its log at: its log
@@ -129,3 +242,23 @@ impl StoreContext {
 pub const RAFT_INIT_INDEX: u64 = 5;
 /// See [`RAFT_INIT_INDEX`].
 pub const RAFT_INIT_TERM: u64 = 5;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_learned_version_round_trips_and_garbage_is_refused() {
+        for v in [1, 2, u32::MAX] {
+            assert_eq!(decode_learned(&encode_learned(v)), Some(v));
+        }
+        let buf = encode_learned(7);
+        for i in 0..buf.len() {
+            let _ = decode_learned(&buf[..i]);
+            let mut flipped = buf.clone();
+            flipped[i] ^= 0x41;
+            let _ = decode_learned(&flipped);
+        }
+        assert_eq!(decode_learned(&[2, 0]), None);
+    }
+}

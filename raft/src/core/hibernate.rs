@@ -75,8 +75,10 @@ impl StoreCore {
         self.collect_unclaimed(&unclaimed);
         if self.ticks.is_multiple_of(self.ctx.config.election_ticks as u64) {
             self.poke_sleeping_leaders();
+            self.assert_cluster_version();
         }
         self.check_liveness();
+        self.propose_image_hashes();
         if self.ticks.is_multiple_of(PURGE_EVERY_TICKS) {
             self.plan_purge();
             self.collect_garbage();

@@ -28,6 +28,16 @@ const GC_KEYS_PER_SWEEP: usize = 16 * 1024;
 /// Refuses a store configuration raft-rs would refuse for every replica, once, when
 /// the store opens (rather than failing each replica as it is created).
 pub(super) fn check_config(config: &StoreConfig) -> Result<()> {
+    let versions = crate::version::CLUSTER_VERSION_INITIAL..=crate::version::CLUSTER_VERSION_MAX;
+    if !versions.contains(&config.cluster_version_max) {
+        return Err(Error::InvalidRequest(format!(
+            "cluster_version_max {} is outside the versions this binary supports ({} to {}): \
+             fix the store configuration",
+            config.cluster_version_max,
+            versions.start(),
+            versions.end()
+        )));
+    }
     raft_config(config, PeerId(1), 0).validate().map_err(|e| {
         Error::Raft(raft::Error::ConfigInvalid(format!(
             "{e}: fix the store configuration (max_uncommitted_bytes at least \

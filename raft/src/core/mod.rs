@@ -176,6 +176,9 @@ pub struct StoreCore {
     /// inside its flush: a membership change, a snapshot) or goes; a driver lets
     /// callers run this core only while it is empty (`store/solo.rs`).
     not_alone: IdHashSet<RegionId>,
+    /// Regions that refused an entry of a kind this binary does not know since the
+    /// core opened: logged once each (`apply.rs`, `unknown_kind`).
+    unknown_kinds_logged: IdHashSet<RegionId>,
 }
 
 impl std::fmt::Debug for StoreCore {
@@ -220,6 +223,7 @@ impl StoreCore {
             told_gone: IdHashMap::default(),
             scans: crate::reader::Scans::Inline,
             not_alone: IdHashSet::default(),
+            unknown_kinds_logged: IdHashSet::default(),
         };
         let hosted: IdHashMap<RegionId, Region> = core
             .ctx
@@ -378,6 +382,16 @@ impl StoreCore {
     /// The status of every replica, by region id.
     pub fn status(&self) -> Vec<PeerStatus> {
         let mut out: Vec<PeerStatus> = self.replicas.values().map(|r| r.status()).collect();
+        // How long since this core heard from each follower's store (any message, the
+        // directory's liveness notices included, so also while the group hibernates).
+        for (status, replica) in out.iter_mut().zip(self.replicas.values()) {
+            for p in status.progress.iter_mut().flatten() {
+                p.ticks_since_heard = replica
+                    .store_of(p.peer)
+                    .and_then(|store| self.store_heard.get(&store))
+                    .map(|&heard| self.ticks.saturating_sub(heard));
+            }
+        }
         out.sort_by_key(|s| s.region.id);
         out
     }
@@ -460,12 +474,13 @@ impl StoreCore {
                         store = self.ctx.config.store_id.0,
                         "apply round dropped by shutdown"
                     );
+                    self.ctx.cancel.cancel();
                 } else {
                     // Entries were taken as applied; the store must not go on from a
                     // state it does not have. A restart replays them from the log.
                     tracing::error!(store = self.ctx.config.store_id.0, error = %e, "apply failed; the store stops");
+                    self.ctx.stop_on_failure(&e);
                 }
-                self.ctx.cancel.cancel();
                 break;
             }
             for region in touched {

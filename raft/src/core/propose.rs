@@ -11,7 +11,7 @@ use crate::directory::{DIRECTORY, DirCmd, DirResult};
 use crate::error::{DropReason, Error, Result};
 use crate::replica::{Proposed, Replica, Waiting};
 use crate::request::{
-    AdminRequest, ChangePeersRequest, PeerChange, ReadRequest, Reply, WriteRequest,
+    AdminRequest, AdminResult, ChangePeersRequest, PeerChange, ReadRequest, Reply, WriteRequest,
 };
 
 impl StoreCore {
@@ -164,7 +164,13 @@ impl StoreCore {
     pub fn on_admin(&mut self, req: AdminRequest) {
         let AdminRequest { region, epoch, cmd, reply } = req;
         let floor = self.id_floor(region);
-        let replica = match self.leader(region).and_then(|replica| {
+        // A kind newer than the first release is refused until the cluster runs at
+        // the version that introduced it (`crate::version`): nothing is proposed.
+        let gate = match cmd {
+            AdminCmd::ComputeHash => self.ctx.cluster_version.check(crate::version::IMAGE_HASH),
+            _ => Ok(()),
+        };
+        let replica = match gate.and_then(|()| self.leader(region)).and_then(|replica| {
             check_admin(replica, floor, epoch, &cmd, replica.applied_index + 1)?;
             // A region merges into its left neighbour only, so that every region keeps
             // its start key for its whole life: the proof that a hosted region is gone
@@ -199,6 +205,39 @@ impl StoreCore {
         }
     }
 
+    /// Proposes a `ComputeHash` on each awake region this store leads whose turn
+    /// came (`StoreConfig::image_hash_interval`; the first turn staggered by region id,
+    /// so that regions do not all hash on one tick), while the cluster version allows
+    /// it. A hibernating region is not woken for it: its turn waits until something
+    /// else wakes it (a write, which is when its image changes). The result lands on
+    /// every replica's status; the reply is not awaited.
+    pub(super) fn propose_image_hashes(&mut self) {
+        let Some(every) = self.ctx.config.image_hash_ticks() else { return };
+        if self.ctx.cluster_version.check(crate::version::IMAGE_HASH).is_err() {
+            return;
+        }
+        let ticks = self.ticks;
+        let mut due = Vec::new();
+        for &id in &self.awake {
+            let Some(replica) = self.replicas.get_mut(&id) else { continue };
+            if !replica.is_leader() || replica.halted.is_some() {
+                continue;
+            }
+            let at = *replica.image_hash_due.get_or_insert_with(|| {
+                ticks + 1 + id.0.wrapping_mul(0x9e37_79b9_7f4a_7c15) % every
+            });
+            if ticks >= at {
+                replica.image_hash_due = Some(ticks + every);
+                due.push((id, replica.region.epoch));
+            }
+        }
+        due.sort_unstable_by_key(|(id, _)| *id); // deterministic proposal order
+        for (region, epoch) in due {
+            let reply: Reply<AdminResult> = Box::new(|_| {});
+            self.on_admin(AdminRequest { region, epoch, cmd: AdminCmd::ComputeHash, reply });
+        }
+    }
+
     /// Takes a command for the cluster directory (this store must lead it).
     pub fn on_directory(&mut self, cmd: &DirCmd, reply: Reply<DirResult>) {
         if matches!(cmd, DirCmd::RecordHealth { .. })
@@ -219,6 +258,42 @@ impl StoreCore {
         if replica.propose(Proposed::Entry(data), Waiting::Directory(reply)).is_some() {
             self.dirty.insert(DIRECTORY);
         }
+    }
+
+    /// Proposes this store's view of the cluster version to the directory if this
+    /// store leads it, has applied all it knows committed, and the directory holds an
+    /// older version. This is how a new cluster starts at the version its first stores
+    /// chose at bootstrap (each learned it before creating the directory's replica), and
+    /// it re-asserts only a version the store learned from the directory or from that
+    /// bootstrap: a finalized one, so no older replica can be left behind by it. Never
+    /// above the store's own maximum; idempotent if two land.
+    pub(super) fn assert_cluster_version(&mut self) {
+        let view = self.ctx.cluster_version.active();
+        if view > self.ctx.config.cluster_version_max {
+            return;
+        }
+        let Some(replica) = self.replicas.get(&DIRECTORY) else { return };
+        if !replica.is_leader()
+            || replica.halted.is_some()
+            || !replica.is_initialized()
+            || replica.applied_index < replica.raw.raft.raft_log.committed
+        {
+            return;
+        }
+        let held = match crate::directory::cluster_version(&self.ctx.directory.read_view()) {
+            Ok(held) => held.active,
+            Err(e) => {
+                tracing::warn!(error = %e, "the directory's cluster version does not decode");
+                return;
+            }
+        };
+        if held >= view {
+            return;
+        }
+        tracing::info!(held, view, "proposing this store's cluster version to the directory");
+        self.wake(DIRECTORY);
+        let by = self.ctx.config.store_id;
+        self.on_directory(&DirCmd::SetClusterVersion { target: view, by }, Box::new(|_| {}));
     }
 
     /// Asks the leader of `region` to hand leadership to `to`.

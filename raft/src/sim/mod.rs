@@ -72,6 +72,12 @@ pub struct SimConfig {
     pub read_mode: crate::ReadMode,
     /// Bootstrap the cluster directory (region 0) on the voters too.
     pub directory: bool,
+    /// The stores' [`StoreConfig::image_hash_interval`] (off by default).
+    pub image_hash_interval: Option<Duration>,
+    /// Stores run as an older binary: the newest cluster version each supports
+    /// (`StoreConfig::cluster_version_max`); every other store supports this binary's.
+    /// Change it between a stop and a restart to upgrade or downgrade a store.
+    pub cluster_version_max: BTreeMap<StoreId, u32>,
 }
 
 impl SimConfig {
@@ -88,6 +94,8 @@ impl SimConfig {
             checkpoint_log_bytes: 64 << 10,
             read_mode: crate::ReadMode::ReadIndex,
             directory: false,
+            image_hash_interval: None,
+            cluster_version_max: BTreeMap::new(),
         }
     }
 }
@@ -271,7 +279,14 @@ impl SimCluster {
                     peers: voters.clone(),
                     ..Region::whole(crate::directory::DIRECTORY)
                 });
+                // A new cluster starts at the newest version all its first stores run
+                // (ARCHITECTURE.md, "Cluster versions").
+                let version = (1..=cluster.config.voters as u64)
+                    .map(|s| cluster.version_max(StoreId(s)))
+                    .min()
+                    .unwrap_or(crate::version::CLUSTER_VERSION_INITIAL);
                 let running = cluster.running(id)?;
+                running.core.context().learn_cluster_version(version)?;
                 if let Some(directory) = directory {
                     running.core.bootstrap_region(directory)?;
                 }
@@ -280,6 +295,33 @@ impl SimCluster {
             }
         }
         Ok(cluster)
+    }
+
+    /// The newest cluster version `store` runs at (see
+    /// [`SimConfig::cluster_version_max`]).
+    fn version_max(&self, store: StoreId) -> u32 {
+        self.config
+            .cluster_version_max
+            .get(&store)
+            .copied()
+            .unwrap_or(crate::version::CLUSTER_VERSION_MAX)
+    }
+
+    /// Runs `store` as a binary that supports cluster versions up to `max` from its
+    /// next start (a restart upgrades or downgrades it).
+    pub fn set_cluster_version_max(&mut self, store: StoreId, max: u32) {
+        self.config.cluster_version_max.insert(store, max);
+    }
+
+    /// The shared context of `store` (its engines, configuration and cluster version
+    /// view), if it runs.
+    pub fn context(&self, store: StoreId) -> Option<&Arc<StoreContext>> {
+        self.stores.get(&store)?.running.as_ref().map(|r| r.core.context())
+    }
+
+    /// The cluster version `store` runs at as it knows it, if it runs.
+    pub fn cluster_version(&self, store: StoreId) -> Option<u32> {
+        self.stores.get(&store)?.running.as_ref().map(|r| r.core.context().cluster_version.active())
     }
 
     fn running(&mut self, store: StoreId) -> Result<&mut Running> {
@@ -324,9 +366,11 @@ impl SimCluster {
         }
         let mut config = StoreConfig::new(id)
             .tick_interval(self.config.tick)
-            .checkpoint_log_bytes(self.config.checkpoint_log_bytes);
+            .checkpoint_log_bytes(self.config.checkpoint_log_bytes)
+            .image_hash_interval(self.config.image_hash_interval);
         config.snapshot_chunk_bytes = 4096;
         config.read_mode = self.config.read_mode;
+        config.cluster_version_max = self.version_max(id);
         let log = Arc::new(RaftLog::open(wal.clone(), config.log)?);
         let mut ctx =
             StoreContext::new(config, engine.clone(), directory, log, CancellationToken::new());
@@ -354,6 +398,7 @@ impl SimCluster {
         }));
         let wall_ms = self.wall_ms.clone();
         ctx.clock = Some(Box::new(move || wall_ms.load(Ordering::Relaxed)));
+        ctx.open_cluster_version()?;
         let core = StoreCore::open(Arc::new(ctx), Box::new(|_| true))?;
         let store = self.stores.get_mut(&id).expect("known store");
         store.identity = Some(book.identity());
@@ -686,6 +731,14 @@ impl SimCluster {
     /// The engine of `store`, if it runs (for inspection: what a replica holds).
     pub fn engine(&self, store: StoreId) -> Option<&Engine> {
         self.stores.get(&store).and_then(|s| s.running.as_ref()).map(|r| &r.engine)
+    }
+
+    /// Tells `store` (if it runs) that the cluster runs at version `active` (until the
+    /// directory's version record does: `crate::version`); a restart forgets it.
+    pub fn learn_cluster_version(&mut self, store: StoreId, active: u32) {
+        if let Some(r) = self.stores.get(&store).and_then(|s| s.running.as_ref()) {
+            r.core.context().cluster_version.learn(active);
+        }
     }
 
     /// The disk of `store`, for inspection.

@@ -143,10 +143,11 @@ pub(super) fn finish_turn(
                 // recovers from disk.
                 if ctx.cancel.is_cancelled() || e.is_cancelled() {
                     tracing::debug!(error = %e, "log write stopped by shutdown");
+                    ctx.cancel.cancel();
                 } else {
                     tracing::error!(store = ctx.config.store_id.0, error = %e, "log write failed; the store stops");
+                    ctx.stop_on_failure(&e);
                 }
-                ctx.cancel.cancel();
                 return false;
             }
             ctx.metrics.on_caller_task();
