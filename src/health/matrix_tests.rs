@@ -386,11 +386,11 @@ fn check_cell(monitor_schema: Schema, mix: Mix, fault: Fault) {
             let all_v2 = (1..=3)
                 .map(StoreId)
                 .all(|s| schema_of(mix, s, Duration::from_secs(9)) == Schema::V2);
-            let seen = o.detected.contains(&AnalysisCode::ReplicaDivergence);
+            let alerted = o.detected.contains(&AnalysisCode::ReplicaDivergence);
             if monitor_schema == Schema::V2 && all_v2 {
-                assert!(seen, "{cell}: divergence not detected; {:?}", o.insufficient);
+                assert!(alerted, "{cell}: divergence not detected; {:?}", o.insufficient);
             } else if monitor_schema == Schema::V1 {
-                assert!(!seen, "{cell}: divergence seen without schema 2");
+                assert!(!alerted, "{cell}: divergence seen without schema 2");
             }
         } else {
             assert!(!o.detected.contains(&AnalysisCode::ReplicaDivergence), "{cell}: divergence");
