@@ -28,6 +28,21 @@ fn seeds(default: std::ops::Range<u64>) -> Vec<u64> {
     }
 }
 
+/// A cluster whose voters run as binaries of cluster version 1: it starts at 1.
+fn at_version_1(mut config: SimConfig) -> SimCluster {
+    config.cluster_version_max = (1..=config.voters as u64).map(|s| (StoreId(s), 1)).collect();
+    SimCluster::new(config).unwrap()
+}
+
+/// Upgrades `store` to this binary (a restart as a binary of version 2) and tells it
+/// the cluster runs at 2.
+fn upgrade(c: &mut SimCluster, store: StoreId) {
+    c.stop(store);
+    c.set_cluster_version_max(store, 2);
+    c.restart(store).unwrap();
+    c.learn_cluster_version(store, 2);
+}
+
 fn learn_everywhere(c: &mut SimCluster, version: u32) {
     for store in c.store_ids() {
         c.learn_cluster_version(store, version);
@@ -89,14 +104,15 @@ fn all_agree(c: &mut SimCluster, region: RegionId, tag: &str) -> (u64, u64) {
 
 #[test]
 fn refused_until_the_cluster_runs_at_version_2_and_nothing_is_proposed() {
-    let mut c = common::cluster(1);
+    let mut c = at_version_1(SimConfig::new(1));
     assert!(put(&mut c, "a", "1", 10 * SECOND));
     let leader = c.wait_leader(R1, 10 * SECOND).expect("a leader");
-    let before = c.status(leader)[0].last_index;
     // Every store but the leader knows version 2: the leader decides.
     for store in c.store_ids().into_iter().filter(|&s| s != leader) {
-        c.learn_cluster_version(store, 2);
+        upgrade(&mut c, store);
     }
+    assert!(c.run_until(10 * SECOND, |c| c.leader(R1) == Some(leader)), "the leader stays");
+    let before = c.status(leader)[0].last_index;
     let pending = c.admin(leader, R1, AdminCmd::ComputeHash);
     match c.wait(&pending, SECOND) {
         Some(Err(Error::FeatureNotActive { feature, active, needed })) => {
@@ -111,7 +127,7 @@ fn refused_until_the_cluster_runs_at_version_2_and_nothing_is_proposed() {
     }
     // The periodic check is off by default, and refused the same way when on: see
     // `periodic_hashes_come_only_once_the_version_allows`.
-    c.learn_cluster_version(leader, 2);
+    upgrade(&mut c, leader);
     let (index, _) = all_agree(&mut c, R1, "after learning version 2");
     assert!(index > before);
     // Accepted at any epoch (it changes nothing; the hash names the epoch it covered),
@@ -264,7 +280,7 @@ fn replay_after_a_crash_reproduces_the_hash() {
 fn periodic_hashes_come_only_once_the_version_allows() {
     let mut config = SimConfig::new(500);
     config.image_hash_interval = Some(Duration::from_secs(2));
-    let mut c = SimCluster::new(config).unwrap();
+    let mut c = at_version_1(config);
     c.wait_leader(R1, 10 * SECOND).expect("a leader");
     let every_replica =
         |c: &SimCluster| c.store_ids().into_iter().all(|s| c.status(s)[0].image_hash.is_some());
@@ -285,7 +301,10 @@ fn periodic_hashes_come_only_once_the_version_allows() {
     for store in c.store_ids() {
         assert_eq!(c.status(store)[0].image_hash, None, "store {store}: gate closed");
     }
-    learn_everywhere(&mut c, 2);
+    for store in c.store_ids() {
+        upgrade(&mut c, store);
+        c.wait_leader(R1, 10 * SECOND).expect("a leader");
+    }
     write_for(&mut c, 20);
     assert!(every_replica(&c), "a periodic hash on every replica");
     // The replicas that hashed at the leader's latest index agree with it.

@@ -191,3 +191,37 @@ fn a_version_above_a_binary_halts_its_replicas_never_its_store() {
         region_1_serves(&mut c, seed);
     }
 }
+
+#[test]
+fn a_store_given_the_directory_by_a_snapshot_learns_its_version() {
+    for seed in seeds() {
+        let mut config = SimConfig::new(seed);
+        config.directory = true;
+        config.spares = 1;
+        config.checkpoint_log_bytes = 4 << 10;
+        let mut c = SimCluster::new(config).unwrap();
+        let spare = StoreId(4);
+        c.run_until(10 * SECOND, |c| (1..=3).all(|s| held(c, StoreId(s)) == 2));
+        assert_eq!(c.cluster_version(spare), Some(1), "seed {seed}: the spare never ran");
+        // Enough directory log for a checkpoint: a new replica is sent a snapshot.
+        for _ in 0..400 {
+            run_directory(&mut c, &DirCmd::AllocIds { count: 1 }).unwrap();
+        }
+        let peer = regionkv_engine::Peer { id: c.new_peer_id(), store: spare };
+        let deadline = c.now() + 30 * SECOND;
+        loop {
+            assert!(c.now() < deadline, "seed {seed}: the learner was not added");
+            let leader = c.wait_leader(DIRECTORY, 10 * SECOND).expect("a leader");
+            let change = regionkv_raft::PeerChange::AddLearner(peer);
+            let pending = c.change_peers(leader, DIRECTORY, change);
+            match c.wait(&pending, 2 * SECOND) {
+                Some(Ok(_)) => break,
+                Some(Err(e)) if e.is_retryable() => c.run_for(Duration::from_millis(50)),
+                other => panic!("seed {seed}: {other:?}"),
+            }
+        }
+        let learned = |c: &mut SimCluster| c.cluster_version(spare) == Some(2);
+        assert!(c.run_until(30 * SECOND, learned), "seed {seed}: the spare never learned 2");
+        assert_eq!(held(&c, spare), 2, "seed {seed}");
+    }
+}

@@ -15,7 +15,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use regionkv_engine::{PeerId, RegionId, StoreId};
+use regionkv_engine::{RegionId, StoreId};
 use regionkv_raft::sim::{SimCluster, SimConfig};
 use regionkv_raft::{PeerChange, Query};
 
@@ -56,6 +56,9 @@ enum Fault {
     Reorder,
     /// Store 2 reports its role in a code this monitor cannot name (a newer binary).
     UnknownRole,
+    /// A real mismatch: store 2's image of region 1 diverges (a key written past Raft),
+    /// then every replica hashes its image at one index.
+    Diverge,
 }
 
 const MIXES: &[Mix] =
@@ -67,6 +70,7 @@ const FAULTS: &[Fault] = &[
     Fault::PartitionMonitor,
     Fault::Reorder,
     Fault::UnknownRole,
+    Fault::Diverge,
 ];
 
 /// The schema store `s` speaks at virtual time `t`.
@@ -175,6 +179,7 @@ fn run(monitor_schema: Schema, mix: Mix, fault: Fault, seed: u64) -> Outcome {
     let mut insufficient = BTreeSet::new();
     let mut repairs = Vec::new();
     let mut killed = None;
+    let mut diverged = false;
     let mut held: Vec<ObservedStore> = Vec::new();
     let mut rng = seed;
     let fault_at = Duration::from_secs(2);
@@ -195,6 +200,10 @@ fn run(monitor_schema: Schema, mix: Mix, fault: Fault, seed: u64) -> Outcome {
             if let Some(v) = victim {
                 sim.stop(v);
                 killed = Some(v);
+            }
+            if fault == Fault::Diverge && !diverged {
+                diverged = true;
+                diverge(&mut sim, StoreId(2));
             }
         }
         let mut batch = Vec::new();
@@ -242,6 +251,23 @@ fn run(monitor_schema: Schema, mix: Mix, fault: Fault, seed: u64) -> Outcome {
         peers_on.push((region, r.peers.iter().map(|p| p.store).collect()));
     }
     Outcome { repairs, detected, insufficient, peers_on, killed }
+}
+
+/// Writes a key into `store`'s image of region 1 past Raft, then has every replica
+/// hash its image at one index (a `ComputeHash` through the leader).
+fn diverge(sim: &mut SimCluster, store: StoreId) {
+    let region = RegionId(1);
+    let engine = sim.engine(store).expect("running");
+    let epoch = engine.region(region).expect("hosted").epoch;
+    let mut round = engine.begin_round();
+    round.prepare_for_region(region, epoch).expect("prepare");
+    round.put(b"rogue", b"1").expect("put");
+    round.commit().expect("commit");
+    let leader = sim.wait_leader(region, Duration::from_secs(5)).expect("a leader");
+    let p = sim.admin(leader, region, regionkv_raft::AdminCmd::ComputeHash);
+    let done = sim.wait(&p, Duration::from_secs(5));
+    assert!(matches!(done, Some(Ok(_))), "ComputeHash: {done:?}");
+    sim.run_for(Duration::from_millis(200));
 }
 
 /// Carries out a repair on the simulated cluster the way the runner does on a real
@@ -310,7 +336,11 @@ fn check_cell(monitor_schema: Schema, mix: Mix, fault: Fault) {
         // lost sight of (e), nor from a role it cannot name (f).
         if matches!(
             fault,
-            Fault::None | Fault::PartitionMonitor | Fault::Reorder | Fault::UnknownRole
+            Fault::None
+                | Fault::PartitionMonitor
+                | Fault::Reorder
+                | Fault::UnknownRole
+                | Fault::Diverge
         ) {
             assert!(o.repairs.is_empty(), "{cell}: repairs {:?}", o.repairs);
             for code in [AnalysisCode::StoreDead, AnalysisCode::NoLeader, AnalysisCode::SplitBrain]
@@ -350,7 +380,21 @@ fn check_cell(monitor_schema: Schema, mix: Mix, fault: Fault) {
                 );
             }
         }
-        let _ = PeerId(0);
+        // A real mismatch on schema-2 stores is detected (an alert, never a repair); a
+        // monitor that cannot read every replica's hash concludes nothing.
+        if fault == Fault::Diverge {
+            let all_v2 = (1..=3)
+                .map(StoreId)
+                .all(|s| schema_of(mix, s, Duration::from_secs(9)) == Schema::V2);
+            let alerted = o.detected.contains(&AnalysisCode::ReplicaDivergence);
+            if monitor_schema == Schema::V2 && all_v2 {
+                assert!(alerted, "{cell}: divergence not detected; {:?}", o.insufficient);
+            } else if monitor_schema == Schema::V1 {
+                assert!(!alerted, "{cell}: divergence seen without schema 2");
+            }
+        } else {
+            assert!(!o.detected.contains(&AnalysisCode::ReplicaDivergence), "{cell}: divergence");
+        }
     }
 }
 

@@ -338,6 +338,11 @@ impl StoreCore {
             // The engine no longer hosts it: its replica goes (on the core that owns it).
             self.send_task(CoreTask::Merged { source: old });
         }
+        if region == crate::directory::DIRECTORY {
+            // A new replica of the directory learns the cluster version it holds.
+            let held = crate::directory::cluster_version(&self.ctx.directory.read_view())?;
+            self.ctx.learn_cluster_version(held.active)?;
+        }
         self.source_appeared(region);
         Ok(())
     }
