@@ -326,10 +326,26 @@ fn seeds() -> u64 {
     std::env::var("HEALTH_MATRIX_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(32)
 }
 
-fn check_cell(monitor_schema: Schema, mix: Mix, fault: Fault) {
+/// What a row of the matrix saw, for its summary line.
+#[derive(Default)]
+struct Tally {
+    runs: u64,
+    repairs: std::collections::BTreeMap<&'static str, u64>,
+    replaced_runs: u64,
+    insufficient_runs: u64,
+}
+
+fn check_cell(monitor_schema: Schema, mix: Mix, fault: Fault, tally: &mut Tally) {
     for seed in 0..seeds() {
         let seed = seed * 7919 + 17;
         let o = run(monitor_schema, mix, fault, seed);
+        tally.runs += 1;
+        for r in &o.repairs {
+            *tally.repairs.entry(r.kind.name()).or_default() += 1;
+        }
+        tally.replaced_runs +=
+            u64::from(o.repairs.iter().any(|r| r.kind == RepairKind::ReplaceReplica));
+        tally.insufficient_runs += u64::from(!o.insufficient.is_empty());
         let cell =
             format!("monitor {monitor_schema:?}, stores {mix:?}, fault {fault:?}, seed {seed}");
         // (a) and H6: no repair without a fault; never a repair of a store the monitor only
@@ -402,11 +418,23 @@ macro_rules! cells {
     ($($name:ident: $m:expr;)*) => {$(
         #[test]
         fn $name() {
+            let mut tally = Tally::default();
             for &mix in MIXES {
                 for &fault in FAULTS {
-                    check_cell($m, mix, fault);
+                    check_cell($m, mix, fault, &mut tally);
                 }
             }
+            eprintln!(
+                "health matrix, monitor {:?}: {} cells x {} seeds = {} runs; repairs {:?} \
+                 (runs with a replacement: {}); runs with insufficient information: {}",
+                $m,
+                MIXES.len() * FAULTS.len(),
+                seeds(),
+                tally.runs,
+                tally.repairs,
+                tally.replaced_runs,
+                tally.insufficient_runs,
+            );
         }
     )*};
 }
