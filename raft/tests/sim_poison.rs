@@ -20,7 +20,7 @@ use regionkv_raft::directory::{DIRECTORY, DirCmd, DirResult};
 use regionkv_raft::sim::{SimCluster, SimConfig};
 use regionkv_raft::{Error, Op};
 
-use common::{R1, SECOND, put};
+use common::{R1, SECOND, directory, put};
 
 /// Three stores hosting the directory and region 1, each with a leader.
 fn cluster_with_directory(seed: u64) -> SimCluster {
@@ -32,23 +32,6 @@ fn cluster_with_directory(seed: u64) -> SimCluster {
     c.wait_leader(DIRECTORY, 10 * SECOND).expect("a directory leader");
     c.wait_leader(R1, 10 * SECOND).expect("a leader of region 1");
     c
-}
-
-/// Runs `cmd` on the directory's leader, retrying routing errors.
-fn directory(c: &mut SimCluster, cmd: &DirCmd) -> Result<DirResult, Error> {
-    let deadline = c.now() + 10 * SECOND;
-    let mut last = Error::NotLeader { region: DIRECTORY, leader: None };
-    while c.now() < deadline {
-        let Some(leader) = c.wait_leader(DIRECTORY, SECOND) else { continue };
-        let pending = c.directory(leader, cmd);
-        match c.wait(&pending, SECOND) {
-            Some(Err(e)) if e.is_retryable() => last = e,
-            Some(result) => return result,
-            None => {}
-        }
-        c.run_for(Duration::from_millis(20));
-    }
-    Err(last)
 }
 
 /// The cluster serves: the directory allocates, region 1 takes a write, on every store

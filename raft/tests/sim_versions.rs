@@ -20,7 +20,7 @@ use regionkv_raft::sim::{SimCluster, SimConfig};
 use regionkv_raft::version::{CLUSTER_VERSION_MAX, IMAGE_HASH};
 use regionkv_raft::{Error, Op};
 
-use common::{R1, SECOND};
+use common::{R1, SECOND, directory};
 
 const OLD: StoreId = StoreId(3);
 
@@ -43,23 +43,6 @@ fn cluster(seed: u64, old: &[StoreId]) -> SimCluster {
     c.wait_leader(DIRECTORY, 10 * SECOND).expect("a directory leader");
     c.wait_leader(R1, 10 * SECOND).expect("a leader of region 1");
     c
-}
-
-/// Runs `cmd` on the directory's leader, retrying routing errors.
-fn run_directory(c: &mut SimCluster, cmd: &DirCmd) -> Result<DirResult, Error> {
-    let deadline = c.now() + 10 * SECOND;
-    let mut last = Error::NotLeader { region: DIRECTORY, leader: None };
-    while c.now() < deadline {
-        let Some(leader) = c.wait_leader(DIRECTORY, SECOND) else { continue };
-        let pending = c.directory(leader, cmd);
-        match c.wait(&pending, SECOND) {
-            Some(Err(e)) if e.is_retryable() => last = e,
-            Some(result) => return result,
-            None => {}
-        }
-        c.run_for(Duration::from_millis(20));
-    }
-    Err(last)
 }
 
 /// The version `store`'s directory replica holds.
@@ -106,7 +89,7 @@ fn an_older_store_keeps_the_cluster_at_1_and_refuses_a_kind_it_does_not_know() {
         // A version set without a finalize's check (as a forged command would be):
         // the store that does not know the kind refuses it and goes on.
         let cmd = DirCmd::SetClusterVersion { target: 2, by: StoreId(1) };
-        assert_eq!(run_directory(&mut c, &cmd).unwrap(), DirResult::ClusterVersion { active: 2 });
+        assert_eq!(directory(&mut c, &cmd).unwrap(), DirResult::ClusterVersion { active: 2 });
         let applied = |c: &mut SimCluster| {
             let leader = c.leader(DIRECTORY).expect("a leader");
             let at = |s| c.status(s).into_iter().find(|p| p.region.id == DIRECTORY).unwrap();
@@ -130,7 +113,7 @@ fn an_older_store_above_its_version_halts_the_replica_and_refuses_to_reopen_unti
         // The store learns version 2 (as from another store's directory replica).
         assert!(c.context(OLD).unwrap().learn_cluster_version(2).unwrap());
         let cmd = DirCmd::SetClusterVersion { target: 2, by: StoreId(1) };
-        assert_eq!(run_directory(&mut c, &cmd).unwrap(), DirResult::ClusterVersion { active: 2 });
+        assert_eq!(directory(&mut c, &cmd).unwrap(), DirResult::ClusterVersion { active: 2 });
         let halted = |c: &mut SimCluster| {
             let pending = c.directory(OLD, &DirCmd::AllocIds { count: 1 });
             matches!(pending.take(), Some(Err(Error::ReplicaHalted { .. })))
@@ -205,7 +188,7 @@ fn a_store_given_the_directory_by_a_snapshot_learns_its_version() {
         assert_eq!(c.cluster_version(spare), Some(1), "seed {seed}: the spare never ran");
         // Enough directory log for a checkpoint: a new replica is sent a snapshot.
         for _ in 0..400 {
-            run_directory(&mut c, &DirCmd::AllocIds { count: 1 }).unwrap();
+            directory(&mut c, &DirCmd::AllocIds { count: 1 }).unwrap();
         }
         let peer = regionkv_engine::Peer { id: c.new_peer_id(), store: spare };
         let deadline = c.now() + 30 * SECOND;

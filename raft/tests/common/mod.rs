@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use regionkv_engine::{Epoch, Region, RegionId};
-use regionkv_raft::directory::DIRECTORY;
+use regionkv_raft::directory::{DIRECTORY, DirCmd, DirResult};
 use regionkv_raft::merge_driver::RegionAdmin;
 use regionkv_raft::sim::{SimCluster, SimConfig};
 use regionkv_raft::{AdminCmd, AdminResult, Error, Op, Query, QueryResult};
@@ -329,4 +329,21 @@ pub fn read_r1(c: &mut SimCluster, key: &str, max: Duration) -> Option<Bytes> {
         }
     }
     panic!("no read of {key} within {max:?}");
+}
+
+/// Runs `cmd` on the directory's leader, retrying routing errors.
+pub fn directory(c: &mut SimCluster, cmd: &DirCmd) -> Result<DirResult, Error> {
+    let deadline = c.now() + 10 * SECOND;
+    let mut last = Error::NotLeader { region: DIRECTORY, leader: None };
+    while c.now() < deadline {
+        let Some(leader) = c.wait_leader(DIRECTORY, SECOND) else { continue };
+        let pending = c.directory(leader, cmd);
+        match c.wait(&pending, SECOND) {
+            Some(Err(e)) if e.is_retryable() => last = e,
+            Some(result) => return result,
+            None => {}
+        }
+        c.run_for(Duration::from_millis(20));
+    }
+    Err(last)
 }
