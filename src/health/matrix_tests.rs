@@ -156,6 +156,10 @@ fn observed(
 }
 
 struct Outcome {
+    /// From the kill to the monitor's first `StoreDown`, and to the end of its last
+    /// repair (virtual time).
+    down_after: Option<Duration>,
+    repaired_after: Option<Duration>,
     repairs: Vec<PlannedRepair>,
     detected: BTreeSet<AnalysisCode>,
     insufficient: BTreeSet<(AnalysisCode, FieldId)>,
@@ -179,6 +183,9 @@ fn run(monitor_schema: Schema, mix: Mix, fault: Fault, seed: u64) -> Outcome {
     let mut insufficient = BTreeSet::new();
     let mut repairs = Vec::new();
     let mut killed = None;
+    let mut killed_at = None;
+    let mut down_after = None;
+    let mut repaired_after = None;
     let mut diverged = false;
     let mut held: Vec<ObservedStore> = Vec::new();
     let mut rng = seed;
@@ -200,6 +207,7 @@ fn run(monitor_schema: Schema, mix: Mix, fault: Fault, seed: u64) -> Outcome {
             if let Some(v) = victim {
                 sim.stop(v);
                 killed = Some(v);
+                killed_at = Some(sim.now());
             }
             if fault == Fault::Diverge && !diverged {
                 diverged = true;
@@ -231,6 +239,9 @@ fn run(monitor_schema: Schema, mix: Mix, fault: Fault, seed: u64) -> Outcome {
         let report = monitor.evaluate(sim.now(), &[]);
         for d in &report.detections {
             detected.insert(d.code);
+            if d.code == AnalysisCode::StoreDown && down_after.is_none() {
+                down_after = killed_at.map(|k| sim.now().saturating_sub(k));
+            }
         }
         for i in &report.insufficient {
             insufficient.insert((i.code, i.missing.field));
@@ -239,6 +250,7 @@ fn run(monitor_schema: Schema, mix: Mix, fault: Fault, seed: u64) -> Outcome {
             monitor.repair_started(sim.now(), &repair);
             let result = carry_out(&mut sim, &repair);
             monitor.repair_finished(sim.now(), &repair, result);
+            repaired_after = killed_at.map(|k| sim.now().saturating_sub(k));
             repairs.push(repair);
         }
     }
@@ -250,7 +262,7 @@ fn run(monitor_schema: Schema, mix: Mix, fault: Fault, seed: u64) -> Outcome {
         let r = sim.region(leader, region).expect("region");
         peers_on.push((region, r.peers.iter().map(|p| p.store).collect()));
     }
-    Outcome { repairs, detected, insufficient, peers_on, killed }
+    Outcome { down_after, repaired_after, repairs, detected, insufficient, peers_on, killed }
 }
 
 /// Writes a key into `store`'s image of region 1 past Raft, then has every replica
@@ -333,6 +345,9 @@ struct Tally {
     repairs: std::collections::BTreeMap<&'static str, u64>,
     replaced_runs: u64,
     insufficient_runs: u64,
+    /// Kill to `StoreDown`, and kill to the last repair's end, the longest seen.
+    down_max: Duration,
+    repaired_max: Duration,
 }
 
 fn check_cell(monitor_schema: Schema, mix: Mix, fault: Fault, tally: &mut Tally) {
@@ -346,6 +361,8 @@ fn check_cell(monitor_schema: Schema, mix: Mix, fault: Fault, tally: &mut Tally)
         tally.replaced_runs +=
             u64::from(o.repairs.iter().any(|r| r.kind == RepairKind::ReplaceReplica));
         tally.insufficient_runs += u64::from(!o.insufficient.is_empty());
+        tally.down_max = tally.down_max.max(o.down_after.unwrap_or_default());
+        tally.repaired_max = tally.repaired_max.max(o.repaired_after.unwrap_or_default());
         let cell =
             format!("monitor {monitor_schema:?}, stores {mix:?}, fault {fault:?}, seed {seed}");
         // (a) and H6: no repair without a fault; never a repair of a store the monitor only
@@ -426,7 +443,9 @@ macro_rules! cells {
             }
             eprintln!(
                 "health matrix, monitor {:?}: {} cells x {} seeds = {} runs; repairs {:?} \
-                 (runs with a replacement: {}); runs with insufficient information: {}",
+                 (runs with a replacement: {}); runs with insufficient information: {}; \
+                 from a kill, StoreDown within {:?} and every repair done within {:?} \
+                 (virtual time; down after {:?}, dead after {:?})",
                 $m,
                 MIXES.len() * FAULTS.len(),
                 seeds(),
@@ -434,6 +453,10 @@ macro_rules! cells {
                 tally.repairs,
                 tally.replaced_runs,
                 tally.insufficient_runs,
+                tally.down_max,
+                tally.repaired_max,
+                config().store_down_after,
+                config().store_dead_after,
             );
         }
     )*};
