@@ -716,6 +716,8 @@ pub struct StoreView<'a> {
     /// Leaders on other live stores of regions with a peer on this store, each with
     /// this store's peer.
     pub leaders: Vec<(ReplicaView<'a>, PeerId)>,
+    /// Regions that list a peer on this store (at the newest epoch known).
+    pub hosted: usize,
     /// The monitor's clock now.
     pub now: Duration,
     /// The settings.
@@ -746,7 +748,8 @@ fn store_down(v: &StoreView<'_>) -> Matched {
 fn store_dead(v: &StoreView<'_>) -> Matched {
     let Liveness::Down { since } = v.liveness else { return Ok(None) };
     let down_for = v.now.saturating_sub(since);
-    if down_for < v.config.store_dead_after {
+    if down_for < v.config.store_dead_after || v.hosted == 0 {
+        // Not dead yet, or nothing left on it to replace (its replicas were).
         return Ok(None);
     }
     // Corroboration: the store is silent to the monitor, and the leaders of its

@@ -174,8 +174,10 @@ fn store_view<'a>(
     reads: &'a Cell<u32>,
 ) -> StoreView<'a> {
     let mut leaders = Vec::new();
+    let mut hosted = 0;
     for RegionFacts { region, .. } in facts.regions {
         let Some(mine) = region.peers.iter().find(|p| p.store == store) else { continue };
+        hosted += 1;
         for p in &region.peers {
             if p.store == store || !facts.is_up(p.store) {
                 continue;
@@ -193,6 +195,7 @@ fn store_view<'a>(
         liveness,
         report: facts.stores.get(&store),
         leaders,
+        hosted,
         now: facts.now,
         config: facts.config,
         reads,

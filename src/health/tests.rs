@@ -331,6 +331,18 @@ const ROWS: &[(AnalysisCode, &str, Mutate, Expect)] = &[
     ),
     (
         AnalysisCode::StoreDead,
+        "silent past the dead timeout, but no region lists it any more",
+        |w| {
+            store(w, 3).received_at = 70 * S;
+            let r = region(1, &[1, 2, 4]);
+            w.regions = vec![r.clone()];
+            *rep(w, 1) = replica(&r, 1, Some(1));
+            *rep(w, 2) = replica(&r, 2, Some(1));
+        },
+        Expect::Nothing,
+    ),
+    (
+        AnalysisCode::StoreDead,
         "silent to the monitor, the leader's store heard it lately",
         |w| {
             store(w, 3).received_at = 70 * S;
