@@ -769,3 +769,75 @@ mod tests {
         cluster.shutdown().unwrap();
     }
 }
+
+#[cfg(test)]
+mod health_tests {
+    use std::time::{Duration, Instant};
+
+    use regionkv_engine::{Peer, PeerId, StoreId};
+    use regionkv_raft::{ChangePeersRequest, PeerChange};
+
+    use super::{ClusterBuilder, FIRST_REGION};
+    use crate::backend::Backend;
+    use crate::health::HealthConfig;
+
+    /// A monitor that stopped after the first step of a replacement (a learner on the
+    /// spare) leaves the learner; the next one promotes it instead of failing for want
+    /// of another store, or adding a second peer.
+    #[test]
+    fn a_learner_left_by_an_interrupted_replacement_is_promoted_not_doubled() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = ClusterBuilder::default()
+            .dir(dir.path())
+            .stores(3)
+            .spares(1)
+            .tick_interval(Duration::from_millis(20))
+            .health(HealthConfig {
+                replication_factor: 3,
+                interval: Duration::from_millis(100),
+                store_down_after: Duration::from_millis(800),
+                store_dead_after: Duration::from_millis(2500),
+                dry_run: true,
+                ..HealthConfig::default()
+            })
+            .build()
+            .unwrap();
+        cluster.db().put("a", "1").unwrap();
+        let local = &cluster.inner.local;
+        let leader = local.leader_of(FIRST_REGION).expect("a leader");
+        let epoch = local.peer_status(leader, FIRST_REGION).expect("hosted").region.epoch;
+        let learner =
+            Peer { id: PeerId(cluster.inner.ops.alloc_ids(1).unwrap()), store: StoreId(4) };
+        let added = crate::db::ask(Duration::from_secs(5), |reply| {
+            local.change_peers(
+                leader,
+                ChangePeersRequest {
+                    region: FIRST_REGION,
+                    epoch,
+                    change: PeerChange::AddLearner(learner),
+                    reply,
+                },
+            );
+        });
+        assert!(matches!(added, Some(Ok(_))), "{added:?}");
+        cluster.kill_store(3).unwrap();
+        cluster.configure_health(|c| c.dry_run = false);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let done = loop {
+            let regions = cluster.regions();
+            let ok = regions.iter().all(|r| {
+                let on = |s: u64| r.region.peers.iter().filter(|p| p.store == StoreId(s)).count();
+                r.region.peers.len() == 3 && on(3) == 0 && on(4) == 1
+            });
+            if ok || Instant::now() > deadline {
+                break ok;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(done, "{:#?}\n{:#?}", cluster.regions(), cluster.health_audit());
+        let r1 = cluster.regions().into_iter().find(|r| r.region.id == FIRST_REGION).unwrap();
+        assert!(r1.region.peers.contains(&learner), "the learner was promoted: {:?}", r1.region);
+        assert!(cluster.health_audit().iter().all(|e| !e.event.starts_with("failed")));
+        cluster.shutdown().unwrap();
+    }
+}

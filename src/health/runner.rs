@@ -246,7 +246,18 @@ impl HealthRunner {
                 Ok(format!("sent a request to each of {} replicas", current.peers.len()))
             }
             RepairKind::ReplaceReplica | RepairKind::AddReplica => {
-                let target = self.target(host, &current.peers.iter().map(|p| p.store).collect())?;
+                // A learner an earlier attempt added (a monitor that stopped between
+                // its steps) is promoted, not joined by another peer.
+                let learner = host.collect().into_iter().find_map(|s| {
+                    s.peers
+                        .iter()
+                        .any(|p| p.region.id == region && p.is_learner == Some(true))
+                        .then_some(s.store)
+                });
+                let target = match learner {
+                    Some(store) => store,
+                    None => self.target(host, &current.peers.iter().map(|p| p.store).collect())?,
+                };
                 let still = || host.leads_directory();
                 let region = ops.replace_in_region(region, repair.remove, Some(target), &still)?;
                 Ok(format!(
