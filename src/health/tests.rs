@@ -140,6 +140,12 @@ fn outcome(report: &HealthReport, code: AnalysisCode) -> Expect {
     }
 }
 
+/// The leader's (store 1's) view of store 3's peer.
+fn progress_of_3(w: &mut World) -> &mut ObservedProgress {
+    let p = peer_of(&w.regions[0], 3);
+    rep(w, 1).progress.as_mut().unwrap().iter_mut().find(|pr| pr.peer == p).unwrap()
+}
+
 fn store(w: &mut World, s: u64) -> &mut ObservedStore {
     &mut w.stores[s as usize - 1]
 }
@@ -288,13 +294,9 @@ const ROWS: &[(AnalysisCode, &str, Mutate, Expect)] = &[
         "silent past the dead timeout, leader does not hear it",
         |w| {
             store(w, 3).received_at = 70 * S;
-            let p = peer_of(&w.regions[0], 3);
-            for pr in rep(w, 1).progress.as_mut().unwrap() {
-                if pr.peer == p {
-                    pr.recent_active = Some(false);
-                    pr.ticks_since_heard = Some(500);
-                }
-            }
+            let pr = progress_of_3(w);
+            pr.recent_active = Some(false);
+            pr.ticks_since_heard = Some(500);
         },
         Expect::Problem,
     ),
@@ -303,13 +305,9 @@ const ROWS: &[(AnalysisCode, &str, Mutate, Expect)] = &[
         "silent, the leader hibernates and its store has not heard it",
         |w| {
             store(w, 3).received_at = 70 * S;
-            let p = peer_of(&w.regions[0], 3);
             rep(w, 1).hibernated = true;
-            for pr in rep(w, 1).progress.as_mut().unwrap() {
-                if pr.peer == p {
-                    pr.ticks_since_heard = Some(500);
-                }
-            }
+            let pr = progress_of_3(w);
+            pr.ticks_since_heard = Some(500);
         },
         Expect::Problem,
     ),
@@ -318,14 +316,10 @@ const ROWS: &[(AnalysisCode, &str, Mutate, Expect)] = &[
         "silent, the leader hibernates, its store's view unknown",
         |w| {
             store(w, 3).received_at = 70 * S;
-            let p = peer_of(&w.regions[0], 3);
             rep(w, 1).hibernated = true;
-            for pr in rep(w, 1).progress.as_mut().unwrap() {
-                if pr.peer == p {
-                    pr.ticks_since_heard = None;
-                    pr.recent_active = Some(false);
-                }
-            }
+            let pr = progress_of_3(w);
+            pr.ticks_since_heard = None;
+            pr.recent_active = Some(false);
         },
         Expect::Insufficient(FieldId::RecentActive),
     ),
@@ -346,12 +340,8 @@ const ROWS: &[(AnalysisCode, &str, Mutate, Expect)] = &[
         "silent to the monitor, the leader's store heard it lately",
         |w| {
             store(w, 3).received_at = 70 * S;
-            let p = peer_of(&w.regions[0], 3);
-            for pr in rep(w, 1).progress.as_mut().unwrap() {
-                if pr.peer == p {
-                    pr.recent_active = Some(false);
-                }
-            }
+            let pr = progress_of_3(w);
+            pr.recent_active = Some(false);
         },
         Expect::Nothing,
     ),
@@ -366,13 +356,9 @@ const ROWS: &[(AnalysisCode, &str, Mutate, Expect)] = &[
         "silent, the leader's view unknown",
         |w| {
             store(w, 3).received_at = 70 * S;
-            let p = peer_of(&w.regions[0], 3);
-            for pr in rep(w, 1).progress.as_mut().unwrap() {
-                if pr.peer == p {
-                    pr.recent_active = None;
-                    pr.ticks_since_heard = None;
-                }
-            }
+            let pr = progress_of_3(w);
+            pr.recent_active = None;
+            pr.ticks_since_heard = None;
         },
         Expect::Insufficient(FieldId::RecentActive),
     ),
@@ -451,12 +437,8 @@ const ROWS: &[(AnalysisCode, &str, Mutate, Expect)] = &[
         AnalysisCode::PendingReplica,
         "a follower behind the leader's log",
         |w| {
-            let p = peer_of(&w.regions[0], 3);
-            for pr in rep(w, 1).progress.as_mut().unwrap() {
-                if pr.peer == p {
-                    pr.matched = 10;
-                }
-            }
+            let pr = progress_of_3(w);
+            pr.matched = 10;
         },
         Expect::Problem,
     ),
@@ -464,12 +446,8 @@ const ROWS: &[(AnalysisCode, &str, Mutate, Expect)] = &[
         AnalysisCode::PendingReplica,
         "a follower in snapshot",
         |w| {
-            let p = peer_of(&w.regions[0], 3);
-            for pr in rep(w, 1).progress.as_mut().unwrap() {
-                if pr.peer == p {
-                    pr.state = Some(ReplicationState::Snapshot);
-                }
-            }
+            let pr = progress_of_3(w);
+            pr.state = Some(ReplicationState::Snapshot);
         },
         Expect::Problem,
     ),
@@ -490,12 +468,8 @@ const ROWS: &[(AnalysisCode, &str, Mutate, Expect)] = &[
         AnalysisCode::PendingReplica,
         "a follower's state unknown",
         |w| {
-            let p = peer_of(&w.regions[0], 3);
-            for pr in rep(w, 1).progress.as_mut().unwrap() {
-                if pr.peer == p {
-                    pr.state = None;
-                }
-            }
+            let pr = progress_of_3(w);
+            pr.state = None;
         },
         Expect::Insufficient(FieldId::Progress),
     ),
