@@ -4,11 +4,15 @@
 //! driver's membership changes (`control/membership.rs`).
 //!
 //! One monitor acts: only the process whose store leads the directory's group runs
-//! the turn, and it checks again before every repair step; every step is an ordinary
-//! membership change carrying the region's epoch, so a step decided on a view that
-//! another change made stale is refused (`EpochNotMatch`) and analysed again next
-//! turn. Before acting, the reports are collected again and the plan is made again:
-//! only repairs planned on both views run ("re-check just before acting").
+//! the turn. Each repair is first recorded in the directory (`DirCmd::RecordHealth`,
+//! a command kind of cluster version 2): only the directory's current leader can get
+//! that applied, so a monitor that lost the directory stops there (the fence), and a
+//! new monitor leaves alone the regions another one recorded (`note_other_monitors`).
+//! Every step is then an ordinary membership change carrying the region's epoch, so a
+//! step decided on a view that another change made stale is refused (`EpochNotMatch`)
+//! and analysed again next turn. Before acting, the reports are collected again and
+//! the plan is made again: only repairs planned on both views run ("re-check just
+//! before acting"). A learner an interrupted replacement left is promoted.
 //!
 //! [`Cluster`]: crate::Cluster
 //! [`Node`]: crate::Node
