@@ -236,11 +236,13 @@ impl HealthRunner {
         repair: &PlannedRepair,
     ) -> Result<String> {
         let region = repair.region;
+        // One collection for the whole repair (over TCP for a `Node`).
+        let statuses = host.collect();
         let current = host
             .directory()
             .into_iter()
             .map(|r| r.region)
-            .chain(host.collect().into_iter().flat_map(|s| s.peers).map(|p| p.region))
+            .chain(statuses.iter().flat_map(|s| &s.peers).map(|p| p.region.clone()))
             .filter(|r| r.id == region)
             .max_by_key(|r| (r.epoch.version, r.epoch.conf_ver))
             .ok_or_else(|| Error::InvalidRequest(format!("region {region} is not known")))?;
@@ -252,7 +254,7 @@ impl HealthRunner {
             RepairKind::ReplaceReplica | RepairKind::AddReplica => {
                 // A learner an earlier attempt added (a monitor that stopped between
                 // its steps) is promoted, not joined by another peer.
-                let learner = host.collect().into_iter().find_map(|s| {
+                let learner = statuses.iter().find_map(|s| {
                     s.peers
                         .iter()
                         .any(|p| p.region.id == region && p.is_learner == Some(true))
@@ -260,7 +262,7 @@ impl HealthRunner {
                 });
                 let target = match learner {
                     Some(store) => store,
-                    None => self.target(host, &current.peers.iter().map(|p| p.store).collect())?,
+                    None => self.target(&current.peers.iter().map(|p| p.store).collect())?,
                 };
                 let still = || host.leads_directory();
                 let region = ops.replace_in_region(region, repair.remove, Some(target), &still)?;
@@ -278,9 +280,8 @@ impl HealthRunner {
                         .iter()
                         .any(|h| h.store == *s && matches!(h.liveness, Liveness::Down { .. }))
                 });
-                let leader = host
-                    .collect()
-                    .into_iter()
+                let leader = statuses
+                    .iter()
                     .find(|s| {
                         s.peers.iter().any(|p| {
                             p.region.id == region && p.role == regionkv_raft::StateRole::Leader
@@ -310,7 +311,7 @@ impl HealthRunner {
     }
 
     /// A live, serving store outside `taken` with the fewest replicas.
-    fn target(&self, _host: &dyn HealthHost, taken: &BTreeSet<StoreId>) -> Result<StoreId> {
+    fn target(&self, taken: &BTreeSet<StoreId>) -> Result<StoreId> {
         let monitor = self.monitor.lock();
         monitor
             .last()
