@@ -6,20 +6,18 @@
 //! write reads back.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use regionkv::health::{AnalysisCode, AuditEntry, HealthConfig, HealthReport, RepairKind, Subject};
 use regionkv::{Client, ClusterId, Node, NodeConfig, Region, RegionId, StoreId};
 
+mod common;
+
+use common::free_addrs;
+
 const SECRET: &[u8] = b"the secret of the health test cluster";
 const CLUSTER: ClusterId = ClusterId(14);
-
-fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> =
-        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
-}
 
 fn health_config() -> HealthConfig {
     HealthConfig {

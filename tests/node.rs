@@ -2,20 +2,17 @@
 //! back through every node's; split and merge through the client protocol; a client
 //! with the wrong secret is refused and nothing changes.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use regionkv::{Client, ClusterId, Error, Node, NodeConfig, RejectReason, StoreId};
 
+mod common;
+
+use common::free_addrs;
+
 const SECRET: &[u8] = b"the secret of the node test cluster";
 const CLUSTER: ClusterId = ClusterId(42);
-
-/// Free loopback addresses (bound, then released for the nodes to take).
-fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> =
-        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
-}
 
 fn config(dir: &std::path::Path, id: u64, addrs: &[SocketAddr]) -> NodeConfig {
     let mut config = NodeConfig::new(

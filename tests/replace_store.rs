@@ -6,19 +6,17 @@
 //! replaced: remove it and add it back") until it is removed and added back through
 //! the client; then it holds and serves every write.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use regionkv::{Client, ClusterId, Error, Node, NodeConfig, RejectReason, StoreId};
 
+mod common;
+
+use common::free_addrs;
+
 const SECRET: &[u8] = b"the secret of the replace test cluster";
 const CLUSTER: ClusterId = ClusterId(9);
-
-fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> =
-        (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
-}
 
 fn config(dir: &std::path::Path, id: u64, addrs: &[SocketAddr]) -> NodeConfig {
     let mut config = NodeConfig::new(

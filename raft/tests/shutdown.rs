@@ -8,30 +8,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use crossbeam_channel::bounded;
 use raft::StateRole;
-use regionkv_engine::{Engine, EngineOptions, Epoch, Peer, PeerId, Region, RegionId, StoreId};
+use regionkv_engine::{Engine, EngineOptions, Peer, PeerId, Region, RegionId, StoreId};
 use regionkv_raft::transport::local::LocalNetwork;
-use regionkv_raft::{Op, Store, StoreConfig, StoreOptions, WriteRequest};
+use regionkv_raft::{Store, StoreConfig, StoreOptions};
 use regionkv_wal::fs::SimOpKind;
 use regionkv_wal::{CrashMode, SimFs};
 
-const R1: RegionId = RegionId(1);
+mod common;
 
-fn put(store: &Store, key: &str) -> crossbeam_channel::Receiver<regionkv_raft::Result<()>> {
-    let (tx, rx) = bounded(1);
-    store.write(WriteRequest {
-        region: R1,
-        epoch: Epoch::INITIAL,
-        ops: vec![Op::Put { key: Bytes::from(key.to_owned()), value: Bytes::from_static(b"v") }],
-        session: None,
-        reply: Box::new(move |r| {
-            let _ = tx.send(r);
-        }),
-    });
-    rx
-}
+use common::send_put;
+
+const R1: RegionId = RegionId(1);
 
 #[test]
 fn a_shutdown_that_leaves_a_thread_running_writes_no_clean_mark() {
@@ -70,10 +58,10 @@ fn a_shutdown_that_leaves_a_thread_running_writes_no_clean_mark() {
         assert!(Instant::now() < deadline, "no leader");
         std::thread::sleep(Duration::from_millis(5));
     }
-    put(&store, "before").recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
+    send_put(&store, "before").recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
     // The writer thread enters an fsync that does not return.
     stall.store(true, Ordering::SeqCst);
-    let _pending = put(&store, "during");
+    let _pending = send_put(&store, "during");
     while !stalled.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(1));
     }

@@ -7,15 +7,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use crossbeam_channel::bounded;
 use raft::StateRole;
-use regionkv_engine::{Epoch, Peer, PeerId, Region, RegionId, StoreId};
+use regionkv_engine::{Peer, PeerId, Region, RegionId, StoreId};
 use regionkv_raft::transport::Transport;
 use regionkv_raft::transport::local::LocalNetwork;
-use regionkv_raft::{Op, Store, StoreConfig, StoreOptions, WriteRequest};
+use regionkv_raft::{Store, StoreConfig, StoreOptions};
 use regionkv_wal::SimFs;
 use regionkv_wal::fs::SimOpKind;
+
+mod common;
+
+use common::send_put;
 
 const R1: RegionId = RegionId(1);
 /// How long the test waits for something that must happen; only a wedged store takes it.
@@ -44,17 +46,7 @@ fn start(sim: &SimFs, first: bool) -> (LocalNetwork, Store) {
 }
 
 fn put(store: &Store, key: &str) -> regionkv_raft::Result<()> {
-    let (tx, rx) = bounded(1);
-    store.write(WriteRequest {
-        region: R1,
-        epoch: Epoch::INITIAL,
-        ops: vec![Op::Put { key: Bytes::from(key.to_owned()), value: Bytes::from_static(b"v") }],
-        session: None,
-        reply: Box::new(move |r| {
-            let _ = tx.send(r);
-        }),
-    });
-    rx.recv_timeout(LIVENESS).expect("every write is answered")
+    send_put(store, key).recv_timeout(LIVENESS).expect("every write is answered")
 }
 
 #[test]

@@ -10,26 +10,18 @@ use bytes::Bytes;
 use crossbeam_channel::bounded;
 use regionkv_engine::{Epoch, Peer, PeerId, Region, RegionId, StoreId};
 use regionkv_raft::transport::local::LocalNetwork;
-use regionkv_raft::{
-    Op, Query, QueryResult, ReadRequest, Store, StoreConfig, StoreOptions, WriteRequest,
-};
+use regionkv_raft::{Query, QueryResult, ReadRequest, Store, StoreConfig, StoreOptions};
 use regionkv_wal::RealFs;
+
+mod common;
+
+use common::send_put;
 
 const R1: RegionId = RegionId(1);
 const PUTS: u64 = 50;
 
 fn put(store: &Store, key: &str) -> regionkv_raft::Result<()> {
-    let (tx, rx) = bounded(1);
-    store.write(WriteRequest {
-        region: R1,
-        epoch: Epoch::INITIAL,
-        ops: vec![Op::Put { key: Bytes::from(key.to_owned()), value: Bytes::from_static(b"v") }],
-        session: None,
-        reply: Box::new(move |r| {
-            let _ = tx.send(r);
-        }),
-    });
-    rx.recv_timeout(Duration::from_secs(10)).expect("an answer")
+    send_put(store, key).recv_timeout(Duration::from_secs(10)).expect("an answer")
 }
 
 #[test]

@@ -60,3 +60,10 @@ pub fn recorded_call(
 pub fn one_store(dir: &std::path::Path, tick: std::time::Duration) -> Cluster {
     Cluster::builder().dir(dir).stores(1).tick_interval(tick).build().unwrap()
 }
+
+/// `n` loopback addresses free a moment ago (each was bound, then released).
+pub fn free_addrs(n: usize) -> Vec<std::net::SocketAddr> {
+    let listeners: Vec<std::net::TcpListener> =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
+}

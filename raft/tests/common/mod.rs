@@ -347,3 +347,22 @@ pub fn directory(c: &mut SimCluster, cmd: &DirCmd) -> Result<DirResult, Error> {
     }
     Err(last)
 }
+
+/// Sends a put of `key` to region 1 on a threaded `store`; the reply comes on the
+/// returned channel.
+pub fn send_put(
+    store: &regionkv_raft::Store,
+    key: &str,
+) -> crossbeam_channel::Receiver<regionkv_raft::Result<()>> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    store.write(regionkv_raft::WriteRequest {
+        region: R1,
+        epoch: Epoch::INITIAL,
+        ops: vec![Op::Put { key: Bytes::from(key.to_owned()), value: Bytes::from_static(b"v") }],
+        session: None,
+        reply: Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    });
+    rx
+}
