@@ -21,6 +21,9 @@ use crate::defaults::{
 use crate::error::{Error, Result};
 use crate::router::Router;
 
+mod txn;
+pub use txn::TxnOutcome;
+
 /// A range of keys for [`Db::scan`]: `..`, `a..`, `..b`, `a..b`, `a..=b`, `..=b`, or a
 /// pair of [`Bound`]s, over any key type that is `AsRef<[u8]>`.
 pub trait IntoKeyRange {

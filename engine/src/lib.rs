@@ -75,6 +75,7 @@ pub mod region;
 mod region_map;
 mod round;
 pub mod sessions;
+pub mod txn;
 
 pub use checkpoint::{
     CheckpointChunk, CheckpointChunks, CheckpointFile, CheckpointHeader, CheckpointReceiver,

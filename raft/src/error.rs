@@ -129,6 +129,49 @@ pub enum Error {
         /// The newest this binary (as configured) runs at.
         supported: u32,
     },
+    /// Refused at apply: `key` holds a lock of another transaction (a raw write, a
+    /// one-region batch, or another transaction's prewrite). Nothing was written;
+    /// resolve the holder through its record (`primary_key`'s region), or wait, and
+    /// retry.
+    #[error(
+        "key {key:?} is locked by transaction {txn_id} (primary {primary_key:?}); retry once it is resolved"
+    )]
+    Locked {
+        /// The locked key.
+        key: bytes::Bytes,
+        /// The transaction holding the lock.
+        txn_id: u64,
+        /// That transaction's primary key: where its record is.
+        primary_key: bytes::Bytes,
+        /// When the lock may be resolved by others (ms since the Unix epoch, by the
+        /// lock's own fields).
+        expires_at_ms: u64,
+    },
+    /// A definite outcome: the transaction is aborted (a commit or a prewrite with its
+    /// record came after the abort). Nothing of it was or will be applied.
+    #[error("transaction {txn_id} is aborted")]
+    TxnAborted {
+        /// The transaction.
+        txn_id: u64,
+    },
+    /// The transaction has no record in its primary's region: never prewritten there,
+    /// or finished and forgotten (`txn_id < floor`).
+    #[error("transaction {txn_id} has no record (the region's floor is {floor})")]
+    TxnNotFound {
+        /// The transaction.
+        txn_id: u64,
+        /// The region's transaction floor: ids below it are finished.
+        floor: u64,
+    },
+    /// Refused at apply: a prewrite of a transaction below its region's floor (its id
+    /// is finished there). Nothing was written; the transaction must start again.
+    #[error("transaction {txn_id} is below the region's floor {floor}: start a new one")]
+    TxnTooOld {
+        /// The transaction.
+        txn_id: u64,
+        /// The region's floor.
+        floor: u64,
+    },
     /// Refused before it was proposed: the store is shutting down (or not running).
     /// Nothing was done; safe to retry elsewhere.
     #[error("the store is stopping, stopped or unreachable; nothing was done")]
@@ -218,6 +261,10 @@ impl Error {
             | Error::Malformed(_)
             | Error::InvalidRequest(_)
             | Error::FeatureNotActive { .. }
+            | Error::Locked { .. }
+            | Error::TxnAborted { .. }
+            | Error::TxnNotFound { .. }
+            | Error::TxnTooOld { .. }
             | Error::ClusterVersionTooNew { .. }
             | Error::StoreVersionTooNew { .. }
             | Error::MergeAborted { .. }
@@ -259,6 +306,10 @@ impl Error {
             | Error::EntryUnavailable { .. }
             | Error::InvalidRequest(_)
             | Error::FeatureNotActive { .. }
+            | Error::Locked { .. }
+            | Error::TxnAborted { .. }
+            | Error::TxnNotFound { .. }
+            | Error::TxnTooOld { .. }
             | Error::ClusterVersionTooNew { .. }
             | Error::StoreVersionTooNew { .. }
             | Error::Malformed(_)
@@ -299,6 +350,10 @@ impl Error {
             | Error::LogCorruption { .. }
             | Error::InvalidRequest(_)
             | Error::FeatureNotActive { .. }
+            | Error::Locked { .. }
+            | Error::TxnAborted { .. }
+            | Error::TxnNotFound { .. }
+            | Error::TxnTooOld { .. }
             | Error::ClusterVersionTooNew { .. }
             | Error::StoreVersionTooNew { .. }
             | Error::Malformed(_)

@@ -37,6 +37,7 @@ mod status;
 mod storage;
 mod store;
 pub mod transport;
+pub mod txn;
 pub mod version;
 
 pub use command::{AdminCmd, Op, Write, WriteSession};
@@ -57,3 +58,4 @@ pub use request::{
 pub use status::{FollowerProgress, ProgressState, ReportedRole, TimelineState};
 pub use storage::PeerStorage;
 pub use store::{Store, StoreOptions};
+pub use txn::{RecordInit, TxnCmd, TxnReply, TxnRequest, TxnState};

@@ -403,6 +403,13 @@ impl Store {
         }
     }
 
+    /// Submits a transaction command; its reply is called when it is applied or
+    /// refused. Refused with `Error::FeatureNotActive` before the cluster runs at
+    /// `version::TXN`.
+    pub fn txn(&self, req: crate::txn::TxnRequest) {
+        (req.reply)(Err(Error::Internal("transactions: not yet wired (txn-raft)".into())));
+    }
+
     /// Submits a membership change.
     pub fn change_peers(&self, req: ChangePeersRequest) {
         let region = req.region;

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 pub const CLUSTER_VERSION_INITIAL: u32 = 1;
 
 /// The newest cluster version this binary can run at.
-pub const CLUSTER_VERSION_MAX: u32 = 2;
+pub const CLUSTER_VERSION_MAX: u32 = 3;
 
 /// A capability that needs every replica of the cluster to know a command kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,8 +41,12 @@ pub const IMAGE_HASH: Feature = Feature { name: "image-hash", since: 2 };
 /// kind) before it takes it: its audit, and its fence.
 pub const HEALTH_AUDIT: Feature = Feature { name: "health-audit", since: 2 };
 
+/// Cross-region transactions: the `TXN` command kinds (prewrite, commit, resolve,
+/// check status, heartbeat, forget) and the locks and records they leave.
+pub const TXN: Feature = Feature { name: "transactions", since: 3 };
+
 /// Every feature, oldest first.
-pub const FEATURES: &[Feature] = &[IMAGE_HASH, HEALTH_AUDIT];
+pub const FEATURES: &[Feature] = &[IMAGE_HASH, HEALTH_AUDIT, TXN];
 
 /// A store's view of the cluster's active version: it only goes up.
 #[derive(Debug)]

@@ -183,6 +183,20 @@ impl SimCluster {
         pending
     }
 
+    /// Submits a transaction command to `store`'s peer of `region`, at the epoch that
+    /// store knows.
+    pub fn txn(
+        &mut self,
+        store: StoreId,
+        region: RegionId,
+        cmd: crate::txn::TxnCmd,
+    ) -> Pending<crate::txn::TxnReply> {
+        let pending = Pending::new();
+        let _ = (store, region, cmd);
+        (pending.reply())(Err(Error::Internal("transactions: not yet wired (txn-raft)".into())));
+        pending
+    }
+
     /// Submits an admin command to `store`'s peer of `region`, at the epoch that store
     /// knows.
     pub fn admin(

@@ -1,0 +1,170 @@
+//! Cross-region transactions, the Raft layer's part: the `TXN` commands a region
+//! applies (prewrite, commit, resolve, check status, heartbeat, forget), what they
+//! answer, and the sans-I/O plans a coordinator (`Db`, the simulator's tests) and the
+//! recovery daemon follow (ARCHITECTURE.md, "Transactions").
+//!
+//! Every command applies deterministically from itself and replicated state: the
+//! leader that proposes one stamps its clock into the entry (`now_ms`), and apply
+//! never reads a clock. The decision of a transaction is one Raft write on its
+//! primary key's region (`Commit`, or an abort by `CheckStatus`), so commit, abort and
+//! forget of one transaction are ordered by that region's log: whichever applies first
+//! wins.
+
+use bytes::Bytes;
+use regionkv_engine::{Epoch, RegionId, StoreId};
+
+use crate::command::Op;
+use crate::request::Reply;
+
+pub mod plan;
+
+/// A transaction command to one region (routed by its keys, or by its primary key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnCmd {
+    /// Locks `ops`' keys (all in this region) for `txn_id`; with `record`, this is the
+    /// primary's region and the transaction's record is created `Pending`. Refused
+    /// whole if any key holds another transaction's lock (`Error::Locked`), if the
+    /// record is `Aborted` (`Error::TxnAborted`) or `txn_id` is below the region's
+    /// floor (`Error::TxnTooOld`). Idempotent per (txn, key).
+    Prewrite {
+        /// The transaction.
+        txn_id: u64,
+        /// Its primary key.
+        primary_key: Bytes,
+        /// This region's part of the transaction.
+        ops: Vec<Op>,
+        /// How long the locks and the record live without a heartbeat.
+        ttl_ms: u64,
+        /// Present on the primary's region only.
+        record: Option<RecordInit>,
+    },
+    /// The decision: the record goes `Pending -> Committed` and this region's locks of
+    /// the transaction are applied into data in the same round. `Committed` already:
+    /// answered again. `Aborted`: `Error::TxnAborted`. No record: `Error::TxnNotFound`.
+    Commit {
+        /// The transaction.
+        txn_id: u64,
+        /// Its primary key.
+        primary_key: Bytes,
+    },
+    /// Applies (`commit`) or drops the locks of `txn_id` on `keys` in this region;
+    /// a key without a lock of this transaction is skipped. Idempotent.
+    Resolve {
+        /// The transaction.
+        txn_id: u64,
+        /// The keys to resolve (in this region).
+        keys: Vec<Bytes>,
+        /// Apply the locks' writes (true) or drop them.
+        commit: bool,
+    },
+    /// Asks the record. With `abort_if_expired`, a `Pending` record past its TTL (by
+    /// the proposing leader's clock) becomes `Aborted`, and a missing one (at or above
+    /// the floor) is written `Aborted` (presumed abort: a late prewrite then fails).
+    CheckStatus {
+        /// The transaction.
+        txn_id: u64,
+        /// Its primary key.
+        primary_key: Bytes,
+        /// Abort it if it is expired (or was never prewritten here).
+        abort_if_expired: bool,
+    },
+    /// Extends a `Pending` record's life: `last_heartbeat = max(last, now)`, `ttl`.
+    Heartbeat {
+        /// The transaction.
+        txn_id: u64,
+        /// Its primary key.
+        primary_key: Bytes,
+        /// The new TTL.
+        ttl_ms: u64,
+    },
+    /// Deletes decided records (a pending one is kept) and raises the region's floor
+    /// to `new_floor` (never lowers it).
+    Forget {
+        /// The records: (primary key, txn id).
+        records: Vec<(Bytes, u64)>,
+        /// The region's new floor.
+        new_floor: u64,
+    },
+}
+
+impl TxnCmd {
+    /// The transaction the command is about (`None`: `Forget`, about many).
+    pub fn txn_id(&self) -> Option<u64> {
+        match self {
+            TxnCmd::Prewrite { txn_id, .. }
+            | TxnCmd::Commit { txn_id, .. }
+            | TxnCmd::Resolve { txn_id, .. }
+            | TxnCmd::CheckStatus { txn_id, .. }
+            | TxnCmd::Heartbeat { txn_id, .. } => Some(*txn_id),
+            TxnCmd::Forget { .. } => None,
+        }
+    }
+
+    /// Every key the command names (they must all be in the region it is sent to).
+    pub fn keys(&self) -> Vec<&[u8]> {
+        match self {
+            TxnCmd::Prewrite { ops, .. } => ops.iter().map(Op::key).collect(),
+            TxnCmd::Commit { primary_key, .. }
+            | TxnCmd::CheckStatus { primary_key, .. }
+            | TxnCmd::Heartbeat { primary_key, .. } => vec![primary_key.as_ref()],
+            TxnCmd::Resolve { keys, .. } => keys.iter().map(Bytes::as_ref).collect(),
+            TxnCmd::Forget { records, .. } => records.iter().map(|(k, _)| k.as_ref()).collect(),
+        }
+    }
+}
+
+/// What a primary's prewrite puts in the new record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordInit {
+    /// Every key of the transaction, the primary included.
+    pub participants: Vec<Bytes>,
+    /// The store whose client coordinates it, for diagnostics.
+    pub coordinator: Option<StoreId>,
+}
+
+/// What an applied transaction command answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnReply {
+    /// Prewrite, resolve, forget: done.
+    Done,
+    /// Commit, check status, heartbeat: the transaction's state after the command.
+    Status(TxnState),
+}
+
+/// A transaction's state, as its record says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TxnState {
+    /// Not decided; others may abort it after `expires_at_ms`.
+    Pending {
+        /// Last heartbeat plus TTL (ms since the Unix epoch).
+        expires_at_ms: u64,
+    },
+    /// Committed.
+    Committed,
+    /// Aborted.
+    Aborted,
+    /// No record, and none was written (`abort_if_expired` was false, or the id is
+    /// below `floor`: finished and forgotten, its outcome applied long ago).
+    NotFound {
+        /// The region's floor.
+        floor: u64,
+    },
+    /// The record cannot be read by this binary (a newer format, damage, or an
+    /// unknown status): neither committed nor aborted by anyone here.
+    Frozen {
+        /// Why (`"too_new"`, `"corrupt"`, `"unknown_status"`).
+        reason: String,
+    },
+}
+
+/// A transaction command to one region, as a store takes it.
+pub struct TxnRequest {
+    /// The region the client routed it to.
+    pub region: RegionId,
+    /// The region's epoch as the client knows it.
+    pub epoch: Epoch,
+    /// The command.
+    pub cmd: TxnCmd,
+    /// Called once it is applied (or refused).
+    pub reply: Reply<TxnReply>,
+}

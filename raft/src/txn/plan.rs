@@ -1,0 +1,94 @@
+//! What a transaction's coordinator sends, in order: the sans-I/O plan that `Db` and
+//! the simulator's tests both follow, so that they run one protocol.
+//!
+//! 1. `Prewrite` on every region holding keys of the batch (in parallel); the primary's
+//!    region (the batch's smallest key) also creates the record.
+//! 2. `Commit` on the primary's region: the decision. The client is answered once it
+//!    is applied.
+//! 3. `Resolve { commit: true }` on the other regions (asynchronously); the recovery
+//!    daemon finishes whatever a crash leaves.
+
+use bytes::Bytes;
+use regionkv_engine::StoreId;
+
+use super::{RecordInit, TxnCmd};
+use crate::command::Op;
+
+/// Default lock and record TTL: how long a silent coordinator holds its keys.
+pub const DEFAULT_TXN_TTL_MS: u64 = 3_000;
+/// Most keys in one transaction.
+pub const MAX_TXN_KEYS: usize = 4096;
+
+/// One transaction's writes, deduplicated by key (the last op of a key wins), in key
+/// order, and its primary key (the smallest).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnPlan {
+    /// The transaction's id.
+    pub txn_id: u64,
+    /// The ops, one per key, in key order.
+    pub ops: Vec<Op>,
+    /// The lock and record TTL.
+    pub ttl_ms: u64,
+    /// The coordinator's store, if it runs on one.
+    pub coordinator: Option<StoreId>,
+}
+
+impl TxnPlan {
+    /// A plan for `ops` (at least one).
+    pub fn new(txn_id: u64, ops: Vec<Op>, ttl_ms: u64, coordinator: Option<StoreId>) -> TxnPlan {
+        let mut by_key = std::collections::BTreeMap::new();
+        for op in ops {
+            by_key.insert(Bytes::copy_from_slice(op.key()), op);
+        }
+        TxnPlan { txn_id, ops: by_key.into_values().collect(), ttl_ms, coordinator }
+    }
+
+    /// The primary key: the smallest key of the batch.
+    pub fn primary_key(&self) -> Bytes {
+        self.ops.first().map(|op| Bytes::copy_from_slice(op.key())).unwrap_or_default()
+    }
+
+    /// Every key, in order.
+    pub fn keys(&self) -> Vec<Bytes> {
+        self.ops.iter().map(|op| Bytes::copy_from_slice(op.key())).collect()
+    }
+
+    /// The prewrite of one region's part (`ops`, a subset of the plan's); the part
+    /// holding the primary key carries the record.
+    pub fn prewrite(&self, ops: Vec<Op>) -> TxnCmd {
+        let primary_key = self.primary_key();
+        let record = ops
+            .iter()
+            .any(|op| op.key() == primary_key.as_ref())
+            .then(|| RecordInit { participants: self.keys(), coordinator: self.coordinator });
+        TxnCmd::Prewrite { txn_id: self.txn_id, primary_key, ops, ttl_ms: self.ttl_ms, record }
+    }
+
+    /// The decision.
+    pub fn commit(&self) -> TxnCmd {
+        TxnCmd::Commit { txn_id: self.txn_id, primary_key: self.primary_key() }
+    }
+
+    /// The resolve of one region's keys.
+    pub fn resolve(&self, keys: Vec<Bytes>, commit: bool) -> TxnCmd {
+        TxnCmd::Resolve { txn_id: self.txn_id, keys, commit }
+    }
+
+    /// Asks the record (after a lost reply: `abort_if_expired` false).
+    pub fn check_status(&self, abort_if_expired: bool) -> TxnCmd {
+        TxnCmd::CheckStatus {
+            txn_id: self.txn_id,
+            primary_key: self.primary_key(),
+            abort_if_expired,
+        }
+    }
+
+    /// Extends the record's life.
+    pub fn heartbeat(&self) -> TxnCmd {
+        TxnCmd::Heartbeat {
+            txn_id: self.txn_id,
+            primary_key: self.primary_key(),
+            ttl_ms: self.ttl_ms,
+        }
+    }
+}
