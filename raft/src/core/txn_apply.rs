@@ -115,7 +115,14 @@ impl Applier<'_> {
         }
         let region = &replica.region;
         self.round.prepare_for_region(region.id, region.epoch)?;
-        let mut apply = TxnApply { applier: self, replica, now: entry.now_ms, index, frozen: 0 };
+        let mut apply = TxnApply {
+            applier: self,
+            replica,
+            now: entry.now_ms,
+            index,
+            frozen: 0,
+            first_frozen: None,
+        };
         let result = apply.run(&entry.cmd);
         for _ in 0..apply.frozen {
             metrics.on_txn_frozen();
@@ -134,6 +141,8 @@ struct TxnApply<'a, 'e> {
     index: u64,
     /// Frozen entries met.
     frozen: u64,
+    /// Why the first of them is frozen.
+    first_frozen: Option<&'static str>,
 }
 
 impl TxnApply<'_, '_> {
@@ -145,9 +154,9 @@ impl TxnApply<'_, '_> {
             TxnCmd::Commit { txn_id, primary_key } => self.commit(*txn_id, primary_key),
             TxnCmd::Resolve { txn_id, keys, commit } => {
                 self.resolve(*txn_id, keys.iter().map(Bytes::as_ref), *commit)?;
-                Ok(Ok(match self.frozen {
-                    0 => TxnReply::Done,
-                    _ => frozen("unreadable_lock"),
+                Ok(Ok(match self.first_frozen {
+                    None => TxnReply::Done,
+                    Some(reason) => frozen(reason),
                 }))
             }
             TxnCmd::CheckStatus { txn_id, primary_key, abort_if_expired } => {
@@ -380,8 +389,9 @@ impl TxnApply<'_, '_> {
             let lock = match lock_of(&held) {
                 Found::Readable(lock) if lock.txn_id.0 == txn_id => lock,
                 Found::Readable(_) | Found::Absent => continue,
-                Found::Frozen(_) => {
+                Found::Frozen(reason) => {
                     self.frozen += 1;
+                    self.first_frozen.get_or_insert(reason);
                     continue;
                 }
             };
