@@ -6,7 +6,8 @@
 //! lock expired, then resolve on the lock's region), leaves every transaction all or
 //! nothing, and an acknowledged commit visible. A late prewrite after a presumed abort
 //! fails, a commit of an aborted transaction is `TxnAborted`, a raw write to a locked
-//! key is `Locked`. The gate: at cluster version 2 nothing is proposed; a store whose
+//! key is `Locked`. A record or lock of a newer format is frozen: never decided,
+//! counted on every replica, and the lock still refuses. The gate: at cluster version 2 nothing is proposed; a store whose
 //! binary knows only version 2 refuses a TXN entry as any kind it does not know.
 //!
 //! A failing seed replays with `SIM_SEED=<seed> cargo test --release -p regionkv-raft
@@ -509,6 +510,55 @@ fn a_store_that_knows_version_2_only_refuses_a_txn_entry_as_an_unknown_kind() {
         assert_eq!(c.metrics(OLD).unwrap().unknown_kinds_refused, 1, "seed {seed}");
         for s in [StoreId(1), StoreId(2)] {
             assert_eq!(c.metrics(s).unwrap().unknown_kinds_refused, 0, "seed {seed}");
+        }
+    }
+}
+
+#[test]
+fn entries_this_binary_cannot_read_are_frozen_never_decided() {
+    for seed in seeds() {
+        let mut c = setup(seed);
+        let region = region_for(&c, b"a1").expect("routed").id;
+        // A record and a lock of a newer format on every replica, as a newer binary
+        // would leave them after a downgrade (written behind Raft's back).
+        let record = Bytes::from_static(&[2, 0xde, 0xad]);
+        let lock = Bytes::from_static(&[2, 0xbe, 0xef]);
+        for store in c.store_ids() {
+            let epoch = c.region(store, region).expect("hosted").epoch;
+            let engine = c.engine(store).expect("running");
+            let mut round = engine.begin_round();
+            round.prepare_for_region(region, epoch).unwrap();
+            round.set_txn_record(b"a1", 30, Some(record.clone())).unwrap();
+            round.set_txn_lock(b"a2", Some(lock.clone())).unwrap();
+            round.commit().unwrap();
+        }
+        let frozen = || TxnReply::Status(TxnState::Frozen { reason: "too_new".into() });
+        let commit = TxnCmd::Commit { txn_id: 30, primary_key: Bytes::from("a1") };
+        assert_eq!(s(call(&mut c, b"a1", &commit, 10 * SECOND)), Ok(frozen()), "seed {seed}");
+        let check = TxnCmd::CheckStatus {
+            txn_id: 30,
+            primary_key: Bytes::from("a1"),
+            abort_if_expired: true,
+        };
+        assert_eq!(s(call(&mut c, b"a1", &check, 10 * SECOND)), Ok(frozen()), "seed {seed}");
+        let resolve = TxnCmd::Resolve { txn_id: 30, keys: vec![Bytes::from("a2")], commit: true };
+        assert_eq!(s(call(&mut c, b"a2", &resolve, 10 * SECOND)), Ok(frozen()), "seed {seed}");
+        // The unreadable lock still refuses, names no holder and never expires.
+        for refused in [raw_put(&mut c, b"a2", "raw").err(), get(&mut c, b"a2").err()] {
+            match refused {
+                Some(Error::Locked { txn_id: 0, expires_at_ms: u64::MAX, .. }) => {}
+                other => panic!("seed {seed}: {other:?}"),
+            }
+        }
+        // Every replica met three frozen entries and kept both as they were.
+        let counted = |c: &mut SimCluster| {
+            c.store_ids().into_iter().all(|s| c.metrics(s).is_some_and(|m| m.txn_frozen == 3))
+        };
+        assert!(c.run_until(10 * SECOND, counted), "seed {seed}: not counted everywhere");
+        for store in c.store_ids() {
+            let table = c.engine(store).unwrap().txn_table(region).expect("hosted");
+            assert_eq!(table.records.get(&(Bytes::from("a1"), 30)), Some(&record), "seed {seed}");
+            assert_eq!(table.locks.get(&Bytes::from("a2")), Some(&lock), "seed {seed}");
         }
     }
 }
