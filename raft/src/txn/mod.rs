@@ -9,6 +9,14 @@
 //! primary key's region (`Commit`, or an abort by `CheckStatus`), so commit, abort and
 //! forget of one transaction are ordered by that region's log: whichever applies first
 //! wins.
+//!
+//! A command is checked by the leader before it is proposed and again when applied
+//! (`core/txn_apply.rs`); a refusal (a stale epoch, a key outside the region, a lock,
+//! a floor) changes nothing and is alike on every replica. A lock or record this
+//! binary cannot read (a newer format, damage, an unknown status or op) is frozen:
+//! commit, resolve, check status, heartbeat and forget leave it as it is, answer
+//! [`TxnState::Frozen`] and count it (`StoreMetrics::txn_frozen`); a frozen lock still
+//! refuses every read and raw write of its key.
 
 use bytes::Bytes;
 use regionkv_engine::{Epoch, RegionId, StoreId};
@@ -16,6 +24,7 @@ use regionkv_engine::{Epoch, RegionId, StoreId};
 use crate::command::Op;
 use crate::request::Reply;
 
+pub(crate) mod codec;
 pub mod plan;
 
 /// A transaction command to one region (routed by its keys, or by its primary key).
@@ -25,7 +34,8 @@ pub enum TxnCmd {
     /// primary's region and the transaction's record is created `Pending`. Refused
     /// whole if any key holds another transaction's lock (`Error::Locked`), if the
     /// record is `Aborted` (`Error::TxnAborted`) or `txn_id` is below the region's
-    /// floor (`Error::TxnTooOld`). Idempotent per (txn, key).
+    /// floor (`Error::TxnTooOld`). Idempotent per (txn, key); with `record`, a
+    /// transaction committed already locks nothing (a late copy).
     Prewrite {
         /// The transaction.
         txn_id: u64,
@@ -60,6 +70,7 @@ pub enum TxnCmd {
     /// Asks the record. With `abort_if_expired`, a `Pending` record past its TTL (by
     /// the proposing leader's clock) becomes `Aborted`, and a missing one (at or above
     /// the floor) is written `Aborted` (presumed abort: a late prewrite then fails).
+    /// An abort drops this region's locks of the transaction in the same round.
     CheckStatus {
         /// The transaction.
         txn_id: u64,
@@ -167,4 +178,26 @@ pub struct TxnRequest {
     pub cmd: TxnCmd,
     /// Called once it is applied (or refused).
     pub reply: Reply<TxnReply>,
+}
+
+/// The refusal for a read or write that meets the lock `lock` (encoded) on `key`. A
+/// lock this binary cannot read (a newer format, damage) still refuses: it names no
+/// holder (`txn_id` 0, an empty primary key) and never expires (`u64::MAX`), so a
+/// caller waits for it rather than resolve it.
+pub(crate) fn locked(key: &[u8], lock: &[u8]) -> crate::error::Error {
+    let key = Bytes::copy_from_slice(key);
+    match regionkv_engine::txn::Lock::decode(lock) {
+        Ok(l) => crate::error::Error::Locked {
+            key,
+            txn_id: l.txn_id.0,
+            expires_at_ms: l.expires_at_ms(),
+            primary_key: l.primary_key,
+        },
+        Err(_) => crate::error::Error::Locked {
+            key,
+            txn_id: 0,
+            primary_key: Bytes::new(),
+            expires_at_ms: u64::MAX,
+        },
+    }
 }
