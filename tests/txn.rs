@@ -146,7 +146,14 @@ fn locks_of_a_stopped_coordinator_are_resolved_by_a_reader_after_their_ttl() {
     // Prewritten everywhere, never committed; a short TTL.
     let stopped = TxnPlan::new(1 << 42, vec![put("b2", "new"), put("y2", "new")], 200, None);
     prewrite(&db, &stopped, &[&["b2"], &["y2"]]);
-    // A reader meets the lock, waits out the TTL, aborts the record and drops the lock.
+    // A scan meets a lock, waits out the TTL, aborts the record and drops the lock;
+    // then the next; the gets find none left.
+    let rows: Vec<(Bytes, Bytes)> = db.scan(.., 10).unwrap();
+    let old = Bytes::from_static(b"old");
+    assert_eq!(
+        rows,
+        vec![(Bytes::from_static(b"b2"), old.clone()), (Bytes::from_static(b"y2"), old)]
+    );
     assert_eq!(get(&db, "y2").as_deref(), Some("old"));
     assert_eq!(get(&db, "b2").as_deref(), Some("old"));
     assert_eq!(db.txn_outcome(stopped.txn_id, "b2").unwrap(), TxnOutcome::Aborted);
