@@ -351,3 +351,22 @@ fn an_installed_checkpoint_brings_its_state_and_replaces_the_old_one() -> TestRe
     assert_eq!(lagging.txn_lock_total(), 1);
     Ok(())
 }
+
+/// Locks and records count against the round's byte bound like data; a full round
+/// still reads.
+#[test]
+fn txn_changes_count_against_the_rounds_bound() -> TestResult {
+    let options = EngineOptions::new(StoreId(1)).max_round_bytes(64);
+    let engine = Engine::open(Arc::new(SimFs::new()), "/e", options)?;
+    engine.insert_region(Region::whole(RegionId(1)))?;
+    let mut round = engine.begin_round();
+    round.prepare_for_region(RegionId(1), epoch(&engine, 1))?;
+    round.set_txn_lock(b"k", Some(Bytes::from(vec![1u8; 63])))?; // the round is full
+    let full = round.set_txn_record(b"k", 1, Some(Bytes::from(vec![1u8; 8])));
+    assert!(matches!(full, Err(Error::TooLarge { what: "round", .. })), "{full:?}");
+    assert!(round.txn_lock(b"k")?.is_some(), "a full round still reads");
+    assert_eq!(round.txn_record(b"k", 1)?, None, "the refused change is not there");
+    round.commit()?;
+    assert_eq!(engine.txn_lock_total(), 1);
+    Ok(())
+}
