@@ -17,6 +17,7 @@ use crate::command::Op;
 use crate::request::Reply;
 
 pub mod plan;
+pub mod recovery;
 
 /// A transaction command to one region (routed by its keys, or by its primary key).
 #[derive(Clone, Debug, PartialEq, Eq)]
