@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use regionkv_engine::txn::{
-    Lock, LockOp, TXN_FORMAT_MAX_READ, TxnId, TxnRecord, TxnStatus, TxnTable, Unreadable, format_of,
+    Lock, LockOp, TXN_FORMAT_MAX_READ, TxnRecord, TxnStatus, TxnTable, Unreadable, format_of,
 };
 
 use super::{TxnCmd, TxnState};
@@ -373,9 +373,14 @@ pub fn plan_turn(
     plan
 }
 
-/// The id a lock's transaction has, for listing (`None`: unreadable).
-pub fn lock_txn(bytes: &[u8]) -> Option<TxnId> {
-    read_entry(bytes, Lock::decode).ok().map(|l| l.txn_id)
+/// Reads a lock entry through gate G3 (its format byte first: never decoded if too new).
+pub fn read_lock(bytes: &[u8]) -> Result<Lock, Unreadable> {
+    read_entry(bytes, Lock::decode)
+}
+
+/// Reads a record entry through gate G3.
+pub fn read_record(bytes: &[u8]) -> Result<TxnRecord, Unreadable> {
+    read_entry(bytes, TxnRecord::decode)
 }
 
 #[cfg(test)]

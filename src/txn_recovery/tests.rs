@@ -1,0 +1,1 @@
+//! The daemon inside the crate: the test-only ungated turn.
