@@ -717,6 +717,11 @@ impl Cluster {
         self.inner.txn.stats()
     }
 
+    #[cfg(test)]
+    pub(crate) fn txn_daemon(&self) -> &TxnDaemon {
+        &self.inner.txn
+    }
+
     /// Runs `f` on a running store, for tests that reach below the facade (planting
     /// transaction entries of another format in its engine, say).
     #[doc(hidden)]
