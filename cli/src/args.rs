@@ -324,6 +324,18 @@ pub(crate) enum BenchTarget {
         #[arg(long, value_delimiter = ',')]
         regions: Vec<usize>,
     },
+    /// Batches of two keys in one region (1PC) and in two (two-phase commit) at 64
+    /// clients on three stores, next to single puts and two one-region batches.
+    Txn {
+        #[command(flatten)]
+        out: BenchOut,
+        /// Seconds per figure.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Client threads.
+        #[arg(long, default_value_t = crate::bench::txn::CLIENTS)]
+        clients: usize,
+    },
     /// Group-commit appends (1, 4, 16, 64 writers) next to raw fdatasync and bandwidth.
     Wal {
         #[command(flatten)]

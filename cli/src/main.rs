@@ -74,6 +74,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let report = bench::regions::run(dir.path(), seconds, idle_seconds, &regions)?;
             report.print(out.json)?;
         }
+        Command::Bench { what: BenchTarget::Txn { out, seconds, clients } } => {
+            let dir = bench_dir(out.dir)?;
+            let report = bench::txn::run(dir.path(), seconds, clients)?;
+            report.print(out.json)?;
+        }
         Command::Bench { what: BenchTarget::Wal { out, seconds } } => {
             let dir = bench_dir(out.dir)?;
             let report = bench::wal::run(dir.path(), seconds)?;
