@@ -29,6 +29,12 @@
 //! unless it commits. A region's table is changed only by the thread that applies the
 //! region (one round at a time) and by region changes, which the Raft layer makes
 //! between rounds.
+//!
+//! Transaction state (`crate::txn`): changes of a region's locks, records and floor
+//! (`ApplyRound::set_txn_lock`, `set_txn_record`, `raise_txn_floor`) go to an overlay
+//! in the round, which the round's own reads see (`txn_lock`, `txn_record`,
+//! `txn_floor`); [`ApplyRound::commit`] publishes the data first and the overlay
+//! after it, and every other end drops the overlay.
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
@@ -36,6 +42,7 @@ use crate::memtable::{Batch, Seq};
 use crate::pins::RoundId;
 use crate::region::{Epoch, Region, RegionId, in_range};
 use crate::sessions::{SessionId, SessionWrite, Undo};
+use crate::txn::TxnOverlay;
 
 /// The region a round currently writes to, as it was when prepared.
 #[derive(Debug)]
@@ -78,6 +85,9 @@ pub struct ApplyRound<'e> {
     sessions_undo: Vec<(RegionId, Undo)>,
     /// Scratch for one session write's undo steps (kept: a vector per write otherwise).
     session_steps: Vec<Undo>,
+    /// This round's changes of transaction state, per region in the order prepared
+    /// (`txn/access.rs`): published when the round commits, after its data.
+    pub(crate) txn: Vec<(RegionId, TxnOverlay)>,
 }
 
 impl Engine {
@@ -98,6 +108,7 @@ impl<'e> ApplyRound<'e> {
             bytes: 0,
             sessions_undo: Vec::new(),
             session_steps: Vec::new(),
+            txn: Vec::new(),
         }
     }
 
@@ -145,13 +156,23 @@ impl<'e> ApplyRound<'e> {
     }
 
     fn check_write(&self, key: &[u8], value_len: usize) -> Result<()> {
-        let current = self.current.as_ref().ok_or(Error::NoRegionPrepared)?;
         let limits = self.engine.limits();
         if key.len() > limits.max_key_bytes {
             return Err(too_large("key", key.len(), limits.max_key_bytes));
         }
         if value_len > limits.max_value_bytes {
             return Err(too_large("value", value_len, limits.max_value_bytes));
+        }
+        self.check_key(key, value_len).map(|_| ())
+    }
+
+    /// Checks that `key` fits and is in the current region, and that `more` bytes
+    /// with it fit the round; returns the current region's id.
+    pub(crate) fn check_key(&self, key: &[u8], more: usize) -> Result<RegionId> {
+        let current = self.current.as_ref().ok_or(Error::NoRegionPrepared)?;
+        let limits = self.engine.limits();
+        if key.len() > limits.max_key_bytes {
+            return Err(too_large("key", key.len(), limits.max_key_bytes));
         }
         let region = &current.region;
         if !in_range(key, &region.start, region.end.as_deref()) {
@@ -160,11 +181,17 @@ impl<'e> ApplyRound<'e> {
                 region: Box::new(region.clone()),
             });
         }
-        let after = self.bytes + key.len() + value_len;
+        let after = self.bytes + key.len() + more;
         if after > limits.max_round_bytes {
             return Err(too_large("round", after, limits.max_round_bytes));
         }
-        Ok(())
+        Ok(region.id)
+    }
+
+    /// Counts `n` bytes of transaction state against the round's bound (checked by
+    /// [`ApplyRound::check_key`] first).
+    pub(crate) fn add_bytes(&mut self, n: usize) {
+        self.bytes += n;
     }
 
     /// Takes a client's write numbered `seq` in session `id` for the current region,
@@ -179,9 +206,25 @@ impl<'e> ApplyRound<'e> {
         Ok(self.engine.session_write(region, id, seq, time_ms, steps, &mut self.sessions_undo))
     }
 
-    /// True if no key is buffered (the round may still hold prepared regions).
+    /// True if no key is buffered (the round may still hold prepared regions or
+    /// changes of transaction state).
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty()
+    }
+
+    /// True if the round changed no transaction state (see `txn/access.rs`).
+    pub fn txn_unchanged(&self) -> bool {
+        self.txn.is_empty()
+    }
+
+    /// The engine the round applies to.
+    pub(crate) fn engine(&self) -> &'e Engine {
+        self.engine
+    }
+
+    /// The current region, as it was when prepared.
+    pub(crate) fn current(&self) -> Result<&Region> {
+        self.current.as_ref().map(|p| &p.region).ok_or(Error::NoRegionPrepared)
     }
 
     /// Number of buffered writes.
@@ -201,12 +244,14 @@ impl<'e> ApplyRound<'e> {
 
     /// Applies the buffered writes atomically (one sequence number per write; a
     /// snapshot sees all of them or none) and ends the round; its session changes stand
-    /// if it succeeds and are undone if it fails. Returns the sequence
+    /// if it succeeds and are undone if it fails; its changes of transaction state are
+    /// published after its data if it succeeds, and dropped if it fails. Returns the sequence
     /// number of the last write, or `None` if nothing was buffered. Whatever the
     /// outcome, the round is reset and its pins released.
     pub fn commit(mut self) -> Result<Option<Seq>> {
         let writes = std::mem::take(&mut self.writes);
-        let result = self.engine.commit_writes(writes, &self.prepared);
+        let txn = std::mem::take(&mut self.txn);
+        let result = self.engine.commit_writes(writes, &self.prepared, txn);
         if result.is_ok() {
             // The session changes stand with the data.
             self.sessions_undo.clear();
@@ -215,9 +260,9 @@ impl<'e> ApplyRound<'e> {
         result
     }
 
-    /// Discards buffered writes and session changes and prepared regions and releases
-    /// the pins; the round stays usable, back at its initial state. Calling it twice is
-    /// harmless.
+    /// Discards buffered writes, session changes, changes of transaction state and
+    /// prepared regions, and releases the pins; the round stays usable, back at its
+    /// initial state. Calling it twice is harmless.
     pub fn clear(&mut self) {
         self.reset();
     }
@@ -225,6 +270,7 @@ impl<'e> ApplyRound<'e> {
     fn reset(&mut self) {
         self.current = None;
         self.writes.clear();
+        self.txn.clear();
         self.bytes = 0;
         if !self.sessions_undo.is_empty() {
             self.engine.undo_sessions(std::mem::take(&mut self.sessions_undo));

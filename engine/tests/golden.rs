@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use regionkv_engine::codec;
 use regionkv_engine::manifest::{self, CheckpointRef, Manifest};
+use regionkv_engine::txn::{Lock, LockOp, TXN_FORMAT, TxnId, TxnRecord, TxnStatus};
 use regionkv_engine::{
     CheckpointFile, Compatibility, Engine, EngineOptions, Epoch, Incarnation, MergeState, Peer,
     PeerId, Region, RegionId, SessionId, SessionUse, SnapshotMeta, StoreId,
@@ -94,9 +96,42 @@ fn write_scenario(sessions: bool) -> Result<(Vec<u8>, Vec<u8>), Box<dyn std::err
     Ok((manifest, checkpoint))
 }
 
+/// The golden lock entry: every field set.
+fn golden_lock() -> Lock {
+    Lock {
+        txn_id: TxnId(0x7A11_0001),
+        primary_key: Bytes::from_static(b"account/alice"),
+        op: LockOp::Put,
+        value: Some(Bytes::from_static(b"balance=90")),
+        created_at_ms: 1_700_000_000_000,
+        ttl_ms: 3_000,
+    }
+}
+
+/// The golden record entry: every field set.
+fn golden_record() -> TxnRecord {
+    TxnRecord {
+        txn_id: TxnId(0x7A11_0001),
+        status: TxnStatus::Committed,
+        primary_key: Bytes::from_static(b"account/alice"),
+        participants: vec![
+            Bytes::from_static(b"account/alice"),
+            Bytes::from_static(b"account/bob"),
+        ],
+        created_at_ms: 1_700_000_000_000,
+        ttl_ms: 3_000,
+        last_heartbeat_ms: 1_700_000_001_500,
+        coordinator: Some(StoreId(2)),
+        decided_at_index: Some(4242),
+    }
+}
+
 #[test]
 #[ignore = "writes the golden files of the current format versions; run on a version bump"]
 fn regenerate_golden_files() -> TestResult {
+    for (kind, entry) in [("lock", golden_lock().encode()), ("record", golden_record().encode())] {
+        std::fs::write(golden_dir().join(format!("txn-{kind}-v{TXN_FORMAT}.bin")), entry)?;
+    }
     let (manifest, _) = write_scenario(false)?;
     let (_, checkpoint) = write_scenario(true)?;
     let dir = golden_dir();
@@ -407,5 +442,145 @@ fn current_writer_matches_current_golden_files() -> TestResult {
     let c = format!("checkpoint-v{}.bin", regionkv_engine::checkpoint::CHECKPOINT_FORMAT_VERSION);
     assert_eq!(manifest, std::fs::read(golden_dir().join(m))?);
     assert_eq!(checkpoint, std::fs::read(golden_dir().join(c))?);
+    Ok(())
+}
+
+#[test]
+fn golden_txn_lock_v1_decodes_field_by_field() -> TestResult {
+    let bytes = std::fs::read(golden_dir().join("txn-lock-v1.bin"))?;
+    assert_eq!(bytes[0], 1, "the format byte comes first");
+    let lock = Lock::decode(&bytes).map_err(|e| format!("{e:?}"))?;
+    assert_eq!(lock.txn_id, TxnId(0x7A11_0001));
+    assert_eq!(lock.primary_key, &b"account/alice"[..]);
+    assert_eq!(lock.op, LockOp::Put);
+    assert_eq!(lock.value.as_deref(), Some(&b"balance=90"[..]));
+    assert_eq!(lock.created_at_ms, 1_700_000_000_000);
+    assert_eq!(lock.ttl_ms, 3_000);
+    assert_eq!(lock.expires_at_ms(), 1_700_000_003_000);
+    Ok(())
+}
+
+#[test]
+fn golden_txn_record_v1_decodes_field_by_field() -> TestResult {
+    let bytes = std::fs::read(golden_dir().join("txn-record-v1.bin"))?;
+    assert_eq!(bytes[0], 1, "the format byte comes first");
+    let record = TxnRecord::decode(&bytes).map_err(|e| format!("{e:?}"))?;
+    assert_eq!(record.txn_id, TxnId(0x7A11_0001));
+    assert_eq!(record.status, TxnStatus::Committed);
+    assert_eq!(record.primary_key, &b"account/alice"[..]);
+    assert_eq!(record.participants, vec![&b"account/alice"[..], &b"account/bob"[..]]);
+    assert_eq!(record.created_at_ms, 1_700_000_000_000);
+    assert_eq!(record.ttl_ms, 3_000);
+    assert_eq!(record.last_heartbeat_ms, 1_700_000_001_500);
+    assert_eq!(record.coordinator, Some(StoreId(2)));
+    assert_eq!(record.decided_at_index, Some(4242));
+    Ok(())
+}
+
+/// How a field's value is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Eight bytes, little-endian.
+    U64,
+    /// The bytes as they are.
+    Bytes,
+    /// [`Kind::Bytes`], once per item.
+    RepeatedBytes,
+}
+
+/// The schema of format 1, as released: (tag, field, kind). A field is never removed,
+/// renumbered or retyped; a new one takes a new tag (and is optional).
+const LOCK_SCHEMA_V1: [(u16, &str, Kind); 6] = [
+    (1, "txn_id", Kind::U64),
+    (2, "primary_key", Kind::Bytes),
+    (3, "op", Kind::U64),
+    (4, "value", Kind::Bytes),
+    (5, "created_at_ms", Kind::U64),
+    (6, "ttl_ms", Kind::U64),
+];
+
+const RECORD_SCHEMA_V1: [(u16, &str, Kind); 9] = [
+    (1, "txn_id", Kind::U64),
+    (2, "status", Kind::U64),
+    (3, "primary_key", Kind::Bytes),
+    (4, "participants", Kind::RepeatedBytes),
+    (5, "created_at_ms", Kind::U64),
+    (6, "ttl_ms", Kind::U64),
+    (7, "last_heartbeat_ms", Kind::U64),
+    (8, "coordinator", Kind::U64),
+    (9, "decided_at_index", Kind::U64),
+];
+
+/// Checks that `entry` (a full entry of this binary) holds, under each schema tag,
+/// exactly the field the schema names, laid out as its kind says, and no other tag.
+fn check_schema(
+    entry: &[u8],
+    schema: &[(u16, &str, Kind)],
+    expected: &dyn Fn(&str) -> Vec<Vec<u8>>,
+) -> TestResult {
+    assert_eq!(entry[0], TXN_FORMAT);
+    let fields = codec::fields(&entry[1..]).map_err(|e| format!("{e:?}"))?;
+    for f in &fields {
+        assert!(
+            schema.iter().any(|(tag, _, _)| *tag == f.tag),
+            "tag {} is not in the schema",
+            f.tag
+        );
+    }
+    for &(tag, name, kind) in schema {
+        let found: Vec<Vec<u8>> =
+            fields.iter().filter(|f| f.tag == tag).map(|f| f.value.to_vec()).collect();
+        let want = expected(name);
+        assert!(!want.is_empty(), "the full entry sets {name}");
+        if kind != Kind::RepeatedBytes {
+            assert_eq!(found.len(), 1, "{name} (tag {tag}) appears once");
+        }
+        if kind == Kind::U64 {
+            assert!(found.iter().all(|v| v.len() == 8), "{name} (tag {tag}) is a u64");
+        }
+        assert_eq!(found, want, "{name} is at tag {tag}");
+    }
+    Ok(())
+}
+
+/// Fails when a field of a lock or record is removed, renumbered or retyped: the
+/// encoding of a full entry is checked against the released schema.
+#[test]
+fn txn_entry_schemas_are_stable() -> TestResult {
+    let lock = golden_lock();
+    check_schema(&lock.encode(), &LOCK_SCHEMA_V1, &|name| match name {
+        "txn_id" => vec![lock.txn_id.0.to_le_bytes().to_vec()],
+        "primary_key" => vec![lock.primary_key.to_vec()],
+        "op" => vec![1u64.to_le_bytes().to_vec()],
+        "value" => lock.value.iter().map(|v| v.to_vec()).collect(),
+        "created_at_ms" => vec![lock.created_at_ms.to_le_bytes().to_vec()],
+        "ttl_ms" => vec![lock.ttl_ms.to_le_bytes().to_vec()],
+        other => panic!("no field {other}"),
+    })?;
+    let record = golden_record();
+    check_schema(&record.encode(), &RECORD_SCHEMA_V1, &|name| match name {
+        "txn_id" => vec![record.txn_id.0.to_le_bytes().to_vec()],
+        "status" => vec![2u64.to_le_bytes().to_vec()],
+        "primary_key" => vec![record.primary_key.to_vec()],
+        "participants" => record.participants.iter().map(|k| k.to_vec()).collect(),
+        "created_at_ms" => vec![record.created_at_ms.to_le_bytes().to_vec()],
+        "ttl_ms" => vec![record.ttl_ms.to_le_bytes().to_vec()],
+        "last_heartbeat_ms" => vec![record.last_heartbeat_ms.to_le_bytes().to_vec()],
+        "coordinator" => record.coordinator.iter().map(|s| s.0.to_le_bytes().to_vec()).collect(),
+        "decided_at_index" => {
+            record.decided_at_index.iter().map(|i| i.to_le_bytes().to_vec()).collect()
+        }
+        other => panic!("no field {other}"),
+    })?;
+    // The codes of the enums, as released (0 is Unspecified in both).
+    let codes: Vec<u64> =
+        [LockOp::Unspecified, LockOp::Put, LockOp::Delete].iter().map(LockOp::code).collect();
+    assert_eq!(codes, vec![0, 1, 2]);
+    let statuses =
+        [TxnStatus::Unspecified, TxnStatus::Pending, TxnStatus::Committed, TxnStatus::Aborted];
+    assert_eq!(statuses.map(TxnStatus::code), [0, 1, 2, 3]);
+    // The golden files are what this binary writes.
+    assert_eq!(lock.encode(), std::fs::read(golden_dir().join("txn-lock-v1.bin"))?);
+    assert_eq!(record.encode(), std::fs::read(golden_dir().join("txn-record-v1.bin"))?);
     Ok(())
 }

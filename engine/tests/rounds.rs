@@ -7,10 +7,14 @@
 //! blocks evicting it forever. Fix here: a round is a guard whose every end (commit,
 //! clear, drop) resets it and releases each pin exactly once; coming back to an
 //! earlier region in one round is a typed error.
+//!
+//! The same holds for a round's changes of transaction state (locks here): published
+//! by commit only, dropped by every other end, never carried into the next round.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use proptest::prelude::*;
 use regionkv_engine::{ApplyRound, Engine, EngineOptions, Epoch, Error, Region, RegionId, StoreId};
 use regionkv_wal::SimFs;
@@ -98,9 +102,11 @@ enum Op {
         region: usize,
         stale: bool,
     },
+    /// A put, or (`lock`) a transaction lock set on a fresh key.
     Put {
         round: usize,
         inside: bool,
+        lock: bool,
     },
     /// Ends the round: commit or drop.
     End {
@@ -126,7 +132,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => round.clone().prop_map(Op::Begin),
         4 => (round.clone(), 0usize..8, proptest::bool::weighted(0.15))
             .prop_map(|(round, region, stale)| Op::Prepare { round, region, stale }),
-        3 => (round.clone(), proptest::bool::weighted(0.85)).prop_map(|(round, inside)| Op::Put { round, inside }),
+        3 => (round.clone(), proptest::bool::weighted(0.85), proptest::bool::weighted(0.3))
+            .prop_map(|(round, inside, lock)| Op::Put { round, inside, lock }),
         2 => (round.clone(), any::<bool>()).prop_map(|(round, commit)| Op::End { round, commit }),
         1 => (round, any::<bool>()).prop_map(|(round, twice)| Op::Clear { round, twice }),
         1 => (0usize..8).prop_map(Op::Split),
@@ -146,11 +153,15 @@ struct RoundModel {
     /// Regions this round pins, following splits and merges.
     pinned: BTreeSet<RegionId>,
     writes: usize,
+    /// Keys this round locked (published if it commits).
+    locks: Vec<Vec<u8>>,
 }
 
 struct Harness<'e> {
     engine: &'e Engine,
     rounds: Vec<Option<(ApplyRound<'e>, RoundModel)>>,
+    /// Locks published by committed rounds (and not dropped with their region).
+    locks: BTreeSet<Vec<u8>>,
     next_id: u64,
     next_key: u64,
 }
@@ -208,11 +219,18 @@ impl Harness<'_> {
                     model.pinned.insert(region.id);
                 }
             }
-            Op::Put { round, inside } => {
+            Op::Put { round, inside, lock } => {
                 let Some((round, model)) = self.rounds[round].as_mut() else { return Ok(()) };
                 self.next_key += 1;
+                let write = |round: &mut ApplyRound<'_>, k: &[u8]| {
+                    if lock {
+                        round.set_txn_lock(k, Some(Bytes::from_static(b"\x01lock")))
+                    } else {
+                        round.put(k, b"v")
+                    }
+                };
                 let Some(region) = model.current_region.clone() else {
-                    let result = round.put(b"k", b"v");
+                    let result = write(round, b"k");
                     prop_assert!(matches!(result, Err(Error::NoRegionPrepared)), "{:?}", result);
                     return Ok(());
                 };
@@ -223,8 +241,12 @@ impl Harness<'_> {
                 });
                 match key {
                     Some(k) => {
-                        prop_assert!(round.put(&k, b"v").is_ok());
-                        model.writes += 1;
+                        prop_assert!(write(round, &k).is_ok());
+                        if lock {
+                            model.locks.push(k);
+                        } else {
+                            model.writes += 1;
+                        }
                     }
                     None if !inside => {
                         // A key before the region's start is outside it (unless the
@@ -233,7 +255,7 @@ impl Harness<'_> {
                         let outside =
                             if r.start.is_empty() { r.end.clone() } else { Some(Vec::new()) };
                         if let Some(k) = outside {
-                            let result = round.put(&k, b"v");
+                            let result = write(round, &k);
                             prop_assert!(
                                 matches!(result, Err(Error::KeyNotInRegion { .. })),
                                 "{:?}",
@@ -254,6 +276,7 @@ impl Harness<'_> {
                         model.writes > 0,
                         "empty round got a seq"
                     );
+                    self.locks.extend(model.locks);
                 } else {
                     drop(round);
                 }
@@ -323,6 +346,7 @@ impl Harness<'_> {
                     );
                 } else {
                     prop_assert!(result.is_ok(), "{:?}", result);
+                    self.locks.retain(|k| !region.contains(k));
                 }
             }
             Op::InsertAbsent => {
@@ -347,6 +371,14 @@ impl Harness<'_> {
             prop_assert_eq!(round.current_region(), model.current);
             prop_assert_eq!(round.prepared_regions(), model.prepared.as_slice());
             prop_assert_eq!(round.len(), model.writes);
+            prop_assert_eq!(round.txn_unchanged(), model.locks.is_empty());
+        }
+        // Exactly the committed rounds' locks are published, wherever splits and
+        // merges moved them.
+        prop_assert_eq!(self.engine.txn_lock_total(), self.locks.len() as u64);
+        for key in &self.locks {
+            let region = self.engine.region_for_key(key).map(|r| r.id);
+            prop_assert!(region.is_some_and(|id| self.engine.txn_lock(id, key).is_some()));
         }
         for region in self.regions() {
             prop_assert_eq!(
@@ -368,7 +400,13 @@ proptest! {
     #[test]
     fn rounds_never_panic_and_pins_balance(ops in proptest::collection::vec(op(), 1..80)) {
         let engine = engine_with(&[(1, b"", Some(b"g")), (2, b"g", Some(b"p")), (3, b"p", None)]).unwrap();
-        let mut h = Harness { engine: &engine, rounds: vec![None, None, None], next_id: 10, next_key: 0 };
+        let mut h = Harness {
+            engine: &engine,
+            rounds: vec![None, None, None],
+            locks: BTreeSet::new(),
+            next_id: 10,
+            next_key: 0,
+        };
         for op in ops {
             h.apply(op)?;
         }
@@ -377,9 +415,11 @@ proptest! {
             drop(slot.take());
         }
         prop_assert_eq!(engine.total_pins(), 0);
+        prop_assert_eq!(engine.txn_lock_total(), h.locks.len() as u64);
         for region in engine.regions() {
             prop_assert!(engine.remove_region(region.id).is_ok());
         }
+        prop_assert!(!engine.has_txn_locks());
     }
 }
 

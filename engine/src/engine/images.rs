@@ -1,20 +1,26 @@
 //! A region's durable image as the engine keeps it: checkpoints written for a region
 //! (alone or as part of a region change), found, streamed, and received from elsewhere.
 
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use regionkv_wal::fs::OpenMode;
+use regionkv_wal::fs::{FileSystem, OpenMode};
 
 use super::{CheckpointMeta, Durable, Engine, Inner};
+use crate::IdHashMap;
 use crate::checkpoint::{
     CheckpointChunks, CheckpointFile, CheckpointHeader, CheckpointReceiver, CheckpointStats,
-    CheckpointWrite, SnapshotMeta, TEMP_SUFFIX, file_name, map_checkpoint,
+    CheckpointWrite, SnapshotMeta, TEMP_SUFFIX, file_name, load_part, map_checkpoint,
+    open_and_load_part,
 };
 use crate::error::{Error, Result};
-use crate::manifest::CheckpointRef;
+use crate::manifest::{CheckpointRef, Manifest};
+use crate::memtable::Memtable;
 use crate::read_view::ReadView;
 use crate::region::{Region, RegionId};
-use crate::sessions::SessionTable;
+use crate::sessions::{SessionLimits, SessionTable};
+use crate::txn::TxnTable;
 
 impl Engine {
     /// Writes a checkpoint of region `id`: its live keys and its client sessions at the
@@ -203,4 +209,59 @@ impl Inner {
         };
         write.run(|op, path, e| self.fail(op, path, e))
     }
+}
+
+/// What [`load_images`] loaded.
+pub(super) struct Loaded {
+    pub memtable: Memtable,
+    pub sessions: IdHashMap<RegionId, SessionTable>,
+    pub txn: IdHashMap<RegionId, TxnTable>,
+    /// Bytes charged per region with a checkpoint part.
+    pub bytes: IdHashMap<RegionId, AtomicU64>,
+    /// The last sequence number used.
+    pub seq: u64,
+    /// Key/value pairs loaded.
+    pub entries: u64,
+}
+
+/// Loads the checkpoints `manifest` lists (at open): each part at its own sequence
+/// number, the session tables of the files each region's image is made of (joined, as
+/// a merge joins them; the parts of a split share their parent's file, so each gets a
+/// copy), and their transaction state (each part's range of it, joined; the floor is
+/// the largest).
+pub(super) fn load_images(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    manifest: &Manifest,
+    limits: SessionLimits,
+) -> Result<Loaded> {
+    let memtable = Memtable::new();
+    let mut sessions: IdHashMap<RegionId, SessionTable> = IdHashMap::default();
+    let txn: IdHashMap<RegionId, TxnTable> = IdHashMap::default();
+    let mut seq = 0u64;
+    let mut loaded_entries = 0;
+    let mut files: HashMap<u64, CheckpointFile> = HashMap::new();
+    let mut bytes: IdHashMap<RegionId, AtomicU64> = IdHashMap::default();
+    for entry in &manifest.regions {
+        for part in &entry.checkpoints {
+            seq += 1;
+            // A file is verified as its first part loads (one pass over it); the
+            // parts of other regions that share it load from the verified image.
+            let (entries, charged) = if let Some(file) = files.get(&part.file_id) {
+                load_part(&memtable, file, entry, part, seq)
+            } else {
+                let (file, entries, charged) =
+                    open_and_load_part(fs, dir, &memtable, entry, part, seq)?;
+                files.insert(part.file_id, file);
+                (entries, charged)
+            };
+            loaded_entries += entries;
+            bytes.entry(entry.region.id).or_default().fetch_add(charged, Ordering::Relaxed);
+            if let Some(table) = files.get(&part.file_id).and_then(|f| f.header().sessions.as_ref())
+            {
+                sessions.entry(entry.region.id).or_default().join(table, limits);
+            }
+        }
+    }
+    Ok(Loaded { memtable, sessions, txn, bytes, seq, entries: loaded_entries })
 }

@@ -9,7 +9,9 @@
 mod images;
 mod topology;
 
-use std::collections::{BTreeMap, HashMap};
+use images::Loaded;
+
+use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use parking_lot::{Mutex, RwLock};
 use regionkv_wal::fs::FileSystem;
 
 use crate::IdHashMap;
-use crate::checkpoint::{self, CheckpointFile, CheckpointStats, load_part, open_and_load_part};
+use crate::checkpoint::{self, CheckpointStats};
 use crate::error::{Error, Result};
 use crate::manifest::{self, Compatibility, Manifest, MergeState};
 use crate::memtable::{Batch, MAX_SEQ, Memtable, Seq, Visibility};
@@ -28,6 +30,7 @@ use crate::read_view::ReadView;
 use crate::region::{Epoch, Incarnation, PeerId, Region, RegionId, StoreId, in_range};
 use crate::region_map::RegionMap;
 use crate::sessions::{SessionId, SessionLimits, SessionTable, SessionWrite, Undo};
+use crate::txn::{TxnOverlay, TxnTable};
 
 /// How to open an [`Engine`].
 #[derive(Clone, Debug)]
@@ -201,8 +204,8 @@ struct Durable {
 /// The shared state of an [`Engine`].
 ///
 /// Lock order: `durable` -> `commit` -> `regions` -> `pins` -> `snapshots` ->
-/// `sessions`. A thread holding one of them takes only locks further right; each field
-/// repeats its place.
+/// `sessions` -> `txn`. A thread holding one of them takes only locks further right;
+/// each field repeats its place.
 /// The `failure` latch may be taken under any of them and holds none while it is held.
 #[derive(Debug)]
 pub(crate) struct Inner {
@@ -211,23 +214,31 @@ pub(crate) struct Inner {
     options: EngineOptions,
     /// Changed only under `commit`; read by anyone (leaves are shared by `Arc`).
     pub(crate) memtable: Memtable,
-    /// Lock 1 of 6, taken first: serializes every file-system change (checkpoints,
+    /// Lock 1 of 7, taken first: serializes every file-system change (checkpoints,
     /// the manifest) and every change of the region map.
     durable: Mutex<Durable>,
-    /// Lock 2 of 6 (after `durable`, if both): serializes every change of the memtable
+    /// Lock 2 of 7 (after `durable`, if both): serializes every change of the memtable
     /// and of the regions' byte charges.
     commit: Mutex<CommitState>,
-    /// Lock 3 of 6 (after `durable` and `commit`, if held): the region map, written
+    /// Lock 3 of 7 (after `durable` and `commit`, if held): the region map, written
     /// only by `Inner::change`.
     regions: RwLock<RegionState>,
-    /// Lock 4 of 6 (after `regions`, if held): which open rounds pin which regions.
+    /// Lock 4 of 7 (after `regions`, if held): which open rounds pin which regions.
     pins: Mutex<PinLedger>,
-    /// Lock 5 of 6: live snapshots, sequence number -> how many.
+    /// Lock 5 of 7: live snapshots, sequence number -> how many.
     pub(crate) read_views: Mutex<BTreeMap<u64, u32>>,
-    /// Lock 6 of 6, taken last: the client sessions of each hosted region (absent:
-    /// none). Changed by the rounds of the thread that applies the region (see
-    /// `round.rs`) and by region changes (`topology.rs`).
+    /// Lock 6 of 7 (after `regions`, if held; never with `txn`): the client sessions
+    /// of each hosted region (absent: none). Changed by the rounds of the thread that
+    /// applies the region (see `round.rs`) and by region changes (`topology.rs`).
     pub(crate) sessions: Mutex<IdHashMap<RegionId, SessionTable>>,
+    /// Lock 7 of 7, taken last (after `commit` and `regions`, if held): the
+    /// transaction state of each hosted region (absent: empty). Changed when a round
+    /// that changed it commits, under `commit`, after the round's data is visible
+    /// (`Engine::publish_txn`), and by region changes (`topology.rs`).
+    pub(crate) txn: Mutex<IdHashMap<RegionId, TxnTable>>,
+    /// Locks held in `txn` over all regions; changed only with `txn` held. A reader
+    /// that finds 0 skips every lock lookup (`Engine::has_txn_locks`).
+    pub(crate) txn_locks: AtomicU64,
     /// Every write up to this sequence number is applied; snapshots read at it.
     pub(crate) visible_seq: AtomicU64,
     next_round: AtomicU64,
@@ -304,38 +315,9 @@ impl Engine {
             fs.sync_dir(&dir).map_err(|e| Error::io("sync_dir", &dir, e))?;
         }
 
-        // Load checkpoints: each part at its own sequence number, and the session tables
-        // of the files each region's image is made of (joined, as a merge joins them;
-        // the parts of a split share their parent's file, so each gets a copy).
-        let memtable = Memtable::new();
-        let mut sessions: IdHashMap<RegionId, SessionTable> = IdHashMap::default();
-        let mut seq = 0u64;
-        let mut files: HashMap<u64, CheckpointFile> = HashMap::new();
-        let mut bytes: IdHashMap<RegionId, AtomicU64> = IdHashMap::default();
-        for entry in &manifest.regions {
-            for part in &entry.checkpoints {
-                seq += 1;
-                // A file is verified as its first part loads (one pass over it); the
-                // parts of other regions that share it load from the verified image.
-                let (entries, charged) = if let Some(file) = files.get(&part.file_id) {
-                    load_part(&memtable, file, entry, part, seq)
-                } else {
-                    let (file, entries, charged) =
-                        open_and_load_part(fs.as_ref(), &dir, &memtable, entry, part, seq)?;
-                    files.insert(part.file_id, file);
-                    (entries, charged)
-                };
-                recovery.entries_loaded += entries;
-                bytes.entry(entry.region.id).or_default().fetch_add(charged, Ordering::Relaxed);
-                if let Some(table) =
-                    files.get(&part.file_id).and_then(|f| f.header().sessions.as_ref())
-                {
-                    let limits = options.session_limits;
-                    sessions.entry(entry.region.id).or_default().join(table, limits);
-                }
-            }
-        }
-        drop(files);
+        let Loaded { memtable, sessions, txn, mut bytes, seq, entries } =
+            images::load_images(fs.as_ref(), &dir, &manifest, options.session_limits)?;
+        recovery.entries_loaded = entries;
         for region in map.regions() {
             bytes.entry(region.id).or_default();
         }
@@ -359,6 +341,8 @@ impl Engine {
             pins: Mutex::new(PinLedger::default()),
             read_views: Mutex::new(BTreeMap::new()),
             sessions: Mutex::new(sessions),
+            txn_locks: AtomicU64::new(txn.values().map(|t| t.lock_count() as u64).sum()),
+            txn: Mutex::new(txn),
             visible_seq: AtomicU64::new(seq),
             next_round: AtomicU64::new(1),
             failure: Mutex::new(None),
@@ -669,18 +653,41 @@ impl Engine {
     }
 
     /// Applies `batch`, written to the regions `prepared` (a round's: where the charge
-    /// of each key is looked up first).
+    /// of each key is looked up first), then publishes `txn`, the round's changes of
+    /// transaction state, once the data is visible (both under the commit lock: a
+    /// region change or checkpoint sees both or neither).
     pub(crate) fn commit_writes(
         &self,
-        mut batch: Batch,
+        batch: Batch,
         prepared: &[RegionId],
+        txn: Vec<(RegionId, TxnOverlay)>,
     ) -> Result<Option<Seq>> {
         self.inner.check_usable()?;
-        if batch.is_empty() {
+        if batch.is_empty() && txn.is_empty() {
             return Ok(None);
         }
         let inner = &*self.inner;
         let mut commit = inner.commit.lock();
+        let seq = if batch.is_empty() {
+            None
+        } else {
+            Some(self.apply_batch(&mut commit, batch, prepared)?)
+        };
+        if !txn.is_empty() {
+            self.publish_txn(txn);
+        }
+        drop(commit);
+        Ok(seq)
+    }
+
+    /// Applies a non-empty `batch` with the commit lock held; publishes it.
+    fn apply_batch(
+        &self,
+        commit: &mut CommitState,
+        mut batch: Batch,
+        prepared: &[RegionId],
+    ) -> Result<Seq> {
+        let inner = &*self.inner;
         let first = commit.next_seq;
         let last = first + batch.len() as u64 - 1;
         if last > MAX_SEQ {
@@ -700,7 +707,73 @@ impl Engine {
         });
         commit.next_seq = last + 1;
         inner.visible_seq.store(last, Ordering::Release);
-        Ok(Some(Seq(last)))
+        Ok(Seq(last))
+    }
+
+    /// Applies a committed round's changes of transaction state to the tables (call
+    /// with the commit lock held, after the round's data is visible). Each lock goes
+    /// to the region holding its key, each record to the region holding its primary
+    /// key: the region the round prepared, unless a region change moved the key since
+    /// (an entry whose key no hosted region holds is dropped with its range).
+    fn publish_txn(&self, txn: Vec<(RegionId, TxnOverlay)>) {
+        let inner = &*self.inner;
+        let regions = inner.regions.read();
+        let mut tables = inner.txn.lock();
+        let mut added = 0u64;
+        let mut removed = 0u64;
+        let mut touched = Vec::new();
+        for (prepared, overlay) in txn {
+            let home = regions.map.get(prepared);
+            let region_of = |key: &[u8]| match home {
+                Some(r) if in_range(key, &r.start, r.end.as_deref()) => Some(r.id),
+                _ => regions.map.region_for_key(key).map(|r| r.id),
+            };
+            for (key, lock) in overlay.locks {
+                let Some(id) = region_of(&key) else { continue };
+                touched.push(id);
+                let table = tables.entry(id).or_default();
+                match lock {
+                    Some(entry) => {
+                        if table.locks.insert(key, entry).is_none() {
+                            added += 1;
+                        }
+                    }
+                    None => {
+                        if table.locks.remove(&key).is_some() {
+                            removed += 1;
+                        }
+                    }
+                }
+            }
+            for (id_key, record) in overlay.records {
+                let Some(id) = region_of(&id_key.0) else { continue };
+                touched.push(id);
+                let table = tables.entry(id).or_default();
+                match record {
+                    Some(entry) => table.records.insert(id_key, entry),
+                    None => table.records.remove(&id_key),
+                };
+            }
+            if let (Some(floor), Some(r)) = (overlay.floor, home) {
+                let table = tables.entry(r.id).or_default();
+                table.floor = table.floor.max(floor);
+            }
+        }
+        // A table emptied here is dropped (absent: empty); only the touched ones.
+        touched.sort_unstable();
+        touched.dedup();
+        for id in touched {
+            if tables.get(&id).is_some_and(TxnTable::is_empty) {
+                tables.remove(&id);
+            }
+        }
+        let count = inner.txn_locks.load(Ordering::Relaxed);
+        inner.txn_locks.store((count + added).saturating_sub(removed), Ordering::Release);
+        debug_assert_eq!(
+            inner.txn_locks.load(Ordering::Relaxed),
+            tables.values().map(|t| t.lock_count() as u64).sum::<u64>(),
+            "the store-wide lock count is the tables'"
+        );
     }
 }
 

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{CheckpointRef, Manifest, MergeState, RegionEntry, restrict};
 use crate::region::{Peer, Region, RegionId};
 use crate::region_map::RegionMap;
+use crate::txn::TxnTable;
 
 /// A change of the region map being staged by [`Inner::change`]: the state as it is,
 /// and the map as the change leaves it.
@@ -56,6 +57,21 @@ pub(super) struct Publish<'a> {
 }
 
 impl Inner {
+    /// Replaces region `id`'s transaction state (`None` or an empty table: none),
+    /// keeping the store-wide lock count.
+    pub(super) fn set_txn_table(&self, id: RegionId, table: Option<TxnTable>) {
+        let mut tables = self.txn.lock();
+        let table = table.filter(|t| !t.is_empty());
+        let added = table.as_ref().map_or(0, |t| t.lock_count() as u64);
+        let old = match table {
+            Some(t) => tables.insert(id, t),
+            None => tables.remove(&id),
+        };
+        let removed = old.map_or(0, |t| t.lock_count() as u64);
+        let count = self.txn_locks.load(Ordering::Relaxed);
+        self.txn_locks.store((count + added).saturating_sub(removed), Ordering::Release);
+    }
+
     /// Runs one change of the region map; every change of the hosted regions goes
     /// through here, in this order:
     ///
@@ -129,6 +145,7 @@ impl Engine {
                 self.inner.memtable.remove_range(&region.start, region.end.as_deref());
                 p.regions.bytes.remove(&id);
                 self.inner.sessions.lock().remove(&id);
+                self.inner.set_txn_table(id, None);
                 region
             },
         )
@@ -467,6 +484,7 @@ impl Engine {
                 for old in &removed {
                     self.inner.memtable.remove_range(&old.start, old.end.as_deref());
                     p.regions.bytes.remove(&old.id);
+                    self.inner.set_txn_table(old.id, None);
                 }
                 let seq = p.commit.next_seq;
                 let entry = RegionEntry {
@@ -483,6 +501,8 @@ impl Engine {
                     Some(table) => sessions.insert(region.id, table.clone()),
                     None => sessions.remove(&region.id),
                 };
+                drop(sessions);
+                self.inner.set_txn_table(region.id, None);
                 p.commit.next_seq += 1;
                 self.inner.visible_seq.store(seq, Ordering::Release);
                 p.regions.bytes.insert(region.id, AtomicU64::new(bytes));
@@ -503,8 +523,9 @@ impl Engine {
 
     /// After a split of `parent` into `parts` (the parent first): the children's
     /// charges move from the parent to them, rounds that pin the parent pin the
-    /// children too, and every child starts with a copy of the parent's sessions (a
-    /// write the parent applied is recognised by whichever part its keys are in now).
+    /// children too, every child starts with a copy of the parent's sessions (a
+    /// write the parent applied is recognised by whichever part its keys are in now),
+    /// and the parent's transaction state is partitioned by key.
     fn on_split(
         &self,
         regions: &mut RegionState,
@@ -524,15 +545,31 @@ impl Engine {
         self.inner.pins.lock().on_split(parent, &children);
         let mut sessions = self.inner.sessions.lock();
         if let Some(table) = sessions.get(&parent).cloned() {
-            for child in children {
-                sessions.insert(child, table.clone());
+            for child in &children {
+                sessions.insert(*child, table.clone());
+            }
+        }
+        drop(sessions);
+        // Locks by key and records by primary key go to the part whose range holds
+        // them; every part keeps the parent's floor. No lock is added or dropped.
+        let mut tables = self.inner.txn.lock();
+        if let Some(mut table) = tables.remove(&parent) {
+            for part in &parts[1..] {
+                let child = table.take_range(&part.start, part.end.as_deref());
+                if !child.is_empty() {
+                    tables.insert(part.id, child);
+                }
+            }
+            if !table.is_empty() {
+                tables.insert(parent, table);
             }
         }
     }
 
     /// After a merge of `source` into `target`: the source's charge and pins go to the
-    /// target, and its sessions join the target's (per session the highest sequence
-    /// number: a write either side applied is recognised).
+    /// target, its sessions join the target's (per session the highest sequence
+    /// number: a write either side applied is recognised), and so does its
+    /// transaction state (floor: the larger).
     fn on_merge(&self, regions: &mut RegionState, source: RegionId, target: RegionId) {
         let moved = regions.bytes.remove(&source).map_or(0, AtomicU64::into_inner);
         if let Some(b) = regions.bytes.get(&target) {
@@ -543,6 +580,12 @@ impl Engine {
         if let Some(from) = sessions.remove(&source) {
             let limits = self.inner.options.session_limits;
             sessions.entry(target).or_default().join(&from, limits);
+        }
+        drop(sessions);
+        // The ranges are disjoint: every entry of both, and the larger floor.
+        let mut tables = self.inner.txn.lock();
+        if let Some(from) = tables.remove(&source) {
+            tables.entry(target).or_default().join(from);
         }
     }
 }
