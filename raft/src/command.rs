@@ -39,6 +39,25 @@
 //! Or, in the cluster directory's log only, one directory command: tag 3 (nested),
 //! laid out in [`crate::directory`].
 //!
+//! Or one transaction command (never together with writes; cluster version 3 on,
+//! [`crate::version::TXN`]; what each kind does: [`crate::txn`]):
+//!
+//! ```text
+//!  | format u8 = 1 | TLV: tag 5 TXN (nested)                                          |
+//!  |   1 epoch (nested)   2 now ms: the proposing leader's clock (apply reads no other)|
+//!  |   3 kind: 1 prewrite, 2 commit, 3 resolve, 4 check status, 5 heartbeat,          |
+//!  |     6 forget (0 reserved: damage; above 6: a kind this binary does not know)    |
+//!  |   then the kind's fields, no others:                                            |
+//!  |   4 txn id   5 primary key   6 op (nested, repeated, as in WRITE)   7 ttl ms      |
+//!  |   8 record (nested, prewrite on the primary's region only):                     |
+//!  |     1 participant key (repeated), 2 coordinator store (optional)                |
+//!  |   9 key (repeated, resolve)   10 commit (flag)   11 abort if expired (flag)     |
+//!  |   12 forgotten record (nested, repeated): 1 primary key, 2 txn id               |
+//!  |   13 new floor                                                                  |
+//!  |   prewrite 4 5 6 7 [8] · commit 4 5 · resolve 4 9 10 · check status 4 5 11 ·    |
+//!  |   heartbeat 4 5 7 · forget 12 13                                                |
+//! ```
+//!
 //! A membership change is an `EntryConfChangeV2` entry: raft-rs's `ConfChangeV2` in
 //! the data, and in the context the epoch it was proposed at and the stores of the
 //! peers it adds:
@@ -52,6 +71,7 @@ use regionkv_engine::codec::{self, DecodeError, DecodeResult, TlvRecord, Unknown
 use regionkv_engine::{Epoch, Peer, PeerId, Region, RegionId, SessionId, StoreId};
 
 use crate::directory::DirCmd;
+pub(crate) use crate::txn::codec::TxnEntry;
 
 /// The format this binary writes and the newest it reads.
 pub(crate) const FORMAT_VERSION: u8 = 1;
@@ -74,6 +94,7 @@ const PEER_ID: u16 = 1;
 const PEER_STORE: u16 = 2;
 const ADMIN: u16 = 2;
 const DIRECTORY: u16 = 3;
+const TXN: u16 = 5;
 const A_EPOCH: u16 = 1;
 const A_KIND: u16 = 2;
 const A_SPLIT_KEY: u16 = 3;
@@ -167,12 +188,12 @@ impl Write {
     }
 }
 
-fn put_epoch(out: &mut Vec<u8>, epoch: Epoch) {
+pub(crate) fn put_epoch(out: &mut Vec<u8>, epoch: Epoch) {
     codec::put_u64(out, EPOCH_VERSION, epoch.version);
     codec::put_u64(out, EPOCH_CONF_VER, epoch.conf_ver);
 }
 
-fn decode_epoch(buf: &[u8]) -> DecodeResult<Epoch> {
+pub(crate) fn decode_epoch(buf: &[u8]) -> DecodeResult<Epoch> {
     let rec = TlvRecord::parse(buf, &[EPOCH_VERSION, EPOCH_CONF_VER], UnknownTags::Skip)?;
     Ok(Epoch {
         version: rec.required(EPOCH_VERSION, "epoch version")?.as_u64()?,
@@ -198,17 +219,7 @@ pub(crate) fn encode_writes<'a>(writes: impl IntoIterator<Item = &'a Write> + Cl
         codec::put_nested(&mut out, WRITE, |out| {
             codec::put_nested(out, W_EPOCH, |out| put_epoch(out, w.epoch));
             for op in &w.ops {
-                codec::put_nested(out, W_OP, |out| match op {
-                    Op::Put { key, value } => {
-                        codec::put_u64(out, OP_KIND, 1);
-                        codec::put_field(out, OP_KEY, key);
-                        codec::put_field(out, OP_VALUE, value);
-                    }
-                    Op::Delete { key } => {
-                        codec::put_u64(out, OP_KIND, 2);
-                        codec::put_field(out, OP_KEY, key);
-                    }
-                });
+                codec::put_nested(out, W_OP, |out| put_op(out, op));
             }
             if let Some(session) = w.session {
                 codec::put_nested(out, W_SESSION, |out| {
@@ -222,6 +233,33 @@ pub(crate) fn encode_writes<'a>(writes: impl IntoIterator<Item = &'a Write> + Cl
         });
     }
     out
+}
+
+/// Writes the body of an op field (a write's, or a prewrite's).
+pub(crate) fn put_op(out: &mut Vec<u8>, op: &Op) {
+    match op {
+        Op::Put { key, value } => {
+            codec::put_u64(out, OP_KIND, 1);
+            codec::put_field(out, OP_KEY, key);
+            codec::put_field(out, OP_VALUE, value);
+        }
+        Op::Delete { key } => {
+            codec::put_u64(out, OP_KIND, 2);
+            codec::put_field(out, OP_KEY, key);
+        }
+    }
+}
+
+/// Reads the body of an op field (`buf`, a slice of `data`: the key and value are
+/// slices of `data`). Offsets in errors are from the start of `buf`.
+pub(crate) fn decode_op(data: &Bytes, buf: &[u8]) -> DecodeResult<Op> {
+    let o = TlvRecord::parse(buf, &[OP_KIND, OP_KEY, OP_VALUE], UnknownTags::Reject)?;
+    let key = data.slice_ref(o.required(OP_KEY, "op key")?.value);
+    match o.required(OP_KIND, "op kind").and_then(|f| f.as_u64())? {
+        1 => Ok(Op::Put { key, value: data.slice_ref(o.required(OP_VALUE, "put value")?.value) }),
+        2 => Ok(Op::Delete { key }),
+        _ => Err(DecodeError::new(0, UNKNOWN_OP)),
+    }
 }
 
 /// A change to a region's shape, replicated through its log like a write.
@@ -279,6 +317,15 @@ pub(crate) enum Command {
     Admin(Admin),
     /// One command of the cluster directory (its own region only).
     Directory(DirCmd),
+    /// One transaction command.
+    Txn(TxnEntry),
+}
+
+/// Encodes a transaction command as one entry's data.
+pub(crate) fn encode_txn(entry: &TxnEntry) -> Vec<u8> {
+    let mut out = vec![FORMAT_VERSION];
+    codec::put_nested(&mut out, TXN, |out| crate::txn::codec::encode(out, entry));
+    out
 }
 
 /// Encodes a directory command as one entry's data.
@@ -371,8 +418,14 @@ pub(crate) fn is_newer_format(data: &[u8]) -> bool {
 /// rather than damaged: it may be a newer binary's command (ARCHITECTURE.md, "Cluster
 /// versions", says what apply does with it).
 pub(crate) fn is_unknown_kind(error: &DecodeError) -> bool {
-    [UNKNOWN_COMMAND, UNKNOWN_ADMIN, UNKNOWN_OP, crate::directory::UNKNOWN_DIRECTORY_COMMAND]
-        .contains(&error.reason)
+    [
+        UNKNOWN_COMMAND,
+        UNKNOWN_ADMIN,
+        UNKNOWN_OP,
+        crate::directory::UNKNOWN_DIRECTORY_COMMAND,
+        crate::txn::codec::UNKNOWN_TXN,
+    ]
+    .contains(&error.reason)
 }
 
 impl Command {
@@ -388,6 +441,7 @@ impl Command {
             Command::Admin(Admin { cmd: AdminCmd::ComputeHash, .. }) => {
                 crate::version::IMAGE_HASH.since
             }
+            Command::Txn(_) => crate::version::TXN.since,
             Command::Writes(_)
             | Command::Admin(_)
             | Command::Directory(DirCmd::AllocIds { .. } | DirCmd::Report { .. }) => {
@@ -419,6 +473,14 @@ pub(crate) fn decode(data: &Bytes) -> DecodeResult<Command> {
             .map(Command::Directory)
             .map_err(|e| e.shifted(dir.offset + 1));
     }
+    if let Some(txn) = fields.iter().find(|f| f.tag == TXN) {
+        if fields.len() != 1 {
+            return Err(DecodeError::new(txn.offset + 1, "a transaction command shares its entry"));
+        }
+        return crate::txn::codec::decode(data, txn.value)
+            .map(Command::Txn)
+            .map_err(|e| e.shifted(txn.offset + 1));
+    }
     if let Some(admin) = fields.iter().find(|f| f.tag == ADMIN) {
         if fields.len() != 1 {
             return Err(DecodeError::new(admin.offset + 1, "an admin command shares its entry"));
@@ -441,21 +503,7 @@ pub(crate) fn decode(data: &Bytes) -> DecodeResult<Command> {
             decode_epoch(epoch_field.value).map_err(|e| at(e.shifted(epoch_field.offset)))?;
         let mut ops = Vec::new();
         for op in rec.repeated(W_OP) {
-            let op_at = |e: DecodeError| at(e.shifted(op.offset));
-            let o = TlvRecord::parse(op.value, &[OP_KIND, OP_KEY, OP_VALUE], UnknownTags::Reject)
-                .map_err(op_at)?;
-            let key = data.slice_ref(o.required(OP_KEY, "op key").map_err(op_at)?.value);
-            ops.push(
-                match o.required(OP_KIND, "op kind").and_then(|f| f.as_u64()).map_err(op_at)? {
-                    1 => Op::Put {
-                        key,
-                        value: data
-                            .slice_ref(o.required(OP_VALUE, "put value").map_err(op_at)?.value),
-                    },
-                    2 => Op::Delete { key },
-                    _ => return Err(op_at(DecodeError::new(0, UNKNOWN_OP))),
-                },
-            );
+            ops.push(decode_op(data, op.value).map_err(|e| at(e.shifted(op.offset)))?);
         }
         let session = match rec.optional(W_SESSION).map_err(at)? {
             Some(f) => {

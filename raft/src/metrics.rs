@@ -29,6 +29,8 @@ pub struct WriteMetrics {
     caller_tasks: AtomicU64,
     /// Committed entries of a kind this binary does not know, refused (a no-op).
     unknown_kinds_refused: AtomicU64,
+    /// Transaction entries (locks, records) a command met frozen and left alone.
+    txn_frozen: AtomicU64,
 }
 
 impl WriteMetrics {
@@ -65,6 +67,12 @@ impl WriteMetrics {
         self.unknown_kinds_refused.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one transaction entry (lock or record) met frozen: too new, damaged, or
+    /// of an unknown status or op, neither committed nor aborted.
+    pub(crate) fn on_txn_frozen(&self) {
+        self.txn_frozen.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Fills in the store-wide write-path figures of `m`.
     pub(crate) fn fill(&self, m: &mut StoreMetrics) {
         m.write_latency_us = self.latency.snapshot();
@@ -73,6 +81,7 @@ impl WriteMetrics {
         m.writer_tasks = self.writer_tasks.load(Ordering::Relaxed);
         m.caller_tasks = self.caller_tasks.load(Ordering::Relaxed);
         m.unknown_kinds_refused = self.unknown_kinds_refused.load(Ordering::Relaxed);
+        m.txn_frozen = self.txn_frozen.load(Ordering::Relaxed);
     }
 }
 
@@ -113,6 +122,11 @@ pub struct StoreMetrics {
     /// malformed while the cluster version said none could exist (ARCHITECTURE.md,
     /// "Cluster versions"). Not sent over the client protocol (0 there).
     pub unknown_kinds_refused: u64,
+    /// Transaction entries (locks, records) that a transaction command met frozen (a
+    /// newer format, damage, an unknown status or op) and left alone: neither
+    /// committed nor aborted (ARCHITECTURE.md, "Transactions"). Counted on every
+    /// replica that applies the command. Not sent over the client protocol (0 there).
+    pub txn_frozen: u64,
     /// Write-batch rounds of the apply loop.
     pub apply: ApplyStats,
     /// The store's WAL: fsyncs, their latency, group sizes.

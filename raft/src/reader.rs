@@ -21,7 +21,7 @@ use regionkv_engine::{ReadView, Region, RegionId};
 use crate::core::StoreContext;
 use crate::error::{Error, Result};
 use crate::mailbox::{Lane, Mailbox, SendError};
-use crate::request::{Query, QueryResult, ReadRequest, Reply, ScanCaps, scan_page};
+use crate::request::{Page, Query, QueryResult, ReadRequest, Reply, ScanCaps, scan_page};
 
 /// Scans queued for one reader thread at most; past it, the poller runs a scan
 /// itself (bounded by the store's caps) rather than wait or refuse.
@@ -41,6 +41,9 @@ pub(crate) struct ScanJob {
     pub limit: usize,
     /// The store's caps.
     pub caps: ScanCaps,
+    /// The first lock in the range (its key and encoded lock), looked up before `view`
+    /// was taken: the scan is refused if its page's range holds it.
+    pub lock: Option<(Bytes, Bytes)>,
     /// Called with the page.
     pub reply: Reply<QueryResult>,
 }
@@ -50,8 +53,50 @@ impl ScanJob {
         ctx.before_scan(self.region);
         let page = scan_page(&self.view, &self.start, self.end.as_deref(), self.limit, self.caps);
         drop(self.view); // the versions it held may go before the client reads the page
-        (self.reply)(Ok(QueryResult::Rows(page)));
+        (self.reply)(refuse_locked(page, self.limit, self.lock.as_ref()));
     }
+}
+
+/// The first lock (its key and encoded lock) that `query` (a get of a key `region`
+/// holds, or a scan clamped to it) meets in `engine`, as published. Looked up BEFORE
+/// the read view is taken: a lock leaves the table in the round that writes its value,
+/// so a read that finds none here reads the resolved value (ARCHITECTURE.md,
+/// "Transactions"). No lookup at all while no region of the store holds a lock.
+pub(crate) fn first_lock(
+    engine: &regionkv_engine::Engine,
+    region: &Region,
+    query: &Query,
+) -> Option<(Bytes, Bytes)> {
+    if !engine.has_txn_locks() {
+        return None;
+    }
+    match query {
+        Query::Get { key } if region.contains(key) => {
+            engine.txn_lock(region.id, key).map(|lock| (key.clone(), lock))
+        }
+        Query::Get { .. } | Query::Scan { limit: 0, .. } => None,
+        Query::Scan { start, end, .. } => {
+            engine.txn_locks(region.id, start, end.as_deref(), 1).into_iter().next()
+        }
+    }
+}
+
+/// `page` (of a scan with `limit`), or `Error::Locked` if the range it answers (up to
+/// its resume key, or its last row once the limit is reached, or the whole range)
+/// holds `lock`.
+pub(crate) fn refuse_locked(
+    page: Page,
+    limit: usize,
+    lock: Option<&(Bytes, Bytes)>,
+) -> Result<QueryResult> {
+    let Some((key, encoded)) = lock else { return Ok(QueryResult::Rows(page)) };
+    let answered = match (&page.resume, page.rows.last()) {
+        _ if limit == 0 => false,
+        (Some(resume), _) => key < resume,
+        (None, Some((last, _))) if page.rows.len() >= limit => key <= last,
+        (None, _) => true,
+    };
+    if answered { Err(crate::txn::locked(key, encoded)) } else { Ok(QueryResult::Rows(page)) }
 }
 
 /// Where a core runs its confirmed scans.
@@ -168,8 +213,7 @@ impl LocalReads {
         {
             return Some(req);
         }
-        // Taken while listed: see the type's docs.
-        let view = ctx.engine_of(req.region).read_view();
+        let engine = ctx.engine_of(req.region);
         let ReadRequest { region: id, query, reply, .. } = req;
         let query = match query {
             Query::Scan { start, end, limit } => {
@@ -178,17 +222,25 @@ impl LocalReads {
             }
             get @ Query::Get { .. } => get,
         };
+        // Before the view (see `first_lock`).
+        let lock = first_lock(engine, region, &query);
+        // Taken while listed: see the type's docs.
+        let view = engine.read_view();
         drop(regions);
         let answer = match query {
-            Query::Get { key } => QueryResult::Value(view.get(&key)),
+            Query::Get { .. } if let Some((key, encoded)) = &lock => {
+                Err(crate::txn::locked(key, encoded))
+            }
+            Query::Get { key } => Ok(QueryResult::Value(view.get(&key))),
             Query::Scan { start, end, limit } => {
                 ctx.before_scan(id);
                 let caps = ctx.config.scan_caps();
-                QueryResult::Rows(scan_page(&view, &start, end.as_deref(), limit, caps))
+                let page = scan_page(&view, &start, end.as_deref(), limit, caps);
+                refuse_locked(page, limit, lock.as_ref())
             }
         };
         drop(view); // the versions it held may go before the caller reads the answer
-        reply(Ok(answer));
+        reply(answer);
         None
     }
 }

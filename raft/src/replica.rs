@@ -26,6 +26,7 @@ use crate::index::RaftIndex;
 use crate::request::{AdminResult, ReadRequest, Reply};
 use crate::status::{FollowerProgress, ReportedRole, TimelineState};
 use crate::storage::{PeerStorage, SnapshotSlot};
+use crate::txn::TxnReply;
 
 /// A proposal in flight: the entry it became, and who waits for it.
 pub(crate) struct Proposal {
@@ -44,6 +45,8 @@ pub(crate) enum Waiting {
     Admin(Reply<AdminResult>),
     /// A directory command.
     Directory(Reply<DirResult>),
+    /// A transaction command.
+    Txn(Reply<TxnReply>),
 }
 
 impl Waiting {
@@ -54,6 +57,7 @@ impl Waiting {
             Waiting::ChangePeers(reply) => reply(Err(error())),
             Waiting::Admin(reply) => reply(Err(error())),
             Waiting::Directory(reply) => reply(Err(error())),
+            Waiting::Txn(reply) => reply(Err(error())),
         }
     }
 
@@ -76,6 +80,7 @@ impl Waiting {
             Waiting::ChangePeers(reply) => reply(Err(error.into())),
             Waiting::Admin(reply) => reply(Err(error.into())),
             Waiting::Directory(reply) => reply(Err(error.into())),
+            Waiting::Txn(reply) => reply(Err(error.into())),
         }
     }
 }

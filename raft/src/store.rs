@@ -92,6 +92,7 @@ enum Msg {
     MergeStatus(RegionId, Sender<Result<MergeStatus>>),
     Task(CoreTask),
     Directory(DirCmd, Reply<DirResult>),
+    Txn(Box<crate::txn::TxnRequest>),
     PeerStatus(RegionId, Sender<Option<PeerStatus>>),
 }
 
@@ -106,6 +107,7 @@ impl Msg {
             | Msg::ChangePeers(_)
             | Msg::TransferLeader(..)
             | Msg::Admin(_)
+            | Msg::Txn(_)
             | Msg::Directory(..) => Lane::Client,
             Msg::Bootstrap(..)
             | Msg::Persisted { .. }
@@ -407,7 +409,10 @@ impl Store {
     /// refused. Refused with `Error::FeatureNotActive` before the cluster runs at
     /// `version::TXN`.
     pub fn txn(&self, req: crate::txn::TxnRequest) {
-        (req.reply)(Err(Error::Internal("transactions: not yet wired (txn-raft)".into())));
+        let region = req.region;
+        if let Err(Msg::Txn(req)) = self.try_send(region, Msg::Txn(Box::new(req))) {
+            (req.reply)(Err(Error::Cancelled));
+        }
     }
 
     /// Submits a membership change.
@@ -648,6 +653,7 @@ fn handle(core: &mut StoreCore, msg: Msg) {
             let _ = reply.send(core.metrics());
         }
         Msg::Admin(req) => core.on_admin(*req),
+        Msg::Txn(req) => core.on_txn(*req),
         Msg::MergeStatus(region, reply) => {
             let _ = reply.send(core.merge_status(region));
         }
@@ -792,6 +798,7 @@ fn refuse(msg: Msg) {
             let _ = reply.send(Err(Error::Cancelled));
         }
         Msg::Admin(req) => (req.reply)(Err(Error::Cancelled)),
+        Msg::Txn(req) => (req.reply)(Err(Error::Cancelled)),
         Msg::Directory(_, reply) => reply(Err(Error::Cancelled)),
         Msg::MergeStatus(_, reply) => {
             let _ = reply.send(Err(Error::Cancelled));

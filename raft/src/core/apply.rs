@@ -15,9 +15,10 @@ use crate::error::{DropReason, Error, Result};
 use crate::index::RaftIndex;
 use crate::mailbox::Mailbox;
 use crate::metrics::ApplyStats;
-use crate::reader::{ScanJob, Scans, clamp};
+use crate::reader::{ScanJob, Scans, clamp, first_lock};
 use crate::replica::{Paused, Replica, Waiting};
 use crate::request::{AdminResult, Query, QueryResult, Reply};
+use crate::txn::TxnReply;
 
 fn ingest_error(e: Error) -> regionkv_wal::IngestError<RaftIndex> {
     regionkv_wal::IngestError::Apply(Box::new(e))
@@ -33,15 +34,19 @@ fn op_value_len(op: &Op) -> usize {
 /// The write-batch round of one flush pass over every region it touches, and the
 /// replies waiting for it.
 pub(super) struct Applier<'e> {
-    engine: &'e Engine,
+    pub(super) engine: &'e Engine,
     stats: ApplyStats,
-    round: ApplyRound<'e>,
+    pub(super) round: ApplyRound<'e>,
     /// Bytes of keys and values buffered in `round`.
-    bytes: usize,
-    max_bytes: usize,
-    /// Each client write's reply, its region and its outcome, answered once the round
-    /// commits.
-    replies: Vec<(Reply<()>, RegionId, Result<()>)>,
+    pub(super) bytes: usize,
+    pub(super) max_bytes: usize,
+    /// Each client write's and transaction command's reply, its region and its
+    /// outcome, answered once the round commits.
+    replies: Held,
+    /// A transaction command applied in this pass: a lock may be in the round before
+    /// the engine publishes it, so `Engine::has_txn_locks` alone does not say that no
+    /// key holds one.
+    pub(super) txn_applied: bool,
     /// Set when a region's apply failed: the round may hold part of a write and must
     /// not be committed.
     failed: bool,
@@ -59,7 +64,8 @@ impl<'e> Applier<'e> {
             round: engine.begin_round(),
             bytes: 0,
             max_bytes: engine.max_round_bytes(),
-            replies: Vec::new(),
+            replies: Held::default(),
+            txn_applied: false,
             failed: false,
             cancelled: true,
         }
@@ -96,17 +102,30 @@ impl<'e> Applier<'e> {
     pub(super) fn finish(mut self, stats: &mut ApplyStats) -> Result<()> {
         let result = if self.failed { Err(self.dropped()) } else { self.cut() };
         stats.add(&self.stats);
-        let replies = std::mem::take(&mut self.replies);
+        let Held { writes, txns } = std::mem::take(&mut self.replies);
         match &result {
-            Ok(()) => replies.into_iter().for_each(|(reply, _, r)| reply(r)),
+            Ok(()) => {
+                for (reply, _, r) in writes {
+                    reply(r);
+                }
+                for (reply, _, r) in txns {
+                    reply(r);
+                }
+            }
             Err(e) => {
                 let cancelled = e.is_cancelled();
-                for (reply, region, _) in replies {
-                    reply(Err(if cancelled {
+                let error = |region| {
+                    if cancelled {
                         Error::CancelledInFlight { region }
                     } else {
                         Error::Internal(format!("apply failed: {e}"))
-                    }));
+                    }
+                };
+                for (reply, region, _) in writes {
+                    reply(Err(error(region)));
+                }
+                for (reply, region, _) in txns {
+                    reply(Err(error(region)));
                 }
             }
         }
@@ -151,6 +170,13 @@ impl<'e> Applier<'e> {
         }
         let region = &replica.region;
         self.round.prepare_for_region(region.id, region.epoch)?;
+        // A key holding a lock (readable or not) refuses the whole write; with no lock
+        // anywhere, no lookup (ARCHITECTURE.md, "Transactions").
+        if (self.txn_applied || self.engine.has_txn_locks())
+            && let Some(locked) = self.first_locked(write.ops.iter().map(Op::key))?
+        {
+            return Ok(Err(locked));
+        }
         if let Some(session) = write.session {
             let time_ms = write.time_ms.unwrap_or(0);
             if self.round.session_write(session.id, session.seq, time_ms)?
@@ -205,15 +231,18 @@ fn check_write(replica: &Replica, write: &Write) -> Result<()> {
     replica.check_keys(&write.ops)
 }
 
+/// Replies held until the round that holds their outcome commits.
+#[derive(Default)]
+struct Held {
+    writes: Vec<(Reply<()>, RegionId, Result<()>)>,
+    txns: Vec<(Reply<TxnReply>, RegionId, Result<TxnReply>)>,
+}
+
 /// Matches an applied entry with the proposals waiting at or before its index: the
 /// one with the same index and term gets the entry's outcome; any other was
 /// overwritten by a new leader and is dropped.
-fn resolve_proposals(
-    replica: &mut Replica,
-    entry: &Entry,
-    outcome: Outcome,
-    replies: &mut Vec<(Reply<()>, RegionId, Result<()>)>,
-) {
+fn resolve_proposals(replica: &mut Replica, entry: &Entry, outcome: Outcome, held: &mut Held) {
+    let replies = &mut held.writes;
     let region = replica.region.id;
     let dropped = || Error::Dropped { region, reason: DropReason::Overwritten };
     let mismatch = || Error::Internal("a proposal matched an entry of another kind".into());
@@ -272,6 +301,14 @@ fn resolve_proposals(
                 reply(Ok(replica.region.clone()));
             }
             Waiting::ChangePeers(reply) => reply(Err(dropped())),
+            Waiting::Txn(reply) if matched => {
+                let result = match outcome.take() {
+                    Some(Outcome::Txn(result)) => result,
+                    _ => Err(mismatch()),
+                };
+                held.txns.push((reply, region, result));
+            }
+            Waiting::Txn(reply) => reply(Err(dropped())),
         }
     }
 }
@@ -286,6 +323,8 @@ enum Outcome {
     Admin(Result<AdminResult>),
     /// A directory command's result.
     Directory(Result<DirResult>),
+    /// A transaction command's result (answered once its round commits).
+    Txn(Result<TxnReply>),
     /// Refused whole (it does not decode, or a membership change that must not
     /// apply), alike on every replica: why.
     Refused(Error),
@@ -445,6 +484,13 @@ impl StoreCore {
                     Command::Directory(_) => Outcome::Directory(Err(Error::InvalidRequest(
                         "a directory command outside the directory".into(),
                     ))),
+                    Command::Txn(_) if region == DIRECTORY => Outcome::Txn(Err(
+                        Error::InvalidRequest("a transaction command to the directory".into()),
+                    )),
+                    Command::Txn(txn) => {
+                        let metrics = &self.ctx.metrics;
+                        Outcome::Txn(applier.txn(replica, &txn, entry.index, metrics)?)
+                    }
                     Command::Admin(admin) => {
                         // Admin commands change durable metadata; the data before them
                         // (of every region in the round) lands first.
@@ -528,15 +574,36 @@ impl StoreCore {
         let Some(replica) = self.replicas.get_mut(&region) else { return };
         let applied = replica.applied_index;
         let caps = self.ctx.config.scan_caps();
+        let engine = self.ctx.engine_of(region);
         while replica.reads.ready.front().is_some_and(|(index, _)| *index <= applied) {
-            let (_, reads) = replica.reads.ready.pop_front().expect("peeked");
-            let view = self.ctx.engine_of(region).read_view();
-            for read in reads {
+            let (_, mut reads) = replica.reads.ready.pop_front().expect("peeked");
+            // Every lock is looked up before the view is taken (`reader::first_lock`);
+            // scans clamped first. Nothing is looked up while the store holds no lock.
+            let mut locks = Vec::new();
+            if engine.has_txn_locks() {
+                for read in &mut reads {
+                    if let Query::Scan { start, end, .. } = &mut read.query {
+                        let (s, e) = clamp(&replica.region, start.clone(), end.take());
+                        (*start, *end) = (s, e);
+                    }
+                    locks.push(first_lock(engine, &replica.region, &read.query));
+                }
+            }
+            let view = engine.read_view();
+            for (i, read) in reads.into_iter().enumerate() {
+                let lock = locks.get_mut(i).and_then(Option::take);
                 let checked =
                     replica.check_version(read.epoch).and_then(|()| replica.check_readable());
                 match (checked, read.query) {
                     (Err(e), _) => (read.reply)(Err(e)),
-                    (Ok(()), Query::Get { key }) => (read.reply)(get(&view, &replica.region, &key)),
+                    (Ok(()), Query::Get { key }) => {
+                        let answer =
+                            get(&view, &replica.region, &key).and_then(|value| match &lock {
+                                Some((key, encoded)) => Err(crate::txn::locked(key, encoded)),
+                                None => Ok(value),
+                            });
+                        (read.reply)(answer);
+                    }
                     (Ok(()), Query::Scan { start, end, limit }) => {
                         let (start, end) = clamp(&replica.region, start, end);
                         let job = ScanJob {
@@ -546,6 +613,7 @@ impl StoreCore {
                             end,
                             limit,
                             caps,
+                            lock,
                             reply: read.reply,
                         };
                         self.scans.submit(&self.ctx, job);

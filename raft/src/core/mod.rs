@@ -97,6 +97,7 @@ mod messages;
 mod output;
 mod propose;
 mod snapshot;
+mod txn_apply;
 
 use self::apply::Applier;
 pub use self::context::{

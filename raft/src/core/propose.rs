@@ -6,13 +6,15 @@ use regionkv_engine::{PeerId, RegionId};
 
 use super::StoreCore;
 use super::admin_apply::check_admin;
-use crate::command::{self, Admin, AdminCmd, ChangePeersContext, Write};
+use crate::command::{self, Admin, AdminCmd, ChangePeersContext, TxnEntry, Write};
 use crate::directory::{DIRECTORY, DirCmd, DirResult};
 use crate::error::{DropReason, Error, Result};
 use crate::replica::{Proposed, Replica, Waiting};
 use crate::request::{
     AdminRequest, AdminResult, ChangePeersRequest, PeerChange, ReadRequest, Reply, WriteRequest,
 };
+use crate::txn::plan::MAX_TXN_KEYS;
+use crate::txn::{TxnCmd, TxnRequest};
 
 impl StoreCore {
     /// The replica of `region`, woken, if it leads its group: the first check of every
@@ -69,6 +71,73 @@ impl StoreCore {
         };
         replica.proposals.batch.push((write, reply));
         self.dirty.insert(region);
+    }
+
+    /// Takes a transaction command (`crate::txn`): checked against the leader's view
+    /// (the cluster version, the epoch, every key in the region, not merging), stamped
+    /// with this leader's clock (the time every replica's apply goes by) and proposed
+    /// alone in its entry. Checked again when applied, from replicated state only.
+    pub fn on_txn(&mut self, req: TxnRequest) {
+        let TxnRequest { region, epoch, cmd, reply } = req;
+        if region == DIRECTORY {
+            self.wake(region);
+            reply(Err(Error::InvalidRequest(
+                "the cluster directory takes directory commands only".into(),
+            )));
+            return;
+        }
+        let now_ms = self.ctx.now_ms();
+        let max = self.ctx.log.max_entry_bytes();
+        let gate = self.ctx.cluster_version.check(crate::version::TXN);
+        let checked = gate.and_then(|()| self.leader(region)).and_then(|replica| {
+            replica.check_version(epoch)?;
+            replica.check_not_merging()?;
+            let r = &replica.region;
+            let outside = || Error::KeyNotInRegion { region, current: Some(r.clone()) };
+            if cmd.keys().iter().any(|key| !r.contains(key)) {
+                return Err(outside());
+            }
+            match &cmd {
+                TxnCmd::Prewrite { primary_key, ops, record, .. } => {
+                    if record.is_some() && !r.contains(primary_key) {
+                        return Err(outside());
+                    }
+                    if ops.len() > MAX_TXN_KEYS
+                        || record.as_ref().is_some_and(|i| i.participants.len() > MAX_TXN_KEYS)
+                    {
+                        return Err(Error::InvalidRequest(format!(
+                            "a transaction writes {MAX_TXN_KEYS} keys at most"
+                        )));
+                    }
+                }
+                TxnCmd::Resolve { keys, .. } if keys.len() > MAX_TXN_KEYS => {
+                    return Err(Error::InvalidRequest(format!(
+                        "a resolve names {MAX_TXN_KEYS} keys at most"
+                    )));
+                }
+                _ => {}
+            }
+            Ok(replica)
+        });
+        let replica = match checked {
+            Ok(replica) => replica,
+            Err(e) => {
+                reply(Err(e));
+                return;
+            }
+        };
+        let data = command::encode_txn(&TxnEntry { epoch, now_ms, cmd });
+        // As for writes (A3 in ARCHITECTURE.md's Raft log section).
+        if data.len() > max {
+            reply(Err(Error::InvalidRequest(format!(
+                "a transaction command of {} bytes exceeds the largest Raft entry this                  store's WAL holds ({max} bytes): split the transaction",
+                data.len()
+            ))));
+            return;
+        }
+        if replica.propose(Proposed::Entry(data), Waiting::Txn(reply)).is_some() {
+            self.dirty.insert(region);
+        }
     }
 
     /// Takes a linearizable read: it waits for the end of the turn (`issue_reads`).

@@ -191,9 +191,16 @@ impl SimCluster {
         region: RegionId,
         cmd: crate::txn::TxnCmd,
     ) -> Pending<crate::txn::TxnReply> {
+        let epoch = self.region(store, region).map_or(Epoch::INITIAL, |r| r.epoch);
         let pending = Pending::new();
-        let _ = (store, region, cmd);
-        (pending.reply())(Err(Error::Internal("transactions: not yet wired (txn-raft)".into())));
+        match self.running(store) {
+            Ok(running) => {
+                let reply = pending.reply();
+                running.core.on_txn(crate::txn::TxnRequest { region, epoch, cmd, reply });
+                self.process(store);
+            }
+            Err(e) => (pending.reply())(Err(e)),
+        }
         pending
     }
 

@@ -16,6 +16,7 @@ use regionkv_engine::{Epoch, RegionId, StoreId};
 use crate::command::Op;
 use crate::request::Reply;
 
+pub(crate) mod codec;
 pub mod plan;
 pub mod recovery;
 
@@ -168,4 +169,26 @@ pub struct TxnRequest {
     pub cmd: TxnCmd,
     /// Called once it is applied (or refused).
     pub reply: Reply<TxnReply>,
+}
+
+/// The refusal for a read or write that meets the lock `lock` (encoded) on `key`. A
+/// lock this binary cannot read (a newer format, damage) still refuses: it names no
+/// holder (`txn_id` 0, an empty primary key) and never expires (`u64::MAX`), so a
+/// caller waits for it rather than resolve it.
+pub(crate) fn locked(key: &[u8], lock: &[u8]) -> crate::error::Error {
+    let key = Bytes::copy_from_slice(key);
+    match regionkv_engine::txn::Lock::decode(lock) {
+        Ok(l) => crate::error::Error::Locked {
+            key,
+            txn_id: l.txn_id.0,
+            expires_at_ms: l.expires_at_ms(),
+            primary_key: l.primary_key,
+        },
+        Err(_) => crate::error::Error::Locked {
+            key,
+            txn_id: 0,
+            primary_key: Bytes::new(),
+            expires_at_ms: u64::MAX,
+        },
+    }
 }

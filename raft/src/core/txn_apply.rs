@@ -1,0 +1,415 @@
+//! Applying transaction commands into the pass's write-batch round, like client
+//! writes (ARCHITECTURE.md, "Transactions"; what each command does: `crate::txn`).
+//!
+//! Every decision comes from the command (its leader-stamped `now_ms`, never a clock
+//! read here) and the region's replicated tables, so every replica decides alike. A
+//! refusal is decided before anything is buffered: it changes nothing. An entry this
+//! binary cannot read (a newer format, damage, an unknown status or op) is frozen:
+//! neither committed nor aborted nor deleted, counted, and answered
+//! [`TxnState::Frozen`].
+//!
+//! A lock leaves the table in the same round as the write it makes, so a reader that
+//! checks a key's lock before it takes its read view sees the resolved value.
+
+use bytes::Bytes;
+use regionkv_engine::txn::{Lock, LockOp, TxnId, TxnRecord, TxnStatus};
+
+use super::apply::Applier;
+use crate::command::Op;
+use crate::error::{Error, Result};
+use crate::metrics::WriteMetrics;
+use crate::replica::Replica;
+use crate::txn::codec::TxnEntry;
+use crate::txn::{RecordInit, TxnCmd, TxnReply, TxnState, locked};
+
+/// A table entry as this binary finds it.
+enum Found<T> {
+    Absent,
+    /// Not to be decided on: why (`"too_new"`, `"corrupt"`, `"unknown_status"`,
+    /// `"unknown_op"`).
+    Frozen(&'static str),
+    Readable(T),
+}
+
+fn record_of(bytes: Option<Bytes>) -> Found<TxnRecord> {
+    match bytes.map(|b| TxnRecord::decode(&b)) {
+        None => Found::Absent,
+        Some(Err(e)) => Found::Frozen(e.reason()),
+        Some(Ok(r)) if r.status == TxnStatus::Unspecified => Found::Frozen("unknown_status"),
+        Some(Ok(r)) => Found::Readable(r),
+    }
+}
+
+fn lock_of(bytes: &[u8]) -> Found<Lock> {
+    match Lock::decode(bytes) {
+        Err(e) => Found::Frozen(e.reason()),
+        Ok(l) if l.op == LockOp::Unspecified => Found::Frozen("unknown_op"),
+        Ok(l) if l.op == LockOp::Put && l.value.is_none() => Found::Frozen("corrupt"),
+        Ok(l) => Found::Readable(l),
+    }
+}
+
+fn frozen(reason: &str) -> TxnReply {
+    TxnReply::Status(TxnState::Frozen { reason: reason.to_string() })
+}
+
+/// Why a committed transaction command must not apply in `replica`'s region, from
+/// the command and the region's replicated state only.
+fn check_txn(replica: &Replica, entry: &TxnEntry, max_key: usize, max_value: usize) -> Result<()> {
+    replica.check_version(entry.epoch)?;
+    let region = &replica.region;
+    let outside = || Error::KeyNotInRegion { region: region.id, current: Some(region.clone()) };
+    if entry.cmd.keys().iter().any(|key| !region.contains(key)) {
+        return Err(outside());
+    }
+    if let TxnCmd::Prewrite { primary_key, ops, record, .. } = &entry.cmd {
+        if record.is_some() && !region.contains(primary_key) {
+            return Err(outside());
+        }
+        for op in ops {
+            let value = match op {
+                Op::Put { value, .. } => value.len(),
+                Op::Delete { .. } => 0,
+            };
+            if op.key().len() > max_key || value > max_value {
+                return Err(Error::InvalidRequest(format!(
+                    "a key of {} bytes or a value of {value} bytes is over the limits \
+                     ({max_key} and {max_value} bytes)",
+                    op.key().len()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Applier<'_> {
+    /// The refusal for the first of `keys` (all in the round's current region) that
+    /// holds a lock, readable or not, this round's changes included.
+    pub(super) fn first_locked<'k>(
+        &self,
+        keys: impl Iterator<Item = &'k [u8]>,
+    ) -> Result<Option<Error>> {
+        for key in keys {
+            if let Some(lock) = self.round.txn_lock(key)? {
+                return Ok(Some(locked(key, &lock)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Applies one transaction command of `replica`'s region at `index`. The outer
+    /// error is a failure of the apply itself; the inner result is the command's own
+    /// outcome.
+    pub(super) fn txn(
+        &mut self,
+        replica: &Replica,
+        entry: &TxnEntry,
+        index: u64,
+        metrics: &WriteMetrics,
+    ) -> Result<Result<TxnReply>> {
+        self.txn_applied = true;
+        let (max_key, max_value) = (self.engine.max_key_bytes(), self.engine.max_value_bytes());
+        if let Err(refused) = check_txn(replica, entry, max_key, max_value) {
+            return Ok(Err(refused));
+        }
+        let region = &replica.region;
+        self.round.prepare_for_region(region.id, region.epoch)?;
+        let mut apply = TxnApply {
+            applier: self,
+            replica,
+            now: entry.now_ms,
+            index,
+            frozen: 0,
+            first_frozen: None,
+        };
+        let result = apply.run(&entry.cmd);
+        for _ in 0..apply.frozen {
+            metrics.on_txn_frozen();
+        }
+        result
+    }
+}
+
+/// One transaction command being applied.
+struct TxnApply<'a, 'e> {
+    applier: &'a mut Applier<'e>,
+    replica: &'a Replica,
+    /// The proposing leader's clock.
+    now: u64,
+    /// The command's Raft index.
+    index: u64,
+    /// Frozen entries met.
+    frozen: u64,
+    /// Why the first of them is frozen.
+    first_frozen: Option<&'static str>,
+}
+
+impl TxnApply<'_, '_> {
+    fn run(&mut self, cmd: &TxnCmd) -> Result<Result<TxnReply>> {
+        match cmd {
+            TxnCmd::Prewrite { txn_id, primary_key, ops, ttl_ms, record } => {
+                self.prewrite(*txn_id, primary_key, ops, *ttl_ms, record.as_ref())
+            }
+            TxnCmd::Commit { txn_id, primary_key } => self.commit(*txn_id, primary_key),
+            TxnCmd::Resolve { txn_id, keys, commit } => {
+                self.resolve(*txn_id, keys.iter().map(Bytes::as_ref), *commit)?;
+                Ok(Ok(match self.first_frozen {
+                    None => TxnReply::Done,
+                    Some(reason) => frozen(reason),
+                }))
+            }
+            TxnCmd::CheckStatus { txn_id, primary_key, abort_if_expired } => {
+                self.check_status(*txn_id, primary_key, *abort_if_expired)
+            }
+            TxnCmd::Heartbeat { txn_id, primary_key, ttl_ms } => {
+                self.heartbeat(*txn_id, primary_key, *ttl_ms)
+            }
+            TxnCmd::Forget { records, new_floor } => {
+                for (primary_key, txn_id) in records {
+                    match self.record(primary_key, *txn_id)? {
+                        Found::Readable(r) if r.status != TxnStatus::Pending => {
+                            self.applier.round.set_txn_record(primary_key, *txn_id, None)?;
+                        }
+                        Found::Frozen(_) => self.frozen += 1,
+                        Found::Absent | Found::Readable(_) => {}
+                    }
+                }
+                self.applier.round.raise_txn_floor(*new_floor)?;
+                Ok(Ok(TxnReply::Done))
+            }
+        }
+    }
+
+    fn record(&self, primary_key: &[u8], txn_id: u64) -> Result<Found<TxnRecord>> {
+        Ok(record_of(self.applier.round.txn_record(primary_key, txn_id)?))
+    }
+
+    fn set_record(&mut self, record: &TxnRecord) -> Result<()> {
+        let bytes = Bytes::from(record.encode());
+        self.applier.round.set_txn_record(&record.primary_key, record.txn_id.0, Some(bytes))?;
+        Ok(())
+    }
+
+    fn not_found(&self) -> Result<TxnReply> {
+        Ok(TxnReply::Status(TxnState::NotFound { floor: self.applier.round.txn_floor()? }))
+    }
+
+    fn prewrite(
+        &mut self,
+        txn_id: u64,
+        primary_key: &Bytes,
+        ops: &[Op],
+        ttl_ms: u64,
+        record: Option<&RecordInit>,
+    ) -> Result<Result<TxnReply>> {
+        let floor = self.applier.round.txn_floor()?;
+        if txn_id < floor {
+            return Ok(Err(Error::TxnTooOld { txn_id, floor }));
+        }
+        let mut fresh = Vec::with_capacity(ops.len());
+        for op in ops {
+            match self.applier.round.txn_lock(op.key())? {
+                None => fresh.push(op),
+                Some(held) => match Lock::decode(&held) {
+                    Ok(lock) if lock.txn_id.0 == txn_id => {} // prewritten already
+                    _ => return Ok(Err(locked(op.key(), &held))),
+                },
+            }
+        }
+        if let Some(init) = record {
+            match self.record(primary_key, txn_id)? {
+                Found::Readable(r) => match r.status {
+                    TxnStatus::Aborted => return Ok(Err(Error::TxnAborted { txn_id })),
+                    // Decided already: a late copy of this prewrite locks nothing.
+                    TxnStatus::Committed => return Ok(Ok(TxnReply::Done)),
+                    TxnStatus::Pending | TxnStatus::Unspecified => {}
+                },
+                Found::Frozen(reason) => {
+                    self.frozen += 1;
+                    return Ok(Ok(frozen(reason)));
+                }
+                Found::Absent => {
+                    let record = TxnRecord {
+                        txn_id: TxnId(txn_id),
+                        status: TxnStatus::Pending,
+                        primary_key: primary_key.clone(),
+                        participants: init.participants.clone(),
+                        created_at_ms: self.now,
+                        ttl_ms,
+                        last_heartbeat_ms: self.now,
+                        coordinator: init.coordinator,
+                        decided_at_index: None,
+                    };
+                    self.set_record(&record)?;
+                }
+            }
+        }
+        for op in fresh {
+            let (lock_op, value) = match op {
+                Op::Put { value, .. } => (LockOp::Put, Some(value.clone())),
+                Op::Delete { .. } => (LockOp::Delete, None),
+            };
+            let lock = Lock {
+                txn_id: TxnId(txn_id),
+                primary_key: primary_key.clone(),
+                op: lock_op,
+                value,
+                created_at_ms: self.now,
+                ttl_ms,
+            };
+            self.applier.round.set_txn_lock(op.key(), Some(Bytes::from(lock.encode())))?;
+        }
+        Ok(Ok(TxnReply::Done))
+    }
+
+    /// The decision. A record committed already applies this region's locks of the
+    /// transaction again (none left, unless a replay after a crash stopped between
+    /// two rounds of this command).
+    fn commit(&mut self, txn_id: u64, primary_key: &[u8]) -> Result<Result<TxnReply>> {
+        let mut record = match self.record(primary_key, txn_id)? {
+            Found::Absent => {
+                let floor = self.applier.round.txn_floor()?;
+                return Ok(Err(Error::TxnNotFound { txn_id, floor }));
+            }
+            Found::Frozen(reason) => {
+                self.frozen += 1;
+                return Ok(Ok(frozen(reason)));
+            }
+            Found::Readable(r) => r,
+        };
+        match record.status {
+            TxnStatus::Aborted => return Ok(Err(Error::TxnAborted { txn_id })),
+            TxnStatus::Pending => {
+                record.status = TxnStatus::Committed;
+                record.decided_at_index = Some(self.index);
+                self.set_record(&record)?;
+            }
+            TxnStatus::Committed | TxnStatus::Unspecified => {}
+        }
+        self.resolve(txn_id, record.participants.iter().map(Bytes::as_ref), true)?;
+        Ok(Ok(TxnReply::Status(TxnState::Committed)))
+    }
+
+    fn check_status(
+        &mut self,
+        txn_id: u64,
+        primary_key: &Bytes,
+        abort_if_expired: bool,
+    ) -> Result<Result<TxnReply>> {
+        let mut record = match self.record(primary_key, txn_id)? {
+            Found::Absent => {
+                let floor = self.applier.round.txn_floor()?;
+                if txn_id < floor || !abort_if_expired {
+                    return Ok(self.not_found());
+                }
+                // Presumed abort: never prewritten here (or not yet). The tombstone
+                // makes a late prewrite of the record fail.
+                let tombstone = TxnRecord {
+                    txn_id: TxnId(txn_id),
+                    status: TxnStatus::Aborted,
+                    primary_key: primary_key.clone(),
+                    participants: Vec::new(),
+                    created_at_ms: self.now,
+                    ttl_ms: 0,
+                    last_heartbeat_ms: self.now,
+                    coordinator: None,
+                    decided_at_index: Some(self.index),
+                };
+                self.set_record(&tombstone)?;
+                return Ok(Ok(TxnReply::Status(TxnState::Aborted)));
+            }
+            Found::Frozen(reason) => {
+                self.frozen += 1;
+                return Ok(Ok(frozen(reason)));
+            }
+            Found::Readable(r) => r,
+        };
+        let state = match record.status {
+            TxnStatus::Committed => TxnState::Committed,
+            TxnStatus::Aborted => TxnState::Aborted,
+            TxnStatus::Pending if abort_if_expired && self.now > record.expires_at_ms() => {
+                record.status = TxnStatus::Aborted;
+                record.decided_at_index = Some(self.index);
+                self.set_record(&record)?;
+                // This region's own locks go with the decision (the others by Resolve).
+                self.resolve(txn_id, record.participants.iter().map(Bytes::as_ref), false)?;
+                TxnState::Aborted
+            }
+            TxnStatus::Pending | TxnStatus::Unspecified => {
+                TxnState::Pending { expires_at_ms: record.expires_at_ms() }
+            }
+        };
+        Ok(Ok(TxnReply::Status(state)))
+    }
+
+    fn heartbeat(
+        &mut self,
+        txn_id: u64,
+        primary_key: &[u8],
+        ttl_ms: u64,
+    ) -> Result<Result<TxnReply>> {
+        let mut record = match self.record(primary_key, txn_id)? {
+            Found::Absent => return Ok(self.not_found()),
+            Found::Frozen(reason) => {
+                self.frozen += 1;
+                return Ok(Ok(frozen(reason)));
+            }
+            Found::Readable(r) => r,
+        };
+        let state = match record.status {
+            TxnStatus::Committed => TxnState::Committed,
+            TxnStatus::Aborted => TxnState::Aborted,
+            TxnStatus::Pending | TxnStatus::Unspecified => {
+                record.last_heartbeat_ms = record.last_heartbeat_ms.max(self.now);
+                record.ttl_ms = ttl_ms;
+                self.set_record(&record)?;
+                TxnState::Pending { expires_at_ms: record.expires_at_ms() }
+            }
+        };
+        Ok(Ok(TxnReply::Status(state)))
+    }
+
+    /// Applies (`commit`) or drops the locks of `txn_id` on those of `keys` this region
+    /// holds; a key without a lock of the transaction is skipped, a frozen lock is left
+    /// and counted. Each key's write and lock removal land in one round (a round full
+    /// already is cut first).
+    fn resolve<'k>(
+        &mut self,
+        txn_id: u64,
+        keys: impl Iterator<Item = &'k [u8]>,
+        commit: bool,
+    ) -> Result<()> {
+        let region = &self.replica.region;
+        for key in keys {
+            if !region.contains(key) {
+                continue;
+            }
+            let Some(held) = self.applier.round.txn_lock(key)? else { continue };
+            let lock = match lock_of(&held) {
+                Found::Readable(lock) if lock.txn_id.0 == txn_id => lock,
+                Found::Readable(_) | Found::Absent => continue,
+                Found::Frozen(reason) => {
+                    self.frozen += 1;
+                    self.first_frozen.get_or_insert(reason);
+                    continue;
+                }
+            };
+            if commit {
+                let bytes = key.len() + lock.value.as_ref().map_or(0, Bytes::len);
+                let applier = &mut *self.applier;
+                if applier.bytes + bytes > applier.max_bytes && !applier.round.is_empty() {
+                    applier.cut()?;
+                    applier.round.prepare_for_region(region.id, region.epoch)?;
+                }
+                match (&lock.op, &lock.value) {
+                    (LockOp::Put, Some(value)) => applier.round.put(key, value)?,
+                    _ => applier.round.delete(key)?,
+                }
+                applier.bytes += bytes;
+            }
+            self.applier.round.set_txn_lock(key, None)?;
+        }
+        Ok(())
+    }
+}

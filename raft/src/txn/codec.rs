@@ -1,0 +1,369 @@
+//! The `TXN` entry's body (top-level tag 5 of a normal entry, laid out in
+//! `crate::command`'s module docs): one transaction command per entry, never with
+//! writes, stamped with the proposing leader's clock.
+
+use bytes::Bytes;
+use regionkv_engine::codec::{self, DecodeError, DecodeResult, TlvRecord, UnknownTags};
+use regionkv_engine::{Epoch, StoreId};
+
+use super::{RecordInit, TxnCmd};
+use crate::command::{decode_epoch, decode_op, put_epoch, put_op};
+
+const T_EPOCH: u16 = 1;
+const T_NOW: u16 = 2;
+const T_KIND: u16 = 3;
+const T_TXN_ID: u16 = 4;
+const T_PRIMARY: u16 = 5;
+const T_OP: u16 = 6;
+const T_TTL: u16 = 7;
+const T_RECORD: u16 = 8;
+const T_KEY: u16 = 9;
+const T_COMMIT: u16 = 10;
+const T_ABORT_IF_EXPIRED: u16 = 11;
+const T_FORGET: u16 = 12;
+const T_NEW_FLOOR: u16 = 13;
+const TXN_TAGS: &[u16] = &[
+    T_EPOCH,
+    T_NOW,
+    T_KIND,
+    T_TXN_ID,
+    T_PRIMARY,
+    T_OP,
+    T_TTL,
+    T_RECORD,
+    T_KEY,
+    T_COMMIT,
+    T_ABORT_IF_EXPIRED,
+    T_FORGET,
+    T_NEW_FLOOR,
+];
+const R_PARTICIPANT: u16 = 1;
+const R_COORDINATOR: u16 = 2;
+const F_PRIMARY: u16 = 1;
+const F_TXN_ID: u16 = 2;
+
+const KIND_PREWRITE: u64 = 1;
+const KIND_COMMIT: u64 = 2;
+const KIND_RESOLVE: u64 = 3;
+const KIND_CHECK_STATUS: u64 = 4;
+const KIND_HEARTBEAT: u64 = 5;
+const KIND_FORGET: u64 = 6;
+
+/// The reason of the decode error for a `TXN` kind this binary does not know (see
+/// `crate::command::is_unknown_kind`).
+pub(crate) const UNKNOWN_TXN: &str = "unknown transaction command";
+
+/// A transaction command as its entry carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TxnEntry {
+    /// The region's epoch the client routed it with.
+    pub epoch: Epoch,
+    /// The proposing leader's clock (ms since the Unix epoch): every time comparison
+    /// of the apply uses it.
+    pub now_ms: u64,
+    /// The command.
+    pub cmd: TxnCmd,
+}
+
+/// Writes the body of a `TXN` field.
+pub(crate) fn encode(out: &mut Vec<u8>, entry: &TxnEntry) {
+    codec::put_nested(out, T_EPOCH, |out| put_epoch(out, entry.epoch));
+    codec::put_u64(out, T_NOW, entry.now_ms);
+    let flag = |b: bool| [u8::from(b)];
+    match &entry.cmd {
+        TxnCmd::Prewrite { txn_id, primary_key, ops, ttl_ms, record } => {
+            codec::put_u64(out, T_KIND, KIND_PREWRITE);
+            codec::put_u64(out, T_TXN_ID, *txn_id);
+            codec::put_field(out, T_PRIMARY, primary_key);
+            for op in ops {
+                codec::put_nested(out, T_OP, |out| put_op(out, op));
+            }
+            codec::put_u64(out, T_TTL, *ttl_ms);
+            if let Some(record) = record {
+                codec::put_nested(out, T_RECORD, |out| {
+                    for key in &record.participants {
+                        codec::put_field(out, R_PARTICIPANT, key);
+                    }
+                    if let Some(store) = record.coordinator {
+                        codec::put_u64(out, R_COORDINATOR, store.0);
+                    }
+                });
+            }
+        }
+        TxnCmd::Commit { txn_id, primary_key } => {
+            codec::put_u64(out, T_KIND, KIND_COMMIT);
+            codec::put_u64(out, T_TXN_ID, *txn_id);
+            codec::put_field(out, T_PRIMARY, primary_key);
+        }
+        TxnCmd::Resolve { txn_id, keys, commit } => {
+            codec::put_u64(out, T_KIND, KIND_RESOLVE);
+            codec::put_u64(out, T_TXN_ID, *txn_id);
+            for key in keys {
+                codec::put_field(out, T_KEY, key);
+            }
+            codec::put_field(out, T_COMMIT, &flag(*commit));
+        }
+        TxnCmd::CheckStatus { txn_id, primary_key, abort_if_expired } => {
+            codec::put_u64(out, T_KIND, KIND_CHECK_STATUS);
+            codec::put_u64(out, T_TXN_ID, *txn_id);
+            codec::put_field(out, T_PRIMARY, primary_key);
+            codec::put_field(out, T_ABORT_IF_EXPIRED, &flag(*abort_if_expired));
+        }
+        TxnCmd::Heartbeat { txn_id, primary_key, ttl_ms } => {
+            codec::put_u64(out, T_KIND, KIND_HEARTBEAT);
+            codec::put_u64(out, T_TXN_ID, *txn_id);
+            codec::put_field(out, T_PRIMARY, primary_key);
+            codec::put_u64(out, T_TTL, *ttl_ms);
+        }
+        TxnCmd::Forget { records, new_floor } => {
+            codec::put_u64(out, T_KIND, KIND_FORGET);
+            for (primary_key, txn_id) in records {
+                codec::put_nested(out, T_FORGET, |out| {
+                    codec::put_field(out, F_PRIMARY, primary_key);
+                    codec::put_u64(out, F_TXN_ID, *txn_id);
+                });
+            }
+            codec::put_u64(out, T_NEW_FLOOR, *new_floor);
+        }
+    }
+}
+
+/// Reads the body of a `TXN` field (`buf`, a slice of `data`: keys and values are
+/// slices of `data`). Offsets in errors are from the start of `buf`.
+pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
+    let rec = TlvRecord::parse(buf, TXN_TAGS, UnknownTags::Reject)?;
+    let epoch_field = rec.required(T_EPOCH, "txn epoch")?;
+    let epoch = decode_epoch(epoch_field.value).map_err(|e| e.shifted(epoch_field.offset))?;
+    let u64_of = |tag, what| rec.required(tag, what).and_then(|f| f.as_u64());
+    let bytes_of = |tag, what| rec.required(tag, what).map(|f| data.slice_ref(f.value));
+    let flag_of = |tag, what| rec.required(tag, what).and_then(|f| f.as_bool());
+    let now_ms = u64_of(T_NOW, "txn now")?;
+    let kind = u64_of(T_KIND, "txn kind")?;
+    // Fields a kind does not carry are damage (alike on every replica).
+    let allowed: &[u16] = match kind {
+        KIND_PREWRITE => &[T_TXN_ID, T_PRIMARY, T_OP, T_TTL, T_RECORD],
+        KIND_COMMIT => &[T_TXN_ID, T_PRIMARY],
+        KIND_RESOLVE => &[T_TXN_ID, T_KEY, T_COMMIT],
+        KIND_CHECK_STATUS => &[T_TXN_ID, T_PRIMARY, T_ABORT_IF_EXPIRED],
+        KIND_HEARTBEAT => &[T_TXN_ID, T_PRIMARY, T_TTL],
+        KIND_FORGET => &[T_FORGET, T_NEW_FLOOR],
+        0 => return Err(DecodeError::new(0, "transaction command of kind 0")),
+        _ => return Err(DecodeError::new(0, UNKNOWN_TXN)),
+    };
+    for tag in TXN_TAGS.iter().filter(|t| ![T_EPOCH, T_NOW, T_KIND].contains(t)) {
+        if !allowed.contains(tag)
+            && let Some(f) = rec.repeated(*tag).next()
+        {
+            return Err(DecodeError::new(
+                f.offset,
+                "a field this transaction command does not take",
+            ));
+        }
+    }
+    let cmd = match kind {
+        KIND_PREWRITE => {
+            let mut ops = Vec::new();
+            for f in rec.repeated(T_OP) {
+                ops.push(decode_op(data, f.value).map_err(|e| e.shifted(f.offset))?);
+            }
+            let record = match rec.optional(T_RECORD)? {
+                Some(f) => {
+                    let at = |e: DecodeError| e.shifted(f.offset);
+                    let r = TlvRecord::parse(
+                        f.value,
+                        &[R_PARTICIPANT, R_COORDINATOR],
+                        UnknownTags::Reject,
+                    )
+                    .map_err(at)?;
+                    let participants =
+                        r.repeated(R_PARTICIPANT).map(|p| data.slice_ref(p.value)).collect();
+                    let coordinator = r
+                        .optional(R_COORDINATOR)
+                        .and_then(|c| c.map(|c| c.as_u64()).transpose())
+                        .map_err(at)?
+                        .map(StoreId);
+                    Some(RecordInit { participants, coordinator })
+                }
+                None => None,
+            };
+            TxnCmd::Prewrite {
+                txn_id: u64_of(T_TXN_ID, "txn id")?,
+                primary_key: bytes_of(T_PRIMARY, "txn primary key")?,
+                ops,
+                ttl_ms: u64_of(T_TTL, "txn ttl")?,
+                record,
+            }
+        }
+        KIND_COMMIT => TxnCmd::Commit {
+            txn_id: u64_of(T_TXN_ID, "txn id")?,
+            primary_key: bytes_of(T_PRIMARY, "txn primary key")?,
+        },
+        KIND_RESOLVE => TxnCmd::Resolve {
+            txn_id: u64_of(T_TXN_ID, "txn id")?,
+            keys: rec.repeated(T_KEY).map(|f| data.slice_ref(f.value)).collect(),
+            commit: flag_of(T_COMMIT, "txn resolve commit")?,
+        },
+        KIND_CHECK_STATUS => TxnCmd::CheckStatus {
+            txn_id: u64_of(T_TXN_ID, "txn id")?,
+            primary_key: bytes_of(T_PRIMARY, "txn primary key")?,
+            abort_if_expired: flag_of(T_ABORT_IF_EXPIRED, "txn abort if expired")?,
+        },
+        KIND_HEARTBEAT => TxnCmd::Heartbeat {
+            txn_id: u64_of(T_TXN_ID, "txn id")?,
+            primary_key: bytes_of(T_PRIMARY, "txn primary key")?,
+            ttl_ms: u64_of(T_TTL, "txn ttl")?,
+        },
+        _ => {
+            let mut records = Vec::new();
+            for f in rec.repeated(T_FORGET) {
+                let at = |e: DecodeError| e.shifted(f.offset);
+                let r = TlvRecord::parse(f.value, &[F_PRIMARY, F_TXN_ID], UnknownTags::Reject)
+                    .map_err(at)?;
+                let key = r.required(F_PRIMARY, "forget primary key").map_err(at)?;
+                let id = r.required(F_TXN_ID, "forget txn id").and_then(|v| v.as_u64());
+                records.push((data.slice_ref(key.value), id.map_err(at)?));
+            }
+            TxnCmd::Forget { records, new_floor: u64_of(T_NEW_FLOOR, "txn new floor")? }
+        }
+    };
+    Ok(TxnEntry { epoch, now_ms, cmd })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::command::{self, Command, Op};
+
+    fn arb_bytes(max: usize) -> impl Strategy<Value = Bytes> {
+        proptest::collection::vec(any::<u8>(), 0..max).prop_map(Bytes::from)
+    }
+
+    fn arb_op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (arb_bytes(12), arb_bytes(24)).prop_map(|(key, value)| Op::Put { key, value }),
+            arb_bytes(12).prop_map(|key| Op::Delete { key }),
+        ]
+    }
+
+    fn arb_cmd() -> impl Strategy<Value = TxnCmd> {
+        let record = proptest::option::of((
+            proptest::collection::vec(arb_bytes(8), 0..4),
+            proptest::option::of(any::<u64>()),
+        ))
+        .prop_map(|r| {
+            r.map(|(participants, coordinator)| RecordInit {
+                participants,
+                coordinator: coordinator.map(StoreId),
+            })
+        });
+        prop_oneof![
+            (
+                any::<u64>(),
+                arb_bytes(8),
+                proptest::collection::vec(arb_op(), 0..4),
+                any::<u64>(),
+                record
+            )
+                .prop_map(|(txn_id, primary_key, ops, ttl_ms, record)| {
+                    TxnCmd::Prewrite { txn_id, primary_key, ops, ttl_ms, record }
+                }),
+            (any::<u64>(), arb_bytes(8))
+                .prop_map(|(txn_id, primary_key)| TxnCmd::Commit { txn_id, primary_key }),
+            (any::<u64>(), proptest::collection::vec(arb_bytes(8), 0..4), any::<bool>())
+                .prop_map(|(txn_id, keys, commit)| TxnCmd::Resolve { txn_id, keys, commit }),
+            (any::<u64>(), arb_bytes(8), any::<bool>()).prop_map(
+                |(txn_id, primary_key, abort_if_expired)| TxnCmd::CheckStatus {
+                    txn_id,
+                    primary_key,
+                    abort_if_expired
+                }
+            ),
+            (any::<u64>(), arb_bytes(8), any::<u64>()).prop_map(|(txn_id, primary_key, ttl_ms)| {
+                TxnCmd::Heartbeat { txn_id, primary_key, ttl_ms }
+            }),
+            (proptest::collection::vec((arb_bytes(8), any::<u64>()), 0..4), any::<u64>())
+                .prop_map(|(records, new_floor)| TxnCmd::Forget { records, new_floor }),
+        ]
+    }
+
+    fn arb_entry() -> impl Strategy<Value = TxnEntry> {
+        (any::<u64>(), any::<u64>(), any::<u64>(), arb_cmd()).prop_map(
+            |(version, conf_ver, now_ms, cmd)| TxnEntry {
+                epoch: Epoch { version, conf_ver },
+                now_ms,
+                cmd,
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn txn_round_trips_and_damage_never_panics(entry in arb_entry()) {
+            let data = Bytes::from(command::encode_txn(&entry));
+            prop_assert_eq!(command::decode(&data).unwrap(), Command::Txn(entry.clone()));
+            prop_assert_eq!(Command::Txn(entry).since(), crate::version::TXN.since);
+            for bit in 0..data.len() * 8 {
+                let mut damaged = data.to_vec();
+                damaged[bit / 8] ^= 1 << (bit % 8);
+                let _ = command::decode(&Bytes::from(damaged));
+            }
+            for len in 0..data.len() {
+                let _ = command::decode(&data.slice(..len));
+            }
+        }
+    }
+
+    /// A `TXN` entry laid out by hand with `kind` and the fields of a commit.
+    fn with_kind(kind: u64) -> Bytes {
+        let mut out = vec![1];
+        codec::put_nested(&mut out, 5, |out| {
+            codec::put_nested(out, T_EPOCH, |out| command::put_epoch(out, Epoch::INITIAL));
+            codec::put_u64(out, T_NOW, 7);
+            codec::put_u64(out, T_KIND, kind);
+            codec::put_u64(out, T_TXN_ID, 1);
+            codec::put_field(out, T_PRIMARY, b"k");
+        });
+        Bytes::from(out)
+    }
+
+    #[test]
+    fn a_txn_kind_this_binary_does_not_know_is_an_unknown_kind_and_zero_is_damage() {
+        assert_eq!(
+            command::decode(&with_kind(2)).unwrap(),
+            Command::Txn(TxnEntry {
+                epoch: Epoch::INITIAL,
+                now_ms: 7,
+                cmd: TxnCmd::Commit { txn_id: 1, primary_key: Bytes::from_static(b"k") },
+            })
+        );
+        let e = command::decode(&with_kind(7)).unwrap_err();
+        assert!(command::is_unknown_kind(&e), "{e:?}");
+        let e = command::decode(&with_kind(0)).unwrap_err();
+        assert!(!command::is_unknown_kind(&e), "{e:?}");
+        // A field another kind takes (a TTL on a commit) is damage.
+        let mut out = with_kind(2).to_vec();
+        let mut ttl = Vec::new();
+        codec::put_u64(&mut ttl, T_TTL, 1);
+        out.extend_from_slice(&ttl);
+        let len = u32::try_from(out.len() - 1 - codec::FIELD_HEADER_LEN).unwrap();
+        out[3..7].copy_from_slice(&len.to_le_bytes());
+        let e = command::decode(&Bytes::from(out)).unwrap_err();
+        assert!(!command::is_unknown_kind(&e), "{e:?}");
+    }
+
+    #[test]
+    fn a_txn_command_never_shares_its_entry() {
+        let mut out = with_kind(2).to_vec();
+        let write = command::encode_writes(&[command::Write {
+            epoch: Epoch::INITIAL,
+            ops: vec![],
+            session: None,
+            time_ms: None,
+        }]);
+        out.extend_from_slice(&write[1..]);
+        let e = command::decode(&Bytes::from(out)).unwrap_err();
+        assert!(!command::is_unknown_kind(&e), "{e:?}");
+    }
+}
