@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
@@ -15,8 +16,10 @@ use regionkv_engine::{Region, RegionId, StoreId};
 use regionkv_raft::directory::{self, DIRECTORY, DirCmd, DirResult, RegionRecord};
 use regionkv_raft::{
     AdminRequest, ChangePeersRequest, MergeStatus, PeerStatus, ReadRequest, Reply, StateRole,
-    Store, WriteRequest,
+    Store, TxnRequest, WriteRequest,
 };
+
+use crate::defaults::{DIRECTORY_ATTEMPT_TIMEOUT, DRIVER_RETRY_PAUSE};
 
 /// Requests to stores. Each call hands its reply to `reply` (or returns it), and fails
 /// with a retryable error when the store cannot take it.
@@ -31,6 +34,14 @@ pub(crate) trait Backend: Send + Sync {
     /// One membership change of one region, to `store`'s replica (its leader).
     fn change_peers(&self, store: StoreId, req: ChangePeersRequest);
     fn directory(&self, store: StoreId, cmd: DirCmd, reply: Reply<DirResult>);
+    /// One transaction command to `store`'s replica of its region (its leader).
+    fn txn(&self, store: StoreId, req: TxnRequest);
+    /// `count` fresh ids from the directory (transaction ids; at most
+    /// [`TXN_IDS_MAX`](crate::proto::TXN_IDS_MAX)); returns the first. Asks the
+    /// directory's leader, retrying until `deadline`.
+    fn txn_ids(&self, count: u64, deadline: Duration) -> crate::Result<u64> {
+        directory_ids(self, count, deadline)
+    }
     fn merge_status(&self, store: StoreId, region: RegionId) -> regionkv_raft::Result<MergeStatus>;
     /// The status of `store`'s replica of `region`, if it has one.
     fn peer_status(&self, store: StoreId, region: RegionId) -> Option<PeerStatus>;
@@ -55,6 +66,41 @@ pub(crate) trait Backend: Send + Sync {
         }
         best.map(|(_, store)| store)
     }
+}
+
+/// `count` fresh ids from the directory's leader, as `backend` reaches it (raw
+/// directory commands: in process, or a node's own backend), retrying until
+/// `deadline`.
+pub(crate) fn directory_ids<B: Backend + ?Sized>(
+    backend: &B,
+    count: u64,
+    deadline: Duration,
+) -> crate::Result<u64> {
+    use crate::error::Error;
+    let start = Instant::now();
+    let mut last = String::from("no leader of the directory");
+    // Bounded by `deadline`; every failed turn sleeps.
+    while start.elapsed() < deadline {
+        if backend.is_shut() {
+            return Err(Error::Shutdown);
+        }
+        if let Some(leader) = backend.leader_of(DIRECTORY) {
+            let cmd = DirCmd::AllocIds { count };
+            match crate::db::ask(DIRECTORY_ATTEMPT_TIMEOUT, |reply| {
+                backend.directory(leader, cmd, reply);
+            }) {
+                Some(Ok(DirResult::Ids { first, .. })) => return Ok(first),
+                Some(Ok(other)) => {
+                    return Err(Error::Protocol(format!("the directory answered {other:?}")));
+                }
+                Some(Err(e)) if e.is_retryable() || e.is_cancelled() => last = e.to_string(),
+                Some(Err(e)) => return Err(e.into()),
+                None => last = format!("store {leader} did not answer"),
+            }
+        }
+        std::thread::sleep(DRIVER_RETRY_PAUSE);
+    }
+    Err(Error::Unavailable { waited: start.elapsed(), last })
 }
 
 /// The cluster version `store`'s replica of the directory holds, if it hosts one.
@@ -133,6 +179,13 @@ impl Backend for LocalStores {
         match self.store(store) {
             Some(s) => s.directory(cmd, reply),
             None => gone(reply),
+        }
+    }
+
+    fn txn(&self, store: StoreId, req: TxnRequest) {
+        match self.store(store) {
+            Some(s) => s.txn(req),
+            None => gone(req.reply),
         }
     }
 

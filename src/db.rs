@@ -12,6 +12,7 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 use regionkv_engine::{Region, SessionId, StoreId};
 use regionkv_raft::Error as E;
+use regionkv_raft::txn::plan::DEFAULT_TXN_TTL_MS;
 use regionkv_raft::{Op, Query, QueryResult, ReadRequest, WriteRequest, WriteSession};
 
 use crate::backend::Backend;
@@ -21,8 +22,9 @@ use crate::defaults::{
 use crate::error::{Error, Result};
 use crate::router::Router;
 
+mod two_phase;
 mod txn;
-pub use txn::TxnOutcome;
+pub use txn::{LockWait, TxnOutcome};
 
 /// A range of keys for [`Db::scan`]: `..`, `a..`, `..b`, `a..b`, `a..=b`, `..=b`, or a
 /// pair of [`Bound`]s, over any key type that is `AsRef<[u8]>`.
@@ -118,7 +120,7 @@ impl<const N: usize> IntoBytes for [u8; N] {
     }
 }
 
-/// Changes that apply atomically (within one region).
+/// Changes that apply atomically: all of them or none ([`Db::write`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WriteBatch {
     ops: Vec<Op>,
@@ -175,6 +177,11 @@ pub struct Db {
     router: Router,
     deadline: Duration,
     sessions: Arc<Sessions>,
+    /// What a write does on a live lock.
+    lock_wait: LockWait,
+    /// The lock and record TTL of this client's transactions.
+    txn_ttl_ms: u64,
+    txn: Arc<txn::TxnShared>,
 }
 
 /// One client session: an id, and the number of its last write.
@@ -287,7 +294,31 @@ pub(crate) fn try_ask<T: Send + 'static, E>(
 
 impl Db {
     pub(crate) fn new(router: Router) -> Db {
-        Db { router, deadline: DB_DEADLINE, sessions: Arc::default() }
+        Db {
+            router,
+            deadline: DB_DEADLINE,
+            sessions: Arc::default(),
+            lock_wait: LockWait::NoWait,
+            txn_ttl_ms: DEFAULT_TXN_TTL_MS,
+            txn: Arc::new(txn::TxnShared { ids: txn::TxnIds::default() }),
+        }
+    }
+
+    /// The same client with another [`LockWait`]: what a write does when a key holds
+    /// a live transaction's lock (by default it answers [`Error::Conflict`] at once).
+    #[must_use]
+    pub fn with_lock_wait(mut self, wait: LockWait) -> Db {
+        self.lock_wait = wait;
+        self
+    }
+
+    /// The same client with another TTL for the locks and records of its
+    /// transactions (default 3 s): how long others wait for a silent coordinator
+    /// before they abort its transaction. Short TTLs are for tests.
+    #[must_use]
+    pub fn with_txn_ttl(mut self, ttl: Duration) -> Db {
+        self.txn_ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        self
     }
 
     /// The same client with another deadline per call. A write stops retrying after 5
@@ -313,20 +344,48 @@ impl Db {
         self.write(batch)
     }
 
-    /// Applies `batch` atomically: all of it or none. Its keys must lie in one region
-    /// ([`Error::CrossRegionBatch`] otherwise).
+    /// Applies `batch` atomically: all of it or none, and the caller is answered once
+    /// it is applied. A batch whose keys lie in one region is one Raft write; one that
+    /// spans regions is written by two-phase commit (ARCHITECTURE.md,
+    /// "Transactions"), which needs cluster version 3 ([`Error::FeatureNotActive`]
+    /// below it).
+    ///
+    /// A key locked by another transaction is resolved through its record; a live
+    /// one is [`Error::Conflict`] (retryable: nothing was written), or waited for
+    /// ([`Db::with_lock_wait`]). Besides [`Error::Unavailable`], a two-phase batch may
+    /// end in [`Error::TxnAborted`] (retryable: nothing was written) or
+    /// [`Error::Indeterminate`] (its commit was sent and no answer came: ask
+    /// [`Db::txn_outcome`]).
     pub fn write(&self, batch: WriteBatch) -> Result<()> {
         let WriteBatch { ops } = batch;
         let _span = tracing::debug_span!("db.write", ops = ops.len()).entered();
-        let Some(first) = ops.first() else { return Ok(()) };
+        if ops.is_empty() {
+            return Ok(());
+        }
         if ops.iter().any(|op| op.key().is_empty()) {
             return Err(Error::InvalidRequest("empty keys are not allowed".into()));
         }
+        let deadline = self.deadline.min(DB_WRITE_RETRY_MAX);
+        let start = Instant::now();
+        let one = self.through_locks(deadline, Some(self.lock_wait), || {
+            self.write_one_region(&ops, deadline.saturating_sub(start.elapsed()))
+        });
+        match one {
+            Err(Error::CrossRegionBatch { .. }) => {
+                self.write_two_phase(&ops, deadline.saturating_sub(start.elapsed()))
+            }
+            other => other,
+        }
+    }
+
+    /// Writes `ops` as one Raft write of one region (1PC); [`Error::CrossRegionBatch`]
+    /// if they span regions.
+    fn write_one_region(&self, ops: &[Op], deadline: Duration) -> Result<()> {
+        let Some(first) = ops.first() else { return Ok(()) };
         let key = first.key().to_vec();
         let mut session = self.sessions.take()?;
         // One number for every attempt: the write applies at most once.
         let numbered = Sessions::next_write(&mut session);
-        let deadline = self.deadline.min(DB_WRITE_RETRY_MAX);
         let result = self.call(&key, deadline, |backend, store, region, reply| {
             if let Some(outside) = ops.iter().find(|op| !region.contains(op.key())) {
                 // Routing is current (the caller refreshed it on every refusal):
@@ -340,7 +399,7 @@ impl Db {
                 WriteRequest {
                     region: region.id,
                     epoch: region.epoch,
-                    ops: ops.clone(),
+                    ops: ops.to_vec(),
                     session: Some(numbered),
                     reply,
                 },
@@ -384,18 +443,20 @@ impl Db {
             };
             // The region that served this part (its end is where the next starts).
             let served = Mutex::new(None);
-            let rows = self.call(&from, self.deadline, |backend, store, region, reply| {
-                *served.lock() = Some(region.end.clone());
-                backend.read(
-                    store,
-                    ReadRequest {
-                        region: region.id,
-                        epoch: region.epoch,
-                        query: query.clone(),
-                        reply,
-                    },
-                );
-                Ok(())
+            let rows = self.through_locks(self.deadline, None, || {
+                self.call(&from, self.deadline, |backend, store, region, reply| {
+                    *served.lock() = Some(region.end.clone());
+                    backend.read(
+                        store,
+                        ReadRequest {
+                            region: region.id,
+                            epoch: region.epoch,
+                            query: query.clone(),
+                            reply,
+                        },
+                    );
+                    Ok(())
+                })
             })?;
             match rows {
                 QueryResult::Rows(page) => {
@@ -425,13 +486,22 @@ impl Db {
         Ok(out)
     }
 
+    /// A read of `key`'s region; a lock met is resolved (or waited for) and the read
+    /// made again: a reader never sees an uncommitted value.
     fn read(&self, key: &[u8], query: &Query) -> Result<QueryResult> {
-        self.call(key, self.deadline, |backend, store, region, reply| {
-            backend.read(
-                store,
-                ReadRequest { region: region.id, epoch: region.epoch, query: query.clone(), reply },
-            );
-            Ok(())
+        self.through_locks(self.deadline, None, || {
+            self.call(key, self.deadline, |backend, store, region, reply| {
+                backend.read(
+                    store,
+                    ReadRequest {
+                        region: region.id,
+                        epoch: region.epoch,
+                        query: query.clone(),
+                        reply,
+                    },
+                );
+                Ok(())
+            })
         })
     }
 

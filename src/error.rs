@@ -19,7 +19,11 @@ pub enum Error {
         /// The last error seen.
         last: String,
     },
-    /// A write batch touches keys of more than one region; it would not be atomic.
+    /// A write batch touches keys of more than one region, and the cluster cannot
+    /// write it atomically: only where transactions are not available (a transaction
+    /// command whose keys span regions, e.g. [`Db::txn_call`](crate::Db::txn_call)).
+    /// Since cluster version 3, [`Db::write`](crate::Db::write) writes such a batch by
+    /// two-phase commit; below it, it answers [`Error::FeatureNotActive`].
     #[error(
         "the batch spans regions {}; batches are atomic within one region only: \
          split it by region",
@@ -30,6 +34,38 @@ pub enum Error {
         /// its first key, then the region of a key outside it unless no store could
         /// say which (absent, never made up).
         regions: Vec<RegionId>,
+    },
+    /// A key of the batch holds another transaction's lock that cannot be resolved
+    /// now (its transaction is alive, or its record cannot be read here), and the
+    /// client does not wait ([`LockWait::NoWait`](crate::LockWait), the default) or
+    /// waited its timeout. Nothing of the batch was written; retry.
+    #[error("key {key:?} is locked by transaction {txn_id}; nothing was written, retry")]
+    Conflict {
+        /// The locked key.
+        key: bytes::Bytes,
+        /// The transaction holding it.
+        txn_id: u64,
+    },
+    /// The transaction was aborted (by a reader or the recovery daemon, after its
+    /// TTL): nothing of the batch was or will be written; retry.
+    #[error("transaction {txn_id} was aborted; nothing was written, retry")]
+    TxnAborted {
+        /// The transaction.
+        txn_id: u64,
+    },
+    /// The commit of a two-phase batch was sent and no definite outcome came back
+    /// before the deadline: it is committed or aborted, not known which. Ask later
+    /// with [`Db::txn_outcome`](crate::Db::txn_outcome)`(txn_id, primary_key)`. Not
+    /// retryable as such: writing the batch again may apply it twice.
+    #[error(
+        "the outcome of transaction {txn_id} is unknown; ask db.txn_outcome({txn_id}, \
+         {primary_key:?}) later"
+    )]
+    Indeterminate {
+        /// The transaction.
+        txn_id: u64,
+        /// Its primary key: where its record is.
+        primary_key: bytes::Bytes,
     },
     /// The request is invalid (empty key, too large, ...).
     #[error("invalid request: {0}")]
@@ -113,6 +149,7 @@ impl From<regionkv_raft::Error> for Error {
             regionkv_raft::Error::FeatureNotActive { feature, active, needed } => {
                 Error::FeatureNotActive { feature: feature.to_owned(), active, needed }
             }
+            regionkv_raft::Error::TxnAborted { txn_id } => Error::TxnAborted { txn_id },
             e => Error::Store(e),
         }
     }
@@ -136,9 +173,10 @@ impl Error {
     /// True if retrying the same request later may succeed. Exhaustive on purpose.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Unavailable { .. } => true,
+            Error::Unavailable { .. } | Error::Conflict { .. } | Error::TxnAborted { .. } => true,
             Error::Store(e) => e.is_retryable(),
             Error::CrossRegionBatch { .. }
+            | Error::Indeterminate { .. }
             | Error::InvalidRequest(_)
             | Error::FeatureNotActive { .. }
             | Error::UpgradeRefused { .. }

@@ -48,7 +48,7 @@ use regionkv_raft::transport::handshake::ClusterId;
 use regionkv_raft::transport::tcp::{SECRET_BYTES_MIN, TcpConfig, TcpTransport};
 use regionkv_raft::{
     AdminRequest, ChangePeersRequest, MergeStatus, PeerStatus, ReadRequest, Reply, Store,
-    StoreConfig, StoreMetrics, StoreOptions, WriteRequest,
+    StoreConfig, StoreMetrics, StoreOptions, TxnRequest, WriteRequest,
 };
 use regionkv_wal::{CancellationToken, FileSystem, Gate, RealFs};
 
@@ -358,6 +358,10 @@ impl ClientHandler for NodeShared {
         self.control.upgrade_status()
     }
 
+    fn txn_ids(&self, count: u64) -> Result<u64> {
+        self.control.alloc_ids(count)
+    }
+
     fn finalize_upgrade(&self, target: Option<u32>) -> Result<u32> {
         let active = self.control.finalize_upgrade(target, self.id)?;
         self.store.learn_cluster_version(active)?;
@@ -437,6 +441,10 @@ impl Backend for NodeStores {
         } else {
             self.remote.directory(store, cmd, reply);
         }
+    }
+
+    fn txn(&self, store: StoreId, req: TxnRequest) {
+        if self.is_local(store) { self.local.txn(req) } else { self.remote.txn(store, req) }
     }
 
     fn merge_status(&self, store: StoreId, region: RegionId) -> regionkv_raft::Result<MergeStatus> {

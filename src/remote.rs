@@ -36,7 +36,7 @@ use regionkv_raft::transport::frame::{FrameError, FrameKind, FrameStream};
 use regionkv_raft::transport::handshake::{ClusterId, HandshakeError, HandshakeKey};
 use regionkv_raft::{
     AdminRequest, ChangePeersRequest, MergeStatus, PeerStatus, QueryResult, ReadRequest, Reply,
-    WriteRequest,
+    TxnRequest, WriteRequest,
 };
 use regionkv_wal::CancellationToken;
 
@@ -52,6 +52,7 @@ use crate::region_info::RegionInfo;
 use crate::router::Router;
 
 mod health;
+mod txn;
 
 /// How long an unreachable store is left alone before it is dialed again.
 pub const REDIAL_AFTER: Duration = Duration::from_millis(200);
@@ -627,6 +628,14 @@ impl Backend for RemoteStores {
             }));
         };
         self.send(store, &Request::Directory { cmd }, Box::new(done));
+    }
+
+    fn txn(&self, store: StoreId, req: TxnRequest) {
+        self.send_txn(store, req);
+    }
+
+    fn txn_ids(&self, count: u64, deadline: Duration) -> Result<u64> {
+        self.remote_txn_ids(count, deadline)
     }
 
     fn merge_status(&self, store: StoreId, region: RegionId) -> regionkv_raft::Result<MergeStatus> {

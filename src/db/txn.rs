@@ -1,11 +1,18 @@
 //! Transactions through `Db`: a batch that spans regions is written by two-phase
-//! commit ([`regionkv_raft::txn::plan`]); reads that meet a lock resolve it through the
-//! holder's record; [`Db::txn_outcome`] asks a record later.
+//! commit ([`regionkv_raft::txn::plan`], `two_phase.rs`); reads and one-region writes
+//! that meet a lock resolve it through the holder's record ([`Db::txn_call`] carries
+//! every command); [`Db::txn_outcome`] asks a record later (ARCHITECTURE.md,
+//! "Transactions").
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use regionkv_raft::{TxnCmd, TxnReply};
+use parking_lot::Mutex;
+use regionkv_raft::Error as E;
+use regionkv_raft::{TxnCmd, TxnReply, TxnRequest, TxnState};
 
 use super::Db;
+use crate::defaults::{DB_FIRST_BACKOFF, DB_MAX_BACKOFF};
 use crate::error::{Error, Result};
 
 /// What a transaction's record says, for [`Db::txn_outcome`].
@@ -23,19 +30,236 @@ pub enum TxnOutcome {
     Unknown,
 }
 
+/// What a write does when a key it needs holds another live transaction's lock.
+///
+/// Deadlocks (two batches each holding a key the other needs) are not detected: they
+/// are broken by the wait timeout. With `NoWait` a conflict is answered at once, so
+/// no cycle of waits forms; with `Wait(t)` each waiter gives up after `t` (aborting
+/// its own transaction), which releases what it held.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LockWait {
+    /// Answer [`Error::Conflict`] at once (the default; retryable).
+    #[default]
+    NoWait,
+    /// Retry for up to this long (within the call's deadline), then answer
+    /// [`Error::Conflict`].
+    Wait(Duration),
+}
+
+/// How many transaction ids a `Db` takes from the directory at a time.
+const TXN_ID_BATCH: u64 = 256;
+
+/// The transaction ids a `Db` and its clones allocated and not used yet.
+#[derive(Debug, Default)]
+pub(super) struct TxnIds {
+    /// `next .. end`.
+    range: Mutex<(u64, u64)>,
+}
+
+impl TxnIds {
+    /// Forgets the ids not used yet (a region refused one as too old: the others of
+    /// the batch are older still).
+    pub(super) fn discard(&self) {
+        *self.range.lock() = (0, 0);
+    }
+}
+
+/// Milliseconds since the Unix epoch, by this process's clock (lock expiry is judged
+/// again by the region's leader, with its own clock).
+pub(super) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A lock met by a read or a write: the fields of `Error::Locked`.
+#[derive(Clone, Debug)]
+pub(super) struct LockMet {
+    pub key: Bytes,
+    pub txn_id: u64,
+    pub primary_key: Bytes,
+    pub expires_at_ms: u64,
+}
+
+impl LockMet {
+    /// The lock of a `Locked` refusal, if `e` is one.
+    pub(super) fn of(e: &Error) -> Option<LockMet> {
+        match e {
+            Error::Store(E::Locked { key, txn_id, primary_key, expires_at_ms }) => Some(LockMet {
+                key: key.clone(),
+                txn_id: *txn_id,
+                primary_key: primary_key.clone(),
+                expires_at_ms: *expires_at_ms,
+            }),
+            _ => None,
+        }
+    }
+
+    pub(super) fn conflict(&self) -> Error {
+        Error::Conflict { key: self.key.clone(), txn_id: self.txn_id }
+    }
+}
+
+/// What resolving a lock came to.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Resolved {
+    /// The lock is gone (applied or dropped): try again.
+    Gone,
+    /// Its transaction is alive: wait, or give up.
+    Alive,
+}
+
 impl Db {
     /// Sends one transaction command to the region holding its first key (routed and
-    /// retried like every request until the deadline). Every command is idempotent.
-    #[allow(dead_code)] // used by the 2PC path and the recovery daemon (in progress)
-    pub(crate) fn txn_call(&self, cmd: TxnCmd) -> Result<TxnReply> {
-        let _ = cmd;
-        Err(Error::InvalidRequest("transactions: not yet wired (txn-facade)".into()))
+    /// retried like every request until the deadline). Every command is idempotent,
+    /// so an attempt whose answer was lost is sent again safely. Its keys must lie in
+    /// one region ([`Error::CrossRegionBatch`] otherwise). The refusals come back as
+    /// [`Error::Store`] with the Raft layer's error (`Locked`, `TxnNotFound`,
+    /// `TxnTooOld`), except `TxnAborted`, which is [`Error::TxnAborted`].
+    ///
+    /// For tools and tests that drive the protocol by hand (the recovery daemon,
+    /// a coordinator stopped half way); [`Db::write`] runs it for a batch.
+    #[allow(clippy::needless_pass_by_value, reason = "the command is the caller's to give")]
+    pub fn txn_call(&self, cmd: TxnCmd) -> Result<TxnReply> {
+        self.txn_call_for(&cmd, self.deadline)
+    }
+
+    /// [`Db::txn_call`] with its own deadline.
+    pub(super) fn txn_call_for(&self, cmd: &TxnCmd, deadline: Duration) -> Result<TxnReply> {
+        let Some(first) = cmd.keys().first().map(|k| k.to_vec()) else {
+            return Err(Error::InvalidRequest("a transaction command names no key".into()));
+        };
+        let _span = tracing::trace_span!("db.txn", txn = ?cmd.txn_id()).entered();
+        self.call(&first, deadline, |backend, store, region, reply| {
+            if let Some(outside) = cmd.keys().into_iter().find(|k| !region.contains(k)) {
+                let other = self.router.locate(outside).map(|r| r.region.id);
+                let regions = std::iter::once(region.id).chain(other).collect();
+                return Err(Error::CrossRegionBatch { regions });
+            }
+            backend.txn(
+                store,
+                TxnRequest { region: region.id, epoch: region.epoch, cmd: cmd.clone(), reply },
+            );
+            Ok(())
+        })
     }
 
     /// The outcome of transaction `txn_id` whose primary key is `primary_key` (both in
-    /// [`Error::Indeterminate`](crate::Error)), read from its record.
+    /// [`Error::Indeterminate`]), read from its record. Changes nothing.
     pub fn txn_outcome(&self, txn_id: u64, primary_key: impl AsRef<[u8]>) -> Result<TxnOutcome> {
-        let _ = (txn_id, Bytes::copy_from_slice(primary_key.as_ref()));
-        Err(Error::InvalidRequest("transactions: not yet wired (txn-facade)".into()))
+        let primary_key = Bytes::copy_from_slice(primary_key.as_ref());
+        let cmd = TxnCmd::CheckStatus { txn_id, primary_key, abort_if_expired: false };
+        match self.txn_call_for(&cmd, self.deadline)? {
+            TxnReply::Status(state) => outcome_of(txn_id, state),
+            TxnReply::Done => Err(Error::Protocol("a status check answered done".into())),
+        }
     }
+
+    /// A fresh transaction id (from a batch this `Db` and its clones took from the
+    /// directory).
+    pub(super) fn next_txn_id(&self) -> Result<u64> {
+        {
+            let mut range = self.txn.ids.range.lock();
+            if range.0 < range.1 {
+                range.0 += 1;
+                return Ok(range.0 - 1);
+            }
+        }
+        let first = self.router.backend().txn_ids(TXN_ID_BATCH, self.deadline)?;
+        let mut range = self.txn.ids.range.lock();
+        // Another clone may have refilled meanwhile: the newer batch wins, ids unused
+        // are simply never used.
+        if first >= range.1 {
+            *range = (first + 1, first + TXN_ID_BATCH);
+            Ok(first)
+        } else {
+            range.0 += 1;
+            Ok(range.0 - 1)
+        }
+    }
+
+    /// Resolves `lock` through its transaction's record: a committed transaction's
+    /// lock is applied, an aborted (or expired, or forgotten) one's dropped; an alive
+    /// one is left. The record cannot be read here (frozen): [`Error::Conflict`].
+    pub(super) fn resolve_lock(&self, lock: &LockMet, deadline: Duration) -> Result<Resolved> {
+        let expired = now_ms() > lock.expires_at_ms;
+        let check = TxnCmd::CheckStatus {
+            txn_id: lock.txn_id,
+            primary_key: lock.primary_key.clone(),
+            abort_if_expired: expired,
+        };
+        let state = match self.txn_call_for(&check, deadline)? {
+            TxnReply::Status(state) => state,
+            TxnReply::Done => return Err(Error::Protocol("a status check answered done".into())),
+        };
+        let commit = match state {
+            TxnState::Committed => true,
+            TxnState::Aborted => false,
+            // Below the floor: finished long ago, nothing of it to apply here.
+            TxnState::NotFound { floor } if lock.txn_id < floor => false,
+            // No record yet (its primary's prewrite may not have applied), or pending.
+            TxnState::NotFound { .. } | TxnState::Pending { .. } => return Ok(Resolved::Alive),
+            TxnState::Frozen { .. } => return Err(lock.conflict()),
+        };
+        let resolve = TxnCmd::Resolve { txn_id: lock.txn_id, keys: vec![lock.key.clone()], commit };
+        self.txn_call_for(&resolve, deadline)?;
+        Ok(Resolved::Gone)
+    }
+
+    /// Runs `attempt` until it answers something other than `Locked`, resolving each
+    /// lock it meets; an alive holder is waited for with a backoff until `deadline`
+    /// (reads) or per the lock wait (writes: `wait` true), then [`Error::Conflict`].
+    pub(super) fn through_locks<T>(
+        &self,
+        deadline: Duration,
+        wait: Option<LockWait>,
+        mut attempt: impl FnMut() -> Result<T>,
+    ) -> Result<T> {
+        let start = Instant::now();
+        let mut backoff = DB_FIRST_BACKOFF;
+        // Bounded: every turn that does not return sleeps, until `deadline`.
+        loop {
+            let err = match attempt() {
+                Err(e) => e,
+                ok => return ok,
+            };
+            let Some(lock) = LockMet::of(&err) else { return Err(err) };
+            let left = deadline.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Err(lock.conflict());
+            }
+            if self.resolve_lock(&lock, left)? == Resolved::Gone {
+                continue;
+            }
+            let patience = match wait {
+                None => deadline,
+                Some(LockWait::NoWait) => return Err(lock.conflict()),
+                Some(LockWait::Wait(t)) => t.min(deadline),
+            };
+            if start.elapsed() + backoff >= patience {
+                return Err(lock.conflict());
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(DB_MAX_BACKOFF);
+        }
+    }
+}
+
+/// A record's state as [`Db::txn_outcome`] answers it.
+fn outcome_of(txn_id: u64, state: TxnState) -> Result<TxnOutcome> {
+    Ok(match state {
+        TxnState::Committed => TxnOutcome::Committed,
+        TxnState::Aborted => TxnOutcome::Aborted,
+        TxnState::Pending { .. } => TxnOutcome::Pending,
+        TxnState::NotFound { .. } => TxnOutcome::Unknown,
+        TxnState::Frozen { reason } => {
+            return Err(Error::Protocol(format!(
+                "transaction {txn_id}'s record cannot be read by this binary ({reason})"
+            )));
+        }
+    })
+}
+
+/// A `Db`'s transaction settings and state, shared by its clones.
+#[derive(Debug)]
+pub(super) struct TxnShared {
+    pub ids: TxnIds,
 }

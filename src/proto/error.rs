@@ -8,6 +8,7 @@ use regionkv_engine::{Region, RegionId, StoreId};
 use regionkv_raft::{DropReason, MergeAbortReason};
 
 use super::records::{D, nested, opt_u64, put_region, region_of};
+use super::txn::{E_EXPIRES_AT, E_FLOOR, E_KEY, E_PRIMARY_KEY, E_TXN_ID, TxnFields};
 use crate::error::Error;
 
 /// What kind of error a node answered with. Code 0 is reserved: a code this binary
@@ -46,6 +47,14 @@ pub(crate) enum ErrorCode {
     /// Since the version gate: a finalize was refused, nothing proposed (fields 11 and
     /// 12 say which store holds it back).
     UpgradeRefused,
+    /// Since transactions: a key holds another transaction's lock (fields 13 to 16).
+    Locked,
+    /// Since transactions: the transaction is aborted (field 14).
+    TxnAborted,
+    /// Since transactions: the transaction has no record (fields 14 and 17).
+    TxnNotFound,
+    /// Since transactions: the transaction is below its region's floor (14 and 17).
+    TxnTooOld,
 }
 
 const ERROR_CODES: &[ErrorCode] = &[
@@ -72,6 +81,10 @@ const ERROR_CODES: &[ErrorCode] = &[
     ErrorCode::ReplicaHalted,
     ErrorCode::FeatureNotActive,
     ErrorCode::UpgradeRefused,
+    ErrorCode::Locked,
+    ErrorCode::TxnAborted,
+    ErrorCode::TxnNotFound,
+    ErrorCode::TxnTooOld,
 ];
 
 impl ErrorCode {
@@ -97,7 +110,8 @@ pub(crate) struct RemoteError {
     pub code: ErrorCode,
     pub region: Option<RegionId>,
     pub leader: Option<StoreId>,
-    pub regions: Vec<Region>,
+    /// A boxed slice, not a `Vec`: the record stays under clippy's large-error bound.
+    pub regions: Box<[Region]>,
     pub target: Option<RegionId>,
     /// The code of the reason of a `Dropped` ([`DropReason`]) or `MergeAborted`
     /// ([`MergeAbortReason`]) error.
@@ -107,6 +121,8 @@ pub(crate) struct RemoteError {
     /// The fields of a version error (feature not active, upgrade refused), boxed:
     /// most errors have none.
     pub version: Option<Box<VersionFields>>,
+    /// The fields of a transaction refusal, boxed: most errors have none.
+    pub txn: Option<Box<TxnFields>>,
 }
 
 /// The fields of a version error; each absent is unknown, never made up.
@@ -136,6 +152,7 @@ const E_ACTIVE: u16 = 9;
 const E_NEEDED: u16 = 10;
 const E_STORE: u16 = 11;
 const E_SUPPORTED: u16 = 12;
+// Since transactions, 13 to 17, each optional: in `txn.rs`.
 const E_TAGS: &[u16] = &[
     E_CODE,
     E_REGION,
@@ -149,6 +166,11 @@ const E_TAGS: &[u16] = &[
     E_NEEDED,
     E_STORE,
     E_SUPPORTED,
+    E_KEY,
+    E_TXN_ID,
+    E_PRIMARY_KEY,
+    E_EXPIRES_AT,
+    E_FLOOR,
 ];
 
 impl RemoteError {
@@ -157,11 +179,12 @@ impl RemoteError {
             code,
             region: None,
             leader: None,
-            regions: Vec::new(),
+            regions: Box::default(),
             target: None,
             reason: None,
             message: message.into().into_boxed_str(),
             version: None,
+            txn: None,
         }
     }
 
@@ -182,6 +205,9 @@ impl RemoteError {
         }
         if let Some(reason) = self.reason {
             codec::put_u64(o, E_REASON, reason);
+        }
+        if let Some(t) = &self.txn {
+            t.encode(o);
         }
         let Some(v) = &self.version else { return };
         if let Some(feature) = &v.feature {
@@ -225,6 +251,7 @@ impl RemoteError {
                 };
                 (v != VersionFields::default()).then(|| Box::new(v))
             },
+            txn: TxnFields::decode(&r)?,
         })
     }
 
@@ -240,8 +267,18 @@ impl RemoteError {
     /// [`RemoteError::into_raft`], or the error that says which field was missing.
     fn try_into_raft(self) -> Result<regionkv_raft::Error, regionkv_raft::Error> {
         use regionkv_raft::Error as E;
-        let RemoteError { code, region, leader, regions, target, reason, message, version: v } =
-            self;
+        let RemoteError {
+            code,
+            region,
+            leader,
+            regions,
+            target,
+            reason,
+            message,
+            version: v,
+            txn: t,
+        } = self;
+        let t = t.map(|t| *t).unwrap_or_default();
         let VersionFields { feature, active, needed, .. } = v.map(|v| *v).unwrap_or_default();
         let missing = |what: &str| {
             E::Malformed(format!(
@@ -251,7 +288,9 @@ impl RemoteError {
         let region = || region.ok_or_else(|| missing("region"));
         Ok(match code {
             ErrorCode::NotLeader => E::NotLeader { region: region()?, leader },
-            ErrorCode::EpochNotMatch => E::EpochNotMatch { region: region()?, current: regions },
+            ErrorCode::EpochNotMatch => {
+                E::EpochNotMatch { region: region()?, current: regions.into_vec() }
+            }
             ErrorCode::KeyNotInRegion => {
                 E::KeyNotInRegion { region: region()?, current: regions.into_iter().next() }
             }
@@ -290,6 +329,25 @@ impl RemoteError {
                 None => E::InvalidRequest(message.into()),
             },
             ErrorCode::Malformed => E::Malformed(message.into()),
+            ErrorCode::Locked => E::Locked {
+                key: t.key.ok_or_else(|| missing("locked key"))?,
+                txn_id: t.txn_id.ok_or_else(|| missing("transaction id"))?,
+                primary_key: t.primary_key.ok_or_else(|| missing("primary key"))?,
+                // Unknown: never expired (an absent field never shortens a lease).
+                expires_at_ms: t.expires_at_ms.unwrap_or(u64::MAX),
+            },
+            ErrorCode::TxnAborted => {
+                E::TxnAborted { txn_id: t.txn_id.ok_or_else(|| missing("transaction id"))? }
+            }
+            // Unknown floor: 0 (nothing is taken for finished).
+            ErrorCode::TxnNotFound => E::TxnNotFound {
+                txn_id: t.txn_id.ok_or_else(|| missing("transaction id"))?,
+                floor: t.floor.unwrap_or(0),
+            },
+            ErrorCode::TxnTooOld => E::TxnTooOld {
+                txn_id: t.txn_id.ok_or_else(|| missing("transaction id"))?,
+                floor: t.floor.unwrap_or(0),
+            },
             ErrorCode::Unspecified
             | ErrorCode::StoreFailed
             | ErrorCode::UnsupportedRequest
@@ -363,7 +421,7 @@ impl From<&regionkv_raft::Error> for RemoteError {
             E::EpochNotMatch { region, current } => {
                 out.code = ErrorCode::EpochNotMatch;
                 out.region = Some(*region);
-                out.regions.clone_from(current);
+                out.regions = current.clone().into_boxed_slice();
             }
             E::KeyNotInRegion { region, current } => {
                 out.code = ErrorCode::KeyNotInRegion;
@@ -425,6 +483,15 @@ impl From<&regionkv_raft::Error> for RemoteError {
                     needed: Some(u64::from(*needed)),
                     ..VersionFields::default()
                 }));
+            }
+            E::Locked { .. }
+            | E::TxnAborted { .. }
+            | E::TxnNotFound { .. }
+            | E::TxnTooOld { .. } => {
+                if let Some((code, fields)) = TxnFields::of(e) {
+                    out.code = code;
+                    out.txn = Some(Box::new(fields));
+                }
             }
             // A store's own failure (I/O, corruption, a bug): the message says which.
             _ => {}

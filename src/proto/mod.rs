@@ -65,12 +65,15 @@
 //!            28 upgrade status      29 finalize upgrade { 1 target (optional) }
 //!            32 health { 1 audit (0/1) }   (since the health monitor; an older node
 //!                       answers unsupported)
+//!            33 txn { ... }   34 txn ids { 1 count }   (since transactions: `txn.rs`;
+//!                       an older node answers unsupported)
 //!  RESPONSE  1 id u64, and exactly one of
 //!            2 error { 1 code, 2 region, 3 leader store, 4 region*, 5 message, 6 target,
 //!                      7 reason (optional: the code of a drop or merge-abort reason),
 //!                      8 feature, 9 active version, 10 needed version, 11 store,
 //!                      12 supported version (each optional: feature not active,
-//!                      upgrade refused) }
+//!                      upgrade refused), 13 to 17: a transaction refusal's fields
+//!                      (each optional; `txn.rs`) }
 //!                      (code 18, cancelled in flight: the outcome is unknown)
 //!            30 done  31 value { 1 value | 2 none }  32 rows { 1 row* { 1 key, 2 value } }
 //!            33 admin result  34 directory result  35 merge status
@@ -86,6 +89,7 @@
 //!            47 upgrade status { 1 active, 2 store* { 1 store, 2 active, 3 max (each
 //!                       optional: not reported) } }
 //!            50 health (the record in `health.rs`)
+//!            51 txn { 1 kind, 2 state } (`txn.rs`)
 //!  metrics   1 regions  2 leaders  3 hibernating  4 applied lag total  5 applied lag max
 //!            6 write latency us (histogram)  7 writes proposed  8 entries proposed
 //!            9 apply { 1 rounds, 2 rounds without regions, 3 rounds with several,
@@ -124,6 +128,9 @@ mod status;
 mod status_tests;
 #[cfg(test)]
 mod tests;
+mod txn;
+#[cfg(test)]
+mod txn_tests;
 
 use std::net::TcpStream;
 use std::time::Duration;
@@ -139,8 +146,8 @@ use regionkv_raft::transport::handshake::{
 };
 use regionkv_raft::transport::wire;
 use regionkv_raft::{
-    AdminCmd, AdminResult, MergeStatus, Op, PeerChange, PeerStatus, Query, QueryResult,
-    WriteSession,
+    AdminCmd, AdminResult, MergeStatus, Op, PeerChange, PeerStatus, Query, QueryResult, TxnCmd,
+    TxnReply, WriteSession,
 };
 use regionkv_wal::CancellationToken;
 
@@ -154,6 +161,7 @@ pub(crate) use self::response::{decode_response, encode_response};
 pub use self::status::{Capacity, STATUS_SCHEMA, StoreState, StoreStatus};
 #[allow(unused_imports, reason = "the health monitor's matrix uses them")]
 pub(crate) use self::status::{StatusSchema, decode_store_status, encode_store_status};
+pub(crate) use self::txn::TXN_IDS_MAX;
 
 /// The first four bytes of every client-protocol frame.
 pub const MAGIC: [u8; 4] = *b"rkvc";
@@ -362,6 +370,17 @@ pub(crate) enum Request {
     Health {
         audit: bool,
     },
+    /// One transaction command to one region (`txn.rs`); since cluster version 3.
+    Txn {
+        region: RegionId,
+        epoch: Epoch,
+        cmd: TxnCmd,
+    },
+    /// `count` fresh transaction ids from the directory (at most `TXN_IDS_MAX`); the
+    /// node asks the directory's leader. Answered with `Directory(Ids)`.
+    TxnIds {
+        count: u64,
+    },
 }
 
 /// A node's answer to one request.
@@ -391,4 +410,6 @@ pub(crate) enum Response {
     UpgradeStatus(crate::UpgradeStatus),
     /// The health monitor's report or audit, or "not the monitor".
     Health(HealthAnswer),
+    /// A transaction command's answer.
+    Txn(TxnReply),
 }

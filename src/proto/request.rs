@@ -6,11 +6,11 @@ use regionkv_engine::codec::{self, DecodeError, Field};
 use regionkv_engine::{Epoch, Peer, PeerId, RegionId, SessionId, StoreId};
 use regionkv_raft::{Op, PeerChange, Query, WriteSession};
 
-use super::Request;
 use super::records::{
     D, admin_cmd_of, dir_cmd_of, epoch_of, nested, parse, put_admin_cmd, put_dir_cmd, put_epoch,
     put_range, range_of, req_u64,
 };
+use super::{Request, txn};
 
 // Request tags.
 pub(super) const Q_ID: u16 = 1;
@@ -38,6 +38,9 @@ const U_TARGET: u16 = 1;
 // The health monitor's surfaces (27 to 31 are the version gate's).
 const Q_HEALTH: u16 = 32;
 const HQ_AUDIT: u16 = 1;
+// Transactions (`txn.rs`).
+const Q_TXN: u16 = 33;
+const Q_TXN_IDS: u16 = 34;
 const Q_TAGS: &[u16] = &[
     Q_ID,
     Q_WRITE,
@@ -61,7 +64,13 @@ const Q_TAGS: &[u16] = &[
     Q_UPGRADE_STATUS,
     Q_FINALIZE_UPGRADE,
     Q_HEALTH,
+    Q_TXN,
+    Q_TXN_IDS,
 ];
+
+/// The request kinds added after the first release (`decode_later`).
+const Q_LATER: &[u16] =
+    &[Q_CLUSTER_VERSION, Q_UPGRADE_STATUS, Q_FINALIZE_UPGRADE, Q_HEALTH, Q_TXN, Q_TXN_IDS];
 
 // Nested request fields.
 const F_REGION: u16 = 1;
@@ -175,6 +184,12 @@ pub(crate) fn encode_request(id: u64, req: &Request) -> Vec<u8> {
         }
         Request::Health { audit } => codec::put_nested(&mut out, Q_HEALTH, |o| {
             codec::put_u64(o, HQ_AUDIT, u64::from(*audit));
+        }),
+        Request::Txn { region, epoch, cmd } => {
+            codec::put_nested(&mut out, Q_TXN, |o| txn::put_txn(o, *region, *epoch, cmd));
+        }
+        Request::TxnIds { count } => codec::put_nested(&mut out, Q_TXN_IDS, |o| {
+            codec::put_u64(o, txn::TI_COUNT, *count);
         }),
     }
     out
@@ -382,14 +397,26 @@ fn decode_body(f: &Field<'_>) -> D<Request> {
             Request::LocalScan { start, end, limit }
         }
         Q_CHANGE_PEERS | Q_STORE_ADD | Q_STORE_REMOVE | Q_MEMBER => decode_membership(f)?,
-        Q_CLUSTER_VERSION | Q_UPGRADE_STATUS | Q_FINALIZE_UPGRADE | Q_HEALTH => decode_later(f)?,
+        t if Q_LATER.contains(&t) => decode_later(f)?,
         _ => return Err(DecodeError::new(f.offset, "unknown request body")),
     })
 }
 
-/// The request kinds added after the first release: the cluster version's, health.
+/// The request kinds added after the first release: the cluster version's, health,
+/// transactions.
 fn decode_later(f: &Field<'_>) -> D<Request> {
-    if f.tag == Q_HEALTH { health_request_of(f) } else { decode_upgrade(f) }
+    match f.tag {
+        Q_HEALTH => health_request_of(f),
+        Q_TXN => {
+            let (region, epoch, cmd) = txn::txn_of(f)?;
+            Ok(Request::Txn { region, epoch, cmd })
+        }
+        Q_TXN_IDS => {
+            let r = nested(f, &[txn::TI_COUNT])?;
+            Ok(Request::TxnIds { count: req_u64(&r, txn::TI_COUNT, "count missing")? })
+        }
+        _ => decode_upgrade(f),
+    }
 }
 
 /// A health request: the report, or (`audit` 1) the audit.

@@ -45,6 +45,8 @@ const UV_ACTIVE: u16 = 2;
 const UV_MAX: u16 = 3;
 // The health monitor's answer (46 to 49 are the version gate's).
 const R_HEALTH: u16 = 50;
+// A transaction command's answer (`txn.rs`).
+const R_TXN: u16 = 51;
 const R_TAGS: &[u16] = &[
     R_ID,
     R_ERROR,
@@ -67,6 +69,7 @@ const R_TAGS: &[u16] = &[
     R_CLUSTER_VERSION,
     R_UPGRADE_STATUS,
     R_HEALTH,
+    R_TXN,
 ];
 const SOME: u16 = 1;
 const NONE: u16 = 2;
@@ -170,6 +173,7 @@ pub(crate) fn encode_response(id: u64, result: &Result<Response, RemoteError>) -
             }
         }),
         Ok(Response::Health(h)) => super::health::put_health(o, R_HEALTH, h),
+        Ok(Response::Txn(t)) => codec::put_nested(o, R_TXN, |o| super::txn::put_txn_reply(o, t)),
     }
     out
 }
@@ -306,6 +310,7 @@ fn decode_response_body(f: &Field<'_>) -> D<Result<Response, RemoteError>> {
             Response::UpgradeStatus(crate::UpgradeStatus { active, stores })
         }
         R_HEALTH => Response::Health(super::health::health_of(f)?),
+        R_TXN => Response::Txn(super::txn::txn_reply_of(f)?),
         _ => return Err(DecodeError::new(f.offset, "unknown response body")),
     }))
 }

@@ -180,7 +180,7 @@ fn requests() -> Vec<Request> {
 fn responses() -> Vec<Result<Response, RemoteError>> {
     let mut epoch_err = RemoteError::new(ErrorCode::EpochNotMatch, "changed");
     epoch_err.region = Some(RegionId(1));
-    epoch_err.regions = vec![region(1, "", Some("m")), region(2, "m", None)];
+    epoch_err.regions = vec![region(1, "", Some("m")), region(2, "m", None)].into();
     vec![
         Ok(Response::Done),
         Ok(Response::NoReply),

@@ -41,12 +41,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 use parking_lot::{Condvar, Mutex};
 use regionkv_engine::{Region, RegionId, StoreId};
-use regionkv_raft::directory::RegionRecord;
+use regionkv_raft::directory::{DirResult, RegionRecord};
 use regionkv_raft::transport::frame::{FrameError, FrameKind, FrameStream, WireError, send_nowait};
 use regionkv_raft::transport::handshake::{ClusterId, HandshakeError, HandshakeKey};
 use regionkv_raft::transport::tcp::SharedListener;
 use regionkv_raft::{
-    AdminRequest, ChangePeersRequest, QueryResult, ReadRequest, Reply, Store, WriteRequest,
+    AdminRequest, ChangePeersRequest, QueryResult, ReadRequest, Reply, Store, TxnRequest,
+    WriteRequest,
 };
 use regionkv_wal::CancellationToken;
 
@@ -127,6 +128,8 @@ pub(crate) trait ClientHandler: Send + Sync {
     fn finalize_upgrade(&self, target: Option<u32>) -> Result<u32>;
     /// The health monitor's report or (`audit`) audit, if this node runs it.
     fn health(&self, audit: bool) -> proto::HealthAnswer;
+    /// `count` fresh transaction ids from the directory; returns the first.
+    fn txn_ids(&self, count: u64) -> Result<u64>;
 }
 
 /// Counters of the client service since the node started.
@@ -732,7 +735,15 @@ impl ClientService {
                 );
             }
             Request::Health { audit } => r.send(Ok(Response::Health(node.health(audit)))),
+            Request::Txn { region, epoch, cmd } => {
+                store.txn(TxnRequest { region, epoch, cmd, reply: r.reply(Response::Txn) });
+            }
+            Request::TxnIds { count } if count == 0 || count > proto::TXN_IDS_MAX => {
+                let message = format!("txn ids: ask for 1 to {} ids at a time", proto::TXN_IDS_MAX);
+                r.send(Err(RemoteError::new(ErrorCode::InvalidRequest, message)));
+            }
             Request::Split { .. }
+            | Request::TxnIds { .. }
             | Request::Merge { .. }
             | Request::Regions
             | Request::StoreAdd { .. }
@@ -776,6 +787,9 @@ impl ClientService {
                     Request::FinalizeUpgrade { target } => {
                         node.finalize_upgrade(target).map(|v| Response::ClusterVersion(Some(v)))
                     }
+                    Request::TxnIds { count } => node
+                        .txn_ids(count)
+                        .map(|first| Response::Directory(DirResult::Ids { first, count })),
                     _ => Ok(Response::Regions(node.regions())),
                 }
                 .map_err(|e| RemoteError::from(&e)),

@@ -1,0 +1,400 @@
+//! The transaction records of the client protocol (since cluster version 3): the TXN
+//! request (one [`TxnCmd`] to one region), its answer (a [`TxnReply`]), the request
+//! for transaction ids, and the fields of the four transaction refusals.
+//!
+//! ```text
+//!  REQUEST  33 txn { 1 region, 2 epoch, 3 kind (1 prewrite, 2 commit, 3 resolve,
+//!                    4 check status, 5 heartbeat, 6 forget; 0 reserved),
+//!                    4 txn id, 5 primary key, 6 op* { 1 kind (1 put, 2 delete), 2 key,
+//!                    3 value }, 7 ttl ms, 8 record { 1 participant*, 2 coordinator
+//!                    (optional) } (optional: the primary's prewrite), 9 key*,
+//!                    10 commit (0/1), 11 abort if expired (0/1),
+//!                    12 forgotten* { 1 primary key, 2 txn id }, 13 new floor }
+//!           34 txn ids { 1 count }   (answered with a directory result `ids`)
+//!  RESPONSE 51 txn { 1 kind (1 done, 2 status), 2 state { 1 kind (1 pending,
+//!                    2 committed, 3 aborted, 4 not found, 5 frozen), 2 expires at ms,
+//!                    3 floor, 4 reason } }
+//!  error    13 key, 14 txn id, 15 primary key, 16 expires at ms, 17 floor
+//!           (each optional; codes 23 locked, 24 txn aborted, 25 txn not found,
+//!           26 txn too old)
+//! ```
+//!
+//! A node from before transactions answers both requests `UnsupportedRequest`, which
+//! the client turns into `FeatureNotActive` (the cluster cannot run at version 3 with
+//! such a node in it). An unknown command kind is refused whole (never guessed); an
+//! unknown state kind decodes as `Frozen` (neither committed nor aborted: nobody acts
+//! on it). An absent optional field is unknown: an absent lock expiry never makes a
+//! lock look expired (it decodes as "never"), an absent floor as 0 (nothing is below
+//! it, so nothing is taken for finished).
+
+use bytes::Bytes;
+use regionkv_engine::codec::{self, DecodeError, Field, TlvRecord};
+use regionkv_engine::{Epoch, RegionId, StoreId};
+use regionkv_raft::{Op, RecordInit, TxnCmd, TxnReply, TxnState};
+
+use super::error::ErrorCode;
+use super::records::{D, epoch_of, nested, opt_u64, put_epoch, req_u64};
+
+const T_REGION: u16 = 1;
+const T_EPOCH: u16 = 2;
+const T_KIND: u16 = 3;
+const T_TXN_ID: u16 = 4;
+const T_PRIMARY: u16 = 5;
+const T_OP: u16 = 6;
+const T_TTL: u16 = 7;
+const T_RECORD: u16 = 8;
+const T_KEY: u16 = 9;
+const T_COMMIT: u16 = 10;
+const T_ABORT_IF_EXPIRED: u16 = 11;
+const T_FORGOTTEN: u16 = 12;
+const T_NEW_FLOOR: u16 = 13;
+const T_TAGS: &[u16] = &[
+    T_REGION,
+    T_EPOCH,
+    T_KIND,
+    T_TXN_ID,
+    T_PRIMARY,
+    T_OP,
+    T_TTL,
+    T_RECORD,
+    T_KEY,
+    T_COMMIT,
+    T_ABORT_IF_EXPIRED,
+    T_FORGOTTEN,
+    T_NEW_FLOOR,
+];
+const K_PREWRITE: u64 = 1;
+const K_COMMIT: u64 = 2;
+const K_RESOLVE: u64 = 3;
+const K_CHECK_STATUS: u64 = 4;
+const K_HEARTBEAT: u64 = 5;
+const K_FORGET: u64 = 6;
+const OP_KIND: u16 = 1;
+const OP_KEY: u16 = 2;
+const OP_VALUE: u16 = 3;
+const OP_PUT: u64 = 1;
+const OP_DELETE: u64 = 2;
+const RI_PARTICIPANT: u16 = 1;
+const RI_COORDINATOR: u16 = 2;
+const FG_KEY: u16 = 1;
+const FG_TXN_ID: u16 = 2;
+/// The txn ids request's count.
+pub(super) const TI_COUNT: u16 = 1;
+
+// The answer.
+const A_KIND: u16 = 1;
+const A_STATE: u16 = 2;
+const AK_DONE: u64 = 1;
+const AK_STATUS: u64 = 2;
+const S_KIND: u16 = 1;
+const S_EXPIRES_AT: u16 = 2;
+const S_FLOOR: u16 = 3;
+const S_REASON: u16 = 4;
+const SK_PENDING: u64 = 1;
+const SK_COMMITTED: u64 = 2;
+const SK_ABORTED: u64 = 3;
+const SK_NOT_FOUND: u64 = 4;
+const SK_FROZEN: u64 = 5;
+
+/// The most transaction ids one txn ids request takes.
+pub(crate) const TXN_IDS_MAX: u64 = 1024;
+
+/// The fields of a TXN request.
+pub(super) fn put_txn(o: &mut Vec<u8>, region: RegionId, epoch: Epoch, cmd: &TxnCmd) {
+    codec::put_u64(o, T_REGION, region.0);
+    put_epoch(o, T_EPOCH, epoch);
+    match cmd {
+        TxnCmd::Prewrite { txn_id, primary_key, ops, ttl_ms, record } => {
+            codec::put_u64(o, T_KIND, K_PREWRITE);
+            codec::put_u64(o, T_TXN_ID, *txn_id);
+            codec::put_field(o, T_PRIMARY, primary_key);
+            for op in ops {
+                codec::put_nested(o, T_OP, |o| put_op(o, op));
+            }
+            codec::put_u64(o, T_TTL, *ttl_ms);
+            if let Some(record) = record {
+                codec::put_nested(o, T_RECORD, |o| {
+                    for p in &record.participants {
+                        codec::put_field(o, RI_PARTICIPANT, p);
+                    }
+                    if let Some(c) = record.coordinator {
+                        codec::put_u64(o, RI_COORDINATOR, c.0);
+                    }
+                });
+            }
+        }
+        TxnCmd::Commit { txn_id, primary_key } => {
+            codec::put_u64(o, T_KIND, K_COMMIT);
+            codec::put_u64(o, T_TXN_ID, *txn_id);
+            codec::put_field(o, T_PRIMARY, primary_key);
+        }
+        TxnCmd::Resolve { txn_id, keys, commit } => {
+            codec::put_u64(o, T_KIND, K_RESOLVE);
+            codec::put_u64(o, T_TXN_ID, *txn_id);
+            for k in keys {
+                codec::put_field(o, T_KEY, k);
+            }
+            codec::put_u64(o, T_COMMIT, u64::from(*commit));
+        }
+        TxnCmd::CheckStatus { txn_id, primary_key, abort_if_expired } => {
+            codec::put_u64(o, T_KIND, K_CHECK_STATUS);
+            codec::put_u64(o, T_TXN_ID, *txn_id);
+            codec::put_field(o, T_PRIMARY, primary_key);
+            codec::put_u64(o, T_ABORT_IF_EXPIRED, u64::from(*abort_if_expired));
+        }
+        TxnCmd::Heartbeat { txn_id, primary_key, ttl_ms } => {
+            codec::put_u64(o, T_KIND, K_HEARTBEAT);
+            codec::put_u64(o, T_TXN_ID, *txn_id);
+            codec::put_field(o, T_PRIMARY, primary_key);
+            codec::put_u64(o, T_TTL, *ttl_ms);
+        }
+        TxnCmd::Forget { records, new_floor } => {
+            codec::put_u64(o, T_KIND, K_FORGET);
+            for (key, txn_id) in records {
+                codec::put_nested(o, T_FORGOTTEN, |o| {
+                    codec::put_field(o, FG_KEY, key);
+                    codec::put_u64(o, FG_TXN_ID, *txn_id);
+                });
+            }
+            codec::put_u64(o, T_NEW_FLOOR, *new_floor);
+        }
+    }
+}
+
+fn put_op(o: &mut Vec<u8>, op: &Op) {
+    match op {
+        Op::Put { key, value } => {
+            codec::put_u64(o, OP_KIND, OP_PUT);
+            codec::put_field(o, OP_KEY, key);
+            codec::put_field(o, OP_VALUE, value);
+        }
+        Op::Delete { key } => {
+            codec::put_u64(o, OP_KIND, OP_DELETE);
+            codec::put_field(o, OP_KEY, key);
+        }
+    }
+}
+
+fn op_of(f: &Field<'_>) -> D<Op> {
+    let o = nested(f, &[OP_KIND, OP_KEY, OP_VALUE])?;
+    let key = Bytes::copy_from_slice(o.required(OP_KEY, "op key missing")?.value);
+    Ok(match req_u64(&o, OP_KIND, "op kind missing")? {
+        OP_PUT => Op::Put {
+            key,
+            value: Bytes::copy_from_slice(o.required(OP_VALUE, "put value missing")?.value),
+        },
+        OP_DELETE => Op::Delete { key },
+        // The transaction is atomic: an op this binary does not know fails it whole.
+        _ => return Err(DecodeError::new(f.offset, "unknown write op kind")),
+    })
+}
+
+/// A 0/1 flag that must be present.
+fn flag(r: &TlvRecord<'_>, tag: u16, what: &'static str) -> D<bool> {
+    let f = r.required(tag, what)?;
+    match f.as_u64()? {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(DecodeError::new(f.offset, "a flag is 0 or 1")),
+    }
+}
+
+/// A TXN request: its region, epoch and command. Never panics.
+pub(super) fn txn_of(f: &Field<'_>) -> D<(RegionId, Epoch, TxnCmd)> {
+    let r = nested(f, T_TAGS)?;
+    let region = RegionId(req_u64(&r, T_REGION, "region missing")?);
+    let epoch = epoch_of(&r, T_EPOCH)?;
+    let txn_id = || req_u64(&r, T_TXN_ID, "txn id missing");
+    let primary_key = || -> D<Bytes> {
+        Ok(Bytes::copy_from_slice(r.required(T_PRIMARY, "primary missing")?.value))
+    };
+    let cmd = match req_u64(&r, T_KIND, "txn kind missing")? {
+        K_PREWRITE => TxnCmd::Prewrite {
+            txn_id: txn_id()?,
+            primary_key: primary_key()?,
+            ops: r.repeated(T_OP).map(|op| op_of(&op)).collect::<D<_>>()?,
+            ttl_ms: req_u64(&r, T_TTL, "ttl missing")?,
+            record: match r.optional(T_RECORD)? {
+                None => None,
+                Some(rec) => {
+                    let rec = nested(&rec, &[RI_PARTICIPANT, RI_COORDINATOR])?;
+                    Some(RecordInit {
+                        participants: rec
+                            .repeated(RI_PARTICIPANT)
+                            .map(|p| Bytes::copy_from_slice(p.value))
+                            .collect(),
+                        coordinator: opt_u64(&rec, RI_COORDINATOR)?.map(StoreId),
+                    })
+                }
+            },
+        },
+        K_COMMIT => TxnCmd::Commit { txn_id: txn_id()?, primary_key: primary_key()? },
+        K_RESOLVE => TxnCmd::Resolve {
+            txn_id: txn_id()?,
+            keys: r.repeated(T_KEY).map(|k| Bytes::copy_from_slice(k.value)).collect(),
+            commit: flag(&r, T_COMMIT, "commit flag missing")?,
+        },
+        K_CHECK_STATUS => TxnCmd::CheckStatus {
+            txn_id: txn_id()?,
+            primary_key: primary_key()?,
+            abort_if_expired: flag(&r, T_ABORT_IF_EXPIRED, "abort flag missing")?,
+        },
+        K_HEARTBEAT => TxnCmd::Heartbeat {
+            txn_id: txn_id()?,
+            primary_key: primary_key()?,
+            ttl_ms: req_u64(&r, T_TTL, "ttl missing")?,
+        },
+        K_FORGET => {
+            let mut records = Vec::new();
+            for fg in r.repeated(T_FORGOTTEN) {
+                let fg = nested(&fg, &[FG_KEY, FG_TXN_ID])?;
+                records.push((
+                    Bytes::copy_from_slice(fg.required(FG_KEY, "forgotten key missing")?.value),
+                    req_u64(&fg, FG_TXN_ID, "forgotten txn id missing")?,
+                ));
+            }
+            TxnCmd::Forget { records, new_floor: req_u64(&r, T_NEW_FLOOR, "new floor missing")? }
+        }
+        // Unknown (or 0, unspecified): never guessed.
+        _ => return Err(DecodeError::new(f.offset, "unknown transaction command kind")),
+    };
+    Ok((region, epoch, cmd))
+}
+
+/// The fields of a TXN answer.
+pub(super) fn put_txn_reply(o: &mut Vec<u8>, reply: &TxnReply) {
+    match reply {
+        TxnReply::Done => codec::put_u64(o, A_KIND, AK_DONE),
+        TxnReply::Status(state) => {
+            codec::put_u64(o, A_KIND, AK_STATUS);
+            codec::put_nested(o, A_STATE, |o| match state {
+                TxnState::Pending { expires_at_ms } => {
+                    codec::put_u64(o, S_KIND, SK_PENDING);
+                    codec::put_u64(o, S_EXPIRES_AT, *expires_at_ms);
+                }
+                TxnState::Committed => codec::put_u64(o, S_KIND, SK_COMMITTED),
+                TxnState::Aborted => codec::put_u64(o, S_KIND, SK_ABORTED),
+                TxnState::NotFound { floor } => {
+                    codec::put_u64(o, S_KIND, SK_NOT_FOUND);
+                    codec::put_u64(o, S_FLOOR, *floor);
+                }
+                TxnState::Frozen { reason } => {
+                    codec::put_u64(o, S_KIND, SK_FROZEN);
+                    codec::put_field(o, S_REASON, reason.as_bytes());
+                }
+            });
+        }
+    }
+}
+
+/// A TXN answer. Never panics.
+pub(super) fn txn_reply_of(f: &Field<'_>) -> D<TxnReply> {
+    let r = nested(f, &[A_KIND, A_STATE])?;
+    Ok(match req_u64(&r, A_KIND, "txn answer kind missing")? {
+        AK_DONE => TxnReply::Done,
+        AK_STATUS => TxnReply::Status(state_of(&r.required(A_STATE, "txn state missing")?)?),
+        _ => return Err(DecodeError::new(f.offset, "unknown txn answer kind")),
+    })
+}
+
+fn state_of(f: &Field<'_>) -> D<TxnState> {
+    let s = nested(f, &[S_KIND, S_EXPIRES_AT, S_FLOOR, S_REASON])?;
+    Ok(match opt_u64(&s, S_KIND)?.unwrap_or(0) {
+        // Absent expiry: unknown, so never expired (it never shortens a lease).
+        SK_PENDING => {
+            TxnState::Pending { expires_at_ms: opt_u64(&s, S_EXPIRES_AT)?.unwrap_or(u64::MAX) }
+        }
+        SK_COMMITTED => TxnState::Committed,
+        SK_ABORTED => TxnState::Aborted,
+        // Absent floor: 0, nothing is taken for finished.
+        SK_NOT_FOUND => TxnState::NotFound { floor: opt_u64(&s, S_FLOOR)?.unwrap_or(0) },
+        SK_FROZEN => TxnState::Frozen {
+            reason: s
+                .optional(S_REASON)?
+                .map_or_else(|| "unknown".to_owned(), |r| String::from_utf8_lossy(r.value).into()),
+        },
+        // A state this binary does not know: nobody here may act on it.
+        _ => TxnState::Frozen { reason: "unknown_state".to_owned() },
+    })
+}
+
+/// The fields of a transaction refusal (locked, aborted, not found, too old); each
+/// absent is unknown, never made up.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TxnFields {
+    pub key: Option<Bytes>,
+    pub txn_id: Option<u64>,
+    pub primary_key: Option<Bytes>,
+    pub expires_at_ms: Option<u64>,
+    pub floor: Option<u64>,
+}
+
+pub(super) const E_KEY: u16 = 13;
+pub(super) const E_TXN_ID: u16 = 14;
+pub(super) const E_PRIMARY_KEY: u16 = 15;
+pub(super) const E_EXPIRES_AT: u16 = 16;
+pub(super) const E_FLOOR: u16 = 17;
+
+impl TxnFields {
+    /// The code and fields of a transaction refusal (`None`: `e` is none).
+    pub(super) fn of(e: &regionkv_raft::Error) -> Option<(ErrorCode, TxnFields)> {
+        use regionkv_raft::Error as E;
+        Some(match e {
+            E::Locked { key, txn_id, primary_key, expires_at_ms } => (
+                ErrorCode::Locked,
+                TxnFields {
+                    key: Some(key.clone()),
+                    txn_id: Some(*txn_id),
+                    primary_key: Some(primary_key.clone()),
+                    expires_at_ms: Some(*expires_at_ms),
+                    floor: None,
+                },
+            ),
+            E::TxnAborted { txn_id } => {
+                (ErrorCode::TxnAborted, TxnFields { txn_id: Some(*txn_id), ..TxnFields::default() })
+            }
+            E::TxnNotFound { txn_id, floor } | E::TxnTooOld { txn_id, floor } => (
+                if matches!(e, E::TxnNotFound { .. }) {
+                    ErrorCode::TxnNotFound
+                } else {
+                    ErrorCode::TxnTooOld
+                },
+                TxnFields { txn_id: Some(*txn_id), floor: Some(*floor), ..TxnFields::default() },
+            ),
+            _ => return None,
+        })
+    }
+
+    pub(super) fn encode(&self, o: &mut Vec<u8>) {
+        if let Some(k) = &self.key {
+            codec::put_field(o, E_KEY, k);
+        }
+        if let Some(id) = self.txn_id {
+            codec::put_u64(o, E_TXN_ID, id);
+        }
+        if let Some(k) = &self.primary_key {
+            codec::put_field(o, E_PRIMARY_KEY, k);
+        }
+        if let Some(at) = self.expires_at_ms {
+            codec::put_u64(o, E_EXPIRES_AT, at);
+        }
+        if let Some(floor) = self.floor {
+            codec::put_u64(o, E_FLOOR, floor);
+        }
+    }
+
+    /// The fields of an error record (`None` if it has none).
+    pub(super) fn decode(r: &TlvRecord<'_>) -> D<Option<Box<TxnFields>>> {
+        let bytes = |tag| -> D<Option<Bytes>> {
+            Ok(r.optional(tag)?.map(|f| Bytes::copy_from_slice(f.value)))
+        };
+        let t = TxnFields {
+            key: bytes(E_KEY)?,
+            txn_id: opt_u64(r, E_TXN_ID)?,
+            primary_key: bytes(E_PRIMARY_KEY)?,
+            expires_at_ms: opt_u64(r, E_EXPIRES_AT)?,
+            floor: opt_u64(r, E_FLOOR)?,
+        };
+        Ok((t != TxnFields::default()).then(|| Box::new(t)))
+    }
+}

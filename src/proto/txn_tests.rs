@@ -1,0 +1,275 @@
+//! Unit tests of the transaction records of the client protocol (`txn.rs`): every
+//! command, answer and refusal round-trips; absent optional fields are unknown
+//! (never an expired lock, never a floor); unknown kinds are refused or frozen, never
+//! guessed; damage never panics; the golden files hold what this binary writes.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use regionkv_engine::codec;
+use regionkv_engine::{Epoch, RegionId, StoreId};
+use regionkv_raft::directory::DirResult;
+use regionkv_raft::{Op, RecordInit, TxnCmd, TxnReply, TxnState};
+
+use super::error::E_CODE;
+use super::request::Q_ID;
+use super::response::{R_ERROR, R_ID};
+use super::*;
+use crate::Error;
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+/// One of each command kind (both prewrites: with and without the record).
+fn commands() -> Vec<TxnCmd> {
+    vec![
+        TxnCmd::Prewrite {
+            txn_id: 7,
+            primary_key: b("a"),
+            ops: vec![Op::Put { key: b("a"), value: b("1") }, Op::Delete { key: b("b") }],
+            ttl_ms: 3_000,
+            record: Some(RecordInit {
+                participants: vec![b("a"), b("b"), b("x")],
+                coordinator: Some(StoreId(2)),
+            }),
+        },
+        TxnCmd::Prewrite {
+            txn_id: 7,
+            primary_key: b("a"),
+            ops: vec![Op::Put { key: b("x"), value: Bytes::new() }],
+            ttl_ms: 3_000,
+            record: None,
+        },
+        TxnCmd::Prewrite {
+            txn_id: 8,
+            primary_key: b("c"),
+            ops: vec![Op::Put { key: b("c"), value: b("3") }],
+            ttl_ms: 10,
+            record: Some(RecordInit { participants: vec![b("c")], coordinator: None }),
+        },
+        TxnCmd::Commit { txn_id: 7, primary_key: b("a") },
+        TxnCmd::Resolve { txn_id: 7, keys: vec![b("x"), b("y")], commit: true },
+        TxnCmd::Resolve { txn_id: 9, keys: vec![b("z")], commit: false },
+        TxnCmd::CheckStatus { txn_id: 7, primary_key: b("a"), abort_if_expired: true },
+        TxnCmd::CheckStatus { txn_id: 7, primary_key: b("a"), abort_if_expired: false },
+        TxnCmd::Heartbeat { txn_id: 7, primary_key: b("a"), ttl_ms: 5_000 },
+        TxnCmd::Forget { records: vec![(b("a"), 7), (b("c"), 8)], new_floor: 5 },
+    ]
+}
+
+fn requests() -> Vec<Request> {
+    let epoch = Epoch { version: 3, conf_ver: 2 };
+    let mut out: Vec<Request> = commands()
+        .into_iter()
+        .map(|cmd| Request::Txn { region: RegionId(4), epoch, cmd })
+        .collect();
+    out.push(Request::TxnIds { count: 256 });
+    out
+}
+
+fn answers() -> Vec<Result<Response, RemoteError>> {
+    let states = [
+        TxnState::Pending { expires_at_ms: 1_700_000_003_000 },
+        TxnState::Committed,
+        TxnState::Aborted,
+        TxnState::NotFound { floor: 12 },
+        TxnState::Frozen { reason: "too_new".into() },
+    ];
+    let mut out = vec![Ok(Response::Txn(TxnReply::Done))];
+    out.extend(states.into_iter().map(|s| Ok(Response::Txn(TxnReply::Status(s)))));
+    out.push(Ok(Response::Directory(DirResult::Ids { first: 1_000, count: 256 })));
+    out.extend(refusals().iter().map(|e| Err(RemoteError::from(e))));
+    out
+}
+
+/// The four transaction refusals, every field set.
+fn refusals() -> Vec<regionkv_raft::Error> {
+    use regionkv_raft::Error as E;
+    vec![
+        E::Locked { key: b("k"), txn_id: 7, primary_key: b("a"), expires_at_ms: 1_700_000_003_000 },
+        E::TxnAborted { txn_id: 7 },
+        E::TxnNotFound { txn_id: 7, floor: 3 },
+        E::TxnTooOld { txn_id: 2, floor: 3 },
+    ]
+}
+
+#[test]
+fn every_command_answer_and_refusal_round_trips() {
+    for (i, req) in requests().into_iter().enumerate() {
+        let (id, back) = decode_request(&encode_request(i as u64, &req)).unwrap();
+        assert_eq!((id, &back), (i as u64, &req));
+    }
+    for (i, answer) in answers().into_iter().enumerate() {
+        let (id, back) = decode_response(&encode_response(i as u64, &answer)).unwrap();
+        assert_eq!((id, &back), (i as u64, &answer));
+    }
+    for e in refusals() {
+        let (_, back) = decode_response(&encode_response(1, &Err(RemoteError::from(&e)))).unwrap();
+        let raft = back.unwrap_err().into_raft();
+        assert_eq!(format!("{raft:?}"), format!("{e:?}"));
+        assert!(!raft.is_retryable(), "a transaction refusal is the caller's to handle");
+    }
+}
+
+#[test]
+fn an_aborted_transaction_is_the_facade_s_retryable_txn_aborted() {
+    let e = Error::from(regionkv_raft::Error::TxnAborted { txn_id: 7 });
+    assert!(matches!(e, Error::TxnAborted { txn_id: 7 }) && e.is_retryable());
+    let conflict = Error::Conflict { key: b("k"), txn_id: 7 };
+    assert!(conflict.is_retryable());
+    assert!(!Error::Indeterminate { txn_id: 7, primary_key: b("a") }.is_retryable());
+}
+
+/// An error record with `code` and the given transaction fields only.
+fn bare_error(code: ErrorCode, fields: impl FnOnce(&mut Vec<u8>)) -> RemoteError {
+    let mut out = RemoteError::new(code, "fields left out");
+    out.txn = None;
+    let mut payload = Vec::new();
+    codec::put_u64(&mut payload, R_ID, 1);
+    codec::put_nested(&mut payload, R_ERROR, |o| {
+        out.encode(o);
+        fields(o);
+    });
+    decode_response(&payload).unwrap().1.unwrap_err()
+}
+
+#[test]
+fn absent_optional_fields_are_unknown_never_an_expired_lock_or_a_floor() {
+    use regionkv_raft::Error as E;
+    // A lock without its expiry: never expired.
+    let locked = bare_error(ErrorCode::Locked, |o| {
+        codec::put_field(o, super::txn::E_KEY, b"k");
+        codec::put_u64(o, super::txn::E_TXN_ID, 7);
+        codec::put_field(o, super::txn::E_PRIMARY_KEY, b"a");
+    });
+    assert!(matches!(locked.into_raft(), E::Locked { expires_at_ms: u64::MAX, txn_id: 7, .. }));
+    // Without its floor: 0, nothing below it.
+    let not_found = bare_error(ErrorCode::TxnNotFound, |o| {
+        codec::put_u64(o, super::txn::E_TXN_ID, 7);
+    });
+    assert!(matches!(not_found.into_raft(), E::TxnNotFound { txn_id: 7, floor: 0 }));
+    // Without the fields it cannot be told by: malformed, never made up.
+    let no_key = bare_error(ErrorCode::Locked, |o| codec::put_u64(o, super::txn::E_TXN_ID, 7));
+    assert!(matches!(no_key.into_raft(), E::Malformed(_)));
+    let no_id = bare_error(ErrorCode::TxnAborted, |_| {});
+    assert!(matches!(no_id.into_raft(), E::Malformed(_)));
+    // A pending state without its expiry: never expired either.
+    let mut payload = Vec::new();
+    codec::put_u64(&mut payload, R_ID, 2);
+    codec::put_nested(&mut payload, 51, |o| {
+        codec::put_u64(o, 1, 2);
+        codec::put_nested(o, 2, |o| codec::put_u64(o, 1, 1));
+    });
+    let (_, back) = decode_response(&payload).unwrap();
+    assert_eq!(
+        back.unwrap(),
+        Response::Txn(TxnReply::Status(TxnState::Pending { expires_at_ms: u64::MAX }))
+    );
+}
+
+#[test]
+fn unknown_kinds_are_refused_or_frozen_never_guessed() {
+    // A command kind from the future: the request is malformed (nothing is done).
+    let mut payload = Vec::new();
+    codec::put_u64(&mut payload, Q_ID, 3);
+    codec::put_nested(&mut payload, 33, |o| {
+        codec::put_u64(o, 1, 4);
+        codec::put_nested(o, 2, |o| {
+            codec::put_u64(o, 1, 1);
+            codec::put_u64(o, 2, 1);
+        });
+        codec::put_u64(o, 3, 99);
+    });
+    assert!(matches!(decode_request(&payload), Err(RequestError::Malformed { id: Some(3), .. })));
+    // A state from the future (or 0): frozen, neither committed nor aborted.
+    for kind in [0, 99] {
+        let mut payload = Vec::new();
+        codec::put_u64(&mut payload, R_ID, 2);
+        codec::put_nested(&mut payload, 51, |o| {
+            codec::put_u64(o, 1, 2);
+            codec::put_nested(o, 2, |o| codec::put_u64(o, 1, kind));
+        });
+        let (_, back) = decode_response(&payload).unwrap();
+        assert!(matches!(back.unwrap(), Response::Txn(TxnReply::Status(TxnState::Frozen { .. }))));
+    }
+    // An error code from the future is unspecified (an older binary's view of ours).
+    let mut payload = Vec::new();
+    codec::put_u64(&mut payload, R_ID, 9);
+    codec::put_nested(&mut payload, R_ERROR, |o| codec::put_u64(o, E_CODE, 27));
+    assert_eq!(decode_response(&payload).unwrap().1.unwrap_err().code, ErrorCode::Unspecified);
+}
+
+#[test]
+fn damaged_transaction_records_never_panic() {
+    let mut payloads: Vec<Vec<u8>> =
+        requests().iter().enumerate().map(|(i, r)| encode_request(i as u64, r)).collect();
+    let answers: Vec<Vec<u8>> =
+        answers().iter().enumerate().map(|(i, a)| encode_response(i as u64, a)).collect();
+    for payload in payloads.iter_mut().chain(answers.clone().iter_mut()) {
+        for at in 0..payload.len() {
+            for bit in [0x01, 0x80] {
+                let mut damaged = payload.clone();
+                damaged[at] ^= bit;
+                let _ = decode_request(&damaged);
+                let _ = decode_response(&damaged);
+            }
+            let _ = decode_request(&payload[..at]);
+            let _ = decode_response(&payload[..at]);
+        }
+    }
+}
+
+fn golden(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src/proto/golden").join(name)
+}
+
+/// Payloads, each after its length (u32, little endian).
+fn framed(payloads: impl IntoIterator<Item = Vec<u8>>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for payload in payloads {
+        out.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_le_bytes());
+        out.extend_from_slice(&payload);
+    }
+    out
+}
+
+fn unframed(bytes: &[u8]) -> Vec<&[u8]> {
+    let mut rest = bytes;
+    let mut out = Vec::new();
+    while let Some((len, tail)) = rest.split_first_chunk::<4>() {
+        let (payload, tail) = tail.split_at(u32::from_le_bytes(*len) as usize);
+        out.push(payload);
+        rest = tail;
+    }
+    out
+}
+
+fn golden_requests() -> Vec<u8> {
+    framed(requests().iter().enumerate().map(|(i, r)| encode_request(i as u64, r)))
+}
+
+fn golden_answers() -> Vec<u8> {
+    framed(answers().iter().enumerate().map(|(i, a)| encode_response(i as u64, a)))
+}
+
+#[test]
+fn the_golden_transaction_records_decode_and_are_what_this_binary_writes() {
+    let reqs = std::fs::read(golden("txn-requests-v1.bin")).expect("txn-requests-v1.bin");
+    let decoded: Vec<Request> =
+        unframed(&reqs).into_iter().map(|p| decode_request(p).unwrap().1).collect();
+    assert_eq!(decoded, requests());
+    assert_eq!(reqs, golden_requests(), "this binary writes the TXN requests as it did");
+    let answers_file = std::fs::read(golden("txn-answers-v1.bin")).expect("txn-answers-v1.bin");
+    let decoded: Vec<Result<Response, RemoteError>> =
+        unframed(&answers_file).into_iter().map(|p| decode_response(p).unwrap().1).collect();
+    assert_eq!(decoded, answers());
+    assert_eq!(answers_file, golden_answers(), "this binary writes the TXN answers as it did");
+}
+
+#[test]
+#[ignore = "writes the golden files of the transaction records (only if they are new)"]
+fn regenerate_txn_golden() {
+    std::fs::write(golden("txn-requests-v1.bin"), golden_requests()).unwrap();
+    std::fs::write(golden("txn-answers-v1.bin"), golden_answers()).unwrap();
+}
