@@ -37,6 +37,7 @@ fn every_turn_defers_while_the_cluster_version_is_older() {
 fn the_ungated_turn_decodes_field_by_field_and_shortens_no_lease() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster_at_2(dir.path());
+    cluster.db().put("leader?", "1").unwrap();
     let now = regionkv_raft::system_clock_ms();
     // A lock alive by its own fields (its record has no optional field set): the
     // ungated turn must leave it, as the gated one would.
@@ -80,6 +81,7 @@ fn the_ungated_turn_decodes_field_by_field_and_shortens_no_lease() {
         })
         .unwrap();
     assert_eq!(turn.deferred, None);
+    assert!(!turn.regions.is_empty(), "{turn:?}");
     assert!(turn.unreadable.is_empty() && turn.frozen.is_empty(), "{turn:?}");
     assert_eq!((turn.resolved_committed, turn.resolved_aborted, turn.in_doubt), (0, 0, 0));
     assert_eq!(cluster.txn_list(false, None).len(), 2);

@@ -100,8 +100,8 @@ fn entries_of_a_newer_format_are_counted_never_decoded_and_hold_the_floor() {
     t.locks.insert(b("k"), too_new());
     t.records.insert((b("p"), 4), too_new());
     put_record(&mut t, &record(5, "q", TxnStatus::Aborted, &["q"]));
-    let plan =
-        plan_turn(&t, u64::MAX / 2, &RecoveryLimits::default(), &mut RecoveryMemory::default());
+    let no_delay = RecoveryLimits { forget_delay_ms: 0, ..RecoveryLimits::default() };
+    let plan = plan_turn(&t, u64::MAX / 2, &no_delay, &mut RecoveryMemory::default());
     assert_eq!(plan.metrics.unreadable.get("too_new"), Some(&2));
     assert!(plan.locks.is_empty());
     // Record 5 could be forgotten, but the unreadable lock hides its transaction.
