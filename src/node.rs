@@ -362,6 +362,14 @@ impl ClientHandler for NodeShared {
         self.control.alloc_ids(count)
     }
 
+    fn txn_list(&self, in_doubt_only: bool, older_than_ms: Option<u64>) -> Vec<crate::TxnEntry> {
+        txn::list(self, in_doubt_only, older_than_ms)
+    }
+
+    fn txn_recover(&self, region: Option<RegionId>) -> crate::TxnRecoveryTurn {
+        txn::recover(self, region)
+    }
+
     fn finalize_upgrade(&self, target: Option<u32>) -> Result<u32> {
         let active = self.control.finalize_upgrade(target, self.id)?;
         self.store.learn_cluster_version(active)?;

@@ -352,11 +352,13 @@ pub(crate) struct TxnDaemon {
     per_store: Mutex<BTreeMap<StoreId, Arc<TxnRecovery>>>,
     cancel: CancellationToken,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Where the stores and a client come from (set by `start`).
+    host: Mutex<Option<Arc<StoresFn>>>,
 }
 
 /// The stores a daemon thread serves as they are now, and a client to propose through;
 /// `None` once their host is gone (the thread ends).
-pub(crate) type StoresFn = Box<dyn Fn() -> Option<(Vec<Arc<Store>>, Db)> + Send>;
+pub(crate) type StoresFn = Box<dyn Fn() -> Option<(Vec<Arc<Store>>, Db)> + Send + Sync>;
 
 impl TxnDaemon {
     pub(crate) fn new(interval: Duration) -> Arc<TxnDaemon> {
@@ -365,12 +367,15 @@ impl TxnDaemon {
             per_store: Mutex::new(BTreeMap::new()),
             cancel: CancellationToken::new(),
             thread: Mutex::new(None),
+            host: Mutex::new(None),
         })
     }
 
     /// Starts the thread: a turn on every store of `stores` each interval, until
-    /// [`TxnDaemon::stop`].
+    /// [`TxnDaemon::stop`]. `stores` also serves [`TxnDaemon::recover_host`].
     pub(crate) fn start(self: &Arc<Self>, name: String, stores: StoresFn) -> Result<()> {
+        let stores: Arc<StoresFn> = Arc::new(stores);
+        *self.host.lock() = Some(stores.clone());
         let daemon = self.clone();
         let handle = std::thread::Builder::new().name(name).spawn(move || {
             // Bounded: each wait is one interval; ends once cancelled or the host is gone.
@@ -387,6 +392,15 @@ impl TxnDaemon {
         })?;
         *self.thread.lock() = Some(handle);
         Ok(())
+    }
+
+    /// One turn now on each of the host's stores (see [`TxnDaemon::recover_now`]).
+    pub(crate) fn recover_host(&self, region: Option<RegionId>) -> Vec<TxnRecoveryTurn> {
+        let host = self.host.lock().clone();
+        match host.and_then(|host| host()) {
+            Some((stores, db)) => self.recover_now(&stores, &db, region),
+            None => Vec::new(),
+        }
     }
 
     /// Stops the thread (after its current command at worst) and waits for it.

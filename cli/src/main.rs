@@ -7,6 +7,7 @@ mod client_cmd;
 mod demo;
 mod health_cmd;
 mod node_cmd;
+mod txn_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

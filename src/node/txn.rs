@@ -33,6 +33,25 @@ pub(super) fn start(shared: &Arc<NodeShared>) -> Result<()> {
     )
 }
 
+/// The entries of the regions the node's store leads (`older_than_ms`: at least that old).
+pub(super) fn list(
+    shared: &NodeShared,
+    in_doubt_only: bool,
+    older_than_ms: Option<u64>,
+) -> Vec<TxnEntry> {
+    TxnRecovery::list(&shared.store, in_doubt_only, older_than_ms.map(Duration::from_millis))
+}
+
+/// One turn now on the node's store (the node's own `Db`); a node that is stopping
+/// answers a turn deferred at the shutdown gate.
+pub(super) fn recover(shared: &NodeShared, region: Option<RegionId>) -> TxnRecoveryTurn {
+    shared.txn.recover_host(region).into_iter().next().unwrap_or_else(|| TxnRecoveryTurn {
+        store: shared.id,
+        deferred: Some(regionkv_raft::txn::recovery::Gate::Shutdown),
+        ..TxnRecoveryTurn::default()
+    })
+}
+
 impl Node {
     /// The transaction locks and records of the regions this node's store leads; see
     /// [`Cluster::txn_list`](crate::Cluster::txn_list).
@@ -43,8 +62,7 @@ impl Node {
     /// One recovery turn now on this node's store (gates first); see
     /// [`Cluster::txn_recover`](crate::Cluster::txn_recover).
     pub fn txn_recover(&self, region: Option<RegionId>) -> TxnRecoveryTurn {
-        let turns = self.shared.txn.recover_now(&[self.shared.store.clone()], &self.db(), region);
-        turns.into_iter().next().unwrap_or_default()
+        recover(&self.shared, region)
     }
 
     /// The daemon's counters.
