@@ -275,3 +275,125 @@ pub(super) fn turn_of(f: &Field<'_>) -> D<TxnRecoveryTurn> {
         frozen: counts_of(&r, T_FROZEN)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use bytes::Bytes;
+    use regionkv_engine::{RegionId, StoreId};
+    use regionkv_raft::txn::recovery::Gate;
+
+    use crate::proto::{
+        Request, Response, decode_request, decode_response, encode_request, encode_response,
+    };
+    use crate::txn_recovery::{TxnEntry, TxnRecoveryTurn};
+
+    fn entry(state: &'static str, read: bool) -> TxnEntry {
+        TxnEntry {
+            region: RegionId(4),
+            store: StoreId(2),
+            kind: "lock",
+            key: Bytes::from_static(b"k"),
+            txn_id: read.then_some(9),
+            primary_key: read.then(|| Bytes::from_static(b"p")),
+            state,
+            age_ms: read.then_some(1_500),
+            expires_at_ms: read.then_some(77),
+            in_doubt: read,
+        }
+    }
+
+    fn round_trip(answer: Response) -> Response {
+        let bytes = encode_response(3, &Ok(answer));
+        let (id, decoded) = decode_response(&bytes).expect("decodes");
+        assert_eq!(id, 3);
+        decoded.expect("an answer")
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        for req in [
+            Request::TxnList { in_doubt_only: true, older_than_ms: Some(30_000) },
+            Request::TxnList { in_doubt_only: false, older_than_ms: None },
+            Request::TxnRecover { region: Some(RegionId(7)) },
+            Request::TxnRecover { region: None },
+        ] {
+            let bytes = encode_request(11, &req);
+            assert_eq!(decode_request(&bytes).expect("decodes"), (11, req));
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_and_absent_fields_stay_absent() {
+        let entries = vec![entry("locked", true), entry("too_new", false)];
+        match round_trip(Response::TxnEntries(entries.clone())) {
+            Response::TxnEntries(back) => assert_eq!(back, entries),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_name_this_binary_does_not_know_reads_as_unknown() {
+        let mut out = Vec::new();
+        super::put_entries(&mut out, &[entry("locked", true)]);
+        // The same length: only the name changes (a newer node's state).
+        let at = out.windows(6).position(|w| w == b"locked").expect("the state's name");
+        out[at..at + 6].copy_from_slice(b"lockee");
+        let patched = &out[..];
+        let mut body = Vec::new();
+        regionkv_engine::codec::put_field(&mut body, 52, patched);
+        let rec = crate::proto::records::parse(&body, &[52]).unwrap();
+        let entries = super::entries_of(&rec.required(52, "body").unwrap()).unwrap();
+        assert_eq!(entries[0].state, "unknown");
+    }
+
+    #[test]
+    fn turns_round_trip() {
+        let turn = TxnRecoveryTurn {
+            store: StoreId(1),
+            deferred: None,
+            regions: vec![RegionId(1), RegionId(5)],
+            resolved_committed: 2,
+            resolved_aborted: 3,
+            aborted_in_doubt: 1,
+            forgotten: 4,
+            errors: vec!["region 5 unavailable".into()],
+            in_doubt: 1,
+            unreadable: BTreeMap::from([("too_new", 2)]),
+            frozen: BTreeMap::from([("unknown_status", 1)]),
+        };
+        let deferred =
+            TxnRecoveryTurn { deferred: Some(Gate::ClusterVersion), ..TxnRecoveryTurn::default() };
+        for t in [turn, deferred] {
+            match round_trip(Response::TxnTurn(Box::new(t.clone()))) {
+                Response::TxnTurn(back) => assert_eq!(*back, t),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut x = 0x9E37_79B9_7F4A_7C15_u64;
+        for len in 0..400 {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let mut body = Vec::new();
+            regionkv_engine::codec::put_field(&mut body, 1, &bytes);
+            if let Ok(rec) = crate::proto::records::parse(&body, &[1]) {
+                let f = rec.required(1, "body").unwrap();
+                let _ = super::entries_of(&f);
+                let _ = super::turn_of(&f);
+                let _ = super::list_of(&f);
+                let _ = super::recover_of(&f);
+            }
+        }
+    }
+}
