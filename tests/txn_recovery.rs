@@ -9,6 +9,7 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use TxnStatus::{Aborted, Committed, Pending, Unspecified};
 use regionkv::layers::engine::txn::{Lock, LockOp, TxnId, TxnRecord, TxnStatus};
 use regionkv::layers::raft::txn::{RecordInit, TxnCmd, TxnReply, TxnState};
 use regionkv::layers::raft::{Op, Store};
@@ -117,18 +118,20 @@ fn plant(
                 for (key, bytes) in locks {
                     let region = into(key);
                     let mut round = engine.begin_round();
-                    round.prepare_for_region(region.id, region.epoch).map_err(store_err)?;
-                    round.set_txn_lock(key.as_bytes(), Some(bytes.clone())).map_err(store_err)?;
-                    round.commit().map_err(store_err)?;
+                    round.prepare_for_region(region.id, region.epoch).map_err(|e| store_err(&e))?;
+                    round
+                        .set_txn_lock(key.as_bytes(), Some(bytes.clone()))
+                        .map_err(|e| store_err(&e))?;
+                    round.commit().map_err(|e| store_err(&e))?;
                 }
                 for (primary, txn, bytes) in records {
                     let region = into(primary);
                     let mut round = engine.begin_round();
-                    round.prepare_for_region(region.id, region.epoch).map_err(store_err)?;
+                    round.prepare_for_region(region.id, region.epoch).map_err(|e| store_err(&e))?;
                     round
                         .set_txn_record(primary.as_bytes(), *txn, Some(bytes.clone()))
-                        .map_err(store_err)?;
-                    round.commit().map_err(store_err)?;
+                        .map_err(|e| store_err(&e))?;
+                    round.commit().map_err(|e| store_err(&e))?;
                 }
                 Ok(())
             })
@@ -137,7 +140,7 @@ fn plant(
     Ok(())
 }
 
-fn store_err(e: regionkv::layers::engine::Error) -> Error {
+fn store_err(e: &regionkv::layers::engine::Error) -> Error {
     Error::InvalidRequest(format!("planting: {e}"))
 }
 
@@ -242,7 +245,7 @@ fn entries_of_a_newer_format_are_skipped_counted_never_decoded() -> Result<(), E
         too_new(&turns) > 0
     });
     assert_eq!(too_new(&turns), 2, "{turns:#?}");
-    assert!(turns.iter().all(|t| t.unreadable.get("corrupt").is_none() && t.errors.is_empty()));
+    assert!(turns.iter().all(|t| !t.unreadable.contains_key("corrupt") && t.errors.is_empty()));
     let listed = cluster.txn_list(false, None);
     assert!(listed.iter().all(|e| e.state == "too_new" && e.age_ms.is_none()), "{listed:#?}");
     // The engine still serves every other key, reads and writes.
@@ -285,7 +288,6 @@ fn in_doubt_transactions_in_every_state_across_an_upgrade() -> Result<(), Error>
     assert!(cluster.cluster_version()? < 3, "transactions not active");
 
     let (old, young, ttl) = (now_ms() - 60_000, now_ms(), 3_600_000);
-    use TxnStatus::{Aborted, Committed, Pending, Unspecified};
     plant(
         &cluster,
         &[

@@ -58,7 +58,7 @@ fn entry_line(e: &TxnEntry) -> String {
 fn turn_json(t: &TxnRecoveryTurn) -> serde_json::Value {
     serde_json::json!({
         "store": t.store.0,
-        "deferred": t.deferred.map(|g| g.label()),
+        "deferred": t.deferred.map(regionkv::TxnGate::label),
         "regions": t.regions.iter().map(|r| r.0).collect::<Vec<_>>(),
         "resolved_committed": t.resolved_committed,
         "resolved_aborted": t.resolved_aborted,
