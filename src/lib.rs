@@ -75,8 +75,8 @@ pub use regionkv_raft::directory::RegionRecord;
 pub use regionkv_raft::transport::tcp::{TcpError, TcpStats};
 pub use regionkv_raft::transport::wire::{ClusterId, RejectReason};
 pub use regionkv_raft::{
-    ApplyStats, Error as StoreError, FollowerProgress, PeerStatus, ProgressState, ReadMode,
-    ReportedRole, StateRole, StoreMetrics, TimelineState,
+    ApplyStats, Error as StoreError, FollowerProgress, Op, PeerStatus, ProgressState, ReadMode,
+    RecordInit, ReportedRole, StateRole, StoreMetrics, TimelineState, TxnCmd, TxnReply, TxnState,
 };
 pub use regionkv_wal::{HistogramSnapshot, WalStats};
 

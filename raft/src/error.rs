@@ -132,7 +132,8 @@ pub enum Error {
     /// Refused at apply: `key` holds a lock of another transaction (a raw write, a
     /// one-region batch, or another transaction's prewrite). Nothing was written;
     /// resolve the holder through its record (`primary_key`'s region), or wait, and
-    /// retry.
+    /// retry. A lock this binary cannot read names no holder (`txn_id` 0, an empty
+    /// primary key) and never expires (`expires_at_ms` is `u64::MAX`): wait.
     #[error(
         "key {key:?} is locked by transaction {txn_id} (primary {primary_key:?}); retry once it is resolved"
     )]

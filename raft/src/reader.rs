@@ -259,3 +259,41 @@ pub(crate) fn clamp(region: &Region, start: Bytes, end: Option<Bytes>) -> (Bytes
     };
     (start, end)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(keys: &[&str], resume: Option<&str>) -> Page {
+        Page {
+            rows: keys.iter().map(|k| (Bytes::from(k.to_string()), Bytes::new())).collect(),
+            resume: resume.map(|r| Bytes::from(r.to_string())),
+        }
+    }
+
+    /// A lock on `key` (its bytes, unreadable, do not matter here).
+    fn lock(key: &str) -> (Bytes, Bytes) {
+        (Bytes::from(key.to_string()), Bytes::from_static(&[0xff]))
+    }
+
+    fn refused(page: Page, limit: usize, key: &str) -> bool {
+        matches!(refuse_locked(page, limit, Some(&lock(key))), Err(Error::Locked { .. }))
+    }
+
+    #[test]
+    fn a_scan_is_refused_only_if_the_range_its_page_answers_holds_the_lock() {
+        // The whole range answered (the limit not reached, no resume): any lock in it.
+        assert!(refused(page(&["a", "c"], None), 10, "z"));
+        assert!(refused(page(&[], None), 10, "b"));
+        // The limit reached: up to the last row, included.
+        assert!(refused(page(&["a", "c"], None), 2, "c"));
+        assert!(refused(page(&["a", "c"], None), 2, "b"));
+        assert!(!refused(page(&["a", "c"], None), 2, "d"));
+        // Capped by the store: up to the resume key, excluded.
+        assert!(refused(page(&["a"], Some("c")), 10, "b"));
+        assert!(!refused(page(&["a"], Some("c")), 10, "c"));
+        // Nothing asked, nothing answered; no lock, the page.
+        assert!(!refused(page(&[], None), 0, "a"));
+        assert!(matches!(refuse_locked(page(&["a"], None), 5, None), Ok(QueryResult::Rows(_))));
+    }
+}

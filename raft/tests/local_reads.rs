@@ -231,3 +231,86 @@ fn once_a_second_voter_joins_gets_take_the_poller_and_a_former_leader_refuses() 
         store.shutdown().unwrap();
     }
 }
+
+/// A transaction command sent to `store`.
+fn txn(store: &Store, cmd: &regionkv_raft::TxnCmd) -> Receiver<Result<regionkv_raft::TxnReply>> {
+    let (tx, rx) = bounded(1);
+    store.txn(regionkv_raft::TxnRequest {
+        region: R1,
+        epoch: Epoch::INITIAL,
+        cmd: cmd.clone(),
+        reply: Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    });
+    rx
+}
+
+/// A read sent to `store`: its answer, and whether the caller's thread answered it.
+fn read_here(store: &Store, query: Query) -> (Result<QueryResult>, bool) {
+    let (tx, rx) = bounded(1);
+    store.read(ReadRequest {
+        region: R1,
+        epoch: Epoch::INITIAL,
+        query,
+        reply: Box::new(move |r| {
+            let _ = tx.send((r, std::thread::current().id()));
+        }),
+    });
+    let (answer, thread) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    (answer, thread == std::thread::current().id())
+}
+
+#[test]
+fn a_locked_key_refuses_gets_scans_and_writes_on_the_callers_thread_until_committed() {
+    use regionkv_raft::txn::plan::TxnPlan;
+    use regionkv_raft::{TxnReply, TxnState};
+    let s = stores(1);
+    let store = &s.stores[0];
+    until_ok(|| write(store, "a", "old"));
+    assert_eq!(local_get_ok(store, "a"), (Some(Bytes::from_static(b"old")), true));
+    // Before cluster version 3 the store proposes none.
+    let plan = TxnPlan::new(
+        5,
+        vec![Op::Put { key: Bytes::from_static(b"b"), value: Bytes::from_static(b"new") }],
+        60_000,
+        None,
+    );
+    let refused = txn(store, &plan.prewrite(plan.ops.clone()));
+    let refused = refused.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(matches!(refused, Err(Error::FeatureNotActive { needed: 3, .. })), "{refused:?}");
+    store.context().learn_cluster_version(3).unwrap();
+    assert_eq!(until_ok(|| txn(store, &plan.prewrite(plan.ops.clone()))), TxnReply::Done);
+    // The get takes the caller's thread once the region is listed again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let locked = |r: &Result<QueryResult>| matches!(r, Err(Error::Locked { txn_id: 5, .. }));
+    loop {
+        let (answer, here) = read_here(store, Query::Get { key: Bytes::from_static(b"b") });
+        assert!(locked(&answer), "{answer:?}");
+        if here {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never answered on the caller's thread");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let scan = Query::Scan { start: Bytes::new(), end: None, limit: 10 };
+    let (answer, here) = read_here(store, scan.clone());
+    assert!(locked(&answer) && here, "{answer:?}");
+    // A scan whose page ends before the lock is answered.
+    let first = Query::Scan { start: Bytes::new(), end: None, limit: 1 };
+    match read_here(store, first) {
+        (Ok(QueryResult::Rows(page)), true) => assert_eq!(page.rows.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    let refused = write(store, "b", "raw").recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(matches!(refused, Err(Error::Locked { txn_id: 5, .. })), "{refused:?}");
+    let committed = until_ok(|| txn(store, &plan.commit()));
+    assert_eq!(committed, TxnReply::Status(TxnState::Committed));
+    assert_eq!(get_ok(store, "b").0, Some(Bytes::from_static(b"new")));
+    match read_here(store, scan) {
+        (Ok(QueryResult::Rows(page)), _) => assert_eq!(page.rows.len(), 2),
+        other => panic!("{other:?}"),
+    }
+    until_ok(|| write(store, "b", "raw"));
+    store.shutdown().unwrap();
+}

@@ -6,11 +6,13 @@
 //! lock expired, then resolve on the lock's region), leaves every transaction all or
 //! nothing, and an acknowledged commit visible. A late prewrite after a presumed abort
 //! fails, a commit of an aborted transaction is `TxnAborted`, a raw write to a locked
-//! key is `Locked`. The gate: at cluster version 2 nothing is proposed; a store whose
+//! key is `Locked`. A record or lock of a newer format is frozen: never decided,
+//! counted on every replica, and the lock still refuses. The gate: at cluster version 2 nothing is proposed; a store whose
 //! binary knows only version 2 refuses a TXN entry as any kind it does not know.
 //!
 //! A failing seed replays with `SIM_SEED=<seed> cargo test --release -p regionkv-raft
-//! --test sim_txn`; `SIM_TXN_SEEDS=<n>` runs seeds 1 to n.
+//! --test sim_txn`; `SIM_TXN_SEEDS=<n>` runs seeds 1 to n (4 by default; each seed runs
+//! the 24 crash cases, each case on its own seed, the first twice to check it replays).
 
 mod common;
 
@@ -35,7 +37,7 @@ fn seeds() -> Vec<u64> {
     if let Ok(seed) = std::env::var("SIM_SEED") {
         return vec![seed.parse().expect("SIM_SEED is a number")];
     }
-    let n = std::env::var("SIM_TXN_SEEDS").map_or(1, |n| n.parse().expect("a number"));
+    let n = std::env::var("SIM_TXN_SEEDS").map_or(4, |n| n.parse().expect("a number"));
     (1..=n).collect()
 }
 
@@ -378,8 +380,8 @@ fn crash(c: &mut SimCluster, victim: Victim, how: Crash) {
 
 /// Runs transaction `txn_id` until `step`, crashes `victim`'s leader there, abandons
 /// the coordinator, lets the resolver finish; checks all or nothing, and that an
-/// acknowledged commit is visible.
-fn crash_at(seed: u64, step: Step, victim: Victim, how: Crash) {
+/// acknowledged commit is visible. Returns the run's trace hash.
+fn crash_at(seed: u64, step: Step, victim: Victim, how: Crash) -> u64 {
     let mut c = setup(seed);
     let txn_id = 20;
     let plan = plan(txn_id);
@@ -423,6 +425,7 @@ fn crash_at(seed: u64, step: Step, victim: Victim, how: Crash) {
     let status = call(&mut c, b"a1", &plan.check_status(true), 10 * SECOND);
     let expected = if committed { TxnState::Committed } else { TxnState::Aborted };
     assert_eq!(s(status), Ok(TxnReply::Status(expected)), "{what}");
+    c.trace_hash()
 }
 
 #[test]
@@ -441,7 +444,11 @@ fn a_leader_crash_between_any_two_steps_leaves_the_transaction_all_or_nothing() 
             for victim in [Victim::Primary, Victim::Participant] {
                 for how in [Crash::Stop, Crash::PowerCut] {
                     // Each case its own seed: more schedules for the same run time.
-                    crash_at(seed * 1000 + case, step, victim, how);
+                    let trace = crash_at(seed * 1000 + case, step, victim, how);
+                    if case == 0 {
+                        let again = crash_at(seed * 1000, step, victim, how);
+                        assert_eq!(trace, again, "seed {seed}: the run does not replay");
+                    }
                     case += 1;
                 }
             }
@@ -509,6 +516,55 @@ fn a_store_that_knows_version_2_only_refuses_a_txn_entry_as_an_unknown_kind() {
         assert_eq!(c.metrics(OLD).unwrap().unknown_kinds_refused, 1, "seed {seed}");
         for s in [StoreId(1), StoreId(2)] {
             assert_eq!(c.metrics(s).unwrap().unknown_kinds_refused, 0, "seed {seed}");
+        }
+    }
+}
+
+#[test]
+fn entries_this_binary_cannot_read_are_frozen_never_decided() {
+    for seed in seeds() {
+        let mut c = setup(seed);
+        let region = region_for(&c, b"a1").expect("routed").id;
+        // A record and a lock of a newer format on every replica, as a newer binary
+        // would leave them after a downgrade (written behind Raft's back).
+        let record = Bytes::from_static(&[2, 0xde, 0xad]);
+        let lock = Bytes::from_static(&[2, 0xbe, 0xef]);
+        for store in c.store_ids() {
+            let epoch = c.region(store, region).expect("hosted").epoch;
+            let engine = c.engine(store).expect("running");
+            let mut round = engine.begin_round();
+            round.prepare_for_region(region, epoch).unwrap();
+            round.set_txn_record(b"a1", 30, Some(record.clone())).unwrap();
+            round.set_txn_lock(b"a2", Some(lock.clone())).unwrap();
+            round.commit().unwrap();
+        }
+        let frozen = || TxnReply::Status(TxnState::Frozen { reason: "too_new".into() });
+        let commit = TxnCmd::Commit { txn_id: 30, primary_key: Bytes::from("a1") };
+        assert_eq!(s(call(&mut c, b"a1", &commit, 10 * SECOND)), Ok(frozen()), "seed {seed}");
+        let check = TxnCmd::CheckStatus {
+            txn_id: 30,
+            primary_key: Bytes::from("a1"),
+            abort_if_expired: true,
+        };
+        assert_eq!(s(call(&mut c, b"a1", &check, 10 * SECOND)), Ok(frozen()), "seed {seed}");
+        let resolve = TxnCmd::Resolve { txn_id: 30, keys: vec![Bytes::from("a2")], commit: true };
+        assert_eq!(s(call(&mut c, b"a2", &resolve, 10 * SECOND)), Ok(frozen()), "seed {seed}");
+        // The unreadable lock still refuses, names no holder and never expires.
+        for refused in [raw_put(&mut c, b"a2", "raw").err(), get(&mut c, b"a2").err()] {
+            match refused {
+                Some(Error::Locked { txn_id: 0, expires_at_ms: u64::MAX, .. }) => {}
+                other => panic!("seed {seed}: {other:?}"),
+            }
+        }
+        // Every replica met three frozen entries and kept both as they were.
+        let counted = |c: &mut SimCluster| {
+            c.store_ids().into_iter().all(|s| c.metrics(s).is_some_and(|m| m.txn_frozen == 3))
+        };
+        assert!(c.run_until(10 * SECOND, counted), "seed {seed}: not counted everywhere");
+        for store in c.store_ids() {
+            let table = c.engine(store).unwrap().txn_table(region).expect("hosted");
+            assert_eq!(table.records.get(&(Bytes::from("a1"), 30)), Some(&record), "seed {seed}");
+            assert_eq!(table.locks.get(&Bytes::from("a2")), Some(&lock), "seed {seed}");
         }
     }
 }

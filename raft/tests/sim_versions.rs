@@ -62,9 +62,10 @@ fn a_new_cluster_starts_at_the_newest_version_its_stores_run() {
     for seed in seeds() {
         let mut c = cluster(seed, &[]);
         let all = |c: &SimCluster| {
-            c.store_ids()
-                .into_iter()
-                .all(|s| held(c, s) == CLUSTER_VERSION_MAX && c.cluster_version(s) == Some(2))
+            c.store_ids().into_iter().all(|s| {
+                held(c, s) == CLUSTER_VERSION_MAX
+                    && c.cluster_version(s) == Some(CLUSTER_VERSION_MAX)
+            })
         };
         assert!(c.run_until(10 * SECOND, |c| all(c)), "seed {seed}: the record never landed");
         for s in c.store_ids() {
@@ -155,7 +156,9 @@ fn an_older_store_above_its_version_halts_the_replica_and_refuses_to_reopen_unti
 fn a_version_above_a_binary_halts_its_replicas_never_its_store() {
     for seed in seeds() {
         let mut c = cluster(seed, &[]);
-        c.run_until(10 * SECOND, |c| c.store_ids().iter().all(|&s| held(c, s) == 2));
+        c.run_until(10 * SECOND, |c| {
+            c.store_ids().iter().all(|&s| held(c, s) == CLUSTER_VERSION_MAX)
+        });
         let leader = c.wait_leader(DIRECTORY, 10 * SECOND).unwrap();
         let cmd = DirCmd::SetClusterVersion { target: CLUSTER_VERSION_MAX + 1, by: leader };
         let pending = c.directory(leader, &cmd);
@@ -169,7 +172,11 @@ fn a_version_above_a_binary_halts_its_replicas_never_its_store() {
         assert!(!matches!(pending.take(), Some(Ok(_))), "seed {seed}: the proposer got success");
         for s in c.store_ids() {
             assert!(c.is_running(s), "seed {seed}: store {s} stopped");
-            assert_eq!(held(&c, s), 2, "seed {seed}: store {s} recorded a version it cannot run");
+            assert_eq!(
+                held(&c, s),
+                CLUSTER_VERSION_MAX,
+                "seed {seed}: store {s} recorded a version it cannot run"
+            );
         }
         region_1_serves(&mut c, seed);
     }
@@ -184,7 +191,7 @@ fn a_store_given_the_directory_by_a_snapshot_learns_its_version() {
         config.checkpoint_log_bytes = 4 << 10;
         let mut c = SimCluster::new(config).unwrap();
         let spare = StoreId(4);
-        c.run_until(10 * SECOND, |c| (1..=3).all(|s| held(c, StoreId(s)) == 2));
+        c.run_until(10 * SECOND, |c| (1..=3).all(|s| held(c, StoreId(s)) == CLUSTER_VERSION_MAX));
         assert_eq!(c.cluster_version(spare), Some(1), "seed {seed}: the spare never ran");
         // Enough directory log for a checkpoint: a new replica is sent a snapshot.
         for _ in 0..400 {
@@ -203,8 +210,11 @@ fn a_store_given_the_directory_by_a_snapshot_learns_its_version() {
                 other => panic!("seed {seed}: {other:?}"),
             }
         }
-        let learned = |c: &mut SimCluster| c.cluster_version(spare) == Some(2);
-        assert!(c.run_until(30 * SECOND, learned), "seed {seed}: the spare never learned 2");
-        assert_eq!(held(&c, spare), 2, "seed {seed}");
+        let learned = |c: &mut SimCluster| c.cluster_version(spare) == Some(CLUSTER_VERSION_MAX);
+        assert!(
+            c.run_until(30 * SECOND, learned),
+            "seed {seed}: the spare never learned the version"
+        );
+        assert_eq!(held(&c, spare), CLUSTER_VERSION_MAX, "seed {seed}");
     }
 }

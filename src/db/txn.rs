@@ -178,8 +178,14 @@ impl Db {
 
     /// Resolves `lock` through its transaction's record: a committed transaction's
     /// lock is applied, an aborted (or expired, or forgotten) one's dropped; an alive
-    /// one is left. The record cannot be read here (frozen): [`Error::Conflict`].
+    /// one is left. The lock or its record cannot be read here (frozen):
+    /// [`Error::Conflict`].
     pub(super) fn resolve_lock(&self, lock: &LockMet, deadline: Duration) -> Result<Resolved> {
+        if lock.txn_id == 0 || lock.primary_key.is_empty() {
+            // A lock this binary's stores cannot read (it names no holder): nothing
+            // here can resolve it.
+            return Err(lock.conflict());
+        }
         let expired = now_ms() > lock.expires_at_ms;
         let check = TxnCmd::CheckStatus {
             txn_id: lock.txn_id,

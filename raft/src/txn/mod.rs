@@ -9,6 +9,14 @@
 //! primary key's region (`Commit`, or an abort by `CheckStatus`), so commit, abort and
 //! forget of one transaction are ordered by that region's log: whichever applies first
 //! wins.
+//!
+//! A command is checked by the leader before it is proposed and again when applied
+//! (`core/txn_apply.rs`); a refusal (a stale epoch, a key outside the region, a lock,
+//! a floor) changes nothing and is alike on every replica. A lock or record this
+//! binary cannot read (a newer format, damage, an unknown status or op) is frozen:
+//! commit, resolve, check status, heartbeat and forget leave it as it is, answer
+//! [`TxnState::Frozen`] and count it (`StoreMetrics::txn_frozen`); a frozen lock still
+//! refuses every read and raw write of its key.
 
 use bytes::Bytes;
 use regionkv_engine::{Epoch, RegionId, StoreId};
@@ -27,7 +35,8 @@ pub enum TxnCmd {
     /// primary's region and the transaction's record is created `Pending`. Refused
     /// whole if any key holds another transaction's lock (`Error::Locked`), if the
     /// record is `Aborted` (`Error::TxnAborted`) or `txn_id` is below the region's
-    /// floor (`Error::TxnTooOld`). Idempotent per (txn, key).
+    /// floor (`Error::TxnTooOld`). Idempotent per (txn, key); with `record`, a
+    /// transaction committed already locks nothing (a late copy).
     Prewrite {
         /// The transaction.
         txn_id: u64,
@@ -62,6 +71,7 @@ pub enum TxnCmd {
     /// Asks the record. With `abort_if_expired`, a `Pending` record past its TTL (by
     /// the proposing leader's clock) becomes `Aborted`, and a missing one (at or above
     /// the floor) is written `Aborted` (presumed abort: a late prewrite then fails).
+    /// An abort drops this region's locks of the transaction in the same round.
     CheckStatus {
         /// The transaction.
         txn_id: u64,
