@@ -13,6 +13,9 @@
 //! - [`sessions`]: each region's table of client sessions (the last applied sequence
 //!   number of each), changed in the same round as the data, so that a retried write
 //!   applies at most once.
+//! - [`txn`]: each region's transaction locks, records and floor (entries kept
+//!   encoded behind their own format byte), changed through the round and published
+//!   after its data when it commits; split, merged and checkpointed with the region.
 //! - the memtable: one ordered map of `(key, sequence number)` versions for every
 //!   region, kept in immutable copy-on-write leaves of sorted entries (measured against
 //!   a crossbeam skip list: less than half the memory per key, scans and checkpoints

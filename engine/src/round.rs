@@ -169,21 +169,26 @@ impl<'e> ApplyRound<'e> {
     /// Checks that `key` fits and is in the current region, and that `more` bytes
     /// with it fit the round; returns the current region's id.
     pub(crate) fn check_key(&self, key: &[u8], more: usize) -> Result<RegionId> {
-        let current = self.current.as_ref().ok_or(Error::NoRegionPrepared)?;
         let limits = self.engine.limits();
         if key.len() > limits.max_key_bytes {
             return Err(too_large("key", key.len(), limits.max_key_bytes));
         }
-        let region = &current.region;
+        let region = self.region_of(key)?;
+        let after = self.bytes + key.len() + more;
+        if after > limits.max_round_bytes {
+            return Err(too_large("round", after, limits.max_round_bytes));
+        }
+        Ok(region)
+    }
+
+    /// The current region, if it holds `key` ([`Error::KeyNotInRegion`] otherwise).
+    pub(crate) fn region_of(&self, key: &[u8]) -> Result<RegionId> {
+        let region = &self.current.as_ref().ok_or(Error::NoRegionPrepared)?.region;
         if !in_range(key, &region.start, region.end.as_deref()) {
             return Err(Error::KeyNotInRegion {
                 key: key.to_vec(),
                 region: Box::new(region.clone()),
             });
-        }
-        let after = self.bytes + key.len() + more;
-        if after > limits.max_round_bytes {
-            return Err(too_large("round", after, limits.max_round_bytes));
         }
         Ok(region.id)
     }

@@ -50,10 +50,14 @@ const SESSIONS: [(SessionId, u64, u64); 2] = [
     (SessionId(0x0A11_CE00), 12, 1_700_000_000_250),
 ];
 
+/// A lock entry of a format newer than this binary's: kept byte for byte.
+const TOO_NEW_LOCK: &[u8] = b"\x02from a newer binary";
+
 /// Runs the golden scenario on a simulated disk; returns (manifest, checkpoint) bytes.
 /// With `sessions`, the round also records [`SESSIONS`] (the checkpoint from version 2
-/// on; the manifest is the scenario's without them, since the manifest records the
-/// checkpoint's length and the session table did not change the manifest format).
+/// on) and transaction state (from version 3 on: two locks, one of them too new, a
+/// record and a floor); the manifest is the scenario's without them, since the
+/// manifest records the checkpoint's length and neither changed the manifest format.
 fn write_scenario(sessions: bool) -> Result<(Vec<u8>, Vec<u8>), Box<dyn std::error::Error>> {
     let fs = Arc::new(SimFs::new());
     let engine = Engine::open(fs.clone(), "/golden", EngineOptions::new(StoreId(1)))?;
@@ -67,6 +71,12 @@ fn write_scenario(sessions: bool) -> Result<(Vec<u8>, Vec<u8>), Box<dyn std::err
         for (id, seq, time_ms) in SESSIONS {
             round.session_write(id, seq, time_ms)?;
         }
+        round.set_txn_lock(b"banana", Some(Bytes::from(golden_lock().encode())))?;
+        round.set_txn_lock(b"fig", Some(Bytes::from_static(TOO_NEW_LOCK)))?;
+        let record = golden_record();
+        let (primary, id) = (record.primary_key.clone(), record.txn_id.0);
+        round.set_txn_record(&primary, id, Some(Bytes::from(record.encode())))?;
+        round.raise_txn_floor(0x7A11_0000)?;
     }
     round.put(b"apple", b"red")?;
     round.put(b"banana", b"yellow")?;
@@ -383,9 +393,35 @@ fn golden_checkpoint_v2_decodes_field_by_field() -> TestResult {
             (SessionId(0x5E55_1011), SessionUse { last_seq: 3, last_used_ms: 1_700_000_000_000 }),
         ]
     );
+    // Added in version 3: absent from a version-2 file (its region opens with no
+    // transaction state).
+    assert_eq!(file.header().txn, None);
     let mut pairs = Vec::new();
     file.for_each(|k, v| pairs.push((k.to_vec(), v.to_vec())));
     assert_eq!(pairs.len(), 3);
+    Ok(())
+}
+
+#[test]
+fn golden_checkpoint_v3_decodes_field_by_field() -> TestResult {
+    let bytes = std::fs::read(golden_dir().join("checkpoint-v3.bin"))?;
+    let file = CheckpointFile::open(Bytes::from(bytes), Path::new("checkpoint-v3.bin"))?;
+    let header = file.header();
+    assert_eq!(header.region, region());
+    assert_eq!(header.applied_index, 42);
+    assert_eq!(header.snapshot, Some(snapshot_meta()));
+    assert_eq!(header.sessions.as_ref().map(regionkv_engine::SessionTable::len), Some(2));
+    assert_eq!(file.stats().entries, 3);
+    let txn = header.txn.as_ref().ok_or("no transaction state")?;
+    assert_eq!(txn.floor, 0x7A11_0000);
+    let locks: Vec<(&[u8], &[u8])> = txn.locks.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+    let lock = golden_lock().encode();
+    assert_eq!(locks, vec![(&b"banana"[..], &lock[..]), (b"fig", TOO_NEW_LOCK)]);
+    assert_eq!(Lock::decode(locks[0].1).map_err(|e| format!("{e:?}"))?, golden_lock());
+    let records: Vec<_> = txn.records.iter().collect();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].0, &(Bytes::from_static(b"account/alice"), 0x7A11_0001));
+    assert_eq!(TxnRecord::decode(records[0].1).map_err(|e| format!("{e:?}"))?, golden_record());
     Ok(())
 }
 
@@ -423,6 +459,9 @@ fn golden_v1_store_opens() -> TestResult {
     assert_eq!(keys, vec![&b"apple"[..], b"banana", b"cherry"]);
     assert_eq!(engine.task_state("duplication").as_deref(), Some(&b"stage=1"[..]));
     assert_eq!(engine.sessions(RegionId(7)).map(|t| t.len()), Some(0));
+    // A checkpoint of version 1 holds no transaction state: an empty table.
+    assert_eq!(engine.txn_table(RegionId(7)), Some(regionkv_engine::txn::TxnTable::default()));
+    assert!(!engine.has_txn_locks());
     // The migration recorded the checkpoint's length, and the store is now current.
     engine.close()?;
     let m = Manifest::decode(&fs.contents(&manifest::path(dir)).ok_or("no manifest")?)?;

@@ -63,6 +63,8 @@ enum Op {
     Reopen {
         crash: bool,
     },
+    /// Sets (`Some`: the entry's bytes) or removes a transaction lock, in one round.
+    Lock(u8, Option<Vec<u8>>),
 }
 
 /// Mostly small values; some large enough that the memtable splits into several
@@ -96,6 +98,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::CheckpointAll),
         1 => (1usize..30).prop_map(Op::Gc),
         1 => any::<bool>().prop_map(|crash| Op::Reopen { crash }),
+        2 => (0..KEYS, proptest::option::weighted(0.7, value())).prop_map(|(k, v)| Op::Lock(k, v)),
     ]
 }
 
@@ -109,6 +112,10 @@ struct Harness {
     next_region_id: u64,
     snapshots: Vec<(ReadView, Data)>,
     applied_index: u64,
+    /// Transaction locks as published, and as the checkpoints hold them (by key, like
+    /// data).
+    live_locks: Data,
+    durable_locks: Data,
 }
 
 fn range_of<'a>(data: &'a Data, r: &Region) -> impl Iterator<Item = (&'a Vec<u8>, &'a Vec<u8>)> {
@@ -146,6 +153,8 @@ impl Harness {
             next_region_id: 2,
             snapshots: Vec::new(),
             applied_index: 0,
+            live_locks: Data::new(),
+            durable_locks: Data::new(),
         }
     }
 
@@ -213,6 +222,8 @@ impl Harness {
                 prop_assert_eq!(&removed, &region);
                 clear_range(&mut self.live, &region);
                 clear_range(&mut self.durable, &region);
+                clear_range(&mut self.live_locks, &region);
+                clear_range(&mut self.durable_locks, &region);
                 self.regions.retain(|r| r.id != region.id);
             }
             Op::InsertAbsent(i) => {
@@ -263,9 +274,33 @@ impl Harness {
                 self.fs = fs;
                 self.engine = engine;
                 self.live = self.durable.clone();
+                self.live_locks = self.durable_locks.clone();
+            }
+            Op::Lock(k, entry) => {
+                let k = key(k);
+                let Some(region) = self.region_of(&k).cloned() else { return self.check() };
+                let mut round = self.engine.begin_round();
+                round.prepare_for_region(region.id, region.epoch).unwrap();
+                round.set_txn_lock(&k, entry.clone().map(Into::into)).unwrap();
+                round.commit().unwrap();
+                match entry {
+                    Some(entry) => self.live_locks.insert(k, entry),
+                    None => self.live_locks.remove(&k),
+                };
             }
         }
         self.check()
+    }
+
+    /// Every lock the engine holds, over all regions, in key order.
+    fn engine_locks(engine: &Engine) -> Data {
+        let mut all = Data::new();
+        for region in engine.regions() {
+            for (k, v) in engine.txn_locks(region.id, b"", None, usize::MAX) {
+                all.insert(k.to_vec(), v.to_vec());
+            }
+        }
+        all
     }
 
     /// One round over `writes`, grouped region by region in order of first appearance.
@@ -404,6 +439,10 @@ impl Harness {
         prop_assert_eq!(meta.stats.entries, expected.len() as u64);
         clear_range(&mut self.durable, region);
         self.durable.extend(expected.clone());
+        let locks: Data =
+            range_of(&self.live_locks, region).map(|(k, v)| (k.clone(), v.clone())).collect();
+        clear_range(&mut self.durable_locks, region);
+        self.durable_locks.extend(locks.clone());
 
         // P11: the checkpoint alone, shipped in chunks to a fresh engine, is the region.
         let fresh_fs = Arc::new(SimFs::new());
@@ -415,11 +454,16 @@ impl Harness {
         let installed = fresh.install_checkpoint(receiver.finish().unwrap()).unwrap();
         prop_assert_eq!(&installed, region);
         prop_assert_eq!(scan_all(&fresh.read_view()), expected);
+        prop_assert_eq!(Self::engine_locks(&fresh), locks);
         Ok(())
     }
 
     fn check(&self) -> Result<(), TestCaseError> {
         prop_assert_eq!(&scan_all(&self.engine.read_view()), &self.live);
+        // Locks move with their keys' ranges like data, and the store-wide count is
+        // theirs.
+        prop_assert_eq!(&Self::engine_locks(&self.engine), &self.live_locks);
+        prop_assert_eq!(self.engine.txn_lock_total(), self.live_locks.len() as u64);
         // P8: the hosted regions are the model's, and the map is a partition.
         prop_assert_eq!(self.engine.regions(), self.regions.clone());
         let map = self.engine.region_map();

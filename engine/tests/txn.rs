@@ -240,3 +240,133 @@ fn split_partitions_merge_joins_and_remove_drops() -> TestResult {
     }
     Ok(())
 }
+
+/// Writes locks on `keys` (and a record at each), and raises the floor, in region `id`.
+fn lock_keys(engine: &Engine, id: u64, keys: &[&[u8]], floor: u64) -> TestResult {
+    let mut round = engine.begin_round();
+    round.prepare_for_region(RegionId(id), epoch(engine, id))?;
+    for (i, key) in keys.iter().enumerate() {
+        let txn = 100 + i as u64;
+        round.set_txn_lock(key, Some(lock_entry(txn, key, b"v")))?;
+        round.set_txn_record(key, txn, Some(record_entry(txn, key)))?;
+    }
+    round.raise_txn_floor(floor)?;
+    round.commit()?;
+    Ok(())
+}
+
+fn reopen(fs: &Arc<SimFs>, engine: Engine) -> Result<Engine, Error> {
+    engine.close()?;
+    drop(engine);
+    Engine::open(fs.clone(), "/e", EngineOptions::new(StoreId(1)))
+}
+
+fn lock_keys_of(engine: &Engine, id: u64) -> Vec<Bytes> {
+    engine.txn_table(RegionId(id)).unwrap_or_default().locks.keys().cloned().collect()
+}
+
+#[test]
+fn txn_state_survives_a_checkpoint_and_a_restart() -> TestResult {
+    let fs = Arc::new(SimFs::new());
+    let engine = Engine::open(fs.clone(), "/e", EngineOptions::new(StoreId(1)))?;
+    engine.insert_region(Region::whole(RegionId(1)))?;
+    lock_keys(&engine, 1, &[b"a", b"k"], 8)?;
+    let before = engine.txn_table(RegionId(1)).ok_or("no table")?;
+    engine.checkpoint(RegionId(1), 10)?;
+    let engine = reopen(&fs, engine)?;
+    assert_eq!(engine.txn_table(RegionId(1)), Some(before));
+    assert_eq!(engine.txn_lock_total(), 2, "the store-wide count is rebuilt at open");
+    assert!(engine.txn_lock(RegionId(1), b"k").is_some());
+    Ok(())
+}
+
+/// The barrier variants write each region's state into the image they produce; the
+/// plain ones leave the parent's image, which each part reads its range of at open.
+#[test]
+fn split_and_merge_images_carry_each_parts_state_across_a_restart() -> TestResult {
+    for barrier in [true, false] {
+        let fs = Arc::new(SimFs::new());
+        let engine = Engine::open(fs.clone(), "/e", EngineOptions::new(StoreId(1)))?;
+        engine.insert_region(Region::whole(RegionId(1)))?;
+        lock_keys(&engine, 1, &[b"b", b"p", b"x"], 5)?;
+        let (keys, ids) = ([b"g".to_vec(), b"o".to_vec()], [RegionId(2), RegionId(3)]);
+        if barrier {
+            engine.split_at(RegionId(1), &keys, &ids, 10, 5)?;
+        } else {
+            engine.checkpoint(RegionId(1), 9)?;
+            engine.split(RegionId(1), &keys, &ids)?;
+        }
+        let engine = reopen(&fs, engine)?;
+        assert_eq!(lock_keys_of(&engine, 1), vec![Bytes::from_static(b"b")], "{barrier}");
+        assert!(lock_keys_of(&engine, 2).is_empty());
+        assert_eq!(
+            lock_keys_of(&engine, 3),
+            vec![Bytes::from_static(b"p"), Bytes::from_static(b"x")]
+        );
+        for id in [1, 2, 3] {
+            let table = engine.txn_table(RegionId(id)).ok_or("no table")?;
+            // Region 2 holds no key, lock or record, only the floor: with a barrier its
+            // image is a file all the same (an empty image would lose the floor).
+            assert_eq!(table.floor, 5, "region {id} keeps the floor ({barrier})");
+            assert_eq!(table.records.len(), table.locks.len());
+        }
+        assert_eq!(engine.txn_lock_total(), 3);
+        if barrier {
+            engine.merge_at(RegionId(3), RegionId(2), 20)?;
+        } else {
+            engine.merge(RegionId(3), RegionId(2))?;
+        }
+        let engine = reopen(&fs, engine)?;
+        assert_eq!(
+            lock_keys_of(&engine, 2),
+            vec![Bytes::from_static(b"p"), Bytes::from_static(b"x")]
+        );
+        assert_eq!(engine.txn_table(RegionId(2)).map(|t| t.floor), Some(5));
+        assert_eq!(engine.txn_lock_total(), 3);
+    }
+    Ok(())
+}
+
+#[test]
+fn an_installed_checkpoint_brings_its_state_and_replaces_the_old_one() -> TestResult {
+    let leader = Engine::open(Arc::new(SimFs::new()), "/leader", EngineOptions::new(StoreId(2)))?;
+    let fs = Arc::new(SimFs::new());
+    let lagging = Engine::open(fs.clone(), "/e", EngineOptions::new(StoreId(1)))?;
+    for engine in [&leader, &lagging] {
+        engine.insert_region(Region::whole(RegionId(1)))?;
+    }
+    // The lagging replica still holds a lock the leader resolved since.
+    lock_keys(&lagging, 1, &[b"old", b"older"], 1)?;
+    lock_keys(&leader, 1, &[b"new"], 6)?;
+    leader.checkpoint(RegionId(1), 9)?;
+    let mut receiver = lagging.receive_checkpoint()?;
+    for chunk in leader.checkpoint_chunks(RegionId(1), 64)? {
+        receiver.push(&chunk)?;
+    }
+    lagging.install_checkpoint(receiver.finish()?)?;
+    assert_eq!(lagging.txn_table(RegionId(1)), leader.txn_table(RegionId(1)));
+    assert_eq!(lagging.txn_lock_total(), 1, "the old locks went with the old image");
+    let lagging = reopen(&fs, lagging)?;
+    assert_eq!(lagging.txn_table(RegionId(1)), leader.txn_table(RegionId(1)));
+    assert_eq!(lagging.txn_lock_total(), 1);
+    Ok(())
+}
+
+/// Locks and records count against the round's byte bound like data; a full round
+/// still reads.
+#[test]
+fn txn_changes_count_against_the_rounds_bound() -> TestResult {
+    let options = EngineOptions::new(StoreId(1)).max_round_bytes(64);
+    let engine = Engine::open(Arc::new(SimFs::new()), "/e", options)?;
+    engine.insert_region(Region::whole(RegionId(1)))?;
+    let mut round = engine.begin_round();
+    round.prepare_for_region(RegionId(1), epoch(&engine, 1))?;
+    round.set_txn_lock(b"k", Some(Bytes::from(vec![1u8; 63])))?; // the round is full
+    let full = round.set_txn_record(b"k", 1, Some(Bytes::from(vec![1u8; 8])));
+    assert!(matches!(full, Err(Error::TooLarge { what: "round", .. })), "{full:?}");
+    assert!(round.txn_lock(b"k")?.is_some(), "a full round still reads");
+    assert_eq!(round.txn_record(b"k", 1)?, None, "the refused change is not there");
+    round.commit()?;
+    assert_eq!(engine.txn_lock_total(), 1);
+    Ok(())
+}

@@ -22,6 +22,10 @@
 //!      applied seq, 3 last used ms)
 //!    4 snapshot (nested; only in a checkpoint made for a Raft snapshot):
 //!      1 term u64, 2 voter* u64, 3 learner* u64
+//!  since version 3, optional:
+//!    5 txn (nested; absent: none): the region's transaction state (`crate::txn`):
+//!      1 floor u64, 2 lock (nested, repeated: 1 key, 2 entry bytes), 3 record
+//!      (nested, repeated: 1 primary key, 2 txn id u64, 3 entry bytes)
 //!
 //!  block (sorted entries, keys strictly increasing across the whole file)
 //!  0          4          8          12                                12+n      16+n
@@ -62,6 +66,13 @@
 //!   the image. Version-1 files still open (both fields `None`; either field in a
 //!   version-1 file is corruption); a version-1 binary refuses version-2 files. A
 //!   version-1 file is never rewritten, only replaced by the region's next checkpoint.
+//! - 3: adds the optional header field `txn`: the region's locks, transaction records
+//!   and floor, each lock and record copied as its own versioned entry (never decoded
+//!   here). Version-1 and version-2 files still open with `txn: None`, an empty table
+//!   (those binaries had no transactions); the field in such a file is corruption; a
+//!   version-2 binary refuses version-3 files. The header body bound grows for
+//!   version 3 (see [`MAX_HEADER_BODY_BYTES_V3`]). Older files are never rewritten,
+//!   only replaced by the region's next checkpoint.
 
 use std::path::Path;
 
@@ -71,13 +82,14 @@ use crate::codec::{self, DecodeError, DecodeResult, Decoder, TlvRecord, UnknownT
 use crate::error::{Error, Result};
 use crate::region::{Region, in_range};
 use crate::sessions::{ENCODED_SESSION_BYTES, SessionLimits, SessionTable};
+use crate::txn::TxnTable;
 
 /// Identifies a regionkv checkpoint; `\r\n` catches text-mode mangling.
 pub(crate) const MAGIC: [u8; 8] = *b"rkvCKP\r\n";
 /// Marks the footer.
 const FOOTER_MAGIC: [u8; 4] = *b"CKPT";
 /// The checkpoint format this binary writes and the newest it reads.
-pub const CHECKPOINT_FORMAT_VERSION: u32 = 2;
+pub const CHECKPOINT_FORMAT_VERSION: u32 = 3;
 /// The oldest checkpoint format this binary reads.
 pub const OLDEST_CHECKPOINT_VERSION: u32 = 1;
 const HEADER_FIXED_LEN: usize = 20;
@@ -90,14 +102,26 @@ const INDEX_FIXED_LEN: usize = 8;
 pub(crate) const FOOTER_LEN: usize = 40;
 /// A block is closed once it holds at least this many bytes of entries.
 pub(crate) const BLOCK_TARGET_BYTES: usize = 64 << 10;
-/// Largest header body: a region record with a few peers and two keys, and a full
-/// session table.
+/// Largest header body of versions 1 and 2: a region record with a few peers and two
+/// keys, and a full session table.
 const MAX_HEADER_BODY_BYTES: usize = 1 << 20;
+/// Largest header body since version 3, which adds the region's transaction state.
+/// Locks carry the values their transactions write (each up to the engine's
+/// `max_value_bytes`, 32 MiB by default; one prewrite round up to `max_round_bytes`,
+/// 256 MiB), and a region holds the locks of every transaction pending in it, so no
+/// small bound holds: this one is what the header's u32 length and the engine's
+/// 2^31 limits on keys and values allow. The bound only refuses a damaged length early
+/// (the body is checksummed and must lie inside the file anyway); what matters is
+/// that the writer never makes a file it cannot read back: a header above it is
+/// refused before the file is written ([`check_header_fits`]).
+pub(crate) const MAX_HEADER_BODY_BYTES_V3: usize = (u32::MAX / 2) as usize;
 
 const _: () = assert!(
     SessionLimits::MAX_SESSIONS * ENCODED_SESSION_BYTES + (256 << 10) <= MAX_HEADER_BODY_BYTES,
     "a full session table leaves a quarter of the header to the region record"
 );
+const _: () =
+    assert!(MAX_HEADER_BODY_BYTES < MAX_HEADER_BODY_BYTES_V3, "the header bound only grows");
 
 const _: () = assert!(FOOTER_LEN == 8 + 4 + 4 + 8 + 8 + 4 + 4, "footer fields fill it");
 const _: () = assert!(BLOCK_TARGET_BYTES < u32::MAX as usize / 2, "block lengths fit u32");
@@ -109,8 +133,11 @@ const HDR_APPLIED_INDEX: u16 = 2;
 const HDR_SESSIONS: u16 = 3;
 /// Since version 2.
 const HDR_SNAPSHOT: u16 = 4;
+/// Since version 3.
+const HDR_TXN: u16 = 5;
 const HDR_TAGS_V1: &[u16] = &[HDR_REGION, HDR_APPLIED_INDEX];
-const HDR_TAGS: &[u16] = &[HDR_REGION, HDR_APPLIED_INDEX, HDR_SESSIONS, HDR_SNAPSHOT];
+const HDR_TAGS_V2: &[u16] = &[HDR_REGION, HDR_APPLIED_INDEX, HDR_SESSIONS, HDR_SNAPSHOT];
+const HDR_TAGS: &[u16] = &[HDR_REGION, HDR_APPLIED_INDEX, HDR_SESSIONS, HDR_SNAPSHOT, HDR_TXN];
 // Snapshot fields.
 const S_TERM: u16 = 1;
 const S_VOTER: u16 = 2;
@@ -130,6 +157,26 @@ pub struct CheckpointHeader {
     /// The Raft snapshot this checkpoint was made for (since format version 2; `None`
     /// in other checkpoints and in version-1 files).
     pub snapshot: Option<SnapshotMeta>,
+    /// The region's transaction state as of `applied_index` (since format version 3);
+    /// `None`: none (an empty table, or a file of version 1 or 2, written before
+    /// transactions existed).
+    pub txn: Option<TxnTable>,
+}
+
+/// Fails with [`Error::TooLarge`] if `header` would not fit the header bound: the
+/// file could not be read back.
+pub(crate) fn check_header_fits(header: &CheckpointHeader) -> Result<()> {
+    // Everything but the transaction state fits the bound of version 2.
+    let len = header.txn.as_ref().map_or(0, |t| codec::FIELD_HEADER_LEN + t.encoded_len());
+    let max = MAX_HEADER_BODY_BYTES_V3 - MAX_HEADER_BODY_BYTES;
+    if len > max {
+        return Err(Error::TooLarge {
+            what: "transaction state",
+            len: len as u64,
+            max: max as u64,
+        });
+    }
+    Ok(())
 }
 
 /// What a Raft snapshot says about its image beyond the applied index: enough to
@@ -209,6 +256,9 @@ impl<'s> Encoder<'s> {
                     codec::put_u64(out, S_LEARNER, id);
                 }
             });
+        }
+        if let Some(txn) = &header.txn {
+            codec::put_nested(&mut body, HDR_TXN, |out| txn.encode(out));
         }
         let mut out = Vec::with_capacity(flush_bytes + BLOCK_TARGET_BYTES * 2);
         out.extend_from_slice(&MAGIC);
@@ -424,7 +474,8 @@ impl CheckpointFile {
         }
         let flags = d.u32("header")?;
         let body_len = d.u32("header")? as usize;
-        if body_len > MAX_HEADER_BODY_BYTES {
+        let max_body = if version < 3 { MAX_HEADER_BODY_BYTES } else { MAX_HEADER_BODY_BYTES_V3 };
+        if body_len > max_body {
             return Err(err(16, "header body length out of bounds"));
         }
         let header_end = HEADER_FIXED_LEN + body_len;
@@ -640,9 +691,14 @@ fn verify_block<'a>(
 }
 
 /// Decodes the header fields of a file of format `version` (a version-1 file has
-/// neither the session table nor the snapshot field: their tags are unknown there).
+/// neither the session table nor the snapshot field, a version-2 file no transaction
+/// state: their tags are unknown there).
 fn decode_header_body(body: &[u8], version: u32) -> DecodeResult<CheckpointHeader> {
-    let tags = if version == 1 { HDR_TAGS_V1 } else { HDR_TAGS };
+    let tags = match version {
+        1 => HDR_TAGS_V1,
+        2 => HDR_TAGS_V2,
+        _ => HDR_TAGS,
+    };
     let rec = TlvRecord::parse(body, tags, UnknownTags::Reject)?;
     let region_field = rec.required(HDR_REGION, "checkpoint region missing")?;
     let region = codec::decode_region(region_field.value, UnknownTags::Reject)
@@ -656,7 +712,14 @@ fn decode_header_body(body: &[u8], version: u32) -> DecodeResult<CheckpointHeade
         Some(field) => Some(decode_snapshot(field.value).map_err(|e| e.shifted(field.offset))?),
         None => None,
     };
-    Ok(CheckpointHeader { region, applied_index, sessions, snapshot })
+    let txn = match rec.optional(HDR_TXN)? {
+        Some(f) => Some(
+            TxnTable::decode(f.value, &region.start, region.end.as_deref())
+                .map_err(|e| e.shifted(f.offset))?,
+        ),
+        None => None,
+    };
+    Ok(CheckpointHeader { region, applied_index, sessions, snapshot, txn })
 }
 
 fn decode_snapshot(buf: &[u8]) -> DecodeResult<SnapshotMeta> {
@@ -746,6 +809,7 @@ pub(crate) mod tests {
             applied_index: 77,
             sessions: None,
             snapshot: Some(SnapshotMeta { term: 6, voters: vec![10, 11], learners: vec![12] }),
+            txn: None,
         }
     }
 
@@ -832,6 +896,33 @@ pub(crate) mod tests {
         assert!(decode(&with_version(encode(&bad, &pairs(3, 4)), 1)).unwrap_err().is_corruption());
     }
 
+    fn txn_table() -> TxnTable {
+        let mut t = TxnTable { floor: 12, ..TxnTable::default() };
+        t.locks.insert(Bytes::from_static(b"c"), Bytes::from_static(b"\x01lock of c"));
+        t.locks.insert(Bytes::from_static(b"d"), Bytes::from_static(b"\x09too new"));
+        t.records.insert((Bytes::from_static(b"c"), 44), Bytes::from_static(b"\x01record"));
+        t
+    }
+
+    #[test]
+    fn the_txn_state_round_trips_and_older_versions_have_none() {
+        let h = CheckpointHeader { txn: Some(txn_table()), ..header() };
+        let file = decode(&encode(&h, &pairs(3, 4))).unwrap();
+        assert_eq!(file.header(), &h);
+        // Version 2 is read as it was: no transaction state; the field there is
+        // corruption (the tag did not exist).
+        let v2 = header();
+        let file = decode(&with_version(encode(&v2, &pairs(3, 4)), 2)).unwrap();
+        assert_eq!(file.header().txn, None);
+        assert!(decode(&with_version(encode(&h, &pairs(3, 4)), 2)).unwrap_err().is_corruption());
+        // A lock or record outside the region is corruption.
+        let mut outside = txn_table();
+        outside.locks.insert(Bytes::from_static(b"z"), Bytes::from_static(b"\x01"));
+        let bad = CheckpointHeader { txn: Some(outside), ..header() };
+        assert!(decode(&encode(&bad, &[])).unwrap_err().is_corruption());
+        assert!(check_header_fits(&h).is_ok());
+    }
+
     #[test]
     fn chunks_cover_the_file_in_order() {
         let bytes = encode(&header(), &pairs(100, 10));
@@ -853,7 +944,7 @@ pub(crate) mod tests {
 
         #[test]
         fn every_single_bit_flip_is_detected(n in 0usize..6, value_len in 0usize..20) {
-            let bytes = encode(&header(), &pairs(n, value_len));
+            let bytes = encode(&CheckpointHeader { txn: Some(txn_table()), ..header() }, &pairs(n, value_len));
             for bit in 0..bytes.len() * 8 {
                 let mut damaged = bytes.clone();
                 damaged[bit / 8] ^= 1 << (bit % 8);

@@ -18,6 +18,7 @@ mod load;
 mod receive;
 mod writer;
 
+pub(crate) use format::check_header_fits;
 pub use format::{
     CHECKPOINT_FORMAT_VERSION, CheckpointChunk, CheckpointChunks, CheckpointFile, CheckpointHeader,
     CheckpointStats, OLDEST_CHECKPOINT_VERSION, SnapshotMeta,

@@ -11,20 +11,20 @@ use super::{CheckpointMeta, Durable, Engine, Inner};
 use crate::IdHashMap;
 use crate::checkpoint::{
     CheckpointChunks, CheckpointFile, CheckpointHeader, CheckpointReceiver, CheckpointStats,
-    CheckpointWrite, SnapshotMeta, TEMP_SUFFIX, file_name, load_part, map_checkpoint,
-    open_and_load_part,
+    CheckpointWrite, SnapshotMeta, TEMP_SUFFIX, check_header_fits, file_name, load_part,
+    map_checkpoint, open_and_load_part,
 };
 use crate::error::{Error, Result};
 use crate::manifest::{CheckpointRef, Manifest};
 use crate::memtable::Memtable;
 use crate::read_view::ReadView;
-use crate::region::{Region, RegionId};
+use crate::region::{Region, RegionId, intersect};
 use crate::sessions::{SessionLimits, SessionTable};
 use crate::txn::TxnTable;
 
 impl Engine {
-    /// Writes a checkpoint of region `id`: its live keys and its client sessions at the
-    /// latest committed round, labelled with `applied_index`, which the caller asserts
+    /// Writes a checkpoint of region `id`: its live keys, its client sessions and its
+    /// transaction state at the latest committed round, labelled with `applied_index`, which the caller asserts
     /// is the Raft index of that state (call it between apply rounds). Written to a temporary file, fsynced,
     /// renamed, the directory fsynced; then the manifest points the region at it, and
     /// the files it replaces are removed.
@@ -55,7 +55,12 @@ impl Engine {
         self.inner.check_usable()?;
         // Region changes take the durable lock too, so the region is stable from here.
         let region = self.region(id).ok_or(Error::RegionNotFound { region: id })?;
-        let snapshot = self.read_view();
+        // The data and the transaction state of one committed round: a round publishes
+        // both under the commit lock.
+        let (snapshot, txn) = {
+            let _commit = self.inner.commit.lock();
+            (self.read_view(), self.inner.txn.lock().get(&id).cloned())
+        };
         let sessions = self.inner.sessions.lock().get(&id).cloned().unwrap_or_default();
         let file_id = durable.next_file_id;
         durable.next_file_id += 1;
@@ -64,6 +69,7 @@ impl Engine {
             applied_index,
             sessions: (!sessions.is_empty()).then_some(sessions),
             snapshot: snapshot_meta,
+            txn: txn.filter(|t| !t.is_empty()),
         };
         // What the region is charged for is a little more than its checkpoint takes
         // (see `Inner::write_checkpoint`).
@@ -148,9 +154,10 @@ impl Engine {
     }
 
     /// Writes a checkpoint of `region` (as given, not as the map has it) from
-    /// `snapshot`, with `sessions` as its session table; the caller records it in the
-    /// next manifest. Writes nothing and returns `None` if the region holds no keys and
-    /// no sessions: its image is empty (`empty_at`).
+    /// `snapshot`, with `sessions` as its session table and `txn` as its transaction
+    /// state; the caller records it in the next manifest. Writes nothing and returns
+    /// `None` if the region holds no keys, no sessions and no transaction state: its
+    /// image is empty (`empty_at`).
     /// `estimate_bytes` is about how long the file will be (what the region is charged
     /// for; see `Inner::write_checkpoint`); the callers hold the region map's lock, so
     /// they pass it in.
@@ -160,10 +167,13 @@ impl Engine {
         region: &Region,
         applied_index: u64,
         snapshot: &ReadView,
-        sessions: &SessionTable,
+        image: ImageState<'_>,
         estimate_bytes: u64,
     ) -> Result<Option<CheckpointRef>> {
-        if sessions.is_empty() && snapshot.scan(&region.start, region.end.as_deref(), 1).is_empty()
+        let ImageState { sessions, txn } = image;
+        if sessions.is_empty()
+            && txn.is_empty()
+            && snapshot.scan(&region.start, region.end.as_deref(), 1).is_empty()
         {
             return Ok(None);
         }
@@ -174,6 +184,7 @@ impl Engine {
             applied_index,
             sessions: (!sessions.is_empty()).then(|| sessions.clone()),
             snapshot: None,
+            txn: (!txn.is_empty()).then(|| txn.clone()),
         };
         let stats = self.inner.write_checkpoint(file_id, &header, snapshot, estimate_bytes)?;
         Ok(Some(CheckpointRef {
@@ -184,6 +195,14 @@ impl Engine {
             file_bytes: Some(stats.file_bytes),
         }))
     }
+}
+
+/// What a checkpoint holds besides the region's data: its client sessions and its
+/// transaction state.
+#[derive(Clone, Copy)]
+pub(super) struct ImageState<'a> {
+    pub sessions: &'a SessionTable,
+    pub txn: &'a TxnTable,
 }
 
 impl Inner {
@@ -197,6 +216,7 @@ impl Inner {
         snapshot: &ReadView,
         estimate_bytes: u64,
     ) -> Result<CheckpointStats> {
+        check_header_fits(header)?;
         let write = CheckpointWrite {
             fs: self.fs.as_ref(),
             dir: &self.dir,
@@ -237,7 +257,7 @@ pub(super) fn load_images(
 ) -> Result<Loaded> {
     let memtable = Memtable::new();
     let mut sessions: IdHashMap<RegionId, SessionTable> = IdHashMap::default();
-    let txn: IdHashMap<RegionId, TxnTable> = IdHashMap::default();
+    let mut txn: IdHashMap<RegionId, TxnTable> = IdHashMap::default();
     let mut seq = 0u64;
     let mut loaded_entries = 0;
     let mut files: HashMap<u64, CheckpointFile> = HashMap::new();
@@ -261,7 +281,17 @@ pub(super) fn load_images(
             {
                 sessions.entry(entry.region.id).or_default().join(table, limits);
             }
+            if let Some(table) = files.get(&part.file_id).and_then(|f| f.header().txn.as_ref())
+                && let Some((start, end)) = intersect(
+                    (&part.start, part.end.as_deref()),
+                    (&entry.region.start, entry.region.end.as_deref()),
+                )
+            {
+                let part_table = table.restricted(start, end);
+                txn.entry(entry.region.id).or_default().join(part_table);
+            }
         }
     }
+    txn.retain(|_, t| !t.is_empty());
     Ok(Loaded { memtable, sessions, txn, bytes, seq, entries: loaded_entries })
 }

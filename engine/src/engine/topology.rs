@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::images::ImageState;
 use super::{CommitState, Durable, Engine, Inner, RegionState};
 use crate::checkpoint::{ReceivedCheckpoint, load_part};
 use crate::error::{Error, Result};
@@ -221,8 +222,10 @@ impl Engine {
                 // The commit lock is held: the snapshot is the state as of the split's
                 // index.
                 let snapshot = self.read_view();
-                // Every part starts with the parent's sessions.
+                // Every part starts with the parent's sessions, and takes the parent's
+                // transaction state in its range (and the floor).
                 let sessions = self.inner.sessions.lock().get(&id).cloned().unwrap_or_default();
+                let txn = self.inner.txn.lock().get(&id).cloned().unwrap_or_default();
                 // What each part is charged for: the length its checkpoint is estimated
                 // at, and (the children's) the charges that move. Every change to the
                 // memtable takes the commit lock, so these are the charges after the
@@ -244,7 +247,10 @@ impl Engine {
                         part,
                         applied_index,
                         &snapshot,
-                        &sessions,
+                        ImageState {
+                            sessions: &sessions,
+                            txn: &txn.restricted(&part.start, part.end.as_deref()),
+                        },
                         estimate_bytes,
                     )?);
                 }
@@ -294,6 +300,14 @@ impl Engine {
                     }
                     joined
                 };
+                let txn = {
+                    let tables = self.inner.txn.lock();
+                    let mut joined = tables.get(&target).cloned().unwrap_or_default();
+                    if let Some(from) = tables.get(&source) {
+                        joined.join(from.clone());
+                    }
+                    joined
+                };
                 let estimate_bytes = [source, target]
                     .iter()
                     .filter_map(|id| s.regions.bytes.get(id))
@@ -304,7 +318,7 @@ impl Engine {
                     &merged,
                     at_index,
                     &snapshot,
-                    &sessions,
+                    ImageState { sessions: &sessions, txn: &txn },
                     estimate_bytes,
                 )?;
                 let mut next = s.manifest(|region| {
@@ -393,6 +407,7 @@ impl Engine {
                 let region = s.map.bump_version(id)?;
                 let snapshot = self.read_view();
                 let sessions = self.inner.sessions.lock().get(&id).cloned().unwrap_or_default();
+                let txn = self.inner.txn.lock().get(&id).cloned().unwrap_or_default();
                 let estimate_bytes =
                     s.regions.bytes.get(&id).map_or(0, |b| b.load(Ordering::Relaxed));
                 let image = self.write_whole_checkpoint(
@@ -400,7 +415,7 @@ impl Engine {
                     &region,
                     at_index,
                     &snapshot,
-                    &sessions,
+                    ImageState { sessions: &sessions, txn: &txn },
                     estimate_bytes,
                 )?;
                 let mut next =
@@ -422,7 +437,7 @@ impl Engine {
     }
 
     /// Hosts the region of a received, verified checkpoint, with exactly the
-    /// checkpoint's data and client sessions. If this store hosts an older version of the same region
+    /// checkpoint's data, client sessions and transaction state. If this store hosts an older version of the same region
     /// (a lagging replica), it is replaced, data and all, in one manifest update; any
     /// other region overlapping the range is an error.
     pub fn install_checkpoint(&self, received: ReceivedCheckpoint) -> Result<Region> {
@@ -502,7 +517,8 @@ impl Engine {
                     None => sessions.remove(&region.id),
                 };
                 drop(sessions);
-                self.inner.set_txn_table(region.id, None);
+                // And so is its transaction state (none in a file of version 1 or 2).
+                self.inner.set_txn_table(region.id, header.txn.clone());
                 p.commit.next_seq += 1;
                 self.inner.visible_seq.store(seq, Ordering::Release);
                 p.regions.bytes.insert(region.id, AtomicU64::new(bytes));

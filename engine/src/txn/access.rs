@@ -64,7 +64,7 @@ impl Engine {
 impl ApplyRound<'_> {
     /// The encoded lock on `key` in the current region, this round's changes included.
     pub fn txn_lock(&self, key: &[u8]) -> Result<Option<Bytes>> {
-        let region = self.check_key(key, 0)?;
+        let region = self.region_of(key)?;
         if let Some(change) = self.overlay(region).and_then(|o| o.locks.get(key)) {
             return Ok(change.clone());
         }
@@ -84,7 +84,7 @@ impl ApplyRound<'_> {
     /// The encoded record of `txn_id` at `primary_key` in the current region, this
     /// round's changes included.
     pub fn txn_record(&self, primary_key: &[u8], txn_id: u64) -> Result<Option<Bytes>> {
-        let region = self.check_key(primary_key, 0)?;
+        let region = self.region_of(primary_key)?;
         let id = (Bytes::copy_from_slice(primary_key), txn_id);
         if let Some(change) = self.overlay(region).and_then(|o| o.records.get(&id)) {
             return Ok(change.clone());

@@ -39,7 +39,6 @@ use crate::codec::{self, DecodeError, DecodeResult, Field, TlvRecord, UnknownTag
 use crate::region::StoreId;
 
 mod access;
-#[allow(dead_code, reason = "the checkpoint's header field comes with format version 3")]
 mod table;
 
 pub(crate) use table::TxnOverlay;
