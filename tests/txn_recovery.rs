@@ -258,9 +258,10 @@ fn entries_of_a_newer_format_are_skipped_counted_never_decoded() -> Result<(), E
     Ok(())
 }
 
-/// The upgrade of the issue: stores run by a binary of cluster version 2 are reopened by
-/// this one (their view still 2 until the finalize) holding in-doubt transactions in
-/// every state; with the gate closed the daemon defers and changes nothing, without a
+/// The upgrade of the issue: stores run by a binary of cluster version 2, holding
+/// in-doubt transactions in every state (planted through the engine, then written to
+/// disk by a checkpoint of every region), are stopped and reopened by this one (their
+/// view still 2 until the finalize); with the gate closed the daemon defers and changes nothing, without a
 /// panic (debug assertions are on in this test binary unless built in release); once
 /// the cluster is finalized to 3 each state ends as it must.
 #[test]
@@ -269,6 +270,8 @@ fn in_doubt_transactions_in_every_state_across_an_upgrade() -> Result<(), Error>
     let mut builder = Cluster::builder()
         .dir(dir.path())
         .stores(STORES as usize)
+        // A checkpoint after every write: the planted entries reach the disk.
+        .checkpoint_log_bytes(1)
         .txn_recover_interval(Duration::from_millis(20));
     for id in 1..=STORES {
         builder = builder.cluster_version_max(id, 2);
@@ -276,15 +279,9 @@ fn in_doubt_transactions_in_every_state_across_an_upgrade() -> Result<(), Error>
     let cluster = builder.build()?;
     cluster.split("m")?;
     let db = cluster.db();
-    db.put("keep", "1")?;
-    // The new binary: every store restarted with this binary's maximum; the cluster
-    // stays at 2 until finalized.
-    for id in 1..=STORES {
-        cluster.set_cluster_version_max(id, 3);
-        cluster.stop_store(id)?;
-        cluster.restart_store(id)?;
-    }
-    wait_for("a leader in both regions", || db.get("keep").is_ok() && db.get("zz").is_ok());
+    wait_for("a leader in both regions", || {
+        db.put("keep", "1").is_ok() && db.put("zz", "1").is_ok()
+    });
     assert!(cluster.cluster_version()? < 3, "transactions not active");
 
     let (old, young, ttl) = (now_ms() - 60_000, now_ms(), 3_600_000);
@@ -313,6 +310,32 @@ fn in_doubt_transactions_in_every_state_across_an_upgrade() -> Result<(), Error>
         ],
     )?;
 
+    // Written to disk: a write to each region, then a checkpoint of each region on
+    // every store at or past it.
+    db.put("keep", "2")?;
+    db.put("zz", "2")?;
+    for id in 1..=STORES {
+        wait_for("every region checkpointed after the planting", || {
+            cluster
+                .with_store(id, |store: &Store| {
+                    store.status().iter().filter(|p| p.region.id.0 != 0).all(|p| {
+                        let image = store.context().engine.image_index(p.region.id);
+                        p.applied > 0 && image.ok().flatten() >= Some(p.commit)
+                    })
+                })
+                .unwrap_or(false)
+        });
+    }
+    // The new binary: every store stopped and reopened with this binary's maximum; the
+    // cluster stays at 2 until finalized.
+    for id in 1..=STORES {
+        cluster.set_cluster_version_max(id, 3);
+        cluster.stop_store(id)?;
+        cluster.restart_store(id)?;
+    }
+    wait_for("a leader in both regions", || db.get("keep").is_ok() && db.get("zz").is_ok());
+    assert!(cluster.cluster_version()? < 3, "transactions not active");
+
     // Gate closed: deferred, nothing changed, nothing decoded.
     let listed = |cluster: &Cluster| -> Vec<(&'static str, Bytes, &'static str)> {
         let mut l: Vec<_> =
@@ -320,8 +343,9 @@ fn in_doubt_transactions_in_every_state_across_an_upgrade() -> Result<(), Error>
         l.sort();
         l
     };
+    // Each region's leader lists its entries: all twelve survived the reopen.
+    wait_for("every planted entry listed", || listed(&cluster).len() == 12);
     let before = listed(&cluster);
-    assert_eq!(before.len(), 12, "every planted entry listed: {before:?}");
     for turn in cluster.txn_recover(None) {
         assert_eq!(turn.deferred, Some(TxnGate::ClusterVersion));
     }
@@ -330,12 +354,13 @@ fn in_doubt_transactions_in_every_state_across_an_upgrade() -> Result<(), Error>
     // Gate open.
     assert_eq!(cluster.finalize_upgrade(Some(3))?, 3);
     wait_for("the expired and decided transactions resolved", || {
-        let left: Vec<String> = cluster
+        let mut left: Vec<String> = cluster
             .txn_list(false, None)
             .into_iter()
             .filter(|e| e.kind == "lock")
             .map(|e| String::from_utf8_lossy(&e.key).into_owned())
             .collect();
+        left.sort();
         left == ["a12", "n12"]
     });
     assert_eq!(db.get("n13")?, Some(b("C")), "the committed secondary applied");
