@@ -154,6 +154,13 @@ impl TxnRecovery {
         }
     }
 
+    /// The same daemon with other bounds (tests: no forget delay).
+    #[cfg(test)]
+    pub(crate) fn with_limits(mut self, limits: RecoveryLimits) -> TxnRecovery {
+        self.limits = limits;
+        self
+    }
+
     pub(crate) fn stats(&self) -> TxnRecoveryStats {
         self.stats.lock().clone()
     }

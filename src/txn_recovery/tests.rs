@@ -87,3 +87,49 @@ fn the_ungated_turn_decodes_field_by_field_and_shortens_no_lease() {
     assert_eq!(cluster.txn_list(false, None).len(), 2);
     cluster.shutdown().unwrap();
 }
+
+#[test]
+fn a_decided_record_is_forgotten_after_its_keys_are_resolved_and_the_floor_rises() {
+    use regionkv_raft::txn::recovery::RecoveryLimits;
+    use regionkv_raft::{Op, RecordInit, TxnCmd, TxnReply, TxnState};
+
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::builder()
+        .dir(dir.path())
+        .stores(1)
+        .txn_recover_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let db = cluster.db();
+    db.put("leader?", "1").unwrap();
+    let keys = [Bytes::from_static(b"f1"), Bytes::from_static(b"f2")];
+    let ops = keys.iter().map(|k| Op::Put { key: k.clone(), value: Bytes::from_static(b"v") });
+    let record = RecordInit { participants: keys.to_vec(), coordinator: None };
+    db.txn_call(TxnCmd::Prewrite {
+        txn_id: 40,
+        primary_key: keys[0].clone(),
+        ops: ops.collect(),
+        ttl_ms: 1,
+        record: Some(record),
+    })
+    .unwrap();
+    let decided = db.txn_call(TxnCmd::Commit { txn_id: 40, primary_key: keys[0].clone() });
+    assert_eq!(decided.unwrap(), TxnReply::Status(TxnState::Committed));
+    std::thread::sleep(Duration::from_millis(5)); // past its TTL, by the record's fields
+    let daemon = crate::txn_recovery::TxnRecovery::new(crate::StoreId(1))
+        .with_limits(RecoveryLimits { forget_delay_ms: 0, ..RecoveryLimits::default() });
+    let turn = cluster.with_store(1, |store| daemon.turn(store, &db, None)).unwrap();
+    assert_eq!((turn.deferred, turn.forgotten), (None, 1), "{turn:?}");
+    assert!(cluster.txn_list(false, None).is_empty());
+    let floor = cluster
+        .with_store(1, |store| {
+            let engine = &store.context().engine;
+            let region = engine.region_for_key(b"f1").unwrap();
+            engine.txn_table(region.id).unwrap().floor
+        })
+        .unwrap();
+    assert_eq!(floor, 41);
+    assert_eq!(db.get("f2").unwrap(), Some(Bytes::from_static(b"v")));
+    assert_eq!(db.txn_outcome(40, "f1").unwrap(), crate::TxnOutcome::Unknown);
+    cluster.shutdown().unwrap();
+}
