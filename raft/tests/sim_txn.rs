@@ -7,7 +7,8 @@
 //! nothing, and an acknowledged commit visible. A late prewrite after a presumed abort
 //! fails, a commit of an aborted transaction is `TxnAborted`, a raw write to a locked
 //! key is `Locked`. A record or lock of a newer format is frozen: never decided,
-//! counted on every replica, and the lock still refuses. The gate: at cluster version 2 nothing is proposed; a store whose
+//! counted on every replica, and the lock still refuses. Locks and records survive
+//! checkpoints and a restart of every store. The gate: at cluster version 2 nothing is proposed; a store whose
 //! binary knows only version 2 refuses a TXN entry as any kind it does not know.
 //!
 //! A failing seed replays with `SIM_SEED=<seed> cargo test --release -p regionkv-raft
@@ -566,5 +567,69 @@ fn entries_this_binary_cannot_read_are_frozen_never_decided() {
             assert_eq!(table.records.get(&(Bytes::from("a1"), 30)), Some(&record), "seed {seed}");
             assert_eq!(table.locks.get(&Bytes::from("a2")), Some(&lock), "seed {seed}");
         }
+    }
+}
+
+#[test]
+fn locks_and_records_survive_checkpoints_and_a_restart_of_every_store() {
+    for seed in seeds() {
+        let mut config = SimConfig::new(seed);
+        config.checkpoint_log_bytes = 4 << 10;
+        let mut c = SimCluster::new(config).unwrap();
+        c.wait_leader(R1, 10 * SECOND).expect("a leader");
+        common::split(&mut c, R1, &["m"]).expect("split");
+        common::converge(&mut c);
+        for key in KEYS {
+            assert!(common::put(&mut c, key, "old", 10 * SECOND), "seed {seed}");
+        }
+        // Transaction 40 prewritten (pending); 41 committed, not resolved.
+        let pending = plan(40);
+        let parts = parts(&c, &pending);
+        let reply = call(&mut c, &parts[0].0, &pending.prewrite(parts[0].1.clone()), 10 * SECOND);
+        assert_eq!(s(reply), Ok(TxnReply::Done), "seed {seed}");
+        let only_n1 = vec![Op::Put { key: "n1".into(), value: "n1-t41".into() }];
+        let record = TxnCmd::Prewrite {
+            txn_id: 41,
+            primary_key: "n1".into(),
+            ops: only_n1,
+            ttl_ms: 60_000,
+            record: Some(regionkv_raft::RecordInit {
+                participants: vec!["n1".into(), "n2".into()],
+                coordinator: None,
+            }),
+        };
+        assert_eq!(s(call(&mut c, b"n1", &record, 10 * SECOND)), Ok(TxnReply::Done));
+        let commit = TxnCmd::Commit { txn_id: 41, primary_key: "n1".into() };
+        let reply = call(&mut c, b"n1", &commit, 10 * SECOND);
+        assert_eq!(s(reply), Ok(TxnReply::Status(TxnState::Committed)), "seed {seed}");
+        // Enough log in both regions for checkpoints, then every store restarts.
+        for i in 0..60 {
+            for prefix in ["b", "o"] {
+                let key = format!("{prefix}{i:03}");
+                assert!(common::put(&mut c, &key, &"x".repeat(200), 10 * SECOND));
+            }
+        }
+        for store in c.store_ids() {
+            c.stop(store);
+        }
+        for store in c.store_ids() {
+            c.restart(store).expect("restart");
+        }
+        for key in ["a1", "a2"] {
+            match get(&mut c, key.as_bytes()) {
+                Err(Error::Locked { txn_id: 40, .. }) => {}
+                other => panic!("seed {seed}: {key} after the restart: {other:?}"),
+            }
+        }
+        let check =
+            TxnCmd::CheckStatus { txn_id: 41, primary_key: "n1".into(), abort_if_expired: true };
+        let status = call(&mut c, b"n1", &check, 10 * SECOND);
+        assert_eq!(s(status), Ok(TxnReply::Status(TxnState::Committed)), "seed {seed}");
+        assert_eq!(s(get(&mut c, b"n1")), Ok(Some(Bytes::from("n1-t41"))), "seed {seed}");
+        let alive = call(&mut c, b"a1", &pending.check_status(false), 10 * SECOND);
+        assert!(
+            matches!(alive, Ok(TxnReply::Status(TxnState::Pending { .. }))),
+            "seed {seed}: {alive:?}"
+        );
     }
 }
