@@ -146,7 +146,14 @@ fn locks_of_a_stopped_coordinator_are_resolved_by_a_reader_after_their_ttl() {
     // Prewritten everywhere, never committed; a short TTL.
     let stopped = TxnPlan::new(1 << 42, vec![put("b2", "new"), put("y2", "new")], 200, None);
     prewrite(&db, &stopped, &[&["b2"], &["y2"]]);
-    // A reader meets the lock, waits out the TTL, aborts the record and drops the lock.
+    // A scan meets a lock, waits out the TTL, aborts the record and drops the lock;
+    // then the next; the gets find none left.
+    let rows: Vec<(Bytes, Bytes)> = db.scan(.., 10).unwrap();
+    let old = Bytes::from_static(b"old");
+    assert_eq!(
+        rows,
+        vec![(Bytes::from_static(b"b2"), old.clone()), (Bytes::from_static(b"y2"), old)]
+    );
     assert_eq!(get(&db, "y2").as_deref(), Some("old"));
     assert_eq!(get(&db, "b2").as_deref(), Some("old"));
     assert_eq!(db.txn_outcome(stopped.txn_id, "b2").unwrap(), TxnOutcome::Aborted);
@@ -270,5 +277,36 @@ fn a_cluster_below_version_3_refuses_a_batch_across_regions() {
     batch.put("a", "1").put("b", "2");
     db.write(batch).unwrap();
     assert_eq!(get(&db, "b").as_deref(), Some("2"));
+    cluster.shutdown().unwrap();
+}
+
+#[test]
+fn a_region_that_finished_every_id_the_client_can_get_is_unavailable_never_too_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path());
+    let reader = cluster.db();
+    // Short: the last attempt's prewrite may apply after the coordinator dropped its
+    // locks (its answer came too late); a reader resolves that one after the TTL.
+    let db = reader
+        .clone()
+        .with_deadline(Duration::from_secs(1))
+        .with_txn_ttl(Duration::from_millis(100));
+    // The region of "z..." takes no transaction below a floor past any id the
+    // directory hands out: every prewrite there is TxnTooOld, with every fresh id too.
+    let forget =
+        TxnCmd::Forget { records: vec![(Bytes::from_static(b"zz"), 1)], new_floor: 1 << 62 };
+    assert_eq!(db.txn_call(forget).unwrap(), TxnReply::Done);
+    let mut batch = WriteBatch::new();
+    batch.put("a3", "x").put("z3", "x");
+    match db.write(batch) {
+        Err(Error::Unavailable { .. }) => {}
+        other => panic!("a batch no id can write: {other:?}"),
+    }
+    assert_eq!((get(&reader, "a3"), get(&reader, "z3")), (None, None), "nothing written");
+    // The other regions still take transactions.
+    let mut batch = WriteBatch::new();
+    batch.put("a3", "y").put("n3", "y");
+    reader.write(batch).unwrap();
+    assert_eq!(get(&reader, "n3").as_deref(), Some("y"));
     cluster.shutdown().unwrap();
 }

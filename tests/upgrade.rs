@@ -27,21 +27,29 @@ fn reported(status: &UpgradeStatus, id: u64) -> (Option<u32>, Option<u32>) {
 fn a_new_cluster_runs_at_the_newest_version() -> Result<(), Error> {
     let dir = tempfile::tempdir()?;
     let cluster = Cluster::builder().dir(dir.path()).stores(3).build()?;
-    wait_for("the directory's version", || cluster.cluster_version().ok() == Some(2));
+    let newest = Some(CLUSTER_VERSION_MAX);
+    wait_for("the directory's version", || cluster.cluster_version().ok() == newest);
     let status = cluster.upgrade_status()?;
     assert_eq!(status.active, CLUSTER_VERSION_MAX);
     for id in 1..=3 {
-        assert_eq!(reported(&status, id), (Some(2), Some(2)));
+        assert_eq!(reported(&status, id), (newest, newest));
     }
     // Finalizing again changes nothing.
-    assert_eq!(cluster.finalize_upgrade(None)?, 2);
+    assert_eq!(cluster.finalize_upgrade(None)?, CLUSTER_VERSION_MAX);
     cluster.shutdown()
 }
 
 #[test]
 fn an_older_store_holds_the_finalize_back_until_it_is_upgraded() -> Result<(), Error> {
     let dir = tempfile::tempdir()?;
-    let builder = Cluster::builder().dir(dir.path()).stores(3).cluster_version_max(3, 1);
+    // Binaries of versions 2, 2 and 1 (the newest binary's own version is in the test
+    // above).
+    let builder = Cluster::builder()
+        .dir(dir.path())
+        .stores(3)
+        .cluster_version_max(1, 2)
+        .cluster_version_max(2, 2)
+        .cluster_version_max(3, 1);
     let cluster = builder.clone().build()?;
     cluster.db().put("k", "v")?;
     let status = cluster.upgrade_status()?;
@@ -52,7 +60,8 @@ fn an_older_store_holds_the_finalize_back_until_it_is_upgraded() -> Result<(), E
         let refused = ClusterVersionView::new(s.active.unwrap()).check(IMAGE_HASH);
         assert!(matches!(refused, Err(StoreError::FeatureNotActive { .. })), "{refused:?}");
     }
-    match cluster.finalize_upgrade(None) {
+    // To version 2 (the newest these binaries all know).
+    match cluster.finalize_upgrade(Some(2)) {
         Err(e @ Error::UpgradeRefused { store: StoreId(3), target: 2, supported: Some(1) }) => {
             assert!(e.to_string().contains("store 3 supports cluster versions up to 1"), "{e}");
         }
@@ -67,7 +76,7 @@ fn an_older_store_holds_the_finalize_back_until_it_is_upgraded() -> Result<(), E
     cluster.stop_store(3)?;
     cluster.set_cluster_version_max(3, 2);
     cluster.restart_store(3)?;
-    assert_eq!(cluster.finalize_upgrade(None)?, 2);
+    assert_eq!(cluster.finalize_upgrade(Some(2))?, 2);
     assert_eq!(cluster.cluster_version()?, 2);
     let status = cluster.upgrade_status()?;
     for id in 1..=3 {
