@@ -27,6 +27,7 @@ use crate::health::{AuditEntry, HealthConfig, HealthHost, HealthReport, HealthRu
 use crate::proto::StoreStatus;
 use crate::region_info::{RegionInfo, region_table};
 use crate::router::Router;
+use crate::txn_recovery::{TxnDaemon, TxnEntry, TxnRecovery, TxnRecoveryStats, TxnRecoveryTurn};
 
 /// The region every new cluster starts with: the whole key space.
 pub(crate) const FIRST_REGION: RegionId = RegionId(1);
@@ -45,6 +46,7 @@ pub struct ClusterBuilder {
     spares: usize,
     health: Option<HealthConfig>,
     cluster_version_max: BTreeMap<StoreId, u32>,
+    txn_recover_interval: Duration,
 }
 
 impl Default for ClusterBuilder {
@@ -60,6 +62,7 @@ impl Default for ClusterBuilder {
             left_out: Vec::new(),
             spares: 0,
             health: None,
+            txn_recover_interval: crate::txn_recovery::TXN_RECOVER_INTERVAL,
             cluster_version_max: BTreeMap::new(),
         }
     }
@@ -153,6 +156,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// How often each store's transaction recovery daemon takes a turn (default 5 s;
+    /// see ARCHITECTURE.md, "The recovery daemon").
+    #[must_use]
+    pub fn txn_recover_interval(mut self, interval: Duration) -> Self {
+        self.txn_recover_interval = interval;
+        self
+    }
+
     /// Starts the cluster.
     pub fn build(self) -> Result<Cluster> {
         let dir = self
@@ -181,6 +192,7 @@ impl ClusterBuilder {
             health_cancel: CancellationToken::new(),
             health_thread: Mutex::new(None),
             versions: Mutex::new(self.cluster_version_max.clone()),
+            txn: TxnDaemon::new(self.txn_recover_interval),
             builder: self,
             scheduler: Mutex::new(None),
         });
@@ -233,6 +245,15 @@ impl ClusterBuilder {
         };
         *inner.scheduler.lock() = Some(scheduler);
         *inner.health_thread.lock() = Some(health);
+        let weak = Arc::downgrade(&inner);
+        inner.txn.start(
+            "cluster-txn-recovery".into(),
+            Box::new(move || {
+                let inner = weak.upgrade()?;
+                let stores = inner.local.stores.read().values().cloned().collect();
+                Some((stores, Db::new(Router::new(inner.local.clone()))))
+            }),
+        )?;
         Ok(Cluster { inner })
     }
 }
@@ -284,6 +305,8 @@ pub(crate) struct ClusterInner {
     health: Arc<HealthRunner>,
     health_cancel: CancellationToken,
     health_thread: Mutex<Option<JoinHandle<()>>>,
+    /// The stores' transaction recovery daemons (`txn_recovery.rs`).
+    txn: Arc<TxnDaemon>,
 }
 
 /// The health monitor's view of a [`Cluster`]: every store is in this process.
@@ -672,10 +695,46 @@ impl Cluster {
         self.inner.start_store(id)
     }
 
+    /// The transaction locks and records of the regions each running store leads
+    /// (`in_doubt_only`: past their TTL and undecided; `older_than`: at least that old).
+    /// An entry of a newer format is listed by its key and reason, never decoded.
+    pub fn txn_list(&self, in_doubt_only: bool, older_than: Option<Duration>) -> Vec<TxnEntry> {
+        let stores: Vec<Arc<Store>> = self.inner.local.stores.read().values().cloned().collect();
+        stores.iter().flat_map(|s| TxnRecovery::list(s, in_doubt_only, older_than)).collect()
+    }
+
+    /// One recovery turn now on every running store (`region`: that region only, on
+    /// the store that leads it), gates first: what each did, or the gate that
+    /// deferred it.
+    pub fn txn_recover(&self, region: Option<RegionId>) -> Vec<TxnRecoveryTurn> {
+        let stores: Vec<Arc<Store>> = self.inner.local.stores.read().values().cloned().collect();
+        self.inner.txn.recover_now(&stores, &self.db(), region)
+    }
+
+    /// Each store's recovery daemon counters (turns, deferrals by gate, resolves,
+    /// forgets, what its last turn saw).
+    pub fn txn_recovery_stats(&self) -> Vec<(StoreId, TxnRecoveryStats)> {
+        self.inner.txn.stats()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn txn_daemon(&self) -> &TxnDaemon {
+        &self.inner.txn
+    }
+
+    /// Runs `f` on a running store, for tests that reach below the facade (planting
+    /// transaction entries of another format in its engine, say).
+    #[doc(hidden)]
+    pub fn with_store<R>(&self, id: impl Into<StoreId>, f: impl FnOnce(&Store) -> R) -> Option<R> {
+        let store = self.inner.local.stores.read().get(&id.into()).cloned()?;
+        Some(f(&store))
+    }
+
     /// Stops every store cleanly. Clients get [`Error::Shutdown`] afterwards.
     pub fn shutdown(&self) -> Result<()> {
         self.inner.local.shut.store(true, Ordering::SeqCst);
         self.inner.health_cancel.cancel();
+        self.inner.txn.stop();
         if let Some(scheduler) = self.inner.scheduler.lock().take() {
             let _ = scheduler.join();
         }

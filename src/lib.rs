@@ -53,6 +53,7 @@ mod region_info;
 mod remote;
 mod router;
 mod server;
+mod txn_recovery;
 
 pub use autosplit::SplitPolicy;
 pub use cluster::{Cluster, ClusterBuilder};
@@ -62,8 +63,10 @@ pub use error::{Error, Result};
 pub use node::{InitialClusterState, Node, NodeConfig};
 pub use proto::{Capacity, STATUS_SCHEMA, StoreState, StoreStatus};
 pub use region_info::RegionInfo;
+pub use regionkv_raft::txn::recovery::Gate as TxnGate;
 pub use remote::Client;
 pub use server::ClientStats;
+pub use txn_recovery::{TXN_RECOVER_INTERVAL, TxnEntry, TxnRecoveryStats, TxnRecoveryTurn};
 
 // Ids, records and settings that the facade's signatures name, from the layers.
 pub use bytes::Bytes;

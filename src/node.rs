@@ -65,8 +65,10 @@ use crate::region_info::{RegionInfo, region_table};
 use crate::remote::RemoteStores;
 use crate::router::Router;
 use crate::server::{ClientHandler, ClientService, ClientStats};
+use crate::txn_recovery::TxnDaemon;
 
 mod health;
+mod txn;
 
 /// The file a node writes once it has bootstrapped its regions.
 const BOOTSTRAPPED: &str = "bootstrapped";
@@ -123,6 +125,8 @@ pub struct NodeConfig {
     /// directory (default `None`: [`HealthConfig::default`] with a replication factor
     /// of this node's stores, its peers and itself, at most 3).
     pub health: Option<HealthConfig>,
+    /// How often the store's transaction recovery daemon takes a turn (default 5 s).
+    pub txn_recover_interval: Duration,
 }
 
 impl fmt::Debug for NodeConfig {
@@ -139,6 +143,7 @@ impl fmt::Debug for NodeConfig {
             .field("split_policy", &self.split_policy)
             .field("initial_cluster_state", &self.initial_cluster_state)
             .field("health", &self.health)
+            .field("txn_recover_interval", &self.txn_recover_interval)
             .finish()
     }
 }
@@ -164,6 +169,7 @@ impl NodeConfig {
             split_policy: SplitPolicy::default(),
             initial_cluster_state: None,
             health: None,
+            txn_recover_interval: crate::txn_recovery::TXN_RECOVER_INTERVAL,
         }
     }
 
@@ -241,6 +247,8 @@ pub(crate) struct NodeShared {
     task_threads: Mutex<Vec<JoinHandle<()>>>,
     /// The health monitor (it acts while this store leads the directory).
     health: Arc<HealthRunner>,
+    /// The store's transaction recovery daemon (`txn_recovery.rs`).
+    txn: Arc<TxnDaemon>,
 }
 
 impl NodeShared {
@@ -352,6 +360,14 @@ impl ClientHandler for NodeShared {
 
     fn txn_ids(&self, count: u64) -> Result<u64> {
         self.control.alloc_ids(count)
+    }
+
+    fn txn_list(&self, in_doubt_only: bool, older_than_ms: Option<u64>) -> Vec<crate::TxnEntry> {
+        txn::list(self, in_doubt_only, older_than_ms)
+    }
+
+    fn txn_recover(&self, region: Option<RegionId>) -> crate::TxnRecoveryTurn {
+        txn::recover(self, region)
     }
 
     fn finalize_upgrade(&self, target: Option<u32>) -> Result<u32> {
@@ -606,12 +622,14 @@ impl Node {
                 tasks: Gate::new(),
                 task_threads: Mutex::default(),
                 health: HealthRunner::new(config.health_config()),
+                txn: TxnDaemon::new(config.txn_recover_interval),
             }
         });
         let backend =
             Arc::new(NodeStores { shared: Arc::downgrade(&shared), id, local: store, remote });
         service.bind(Arc::<NodeShared>::downgrade(&shared));
         let (reporter, health) = spawn_loops(&shared)?;
+        txn::start(&shared)?;
         let incarnation = shared.store.peer_book().incarnation();
         tracing::info!(store = id.0, addr = %local_addr, %incarnation, "node started");
         Ok(Node {
@@ -782,6 +800,7 @@ impl Node {
         if let Some(health) = self.health.lock().take() {
             let _ = health.join();
         }
+        shared.txn.stop();
         if let Err(e) = shared.tasks.close(NODE_TASKS_TIMEOUT) {
             tracing::warn!(store = shared.id.0, error = %e, "admin requests did not finish in time");
         }
@@ -817,6 +836,7 @@ impl Node {
         self.transport.shutdown();
         shared.remote.close();
         shared.cancel.cancel();
+        shared.txn.stop();
         for thread in [self.reporter.lock().take(), self.health.lock().take()].into_iter().flatten()
         {
             let _ = thread.join();

@@ -53,6 +53,7 @@ use crate::router::Router;
 
 mod health;
 mod txn;
+mod txn_ops;
 
 /// How long an unreachable store is left alone before it is dialed again.
 pub const REDIAL_AFTER: Duration = Duration::from_millis(200);

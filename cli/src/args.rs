@@ -182,6 +182,44 @@ pub(crate) enum ClientOp {
         #[command(subcommand)]
         op: UpgradeOp,
     },
+    /// Transactions left in doubt, and the recovery daemon that finishes them.
+    Txn {
+        #[command(subcommand)]
+        op: TxnOp,
+    },
+}
+
+/// What `regionkv client txn` does.
+#[derive(Clone, Subcommand)]
+pub(crate) enum TxnOp {
+    /// Print the locks and transaction records of every region, from its leader.
+    List {
+        /// Only those past their TTL and undecided.
+        #[arg(long)]
+        in_doubt: bool,
+        /// Only those at least this old (`500ms`, `30s`, `5m`, `1h`).
+        #[arg(long, value_parser = crate::txn_cmd::parse_age)]
+        older_than: Option<std::time::Duration>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one recovery turn now on every node (gates first) and print what it did.
+    Recover {
+        /// Only this region (on the node that leads it).
+        #[arg(long)]
+        region: Option<u64>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a transaction's outcome, from its record on its primary key's region.
+    Status {
+        /// The transaction's id.
+        txn_id: u64,
+        /// Its primary key (its smallest key).
+        primary_key: String,
+    },
 }
 
 /// What `regionkv client upgrade` does.
@@ -323,6 +361,18 @@ pub(crate) enum BenchTarget {
         /// Regions per store to measure (default: 1, 100, 1000, 10000).
         #[arg(long, value_delimiter = ',')]
         regions: Vec<usize>,
+    },
+    /// Batches of two keys in one region (1PC) and in two (two-phase commit) at 64
+    /// clients on three stores, next to single puts and two one-region batches.
+    Txn {
+        #[command(flatten)]
+        out: BenchOut,
+        /// Seconds per figure.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Client threads.
+        #[arg(long, default_value_t = crate::bench::txn::CLIENTS)]
+        clients: usize,
     },
     /// Group-commit appends (1, 4, 16, 64 writers) next to raw fdatasync and bandwidth.
     Wal {

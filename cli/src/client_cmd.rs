@@ -8,7 +8,7 @@ use regionkv::{
     UpgradeStatus,
 };
 
-use crate::args::{ClientArgs, ClientOp, HealthOp, StoreOp, UpgradeOp, read_secret};
+use crate::args::{ClientArgs, ClientOp, HealthOp, StoreOp, TxnOp, UpgradeOp, read_secret};
 use crate::health_cmd::{audit_output, report_output};
 
 fn show(bytes: &[u8]) -> String {
@@ -281,6 +281,9 @@ pub(crate) fn run_client(args: ClientArgs) -> Result<(), Box<dyn std::error::Err
             args.op,
             ClientOp::Health { json: true, .. }
                 | ClientOp::Health { what: Some(HealthOp::Audit { json: true }), .. }
+                | ClientOp::Txn {
+                    op: TxnOp::List { json: true, .. } | TxnOp::Recover { json: true, .. }
+                }
         );
     let out = match args.op {
         ClientOp::Put { key, value } => {
@@ -355,6 +358,7 @@ pub(crate) fn run_client(args: ClientArgs) -> Result<(), Box<dyn std::error::Err
         }
         ClientOp::Store { op } => store_output(&client, &op, json)?,
         ClientOp::Upgrade { op } => run_upgrade(&client, op, json)?,
+        ClientOp::Txn { op } => crate::txn_cmd::run_txn(&client, op, json)?,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&out)?);

@@ -14,6 +14,9 @@
 //! 5. The health monitor (`demo/health.rs`): three nodes over TCP and a spare; one node
 //!    is killed past the (shortened) dead timeout and its replicas are replaced on the
 //!    spare; what the monitor reports meanwhile, and its audit, are printed.
+//! 6. Transactions (`demo/bank.rs`): threads move money between accounts in different
+//!    regions (each transfer one batch over two regions) while a store is killed and
+//!    restarted; the total is checked.
 
 #![allow(
     clippy::cast_precision_loss,
@@ -35,6 +38,7 @@ use regionkv_wal::{Lsn, RealFs, RecoveryMode, Wal, WalOptions};
 use crate::bench::disk;
 use regionkv::Cluster;
 
+mod bank;
 mod health;
 
 /// What to run.
@@ -556,7 +560,13 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<(), DemoError> {
 
     writeln!(
         out,
-        "\nverified: every acknowledged write survived a torn log tail, splits and a merge, a killed store, a full restart, and a dead store's replacement"
+        "\n6. transactions: money moves between accounts in different regions while store 2 is killed and restarted"
+    )?;
+    bank::bank_phase(&opts.dir.join("bank"), out)?;
+
+    writeln!(
+        out,
+        "\nverified: every acknowledged write survived a torn log tail, splits and a merge, a killed store, a full restart, a dead store's replacement, and cross-region transfers"
     )?;
     Ok(())
 }

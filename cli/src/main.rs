@@ -7,6 +7,7 @@ mod client_cmd;
 mod demo;
 mod health_cmd;
 mod node_cmd;
+mod txn_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,6 +73,11 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let regions =
                 if regions.is_empty() { bench::regions::REGIONS.to_vec() } else { regions };
             let report = bench::regions::run(dir.path(), seconds, idle_seconds, &regions)?;
+            report.print(out.json)?;
+        }
+        Command::Bench { what: BenchTarget::Txn { out, seconds, clients } } => {
+            let dir = bench_dir(out.dir)?;
+            let report = bench::txn::run(dir.path(), seconds, clients)?;
             report.print(out.json)?;
         }
         Command::Bench { what: BenchTarget::Wal { out, seconds } } => {

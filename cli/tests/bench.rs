@@ -66,3 +66,22 @@ fn bench_cluster_json_has_the_process_keys() {
         assert!(report[key].is_number(), "{key} missing in:\n{report:#}");
     }
 }
+
+#[test]
+fn bench_txn_json_has_every_key() {
+    let report = bench_json(&["txn", "--seconds", "0.05", "--clients", "2"]);
+    for key in [
+        "single_region_ops_per_sec",
+        "single_region_p50_us",
+        "two_region_ops_per_sec",
+        "two_region_p50_us",
+        "baseline_single_put_ops_per_sec",
+        "baseline_two_batches_ops_per_sec",
+        "single_region_vs_single_put",
+        "two_region_vs_two_batches",
+        "two_region_p50_vs_single_region",
+    ] {
+        assert!(report[key].is_number(), "{key} missing in:\n{report:#}");
+    }
+    assert_eq!(report["clients"], 2);
+}

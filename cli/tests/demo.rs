@@ -22,6 +22,7 @@ fn demo_runs_and_verifies() {
         "store-down on store 3",
         "every region's replica on it was replaced on store 4",
         "replace-replica region 0, off store 3 (for store-dead)",
+        "the total is unchanged: every transfer was all or nothing",
         "verified: every acknowledged write survived",
     ] {
         assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");

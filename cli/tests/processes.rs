@@ -69,6 +69,32 @@ fn check_client_status(procs: &Procs) {
     assert!(timed >= 100, "{timed} writes timed: {json}");
 }
 
+/// `regionkv client txn list|recover|status` over the client protocol: every node
+/// answers for the regions its store leads; a new cluster runs at the version that
+/// has transactions, so no turn is deferred.
+fn check_client_txn(procs: &Procs) {
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = procs.client(args);
+        assert!(
+            out.status.success(),
+            "client {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let listed = json(&["txn", "list", "--in-doubt", "--older-than", "30s", "--json"]);
+    assert!(listed.as_array().is_some_and(Vec::is_empty), "{listed}");
+    let turns = json(&["txn", "recover", "--json"]);
+    let turns = turns.as_array().expect("one turn per node");
+    assert_eq!(turns.len(), 3, "{turns:?}");
+    assert!(
+        turns.iter().all(|t| t["deferred"].is_null() && t["errors"] == serde_json::json!([])),
+        "{turns:?}"
+    );
+    let status = json(&["--json", "txn", "status", "5", "key-00000"]);
+    assert!(status["outcome"].as_str().is_some_and(|o| o.starts_with("unknown")), "{status}");
+}
+
 #[test]
 fn acknowledged_writes_survive_a_sigkilled_node() {
     let dir = tempfile::tempdir().unwrap();
@@ -162,6 +188,7 @@ fn acknowledged_writes_survive_a_sigkilled_node() {
     }
 
     check_client_status(&procs);
+    check_client_txn(&procs);
 
     // Closing stdin stops each node cleanly.
     client.close();

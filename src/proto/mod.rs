@@ -67,6 +67,7 @@
 //!                       answers unsupported)
 //!            33 txn { ... }   34 txn ids { 1 count }   (since transactions: `txn.rs`;
 //!                       an older node answers unsupported)
+//!            35 txn list   36 txn recover   (the recovery daemon's: `txn_ops.rs`)
 //!  RESPONSE  1 id u64, and exactly one of
 //!            2 error { 1 code, 2 region, 3 leader store, 4 region*, 5 message, 6 target,
 //!                      7 reason (optional: the code of a drop or merge-abort reason),
@@ -90,6 +91,7 @@
 //!                       optional: not reported) } }
 //!            50 health (the record in `health.rs`)
 //!            51 txn { 1 kind, 2 state } (`txn.rs`)
+//!            52 txn entries   53 txn turn   (`txn_ops.rs`)
 //!  metrics   1 regions  2 leaders  3 hibernating  4 applied lag total  5 applied lag max
 //!            6 write latency us (histogram)  7 writes proposed  8 entries proposed
 //!            9 apply { 1 rounds, 2 rounds without regions, 3 rounds with several,
@@ -129,6 +131,7 @@ mod status_tests;
 #[cfg(test)]
 mod tests;
 mod txn;
+mod txn_ops;
 #[cfg(test)]
 mod txn_tests;
 
@@ -381,6 +384,15 @@ pub(crate) enum Request {
     TxnIds {
         count: u64,
     },
+    /// The locks and records of the regions the node's store leads (`txn_ops.rs`).
+    TxnList {
+        in_doubt_only: bool,
+        older_than_ms: Option<u64>,
+    },
+    /// One recovery turn now on the node's store (`region`: that one only).
+    TxnRecover {
+        region: Option<RegionId>,
+    },
 }
 
 /// A node's answer to one request.
@@ -412,4 +424,8 @@ pub(crate) enum Response {
     Health(HealthAnswer),
     /// A transaction command's answer.
     Txn(TxnReply),
+    /// The answer to `TxnList`.
+    TxnEntries(Vec<crate::TxnEntry>),
+    /// The answer to `TxnRecover`.
+    TxnTurn(Box<crate::TxnRecoveryTurn>),
 }

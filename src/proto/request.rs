@@ -10,7 +10,7 @@ use super::records::{
     D, admin_cmd_of, dir_cmd_of, epoch_of, nested, parse, put_admin_cmd, put_dir_cmd, put_epoch,
     put_range, range_of, req_u64,
 };
-use super::{Request, txn};
+use super::{Request, txn, txn_ops};
 
 // Request tags.
 pub(super) const Q_ID: u16 = 1;
@@ -41,6 +41,9 @@ const HQ_AUDIT: u16 = 1;
 // Transactions (`txn.rs`).
 const Q_TXN: u16 = 33;
 const Q_TXN_IDS: u16 = 34;
+// The recovery daemon's operator requests (`txn_ops.rs`).
+const Q_TXN_LIST: u16 = 35;
+const Q_TXN_RECOVER: u16 = 36;
 const Q_TAGS: &[u16] = &[
     Q_ID,
     Q_WRITE,
@@ -66,11 +69,21 @@ const Q_TAGS: &[u16] = &[
     Q_HEALTH,
     Q_TXN,
     Q_TXN_IDS,
+    Q_TXN_LIST,
+    Q_TXN_RECOVER,
 ];
 
 /// The request kinds added after the first release (`decode_later`).
-const Q_LATER: &[u16] =
-    &[Q_CLUSTER_VERSION, Q_UPGRADE_STATUS, Q_FINALIZE_UPGRADE, Q_HEALTH, Q_TXN, Q_TXN_IDS];
+const Q_LATER: &[u16] = &[
+    Q_CLUSTER_VERSION,
+    Q_UPGRADE_STATUS,
+    Q_FINALIZE_UPGRADE,
+    Q_HEALTH,
+    Q_TXN,
+    Q_TXN_IDS,
+    Q_TXN_LIST,
+    Q_TXN_RECOVER,
+];
 
 // Nested request fields.
 const F_REGION: u16 = 1;
@@ -191,6 +204,14 @@ pub(crate) fn encode_request(id: u64, req: &Request) -> Vec<u8> {
         Request::TxnIds { count } => codec::put_nested(&mut out, Q_TXN_IDS, |o| {
             codec::put_u64(o, txn::TI_COUNT, *count);
         }),
+        Request::TxnList { in_doubt_only, older_than_ms } => {
+            codec::put_nested(&mut out, Q_TXN_LIST, |o| {
+                txn_ops::put_list(o, *in_doubt_only, *older_than_ms);
+            });
+        }
+        Request::TxnRecover { region } => {
+            codec::put_nested(&mut out, Q_TXN_RECOVER, |o| txn_ops::put_recover(o, *region));
+        }
     }
     out
 }
@@ -415,6 +436,11 @@ fn decode_later(f: &Field<'_>) -> D<Request> {
             let r = nested(f, &[txn::TI_COUNT])?;
             Ok(Request::TxnIds { count: req_u64(&r, txn::TI_COUNT, "count missing")? })
         }
+        Q_TXN_LIST => {
+            let (in_doubt_only, older_than_ms) = txn_ops::list_of(f)?;
+            Ok(Request::TxnList { in_doubt_only, older_than_ms })
+        }
+        Q_TXN_RECOVER => Ok(Request::TxnRecover { region: txn_ops::recover_of(f)? }),
         _ => decode_upgrade(f),
     }
 }

@@ -47,6 +47,9 @@ const UV_MAX: u16 = 3;
 const R_HEALTH: u16 = 50;
 // A transaction command's answer (`txn.rs`).
 const R_TXN: u16 = 51;
+// The recovery daemon's operator answers (`txn_ops.rs`).
+const R_TXN_ENTRIES: u16 = 52;
+const R_TXN_TURN: u16 = 53;
 const R_TAGS: &[u16] = &[
     R_ID,
     R_ERROR,
@@ -70,6 +73,8 @@ const R_TAGS: &[u16] = &[
     R_UPGRADE_STATUS,
     R_HEALTH,
     R_TXN,
+    R_TXN_ENTRIES,
+    R_TXN_TURN,
 ];
 const SOME: u16 = 1;
 const NONE: u16 = 2;
@@ -174,6 +179,12 @@ pub(crate) fn encode_response(id: u64, result: &Result<Response, RemoteError>) -
         }),
         Ok(Response::Health(h)) => super::health::put_health(o, R_HEALTH, h),
         Ok(Response::Txn(t)) => codec::put_nested(o, R_TXN, |o| super::txn::put_txn_reply(o, t)),
+        Ok(Response::TxnEntries(e)) => {
+            codec::put_nested(o, R_TXN_ENTRIES, |o| super::txn_ops::put_entries(o, e));
+        }
+        Ok(Response::TxnTurn(t)) => {
+            codec::put_nested(o, R_TXN_TURN, |o| super::txn_ops::put_turn(o, t));
+        }
     }
     out
 }
@@ -311,6 +322,8 @@ fn decode_response_body(f: &Field<'_>) -> D<Result<Response, RemoteError>> {
         }
         R_HEALTH => Response::Health(super::health::health_of(f)?),
         R_TXN => Response::Txn(super::txn::txn_reply_of(f)?),
+        R_TXN_ENTRIES => Response::TxnEntries(super::txn_ops::entries_of(f)?),
+        R_TXN_TURN => Response::TxnTurn(Box::new(super::txn_ops::turn_of(f)?)),
         _ => return Err(DecodeError::new(f.offset, "unknown response body")),
     }))
 }

@@ -130,6 +130,10 @@ pub(crate) trait ClientHandler: Send + Sync {
     fn health(&self, audit: bool) -> proto::HealthAnswer;
     /// `count` fresh transaction ids from the directory; returns the first.
     fn txn_ids(&self, count: u64) -> Result<u64>;
+    /// The transaction locks and records of the regions this node's store leads.
+    fn txn_list(&self, in_doubt_only: bool, older_than_ms: Option<u64>) -> Vec<crate::TxnEntry>;
+    /// One recovery turn now on this node's store.
+    fn txn_recover(&self, region: Option<RegionId>) -> crate::TxnRecoveryTurn;
 }
 
 /// Counters of the client service since the node started.
@@ -742,8 +746,12 @@ impl ClientService {
                 let message = format!("txn ids: ask for 1 to {} ids at a time", proto::TXN_IDS_MAX);
                 r.send(Err(RemoteError::new(ErrorCode::InvalidRequest, message)));
             }
+            Request::TxnList { in_doubt_only, older_than_ms } => {
+                r.send(Ok(Response::TxnEntries(node.txn_list(in_doubt_only, older_than_ms))));
+            }
             Request::Split { .. }
             | Request::TxnIds { .. }
+            | Request::TxnRecover { .. }
             | Request::Merge { .. }
             | Request::Regions
             | Request::StoreAdd { .. }
@@ -790,6 +798,9 @@ impl ClientService {
                     Request::TxnIds { count } => node
                         .txn_ids(count)
                         .map(|first| Response::Directory(DirResult::Ids { first, count })),
+                    Request::TxnRecover { region } => {
+                        Ok(Response::TxnTurn(Box::new(node.txn_recover(region))))
+                    }
                     _ => Ok(Response::Regions(node.regions())),
                 }
                 .map_err(|e| RemoteError::from(&e)),

@@ -13,6 +13,7 @@ pub mod kv;
 pub mod load;
 pub mod procs;
 pub mod regions;
+pub mod txn;
 pub mod wal;
 
 /// A bench's figures: printed as a table for a reader, or as one JSON object.

@@ -26,6 +26,7 @@ use crate::request::Reply;
 
 pub(crate) mod codec;
 pub mod plan;
+pub mod recovery;
 
 /// A transaction command to one region (routed by its keys, or by its primary key).
 #[derive(Clone, Debug, PartialEq, Eq)]
