@@ -22,6 +22,7 @@ use crate::defaults::{
 use crate::error::{Error, Result};
 use crate::router::Router;
 
+mod tso;
 mod two_phase;
 mod txn;
 pub use txn::{LockWait, TxnOutcome};

@@ -25,6 +25,7 @@ use crate::command::Op;
 use crate::request::Reply;
 
 pub(crate) mod codec;
+pub mod mvcc;
 pub mod plan;
 pub mod recovery;
 
