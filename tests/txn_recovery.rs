@@ -314,13 +314,25 @@ fn in_doubt_transactions_in_every_state_across_an_upgrade() -> Result<(), Error>
     // every store at or past it.
     db.put("keep", "2")?;
     db.put("zz", "2")?;
+    // The planted entries went into each store's engine outside the log: every store's
+    // image must reach the index of those writes as the leader committed them (a
+    // follower's own commit index may still be older, and its image with it).
+    let mut target = std::collections::BTreeMap::new();
+    for id in 1..=STORES {
+        for p in cluster.with_store(id, |store: &Store| store.status()).unwrap_or_default() {
+            if p.region.id.0 != 0 {
+                let t = target.entry(p.region.id).or_insert(0);
+                *t = p.commit.max(*t);
+            }
+        }
+    }
     for id in 1..=STORES {
         wait_for("every region checkpointed after the planting", || {
             cluster
                 .with_store(id, |store: &Store| {
-                    store.status().iter().filter(|p| p.region.id.0 != 0).all(|p| {
-                        let image = store.context().engine.image_index(p.region.id);
-                        p.applied > 0 && image.ok().flatten() >= Some(p.commit)
+                    target.iter().all(|(region, commit)| {
+                        let image = store.context().engine.image_index(*region);
+                        image.ok().flatten() >= Some(*commit)
                     })
                 })
                 .unwrap_or(false)
