@@ -258,6 +258,34 @@ fn entries_of_a_newer_format_are_skipped_counted_never_decoded() -> Result<(), E
     Ok(())
 }
 
+/// Waits until every store's image of every region reaches the index its leader
+/// committed: the planted entries went into each store's engine outside the log, so
+/// only a checkpoint at or past the writes that followed them keeps them (a
+/// follower's own commit index may still be older, and its image with it).
+fn checkpointed_everywhere(cluster: &Cluster) {
+    let mut target = std::collections::BTreeMap::new();
+    for id in 1..=STORES {
+        for p in cluster.with_store(id, |store: &Store| store.status()).unwrap_or_default() {
+            if p.region.id.0 != 0 {
+                let t = target.entry(p.region.id).or_insert(0);
+                *t = p.commit.max(*t);
+            }
+        }
+    }
+    for id in 1..=STORES {
+        wait_for("every region checkpointed after the planting", || {
+            cluster
+                .with_store(id, |store: &Store| {
+                    target.iter().all(|(region, commit)| {
+                        let image = store.context().engine.image_index(*region);
+                        image.ok().flatten() >= Some(*commit)
+                    })
+                })
+                .unwrap_or(false)
+        });
+    }
+}
+
 /// The upgrade of the issue: stores run by a binary of cluster version 2, holding
 /// in-doubt transactions in every state (planted through the engine, then written to
 /// disk by a checkpoint of every region), are stopped and reopened by this one (their
@@ -314,30 +342,7 @@ fn in_doubt_transactions_in_every_state_across_an_upgrade() -> Result<(), Error>
     // every store at or past it.
     db.put("keep", "2")?;
     db.put("zz", "2")?;
-    // The planted entries went into each store's engine outside the log: every store's
-    // image must reach the index of those writes as the leader committed them (a
-    // follower's own commit index may still be older, and its image with it).
-    let mut target = std::collections::BTreeMap::new();
-    for id in 1..=STORES {
-        for p in cluster.with_store(id, |store: &Store| store.status()).unwrap_or_default() {
-            if p.region.id.0 != 0 {
-                let t = target.entry(p.region.id).or_insert(0);
-                *t = p.commit.max(*t);
-            }
-        }
-    }
-    for id in 1..=STORES {
-        wait_for("every region checkpointed after the planting", || {
-            cluster
-                .with_store(id, |store: &Store| {
-                    target.iter().all(|(region, commit)| {
-                        let image = store.context().engine.image_index(*region);
-                        image.ok().flatten() >= Some(*commit)
-                    })
-                })
-                .unwrap_or(false)
-        });
-    }
+    checkpointed_everywhere(&cluster);
     // The new binary: every store stopped and reopened with this binary's maximum; the
     // cluster stays at 2 until finalized.
     for id in 1..=STORES {
