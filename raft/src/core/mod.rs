@@ -440,7 +440,7 @@ impl StoreCore {
             || !self.write.is_empty()
             || !self.tasks.is_empty()
             || !self.foreign_tasks.is_empty()
-            || self.tso.has_work()
+            || self.tso.has_flush_work()
     }
 
     /// Handles every pending ready: proposes batched writes, applies what committed,

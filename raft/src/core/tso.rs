@@ -31,8 +31,14 @@ pub(super) struct Oracle {
 
 impl Oracle {
     /// True if a pass has something to do here.
-    pub(super) fn has_work(&self) -> bool {
+    fn has_work(&self) -> bool {
         !self.waiting.is_empty() || self.saved.lock().is_some()
+    }
+
+    /// True if a flush would do something here now: not while requests only wait for
+    /// a save in flight.
+    pub(super) fn has_flush_work(&self) -> bool {
+        self.saved.lock().is_some() || (!self.waiting.is_empty() && self.saving.is_none())
     }
 
     fn fail_all(&mut self, e: &Error) {
