@@ -349,3 +349,36 @@ fn transfers_between_regions_are_all_or_nothing_under_crashes() {
         }
     }
 }
+
+/// A leader reports its oldest lock's age (`PeerStatus::oldest_lock_age_ms`, read by
+/// the health monitor's `TxnInDoubtOld`): 0 without locks, the lock's age while one is
+/// held, 0 again once it is resolved; a follower reports nothing.
+#[test]
+fn a_leader_reports_its_oldest_lock_s_age() {
+    let mut c = cluster(7);
+    assert!(put(&mut c, "a1", "0;", 10 * SECOND));
+    let ages = |c: &mut SimCluster| -> Vec<u64> {
+        let region = region_for(c, b"a1").expect("routed").id;
+        let leader = c.wait_leader(region, SECOND).expect("a leader");
+        c.store_ids()
+            .into_iter()
+            .filter_map(|s| {
+                let st =
+                    c.status(s).into_iter().find(|p| p.region.id == region).expect("a replica");
+                assert_eq!(st.oldest_lock_age_ms.is_some(), s == leader, "store {s}: {st:?}");
+                st.oldest_lock_age_ms
+            })
+            .collect()
+    };
+    assert_eq!(ages(&mut c), vec![0]);
+    let plan =
+        TxnPlan::new(9, vec![Op::Put { key: "a1".into(), value: "1;9".into() }], 60_000, None);
+    let prewrite = plan.prewrite(plan.ops.clone());
+    assert!(matches!(send(&mut c, b"a1", &prewrite, 10 * SECOND), Some(Ok(TxnReply::Done))));
+    c.run_for(5 * SECOND);
+    let [age] = ages(&mut c)[..] else { panic!("one leader") };
+    assert!((5_000..60_000).contains(&age), "the lock is {age} ms old");
+    let commit = send(&mut c, b"a1", &plan.commit(), 10 * SECOND);
+    assert!(matches!(commit, Some(Ok(TxnReply::Status(TxnState::Committed)))), "{commit:?}");
+    assert_eq!(ages(&mut c), vec![0]);
+}
