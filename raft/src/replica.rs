@@ -314,6 +314,11 @@ pub struct PeerStatus {
     /// [`PeerStatus::timeline`] tells them apart (a store that sends it reports a
     /// halted replica as `Broken`).
     pub halted: Option<String>,
+    /// On a leader: the age in ms (by the store's clock) of the oldest transaction lock
+    /// its region holds, 0 if it holds none. None on a follower, and unknown (an older
+    /// store, or not known here). A health monitor reports a leader whose oldest lock is
+    /// old (an in-doubt transaction nobody resolves).
+    pub oldest_lock_age_ms: Option<u64>,
 }
 
 /// This store's replica of a region.
@@ -617,6 +622,8 @@ impl Replica {
                 .then(|| self.raw.raft.prs().conf().learners().contains(&self.id.0)),
             image_hash: self.image_hash,
             halted: self.halted.clone(),
+            // Filled by the core, which reads the engine (`StoreCore::status`).
+            oldest_lock_age_ms: None,
         }
     }
 

@@ -2,7 +2,8 @@
 //! runs at version 2; then every replica hashes its image of the region at the
 //! command's index, alike through writes, splits, snapshots and replays after a crash;
 //! a replica whose engine holds something the log never carried reports another hash
-//! at the same index (what the health monitor's replica divergence analysis reads).
+//! at the same index (what the health monitor's replica divergence analysis reads),
+//! and so does one whose transaction state differs from the others' (a lock).
 //!
 //! A failing seed replays with `SIM_SEED=<seed> cargo test --release -p regionkv-raft
 //! --test sim_image_hash`.
@@ -314,5 +315,45 @@ fn periodic_hashes_come_only_once_the_version_allows() {
     let all = hashes_at(&mut c, R1, at_leader.0);
     for (store, hash) in &all {
         assert_eq!(*hash, Some(at_leader), "store {store}: {all:?}");
+    }
+}
+
+#[test]
+fn replicas_that_differ_only_in_a_lock_report_different_hashes() {
+    for seed in seeds(0..2) {
+        let mut c = common::cluster(320 + seed);
+        learn_everywhere(&mut c, 2);
+        let mut model = std::collections::BTreeMap::new();
+        write_keys(&mut c, &mut model, &letters(10), "v");
+        let before = all_agree(&mut c, R1, &format!("seed {seed}: before"));
+        let leader = c.leader(R1).expect("a leader");
+        let rogue = c.store_ids().into_iter().find(|&s| s != leader).expect("a follower");
+        // A lock only this replica's engine holds (its data is the others'): no Raft
+        // entry carried it.
+        let epoch = c.region(rogue, R1).expect("hosted").epoch;
+        let engine = c.engine(rogue).expect("running");
+        let mut round = engine.begin_round();
+        round.prepare_for_region(R1, epoch).unwrap();
+        round.set_txn_lock(b"b", Some(bytes::Bytes::from_static(b"\x01a lock"))).unwrap();
+        round.commit().unwrap();
+        let (index, hash) = compute(&mut c, R1).unwrap();
+        assert_ne!(index, before.0);
+        let all = hashes_at(&mut c, R1, index);
+        for (store, reported) in &all {
+            let (at, h) = reported.unwrap_or_else(|| panic!("seed {seed}: store {store}: none"));
+            assert_eq!(at, index, "seed {seed}: store {store}: {all:?}");
+            if *store == rogue {
+                assert_ne!(h, hash, "seed {seed}: the replica holding a lock: {all:?}");
+            } else {
+                assert_eq!(h, hash, "seed {seed}: store {store}: {all:?}");
+            }
+        }
+        // The lock removed on that replica: all agree again.
+        let engine = c.engine(rogue).expect("running");
+        let mut round = engine.begin_round();
+        round.prepare_for_region(R1, epoch).unwrap();
+        round.set_txn_lock(b"b", None).unwrap();
+        round.commit().unwrap();
+        all_agree(&mut c, R1, &format!("seed {seed}: the lock removed"));
     }
 }

@@ -55,6 +55,9 @@ pub enum AnalysisCode {
     DirectoryStale,
     /// Stores run different binaries.
     VersionSkew,
+    /// A leader holds a transaction lock older than `txn_lock_old_after`: a
+    /// transaction in doubt that nobody resolves (is the recovery daemon running?).
+    TxnInDoubtOld,
 }
 
 impl AnalysisCode {
@@ -76,6 +79,7 @@ impl AnalysisCode {
             AnalysisCode::LeaderImbalance => "leader-imbalance",
             AnalysisCode::DirectoryStale => "directory-stale",
             AnalysisCode::VersionSkew => "version-skew",
+            AnalysisCode::TxnInDoubtOld => "txn-in-doubt-old",
         }
     }
 
@@ -137,6 +141,9 @@ pub enum FieldId {
     BinaryVersion,
     /// The store's lifecycle (schema 2).
     StoreState,
+    /// A leader's oldest transaction lock's age (schema 2, from the transactions
+    /// release on; required of leaders only).
+    OldestLockAge,
     /// The store's status schema itself.
     StatusSchema,
 }
@@ -158,6 +165,7 @@ impl FieldId {
             FieldId::ImageHash => "image_hash",
             FieldId::BinaryVersion => "binary_version",
             FieldId::StoreState => "store_state",
+            FieldId::OldestLockAge => "oldest_lock_age_ms",
             FieldId::StatusSchema => "status_schema",
         }
     }
@@ -412,6 +420,19 @@ pub static TABLE: &[AnalysisDef] = &[
         repair: None,
         matcher: Matcher::Cluster(version_skew),
     },
+    AnalysisDef {
+        code: AnalysisCode::TxnInDoubtOld,
+        description: "the region's leader holds a transaction lock older than the threshold \
+                      (a transaction in doubt nobody resolves): report only (the recovery \
+                      daemon, or the operator, decides it through its record)",
+        priority: Priority::Low,
+        scope: Scope::Region,
+        requires: &[FieldId::Role, FieldId::OldestLockAge],
+        min_schema: 2,
+        hold: no_hold,
+        repair: None,
+        matcher: Matcher::Region(txn_in_doubt_old),
+    },
 ];
 
 /// The definition of `code`.
@@ -521,6 +542,10 @@ impl ReplicaView<'_> {
     /// Its image hash.
     pub fn image_hash(&self) -> Result<(u64, u64), Unknown> {
         self.read(FieldId::ImageHash, self.r.image_hash)
+    }
+    /// A leader's oldest transaction lock's age (0: it holds none).
+    pub fn oldest_lock_age(&self) -> Result<Duration, Unknown> {
+        self.read(FieldId::OldestLockAge, self.r.oldest_lock_age_ms).map(Duration::from_millis)
     }
     /// A leader's view of follower `peer`: matched index and replication state.
     pub fn progress_of(&self, peer: PeerId) -> Result<(u64, ReplicationState), Unknown> {
@@ -703,6 +728,17 @@ fn directory_stale(v: &RegionView<'_>) -> Matched {
         // A region the directory does not list yet is the background's to report.
         _ => None,
     })
+}
+
+fn txn_in_doubt_old(v: &RegionView<'_>) -> Matched {
+    let Some(leader) = v.leader()? else { return Ok(None) };
+    let age = leader.oldest_lock_age()?;
+    Ok((age > v.config.txn_lock_old_after).then(|| {
+        format!(
+            "the leader on store {} holds a lock {age:?} old (threshold {:?})",
+            leader.store, v.config.txn_lock_old_after
+        )
+    }))
 }
 
 /// One store as a match function sees it.

@@ -61,6 +61,7 @@ fn replica(p: &PeerStatus) -> ObservedReplica {
         progress: p.progress.as_ref().map(|ps| ps.iter().map(progress).collect()),
         is_learner: p.is_learner,
         image_hash: p.image_hash,
+        oldest_lock_age_ms: p.oldest_lock_age_ms,
     }
 }
 

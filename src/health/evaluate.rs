@@ -129,6 +129,9 @@ fn gate_refs(
                 FieldId::Progress => r.r.progress.is_some() || r.r.role != Some(Role::Leader),
                 FieldId::IsLearner => r.r.is_learner.is_some(),
                 FieldId::ImageHash => r.r.image_hash.is_some(),
+                FieldId::OldestLockAge => {
+                    r.r.oldest_lock_age_ms.is_some() || r.r.role != Some(Role::Leader)
+                }
                 // Checked by the match function (per follower, or per store).
                 FieldId::RecentActive
                 | FieldId::BinaryVersion

@@ -71,6 +71,8 @@ pub struct HealthConfig {
     pub lag_entries: u64,
     /// Stores on different binaries this long are reported.
     pub version_skew_after: Duration,
+    /// A leader's transaction lock older than this is reported (`TxnInDoubtOld`).
+    pub txn_lock_old_after: Duration,
     /// No repair of a region within this long of its last one.
     pub repair_block: Duration,
     /// The most repairs planned in one turn.
@@ -96,6 +98,7 @@ impl Default for HealthConfig {
             pending_after: Duration::from_secs(60),
             lag_entries: 10_000,
             version_skew_after: Duration::from_secs(3600),
+            txn_lock_old_after: Duration::from_secs(60),
             repair_block: Duration::from_secs(300),
             max_repairs_per_turn: 64,
             detect_only: BTreeSet::new(),

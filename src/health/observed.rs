@@ -105,6 +105,9 @@ pub struct ObservedReplica {
     pub is_learner: Option<bool>,
     /// Its image hash at an index (schema 2, once the cluster version allows it).
     pub image_hash: Option<(u64, u64)>,
+    /// A leader's oldest transaction lock's age in ms, 0 if none (schema 2, from the
+    /// transactions release on; `None` on a follower too).
+    pub oldest_lock_age_ms: Option<u64>,
 }
 
 /// One store's last report, as the monitor received it.

@@ -61,6 +61,7 @@ fn replica(region: &Region, store: u64, leader_store: Option<u64>) -> ObservedRe
         }),
         is_learner: Some(false),
         image_hash: Some((90, 0xfeed)),
+        oldest_lock_age_ms: leads.then_some(0),
     }
 }
 
@@ -71,6 +72,7 @@ fn as_v1(mut r: ObservedReplica) -> ObservedReplica {
     r.progress = None;
     r.is_learner = None;
     r.image_hash = None;
+    r.oldest_lock_age_ms = None;
     r
 }
 
@@ -536,6 +538,32 @@ const ROWS: &[(AnalysisCode, &str, Mutate, Expect)] = &[
         Expect::Insufficient(FieldId::BinaryVersion),
     ),
     (AnalysisCode::VersionSkew, "schema 1", all_v1, Expect::Insufficient(FieldId::StatusSchema)),
+    (
+        AnalysisCode::TxnInDoubtOld,
+        "the leader holds a lock past the threshold",
+        |w| rep(w, 1).oldest_lock_age_ms = Some(61_000),
+        Expect::Problem,
+    ),
+    (
+        AnalysisCode::TxnInDoubtOld,
+        "the leader holds a lock at the threshold",
+        |w| rep(w, 1).oldest_lock_age_ms = Some(60_000),
+        Expect::Nothing,
+    ),
+    (AnalysisCode::TxnInDoubtOld, "healthy", |_| {}, Expect::Nothing),
+    (
+        AnalysisCode::TxnInDoubtOld,
+        "a leader of an older binary does not report it",
+        |w| rep(w, 1).oldest_lock_age_ms = None,
+        Expect::Insufficient(FieldId::OldestLockAge),
+    ),
+    (
+        AnalysisCode::TxnInDoubtOld,
+        "a follower does not report it (only leaders do)",
+        |w| rep(w, 2).oldest_lock_age_ms = None,
+        Expect::Nothing,
+    ),
+    (AnalysisCode::TxnInDoubtOld, "schema 1", all_v1, Expect::Insufficient(FieldId::StatusSchema)),
 ];
 
 #[test]

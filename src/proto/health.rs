@@ -110,7 +110,7 @@ const AE_EVENT: u16 = 4;
 
 /// Every field the monitor may name (the match below fails to compile when one is added
 /// and not listed).
-const FIELDS: [FieldId; 10] = [
+const FIELDS: [FieldId; 11] = [
     FieldId::Role,
     FieldId::FirstIndex,
     FieldId::Timeline,
@@ -121,6 +121,7 @@ const FIELDS: [FieldId; 10] = [
     FieldId::BinaryVersion,
     FieldId::StoreState,
     FieldId::StatusSchema,
+    FieldId::OldestLockAge,
 ];
 
 const _: fn(FieldId) = |f| match f {
@@ -133,7 +134,8 @@ const _: fn(FieldId) = |f| match f {
     | FieldId::ImageHash
     | FieldId::BinaryVersion
     | FieldId::StoreState
-    | FieldId::StatusSchema => {}
+    | FieldId::StatusSchema
+    | FieldId::OldestLockAge => {}
 };
 
 const KINDS: [RepairKind; 4] = [

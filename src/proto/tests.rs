@@ -57,6 +57,7 @@ pub(super) fn status() -> PeerStatus {
         is_learner: None,
         image_hash: None,
         halted: None,
+        oldest_lock_age_ms: None,
     }
 }
 

@@ -367,8 +367,10 @@ impl StoreCore {
     /// same entries again, so it computes the same hash.
     fn compute_hash(&mut self, region: RegionId, index: u64) -> AdminResult {
         let replica = self.replicas.get_mut(&region).expect("present");
-        let view = self.ctx.engine_of(region).read_view();
-        let hash = crate::image_hash::region_image_hash(&view, &replica.region);
+        let engine = self.ctx.engine_of(region);
+        let view = engine.read_view();
+        let txn = engine.txn_table(region).unwrap_or_default();
+        let hash = crate::image_hash::region_image_hash(&view, &replica.region, &txn);
         replica.image_hash = Some((index, hash));
         tracing::debug!(region = region.0, index, hash, "image hash");
         AdminResult::ImageHash { index, hash }

@@ -396,6 +396,19 @@ impl StoreCore {
                     .and_then(|store| self.store_heard.get(&store))
                     .map(|&heard| self.ticks.saturating_sub(heard));
             }
+            // A leader's oldest transaction lock, from the engine's published table
+            // (a follower's table is the same state, a leader's is the one asked).
+            if replica.is_leader() && replica.is_initialized() {
+                let id = replica.region.id;
+                let engine = self.ctx.engine_of(id);
+                let age = if engine.has_txn_locks() {
+                    let table = engine.txn_table(id).unwrap_or_default();
+                    crate::status::oldest_lock_age_ms(table.locks.values(), self.ctx.now_ms())
+                } else {
+                    0
+                };
+                status.oldest_lock_age_ms = Some(age);
+            }
         }
         out.sort_by_key(|s| s.region.id);
         out
