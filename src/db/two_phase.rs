@@ -428,3 +428,7 @@ impl Db {
         true
     }
 }
+
+#[cfg(test)]
+#[path = "two_phase_tests.rs"]
+mod tests;

@@ -284,7 +284,7 @@ pub(super) struct TxnShared {
     pub ids: TxnIds,
     /// The queue of the `Db`'s resolver thread, started with the first resolve that
     /// needs it (`None`: no thread could be started).
-    resolver: OnceLock<Option<SyncSender<ResolveJob>>>,
+    pub(super) resolver: OnceLock<Option<SyncSender<ResolveJob>>>,
 }
 
 /// Background resolves a `Db`'s resolver thread holds at most; past it, the locks of
