@@ -31,6 +31,7 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use parking_lot::{Condvar, Mutex};
 use regionkv_engine::RegionId;
 use regionkv_raft::Error as E;
 use regionkv_raft::txn::plan::{MAX_TXN_KEYS, TxnPlan};
@@ -256,6 +257,57 @@ impl Db {
     }
 }
 
+/// The answers to prewrites sent together, for the one thread that waits for them:
+/// woken once, when the last has answered.
+#[derive(Default)]
+struct Gather {
+    state: Mutex<Gathered>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct Gathered {
+    /// Answers not taken yet: the part's index, the answer.
+    answers: Vec<(usize, regionkv_raft::Result<TxnReply>)>,
+    /// Answers so far.
+    received: usize,
+    /// Answers to wait for (every part's reply answers once, sent or not; 0 until all
+    /// are made, when nobody waits yet).
+    expected: usize,
+}
+
+/// The reply of one part sent by [`Db::prewrite_parts`]. Dropped unanswered (its
+/// request was lost), it answers `Cancelled`: the part goes the routed way at once.
+struct Part {
+    gather: Arc<Gather>,
+    index: usize,
+    answered: bool,
+}
+
+impl Part {
+    fn answer(mut self, r: regionkv_raft::Result<TxnReply>) {
+        self.answered = true;
+        self.put(r);
+    }
+
+    fn put(&self, r: regionkv_raft::Result<TxnReply>) {
+        let mut state = self.gather.state.lock();
+        state.answers.push((self.index, r));
+        state.received += 1;
+        if state.received >= state.expected {
+            self.gather.done.notify_one();
+        }
+    }
+}
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.put(Err(E::Cancelled));
+        }
+    }
+}
+
 /// When the record of a transaction whose prewrites run is heartbeated: every half
 /// TTL, once the primary's part (which writes the record) is prewritten.
 struct Beat {
@@ -312,49 +364,49 @@ impl Db {
         let primary = plan.primary_key();
         let mut answers = Vec::with_capacity(groups.len());
         let mut routed = Vec::new();
-        let (tx, rx) = mpsc::channel();
+        let gather = Arc::new(Gather::default());
         let mut sent: Vec<Option<Vec<Op>>> = Vec::with_capacity(groups.len());
         for ops in groups.into_values() {
-            let i = sent.len();
-            let tx = tx.clone();
-            let reply: Reply<TxnReply> = Box::new(move |r| {
-                let _ = tx.send((i, r));
-            });
+            let part = Part { gather: Arc::clone(&gather), index: sent.len(), answered: false };
+            let reply: Reply<TxnReply> = Box::new(move |r| part.answer(r));
             if self.send_to_leader(plan.prewrite(ops.clone()), reply) {
                 sent.push(Some(ops));
             } else {
+                // Its reply was dropped: it answers `Cancelled`, which is ignored.
+                sent.push(None);
                 routed.push(ops);
             }
         }
-        drop(tx);
         let until = start + DB_ATTEMPT_TIMEOUT.min(left);
-        let mut waiting = sent.len();
+        let mut waiting = sent.iter().flatten().count();
+        let mut state = gather.state.lock();
+        state.expected = sent.len();
         // Bounded: each part answers at most once, and no longer than `until`.
         while waiting > 0 {
-            let wait = until.saturating_duration_since(Instant::now());
-            if wait.is_zero() {
+            for (i, r) in std::mem::take(&mut state.answers) {
+                let Some(ops) = sent.get_mut(i).and_then(Option::take) else { continue };
+                waiting -= 1;
+                match r {
+                    Ok(reply) => {
+                        beat.primary_done |= ops.iter().any(|op| op.key() == primary.as_ref());
+                        answers.push((ops, Ok(reply)));
+                    }
+                    Err(e) if definite(&e) => answers.push((ops, Err(e.into()))),
+                    Err(_) => routed.push(ops),
+                }
+            }
+            let now = Instant::now();
+            if waiting == 0 || now >= until {
                 break;
             }
-            let (i, r) = match rx.recv_timeout(wait.min(beat.poll())) {
-                Ok(answer) => answer,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.beat_if_due(plan, beat);
-                    continue;
+            if state.received < state.expected {
+                let wake = until.min(now + beat.poll());
+                if gather.done.wait_until(&mut state, wake).timed_out() {
+                    parking_lot::MutexGuard::unlocked(&mut state, || self.beat_if_due(plan, beat));
                 }
-                // A reply dropped unanswered: what is left goes the routed way.
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            };
-            let Some(ops) = sent.get_mut(i).and_then(Option::take) else { continue };
-            waiting -= 1;
-            match r {
-                Ok(reply) => {
-                    beat.primary_done |= ops.iter().any(|op| op.key() == primary.as_ref());
-                    answers.push((ops, Ok(reply)));
-                }
-                Err(e) if definite(&e) => answers.push((ops, Err(e.into()))),
-                Err(_) => routed.push(ops),
             }
         }
+        drop(state);
         // No answer in time: the outcome is unknown, sending again is safe.
         routed.extend(sent.into_iter().flatten());
         if !routed.is_empty() {
