@@ -301,7 +301,7 @@ impl Db {
             sessions: Arc::default(),
             lock_wait: LockWait::NoWait,
             txn_ttl_ms: DEFAULT_TXN_TTL_MS,
-            txn: Arc::new(txn::TxnShared { ids: txn::TxnIds::default() }),
+            txn: Arc::default(),
         }
     }
 

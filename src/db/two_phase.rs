@@ -3,17 +3,23 @@
 //!
 //! 1. A transaction id from the `Db`'s batch of directory ids; the primary is the
 //!    batch's smallest key.
-//! 2. Prewrite every region's part in parallel (one thread per region); a part whose
-//!    region changed meanwhile is grouped again by fresh routing and prewritten again
-//!    (prewrite is idempotent per key). A lock of another transaction is resolved
+//! 2. Prewrite every region's part in parallel: all sent from the caller's thread to
+//!    the leaders routing knows, their answers awaited together; only a part that
+//!    could not go so (no leader known, the region moved, no answer in time) takes
+//!    the routed, retried path, one thread per such part. A part whose region changed
+//!    meanwhile is grouped again by fresh routing and prewritten again (prewrite is
+//!    idempotent per key). A lock of another transaction is resolved
 //!    through its record, or (alive) waited for per [`LockWait`], else our own locks
 //!    are dropped and the caller gets [`Error::Conflict`]. The record is heartbeated
 //!    while the prewrites run past half the TTL.
 //! 3. Commit on the primary's region: the decision; the caller is answered once it
 //!    is applied. No definite answer before the deadline: one more status check,
 //!    then [`Error::Indeterminate`].
-//! 4. Resolve the other regions' locks in the background (a reader that meets one
-//!    first resolves it itself; errors there are never the caller's).
+//! 4. Resolve the other regions' locks in the background: sent from the caller's
+//!    thread without waiting; a part that fails goes to the `Db`'s one resolver
+//!    thread (bounded queue; when it is full the locks are left to readers and the
+//!    recovery daemon). A reader that meets one first resolves it itself; errors
+//!    there are never the caller's.
 //!
 //! Giving up before the commit (a conflict, a refusal): our locks are dropped
 //! (`Resolve { commit: false }`, safe because we never commit), and the record is
@@ -21,17 +27,18 @@
 //! the TXN commands have no explicit rollback of a live record.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use parking_lot::{Condvar, Mutex};
 use regionkv_engine::RegionId;
 use regionkv_raft::Error as E;
 use regionkv_raft::txn::plan::{MAX_TXN_KEYS, TxnPlan};
-use regionkv_raft::{Op, TxnReply, TxnState};
+use regionkv_raft::{Op, Reply, TxnCmd, TxnReply, TxnRequest, TxnState};
 
 use super::Db;
-use super::txn::{LockMet, LockWait, Resolved};
+use super::txn::{LockMet, LockWait, ResolveJob, Resolved};
 use crate::defaults::{DB_ATTEMPT_TIMEOUT, DB_FIRST_BACKOFF, DB_MAX_BACKOFF};
 use crate::error::{Error, Result};
 
@@ -82,10 +89,7 @@ impl Db {
     /// Prewrites every part of `plan`, regrouping by fresh routing as regions change.
     fn prewrite_all(&self, plan: &TxnPlan, start: Instant, deadline: Duration) -> Result<(), Stop> {
         let mut todo: Vec<Op> = plan.ops.clone();
-        let primary = plan.primary_key();
-        let half_ttl = Duration::from_millis(plan.ttl_ms / 2);
-        let mut last_beat = Instant::now();
-        let mut primary_done = false;
+        let mut beat = Beat::new(plan);
         let mut backoff = DB_FIRST_BACKOFF;
         // Bounded by the deadline: every turn that leaves work sleeps or resolves.
         while !todo.is_empty() {
@@ -97,57 +101,29 @@ impl Db {
                 }));
             }
             let groups = self.group_by_region(std::mem::take(&mut todo));
-            let (tx, rx) = mpsc::channel();
             let mut failed: Option<Stop> = None;
             let mut locked: Vec<LockMet> = Vec::new();
-            std::thread::scope(|scope| {
-                let count = groups.len();
-                for ops in groups.into_values() {
-                    let tx = tx.clone();
-                    scope.spawn(move || {
-                        let cmd = plan.prewrite(ops.clone());
-                        let r = self.txn_call_for(&cmd, left);
-                        let _ = tx.send((ops, r));
-                    });
-                }
-                let mut answered = 0;
-                // Bounded: each part answers once (its call is bounded by `left`).
-                while answered < count {
-                    let Ok((ops, r)) = rx.recv_timeout(half_ttl.max(Duration::from_millis(1)))
-                    else {
-                        if primary_done && last_beat.elapsed() >= half_ttl {
-                            let _ = self.txn_call_for(&plan.heartbeat(), DB_ATTEMPT_TIMEOUT);
-                            last_beat = Instant::now();
-                        }
-                        continue;
-                    };
-                    answered += 1;
-                    match r {
-                        Ok(_) => {
-                            primary_done |= ops.iter().any(|op| op.key() == primary.as_ref());
-                        }
-                        // The part's region changed: group its keys again.
-                        Err(Error::CrossRegionBatch { .. }) => todo.extend(ops),
-                        Err(e) => {
-                            if let Some(lock) = LockMet::of(&e) {
-                                locked.push(lock);
-                                todo.extend(ops);
-                            } else if matches!(e, Error::Store(E::TxnTooOld { .. })) {
-                                failed.get_or_insert(Stop::TooOld);
-                            } else {
-                                failed.get_or_insert(Stop::Fail(e));
-                            }
+            for (ops, r) in self.prewrite_parts(plan, groups, left, &mut beat) {
+                match r {
+                    Ok(_) => {}
+                    // The part's region changed: group its keys again.
+                    Err(Error::CrossRegionBatch { .. }) => todo.extend(ops),
+                    Err(e) => {
+                        if let Some(lock) = LockMet::of(&e) {
+                            locked.push(lock);
+                            todo.extend(ops);
+                        } else if matches!(e, Error::Store(E::TxnTooOld { .. })) {
+                            failed.get_or_insert(Stop::TooOld);
+                        } else {
+                            failed.get_or_insert(Stop::Fail(e));
                         }
                     }
                 }
-            });
+            }
             if let Some(stop) = failed {
                 return Err(stop);
             }
-            if primary_done && last_beat.elapsed() >= half_ttl {
-                let _ = self.txn_call_for(&plan.heartbeat(), DB_ATTEMPT_TIMEOUT);
-                last_beat = Instant::now();
-            }
+            self.beat_if_due(plan, &mut beat);
             let mut alive = None;
             for lock in &locked {
                 let left = deadline.saturating_sub(start.elapsed());
@@ -224,7 +200,7 @@ impl Db {
 
     /// Resolves `keys` of `plan`'s transaction (regrouping if their region split),
     /// best effort: a lock left is resolved by a reader or the recovery daemon.
-    fn resolve_keys(&self, plan: &TxnPlan, keys: Vec<Bytes>, commit: bool) {
+    pub(super) fn resolve_keys(&self, plan: &TxnPlan, keys: Vec<Bytes>, commit: bool) {
         let mut todo = keys;
         for _ in 0..4 {
             if todo.is_empty() {
@@ -247,24 +223,264 @@ impl Db {
     }
 
     /// Resolves the locks outside the primary's region (its own were applied with the
-    /// commit) on a thread of their own.
+    /// commit) without waiting: each region's part is sent from this thread to the
+    /// leader routing knows; a part that cannot be sent so, or whose answer is an
+    /// error, goes to the resolver thread (routed and retried there). The caller never
+    /// waits for them (a reader that meets such a lock first resolves it itself).
     fn resolve_in_background(&self, plan: &TxnPlan, commit: bool) {
         let primary_region = self.router.locate(&plan.primary_key()).map(|r| r.region);
-        let keys: Vec<Bytes> = plan
-            .keys()
-            .into_iter()
-            .filter(|k| primary_region.as_ref().is_none_or(|r| !r.contains(k)))
-            .collect();
-        if keys.is_empty() {
+        let mut groups: BTreeMap<RegionId, Vec<Bytes>> = BTreeMap::new();
+        for key in plan.keys() {
+            if primary_region.as_ref().is_some_and(|r| r.contains(&key)) {
+                continue;
+            }
+            let region = self.router.locate(&key).map_or(RegionId(0), |r| r.region.id);
+            groups.entry(region).or_default().push(key);
+        }
+        if groups.is_empty() {
             return;
         }
-        let db = self.clone();
-        let plan = plan.clone();
-        let spawned = std::thread::Builder::new()
-            .name("db-txn-resolve".into())
-            .spawn(move || db.resolve_keys(&plan, keys, commit));
-        if let Err(e) = spawned {
-            tracing::debug!(error = %e, "no thread to resolve a transaction's locks; readers will");
+        let queue = self.resolver();
+        let plan = Arc::new(plan.clone());
+        for keys in groups.into_values() {
+            let job = ResolveJob { plan: Arc::clone(&plan), keys: keys.clone(), commit };
+            let on_error = queue.clone();
+            let reply: Reply<TxnReply> = Box::new(move |r| {
+                if r.is_err() {
+                    job.enqueue(on_error.as_ref());
+                }
+            });
+            if !self.send_to_leader(plan.resolve(keys.clone(), commit), reply) {
+                ResolveJob { plan: Arc::clone(&plan), keys, commit }.enqueue(queue.as_ref());
+            }
         }
     }
 }
+
+/// The answers to prewrites sent together, for the one thread that waits for them:
+/// woken once, when the last has answered.
+#[derive(Default)]
+struct Gather {
+    state: Mutex<Gathered>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct Gathered {
+    /// Answers not taken yet: the part's index, the answer.
+    answers: Vec<(usize, regionkv_raft::Result<TxnReply>)>,
+    /// Answers so far.
+    received: usize,
+    /// Answers to wait for (every part's reply answers once, sent or not; 0 until all
+    /// are made, when nobody waits yet).
+    expected: usize,
+}
+
+/// The reply of one part sent by [`Db::prewrite_parts`]. Dropped unanswered (its
+/// request was lost), it answers `Cancelled`: the part goes the routed way at once.
+struct Part {
+    gather: Arc<Gather>,
+    index: usize,
+    answered: bool,
+}
+
+impl Part {
+    fn answer(mut self, r: regionkv_raft::Result<TxnReply>) {
+        self.answered = true;
+        self.put(r);
+    }
+
+    fn put(&self, r: regionkv_raft::Result<TxnReply>) {
+        let mut state = self.gather.state.lock();
+        state.answers.push((self.index, r));
+        state.received += 1;
+        if state.received >= state.expected {
+            self.gather.done.notify_one();
+        }
+    }
+}
+
+impl Drop for Part {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.put(Err(E::Cancelled));
+        }
+    }
+}
+
+/// When the record of a transaction whose prewrites run is heartbeated: every half
+/// TTL, once the primary's part (which writes the record) is prewritten.
+struct Beat {
+    half_ttl: Duration,
+    last: Instant,
+    primary_done: bool,
+}
+
+impl Beat {
+    fn new(plan: &TxnPlan) -> Beat {
+        Beat {
+            half_ttl: Duration::from_millis(plan.ttl_ms / 2),
+            last: Instant::now(),
+            primary_done: false,
+        }
+    }
+
+    /// How long to wait for an answer before looking at the heartbeat again.
+    fn poll(&self) -> Duration {
+        self.half_ttl.max(Duration::from_millis(1))
+    }
+}
+
+/// True if `e`, the answer to one attempt, is the command's own outcome (what
+/// [`Db::txn_call_for`] would return at once); false if the command must go the
+/// routed, retried way (the region moved, changed or is not led there, or the store
+/// could not take it).
+fn definite(e: &E) -> bool {
+    !matches!(
+        e,
+        E::NotLeader { .. }
+            | E::EpochNotMatch { .. }
+            | E::KeyNotInRegion { .. }
+            | E::RegionNotFound { .. }
+    ) && !e.is_retryable()
+        && !e.is_cancelled()
+}
+
+impl Db {
+    /// Prewrites the parts `groups` once each: first sent together from this thread
+    /// to the leaders routing knows, their answers awaited here; a part that could not
+    /// be sent that way, or whose answer says its region moved or was not led there,
+    /// or came not within an attempt's time, goes on by [`Db::prewrite_routed`]
+    /// (prewrite is idempotent per key, so a second copy is harmless). Each part is
+    /// answered once, with what [`Db::txn_call_for`] would answer.
+    fn prewrite_parts(
+        &self,
+        plan: &TxnPlan,
+        groups: BTreeMap<RegionId, Vec<Op>>,
+        left: Duration,
+        beat: &mut Beat,
+    ) -> Vec<(Vec<Op>, Result<TxnReply>)> {
+        let start = Instant::now();
+        let primary = plan.primary_key();
+        let mut answers = Vec::with_capacity(groups.len());
+        let mut routed = Vec::new();
+        let gather = Arc::new(Gather::default());
+        let mut sent: Vec<Option<Vec<Op>>> = Vec::with_capacity(groups.len());
+        for ops in groups.into_values() {
+            let part = Part { gather: Arc::clone(&gather), index: sent.len(), answered: false };
+            let reply: Reply<TxnReply> = Box::new(move |r| part.answer(r));
+            if self.send_to_leader(plan.prewrite(ops.clone()), reply) {
+                sent.push(Some(ops));
+            } else {
+                // Its reply was dropped: it answers `Cancelled`, which is ignored.
+                sent.push(None);
+                routed.push(ops);
+            }
+        }
+        let until = start + DB_ATTEMPT_TIMEOUT.min(left);
+        let mut waiting = sent.iter().flatten().count();
+        let mut state = gather.state.lock();
+        state.expected = sent.len();
+        // Bounded: each part answers at most once, and no longer than `until`.
+        while waiting > 0 {
+            for (i, r) in std::mem::take(&mut state.answers) {
+                let Some(ops) = sent.get_mut(i).and_then(Option::take) else { continue };
+                waiting -= 1;
+                match r {
+                    Ok(reply) => {
+                        beat.primary_done |= ops.iter().any(|op| op.key() == primary.as_ref());
+                        answers.push((ops, Ok(reply)));
+                    }
+                    Err(e) if definite(&e) => answers.push((ops, Err(e.into()))),
+                    Err(_) => routed.push(ops),
+                }
+            }
+            let now = Instant::now();
+            if waiting == 0 || now >= until {
+                break;
+            }
+            if state.received < state.expected {
+                let wake = until.min(now + beat.poll());
+                if gather.done.wait_until(&mut state, wake).timed_out() {
+                    parking_lot::MutexGuard::unlocked(&mut state, || self.beat_if_due(plan, beat));
+                }
+            }
+        }
+        drop(state);
+        // No answer in time: the outcome is unknown, sending again is safe.
+        routed.extend(sent.into_iter().flatten());
+        if !routed.is_empty() {
+            let left = left.saturating_sub(start.elapsed());
+            answers.extend(self.prewrite_routed(plan, routed, left, beat));
+        }
+        answers
+    }
+
+    /// Prewrites `parts` by the routed, retried path ([`Db::txn_call_for`]), one
+    /// thread per part, heartbeating the record meanwhile. The slow path of
+    /// [`Db::prewrite_parts`]: regions that moved or changed leader, stores that did
+    /// not answer.
+    fn prewrite_routed(
+        &self,
+        plan: &TxnPlan,
+        parts: Vec<Vec<Op>>,
+        left: Duration,
+        beat: &mut Beat,
+    ) -> Vec<(Vec<Op>, Result<TxnReply>)> {
+        let primary = plan.primary_key();
+        let count = parts.len();
+        let mut answers = Vec::with_capacity(count);
+        let (tx, rx) = mpsc::channel();
+        std::thread::scope(|scope| {
+            for ops in parts {
+                let tx = tx.clone();
+                scope.spawn(move || {
+                    let cmd = plan.prewrite(ops.clone());
+                    let r = self.txn_call_for(&cmd, left);
+                    let _ = tx.send((ops, r));
+                });
+            }
+            // Bounded: each part answers once (its call is bounded by `left`).
+            while answers.len() < count {
+                let Ok((ops, r)) = rx.recv_timeout(beat.poll()) else {
+                    self.beat_if_due(plan, beat);
+                    continue;
+                };
+                if r.is_ok() {
+                    beat.primary_done |= ops.iter().any(|op| op.key() == primary.as_ref());
+                }
+                answers.push((ops, r));
+            }
+        });
+        answers
+    }
+
+    /// Heartbeats `plan`'s record if it is due.
+    fn beat_if_due(&self, plan: &TxnPlan, beat: &mut Beat) {
+        if beat.primary_done && beat.last.elapsed() >= beat.half_ttl {
+            let _ = self.txn_call_for(&plan.heartbeat(), DB_ATTEMPT_TIMEOUT);
+            beat.last = Instant::now();
+        }
+    }
+
+    /// Sends `cmd` once, its answer to `reply`, to the leader routing knows for the
+    /// region of its keys. False, and nothing sent (`reply` dropped unanswered), if
+    /// routing knows no such leader or the keys are not all in one region there.
+    pub(super) fn send_to_leader(&self, cmd: TxnCmd, reply: Reply<TxnReply>) -> bool {
+        let backend = self.router.backend();
+        let Some(record) = cmd.keys().first().and_then(|k| self.router.locate(k)) else {
+            return false;
+        };
+        let Some(store) = record.leader else { return false };
+        let region = record.region;
+        if backend.is_shut() || cmd.keys().into_iter().any(|k| !region.contains(k)) {
+            return false;
+        }
+        backend.txn(store, TxnRequest { region: region.id, epoch: region.epoch, cmd, reply });
+        true
+    }
+}
+
+#[cfg(test)]
+#[path = "two_phase_tests.rs"]
+mod tests;

@@ -4,11 +4,14 @@
 //! every command); [`Db::txn_outcome`] asks a record later (ARCHITECTURE.md,
 //! "Transactions").
 
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use regionkv_raft::Error as E;
+use regionkv_raft::txn::plan::TxnPlan;
 use regionkv_raft::{TxnCmd, TxnReply, TxnRequest, TxnState};
 
 use super::Db;
@@ -54,6 +57,9 @@ const TXN_ID_BATCH: u64 = 256;
 pub(super) struct TxnIds {
     /// `next .. end`.
     range: Mutex<(u64, u64)>,
+    /// Held by the one clone that refills the range: the others wait for its batch
+    /// instead of each asking the directory for one.
+    refill: Mutex<()>,
 }
 
 impl TxnIds {
@@ -156,12 +162,20 @@ impl Db {
     /// A fresh transaction id (from a batch this `Db` and its clones took from the
     /// directory).
     pub(super) fn next_txn_id(&self) -> Result<u64> {
-        {
+        let take = || {
             let mut range = self.txn.ids.range.lock();
-            if range.0 < range.1 {
+            (range.0 < range.1).then(|| {
                 range.0 += 1;
-                return Ok(range.0 - 1);
-            }
+                range.0 - 1
+            })
+        };
+        if let Some(id) = take() {
+            return Ok(id);
+        }
+        let _refill = self.txn.ids.refill.lock();
+        // Another clone may have refilled while this one waited.
+        if let Some(id) = take() {
+            return Ok(id);
         }
         let first = self.router.backend().txn_ids(TXN_ID_BATCH, self.deadline)?;
         let mut range = self.txn.ids.range.lock();
@@ -265,7 +279,86 @@ fn outcome_of(txn_id: u64, state: TxnState) -> Result<TxnOutcome> {
 }
 
 /// A `Db`'s transaction settings and state, shared by its clones.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct TxnShared {
     pub ids: TxnIds,
+    /// The queue of the `Db`'s resolver thread, started with the first resolve that
+    /// needs it (`None`: no thread could be started).
+    pub(super) resolver: OnceLock<Option<SyncSender<ResolveJob>>>,
+}
+
+/// Background resolves a `Db`'s resolver thread holds at most; past it, the locks of
+/// a resolve are left to readers and the recovery daemon.
+const RESOLVE_QUEUE: usize = 1024;
+
+/// How long the resolver thread waits for work before it looks whether its cluster
+/// is shut down.
+const RESOLVER_IDLE: Duration = Duration::from_secs(1);
+
+/// One background resolve: `keys` of `plan`'s transaction, applied or dropped.
+#[derive(Debug)]
+pub(super) struct ResolveJob {
+    pub plan: Arc<TxnPlan>,
+    pub keys: Vec<Bytes>,
+    pub commit: bool,
+}
+
+impl ResolveJob {
+    /// Hands the job to the resolver thread behind `queue`, or, if it has none or its
+    /// queue is full, leaves its locks to the readers that meet them and to the
+    /// recovery daemon (the transaction's record decides them, so nothing is lost).
+    pub(super) fn enqueue(self, queue: Option<&SyncSender<ResolveJob>>) {
+        let txn_id = self.plan.txn_id;
+        let Some(queue) = queue else {
+            tracing::debug!(txn_id, "no resolver thread: readers and the daemon resolve the locks");
+            return;
+        };
+        if let Err(e) = queue.try_send(self) {
+            let why = match e {
+                TrySendError::Full(_) => "its queue is full",
+                TrySendError::Disconnected(_) => "it stopped",
+            };
+            tracing::debug!(txn_id, why, "resolver busy: readers and the daemon resolve the locks");
+        }
+    }
+}
+
+impl Db {
+    /// The queue of this `Db`'s resolver thread (shared by its clones), started on
+    /// first use; `None` if no thread could be started.
+    pub(super) fn resolver(&self) -> Option<SyncSender<ResolveJob>> {
+        self.txn.resolver.get_or_init(|| self.start_resolver(RESOLVE_QUEUE)).clone()
+    }
+
+    /// Starts a resolver thread with a queue of `bound` jobs. It runs until every
+    /// clone of this `Db` is dropped (its queue's senders with them) or the cluster
+    /// shuts down; it holds no clone of the shared state, so it keeps none alive.
+    fn start_resolver(&self, bound: usize) -> Option<SyncSender<ResolveJob>> {
+        let (tx, rx) = mpsc::sync_channel::<ResolveJob>(bound);
+        let db = Db {
+            router: self.router.clone(),
+            deadline: self.deadline,
+            sessions: Arc::clone(&self.sessions),
+            lock_wait: self.lock_wait,
+            txn_ttl_ms: self.txn_ttl_ms,
+            txn: Arc::default(),
+        };
+        let spawned = std::thread::Builder::new().name("db-txn-resolver".into()).spawn(move || {
+            // Bounded by the senders: it ends when they are all dropped, or at shutdown.
+            loop {
+                match rx.recv_timeout(RESOLVER_IDLE) {
+                    Ok(job) => db.resolve_keys(&job.plan, job.keys, job.commit),
+                    Err(RecvTimeoutError::Timeout) if !db.router.backend().is_shut() => {}
+                    Err(_) => return,
+                }
+            }
+        });
+        match spawned {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                tracing::debug!(error = %e, "no resolver thread: readers and the daemon resolve locks");
+                None
+            }
+        }
+    }
 }
