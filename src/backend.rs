@@ -42,6 +42,9 @@ pub(crate) trait Backend: Send + Sync {
     fn txn_ids(&self, count: u64, deadline: Duration) -> crate::Result<u64> {
         directory_ids(self, count, deadline)
     }
+    /// `count` consecutive timestamps from the oracle on `store` (the directory's
+    /// leader, for them to be served); `reply` gets the first.
+    fn timestamps(&self, store: StoreId, count: u32, reply: Reply<u64>);
     fn merge_status(&self, store: StoreId, region: RegionId) -> regionkv_raft::Result<MergeStatus>;
     /// The status of `store`'s replica of `region`, if it has one.
     fn peer_status(&self, store: StoreId, region: RegionId) -> Option<PeerStatus>;
@@ -186,6 +189,13 @@ impl Backend for LocalStores {
         match self.store(store) {
             Some(s) => s.txn(req),
             None => gone(req.reply),
+        }
+    }
+
+    fn timestamps(&self, store: StoreId, count: u32, reply: Reply<u64>) {
+        match self.store(store) {
+            Some(s) => s.timestamps(count, reply),
+            None => gone(reply),
         }
     }
 

@@ -79,7 +79,8 @@ impl ClusterOps {
             DirResult::Ids { first, .. } => Ok(first),
             other @ (DirResult::Reported { .. }
             | DirResult::Recorded { .. }
-            | DirResult::ClusterVersion { .. }) => {
+            | DirResult::ClusterVersion { .. }
+            | DirResult::TsLimit { .. }) => {
                 Err(Error::InvalidRequest(format!("the directory answered {other:?}")))
             }
         }

@@ -455,6 +455,14 @@ impl Backend for NodeStores {
         if self.is_local(store) { self.local.txn(req) } else { self.remote.txn(store, req) }
     }
 
+    fn timestamps(&self, store: StoreId, count: u32, reply: Reply<u64>) {
+        if self.is_local(store) {
+            self.local.timestamps(count, reply);
+        } else {
+            self.remote.timestamps(store, count, reply);
+        }
+    }
+
     fn merge_status(&self, store: StoreId, region: RegionId) -> regionkv_raft::Result<MergeStatus> {
         if self.is_local(store) {
             self.local.merge_status(region)

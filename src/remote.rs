@@ -52,6 +52,7 @@ use crate::region_info::RegionInfo;
 use crate::router::Router;
 
 mod health;
+mod tso;
 mod txn;
 mod txn_ops;
 
@@ -637,6 +638,10 @@ impl Backend for RemoteStores {
 
     fn txn_ids(&self, count: u64, deadline: Duration) -> Result<u64> {
         self.remote_txn_ids(count, deadline)
+    }
+
+    fn timestamps(&self, store: StoreId, count: u32, reply: Reply<u64>) {
+        self.send_timestamps(store, count, reply);
     }
 
     fn merge_status(&self, store: StoreId, region: RegionId) -> regionkv_raft::Result<MergeStatus> {

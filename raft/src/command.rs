@@ -441,7 +441,9 @@ impl Command {
             Command::Admin(Admin { cmd: AdminCmd::ComputeHash, .. }) => {
                 crate::version::IMAGE_HASH.since
             }
-            Command::Txn(_) => crate::version::TXN.since,
+            Command::Txn(_) | Command::Directory(DirCmd::SaveTsLimit { .. }) => {
+                crate::version::TXN.since
+            }
             Command::Writes(_)
             | Command::Admin(_)
             | Command::Directory(DirCmd::AllocIds { .. } | DirCmd::Report { .. }) => {

@@ -21,6 +21,7 @@
 //!  "v"                              the cluster version ([`ClusterVersion`]):
 //!                                     1 active u32  2 finalized by store (optional)
 //!                                     3 at index (optional)
+//!  "T"                              the timestamp oracle's limit (`crate::tso`): 1 u64
 //! ```
 //!
 //! No `"v"` record means [`CLUSTER_VERSION_INITIAL`]: a cluster from before the version
@@ -58,7 +59,7 @@ pub const FIRST_ALLOCATED_ID: u64 = 1000;
 pub const MAX_IDS_PER_ALLOCATION: u64 = 1 << 16;
 
 /// The format of directory records and commands.
-const FORMAT_VERSION: u8 = 1;
+pub(crate) const FORMAT_VERSION: u8 = 1;
 
 const KEY_NEXT_ID: &[u8] = b"n";
 const KEY_VERSION: &[u8] = b"v";
@@ -101,10 +102,13 @@ const HE_ADD: u16 = 7;
 const HE_TAGS: &[u16] = &[HE_HOLDER, HE_REGION, HE_KIND, HE_REASON, HE_EVENT, HE_REMOVE, HE_ADD];
 const CMD_TARGET: u16 = 4;
 const CMD_BY: u16 = 5;
-const CMD_TAGS: &[u16] = &[CMD_KIND, CMD_COUNT, CMD_RECORD, CMD_TARGET, CMD_BY, CMD_HEALTH];
+const CMD_LIMIT: u16 = 7;
+const CMD_TAGS: &[u16] = &[CMD_KIND, CMD_COUNT, CMD_RECORD, CMD_TARGET, CMD_BY, CMD_HEALTH, 7];
 const KIND_ALLOC: u64 = 1;
 const KIND_REPORT: u64 = 2;
 const KIND_SET_VERSION: u64 = 3;
+/// Needs cluster version 3 (`crate::version::TXN`).
+const KIND_TS_LIMIT: u64 = 5;
 
 /// The reason of the decode error for a directory command kind this binary does not
 /// know (`command::is_unknown_kind`).
@@ -172,6 +176,12 @@ pub enum DirCmd {
         /// The store that drove the finalize.
         by: StoreId,
     },
+    /// Persist the timestamp oracle's limit (`crate::tso`), as `max(held, limit)`.
+    /// A kind of version [`crate::version::TXN`].
+    SaveTsLimit {
+        /// No timestamp at or above it is handed out before a higher one is saved.
+        limit: u64,
+    },
 }
 
 /// One line of the health monitor's audit, as the directory keeps it.
@@ -218,6 +228,9 @@ pub enum DirResult {
         /// The active version.
         active: u32,
     },
+    /// The timestamp oracle's limit before and after a [`DirCmd::SaveTsLimit`].
+    #[allow(missing_docs)] // the limit held before (0: none), and now
+    TsLimit { previous: u64, limit: u64 },
 }
 
 fn region_key(end: Option<&[u8]>) -> Vec<u8> {
@@ -286,6 +299,10 @@ pub(crate) fn encode_cmd(out: &mut Vec<u8>, cmd: &DirCmd) {
             codec::put_u64(out, CMD_KIND, KIND_SET_VERSION);
             codec::put_u64(out, CMD_TARGET, u64::from(*target));
             codec::put_u64(out, CMD_BY, by.0);
+        }
+        DirCmd::SaveTsLimit { limit } => {
+            codec::put_u64(out, CMD_KIND, KIND_TS_LIMIT);
+            codec::put_u64(out, CMD_LIMIT, *limit);
         }
     }
 }
@@ -400,6 +417,9 @@ pub(crate) fn decode_cmd(buf: &[u8]) -> DecodeResult<DirCmd> {
                 by: StoreId(rec.required(CMD_BY, "finalizing store")?.as_u64()?),
             })
         }
+        KIND_TS_LIMIT => {
+            Ok(DirCmd::SaveTsLimit { limit: rec.required(CMD_LIMIT, "limit")?.as_u64()? })
+        }
         _ => Err(DecodeError::new(0, UNKNOWN_DIRECTORY_COMMAND)),
     }
 }
@@ -444,7 +464,7 @@ pub fn cluster_version(snapshot: &ReadView) -> Result<ClusterVersion> {
     }
 }
 
-fn corrupt(what: &str, e: &DecodeError) -> Error {
+pub(crate) fn corrupt(what: &str, e: &DecodeError) -> Error {
     Error::Internal(format!("directory {what} does not decode: {} at byte {}", e.reason, e.offset))
 }
 
@@ -666,6 +686,7 @@ pub(crate) fn apply(
             }
             DirResult::ClusterVersion { active: current.active.max(*target) }
         }
+        DirCmd::SaveTsLimit { limit } => crate::tso::save_limit(&snapshot, &mut round, *limit)?,
     };
     round.commit()?;
     Ok(Ok(result))
@@ -691,9 +712,10 @@ fn check(cmd: &DirCmd) -> Result<()> {
         DirCmd::SetClusterVersion { target: 0, .. } => {
             Err(Error::InvalidRequest("cluster versions start at 1, not 0".into()))
         }
-        DirCmd::AllocIds { .. } | DirCmd::Report { .. } | DirCmd::SetClusterVersion { .. } => {
-            Ok(())
-        }
+        DirCmd::AllocIds { .. }
+        | DirCmd::Report { .. }
+        | DirCmd::SetClusterVersion { .. }
+        | DirCmd::SaveTsLimit { .. } => Ok(()),
     }
 }
 
@@ -908,6 +930,7 @@ mod tests {
                 ],
             },
             DirCmd::SetClusterVersion { target: 2, by: StoreId(3) },
+            DirCmd::SaveTsLimit { limit: 77 << 18 },
         ];
         for cmd in cmds {
             let mut buf = Vec::new();

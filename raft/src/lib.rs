@@ -37,6 +37,7 @@ mod status;
 mod storage;
 mod store;
 pub mod transport;
+pub mod tso;
 pub mod txn;
 pub mod version;
 

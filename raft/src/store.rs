@@ -92,6 +92,7 @@ enum Msg {
     MergeStatus(RegionId, Sender<Result<MergeStatus>>),
     Task(CoreTask),
     Directory(DirCmd, Reply<DirResult>),
+    Timestamps(u32, Reply<u64>),
     Txn(Box<crate::txn::TxnRequest>),
     PeerStatus(RegionId, Sender<Option<PeerStatus>>),
 }
@@ -108,7 +109,8 @@ impl Msg {
             | Msg::TransferLeader(..)
             | Msg::Admin(_)
             | Msg::Txn(_)
-            | Msg::Directory(..) => Lane::Client,
+            | Msg::Directory(..)
+            | Msg::Timestamps(..) => Lane::Client,
             Msg::Bootstrap(..)
             | Msg::Persisted { .. }
             | Msg::Status(_)
@@ -556,6 +558,16 @@ impl Store {
         }
     }
 
+    /// `count` consecutive timestamps from the oracle (`crate::tso`), whose directory
+    /// leader must be on this store: `reply` gets the first of them.
+    pub fn timestamps(&self, count: u32, reply: Reply<u64>) {
+        if let Err(Msg::Timestamps(_, reply)) =
+            self.try_send(DIRECTORY, Msg::Timestamps(count, reply))
+        {
+            reply(Err(Error::Cancelled));
+        }
+    }
+
     /// The status of this store's replica of `region`, if it has one (cheaper than
     /// [`Store::status`] on a store with many regions).
     pub fn peer_status(&self, region: RegionId) -> Option<PeerStatus> {
@@ -659,6 +671,7 @@ fn handle(core: &mut StoreCore, msg: Msg) {
         }
         Msg::Task(task) => core.on_task(task),
         Msg::Directory(cmd, reply) => core.on_directory(&cmd, reply),
+        Msg::Timestamps(count, reply) => core.on_timestamps(count, reply),
         Msg::PeerStatus(region, reply) => {
             let _ = reply.send(core.peer_status(region));
         }
@@ -800,6 +813,7 @@ fn refuse(msg: Msg) {
         Msg::Admin(req) => (req.reply)(Err(Error::Cancelled)),
         Msg::Txn(req) => (req.reply)(Err(Error::Cancelled)),
         Msg::Directory(_, reply) => reply(Err(Error::Cancelled)),
+        Msg::Timestamps(_, reply) => reply(Err(Error::Cancelled)),
         Msg::MergeStatus(_, reply) => {
             let _ = reply.send(Err(Error::Cancelled));
         }

@@ -130,6 +130,7 @@ mod status;
 mod status_tests;
 #[cfg(test)]
 mod tests;
+mod tso;
 mod txn;
 mod txn_ops;
 #[cfg(test)]
@@ -384,6 +385,11 @@ pub(crate) enum Request {
     TxnIds {
         count: u64,
     },
+    /// `count` consecutive timestamps from the oracle (`tso.rs`): the node's store
+    /// must lead the directory. Answered with `Timestamps`.
+    Timestamps {
+        count: u32,
+    },
     /// The locks and records of the regions the node's store leads (`txn_ops.rs`).
     TxnList {
         in_doubt_only: bool,
@@ -428,4 +434,6 @@ pub(crate) enum Response {
     TxnEntries(Vec<crate::TxnEntry>),
     /// The answer to `TxnRecover`.
     TxnTurn(Box<crate::TxnRecoveryTurn>),
+    /// The first of the timestamps asked for.
+    Timestamps(u64),
 }

@@ -215,10 +215,24 @@ const DC_BY: u16 = 7;
 const DC_ACTIVE: u16 = 8;
 const DC_HEALTH: u16 = 9;
 const DC_SEQ: u16 = 10;
+const DC_LIMIT: u16 = 11;
+const DC_PREVIOUS: u16 = 12;
 const DC_TAGS: &[u16] = &[
-    DC_KIND, DC_COUNT, DC_RECORD, DC_FIRST, DC_TAKEN, DC_TARGET, DC_BY, DC_ACTIVE, DC_HEALTH,
+    DC_KIND,
+    DC_COUNT,
+    DC_RECORD,
+    DC_FIRST,
+    DC_TAKEN,
+    DC_TARGET,
+    DC_BY,
+    DC_ACTIVE,
+    DC_HEALTH,
     DC_SEQ,
+    DC_LIMIT,
+    DC_PREVIOUS,
 ];
+/// The timestamp oracle's limit (`DirCmd::SaveTsLimit`), since cluster version 3.
+const DK_TS_LIMIT: u64 = 5;
 const DK_HEALTH: u64 = 4;
 const DK_ALLOC: u64 = 1;
 const DK_REPORT: u64 = 2;
@@ -269,6 +283,10 @@ pub(super) fn put_dir_cmd(o: &mut Vec<u8>, cmd: &DirCmd) {
             codec::put_u64(o, DC_TARGET, u64::from(*target));
             codec::put_u64(o, DC_BY, by.0);
         }
+        DirCmd::SaveTsLimit { limit } => {
+            codec::put_u64(o, DC_KIND, DK_TS_LIMIT);
+            codec::put_u64(o, DC_LIMIT, *limit);
+        }
     }
 }
 
@@ -291,6 +309,7 @@ pub(super) fn dir_cmd_of(f: &Field<'_>) -> D<DirCmd> {
             target: version_of(&r, DC_TARGET, "target version missing")?,
             by: StoreId(req_u64(&r, DC_BY, "finalizing store missing")?),
         },
+        DK_TS_LIMIT => DirCmd::SaveTsLimit { limit: req_u64(&r, DC_LIMIT, "limit missing")? },
         _ => return Err(DecodeError::new(f.offset, "unknown directory command")),
     })
 }
@@ -314,6 +333,11 @@ pub(super) fn put_dir_result(o: &mut Vec<u8>, result: &DirResult) {
             codec::put_u64(o, DC_KIND, DK_SET_VERSION);
             codec::put_u64(o, DC_ACTIVE, u64::from(*active));
         }
+        DirResult::TsLimit { previous, limit } => {
+            codec::put_u64(o, DC_KIND, DK_TS_LIMIT);
+            codec::put_u64(o, DC_PREVIOUS, *previous);
+            codec::put_u64(o, DC_LIMIT, *limit);
+        }
     }
 }
 
@@ -331,6 +355,10 @@ pub(super) fn dir_result_of(f: &Field<'_>) -> D<DirResult> {
         DK_SET_VERSION => {
             DirResult::ClusterVersion { active: version_of(&r, DC_ACTIVE, "active missing")? }
         }
+        DK_TS_LIMIT => DirResult::TsLimit {
+            previous: req_u64(&r, DC_PREVIOUS, "previous limit missing")?,
+            limit: req_u64(&r, DC_LIMIT, "limit missing")?,
+        },
         _ => return Err(DecodeError::new(f.offset, "unknown directory result")),
     })
 }

@@ -10,7 +10,7 @@ use super::records::{
     D, admin_cmd_of, dir_cmd_of, epoch_of, nested, parse, put_admin_cmd, put_dir_cmd, put_epoch,
     put_range, range_of, req_u64,
 };
-use super::{Request, txn, txn_ops};
+use super::{Request, tso, txn, txn_ops};
 
 // Request tags.
 pub(super) const Q_ID: u16 = 1;
@@ -71,6 +71,7 @@ const Q_TAGS: &[u16] = &[
     Q_TXN_IDS,
     Q_TXN_LIST,
     Q_TXN_RECOVER,
+    tso::Q_TIMESTAMPS,
 ];
 
 /// The request kinds added after the first release (`decode_later`).
@@ -83,6 +84,7 @@ const Q_LATER: &[u16] = &[
     Q_TXN_IDS,
     Q_TXN_LIST,
     Q_TXN_RECOVER,
+    tso::Q_TIMESTAMPS,
 ];
 
 // Nested request fields.
@@ -201,6 +203,7 @@ pub(crate) fn encode_request(id: u64, req: &Request) -> Vec<u8> {
         Request::Txn { region, epoch, cmd } => {
             codec::put_nested(&mut out, Q_TXN, |o| txn::put_txn(o, *region, *epoch, cmd));
         }
+        Request::Timestamps { count } => tso::put_request(&mut out, *count),
         Request::TxnIds { count } => codec::put_nested(&mut out, Q_TXN_IDS, |o| {
             codec::put_u64(o, txn::TI_COUNT, *count);
         }),
@@ -441,6 +444,7 @@ fn decode_later(f: &Field<'_>) -> D<Request> {
             Ok(Request::TxnList { in_doubt_only, older_than_ms })
         }
         Q_TXN_RECOVER => Ok(Request::TxnRecover { region: txn_ops::recover_of(f)? }),
+        tso::Q_TIMESTAMPS => Ok(Request::Timestamps { count: tso::request_of(f)? }),
         _ => decode_upgrade(f),
     }
 }

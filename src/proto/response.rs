@@ -75,6 +75,7 @@ const R_TAGS: &[u16] = &[
     R_TXN,
     R_TXN_ENTRIES,
     R_TXN_TURN,
+    super::tso::R_TIMESTAMPS,
 ];
 const SOME: u16 = 1;
 const NONE: u16 = 2;
@@ -179,6 +180,7 @@ pub(crate) fn encode_response(id: u64, result: &Result<Response, RemoteError>) -
         }),
         Ok(Response::Health(h)) => super::health::put_health(o, R_HEALTH, h),
         Ok(Response::Txn(t)) => codec::put_nested(o, R_TXN, |o| super::txn::put_txn_reply(o, t)),
+        Ok(Response::Timestamps(first)) => super::tso::put_answer(o, *first),
         Ok(Response::TxnEntries(e)) => {
             codec::put_nested(o, R_TXN_ENTRIES, |o| super::txn_ops::put_entries(o, e));
         }
@@ -258,6 +260,7 @@ fn decode_response_body(f: &Field<'_>) -> D<Result<Response, RemoteError>> {
             Response::Query(QueryResult::Rows(Page { rows, resume }))
         }
         R_ADMIN => Response::Admin(admin_result_of(f)?),
+        super::tso::R_TIMESTAMPS => Response::Timestamps(super::tso::answer_of(f)?),
         R_DIRECTORY => Response::Directory(dir_result_of(f)?),
         R_MERGE_STATUS => Response::MergeStatus(merge_status_of(f)?),
         R_PEER_STATUS => Response::PeerStatus(

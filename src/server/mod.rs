@@ -742,6 +742,7 @@ impl ClientService {
             Request::Txn { region, epoch, cmd } => {
                 store.txn(TxnRequest { region, epoch, cmd, reply: r.reply(Response::Txn) });
             }
+            Request::Timestamps { count } => store.timestamps(count, r.reply(Response::Timestamps)),
             Request::TxnIds { count } if count == 0 || count > proto::TXN_IDS_MAX => {
                 let message = format!("txn ids: ask for 1 to {} ids at a time", proto::TXN_IDS_MAX);
                 r.send(Err(RemoteError::new(ErrorCode::InvalidRequest, message)));
@@ -757,9 +758,7 @@ impl ClientService {
             | Request::StoreAdd { .. }
             | Request::StoreRemove { .. }
             | Request::UpgradeStatus
-            | Request::FinalizeUpgrade { .. } => {
-                self.spawn_admin(&node, request, r);
-            }
+            | Request::FinalizeUpgrade { .. } => self.spawn_admin(&node, request, r),
         }
     }
 

@@ -4,7 +4,9 @@
 //! next to baselines from the same run: single puts (today's single-region write) and
 //! the same two keys written as two single-region batches one after the other (issue
 //! 15's "Measure": `single_region_ops_per_sec` against the single-region writes,
-//! `two_region_ops_per_sec` against the two batches, the p50 ratio).
+//! `two_region_ops_per_sec` against the two batches, the p50 ratio). Also timestamps
+//! from the oracle (`Db::timestamp`) per second at 1 and 64 threads, next to the same
+//! run's single puts.
 
 use std::io;
 use std::path::Path;
@@ -49,6 +51,9 @@ pub struct TxnBenchReport {
     pub two_region_vs_two_batches: f64,
     /// `two_region_p50_us / single_region_p50_us` (target <= 2.2).
     pub two_region_p50_vs_single_region: f64,
+    /// Timestamps from the oracle (`Db::timestamp`, one per call) per second, by
+    /// client threads (1 and 64); compare with `baseline_single_put_ops_per_sec`.
+    pub tso_ops_per_sec: std::collections::BTreeMap<String, f64>,
     /// Seconds each figure was measured for (after a warm-up of up to 1 s).
     pub seconds_per_figure: f64,
 }
@@ -72,6 +77,12 @@ fn put_op() -> Arc<Op> {
     let value = vec![b'v'; VALUE_BYTES];
     Arc::new(move |db: &Db, c, i, _: &mut load::Rng| {
         db.put(key("a", "p", c, i), value.clone()).map_err(io::Error::other)
+    })
+}
+
+fn timestamp_op() -> Arc<Op> {
+    Arc::new(|db: &Db, _, _, _: &mut load::Rng| {
+        db.timestamp().map(|_| ()).map_err(io::Error::other)
     })
 }
 
@@ -104,6 +115,11 @@ pub fn run(dir: &Path, seconds: f64, clients: usize) -> io::Result<TxnBenchRepor
         let single = load::run(&db, clients, duration, &batch_op("s", "a"), &none)?;
         let pairs = load::run(&db, clients, duration, &two_batches_op(), &none)?;
         let two = load::run(&db, clients, duration, &batch_op("t", "z"), &none)?;
+        let mut tso_ops_per_sec = std::collections::BTreeMap::new();
+        for threads in [1, CLIENTS] {
+            let run = load::run(&db, threads, duration, &timestamp_op(), &none)?;
+            tso_ops_per_sec.insert(threads.to_string(), run.per_sec);
+        }
         let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
         Ok(TxnBenchReport {
             clients,
@@ -116,6 +132,7 @@ pub fn run(dir: &Path, seconds: f64, clients: usize) -> io::Result<TxnBenchRepor
             single_region_vs_single_put: ratio(single.per_sec, puts.per_sec),
             two_region_vs_two_batches: ratio(two.per_sec, pairs.per_sec),
             two_region_p50_vs_single_region: ratio(two.percentile_us(50), single.percentile_us(50)),
+            tso_ops_per_sec,
             seconds_per_figure: seconds,
         })
     })();
@@ -152,5 +169,8 @@ impl super::Report for TxnBenchReport {
             self.two_region_vs_two_batches,
             self.two_region_p50_vs_single_region
         );
+        for (threads, rate) in load::by_count(&self.tso_ops_per_sec) {
+            println!("  {:<36} {rate:>10.0}", format!("timestamps, {threads} threads"));
+        }
     }
 }

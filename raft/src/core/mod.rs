@@ -97,6 +97,7 @@ mod messages;
 mod output;
 mod propose;
 mod snapshot;
+mod tso;
 mod txn_apply;
 
 use self::apply::Applier;
@@ -180,6 +181,8 @@ pub struct StoreCore {
     /// Regions that refused an entry of a kind this binary does not know since the
     /// core opened: logged once each (`apply.rs`, `unknown_kind`).
     unknown_kinds_logged: IdHashSet<RegionId>,
+    /// The timestamp oracle, served while this core leads the directory (`tso.rs`).
+    tso: tso::Oracle,
 }
 
 impl std::fmt::Debug for StoreCore {
@@ -225,6 +228,7 @@ impl StoreCore {
             scans: crate::reader::Scans::Inline,
             not_alone: IdHashSet::default(),
             unknown_kinds_logged: IdHashSet::default(),
+            tso: tso::Oracle::default(),
         };
         let hosted: IdHashMap<RegionId, Region> = core
             .ctx
@@ -436,6 +440,7 @@ impl StoreCore {
             || !self.write.is_empty()
             || !self.tasks.is_empty()
             || !self.foreign_tasks.is_empty()
+            || self.tso.has_work()
     }
 
     /// Handles every pending ready: proposes batched writes, applies what committed,
@@ -445,6 +450,7 @@ impl StoreCore {
             tracing::trace_span!("store.flush", store = self.ctx.config.store_id.0).entered();
         for _ in 0..MAX_READY_PASSES {
             self.run_tasks();
+            self.serve_timestamps();
             if self.dirty.is_empty() {
                 break;
             }

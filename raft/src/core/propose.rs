@@ -19,7 +19,7 @@ use crate::txn::{TxnCmd, TxnRequest};
 impl StoreCore {
     /// The replica of `region`, woken, if it leads its group: the first check of every
     /// request.
-    fn leader(&mut self, region: RegionId) -> Result<&mut Replica> {
+    pub(super) fn leader(&mut self, region: RegionId) -> Result<&mut Replica> {
         self.wake(region);
         let replica = self.replicas.get_mut(&region).ok_or(Error::RegionNotFound { region })?;
         if let Some(reason) = &replica.halted {
@@ -311,6 +311,12 @@ impl StoreCore {
     pub fn on_directory(&mut self, cmd: &DirCmd, reply: Reply<DirResult>) {
         if matches!(cmd, DirCmd::RecordHealth { .. })
             && let Err(e) = self.ctx.cluster_version.check(crate::version::HEALTH_AUDIT)
+        {
+            reply(Err(e));
+            return;
+        }
+        if matches!(cmd, DirCmd::SaveTsLimit { .. })
+            && let Err(e) = self.ctx.cluster_version.check(crate::version::TXN)
         {
             reply(Err(e));
             return;

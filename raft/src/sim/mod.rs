@@ -168,6 +168,9 @@ struct SimStore {
     log_cut: bool,
     /// Writes do not become durable until released (`SimCluster::hold_writes`).
     writes_held: bool,
+    /// How far the store's wall clock runs behind the cluster's, in ms
+    /// (`SimCluster::set_clock_behind`).
+    clock_behind: Arc<AtomicU64>,
 }
 
 /// Invariant state shared with the apply observers.
@@ -242,6 +245,7 @@ impl SimStore {
             identity: None,
             log_cut: false,
             writes_held: false,
+            clock_behind: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -397,7 +401,10 @@ impl SimCluster {
             10 + (h.finish() % 10) as usize
         }));
         let wall_ms = self.wall_ms.clone();
-        ctx.clock = Some(Box::new(move || wall_ms.load(Ordering::Relaxed)));
+        let behind = self.stores[&id].clock_behind.clone();
+        ctx.clock = Some(Box::new(move || {
+            wall_ms.load(Ordering::Relaxed).saturating_sub(behind.load(Ordering::Relaxed))
+        }));
         ctx.open_cluster_version()?;
         let core = StoreCore::open(Arc::new(ctx), Box::new(|_| true))?;
         let store = self.stores.get_mut(&id).expect("known store");

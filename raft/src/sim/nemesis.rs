@@ -25,6 +25,15 @@ impl SimCluster {
         self.trace(("crash", store.0));
     }
 
+    /// Sets `store`'s wall clock `ms` behind the cluster's (0: in step), from now on:
+    /// a clock that jumps back, or a slow one.
+    pub fn set_clock_behind(&mut self, store: StoreId, ms: u64) {
+        if let Some(s) = self.stores.get(&store) {
+            s.clock_behind.store(ms, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.trace(("clock behind", store.0, ms));
+    }
+
     /// Stops `store` cleanly: timelines shut down, log and engine closed.
     pub fn stop(&mut self, store: StoreId) {
         let Some(s) = self.stores.get_mut(&store) else { return };

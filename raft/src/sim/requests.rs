@@ -253,6 +253,21 @@ impl SimCluster {
         pending
     }
 
+    /// Asks `store` (the directory's leader, for it to be served) for `count`
+    /// consecutive timestamps (`crate::tso`); needs
+    /// [`SimConfig::directory`](super::SimConfig::directory).
+    pub fn timestamps(&mut self, store: StoreId, count: u32) -> Pending<u64> {
+        let pending = Pending::new();
+        match self.running(store) {
+            Ok(running) => {
+                running.core.on_timestamps(count, pending.reply());
+                self.process(store);
+            }
+            Err(e) => (pending.reply())(Err(e)),
+        }
+        pending
+    }
+
     /// The merge status of `region` as `store`'s peer (its leader) sees it.
     pub fn merge_status(&self, store: StoreId, region: RegionId) -> Result<MergeStatus> {
         let running = self
