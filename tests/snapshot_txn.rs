@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use regionkv::layers::raft::txn::mvcc;
-use regionkv::{Cluster, Db, Error};
+use regionkv::layers::raft::txn::plan::TxnPlan;
+use regionkv::{Cluster, Db, Error, Op, TxnReply, TxnState};
 
 /// Three stores; the keyspace split at the lock keys of user keys "g" and "p".
 fn cluster(dir: &std::path::Path) -> Cluster {
@@ -115,6 +116,39 @@ fn scans_keep_the_newest_visible_version_per_key_and_skip_deletes() {
     assert_eq!(rows, want);
     let some = t.scan("c".."p", 2).unwrap();
     assert_eq!(some.iter().map(|(k, _)| k.as_ref()).collect::<Vec<_>>(), vec![&b"f"[..], b"h"]);
+    cluster.shutdown().unwrap();
+}
+
+#[test]
+fn a_level_1_transaction_still_resolves_next_to_snapshot_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path());
+    cluster.split("m").unwrap();
+    let db = cluster.db();
+    let put = |k: &str, v: &str| Op::Put {
+        key: Bytes::copy_from_slice(k.as_bytes()),
+        value: Bytes::copy_from_slice(v.as_bytes()),
+    };
+    // A level-1 transaction over raw keys in two regions, prewritten by hand: its
+    // locks and record are format 1.
+    let plan = TxnPlan::new(1 << 40, vec![put("a1", "x"), put("z1", "y")], 60_000, None);
+    for op in &plan.ops {
+        assert_eq!(db.txn_call(plan.prewrite(vec![op.clone()])).unwrap(), TxnReply::Done);
+    }
+    // A snapshot-isolated one commits meanwhile (format-2 locks and record).
+    let mut t = db.transaction().unwrap();
+    t.put("a1", "si");
+    t.commit().unwrap();
+    assert_eq!(
+        db.txn_call(plan.commit()).unwrap(),
+        TxnReply::Status(TxnState::Committed { commit_ts: None })
+    );
+    // The secondary's level-1 lock is resolved by a raw reader, into the raw key.
+    assert_eq!(text(db.get("z1").unwrap()).as_deref(), Some("y"));
+    assert_eq!(text(db.get("a1").unwrap()).as_deref(), Some("x"));
+    let t = db.transaction().unwrap();
+    assert_eq!(text(t.get("a1").unwrap()).as_deref(), Some("si"));
+    assert_eq!(t.get("z1").unwrap(), None, "raw and transactional keys are apart");
     cluster.shutdown().unwrap();
 }
 
