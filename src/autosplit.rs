@@ -244,8 +244,10 @@ impl Planner {
         let mut at = None;
         engine.read_view().for_each(&region.start, region.end.as_deref(), |k, v| {
             seen += if by_keys { 1 } else { pair_bytes(k, v) };
-            if seen > half && k > region.start.as_slice() {
-                at = Some(k.to_vec());
+            // Never inside one transactional user key's versions.
+            let boundary = regionkv_raft::txn::mvcc::split_boundary(k);
+            if seen > half && boundary.as_ref() > region.start.as_slice() {
+                at = Some(boundary.to_vec());
                 return false;
             }
             true

@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use regionkv_engine::{Epoch, Region, RegionId, StoreId};
 use regionkv_raft::directory::{DIRECTORY, DirCmd, DirResult, RegionRecord};
 use regionkv_raft::merge_driver::{self, MergeOptions, RegionAdmin};
+use regionkv_raft::txn::mvcc::split_boundary;
 use regionkv_raft::{AdminCmd, AdminRequest, AdminResult, MergeStatus, StateRole, Store};
 
 use crate::autosplit::{Action, Planner, SplitPolicy};
@@ -88,6 +89,9 @@ impl ClusterOps {
     /// Splits the region holding the first of `keys` at every one of them, in one Raft
     /// command; see [`Cluster::split_keys`](crate::Cluster::split_keys).
     pub fn split_keys(&self, keys: &[Vec<u8>]) -> Result<Vec<Region>> {
+        // A key inside a transactional user key's versions moves to its lock key.
+        let keys: Vec<Vec<u8>> = keys.iter().map(|k| split_boundary(k).to_vec()).collect();
+        let keys = keys.as_slice();
         let Some(first) = keys.first() else { return Ok(Vec::new()) };
         let _one = self.admin_lock.lock();
         let start = Instant::now();
@@ -123,6 +127,9 @@ impl ClusterOps {
 
     /// Splits the region holding `key` at `key`; see [`Cluster::split`](crate::Cluster::split).
     pub fn split(&self, key: &[u8], regions: impl Fn() -> Vec<RegionInfo>) -> Result<Vec<Region>> {
+        // A key inside a transactional user key's versions moves to its lock key.
+        let boundary = split_boundary(key);
+        let key = boundary.as_ref();
         if key.is_empty() {
             return Err(Error::InvalidRequest("the empty key starts the first region".into()));
         }

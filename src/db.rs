@@ -12,6 +12,7 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 use regionkv_engine::{Region, SessionId, StoreId};
 use regionkv_raft::Error as E;
+use regionkv_raft::txn::mvcc;
 use regionkv_raft::txn::plan::DEFAULT_TXN_TTL_MS;
 use regionkv_raft::{Op, Query, QueryResult, ReadRequest, WriteRequest, WriteSession};
 
@@ -22,9 +23,11 @@ use crate::defaults::{
 use crate::error::{Error, Result};
 use crate::router::Router;
 
+mod snapshot;
 mod tso;
 mod two_phase;
 mod txn;
+pub use snapshot::Transaction;
 pub use txn::{LockWait, TxnOutcome};
 
 /// A range of keys for [`Db::scan`]: `..`, `a..`, `..b`, `a..b`, `a..=b`, `..=b`, or a
@@ -366,6 +369,9 @@ impl Db {
         if ops.iter().any(|op| op.key().is_empty()) {
             return Err(Error::InvalidRequest("empty keys are not allowed".into()));
         }
+        if let Some(op) = ops.iter().find(|op| mvcc::is_txn_key(op.key())) {
+            return Err(raw_in_keyspace(op.key()));
+        }
         let deadline = self.deadline.min(DB_WRITE_RETRY_MAX);
         let start = Instant::now();
         let one = self.through_locks(deadline, Some(self.lock_wait), || {
@@ -417,6 +423,9 @@ impl Db {
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
         let _span = tracing::debug_span!("db.get").entered();
         let key = Bytes::copy_from_slice(key.as_ref());
+        if mvcc::is_txn_key(&key) {
+            return Err(raw_in_keyspace(&key));
+        }
         let query = Query::Get { key: key.clone() };
         match self.read(&key, &query)? {
             QueryResult::Value(v) => Ok(v),
@@ -433,7 +442,22 @@ impl Db {
     pub fn scan(&self, range: impl IntoKeyRange, limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
         let _span = tracing::debug_span!("db.scan", limit).entered();
         let (start, end) = range.to_bounds();
-        let end = end.as_deref();
+        if mvcc::is_txn_key(&start) {
+            return Err(raw_in_keyspace(&start));
+        }
+        // Raw keys end where the transactional keyspace begins.
+        let keyspace = vec![mvcc::TXN_KEYSPACE];
+        let end = end.map_or(keyspace.clone(), |e| e.min(keyspace));
+        self.scan_raw(start, Some(&end), limit)
+    }
+
+    /// [`Db::scan`] of store keys `start..end`, any of them.
+    fn scan_raw(
+        &self,
+        start: Vec<u8>,
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>> {
         let mut out = Vec::new();
         let mut from = start;
         while out.len() < limit && end.is_none_or(|end| from.as_slice() < end) {
@@ -599,6 +623,15 @@ impl Db {
         }
         Err(Error::Unavailable { waited: start.elapsed(), last })
     }
+}
+
+/// The refusal of a raw read or write of a key of the transactional keyspace.
+fn raw_in_keyspace(key: &[u8]) -> Error {
+    Error::InvalidRequest(format!(
+        "key {key:?} starts with byte {:#04x}, the transactional keyspace: it is read and \
+         written only through Db::transaction",
+        mvcc::TXN_KEYSPACE
+    ))
 }
 
 #[cfg(test)]

@@ -58,7 +58,7 @@ mod txn_recovery;
 pub use autosplit::SplitPolicy;
 pub use cluster::{Cluster, ClusterBuilder};
 pub use control::{ReplicaHash, StoreVersion, UpgradeStatus};
-pub use db::{Db, IntoBytes, IntoKeyRange, LockWait, TxnOutcome, WriteBatch};
+pub use db::{Db, IntoBytes, IntoKeyRange, LockWait, Transaction, TxnOutcome, WriteBatch};
 pub use error::{Error, Result};
 pub use node::{InitialClusterState, Node, NodeConfig};
 pub use proto::{Capacity, STATUS_SCHEMA, StoreState, StoreStatus};

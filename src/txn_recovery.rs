@@ -274,7 +274,7 @@ impl TxnRecovery {
             };
             let Some(resolve) = action.resolve(&state) else { continue };
             if self.call(store, db, resolve, out).is_some() {
-                if state == TxnState::Committed {
+                if matches!(state, TxnState::Committed { .. }) {
                     out.resolved_committed += 1;
                 } else {
                     out.resolved_aborted += 1;

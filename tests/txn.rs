@@ -82,7 +82,10 @@ fn a_committed_transaction_s_outcome_is_read_from_its_record() {
     assert_eq!(db.txn_outcome(plan.txn_id, "a1").unwrap(), TxnOutcome::Unknown);
     prewrite(&db, &plan, &[&["a1"], &["z1"]]);
     assert_eq!(db.txn_outcome(plan.txn_id, "a1").unwrap(), TxnOutcome::Pending);
-    assert_eq!(db.txn_call(plan.commit()).unwrap(), TxnReply::Status(TxnState::Committed));
+    assert_eq!(
+        db.txn_call(plan.commit()).unwrap(),
+        TxnReply::Status(TxnState::Committed { commit_ts: None })
+    );
     assert_eq!(db.txn_outcome(plan.txn_id, "a1").unwrap(), TxnOutcome::Committed);
     // The secondary was never resolved by the coordinator: a reader does it.
     assert_eq!(get(&db, "z1").as_deref(), Some("y"));
@@ -92,6 +95,7 @@ fn a_committed_transaction_s_outcome_is_read_from_its_record() {
         txn_id: plan.txn_id,
         keys: vec![Bytes::from_static(b"a1"), Bytes::from_static(b"z1")],
         commit: true,
+        commit_ts: None,
     };
     assert!(matches!(db.txn_call(spanning), Err(Error::CrossRegionBatch { .. })));
     cluster.shutdown().unwrap();

@@ -60,7 +60,14 @@ fn prewrite(
 ) -> Result<(), Error> {
     let record = participants
         .map(|p| RecordInit { participants: p.iter().map(|k| b(k)).collect(), coordinator: None });
-    db.txn_call(TxnCmd::Prewrite { txn_id: txn, primary_key: b(primary), ops, ttl_ms, record })?;
+    db.txn_call(TxnCmd::Prewrite {
+        txn_id: txn,
+        primary_key: b(primary),
+        ops,
+        ttl_ms,
+        record,
+        start_ts: None,
+    })?;
     Ok(())
 }
 
@@ -78,8 +85,9 @@ fn the_daemon_finishes_what_a_stopped_coordinator_left() -> Result<(), Error> {
     // expires and the daemon resolves it.)
     prewrite(&db, 101, "a1", vec![put("a1", "A")], 2_000, Some(&["a1", "n1"]))?;
     prewrite(&db, 101, "a1", vec![put("n1", "A")], 2_000, None)?;
-    let decided = db.txn_call(TxnCmd::Commit { txn_id: 101, primary_key: b("a1") })?;
-    assert_eq!(decided, TxnReply::Status(TxnState::Committed));
+    let decided =
+        db.txn_call(TxnCmd::Commit { txn_id: 101, primary_key: b("a1"), commit_ts: None })?;
+    assert_eq!(decided, TxnReply::Status(TxnState::Committed { commit_ts: None }));
     // Pending, never committed: the coordinator stopped after its prewrites.
     prewrite(&db, 102, "b1", vec![put("b1", "B")], 300, Some(&["b1", "o1"]))?;
     prewrite(&db, 102, "b1", vec![put("o1", "B")], 300, None)?;
@@ -153,6 +161,7 @@ fn lock_of(txn: u64, primary: &str, value: &str, created_at_ms: u64, ttl_ms: u64
             value: Some(b(value)),
             created_at_ms,
             ttl_ms,
+            start_ts: None,
         }
         .encode(),
     )
@@ -177,6 +186,8 @@ fn record_of(
             last_heartbeat_ms: at_ms,
             coordinator: None,
             decided_at_index: None,
+            start_ts: None,
+            commit_ts: None,
         }
         .encode(),
     )
@@ -231,9 +242,9 @@ fn entries_of_a_newer_format_are_skipped_counted_never_decoded() -> Result<(), E
     let cluster = cluster(dir.path())?;
     let db = cluster.db();
     db.put("a", "1")?;
-    // Format byte 2 (newer than this binary reads), then bytes format 1 could not
+    // Format byte 3 (newer than this binary reads), then bytes format 1 could not
     // decode: if anything decoded past the byte it would be counted corrupt.
-    let newer = Bytes::from_static(&[2, 0xff, 0xff, 0xff, 0xff]);
+    let newer = Bytes::from_static(&[3, 0xff, 0xff, 0xff, 0xff]);
     plant(&cluster, &[("x", newer.clone())], &[("y", 9, newer)])?;
     let too_new = |turns: &[regionkv::TxnRecoveryTurn]| -> u64 {
         turns.iter().map(|t| t.unreadable.get("too_new").copied().unwrap_or(0)).sum()

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use regionkv_engine::codec;
 use regionkv_engine::manifest::{self, CheckpointRef, Manifest};
-use regionkv_engine::txn::{Lock, LockOp, TXN_FORMAT, TxnId, TxnRecord, TxnStatus};
+use regionkv_engine::txn::{Lock, LockOp, TXN_FORMAT, TXN_FORMAT_SI, TxnId, TxnRecord, TxnStatus};
 use regionkv_engine::{
     CheckpointFile, Compatibility, Engine, EngineOptions, Epoch, Incarnation, MergeState, Peer,
     PeerId, Region, RegionId, SessionId, SessionUse, SnapshotMeta, StoreId,
@@ -115,6 +115,21 @@ fn golden_lock() -> Lock {
         value: Some(Bytes::from_static(b"balance=90")),
         created_at_ms: 1_700_000_000_000,
         ttl_ms: 3_000,
+        start_ts: None,
+    }
+}
+
+/// The golden lock entry of format 2 (snapshot isolation): every field set.
+fn golden_lock_v2() -> Lock {
+    Lock { start_ts: Some(0x0001_8000_0004_0001), ..golden_lock() }
+}
+
+/// The golden record entry of format 2 (snapshot isolation): every field set.
+fn golden_record_v2() -> TxnRecord {
+    TxnRecord {
+        start_ts: Some(0x0001_8000_0004_0001),
+        commit_ts: Some(0x0001_8000_0004_0009),
+        ..golden_record()
     }
 }
 
@@ -133,6 +148,8 @@ fn golden_record() -> TxnRecord {
         last_heartbeat_ms: 1_700_000_001_500,
         coordinator: Some(StoreId(2)),
         decided_at_index: Some(4242),
+        start_ts: None,
+        commit_ts: None,
     }
 }
 
@@ -141,6 +158,11 @@ fn golden_record() -> TxnRecord {
 fn regenerate_golden_files() -> TestResult {
     for (kind, entry) in [("lock", golden_lock().encode()), ("record", golden_record().encode())] {
         std::fs::write(golden_dir().join(format!("txn-{kind}-v{TXN_FORMAT}.bin")), entry)?;
+    }
+    for (kind, entry) in
+        [("lock", golden_lock_v2().encode()), ("record", golden_record_v2().encode())]
+    {
+        std::fs::write(golden_dir().join(format!("txn-{kind}-v{TXN_FORMAT_SI}.bin")), entry)?;
     }
     let (manifest, _) = write_scenario(false)?;
     let (_, checkpoint) = write_scenario(true)?;
@@ -496,6 +518,33 @@ fn golden_txn_lock_v1_decodes_field_by_field() -> TestResult {
     assert_eq!(lock.created_at_ms, 1_700_000_000_000);
     assert_eq!(lock.ttl_ms, 3_000);
     assert_eq!(lock.expires_at_ms(), 1_700_000_003_000);
+    // The upgrade path: a level-1 lock read by a binary of format 2.
+    assert_eq!(lock.start_ts, None);
+    Ok(())
+}
+
+#[test]
+fn golden_txn_lock_v2_decodes_field_by_field() -> TestResult {
+    let bytes = std::fs::read(golden_dir().join("txn-lock-v2.bin"))?;
+    assert_eq!(bytes[0], 2, "the format byte comes first");
+    let lock = Lock::decode(&bytes).map_err(|e| format!("{e:?}"))?;
+    assert_eq!(lock.txn_id, TxnId(0x7A11_0001));
+    assert_eq!(lock.value.as_deref(), Some(&b"balance=90"[..]));
+    assert_eq!(lock.start_ts, Some(0x0001_8000_0004_0001));
+    assert_eq!(lock, golden_lock_v2());
+    Ok(())
+}
+
+#[test]
+fn golden_txn_record_v2_decodes_field_by_field() -> TestResult {
+    let bytes = std::fs::read(golden_dir().join("txn-record-v2.bin"))?;
+    assert_eq!(bytes[0], 2, "the format byte comes first");
+    let record = TxnRecord::decode(&bytes).map_err(|e| format!("{e:?}"))?;
+    assert_eq!(record.status, TxnStatus::Committed);
+    assert_eq!(record.decided_at_index, Some(4242));
+    assert_eq!(record.start_ts, Some(0x0001_8000_0004_0001));
+    assert_eq!(record.commit_ts, Some(0x0001_8000_0004_0009));
+    assert_eq!(record, golden_record_v2());
     Ok(())
 }
 
@@ -513,6 +562,8 @@ fn golden_txn_record_v1_decodes_field_by_field() -> TestResult {
     assert_eq!(record.last_heartbeat_ms, 1_700_000_001_500);
     assert_eq!(record.coordinator, Some(StoreId(2)));
     assert_eq!(record.decided_at_index, Some(4242));
+    // The upgrade path: a level-1 record read by a binary of format 2.
+    assert_eq!((record.start_ts, record.commit_ts), (None, None));
     Ok(())
 }
 
@@ -550,6 +601,11 @@ const RECORD_SCHEMA_V1: [(u16, &str, Kind); 9] = [
     (9, "decided_at_index", Kind::U64),
 ];
 
+/// The fields format 2 adds (all optional), as released.
+const LOCK_SCHEMA_V2: [(u16, &str, Kind); 1] = [(7, "start_ts", Kind::U64)];
+const RECORD_SCHEMA_V2: [(u16, &str, Kind); 2] =
+    [(10, "start_ts", Kind::U64), (11, "commit_ts", Kind::U64)];
+
 /// Checks that `entry` (a full entry of this binary) holds, under each schema tag,
 /// exactly the field the schema names, laid out as its kind says, and no other tag.
 fn check_schema(
@@ -557,7 +613,12 @@ fn check_schema(
     schema: &[(u16, &str, Kind)],
     expected: &dyn Fn(&str) -> Vec<Vec<u8>>,
 ) -> TestResult {
-    assert_eq!(entry[0], TXN_FORMAT);
+    let format = if schema.iter().any(|(_, name, _)| name.ends_with("_ts")) {
+        TXN_FORMAT_SI
+    } else {
+        TXN_FORMAT
+    };
+    assert_eq!(entry[0], format, "a format-2 field makes a format-2 entry");
     let fields = codec::fields(&entry[1..]).map_err(|e| format!("{e:?}"))?;
     for f in &fields {
         assert!(
@@ -621,5 +682,38 @@ fn txn_entry_schemas_are_stable() -> TestResult {
     // The golden files are what this binary writes.
     assert_eq!(lock.encode(), std::fs::read(golden_dir().join("txn-lock-v1.bin"))?);
     assert_eq!(record.encode(), std::fs::read(golden_dir().join("txn-record-v1.bin"))?);
+    // Format 2: the format-1 fields where they were, plus the new ones.
+    let lock = golden_lock_v2();
+    let schema: Vec<_> = LOCK_SCHEMA_V1.iter().chain(&LOCK_SCHEMA_V2).copied().collect();
+    check_schema(&lock.encode(), &schema, &|name| match name {
+        "txn_id" => vec![lock.txn_id.0.to_le_bytes().to_vec()],
+        "primary_key" => vec![lock.primary_key.to_vec()],
+        "op" => vec![1u64.to_le_bytes().to_vec()],
+        "value" => lock.value.iter().map(|v| v.to_vec()).collect(),
+        "created_at_ms" => vec![lock.created_at_ms.to_le_bytes().to_vec()],
+        "ttl_ms" => vec![lock.ttl_ms.to_le_bytes().to_vec()],
+        "start_ts" => lock.start_ts.iter().map(|t| t.to_le_bytes().to_vec()).collect(),
+        other => panic!("no field {other}"),
+    })?;
+    let record = golden_record_v2();
+    let schema: Vec<_> = RECORD_SCHEMA_V1.iter().chain(&RECORD_SCHEMA_V2).copied().collect();
+    check_schema(&record.encode(), &schema, &|name| match name {
+        "txn_id" => vec![record.txn_id.0.to_le_bytes().to_vec()],
+        "status" => vec![2u64.to_le_bytes().to_vec()],
+        "primary_key" => vec![record.primary_key.to_vec()],
+        "participants" => record.participants.iter().map(|k| k.to_vec()).collect(),
+        "created_at_ms" => vec![record.created_at_ms.to_le_bytes().to_vec()],
+        "ttl_ms" => vec![record.ttl_ms.to_le_bytes().to_vec()],
+        "last_heartbeat_ms" => vec![record.last_heartbeat_ms.to_le_bytes().to_vec()],
+        "coordinator" => record.coordinator.iter().map(|s| s.0.to_le_bytes().to_vec()).collect(),
+        "decided_at_index" => {
+            record.decided_at_index.iter().map(|i| i.to_le_bytes().to_vec()).collect()
+        }
+        "start_ts" => record.start_ts.iter().map(|t| t.to_le_bytes().to_vec()).collect(),
+        "commit_ts" => record.commit_ts.iter().map(|t| t.to_le_bytes().to_vec()).collect(),
+        other => panic!("no field {other}"),
+    })?;
+    assert_eq!(lock.encode(), std::fs::read(golden_dir().join("txn-lock-v2.bin"))?);
+    assert_eq!(record.encode(), std::fs::read(golden_dir().join("txn-record-v2.bin"))?);
     Ok(())
 }

@@ -34,6 +34,7 @@ fn lock_entry(txn_id: u64, primary: &[u8], value: &[u8]) -> Bytes {
         value: Some(Bytes::copy_from_slice(value)),
         created_at_ms: 1_000,
         ttl_ms: 3_000,
+        start_ts: None,
     };
     Bytes::from(lock.encode())
 }
@@ -49,6 +50,8 @@ fn record_entry(txn_id: u64, primary: &[u8]) -> Bytes {
         last_heartbeat_ms: 1_000,
         coordinator: None,
         decided_at_index: None,
+        start_ts: None,
+        commit_ts: None,
     };
     Bytes::from(record.encode())
 }

@@ -147,6 +147,25 @@ pub enum Error {
         /// When the lock may be resolved by others (ms since the Unix epoch, by the
         /// lock's own fields).
         expires_at_ms: u64,
+        /// The holder's start timestamp, if it is a snapshot-isolated transaction
+        /// (`None`: a level-1 lock, or one this binary cannot read).
+        lock_start_ts: Option<u64>,
+    },
+    /// Refused at apply: a snapshot-isolated prewrite of `key` at `start_ts` met a
+    /// version committed at `conflict_ts >= start_ts` (a write-write conflict: a
+    /// transaction that committed after this one started wrote the key). Nothing was
+    /// written; the transaction must be retried with a new start timestamp.
+    #[error(
+        "write conflict on key {key:?}: a version committed at {conflict_ts}, at or after the \
+         transaction's start at {start_ts}; retry the transaction"
+    )]
+    WriteConflict {
+        /// The key (a lock key of the transactional keyspace).
+        key: bytes::Bytes,
+        /// The refused transaction's start timestamp.
+        start_ts: u64,
+        /// The commit timestamp of the newest committed version of the key.
+        conflict_ts: u64,
     },
     /// A definite outcome: the transaction is aborted (a commit or a prewrite with its
     /// record came after the abort). Nothing of it was or will be applied.
@@ -263,6 +282,7 @@ impl Error {
             | Error::InvalidRequest(_)
             | Error::FeatureNotActive { .. }
             | Error::Locked { .. }
+            | Error::WriteConflict { .. }
             | Error::TxnAborted { .. }
             | Error::TxnNotFound { .. }
             | Error::TxnTooOld { .. }
@@ -308,6 +328,7 @@ impl Error {
             | Error::InvalidRequest(_)
             | Error::FeatureNotActive { .. }
             | Error::Locked { .. }
+            | Error::WriteConflict { .. }
             | Error::TxnAborted { .. }
             | Error::TxnNotFound { .. }
             | Error::TxnTooOld { .. }
@@ -352,6 +373,7 @@ impl Error {
             | Error::InvalidRequest(_)
             | Error::FeatureNotActive { .. }
             | Error::Locked { .. }
+            | Error::WriteConflict { .. }
             | Error::TxnAborted { .. }
             | Error::TxnNotFound { .. }
             | Error::TxnTooOld { .. }

@@ -305,7 +305,7 @@ fn a_locked_key_refuses_gets_scans_and_writes_on_the_callers_thread_until_commit
     let refused = write(store, "b", "raw").recv_timeout(Duration::from_secs(10)).unwrap();
     assert!(matches!(refused, Err(Error::Locked { txn_id: 5, .. })), "{refused:?}");
     let committed = until_ok(|| txn(store, &plan.commit()));
-    assert_eq!(committed, TxnReply::Status(TxnState::Committed));
+    assert_eq!(committed, TxnReply::Status(TxnState::Committed { commit_ts: None }));
     assert_eq!(get_ok(store, "b").0, Some(Bytes::from_static(b"new")));
     match read_here(store, scan) {
         (Ok(QueryResult::Rows(page)), _) => assert_eq!(page.rows.len(), 2),

@@ -167,7 +167,7 @@ fn resolve_all(c: &mut SimCluster, seed: u64) {
         let mut locked = false;
         for key in KEYS {
             let Err(e) = get(c, key.as_bytes()) else { continue };
-            let Error::Locked { key, txn_id, primary_key, expires_at_ms } = e else {
+            let Error::Locked { key, txn_id, primary_key, expires_at_ms, .. } = e else {
                 panic!("seed {seed}: a get of {key} failed: {e}");
             };
             locked = true;
@@ -180,12 +180,13 @@ fn resolve_all(c: &mut SimCluster, seed: u64) {
                 abort_if_expired: true,
             };
             let commit = match call(c, &primary_key, &check, 10 * SECOND) {
-                Ok(TxnReply::Status(TxnState::Committed)) => true,
+                Ok(TxnReply::Status(TxnState::Committed { commit_ts: None })) => true,
                 Ok(TxnReply::Status(TxnState::Aborted)) => false,
                 Ok(TxnReply::Status(TxnState::Pending { .. })) => continue,
                 other => panic!("seed {seed}: check status of {txn_id} answered {other:?}"),
             };
-            let resolve = TxnCmd::Resolve { txn_id, keys: vec![key.clone()], commit };
+            let resolve =
+                TxnCmd::Resolve { txn_id, keys: vec![key.clone()], commit, commit_ts: None };
             let done = call(c, &key, &resolve, 10 * SECOND);
             assert_eq!(s(done), Ok(TxnReply::Done), "seed {seed}: resolve of {key:?}");
         }
@@ -256,11 +257,19 @@ fn a_two_region_transaction_commits_atomically_and_its_locks_refuse_raw_access()
         }
         // The decision applies the primary region's locks at once.
         let reply = call(&mut c, b"a1", &plan.commit(), 10 * SECOND);
-        assert_eq!(s(reply), Ok(TxnReply::Status(TxnState::Committed)), "seed {seed}");
+        assert_eq!(
+            s(reply),
+            Ok(TxnReply::Status(TxnState::Committed { commit_ts: None })),
+            "seed {seed}"
+        );
         assert_eq!(s(get(&mut c, b"a2")), Ok(Some(Bytes::from("a2-t7"))), "seed {seed}");
         assert!(matches!(get(&mut c, b"n1"), Err(Error::Locked { .. })), "seed {seed}");
         let again = call(&mut c, b"a1", &plan.commit(), 10 * SECOND);
-        assert_eq!(s(again), Ok(TxnReply::Status(TxnState::Committed)), "seed {seed}: idempotent");
+        assert_eq!(
+            s(again),
+            Ok(TxnReply::Status(TxnState::Committed { commit_ts: None })),
+            "seed {seed}: idempotent"
+        );
         let keys = parts[1].1.iter().map(|op| Bytes::copy_from_slice(op.key())).collect();
         let reply = call(&mut c, &parts[1].0, &plan.resolve(keys, true), 10 * SECOND);
         assert_eq!(s(reply), Ok(TxnReply::Done), "seed {seed}");
@@ -273,7 +282,11 @@ fn a_two_region_transaction_commits_atomically_and_its_locks_refuse_raw_access()
         assert_eq!(s(raw_put(&mut c, b"n2", "raw")), Ok(()), "seed {seed}: resolved, writable");
         // Heartbeats and check status see a decided record as it is.
         let beat = call(&mut c, b"a1", &plan.heartbeat(), 10 * SECOND);
-        assert_eq!(s(beat), Ok(TxnReply::Status(TxnState::Committed)), "seed {seed}");
+        assert_eq!(
+            s(beat),
+            Ok(TxnReply::Status(TxnState::Committed { commit_ts: None })),
+            "seed {seed}"
+        );
         // Forget deletes the decided record and raises the floor: below it, a prewrite
         // is too old.
         let forget = TxnCmd::Forget { records: vec![(Bytes::from("a1"), 7)], new_floor: 8 };
@@ -405,7 +418,11 @@ fn crash_at(seed: u64, step: Step, victim: Victim, how: Crash) -> u64 {
             break 'run;
         }
         let reply = call(&mut c, b"a1", &plan.commit(), 10 * SECOND);
-        assert_eq!(s(reply), Ok(TxnReply::Status(TxnState::Committed)), "{what}");
+        assert_eq!(
+            s(reply),
+            Ok(TxnReply::Status(TxnState::Committed { commit_ts: None })),
+            "{what}"
+        );
         acknowledged = true;
         if step == Step::Committed {
             break 'run;
@@ -424,7 +441,8 @@ fn crash_at(seed: u64, step: Step, victim: Victim, how: Crash) -> u64 {
     }
     // Every decision is final: the record answers the same again.
     let status = call(&mut c, b"a1", &plan.check_status(true), 10 * SECOND);
-    let expected = if committed { TxnState::Committed } else { TxnState::Aborted };
+    let expected =
+        if committed { TxnState::Committed { commit_ts: None } } else { TxnState::Aborted };
     assert_eq!(s(status), Ok(TxnReply::Status(expected)), "{what}");
     c.trace_hash()
 }
@@ -528,8 +546,8 @@ fn entries_this_binary_cannot_read_are_frozen_never_decided() {
         let region = region_for(&c, b"a1").expect("routed").id;
         // A record and a lock of a newer format on every replica, as a newer binary
         // would leave them after a downgrade (written behind Raft's back).
-        let record = Bytes::from_static(&[2, 0xde, 0xad]);
-        let lock = Bytes::from_static(&[2, 0xbe, 0xef]);
+        let record = Bytes::from_static(&[3, 0xde, 0xad]);
+        let lock = Bytes::from_static(&[3, 0xbe, 0xef]);
         for store in c.store_ids() {
             let epoch = c.region(store, region).expect("hosted").epoch;
             let engine = c.engine(store).expect("running");
@@ -540,7 +558,7 @@ fn entries_this_binary_cannot_read_are_frozen_never_decided() {
             round.commit().unwrap();
         }
         let frozen = || TxnReply::Status(TxnState::Frozen { reason: "too_new".into() });
-        let commit = TxnCmd::Commit { txn_id: 30, primary_key: Bytes::from("a1") };
+        let commit = TxnCmd::Commit { txn_id: 30, primary_key: Bytes::from("a1"), commit_ts: None };
         assert_eq!(s(call(&mut c, b"a1", &commit, 10 * SECOND)), Ok(frozen()), "seed {seed}");
         let check = TxnCmd::CheckStatus {
             txn_id: 30,
@@ -548,7 +566,12 @@ fn entries_this_binary_cannot_read_are_frozen_never_decided() {
             abort_if_expired: true,
         };
         assert_eq!(s(call(&mut c, b"a1", &check, 10 * SECOND)), Ok(frozen()), "seed {seed}");
-        let resolve = TxnCmd::Resolve { txn_id: 30, keys: vec![Bytes::from("a2")], commit: true };
+        let resolve = TxnCmd::Resolve {
+            txn_id: 30,
+            keys: vec![Bytes::from("a2")],
+            commit: true,
+            commit_ts: None,
+        };
         assert_eq!(s(call(&mut c, b"a2", &resolve, 10 * SECOND)), Ok(frozen()), "seed {seed}");
         // The unreadable lock still refuses, names no holder and never expires.
         for refused in [raw_put(&mut c, b"a2", "raw").err(), get(&mut c, b"a2").err()] {
@@ -597,11 +620,16 @@ fn locks_and_records_survive_checkpoints_and_a_restart_of_every_store() {
                 participants: vec!["n1".into(), "n2".into()],
                 coordinator: None,
             }),
+            start_ts: None,
         };
         assert_eq!(s(call(&mut c, b"n1", &record, 10 * SECOND)), Ok(TxnReply::Done));
-        let commit = TxnCmd::Commit { txn_id: 41, primary_key: "n1".into() };
+        let commit = TxnCmd::Commit { txn_id: 41, primary_key: "n1".into(), commit_ts: None };
         let reply = call(&mut c, b"n1", &commit, 10 * SECOND);
-        assert_eq!(s(reply), Ok(TxnReply::Status(TxnState::Committed)), "seed {seed}");
+        assert_eq!(
+            s(reply),
+            Ok(TxnReply::Status(TxnState::Committed { commit_ts: None })),
+            "seed {seed}"
+        );
         // Enough log in both regions for checkpoints, then every store restarts.
         for i in 0..60 {
             for prefix in ["b", "o"] {
@@ -624,7 +652,11 @@ fn locks_and_records_survive_checkpoints_and_a_restart_of_every_store() {
         let check =
             TxnCmd::CheckStatus { txn_id: 41, primary_key: "n1".into(), abort_if_expired: true };
         let status = call(&mut c, b"n1", &check, 10 * SECOND);
-        assert_eq!(s(status), Ok(TxnReply::Status(TxnState::Committed)), "seed {seed}");
+        assert_eq!(
+            s(status),
+            Ok(TxnReply::Status(TxnState::Committed { commit_ts: None })),
+            "seed {seed}"
+        );
         assert_eq!(s(get(&mut c, b"n1")), Ok(Some(Bytes::from("n1-t41"))), "seed {seed}");
         let alive = call(&mut c, b"a1", &pending.check_status(false), 10 * SECOND);
         assert!(

@@ -175,7 +175,7 @@ impl Db {
             Err(e) => return Err(e),
         };
         match state {
-            TxnState::Committed => {
+            TxnState::Committed { .. } => {
                 self.resolve_in_background(plan, true);
                 Ok(())
             }

@@ -89,12 +89,14 @@ impl LockMet {
     /// The lock of a `Locked` refusal, if `e` is one.
     pub(super) fn of(e: &Error) -> Option<LockMet> {
         match e {
-            Error::Store(E::Locked { key, txn_id, primary_key, expires_at_ms }) => Some(LockMet {
-                key: key.clone(),
-                txn_id: *txn_id,
-                primary_key: primary_key.clone(),
-                expires_at_ms: *expires_at_ms,
-            }),
+            Error::Store(E::Locked { key, txn_id, primary_key, expires_at_ms, .. }) => {
+                Some(LockMet {
+                    key: key.clone(),
+                    txn_id: *txn_id,
+                    primary_key: primary_key.clone(),
+                    expires_at_ms: *expires_at_ms,
+                })
+            }
             _ => None,
         }
     }
@@ -210,16 +212,17 @@ impl Db {
             TxnReply::Status(state) => state,
             TxnReply::Done => return Err(Error::Protocol("a status check answered done".into())),
         };
-        let commit = match state {
-            TxnState::Committed => true,
-            TxnState::Aborted => false,
+        let (commit, commit_ts) = match state {
+            TxnState::Committed { commit_ts } => (true, commit_ts),
+            TxnState::Aborted => (false, None),
             // Below the floor: finished long ago, nothing of it to apply here.
-            TxnState::NotFound { floor } if lock.txn_id < floor => false,
+            TxnState::NotFound { floor } if lock.txn_id < floor => (false, None),
             // No record yet (its primary's prewrite may not have applied), or pending.
             TxnState::NotFound { .. } | TxnState::Pending { .. } => return Ok(Resolved::Alive),
             TxnState::Frozen { .. } => return Err(lock.conflict()),
         };
-        let resolve = TxnCmd::Resolve { txn_id: lock.txn_id, keys: vec![lock.key.clone()], commit };
+        let keys = vec![lock.key.clone()];
+        let resolve = TxnCmd::Resolve { txn_id: lock.txn_id, keys, commit, commit_ts };
         self.txn_call_for(&resolve, deadline)?;
         Ok(Resolved::Gone)
     }
@@ -266,7 +269,7 @@ impl Db {
 /// A record's state as [`Db::txn_outcome`] answers it.
 fn outcome_of(txn_id: u64, state: TxnState) -> Result<TxnOutcome> {
     Ok(match state {
-        TxnState::Committed => TxnOutcome::Committed,
+        TxnState::Committed { .. } => TxnOutcome::Committed,
         TxnState::Aborted => TxnOutcome::Aborted,
         TxnState::Pending { .. } => TxnOutcome::Pending,
         TxnState::NotFound { .. } => TxnOutcome::Unknown,

@@ -8,7 +8,10 @@ use regionkv_engine::{Region, RegionId, StoreId};
 use regionkv_raft::{DropReason, MergeAbortReason};
 
 use super::records::{D, nested, opt_u64, put_region, region_of};
-use super::txn::{E_EXPIRES_AT, E_FLOOR, E_KEY, E_PRIMARY_KEY, E_TXN_ID, TxnFields};
+use super::txn::{
+    E_CONFLICT_TS, E_EXPIRES_AT, E_FLOOR, E_KEY, E_LOCK_START_TS, E_PRIMARY_KEY, E_START_TS,
+    E_TXN_ID, TxnFields,
+};
 use crate::error::Error;
 
 /// What kind of error a node answered with. Code 0 is reserved: a code this binary
@@ -55,6 +58,8 @@ pub(crate) enum ErrorCode {
     TxnNotFound,
     /// Since transactions: the transaction is below its region's floor (14 and 17).
     TxnTooOld,
+    /// Since snapshot isolation: a write-write conflict (fields 13, 19 and 20).
+    WriteConflict,
 }
 
 const ERROR_CODES: &[ErrorCode] = &[
@@ -85,6 +90,7 @@ const ERROR_CODES: &[ErrorCode] = &[
     ErrorCode::TxnAborted,
     ErrorCode::TxnNotFound,
     ErrorCode::TxnTooOld,
+    ErrorCode::WriteConflict,
 ];
 
 impl ErrorCode {
@@ -171,6 +177,9 @@ const E_TAGS: &[u16] = &[
     E_PRIMARY_KEY,
     E_EXPIRES_AT,
     E_FLOOR,
+    E_LOCK_START_TS,
+    E_START_TS,
+    E_CONFLICT_TS,
 ];
 
 impl RemoteError {
@@ -335,6 +344,12 @@ impl RemoteError {
                 primary_key: t.primary_key.ok_or_else(|| missing("primary key"))?,
                 // Unknown: never expired (an absent field never shortens a lease).
                 expires_at_ms: t.expires_at_ms.unwrap_or(u64::MAX),
+                lock_start_ts: t.lock_start_ts,
+            },
+            ErrorCode::WriteConflict => E::WriteConflict {
+                key: t.key.ok_or_else(|| missing("conflicting key"))?,
+                start_ts: t.start_ts.ok_or_else(|| missing("start timestamp"))?,
+                conflict_ts: t.conflict_ts.ok_or_else(|| missing("conflict timestamp"))?,
             },
             ErrorCode::TxnAborted => {
                 E::TxnAborted { txn_id: t.txn_id.ok_or_else(|| missing("transaction id"))? }
@@ -485,6 +500,7 @@ impl From<&regionkv_raft::Error> for RemoteError {
                 }));
             }
             E::Locked { .. }
+            | E::WriteConflict { .. }
             | E::TxnAborted { .. }
             | E::TxnNotFound { .. }
             | E::TxnTooOld { .. } => {

@@ -9,14 +9,17 @@
 //!                    3 value }, 7 ttl ms, 8 record { 1 participant*, 2 coordinator
 //!                    (optional) } (optional: the primary's prewrite), 9 key*,
 //!                    10 commit (0/1), 11 abort if expired (0/1),
-//!                    12 forgotten* { 1 primary key, 2 txn id }, 13 new floor }
+//!                    12 forgotten* { 1 primary key, 2 txn id }, 13 new floor,
+//!                    14 start ts (optional: a snapshot-isolated prewrite),
+//!                    15 commit ts (optional: a snapshot-isolated commit or resolve) }
 //!           34 txn ids { 1 count }   (answered with a directory result `ids`)
 //!  RESPONSE 51 txn { 1 kind (1 done, 2 status), 2 state { 1 kind (1 pending,
 //!                    2 committed, 3 aborted, 4 not found, 5 frozen), 2 expires at ms,
-//!                    3 floor, 4 reason } }
-//!  error    13 key, 14 txn id, 15 primary key, 16 expires at ms, 17 floor
+//!                    3 floor, 4 reason, 5 commit ts (optional) } }
+//!  error    13 key, 14 txn id, 15 primary key, 16 expires at ms, 17 floor,
+//!           18 lock start ts, 19 start ts, 20 conflict ts
 //!           (each optional; codes 23 locked, 24 txn aborted, 25 txn not found,
-//!           26 txn too old)
+//!           26 txn too old, 27 write conflict)
 //! ```
 //!
 //! A node from before transactions answers both requests `UnsupportedRequest`, which
@@ -48,6 +51,8 @@ const T_COMMIT: u16 = 10;
 const T_ABORT_IF_EXPIRED: u16 = 11;
 const T_FORGOTTEN: u16 = 12;
 const T_NEW_FLOOR: u16 = 13;
+const T_START_TS: u16 = 14;
+const T_COMMIT_TS: u16 = 15;
 const T_TAGS: &[u16] = &[
     T_REGION,
     T_EPOCH,
@@ -62,6 +67,8 @@ const T_TAGS: &[u16] = &[
     T_ABORT_IF_EXPIRED,
     T_FORGOTTEN,
     T_NEW_FLOOR,
+    T_START_TS,
+    T_COMMIT_TS,
 ];
 const K_PREWRITE: u64 = 1;
 const K_COMMIT: u64 = 2;
@@ -90,6 +97,7 @@ const S_KIND: u16 = 1;
 const S_EXPIRES_AT: u16 = 2;
 const S_FLOOR: u16 = 3;
 const S_REASON: u16 = 4;
+const S_COMMIT_TS: u16 = 5;
 const SK_PENDING: u64 = 1;
 const SK_COMMITTED: u64 = 2;
 const SK_ABORTED: u64 = 3;
@@ -104,7 +112,7 @@ pub(super) fn put_txn(o: &mut Vec<u8>, region: RegionId, epoch: Epoch, cmd: &Txn
     codec::put_u64(o, T_REGION, region.0);
     put_epoch(o, T_EPOCH, epoch);
     match cmd {
-        TxnCmd::Prewrite { txn_id, primary_key, ops, ttl_ms, record } => {
+        TxnCmd::Prewrite { txn_id, primary_key, ops, ttl_ms, record, start_ts } => {
             codec::put_u64(o, T_KIND, K_PREWRITE);
             codec::put_u64(o, T_TXN_ID, *txn_id);
             codec::put_field(o, T_PRIMARY, primary_key);
@@ -122,19 +130,28 @@ pub(super) fn put_txn(o: &mut Vec<u8>, region: RegionId, epoch: Epoch, cmd: &Txn
                     }
                 });
             }
+            if let Some(ts) = start_ts {
+                codec::put_u64(o, T_START_TS, *ts);
+            }
         }
-        TxnCmd::Commit { txn_id, primary_key } => {
+        TxnCmd::Commit { txn_id, primary_key, commit_ts } => {
             codec::put_u64(o, T_KIND, K_COMMIT);
             codec::put_u64(o, T_TXN_ID, *txn_id);
             codec::put_field(o, T_PRIMARY, primary_key);
+            if let Some(ts) = commit_ts {
+                codec::put_u64(o, T_COMMIT_TS, *ts);
+            }
         }
-        TxnCmd::Resolve { txn_id, keys, commit } => {
+        TxnCmd::Resolve { txn_id, keys, commit, commit_ts } => {
             codec::put_u64(o, T_KIND, K_RESOLVE);
             codec::put_u64(o, T_TXN_ID, *txn_id);
             for k in keys {
                 codec::put_field(o, T_KEY, k);
             }
             codec::put_u64(o, T_COMMIT, u64::from(*commit));
+            if let Some(ts) = commit_ts {
+                codec::put_u64(o, T_COMMIT_TS, *ts);
+            }
         }
         TxnCmd::CheckStatus { txn_id, primary_key, abort_if_expired } => {
             codec::put_u64(o, T_KIND, K_CHECK_STATUS);
@@ -227,12 +244,18 @@ pub(super) fn txn_of(f: &Field<'_>) -> D<(RegionId, Epoch, TxnCmd)> {
                     })
                 }
             },
+            start_ts: opt_u64(&r, T_START_TS)?,
         },
-        K_COMMIT => TxnCmd::Commit { txn_id: txn_id()?, primary_key: primary_key()? },
+        K_COMMIT => TxnCmd::Commit {
+            txn_id: txn_id()?,
+            primary_key: primary_key()?,
+            commit_ts: opt_u64(&r, T_COMMIT_TS)?,
+        },
         K_RESOLVE => TxnCmd::Resolve {
             txn_id: txn_id()?,
             keys: r.repeated(T_KEY).map(|k| Bytes::copy_from_slice(k.value)).collect(),
             commit: flag(&r, T_COMMIT, "commit flag missing")?,
+            commit_ts: opt_u64(&r, T_COMMIT_TS)?,
         },
         K_CHECK_STATUS => TxnCmd::CheckStatus {
             txn_id: txn_id()?,
@@ -272,7 +295,12 @@ pub(super) fn put_txn_reply(o: &mut Vec<u8>, reply: &TxnReply) {
                     codec::put_u64(o, S_KIND, SK_PENDING);
                     codec::put_u64(o, S_EXPIRES_AT, *expires_at_ms);
                 }
-                TxnState::Committed => codec::put_u64(o, S_KIND, SK_COMMITTED),
+                TxnState::Committed { commit_ts } => {
+                    codec::put_u64(o, S_KIND, SK_COMMITTED);
+                    if let Some(ts) = commit_ts {
+                        codec::put_u64(o, S_COMMIT_TS, *ts);
+                    }
+                }
                 TxnState::Aborted => codec::put_u64(o, S_KIND, SK_ABORTED),
                 TxnState::NotFound { floor } => {
                     codec::put_u64(o, S_KIND, SK_NOT_FOUND);
@@ -298,13 +326,13 @@ pub(super) fn txn_reply_of(f: &Field<'_>) -> D<TxnReply> {
 }
 
 fn state_of(f: &Field<'_>) -> D<TxnState> {
-    let s = nested(f, &[S_KIND, S_EXPIRES_AT, S_FLOOR, S_REASON])?;
+    let s = nested(f, &[S_KIND, S_EXPIRES_AT, S_FLOOR, S_REASON, S_COMMIT_TS])?;
     Ok(match opt_u64(&s, S_KIND)?.unwrap_or(0) {
         // Absent expiry: unknown, so never expired (it never shortens a lease).
         SK_PENDING => {
             TxnState::Pending { expires_at_ms: opt_u64(&s, S_EXPIRES_AT)?.unwrap_or(u64::MAX) }
         }
-        SK_COMMITTED => TxnState::Committed,
+        SK_COMMITTED => TxnState::Committed { commit_ts: opt_u64(&s, S_COMMIT_TS)? },
         SK_ABORTED => TxnState::Aborted,
         // Absent floor: 0, nothing is taken for finished.
         SK_NOT_FOUND => TxnState::NotFound { floor: opt_u64(&s, S_FLOOR)?.unwrap_or(0) },
@@ -327,6 +355,9 @@ pub(crate) struct TxnFields {
     pub primary_key: Option<Bytes>,
     pub expires_at_ms: Option<u64>,
     pub floor: Option<u64>,
+    pub lock_start_ts: Option<u64>,
+    pub start_ts: Option<u64>,
+    pub conflict_ts: Option<u64>,
 }
 
 pub(super) const E_KEY: u16 = 13;
@@ -334,20 +365,33 @@ pub(super) const E_TXN_ID: u16 = 14;
 pub(super) const E_PRIMARY_KEY: u16 = 15;
 pub(super) const E_EXPIRES_AT: u16 = 16;
 pub(super) const E_FLOOR: u16 = 17;
+pub(super) const E_LOCK_START_TS: u16 = 18;
+pub(super) const E_START_TS: u16 = 19;
+pub(super) const E_CONFLICT_TS: u16 = 20;
 
 impl TxnFields {
     /// The code and fields of a transaction refusal (`None`: `e` is none).
     pub(super) fn of(e: &regionkv_raft::Error) -> Option<(ErrorCode, TxnFields)> {
         use regionkv_raft::Error as E;
         Some(match e {
-            E::Locked { key, txn_id, primary_key, expires_at_ms } => (
+            E::Locked { key, txn_id, primary_key, expires_at_ms, lock_start_ts } => (
                 ErrorCode::Locked,
                 TxnFields {
                     key: Some(key.clone()),
                     txn_id: Some(*txn_id),
                     primary_key: Some(primary_key.clone()),
                     expires_at_ms: Some(*expires_at_ms),
-                    floor: None,
+                    lock_start_ts: *lock_start_ts,
+                    ..TxnFields::default()
+                },
+            ),
+            E::WriteConflict { key, start_ts, conflict_ts } => (
+                ErrorCode::WriteConflict,
+                TxnFields {
+                    key: Some(key.clone()),
+                    start_ts: Some(*start_ts),
+                    conflict_ts: Some(*conflict_ts),
+                    ..TxnFields::default()
                 },
             ),
             E::TxnAborted { txn_id } => {
@@ -381,6 +425,15 @@ impl TxnFields {
         if let Some(floor) = self.floor {
             codec::put_u64(o, E_FLOOR, floor);
         }
+        for (tag, ts) in [
+            (E_LOCK_START_TS, self.lock_start_ts),
+            (E_START_TS, self.start_ts),
+            (E_CONFLICT_TS, self.conflict_ts),
+        ] {
+            if let Some(ts) = ts {
+                codec::put_u64(o, tag, ts);
+            }
+        }
     }
 
     /// The fields of an error record (`None` if it has none).
@@ -394,6 +447,9 @@ impl TxnFields {
             primary_key: bytes(E_PRIMARY_KEY)?,
             expires_at_ms: opt_u64(r, E_EXPIRES_AT)?,
             floor: opt_u64(r, E_FLOOR)?,
+            lock_start_ts: opt_u64(r, E_LOCK_START_TS)?,
+            start_ts: opt_u64(r, E_START_TS)?,
+            conflict_ts: opt_u64(r, E_CONFLICT_TS)?,
         };
         Ok((t != TxnFields::default()).then(|| Box::new(t)))
     }

@@ -33,6 +33,7 @@ fn commands() -> Vec<TxnCmd> {
                 participants: vec![b("a"), b("b"), b("x")],
                 coordinator: Some(StoreId(2)),
             }),
+            start_ts: None,
         },
         TxnCmd::Prewrite {
             txn_id: 7,
@@ -40,6 +41,7 @@ fn commands() -> Vec<TxnCmd> {
             ops: vec![Op::Put { key: b("x"), value: Bytes::new() }],
             ttl_ms: 3_000,
             record: None,
+            start_ts: None,
         },
         TxnCmd::Prewrite {
             txn_id: 8,
@@ -47,10 +49,11 @@ fn commands() -> Vec<TxnCmd> {
             ops: vec![Op::Put { key: b("c"), value: b("3") }],
             ttl_ms: 10,
             record: Some(RecordInit { participants: vec![b("c")], coordinator: None }),
+            start_ts: None,
         },
-        TxnCmd::Commit { txn_id: 7, primary_key: b("a") },
-        TxnCmd::Resolve { txn_id: 7, keys: vec![b("x"), b("y")], commit: true },
-        TxnCmd::Resolve { txn_id: 9, keys: vec![b("z")], commit: false },
+        TxnCmd::Commit { txn_id: 7, primary_key: b("a"), commit_ts: None },
+        TxnCmd::Resolve { txn_id: 7, keys: vec![b("x"), b("y")], commit: true, commit_ts: None },
+        TxnCmd::Resolve { txn_id: 9, keys: vec![b("z")], commit: false, commit_ts: None },
         TxnCmd::CheckStatus { txn_id: 7, primary_key: b("a"), abort_if_expired: true },
         TxnCmd::CheckStatus { txn_id: 7, primary_key: b("a"), abort_if_expired: false },
         TxnCmd::Heartbeat { txn_id: 7, primary_key: b("a"), ttl_ms: 5_000 },
@@ -71,7 +74,7 @@ fn requests() -> Vec<Request> {
 fn answers() -> Vec<Result<Response, RemoteError>> {
     let states = [
         TxnState::Pending { expires_at_ms: 1_700_000_003_000 },
-        TxnState::Committed,
+        TxnState::Committed { commit_ts: None },
         TxnState::Aborted,
         TxnState::NotFound { floor: 12 },
         TxnState::Frozen { reason: "too_new".into() },
@@ -87,7 +90,13 @@ fn answers() -> Vec<Result<Response, RemoteError>> {
 fn refusals() -> Vec<regionkv_raft::Error> {
     use regionkv_raft::Error as E;
     vec![
-        E::Locked { key: b("k"), txn_id: 7, primary_key: b("a"), expires_at_ms: 1_700_000_003_000 },
+        E::Locked {
+            key: b("k"),
+            txn_id: 7,
+            primary_key: b("a"),
+            expires_at_ms: 1_700_000_003_000,
+            lock_start_ts: None,
+        },
         E::TxnAborted { txn_id: 7 },
         E::TxnNotFound { txn_id: 7, floor: 3 },
         E::TxnTooOld { txn_id: 2, floor: 3 },
@@ -196,7 +205,7 @@ fn unknown_kinds_are_refused_or_frozen_never_guessed() {
     // An error code from the future is unspecified (an older binary's view of ours).
     let mut payload = Vec::new();
     codec::put_u64(&mut payload, R_ID, 9);
-    codec::put_nested(&mut payload, R_ERROR, |o| codec::put_u64(o, E_CODE, 27));
+    codec::put_nested(&mut payload, R_ERROR, |o| codec::put_u64(o, E_CODE, 99));
     assert_eq!(decode_response(&payload).unwrap().1.unwrap_err().code, ErrorCode::Unspecified);
 }
 
@@ -272,4 +281,48 @@ fn the_golden_transaction_records_decode_and_are_what_this_binary_writes() {
 fn regenerate_txn_golden() {
     std::fs::write(golden("txn-requests-v1.bin"), golden_requests()).unwrap();
     std::fs::write(golden("txn-answers-v1.bin"), golden_answers()).unwrap();
+}
+
+/// The snapshot-isolation fields (optional, absent from the v1 golden records above):
+/// each round-trips, and a refusal keeps its timestamps.
+#[test]
+fn snapshot_isolation_fields_round_trip() {
+    use regionkv_raft::Error as E;
+    let epoch = Epoch { version: 3, conf_ver: 2 };
+    let cmds = [
+        TxnCmd::Prewrite {
+            txn_id: 7,
+            primary_key: b("a"),
+            ops: vec![Op::Put { key: b("a"), value: b("1") }],
+            ttl_ms: 3_000,
+            record: None,
+            start_ts: Some(41),
+        },
+        TxnCmd::Commit { txn_id: 7, primary_key: b("a"), commit_ts: Some(45) },
+        TxnCmd::Resolve { txn_id: 7, keys: vec![b("x")], commit: true, commit_ts: Some(45) },
+    ];
+    for cmd in cmds {
+        let request = Request::Txn { region: RegionId(4), epoch, cmd };
+        let (_, back) = decode_request(&encode_request(1, &request)).unwrap();
+        assert_eq!(back, request);
+    }
+    let state = TxnState::Committed { commit_ts: Some(45) };
+    let answer: Result<Response, RemoteError> = Ok(Response::Txn(TxnReply::Status(state)));
+    let (_, back) = decode_response(&encode_response(2, &answer)).unwrap();
+    assert_eq!(back, answer);
+    let refusals = [
+        E::Locked {
+            key: b("k"),
+            txn_id: 7,
+            primary_key: b("a"),
+            expires_at_ms: 1_700_000_003_000,
+            lock_start_ts: Some(40),
+        },
+        E::WriteConflict { key: b("k"), start_ts: 40, conflict_ts: 44 },
+    ];
+    for e in refusals {
+        let remote = RemoteError::from(&e);
+        let (_, back) = decode_response(&encode_response(3, &Err(remote))).unwrap();
+        assert_eq!(format!("{:?}", back.unwrap_err().into_raft()), format!("{e:?}"));
+    }
 }

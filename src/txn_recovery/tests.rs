@@ -48,6 +48,7 @@ fn the_ungated_turn_decodes_field_by_field_and_shortens_no_lease() {
         value: Some(Bytes::from_static(b"v")),
         created_at_ms: now,
         ttl_ms: 3_600_000,
+        start_ts: None,
     };
     let record = TxnRecord {
         txn_id: TxnId(5),
@@ -59,6 +60,8 @@ fn the_ungated_turn_decodes_field_by_field_and_shortens_no_lease() {
         last_heartbeat_ms: now,
         coordinator: None,
         decided_at_index: None,
+        start_ts: None,
+        commit_ts: None,
     };
     cluster
         .with_store(1, |store| {
@@ -111,10 +114,12 @@ fn a_decided_record_is_forgotten_after_its_keys_are_resolved_and_the_floor_rises
         ops: ops.collect(),
         ttl_ms: 1,
         record: Some(record),
+        start_ts: None,
     })
     .unwrap();
-    let decided = db.txn_call(TxnCmd::Commit { txn_id: 40, primary_key: keys[0].clone() });
-    assert_eq!(decided.unwrap(), TxnReply::Status(TxnState::Committed));
+    let decided =
+        db.txn_call(TxnCmd::Commit { txn_id: 40, primary_key: keys[0].clone(), commit_ts: None });
+    assert_eq!(decided.unwrap(), TxnReply::Status(TxnState::Committed { commit_ts: None }));
     std::thread::sleep(Duration::from_millis(5)); // past its TTL, by the record's fields
     let daemon = crate::txn_recovery::TxnRecovery::new(crate::StoreId(1))
         .with_limits(RecoveryLimits { forget_delay_ms: 0, ..RecoveryLimits::default() });

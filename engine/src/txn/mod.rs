@@ -28,10 +28,18 @@
 //!    4 value (puts only)                     4 participant key (repeated)
 //!    5 created at ms u64                     5 created at ms u64
 //!    6 ttl ms u64                            6 ttl ms u64
-//!                                            7 last heartbeat ms u64
+//!    7 start ts u64 (optional, format 2)     7 last heartbeat ms u64
 //!                                            8 coordinator store u64 (optional)
 //!                                            9 decided at index u64 (optional)
+//!                                           10 start ts u64 (optional, format 2)
+//!                                           11 commit ts u64 (optional, format 2)
 //! ```
+//!
+//! Format 2 adds the snapshot-isolation fields (`start_ts`, `commit_ts`, all
+//! optional). An entry that sets any of them is written with format byte 2, so a
+//! binary that reads format 1 only freezes it rather than commit it the format-1 way
+//! (straight into its key, not as a version); an entry without them is format 1, byte
+//! for byte as a format-1 binary writes it.
 
 use bytes::Bytes;
 
@@ -43,10 +51,14 @@ mod table;
 
 pub(crate) use table::TxnOverlay;
 
-/// The format of the lock and record entries this binary writes.
+/// The format of the lock and record entries this binary writes without a
+/// snapshot-isolation field.
 pub const TXN_FORMAT: u8 = 1;
+/// The format of an entry that sets a snapshot-isolation field (`start_ts`,
+/// `commit_ts`).
+pub const TXN_FORMAT_SI: u8 = 2;
 /// The newest format of lock and record entries this binary decodes.
-pub const TXN_FORMAT_MAX_READ: u8 = 1;
+pub const TXN_FORMAT_MAX_READ: u8 = 2;
 
 /// A transaction's id: allocated by the cluster directory, unique, never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -84,6 +96,9 @@ pub struct Lock {
     pub created_at_ms: u64,
     /// How long after `created_at_ms` the lock may be resolved by someone else.
     pub ttl_ms: u64,
+    /// The snapshot-isolated transaction's start timestamp (format 2); `None`: a
+    /// level-1 lock, committed straight into its key.
+    pub start_ts: Option<u64>,
 }
 
 impl Lock {
@@ -98,7 +113,7 @@ impl Lock {
         let mut out = Vec::with_capacity(
             1 + 6 * codec::FIELD_HEADER_LEN + 32 + self.primary_key.len() + value_len,
         );
-        out.push(TXN_FORMAT);
+        out.push(if self.start_ts.is_some() { TXN_FORMAT_SI } else { TXN_FORMAT });
         codec::put_u64(&mut out, L_TXN_ID, self.txn_id.0);
         codec::put_field(&mut out, L_PRIMARY_KEY, &self.primary_key);
         codec::put_u64(&mut out, L_OP, self.op.code());
@@ -107,6 +122,9 @@ impl Lock {
         }
         codec::put_u64(&mut out, L_CREATED_AT_MS, self.created_at_ms);
         codec::put_u64(&mut out, L_TTL_MS, self.ttl_ms);
+        if let Some(ts) = self.start_ts {
+            codec::put_u64(&mut out, L_START_TS, ts);
+        }
         out
     }
 
@@ -127,6 +145,7 @@ impl Lock {
                 value,
                 created_at_ms: u64_of(&rec, L_CREATED_AT_MS, "lock created at missing")?,
                 ttl_ms: u64_of(&rec, L_TTL_MS, "lock ttl missing")?,
+                start_ts: rec.optional(L_START_TS)?.map(|f| f.as_u64()).transpose()?,
             })
         })();
         decoded.map_err(|e| Unreadable::Corrupt(e.shifted(1)))
@@ -187,6 +206,11 @@ pub struct TxnRecord {
     pub coordinator: Option<StoreId>,
     /// The Raft index of the command that decided it.
     pub decided_at_index: Option<u64>,
+    /// The snapshot-isolated transaction's start timestamp (format 2); `None`: a
+    /// level-1 transaction.
+    pub start_ts: Option<u64>,
+    /// Its commit timestamp, set when it commits (format 2).
+    pub commit_ts: Option<u64>,
 }
 
 impl TxnRecord {
@@ -201,7 +225,8 @@ impl TxnRecord {
         let mut out = Vec::with_capacity(
             1 + 8 * (codec::FIELD_HEADER_LEN + 8) + self.primary_key.len() + keys,
         );
-        out.push(TXN_FORMAT);
+        let si = self.start_ts.is_some() || self.commit_ts.is_some();
+        out.push(if si { TXN_FORMAT_SI } else { TXN_FORMAT });
         codec::put_u64(&mut out, R_TXN_ID, self.txn_id.0);
         codec::put_u64(&mut out, R_STATUS, self.status.code());
         codec::put_field(&mut out, R_PRIMARY_KEY, &self.primary_key);
@@ -216,6 +241,12 @@ impl TxnRecord {
         }
         if let Some(index) = self.decided_at_index {
             codec::put_u64(&mut out, R_DECIDED_AT_INDEX, index);
+        }
+        if let Some(ts) = self.start_ts {
+            codec::put_u64(&mut out, R_START_TS, ts);
+        }
+        if let Some(ts) = self.commit_ts {
+            codec::put_u64(&mut out, R_COMMIT_TS, ts);
         }
         out
     }
@@ -240,6 +271,8 @@ impl TxnRecord {
                 )?,
                 coordinator: optional_u64(R_COORDINATOR)?.map(StoreId),
                 decided_at_index: optional_u64(R_DECIDED_AT_INDEX)?,
+                start_ts: optional_u64(R_START_TS)?,
+                commit_ts: optional_u64(R_COMMIT_TS)?,
             })
         })();
         decoded.map_err(|e| Unreadable::Corrupt(e.shifted(1)))
@@ -277,7 +310,10 @@ const L_OP: u16 = 3;
 const L_VALUE: u16 = 4;
 const L_CREATED_AT_MS: u16 = 5;
 const L_TTL_MS: u16 = 6;
-const LOCK_TAGS: &[u16] = &[L_TXN_ID, L_PRIMARY_KEY, L_OP, L_VALUE, L_CREATED_AT_MS, L_TTL_MS];
+// Format 2.
+const L_START_TS: u16 = 7;
+const LOCK_TAGS: &[u16] =
+    &[L_TXN_ID, L_PRIMARY_KEY, L_OP, L_VALUE, L_CREATED_AT_MS, L_TTL_MS, L_START_TS];
 // Tags of a record entry (format 1).
 const R_TXN_ID: u16 = 1;
 const R_STATUS: u16 = 2;
@@ -288,6 +324,9 @@ const R_TTL_MS: u16 = 6;
 const R_LAST_HEARTBEAT_MS: u16 = 7;
 const R_COORDINATOR: u16 = 8;
 const R_DECIDED_AT_INDEX: u16 = 9;
+// Format 2.
+const R_START_TS: u16 = 10;
+const R_COMMIT_TS: u16 = 11;
 const RECORD_TAGS: &[u16] = &[
     R_TXN_ID,
     R_STATUS,
@@ -298,6 +337,8 @@ const RECORD_TAGS: &[u16] = &[
     R_LAST_HEARTBEAT_MS,
     R_COORDINATOR,
     R_DECIDED_AT_INDEX,
+    R_START_TS,
+    R_COMMIT_TS,
 ];
 
 /// The TLV body of an entry whose format byte this binary reads; nothing after a
@@ -379,6 +420,7 @@ mod tests {
             value: Some(Bytes::from_static(b"v1")),
             created_at_ms: 1_700_000_000_000,
             ttl_ms: 3_000,
+            start_ts: None,
         }
     }
 
@@ -393,6 +435,8 @@ mod tests {
             last_heartbeat_ms: 1_700_000_001_000,
             coordinator: Some(StoreId(2)),
             decided_at_index: None,
+            start_ts: None,
+            commit_ts: None,
         }
     }
 
@@ -423,13 +467,31 @@ mod tests {
         for tail in [&b""[..], b"\xff\xff\xff", &lock().encode()[1..]] {
             let mut entry = vec![TXN_FORMAT_MAX_READ + 1];
             entry.extend_from_slice(tail);
-            assert_eq!(Lock::decode(&entry), Err(Unreadable::TooNew { format: 2 }));
-            assert_eq!(TxnRecord::decode(&entry), Err(Unreadable::TooNew { format: 2 }));
+            assert_eq!(Lock::decode(&entry), Err(Unreadable::TooNew { format: 3 }));
+            assert_eq!(TxnRecord::decode(&entry), Err(Unreadable::TooNew { format: 3 }));
         }
         assert!(matches!(Lock::decode(&[]), Err(Unreadable::Corrupt(_))));
         assert!(matches!(Lock::decode(&[0]), Err(Unreadable::Corrupt(_))), "format 0");
         assert_eq!(format_of(&lock().encode()), Some(TXN_FORMAT));
         assert_eq!(Unreadable::TooNew { format: 9 }.reason(), "too_new");
+    }
+
+    #[test]
+    fn a_snapshot_field_makes_format_2_and_none_keeps_format_1_byte_for_byte() {
+        let si_lock = Lock { start_ts: Some(7), ..lock() };
+        assert_eq!(format_of(&si_lock.encode()), Some(TXN_FORMAT_SI));
+        assert_eq!(Lock::decode(&si_lock.encode()), Ok(si_lock.clone()));
+        // Format 1 is what a format-1 binary writes: the same bytes minus the field.
+        let mut v1 = si_lock.encode();
+        v1.truncate(v1.len() - codec::FIELD_HEADER_LEN - 8);
+        v1[0] = TXN_FORMAT;
+        assert_eq!(v1, lock().encode());
+        for (start_ts, commit_ts) in [(Some(5), None), (None, Some(9)), (Some(5), Some(9))] {
+            let r = TxnRecord { start_ts, commit_ts, ..record() };
+            assert_eq!(format_of(&r.encode()), Some(TXN_FORMAT_SI));
+            assert_eq!(TxnRecord::decode(&r.encode()), Ok(r));
+        }
+        assert_eq!(format_of(&record().encode()), Some(TXN_FORMAT));
     }
 
     #[test]
@@ -491,12 +553,25 @@ mod tests {
     }
 
     fn any_lock() -> impl Strategy<Value = Lock> {
-        (any::<u64>(), bytes_of_len(16), 0u64..4, bytes_of_len(24), any::<u64>(), any::<u64>())
-            .prop_map(|(id, primary_key, op, value, created_at_ms, ttl_ms)| {
-                let op = LockOp::from_code(op);
-                let value = (op == LockOp::Put || value.len() % 2 == 1).then_some(value);
-                Lock { txn_id: TxnId(id), primary_key, op, value, created_at_ms, ttl_ms }
-            })
+        (
+            (any::<u64>(), bytes_of_len(16), 0u64..4, bytes_of_len(24)),
+            (any::<u64>(), any::<u64>(), proptest::option::of(any::<u64>())),
+        )
+            .prop_map(
+                |((id, primary_key, op, value), (created_at_ms, ttl_ms, start_ts))| {
+                    let op = LockOp::from_code(op);
+                    let value = (op == LockOp::Put || value.len() % 2 == 1).then_some(value);
+                    Lock {
+                        txn_id: TxnId(id),
+                        primary_key,
+                        op,
+                        value,
+                        created_at_ms,
+                        ttl_ms,
+                        start_ts,
+                    }
+                },
+            )
     }
 
     fn any_record() -> impl Strategy<Value = TxnRecord> {
@@ -504,7 +579,12 @@ mod tests {
             (any::<u64>(), 0u64..5, bytes_of_len(16)),
             proptest::collection::vec(bytes_of_len(8), 0..5),
             (any::<u64>(), any::<u64>(), any::<u64>()),
-            (proptest::option::of(any::<u64>()), proptest::option::of(any::<u64>())),
+            (
+                proptest::option::of(any::<u64>()),
+                proptest::option::of(any::<u64>()),
+                proptest::option::of(any::<u64>()),
+                proptest::option::of(any::<u64>()),
+            ),
         )
             .prop_map(|((id, status, primary_key), participants, times, optional)| {
                 TxnRecord {
@@ -517,6 +597,8 @@ mod tests {
                     last_heartbeat_ms: times.2,
                     coordinator: optional.0.map(StoreId),
                     decided_at_index: optional.1,
+                    start_ts: optional.2,
+                    commit_ts: optional.3,
                 }
             })
     }

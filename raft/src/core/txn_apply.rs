@@ -10,6 +10,13 @@
 //!
 //! A lock leaves the table in the same round as the write it makes, so a reader that
 //! checks a key's lock before it takes its read view sees the resolved value.
+//!
+//! Snapshot isolation (`start_ts` on a prewrite, `commit_ts` on a commit or resolve):
+//! the keys are lock keys of the transactional keyspace ([`crate::txn::mvcc`]); a
+//! prewrite is refused with `Error::WriteConflict` when the key's newest committed
+//! version is at or after its start; committing a lock writes its value as the
+//! version at the record's commit timestamp (a new key; nothing is overwritten).
+//! Level-1 locks and records (no `start_ts`) apply exactly as before.
 
 use bytes::Bytes;
 use regionkv_engine::txn::{Lock, LockOp, TxnId, TxnRecord, TxnStatus};
@@ -20,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::metrics::WriteMetrics;
 use crate::replica::Replica;
 use crate::txn::codec::TxnEntry;
-use crate::txn::{RecordInit, TxnCmd, TxnReply, TxnState, locked};
+use crate::txn::{RecordInit, TxnCmd, TxnReply, TxnState, locked, mvcc};
 
 /// A table entry as this binary finds it.
 enum Found<T> {
@@ -62,10 +69,11 @@ fn check_txn(replica: &Replica, entry: &TxnEntry, max_key: usize, max_value: usi
     if entry.cmd.keys().iter().any(|key| !region.contains(key)) {
         return Err(outside());
     }
-    if let TxnCmd::Prewrite { primary_key, ops, record, .. } = &entry.cmd {
+    if let TxnCmd::Prewrite { primary_key, ops, record, start_ts, .. } = &entry.cmd {
         if record.is_some() && !region.contains(primary_key) {
             return Err(outside());
         }
+        check_keyspace(primary_key, ops, *start_ts)?;
         for op in ops {
             let value = match op {
                 Op::Put { value, .. } => value.len(),
@@ -81,6 +89,27 @@ fn check_txn(replica: &Replica, entry: &TxnEntry, max_key: usize, max_value: usi
         }
     }
     Ok(())
+}
+
+/// A snapshot-isolated prewrite names lock keys of the transactional keyspace only;
+/// a level-1 prewrite names none of its keys (it would write past the versions).
+fn check_keyspace(primary_key: &[u8], ops: &[Op], start_ts: Option<u64>) -> Result<()> {
+    let keys = || std::iter::once(primary_key).chain(ops.iter().map(Op::key));
+    match start_ts {
+        Some(_) => match keys().find(|k| mvcc::decode_lock_key(k).is_none()) {
+            Some(key) => Err(Error::InvalidRequest(format!(
+                "a snapshot-isolated prewrite names key {key:?}, not a lock key of the \
+                 transactional keyspace"
+            ))),
+            None => Ok(()),
+        },
+        None => match ops.iter().map(Op::key).find(|k| mvcc::is_txn_key(k)) {
+            Some(key) => Err(Error::InvalidRequest(format!(
+                "a level-1 prewrite names key {key:?} of the transactional keyspace"
+            ))),
+            None => Ok(()),
+        },
+    }
 }
 
 impl Applier<'_> {
@@ -148,12 +177,21 @@ struct TxnApply<'a, 'e> {
 impl TxnApply<'_, '_> {
     fn run(&mut self, cmd: &TxnCmd) -> Result<Result<TxnReply>> {
         match cmd {
-            TxnCmd::Prewrite { txn_id, primary_key, ops, ttl_ms, record } => {
-                self.prewrite(*txn_id, primary_key, ops, *ttl_ms, record.as_ref())
+            TxnCmd::Prewrite { txn_id, primary_key, ops, ttl_ms, record, start_ts } => {
+                let init = Init { ttl_ms: *ttl_ms, record: record.as_ref(), start_ts: *start_ts };
+                self.prewrite(*txn_id, primary_key, ops, init)
             }
-            TxnCmd::Commit { txn_id, primary_key } => self.commit(*txn_id, primary_key),
-            TxnCmd::Resolve { txn_id, keys, commit } => {
-                self.resolve(*txn_id, keys.iter().map(Bytes::as_ref), *commit)?;
+            TxnCmd::Commit { txn_id, primary_key, commit_ts } => {
+                self.commit(*txn_id, primary_key, *commit_ts)
+            }
+            TxnCmd::Resolve { txn_id, keys, commit, commit_ts } => {
+                let keys = || keys.iter().map(Bytes::as_ref);
+                if *commit
+                    && let Err(refused) = self.check_commit_ts(*txn_id, keys(), *commit_ts)?
+                {
+                    return Ok(Err(refused));
+                }
+                self.resolve(*txn_id, keys(), *commit, *commit_ts)?;
                 Ok(Ok(match self.first_frozen {
                     None => TxnReply::Done,
                     Some(reason) => frozen(reason),
@@ -200,9 +238,9 @@ impl TxnApply<'_, '_> {
         txn_id: u64,
         primary_key: &Bytes,
         ops: &[Op],
-        ttl_ms: u64,
-        record: Option<&RecordInit>,
+        init: Init<'_>,
     ) -> Result<Result<TxnReply>> {
+        let Init { ttl_ms, record, start_ts } = init;
         let floor = self.applier.round.txn_floor()?;
         if txn_id < floor {
             return Ok(Err(Error::TxnTooOld { txn_id, floor }));
@@ -217,6 +255,7 @@ impl TxnApply<'_, '_> {
                 },
             }
         }
+        let mut new_record = None;
         if let Some(init) = record {
             match self.record(primary_key, txn_id)? {
                 Found::Readable(r) => match r.status {
@@ -230,7 +269,7 @@ impl TxnApply<'_, '_> {
                     return Ok(Ok(frozen(reason)));
                 }
                 Found::Absent => {
-                    let record = TxnRecord {
+                    new_record = Some(TxnRecord {
                         txn_id: TxnId(txn_id),
                         status: TxnStatus::Pending,
                         primary_key: primary_key.clone(),
@@ -240,10 +279,20 @@ impl TxnApply<'_, '_> {
                         last_heartbeat_ms: self.now,
                         coordinator: init.coordinator,
                         decided_at_index: None,
-                    };
-                    self.set_record(&record)?;
+                        start_ts,
+                        commit_ts: None,
+                    });
                 }
             }
+        }
+        if let Some(start_ts) = start_ts
+            && let Some(conflict) =
+                self.write_conflict(fresh.iter().map(|op| op.key()), start_ts)?
+        {
+            return Ok(Err(conflict));
+        }
+        if let Some(record) = new_record {
+            self.set_record(&record)?;
         }
         for op in fresh {
             let (lock_op, value) = match op {
@@ -257,6 +306,7 @@ impl TxnApply<'_, '_> {
                 value,
                 created_at_ms: self.now,
                 ttl_ms,
+                start_ts,
             };
             self.applier.round.set_txn_lock(op.key(), Some(Bytes::from(lock.encode())))?;
         }
@@ -266,7 +316,15 @@ impl TxnApply<'_, '_> {
     /// The decision. A record committed already applies this region's locks of the
     /// transaction again (none left, unless a replay after a crash stopped between
     /// two rounds of this command).
-    fn commit(&mut self, txn_id: u64, primary_key: &[u8]) -> Result<Result<TxnReply>> {
+    ///
+    /// A snapshot-isolated record (with `start_ts`) commits only with a `commit_ts`
+    /// above its start, which the record keeps; a level-1 record takes none.
+    fn commit(
+        &mut self,
+        txn_id: u64,
+        primary_key: &[u8],
+        commit_ts: Option<u64>,
+    ) -> Result<Result<TxnReply>> {
         let mut record = match self.record(primary_key, txn_id)? {
             Found::Absent => {
                 let floor = self.applier.round.txn_floor()?;
@@ -281,14 +339,32 @@ impl TxnApply<'_, '_> {
         match record.status {
             TxnStatus::Aborted => return Ok(Err(Error::TxnAborted { txn_id })),
             TxnStatus::Pending => {
+                match (record.start_ts, commit_ts) {
+                    (Some(start), Some(commit)) if commit > start => {}
+                    (Some(start), _) => {
+                        return Ok(Err(Error::InvalidRequest(format!(
+                            "transaction {txn_id} started at {start} commits only with a \
+                             commit timestamp above it, not {commit_ts:?}"
+                        ))));
+                    }
+                    (None, Some(_)) => {
+                        return Ok(Err(Error::InvalidRequest(format!(
+                            "transaction {txn_id} is not snapshot-isolated: it takes no \
+                             commit timestamp"
+                        ))));
+                    }
+                    (None, None) => {}
+                }
                 record.status = TxnStatus::Committed;
                 record.decided_at_index = Some(self.index);
+                record.commit_ts = commit_ts;
                 self.set_record(&record)?;
             }
             TxnStatus::Committed | TxnStatus::Unspecified => {}
         }
-        self.resolve(txn_id, record.participants.iter().map(Bytes::as_ref), true)?;
-        Ok(Ok(TxnReply::Status(TxnState::Committed)))
+        let participants = record.participants.iter().map(Bytes::as_ref);
+        self.resolve(txn_id, participants, true, record.commit_ts)?;
+        Ok(Ok(TxnReply::Status(TxnState::Committed { commit_ts: record.commit_ts })))
     }
 
     fn check_status(
@@ -315,6 +391,8 @@ impl TxnApply<'_, '_> {
                     last_heartbeat_ms: self.now,
                     coordinator: None,
                     decided_at_index: Some(self.index),
+                    start_ts: None,
+                    commit_ts: None,
                 };
                 self.set_record(&tombstone)?;
                 return Ok(Ok(TxnReply::Status(TxnState::Aborted)));
@@ -326,14 +404,15 @@ impl TxnApply<'_, '_> {
             Found::Readable(r) => r,
         };
         let state = match record.status {
-            TxnStatus::Committed => TxnState::Committed,
+            TxnStatus::Committed => TxnState::Committed { commit_ts: record.commit_ts },
             TxnStatus::Aborted => TxnState::Aborted,
             TxnStatus::Pending if abort_if_expired && self.now > record.expires_at_ms() => {
                 record.status = TxnStatus::Aborted;
                 record.decided_at_index = Some(self.index);
                 self.set_record(&record)?;
                 // This region's own locks go with the decision (the others by Resolve).
-                self.resolve(txn_id, record.participants.iter().map(Bytes::as_ref), false)?;
+                let participants = record.participants.iter().map(Bytes::as_ref);
+                self.resolve(txn_id, participants, false, None)?;
                 TxnState::Aborted
             }
             TxnStatus::Pending | TxnStatus::Unspecified => {
@@ -358,7 +437,7 @@ impl TxnApply<'_, '_> {
             Found::Readable(r) => r,
         };
         let state = match record.status {
-            TxnStatus::Committed => TxnState::Committed,
+            TxnStatus::Committed => TxnState::Committed { commit_ts: record.commit_ts },
             TxnStatus::Aborted => TxnState::Aborted,
             TxnStatus::Pending | TxnStatus::Unspecified => {
                 record.last_heartbeat_ms = record.last_heartbeat_ms.max(self.now);
@@ -373,12 +452,15 @@ impl TxnApply<'_, '_> {
     /// Applies (`commit`) or drops the locks of `txn_id` on those of `keys` this region
     /// holds; a key without a lock of the transaction is skipped, a frozen lock is left
     /// and counted. Each key's write and lock removal land in one round (a round full
-    /// already is cut first).
+    /// already is cut first). A snapshot-isolated lock commits as the version of its
+    /// user key at `commit_ts` (checked by [`Self::check_commit_ts`] first: without
+    /// it, the lock is left as it is).
     fn resolve<'k>(
         &mut self,
         txn_id: u64,
         keys: impl Iterator<Item = &'k [u8]>,
         commit: bool,
+        commit_ts: Option<u64>,
     ) -> Result<()> {
         let region = &self.replica.region;
         for key in keys {
@@ -396,20 +478,102 @@ impl TxnApply<'_, '_> {
                 }
             };
             if commit {
-                let bytes = key.len() + lock.value.as_ref().map_or(0, Bytes::len);
+                // A snapshot-isolated lock: its version's key, or the lock is left.
+                let version = match lock.start_ts {
+                    None => None,
+                    Some(start) => match (mvcc::decode_lock_key(key), commit_ts) {
+                        (Some(user), Some(ts)) if ts > start => Some(mvcc::version_key(&user, ts)),
+                        _ => continue,
+                    },
+                };
+                let bytes = key.len() + 9 + lock.value.as_ref().map_or(0, Bytes::len);
                 let applier = &mut *self.applier;
                 if applier.bytes + bytes > applier.max_bytes && !applier.round.is_empty() {
                     applier.cut()?;
                     applier.round.prepare_for_region(region.id, region.epoch)?;
                 }
-                match (&lock.op, &lock.value) {
-                    (LockOp::Put, Some(value)) => applier.round.put(key, value)?,
-                    _ => applier.round.delete(key)?,
+                let value = match lock.op {
+                    LockOp::Put => lock.value.as_deref(),
+                    _ => None,
+                };
+                match (version, value) {
+                    (Some(at), value) => {
+                        applier.round.put(&at, &mvcc::encode_version_value(value))?;
+                    }
+                    (None, Some(value)) => applier.round.put(key, value)?,
+                    (None, None) => applier.round.delete(key)?,
                 }
                 applier.bytes += bytes;
             }
             self.applier.round.set_txn_lock(key, None)?;
         }
         Ok(())
+    }
+}
+
+/// What a prewrite creates: the TTL, the record (primary's region) and the start
+/// timestamp of a snapshot-isolated transaction.
+#[derive(Clone, Copy)]
+struct Init<'a> {
+    ttl_ms: u64,
+    record: Option<&'a RecordInit>,
+    start_ts: Option<u64>,
+}
+
+impl TxnApply<'_, '_> {
+    /// The write-write conflict of a snapshot-isolated prewrite at `start_ts`: the
+    /// first of `lock_keys` whose user key has a version committed at or after it.
+    /// The engine is read, so the round is cut first if it buffers writes (a version
+    /// applied earlier in this pass must be seen).
+    fn write_conflict<'k>(
+        &mut self,
+        lock_keys: impl Iterator<Item = &'k [u8]>,
+        start_ts: u64,
+    ) -> Result<Option<Error>> {
+        let region = &self.replica.region;
+        let applier = &mut *self.applier;
+        if !applier.round.is_empty() {
+            applier.cut()?;
+            applier.round.prepare_for_region(region.id, region.epoch)?;
+        }
+        let view = applier.engine.read_view();
+        for key in lock_keys {
+            let Some(user) = mvcc::decode_lock_key(key) else { continue };
+            let start = mvcc::version_key(&user, u64::MAX);
+            let newest = view.scan(&start, Some(&mvcc::versions_end(&user)), 1);
+            let conflict_ts = newest.first().and_then(|(k, _)| mvcc::decode_version_key(k));
+            if let Some((_, conflict_ts)) = conflict_ts
+                && conflict_ts >= start_ts
+            {
+                let key = Bytes::copy_from_slice(key);
+                return Ok(Some(Error::WriteConflict { key, start_ts, conflict_ts }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Refuses a committing resolve that would leave a snapshot-isolated lock of
+    /// `txn_id` among `keys` unapplied: no `commit_ts`, or one not above its start.
+    fn check_commit_ts<'k>(
+        &self,
+        txn_id: u64,
+        keys: impl Iterator<Item = &'k [u8]>,
+        commit_ts: Option<u64>,
+    ) -> Result<Result<()>> {
+        let region = &self.replica.region;
+        for key in keys.filter(|k| region.contains(k)) {
+            let Some(held) = self.applier.round.txn_lock(key)? else { continue };
+            if let Found::Readable(lock) = lock_of(&held)
+                && lock.txn_id.0 == txn_id
+                && let Some(start) = lock.start_ts
+                && commit_ts.is_none_or(|ts| ts <= start)
+            {
+                return Ok(Err(Error::InvalidRequest(format!(
+                    "committing transaction {txn_id}'s lock on {key:?} (started at {start}) \
+                     needs a commit timestamp above its start, not {commit_ts:?}"
+                ))));
+            }
+        }
+        Ok(Ok(()))
     }
 }

@@ -22,6 +22,9 @@ const T_COMMIT: u16 = 10;
 const T_ABORT_IF_EXPIRED: u16 = 11;
 const T_FORGET: u16 = 12;
 const T_NEW_FLOOR: u16 = 13;
+// Snapshot isolation (optional; absent: a level-1 command, byte for byte as before).
+const T_START_TS: u16 = 14;
+const T_COMMIT_TS: u16 = 15;
 const TXN_TAGS: &[u16] = &[
     T_EPOCH,
     T_NOW,
@@ -36,6 +39,8 @@ const TXN_TAGS: &[u16] = &[
     T_ABORT_IF_EXPIRED,
     T_FORGET,
     T_NEW_FLOOR,
+    T_START_TS,
+    T_COMMIT_TS,
 ];
 const R_PARTICIPANT: u16 = 1;
 const R_COORDINATOR: u16 = 2;
@@ -71,7 +76,7 @@ pub(crate) fn encode(out: &mut Vec<u8>, entry: &TxnEntry) {
     codec::put_u64(out, T_NOW, entry.now_ms);
     let flag = |b: bool| [u8::from(b)];
     match &entry.cmd {
-        TxnCmd::Prewrite { txn_id, primary_key, ops, ttl_ms, record } => {
+        TxnCmd::Prewrite { txn_id, primary_key, ops, ttl_ms, record, start_ts } => {
             codec::put_u64(out, T_KIND, KIND_PREWRITE);
             codec::put_u64(out, T_TXN_ID, *txn_id);
             codec::put_field(out, T_PRIMARY, primary_key);
@@ -89,19 +94,28 @@ pub(crate) fn encode(out: &mut Vec<u8>, entry: &TxnEntry) {
                     }
                 });
             }
+            if let Some(ts) = start_ts {
+                codec::put_u64(out, T_START_TS, *ts);
+            }
         }
-        TxnCmd::Commit { txn_id, primary_key } => {
+        TxnCmd::Commit { txn_id, primary_key, commit_ts } => {
             codec::put_u64(out, T_KIND, KIND_COMMIT);
             codec::put_u64(out, T_TXN_ID, *txn_id);
             codec::put_field(out, T_PRIMARY, primary_key);
+            if let Some(ts) = commit_ts {
+                codec::put_u64(out, T_COMMIT_TS, *ts);
+            }
         }
-        TxnCmd::Resolve { txn_id, keys, commit } => {
+        TxnCmd::Resolve { txn_id, keys, commit, commit_ts } => {
             codec::put_u64(out, T_KIND, KIND_RESOLVE);
             codec::put_u64(out, T_TXN_ID, *txn_id);
             for key in keys {
                 codec::put_field(out, T_KEY, key);
             }
             codec::put_field(out, T_COMMIT, &flag(*commit));
+            if let Some(ts) = commit_ts {
+                codec::put_u64(out, T_COMMIT_TS, *ts);
+            }
         }
         TxnCmd::CheckStatus { txn_id, primary_key, abort_if_expired } => {
             codec::put_u64(out, T_KIND, KIND_CHECK_STATUS);
@@ -137,13 +151,14 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
     let u64_of = |tag, what| rec.required(tag, what).and_then(|f| f.as_u64());
     let bytes_of = |tag, what| rec.required(tag, what).map(|f| data.slice_ref(f.value));
     let flag_of = |tag, what| rec.required(tag, what).and_then(|f| f.as_bool());
+    let optional_u64 = |tag| rec.optional(tag).and_then(|f| f.map(|f| f.as_u64()).transpose());
     let now_ms = u64_of(T_NOW, "txn now")?;
     let kind = u64_of(T_KIND, "txn kind")?;
     // Fields a kind does not carry are damage (alike on every replica).
     let allowed: &[u16] = match kind {
-        KIND_PREWRITE => &[T_TXN_ID, T_PRIMARY, T_OP, T_TTL, T_RECORD],
-        KIND_COMMIT => &[T_TXN_ID, T_PRIMARY],
-        KIND_RESOLVE => &[T_TXN_ID, T_KEY, T_COMMIT],
+        KIND_PREWRITE => &[T_TXN_ID, T_PRIMARY, T_OP, T_TTL, T_RECORD, T_START_TS],
+        KIND_COMMIT => &[T_TXN_ID, T_PRIMARY, T_COMMIT_TS],
+        KIND_RESOLVE => &[T_TXN_ID, T_KEY, T_COMMIT, T_COMMIT_TS],
         KIND_CHECK_STATUS => &[T_TXN_ID, T_PRIMARY, T_ABORT_IF_EXPIRED],
         KIND_HEARTBEAT => &[T_TXN_ID, T_PRIMARY, T_TTL],
         KIND_FORGET => &[T_FORGET, T_NEW_FLOOR],
@@ -192,16 +207,19 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
                 ops,
                 ttl_ms: u64_of(T_TTL, "txn ttl")?,
                 record,
+                start_ts: optional_u64(T_START_TS)?,
             }
         }
         KIND_COMMIT => TxnCmd::Commit {
             txn_id: u64_of(T_TXN_ID, "txn id")?,
             primary_key: bytes_of(T_PRIMARY, "txn primary key")?,
+            commit_ts: optional_u64(T_COMMIT_TS)?,
         },
         KIND_RESOLVE => TxnCmd::Resolve {
             txn_id: u64_of(T_TXN_ID, "txn id")?,
             keys: rec.repeated(T_KEY).map(|f| data.slice_ref(f.value)).collect(),
             commit: flag_of(T_COMMIT, "txn resolve commit")?,
+            commit_ts: optional_u64(T_COMMIT_TS)?,
         },
         KIND_CHECK_STATUS => TxnCmd::CheckStatus {
             txn_id: u64_of(T_TXN_ID, "txn id")?,
@@ -264,15 +282,31 @@ mod tests {
                 arb_bytes(8),
                 proptest::collection::vec(arb_op(), 0..4),
                 any::<u64>(),
-                record
+                record,
+                proptest::option::of(any::<u64>()),
             )
-                .prop_map(|(txn_id, primary_key, ops, ttl_ms, record)| {
-                    TxnCmd::Prewrite { txn_id, primary_key, ops, ttl_ms, record }
+                .prop_map(|(txn_id, primary_key, ops, ttl_ms, record, start_ts)| {
+                    TxnCmd::Prewrite { txn_id, primary_key, ops, ttl_ms, record, start_ts }
                 }),
-            (any::<u64>(), arb_bytes(8))
-                .prop_map(|(txn_id, primary_key)| TxnCmd::Commit { txn_id, primary_key }),
-            (any::<u64>(), proptest::collection::vec(arb_bytes(8), 0..4), any::<bool>())
-                .prop_map(|(txn_id, keys, commit)| TxnCmd::Resolve { txn_id, keys, commit }),
+            (any::<u64>(), arb_bytes(8), proptest::option::of(any::<u64>())).prop_map(
+                |(txn_id, primary_key, commit_ts)| TxnCmd::Commit {
+                    txn_id,
+                    primary_key,
+                    commit_ts
+                }
+            ),
+            (
+                any::<u64>(),
+                proptest::collection::vec(arb_bytes(8), 0..4),
+                any::<bool>(),
+                proptest::option::of(any::<u64>())
+            )
+                .prop_map(|(txn_id, keys, commit, commit_ts)| TxnCmd::Resolve {
+                    txn_id,
+                    keys,
+                    commit,
+                    commit_ts
+                }),
             (any::<u64>(), arb_bytes(8), any::<bool>()).prop_map(
                 |(txn_id, primary_key, abort_if_expired)| TxnCmd::CheckStatus {
                     txn_id,
@@ -335,7 +369,11 @@ mod tests {
             Command::Txn(TxnEntry {
                 epoch: Epoch::INITIAL,
                 now_ms: 7,
-                cmd: TxnCmd::Commit { txn_id: 1, primary_key: Bytes::from_static(b"k") },
+                cmd: TxnCmd::Commit {
+                    txn_id: 1,
+                    primary_key: Bytes::from_static(b"k"),
+                    commit_ts: None
+                },
             })
         );
         let e = command::decode(&with_kind(7)).unwrap_err();

@@ -49,6 +49,10 @@ pub enum TxnCmd {
         ttl_ms: u64,
         /// Present on the primary's region only.
         record: Option<RecordInit>,
+        /// A snapshot-isolated transaction's start timestamp: its keys are lock keys of
+        /// the transactional keyspace ([`mvcc`]); a key with a version committed at or
+        /// after it refuses the whole prewrite (`Error::WriteConflict`). `None`: level 1.
+        start_ts: Option<u64>,
     },
     /// The decision: the record goes `Pending -> Committed` and this region's locks of
     /// the transaction are applied into data in the same round. `Committed` already:
@@ -58,6 +62,10 @@ pub enum TxnCmd {
         txn_id: u64,
         /// Its primary key.
         primary_key: Bytes,
+        /// A snapshot-isolated transaction's commit timestamp, above its start
+        /// timestamp (refused otherwise, and refused without it): each lock's value
+        /// becomes the key's version at it. `None`: level 1.
+        commit_ts: Option<u64>,
     },
     /// Applies (`commit`) or drops the locks of `txn_id` on `keys` in this region;
     /// a key without a lock of this transaction is skipped. Idempotent.
@@ -68,6 +76,9 @@ pub enum TxnCmd {
         keys: Vec<Bytes>,
         /// Apply the locks' writes (true) or drop them.
         commit: bool,
+        /// The commit timestamp (from the record) that committing a snapshot-isolated
+        /// lock writes its version at; committing such a lock without it is refused.
+        commit_ts: Option<u64>,
     },
     /// Asks the record. With `abort_if_expired`, a `Pending` record past its TTL (by
     /// the proposing leader's clock) becomes `Aborted`, and a missing one (at or above
@@ -153,7 +164,11 @@ pub enum TxnState {
         expires_at_ms: u64,
     },
     /// Committed.
-    Committed,
+    Committed {
+        /// The record's commit timestamp (a snapshot-isolated transaction); `None`:
+        /// level 1.
+        commit_ts: Option<u64>,
+    },
     /// Aborted.
     Aborted,
     /// No record, and none was written (`abort_if_expired` was false, or the id is
@@ -194,12 +209,14 @@ pub(crate) fn locked(key: &[u8], lock: &[u8]) -> crate::error::Error {
             txn_id: l.txn_id.0,
             expires_at_ms: l.expires_at_ms(),
             primary_key: l.primary_key,
+            lock_start_ts: l.start_ts,
         },
         Err(_) => crate::error::Error::Locked {
             key,
             txn_id: 0,
             primary_key: Bytes::new(),
             expires_at_ms: u64::MAX,
+            lock_start_ts: None,
         },
     }
 }

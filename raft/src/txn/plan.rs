@@ -61,17 +61,24 @@ impl TxnPlan {
             .iter()
             .any(|op| op.key() == primary_key.as_ref())
             .then(|| RecordInit { participants: self.keys(), coordinator: self.coordinator });
-        TxnCmd::Prewrite { txn_id: self.txn_id, primary_key, ops, ttl_ms: self.ttl_ms, record }
+        TxnCmd::Prewrite {
+            txn_id: self.txn_id,
+            primary_key,
+            ops,
+            ttl_ms: self.ttl_ms,
+            record,
+            start_ts: None,
+        }
     }
 
     /// The decision.
     pub fn commit(&self) -> TxnCmd {
-        TxnCmd::Commit { txn_id: self.txn_id, primary_key: self.primary_key() }
+        TxnCmd::Commit { txn_id: self.txn_id, primary_key: self.primary_key(), commit_ts: None }
     }
 
     /// The resolve of one region's keys.
     pub fn resolve(&self, keys: Vec<Bytes>, commit: bool) -> TxnCmd {
-        TxnCmd::Resolve { txn_id: self.txn_id, keys, commit }
+        TxnCmd::Resolve { txn_id: self.txn_id, keys, commit, commit_ts: None }
     }
 
     /// Asks the record (after a lost reply: `abort_if_expired` false).

@@ -137,7 +137,16 @@ impl LockAction {
     /// floor, frozen).
     pub fn resolve(&self, state: &TxnState) -> Option<TxnCmd> {
         let commit = decision(state)?;
-        Some(TxnCmd::Resolve { txn_id: self.lock.txn_id.0, keys: vec![self.key.clone()], commit })
+        let commit_ts = match state {
+            TxnState::Committed { commit_ts } => *commit_ts,
+            _ => None,
+        };
+        Some(TxnCmd::Resolve {
+            txn_id: self.lock.txn_id.0,
+            keys: vec![self.key.clone()],
+            commit,
+            commit_ts,
+        })
     }
 }
 
@@ -147,7 +156,7 @@ impl LockAction {
 /// cannot be decided here and is left for an operator).
 pub fn decision(state: &TxnState) -> Option<bool> {
     match state {
-        TxnState::Committed => Some(true),
+        TxnState::Committed { .. } => Some(true),
         TxnState::Aborted => Some(false),
         TxnState::Pending { .. } | TxnState::NotFound { .. } | TxnState::Frozen { .. } => None,
     }
@@ -166,6 +175,9 @@ pub struct ForgetAction {
     /// it) before the record is forgotten. Resolve is idempotent; a key without a lock
     /// of this transaction is skipped.
     pub participants: Vec<Bytes>,
+    /// The record's commit timestamp (a snapshot-isolated transaction committed):
+    /// what committing its locks writes their versions at.
+    pub commit_ts: Option<u64>,
 }
 
 impl ForgetAction {
@@ -177,6 +189,7 @@ impl ForgetAction {
                 txn_id: self.txn_id,
                 keys: vec![key.clone()],
                 commit: self.committed,
+                commit_ts: self.commit_ts,
             })
             .collect()
     }
@@ -363,6 +376,7 @@ pub fn plan_turn(
                 txn_id: *txn_id,
                 committed,
                 participants: record.participants.clone(),
+                commit_ts: record.commit_ts,
             });
         }
     }

@@ -19,6 +19,7 @@ fn lock(txn: u64, primary: &str, created_at_ms: u64) -> Lock {
         value: Some(b("v")),
         created_at_ms,
         ttl_ms: TTL,
+        start_ts: None,
     }
 }
 
@@ -33,6 +34,8 @@ fn record(txn: u64, primary: &str, status: TxnStatus, participants: &[&str]) -> 
         last_heartbeat_ms: 100,
         coordinator: None,
         decided_at_index: None,
+        start_ts: None,
+        commit_ts: None,
     }
 }
 
@@ -68,12 +71,12 @@ fn expired_locks_oldest_first_and_bounded() {
         TxnCmd::CheckStatus { txn_id: 5, primary_key: b("x"), abort_if_expired: true }
     );
     assert_eq!(
-        plan.locks[0].resolve(&TxnState::Committed),
-        Some(TxnCmd::Resolve { txn_id: 5, keys: vec![b("b")], commit: true })
+        plan.locks[0].resolve(&TxnState::Committed { commit_ts: None }),
+        Some(TxnCmd::Resolve { txn_id: 5, keys: vec![b("b")], commit: true, commit_ts: None })
     );
     assert_eq!(
         plan.locks[0].resolve(&TxnState::Aborted),
-        Some(TxnCmd::Resolve { txn_id: 5, keys: vec![b("b")], commit: false })
+        Some(TxnCmd::Resolve { txn_id: 5, keys: vec![b("b")], commit: false, commit_ts: None })
     );
     for undecided in [
         TxnState::Pending { expires_at_ms: 9_000 },
@@ -167,8 +170,8 @@ fn decided_records_are_forgotten_after_both_delays() {
     assert_eq!(
         f.resolves(),
         vec![
-            TxnCmd::Resolve { txn_id: 4, keys: vec![b("p")], commit: true },
-            TxnCmd::Resolve { txn_id: 4, keys: vec![b("z")], commit: true },
+            TxnCmd::Resolve { txn_id: 4, keys: vec![b("p")], commit: true, commit_ts: None },
+            TxnCmd::Resolve { txn_id: 4, keys: vec![b("z")], commit: true, commit_ts: None },
         ]
     );
     assert_eq!(due.new_floor, 5);

@@ -1,0 +1,270 @@
+//! Snapshot-isolated transactions: [`Db::transaction`] (ARCHITECTURE.md, "Snapshot
+//! isolation").
+//!
+//! A transaction reads at its start timestamp (from the cluster's oracle) and buffers
+//! its writes; `commit` prewrites them as locks on the user keys' lock keys (the
+//! transactional keyspace, `regionkv_raft::txn::mvcc`) with the start timestamp, takes
+//! a commit timestamp from the oracle, commits the record on the primary's region
+//! (which writes the versions there) and resolves the other regions' locks at the
+//! same commit timestamp. A key with a version committed at or after the start is a
+//! write-write conflict: our locks are dropped and the caller gets
+//! [`Error::Conflict`] (retryable: start a new transaction).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use regionkv_engine::RegionId;
+use regionkv_raft::Error as E;
+use regionkv_raft::txn::mvcc;
+use regionkv_raft::{Op, Query, QueryResult, RecordInit, TxnCmd, TxnReply, TxnState};
+
+use super::txn::{LockMet, Resolved};
+use super::{Db, IntoBytes, IntoKeyRange};
+use crate::defaults::{DB_FIRST_BACKOFF, DB_MAX_BACKOFF};
+use crate::error::{Error, Result};
+
+/// A snapshot-isolated transaction over user keys of any bytes (they live apart from
+/// raw keys). Reads see the state committed before it started plus its own writes;
+/// `commit` writes all of them or none. Dropped without `commit`: rolled back (its
+/// writes are only buffered until then).
+#[derive(Debug)]
+pub struct Transaction {
+    db: Db,
+    start_ts: u64,
+    /// Buffered writes by user key: `Some` a put, `None` a delete.
+    writes: BTreeMap<Bytes, Option<Bytes>>,
+}
+
+impl Db {
+    /// Starts a snapshot-isolated transaction: its start timestamp comes from the
+    /// cluster's oracle ([`Db::timestamp`]).
+    pub fn transaction(&self) -> Result<Transaction> {
+        let start_ts = self.timestamp()?;
+        Ok(Transaction { db: self.clone(), start_ts, writes: BTreeMap::new() })
+    }
+}
+
+impl Transaction {
+    /// The timestamp it reads at.
+    pub fn start_ts(&self) -> u64 {
+        self.start_ts
+    }
+
+    /// Buffers `key = value`.
+    pub fn put(&mut self, key: impl IntoBytes, value: impl IntoBytes) {
+        self.writes.insert(key.into_bytes(), Some(value.into_bytes()));
+    }
+
+    /// Buffers the removal of `key`.
+    pub fn delete(&mut self, key: impl IntoBytes) {
+        self.writes.insert(key.into_bytes(), None);
+    }
+
+    /// The value of `key` at the start timestamp, or this transaction's own write.
+    pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
+        let key = key.as_ref();
+        if let Some(own) = self.writes.get(key) {
+            return Ok(own.clone());
+        }
+        self.wait_out_lock(key)?;
+        let from = mvcc::version_key(key, self.start_ts).to_vec();
+        let end = mvcc::versions_end(key).to_vec();
+        let newest = self.db.scan_raw(from, Some(&end), 1)?;
+        match newest.first() {
+            Some((_, stored)) => version_value(stored),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` pairs of user keys in `range` at the start timestamp, this
+    /// transaction's own writes included, in key order.
+    pub fn scan(&self, range: impl IntoKeyRange, limit: usize) -> Result<Vec<(Bytes, Bytes)>> {
+        let (start, end) = range.to_bounds();
+        let store_end = end
+            .as_deref()
+            .map_or_else(|| vec![mvcc::TXN_KEYSPACE + 1], |e| mvcc::lock_key(e).to_vec());
+        // A lock met on the way is resolved or waited for by the raw scan.
+        let rows =
+            self.db.scan_raw(mvcc::lock_key(&start).to_vec(), Some(&store_end), usize::MAX)?;
+        let mut seen: BTreeMap<Bytes, Option<Bytes>> = BTreeMap::new();
+        for (key, stored) in rows {
+            let Some((user, ts)) = mvcc::decode_version_key(&key) else { continue };
+            if ts > self.start_ts || seen.contains_key(&user) {
+                continue; // too new, or older than the newest visible one
+            }
+            seen.insert(user, version_value(&stored)?);
+        }
+        let in_range = |k: &Bytes| {
+            k.as_ref() >= start.as_slice() && end.as_deref().is_none_or(|e| k.as_ref() < e)
+        };
+        for (k, v) in self.writes.iter().filter(|(k, _)| in_range(k)) {
+            seen.insert(k.clone(), v.clone());
+        }
+        Ok(seen.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).take(limit).collect())
+    }
+
+    /// Drops the buffered writes (nothing was written).
+    pub fn rollback(self) {}
+
+    /// Writes every buffered write at a commit timestamp from the oracle, all or
+    /// nothing. A write-write conflict (a key committed by another transaction since
+    /// this one started) or a live lock: [`Error::Conflict`], nothing written.
+    pub fn commit(mut self) -> Result<()> {
+        let writes = std::mem::take(&mut self.writes);
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let ops: Vec<Op> = writes
+            .into_iter()
+            .map(|(user, value)| {
+                let key = mvcc::lock_key(&user);
+                match value {
+                    Some(value) => Op::Put { key, value },
+                    None => Op::Delete { key },
+                }
+            })
+            .collect();
+        let txn_id = self.db.next_txn_id()?;
+        let keys: Vec<Bytes> = ops.iter().map(|op| Bytes::copy_from_slice(op.key())).collect();
+        let primary = keys[0].clone();
+        if let Err(e) = self.prewrite_all(txn_id, &primary, &keys, ops) {
+            self.resolve(txn_id, &keys, false, None);
+            return Err(e);
+        }
+        let commit_ts = match self.db.timestamp() {
+            Ok(ts) => ts,
+            Err(e) => {
+                self.resolve(txn_id, &keys, false, None);
+                return Err(e);
+            }
+        };
+        let cmd =
+            TxnCmd::Commit { txn_id, primary_key: primary.clone(), commit_ts: Some(commit_ts) };
+        match self.db.txn_call_for(&cmd, self.db.deadline)? {
+            TxnReply::Status(TxnState::Committed { .. }) => {
+                self.resolve(txn_id, &keys, true, Some(commit_ts));
+                Ok(())
+            }
+            TxnReply::Status(TxnState::Aborted) => Err(Error::TxnAborted { txn_id }),
+            _ => Err(Error::Indeterminate { txn_id, primary_key: primary }),
+        }
+    }
+
+    /// Prewrites `ops` region by region (regrouped as regions change).
+    fn prewrite_all(
+        &self,
+        txn_id: u64,
+        primary: &Bytes,
+        keys: &[Bytes],
+        ops: Vec<Op>,
+    ) -> Result<()> {
+        let mut todo = ops;
+        let mut backoff = DB_FIRST_BACKOFF;
+        let started = std::time::Instant::now();
+        // Bounded by the deadline: every turn that leaves work resolves or sleeps.
+        while !todo.is_empty() {
+            if started.elapsed() >= self.db.deadline {
+                return Err(Error::Unavailable {
+                    waited: started.elapsed(),
+                    last: format!("the prewrites of transaction {txn_id} did not finish"),
+                });
+            }
+            let mut groups: BTreeMap<RegionId, Vec<Op>> = BTreeMap::new();
+            for op in std::mem::take(&mut todo) {
+                let region = self.db.router.locate(op.key()).map_or(RegionId(0), |r| r.region.id);
+                groups.entry(region).or_default().push(op);
+            }
+            for ops in groups.into_values() {
+                let record = ops
+                    .iter()
+                    .any(|op| op.key() == primary.as_ref())
+                    .then(|| RecordInit { participants: keys.to_vec(), coordinator: None });
+                let cmd = TxnCmd::Prewrite {
+                    txn_id,
+                    primary_key: primary.clone(),
+                    ops: ops.clone(),
+                    ttl_ms: self.db.txn_ttl_ms,
+                    record,
+                    start_ts: Some(self.start_ts),
+                };
+                match self.db.txn_call_for(&cmd, self.db.deadline) {
+                    Ok(_) => {}
+                    Err(Error::CrossRegionBatch { .. }) => todo.extend(ops),
+                    Err(Error::Store(E::WriteConflict { key, .. })) => {
+                        let key = mvcc::decode_lock_key(&key).unwrap_or(key);
+                        return Err(Error::Conflict { key, txn_id });
+                    }
+                    Err(e) => {
+                        let Some(lock) = LockMet::of(&e) else { return Err(e) };
+                        if self.db.resolve_lock(&lock, self.db.deadline)? == Resolved::Alive {
+                            let key = mvcc::decode_lock_key(&lock.key).unwrap_or(lock.key);
+                            return Err(Error::Conflict { key, txn_id: lock.txn_id });
+                        }
+                        todo.extend(ops);
+                    }
+                }
+            }
+            if !todo.is_empty() {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(DB_MAX_BACKOFF);
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves (commits at `commit_ts`, or drops) the transaction's locks on `keys`,
+    /// one key at a time, best effort: a lock left is resolved by a reader or the
+    /// recovery daemon through the record.
+    fn resolve(&self, txn_id: u64, keys: &[Bytes], commit: bool, commit_ts: Option<u64>) {
+        for key in keys {
+            let cmd = TxnCmd::Resolve { txn_id, keys: vec![key.clone()], commit, commit_ts };
+            let _ = self.db.txn_call_for(&cmd, self.db.deadline);
+        }
+    }
+
+    /// Waits out a lock on `user`'s lock key held by a transaction that started at or
+    /// before this one (resolved through its record, or waited for); a lock of a
+    /// transaction that started later cannot commit below our start: ignored.
+    fn wait_out_lock(&self, user: &[u8]) -> Result<()> {
+        let key = mvcc::lock_key(user);
+        let started = std::time::Instant::now();
+        let mut backoff = DB_FIRST_BACKOFF;
+        // Bounded by the deadline: every turn that does not return sleeps or resolves.
+        loop {
+            let err = match self.db.call(&key, self.db.deadline, |backend, store, region, reply| {
+                backend.read(
+                    store,
+                    regionkv_raft::ReadRequest {
+                        region: region.id,
+                        epoch: region.epoch,
+                        query: Query::Get { key: key.clone() },
+                        reply,
+                    },
+                );
+                Ok(())
+            }) {
+                Ok(QueryResult::Value(_) | QueryResult::Rows(_)) => return Ok(()),
+                Err(e) => e,
+            };
+            if let Error::Store(E::Locked { lock_start_ts: Some(ts), .. }) = &err
+                && *ts > self.start_ts
+            {
+                return Ok(());
+            }
+            let Some(lock) = LockMet::of(&err) else { return Err(err) };
+            if started.elapsed() >= self.db.deadline {
+                return Err(lock.conflict());
+            }
+            if self.db.resolve_lock(&lock, self.db.deadline)? == Resolved::Alive {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(DB_MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// A stored version's value (`None`: a delete).
+fn version_value(stored: &Bytes) -> Result<Option<Bytes>> {
+    mvcc::decode_version_value(stored)
+        .map_err(|why| Error::Protocol(format!("a version of the transactional keyspace: {why}")))
+}
