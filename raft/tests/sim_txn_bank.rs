@@ -93,7 +93,7 @@ fn resolve_lock(
     let abort_if_expired = wall_ms(c) > expires_at_ms;
     let check = TxnCmd::CheckStatus { txn_id, primary_key: primary_key.clone(), abort_if_expired };
     let commit = match send(c, primary_key, &check, 30 * SECOND) {
-        Some(Ok(TxnReply::Status(TxnState::Committed))) => true,
+        Some(Ok(TxnReply::Status(TxnState::Committed { .. }))) => true,
         Some(Ok(TxnReply::Status(TxnState::Aborted))) => false,
         // Below the floor: finished and forgotten; this lock is a late copy.
         Some(Ok(TxnReply::Status(TxnState::NotFound { floor }))) if txn_id < floor => false,
@@ -103,7 +103,7 @@ fn resolve_lock(
         }
         other => panic!("check status of txn {txn_id}: {other:?}"),
     };
-    let resolve = TxnCmd::Resolve { txn_id, keys: vec![key.clone()], commit };
+    let resolve = TxnCmd::Resolve { txn_id, keys: vec![key.clone()], commit, commit_ts: None };
     match send(c, key, &resolve, 30 * SECOND) {
         Some(Ok(TxnReply::Done)) => true,
         other => panic!("resolve of txn {txn_id} on {key:?}: {other:?}"),
@@ -228,7 +228,7 @@ fn transfer(
         return Outcome::Unknown;
     }
     let outcome = match send(c, &plan.primary_key(), &plan.commit(), 10 * SECOND) {
-        Some(Ok(TxnReply::Status(TxnState::Committed))) => Outcome::Acked,
+        Some(Ok(TxnReply::Status(TxnState::Committed { .. }))) => Outcome::Acked,
         Some(Err(Error::TxnAborted { .. })) => return Outcome::Aborted,
         None => return Outcome::Unknown,
         other => panic!("commit of txn {txn_id}: {other:?}"),
@@ -307,12 +307,12 @@ fn run_seed(seed: u64) -> u64 {
         };
         if in_from {
             assert!(
-                matches!(state, TxnState::Committed | TxnState::NotFound { .. }),
+                matches!(state, TxnState::Committed { .. } | TxnState::NotFound { .. }),
                 "seed {seed}: txn {id} applied but its record says {state:?}"
             );
         } else {
             assert!(
-                !matches!(state, TxnState::Committed | TxnState::Frozen { .. }),
+                !matches!(state, TxnState::Committed { .. } | TxnState::Frozen { .. }),
                 "seed {seed}: txn {id} not applied but its record says {state:?}"
             );
         }
@@ -379,6 +379,6 @@ fn a_leader_reports_its_oldest_lock_s_age() {
     let [age] = ages(&mut c)[..] else { panic!("one leader") };
     assert!((5_000..60_000).contains(&age), "the lock is {age} ms old");
     let commit = send(&mut c, b"a1", &plan.commit(), 10 * SECOND);
-    assert!(matches!(commit, Some(Ok(TxnReply::Status(TxnState::Committed)))), "{commit:?}");
+    assert!(matches!(commit, Some(Ok(TxnReply::Status(TxnState::Committed { .. })))), "{commit:?}");
     assert_eq!(ages(&mut c), vec![0]);
 }

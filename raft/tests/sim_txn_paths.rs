@@ -137,7 +137,7 @@ fn a_split_of_the_primary_s_region_between_prewrite_and_commit_moves_the_record(
         // The commit lands on the new region and applies its lock.
         assert_eq!(
             status(call(&mut c, b"c1", &p.commit(), 10 * SECOND)),
-            TxnState::Committed,
+            TxnState::Committed { commit_ts: None },
             "seed {seed}"
         );
         assert_eq!(
@@ -150,7 +150,7 @@ fn a_split_of_the_primary_s_region_between_prewrite_and_commit_moves_the_record(
         // A later check finds it committed (an abort attempt changes nothing).
         assert_eq!(
             status(call(&mut c, b"c1", &p.check_status(true), 10 * SECOND)),
-            TxnState::Committed
+            TxnState::Committed { commit_ts: None }
         );
     }
 }
@@ -185,7 +185,7 @@ fn heartbeats_keep_a_slow_transaction_alive_past_its_ttl_and_without_them_it_is_
                 );
                 assert_eq!(
                     status(call(&mut c, b"a1", &p.commit(), 10 * SECOND)),
-                    TxnState::Committed
+                    TxnState::Committed { commit_ts: None }
                 );
                 let resolve = p.resolve(vec![Bytes::from_static(b"n1")], true);
                 assert_eq!(call(&mut c, b"n1", &resolve, 10 * SECOND).ok(), Some(TxnReply::Done));
@@ -237,17 +237,20 @@ fn a_commit_whose_answer_is_lost_is_decided_by_asking_the_record() {
             // still pending (the commit was lost), and then a retried commit decides.
             let asked = status(call(&mut c, b"a1", &p.check_status(false), 10 * SECOND));
             match asked {
-                TxnState::Committed => {}
+                TxnState::Committed { .. } => {}
                 TxnState::Pending { .. } => {
                     assert_eq!(
                         status(call(&mut c, b"a1", &p.commit(), 10 * SECOND)),
-                        TxnState::Committed
+                        TxnState::Committed { commit_ts: None }
                     );
                 }
                 other => panic!("seed {seed}: the record says {other:?}"),
             }
             // A retried commit answers the same, and the writes are there.
-            assert_eq!(status(call(&mut c, b"a1", &p.commit(), 10 * SECOND)), TxnState::Committed);
+            assert_eq!(
+                status(call(&mut c, b"a1", &p.commit(), 10 * SECOND)),
+                TxnState::Committed { commit_ts: None }
+            );
             let resolve = p.resolve(vec![Bytes::from_static(b"n1")], true);
             assert_eq!(call(&mut c, b"n1", &resolve, 10 * SECOND).ok(), Some(TxnReply::Done));
             assert_eq!(get(&mut c, "a1").ok(), Some(Some(Bytes::from("a1-21"))), "seed {seed}");

@@ -48,7 +48,10 @@ fn committed_by_hand(db: &Db) -> TxnPlan {
     for op in &plan.ops {
         assert_eq!(db.txn_call(plan.prewrite(vec![op.clone()])).unwrap(), TxnReply::Done);
     }
-    assert_eq!(db.txn_call(plan.commit()).unwrap(), TxnReply::Status(TxnState::Committed));
+    assert_eq!(
+        db.txn_call(plan.commit()).unwrap(),
+        TxnReply::Status(TxnState::Committed { commit_ts: None })
+    );
     plan
 }
 
