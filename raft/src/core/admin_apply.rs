@@ -65,15 +65,6 @@ pub(super) fn check_admin(
                 return Err(invalid("split keys must be strictly inside the region"));
             }
             check_split_ids(region, floor, new_ids, index).map_err(|why| invalid(&why))?;
-            // A user key's lock and versions stay in one region (`mvcc::split_boundary`).
-            if split_keys.iter().any(|k| {
-                crate::txn::mvcc::is_txn_key(k) && crate::txn::mvcc::decode_lock_key(k).is_none()
-            }) {
-                return Err(invalid(
-                    "a split key in the transactional keyspace must be a lock key \
-                     (see mvcc::split_boundary)",
-                ));
-            }
         }
         AdminCmd::PrepareMerge { target } => {
             if epoch != region.epoch {

@@ -241,6 +241,22 @@ impl StoreCore {
         };
         let replica = match gate.and_then(|()| self.leader(region)).and_then(|replica| {
             check_admin(replica, floor, epoch, &cmd, replica.applied_index + 1)?;
+            // A user key's lock and versions stay in one region
+            // (`mvcc::split_boundary`). Checked before propose only, like the merge
+            // rule below: a replica running a binary from before the transactional
+            // keyspace applies the same split, so no replica refuses what another applies.
+            if let AdminCmd::Split { split_keys, .. } = &cmd
+                && split_keys.iter().any(|k| {
+                    crate::txn::mvcc::is_txn_key(k)
+                        && crate::txn::mvcc::decode_lock_key(k).is_none()
+                })
+            {
+                return Err(Error::InvalidRequest(
+                    "a split key in the transactional keyspace must be a lock key \
+                     (see mvcc::split_boundary)"
+                        .into(),
+                ));
+            }
             // A region merges into its left neighbour only, so that every region keeps
             // its start key for its whole life: the proof that a hosted region is gone
             // (`StoreCore::superseded`) rests on it. Checked before propose, so logs
