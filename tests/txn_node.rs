@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use regionkv::layers::raft::txn::plan::TxnPlan;
-use regionkv::{Client, ClusterId, Error, Node, NodeConfig, Op, StoreId, TxnOutcome, WriteBatch};
+use regionkv::{Client, ClusterId, Error, Node, NodeConfig, Op, TxnOutcome, WriteBatch};
 
 mod common;
 
@@ -19,22 +19,7 @@ const SECRET: &[u8] = b"the secret of the txn node test cluster";
 const CLUSTER: ClusterId = ClusterId(43);
 
 fn config(dir: &std::path::Path, id: u64, addrs: &[SocketAddr]) -> NodeConfig {
-    let mut config = NodeConfig::new(
-        StoreId(id),
-        dir.join(format!("node-{id}")),
-        addrs[id as usize - 1],
-        CLUSTER,
-        SECRET.to_vec(),
-    );
-    config.tick_interval = Duration::from_millis(20);
-    config = config.bootstrap();
-    for (i, addr) in addrs.iter().enumerate() {
-        let peer = i as u64 + 1;
-        if peer != id {
-            config = config.peer(StoreId(peer), *addr);
-        }
-    }
-    config
+    common::node_config(dir, id, addrs, CLUSTER, SECRET)
 }
 
 #[test]

@@ -67,3 +67,30 @@ pub fn free_addrs(n: usize) -> Vec<std::net::SocketAddr> {
         (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
     listeners.iter().map(|l| l.local_addr().unwrap()).collect()
 }
+
+/// The configuration of node `id` (1-based) of a cluster bootstrapped on `addrs`, each
+/// node listing the others as peers, with a fast tick.
+pub fn node_config(
+    dir: &std::path::Path,
+    id: u64,
+    addrs: &[std::net::SocketAddr],
+    cluster: regionkv::ClusterId,
+    secret: &[u8],
+) -> regionkv::NodeConfig {
+    let mut config = regionkv::NodeConfig::new(
+        regionkv::StoreId(id),
+        dir.join(format!("node-{id}")),
+        addrs[id as usize - 1],
+        cluster,
+        secret.to_vec(),
+    );
+    config.tick_interval = std::time::Duration::from_millis(20);
+    config = config.bootstrap();
+    for (i, addr) in addrs.iter().enumerate() {
+        let peer = i as u64 + 1;
+        if peer != id {
+            config = config.peer(regionkv::StoreId(peer), *addr);
+        }
+    }
+    config
+}
