@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use regionkv::layers::raft::version::CLUSTER_VERSION_MAX;
-use regionkv::{Client, ClusterId, Error, Node, NodeConfig, RejectReason, StoreId};
+use regionkv::{Client, ClusterId, Error, Node, NodeConfig, RejectReason};
 
 mod common;
 
