@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use regionkv::layers::raft::StateRole;
 use regionkv::layers::raft::directory::DIRECTORY;
-use regionkv::{Client, Cluster, ClusterId, Error, Node, NodeConfig, StoreId};
+use regionkv::{Client, Cluster, ClusterId, Error, Node, NodeConfig};
 
 mod common;
 
