@@ -22,7 +22,7 @@ use regionkv_raft::{
 };
 use regionkv_wal::CrashMode;
 
-use common::{R1, SECOND, region_for};
+use common::{R1, SECOND, leader_of, region_for};
 
 const MS: Duration = Duration::from_millis(1);
 const TTL_MS: u64 = 400;
@@ -55,40 +55,12 @@ fn setup(seed: u64) -> regionkv_raft::sim::SimCluster {
     c
 }
 
-fn leader_of(
-    c: &mut regionkv_raft::sim::SimCluster,
-    key: &[u8],
-) -> (regionkv_engine::StoreId, regionkv_engine::RegionId) {
-    loop {
-        if let Some(region) = region_for(c, key)
-            && let Some(leader) = c.wait_leader(region.id, SECOND)
-        {
-            return (leader, region.id);
-        }
-        c.run_for(20 * MS);
-    }
-}
-
 fn call(
     c: &mut regionkv_raft::sim::SimCluster,
     key: &[u8],
     cmd: &TxnCmd,
 ) -> Result<TxnReply, Error> {
-    let deadline = c.now() + 10 * SECOND;
-    let mut last = Error::Timeout { region: R1 };
-    while c.now() < deadline {
-        let (leader, region) = leader_of(c, key);
-        let pending = c.txn(leader, region, cmd.clone());
-        match c.wait(&pending, 500 * MS) {
-            Some(Err(e)) if e.is_retryable() => {
-                last = e;
-                c.run_for(20 * MS);
-            }
-            Some(result) => return result,
-            None => last = Error::Timeout { region },
-        }
-    }
-    Err(last)
+    common::txn_call(c, key, cmd, 10 * SECOND)
 }
 
 fn get(c: &mut regionkv_raft::sim::SimCluster, key: &[u8]) -> Result<Option<Bytes>, Error> {

@@ -17,6 +17,8 @@
 
 mod common;
 
+use common::{leader_of, txn_call as call};
+
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -72,38 +74,6 @@ fn parts(c: &SimCluster, plan: &TxnPlan) -> Vec<(Bytes, Vec<Op>)> {
         }
     }
     parts.into_iter().map(|(_, key, ops)| (key, ops)).collect()
-}
-
-/// The leader of the region holding `key`.
-fn leader_of(c: &mut SimCluster, key: &[u8]) -> (StoreId, regionkv_engine::RegionId) {
-    loop {
-        if let Some(region) = region_for(c, key)
-            && let Some(leader) = c.wait_leader(region.id, SECOND)
-        {
-            return (leader, region.id);
-        }
-        c.run_for(20 * MS);
-    }
-}
-
-/// Sends `cmd` to the leader of `key`'s region; retries retryable errors (and lost
-/// replies: every command is idempotent) until `max`.
-fn call(c: &mut SimCluster, key: &[u8], cmd: &TxnCmd, max: Duration) -> Result<TxnReply, Error> {
-    let deadline = c.now() + max;
-    let mut last = Error::Timeout { region: R1 };
-    while c.now() < deadline {
-        let (leader, region) = leader_of(c, key);
-        let pending = c.txn(leader, region, cmd.clone());
-        match c.wait(&pending, 500 * MS) {
-            Some(Err(e)) if e.is_retryable() => {
-                last = e;
-                c.run_for(20 * MS);
-            }
-            Some(result) => return result,
-            None => last = Error::Timeout { region },
-        }
-    }
-    Err(last)
 }
 
 /// Proposes `cmd` at the leader of `key`'s region without waiting for it.

@@ -366,3 +366,40 @@ pub fn send_put(
     });
     rx
 }
+
+/// The leader of the region holding `key`, waiting (in virtual time) until there is one.
+pub fn leader_of(c: &mut SimCluster, key: &[u8]) -> (regionkv_engine::StoreId, RegionId) {
+    loop {
+        if let Some(region) = region_for(c, key)
+            && let Some(leader) = c.wait_leader(region.id, SECOND)
+        {
+            return (leader, region.id);
+        }
+        c.run_for(Duration::from_millis(20));
+    }
+}
+
+/// Sends a transaction command to the leader of `key`'s region; retries retryable
+/// errors (and lost replies: every command is idempotent) until `max`.
+pub fn txn_call(
+    c: &mut SimCluster,
+    key: &[u8],
+    cmd: &regionkv_raft::TxnCmd,
+    max: Duration,
+) -> Result<regionkv_raft::TxnReply, Error> {
+    let deadline = c.now() + max;
+    let mut last = Error::Timeout { region: R1 };
+    while c.now() < deadline {
+        let (leader, region) = leader_of(c, key);
+        let pending = c.txn(leader, region, cmd.clone());
+        match c.wait(&pending, Duration::from_millis(500)) {
+            Some(Err(e)) if e.is_retryable() => {
+                last = e;
+                c.run_for(Duration::from_millis(20));
+            }
+            Some(result) => return result,
+            None => last = Error::Timeout { region },
+        }
+    }
+    Err(last)
+}
