@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 pub const CLUSTER_VERSION_INITIAL: u32 = 1;
 
 /// The newest cluster version this binary can run at.
-pub const CLUSTER_VERSION_MAX: u32 = 3;
+pub const CLUSTER_VERSION_MAX: u32 = 4;
 
 /// A capability that needs every replica of the cluster to know a command kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,8 +45,15 @@ pub const HEALTH_AUDIT: Feature = Feature { name: "health-audit", since: 2 };
 /// check status, heartbeat, forget) and the locks and records they leave.
 pub const TXN: Feature = Feature { name: "transactions", since: 3 };
 
+/// Transactions, second round: async commit (a `Staging` record decided by its
+/// participants' locks), resolves of many transactions in one command, one-phase
+/// commit of a single-region snapshot transaction, and version GC below a safepoint.
+/// Every command kind, record status and field these add is refused by a proposer
+/// until the cluster runs at this version, so a version-3 replica never meets one.
+pub const TXN_V2: Feature = Feature { name: "transactions-v2", since: 4 };
+
 /// Every feature, oldest first.
-pub const FEATURES: &[Feature] = &[IMAGE_HASH, HEALTH_AUDIT, TXN];
+pub const FEATURES: &[Feature] = &[IMAGE_HASH, HEALTH_AUDIT, TXN, TXN_V2];
 
 /// A store's view of the cluster's active version: it only goes up.
 #[derive(Debug)]
