@@ -108,7 +108,9 @@ impl Transaction {
 
     /// Writes every buffered write at a commit timestamp from the oracle, all or
     /// nothing. A write-write conflict (a key committed by another transaction since
-    /// this one started) or a live lock: [`Error::Conflict`], nothing written.
+    /// this one started): [`Error::Conflict`], nothing written. A live lock of another
+    /// transaction is waited for per the `Db`'s [`LockWait`](super::LockWait) (resolved
+    /// through its record meanwhile), then [`Error::Conflict`].
     pub fn commit(mut self) -> Result<()> {
         let writes = std::mem::take(&mut self.writes);
         if writes.is_empty() {
@@ -196,7 +198,9 @@ impl Transaction {
                     }
                     Err(e) => {
                         let Some(lock) = LockMet::of(&e) else { return Err(e) };
-                        if self.db.resolve_lock(&lock, self.db.deadline)? == Resolved::Alive {
+                        if self.db.resolve_lock(&lock, self.db.deadline)? == Resolved::Alive
+                            && !self.db.may_wait_for_lock(started.elapsed() + backoff)
+                        {
                             let key = mvcc::decode_lock_key(&lock.key).unwrap_or(lock.key);
                             return Err(Error::Conflict { key, txn_id: lock.txn_id });
                         }

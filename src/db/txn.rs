@@ -266,6 +266,17 @@ impl Db {
     }
 }
 
+impl Db {
+    /// True if a write that met a live lock may wait once more, having waited
+    /// `waited` by the end of that wait (per [`LockWait`], within the deadline).
+    pub(super) fn may_wait_for_lock(&self, waited: Duration) -> bool {
+        match self.lock_wait {
+            LockWait::NoWait => false,
+            LockWait::Wait(t) => waited < t.min(self.deadline),
+        }
+    }
+}
+
 /// A record's state as [`Db::txn_outcome`] answers it.
 fn outcome_of(txn_id: u64, state: TxnState) -> Result<TxnOutcome> {
     Ok(match state {
