@@ -373,3 +373,36 @@ fn txn_changes_count_against_the_rounds_bound() -> TestResult {
     assert_eq!(engine.txn_lock_total(), 1);
     Ok(())
 }
+
+#[test]
+fn the_oldest_lock_age_is_read_in_place_per_region() -> TestResult {
+    let engine = engine_with(&[(1, b"", Some(b"m")), (2, b"m", None)])?;
+    assert_eq!(engine.txn_oldest_lock_age_ms(RegionId(1), 5_000), 0, "no lock anywhere");
+    let at = |created_at_ms: u64| {
+        let mut lock = Lock::decode(&lock_entry(5, b"a", b"v")).expect("readable");
+        lock.created_at_ms = created_at_ms;
+        Bytes::from(lock.encode())
+    };
+    let mut round = engine.begin_round();
+    round.prepare_for_region(RegionId(1), epoch(&engine, 1))?;
+    round.set_txn_lock(b"a", Some(at(1_000)))?;
+    round.set_txn_lock(b"b", Some(at(400)))?;
+    round.set_txn_lock(b"c", Some(Bytes::from_static(&[9, 9])))?; // unreadable: no age
+    round.prepare_for_region(RegionId(2), epoch(&engine, 2))?;
+    round.set_txn_lock(b"x", Some(at(3_000)))?;
+    round.commit()?;
+    assert_eq!(engine.txn_oldest_lock_age_ms(RegionId(1), 5_000), 4_600);
+    assert_eq!(engine.txn_oldest_lock_age_ms(RegionId(2), 5_000), 2_000);
+    assert_eq!(engine.txn_oldest_lock_age_ms(RegionId(2), 2_000), 0, "a clock behind: 0");
+    assert_eq!(engine.txn_oldest_lock_age_ms(RegionId(3), 5_000), 0, "no such region");
+    // The same answer as the copy of the table it replaces.
+    let table = engine.txn_table(RegionId(1)).unwrap_or_default();
+    let copied = table
+        .locks
+        .values()
+        .filter_map(|b| Lock::decode(b).ok())
+        .map(|l| 5_000u64.saturating_sub(l.created_at_ms))
+        .max();
+    assert_eq!(copied, Some(4_600));
+    Ok(())
+}

@@ -6,10 +6,8 @@
 //! (from a newer store), or a field an older store did not send, is unknown, never a
 //! default (invariant 5, see ARCHITECTURE.md "Rules the code relies on").
 
-use bytes::Bytes;
 use raft::StateRole;
 use regionkv_engine::PeerId;
-use regionkv_engine::txn::Lock;
 
 /// A replica's Raft role as it was reported. Unlike
 /// [`PeerStatus::role`](crate::PeerStatus::role), which routing reads and which takes an unknown role for
@@ -176,20 +174,4 @@ pub struct FollowerProgress {
     /// store, or not known here: raft-rs does not count them, so this binary sends
     /// none).
     pub ticks_since_heard: Option<u64>,
-}
-
-/// The age in ms at `now_ms` of the oldest of `locks` (encoded, as the engine's
-/// transaction table stores them), 0 if there is none. A lock this binary cannot
-/// read (a newer format, damage) has no age here: it is counted by the apply path,
-/// and never made to look old or young by a guess.
-pub(crate) fn oldest_lock_age_ms<'a>(
-    locks: impl IntoIterator<Item = &'a Bytes>,
-    now_ms: u64,
-) -> u64 {
-    locks
-        .into_iter()
-        .filter_map(|bytes| Lock::decode(bytes).ok())
-        .map(|lock| now_ms.saturating_sub(lock.created_at_ms))
-        .max()
-        .unwrap_or(0)
 }

@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::region::RegionId;
 use crate::round::ApplyRound;
 
-use super::{TxnOverlay, TxnTable};
+use super::{Lock, TxnOverlay, TxnTable};
 
 impl Engine {
     /// True if any region of this store holds a lock: a read that finds none skips
@@ -53,6 +53,24 @@ impl Engine {
     pub fn txn_table(&self, region: RegionId) -> Option<TxnTable> {
         self.region(region)?;
         Some(self.inner.txn.lock().get(&region).cloned().unwrap_or_default())
+    }
+
+    /// The age in ms at `now_ms` of the oldest lock of `region` (by its
+    /// `created_at_ms`; 0 if it holds none), read in place under the tables' mutex: no
+    /// copy of the table. A lock this binary cannot read (a newer format, damage) has
+    /// no age here: it is never made to look old or young by a guess.
+    pub fn txn_oldest_lock_age_ms(&self, region: RegionId, now_ms: u64) -> u64 {
+        if !self.has_txn_locks() {
+            return 0;
+        }
+        self.with_txn_table(region, |t| {
+            t.into_iter()
+                .flat_map(|t| t.locks.values())
+                .filter_map(|bytes| Lock::decode(bytes).ok())
+                .map(|lock| now_ms.saturating_sub(lock.created_at_ms))
+                .max()
+                .unwrap_or(0)
+        })
     }
 
     /// The published transaction state of `region` (empty if none), read through `f`.

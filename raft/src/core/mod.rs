@@ -401,13 +401,8 @@ impl StoreCore {
             if replica.is_leader() && replica.is_initialized() {
                 let id = replica.region.id;
                 let engine = self.ctx.engine_of(id);
-                let age = if engine.has_txn_locks() {
-                    let table = engine.txn_table(id).unwrap_or_default();
-                    crate::status::oldest_lock_age_ms(table.locks.values(), self.ctx.now_ms())
-                } else {
-                    0
-                };
-                status.oldest_lock_age_ms = Some(age);
+                status.oldest_lock_age_ms =
+                    Some(engine.txn_oldest_lock_age_ms(id, self.ctx.now_ms()));
             }
         }
         out.sort_by_key(|s| s.region.id);
