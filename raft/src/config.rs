@@ -116,6 +116,12 @@ pub struct StoreConfig {
     /// Between [`CLUSTER_VERSION_INITIAL`](crate::version::CLUSTER_VERSION_INITIAL) and
     /// [`CLUSTER_VERSION_MAX`].
     pub cluster_version_max: u32,
+    /// Bytes of data (keys and values written) one write-batch round of an apply pass
+    /// takes before it is cut and the pass goes on in a fresh round; `None` (the
+    /// default): the engine's `max_round_bytes`. A write is never cut in two, nor is
+    /// one key's resolve. Lower only to cut rounds often (the simulator's
+    /// `SimConfig::round_bytes`): what is applied must not depend on where the cuts fall.
+    pub apply_round_bytes: Option<usize>,
 }
 
 impl StoreConfig {
@@ -174,6 +180,7 @@ impl StoreConfig {
             hibernate_regions: true,
             image_hash_interval: None,
             cluster_version_max: CLUSTER_VERSION_MAX,
+            apply_round_bytes: None,
         }
     }
 

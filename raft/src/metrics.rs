@@ -171,6 +171,9 @@ pub struct ApplyStats {
     pub rounds_with_several_regions: u64,
     /// The most regions one round prepared.
     pub most_regions_in_a_round: usize,
+    /// Rounds cut because the next write (or a resolve's next key) would not fit
+    /// their bytes; the pass went on in a fresh round.
+    pub rounds_cut_full: u64,
 }
 
 impl ApplyStats {
@@ -185,6 +188,7 @@ impl ApplyStats {
         self.rounds += other.rounds;
         self.rounds_without_regions += other.rounds_without_regions;
         self.rounds_with_several_regions += other.rounds_with_several_regions;
+        self.rounds_cut_full += other.rounds_cut_full;
         self.most_regions_in_a_round =
             self.most_regions_in_a_round.max(other.most_regions_in_a_round);
     }

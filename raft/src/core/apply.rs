@@ -39,7 +39,11 @@ pub(super) struct Applier<'e> {
     pub(super) round: ApplyRound<'e>,
     /// Bytes of keys and values buffered in `round`.
     pub(super) bytes: usize,
+    /// The most bytes one write may hold (the engine's round bound).
     pub(super) max_bytes: usize,
+    /// The bytes past which the round is cut before the next write
+    /// (`StoreConfig::apply_round_bytes`, at most `max_bytes`).
+    pub(super) cut_bytes: usize,
     /// Each client write's and transaction command's reply, its region and its
     /// outcome, answered once the round commits.
     replies: Held,
@@ -56,14 +60,17 @@ pub(super) struct Applier<'e> {
 }
 
 impl<'e> Applier<'e> {
-    /// A pass's round over `engine`.
-    pub(super) fn new(engine: &'e Engine) -> Applier<'e> {
+    /// A pass's round over `engine`, cut past `round_bytes` of data (`None`: the
+    /// engine's round bound).
+    pub(super) fn new(engine: &'e Engine, round_bytes: Option<usize>) -> Applier<'e> {
+        let max_bytes = engine.max_round_bytes();
         Applier {
             engine,
             stats: ApplyStats::default(),
             round: engine.begin_round(),
             bytes: 0,
-            max_bytes: engine.max_round_bytes(),
+            max_bytes,
+            cut_bytes: round_bytes.map_or(max_bytes, |b| b.min(max_bytes)),
             replies: Held::default(),
             txn_applied: false,
             failed: false,
@@ -148,6 +155,12 @@ impl<'e> Applier<'e> {
         Ok(())
     }
 
+    /// [`Self::cut`] because the next change would not fit the round (counted).
+    pub(super) fn cut_full(&mut self) -> Result<()> {
+        self.stats.rounds_cut_full += 1;
+        self.cut()
+    }
+
     /// Buffers one client write, whole: it never straddles two rounds. The outer error
     /// is a failure of the apply itself; the inner result is the write's own outcome (a
     /// stale epoch, a key outside the region or over the engine's limits refuses just
@@ -165,8 +178,8 @@ impl<'e> Applier<'e> {
             return Ok(Err(refused));
         }
         let bytes: usize = write.ops.iter().map(|op| op.key().len() + op_value_len(op)).sum();
-        if self.bytes + bytes > self.max_bytes && !self.round.is_empty() {
-            self.cut()?;
+        if self.bytes + bytes > self.cut_bytes && !self.round.is_empty() {
+            self.cut_full()?;
         }
         let region = &replica.region;
         self.round.prepare_for_region(region.id, region.epoch)?;

@@ -464,7 +464,7 @@ impl StoreCore {
             }
             let dirty = self.dirty.take();
             let engine = self.ctx.engine.clone();
-            let mut applier = Applier::new(&engine);
+            let mut applier = Applier::new(&engine, self.ctx.config.apply_round_bytes);
             let mut touched = Vec::new();
             for &region in &dirty {
                 match self.flush_replica(region, &mut applier) {

@@ -488,8 +488,8 @@ impl TxnApply<'_, '_> {
                 };
                 let bytes = key.len() + 9 + lock.value.as_ref().map_or(0, Bytes::len);
                 let applier = &mut *self.applier;
-                if applier.bytes + bytes > applier.max_bytes && !applier.round.is_empty() {
-                    applier.cut()?;
+                if applier.bytes + bytes > applier.cut_bytes && !applier.round.is_empty() {
+                    applier.cut_full()?;
                     applier.round.prepare_for_region(region.id, region.epoch)?;
                 }
                 let value = match lock.op {

@@ -78,6 +78,10 @@ pub struct SimConfig {
     /// (`StoreConfig::cluster_version_max`); every other store supports this binary's.
     /// Change it between a stop and a restart to upgrade or downgrade a store.
     pub cluster_version_max: BTreeMap<StoreId, u32>,
+    /// Bytes of data one write-batch round of an apply pass takes before it is cut
+    /// (`StoreConfig::apply_round_bytes`; `None`: the engine's bound, 256 MiB): small,
+    /// so that one entry's writes land in several rounds.
+    pub round_bytes: Option<usize>,
 }
 
 impl SimConfig {
@@ -96,6 +100,7 @@ impl SimConfig {
             directory: false,
             image_hash_interval: None,
             cluster_version_max: BTreeMap::new(),
+            round_bytes: None,
         }
     }
 }
@@ -375,6 +380,7 @@ impl SimCluster {
         config.snapshot_chunk_bytes = 4096;
         config.read_mode = self.config.read_mode;
         config.cluster_version_max = self.version_max(id);
+        config.apply_round_bytes = self.config.round_bytes;
         let log = Arc::new(RaftLog::open(wal.clone(), config.log)?);
         let mut ctx =
             StoreContext::new(config, engine.clone(), directory, log, CancellationToken::new());
