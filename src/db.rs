@@ -23,10 +23,13 @@ use crate::defaults::{
 use crate::error::{Error, Result};
 use crate::router::Router;
 
+mod seams;
 mod snapshot;
 mod tso;
 mod two_phase;
 mod txn;
+#[doc(hidden)]
+pub use seams::TxnSeams;
 pub use snapshot::Transaction;
 pub use txn::{LockWait, TxnOutcome};
 
@@ -186,6 +189,8 @@ pub struct Db {
     /// The lock and record TTL of this client's transactions.
     txn_ttl_ms: u64,
     txn: Arc<txn::TxnShared>,
+    /// Test seams of the two-phase coordinator (`None` but in tests).
+    seams: Option<Arc<TxnSeams>>,
 }
 
 /// One client session: an id, and the number of its last write.
@@ -305,6 +310,7 @@ impl Db {
             lock_wait: LockWait::NoWait,
             txn_ttl_ms: DEFAULT_TXN_TTL_MS,
             txn: Arc::default(),
+            seams: None,
         }
     }
 

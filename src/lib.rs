@@ -58,6 +58,8 @@ mod txn_recovery;
 pub use autosplit::SplitPolicy;
 pub use cluster::{Cluster, ClusterBuilder};
 pub use control::{ReplicaHash, StoreVersion, UpgradeStatus};
+#[doc(hidden)]
+pub use db::TxnSeams;
 pub use db::{Db, IntoBytes, IntoKeyRange, LockWait, Transaction, TxnOutcome, WriteBatch};
 pub use error::{Error, Result};
 pub use node::{InitialClusterState, Node, NodeConfig};

@@ -38,6 +38,7 @@ use regionkv_raft::txn::plan::{MAX_TXN_KEYS, TxnPlan};
 use regionkv_raft::{Op, Reply, TxnCmd, TxnReply, TxnRequest, TxnState};
 
 use super::Db;
+use super::seams::SeamStep;
 use super::txn::{LockMet, LockWait, ResolveJob, Resolved};
 use crate::defaults::{DB_ATTEMPT_TIMEOUT, DB_FIRST_BACKOFF, DB_MAX_BACKOFF};
 use crate::error::{Error, Result};
@@ -166,7 +167,7 @@ impl Db {
     /// The decision, then the other regions' locks resolved in the background.
     fn commit(&self, plan: &TxnPlan, start: Instant, deadline: Duration) -> Result<()> {
         let left = deadline.saturating_sub(start.elapsed()).max(DB_ATTEMPT_TIMEOUT);
-        let state = match self.txn_call_for(&plan.commit(), left) {
+        let state = match self.seamed_call(SeamStep::Commit, &plan.commit(), left) {
             Ok(TxnReply::Status(state)) => state,
             Ok(TxnReply::Done) => return Err(Error::Protocol("a commit answered done".into())),
             Err(Error::TxnAborted { txn_id }) => return Err(Error::TxnAborted { txn_id }),
@@ -187,7 +188,8 @@ impl Db {
     /// The record's state after a commit without a definite answer; an unknown one is
     /// `Pending` (which the caller reports as indeterminate).
     fn last_look(&self, plan: &TxnPlan) -> TxnState {
-        match self.txn_call_for(&plan.check_status(false), DB_ATTEMPT_TIMEOUT) {
+        let check = plan.check_status(false);
+        match self.seamed_call(SeamStep::StatusAfterCommit, &check, DB_ATTEMPT_TIMEOUT) {
             Ok(TxnReply::Status(state)) => state,
             _ => TxnState::Pending { expires_at_ms: u64::MAX },
         }
@@ -369,7 +371,9 @@ impl Db {
         for ops in groups.into_values() {
             let part = Part { gather: Arc::clone(&gather), index: sent.len(), answered: false };
             let reply: Reply<TxnReply> = Box::new(move |r| part.answer(r));
-            if self.send_to_leader(plan.prewrite(ops.clone()), reply) {
+            if !self.seam_routes(plan, &ops)
+                && self.send_to_leader(plan.prewrite(ops.clone()), reply)
+            {
                 sent.push(Some(ops));
             } else {
                 // Its reply was dropped: it answers `Cancelled`, which is ignored.
@@ -435,6 +439,7 @@ impl Db {
             for ops in parts {
                 let tx = tx.clone();
                 scope.spawn(move || {
+                    self.seam_hold(plan, &ops);
                     let cmd = plan.prewrite(ops.clone());
                     let r = self.txn_call_for(&cmd, left);
                     let _ = tx.send((ops, r));

@@ -356,6 +356,7 @@ impl Db {
             lock_wait: self.lock_wait,
             txn_ttl_ms: self.txn_ttl_ms,
             txn: Arc::default(),
+            seams: None,
         };
         let spawned = std::thread::Builder::new().name("db-txn-resolver".into()).spawn(move || {
             // Bounded by the senders: it ends when they are all dropped, or at shutdown.
