@@ -21,10 +21,13 @@
 //!
 //! No configuration switch opens a gate. A closed gate defers the turn: nothing is
 //! decoded or proposed, it is counted (`deferred{gate}`) and logged at info once per
-//! store boot and gate (then at debug). Only a `#[cfg(test)]` entry,
+//! store boot and gate (then at debug). Its marker (the gate, since when, the boot
+//! that logged it) is kept in the store engine's manifest, task state `txn.recovery`
+//! ([`RecoveryState`]), so it outlives a restart and shows in
+//! `StoreMetrics::txn_recovery_deferred`; a turn that passes the gates clears it. Only a `#[cfg(test)]` entry,
 //! `recover_once_ungated`, runs a turn past G1 and G2 (never past G3).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -37,6 +40,7 @@ use regionkv_raft::directory::DIRECTORY;
 use regionkv_raft::txn::recovery::{
     self, Gate, RecoveryLimits, RecoveryMemory, TurnPlan, plan_turn,
 };
+use regionkv_raft::txn::recovery_state::RecoveryState;
 use regionkv_raft::version::TXN;
 use regionkv_raft::{StateRole, Store, TxnCmd, TxnReply, TxnState};
 use regionkv_wal::CancellationToken;
@@ -131,16 +135,27 @@ pub struct TxnEntry {
     pub in_doubt: bool,
 }
 
+/// The markers of `store`'s current boot in `cache`, loaded from its manifest first if
+/// the cache holds none or another boot's.
+fn loaded<'c>(cache: &'c mut Option<(u64, RecoveryState)>, store: &Store) -> &'c mut RecoveryState {
+    let boot = store.boot_id();
+    if cache.as_ref().is_none_or(|(b, _)| *b != boot) {
+        *cache = Some((boot, RecoveryState::load(&store.context().engine)));
+    }
+    &mut cache.as_mut().expect("just loaded").1
+}
+
 /// The recovery daemon of one store: its soft state between turns and its counters.
 pub(crate) struct TxnRecovery {
     store: StoreId,
     limits: RecoveryLimits,
     /// One turn at a time (the daemon's, an operator's): held for the whole turn.
-    /// Lock order: `turn` before `stats` and `logged`.
+    /// Lock order: `turn` before `stats` and `markers`.
     turn: Mutex<BTreeMap<RegionId, RecoveryMemory>>,
     stats: Mutex<TxnRecoveryStats>,
-    /// (store boot, gate) already logged at info.
-    logged: Mutex<BTreeSet<(u64, Gate)>>,
+    /// The deferred-gate markers as saved in the manifest, loaded in the store boot
+    /// they are of (`None`: not loaded yet; a restarted store loads them again).
+    markers: Mutex<Option<(u64, RecoveryState)>>,
 }
 
 impl TxnRecovery {
@@ -150,7 +165,7 @@ impl TxnRecovery {
             limits: RecoveryLimits::default(),
             turn: Mutex::new(BTreeMap::new()),
             stats: Mutex::new(TxnRecoveryStats::default()),
-            logged: Mutex::new(BTreeSet::new()),
+            markers: Mutex::new(None),
         }
     }
 
@@ -197,24 +212,55 @@ impl TxnRecovery {
 
     fn defer(&self, store: &Store, gate: Gate) -> TxnRecoveryTurn {
         *self.stats.lock().deferred.entry(gate.label()).or_default() += 1;
-        if self.logged.lock().insert((store.boot_id(), gate)) {
-            tracing::info!(
-                store = self.store.0,
-                gate = gate.label(),
-                "transaction recovery deferred: a gate is closed"
-            );
-        } else {
+        let mut markers = self.markers.lock();
+        let state = loaded(&mut markers, store);
+        let marker = state.marker_mut(gate, store.context().now_ms());
+        if marker.logged_boot == Some(store.boot_id()) {
             tracing::debug!(
                 store = self.store.0,
                 gate = gate.label(),
                 "transaction recovery deferred"
             );
+        } else {
+            marker.logged_boot = Some(store.boot_id());
+            tracing::info!(
+                store = self.store.0,
+                gate = gate.label(),
+                since_ms = marker.since_ms,
+                "transaction recovery deferred: a gate is closed"
+            );
+            self.save_markers(store, state);
         }
         TxnRecoveryTurn { store: self.store, deferred: Some(gate), ..TxnRecoveryTurn::default() }
     }
 
+    /// Saves `state`'s markers in the manifest (unless they are saved already), but a
+    /// shutdown's (it passes with the process); a failure is logged (the markers are
+    /// not authoritative).
+    fn save_markers(&self, store: &Store, state: &RecoveryState) {
+        let mut saved = state.clone();
+        saved.deferred.retain(|m| m.gate != Gate::Shutdown);
+        if saved == RecoveryState::load(&store.context().engine) {
+            return;
+        }
+        if let Err(e) = saved.save(&store.context().engine) {
+            tracing::debug!(store = self.store.0, error = %e, "transaction recovery markers not saved");
+        }
+    }
+
+    /// Clears the deferred-gate markers: a turn passed the gates.
+    fn clear_markers(&self, store: &Store) {
+        let mut markers = self.markers.lock();
+        let state = loaded(&mut markers, store);
+        if !state.deferred.is_empty() {
+            state.deferred.clear();
+            self.save_markers(store, state);
+        }
+    }
+
     fn turn_past_gates(&self, store: &Store, db: &Db, only: Option<RegionId>) -> TxnRecoveryTurn {
         let mut memories = self.turn.lock();
+        self.clear_markers(store);
         let mut out = TxnRecoveryTurn { store: self.store, ..TxnRecoveryTurn::default() };
         let led = led_regions(store, only);
         memories.retain(|region, _| led.contains(region));

@@ -127,6 +127,13 @@ pub struct StoreMetrics {
     /// committed nor aborted (ARCHITECTURE.md, "Transactions"). Counted on every
     /// replica that applies the command. Not sent over the client protocol (0 there).
     pub txn_frozen: u64,
+    /// The transaction recovery daemon's first closed gate and since when (ms since
+    /// the Unix epoch, by the store's clock) it has deferred every turn, across
+    /// restarts (its markers in the manifest's task state `txn.recovery`,
+    /// `crate::txn::recovery_state`); `None`: no turn deferred since the last one that
+    /// ran (or no daemon on this store). Not sent over the client protocol (`None`
+    /// there).
+    pub txn_recovery_deferred: Option<(crate::txn::recovery::Gate, u64)>,
     /// Write-batch rounds of the apply loop.
     pub apply: ApplyStats,
     /// The store's WAL: fsyncs, their latency, group sizes.

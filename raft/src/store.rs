@@ -520,6 +520,10 @@ impl Store {
         }
         self.ctx.metrics.fill(&mut total);
         total.wal = self.wal.stats();
+        let recovery = self.ctx.engine.task_state(crate::txn::recovery_state::TASK);
+        total.txn_recovery_deferred = recovery
+            .and_then(|b| crate::txn::recovery_state::RecoveryState::decode(&b).ok())
+            .and_then(|s| s.first_deferred());
         total
     }
 

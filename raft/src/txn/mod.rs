@@ -28,6 +28,7 @@ pub(crate) mod codec;
 pub mod mvcc;
 pub mod plan;
 pub mod recovery;
+pub mod recovery_state;
 
 /// A transaction command to one region (routed by its keys, or by its primary key).
 #[derive(Clone, Debug, PartialEq, Eq)]
