@@ -42,20 +42,17 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use regionkv_engine::{Peer, PeerId, Region, RegionId, StoreId};
-use regionkv_raft::directory::{DIRECTORY, DirCmd, DirResult, RegionRecord};
+use regionkv_raft::directory::{DIRECTORY, RegionRecord};
 use regionkv_raft::transport::Transport;
 use regionkv_raft::transport::handshake::ClusterId;
 use regionkv_raft::transport::tcp::{SECRET_BYTES_MIN, TcpConfig, TcpTransport};
-use regionkv_raft::{
-    AdminRequest, ChangePeersRequest, MergeStatus, PeerStatus, ReadRequest, Reply, Store,
-    StoreConfig, StoreMetrics, StoreOptions, TxnRequest, WriteRequest,
-};
+use regionkv_raft::{PeerStatus, Store, StoreConfig, StoreMetrics, StoreOptions};
 use regionkv_wal::{CancellationToken, FileSystem, Gate, RealFs};
 
 use crate::autosplit::SplitPolicy;
-use crate::backend::{Backend, directory_version, local_version, locate_on, newer};
+use crate::backend::{Backend, locate_on};
 use crate::cluster::FIRST_REGION;
-use crate::control::{Background, ClusterOps, StoreVersion, UpgradeStatus};
+use crate::control::{Background, ClusterOps, UpgradeStatus};
 use crate::db::Db;
 use crate::defaults::{self, NODE_TASKS_TIMEOUT, REPORT_INTERVAL};
 use crate::error::{Error, Result};
@@ -68,7 +65,10 @@ use crate::server::{ClientHandler, ClientService, ClientStats};
 use crate::txn_recovery::TxnDaemon;
 
 mod health;
+mod stores;
 mod txn;
+
+use stores::NodeStores;
 
 /// The file a node writes once it has bootstrapped its regions.
 const BOOTSTRAPPED: &str = "bootstrapped";
@@ -389,118 +389,6 @@ impl ClientHandler for NodeShared {
         self.remote.set_addr(store, parsed);
         self.members.write().insert(store, parsed.to_string());
         Ok(())
-    }
-}
-
-/// This node's store in process, the other stores over the client protocol.
-struct NodeStores {
-    shared: Weak<NodeShared>,
-    id: StoreId,
-    local: Arc<Store>,
-    remote: Arc<RemoteStores>,
-}
-
-impl NodeStores {
-    fn is_local(&self, store: StoreId) -> bool {
-        store == self.id
-    }
-}
-
-impl Backend for NodeStores {
-    fn is_shut(&self) -> bool {
-        self.shared.upgrade().is_none_or(|s| s.is_shut())
-    }
-
-    fn store_ids(&self) -> Vec<StoreId> {
-        let mut ids = self.remote.store_ids();
-        ids.push(self.id);
-        ids.sort_unstable();
-        ids
-    }
-
-    /// `Db` waits for the reply: a local write may run on its thread.
-    fn write(&self, store: StoreId, req: WriteRequest) {
-        if self.is_local(store) {
-            self.local.write_here(req);
-        } else {
-            self.remote.write(store, req);
-        }
-    }
-
-    fn read(&self, store: StoreId, req: ReadRequest) {
-        if self.is_local(store) { self.local.read(req) } else { self.remote.read(store, req) }
-    }
-
-    fn admin(&self, store: StoreId, req: AdminRequest) {
-        if self.is_local(store) { self.local.admin(req) } else { self.remote.admin(store, req) }
-    }
-
-    fn change_peers(&self, store: StoreId, req: ChangePeersRequest) {
-        if self.is_local(store) {
-            self.local.change_peers(req);
-        } else {
-            self.remote.change_peers(store, req);
-        }
-    }
-
-    fn directory(&self, store: StoreId, cmd: DirCmd, reply: Reply<DirResult>) {
-        if self.is_local(store) {
-            self.local.directory(cmd, reply);
-        } else {
-            self.remote.directory(store, cmd, reply);
-        }
-    }
-
-    fn txn(&self, store: StoreId, req: TxnRequest) {
-        if self.is_local(store) { self.local.txn(req) } else { self.remote.txn(store, req) }
-    }
-
-    fn timestamps(&self, store: StoreId, count: u32, reply: Reply<u64>) {
-        if self.is_local(store) {
-            self.local.timestamps(count, reply);
-        } else {
-            self.remote.timestamps(store, count, reply);
-        }
-    }
-
-    fn merge_status(&self, store: StoreId, region: RegionId) -> regionkv_raft::Result<MergeStatus> {
-        if self.is_local(store) {
-            self.local.merge_status(region)
-        } else {
-            self.remote.merge_status(store, region)
-        }
-    }
-
-    fn peer_status(&self, store: StoreId, region: RegionId) -> Option<PeerStatus> {
-        if self.is_local(store) {
-            self.local.peer_status(region)
-        } else {
-            self.remote.peer_status(store, region)
-        }
-    }
-
-    fn cluster_version(&self) -> Option<u32> {
-        // The highest of this store's replica of the directory (it may lag) and the
-        // others'.
-        directory_version(&self.local).max(self.remote.cluster_version())
-    }
-
-    fn store_version(&self, store: StoreId) -> Option<StoreVersion> {
-        if self.is_local(store) {
-            Some(local_version(&self.local))
-        } else {
-            self.remote.store_version(store)
-        }
-    }
-
-    fn locate(&self, key: &[u8]) -> Option<RegionRecord> {
-        let local = self.shared.upgrade().and_then(|s| s.locate_local(key));
-        let remote = self.remote.locate(key);
-        match (local, remote) {
-            (Some(l), Some(r)) if newer(&r.region, &l.region) => Some(r),
-            (Some(l), _) => Some(l),
-            (None, r) => r,
-        }
     }
 }
 
