@@ -82,7 +82,8 @@ fn a_lost_commit_is_indeterminate_then_pending_then_aborted_by_a_reader_after_th
 fn a_coordinator_held_past_the_ttl_heartbeats_and_another_client_does_not_abort_it() {
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path());
-    let ttl = Duration::from_millis(600);
+    // Long enough that a heartbeat every half TTL is never late on a loaded machine.
+    let ttl = Duration::from_millis(1500);
     let (held_tx, held_rx) = mpsc::channel::<u64>();
     let (release_tx, release_rx) = mpsc::channel::<()>();
     let (held_tx, release_rx) = (Mutex::new(held_tx), Mutex::new(release_rx));
@@ -96,9 +97,9 @@ fn a_coordinator_held_past_the_ttl_heartbeats_and_another_client_does_not_abort_
     let coordinator = cluster.db().with_txn_ttl(ttl).with_txn_seams(seams);
     let writer = std::thread::spawn(move || coordinator.write(batch("held")));
     let txn_id = held_rx.recv().unwrap();
-    // Several TTLs: the primary's lock expires by its own TTL; its record does not,
+    // Past two TTLs: the primary's lock expires by its own TTL; its record does not,
     // heartbeated by the coordinator every half TTL.
-    std::thread::sleep(ttl * 4);
+    std::thread::sleep(ttl * 2 + Duration::from_millis(300));
     let other = cluster.db().with_deadline(ttl * 2);
     let read = other.get("apple");
     assert!(
