@@ -220,7 +220,10 @@ fn readers_never_see_part_of_a_transfer_between_regions() {
             let (db, done, checked) = (db.clone(), done.clone(), checked.clone());
             s.spawn(move || {
                 let mut turn = 0usize;
-                while !done.load(Ordering::SeqCst) {
+                // One turn more after `done`: every writer has finished by then, so a
+                // loaded machine that interleaved every pair before still compares one.
+                loop {
+                    let last = done.load(Ordering::SeqCst);
                     turn += 1;
                     let w = (turn + r) % WRITERS;
                     // "a" first, then "z": a batch is visible whole, so "z" is at
@@ -232,11 +235,13 @@ fn readers_never_see_part_of_a_transfer_between_regions() {
                         assert_eq!(a + z, 2 * START, "writer {w} at transfer {seq_a}");
                         checked.fetch_add(1, Ordering::Relaxed);
                     }
+                    if last {
+                        break;
+                    }
                 }
             });
         }
-        // The writers end (their threads are joined first: spawned first); then the
-        // readers stop.
+        // Once every writer's last transfer is visible, the readers stop.
         s.spawn(|| {
             let deadline = std::time::Instant::now() + Duration::from_secs(120);
             while std::time::Instant::now() < deadline {
