@@ -58,8 +58,11 @@ fn prewrite(
     ttl_ms: u64,
     participants: Option<&[&str]>,
 ) -> Result<(), Error> {
-    let record = participants
-        .map(|p| RecordInit { participants: p.iter().map(|k| b(k)).collect(), coordinator: None });
+    let record = participants.map(|p| RecordInit {
+        participants: p.iter().map(|k| b(k)).collect(),
+        coordinator: None,
+        staging: false,
+    });
     db.txn_call(TxnCmd::Prewrite {
         txn_id: txn,
         primary_key: b(primary),

@@ -154,10 +154,20 @@ impl Db {
     /// [`Error::Indeterminate`]), read from its record. Changes nothing.
     pub fn txn_outcome(&self, txn_id: u64, primary_key: impl AsRef<[u8]>) -> Result<TxnOutcome> {
         let primary_key = Bytes::copy_from_slice(primary_key.as_ref());
-        let cmd = TxnCmd::CheckStatus { txn_id, primary_key, abort_if_expired: false };
+        let cmd = TxnCmd::CheckStatus {
+            txn_id,
+            primary_key: primary_key.clone(),
+            abort_if_expired: false,
+        };
         match self.txn_call_for(&cmd, self.deadline)? {
+            // Async commit past its TTL: the participant check decides it.
+            TxnReply::Status(TxnState::Staging { expires_at_ms, participants })
+                if now_ms() > expires_at_ms =>
+            {
+                outcome_of(txn_id, self.settle_staging(txn_id, &primary_key, &participants)?)
+            }
             TxnReply::Status(state) => outcome_of(txn_id, state),
-            TxnReply::Done => Err(Error::Protocol("a status check answered done".into())),
+            _ => Err(Error::Protocol("a status check answered no status".into())),
         }
     }
 
@@ -210,7 +220,14 @@ impl Db {
         };
         let state = match self.txn_call_for(&check, deadline)? {
             TxnReply::Status(state) => state,
-            TxnReply::Done => return Err(Error::Protocol("a status check answered done".into())),
+            _ => return Err(Error::Protocol("a status check answered no status".into())),
+        };
+        let state = match state {
+            // Async commit, past its TTL: the participant check decides it.
+            TxnState::Staging { expires_at_ms, participants } if now_ms() > expires_at_ms => {
+                self.settle_staging(lock.txn_id, &lock.primary_key, &participants)?
+            }
+            state => state,
         };
         let (commit, commit_ts) = match state {
             TxnState::Committed { commit_ts } => (true, commit_ts),
@@ -218,7 +235,9 @@ impl Db {
             // Below the floor: finished long ago, nothing of it to apply here.
             TxnState::NotFound { floor } if lock.txn_id < floor => (false, None),
             // No record yet (its primary's prewrite may not have applied), or pending.
-            TxnState::NotFound { .. } | TxnState::Pending { .. } => return Ok(Resolved::Alive),
+            TxnState::NotFound { .. } | TxnState::Pending { .. } | TxnState::Staging { .. } => {
+                return Ok(Resolved::Alive);
+            }
             TxnState::Frozen { .. } => return Err(lock.conflict()),
         };
         let keys = vec![lock.key.clone()];
@@ -271,7 +290,7 @@ fn outcome_of(txn_id: u64, state: TxnState) -> Result<TxnOutcome> {
     Ok(match state {
         TxnState::Committed { .. } => TxnOutcome::Committed,
         TxnState::Aborted => TxnOutcome::Aborted,
-        TxnState::Pending { .. } => TxnOutcome::Pending,
+        TxnState::Pending { .. } | TxnState::Staging { .. } => TxnOutcome::Pending,
         TxnState::NotFound { .. } => TxnOutcome::Unknown,
         TxnState::Frozen { reason } => {
             return Err(Error::Protocol(format!(
@@ -288,6 +307,9 @@ pub(super) struct TxnShared {
     /// The queue of the `Db`'s resolver thread, started with the first resolve that
     /// needs it (`None`: no thread could be started).
     pub(super) resolver: OnceLock<Option<SyncSender<ResolveJob>>>,
+    /// Until when (ms since the Unix epoch) async commit is not tried: the cluster
+    /// refused it (below version 4).
+    pub(super) async_off_until: std::sync::atomic::AtomicU64,
 }
 
 /// Background resolves a `Db`'s resolver thread holds at most; past it, the locks of
@@ -298,12 +320,15 @@ const RESOLVE_QUEUE: usize = 1024;
 /// is shut down.
 const RESOLVER_IDLE: Duration = Duration::from_secs(1);
 
-/// One background resolve: `keys` of `plan`'s transaction, applied or dropped.
+/// One background resolve: `keys` of `plan`'s transaction, applied or dropped; or,
+/// with `decide`, an async-commit transaction's decision and every resolve after it
+/// (`keys` unused), batched with others (`async_commit.rs`).
 #[derive(Debug)]
 pub(super) struct ResolveJob {
     pub plan: Arc<TxnPlan>,
     pub keys: Vec<Bytes>,
     pub commit: bool,
+    pub decide: bool,
 }
 
 impl ResolveJob {
@@ -349,10 +374,26 @@ impl Db {
         let spawned = std::thread::Builder::new().name("db-txn-resolver".into()).spawn(move || {
             // Bounded by the senders: it ends when they are all dropped, or at shutdown.
             loop {
-                match rx.recv_timeout(RESOLVER_IDLE) {
-                    Ok(job) => db.resolve_keys(&job.plan, job.keys, job.commit),
-                    Err(RecvTimeoutError::Timeout) if !db.router.backend().is_shut() => {}
+                let first = match rx.recv_timeout(RESOLVER_IDLE) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout) if !db.router.backend().is_shut() => continue,
                     Err(_) => return,
+                };
+                // One turn takes what is queued (bounded), so that async-commit
+                // decisions and resolves go in one Raft write per region.
+                let mut batch = Vec::new();
+                for job in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                    if job.decide {
+                        batch.push(job);
+                    } else {
+                        db.resolve_keys(&job.plan, job.keys, job.commit);
+                    }
+                    if batch.len() >= super::async_commit::RESOLVE_BATCH {
+                        break;
+                    }
+                }
+                if !batch.is_empty() {
+                    db.resolve_batch(batch);
                 }
             }
         });

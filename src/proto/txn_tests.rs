@@ -32,6 +32,7 @@ fn commands() -> Vec<TxnCmd> {
             record: Some(RecordInit {
                 participants: vec![b("a"), b("b"), b("x")],
                 coordinator: Some(StoreId(2)),
+                staging: false,
             }),
             start_ts: None,
         },
@@ -48,7 +49,11 @@ fn commands() -> Vec<TxnCmd> {
             primary_key: b("c"),
             ops: vec![Op::Put { key: b("c"), value: b("3") }],
             ttl_ms: 10,
-            record: Some(RecordInit { participants: vec![b("c")], coordinator: None }),
+            record: Some(RecordInit {
+                participants: vec![b("c")],
+                coordinator: None,
+                staging: false,
+            }),
             start_ts: None,
         },
         TxnCmd::Commit { txn_id: 7, primary_key: b("a"), commit_ts: None },
