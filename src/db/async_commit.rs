@@ -130,7 +130,9 @@ impl Db {
                     Ok(TxnReply::Checked { all_locked: locked }) => all_locked &= locked,
                     Ok(TxnReply::Status(state)) => return Ok(state),
                     Ok(_) => {
-                        return Err(Error::Protocol("a participant check answered no check".into()));
+                        return Err(Error::Protocol(
+                            "a participant check answered no check".into(),
+                        ));
                     }
                     Err(Error::CrossRegionBatch { .. }) => todo.extend(keys),
                     Err(e) => return Err(e),

@@ -127,14 +127,15 @@ impl Applier<'_> {
         Ok(None)
     }
 
-    /// Applies one transaction command of `replica`'s region at `index`. The outer
-    /// error is a failure of the apply itself; the inner result is the command's own
-    /// outcome.
+    /// Applies one transaction command of `replica`'s region at `index` (with
+    /// `knows_staging` false, as a binary of cluster version 3 would: a `Staging`
+    /// record is an unknown status, frozen). The outer error is a failure of the apply
+    /// itself; the inner result is the command's own outcome.
     pub(super) fn txn(
         &mut self,
         replica: &Replica,
         entry: &TxnEntry,
-        index: u64,
+        (index, knows_staging): (u64, bool),
         metrics: &WriteMetrics,
     ) -> Result<Result<TxnReply>> {
         self.txn_applied = true;
@@ -149,6 +150,7 @@ impl Applier<'_> {
             replica,
             now: entry.now_ms,
             index,
+            knows_staging,
             frozen: 0,
             first_frozen: None,
         };
@@ -168,6 +170,8 @@ struct TxnApply<'a, 'e> {
     now: u64,
     /// The command's Raft index.
     index: u64,
+    /// False: a `Staging` record reads as an unknown status (a version-3 binary).
+    knows_staging: bool,
     /// Frozen entries met.
     frozen: u64,
     /// Why the first of them is frozen.
@@ -224,7 +228,12 @@ impl TxnApply<'_, '_> {
     }
 
     fn record(&self, primary_key: &[u8], txn_id: u64) -> Result<Found<TxnRecord>> {
-        Ok(record_of(self.applier.round.txn_record(primary_key, txn_id)?))
+        Ok(match record_of(self.applier.round.txn_record(primary_key, txn_id)?) {
+            Found::Readable(r) if r.status == TxnStatus::Staging && !self.knows_staging => {
+                Found::Frozen("unknown_status")
+            }
+            found => found,
+        })
     }
 
     fn set_record(&mut self, record: &TxnRecord) -> Result<()> {
