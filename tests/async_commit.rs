@@ -54,11 +54,11 @@ fn a_cross_region_write_is_visible_right_after_ok_also_on_another_db() {
 
 #[test]
 fn concurrent_transactions_share_their_resolve_proposals() {
+    const THREADS: usize = 16;
+    const EACH: usize = 20;
     let dir = tempfile::tempdir().unwrap();
     let cluster = cluster(dir.path());
     let db = cluster.db();
-    const THREADS: usize = 16;
-    const EACH: usize = 20;
     std::thread::scope(|scope| {
         for t in 0..THREADS {
             let db = db.clone();

@@ -350,8 +350,8 @@ fn the_participant_check_racing_the_coordinators_decision_ends_committed() {
         assert_eq!(s(checked), Ok(TxnReply::Checked { all_locked: true }), "seed {seed}");
         // Both decisions in flight at once: whichever applies first, committed.
         let coordinator = c.txn(leader, region, plan.decide(true));
-        let checker = c.txn(leader, region, staging::decide(12, "a1".into(), vec![], true));
-        for pending in [coordinator, checker] {
+        let by_checker = c.txn(leader, region, staging::decide(12, "a1".into(), vec![], true));
+        for pending in [coordinator, by_checker] {
             let reply = c.wait(&pending, 10 * SECOND).expect("answered").expect("applied");
             let state = staging::decided_state(&reply);
             assert_eq!(state, Some(TxnState::Committed { commit_ts: None }), "seed {seed}");

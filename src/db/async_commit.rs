@@ -73,10 +73,10 @@ impl Db {
                         std::sync::mpsc::TrySendError::Full(j)
                         | std::sync::mpsc::TrySendError::Disconnected(j) => j,
                     };
-                    self.resolve_batch(vec![job]);
+                    self.resolve_batch(&[job]);
                 }
             }
-            None => self.resolve_batch(vec![job]),
+            None => self.resolve_batch(&[job]),
         }
     }
 
@@ -175,7 +175,7 @@ impl Db {
     /// the other regions' locks, one `ResolveMany` per region. A batch refused (a
     /// region changed) is done item by item, routed; whatever is left then is settled
     /// by readers and the recovery daemon after the TTL.
-    pub(super) fn resolve_batch(&self, jobs: Vec<ResolveJob>) {
+    pub(super) fn resolve_batch(&self, jobs: &[ResolveJob]) {
         let start = Instant::now();
         // Phase 1: the decisions, grouped by the primary's region.
         let mut by_region: BTreeMap<RegionId, Vec<usize>> = BTreeMap::new();

@@ -218,9 +218,8 @@ impl Db {
             primary_key: lock.primary_key.clone(),
             abort_if_expired: expired,
         };
-        let state = match self.txn_call_for(&check, deadline)? {
-            TxnReply::Status(state) => state,
-            _ => return Err(Error::Protocol("a status check answered no status".into())),
+        let TxnReply::Status(state) = self.txn_call_for(&check, deadline)? else {
+            return Err(Error::Protocol("a status check answered no status".into()));
         };
         let state = match state {
             // Async commit, past its TTL: the participant check decides it.
@@ -393,7 +392,7 @@ impl Db {
                     }
                 }
                 if !batch.is_empty() {
-                    db.resolve_batch(batch);
+                    db.resolve_batch(&batch);
                 }
             }
         });

@@ -224,33 +224,7 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
             for f in rec.repeated(T_OP) {
                 ops.push(decode_op(data, f.value).map_err(|e| e.shifted(f.offset))?);
             }
-            let record = match rec.optional(T_RECORD)? {
-                Some(f) => {
-                    let at = |e: DecodeError| e.shifted(f.offset);
-                    let r = TlvRecord::parse(
-                        f.value,
-                        &[R_PARTICIPANT, R_COORDINATOR],
-                        UnknownTags::Reject,
-                    )
-                    .map_err(at)?;
-                    let participants =
-                        r.repeated(R_PARTICIPANT).map(|p| data.slice_ref(p.value)).collect();
-                    let coordinator = r
-                        .optional(R_COORDINATOR)
-                        .and_then(|c| c.map(|c| c.as_u64()).transpose())
-                        .map_err(at)?
-                        .map(StoreId);
-                    let staging =
-                        rec.optional(T_STAGING)?.map(|f| f.as_bool()).transpose()?.unwrap_or(false);
-                    Some(RecordInit { participants, coordinator, staging })
-                }
-                None => match rec.optional(T_STAGING)? {
-                    Some(f) => {
-                        return Err(DecodeError::new(f.offset, "a staging flag without a record"));
-                    }
-                    None => None,
-                },
-            };
+            let record = decode_record(data, &rec)?;
             TxnCmd::Prewrite {
                 txn_id: u64_of(T_TXN_ID, "txn id")?,
                 primary_key: bytes_of(T_PRIMARY, "txn primary key")?,
@@ -281,26 +255,7 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
             primary_key: bytes_of(T_PRIMARY, "txn primary key")?,
             ttl_ms: u64_of(T_TTL, "txn ttl")?,
         },
-        KIND_RESOLVE_MANY => {
-            let mut items = Vec::new();
-            for f in rec.repeated(T_ITEM) {
-                let at = |e: DecodeError| e.shifted(f.offset);
-                let r = TlvRecord::parse(f.value, ITEM_TAGS, UnknownTags::Reject).map_err(at)?;
-                let txn_id = r.required(I_TXN_ID, "item txn id").and_then(|v| v.as_u64());
-                let commit = r.required(I_COMMIT, "item commit").and_then(|v| v.as_bool());
-                let commit_ts =
-                    r.optional(I_COMMIT_TS).and_then(|c| c.map(|c| c.as_u64()).transpose());
-                let primary = r.optional(I_PRIMARY).map_err(at)?;
-                items.push(super::ResolveItem {
-                    txn_id: txn_id.map_err(at)?,
-                    primary_key: primary.map(|p| data.slice_ref(p.value)),
-                    keys: r.repeated(I_KEY).map(|k| data.slice_ref(k.value)).collect(),
-                    commit: commit.map_err(at)?,
-                    commit_ts: commit_ts.map_err(at)?,
-                });
-            }
-            TxnCmd::ResolveMany { items }
-        }
+        KIND_RESOLVE_MANY => TxnCmd::ResolveMany { items: decode_items(data, &rec)? },
         KIND_CHECK_LOCKS => TxnCmd::CheckLocks {
             txn_id: u64_of(T_TXN_ID, "txn id")?,
             keys: rec.repeated(T_KEY).map(|f| data.slice_ref(f.value)).collect(),
@@ -319,6 +274,49 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
         }
     };
     Ok(TxnEntry { epoch, now_ms, cmd })
+}
+
+/// The record a prewrite creates (the primary's region), with its staging flag.
+fn decode_record(data: &Bytes, rec: &TlvRecord<'_>) -> DecodeResult<Option<RecordInit>> {
+    let staging = rec.optional(T_STAGING)?;
+    let Some(f) = rec.optional(T_RECORD)? else {
+        return match staging {
+            Some(s) => Err(DecodeError::new(s.offset, "a staging flag without a record")),
+            None => Ok(None),
+        };
+    };
+    let at = |e: DecodeError| e.shifted(f.offset);
+    let r = TlvRecord::parse(f.value, &[R_PARTICIPANT, R_COORDINATOR], UnknownTags::Reject)
+        .map_err(at)?;
+    let participants = r.repeated(R_PARTICIPANT).map(|p| data.slice_ref(p.value)).collect();
+    let coordinator = r
+        .optional(R_COORDINATOR)
+        .and_then(|c| c.map(|c| c.as_u64()).transpose())
+        .map_err(at)?
+        .map(StoreId);
+    let staging = staging.map(|f| f.as_bool()).transpose()?.unwrap_or(false);
+    Ok(Some(RecordInit { participants, coordinator, staging }))
+}
+
+/// The items of a `ResolveMany`.
+fn decode_items(data: &Bytes, rec: &TlvRecord<'_>) -> DecodeResult<Vec<super::ResolveItem>> {
+    let mut items = Vec::new();
+    for f in rec.repeated(T_ITEM) {
+        let at = |e: DecodeError| e.shifted(f.offset);
+        let r = TlvRecord::parse(f.value, ITEM_TAGS, UnknownTags::Reject).map_err(at)?;
+        let txn_id = r.required(I_TXN_ID, "item txn id").and_then(|v| v.as_u64());
+        let commit = r.required(I_COMMIT, "item commit").and_then(|v| v.as_bool());
+        let commit_ts = r.optional(I_COMMIT_TS).and_then(|c| c.map(|c| c.as_u64()).transpose());
+        let primary = r.optional(I_PRIMARY).map_err(at)?;
+        items.push(super::ResolveItem {
+            txn_id: txn_id.map_err(at)?,
+            primary_key: primary.map(|p| data.slice_ref(p.value)),
+            keys: r.repeated(I_KEY).map(|k| data.slice_ref(k.value)).collect(),
+            commit: commit.map_err(at)?,
+            commit_ts: commit_ts.map_err(at)?,
+        });
+    }
+    Ok(items)
 }
 
 #[cfg(test)]
