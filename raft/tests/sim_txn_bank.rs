@@ -252,7 +252,7 @@ fn transfer(
         Op::Put { key: from.into(), value: encode(from_balance - amount, &from_history) },
         Op::Put { key: to.into(), value: encode(to_balance + amount, &to_history) },
     ];
-    let staging = txn_id % 2 == 0;
+    let staging = txn_id.is_multiple_of(2);
     let plan = TxnPlan::new(txn_id, ops, TTL_MS, None).with_staging(staging);
     // One region per account here (the accounts sit on both sides of the split).
     for op in plan.ops.clone() {

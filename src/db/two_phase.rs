@@ -21,6 +21,11 @@
 //!    recovery daemon). A reader that meets one first resolves it itself; errors
 //!    there are never the caller's.
 //!
+//! At cluster version 4 a spanning batch commits asynchronously instead
+//! (`async_commit.rs`): the same prewrite phase creates the record `Staging`, every
+//! prewrite applied is the answer, and steps 3 and 4 run batched in the resolver
+//! thread; the level-1 steps above are the path below version 4.
+//!
 //! Giving up before the commit (a conflict, a refusal): our locks are dropped
 //! (`Resolve { commit: false }`, safe because we never commit), and the record is
 //! left `Pending` until its TTL, when any reader or the recovery daemon aborts it:

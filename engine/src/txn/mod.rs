@@ -548,11 +548,19 @@ mod tests {
 
     #[test]
     fn unknown_codes_decode_as_unspecified() {
-        for code in [0u64, 4, u64::MAX] {
+        // Status 4 (staging) is known since async commit; an older binary ran this
+        // test with 4 among the unknown codes: it freezes a staging record.
+        for code in [0u64, 5, u64::MAX] {
             let entry = rewrite(&record().encode(), |t, v| {
                 vec![(t, if t == 2 { code.to_le_bytes().to_vec() } else { v.to_vec() })]
             });
             assert_eq!(TxnRecord::decode(&entry).unwrap().status, TxnStatus::Unspecified);
+        }
+        let staging = rewrite(&record().encode(), |t, v| {
+            vec![(t, if t == 2 { 4u64.to_le_bytes().to_vec() } else { v.to_vec() })]
+        });
+        assert_eq!(TxnRecord::decode(&staging).unwrap().status, TxnStatus::Staging);
+        for code in [0u64, 4, u64::MAX] {
             let entry = rewrite(&lock().encode(), |t, v| {
                 vec![(t, if t == 3 { code.to_le_bytes().to_vec() } else { v.to_vec() })]
             });
