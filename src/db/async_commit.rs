@@ -6,9 +6,10 @@
 //!    primary's creates the record `Staging`.
 //! 2. When all are applied the transaction is committed: the caller is answered `Ok`,
 //!    and the decision and the resolves go to the `Db`'s resolver thread, which
-//!    batches them across transactions, one `ResolveMany` per region and phase: first
-//!    the records' regions (deciding each `Staging` record and resolving that
-//!    region's locks), then, once those applied, the other regions.
+//!    batches them across transactions: each turn sends one `ResolveMany` per region,
+//!    holding the decisions of the transactions queued since the last turn (on their
+//!    records' regions: each `Staging` record decided and that region's locks
+//!    resolved) and the other regions' resolves of those the last turn decided.
 //! 3. Giving up before every prewrite applied (a conflict, a refusal, no answer): the
 //!    coordinator decides its own record `Aborted` (only from `Staging`: a checker may
 //!    have committed it first, and then the caller is answered `Ok`), then drops its
@@ -40,6 +41,13 @@ const ASYNC_RETRY_MS: u64 = 10_000;
 
 /// Most transactions one resolver turn batches.
 pub(super) const RESOLVE_BATCH: usize = 256;
+
+/// A transaction whose record a resolver turn decided: the next turn resolves its
+/// other regions' locks by the decision.
+pub(super) struct Carried {
+    plan: Arc<TxnPlan>,
+    commit: bool,
+}
 
 /// How a staging prewrite phase ended, short of success.
 pub(super) enum Given {
@@ -73,10 +81,10 @@ impl Db {
                         std::sync::mpsc::TrySendError::Full(j)
                         | std::sync::mpsc::TrySendError::Disconnected(j) => j,
                     };
-                    self.resolve_batch(&[job]);
+                    self.resolve_now(&[job]);
                 }
             }
-            None => self.resolve_batch(&[job]),
+            None => self.resolve_now(&[job]),
         }
     }
 
@@ -170,96 +178,103 @@ impl Db {
         groups
     }
 
-    /// One resolver turn over async-commit transactions found committed: their records
-    /// decided and their records' regions resolved, one `ResolveMany` per region; then
-    /// the other regions' locks, one `ResolveMany` per region. A batch refused (a
-    /// region changed) is done item by item, routed; whatever is left then is settled
-    /// by readers and the recovery daemon after the TTL.
-    pub(super) fn resolve_batch(&self, jobs: &[ResolveJob]) {
+    /// One resolver turn: per region one `ResolveMany` holding the decisions of the
+    /// transactions `jobs` (on their records' regions: each `Staging` record decided
+    /// and that region's locks resolved) and the other regions' resolves of the
+    /// transactions `carried` (decided in the previous turn: a lock is resolved only
+    /// after its record is decided). Answers what the next turn carries: `jobs` now
+    /// decided. A batch refused (a region changed, too big) is done item by item,
+    /// routed; whatever is left then is settled by readers and the recovery daemon
+    /// after the TTL.
+    pub(super) fn resolve_turn(&self, jobs: &[ResolveJob], carried: &[Carried]) -> Vec<Carried> {
         let start = Instant::now();
-        // Phase 1: the decisions, grouped by the primary's region.
-        let mut by_region: BTreeMap<RegionId, Vec<usize>> = BTreeMap::new();
+        // Per region: (the job it decides, or `None` for a carried resolve, the item).
+        let mut by_region: BTreeMap<RegionId, Vec<(Option<usize>, ResolveItem)>> = BTreeMap::new();
         for (i, job) in jobs.iter().enumerate() {
-            let region =
-                self.router.locate(&job.plan.primary_key()).map_or(RegionId(0), |r| r.region.id);
-            by_region.entry(region).or_default().push(i);
-        }
-        let mut decided: Vec<Option<TxnState>> = vec![None; jobs.len()];
-        let batches: Vec<(TxnCmd, Vec<usize>)> = by_region
-            .into_values()
-            .map(|idx| {
-                let items = idx
-                    .iter()
-                    .map(|&i| ResolveItem {
-                        txn_id: jobs[i].plan.txn_id,
-                        primary_key: Some(jobs[i].plan.primary_key()),
-                        keys: Vec::new(),
-                        commit: jobs[i].commit,
-                        commit_ts: None,
-                    })
-                    .collect();
-                (TxnCmd::ResolveMany { items }, idx)
-            })
-            .collect();
-        for ((_, idx), reply) in batches.iter().zip(self.send_batches(&batches)) {
-            match reply {
-                Ok(TxnReply::Resolved(states)) if states.len() == idx.len() => {
-                    for (&i, state) in idx.iter().zip(states) {
-                        decided[i] = state;
-                    }
-                }
-                _ => {
-                    for &i in idx {
-                        let plan = &jobs[i].plan;
-                        decided[i] = self
-                            .txn_call_for(&plan.decide(jobs[i].commit), DB_ATTEMPT_TIMEOUT)
-                            .ok()
-                            .and_then(|r| staging::decided_state(&r));
-                    }
-                }
-            }
-        }
-        // Phase 2: the other regions' locks, by each record's decision.
-        let mut items: BTreeMap<RegionId, Vec<(usize, ResolveItem)>> = BTreeMap::new();
-        for (i, job) in jobs.iter().enumerate() {
-            let commit = match &decided[i] {
-                Some(TxnState::Committed { .. }) => true,
-                Some(TxnState::Aborted) => false,
-                _ => continue,
+            let primary = job.plan.primary_key();
+            let region = self.router.locate(&primary).map_or(RegionId(0), |r| r.region.id);
+            let item = ResolveItem {
+                txn_id: job.plan.txn_id,
+                primary_key: Some(primary),
+                keys: Vec::new(),
+                commit: job.commit,
+                commit_ts: None,
             };
-            let primary = self.router.locate(&job.plan.primary_key()).map(|r| r.region);
-            let others: Vec<Bytes> = job
+            by_region.entry(region).or_default().push((Some(i), item));
+        }
+        for c in carried {
+            let primary = self.router.locate(&c.plan.primary_key()).map(|r| r.region);
+            let others: Vec<Bytes> = c
                 .plan
                 .keys()
                 .into_iter()
                 .filter(|k| !primary.as_ref().is_some_and(|r| r.contains(k)))
                 .collect();
             for (region, keys) in self.group_keys(others) {
-                items.entry(region).or_default().push((i, job.plan.resolve_item(keys, commit)));
+                by_region
+                    .entry(region)
+                    .or_default()
+                    .push((None, c.plan.resolve_item(keys, c.commit)));
             }
         }
-        let batches: Vec<(TxnCmd, Vec<usize>)> = items
+        let batches: Vec<(TxnCmd, Vec<Option<usize>>)> = by_region
             .into_values()
             .map(|part| {
-                let idx = part.iter().map(|(i, _)| *i).collect();
-                (TxnCmd::ResolveMany { items: part.into_iter().map(|(_, it)| it).collect() }, idx)
+                let slots = part.iter().map(|(slot, _)| *slot).collect();
+                (TxnCmd::ResolveMany { items: part.into_iter().map(|(_, it)| it).collect() }, slots)
             })
             .collect();
-        for ((cmd, idx), reply) in batches.iter().zip(self.send_batches(&batches)) {
-            if reply.is_ok() {
+        let mut decided: Vec<Option<TxnState>> = vec![None; jobs.len()];
+        for ((cmd, slots), reply) in batches.iter().zip(self.send_batches(&batches)) {
+            if let Ok(TxnReply::Resolved(states)) = &reply
+                && states.len() == slots.len()
+            {
+                for (slot, state) in slots.iter().zip(states) {
+                    if let Some(i) = slot {
+                        decided[*i].clone_from(state);
+                    }
+                }
                 continue;
             }
             let TxnCmd::ResolveMany { items } = cmd else { continue };
-            for (&i, item) in idx.iter().zip(items) {
-                self.resolve_keys(&jobs[i].plan, item.keys.clone(), item.commit);
+            for (slot, item) in slots.iter().zip(items) {
+                if let Some(i) = slot {
+                    let decide = jobs[*i].plan.decide(jobs[*i].commit);
+                    decided[*i] = self
+                        .txn_call_for(&decide, DB_ATTEMPT_TIMEOUT)
+                        .ok()
+                        .and_then(|r| staging::decided_state(&r));
+                } else {
+                    let plan = TxnPlan::new(item.txn_id, Vec::new(), 0, None);
+                    self.resolve_keys(&plan, item.keys.clone(), item.commit);
+                }
             }
         }
-        tracing::trace!(jobs = jobs.len(), took = ?start.elapsed(), "async-commit resolver turn");
+        tracing::trace!(jobs = jobs.len(), carried = carried.len(), took = ?start.elapsed(), "async-commit resolver turn");
+        jobs.iter()
+            .zip(decided)
+            .filter_map(|(job, state)| {
+                let commit = match state? {
+                    TxnState::Committed { .. } => true,
+                    TxnState::Aborted => false,
+                    _ => return None,
+                };
+                Some(Carried { plan: Arc::clone(&job.plan), commit })
+            })
+            .collect()
+    }
+
+    /// `jobs` decided and resolved whole, here (two turns).
+    pub(super) fn resolve_now(&self, jobs: &[ResolveJob]) {
+        let carried = self.resolve_turn(jobs, &[]);
+        if !carried.is_empty() {
+            self.resolve_turn(&[], &carried);
+        }
     }
 
     /// Sends each batch (routed, retried), in parallel when there are several; the
     /// answers in order.
-    fn send_batches(&self, batches: &[(TxnCmd, Vec<usize>)]) -> Vec<Result<TxnReply>> {
+    fn send_batches<S: Sync>(&self, batches: &[(TxnCmd, S)]) -> Vec<Result<TxnReply>> {
         let deadline = DB_ATTEMPT_TIMEOUT * 2;
         if batches.len() == 1 {
             return batches.iter().map(|(cmd, _)| self.txn_call_for(cmd, deadline)).collect();

@@ -372,16 +372,25 @@ impl Db {
         };
         let spawned = std::thread::Builder::new().name("db-txn-resolver".into()).spawn(move || {
             // Bounded by the senders: it ends when they are all dropped, or at shutdown.
+            // Async-commit transactions decided by the last turn: their other regions'
+            // resolves go in the next.
+            let mut carried = Vec::new();
             loop {
-                let first = match rx.recv_timeout(RESOLVER_IDLE) {
-                    Ok(job) => job,
-                    Err(RecvTimeoutError::Timeout) if !db.router.backend().is_shut() => continue,
-                    Err(_) => return,
+                let first = if carried.is_empty() {
+                    match rx.recv_timeout(RESOLVER_IDLE) {
+                        Ok(job) => Some(job),
+                        Err(RecvTimeoutError::Timeout) if !db.router.backend().is_shut() => {
+                            continue;
+                        }
+                        Err(_) => return,
+                    }
+                } else {
+                    rx.try_recv().ok()
                 };
                 // One turn takes what is queued (bounded), so that async-commit
                 // decisions and resolves go in one Raft write per region.
                 let mut batch = Vec::new();
-                for job in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                for job in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
                     if job.decide {
                         batch.push(job);
                     } else {
@@ -391,9 +400,7 @@ impl Db {
                         break;
                     }
                 }
-                if !batch.is_empty() {
-                    db.resolve_batch(&batch);
-                }
+                carried = db.resolve_turn(&batch, &carried);
             }
         });
         match spawned {
