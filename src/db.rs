@@ -23,6 +23,7 @@ use crate::defaults::{
 use crate::error::{Error, Result};
 use crate::router::Router;
 
+mod async_commit;
 mod seams;
 mod snapshot;
 mod tso;

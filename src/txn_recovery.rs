@@ -328,6 +328,18 @@ impl TxnRecovery {
             }
         }
         for doubt in &plan.in_doubt {
+            if let Some(participants) = &doubt.staging {
+                // Async commit: decided by a participant check, never by time alone.
+                match db.settle_staging(doubt.txn_id, &doubt.primary_key, participants) {
+                    Ok(TxnState::Aborted) => out.aborted_in_doubt += 1,
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.stats.lock().errors += 1;
+                        out.errors.push(e.to_string());
+                    }
+                }
+                continue;
+            }
             if let Some(TxnReply::Status(TxnState::Aborted)) =
                 self.call(store, db, doubt.check_status(), out)
             {
@@ -547,13 +559,14 @@ fn entries(table: &TxnTable, region: RegionId, now_ms: u64) -> Vec<TxnEntry> {
                     TxnStatus::Pending => "pending",
                     TxnStatus::Committed => "committed",
                     TxnStatus::Aborted => "aborted",
+                    TxnStatus::Staging => "staging",
                 };
                 TxnEntry {
                     txn_id: Some(*txn_id),
                     primary_key: Some(primary.clone()),
                     age_ms: Some(now_ms.saturating_sub(record.created_at_ms)),
                     expires_at_ms: Some(record.expires_at_ms()),
-                    in_doubt: record.status == TxnStatus::Pending
+                    in_doubt: matches!(record.status, TxnStatus::Pending | TxnStatus::Staging)
                         && now_ms > record.expires_at_ms(),
                     ..blank("record", primary, state)
                 }

@@ -39,7 +39,7 @@ fn hold(db: &Db, user: &str, value: &str, start_ts: u64) {
         primary_key: key.clone(),
         ops: vec![Op::Put { key: key.clone(), value: Bytes::copy_from_slice(value.as_bytes()) }],
         ttl_ms: 60_000,
-        record: Some(RecordInit { participants: vec![key], coordinator: None }),
+        record: Some(RecordInit { participants: vec![key], coordinator: None, staging: false }),
         start_ts: Some(start_ts),
     };
     assert_eq!(db.txn_call(cmd).unwrap(), TxnReply::Done);
@@ -151,7 +151,7 @@ fn a_reader_waits_for_a_held_lock_and_reads_what_the_holder_committed_below_its_
         primary_key: key.clone(),
         ops: vec![Op::Delete { key: key.clone() }],
         ttl_ms: 60_000,
-        record: Some(RecordInit { participants: vec![key], coordinator: None }),
+        record: Some(RecordInit { participants: vec![key], coordinator: None, staging: false }),
         start_ts: Some(start),
     };
     // Refused: "j" has a version committed after `start`; a fresh start locks it.

@@ -58,8 +58,11 @@ fn prewrite(
     ttl_ms: u64,
     participants: Option<&[&str]>,
 ) -> Result<(), Error> {
-    let record = participants
-        .map(|p| RecordInit { participants: p.iter().map(|k| b(k)).collect(), coordinator: None });
+    let record = participants.map(|p| RecordInit {
+        participants: p.iter().map(|k| b(k)).collect(),
+        coordinator: None,
+        staging: false,
+    });
     db.txn_call(TxnCmd::Prewrite {
         txn_id: txn,
         primary_key: b(primary),
@@ -106,6 +109,39 @@ fn the_daemon_finishes_what_a_stopped_coordinator_left() -> Result<(), Error> {
     let committed: u64 = stats.iter().map(|(_, s)| s.resolved_committed).sum();
     let aborted: u64 = stats.iter().map(|(_, s)| s.resolved_aborted).sum();
     assert!(committed >= 1 && aborted >= 3, "{stats:#?}");
+    cluster.shutdown()?;
+    Ok(())
+}
+
+#[test]
+fn the_daemon_settles_staging_transactions_by_the_participant_check() -> Result<(), Error> {
+    let dir = tempfile::tempdir()?;
+    let cluster = cluster(dir.path())?;
+    let db = cluster.db();
+    let staged = |txn: u64, keys: [&str; 2]| {
+        let ops = keys.iter().map(|k| put(k, "S")).collect();
+        regionkv::layers::raft::txn::plan::TxnPlan::new(txn, ops, 300, None).with_staging(true)
+    };
+    // Every prewrite applied, the coordinator gone: committed.
+    let done = staged(201, ["d1", "q1"]);
+    for op in &done.ops {
+        assert_eq!(db.txn_call(done.prewrite(vec![op.clone()]))?, TxnReply::Done);
+    }
+    // Only the primary's: aborted, and the other prewrite is refused from then on.
+    let half = staged(202, ["e1", "r1"]);
+    assert_eq!(db.txn_call(half.prewrite(vec![half.ops[0].clone()]))?, TxnReply::Done);
+    wait_for("every lock resolved", || locks_left(&cluster) == 0);
+    assert_eq!(db.txn_outcome(201, "d1")?, regionkv::TxnOutcome::Committed);
+    assert_eq!(db.txn_outcome(202, "e1")?, regionkv::TxnOutcome::Aborted);
+    assert_eq!((db.get("d1")?, db.get("q1")?), (Some(b("S")), Some(b("S"))));
+    assert_eq!(db.get("e1")?, None);
+    match db.txn_call(half.prewrite(vec![half.ops[1].clone()])) {
+        Err(Error::TxnAborted { txn_id: 202 }) => {}
+        other => panic!("a prevented prewrite answered {other:?}"),
+    }
+    let stats = cluster.txn_recovery_stats();
+    let aborted: u64 = stats.iter().map(|(_, s)| s.aborted_in_doubt).sum();
+    assert!(aborted >= 1, "{stats:#?}");
     cluster.shutdown()?;
     Ok(())
 }

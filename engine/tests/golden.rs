@@ -676,9 +676,14 @@ fn txn_entry_schemas_are_stable() -> TestResult {
     let codes: Vec<u64> =
         [LockOp::Unspecified, LockOp::Put, LockOp::Delete].iter().map(LockOp::code).collect();
     assert_eq!(codes, vec![0, 1, 2]);
-    let statuses =
-        [TxnStatus::Unspecified, TxnStatus::Pending, TxnStatus::Committed, TxnStatus::Aborted];
-    assert_eq!(statuses.map(TxnStatus::code), [0, 1, 2, 3]);
+    let statuses = [
+        TxnStatus::Unspecified,
+        TxnStatus::Pending,
+        TxnStatus::Committed,
+        TxnStatus::Aborted,
+        TxnStatus::Staging,
+    ];
+    assert_eq!(statuses.map(TxnStatus::code), [0, 1, 2, 3, 4]);
     // The golden files are what this binary writes.
     assert_eq!(lock.encode(), std::fs::read(golden_dir().join("txn-lock-v1.bin"))?);
     assert_eq!(record.encode(), std::fs::read(golden_dir().join("txn-record-v1.bin"))?);

@@ -441,6 +441,7 @@ impl Command {
             Command::Admin(Admin { cmd: AdminCmd::ComputeHash, .. }) => {
                 crate::version::IMAGE_HASH.since
             }
+            Command::Txn(entry) if entry.cmd.needs_v2() => crate::version::TXN_V2.since,
             Command::Txn(_) | Command::Directory(DirCmd::SaveTsLimit { .. }) => {
                 crate::version::TXN.since
             }

@@ -31,6 +31,10 @@ pub struct WriteMetrics {
     unknown_kinds_refused: AtomicU64,
     /// Transaction entries (locks, records) a command met frozen and left alone.
     txn_frozen: AtomicU64,
+    /// `ResolveMany` commands proposed by this store's leaders.
+    txn_resolve_batches: AtomicU64,
+    /// Items (one transaction's part each) in them.
+    txn_resolve_items: AtomicU64,
 }
 
 impl WriteMetrics {
@@ -73,6 +77,12 @@ impl WriteMetrics {
         self.txn_frozen.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one `ResolveMany` proposed with `items` items.
+    pub(crate) fn on_resolve_batch(&self, items: usize) {
+        self.txn_resolve_batches.fetch_add(1, Ordering::Relaxed);
+        self.txn_resolve_items.fetch_add(items as u64, Ordering::Relaxed);
+    }
+
     /// Fills in the store-wide write-path figures of `m`.
     pub(crate) fn fill(&self, m: &mut StoreMetrics) {
         m.write_latency_us = self.latency.snapshot();
@@ -82,6 +92,8 @@ impl WriteMetrics {
         m.caller_tasks = self.caller_tasks.load(Ordering::Relaxed);
         m.unknown_kinds_refused = self.unknown_kinds_refused.load(Ordering::Relaxed);
         m.txn_frozen = self.txn_frozen.load(Ordering::Relaxed);
+        m.txn_resolve_batches = self.txn_resolve_batches.load(Ordering::Relaxed);
+        m.txn_resolve_items = self.txn_resolve_items.load(Ordering::Relaxed);
     }
 }
 
@@ -134,6 +146,13 @@ pub struct StoreMetrics {
     /// ran (or no daemon on this store). Not sent over the client protocol (`None`
     /// there).
     pub txn_recovery_deferred: Option<(crate::txn::recovery::Gate, u64)>,
+    /// Async commit's batched resolves (`ResolveMany`) this store's leaders proposed,
+    /// each one Raft write for many transactions' parts. Not sent over the client
+    /// protocol (0 there).
+    pub txn_resolve_batches: u64,
+    /// The transactions' parts (items) in those batches: items per batch is how well
+    /// resolves are batched. Not sent over the client protocol (0 there).
+    pub txn_resolve_items: u64,
     /// Write-batch rounds of the apply loop.
     pub apply: ApplyStats,
     /// The store's WAL: fsyncs, their latency, group sizes.

@@ -90,8 +90,11 @@ fn prewrite(txn_id: u64, ops: Vec<Op>, record: bool, start_ts: u64) -> TxnCmd {
         primary_key: lk("a"),
         ops,
         ttl_ms: TTL_MS,
-        record: record
-            .then(|| RecordInit { participants: vec![lk("a"), lk("n")], coordinator: None }),
+        record: record.then(|| RecordInit {
+            participants: vec![lk("a"), lk("n")],
+            coordinator: None,
+            staging: false,
+        }),
         start_ts: Some(start_ts),
     }
 }

@@ -589,6 +589,7 @@ fn locks_and_records_survive_checkpoints_and_a_restart_of_every_store() {
             record: Some(regionkv_raft::RecordInit {
                 participants: vec!["n1".into(), "n2".into()],
                 coordinator: None,
+                staging: false,
             }),
             start_ts: None,
         };

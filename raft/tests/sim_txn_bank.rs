@@ -11,9 +11,15 @@
 //! - every transaction in a history has a committed record (or a forgotten one), and
 //!   no other transaction's record says committed.
 //!
+//! Every other transfer (even transaction ids) commits asynchronously (cluster version
+//! 4, `regionkv_raft::txn::staging`): its record is created `Staging`, it is
+//! acknowledged once both prewrites applied, then decided and resolved by
+//! `ResolveMany`, and a coordinator may give up between any two of those steps too.
+//!
 //! Locks a coordinator left behind are resolved the way a reader resolves them: ask the
-//! record on the primary's region (aborting it if the lock expired), then resolve the
-//! lock on its own region. `TXN_BANK_SEEDS` sets how many seeds run (default 200; the
+//! record on the primary's region (aborting it if the lock expired; a staging record
+//! past its TTL is decided by the participant check), then resolve the lock on its own
+//! region. `TXN_BANK_SEEDS` sets how many seeds run (default 200; the
 //! first runs twice to check it replays).
 //! A failing seed replays with `SIM_SEED=<seed> cargo test --release -p regionkv-raft
 //! --test sim_txn_bank`.
@@ -25,6 +31,7 @@ use bytes::Bytes;
 use regionkv_engine::StoreId;
 use regionkv_raft::sim::{SimCluster, WALL_CLOCK_START_MS};
 use regionkv_raft::txn::plan::TxnPlan;
+use regionkv_raft::txn::staging;
 use regionkv_raft::{Error, Op, Query, QueryResult, TxnCmd, TxnReply, TxnState};
 use regionkv_wal::CrashMode;
 
@@ -92,7 +99,15 @@ fn resolve_lock(
 ) -> bool {
     let abort_if_expired = wall_ms(c) > expires_at_ms;
     let check = TxnCmd::CheckStatus { txn_id, primary_key: primary_key.clone(), abort_if_expired };
-    let commit = match send(c, primary_key, &check, 30 * SECOND) {
+    let mut state = send(c, primary_key, &check, 30 * SECOND);
+    if let Some(Ok(TxnReply::Status(TxnState::Staging { expires_at_ms, participants }))) = &state {
+        if wall_ms(c) <= *expires_at_ms {
+            c.run_for(Duration::from_millis(100));
+            return false;
+        }
+        state = Some(Ok(TxnReply::Status(settle(c, txn_id, primary_key, participants))));
+    }
+    let commit = match state {
         Some(Ok(TxnReply::Status(TxnState::Committed { .. }))) => true,
         Some(Ok(TxnReply::Status(TxnState::Aborted))) => false,
         // Below the floor: finished and forgotten; this lock is a late copy.
@@ -107,6 +122,35 @@ fn resolve_lock(
     match send(c, key, &resolve, 30 * SECOND) {
         Some(Ok(TxnReply::Done)) => true,
         other => panic!("resolve of txn {txn_id} on {key:?}: {other:?}"),
+    }
+}
+
+/// The participant check of an expired staging record: every key but the primary
+/// asked whether it holds the transaction's lock (prevented if not); all do: commit,
+/// else abort. The record's state after.
+fn settle(
+    c: &mut SimCluster,
+    txn_id: u64,
+    primary_key: &Bytes,
+    participants: &[Bytes],
+) -> TxnState {
+    let mut locked = Vec::new();
+    for key in staging::check_keys(participants, primary_key) {
+        let check = TxnCmd::CheckLocks { txn_id, keys: vec![key.clone()] };
+        match send(c, &key, &check, 30 * SECOND) {
+            Some(Ok(TxnReply::Checked { all_locked })) => locked.push(all_locked),
+            other => panic!("participant check of txn {txn_id} on {key:?}: {other:?}"),
+        }
+    }
+    let decide = staging::decide(
+        txn_id,
+        primary_key.clone(),
+        Vec::new(),
+        staging::decision_of_check(locked),
+    );
+    match send(c, primary_key, &decide, 30 * SECOND) {
+        Some(Ok(reply)) => staging::decided_state(&reply).expect("a state"),
+        other => panic!("decision of txn {txn_id}: {other:?}"),
     }
 }
 
@@ -208,7 +252,8 @@ fn transfer(
         Op::Put { key: from.into(), value: encode(from_balance - amount, &from_history) },
         Op::Put { key: to.into(), value: encode(to_balance + amount, &to_history) },
     ];
-    let plan = TxnPlan::new(txn_id, ops, TTL_MS, None);
+    let staging = txn_id.is_multiple_of(2);
+    let plan = TxnPlan::new(txn_id, ops, TTL_MS, None).with_staging(staging);
     // One region per account here (the accounts sit on both sides of the split).
     for op in plan.ops.clone() {
         if between_steps(c, rng, down) {
@@ -218,11 +263,25 @@ fn transfer(
             Some(Ok(TxnReply::Done)) => {}
             // A lock left by a crashed coordinator between our read and our prewrite
             // cannot be: reads resolved them and nothing else runs. A presumed abort
-            // of our own (slow) transaction can.
-            Some(Err(Error::TxnAborted { .. })) => return Outcome::Aborted,
+            // (or a participant check's prevention) of our own slow transaction can;
+            // an async coordinator then decides its record and answers by it.
+            Some(Err(Error::TxnAborted { .. })) if !staging => return Outcome::Aborted,
+            Some(Err(Error::TxnAborted { .. })) => {
+                return match send(c, &plan.primary_key(), &plan.decide(false), 10 * SECOND) {
+                    Some(Ok(reply)) => match staging::decided_state(&reply) {
+                        Some(TxnState::Committed { .. }) => Outcome::Acked,
+                        Some(TxnState::Aborted | TxnState::NotFound { .. }) => Outcome::Aborted,
+                        _ => Outcome::Unknown,
+                    },
+                    _ => Outcome::Unknown,
+                };
+            }
             None => return Outcome::Unknown,
             other => panic!("prewrite of txn {txn_id}: {other:?}"),
         }
+    }
+    if staging {
+        return finish_staging(c, rng, down, &plan);
     }
     if between_steps(c, rng, down) {
         return Outcome::Unknown;
@@ -240,6 +299,36 @@ fn transfer(
         let _ = send(c, &key, &plan.resolve(vec![key.clone()], true), 10 * SECOND);
     }
     outcome
+}
+
+/// An async-commit transfer whose prewrites all applied: acknowledged. Then its
+/// decision and the other region's batched resolve, the coordinator giving up maybe
+/// between them.
+fn finish_staging(
+    c: &mut SimCluster,
+    rng: &mut Rng,
+    down: &mut Option<StoreId>,
+    plan: &TxnPlan,
+) -> Outcome {
+    if between_steps(c, rng, down) {
+        return Outcome::Acked;
+    }
+    match send(c, &plan.primary_key(), &plan.decide(true), 10 * SECOND) {
+        Some(Ok(reply)) => {
+            let state = staging::decided_state(&reply);
+            assert_eq!(state, Some(TxnState::Committed { commit_ts: None }), "txn {}", plan.txn_id);
+        }
+        None => return Outcome::Acked,
+        other => panic!("decision of txn {}: {other:?}", plan.txn_id),
+    }
+    if between_steps(c, rng, down) {
+        return Outcome::Acked;
+    }
+    let others = plan.keys().into_iter().skip(1).collect();
+    let items = vec![plan.resolve_item(others, true)];
+    let key = plan.keys()[1].clone();
+    let _ = send(c, &key, &TxnCmd::ResolveMany { items }, 10 * SECOND);
+    Outcome::Acked
 }
 
 /// Runs one seed and checks it; returns the simulation's trace hash (for the replay

@@ -177,10 +177,9 @@ impl Transaction {
                 groups.entry(region).or_default().push(op);
             }
             for ops in groups.into_values() {
-                let record = ops
-                    .iter()
-                    .any(|op| op.key() == primary.as_ref())
-                    .then(|| RecordInit { participants: keys.to_vec(), coordinator: None });
+                let record = ops.iter().any(|op| op.key() == primary.as_ref()).then(|| {
+                    RecordInit { participants: keys.to_vec(), coordinator: None, staging: false }
+                });
                 let cmd = TxnCmd::Prewrite {
                     txn_id,
                     primary_key: primary.clone(),

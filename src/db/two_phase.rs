@@ -21,6 +21,11 @@
 //!    recovery daemon). A reader that meets one first resolves it itself; errors
 //!    there are never the caller's.
 //!
+//! At cluster version 4 a spanning batch commits asynchronously instead
+//! (`async_commit.rs`): the same prewrite phase creates the record `Staging`, every
+//! prewrite applied is the answer, and steps 3 and 4 run batched in the resolver
+//! thread; the level-1 steps above are the path below version 4.
+//!
 //! Giving up before the commit (a conflict, a refusal): our locks are dropped
 //! (`Resolve { commit: false }`, safe because we never commit), and the record is
 //! left `Pending` until its TTL, when any reader or the recovery daemon aborts it:
@@ -38,6 +43,7 @@ use regionkv_raft::txn::plan::{MAX_TXN_KEYS, TxnPlan};
 use regionkv_raft::{Op, Reply, TxnCmd, TxnReply, TxnRequest, TxnState};
 
 use super::Db;
+use super::async_commit::Given;
 use super::seams::SeamStep;
 use super::txn::{LockMet, LockWait, ResolveJob, Resolved};
 use crate::defaults::{DB_ATTEMPT_TIMEOUT, DB_FIRST_BACKOFF, DB_MAX_BACKOFF};
@@ -61,12 +67,25 @@ impl Db {
             )));
         }
         let start = Instant::now();
-        // Bounded: a new id only after a region refused the last as too old.
+        // Bounded: a new id only after a region refused the last as too old, or
+        // after the cluster refused async commit (once: then it is off).
         loop {
             let txn_id = self.next_txn_id()?;
-            let plan = TxnPlan::new(txn_id, ops.to_vec(), self.txn_ttl_ms, None);
+            let staging = self.async_commit_on();
+            let plan =
+                TxnPlan::new(txn_id, ops.to_vec(), self.txn_ttl_ms, None).with_staging(staging);
             let _span =
-                tracing::debug_span!("db.txn_write", txn_id, keys = plan.ops.len()).entered();
+                tracing::debug_span!("db.txn_write", txn_id, staging, keys = plan.ops.len())
+                    .entered();
+            if staging {
+                match self.write_staging(plan, start, deadline) {
+                    Given::NotActive => {
+                        self.async_commit_refused();
+                        continue;
+                    }
+                    Given::Done(outcome) => return outcome,
+                }
+            }
             match self.prewrite_all(&plan, start, deadline) {
                 Ok(()) => return self.commit(&plan, start, deadline),
                 Err(Stop::TooOld) => {
@@ -82,6 +101,52 @@ impl Db {
                 Err(Stop::Fail(e)) => {
                     self.drop_locks(&plan);
                     return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Async commit: prewrites every part (the record `Staging`); all applied is the
+    /// commit (`async_commit.rs`). A region that refused the id as too old: a new id.
+    fn write_staging(&self, plan: TxnPlan, start: Instant, deadline: Duration) -> Given {
+        let mut plan = plan;
+        // Bounded: a new id only after a region refused the last as too old.
+        loop {
+            match self.prewrite_all(&plan, start, deadline) {
+                Ok(()) => {
+                    self.committed_async(plan);
+                    return Given::Done(Ok(()));
+                }
+                Err(Stop::Fail(Error::FeatureNotActive { feature, .. }))
+                    if feature == regionkv_raft::version::TXN_V2.name =>
+                {
+                    // Refused before anything was proposed in every region that
+                    // answered so; a region that took its part is settled like any
+                    // given-up transaction.
+                    let why = Error::TxnAborted { txn_id: plan.txn_id };
+                    return match self.abandon_async(&plan, why) {
+                        Err(Error::TxnAborted { .. }) => Given::NotActive,
+                        other => Given::Done(other),
+                    };
+                }
+                Err(Stop::Fail(e)) => return Given::Done(self.abandon_async(&plan, e)),
+                Err(Stop::TooOld) => {
+                    let why = Error::TxnAborted { txn_id: plan.txn_id };
+                    if let Err(e @ Error::Indeterminate { .. }) = self.abandon_async(&plan, why) {
+                        return Given::Done(Err(e));
+                    }
+                    self.txn.ids.discard();
+                    if start.elapsed() >= deadline {
+                        return Given::Done(Err(Error::Unavailable {
+                            waited: start.elapsed(),
+                            last: format!("transaction {} was too old for a region", plan.txn_id),
+                        }));
+                    }
+                    let txn_id = match self.next_txn_id() {
+                        Ok(id) => id,
+                        Err(e) => return Given::Done(Err(e)),
+                    };
+                    plan = TxnPlan { txn_id, ..plan };
                 }
             }
         }
@@ -169,7 +234,7 @@ impl Db {
         let left = deadline.saturating_sub(start.elapsed()).max(DB_ATTEMPT_TIMEOUT);
         let state = match self.seamed_call(SeamStep::Commit, &plan.commit(), left) {
             Ok(TxnReply::Status(state)) => state,
-            Ok(TxnReply::Done) => return Err(Error::Protocol("a commit answered done".into())),
+            Ok(_) => return Err(Error::Protocol("a commit answered no status".into())),
             Err(Error::TxnAborted { txn_id }) => return Err(Error::TxnAborted { txn_id }),
             // No definite answer in time (retried, idempotent): ask the record once more.
             Err(Error::Unavailable { .. }) => self.last_look(plan),
@@ -245,7 +310,8 @@ impl Db {
         let queue = self.resolver();
         let plan = Arc::new(plan.clone());
         for keys in groups.into_values() {
-            let job = ResolveJob { plan: Arc::clone(&plan), keys: keys.clone(), commit };
+            let job =
+                ResolveJob { plan: Arc::clone(&plan), keys: keys.clone(), commit, decide: false };
             let on_error = queue.clone();
             let reply: Reply<TxnReply> = Box::new(move |r| {
                 if r.is_err() {
@@ -253,7 +319,8 @@ impl Db {
                 }
             });
             if !self.send_to_leader(plan.resolve(keys.clone(), commit), reply) {
-                ResolveJob { plan: Arc::clone(&plan), keys, commit }.enqueue(queue.as_ref());
+                ResolveJob { plan: Arc::clone(&plan), keys, commit, decide: false }
+                    .enqueue(queue.as_ref());
             }
         }
     }

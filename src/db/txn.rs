@@ -154,10 +154,20 @@ impl Db {
     /// [`Error::Indeterminate`]), read from its record. Changes nothing.
     pub fn txn_outcome(&self, txn_id: u64, primary_key: impl AsRef<[u8]>) -> Result<TxnOutcome> {
         let primary_key = Bytes::copy_from_slice(primary_key.as_ref());
-        let cmd = TxnCmd::CheckStatus { txn_id, primary_key, abort_if_expired: false };
+        let cmd = TxnCmd::CheckStatus {
+            txn_id,
+            primary_key: primary_key.clone(),
+            abort_if_expired: false,
+        };
         match self.txn_call_for(&cmd, self.deadline)? {
+            // Async commit past its TTL: the participant check decides it.
+            TxnReply::Status(TxnState::Staging { expires_at_ms, participants })
+                if now_ms() > expires_at_ms =>
+            {
+                outcome_of(txn_id, self.settle_staging(txn_id, &primary_key, &participants)?)
+            }
             TxnReply::Status(state) => outcome_of(txn_id, state),
-            TxnReply::Done => Err(Error::Protocol("a status check answered done".into())),
+            _ => Err(Error::Protocol("a status check answered no status".into())),
         }
     }
 
@@ -208,9 +218,15 @@ impl Db {
             primary_key: lock.primary_key.clone(),
             abort_if_expired: expired,
         };
-        let state = match self.txn_call_for(&check, deadline)? {
-            TxnReply::Status(state) => state,
-            TxnReply::Done => return Err(Error::Protocol("a status check answered done".into())),
+        let TxnReply::Status(state) = self.txn_call_for(&check, deadline)? else {
+            return Err(Error::Protocol("a status check answered no status".into()));
+        };
+        let state = match state {
+            // Async commit, past its TTL: the participant check decides it.
+            TxnState::Staging { expires_at_ms, participants } if now_ms() > expires_at_ms => {
+                self.settle_staging(lock.txn_id, &lock.primary_key, &participants)?
+            }
+            state => state,
         };
         let (commit, commit_ts) = match state {
             TxnState::Committed { commit_ts } => (true, commit_ts),
@@ -218,7 +234,9 @@ impl Db {
             // Below the floor: finished long ago, nothing of it to apply here.
             TxnState::NotFound { floor } if lock.txn_id < floor => (false, None),
             // No record yet (its primary's prewrite may not have applied), or pending.
-            TxnState::NotFound { .. } | TxnState::Pending { .. } => return Ok(Resolved::Alive),
+            TxnState::NotFound { .. } | TxnState::Pending { .. } | TxnState::Staging { .. } => {
+                return Ok(Resolved::Alive);
+            }
             TxnState::Frozen { .. } => return Err(lock.conflict()),
         };
         let keys = vec![lock.key.clone()];
@@ -282,7 +300,7 @@ fn outcome_of(txn_id: u64, state: TxnState) -> Result<TxnOutcome> {
     Ok(match state {
         TxnState::Committed { .. } => TxnOutcome::Committed,
         TxnState::Aborted => TxnOutcome::Aborted,
-        TxnState::Pending { .. } => TxnOutcome::Pending,
+        TxnState::Pending { .. } | TxnState::Staging { .. } => TxnOutcome::Pending,
         TxnState::NotFound { .. } => TxnOutcome::Unknown,
         TxnState::Frozen { reason } => {
             return Err(Error::Protocol(format!(
@@ -299,6 +317,9 @@ pub(super) struct TxnShared {
     /// The queue of the `Db`'s resolver thread, started with the first resolve that
     /// needs it (`None`: no thread could be started).
     pub(super) resolver: OnceLock<Option<SyncSender<ResolveJob>>>,
+    /// Until when (ms since the Unix epoch) async commit is not tried: the cluster
+    /// refused it (below version 4).
+    pub(super) async_off_until: std::sync::atomic::AtomicU64,
 }
 
 /// Background resolves a `Db`'s resolver thread holds at most; past it, the locks of
@@ -309,12 +330,15 @@ const RESOLVE_QUEUE: usize = 1024;
 /// is shut down.
 const RESOLVER_IDLE: Duration = Duration::from_secs(1);
 
-/// One background resolve: `keys` of `plan`'s transaction, applied or dropped.
+/// One background resolve: `keys` of `plan`'s transaction, applied or dropped; or,
+/// with `decide`, an async-commit transaction's decision and every resolve after it
+/// (`keys` unused), batched with others (`async_commit.rs`).
 #[derive(Debug)]
 pub(super) struct ResolveJob {
     pub plan: Arc<TxnPlan>,
     pub keys: Vec<Bytes>,
     pub commit: bool,
+    pub decide: bool,
 }
 
 impl ResolveJob {
@@ -360,12 +384,35 @@ impl Db {
         };
         let spawned = std::thread::Builder::new().name("db-txn-resolver".into()).spawn(move || {
             // Bounded by the senders: it ends when they are all dropped, or at shutdown.
+            // Async-commit transactions decided by the last turn: their other regions'
+            // resolves go in the next.
+            let mut carried = Vec::new();
             loop {
-                match rx.recv_timeout(RESOLVER_IDLE) {
-                    Ok(job) => db.resolve_keys(&job.plan, job.keys, job.commit),
-                    Err(RecvTimeoutError::Timeout) if !db.router.backend().is_shut() => {}
-                    Err(_) => return,
+                let first = if carried.is_empty() {
+                    match rx.recv_timeout(RESOLVER_IDLE) {
+                        Ok(job) => Some(job),
+                        Err(RecvTimeoutError::Timeout) if !db.router.backend().is_shut() => {
+                            continue;
+                        }
+                        Err(_) => return,
+                    }
+                } else {
+                    rx.try_recv().ok()
+                };
+                // One turn takes what is queued (bounded), so that async-commit
+                // decisions and resolves go in one Raft write per region.
+                let mut batch = Vec::new();
+                for job in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                    if job.decide {
+                        batch.push(job);
+                    } else {
+                        db.resolve_keys(&job.plan, job.keys, job.commit);
+                    }
+                    if batch.len() >= super::async_commit::RESOLVE_BATCH {
+                        break;
+                    }
                 }
+                carried = db.resolve_turn(&batch, &carried);
             }
         });
         match spawned {

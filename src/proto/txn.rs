@@ -69,7 +69,21 @@ const T_TAGS: &[u16] = &[
     T_NEW_FLOOR,
     T_START_TS,
     T_COMMIT_TS,
+    T_STAGING,
+    T_ITEM,
 ];
+// Async commit (cluster version 4): the staging flag of a prewrite with a record, and
+// the items of a batched resolve.
+const T_STAGING: u16 = 16;
+const T_ITEM: u16 = 17;
+const K_RESOLVE_MANY: u64 = 7;
+const K_CHECK_LOCKS: u64 = 8;
+const IT_TXN_ID: u16 = 1;
+const IT_PRIMARY: u16 = 2;
+const IT_KEY: u16 = 3;
+const IT_COMMIT: u16 = 4;
+const IT_COMMIT_TS: u16 = 5;
+const IT_TAGS: &[u16] = &[IT_TXN_ID, IT_PRIMARY, IT_KEY, IT_COMMIT, IT_COMMIT_TS];
 const K_PREWRITE: u64 = 1;
 const K_COMMIT: u64 = 2;
 const K_RESOLVE: u64 = 3;
@@ -93,6 +107,14 @@ const A_KIND: u16 = 1;
 const A_STATE: u16 = 2;
 const AK_DONE: u64 = 1;
 const AK_STATUS: u64 = 2;
+// Async commit: a participant check's answer, a batched resolve's per-item states.
+const A_ALL_LOCKED: u16 = 3;
+const A_ITEM: u16 = 4;
+const AK_CHECKED: u64 = 3;
+const AK_RESOLVED: u64 = 4;
+const AI_STATE: u16 = 1;
+const S_PARTICIPANT: u16 = 6;
+const SK_STAGING: u64 = 6;
 const S_KIND: u16 = 1;
 const S_EXPIRES_AT: u16 = 2;
 const S_FLOOR: u16 = 3;
@@ -132,6 +154,34 @@ pub(super) fn put_txn(o: &mut Vec<u8>, region: RegionId, epoch: Epoch, cmd: &Txn
             }
             if let Some(ts) = start_ts {
                 codec::put_u64(o, T_START_TS, *ts);
+            }
+            if record.as_ref().is_some_and(|r| r.staging) {
+                codec::put_u64(o, T_STAGING, 1);
+            }
+        }
+        TxnCmd::ResolveMany { items } => {
+            codec::put_u64(o, T_KIND, K_RESOLVE_MANY);
+            for item in items {
+                codec::put_nested(o, T_ITEM, |o| {
+                    codec::put_u64(o, IT_TXN_ID, item.txn_id);
+                    if let Some(p) = &item.primary_key {
+                        codec::put_field(o, IT_PRIMARY, p);
+                    }
+                    for key in &item.keys {
+                        codec::put_field(o, IT_KEY, key);
+                    }
+                    codec::put_u64(o, IT_COMMIT, u64::from(item.commit));
+                    if let Some(ts) = item.commit_ts {
+                        codec::put_u64(o, IT_COMMIT_TS, ts);
+                    }
+                });
+            }
+        }
+        TxnCmd::CheckLocks { txn_id, keys } => {
+            codec::put_u64(o, T_KIND, K_CHECK_LOCKS);
+            codec::put_u64(o, T_TXN_ID, *txn_id);
+            for key in keys {
+                codec::put_field(o, T_KEY, key);
             }
         }
         TxnCmd::Commit { txn_id, primary_key, commit_ts } => {
@@ -241,6 +291,7 @@ pub(super) fn txn_of(f: &Field<'_>) -> D<(RegionId, Epoch, TxnCmd)> {
                             .map(|p| Bytes::copy_from_slice(p.value))
                             .collect(),
                         coordinator: opt_u64(&rec, RI_COORDINATOR)?.map(StoreId),
+                        staging: opt_u64(&r, T_STAGING)? == Some(1),
                     })
                 }
             },
@@ -278,6 +329,24 @@ pub(super) fn txn_of(f: &Field<'_>) -> D<(RegionId, Epoch, TxnCmd)> {
             }
             TxnCmd::Forget { records, new_floor: req_u64(&r, T_NEW_FLOOR, "new floor missing")? }
         }
+        K_RESOLVE_MANY => {
+            let mut items = Vec::new();
+            for it in r.repeated(T_ITEM) {
+                let it = nested(&it, IT_TAGS)?;
+                items.push(regionkv_raft::txn::ResolveItem {
+                    txn_id: req_u64(&it, IT_TXN_ID, "item txn id missing")?,
+                    primary_key: it.optional(IT_PRIMARY)?.map(|p| Bytes::copy_from_slice(p.value)),
+                    keys: it.repeated(IT_KEY).map(|k| Bytes::copy_from_slice(k.value)).collect(),
+                    commit: flag(&it, IT_COMMIT, "item commit flag missing")?,
+                    commit_ts: opt_u64(&it, IT_COMMIT_TS)?,
+                });
+            }
+            TxnCmd::ResolveMany { items }
+        }
+        K_CHECK_LOCKS => TxnCmd::CheckLocks {
+            txn_id: txn_id()?,
+            keys: r.repeated(T_KEY).map(|k| Bytes::copy_from_slice(k.value)).collect(),
+        },
         // Unknown (or 0, unspecified): never guessed.
         _ => return Err(DecodeError::new(f.offset, "unknown transaction command kind")),
     };
@@ -290,48 +359,92 @@ pub(super) fn put_txn_reply(o: &mut Vec<u8>, reply: &TxnReply) {
         TxnReply::Done => codec::put_u64(o, A_KIND, AK_DONE),
         TxnReply::Status(state) => {
             codec::put_u64(o, A_KIND, AK_STATUS);
-            codec::put_nested(o, A_STATE, |o| match state {
-                TxnState::Pending { expires_at_ms } => {
-                    codec::put_u64(o, S_KIND, SK_PENDING);
-                    codec::put_u64(o, S_EXPIRES_AT, *expires_at_ms);
-                }
-                TxnState::Committed { commit_ts } => {
-                    codec::put_u64(o, S_KIND, SK_COMMITTED);
-                    if let Some(ts) = commit_ts {
-                        codec::put_u64(o, S_COMMIT_TS, *ts);
+            codec::put_nested(o, A_STATE, |o| put_state(o, state));
+        }
+        TxnReply::Checked { all_locked } => {
+            codec::put_u64(o, A_KIND, AK_CHECKED);
+            codec::put_u64(o, A_ALL_LOCKED, u64::from(*all_locked));
+        }
+        TxnReply::Resolved(states) => {
+            codec::put_u64(o, A_KIND, AK_RESOLVED);
+            for state in states {
+                codec::put_nested(o, A_ITEM, |o| {
+                    if let Some(state) = state {
+                        codec::put_nested(o, AI_STATE, |o| put_state(o, state));
                     }
-                }
-                TxnState::Aborted => codec::put_u64(o, S_KIND, SK_ABORTED),
-                TxnState::NotFound { floor } => {
-                    codec::put_u64(o, S_KIND, SK_NOT_FOUND);
-                    codec::put_u64(o, S_FLOOR, *floor);
-                }
-                TxnState::Frozen { reason } => {
-                    codec::put_u64(o, S_KIND, SK_FROZEN);
-                    codec::put_field(o, S_REASON, reason.as_bytes());
-                }
-            });
+                });
+            }
+        }
+    }
+}
+
+fn put_state(o: &mut Vec<u8>, state: &TxnState) {
+    match state {
+        TxnState::Pending { expires_at_ms } => {
+            codec::put_u64(o, S_KIND, SK_PENDING);
+            codec::put_u64(o, S_EXPIRES_AT, *expires_at_ms);
+        }
+        TxnState::Staging { expires_at_ms, participants } => {
+            codec::put_u64(o, S_KIND, SK_STAGING);
+            codec::put_u64(o, S_EXPIRES_AT, *expires_at_ms);
+            for p in participants {
+                codec::put_field(o, S_PARTICIPANT, p);
+            }
+        }
+        TxnState::Committed { commit_ts } => {
+            codec::put_u64(o, S_KIND, SK_COMMITTED);
+            if let Some(ts) = commit_ts {
+                codec::put_u64(o, S_COMMIT_TS, *ts);
+            }
+        }
+        TxnState::Aborted => codec::put_u64(o, S_KIND, SK_ABORTED),
+        TxnState::NotFound { floor } => {
+            codec::put_u64(o, S_KIND, SK_NOT_FOUND);
+            codec::put_u64(o, S_FLOOR, *floor);
+        }
+        TxnState::Frozen { reason } => {
+            codec::put_u64(o, S_KIND, SK_FROZEN);
+            codec::put_field(o, S_REASON, reason.as_bytes());
         }
     }
 }
 
 /// A TXN answer. Never panics.
 pub(super) fn txn_reply_of(f: &Field<'_>) -> D<TxnReply> {
-    let r = nested(f, &[A_KIND, A_STATE])?;
+    let r = nested(f, &[A_KIND, A_STATE, A_ALL_LOCKED, A_ITEM])?;
     Ok(match req_u64(&r, A_KIND, "txn answer kind missing")? {
         AK_DONE => TxnReply::Done,
         AK_STATUS => TxnReply::Status(state_of(&r.required(A_STATE, "txn state missing")?)?),
+        AK_CHECKED => {
+            TxnReply::Checked { all_locked: flag(&r, A_ALL_LOCKED, "check answer missing")? }
+        }
+        AK_RESOLVED => {
+            let mut states = Vec::new();
+            for item in r.repeated(A_ITEM) {
+                let item = nested(&item, &[AI_STATE])?;
+                states.push(item.optional(AI_STATE)?.map(|s| state_of(&s)).transpose()?);
+            }
+            TxnReply::Resolved(states)
+        }
         _ => return Err(DecodeError::new(f.offset, "unknown txn answer kind")),
     })
 }
 
 fn state_of(f: &Field<'_>) -> D<TxnState> {
-    let s = nested(f, &[S_KIND, S_EXPIRES_AT, S_FLOOR, S_REASON, S_COMMIT_TS])?;
+    let s = nested(f, &[S_KIND, S_EXPIRES_AT, S_FLOOR, S_REASON, S_COMMIT_TS, S_PARTICIPANT])?;
     Ok(match opt_u64(&s, S_KIND)?.unwrap_or(0) {
         // Absent expiry: unknown, so never expired (it never shortens a lease).
         SK_PENDING => {
             TxnState::Pending { expires_at_ms: opt_u64(&s, S_EXPIRES_AT)?.unwrap_or(u64::MAX) }
         }
+        // Absent expiry: never expired.
+        SK_STAGING => TxnState::Staging {
+            expires_at_ms: opt_u64(&s, S_EXPIRES_AT)?.unwrap_or(u64::MAX),
+            participants: s
+                .repeated(S_PARTICIPANT)
+                .map(|p| Bytes::copy_from_slice(p.value))
+                .collect(),
+        },
         SK_COMMITTED => TxnState::Committed { commit_ts: opt_u64(&s, S_COMMIT_TS)? },
         SK_ABORTED => TxnState::Aborted,
         // Absent floor: 0, nothing is taken for finished.

@@ -107,7 +107,7 @@ fn a_decided_record_is_forgotten_after_its_keys_are_resolved_and_the_floor_rises
     db.put("leader?", "1").unwrap();
     let keys = [Bytes::from_static(b"f1"), Bytes::from_static(b"f2")];
     let ops = keys.iter().map(|k| Op::Put { key: k.clone(), value: Bytes::from_static(b"v") });
-    let record = RecordInit { participants: keys.to_vec(), coordinator: None };
+    let record = RecordInit { participants: keys.to_vec(), coordinator: None, staging: false };
     db.txn_call(TxnCmd::Prewrite {
         txn_id: 40,
         primary_key: keys[0].clone(),

@@ -23,7 +23,8 @@
 //!  lock (format 1)                         record (format 1)
 //!  | format u8 = 1 | TLV:                  | format u8 = 1 | TLV:
 //!    1 txn id u64                            1 txn id u64
-//!    2 primary key                           2 status u64 (1 pending, 2 committed, 3 aborted)
+//!    2 primary key                           2 status u64 (1 pending, 2 committed, 3 aborted,
+//!                                              4 staging)
 //!    3 op u64 (1 put, 2 delete)              3 primary key
 //!    4 value (puts only)                     4 participant key (repeated)
 //!    5 created at ms u64                     5 created at ms u64
@@ -40,6 +41,10 @@
 //! binary that reads format 1 only freezes it rather than commit it the format-1 way
 //! (straight into its key, not as a version); an entry without them is format 1, byte
 //! for byte as a format-1 binary writes it.
+//!
+//! Status 4, `Staging` (async commit, cluster version 4), changes no field's shape: a
+//! staging record is format 1 (or 2), and a binary that does not know code 4 decodes
+//! it `Unspecified` and freezes it: it never commits, aborts or forgets it.
 
 use bytes::Bytes;
 
@@ -183,6 +188,11 @@ pub enum TxnStatus {
     Committed,
     /// Decided: every lock is dropped.
     Aborted,
+    /// Async commit (code 4): every prewrite was sent at once, and the transaction is
+    /// committed as soon as all of them are applied. Not decided yet: it becomes
+    /// `Committed` once every participant key is known locked by it, `Aborted` once
+    /// one is known never to be (`raft::txn::staging`).
+    Staging,
 }
 
 /// A transaction's record, in its primary key's region: its decision.
@@ -287,6 +297,7 @@ impl TxnStatus {
             TxnStatus::Pending => 1,
             TxnStatus::Committed => 2,
             TxnStatus::Aborted => 3,
+            TxnStatus::Staging => 4,
         }
     }
 
@@ -297,6 +308,7 @@ impl TxnStatus {
             1 => TxnStatus::Pending,
             2 => TxnStatus::Committed,
             3 => TxnStatus::Aborted,
+            4 => TxnStatus::Staging,
             _ => TxnStatus::Unspecified,
         }
     }
@@ -536,11 +548,19 @@ mod tests {
 
     #[test]
     fn unknown_codes_decode_as_unspecified() {
-        for code in [0u64, 4, u64::MAX] {
+        // Status 4 (staging) is known since async commit; an older binary ran this
+        // test with 4 among the unknown codes: it freezes a staging record.
+        for code in [0u64, 5, u64::MAX] {
             let entry = rewrite(&record().encode(), |t, v| {
                 vec![(t, if t == 2 { code.to_le_bytes().to_vec() } else { v.to_vec() })]
             });
             assert_eq!(TxnRecord::decode(&entry).unwrap().status, TxnStatus::Unspecified);
+        }
+        let staging = rewrite(&record().encode(), |t, v| {
+            vec![(t, if t == 2 { 4u64.to_le_bytes().to_vec() } else { v.to_vec() })]
+        });
+        assert_eq!(TxnRecord::decode(&staging).unwrap().status, TxnStatus::Staging);
+        for code in [0u64, 4, u64::MAX] {
             let entry = rewrite(&lock().encode(), |t, v| {
                 vec![(t, if t == 3 { code.to_le_bytes().to_vec() } else { v.to_vec() })]
             });

@@ -502,7 +502,12 @@ impl StoreCore {
                     )),
                     Command::Txn(txn) => {
                         let metrics = &self.ctx.metrics;
-                        Outcome::Txn(applier.txn(replica, &txn, entry.index, metrics)?)
+                        // A binary configured for version 3 only reads a staging record
+                        // as an older binary does: an unknown status.
+                        let knows_staging =
+                            self.ctx.config.cluster_version_max >= crate::version::TXN_V2.since;
+                        let at = (entry.index, knows_staging);
+                        Outcome::Txn(applier.txn(replica, &txn, at, metrics)?)
                     }
                     Command::Admin(admin) => {
                         // Admin commands change durable metadata; the data before them

@@ -88,7 +88,10 @@ impl StoreCore {
         }
         let now_ms = self.ctx.now_ms();
         let max = self.ctx.log.max_entry_bytes();
-        let gate = self.ctx.cluster_version.check(crate::version::TXN);
+        let mut gate = self.ctx.cluster_version.check(crate::version::TXN);
+        if gate.is_ok() && cmd.needs_v2() {
+            gate = self.ctx.cluster_version.check(crate::version::TXN_V2);
+        }
         let checked = gate.and_then(|()| self.leader(region)).and_then(|replica| {
             replica.check_version(epoch)?;
             replica.check_not_merging()?;
@@ -110,7 +113,15 @@ impl StoreCore {
                         )));
                     }
                 }
-                TxnCmd::Resolve { keys, .. } if keys.len() > MAX_TXN_KEYS => {
+                TxnCmd::ResolveMany { .. } if cmd.keys().len() > 4 * MAX_TXN_KEYS => {
+                    return Err(Error::InvalidRequest(format!(
+                        "a batched resolve names {} keys at most",
+                        4 * MAX_TXN_KEYS
+                    )));
+                }
+                TxnCmd::Resolve { keys, .. } | TxnCmd::CheckLocks { keys, .. }
+                    if keys.len() > MAX_TXN_KEYS =>
+                {
                     return Err(Error::InvalidRequest(format!(
                         "a resolve names {MAX_TXN_KEYS} keys at most"
                     )));
@@ -126,6 +137,10 @@ impl StoreCore {
                 return;
             }
         };
+        let batch = match &cmd {
+            TxnCmd::ResolveMany { items } => Some(items.len()),
+            _ => None,
+        };
         let data = command::encode_txn(&TxnEntry { epoch, now_ms, cmd });
         // As for writes (A3 in ARCHITECTURE.md's Raft log section).
         if data.len() > max {
@@ -137,6 +152,9 @@ impl StoreCore {
         }
         if replica.propose(Proposed::Entry(data), Waiting::Txn(reply)).is_some() {
             self.dirty.insert(region);
+            if let Some(items) = batch {
+                self.ctx.metrics.on_resolve_batch(items);
+            }
         }
     }
 

@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::metrics::WriteMetrics;
 use crate::replica::Replica;
 use crate::txn::codec::TxnEntry;
-use crate::txn::{RecordInit, TxnCmd, TxnReply, TxnState, locked, mvcc};
+use crate::txn::{RecordInit, ResolveItem, TxnCmd, TxnReply, TxnState, locked, mvcc};
 
 /// A table entry as this binary finds it.
 enum Found<T> {
@@ -127,14 +127,15 @@ impl Applier<'_> {
         Ok(None)
     }
 
-    /// Applies one transaction command of `replica`'s region at `index`. The outer
-    /// error is a failure of the apply itself; the inner result is the command's own
-    /// outcome.
+    /// Applies one transaction command of `replica`'s region at `index` (with
+    /// `knows_staging` false, as a binary of cluster version 3 would: a `Staging`
+    /// record is an unknown status, frozen). The outer error is a failure of the apply
+    /// itself; the inner result is the command's own outcome.
     pub(super) fn txn(
         &mut self,
         replica: &Replica,
         entry: &TxnEntry,
-        index: u64,
+        (index, knows_staging): (u64, bool),
         metrics: &WriteMetrics,
     ) -> Result<Result<TxnReply>> {
         self.txn_applied = true;
@@ -149,6 +150,7 @@ impl Applier<'_> {
             replica,
             now: entry.now_ms,
             index,
+            knows_staging,
             frozen: 0,
             first_frozen: None,
         };
@@ -168,6 +170,8 @@ struct TxnApply<'a, 'e> {
     now: u64,
     /// The command's Raft index.
     index: u64,
+    /// False: a `Staging` record reads as an unknown status (a version-3 binary).
+    knows_staging: bool,
     /// Frozen entries met.
     frozen: u64,
     /// Why the first of them is frozen.
@@ -203,10 +207,14 @@ impl TxnApply<'_, '_> {
             TxnCmd::Heartbeat { txn_id, primary_key, ttl_ms } => {
                 self.heartbeat(*txn_id, primary_key, *ttl_ms)
             }
+            TxnCmd::ResolveMany { items } => self.resolve_many(items),
+            TxnCmd::CheckLocks { txn_id, keys } => self.check_locks(*txn_id, keys),
             TxnCmd::Forget { records, new_floor } => {
                 for (primary_key, txn_id) in records {
                     match self.record(primary_key, *txn_id)? {
-                        Found::Readable(r) if r.status != TxnStatus::Pending => {
+                        Found::Readable(r)
+                            if !matches!(r.status, TxnStatus::Pending | TxnStatus::Staging) =>
+                        {
                             self.applier.round.set_txn_record(primary_key, *txn_id, None)?;
                         }
                         Found::Frozen(_) => self.frozen += 1,
@@ -220,7 +228,12 @@ impl TxnApply<'_, '_> {
     }
 
     fn record(&self, primary_key: &[u8], txn_id: u64) -> Result<Found<TxnRecord>> {
-        Ok(record_of(self.applier.round.txn_record(primary_key, txn_id)?))
+        Ok(match record_of(self.applier.round.txn_record(primary_key, txn_id)?) {
+            Found::Readable(r) if r.status == TxnStatus::Staging && !self.knows_staging => {
+                Found::Frozen("unknown_status")
+            }
+            found => found,
+        })
     }
 
     fn set_record(&mut self, record: &TxnRecord) -> Result<()> {
@@ -247,6 +260,13 @@ impl TxnApply<'_, '_> {
         }
         let mut fresh = Vec::with_capacity(ops.len());
         for op in ops {
+            // An async-commit checker found this key unlocked and prevented it (or the
+            // record was aborted): the prewrite must never land (`crate::txn::staging`).
+            if let Found::Readable(r) = self.record(op.key(), txn_id)?
+                && r.status == TxnStatus::Aborted
+            {
+                return Ok(Err(Error::TxnAborted { txn_id }));
+            }
             match self.applier.round.txn_lock(op.key())? {
                 None => fresh.push(op),
                 Some(held) => match Lock::decode(&held) {
@@ -262,7 +282,7 @@ impl TxnApply<'_, '_> {
                     TxnStatus::Aborted => return Ok(Err(Error::TxnAborted { txn_id })),
                     // Decided already: a late copy of this prewrite locks nothing.
                     TxnStatus::Committed => return Ok(Ok(TxnReply::Done)),
-                    TxnStatus::Pending | TxnStatus::Unspecified => {}
+                    TxnStatus::Pending | TxnStatus::Staging | TxnStatus::Unspecified => {}
                 },
                 Found::Frozen(reason) => {
                     self.frozen += 1;
@@ -271,7 +291,7 @@ impl TxnApply<'_, '_> {
                 Found::Absent => {
                     new_record = Some(TxnRecord {
                         txn_id: TxnId(txn_id),
-                        status: TxnStatus::Pending,
+                        status: if init.staging { TxnStatus::Staging } else { TxnStatus::Pending },
                         primary_key: primary_key.clone(),
                         participants: init.participants.clone(),
                         created_at_ms: self.now,
@@ -338,6 +358,12 @@ impl TxnApply<'_, '_> {
         };
         match record.status {
             TxnStatus::Aborted => return Ok(Err(Error::TxnAborted { txn_id })),
+            TxnStatus::Staging => {
+                return Ok(Err(Error::InvalidRequest(format!(
+                    "transaction {txn_id} commits asynchronously (its record is staging): \
+                     it is decided by a batched resolve, not by a commit"
+                ))));
+            }
             TxnStatus::Pending => {
                 match (record.start_ts, commit_ts) {
                     (Some(start), Some(commit)) if commit > start => {}
@@ -415,6 +441,11 @@ impl TxnApply<'_, '_> {
                 self.resolve(txn_id, participants, false, None)?;
                 TxnState::Aborted
             }
+            // Never aborted by time alone: only a participant check decides it.
+            TxnStatus::Staging => TxnState::Staging {
+                expires_at_ms: record.expires_at_ms(),
+                participants: record.participants.clone(),
+            },
             TxnStatus::Pending | TxnStatus::Unspecified => {
                 TxnState::Pending { expires_at_ms: record.expires_at_ms() }
             }
@@ -439,11 +470,17 @@ impl TxnApply<'_, '_> {
         let state = match record.status {
             TxnStatus::Committed => TxnState::Committed { commit_ts: record.commit_ts },
             TxnStatus::Aborted => TxnState::Aborted,
-            TxnStatus::Pending | TxnStatus::Unspecified => {
+            TxnStatus::Pending | TxnStatus::Staging | TxnStatus::Unspecified => {
                 record.last_heartbeat_ms = record.last_heartbeat_ms.max(self.now);
                 record.ttl_ms = ttl_ms;
                 self.set_record(&record)?;
-                TxnState::Pending { expires_at_ms: record.expires_at_ms() }
+                match record.status {
+                    TxnStatus::Staging => TxnState::Staging {
+                        expires_at_ms: record.expires_at_ms(),
+                        participants: record.participants.clone(),
+                    },
+                    _ => TxnState::Pending { expires_at_ms: record.expires_at_ms() },
+                }
             }
         };
         Ok(Ok(TxnReply::Status(state)))
@@ -575,5 +612,143 @@ impl TxnApply<'_, '_> {
             }
         }
         Ok(Ok(()))
+    }
+}
+
+impl TxnApply<'_, '_> {
+    /// An `Aborted` record of `txn_id` keyed by `key`: presumed abort on a primary
+    /// key, or an async-commit prevention marker on any other key
+    /// (`crate::txn::staging`).
+    fn tombstone(&self, key: &Bytes, txn_id: u64) -> TxnRecord {
+        TxnRecord {
+            txn_id: TxnId(txn_id),
+            status: TxnStatus::Aborted,
+            primary_key: key.clone(),
+            participants: Vec::new(),
+            created_at_ms: self.now,
+            ttl_ms: 0,
+            last_heartbeat_ms: self.now,
+            coordinator: None,
+            decided_at_index: Some(self.index),
+            start_ts: None,
+            commit_ts: None,
+        }
+    }
+
+    /// `ResolveMany`: each item in order; a deciding item decides its `Staging`
+    /// record first and resolves by the record's decision, whatever the item asked.
+    fn resolve_many(&mut self, items: &[ResolveItem]) -> Result<Result<TxnReply>> {
+        let mut states = Vec::with_capacity(items.len());
+        for item in items {
+            let keys = || item.keys.iter().map(Bytes::as_ref);
+            let Some(primary_key) = &item.primary_key else {
+                if item.commit
+                    && self.check_commit_ts(item.txn_id, keys(), item.commit_ts)?.is_err()
+                {
+                    // Left as it is: a snapshot-isolated lock needs its commit timestamp.
+                    states.push(Some(TxnState::Frozen { reason: "commit_ts".into() }));
+                    continue;
+                }
+                self.resolve(item.txn_id, keys(), item.commit, item.commit_ts)?;
+                states.push(None);
+                continue;
+            };
+            let state = self.decide(item.txn_id, primary_key, item.commit)?;
+            let (commit, commit_ts) = match &state {
+                TxnState::Committed { commit_ts } => (true, *commit_ts),
+                TxnState::Aborted => (false, None),
+                _ => {
+                    states.push(Some(state));
+                    continue;
+                }
+            };
+            let participants = match self.record(primary_key, item.txn_id)? {
+                Found::Readable(r) => r.participants,
+                _ => Vec::new(),
+            };
+            let all = participants.iter().chain(&item.keys).map(Bytes::as_ref);
+            self.resolve(item.txn_id, all, commit, commit_ts)?;
+            states.push(Some(state));
+        }
+        Ok(Ok(TxnReply::Resolved(states)))
+    }
+
+    /// Decides `txn_id`'s record on `primary_key` from `Staging` by `commit`, and
+    /// answers its state after. A record decided already keeps its decision; an absent
+    /// one aborted is written `Aborted` (presumed abort, at or above the floor); a
+    /// pending or frozen one is left as it is.
+    fn decide(&mut self, txn_id: u64, primary_key: &Bytes, commit: bool) -> Result<TxnState> {
+        let mut record = match self.record(primary_key, txn_id)? {
+            Found::Absent => {
+                let floor = self.applier.round.txn_floor()?;
+                if commit || txn_id < floor {
+                    return Ok(TxnState::NotFound { floor });
+                }
+                let tombstone = self.tombstone(primary_key, txn_id);
+                self.set_record(&tombstone)?;
+                return Ok(TxnState::Aborted);
+            }
+            Found::Frozen(reason) => {
+                self.frozen += 1;
+                return Ok(TxnState::Frozen { reason: reason.to_string() });
+            }
+            Found::Readable(r) => r,
+        };
+        Ok(match record.status {
+            TxnStatus::Staging => {
+                record.status = if commit { TxnStatus::Committed } else { TxnStatus::Aborted };
+                record.decided_at_index = Some(self.index);
+                self.set_record(&record)?;
+                if commit {
+                    TxnState::Committed { commit_ts: record.commit_ts }
+                } else {
+                    TxnState::Aborted
+                }
+            }
+            TxnStatus::Committed => TxnState::Committed { commit_ts: record.commit_ts },
+            TxnStatus::Aborted => TxnState::Aborted,
+            TxnStatus::Pending | TxnStatus::Unspecified => {
+                TxnState::Pending { expires_at_ms: record.expires_at_ms() }
+            }
+        })
+    }
+
+    /// `CheckLocks`: true if every key (in this region) holds `txn_id`'s lock; each
+    /// that does not is prevented (an `Aborted` record keyed by it and the transaction
+    /// refuses its prewrite from now on). A frozen lock or marker among them: nothing
+    /// is written, and the answer is frozen (nobody decides on it).
+    fn check_locks(&mut self, txn_id: u64, keys: &[Bytes]) -> Result<Result<TxnReply>> {
+        let mut unlocked = Vec::new();
+        for key in keys {
+            match self.applier.round.txn_lock(key)?.map(|held| lock_of(&held)) {
+                Some(Found::Readable(lock)) if lock.txn_id.0 == txn_id => continue,
+                Some(Found::Frozen(reason)) => {
+                    self.frozen += 1;
+                    return Ok(Ok(frozen(reason)));
+                }
+                _ => {}
+            }
+            match self.record(key, txn_id)? {
+                Found::Frozen(reason) => {
+                    self.frozen += 1;
+                    return Ok(Ok(frozen(reason)));
+                }
+                // The transaction's own record (a checker asked about its primary key):
+                // its prewrite applied with it.
+                Found::Readable(r) if r.status != TxnStatus::Aborted => {}
+                Found::Readable(_) => unlocked.push(None),
+                Found::Absent => unlocked.push(Some(key)),
+            }
+        }
+        let floor = self.applier.round.txn_floor()?;
+        let all_locked = unlocked.is_empty();
+        for key in unlocked.into_iter().flatten() {
+            // Below the floor a prewrite is refused anyway (`TxnTooOld`).
+            if txn_id >= floor {
+                let marker = self.tombstone(key, txn_id);
+                self.set_record(&marker)?;
+            }
+        }
+        Ok(Ok(TxnReply::Checked { all_locked }))
     }
 }

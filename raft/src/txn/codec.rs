@@ -25,6 +25,9 @@ const T_NEW_FLOOR: u16 = 13;
 // Snapshot isolation (optional; absent: a level-1 command, byte for byte as before).
 const T_START_TS: u16 = 14;
 const T_COMMIT_TS: u16 = 15;
+// Async commit (cluster version 4).
+const T_STAGING: u16 = 16;
+const T_ITEM: u16 = 17;
 const TXN_TAGS: &[u16] = &[
     T_EPOCH,
     T_NOW,
@@ -41,11 +44,19 @@ const TXN_TAGS: &[u16] = &[
     T_NEW_FLOOR,
     T_START_TS,
     T_COMMIT_TS,
+    T_STAGING,
+    T_ITEM,
 ];
 const R_PARTICIPANT: u16 = 1;
 const R_COORDINATOR: u16 = 2;
 const F_PRIMARY: u16 = 1;
 const F_TXN_ID: u16 = 2;
+const I_TXN_ID: u16 = 1;
+const I_PRIMARY: u16 = 2;
+const I_KEY: u16 = 3;
+const I_COMMIT: u16 = 4;
+const I_COMMIT_TS: u16 = 5;
+const ITEM_TAGS: &[u16] = &[I_TXN_ID, I_PRIMARY, I_KEY, I_COMMIT, I_COMMIT_TS];
 
 const KIND_PREWRITE: u64 = 1;
 const KIND_COMMIT: u64 = 2;
@@ -53,6 +64,8 @@ const KIND_RESOLVE: u64 = 3;
 const KIND_CHECK_STATUS: u64 = 4;
 const KIND_HEARTBEAT: u64 = 5;
 const KIND_FORGET: u64 = 6;
+const KIND_RESOLVE_MANY: u64 = 7;
+const KIND_CHECK_LOCKS: u64 = 8;
 
 /// The reason of the decode error for a `TXN` kind this binary does not know (see
 /// `crate::command::is_unknown_kind`).
@@ -97,6 +110,9 @@ pub(crate) fn encode(out: &mut Vec<u8>, entry: &TxnEntry) {
             if let Some(ts) = start_ts {
                 codec::put_u64(out, T_START_TS, *ts);
             }
+            if record.as_ref().is_some_and(|r| r.staging) {
+                codec::put_field(out, T_STAGING, &flag(true));
+            }
         }
         TxnCmd::Commit { txn_id, primary_key, commit_ts } => {
             codec::put_u64(out, T_KIND, KIND_COMMIT);
@@ -139,6 +155,31 @@ pub(crate) fn encode(out: &mut Vec<u8>, entry: &TxnEntry) {
             }
             codec::put_u64(out, T_NEW_FLOOR, *new_floor);
         }
+        TxnCmd::ResolveMany { items } => {
+            codec::put_u64(out, T_KIND, KIND_RESOLVE_MANY);
+            for item in items {
+                codec::put_nested(out, T_ITEM, |out| {
+                    codec::put_u64(out, I_TXN_ID, item.txn_id);
+                    if let Some(primary) = &item.primary_key {
+                        codec::put_field(out, I_PRIMARY, primary);
+                    }
+                    for key in &item.keys {
+                        codec::put_field(out, I_KEY, key);
+                    }
+                    codec::put_field(out, I_COMMIT, &flag(item.commit));
+                    if let Some(ts) = item.commit_ts {
+                        codec::put_u64(out, I_COMMIT_TS, ts);
+                    }
+                });
+            }
+        }
+        TxnCmd::CheckLocks { txn_id, keys } => {
+            codec::put_u64(out, T_KIND, KIND_CHECK_LOCKS);
+            codec::put_u64(out, T_TXN_ID, *txn_id);
+            for key in keys {
+                codec::put_field(out, T_KEY, key);
+            }
+        }
     }
 }
 
@@ -156,12 +197,14 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
     let kind = u64_of(T_KIND, "txn kind")?;
     // Fields a kind does not carry are damage (alike on every replica).
     let allowed: &[u16] = match kind {
-        KIND_PREWRITE => &[T_TXN_ID, T_PRIMARY, T_OP, T_TTL, T_RECORD, T_START_TS],
+        KIND_PREWRITE => &[T_TXN_ID, T_PRIMARY, T_OP, T_TTL, T_RECORD, T_START_TS, T_STAGING],
         KIND_COMMIT => &[T_TXN_ID, T_PRIMARY, T_COMMIT_TS],
         KIND_RESOLVE => &[T_TXN_ID, T_KEY, T_COMMIT, T_COMMIT_TS],
         KIND_CHECK_STATUS => &[T_TXN_ID, T_PRIMARY, T_ABORT_IF_EXPIRED],
         KIND_HEARTBEAT => &[T_TXN_ID, T_PRIMARY, T_TTL],
         KIND_FORGET => &[T_FORGET, T_NEW_FLOOR],
+        KIND_RESOLVE_MANY => &[T_ITEM],
+        KIND_CHECK_LOCKS => &[T_TXN_ID, T_KEY],
         0 => return Err(DecodeError::new(0, "transaction command of kind 0")),
         _ => return Err(DecodeError::new(0, UNKNOWN_TXN)),
     };
@@ -181,26 +224,7 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
             for f in rec.repeated(T_OP) {
                 ops.push(decode_op(data, f.value).map_err(|e| e.shifted(f.offset))?);
             }
-            let record = match rec.optional(T_RECORD)? {
-                Some(f) => {
-                    let at = |e: DecodeError| e.shifted(f.offset);
-                    let r = TlvRecord::parse(
-                        f.value,
-                        &[R_PARTICIPANT, R_COORDINATOR],
-                        UnknownTags::Reject,
-                    )
-                    .map_err(at)?;
-                    let participants =
-                        r.repeated(R_PARTICIPANT).map(|p| data.slice_ref(p.value)).collect();
-                    let coordinator = r
-                        .optional(R_COORDINATOR)
-                        .and_then(|c| c.map(|c| c.as_u64()).transpose())
-                        .map_err(at)?
-                        .map(StoreId);
-                    Some(RecordInit { participants, coordinator })
-                }
-                None => None,
-            };
+            let record = decode_record(data, &rec)?;
             TxnCmd::Prewrite {
                 txn_id: u64_of(T_TXN_ID, "txn id")?,
                 primary_key: bytes_of(T_PRIMARY, "txn primary key")?,
@@ -231,6 +255,11 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
             primary_key: bytes_of(T_PRIMARY, "txn primary key")?,
             ttl_ms: u64_of(T_TTL, "txn ttl")?,
         },
+        KIND_RESOLVE_MANY => TxnCmd::ResolveMany { items: decode_items(data, &rec)? },
+        KIND_CHECK_LOCKS => TxnCmd::CheckLocks {
+            txn_id: u64_of(T_TXN_ID, "txn id")?,
+            keys: rec.repeated(T_KEY).map(|f| data.slice_ref(f.value)).collect(),
+        },
         _ => {
             let mut records = Vec::new();
             for f in rec.repeated(T_FORGET) {
@@ -245,6 +274,49 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
         }
     };
     Ok(TxnEntry { epoch, now_ms, cmd })
+}
+
+/// The record a prewrite creates (the primary's region), with its staging flag.
+fn decode_record(data: &Bytes, rec: &TlvRecord<'_>) -> DecodeResult<Option<RecordInit>> {
+    let staging = rec.optional(T_STAGING)?;
+    let Some(f) = rec.optional(T_RECORD)? else {
+        return match staging {
+            Some(s) => Err(DecodeError::new(s.offset, "a staging flag without a record")),
+            None => Ok(None),
+        };
+    };
+    let at = |e: DecodeError| e.shifted(f.offset);
+    let r = TlvRecord::parse(f.value, &[R_PARTICIPANT, R_COORDINATOR], UnknownTags::Reject)
+        .map_err(at)?;
+    let participants = r.repeated(R_PARTICIPANT).map(|p| data.slice_ref(p.value)).collect();
+    let coordinator = r
+        .optional(R_COORDINATOR)
+        .and_then(|c| c.map(|c| c.as_u64()).transpose())
+        .map_err(at)?
+        .map(StoreId);
+    let staging = staging.map(|f| f.as_bool()).transpose()?.unwrap_or(false);
+    Ok(Some(RecordInit { participants, coordinator, staging }))
+}
+
+/// The items of a `ResolveMany`.
+fn decode_items(data: &Bytes, rec: &TlvRecord<'_>) -> DecodeResult<Vec<super::ResolveItem>> {
+    let mut items = Vec::new();
+    for f in rec.repeated(T_ITEM) {
+        let at = |e: DecodeError| e.shifted(f.offset);
+        let r = TlvRecord::parse(f.value, ITEM_TAGS, UnknownTags::Reject).map_err(at)?;
+        let txn_id = r.required(I_TXN_ID, "item txn id").and_then(|v| v.as_u64());
+        let commit = r.required(I_COMMIT, "item commit").and_then(|v| v.as_bool());
+        let commit_ts = r.optional(I_COMMIT_TS).and_then(|c| c.map(|c| c.as_u64()).transpose());
+        let primary = r.optional(I_PRIMARY).map_err(at)?;
+        items.push(super::ResolveItem {
+            txn_id: txn_id.map_err(at)?,
+            primary_key: primary.map(|p| data.slice_ref(p.value)),
+            keys: r.repeated(I_KEY).map(|k| data.slice_ref(k.value)).collect(),
+            commit: commit.map_err(at)?,
+            commit_ts: commit_ts.map_err(at)?,
+        });
+    }
+    Ok(items)
 }
 
 #[cfg(test)]
@@ -274,8 +346,19 @@ mod tests {
             r.map(|(participants, coordinator)| RecordInit {
                 participants,
                 coordinator: coordinator.map(StoreId),
+                staging: coordinator.is_some_and(|c| c % 2 == 0),
             })
         });
+        let item = (
+            any::<u64>(),
+            proptest::option::of(arb_bytes(8)),
+            proptest::collection::vec(arb_bytes(8), 0..3),
+            any::<bool>(),
+            proptest::option::of(any::<u64>()),
+        )
+            .prop_map(|(txn_id, primary_key, keys, commit, commit_ts)| {
+                super::super::ResolveItem { txn_id, primary_key, keys, commit, commit_ts }
+            });
         prop_oneof![
             (
                 any::<u64>(),
@@ -319,6 +402,9 @@ mod tests {
             }),
             (proptest::collection::vec((arb_bytes(8), any::<u64>()), 0..4), any::<u64>())
                 .prop_map(|(records, new_floor)| TxnCmd::Forget { records, new_floor }),
+            proptest::collection::vec(item, 0..3).prop_map(|items| TxnCmd::ResolveMany { items }),
+            (any::<u64>(), proptest::collection::vec(arb_bytes(8), 0..4))
+                .prop_map(|(txn_id, keys)| TxnCmd::CheckLocks { txn_id, keys }),
         ]
     }
 
@@ -337,7 +423,12 @@ mod tests {
         fn txn_round_trips_and_damage_never_panics(entry in arb_entry()) {
             let data = Bytes::from(command::encode_txn(&entry));
             prop_assert_eq!(command::decode(&data).unwrap(), Command::Txn(entry.clone()));
-            prop_assert_eq!(Command::Txn(entry).since(), crate::version::TXN.since);
+            let since = if entry.cmd.needs_v2() {
+                crate::version::TXN_V2.since
+            } else {
+                crate::version::TXN.since
+            };
+            prop_assert_eq!(Command::Txn(entry).since(), since);
             for bit in 0..data.len() * 8 {
                 let mut damaged = data.to_vec();
                 damaged[bit / 8] ^= 1 << (bit % 8);
@@ -376,7 +467,7 @@ mod tests {
                 },
             })
         );
-        let e = command::decode(&with_kind(7)).unwrap_err();
+        let e = command::decode(&with_kind(99)).unwrap_err();
         assert!(command::is_unknown_kind(&e), "{e:?}");
         let e = command::decode(&with_kind(0)).unwrap_err();
         assert!(!command::is_unknown_kind(&e), "{e:?}");

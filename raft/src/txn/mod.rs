@@ -29,6 +29,9 @@ pub mod mvcc;
 pub mod plan;
 pub mod recovery;
 pub mod recovery_state;
+pub mod staging;
+
+pub use staging::ResolveItem;
 
 /// A transaction command to one region (routed by its keys, or by its primary key).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,6 +113,24 @@ pub enum TxnCmd {
         /// The region's new floor.
         new_floor: u64,
     },
+    /// Async commit's resolves of many transactions in one Raft write (cluster
+    /// version 4): each item applied in order, like a `Resolve`, or, with
+    /// `decide`, first decides its `Staging` record (in this region) and resolves
+    /// by the record's decision ([`staging`]).
+    ResolveMany {
+        /// The transactions' parts in this region.
+        items: Vec<ResolveItem>,
+    },
+    /// Async commit's participant check (cluster version 4): for each key, is it
+    /// locked by `txn_id`? A key that is not gets a prevention marker, so that its
+    /// prewrite is refused from now on ([`staging`]). Answers
+    /// [`TxnReply::Checked`].
+    CheckLocks {
+        /// The transaction (its record is `Staging`).
+        txn_id: u64,
+        /// Participant keys in this region (never the primary key).
+        keys: Vec<Bytes>,
+    },
 }
 
 impl TxnCmd {
@@ -120,8 +141,10 @@ impl TxnCmd {
             | TxnCmd::Commit { txn_id, .. }
             | TxnCmd::Resolve { txn_id, .. }
             | TxnCmd::CheckStatus { txn_id, .. }
-            | TxnCmd::Heartbeat { txn_id, .. } => Some(*txn_id),
-            TxnCmd::Forget { .. } => None,
+            | TxnCmd::Heartbeat { txn_id, .. }
+            | TxnCmd::CheckLocks { txn_id, .. } => Some(*txn_id),
+            TxnCmd::ResolveMany { items } if items.len() == 1 => items.first().map(|i| i.txn_id),
+            TxnCmd::Forget { .. } | TxnCmd::ResolveMany { .. } => None,
         }
     }
 
@@ -132,7 +155,14 @@ impl TxnCmd {
             TxnCmd::Commit { primary_key, .. }
             | TxnCmd::CheckStatus { primary_key, .. }
             | TxnCmd::Heartbeat { primary_key, .. } => vec![primary_key.as_ref()],
-            TxnCmd::Resolve { keys, .. } => keys.iter().map(Bytes::as_ref).collect(),
+            TxnCmd::Resolve { keys, .. } | TxnCmd::CheckLocks { keys, .. } => {
+                keys.iter().map(Bytes::as_ref).collect()
+            }
+            TxnCmd::ResolveMany { items } => items
+                .iter()
+                .flat_map(|i| i.primary_key.iter().chain(&i.keys))
+                .map(Bytes::as_ref)
+                .collect(),
             TxnCmd::Forget { records, .. } => records.iter().map(|(k, _)| k.as_ref()).collect(),
         }
     }
@@ -145,6 +175,21 @@ pub struct RecordInit {
     pub participants: Vec<Bytes>,
     /// The store whose client coordinates it, for diagnostics.
     pub coordinator: Option<StoreId>,
+    /// Async commit (cluster version 4): the record is created `Staging`, not
+    /// `Pending` ([`staging`]).
+    pub staging: bool,
+}
+
+impl TxnCmd {
+    /// True for what cluster version 4 ([`crate::version::TXN_V2`]) brought: async
+    /// commit's staging prewrite, `ResolveMany` and `CheckLocks`.
+    pub fn needs_v2(&self) -> bool {
+        match self {
+            TxnCmd::Prewrite { record, .. } => record.as_ref().is_some_and(|r| r.staging),
+            TxnCmd::ResolveMany { .. } | TxnCmd::CheckLocks { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// What an applied transaction command answers.
@@ -154,6 +199,15 @@ pub enum TxnReply {
     Done,
     /// Commit, check status, heartbeat: the transaction's state after the command.
     Status(TxnState),
+    /// `CheckLocks`: true if every key was locked by the transaction; false if one
+    /// was not (it is now prevented).
+    Checked {
+        /// Every key locked by the transaction.
+        all_locked: bool,
+    },
+    /// `ResolveMany`: per item, in order, the record's state after a deciding item
+    /// (`None` for a plain resolve).
+    Resolved(Vec<Option<TxnState>>),
 }
 
 /// A transaction's state, as its record says.
@@ -172,6 +226,15 @@ pub enum TxnState {
     },
     /// Aborted.
     Aborted,
+    /// Async commit, not decided yet: committed once every participant is known
+    /// locked, aborted once one is known never to be ([`staging`]); nobody may look
+    /// before `expires_at_ms`.
+    Staging {
+        /// Last heartbeat plus TTL (ms since the Unix epoch).
+        expires_at_ms: u64,
+        /// Every key of the transaction, the primary included.
+        participants: Vec<Bytes>,
+    },
     /// No record, and none was written (`abort_if_expired` was false, or the id is
     /// below `floor`: finished and forgotten, its outcome applied long ago).
     NotFound {

@@ -7,6 +7,11 @@
 //!    is applied.
 //! 3. `Resolve { commit: true }` on the other regions (asynchronously); the recovery
 //!    daemon finishes whatever a crash leaves.
+//!
+//! With async commit ([`TxnPlan::staging`], cluster version 4; [`super::staging`]) the
+//! primary's prewrite creates the record `Staging`, there is no step 2 before the
+//! answer, and the record is decided and the locks resolved by batched
+//! `ResolveMany` commands afterwards ([`TxnPlan::decide`], [`TxnPlan::resolve_item`]).
 
 use bytes::Bytes;
 use regionkv_engine::StoreId;
@@ -31,6 +36,8 @@ pub struct TxnPlan {
     pub ttl_ms: u64,
     /// The coordinator's store, if it runs on one.
     pub coordinator: Option<StoreId>,
+    /// Async commit: the record is created `Staging` (cluster version 4).
+    pub staging: bool,
 }
 
 impl TxnPlan {
@@ -40,7 +47,14 @@ impl TxnPlan {
         for op in ops {
             by_key.insert(Bytes::copy_from_slice(op.key()), op);
         }
-        TxnPlan { txn_id, ops: by_key.into_values().collect(), ttl_ms, coordinator }
+        TxnPlan { txn_id, ops: by_key.into_values().collect(), ttl_ms, coordinator, staging: false }
+    }
+
+    /// The same plan, committed asynchronously (`staging` true) or not.
+    #[must_use]
+    pub fn with_staging(mut self, staging: bool) -> TxnPlan {
+        self.staging = staging;
+        self
     }
 
     /// The primary key: the smallest key of the batch.
@@ -57,10 +71,11 @@ impl TxnPlan {
     /// holding the primary key carries the record.
     pub fn prewrite(&self, ops: Vec<Op>) -> TxnCmd {
         let primary_key = self.primary_key();
-        let record = ops
-            .iter()
-            .any(|op| op.key() == primary_key.as_ref())
-            .then(|| RecordInit { participants: self.keys(), coordinator: self.coordinator });
+        let record = ops.iter().any(|op| op.key() == primary_key.as_ref()).then(|| RecordInit {
+            participants: self.keys(),
+            coordinator: self.coordinator,
+            staging: self.staging,
+        });
         TxnCmd::Prewrite {
             txn_id: self.txn_id,
             primary_key,
@@ -88,6 +103,23 @@ impl TxnPlan {
             primary_key: self.primary_key(),
             abort_if_expired,
         }
+    }
+
+    /// Async commit: decides the `Staging` record by `commit` on the primary's region,
+    /// resolving that region's keys by the decision.
+    pub fn decide(&self, commit: bool) -> TxnCmd {
+        super::staging::decide(self.txn_id, self.primary_key(), Vec::new(), commit)
+    }
+
+    /// Async commit: the batched resolve item of `keys` (one region's, never the
+    /// primary's region before the decision applied).
+    pub fn resolve_item(&self, keys: Vec<Bytes>, commit: bool) -> super::ResolveItem {
+        super::ResolveItem { txn_id: self.txn_id, primary_key: None, keys, commit, commit_ts: None }
+    }
+
+    /// Async commit: the participant check of `keys` (one region's).
+    pub fn check_locks(&self, keys: Vec<Bytes>) -> TxnCmd {
+        TxnCmd::CheckLocks { txn_id: self.txn_id, keys }
     }
 
     /// Extends the record's life.

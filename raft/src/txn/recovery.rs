@@ -158,7 +158,10 @@ pub fn decision(state: &TxnState) -> Option<bool> {
     match state {
         TxnState::Committed { .. } => Some(true),
         TxnState::Aborted => Some(false),
-        TxnState::Pending { .. } | TxnState::NotFound { .. } | TxnState::Frozen { .. } => None,
+        TxnState::Pending { .. }
+        | TxnState::Staging { .. }
+        | TxnState::NotFound { .. }
+        | TxnState::Frozen { .. } => None,
     }
 }
 
@@ -204,10 +207,14 @@ pub struct InDoubt {
     pub txn_id: u64,
     /// When it expired (ms since the Unix epoch).
     pub expired_at_ms: u64,
+    /// An async-commit record (`Staging`): its participants. It is decided by a
+    /// participant check ([`super::staging`]), never by time alone.
+    pub staging: Option<Vec<Bytes>>,
 }
 
 impl InDoubt {
-    /// The check that aborts it.
+    /// The check that aborts it (a pending record; a staging one answers `Staging`,
+    /// and is decided by a participant check).
     pub fn check_status(&self) -> TxnCmd {
         TxnCmd::CheckStatus {
             txn_id: self.txn_id,
@@ -348,13 +355,15 @@ pub fn plan_turn(
                 *m.frozen.entry("unknown_status").or_default() += 1;
                 continue;
             }
-            TxnStatus::Pending => {
+            TxnStatus::Pending | TxnStatus::Staging => {
                 if now_ms > record.expires_at_ms() {
                     m.in_doubt += 1;
                     plan.in_doubt.push(InDoubt {
                         primary_key: primary_key.clone(),
                         txn_id: *txn_id,
                         expired_at_ms: record.expires_at_ms(),
+                        staging: (record.status == TxnStatus::Staging)
+                            .then(|| record.participants.clone()),
                     });
                 }
                 continue;

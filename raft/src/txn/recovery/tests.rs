@@ -153,6 +153,24 @@ fn pending_records_past_their_ttl_are_in_doubt() {
 }
 
 #[test]
+fn staging_records_past_their_ttl_are_in_doubt_with_their_participants_never_forgotten() {
+    let mut t = TxnTable::default();
+    put_record(&mut t, &record(4, "p", TxnStatus::Staging, &["p", "z"]));
+    let mut alive = record(5, "q", TxnStatus::Staging, &["q", "y"]);
+    alive.last_heartbeat_ms = 10_000;
+    put_record(&mut t, &alive);
+    let limits = RecoveryLimits { forget_delay_ms: 0, ..RecoveryLimits::default() };
+    let plan = plan_turn(&t, 5_000, &limits, &mut RecoveryMemory::default());
+    assert_eq!(plan.metrics.in_doubt, 1);
+    assert_eq!(plan.in_doubt[0].txn_id, 4);
+    assert_eq!(plan.in_doubt[0].staging, Some(vec![b("p"), b("z")]));
+    // Not decided: never forgotten, whatever the delays; and it holds the floor.
+    let plan = plan_turn(&t, u64::MAX / 2, &limits, &mut RecoveryMemory::default());
+    assert!(plan.forgets.is_empty());
+    assert!(plan.metrics.frozen.is_empty());
+}
+
+#[test]
 fn decided_records_are_forgotten_after_both_delays() {
     let limits = RecoveryLimits { forget_delay_ms: 10_000, ..RecoveryLimits::default() };
     let mut t = TxnTable::default();
