@@ -19,9 +19,14 @@ use std::time::Duration;
 
 use regionkv::{Cluster, Db, Error, TxnOutcome, TxnSeams, WriteBatch};
 
-/// Three stores, user regions split at "m".
-fn cluster(dir: &std::path::Path) -> Cluster {
-    let cluster = Cluster::builder().dir(dir).stores(3).build().unwrap();
+/// Three stores, user regions split at "m", running at most `version`: at 3 the
+/// coordinator's two-phase path has its own commit round, which the commit seams
+/// stop (at 4 a cross-region write is async-committed once its prewrites applied,
+/// see `tests/async_commit.rs`).
+fn cluster(dir: &std::path::Path, version: u32) -> Cluster {
+    let builder = Cluster::builder().dir(dir).stores(3);
+    let builder = (1..=3).fold(builder, |b, id| b.cluster_version_max(id, version));
+    let cluster = builder.build().unwrap();
     cluster.split_keys(&["m"]).unwrap();
     cluster
 }
@@ -40,7 +45,7 @@ fn batch(tag: &str) -> WriteBatch {
 #[test]
 fn an_applied_commit_whose_answers_are_lost_is_indeterminate_then_committed() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = cluster(dir.path());
+    let cluster = cluster(dir.path(), 3);
     let seams = TxnSeams { lose_commit_answers: true, ..TxnSeams::default() };
     let coordinator = cluster.db().with_txn_seams(seams);
     let Err(Error::Indeterminate { txn_id, primary_key }) = coordinator.write(batch("1")) else {
@@ -59,7 +64,7 @@ fn an_applied_commit_whose_answers_are_lost_is_indeterminate_then_committed() {
 #[test]
 fn a_lost_commit_is_indeterminate_then_pending_then_aborted_by_a_reader_after_the_ttl() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = cluster(dir.path());
+    let cluster = cluster(dir.path(), 3);
     let db = cluster.db();
     db.write(batch("old")).unwrap();
     let seams = TxnSeams { drop_commit: true, ..TxnSeams::default() };
@@ -81,7 +86,7 @@ fn a_lost_commit_is_indeterminate_then_pending_then_aborted_by_a_reader_after_th
 #[test]
 fn a_coordinator_held_past_the_ttl_heartbeats_and_another_client_does_not_abort_it() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = cluster(dir.path());
+    let cluster = cluster(dir.path(), 4);
     // Long enough that a heartbeat every half TTL is never late on a loaded machine.
     let ttl = Duration::from_millis(1500);
     let (held_tx, held_rx) = mpsc::channel::<u64>();
