@@ -441,6 +441,9 @@ impl Command {
             Command::Admin(Admin { cmd: AdminCmd::ComputeHash, .. }) => {
                 crate::version::IMAGE_HASH.since
             }
+            Command::Txn(TxnEntry { cmd: crate::txn::TxnCmd::OnePhase { .. }, .. }) => {
+                crate::version::TXN_V2.since
+            }
             Command::Txn(_) | Command::Directory(DirCmd::SaveTsLimit { .. }) => {
                 crate::version::TXN.since
             }

@@ -31,6 +31,9 @@ pub struct WriteMetrics {
     unknown_kinds_refused: AtomicU64,
     /// Transaction entries (locks, records) a command met frozen and left alone.
     txn_frozen: AtomicU64,
+    /// Transaction commands proposed, and one-phase commits among them.
+    txn_proposed: AtomicU64,
+    txn_one_phase_proposed: AtomicU64,
 }
 
 impl WriteMetrics {
@@ -73,6 +76,14 @@ impl WriteMetrics {
         self.txn_frozen.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one transaction command proposed (`one_phase`: a one-phase commit).
+    pub(crate) fn on_txn_proposed(&self, one_phase: bool) {
+        self.txn_proposed.fetch_add(1, Ordering::Relaxed);
+        if one_phase {
+            self.txn_one_phase_proposed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Fills in the store-wide write-path figures of `m`.
     pub(crate) fn fill(&self, m: &mut StoreMetrics) {
         m.write_latency_us = self.latency.snapshot();
@@ -82,6 +93,8 @@ impl WriteMetrics {
         m.caller_tasks = self.caller_tasks.load(Ordering::Relaxed);
         m.unknown_kinds_refused = self.unknown_kinds_refused.load(Ordering::Relaxed);
         m.txn_frozen = self.txn_frozen.load(Ordering::Relaxed);
+        m.txn_proposed = self.txn_proposed.load(Ordering::Relaxed);
+        m.txn_one_phase_proposed = self.txn_one_phase_proposed.load(Ordering::Relaxed);
     }
 }
 
@@ -127,6 +140,12 @@ pub struct StoreMetrics {
     /// committed nor aborted (ARCHITECTURE.md, "Transactions"). Counted on every
     /// replica that applies the command. Not sent over the client protocol (0 there).
     pub txn_frozen: u64,
+    /// Transaction commands (`TxnCmd`) this store proposed as a leader: a snapshot
+    /// transaction committed in one phase costs one, in two phases three or more.
+    /// Not sent over the client protocol (0 there).
+    pub txn_proposed: u64,
+    /// One-phase commits (`TxnCmd::OnePhase`) among them.
+    pub txn_one_phase_proposed: u64,
     /// Write-batch rounds of the apply loop.
     pub apply: ApplyStats,
     /// The store's WAL: fsyncs, their latency, group sizes.

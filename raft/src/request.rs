@@ -33,6 +33,9 @@ pub enum Query {
     Get {
         /// The key.
         key: Bytes,
+        /// A snapshot read's timestamp (`None`: a raw read). The region records it
+        /// before it reads (`txn::concurrency`).
+        read_ts: Option<u64>,
     },
     /// Up to `limit` pairs with `start <= key < end` (`end == None`: to the region's end),
     /// and no more than the store's caps (`StoreConfig::scan_rows_max`,
@@ -44,6 +47,8 @@ pub enum Query {
         end: Option<Bytes>,
         /// Most pairs returned.
         limit: usize,
+        /// A snapshot read's timestamp (`None`: a raw read), as for `Get`.
+        read_ts: Option<u64>,
     },
 }
 

@@ -7,8 +7,8 @@ use regionkv_engine::{Epoch, Peer, PeerId, RegionId, SessionId, StoreId};
 use regionkv_raft::{Op, PeerChange, Query, WriteSession};
 
 use super::records::{
-    D, admin_cmd_of, dir_cmd_of, epoch_of, nested, parse, put_admin_cmd, put_dir_cmd, put_epoch,
-    put_range, range_of, req_u64,
+    D, admin_cmd_of, dir_cmd_of, epoch_of, nested, opt_u64, parse, put_admin_cmd, put_dir_cmd,
+    put_epoch, put_range, range_of, req_u64,
 };
 use super::{Request, tso, txn, txn_ops};
 
@@ -98,6 +98,9 @@ const S_SEQ: u16 = 2;
 const F_CMD: u16 = 3;
 const F_GET: u16 = 3;
 const F_SCAN: u16 = 4;
+/// A snapshot read's timestamp (optional; absent: a raw read). An older node skips it
+/// and reads as before, without recording it.
+const F_READ_TS: u16 = 5;
 const OP_KIND: u16 = 1;
 const OP_KEY: u16 = 2;
 const OP_VALUE: u16 = 3;
@@ -129,13 +132,20 @@ pub(crate) fn encode_request(id: u64, req: &Request) -> Vec<u8> {
         Request::Read { region, epoch, query } => codec::put_nested(&mut out, Q_READ, |o| {
             codec::put_u64(o, F_REGION, region.0);
             put_epoch(o, F_EPOCH, *epoch);
-            match query {
-                Query::Get { key } => {
+            let read_ts = match query {
+                Query::Get { key, read_ts } => {
                     codec::put_nested(o, F_GET, |o| codec::put_field(o, K_KEY, key));
+                    read_ts
                 }
-                Query::Scan { start, end, limit } => codec::put_nested(o, F_SCAN, |o| {
-                    put_range(o, start, end.as_deref(), *limit);
-                }),
+                Query::Scan { start, end, limit, read_ts } => {
+                    codec::put_nested(o, F_SCAN, |o| {
+                        put_range(o, start, end.as_deref(), *limit);
+                    });
+                    read_ts
+                }
+            };
+            if let Some(ts) = read_ts {
+                codec::put_u64(o, F_READ_TS, *ts);
             }
         }),
         Request::Admin { region, epoch, cmd } => codec::put_nested(&mut out, Q_ADMIN, |o| {
@@ -360,17 +370,19 @@ fn decode_body(f: &Field<'_>) -> D<Request> {
             }
         }
         Q_READ => {
-            let r = nested(f, &[F_REGION, F_EPOCH, F_GET, F_SCAN])?;
+            let r = nested(f, &[F_REGION, F_EPOCH, F_GET, F_SCAN, F_READ_TS])?;
+            let read_ts = opt_u64(&r, F_READ_TS)?;
             let query = match (r.optional(F_GET)?, r.optional(F_SCAN)?) {
                 (Some(g), None) => {
                     let g = nested(&g, &[K_KEY])?;
                     Query::Get {
                         key: Bytes::copy_from_slice(g.required(K_KEY, "key missing")?.value),
+                        read_ts,
                     }
                 }
                 (None, Some(s)) => {
                     let (start, end, limit) = range_of(&s)?;
-                    Query::Scan { start: start.into(), end: end.map(Bytes::from), limit }
+                    Query::Scan { start: start.into(), end: end.map(Bytes::from), limit, read_ts }
                 }
                 _ => return Err(DecodeError::new(f.offset, "a read needs exactly one query")),
             };

@@ -96,16 +96,25 @@ fn requests() -> Vec<Request> {
             ops: vec![Op::Put { key: Bytes::from_static(b"k"), value: Bytes::new() }],
             session: Some(WriteSession { id: SessionId(0x5E55_1011), seq: 7 }),
         },
-        Request::Read { region: RegionId(4), epoch, query: Query::Get { key: "k".into() } },
         Request::Read {
             region: RegionId(4),
             epoch,
-            query: Query::Scan { start: Bytes::new(), end: Some("z".into()), limit: 5 },
+            query: Query::Get { key: "k".into(), read_ts: None },
         },
         Request::Read {
             region: RegionId(4),
             epoch,
-            query: Query::Scan { start: "a".into(), end: None, limit: 5 },
+            query: Query::Scan {
+                start: Bytes::new(),
+                end: Some("z".into()),
+                limit: 5,
+                read_ts: None,
+            },
+        },
+        Request::Read {
+            region: RegionId(4),
+            epoch,
+            query: Query::Scan { start: "a".into(), end: None, limit: 5, read_ts: None },
         },
         Request::Admin {
             region: RegionId(1),

@@ -596,7 +596,7 @@ impl StoreCore {
                     replica.check_version(read.epoch).and_then(|()| replica.check_readable());
                 match (checked, read.query) {
                     (Err(e), _) => (read.reply)(Err(e)),
-                    (Ok(()), Query::Get { key }) => {
+                    (Ok(()), Query::Get { key, .. }) => {
                         let answer =
                             get(&view, &replica.region, &key).and_then(|value| match &lock {
                                 Some((key, encoded)) => Err(crate::txn::locked(key, encoded)),
@@ -604,7 +604,7 @@ impl StoreCore {
                             });
                         (read.reply)(answer);
                     }
-                    (Ok(()), Query::Scan { start, end, limit }) => {
+                    (Ok(()), Query::Scan { start, end, limit, .. }) => {
                         let (start, end) = clamp(&replica.region, start, end);
                         let job = ScanJob {
                             region,

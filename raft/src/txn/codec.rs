@@ -53,6 +53,8 @@ const KIND_RESOLVE: u64 = 3;
 const KIND_CHECK_STATUS: u64 = 4;
 const KIND_HEARTBEAT: u64 = 5;
 const KIND_FORGET: u64 = 6;
+/// Since cluster version 4 (`version::TXN_V2`).
+const KIND_ONE_PHASE: u64 = 9;
 
 /// The reason of the decode error for a `TXN` kind this binary does not know (see
 /// `crate::command::is_unknown_kind`).
@@ -139,6 +141,17 @@ pub(crate) fn encode(out: &mut Vec<u8>, entry: &TxnEntry) {
             }
             codec::put_u64(out, T_NEW_FLOOR, *new_floor);
         }
+        // `synced` is the client's word to the leader, never in an entry.
+        TxnCmd::OnePhase { start_ts, ops, commit_ts, synced: _ } => {
+            codec::put_u64(out, T_KIND, KIND_ONE_PHASE);
+            codec::put_u64(out, T_START_TS, *start_ts);
+            for op in ops {
+                codec::put_nested(out, T_OP, |out| put_op(out, op));
+            }
+            if let Some(ts) = commit_ts {
+                codec::put_u64(out, T_COMMIT_TS, *ts);
+            }
+        }
     }
 }
 
@@ -162,6 +175,7 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
         KIND_CHECK_STATUS => &[T_TXN_ID, T_PRIMARY, T_ABORT_IF_EXPIRED],
         KIND_HEARTBEAT => &[T_TXN_ID, T_PRIMARY, T_TTL],
         KIND_FORGET => &[T_FORGET, T_NEW_FLOOR],
+        KIND_ONE_PHASE => &[T_START_TS, T_OP, T_COMMIT_TS],
         0 => return Err(DecodeError::new(0, "transaction command of kind 0")),
         _ => return Err(DecodeError::new(0, UNKNOWN_TXN)),
     };
@@ -231,6 +245,18 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
             primary_key: bytes_of(T_PRIMARY, "txn primary key")?,
             ttl_ms: u64_of(T_TTL, "txn ttl")?,
         },
+        KIND_ONE_PHASE => {
+            let mut ops = Vec::new();
+            for f in rec.repeated(T_OP) {
+                ops.push(decode_op(data, f.value).map_err(|e| e.shifted(f.offset))?);
+            }
+            TxnCmd::OnePhase {
+                start_ts: u64_of(T_START_TS, "txn start timestamp")?,
+                ops,
+                commit_ts: optional_u64(T_COMMIT_TS)?,
+                synced: None,
+            }
+        }
         _ => {
             let mut records = Vec::new();
             for f in rec.repeated(T_FORGET) {
@@ -319,6 +345,17 @@ mod tests {
             }),
             (proptest::collection::vec((arb_bytes(8), any::<u64>()), 0..4), any::<u64>())
                 .prop_map(|(records, new_floor)| TxnCmd::Forget { records, new_floor }),
+            (
+                any::<u64>(),
+                proptest::collection::vec(arb_op(), 0..4),
+                proptest::option::of(any::<u64>())
+            )
+                .prop_map(|(start_ts, ops, commit_ts)| TxnCmd::OnePhase {
+                    start_ts,
+                    ops,
+                    commit_ts,
+                    synced: None
+                }),
         ]
     }
 
@@ -337,7 +374,11 @@ mod tests {
         fn txn_round_trips_and_damage_never_panics(entry in arb_entry()) {
             let data = Bytes::from(command::encode_txn(&entry));
             prop_assert_eq!(command::decode(&data).unwrap(), Command::Txn(entry.clone()));
-            prop_assert_eq!(Command::Txn(entry).since(), crate::version::TXN.since);
+            let since = match entry.cmd {
+                TxnCmd::OnePhase { .. } => crate::version::TXN_V2.since,
+                _ => crate::version::TXN.since,
+            };
+            prop_assert_eq!(Command::Txn(entry).since(), since);
             for bit in 0..data.len() * 8 {
                 let mut damaged = data.to_vec();
                 damaged[bit / 8] ^= 1 << (bit % 8);
@@ -376,7 +417,7 @@ mod tests {
                 },
             })
         );
-        let e = command::decode(&with_kind(7)).unwrap_err();
+        let e = command::decode(&with_kind(99)).unwrap_err();
         assert!(command::is_unknown_kind(&e), "{e:?}");
         let e = command::decode(&with_kind(0)).unwrap_err();
         assert!(!command::is_unknown_kind(&e), "{e:?}");

@@ -25,6 +25,7 @@ use crate::command::Op;
 use crate::request::Reply;
 
 pub(crate) mod codec;
+pub(crate) mod concurrency;
 pub mod mvcc;
 pub mod plan;
 pub mod recovery;
@@ -109,6 +110,37 @@ pub enum TxnCmd {
         /// The region's new floor.
         new_floor: u64,
     },
+    /// One-phase commit of a snapshot-isolated transaction whose keys are all in this
+    /// region (since cluster version 4, `version::TXN_V2`): no lock, no record, one
+    /// Raft write. The leader chooses `commit_ts` above its region's max read
+    /// timestamp ([`concurrency`]) and stamps it in the entry; apply refuses the
+    /// whole command, writing nothing, if a key has a version committed at or after
+    /// `start_ts` (`Error::WriteConflict`) or a lock (`Error::Locked`), and otherwise
+    /// writes every version at `commit_ts` in one round. Answers
+    /// `Status(Committed { commit_ts })`.
+    OnePhase {
+        /// The transaction's start timestamp.
+        start_ts: u64,
+        /// Its writes, on lock keys of the transactional keyspace ([`mvcc`]).
+        ops: Vec<Op>,
+        /// Stamped by the proposing leader (a client sends `None`; an entry without
+        /// it is refused).
+        commit_ts: Option<u64>,
+        /// A timestamp the client took from the oracle after a leader of `term`
+        /// refused with `Error::ReadTsUnsynced` (client to leader only; never in an
+        /// entry): it proves no read served by an earlier leader is above it.
+        synced: Option<SyncedTs>,
+    },
+}
+
+/// A timestamp from the oracle taken after the region's leader of `term` asked for
+/// one (`Error::ReadTsUnsynced`); see [`TxnCmd::OnePhase`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncedTs {
+    /// The leader's term the refusal named.
+    pub term: u64,
+    /// The timestamp, taken after the refusal was received.
+    pub ts: u64,
 }
 
 impl TxnCmd {
@@ -120,14 +152,16 @@ impl TxnCmd {
             | TxnCmd::Resolve { txn_id, .. }
             | TxnCmd::CheckStatus { txn_id, .. }
             | TxnCmd::Heartbeat { txn_id, .. } => Some(*txn_id),
-            TxnCmd::Forget { .. } => None,
+            TxnCmd::Forget { .. } | TxnCmd::OnePhase { .. } => None,
         }
     }
 
     /// Every key the command names (they must all be in the region it is sent to).
     pub fn keys(&self) -> Vec<&[u8]> {
         match self {
-            TxnCmd::Prewrite { ops, .. } => ops.iter().map(Op::key).collect(),
+            TxnCmd::Prewrite { ops, .. } | TxnCmd::OnePhase { ops, .. } => {
+                ops.iter().map(Op::key).collect()
+            }
             TxnCmd::Commit { primary_key, .. }
             | TxnCmd::CheckStatus { primary_key, .. }
             | TxnCmd::Heartbeat { primary_key, .. } => vec![primary_key.as_ref()],
