@@ -607,14 +607,23 @@ impl TxnApply<'_, '_> {
 
 impl TxnApply<'_, '_> {
     /// A one-phase commit: refused whole if a key holds a lock (any transaction's,
-    /// readable or not) or has a version committed at or after `start_ts`; otherwise
+    /// readable or not) or has a version committed after `start_ts`; otherwise
     /// every op becomes its user key's version at `commit_ts`, all in one round.
     fn one_phase(&mut self, start_ts: u64, ops: &[Op], commit_ts: u64) -> Result<Result<TxnReply>> {
         if let Some(refused) = self.applier.first_locked(ops.iter().map(Op::key))? {
             return Ok(Err(refused));
         }
-        if let Some(conflict) = self.write_conflict(ops.iter().map(Op::key), start_ts)? {
-            return Ok(Err(conflict));
+        // A version at `start_ts` itself (a one-phase commit's timestamp may equal a
+        // later start timestamp from the oracle) is visible to this transaction's
+        // reads: not a conflict.
+        let newer = start_ts.saturating_add(1);
+        if let Some(conflict) = self.write_conflict(ops.iter().map(Op::key), newer)? {
+            return Ok(Err(match conflict {
+                Error::WriteConflict { key, conflict_ts, .. } => {
+                    Error::WriteConflict { key, start_ts, conflict_ts }
+                }
+                other => other,
+            }));
         }
         let applier = &mut *self.applier;
         for op in ops {

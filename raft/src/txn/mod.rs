@@ -114,8 +114,9 @@ pub enum TxnCmd {
     /// region (since cluster version 4, `version::TXN_V2`): no lock, no record, one
     /// Raft write. The leader chooses `commit_ts` above its region's max read
     /// timestamp ([`concurrency`]) and stamps it in the entry; apply refuses the
-    /// whole command, writing nothing, if a key has a version committed at or after
-    /// `start_ts` (`Error::WriteConflict`) or a lock (`Error::Locked`), and otherwise
+    /// whole command, writing nothing, if a key has a version committed after
+    /// `start_ts` (`Error::WriteConflict`; a version at `start_ts` itself is one its
+    /// reads saw) or a lock (`Error::Locked`), and otherwise
     /// writes every version at `commit_ts` in one round. Answers
     /// `Status(Committed { commit_ts })`.
     OnePhase {
