@@ -447,6 +447,11 @@ impl Store {
 
     /// Hands a request to its poller, blocking while its lane is full (backpressure);
     /// gives the request back if the store is stopping.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the request itself is given back, moved, on the rare refusal; boxing it \
+                  would cost every request an allocation"
+    )]
     fn try_send(&self, region: RegionId, msg: Msg) -> std::result::Result<(), Msg> {
         if self.ctx.cancel.is_cancelled() {
             return Err(msg);

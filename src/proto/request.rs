@@ -129,25 +129,9 @@ pub(crate) fn encode_request(id: u64, req: &Request) -> Vec<u8> {
                 put_write(o, *region, *epoch, ops, session.as_ref());
             });
         }
-        Request::Read { region, epoch, query } => codec::put_nested(&mut out, Q_READ, |o| {
-            codec::put_u64(o, F_REGION, region.0);
-            put_epoch(o, F_EPOCH, *epoch);
-            let read_ts = match query {
-                Query::Get { key, read_ts } => {
-                    codec::put_nested(o, F_GET, |o| codec::put_field(o, K_KEY, key));
-                    read_ts
-                }
-                Query::Scan { start, end, limit, read_ts } => {
-                    codec::put_nested(o, F_SCAN, |o| {
-                        put_range(o, start, end.as_deref(), *limit);
-                    });
-                    read_ts
-                }
-            };
-            if let Some(ts) = read_ts {
-                codec::put_u64(o, F_READ_TS, *ts);
-            }
-        }),
+        Request::Read { region, epoch, query } => {
+            codec::put_nested(&mut out, Q_READ, |o| put_read(o, *region, *epoch, query));
+        }
         Request::Admin { region, epoch, cmd } => codec::put_nested(&mut out, Q_ADMIN, |o| {
             codec::put_u64(o, F_REGION, region.0);
             put_epoch(o, F_EPOCH, *epoch);
@@ -331,6 +315,50 @@ pub(crate) fn decode_request(payload: &[u8]) -> Result<(u64, Request), RequestEr
         .map_err(|error| RequestError::Malformed { id: Some(id), error })
 }
 
+/// The fields of a read request.
+fn put_read(o: &mut Vec<u8>, region: RegionId, epoch: Epoch, query: &Query) {
+    codec::put_u64(o, F_REGION, region.0);
+    put_epoch(o, F_EPOCH, epoch);
+    let read_ts = match query {
+        Query::Get { key, read_ts } => {
+            codec::put_nested(o, F_GET, |o| codec::put_field(o, K_KEY, key));
+            read_ts
+        }
+        Query::Scan { start, end, limit, read_ts } => {
+            codec::put_nested(o, F_SCAN, |o| {
+                put_range(o, start, end.as_deref(), *limit);
+            });
+            read_ts
+        }
+    };
+    if let Some(ts) = read_ts {
+        codec::put_u64(o, F_READ_TS, *ts);
+    }
+}
+
+/// A read request.
+fn read_of(f: &Field<'_>) -> D<Request> {
+    let r = nested(f, &[F_REGION, F_EPOCH, F_GET, F_SCAN, F_READ_TS])?;
+    let read_ts = opt_u64(&r, F_READ_TS)?;
+    let query = match (r.optional(F_GET)?, r.optional(F_SCAN)?) {
+        (Some(g), None) => {
+            let g = nested(&g, &[K_KEY])?;
+            let key = Bytes::copy_from_slice(g.required(K_KEY, "key missing")?.value);
+            Query::Get { key, read_ts }
+        }
+        (None, Some(s)) => {
+            let (start, end, limit) = range_of(&s)?;
+            Query::Scan { start: start.into(), end: end.map(Bytes::from), limit, read_ts }
+        }
+        _ => return Err(DecodeError::new(f.offset, "a read needs exactly one query")),
+    };
+    Ok(Request::Read {
+        region: RegionId(req_u64(&r, F_REGION, "region missing")?),
+        epoch: epoch_of(&r, F_EPOCH)?,
+        query,
+    })
+}
+
 fn decode_body(f: &Field<'_>) -> D<Request> {
     Ok(match f.tag {
         Q_WRITE => {
@@ -369,29 +397,7 @@ fn decode_body(f: &Field<'_>) -> D<Request> {
                 session,
             }
         }
-        Q_READ => {
-            let r = nested(f, &[F_REGION, F_EPOCH, F_GET, F_SCAN, F_READ_TS])?;
-            let read_ts = opt_u64(&r, F_READ_TS)?;
-            let query = match (r.optional(F_GET)?, r.optional(F_SCAN)?) {
-                (Some(g), None) => {
-                    let g = nested(&g, &[K_KEY])?;
-                    Query::Get {
-                        key: Bytes::copy_from_slice(g.required(K_KEY, "key missing")?.value),
-                        read_ts,
-                    }
-                }
-                (None, Some(s)) => {
-                    let (start, end, limit) = range_of(&s)?;
-                    Query::Scan { start: start.into(), end: end.map(Bytes::from), limit, read_ts }
-                }
-                _ => return Err(DecodeError::new(f.offset, "a read needs exactly one query")),
-            };
-            Request::Read {
-                region: RegionId(req_u64(&r, F_REGION, "region missing")?),
-                epoch: epoch_of(&r, F_EPOCH)?,
-                query,
-            }
-        }
+        Q_READ => read_of(f)?,
         Q_ADMIN => {
             let r = nested(f, &[F_REGION, F_EPOCH, F_CMD])?;
             Request::Admin {

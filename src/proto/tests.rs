@@ -80,6 +80,7 @@ fn record_health() -> Request {
 
 fn requests() -> Vec<Request> {
     let epoch = Epoch { version: 2, conf_ver: 1 };
+    let read = |query| Request::Read { region: RegionId(4), epoch, query };
     vec![
         Request::Write {
             region: RegionId(4),
@@ -96,26 +97,10 @@ fn requests() -> Vec<Request> {
             ops: vec![Op::Put { key: Bytes::from_static(b"k"), value: Bytes::new() }],
             session: Some(WriteSession { id: SessionId(0x5E55_1011), seq: 7 }),
         },
-        Request::Read {
-            region: RegionId(4),
-            epoch,
-            query: Query::Get { key: "k".into(), read_ts: None },
-        },
-        Request::Read {
-            region: RegionId(4),
-            epoch,
-            query: Query::Scan {
-                start: Bytes::new(),
-                end: Some("z".into()),
-                limit: 5,
-                read_ts: None,
-            },
-        },
-        Request::Read {
-            region: RegionId(4),
-            epoch,
-            query: Query::Scan { start: "a".into(), end: None, limit: 5, read_ts: None },
-        },
+        read(Query::Get { key: "k".into(), read_ts: None }),
+        read(Query::Get { key: "k".into(), read_ts: Some(7) }),
+        read(Query::Scan { start: Bytes::new(), end: Some("z".into()), limit: 5, read_ts: None }),
+        read(Query::Scan { start: "a".into(), end: None, limit: 5, read_ts: Some(9) }),
         Request::Admin {
             region: RegionId(1),
             epoch,

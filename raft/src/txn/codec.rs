@@ -191,30 +191,8 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
     }
     let cmd = match kind {
         KIND_PREWRITE => {
-            let mut ops = Vec::new();
-            for f in rec.repeated(T_OP) {
-                ops.push(decode_op(data, f.value).map_err(|e| e.shifted(f.offset))?);
-            }
-            let record = match rec.optional(T_RECORD)? {
-                Some(f) => {
-                    let at = |e: DecodeError| e.shifted(f.offset);
-                    let r = TlvRecord::parse(
-                        f.value,
-                        &[R_PARTICIPANT, R_COORDINATOR],
-                        UnknownTags::Reject,
-                    )
-                    .map_err(at)?;
-                    let participants =
-                        r.repeated(R_PARTICIPANT).map(|p| data.slice_ref(p.value)).collect();
-                    let coordinator = r
-                        .optional(R_COORDINATOR)
-                        .and_then(|c| c.map(|c| c.as_u64()).transpose())
-                        .map_err(at)?
-                        .map(StoreId);
-                    Some(RecordInit { participants, coordinator })
-                }
-                None => None,
-            };
+            let ops = ops_of(data, &rec)?;
+            let record = record_init_of(data, &rec)?;
             TxnCmd::Prewrite {
                 txn_id: u64_of(T_TXN_ID, "txn id")?,
                 primary_key: bytes_of(T_PRIMARY, "txn primary key")?,
@@ -245,18 +223,12 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
             primary_key: bytes_of(T_PRIMARY, "txn primary key")?,
             ttl_ms: u64_of(T_TTL, "txn ttl")?,
         },
-        KIND_ONE_PHASE => {
-            let mut ops = Vec::new();
-            for f in rec.repeated(T_OP) {
-                ops.push(decode_op(data, f.value).map_err(|e| e.shifted(f.offset))?);
-            }
-            TxnCmd::OnePhase {
-                start_ts: u64_of(T_START_TS, "txn start timestamp")?,
-                ops,
-                commit_ts: optional_u64(T_COMMIT_TS)?,
-                synced: None,
-            }
-        }
+        KIND_ONE_PHASE => TxnCmd::OnePhase {
+            start_ts: u64_of(T_START_TS, "txn start timestamp")?,
+            ops: ops_of(data, &rec)?,
+            commit_ts: optional_u64(T_COMMIT_TS)?,
+            synced: None,
+        },
         _ => {
             let mut records = Vec::new();
             for f in rec.repeated(T_FORGET) {
@@ -271,6 +243,30 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
         }
     };
     Ok(TxnEntry { epoch, now_ms, cmd })
+}
+
+/// The record a primary's prewrite creates, if it carries one.
+fn record_init_of(data: &Bytes, rec: &TlvRecord<'_>) -> DecodeResult<Option<RecordInit>> {
+    Ok(match rec.optional(T_RECORD)? {
+        Some(f) => {
+            let at = |e: DecodeError| e.shifted(f.offset);
+            let r = TlvRecord::parse(f.value, &[R_PARTICIPANT, R_COORDINATOR], UnknownTags::Reject)
+                .map_err(at)?;
+            let participants = r.repeated(R_PARTICIPANT).map(|p| data.slice_ref(p.value)).collect();
+            let coordinator = r
+                .optional(R_COORDINATOR)
+                .and_then(|c| c.map(|c| c.as_u64()).transpose())
+                .map_err(at)?
+                .map(StoreId);
+            Some(RecordInit { participants, coordinator })
+        }
+        None => None,
+    })
+}
+
+/// The ops of a prewrite or a one-phase commit.
+fn ops_of(data: &Bytes, rec: &TlvRecord<'_>) -> DecodeResult<Vec<crate::command::Op>> {
+    rec.repeated(T_OP).map(|f| decode_op(data, f.value).map_err(|e| e.shifted(f.offset))).collect()
 }
 
 #[cfg(test)]
