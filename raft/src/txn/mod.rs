@@ -113,7 +113,7 @@ pub enum TxnCmd {
     /// One-phase commit of a snapshot-isolated transaction whose keys are all in this
     /// region (since cluster version 4, `version::TXN_V2`): no lock, no record, one
     /// Raft write. The leader chooses `commit_ts` above its region's max read
-    /// timestamp ([`concurrency`]) and stamps it in the entry; apply refuses the
+    /// timestamp (`txn::concurrency`) and stamps it in the entry; apply refuses the
     /// whole command, writing nothing, if a key has a version committed after
     /// `start_ts` (`Error::WriteConflict`; a version at `start_ts` itself is one its
     /// reads saw) or a lock (`Error::Locked`), and otherwise
