@@ -69,7 +69,7 @@ impl Transaction {
         self.wait_out_lock(key)?;
         let from = mvcc::version_key(key, self.start_ts).to_vec();
         let end = mvcc::versions_end(key).to_vec();
-        let newest = self.db.scan_raw(from, Some(&end), 1)?;
+        let newest = self.db.scan_raw(from, Some(&end), 1, Some(self.start_ts))?;
         match newest.first() {
             Some((_, stored)) => version_value(stored),
             None => Ok(None),
@@ -84,8 +84,12 @@ impl Transaction {
             .as_deref()
             .map_or_else(|| vec![mvcc::TXN_KEYSPACE + 1], |e| mvcc::lock_key(e).to_vec());
         // A lock met on the way is resolved or waited for by the raw scan.
-        let rows =
-            self.db.scan_raw(mvcc::lock_key(&start).to_vec(), Some(&store_end), usize::MAX)?;
+        let rows = self.db.scan_raw(
+            mvcc::lock_key(&start).to_vec(),
+            Some(&store_end),
+            usize::MAX,
+            Some(self.start_ts),
+        )?;
         let mut seen: BTreeMap<Bytes, Option<Bytes>> = BTreeMap::new();
         for (key, stored) in rows {
             let Some((user, ts)) = mvcc::decode_version_key(&key) else { continue };
@@ -237,7 +241,7 @@ impl Transaction {
                     regionkv_raft::ReadRequest {
                         region: region.id,
                         epoch: region.epoch,
-                        query: Query::Get { key: key.clone() },
+                        query: Query::Get { key: key.clone(), read_ts: Some(self.start_ts) },
                         reply,
                     },
                 );

@@ -27,6 +27,7 @@ use crate::request::Reply;
 pub(crate) mod codec;
 pub mod mvcc;
 pub mod plan;
+pub(crate) mod read_ts;
 pub mod recovery;
 
 /// A transaction command to one region (routed by its keys, or by its primary key).
