@@ -451,8 +451,8 @@ impl Db {
         self.scan_raw(start, Some(&end), limit, None)
     }
 
-    /// [`Db::scan`] of store keys `start..end`, any of them; `read_ts`: a snapshot
-    /// read's timestamp, which each region records before it reads.
+    /// [`Db::scan`] of store keys `start..end`, any of them; `read_ts`: the snapshot
+    /// timestamp of a transaction's read (`Query::Scan::read_ts`), `None` for raw.
     fn scan_raw(
         &self,
         start: Vec<u8>,

@@ -233,7 +233,11 @@ impl LocalReads {
         // Taken while listed: see the type's docs.
         let view = engine.read_view();
         drop(regions);
+        // A snapshot read is admitted against the view just taken (`txn::read_ts`).
+        let admitted =
+            query.read_ts().map_or(Ok(()), |ts| crate::txn::read_ts::admit(engine, id, ts));
         let answer = match query {
+            _ if let Err(e) = admitted => Err(e),
             Query::Get { .. } if let Some((key, encoded)) = &lock => {
                 Err(crate::txn::locked(key, encoded))
             }

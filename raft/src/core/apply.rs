@@ -592,8 +592,15 @@ impl StoreCore {
             let view = engine.read_view();
             for (i, read) in reads.into_iter().enumerate() {
                 let lock = locks.get_mut(i).and_then(Option::take);
-                let checked =
-                    replica.check_version(read.epoch).and_then(|()| replica.check_readable());
+                // A snapshot read is admitted against the view just taken
+                // (`txn::read_ts`); a raw read skips it.
+                let checked = replica
+                    .check_version(read.epoch)
+                    .and_then(|()| replica.check_readable())
+                    .and_then(|()| match read.query.read_ts() {
+                        Some(ts) => crate::txn::read_ts::admit(engine, region, ts),
+                        None => Ok(()),
+                    });
                 match (checked, read.query) {
                     (Err(e), _) => (read.reply)(Err(e)),
                     (Ok(()), Query::Get { key, .. }) => {

@@ -28,6 +28,7 @@ pub(crate) mod codec;
 pub(crate) mod concurrency;
 pub mod mvcc;
 pub mod plan;
+pub(crate) mod read_ts;
 pub mod recovery;
 
 /// A transaction command to one region (routed by its keys, or by its primary key).
