@@ -433,7 +433,7 @@ impl Db {
         if mvcc::is_txn_key(&key) {
             return Err(raw_in_keyspace(&key));
         }
-        let query = Query::Get { key: key.clone() };
+        let query = Query::Get { key: key.clone(), read_ts: None };
         match self.read(&key, &query)? {
             QueryResult::Value(v) => Ok(v),
             QueryResult::Rows(_) => Err(Error::InvalidRequest("a get returned rows".into())),
@@ -455,15 +455,17 @@ impl Db {
         // Raw keys end where the transactional keyspace begins.
         let keyspace = vec![mvcc::TXN_KEYSPACE];
         let end = end.map_or(keyspace.clone(), |e| e.min(keyspace));
-        self.scan_raw(start, Some(&end), limit)
+        self.scan_raw(start, Some(&end), limit, None)
     }
 
-    /// [`Db::scan`] of store keys `start..end`, any of them.
+    /// [`Db::scan`] of store keys `start..end`, any of them; `read_ts`: the snapshot
+    /// timestamp of a transaction's read (`Query::Scan::read_ts`), `None` for raw.
     fn scan_raw(
         &self,
         start: Vec<u8>,
         end: Option<&[u8]>,
         limit: usize,
+        read_ts: Option<u64>,
     ) -> Result<Vec<(Bytes, Bytes)>> {
         let mut out = Vec::new();
         let mut from = start;
@@ -472,6 +474,7 @@ impl Db {
                 start: Bytes::copy_from_slice(&from),
                 end: end.map(Bytes::copy_from_slice),
                 limit: limit - out.len(),
+                read_ts,
             };
             // The region that served this part (its end is where the next starts).
             let served = Mutex::new(None);

@@ -80,6 +80,11 @@ fn bench_txn_json_has_every_key() {
         "single_region_vs_single_put",
         "two_region_vs_two_batches",
         "two_region_p50_vs_single_region",
+        "snapshot_one_phase_ops_per_sec",
+        "snapshot_one_phase_p50_us",
+        "snapshot_two_phase_ops_per_sec",
+        "snapshot_two_phase_p50_us",
+        "snapshot_one_phase_vs_two_phase",
     ] {
         assert!(report[key].is_number(), "{key} missing in:\n{report:#}");
     }

@@ -167,6 +167,20 @@ pub enum Error {
         /// The commit timestamp of the newest committed version of the key.
         conflict_ts: u64,
     },
+    /// Refused before it was proposed: a one-phase commit (`TxnCmd::OnePhase`) reached
+    /// a leader of `region` that does not know what reads its predecessors served, so
+    /// it cannot choose a safe commit timestamp yet. Nothing was done: take a
+    /// timestamp from the oracle now (after this answer) and send the command again
+    /// with it and `term` (`SyncedTs`), or commit in two phases.
+    #[error(
+        "region {region}'s leader (term {term}) has no timestamp from the oracle yet;          send the one-phase commit again with a fresh timestamp"
+    )]
+    ReadTsUnsynced {
+        /// The region.
+        region: RegionId,
+        /// The leader's term.
+        term: u64,
+    },
     /// A definite outcome: the transaction is aborted (a commit or a prewrite with its
     /// record came after the abort). Nothing of it was or will be applied.
     #[error("transaction {txn_id} is aborted")]
@@ -283,6 +297,7 @@ impl Error {
             | Error::FeatureNotActive { .. }
             | Error::Locked { .. }
             | Error::WriteConflict { .. }
+            | Error::ReadTsUnsynced { .. }
             | Error::TxnAborted { .. }
             | Error::TxnNotFound { .. }
             | Error::TxnTooOld { .. }
@@ -329,6 +344,7 @@ impl Error {
             | Error::FeatureNotActive { .. }
             | Error::Locked { .. }
             | Error::WriteConflict { .. }
+            | Error::ReadTsUnsynced { .. }
             | Error::TxnAborted { .. }
             | Error::TxnNotFound { .. }
             | Error::TxnTooOld { .. }
@@ -374,6 +390,7 @@ impl Error {
             | Error::FeatureNotActive { .. }
             | Error::Locked { .. }
             | Error::WriteConflict { .. }
+            | Error::ReadTsUnsynced { .. }
             | Error::TxnAborted { .. }
             | Error::TxnNotFound { .. }
             | Error::TxnTooOld { .. }
@@ -414,6 +431,9 @@ pub enum DropReason {
     /// The group holds too many bytes proposed and not yet committed
     /// (`StoreConfig::max_uncommitted_bytes`): retry once it has committed them.
     UncommittedLimit,
+    /// A snapshot read met a one-phase commit in flight at or below its read
+    /// timestamp (`TxnCmd::OnePhase`): retry once it has applied or been refused.
+    CommitPending,
 }
 
 impl DropReason {
@@ -428,6 +448,7 @@ impl DropReason {
             DropReason::AppliedBeforeRestart => 5,
             DropReason::Overwritten => 6,
             DropReason::UncommittedLimit => 7,
+            DropReason::CommitPending => 8,
         }
     }
 
@@ -441,6 +462,7 @@ impl DropReason {
             5 => DropReason::AppliedBeforeRestart,
             6 => DropReason::Overwritten,
             7 => DropReason::UncommittedLimit,
+            8 => DropReason::CommitPending,
             _ => DropReason::Unspecified,
         }
     }
@@ -460,6 +482,9 @@ impl fmt::Display for DropReason {
             DropReason::Overwritten => "its entry was overwritten by a new leader",
             DropReason::UncommittedLimit => {
                 "too many bytes proposed and not yet committed; retry once they commit"
+            }
+            DropReason::CommitPending => {
+                "a one-phase commit at or below the read timestamp is in flight; retry"
             }
         })
     }

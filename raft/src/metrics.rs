@@ -35,6 +35,9 @@ pub struct WriteMetrics {
     txn_resolve_batches: AtomicU64,
     /// Items (one transaction's part each) in them.
     txn_resolve_items: AtomicU64,
+    /// Transaction commands proposed, and one-phase commits among them.
+    txn_proposed: AtomicU64,
+    txn_one_phase_proposed: AtomicU64,
 }
 
 impl WriteMetrics {
@@ -83,6 +86,14 @@ impl WriteMetrics {
         self.txn_resolve_items.fetch_add(items as u64, Ordering::Relaxed);
     }
 
+    /// Counts one transaction command proposed (`one_phase`: a one-phase commit).
+    pub(crate) fn on_txn_proposed(&self, one_phase: bool) {
+        self.txn_proposed.fetch_add(1, Ordering::Relaxed);
+        if one_phase {
+            self.txn_one_phase_proposed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Fills in the store-wide write-path figures of `m`.
     pub(crate) fn fill(&self, m: &mut StoreMetrics) {
         m.write_latency_us = self.latency.snapshot();
@@ -94,6 +105,8 @@ impl WriteMetrics {
         m.txn_frozen = self.txn_frozen.load(Ordering::Relaxed);
         m.txn_resolve_batches = self.txn_resolve_batches.load(Ordering::Relaxed);
         m.txn_resolve_items = self.txn_resolve_items.load(Ordering::Relaxed);
+        m.txn_proposed = self.txn_proposed.load(Ordering::Relaxed);
+        m.txn_one_phase_proposed = self.txn_one_phase_proposed.load(Ordering::Relaxed);
     }
 }
 
@@ -153,6 +166,12 @@ pub struct StoreMetrics {
     /// The transactions' parts (items) in those batches: items per batch is how well
     /// resolves are batched. Not sent over the client protocol (0 there).
     pub txn_resolve_items: u64,
+    /// Transaction commands (`TxnCmd`) this store proposed as a leader: a snapshot
+    /// transaction committed in one phase costs one, in two phases three or more.
+    /// Not sent over the client protocol (0 there).
+    pub txn_proposed: u64,
+    /// One-phase commits (`TxnCmd::OnePhase`) among them.
+    pub txn_one_phase_proposed: u64,
     /// Write-batch rounds of the apply loop.
     pub apply: ApplyStats,
     /// The store's WAL: fsyncs, their latency, group sizes.

@@ -71,7 +71,7 @@ pub(crate) fn first_lock(
         return None;
     }
     match query {
-        Query::Get { key } if region.contains(key) => {
+        Query::Get { key, .. } if region.contains(key) => {
             engine.txn_lock(region.id, key).map(|lock| (key.clone(), lock))
         }
         Query::Get { .. } | Query::Scan { limit: 0, .. } => None,
@@ -208,17 +208,23 @@ impl LocalReads {
         if region.epoch.version != req.epoch.version {
             return Some(req);
         }
-        if let Query::Get { key } = &req.query
+        if let Query::Get { key, .. } = &req.query
             && !region.contains(key)
         {
             return Some(req);
         }
+        // Recorded before the view is taken (`txn::concurrency`).
+        if let Err(e) = ctx.concurrency.observe_read(req.region, &req.query) {
+            drop(regions);
+            (req.reply)(Err(e));
+            return None;
+        }
         let engine = ctx.engine_of(req.region);
         let ReadRequest { region: id, query, reply, .. } = req;
         let query = match query {
-            Query::Scan { start, end, limit } => {
+            Query::Scan { start, end, limit, read_ts } => {
                 let (start, end) = clamp(region, start, end);
-                Query::Scan { start, end, limit }
+                Query::Scan { start, end, limit, read_ts }
             }
             get @ Query::Get { .. } => get,
         };
@@ -227,12 +233,16 @@ impl LocalReads {
         // Taken while listed: see the type's docs.
         let view = engine.read_view();
         drop(regions);
+        // A snapshot read is admitted against the view just taken (`txn::read_ts`).
+        let admitted =
+            query.read_ts().map_or(Ok(()), |ts| crate::txn::read_ts::admit(engine, id, ts));
         let answer = match query {
+            _ if let Err(e) = admitted => Err(e),
             Query::Get { .. } if let Some((key, encoded)) = &lock => {
                 Err(crate::txn::locked(key, encoded))
             }
-            Query::Get { key } => Ok(QueryResult::Value(view.get(&key))),
-            Query::Scan { start, end, limit } => {
+            Query::Get { key, .. } => Ok(QueryResult::Value(view.get(&key))),
+            Query::Scan { start, end, limit, .. } => {
                 ctx.before_scan(id);
                 let caps = ctx.config.scan_caps();
                 let page = scan_page(&view, &start, end.as_deref(), limit, caps);

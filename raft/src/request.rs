@@ -33,6 +33,11 @@ pub enum Query {
     Get {
         /// The key.
         key: Bytes,
+        /// The snapshot timestamp a transaction reads at (`Transaction::get`), so that
+        /// the region can refuse a read below what it collected (`SnapshotTooOld`).
+        /// `None`: a raw read, checked against nothing. The region also records it before it reads
+        /// (`txn::concurrency`: a one-phase commit lands above it).
+        read_ts: Option<u64>,
     },
     /// Up to `limit` pairs with `start <= key < end` (`end == None`: to the region's end),
     /// and no more than the store's caps (`StoreConfig::scan_rows_max`,
@@ -44,7 +49,18 @@ pub enum Query {
         end: Option<Bytes>,
         /// Most pairs returned.
         limit: usize,
+        /// As for `Get`: the snapshot timestamp of a transaction's scan; `None`: raw.
+        read_ts: Option<u64>,
     },
+}
+
+impl Query {
+    /// The snapshot timestamp the read is made at (`None`: a raw read).
+    pub fn read_ts(&self) -> Option<u64> {
+        match self {
+            Query::Get { read_ts, .. } | Query::Scan { read_ts, .. } => *read_ts,
+        }
+    }
 }
 
 /// What a read returns.

@@ -72,7 +72,7 @@ fn get(store: &Store, key: &str) -> Receiver<(Result<QueryResult>, ThreadId)> {
     store.read(ReadRequest {
         region: R1,
         epoch: Epoch::INITIAL,
-        query: Query::Get { key: Bytes::from(key.to_owned()) },
+        query: Query::Get { key: Bytes::from(key.to_owned()), read_ts: None },
         reply: Box::new(move |r| {
             let _ = tx.send((r, std::thread::current().id()));
         }),
@@ -151,7 +151,7 @@ fn a_get_of_a_region_with_one_voter_is_answered_on_the_callers_thread() {
     s.stores[0].read(ReadRequest {
         region: R1,
         epoch: Epoch::INITIAL,
-        query: Query::Scan { start: Bytes::new(), end: None, limit: 10 },
+        query: Query::Scan { start: Bytes::new(), end: None, limit: 10, read_ts: None },
         reply: Box::new(move |r| {
             let _ = tx.send((r, std::thread::current().id()));
         }),
@@ -169,7 +169,7 @@ fn a_get_of_a_region_with_one_voter_is_answered_on_the_callers_thread() {
     s.stores[0].read(ReadRequest {
         region: R1,
         epoch: Epoch { version: 7, conf_ver: 1 },
-        query: Query::Get { key: Bytes::from_static(b"k") },
+        query: Query::Get { key: Bytes::from_static(b"k"), read_ts: None },
         reply: Box::new(move |r| {
             let _ = tx.send(r);
         }),
@@ -285,7 +285,8 @@ fn a_locked_key_refuses_gets_scans_and_writes_on_the_callers_thread_until_commit
     let deadline = Instant::now() + Duration::from_secs(20);
     let locked = |r: &Result<QueryResult>| matches!(r, Err(Error::Locked { txn_id: 5, .. }));
     loop {
-        let (answer, here) = read_here(store, Query::Get { key: Bytes::from_static(b"b") });
+        let (answer, here) =
+            read_here(store, Query::Get { key: Bytes::from_static(b"b"), read_ts: None });
         assert!(locked(&answer), "{answer:?}");
         if here {
             break;
@@ -293,11 +294,11 @@ fn a_locked_key_refuses_gets_scans_and_writes_on_the_callers_thread_until_commit
         assert!(Instant::now() < deadline, "never answered on the caller's thread");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let scan = Query::Scan { start: Bytes::new(), end: None, limit: 10 };
+    let scan = Query::Scan { start: Bytes::new(), end: None, limit: 10, read_ts: None };
     let (answer, here) = read_here(store, scan.clone());
     assert!(locked(&answer) && here, "{answer:?}");
     // A scan whose page ends before the lock is answered.
-    let first = Query::Scan { start: Bytes::new(), end: None, limit: 1 };
+    let first = Query::Scan { start: Bytes::new(), end: None, limit: 1, read_ts: None };
     match read_here(store, first) {
         (Ok(QueryResult::Rows(page)), true) => assert_eq!(page.rows.len(), 1),
         other => panic!("{other:?}"),

@@ -206,7 +206,7 @@ fn get(store: &Store, key: &str) -> Option<Bytes> {
         store.read(ReadRequest {
             region: R1,
             epoch: Epoch::INITIAL,
-            query: Query::Get { key: Bytes::from(key.to_owned()) },
+            query: Query::Get { key: Bytes::from(key.to_owned()), read_ts: None },
             reply: Box::new(move |r| {
                 let _ = tx.send(r);
             }),

@@ -125,7 +125,7 @@ fn fill(store: &Store, n: usize, value_bytes: usize, per_write: usize) {
 
 /// One raw scan from `start` without a limit: the store's caps are its only bound.
 fn scan_from(store: &Store, start: Bytes) -> Page {
-    let query = Query::Scan { start, end: None, limit: usize::MAX };
+    let query = Query::Scan { start, end: None, limit: usize::MAX, read_ts: None };
     match until_ok(|| read(store, query.clone())) {
         QueryResult::Rows(page) => page,
         other @ QueryResult::Value(_) => panic!("a scan answered {other:?}"),
@@ -161,7 +161,7 @@ fn a_scan_without_a_limit_is_capped_in_rows() {
     assert_eq!(pages.len(), 2);
     assert_every_key_once(&pages, rows_max + 500);
     // A limit the cap does not reach is a complete answer, with nothing to resume.
-    let query = Query::Scan { start: Bytes::new(), end: None, limit: 20 };
+    let query = Query::Scan { start: Bytes::new(), end: None, limit: 20, read_ts: None };
     match until_ok(|| read(&one.store, query.clone())) {
         QueryResult::Rows(page) => {
             assert_eq!((page.rows.len(), page.resume), (20, None));
@@ -198,13 +198,16 @@ fn a_scan_held_on_its_way_leaves_the_poller_serving() {
         let _ = entered_tx.try_send(());
         let _ = open.recv_timeout(Duration::from_secs(60));
     }));
-    let scan = read(&one.store, Query::Scan { start: Bytes::new(), end: None, limit: 1000 });
+    let scan = read(
+        &one.store,
+        Query::Scan { start: Bytes::new(), end: None, limit: 1000, read_ts: None },
+    );
     entered.recv_timeout(Duration::from_secs(20)).expect("the scan reached the gate");
 
     // While the scan is held, the region's poller still serves a get and a write (no
     // time bound is tested: a poller held by the scan would never answer, and the
     // generous timeout only turns that hang into a failure).
-    let get = read(&one.store, Query::Get { key: key(7) });
+    let get = read(&one.store, Query::Get { key: key(7), read_ts: None });
     let got = get.recv_timeout(Duration::from_secs(20));
     let put = write(&one.store, vec![Op::Put { key: key(500), value: Bytes::from("w") }]);
     let put = put.recv_timeout(Duration::from_secs(20));
@@ -232,13 +235,13 @@ fn a_shutdown_answers_every_queued_scan_and_joins_the_reader() {
         let _ = entered_tx.try_send(());
         let _ = open.recv_timeout(Duration::from_secs(60));
     }));
-    let all = || Query::Scan { start: Bytes::new(), end: None, limit: 100 };
+    let all = || Query::Scan { start: Bytes::new(), end: None, limit: 100, read_ts: None };
     let running = read(&one.store, all());
     entered.recv_timeout(Duration::from_secs(20)).expect("the scan reached the gate");
     // Queued behind it on the reader: a get sent after them is answered by the poller
     // only once they were confirmed and handed over (reads are served in order).
     let queued: Vec<_> = (0..4).map(|_| read(&one.store, all())).collect();
-    let get = read(&one.store, Query::Get { key: key(3) });
+    let get = read(&one.store, Query::Get { key: key(3), read_ts: None });
     assert!(matches!(get.recv_timeout(Duration::from_secs(20)), Ok(Ok(_))));
     std::thread::scope(|s| {
         let shutdown = s.spawn(|| one.store.shutdown());

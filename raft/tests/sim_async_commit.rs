@@ -83,7 +83,8 @@ fn get(c: &mut SimCluster, key: &[u8]) -> Result<Option<Bytes>, Error> {
     loop {
         assert!(c.now() < deadline, "no answer to a get of {key:?}");
         let (leader, region) = leader_of(c, key);
-        let pending = c.read(leader, region, Query::Get { key: Bytes::copy_from_slice(key) });
+        let pending =
+            c.read(leader, region, Query::Get { key: Bytes::copy_from_slice(key), read_ts: None });
         match c.wait(&pending, SECOND) {
             Some(Ok(QueryResult::Value(v))) => return Ok(v),
             Some(Ok(other)) => panic!("a get answered {other:?}"),

@@ -14,7 +14,7 @@ fn put(k: &str, v: &str) -> Op {
 }
 
 fn get(key: &str) -> Query {
-    Query::Get { key: Bytes::from(key.to_owned()) }
+    Query::Get { key: Bytes::from(key.to_owned()), read_ts: None }
 }
 
 #[test]

@@ -114,7 +114,7 @@ fn under_lease_reads_leaders_never_hibernate_and_reads_see_the_last_write() {
     c.run_for(5 * SECOND);
     assert_eq!(hibernating(&c, R1), 0, "no replica hibernates under lease reads");
     let leader = c.leader(R1).unwrap();
-    let read = c.read(leader, R1, Query::Get { key: Bytes::from_static(b"k19") });
+    let read = c.read(leader, R1, Query::Get { key: Bytes::from_static(b"k19"), read_ts: None });
     match c.wait(&read, SECOND) {
         Some(Ok(QueryResult::Value(v))) => assert_eq!(v.as_deref(), Some(&b"v19"[..])),
         other => panic!("lease read answered {other:?}"),

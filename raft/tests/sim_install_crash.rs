@@ -71,7 +71,7 @@ fn run(seed: u64) {
     assert_eq!(rows.len(), 100, "seed {seed}: every write on the recovered replica");
     assert!(write(&mut c, "after", "1"));
     let leader = c.wait_leader(R1, 10 * SECOND).expect("a leader");
-    let read = c.read(leader, R1, Query::Get { key: Bytes::from_static(b"k042") });
+    let read = c.read(leader, R1, Query::Get { key: Bytes::from_static(b"k042"), read_ts: None });
     match c.wait(&read, 5 * SECOND) {
         Some(Ok(QueryResult::Value(Some(v)))) => assert_eq!(v, value.as_bytes()),
         other => panic!("seed {seed}: read {other:?}"),

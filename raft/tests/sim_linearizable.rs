@@ -399,7 +399,7 @@ impl World {
                 return;
             }
             LinOp::Get => {
-                let query = Query::Get { key: ongoing.key.clone() };
+                let query = Query::Get { key: ongoing.key.clone(), read_ts: None };
                 let sent = Sent::Read(self.c.read_at(store, region.id, region.epoch, query));
                 let deadline = now + ATTEMPT_TIMEOUT;
                 self.clients[i].state = State::Waiting { ongoing, sent, store, deadline };

@@ -242,7 +242,8 @@ fn a_split_naming_a_live_region_of_another_lineage_destroys_nothing() {
             assert!(put(c, key, tag, 10 * SECOND), "{tag}: {key}");
         }
         let leader = c.wait_leader(b, SECOND).unwrap();
-        let read = c.read(leader, b, regionkv_raft::Query::Get { key: "w22".into() });
+        let read =
+            c.read(leader, b, regionkv_raft::Query::Get { key: "w22".into(), read_ts: None });
         let got = c.wait(&read, 5 * SECOND).expect("answered").unwrap();
         assert_eq!(got, regionkv_raft::QueryResult::Value(Some("w22-v1".into())), "{tag}");
         let store = c.store_ids()[0];

@@ -32,7 +32,11 @@ fn get(
     region: RegionId,
     key: &str,
 ) -> Option<Result<QueryResult, Error>> {
-    let pending = c.read(store, region, Query::Get { key: bytes::Bytes::from(key.to_owned()) });
+    let pending = c.read(
+        store,
+        region,
+        Query::Get { key: bytes::Bytes::from(key.to_owned()), read_ts: None },
+    );
     c.wait(&pending, SECOND)
 }
 

@@ -89,7 +89,8 @@ fn get(c: &mut SimCluster, key: &[u8]) -> Result<Option<Bytes>, Error> {
     loop {
         assert!(c.now() < deadline, "no answer to a get of {key:?}");
         let (leader, region) = leader_of(c, key);
-        let pending = c.read(leader, region, Query::Get { key: Bytes::copy_from_slice(key) });
+        let pending =
+            c.read(leader, region, Query::Get { key: Bytes::copy_from_slice(key), read_ts: None });
         match c.wait(&pending, SECOND) {
             Some(Ok(QueryResult::Value(v))) => return Ok(v),
             Some(Ok(other)) => panic!("a get answered {other:?}"),
@@ -211,7 +212,7 @@ fn a_two_region_transaction_commits_atomically_and_its_locks_refuse_raw_access()
             other => panic!("seed {seed}: a raw write to a locked key answered {other:?}"),
         }
         let (leader, region) = leader_of(&mut c, b"n");
-        let scan = Query::Scan { start: Bytes::new(), end: None, limit: 10 };
+        let scan = Query::Scan { start: Bytes::new(), end: None, limit: 10, read_ts: None };
         let pending = c.read(leader, region, scan.clone());
         match c.wait(&pending, SECOND) {
             Some(Err(Error::Locked { key, .. })) => assert_eq!(key, "n1"),

@@ -164,7 +164,7 @@ fn get(c: &mut SimCluster, key: &str) -> (i64, Vec<u64>) {
             continue;
         };
         let Some(leader) = c.wait_leader(region.id, SECOND) else { continue };
-        let pending = c.read(leader, region.id, Query::Get { key: key.clone() });
+        let pending = c.read(leader, region.id, Query::Get { key: key.clone(), read_ts: None });
         match c.wait(&pending, Duration::from_millis(500)) {
             Some(Ok(QueryResult::Value(Some(v)))) => return decode(&v),
             Some(Ok(other)) => panic!("account {key:?} read {other:?}"),

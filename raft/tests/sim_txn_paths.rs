@@ -83,7 +83,11 @@ fn get(c: &mut SimCluster, key: &str) -> Result<Option<Bytes>, Error> {
             continue;
         };
         let Some(leader) = c.wait_leader(region.id, SECOND) else { continue };
-        let pending = c.read(leader, region.id, Query::Get { key: Bytes::from(key.to_owned()) });
+        let pending = c.read(
+            leader,
+            region.id,
+            Query::Get { key: Bytes::from(key.to_owned()), read_ts: None },
+        );
         match c.wait(&pending, SECOND) {
             Some(Ok(QueryResult::Value(v))) => return Ok(v),
             Some(Ok(other)) => panic!("a get answered {other:?}"),

@@ -104,7 +104,7 @@ fn get(nodes: &BTreeMap<u64, Node>, key: &str) -> Option<Bytes> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if let Some(l) = leader(nodes) {
-            let query = Query::Get { key: Bytes::from(key.to_owned()) };
+            let query = Query::Get { key: Bytes::from(key.to_owned()), read_ts: None };
             let store = &nodes[&l].store;
             if let Some(Ok(QueryResult::Value(v))) = call(|reply| {
                 store.read(ReadRequest { region: R1, epoch: Epoch::INITIAL, query, reply });

@@ -111,7 +111,7 @@ impl Cluster {
             self.stores[&leader].read(ReadRequest {
                 region: R1,
                 epoch: Epoch::INITIAL,
-                query: Query::Get { key: Bytes::from(key.to_owned()) },
+                query: Query::Get { key: Bytes::from(key.to_owned()), read_ts: None },
                 reply: Box::new(move |r| {
                     let _ = tx.send(r);
                 }),

@@ -119,7 +119,7 @@ fn get(store: &Store, key: &str) -> regionkv_raft::Result<QueryResult> {
     store.read(ReadRequest {
         region: R1,
         epoch: Epoch::INITIAL,
-        query: Query::Get { key: Bytes::from(key.to_owned()) },
+        query: Query::Get { key: Bytes::from(key.to_owned()), read_ts: None },
         reply: Box::new(move |r| {
             let _ = tx.send(r);
         }),

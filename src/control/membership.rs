@@ -101,7 +101,10 @@ impl ClusterOps {
             let req = regionkv_raft::ReadRequest {
                 region: region.id,
                 epoch: region.epoch,
-                query: regionkv_raft::Query::Get { key: region.start.clone().into() },
+                query: regionkv_raft::Query::Get {
+                    key: region.start.clone().into(),
+                    read_ts: None,
+                },
                 reply: Box::new(|_| {}),
             };
             self.backend.read(p.store, req);

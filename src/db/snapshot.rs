@@ -16,7 +16,7 @@ use bytes::Bytes;
 use regionkv_engine::RegionId;
 use regionkv_raft::Error as E;
 use regionkv_raft::txn::mvcc;
-use regionkv_raft::{Op, Query, QueryResult, RecordInit, TxnCmd, TxnReply, TxnState};
+use regionkv_raft::{Op, Query, QueryResult, RecordInit, SyncedTs, TxnCmd, TxnReply, TxnState};
 
 use super::txn::{LockMet, Resolved};
 use super::{Db, IntoBytes, IntoKeyRange};
@@ -69,7 +69,7 @@ impl Transaction {
         self.wait_out_lock(key)?;
         let from = mvcc::version_key(key, self.start_ts).to_vec();
         let end = mvcc::versions_end(key).to_vec();
-        let newest = self.db.scan_raw(from, Some(&end), 1)?;
+        let newest = self.db.scan_raw(from, Some(&end), 1, Some(self.start_ts))?;
         match newest.first() {
             Some((_, stored)) => version_value(stored),
             None => Ok(None),
@@ -84,8 +84,12 @@ impl Transaction {
             .as_deref()
             .map_or_else(|| vec![mvcc::TXN_KEYSPACE + 1], |e| mvcc::lock_key(e).to_vec());
         // A lock met on the way is resolved or waited for by the raw scan.
-        let rows =
-            self.db.scan_raw(mvcc::lock_key(&start).to_vec(), Some(&store_end), usize::MAX)?;
+        let rows = self.db.scan_raw(
+            mvcc::lock_key(&start).to_vec(),
+            Some(&store_end),
+            usize::MAX,
+            Some(self.start_ts),
+        )?;
         let mut seen: BTreeMap<Bytes, Option<Bytes>> = BTreeMap::new();
         for (key, stored) in rows {
             let Some((user, ts)) = mvcc::decode_version_key(&key) else { continue };
@@ -106,15 +110,36 @@ impl Transaction {
     /// Drops the buffered writes (nothing was written).
     pub fn rollback(self) {}
 
-    /// Writes every buffered write at a commit timestamp from the oracle, all or
-    /// nothing. A write-write conflict (a key committed by another transaction since
-    /// this one started): [`Error::Conflict`], nothing written. A live lock of another
-    /// transaction is waited for per the `Db`'s [`LockWait`](super::LockWait) (resolved
-    /// through its record meanwhile), then [`Error::Conflict`].
-    pub fn commit(mut self) -> Result<()> {
+    /// Writes every buffered write, all or nothing. A write-write conflict (a key
+    /// committed by another transaction since this one started): [`Error::Conflict`],
+    /// nothing written. In two phases, a live lock of another transaction is waited for
+    /// per the `Db`'s [`LockWait`](super::LockWait) (resolved through its record
+    /// meanwhile), then [`Error::Conflict`]; in one phase a lock is a `Conflict` at once.
+    ///
+    /// Keys all in one region, at cluster version 4: one phase, one Raft write (the
+    /// region's leader chooses the commit timestamp above every snapshot read it
+    /// served on the region). Otherwise, or below version 4: two phases, at a commit
+    /// timestamp from the oracle. See [`Transaction::commit_ts`].
+    pub fn commit(self) -> Result<()> {
+        self.commit_ts().map(|_| ())
+    }
+
+    /// [`Transaction::commit`], answering the commit timestamp (`None`: nothing to
+    /// write, nothing committed).
+    pub fn commit_ts(self) -> Result<Option<u64>> {
+        self.commit_with(true)
+    }
+
+    /// [`Transaction::commit_ts`] in two phases whatever its keys (for comparisons:
+    /// the benches, the tests).
+    pub fn commit_two_phase(self) -> Result<Option<u64>> {
+        self.commit_with(false)
+    }
+
+    fn commit_with(mut self, one_phase: bool) -> Result<Option<u64>> {
         let writes = std::mem::take(&mut self.writes);
         if writes.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let ops: Vec<Op> = writes
             .into_iter()
@@ -126,6 +151,9 @@ impl Transaction {
                 }
             })
             .collect();
+        if one_phase && let Some(commit_ts) = self.commit_one_phase(&ops)? {
+            return Ok(Some(commit_ts));
+        }
         let txn_id = self.db.next_txn_id()?;
         let keys: Vec<Bytes> = ops.iter().map(|op| Bytes::copy_from_slice(op.key())).collect();
         let primary = keys[0].clone();
@@ -145,10 +173,78 @@ impl Transaction {
         match self.db.txn_call_for(&cmd, self.db.deadline)? {
             TxnReply::Status(TxnState::Committed { .. }) => {
                 self.resolve(txn_id, &keys, true, Some(commit_ts));
-                Ok(())
+                Ok(Some(commit_ts))
             }
             TxnReply::Status(TxnState::Aborted) => Err(Error::TxnAborted { txn_id }),
             _ => Err(Error::Indeterminate { txn_id, primary_key: primary }),
+        }
+    }
+
+    /// Commits `ops` in one phase if they are all in one region, as the router knows
+    /// it (`TxnCmd::OnePhase`): the commit timestamp, or `None` when two phases must
+    /// do (the keys span regions, or the cluster runs below version 4).
+    ///
+    /// A leader that has no timestamp from the oracle since it became leader (or
+    /// since its range changed) refuses with `ReadTsUnsynced`: the command is sent
+    /// again with a timestamp taken after that answer. A lock met is resolved through
+    /// its record (or, alive, is a conflict), as a prewrite does.
+    fn commit_one_phase(&self, ops: &[Op]) -> Result<Option<u64>> {
+        let region = |op: &Op| self.db.router.locate(op.key()).map(|r| r.region.id);
+        let first = region(&ops[0]);
+        if first.is_none() || ops.iter().any(|op| region(op) != first) {
+            return Ok(None);
+        }
+        let mut synced = None;
+        let started = std::time::Instant::now();
+        let mut backoff = DB_FIRST_BACKOFF;
+        // Bounded by the deadline: every turn that does not return sleeps, or asks
+        // the oracle after a refusal that named a term.
+        loop {
+            if started.elapsed() >= self.db.deadline {
+                return Err(Error::Unavailable {
+                    waited: started.elapsed(),
+                    last: "the one-phase commit did not finish".into(),
+                });
+            }
+            let cmd = TxnCmd::OnePhase {
+                start_ts: self.start_ts,
+                ops: ops.to_vec(),
+                commit_ts: None,
+                synced,
+            };
+            let err = match self.db.txn_call_for(&cmd, self.db.deadline) {
+                Ok(TxnReply::Status(TxnState::Committed { commit_ts: Some(ts) })) => {
+                    return Ok(Some(ts));
+                }
+                Ok(other) => {
+                    return Err(Error::Protocol(format!("a one-phase commit answered {other:?}")));
+                }
+                Err(e) => e,
+            };
+            match err {
+                Error::FeatureNotActive { .. } | Error::CrossRegionBatch { .. } => return Ok(None),
+                Error::Store(E::ReadTsUnsynced { term, .. }) => {
+                    if synced.is_some_and(|s: SyncedTs| s.term == term) {
+                        // Given already in this term: a refusal again means another
+                        // leader or range; wait a little before the next timestamp.
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(DB_MAX_BACKOFF);
+                    }
+                    // Taken after the refusal: above every read served before it.
+                    synced = Some(SyncedTs { term, ts: self.db.timestamp()? });
+                }
+                Error::Store(E::WriteConflict { key, .. }) => {
+                    let key = mvcc::decode_lock_key(&key).unwrap_or(key);
+                    return Err(Error::Conflict { key, txn_id: 0 });
+                }
+                e => {
+                    let Some(lock) = LockMet::of(&e) else { return Err(e) };
+                    if self.db.resolve_lock(&lock, self.db.deadline)? == Resolved::Alive {
+                        let key = mvcc::decode_lock_key(&lock.key).unwrap_or(lock.key);
+                        return Err(Error::Conflict { key, txn_id: lock.txn_id });
+                    }
+                }
+            }
         }
     }
 
@@ -240,7 +336,7 @@ impl Transaction {
                     regionkv_raft::ReadRequest {
                         region: region.id,
                         epoch: region.epoch,
-                        query: Query::Get { key: key.clone() },
+                        query: Query::Get { key: key.clone(), read_ts: Some(self.start_ts) },
                         reply,
                     },
                 );

@@ -290,7 +290,7 @@ fn carry_out(sim: &mut SimCluster, repair: &PlannedRepair) -> Result<String, Str
     match repair.kind {
         RepairKind::WakeRegion => {
             for s in sim.store_ids() {
-                let _ = sim.read(s, region, Query::Get { key: Vec::new().into() });
+                let _ = sim.read(s, region, Query::Get { key: Vec::new().into(), read_ts: None });
             }
             Ok("woken".into())
         }

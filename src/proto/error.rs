@@ -10,7 +10,7 @@ use regionkv_raft::{DropReason, MergeAbortReason};
 use super::records::{D, nested, opt_u64, put_region, region_of};
 use super::txn::{
     E_CONFLICT_TS, E_EXPIRES_AT, E_FLOOR, E_KEY, E_LOCK_START_TS, E_PRIMARY_KEY, E_START_TS,
-    E_TXN_ID, TxnFields,
+    E_TERM, E_TXN_ID, TxnFields,
 };
 use crate::error::Error;
 
@@ -60,6 +60,9 @@ pub(crate) enum ErrorCode {
     TxnTooOld,
     /// Since snapshot isolation: a write-write conflict (fields 13, 19 and 20).
     WriteConflict,
+    /// Since one-phase snapshot commits: the region's leader needs a fresh timestamp
+    /// (fields 2 and 23).
+    ReadTsUnsynced,
 }
 
 const ERROR_CODES: &[ErrorCode] = &[
@@ -91,6 +94,7 @@ const ERROR_CODES: &[ErrorCode] = &[
     ErrorCode::TxnNotFound,
     ErrorCode::TxnTooOld,
     ErrorCode::WriteConflict,
+    ErrorCode::ReadTsUnsynced,
 ];
 
 impl ErrorCode {
@@ -180,6 +184,7 @@ const E_TAGS: &[u16] = &[
     E_LOCK_START_TS,
     E_START_TS,
     E_CONFLICT_TS,
+    E_TERM,
 ];
 
 impl RemoteError {
@@ -359,6 +364,10 @@ impl RemoteError {
                 txn_id: t.txn_id.ok_or_else(|| missing("transaction id"))?,
                 floor: t.floor.unwrap_or(0),
             },
+            ErrorCode::ReadTsUnsynced => E::ReadTsUnsynced {
+                region: region()?,
+                term: t.term.ok_or_else(|| missing("leader's term"))?,
+            },
             ErrorCode::TxnTooOld => E::TxnTooOld {
                 txn_id: t.txn_id.ok_or_else(|| missing("transaction id"))?,
                 floor: t.floor.unwrap_or(0),
@@ -498,6 +507,11 @@ impl From<&regionkv_raft::Error> for RemoteError {
                     needed: Some(u64::from(*needed)),
                     ..VersionFields::default()
                 }));
+            }
+            E::ReadTsUnsynced { region, term } => {
+                out.code = ErrorCode::ReadTsUnsynced;
+                out.region = Some(*region);
+                out.txn = Some(Box::new(TxnFields { term: Some(*term), ..TxnFields::default() }));
             }
             E::Locked { .. }
             | E::WriteConflict { .. }

@@ -7,8 +7,8 @@ use regionkv_engine::{Epoch, Peer, PeerId, RegionId, SessionId, StoreId};
 use regionkv_raft::{Op, PeerChange, Query, WriteSession};
 
 use super::records::{
-    D, admin_cmd_of, dir_cmd_of, epoch_of, nested, parse, put_admin_cmd, put_dir_cmd, put_epoch,
-    put_range, range_of, req_u64,
+    D, admin_cmd_of, dir_cmd_of, epoch_of, nested, opt_u64, parse, put_admin_cmd, put_dir_cmd,
+    put_epoch, put_range, range_of, req_u64,
 };
 use super::{Request, tso, txn, txn_ops};
 
@@ -98,6 +98,11 @@ const S_SEQ: u16 = 2;
 const F_CMD: u16 = 3;
 const F_GET: u16 = 3;
 const F_SCAN: u16 = 4;
+/// Optional (helper "gc"'s tag 42): the snapshot timestamp of a transaction's get or
+/// scan (`Query::read_ts`); absent = a raw read. A node that predates it skips the tag
+/// (every nested record skips unknown tags) and serves the read raw, unchecked: such
+/// a node cannot have collected a version (collection needs cluster version 4).
+const F_READ_TS: u16 = 42;
 const OP_KIND: u16 = 1;
 const OP_KEY: u16 = 2;
 const OP_VALUE: u16 = 3;
@@ -126,18 +131,9 @@ pub(crate) fn encode_request(id: u64, req: &Request) -> Vec<u8> {
                 put_write(o, *region, *epoch, ops, session.as_ref());
             });
         }
-        Request::Read { region, epoch, query } => codec::put_nested(&mut out, Q_READ, |o| {
-            codec::put_u64(o, F_REGION, region.0);
-            put_epoch(o, F_EPOCH, *epoch);
-            match query {
-                Query::Get { key } => {
-                    codec::put_nested(o, F_GET, |o| codec::put_field(o, K_KEY, key));
-                }
-                Query::Scan { start, end, limit } => codec::put_nested(o, F_SCAN, |o| {
-                    put_range(o, start, end.as_deref(), *limit);
-                }),
-            }
-        }),
+        Request::Read { region, epoch, query } => {
+            codec::put_nested(&mut out, Q_READ, |o| put_read(o, *region, *epoch, query));
+        }
         Request::Admin { region, epoch, cmd } => codec::put_nested(&mut out, Q_ADMIN, |o| {
             codec::put_u64(o, F_REGION, region.0);
             put_epoch(o, F_EPOCH, *epoch);
@@ -359,27 +355,7 @@ fn decode_body(f: &Field<'_>) -> D<Request> {
                 session,
             }
         }
-        Q_READ => {
-            let r = nested(f, &[F_REGION, F_EPOCH, F_GET, F_SCAN])?;
-            let query = match (r.optional(F_GET)?, r.optional(F_SCAN)?) {
-                (Some(g), None) => {
-                    let g = nested(&g, &[K_KEY])?;
-                    Query::Get {
-                        key: Bytes::copy_from_slice(g.required(K_KEY, "key missing")?.value),
-                    }
-                }
-                (None, Some(s)) => {
-                    let (start, end, limit) = range_of(&s)?;
-                    Query::Scan { start: start.into(), end: end.map(Bytes::from), limit }
-                }
-                _ => return Err(DecodeError::new(f.offset, "a read needs exactly one query")),
-            };
-            Request::Read {
-                region: RegionId(req_u64(&r, F_REGION, "region missing")?),
-                epoch: epoch_of(&r, F_EPOCH)?,
-                query,
-            }
-        }
+        Q_READ => read_of(f)?,
         Q_ADMIN => {
             let r = nested(f, &[F_REGION, F_EPOCH, F_CMD])?;
             Request::Admin {
@@ -508,5 +484,47 @@ fn decode_membership(f: &Field<'_>) -> D<Request> {
             Request::Member { store, addr }
         }
         _ => return Err(DecodeError::new(f.offset, "unknown request body")),
+    })
+}
+
+/// A read request's fields: region, epoch, the query, and its read timestamp if any.
+fn put_read(o: &mut Vec<u8>, region: RegionId, epoch: Epoch, query: &Query) {
+    codec::put_u64(o, F_REGION, region.0);
+    put_epoch(o, F_EPOCH, epoch);
+    match query {
+        Query::Get { key, .. } => {
+            codec::put_nested(o, F_GET, |o| codec::put_field(o, K_KEY, key));
+        }
+        Query::Scan { start, end, limit, .. } => codec::put_nested(o, F_SCAN, |o| {
+            put_range(o, start, end.as_deref(), *limit);
+        }),
+    }
+    if let Some(ts) = query.read_ts() {
+        codec::put_u64(o, F_READ_TS, ts);
+    }
+}
+
+/// Decodes what [`put_read`] wrote.
+fn read_of(f: &Field<'_>) -> D<Request> {
+    let r = nested(f, &[F_REGION, F_EPOCH, F_GET, F_SCAN, F_READ_TS])?;
+    let read_ts = opt_u64(&r, F_READ_TS)?;
+    let query = match (r.optional(F_GET)?, r.optional(F_SCAN)?) {
+        (Some(g), None) => {
+            let g = nested(&g, &[K_KEY])?;
+            Query::Get {
+                key: Bytes::copy_from_slice(g.required(K_KEY, "key missing")?.value),
+                read_ts,
+            }
+        }
+        (None, Some(s)) => {
+            let (start, end, limit) = range_of(&s)?;
+            Query::Scan { start: start.into(), end: end.map(Bytes::from), limit, read_ts }
+        }
+        _ => return Err(DecodeError::new(f.offset, "a read needs exactly one query")),
+    };
+    Ok(Request::Read {
+        region: RegionId(req_u64(&r, F_REGION, "region missing")?),
+        epoch: epoch_of(&r, F_EPOCH)?,
+        query,
     })
 }

@@ -33,7 +33,7 @@
 use bytes::Bytes;
 use regionkv_engine::codec::{self, DecodeError, Field, TlvRecord};
 use regionkv_engine::{Epoch, RegionId, StoreId};
-use regionkv_raft::{Op, RecordInit, TxnCmd, TxnReply, TxnState};
+use regionkv_raft::{Op, RecordInit, SyncedTs, TxnCmd, TxnReply, TxnState};
 
 use super::error::ErrorCode;
 use super::records::{D, epoch_of, nested, opt_u64, put_epoch, req_u64};
@@ -53,6 +53,9 @@ const T_FORGOTTEN: u16 = 12;
 const T_NEW_FLOOR: u16 = 13;
 const T_START_TS: u16 = 14;
 const T_COMMIT_TS: u16 = 15;
+/// Since one-phase snapshot commits: a `SyncedTs` (both or neither).
+const T_SYNC_TERM: u16 = 20;
+const T_SYNC_TS: u16 = 21;
 const T_TAGS: &[u16] = &[
     T_REGION,
     T_EPOCH,
@@ -71,6 +74,8 @@ const T_TAGS: &[u16] = &[
     T_COMMIT_TS,
     T_STAGING,
     T_ITEM,
+    T_SYNC_TERM,
+    T_SYNC_TS,
 ];
 // Async commit (cluster version 4): the staging flag of a prewrite with a record, and
 // the items of a batched resolve.
@@ -90,6 +95,8 @@ const K_RESOLVE: u64 = 3;
 const K_CHECK_STATUS: u64 = 4;
 const K_HEARTBEAT: u64 = 5;
 const K_FORGET: u64 = 6;
+/// Since one-phase snapshot commits (cluster version 4).
+const K_ONE_PHASE: u64 = 9;
 const OP_KIND: u16 = 1;
 const OP_KEY: u16 = 2;
 const OP_VALUE: u16 = 3;
@@ -225,6 +232,20 @@ pub(super) fn put_txn(o: &mut Vec<u8>, region: RegionId, epoch: Epoch, cmd: &Txn
             }
             codec::put_u64(o, T_NEW_FLOOR, *new_floor);
         }
+        TxnCmd::OnePhase { start_ts, ops, commit_ts, synced } => {
+            codec::put_u64(o, T_KIND, K_ONE_PHASE);
+            codec::put_u64(o, T_START_TS, *start_ts);
+            for op in ops {
+                codec::put_nested(o, T_OP, |o| put_op(o, op));
+            }
+            if let Some(ts) = commit_ts {
+                codec::put_u64(o, T_COMMIT_TS, *ts);
+            }
+            if let Some(SyncedTs { term, ts }) = synced {
+                codec::put_u64(o, T_SYNC_TERM, *term);
+                codec::put_u64(o, T_SYNC_TS, *ts);
+            }
+        }
     }
 }
 
@@ -346,6 +367,16 @@ pub(super) fn txn_of(f: &Field<'_>) -> D<(RegionId, Epoch, TxnCmd)> {
         K_CHECK_LOCKS => TxnCmd::CheckLocks {
             txn_id: txn_id()?,
             keys: r.repeated(T_KEY).map(|k| Bytes::copy_from_slice(k.value)).collect(),
+        },
+        K_ONE_PHASE => TxnCmd::OnePhase {
+            start_ts: req_u64(&r, T_START_TS, "start timestamp missing")?,
+            ops: r.repeated(T_OP).map(|op| op_of(&op)).collect::<D<_>>()?,
+            commit_ts: opt_u64(&r, T_COMMIT_TS)?,
+            synced: match (opt_u64(&r, T_SYNC_TERM)?, opt_u64(&r, T_SYNC_TS)?) {
+                (Some(term), Some(ts)) => Some(SyncedTs { term, ts }),
+                (None, None) => None,
+                _ => return Err(DecodeError::new(f.offset, "half a synced timestamp")),
+            },
         },
         // Unknown (or 0, unspecified): never guessed.
         _ => return Err(DecodeError::new(f.offset, "unknown transaction command kind")),
@@ -471,6 +502,8 @@ pub(crate) struct TxnFields {
     pub lock_start_ts: Option<u64>,
     pub start_ts: Option<u64>,
     pub conflict_ts: Option<u64>,
+    /// A leader's term (`ReadTsUnsynced`).
+    pub term: Option<u64>,
 }
 
 pub(super) const E_KEY: u16 = 13;
@@ -481,6 +514,7 @@ pub(super) const E_FLOOR: u16 = 17;
 pub(super) const E_LOCK_START_TS: u16 = 18;
 pub(super) const E_START_TS: u16 = 19;
 pub(super) const E_CONFLICT_TS: u16 = 20;
+pub(super) const E_TERM: u16 = 23;
 
 impl TxnFields {
     /// The code and fields of a transaction refusal (`None`: `e` is none).
@@ -542,6 +576,7 @@ impl TxnFields {
             (E_LOCK_START_TS, self.lock_start_ts),
             (E_START_TS, self.start_ts),
             (E_CONFLICT_TS, self.conflict_ts),
+            (E_TERM, self.term),
         ] {
             if let Some(ts) = ts {
                 codec::put_u64(o, tag, ts);
@@ -563,6 +598,7 @@ impl TxnFields {
             lock_start_ts: opt_u64(r, E_LOCK_START_TS)?,
             start_ts: opt_u64(r, E_START_TS)?,
             conflict_ts: opt_u64(r, E_CONFLICT_TS)?,
+            term: opt_u64(r, E_TERM)?,
         };
         Ok((t != TxnFields::default()).then(|| Box::new(t)))
     }

@@ -102,7 +102,7 @@ fn a_client_pipelining_past_the_bound_and_reading_slowly_gets_every_answer() {
     let get = Request::Read {
         region: record.region.id,
         epoch: record.region.epoch,
-        query: Query::Get { key: Bytes::from_static(b"big") },
+        query: Query::Get { key: Bytes::from_static(b"big"), read_ts: None },
     };
     let mut send = s.try_clone().unwrap();
     let sender = std::thread::spawn(move || {
@@ -222,7 +222,7 @@ fn a_scan_without_a_limit_gets_a_capped_page_and_clients_page_on() {
     let read = Request::Read {
         region: record.region.id,
         epoch: record.region.epoch,
-        query: Query::Scan { start: Bytes::new(), end: None, limit: usize::MAX },
+        query: Query::Scan { start: Bytes::new(), end: None, limit: usize::MAX, read_ts: None },
     };
     let local = Request::LocalScan { start: Vec::new(), end: None, limit: usize::MAX };
     for (id, req) in [(2, &read), (3, &local)] {

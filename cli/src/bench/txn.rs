@@ -6,7 +6,10 @@
 //! 15's "Measure": `single_region_ops_per_sec` against the single-region writes,
 //! `two_region_ops_per_sec` against the two batches, the p50 ratio). Also timestamps
 //! from the oracle (`Db::timestamp`) per second at 1 and 64 threads, next to the same
-//! run's single puts.
+//! run's single puts. And snapshot transactions (`Db::transaction`) writing two keys
+//! of one region: committed in one phase (one Raft write at a commit timestamp the
+//! region's leader chooses) against the same transactions forced to two phases, in
+//! the same run.
 
 use std::io;
 use std::path::Path;
@@ -54,6 +57,17 @@ pub struct TxnBenchReport {
     /// Timestamps from the oracle (`Db::timestamp`, one per call) per second, by
     /// client threads (1 and 64); compare with `baseline_single_put_ops_per_sec`.
     pub tso_ops_per_sec: std::collections::BTreeMap<String, f64>,
+    /// Snapshot transactions writing two keys of one region, committed in one phase,
+    /// per second (each also takes its start timestamp from the oracle).
+    pub snapshot_one_phase_ops_per_sec: f64,
+    /// Their median latency (us).
+    pub snapshot_one_phase_p50_us: f64,
+    /// The same transactions forced to two phases (`Transaction::commit_two_phase`).
+    pub snapshot_two_phase_ops_per_sec: f64,
+    /// Their median latency (us).
+    pub snapshot_two_phase_p50_us: f64,
+    /// `snapshot_one_phase_ops_per_sec / snapshot_two_phase_ops_per_sec`.
+    pub snapshot_one_phase_vs_two_phase: f64,
     /// Seconds each figure was measured for (after a warm-up of up to 1 s).
     pub seconds_per_figure: f64,
 }
@@ -86,6 +100,17 @@ fn timestamp_op() -> Arc<Op> {
     })
 }
 
+fn snapshot_op(tag: &'static str, one_phase: bool) -> Arc<Op> {
+    let value = vec![b'v'; VALUE_BYTES];
+    Arc::new(move |db: &Db, c, i, _: &mut load::Rng| {
+        let mut t = db.transaction().map_err(io::Error::other)?;
+        t.put(key("a", tag, c, i), value.clone());
+        t.put(key("b", tag, c, i), value.clone());
+        let committed = if one_phase { t.commit_ts() } else { t.commit_two_phase() };
+        committed.map(|_| ()).map_err(io::Error::other)
+    })
+}
+
 fn two_batches_op() -> Arc<Op> {
     let value = vec![b'v'; VALUE_BYTES];
     Arc::new(move |db: &Db, c, i, _: &mut load::Rng| {
@@ -115,6 +140,13 @@ pub fn run(dir: &Path, seconds: f64, clients: usize) -> io::Result<TxnBenchRepor
         let single = load::run(&db, clients, duration, &batch_op("s", "a"), &none)?;
         let pairs = load::run(&db, clients, duration, &two_batches_op(), &none)?;
         let two = load::run(&db, clients, duration, &batch_op("t", "z"), &none)?;
+        // The transactional keyspace (store keys from 0xFE) is all in the region above
+        // the split: one region; a first commit gives its leader a timestamp.
+        let mut t = db.transaction().map_err(io::Error::other)?;
+        t.put("a-warm", "1");
+        t.commit().map_err(io::Error::other)?;
+        let si_one = load::run(&db, clients, duration, &snapshot_op("o", true), &none)?;
+        let si_two = load::run(&db, clients, duration, &snapshot_op("w", false), &none)?;
         let mut tso_ops_per_sec = std::collections::BTreeMap::new();
         for threads in [1, CLIENTS] {
             let run = load::run(&db, threads, duration, &timestamp_op(), &none)?;
@@ -133,6 +165,11 @@ pub fn run(dir: &Path, seconds: f64, clients: usize) -> io::Result<TxnBenchRepor
             two_region_vs_two_batches: ratio(two.per_sec, pairs.per_sec),
             two_region_p50_vs_single_region: ratio(two.percentile_us(50), single.percentile_us(50)),
             tso_ops_per_sec,
+            snapshot_one_phase_ops_per_sec: si_one.per_sec,
+            snapshot_one_phase_p50_us: si_one.percentile_us(50),
+            snapshot_two_phase_ops_per_sec: si_two.per_sec,
+            snapshot_two_phase_p50_us: si_two.percentile_us(50),
+            snapshot_one_phase_vs_two_phase: ratio(si_one.per_sec, si_two.per_sec),
             seconds_per_figure: seconds,
         })
     })();
@@ -169,6 +206,19 @@ impl super::Report for TxnBenchReport {
             self.two_region_vs_two_batches,
             self.two_region_p50_vs_single_region
         );
+        println!(
+            "  {:<36} {:>10.0} {:>8.0}",
+            "snapshot txn, one region, 1PC",
+            self.snapshot_one_phase_ops_per_sec,
+            self.snapshot_one_phase_p50_us
+        );
+        println!(
+            "  {:<36} {:>10.0} {:>8.0}",
+            "snapshot txn, one region, 2PC",
+            self.snapshot_two_phase_ops_per_sec,
+            self.snapshot_two_phase_p50_us
+        );
+        println!("  ratio: snapshot 1PC/2PC {:.2}", self.snapshot_one_phase_vs_two_phase);
         for (threads, rate) in load::by_count(&self.tso_ops_per_sec) {
             println!("  {:<36} {rate:>10.0}", format!("timestamps, {threads} threads"));
         }

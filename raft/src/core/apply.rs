@@ -610,11 +610,18 @@ impl StoreCore {
             let view = engine.read_view();
             for (i, read) in reads.into_iter().enumerate() {
                 let lock = locks.get_mut(i).and_then(Option::take);
-                let checked =
-                    replica.check_version(read.epoch).and_then(|()| replica.check_readable());
+                // A snapshot read is admitted against the view just taken
+                // (`txn::read_ts`); a raw read skips it.
+                let checked = replica
+                    .check_version(read.epoch)
+                    .and_then(|()| replica.check_readable())
+                    .and_then(|()| match read.query.read_ts() {
+                        Some(ts) => crate::txn::read_ts::admit(engine, region, ts),
+                        None => Ok(()),
+                    });
                 match (checked, read.query) {
                     (Err(e), _) => (read.reply)(Err(e)),
-                    (Ok(()), Query::Get { key }) => {
+                    (Ok(()), Query::Get { key, .. }) => {
                         let answer =
                             get(&view, &replica.region, &key).and_then(|value| match &lock {
                                 Some((key, encoded)) => Err(crate::txn::locked(key, encoded)),
@@ -622,7 +629,7 @@ impl StoreCore {
                             });
                         (read.reply)(answer);
                     }
-                    (Ok(()), Query::Scan { start, end, limit }) => {
+                    (Ok(()), Query::Scan { start, end, limit, .. }) => {
                         let (start, end) = clamp(&replica.region, start, end);
                         let job = ScanJob {
                             region,

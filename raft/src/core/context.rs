@@ -69,6 +69,9 @@ pub struct StoreContext {
     version_persist: parking_lot::Mutex<()>,
     /// Regions whose gets are answered on the caller's thread (`reader::LocalReads`).
     pub(crate) local_reads: crate::reader::LocalReads,
+    /// Each region's max read timestamp and one-phase commits in flight
+    /// (`txn::concurrency`).
+    pub(crate) concurrency: crate::txn::concurrency::Concurrency,
     /// The failure that stopped the store (the first one), if one did: a log write or
     /// an apply round that failed (see [`StoreContext::stop_on_failure`]).
     failure: parking_lot::Mutex<Option<String>>,
@@ -109,6 +112,7 @@ impl StoreContext {
             cluster_version: crate::version::ClusterVersionView::default(),
             version_persist: parking_lot::Mutex::new(()),
             local_reads: crate::reader::LocalReads::default(),
+            concurrency: crate::txn::concurrency::Concurrency::default(),
             failure: parking_lot::Mutex::new(None),
         }
     }

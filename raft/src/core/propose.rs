@@ -13,6 +13,7 @@ use crate::replica::{Proposed, Replica, Waiting};
 use crate::request::{
     AdminRequest, AdminResult, ChangePeersRequest, PeerChange, ReadRequest, Reply, WriteRequest,
 };
+use crate::txn::concurrency::LeaderAt;
 use crate::txn::plan::MAX_TXN_KEYS;
 use crate::txn::{TxnCmd, TxnRequest};
 
@@ -92,6 +93,7 @@ impl StoreCore {
         if gate.is_ok() && cmd.needs_v2() {
             gate = self.ctx.cluster_version.check(crate::version::TXN_V2);
         }
+        let ctx = self.ctx.clone();
         let checked = gate.and_then(|()| self.leader(region)).and_then(|replica| {
             replica.check_version(epoch)?;
             replica.check_not_merging()?;
@@ -119,6 +121,11 @@ impl StoreCore {
                         4 * MAX_TXN_KEYS
                     )));
                 }
+                TxnCmd::OnePhase { ops, .. } if ops.len() > MAX_TXN_KEYS => {
+                    return Err(Error::InvalidRequest(format!(
+                        "a transaction writes {MAX_TXN_KEYS} keys at most"
+                    )));
+                }
                 TxnCmd::Resolve { keys, .. } | TxnCmd::CheckLocks { keys, .. }
                     if keys.len() > MAX_TXN_KEYS =>
                 {
@@ -141,6 +148,18 @@ impl StoreCore {
             TxnCmd::ResolveMany { items } => Some(items.len()),
             _ => None,
         };
+        // A one-phase commit: its commit timestamp chosen above every read recorded,
+        // and its keys locked in memory until it is answered (`txn::concurrency`).
+        let (cmd, reply) = match cmd {
+            TxnCmd::OnePhase { start_ts, ops, synced, .. } => {
+                match one_phase(&ctx, replica, start_ts, ops, synced, reply) {
+                    Some(taken) => taken,
+                    None => return,
+                }
+            }
+            cmd => (cmd, reply),
+        };
+        let one_phase = matches!(cmd, TxnCmd::OnePhase { .. });
         let data = command::encode_txn(&TxnEntry { epoch, now_ms, cmd });
         // As for writes (A3 in ARCHITECTURE.md's Raft log section).
         if data.len() > max {
@@ -151,6 +170,7 @@ impl StoreCore {
             return;
         }
         if replica.propose(Proposed::Entry(data), Waiting::Txn(reply)).is_some() {
+            ctx.metrics.on_txn_proposed(one_phase);
             self.dirty.insert(region);
             if let Some(items) = batch {
                 self.ctx.metrics.on_resolve_batch(items);
@@ -164,6 +184,12 @@ impl StoreCore {
         // (`reader::LocalReads`); the threaded store tries that before it queues.
         let Some(req) = self.ctx.local_reads.serve(&self.ctx, req) else { return };
         let region = req.region;
+        // A snapshot read is recorded on arrival (`txn::concurrency`): a one-phase
+        // commit proposed from now on lands above it.
+        if let Err(e) = self.ctx.concurrency.observe_read(region, &req.query) {
+            (req.reply)(Err(e));
+            return;
+        }
         match self.leader(region).and_then(|replica| {
             replica.check_version(req.epoch)?;
             replica.check_readable()?;
@@ -450,5 +476,50 @@ impl StoreCore {
                 self.ctx.metrics.on_proposed(writes.len());
             }
         }
+    }
+}
+
+/// Takes a one-phase commit's in-memory locks and chooses its commit timestamp
+/// (`txn::concurrency`): the command to propose, stamped, and its reply, which
+/// releases the locks once it is answered (applied and visible, refused, or dropped).
+/// `None`: refused, and answered.
+fn one_phase(
+    ctx: &std::sync::Arc<super::StoreContext>,
+    replica: &Replica,
+    start_ts: u64,
+    ops: Vec<crate::command::Op>,
+    synced: Option<crate::txn::SyncedTs>,
+    reply: Reply<crate::txn::TxnReply>,
+) -> Option<(TxnCmd, Reply<crate::txn::TxnReply>)> {
+    let region = replica.region.id;
+    let at = LeaderAt { region, term: replica.term(), epoch_version: replica.region.epoch.version };
+    let keys: Vec<bytes::Bytes> =
+        ops.iter().map(|op| bytes::Bytes::copy_from_slice(op.key())).collect();
+    let commit_ts = match ctx.concurrency.begin_one_phase(at, start_ts, &keys, synced) {
+        Ok(ts) => ts,
+        Err(e) => {
+            reply(Err(e));
+            return None;
+        }
+    };
+    let guard = Release { ctx: ctx.clone(), region, keys };
+    let reply: Reply<crate::txn::TxnReply> = Box::new(move |result| {
+        drop(guard);
+        reply(result);
+    });
+    Some((TxnCmd::OnePhase { start_ts, ops, commit_ts: Some(commit_ts), synced: None }, reply))
+}
+
+/// Releases a one-phase commit's in-memory locks when dropped: when its reply is
+/// called, or dropped uncalled.
+struct Release {
+    ctx: std::sync::Arc<super::StoreContext>,
+    region: RegionId,
+    keys: Vec<bytes::Bytes>,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.ctx.concurrency.release(self.region, &self.keys);
     }
 }

@@ -74,18 +74,40 @@ fn check_txn(replica: &Replica, entry: &TxnEntry, max_key: usize, max_value: usi
             return Err(outside());
         }
         check_keyspace(primary_key, ops, *start_ts)?;
-        for op in ops {
-            let value = match op {
-                Op::Put { value, .. } => value.len(),
-                Op::Delete { .. } => 0,
-            };
-            if op.key().len() > max_key || value > max_value {
-                return Err(Error::InvalidRequest(format!(
-                    "a key of {} bytes or a value of {value} bytes is over the limits \
-                     ({max_key} and {max_value} bytes)",
-                    op.key().len()
-                )));
-            }
+        check_sizes(ops, max_key, max_value)?;
+    }
+    if let TxnCmd::OnePhase { ops, start_ts, commit_ts, .. } = &entry.cmd {
+        if let Some(op) = ops.iter().find(|op| mvcc::decode_lock_key(op.key()).is_none()) {
+            return Err(Error::InvalidRequest(format!(
+                "a one-phase commit names key {:?}, not a lock key of the transactional \
+                 keyspace",
+                op.key()
+            )));
+        }
+        if commit_ts.is_none_or(|ts| ts <= *start_ts) {
+            return Err(Error::InvalidRequest(format!(
+                "a one-phase commit started at {start_ts} needs a commit timestamp above it, \
+                 not {commit_ts:?}"
+            )));
+        }
+        check_sizes(ops, max_key, max_value)?;
+    }
+    Ok(())
+}
+
+/// Refuses a key or value over the engine's limits.
+fn check_sizes(ops: &[Op], max_key: usize, max_value: usize) -> Result<()> {
+    for op in ops {
+        let value = match op {
+            Op::Put { value, .. } => value.len(),
+            Op::Delete { .. } => 0,
+        };
+        if op.key().len() > max_key || value > max_value {
+            return Err(Error::InvalidRequest(format!(
+                "a key of {} bytes or a value of {value} bytes is over the limits \
+                 ({max_key} and {max_value} bytes)",
+                op.key().len()
+            )));
         }
     }
     Ok(())
@@ -209,6 +231,11 @@ impl TxnApply<'_, '_> {
             }
             TxnCmd::ResolveMany { items } => self.resolve_many(items),
             TxnCmd::CheckLocks { txn_id, keys } => self.check_locks(*txn_id, keys),
+            TxnCmd::OnePhase { start_ts, ops, commit_ts, .. } => {
+                // Checked by `check_txn`.
+                let commit_ts = commit_ts.unwrap_or_default();
+                self.one_phase(*start_ts, ops, commit_ts)
+            }
             TxnCmd::Forget { records, new_floor } => {
                 for (primary_key, txn_id) in records {
                     match self.record(primary_key, *txn_id)? {
@@ -750,5 +777,38 @@ impl TxnApply<'_, '_> {
             }
         }
         Ok(Ok(TxnReply::Checked { all_locked }))
+    }
+
+    /// A one-phase commit: refused whole if a key holds a lock (any transaction's,
+    /// readable or not) or has a version committed after `start_ts`; otherwise
+    /// every op becomes its user key's version at `commit_ts`, all in one round.
+    fn one_phase(&mut self, start_ts: u64, ops: &[Op], commit_ts: u64) -> Result<Result<TxnReply>> {
+        if let Some(refused) = self.applier.first_locked(ops.iter().map(Op::key))? {
+            return Ok(Err(refused));
+        }
+        // A version at `start_ts` itself (a one-phase commit's timestamp may equal a
+        // later start timestamp from the oracle) is visible to this transaction's
+        // reads: not a conflict.
+        let newer = start_ts.saturating_add(1);
+        if let Some(conflict) = self.write_conflict(ops.iter().map(Op::key), newer)? {
+            return Ok(Err(match conflict {
+                Error::WriteConflict { key, conflict_ts, .. } => {
+                    Error::WriteConflict { key, start_ts, conflict_ts }
+                }
+                other => other,
+            }));
+        }
+        let applier = &mut *self.applier;
+        for op in ops {
+            let Some(user) = mvcc::decode_lock_key(op.key()) else { continue };
+            let value = match op {
+                Op::Put { value, .. } => Some(value.as_ref()),
+                Op::Delete { .. } => None,
+            };
+            let at = mvcc::version_key(&user, commit_ts);
+            applier.round.put(&at, &mvcc::encode_version_value(value))?;
+            applier.bytes += at.len() + 1 + value.map_or(0, <[u8]>::len);
+        }
+        Ok(Ok(TxnReply::Status(TxnState::Committed { commit_ts: Some(commit_ts) })))
     }
 }

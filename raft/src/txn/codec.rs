@@ -66,6 +66,8 @@ const KIND_HEARTBEAT: u64 = 5;
 const KIND_FORGET: u64 = 6;
 const KIND_RESOLVE_MANY: u64 = 7;
 const KIND_CHECK_LOCKS: u64 = 8;
+/// Since cluster version 4 (`version::TXN_V2`).
+const KIND_ONE_PHASE: u64 = 9;
 
 /// The reason of the decode error for a `TXN` kind this binary does not know (see
 /// `crate::command::is_unknown_kind`).
@@ -180,6 +182,17 @@ pub(crate) fn encode(out: &mut Vec<u8>, entry: &TxnEntry) {
                 codec::put_field(out, T_KEY, key);
             }
         }
+        // `synced` is the client's word to the leader, never in an entry.
+        TxnCmd::OnePhase { start_ts, ops, commit_ts, synced: _ } => {
+            codec::put_u64(out, T_KIND, KIND_ONE_PHASE);
+            codec::put_u64(out, T_START_TS, *start_ts);
+            for op in ops {
+                codec::put_nested(out, T_OP, |out| put_op(out, op));
+            }
+            if let Some(ts) = commit_ts {
+                codec::put_u64(out, T_COMMIT_TS, *ts);
+            }
+        }
     }
 }
 
@@ -205,6 +218,7 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
         KIND_FORGET => &[T_FORGET, T_NEW_FLOOR],
         KIND_RESOLVE_MANY => &[T_ITEM],
         KIND_CHECK_LOCKS => &[T_TXN_ID, T_KEY],
+        KIND_ONE_PHASE => &[T_START_TS, T_OP, T_COMMIT_TS],
         0 => return Err(DecodeError::new(0, "transaction command of kind 0")),
         _ => return Err(DecodeError::new(0, UNKNOWN_TXN)),
     };
@@ -220,10 +234,7 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
     }
     let cmd = match kind {
         KIND_PREWRITE => {
-            let mut ops = Vec::new();
-            for f in rec.repeated(T_OP) {
-                ops.push(decode_op(data, f.value).map_err(|e| e.shifted(f.offset))?);
-            }
+            let ops = ops_of(data, &rec)?;
             let record = decode_record(data, &rec)?;
             TxnCmd::Prewrite {
                 txn_id: u64_of(T_TXN_ID, "txn id")?,
@@ -259,6 +270,12 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
         KIND_CHECK_LOCKS => TxnCmd::CheckLocks {
             txn_id: u64_of(T_TXN_ID, "txn id")?,
             keys: rec.repeated(T_KEY).map(|f| data.slice_ref(f.value)).collect(),
+        },
+        KIND_ONE_PHASE => TxnCmd::OnePhase {
+            start_ts: u64_of(T_START_TS, "txn start timestamp")?,
+            ops: ops_of(data, &rec)?,
+            commit_ts: optional_u64(T_COMMIT_TS)?,
+            synced: None,
         },
         _ => {
             let mut records = Vec::new();
@@ -317,6 +334,11 @@ fn decode_items(data: &Bytes, rec: &TlvRecord<'_>) -> DecodeResult<Vec<super::Re
         });
     }
     Ok(items)
+}
+
+/// The ops of a prewrite or a one-phase commit.
+fn ops_of(data: &Bytes, rec: &TlvRecord<'_>) -> DecodeResult<Vec<crate::command::Op>> {
+    rec.repeated(T_OP).map(|f| decode_op(data, f.value).map_err(|e| e.shifted(f.offset))).collect()
 }
 
 #[cfg(test)]
@@ -405,6 +427,17 @@ mod tests {
             proptest::collection::vec(item, 0..3).prop_map(|items| TxnCmd::ResolveMany { items }),
             (any::<u64>(), proptest::collection::vec(arb_bytes(8), 0..4))
                 .prop_map(|(txn_id, keys)| TxnCmd::CheckLocks { txn_id, keys }),
+            (
+                any::<u64>(),
+                proptest::collection::vec(arb_op(), 0..4),
+                proptest::option::of(any::<u64>())
+            )
+                .prop_map(|(start_ts, ops, commit_ts)| TxnCmd::OnePhase {
+                    start_ts,
+                    ops,
+                    commit_ts,
+                    synced: None
+                }),
         ]
     }
 

@@ -25,8 +25,10 @@ use crate::command::Op;
 use crate::request::Reply;
 
 pub(crate) mod codec;
+pub(crate) mod concurrency;
 pub mod mvcc;
 pub mod plan;
+pub(crate) mod read_ts;
 pub mod recovery;
 pub mod recovery_state;
 pub mod staging;
@@ -131,6 +133,38 @@ pub enum TxnCmd {
         /// Participant keys in this region (never the primary key).
         keys: Vec<Bytes>,
     },
+    /// One-phase commit of a snapshot-isolated transaction whose keys are all in this
+    /// region (since cluster version 4, `version::TXN_V2`): no lock, no record, one
+    /// Raft write. The leader chooses `commit_ts` above its region's max read
+    /// timestamp (`txn::concurrency`) and stamps it in the entry; apply refuses the
+    /// whole command, writing nothing, if a key has a version committed after
+    /// `start_ts` (`Error::WriteConflict`; a version at `start_ts` itself is one its
+    /// reads saw) or a lock (`Error::Locked`), and otherwise
+    /// writes every version at `commit_ts` in one round. Answers
+    /// `Status(Committed { commit_ts })`.
+    OnePhase {
+        /// The transaction's start timestamp.
+        start_ts: u64,
+        /// Its writes, on lock keys of the transactional keyspace ([`mvcc`]).
+        ops: Vec<Op>,
+        /// Stamped by the proposing leader (a client sends `None`; an entry without
+        /// it is refused).
+        commit_ts: Option<u64>,
+        /// A timestamp the client took from the oracle after a leader of `term`
+        /// refused with `Error::ReadTsUnsynced` (client to leader only; never in an
+        /// entry): it proves no read served by an earlier leader is above it.
+        synced: Option<SyncedTs>,
+    },
+}
+
+/// A timestamp from the oracle taken after the region's leader of `term` asked for
+/// one (`Error::ReadTsUnsynced`); see [`TxnCmd::OnePhase`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncedTs {
+    /// The leader's term the refusal named.
+    pub term: u64,
+    /// The timestamp, taken after the refusal was received.
+    pub ts: u64,
 }
 
 impl TxnCmd {
@@ -144,14 +178,16 @@ impl TxnCmd {
             | TxnCmd::Heartbeat { txn_id, .. }
             | TxnCmd::CheckLocks { txn_id, .. } => Some(*txn_id),
             TxnCmd::ResolveMany { items } if items.len() == 1 => items.first().map(|i| i.txn_id),
-            TxnCmd::Forget { .. } | TxnCmd::ResolveMany { .. } => None,
+            TxnCmd::Forget { .. } | TxnCmd::ResolveMany { .. } | TxnCmd::OnePhase { .. } => None,
         }
     }
 
     /// Every key the command names (they must all be in the region it is sent to).
     pub fn keys(&self) -> Vec<&[u8]> {
         match self {
-            TxnCmd::Prewrite { ops, .. } => ops.iter().map(Op::key).collect(),
+            TxnCmd::Prewrite { ops, .. } | TxnCmd::OnePhase { ops, .. } => {
+                ops.iter().map(Op::key).collect()
+            }
             TxnCmd::Commit { primary_key, .. }
             | TxnCmd::CheckStatus { primary_key, .. }
             | TxnCmd::Heartbeat { primary_key, .. } => vec![primary_key.as_ref()],
@@ -186,7 +222,9 @@ impl TxnCmd {
     pub fn needs_v2(&self) -> bool {
         match self {
             TxnCmd::Prewrite { record, .. } => record.as_ref().is_some_and(|r| r.staging),
-            TxnCmd::ResolveMany { .. } | TxnCmd::CheckLocks { .. } => true,
+            TxnCmd::ResolveMany { .. } | TxnCmd::CheckLocks { .. } | TxnCmd::OnePhase { .. } => {
+                true
+            }
             _ => false,
         }
     }

@@ -76,7 +76,12 @@ pub fn scan_all(c: &mut SimCluster) -> BTreeMap<String, String> {
         let Some(leader) = c.wait_leader(region.id, 10 * SECOND) else {
             panic!("region {} has no leader", region.id);
         };
-        let query = Query::Scan { start: Bytes::from(start.clone()), end: None, limit: usize::MAX };
+        let query = Query::Scan {
+            start: Bytes::from(start.clone()),
+            end: None,
+            limit: usize::MAX,
+            read_ts: None,
+        };
         let pending = c.read(leader, region.id, query);
         match c.wait(&pending, SECOND) {
             Some(Ok(QueryResult::Rows(page))) => {
@@ -319,7 +324,8 @@ pub fn read_r1(c: &mut SimCluster, key: &str, max: Duration) -> Option<Bytes> {
     let deadline = c.now() + max;
     while c.now() < deadline {
         let Some(leader) = c.wait_leader(R1, deadline.saturating_sub(c.now())) else { break };
-        let pending = c.read(leader, R1, Query::Get { key: Bytes::from(key.to_owned()) });
+        let pending =
+            c.read(leader, R1, Query::Get { key: Bytes::from(key.to_owned()), read_ts: None });
         match c.wait(&pending, Duration::from_millis(500)) {
             Some(Ok(QueryResult::Value(v))) => return v,
             Some(Ok(other)) => panic!("unexpected read result {other:?}"),
