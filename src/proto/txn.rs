@@ -166,24 +166,7 @@ pub(super) fn put_txn(o: &mut Vec<u8>, region: RegionId, epoch: Epoch, cmd: &Txn
                 codec::put_u64(o, T_STAGING, 1);
             }
         }
-        TxnCmd::ResolveMany { items } => {
-            codec::put_u64(o, T_KIND, K_RESOLVE_MANY);
-            for item in items {
-                codec::put_nested(o, T_ITEM, |o| {
-                    codec::put_u64(o, IT_TXN_ID, item.txn_id);
-                    if let Some(p) = &item.primary_key {
-                        codec::put_field(o, IT_PRIMARY, p);
-                    }
-                    for key in &item.keys {
-                        codec::put_field(o, IT_KEY, key);
-                    }
-                    codec::put_u64(o, IT_COMMIT, u64::from(item.commit));
-                    if let Some(ts) = item.commit_ts {
-                        codec::put_u64(o, IT_COMMIT_TS, ts);
-                    }
-                });
-            }
-        }
+        TxnCmd::ResolveMany { items } => put_items(o, items),
         TxnCmd::CheckLocks { txn_id, keys } => {
             codec::put_u64(o, T_KIND, K_CHECK_LOCKS);
             codec::put_u64(o, T_TXN_ID, *txn_id);
@@ -246,6 +229,26 @@ pub(super) fn put_txn(o: &mut Vec<u8>, region: RegionId, epoch: Epoch, cmd: &Txn
                 codec::put_u64(o, T_SYNC_TS, *ts);
             }
         }
+    }
+}
+
+/// A `ResolveMany`'s kind and items.
+fn put_items(o: &mut Vec<u8>, items: &[regionkv_raft::txn::ResolveItem]) {
+    codec::put_u64(o, T_KIND, K_RESOLVE_MANY);
+    for item in items {
+        codec::put_nested(o, T_ITEM, |o| {
+            codec::put_u64(o, IT_TXN_ID, item.txn_id);
+            if let Some(p) = &item.primary_key {
+                codec::put_field(o, IT_PRIMARY, p);
+            }
+            for key in &item.keys {
+                codec::put_field(o, IT_KEY, key);
+            }
+            codec::put_u64(o, IT_COMMIT, u64::from(item.commit));
+            if let Some(ts) = item.commit_ts {
+                codec::put_u64(o, IT_COMMIT_TS, ts);
+            }
+        });
     }
 }
 

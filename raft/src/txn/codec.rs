@@ -157,24 +157,7 @@ pub(crate) fn encode(out: &mut Vec<u8>, entry: &TxnEntry) {
             }
             codec::put_u64(out, T_NEW_FLOOR, *new_floor);
         }
-        TxnCmd::ResolveMany { items } => {
-            codec::put_u64(out, T_KIND, KIND_RESOLVE_MANY);
-            for item in items {
-                codec::put_nested(out, T_ITEM, |out| {
-                    codec::put_u64(out, I_TXN_ID, item.txn_id);
-                    if let Some(primary) = &item.primary_key {
-                        codec::put_field(out, I_PRIMARY, primary);
-                    }
-                    for key in &item.keys {
-                        codec::put_field(out, I_KEY, key);
-                    }
-                    codec::put_field(out, I_COMMIT, &flag(item.commit));
-                    if let Some(ts) = item.commit_ts {
-                        codec::put_u64(out, I_COMMIT_TS, ts);
-                    }
-                });
-            }
-        }
+        TxnCmd::ResolveMany { items } => put_items(out, items),
         TxnCmd::CheckLocks { txn_id, keys } => {
             codec::put_u64(out, T_KIND, KIND_CHECK_LOCKS);
             codec::put_u64(out, T_TXN_ID, *txn_id);
@@ -193,6 +176,26 @@ pub(crate) fn encode(out: &mut Vec<u8>, entry: &TxnEntry) {
                 codec::put_u64(out, T_COMMIT_TS, *ts);
             }
         }
+    }
+}
+
+/// A `ResolveMany`'s kind and items.
+fn put_items(out: &mut Vec<u8>, items: &[super::ResolveItem]) {
+    codec::put_u64(out, T_KIND, KIND_RESOLVE_MANY);
+    for item in items {
+        codec::put_nested(out, T_ITEM, |out| {
+            codec::put_u64(out, I_TXN_ID, item.txn_id);
+            if let Some(primary) = &item.primary_key {
+                codec::put_field(out, I_PRIMARY, primary);
+            }
+            for key in &item.keys {
+                codec::put_field(out, I_KEY, key);
+            }
+            codec::put_field(out, I_COMMIT, &[u8::from(item.commit)]);
+            if let Some(ts) = item.commit_ts {
+                codec::put_u64(out, I_COMMIT_TS, ts);
+            }
+        });
     }
 }
 
