@@ -11,7 +11,8 @@
 //!                    10 commit (0/1), 11 abort if expired (0/1),
 //!                    12 forgotten* { 1 primary key, 2 txn id }, 13 new floor,
 //!                    14 start ts (optional: a snapshot-isolated prewrite),
-//!                    15 commit ts (optional: a snapshot-isolated commit or resolve) }
+//!                    15 commit ts (optional: a snapshot-isolated commit or resolve),
+//!                    42 gc safepoint (kind 11, collect versions: with 9 key*) }
 //!           34 txn ids { 1 count }   (answered with a directory result `ids`)
 //!  RESPONSE 51 txn { 1 kind (1 done, 2 status), 2 state { 1 kind (1 pending,
 //!                    2 committed, 3 aborted, 4 not found, 5 frozen), 2 expires at ms,
@@ -53,6 +54,8 @@ const T_FORGOTTEN: u16 = 12;
 const T_NEW_FLOOR: u16 = 13;
 const T_START_TS: u16 = 14;
 const T_COMMIT_TS: u16 = 15;
+/// Helper "gc"'s tag 42: a version GC chunk's safepoint.
+const T_SAFEPOINT: u16 = 42;
 const T_TAGS: &[u16] = &[
     T_REGION,
     T_EPOCH,
@@ -69,6 +72,7 @@ const T_TAGS: &[u16] = &[
     T_NEW_FLOOR,
     T_START_TS,
     T_COMMIT_TS,
+    T_SAFEPOINT,
 ];
 const K_PREWRITE: u64 = 1;
 const K_COMMIT: u64 = 2;
@@ -76,6 +80,8 @@ const K_RESOLVE: u64 = 3;
 const K_CHECK_STATUS: u64 = 4;
 const K_HEARTBEAT: u64 = 5;
 const K_FORGET: u64 = 6;
+/// Version GC (cluster version 4): an older node refuses the kind whole.
+const K_COLLECT_VERSIONS: u64 = 11;
 const OP_KIND: u16 = 1;
 const OP_KEY: u16 = 2;
 const OP_VALUE: u16 = 3;
@@ -174,6 +180,13 @@ pub(super) fn put_txn(o: &mut Vec<u8>, region: RegionId, epoch: Epoch, cmd: &Txn
                 });
             }
             codec::put_u64(o, T_NEW_FLOOR, *new_floor);
+        }
+        TxnCmd::CollectVersions { safepoint, keys } => {
+            codec::put_u64(o, T_KIND, K_COLLECT_VERSIONS);
+            codec::put_u64(o, T_SAFEPOINT, *safepoint);
+            for k in keys {
+                codec::put_field(o, T_KEY, k);
+            }
         }
     }
 }
@@ -278,6 +291,10 @@ pub(super) fn txn_of(f: &Field<'_>) -> D<(RegionId, Epoch, TxnCmd)> {
             }
             TxnCmd::Forget { records, new_floor: req_u64(&r, T_NEW_FLOOR, "new floor missing")? }
         }
+        K_COLLECT_VERSIONS => TxnCmd::CollectVersions {
+            safepoint: req_u64(&r, T_SAFEPOINT, "gc safepoint missing")?,
+            keys: r.repeated(T_KEY).map(|k| Bytes::copy_from_slice(k.value)).collect(),
+        },
         // Unknown (or 0, unspecified): never guessed.
         _ => return Err(DecodeError::new(f.offset, "unknown transaction command kind")),
     };
@@ -404,6 +421,10 @@ impl TxnFields {
                     ErrorCode::TxnTooOld
                 },
                 TxnFields { txn_id: Some(*txn_id), floor: Some(*floor), ..TxnFields::default() },
+            ),
+            E::SnapshotTooOld { read_ts, floor } => (
+                ErrorCode::SnapshotTooOld,
+                TxnFields { start_ts: Some(*read_ts), floor: Some(*floor), ..TxnFields::default() },
             ),
             _ => return None,
         })

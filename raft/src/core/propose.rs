@@ -88,7 +88,12 @@ impl StoreCore {
         }
         let now_ms = self.ctx.now_ms();
         let max = self.ctx.log.max_entry_bytes();
-        let gate = self.ctx.cluster_version.check(crate::version::TXN);
+        let gate = self.ctx.cluster_version.check(crate::version::TXN).and_then(|()| match &cmd {
+            TxnCmd::CollectVersions { .. } => {
+                self.ctx.cluster_version.check(crate::version::TXN_V2)
+            }
+            _ => Ok(()),
+        });
         let checked = gate.and_then(|()| self.leader(region)).and_then(|replica| {
             replica.check_version(epoch)?;
             replica.check_not_merging()?;
@@ -109,6 +114,9 @@ impl StoreCore {
                             "a transaction writes {MAX_TXN_KEYS} keys at most"
                         )));
                     }
+                }
+                TxnCmd::CollectVersions { safepoint, keys } => {
+                    crate::txn::gc::check(*safepoint, keys).map_err(Error::InvalidRequest)?;
                 }
                 TxnCmd::Resolve { keys, .. } if keys.len() > MAX_TXN_KEYS => {
                     return Err(Error::InvalidRequest(format!(

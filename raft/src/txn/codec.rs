@@ -25,6 +25,8 @@ const T_NEW_FLOOR: u16 = 13;
 // Snapshot isolation (optional; absent: a level-1 command, byte for byte as before).
 const T_START_TS: u16 = 14;
 const T_COMMIT_TS: u16 = 15;
+// Version GC (helper "gc"'s tags 24-27; kind 11).
+const T_SAFEPOINT: u16 = 24;
 const TXN_TAGS: &[u16] = &[
     T_EPOCH,
     T_NOW,
@@ -41,6 +43,7 @@ const TXN_TAGS: &[u16] = &[
     T_NEW_FLOOR,
     T_START_TS,
     T_COMMIT_TS,
+    T_SAFEPOINT,
 ];
 const R_PARTICIPANT: u16 = 1;
 const R_COORDINATOR: u16 = 2;
@@ -53,6 +56,8 @@ const KIND_RESOLVE: u64 = 3;
 const KIND_CHECK_STATUS: u64 = 4;
 const KIND_HEARTBEAT: u64 = 5;
 const KIND_FORGET: u64 = 6;
+/// Needs cluster version 4 (`crate::version::TXN_V2`).
+const KIND_COLLECT_VERSIONS: u64 = 11;
 
 /// The reason of the decode error for a `TXN` kind this binary does not know (see
 /// `crate::command::is_unknown_kind`).
@@ -139,6 +144,13 @@ pub(crate) fn encode(out: &mut Vec<u8>, entry: &TxnEntry) {
             }
             codec::put_u64(out, T_NEW_FLOOR, *new_floor);
         }
+        TxnCmd::CollectVersions { safepoint, keys } => {
+            codec::put_u64(out, T_KIND, KIND_COLLECT_VERSIONS);
+            codec::put_u64(out, T_SAFEPOINT, *safepoint);
+            for key in keys {
+                codec::put_field(out, T_KEY, key);
+            }
+        }
     }
 }
 
@@ -162,6 +174,7 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
         KIND_CHECK_STATUS => &[T_TXN_ID, T_PRIMARY, T_ABORT_IF_EXPIRED],
         KIND_HEARTBEAT => &[T_TXN_ID, T_PRIMARY, T_TTL],
         KIND_FORGET => &[T_FORGET, T_NEW_FLOOR],
+        KIND_COLLECT_VERSIONS => &[T_SAFEPOINT, T_KEY],
         0 => return Err(DecodeError::new(0, "transaction command of kind 0")),
         _ => return Err(DecodeError::new(0, UNKNOWN_TXN)),
     };
@@ -231,20 +244,28 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
             primary_key: bytes_of(T_PRIMARY, "txn primary key")?,
             ttl_ms: u64_of(T_TTL, "txn ttl")?,
         },
-        _ => {
-            let mut records = Vec::new();
-            for f in rec.repeated(T_FORGET) {
-                let at = |e: DecodeError| e.shifted(f.offset);
-                let r = TlvRecord::parse(f.value, &[F_PRIMARY, F_TXN_ID], UnknownTags::Reject)
-                    .map_err(at)?;
-                let key = r.required(F_PRIMARY, "forget primary key").map_err(at)?;
-                let id = r.required(F_TXN_ID, "forget txn id").and_then(|v| v.as_u64());
-                records.push((data.slice_ref(key.value), id.map_err(at)?));
-            }
-            TxnCmd::Forget { records, new_floor: u64_of(T_NEW_FLOOR, "txn new floor")? }
-        }
+        KIND_COLLECT_VERSIONS => TxnCmd::CollectVersions {
+            safepoint: u64_of(T_SAFEPOINT, "gc safepoint")?,
+            keys: rec.repeated(T_KEY).map(|f| data.slice_ref(f.value)).collect(),
+        },
+        _ => forget_of(data, &rec)?,
     };
     Ok(TxnEntry { epoch, now_ms, cmd })
+}
+
+/// A `Forget` command's fields.
+fn forget_of(data: &Bytes, rec: &TlvRecord<'_>) -> DecodeResult<TxnCmd> {
+    let mut records = Vec::new();
+    for f in rec.repeated(T_FORGET) {
+        let at = |e: DecodeError| e.shifted(f.offset);
+        let r =
+            TlvRecord::parse(f.value, &[F_PRIMARY, F_TXN_ID], UnknownTags::Reject).map_err(at)?;
+        let key = r.required(F_PRIMARY, "forget primary key").map_err(at)?;
+        let id = r.required(F_TXN_ID, "forget txn id").and_then(|v| v.as_u64());
+        records.push((data.slice_ref(key.value), id.map_err(at)?));
+    }
+    let new_floor = rec.required(T_NEW_FLOOR, "txn new floor")?.as_u64()?;
+    Ok(TxnCmd::Forget { records, new_floor })
 }
 
 #[cfg(test)]
@@ -307,6 +328,8 @@ mod tests {
                     commit,
                     commit_ts
                 }),
+            (any::<u64>(), proptest::collection::vec(arb_bytes(12), 0..4))
+                .prop_map(|(safepoint, keys)| TxnCmd::CollectVersions { safepoint, keys }),
             (any::<u64>(), arb_bytes(8), any::<bool>()).prop_map(
                 |(txn_id, primary_key, abort_if_expired)| TxnCmd::CheckStatus {
                     txn_id,

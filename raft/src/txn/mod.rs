@@ -25,6 +25,7 @@ use crate::command::Op;
 use crate::request::Reply;
 
 pub(crate) mod codec;
+pub mod gc;
 pub mod mvcc;
 pub mod plan;
 pub(crate) mod read_ts;
@@ -110,10 +111,23 @@ pub enum TxnCmd {
         /// The region's new floor.
         new_floor: u64,
     },
+    /// One chunk of a region's version GC at cluster safepoint `safepoint`
+    /// (`crate::txn::gc`): raises the region's GC floor to it (never lowers it) and
+    /// deletes `keys`, each a version key of the transactional keyspace committed at
+    /// or below it (refused whole otherwise). The leader lists exactly what to delete,
+    /// so the apply is decided by the entry alone; a chunk applied twice deletes
+    /// nothing more. Needs cluster version 4 (`crate::version::TXN_V2`).
+    CollectVersions {
+        /// The cluster safepoint collected at.
+        safepoint: u64,
+        /// The version keys to delete (in this region).
+        keys: Vec<Bytes>,
+    },
 }
 
 impl TxnCmd {
-    /// The transaction the command is about (`None`: `Forget`, about many).
+    /// The transaction the command is about (`None`: `Forget`, about many, and
+    /// `CollectVersions`, about none).
     pub fn txn_id(&self) -> Option<u64> {
         match self {
             TxnCmd::Prewrite { txn_id, .. }
@@ -121,7 +135,7 @@ impl TxnCmd {
             | TxnCmd::Resolve { txn_id, .. }
             | TxnCmd::CheckStatus { txn_id, .. }
             | TxnCmd::Heartbeat { txn_id, .. } => Some(*txn_id),
-            TxnCmd::Forget { .. } => None,
+            TxnCmd::Forget { .. } | TxnCmd::CollectVersions { .. } => None,
         }
     }
 
@@ -132,7 +146,9 @@ impl TxnCmd {
             TxnCmd::Commit { primary_key, .. }
             | TxnCmd::CheckStatus { primary_key, .. }
             | TxnCmd::Heartbeat { primary_key, .. } => vec![primary_key.as_ref()],
-            TxnCmd::Resolve { keys, .. } => keys.iter().map(Bytes::as_ref).collect(),
+            TxnCmd::Resolve { keys, .. } | TxnCmd::CollectVersions { keys, .. } => {
+                keys.iter().map(Bytes::as_ref).collect()
+            }
             TxnCmd::Forget { records, .. } => records.iter().map(|(k, _)| k.as_ref()).collect(),
         }
     }
