@@ -23,6 +23,7 @@ use crate::defaults::{
 use crate::error::{Error, Result};
 use crate::router::Router;
 
+mod gc;
 mod snapshot;
 mod tso;
 mod two_phase;

@@ -441,6 +441,10 @@ impl Command {
             Command::Admin(Admin { cmd: AdminCmd::ComputeHash, .. }) => {
                 crate::version::IMAGE_HASH.since
             }
+            Command::Txn(t) if matches!(t.cmd, crate::txn::TxnCmd::CollectVersions { .. }) => {
+                crate::version::TXN_V2.since
+            }
+            Command::Directory(DirCmd::SetGcSafepoint { .. }) => crate::version::TXN_V2.since,
             Command::Txn(_) | Command::Directory(DirCmd::SaveTsLimit { .. }) => {
                 crate::version::TXN.since
             }

@@ -103,12 +103,15 @@ const HE_TAGS: &[u16] = &[HE_HOLDER, HE_REGION, HE_KIND, HE_REASON, HE_EVENT, HE
 const CMD_TARGET: u16 = 4;
 const CMD_BY: u16 = 5;
 const CMD_LIMIT: u16 = 7;
-const CMD_TAGS: &[u16] = &[CMD_KIND, CMD_COUNT, CMD_RECORD, CMD_TARGET, CMD_BY, CMD_HEALTH, 7];
+const CMD_TAGS: &[u16] = &[CMD_KIND, CMD_COUNT, CMD_RECORD, CMD_TARGET, CMD_BY, CMD_HEALTH, 7, 8];
 const KIND_ALLOC: u64 = 1;
 const KIND_REPORT: u64 = 2;
 const KIND_SET_VERSION: u64 = 3;
 /// Needs cluster version 3 (`crate::version::TXN`).
 const KIND_TS_LIMIT: u64 = 5;
+/// Needs cluster version 4 (`crate::version::TXN_V2`).
+const KIND_GC_SAFEPOINT: u64 = 6;
+const CMD_SAFEPOINT: u16 = 8;
 
 /// The reason of the decode error for a directory command kind this binary does not
 /// know (`command::is_unknown_kind`).
@@ -182,6 +185,12 @@ pub enum DirCmd {
         /// No timestamp at or above it is handed out before a higher one is saved.
         limit: u64,
     },
+    /// Raise the version GC safepoint (record `"G"`, [`gc`]) to `max(held, safepoint)`.
+    /// A kind of version [`crate::version::TXN_V2`].
+    SetGcSafepoint {
+        /// The safepoint proposed (an oracle timestamp minus the GC life time).
+        safepoint: u64,
+    },
 }
 
 /// One line of the health monitor's audit, as the directory keeps it.
@@ -231,6 +240,11 @@ pub enum DirResult {
     /// The timestamp oracle's limit before and after a [`DirCmd::SaveTsLimit`].
     #[allow(missing_docs)] // the limit held before (0: none), and now
     TsLimit { previous: u64, limit: u64 },
+    /// The version GC safepoint held after a [`DirCmd::SetGcSafepoint`].
+    GcSafepoint {
+        /// The safepoint.
+        safepoint: u64,
+    },
 }
 
 fn region_key(end: Option<&[u8]>) -> Vec<u8> {
@@ -303,6 +317,10 @@ pub(crate) fn encode_cmd(out: &mut Vec<u8>, cmd: &DirCmd) {
         DirCmd::SaveTsLimit { limit } => {
             codec::put_u64(out, CMD_KIND, KIND_TS_LIMIT);
             codec::put_u64(out, CMD_LIMIT, *limit);
+        }
+        DirCmd::SetGcSafepoint { safepoint } => {
+            codec::put_u64(out, CMD_KIND, KIND_GC_SAFEPOINT);
+            codec::put_u64(out, CMD_SAFEPOINT, *safepoint);
         }
     }
 }
@@ -420,6 +438,9 @@ pub(crate) fn decode_cmd(buf: &[u8]) -> DecodeResult<DirCmd> {
         KIND_TS_LIMIT => {
             Ok(DirCmd::SaveTsLimit { limit: rec.required(CMD_LIMIT, "limit")?.as_u64()? })
         }
+        KIND_GC_SAFEPOINT => Ok(DirCmd::SetGcSafepoint {
+            safepoint: rec.required(CMD_SAFEPOINT, "safepoint")?.as_u64()?,
+        }),
         _ => Err(DecodeError::new(0, UNKNOWN_DIRECTORY_COMMAND)),
     }
 }
@@ -687,6 +708,9 @@ pub(crate) fn apply(
             DirResult::ClusterVersion { active: current.active.max(*target) }
         }
         DirCmd::SaveTsLimit { limit } => crate::tso::save_limit(&snapshot, &mut round, *limit)?,
+        DirCmd::SetGcSafepoint { safepoint } => {
+            gc::set_safepoint(&snapshot, &mut round, *safepoint)?
+        }
     };
     round.commit()?;
     Ok(Ok(result))
@@ -715,9 +739,11 @@ fn check(cmd: &DirCmd) -> Result<()> {
         DirCmd::AllocIds { .. }
         | DirCmd::Report { .. }
         | DirCmd::SetClusterVersion { .. }
-        | DirCmd::SaveTsLimit { .. } => Ok(()),
+        | DirCmd::SaveTsLimit { .. }
+        | DirCmd::SetGcSafepoint { .. } => Ok(()),
     }
 }
 
+pub mod gc;
 #[cfg(test)]
 mod tests;

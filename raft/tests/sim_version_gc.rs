@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use regionkv_engine::{Region, StoreId};
+use regionkv_raft::directory::{DIRECTORY, DirCmd, DirResult};
 use regionkv_raft::merge_driver::RegionAdmin;
 use regionkv_raft::sim::{SimCluster, SimConfig};
 use regionkv_raft::txn::{gc, mvcc};
@@ -371,6 +372,7 @@ fn a_prewrite_or_commit_below_the_floor_is_refused_and_a_split_carries_the_floor
 fn at_cluster_version_3_a_collect_is_refused_and_nothing_is_proposed() {
     for seed in seeds() {
         let mut config = SimConfig::new(seed);
+        config.directory = true;
         for s in 1..=3 {
             config.cluster_version_max.insert(StoreId(s), 3);
         }
@@ -391,5 +393,35 @@ fn at_cluster_version_3_a_collect_is_refused_and_nothing_is_proposed() {
             other => panic!("seed {seed}: a collect at version 3 answered {other:?}"),
         }
         assert_eq!(last(&c), before, "seed {seed}: something was proposed");
+        let raise = DirCmd::SetGcSafepoint { safepoint: SAFEPOINT };
+        match common::directory(&mut c, &raise) {
+            Err(Error::FeatureNotActive { needed: 4, .. }) => {}
+            other => panic!("seed {seed}: a safepoint at version 3 answered {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_directory_safepoint_only_goes_up_across_a_leader_crash() {
+    for seed in seeds() {
+        let mut config = SimConfig::new(seed);
+        config.directory = true;
+        let mut c = SimCluster::new(config).unwrap();
+        c.wait_leader(DIRECTORY, 10 * SECOND).expect("a directory leader");
+        let raise = |c: &mut SimCluster, safepoint| match common::directory(
+            c,
+            &DirCmd::SetGcSafepoint { safepoint },
+        ) {
+            Ok(DirResult::GcSafepoint { safepoint }) => safepoint,
+            other => panic!("seed {seed}: a safepoint raise answered {other:?}"),
+        };
+        assert_eq!(raise(&mut c, 500), 500);
+        assert_eq!(raise(&mut c, 300), 500, "seed {seed}: never lowered");
+        let leader = c.wait_leader(DIRECTORY, 10 * SECOND).expect("a directory leader");
+        c.crash(leader, CrashMode::Lost);
+        c.run_for(300 * MS);
+        c.restart(leader).expect("restart");
+        assert_eq!(raise(&mut c, 0), 500, "seed {seed}: kept across the crash");
+        assert_eq!(raise(&mut c, 900), 900);
     }
 }

@@ -345,6 +345,12 @@ impl StoreCore {
             reply(Err(e));
             return;
         }
+        if matches!(cmd, DirCmd::SetGcSafepoint { .. })
+            && let Err(e) = self.ctx.cluster_version.check(crate::version::TXN_V2)
+        {
+            reply(Err(e));
+            return;
+        }
         let replica = match self.leader(DIRECTORY) {
             Ok(replica) => replica,
             Err(e) => {
