@@ -21,7 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use regionkv_engine::{Region, StoreId};
 use regionkv_raft::directory::{DIRECTORY, DirCmd, DirResult};
-use regionkv_raft::merge_driver::RegionAdmin;
+use regionkv_raft::merge_driver::{self, MergeOptions, RegionAdmin};
 use regionkv_raft::sim::{SimCluster, SimConfig};
 use regionkv_raft::txn::{gc, mvcc};
 use regionkv_raft::{AdminCmd, Error, Op, Query, QueryResult, RecordInit, TxnCmd, TxnReply};
@@ -48,7 +48,12 @@ type Model = BTreeMap<String, BTreeMap<u64, Option<String>>>;
 
 /// Three stores, the keyspace split at user key "m"'s lock key.
 fn setup(seed: u64) -> SimCluster {
-    let mut c = common::cluster(seed);
+    setup_with(SimConfig::new(seed))
+}
+
+fn setup_with(config: SimConfig) -> SimCluster {
+    let mut c = SimCluster::new(config).unwrap();
+    c.wait_leader(R1, 10 * SECOND).expect("a leader");
     let split = lk("m");
     let epoch = common::region_epoch(&mut c, R1);
     let new_ids = vec![regionkv_engine::RegionId(c.new_id())];
@@ -423,5 +428,57 @@ fn the_directory_safepoint_only_goes_up_across_a_leader_crash() {
         c.restart(leader).expect("restart");
         assert_eq!(raise(&mut c, 0), 500, "seed {seed}: kept across the crash");
         assert_eq!(raise(&mut c, 900), 900);
+    }
+}
+
+#[test]
+fn a_merge_takes_the_larger_floor_and_it_survives_checkpoints_and_a_restart_of_every_store() {
+    for seed in seeds() {
+        let mut config = SimConfig::new(seed);
+        config.checkpoint_log_bytes = 4 << 10;
+        let mut c = setup_with(config);
+        let model = history(&mut c);
+        // Region 2 (the merge's source) at the safepoint; region 1 (its target) never.
+        collect(&mut c, "n", None);
+        assert_eq!(
+            snapshot_get(&mut c, "a", 105).map_err(|e| e.to_string()),
+            Ok(Some("a1".to_owned())),
+            "seed {seed}: below the safepoint, region 1 still answers"
+        );
+        let source = region_for(&c, &lk("n")).expect("region 2");
+        let merged =
+            merge_driver::merge(&mut c, source.id, R1, MergeOptions::default()).expect("a merge");
+        assert!(merged.end.is_none(), "seed {seed}: {merged:?}");
+        common::converge(&mut c);
+        match snapshot_get(&mut c, "a", 105) {
+            Err(Error::SnapshotTooOld { floor: SAFEPOINT, .. }) => {}
+            other => panic!("seed {seed}: after the merge, below the larger floor: {other:?}"),
+        }
+        // Enough log for checkpoints, then every store restarts.
+        for i in 0..60 {
+            assert!(common::put(&mut c, &format!("k{i:03}"), &"x".repeat(200), 10 * SECOND));
+        }
+        for store in c.store_ids() {
+            c.stop(store);
+        }
+        for store in c.store_ids() {
+            c.restart(store).expect("restart");
+        }
+        collect(&mut c, "a", None); // the merged region: what region 1 kept goes now
+        for user in ["a", "n"] {
+            match snapshot_get(&mut c, user, SAFEPOINT - 1) {
+                Err(Error::SnapshotTooOld { floor: SAFEPOINT, .. }) => {}
+                other => panic!("seed {seed}: {user} after the restart: {other:?}"),
+            }
+            assert_eq!(
+                snapshot_get(&mut c, user, SAFEPOINT).map_err(|e| e.to_string()),
+                Ok(model_read(&model, user, SAFEPOINT)),
+                "seed {seed}: {user} at the floor after the restart"
+            );
+        }
+        for store in c.store_ids() {
+            let table = c.engine(store).and_then(|e| e.txn_table(R1)).expect("the merged region");
+            assert_eq!(table.gc_floor, SAFEPOINT, "seed {seed}: store {store}");
+        }
     }
 }
