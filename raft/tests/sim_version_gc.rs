@@ -221,30 +221,54 @@ fn crash(c: &mut SimCluster, user: &str, mode: Option<CrashMode>) {
     c.restart(store).expect("restart");
 }
 
-/// Collects the region of `user`, crashing its leader (`mode`; `None`: a clean stop)
-/// before chunk `crash_before` (if any), then planning and proposing again from the
-/// start, as a driver's next turn does.
-fn collect(c: &mut SimCluster, user: &str, crash_before: Option<(usize, Option<CrashMode>)>) {
-    let (region, plan) = plan_at_leader(c, user, 2);
+/// Collects the region of `user` in chunks of `chunk_keys`, crashing its leader
+/// (`mode`; `None`: a clean stop) before chunk `crash_before` (if any), then planning
+/// and proposing again from the start, as a driver's next turn does. With `model`,
+/// after every chunk a snapshot at the safepoint reads every key of the region as the
+/// model says (a half-collected key never reads an older version).
+fn collect_checked(
+    c: &mut SimCluster,
+    user: &str,
+    chunk_keys: usize,
+    crash_before: Option<(usize, Option<CrashMode>)>,
+    model: Option<&Model>,
+) {
+    let (region, plan) = plan_at_leader(c, user, chunk_keys);
     assert!(!plan.chunks.is_empty());
     let route = if region.start.is_empty() { lk("a") } else { Bytes::from(region.start.clone()) };
+    let users: Vec<String> = model
+        .map(|m| m.keys().filter(|u| region.contains(&lk(u))).cloned().collect())
+        .unwrap_or_default();
+    let check_between = |c: &mut SimCluster, when: &str| {
+        for u in &users {
+            let read = snapshot_get(c, u, SAFEPOINT).map_err(|e| e.to_string());
+            let expected = model_read(model.expect("a model"), u, SAFEPOINT);
+            assert_eq!(read, Ok(expected), "{u} at the safepoint {when}");
+        }
+    };
     for (i, chunk) in plan.chunks.iter().enumerate() {
         if let Some((at, mode)) = crash_before
             && at == i
         {
             crash(c, user, mode);
+            check_between(c, &format!("after a crash before chunk {i}"));
             break;
         }
         assert_eq!(call(c, &route, chunk).map_err(|e| e.to_string()), Ok(TxnReply::Done));
+        check_between(c, &format!("after chunk {i}"));
     }
     // The next turn: planned again from what is there, every chunk proposed.
-    let (_, again) = plan_at_leader(c, user, 2);
+    let (_, again) = plan_at_leader(c, user, chunk_keys);
     for chunk in &again.chunks {
         assert_eq!(call(c, &route, chunk).map_err(|e| e.to_string()), Ok(TxnReply::Done));
     }
     // Nothing left to collect.
-    let (_, done) = plan_at_leader(c, user, 2);
+    let (_, done) = plan_at_leader(c, user, chunk_keys);
     assert_eq!(done.collected, 0, "a pass after a complete one collects nothing");
+}
+
+fn collect(c: &mut SimCluster, user: &str, crash_before: Option<(usize, Option<CrashMode>)>) {
+    collect_checked(c, user, 2, crash_before, None);
 }
 
 /// Every check of the module docs, for every key of the model.
@@ -294,11 +318,12 @@ fn gc_keeps_exactly_what_a_snapshot_at_or_above_the_floor_reads_through_crashes(
             Some(CrashMode::Torn { seed }),
             Some(CrashMode::BitFlip { seed }),
         ];
-        // How many chunks region 1 ("a".."m") takes: a crash before each, and after all.
+        // How many chunks of one key region 1 ("a".."m") takes: a crash before each,
+        // and after all.
         let chunks = {
             let mut c = setup(seed);
             history(&mut c);
-            plan_at_leader(&mut c, "a", 2).1.chunks.len()
+            plan_at_leader(&mut c, "a", 1).1.chunks.len()
         };
         assert!(chunks >= 3, "seed {seed}: the history makes several chunks ({chunks})");
         for step in 0..=chunks {
@@ -307,8 +332,8 @@ fn gc_keeps_exactly_what_a_snapshot_at_or_above_the_floor_reads_through_crashes(
                 let mut c = setup(seed);
                 let model = history(&mut c);
                 let before = at_safepoint(&mut c, &model);
-                collect(&mut c, "a", Some((step, mode)));
-                collect(&mut c, "n", None);
+                collect_checked(&mut c, "a", 1, Some((step, mode)), Some(&model));
+                collect_checked(&mut c, "n", 1, None, Some(&model));
                 check(&mut c, &model, &before, &what);
             }
         }

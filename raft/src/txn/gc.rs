@@ -11,7 +11,10 @@
 //! versions above `s` never are.
 //!
 //! The plan is [`TxnCmd::CollectVersions`] chunks of at most `chunk_keys` keys (at
-//! least one chunk, which raises the floor even when nothing is to go). Each chunk
+//! least one chunk, which raises the floor even when nothing is to go). Each user
+//! key's versions are listed oldest first: a delete collected as the newest below
+//! goes after every older put of its key, so a key cut across two chunks (or a
+//! crash between them) never reads an older put where it read nothing. Each chunk
 //! raises the floor to `s` in its own round, published before that round's deletions
 //! (`Engine::commit_writes`), and lists exact keys: its apply is decided by the entry
 //! alone, and a chunk applied again deletes nothing more.
@@ -53,29 +56,33 @@ pub fn plan(view: &ReadView, region: &Region, safepoint: u64, chunk_keys: usize)
         // safepoint was met already (every later one of it, older, goes).
         let mut current: Option<Bytes> = None;
         let mut kept_below = false;
+        // The current user key's versions to delete, newest first as scanned.
+        let mut of_key: Vec<Bytes> = Vec::new();
         view.for_each(start, Some(end), |key, value| {
             let Some((user, ts)) = mvcc::decode_version_key(key) else { return true };
             out.scanned += 1;
             if current.as_ref() != Some(&user) {
                 current = Some(user);
                 kept_below = false;
+                keys.extend(of_key.drain(..).rev());
             }
             if ts > safepoint {
                 return true; // above the safepoint: never collected
             }
             if kept_below {
-                keys.push(Bytes::copy_from_slice(key));
+                of_key.push(Bytes::copy_from_slice(key));
             } else {
                 kept_below = true;
                 // The newest at or below: kept, unless it is a delete (or unreadable as a
                 // version: then kept, never guessed).
                 let stored = Bytes::copy_from_slice(value);
                 if mvcc::decode_version_value(&stored) == Ok(None) {
-                    keys.push(Bytes::copy_from_slice(key));
+                    of_key.push(Bytes::copy_from_slice(key));
                 }
             }
             true
         });
+        keys.extend(of_key.drain(..).rev());
     }
     out.collected = keys.len() as u64;
     let mut chunks: Vec<TxnCmd> = keys
