@@ -243,6 +243,10 @@ mod tests {
         gc.encode(&mut with);
         assert_eq!(with.len(), gc.encoded_len());
         assert_eq!(with.len(), buf.len() + codec::FIELD_HEADER_LEN + 8);
+        // Golden bytes: right after the floor, tag 4 (u16 LE), length 8 (u32 LE), u64 LE.
+        assert_eq!(with[14..28], [4, 0, 8, 0, 0, 0, 77, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(with[..14], buf[..14]);
+        assert_eq!(with[28..], buf[14..]);
         assert_eq!(TxnTable::decode(&with, b"", None), Ok(gc));
         // A later top-level field is skipped; the parse goes on.
         let mut later = Vec::new();
