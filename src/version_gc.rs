@@ -94,6 +94,9 @@ impl VersionGc {
             .filter(|s| s.role == StateRole::Leader && s.region.id != DIRECTORY)
             .map(|s| s.region)
             .collect();
+        if led.is_empty() && at.is_none() {
+            return Ok(self.stats()); // nothing to collect here: no directory round
+        }
         let proposed = if let Some(at) = at {
             at
         } else {
