@@ -28,6 +28,7 @@ use crate::proto::StoreStatus;
 use crate::region_info::{RegionInfo, region_table};
 use crate::router::Router;
 use crate::txn_recovery::{TxnDaemon, TxnEntry, TxnRecovery, TxnRecoveryStats, TxnRecoveryTurn};
+use crate::version_gc::VersionGcStats;
 
 /// The region every new cluster starts with: the whole key space.
 pub(crate) const FIRST_REGION: RegionId = RegionId(1);
@@ -47,6 +48,7 @@ pub struct ClusterBuilder {
     health: Option<HealthConfig>,
     cluster_version_max: BTreeMap<StoreId, u32>,
     txn_recover_interval: Duration,
+    gc_life_time: Duration,
 }
 
 impl Default for ClusterBuilder {
@@ -63,6 +65,7 @@ impl Default for ClusterBuilder {
             spares: 0,
             health: None,
             txn_recover_interval: crate::txn_recovery::TXN_RECOVER_INTERVAL,
+            gc_life_time: crate::version_gc::GC_LIFE_TIME,
             cluster_version_max: BTreeMap::new(),
         }
     }
@@ -164,6 +167,15 @@ impl ClusterBuilder {
         self
     }
 
+    /// How long a replaced version stays readable before the version GC may collect
+    /// it ([`GC_LIFE_TIME`](crate::GC_LIFE_TIME) by default): a transaction older than
+    /// that gets [`Error::SnapshotTooOld`](crate::Error::SnapshotTooOld).
+    #[must_use]
+    pub fn gc_life_time(mut self, life: Duration) -> Self {
+        self.gc_life_time = life;
+        self
+    }
+
     /// Starts the cluster.
     pub fn build(self) -> Result<Cluster> {
         let dir = self
@@ -192,7 +204,11 @@ impl ClusterBuilder {
             health_cancel: CancellationToken::new(),
             health_thread: Mutex::new(None),
             versions: Mutex::new(self.cluster_version_max.clone()),
-            txn: TxnDaemon::new(self.txn_recover_interval),
+            txn: TxnDaemon::with_gc(
+                self.txn_recover_interval,
+                self.gc_life_time,
+                crate::version_gc::GC_INTERVAL,
+            ),
             builder: self,
             scheduler: Mutex::new(None),
         });
@@ -715,6 +731,21 @@ impl Cluster {
     /// forgets, what its last turn saw).
     pub fn txn_recovery_stats(&self) -> Vec<(StoreId, TxnRecoveryStats)> {
         self.inner.txn.stats()
+    }
+
+    /// One version GC turn now on every running store: the safepoint proposed is
+    /// `at`, or the oracle's timestamp minus the GC life time (the directory never
+    /// lowers it); each store collects the regions it leads below it. A snapshot
+    /// below the safepoint is refused from then on ([`Error::SnapshotTooOld`]).
+    pub fn version_gc(&self, at: Option<u64>) -> Result<Vec<(StoreId, VersionGcStats)>> {
+        let stores: Vec<Arc<Store>> = self.inner.local.stores.read().values().cloned().collect();
+        self.inner.txn.gc_now(&stores, &self.db(), at)
+    }
+
+    /// Each store's version GC counters (versions collected, its regions' GC floors,
+    /// the last safepoint).
+    pub fn version_gc_stats(&self) -> Vec<(StoreId, VersionGcStats)> {
+        self.inner.txn.gc_stats()
     }
 
     #[cfg(test)]

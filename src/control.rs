@@ -80,7 +80,8 @@ impl ClusterOps {
             other @ (DirResult::Reported { .. }
             | DirResult::Recorded { .. }
             | DirResult::ClusterVersion { .. }
-            | DirResult::TsLimit { .. }) => {
+            | DirResult::TsLimit { .. }
+            | DirResult::GcSafepoint { .. }) => {
                 Err(Error::InvalidRequest(format!("the directory answered {other:?}")))
             }
         }

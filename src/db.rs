@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::router::Router;
 
 mod async_commit;
+mod gc;
 mod seams;
 mod snapshot;
 mod tso;

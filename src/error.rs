@@ -53,6 +53,20 @@ pub enum Error {
         /// The transaction.
         txn_id: u64,
     },
+    /// A snapshot transaction started at `read_ts`, below the version GC floor of a
+    /// region it read or wrote (versions it could see may be collected): nothing was
+    /// read or written. Not retryable within the transaction: start a new one
+    /// ([`Db::transaction`](crate::Db::transaction)), which reads the latest values.
+    #[error(
+        "transaction snapshot {read_ts} is older than the version GC floor {floor}; start a \
+         new transaction"
+    )]
+    SnapshotTooOld {
+        /// The transaction's start timestamp.
+        read_ts: u64,
+        /// The region's GC floor (the safepoint it collected at).
+        floor: u64,
+    },
     /// The commit of a two-phase batch was sent and no definite outcome came back
     /// before the deadline: it is committed or aborted, not known which. Ask later
     /// with [`Db::txn_outcome`](crate::Db::txn_outcome)`(txn_id, primary_key)`. Not
@@ -150,6 +164,9 @@ impl From<regionkv_raft::Error> for Error {
                 Error::FeatureNotActive { feature: feature.to_owned(), active, needed }
             }
             regionkv_raft::Error::TxnAborted { txn_id } => Error::TxnAborted { txn_id },
+            regionkv_raft::Error::SnapshotTooOld { read_ts, floor } => {
+                Error::SnapshotTooOld { read_ts, floor }
+            }
             e => Error::Store(e),
         }
     }
@@ -176,6 +193,7 @@ impl Error {
             Error::Unavailable { .. } | Error::Conflict { .. } | Error::TxnAborted { .. } => true,
             Error::Store(e) => e.is_retryable(),
             Error::CrossRegionBatch { .. }
+            | Error::SnapshotTooOld { .. }
             | Error::Indeterminate { .. }
             | Error::InvalidRequest(_)
             | Error::FeatureNotActive { .. }

@@ -54,6 +54,7 @@ mod remote;
 mod router;
 mod server;
 mod txn_recovery;
+mod version_gc;
 
 pub use autosplit::SplitPolicy;
 pub use cluster::{Cluster, ClusterBuilder};
@@ -69,6 +70,7 @@ pub use regionkv_raft::txn::recovery::Gate as TxnGate;
 pub use remote::Client;
 pub use server::ClientStats;
 pub use txn_recovery::{TXN_RECOVER_INTERVAL, TxnEntry, TxnRecoveryStats, TxnRecoveryTurn};
+pub use version_gc::{GC_INTERVAL, GC_LIFE_TIME, VersionGcStats};
 
 // Ids, records and settings that the facade's signatures name, from the layers.
 pub use bytes::Bytes;

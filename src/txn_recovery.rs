@@ -30,7 +30,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -47,6 +47,7 @@ use regionkv_wal::CancellationToken;
 
 use crate::db::Db;
 use crate::error::{Error, Result};
+use crate::version_gc::{GC_INTERVAL, GC_LIFE_TIME, VersionGc, VersionGcStats};
 
 /// How often the daemon takes a turn by default.
 pub const TXN_RECOVER_INTERVAL: Duration = Duration::from_secs(5);
@@ -413,6 +414,11 @@ impl TxnRecovery {
 /// (its one store), and the thread that runs their turns.
 pub(crate) struct TxnDaemon {
     interval: Duration,
+    /// The version GC of each store (`crate::version_gc`), a turn every `gc_interval`
+    /// on the same thread.
+    gc: Mutex<BTreeMap<StoreId, Arc<VersionGc>>>,
+    gc_life: Duration,
+    gc_interval: Duration,
     /// One daemon per store id (it outlives a restart of its store in a `Cluster`).
     per_store: Mutex<BTreeMap<StoreId, Arc<TxnRecovery>>>,
     cancel: CancellationToken,
@@ -427,8 +433,21 @@ pub(crate) type StoresFn = Box<dyn Fn() -> Option<(Vec<Arc<Store>>, Db)> + Send 
 
 impl TxnDaemon {
     pub(crate) fn new(interval: Duration) -> Arc<TxnDaemon> {
+        TxnDaemon::with_gc(interval, GC_LIFE_TIME, GC_INTERVAL)
+    }
+
+    /// A daemon whose version GC keeps versions `gc_life` and takes a turn every
+    /// `gc_interval`.
+    pub(crate) fn with_gc(
+        interval: Duration,
+        gc_life: Duration,
+        gc_interval: Duration,
+    ) -> Arc<TxnDaemon> {
         Arc::new(TxnDaemon {
             interval,
+            gc: Mutex::new(BTreeMap::new()),
+            gc_life,
+            gc_interval,
             per_store: Mutex::new(BTreeMap::new()),
             cancel: CancellationToken::new(),
             thread: Mutex::new(None),
@@ -443,15 +462,24 @@ impl TxnDaemon {
         *self.host.lock() = Some(stores.clone());
         let daemon = self.clone();
         let handle = std::thread::Builder::new().name(name).spawn(move || {
+            let mut next_gc = Instant::now() + daemon.gc_interval;
             // Bounded: each wait is one interval; ends once cancelled or the host is gone.
-            while !daemon.cancel.wait_timeout(daemon.interval) {
+            while !daemon.cancel.wait_timeout(daemon.interval.min(daemon.gc_interval)) {
                 let Some((stores, db)) = stores() else { return };
                 let db = db.with_deadline(COMMAND_DEADLINE);
+                let gc_due = Instant::now() >= next_gc;
+                if gc_due {
+                    next_gc = Instant::now() + daemon.gc_interval;
+                }
                 for store in stores {
                     if daemon.cancel.is_cancelled() {
                         return;
                     }
                     daemon.of(store_id(&store)).turn(&store, &db, None);
+                    if gc_due && let Err(e) = daemon.gc_of(store_id(&store)).turn(&store, &db, None)
+                    {
+                        tracing::debug!(error = %e, "version gc turn deferred");
+                    }
                 }
             }
         })?;
@@ -474,6 +502,33 @@ impl TxnDaemon {
         if let Some(handle) = self.thread.lock().take() {
             let _ = handle.join();
         }
+    }
+
+    /// The version GC of store `id`.
+    pub(crate) fn gc_of(&self, id: StoreId) -> Arc<VersionGc> {
+        let life = self.gc_life;
+        self.gc.lock().entry(id).or_insert_with(|| Arc::new(VersionGc::new(id, life))).clone()
+    }
+
+    /// One version GC turn now on each of `stores` (`at`: the safepoint to propose).
+    pub(crate) fn gc_now(
+        &self,
+        stores: &[Arc<Store>],
+        db: &Db,
+        at: Option<u64>,
+    ) -> Result<Vec<(StoreId, VersionGcStats)>> {
+        let db = db.clone().with_deadline(COMMAND_DEADLINE);
+        let mut out = Vec::new();
+        for store in stores {
+            let id = store_id(store);
+            out.push((id, self.gc_of(id).turn(store, &db, at)?));
+        }
+        Ok(out)
+    }
+
+    /// Every store's version GC counters.
+    pub(crate) fn gc_stats(&self) -> Vec<(StoreId, VersionGcStats)> {
+        self.gc.lock().iter().map(|(id, g)| (*id, g.stats())).collect()
     }
 
     /// The daemon of store `id`.

@@ -442,6 +442,7 @@ impl Command {
                 crate::version::IMAGE_HASH.since
             }
             Command::Txn(entry) if entry.cmd.needs_v2() => crate::version::TXN_V2.since,
+            Command::Directory(DirCmd::SetGcSafepoint { .. }) => crate::version::TXN_V2.since,
             Command::Txn(_) | Command::Directory(DirCmd::SaveTsLimit { .. }) => {
                 crate::version::TXN.since
             }

@@ -206,6 +206,19 @@ pub enum Error {
         /// The region's floor.
         floor: u64,
     },
+    /// A snapshot read, prewrite or commit at `read_ts` below the region's version GC
+    /// floor: versions it could read may have been collected. Nothing was read or
+    /// written; not retryable within the transaction: start a new one.
+    #[error(
+        "snapshot at {read_ts} is older than the region's version GC floor {floor}: start a \
+         new transaction"
+    )]
+    SnapshotTooOld {
+        /// The snapshot's timestamp (a transaction's start timestamp).
+        read_ts: u64,
+        /// The region's GC floor (the safepoint it collected at).
+        floor: u64,
+    },
     /// Refused before it was proposed: the store is shutting down (or not running).
     /// Nothing was done; safe to retry elsewhere.
     #[error("the store is stopping, stopped or unreachable; nothing was done")]
@@ -301,6 +314,7 @@ impl Error {
             | Error::TxnAborted { .. }
             | Error::TxnNotFound { .. }
             | Error::TxnTooOld { .. }
+            | Error::SnapshotTooOld { .. }
             | Error::ClusterVersionTooNew { .. }
             | Error::StoreVersionTooNew { .. }
             | Error::MergeAborted { .. }
@@ -348,6 +362,7 @@ impl Error {
             | Error::TxnAborted { .. }
             | Error::TxnNotFound { .. }
             | Error::TxnTooOld { .. }
+            | Error::SnapshotTooOld { .. }
             | Error::ClusterVersionTooNew { .. }
             | Error::StoreVersionTooNew { .. }
             | Error::Malformed(_)
@@ -394,6 +409,7 @@ impl Error {
             | Error::TxnAborted { .. }
             | Error::TxnNotFound { .. }
             | Error::TxnTooOld { .. }
+            | Error::SnapshotTooOld { .. }
             | Error::ClusterVersionTooNew { .. }
             | Error::StoreVersionTooNew { .. }
             | Error::Malformed(_)

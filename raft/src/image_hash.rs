@@ -93,6 +93,10 @@ fn hash_txn(h: &mut Fnv, txn: &TxnTable) {
         h.u64(*txn_id);
         h.field(record);
     }
+    // The version GC floor, once set (a table without one hashes as before).
+    if txn.gc_floor > 0 {
+        h.u64(txn.gc_floor);
+    }
 }
 
 fn hash_header(h: &mut Fnv, region: &Region) {

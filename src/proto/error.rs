@@ -63,6 +63,9 @@ pub(crate) enum ErrorCode {
     /// Since one-phase snapshot commits: the region's leader needs a fresh timestamp
     /// (fields 2 and 23).
     ReadTsUnsynced,
+    /// Since version GC: a snapshot below its region's GC floor (fields 19, the read
+    /// timestamp, and 17, the floor).
+    SnapshotTooOld,
 }
 
 const ERROR_CODES: &[ErrorCode] = &[
@@ -95,6 +98,7 @@ const ERROR_CODES: &[ErrorCode] = &[
     ErrorCode::TxnTooOld,
     ErrorCode::WriteConflict,
     ErrorCode::ReadTsUnsynced,
+    ErrorCode::SnapshotTooOld,
 ];
 
 impl ErrorCode {
@@ -372,6 +376,10 @@ impl RemoteError {
                 txn_id: t.txn_id.ok_or_else(|| missing("transaction id"))?,
                 floor: t.floor.unwrap_or(0),
             },
+            ErrorCode::SnapshotTooOld => E::SnapshotTooOld {
+                read_ts: t.start_ts.ok_or_else(|| missing("read timestamp"))?,
+                floor: t.floor.ok_or_else(|| missing("gc floor"))?,
+            },
             ErrorCode::Unspecified
             | ErrorCode::StoreFailed
             | ErrorCode::UnsupportedRequest
@@ -517,7 +525,8 @@ impl From<&regionkv_raft::Error> for RemoteError {
             | E::WriteConflict { .. }
             | E::TxnAborted { .. }
             | E::TxnNotFound { .. }
-            | E::TxnTooOld { .. } => {
+            | E::TxnTooOld { .. }
+            | E::SnapshotTooOld { .. } => {
                 if let Some((code, fields)) = TxnFields::of(e) {
                     out.code = code;
                     out.txn = Some(Box::new(fields));

@@ -230,7 +230,12 @@ const DC_TAGS: &[u16] = &[
     DC_SEQ,
     DC_LIMIT,
     DC_PREVIOUS,
+    DC_SAFEPOINT,
 ];
+/// Helper "gc"'s tag 42: the version GC safepoint of `DirCmd::SetGcSafepoint` and of
+/// its result (kind 6, since cluster version 4).
+const DC_SAFEPOINT: u16 = 42;
+const DK_GC_SAFEPOINT: u64 = 6;
 /// The timestamp oracle's limit (`DirCmd::SaveTsLimit`), since cluster version 3.
 const DK_TS_LIMIT: u64 = 5;
 const DK_HEALTH: u64 = 4;
@@ -287,6 +292,10 @@ pub(super) fn put_dir_cmd(o: &mut Vec<u8>, cmd: &DirCmd) {
             codec::put_u64(o, DC_KIND, DK_TS_LIMIT);
             codec::put_u64(o, DC_LIMIT, *limit);
         }
+        DirCmd::SetGcSafepoint { safepoint } => {
+            codec::put_u64(o, DC_KIND, DK_GC_SAFEPOINT);
+            codec::put_u64(o, DC_SAFEPOINT, *safepoint);
+        }
     }
 }
 
@@ -310,6 +319,9 @@ pub(super) fn dir_cmd_of(f: &Field<'_>) -> D<DirCmd> {
             by: StoreId(req_u64(&r, DC_BY, "finalizing store missing")?),
         },
         DK_TS_LIMIT => DirCmd::SaveTsLimit { limit: req_u64(&r, DC_LIMIT, "limit missing")? },
+        DK_GC_SAFEPOINT => {
+            DirCmd::SetGcSafepoint { safepoint: req_u64(&r, DC_SAFEPOINT, "safepoint missing")? }
+        }
         _ => return Err(DecodeError::new(f.offset, "unknown directory command")),
     })
 }
@@ -338,6 +350,10 @@ pub(super) fn put_dir_result(o: &mut Vec<u8>, result: &DirResult) {
             codec::put_u64(o, DC_PREVIOUS, *previous);
             codec::put_u64(o, DC_LIMIT, *limit);
         }
+        DirResult::GcSafepoint { safepoint } => {
+            codec::put_u64(o, DC_KIND, DK_GC_SAFEPOINT);
+            codec::put_u64(o, DC_SAFEPOINT, *safepoint);
+        }
     }
 }
 
@@ -359,6 +375,9 @@ pub(super) fn dir_result_of(f: &Field<'_>) -> D<DirResult> {
             previous: req_u64(&r, DC_PREVIOUS, "previous limit missing")?,
             limit: req_u64(&r, DC_LIMIT, "limit missing")?,
         },
+        DK_GC_SAFEPOINT => {
+            DirResult::GcSafepoint { safepoint: req_u64(&r, DC_SAFEPOINT, "safepoint missing")? }
+        }
         _ => return Err(DecodeError::new(f.offset, "unknown directory result")),
     })
 }

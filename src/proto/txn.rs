@@ -11,7 +11,8 @@
 //!                    10 commit (0/1), 11 abort if expired (0/1),
 //!                    12 forgotten* { 1 primary key, 2 txn id }, 13 new floor,
 //!                    14 start ts (optional: a snapshot-isolated prewrite),
-//!                    15 commit ts (optional: a snapshot-isolated commit or resolve) }
+//!                    15 commit ts (optional: a snapshot-isolated commit or resolve),
+//!                    42 gc safepoint (kind 11, collect versions: with 9 key*) }
 //!           34 txn ids { 1 count }   (answered with a directory result `ids`)
 //!  RESPONSE 51 txn { 1 kind (1 done, 2 status), 2 state { 1 kind (1 pending,
 //!                    2 committed, 3 aborted, 4 not found, 5 frozen), 2 expires at ms,
@@ -56,6 +57,8 @@ const T_COMMIT_TS: u16 = 15;
 /// Since one-phase snapshot commits: a `SyncedTs` (both or neither).
 const T_SYNC_TERM: u16 = 20;
 const T_SYNC_TS: u16 = 21;
+/// Helper "gc"'s tag 42: a version GC chunk's safepoint.
+const T_SAFEPOINT: u16 = 42;
 const T_TAGS: &[u16] = &[
     T_REGION,
     T_EPOCH,
@@ -76,6 +79,7 @@ const T_TAGS: &[u16] = &[
     T_ITEM,
     T_SYNC_TERM,
     T_SYNC_TS,
+    T_SAFEPOINT,
 ];
 // Async commit (cluster version 4): the staging flag of a prewrite with a record, and
 // the items of a batched resolve.
@@ -97,6 +101,8 @@ const K_HEARTBEAT: u64 = 5;
 const K_FORGET: u64 = 6;
 /// Since one-phase snapshot commits (cluster version 4).
 const K_ONE_PHASE: u64 = 9;
+/// Version GC (cluster version 4): an older node refuses the kind whole.
+const K_COLLECT_VERSIONS: u64 = 11;
 const OP_KIND: u16 = 1;
 const OP_KEY: u16 = 2;
 const OP_VALUE: u16 = 3;
@@ -214,6 +220,13 @@ pub(super) fn put_txn(o: &mut Vec<u8>, region: RegionId, epoch: Epoch, cmd: &Txn
                 });
             }
             codec::put_u64(o, T_NEW_FLOOR, *new_floor);
+        }
+        TxnCmd::CollectVersions { safepoint, keys } => {
+            codec::put_u64(o, T_KIND, K_COLLECT_VERSIONS);
+            codec::put_u64(o, T_SAFEPOINT, *safepoint);
+            for k in keys {
+                codec::put_field(o, T_KEY, k);
+            }
         }
         TxnCmd::OnePhase { start_ts, ops, commit_ts, synced } => {
             codec::put_u64(o, T_KIND, K_ONE_PHASE);
@@ -380,6 +393,10 @@ pub(super) fn txn_of(f: &Field<'_>) -> D<(RegionId, Epoch, TxnCmd)> {
                 (None, None) => None,
                 _ => return Err(DecodeError::new(f.offset, "half a synced timestamp")),
             },
+        },
+        K_COLLECT_VERSIONS => TxnCmd::CollectVersions {
+            safepoint: req_u64(&r, T_SAFEPOINT, "gc safepoint missing")?,
+            keys: r.repeated(T_KEY).map(|k| Bytes::copy_from_slice(k.value)).collect(),
         },
         // Unknown (or 0, unspecified): never guessed.
         _ => return Err(DecodeError::new(f.offset, "unknown transaction command kind")),
@@ -554,6 +571,10 @@ impl TxnFields {
                     ErrorCode::TxnTooOld
                 },
                 TxnFields { txn_id: Some(*txn_id), floor: Some(*floor), ..TxnFields::default() },
+            ),
+            E::SnapshotTooOld { read_ts, floor } => (
+                ErrorCode::SnapshotTooOld,
+                TxnFields { start_ts: Some(*read_ts), floor: Some(*floor), ..TxnFields::default() },
             ),
             _ => return None,
         })

@@ -465,3 +465,34 @@ fn the_one_phase_commit_and_its_refusal_round_trip_as_the_golden_file_says() {
 fn regenerate_one_phase_golden() {
     std::fs::write(golden("txn-one-phase-v1.bin"), framed(one_phase_payloads())).unwrap();
 }
+
+#[test]
+fn version_gc_records_round_trip_and_snapshot_too_old_reaches_the_facade() {
+    let epoch = Epoch { version: 3, conf_ver: 2 };
+    let chunk = |keys: Vec<Bytes>| Request::Txn {
+        region: RegionId(4),
+        epoch,
+        cmd: TxnCmd::CollectVersions { safepoint: 9 << 18, keys },
+    };
+    let raise = regionkv_raft::directory::DirCmd::SetGcSafepoint { safepoint: 5 << 18 };
+    for (i, req) in
+        [chunk(vec![b("k1"), b("k2")]), chunk(Vec::new()), Request::Directory { cmd: raise }]
+            .into_iter()
+            .enumerate()
+    {
+        let (id, back) = decode_request(&encode_request(i as u64, &req)).unwrap();
+        assert_eq!((id, &back), (i as u64, &req));
+    }
+    let held = Ok(Response::Directory(DirResult::GcSafepoint { safepoint: 5 << 18 }));
+    assert_eq!(decode_response(&encode_response(3, &held)).unwrap(), (3, held));
+    // The refusal crosses the wire with both fields, and is the facade's own error,
+    // not retryable (the transaction starts again).
+    let e = regionkv_raft::Error::SnapshotTooOld { read_ts: 4, floor: 5 };
+    let (_, back) = decode_response(&encode_response(1, &Err(RemoteError::from(&e)))).unwrap();
+    let raft = back.unwrap_err().into_raft();
+    assert_eq!(format!("{raft:?}"), format!("{e:?}"));
+    assert!(!raft.is_retryable());
+    let facade = Error::from(raft);
+    assert!(matches!(facade, Error::SnapshotTooOld { read_ts: 4, floor: 5 }));
+    assert!(!facade.is_retryable());
+}

@@ -25,7 +25,8 @@
 //!  since version 3, optional:
 //!    5 txn (nested; absent: none): the region's transaction state (`crate::txn`):
 //!      1 floor u64, 2 lock (nested, repeated: 1 key, 2 entry bytes), 3 record
-//!      (nested, repeated: 1 primary key, 2 txn id u64, 3 entry bytes)
+//!      (nested, repeated: 1 primary key, 2 txn id u64, 3 entry bytes), 4 version
+//!      GC floor u64 (optional, written only when set; cluster version 4)
 //!
 //!  block (sorted entries, keys strictly increasing across the whole file)
 //!  0          4          8          12                                12+n      16+n

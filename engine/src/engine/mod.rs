@@ -668,6 +668,12 @@ impl Engine {
         }
         let inner = &*self.inner;
         let mut commit = inner.commit.lock();
+        // A version GC's floor goes up BEFORE the data that deletes below it is
+        // visible: a snapshot read that checks the floor after taking its view never
+        // misses a floor its view's deletions were made under (`TxnTable::gc_floor`).
+        if txn.iter().any(|(_, o)| o.gc_floor.is_some()) {
+            self.publish_gc_floors(&txn);
+        }
         let seq = if batch.is_empty() {
             None
         } else {
@@ -708,6 +714,20 @@ impl Engine {
         commit.next_seq = last + 1;
         inner.visible_seq.store(last, Ordering::Release);
         Ok(Seq(last))
+    }
+
+    /// Raises the version GC floors a round sets (call with the commit lock held,
+    /// before its data is visible). A floor whose region is gone is dropped with it.
+    fn publish_gc_floors(&self, txn: &[(RegionId, TxnOverlay)]) {
+        let inner = &*self.inner;
+        let regions = inner.regions.read();
+        let mut tables = inner.txn.lock();
+        for (prepared, overlay) in txn {
+            if let (Some(floor), Some(r)) = (overlay.gc_floor, regions.map.get(*prepared)) {
+                let table = tables.entry(r.id).or_default();
+                table.gc_floor = table.gc_floor.max(floor);
+            }
+        }
     }
 
     /// Applies a committed round's changes of transaction state to the tables (call

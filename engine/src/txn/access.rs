@@ -49,6 +49,11 @@ impl Engine {
         tables.get(&region).map(|t| t.locks_in(start, end, limit)).unwrap_or_default()
     }
 
+    /// `region`'s version GC floor as published (0: never collected, or no region).
+    pub fn txn_gc_floor(&self, region: RegionId) -> u64 {
+        self.inner.txn.lock().get(&region).map_or(0, |t| t.gc_floor)
+    }
+
     /// A copy of `region`'s whole transaction state (`None`: no such region).
     pub fn txn_table(&self, region: RegionId) -> Option<TxnTable> {
         self.region(region)?;
@@ -138,6 +143,23 @@ impl ApplyRound<'_> {
         let region = self.current()?.id;
         let overlay = self.overlay_mut(region);
         overlay.floor = Some(overlay.floor.unwrap_or(0).max(floor));
+        Ok(())
+    }
+
+    /// The current region's version GC floor, this round's changes included.
+    pub fn txn_gc_floor(&self) -> Result<u64> {
+        let region = self.current()?.id;
+        let published = self.engine().txn_gc_floor(region);
+        let raised = self.overlay(region).and_then(|o| o.gc_floor).unwrap_or(0);
+        Ok(published.max(raised))
+    }
+
+    /// Raises the current region's version GC floor to `floor` (never lowers it);
+    /// published before the round's data (`Engine::commit_writes`).
+    pub fn raise_txn_gc_floor(&mut self, floor: u64) -> Result<()> {
+        let region = self.current()?.id;
+        let overlay = self.overlay_mut(region);
+        overlay.gc_floor = Some(overlay.gc_floor.unwrap_or(0).max(floor));
         Ok(())
     }
 

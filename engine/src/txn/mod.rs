@@ -409,12 +409,18 @@ pub struct TxnTable {
     pub records: std::collections::BTreeMap<(Bytes, u64), Bytes>,
     /// Transaction ids below it are finished here: a prewrite below it is refused.
     pub floor: u64,
+    /// The version GC's floor: the cluster safepoint the region last collected its
+    /// transactional keyspace's versions at (0: never). A snapshot read, prewrite or
+    /// commit with a start timestamp below it is refused (`SnapshotTooOld`): what it
+    /// would read may be gone. Raised before the data of the round that raises it is
+    /// visible (`Engine::commit_writes`); a split copies it, a merge takes the larger.
+    pub gc_floor: u64,
 }
 
 impl TxnTable {
     /// True if it holds no lock, no record and no floor.
     pub fn is_empty(&self) -> bool {
-        self.locks.is_empty() && self.records.is_empty() && self.floor == 0
+        self.locks.is_empty() && self.records.is_empty() && self.floor == 0 && self.gc_floor == 0
     }
 }
 

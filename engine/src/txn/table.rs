@@ -9,7 +9,12 @@
 //!  2 lock (nested, repeated, by key):              1 key, 2 entry bytes
 //!  3 record (nested, repeated, by primary key, id): 1 primary key, 2 txn id u64,
 //!                                                  3 entry bytes
+//!  4 gc floor u64 (optional: absent = 0, never collected; written only when set)
 //! ```
+//!
+//! Tag 4 is written only once a region collected versions, which needs cluster
+//! version 4 (`TXN_V2`): every binary of such a cluster reads it. Unknown top-level
+//! tags are skipped (a later optional field); the nested ones are still refused.
 //!
 //! Entries are copied byte for byte (each behind its own format byte): a checkpoint
 //! never decodes them, so an entry too new for this binary moves like any other.
@@ -26,6 +31,7 @@ use crate::region::in_range;
 const T_FLOOR: u16 = 1;
 const T_LOCK: u16 = 2;
 const T_RECORD: u16 = 3;
+const T_GC_FLOOR: u16 = 4;
 const L_KEY: u16 = 1;
 const L_ENTRY: u16 = 2;
 const R_PRIMARY_KEY: u16 = 1;
@@ -64,6 +70,7 @@ impl TxnTable {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             floor: self.floor,
+            gc_floor: self.gc_floor,
         }
     }
 
@@ -83,6 +90,7 @@ impl TxnTable {
         self.locks.extend(other.locks);
         self.records.extend(other.records);
         self.floor = self.floor.max(other.floor);
+        self.gc_floor = self.gc_floor.max(other.gc_floor);
     }
 
     /// Bytes the table takes in a checkpoint's header (see the module docs).
@@ -91,12 +99,16 @@ impl TxnTable {
         let locks: usize = self.locks.iter().map(|(k, v)| 3 * H + k.len() + v.len()).sum();
         let records: usize =
             self.records.iter().map(|((k, _), v)| 4 * H + 8 + k.len() + v.len()).sum();
-        H + 8 + locks + records
+        let gc_floor = if self.gc_floor > 0 { H + 8 } else { 0 };
+        H + 8 + locks + records + gc_floor
     }
 
     /// Appends the table as TLV fields (see the module docs).
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         codec::put_u64(out, T_FLOOR, self.floor);
+        if self.gc_floor > 0 {
+            codec::put_u64(out, T_GC_FLOOR, self.gc_floor);
+        }
         for (key, entry) in &self.locks {
             codec::put_nested(out, T_LOCK, |out| {
                 codec::put_field(out, L_KEY, key);
@@ -115,9 +127,11 @@ impl TxnTable {
     /// Decodes what [`TxnTable::encode`] wrote; every key must be in `[start, end)`.
     /// Never panics.
     pub(crate) fn decode(buf: &[u8], start: &[u8], end: Option<&[u8]>) -> DecodeResult<TxnTable> {
-        let rec = TlvRecord::parse(buf, &[T_FLOOR, T_LOCK, T_RECORD], UnknownTags::Reject)?;
+        let tags = [T_FLOOR, T_LOCK, T_RECORD, T_GC_FLOOR];
+        let rec = TlvRecord::parse(buf, &tags, UnknownTags::Skip)?;
         let mut table = TxnTable {
             floor: rec.required(T_FLOOR, "transaction floor missing")?.as_u64()?,
+            gc_floor: rec.optional(T_GC_FLOOR)?.map(|f| f.as_u64()).transpose()?.unwrap_or(0),
             ..TxnTable::default()
         };
         for f in rec.repeated(T_LOCK) {
@@ -168,6 +182,8 @@ pub(crate) struct TxnOverlay {
     pub records: BTreeMap<(Bytes, u64), Option<Bytes>>,
     /// The floor raised to (never lower than the table's).
     pub floor: Option<u64>,
+    /// The version GC's floor raised to (published BEFORE the round's data).
+    pub gc_floor: Option<u64>,
 }
 
 #[cfg(test)]
@@ -199,8 +215,15 @@ mod tests {
         assert_eq!((t.floor, right.floor), (9, 9), "each part inherits the floor");
         let mut right = right;
         right.floor = 11;
+        right.gc_floor = 5;
+        t.gc_floor = 3;
         t.join(right);
-        assert_eq!(t, TxnTable { floor: 11, ..table() }, "the floor of a join is the max");
+        assert_eq!(
+            t,
+            TxnTable { floor: 11, gc_floor: 5, ..table() },
+            "the floors of a join are the max"
+        );
+        assert_eq!(t.restricted(b"a", None).gc_floor, 5, "a part keeps the gc floor");
         assert_eq!(t.locks_in(b"b", Some(b"x"), 10).len(), 2);
         assert_eq!(t.locks_in(b"b", Some(b"x"), 1)[0].0, b(b"f"));
         assert!(t.locks_in(b"x", Some(b"b"), 10).is_empty());
@@ -212,8 +235,24 @@ mod tests {
         let mut buf = Vec::new();
         t.encode(&mut buf);
         assert_eq!(buf.len(), t.encoded_len());
-        assert_eq!(TxnTable::decode(&buf, b"", None), Ok(t));
+        assert_eq!(TxnTable::decode(&buf, b"", None), Ok(t.clone()));
         assert!(TxnTable::decode(&buf, b"b", None).is_err());
+        // A GC floor: one optional field more; absent (0) it is not written at all.
+        let gc = TxnTable { gc_floor: 77, ..t.clone() };
+        let mut with = Vec::new();
+        gc.encode(&mut with);
+        assert_eq!(with.len(), gc.encoded_len());
+        assert_eq!(with.len(), buf.len() + codec::FIELD_HEADER_LEN + 8);
+        // Golden bytes: right after the floor, tag 4 (u16 LE), length 8 (u32 LE), u64 LE.
+        assert_eq!(with[14..28], [4, 0, 8, 0, 0, 0, 77, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(with[..14], buf[..14]);
+        assert_eq!(with[28..], buf[14..]);
+        assert_eq!(TxnTable::decode(&with, b"", None), Ok(gc));
+        // A later top-level field is skipped; the parse goes on.
+        let mut later = Vec::new();
+        codec::put_field(&mut later, 99, b"from a newer writer");
+        later.extend_from_slice(&buf);
+        assert_eq!(TxnTable::decode(&later, b"", None), Ok(t));
         assert!(TxnTable::decode(&buf, b"", Some(b"x")).is_err());
     }
 

@@ -126,6 +126,9 @@ impl StoreCore {
                         "a transaction writes {MAX_TXN_KEYS} keys at most"
                     )));
                 }
+                TxnCmd::CollectVersions { safepoint, keys } => {
+                    crate::txn::gc::check(*safepoint, keys).map_err(Error::InvalidRequest)?;
+                }
                 TxnCmd::Resolve { keys, .. } | TxnCmd::CheckLocks { keys, .. }
                     if keys.len() > MAX_TXN_KEYS =>
                 {
@@ -377,6 +380,12 @@ impl StoreCore {
         }
         if matches!(cmd, DirCmd::SaveTsLimit { .. })
             && let Err(e) = self.ctx.cluster_version.check(crate::version::TXN)
+        {
+            reply(Err(e));
+            return;
+        }
+        if matches!(cmd, DirCmd::SetGcSafepoint { .. })
+            && let Err(e) = self.ctx.cluster_version.check(crate::version::TXN_V2)
         {
             reply(Err(e));
             return;

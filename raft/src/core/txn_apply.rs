@@ -251,6 +251,17 @@ impl TxnApply<'_, '_> {
                 self.applier.round.raise_txn_floor(*new_floor)?;
                 Ok(Ok(TxnReply::Done))
             }
+            TxnCmd::CollectVersions { safepoint, keys } => {
+                if let Err(why) = crate::txn::gc::check(*safepoint, keys) {
+                    return Ok(Err(Error::InvalidRequest(why)));
+                }
+                // The floor first: published before this round's deletions.
+                self.applier.round.raise_txn_gc_floor(*safepoint)?;
+                for key in keys {
+                    self.applier.round.delete(key)?;
+                }
+                Ok(Ok(TxnReply::Done))
+            }
         }
     }
 
@@ -284,6 +295,13 @@ impl TxnApply<'_, '_> {
         let floor = self.applier.round.txn_floor()?;
         if txn_id < floor {
             return Ok(Err(Error::TxnTooOld { txn_id, floor }));
+        }
+        // Its conflict check could miss a collected delete.
+        if let Some(read_ts) = start_ts {
+            let floor = self.applier.round.txn_gc_floor()?;
+            if read_ts < floor {
+                return Ok(Err(Error::SnapshotTooOld { read_ts, floor }));
+            }
         }
         let mut fresh = Vec::with_capacity(ops.len());
         for op in ops {
@@ -392,6 +410,12 @@ impl TxnApply<'_, '_> {
                 ))));
             }
             TxnStatus::Pending => {
+                if let Some(read_ts) = record.start_ts {
+                    let floor = self.applier.round.txn_gc_floor()?;
+                    if read_ts < floor {
+                        return Ok(Err(Error::SnapshotTooOld { read_ts, floor }));
+                    }
+                }
                 match (record.start_ts, commit_ts) {
                     (Some(start), Some(commit)) if commit > start => {}
                     (Some(start), _) => {

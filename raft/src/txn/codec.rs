@@ -28,6 +28,8 @@ const T_COMMIT_TS: u16 = 15;
 // Async commit (cluster version 4).
 const T_STAGING: u16 = 16;
 const T_ITEM: u16 = 17;
+// Version GC (helper "gc"'s tags 24-27; kind 11).
+const T_SAFEPOINT: u16 = 24;
 const TXN_TAGS: &[u16] = &[
     T_EPOCH,
     T_NOW,
@@ -46,6 +48,7 @@ const TXN_TAGS: &[u16] = &[
     T_COMMIT_TS,
     T_STAGING,
     T_ITEM,
+    T_SAFEPOINT,
 ];
 const R_PARTICIPANT: u16 = 1;
 const R_COORDINATOR: u16 = 2;
@@ -68,6 +71,8 @@ const KIND_RESOLVE_MANY: u64 = 7;
 const KIND_CHECK_LOCKS: u64 = 8;
 /// Since cluster version 4 (`version::TXN_V2`).
 const KIND_ONE_PHASE: u64 = 9;
+/// Needs cluster version 4 (`crate::version::TXN_V2`).
+const KIND_COLLECT_VERSIONS: u64 = 11;
 
 /// The reason of the decode error for a `TXN` kind this binary does not know (see
 /// `crate::command::is_unknown_kind`).
@@ -165,6 +170,13 @@ pub(crate) fn encode(out: &mut Vec<u8>, entry: &TxnEntry) {
                 codec::put_field(out, T_KEY, key);
             }
         }
+        TxnCmd::CollectVersions { safepoint, keys } => {
+            codec::put_u64(out, T_KIND, KIND_COLLECT_VERSIONS);
+            codec::put_u64(out, T_SAFEPOINT, *safepoint);
+            for key in keys {
+                codec::put_field(out, T_KEY, key);
+            }
+        }
         // `synced` is the client's word to the leader, never in an entry.
         TxnCmd::OnePhase { start_ts, ops, commit_ts, synced: _ } => {
             codec::put_u64(out, T_KIND, KIND_ONE_PHASE);
@@ -222,6 +234,7 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
         KIND_RESOLVE_MANY => &[T_ITEM],
         KIND_CHECK_LOCKS => &[T_TXN_ID, T_KEY],
         KIND_ONE_PHASE => &[T_START_TS, T_OP, T_COMMIT_TS],
+        KIND_COLLECT_VERSIONS => &[T_SAFEPOINT, T_KEY],
         0 => return Err(DecodeError::new(0, "transaction command of kind 0")),
         _ => return Err(DecodeError::new(0, UNKNOWN_TXN)),
     };
@@ -280,18 +293,11 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
             commit_ts: optional_u64(T_COMMIT_TS)?,
             synced: None,
         },
-        _ => {
-            let mut records = Vec::new();
-            for f in rec.repeated(T_FORGET) {
-                let at = |e: DecodeError| e.shifted(f.offset);
-                let r = TlvRecord::parse(f.value, &[F_PRIMARY, F_TXN_ID], UnknownTags::Reject)
-                    .map_err(at)?;
-                let key = r.required(F_PRIMARY, "forget primary key").map_err(at)?;
-                let id = r.required(F_TXN_ID, "forget txn id").and_then(|v| v.as_u64());
-                records.push((data.slice_ref(key.value), id.map_err(at)?));
-            }
-            TxnCmd::Forget { records, new_floor: u64_of(T_NEW_FLOOR, "txn new floor")? }
-        }
+        KIND_COLLECT_VERSIONS => TxnCmd::CollectVersions {
+            safepoint: u64_of(T_SAFEPOINT, "gc safepoint")?,
+            keys: rec.repeated(T_KEY).map(|f| data.slice_ref(f.value)).collect(),
+        },
+        _ => forget_of(data, &rec)?,
     };
     Ok(TxnEntry { epoch, now_ms, cmd })
 }
@@ -342,6 +348,21 @@ fn decode_items(data: &Bytes, rec: &TlvRecord<'_>) -> DecodeResult<Vec<super::Re
 /// The ops of a prewrite or a one-phase commit.
 fn ops_of(data: &Bytes, rec: &TlvRecord<'_>) -> DecodeResult<Vec<crate::command::Op>> {
     rec.repeated(T_OP).map(|f| decode_op(data, f.value).map_err(|e| e.shifted(f.offset))).collect()
+}
+
+/// A `Forget` command's fields.
+fn forget_of(data: &Bytes, rec: &TlvRecord<'_>) -> DecodeResult<TxnCmd> {
+    let mut records = Vec::new();
+    for f in rec.repeated(T_FORGET) {
+        let at = |e: DecodeError| e.shifted(f.offset);
+        let r =
+            TlvRecord::parse(f.value, &[F_PRIMARY, F_TXN_ID], UnknownTags::Reject).map_err(at)?;
+        let key = r.required(F_PRIMARY, "forget primary key").map_err(at)?;
+        let id = r.required(F_TXN_ID, "forget txn id").and_then(|v| v.as_u64());
+        records.push((data.slice_ref(key.value), id.map_err(at)?));
+    }
+    let new_floor = rec.required(T_NEW_FLOOR, "txn new floor")?.as_u64()?;
+    Ok(TxnCmd::Forget { records, new_floor })
 }
 
 #[cfg(test)]
@@ -415,6 +436,8 @@ mod tests {
                     commit,
                     commit_ts
                 }),
+            (any::<u64>(), proptest::collection::vec(arb_bytes(12), 0..4))
+                .prop_map(|(safepoint, keys)| TxnCmd::CollectVersions { safepoint, keys }),
             (any::<u64>(), arb_bytes(8), any::<bool>()).prop_map(
                 |(txn_id, primary_key, abort_if_expired)| TxnCmd::CheckStatus {
                     txn_id,

@@ -26,6 +26,7 @@ use crate::request::Reply;
 
 pub(crate) mod codec;
 pub(crate) mod concurrency;
+pub mod gc;
 pub mod mvcc;
 pub mod plan;
 pub(crate) mod read_ts;
@@ -155,6 +156,18 @@ pub enum TxnCmd {
         /// entry): it proves no read served by an earlier leader is above it.
         synced: Option<SyncedTs>,
     },
+    /// One chunk of a region's version GC at cluster safepoint `safepoint`
+    /// (`crate::txn::gc`): raises the region's GC floor to it (never lowers it) and
+    /// deletes `keys`, each a version key of the transactional keyspace committed at
+    /// or below it (refused whole otherwise). The leader lists exactly what to delete,
+    /// so the apply is decided by the entry alone; a chunk applied twice deletes
+    /// nothing more. Needs cluster version 4 (`crate::version::TXN_V2`).
+    CollectVersions {
+        /// The cluster safepoint collected at.
+        safepoint: u64,
+        /// The version keys to delete (in this region).
+        keys: Vec<Bytes>,
+    },
 }
 
 /// A timestamp from the oracle taken after the region's leader of `term` asked for
@@ -168,7 +181,8 @@ pub struct SyncedTs {
 }
 
 impl TxnCmd {
-    /// The transaction the command is about (`None`: `Forget`, about many).
+    /// The transaction the command is about (`None`: `Forget`, about many, and
+    /// `CollectVersions`, about none).
     pub fn txn_id(&self) -> Option<u64> {
         match self {
             TxnCmd::Prewrite { txn_id, .. }
@@ -178,7 +192,10 @@ impl TxnCmd {
             | TxnCmd::Heartbeat { txn_id, .. }
             | TxnCmd::CheckLocks { txn_id, .. } => Some(*txn_id),
             TxnCmd::ResolveMany { items } if items.len() == 1 => items.first().map(|i| i.txn_id),
-            TxnCmd::Forget { .. } | TxnCmd::ResolveMany { .. } | TxnCmd::OnePhase { .. } => None,
+            TxnCmd::Forget { .. }
+            | TxnCmd::ResolveMany { .. }
+            | TxnCmd::OnePhase { .. }
+            | TxnCmd::CollectVersions { .. } => None,
         }
     }
 
@@ -191,9 +208,9 @@ impl TxnCmd {
             TxnCmd::Commit { primary_key, .. }
             | TxnCmd::CheckStatus { primary_key, .. }
             | TxnCmd::Heartbeat { primary_key, .. } => vec![primary_key.as_ref()],
-            TxnCmd::Resolve { keys, .. } | TxnCmd::CheckLocks { keys, .. } => {
-                keys.iter().map(Bytes::as_ref).collect()
-            }
+            TxnCmd::Resolve { keys, .. }
+            | TxnCmd::CheckLocks { keys, .. }
+            | TxnCmd::CollectVersions { keys, .. } => keys.iter().map(Bytes::as_ref).collect(),
             TxnCmd::ResolveMany { items } => items
                 .iter()
                 .flat_map(|i| i.primary_key.iter().chain(&i.keys))
@@ -222,9 +239,10 @@ impl TxnCmd {
     pub fn needs_v2(&self) -> bool {
         match self {
             TxnCmd::Prewrite { record, .. } => record.as_ref().is_some_and(|r| r.staging),
-            TxnCmd::ResolveMany { .. } | TxnCmd::CheckLocks { .. } | TxnCmd::OnePhase { .. } => {
-                true
-            }
+            TxnCmd::ResolveMany { .. }
+            | TxnCmd::CheckLocks { .. }
+            | TxnCmd::OnePhase { .. }
+            | TxnCmd::CollectVersions { .. } => true,
             _ => false,
         }
     }

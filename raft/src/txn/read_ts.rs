@@ -13,11 +13,14 @@
 
 use regionkv_engine::{Engine, RegionId};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
-/// Admits a snapshot read of `region` at `read_ts`, or refuses it.
-#[allow(clippy::unnecessary_wraps)] // the version GC's floor check refuses here
+/// Admits a snapshot read of `region` at `read_ts`, or refuses it: below the
+/// region's version GC floor it is `SnapshotTooOld` (what it would read may be gone).
 pub(crate) fn admit(engine: &Engine, region: RegionId, read_ts: u64) -> Result<()> {
-    let _ = (engine, region, read_ts);
+    let floor = engine.txn_gc_floor(region);
+    if read_ts < floor {
+        return Err(Error::SnapshotTooOld { read_ts, floor });
+    }
     Ok(())
 }
