@@ -807,6 +807,12 @@ impl TxnApply<'_, '_> {
     /// readable or not) or has a version committed after `start_ts`; otherwise
     /// every op becomes its user key's version at `commit_ts`, all in one round.
     fn one_phase(&mut self, start_ts: u64, ops: &[Op], commit_ts: u64) -> Result<Result<TxnReply>> {
+        // As a snapshot prewrite: below the GC floor its conflict check could miss a
+        // collected delete.
+        let floor = self.applier.round.txn_gc_floor()?;
+        if start_ts < floor {
+            return Ok(Err(Error::SnapshotTooOld { read_ts: start_ts, floor }));
+        }
         if let Some(refused) = self.applier.first_locked(ops.iter().map(Op::key))? {
             return Ok(Err(refused));
         }
