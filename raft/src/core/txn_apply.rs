@@ -609,8 +609,14 @@ struct Init<'a> {
 }
 
 impl TxnApply<'_, '_> {
-    /// The write-write conflict of a snapshot-isolated prewrite at `start_ts`: the
-    /// first of `lock_keys` whose user key has a version committed at or after it.
+    /// The write-write conflict of a snapshot-isolated prewrite or one-phase commit
+    /// at `start_ts`: the first of `lock_keys` whose user key has a version committed
+    /// after it. A version at `start_ts` itself is one its reads saw (visible is
+    /// `commit_ts <= start_ts`): a one-phase commit's timestamp, chosen by a leader,
+    /// may equal a later start from the oracle. Before one-phase commits (cluster
+    /// version 4) every timestamp came from the oracle, so no version ever sat at a
+    /// start timestamp, and an entry applied by an older binary's `>=` rule decides
+    /// alike.
     /// The engine is read, so the round is cut first if it buffers writes (a version
     /// applied earlier in this pass must be seen).
     fn write_conflict<'k>(
@@ -631,7 +637,7 @@ impl TxnApply<'_, '_> {
             let newest = view.scan(&start, Some(&mvcc::versions_end(&user)), 1);
             let conflict_ts = newest.first().and_then(|(k, _)| mvcc::decode_version_key(k));
             if let Some((_, conflict_ts)) = conflict_ts
-                && conflict_ts >= start_ts
+                && conflict_ts > start_ts
             {
                 let key = Bytes::copy_from_slice(key);
                 return Ok(Some(Error::WriteConflict { key, start_ts, conflict_ts }));
@@ -816,17 +822,8 @@ impl TxnApply<'_, '_> {
         if let Some(refused) = self.applier.first_locked(ops.iter().map(Op::key))? {
             return Ok(Err(refused));
         }
-        // A version at `start_ts` itself (a one-phase commit's timestamp may equal a
-        // later start timestamp from the oracle) is visible to this transaction's
-        // reads: not a conflict.
-        let newer = start_ts.saturating_add(1);
-        if let Some(conflict) = self.write_conflict(ops.iter().map(Op::key), newer)? {
-            return Ok(Err(match conflict {
-                Error::WriteConflict { key, conflict_ts, .. } => {
-                    Error::WriteConflict { key, start_ts, conflict_ts }
-                }
-                other => other,
-            }));
+        if let Some(conflict) = self.write_conflict(ops.iter().map(Op::key), start_ts)? {
+            return Ok(Err(conflict));
         }
         let applier = &mut *self.applier;
         for op in ops {
