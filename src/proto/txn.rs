@@ -11,7 +11,9 @@
 //!                    10 commit (0/1), 11 abort if expired (0/1),
 //!                    12 forgotten* { 1 primary key, 2 txn id }, 13 new floor,
 //!                    14 start ts (optional: a snapshot-isolated prewrite),
-//!                    15 commit ts (optional: a snapshot-isolated commit or resolve) }
+//!                    15 commit ts (optional: a snapshot-isolated commit or resolve),
+//!                    16 staging, 17 item* (async commit),
+//!                    44 session { 1 id, 2 seq } (optional: a numbered prewrite) }
 //!           34 txn ids { 1 count }   (answered with a directory result `ids`)
 //!  RESPONSE 51 txn { 1 kind (1 done, 2 status), 2 state { 1 kind (1 pending,
 //!                    2 committed, 3 aborted, 4 not found, 5 frozen), 2 expires at ms,
@@ -32,8 +34,8 @@
 
 use bytes::Bytes;
 use regionkv_engine::codec::{self, DecodeError, Field, TlvRecord};
-use regionkv_engine::{Epoch, RegionId, StoreId};
-use regionkv_raft::{Op, RecordInit, TxnCmd, TxnReply, TxnState};
+use regionkv_engine::{Epoch, RegionId, SessionId, StoreId};
+use regionkv_raft::{Op, RecordInit, TxnCmd, TxnReply, TxnState, WriteSession};
 
 use super::error::ErrorCode;
 use super::records::{D, epoch_of, nested, opt_u64, put_epoch, req_u64};
@@ -71,11 +73,18 @@ const T_TAGS: &[u16] = &[
     T_COMMIT_TS,
     T_STAGING,
     T_ITEM,
+    T_SESSION,
 ];
 // Async commit (cluster version 4): the staging flag of a prewrite with a record, and
 // the items of a batched resolve.
 const T_STAGING: u16 = 16;
 const T_ITEM: u16 = 17;
+// A prewrite's client session (cluster version 4): a copy of a prewrite a region
+// applied already locks nothing (ARCHITECTURE.md, "Exactly once"). A node from before
+// it skips the field and applies the prewrite as it comes.
+const T_SESSION: u16 = 44;
+const SE_ID: u16 = 1;
+const SE_SEQ: u16 = 2;
 const K_RESOLVE_MANY: u64 = 7;
 const K_CHECK_LOCKS: u64 = 8;
 const IT_TXN_ID: u16 = 1;
@@ -134,7 +143,7 @@ pub(super) fn put_txn(o: &mut Vec<u8>, region: RegionId, epoch: Epoch, cmd: &Txn
     codec::put_u64(o, T_REGION, region.0);
     put_epoch(o, T_EPOCH, epoch);
     match cmd {
-        TxnCmd::Prewrite { txn_id, primary_key, ops, ttl_ms, record, start_ts } => {
+        TxnCmd::Prewrite { txn_id, primary_key, ops, ttl_ms, record, start_ts, session } => {
             codec::put_u64(o, T_KIND, K_PREWRITE);
             codec::put_u64(o, T_TXN_ID, *txn_id);
             codec::put_field(o, T_PRIMARY, primary_key);
@@ -157,6 +166,12 @@ pub(super) fn put_txn(o: &mut Vec<u8>, region: RegionId, epoch: Epoch, cmd: &Txn
             }
             if record.as_ref().is_some_and(|r| r.staging) {
                 codec::put_u64(o, T_STAGING, 1);
+            }
+            if let Some(session) = session {
+                codec::put_nested(o, T_SESSION, |o| {
+                    codec::put_u64(o, SE_ID, session.id.0);
+                    codec::put_u64(o, SE_SEQ, session.seq);
+                });
             }
         }
         TxnCmd::ResolveMany { items } => {
@@ -296,6 +311,16 @@ pub(super) fn txn_of(f: &Field<'_>) -> D<(RegionId, Epoch, TxnCmd)> {
                 }
             },
             start_ts: opt_u64(&r, T_START_TS)?,
+            session: match r.optional(T_SESSION)? {
+                None => None,
+                Some(f) => {
+                    let se = nested(&f, &[SE_ID, SE_SEQ])?;
+                    Some(WriteSession {
+                        id: SessionId(req_u64(&se, SE_ID, "session id missing")?),
+                        seq: req_u64(&se, SE_SEQ, "session seq missing")?,
+                    })
+                }
+            },
         },
         K_COMMIT => TxnCmd::Commit {
             txn_id: txn_id()?,

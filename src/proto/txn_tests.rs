@@ -35,6 +35,7 @@ fn commands() -> Vec<TxnCmd> {
                 staging: false,
             }),
             start_ts: None,
+            session: None,
         },
         TxnCmd::Prewrite {
             txn_id: 7,
@@ -43,6 +44,7 @@ fn commands() -> Vec<TxnCmd> {
             ttl_ms: 3_000,
             record: None,
             start_ts: None,
+            session: None,
         },
         TxnCmd::Prewrite {
             txn_id: 8,
@@ -55,6 +57,7 @@ fn commands() -> Vec<TxnCmd> {
                 staging: false,
             }),
             start_ts: None,
+            session: None,
         },
         TxnCmd::Commit { txn_id: 7, primary_key: b("a"), commit_ts: None },
         TxnCmd::Resolve { txn_id: 7, keys: vec![b("x"), b("y")], commit: true, commit_ts: None },
@@ -302,6 +305,7 @@ fn snapshot_isolation_fields_round_trip() {
             ttl_ms: 3_000,
             record: None,
             start_ts: Some(41),
+            session: None,
         },
         TxnCmd::Commit { txn_id: 7, primary_key: b("a"), commit_ts: Some(45) },
         TxnCmd::Resolve { txn_id: 7, keys: vec![b("x")], commit: true, commit_ts: Some(45) },
@@ -348,6 +352,7 @@ fn async_commit_records() -> (Vec<Request>, Vec<Result<Response, RemoteError>>) 
                 staging: true,
             }),
             start_ts: None,
+            session: None,
         },
         TxnCmd::ResolveMany {
             items: vec![
