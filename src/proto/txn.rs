@@ -138,6 +138,24 @@ const SK_FROZEN: u64 = 5;
 /// The most transaction ids one txn ids request takes.
 pub(crate) const TXN_IDS_MAX: u64 = 1024;
 
+/// A prewrite's session: field 44 (nested: 1 id, 2 seq).
+fn put_session(o: &mut Vec<u8>, session: WriteSession) {
+    codec::put_nested(o, T_SESSION, |o| {
+        codec::put_u64(o, SE_ID, session.id.0);
+        codec::put_u64(o, SE_SEQ, session.seq);
+    });
+}
+
+/// A prewrite's session, if the request carries one.
+fn session_of(r: &TlvRecord<'_>) -> D<Option<WriteSession>> {
+    let Some(f) = r.optional(T_SESSION)? else { return Ok(None) };
+    let se = nested(&f, &[SE_ID, SE_SEQ])?;
+    Ok(Some(WriteSession {
+        id: SessionId(req_u64(&se, SE_ID, "session id missing")?),
+        seq: req_u64(&se, SE_SEQ, "session seq missing")?,
+    }))
+}
+
 /// The fields of a TXN request.
 pub(super) fn put_txn(o: &mut Vec<u8>, region: RegionId, epoch: Epoch, cmd: &TxnCmd) {
     codec::put_u64(o, T_REGION, region.0);
@@ -168,10 +186,7 @@ pub(super) fn put_txn(o: &mut Vec<u8>, region: RegionId, epoch: Epoch, cmd: &Txn
                 codec::put_u64(o, T_STAGING, 1);
             }
             if let Some(session) = session {
-                codec::put_nested(o, T_SESSION, |o| {
-                    codec::put_u64(o, SE_ID, session.id.0);
-                    codec::put_u64(o, SE_SEQ, session.seq);
-                });
+                put_session(o, *session);
             }
         }
         TxnCmd::ResolveMany { items } => {
@@ -311,16 +326,7 @@ pub(super) fn txn_of(f: &Field<'_>) -> D<(RegionId, Epoch, TxnCmd)> {
                 }
             },
             start_ts: opt_u64(&r, T_START_TS)?,
-            session: match r.optional(T_SESSION)? {
-                None => None,
-                Some(f) => {
-                    let se = nested(&f, &[SE_ID, SE_SEQ])?;
-                    Some(WriteSession {
-                        id: SessionId(req_u64(&se, SE_ID, "session id missing")?),
-                        seq: req_u64(&se, SE_SEQ, "session seq missing")?,
-                    })
-                }
-            },
+            session: session_of(&r)?,
         },
         K_COMMIT => TxnCmd::Commit {
             txn_id: txn_id()?,

@@ -119,10 +119,7 @@ pub(crate) fn encode(out: &mut Vec<u8>, entry: &TxnEntry) {
                 codec::put_field(out, T_STAGING, &flag(true));
             }
             if let Some(session) = session {
-                codec::put_nested(out, T_SESSION, |out| {
-                    codec::put_u64(out, S_ID, session.id.0);
-                    codec::put_u64(out, S_SEQ, session.seq);
-                });
+                put_session(out, *session);
             }
         }
         TxnCmd::Commit { txn_id, primary_key, commit_ts } => {
@@ -310,6 +307,14 @@ fn decode_record(data: &Bytes, rec: &TlvRecord<'_>) -> DecodeResult<Option<Recor
         .map(StoreId);
     let staging = staging.map(|f| f.as_bool()).transpose()?.unwrap_or(false);
     Ok(Some(RecordInit { participants, coordinator, staging }))
+}
+
+/// Writes a prewrite's client session: tag 28 (nested: 1 id, 2 seq).
+fn put_session(out: &mut Vec<u8>, session: WriteSession) {
+    codec::put_nested(out, T_SESSION, |out| {
+        codec::put_u64(out, S_ID, session.id.0);
+        codec::put_u64(out, S_SEQ, session.seq);
+    });
 }
 
 /// A prewrite's client session, if it carries one.
