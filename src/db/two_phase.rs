@@ -8,7 +8,9 @@
 //!    could not go so (no leader known, the region moved, no answer in time) takes
 //!    the routed, retried path, one thread per such part. A part whose region changed
 //!    meanwhile is grouped again by fresh routing and prewritten again (prewrite is
-//!    idempotent per key). A lock of another transaction is resolved
+//!    idempotent per key). Each part is numbered in a client session, the same number
+//!    for every copy, so a copy that comes after the transaction locks nothing
+//!    (ARCHITECTURE.md, "Exactly once"). A lock of another transaction is resolved
 //!    through its record, or (alive) waited for per [`LockWait`], else our own locks
 //!    are dropped and the caller gets [`Error::Conflict`]. The record is heartbeated
 //!    while the prewrites run past half the TTL.
