@@ -41,6 +41,7 @@ fn hold(db: &Db, user: &str, value: &str, start_ts: u64) {
         ttl_ms: 60_000,
         record: Some(RecordInit { participants: vec![key], coordinator: None, staging: false }),
         start_ts: Some(start_ts),
+        session: None,
     };
     assert_eq!(db.txn_call(cmd).unwrap(), TxnReply::Done);
 }
@@ -153,6 +154,7 @@ fn a_reader_waits_for_a_held_lock_and_reads_what_the_holder_committed_below_its_
         ttl_ms: 60_000,
         record: Some(RecordInit { participants: vec![key], coordinator: None, staging: false }),
         start_ts: Some(start),
+        session: None,
     };
     // Refused: "j" has a version committed after `start`; a fresh start locks it.
     assert!(db.txn_call(cmd.clone()).is_err());
@@ -160,7 +162,15 @@ fn a_reader_waits_for_a_held_lock_and_reads_what_the_holder_committed_below_its_
         unreachable!()
     };
     let fresh = db.timestamp().unwrap();
-    let cmd = TxnCmd::Prewrite { txn_id, primary_key, ops, ttl_ms, record, start_ts: Some(fresh) };
+    let cmd = TxnCmd::Prewrite {
+        txn_id,
+        primary_key,
+        ops,
+        ttl_ms,
+        record,
+        start_ts: Some(fresh),
+        session: None,
+    };
     assert_eq!(db.txn_call(cmd).unwrap(), TxnReply::Done);
     let reader = short.transaction().unwrap();
     let got = reader.get("j");

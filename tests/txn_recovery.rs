@@ -70,6 +70,7 @@ fn prewrite(
         ttl_ms,
         record,
         start_ts: None,
+        session: None,
     })?;
     Ok(())
 }

@@ -115,7 +115,17 @@ fn a_coordinator_held_past_the_ttl_heartbeats_and_another_client_does_not_abort_
     release_tx.send(()).unwrap();
     writer.join().unwrap().unwrap();
     let db = cluster.db();
-    assert_eq!(db.txn_outcome(txn_id, "apple").unwrap(), TxnOutcome::Committed);
+    // Async commit answered once every prewrite applied; the record's decision follows
+    // in the background: wait for it (it must be the commit, never an abort).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let outcome = loop {
+        let outcome = db.txn_outcome(txn_id, "apple").unwrap();
+        if outcome != TxnOutcome::Pending || std::time::Instant::now() > deadline {
+            break outcome;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(outcome, TxnOutcome::Committed);
     assert_eq!(get(&db, "apple").as_deref(), Some("a-held"));
     assert_eq!(get(&db, "zucchini").as_deref(), Some("z-held"));
     cluster.shutdown().unwrap();

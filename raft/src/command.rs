@@ -54,6 +54,7 @@
 //!  |   9 key (repeated, resolve)   10 commit (flag)   11 abort if expired (flag)     |
 //!  |   12 forgotten record (nested, repeated): 1 primary key, 2 txn id               |
 //!  |   13 new floor                                                                  |
+//!  |   28 session (nested, optional; prewrite, cluster version 4): 1 id, 2 seq       |
 //!  |   prewrite 4 5 6 7 [8] · commit 4 5 · resolve 4 9 10 · check status 4 5 11 ·    |
 //!  |   heartbeat 4 5 7 · forget 12 13                                                |
 //! ```

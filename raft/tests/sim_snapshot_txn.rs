@@ -97,6 +97,7 @@ fn prewrite(txn_id: u64, ops: Vec<Op>, record: bool, start_ts: u64) -> TxnCmd {
             staging: false,
         }),
         start_ts: Some(start_ts),
+        session: None,
     }
 }
 
@@ -193,6 +194,7 @@ fn keys_outside_their_level_and_splits_inside_a_keys_versions_are_refused() {
         ttl_ms: TTL_MS,
         record: None,
         start_ts: None,
+        session: None,
     };
     assert!(matches!(call(&mut c, &lk("a"), &level1), Err(Error::InvalidRequest(_))));
     // A split at a version key (inside "b"'s versions) is refused; the region is kept.

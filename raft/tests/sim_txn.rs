@@ -593,6 +593,7 @@ fn locks_and_records_survive_checkpoints_and_a_restart_of_every_store() {
                 staging: false,
             }),
             start_ts: None,
+            session: None,
         };
         assert_eq!(s(call(&mut c, b"n1", &record, 10 * SECOND)), Ok(TxnReply::Done));
         let commit = TxnCmd::Commit { txn_id: 41, primary_key: "n1".into(), commit_ts: None };

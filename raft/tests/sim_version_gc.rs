@@ -91,6 +91,7 @@ fn commit_one(c: &mut SimCluster, txn_id: u64, user: &str, value: Option<&str>, 
             staging: false,
         }),
         start_ts: Some(commit_ts - 1),
+        session: None,
     };
     assert!(call(c, &key, &prewrite).is_ok(), "prewrite of {user}@{commit_ts}");
     let commit = TxnCmd::Commit { txn_id, primary_key: key.clone(), commit_ts: Some(commit_ts) };
@@ -362,6 +363,7 @@ fn a_prewrite_or_commit_below_the_floor_is_refused_and_a_split_carries_the_floor
                 staging: false,
             }),
             start_ts: Some(start_ts),
+            session: None,
         };
         assert!(call(&mut c, &key, &prewrite(900, 1_600)).is_ok(), "seed {seed}");
         collect(&mut c, "a", None);

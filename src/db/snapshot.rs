@@ -283,6 +283,7 @@ impl Transaction {
                     ttl_ms: self.db.txn_ttl_ms,
                     record,
                     start_ts: Some(self.start_ts),
+                    session: None,
                 };
                 match self.db.txn_call_for(&cmd, self.db.deadline) {
                     Ok(_) => {}

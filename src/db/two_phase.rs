@@ -8,7 +8,9 @@
 //!    could not go so (no leader known, the region moved, no answer in time) takes
 //!    the routed, retried path, one thread per such part. A part whose region changed
 //!    meanwhile is grouped again by fresh routing and prewritten again (prewrite is
-//!    idempotent per key). A lock of another transaction is resolved
+//!    idempotent per key). Each part is numbered in a client session, the same number
+//!    for every copy, so a copy that comes after the transaction locks nothing
+//!    (ARCHITECTURE.md, "Exactly once"). A lock of another transaction is resolved
 //!    through its record, or (alive) waited for per [`LockWait`], else our own locks
 //!    are dropped and the caller gets [`Error::Conflict`]. The record is heartbeated
 //!    while the prewrites run past half the TTL.
@@ -40,12 +42,12 @@ use parking_lot::{Condvar, Mutex};
 use regionkv_engine::RegionId;
 use regionkv_raft::Error as E;
 use regionkv_raft::txn::plan::{MAX_TXN_KEYS, TxnPlan};
-use regionkv_raft::{Op, Reply, TxnCmd, TxnReply, TxnRequest, TxnState};
+use regionkv_raft::{Op, Reply, TxnCmd, TxnReply, TxnRequest, TxnState, WriteSession};
 
-use super::Db;
 use super::async_commit::Given;
 use super::seams::SeamStep;
 use super::txn::{LockMet, LockWait, ResolveJob, Resolved};
+use super::{Db, Session, Sessions};
 use crate::defaults::{DB_ATTEMPT_TIMEOUT, DB_FIRST_BACKOFF, DB_MAX_BACKOFF};
 use crate::error::{Error, Result};
 
@@ -400,6 +402,14 @@ impl Beat {
     }
 }
 
+/// The prewrite of `ops`, numbered in its client session if it has one.
+fn numbered(plan: &TxnPlan, ops: Vec<Op>, number: Option<WriteSession>) -> TxnCmd {
+    match number {
+        Some(number) => plan.prewrite_in(ops, number),
+        None => plan.prewrite(ops),
+    }
+}
+
 /// True if `e`, the answer to one attempt, is the command's own outcome (what
 /// [`Db::txn_call_for`] would return at once); false if the command must go the
 /// routed, retried way (the region moved, changed or is not led there, or the store
@@ -422,6 +432,11 @@ impl Db {
     /// or came not within an attempt's time, goes on by [`Db::prewrite_routed`]
     /// (prewrite is idempotent per key, so a second copy is harmless). Each part is
     /// answered once, with what [`Db::txn_call_for`] would answer.
+    ///
+    /// Each part is numbered in a client session of the `Db`'s pool, one number for
+    /// every copy of it, and its session goes back once every part is answered: a
+    /// region that applied the part answers a later copy `Done` and locks nothing,
+    /// even after its locks were resolved (ARCHITECTURE.md, "Exactly once").
     fn prewrite_parts(
         &self,
         plan: &TxnPlan,
@@ -432,20 +447,30 @@ impl Db {
         let start = Instant::now();
         let primary = plan.primary_key();
         let mut answers = Vec::with_capacity(groups.len());
-        let mut routed = Vec::new();
+        let mut routed: Vec<(Vec<Op>, Option<WriteSession>)> = Vec::new();
         let gather = Arc::new(Gather::default());
         let mut sent: Vec<Option<Vec<Op>>> = Vec::with_capacity(groups.len());
+        // Without a session (no randomness for a new id) a part goes unnumbered, as
+        // before sessions: idempotent per key while its locks are there.
+        let mut sessions: Vec<Session> = Vec::with_capacity(groups.len());
+        let mut numbers: Vec<Option<WriteSession>> = Vec::with_capacity(groups.len());
         for ops in groups.into_values() {
+            let number = self.sessions.take().ok().map(|mut session| {
+                let number = Sessions::next_write(&mut session);
+                sessions.push(session);
+                number
+            });
+            numbers.push(number);
             let part = Part { gather: Arc::clone(&gather), index: sent.len(), answered: false };
             let reply: Reply<TxnReply> = Box::new(move |r| part.answer(r));
             if !self.seam_routes(plan, &ops)
-                && self.send_to_leader(plan.prewrite(ops.clone()), reply)
+                && self.send_to_leader(numbered(plan, ops.clone(), number), reply)
             {
                 sent.push(Some(ops));
             } else {
                 // Its reply was dropped: it answers `Cancelled`, which is ignored.
                 sent.push(None);
-                routed.push(ops);
+                routed.push((ops, number));
             }
         }
         let until = start + DB_ATTEMPT_TIMEOUT.min(left);
@@ -463,7 +488,7 @@ impl Db {
                         answers.push((ops, Ok(reply)));
                     }
                     Err(e) if definite(&e) => answers.push((ops, Err(e.into()))),
-                    Err(_) => routed.push(ops),
+                    Err(_) => routed.push((ops, numbers.get(i).copied().flatten())),
                 }
             }
             let now = Instant::now();
@@ -478,23 +503,32 @@ impl Db {
             }
         }
         drop(state);
-        // No answer in time: the outcome is unknown, sending again is safe.
-        routed.extend(sent.into_iter().flatten());
+        // No answer in time: the outcome is unknown, sending again (the same number)
+        // is safe.
+        for (i, ops) in sent.into_iter().enumerate() {
+            if let Some(ops) = ops {
+                routed.push((ops, numbers.get(i).copied().flatten()));
+            }
+        }
         if !routed.is_empty() {
             let left = left.saturating_sub(start.elapsed());
             answers.extend(self.prewrite_routed(plan, routed, left, beat));
         }
+        // Every part answered: its number is the session's last, whatever happened.
+        for session in sessions {
+            self.sessions.give_back(session);
+        }
         answers
     }
 
-    /// Prewrites `parts` by the routed, retried path ([`Db::txn_call_for`]), one
-    /// thread per part, heartbeating the record meanwhile. The slow path of
-    /// [`Db::prewrite_parts`]: regions that moved or changed leader, stores that did
-    /// not answer.
+    /// Prewrites `parts` (each with its number) by the routed, retried path
+    /// ([`Db::txn_call_for`]), one thread per part, heartbeating the record
+    /// meanwhile. The slow path of [`Db::prewrite_parts`]: regions that moved or
+    /// changed leader, stores that did not answer.
     fn prewrite_routed(
         &self,
         plan: &TxnPlan,
-        parts: Vec<Vec<Op>>,
+        parts: Vec<(Vec<Op>, Option<WriteSession>)>,
         left: Duration,
         beat: &mut Beat,
     ) -> Vec<(Vec<Op>, Result<TxnReply>)> {
@@ -503,11 +537,11 @@ impl Db {
         let mut answers = Vec::with_capacity(count);
         let (tx, rx) = mpsc::channel();
         std::thread::scope(|scope| {
-            for ops in parts {
+            for (ops, number) in parts {
                 let tx = tx.clone();
                 scope.spawn(move || {
                     self.seam_hold(plan, &ops);
-                    let cmd = plan.prewrite(ops.clone());
+                    let cmd = numbered(plan, ops.clone(), number);
                     let r = self.txn_call_for(&cmd, left);
                     let _ = tx.send((ops, r));
                 });

@@ -6,11 +6,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use regionkv_engine::SessionId;
 use regionkv_raft::Error as E;
 use regionkv_raft::txn::plan::TxnPlan;
-use regionkv_raft::{Op, TxnReply, TxnState};
+use regionkv_raft::{Op, TxnReply, TxnState, WriteSession};
 
-use crate::db::Db;
+use crate::db::{Db, Session};
 use crate::error::Error;
 use crate::{Cluster, WriteBatch};
 
@@ -130,5 +131,38 @@ fn prewrites_sent_to_regions_that_changed_since_routing_go_the_routed_way() {
         assert_eq!(lock_holder(&db, k), None, "{k} holds no lock");
     }
     assert!(!db.router.locate(b"zebra").unwrap().region.contains(b"n"), "routing learned");
+    cluster.shutdown().unwrap();
+}
+
+#[test]
+fn a_late_copy_of_a_db_prewrite_locks_nothing_after_the_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cluster, db) = cluster(dir.path());
+    let coordinator = cluster.db();
+    // A session of known id in the coordinator's pool: the 1PC attempt numbers 11 (and
+    // sends nothing: the batch spans regions), the first part of the prewrite phase
+    // (by region id) 12.
+    let known = SessionId(0x5e55);
+    coordinator.sessions.give_back(Session { id: known, last_seq: 10 });
+    let mut batch = WriteBatch::new();
+    batch.put("apple", "t");
+    batch.put("zebra", "t");
+    coordinator.write(batch).unwrap();
+    let pooled: Vec<(SessionId, u64)> =
+        coordinator.sessions.idle.lock().iter().map(|s| (s.id, s.last_seq)).collect();
+    assert!(pooled.contains(&(known, 12)), "{pooled:?}");
+    assert_eq!(pooled.len(), 2, "one session per part: {pooled:?}");
+    let region = |key: &str| db.router.locate(key.as_bytes()).unwrap().region.id;
+    let key = if region("apple") < region("zebra") { "apple" } else { "zebra" };
+    // Committed and resolved (a reader resolves what is left), then a newer write.
+    assert_eq!(get(&db, key).as_deref(), Some("t"));
+    db.put(key, "newer").unwrap();
+    // A copy numbered as that part (the transaction is gone: a fresh id will do, the
+    // number decides) locks nothing.
+    let copy = TxnPlan::new(db.next_txn_id().unwrap(), vec![put(key, "t")], 60_000, None);
+    let numbered = copy.prewrite_in(copy.ops.clone(), WriteSession { id: known, seq: 12 });
+    assert_eq!(db.txn_call(numbered).unwrap(), TxnReply::Done);
+    assert_eq!(lock_holder(&db, key), None);
+    assert_eq!(get(&db, key).as_deref(), Some("newer"));
     cluster.shutdown().unwrap();
 }

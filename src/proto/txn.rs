@@ -12,7 +12,9 @@
 //!                    12 forgotten* { 1 primary key, 2 txn id }, 13 new floor,
 //!                    14 start ts (optional: a snapshot-isolated prewrite),
 //!                    15 commit ts (optional: a snapshot-isolated commit or resolve),
-//!                    42 gc safepoint (kind 11, collect versions: with 9 key*) }
+//!                    42 gc safepoint (kind 11, collect versions: with 9 key*),
+//!                    16 staging, 17 item* (async commit),
+//!                    44 session { 1 id, 2 seq } (optional: a numbered prewrite) }
 //!           34 txn ids { 1 count }   (answered with a directory result `ids`)
 //!  RESPONSE 51 txn { 1 kind (1 done, 2 status), 2 state { 1 kind (1 pending,
 //!                    2 committed, 3 aborted, 4 not found, 5 frozen), 2 expires at ms,
@@ -33,8 +35,8 @@
 
 use bytes::Bytes;
 use regionkv_engine::codec::{self, DecodeError, Field, TlvRecord};
-use regionkv_engine::{Epoch, RegionId, StoreId};
-use regionkv_raft::{Op, RecordInit, SyncedTs, TxnCmd, TxnReply, TxnState};
+use regionkv_engine::{Epoch, RegionId, SessionId, StoreId};
+use regionkv_raft::{Op, RecordInit, SyncedTs, TxnCmd, TxnReply, TxnState, WriteSession};
 
 use super::error::ErrorCode;
 use super::records::{D, epoch_of, nested, opt_u64, put_epoch, req_u64};
@@ -80,11 +82,18 @@ const T_TAGS: &[u16] = &[
     T_SYNC_TERM,
     T_SYNC_TS,
     T_SAFEPOINT,
+    T_SESSION,
 ];
 // Async commit (cluster version 4): the staging flag of a prewrite with a record, and
 // the items of a batched resolve.
 const T_STAGING: u16 = 16;
 const T_ITEM: u16 = 17;
+// A prewrite's client session (cluster version 4): a copy of a prewrite a region
+// applied already locks nothing (ARCHITECTURE.md, "Exactly once"). A node from before
+// it skips the field and applies the prewrite as it comes.
+const T_SESSION: u16 = 44;
+const SE_ID: u16 = 1;
+const SE_SEQ: u16 = 2;
 const K_RESOLVE_MANY: u64 = 7;
 const K_CHECK_LOCKS: u64 = 8;
 const IT_TXN_ID: u16 = 1;
@@ -142,12 +151,30 @@ const SK_FROZEN: u64 = 5;
 /// The most transaction ids one txn ids request takes.
 pub(crate) const TXN_IDS_MAX: u64 = 1024;
 
+/// A prewrite's session: field 44 (nested: 1 id, 2 seq).
+fn put_session(o: &mut Vec<u8>, session: WriteSession) {
+    codec::put_nested(o, T_SESSION, |o| {
+        codec::put_u64(o, SE_ID, session.id.0);
+        codec::put_u64(o, SE_SEQ, session.seq);
+    });
+}
+
+/// A prewrite's session, if the request carries one.
+fn session_of(r: &TlvRecord<'_>) -> D<Option<WriteSession>> {
+    let Some(f) = r.optional(T_SESSION)? else { return Ok(None) };
+    let se = nested(&f, &[SE_ID, SE_SEQ])?;
+    Ok(Some(WriteSession {
+        id: SessionId(req_u64(&se, SE_ID, "session id missing")?),
+        seq: req_u64(&se, SE_SEQ, "session seq missing")?,
+    }))
+}
+
 /// The fields of a TXN request.
 pub(super) fn put_txn(o: &mut Vec<u8>, region: RegionId, epoch: Epoch, cmd: &TxnCmd) {
     codec::put_u64(o, T_REGION, region.0);
     put_epoch(o, T_EPOCH, epoch);
     match cmd {
-        TxnCmd::Prewrite { txn_id, primary_key, ops, ttl_ms, record, start_ts } => {
+        TxnCmd::Prewrite { txn_id, primary_key, ops, ttl_ms, record, start_ts, session } => {
             codec::put_u64(o, T_KIND, K_PREWRITE);
             codec::put_u64(o, T_TXN_ID, *txn_id);
             codec::put_field(o, T_PRIMARY, primary_key);
@@ -170,6 +197,9 @@ pub(super) fn put_txn(o: &mut Vec<u8>, region: RegionId, epoch: Epoch, cmd: &Txn
             }
             if record.as_ref().is_some_and(|r| r.staging) {
                 codec::put_u64(o, T_STAGING, 1);
+            }
+            if let Some(session) = session {
+                put_session(o, *session);
             }
         }
         TxnCmd::ResolveMany { items } => put_items(o, items),
@@ -333,6 +363,7 @@ pub(super) fn txn_of(f: &Field<'_>) -> D<(RegionId, Epoch, TxnCmd)> {
                 }
             },
             start_ts: opt_u64(&r, T_START_TS)?,
+            session: session_of(&r)?,
         },
         K_COMMIT => TxnCmd::Commit {
             txn_id: txn_id()?,

@@ -115,6 +115,7 @@ fn a_decided_record_is_forgotten_after_its_keys_are_resolved_and_the_floor_rises
         ttl_ms: 1,
         record: Some(record),
         start_ts: None,
+        session: None,
     })
     .unwrap();
     let decided =

@@ -79,7 +79,7 @@ impl StoreCore {
     /// with this leader's clock (the time every replica's apply goes by) and proposed
     /// alone in its entry. Checked again when applied, from replicated state only.
     pub fn on_txn(&mut self, req: TxnRequest) {
-        let TxnRequest { region, epoch, cmd, reply } = req;
+        let TxnRequest { region, epoch, mut cmd, reply } = req;
         if region == DIRECTORY {
             self.wake(region);
             reply(Err(Error::InvalidRequest(
@@ -90,6 +90,14 @@ impl StoreCore {
         let now_ms = self.ctx.now_ms();
         let max = self.ctx.log.max_entry_bytes();
         let mut gate = self.ctx.cluster_version.check(crate::version::TXN);
+        // A prewrite's session is new at version 4: below it, the prewrite goes as
+        // before, without one (applied as it comes; ARCHITECTURE.md, "Exactly once").
+        if let TxnCmd::Prewrite { session, .. } = &mut cmd
+            && session.is_some()
+            && self.ctx.cluster_version.check(crate::version::TXN_V2).is_err()
+        {
+            *session = None;
+        }
         if gate.is_ok() && cmd.needs_v2() {
             gate = self.ctx.cluster_version.check(crate::version::TXN_V2);
         }

@@ -19,10 +19,11 @@
 //! Level-1 locks and records (no `start_ts`) apply exactly as before.
 
 use bytes::Bytes;
+use regionkv_engine::SessionWrite;
 use regionkv_engine::txn::{Lock, LockOp, TxnId, TxnRecord, TxnStatus};
 
 use super::apply::Applier;
-use crate::command::Op;
+use crate::command::{Op, WriteSession};
 use crate::error::{Error, Result};
 use crate::metrics::WriteMetrics;
 use crate::replica::Replica;
@@ -203,8 +204,13 @@ struct TxnApply<'a, 'e> {
 impl TxnApply<'_, '_> {
     fn run(&mut self, cmd: &TxnCmd) -> Result<Result<TxnReply>> {
         match cmd {
-            TxnCmd::Prewrite { txn_id, primary_key, ops, ttl_ms, record, start_ts } => {
-                let init = Init { ttl_ms: *ttl_ms, record: record.as_ref(), start_ts: *start_ts };
+            TxnCmd::Prewrite { txn_id, primary_key, ops, ttl_ms, record, start_ts, session } => {
+                let init = Init {
+                    ttl_ms: *ttl_ms,
+                    record: record.as_ref(),
+                    start_ts: *start_ts,
+                    session: *session,
+                };
                 self.prewrite(*txn_id, primary_key, ops, init)
             }
             TxnCmd::Commit { txn_id, primary_key, commit_ts } => {
@@ -291,7 +297,7 @@ impl TxnApply<'_, '_> {
         ops: &[Op],
         init: Init<'_>,
     ) -> Result<Result<TxnReply>> {
-        let Init { ttl_ms, record, start_ts } = init;
+        let Init { ttl_ms, record, start_ts, session } = init;
         let floor = self.applier.round.txn_floor()?;
         if txn_id < floor {
             return Ok(Err(Error::TxnTooOld { txn_id, floor }));
@@ -355,6 +361,16 @@ impl TxnApply<'_, '_> {
                 self.write_conflict(fresh.iter().map(|op| op.key()), start_ts)?
         {
             return Ok(Err(conflict));
+        }
+        // Every refusal is behind us (a refused prewrite is not recorded and may come
+        // again). A number this region applied already, or one below it (given up by
+        // its client), is a copy: it locks nothing, even once its locks were resolved
+        // (ARCHITECTURE.md, "Exactly once").
+        if let Some(session) = session
+            && self.applier.round.session_write(session.id, session.seq, self.now)?
+                == SessionWrite::AlreadyApplied
+        {
+            return Ok(Ok(TxnReply::Done));
         }
         if let Some(record) = new_record {
             self.set_record(&record)?;
@@ -606,6 +622,7 @@ struct Init<'a> {
     ttl_ms: u64,
     record: Option<&'a RecordInit>,
     start_ts: Option<u64>,
+    session: Option<WriteSession>,
 }
 
 impl TxnApply<'_, '_> {

@@ -7,7 +7,7 @@ use regionkv_engine::codec::{self, DecodeError, DecodeResult, TlvRecord, Unknown
 use regionkv_engine::{Epoch, StoreId};
 
 use super::{RecordInit, TxnCmd};
-use crate::command::{decode_epoch, decode_op, put_epoch, put_op};
+use crate::command::{WriteSession, decode_epoch, decode_op, put_epoch, put_op};
 
 const T_EPOCH: u16 = 1;
 const T_NOW: u16 = 2;
@@ -30,6 +30,8 @@ const T_STAGING: u16 = 16;
 const T_ITEM: u16 = 17;
 // Version GC (helper "gc"'s tags 24-27; kind 11).
 const T_SAFEPOINT: u16 = 24;
+// A prewrite's client session (cluster version 4; absent: applied as it comes).
+const T_SESSION: u16 = 28;
 const TXN_TAGS: &[u16] = &[
     T_EPOCH,
     T_NOW,
@@ -49,6 +51,7 @@ const TXN_TAGS: &[u16] = &[
     T_STAGING,
     T_ITEM,
     T_SAFEPOINT,
+    T_SESSION,
 ];
 const R_PARTICIPANT: u16 = 1;
 const R_COORDINATOR: u16 = 2;
@@ -60,6 +63,8 @@ const I_KEY: u16 = 3;
 const I_COMMIT: u16 = 4;
 const I_COMMIT_TS: u16 = 5;
 const ITEM_TAGS: &[u16] = &[I_TXN_ID, I_PRIMARY, I_KEY, I_COMMIT, I_COMMIT_TS];
+const S_ID: u16 = 1;
+const S_SEQ: u16 = 2;
 
 const KIND_PREWRITE: u64 = 1;
 const KIND_COMMIT: u64 = 2;
@@ -96,7 +101,7 @@ pub(crate) fn encode(out: &mut Vec<u8>, entry: &TxnEntry) {
     codec::put_u64(out, T_NOW, entry.now_ms);
     let flag = |b: bool| [u8::from(b)];
     match &entry.cmd {
-        TxnCmd::Prewrite { txn_id, primary_key, ops, ttl_ms, record, start_ts } => {
+        TxnCmd::Prewrite { txn_id, primary_key, ops, ttl_ms, record, start_ts, session } => {
             codec::put_u64(out, T_KIND, KIND_PREWRITE);
             codec::put_u64(out, T_TXN_ID, *txn_id);
             codec::put_field(out, T_PRIMARY, primary_key);
@@ -119,6 +124,9 @@ pub(crate) fn encode(out: &mut Vec<u8>, entry: &TxnEntry) {
             }
             if record.as_ref().is_some_and(|r| r.staging) {
                 codec::put_field(out, T_STAGING, &flag(true));
+            }
+            if let Some(session) = session {
+                put_session(out, *session);
             }
         }
         TxnCmd::Commit { txn_id, primary_key, commit_ts } => {
@@ -225,7 +233,9 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
     let kind = u64_of(T_KIND, "txn kind")?;
     // Fields a kind does not carry are damage (alike on every replica).
     let allowed: &[u16] = match kind {
-        KIND_PREWRITE => &[T_TXN_ID, T_PRIMARY, T_OP, T_TTL, T_RECORD, T_START_TS, T_STAGING],
+        KIND_PREWRITE => {
+            &[T_TXN_ID, T_PRIMARY, T_OP, T_TTL, T_RECORD, T_START_TS, T_STAGING, T_SESSION]
+        }
         KIND_COMMIT => &[T_TXN_ID, T_PRIMARY, T_COMMIT_TS],
         KIND_RESOLVE => &[T_TXN_ID, T_KEY, T_COMMIT, T_COMMIT_TS],
         KIND_CHECK_STATUS => &[T_TXN_ID, T_PRIMARY, T_ABORT_IF_EXPIRED],
@@ -259,6 +269,7 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
                 ttl_ms: u64_of(T_TTL, "txn ttl")?,
                 record,
                 start_ts: optional_u64(T_START_TS)?,
+                session: decode_session(&rec)?,
             }
         }
         KIND_COMMIT => TxnCmd::Commit {
@@ -324,6 +335,24 @@ fn decode_record(data: &Bytes, rec: &TlvRecord<'_>) -> DecodeResult<Option<Recor
     Ok(Some(RecordInit { participants, coordinator, staging }))
 }
 
+/// Writes a prewrite's client session: tag 28 (nested: 1 id, 2 seq).
+fn put_session(out: &mut Vec<u8>, session: WriteSession) {
+    codec::put_nested(out, T_SESSION, |out| {
+        codec::put_u64(out, S_ID, session.id.0);
+        codec::put_u64(out, S_SEQ, session.seq);
+    });
+}
+
+/// A prewrite's client session, if it carries one.
+fn decode_session(rec: &TlvRecord<'_>) -> DecodeResult<Option<WriteSession>> {
+    let Some(f) = rec.optional(T_SESSION)? else { return Ok(None) };
+    let at = |e: DecodeError| e.shifted(f.offset);
+    let r = TlvRecord::parse(f.value, &[S_ID, S_SEQ], UnknownTags::Reject).map_err(at)?;
+    let id = r.required(S_ID, "prewrite session id").and_then(|v| v.as_u64()).map_err(at)?;
+    let seq = r.required(S_SEQ, "prewrite session seq").and_then(|v| v.as_u64()).map_err(at)?;
+    Ok(Some(WriteSession { id: regionkv_engine::SessionId(id), seq }))
+}
+
 /// The items of a `ResolveMany`.
 fn decode_items(data: &Bytes, rec: &TlvRecord<'_>) -> DecodeResult<Vec<super::ResolveItem>> {
     let mut items = Vec::new();
@@ -369,6 +398,8 @@ fn forget_of(data: &Bytes, rec: &TlvRecord<'_>) -> DecodeResult<TxnCmd> {
 mod tests {
     use proptest::prelude::*;
 
+    use regionkv_engine::SessionId;
+
     use super::*;
     use crate::command::{self, Command, Op};
 
@@ -413,10 +444,23 @@ mod tests {
                 any::<u64>(),
                 record,
                 proptest::option::of(any::<u64>()),
+                proptest::option::of((any::<u64>(), any::<u64>())),
             )
-                .prop_map(|(txn_id, primary_key, ops, ttl_ms, record, start_ts)| {
-                    TxnCmd::Prewrite { txn_id, primary_key, ops, ttl_ms, record, start_ts }
-                }),
+                .prop_map(
+                    |(txn_id, primary_key, ops, ttl_ms, record, start_ts, session)| {
+                        let session =
+                            session.map(|(id, seq)| WriteSession { id: SessionId(id), seq });
+                        TxnCmd::Prewrite {
+                            txn_id,
+                            primary_key,
+                            ops,
+                            ttl_ms,
+                            record,
+                            start_ts,
+                            session,
+                        }
+                    }
+                ),
             (any::<u64>(), arb_bytes(8), proptest::option::of(any::<u64>())).prop_map(
                 |(txn_id, primary_key, commit_ts)| TxnCmd::Commit {
                     txn_id,
@@ -538,6 +582,65 @@ mod tests {
         let len = u32::try_from(out.len() - 1 - codec::FIELD_HEADER_LEN).unwrap();
         out[3..7].copy_from_slice(&len.to_le_bytes());
         let e = command::decode(&Bytes::from(out)).unwrap_err();
+        assert!(!command::is_unknown_kind(&e), "{e:?}");
+    }
+
+    #[test]
+    fn a_prewrite_session_round_trips_and_without_one_a_prewrite_encodes_as_before() {
+        let op = Op::Put { key: Bytes::from_static(b"n1"), value: Bytes::from_static(b"v") };
+        let prewrite = |session| TxnEntry {
+            epoch: Epoch::INITIAL,
+            now_ms: 7,
+            cmd: TxnCmd::Prewrite {
+                txn_id: 3,
+                primary_key: Bytes::from_static(b"a1"),
+                ops: vec![op.clone()],
+                ttl_ms: 100,
+                record: None,
+                start_ts: None,
+                session,
+            },
+        };
+        // The layout before sessions, by hand.
+        let mut body = Vec::new();
+        codec::put_nested(&mut body, T_EPOCH, |out| command::put_epoch(out, Epoch::INITIAL));
+        codec::put_u64(&mut body, T_NOW, 7);
+        codec::put_u64(&mut body, T_KIND, KIND_PREWRITE);
+        codec::put_u64(&mut body, T_TXN_ID, 3);
+        codec::put_field(&mut body, T_PRIMARY, b"a1");
+        codec::put_nested(&mut body, T_OP, |out| command::put_op(out, &op));
+        codec::put_u64(&mut body, T_TTL, 100);
+        let entry = |body: &[u8]| {
+            let mut out = vec![1];
+            codec::put_nested(&mut out, 5, |out| out.extend_from_slice(body));
+            Bytes::from(out)
+        };
+        let old = entry(&body);
+        let without = prewrite(None);
+        assert_eq!(command::encode_txn(&without), old.to_vec());
+        assert_eq!(command::decode(&old).unwrap(), Command::Txn(without.clone()));
+        assert_eq!(Command::Txn(without).since(), crate::version::TXN.since);
+        // With a session: the same fields, then tag 28 (1 id, 2 seq).
+        let mut session = Vec::new();
+        codec::put_nested(&mut session, T_SESSION, |out| {
+            codec::put_u64(out, S_ID, 9);
+            codec::put_u64(out, S_SEQ, 4);
+        });
+        let newer = entry(&[body.as_slice(), &session].concat());
+        let with = prewrite(Some(WriteSession { id: SessionId(9), seq: 4 }));
+        assert_eq!(command::encode_txn(&with), newer.to_vec());
+        assert_eq!(command::decode(&newer).unwrap(), Command::Txn(with.clone()));
+        assert_eq!(Command::Txn(with).since(), crate::version::TXN_V2.since);
+        // A session without its number is damage; so is a session on a commit.
+        let mut half = Vec::new();
+        codec::put_nested(&mut half, T_SESSION, |out| codec::put_u64(out, S_ID, 9));
+        let e = command::decode(&entry(&[body.as_slice(), &half].concat())).unwrap_err();
+        assert!(!command::is_unknown_kind(&e), "{e:?}");
+        let mut commit = with_kind(2).to_vec();
+        commit.extend_from_slice(&session);
+        let len = u32::try_from(commit.len() - 1 - codec::FIELD_HEADER_LEN).unwrap();
+        commit[3..7].copy_from_slice(&len.to_le_bytes());
+        let e = command::decode(&Bytes::from(commit)).unwrap_err();
         assert!(!command::is_unknown_kind(&e), "{e:?}");
     }
 

@@ -21,7 +21,7 @@
 use bytes::Bytes;
 use regionkv_engine::{Epoch, RegionId, StoreId};
 
-use crate::command::Op;
+use crate::command::{Op, WriteSession};
 use crate::request::Reply;
 
 pub(crate) mod codec;
@@ -44,7 +44,9 @@ pub enum TxnCmd {
     /// whole if any key holds another transaction's lock (`Error::Locked`), if the
     /// record is `Aborted` (`Error::TxnAborted`) or `txn_id` is below the region's
     /// floor (`Error::TxnTooOld`). Idempotent per (txn, key); with `record`, a
-    /// transaction committed already locks nothing (a late copy).
+    /// transaction committed already locks nothing (a late copy); with `session`, a
+    /// copy of a prewrite the region applied already locks nothing either, even once
+    /// its locks were resolved (ARCHITECTURE.md, "Exactly once").
     Prewrite {
         /// The transaction.
         txn_id: u64,
@@ -60,6 +62,11 @@ pub enum TxnCmd {
         /// the transactional keyspace ([`mvcc`]); a key with a version committed at or
         /// after it refuses the whole prewrite (`Error::WriteConflict`). `None`: level 1.
         start_ts: Option<u64>,
+        /// The client's session and this prewrite's number in it (cluster version 4):
+        /// a region that applied the number (or a later one of the session) answers a
+        /// copy `Done` and locks nothing. `None`: applied as it comes (idempotent per
+        /// key only while its lock is there).
+        session: Option<WriteSession>,
     },
     /// The decision: the record goes `Pending -> Committed` and this region's locks of
     /// the transaction are applied into data in the same round. `Committed` already:
@@ -235,10 +242,13 @@ pub struct RecordInit {
 
 impl TxnCmd {
     /// True for what cluster version 4 ([`crate::version::TXN_V2`]) brought: async
-    /// commit's staging prewrite, `ResolveMany` and `CheckLocks`.
+    /// commit's staging prewrite, a prewrite's session, `ResolveMany` and
+    /// `CheckLocks`.
     pub fn needs_v2(&self) -> bool {
         match self {
-            TxnCmd::Prewrite { record, .. } => record.as_ref().is_some_and(|r| r.staging),
+            TxnCmd::Prewrite { record, session, .. } => {
+                record.as_ref().is_some_and(|r| r.staging) || session.is_some()
+            }
             TxnCmd::ResolveMany { .. }
             | TxnCmd::CheckLocks { .. }
             | TxnCmd::OnePhase { .. }

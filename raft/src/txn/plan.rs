@@ -17,7 +17,7 @@ use bytes::Bytes;
 use regionkv_engine::StoreId;
 
 use super::{RecordInit, TxnCmd};
-use crate::command::Op;
+use crate::command::{Op, WriteSession};
 
 /// Default lock and record TTL: how long a silent coordinator holds its keys.
 pub const DEFAULT_TXN_TTL_MS: u64 = 3_000;
@@ -83,7 +83,19 @@ impl TxnPlan {
             ttl_ms: self.ttl_ms,
             record,
             start_ts: None,
+            session: None,
         }
+    }
+
+    /// [`TxnPlan::prewrite`] numbered `session` in its client's session (cluster
+    /// version 4): a region that applied it answers a copy `Done` and locks nothing,
+    /// even after its locks were resolved (ARCHITECTURE.md, "Exactly once").
+    pub fn prewrite_in(&self, ops: Vec<Op>, session: WriteSession) -> TxnCmd {
+        let mut cmd = self.prewrite(ops);
+        if let TxnCmd::Prewrite { session: numbered, .. } = &mut cmd {
+            *numbered = Some(session);
+        }
+        cmd
     }
 
     /// The decision.
