@@ -183,14 +183,7 @@ pub(super) fn put_txn(o: &mut Vec<u8>, region: RegionId, epoch: Epoch, cmd: &Txn
             }
             codec::put_u64(o, T_TTL, *ttl_ms);
             if let Some(record) = record {
-                codec::put_nested(o, T_RECORD, |o| {
-                    for p in &record.participants {
-                        codec::put_field(o, RI_PARTICIPANT, p);
-                    }
-                    if let Some(c) = record.coordinator {
-                        codec::put_u64(o, RI_COORDINATOR, c.0);
-                    }
-                });
+                put_record_init(o, record);
             }
             if let Some(ts) = start_ts {
                 codec::put_u64(o, T_START_TS, *ts);
@@ -273,6 +266,18 @@ pub(super) fn put_txn(o: &mut Vec<u8>, region: RegionId, epoch: Epoch, cmd: &Txn
             }
         }
     }
+}
+
+/// The record a primary's prewrite creates (its staging flag goes apart, `T_STAGING`).
+fn put_record_init(o: &mut Vec<u8>, record: &RecordInit) {
+    codec::put_nested(o, T_RECORD, |o| {
+        for p in &record.participants {
+            codec::put_field(o, RI_PARTICIPANT, p);
+        }
+        if let Some(c) = record.coordinator {
+            codec::put_u64(o, RI_COORDINATOR, c.0);
+        }
+    });
 }
 
 /// A `ResolveMany`'s kind and items.

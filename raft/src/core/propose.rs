@@ -110,42 +110,7 @@ impl StoreCore {
             if cmd.keys().iter().any(|key| !r.contains(key)) {
                 return Err(outside());
             }
-            match &cmd {
-                TxnCmd::Prewrite { primary_key, ops, record, .. } => {
-                    if record.is_some() && !r.contains(primary_key) {
-                        return Err(outside());
-                    }
-                    if ops.len() > MAX_TXN_KEYS
-                        || record.as_ref().is_some_and(|i| i.participants.len() > MAX_TXN_KEYS)
-                    {
-                        return Err(Error::InvalidRequest(format!(
-                            "a transaction writes {MAX_TXN_KEYS} keys at most"
-                        )));
-                    }
-                }
-                TxnCmd::ResolveMany { .. } if cmd.keys().len() > 4 * MAX_TXN_KEYS => {
-                    return Err(Error::InvalidRequest(format!(
-                        "a batched resolve names {} keys at most",
-                        4 * MAX_TXN_KEYS
-                    )));
-                }
-                TxnCmd::OnePhase { ops, .. } if ops.len() > MAX_TXN_KEYS => {
-                    return Err(Error::InvalidRequest(format!(
-                        "a transaction writes {MAX_TXN_KEYS} keys at most"
-                    )));
-                }
-                TxnCmd::CollectVersions { safepoint, keys } => {
-                    crate::txn::gc::check(*safepoint, keys).map_err(Error::InvalidRequest)?;
-                }
-                TxnCmd::Resolve { keys, .. } | TxnCmd::CheckLocks { keys, .. }
-                    if keys.len() > MAX_TXN_KEYS =>
-                {
-                    return Err(Error::InvalidRequest(format!(
-                        "a resolve names {MAX_TXN_KEYS} keys at most"
-                    )));
-                }
-                _ => {}
-            }
+            check_shape(&cmd, r, outside)?;
             Ok(replica)
         });
         let replica = match checked {
@@ -175,7 +140,7 @@ impl StoreCore {
         // As for writes (A3 in ARCHITECTURE.md's Raft log section).
         if data.len() > max {
             reply(Err(Error::InvalidRequest(format!(
-                "a transaction command of {} bytes exceeds the largest Raft entry this                  store's WAL holds ({max} bytes): split the transaction",
+                "a transaction command of {} bytes exceeds the largest Raft entry this store's WAL holds ({max} bytes): split the transaction",
                 data.len()
             ))));
             return;
@@ -539,4 +504,50 @@ impl Drop for Release {
     fn drop(&mut self) {
         self.ctx.concurrency.release(self.region, &self.keys);
     }
+}
+
+/// A transaction command's shape against its region `r` (the leader's check before
+/// proposing): the primary's record in the region, and the key-count bounds.
+fn check_shape(
+    cmd: &TxnCmd,
+    r: &regionkv_engine::Region,
+    outside: impl Fn() -> Error,
+) -> Result<(), Error> {
+    match &cmd {
+        TxnCmd::Prewrite { primary_key, ops, record, .. } => {
+            if record.is_some() && !r.contains(primary_key) {
+                return Err(outside());
+            }
+            if ops.len() > MAX_TXN_KEYS
+                || record.as_ref().is_some_and(|i| i.participants.len() > MAX_TXN_KEYS)
+            {
+                return Err(Error::InvalidRequest(format!(
+                    "a transaction writes {MAX_TXN_KEYS} keys at most"
+                )));
+            }
+        }
+        TxnCmd::ResolveMany { .. } if cmd.keys().len() > 4 * MAX_TXN_KEYS => {
+            return Err(Error::InvalidRequest(format!(
+                "a batched resolve names {} keys at most",
+                4 * MAX_TXN_KEYS
+            )));
+        }
+        TxnCmd::OnePhase { ops, .. } if ops.len() > MAX_TXN_KEYS => {
+            return Err(Error::InvalidRequest(format!(
+                "a transaction writes {MAX_TXN_KEYS} keys at most"
+            )));
+        }
+        TxnCmd::CollectVersions { safepoint, keys } => {
+            crate::txn::gc::check(*safepoint, keys).map_err(Error::InvalidRequest)?;
+        }
+        TxnCmd::Resolve { keys, .. } | TxnCmd::CheckLocks { keys, .. }
+            if keys.len() > MAX_TXN_KEYS =>
+        {
+            return Err(Error::InvalidRequest(format!(
+                "a resolve names {MAX_TXN_KEYS} keys at most"
+            )));
+        }
+        _ => {}
+    }
+    Ok(())
 }
