@@ -16,6 +16,7 @@
 
 mod common;
 
+use common::two_regions::{self, Crash, KEYS, MS, TTL_MS, Victim, crash, parts, setup};
 use common::{leader_of, txn_call as call};
 
 use std::time::Duration;
@@ -27,13 +28,8 @@ use regionkv_raft::sim::{SimCluster, SimConfig};
 use regionkv_raft::txn::plan::TxnPlan;
 use regionkv_raft::txn::staging;
 use regionkv_raft::{Error, Op, Query, QueryResult, TxnCmd, TxnReply, TxnState};
-use regionkv_wal::CrashMode;
 
-use common::{R1, SECOND, region_for};
-
-const TTL_MS: u64 = 400;
-const KEYS: [&str; 4] = ["a1", "a2", "n1", "n2"];
-const MS: Duration = Duration::from_millis(1);
+use common::{R1, SECOND};
 
 fn seeds() -> Vec<u64> {
     if let Ok(seed) = std::env::var("SIM_SEED") {
@@ -43,35 +39,8 @@ fn seeds() -> Vec<u64> {
     (1..=n).collect()
 }
 
-fn setup(seed: u64) -> SimCluster {
-    let mut c = common::cluster(seed);
-    common::split(&mut c, R1, &["m"]).expect("split");
-    common::converge(&mut c);
-    for key in KEYS {
-        assert!(common::put(&mut c, key, "old", 10 * SECOND), "seed {seed}: {key} not written");
-    }
-    c
-}
-
 fn plan(txn_id: u64) -> TxnPlan {
-    let ops = KEYS
-        .iter()
-        .map(|k| Op::Put { key: Bytes::from(*k), value: Bytes::from(format!("{k}-t{txn_id}")) })
-        .collect();
-    TxnPlan::new(txn_id, ops, TTL_MS, None).with_staging(true)
-}
-
-/// The plan's ops by region, the primary's first: (a key to route by, ops).
-fn parts(c: &SimCluster, plan: &TxnPlan) -> Vec<(Bytes, Vec<Op>)> {
-    let mut parts: Vec<(u64, Bytes, Vec<Op>)> = Vec::new();
-    for op in &plan.ops {
-        let region = region_for(c, op.key()).expect("routed").id.0;
-        match parts.iter_mut().find(|p| p.0 == region) {
-            Some(part) => part.2.push(op.clone()),
-            None => parts.push((region, Bytes::copy_from_slice(op.key()), vec![op.clone()])),
-        }
-    }
-    parts.into_iter().map(|(_, key, ops)| (key, ops)).collect()
+    two_regions::plan(txn_id).with_staging(true)
 }
 
 fn keys_of(ops: &[Op]) -> Vec<Bytes> {
@@ -196,32 +165,6 @@ enum Step {
     Decided,
     /// The other region's batched resolve proposed, not awaited.
     ResolveProposed,
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Victim {
-    Primary,
-    Participant,
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Crash {
-    Stop,
-    PowerCut,
-}
-
-fn crash(c: &mut SimCluster, victim: Victim, how: Crash) {
-    let key: &[u8] = match victim {
-        Victim::Primary => b"a1",
-        Victim::Participant => b"n1",
-    };
-    let (store, _) = leader_of(c, key);
-    match how {
-        Crash::Stop => c.stop(store),
-        Crash::PowerCut => c.crash(store, CrashMode::Lost),
-    }
-    c.run_for(300 * MS);
-    c.restart(store).expect("restart");
 }
 
 fn crash_at(seed: u64, step: Step, victim: Victim, how: Crash) -> u64 {

@@ -17,6 +17,7 @@
 
 mod common;
 
+use common::two_regions::{Crash, KEYS, MS, TTL_MS, Victim, crash, parts, plan, setup};
 use common::{leader_of, txn_call as call};
 
 use std::time::Duration;
@@ -26,15 +27,8 @@ use regionkv_engine::StoreId;
 use regionkv_raft::sim::{Pending, SimCluster, SimConfig};
 use regionkv_raft::txn::plan::TxnPlan;
 use regionkv_raft::{Error, Op, Query, QueryResult, TxnCmd, TxnReply, TxnState};
-use regionkv_wal::CrashMode;
 
 use common::{R1, SECOND, region_for};
-
-/// The transactions' lock and record TTL (short: the resolver waits it out).
-const TTL_MS: u64 = 400;
-/// Two keys left of the split (the primary is "a1"), two right of it.
-const KEYS: [&str; 4] = ["a1", "a2", "n1", "n2"];
-const MS: Duration = Duration::from_millis(1);
 
 fn seeds() -> Vec<u64> {
     if let Ok(seed) = std::env::var("SIM_SEED") {
@@ -42,38 +36,6 @@ fn seeds() -> Vec<u64> {
     }
     let n = std::env::var("SIM_TXN_SEEDS").map_or(4, |n| n.parse().expect("a number"));
     (1..=n).collect()
-}
-
-/// Three stores, regions split at "m", every key of `KEYS` written "old".
-fn setup(seed: u64) -> SimCluster {
-    let mut c = common::cluster(seed);
-    common::split(&mut c, R1, &["m"]).expect("split");
-    common::converge(&mut c);
-    for key in KEYS {
-        assert!(common::put(&mut c, key, "old", 10 * SECOND), "seed {seed}: {key} not written");
-    }
-    c
-}
-
-fn plan(txn_id: u64) -> TxnPlan {
-    let ops = KEYS
-        .iter()
-        .map(|k| Op::Put { key: Bytes::from(*k), value: Bytes::from(format!("{k}-t{txn_id}")) })
-        .collect();
-    TxnPlan::new(txn_id, ops, TTL_MS, None)
-}
-
-/// The plan's ops by region, the primary's region first: (a key to route by, ops).
-fn parts(c: &SimCluster, plan: &TxnPlan) -> Vec<(Bytes, Vec<Op>)> {
-    let mut parts: Vec<(u64, Bytes, Vec<Op>)> = Vec::new();
-    for op in &plan.ops {
-        let region = region_for(c, op.key()).expect("routed").id.0;
-        match parts.iter_mut().find(|p| p.0 == region) {
-            Some(part) => part.2.push(op.clone()),
-            None => parts.push((region, Bytes::copy_from_slice(op.key()), vec![op.clone()])),
-        }
-    }
-    parts.into_iter().map(|(_, key, ops)| (key, ops)).collect()
 }
 
 /// Proposes `cmd` at the leader of `key`'s region without waiting for it.
@@ -329,38 +291,6 @@ enum Step {
     Committed,
     /// The participant's first key resolved, not its second.
     MidResolve,
-}
-
-/// Whose leader crashes.
-#[derive(Clone, Copy, Debug)]
-enum Victim {
-    /// The leader of the primary key's region.
-    Primary,
-    /// The leader of the other region.
-    Participant,
-}
-
-/// How it crashes.
-#[derive(Clone, Copy, Debug)]
-enum Crash {
-    /// A clean stop, then a restart.
-    Stop,
-    /// Power lost (what was not synced is lost; the disk is kept), then a restart.
-    PowerCut,
-}
-
-fn crash(c: &mut SimCluster, victim: Victim, how: Crash) {
-    let key: &[u8] = match victim {
-        Victim::Primary => b"a1",
-        Victim::Participant => b"n1",
-    };
-    let (store, _) = leader_of(c, key);
-    match how {
-        Crash::Stop => c.stop(store),
-        Crash::PowerCut => c.crash(store, CrashMode::Lost),
-    }
-    c.run_for(300 * MS);
-    c.restart(store).expect("restart");
 }
 
 /// Runs transaction `txn_id` until `step`, crashes `victim`'s leader there, abandons

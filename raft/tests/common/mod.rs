@@ -3,6 +3,8 @@
 
 #![allow(dead_code, reason = "each test file uses its own subset")]
 
+pub mod two_regions;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
