@@ -211,6 +211,14 @@ impl<'e> ApplyRound<'e> {
         Ok(self.engine.session_write(region, id, seq, time_ms, steps, &mut self.sessions_undo))
     }
 
+    /// True if the current region applied write `seq` of session `id` already (or one
+    /// numbered after it), in this round or before: a peek that records nothing, for a
+    /// command whose refusals must leave its number unused.
+    pub fn session_applied(&self, id: SessionId, seq: u64) -> Result<bool> {
+        let current = self.current.as_ref().ok_or(Error::NoRegionPrepared)?;
+        Ok(self.engine.session_applied(current.region.id, id, seq))
+    }
+
     /// True if no key is buffered (the round may still hold prepared regions or
     /// changes of transaction state).
     pub fn is_empty(&self) -> bool {

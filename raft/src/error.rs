@@ -152,11 +152,11 @@ pub enum Error {
         lock_start_ts: Option<u64>,
     },
     /// Refused at apply: a snapshot-isolated prewrite of `key` at `start_ts` met a
-    /// version committed at `conflict_ts >= start_ts` (a write-write conflict: a
+    /// version committed at `conflict_ts > start_ts` (a write-write conflict: a
     /// transaction that committed after this one started wrote the key). Nothing was
     /// written; the transaction must be retried with a new start timestamp.
     #[error(
-        "write conflict on key {key:?}: a version committed at {conflict_ts}, at or after the \
+        "write conflict on key {key:?}: a version committed at {conflict_ts}, after the \
          transaction's start at {start_ts}; retry the transaction"
     )]
     WriteConflict {

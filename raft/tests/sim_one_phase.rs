@@ -15,11 +15,11 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use regionkv_engine::StoreId;
+use regionkv_engine::{SessionId, StoreId};
 use regionkv_raft::sim::{SimCluster, SimConfig};
 use regionkv_raft::txn::mvcc;
 use regionkv_raft::{
-    DropReason, Error, Op, Query, QueryResult, SyncedTs, TxnCmd, TxnReply, TxnState,
+    DropReason, Error, Op, Query, QueryResult, SyncedTs, TxnCmd, TxnReply, TxnState, WriteSession,
 };
 use regionkv_wal::CrashMode;
 
@@ -47,7 +47,7 @@ fn s<T>(r: Result<T, Error>) -> Result<T, String> {
 }
 
 fn one_phase(start_ts: u64, ops: Vec<Op>, synced: Option<SyncedTs>) -> TxnCmd {
-    TxnCmd::OnePhase { start_ts, ops, commit_ts: None, synced }
+    TxnCmd::OnePhase { start_ts, ops, commit_ts: None, synced, session: None }
 }
 
 /// Commits `ops` in one phase at `start_ts` through the region's leader; a leader that
@@ -150,6 +150,50 @@ fn a_snapshot_read_served_before_a_one_phase_commit_keeps_its_snapshot() {
         assert_eq!(commit_ts, 301, "seed {seed}: above the read at 300");
         assert_eq!(read(&mut c, "a", 300), None, "seed {seed}: the snapshot changed");
         assert_eq!(read(&mut c, "a", 301).as_deref(), Some(&b"a1"[..]), "seed {seed}");
+    }
+}
+
+#[test]
+fn a_copy_of_an_applied_one_phase_commit_is_answered_committed_and_writes_nothing() {
+    for seed in seeds() {
+        let mut c = common::cluster(seed);
+        commit(&mut c, 40, &[put("z", "z")], 50).unwrap();
+        let numbered = |seq| Some(WriteSession { id: SessionId(0x0e_0001), seq });
+        let send = |c: &mut SimCluster, start_ts, value: &str, session| {
+            let cmd = TxnCmd::OnePhase {
+                start_ts,
+                ops: vec![put("a", value)],
+                commit_ts: None,
+                synced: None,
+                session,
+            };
+            common::txn_call(c, &lk("a"), &cmd, SECOND)
+        };
+        let first = send(&mut c, 100, "a1", numbered(1));
+        let Ok(TxnReply::Status(TxnState::Committed { commit_ts: Some(ts) })) = first else {
+            panic!("seed {seed}: {first:?}")
+        };
+        // The same commit sent again (its first answer lost): committed, nothing new
+        // written. Before sessions it met its own version: `WriteConflict`.
+        let again = send(&mut c, 100, "a1", numbered(1));
+        assert_eq!(
+            s(again),
+            Ok(TxnReply::Status(TxnState::Committed { commit_ts: None })),
+            "seed {seed}"
+        );
+        assert_eq!(versions(&mut c, "a").len(), 1, "seed {seed}: one version, at {ts}");
+        // Without a session a copy is a conflict, as before; a refused number stays
+        // unused, so the next number of the session is fresh.
+        let unnumbered = send(&mut c, 100, "a1", None);
+        assert!(matches!(unnumbered, Err(Error::WriteConflict { .. })), "seed {seed}");
+        let refused = send(&mut c, 100, "a2", numbered(2));
+        assert!(matches!(refused, Err(Error::WriteConflict { .. })), "seed {seed}");
+        let fresh = send(&mut c, ts, "a3", numbered(2));
+        assert!(
+            matches!(fresh, Ok(TxnReply::Status(TxnState::Committed { commit_ts: Some(_) }))),
+            "seed {seed}: a refused number stays unused: {fresh:?}"
+        );
+        assert_eq!(versions(&mut c, "a").len(), 2, "seed {seed}");
     }
 }
 

@@ -125,7 +125,8 @@ impl Transaction {
     }
 
     /// [`Transaction::commit`], answering the commit timestamp (`None`: nothing to
-    /// write, nothing committed).
+    /// write, nothing committed; or a one-phase commit whose first answer was lost,
+    /// committed, its timestamp answered only to that lost copy).
     pub fn commit_ts(self) -> Result<Option<u64>> {
         self.commit_with(true)
     }
@@ -151,8 +152,8 @@ impl Transaction {
                 }
             })
             .collect();
-        if one_phase && let Some(commit_ts) = self.commit_one_phase(&ops)? {
-            return Ok(Some(commit_ts));
+        if one_phase && let OnePhase::Committed(commit_ts) = self.commit_one_phase(&ops)? {
+            return Ok(commit_ts);
         }
         let txn_id = self.db.next_txn_id()?;
         let keys: Vec<Bytes> = ops.iter().map(|op| Bytes::copy_from_slice(op.key())).collect();
@@ -188,11 +189,26 @@ impl Transaction {
     /// since its range changed) refuses with `ReadTsUnsynced`: the command is sent
     /// again with a timestamp taken after that answer. A lock met is resolved through
     /// its record (or, alive, is a conflict), as a prewrite does.
-    fn commit_one_phase(&self, ops: &[Op]) -> Result<Option<u64>> {
+    /// Not one region (or version 3): commit in two phases. Numbered in one of
+    /// the `Db`'s client sessions for every copy, so that a copy of a commit applied
+    /// already is answered committed rather than meet its own versions as a conflict.
+    fn commit_one_phase(&self, ops: &[Op]) -> Result<OnePhase> {
+        let mut session = self.db.sessions.take()?;
+        let numbered = super::Sessions::next_write(&mut session);
+        let result = self.commit_one_phase_numbered(ops, numbered);
+        self.db.sessions.give_back(session);
+        result
+    }
+
+    fn commit_one_phase_numbered(
+        &self,
+        ops: &[Op],
+        numbered: regionkv_raft::WriteSession,
+    ) -> Result<OnePhase> {
         let region = |op: &Op| self.db.router.locate(op.key()).map(|r| r.region.id);
         let first = region(&ops[0]);
         if first.is_none() || ops.iter().any(|op| region(op) != first) {
-            return Ok(None);
+            return Ok(OnePhase::NotOnePhase);
         }
         let mut synced = None;
         let started = std::time::Instant::now();
@@ -211,10 +227,11 @@ impl Transaction {
                 ops: ops.to_vec(),
                 commit_ts: None,
                 synced,
+                session: Some(numbered),
             };
             let err = match self.db.txn_call_for(&cmd, self.db.deadline) {
-                Ok(TxnReply::Status(TxnState::Committed { commit_ts: Some(ts) })) => {
-                    return Ok(Some(ts));
+                Ok(TxnReply::Status(TxnState::Committed { commit_ts })) => {
+                    return Ok(OnePhase::Committed(commit_ts));
                 }
                 Ok(other) => {
                     return Err(Error::Protocol(format!("a one-phase commit answered {other:?}")));
@@ -222,7 +239,9 @@ impl Transaction {
                 Err(e) => e,
             };
             match err {
-                Error::FeatureNotActive { .. } | Error::CrossRegionBatch { .. } => return Ok(None),
+                Error::FeatureNotActive { .. } | Error::CrossRegionBatch { .. } => {
+                    return Ok(OnePhase::NotOnePhase);
+                }
                 Error::Store(E::ReadTsUnsynced { term, .. }) => {
                     if synced.is_some_and(|s: SyncedTs| s.term == term) {
                         // Given already in this term: a refusal again means another
@@ -367,4 +386,13 @@ impl Transaction {
 fn version_value(stored: &Bytes) -> Result<Option<Bytes>> {
     mvcc::decode_version_value(stored)
         .map_err(|why| Error::Protocol(format!("a version of the transactional keyspace: {why}")))
+}
+
+/// How a one-phase commit ended.
+enum OnePhase {
+    /// Not one region, or the cluster is below version 4: commit in two phases.
+    NotOnePhase,
+    /// Committed; its timestamp, unless only a resent copy was answered (the first
+    /// copy's answer, which carried it, was lost).
+    Committed(Option<u64>),
 }

@@ -251,7 +251,7 @@ pub(super) fn put_txn(o: &mut Vec<u8>, region: RegionId, epoch: Epoch, cmd: &Txn
                 codec::put_field(o, T_KEY, k);
             }
         }
-        TxnCmd::OnePhase { start_ts, ops, commit_ts, synced } => {
+        TxnCmd::OnePhase { start_ts, ops, commit_ts, synced, session } => {
             codec::put_u64(o, T_KIND, K_ONE_PHASE);
             codec::put_u64(o, T_START_TS, *start_ts);
             for op in ops {
@@ -263,6 +263,9 @@ pub(super) fn put_txn(o: &mut Vec<u8>, region: RegionId, epoch: Epoch, cmd: &Txn
             if let Some(SyncedTs { term, ts }) = synced {
                 codec::put_u64(o, T_SYNC_TERM, *term);
                 codec::put_u64(o, T_SYNC_TS, *ts);
+            }
+            if let Some(session) = session {
+                put_session(o, *session);
             }
         }
     }
@@ -429,6 +432,7 @@ pub(super) fn txn_of(f: &Field<'_>) -> D<(RegionId, Epoch, TxnCmd)> {
                 (None, None) => None,
                 _ => return Err(DecodeError::new(f.offset, "half a synced timestamp")),
             },
+            session: session_of(&r)?,
         },
         K_COLLECT_VERSIONS => TxnCmd::CollectVersions {
             safepoint: req_u64(&r, T_SAFEPOINT, "gc safepoint missing")?,

@@ -431,7 +431,13 @@ fn one_phase_payloads() -> Vec<Vec<u8>> {
     let requests = [None, Some(SyncedTs { term: 6, ts: 90 })].map(|synced| Request::Txn {
         region: RegionId(4),
         epoch,
-        cmd: TxnCmd::OnePhase { start_ts: 41, ops: ops.clone(), commit_ts: None, synced },
+        cmd: TxnCmd::OnePhase {
+            start_ts: 41,
+            ops: ops.clone(),
+            commit_ts: None,
+            synced,
+            session: None,
+        },
     });
     let mut out: Vec<Vec<u8>> = requests
         .iter()
@@ -564,4 +570,22 @@ fn a_prewrite_session_round_trips_and_matches_its_golden_file() {
 #[ignore = "writes the golden file of numbered prewrites (only if it is new)"]
 fn regenerate_session_golden() {
     std::fs::write(golden("txn-session-v1.bin"), golden_session()).unwrap();
+}
+
+#[test]
+fn a_numbered_one_phase_commit_round_trips() {
+    let session = Some(WriteSession { id: SessionId(0x5e55_1d00_0000_0009), seq: 3 });
+    let request = Request::Txn {
+        region: RegionId(4),
+        epoch: Epoch { version: 3, conf_ver: 2 },
+        cmd: TxnCmd::OnePhase {
+            start_ts: 41,
+            ops: vec![Op::Put { key: b("a"), value: b("1") }],
+            commit_ts: None,
+            synced: Some(regionkv_raft::SyncedTs { term: 6, ts: 90 }),
+            session,
+        },
+    };
+    let (_, back) = decode_request(&encode_request(1, &request)).unwrap();
+    assert_eq!(back, request);
 }

@@ -571,6 +571,13 @@ impl Engine {
         outcome
     }
 
+    /// True if region `region`'s table holds session `id` at `seq` or after (see
+    /// [`ApplyRound::session_applied`](crate::ApplyRound::session_applied)).
+    pub(crate) fn session_applied(&self, region: RegionId, id: SessionId, seq: u64) -> bool {
+        let sessions = self.inner.sessions.lock();
+        sessions.get(&region).and_then(|t| t.get(id)).is_some_and(|u| seq <= u.last_seq)
+    }
+
     /// Reverts session changes (a round that did not commit), the last first.
     pub(crate) fn undo_sessions(&self, undo: Vec<(RegionId, Undo)>) {
         let mut sessions = self.inner.sessions.lock();

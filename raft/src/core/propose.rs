@@ -127,8 +127,8 @@ impl StoreCore {
         // A one-phase commit: its commit timestamp chosen above every read recorded,
         // and its keys locked in memory until it is answered (`txn::concurrency`).
         let (cmd, reply) = match cmd {
-            TxnCmd::OnePhase { start_ts, ops, synced, .. } => {
-                match one_phase(&ctx, replica, start_ts, ops, synced, reply) {
+            TxnCmd::OnePhase { start_ts, ops, synced, session, .. } => {
+                match one_phase(&ctx, replica, start_ts, ops, (synced, session), reply) {
                     Some(taken) => taken,
                     None => return,
                 }
@@ -470,7 +470,7 @@ fn one_phase(
     replica: &Replica,
     start_ts: u64,
     ops: Vec<crate::command::Op>,
-    synced: Option<crate::txn::SyncedTs>,
+    (synced, session): (Option<crate::txn::SyncedTs>, Option<crate::command::WriteSession>),
     reply: Reply<crate::txn::TxnReply>,
 ) -> Option<(TxnCmd, Reply<crate::txn::TxnReply>)> {
     let region = replica.region.id;
@@ -489,7 +489,8 @@ fn one_phase(
         drop(guard);
         reply(result);
     });
-    Some((TxnCmd::OnePhase { start_ts, ops, commit_ts: Some(commit_ts), synced: None }, reply))
+    let cmd = TxnCmd::OnePhase { start_ts, ops, commit_ts: Some(commit_ts), synced: None, session };
+    Some((cmd, reply))
 }
 
 /// Releases a one-phase commit's in-memory locks when dropped: when its reply is

@@ -237,10 +237,10 @@ impl TxnApply<'_, '_> {
             }
             TxnCmd::ResolveMany { items } => self.resolve_many(items),
             TxnCmd::CheckLocks { txn_id, keys } => self.check_locks(*txn_id, keys),
-            TxnCmd::OnePhase { start_ts, ops, commit_ts, .. } => {
+            TxnCmd::OnePhase { start_ts, ops, commit_ts, session, .. } => {
                 // Checked by `check_txn`.
                 let commit_ts = commit_ts.unwrap_or_default();
-                self.one_phase(*start_ts, ops, commit_ts)
+                self.one_phase(*start_ts, ops, commit_ts, *session)
             }
             TxnCmd::Forget { records, new_floor } => {
                 for (primary_key, txn_id) in records {
@@ -829,7 +829,21 @@ impl TxnApply<'_, '_> {
     /// A one-phase commit: refused whole if a key holds a lock (any transaction's,
     /// readable or not) or has a version committed after `start_ts`; otherwise
     /// every op becomes its user key's version at `commit_ts`, all in one round.
-    fn one_phase(&mut self, start_ts: u64, ops: &[Op], commit_ts: u64) -> Result<Result<TxnReply>> {
+    fn one_phase(
+        &mut self,
+        start_ts: u64,
+        ops: &[Op],
+        commit_ts: u64,
+        session: Option<WriteSession>,
+    ) -> Result<Result<TxnReply>> {
+        // A copy of a commit applied already (its answer was lost): it would meet its
+        // own versions; answered committed, its timestamp not known here. Peeked, not
+        // recorded: a refusal below leaves the number unused.
+        if let Some(s) = session
+            && self.applier.round.session_applied(s.id, s.seq)?
+        {
+            return Ok(Ok(TxnReply::Status(TxnState::Committed { commit_ts: None })));
+        }
         // As a snapshot prewrite: below the GC floor its conflict check could miss a
         // collected delete.
         let floor = self.applier.round.txn_gc_floor()?;
@@ -852,6 +866,9 @@ impl TxnApply<'_, '_> {
             let at = mvcc::version_key(&user, commit_ts);
             applier.round.put(&at, &mvcc::encode_version_value(value))?;
             applier.bytes += at.len() + 1 + value.map_or(0, <[u8]>::len);
+        }
+        if let Some(s) = session {
+            self.applier.round.session_write(s.id, s.seq, self.now)?;
         }
         Ok(Ok(TxnReply::Status(TxnState::Committed { commit_ts: Some(commit_ts) })))
     }

@@ -186,16 +186,30 @@ pub(crate) fn encode(out: &mut Vec<u8>, entry: &TxnEntry) {
             }
         }
         // `synced` is the client's word to the leader, never in an entry.
-        TxnCmd::OnePhase { start_ts, ops, commit_ts, synced: _ } => {
-            codec::put_u64(out, T_KIND, KIND_ONE_PHASE);
-            codec::put_u64(out, T_START_TS, *start_ts);
-            for op in ops {
-                codec::put_nested(out, T_OP, |out| put_op(out, op));
-            }
-            if let Some(ts) = commit_ts {
-                codec::put_u64(out, T_COMMIT_TS, *ts);
-            }
+        TxnCmd::OnePhase { start_ts, ops, commit_ts, synced: _, session } => {
+            put_one_phase(out, *start_ts, ops, *commit_ts, *session);
         }
+    }
+}
+
+/// A one-phase commit's kind and fields.
+fn put_one_phase(
+    out: &mut Vec<u8>,
+    start_ts: u64,
+    ops: &[crate::command::Op],
+    commit_ts: Option<u64>,
+    session: Option<WriteSession>,
+) {
+    codec::put_u64(out, T_KIND, KIND_ONE_PHASE);
+    codec::put_u64(out, T_START_TS, start_ts);
+    for op in ops {
+        codec::put_nested(out, T_OP, |out| put_op(out, op));
+    }
+    if let Some(ts) = commit_ts {
+        codec::put_u64(out, T_COMMIT_TS, ts);
+    }
+    if let Some(session) = session {
+        put_session(out, session);
     }
 }
 
@@ -243,7 +257,7 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
         KIND_FORGET => &[T_FORGET, T_NEW_FLOOR],
         KIND_RESOLVE_MANY => &[T_ITEM],
         KIND_CHECK_LOCKS => &[T_TXN_ID, T_KEY],
-        KIND_ONE_PHASE => &[T_START_TS, T_OP, T_COMMIT_TS],
+        KIND_ONE_PHASE => &[T_START_TS, T_OP, T_COMMIT_TS, T_SESSION],
         KIND_COLLECT_VERSIONS => &[T_SAFEPOINT, T_KEY],
         0 => return Err(DecodeError::new(0, "transaction command of kind 0")),
         _ => return Err(DecodeError::new(0, UNKNOWN_TXN)),
@@ -303,6 +317,7 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
             ops: ops_of(data, &rec)?,
             commit_ts: optional_u64(T_COMMIT_TS)?,
             synced: None,
+            session: decode_session(&rec)?,
         },
         KIND_COLLECT_VERSIONS => TxnCmd::CollectVersions {
             safepoint: u64_of(T_SAFEPOINT, "gc safepoint")?,
@@ -500,13 +515,15 @@ mod tests {
             (
                 any::<u64>(),
                 proptest::collection::vec(arb_op(), 0..4),
-                proptest::option::of(any::<u64>())
+                proptest::option::of(any::<u64>()),
+                proptest::option::of((any::<u64>(), any::<u64>()))
             )
-                .prop_map(|(start_ts, ops, commit_ts)| TxnCmd::OnePhase {
+                .prop_map(|(start_ts, ops, commit_ts, session)| TxnCmd::OnePhase {
                     start_ts,
                     ops,
                     commit_ts,
-                    synced: None
+                    synced: None,
+                    session: session.map(|(id, seq)| WriteSession { id: SessionId(id), seq }),
                 }),
         ]
     }

@@ -162,6 +162,11 @@ pub enum TxnCmd {
         /// refused with `Error::ReadTsUnsynced` (client to leader only; never in an
         /// entry): it proves no read served by an earlier leader is above it.
         synced: Option<SyncedTs>,
+        /// Its number in the client's session (as a prewrite's): a copy of a commit the
+        /// region applied already is answered `Committed { commit_ts: None }` and
+        /// writes nothing, where it would otherwise meet its own versions and answer
+        /// `WriteConflict`. `None`: applied as it comes.
+        session: Option<crate::command::WriteSession>,
     },
     /// One chunk of a region's version GC at cluster safepoint `safepoint`
     /// (`crate::txn::gc`): raises the region's GC floor to it (never lowers it) and
