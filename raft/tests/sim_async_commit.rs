@@ -16,7 +16,9 @@
 
 mod common;
 
-use common::two_regions::{self, Crash, KEYS, MS, TTL_MS, Victim, crash, parts, setup};
+use common::two_regions::{
+    self, Crash, KEYS, MS, TTL_MS, Victim, all_or_nothing, crash, get, parts, setup,
+};
 use common::{leader_of, txn_call as call};
 
 use std::time::Duration;
@@ -27,7 +29,7 @@ use regionkv_engine::txn::{TxnId, TxnRecord, TxnStatus};
 use regionkv_raft::sim::{SimCluster, SimConfig};
 use regionkv_raft::txn::plan::TxnPlan;
 use regionkv_raft::txn::staging;
-use regionkv_raft::{Error, Op, Query, QueryResult, TxnCmd, TxnReply, TxnState};
+use regionkv_raft::{Error, Op, TxnCmd, TxnReply, TxnState};
 
 use common::{R1, SECOND};
 
@@ -45,23 +47,6 @@ fn plan(txn_id: u64) -> TxnPlan {
 
 fn keys_of(ops: &[Op]) -> Vec<Bytes> {
     ops.iter().map(|op| Bytes::copy_from_slice(op.key())).collect()
-}
-
-fn get(c: &mut SimCluster, key: &[u8]) -> Result<Option<Bytes>, Error> {
-    let deadline = c.now() + 30 * SECOND;
-    loop {
-        assert!(c.now() < deadline, "no answer to a get of {key:?}");
-        let (leader, region) = leader_of(c, key);
-        let pending =
-            c.read(leader, region, Query::Get { key: Bytes::copy_from_slice(key), read_ts: None });
-        match c.wait(&pending, SECOND) {
-            Some(Ok(QueryResult::Value(v))) => return Ok(v),
-            Some(Ok(other)) => panic!("a get answered {other:?}"),
-            Some(Err(e)) if e.is_retryable() => c.run_for(20 * MS),
-            Some(Err(e)) => return Err(e),
-            None => {}
-        }
-    }
 }
 
 fn s<T>(r: Result<T, Error>) -> Result<T, String> {
@@ -133,25 +118,6 @@ fn resolve_all(c: &mut SimCluster, seed: u64) {
         }
         c.run_for(100 * MS);
     }
-}
-
-fn values(c: &mut SimCluster) -> Vec<String> {
-    KEYS.iter()
-        .map(|k| {
-            let v = get(c, k.as_bytes()).expect("not locked").expect("present");
-            String::from_utf8(v.to_vec()).unwrap()
-        })
-        .collect()
-}
-
-fn all_or_nothing(c: &mut SimCluster, txn_id: u64) -> bool {
-    let values = values(c);
-    let committed: Vec<String> = KEYS.iter().map(|k| format!("{k}-t{txn_id}")).collect();
-    if values == committed {
-        return true;
-    }
-    assert_eq!(values, vec!["old"; KEYS.len()], "a part of transaction {txn_id}");
-    false
 }
 
 /// Where the coordinator stops and a leader crashes.

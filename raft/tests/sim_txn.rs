@@ -17,7 +17,9 @@
 
 mod common;
 
-use common::two_regions::{Crash, KEYS, MS, TTL_MS, Victim, crash, parts, plan, setup};
+use common::two_regions::{
+    Crash, KEYS, MS, TTL_MS, Victim, all_or_nothing, crash, get, parts, plan, setup,
+};
 use common::{leader_of, txn_call as call};
 
 use std::time::Duration;
@@ -42,25 +44,6 @@ fn seeds() -> Vec<u64> {
 fn submit(c: &mut SimCluster, key: &[u8], cmd: TxnCmd) -> Pending<TxnReply> {
     let (leader, region) = leader_of(c, key);
     c.txn(leader, region, cmd)
-}
-
-/// A linearizable get through the leader (retryable errors retried): the value, or the
-/// refusal (`Locked`).
-fn get(c: &mut SimCluster, key: &[u8]) -> Result<Option<Bytes>, Error> {
-    let deadline = c.now() + 30 * SECOND;
-    loop {
-        assert!(c.now() < deadline, "no answer to a get of {key:?}");
-        let (leader, region) = leader_of(c, key);
-        let pending =
-            c.read(leader, region, Query::Get { key: Bytes::copy_from_slice(key), read_ts: None });
-        match c.wait(&pending, SECOND) {
-            Some(Ok(QueryResult::Value(v))) => return Ok(v),
-            Some(Ok(other)) => panic!("a get answered {other:?}"),
-            Some(Err(e)) if e.is_retryable() => c.run_for(20 * MS),
-            Some(Err(e)) => return Err(e),
-            None => {}
-        }
-    }
 }
 
 /// A raw write of one key through the leader (retryable errors retried).
@@ -128,27 +111,6 @@ fn resolve_all(c: &mut SimCluster, seed: u64) {
         }
         c.run_for(100 * MS);
     }
-}
-
-/// Every key's value (none locked).
-fn values(c: &mut SimCluster) -> Vec<String> {
-    KEYS.iter()
-        .map(|k| {
-            let v = get(c, k.as_bytes()).expect("not locked").expect("present");
-            String::from_utf8(v.to_vec()).unwrap()
-        })
-        .collect()
-}
-
-/// All of transaction `txn_id`'s values, or none.
-fn all_or_nothing(c: &mut SimCluster, txn_id: u64) -> bool {
-    let values = values(c);
-    let committed: Vec<String> = KEYS.iter().map(|k| format!("{k}-t{txn_id}")).collect();
-    if values == committed {
-        return true;
-    }
-    assert_eq!(values, vec!["old"; KEYS.len()], "a part of transaction {txn_id}");
-    false
 }
 
 #[test]

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use regionkv_raft::Op;
 use regionkv_raft::sim::SimCluster;
 use regionkv_raft::txn::plan::TxnPlan;
+use regionkv_raft::{Error, Op, Query, QueryResult};
 use regionkv_wal::CrashMode;
 
 use super::{R1, SECOND, leader_of, region_for};
@@ -81,4 +81,44 @@ pub fn crash(c: &mut SimCluster, victim: Victim, how: Crash) {
     }
     c.run_for(300 * MS);
     c.restart(store).expect("restart");
+}
+
+/// A linearizable get through the leader (retryable errors retried): the value, or the
+/// refusal (`Locked`).
+pub fn get(c: &mut SimCluster, key: &[u8]) -> Result<Option<Bytes>, Error> {
+    let deadline = c.now() + 30 * SECOND;
+    loop {
+        assert!(c.now() < deadline, "no answer to a get of {key:?}");
+        let (leader, region) = leader_of(c, key);
+        let pending =
+            c.read(leader, region, Query::Get { key: Bytes::copy_from_slice(key), read_ts: None });
+        match c.wait(&pending, SECOND) {
+            Some(Ok(QueryResult::Value(v))) => return Ok(v),
+            Some(Ok(other)) => panic!("a get answered {other:?}"),
+            Some(Err(e)) if e.is_retryable() => c.run_for(20 * MS),
+            Some(Err(e)) => return Err(e),
+            None => {}
+        }
+    }
+}
+
+/// Every key's value (none locked).
+pub fn values(c: &mut SimCluster) -> Vec<String> {
+    KEYS.iter()
+        .map(|k| {
+            let v = get(c, k.as_bytes()).expect("not locked").expect("present");
+            String::from_utf8(v.to_vec()).unwrap()
+        })
+        .collect()
+}
+
+/// All of transaction `txn_id`'s values, or none.
+pub fn all_or_nothing(c: &mut SimCluster, txn_id: u64) -> bool {
+    let values = values(c);
+    let committed: Vec<String> = KEYS.iter().map(|k| format!("{k}-t{txn_id}")).collect();
+    if values == committed {
+        return true;
+    }
+    assert_eq!(values, vec!["old"; KEYS.len()], "a part of transaction {txn_id}");
+    false
 }
