@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 pub const CLUSTER_VERSION_INITIAL: u32 = 1;
 
 /// The newest cluster version this binary can run at.
-pub const CLUSTER_VERSION_MAX: u32 = 4;
+pub const CLUSTER_VERSION_MAX: u32 = 5;
 
 /// A capability that needs every replica of the cluster to know a command kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,8 +52,15 @@ pub const TXN: Feature = Feature { name: "transactions", since: 3 };
 /// until the cluster runs at this version, so a version-3 replica never meets one.
 pub const TXN_V2: Feature = Feature { name: "transactions-v2", since: 4 };
 
+/// Transactions, third round: async commit of snapshot transactions across regions (a
+/// prewrite's lock carries its participant's minimum commit timestamp, and the record
+/// commits at the largest), and many transactions' commands to one region in one Raft
+/// entry. A version-4 replica would apply these as older kinds, or not at all, so a
+/// proposer refuses them below this version.
+pub const TXN_V3: Feature = Feature { name: "transactions-v3", since: 5 };
+
 /// Every feature, oldest first.
-pub const FEATURES: &[Feature] = &[IMAGE_HASH, HEALTH_AUDIT, TXN, TXN_V2];
+pub const FEATURES: &[Feature] = &[IMAGE_HASH, HEALTH_AUDIT, TXN, TXN_V2, TXN_V3];
 
 /// A store's view of the cluster's active version: it only goes up.
 #[derive(Debug)]
