@@ -127,6 +127,11 @@ pub struct NodeConfig {
     pub health: Option<HealthConfig>,
     /// How often the store's transaction recovery daemon takes a turn (default 5 s).
     pub txn_recover_interval: Duration,
+    /// Tests only: run as a binary that supports cluster versions up to this one
+    /// would (its store's maximum, and transaction requests read as such a binary
+    /// reads them: `server/older.rs`). `None`: this binary.
+    #[doc(hidden)]
+    pub emulate_binary_max: Option<u32>,
 }
 
 impl fmt::Debug for NodeConfig {
@@ -144,6 +149,7 @@ impl fmt::Debug for NodeConfig {
             .field("initial_cluster_state", &self.initial_cluster_state)
             .field("health", &self.health)
             .field("txn_recover_interval", &self.txn_recover_interval)
+            .field("emulate_binary_max", &self.emulate_binary_max)
             .finish()
     }
 }
@@ -170,6 +176,7 @@ impl NodeConfig {
             initial_cluster_state: None,
             health: None,
             txn_recover_interval: crate::txn_recovery::TXN_RECOVER_INTERVAL,
+            emulate_binary_max: None,
         }
     }
 
@@ -448,15 +455,20 @@ impl Node {
         fs.create_dir_all_durable(&config.data_dir)?;
         let first = first_start(&config)?;
         let id = config.store_id;
-        let service =
-            Arc::new(ClientService::new(proto::client_key(&config.secret), config.cluster_id, id));
+        let service = Arc::new(
+            ClientService::new(proto::client_key(&config.secret), config.cluster_id, id)
+                .as_older_binary(config.emulate_binary_max),
+        );
         // The store first: its incarnation goes in the transport's handshake. What it
         // sends before the transport is up is dropped (Raft resends).
         let outbound = Arc::new(TransportSlot::default());
         let as_transport: Arc<dyn Transport> = outbound.clone();
-        let store_config = StoreConfig::new(id)
+        let mut store_config = StoreConfig::new(id)
             .tick_interval(config.tick_interval)
             .image_hash_interval(Some(crate::defaults::IMAGE_HASH_INTERVAL));
+        if let Some(max) = config.emulate_binary_max {
+            store_config = store_config.cluster_version_max(max);
+        }
         let mut options = StoreOptions::new(store_config);
         options.pollers = config.pollers;
         let store = Arc::new(Store::start(fs, &config.data_dir, &options, &as_transport)?);

@@ -17,7 +17,10 @@
 //!
 //! A cluster below version 4 refuses the staging prewrite with `FeatureNotActive`
 //! before anything is written: the `Db` then uses the level-1 path (`Commit` before the
-//! answer) and does not try async commit again for a while.
+//! answer) and does not try async commit again for a while. A node of an older binary
+//! over TCP applies it as a plain prewrite instead, and does not confirm the flag
+//! (`TxnReply::Unstaged`): that transaction commits in two phases (`two_phase.rs`,
+//! `commit_unstaged`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -51,6 +51,16 @@ use super::{Db, Session, Sessions};
 use crate::defaults::{DB_ATTEMPT_TIMEOUT, DB_FIRST_BACKOFF, DB_MAX_BACKOFF};
 use crate::error::{Error, Result};
 
+/// How a prewrite phase ended that applied every part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Prewritten {
+    /// Every answer was a plain `Done` (a staging plan's primary confirmed `Staging`).
+    Staged,
+    /// The primary's answer did not confirm the staging flag (`TxnReply::Unstaged`: a
+    /// node of an older binary): its record may be `Pending`.
+    Unstaged,
+}
+
 /// How a prewrite phase ended, short of success.
 enum Stop {
     /// A region refused the transaction's id as too old: start again with a new one.
@@ -89,7 +99,7 @@ impl Db {
                 }
             }
             match self.prewrite_all(&plan, start, deadline) {
-                Ok(()) => return self.commit(&plan, start, deadline),
+                Ok(_) => return self.commit(&plan, start, deadline),
                 Err(Stop::TooOld) => {
                     self.drop_locks(&plan);
                     self.txn.ids.discard();
@@ -115,9 +125,15 @@ impl Db {
         // Bounded: a new id only after a region refused the last as too old.
         loop {
             match self.prewrite_all(&plan, start, deadline) {
-                Ok(()) => {
+                Ok(Prewritten::Staged) => {
                     self.committed_async(plan);
                     return Given::Done(Ok(()));
+                }
+                // A node of an older binary applied the primary's prewrite as a plain
+                // one, its record `Pending`: nobody would ever decide it, so this
+                // transaction commits in two phases.
+                Ok(Prewritten::Unstaged) => {
+                    return Given::Done(self.commit_unstaged(plan, start, deadline));
                 }
                 Err(Stop::Fail(Error::FeatureNotActive { feature, .. }))
                     if feature == regionkv_raft::version::TXN_V2.name =>
@@ -154,8 +170,29 @@ impl Db {
         }
     }
 
-    /// Prewrites every part of `plan`, regrouping by fresh routing as regions change.
-    fn prewrite_all(&self, plan: &TxnPlan, start: Instant, deadline: Duration) -> Result<(), Stop> {
+    /// The end of a staging transaction whose primary prewrite was not confirmed
+    /// (every prewrite applied): the level-1 commit. A record that is `Staging` after
+    /// all (a copy of the prewrite reached a node that read the flag) refuses the
+    /// commit; with every prewrite applied it is committed, and decided so.
+    fn commit_unstaged(&self, plan: TxnPlan, start: Instant, deadline: Duration) -> Result<()> {
+        match self.commit(&plan, start, deadline) {
+            Err(Error::Store(E::InvalidRequest(_))) => {
+                self.committed_async(plan);
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Prewrites every part of `plan`, regrouping by fresh routing as regions change;
+    /// whether every answer confirmed the staging flag of an async-commit plan.
+    fn prewrite_all(
+        &self,
+        plan: &TxnPlan,
+        start: Instant,
+        deadline: Duration,
+    ) -> Result<Prewritten, Stop> {
+        let mut done = Prewritten::Staged;
         let mut todo: Vec<Op> = plan.ops.clone();
         let mut beat = Beat::new(plan);
         let mut backoff = DB_FIRST_BACKOFF;
@@ -173,6 +210,7 @@ impl Db {
             let mut locked: Vec<LockMet> = Vec::new();
             for (ops, r) in self.prewrite_parts(plan, groups, left, &mut beat) {
                 match r {
+                    Ok(TxnReply::Unstaged) => done = Prewritten::Unstaged,
                     Ok(_) => {}
                     // The part's region changed: group its keys again.
                     Err(Error::CrossRegionBatch { .. }) => todo.extend(ops),
@@ -216,7 +254,7 @@ impl Db {
                 std::thread::sleep(DB_FIRST_BACKOFF);
             }
         }
-        Ok(())
+        Ok(done)
     }
 
     /// `ops` grouped by the region routing says holds each key (keys no store can

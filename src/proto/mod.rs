@@ -430,6 +430,9 @@ pub(crate) enum Response {
     Health(HealthAnswer),
     /// A transaction command's answer.
     Txn(TxnReply),
+    /// The answer `Done` to a staging prewrite, confirmed (txn answer tag 70): the
+    /// node read the flag and proposed it. A client of an older binary reads `Done`.
+    TxnStaged,
     /// The answer to `TxnList`.
     TxnEntries(Vec<crate::TxnEntry>),
     /// The answer to `TxnRecover`.

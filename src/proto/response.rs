@@ -180,6 +180,7 @@ pub(crate) fn encode_response(id: u64, result: &Result<Response, RemoteError>) -
         }),
         Ok(Response::Health(h)) => super::health::put_health(o, R_HEALTH, h),
         Ok(Response::Txn(t)) => codec::put_nested(o, R_TXN, |o| super::txn::put_txn_reply(o, t)),
+        Ok(Response::TxnStaged) => codec::put_nested(o, R_TXN, super::txn::put_txn_staged),
         Ok(Response::Timestamps(first)) => super::tso::put_answer(o, *first),
         Ok(Response::TxnEntries(e)) => {
             codec::put_nested(o, R_TXN_ENTRIES, |o| super::txn_ops::put_entries(o, e));
@@ -324,7 +325,7 @@ fn decode_response_body(f: &Field<'_>) -> D<Result<Response, RemoteError>> {
             Response::UpgradeStatus(crate::UpgradeStatus { active, stores })
         }
         R_HEALTH => Response::Health(super::health::health_of(f)?),
-        R_TXN => Response::Txn(super::txn::txn_reply_of(f)?),
+        R_TXN => super::txn::txn_answer_of(f)?,
         R_TXN_ENTRIES => Response::TxnEntries(super::txn_ops::entries_of(f)?),
         R_TXN_TURN => Response::TxnTurn(Box::new(super::txn_ops::turn_of(f)?)),
         _ => return Err(DecodeError::new(f.offset, "unknown response body")),

@@ -18,12 +18,19 @@
 //!           34 txn ids { 1 count }   (answered with a directory result `ids`)
 //!  RESPONSE 51 txn { 1 kind (1 done, 2 status), 2 state { 1 kind (1 pending,
 //!                    2 committed, 3 aborted, 4 not found, 5 frozen), 2 expires at ms,
-//!                    3 floor, 4 reason, 5 commit ts (optional) } }
+//!                    3 floor, 4 reason, 5 commit ts (optional) },
+//!                    70 staged (optional, 1: a staging prewrite's `Done`) }
 //!  error    13 key, 14 txn id, 15 primary key, 16 expires at ms, 17 floor,
 //!           18 lock start ts, 19 start ts, 20 conflict ts
 //!           (each optional; codes 23 locked, 24 txn aborted, 25 txn not found,
 //!           26 txn too old, 27 write conflict)
 //! ```
+//!
+//! A node confirms a staging prewrite (async commit) by tag 70 of its `Done`; a node of
+//! an older binary skips the flag, applies a plain prewrite and does not confirm it,
+//! and the client side answers that `TxnReply::Unstaged` (the coordinator then commits
+//! in two phases). Such a node answers a command kind of version 4 `Malformed`, which
+//! the client side turns into `FeatureNotActive` (nothing was done).
 //!
 //! A node from before transactions answers both requests `UnsupportedRequest`, which
 //! the client turns into `FeatureNotActive` (the cluster cannot run at version 3 with
@@ -135,6 +142,10 @@ const A_ITEM: u16 = 4;
 const AK_CHECKED: u64 = 3;
 const AK_RESOLVED: u64 = 4;
 const AI_STATE: u16 = 1;
+/// Helper "loose"'s answer tag 70: a `Done` that confirms a staging prewrite was read
+/// and proposed as one (1). Absent: unknown, so the prewrite may have applied as a
+/// plain one (a node of an older binary skips the flag).
+const A_STAGED: u16 = 70;
 const S_PARTICIPANT: u16 = 6;
 const SK_STAGING: u64 = 6;
 const S_KIND: u16 = 1;
@@ -447,7 +458,8 @@ pub(super) fn txn_of(f: &Field<'_>) -> D<(RegionId, Epoch, TxnCmd)> {
 /// The fields of a TXN answer.
 pub(super) fn put_txn_reply(o: &mut Vec<u8>, reply: &TxnReply) {
     match reply {
-        TxnReply::Done => codec::put_u64(o, A_KIND, AK_DONE),
+        // `Unstaged` is what a node sends that does not confirm the staging flag.
+        TxnReply::Done | TxnReply::Unstaged => codec::put_u64(o, A_KIND, AK_DONE),
         TxnReply::Status(state) => {
             codec::put_u64(o, A_KIND, AK_STATUS);
             codec::put_nested(o, A_STATE, |o| put_state(o, state));
@@ -498,6 +510,25 @@ fn put_state(o: &mut Vec<u8>, state: &TxnState) {
             codec::put_field(o, S_REASON, reason.as_bytes());
         }
     }
+}
+
+/// The answer `Done` to a staging prewrite whose flag the node read and proposed (its
+/// record is `Staging`): the kind and the confirmation, tag 70.
+pub(super) fn put_txn_staged(o: &mut Vec<u8>) {
+    codec::put_u64(o, A_KIND, AK_DONE);
+    codec::put_u64(o, A_STAGED, 1);
+}
+
+/// A TXN answer: `Response::TxnStaged` for a `Done` that confirms a staging prewrite,
+/// else `Response::Txn`. Never panics.
+pub(super) fn txn_answer_of(f: &Field<'_>) -> D<super::Response> {
+    let r = nested(f, &[A_KIND, A_STAGED])?;
+    if req_u64(&r, A_KIND, "txn answer kind missing")? == AK_DONE
+        && opt_u64(&r, A_STAGED)? == Some(1)
+    {
+        return Ok(super::Response::TxnStaged);
+    }
+    txn_reply_of(f).map(super::Response::Txn)
 }
 
 /// A TXN answer. Never panics.

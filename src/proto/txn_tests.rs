@@ -589,3 +589,19 @@ fn a_numbered_one_phase_commit_round_trips() {
     let (_, back) = decode_request(&encode_request(1, &request)).unwrap();
     assert_eq!(back, request);
 }
+
+#[test]
+fn a_staging_prewrite_is_confirmed_by_tag_70_and_an_answer_without_it_is_a_plain_done() {
+    let (_, back) = decode_response(&encode_response(3, &Ok(Response::TxnStaged))).unwrap();
+    assert_eq!(back, Ok(Response::TxnStaged));
+    // An older node's `Done` (no tag 70), and what `Unstaged` encodes to: a plain
+    // `Done`, never read as a confirmation.
+    for reply in [TxnReply::Done, TxnReply::Unstaged] {
+        let (_, back) = decode_response(&encode_response(3, &Ok(Response::Txn(reply)))).unwrap();
+        assert_eq!(back, Ok(Response::Txn(TxnReply::Done)));
+    }
+    // A client of an older binary skips the tag: the confirmation is a `Done` to it.
+    let bytes = encode_response(3, &Ok(Response::TxnStaged));
+    let plain = encode_response(3, &Ok(Response::Txn(TxnReply::Done)));
+    assert!(bytes.len() > plain.len(), "the confirmation is one more field");
+}

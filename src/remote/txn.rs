@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use regionkv_engine::StoreId;
 use regionkv_raft::directory::DirResult;
-use regionkv_raft::{TxnRequest, version};
+use regionkv_raft::{TxnCmd, TxnReply, TxnRequest, version};
 
 use super::{CALL_TIMEOUT, RemoteStores, answer};
 use crate::backend::Backend;
@@ -24,13 +24,34 @@ fn not_active() -> regionkv_raft::Error {
     }
 }
 
+/// The refusal of a node that does not know the command kinds of cluster version 4
+/// (it answered one `Malformed`: nothing was done).
+fn not_active_v2() -> regionkv_raft::Error {
+    regionkv_raft::Error::FeatureNotActive {
+        feature: version::TXN_V2.name,
+        active: version::TXN_V2.since - 1,
+        needed: version::TXN_V2.since,
+    }
+}
+
 impl RemoteStores {
     /// Sends one transaction command to `store`.
+    ///
+    /// What a node of an older binary answers is read for what it is: a command kind
+    /// it does not know is refused `Malformed`, nothing done (`FeatureNotActive`
+    /// here); a staging prewrite whose `Done` does not confirm the flag (answer tag
+    /// 70) may have applied as a plain one, its record `Pending`: `TxnReply::Unstaged`
+    /// (absent is unknown, never "staged").
     pub(super) fn send_txn(&self, store: StoreId, req: TxnRequest) {
         let TxnRequest { region, epoch, cmd, reply } = req;
+        let staging = matches!(&cmd, TxnCmd::Prewrite { record: Some(r), .. } if r.staging);
+        let new_kind = cmd.needs_v2() && !matches!(cmd, TxnCmd::Prewrite { .. });
         let done = move |r: std::result::Result<Response, RemoteError>| match r {
             Err(e) if e.code == ErrorCode::UnsupportedRequest => reply(Err(not_active())),
+            Err(e) if e.code == ErrorCode::Malformed && new_kind => reply(Err(not_active_v2())),
             r => reply(answer(r, region, |resp| match resp {
+                Response::TxnStaged => Some(TxnReply::Done),
+                Response::Txn(TxnReply::Done) if staging => Some(TxnReply::Unstaged),
                 Response::Txn(t) => Some(t),
                 _ => None,
             })),

@@ -175,6 +175,9 @@ pub(crate) struct ClientService {
     node: OnceLock<Weak<dyn ClientHandler>>,
     counters: Counters,
     admin_tasks: Arc<AtomicUsize>,
+    /// Answers transaction requests as a binary supporting cluster versions up to
+    /// this would (tests only: `NodeConfig::emulate_binary_max`).
+    older: Option<u32>,
 }
 
 impl ClientService {
@@ -186,7 +189,16 @@ impl ClientService {
             node: OnceLock::new(),
             counters: Counters::default(),
             admin_tasks: Arc::default(),
+            older: None,
         }
+    }
+
+    /// Answers transaction requests as a binary supporting cluster versions up to
+    /// `max` would (`older.rs`).
+    #[must_use]
+    pub fn as_older_binary(mut self, max: Option<u32>) -> ClientService {
+        self.older = max;
+        self
     }
 
     pub fn bind(&self, node: Weak<dyn ClientHandler>) {
@@ -740,7 +752,15 @@ impl ClientService {
             }
             Request::Health { audit } => r.send(Ok(Response::Health(node.health(audit)))),
             Request::Txn { region, epoch, cmd } => {
-                store.txn(TxnRequest { region, epoch, cmd, reply: r.reply(Response::Txn) });
+                let cmd = match self.older {
+                    None => cmd,
+                    Some(max) => match older::as_older(cmd, max) {
+                        Ok(cmd) => cmd,
+                        Err(e) => return r.send(Err(e)),
+                    },
+                };
+                let reply = r.reply(older::txn_answer(&cmd));
+                store.txn(TxnRequest { region, epoch, cmd, reply });
             }
             Request::Timestamps { count } => store.timestamps(count, r.reply(Response::Timestamps)),
             Request::TxnIds { count } if count == 0 || count > proto::TXN_IDS_MAX => {
@@ -813,5 +833,6 @@ impl ClientService {
     }
 }
 
+mod older;
 #[cfg(test)]
 mod tests;

@@ -279,6 +279,13 @@ pub enum TxnReply {
     /// `ResolveMany`: per item, in order, the record's state after a deciding item
     /// (`None` for a plain resolve).
     Resolved(Vec<Option<TxnState>>),
+    /// A staging prewrite (async commit) applied by a store that did not confirm the
+    /// staging flag: over the client protocol, a node of an older binary skips the
+    /// flag and applies a plain prewrite, whose record is `Pending` (absent is
+    /// unknown, never "staged"). Made only by the client side of the protocol from an
+    /// answer without the confirmation; a store of this binary never answers it. The
+    /// coordinator commits such a transaction in two phases.
+    Unstaged,
 }
 
 /// A transaction's state, as its record says.
