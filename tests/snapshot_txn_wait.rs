@@ -6,8 +6,10 @@
 //! `Error::Conflict` at once whatever the `Db`'s `LockWait`, so a client that asked to
 //! wait (`LockWait::Wait`) lost to any transaction in flight. Now the commit waits per
 //! the `LockWait` (resolving through the holder's record meanwhile), like a level-1
-//! write. Reads keep the level-1 read rule: they wait for the holder until the
-//! deadline, and read what it committed below their start.
+//! write. Reads likewise: a read that met a live lock waited for the holder until the
+//! deadline whatever the `LockWait`; now it waits per the `LockWait` too (`NoWait`:
+//! `Conflict` at once; `Wait(t)`: up to `t`), snapshot and level-1 reads alike, and
+//! reads what the holder committed below its start when it waited long enough.
 
 use std::sync::mpsc;
 use std::time::Duration;
@@ -121,6 +123,20 @@ fn a_reader_waits_for_a_held_lock_and_reads_what_the_holder_committed_below_its_
     let start = db.timestamp().unwrap();
     hold(&db, "k", "new", start);
     let commit_ts = db.timestamp().unwrap();
+    // A reader that does not wait, or waits a little: a conflict while the holder
+    // still holds (before the fix both waited for it until their deadline).
+    for wait in [LockWait::NoWait, LockWait::Wait(Duration::from_millis(200))] {
+        let reader = db.clone().with_deadline(Duration::from_secs(120)).with_lock_wait(wait);
+        let t = reader.transaction().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let waiter = std::thread::spawn(move || tx.send(t.get("k").map(text)).unwrap());
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Err(Error::Conflict { .. })) => {}
+            answered => panic!("{wait:?}: a read over a held lock answered {answered:?}"),
+        }
+        waiter.join().unwrap();
+    }
+    let db = db.with_lock_wait(LockWait::Wait(Duration::from_secs(60)));
     let reader = db.transaction().unwrap();
     assert!(reader.start_ts() > commit_ts);
     let (tx, rx) = mpsc::channel();

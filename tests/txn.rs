@@ -126,6 +126,16 @@ fn a_live_lock_fails_the_batch_with_conflict_and_nothing_is_written() {
     assert!(matches!(db.put("zebra", "raw"), Err(Error::Conflict { .. })));
     let waiting = db.clone().with_lock_wait(LockWait::Wait(Duration::from_millis(200)));
     assert!(matches!(waiting.write(batch.clone()), Err(Error::Conflict { .. })));
+    // A read over it answers per the lock wait too: `NoWait`, a conflict at once
+    // (before the fix it waited for the holder until its deadline).
+    let reader = db.clone().with_deadline(Duration::from_secs(120));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || tx.send(reader.get("zebra")).unwrap());
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Err(Error::Conflict { key, .. })) => assert_eq!(key, "zebra"),
+        answered => panic!("a read over a live lock answered {answered:?}"),
+    }
+    waiter.join().unwrap();
     // Nothing of ours was written, and our own locks are gone: "ant" is free.
     assert_eq!(get(&db, "ant"), None);
     db.put("ant", "free").unwrap();
@@ -150,6 +160,8 @@ fn locks_of_a_stopped_coordinator_are_resolved_by_a_reader_after_their_ttl() {
     // Prewritten everywhere, never committed; a short TTL.
     let stopped = TxnPlan::new(1 << 42, vec![put("b2", "new"), put("y2", "new")], 200, None);
     prewrite(&db, &stopped, &[&["b2"], &["y2"]]);
+    // Readers that wait for a live lock (longer than the TTL).
+    let db = db.with_lock_wait(LockWait::Wait(Duration::from_secs(60)));
     // A scan meets a lock, waits out the TTL, aborts the record and drops the lock;
     // then the next; the gets find none left.
     let rows: Vec<(Bytes, Bytes)> = db.scan(.., 10).unwrap();

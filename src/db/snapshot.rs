@@ -258,7 +258,7 @@ impl Transaction {
                 }
                 e => {
                     let Some(lock) = LockMet::of(&e) else { return Err(e) };
-                    if self.db.resolve_lock(&lock, self.db.deadline)? == Resolved::Alive {
+                    if self.db.resolve_lock(&lock, self.db.deadline)? != Resolved::Gone {
                         let key = mvcc::decode_lock_key(&lock.key).unwrap_or(lock.key);
                         return Err(Error::Conflict { key, txn_id: lock.txn_id });
                     }
@@ -313,7 +313,7 @@ impl Transaction {
                     }
                     Err(e) => {
                         let Some(lock) = LockMet::of(&e) else { return Err(e) };
-                        if self.db.resolve_lock(&lock, self.db.deadline)? == Resolved::Alive
+                        if self.db.resolve_lock(&lock, self.db.deadline)? != Resolved::Gone
                             && !self.db.may_wait_for_lock(started.elapsed() + backoff)
                         {
                             let key = mvcc::decode_lock_key(&lock.key).unwrap_or(lock.key);
@@ -374,7 +374,13 @@ impl Transaction {
             if started.elapsed() >= self.db.deadline {
                 return Err(lock.conflict());
             }
-            if self.db.resolve_lock(&lock, self.db.deadline)? == Resolved::Alive {
+            let resolved = self.db.resolve_lock(&lock, self.db.deadline)?;
+            if resolved != Resolved::Gone {
+                // Per the `Db`'s lock wait, as a commit (a deciding holder: the deadline).
+                let patience = self.db.lock_patience(&resolved, true, self.db.deadline);
+                if patience.is_none_or(|p| started.elapsed() + backoff >= p) {
+                    return Err(lock.conflict());
+                }
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(DB_MAX_BACKOFF);
             }

@@ -235,7 +235,7 @@ impl Db {
                 let left = deadline.saturating_sub(start.elapsed());
                 match self.resolve_lock(lock, left) {
                     Ok(Resolved::Gone) => {}
-                    Ok(Resolved::Alive) => alive = Some(lock.clone()),
+                    Ok(Resolved::Alive | Resolved::Deciding) => alive = Some(lock.clone()),
                     Err(e) => return Err(Stop::Fail(e)),
                 }
             }

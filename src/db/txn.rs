@@ -33,7 +33,9 @@ pub enum TxnOutcome {
     Unknown,
 }
 
-/// What a write does when a key it needs holds another live transaction's lock.
+/// What a write, or a read, does when a key it needs holds another live transaction's
+/// lock (a read waits for an async-commit holder, whose record is `Staging`, until
+/// the deadline whatever this says: it may be committed already).
 ///
 /// Deadlocks (two batches each holding a key the other needs) are not detected: they
 /// are broken by the wait timeout. With `NoWait` a conflict is answered at once, so
@@ -113,6 +115,12 @@ pub(super) enum Resolved {
     Gone,
     /// Its transaction is alive: wait, or give up.
     Alive,
+    /// Its record is `Staging` within its TTL (async commit): the transaction may be
+    /// committed already (every prewrite applied), its decision moments away. A
+    /// write treats it as alive; a read waits for it (until the TTL, when the
+    /// participant check decides it) whatever the `LockWait`, so that a batch is
+    /// visible right after its `Ok`.
+    Deciding,
 }
 
 impl Db {
@@ -233,10 +241,9 @@ impl Db {
             TxnState::Aborted => (false, None),
             // Below the floor: finished long ago, nothing of it to apply here.
             TxnState::NotFound { floor } if lock.txn_id < floor => (false, None),
+            TxnState::Staging { .. } => return Ok(Resolved::Deciding),
             // No record yet (its primary's prewrite may not have applied), or pending.
-            TxnState::NotFound { .. } | TxnState::Pending { .. } | TxnState::Staging { .. } => {
-                return Ok(Resolved::Alive);
-            }
+            TxnState::NotFound { .. } | TxnState::Pending { .. } => return Ok(Resolved::Alive),
             TxnState::Frozen { .. } => return Err(lock.conflict()),
         };
         let keys = vec![lock.key.clone()];
@@ -246,12 +253,13 @@ impl Db {
     }
 
     /// Runs `attempt` until it answers something other than `Locked`, resolving each
-    /// lock it meets; an alive holder is waited for with a backoff until `deadline`
-    /// (reads) or per the lock wait (writes: `wait` true), then [`Error::Conflict`].
+    /// lock it meets; an alive holder is waited for with a backoff per the `Db`'s
+    /// lock wait (within `deadline`; a read waits for a deciding holder until the
+    /// deadline: [`Db::lock_patience`]), then [`Error::Conflict`].
     pub(super) fn through_locks<T>(
         &self,
         deadline: Duration,
-        wait: Option<LockWait>,
+        read: bool,
         mut attempt: impl FnMut() -> Result<T>,
     ) -> Result<T> {
         let start = Instant::now();
@@ -267,13 +275,12 @@ impl Db {
             if left.is_zero() {
                 return Err(lock.conflict());
             }
-            if self.resolve_lock(&lock, left)? == Resolved::Gone {
+            let resolved = self.resolve_lock(&lock, left)?;
+            if resolved == Resolved::Gone {
                 continue;
             }
-            let patience = match wait {
-                None => deadline,
-                Some(LockWait::NoWait) => return Err(lock.conflict()),
-                Some(LockWait::Wait(t)) => t.min(deadline),
+            let Some(patience) = self.lock_patience(&resolved, read, deadline) else {
+                return Err(lock.conflict());
             };
             if start.elapsed() + backoff >= patience {
                 return Err(lock.conflict());
@@ -285,6 +292,25 @@ impl Db {
 }
 
 impl Db {
+    /// How long in all a call that met a live lock (`resolved`) may wait for it, per
+    /// the `Db`'s [`LockWait`] within `deadline`; `None`: not at all (a conflict at
+    /// once). Reads follow the lock wait like writes, except that a read waits for a
+    /// deciding (`Staging`) holder until the deadline.
+    pub(super) fn lock_patience(
+        &self,
+        resolved: &Resolved,
+        read: bool,
+        deadline: Duration,
+    ) -> Option<Duration> {
+        if read && *resolved == Resolved::Deciding {
+            return Some(deadline);
+        }
+        match self.lock_wait {
+            LockWait::NoWait => None,
+            LockWait::Wait(t) => Some(t.min(deadline)),
+        }
+    }
+
     /// True if a write that met a live lock may wait once more, having waited
     /// `waited` by the end of that wait (per [`LockWait`], within the deadline).
     pub(super) fn may_wait_for_lock(&self, waited: Duration) -> bool {
