@@ -127,6 +127,11 @@ pub struct NodeConfig {
     pub health: Option<HealthConfig>,
     /// How often the store's transaction recovery daemon takes a turn (default 5 s).
     pub txn_recover_interval: Duration,
+    /// How long a version stays readable after a newer one replaced it: the version
+    /// GC's safepoint is the oracle's timestamp minus this (default
+    /// [`GC_LIFE_TIME`](crate::GC_LIFE_TIME), 10 minutes); a transaction older than
+    /// it gets `SnapshotTooOld`.
+    pub gc_life_time: Duration,
     /// Tests only: run as a binary that supports cluster versions up to this one
     /// would (its store's maximum, and transaction requests read as such a binary
     /// reads them: `server/older.rs`). `None`: this binary.
@@ -149,6 +154,7 @@ impl fmt::Debug for NodeConfig {
             .field("initial_cluster_state", &self.initial_cluster_state)
             .field("health", &self.health)
             .field("txn_recover_interval", &self.txn_recover_interval)
+            .field("gc_life_time", &self.gc_life_time)
             .field("emulate_binary_max", &self.emulate_binary_max)
             .finish()
     }
@@ -176,6 +182,7 @@ impl NodeConfig {
             initial_cluster_state: None,
             health: None,
             txn_recover_interval: crate::txn_recovery::TXN_RECOVER_INTERVAL,
+            gc_life_time: crate::version_gc::GC_LIFE_TIME,
             emulate_binary_max: None,
         }
     }
@@ -530,7 +537,11 @@ impl Node {
                 tasks: Gate::new(),
                 task_threads: Mutex::default(),
                 health: HealthRunner::new(config.health_config()),
-                txn: TxnDaemon::new(config.txn_recover_interval),
+                txn: TxnDaemon::with_gc(
+                    config.txn_recover_interval,
+                    config.gc_life_time,
+                    crate::version_gc::GC_INTERVAL,
+                ),
             }
         });
         let backend =

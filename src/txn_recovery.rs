@@ -47,7 +47,7 @@ use regionkv_wal::CancellationToken;
 
 use crate::db::Db;
 use crate::error::{Error, Result};
-use crate::version_gc::{GC_INTERVAL, GC_LIFE_TIME, VersionGc, VersionGcStats};
+use crate::version_gc::{VersionGc, VersionGcStats};
 
 /// How often the daemon takes a turn by default.
 pub const TXN_RECOVER_INTERVAL: Duration = Duration::from_secs(5);
@@ -432,10 +432,6 @@ pub(crate) struct TxnDaemon {
 pub(crate) type StoresFn = Box<dyn Fn() -> Option<(Vec<Arc<Store>>, Db)> + Send + Sync>;
 
 impl TxnDaemon {
-    pub(crate) fn new(interval: Duration) -> Arc<TxnDaemon> {
-        TxnDaemon::with_gc(interval, GC_LIFE_TIME, GC_INTERVAL)
-    }
-
     /// A daemon whose version GC keeps versions `gc_life` and takes a turn every
     /// `gc_interval`.
     pub(crate) fn with_gc(

@@ -9,6 +9,8 @@ use bytes::Bytes;
 use regionkv::layers::raft::txn::mvcc;
 use regionkv::{Cluster, Error, StateRole};
 
+mod common;
+
 fn text(v: Option<Bytes>) -> Option<String> {
     v.map(|v| String::from_utf8(v.to_vec()).unwrap())
 }
@@ -101,4 +103,40 @@ fn gc_drops_old_versions_refuses_older_snapshots_and_keeps_what_newer_ones_read(
     assert!(again.iter().all(|(_, s)| s.safepoint == at.start_ts()), "{again:?}");
     assert_eq!(versions(&cluster), 2);
     cluster.shutdown().unwrap();
+}
+
+/// A `Node`'s version GC keeps versions for its configured life time
+/// (`NodeConfig::gc_life_time`), where every node used the 10-minute default.
+#[test]
+fn a_node_collects_at_its_configured_life_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let addrs = common::free_addrs(3);
+    let secret = b"the secret of the node version gc test";
+    let cluster = regionkv::ClusterId(48);
+    let nodes: Vec<regionkv::Node> = (1..=3)
+        .map(|id| {
+            let mut config = common::node_config(dir.path(), id, &addrs, cluster, secret);
+            config.gc_life_time = std::time::Duration::from_millis(1);
+            regionkv::Node::open(config).unwrap()
+        })
+        .collect();
+    let db = nodes[0].db();
+    for value in ["1", "2"] {
+        let mut t = db.transaction().unwrap();
+        t.put("k", value);
+        t.commit().unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let now = db.timestamp().unwrap();
+    // The node that leads the region takes the turn (the others have nothing to do).
+    let safepoint = nodes.iter().map(|n| n.version_gc(None).unwrap().safepoint).max().unwrap();
+    // The oracle's clock is milliseconds above 18 bits: a life time of 1 ms puts the
+    // safepoint within a few ms of `now`, the default ten minutes far below it.
+    let ms = |ts: u64| ts >> 18;
+    assert!(ms(safepoint) + 1_000 > ms(now), "safepoint {safepoint} (now {now})");
+    let t = db.transaction().unwrap();
+    assert_eq!(text(t.get("k").unwrap()).as_deref(), Some("2"));
+    for node in &nodes {
+        node.shutdown().unwrap();
+    }
 }

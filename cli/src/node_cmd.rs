@@ -25,6 +25,8 @@ struct NodeFile {
     secret: Option<String>,
     secret_file: Option<PathBuf>,
     tick_interval_ms: Option<u64>,
+    /// The version GC's life time (`NodeConfig::gc_life_time`), in seconds.
+    gc_life_time_s: Option<u64>,
     initial_cluster_state: Option<String>,
     #[serde(default)]
     peers: BTreeMap<String, SocketAddr>,
@@ -83,6 +85,9 @@ fn node_config(args: NodeArgs) -> Result<(NodeConfig, bool), String> {
     }
     if let Some(ms) = args.tick_interval_ms.or(file.tick_interval_ms) {
         config.tick_interval = Duration::from_millis(ms);
+    }
+    if let Some(s) = file.gc_life_time_s {
+        config.gc_life_time = Duration::from_secs(s);
     }
     config.initial_cluster_state =
         initial_state(args.bootstrap, args.join, file.initial_cluster_state.as_deref())?;

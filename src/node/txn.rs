@@ -11,6 +11,7 @@ use crate::db::Db;
 use crate::error::Result;
 use crate::router::Router;
 use crate::txn_recovery::{TxnEntry, TxnRecovery, TxnRecoveryStats, TxnRecoveryTurn};
+use crate::version_gc::VersionGcStats;
 
 /// Starts the node's daemon: it runs until the node stops or is gone.
 pub(super) fn start(shared: &Arc<NodeShared>) -> Result<()> {
@@ -63,6 +64,15 @@ impl Node {
     /// [`Cluster::txn_recover`](crate::Cluster::txn_recover).
     pub fn txn_recover(&self, region: Option<RegionId>) -> TxnRecoveryTurn {
         recover(&self.shared, region)
+    }
+
+    /// One version GC turn now on this node's store (the safepoint `at`, or the
+    /// oracle's timestamp minus [`NodeConfig::gc_life_time`](crate::NodeConfig)); see
+    /// [`Cluster::version_gc`](crate::Cluster::version_gc).
+    pub fn version_gc(&self, at: Option<u64>) -> Result<VersionGcStats> {
+        let db = self.db();
+        let turns = self.shared.txn.gc_now(std::slice::from_ref(&self.shared.store), &db, at)?;
+        Ok(turns.into_iter().next().map(|(_, s)| s).unwrap_or_default())
     }
 
     /// The daemon's counters.
