@@ -226,6 +226,19 @@ impl NodeConfig {
         self
     }
 
+    /// The options of the node's store.
+    fn store_options(&self) -> StoreOptions {
+        let mut store_config = StoreConfig::new(self.store_id)
+            .tick_interval(self.tick_interval)
+            .image_hash_interval(Some(crate::defaults::IMAGE_HASH_INTERVAL));
+        if let Some(max) = self.emulate_binary_max {
+            store_config = store_config.cluster_version_max(max);
+        }
+        let mut options = StoreOptions::new(store_config);
+        options.pollers = self.pollers;
+        options
+    }
+
     fn validate(&self) -> Result<()> {
         let problem = if self.store_id.0 == 0 {
             Some("store id 0 is reserved for clients; number stores from 1".to_string())
@@ -464,20 +477,13 @@ impl Node {
         let id = config.store_id;
         let service = Arc::new(
             ClientService::new(proto::client_key(&config.secret), config.cluster_id, id)
-                .as_older_binary(config.emulate_binary_max),
+                .emulating(config.emulate_binary_max),
         );
         // The store first: its incarnation goes in the transport's handshake. What it
         // sends before the transport is up is dropped (Raft resends).
         let outbound = Arc::new(TransportSlot::default());
         let as_transport: Arc<dyn Transport> = outbound.clone();
-        let mut store_config = StoreConfig::new(id)
-            .tick_interval(config.tick_interval)
-            .image_hash_interval(Some(crate::defaults::IMAGE_HASH_INTERVAL));
-        if let Some(max) = config.emulate_binary_max {
-            store_config = store_config.cluster_version_max(max);
-        }
-        let mut options = StoreOptions::new(store_config);
-        options.pollers = config.pollers;
+        let options = config.store_options();
         let store = Arc::new(Store::start(fs, &config.data_dir, &options, &as_transport)?);
         let remote = Arc::new(RemoteStores::new(
             proto::client_key(&config.secret),

@@ -40,13 +40,13 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 use parking_lot::{Condvar, Mutex};
-use regionkv_engine::{Region, RegionId, StoreId};
+use regionkv_engine::{Epoch, Region, RegionId, StoreId};
 use regionkv_raft::directory::{DirResult, RegionRecord};
 use regionkv_raft::transport::frame::{FrameError, FrameKind, FrameStream, WireError, send_nowait};
 use regionkv_raft::transport::handshake::{ClusterId, HandshakeError, HandshakeKey};
 use regionkv_raft::transport::tcp::SharedListener;
 use regionkv_raft::{
-    AdminRequest, ChangePeersRequest, QueryResult, ReadRequest, Reply, Store, TxnRequest,
+    AdminRequest, ChangePeersRequest, QueryResult, ReadRequest, Reply, Store, TxnCmd, TxnRequest,
     WriteRequest,
 };
 use regionkv_wal::CancellationToken;
@@ -196,7 +196,7 @@ impl ClientService {
     /// Answers transaction requests as a binary supporting cluster versions up to
     /// `max` would (`older.rs`).
     #[must_use]
-    pub fn as_older_binary(mut self, max: Option<u32>) -> ClientService {
+    pub fn emulating(mut self, max: Option<u32>) -> ClientService {
         self.older = max;
         self
     }
@@ -751,17 +751,7 @@ impl ClientService {
                 );
             }
             Request::Health { audit } => r.send(Ok(Response::Health(node.health(audit)))),
-            Request::Txn { region, epoch, cmd } => {
-                let cmd = match self.older {
-                    None => cmd,
-                    Some(max) => match older::as_older(cmd, max) {
-                        Ok(cmd) => cmd,
-                        Err(e) => return r.send(Err(e)),
-                    },
-                };
-                let reply = r.reply(older::txn_answer(&cmd));
-                store.txn(TxnRequest { region, epoch, cmd, reply });
-            }
+            Request::Txn { region, epoch, cmd } => self.txn(store, region, epoch, cmd, r),
             Request::Timestamps { count } => store.timestamps(count, r.reply(Response::Timestamps)),
             Request::TxnIds { count } if count == 0 || count > proto::TXN_IDS_MAX => {
                 let message = format!("txn ids: ask for 1 to {} ids at a time", proto::TXN_IDS_MAX);
@@ -780,6 +770,20 @@ impl ClientService {
             | Request::UpgradeStatus
             | Request::FinalizeUpgrade { .. } => self.spawn_admin(&node, request, r),
         }
+    }
+
+    /// A transaction command to the node's store (read as an older binary would, if
+    /// this node emulates one); a staging prewrite's `Done` confirmed (`older.rs`).
+    fn txn(&self, store: &Store, region: RegionId, epoch: Epoch, cmd: TxnCmd, r: Responder) {
+        let cmd = match self.older {
+            None => cmd,
+            Some(max) => match older::as_older(cmd, max) {
+                Ok(cmd) => cmd,
+                Err(e) => return r.send(Err(e)),
+            },
+        };
+        let reply = r.reply(older::txn_answer(&cmd));
+        store.txn(TxnRequest { region, epoch, cmd, reply });
     }
 
     /// Runs a request the node drives (it may take seconds) on its own thread, inside
