@@ -322,6 +322,18 @@ fn resolve_proposals(replica: &mut Replica, entry: &Entry, outcome: Outcome, hel
                 held.txns.push((reply, region, result));
             }
             Waiting::Txn(reply) => reply(Err(dropped())),
+            Waiting::Txns(waiting) if matched => {
+                let results = match outcome.take() {
+                    Some(Outcome::Txns(results)) => results,
+                    _ => Vec::new(),
+                };
+                let mut results = results.into_iter();
+                for reply in waiting {
+                    let r = results.next().unwrap_or_else(|| Err(mismatch()));
+                    held.txns.push((reply, region, r));
+                }
+            }
+            Waiting::Txns(waiting) => waiting.into_iter().for_each(|reply| reply(Err(dropped()))),
         }
     }
 }
@@ -338,6 +350,8 @@ enum Outcome {
     Directory(Result<DirResult>),
     /// A transaction command's result (answered once its round commits).
     Txn(Result<TxnReply>),
+    /// One result per transaction command of a batch, in order (answered likewise).
+    Txns(Vec<Result<TxnReply>>),
     /// Refused whole (it does not decode, or a membership change that must not
     /// apply), alike on every replica: why.
     Refused(Error),
@@ -500,6 +514,12 @@ impl StoreCore {
                     Command::Txn(_) if region == DIRECTORY => Outcome::Txn(Err(
                         Error::InvalidRequest("a transaction command to the directory".into()),
                     )),
+                    Command::Txns(txns) if region == DIRECTORY => {
+                        let refused = || {
+                            Error::InvalidRequest("a transaction command to the directory".into())
+                        };
+                        Outcome::Txns(txns.iter().map(|_| Err(refused())).collect())
+                    }
                     Command::Txn(txn) => {
                         let metrics = &self.ctx.metrics;
                         // A binary configured for version 3 only reads a staging record
@@ -508,6 +528,19 @@ impl StoreCore {
                             self.ctx.config.cluster_version_max >= crate::version::TXN_V2.since;
                         let at = (entry.index, knows_staging);
                         Outcome::Txn(applier.txn(replica, &txn, at, metrics)?)
+                    }
+                    Command::Txns(txns) => {
+                        // Each in order, on its own, as if it had its own entry: a
+                        // refusal changes nothing, and its neighbours apply.
+                        let metrics = &self.ctx.metrics;
+                        let knows_staging =
+                            self.ctx.config.cluster_version_max >= crate::version::TXN_V2.since;
+                        let at = (entry.index, knows_staging);
+                        let mut results = Vec::with_capacity(txns.len());
+                        for txn in &txns {
+                            results.push(applier.txn(replica, txn, at, metrics)?);
+                        }
+                        Outcome::Txns(results)
                     }
                     Command::Admin(admin) => {
                         // Admin commands change durable metadata; the data before them
