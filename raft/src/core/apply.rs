@@ -377,6 +377,39 @@ fn get(view: &regionkv_engine::ReadView, region: &Region, key: &[u8]) -> Result<
     Ok(QueryResult::Value(view.get(key)))
 }
 
+/// Applies a transaction entry's command, or each of a batch's in order, on its own,
+/// as if it had its own entry: a refusal changes nothing, and its neighbours apply.
+fn txn_outcome(
+    ctx: &super::StoreContext,
+    replica: &Replica,
+    cmd: Command,
+    index: u64,
+    applier: &mut Applier<'_>,
+) -> Result<Outcome> {
+    let refused = || Error::InvalidRequest("a transaction command to the directory".into());
+    // A binary configured for version 3 only reads a staging record as an older
+    // binary does: an unknown status.
+    let knows_staging = ctx.config.cluster_version_max >= crate::version::TXN_V2.since;
+    let at = (index, knows_staging);
+    let directory = replica.region.id == DIRECTORY;
+    Ok(match cmd {
+        Command::Txn(_) if directory => Outcome::Txn(Err(refused())),
+        Command::Txn(txn) => Outcome::Txn(applier.txn(replica, &txn, at, &ctx.metrics)?),
+        Command::Txns(txns) => {
+            let mut results = Vec::with_capacity(txns.len());
+            for txn in &txns {
+                results.push(if directory {
+                    Err(refused())
+                } else {
+                    applier.txn(replica, txn, at, &ctx.metrics)?
+                });
+            }
+            Outcome::Txns(results)
+        }
+        _ => Outcome::Refused(Error::Internal("not a transaction entry".into())),
+    })
+}
+
 impl StoreCore {
     /// Applies committed entries of one region into the pass's round, each through
     /// the region's timeline. A commit merge whose source replica here has not caught
@@ -511,36 +544,8 @@ impl StoreCore {
                     Command::Directory(_) => Outcome::Directory(Err(Error::InvalidRequest(
                         "a directory command outside the directory".into(),
                     ))),
-                    Command::Txn(_) if region == DIRECTORY => Outcome::Txn(Err(
-                        Error::InvalidRequest("a transaction command to the directory".into()),
-                    )),
-                    Command::Txns(txns) if region == DIRECTORY => {
-                        let refused = || {
-                            Error::InvalidRequest("a transaction command to the directory".into())
-                        };
-                        Outcome::Txns(txns.iter().map(|_| Err(refused())).collect())
-                    }
-                    Command::Txn(txn) => {
-                        let metrics = &self.ctx.metrics;
-                        // A binary configured for version 3 only reads a staging record
-                        // as an older binary does: an unknown status.
-                        let knows_staging =
-                            self.ctx.config.cluster_version_max >= crate::version::TXN_V2.since;
-                        let at = (entry.index, knows_staging);
-                        Outcome::Txn(applier.txn(replica, &txn, at, metrics)?)
-                    }
-                    Command::Txns(txns) => {
-                        // Each in order, on its own, as if it had its own entry: a
-                        // refusal changes nothing, and its neighbours apply.
-                        let metrics = &self.ctx.metrics;
-                        let knows_staging =
-                            self.ctx.config.cluster_version_max >= crate::version::TXN_V2.since;
-                        let at = (entry.index, knows_staging);
-                        let mut results = Vec::with_capacity(txns.len());
-                        for txn in &txns {
-                            results.push(applier.txn(replica, txn, at, metrics)?);
-                        }
-                        Outcome::Txns(results)
+                    cmd @ (Command::Txn(_) | Command::Txns(_)) => {
+                        txn_outcome(&self.ctx, replica, cmd, entry.index, applier)?
                     }
                     Command::Admin(admin) => {
                         // Admin commands change durable metadata; the data before them
