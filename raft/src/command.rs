@@ -59,6 +59,19 @@
 //!  |   heartbeat 4 5 7 · forget 12 13                                                |
 //! ```
 //!
+//! Or several transaction commands in one entry (cluster version 5 on,
+//! [`crate::version::TXN_V3`]): the commands a region's leader took in one turn.
+//!
+//! ```text
+//!  | format u8 = 1 | TLV: tag 6 TXNS (nested): tag 5 TXN (nested, repeated, as above) |
+//! ```
+//!
+//! Each is applied in order, into the same write-batch round, and succeeds, is
+//! refused or is answered on its own, exactly as if it had had its own entry; the
+//! entry never holds anything else and never more than the WAL's largest record. A
+//! leader proposes a turn's lone command as a plain TXN entry (tag 5), byte for byte
+//! as before the batch, and every command alone below version 5.
+//!
 //! A membership change is an `EntryConfChangeV2` entry: raft-rs's `ConfChangeV2` in
 //! the data, and in the context the epoch it was proposed at and the stores of the
 //! peers it adds:
@@ -96,6 +109,7 @@ const PEER_STORE: u16 = 2;
 const ADMIN: u16 = 2;
 const DIRECTORY: u16 = 3;
 const TXN: u16 = 5;
+const TXNS: u16 = 6;
 const A_EPOCH: u16 = 1;
 const A_KIND: u16 = 2;
 const A_SPLIT_KEY: u16 = 3;
@@ -320,12 +334,38 @@ pub(crate) enum Command {
     Directory(DirCmd),
     /// One transaction command.
     Txn(TxnEntry),
+    /// Several transaction commands, applied in order, each on its own (cluster
+    /// version 5 on).
+    Txns(Vec<TxnEntry>),
 }
 
 /// Encodes a transaction command as one entry's data.
 pub(crate) fn encode_txn(entry: &TxnEntry) -> Vec<u8> {
     let mut out = vec![FORMAT_VERSION];
     codec::put_nested(&mut out, TXN, |out| crate::txn::codec::encode(out, entry));
+    out
+}
+
+/// Bytes [`encode_txns`] adds to the [`encode_txn`] outputs it joins, beyond their
+/// own lengths less their format byte each.
+pub(crate) const ENCODED_TXNS_BYTES: usize = 1 + codec::FIELD_HEADER_LEN;
+
+/// Joins transaction commands, each as [`encode_txn`] encoded it, into one entry's
+/// data: one alone keeps its own entry's shape (a TXN field); two or more go in a
+/// TXNS field, in order. Its length is [`ENCODED_TXNS_BYTES`] plus each command's
+/// length less one (one command: its own length).
+pub(crate) fn encode_txns(encoded: &[&[u8]]) -> Vec<u8> {
+    if let [one] = encoded {
+        return one.to_vec();
+    }
+    let len = ENCODED_TXNS_BYTES + encoded.iter().map(|e| e.len().saturating_sub(1)).sum::<usize>();
+    let mut out = Vec::with_capacity(len);
+    out.push(FORMAT_VERSION);
+    codec::put_nested(&mut out, TXNS, |out| {
+        for e in encoded {
+            out.extend_from_slice(e.get(1..).unwrap_or_default());
+        }
+    });
     out
 }
 
@@ -442,11 +482,12 @@ impl Command {
             Command::Admin(Admin { cmd: AdminCmd::ComputeHash, .. }) => {
                 crate::version::IMAGE_HASH.since
             }
-            Command::Txn(entry) if entry.cmd.needs_v2() => crate::version::TXN_V2.since,
-            Command::Directory(DirCmd::SetGcSafepoint { .. }) => crate::version::TXN_V2.since,
-            Command::Txn(_) | Command::Directory(DirCmd::SaveTsLimit { .. }) => {
-                crate::version::TXN.since
+            Command::Txns(entries) => {
+                entries.iter().map(txn_since).fold(crate::version::TXN_V3.since, u32::max)
             }
+            Command::Txn(entry) => txn_since(entry),
+            Command::Directory(DirCmd::SetGcSafepoint { .. }) => crate::version::TXN_V2.since,
+            Command::Directory(DirCmd::SaveTsLimit { .. }) => crate::version::TXN.since,
             Command::Writes(_)
             | Command::Admin(_)
             | Command::Directory(DirCmd::AllocIds { .. } | DirCmd::Report { .. }) => {
@@ -454,6 +495,11 @@ impl Command {
             }
         }
     }
+}
+
+/// The cluster version that introduced a transaction command's kind (and fields).
+fn txn_since(entry: &TxnEntry) -> u32 {
+    if entry.cmd.needs_v2() { crate::version::TXN_V2.since } else { crate::version::TXN.since }
 }
 
 /// True if `data` (a normal entry's) starts with an admin command: a cheap look at
@@ -485,6 +531,12 @@ pub(crate) fn decode(data: &Bytes) -> DecodeResult<Command> {
         return crate::txn::codec::decode(data, txn.value)
             .map(Command::Txn)
             .map_err(|e| e.shifted(txn.offset + 1));
+    }
+    if let Some(txns) = fields.iter().find(|f| f.tag == TXNS) {
+        if fields.len() != 1 {
+            return Err(DecodeError::new(txns.offset + 1, "a transaction batch shares its entry"));
+        }
+        return decode_txns(data, txns.value).map_err(|e| e.shifted(txns.offset + 1));
     }
     if let Some(admin) = fields.iter().find(|f| f.tag == ADMIN) {
         if fields.len() != 1 {
@@ -529,6 +581,25 @@ pub(crate) fn decode(data: &Bytes) -> DecodeResult<Command> {
         writes.push(Write { epoch, ops, session, time_ms });
     }
     Ok(Command::Writes(writes))
+}
+
+/// Reads the body of a TXNS field (`buf`, a slice of `data`): two or more TXN fields
+/// and nothing else.
+fn decode_txns(data: &Bytes, buf: &[u8]) -> DecodeResult<Command> {
+    let fields = codec::fields(buf)?;
+    if fields.len() < 2 {
+        return Err(DecodeError::new(0, "a transaction batch of fewer than two commands"));
+    }
+    let mut entries = Vec::with_capacity(fields.len());
+    for field in fields {
+        if field.tag != TXN {
+            return Err(DecodeError::new(field.offset, "a transaction batch holds another kind"));
+        }
+        entries.push(
+            crate::txn::codec::decode(data, field.value).map_err(|e| e.shifted(field.offset))?,
+        );
+    }
+    Ok(Command::Txns(entries))
 }
 
 /// The context of a membership change entry.
@@ -726,6 +797,53 @@ mod tests {
             };
             prop_assert_eq!(decode_change_peers(&encode_change_peers(&ctx)).unwrap(), ctx);
         }
+    }
+
+    #[test]
+    fn a_transaction_batch_holds_two_or_more_txn_commands_and_nothing_else() {
+        let txn = |out: &mut Vec<u8>| {
+            codec::put_nested(out, TXN, |out| {
+                codec::put_nested(out, 1, |out| put_epoch(out, Epoch::INITIAL));
+                codec::put_u64(out, 2, 7);
+                codec::put_u64(out, 3, 5);
+                codec::put_u64(out, 4, 9);
+                codec::put_field(out, 5, b"k");
+                codec::put_u64(out, 7, 1000);
+            });
+        };
+        let batch = |body: &dyn Fn(&mut Vec<u8>)| {
+            let mut out = vec![FORMAT_VERSION];
+            codec::put_nested(&mut out, TXNS, body);
+            Bytes::from(out)
+        };
+        let Ok(Command::Txns(two)) = decode(&batch(&|out| (txn(out), txn(out)).1)) else {
+            panic!("two heartbeats do not decode as a batch");
+        };
+        assert_eq!(two.len(), 2);
+        // Damage, not an unknown kind: one command, another kind inside, a neighbour.
+        let one = batch(&|out| txn(out));
+        let mixed = batch(&|out| {
+            txn(out);
+            codec::put_nested(out, WRITE, |out| {
+                codec::put_nested(out, W_EPOCH, |out| put_epoch(out, Epoch::INITIAL));
+            });
+        });
+        let mut shared = batch(&|out| (txn(out), txn(out)).1).to_vec();
+        codec::put_nested(&mut shared, ADMIN, |_| {});
+        for data in [one, mixed, Bytes::from(shared)] {
+            let e = decode(&data).unwrap_err();
+            assert!(!is_unknown_kind(&e), "{e:?}");
+        }
+        // A command of a kind this binary does not know makes the whole entry one.
+        let unknown = batch(&|out| {
+            txn(out);
+            codec::put_nested(out, TXN, |out| {
+                codec::put_nested(out, 1, |out| put_epoch(out, Epoch::INITIAL));
+                codec::put_u64(out, 2, 7);
+                codec::put_u64(out, 3, 99);
+            });
+        });
+        assert!(is_unknown_kind(&decode(&unknown).unwrap_err()));
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct WriteMetrics {
     /// Transaction commands proposed, and one-phase commits among them.
     txn_proposed: AtomicU64,
     txn_one_phase_proposed: AtomicU64,
+    /// Entries those commands were proposed in (several share one from version 5).
+    txn_entries_proposed: AtomicU64,
 }
 
 impl WriteMetrics {
@@ -94,6 +96,11 @@ impl WriteMetrics {
         }
     }
 
+    /// Counts one entry of transaction commands proposed (one command or several).
+    pub(crate) fn on_txn_entry_proposed(&self) {
+        self.txn_entries_proposed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Fills in the store-wide write-path figures of `m`.
     pub(crate) fn fill(&self, m: &mut StoreMetrics) {
         m.write_latency_us = self.latency.snapshot();
@@ -107,6 +114,7 @@ impl WriteMetrics {
         m.txn_resolve_items = self.txn_resolve_items.load(Ordering::Relaxed);
         m.txn_proposed = self.txn_proposed.load(Ordering::Relaxed);
         m.txn_one_phase_proposed = self.txn_one_phase_proposed.load(Ordering::Relaxed);
+        m.txn_entries_proposed = self.txn_entries_proposed.load(Ordering::Relaxed);
     }
 }
 
@@ -172,6 +180,11 @@ pub struct StoreMetrics {
     pub txn_proposed: u64,
     /// One-phase commits (`TxnCmd::OnePhase`) among them.
     pub txn_one_phase_proposed: u64,
+    /// Raft entries those transaction commands were proposed in: from cluster version
+    /// 5 the commands a leader takes in one turn share entries, so
+    /// `txn_proposed / txn_entries_proposed` is how well they are batched. Not sent
+    /// over the client protocol (0 there).
+    pub txn_entries_proposed: u64,
     /// Write-batch rounds of the apply loop.
     pub apply: ApplyStats,
     /// The store's WAL: fsyncs, their latency, group sizes.

@@ -47,6 +47,8 @@ pub(crate) enum Waiting {
     Directory(Reply<DirResult>),
     /// A transaction command.
     Txn(Reply<TxnReply>),
+    /// One reply per transaction command of the entry (a batch), in order.
+    Txns(Vec<Reply<TxnReply>>),
 }
 
 impl Waiting {
@@ -58,6 +60,7 @@ impl Waiting {
             Waiting::Admin(reply) => reply(Err(error())),
             Waiting::Directory(reply) => reply(Err(error())),
             Waiting::Txn(reply) => reply(Err(error())),
+            Waiting::Txns(replies) => replies.into_iter().for_each(|r| r(Err(error()))),
         }
     }
 
@@ -81,6 +84,12 @@ impl Waiting {
             Waiting::Admin(reply) => reply(Err(error.into())),
             Waiting::Directory(reply) => reply(Err(error.into())),
             Waiting::Txn(reply) => reply(Err(error.into())),
+            Waiting::Txns(replies) => {
+                let reason = DropReason::Refused;
+                for reply in replies {
+                    reply(Err(Error::Dropped { region, reason }));
+                }
+            }
         }
     }
 }
@@ -98,8 +107,24 @@ pub(crate) enum Proposed {
 pub(crate) struct Proposals {
     /// Client writes to propose at the end of this turn, and their replies.
     pub batch: Vec<(Write, Reply<()>)>,
+    /// Transaction commands to propose at the end of this turn, together (cluster
+    /// version 5 on; `StoreCore::propose_txns`).
+    pub txns: Vec<QueuedTxn>,
     /// Proposed, in index order: resolved when their entries apply.
     pub in_flight: VecDeque<Proposal>,
+}
+
+/// A transaction command taken this turn, checked and encoded as its own entry's
+/// data would be ([`crate::command::encode_txn`]), with its reply.
+pub(crate) struct QueuedTxn {
+    /// The command alone, as an entry's data.
+    pub data: Vec<u8>,
+    /// Its proposer's reply.
+    pub reply: Reply<TxnReply>,
+    /// A one-phase commit (counted apart).
+    pub one_phase: bool,
+    /// A batched resolve's items (counted).
+    pub resolve_items: Option<usize>,
 }
 
 /// Linearizable reads, from taken to served.
@@ -500,6 +525,7 @@ impl Replica {
         let last = self.last_index();
         self.is_initialized()
             && self.proposals.batch.is_empty()
+            && self.proposals.txns.is_empty()
             && self.proposals.in_flight.is_empty()
             && self.reads.unissued.is_empty()
             && self.reads.pending.is_empty()
@@ -736,6 +762,9 @@ impl Replica {
     pub fn fail_unproposed(&mut self, error: impl Fn() -> Error) {
         for (_, reply) in self.proposals.batch.drain(..) {
             reply(Err(error()));
+        }
+        for queued in self.proposals.txns.drain(..) {
+            (queued.reply)(Err(error()));
         }
         for read in self.reads.unissued.drain(..) {
             (read.reply)(Err(error()));

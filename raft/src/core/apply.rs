@@ -322,6 +322,18 @@ fn resolve_proposals(replica: &mut Replica, entry: &Entry, outcome: Outcome, hel
                 held.txns.push((reply, region, result));
             }
             Waiting::Txn(reply) => reply(Err(dropped())),
+            Waiting::Txns(waiting) if matched => {
+                let results = match outcome.take() {
+                    Some(Outcome::Txns(results)) => results,
+                    _ => Vec::new(),
+                };
+                let mut results = results.into_iter();
+                for reply in waiting {
+                    let r = results.next().unwrap_or_else(|| Err(mismatch()));
+                    held.txns.push((reply, region, r));
+                }
+            }
+            Waiting::Txns(waiting) => waiting.into_iter().for_each(|reply| reply(Err(dropped()))),
         }
     }
 }
@@ -338,6 +350,8 @@ enum Outcome {
     Directory(Result<DirResult>),
     /// A transaction command's result (answered once its round commits).
     Txn(Result<TxnReply>),
+    /// One result per transaction command of a batch, in order (answered likewise).
+    Txns(Vec<Result<TxnReply>>),
     /// Refused whole (it does not decode, or a membership change that must not
     /// apply), alike on every replica: why.
     Refused(Error),
@@ -361,6 +375,39 @@ fn get(view: &regionkv_engine::ReadView, region: &Region, key: &[u8]) -> Result<
         return Err(Error::KeyNotInRegion { region: region.id, current: Some(region.clone()) });
     }
     Ok(QueryResult::Value(view.get(key)))
+}
+
+/// Applies a transaction entry's command, or each of a batch's in order, on its own,
+/// as if it had its own entry: a refusal changes nothing, and its neighbours apply.
+fn txn_outcome(
+    ctx: &super::StoreContext,
+    replica: &Replica,
+    cmd: Command,
+    index: u64,
+    applier: &mut Applier<'_>,
+) -> Result<Outcome> {
+    let refused = || Error::InvalidRequest("a transaction command to the directory".into());
+    // A binary configured for version 3 only reads a staging record as an older
+    // binary does: an unknown status.
+    let knows_staging = ctx.config.cluster_version_max >= crate::version::TXN_V2.since;
+    let at = (index, knows_staging);
+    let directory = replica.region.id == DIRECTORY;
+    Ok(match cmd {
+        Command::Txn(_) if directory => Outcome::Txn(Err(refused())),
+        Command::Txn(txn) => Outcome::Txn(applier.txn(replica, &txn, at, &ctx.metrics)?),
+        Command::Txns(txns) => {
+            let mut results = Vec::with_capacity(txns.len());
+            for txn in &txns {
+                results.push(if directory {
+                    Err(refused())
+                } else {
+                    applier.txn(replica, txn, at, &ctx.metrics)?
+                });
+            }
+            Outcome::Txns(results)
+        }
+        _ => Outcome::Refused(Error::Internal("not a transaction entry".into())),
+    })
 }
 
 impl StoreCore {
@@ -497,17 +544,8 @@ impl StoreCore {
                     Command::Directory(_) => Outcome::Directory(Err(Error::InvalidRequest(
                         "a directory command outside the directory".into(),
                     ))),
-                    Command::Txn(_) if region == DIRECTORY => Outcome::Txn(Err(
-                        Error::InvalidRequest("a transaction command to the directory".into()),
-                    )),
-                    Command::Txn(txn) => {
-                        let metrics = &self.ctx.metrics;
-                        // A binary configured for version 3 only reads a staging record
-                        // as an older binary does: an unknown status.
-                        let knows_staging =
-                            self.ctx.config.cluster_version_max >= crate::version::TXN_V2.since;
-                        let at = (entry.index, knows_staging);
-                        Outcome::Txn(applier.txn(replica, &txn, at, metrics)?)
+                    cmd @ (Command::Txn(_) | Command::Txns(_)) => {
+                        txn_outcome(&self.ctx, replica, cmd, entry.index, applier)?
                     }
                     Command::Admin(admin) => {
                         // Admin commands change durable metadata; the data before them

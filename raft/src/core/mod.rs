@@ -581,6 +581,7 @@ impl StoreCore {
     /// Handles one replica's ready; true if it applied entries into `applier` (the rest
     /// of its turn comes after the round is committed, in `after_apply`).
     fn flush_replica(&mut self, region: RegionId, applier: &mut Applier<'_>) -> Result<bool> {
+        self.propose_txns(region);
         self.propose_batch(region);
         self.issue_reads(region);
         self.prepare_snapshot(region)?;

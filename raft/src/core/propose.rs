@@ -9,7 +9,7 @@ use super::admin_apply::check_admin;
 use crate::command::{self, Admin, AdminCmd, ChangePeersContext, TxnEntry, Write};
 use crate::directory::{DIRECTORY, DirCmd, DirResult};
 use crate::error::{DropReason, Error, Result};
-use crate::replica::{Proposed, Replica, Waiting};
+use crate::replica::{Proposed, QueuedTxn, Replica, Waiting};
 use crate::request::{
     AdminRequest, AdminResult, ChangePeersRequest, PeerChange, ReadRequest, Reply, WriteRequest,
 };
@@ -76,8 +76,11 @@ impl StoreCore {
 
     /// Takes a transaction command (`crate::txn`): checked against the leader's view
     /// (the cluster version, the epoch, every key in the region, not merging), stamped
-    /// with this leader's clock (the time every replica's apply goes by) and proposed
-    /// alone in its entry. Checked again when applied, from replicated state only.
+    /// with this leader's clock (the time every replica's apply goes by) and, from
+    /// cluster version 5 ([`crate::version::TXN_V3`]), queued for the end of the turn,
+    /// where the turn's commands share entries (`propose_txns`); below it, proposed
+    /// alone in its entry at once. Checked again when applied, from replicated state
+    /// only.
     pub fn on_txn(&mut self, req: TxnRequest) {
         let TxnRequest { region, epoch, mut cmd, reply } = req;
         if region == DIRECTORY {
@@ -145,13 +148,38 @@ impl StoreCore {
             ))));
             return;
         }
-        if replica.propose(Proposed::Entry(data), Waiting::Txn(reply)).is_some() {
-            ctx.metrics.on_txn_proposed(one_phase);
+        let queued = QueuedTxn { data, reply, one_phase, resolve_items: batch };
+        if ctx.cluster_version.check(crate::version::TXN_V3).is_ok() {
+            replica.proposals.txns.push(queued);
             self.dirty.insert(region);
-            if let Some(items) = batch {
-                self.ctx.metrics.on_resolve_batch(items);
-            }
+        } else if propose_txns(replica, &ctx.metrics, vec![queued]) {
+            self.dirty.insert(region);
         }
+    }
+
+    /// Proposes the transaction commands taken this turn (cluster version 5 on) as few
+    /// entries as the size bound allows, in the order they came: each entry holds
+    /// whole commands, never more than a WAL record (A3), and a lone one keeps its own
+    /// entry's shape (`command::encode_txns`).
+    pub(super) fn propose_txns(&mut self, region: RegionId) {
+        let max = self.ctx.config.max_entry_bytes.min(self.ctx.log.max_entry_bytes());
+        let Some(replica) = self.replicas.get_mut(&region) else { return };
+        if replica.proposals.txns.is_empty() {
+            return;
+        }
+        let queued = std::mem::take(&mut replica.proposals.txns);
+        let mut chunk = Vec::new();
+        let mut bytes = command::ENCODED_TXNS_BYTES;
+        for txn in queued {
+            let len = txn.data.len().saturating_sub(1);
+            if !chunk.is_empty() && bytes + len > max {
+                propose_txns(replica, &self.ctx.metrics, std::mem::take(&mut chunk));
+                bytes = command::ENCODED_TXNS_BYTES;
+            }
+            bytes += len;
+            chunk.push(txn);
+        }
+        propose_txns(replica, &self.ctx.metrics, chunk);
     }
 
     /// Takes a linearizable read: it waits for the end of the turn (`issue_reads`).
@@ -459,6 +487,47 @@ impl StoreCore {
             }
         }
     }
+}
+
+/// Proposes `chunk` (transaction commands that fit one entry, each already checked
+/// alone against the entry bound) as one entry, if this replica still leads; each
+/// proposer learns its own outcome. True if it was proposed.
+fn propose_txns(
+    replica: &mut Replica,
+    metrics: &crate::metrics::WriteMetrics,
+    chunk: Vec<QueuedTxn>,
+) -> bool {
+    if chunk.is_empty() {
+        return false;
+    }
+    if !replica.is_leader() {
+        for txn in chunk {
+            (txn.reply)(Err(replica.not_leader()));
+        }
+        return false;
+    }
+    let data = {
+        let parts: Vec<&[u8]> = chunk.iter().map(|t| t.data.as_slice()).collect();
+        command::encode_txns(&parts)
+    };
+    let counts: Vec<(bool, Option<usize>)> =
+        chunk.iter().map(|t| (t.one_phase, t.resolve_items)).collect();
+    let waiting = if chunk.len() == 1 {
+        Waiting::Txn(chunk.into_iter().next().expect("one").reply)
+    } else {
+        Waiting::Txns(chunk.into_iter().map(|t| t.reply).collect())
+    };
+    if replica.propose(Proposed::Entry(data), waiting).is_none() {
+        return false;
+    }
+    metrics.on_txn_entry_proposed();
+    for (one_phase, resolve_items) in counts {
+        metrics.on_txn_proposed(one_phase);
+        if let Some(items) = resolve_items {
+            metrics.on_resolve_batch(items);
+        }
+    }
+    true
 }
 
 /// Takes a one-phase commit's in-memory locks and chooses its commit timestamp

@@ -204,6 +204,40 @@ impl SimCluster {
         pending
     }
 
+    /// Submits transaction commands to `store`'s peers of their regions at once (each
+    /// at the epoch that store knows): they all reach its core before it flushes, so a
+    /// leader at cluster version 5 proposes each region's together.
+    pub fn txns_together(
+        &mut self,
+        store: StoreId,
+        cmds: Vec<(RegionId, crate::txn::TxnCmd)>,
+    ) -> Vec<Pending<crate::txn::TxnReply>> {
+        let requests: Vec<_> = cmds
+            .into_iter()
+            .map(|(region, cmd)| {
+                let epoch = self.region(store, region).map_or(Epoch::INITIAL, |r| r.epoch);
+                (region, epoch, cmd, Pending::new())
+            })
+            .collect();
+        let pendings = requests.iter().map(|r| r.3.clone()).collect();
+        match self.running(store) {
+            Ok(running) => {
+                for (region, epoch, cmd, pending) in requests {
+                    let reply = pending.reply();
+                    running.core.on_txn(crate::txn::TxnRequest { region, epoch, cmd, reply });
+                }
+                self.process(store);
+            }
+            Err(e) => {
+                let stopped = e.to_string();
+                for (_, _, _, pending) in requests {
+                    (pending.reply())(Err(Error::Internal(stopped.clone())));
+                }
+            }
+        }
+        pendings
+    }
+
     /// Submits an admin command to `store`'s peer of `region`, at the epoch that store
     /// knows.
     pub fn admin(

@@ -540,6 +540,33 @@ mod tests {
 
     proptest! {
         #[test]
+        fn txn_batches_round_trip_in_order_and_damage_never_panics(
+            entries in proptest::collection::vec(arb_entry(), 1..5)
+        ) {
+            let each: Vec<Vec<u8>> = entries.iter().map(command::encode_txn).collect();
+            let parts: Vec<&[u8]> = each.iter().map(Vec::as_slice).collect();
+            let data = Bytes::from(command::encode_txns(&parts));
+            let decoded = command::decode(&data).unwrap();
+            if let [one] = entries.as_slice() {
+                // A lone command keeps its own entry's shape, byte for byte.
+                prop_assert_eq!(&data[..], &each[0][..]);
+                prop_assert_eq!(decoded, Command::Txn(one.clone()));
+            } else {
+                let len = command::ENCODED_TXNS_BYTES
+                    + each.iter().map(|e| e.len() - 1).sum::<usize>();
+                prop_assert_eq!(data.len(), len);
+                prop_assert_eq!(decoded.clone(), Command::Txns(entries));
+                // A batch is of version 5, whatever it holds.
+                prop_assert_eq!(decoded.since(), crate::version::TXN_V3.since);
+            }
+            for bit in (0..data.len() * 8).step_by(7) {
+                let mut damaged = data.to_vec();
+                damaged[bit / 8] ^= 1 << (bit % 8);
+                let _ = command::decode(&Bytes::from(damaged));
+            }
+        }
+
+        #[test]
         fn txn_round_trips_and_damage_never_panics(entry in arb_entry()) {
             let data = Bytes::from(command::encode_txn(&entry));
             prop_assert_eq!(command::decode(&data).unwrap(), Command::Txn(entry.clone()));
