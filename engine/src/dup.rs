@@ -194,8 +194,8 @@ fn decode_body(body: &[u8]) -> DecodeResult<RegionDupState> {
     let mut depends_on = Vec::new();
     for dep in rec.repeated(E_DEPENDS_ON) {
         let at = |e: DecodeError| e.shifted(dep.offset);
-        let d = TlvRecord::parse(dep.value, &[DEP_REGION, DEP_INDEX], UnknownTags::Skip)
-            .map_err(at)?;
+        let d =
+            TlvRecord::parse(dep.value, &[DEP_REGION, DEP_INDEX], UnknownTags::Skip).map_err(at)?;
         let region = d.required(DEP_REGION, "dependency region").and_then(|f| f.as_u64());
         let index = d.required(DEP_INDEX, "dependency index").and_then(|f| f.as_u64());
         depends_on.push((RegionId(region.map_err(at)?), index.map_err(at)?));
@@ -308,7 +308,12 @@ impl DupTable {
     /// confirmed there, and depending on the parent's log up to `split_index`: the
     /// child's keys' older writes are in the parent's stream. Entries in any other
     /// stage are copied unchanged (the Raft layer refuses such a split).
-    pub fn for_split_child(&self, parent: RegionId, split_index: u64, child_index: u64) -> DupTable {
+    pub fn for_split_child(
+        &self,
+        parent: RegionId,
+        split_index: u64,
+        child_index: u64,
+    ) -> DupTable {
         let entries = self
             .entries
             .iter()
@@ -380,10 +385,7 @@ impl DupTable {
 
     /// Bytes [`DupTable::encode`] writes.
     pub fn encoded_len(&self) -> usize {
-        self.entries
-            .values()
-            .map(|e| 3 * codec::FIELD_HEADER_LEN + 8 + e.encoded().len())
-            .sum()
+        self.entries.values().map(|e| 3 * codec::FIELD_HEADER_LEN + 8 + e.encoded().len()).sum()
     }
 
     /// Writes the table's fields (see the module docs).

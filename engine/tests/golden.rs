@@ -564,7 +564,10 @@ fn dup_entry_schema_is_stable() -> TestResult {
         .filter(|f| f.tag == 7)
         .map(|f| {
             let inner = codec::fields(f.value).unwrap_or_default();
-            inner.iter().map(|g| u64::from_le_bytes(g.value.try_into().unwrap_or_default())).collect()
+            inner
+                .iter()
+                .map(|g| u64::from_le_bytes(g.value.try_into().unwrap_or_default()))
+                .collect()
         })
         .collect();
     assert_eq!(deps, vec![vec![5, 29], vec![6, 17]], "depends_on is at tag 7: 1 region, 2 index");

@@ -59,6 +59,10 @@
 //!  |   heartbeat 4 5 7 · forget 12 13                                                |
 //! ```
 //!
+//! Or one duplication command (never together with writes; cluster version 6 on,
+//! [`crate::version::DUP`]): tag 4 DUP (nested), laid out and applied in
+//! [`crate::dup`].
+//!
 //! A membership change is an `EntryConfChangeV2` entry: raft-rs's `ConfChangeV2` in
 //! the data, and in the context the epoch it was proposed at and the stores of the
 //! peers it adds:
@@ -95,6 +99,7 @@ const PEER_ID: u16 = 1;
 const PEER_STORE: u16 = 2;
 const ADMIN: u16 = 2;
 const DIRECTORY: u16 = 3;
+const DUP: u16 = 4;
 const TXN: u16 = 5;
 const A_EPOCH: u16 = 1;
 const A_KIND: u16 = 2;
@@ -320,6 +325,15 @@ pub(crate) enum Command {
     Directory(DirCmd),
     /// One transaction command.
     Txn(TxnEntry),
+    /// One duplication command.
+    Dup(crate::dup::DupEntryCmd),
+}
+
+/// Encodes a duplication command as one entry's data.
+pub(crate) fn encode_dup(entry: &crate::dup::DupEntryCmd) -> Vec<u8> {
+    let mut out = vec![FORMAT_VERSION];
+    codec::put_nested(&mut out, DUP, |out| crate::dup::encode(out, entry));
+    out
 }
 
 /// Encodes a transaction command as one entry's data.
@@ -425,6 +439,7 @@ pub(crate) fn is_unknown_kind(error: &DecodeError) -> bool {
         UNKNOWN_OP,
         crate::directory::UNKNOWN_DIRECTORY_COMMAND,
         crate::txn::codec::UNKNOWN_TXN,
+        crate::dup::UNKNOWN_DUP,
     ]
     .contains(&error.reason)
 }
@@ -444,6 +459,7 @@ impl Command {
             }
             Command::Txn(entry) if entry.cmd.needs_v2() => crate::version::TXN_V2.since,
             Command::Directory(DirCmd::SetGcSafepoint { .. }) => crate::version::TXN_V2.since,
+            Command::Dup(_) => crate::version::DUP.since,
             Command::Txn(_) | Command::Directory(DirCmd::SaveTsLimit { .. }) => {
                 crate::version::TXN.since
             }
@@ -485,6 +501,14 @@ pub(crate) fn decode(data: &Bytes) -> DecodeResult<Command> {
         return crate::txn::codec::decode(data, txn.value)
             .map(Command::Txn)
             .map_err(|e| e.shifted(txn.offset + 1));
+    }
+    if let Some(dup) = fields.iter().find(|f| f.tag == DUP) {
+        if fields.len() != 1 {
+            return Err(DecodeError::new(dup.offset + 1, "a duplication command shares its entry"));
+        }
+        return crate::dup::decode(dup.value)
+            .map(Command::Dup)
+            .map_err(|e| e.shifted(dup.offset + 1));
     }
     if let Some(admin) = fields.iter().find(|f| f.tag == ADMIN) {
         if fields.len() != 1 {

@@ -47,6 +47,8 @@ pub(crate) enum Waiting {
     Directory(Reply<DirResult>),
     /// A transaction command.
     Txn(Reply<TxnReply>),
+    /// A duplication command.
+    Dup(Reply<crate::dup::DupReply>),
 }
 
 impl Waiting {
@@ -58,6 +60,7 @@ impl Waiting {
             Waiting::Admin(reply) => reply(Err(error())),
             Waiting::Directory(reply) => reply(Err(error())),
             Waiting::Txn(reply) => reply(Err(error())),
+            Waiting::Dup(reply) => reply(Err(error())),
         }
     }
 
@@ -81,6 +84,7 @@ impl Waiting {
             Waiting::Admin(reply) => reply(Err(error.into())),
             Waiting::Directory(reply) => reply(Err(error.into())),
             Waiting::Txn(reply) => reply(Err(error.into())),
+            Waiting::Dup(reply) => reply(Err(error.into())),
         }
     }
 }
@@ -185,6 +189,10 @@ pub(crate) struct SnapshotTransfer {
     /// set: stepped once the snapshot is persisted (`core/snapshot.rs`,
     /// `awaits_snapshot_persist`).
     pub timeout_now: Option<Message>,
+    /// The index of the last snapshot this replica installed since the store started:
+    /// its log restarted after it, which may be past its duplication floor (a log gap,
+    /// not a compaction; see `StoreCore::dup_retention`).
+    pub installed_at: Option<u64>,
 }
 
 /// A snapshot being received, chunk by chunk.
@@ -319,6 +327,10 @@ pub struct PeerStatus {
     /// store, or not known here). A health monitor reports a leader whose oldest lock is
     /// old (an in-doubt transaction nobody resolves).
     pub oldest_lock_age_ms: Option<u64>,
+    /// The region's duplication state as this replica applied it (its floor:
+    /// `DupTable::floor`; empty: the region takes part in none). None: unknown (an
+    /// older store, a replica that holds no data yet, or not known here).
+    pub dups: Option<regionkv_engine::dup::DupTable>,
 }
 
 /// This store's replica of a region.
@@ -394,6 +406,7 @@ impl Replica {
                 received: None,
                 installed: None,
                 timeout_now: None,
+                installed_at: None,
             },
             timeline,
             removed: false,
@@ -624,6 +637,7 @@ impl Replica {
             halted: self.halted.clone(),
             // Filled by the core, which reads the engine (`StoreCore::status`).
             oldest_lock_age_ms: None,
+            dups: None,
         }
     }
 

@@ -322,6 +322,11 @@ fn resolve_proposals(replica: &mut Replica, entry: &Entry, outcome: Outcome, hel
                 held.txns.push((reply, region, result));
             }
             Waiting::Txn(reply) => reply(Err(dropped())),
+            Waiting::Dup(reply) if matched => match outcome.take() {
+                Some(Outcome::Dup(result)) => reply(result),
+                _ => reply(Err(mismatch())),
+            },
+            Waiting::Dup(reply) => reply(Err(dropped())),
         }
     }
 }
@@ -338,6 +343,8 @@ enum Outcome {
     Directory(Result<DirResult>),
     /// A transaction command's result (answered once its round commits).
     Txn(Result<TxnReply>),
+    /// A duplication command's result.
+    Dup(Result<crate::dup::DupReply>),
     /// Refused whole (it does not decode, or a membership change that must not
     /// apply), alike on every replica: why.
     Refused(Error),
@@ -351,6 +358,12 @@ fn refusal(error: &Error) -> Error {
             Error::EpochNotMatch { region: *region, current: current.clone() }
         }
         Error::Malformed(why) => Error::Malformed(why.clone()),
+        Error::DuplicationSeeding { region, dup_id } => {
+            Error::DuplicationSeeding { region: *region, dup_id: *dup_id }
+        }
+        Error::DupRefused { region, dup_id, reason } => {
+            Error::DupRefused { region: *region, dup_id: *dup_id, reason: *reason }
+        }
         other => Error::InvalidRequest(other.to_string()),
     }
 }
@@ -508,6 +521,15 @@ impl StoreCore {
                             self.ctx.config.cluster_version_max >= crate::version::TXN_V2.since;
                         let at = (entry.index, knows_staging);
                         Outcome::Txn(applier.txn(replica, &txn, at, metrics)?)
+                    }
+                    Command::Dup(_) if region == DIRECTORY => Outcome::Dup(Err(
+                        Error::InvalidRequest("a duplication command to the directory".into()),
+                    )),
+                    Command::Dup(dup) => {
+                        // The state is set between rounds: every image written after
+                        // this holds the data and the state of the same index.
+                        applier.cut()?;
+                        Outcome::Dup(self.apply_dup(region, entry.index, &dup)?)
                     }
                     Command::Admin(admin) => {
                         // Admin commands change durable metadata; the data before them
