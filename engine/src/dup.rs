@@ -308,6 +308,7 @@ impl DupTable {
     /// confirmed there, and depending on the parent's log up to `split_index`: the
     /// child's keys' older writes are in the parent's stream. Entries in any other
     /// stage are copied unchanged (the Raft layer refuses such a split).
+    #[must_use]
     pub fn for_split_child(
         &self,
         parent: RegionId,

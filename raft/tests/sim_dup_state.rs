@@ -33,7 +33,7 @@ fn cluster(seed: u64) -> SimCluster {
 }
 
 /// Proposes `cmd` to `region`'s leader until it is applied or refused for good.
-fn dup(c: &mut SimCluster, region: RegionId, cmd: DupCmd) -> Result<DupReply, Error> {
+fn dup(c: &mut SimCluster, region: RegionId, cmd: &DupCmd) -> Result<DupReply, Error> {
     for _ in 0..50 {
         let Some(leader) = c.wait_leader(region, 5 * SECOND) else { continue };
         let pending = c.dup(leader, region, cmd.clone());
@@ -90,7 +90,7 @@ fn assert_everywhere(c: &SimCluster, region: RegionId, want: Option<&RegionDupSt
 
 fn restart_all(c: &mut SimCluster, mode: CrashMode) {
     for store in c.store_ids() {
-        c.crash(store, mode.clone());
+        c.crash(store, mode);
     }
     c.run_for(Duration::from_millis(100));
     for store in c.store_ids() {
@@ -125,14 +125,14 @@ fn a_seeding_entry_survives_a_power_cut_of_every_store() {
     for seed in 1..=3 {
         let mut c = cluster(seed);
         write(&mut c, "a", 10);
-        let start = dup(&mut c, R1, DupCmd::Start { dup_id: DUP, incarnation: 1 }).unwrap();
+        let start = dup(&mut c, R1, &DupCmd::Start { dup_id: DUP, incarnation: 1 }).unwrap();
         let entry = start.state.clone().unwrap();
         assert_eq!((entry.stage, entry.min_ckpt_index), (DupStage::Prepare, start.index));
         assert!(entry.min_ckpt_index >= 1);
         write(&mut c, "b", 10);
         let seed_index = start.index + 3;
         let cmd = DupCmd::Seeded { dup_id: DUP, incarnation: 1, seed_index };
-        let seeded = dup(&mut c, R1, cmd).unwrap().state.unwrap();
+        let seeded = dup(&mut c, R1, &cmd).unwrap().state.unwrap();
         assert_eq!((seeded.stage, seeded.seed_index), (DupStage::Seeding, Some(seed_index)));
         // Enough log for several checkpoints in the Seeding stage: the images carry it.
         write(&mut c, "c", 40);
@@ -166,7 +166,7 @@ fn a_crash_after_every_command_kind_restores_what_was_committed() {
                 }
                 _ => DupCmd::Stop { dup_id: DUP },
             };
-            let reply = dup(&mut c, R1, cmd).unwrap();
+            let reply = dup(&mut c, R1, &cmd).unwrap();
             if *kind == "start" {
                 start_index = reply.index;
             }
@@ -178,7 +178,7 @@ fn a_crash_after_every_command_kind_restores_what_was_committed() {
             } else {
                 *c.store_ids().iter().find(|s| **s != leader).unwrap()
             };
-            c.crash(victim, mode.clone());
+            c.crash(victim, mode);
             write(&mut c, "b", 12);
             c.restart(victim).unwrap();
             settle(&mut c);
@@ -197,7 +197,7 @@ fn a_crash_after_every_command_kind_restores_what_was_committed() {
 fn compaction_stops_at_the_floor_and_moves_on_when_the_duplication_stops() {
     let mut c = cluster(21);
     write(&mut c, "a", 5);
-    let start = dup(&mut c, R1, DupCmd::Start { dup_id: DUP, incarnation: 1 }).unwrap();
+    let start = dup(&mut c, R1, &DupCmd::Start { dup_id: DUP, incarnation: 1 }).unwrap();
     let lagging = *c.store_ids().iter().find(|s| Some(**s) != c.leader(R1)).unwrap();
     c.stop(lagging);
     write(&mut c, "b", 60);
@@ -205,10 +205,10 @@ fn compaction_stops_at_the_floor_and_moves_on_when_the_duplication_stops() {
     let first = c.status(leader).into_iter().find(|p| p.region.id == R1).unwrap().first_index;
     assert!(first.unwrap() - 1 <= start.index, "Prepare holds the log after the Start");
     let seeded = DupCmd::Seeded { dup_id: DUP, incarnation: 1, seed_index: start.index };
-    dup(&mut c, R1, seeded).unwrap();
+    dup(&mut c, R1, &seeded).unwrap();
     let applied = statuses(&c, R1)[0].1.applied;
     let progress = DupCmd::Progress { dup_id: DUP, incarnation: 1, confirmed: applied };
-    let floor = dup(&mut c, R1, progress).unwrap().state.unwrap().floor();
+    let floor = dup(&mut c, R1, &progress).unwrap().state.unwrap().floor();
     write(&mut c, "c", 60);
     // The floor moved: the leader compacted past the Start, never past the floor.
     let s = c.status(leader).into_iter().find(|p| p.region.id == R1).unwrap();
@@ -221,7 +221,7 @@ fn compaction_stops_at_the_floor_and_moves_on_when_the_duplication_stops() {
     converge(&mut c);
     let table = statuses(&c, R1).into_iter().find(|(s, _)| *s == lagging).unwrap().1.dups;
     assert_eq!(table.and_then(|t| t.floor()), Some(floor), "the snapshot carried the state");
-    dup(&mut c, R1, DupCmd::Stop { dup_id: DUP }).unwrap();
+    dup(&mut c, R1, &DupCmd::Stop { dup_id: DUP }).unwrap();
     write(&mut c, "e", 60);
     converge(&mut c);
     for (store, s) in statuses(&c, R1) {
@@ -235,7 +235,7 @@ fn compaction_stops_at_the_floor_and_moves_on_when_the_duplication_stops() {
 #[test]
 fn an_empty_region_in_prepare_survives_a_power_cut() {
     let mut c = cluster(31);
-    let start = dup(&mut c, R1, DupCmd::Start { dup_id: DUP, incarnation: 1 }).unwrap();
+    let start = dup(&mut c, R1, &DupCmd::Start { dup_id: DUP, incarnation: 1 }).unwrap();
     converge(&mut c);
     let entry = start.state.unwrap();
     assert_everywhere(&c, R1, Some(&entry), "before");
@@ -244,9 +244,9 @@ fn an_empty_region_in_prepare_survives_a_power_cut() {
     // A split barrier writes an image holding only the state (a file, not `empty_at`)
     // once streaming: restart again from it.
     let cmd = DupCmd::Seeded { dup_id: DUP, incarnation: 1, seed_index: start.index };
-    dup(&mut c, R1, cmd).unwrap();
+    dup(&mut c, R1, &cmd).unwrap();
     let cmd = DupCmd::Progress { dup_id: DUP, incarnation: 1, confirmed: start.index };
-    let streaming = dup(&mut c, R1, cmd).unwrap().state.unwrap();
+    let streaming = dup(&mut c, R1, &cmd).unwrap().state.unwrap();
     split(&mut c, R1, &["m"]).unwrap();
     converge(&mut c);
     restart_all(&mut c, CrashMode::Lost);
@@ -261,20 +261,20 @@ fn an_empty_region_in_prepare_survives_a_power_cut() {
 fn splits_wait_for_seeding_and_streaming_entries_follow_splits_and_merges() {
     let mut c = cluster(41);
     write(&mut c, "a", 5);
-    let start = dup(&mut c, R1, DupCmd::Start { dup_id: DUP, incarnation: 1 }).unwrap();
+    let start = dup(&mut c, R1, &DupCmd::Start { dup_id: DUP, incarnation: 1 }).unwrap();
     let refused = |c: &mut SimCluster| match split(c, R1, &["m"]) {
         Err(Error::DuplicationSeeding { region, dup_id }) => {
-            assert_eq!((region, dup_id), (R1, DUP))
+            assert_eq!((region, dup_id), (R1, DUP));
         }
         other => panic!("{other:?}"),
     };
     refused(&mut c);
     let cmd = DupCmd::Seeded { dup_id: DUP, incarnation: 1, seed_index: start.index };
-    dup(&mut c, R1, cmd).unwrap();
+    dup(&mut c, R1, &cmd).unwrap();
     refused(&mut c);
     let applied = statuses(&c, R1)[0].1.applied;
     let cmd = DupCmd::Progress { dup_id: DUP, incarnation: 1, confirmed: applied };
-    let parent = dup(&mut c, R1, cmd).unwrap().state.unwrap();
+    let parent = dup(&mut c, R1, &cmd).unwrap().state.unwrap();
     let parts = split(&mut c, R1, &["m"]).unwrap();
     converge(&mut c);
     let child = parts[1].id;

@@ -62,7 +62,6 @@ fn replica(region: &Region, store: u64, leader_store: Option<u64>) -> ObservedRe
         is_learner: Some(false),
         image_hash: Some((90, 0xfeed)),
         oldest_lock_age_ms: leads.then_some(0),
-        dups: None,
     }
 }
 

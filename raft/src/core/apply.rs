@@ -522,14 +522,8 @@ impl StoreCore {
                         let at = (entry.index, knows_staging);
                         Outcome::Txn(applier.txn(replica, &txn, at, metrics)?)
                     }
-                    Command::Dup(_) if region == DIRECTORY => Outcome::Dup(Err(
-                        Error::InvalidRequest("a duplication command to the directory".into()),
-                    )),
                     Command::Dup(dup) => {
-                        // The state is set between rounds: every image written after
-                        // this holds the data and the state of the same index.
-                        applier.cut()?;
-                        Outcome::Dup(self.apply_dup(region, entry.index, &dup)?)
+                        Outcome::Dup(self.apply_dup(region, entry.index, &dup, applier)?)
                     }
                     Command::Admin(admin) => {
                         // Admin commands change durable metadata; the data before them

@@ -6,6 +6,7 @@ use regionkv_engine::RegionId;
 use regionkv_engine::dup::DupTable;
 
 use super::StoreCore;
+use super::apply::Applier;
 use crate::command::{self, AdminCmd};
 use crate::directory::DIRECTORY;
 use crate::dup::{DupEntryCmd, DupReply, DupRequest, check_topology};
@@ -63,7 +64,8 @@ impl StoreCore {
         }
     }
 
-    /// Applies a duplication command at `index` (the round before it is committed).
+    /// Applies a duplication command at `index` (the round before it is committed
+    /// first).
     /// The outer result fails the apply; the inner one is the command's outcome, from
     /// the command, the region's epoch version and merge state, and its duplication
     /// state: alike on every replica, and again on a replay after a restart (which
@@ -73,7 +75,15 @@ impl StoreCore {
         region: RegionId,
         index: u64,
         dup: &DupEntryCmd,
+        applier: &mut Applier<'_>,
     ) -> Result<Result<DupReply>> {
+        if region == DIRECTORY {
+            let refused = "a duplication command to the directory";
+            return Ok(Err(Error::InvalidRequest(refused.into())));
+        }
+        // The state is set between rounds: every image written after this holds the
+        // data and the state of the same index.
+        applier.cut()?;
         let replica = self.replicas.get(&region).expect("present");
         let refused = if let Err(e) = replica.check_version(dup.epoch) {
             Some(e)

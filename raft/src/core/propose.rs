@@ -260,51 +260,50 @@ impl StoreCore {
             _ => Ok(()),
         };
         let dups = self.check_admin_dups(region, &cmd, true);
-        let replica =
-            match gate.and_then(|()| dups).and_then(|()| self.leader(region)).and_then(|replica| {
-                check_admin(replica, floor, epoch, &cmd, replica.applied_index + 1)?;
-                // A user key's lock and versions stay in one region
-                // (`mvcc::split_boundary`). Checked before propose only, like the merge
-                // rule below: a replica running a binary from before the transactional
-                // keyspace applies the same split, so no replica refuses what another applies.
-                if let AdminCmd::Split { split_keys, .. } = &cmd
-                    && split_keys.iter().any(|k| {
-                        crate::txn::mvcc::is_txn_key(k)
-                            && crate::txn::mvcc::decode_lock_key(k).is_none()
-                    })
-                {
-                    return Err(Error::InvalidRequest(
-                        "a split key in the transactional keyspace must be a lock key \
+        let replica = match gate.and(dups).and_then(|()| self.leader(region)).and_then(|replica| {
+            check_admin(replica, floor, epoch, &cmd, replica.applied_index + 1)?;
+            // A user key's lock and versions stay in one region
+            // (`mvcc::split_boundary`). Checked before propose only, like the merge
+            // rule below: a replica running a binary from before the transactional
+            // keyspace applies the same split, so no replica refuses what another applies.
+            if let AdminCmd::Split { split_keys, .. } = &cmd
+                && split_keys.iter().any(|k| {
+                    crate::txn::mvcc::is_txn_key(k)
+                        && crate::txn::mvcc::decode_lock_key(k).is_none()
+                })
+            {
+                return Err(Error::InvalidRequest(
+                    "a split key in the transactional keyspace must be a lock key \
                      (see mvcc::split_boundary)"
-                            .into(),
-                    ));
-                }
-                // A region merges into its left neighbour only, so that every region keeps
-                // its start key for its whole life: the proof that a hosted region is gone
-                // (`StoreCore::superseded`) rests on it. Checked before propose, so logs
-                // written by earlier binaries still apply as they did.
-                if let AdminCmd::PrepareMerge { target } = &cmd
-                    && target.end.as_ref() != Some(&replica.region.start)
-                {
-                    return Err(Error::InvalidRequest(format!(
-                        "region {} merges into its left neighbour only, not into region {}",
-                        region, target.id
-                    )));
-                }
-                if let AdminCmd::PrepareMerge { .. } = cmd
-                    && replica.has_pending_conf_change()
-                {
-                    let reason = DropReason::ConfChangePending;
-                    return Err(Error::Dropped { region, reason });
-                }
-                Ok(replica)
-            }) {
-                Ok(replica) => replica,
-                Err(e) => {
-                    reply(Err(e));
-                    return;
-                }
-            };
+                        .into(),
+                ));
+            }
+            // A region merges into its left neighbour only, so that every region keeps
+            // its start key for its whole life: the proof that a hosted region is gone
+            // (`StoreCore::superseded`) rests on it. Checked before propose, so logs
+            // written by earlier binaries still apply as they did.
+            if let AdminCmd::PrepareMerge { target } = &cmd
+                && target.end.as_ref() != Some(&replica.region.start)
+            {
+                return Err(Error::InvalidRequest(format!(
+                    "region {} merges into its left neighbour only, not into region {}",
+                    region, target.id
+                )));
+            }
+            if let AdminCmd::PrepareMerge { .. } = cmd
+                && replica.has_pending_conf_change()
+            {
+                let reason = DropReason::ConfChangePending;
+                return Err(Error::Dropped { region, reason });
+            }
+            Ok(replica)
+        }) {
+            Ok(replica) => replica,
+            Err(e) => {
+                reply(Err(e));
+                return;
+            }
+        };
         let data = command::encode_admin(&Admin { epoch, cmd });
         replica.raw.raft.skip_bcast_commit(false); // see `maybe_hibernate`
         if replica.propose(Proposed::Entry(data), Waiting::Admin(reply)).is_some() {
