@@ -16,6 +16,9 @@
 //! - [`txn`]: each region's transaction locks, records and floor (entries kept
 //!   encoded behind their own format byte), changed through the round and published
 //!   after its data when it commits; split, merged and checkpointed with the region.
+//! - [`dup`]: each region's duplication state (one entry per duplication, behind its
+//!   own format byte), set by the Raft layer's `DUP` commands, carried in every image
+//!   of the region, and moved by split and merge; its floor bounds log compaction.
 //! - the memtable: one ordered map of `(key, sequence number)` versions for every
 //!   region, kept in immutable copy-on-write leaves of sorted entries (measured against
 //!   a crossbeam skip list: less than half the memory per key, scans and checkpoints
@@ -67,6 +70,7 @@ const _: () = assert!(usize::BITS == 64, "regionkv supports 64-bit targets only"
 
 pub mod checkpoint;
 pub mod codec;
+pub mod dup;
 mod engine;
 mod error;
 pub mod id_hash;

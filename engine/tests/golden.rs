@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use regionkv_engine::codec;
+use regionkv_engine::dup::{DUP_FORMAT, DupEntry, DupStage, DupTable, RegionDupState};
 use regionkv_engine::manifest::{self, CheckpointRef, Manifest};
 use regionkv_engine::txn::{Lock, LockOp, TXN_FORMAT, TXN_FORMAT_SI, TxnId, TxnRecord, TxnStatus};
 use regionkv_engine::{
@@ -84,6 +85,11 @@ fn write_scenario(sessions: bool) -> Result<(Vec<u8>, Vec<u8>), Box<dyn std::err
     round.put(b"date", b"brown")?;
     round.delete(b"date")?;
     round.commit()?;
+    if sessions {
+        // Since checkpoint version 4: the region's duplication state, one entry of
+        // every stage with every field set, and one of a newer format, kept unread.
+        engine.set_dup_table(RegionId(7), golden_dups()?)?;
+    }
     // Since checkpoint version 2: a checkpoint made for a Raft snapshot records its
     // term and members.
     let meta = engine.checkpoint_for_snapshot(RegionId(7), 42, snapshot_meta())?;
@@ -104,6 +110,39 @@ fn write_scenario(sessions: bool) -> Result<(Vec<u8>, Vec<u8>), Box<dyn std::err
     engine.close()?;
     let manifest = fs.contents(&manifest::path(Path::new("/golden"))).ok_or("no manifest")?;
     Ok((manifest, checkpoint))
+}
+
+/// A duplication entry of a format newer than this binary's: kept byte for byte.
+const TOO_NEW_DUP: &[u8] = b"\x02a newer dup entry";
+
+/// The golden duplication entry: every field set (`stage` as given).
+fn golden_dup(dup_id: u64, stage: DupStage) -> RegionDupState {
+    RegionDupState {
+        dup_id,
+        incarnation: 3,
+        stage,
+        min_ckpt_index: 30,
+        seed_index: Some(35),
+        confirmed: Some(41),
+        depends_on: vec![(RegionId(5), 29), (RegionId(6), 17)],
+        started_at_index: 30,
+    }
+}
+
+/// The golden checkpoint's duplication state (since checkpoint version 4).
+fn golden_dups() -> Result<DupTable, Box<dyn std::error::Error>> {
+    let mut table = DupTable::default();
+    table.set(golden_dup(0xD0_0001, DupStage::Prepare));
+    table.set(golden_dup(0xD0_0002, DupStage::Seeding));
+    table.set(golden_dup(0xD0_0003, DupStage::Streaming));
+    // The newer entry, filed under its id as a newer binary wrote it.
+    let mut buf = Vec::new();
+    table.encode(&mut buf);
+    codec::put_nested(&mut buf, 1, |out| {
+        codec::put_u64(out, 1, 0xD0_0004);
+        codec::put_field(out, 2, TOO_NEW_DUP);
+    });
+    DupTable::decode(&buf).map_err(|e| format!("{e:?}").into())
 }
 
 /// The golden lock entry: every field set.
@@ -159,6 +198,8 @@ fn regenerate_golden_files() -> TestResult {
     for (kind, entry) in [("lock", golden_lock().encode()), ("record", golden_record().encode())] {
         std::fs::write(golden_dir().join(format!("txn-{kind}-v{TXN_FORMAT}.bin")), entry)?;
     }
+    let dup = golden_dup(0xD0_0002, DupStage::Seeding).encode();
+    std::fs::write(golden_dir().join(format!("dup-entry-v{DUP_FORMAT}.bin")), dup)?;
     for (kind, entry) in
         [("lock", golden_lock_v2().encode()), ("record", golden_record_v2().encode())]
     {
@@ -444,6 +485,96 @@ fn golden_checkpoint_v3_decodes_field_by_field() -> TestResult {
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].0, &(Bytes::from_static(b"account/alice"), 0x7A11_0001));
     assert_eq!(TxnRecord::decode(records[0].1).map_err(|e| format!("{e:?}"))?, golden_record());
+    Ok(())
+}
+
+#[test]
+fn golden_checkpoint_v4_decodes_field_by_field() -> TestResult {
+    let bytes = std::fs::read(golden_dir().join("checkpoint-v4.bin"))?;
+    let file = CheckpointFile::open(Bytes::from(bytes), Path::new("checkpoint-v4.bin"))?;
+    let header = file.header();
+    assert_eq!(header.region, region());
+    assert_eq!(header.applied_index, 42);
+    assert_eq!(header.snapshot, Some(snapshot_meta()));
+    assert_eq!(header.sessions.as_ref().map(regionkv_engine::SessionTable::len), Some(2));
+    assert_eq!(file.stats().entries, 3);
+    let txn = header.txn.as_ref().ok_or("no transaction state")?;
+    assert_eq!(txn.floor, 0x7A11_0000);
+    let dups = header.dups.as_ref().ok_or("no duplication state")?;
+    assert_eq!(dups.len(), 4);
+    for (id, stage) in [
+        (0xD0_0001, DupStage::Prepare),
+        (0xD0_0002, DupStage::Seeding),
+        (0xD0_0003, DupStage::Streaming),
+    ] {
+        let Some(DupEntry::Known(entry)) = dups.get(id) else { return Err("entry".into()) };
+        assert_eq!(entry.dup_id, id);
+        assert_eq!(entry.incarnation, 3);
+        assert_eq!(entry.stage, stage);
+        assert_eq!(entry.min_ckpt_index, 30);
+        assert_eq!(entry.seed_index, Some(35));
+        assert_eq!(entry.confirmed, Some(41));
+        assert_eq!(entry.depends_on, vec![(RegionId(5), 29), (RegionId(6), 17)]);
+        assert_eq!(entry.started_at_index, 30);
+    }
+    assert_eq!(dups.get(0xD0_0004), Some(&DupEntry::Unreadable(Bytes::from_static(TOO_NEW_DUP))));
+    // The region's floor: the unreadable entry holds the whole log.
+    assert_eq!(dups.floor(), Some(0));
+    Ok(())
+}
+
+#[test]
+fn golden_dup_entry_v1_decodes_field_by_field() -> TestResult {
+    let bytes = std::fs::read(golden_dir().join("dup-entry-v1.bin"))?;
+    assert_eq!(bytes[0], 1, "the format byte comes first");
+    let entry = RegionDupState::decode(&bytes).map_err(|e| format!("{e:?}"))?;
+    assert_eq!(entry, golden_dup(0xD0_0002, DupStage::Seeding));
+    assert_eq!(entry.floor(), 35, "seeding holds the log after its seed index");
+    Ok(())
+}
+
+/// Fails when a field of a duplication entry is removed, renumbered or retyped.
+#[test]
+fn dup_entry_schema_is_stable() -> TestResult {
+    let entry = golden_dup(0xD0_0002, DupStage::Seeding);
+    let bytes = entry.encode();
+    assert_eq!(bytes[0], DUP_FORMAT);
+    let fields = codec::fields(&bytes[1..]).map_err(|e| format!("{e:?}"))?;
+    let u64s = |tag: u16| -> Vec<u64> {
+        fields
+            .iter()
+            .filter(|f| f.tag == tag)
+            .map(|f| u64::from_le_bytes(f.value.try_into().unwrap_or_default()))
+            .collect()
+    };
+    // (tag, field, value): as released in format 1.
+    for (tag, name, want) in [
+        (1, "dup_id", 0xD0_0002),
+        (2, "incarnation", 3),
+        (3, "stage", 2),
+        (4, "min_ckpt_index", 30),
+        (5, "seed_index", 35),
+        (6, "confirmed", 41),
+        (8, "started_at_index", 30),
+    ] {
+        assert_eq!(u64s(tag), vec![want], "{name} is at tag {tag}");
+    }
+    let deps: Vec<Vec<u64>> = fields
+        .iter()
+        .filter(|f| f.tag == 7)
+        .map(|f| {
+            let inner = codec::fields(f.value).unwrap_or_default();
+            inner
+                .iter()
+                .map(|g| u64::from_le_bytes(g.value.try_into().unwrap_or_default()))
+                .collect()
+        })
+        .collect();
+    assert_eq!(deps, vec![vec![5, 29], vec![6, 17]], "depends_on is at tag 7: 1 region, 2 index");
+    assert!(fields.iter().all(|f| (1..=8).contains(&f.tag)), "no other tag");
+    let stages = [DupStage::Unspecified, DupStage::Prepare, DupStage::Seeding, DupStage::Streaming];
+    assert_eq!(stages.map(DupStage::code), [0, 1, 2, 3]);
+    assert_eq!(bytes, std::fs::read(golden_dir().join("dup-entry-v1.bin"))?);
     Ok(())
 }
 

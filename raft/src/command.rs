@@ -72,6 +72,10 @@
 //! leader proposes a turn's lone command as a plain TXN entry (tag 5), byte for byte
 //! as before the batch, and every command alone below version 5.
 //!
+//! Or one duplication command (never together with writes; cluster version 6 on,
+//! [`crate::version::DUP`]): tag 4 DUP (nested), laid out and applied in
+//! [`crate::dup`].
+//!
 //! A membership change is an `EntryConfChangeV2` entry: raft-rs's `ConfChangeV2` in
 //! the data, and in the context the epoch it was proposed at and the stores of the
 //! peers it adds:
@@ -108,6 +112,7 @@ const PEER_ID: u16 = 1;
 const PEER_STORE: u16 = 2;
 const ADMIN: u16 = 2;
 const DIRECTORY: u16 = 3;
+const DUP: u16 = 4;
 const TXN: u16 = 5;
 const TXNS: u16 = 6;
 const A_EPOCH: u16 = 1;
@@ -337,6 +342,15 @@ pub(crate) enum Command {
     /// Several transaction commands, applied in order, each on its own (cluster
     /// version 5 on).
     Txns(Vec<TxnEntry>),
+    /// One duplication command.
+    Dup(crate::dup::DupEntryCmd),
+}
+
+/// Encodes a duplication command as one entry's data.
+pub(crate) fn encode_dup(entry: &crate::dup::DupEntryCmd) -> Vec<u8> {
+    let mut out = vec![FORMAT_VERSION];
+    codec::put_nested(&mut out, DUP, |out| crate::dup::encode(out, entry));
+    out
 }
 
 /// Encodes a transaction command as one entry's data.
@@ -465,6 +479,7 @@ pub(crate) fn is_unknown_kind(error: &DecodeError) -> bool {
         UNKNOWN_OP,
         crate::directory::UNKNOWN_DIRECTORY_COMMAND,
         crate::txn::codec::UNKNOWN_TXN,
+        crate::dup::UNKNOWN_DUP,
     ]
     .contains(&error.reason)
 }
@@ -482,6 +497,7 @@ impl Command {
             Command::Admin(Admin { cmd: AdminCmd::ComputeHash, .. }) => {
                 crate::version::IMAGE_HASH.since
             }
+            Command::Dup(_) => crate::version::DUP.since,
             Command::Txns(entries) => {
                 entries.iter().map(txn_since).fold(crate::version::TXN_V3.since, u32::max)
             }
@@ -537,6 +553,14 @@ pub(crate) fn decode(data: &Bytes) -> DecodeResult<Command> {
             return Err(DecodeError::new(txns.offset + 1, "a transaction batch shares its entry"));
         }
         return decode_txns(data, txns.value).map_err(|e| e.shifted(txns.offset + 1));
+    }
+    if let Some(dup) = fields.iter().find(|f| f.tag == DUP) {
+        if fields.len() != 1 {
+            return Err(DecodeError::new(dup.offset + 1, "a duplication command shares its entry"));
+        }
+        return crate::dup::decode(dup.value)
+            .map(Command::Dup)
+            .map_err(|e| e.shifted(dup.offset + 1));
     }
     if let Some(admin) = fields.iter().find(|f| f.tag == ADMIN) {
         if fields.len() != 1 {

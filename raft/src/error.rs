@@ -219,6 +219,31 @@ pub enum Error {
         /// The region's GC floor (the safepoint it collected at).
         floor: u64,
     },
+    /// Refused (before it was proposed, or at apply, alike on every replica): a split
+    /// or merge of a region whose duplication `dup_id` is preparing or seeding (or
+    /// frozen). Nothing was done; retry once the duplication streams.
+    #[error(
+        "region {} takes part in duplication {dup_id}, which is preparing or seeding: no \
+         split or merge until it streams; retry later",
+        region.0
+    )]
+    DuplicationSeeding {
+        /// The region.
+        region: RegionId,
+        /// The duplication that holds it.
+        dup_id: u64,
+    },
+    /// Refused at apply, alike on every replica: a `DUP` command that does not fit the
+    /// region's duplication state (`crate::dup`). Nothing changed.
+    #[error("duplication {dup_id} in region {}: refused ({reason})", region.0)]
+    DupRefused {
+        /// The region.
+        region: RegionId,
+        /// The duplication.
+        dup_id: u64,
+        /// Why.
+        reason: crate::dup::DupRefusal,
+    },
     /// Refused before it was proposed: the store is shutting down (or not running).
     /// Nothing was done; safe to retry elsewhere.
     #[error("the store is stopping, stopped or unreachable; nothing was done")]
@@ -297,6 +322,7 @@ impl Error {
             | Error::RegionNotFound { .. }
             | Error::Merging { .. }
             | Error::ReplicaHalted { .. }
+            | Error::DuplicationSeeding { .. }
             | Error::Dropped { .. } => true,
             Error::RegionExists { .. }
             | Error::Cancelled
@@ -315,6 +341,7 @@ impl Error {
             | Error::TxnNotFound { .. }
             | Error::TxnTooOld { .. }
             | Error::SnapshotTooOld { .. }
+            | Error::DupRefused { .. }
             | Error::ClusterVersionTooNew { .. }
             | Error::StoreVersionTooNew { .. }
             | Error::MergeAborted { .. }
@@ -363,6 +390,8 @@ impl Error {
             | Error::TxnNotFound { .. }
             | Error::TxnTooOld { .. }
             | Error::SnapshotTooOld { .. }
+            | Error::DupRefused { .. }
+            | Error::DuplicationSeeding { .. }
             | Error::ClusterVersionTooNew { .. }
             | Error::StoreVersionTooNew { .. }
             | Error::Malformed(_)
@@ -410,6 +439,8 @@ impl Error {
             | Error::TxnNotFound { .. }
             | Error::TxnTooOld { .. }
             | Error::SnapshotTooOld { .. }
+            | Error::DupRefused { .. }
+            | Error::DuplicationSeeding { .. }
             | Error::ClusterVersionTooNew { .. }
             | Error::StoreVersionTooNew { .. }
             | Error::Malformed(_)

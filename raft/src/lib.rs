@@ -20,6 +20,7 @@ mod command;
 mod config;
 mod core;
 pub mod directory;
+pub mod dup;
 mod error;
 pub mod identity;
 pub mod image_hash;
@@ -44,8 +45,8 @@ pub mod version;
 pub use command::{AdminCmd, Op, Write, WriteSession};
 pub use config::{ReadMode, StoreConfig};
 pub use core::{
-    ApplyObserver, Clock, CoreTask, ElectionTicks, Output, RAFT_INIT_INDEX, RAFT_INIT_TERM,
-    ScanHook, StoreContext, StoreCore, WriteTask, system_clock_ms,
+    ApplyObserver, Clock, CoreTask, DupRetention, ElectionTicks, Output, RAFT_INIT_INDEX,
+    RAFT_INIT_TERM, ScanHook, StoreContext, StoreCore, WriteTask, system_clock_ms,
 };
 pub use error::{DropReason, Error, MergeAbortReason, Result};
 pub use index::RaftIndex;

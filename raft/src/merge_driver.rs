@@ -161,6 +161,12 @@ pub fn finish_merge(
                     reason: MergeAbortReason::TargetChanged,
                 });
             }
+            Err(e @ Error::DuplicationSeeding { .. }) => {
+                // The target (or the source) takes part in a duplication that is
+                // preparing or seeding: not now. The source takes writes again.
+                rollback(admin, source, merge)?;
+                return Err(e);
+            }
             Err(e) if e.is_retryable() || matches!(e, Error::Timeout { .. }) => {
                 if admin.elapsed().saturating_sub(start) > options.commit_timeout {
                     return Err(e);

@@ -49,6 +49,8 @@ pub(crate) enum Waiting {
     Txn(Reply<TxnReply>),
     /// One reply per transaction command of the entry (a batch), in order.
     Txns(Vec<Reply<TxnReply>>),
+    /// A duplication command.
+    Dup(Reply<crate::dup::DupReply>),
 }
 
 impl Waiting {
@@ -61,6 +63,7 @@ impl Waiting {
             Waiting::Directory(reply) => reply(Err(error())),
             Waiting::Txn(reply) => reply(Err(error())),
             Waiting::Txns(replies) => replies.into_iter().for_each(|r| r(Err(error()))),
+            Waiting::Dup(reply) => reply(Err(error())),
         }
     }
 
@@ -90,6 +93,7 @@ impl Waiting {
                     reply(Err(Error::Dropped { region, reason }));
                 }
             }
+            Waiting::Dup(reply) => reply(Err(error.into())),
         }
     }
 }
@@ -210,6 +214,10 @@ pub(crate) struct SnapshotTransfer {
     /// set: stepped once the snapshot is persisted (`core/snapshot.rs`,
     /// `awaits_snapshot_persist`).
     pub timeout_now: Option<Message>,
+    /// The index of the last snapshot this replica installed since the store started:
+    /// its log restarted after it, which may be past its duplication floor (a log gap,
+    /// not a compaction; see `StoreCore::dup_retention`).
+    pub installed_at: Option<u64>,
 }
 
 /// A snapshot being received, chunk by chunk.
@@ -344,6 +352,10 @@ pub struct PeerStatus {
     /// store, or not known here). A health monitor reports a leader whose oldest lock is
     /// old (an in-doubt transaction nobody resolves).
     pub oldest_lock_age_ms: Option<u64>,
+    /// The region's duplication state as this replica applied it (its floor:
+    /// `DupTable::floor`; empty: the region takes part in none). None: unknown (an
+    /// older store, a replica that holds no data yet, or not known here).
+    pub dups: Option<regionkv_engine::dup::DupTable>,
 }
 
 /// This store's replica of a region.
@@ -419,6 +431,7 @@ impl Replica {
                 received: None,
                 installed: None,
                 timeout_now: None,
+                installed_at: None,
             },
             timeline,
             removed: false,
@@ -650,6 +663,7 @@ impl Replica {
             halted: self.halted.clone(),
             // Filled by the core, which reads the engine (`StoreCore::status`).
             oldest_lock_age_ms: None,
+            dups: None,
         }
     }
 

@@ -94,6 +94,7 @@ enum Msg {
     Directory(DirCmd, Reply<DirResult>),
     Timestamps(u32, Reply<u64>),
     Txn(Box<crate::txn::TxnRequest>),
+    Dup(Box<crate::dup::DupRequest>),
     PeerStatus(RegionId, Sender<Option<PeerStatus>>),
 }
 
@@ -109,6 +110,7 @@ impl Msg {
             | Msg::TransferLeader(..)
             | Msg::Admin(_)
             | Msg::Txn(_)
+            | Msg::Dup(_)
             | Msg::Directory(..)
             | Msg::Timestamps(..) => Lane::Client,
             Msg::Bootstrap(..)
@@ -417,6 +419,16 @@ impl Store {
         }
     }
 
+    /// Submits a duplication command (`crate::dup`); its reply is called when it is
+    /// applied or refused. Refused with `Error::FeatureNotActive` before the cluster
+    /// runs at `version::DUP`.
+    pub fn dup(&self, req: crate::dup::DupRequest) {
+        let region = req.region;
+        if let Err(Msg::Dup(req)) = self.try_send(region, Msg::Dup(Box::new(req))) {
+            (req.reply)(Err(Error::Cancelled));
+        }
+    }
+
     /// Submits a membership change.
     pub fn change_peers(&self, req: ChangePeersRequest) {
         let region = req.region;
@@ -673,6 +685,7 @@ fn handle(core: &mut StoreCore, msg: Msg) {
         }
         Msg::Admin(req) => core.on_admin(*req),
         Msg::Txn(req) => core.on_txn(*req),
+        Msg::Dup(req) => core.on_dup(*req),
         Msg::MergeStatus(region, reply) => {
             let _ = reply.send(core.merge_status(region));
         }
@@ -819,6 +832,7 @@ fn refuse(msg: Msg) {
         }
         Msg::Admin(req) => (req.reply)(Err(Error::Cancelled)),
         Msg::Txn(req) => (req.reply)(Err(Error::Cancelled)),
+        Msg::Dup(req) => (req.reply)(Err(Error::Cancelled)),
         Msg::Directory(_, reply) => reply(Err(Error::Cancelled)),
         Msg::Timestamps(_, reply) => reply(Err(Error::Cancelled)),
         Msg::MergeStatus(_, reply) => {

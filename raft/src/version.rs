@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 pub const CLUSTER_VERSION_INITIAL: u32 = 1;
 
 /// The newest cluster version this binary can run at.
-pub const CLUSTER_VERSION_MAX: u32 = 5;
+pub const CLUSTER_VERSION_MAX: u32 = 6;
 
 /// A capability that needs every replica of the cluster to know a command kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,8 +59,13 @@ pub const TXN_V2: Feature = Feature { name: "transactions-v2", since: 4 };
 /// proposer refuses them below this version.
 pub const TXN_V3: Feature = Feature { name: "transactions-v3", since: 5 };
 
+/// Duplication, the source side's per-region state: the `DUP` commands (start, seeded,
+/// progress, stop) and the log-retention floor they keep on every replica. A version-5
+/// replica cannot decode them, so a proposer refuses every kind below this version.
+pub const DUP: Feature = Feature { name: "duplication", since: 6 };
+
 /// Every feature, oldest first.
-pub const FEATURES: &[Feature] = &[IMAGE_HASH, HEALTH_AUDIT, TXN, TXN_V2, TXN_V3];
+pub const FEATURES: &[Feature] = &[IMAGE_HASH, HEALTH_AUDIT, TXN, TXN_V2, TXN_V3, DUP];
 
 /// A store's view of the cluster's active version: it only goes up.
 #[derive(Debug)]

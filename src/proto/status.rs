@@ -582,6 +582,8 @@ fn peer_status_as(f: &Field<'_>, schema: StatusSchema) -> D<PeerStatus> {
         image_hash,
         halted: opt_str(&r, PS_HALTED, "halt reason is not UTF-8")?,
         oldest_lock_age_ms: opt_u64(&r, PS_OLDEST_LOCK_AGE)?,
+        // Tag 16 (the duplication floor) is not sent yet: unknown.
+        dups: None,
     })
 }
 

@@ -117,6 +117,7 @@ fn v1_view(s: &StoreStatus) -> StoreStatus {
             image_hash: None,
             halted: None,
             oldest_lock_age_ms: None,
+            dups: None,
             ..p.clone()
         })
         .collect();

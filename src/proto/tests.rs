@@ -58,6 +58,7 @@ pub(super) fn status() -> PeerStatus {
         image_hash: None,
         halted: None,
         oldest_lock_age_ms: None,
+        dups: None,
     }
 }
 

@@ -27,6 +27,10 @@
 //!      1 floor u64, 2 lock (nested, repeated: 1 key, 2 entry bytes), 3 record
 //!      (nested, repeated: 1 primary key, 2 txn id u64, 3 entry bytes), 4 version
 //!      GC floor u64 (optional, written only when set; cluster version 4)
+//!  since version 4, optional:
+//!    6 dups (nested; absent: none): the region's duplication state (`crate::dup`):
+//!      1 entry (nested, repeated: 1 dup id u64, 2 entry bytes, behind their own
+//!      format byte)
 //!
 //!  block (sorted entries, keys strictly increasing across the whole file)
 //!  0          4          8          12                                12+n      16+n
@@ -74,12 +78,19 @@
 //!   version-2 binary refuses version-3 files. The header body bound grows for
 //!   version 3 (see [`MAX_HEADER_BODY_BYTES_V3`]). Older files are never rewritten,
 //!   only replaced by the region's next checkpoint.
+//! - 4: adds the optional header field `dups`: the region's duplication state as of the
+//!   applied index, one entry per duplication behind its own format byte (an entry of
+//!   a newer format is kept unread; see `crate::dup`). Files of versions 1 to 3 still
+//!   open with `dups: None` (no duplication existed); the field in such a file is
+//!   corruption; a version-3 binary refuses version-4 files, so it never drops the
+//!   state (and with it the region's log-retention floor) by rewriting the image.
 
 use std::path::Path;
 
 use bytes::Bytes;
 
 use crate::codec::{self, DecodeError, DecodeResult, Decoder, TlvRecord, UnknownTags};
+use crate::dup::DupTable;
 use crate::error::{Error, Result};
 use crate::region::{Region, in_range};
 use crate::sessions::{ENCODED_SESSION_BYTES, SessionLimits, SessionTable};
@@ -90,7 +101,7 @@ pub(crate) const MAGIC: [u8; 8] = *b"rkvCKP\r\n";
 /// Marks the footer.
 const FOOTER_MAGIC: [u8; 4] = *b"CKPT";
 /// The checkpoint format this binary writes and the newest it reads.
-pub const CHECKPOINT_FORMAT_VERSION: u32 = 3;
+pub const CHECKPOINT_FORMAT_VERSION: u32 = 4;
 /// The oldest checkpoint format this binary reads.
 pub const OLDEST_CHECKPOINT_VERSION: u32 = 1;
 const HEADER_FIXED_LEN: usize = 20;
@@ -136,9 +147,13 @@ const HDR_SESSIONS: u16 = 3;
 const HDR_SNAPSHOT: u16 = 4;
 /// Since version 3.
 const HDR_TXN: u16 = 5;
+/// Since version 4.
+const HDR_DUPS: u16 = 6;
 const HDR_TAGS_V1: &[u16] = &[HDR_REGION, HDR_APPLIED_INDEX];
 const HDR_TAGS_V2: &[u16] = &[HDR_REGION, HDR_APPLIED_INDEX, HDR_SESSIONS, HDR_SNAPSHOT];
-const HDR_TAGS: &[u16] = &[HDR_REGION, HDR_APPLIED_INDEX, HDR_SESSIONS, HDR_SNAPSHOT, HDR_TXN];
+const HDR_TAGS_V3: &[u16] = &[HDR_REGION, HDR_APPLIED_INDEX, HDR_SESSIONS, HDR_SNAPSHOT, HDR_TXN];
+const HDR_TAGS: &[u16] =
+    &[HDR_REGION, HDR_APPLIED_INDEX, HDR_SESSIONS, HDR_SNAPSHOT, HDR_TXN, HDR_DUPS];
 // Snapshot fields.
 const S_TERM: u16 = 1;
 const S_VOTER: u16 = 2;
@@ -162,17 +177,22 @@ pub struct CheckpointHeader {
     /// `None`: none (an empty table, or a file of version 1 or 2, written before
     /// transactions existed).
     pub txn: Option<TxnTable>,
+    /// The region's duplication state as of `applied_index` (since format version 4);
+    /// `None`: none (the region takes part in no duplication, or a file of version 1
+    /// to 3, written before duplication existed).
+    pub dups: Option<DupTable>,
 }
 
 /// Fails with [`Error::TooLarge`] if `header` would not fit the header bound: the
 /// file could not be read back.
 pub(crate) fn check_header_fits(header: &CheckpointHeader) -> Result<()> {
     // Everything but the transaction state fits the bound of version 2.
-    let len = header.txn.as_ref().map_or(0, |t| codec::FIELD_HEADER_LEN + t.encoded_len());
+    let len = header.txn.as_ref().map_or(0, |t| codec::FIELD_HEADER_LEN + t.encoded_len())
+        + header.dups.as_ref().map_or(0, |d| codec::FIELD_HEADER_LEN + d.encoded_len());
     let max = MAX_HEADER_BODY_BYTES_V3 - MAX_HEADER_BODY_BYTES;
     if len > max {
         return Err(Error::TooLarge {
-            what: "transaction state",
+            what: "transaction and duplication state",
             len: len as u64,
             max: max as u64,
         });
@@ -260,6 +280,9 @@ impl<'s> Encoder<'s> {
         }
         if let Some(txn) = &header.txn {
             codec::put_nested(&mut body, HDR_TXN, |out| txn.encode(out));
+        }
+        if let Some(dups) = &header.dups {
+            codec::put_nested(&mut body, HDR_DUPS, |out| dups.encode(out));
         }
         let mut out = Vec::with_capacity(flush_bytes + BLOCK_TARGET_BYTES * 2);
         out.extend_from_slice(&MAGIC);
@@ -693,11 +716,12 @@ fn verify_block<'a>(
 
 /// Decodes the header fields of a file of format `version` (a version-1 file has
 /// neither the session table nor the snapshot field, a version-2 file no transaction
-/// state: their tags are unknown there).
+/// state, a version-3 file no duplication state: their tags are unknown there).
 fn decode_header_body(body: &[u8], version: u32) -> DecodeResult<CheckpointHeader> {
     let tags = match version {
         1 => HDR_TAGS_V1,
         2 => HDR_TAGS_V2,
+        3 => HDR_TAGS_V3,
         _ => HDR_TAGS,
     };
     let rec = TlvRecord::parse(body, tags, UnknownTags::Reject)?;
@@ -720,7 +744,11 @@ fn decode_header_body(body: &[u8], version: u32) -> DecodeResult<CheckpointHeade
         ),
         None => None,
     };
-    Ok(CheckpointHeader { region, applied_index, sessions, snapshot, txn })
+    let dups = match rec.optional(HDR_DUPS)? {
+        Some(f) => Some(DupTable::decode(f.value).map_err(|e| e.shifted(f.offset))?),
+        None => None,
+    };
+    Ok(CheckpointHeader { region, applied_index, sessions, snapshot, txn, dups })
 }
 
 fn decode_snapshot(buf: &[u8]) -> DecodeResult<SnapshotMeta> {
@@ -776,205 +804,5 @@ impl Iterator for CheckpointChunks {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use proptest::prelude::*;
-
-    use super::*;
-    use crate::region::{Epoch, Peer, PeerId, RegionId, StoreId};
-
-    pub(crate) fn encode(header: &CheckpointHeader, pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
-        let mut file = Vec::new();
-        let mut sink = |offset: u64, buf: &mut Vec<u8>| {
-            assert_eq!(offset, file.len() as u64);
-            file.extend_from_slice(buf);
-            Ok(())
-        };
-        let mut enc = Encoder::new(header, 1 << 20, &mut sink);
-        for (k, v) in pairs {
-            enc.push(k, v).unwrap();
-        }
-        let stats = enc.finish().unwrap();
-        assert_eq!(stats.file_bytes, file.len() as u64);
-        file
-    }
-
-    fn header() -> CheckpointHeader {
-        CheckpointHeader {
-            region: Region {
-                id: RegionId(3),
-                start: b"b".to_vec(),
-                end: Some(b"y".to_vec()),
-                epoch: Epoch { version: 4, conf_ver: 2 },
-                peers: vec![Peer { id: PeerId(10), store: StoreId(1) }],
-            },
-            applied_index: 77,
-            sessions: None,
-            snapshot: Some(SnapshotMeta { term: 6, voters: vec![10, 11], learners: vec![12] }),
-            txn: None,
-        }
-    }
-
-    fn pairs(n: usize, value_len: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
-        (0..n).map(|i| (format!("k{i:08}").into_bytes(), vec![i as u8; value_len])).collect()
-    }
-
-    fn decode(bytes: &[u8]) -> Result<CheckpointFile> {
-        CheckpointFile::open(Bytes::copy_from_slice(bytes), Path::new("test.ckpt"))
-    }
-
-    fn read_all(file: &CheckpointFile) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let mut out = Vec::new();
-        file.for_each(|k, v| out.push((k.to_vec(), v.to_vec())));
-        out
-    }
-
-    #[test]
-    fn round_trips_across_many_blocks_and_empty() {
-        let data = pairs(3000, 100);
-        let file = decode(&encode(&header(), &data)).unwrap();
-        assert_eq!(file.header(), &header());
-        assert!(file.stats().blocks > 3);
-        assert_eq!(file.stats().entries, 3000);
-        assert_eq!(read_all(&file), data);
-        let empty = decode(&encode(&header(), &[])).unwrap();
-        assert_eq!(empty.stats().entries, 0);
-        assert!(read_all(&empty).is_empty());
-    }
-
-    #[test]
-    fn keys_out_of_order_or_outside_the_region_are_rejected() {
-        let mut bad = pairs(3, 1);
-        bad.swap(0, 1);
-        assert!(decode(&encode(&header(), &bad)).unwrap_err().is_corruption());
-        let outside = vec![(b"z".to_vec(), b"1".to_vec())];
-        assert!(decode(&encode(&header(), &outside)).unwrap_err().is_corruption());
-    }
-
-    #[test]
-    fn a_newer_version_is_reported_as_too_new() {
-        let mut file = encode(&header(), &pairs(2, 1));
-        let newer = CHECKPOINT_FORMAT_VERSION + 1;
-        file[8..12].copy_from_slice(&newer.to_le_bytes());
-        assert!(matches!(decode(&file), Err(Error::TooNew { found, .. }) if found == newer));
-    }
-
-    /// Rewrites the version of an encoded file (and its header checksum).
-    fn with_version(mut file: Vec<u8>, version: u32) -> Vec<u8> {
-        file[8..12].copy_from_slice(&version.to_le_bytes());
-        let body_len = codec::u32_at(&file, 16).unwrap() as usize;
-        let end = HEADER_FIXED_LEN + body_len;
-        let crc = crc32fast::hash(&file[..end]);
-        file[end..end + 4].copy_from_slice(&crc.to_le_bytes());
-        file
-    }
-
-    #[test]
-    fn a_version_1_file_opens_without_snapshot_metadata_and_may_not_carry_it() {
-        let v1 = CheckpointHeader { snapshot: None, sessions: None, ..header() };
-        let file = decode(&with_version(encode(&v1, &pairs(3, 2)), 1)).unwrap();
-        assert_eq!(file.header(), &v1);
-        assert_eq!(read_all(&file), pairs(3, 2));
-        let forged = with_version(encode(&header(), &pairs(3, 2)), 1);
-        assert!(decode(&forged).unwrap_err().is_corruption());
-    }
-
-    #[test]
-    fn the_session_table_round_trips_and_version_1_has_none() {
-        let mut table = SessionTable::new();
-        let limits = SessionLimits::DEFAULT;
-        for (id, seq, time) in [(7, 1, 1_000), (3, 9, 1_500), (7, 2, 1_700)] {
-            table.write(crate::sessions::SessionId(id), seq, time, limits, &mut Vec::new());
-        }
-        let h = CheckpointHeader { sessions: Some(table), ..header() };
-        let file = decode(&encode(&h, &pairs(3, 4))).unwrap();
-        assert_eq!(file.header(), &h);
-        // A version-1 file is read as it always was: no table. The same header bytes
-        // with version 1 and a session table are refused (the tag did not exist).
-        let v1 = CheckpointHeader { snapshot: None, sessions: None, ..header() };
-        let file = decode(&with_version(encode(&v1, &pairs(3, 4)), 1)).unwrap();
-        assert_eq!(file.header().sessions, None);
-        let bad = CheckpointHeader { snapshot: None, ..h };
-        assert!(decode(&with_version(encode(&bad, &pairs(3, 4)), 1)).unwrap_err().is_corruption());
-    }
-
-    fn txn_table() -> TxnTable {
-        let mut t = TxnTable { floor: 12, ..TxnTable::default() };
-        t.locks.insert(Bytes::from_static(b"c"), Bytes::from_static(b"\x01lock of c"));
-        t.locks.insert(Bytes::from_static(b"d"), Bytes::from_static(b"\x09too new"));
-        t.records.insert((Bytes::from_static(b"c"), 44), Bytes::from_static(b"\x01record"));
-        t
-    }
-
-    #[test]
-    fn the_txn_state_round_trips_and_older_versions_have_none() {
-        let h = CheckpointHeader { txn: Some(txn_table()), ..header() };
-        let file = decode(&encode(&h, &pairs(3, 4))).unwrap();
-        assert_eq!(file.header(), &h);
-        // Version 2 is read as it was: no transaction state; the field there is
-        // corruption (the tag did not exist).
-        let v2 = header();
-        let file = decode(&with_version(encode(&v2, &pairs(3, 4)), 2)).unwrap();
-        assert_eq!(file.header().txn, None);
-        assert!(decode(&with_version(encode(&h, &pairs(3, 4)), 2)).unwrap_err().is_corruption());
-        // A lock or record outside the region is corruption.
-        let mut outside = txn_table();
-        outside.locks.insert(Bytes::from_static(b"z"), Bytes::from_static(b"\x01"));
-        let bad = CheckpointHeader { txn: Some(outside), ..header() };
-        assert!(decode(&encode(&bad, &[])).unwrap_err().is_corruption());
-        assert!(check_header_fits(&h).is_ok());
-    }
-
-    #[test]
-    fn chunks_cover_the_file_in_order() {
-        let bytes = encode(&header(), &pairs(100, 10));
-        let file = decode(&bytes).unwrap();
-        let chunks: Vec<_> = CheckpointChunks::new(&file, 100).collect();
-        assert!(chunks.iter().all(|c| c.data.len() <= 100));
-        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.data.to_vec()).collect();
-        assert_eq!(joined, bytes);
-    }
-
-    proptest! {
-        #[test]
-        fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
-            let _ = decode(&bytes);
-            let mut with_magic = MAGIC.to_vec();
-            with_magic.extend_from_slice(&bytes);
-            let _ = decode(&with_magic);
-        }
-
-        #[test]
-        fn every_single_bit_flip_is_detected(n in 0usize..6, value_len in 0usize..20) {
-            let bytes = encode(&CheckpointHeader { txn: Some(txn_table()), ..header() }, &pairs(n, value_len));
-            for bit in 0..bytes.len() * 8 {
-                let mut damaged = bytes.clone();
-                damaged[bit / 8] ^= 1 << (bit % 8);
-                prop_assert!(decode(&damaged).is_err(), "flip of bit {} unnoticed", bit);
-            }
-        }
-
-        #[test]
-        fn truncation_and_extension_are_detected(n in 1usize..20, cut in 1usize..64) {
-            let bytes = encode(&header(), &pairs(n, 8));
-            let cut = cut.min(bytes.len());
-            prop_assert!(decode(&bytes[..bytes.len() - cut]).is_err());
-            let mut longer = bytes.clone();
-            longer.extend_from_slice(&[0; 7]);
-            prop_assert!(decode(&longer).is_err());
-        }
-
-        #[test]
-        fn round_trips(entries in proptest::collection::btree_map(
-            proptest::collection::vec(any::<u8>(), 0..12),
-            proptest::collection::vec(any::<u8>(), 0..40),
-            0..50,
-        )) {
-            let mut h = header();
-            h.region.start = Vec::new();
-            h.region.end = None;
-            let data: Vec<_> = entries.into_iter().collect();
-            let file = decode(&encode(&h, &data)).unwrap();
-            prop_assert_eq!(read_all(&file), data);
-        }
-    }
-}
+#[path = "format_tests.rs"]
+pub(crate) mod tests;

@@ -14,6 +14,7 @@ use crate::checkpoint::{
     CheckpointWrite, SnapshotMeta, TEMP_SUFFIX, check_header_fits, file_name, load_part,
     map_checkpoint, open_and_load_part,
 };
+use crate::dup::DupTable;
 use crate::error::{Error, Result};
 use crate::manifest::{CheckpointRef, Manifest};
 use crate::memtable::Memtable;
@@ -57,9 +58,13 @@ impl Engine {
         let region = self.region(id).ok_or(Error::RegionNotFound { region: id })?;
         // The data and the transaction state of one committed round: a round publishes
         // both under the commit lock.
-        let (snapshot, txn) = {
+        // The duplication state is set between rounds by the thread that applies the
+        // region, the one that asks for this checkpoint: read with them, it is the
+        // state as of the same index.
+        let (snapshot, txn, dups) = {
             let _commit = self.inner.commit.lock();
-            (self.read_view(), self.inner.txn.lock().get(&id).cloned())
+            let txn = self.inner.txn.lock().get(&id).cloned();
+            (self.read_view(), txn, self.inner.dups.lock().get(&id).cloned())
         };
         let sessions = self.inner.sessions.lock().get(&id).cloned().unwrap_or_default();
         let file_id = durable.next_file_id;
@@ -70,6 +75,7 @@ impl Engine {
             sessions: (!sessions.is_empty()).then_some(sessions),
             snapshot: snapshot_meta,
             txn: txn.filter(|t| !t.is_empty()),
+            dups: dups.filter(|d| !d.is_empty()),
         };
         // What the region is charged for is a little more than its checkpoint takes
         // (see `Inner::write_checkpoint`).
@@ -155,9 +161,10 @@ impl Engine {
 
     /// Writes a checkpoint of `region` (as given, not as the map has it) from
     /// `snapshot`, with `sessions` as its session table and `txn` as its transaction
-    /// state; the caller records it in the next manifest. Writes nothing and returns
-    /// `None` if the region holds no keys, no sessions and no transaction state: its
-    /// image is empty (`empty_at`).
+    /// state and `dups` as its duplication state; the caller records it in the next
+    /// manifest. Writes nothing and returns `None` if the region holds no keys, no
+    /// sessions, no transaction state and no duplication state: its image is empty
+    /// (`empty_at`).
     /// `estimate_bytes` is about how long the file will be (what the region is charged
     /// for; see `Inner::write_checkpoint`); the callers hold the region map's lock, so
     /// they pass it in.
@@ -170,9 +177,10 @@ impl Engine {
         image: ImageState<'_>,
         estimate_bytes: u64,
     ) -> Result<Option<CheckpointRef>> {
-        let ImageState { sessions, txn } = image;
+        let ImageState { sessions, txn, dups } = image;
         if sessions.is_empty()
             && txn.is_empty()
+            && dups.is_empty()
             && snapshot.scan(&region.start, region.end.as_deref(), 1).is_empty()
         {
             return Ok(None);
@@ -185,6 +193,7 @@ impl Engine {
             sessions: (!sessions.is_empty()).then(|| sessions.clone()),
             snapshot: None,
             txn: (!txn.is_empty()).then(|| txn.clone()),
+            dups: (!dups.is_empty()).then(|| dups.clone()),
         };
         let stats = self.inner.write_checkpoint(file_id, &header, snapshot, estimate_bytes)?;
         Ok(Some(CheckpointRef {
@@ -197,12 +206,13 @@ impl Engine {
     }
 }
 
-/// What a checkpoint holds besides the region's data: its client sessions and its
-/// transaction state.
+/// What a checkpoint holds besides the region's data: its client sessions, its
+/// transaction state and its duplication state.
 #[derive(Clone, Copy)]
 pub(super) struct ImageState<'a> {
     pub sessions: &'a SessionTable,
     pub txn: &'a TxnTable,
+    pub dups: &'a DupTable,
 }
 
 impl Inner {
@@ -236,6 +246,7 @@ pub(super) struct Loaded {
     pub memtable: Memtable,
     pub sessions: IdHashMap<RegionId, SessionTable>,
     pub txn: IdHashMap<RegionId, TxnTable>,
+    pub dups: IdHashMap<RegionId, DupTable>,
     /// Bytes charged per region with a checkpoint part.
     pub bytes: IdHashMap<RegionId, AtomicU64>,
     /// The last sequence number used.
@@ -247,8 +258,9 @@ pub(super) struct Loaded {
 /// Loads the checkpoints `manifest` lists (at open): each part at its own sequence
 /// number, the session tables of the files each region's image is made of (joined, as
 /// a merge joins them; the parts of a split share their parent's file, so each gets a
-/// copy), and their transaction state (each part's range of it, joined; the floor is
-/// the largest).
+/// copy), their transaction state (each part's range of it, joined; the floor is
+/// the largest), and their duplication state (the region's own file first, then any
+/// entry of another duplication the other files hold: nothing is dropped).
 pub(super) fn load_images(
     fs: &dyn FileSystem,
     dir: &Path,
@@ -258,6 +270,7 @@ pub(super) fn load_images(
     let memtable = Memtable::new();
     let mut sessions: IdHashMap<RegionId, SessionTable> = IdHashMap::default();
     let mut txn: IdHashMap<RegionId, TxnTable> = IdHashMap::default();
+    let mut dups: IdHashMap<RegionId, DupTable> = IdHashMap::default();
     let mut seq = 0u64;
     let mut loaded_entries = 0;
     let mut files: HashMap<u64, CheckpointFile> = HashMap::new();
@@ -291,7 +304,16 @@ pub(super) fn load_images(
                 txn.entry(entry.region.id).or_default().join(part_table);
             }
         }
+        let mut own_first: Vec<&CheckpointFile> =
+            entry.checkpoints.iter().filter_map(|part| files.get(&part.file_id)).collect();
+        own_first.sort_by_key(|f| f.header().region.id != entry.region.id);
+        for file in own_first {
+            if let Some(table) = &file.header().dups {
+                dups.entry(entry.region.id).or_default().join_missing(table);
+            }
+        }
     }
     txn.retain(|_, t| !t.is_empty());
-    Ok(Loaded { memtable, sessions, txn, bytes, seq, entries: loaded_entries })
+    dups.retain(|_, t| !t.is_empty());
+    Ok(Loaded { memtable, sessions, txn, dups, bytes, seq, entries: loaded_entries })
 }

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::images::ImageState;
 use super::{CommitState, Durable, Engine, Inner, RegionState};
 use crate::checkpoint::{ReceivedCheckpoint, load_part};
+use crate::dup::DupTable;
 use crate::error::{Error, Result};
 use crate::manifest::{CheckpointRef, Manifest, MergeState, RegionEntry, restrict};
 use crate::region::{Peer, Region, RegionId};
@@ -147,6 +148,7 @@ impl Engine {
                 p.regions.bytes.remove(&id);
                 self.inner.sessions.lock().remove(&id);
                 self.inner.set_txn_table(id, None);
+                self.inner.dups.lock().remove(&id);
                 region
             },
         )
@@ -171,10 +173,14 @@ impl Engine {
                 let next = s.manifest(|region| {
                     parts.iter().any(|p| p.id == region.id).then(|| restrict(&parent_parts, region))
                 });
-                Ok((next, (parts, child_bytes)))
+                // Not a barrier: no index to restart a duplication at, so every part
+                // keeps a copy of the parent's state (no floor is dropped).
+                let table = self.inner.dups.lock().get(&id).cloned().unwrap_or_default();
+                let dups = parts.iter().map(|p| (p.id, table.clone())).collect();
+                Ok((next, (parts, child_bytes, dups)))
             },
-            |p, (parts, child_bytes)| {
-                self.on_split(p.regions, id, &parts, &child_bytes);
+            |p, (parts, child_bytes, dups)| {
+                self.on_split(p.regions, id, &parts, &child_bytes, dups);
                 parts
             },
         )
@@ -195,7 +201,11 @@ impl Engine {
                 Ok((next, merged))
             },
             |p, merged| {
-                self.on_merge(p.regions, source, target);
+                let mut table = self.inner.dups.lock().get(&target).cloned().unwrap_or_default();
+                if let Some(from) = self.inner.dups.lock().get(&source) {
+                    table.join_missing(from);
+                }
+                self.on_merge(p.regions, source, target, table);
                 merged
             },
         )
@@ -226,6 +236,21 @@ impl Engine {
                 // transaction state in its range (and the floor).
                 let sessions = self.inner.sessions.lock().get(&id).cloned().unwrap_or_default();
                 let txn = self.inner.txn.lock().get(&id).cloned().unwrap_or_default();
+                // The parent keeps its duplication state; each child restarts the
+                // parent's streams in its own log (`DupTable::for_split_child`).
+                let parent_dups = self.inner.dups.lock().get(&id).cloned().unwrap_or_default();
+                let dups: Vec<(RegionId, DupTable)> = parts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, part)| {
+                        let table = if i == 0 {
+                            parent_dups.clone()
+                        } else {
+                            parent_dups.for_split_child(id, at_index, child_index)
+                        };
+                        (part.id, table)
+                    })
+                    .collect();
                 // What each part is charged for: the length its checkpoint is estimated
                 // at, and (the children's) the charges that move. Every change to the
                 // memtable takes the commit lock, so these are the charges after the
@@ -250,6 +275,7 @@ impl Engine {
                         ImageState {
                             sessions: &sessions,
                             txn: &txn.restricted(&part.start, part.end.as_deref()),
+                            dups: &dups[i].1,
                         },
                         estimate_bytes,
                     )?);
@@ -273,10 +299,10 @@ impl Engine {
                 next.set_empty_at(&empty, child_index);
                 next.set_meta_index(&[id], at_index);
                 next.set_meta_index(new_ids, child_index);
-                Ok((next, (parts, child_bytes)))
+                Ok((next, (parts, child_bytes, dups)))
             },
-            |p, (parts, child_bytes)| {
-                self.on_split(p.regions, id, &parts, &child_bytes);
+            |p, (parts, child_bytes, dups)| {
+                self.on_split(p.regions, id, &parts, &child_bytes, dups);
                 parts
             },
         )
@@ -308,6 +334,21 @@ impl Engine {
                     }
                     joined
                 };
+                // The target keeps its duplication state and takes the source's in
+                // (`DupTable::merge_from`), depending on the source's log up to its
+                // prepare.
+                let prepare_index = (s.durable.manifest.regions.iter())
+                    .find(|e| e.region.id == source)
+                    .and_then(|e| e.merge)
+                    .map_or(at_index, |m| m.prepare_index);
+                let dups = {
+                    let tables = self.inner.dups.lock();
+                    let mut joined = tables.get(&target).cloned().unwrap_or_default();
+                    if let Some(from) = tables.get(&source) {
+                        joined.merge_from(from, source, prepare_index, at_index);
+                    }
+                    joined
+                };
                 let estimate_bytes = [source, target]
                     .iter()
                     .filter_map(|id| s.regions.bytes.get(id))
@@ -318,7 +359,7 @@ impl Engine {
                     &merged,
                     at_index,
                     &snapshot,
-                    ImageState { sessions: &sessions, txn: &txn },
+                    ImageState { sessions: &sessions, txn: &txn, dups: &dups },
                     estimate_bytes,
                 )?;
                 let mut next = s.manifest(|region| {
@@ -329,10 +370,10 @@ impl Engine {
                     next.set_empty_at(&[target], at_index);
                 }
                 next.set_meta_index(&[target], at_index);
-                Ok((next, merged))
+                Ok((next, (merged, dups)))
             },
-            |p, merged| {
-                self.on_merge(p.regions, source, target);
+            |p, (merged, dups)| {
+                self.on_merge(p.regions, source, target, dups);
                 merged
             },
         )
@@ -408,6 +449,7 @@ impl Engine {
                 let snapshot = self.read_view();
                 let sessions = self.inner.sessions.lock().get(&id).cloned().unwrap_or_default();
                 let txn = self.inner.txn.lock().get(&id).cloned().unwrap_or_default();
+                let dups = self.inner.dups.lock().get(&id).cloned().unwrap_or_default();
                 let estimate_bytes =
                     s.regions.bytes.get(&id).map_or(0, |b| b.load(Ordering::Relaxed));
                 let image = self.write_whole_checkpoint(
@@ -415,7 +457,7 @@ impl Engine {
                     &region,
                     at_index,
                     &snapshot,
-                    ImageState { sessions: &sessions, txn: &txn },
+                    ImageState { sessions: &sessions, txn: &txn, dups: &dups },
                     estimate_bytes,
                 )?;
                 let mut next =
@@ -500,6 +542,7 @@ impl Engine {
                     self.inner.memtable.remove_range(&old.start, old.end.as_deref());
                     p.regions.bytes.remove(&old.id);
                     self.inner.set_txn_table(old.id, None);
+                    self.inner.dups.lock().remove(&old.id);
                 }
                 let seq = p.commit.next_seq;
                 let entry = RegionEntry {
@@ -519,6 +562,13 @@ impl Engine {
                 drop(sessions);
                 // And so is its transaction state (none in a file of version 1 or 2).
                 self.inner.set_txn_table(region.id, header.txn.clone());
+                // And its duplication state (none in a file of versions 1 to 3).
+                let mut dups = self.inner.dups.lock();
+                match header.dups.clone().filter(|d| !d.is_empty()) {
+                    Some(table) => dups.insert(region.id, table),
+                    None => dups.remove(&region.id),
+                };
+                drop(dups);
                 p.commit.next_seq += 1;
                 self.inner.visible_seq.store(seq, Ordering::Release);
                 p.regions.bytes.insert(region.id, AtomicU64::new(bytes));
@@ -541,13 +591,15 @@ impl Engine {
     /// charges move from the parent to them, rounds that pin the parent pin the
     /// children too, every child starts with a copy of the parent's sessions (a
     /// write the parent applied is recognised by whichever part its keys are in now),
-    /// and the parent's transaction state is partitioned by key.
+    /// the parent's transaction state is partitioned by key, and every part takes its
+    /// duplication state from `dups`.
     fn on_split(
         &self,
         regions: &mut RegionState,
         parent: RegionId,
         parts: &[Region],
         child_bytes: &[u64],
+        dups: Vec<(RegionId, DupTable)>,
     ) {
         for (part, &b) in parts[1..].iter().zip(child_bytes) {
             regions.bytes.insert(part.id, AtomicU64::new(b));
@@ -580,13 +632,29 @@ impl Engine {
                 tables.insert(parent, table);
             }
         }
+        drop(tables);
+        let mut tables = self.inner.dups.lock();
+        for (id, table) in dups {
+            if table.is_empty() {
+                tables.remove(&id);
+            } else {
+                tables.insert(id, table);
+            }
+        }
     }
 
     /// After a merge of `source` into `target`: the source's charge and pins go to the
     /// target, its sessions join the target's (per session the highest sequence
     /// number: a write either side applied is recognised), and so does its
-    /// transaction state (floor: the larger).
-    fn on_merge(&self, regions: &mut RegionState, source: RegionId, target: RegionId) {
+    /// transaction state (floor: the larger); the target's duplication state becomes
+    /// `dups`.
+    fn on_merge(
+        &self,
+        regions: &mut RegionState,
+        source: RegionId,
+        target: RegionId,
+        dups: DupTable,
+    ) {
         let moved = regions.bytes.remove(&source).map_or(0, AtomicU64::into_inner);
         if let Some(b) = regions.bytes.get(&target) {
             b.fetch_add(moved, Ordering::Relaxed);
@@ -602,6 +670,14 @@ impl Engine {
         let mut tables = self.inner.txn.lock();
         if let Some(from) = tables.remove(&source) {
             tables.entry(target).or_default().join(from);
+        }
+        drop(tables);
+        let mut tables = self.inner.dups.lock();
+        tables.remove(&source);
+        if dups.is_empty() {
+            tables.remove(&target);
+        } else {
+            tables.insert(target, dups);
         }
     }
 }

@@ -294,7 +294,9 @@ impl StoreCore {
         }
         let floor = self.ctx.log.state(region).and_then(|s| s.id_floor);
         let replica = self.replicas.get_mut(&region).expect("present");
-        if let Err(refused) = check_admin(replica, floor, admin.epoch, &admin.cmd, entry.index) {
+        if let Err(refused) = check_admin(replica, floor, admin.epoch, &admin.cmd, entry.index)
+            .and_then(|()| self.check_admin_dups(region, &admin.cmd, false))
+        {
             return self.refuse_admin(region, entry, refused);
         }
         let result = match admin.cmd {

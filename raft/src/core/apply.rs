@@ -334,6 +334,11 @@ fn resolve_proposals(replica: &mut Replica, entry: &Entry, outcome: Outcome, hel
                 }
             }
             Waiting::Txns(waiting) => waiting.into_iter().for_each(|reply| reply(Err(dropped()))),
+            Waiting::Dup(reply) if matched => match outcome.take() {
+                Some(Outcome::Dup(result)) => reply(result),
+                _ => reply(Err(mismatch())),
+            },
+            Waiting::Dup(reply) => reply(Err(dropped())),
         }
     }
 }
@@ -352,6 +357,8 @@ enum Outcome {
     Txn(Result<TxnReply>),
     /// One result per transaction command of a batch, in order (answered likewise).
     Txns(Vec<Result<TxnReply>>),
+    /// A duplication command's result.
+    Dup(Result<crate::dup::DupReply>),
     /// Refused whole (it does not decode, or a membership change that must not
     /// apply), alike on every replica: why.
     Refused(Error),
@@ -365,6 +372,12 @@ fn refusal(error: &Error) -> Error {
             Error::EpochNotMatch { region: *region, current: current.clone() }
         }
         Error::Malformed(why) => Error::Malformed(why.clone()),
+        Error::DuplicationSeeding { region, dup_id } => {
+            Error::DuplicationSeeding { region: *region, dup_id: *dup_id }
+        }
+        Error::DupRefused { region, dup_id, reason } => {
+            Error::DupRefused { region: *region, dup_id: *dup_id, reason: *reason }
+        }
         other => Error::InvalidRequest(other.to_string()),
     }
 }
@@ -546,6 +559,9 @@ impl StoreCore {
                     ))),
                     cmd @ (Command::Txn(_) | Command::Txns(_)) => {
                         txn_outcome(&self.ctx, replica, cmd, entry.index, applier)?
+                    }
+                    Command::Dup(dup) => {
+                        Outcome::Dup(self.apply_dup(region, entry.index, &dup, applier)?)
                     }
                     Command::Admin(admin) => {
                         // Admin commands change durable metadata; the data before them

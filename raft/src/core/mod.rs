@@ -91,6 +91,7 @@ mod admin_apply;
 mod apply;
 mod context;
 mod dirty;
+mod dup_apply;
 mod hibernate;
 mod lifecycle;
 mod messages;
@@ -105,6 +106,7 @@ pub use self::context::{
     ApplyObserver, Clock, ElectionTicks, RAFT_INIT_INDEX, RAFT_INIT_TERM, ScanHook, StoreContext,
     system_clock_ms, wal_lost_records,
 };
+pub use self::dup_apply::DupRetention;
 use self::messages::SendWhen;
 pub use self::output::{CoreTask, Output, WriteTask};
 
@@ -404,6 +406,7 @@ impl StoreCore {
                 status.oldest_lock_age_ms =
                     Some(engine.txn_oldest_lock_age_ms(id, self.ctx.now_ms()));
             }
+            status.dups = self.dups_of(replica);
         }
         out.sort_by_key(|s| s.region.id);
         out
@@ -411,7 +414,7 @@ impl StoreCore {
 
     /// The status of the replica of `region`, if there is one.
     pub fn peer_status(&self, region: RegionId) -> Option<PeerStatus> {
-        self.replicas.get(&region).map(|r| r.status())
+        self.replicas.get(&region).map(|r| PeerStatus { dups: self.dups_of(r), ..r.status() })
     }
 
     /// True if a replica here may have a peer on another store (see `not_alone`): a

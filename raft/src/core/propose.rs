@@ -287,7 +287,8 @@ impl StoreCore {
             AdminCmd::ComputeHash => self.ctx.cluster_version.check(crate::version::IMAGE_HASH),
             _ => Ok(()),
         };
-        let replica = match gate.and_then(|()| self.leader(region)).and_then(|replica| {
+        let dups = self.check_admin_dups(region, &cmd, true);
+        let replica = match gate.and(dups).and_then(|()| self.leader(region)).and_then(|replica| {
             check_admin(replica, floor, epoch, &cmd, replica.applied_index + 1)?;
             // A user key's lock and versions stay in one region
             // (`mvcc::split_boundary`). Checked before propose only, like the merge

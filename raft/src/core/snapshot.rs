@@ -158,8 +158,11 @@ impl StoreCore {
         snap.data = encode_snapshot_data(&SnapshotData { id_floor }).into();
         replica.snapshot.slot.lock().ready = Some(snap);
         replica.snapshot.file = Some(file);
-        self.ctx.log.stage_compaction(&mut self.write, region, replica.checkpoint_index)?;
-        tracing::info!(region = region.0, index = replica.applied_index, "prepared a snapshot");
+        let checkpoint_index = replica.checkpoint_index;
+        // Never past the region's duplication floor (`compact_to`).
+        tracing::info!(region = region.0, index = checkpoint_index, "prepared a snapshot");
+        let to = self.compact_to(region, checkpoint_index);
+        self.ctx.log.stage_compaction(&mut self.write, region, to)?;
         Ok(())
     }
 
@@ -333,6 +336,7 @@ impl StoreCore {
         replica.conf_index = meta.index;
         replica.applied_bytes_since_checkpoint = 0;
         replica.merge.state = None;
+        replica.snapshot.installed_at = Some(meta.index);
         tracing::info!(region = region.0, index = meta.index, ?replaced, "installed a snapshot");
         for old in replaced {
             // The engine no longer hosts it: its replica goes (on the core that owns it).
@@ -363,10 +367,14 @@ impl StoreCore {
         replica.applied_bytes_since_checkpoint = 0;
         replica.snapshot.file = None;
         replica.snapshot.slot.lock().ready = None;
-        self.ctx.log.stage_compaction(&mut self.write, region, replica.checkpoint_index)?;
+        let checkpoint_index = replica.checkpoint_index;
+        // Never past the region's duplication floor (`compact_to`).
+        let to = self.compact_to(region, checkpoint_index);
+        self.ctx.log.stage_compaction(&mut self.write, region, to)?;
         tracing::debug!(
             region = region.0,
-            index = replica.checkpoint_index,
+            index = checkpoint_index,
+            to,
             "checkpointed and compacted"
         );
         Ok(())

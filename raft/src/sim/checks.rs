@@ -1,7 +1,9 @@
 //! The simulator's checkers, run after every event (the properties are listed in the
 //! module doc of `sim`): a violation panics with the seed.
 
-use super::{SimCluster, StateRole};
+use regionkv_engine::StoreId;
+
+use super::{Checks, SimCluster, StateRole};
 
 impl SimCluster {
     pub(super) fn check(&mut self) {
@@ -9,8 +11,10 @@ impl SimCluster {
         let mut pinned = Vec::new();
         let mut stopped = Vec::new();
         let mut unlisted = Vec::new();
+        let mut retention = Vec::new();
         for (&id, s) in &self.stores {
             if let Some(r) = &s.running {
+                retention.push((id, r.core.dup_retention()));
                 if r.core.context().cancel.is_cancelled() {
                     stopped.push(id);
                 }
@@ -42,6 +46,7 @@ impl SimCluster {
         {
             c.violation = Some(format!("alone: store {id} lists the wrong replicas as not alone"));
         }
+        check_retention(&mut c, retention);
         for (id, status) in statuses {
             for s in status {
                 let region = s.region.id;
@@ -86,6 +91,30 @@ impl SimCluster {
         }
         if let Some(v) = &c.violation {
             panic!("seed {}: {v}", self.config.seed);
+        }
+    }
+}
+
+/// D1: a log start that moved since the last check (a compaction or a snapshot
+/// install) is past the duplication floor only if a snapshot put it there.
+fn check_retention(c: &mut Checks, retention: Vec<(StoreId, Vec<crate::DupRetention>)>) {
+    for (id, replicas) in retention {
+        for r in replicas {
+            let key = (id, r.region, r.peer);
+            let moved = c.first_index.insert(key, r.first_index) != Some(r.first_index);
+            let compacted = r.first_index - 1;
+            if moved
+                && let Some(floor) = r.floor
+                && compacted > floor
+                && r.installed_at != Some(compacted)
+                && c.violation.is_none()
+            {
+                c.violation = Some(format!(
+                    "D1: store {id} region {}: log compacted to {compacted}, past its \
+                     duplication floor {floor}",
+                    r.region
+                ));
+            }
         }
     }
 }

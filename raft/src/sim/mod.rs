@@ -20,7 +20,10 @@
 //!   store: a command that cannot apply is refused);
 //! - alone: every core's list of replicas that may have a peer on another store (what
 //!   lets a caller run the core, `store/solo.rs`) is exact, through membership
-//!   changes, splits, merges, snapshots and restarts.
+//!   changes, splits, merges, snapshots and restarts;
+//! - D1: no replica compacts its log past its region's duplication floor (its log
+//!   start moves past the floor only by installing a snapshot, which restarts the
+//!   log after the snapshot's index: a log gap, not a compaction).
 //!
 //! A violation panics with the seed, so the failing run can be replayed.
 
@@ -193,6 +196,8 @@ struct Checks {
     /// (store, region, peer) -> highest (commit, applied) seen in this incarnation (a
     /// replica removed and added back is a new peer).
     running_max: HashMap<(StoreId, RegionId, PeerId), (u64, u64)>,
+    /// (store, region, peer) -> the log's first index when last checked (D1).
+    first_index: HashMap<(StoreId, RegionId, PeerId), u64>,
     violation: Option<String>,
 }
 

@@ -238,6 +238,27 @@ impl SimCluster {
         pendings
     }
 
+    /// Submits a duplication command to `store`'s peer of `region`, at the epoch that
+    /// store knows.
+    pub fn dup(
+        &mut self,
+        store: StoreId,
+        region: RegionId,
+        cmd: crate::dup::DupCmd,
+    ) -> Pending<crate::dup::DupReply> {
+        let epoch = self.region(store, region).map_or(Epoch::INITIAL, |r| r.epoch);
+        let pending = Pending::new();
+        match self.running(store) {
+            Ok(running) => {
+                let reply = pending.reply();
+                running.core.on_dup(crate::dup::DupRequest { region, epoch, cmd, reply });
+                self.process(store);
+            }
+            Err(e) => (pending.reply())(Err(e)),
+        }
+        pending
+    }
+
     /// Submits an admin command to `store`'s peer of `region`, at the epoch that store
     /// knows.
     pub fn admin(

@@ -1,0 +1,41 @@
+//! Each hosted region's duplication state (`crate::dup`), as the Raft layer reads and
+//! sets it. Images carry it (`images.rs`); region changes move it (`topology.rs`).
+
+use super::Engine;
+use crate::dup::DupTable;
+use crate::error::{Error, Result};
+use crate::region::RegionId;
+
+impl Engine {
+    /// Region `id`'s duplication state (a copy; empty if it takes part in none), if
+    /// the region is hosted.
+    pub fn dup_table(&self, id: RegionId) -> Option<DupTable> {
+        self.region(id)?;
+        Some(self.inner.dups.lock().get(&id).cloned().unwrap_or_default())
+    }
+
+    /// The lowest index whose log region `id` must keep after it for its
+    /// duplications (`DupTable::floor`); `None` if it takes part in none, or is not
+    /// hosted.
+    pub fn dup_floor(&self, id: RegionId) -> Option<u64> {
+        self.inner.dups.lock().get(&id).and_then(DupTable::floor)
+    }
+
+    /// Replaces region `id`'s duplication state (in memory; every image of the region
+    /// written from now on carries it). The caller (the thread that applies the
+    /// region, between rounds) asserts that it is the state as of the region's applied
+    /// index: a checkpoint labels it so.
+    pub fn set_dup_table(&self, id: RegionId, table: DupTable) -> Result<()> {
+        self.inner.check_usable()?;
+        if self.region(id).is_none() {
+            return Err(Error::RegionNotFound { region: id });
+        }
+        let mut dups = self.inner.dups.lock();
+        if table.is_empty() {
+            dups.remove(&id);
+        } else {
+            dups.insert(id, table);
+        }
+        Ok(())
+    }
+}
