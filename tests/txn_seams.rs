@@ -75,8 +75,9 @@ fn a_lost_commit_is_indeterminate_then_pending_then_aborted_by_a_reader_after_th
     let outcome = db.txn_outcome(txn_id, &primary_key).unwrap();
     // Pending until someone decides it (within its TTL, nobody does).
     assert_eq!(outcome, TxnOutcome::Pending);
-    // A reader meets the secondary's lock, waits out its TTL and aborts it through
-    // the record: the old value, nothing of the batch.
+    // A reader that waits for locks meets the secondary's lock, waits out its TTL and
+    // aborts it through the record: the old value, nothing of the batch.
+    let db = db.with_lock_wait(regionkv::LockWait::Wait(Duration::from_secs(60)));
     assert_eq!(get(&db, "zucchini").as_deref(), Some("z-old"));
     assert_eq!(db.txn_outcome(txn_id, &primary_key).unwrap(), TxnOutcome::Aborted);
     assert_eq!(get(&db, "apple").as_deref(), Some("a-old"));
