@@ -109,6 +109,7 @@ fn write_scenario(sessions: bool) -> Result<(Vec<u8>, Vec<u8>), Box<dyn std::err
 /// The golden lock entry: every field set.
 fn golden_lock() -> Lock {
     Lock {
+        min_commit_ts: None,
         txn_id: TxnId(0x7A11_0001),
         primary_key: Bytes::from_static(b"account/alice"),
         op: LockOp::Put,
@@ -136,6 +137,7 @@ fn golden_record_v2() -> TxnRecord {
 /// The golden record entry: every field set.
 fn golden_record() -> TxnRecord {
     TxnRecord {
+        min_commit_ts: None,
         txn_id: TxnId(0x7A11_0001),
         status: TxnStatus::Committed,
         primary_key: Bytes::from_static(b"account/alice"),
