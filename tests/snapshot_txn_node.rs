@@ -68,6 +68,9 @@ fn snapshot_transactions_run_over_tcp_between_two_clients() -> Result<(), Box<dy
     // A write-write conflict: the second to commit loses, nothing of it is visible.
     let mut first = db1.transaction()?;
     let mut second = db2.transaction()?;
+    // The second reads the key first (a lost update otherwise): the first's commit
+    // lands above that read, after the second's start.
+    second.get("apple")?;
     first.put("apple", "first");
     second.put("apple", "second");
     second.put("yak", "second"); // the other region

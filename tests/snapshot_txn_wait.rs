@@ -37,6 +37,7 @@ fn text(v: Option<Bytes>) -> Option<String> {
 fn hold(db: &Db, user: &str, value: &str, start_ts: u64) {
     let key = mvcc::lock_key(user.as_bytes());
     let cmd = TxnCmd::Prewrite {
+        min_commit: None,
         txn_id: HOLDER,
         primary_key: key.clone(),
         ops: vec![Op::Put { key: key.clone(), value: Bytes::copy_from_slice(value.as_bytes()) }],
@@ -164,6 +165,7 @@ fn a_reader_waits_for_a_held_lock_and_reads_what_the_holder_committed_below_its_
     let short = db.clone().with_deadline(Duration::from_millis(500));
     let key = mvcc::lock_key(b"j");
     let cmd = TxnCmd::Prewrite {
+        min_commit: None,
         txn_id: HOLDER + 1,
         primary_key: key.clone(),
         ops: vec![Op::Delete { key: key.clone() }],
@@ -179,6 +181,7 @@ fn a_reader_waits_for_a_held_lock_and_reads_what_the_holder_committed_below_its_
     };
     let fresh = db.timestamp().unwrap();
     let cmd = TxnCmd::Prewrite {
+        min_commit: None,
         txn_id,
         primary_key,
         ops,

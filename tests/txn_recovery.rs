@@ -64,6 +64,7 @@ fn prewrite(
         staging: false,
     });
     db.txn_call(TxnCmd::Prewrite {
+        min_commit: None,
         txn_id: txn,
         primary_key: b(primary),
         ops,
@@ -192,6 +193,7 @@ fn store_err(e: &regionkv::layers::engine::Error) -> Error {
 fn lock_of(txn: u64, primary: &str, value: &str, created_at_ms: u64, ttl_ms: u64) -> Bytes {
     Bytes::from(
         Lock {
+            min_commit_ts: None,
             txn_id: TxnId(txn),
             primary_key: b(primary),
             op: LockOp::Put,
@@ -214,6 +216,7 @@ fn record_of(
 ) -> Bytes {
     Bytes::from(
         TxnRecord {
+            min_commit_ts: None,
             txn_id: TxnId(txn),
             status,
             primary_key: b(primary),

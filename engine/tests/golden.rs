@@ -148,6 +148,7 @@ fn golden_dups() -> Result<DupTable, Box<dyn std::error::Error>> {
 /// The golden lock entry: every field set.
 fn golden_lock() -> Lock {
     Lock {
+        min_commit_ts: None,
         txn_id: TxnId(0x7A11_0001),
         primary_key: Bytes::from_static(b"account/alice"),
         op: LockOp::Put,
@@ -175,6 +176,7 @@ fn golden_record_v2() -> TxnRecord {
 /// The golden record entry: every field set.
 fn golden_record() -> TxnRecord {
     TxnRecord {
+        min_commit_ts: None,
         txn_id: TxnId(0x7A11_0001),
         status: TxnStatus::Committed,
         primary_key: Bytes::from_static(b"account/alice"),

@@ -28,6 +28,7 @@ fn epoch(engine: &Engine, id: u64) -> Epoch {
 
 fn lock_entry(txn_id: u64, primary: &[u8], value: &[u8]) -> Bytes {
     let lock = Lock {
+        min_commit_ts: None,
         txn_id: TxnId(txn_id),
         primary_key: Bytes::copy_from_slice(primary),
         op: LockOp::Put,
@@ -41,6 +42,7 @@ fn lock_entry(txn_id: u64, primary: &[u8], value: &[u8]) -> Bytes {
 
 fn record_entry(txn_id: u64, primary: &[u8]) -> Bytes {
     let record = TxnRecord {
+        min_commit_ts: None,
         txn_id: TxnId(txn_id),
         status: TxnStatus::Pending,
         primary_key: Bytes::copy_from_slice(primary),

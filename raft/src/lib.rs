@@ -60,4 +60,4 @@ pub use request::{
 pub use status::{FollowerProgress, ProgressState, ReportedRole, TimelineState};
 pub use storage::PeerStorage;
 pub use store::{Store, StoreOptions};
-pub use txn::{RecordInit, SyncedTs, TxnCmd, TxnReply, TxnRequest, TxnState};
+pub use txn::{MinCommit, RecordInit, SyncedTs, TxnCmd, TxnReply, TxnRequest, TxnState};

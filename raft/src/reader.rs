@@ -71,14 +71,32 @@ pub(crate) fn first_lock(
         return None;
     }
     match query {
-        Query::Get { key, .. } if region.contains(key) => {
-            engine.txn_lock(region.id, key).map(|lock| (key.clone(), lock))
-        }
+        Query::Get { key, read_ts } if region.contains(key) => engine
+            .txn_lock(region.id, key)
+            .filter(|lock| !above_the_read(lock, *read_ts))
+            .map(|lock| (key.clone(), lock)),
         Query::Get { .. } | Query::Scan { limit: 0, .. } => None,
         Query::Scan { start, end, .. } => {
             engine.txn_locks(region.id, start, end.as_deref(), 1).into_iter().next()
         }
     }
+}
+
+/// True if a snapshot get at `read_ts` reads past the lock `encoded`: an async-commit
+/// lock of a snapshot transaction whose minimum commit timestamp is above the read.
+///
+/// Why that is safe: the transaction commits at the largest minimum commit timestamp
+/// of its locks (`txn::staging`), so at or above this one, above the read: the
+/// version it will write is invisible at `read_ts`, and the version below the lock is
+/// the answer. Why a read at or above it still meets the lock: the read raised its
+/// region's `max_read_ts` (`txn::concurrency`) before it looked for locks; a prewrite
+/// stamped after that lands above the read, and one stamped before holds its
+/// in-memory lock (refusing the read `CommitPending`) until the lock below is
+/// visible. A scan does not read past (it resolves or waits for every lock it meets).
+fn above_the_read(encoded: &[u8], read_ts: Option<u64>) -> bool {
+    let Some(read_ts) = read_ts else { return false };
+    regionkv_engine::txn::Lock::decode(encoded)
+        .is_ok_and(|lock| lock.min_commit_ts.is_some_and(|ts| ts > read_ts))
 }
 
 /// `page` (of a scan with `limit`), or `Error::Locked` if the range it answers (up to

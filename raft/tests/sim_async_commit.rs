@@ -66,7 +66,7 @@ fn settle(c: &mut SimCluster, txn_id: u64, primary: &Bytes, participants: &[Byte
     for key in staging::check_keys(participants, primary) {
         let check = TxnCmd::CheckLocks { txn_id, keys: vec![key.clone()] };
         match call(c, &key, &check, 10 * SECOND) {
-            Ok(TxnReply::Checked { all_locked: locked }) => all_locked.push(locked),
+            Ok(TxnReply::Checked { all_locked: locked, .. }) => all_locked.push(locked),
             other => panic!("a participant check of {key:?} answered {other:?}"),
         }
     }
@@ -257,7 +257,11 @@ fn the_participant_check_racing_the_coordinators_decision_ends_committed() {
         let (leader, region) = leader_of(&mut c, b"a1");
         let check = TxnCmd::CheckLocks { txn_id: 12, keys: keys_of(&parts[1].1) };
         let checked = call(&mut c, &parts[1].0, &check, 10 * SECOND);
-        assert_eq!(s(checked), Ok(TxnReply::Checked { all_locked: true }), "seed {seed}");
+        assert_eq!(
+            s(checked),
+            Ok(TxnReply::Checked { all_locked: true, min_commit_ts: None }),
+            "seed {seed}"
+        );
         // Both decisions in flight at once: whichever applies first, committed.
         let coordinator = c.txn(leader, region, plan.decide(true));
         let by_checker = c.txn(leader, region, staging::decide(12, "a1".into(), vec![], true));
@@ -308,6 +312,7 @@ fn a_store_of_cluster_version_3_freezes_a_staging_record() {
         // A staging record on every replica, as a version-4 binary leaves it after a
         // downgrade (written behind Raft's back), long expired.
         let record = TxnRecord {
+            min_commit_ts: None,
             txn_id: TxnId(30),
             status: TxnStatus::Staging,
             primary_key: Bytes::from("a1"),

@@ -87,6 +87,7 @@ fn put(user: &str, value: &str) -> Op {
 /// The prewrite of `ops` for transaction `txn_id` started at `start_ts`, primary "a".
 fn prewrite(txn_id: u64, ops: Vec<Op>, record: bool, start_ts: u64) -> TxnCmd {
     TxnCmd::Prewrite {
+        min_commit: None,
         txn_id,
         primary_key: lk("a"),
         ops,
@@ -188,6 +189,7 @@ fn keys_outside_their_level_and_splits_inside_a_keys_versions_are_refused() {
     assert!(matches!(r, Err(Error::InvalidRequest(_))), "{:?}", s(r));
     // A level-1 prewrite of a key of the keyspace.
     let level1 = TxnCmd::Prewrite {
+        min_commit: None,
         txn_id: 21,
         primary_key: lk("a"),
         ops: vec![put("a", "x")],

@@ -475,6 +475,7 @@ fn locks_and_records_survive_checkpoints_and_a_restart_of_every_store() {
         assert_eq!(s(reply), Ok(TxnReply::Done), "seed {seed}");
         let only_n1 = vec![Op::Put { key: "n1".into(), value: "n1-t41".into() }];
         let record = TxnCmd::Prewrite {
+            min_commit: None,
             txn_id: 41,
             primary_key: "n1".into(),
             ops: only_n1,

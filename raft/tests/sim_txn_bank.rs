@@ -138,7 +138,7 @@ fn settle(
     for key in staging::check_keys(participants, primary_key) {
         let check = TxnCmd::CheckLocks { txn_id, keys: vec![key.clone()] };
         match send(c, &key, &check, 30 * SECOND) {
-            Some(Ok(TxnReply::Checked { all_locked })) => locked.push(all_locked),
+            Some(Ok(TxnReply::Checked { all_locked, .. })) => locked.push(all_locked),
             other => panic!("participant check of txn {txn_id} on {key:?}: {other:?}"),
         }
     }

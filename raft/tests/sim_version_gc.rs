@@ -81,6 +81,7 @@ fn commit_one(c: &mut SimCluster, txn_id: u64, user: &str, value: Option<&str>, 
         None => Op::Delete { key: key.clone() },
     };
     let prewrite = TxnCmd::Prewrite {
+        min_commit: None,
         txn_id,
         primary_key: key.clone(),
         ops: vec![op],
@@ -353,6 +354,7 @@ fn a_prewrite_or_commit_below_the_floor_is_refused_and_a_split_carries_the_floor
         // Transaction 900 prewrites "c" below the safepoint, before GC.
         let key = lk("c");
         let prewrite = |txn_id: u64, start_ts: u64| TxnCmd::Prewrite {
+            min_commit: None,
             txn_id,
             primary_key: key.clone(),
             ops: vec![Op::Put { key: key.clone(), value: Bytes::from_static(b"late") }],

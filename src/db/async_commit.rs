@@ -50,6 +50,8 @@ pub(super) const RESOLVE_BATCH: usize = 256;
 pub(super) struct Carried {
     plan: Arc<TxnPlan>,
     commit: bool,
+    /// The record's commit timestamp (a snapshot transaction).
+    commit_ts: Option<u64>,
 }
 
 /// How a staging prewrite phase ended, short of success.
@@ -65,6 +67,18 @@ impl Db {
     /// version 4 lately).
     pub(super) fn async_commit_on(&self) -> bool {
         now_ms() >= self.txn.async_off_until.load(Ordering::Relaxed)
+    }
+
+    /// True if this `Db` should try async commit of snapshot transactions that span
+    /// regions (it did not meet a cluster below version 5 lately).
+    pub(super) fn si_async_on(&self) -> bool {
+        now_ms() >= self.txn.si_async_off_until.load(Ordering::Relaxed)
+    }
+
+    /// Notes that the cluster refused async commit of snapshot transactions: two
+    /// phases for a while.
+    pub(super) fn si_async_refused(&self) {
+        self.txn.si_async_off_until.store(now_ms() + ASYNC_RETRY_MS, Ordering::Relaxed);
     }
 
     /// Notes that the cluster refused async commit: the level-1 path for a while.
@@ -94,7 +108,7 @@ impl Db {
     /// Gives up an async-commit transaction whose prewrites did not all apply (`why`):
     /// decides its record `Aborted` unless a checker committed it first, then drops
     /// its locks (or resolves them committed). The caller's answer.
-    pub(super) fn abandon_async(&self, plan: &TxnPlan, why: Error) -> Result<()> {
+    pub(super) fn abandon_async(&self, plan: &TxnPlan, why: Error) -> Result<Option<u64>> {
         let state = match self.txn_call_for(&plan.decide(false), DB_ATTEMPT_TIMEOUT) {
             Ok(reply) => staging::decided_state(&reply),
             // Below version 4 no staging record can exist: nothing to decide.
@@ -102,10 +116,10 @@ impl Db {
             Err(_) => None,
         };
         match state {
-            Some(TxnState::Committed { .. }) => {
+            Some(TxnState::Committed { commit_ts }) => {
                 // Every prewrite had applied after all, and a checker saw it.
-                self.committed_async(plan.clone());
-                Ok(())
+                self.committed_async(TxnPlan { commit_ts, ..plan.clone() });
+                Ok(commit_ts)
             }
             Some(TxnState::Aborted | TxnState::NotFound { .. }) => {
                 self.resolve_keys(plan, plan.keys(), false);
@@ -129,6 +143,10 @@ impl Db {
     ) -> Result<TxnState> {
         let mut todo = staging::check_keys(participants, primary_key);
         let mut all_locked = true;
+        // A snapshot transaction's keys are lock keys: it commits at the largest
+        // minimum commit timestamp of its locks (`staging`).
+        let snapshot = regionkv_raft::txn::mvcc::decode_lock_key(primary_key).is_some();
+        let mut mins = Vec::new();
         // Bounded: a group goes round again only if its region changed (4 times).
         for _ in 0..4 {
             if todo.is_empty() || !all_locked {
@@ -138,7 +156,10 @@ impl Db {
                 match self
                     .txn_call_for(&TxnCmd::CheckLocks { txn_id, keys: keys.clone() }, self.deadline)
                 {
-                    Ok(TxnReply::Checked { all_locked: locked }) => all_locked &= locked,
+                    Ok(TxnReply::Checked { all_locked: locked, min_commit_ts }) => {
+                        all_locked &= locked;
+                        mins.push(min_commit_ts);
+                    }
                     Ok(TxnReply::Status(state)) => return Ok(state),
                     Ok(_) => {
                         return Err(Error::Protocol(
@@ -159,13 +180,24 @@ impl Db {
                 last: format!("the participants of transaction {txn_id} kept moving"),
             });
         }
-        let decide = staging::decide(txn_id, primary_key.clone(), Vec::new(), all_locked);
+        let commit_ts = match staging::checked_commit_ts(mins) {
+            _ if !snapshot || !all_locked => None,
+            Some(ts) => Some(ts),
+            // A lock without a minimum commit timestamp: a fresh oracle timestamp
+            // (taken after every lock was seen: above every read served before).
+            None => Some(self.timestamp()?),
+        };
+        let decide =
+            staging::decide_at(txn_id, primary_key.clone(), Vec::new(), all_locked, commit_ts);
         let state = staging::decided_state(&self.txn_call_for(&decide, self.deadline)?)
             .ok_or_else(|| Error::Protocol("a decision answered no state".into()))?;
         if let TxnState::Committed { .. } | TxnState::Aborted = state {
             let commit = matches!(state, TxnState::Committed { .. });
-            // Resolves need only the transaction's id.
-            let plan = TxnPlan::new(txn_id, Vec::new(), 0, None);
+            // Resolves need only the transaction's id (and the record's timestamp).
+            let mut plan = TxnPlan::new(txn_id, Vec::new(), 0, None);
+            if let TxnState::Committed { commit_ts } = state {
+                plan.commit_ts = commit_ts;
+            }
             self.resolve_keys(&plan, participants.to_vec(), commit);
         }
         Ok(state)
@@ -201,7 +233,7 @@ impl Db {
                 primary_key: Some(primary),
                 keys: Vec::new(),
                 commit: job.commit,
-                commit_ts: None,
+                commit_ts: job.plan.commit_ts.filter(|_| job.commit),
             };
             by_region.entry(region).or_default().push((Some(i), item));
         }
@@ -214,10 +246,10 @@ impl Db {
                 .filter(|k| !primary.as_ref().is_some_and(|r| r.contains(k)))
                 .collect();
             for (region, keys) in self.group_keys(others) {
-                by_region
-                    .entry(region)
-                    .or_default()
-                    .push((None, c.plan.resolve_item(keys, c.commit)));
+                by_region.entry(region).or_default().push((
+                    None,
+                    ResolveItem { commit_ts: c.commit_ts, ..c.plan.resolve_item(keys, c.commit) },
+                ));
             }
         }
         let batches: Vec<(TxnCmd, Vec<Option<usize>>)> = by_region
@@ -248,7 +280,8 @@ impl Db {
                         .ok()
                         .and_then(|r| staging::decided_state(&r));
                 } else {
-                    let plan = TxnPlan::new(item.txn_id, Vec::new(), 0, None);
+                    let mut plan = TxnPlan::new(item.txn_id, Vec::new(), 0, None);
+                    plan.commit_ts = item.commit_ts;
                     self.resolve_keys(&plan, item.keys.clone(), item.commit);
                 }
             }
@@ -257,12 +290,12 @@ impl Db {
         jobs.iter()
             .zip(decided)
             .filter_map(|(job, state)| {
-                let commit = match state? {
-                    TxnState::Committed { .. } => true,
-                    TxnState::Aborted => false,
+                let (commit, commit_ts) = match state? {
+                    TxnState::Committed { commit_ts } => (true, commit_ts),
+                    TxnState::Aborted => (false, None),
                     _ => return None,
                 };
-                Some(Carried { plan: Arc::clone(&job.plan), commit })
+                Some(Carried { plan: Arc::clone(&job.plan), commit, commit_ts })
             })
             .collect()
     }

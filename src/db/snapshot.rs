@@ -15,9 +15,11 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use regionkv_engine::RegionId;
 use regionkv_raft::Error as E;
-use regionkv_raft::txn::mvcc;
+use regionkv_raft::txn::plan::TxnPlan;
+use regionkv_raft::txn::{mvcc, staging};
 use regionkv_raft::{Op, Query, QueryResult, RecordInit, SyncedTs, TxnCmd, TxnReply, TxnState};
 
+use super::two_phase::{Prewritten, Stop};
 use super::txn::{LockMet, Resolved};
 use super::{Db, IntoBytes, IntoKeyRange};
 use crate::defaults::{DB_FIRST_BACKOFF, DB_MAX_BACKOFF};
@@ -155,6 +157,12 @@ impl Transaction {
         if one_phase && let OnePhase::Committed(commit_ts) = self.commit_one_phase(&ops)? {
             return Ok(commit_ts);
         }
+        if one_phase
+            && self.db.si_async_on()
+            && let Async::Committed(commit_ts) = self.commit_async(&ops)?
+        {
+            return Ok(commit_ts);
+        }
         let txn_id = self.db.next_txn_id()?;
         let keys: Vec<Bytes> = ops.iter().map(|op| Bytes::copy_from_slice(op.key())).collect();
         let primary = keys[0].clone();
@@ -267,6 +275,97 @@ impl Transaction {
         }
     }
 
+    /// Commits `ops` (keys in several regions) asynchronously (cluster version 5;
+    /// `regionkv_raft::txn::staging`): every prewrite at once, each asking its leader
+    /// for a minimum commit timestamp, the primary's creating the record `Staging`;
+    /// once all applied the transaction is committed at the largest, answered here,
+    /// and decided and resolved by the resolver thread. A prewrite answered without
+    /// a timestamp (a node of an older binary): the record is decided first, at the
+    /// larger of a fresh oracle timestamp and what was learned, and the decision is
+    /// the answer. `None`: the cluster runs below version 5, nothing of it is left:
+    /// commit in two phases.
+    fn commit_async(&self, ops: &[Op]) -> Result<Async> {
+        let start = std::time::Instant::now();
+        let deadline = self.db.deadline;
+        let txn_id = self.db.next_txn_id()?;
+        let mut plan = TxnPlan::new(txn_id, ops.to_vec(), self.db.txn_ttl_ms, None)
+            .snapshot_async(self.start_ts);
+        let _span = tracing::debug_span!("db.snapshot_async", txn_id).entered();
+        // Bounded: a new id only after a region refused the last as too old.
+        loop {
+            let commit_ts = match self.db.prewrite_all(&plan, start, deadline) {
+                Ok(Prewritten::Staged(Some(ts))) => ts,
+                // A node of an older binary answered without a timestamp, or did not
+                // confirm the staging flag: the record is decided before the answer.
+                Ok(Prewritten::Staged(None) | Prewritten::Unstaged) => {
+                    return self.decide_first(plan).map(Async::Committed);
+                }
+                Err(Stop::Fail(Error::FeatureNotActive { feature, .. }))
+                    if feature == regionkv_raft::version::TXN_V3.name
+                        || feature == regionkv_raft::version::TXN_V2.name =>
+                {
+                    self.db.si_async_refused();
+                    let why = Error::TxnAborted { txn_id: plan.txn_id };
+                    return match self.db.abandon_async(&plan, why) {
+                        Err(Error::TxnAborted { .. }) => Ok(Async::NotActive),
+                        Ok(commit_ts) => Ok(Async::Committed(commit_ts)),
+                        Err(e) => Err(e),
+                    };
+                }
+                Err(Stop::Fail(e)) => {
+                    // A lock met names its lock key: the caller knows user keys.
+                    let e = match e {
+                        Error::Conflict { key, txn_id } => Error::Conflict {
+                            key: mvcc::decode_lock_key(&key).unwrap_or(key),
+                            txn_id,
+                        },
+                        e => e,
+                    };
+                    return self.db.abandon_async(&plan, e).map(Async::Committed);
+                }
+                Err(Stop::TooOld) => {
+                    let why = Error::TxnAborted { txn_id: plan.txn_id };
+                    if let Err(e @ Error::Indeterminate { .. }) = self.db.abandon_async(&plan, why)
+                    {
+                        return Err(e);
+                    }
+                    self.db.txn.ids.discard();
+                    if start.elapsed() >= deadline {
+                        return Err(Error::Unavailable {
+                            waited: start.elapsed(),
+                            last: format!("transaction {} was too old for a region", plan.txn_id),
+                        });
+                    }
+                    plan = TxnPlan { txn_id: self.db.next_txn_id()?, ..plan };
+                    continue;
+                }
+            };
+            plan.commit_ts = Some(commit_ts);
+            self.db.committed_async(plan);
+            return Ok(Async::Committed(Some(commit_ts)));
+        }
+    }
+
+    /// Every prewrite applied, one answered without a minimum commit timestamp: the
+    /// record is decided before the caller is answered, at the larger of a fresh
+    /// oracle timestamp (above every read served before now) and the record's own
+    /// (added at apply); a checker that decided first wins, and its decision is the
+    /// answer.
+    fn decide_first(&self, mut plan: TxnPlan) -> Result<Option<u64>> {
+        plan.commit_ts = Some(self.db.timestamp()?);
+        let state =
+            staging::decided_state(&self.db.txn_call_for(&plan.decide(true), self.db.deadline)?);
+        match state {
+            Some(TxnState::Committed { commit_ts }) => {
+                plan.commit_ts = commit_ts;
+                self.db.committed_async(plan);
+                Ok(commit_ts)
+            }
+            Some(TxnState::Aborted) => Err(Error::TxnAborted { txn_id: plan.txn_id }),
+            _ => Err(Error::Indeterminate { txn_id: plan.txn_id, primary_key: plan.primary_key() }),
+        }
+    }
+
     /// Prewrites `ops` region by region (regrouped as regions change).
     fn prewrite_all(
         &self,
@@ -303,6 +402,7 @@ impl Transaction {
                     record,
                     start_ts: Some(self.start_ts),
                     session: None,
+                    min_commit: None,
                 };
                 match self.db.txn_call_for(&cmd, self.db.deadline) {
                     Ok(_) => {}
@@ -392,6 +492,15 @@ impl Transaction {
 fn version_value(stored: &Bytes) -> Result<Option<Bytes>> {
     mvcc::decode_version_value(stored)
         .map_err(|why| Error::Protocol(format!("a version of the transactional keyspace: {why}")))
+}
+
+/// How an async commit of a snapshot transaction ended.
+enum Async {
+    /// The cluster runs below version 5: nothing of it is left; commit in two phases.
+    NotActive,
+    /// Committed at this timestamp (`None`: a checker decided it, and its answer
+    /// carried none).
+    Committed(Option<u64>),
 }
 
 /// How a one-phase commit ended.

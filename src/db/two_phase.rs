@@ -42,7 +42,7 @@ use parking_lot::{Condvar, Mutex};
 use regionkv_engine::RegionId;
 use regionkv_raft::Error as E;
 use regionkv_raft::txn::plan::{MAX_TXN_KEYS, TxnPlan};
-use regionkv_raft::{Op, Reply, TxnCmd, TxnReply, TxnRequest, TxnState, WriteSession};
+use regionkv_raft::{Op, Reply, SyncedTs, TxnCmd, TxnReply, TxnRequest, TxnState, WriteSession};
 
 use super::async_commit::Given;
 use super::seams::SeamStep;
@@ -53,16 +53,18 @@ use crate::error::{Error, Result};
 
 /// How a prewrite phase ended that applied every part.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Prewritten {
-    /// Every answer was a plain `Done` (a staging plan's primary confirmed `Staging`).
-    Staged,
+pub(super) enum Prewritten {
+    /// Every answer was a plain `Done` or `Prewritten` (a staging plan's primary
+    /// confirmed `Staging`); for a snapshot plan committed asynchronously, the commit
+    /// timestamp if every prewrite answered a minimum commit timestamp.
+    Staged(Option<u64>),
     /// The primary's answer did not confirm the staging flag (`TxnReply::Unstaged`: a
     /// node of an older binary): its record may be `Pending`.
     Unstaged,
 }
 
 /// How a prewrite phase ended, short of success.
-enum Stop {
+pub(super) enum Stop {
     /// A region refused the transaction's id as too old: start again with a new one.
     TooOld,
     /// Give up with this error (our locks are dropped first).
@@ -125,7 +127,7 @@ impl Db {
         // Bounded: a new id only after a region refused the last as too old.
         loop {
             match self.prewrite_all(&plan, start, deadline) {
-                Ok(Prewritten::Staged) => {
+                Ok(Prewritten::Staged(_)) => {
                     self.committed_async(plan);
                     return Given::Done(Ok(()));
                 }
@@ -144,10 +146,10 @@ impl Db {
                     let why = Error::TxnAborted { txn_id: plan.txn_id };
                     return match self.abandon_async(&plan, why) {
                         Err(Error::TxnAborted { .. }) => Given::NotActive,
-                        other => Given::Done(other),
+                        other => Given::Done(other.map(|_| ())),
                     };
                 }
-                Err(Stop::Fail(e)) => return Given::Done(self.abandon_async(&plan, e)),
+                Err(Stop::Fail(e)) => return Given::Done(self.abandon_async(&plan, e).map(|_| ())),
                 Err(Stop::TooOld) => {
                     let why = Error::TxnAborted { txn_id: plan.txn_id };
                     if let Err(e @ Error::Indeterminate { .. }) = self.abandon_async(&plan, why) {
@@ -185,17 +187,23 @@ impl Db {
     }
 
     /// Prewrites every part of `plan`, regrouping by fresh routing as regions change;
-    /// whether every answer confirmed the staging flag of an async-commit plan.
-    fn prewrite_all(
+    /// whether every answer confirmed the staging flag of an async-commit plan, and
+    /// for a snapshot plan committed asynchronously its commit timestamp: the largest
+    /// minimum commit timestamp the prewrites answered (`None` if one answered
+    /// without: see `regionkv_raft::txn::staging`). A region whose leader refused as
+    /// unsynced gets its part again with a timestamp taken after that.
+    pub(super) fn prewrite_all(
         &self,
         plan: &TxnPlan,
         start: Instant,
         deadline: Duration,
     ) -> Result<Prewritten, Stop> {
-        let mut done = Prewritten::Staged;
+        let mut unstaged = false;
         let mut todo: Vec<Op> = plan.ops.clone();
         let mut beat = Beat::new(plan);
         let mut backoff = DB_FIRST_BACKOFF;
+        let mut replies: Vec<TxnReply> = Vec::new();
+        let mut synced: BTreeMap<RegionId, SyncedTs> = BTreeMap::new();
         // Bounded by the deadline: every turn that leaves work sleeps or resolves.
         while !todo.is_empty() {
             let left = deadline.saturating_sub(start.elapsed());
@@ -208,12 +216,29 @@ impl Db {
             let groups = self.group_by_region(std::mem::take(&mut todo));
             let mut failed: Option<Stop> = None;
             let mut locked: Vec<LockMet> = Vec::new();
-            for (ops, r) in self.prewrite_parts(plan, groups, left, &mut beat) {
+            for (ops, r) in self.prewrite_parts(plan, groups, &synced, left, &mut beat) {
                 match r {
-                    Ok(TxnReply::Unstaged) => done = Prewritten::Unstaged,
-                    Ok(_) => {}
+                    Ok(TxnReply::Unstaged) => unstaged = true,
+                    Ok(reply) => replies.push(reply),
                     // The part's region changed: group its keys again.
                     Err(Error::CrossRegionBatch { .. }) => todo.extend(ops),
+                    Err(Error::Store(E::ReadTsUnsynced { region, term })) => {
+                        // Taken after the refusal: above every read served before it.
+                        match self.timestamp() {
+                            Ok(ts) => {
+                                synced.insert(region, SyncedTs { term, ts });
+                                todo.extend(ops);
+                            }
+                            Err(e) => {
+                                failed.get_or_insert(Stop::Fail(e));
+                            }
+                        }
+                    }
+                    Err(Error::Store(E::WriteConflict { key, .. })) => {
+                        let key = regionkv_raft::txn::mvcc::decode_lock_key(&key).unwrap_or(key);
+                        let txn_id = plan.txn_id;
+                        failed.get_or_insert(Stop::Fail(Error::Conflict { key, txn_id }));
+                    }
                     Err(e) => {
                         if let Some(lock) = LockMet::of(&e) {
                             locked.push(lock);
@@ -254,7 +279,10 @@ impl Db {
                 std::thread::sleep(DB_FIRST_BACKOFF);
             }
         }
-        Ok(done)
+        Ok(match unstaged {
+            true => Prewritten::Unstaged,
+            false => Prewritten::Staged(regionkv_raft::txn::staging::commit_ts_of(&replies)),
+        })
     }
 
     /// `ops` grouped by the region routing says holds each key (keys no store can
@@ -440,13 +468,18 @@ impl Beat {
     }
 }
 
-/// The prewrite of `ops`, numbered in its client session if it has one.
-fn numbered(plan: &TxnPlan, ops: Vec<Op>, number: Option<WriteSession>) -> TxnCmd {
-    match number {
-        Some(number) => plan.prewrite_in(ops, number),
-        None => plan.prewrite(ops),
-    }
+/// The prewrite of `ops`, numbered in its client session if it has one, with the
+/// timestamp synced for its region if it has one.
+fn numbered(
+    plan: &TxnPlan,
+    ops: Vec<Op>,
+    (number, synced): (Option<WriteSession>, Option<SyncedTs>),
+) -> TxnCmd {
+    plan.prewrite_synced(ops, number, synced)
 }
+
+/// A part's number in its client session and the timestamp synced for its region.
+type Numbered = (Option<WriteSession>, Option<SyncedTs>);
 
 /// True if `e`, the answer to one attempt, is the command's own outcome (what
 /// [`Db::txn_call_for`] would return at once); false if the command must go the
@@ -479,25 +512,27 @@ impl Db {
         &self,
         plan: &TxnPlan,
         groups: BTreeMap<RegionId, Vec<Op>>,
+        synced: &BTreeMap<RegionId, SyncedTs>,
         left: Duration,
         beat: &mut Beat,
     ) -> Vec<(Vec<Op>, Result<TxnReply>)> {
         let start = Instant::now();
         let primary = plan.primary_key();
         let mut answers = Vec::with_capacity(groups.len());
-        let mut routed: Vec<(Vec<Op>, Option<WriteSession>)> = Vec::new();
+        let mut routed: Vec<(Vec<Op>, Numbered)> = Vec::new();
         let gather = Arc::new(Gather::default());
         let mut sent: Vec<Option<Vec<Op>>> = Vec::with_capacity(groups.len());
         // Without a session (no randomness for a new id) a part goes unnumbered, as
         // before sessions: idempotent per key while its locks are there.
         let mut sessions: Vec<Session> = Vec::with_capacity(groups.len());
-        let mut numbers: Vec<Option<WriteSession>> = Vec::with_capacity(groups.len());
-        for ops in groups.into_values() {
+        let mut numbers: Vec<Numbered> = Vec::with_capacity(groups.len());
+        for (region, ops) in groups {
             let number = self.sessions.take().ok().map(|mut session| {
                 let number = Sessions::next_write(&mut session);
                 sessions.push(session);
                 number
             });
+            let number = (number, synced.get(&region).copied());
             numbers.push(number);
             let part = Part { gather: Arc::clone(&gather), index: sent.len(), answered: false };
             let reply: Reply<TxnReply> = Box::new(move |r| part.answer(r));
@@ -526,7 +561,7 @@ impl Db {
                         answers.push((ops, Ok(reply)));
                     }
                     Err(e) if definite(&e) => answers.push((ops, Err(e.into()))),
-                    Err(_) => routed.push((ops, numbers.get(i).copied().flatten())),
+                    Err(_) => routed.push((ops, numbers.get(i).copied().unwrap_or_default())),
                 }
             }
             let now = Instant::now();
@@ -545,7 +580,7 @@ impl Db {
         // is safe.
         for (i, ops) in sent.into_iter().enumerate() {
             if let Some(ops) = ops {
-                routed.push((ops, numbers.get(i).copied().flatten()));
+                routed.push((ops, numbers.get(i).copied().unwrap_or_default()));
             }
         }
         if !routed.is_empty() {
@@ -566,7 +601,7 @@ impl Db {
     fn prewrite_routed(
         &self,
         plan: &TxnPlan,
-        parts: Vec<(Vec<Op>, Option<WriteSession>)>,
+        parts: Vec<(Vec<Op>, Numbered)>,
         left: Duration,
         beat: &mut Beat,
     ) -> Vec<(Vec<Op>, Result<TxnReply>)> {

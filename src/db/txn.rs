@@ -346,6 +346,8 @@ pub(super) struct TxnShared {
     /// Until when (ms since the Unix epoch) async commit is not tried: the cluster
     /// refused it (below version 4).
     pub(super) async_off_until: std::sync::atomic::AtomicU64,
+    /// Likewise for async commit of snapshot transactions (below version 5).
+    pub(super) si_async_off_until: std::sync::atomic::AtomicU64,
 }
 
 /// Background resolves a `Db`'s resolver thread holds at most; past it, the locks of

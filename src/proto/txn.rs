@@ -43,7 +43,9 @@
 use bytes::Bytes;
 use regionkv_engine::codec::{self, DecodeError, Field, TlvRecord};
 use regionkv_engine::{Epoch, RegionId, SessionId, StoreId};
-use regionkv_raft::{Op, RecordInit, SyncedTs, TxnCmd, TxnReply, TxnState, WriteSession};
+use regionkv_raft::{
+    MinCommit, Op, RecordInit, SyncedTs, TxnCmd, TxnReply, TxnState, WriteSession,
+};
 
 use super::error::ErrorCode;
 use super::records::{D, epoch_of, nested, opt_u64, put_epoch, req_u64};
@@ -68,6 +70,11 @@ const T_SYNC_TERM: u16 = 20;
 const T_SYNC_TS: u16 = 21;
 /// Helper "gc"'s tag 42: a version GC chunk's safepoint.
 const T_SAFEPOINT: u16 = 42;
+/// Helper "si-async"'s tag 50 (cluster version 5): a snapshot prewrite asks for a
+/// minimum commit timestamp (1); its `synced` rides tags 20 and 21, as a one-phase
+/// commit's. A node of an older binary skips it and answers `Done`, which the client
+/// never takes as an async commit (`regionkv_raft::txn::staging`).
+const T_MIN_COMMIT: u16 = 50;
 const T_TAGS: &[u16] = &[
     T_REGION,
     T_EPOCH,
@@ -90,6 +97,7 @@ const T_TAGS: &[u16] = &[
     T_SYNC_TS,
     T_SAFEPOINT,
     T_SESSION,
+    T_MIN_COMMIT,
 ];
 // Async commit (cluster version 4): the staging flag of a prewrite with a record, and
 // the items of a batched resolve.
@@ -141,6 +149,11 @@ const A_ALL_LOCKED: u16 = 3;
 const A_ITEM: u16 = 4;
 const AK_CHECKED: u64 = 3;
 const AK_RESOLVED: u64 = 4;
+// Helper "si-async" (cluster version 5): a prewrite's minimum commit timestamp (answer
+// kind 12, tag 50) and a check's (tag 51, optional).
+const AK_PREWRITTEN: u64 = 12;
+const A_MIN_COMMIT_TS: u16 = 50;
+const A_CHECKED_MIN_COMMIT_TS: u16 = 51;
 const AI_STATE: u16 = 1;
 /// Helper "loose"'s answer tag 70: a `Done` that confirms a staging prewrite was read
 /// and proposed as one (1). Absent: unknown, so the prewrite may have applied as a
@@ -185,27 +198,7 @@ pub(super) fn put_txn(o: &mut Vec<u8>, region: RegionId, epoch: Epoch, cmd: &Txn
     codec::put_u64(o, T_REGION, region.0);
     put_epoch(o, T_EPOCH, epoch);
     match cmd {
-        TxnCmd::Prewrite { txn_id, primary_key, ops, ttl_ms, record, start_ts, session } => {
-            codec::put_u64(o, T_KIND, K_PREWRITE);
-            codec::put_u64(o, T_TXN_ID, *txn_id);
-            codec::put_field(o, T_PRIMARY, primary_key);
-            for op in ops {
-                codec::put_nested(o, T_OP, |o| put_op(o, op));
-            }
-            codec::put_u64(o, T_TTL, *ttl_ms);
-            if let Some(record) = record {
-                put_record_init(o, record);
-            }
-            if let Some(ts) = start_ts {
-                codec::put_u64(o, T_START_TS, *ts);
-            }
-            if record.as_ref().is_some_and(|r| r.staging) {
-                codec::put_u64(o, T_STAGING, 1);
-            }
-            if let Some(session) = session {
-                put_session(o, *session);
-            }
-        }
+        cmd @ TxnCmd::Prewrite { .. } => put_prewrite(o, cmd),
         TxnCmd::ResolveMany { items } => put_items(o, items),
         TxnCmd::CheckLocks { txn_id, keys } => {
             codec::put_u64(o, T_KIND, K_CHECK_LOCKS);
@@ -283,6 +276,50 @@ pub(super) fn put_txn(o: &mut Vec<u8>, region: RegionId, epoch: Epoch, cmd: &Txn
 }
 
 /// The record a primary's prewrite creates (its staging flag goes apart, `T_STAGING`).
+/// A prewrite's kind and fields.
+fn put_prewrite(o: &mut Vec<u8>, cmd: &TxnCmd) {
+    let TxnCmd::Prewrite {
+        txn_id,
+        primary_key,
+        ops,
+        ttl_ms,
+        record,
+        start_ts,
+        session,
+        min_commit,
+    } = cmd
+    else {
+        return;
+    };
+
+    codec::put_u64(o, T_KIND, K_PREWRITE);
+    if let Some(asked) = min_commit {
+        codec::put_u64(o, T_MIN_COMMIT, 1);
+        if let Some(SyncedTs { term, ts }) = asked.synced {
+            codec::put_u64(o, T_SYNC_TERM, term);
+            codec::put_u64(o, T_SYNC_TS, ts);
+        }
+    }
+    codec::put_u64(o, T_TXN_ID, *txn_id);
+    codec::put_field(o, T_PRIMARY, primary_key);
+    for op in ops {
+        codec::put_nested(o, T_OP, |o| put_op(o, op));
+    }
+    codec::put_u64(o, T_TTL, *ttl_ms);
+    if let Some(record) = record {
+        put_record_init(o, record);
+    }
+    if let Some(ts) = start_ts {
+        codec::put_u64(o, T_START_TS, *ts);
+    }
+    if record.as_ref().is_some_and(|r| r.staging) {
+        codec::put_u64(o, T_STAGING, 1);
+    }
+    if let Some(session) = session {
+        put_session(o, *session);
+    }
+}
+
 fn put_record_init(o: &mut Vec<u8>, record: &RecordInit) {
     codec::put_nested(o, T_RECORD, |o| {
         for p in &record.participants {
@@ -383,6 +420,10 @@ pub(super) fn txn_of(f: &Field<'_>) -> D<(RegionId, Epoch, TxnCmd)> {
             },
             start_ts: opt_u64(&r, T_START_TS)?,
             session: session_of(&r)?,
+            min_commit: match opt_u64(&r, T_MIN_COMMIT)? {
+                Some(1) => Some(MinCommit { ts: None, synced: synced_of(&r, f)? }),
+                _ => None,
+            },
         },
         K_COMMIT => TxnCmd::Commit {
             txn_id: txn_id()?,
@@ -438,11 +479,7 @@ pub(super) fn txn_of(f: &Field<'_>) -> D<(RegionId, Epoch, TxnCmd)> {
             start_ts: req_u64(&r, T_START_TS, "start timestamp missing")?,
             ops: r.repeated(T_OP).map(|op| op_of(&op)).collect::<D<_>>()?,
             commit_ts: opt_u64(&r, T_COMMIT_TS)?,
-            synced: match (opt_u64(&r, T_SYNC_TERM)?, opt_u64(&r, T_SYNC_TS)?) {
-                (Some(term), Some(ts)) => Some(SyncedTs { term, ts }),
-                (None, None) => None,
-                _ => return Err(DecodeError::new(f.offset, "half a synced timestamp")),
-            },
+            synced: synced_of(&r, f)?,
             session: session_of(&r)?,
         },
         K_COLLECT_VERSIONS => TxnCmd::CollectVersions {
@@ -455,6 +492,15 @@ pub(super) fn txn_of(f: &Field<'_>) -> D<(RegionId, Epoch, TxnCmd)> {
     Ok((region, epoch, cmd))
 }
 
+/// A timestamp synced after an unsynced refusal (tags 20, 21: both or neither).
+fn synced_of(r: &TlvRecord<'_>, f: &Field<'_>) -> D<Option<SyncedTs>> {
+    match (opt_u64(r, T_SYNC_TERM)?, opt_u64(r, T_SYNC_TS)?) {
+        (Some(term), Some(ts)) => Ok(Some(SyncedTs { term, ts })),
+        (None, None) => Ok(None),
+        _ => Err(DecodeError::new(f.offset, "half a synced timestamp")),
+    }
+}
+
 /// The fields of a TXN answer.
 pub(super) fn put_txn_reply(o: &mut Vec<u8>, reply: &TxnReply) {
     match reply {
@@ -464,9 +510,16 @@ pub(super) fn put_txn_reply(o: &mut Vec<u8>, reply: &TxnReply) {
             codec::put_u64(o, A_KIND, AK_STATUS);
             codec::put_nested(o, A_STATE, |o| put_state(o, state));
         }
-        TxnReply::Checked { all_locked } => {
+        TxnReply::Checked { all_locked, min_commit_ts } => {
             codec::put_u64(o, A_KIND, AK_CHECKED);
             codec::put_u64(o, A_ALL_LOCKED, u64::from(*all_locked));
+            if let Some(ts) = min_commit_ts {
+                codec::put_u64(o, A_CHECKED_MIN_COMMIT_TS, *ts);
+            }
+        }
+        TxnReply::Prewritten { min_commit_ts } => {
+            codec::put_u64(o, A_KIND, AK_PREWRITTEN);
+            codec::put_u64(o, A_MIN_COMMIT_TS, *min_commit_ts);
         }
         TxnReply::Resolved(states) => {
             codec::put_u64(o, A_KIND, AK_RESOLVED);
@@ -533,13 +586,20 @@ pub(super) fn txn_answer_of(f: &Field<'_>) -> D<super::Response> {
 
 /// A TXN answer. Never panics.
 pub(super) fn txn_reply_of(f: &Field<'_>) -> D<TxnReply> {
-    let r = nested(f, &[A_KIND, A_STATE, A_ALL_LOCKED, A_ITEM])?;
+    let r = nested(
+        f,
+        &[A_KIND, A_STATE, A_ALL_LOCKED, A_ITEM, A_MIN_COMMIT_TS, A_CHECKED_MIN_COMMIT_TS],
+    )?;
     Ok(match req_u64(&r, A_KIND, "txn answer kind missing")? {
         AK_DONE => TxnReply::Done,
         AK_STATUS => TxnReply::Status(state_of(&r.required(A_STATE, "txn state missing")?)?),
-        AK_CHECKED => {
-            TxnReply::Checked { all_locked: flag(&r, A_ALL_LOCKED, "check answer missing")? }
-        }
+        AK_CHECKED => TxnReply::Checked {
+            all_locked: flag(&r, A_ALL_LOCKED, "check answer missing")?,
+            min_commit_ts: opt_u64(&r, A_CHECKED_MIN_COMMIT_TS)?,
+        },
+        AK_PREWRITTEN => TxnReply::Prewritten {
+            min_commit_ts: req_u64(&r, A_MIN_COMMIT_TS, "minimum commit timestamp missing")?,
+        },
         AK_RESOLVED => {
             let mut states = Vec::new();
             for item in r.repeated(A_ITEM) {

@@ -25,6 +25,7 @@ fn b(s: &str) -> Bytes {
 fn commands() -> Vec<TxnCmd> {
     vec![
         TxnCmd::Prewrite {
+            min_commit: None,
             txn_id: 7,
             primary_key: b("a"),
             ops: vec![Op::Put { key: b("a"), value: b("1") }, Op::Delete { key: b("b") }],
@@ -38,6 +39,7 @@ fn commands() -> Vec<TxnCmd> {
             session: None,
         },
         TxnCmd::Prewrite {
+            min_commit: None,
             txn_id: 7,
             primary_key: b("a"),
             ops: vec![Op::Put { key: b("x"), value: Bytes::new() }],
@@ -47,6 +49,7 @@ fn commands() -> Vec<TxnCmd> {
             session: None,
         },
         TxnCmd::Prewrite {
+            min_commit: None,
             txn_id: 8,
             primary_key: b("c"),
             ops: vec![Op::Put { key: b("c"), value: b("3") }],
@@ -299,6 +302,7 @@ fn snapshot_isolation_fields_round_trip() {
     let epoch = Epoch { version: 3, conf_ver: 2 };
     let cmds = [
         TxnCmd::Prewrite {
+            min_commit: None,
             txn_id: 7,
             primary_key: b("a"),
             ops: vec![Op::Put { key: b("a"), value: b("1") }],
@@ -342,6 +346,7 @@ fn async_commit_records() -> (Vec<Request>, Vec<Result<Response, RemoteError>>) 
     let epoch = Epoch { version: 3, conf_ver: 2 };
     let cmds = [
         TxnCmd::Prewrite {
+            min_commit: None,
             txn_id: 7,
             primary_key: b("a"),
             ops: vec![Op::Put { key: b("a"), value: b("1") }],
@@ -379,7 +384,7 @@ fn async_commit_records() -> (Vec<Request>, Vec<Result<Response, RemoteError>>) 
     let staging =
         TxnState::Staging { expires_at_ms: 1_700_000_003_000, participants: vec![b("a"), b("z")] };
     let answers = [
-        TxnReply::Checked { all_locked: false },
+        TxnReply::Checked { all_locked: false, min_commit_ts: None },
         TxnReply::Resolved(vec![Some(TxnState::Committed { commit_ts: None }), None]),
         TxnReply::Status(staging),
     ]
@@ -515,6 +520,7 @@ fn session_requests() -> Vec<Request> {
     let session = |seq| Some(WriteSession { id: SessionId(0x5e55_1d00_0000_0007), seq });
     let cmds = [
         TxnCmd::Prewrite {
+            min_commit: None,
             txn_id: 7,
             primary_key: b("a"),
             ops: vec![Op::Put { key: b("a"), value: b("1") }],
@@ -528,6 +534,7 @@ fn session_requests() -> Vec<Request> {
             session: session(1),
         },
         TxnCmd::Prewrite {
+            min_commit: None,
             txn_id: 7,
             primary_key: b("a"),
             ops: vec![Op::Delete { key: b("x") }],
@@ -556,8 +563,16 @@ fn a_prewrite_session_round_trips_and_matches_its_golden_file() {
         else {
             unreachable!()
         };
-        let cmd =
-            TxnCmd::Prewrite { txn_id, primary_key, ops, ttl_ms, record, start_ts, session: None };
+        let cmd = TxnCmd::Prewrite {
+            min_commit: None,
+            txn_id,
+            primary_key,
+            ops,
+            ttl_ms,
+            record,
+            start_ts,
+            session: None,
+        };
         let older = Request::Txn { region, epoch, cmd };
         let (_, back) = decode_request(&encode_request(1, &older)).unwrap();
         assert_eq!(back, older);
@@ -604,4 +619,37 @@ fn a_staging_prewrite_is_confirmed_by_tag_70_and_an_answer_without_it_is_a_plain
     let bytes = encode_response(3, &Ok(Response::TxnStaged));
     let plain = encode_response(3, &Ok(Response::Txn(TxnReply::Done)));
     assert!(bytes.len() > plain.len(), "the confirmation is one more field");
+}
+
+#[test]
+fn an_async_snapshot_prewrite_and_its_answers_round_trip() {
+    let asked = regionkv_raft::MinCommit {
+        ts: None,
+        synced: Some(regionkv_raft::SyncedTs { term: 6, ts: 90 }),
+    };
+    let request = Request::Txn {
+        region: RegionId(4),
+        epoch: Epoch { version: 3, conf_ver: 2 },
+        cmd: TxnCmd::Prewrite {
+            txn_id: 9,
+            primary_key: b("a"),
+            ops: vec![Op::Put { key: b("a"), value: b("1") }],
+            ttl_ms: 3_000,
+            record: None,
+            start_ts: Some(41),
+            session: None,
+            min_commit: Some(asked),
+        },
+    };
+    let (_, back) = decode_request(&encode_request(1, &request)).unwrap();
+    assert_eq!(back, request);
+    for reply in [
+        TxnReply::Prewritten { min_commit_ts: 301 },
+        TxnReply::Checked { all_locked: true, min_commit_ts: Some(301) },
+        TxnReply::Checked { all_locked: true, min_commit_ts: None },
+    ] {
+        let answer = Ok(Response::Txn(reply));
+        let (_, back) = decode_response(&encode_response(1, &answer)).unwrap();
+        assert_eq!(back, answer);
+    }
 }

@@ -29,6 +29,7 @@ pub(super) fn as_older(cmd: TxnCmd, max: u32) -> Result<TxnCmd, RemoteError> {
                 record,
                 start_ts,
                 session: None,
+                min_commit: None,
             })
         }
         cmd if cmd.needs_v2() => Err(RemoteError::new(

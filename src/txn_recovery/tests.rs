@@ -42,6 +42,7 @@ fn the_ungated_turn_decodes_field_by_field_and_shortens_no_lease() {
     // A lock alive by its own fields (its record has no optional field set): the
     // ungated turn must leave it, as the gated one would.
     let lock = Lock {
+        min_commit_ts: None,
         txn_id: TxnId(5),
         primary_key: Bytes::from_static(b"p"),
         op: LockOp::Put,
@@ -51,6 +52,7 @@ fn the_ungated_turn_decodes_field_by_field_and_shortens_no_lease() {
         start_ts: None,
     };
     let record = TxnRecord {
+        min_commit_ts: None,
         txn_id: TxnId(5),
         status: TxnStatus::Pending,
         primary_key: Bytes::from_static(b"p"),
@@ -109,6 +111,7 @@ fn a_decided_record_is_forgotten_after_its_keys_are_resolved_and_the_floor_rises
     let ops = keys.iter().map(|k| Op::Put { key: k.clone(), value: Bytes::from_static(b"v") });
     let record = RecordInit { participants: keys.to_vec(), coordinator: None, staging: false };
     db.txn_call(TxnCmd::Prewrite {
+        min_commit: None,
         txn_id: 40,
         primary_key: keys[0].clone(),
         ops: ops.collect(),

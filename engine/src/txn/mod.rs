@@ -30,10 +30,12 @@
 //!    5 created at ms u64                     5 created at ms u64
 //!    6 ttl ms u64                            6 ttl ms u64
 //!    7 start ts u64 (optional, format 2)     7 last heartbeat ms u64
+//!    8 min commit ts u64 (optional)
 //!                                            8 coordinator store u64 (optional)
 //!                                            9 decided at index u64 (optional)
 //!                                           10 start ts u64 (optional, format 2)
 //!                                           11 commit ts u64 (optional, format 2)
+//!                                           12 min commit ts u64 (optional)
 //! ```
 //!
 //! Format 2 adds the snapshot-isolation fields (`start_ts`, `commit_ts`, all
@@ -41,6 +43,11 @@
 //! binary that reads format 1 only freezes it rather than commit it the format-1 way
 //! (straight into its key, not as a version); an entry without them is format 1, byte
 //! for byte as a format-1 binary writes it.
+//!
+//! The minimum commit timestamp (lock tag 8, record tag 12; cluster version 5, async
+//! commit of snapshot transactions) keeps format 2: it is set only beside `start_ts`.
+//! A format-2 binary that does not know the tag skips it and takes the lock for a
+//! two-phase one, which a reader waits for rather than reads past (the safe side).
 //!
 //! Status 4, `Staging` (async commit, cluster version 4), changes no field's shape: a
 //! staging record is format 1 (or 2), and a binary that does not know code 4 decodes
@@ -104,6 +111,10 @@ pub struct Lock {
     /// The snapshot-isolated transaction's start timestamp (format 2); `None`: a
     /// level-1 lock, committed straight into its key.
     pub start_ts: Option<u64>,
+    /// Async commit of a snapshot-isolated transaction (cluster version 5): the
+    /// transaction commits at or above it (its region's leader stamped it above every
+    /// snapshot read it had served on the region). `None`: a two-phase or level-1 lock.
+    pub min_commit_ts: Option<u64>,
 }
 
 impl Lock {
@@ -118,7 +129,8 @@ impl Lock {
         let mut out = Vec::with_capacity(
             1 + 6 * codec::FIELD_HEADER_LEN + 32 + self.primary_key.len() + value_len,
         );
-        out.push(if self.start_ts.is_some() { TXN_FORMAT_SI } else { TXN_FORMAT });
+        let si = self.start_ts.is_some() || self.min_commit_ts.is_some();
+        out.push(if si { TXN_FORMAT_SI } else { TXN_FORMAT });
         codec::put_u64(&mut out, L_TXN_ID, self.txn_id.0);
         codec::put_field(&mut out, L_PRIMARY_KEY, &self.primary_key);
         codec::put_u64(&mut out, L_OP, self.op.code());
@@ -129,6 +141,9 @@ impl Lock {
         codec::put_u64(&mut out, L_TTL_MS, self.ttl_ms);
         if let Some(ts) = self.start_ts {
             codec::put_u64(&mut out, L_START_TS, ts);
+        }
+        if let Some(ts) = self.min_commit_ts {
+            codec::put_u64(&mut out, L_MIN_COMMIT_TS, ts);
         }
         out
     }
@@ -151,6 +166,7 @@ impl Lock {
                 created_at_ms: u64_of(&rec, L_CREATED_AT_MS, "lock created at missing")?,
                 ttl_ms: u64_of(&rec, L_TTL_MS, "lock ttl missing")?,
                 start_ts: rec.optional(L_START_TS)?.map(|f| f.as_u64()).transpose()?,
+                min_commit_ts: rec.optional(L_MIN_COMMIT_TS)?.map(|f| f.as_u64()).transpose()?,
             })
         })();
         decoded.map_err(|e| Unreadable::Corrupt(e.shifted(1)))
@@ -221,6 +237,10 @@ pub struct TxnRecord {
     pub start_ts: Option<u64>,
     /// Its commit timestamp, set when it commits (format 2).
     pub commit_ts: Option<u64>,
+    /// Async commit of a snapshot-isolated transaction (cluster version 5): the
+    /// minimum commit timestamp the primary's prewrite stamped (the one its locks in
+    /// this region hold); a decision commits at or above it.
+    pub min_commit_ts: Option<u64>,
 }
 
 impl TxnRecord {
@@ -235,7 +255,8 @@ impl TxnRecord {
         let mut out = Vec::with_capacity(
             1 + 8 * (codec::FIELD_HEADER_LEN + 8) + self.primary_key.len() + keys,
         );
-        let si = self.start_ts.is_some() || self.commit_ts.is_some();
+        let si =
+            self.start_ts.is_some() || self.commit_ts.is_some() || self.min_commit_ts.is_some();
         out.push(if si { TXN_FORMAT_SI } else { TXN_FORMAT });
         codec::put_u64(&mut out, R_TXN_ID, self.txn_id.0);
         codec::put_u64(&mut out, R_STATUS, self.status.code());
@@ -257,6 +278,9 @@ impl TxnRecord {
         }
         if let Some(ts) = self.commit_ts {
             codec::put_u64(&mut out, R_COMMIT_TS, ts);
+        }
+        if let Some(ts) = self.min_commit_ts {
+            codec::put_u64(&mut out, R_MIN_COMMIT_TS, ts);
         }
         out
     }
@@ -283,6 +307,7 @@ impl TxnRecord {
                 decided_at_index: optional_u64(R_DECIDED_AT_INDEX)?,
                 start_ts: optional_u64(R_START_TS)?,
                 commit_ts: optional_u64(R_COMMIT_TS)?,
+                min_commit_ts: optional_u64(R_MIN_COMMIT_TS)?,
             })
         })();
         decoded.map_err(|e| Unreadable::Corrupt(e.shifted(1)))
@@ -324,8 +349,18 @@ const L_CREATED_AT_MS: u16 = 5;
 const L_TTL_MS: u16 = 6;
 // Format 2.
 const L_START_TS: u16 = 7;
-const LOCK_TAGS: &[u16] =
-    &[L_TXN_ID, L_PRIMARY_KEY, L_OP, L_VALUE, L_CREATED_AT_MS, L_TTL_MS, L_START_TS];
+// Async commit of snapshot transactions (cluster version 5); still format 2.
+const L_MIN_COMMIT_TS: u16 = 8;
+const LOCK_TAGS: &[u16] = &[
+    L_TXN_ID,
+    L_PRIMARY_KEY,
+    L_OP,
+    L_VALUE,
+    L_CREATED_AT_MS,
+    L_TTL_MS,
+    L_START_TS,
+    L_MIN_COMMIT_TS,
+];
 // Tags of a record entry (format 1).
 const R_TXN_ID: u16 = 1;
 const R_STATUS: u16 = 2;
@@ -339,6 +374,8 @@ const R_DECIDED_AT_INDEX: u16 = 9;
 // Format 2.
 const R_START_TS: u16 = 10;
 const R_COMMIT_TS: u16 = 11;
+// Async commit of snapshot transactions (cluster version 5); still format 2.
+const R_MIN_COMMIT_TS: u16 = 12;
 const RECORD_TAGS: &[u16] = &[
     R_TXN_ID,
     R_STATUS,
@@ -351,6 +388,7 @@ const RECORD_TAGS: &[u16] = &[
     R_DECIDED_AT_INDEX,
     R_START_TS,
     R_COMMIT_TS,
+    R_MIN_COMMIT_TS,
 ];
 
 /// The TLV body of an entry whose format byte this binary reads; nothing after a
@@ -432,6 +470,7 @@ mod tests {
 
     fn lock() -> Lock {
         Lock {
+            min_commit_ts: None,
             txn_id: TxnId(41),
             primary_key: Bytes::from_static(b"alpha"),
             op: LockOp::Put,
@@ -444,6 +483,7 @@ mod tests {
 
     fn record() -> TxnRecord {
         TxnRecord {
+            min_commit_ts: None,
             txn_id: TxnId(41),
             status: TxnStatus::Pending,
             primary_key: Bytes::from_static(b"alpha"),
@@ -588,6 +628,7 @@ mod tests {
                     let op = LockOp::from_code(op);
                     let value = (op == LockOp::Put || value.len() % 2 == 1).then_some(value);
                     Lock {
+                        min_commit_ts: None,
                         txn_id: TxnId(id),
                         primary_key,
                         op,
@@ -614,6 +655,7 @@ mod tests {
         )
             .prop_map(|((id, status, primary_key), participants, times, optional)| {
                 TxnRecord {
+                    min_commit_ts: None,
                     txn_id: TxnId(id),
                     status: TxnStatus::from_code(status),
                     primary_key,

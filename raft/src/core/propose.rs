@@ -104,6 +104,9 @@ impl StoreCore {
         if gate.is_ok() && cmd.needs_v2() {
             gate = self.ctx.cluster_version.check(crate::version::TXN_V2);
         }
+        if gate.is_ok() && cmd.needs_v3() {
+            gate = self.ctx.cluster_version.check(crate::version::TXN_V3);
+        }
         let ctx = self.ctx.clone();
         let checked = gate.and_then(|()| self.leader(region)).and_then(|replica| {
             replica.check_version(epoch)?;
@@ -132,6 +135,14 @@ impl StoreCore {
         let (cmd, reply) = match cmd {
             TxnCmd::OnePhase { start_ts, ops, synced, session, .. } => {
                 match one_phase(&ctx, replica, start_ts, ops, (synced, session), reply) {
+                    Some(taken) => taken,
+                    None => return,
+                }
+            }
+            // Async commit of a snapshot transaction: its minimum commit timestamp
+            // chosen the same way, its keys locked in memory until it is answered.
+            TxnCmd::Prewrite { min_commit: Some(asked), .. } => {
+                match min_commit(&ctx, replica, cmd, asked.synced, reply) {
                     Some(taken) => taken,
                     None => return,
                 }
@@ -560,6 +571,43 @@ fn one_phase(
         reply(result);
     });
     let cmd = TxnCmd::OnePhase { start_ts, ops, commit_ts: Some(commit_ts), synced: None, session };
+    Some((cmd, reply))
+}
+
+/// Stamps the minimum commit timestamp of an async-commit snapshot prewrite `cmd`
+/// (`txn::concurrency`, exactly as a one-phase commit's timestamp) and takes its
+/// keys' in-memory locks: the command to propose, stamped, and its reply, which
+/// releases them once it is answered. `None`: refused, and answered.
+fn min_commit(
+    ctx: &std::sync::Arc<super::StoreContext>,
+    replica: &Replica,
+    mut cmd: TxnCmd,
+    synced: Option<crate::txn::SyncedTs>,
+    reply: Reply<crate::txn::TxnReply>,
+) -> Option<(TxnCmd, Reply<crate::txn::TxnReply>)> {
+    let TxnCmd::Prewrite { start_ts: Some(start_ts), ops, min_commit, .. } = &mut cmd else {
+        reply(Err(Error::InvalidRequest(
+            "a prewrite asking for a minimum commit timestamp needs its start timestamp".into(),
+        )));
+        return None;
+    };
+    let region = replica.region.id;
+    let at = LeaderAt { region, term: replica.term(), epoch_version: replica.region.epoch.version };
+    let keys: Vec<bytes::Bytes> =
+        ops.iter().map(|op| bytes::Bytes::copy_from_slice(op.key())).collect();
+    let ts = match ctx.concurrency.begin_one_phase(at, *start_ts, &keys, synced) {
+        Ok(ts) => ts,
+        Err(e) => {
+            reply(Err(e));
+            return None;
+        }
+    };
+    *min_commit = Some(crate::txn::MinCommit { ts: Some(ts), synced: None });
+    let guard = Release { ctx: ctx.clone(), region, keys };
+    let reply: Reply<crate::txn::TxnReply> = Box::new(move |result| {
+        drop(guard);
+        reply(result);
+    });
     Some((cmd, reply))
 }
 

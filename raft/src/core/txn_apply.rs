@@ -28,7 +28,10 @@ use crate::error::{Error, Result};
 use crate::metrics::WriteMetrics;
 use crate::replica::Replica;
 use crate::txn::codec::TxnEntry;
-use crate::txn::{RecordInit, ResolveItem, TxnCmd, TxnReply, TxnState, locked, mvcc};
+use crate::txn::{MinCommit, RecordInit, TxnCmd, TxnReply, TxnState, locked, mvcc};
+
+#[path = "txn_apply_staging.rs"]
+mod staging;
 
 /// A table entry as this binary finds it.
 enum Found<T> {
@@ -70,10 +73,11 @@ fn check_txn(replica: &Replica, entry: &TxnEntry, max_key: usize, max_value: usi
     if entry.cmd.keys().iter().any(|key| !region.contains(key)) {
         return Err(outside());
     }
-    if let TxnCmd::Prewrite { primary_key, ops, record, start_ts, .. } = &entry.cmd {
+    if let TxnCmd::Prewrite { primary_key, ops, record, start_ts, min_commit, .. } = &entry.cmd {
         if record.is_some() && !region.contains(primary_key) {
             return Err(outside());
         }
+        check_min_commit(*start_ts, *min_commit)?;
         check_keyspace(primary_key, ops, *start_ts)?;
         check_sizes(ops, max_key, max_value)?;
     }
@@ -94,6 +98,19 @@ fn check_txn(replica: &Replica, entry: &TxnEntry, max_key: usize, max_value: usi
         check_sizes(ops, max_key, max_value)?;
     }
     Ok(())
+}
+
+/// An async-commit snapshot prewrite carries a minimum commit timestamp stamped by its
+/// leader, above its start timestamp.
+fn check_min_commit(start_ts: Option<u64>, min_commit: Option<MinCommit>) -> Result<()> {
+    let Some(MinCommit { ts, .. }) = min_commit else { return Ok(()) };
+    match (start_ts, ts) {
+        (Some(start), Some(ts)) if ts > start => Ok(()),
+        _ => Err(Error::InvalidRequest(format!(
+            "a prewrite's minimum commit timestamp {ts:?} must be stamped, above its start \
+             timestamp {start_ts:?}"
+        ))),
+    }
 }
 
 /// Refuses a key or value over the engine's limits.
@@ -204,12 +221,22 @@ struct TxnApply<'a, 'e> {
 impl TxnApply<'_, '_> {
     fn run(&mut self, cmd: &TxnCmd) -> Result<Result<TxnReply>> {
         match cmd {
-            TxnCmd::Prewrite { txn_id, primary_key, ops, ttl_ms, record, start_ts, session } => {
+            TxnCmd::Prewrite {
+                txn_id,
+                primary_key,
+                ops,
+                ttl_ms,
+                record,
+                start_ts,
+                session,
+                min_commit,
+            } => {
                 let init = Init {
                     ttl_ms: *ttl_ms,
                     record: record.as_ref(),
                     start_ts: *start_ts,
                     session: *session,
+                    min_commit_ts: min_commit.and_then(|m| m.ts),
                 };
                 self.prewrite(*txn_id, primary_key, ops, init)
             }
@@ -297,7 +324,7 @@ impl TxnApply<'_, '_> {
         ops: &[Op],
         init: Init<'_>,
     ) -> Result<Result<TxnReply>> {
-        let Init { ttl_ms, record, start_ts, session } = init;
+        let Init { ttl_ms, record, start_ts, session, min_commit_ts } = init;
         let floor = self.applier.round.txn_floor()?;
         if txn_id < floor {
             return Ok(Err(Error::TxnTooOld { txn_id, floor }));
@@ -332,7 +359,7 @@ impl TxnApply<'_, '_> {
                 Found::Readable(r) => match r.status {
                     TxnStatus::Aborted => return Ok(Err(Error::TxnAborted { txn_id })),
                     // Decided already: a late copy of this prewrite locks nothing.
-                    TxnStatus::Committed => return Ok(Ok(TxnReply::Done)),
+                    TxnStatus::Committed => return Ok(Ok(self.prewritten(txn_id, ops)?)),
                     TxnStatus::Pending | TxnStatus::Staging | TxnStatus::Unspecified => {}
                 },
                 Found::Frozen(reason) => {
@@ -352,6 +379,7 @@ impl TxnApply<'_, '_> {
                         decided_at_index: None,
                         start_ts,
                         commit_ts: None,
+                        min_commit_ts,
                     });
                 }
             }
@@ -370,7 +398,7 @@ impl TxnApply<'_, '_> {
             && self.applier.round.session_write(session.id, session.seq, self.now)?
                 == SessionWrite::AlreadyApplied
         {
-            return Ok(Ok(TxnReply::Done));
+            return Ok(Ok(self.prewritten(txn_id, ops)?));
         }
         if let Some(record) = new_record {
             self.set_record(&record)?;
@@ -388,10 +416,35 @@ impl TxnApply<'_, '_> {
                 created_at_ms: self.now,
                 ttl_ms,
                 start_ts,
+                min_commit_ts,
             };
             self.applier.round.set_txn_lock(op.key(), Some(Bytes::from(lock.encode())))?;
         }
-        Ok(Ok(TxnReply::Done))
+        match min_commit_ts {
+            Some(_) => Ok(Ok(self.prewritten(txn_id, ops)?)),
+            None => Ok(Ok(TxnReply::Done)),
+        }
+    }
+
+    /// The answer to an async-commit snapshot prewrite: the largest minimum commit
+    /// timestamp its keys' locks of `txn_id` hold, this round's included (a copy
+    /// answers what the first wrote, never its own stamp). `Done` if a key holds no
+    /// such lock (a copy after the locks were resolved): the coordinator then never
+    /// takes the transaction as committed before a decision.
+    fn prewritten(&self, txn_id: u64, ops: &[Op]) -> Result<TxnReply> {
+        let mut max = None;
+        for op in ops {
+            let lock = self.applier.round.txn_lock(op.key())?.map(|held| lock_of(&held));
+            match lock {
+                Some(Found::Readable(Lock {
+                    txn_id: TxnId(id), min_commit_ts: Some(ts), ..
+                })) if id == txn_id => {
+                    max = max.max(Some(ts));
+                }
+                _ => return Ok(TxnReply::Done),
+            }
+        }
+        Ok(max.map_or(TxnReply::Done, |min_commit_ts| TxnReply::Prewritten { min_commit_ts }))
     }
 
     /// The decision. A record committed already applies this region's locks of the
@@ -486,6 +539,7 @@ impl TxnApply<'_, '_> {
                     decided_at_index: Some(self.index),
                     start_ts: None,
                     commit_ts: None,
+                    min_commit_ts: None,
                 };
                 self.set_record(&tombstone)?;
                 return Ok(Ok(TxnReply::Status(TxnState::Aborted)));
@@ -623,6 +677,9 @@ struct Init<'a> {
     record: Option<&'a RecordInit>,
     start_ts: Option<u64>,
     session: Option<WriteSession>,
+    /// Async commit of a snapshot transaction: the leader-stamped minimum commit
+    /// timestamp every lock (and a staging record) keeps.
+    min_commit_ts: Option<u64>,
 }
 
 impl TxnApply<'_, '_> {
@@ -690,142 +747,6 @@ impl TxnApply<'_, '_> {
 }
 
 impl TxnApply<'_, '_> {
-    /// An `Aborted` record of `txn_id` keyed by `key`: presumed abort on a primary
-    /// key, or an async-commit prevention marker on any other key
-    /// (`crate::txn::staging`).
-    fn tombstone(&self, key: &Bytes, txn_id: u64) -> TxnRecord {
-        TxnRecord {
-            txn_id: TxnId(txn_id),
-            status: TxnStatus::Aborted,
-            primary_key: key.clone(),
-            participants: Vec::new(),
-            created_at_ms: self.now,
-            ttl_ms: 0,
-            last_heartbeat_ms: self.now,
-            coordinator: None,
-            decided_at_index: Some(self.index),
-            start_ts: None,
-            commit_ts: None,
-        }
-    }
-
-    /// `ResolveMany`: each item in order; a deciding item decides its `Staging`
-    /// record first and resolves by the record's decision, whatever the item asked.
-    fn resolve_many(&mut self, items: &[ResolveItem]) -> Result<Result<TxnReply>> {
-        let mut states = Vec::with_capacity(items.len());
-        for item in items {
-            let keys = || item.keys.iter().map(Bytes::as_ref);
-            let Some(primary_key) = &item.primary_key else {
-                if item.commit
-                    && self.check_commit_ts(item.txn_id, keys(), item.commit_ts)?.is_err()
-                {
-                    // Left as it is: a snapshot-isolated lock needs its commit timestamp.
-                    states.push(Some(TxnState::Frozen { reason: "commit_ts".into() }));
-                    continue;
-                }
-                self.resolve(item.txn_id, keys(), item.commit, item.commit_ts)?;
-                states.push(None);
-                continue;
-            };
-            let state = self.decide(item.txn_id, primary_key, item.commit)?;
-            let (commit, commit_ts) = match &state {
-                TxnState::Committed { commit_ts } => (true, *commit_ts),
-                TxnState::Aborted => (false, None),
-                _ => {
-                    states.push(Some(state));
-                    continue;
-                }
-            };
-            let participants = match self.record(primary_key, item.txn_id)? {
-                Found::Readable(r) => r.participants,
-                _ => Vec::new(),
-            };
-            let all = participants.iter().chain(&item.keys).map(Bytes::as_ref);
-            self.resolve(item.txn_id, all, commit, commit_ts)?;
-            states.push(Some(state));
-        }
-        Ok(Ok(TxnReply::Resolved(states)))
-    }
-
-    /// Decides `txn_id`'s record on `primary_key` from `Staging` by `commit`, and
-    /// answers its state after. A record decided already keeps its decision; an absent
-    /// one aborted is written `Aborted` (presumed abort, at or above the floor); a
-    /// pending or frozen one is left as it is.
-    fn decide(&mut self, txn_id: u64, primary_key: &Bytes, commit: bool) -> Result<TxnState> {
-        let mut record = match self.record(primary_key, txn_id)? {
-            Found::Absent => {
-                let floor = self.applier.round.txn_floor()?;
-                if commit || txn_id < floor {
-                    return Ok(TxnState::NotFound { floor });
-                }
-                let tombstone = self.tombstone(primary_key, txn_id);
-                self.set_record(&tombstone)?;
-                return Ok(TxnState::Aborted);
-            }
-            Found::Frozen(reason) => {
-                self.frozen += 1;
-                return Ok(TxnState::Frozen { reason: reason.to_string() });
-            }
-            Found::Readable(r) => r,
-        };
-        Ok(match record.status {
-            TxnStatus::Staging => {
-                record.status = if commit { TxnStatus::Committed } else { TxnStatus::Aborted };
-                record.decided_at_index = Some(self.index);
-                self.set_record(&record)?;
-                if commit {
-                    TxnState::Committed { commit_ts: record.commit_ts }
-                } else {
-                    TxnState::Aborted
-                }
-            }
-            TxnStatus::Committed => TxnState::Committed { commit_ts: record.commit_ts },
-            TxnStatus::Aborted => TxnState::Aborted,
-            TxnStatus::Pending | TxnStatus::Unspecified => {
-                TxnState::Pending { expires_at_ms: record.expires_at_ms() }
-            }
-        })
-    }
-
-    /// `CheckLocks`: true if every key (in this region) holds `txn_id`'s lock; each
-    /// that does not is prevented (an `Aborted` record keyed by it and the transaction
-    /// refuses its prewrite from now on). A frozen lock or marker among them: nothing
-    /// is written, and the answer is frozen (nobody decides on it).
-    fn check_locks(&mut self, txn_id: u64, keys: &[Bytes]) -> Result<Result<TxnReply>> {
-        let mut unlocked = Vec::new();
-        for key in keys {
-            match self.applier.round.txn_lock(key)?.map(|held| lock_of(&held)) {
-                Some(Found::Readable(lock)) if lock.txn_id.0 == txn_id => continue,
-                Some(Found::Frozen(reason)) => {
-                    self.frozen += 1;
-                    return Ok(Ok(frozen(reason)));
-                }
-                _ => {}
-            }
-            match self.record(key, txn_id)? {
-                Found::Frozen(reason) => {
-                    self.frozen += 1;
-                    return Ok(Ok(frozen(reason)));
-                }
-                // The transaction's own record (a checker asked about its primary key):
-                // its prewrite applied with it.
-                Found::Readable(r) if r.status != TxnStatus::Aborted => {}
-                Found::Readable(_) => unlocked.push(None),
-                Found::Absent => unlocked.push(Some(key)),
-            }
-        }
-        let floor = self.applier.round.txn_floor()?;
-        let all_locked = unlocked.is_empty();
-        for key in unlocked.into_iter().flatten() {
-            // Below the floor a prewrite is refused anyway (`TxnTooOld`).
-            if txn_id >= floor {
-                let marker = self.tombstone(key, txn_id);
-                self.set_record(&marker)?;
-            }
-        }
-        Ok(Ok(TxnReply::Checked { all_locked }))
-    }
-
     /// A one-phase commit: refused whole if a key holds a lock (any transaction's,
     /// readable or not) or has a version committed after `start_ts`; otherwise
     /// every op becomes its user key's version at `commit_ts`, all in one round.

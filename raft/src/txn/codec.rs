@@ -32,6 +32,9 @@ const T_ITEM: u16 = 17;
 const T_SAFEPOINT: u16 = 24;
 // A prewrite's client session (cluster version 4; absent: applied as it comes).
 const T_SESSION: u16 = 28;
+// Async commit of a snapshot transaction: the leader-stamped minimum commit timestamp
+// of a prewrite (cluster version 5; helper "si-async"'s tags 30-33).
+const T_MIN_COMMIT_TS: u16 = 30;
 const TXN_TAGS: &[u16] = &[
     T_EPOCH,
     T_NOW,
@@ -52,6 +55,7 @@ const TXN_TAGS: &[u16] = &[
     T_ITEM,
     T_SAFEPOINT,
     T_SESSION,
+    T_MIN_COMMIT_TS,
 ];
 const R_PARTICIPANT: u16 = 1;
 const R_COORDINATOR: u16 = 2;
@@ -101,34 +105,7 @@ pub(crate) fn encode(out: &mut Vec<u8>, entry: &TxnEntry) {
     codec::put_u64(out, T_NOW, entry.now_ms);
     let flag = |b: bool| [u8::from(b)];
     match &entry.cmd {
-        TxnCmd::Prewrite { txn_id, primary_key, ops, ttl_ms, record, start_ts, session } => {
-            codec::put_u64(out, T_KIND, KIND_PREWRITE);
-            codec::put_u64(out, T_TXN_ID, *txn_id);
-            codec::put_field(out, T_PRIMARY, primary_key);
-            for op in ops {
-                codec::put_nested(out, T_OP, |out| put_op(out, op));
-            }
-            codec::put_u64(out, T_TTL, *ttl_ms);
-            if let Some(record) = record {
-                codec::put_nested(out, T_RECORD, |out| {
-                    for key in &record.participants {
-                        codec::put_field(out, R_PARTICIPANT, key);
-                    }
-                    if let Some(store) = record.coordinator {
-                        codec::put_u64(out, R_COORDINATOR, store.0);
-                    }
-                });
-            }
-            if let Some(ts) = start_ts {
-                codec::put_u64(out, T_START_TS, *ts);
-            }
-            if record.as_ref().is_some_and(|r| r.staging) {
-                codec::put_field(out, T_STAGING, &flag(true));
-            }
-            if let Some(session) = session {
-                put_session(out, *session);
-            }
-        }
+        cmd @ TxnCmd::Prewrite { .. } => put_prewrite(out, cmd),
         TxnCmd::Commit { txn_id, primary_key, commit_ts } => {
             codec::put_u64(out, T_KIND, KIND_COMMIT);
             codec::put_u64(out, T_TXN_ID, *txn_id);
@@ -192,6 +169,55 @@ pub(crate) fn encode(out: &mut Vec<u8>, entry: &TxnEntry) {
     }
 }
 
+/// A prewrite's kind and fields.
+fn put_prewrite(out: &mut Vec<u8>, cmd: &TxnCmd) {
+    let TxnCmd::Prewrite {
+        txn_id,
+        primary_key,
+        ops,
+        ttl_ms,
+        record,
+        start_ts,
+        session,
+        min_commit,
+    } = cmd
+    else {
+        return;
+    };
+    let flag = |b: bool| [u8::from(b)];
+
+    codec::put_u64(out, T_KIND, KIND_PREWRITE);
+    codec::put_u64(out, T_TXN_ID, *txn_id);
+    codec::put_field(out, T_PRIMARY, primary_key);
+    for op in ops {
+        codec::put_nested(out, T_OP, |out| put_op(out, op));
+    }
+    codec::put_u64(out, T_TTL, *ttl_ms);
+    if let Some(record) = record {
+        codec::put_nested(out, T_RECORD, |out| {
+            for key in &record.participants {
+                codec::put_field(out, R_PARTICIPANT, key);
+            }
+            if let Some(store) = record.coordinator {
+                codec::put_u64(out, R_COORDINATOR, store.0);
+            }
+        });
+    }
+    if let Some(ts) = start_ts {
+        codec::put_u64(out, T_START_TS, *ts);
+    }
+    if record.as_ref().is_some_and(|r| r.staging) {
+        codec::put_field(out, T_STAGING, &flag(true));
+    }
+    if let Some(session) = session {
+        put_session(out, *session);
+    }
+    // `synced` is the client's word to the leader, never in an entry.
+    if let Some(ts) = min_commit.and_then(|m| m.ts) {
+        codec::put_u64(out, T_MIN_COMMIT_TS, ts);
+    }
+}
+
 /// A one-phase commit's kind and fields.
 fn put_one_phase(
     out: &mut Vec<u8>,
@@ -247,9 +273,17 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
     let kind = u64_of(T_KIND, "txn kind")?;
     // Fields a kind does not carry are damage (alike on every replica).
     let allowed: &[u16] = match kind {
-        KIND_PREWRITE => {
-            &[T_TXN_ID, T_PRIMARY, T_OP, T_TTL, T_RECORD, T_START_TS, T_STAGING, T_SESSION]
-        }
+        KIND_PREWRITE => &[
+            T_TXN_ID,
+            T_PRIMARY,
+            T_OP,
+            T_TTL,
+            T_RECORD,
+            T_START_TS,
+            T_STAGING,
+            T_SESSION,
+            T_MIN_COMMIT_TS,
+        ],
         KIND_COMMIT => &[T_TXN_ID, T_PRIMARY, T_COMMIT_TS],
         KIND_RESOLVE => &[T_TXN_ID, T_KEY, T_COMMIT, T_COMMIT_TS],
         KIND_CHECK_STATUS => &[T_TXN_ID, T_PRIMARY, T_ABORT_IF_EXPIRED],
@@ -284,6 +318,8 @@ pub(crate) fn decode(data: &Bytes, buf: &[u8]) -> DecodeResult<TxnEntry> {
                 record,
                 start_ts: optional_u64(T_START_TS)?,
                 session: decode_session(&rec)?,
+                min_commit: optional_u64(T_MIN_COMMIT_TS)?
+                    .map(|ts| super::MinCommit { ts: Some(ts), synced: None }),
             }
         }
         KIND_COMMIT => TxnCmd::Commit {
@@ -466,6 +502,7 @@ mod tests {
                         let session =
                             session.map(|(id, seq)| WriteSession { id: SessionId(id), seq });
                         TxnCmd::Prewrite {
+                            min_commit: None,
                             txn_id,
                             primary_key,
                             ops,
@@ -636,6 +673,7 @@ mod tests {
             epoch: Epoch::INITIAL,
             now_ms: 7,
             cmd: TxnCmd::Prewrite {
+                min_commit: None,
                 txn_id: 3,
                 primary_key: Bytes::from_static(b"a1"),
                 ops: vec![op.clone()],

@@ -67,6 +67,13 @@ pub enum TxnCmd {
         /// copy `Done` and locks nothing. `None`: applied as it comes (idempotent per
         /// key only while its lock is there).
         session: Option<WriteSession>,
+        /// Async commit of a snapshot-isolated transaction (cluster version 5,
+        /// [`crate::version::TXN_V3`]; [`staging`]): the client asks for a minimum
+        /// commit timestamp, the leader stamps it (above every snapshot read of the
+        /// region, under the read-timestamp mutex, as for [`TxnCmd::OnePhase`]) and
+        /// every lock (and a staging record) keeps it; answered
+        /// [`TxnReply::Prewritten`]. Needs `start_ts`. `None`: two-phase or level 1.
+        min_commit: Option<MinCommit>,
     },
     /// The decision: the record goes `Pending -> Committed` and this region's locks of
     /// the transaction are applied into data in the same round. `Committed` already:
@@ -182,6 +189,17 @@ pub enum TxnCmd {
     },
 }
 
+/// A prewrite's request for a minimum commit timestamp (async commit of a
+/// snapshot-isolated transaction; see [`TxnCmd::Prewrite`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MinCommit {
+    /// Stamped by the proposing leader (a client sends `None`; an entry without it is
+    /// refused).
+    pub ts: Option<u64>,
+    /// As [`TxnCmd::OnePhase`]'s `synced` (client to leader only; never in an entry).
+    pub synced: Option<SyncedTs>,
+}
+
 /// A timestamp from the oracle taken after the region's leader of `term` asked for
 /// one (`Error::ReadTsUnsynced`); see [`TxnCmd::OnePhase`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -261,6 +279,12 @@ impl TxnCmd {
             _ => false,
         }
     }
+
+    /// True for what cluster version 5 ([`crate::version::TXN_V3`]) brought: a
+    /// prewrite asking for a minimum commit timestamp.
+    pub fn needs_v3(&self) -> bool {
+        matches!(self, TxnCmd::Prewrite { min_commit: Some(_), .. })
+    }
 }
 
 /// What an applied transaction command answers.
@@ -275,6 +299,19 @@ pub enum TxnReply {
     Checked {
         /// Every key locked by the transaction.
         all_locked: bool,
+        /// All locked, and every lock holds a minimum commit timestamp (async commit
+        /// of a snapshot transaction): the largest. `None` otherwise (or from a node
+        /// of an older binary): a checker then commits at a timestamp from the oracle.
+        min_commit_ts: Option<u64>,
+    },
+    /// A prewrite that asked for a minimum commit timestamp: the largest its keys'
+    /// locks hold (each lock keeps the value of the prewrite that wrote it, so a copy
+    /// answers what the first applied). A reply `Done` to such a prewrite (a node of
+    /// an older binary, or a copy whose locks were resolved already) is never taken
+    /// as committed: the coordinator decides before it answers.
+    Prewritten {
+        /// The largest minimum commit timestamp of the prewrite's locks.
+        min_commit_ts: u64,
     },
     /// `ResolveMany`: per item, in order, the record's state after a deciding item
     /// (`None` for a plain resolve).

@@ -38,6 +38,14 @@ pub struct TxnPlan {
     pub coordinator: Option<StoreId>,
     /// Async commit: the record is created `Staging` (cluster version 4).
     pub staging: bool,
+    /// A snapshot transaction's start timestamp (its keys are lock keys).
+    pub start_ts: Option<u64>,
+    /// A snapshot transaction committed asynchronously (cluster version 5): each
+    /// prewrite asks for a minimum commit timestamp ([`super::staging`]).
+    pub min_commit: bool,
+    /// A snapshot transaction's commit timestamp, once known: its decision and
+    /// resolves carry it.
+    pub commit_ts: Option<u64>,
 }
 
 impl TxnPlan {
@@ -47,7 +55,26 @@ impl TxnPlan {
         for op in ops {
             by_key.insert(Bytes::copy_from_slice(op.key()), op);
         }
-        TxnPlan { txn_id, ops: by_key.into_values().collect(), ttl_ms, coordinator, staging: false }
+        TxnPlan {
+            txn_id,
+            ops: by_key.into_values().collect(),
+            ttl_ms,
+            coordinator,
+            staging: false,
+            start_ts: None,
+            min_commit: false,
+            commit_ts: None,
+        }
+    }
+
+    /// The same plan for a snapshot transaction started at `start_ts`, committed
+    /// asynchronously: staging, every prewrite asking for a minimum commit timestamp.
+    #[must_use]
+    pub fn snapshot_async(mut self, start_ts: u64) -> TxnPlan {
+        self.staging = true;
+        self.start_ts = Some(start_ts);
+        self.min_commit = true;
+        self
     }
 
     /// The same plan, committed asynchronously (`staging` true) or not.
@@ -82,9 +109,28 @@ impl TxnPlan {
             ops,
             ttl_ms: self.ttl_ms,
             record,
-            start_ts: None,
+            start_ts: self.start_ts,
             session: None,
+            min_commit: self.min_commit.then(super::MinCommit::default),
         }
+    }
+
+    /// [`TxnPlan::prewrite`] with the timestamp `synced` taken after the region's
+    /// leader refused as unsynced (`Error::ReadTsUnsynced`).
+    pub fn prewrite_synced(
+        &self,
+        ops: Vec<Op>,
+        session: Option<WriteSession>,
+        synced: Option<super::SyncedTs>,
+    ) -> TxnCmd {
+        let mut cmd = match session {
+            Some(session) => self.prewrite_in(ops, session),
+            None => self.prewrite(ops),
+        };
+        if let TxnCmd::Prewrite { min_commit: Some(asked), .. } = &mut cmd {
+            asked.synced = synced;
+        }
+        cmd
     }
 
     /// [`TxnPlan::prewrite`] numbered `session` in its client's session (cluster
@@ -105,7 +151,8 @@ impl TxnPlan {
 
     /// The resolve of one region's keys.
     pub fn resolve(&self, keys: Vec<Bytes>, commit: bool) -> TxnCmd {
-        TxnCmd::Resolve { txn_id: self.txn_id, keys, commit, commit_ts: None }
+        let commit_ts = self.commit_ts.filter(|_| commit);
+        TxnCmd::Resolve { txn_id: self.txn_id, keys, commit, commit_ts }
     }
 
     /// Asks the record (after a lost reply: `abort_if_expired` false).
@@ -120,13 +167,15 @@ impl TxnPlan {
     /// Async commit: decides the `Staging` record by `commit` on the primary's region,
     /// resolving that region's keys by the decision.
     pub fn decide(&self, commit: bool) -> TxnCmd {
-        super::staging::decide(self.txn_id, self.primary_key(), Vec::new(), commit)
+        let commit_ts = self.commit_ts.filter(|_| commit);
+        super::staging::decide_at(self.txn_id, self.primary_key(), Vec::new(), commit, commit_ts)
     }
 
     /// Async commit: the batched resolve item of `keys` (one region's, never the
     /// primary's region before the decision applied).
     pub fn resolve_item(&self, keys: Vec<Bytes>, commit: bool) -> super::ResolveItem {
-        super::ResolveItem { txn_id: self.txn_id, primary_key: None, keys, commit, commit_ts: None }
+        let commit_ts = self.commit_ts.filter(|_| commit);
+        super::ResolveItem { txn_id: self.txn_id, primary_key: None, keys, commit, commit_ts }
     }
 
     /// Async commit: the participant check of `keys` (one region's).

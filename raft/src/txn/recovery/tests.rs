@@ -13,6 +13,7 @@ fn b(s: &str) -> Bytes {
 
 fn lock(txn: u64, primary: &str, created_at_ms: u64) -> Lock {
     Lock {
+        min_commit_ts: None,
         txn_id: TxnId(txn),
         primary_key: b(primary),
         op: LockOp::Put,
@@ -25,6 +26,7 @@ fn lock(txn: u64, primary: &str, created_at_ms: u64) -> Lock {
 
 fn record(txn: u64, primary: &str, status: TxnStatus, participants: &[&str]) -> TxnRecord {
     TxnRecord {
+        min_commit_ts: None,
         txn_id: TxnId(txn),
         status,
         primary_key: b(primary),
