@@ -219,8 +219,12 @@ impl ClusterBuilder {
                 ids.len()
             )));
         }
+        // A store of a new cluster joins the network only once it is bootstrapped:
+        // a peer's vote request reaching it before would create a replica that holds
+        // nothing and waits for a snapshot, which no leader can make before its group
+        // committed an entry (no write would ever commit).
         for &id in ids.iter().filter(|id| !inner.builder.left_out.contains(id)) {
-            inner.start_store(id)?;
+            inner.start_store(id, !fresh)?;
         }
         if fresh {
             // A store left out bootstraps when it first starts (`restart_store`); the
@@ -228,15 +232,20 @@ impl ClusterBuilder {
             for &id in &inner.builder.left_out {
                 write_durably(&pending_bootstrap(&inner.dir, id))?;
             }
-            for store in inner.local.stores.read().values() {
+            let stores: Vec<(StoreId, Arc<Store>)> =
+                inner.local.stores.read().iter().map(|(&id, s)| (id, s.clone())).collect();
+            for (_, store) in &stores {
                 inner.bootstrap(store)?;
+            }
+            for (id, store) in &stores {
+                inner.net.register(*id, store.inbox());
             }
         }
         for id in
             (1..=inner.builder.spares as u64).map(|i| StoreId(inner.builder.stores as u64 + i))
         {
             let first_start = !store_dir(&inner.dir, id).exists();
-            inner.start_store(id)?;
+            inner.start_store(id, true)?;
             if first_start {
                 // As a node that joins: every peer the cluster gives it has a greater id.
                 let floor = inner.ops.alloc_ids(1)?;
@@ -430,7 +439,9 @@ impl ClusterInner {
         Ok(())
     }
 
-    fn start_store(&self, id: StoreId) -> Result<()> {
+    /// Starts store `id`; it joins the network at once if `join`, else the caller
+    /// registers it (a new cluster's stores, once bootstrapped).
+    fn start_store(&self, id: StoreId, join: bool) -> Result<()> {
         let transport: Arc<dyn Transport> = Arc::new(self.net.transport(id));
         let store = Store::start(
             Arc::new(RealFs),
@@ -438,16 +449,18 @@ impl ClusterInner {
             &self.options(id),
             &transport,
         )?;
-        self.net.register(id, store.inbox());
         let pending = pending_bootstrap(&self.dir, id);
         if pending.exists() {
             // Left out of the new cluster and starting for the first time: the same
             // regions as every other store had at their start (it never acknowledged
             // anything, so starting from the common beginning is safe); Raft catches
-            // it up from there.
+            // it up from there. Bootstrapped before it joins the network (see `build`).
             self.bootstrap(&store)?;
             std::fs::remove_file(&pending)?;
             std::fs::File::open(&self.dir)?.sync_all()?;
+        }
+        if join {
+            self.net.register(id, store.inbox());
         }
         self.local.stores.write().insert(id, Arc::new(store));
         Ok(())
@@ -708,7 +721,7 @@ impl Cluster {
         if self.inner.local.stores.read().contains_key(&id) {
             return Ok(());
         }
-        self.inner.start_store(id)
+        self.inner.start_store(id, true)
     }
 
     /// The transaction locks and records of the regions each running store leads

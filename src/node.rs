@@ -497,6 +497,16 @@ impl Node {
             let _ = store.shutdown();
             return Err(e);
         }
+        // Bootstrapped before it listens: a peer's vote request reaching a store of a
+        // new cluster before its bootstrap would create a replica that holds nothing and
+        // waits for a snapshot, which no leader can make before its group committed an
+        // entry (no write would ever commit).
+        if let Some(state) = first
+            && let Err(e) = initialize(&config, &store, state)
+        {
+            let _ = store.shutdown();
+            return Err(e);
+        }
         let mut tcp =
             TcpConfig::new(id, config.listen_addr, config.cluster_id, config.secret.clone());
         tcp.peers = config.peers.iter().map(|(&s, &a)| (s, a)).collect();
@@ -511,14 +521,6 @@ impl Node {
         };
         let _ = outbound.0.set(transport.clone());
         let local_addr = transport.local_addr();
-        let stop = |e: Error| {
-            let _ = store.shutdown();
-            transport.shutdown();
-            e
-        };
-        if let Some(state) = first {
-            initialize(&config, &store, state).map_err(stop)?;
-        }
 
         let mut members: BTreeMap<StoreId, String> =
             config.peers.iter().map(|(&s, a)| (s, a.to_string())).collect();

@@ -170,3 +170,45 @@ fn three_threaded_stores_replicate_survive_a_kill_and_shut_down_cleanly() {
         assert_eq!(c.get(&format!("k{i}")), Some(Bytes::from(format!("v{i}"))));
     }
 }
+
+/// A store of a new cluster bootstrapped after its peers: their vote requests reached
+/// it first and created replicas that hold nothing (they voted). Its bootstrap turns
+/// them into the bootstrapped replicas, keeping term and vote, and the group commits.
+/// Before, the bootstrap was refused `RegionExists` and the replicas waited for a
+/// snapshot that the leader, with no member able to acknowledge its first entry, never
+/// made: every write timed out (the in-process `Cluster` under load).
+#[test]
+fn a_store_bootstrapped_after_its_peers_campaigned_joins_its_group() {
+    let mut c = Cluster {
+        net: LocalNetwork::new(1),
+        dir: tempfile::tempdir().unwrap(),
+        stores: BTreeMap::new(),
+    };
+    let peers: Vec<Peer> = (1..=3).map(|i| Peer { id: PeerId(i), store: StoreId(i) }).collect();
+    for i in 1..=3 {
+        c.start(StoreId(i), RecoveryMode::TolerateTornTail);
+    }
+    c.stores[&StoreId(1)]
+        .bootstrap_region(Region { peers: peers.clone(), ..Region::whole(R1) })
+        .unwrap();
+    // Store 1 campaigns; the others answer from replicas its requests created.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let created = |c: &Cluster, id: u64| {
+        c.stores[&StoreId(id)].status().iter().any(|p| p.region.id == R1 && !p.initialized)
+    };
+    while !(created(&c, 2) && created(&c, 3)) {
+        assert!(Instant::now() < deadline, "store 1 never reached the others");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for i in 2..=3 {
+        c.stores[&StoreId(i)]
+            .bootstrap_region(Region { peers: peers.clone(), ..Region::whole(R1) })
+            .expect("a replica created by a vote request is bootstrapped in place");
+    }
+    c.put("k", "v");
+    assert_eq!(c.get("k").as_deref(), Some(&b"v"[..]));
+    // A second bootstrap of an initialized replica is still refused, nothing changed.
+    let again = c.stores[&StoreId(2)].bootstrap_region(Region { peers, ..Region::whole(R1) });
+    assert!(matches!(again, Err(regionkv_raft::Error::RegionExists { .. })), "{again:?}");
+    assert_eq!(c.get("k").as_deref(), Some(&b"v"[..]));
+}

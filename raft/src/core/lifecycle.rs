@@ -237,10 +237,44 @@ impl StoreCore {
         })?;
         let mut conf_state = ConfState::default();
         conf_state.voters = region.peers.iter().map(|p| p.id.0).collect();
-        let state =
-            LogState { first_index: 1, conf_state, peer_id: member.id.0, ..LogState::default() };
-        self.ctx.engine_of(region.id).insert_region(region.clone())?;
-        self.ctx.log.create_region(&mut self.write, region.id, state)?;
+        if let Some(existing) = self.replicas.get(&region.id) {
+            // A store of a new cluster that is bootstrapped after its peers may have
+            // heard from them first: their vote requests created a replica here that
+            // holds nothing (`create_uninitialized`; it may have voted). It becomes the
+            // bootstrapped replica in place, keeping its term and vote; left waiting for
+            // a snapshot, it never got one when no member was bootstrapped enough to
+            // commit (the leader makes a snapshot only of an applied index).
+            let empty = !existing.is_initialized()
+                && existing.id == member.id
+                && self
+                    .ctx
+                    .log
+                    .bounds(region.id)
+                    .is_ok_and(|(first, last)| first == 1 && last == 0);
+            if !empty {
+                return Err(Error::RegionExists { region: region.id });
+            }
+            self.ctx.engine_of(region.id).insert_region(region.clone())?;
+            self.ctx.log.stage_conf_state(&mut self.write, region.id, conf_state, 0)?;
+            tracing::info!(
+                region = region.id.0,
+                peer = member.id.0,
+                "bootstrapped a region into the empty replica another store's message created"
+            );
+        } else {
+            let state = LogState {
+                first_index: 1,
+                conf_state,
+                peer_id: member.id.0,
+                ..LogState::default()
+            };
+            // Refused before the engine hosts anything (a retried bootstrap).
+            if self.ctx.log.state(region.id).is_some() {
+                return Err(Error::RegionExists { region: region.id });
+            }
+            self.ctx.engine_of(region.id).insert_region(region.clone())?;
+            self.ctx.log.create_region(&mut self.write, region.id, state)?;
+        }
         self.add_replica(ReplicaInit {
             region,
             contents: Contents::Data,
