@@ -382,7 +382,7 @@ impl Db {
         }
         let deadline = self.deadline.min(DB_WRITE_RETRY_MAX);
         let start = Instant::now();
-        let one = self.through_locks(deadline, false, || {
+        let one = self.through_locks(deadline, || {
             self.write_one_region(&ops, deadline.saturating_sub(start.elapsed()))
         });
         match one {
@@ -479,7 +479,7 @@ impl Db {
             };
             // The region that served this part (its end is where the next starts).
             let served = Mutex::new(None);
-            let rows = self.through_locks(self.deadline, true, || {
+            let rows = self.through_locks(self.deadline, || {
                 self.call(&from, self.deadline, |backend, store, region, reply| {
                     *served.lock() = Some(region.end.clone());
                     backend.read(
@@ -525,7 +525,7 @@ impl Db {
     /// A read of `key`'s region; a lock met is resolved (or waited for) and the read
     /// made again: a reader never sees an uncommitted value.
     fn read(&self, key: &[u8], query: &Query) -> Result<QueryResult> {
-        self.through_locks(self.deadline, true, || {
+        self.through_locks(self.deadline, || {
             self.call(key, self.deadline, |backend, store, region, reply| {
                 backend.read(
                     store,

@@ -331,3 +331,28 @@ fn a_region_that_finished_every_id_the_client_can_get_is_unavailable_never_too_o
     assert_eq!(get(&reader, "n3").as_deref(), Some("y"));
     cluster.shutdown().unwrap();
 }
+
+/// An async-commit batch answered `Ok` whose client never decides nor resolves it (it
+/// died right after the answer): the next writer of its keys, with the default
+/// `NoWait`, waits for the `Staging` holder (decided by the participant check once
+/// its TTL passed) and writes over it, instead of answering `Conflict` for a batch
+/// already acknowledged. Before, that write failed with `Conflict` (and so did a
+/// client's own next batch whenever its background resolve had not finished).
+#[test]
+fn a_writer_waits_for_an_acknowledged_batch_s_staging_lock_instead_of_conflicting() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = cluster(dir.path());
+    let seams = regionkv::TxnSeams { drop_resolves: true, ..regionkv::TxnSeams::default() };
+    let dying = cluster.db().with_txn_ttl(Duration::from_millis(300)).with_txn_seams(seams);
+    let mut batch = WriteBatch::new();
+    batch.put("apple", "first").put("zucchini", "first");
+    dying.write(batch).unwrap();
+    let db = cluster.db();
+    let mut batch = WriteBatch::new();
+    batch.put("apple", "second").put("zucchini", "second");
+    db.write(batch).unwrap();
+    db.put("zucchini", "third").unwrap();
+    assert_eq!(get(&db, "apple").as_deref(), Some("second"));
+    assert_eq!(get(&db, "zucchini").as_deref(), Some("third"));
+    cluster.shutdown().unwrap();
+}

@@ -90,6 +90,9 @@ impl Db {
     /// committed. Its decision and resolves go to the resolver thread (or, if its
     /// queue is full, are done here, which slows the callers to the resolver's pace).
     pub(super) fn committed_async(&self, plan: TxnPlan) {
+        if self.seams.as_ref().is_some_and(|s| s.drop_resolves) {
+            return;
+        }
         let job = ResolveJob { plan: Arc::new(plan), keys: Vec::new(), commit: true, decide: true };
         match self.resolver() {
             Some(queue) => {

@@ -27,6 +27,10 @@ pub struct TxnSeams {
     /// The commit is sent (and applied) but its answer is lost, and so is the answer
     /// of the status check that follows it.
     pub lose_commit_answers: bool,
+    /// An async-commit batch is answered, then its decision and resolves are never
+    /// done by this client (as if it died right after the answer): they are left to
+    /// the readers, writers and recovery daemons that meet its locks.
+    pub drop_resolves: bool,
 }
 
 impl std::fmt::Debug for TxnSeams {
@@ -35,6 +39,7 @@ impl std::fmt::Debug for TxnSeams {
             .field("hold_secondary_prewrite", &self.hold_secondary_prewrite.is_some())
             .field("drop_commit", &self.drop_commit)
             .field("lose_commit_answers", &self.lose_commit_answers)
+            .field("drop_resolves", &self.drop_resolves)
             .finish()
     }
 }

@@ -46,7 +46,7 @@ use regionkv_raft::{Op, Reply, SyncedTs, TxnCmd, TxnReply, TxnRequest, TxnState,
 
 use super::async_commit::Given;
 use super::seams::SeamStep;
-use super::txn::{LockMet, LockWait, ResolveJob, Resolved};
+use super::txn::{LockMet, ResolveJob, Resolved};
 use super::{Db, Session, Sessions};
 use crate::defaults::{DB_ATTEMPT_TIMEOUT, DB_FIRST_BACKOFF, DB_MAX_BACKOFF};
 use crate::error::{Error, Result};
@@ -260,14 +260,17 @@ impl Db {
                 let left = deadline.saturating_sub(start.elapsed());
                 match self.resolve_lock(lock, left) {
                     Ok(Resolved::Gone) => {}
-                    Ok(Resolved::Alive | Resolved::Deciding) => alive = Some(lock.clone()),
+                    Ok(resolved) => alive = Some((lock.clone(), resolved)),
+                    // Out of time asking about the holder: the lock stopped the prewrite.
+                    Err(Error::Unavailable { .. }) if start.elapsed() >= deadline => {
+                        return Err(Stop::Fail(lock.conflict()));
+                    }
                     Err(e) => return Err(Stop::Fail(e)),
                 }
             }
-            if let Some(lock) = alive {
-                let patience = match self.lock_wait {
-                    LockWait::NoWait => return Err(Stop::Fail(lock.conflict())),
-                    LockWait::Wait(t) => t.min(deadline),
+            if let Some((lock, resolved)) = alive {
+                let Some(patience) = self.lock_patience(&resolved, deadline) else {
+                    return Err(Stop::Fail(lock.conflict()));
                 };
                 if start.elapsed() + backoff >= patience {
                     return Err(Stop::Fail(lock.conflict()));
@@ -279,10 +282,10 @@ impl Db {
                 std::thread::sleep(DB_FIRST_BACKOFF);
             }
         }
-        Ok(match unstaged {
-            true => Prewritten::Unstaged,
-            false => Prewritten::Staged(regionkv_raft::txn::staging::commit_ts_of(&replies)),
-        })
+        if unstaged {
+            return Ok(Prewritten::Unstaged);
+        }
+        Ok(Prewritten::Staged(regionkv_raft::txn::staging::commit_ts_of(&replies)))
     }
 
     /// `ops` grouped by the region routing says holds each key (keys no store can

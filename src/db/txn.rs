@@ -34,8 +34,8 @@ pub enum TxnOutcome {
 }
 
 /// What a write, or a read, does when a key it needs holds another live transaction's
-/// lock (a read waits for an async-commit holder, whose record is `Staging`, until
-/// the deadline whatever this says: it may be committed already).
+/// lock (a read or a write waits for an async-commit holder, whose record is
+/// `Staging`, until the deadline whatever this says: it may be committed already).
 ///
 /// Deadlocks (two batches each holding a key the other needs) are not detected: they
 /// are broken by the wait timeout. With `NoWait` a conflict is answered at once, so
@@ -116,10 +116,10 @@ pub(super) enum Resolved {
     /// Its transaction is alive: wait, or give up.
     Alive,
     /// Its record is `Staging` within its TTL (async commit): the transaction may be
-    /// committed already (every prewrite applied), its decision moments away. A
-    /// write treats it as alive; a read waits for it (until the TTL, when the
-    /// participant check decides it) whatever the `LockWait`, so that a batch is
-    /// visible right after its `Ok`.
+    /// committed already (every prewrite applied), its decision moments away. Reads
+    /// and writes wait for it (until the TTL, when the participant check decides it)
+    /// whatever the `LockWait`, so that a batch is visible, and its keys writable by
+    /// the next transaction, right after its `Ok`.
     Deciding,
 }
 
@@ -254,12 +254,11 @@ impl Db {
 
     /// Runs `attempt` until it answers something other than `Locked`, resolving each
     /// lock it meets; an alive holder is waited for with a backoff per the `Db`'s
-    /// lock wait (within `deadline`; a read waits for a deciding holder until the
+    /// lock wait (within `deadline`; a deciding holder is waited for until the
     /// deadline: [`Db::lock_patience`]), then [`Error::Conflict`].
     pub(super) fn through_locks<T>(
         &self,
         deadline: Duration,
-        read: bool,
         mut attempt: impl FnMut() -> Result<T>,
     ) -> Result<T> {
         let start = Instant::now();
@@ -275,11 +274,18 @@ impl Db {
             if left.is_zero() {
                 return Err(lock.conflict());
             }
-            let resolved = self.resolve_lock(&lock, left)?;
+            let resolved = match self.resolve_lock(&lock, left) {
+                Ok(resolved) => resolved,
+                // Out of time asking about the holder: the lock is what stopped the call.
+                Err(Error::Unavailable { .. }) if start.elapsed() >= deadline => {
+                    return Err(lock.conflict());
+                }
+                Err(e) => return Err(e),
+            };
             if resolved == Resolved::Gone {
                 continue;
             }
-            let Some(patience) = self.lock_patience(&resolved, read, deadline) else {
+            let Some(patience) = self.lock_patience(&resolved, deadline) else {
                 return Err(lock.conflict());
             };
             if start.elapsed() + backoff >= patience {
@@ -294,15 +300,16 @@ impl Db {
 impl Db {
     /// How long in all a call that met a live lock (`resolved`) may wait for it, per
     /// the `Db`'s [`LockWait`] within `deadline`; `None`: not at all (a conflict at
-    /// once). Reads follow the lock wait like writes, except that a read waits for a
-    /// deciding (`Staging`) holder until the deadline.
+    /// once). A deciding (`Staging`) holder is waited for until the deadline: it is
+    /// committed or aborted within moments (a client's next write of a key its last
+    /// batch wrote met that batch's lock, resolved in the background, and answered
+    /// `Conflict` with the default `NoWait`).
     pub(super) fn lock_patience(
         &self,
         resolved: &Resolved,
-        read: bool,
         deadline: Duration,
     ) -> Option<Duration> {
-        if read && *resolved == Resolved::Deciding {
+        if *resolved == Resolved::Deciding {
             return Some(deadline);
         }
         match self.lock_wait {
