@@ -295,10 +295,15 @@ impl Transaction {
         loop {
             let commit_ts = match self.db.prewrite_all(&plan, start, deadline) {
                 Ok(Prewritten::Staged(Some(ts))) => ts,
-                // A node of an older binary answered without a timestamp, or did not
-                // confirm the staging flag: the record is decided before the answer.
-                Ok(Prewritten::Staged(None) | Prewritten::Unstaged) => {
+                // A node answered without a timestamp: the record is decided before
+                // the answer.
+                Ok(Prewritten::Staged(None)) => {
                     return self.decide_first(plan).map(Async::Committed);
+                }
+                // The primary's node did not confirm the staging flag (an older
+                // binary): its record is `Pending`, committed as in two phases.
+                Ok(Prewritten::Unstaged) => {
+                    return self.commit_unstaged(plan).map(Async::Committed);
                 }
                 Err(Stop::Fail(Error::FeatureNotActive { feature, .. }))
                     if feature == regionkv_raft::version::TXN_V3.name
@@ -363,6 +368,29 @@ impl Transaction {
             }
             Some(TxnState::Aborted) => Err(Error::TxnAborted { txn_id: plan.txn_id }),
             _ => Err(Error::Indeterminate { txn_id: plan.txn_id, primary_key: plan.primary_key() }),
+        }
+    }
+
+    /// The end of an attempt whose primary prewrite was not confirmed staging: a node
+    /// of an older binary applied it as a two-phase one (its record `Pending`, which
+    /// nobody else would ever decide, and it knows no `Decide`). Every prewrite
+    /// applied: committed at a fresh timestamp, as the two-phase path does. A record
+    /// that is `Staging` after all (a copy reached a node that read the flag) refuses
+    /// the commit, and is decided as a staging one.
+    fn commit_unstaged(&self, plan: TxnPlan) -> Result<Option<u64>> {
+        let commit_ts = self.db.timestamp()?;
+        let (txn_id, primary_key) = (plan.txn_id, plan.primary_key());
+        let cmd =
+            TxnCmd::Commit { txn_id, primary_key: primary_key.clone(), commit_ts: Some(commit_ts) };
+        match self.db.txn_call_for(&cmd, self.db.deadline) {
+            Ok(TxnReply::Status(TxnState::Committed { .. })) => {
+                self.resolve(txn_id, &plan.keys(), true, Some(commit_ts));
+                Ok(Some(commit_ts))
+            }
+            Ok(TxnReply::Status(TxnState::Aborted)) => Err(Error::TxnAborted { txn_id }),
+            Err(Error::Store(E::InvalidRequest(_))) => self.decide_first(plan),
+            Ok(_) => Err(Error::Indeterminate { txn_id, primary_key }),
+            Err(e) => Err(e),
         }
     }
 
@@ -477,7 +505,7 @@ impl Transaction {
             let resolved = self.db.resolve_lock(&lock, self.db.deadline)?;
             if resolved != Resolved::Gone {
                 // Per the `Db`'s lock wait, as a commit (a deciding holder: the deadline).
-                let patience = self.db.lock_patience(&resolved, true, self.db.deadline);
+                let patience = self.db.lock_patience(&resolved, self.db.deadline);
                 if patience.is_none_or(|p| started.elapsed() + backoff >= p) {
                     return Err(lock.conflict());
                 }
