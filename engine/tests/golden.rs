@@ -173,6 +173,23 @@ fn golden_record_v2() -> TxnRecord {
     }
 }
 
+/// The golden lock entry of format 2 with the field async commit of snapshot
+/// transactions added (cluster version 5): every field set.
+fn golden_lock_v2_async() -> Lock {
+    Lock { min_commit_ts: Some(0x0001_8000_0004_0007), ..golden_lock_v2() }
+}
+
+/// The golden record entry of format 2 with the field async commit added (a staging
+/// record of a snapshot transaction): every field set.
+fn golden_record_v2_async() -> TxnRecord {
+    TxnRecord {
+        status: TxnStatus::Staging,
+        commit_ts: None,
+        min_commit_ts: Some(0x0001_8000_0004_0007),
+        ..golden_record_v2()
+    }
+}
+
 /// The golden record entry: every field set.
 fn golden_record() -> TxnRecord {
     TxnRecord {
@@ -207,6 +224,7 @@ fn regenerate_golden_files() -> TestResult {
     {
         std::fs::write(golden_dir().join(format!("txn-{kind}-v{TXN_FORMAT_SI}.bin")), entry)?;
     }
+    regenerate_golden_async_entries()?;
     let (manifest, _) = write_scenario(false)?;
     let (_, checkpoint) = write_scenario(true)?;
     let dir = golden_dir();
@@ -669,6 +687,48 @@ fn golden_txn_lock_v2_decodes_field_by_field() -> TestResult {
 }
 
 #[test]
+#[ignore = "writes the golden entries of format 2 with the async-commit field; run once"]
+fn regenerate_golden_async_entries() -> TestResult {
+    for (kind, entry) in
+        [("lock", golden_lock_v2_async().encode()), ("record", golden_record_v2_async().encode())]
+    {
+        std::fs::write(golden_dir().join(format!("txn-{kind}-v2-async.bin")), entry)?;
+    }
+    Ok(())
+}
+
+/// A lock and a staging record as async commit of snapshot transactions writes them
+/// (the minimum commit timestamp: lock tag 8, record tag 12), still format 2: a
+/// format-2 binary from before skips the tag (and waits on the lock rather than
+/// reading past it).
+#[test]
+fn golden_txn_entries_v2_with_async_commit_decode_field_by_field() -> TestResult {
+    let bytes = std::fs::read(golden_dir().join("txn-lock-v2-async.bin"))?;
+    assert_eq!(bytes[0], 2, "the format byte comes first, unchanged");
+    let lock = Lock::decode(&bytes).map_err(|e| format!("{e:?}"))?;
+    assert_eq!(lock.min_commit_ts, Some(0x0001_8000_0004_0007));
+    assert_eq!(lock.start_ts, Some(0x0001_8000_0004_0001));
+    assert_eq!(lock, golden_lock_v2_async());
+    assert_eq!(lock.encode(), bytes);
+    let bytes = std::fs::read(golden_dir().join("txn-record-v2-async.bin"))?;
+    assert_eq!(bytes[0], 2);
+    let record = TxnRecord::decode(&bytes).map_err(|e| format!("{e:?}"))?;
+    assert_eq!(record.status, TxnStatus::Staging);
+    assert_eq!(record.min_commit_ts, Some(0x0001_8000_0004_0007));
+    assert_eq!(record.commit_ts, None);
+    assert_eq!(record, golden_record_v2_async());
+    assert_eq!(record.encode(), bytes);
+    // The entries of before still decode with the field absent: unknown, never 0.
+    let old = Lock::decode(&std::fs::read(golden_dir().join("txn-lock-v2.bin"))?)
+        .map_err(|e| format!("{e:?}"))?;
+    assert_eq!(old.min_commit_ts, None);
+    let old = TxnRecord::decode(&std::fs::read(golden_dir().join("txn-record-v2.bin"))?)
+        .map_err(|e| format!("{e:?}"))?;
+    assert_eq!(old.min_commit_ts, None);
+    Ok(())
+}
+
+#[test]
 fn golden_txn_record_v2_decodes_field_by_field() -> TestResult {
     let bytes = std::fs::read(golden_dir().join("txn-record-v2.bin"))?;
     assert_eq!(bytes[0], 2, "the format byte comes first");
@@ -738,6 +798,11 @@ const RECORD_SCHEMA_V1: [(u16, &str, Kind); 9] = [
 const LOCK_SCHEMA_V2: [(u16, &str, Kind); 1] = [(7, "start_ts", Kind::U64)];
 const RECORD_SCHEMA_V2: [(u16, &str, Kind); 2] =
     [(10, "start_ts", Kind::U64), (11, "commit_ts", Kind::U64)];
+
+/// The field async commit of snapshot transactions adds to format 2 (optional), as
+/// released.
+const LOCK_SCHEMA_V2_ASYNC: [(u16, &str, Kind); 1] = [(8, "min_commit_ts", Kind::U64)];
+const RECORD_SCHEMA_V2_ASYNC: [(u16, &str, Kind); 1] = [(12, "min_commit_ts", Kind::U64)];
 
 /// Checks that `entry` (a full entry of this binary) holds, under each schema tag,
 /// exactly the field the schema names, laid out as its kind says, and no other tag.
@@ -853,5 +918,52 @@ fn txn_entry_schemas_are_stable() -> TestResult {
     })?;
     assert_eq!(lock.encode(), std::fs::read(golden_dir().join("txn-lock-v2.bin"))?);
     assert_eq!(record.encode(), std::fs::read(golden_dir().join("txn-record-v2.bin"))?);
+    Ok(())
+}
+
+/// Format 2 with async commit's field: everything before where it was, plus it.
+#[test]
+fn txn_entry_schemas_with_async_commit_are_stable() -> TestResult {
+    let lock = golden_lock_v2_async();
+    let schema: Vec<_> = LOCK_SCHEMA_V1
+        .iter()
+        .chain(&LOCK_SCHEMA_V2)
+        .chain(&LOCK_SCHEMA_V2_ASYNC)
+        .copied()
+        .collect();
+    check_schema(&lock.encode(), &schema, &|name| match name {
+        "txn_id" => vec![lock.txn_id.0.to_le_bytes().to_vec()],
+        "primary_key" => vec![lock.primary_key.to_vec()],
+        "op" => vec![1u64.to_le_bytes().to_vec()],
+        "value" => lock.value.iter().map(|v| v.to_vec()).collect(),
+        "created_at_ms" => vec![lock.created_at_ms.to_le_bytes().to_vec()],
+        "ttl_ms" => vec![lock.ttl_ms.to_le_bytes().to_vec()],
+        "start_ts" => lock.start_ts.iter().map(|t| t.to_le_bytes().to_vec()).collect(),
+        "min_commit_ts" => lock.min_commit_ts.iter().map(|t| t.to_le_bytes().to_vec()).collect(),
+        other => panic!("no field {other}"),
+    })?;
+    let record = golden_record_v2_async();
+    let schema: Vec<_> = RECORD_SCHEMA_V1
+        .iter()
+        .chain(&RECORD_SCHEMA_V2[..1])
+        .chain(&RECORD_SCHEMA_V2_ASYNC)
+        .copied()
+        .collect();
+    check_schema(&record.encode(), &schema, &|name| match name {
+        "txn_id" => vec![record.txn_id.0.to_le_bytes().to_vec()],
+        "status" => vec![TxnStatus::Staging.code().to_le_bytes().to_vec()],
+        "primary_key" => vec![record.primary_key.to_vec()],
+        "participants" => record.participants.iter().map(|k| k.to_vec()).collect(),
+        "created_at_ms" => vec![record.created_at_ms.to_le_bytes().to_vec()],
+        "ttl_ms" => vec![record.ttl_ms.to_le_bytes().to_vec()],
+        "last_heartbeat_ms" => vec![record.last_heartbeat_ms.to_le_bytes().to_vec()],
+        "coordinator" => record.coordinator.iter().map(|s| s.0.to_le_bytes().to_vec()).collect(),
+        "decided_at_index" => {
+            record.decided_at_index.iter().map(|i| i.to_le_bytes().to_vec()).collect()
+        }
+        "start_ts" => record.start_ts.iter().map(|t| t.to_le_bytes().to_vec()).collect(),
+        "min_commit_ts" => record.min_commit_ts.iter().map(|t| t.to_le_bytes().to_vec()).collect(),
+        other => panic!("no field {other}"),
+    })?;
     Ok(())
 }
