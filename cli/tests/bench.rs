@@ -85,6 +85,9 @@ fn bench_txn_json_has_every_key() {
         "snapshot_two_phase_ops_per_sec",
         "snapshot_two_phase_p50_us",
         "snapshot_one_phase_vs_two_phase",
+        "snapshot_two_region_ops_per_sec",
+        "snapshot_two_region_p50_us",
+        "snapshot_two_region_p50_vs_one_region",
     ] {
         assert!(report[key].is_number(), "{key} missing in:\n{report:#}");
     }

@@ -9,7 +9,8 @@
 //! run's single puts. And snapshot transactions (`Db::transaction`) writing two keys
 //! of one region: committed in one phase (one Raft write at a commit timestamp the
 //! region's leader chooses) against the same transactions forced to two phases, in
-//! the same run.
+//! the same run, and snapshot transactions writing one key in each of two regions
+//! (async commit) against the one-region ones.
 
 use std::io;
 use std::path::Path;
@@ -18,6 +19,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use regionkv::layers::raft::txn::mvcc;
 use regionkv::{Cluster, Db, WriteBatch};
 
 use super::load::{self, Op};
@@ -68,6 +70,14 @@ pub struct TxnBenchReport {
     pub snapshot_two_phase_p50_us: f64,
     /// `snapshot_one_phase_ops_per_sec / snapshot_two_phase_ops_per_sec`.
     pub snapshot_one_phase_vs_two_phase: f64,
+    /// Snapshot transactions writing one key in each of two regions, committed
+    /// asynchronously (each prewrite's leader stamps a minimum commit timestamp; the
+    /// caller is answered once both applied), per second.
+    pub snapshot_two_region_ops_per_sec: f64,
+    /// Their median latency (us).
+    pub snapshot_two_region_p50_us: f64,
+    /// `snapshot_two_region_p50_us / snapshot_one_phase_p50_us`.
+    pub snapshot_two_region_p50_vs_one_region: f64,
     /// Seconds each figure was measured for (after a warm-up of up to 1 s).
     pub seconds_per_figure: f64,
 }
@@ -100,12 +110,12 @@ fn timestamp_op() -> Arc<Op> {
     })
 }
 
-fn snapshot_op(tag: &'static str, one_phase: bool) -> Arc<Op> {
+fn snapshot_op(tag: &'static str, one_phase: bool, second_side: &'static str) -> Arc<Op> {
     let value = vec![b'v'; VALUE_BYTES];
     Arc::new(move |db: &Db, c, i, _: &mut load::Rng| {
         let mut t = db.transaction().map_err(io::Error::other)?;
         t.put(key("a", tag, c, i), value.clone());
-        t.put(key("b", tag, c, i), value.clone());
+        t.put(key(second_side, tag, c, i), value.clone());
         let committed = if one_phase { t.commit_ts() } else { t.commit_two_phase() };
         committed.map(|_| ()).map_err(io::Error::other)
     })
@@ -130,6 +140,9 @@ pub fn run(dir: &Path, seconds: f64, clients: usize) -> io::Result<TxnBenchRepor
         Cluster::builder().dir(dir.join("txn")).stores(3).build().map_err(io::Error::other)?;
     let result = (|| {
         cluster.split(SPLIT).map_err(io::Error::other)?;
+        // The transactional keyspace split the same way, for snapshot transactions
+        // across two regions.
+        cluster.split(mvcc::lock_key(SPLIT.as_bytes())).map_err(io::Error::other)?;
         let db = cluster.db();
         // Leaders for both regions before the clock starts.
         for side in ["a", "z"] {
@@ -140,13 +153,15 @@ pub fn run(dir: &Path, seconds: f64, clients: usize) -> io::Result<TxnBenchRepor
         let single = load::run(&db, clients, duration, &batch_op("s", "a"), &none)?;
         let pairs = load::run(&db, clients, duration, &two_batches_op(), &none)?;
         let two = load::run(&db, clients, duration, &batch_op("t", "z"), &none)?;
-        // The transactional keyspace (store keys from 0xFE) is all in the region above
-        // the split: one region; a first commit gives its leader a timestamp.
-        let mut t = db.transaction().map_err(io::Error::other)?;
-        t.put("a-warm", "1");
-        t.commit().map_err(io::Error::other)?;
-        let si_one = load::run(&db, clients, duration, &snapshot_op("o", true), &none)?;
-        let si_two = load::run(&db, clients, duration, &snapshot_op("w", false), &none)?;
+        // A first commit in each transactional region gives its leader a timestamp.
+        for side in ["a", "z"] {
+            let mut t = db.transaction().map_err(io::Error::other)?;
+            t.put(format!("{side}-warm"), "1");
+            t.commit().map_err(io::Error::other)?;
+        }
+        let si_one = load::run(&db, clients, duration, &snapshot_op("o", true, "b"), &none)?;
+        let si_two = load::run(&db, clients, duration, &snapshot_op("w", false, "b"), &none)?;
+        let si_async = load::run(&db, clients, duration, &snapshot_op("x", true, "z"), &none)?;
         let mut tso_ops_per_sec = std::collections::BTreeMap::new();
         for threads in [1, CLIENTS] {
             let run = load::run(&db, threads, duration, &timestamp_op(), &none)?;
@@ -170,6 +185,12 @@ pub fn run(dir: &Path, seconds: f64, clients: usize) -> io::Result<TxnBenchRepor
             snapshot_two_phase_ops_per_sec: si_two.per_sec,
             snapshot_two_phase_p50_us: si_two.percentile_us(50),
             snapshot_one_phase_vs_two_phase: ratio(si_one.per_sec, si_two.per_sec),
+            snapshot_two_region_ops_per_sec: si_async.per_sec,
+            snapshot_two_region_p50_us: si_async.percentile_us(50),
+            snapshot_two_region_p50_vs_one_region: ratio(
+                si_async.percentile_us(50),
+                si_one.percentile_us(50),
+            ),
             seconds_per_figure: seconds,
         })
     })();
@@ -218,7 +239,16 @@ impl super::Report for TxnBenchReport {
             self.snapshot_two_phase_ops_per_sec,
             self.snapshot_two_phase_p50_us
         );
-        println!("  ratio: snapshot 1PC/2PC {:.2}", self.snapshot_one_phase_vs_two_phase);
+        println!(
+            "  {:<36} {:>10.0} {:>8.0}",
+            "snapshot txn, two regions, async",
+            self.snapshot_two_region_ops_per_sec,
+            self.snapshot_two_region_p50_us
+        );
+        println!(
+            "  ratios: snapshot 1PC/2PC {:.2}, snapshot two-region p50/one-region p50 {:.2}",
+            self.snapshot_one_phase_vs_two_phase, self.snapshot_two_region_p50_vs_one_region
+        );
         for (threads, rate) in load::by_count(&self.tso_ops_per_sec) {
             println!("  {:<36} {rate:>10.0}", format!("timestamps, {threads} threads"));
         }
