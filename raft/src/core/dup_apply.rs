@@ -45,12 +45,11 @@ impl StoreCore {
             )));
             return;
         }
-        let checked = self.ctx.cluster_version.check(crate::version::DUP).and_then(|()| {
-            let replica = self.leader(region)?;
-            replica.check_version(epoch)?;
-            replica.check_not_merging()?;
-            Ok(replica)
-        });
+        let checked = self
+            .ctx
+            .cluster_version
+            .check(crate::version::DUP)
+            .and_then(|()| self.leader_at(region, epoch));
         let replica = match checked {
             Ok(replica) => replica,
             Err(e) => {

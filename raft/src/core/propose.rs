@@ -2,7 +2,7 @@
 //! commands are checked here and become raft-rs proposals (writes batched per turn).
 
 use raft::eraftpb::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
-use regionkv_engine::{PeerId, RegionId};
+use regionkv_engine::{Epoch, PeerId, RegionId};
 
 use super::StoreCore;
 use super::admin_apply::check_admin;
@@ -32,6 +32,15 @@ impl StoreCore {
         Ok(replica)
     }
 
+    /// The replica of `region` if it leads its group at `epoch`'s version and is not a
+    /// prepared merge source: the checks every command of a region's keys starts with.
+    pub(super) fn leader_at(&mut self, region: RegionId, epoch: Epoch) -> Result<&mut Replica> {
+        let replica = self.leader(region)?;
+        replica.check_version(epoch)?;
+        replica.check_not_merging()?;
+        Ok(replica)
+    }
+
     /// Takes a client write: it waits in the replica's batch for the end of the turn
     /// (`propose_batch`). A write with a session is stamped with this leader's clock:
     /// the time its region's session table will go by when it applies.
@@ -49,9 +58,7 @@ impl StoreCore {
         let time_ms = session.map(|_| self.ctx.now_ms());
         let write = Write { epoch, ops, session, time_ms };
         let max = self.ctx.log.max_entry_bytes();
-        let replica = match self.leader(region).and_then(|replica| {
-            replica.check_version(epoch)?;
-            replica.check_not_merging()?;
+        let replica = match self.leader_at(region, epoch).and_then(|replica| {
             replica.check_keys(&write.ops)?;
             // An entry larger than a WAL record could never be persisted (A3 in
             // ARCHITECTURE.md's Raft log section): refused here, the store goes on.
@@ -108,9 +115,7 @@ impl StoreCore {
             gate = self.ctx.cluster_version.check(crate::version::TXN_V3);
         }
         let ctx = self.ctx.clone();
-        let checked = gate.and_then(|()| self.leader(region)).and_then(|replica| {
-            replica.check_version(epoch)?;
-            replica.check_not_merging()?;
+        let checked = gate.and_then(|()| self.leader_at(region, epoch)).and_then(|replica| {
             let r = &replica.region;
             let outside = || Error::KeyNotInRegion { region, current: Some(r.clone()) };
             if cmd.keys().iter().any(|key| !r.contains(key)) {
