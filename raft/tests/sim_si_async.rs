@@ -24,13 +24,10 @@ use regionkv_engine::StoreId;
 use regionkv_raft::sim::{SimCluster, SimConfig};
 use regionkv_raft::txn::plan::TxnPlan;
 use regionkv_raft::txn::{mvcc, staging};
-use regionkv_raft::{
-    AdminCmd, Error, Op, Query, QueryResult, SyncedTs, TxnCmd, TxnReply, TxnState,
-};
+use regionkv_raft::{Error, Op, Query, QueryResult, SyncedTs, TxnCmd, TxnReply, TxnState};
 use regionkv_wal::CrashMode;
 
 use common::{R1, SECOND, leader_of, txn_call};
-use regionkv_raft::merge_driver::RegionAdmin;
 
 const MS: Duration = Duration::from_millis(1);
 const TTL_MS: u64 = 400;
@@ -65,12 +62,7 @@ fn cluster(seed: u64, version: Option<u32>) -> SimCluster {
     }
     let mut c = SimCluster::new(config).unwrap();
     c.wait_leader(R1, 10 * SECOND).expect("a leader");
-    let epoch = common::region_epoch(&mut c, R1);
-    let new_ids = vec![regionkv_engine::RegionId(c.new_id())];
-    let split_keys = vec![lk("m").to_vec()];
-    RegionAdmin::admin(&mut c, R1, epoch, AdminCmd::Split { split_keys, new_ids })
-        .expect("a split at a lock key");
-    common::converge(&mut c);
+    common::split_at_lock_key(&mut c, R1, "m");
     c
 }
 
