@@ -108,7 +108,7 @@ fn read_at(c: &mut SimCluster, user: &'static str, read_ts: u64) -> Result<Balan
     let probe = Query::Get { key: lk(user), read_ts: Some(read_ts) };
     match query(c, user, &probe)? {
         QueryResult::Value(_) => {}
-        other => panic!("a probe of {user} answered {other:?}"),
+        other @ QueryResult::Rows(_) => panic!("a probe of {user} answered {other:?}"),
     }
     let newest = Query::Scan {
         start: mvcc::version_key(user.as_bytes(), read_ts),
@@ -402,10 +402,10 @@ fn check(
     seed: u64,
     transfers: &BTreeMap<u64, Transfer>,
     accounts: &BTreeMap<&str, Vec<(u64, Balance)>>,
-    seen: &[(u64, &str, Balance)],
+    reads: &[(u64, &str, Balance)],
 ) {
     let stamps: BTreeSet<u64> =
-        accounts.values().flatten().map(|(ts, _)| *ts).chain(seen.iter().map(|s| s.0)).collect();
+        accounts.values().flatten().map(|(ts, _)| *ts).chain(reads.iter().map(|s| s.0)).collect();
     for ts in stamps {
         let mut total = 0;
         for (user, versions) in accounts {
@@ -422,7 +422,7 @@ fn check(
         }
         assert_eq!(total, INITIAL * 6, "seed {seed}: read skew at {ts}");
     }
-    for (ts, user, balance) in seen {
+    for (ts, user, balance) in reads {
         let now = at(&accounts[user], *ts).expect("a version");
         assert_eq!(now, balance, "seed {seed}: a read of {user} at {ts} is not repeatable");
     }

@@ -279,9 +279,10 @@ impl Db {
                 std::thread::sleep(DB_FIRST_BACKOFF);
             }
         }
-        Ok(match unstaged {
-            true => Prewritten::Unstaged,
-            false => Prewritten::Staged(regionkv_raft::txn::staging::commit_ts_of(&replies)),
+        Ok(if unstaged {
+            Prewritten::Unstaged
+        } else {
+            Prewritten::Staged(regionkv_raft::txn::staging::commit_ts_of(&replies))
         })
     }
 
