@@ -40,6 +40,10 @@ pub struct WriteMetrics {
     txn_one_phase_proposed: AtomicU64,
     /// Entries those commands were proposed in (several share one from version 5).
     txn_entries_proposed: AtomicU64,
+    /// Version keys named by the version GC chunks this store applied.
+    gc_versions_collected: AtomicU64,
+    /// The largest safepoint of those chunks.
+    gc_safepoint_applied: AtomicU64,
 }
 
 impl WriteMetrics {
@@ -101,6 +105,13 @@ impl WriteMetrics {
         self.txn_entries_proposed.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one version GC chunk (`TxnCmd::CollectVersions`) applied at `safepoint`,
+    /// naming `keys` version keys.
+    pub(crate) fn on_versions_collected(&self, safepoint: u64, keys: usize) {
+        self.gc_versions_collected.fetch_add(keys as u64, Ordering::Relaxed);
+        self.gc_safepoint_applied.fetch_max(safepoint, Ordering::Relaxed);
+    }
+
     /// Fills in the store-wide write-path figures of `m`.
     pub(crate) fn fill(&self, m: &mut StoreMetrics) {
         m.write_latency_us = self.latency.snapshot();
@@ -115,6 +126,8 @@ impl WriteMetrics {
         m.txn_proposed = self.txn_proposed.load(Ordering::Relaxed);
         m.txn_one_phase_proposed = self.txn_one_phase_proposed.load(Ordering::Relaxed);
         m.txn_entries_proposed = self.txn_entries_proposed.load(Ordering::Relaxed);
+        m.gc_versions_collected = self.gc_versions_collected.load(Ordering::Relaxed);
+        m.gc_safepoint_applied = self.gc_safepoint_applied.load(Ordering::Relaxed);
     }
 }
 
@@ -185,6 +198,15 @@ pub struct StoreMetrics {
     /// `txn_proposed / txn_entries_proposed` is how well they are batched. Not sent
     /// over the client protocol (0 there).
     pub txn_entries_proposed: u64,
+    /// Version keys deleted by the version GC chunks (`TxnCmd::CollectVersions`) this
+    /// store applied since it started, counted on every replica that applies one (a
+    /// chunk applied again, which deletes nothing more, counts again). Not sent over
+    /// the client protocol (0 there).
+    pub gc_versions_collected: u64,
+    /// The largest safepoint a version GC chunk applied on this store carried since it
+    /// started (0: none): the region GC floors here reached it. Not sent over the
+    /// client protocol (0 there).
+    pub gc_safepoint_applied: u64,
     /// Write-batch rounds of the apply loop.
     pub apply: ApplyStats,
     /// The store's WAL: fsyncs, their latency, group sizes.

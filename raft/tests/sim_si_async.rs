@@ -25,12 +25,11 @@ use regionkv_raft::sim::{SimCluster, SimConfig};
 use regionkv_raft::txn::plan::TxnPlan;
 use regionkv_raft::txn::{mvcc, staging};
 use regionkv_raft::{
-    AdminCmd, Error, Op, Query, QueryResult, SyncedTs, TxnCmd, TxnReply, TxnState,
+    DropReason, Error, Op, Query, QueryResult, SyncedTs, TxnCmd, TxnReply, TxnState,
 };
 use regionkv_wal::CrashMode;
 
 use common::{R1, SECOND, leader_of, txn_call};
-use regionkv_raft::merge_driver::RegionAdmin;
 
 const MS: Duration = Duration::from_millis(1);
 const TTL_MS: u64 = 400;
@@ -65,12 +64,7 @@ fn cluster(seed: u64, version: Option<u32>) -> SimCluster {
     }
     let mut c = SimCluster::new(config).unwrap();
     c.wait_leader(R1, 10 * SECOND).expect("a leader");
-    let epoch = common::region_epoch(&mut c, R1);
-    let new_ids = vec![regionkv_engine::RegionId(c.new_id())];
-    let split_keys = vec![lk("m").to_vec()];
-    RegionAdmin::admin(&mut c, R1, epoch, AdminCmd::Split { split_keys, new_ids })
-        .expect("a split at a lock key");
-    common::converge(&mut c);
+    common::split_at_lock_key(&mut c, R1, "m");
     c
 }
 
@@ -352,5 +346,101 @@ fn at_cluster_version_4_a_prewrite_asking_for_a_minimum_commit_timestamp_is_refu
             other => panic!("seed {seed}: a minimum commit timestamp at version 4: {other:?}"),
         }
         assert!(versions(&mut c, "n1").is_empty(), "seed {seed}");
+    }
+}
+
+/// A refusal `Dropped { CommitPending }`, which the `Db` sends again (retryable).
+fn commit_pending(answer: Option<Result<(), Error>>) -> bool {
+    matches!(answer, Some(Err(e @ Error::Dropped { reason: DropReason::CommitPending, .. })) if e.is_retryable())
+}
+
+/// A snapshot get of `user` at `read_ts` as `Transaction::get` makes it: the probe of
+/// its lock key (retryable refusals retried, `Dropped { CommitPending }` among them),
+/// then the newest version at or below `read_ts`.
+fn snapshot_get(c: &mut SimCluster, user: &str, read_ts: u64) -> Result<Option<String>, Error> {
+    probe(c, user, read_ts)?;
+    let (leader, region) = leader_of(c, &lk(user));
+    let query = Query::Scan {
+        start: mvcc::version_key(user.as_bytes(), read_ts),
+        end: Some(mvcc::versions_end(user.as_bytes())),
+        limit: 1,
+        read_ts: Some(read_ts),
+    };
+    let pending = c.read(leader, region, query);
+    let Some(Ok(QueryResult::Rows(page))) = c.wait(&pending, 10 * SECOND) else {
+        panic!("no versions of {user} at {read_ts}");
+    };
+    Ok(page.rows.first().map(|(_, v)| {
+        let v = mvcc::decode_version_value(v).expect("a value").expect("a put");
+        String::from_utf8(v.to_vec()).unwrap()
+    }))
+}
+
+/// While a prewrite asking for a minimum commit timestamp is in flight (stamped, its
+/// in-memory locks held, not yet applied), a snapshot read of one of its keys at or
+/// above the stamp is refused `Dropped { CommitPending }` (retryable: the `Db` sends
+/// it again), and so is a copy of the prewrite. Sent again once the prewrite applied,
+/// the copy answers the first's stamp (not a new one above the reads since) and
+/// writes nothing; the reads, once the transaction is decided and resolved, answer
+/// the value at their timestamps: nothing below the commit timestamp, the transaction's
+/// value at or above it. Each key has one version.
+#[test]
+fn a_read_or_a_copy_meeting_an_in_flight_prewrite_is_dropped_then_answered_right() {
+    for seed in seeds() {
+        let mut c = cluster(seed, None);
+        let mut plan = plan(23);
+        probe(&mut c, "n1", READ_TS).expect("nothing locked yet");
+        let right = prewrite(&mut c, &plan, &parts(&plan)[1]).expect("prewritten");
+        assert_eq!(right, READ_TS + 1, "seed {seed}");
+        // The left part, sent until its leader takes it (synced): then in flight.
+        let left = parts(&plan)[0].clone();
+        let (leader, region) = leader_of(&mut c, &lk("a1"));
+        let mut synced = None;
+        let (first, cmd) = loop {
+            let cmd = plan.prewrite_synced(left.clone(), None, synced);
+            let pending = c.txn(leader, region, cmd.clone());
+            match pending.take() {
+                None => break (pending, cmd),
+                Some(Err(Error::ReadTsUnsynced { term, .. })) if synced.is_none() => {
+                    synced = Some(SyncedTs { term, ts: SYNCED_TS });
+                }
+                other => panic!("seed {seed}: the left prewrite answered at once: {other:?}"),
+            }
+        };
+        // Stamped 151: a read at 200 or 400 meets the in-memory lock, so does a copy.
+        for read_ts in [200, 400] {
+            let read = c.read(leader, region, Query::Get { key: lk("a1"), read_ts: Some(read_ts) });
+            assert!(
+                commit_pending(read.take().map(|r| r.map(drop))),
+                "seed {seed}: a read at {read_ts}"
+            );
+        }
+        let copy = c.txn(leader, region, cmd);
+        assert!(commit_pending(copy.take().map(|r| r.map(drop))), "seed {seed}: a copy in flight");
+        let answer = c.wait(&first, 10 * SECOND).map(s);
+        assert_eq!(answer, Some(Ok(TxnReply::Prewritten { min_commit_ts: SYNCED_TS + 1 })));
+        // The copy sent again: the stored stamp, not one above the read at 400.
+        assert_eq!(s(prewrite(&mut c, &plan, &left)), Ok(SYNCED_TS + 1), "seed {seed}");
+        plan.commit_ts = Some(READ_TS + 1);
+        let decide =
+            staging::decide_at(23, lk("a1"), vec![lk("a1"), lk("a2")], true, plan.commit_ts);
+        let reply = txn_call(&mut c, &lk("a1"), &decide, 10 * SECOND).expect("decided");
+        assert_eq!(
+            staging::decided_state(&reply),
+            Some(TxnState::Committed { commit_ts: plan.commit_ts })
+        );
+        let resolve =
+            TxnCmd::ResolveMany { items: vec![plan.resolve_item(vec![lk("n1"), lk("n2")], true)] };
+        txn_call(&mut c, &lk("n1"), &resolve, 10 * SECOND).expect("resolved");
+        // The dropped reads, sent again, answer by the commit timestamp (301).
+        assert_eq!(s(snapshot_get(&mut c, "a1", 200)), Ok(None), "seed {seed}");
+        assert_eq!(s(snapshot_get(&mut c, "a1", 400)), Ok(Some("a1-t23".into())), "seed {seed}");
+        for user in USERS {
+            assert_eq!(
+                versions(&mut c, user),
+                vec![(READ_TS + 1, format!("{user}-t23"))],
+                "seed {seed}"
+            );
+        }
     }
 }

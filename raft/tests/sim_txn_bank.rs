@@ -29,64 +29,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use regionkv_engine::StoreId;
-use regionkv_raft::sim::{SimCluster, WALL_CLOCK_START_MS};
+use regionkv_raft::sim::SimCluster;
 use regionkv_raft::txn::plan::TxnPlan;
 use regionkv_raft::txn::staging;
 use regionkv_raft::{Error, Op, Query, QueryResult, TxnCmd, TxnReply, TxnState};
-use regionkv_wal::CrashMode;
 
 mod common;
 
+use common::bank::{INITIAL, Rng, between_steps, decode, encode, send, wall_ms};
 use common::{R1, SECOND, cluster, converge, put, region_for, split};
 
 const ACCOUNTS: [&str; 6] = ["a1", "a2", "a3", "x1", "x2", "x3"];
-const INITIAL: i64 = 100;
 const TTL_MS: u64 = 500;
 const TRANSFERS: usize = 12;
-
-fn encode(balance: i64, history: &[u64]) -> Bytes {
-    let ids: Vec<String> = history.iter().map(u64::to_string).collect();
-    Bytes::from(format!("{balance};{}", ids.join(",")))
-}
-
-fn decode(value: &[u8]) -> (i64, Vec<u64>) {
-    let text = std::str::from_utf8(value).expect("utf-8");
-    let (balance, ids) = text.split_once(';').expect("balance;history");
-    let history = ids.split(',').filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect();
-    (balance.parse().unwrap(), history)
-}
-
-fn wall_ms(c: &SimCluster) -> u64 {
-    WALL_CLOCK_START_MS + c.now().as_millis() as u64
-}
-
-/// Sends `cmd` to the leader of the region holding `key`, again and again until it is
-/// answered (every transaction command is idempotent) or `max` passes.
-fn send(
-    c: &mut SimCluster,
-    key: &[u8],
-    cmd: &TxnCmd,
-    max: Duration,
-) -> Option<Result<TxnReply, Error>> {
-    let deadline = c.now() + max;
-    while c.now() < deadline {
-        let Some(region) = region_for(c, key) else {
-            c.run_for(Duration::from_millis(20));
-            continue;
-        };
-        let Some(leader) = c.wait_leader(region.id, SECOND) else { continue };
-        let pending = c.txn(leader, region.id, cmd.clone());
-        match c.wait(&pending, Duration::from_millis(500)) {
-            Some(Ok(reply)) => return Some(Ok(reply)),
-            Some(Err(e)) if e.is_retryable() || e.is_cancelled() => {
-                c.run_for(Duration::from_millis(20));
-            }
-            Some(Err(e)) => return Some(Err(e)),
-            None => {}
-        }
-    }
-    None
-}
 
 /// Resolves the lock of `txn_id` on `key` through its record, as a reader would: true
 /// once it is resolved, false if its transaction is still alive.
@@ -197,42 +152,6 @@ struct Transfer {
     to: &'static str,
     amount: i64,
     outcome: Outcome,
-}
-
-/// A deterministic generator for the test's own choices (the simulator has its own).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-/// Between two steps of the protocol: maybe crash a store (one at a time, back before
-/// the next crash), maybe give up. True: the coordinator gives up here.
-fn between_steps(c: &mut SimCluster, rng: &mut Rng, down: &mut Option<StoreId>) -> bool {
-    if let Some(store) = down.take() {
-        c.restart(store).expect("restart");
-    }
-    if rng.below(4) == 0 {
-        let store = StoreId(1 + rng.below(3));
-        let mode = match rng.below(3) {
-            0 => CrashMode::Lost,
-            1 => CrashMode::Persisted,
-            _ => CrashMode::Torn { seed: rng.next() },
-        };
-        c.crash(store, mode);
-        *down = Some(store);
-    }
-    rng.below(8) == 0
 }
 
 fn transfer(

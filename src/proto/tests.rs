@@ -570,6 +570,9 @@ fn errors_keep_what_routing_needs() {
             region: RegionId(3),
             reason: DropReason::AppliedBeforeRestart,
         },
+        // A snapshot read that met an in-flight commit: retryable on the client too
+        // (the `Db` sends it again).
+        regionkv_raft::Error::Dropped { region: RegionId(3), reason: DropReason::CommitPending },
         regionkv_raft::Error::MergeAborted {
             region: RegionId(3),
             reason: MergeAbortReason::TargetChanged,

@@ -198,6 +198,9 @@ impl Applier<'_> {
         for _ in 0..apply.frozen {
             metrics.on_txn_frozen();
         }
+        if let (TxnCmd::CollectVersions { safepoint, keys }, Ok(Ok(_))) = (&entry.cmd, &result) {
+            metrics.on_versions_collected(*safepoint, keys.len());
+        }
         result
     }
 }

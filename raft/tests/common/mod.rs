@@ -3,6 +3,7 @@
 
 #![allow(dead_code, reason = "each test file uses its own subset")]
 
+pub mod bank;
 pub mod two_regions;
 
 use std::collections::BTreeMap;
@@ -179,6 +180,17 @@ pub fn split(c: &mut SimCluster, region: RegionId, keys: &[&str]) -> Result<Vec<
         AdminResult::Split(parts) => Ok(parts),
         other => panic!("split answered {other:?}"),
     }
+}
+
+/// Splits `region` at user key `user`'s lock key (the transactional keyspace), and
+/// waits until every store agrees.
+pub fn split_at_lock_key(c: &mut SimCluster, region: RegionId, user: &str) {
+    let epoch = region_epoch(c, region);
+    let new_ids = vec![RegionId(c.new_id())];
+    let split_keys = vec![regionkv_raft::txn::mvcc::lock_key(user.as_bytes()).to_vec()];
+    RegionAdmin::admin(c, region, epoch, AdminCmd::Split { split_keys, new_ids })
+        .expect("a split at a lock key");
+    converge(c);
 }
 
 pub fn region_epoch(c: &mut SimCluster, region: RegionId) -> Epoch {
