@@ -841,35 +841,50 @@ fn check_schema(
     Ok(())
 }
 
-/// Fails when a field of a lock or record is removed, renumbered or retyped: the
-/// encoding of a full entry is checked against the released schema.
-#[test]
-fn txn_entry_schemas_are_stable() -> TestResult {
-    let lock = golden_lock();
-    check_schema(&lock.encode(), &LOCK_SCHEMA_V1, &|name| match name {
+/// A lock's field `name` as a full entry encodes it (the values under its tag).
+fn lock_field(lock: &Lock, name: &str) -> Vec<Vec<u8>> {
+    let u64s = |v: Option<u64>| v.iter().map(|t| t.to_le_bytes().to_vec()).collect();
+    match name {
         "txn_id" => vec![lock.txn_id.0.to_le_bytes().to_vec()],
         "primary_key" => vec![lock.primary_key.to_vec()],
-        "op" => vec![1u64.to_le_bytes().to_vec()],
+        "op" => vec![lock.op.code().to_le_bytes().to_vec()],
         "value" => lock.value.iter().map(|v| v.to_vec()).collect(),
         "created_at_ms" => vec![lock.created_at_ms.to_le_bytes().to_vec()],
         "ttl_ms" => vec![lock.ttl_ms.to_le_bytes().to_vec()],
+        "start_ts" => u64s(lock.start_ts),
+        "min_commit_ts" => u64s(lock.min_commit_ts),
         other => panic!("no field {other}"),
-    })?;
-    let record = golden_record();
-    check_schema(&record.encode(), &RECORD_SCHEMA_V1, &|name| match name {
+    }
+}
+
+/// A record's field `name` as a full entry encodes it (the values under its tag).
+fn record_field(record: &TxnRecord, name: &str) -> Vec<Vec<u8>> {
+    let u64s = |v: Option<u64>| v.iter().map(|t| t.to_le_bytes().to_vec()).collect();
+    match name {
         "txn_id" => vec![record.txn_id.0.to_le_bytes().to_vec()],
-        "status" => vec![2u64.to_le_bytes().to_vec()],
+        "status" => vec![record.status.code().to_le_bytes().to_vec()],
         "primary_key" => vec![record.primary_key.to_vec()],
         "participants" => record.participants.iter().map(|k| k.to_vec()).collect(),
         "created_at_ms" => vec![record.created_at_ms.to_le_bytes().to_vec()],
         "ttl_ms" => vec![record.ttl_ms.to_le_bytes().to_vec()],
         "last_heartbeat_ms" => vec![record.last_heartbeat_ms.to_le_bytes().to_vec()],
-        "coordinator" => record.coordinator.iter().map(|s| s.0.to_le_bytes().to_vec()).collect(),
-        "decided_at_index" => {
-            record.decided_at_index.iter().map(|i| i.to_le_bytes().to_vec()).collect()
-        }
+        "coordinator" => u64s(record.coordinator.map(|s| s.0)),
+        "decided_at_index" => u64s(record.decided_at_index),
+        "start_ts" => u64s(record.start_ts),
+        "commit_ts" => u64s(record.commit_ts),
+        "min_commit_ts" => u64s(record.min_commit_ts),
         other => panic!("no field {other}"),
-    })?;
+    }
+}
+
+/// Fails when a field of a lock or record is removed, renumbered or retyped: the
+/// encoding of a full entry is checked against the released schema.
+#[test]
+fn txn_entry_schemas_are_stable() -> TestResult {
+    let lock = golden_lock();
+    check_schema(&lock.encode(), &LOCK_SCHEMA_V1, &|name| lock_field(&lock, name))?;
+    let record = golden_record();
+    check_schema(&record.encode(), &RECORD_SCHEMA_V1, &|name| record_field(&record, name))?;
     // The codes of the enums, as released (0 is Unspecified in both).
     let codes: Vec<u64> =
         [LockOp::Unspecified, LockOp::Put, LockOp::Delete].iter().map(LockOp::code).collect();
@@ -888,34 +903,10 @@ fn txn_entry_schemas_are_stable() -> TestResult {
     // Format 2: the format-1 fields where they were, plus the new ones.
     let lock = golden_lock_v2();
     let schema: Vec<_> = LOCK_SCHEMA_V1.iter().chain(&LOCK_SCHEMA_V2).copied().collect();
-    check_schema(&lock.encode(), &schema, &|name| match name {
-        "txn_id" => vec![lock.txn_id.0.to_le_bytes().to_vec()],
-        "primary_key" => vec![lock.primary_key.to_vec()],
-        "op" => vec![1u64.to_le_bytes().to_vec()],
-        "value" => lock.value.iter().map(|v| v.to_vec()).collect(),
-        "created_at_ms" => vec![lock.created_at_ms.to_le_bytes().to_vec()],
-        "ttl_ms" => vec![lock.ttl_ms.to_le_bytes().to_vec()],
-        "start_ts" => lock.start_ts.iter().map(|t| t.to_le_bytes().to_vec()).collect(),
-        other => panic!("no field {other}"),
-    })?;
+    check_schema(&lock.encode(), &schema, &|name| lock_field(&lock, name))?;
     let record = golden_record_v2();
     let schema: Vec<_> = RECORD_SCHEMA_V1.iter().chain(&RECORD_SCHEMA_V2).copied().collect();
-    check_schema(&record.encode(), &schema, &|name| match name {
-        "txn_id" => vec![record.txn_id.0.to_le_bytes().to_vec()],
-        "status" => vec![2u64.to_le_bytes().to_vec()],
-        "primary_key" => vec![record.primary_key.to_vec()],
-        "participants" => record.participants.iter().map(|k| k.to_vec()).collect(),
-        "created_at_ms" => vec![record.created_at_ms.to_le_bytes().to_vec()],
-        "ttl_ms" => vec![record.ttl_ms.to_le_bytes().to_vec()],
-        "last_heartbeat_ms" => vec![record.last_heartbeat_ms.to_le_bytes().to_vec()],
-        "coordinator" => record.coordinator.iter().map(|s| s.0.to_le_bytes().to_vec()).collect(),
-        "decided_at_index" => {
-            record.decided_at_index.iter().map(|i| i.to_le_bytes().to_vec()).collect()
-        }
-        "start_ts" => record.start_ts.iter().map(|t| t.to_le_bytes().to_vec()).collect(),
-        "commit_ts" => record.commit_ts.iter().map(|t| t.to_le_bytes().to_vec()).collect(),
-        other => panic!("no field {other}"),
-    })?;
+    check_schema(&record.encode(), &schema, &|name| record_field(&record, name))?;
     assert_eq!(lock.encode(), std::fs::read(golden_dir().join("txn-lock-v2.bin"))?);
     assert_eq!(record.encode(), std::fs::read(golden_dir().join("txn-record-v2.bin"))?);
     Ok(())
@@ -931,17 +922,7 @@ fn txn_entry_schemas_with_async_commit_are_stable() -> TestResult {
         .chain(&LOCK_SCHEMA_V2_ASYNC)
         .copied()
         .collect();
-    check_schema(&lock.encode(), &schema, &|name| match name {
-        "txn_id" => vec![lock.txn_id.0.to_le_bytes().to_vec()],
-        "primary_key" => vec![lock.primary_key.to_vec()],
-        "op" => vec![1u64.to_le_bytes().to_vec()],
-        "value" => lock.value.iter().map(|v| v.to_vec()).collect(),
-        "created_at_ms" => vec![lock.created_at_ms.to_le_bytes().to_vec()],
-        "ttl_ms" => vec![lock.ttl_ms.to_le_bytes().to_vec()],
-        "start_ts" => lock.start_ts.iter().map(|t| t.to_le_bytes().to_vec()).collect(),
-        "min_commit_ts" => lock.min_commit_ts.iter().map(|t| t.to_le_bytes().to_vec()).collect(),
-        other => panic!("no field {other}"),
-    })?;
+    check_schema(&lock.encode(), &schema, &|name| lock_field(&lock, name))?;
     let record = golden_record_v2_async();
     let schema: Vec<_> = RECORD_SCHEMA_V1
         .iter()
@@ -949,21 +930,6 @@ fn txn_entry_schemas_with_async_commit_are_stable() -> TestResult {
         .chain(&RECORD_SCHEMA_V2_ASYNC)
         .copied()
         .collect();
-    check_schema(&record.encode(), &schema, &|name| match name {
-        "txn_id" => vec![record.txn_id.0.to_le_bytes().to_vec()],
-        "status" => vec![TxnStatus::Staging.code().to_le_bytes().to_vec()],
-        "primary_key" => vec![record.primary_key.to_vec()],
-        "participants" => record.participants.iter().map(|k| k.to_vec()).collect(),
-        "created_at_ms" => vec![record.created_at_ms.to_le_bytes().to_vec()],
-        "ttl_ms" => vec![record.ttl_ms.to_le_bytes().to_vec()],
-        "last_heartbeat_ms" => vec![record.last_heartbeat_ms.to_le_bytes().to_vec()],
-        "coordinator" => record.coordinator.iter().map(|s| s.0.to_le_bytes().to_vec()).collect(),
-        "decided_at_index" => {
-            record.decided_at_index.iter().map(|i| i.to_le_bytes().to_vec()).collect()
-        }
-        "start_ts" => record.start_ts.iter().map(|t| t.to_le_bytes().to_vec()).collect(),
-        "min_commit_ts" => record.min_commit_ts.iter().map(|t| t.to_le_bytes().to_vec()).collect(),
-        other => panic!("no field {other}"),
-    })?;
+    check_schema(&record.encode(), &schema, &|name| record_field(&record, name))?;
     Ok(())
 }
