@@ -275,7 +275,6 @@ pub(super) fn put_txn(o: &mut Vec<u8>, region: RegionId, epoch: Epoch, cmd: &Txn
     }
 }
 
-/// The record a primary's prewrite creates (its staging flag goes apart, `T_STAGING`).
 /// A prewrite's kind and fields.
 fn put_prewrite(o: &mut Vec<u8>, cmd: &TxnCmd) {
     let TxnCmd::Prewrite {
@@ -320,6 +319,7 @@ fn put_prewrite(o: &mut Vec<u8>, cmd: &TxnCmd) {
     }
 }
 
+/// The record a primary's prewrite creates (its staging flag goes apart, `T_STAGING`).
 fn put_record_init(o: &mut Vec<u8>, record: &RecordInit) {
     codec::put_nested(o, T_RECORD, |o| {
         for p in &record.participants {
