@@ -530,20 +530,7 @@ impl TxnApply<'_, '_> {
                 }
                 // Presumed abort: never prewritten here (or not yet). The tombstone
                 // makes a late prewrite of the record fail.
-                let tombstone = TxnRecord {
-                    txn_id: TxnId(txn_id),
-                    status: TxnStatus::Aborted,
-                    primary_key: primary_key.clone(),
-                    participants: Vec::new(),
-                    created_at_ms: self.now,
-                    ttl_ms: 0,
-                    last_heartbeat_ms: self.now,
-                    coordinator: None,
-                    decided_at_index: Some(self.index),
-                    start_ts: None,
-                    commit_ts: None,
-                    min_commit_ts: None,
-                };
+                let tombstone = self.tombstone(primary_key, txn_id);
                 self.set_record(&tombstone)?;
                 return Ok(Ok(TxnReply::Status(TxnState::Aborted)));
             }
