@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 pub const CLUSTER_VERSION_INITIAL: u32 = 1;
 
 /// The newest cluster version this binary can run at.
-pub const CLUSTER_VERSION_MAX: u32 = 6;
+pub const CLUSTER_VERSION_MAX: u32 = 7;
 
 /// A capability that needs every replica of the cluster to know a command kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,8 +64,14 @@ pub const TXN_V3: Feature = Feature { name: "transactions-v3", since: 5 };
 /// replica cannot decode them, so a proposer refuses every kind below this version.
 pub const DUP: Feature = Feature { name: "duplication", since: 6 };
 
+/// Duplication, second part: the follower side (`SINK` commands: seeding and applying
+/// another cluster's log into follower regions behind per-source-region marks) and the
+/// directory's duplication records. A version-6 replica cannot decode them, so a
+/// proposer refuses them below this version.
+pub const DUP_V2: Feature = Feature { name: "duplication-v2", since: 7 };
+
 /// Every feature, oldest first.
-pub const FEATURES: &[Feature] = &[IMAGE_HASH, HEALTH_AUDIT, TXN, TXN_V2, TXN_V3, DUP];
+pub const FEATURES: &[Feature] = &[IMAGE_HASH, HEALTH_AUDIT, TXN, TXN_V2, TXN_V3, DUP, DUP_V2];
 
 /// A store's view of the cluster's active version: it only goes up.
 #[derive(Debug)]
