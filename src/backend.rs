@@ -56,6 +56,20 @@ pub(crate) trait Backend: Send + Sync {
     fn cluster_version(&self) -> Option<u32>;
     /// What `store` reports of its cluster versions; `None` if it did not answer.
     fn store_version(&self, store: StoreId) -> Option<StoreVersion>;
+    /// The duplications the directory holds, as a replica of it reads them (the
+    /// leader's if it answers, else another: possibly stale); `None` if none answered.
+    fn dups(&self) -> Option<Vec<directory::DupRecord>> {
+        let mut stores = self.store_ids();
+        // The directory's leader first: its replica is the freshest.
+        if let Some(leader) = self.leader_of(DIRECTORY) {
+            stores.retain(|s| *s != leader);
+            stores.insert(0, leader);
+        }
+        stores.into_iter().find_map(|s| self.dups_of(s))
+    }
+    /// The duplications `store`'s replica of the directory holds (`None`: it hosts
+    /// none, or did not answer).
+    fn dups_of(&self, store: StoreId) -> Option<Vec<directory::DupRecord>>;
     /// The store whose replica leads `region` with the highest term, if any is known.
     fn leader_of(&self, region: RegionId) -> Option<StoreId> {
         let mut best: Option<(u64, StoreId)> = None;
@@ -111,6 +125,20 @@ pub(crate) fn directory_version(store: &Store) -> Option<u32> {
     let directory = &store.context().directory;
     directory.region(DIRECTORY)?;
     directory::cluster_version(&directory.read_view()).ok().map(|v| v.active)
+}
+
+/// The duplications `store`'s replica of the directory holds, if it hosts one (and it
+/// reads).
+pub(crate) fn directory_dups(store: &Store) -> Option<Vec<directory::DupRecord>> {
+    let directory = &store.context().directory;
+    directory.region(DIRECTORY)?;
+    match directory::dups::dups(&directory.read_view()) {
+        Ok(records) => Some(records),
+        Err(e) => {
+            tracing::warn!(error = %e, "the directory's duplication records do not read");
+            None
+        }
+    }
 }
 
 /// What `store` (in this process) reports of its cluster versions.
@@ -217,6 +245,10 @@ impl Backend for LocalStores {
 
     fn store_version(&self, store: StoreId) -> Option<StoreVersion> {
         self.store(store).map(|s| local_version(&s))
+    }
+
+    fn dups_of(&self, store: StoreId) -> Option<Vec<directory::DupRecord>> {
+        self.store(store).and_then(|s| directory_dups(&s))
     }
 }
 

@@ -47,6 +47,11 @@ impl ClusterOps {
         ClusterOps { router: Router::new(backend.clone()), backend, admin_lock: Mutex::new(()) }
     }
 
+    /// The stores, as this driver reaches them.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
     /// Runs `cmd` on the directory's leader, retrying until `timeout`.
     pub fn directory(&self, cmd: &DirCmd, timeout: Duration) -> Result<DirResult> {
         let start = Instant::now();
@@ -81,7 +86,8 @@ impl ClusterOps {
             | DirResult::Recorded { .. }
             | DirResult::ClusterVersion { .. }
             | DirResult::TsLimit { .. }
-            | DirResult::GcSafepoint { .. }) => {
+            | DirResult::GcSafepoint { .. }
+            | DirResult::Dup { .. }) => {
                 Err(Error::InvalidRequest(format!("the directory answered {other:?}")))
             }
         }
@@ -373,6 +379,8 @@ pub(crate) struct Background {
     next_check: Instant,
     /// When the stores next learn the cluster version from the directory.
     next_version: Instant,
+    /// Duplications' steps.
+    dup: crate::dup::driver::DupDriver,
 }
 
 impl Background {
@@ -382,6 +390,7 @@ impl Background {
             planner: Planner::default(),
             next_check: Instant::now(),
             next_version: Instant::now(),
+            dup: crate::dup::driver::DupDriver::new(),
         }
     }
 
@@ -395,6 +404,7 @@ impl Background {
             self.next_version = Instant::now() + VERSION_INTERVAL;
             learn_cluster_version(ops, stores);
         }
+        self.dup.turn(ops, stores);
         for store in stores {
             for record in store.take_reports() {
                 self.pending.insert(record.region.id, record);

@@ -316,6 +316,16 @@ impl Db {
         }
     }
 
+    /// How this client reaches the stores.
+    pub(crate) fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// The deadline of each call.
+    pub(crate) fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
     /// The same client with another [`LockWait`]: what a write or a read does when a key holds
     /// a live transaction's lock (by default it answers [`Error::Conflict`] at once).
     #[must_use]

@@ -45,6 +45,7 @@ mod cluster;
 mod control;
 mod db;
 mod defaults;
+mod dup;
 mod error;
 pub mod health;
 mod node;
@@ -62,6 +63,7 @@ pub use control::{ReplicaHash, StoreVersion, UpgradeStatus};
 #[doc(hidden)]
 pub use db::TxnSeams;
 pub use db::{Db, IntoBytes, IntoKeyRange, LockWait, Transaction, TxnOutcome, WriteBatch};
+pub use dup::{BrokenReason, DupReport, DupSpec, DupTarget, DuplicationStatus, RegionDupReport};
 pub use error::{Error, Result};
 pub use node::{InitialClusterState, Node, NodeConfig};
 pub use proto::{Capacity, STATUS_SCHEMA, StoreState, StoreStatus};

@@ -685,6 +685,13 @@ impl Backend for RemoteStores {
         best
     }
 
+    fn dups_of(&self, store: StoreId) -> Option<Vec<regionkv_raft::directory::DupRecord>> {
+        match self.call(store, &Request::Dups, CALL_TIMEOUT)? {
+            Ok(Response::Dups(records)) => records,
+            _ => None,
+        }
+    }
+
     fn store_version(&self, store: StoreId) -> Option<StoreVersion> {
         let status = self.status(store).ok()?;
         Some(StoreVersion::new(store, status.cluster_version_active, status.max_cluster_version))

@@ -503,6 +503,9 @@ impl Command {
             }
             Command::Txn(entry) => txn_since(entry),
             Command::Directory(DirCmd::SetGcSafepoint { .. }) => crate::version::TXN_V2.since,
+            Command::Directory(
+                DirCmd::AddDup { .. } | DirCmd::AlterDup(_) | DirCmd::DropDup { .. },
+            ) => crate::version::DUP_V2.since,
             Command::Directory(DirCmd::SaveTsLimit { .. }) => crate::version::TXN.since,
             Command::Writes(_)
             | Command::Admin(_)

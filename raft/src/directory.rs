@@ -103,7 +103,21 @@ const HE_TAGS: &[u16] = &[HE_HOLDER, HE_REGION, HE_KIND, HE_REASON, HE_EVENT, HE
 const CMD_TARGET: u16 = 4;
 const CMD_BY: u16 = 5;
 const CMD_LIMIT: u16 = 7;
-const CMD_TAGS: &[u16] = &[CMD_KIND, CMD_COUNT, CMD_RECORD, CMD_TARGET, CMD_BY, CMD_HEALTH, 7, 8];
+const CMD_TAGS: &[u16] = &[
+    CMD_KIND,
+    CMD_COUNT,
+    CMD_RECORD,
+    CMD_TARGET,
+    CMD_BY,
+    CMD_HEALTH,
+    7,
+    8,
+    CMD_DUP,
+    CMD_DUP_ID,
+    CMD_DUP_FROM,
+    CMD_DUP_TO,
+    CMD_DUP_REASON,
+];
 const KIND_ALLOC: u64 = 1;
 const KIND_REPORT: u64 = 2;
 const KIND_SET_VERSION: u64 = 3;
@@ -112,6 +126,16 @@ const KIND_TS_LIMIT: u64 = 5;
 /// Needs cluster version 4 (`crate::version::TXN_V2`).
 const KIND_GC_SAFEPOINT: u64 = 6;
 const CMD_SAFEPOINT: u16 = 8;
+/// Need cluster version 7 (`crate::version::DUP_V2`).
+const KIND_ADD_DUP: u64 = 7;
+const KIND_ALTER_DUP: u64 = 8;
+const KIND_DROP_DUP: u64 = 9;
+/// A duplication record ([`dups::encode`], its format byte first).
+const CMD_DUP: u16 = 9;
+const CMD_DUP_ID: u16 = 10;
+const CMD_DUP_FROM: u16 = 11;
+const CMD_DUP_TO: u16 = 12;
+const CMD_DUP_REASON: u16 = 13;
 
 /// The reason of the decode error for a directory command kind this binary does not
 /// know (`command::is_unknown_kind`).
@@ -191,6 +215,19 @@ pub enum DirCmd {
         /// The safepoint proposed (an oracle timestamp minus the GC life time).
         safepoint: u64,
     },
+    /// Add a duplication ([`dups`]), in `Init`. A kind of version
+    /// [`crate::version::DUP_V2`], as are the two below.
+    AddDup {
+        /// The record (its id allocated from the directory's ids).
+        record: Box<DupRecord>,
+    },
+    /// Move a duplication from one status to another ([`dups::alter`]).
+    AlterDup(DupAlteration),
+    /// Delete a `Removed` duplication's record.
+    DropDup {
+        /// The duplication.
+        dup_id: u64,
+    },
 }
 
 /// One line of the health monitor's audit, as the directory keeps it.
@@ -245,6 +282,11 @@ pub enum DirResult {
         /// The safepoint.
         safepoint: u64,
     },
+    /// A duplication after an `AddDup`, `AlterDup` or `DropDup` (`None`: no record).
+    Dup {
+        /// The record.
+        record: Option<Box<DupRecord>>,
+    },
 }
 
 fn region_key(end: Option<&[u8]>) -> Vec<u8> {
@@ -293,7 +335,8 @@ fn decode_record(buf: &[u8]) -> DecodeResult<RegionRecord> {
 
 /// Encodes a command as the data of a directory entry (inside the command format's
 /// tag 3; see `command`).
-pub(crate) fn encode_cmd(out: &mut Vec<u8>, cmd: &DirCmd) {
+/// Writes `cmd`'s fields (the directory's own encoding of its commands).
+pub fn encode_cmd(out: &mut Vec<u8>, cmd: &DirCmd) {
     match cmd {
         DirCmd::AllocIds { count } => {
             codec::put_u64(out, CMD_KIND, KIND_ALLOC);
@@ -321,6 +364,23 @@ pub(crate) fn encode_cmd(out: &mut Vec<u8>, cmd: &DirCmd) {
         DirCmd::SetGcSafepoint { safepoint } => {
             codec::put_u64(out, CMD_KIND, KIND_GC_SAFEPOINT);
             codec::put_u64(out, CMD_SAFEPOINT, *safepoint);
+        }
+        DirCmd::AddDup { record } => {
+            codec::put_u64(out, CMD_KIND, KIND_ADD_DUP);
+            codec::put_field(out, CMD_DUP, &dups::encode(record));
+        }
+        DirCmd::AlterDup(a) => {
+            codec::put_u64(out, CMD_KIND, KIND_ALTER_DUP);
+            codec::put_u64(out, CMD_DUP_ID, a.dup_id);
+            codec::put_u64(out, CMD_DUP_FROM, a.from.code());
+            codec::put_u64(out, CMD_DUP_TO, a.to.code());
+            if let Some(reason) = a.reason {
+                codec::put_u64(out, CMD_DUP_REASON, reason.code());
+            }
+        }
+        DirCmd::DropDup { dup_id } => {
+            codec::put_u64(out, CMD_KIND, KIND_DROP_DUP);
+            codec::put_u64(out, CMD_DUP_ID, *dup_id);
         }
     }
 }
@@ -409,7 +469,8 @@ fn next_health_seq(snapshot: &ReadView) -> Result<u64> {
     decode().map_err(|e| corrupt("next health event", &e))
 }
 
-pub(crate) fn decode_cmd(buf: &[u8]) -> DecodeResult<DirCmd> {
+/// Decodes a command written by [`encode_cmd`].
+pub fn decode_cmd(buf: &[u8]) -> DecodeResult<DirCmd> {
     let rec = TlvRecord::parse(buf, CMD_TAGS, UnknownTags::Reject)?;
     match rec.required(CMD_KIND, "directory command kind")?.as_u64()? {
         KIND_ALLOC => {
@@ -441,6 +502,26 @@ pub(crate) fn decode_cmd(buf: &[u8]) -> DecodeResult<DirCmd> {
         KIND_GC_SAFEPOINT => Ok(DirCmd::SetGcSafepoint {
             safepoint: rec.required(CMD_SAFEPOINT, "safepoint")?.as_u64()?,
         }),
+        KIND_ADD_DUP => {
+            let f = rec.required(CMD_DUP, "duplication record")?;
+            let record = dups::decode(f.value).map_err(|e| e.shifted(f.offset))?;
+            Ok(DirCmd::AddDup { record: Box::new(record) })
+        }
+        KIND_ALTER_DUP => {
+            let status = |tag, what| rec.required(tag, what)?.as_u64().map(DupStatus::from_code);
+            Ok(DirCmd::AlterDup(DupAlteration {
+                dup_id: rec.required(CMD_DUP_ID, "dup id")?.as_u64()?,
+                from: status(CMD_DUP_FROM, "from status")?,
+                to: status(CMD_DUP_TO, "to status")?,
+                reason: rec
+                    .optional(CMD_DUP_REASON)?
+                    .map(|f| f.as_u64().map(BrokenReason::from_code))
+                    .transpose()?,
+            }))
+        }
+        KIND_DROP_DUP => {
+            Ok(DirCmd::DropDup { dup_id: rec.required(CMD_DUP_ID, "dup id")?.as_u64()? })
+        }
         _ => Err(DecodeError::new(0, UNKNOWN_DIRECTORY_COMMAND)),
     }
 }
@@ -711,6 +792,18 @@ pub(crate) fn apply(
         DirCmd::SetGcSafepoint { safepoint } => {
             gc::set_safepoint(&snapshot, &mut round, *safepoint)?
         }
+        DirCmd::AddDup { record } => match dups::add(&snapshot, &mut round, record)? {
+            Ok(result) => result,
+            Err(refused) => return Ok(Err(refused)),
+        },
+        DirCmd::AlterDup(a) => match dups::alter(&snapshot, &mut round, a)? {
+            Ok(result) => result,
+            Err(refused) => return Ok(Err(refused)),
+        },
+        DirCmd::DropDup { dup_id } => match dups::drop_record(&snapshot, &mut round, *dup_id)? {
+            Ok(result) => result,
+            Err(refused) => return Ok(Err(refused)),
+        },
     };
     round.commit()?;
     Ok(Ok(result))
@@ -736,14 +829,20 @@ fn check(cmd: &DirCmd) -> Result<()> {
         DirCmd::SetClusterVersion { target: 0, .. } => {
             Err(Error::InvalidRequest("cluster versions start at 1, not 0".into()))
         }
+        DirCmd::AddDup { record } => dups::check_add(record),
         DirCmd::AllocIds { .. }
         | DirCmd::Report { .. }
         | DirCmd::SetClusterVersion { .. }
         | DirCmd::SaveTsLimit { .. }
-        | DirCmd::SetGcSafepoint { .. } => Ok(()),
+        | DirCmd::SetGcSafepoint { .. }
+        | DirCmd::AlterDup(_)
+        | DirCmd::DropDup { .. } => Ok(()),
     }
 }
 
+pub mod dups;
 pub mod gc;
+
+pub use dups::{BrokenReason, DupAlteration, DupRecord, DupRemote, DupStatus};
 #[cfg(test)]
 mod tests;

@@ -162,6 +162,10 @@ pub enum DupRefusal {
     /// entry of a newer format: frozen until a newer binary (or an explicit stop of a
     /// readable entry) moves it.
     Frozen,
+    /// The directory's duplication may not move between these two statuses.
+    InvalidTransition,
+    /// The directory holds a duplication of this id already.
+    Exists,
 }
 
 impl DupRefusal {
@@ -177,6 +181,8 @@ impl DupRefusal {
             DupRefusal::StaleProgress => 6,
             DupRefusal::ProgressAhead => 7,
             DupRefusal::Frozen => 8,
+            DupRefusal::InvalidTransition => 9,
+            DupRefusal::Exists => 10,
         }
     }
 }
@@ -195,6 +201,8 @@ impl std::fmt::Display for DupRefusal {
             DupRefusal::StaleProgress => "confirmed index below the one recorded",
             DupRefusal::ProgressAhead => "confirmed index past the applied index",
             DupRefusal::Frozen => "frozen (a stage or format this binary does not know)",
+            DupRefusal::InvalidTransition => "not a transition a duplication may make",
+            DupRefusal::Exists => "a duplication of this id exists",
         })
     }
 }

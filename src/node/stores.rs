@@ -118,6 +118,14 @@ impl Backend for NodeStores {
         }
     }
 
+    fn dups_of(&self, store: StoreId) -> Option<Vec<regionkv_raft::directory::DupRecord>> {
+        if self.is_local(store) {
+            crate::backend::directory_dups(&self.local)
+        } else {
+            self.remote.dups_of(store)
+        }
+    }
+
     fn locate(&self, key: &[u8]) -> Option<RegionRecord> {
         let local = self.shared.upgrade().and_then(|s| s.locate_local(key));
         let remote = self.remote.locate(key);

@@ -119,6 +119,7 @@
 //! unanswered (its store stopped) says so with `no reply`, which the client treats as
 //! silence: the outcome is unknown.
 
+mod dup;
 mod error;
 mod health;
 mod outbox;
@@ -399,6 +400,8 @@ pub(crate) enum Request {
     TxnRecover {
         region: Option<RegionId>,
     },
+    /// The duplications the node's replica of the directory holds.
+    Dups,
 }
 
 /// A node's answer to one request.
@@ -439,4 +442,6 @@ pub(crate) enum Response {
     TxnTurn(Box<crate::TxnRecoveryTurn>),
     /// The first of the timestamps asked for.
     Timestamps(u64),
+    /// The duplications (`None`: the node's store hosts no replica of the directory).
+    Dups(Option<Vec<regionkv_raft::directory::DupRecord>>),
 }

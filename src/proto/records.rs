@@ -231,7 +231,16 @@ const DC_TAGS: &[u16] = &[
     DC_LIMIT,
     DC_PREVIOUS,
     DC_SAFEPOINT,
+    DC_DUP_CMD,
+    DC_DUP_RECORD,
 ];
+/// A duplication command (`DirCmd::AddDup`, `AlterDup`, `DropDup`; kind 7, since
+/// cluster version 7), carried as the directory's own encoding of it (which has its
+/// own kinds), and the duplication record a result holds (optional: none when
+/// dropped), as the directory encodes it (its format byte first).
+const DC_DUP_CMD: u16 = 43;
+const DC_DUP_RECORD: u16 = 44;
+const DK_DUP: u64 = 7;
 /// Helper "gc"'s tag 42: the version GC safepoint of `DirCmd::SetGcSafepoint` and of
 /// its result (kind 6, since cluster version 4).
 const DC_SAFEPOINT: u16 = 42;
@@ -296,6 +305,12 @@ pub(super) fn put_dir_cmd(o: &mut Vec<u8>, cmd: &DirCmd) {
             codec::put_u64(o, DC_KIND, DK_GC_SAFEPOINT);
             codec::put_u64(o, DC_SAFEPOINT, *safepoint);
         }
+        DirCmd::AddDup { .. } | DirCmd::AlterDup(_) | DirCmd::DropDup { .. } => {
+            codec::put_u64(o, DC_KIND, DK_DUP);
+            let mut inner = Vec::new();
+            directory::encode_cmd(&mut inner, cmd);
+            codec::put_field(o, DC_DUP_CMD, &inner);
+        }
     }
 }
 
@@ -321,6 +336,13 @@ pub(super) fn dir_cmd_of(f: &Field<'_>) -> D<DirCmd> {
         DK_TS_LIMIT => DirCmd::SaveTsLimit { limit: req_u64(&r, DC_LIMIT, "limit missing")? },
         DK_GC_SAFEPOINT => {
             DirCmd::SetGcSafepoint { safepoint: req_u64(&r, DC_SAFEPOINT, "safepoint missing")? }
+        }
+        DK_DUP => {
+            let c = r.required(DC_DUP_CMD, "duplication command missing")?;
+            match directory::decode_cmd(c.value).map_err(|e| e.shifted(c.offset))? {
+                cmd @ (DirCmd::AddDup { .. } | DirCmd::AlterDup(_) | DirCmd::DropDup { .. }) => cmd,
+                _ => return Err(DecodeError::new(c.offset, "not a duplication command")),
+            }
         }
         _ => return Err(DecodeError::new(f.offset, "unknown directory command")),
     })
@@ -354,6 +376,12 @@ pub(super) fn put_dir_result(o: &mut Vec<u8>, result: &DirResult) {
             codec::put_u64(o, DC_KIND, DK_GC_SAFEPOINT);
             codec::put_u64(o, DC_SAFEPOINT, *safepoint);
         }
+        DirResult::Dup { record } => {
+            codec::put_u64(o, DC_KIND, DK_DUP);
+            if let Some(record) = record {
+                codec::put_field(o, DC_DUP_RECORD, &directory::dups::encode(record));
+            }
+        }
     }
 }
 
@@ -378,6 +406,13 @@ pub(super) fn dir_result_of(f: &Field<'_>) -> D<DirResult> {
         DK_GC_SAFEPOINT => {
             DirResult::GcSafepoint { safepoint: req_u64(&r, DC_SAFEPOINT, "safepoint missing")? }
         }
+        DK_DUP => DirResult::Dup {
+            record: r
+                .optional(DC_DUP_RECORD)?
+                .map(|f| directory::dups::decode(f.value).map_err(|e| e.shifted(f.offset)))
+                .transpose()?
+                .map(Box::new),
+        },
         _ => return Err(DecodeError::new(f.offset, "unknown directory result")),
     })
 }

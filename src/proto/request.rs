@@ -10,7 +10,7 @@ use super::records::{
     D, admin_cmd_of, dir_cmd_of, epoch_of, nested, opt_u64, parse, put_admin_cmd, put_dir_cmd,
     put_epoch, put_range, range_of, req_u64,
 };
-use super::{Request, tso, txn, txn_ops};
+use super::{Request, dup, tso, txn, txn_ops};
 
 // Request tags.
 pub(super) const Q_ID: u16 = 1;
@@ -72,6 +72,7 @@ const Q_TAGS: &[u16] = &[
     Q_TXN_LIST,
     Q_TXN_RECOVER,
     tso::Q_TIMESTAMPS,
+    dup::Q_DUPS,
 ];
 
 /// The request kinds added after the first release (`decode_later`).
@@ -85,6 +86,7 @@ const Q_LATER: &[u16] = &[
     Q_TXN_LIST,
     Q_TXN_RECOVER,
     tso::Q_TIMESTAMPS,
+    dup::Q_DUPS,
 ];
 
 // Nested request fields.
@@ -200,6 +202,7 @@ pub(crate) fn encode_request(id: u64, req: &Request) -> Vec<u8> {
             codec::put_nested(&mut out, Q_TXN, |o| txn::put_txn(o, *region, *epoch, cmd));
         }
         Request::Timestamps { count } => tso::put_request(&mut out, *count),
+        Request::Dups => dup::put_request(&mut out),
         Request::TxnIds { count } => codec::put_nested(&mut out, Q_TXN_IDS, |o| {
             codec::put_u64(o, txn::TI_COUNT, *count);
         }),
@@ -421,6 +424,7 @@ fn decode_later(f: &Field<'_>) -> D<Request> {
         }
         Q_TXN_RECOVER => Ok(Request::TxnRecover { region: txn_ops::recover_of(f)? }),
         tso::Q_TIMESTAMPS => Ok(Request::Timestamps { count: tso::request_of(f)? }),
+        dup::Q_DUPS => Ok(Request::Dups),
         _ => decode_upgrade(f),
     }
 }

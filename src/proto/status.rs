@@ -19,7 +19,9 @@
 //!                  unspecified, 1 probe, 2 replicate, 3 snapshot), 4 recent active,
 //!                  5 ticks since heard } }
 //!                15 is learner  17 oldest lock age (ms; leaders)  18 image hash
-//!                { 1 index, 2 hash }  19 halted  (16: reserved)        (schema 2)
+//!                { 1 index, 2 hash }  19 halted                        (schema 2)
+//!                16 duplications (the region's `DupTable` as the engine encodes it;
+//!                absent: unknown)
 //! ```
 //!
 //! Every field after schema 1's is optional: absent decodes as `None` (unknown, never
@@ -31,6 +33,7 @@
 use regionkv_engine::PeerId;
 use regionkv_engine::StoreId;
 use regionkv_engine::codec::{self, DecodeError, Field, TlvRecord};
+use regionkv_engine::dup::DupTable;
 use regionkv_raft::{
     FollowerProgress, PeerStatus, ProgressState, ReportedRole, StateRole, Store, StoreMetrics,
     TimelineState,
@@ -400,9 +403,10 @@ const PS_TIMELINE: u16 = 12;
 const PS_MERGE_PENDING: u16 = 13;
 const PS_PROGRESS: u16 = 14;
 const PS_IS_LEARNER: u16 = 15;
-// 16 (a duplication floor) is reserved for a later issue: never give it another
-// meaning. 17 came after the schema-2 golden file was written (transactions): a
+// 16: the region's duplication table (`DupTable::encode`), since cluster version 7's
+// binary; absent is unknown. 17 came after the schema-2 golden file was written (transactions): a
 // reader of that file's time skips it, and its absence is `None`.
+const PS_DUPS: u16 = 16;
 const PS_OLDEST_LOCK_AGE: u16 = 17;
 const PS_IMAGE_HASH: u16 = 18;
 const PS_HALTED: u16 = 19;
@@ -437,6 +441,7 @@ const PS_TAGS_V2: &[u16] = &[
     PS_OLDEST_LOCK_AGE,
     PS_IMAGE_HASH,
     PS_HALTED,
+    PS_DUPS,
 ];
 const PG_FOLLOWER: u16 = 1;
 const PF_PEER: u16 = 1;
@@ -520,6 +525,9 @@ fn put_peer_status_as(o: &mut Vec<u8>, tag: u16, s: &PeerStatus, schema: StatusS
         if let Some(h) = &s.halted {
             codec::put_field(o, PS_HALTED, h.as_bytes());
         }
+        if let Some(dups) = &s.dups {
+            codec::put_nested(o, PS_DUPS, |o| dups.encode(o));
+        }
     });
 }
 
@@ -582,8 +590,10 @@ fn peer_status_as(f: &Field<'_>, schema: StatusSchema) -> D<PeerStatus> {
         image_hash,
         halted: opt_str(&r, PS_HALTED, "halt reason is not UTF-8")?,
         oldest_lock_age_ms: opt_u64(&r, PS_OLDEST_LOCK_AGE)?,
-        // Tag 16 (the duplication floor) is not sent yet: unknown.
-        dups: None,
+        dups: r
+            .optional(PS_DUPS)?
+            .map(|f| DupTable::decode(f.value).map_err(|e| e.shifted(f.offset)))
+            .transpose()?,
     })
 }
 

@@ -174,6 +174,22 @@ fn peer_variants() -> Vec<(String, PeerStatus)> {
         PeerStatus { oldest_lock_age_ms: Some(0), ..b() },
         PeerStatus { oldest_lock_age_ms: Some(61_000), ..b() },
     );
+    let mut table = regionkv_engine::dup::DupTable::default();
+    table.set(regionkv_engine::dup::RegionDupState {
+        dup_id: 1000,
+        incarnation: 2,
+        stage: regionkv_engine::dup::DupStage::Streaming,
+        min_ckpt_index: 5,
+        seed_index: Some(9),
+        confirmed: Some(12),
+        depends_on: vec![(regionkv_engine::RegionId(3), 40)],
+        started_at_index: 5,
+    });
+    add(
+        "dups",
+        PeerStatus { dups: Some(regionkv_engine::dup::DupTable::default()), ..b() },
+        PeerStatus { dups: Some(table), ..b() },
+    );
     out
 }
 

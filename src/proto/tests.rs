@@ -177,6 +177,17 @@ fn requests() -> Vec<Request> {
         Request::FinalizeUpgrade { target: Some(u32::MAX) },
         Request::Health { audit: false },
         Request::Health { audit: true },
+        Request::Dups,
+        Request::Directory { cmd: DirCmd::AddDup { record: Box::new(dup_record()) } },
+        Request::Directory {
+            cmd: DirCmd::AlterDup(regionkv_raft::directory::DupAlteration {
+                dup_id: 1000,
+                from: regionkv_raft::directory::DupStatus::Log,
+                to: regionkv_raft::directory::DupStatus::Broken,
+                reason: Some(regionkv_raft::directory::BrokenReason::LogGap),
+            }),
+        },
+        Request::Directory { cmd: DirCmd::DropDup { dup_id: 1000 } },
     ]
 }
 
@@ -243,6 +254,11 @@ fn responses() -> Vec<Result<Response, RemoteError>> {
         Ok(Response::Directory(DirResult::ClusterVersion { active: 2 })),
         Ok(Response::ClusterVersion(Some(2))),
         Ok(Response::ClusterVersion(None)),
+        Ok(Response::Dups(None)),
+        Ok(Response::Dups(Some(Vec::new()))),
+        Ok(Response::Dups(Some(vec![dup_record(), dup_record()]))),
+        Ok(Response::Directory(DirResult::Dup { record: Some(Box::new(dup_record())) })),
+        Ok(Response::Directory(DirResult::Dup { record: None })),
         Ok(Response::UpgradeStatus(crate::UpgradeStatus {
             active: 1,
             stores: vec![
@@ -996,4 +1012,24 @@ fn a_raw_read_has_the_bytes_of_earlier_binaries_and_they_skip_a_read_timestamp()
         query: Query::Scan { start: "a".into(), end: None, limit: 5, read_ts: Some(1 << 40) },
     };
     assert_eq!(decode_request(&encode_request(4, &scan)).unwrap(), (4, scan));
+}
+
+/// A duplication record with every optional field set.
+fn dup_record() -> regionkv_raft::directory::DupRecord {
+    use regionkv_raft::directory::{DupRecord, DupRemote, DupStatus};
+    DupRecord {
+        dup_id: 1000,
+        status: DupStatus::Paused,
+        incarnation: 3,
+        start: b"a".to_vec(),
+        end: None,
+        remote: DupRemote {
+            name: "10.0.0.9:7000,10.0.0.10:7000".into(),
+            cluster_id: Some(77),
+            secret: Some(b"a follower secret".to_vec()),
+        },
+        seed: false,
+        broken: None,
+        created_at_ms: Some(5),
+    }
 }

@@ -753,6 +753,7 @@ impl ClientService {
             Request::Health { audit } => r.send(Ok(Response::Health(node.health(audit)))),
             Request::Txn { region, epoch, cmd } => self.txn(store, region, epoch, cmd, r),
             Request::Timestamps { count } => store.timestamps(count, r.reply(Response::Timestamps)),
+            Request::Dups => r.send(Ok(Response::Dups(crate::backend::directory_dups(store)))),
             Request::TxnIds { count } if count == 0 || count > proto::TXN_IDS_MAX => {
                 let message = format!("txn ids: ask for 1 to {} ids at a time", proto::TXN_IDS_MAX);
                 r.send(Err(RemoteError::new(ErrorCode::InvalidRequest, message)));

@@ -408,6 +408,12 @@ impl StoreCore {
             reply(Err(e));
             return;
         }
+        if matches!(cmd, DirCmd::AddDup { .. } | DirCmd::AlterDup(_) | DirCmd::DropDup { .. })
+            && let Err(e) = self.ctx.cluster_version.check(crate::version::DUP_V2)
+        {
+            reply(Err(e));
+            return;
+        }
         let replica = match self.leader(DIRECTORY) {
             Ok(replica) => replica,
             Err(e) => {
