@@ -67,6 +67,12 @@ pub(crate) trait Backend: Send + Sync {
         }
         stores.into_iter().find_map(|s| self.dups_of(s))
     }
+    /// Runs a client's duplication command (`AddDup`, `AlterDup`) on the directory's
+    /// leader, retrying until `deadline`: a raw directory command in process, a
+    /// dedicated request over the client protocol.
+    fn dup_command(&self, cmd: &DirCmd, deadline: Duration) -> crate::Result<DirResult> {
+        crate::control::directory_on(self, cmd, deadline)
+    }
     /// The duplications `store`'s replica of the directory holds (`None`: it hosts
     /// none, or did not answer).
     fn dups_of(&self, store: StoreId) -> Option<Vec<directory::DupRecord>>;

@@ -34,6 +34,36 @@ mod upgrade;
 
 pub use upgrade::{StoreVersion, UpgradeStatus};
 
+/// Runs `cmd` on the directory's leader as `backend` reaches it, retrying until
+/// `timeout`.
+pub(crate) fn directory_on<B: Backend + ?Sized>(
+    backend: &B,
+    cmd: &DirCmd,
+    timeout: Duration,
+) -> Result<DirResult> {
+    let start = Instant::now();
+    let mut last = String::from("no leader of the directory");
+    // Bounded by `timeout`; every turn sleeps.
+    while start.elapsed() < timeout {
+        if backend.is_shut() {
+            return Err(Error::Shutdown);
+        }
+        if let Some(leader) = backend.leader_of(DIRECTORY) {
+            let cmd = cmd.clone();
+            match ask(DIRECTORY_ATTEMPT_TIMEOUT, |reply| {
+                backend.directory(leader, cmd, reply);
+            }) {
+                Some(Ok(result)) => return Ok(result),
+                Some(Err(e)) if e.is_retryable() || e.is_cancelled() => last = e.to_string(),
+                Some(Err(e)) => return Err(e.into()),
+                None => last = format!("store {leader} did not answer"),
+            }
+        }
+        std::thread::sleep(DRIVER_RETRY_PAUSE);
+    }
+    Err(Error::Unavailable { waited: start.elapsed(), last })
+}
+
 /// Drives directory commands, splits and merges through a backend.
 pub(crate) struct ClusterOps {
     backend: Arc<dyn Backend>,
@@ -54,27 +84,7 @@ impl ClusterOps {
 
     /// Runs `cmd` on the directory's leader, retrying until `timeout`.
     pub fn directory(&self, cmd: &DirCmd, timeout: Duration) -> Result<DirResult> {
-        let start = Instant::now();
-        let mut last = String::from("no leader of the directory");
-        // Bounded by `timeout`; every turn sleeps.
-        while start.elapsed() < timeout {
-            if self.backend.is_shut() {
-                return Err(Error::Shutdown);
-            }
-            if let Some(leader) = self.backend.leader_of(DIRECTORY) {
-                let cmd = cmd.clone();
-                match ask(DIRECTORY_ATTEMPT_TIMEOUT, |reply| {
-                    self.backend.directory(leader, cmd, reply);
-                }) {
-                    Some(Ok(result)) => return Ok(result),
-                    Some(Err(e)) if e.is_retryable() || e.is_cancelled() => last = e.to_string(),
-                    Some(Err(e)) => return Err(e.into()),
-                    None => last = format!("store {leader} did not answer"),
-                }
-            }
-            std::thread::sleep(DRIVER_RETRY_PAUSE);
-        }
-        Err(Error::Unavailable { waited: start.elapsed(), last })
+        directory_on(self.backend.as_ref(), cmd, timeout)
     }
 
     /// Allocates `count` fresh ids (regions and peers share the allocator); returns the

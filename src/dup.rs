@@ -16,7 +16,6 @@ use regionkv_engine::RegionId;
 use regionkv_engine::dup::{DupEntry, RegionDupState};
 use regionkv_raft::directory::{DirCmd, DirResult, DupAlteration, DupRecord, DupRemote, DupStatus};
 
-use crate::control::ClusterOps;
 use crate::db::Db;
 use crate::error::{Error, Result};
 
@@ -106,12 +105,8 @@ fn now_ms() -> Option<u64> {
 }
 
 impl Db {
-    fn ops(&self) -> ClusterOps {
-        ClusterOps::new(self.router().backend().clone())
-    }
-
     fn dup_command(&self, cmd: &DirCmd) -> Result<Option<DupRecord>> {
-        match self.ops().directory(cmd, self.deadline())? {
+        match self.router().backend().dup_command(cmd, self.deadline())? {
             DirResult::Dup { record } => Ok(record.map(|r| *r)),
             other => Err(Error::Protocol(format!("a duplication command was answered {other:?}"))),
         }
@@ -130,7 +125,8 @@ impl Db {
                 secret: Some(secret),
             },
         };
-        let dup_id = self.ops().alloc_ids(1)?;
+        // The directory's one id space (transactions' ids come from it too).
+        let dup_id = self.router().backend().txn_ids(1, self.deadline())?;
         let record = DupRecord {
             dup_id,
             status: DupStatus::Init,
@@ -211,8 +207,7 @@ impl Db {
         let mut out: Vec<regionkv_engine::Region> = Vec::new();
         let mut key = start.to_vec();
         // Bounded: each step moves past a region's end, or stops.
-        loop {
-            let Some(record) = self.router().locate(&key) else { break };
+        while let Some(record) = self.router().locate(&key) {
             let region = record.region;
             if out.last().is_some_and(|last| last.id == region.id) {
                 break;

@@ -389,6 +389,13 @@ impl ClientHandler for NodeShared {
         self.control.alloc_ids(count)
     }
 
+    fn dup_command(
+        &self,
+        cmd: regionkv_raft::directory::DirCmd,
+    ) -> Result<regionkv_raft::directory::DirResult> {
+        self.control.directory(&cmd, crate::defaults::ADMIN_DEADLINE)
+    }
+
     fn txn_list(&self, in_doubt_only: bool, older_than_ms: Option<u64>) -> Vec<crate::TxnEntry> {
         txn::list(self, in_doubt_only, older_than_ms)
     }

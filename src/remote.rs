@@ -685,6 +685,10 @@ impl Backend for RemoteStores {
         best
     }
 
+    fn dup_command(&self, cmd: &DirCmd, deadline: Duration) -> Result<DirResult> {
+        self.remote_dup_command(cmd, deadline)
+    }
+
     fn dups_of(&self, store: StoreId) -> Option<Vec<regionkv_raft::directory::DupRecord>> {
         match self.call(store, &Request::Dups, CALL_TIMEOUT)? {
             Ok(Response::Dups(records)) => records,

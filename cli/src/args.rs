@@ -187,6 +187,66 @@ pub(crate) enum ClientOp {
         #[command(subcommand)]
         op: TxnOp,
     },
+    /// Duplication of a key range to another cluster.
+    Dup {
+        #[command(subcommand)]
+        op: DupOp,
+    },
+}
+
+/// What `regionkv client dup` does.
+#[derive(Clone, Subcommand)]
+pub(crate) enum DupOp {
+    /// Add a duplication of a key range (default: every key) to another cluster;
+    /// prints its id.
+    Add {
+        /// Some of the follower cluster's node addresses (`host:port[,host:port]`).
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<String>,
+        /// The follower cluster's id.
+        #[arg(long)]
+        to_cluster_id: u64,
+        /// A file holding the follower cluster's secret.
+        #[arg(long)]
+        to_secret_file: PathBuf,
+        /// The first key duplicated.
+        #[arg(long, default_value = "")]
+        start: String,
+        /// The key past the last one duplicated (default: unbounded).
+        #[arg(long)]
+        end: Option<String>,
+        /// Do not seed the follower with an image of the range (it holds it already):
+        /// ship only the log from now on.
+        #[arg(long)]
+        no_seed: bool,
+    },
+    /// Print every duplication and its status.
+    List,
+    /// Print one duplication, with each source region's state.
+    Status {
+        /// The duplication's id.
+        id: u64,
+    },
+    /// Pause a duplication that ships its log (the regions keep their log for it).
+    Pause {
+        /// The duplication's id.
+        id: u64,
+    },
+    /// Resume a paused duplication.
+    Resume {
+        /// The duplication's id.
+        id: u64,
+    },
+    /// Remove a duplication (every region releases the log it kept for it).
+    Remove {
+        /// The duplication's id.
+        id: u64,
+    },
+    /// Seed a broken duplication again (a new incarnation).
+    Reseed {
+        /// The duplication's id.
+        id: u64,
+    },
 }
 
 /// What `regionkv client txn` does.

@@ -359,6 +359,7 @@ pub(crate) fn run_client(args: ClientArgs) -> Result<(), Box<dyn std::error::Err
         ClientOp::Store { op } => store_output(&client, &op, json)?,
         ClientOp::Upgrade { op } => run_upgrade(&client, op, json)?,
         ClientOp::Txn { op } => crate::txn_cmd::run_txn(&client, op, json)?,
+        ClientOp::Dup { op } => crate::dup_cmd::run_dup(&db, op, json)?,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&out)?);

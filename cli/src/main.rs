@@ -5,6 +5,7 @@ mod args;
 mod bench;
 mod client_cmd;
 mod demo;
+mod dup_cmd;
 mod health_cmd;
 mod node_cmd;
 mod txn_cmd;

@@ -95,6 +95,45 @@ fn check_client_txn(procs: &Procs) {
     assert!(status["outcome"].as_str().is_some_and(|o| o.starts_with("unknown")), "{status}");
 }
 
+/// `regionkv client dup add|list|status|pause|resume|remove` over the client
+/// protocol: the directory's records through the nodes, and each region's state from
+/// its leader's status (status tag 16).
+fn check_client_dup(procs: &Procs, dir: &std::path::Path) {
+    let run = |args: &[&str]| -> serde_json::Value {
+        let out = procs.client(args);
+        assert!(
+            out.status.success(),
+            "client {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let secret = dir.join("follower-secret");
+    std::fs::write(&secret, "a follower cluster secret\n").unwrap();
+    let secret = secret.to_str().unwrap();
+    let add = ["--json", "dup", "add", "--to", "127.0.0.1:1,127.0.0.1:2", "--to-cluster-id", "9"];
+    let added = run(&[&add[..], &["--to-secret-file", secret, "--no-seed"]].concat());
+    let id = added["id"].as_u64().expect("an id");
+    let id_text = id.to_string();
+    let mut status = serde_json::Value::Null;
+    wait_for("the duplication to ship its log", Duration::from_secs(20), || {
+        status = run(&["--json", "dup", "status", &id_text]);
+        status["status"] == "log"
+    });
+    assert_eq!(status["to"], "127.0.0.1:1,127.0.0.1:2", "{status}");
+    let regions = status["regions"].as_array().unwrap();
+    assert!(!regions.is_empty() && regions.iter().all(|r| r["stage"] == "prepare"), "{status}");
+    run(&["--json", "dup", "pause", &id_text]);
+    let listed = run(&["--json", "dup", "list"]);
+    assert_eq!(listed[0]["status"], "paused", "{listed}");
+    // A second pause is refused: the client says so and exits non-zero.
+    assert!(!procs.client(&["dup", "pause", &id_text]).status.success());
+    run(&["--json", "dup", "remove", &id_text]);
+    wait_for("the duplication to be dropped", Duration::from_secs(20), || {
+        run(&["--json", "dup", "list"]).as_array().is_some_and(Vec::is_empty)
+    });
+}
+
 #[test]
 fn acknowledged_writes_survive_a_sigkilled_node() {
     let dir = tempfile::tempdir().unwrap();
@@ -189,6 +228,7 @@ fn acknowledged_writes_survive_a_sigkilled_node() {
 
     check_client_status(&procs);
     check_client_txn(&procs);
+    check_client_dup(&procs, dir.path());
 
     // Closing stdin stops each node cleanly.
     client.close();

@@ -3,6 +3,8 @@
 //!
 //! ```text
 //!  REQUEST  80 duplications { }
+//!           81 duplication command { the directory's encoding of `AddDup` or
+//!              `AlterDup` } (answered as a directory command is)
 //!  RESPONSE 80 duplications { 1 record* (the directory's encoding, format byte
 //!              first) | 2 none (the node's store hosts no replica of the directory) }
 //! ```
@@ -10,7 +12,7 @@
 //! A node from before duplication answers `UnsupportedRequest`.
 
 use regionkv_engine::codec::{self, DecodeError, Field};
-use regionkv_raft::directory::{DupRecord, dups};
+use regionkv_raft::directory::{self, DirCmd, DupRecord, dups};
 
 use super::records::nested;
 
@@ -20,11 +22,27 @@ type D<T> = Result<T, DecodeError>;
 pub(super) const Q_DUPS: u16 = 80;
 /// The answer's kind.
 pub(super) const R_DUPS: u16 = 80;
+/// A client's duplication command (a client may not send raw directory commands).
+pub(super) const Q_DUP_COMMAND: u16 = 81;
 const DR_RECORD: u16 = 1;
 const DR_NONE: u16 = 2;
 
 pub(super) fn put_request(o: &mut Vec<u8>) {
     codec::put_nested(o, Q_DUPS, |_| {});
+}
+
+pub(super) fn put_command(o: &mut Vec<u8>, cmd: &DirCmd) {
+    let mut inner = Vec::new();
+    directory::encode_cmd(&mut inner, cmd);
+    codec::put_field(o, Q_DUP_COMMAND, &inner);
+}
+
+/// A duplication command: only `AddDup` and `AlterDup` are a client's.
+pub(super) fn command_of(f: &Field<'_>) -> D<DirCmd> {
+    match directory::decode_cmd(f.value).map_err(|e| e.shifted(f.offset))? {
+        cmd @ (DirCmd::AddDup { .. } | DirCmd::AlterDup(_)) => Ok(cmd),
+        _ => Err(DecodeError::new(f.offset, "not a client's duplication command")),
+    }
 }
 
 pub(super) fn put_answer(o: &mut Vec<u8>, records: Option<&[DupRecord]>) {

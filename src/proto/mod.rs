@@ -402,6 +402,11 @@ pub(crate) enum Request {
     },
     /// The duplications the node's replica of the directory holds.
     Dups,
+    /// A duplication's `AddDup` or `AlterDup`, which the node proposes to the
+    /// directory for the client.
+    DupCommand {
+        cmd: DirCmd,
+    },
 }
 
 /// A node's answer to one request.

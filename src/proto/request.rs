@@ -73,6 +73,7 @@ const Q_TAGS: &[u16] = &[
     Q_TXN_RECOVER,
     tso::Q_TIMESTAMPS,
     dup::Q_DUPS,
+    dup::Q_DUP_COMMAND,
 ];
 
 /// The request kinds added after the first release (`decode_later`).
@@ -87,6 +88,7 @@ const Q_LATER: &[u16] = &[
     Q_TXN_RECOVER,
     tso::Q_TIMESTAMPS,
     dup::Q_DUPS,
+    dup::Q_DUP_COMMAND,
 ];
 
 // Nested request fields.
@@ -203,6 +205,7 @@ pub(crate) fn encode_request(id: u64, req: &Request) -> Vec<u8> {
         }
         Request::Timestamps { count } => tso::put_request(&mut out, *count),
         Request::Dups => dup::put_request(&mut out),
+        Request::DupCommand { cmd } => dup::put_command(&mut out, cmd),
         Request::TxnIds { count } => codec::put_nested(&mut out, Q_TXN_IDS, |o| {
             codec::put_u64(o, txn::TI_COUNT, *count);
         }),
@@ -425,6 +428,7 @@ fn decode_later(f: &Field<'_>) -> D<Request> {
         Q_TXN_RECOVER => Ok(Request::TxnRecover { region: txn_ops::recover_of(f)? }),
         tso::Q_TIMESTAMPS => Ok(Request::Timestamps { count: tso::request_of(f)? }),
         dup::Q_DUPS => Ok(Request::Dups),
+        dup::Q_DUP_COMMAND => Ok(Request::DupCommand { cmd: dup::command_of(f)? }),
         _ => decode_upgrade(f),
     }
 }

@@ -177,18 +177,10 @@ fn requests() -> Vec<Request> {
         Request::FinalizeUpgrade { target: Some(u32::MAX) },
         Request::Health { audit: false },
         Request::Health { audit: true },
-        Request::Dups,
-        Request::Directory { cmd: DirCmd::AddDup { record: Box::new(dup_record()) } },
-        Request::Directory {
-            cmd: DirCmd::AlterDup(regionkv_raft::directory::DupAlteration {
-                dup_id: 1000,
-                from: regionkv_raft::directory::DupStatus::Log,
-                to: regionkv_raft::directory::DupStatus::Broken,
-                reason: Some(regionkv_raft::directory::BrokenReason::LogGap),
-            }),
-        },
-        Request::Directory { cmd: DirCmd::DropDup { dup_id: 1000 } },
     ]
+    .into_iter()
+    .chain(dup_requests())
+    .collect()
 }
 
 fn responses() -> Vec<Result<Response, RemoteError>> {
@@ -1032,4 +1024,32 @@ fn dup_record() -> regionkv_raft::directory::DupRecord {
         broken: None,
         created_at_ms: Some(5),
     }
+}
+
+/// Duplication's requests.
+fn dup_requests() -> Vec<Request> {
+    use regionkv_raft::directory::{BrokenReason, DupAlteration, DupStatus};
+    let alteration = DupAlteration {
+        dup_id: 1000,
+        from: DupStatus::Log,
+        to: DupStatus::Broken,
+        reason: Some(BrokenReason::LogGap),
+    };
+    vec![
+        Request::Dups,
+        Request::Directory { cmd: DirCmd::AddDup { record: Box::new(dup_record()) } },
+        Request::Directory { cmd: DirCmd::AlterDup(alteration) },
+        Request::Directory { cmd: DirCmd::DropDup { dup_id: 1000 } },
+        Request::DupCommand { cmd: DirCmd::AddDup { record: Box::new(dup_record()) } },
+        Request::DupCommand { cmd: DirCmd::AlterDup(alteration) },
+    ]
+}
+
+#[test]
+fn a_client_duplication_command_is_only_an_add_or_an_alteration() {
+    let req = Request::DupCommand { cmd: DirCmd::DropDup { dup_id: 1000 } };
+    let payload = encode_request(3, &req);
+    assert!(decode_request(&payload).is_err(), "a drop is the driver's, not a client's");
+    let req = Request::DupCommand { cmd: DirCmd::AllocIds { count: 1 } };
+    assert!(decode_request(&encode_request(4, &req)).is_err());
 }

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use regionkv_engine::StoreId;
-use regionkv_raft::directory::DirResult;
+use regionkv_raft::directory::{DirCmd, DirResult};
 use regionkv_raft::{TxnCmd, TxnReply, TxnRequest, version};
 
 use super::{CALL_TIMEOUT, RemoteStores, answer};
@@ -61,6 +61,48 @@ impl RemoteStores {
 
     /// `count` fresh transaction ids: asks the nodes in turn (each asks the
     /// directory's leader) until one answers, retrying until `deadline`.
+    /// A client's duplication command, through whichever node answers (it proposes
+    /// it to the directory); retried until `deadline` while nodes answer retryably.
+    pub(super) fn remote_dup_command(&self, cmd: &DirCmd, deadline: Duration) -> Result<DirResult> {
+        let start = Instant::now();
+        let mut last = String::from("no node");
+        // Bounded by `deadline`; every round that gets no answer sleeps.
+        while start.elapsed() < deadline {
+            if self.is_shut() {
+                return Err(Error::Shutdown);
+            }
+            for store in self.store_ids() {
+                let wait = deadline.saturating_sub(start.elapsed()).min(CALL_TIMEOUT * 4);
+                let request = Request::DupCommand { cmd: cmd.clone() };
+                match self.call(store, &request, wait) {
+                    Some(Ok(Response::Directory(result))) => return Ok(result),
+                    Some(Ok(other)) => {
+                        return Err(Error::Protocol(format!(
+                            "a duplication command answered {other:?}"
+                        )));
+                    }
+                    Some(Err(e)) if e.code == ErrorCode::UnsupportedRequest => {
+                        return Err(Error::FeatureNotActive {
+                            feature: regionkv_raft::version::DUP_V2.name.to_owned(),
+                            active: 0,
+                            needed: regionkv_raft::version::DUP_V2.since,
+                        });
+                    }
+                    Some(Err(e)) => {
+                        let e = e.into_facade();
+                        if !e.is_retryable() && !matches!(e, Error::Shutdown) {
+                            return Err(e);
+                        }
+                        last = e.to_string();
+                    }
+                    None => last = format!("store {store} did not answer"),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(Error::Unavailable { waited: start.elapsed(), last })
+    }
+
     pub(super) fn remote_txn_ids(&self, count: u64, deadline: Duration) -> Result<u64> {
         let start = Instant::now();
         let mut last = String::from("no node");

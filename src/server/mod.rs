@@ -134,6 +134,8 @@ pub(crate) trait ClientHandler: Send + Sync {
     fn txn_list(&self, in_doubt_only: bool, older_than_ms: Option<u64>) -> Vec<crate::TxnEntry>;
     /// One recovery turn now on this node's store.
     fn txn_recover(&self, region: Option<RegionId>) -> crate::TxnRecoveryTurn;
+    /// Proposes a client's duplication command to the directory (through its leader).
+    fn dup_command(&self, cmd: regionkv_raft::directory::DirCmd) -> Result<DirResult>;
 }
 
 /// Counters of the client service since the node started.
@@ -764,6 +766,7 @@ impl ClientService {
             Request::Split { .. }
             | Request::TxnIds { .. }
             | Request::TxnRecover { .. }
+            | Request::DupCommand { .. }
             | Request::Merge { .. }
             | Request::Regions
             | Request::StoreAdd { .. }
@@ -825,6 +828,7 @@ impl ClientService {
                     Request::TxnRecover { region } => {
                         Ok(Response::TxnTurn(Box::new(node.txn_recover(region))))
                     }
+                    Request::DupCommand { cmd } => node.dup_command(cmd).map(Response::Directory),
                     _ => Ok(Response::Regions(node.regions())),
                 }
                 .map_err(|e| RemoteError::from(&e)),

@@ -251,12 +251,11 @@ pub fn allowed(from: DupStatus, to: DupStatus) -> bool {
     use DupStatus::{App, Broken, Init, Log, Paused, Prepare, Removed, Unspecified};
     match (from, to) {
         (_, Unspecified) | (Removed, _) => false,
-        (_, Removed) => true,
-        (Init, Prepare | Log)
+        (_, Removed)
+        | (Init, Prepare | Log)
         | (Prepare, App)
-        | (App, Log)
+        | (App | Paused, Log)
         | (Log, Paused)
-        | (Paused, Log)
         | (Prepare | App | Log | Paused, Broken)
         | (Broken, Prepare) => true,
         _ => false,
