@@ -347,3 +347,44 @@ fn wait_applied_wakes_on_a_put() {
     assert!(got.is_some_and(|i| i > now), "{got:?}");
     assert!(took < Duration::from_secs(60), "woken, not timed out");
 }
+
+/// The log reader's rate against the put rate of the same region, in one run: 10,000
+/// puts of 100-byte values (one client, each answered before the next), then the
+/// whole log decoded in 1 MiB batches. Prints the figures; run with
+/// `cargo test --release -p regionkv-raft --test dup_source -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement"]
+#[allow(clippy::cast_precision_loss, reason = "printed figures")]
+fn measure_log_read_rate() {
+    const PUTS: u64 = 10_000;
+    let r = start(1 << 30);
+    let s = &r.store;
+    let from = applied(s);
+    let value = "v".repeat(100);
+    let started = Instant::now();
+    for i in 0..PUTS {
+        write(s, Epoch::INITIAL, vec![put(&format!("key{i:06}"), &value)], None).unwrap();
+    }
+    let put_secs = started.elapsed().as_secs_f64();
+    let last = applied(s);
+    for round in 0..3 {
+        let started = Instant::now();
+        let (mut after, mut ops, mut bytes) = (from, 0usize, 0usize);
+        while after < last {
+            let batch = s.dup_read_log(R1, after, 1 << 20).unwrap();
+            ops += batch.ops.len();
+            bytes += batch.bytes;
+            after = batch.last;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let (entries, mb) = ((last - from) as f64, bytes as f64 / 1e6);
+        println!(
+            "round {round}: puts {:.0}/s; log read {:.0} entries/s, {:.1} MB/s decoded ({ops} ops); \
+             read/put rate {:.0}x",
+            PUTS as f64 / put_secs,
+            entries / secs,
+            mb / secs,
+            (entries / secs) / (PUTS as f64 / put_secs),
+        );
+    }
+}

@@ -254,6 +254,39 @@ fn check_write(replica: &Replica, write: &Write) -> Result<()> {
     replica.check_keys(&write.ops)
 }
 
+/// Applies an entry's client writes, each on its own; the positions of those that
+/// wrote nothing (refused, or skipped as applied already) go to the region's watch,
+/// for duplication's log reader.
+fn apply_writes(
+    replica: &Replica,
+    index: u64,
+    writes: &[Write],
+    applier: &mut Applier<'_>,
+) -> Result<Vec<Result<()>>> {
+    let mut results = Vec::with_capacity(writes.len());
+    let mut skipped = Vec::new();
+    for (at, write) in writes.iter().enumerate() {
+        let result = match applier.write(replica, write)? {
+            Written::Applied => Ok(()),
+            Written::AlreadyApplied => {
+                skipped.push(u32::try_from(at).unwrap_or(u32::MAX));
+                Ok(())
+            }
+            Written::Refused(e) => {
+                skipped.push(u32::try_from(at).unwrap_or(u32::MAX));
+                Err(e)
+            }
+        };
+        results.push(result);
+    }
+    if !skipped.is_empty()
+        && let Some(source) = &replica.source
+    {
+        source.skip(index, skipped);
+    }
+    Ok(results)
+}
+
 /// Gives `replica` its region's watch (`dup_source`) if it has none yet: outcomes of
 /// the writes it applies from now on are recorded, those before are not known here.
 fn start_source(ctx: &super::StoreContext, replica: &mut Replica) {
@@ -552,29 +585,7 @@ impl StoreCore {
                         Outcome::Writes(writes.iter().map(|_| Err(refused())).collect())
                     }
                     Command::Writes(writes) => {
-                        let mut results = Vec::with_capacity(writes.len());
-                        // Writes that changed nothing, for duplication's log reader.
-                        let mut skipped = Vec::new();
-                        for (at, write) in writes.iter().enumerate() {
-                            let result = match applier.write(replica, write)? {
-                                Written::Applied => Ok(()),
-                                Written::AlreadyApplied => {
-                                    skipped.push(u32::try_from(at).unwrap_or(u32::MAX));
-                                    Ok(())
-                                }
-                                Written::Refused(e) => {
-                                    skipped.push(u32::try_from(at).unwrap_or(u32::MAX));
-                                    Err(e)
-                                }
-                            };
-                            results.push(result);
-                        }
-                        if !skipped.is_empty()
-                            && let Some(source) = &replica.source
-                        {
-                            source.skip(entry.index, skipped);
-                        }
-                        Outcome::Writes(results)
+                        Outcome::Writes(apply_writes(replica, entry.index, &writes, applier)?)
                     }
                     Command::Directory(cmd) if region == DIRECTORY => {
                         let epoch = replica.region.epoch;
