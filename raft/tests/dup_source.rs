@@ -27,16 +27,13 @@ const WAIT: Duration = Duration::from_secs(20);
 type Model = BTreeMap<Bytes, Bytes>;
 
 struct Running {
-    _dir: tempfile::TempDir,
-    _net: LocalNetwork,
+    dir: tempfile::TempDir,
+    net: LocalNetwork,
     store: Store,
 }
 
-/// One store leading region 1 (the whole key space), checkpointing every
-/// `checkpoint_bytes` of applied log.
-fn start(checkpoint_bytes: u64) -> Running {
-    let dir = tempfile::tempdir().unwrap();
-    let net = LocalNetwork::new(1);
+/// Store 1 on `dir`, checkpointing every `checkpoint_bytes` of applied log.
+fn open(dir: &std::path::Path, net: &LocalNetwork, checkpoint_bytes: u64) -> Store {
     let id = StoreId(1);
     let config = StoreConfig::new(id)
         .tick_interval(Duration::from_millis(10))
@@ -44,23 +41,36 @@ fn start(checkpoint_bytes: u64) -> Running {
     let transport: Arc<dyn regionkv_raft::transport::Transport> = Arc::new(net.transport(id));
     let store = Store::start(
         Arc::new(RealFs),
-        &dir.path().join("store-1"),
+        &dir.join("store-1"),
         &StoreOptions::new(config),
         &transport,
     )
     .unwrap();
     net.register(id, store.inbox());
-    store.learn_cluster_version(regionkv_raft::version::DUP.since).unwrap();
-    let region = Region { peers: vec![Peer { id: PeerId(1), store: id }], ..Region::whole(R1) };
-    store.bootstrap_region(region).unwrap();
-    let r = Running { _dir: dir, _net: net, store };
-    // Leads once a write goes through.
+    store
+}
+
+/// Retries a put until the store leads region 1.
+fn until_leader(store: &Store) {
     let deadline = Instant::now() + WAIT;
-    while write(&r.store, Epoch::INITIAL, vec![put("boot", "1")], None).is_err() {
+    while write(store, Epoch::INITIAL, vec![put("boot", "1")], None).is_err() {
         assert!(Instant::now() < deadline, "no leader");
         std::thread::sleep(Duration::from_millis(20));
     }
-    r
+}
+
+/// One store leading region 1 (the whole key space), checkpointing every
+/// `checkpoint_bytes` of applied log.
+fn start(checkpoint_bytes: u64) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let net = LocalNetwork::new(1);
+    let store = open(dir.path(), &net, checkpoint_bytes);
+    store.learn_cluster_version(regionkv_raft::version::DUP.since).unwrap();
+    let region =
+        Region { peers: vec![Peer { id: PeerId(1), store: StoreId(1) }], ..Region::whole(R1) };
+    store.bootstrap_region(region).unwrap();
+    until_leader(&store);
+    Running { dir, net, store }
 }
 
 fn put(k: &str, v: &str) -> Op {
@@ -293,8 +303,12 @@ fn a_transaction_commit_is_unsupported() {
         }
         other => panic!("{other:?}"),
     }
+    // Published with the poller's turn (a write is answered as its round commits, a
+    // moment before): wait for it.
+    let end = applied(s);
+    assert_eq!(s.wait_applied(R1, end - 1, WAIT), Some(end));
     let batch = s.dup_read_log(R1, resolve_at, 1 << 20).unwrap();
-    assert_eq!(batch.ops.len(), 1);
+    assert_eq!((batch.last, batch.ops.len()), (end, 1), "{batch:?}");
 }
 
 /// An image taken before a later checkpoint (which replaces its file) and a WAL purge
@@ -387,4 +401,32 @@ fn measure_log_read_rate() {
             (entries / secs) / (PUTS as f64 / put_secs),
         );
     }
+}
+
+/// After a restart, entries applied before it (kept by the duplication floor, below the
+/// image the restart started from) are `DupOutcomeUnknown`: which of their writes
+/// applied is not known here. Entries applied since read as before.
+#[test]
+fn entries_applied_before_a_restart_have_unknown_outcomes() {
+    let r = start(1 << 30);
+    let start_at = dup(&r.store, Epoch::INITIAL, DupCmd::Start { dup_id: DUP, incarnation: 1 });
+    for i in 0..10 {
+        write(&r.store, Epoch::INITIAL, vec![put(&format!("k{i}"), "v")], None).unwrap();
+    }
+    let image = r.store.dup_seed_image(R1, applied(&r.store)).unwrap();
+    r.store.shutdown().unwrap();
+    let store = open(r.dir.path(), &r.net, 1 << 30);
+    until_leader(&store);
+    match store.dup_read_log(R1, start_at.index, 1 << 20) {
+        Err(Error::DupOutcomeUnknown { region, index, known_from }) => {
+            assert_eq!((region, index, known_from), (R1, start_at.index + 1, image.index));
+        }
+        other => panic!("{other:?}"),
+    }
+    let end = applied(&store);
+    assert_eq!(store.wait_applied(R1, end - 1, WAIT), Some(end));
+    let batch = store.dup_read_log(R1, image.index, 1 << 20).unwrap();
+    assert_eq!(batch.last, end);
+    assert!(batch.ops.iter().any(|o| o.key == "boot"), "{batch:?}");
+    store.shutdown().unwrap();
 }
