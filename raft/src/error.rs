@@ -244,6 +244,50 @@ pub enum Error {
         /// Why.
         reason: crate::dup::DupRefusal,
     },
+    /// Duplication's log reader (`Store::dup_read_log`): the entries asked for start
+    /// below the first index this replica still has (compacted, or never held: it
+    /// installed a snapshot past them). Nothing was read; the shipper fetches them
+    /// elsewhere or reseeds the region.
+    #[error(
+        "region {}: the log asked for by a duplication starts below this replica's first \
+         index {first_available}",
+        region.0
+    )]
+    DupLogGap {
+        /// The region.
+        region: RegionId,
+        /// The first index this replica's log holds now.
+        first_available: u64,
+    },
+    /// Duplication's log reader: the entry at `index` changed raw keys by what the
+    /// entry alone does not say (a transaction's commit writes its locks' values).
+    /// Nothing after it was read; the duplication cannot go on from this log.
+    #[error("region {}: entry {index} ({kind}) cannot be duplicated from the log", region.0)]
+    DupUnsupportedEntry {
+        /// The region.
+        region: RegionId,
+        /// The entry.
+        index: u64,
+        /// What it holds.
+        kind: &'static str,
+    },
+    /// Duplication's log reader: entry `index` was applied before this store restarted
+    /// (it applied the region's entries up to `known_from` then), so which of its
+    /// writes applied (a stale epoch, a locked key or a retry skips one) is not known
+    /// here. Nothing was read; read from a replica that applied it, or reseed.
+    #[error(
+        "region {}: which writes of entry {index} applied is not known on this store (it \
+         recorded outcomes after {known_from} only)",
+        region.0
+    )]
+    DupOutcomeUnknown {
+        /// The region.
+        region: RegionId,
+        /// The first entry asked for.
+        index: u64,
+        /// Outcomes are known for entries after this one.
+        known_from: u64,
+    },
     /// Refused before it was proposed: the store is shutting down (or not running).
     /// Nothing was done; safe to retry elsewhere.
     #[error("the store is stopping, stopped or unreachable; nothing was done")]
@@ -342,6 +386,9 @@ impl Error {
             | Error::TxnTooOld { .. }
             | Error::SnapshotTooOld { .. }
             | Error::DupRefused { .. }
+            | Error::DupLogGap { .. }
+            | Error::DupUnsupportedEntry { .. }
+            | Error::DupOutcomeUnknown { .. }
             | Error::ClusterVersionTooNew { .. }
             | Error::StoreVersionTooNew { .. }
             | Error::MergeAborted { .. }
@@ -391,6 +438,9 @@ impl Error {
             | Error::TxnTooOld { .. }
             | Error::SnapshotTooOld { .. }
             | Error::DupRefused { .. }
+            | Error::DupLogGap { .. }
+            | Error::DupUnsupportedEntry { .. }
+            | Error::DupOutcomeUnknown { .. }
             | Error::DuplicationSeeding { .. }
             | Error::ClusterVersionTooNew { .. }
             | Error::StoreVersionTooNew { .. }
@@ -440,6 +490,9 @@ impl Error {
             | Error::TxnTooOld { .. }
             | Error::SnapshotTooOld { .. }
             | Error::DupRefused { .. }
+            | Error::DupLogGap { .. }
+            | Error::DupUnsupportedEntry { .. }
+            | Error::DupOutcomeUnknown { .. }
             | Error::DuplicationSeeding { .. }
             | Error::ClusterVersionTooNew { .. }
             | Error::StoreVersionTooNew { .. }

@@ -21,6 +21,7 @@ mod config;
 mod core;
 pub mod directory;
 pub mod dup;
+mod dup_source;
 mod error;
 pub mod identity;
 pub mod image_hash;
@@ -48,6 +49,7 @@ pub use core::{
     ApplyObserver, Clock, CoreTask, DupRetention, ElectionTicks, Output, RAFT_INIT_INDEX,
     RAFT_INIT_TERM, ScanHook, StoreContext, StoreCore, WriteTask, system_clock_ms,
 };
+pub use dup_source::{DupLogBatch, DupOp, DupSeedImage, SeedChunks};
 pub use error::{DropReason, Error, MergeAbortReason, Result};
 pub use index::RaftIndex;
 pub use metrics::{ApplyStats, StoreMetrics, WriteMetrics};

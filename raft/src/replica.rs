@@ -400,6 +400,9 @@ pub(crate) struct Replica {
     /// its next periodic `ComputeHash` (`StoreCore::propose_image_hashes`); `None`
     /// until first set.
     pub image_hash_due: Option<u64>,
+    /// The region's watch for duplication's readers (`dup_source`), once this
+    /// replica first applied or published.
+    pub source: Option<std::sync::Arc<crate::dup_source::SourceWatch>>,
 }
 
 impl Replica {
@@ -441,6 +444,7 @@ impl Replica {
             image_hash: None,
             image_hash_due: None,
             unclaimed_ticks: 0,
+            source: None,
         }
     }
 

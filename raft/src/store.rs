@@ -69,6 +69,7 @@ use crate::request::{
 };
 use crate::transport::{Envelope, Inbox, Transport};
 
+mod dup_source;
 mod solo;
 
 use self::solo::{Outlets, Persist, SharedCore, Turn, finish_turn};
@@ -96,6 +97,8 @@ enum Msg {
     Txn(Box<crate::txn::TxnRequest>),
     Dup(Box<crate::dup::DupRequest>),
     PeerStatus(RegionId, Sender<Option<PeerStatus>>),
+    /// Duplication's seed: a checkpoint at or past the index (`Store::dup_seed_image`).
+    DupCheckpoint(RegionId, u64, Sender<Result<u64>>),
 }
 
 impl Msg {
@@ -111,6 +114,7 @@ impl Msg {
             | Msg::Admin(_)
             | Msg::Txn(_)
             | Msg::Dup(_)
+            | Msg::DupCheckpoint(..)
             | Msg::Directory(..)
             | Msg::Timestamps(..) => Lane::Client,
             Msg::Bootstrap(..)
@@ -695,6 +699,9 @@ fn handle(core: &mut StoreCore, msg: Msg) {
         Msg::PeerStatus(region, reply) => {
             let _ = reply.send(core.peer_status(region));
         }
+        Msg::DupCheckpoint(region, min_index, reply) => {
+            let _ = reply.send(core.on_dup_checkpoint(region, min_index));
+        }
     }
 }
 
@@ -836,6 +843,9 @@ fn refuse(msg: Msg) {
         Msg::Directory(_, reply) => reply(Err(Error::Cancelled)),
         Msg::Timestamps(_, reply) => reply(Err(Error::Cancelled)),
         Msg::MergeStatus(_, reply) => {
+            let _ = reply.send(Err(Error::Cancelled));
+        }
+        Msg::DupCheckpoint(_, _, reply) => {
             let _ = reply.send(Err(Error::Cancelled));
         }
         Msg::Envelopes(_)

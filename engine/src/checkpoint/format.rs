@@ -617,14 +617,28 @@ impl CheckpointFile {
 
     /// Calls `f(key, value)` for every pair in key order.
     pub fn for_each(&self, mut f: impl FnMut(&[u8], &[u8])) {
-        for block in &self.blocks {
-            let body = &self.data[block.offset + BLOCK_HEADER_LEN..block.offset + block.len - 4];
-            let mut d = Decoder::new(body);
-            for _ in 0..block.entries {
-                // Verified at open; a failure here cannot happen, and stops the walk.
-                let Ok((k, v)) = next_entry(&mut d) else { return };
-                f(k, v);
-            }
+        for block in 0..self.blocks.len() {
+            self.for_each_in_block(block, &mut f);
+        }
+    }
+
+    /// How many data blocks the file holds (for walking it a block at a time with
+    /// [`CheckpointFile::for_each_in_block`]).
+    pub fn block_count(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Calls `f(key, value)` for every pair of data block `block` (of
+    /// [`CheckpointFile::block_count`]), in key order; the slices are of
+    /// [`CheckpointFile::bytes`]. Nothing for a block past the last.
+    pub fn for_each_in_block(&self, block: usize, mut f: impl FnMut(&[u8], &[u8])) {
+        let Some(block) = self.blocks.get(block) else { return };
+        let body = &self.data[block.offset + BLOCK_HEADER_LEN..block.offset + block.len - 4];
+        let mut d = Decoder::new(body);
+        for _ in 0..block.entries {
+            // Verified at open; a failure here cannot happen, and stops the walk.
+            let Ok((k, v)) = next_entry(&mut d) else { return };
+            f(k, v);
         }
     }
 }

@@ -173,9 +173,9 @@ impl<'e> Applier<'e> {
     /// outcome, success; its use is recorded in the region's session table, in this
     /// round (see `regionkv_engine::sessions`). Only applied writes are recorded: a
     /// refused one may come again and apply.
-    fn write(&mut self, replica: &Replica, write: &Write) -> Result<Result<()>> {
+    fn write(&mut self, replica: &Replica, write: &Write) -> Result<Written> {
         if let Err(refused) = check_write(replica, write).and_then(|()| self.check_limits(write)) {
-            return Ok(Err(refused));
+            return Ok(Written::Refused(refused));
         }
         let bytes: usize = write.ops.iter().map(|op| op.key().len() + op_value_len(op)).sum();
         if self.bytes + bytes > self.cut_bytes && !self.round.is_empty() {
@@ -188,14 +188,14 @@ impl<'e> Applier<'e> {
         if (self.txn_applied || self.engine.has_txn_locks())
             && let Some(locked) = self.first_locked(write.ops.iter().map(Op::key))?
         {
-            return Ok(Err(locked));
+            return Ok(Written::Refused(locked));
         }
         if let Some(session) = write.session {
             let time_ms = write.time_ms.unwrap_or(0);
             if self.round.session_write(session.id, session.seq, time_ms)?
                 == SessionWrite::AlreadyApplied
             {
-                return Ok(Ok(()));
+                return Ok(Written::AlreadyApplied);
             }
         }
         for op in &write.ops {
@@ -207,8 +207,18 @@ impl<'e> Applier<'e> {
             }
         }
         self.bytes += bytes;
-        Ok(Ok(()))
+        Ok(Written::Applied)
     }
+}
+
+/// What [`Applier::write`] did with one client write.
+enum Written {
+    /// Its ops are in the round.
+    Applied,
+    /// Its session applied it already: nothing written, answered as a success.
+    AlreadyApplied,
+    /// Refused: nothing written.
+    Refused(Error),
 }
 
 impl Applier<'_> {
@@ -242,6 +252,49 @@ impl Applier<'_> {
 fn check_write(replica: &Replica, write: &Write) -> Result<()> {
     replica.check_version(write.epoch)?;
     replica.check_keys(&write.ops)
+}
+
+/// Applies an entry's client writes, each on its own; the positions of those that
+/// wrote nothing (refused, or skipped as applied already) go to the region's watch,
+/// for duplication's log reader.
+fn apply_writes(
+    replica: &Replica,
+    index: u64,
+    writes: &[Write],
+    applier: &mut Applier<'_>,
+) -> Result<Vec<Result<()>>> {
+    let mut results = Vec::with_capacity(writes.len());
+    let mut skipped = Vec::new();
+    for (at, write) in writes.iter().enumerate() {
+        let result = match applier.write(replica, write)? {
+            Written::Applied => Ok(()),
+            Written::AlreadyApplied => {
+                skipped.push(u32::try_from(at).unwrap_or(u32::MAX));
+                Ok(())
+            }
+            Written::Refused(e) => {
+                skipped.push(u32::try_from(at).unwrap_or(u32::MAX));
+                Err(e)
+            }
+        };
+        results.push(result);
+    }
+    if !skipped.is_empty()
+        && let Some(source) = &replica.source
+    {
+        source.skip(index, skipped);
+    }
+    Ok(results)
+}
+
+/// Gives `replica` its region's watch (`dup_source`) if it has none yet: outcomes of
+/// the writes it applies from now on are recorded, those before are not known here.
+fn start_source(ctx: &super::StoreContext, replica: &mut Replica) {
+    if replica.source.is_none() {
+        let source = ctx.sources.get_or_create(replica.region.id);
+        source.start(replica.applied_index);
+        replica.source = Some(source);
+    }
 }
 
 /// Replies held until the round that holds their outcome commits.
@@ -437,6 +490,7 @@ impl StoreCore {
         if replica.halted.is_some() {
             return Ok(()); // applies nothing more (see `StoreCore::halt`)
         }
+        start_source(&self.ctx, replica);
         if let Some(paused) = replica.merge.paused.as_mut() {
             paused.entries.extend(entries);
             return Ok(());
@@ -531,11 +585,7 @@ impl StoreCore {
                         Outcome::Writes(writes.iter().map(|_| Err(refused())).collect())
                     }
                     Command::Writes(writes) => {
-                        let mut results = Vec::with_capacity(writes.len());
-                        for write in &writes {
-                            results.push(applier.write(replica, write)?);
-                        }
-                        Outcome::Writes(results)
+                        Outcome::Writes(apply_writes(replica, entry.index, &writes, applier)?)
                     }
                     Command::Directory(cmd) if region == DIRECTORY => {
                         let epoch = replica.region.epoch;
@@ -707,6 +757,7 @@ impl StoreCore {
     /// current shape, or takes it off the list. Called once what the replica applied is
     /// visible (never with entries of it in an uncommitted round).
     pub(super) fn publish_reads(&mut self, region: RegionId) {
+        self.publish_source(region);
         let Some(replica) = self.replicas.get_mut(&region) else {
             self.ctx.local_reads.remove(region);
             return;
@@ -722,6 +773,23 @@ impl StoreCore {
         match want {
             Some(_) => self.ctx.local_reads.insert(&replica.region),
             None => self.ctx.local_reads.remove(region),
+        }
+    }
+
+    /// Publishes to `region`'s watch (`dup_source`) what its replica applied (visible
+    /// now) and whether it leads: duplication's readers go by it.
+    fn publish_source(&mut self, region: RegionId) {
+        let Some(replica) = self.replicas.get_mut(&region) else { return };
+        if !replica.is_initialized() {
+            return;
+        }
+        start_source(&self.ctx, replica);
+        let leader = replica.is_leader() && replica.halted.is_none();
+        let log = &self.ctx.log;
+        if let Some(source) = &replica.source {
+            source.publish(replica.applied_index, leader, || {
+                log.bounds(region).map_or(0, |(first, _)| first)
+            });
         }
     }
 

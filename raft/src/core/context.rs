@@ -69,6 +69,9 @@ pub struct StoreContext {
     version_persist: parking_lot::Mutex<()>,
     /// Regions whose gets are answered on the caller's thread (`reader::LocalReads`).
     pub(crate) local_reads: crate::reader::LocalReads,
+    /// Each region's applied index, role and writes not applied, for duplication's
+    /// readers off the poller (`dup_source`).
+    pub(crate) sources: crate::dup_source::SourceWatches,
     /// Each region's max read timestamp and one-phase commits in flight
     /// (`txn::concurrency`).
     pub(crate) concurrency: crate::txn::concurrency::Concurrency,
@@ -112,6 +115,7 @@ impl StoreContext {
             cluster_version: crate::version::ClusterVersionView::default(),
             version_persist: parking_lot::Mutex::new(()),
             local_reads: crate::reader::LocalReads::default(),
+            sources: crate::dup_source::SourceWatches::default(),
             concurrency: crate::txn::concurrency::Concurrency::default(),
             failure: parking_lot::Mutex::new(None),
         }

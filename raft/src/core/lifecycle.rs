@@ -299,6 +299,7 @@ impl StoreCore {
     ) -> Result<()> {
         let Some(mut replica) = self.replicas.remove(&region) else { return Ok(()) };
         self.awake.remove(&region);
+        self.ctx.sources.remove(region);
         self.note_peers(region);
         replica.fail_all(|| Error::RegionNotFound { region });
         // A merged source is gone from the engine already.

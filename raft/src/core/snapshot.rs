@@ -362,6 +362,13 @@ impl StoreCore {
         {
             return Ok(());
         }
+        self.checkpoint_now(region)
+    }
+
+    /// Checkpoints `region` at its applied index now and compacts its log (never past
+    /// its duplication floor). Between rounds only.
+    fn checkpoint_now(&mut self, region: RegionId) -> Result<()> {
+        let replica = self.replicas.get_mut(&region).expect("checked by the caller");
         self.ctx.engine_of(region).checkpoint(region, replica.applied_index)?;
         replica.checkpoint_index = replica.applied_index;
         replica.applied_bytes_since_checkpoint = 0;
@@ -378,5 +385,36 @@ impl StoreCore {
             "checkpointed and compacted"
         );
         Ok(())
+    }
+
+    /// Duplication's seed (`Store::dup_seed_image`): makes sure the region's latest
+    /// checkpoint is at or past `min_index`, checkpointing it now if it is not (the
+    /// same checkpoint and compaction as [`Self::maybe_checkpoint`], whatever the bytes
+    /// applied since). Returns the checkpoint's index. Refused where this store does
+    /// not lead the region, while it is a prepared merge source (no checkpoint then),
+    /// and with [`Error::EntryUnavailable`] if it has not applied `min_index` yet.
+    pub fn on_dup_checkpoint(&mut self, region: RegionId, min_index: u64) -> Result<u64> {
+        let replica = self.replicas.get_mut(&region).ok_or(Error::RegionNotFound { region })?;
+        if !replica.is_leader() {
+            return Err(Error::NotLeader { region, leader: replica.leader_store() });
+        }
+        if !replica.is_initialized() || replica.halted.is_some() {
+            return Err(Error::RegionNotFound { region });
+        }
+        if let Some(merge) = replica.merge.state {
+            return Err(Error::Merging { region, target: merge.target });
+        }
+        if replica.applied_index < min_index {
+            return Err(Error::EntryUnavailable { region, index: min_index });
+        }
+        let latest = self.ctx.engine_of(region).latest_checkpoint(region)?;
+        let replica = self.replicas.get_mut(&region).expect("checked above");
+        if let Some(file) = latest.filter(|f| f.header().applied_index >= min_index) {
+            return Ok(file.header().applied_index);
+        }
+        let index = replica.applied_index;
+        self.checkpoint_now(region)?;
+        self.dirty.insert(region); // the compaction staged goes with the next write
+        Ok(index)
     }
 }

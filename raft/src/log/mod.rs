@@ -33,6 +33,7 @@
 
 pub(crate) mod batch;
 mod cut;
+mod detached;
 mod region;
 
 use std::sync::Arc;
