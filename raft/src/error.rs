@@ -244,6 +244,31 @@ pub enum Error {
         /// Why.
         reason: crate::dup::DupRefusal,
     },
+    /// Refused at apply, alike on every replica: a `SINK` command that does not fit the
+    /// follower region's sink state (`crate::sink`). Nothing changed.
+    #[error("sink of duplication {dup_id} in region {}: refused ({reason})", region.0)]
+    SinkRefused {
+        /// The follower region.
+        region: RegionId,
+        /// The duplication.
+        dup_id: u64,
+        /// Why.
+        reason: crate::sink::SinkRefusal,
+    },
+    /// Refused (before it was proposed, or at apply, alike on every replica): a client
+    /// write to a key that a duplication's sink holds (the key is a read-only standby
+    /// copy of another cluster's until the duplication is promoted). Nothing changed.
+    #[error(
+        "region {} is a read-only standby of duplication {dup_id} for this key: no client \
+         write until it is promoted",
+        region.0
+    )]
+    StandbyReadOnly {
+        /// The follower region.
+        region: RegionId,
+        /// The duplication whose sink holds the key.
+        dup_id: u64,
+    },
     /// Refused before it was proposed: the store is shutting down (or not running).
     /// Nothing was done; safe to retry elsewhere.
     #[error("the store is stopping, stopped or unreachable; nothing was done")]
@@ -342,6 +367,8 @@ impl Error {
             | Error::TxnTooOld { .. }
             | Error::SnapshotTooOld { .. }
             | Error::DupRefused { .. }
+            | Error::SinkRefused { .. }
+            | Error::StandbyReadOnly { .. }
             | Error::ClusterVersionTooNew { .. }
             | Error::StoreVersionTooNew { .. }
             | Error::MergeAborted { .. }
@@ -391,6 +418,8 @@ impl Error {
             | Error::TxnTooOld { .. }
             | Error::SnapshotTooOld { .. }
             | Error::DupRefused { .. }
+            | Error::SinkRefused { .. }
+            | Error::StandbyReadOnly { .. }
             | Error::DuplicationSeeding { .. }
             | Error::ClusterVersionTooNew { .. }
             | Error::StoreVersionTooNew { .. }
@@ -440,6 +469,8 @@ impl Error {
             | Error::TxnTooOld { .. }
             | Error::SnapshotTooOld { .. }
             | Error::DupRefused { .. }
+            | Error::SinkRefused { .. }
+            | Error::StandbyReadOnly { .. }
             | Error::DuplicationSeeding { .. }
             | Error::ClusterVersionTooNew { .. }
             | Error::StoreVersionTooNew { .. }

@@ -21,6 +21,7 @@ mod config;
 mod core;
 pub mod directory;
 pub mod dup;
+pub mod sink;
 mod error;
 pub mod identity;
 pub mod image_hash;
