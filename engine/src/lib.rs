@@ -75,7 +75,6 @@ const _: () = assert!(usize::BITS == 64, "regionkv supports 64-bit targets only"
 pub mod checkpoint;
 pub mod codec;
 pub mod dup;
-pub mod sink;
 mod engine;
 mod error;
 pub mod id_hash;
@@ -87,6 +86,7 @@ pub mod region;
 mod region_map;
 mod round;
 pub mod sessions;
+pub mod sink;
 pub mod txn;
 
 pub use checkpoint::{

@@ -217,7 +217,9 @@ fn coalesce(mut pieces: Vec<SinkPiece>) -> Vec<SinkPiece> {
     let mut out: Vec<SinkPiece> = Vec::with_capacity(pieces.len());
     for p in pieces {
         match out.last_mut() {
-            Some(last) if last.mark == p.mark && last.end.as_deref() == Some(p.start.as_slice()) => {
+            Some(last)
+                if last.mark == p.mark && last.end.as_deref() == Some(p.start.as_slice()) =>
+            {
                 last.end = p.end;
             }
             _ => out.push(p),
@@ -235,8 +237,12 @@ fn decode_body(body: &[u8]) -> DecodeResult<SinkEntry> {
     let mut pieces: Vec<SinkPiece> = Vec::new();
     for field in rec.repeated(E_PIECE) {
         let at = |e: DecodeError| e.shifted(field.offset);
-        let p = TlvRecord::parse(field.value, &[P_START, P_END, P_UNBOUNDED, P_MARK], UnknownTags::Skip)
-            .map_err(at)?;
+        let p = TlvRecord::parse(
+            field.value,
+            &[P_START, P_END, P_UNBOUNDED, P_MARK],
+            UnknownTags::Skip,
+        )
+        .map_err(at)?;
         let start = p.required(P_START, "piece start").map_err(at)?.value.to_vec();
         let end = codec::range_end(&p, P_END, P_UNBOUNDED).map_err(at)?;
         let mark = p.required(P_MARK, "piece mark").and_then(|f| f.as_u64()).map_err(at)?;
@@ -377,19 +383,20 @@ impl SinkTable {
     pub fn merge_from(&mut self, other: &SinkTable) {
         for (k, theirs) in &other.entries {
             let merged = match (self.entries.remove(k), theirs) {
-                (None, t) => t.clone(),
+                (None | Some(SinkSlot::Known(_)), t @ SinkSlot::Unreadable(_)) | (None, t) => {
+                    t.clone()
+                }
                 (Some(mine @ SinkSlot::Unreadable(_)), _) => mine,
-                (Some(SinkSlot::Known(_)), t @ SinkSlot::Unreadable(_)) => t.clone(),
                 (Some(SinkSlot::Known(mut mine)), SinkSlot::Known(t)) => {
-                    if mine.incarnation == t.incarnation {
-                        mine.pieces.extend(t.pieces.iter().cloned());
-                        mine.pieces = coalesce(std::mem::take(&mut mine.pieces));
-                        mine.seed_id = mine.seed_id.or(t.seed_id);
-                        SinkSlot::Known(mine)
-                    } else if mine.incarnation > t.incarnation {
-                        SinkSlot::Known(mine)
-                    } else {
-                        SinkSlot::Known(t.clone())
+                    match mine.incarnation.cmp(&t.incarnation) {
+                        std::cmp::Ordering::Equal => {
+                            mine.pieces.extend(t.pieces.iter().cloned());
+                            mine.pieces = coalesce(std::mem::take(&mut mine.pieces));
+                            mine.seed_id = mine.seed_id.or(t.seed_id);
+                            SinkSlot::Known(mine)
+                        }
+                        std::cmp::Ordering::Greater => SinkSlot::Known(mine),
+                        std::cmp::Ordering::Less => SinkSlot::Known(t.clone()),
                     }
                 }
             };
@@ -423,7 +430,10 @@ impl SinkTable {
             let tags = &[TE_DUP_ID, TE_SOURCE_REGION, TE_BYTES];
             let e = TlvRecord::parse(field.value, tags, UnknownTags::Skip).map_err(at)?;
             let u64_of = |tag, what| e.required(tag, what).and_then(|f| f.as_u64()).map_err(at);
-            let key = (u64_of(TE_DUP_ID, "sink entry dup")?, u64_of(TE_SOURCE_REGION, "sink entry source")?);
+            let key = (
+                u64_of(TE_DUP_ID, "sink entry dup")?,
+                u64_of(TE_SOURCE_REGION, "sink entry source")?,
+            );
             let bytes = e.required(TE_BYTES, "sink entry bytes").map_err(at)?;
             let slot = match SinkEntry::decode(bytes.value) {
                 Ok(entry) if (entry.dup_id, entry.source_region) == key => SinkSlot::Known(entry),

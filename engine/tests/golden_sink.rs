@@ -48,9 +48,12 @@ fn sink_entry_schema_is_stable() -> TestResult {
             .collect()
     };
     // (tag, field, value): as released in format 1.
-    for (tag, name, want) in
-        [(1, "dup_id", 0xD0_0001), (2, "source_region", 11), (3, "incarnation", 3), (4, "seed_id", 0x5EED)]
-    {
+    for (tag, name, want) in [
+        (1, "dup_id", 0xD0_0001),
+        (2, "source_region", 11),
+        (3, "incarnation", 3),
+        (4, "seed_id", 0x5EED),
+    ] {
         assert_eq!(u64s(tag), vec![want], "{name} is at tag {tag}");
     }
     // Pieces at tag 5: 1 start, 2 end (bounded) or 3 unbounded (empty), 4 mark.
@@ -83,7 +86,10 @@ fn golden_checkpoint_v5_carries_the_sink_state() -> TestResult {
     assert_eq!(sinks, &golden_sinks()?);
     assert_eq!(sinks.len(), 3);
     assert_eq!(sinks.get(0xD0_0001, 12), Some(&SinkSlot::Known(golden_sink(0xD0_0001, 12))));
-    assert_eq!(sinks.get(0xD0_0005, 13), Some(&SinkSlot::Unreadable(Bytes::from_static(TOO_NEW_SINK))));
+    assert_eq!(
+        sinks.get(0xD0_0005, 13),
+        Some(&SinkSlot::Unreadable(Bytes::from_static(TOO_NEW_SINK)))
+    );
     assert!(sinks.is_frozen(0xD0_0005));
     // The checkpoint of version 4 has none.
     let v4 = std::fs::read(golden_dir().join("checkpoint-v4.bin"))?;

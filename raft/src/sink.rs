@@ -378,6 +378,19 @@ pub(crate) struct SinkWrites {
     pub skipped: usize,
 }
 
+/// Lists a region's keys in `[start, end)`.
+pub(crate) type KeysIn<'a> = &'a dyn Fn(&[u8], Option<&[u8]>) -> Vec<Vec<u8>>;
+
+/// `[start, end)` clipped to `region`, if not empty.
+fn clip(region: &Region, start: &[u8], end: Option<&[u8]>) -> Option<(Vec<u8>, Option<Vec<u8>>)> {
+    let s = start.max(region.start.as_slice()).to_vec();
+    let e = match (end, region.end.as_deref()) {
+        (None, e) | (e, None) => e.map(<[u8]>::to_vec),
+        (Some(a), Some(b)) => Some(a.min(b).to_vec()),
+    };
+    e.as_deref().is_none_or(|e| s.as_slice() < e).then_some((s, e))
+}
+
 /// Applies `entry` to `table` (region `region`'s sink state before it): what to write,
 /// or why it is refused (then `table` is unchanged). `keys_in` lists the region's keys
 /// in a range (a `Begin`'s wipe). Decided from the command, the region, its data and
@@ -386,7 +399,7 @@ pub(crate) fn apply(
     table: &mut SinkTable,
     region: &Region,
     entry: &SinkEntryCmd,
-    keys_in: &dyn Fn(&[u8], Option<&[u8]>) -> Vec<Vec<u8>>,
+    keys_in: KeysIn<'_>,
 ) -> Result<SinkWrites> {
     let (dup_id, source, inc) = (entry.dup_id, entry.source_region, entry.incarnation);
     let refused = |reason| Error::SinkRefused { region: region.id, dup_id, reason };
@@ -401,14 +414,6 @@ pub(crate) fn apply(
         Some(SinkSlot::Known(e)) => Some(e.clone()),
         Some(SinkSlot::Unreadable(_)) => return Err(refused(SinkRefusal::Frozen)),
         None => None,
-    };
-    let clip = |start: &[u8], end: Option<&[u8]>| {
-        let s = start.max(region.start.as_slice()).to_vec();
-        let e = match (end, region.end.as_deref()) {
-            (None, e) | (e, None) => e.map(<[u8]>::to_vec),
-            (Some(a), Some(b)) => Some(a.min(b).to_vec()),
-        };
-        e.as_deref().is_none_or(|e| s.as_slice() < e).then_some((s, e))
     };
     if let Some(e) = &current {
         if inc < e.incarnation {
@@ -429,10 +434,17 @@ pub(crate) fn apply(
             return Err(refused(SinkRefusal::AlreadySeeded));
         }
         (SinkCmd::Begin { seed_id, start, end }, _) => {
-            let (s, e) = clip(start, end.as_deref()).ok_or(refused(SinkRefusal::OutOfRange))?;
+            let (s, e) =
+                clip(region, start, end.as_deref()).ok_or(refused(SinkRefusal::OutOfRange))?;
             writes.wipe = keys_in(&s, e.as_deref());
             let piece = regionkv_engine::sink::SinkPiece { start: s, end: e, mark: 0 };
-            SinkEntry { dup_id, source_region: source, incarnation: inc, seed_id: Some(*seed_id), pieces: vec![piece] }
+            SinkEntry {
+                dup_id,
+                source_region: source,
+                incarnation: inc,
+                seed_id: Some(*seed_id),
+                pieces: vec![piece],
+            }
         }
         (SinkCmd::Chunk { .. } | SinkCmd::End { .. }, None) => {
             return Err(refused(SinkRefusal::NotFound));
@@ -466,41 +478,76 @@ pub(crate) fn apply(
             e
         }
         (SinkCmd::Apply { start, end, upto, ops }, current) => {
-            let mut e = current.unwrap_or(SinkEntry {
+            let e = current.unwrap_or(SinkEntry {
                 dup_id,
                 source_region: source,
                 incarnation: inc,
                 seed_id: None,
                 pieces: Vec::new(),
             });
-            if e.seed_id.is_some() {
-                return Err(refused(SinkRefusal::Seeding));
-            }
-            if let Some(op) = ops.iter().find(|op| !region.contains(&op.key)) {
-                return Err(not_in_region(region, &op.key));
-            }
-            let in_batch = |k: &[u8]| {
-                (start.is_empty() || k >= start.as_slice()) && end.as_deref().is_none_or(|e| k < e)
-            };
-            if ops.iter().any(|op| !in_batch(&op.key) || op.source_index > *upto) {
-                return Err(refused(SinkRefusal::OutOfRange));
-            }
-            for op in ops {
-                if op.source_index > e.mark_of(&op.key) {
-                    writes.ops.push((op.key.clone(), op.value.clone()));
-                } else {
-                    writes.skipped += 1;
-                }
-            }
-            if let Some((s, end)) = clip(start, end.as_deref()) {
-                e.raise(&s, end.as_deref(), *upto);
-            }
-            e
+            let batch = Batch { start, end: end.as_deref(), upto: *upto, ops };
+            apply_ops(e, region, &batch, &mut writes).map_err(|r| r.map(refused))?
         }
         (SinkCmd::Promote, _) => return Ok(writes), // handled above
     };
     table.set(next);
     Ok(writes)
+}
+
+/// An `Apply`'s range, `upto` and ops.
+struct Batch<'a> {
+    start: &'a [u8],
+    end: Option<&'a [u8]>,
+    upto: u64,
+    ops: &'a [SinkOp],
+}
+
+/// Applies a batch to entry `e` (not seeding): the ops above their key's mark go to
+/// `writes`, the others are counted skipped; then the batch's part of the region is
+/// raised to `upto`. A refusal is `Err(Ok(reason))` or `Err(Err(error))`.
+fn apply_ops(
+    mut e: SinkEntry,
+    region: &Region,
+    batch: &Batch<'_>,
+    writes: &mut SinkWrites,
+) -> std::result::Result<SinkEntry, RefusedBy> {
+    if e.seed_id.is_some() {
+        return Err(RefusedBy::Reason(SinkRefusal::Seeding));
+    }
+    if let Some(op) = batch.ops.iter().find(|op| !region.contains(&op.key)) {
+        return Err(RefusedBy::Error(not_in_region(region, &op.key)));
+    }
+    let in_batch =
+        |k: &[u8]| (batch.start.is_empty() || k >= batch.start) && batch.end.is_none_or(|e| k < e);
+    if batch.ops.iter().any(|op| !in_batch(&op.key) || op.source_index > batch.upto) {
+        return Err(RefusedBy::Reason(SinkRefusal::OutOfRange));
+    }
+    for op in batch.ops {
+        if op.source_index > e.mark_of(&op.key) {
+            writes.ops.push((op.key.clone(), op.value.clone()));
+        } else {
+            writes.skipped += 1;
+        }
+    }
+    if let Some((s, end)) = clip(region, batch.start, batch.end) {
+        e.raise(&s, end.as_deref(), batch.upto);
+    }
+    Ok(e)
+}
+
+/// Why a batch is refused: a refusal reason, or another typed error.
+enum RefusedBy {
+    Reason(SinkRefusal),
+    Error(Error),
+}
+
+impl RefusedBy {
+    fn map(self, refused: impl Fn(SinkRefusal) -> Error) -> Error {
+        match self {
+            RefusedBy::Reason(r) => refused(r),
+            RefusedBy::Error(e) => e,
+        }
+    }
 }
 
 fn not_in_region(region: &Region, _key: &[u8]) -> Error {

@@ -584,6 +584,8 @@ fn peer_status_as(f: &Field<'_>, schema: StatusSchema) -> D<PeerStatus> {
         oldest_lock_age_ms: opt_u64(&r, PS_OLDEST_LOCK_AGE)?,
         // Tag 16 (the duplication floor) is not sent yet: unknown.
         dups: None,
+        // The sink state is not on the client wire either: unknown.
+        sinks: None,
     })
 }
 

@@ -101,10 +101,10 @@ use bytes::Bytes;
 
 use crate::codec::{self, DecodeError, DecodeResult, Decoder, TlvRecord, UnknownTags};
 use crate::dup::DupTable;
-use crate::sink::SinkTable;
 use crate::error::{Error, Result};
 use crate::region::{Region, in_range};
 use crate::sessions::{ENCODED_SESSION_BYTES, SessionLimits, SessionTable};
+use crate::sink::SinkTable;
 use crate::txn::TxnTable;
 
 /// Identifies a regionkv checkpoint; `\r\n` catches text-mode mangling.

@@ -184,7 +184,13 @@ fn sink_table() -> crate::sink::SinkTable {
     use crate::sink::{SinkEntry, SinkPiece};
     let mut t = crate::sink::SinkTable::default();
     let piece = SinkPiece { start: b"c".to_vec(), end: None, mark: 41 };
-    t.set(SinkEntry { dup_id: 4, source_region: 8, incarnation: 1, seed_id: None, pieces: vec![piece] });
+    t.set(SinkEntry {
+        dup_id: 4,
+        source_region: 8,
+        incarnation: 1,
+        seed_id: None,
+        pieces: vec![piece],
+    });
     t
 }
 

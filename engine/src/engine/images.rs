@@ -15,13 +15,13 @@ use crate::checkpoint::{
     map_checkpoint, open_and_load_part,
 };
 use crate::dup::DupTable;
-use crate::sink::SinkTable;
 use crate::error::{Error, Result};
 use crate::manifest::{CheckpointRef, Manifest};
 use crate::memtable::Memtable;
 use crate::read_view::ReadView;
 use crate::region::{Region, RegionId, intersect};
 use crate::sessions::{SessionLimits, SessionTable};
+use crate::sink::SinkTable;
 use crate::txn::TxnTable;
 
 impl Engine {

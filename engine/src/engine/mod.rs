@@ -7,8 +7,8 @@
 //! durable image (`images`: writing, finding, streaming and receiving checkpoints).
 
 mod dups;
-mod sinks;
 mod images;
+mod sinks;
 mod topology;
 
 use images::Loaded;
@@ -25,7 +25,6 @@ use regionkv_wal::fs::FileSystem;
 use crate::IdHashMap;
 use crate::checkpoint::{self, CheckpointStats};
 use crate::dup::DupTable;
-use crate::sink::SinkTable;
 use crate::error::{Error, Result};
 use crate::manifest::{self, Compatibility, Manifest, MergeState};
 use crate::memtable::{Batch, MAX_SEQ, Memtable, Seq, Visibility};
@@ -34,6 +33,7 @@ use crate::read_view::ReadView;
 use crate::region::{Epoch, Incarnation, PeerId, Region, RegionId, StoreId, in_range};
 use crate::region_map::RegionMap;
 use crate::sessions::{SessionId, SessionLimits, SessionTable, SessionWrite, Undo};
+use crate::sink::SinkTable;
 use crate::txn::{TxnOverlay, TxnTable};
 
 /// How to open an [`Engine`].

@@ -49,7 +49,10 @@ impl Engine {
 
 impl Inner {
     /// Runs `f` on the sink tables, and recounts the regions that have one.
-    pub(crate) fn with_sinks<T>(&self, f: impl FnOnce(&mut IdHashMap<RegionId, SinkTable>) -> T) -> T {
+    pub(crate) fn with_sinks<T>(
+        &self,
+        f: impl FnOnce(&mut IdHashMap<RegionId, SinkTable>) -> T,
+    ) -> T {
         let mut sinks = self.sinks.lock();
         let out = f(&mut sinks);
         self.sink_regions.store(sinks.len() as u64, Ordering::Release);

@@ -15,11 +15,11 @@ use super::images::ImageState;
 use super::{CommitState, Durable, Engine, Inner, RegionState};
 use crate::checkpoint::{ReceivedCheckpoint, load_part};
 use crate::dup::DupTable;
-use crate::sink::SinkTable;
 use crate::error::{Error, Result};
 use crate::manifest::{CheckpointRef, Manifest, MergeState, RegionEntry, restrict};
 use crate::region::{Peer, Region, RegionId};
 use crate::region_map::RegionMap;
+use crate::sink::SinkTable;
 use crate::txn::TxnTable;
 
 /// A change of the region map being staged by [`Inner::change`]: the state as it is,
@@ -667,9 +667,7 @@ impl Engine {
     /// entries clipped to the part's range (`SinkTable::restricted`).
     fn split_sinks(&self, parent: RegionId, parts: &[Region]) -> Vec<(RegionId, SinkTable)> {
         let table = self.inner.sinks.lock().get(&parent).cloned().unwrap_or_default();
-        (parts.iter())
-            .map(|p| (p.id, table.restricted(&p.start, p.end.as_deref())))
-            .collect()
+        (parts.iter()).map(|p| (p.id, table.restricted(&p.start, p.end.as_deref()))).collect()
     }
 
     /// The target's sink state after a merge of `source` into it: both sides' entries

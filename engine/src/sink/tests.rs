@@ -15,11 +15,17 @@ fn a_raise_over_a_subrange_splits_pieces_and_fills_gaps() {
     let mut e = entry(vec![piece("b", Some("f"), 10)]);
     e.raise(b"d", Some(b"h"), 20);
     assert_eq!(e.pieces, vec![piece("b", Some("d"), 10), piece("d", Some("h"), 20)]);
-    assert_eq!((e.mark_of(b"c"), e.mark_of(b"e"), e.mark_of(b"g"), e.mark_of(b"h")), (10, 20, 20, 0));
+    assert_eq!(
+        (e.mark_of(b"c"), e.mark_of(b"e"), e.mark_of(b"g"), e.mark_of(b"h")),
+        (10, 20, 20, 0)
+    );
     // A lower `upto` leaves higher marks alone; only the gap gets it.
     e.raise(b"a", None, 15);
     // Adjacent pieces of one mark are joined.
-    assert_eq!(e.pieces, vec![piece("a", Some("d"), 15), piece("d", Some("h"), 20), piece("h", None, 15)]);
+    assert_eq!(
+        e.pieces,
+        vec![piece("a", Some("d"), 15), piece("d", Some("h"), 20), piece("h", None, 15)]
+    );
     // A batch over everything up to X collapses the pieces back into one.
     e.raise(b"", None, 30);
     assert_eq!(e.pieces, vec![piece("", None, 30)]);
@@ -29,7 +35,10 @@ fn a_raise_over_a_subrange_splits_pieces_and_fills_gaps() {
 fn a_raise_inside_one_piece_leaves_both_sides() {
     let mut e = entry(vec![piece("a", None, 5)]);
     e.raise(b"c", Some(b"d"), 7);
-    assert_eq!(e.pieces, vec![piece("a", Some("c"), 5), piece("c", Some("d"), 7), piece("d", None, 5)]);
+    assert_eq!(
+        e.pieces,
+        vec![piece("a", Some("c"), 5), piece("c", Some("d"), 7), piece("d", None, 5)]
+    );
     // The first raise of a new entry (a source split child's first batch).
     let mut fresh = entry(Vec::new());
     fresh.raise(b"m", Some(b"q"), 3);
@@ -78,7 +87,10 @@ fn a_merge_of_two_incarnations_keeps_the_higher_ones_entry() {
 
 #[test]
 fn entries_round_trip_unknown_tags_are_skipped_and_newer_formats_kept() {
-    let e = SinkEntry { seed_id: Some(77), ..entry(vec![piece("a", Some("b"), 1), piece("c", None, 2)]) };
+    let e = SinkEntry {
+        seed_id: Some(77),
+        ..entry(vec![piece("a", Some("b"), 1), piece("c", None, 2)])
+    };
     assert_eq!(SinkEntry::decode(&e.encode()).unwrap(), e);
     let mut bytes = e.encode();
     codec::put_u64(&mut bytes, 60, 1);
@@ -104,12 +116,15 @@ fn entries_round_trip_unknown_tags_are_skipped_and_newer_formats_kept() {
     t.merge_from(&other);
     assert!(t.is_frozen(6));
     t.set(e);
-    assert_eq!(SinkTable::decode(&{
-        let mut b = Vec::new();
-        t.encode(&mut b);
-        b
-    })
-    .unwrap(), t);
+    assert_eq!(
+        SinkTable::decode(&{
+            let mut b = Vec::new();
+            t.encode(&mut b);
+            b
+        })
+        .unwrap(),
+        t
+    );
 }
 
 #[test]

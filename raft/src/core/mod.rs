@@ -92,12 +92,12 @@ mod apply;
 mod context;
 mod dirty;
 mod dup_apply;
-mod sink_apply;
 mod hibernate;
 mod lifecycle;
 mod messages;
 mod output;
 mod propose;
+mod sink_apply;
 mod snapshot;
 mod tso;
 mod txn_apply;
@@ -416,9 +416,11 @@ impl StoreCore {
 
     /// The status of the replica of `region`, if there is one.
     pub fn peer_status(&self, region: RegionId) -> Option<PeerStatus> {
-        self.replicas
-            .get(&region)
-            .map(|r| PeerStatus { dups: self.dups_of(r), sinks: self.sinks_of(r), ..r.status() })
+        self.replicas.get(&region).map(|r| PeerStatus {
+            dups: self.dups_of(r),
+            sinks: self.sinks_of(r),
+            ..r.status()
+        })
     }
 
     /// True if a replica here may have a peer on another store (see `not_alone`): a

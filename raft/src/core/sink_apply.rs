@@ -113,7 +113,14 @@ impl StoreCore {
             _ => None,
         };
         engine.set_sink_table(region, table)?;
-        tracing::debug!(region = region.0, index, dup = sink.dup_id, applied_ops, skipped = writes.skipped, "sink command applied");
+        tracing::debug!(
+            region = region.0,
+            index,
+            dup = sink.dup_id,
+            applied_ops,
+            skipped = writes.skipped,
+            "sink command applied"
+        );
         Ok(Ok(SinkResult { index, applied_ops, skipped_ops: writes.skipped, entry }))
     }
 
