@@ -19,6 +19,10 @@
 //! - [`dup`]: each region's duplication state (one entry per duplication, behind its
 //!   own format byte), set by the Raft layer's `DUP` commands, carried in every image
 //!   of the region, and moved by split and merge; its floor bounds log compaction.
+//! - [`sink`]: each follower region's sink state (per duplication and source region,
+//!   the source index applied up to, by key range), set by the Raft layer's `SINK`
+//!   commands with the data they write, carried in every image, clipped by splits and
+//!   concatenated by merges.
 //! - the memtable: one ordered map of `(key, sequence number)` versions for every
 //!   region, kept in immutable copy-on-write leaves of sorted entries (measured against
 //!   a crossbeam skip list: less than half the memory per key, scans and checkpoints
@@ -82,6 +86,7 @@ pub mod region;
 mod region_map;
 mod round;
 pub mod sessions;
+pub mod sink;
 pub mod txn;
 
 pub use checkpoint::{

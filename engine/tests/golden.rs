@@ -20,6 +20,9 @@ use regionkv_engine::{
 };
 use regionkv_wal::SimFs;
 
+#[allow(dead_code, reason = "shared with golden_sink.rs")]
+mod sink_data;
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const INCARNATION: Incarnation = Incarnation(0x0123_4567_89ab_cdef);
@@ -89,6 +92,8 @@ fn write_scenario(sessions: bool) -> Result<(Vec<u8>, Vec<u8>), Box<dyn std::err
         // Since checkpoint version 4: the region's duplication state, one entry of
         // every stage with every field set, and one of a newer format, kept unread.
         engine.set_dup_table(RegionId(7), golden_dups()?)?;
+        // Since checkpoint version 5: its sink state (`sink_data`).
+        engine.set_sink_table(RegionId(7), sink_data::golden_sinks()?)?;
     }
     // Since checkpoint version 2: a checkpoint made for a Raft snapshot records its
     // term and members.

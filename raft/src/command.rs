@@ -76,6 +76,10 @@
 //! [`crate::version::DUP`]): tag 4 DUP (nested), laid out and applied in
 //! [`crate::dup`].
 //!
+//! Or one sink command (duplication, follower side; alone in its entry; cluster
+//! version 7 on, [`crate::version::DUP_V2`]): tag 7 SINK (nested), laid out and
+//! applied in [`crate::sink`].
+//!
 //! A membership change is an `EntryConfChangeV2` entry: raft-rs's `ConfChangeV2` in
 //! the data, and in the context the epoch it was proposed at and the stores of the
 //! peers it adds:
@@ -114,6 +118,7 @@ const ADMIN: u16 = 2;
 const DIRECTORY: u16 = 3;
 const DUP: u16 = 4;
 const TXN: u16 = 5;
+const SINK: u16 = 7;
 const TXNS: u16 = 6;
 const A_EPOCH: u16 = 1;
 const A_KIND: u16 = 2;
@@ -344,6 +349,15 @@ pub(crate) enum Command {
     Txns(Vec<TxnEntry>),
     /// One duplication command.
     Dup(crate::dup::DupEntryCmd),
+    /// One sink command (duplication, follower side; cluster version 7 on).
+    Sink(crate::sink::SinkEntryCmd),
+}
+
+/// Encodes a sink command as one entry's data.
+pub(crate) fn encode_sink(entry: &crate::sink::SinkEntryCmd) -> Vec<u8> {
+    let mut out = vec![FORMAT_VERSION];
+    codec::put_nested(&mut out, SINK, |out| crate::sink::encode(out, entry));
+    out
 }
 
 /// Encodes a duplication command as one entry's data.
@@ -480,6 +494,7 @@ pub(crate) fn is_unknown_kind(error: &DecodeError) -> bool {
         crate::directory::UNKNOWN_DIRECTORY_COMMAND,
         crate::txn::codec::UNKNOWN_TXN,
         crate::dup::UNKNOWN_DUP,
+        crate::sink::UNKNOWN_SINK,
     ]
     .contains(&error.reason)
 }
@@ -498,6 +513,7 @@ impl Command {
                 crate::version::IMAGE_HASH.since
             }
             Command::Dup(_) => crate::version::DUP.since,
+            Command::Sink(_) => crate::version::DUP_V2.since,
             Command::Txns(entries) => {
                 entries.iter().map(txn_since).fold(crate::version::TXN_V3.since, u32::max)
             }
@@ -564,6 +580,14 @@ pub(crate) fn decode(data: &Bytes) -> DecodeResult<Command> {
         return crate::dup::decode(dup.value)
             .map(Command::Dup)
             .map_err(|e| e.shifted(dup.offset + 1));
+    }
+    if let Some(sink) = fields.iter().find(|f| f.tag == SINK) {
+        if fields.len() != 1 {
+            return Err(DecodeError::new(sink.offset + 1, "a sink command shares its entry"));
+        }
+        return crate::sink::decode(sink.value)
+            .map(Command::Sink)
+            .map_err(|e| e.shifted(sink.offset + 1));
     }
     if let Some(admin) = fields.iter().find(|f| f.tag == ADMIN) {
         if fields.len() != 1 {

@@ -288,6 +288,31 @@ pub enum Error {
         /// Outcomes are known for entries after this one.
         known_from: u64,
     },
+    /// Refused at apply, alike on every replica: a `SINK` command that does not fit the
+    /// follower region's sink state (`crate::sink`). Nothing changed.
+    #[error("sink of duplication {dup_id} in region {}: refused ({reason})", region.0)]
+    SinkRefused {
+        /// The follower region.
+        region: RegionId,
+        /// The duplication.
+        dup_id: u64,
+        /// Why.
+        reason: crate::sink::SinkRefusal,
+    },
+    /// Refused (before it was proposed, or at apply, alike on every replica): a client
+    /// write to a key that a duplication's sink holds (the key is a read-only standby
+    /// copy of another cluster's until the duplication is promoted). Nothing changed.
+    #[error(
+        "region {} is a read-only standby of duplication {dup_id} for this key: no client \
+         write until it is promoted",
+        region.0
+    )]
+    StandbyReadOnly {
+        /// The follower region.
+        region: RegionId,
+        /// The duplication whose sink holds the key.
+        dup_id: u64,
+    },
     /// Refused before it was proposed: the store is shutting down (or not running).
     /// Nothing was done; safe to retry elsewhere.
     #[error("the store is stopping, stopped or unreachable; nothing was done")]
@@ -389,6 +414,8 @@ impl Error {
             | Error::DupLogGap { .. }
             | Error::DupUnsupportedEntry { .. }
             | Error::DupOutcomeUnknown { .. }
+            | Error::SinkRefused { .. }
+            | Error::StandbyReadOnly { .. }
             | Error::ClusterVersionTooNew { .. }
             | Error::StoreVersionTooNew { .. }
             | Error::MergeAborted { .. }
@@ -441,6 +468,8 @@ impl Error {
             | Error::DupLogGap { .. }
             | Error::DupUnsupportedEntry { .. }
             | Error::DupOutcomeUnknown { .. }
+            | Error::SinkRefused { .. }
+            | Error::StandbyReadOnly { .. }
             | Error::DuplicationSeeding { .. }
             | Error::ClusterVersionTooNew { .. }
             | Error::StoreVersionTooNew { .. }
@@ -493,6 +522,8 @@ impl Error {
             | Error::DupLogGap { .. }
             | Error::DupUnsupportedEntry { .. }
             | Error::DupOutcomeUnknown { .. }
+            | Error::SinkRefused { .. }
+            | Error::StandbyReadOnly { .. }
             | Error::DuplicationSeeding { .. }
             | Error::ClusterVersionTooNew { .. }
             | Error::StoreVersionTooNew { .. }

@@ -35,6 +35,7 @@ mod reader;
 mod replica;
 mod request;
 pub mod sim;
+pub mod sink;
 mod status;
 mod storage;
 mod store;

@@ -51,6 +51,8 @@ pub(crate) enum Waiting {
     Txns(Vec<Reply<TxnReply>>),
     /// A duplication command.
     Dup(Reply<crate::dup::DupReply>),
+    /// A sink command.
+    Sink(Reply<crate::sink::SinkResult>),
 }
 
 impl Waiting {
@@ -64,6 +66,7 @@ impl Waiting {
             Waiting::Txn(reply) => reply(Err(error())),
             Waiting::Txns(replies) => replies.into_iter().for_each(|r| r(Err(error()))),
             Waiting::Dup(reply) => reply(Err(error())),
+            Waiting::Sink(reply) => reply(Err(error())),
         }
     }
 
@@ -94,6 +97,7 @@ impl Waiting {
                 }
             }
             Waiting::Dup(reply) => reply(Err(error.into())),
+            Waiting::Sink(reply) => reply(Err(error.into())),
         }
     }
 }
@@ -356,6 +360,9 @@ pub struct PeerStatus {
     /// `DupTable::floor`; empty: the region takes part in none). None: unknown (an
     /// older store, a replica that holds no data yet, or not known here).
     pub dups: Option<regionkv_engine::dup::DupTable>,
+    /// The region's sink state (duplication, follower side) as this replica applied
+    /// it; empty: it sinks nothing. None: unknown (as `dups`). In memory only.
+    pub sinks: Option<regionkv_engine::sink::SinkTable>,
 }
 
 /// This store's replica of a region.
@@ -668,6 +675,7 @@ impl Replica {
             // Filled by the core, which reads the engine (`StoreCore::status`).
             oldest_lock_age_ms: None,
             dups: None,
+            sinks: None,
         }
     }
 

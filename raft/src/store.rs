@@ -96,6 +96,7 @@ enum Msg {
     Timestamps(u32, Reply<u64>),
     Txn(Box<crate::txn::TxnRequest>),
     Dup(Box<crate::dup::DupRequest>),
+    Sink(Box<crate::sink::SinkRequest>),
     PeerStatus(RegionId, Sender<Option<PeerStatus>>),
     /// Duplication's seed: a checkpoint at or past the index (`Store::dup_seed_image`).
     DupCheckpoint(RegionId, u64, Sender<Result<u64>>),
@@ -115,6 +116,7 @@ impl Msg {
             | Msg::Txn(_)
             | Msg::Dup(_)
             | Msg::DupCheckpoint(..)
+            | Msg::Sink(_)
             | Msg::Directory(..)
             | Msg::Timestamps(..) => Lane::Client,
             Msg::Bootstrap(..)
@@ -433,6 +435,25 @@ impl Store {
         }
     }
 
+    /// Submits a sink command (`crate::sink`: duplication, follower side); its reply
+    /// is called when it is applied or refused. Refused with
+    /// `Error::FeatureNotActive` before the cluster runs at `version::DUP_V2`.
+    pub fn sink(&self, req: crate::sink::SinkRequest) {
+        let region = req.region;
+        if let Err(Msg::Sink(req)) = self.try_send(region, Msg::Sink(Box::new(req))) {
+            (req.reply)(Err(Error::Cancelled));
+        }
+    }
+
+    /// Region `region`'s sink state as this store applied it (empty: it sinks
+    /// nothing); `None` if the store does not host the region.
+    pub fn sink_table(&self, region: RegionId) -> Option<regionkv_engine::sink::SinkTable> {
+        if region == crate::directory::DIRECTORY {
+            return None;
+        }
+        self.ctx.engine.sink_table(region)
+    }
+
     /// Submits a membership change.
     pub fn change_peers(&self, req: ChangePeersRequest) {
         let region = req.region;
@@ -690,6 +711,7 @@ fn handle(core: &mut StoreCore, msg: Msg) {
         Msg::Admin(req) => core.on_admin(*req),
         Msg::Txn(req) => core.on_txn(*req),
         Msg::Dup(req) => core.on_dup(*req),
+        Msg::Sink(req) => core.on_sink(*req),
         Msg::MergeStatus(region, reply) => {
             let _ = reply.send(core.merge_status(region));
         }
@@ -840,6 +862,7 @@ fn refuse(msg: Msg) {
         Msg::Admin(req) => (req.reply)(Err(Error::Cancelled)),
         Msg::Txn(req) => (req.reply)(Err(Error::Cancelled)),
         Msg::Dup(req) => (req.reply)(Err(Error::Cancelled)),
+        Msg::Sink(req) => (req.reply)(Err(Error::Cancelled)),
         Msg::Directory(_, reply) => reply(Err(Error::Cancelled)),
         Msg::Timestamps(_, reply) => reply(Err(Error::Cancelled)),
         Msg::MergeStatus(_, reply) => {

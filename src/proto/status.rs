@@ -594,6 +594,8 @@ fn peer_status_as(f: &Field<'_>, schema: StatusSchema) -> D<PeerStatus> {
             .optional(PS_DUPS)?
             .map(|f| DupTable::decode(f.value).map_err(|e| e.shifted(f.offset)))
             .transpose()?,
+        // The sink state is not on the client wire: unknown.
+        sinks: None,
     })
 }
 

@@ -59,6 +59,7 @@ pub(super) fn status() -> PeerStatus {
         halted: None,
         oldest_lock_age_ms: None,
         dups: None,
+        sinks: None,
     }
 }
 

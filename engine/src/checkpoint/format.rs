@@ -31,6 +31,10 @@
 //!    6 dups (nested; absent: none): the region's duplication state (`crate::dup`):
 //!      1 entry (nested, repeated: 1 dup id u64, 2 entry bytes, behind their own
 //!      format byte)
+//!  since version 5, optional:
+//!    7 sinks (nested; absent: none): the region's sink state (`crate::sink`):
+//!      1 entry (nested, repeated: 1 dup id u64, 2 source region u64, 3 entry bytes,
+//!      behind their own format byte)
 //!
 //!  block (sorted entries, keys strictly increasing across the whole file)
 //!  0          4          8          12                                12+n      16+n
@@ -84,6 +88,12 @@
 //!   open with `dups: None` (no duplication existed); the field in such a file is
 //!   corruption; a version-3 binary refuses version-4 files, so it never drops the
 //!   state (and with it the region's log-retention floor) by rewriting the image.
+//! - 5: adds the optional header field `sinks`: the region's sink state (follower side
+//!   of duplication) as of the applied index, one entry per (duplication, source
+//!   region) behind its own format byte (see `crate::sink`). Files of versions 1 to 4
+//!   open with `sinks: None` (no sink existed); the field in such a file is
+//!   corruption; a version-4 binary refuses version-5 files, so it never drops the
+//!   marks that make the follower's apply exactly-once by rewriting the image.
 
 use std::path::Path;
 
@@ -94,6 +104,7 @@ use crate::dup::DupTable;
 use crate::error::{Error, Result};
 use crate::region::{Region, in_range};
 use crate::sessions::{ENCODED_SESSION_BYTES, SessionLimits, SessionTable};
+use crate::sink::SinkTable;
 use crate::txn::TxnTable;
 
 /// Identifies a regionkv checkpoint; `\r\n` catches text-mode mangling.
@@ -101,7 +112,7 @@ pub(crate) const MAGIC: [u8; 8] = *b"rkvCKP\r\n";
 /// Marks the footer.
 const FOOTER_MAGIC: [u8; 4] = *b"CKPT";
 /// The checkpoint format this binary writes and the newest it reads.
-pub const CHECKPOINT_FORMAT_VERSION: u32 = 4;
+pub const CHECKPOINT_FORMAT_VERSION: u32 = 5;
 /// The oldest checkpoint format this binary reads.
 pub const OLDEST_CHECKPOINT_VERSION: u32 = 1;
 const HEADER_FIXED_LEN: usize = 20;
@@ -149,11 +160,14 @@ const HDR_SNAPSHOT: u16 = 4;
 const HDR_TXN: u16 = 5;
 /// Since version 4.
 const HDR_DUPS: u16 = 6;
+const HDR_SINKS: u16 = 7;
 const HDR_TAGS_V1: &[u16] = &[HDR_REGION, HDR_APPLIED_INDEX];
 const HDR_TAGS_V2: &[u16] = &[HDR_REGION, HDR_APPLIED_INDEX, HDR_SESSIONS, HDR_SNAPSHOT];
 const HDR_TAGS_V3: &[u16] = &[HDR_REGION, HDR_APPLIED_INDEX, HDR_SESSIONS, HDR_SNAPSHOT, HDR_TXN];
-const HDR_TAGS: &[u16] =
+const HDR_TAGS_V4: &[u16] =
     &[HDR_REGION, HDR_APPLIED_INDEX, HDR_SESSIONS, HDR_SNAPSHOT, HDR_TXN, HDR_DUPS];
+const HDR_TAGS: &[u16] =
+    &[HDR_REGION, HDR_APPLIED_INDEX, HDR_SESSIONS, HDR_SNAPSHOT, HDR_TXN, HDR_DUPS, HDR_SINKS];
 // Snapshot fields.
 const S_TERM: u16 = 1;
 const S_VOTER: u16 = 2;
@@ -181,6 +195,10 @@ pub struct CheckpointHeader {
     /// `None`: none (the region takes part in no duplication, or a file of version 1
     /// to 3, written before duplication existed).
     pub dups: Option<DupTable>,
+    /// The region's sink state as of `applied_index` (since format version 5);
+    /// `None`: none (the region sinks no duplication, or a file of version 1 to 4,
+    /// written before sinks existed).
+    pub sinks: Option<SinkTable>,
 }
 
 /// Fails with [`Error::TooLarge`] if `header` would not fit the header bound: the
@@ -188,11 +206,12 @@ pub struct CheckpointHeader {
 pub(crate) fn check_header_fits(header: &CheckpointHeader) -> Result<()> {
     // Everything but the transaction state fits the bound of version 2.
     let len = header.txn.as_ref().map_or(0, |t| codec::FIELD_HEADER_LEN + t.encoded_len())
-        + header.dups.as_ref().map_or(0, |d| codec::FIELD_HEADER_LEN + d.encoded_len());
+        + header.dups.as_ref().map_or(0, |d| codec::FIELD_HEADER_LEN + d.encoded_len())
+        + header.sinks.as_ref().map_or(0, |s| codec::FIELD_HEADER_LEN + s.encoded_len());
     let max = MAX_HEADER_BODY_BYTES_V3 - MAX_HEADER_BODY_BYTES;
     if len > max {
         return Err(Error::TooLarge {
-            what: "transaction and duplication state",
+            what: "transaction, duplication and sink state",
             len: len as u64,
             max: max as u64,
         });
@@ -283,6 +302,9 @@ impl<'s> Encoder<'s> {
         }
         if let Some(dups) = &header.dups {
             codec::put_nested(&mut body, HDR_DUPS, |out| dups.encode(out));
+        }
+        if let Some(sinks) = &header.sinks {
+            codec::put_nested(&mut body, HDR_SINKS, |out| sinks.encode(out));
         }
         let mut out = Vec::with_capacity(flush_bytes + BLOCK_TARGET_BYTES * 2);
         out.extend_from_slice(&MAGIC);
@@ -730,12 +752,14 @@ fn verify_block<'a>(
 
 /// Decodes the header fields of a file of format `version` (a version-1 file has
 /// neither the session table nor the snapshot field, a version-2 file no transaction
-/// state, a version-3 file no duplication state: their tags are unknown there).
+/// state, a version-3 file no duplication state, a version-4 file no sink state: their
+/// tags are unknown there).
 fn decode_header_body(body: &[u8], version: u32) -> DecodeResult<CheckpointHeader> {
     let tags = match version {
         1 => HDR_TAGS_V1,
         2 => HDR_TAGS_V2,
         3 => HDR_TAGS_V3,
+        4 => HDR_TAGS_V4,
         _ => HDR_TAGS,
     };
     let rec = TlvRecord::parse(body, tags, UnknownTags::Reject)?;
@@ -762,7 +786,11 @@ fn decode_header_body(body: &[u8], version: u32) -> DecodeResult<CheckpointHeade
         Some(f) => Some(DupTable::decode(f.value).map_err(|e| e.shifted(f.offset))?),
         None => None,
     };
-    Ok(CheckpointHeader { region, applied_index, sessions, snapshot, txn, dups })
+    let sinks = match rec.optional(HDR_SINKS)? {
+        Some(f) => Some(SinkTable::decode(f.value).map_err(|e| e.shifted(f.offset))?),
+        None => None,
+    };
+    Ok(CheckpointHeader { region, applied_index, sessions, snapshot, txn, dups, sinks })
 }
 
 fn decode_snapshot(buf: &[u8]) -> DecodeResult<SnapshotMeta> {

@@ -35,6 +35,7 @@ fn header() -> CheckpointHeader {
         snapshot: Some(SnapshotMeta { term: 6, voters: vec![10, 11], learners: vec![12] }),
         txn: None,
         dups: None,
+        sinks: None,
     }
 }
 
@@ -176,6 +177,34 @@ fn the_dup_state_round_trips_and_older_versions_have_none() {
     assert_eq!(file.header().dups, None);
     assert_eq!(file.header().txn, Some(txn_table()));
     assert!(decode(&with_version(encode(&h, &pairs(3, 4)), 3)).unwrap_err().is_corruption());
+    assert!(check_header_fits(&h).is_ok());
+}
+
+fn sink_table() -> crate::sink::SinkTable {
+    use crate::sink::{SinkEntry, SinkPiece};
+    let mut t = crate::sink::SinkTable::default();
+    let piece = SinkPiece { start: b"c".to_vec(), end: None, mark: 41 };
+    t.set(SinkEntry {
+        dup_id: 4,
+        source_region: 8,
+        incarnation: 1,
+        seed_id: None,
+        pieces: vec![piece],
+    });
+    t
+}
+
+#[test]
+fn the_sink_state_round_trips_and_older_versions_have_none() {
+    let h = CheckpointHeader { sinks: Some(sink_table()), dups: Some(dup_table()), ..header() };
+    let file = decode(&encode(&h, &pairs(3, 4))).unwrap();
+    assert_eq!(file.header(), &h);
+    // Version 4 is read as it was: no sink state; the field there is corruption.
+    let v4 = CheckpointHeader { dups: Some(dup_table()), ..header() };
+    let file = decode(&with_version(encode(&v4, &pairs(3, 4)), 4)).unwrap();
+    assert_eq!(file.header().sinks, None);
+    assert_eq!(file.header().dups, Some(dup_table()));
+    assert!(decode(&with_version(encode(&h, &pairs(3, 4)), 4)).unwrap_err().is_corruption());
     assert!(check_header_fits(&h).is_ok());
 }
 

@@ -21,6 +21,7 @@ use crate::memtable::Memtable;
 use crate::read_view::ReadView;
 use crate::region::{Region, RegionId, intersect};
 use crate::sessions::{SessionLimits, SessionTable};
+use crate::sink::SinkTable;
 use crate::txn::TxnTable;
 
 impl Engine {
@@ -61,10 +62,12 @@ impl Engine {
         // The duplication state is set between rounds by the thread that applies the
         // region, the one that asks for this checkpoint: read with them, it is the
         // state as of the same index.
-        let (snapshot, txn, dups) = {
+        // So is the sink state (set after the round holding its data committed).
+        let (snapshot, txn, dups, sinks) = {
             let _commit = self.inner.commit.lock();
             let txn = self.inner.txn.lock().get(&id).cloned();
-            (self.read_view(), txn, self.inner.dups.lock().get(&id).cloned())
+            let dups = self.inner.dups.lock().get(&id).cloned();
+            (self.read_view(), txn, dups, self.inner.sinks.lock().get(&id).cloned())
         };
         let sessions = self.inner.sessions.lock().get(&id).cloned().unwrap_or_default();
         let file_id = durable.next_file_id;
@@ -76,6 +79,7 @@ impl Engine {
             snapshot: snapshot_meta,
             txn: txn.filter(|t| !t.is_empty()),
             dups: dups.filter(|d| !d.is_empty()),
+            sinks: sinks.filter(|s| !s.is_empty()),
         };
         // What the region is charged for is a little more than its checkpoint takes
         // (see `Inner::write_checkpoint`).
@@ -163,7 +167,7 @@ impl Engine {
     /// `snapshot`, with `sessions` as its session table and `txn` as its transaction
     /// state and `dups` as its duplication state; the caller records it in the next
     /// manifest. Writes nothing and returns `None` if the region holds no keys, no
-    /// sessions, no transaction state and no duplication state: its image is empty
+    /// sessions, no transaction state, no duplication and no sink state: its image is empty
     /// (`empty_at`).
     /// `estimate_bytes` is about how long the file will be (what the region is charged
     /// for; see `Inner::write_checkpoint`); the callers hold the region map's lock, so
@@ -177,10 +181,11 @@ impl Engine {
         image: ImageState<'_>,
         estimate_bytes: u64,
     ) -> Result<Option<CheckpointRef>> {
-        let ImageState { sessions, txn, dups } = image;
+        let ImageState { sessions, txn, dups, sinks } = image;
         if sessions.is_empty()
             && txn.is_empty()
             && dups.is_empty()
+            && sinks.is_empty()
             && snapshot.scan(&region.start, region.end.as_deref(), 1).is_empty()
         {
             return Ok(None);
@@ -194,6 +199,7 @@ impl Engine {
             snapshot: None,
             txn: (!txn.is_empty()).then(|| txn.clone()),
             dups: (!dups.is_empty()).then(|| dups.clone()),
+            sinks: (!sinks.is_empty()).then(|| sinks.clone()),
         };
         let stats = self.inner.write_checkpoint(file_id, &header, snapshot, estimate_bytes)?;
         Ok(Some(CheckpointRef {
@@ -207,12 +213,13 @@ impl Engine {
 }
 
 /// What a checkpoint holds besides the region's data: its client sessions, its
-/// transaction state and its duplication state.
+/// transaction state, its duplication state and its sink state.
 #[derive(Clone, Copy)]
 pub(super) struct ImageState<'a> {
     pub sessions: &'a SessionTable,
     pub txn: &'a TxnTable,
     pub dups: &'a DupTable,
+    pub sinks: &'a SinkTable,
 }
 
 impl Inner {
@@ -247,6 +254,7 @@ pub(super) struct Loaded {
     pub sessions: IdHashMap<RegionId, SessionTable>,
     pub txn: IdHashMap<RegionId, TxnTable>,
     pub dups: IdHashMap<RegionId, DupTable>,
+    pub sinks: IdHashMap<RegionId, SinkTable>,
     /// Bytes charged per region with a checkpoint part.
     pub bytes: IdHashMap<RegionId, AtomicU64>,
     /// The last sequence number used.
@@ -259,8 +267,9 @@ pub(super) struct Loaded {
 /// number, the session tables of the files each region's image is made of (joined, as
 /// a merge joins them; the parts of a split share their parent's file, so each gets a
 /// copy), their transaction state (each part's range of it, joined; the floor is
-/// the largest), and their duplication state (the region's own file first, then any
-/// entry of another duplication the other files hold: nothing is dropped).
+/// the largest), their duplication state (the region's own file first, then any
+/// entry of another duplication the other files hold: nothing is dropped), and their
+/// sink state (each part's range of it, merged as a merge does).
 pub(super) fn load_images(
     fs: &dyn FileSystem,
     dir: &Path,
@@ -271,6 +280,7 @@ pub(super) fn load_images(
     let mut sessions: IdHashMap<RegionId, SessionTable> = IdHashMap::default();
     let mut txn: IdHashMap<RegionId, TxnTable> = IdHashMap::default();
     let mut dups: IdHashMap<RegionId, DupTable> = IdHashMap::default();
+    let mut sinks: IdHashMap<RegionId, SinkTable> = IdHashMap::default();
     let mut seq = 0u64;
     let mut loaded_entries = 0;
     let mut files: HashMap<u64, CheckpointFile> = HashMap::new();
@@ -303,6 +313,14 @@ pub(super) fn load_images(
                 let part_table = table.restricted(start, end);
                 txn.entry(entry.region.id).or_default().join(part_table);
             }
+            if let Some(table) = files.get(&part.file_id).and_then(|f| f.header().sinks.as_ref())
+                && let Some((start, end)) = intersect(
+                    (&part.start, part.end.as_deref()),
+                    (&entry.region.start, entry.region.end.as_deref()),
+                )
+            {
+                sinks.entry(entry.region.id).or_default().join_part(table, start, end);
+            }
         }
         let mut own_first: Vec<&CheckpointFile> =
             entry.checkpoints.iter().filter_map(|part| files.get(&part.file_id)).collect();
@@ -315,5 +333,6 @@ pub(super) fn load_images(
     }
     txn.retain(|_, t| !t.is_empty());
     dups.retain(|_, t| !t.is_empty());
-    Ok(Loaded { memtable, sessions, txn, dups, bytes, seq, entries: loaded_entries })
+    sinks.retain(|_, t| !t.is_empty());
+    Ok(Loaded { memtable, sessions, txn, dups, sinks, bytes, seq, entries: loaded_entries })
 }

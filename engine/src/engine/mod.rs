@@ -8,6 +8,7 @@
 
 mod dups;
 mod images;
+mod sinks;
 mod topology;
 
 use images::Loaded;
@@ -32,6 +33,7 @@ use crate::read_view::ReadView;
 use crate::region::{Epoch, Incarnation, PeerId, Region, RegionId, StoreId, in_range};
 use crate::region_map::RegionMap;
 use crate::sessions::{SessionId, SessionLimits, SessionTable, SessionWrite, Undo};
+use crate::sink::SinkTable;
 use crate::txn::{TxnOverlay, TxnTable};
 
 /// How to open an [`Engine`].
@@ -206,7 +208,7 @@ struct Durable {
 /// The shared state of an [`Engine`].
 ///
 /// Lock order: `durable` -> `commit` -> `regions` -> `pins` -> `snapshots` ->
-/// `sessions` -> `txn` -> `dups`. A thread holding one of them takes only locks further
+/// `sessions` -> `txn` -> `dups` -> `sinks`. A thread holding one of them takes only locks further
 /// right;
 /// each field repeats its place.
 /// The `failure` latch may be taken under any of them and holds none while it is held.
@@ -217,24 +219,24 @@ pub(crate) struct Inner {
     options: EngineOptions,
     /// Changed only under `commit`; read by anyone (leaves are shared by `Arc`).
     pub(crate) memtable: Memtable,
-    /// Lock 1 of 8, taken first: serializes every file-system change (checkpoints,
+    /// Lock 1 of 9, taken first: serializes every file-system change (checkpoints,
     /// the manifest) and every change of the region map.
     durable: Mutex<Durable>,
-    /// Lock 2 of 8 (after `durable`, if both): serializes every change of the memtable
+    /// Lock 2 of 9 (after `durable`, if both): serializes every change of the memtable
     /// and of the regions' byte charges.
     commit: Mutex<CommitState>,
-    /// Lock 3 of 8 (after `durable` and `commit`, if held): the region map, written
+    /// Lock 3 of 9 (after `durable` and `commit`, if held): the region map, written
     /// only by `Inner::change`.
     regions: RwLock<RegionState>,
-    /// Lock 4 of 8 (after `regions`, if held): which open rounds pin which regions.
+    /// Lock 4 of 9 (after `regions`, if held): which open rounds pin which regions.
     pins: Mutex<PinLedger>,
-    /// Lock 5 of 8: live snapshots, sequence number -> how many.
+    /// Lock 5 of 9: live snapshots, sequence number -> how many.
     pub(crate) read_views: Mutex<BTreeMap<u64, u32>>,
-    /// Lock 6 of 8 (after `regions`, if held; never with `txn`): the client sessions
+    /// Lock 6 of 9 (after `regions`, if held; never with `txn`): the client sessions
     /// of each hosted region (absent: none). Changed by the rounds of the thread that
     /// applies the region (see `round.rs`) and by region changes (`topology.rs`).
     pub(crate) sessions: Mutex<IdHashMap<RegionId, SessionTable>>,
-    /// Lock 7 of 8 (after `commit` and `regions`, if held): the
+    /// Lock 7 of 9 (after `commit` and `regions`, if held): the
     /// transaction state of each hosted region (absent: empty). Changed when a round
     /// that changed it commits, under `commit`, after the round's data is visible
     /// (`Engine::publish_txn`), and by region changes (`topology.rs`).
@@ -242,10 +244,16 @@ pub(crate) struct Inner {
     /// Locks held in `txn` over all regions; changed only with `txn` held. A reader
     /// that finds 0 skips every lock lookup (`Engine::has_txn_locks`).
     pub(crate) txn_locks: AtomicU64,
-    /// Lock 8 of 8, taken last: the duplication state of each hosted region (absent:
+    /// Lock 8 of 9: the duplication state of each hosted region (absent:
     /// none; `crate::dup`). Changed by the thread that applies the region
     /// (`Engine::set_dup_table`, between rounds) and by region changes (`topology.rs`).
     pub(crate) dups: Mutex<IdHashMap<RegionId, DupTable>>,
+    /// Lock 9 of 9, taken last: the sink state of each hosted region (absent: none;
+    /// `crate::sink`). Changed like `dups`: by the thread that applies the region
+    /// (`Engine::set_sink_table`, between rounds) and by region changes.
+    pub(crate) sinks: Mutex<IdHashMap<RegionId, SinkTable>>,
+    /// Regions in `sinks`; a write check that finds 0 looks nothing up.
+    pub(crate) sink_regions: AtomicU64,
     /// Every write up to this sequence number is applied; snapshots read at it.
     pub(crate) visible_seq: AtomicU64,
     next_round: AtomicU64,
@@ -322,7 +330,7 @@ impl Engine {
             fs.sync_dir(&dir).map_err(|e| Error::io("sync_dir", &dir, e))?;
         }
 
-        let Loaded { memtable, sessions, txn, dups, mut bytes, seq, entries } =
+        let Loaded { memtable, sessions, txn, dups, sinks, mut bytes, seq, entries } =
             images::load_images(fs.as_ref(), &dir, &manifest, options.session_limits)?;
         recovery.entries_loaded = entries;
         for region in map.regions() {
@@ -351,6 +359,8 @@ impl Engine {
             txn_locks: AtomicU64::new(txn.values().map(|t| t.lock_count() as u64).sum()),
             txn: Mutex::new(txn),
             dups: Mutex::new(dups),
+            sink_regions: AtomicU64::new(sinks.len() as u64),
+            sinks: Mutex::new(sinks),
             visible_seq: AtomicU64::new(seq),
             next_round: AtomicU64::new(1),
             failure: Mutex::new(None),

@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::manifest::{CheckpointRef, Manifest, MergeState, RegionEntry, restrict};
 use crate::region::{Peer, Region, RegionId};
 use crate::region_map::RegionMap;
+use crate::sink::SinkTable;
 use crate::txn::TxnTable;
 
 /// A change of the region map being staged by [`Inner::change`]: the state as it is,
@@ -149,6 +150,7 @@ impl Engine {
                 self.inner.sessions.lock().remove(&id);
                 self.inner.set_txn_table(id, None);
                 self.inner.dups.lock().remove(&id);
+                self.inner.with_sinks(|s| s.remove(&id));
                 region
             },
         )
@@ -177,10 +179,11 @@ impl Engine {
                 // keeps a copy of the parent's state (no floor is dropped).
                 let table = self.inner.dups.lock().get(&id).cloned().unwrap_or_default();
                 let dups = parts.iter().map(|p| (p.id, table.clone())).collect();
-                Ok((next, (parts, child_bytes, dups)))
+                let sinks = self.split_sinks(id, &parts);
+                Ok((next, (parts, child_bytes, (dups, sinks))))
             },
-            |p, (parts, child_bytes, dups)| {
-                self.on_split(p.regions, id, &parts, &child_bytes, dups);
+            |p, (parts, child_bytes, (dups, sinks))| {
+                self.on_split(p.regions, id, &parts, &child_bytes, dups, sinks);
                 parts
             },
         )
@@ -205,7 +208,8 @@ impl Engine {
                 if let Some(from) = self.inner.dups.lock().get(&source) {
                     table.join_missing(from);
                 }
-                self.on_merge(p.regions, source, target, table);
+                let sinks = self.merged_sinks(source, target);
+                self.on_merge(p.regions, source, target, table, sinks);
                 merged
             },
         )
@@ -251,6 +255,8 @@ impl Engine {
                         (part.id, table)
                     })
                     .collect();
+                // Each part keeps the parent's sink entries, clipped to its range.
+                let sinks = self.split_sinks(id, &parts);
                 // What each part is charged for: the length its checkpoint is estimated
                 // at, and (the children's) the charges that move. Every change to the
                 // memtable takes the commit lock, so these are the charges after the
@@ -276,6 +282,7 @@ impl Engine {
                             sessions: &sessions,
                             txn: &txn.restricted(&part.start, part.end.as_deref()),
                             dups: &dups[i].1,
+                            sinks: &sinks[i].1,
                         },
                         estimate_bytes,
                     )?);
@@ -299,10 +306,10 @@ impl Engine {
                 next.set_empty_at(&empty, child_index);
                 next.set_meta_index(&[id], at_index);
                 next.set_meta_index(new_ids, child_index);
-                Ok((next, (parts, child_bytes, dups)))
+                Ok((next, (parts, child_bytes, (dups, sinks))))
             },
-            |p, (parts, child_bytes, dups)| {
-                self.on_split(p.regions, id, &parts, &child_bytes, dups);
+            |p, (parts, child_bytes, (dups, sinks))| {
+                self.on_split(p.regions, id, &parts, &child_bytes, dups, sinks);
                 parts
             },
         )
@@ -349,6 +356,7 @@ impl Engine {
                     }
                     joined
                 };
+                let sinks = self.merged_sinks(source, target);
                 let estimate_bytes = [source, target]
                     .iter()
                     .filter_map(|id| s.regions.bytes.get(id))
@@ -359,7 +367,7 @@ impl Engine {
                     &merged,
                     at_index,
                     &snapshot,
-                    ImageState { sessions: &sessions, txn: &txn, dups: &dups },
+                    ImageState { sessions: &sessions, txn: &txn, dups: &dups, sinks: &sinks },
                     estimate_bytes,
                 )?;
                 let mut next = s.manifest(|region| {
@@ -370,10 +378,10 @@ impl Engine {
                     next.set_empty_at(&[target], at_index);
                 }
                 next.set_meta_index(&[target], at_index);
-                Ok((next, (merged, dups)))
+                Ok((next, (merged, (dups, sinks))))
             },
-            |p, (merged, dups)| {
-                self.on_merge(p.regions, source, target, dups);
+            |p, (merged, (dups, sinks))| {
+                self.on_merge(p.regions, source, target, dups, sinks);
                 merged
             },
         )
@@ -450,6 +458,7 @@ impl Engine {
                 let sessions = self.inner.sessions.lock().get(&id).cloned().unwrap_or_default();
                 let txn = self.inner.txn.lock().get(&id).cloned().unwrap_or_default();
                 let dups = self.inner.dups.lock().get(&id).cloned().unwrap_or_default();
+                let sinks = self.inner.sinks.lock().get(&id).cloned().unwrap_or_default();
                 let estimate_bytes =
                     s.regions.bytes.get(&id).map_or(0, |b| b.load(Ordering::Relaxed));
                 let image = self.write_whole_checkpoint(
@@ -457,7 +466,7 @@ impl Engine {
                     &region,
                     at_index,
                     &snapshot,
-                    ImageState { sessions: &sessions, txn: &txn, dups: &dups },
+                    ImageState { sessions: &sessions, txn: &txn, dups: &dups, sinks: &sinks },
                     estimate_bytes,
                 )?;
                 let mut next =
@@ -543,6 +552,7 @@ impl Engine {
                     p.regions.bytes.remove(&old.id);
                     self.inner.set_txn_table(old.id, None);
                     self.inner.dups.lock().remove(&old.id);
+                    self.inner.with_sinks(|s| s.remove(&old.id));
                 }
                 let seq = p.commit.next_seq;
                 let entry = RegionEntry {
@@ -569,6 +579,9 @@ impl Engine {
                     None => dups.remove(&region.id),
                 };
                 drop(dups);
+                // And its sink state (none in a file of versions 1 to 4).
+                let table = header.sinks.clone().unwrap_or_default();
+                self.inner.with_sinks(|s| super::sinks::put(s, region.id, table));
                 p.commit.next_seq += 1;
                 self.inner.visible_seq.store(seq, Ordering::Release);
                 p.regions.bytes.insert(region.id, AtomicU64::new(bytes));
@@ -600,6 +613,7 @@ impl Engine {
         parts: &[Region],
         child_bytes: &[u64],
         dups: Vec<(RegionId, DupTable)>,
+        sinks: Vec<(RegionId, SinkTable)>,
     ) {
         for (part, &b) in parts[1..].iter().zip(child_bytes) {
             regions.bytes.insert(part.id, AtomicU64::new(b));
@@ -641,6 +655,30 @@ impl Engine {
                 tables.insert(id, table);
             }
         }
+        drop(tables);
+        self.inner.with_sinks(|tables| {
+            for (id, table) in sinks {
+                super::sinks::put(tables, id, table);
+            }
+        });
+    }
+
+    /// Each part's sink state after a split of `parent` into `parts`: the parent's
+    /// entries clipped to the part's range (`SinkTable::restricted`).
+    fn split_sinks(&self, parent: RegionId, parts: &[Region]) -> Vec<(RegionId, SinkTable)> {
+        let table = self.inner.sinks.lock().get(&parent).cloned().unwrap_or_default();
+        (parts.iter()).map(|p| (p.id, table.restricted(&p.start, p.end.as_deref()))).collect()
+    }
+
+    /// The target's sink state after a merge of `source` into it: both sides' entries
+    /// (`SinkTable::merge_from`: pieces concatenated per entry).
+    fn merged_sinks(&self, source: RegionId, target: RegionId) -> SinkTable {
+        let tables = self.inner.sinks.lock();
+        let mut joined = tables.get(&target).cloned().unwrap_or_default();
+        if let Some(from) = tables.get(&source) {
+            joined.merge_from(from);
+        }
+        joined
     }
 
     /// After a merge of `source` into `target`: the source's charge and pins go to the
@@ -654,6 +692,7 @@ impl Engine {
         source: RegionId,
         target: RegionId,
         dups: DupTable,
+        sinks: SinkTable,
     ) {
         let moved = regions.bytes.remove(&source).map_or(0, AtomicU64::into_inner);
         if let Some(b) = regions.bytes.get(&target) {
@@ -679,5 +718,10 @@ impl Engine {
         } else {
             tables.insert(target, dups);
         }
+        drop(tables);
+        self.inner.with_sinks(|tables| {
+            tables.remove(&source);
+            super::sinks::put(tables, target, sinks);
+        });
     }
 }

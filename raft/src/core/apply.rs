@@ -177,6 +177,13 @@ impl<'e> Applier<'e> {
         if let Err(refused) = check_write(replica, write).and_then(|()| self.check_limits(write)) {
             return Ok(Written::Refused(refused));
         }
+        // A key a duplication's sink holds is a read-only standby (ARCHITECTURE.md,
+        // "Duplication (follower side: the sink)"): the sink state is set between
+        // rounds, so this is the state as of the entry before.
+        let region_id = replica.region.id;
+        if let Some(dup_id) = self.engine.standby_of(region_id, write.ops.iter().map(Op::key)) {
+            return Ok(Written::Refused(Error::StandbyReadOnly { region: region_id, dup_id }));
+        }
         let bytes: usize = write.ops.iter().map(|op| op.key().len() + op_value_len(op)).sum();
         if self.bytes + bytes > self.cut_bytes && !self.round.is_empty() {
             self.cut_full()?;
@@ -392,6 +399,11 @@ fn resolve_proposals(replica: &mut Replica, entry: &Entry, outcome: Outcome, hel
                 _ => reply(Err(mismatch())),
             },
             Waiting::Dup(reply) => reply(Err(dropped())),
+            Waiting::Sink(reply) if matched => match outcome.take() {
+                Some(Outcome::Sink(result)) => reply(result),
+                _ => reply(Err(mismatch())),
+            },
+            Waiting::Sink(reply) => reply(Err(dropped())),
         }
     }
 }
@@ -412,6 +424,8 @@ enum Outcome {
     Txns(Vec<Result<TxnReply>>),
     /// A duplication command's result.
     Dup(Result<crate::dup::DupReply>),
+    /// A sink command's result.
+    Sink(Result<crate::sink::SinkResult>),
     /// Refused whole (it does not decode, or a membership change that must not
     /// apply), alike on every replica: why.
     Refused(Error),
@@ -430,6 +444,12 @@ fn refusal(error: &Error) -> Error {
         }
         Error::DupRefused { region, dup_id, reason } => {
             Error::DupRefused { region: *region, dup_id: *dup_id, reason: *reason }
+        }
+        Error::SinkRefused { region, dup_id, reason } => {
+            Error::SinkRefused { region: *region, dup_id: *dup_id, reason: *reason }
+        }
+        Error::StandbyReadOnly { region, dup_id } => {
+            Error::StandbyReadOnly { region: *region, dup_id: *dup_id }
         }
         other => Error::InvalidRequest(other.to_string()),
     }
@@ -612,6 +632,9 @@ impl StoreCore {
                     }
                     Command::Dup(dup) => {
                         Outcome::Dup(self.apply_dup(region, entry.index, &dup, applier)?)
+                    }
+                    Command::Sink(sink) => {
+                        Outcome::Sink(self.apply_sink(region, entry.index, &sink, applier)?)
                     }
                     Command::Admin(admin) => {
                         // Admin commands change durable metadata; the data before them

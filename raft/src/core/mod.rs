@@ -97,6 +97,7 @@ mod lifecycle;
 mod messages;
 mod output;
 mod propose;
+mod sink_apply;
 mod snapshot;
 mod tso;
 mod txn_apply;
@@ -407,6 +408,7 @@ impl StoreCore {
                     Some(engine.txn_oldest_lock_age_ms(id, self.ctx.now_ms()));
             }
             status.dups = self.dups_of(replica);
+            status.sinks = self.sinks_of(replica);
         }
         out.sort_by_key(|s| s.region.id);
         out
@@ -414,7 +416,11 @@ impl StoreCore {
 
     /// The status of the replica of `region`, if there is one.
     pub fn peer_status(&self, region: RegionId) -> Option<PeerStatus> {
-        self.replicas.get(&region).map(|r| PeerStatus { dups: self.dups_of(r), ..r.status() })
+        self.replicas.get(&region).map(|r| PeerStatus {
+            dups: self.dups_of(r),
+            sinks: self.sinks_of(r),
+            ..r.status()
+        })
     }
 
     /// True if a replica here may have a peer on another store (see `not_alone`): a

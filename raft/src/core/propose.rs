@@ -56,6 +56,11 @@ impl StoreCore {
         // Times the write from here to its successful reply.
         let reply = self.ctx.metrics.timed(reply);
         let time_ms = session.map(|_| self.ctx.now_ms());
+        // A key a sink holds is a read-only standby: refused early here too.
+        if let Err(e) = self.check_standby(region, &ops) {
+            reply(Err(e));
+            return;
+        }
         let write = Write { epoch, ops, session, time_ms };
         let max = self.ctx.log.max_entry_bytes();
         let replica = match self.leader_at(region, epoch).and_then(|replica| {

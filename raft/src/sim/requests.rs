@@ -259,6 +259,27 @@ impl SimCluster {
         pending
     }
 
+    /// Submits a sink command to `store`'s peer of `region`; the command's epoch is
+    /// replaced by the one that store knows.
+    pub fn sink(
+        &mut self,
+        store: StoreId,
+        region: RegionId,
+        mut cmd: crate::sink::SinkEntryCmd,
+    ) -> Pending<crate::sink::SinkResult> {
+        cmd.epoch = self.region(store, region).map_or(Epoch::INITIAL, |r| r.epoch);
+        let pending = Pending::new();
+        match self.running(store) {
+            Ok(running) => {
+                let reply = pending.reply();
+                running.core.on_sink(crate::sink::SinkRequest { region, cmd, reply });
+                self.process(store);
+            }
+            Err(e) => (pending.reply())(Err(e)),
+        }
+        pending
+    }
+
     /// Submits an admin command to `store`'s peer of `region`, at the epoch that store
     /// knows.
     pub fn admin(
