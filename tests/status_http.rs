@@ -166,5 +166,11 @@ fn a_node_serves_prometheus_metrics_and_its_health_over_http() {
     assert!(body.contains("shutting down") && body.ends_with('\n'), "{body:?}");
     assert_eq!(body.lines().count(), 1, "one line: {body:?}");
     drop(node);
-    assert!(TcpStream::connect(status).is_err(), "the status server stops with the node");
+    // The server's accept thread ends on its own after the server is dropped: wait
+    // (bounded) for the address to refuse connections.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while TcpStream::connect(status).is_ok() {
+        assert!(std::time::Instant::now() < deadline, "the status server stops with the node");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
