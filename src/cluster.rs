@@ -535,6 +535,22 @@ impl Cluster {
         out
     }
 
+    /// Every store's metrics in the Prometheus text format (`OpenMetrics` 1.0), as a
+    /// node's `GET /metrics` serves them, each sample labelled with its store (no
+    /// connection counters: a `Cluster` has no TCP; no health families).
+    pub fn prometheus_text(&self) -> String {
+        let stores = self.metrics().into_iter().map(|(store, m)| crate::prometheus::StoreFigures {
+            store,
+            metrics: Box::new(m),
+            clients: None,
+            transport: None,
+        });
+        crate::prometheus::render(crate::prometheus::Scrape {
+            stores: stores.collect(),
+            health: None,
+        })
+    }
+
     /// The user regions of the cluster in key order, each as its most advanced
     /// replica sees it (the cluster directory's own group is not listed).
     pub fn regions(&self) -> Vec<RegionInfo> {

@@ -49,11 +49,13 @@ mod dup;
 mod error;
 pub mod health;
 mod node;
+mod prometheus;
 mod proto;
 mod region_info;
 mod remote;
 mod router;
 mod server;
+mod status_http;
 mod txn_recovery;
 mod version_gc;
 

@@ -62,9 +62,11 @@ use crate::region_info::{RegionInfo, region_table};
 use crate::remote::RemoteStores;
 use crate::router::Router;
 use crate::server::{ClientHandler, ClientService, ClientStats};
+use crate::status_http::StatusServer;
 use crate::txn_recovery::TxnDaemon;
 
 mod health;
+mod status;
 mod stores;
 mod txn;
 
@@ -137,6 +139,10 @@ pub struct NodeConfig {
     /// reads them: `server/older.rs`). `None`: this binary.
     #[doc(hidden)]
     pub emulate_binary_max: Option<u32>,
+    /// Where to serve `GET /metrics` (Prometheus text) and `GET /health` over HTTP
+    /// (`regionkv node --status-addr`; port 0: any, see [`Node::status_addr`]).
+    /// Default `None`: not served.
+    pub status_addr: Option<SocketAddr>,
 }
 
 impl fmt::Debug for NodeConfig {
@@ -156,6 +162,7 @@ impl fmt::Debug for NodeConfig {
             .field("txn_recover_interval", &self.txn_recover_interval)
             .field("gc_life_time", &self.gc_life_time)
             .field("emulate_binary_max", &self.emulate_binary_max)
+            .field("status_addr", &self.status_addr)
             .finish()
     }
 }
@@ -184,6 +191,7 @@ impl NodeConfig {
             txn_recover_interval: crate::txn_recovery::TXN_RECOVER_INTERVAL,
             gc_life_time: crate::version_gc::GC_LIFE_TIME,
             emulate_binary_max: None,
+            status_addr: None,
         }
     }
 
@@ -201,6 +209,14 @@ impl NodeConfig {
             replication_factor: (self.peers.len() + 1).min(3),
             ..HealthConfig::default()
         })
+    }
+
+    /// Serves `/metrics` and `/health` over HTTP at `addr` (see
+    /// [`NodeConfig::status_addr`]).
+    #[must_use]
+    pub fn status_addr(mut self, addr: SocketAddr) -> NodeConfig {
+        self.status_addr = Some(addr);
+        self
     }
 
     /// Bootstraps a new cluster if the data directory holds no store
@@ -458,6 +474,9 @@ pub struct Node {
     health: Mutex<Option<JoinHandle<()>>>,
     local_addr: SocketAddr,
     stopped: Mutex<bool>,
+    /// The HTTP status server (`/metrics`, `/health`), if configured. It outlives
+    /// [`Node::shutdown`] (answering 503) and stops when the node is dropped.
+    status: Option<StatusServer>,
 }
 
 impl fmt::Debug for Node {
@@ -565,8 +584,7 @@ impl Node {
         let (reporter, health) = spawn_loops(&shared)?;
         txn::start(&shared)?;
         let incarnation = shared.store.peer_book().incarnation();
-        tracing::info!(store = id.0, addr = %local_addr, %incarnation, "node started");
-        Ok(Node {
+        let mut node = Node {
             shared,
             transport,
             service,
@@ -575,7 +593,14 @@ impl Node {
             health: Mutex::new(Some(health)),
             local_addr,
             stopped: Mutex::new(false),
-        })
+            status: None,
+        };
+        if let Some(addr) = config.status_addr {
+            // On failure the node is dropped: shut down in order.
+            node.status = Some(status::start(addr, &node.shared, &node.service)?);
+        }
+        tracing::info!(store = id.0, addr = %local_addr, %incarnation, "node started");
+        Ok(node)
     }
 
     /// This node's store id.
@@ -693,6 +718,12 @@ impl Node {
     /// batching, WAL fsync latency and group size.
     pub fn metrics(&self) -> StoreMetrics {
         self.shared.store.metrics()
+    }
+
+    /// Where the node serves `/metrics` and `/health` over HTTP (`None`: not
+    /// configured, [`NodeConfig::status_addr`]).
+    pub fn status_addr(&self) -> Option<SocketAddr> {
+        self.status.as_ref().map(StatusServer::local_addr)
     }
 
     /// Counters of the client protocol (connections, refused handshakes, bad frames).

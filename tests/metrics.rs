@@ -122,3 +122,29 @@ fn metrics_account_for_every_write_leader_and_region() -> Result<(), Box<dyn std
     cluster.shutdown()?;
     Ok(())
 }
+
+/// `Cluster::prometheus_text`: one labelled sample per store of each family, and the
+/// leaders' put counters account for every acknowledged put.
+#[test]
+fn a_cluster_renders_every_store_in_prometheus_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::builder().dir(dir.path()).stores(3).build().unwrap();
+    let db = cluster.db();
+    for i in 0..30 {
+        db.put(key(i), "v").unwrap();
+    }
+    let text = cluster.prometheus_text();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    let mut proposed = 0;
+    for store in cluster.store_ids() {
+        let regions = format!("regionkv_regions{{store=\"{}\"}} 1\n", store.0);
+        assert!(text.contains(&regions), "no {regions:?} in {text}");
+        let prefix = format!("regionkv_writes_proposed_total{{store=\"{}\"}} ", store.0);
+        let line = text.lines().find(|l| l.starts_with(&prefix)).expect("a put counter");
+        proposed += line[prefix.len()..].parse::<u64>().unwrap();
+        let inf =
+            format!("regionkv_write_latency_seconds_bucket{{le=\"+Inf\",store=\"{}\"}}", store.0);
+        assert!(text.contains(&inf), "no {inf:?} in {text}");
+    }
+    assert!(proposed >= 30, "30 puts, {proposed} proposed: {text}");
+}

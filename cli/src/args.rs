@@ -50,9 +50,10 @@ pub(crate) enum Command {
 /// `regionkv node`: settings from a TOML file (--config), each overridden by its flag.
 #[derive(Args)]
 pub(crate) struct NodeArgs {
-    /// A TOML file with any of `store_id`, `data_dir`, `listen`, `cluster_id`, `secret`
-    /// or `secret_file`, `tick_interval_ms`, `initial_cluster_state` ("new" or
-    /// "existing"), and a `[peers]` table of "ID" = "IP:PORT".
+    /// A TOML file with any of `store_id`, `data_dir`, `listen`, `status_addr`,
+    /// `cluster_id`, `secret` or `secret_file`, `tick_interval_ms`,
+    /// `initial_cluster_state` ("new" or "existing"), and a `[peers]` table of
+    /// "ID" = "IP:PORT".
     #[arg(long)]
     pub(crate) config: Option<PathBuf>,
     /// If the data dir holds no store: bootstrap a new cluster of this node and its
@@ -72,6 +73,10 @@ pub(crate) struct NodeArgs {
     /// Address to listen on, for stores and clients alike (IP:PORT).
     #[arg(long)]
     pub(crate) listen: Option<SocketAddr>,
+    /// Serve HTTP at this address (IP:PORT): `GET /metrics` (Prometheus text) and
+    /// `GET /health` (200 while the store serves, 503 with the reason otherwise).
+    #[arg(long, value_name = "IP:PORT")]
+    pub(crate) status_addr: Option<SocketAddr>,
     /// A peer store, as ID=IP:PORT (repeat for each; replaces the file's peers).
     #[arg(long = "peer", value_parser = parse_peer)]
     pub(crate) peers: Vec<(u64, SocketAddr)>,

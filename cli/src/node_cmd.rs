@@ -21,6 +21,7 @@ struct NodeFile {
     store_id: Option<u64>,
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
+    status_addr: Option<SocketAddr>,
     cluster_id: Option<u64>,
     secret: Option<String>,
     secret_file: Option<PathBuf>,
@@ -83,6 +84,7 @@ fn node_config(args: NodeArgs) -> Result<(NodeConfig, bool), String> {
     for (peer, addr) in peers {
         config = config.peer(StoreId(peer), addr);
     }
+    config.status_addr = args.status_addr.or(file.status_addr);
     if let Some(ms) = args.tick_interval_ms.or(file.tick_interval_ms) {
         config.tick_interval = Duration::from_millis(ms);
     }
@@ -152,6 +154,9 @@ pub(crate) fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>>
     let id = config.store_id;
     let node = Node::open(config)?;
     say(&format!("regionkv node {id} listening on {}", node.local_addr()));
+    if let Some(status) = node.status_addr() {
+        say(&format!("regionkv node {id} serves /metrics and /health on http://{status}"));
+    }
     // Bounded by the stop flag; each turn sleeps.
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(50));

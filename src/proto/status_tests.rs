@@ -9,7 +9,8 @@ use proptest::prelude::*;
 use regionkv_engine::codec;
 use regionkv_engine::{PeerId, StoreId};
 use regionkv_raft::{
-    FollowerProgress, PeerStatus, ProgressState, ReportedRole, StateRole, TimelineState,
+    FollowerProgress, PeerStatus, ProgressState, ReportedRole, StateRole, StoreMetrics,
+    TimelineState,
 };
 
 use super::response::{R_ID, R_STATUS};
@@ -535,4 +536,22 @@ proptest! {
         let _ = decode_store_status(&bytes, StatusSchema::V1);
         let _ = decode_store_status(&bytes, StatusSchema::V2);
     }
+}
+#[test]
+fn a_log_linear_histogram_crosses_the_wire_as_its_power_of_two_folding() {
+    let h = regionkv_wal::Histogram::new();
+    for v in [3, 90, 300, 301, 5000] {
+        h.record(v);
+    }
+    let mut sent = StoreMetrics::default();
+    sent.write_latency_us = h.snapshot();
+    let status = StoreStatus { metrics: Some(sent), ..StoreStatus::new(StoreId(2), vec![]) };
+    let payload = encode_response(9, &Ok(Response::Status(Box::new(status))));
+    let (_, back) = decode_response(&payload).unwrap();
+    let Ok(Response::Status(got)) = back else { panic!("not a status: {back:?}") };
+    let got = got.metrics.unwrap().write_latency_us;
+    assert_eq!(got, sent.write_latency_us.coarse());
+    assert_eq!((got.count(), got.sum(), got.max()), (5, 5694, 5000));
+    // Here 300 is reported as 319 (its log-linear bucket); over the wire as 511.
+    assert_eq!((sent.write_latency_us.p50(), got.p50()), (319, 511));
 }

@@ -381,14 +381,15 @@ fn audit() -> Vec<crate::health::AuditEntry> {
     ]
 }
 
-/// Metrics with every field set, histograms with several buckets.
+/// Metrics with every field set, histograms with several buckets, at the resolution
+/// the client protocol carries (one bucket per power of two).
 pub(super) fn metrics() -> StoreMetrics {
     let histogram = |values: &[u64]| {
         let h = regionkv_wal::Histogram::new();
         for &v in values {
             h.record(v);
         }
-        h.snapshot()
+        h.snapshot().coarse()
     };
     let mut wal = WalStats::default();
     wal.records = 900;
