@@ -39,6 +39,7 @@ use crate::bench::disk;
 use regionkv::Cluster;
 
 mod bank;
+mod dup;
 mod health;
 
 /// What to run.
@@ -563,6 +564,12 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<(), DemoError> {
         "\n6. transactions: money moves between accounts in different regions while store 2 is killed and restarted"
     )?;
     bank::bank_phase(&opts.dir.join("bank"), out)?;
+
+    writeln!(
+        out,
+        "\n7. duplication (first part): a key range's regions keep their log for a duplication to another cluster"
+    )?;
+    dup::dup_phase(&opts.dir.join("dup"), out)?;
 
     writeln!(
         out,

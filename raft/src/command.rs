@@ -513,15 +513,15 @@ impl Command {
                 crate::version::IMAGE_HASH.since
             }
             Command::Dup(_) => crate::version::DUP.since,
-            Command::Sink(_) => crate::version::DUP_V2.since,
+            Command::Sink(_)
+            | Command::Directory(
+                DirCmd::AddDup { .. } | DirCmd::AlterDup(_) | DirCmd::DropDup { .. },
+            ) => crate::version::DUP_V2.since,
             Command::Txns(entries) => {
                 entries.iter().map(txn_since).fold(crate::version::TXN_V3.since, u32::max)
             }
             Command::Txn(entry) => txn_since(entry),
             Command::Directory(DirCmd::SetGcSafepoint { .. }) => crate::version::TXN_V2.since,
-            Command::Directory(
-                DirCmd::AddDup { .. } | DirCmd::AlterDup(_) | DirCmd::DropDup { .. },
-            ) => crate::version::DUP_V2.since,
             Command::Directory(DirCmd::SaveTsLimit { .. }) => crate::version::TXN.since,
             Command::Writes(_)
             | Command::Admin(_)
