@@ -69,19 +69,22 @@ fn check_client_status(procs: &Procs) {
     assert!(timed >= 100, "{timed} writes timed: {json}");
 }
 
+/// Runs `regionkv client ARGS`, which must succeed, and parses what it prints.
+fn client_json(procs: &Procs, args: &[&str]) -> serde_json::Value {
+    let out = procs.client(args);
+    assert!(
+        out.status.success(),
+        "client {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// `regionkv client txn list|recover|status` over the client protocol: every node
 /// answers for the regions its store leads; a new cluster runs at the version that
 /// has transactions, so no turn is deferred.
 fn check_client_txn(procs: &Procs) {
-    let json = |args: &[&str]| -> serde_json::Value {
-        let out = procs.client(args);
-        assert!(
-            out.status.success(),
-            "client {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    let json = |args: &[&str]| client_json(procs, args);
     let listed = json(&["txn", "list", "--in-doubt", "--older-than", "30s", "--json"]);
     assert!(listed.as_array().is_some_and(Vec::is_empty), "{listed}");
     let turns = json(&["txn", "recover", "--json"]);
@@ -99,15 +102,7 @@ fn check_client_txn(procs: &Procs) {
 /// protocol: the directory's records through the nodes, and each region's state from
 /// its leader's status (status tag 16).
 fn check_client_dup(procs: &Procs, dir: &std::path::Path) {
-    let run = |args: &[&str]| -> serde_json::Value {
-        let out = procs.client(args);
-        assert!(
-            out.status.success(),
-            "client {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    };
+    let run = |args: &[&str]| client_json(procs, args);
     let secret = dir.join("follower-secret");
     std::fs::write(&secret, "a follower cluster secret\n").unwrap();
     let secret = secret.to_str().unwrap();

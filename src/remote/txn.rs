@@ -59,11 +59,15 @@ impl RemoteStores {
         self.send(store, &Request::Txn { region, epoch, cmd }, Box::new(done));
     }
 
-    /// `count` fresh transaction ids: asks the nodes in turn (each asks the
-    /// directory's leader) until one answers, retrying until `deadline`.
-    /// A client's duplication command, through whichever node answers (it proposes
-    /// it to the directory); retried until `deadline` while nodes answer retryably.
-    pub(super) fn remote_dup_command(&self, cmd: &DirCmd, deadline: Duration) -> Result<DirResult> {
+    /// Asks the nodes in turn (each asks the directory's leader) until one answers,
+    /// retrying until `deadline` while they answer retryably; a node that does not
+    /// know the request answers `UnsupportedRequest`, which is `unsupported()`.
+    fn call_any_node(
+        &self,
+        request: &Request,
+        deadline: Duration,
+        unsupported: impl Fn() -> Error,
+    ) -> Result<Response> {
         let start = Instant::now();
         let mut last = String::from("no node");
         // Bounded by `deadline`; every round that gets no answer sleeps.
@@ -73,20 +77,10 @@ impl RemoteStores {
             }
             for store in self.store_ids() {
                 let wait = deadline.saturating_sub(start.elapsed()).min(CALL_TIMEOUT * 4);
-                let request = Request::DupCommand { cmd: cmd.clone() };
-                match self.call(store, &request, wait) {
-                    Some(Ok(Response::Directory(result))) => return Ok(result),
-                    Some(Ok(other)) => {
-                        return Err(Error::Protocol(format!(
-                            "a duplication command answered {other:?}"
-                        )));
-                    }
+                match self.call(store, request, wait) {
+                    Some(Ok(answer)) => return Ok(answer),
                     Some(Err(e)) if e.code == ErrorCode::UnsupportedRequest => {
-                        return Err(Error::FeatureNotActive {
-                            feature: regionkv_raft::version::DUP_V2.name.to_owned(),
-                            active: 0,
-                            needed: regionkv_raft::version::DUP_V2.since,
-                        });
+                        return Err(unsupported());
                     }
                     Some(Err(e)) => {
                         let e = e.into_facade();
@@ -103,38 +97,27 @@ impl RemoteStores {
         Err(Error::Unavailable { waited: start.elapsed(), last })
     }
 
-    pub(super) fn remote_txn_ids(&self, count: u64, deadline: Duration) -> Result<u64> {
-        let start = Instant::now();
-        let mut last = String::from("no node");
-        // Bounded by `deadline`; every round that gets no answer sleeps.
-        while start.elapsed() < deadline {
-            if self.is_shut() {
-                return Err(Error::Shutdown);
-            }
-            for store in self.store_ids() {
-                let wait = deadline.saturating_sub(start.elapsed()).min(CALL_TIMEOUT * 4);
-                match self.call(store, &Request::TxnIds { count }, wait) {
-                    Some(Ok(Response::Directory(DirResult::Ids { first, .. }))) => {
-                        return Ok(first);
-                    }
-                    Some(Ok(other)) => {
-                        return Err(Error::Protocol(format!("txn ids answered {other:?}")));
-                    }
-                    Some(Err(e)) if e.code == ErrorCode::UnsupportedRequest => {
-                        return Err(not_active().into());
-                    }
-                    Some(Err(e)) => {
-                        let e = e.into_facade();
-                        if !e.is_retryable() && !matches!(e, Error::Shutdown) {
-                            return Err(e);
-                        }
-                        last = e.to_string();
-                    }
-                    None => last = format!("store {store} did not answer"),
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
+    /// A client's duplication command, through whichever node answers (it proposes
+    /// it to the directory).
+    pub(super) fn remote_dup_command(&self, cmd: &DirCmd, deadline: Duration) -> Result<DirResult> {
+        let request = Request::DupCommand { cmd: cmd.clone() };
+        let unsupported = || Error::FeatureNotActive {
+            feature: version::DUP_V2.name.to_owned(),
+            active: version::DUP_V2.since - 1,
+            needed: version::DUP_V2.since,
+        };
+        match self.call_any_node(&request, deadline, unsupported)? {
+            Response::Directory(result) => Ok(result),
+            other => Err(Error::Protocol(format!("a duplication command answered {other:?}"))),
         }
-        Err(Error::Unavailable { waited: start.elapsed(), last })
+    }
+
+    /// `count` fresh transaction ids, through whichever node answers.
+    pub(super) fn remote_txn_ids(&self, count: u64, deadline: Duration) -> Result<u64> {
+        let unsupported = || not_active().into();
+        match self.call_any_node(&Request::TxnIds { count }, deadline, unsupported)? {
+            Response::Directory(DirResult::Ids { first, .. }) => Ok(first),
+            other => Err(Error::Protocol(format!("txn ids answered {other:?}"))),
+        }
     }
 }
