@@ -73,6 +73,15 @@ pub(crate) trait Backend: Send + Sync {
     fn dup_command(&self, cmd: &DirCmd, deadline: Duration) -> crate::Result<DirResult> {
         crate::control::directory_on(self, cmd, deadline)
     }
+    /// One duplication sink command to `store`'s replica of its region (its leader).
+    /// Only stores in this process take them so far: over the client protocol the
+    /// request is not built yet.
+    fn sink(&self, store: StoreId, req: regionkv_raft::sink::SinkRequest) {
+        let _ = store;
+        (req.reply)(Err(regionkv_raft::Error::InvalidRequest(
+            "duplication sink commands reach only a cluster in this process so far".into(),
+        )));
+    }
     /// The duplications `store`'s replica of the directory holds (`None`: it hosts
     /// none, or did not answer).
     fn dups_of(&self, store: StoreId) -> Option<Vec<directory::DupRecord>>;
@@ -255,6 +264,13 @@ impl Backend for LocalStores {
 
     fn dups_of(&self, store: StoreId) -> Option<Vec<directory::DupRecord>> {
         self.store(store).and_then(|s| directory_dups(&s))
+    }
+
+    fn sink(&self, store: StoreId, req: regionkv_raft::sink::SinkRequest) {
+        match self.store(store) {
+            Some(s) => s.sink(req),
+            None => (req.reply)(Err(regionkv_raft::Error::Cancelled)),
+        }
     }
 }
 

@@ -211,6 +211,7 @@ impl ClusterBuilder {
             ),
             builder: self,
             scheduler: Mutex::new(None),
+            dup_targets: crate::dup::driver::Targets::default(),
         });
         let ids: Vec<StoreId> = (1..=inner.builder.stores as u64).map(StoreId).collect();
         if let Some(id) = inner.builder.left_out.iter().find(|id| !ids.contains(id)) {
@@ -287,6 +288,9 @@ impl ClusterBuilder {
 /// dropped or shut.
 fn scheduler_loop(inner: &std::sync::Weak<ClusterInner>) {
     let mut background = Background::new();
+    if let Some(inner) = inner.upgrade() {
+        background.dup.targets = inner.dup_targets.clone();
+    }
     loop {
         std::thread::sleep(REPORT_INTERVAL);
         let Some(inner) = inner.upgrade() else { return };
@@ -332,6 +336,8 @@ pub(crate) struct ClusterInner {
     health_thread: Mutex<Option<JoinHandle<()>>>,
     /// The stores' transaction recovery daemons (`txn_recovery.rs`).
     txn: Arc<TxnDaemon>,
+    /// Follower clusters in this process that duplications may ship to, by name.
+    dup_targets: crate::dup::driver::Targets,
 }
 
 /// The health monitor's view of a [`Cluster`]: every store is in this process.
@@ -502,6 +508,12 @@ impl Cluster {
     /// A new client of this cluster, with its own region cache (its clones share it).
     pub fn db(&self) -> Db {
         Db::new(Router::new(self.inner.local.clone()))
+    }
+
+    /// Names `follower` (a client of another cluster in this process) as a target of
+    /// this cluster's duplications: `DupTarget::InProcess(name)` ships to it.
+    pub fn add_duplication_target(&self, name: impl Into<String>, follower: Db) {
+        self.inner.dup_targets.write().insert(name.into(), follower);
     }
 
     /// Ids of the running stores.

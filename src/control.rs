@@ -390,7 +390,7 @@ pub(crate) struct Background {
     /// When the stores next learn the cluster version from the directory.
     next_version: Instant,
     /// Duplications' steps.
-    dup: crate::dup::driver::DupDriver,
+    pub dup: crate::dup::driver::DupDriver,
 }
 
 impl Background {

@@ -20,6 +20,8 @@ use crate::db::Db;
 use crate::error::{Error, Result};
 
 pub(crate) mod driver;
+mod ship;
+pub(crate) mod sink;
 
 pub use regionkv_raft::directory::{BrokenReason, DupStatus as DuplicationStatus};
 
@@ -203,7 +205,11 @@ impl Db {
 
     /// The regions covering `[start, end)`, in key order, as routing finds them
     /// (possibly stale; a region that no store answers for ends the walk).
-    fn covered_regions(&self, start: &[u8], end: Option<&[u8]>) -> Vec<regionkv_engine::Region> {
+    pub(crate) fn covered_regions(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> Vec<regionkv_engine::Region> {
         let mut out: Vec<regionkv_engine::Region> = Vec::new();
         let mut key = start.to_vec();
         // Bounded: each step moves past a region's end, or stops.

@@ -96,9 +96,9 @@ fn an_unseeded_duplication_goes_to_log_and_pauses_and_resumes() {
     assert_eq!(report.target, "b");
     db.pause_duplication(id).unwrap();
     assert_eq!(db.duplication_status(Some(id)).unwrap()[0].status, DuplicationStatus::Paused);
-    // Paused: the region keeps its entry (its floor).
-    let report = db.duplication_status(Some(id)).unwrap().remove(0);
-    assert!(report.regions.iter().all(|r| r.state.is_some()), "{report:#?}");
+    // Paused: the region keeps its entry (its floor; a new leader may not have applied
+    // it yet when asked).
+    wait_for(&db, id, |r| r.regions.iter().all(|r| r.state.is_some()));
     assert!(refused(db.pause_duplication(id)).contains("not in a stage"));
     db.resume_duplication(id).unwrap();
     assert_eq!(db.duplication_status(Some(id)).unwrap()[0].status, DuplicationStatus::Log);
@@ -134,4 +134,103 @@ fn a_cluster_below_version_7_refuses_a_duplication() {
         other => panic!("not refused by the version gate: {other:?}"),
     }
     assert_eq!(db.duplication_status(None).unwrap().len(), 0);
+}
+
+/// Every key of `db` in `[start, ..)`, as a scan returns it.
+fn rows(db: &Db, start: &str) -> Vec<(String, String)> {
+    db.scan(start.as_bytes().to_vec().., usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| {
+            (String::from_utf8(k.to_vec()).unwrap(), String::from_utf8(v.to_vec()).unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn a_duplication_seeds_the_follower_then_ships_the_log_exactly_once() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let source = cluster(a_dir.path());
+    let follower = cluster(b_dir.path());
+    source.add_duplication_target("b", follower.db());
+    let (a, b) = (source.db(), follower.db());
+    source.split_keys(&["m", "t"]).unwrap();
+    follower.split_keys(&["p"]).unwrap();
+    // Before the duplication: the seed carries these, deletes included.
+    for i in 0..50 {
+        a.put(format!("k{i:02}"), format!("v{i}")).unwrap();
+        a.put(format!("r{i:02}"), format!("v{i}")).unwrap();
+    }
+    a.delete("k07").unwrap();
+    // A key the follower holds in the range but the source does not: the seed wipes it.
+    b.put("k99-stale", "x").unwrap();
+    let id = a.add_duplication(spec("k", None, true)).unwrap();
+    wait_for(&a, id, |r| r.status == DuplicationStatus::Log);
+    // After: the log ships, overwrites and deletes in order.
+    for i in 0..50 {
+        a.put(format!("k{i:02}"), format!("w{i}")).unwrap();
+        a.put(format!("u{i:02}"), format!("w{i}")).unwrap();
+    }
+    a.delete("r03").unwrap();
+    let start = Instant::now();
+    while rows(&b, "k") != rows(&a, "k") {
+        assert!(start.elapsed() < Duration::from_secs(30), "the follower never caught up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(b.get("k99-stale").unwrap().is_none(), "the seed wiped the range");
+    // Outside the range, nothing was shipped.
+    a.put("a", "1").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(b.get("a").unwrap().is_none());
+    // The follower's range is a read-only standby for its clients.
+    let refused = b.put("k01", "mine");
+    assert!(
+        matches!(refused, Err(Error::Store(regionkv::StoreError::StandbyReadOnly { .. }))),
+        "{refused:?}"
+    );
+    // Every region confirmed what it shipped.
+    let report = a.duplication_status(Some(id)).unwrap().remove(0);
+    assert!(
+        report.regions.iter().all(|r| r
+            .state
+            .as_ref()
+            .is_some_and(|s| s.stage == DupStage::Streaming
+                && s.confirmed.is_some_and(|c| c >= s.min_ckpt_index))),
+        "{report:#?}"
+    );
+}
+
+#[test]
+fn a_killed_source_store_does_not_lose_or_double_what_ships() {
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let source = cluster(a_dir.path());
+    let follower = cluster(b_dir.path());
+    source.add_duplication_target("b", follower.db());
+    let (a, b) = (source.db(), follower.db());
+    source.split_keys(&["m"]).unwrap();
+    for i in 0..20 {
+        a.put(format!("k{i:03}"), "0").unwrap();
+    }
+    let id = a.add_duplication(spec("", None, true)).unwrap();
+    wait_for(&a, id, |r| r.status == DuplicationStatus::Log);
+    // Counters bumped in order: a doubled or lost op would leave another value.
+    for round in 1..=30 {
+        if round == 10 {
+            source.kill_store(1).unwrap();
+        }
+        if round == 20 {
+            source.restart_store(1).unwrap();
+        }
+        for i in (0..20).step_by(3) {
+            let key = format!("{}{i:03}", if i % 2 == 0 { "k" } else { "x" });
+            a.put(key, round.to_string()).unwrap();
+        }
+    }
+    let start = Instant::now();
+    while rows(&b, "") != rows(&a, "") {
+        let report = a.duplication_status(Some(id)).unwrap().remove(0);
+        assert_ne!(report.status, DuplicationStatus::Broken, "{report:#?}");
+        assert!(start.elapsed() < Duration::from_secs(30), "never caught up: {report:#?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

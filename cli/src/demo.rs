@@ -567,13 +567,13 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<(), DemoError> {
 
     writeln!(
         out,
-        "\n7. duplication (first part): a key range's regions keep their log for a duplication to another cluster"
+        "\n7. duplication: a key range is seeded into a second cluster, then its log ships while a source store is killed and restarted"
     )?;
     dup::dup_phase(&opts.dir.join("dup"), out)?;
 
     writeln!(
         out,
-        "\nverified: every acknowledged write survived a torn log tail, splits and a merge, a killed store, a full restart, a dead store's replacement, and cross-region transfers"
+        "\nverified: every acknowledged write survived a torn log tail, splits and a merge, a killed store, a full restart, a dead store's replacement, cross-region transfers, and a duplication to a second cluster"
     )?;
     Ok(())
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use regionkv_engine::Region;
-use regionkv_engine::dup::{DupEntry, DupTable};
+use regionkv_engine::dup::{DupEntry, DupStage, DupTable};
 use regionkv_raft::directory::{
     self, DIRECTORY, DirCmd, DupAlteration, DupRecord, DupStatus, RegionRecord,
 };
@@ -29,6 +29,7 @@ use regionkv_raft::{StateRole, Store};
 
 use crate::backend::directory_dups;
 use crate::control::ClusterOps;
+use crate::dup::ship;
 
 /// How often the driver looks at the duplications.
 pub(crate) const DUP_DRIVE_INTERVAL: Duration = Duration::from_millis(200);
@@ -36,14 +37,19 @@ pub(crate) const DUP_DRIVE_INTERVAL: Duration = Duration::from_millis(200);
 /// The longest the driver waits for one directory command.
 const DUP_DIRECTORY_DEADLINE: Duration = Duration::from_secs(2);
 
+/// Follower clusters in this process, by the name a duplication's record gives.
+pub(crate) type Targets = Arc<parking_lot::RwLock<std::collections::HashMap<String, crate::Db>>>;
+
 /// The duplication driver of one cluster driver (`Background`).
 pub(crate) struct DupDriver {
     next: Instant,
+    /// Where duplications ship to (in this process).
+    pub targets: Targets,
 }
 
 impl DupDriver {
     pub fn new() -> DupDriver {
-        DupDriver { next: Instant::now() }
+        DupDriver { next: Instant::now(), targets: Targets::default() }
     }
 
     /// One turn over `stores` (those this driver runs in process).
@@ -52,19 +58,21 @@ impl DupDriver {
             return;
         }
         self.next = Instant::now() + DUP_DRIVE_INTERVAL;
-        // A local replica of the directory first (no call), else any.
-        let records = match stores.iter().find_map(|s| directory_dups(s)) {
-            Some(records) => records,
-            None => match ops.backend().dups() {
-                Some(records) => records,
-                None => return,
-            },
-        };
-        if records.is_empty() {
+        // The directory's leader's replica if it is here and applied all it
+        // committed: then a region's entry of a duplication it does not hold is one
+        // whose record was dropped (ids are never reused), and is stopped.
+        let fresh = stores.iter().find(|s| leads_directory(s)).and_then(|s| directory_dups(s));
+        let orphans_known = fresh.is_some();
+        // Else a local replica (no call), else any.
+        let Some(records) = fresh
+            .or_else(|| stores.iter().find_map(|s| directory_dups(s)))
+            .or_else(|| ops.backend().dups())
+        else {
             return;
-        }
+        };
         for store in stores {
-            drive_regions(store, &records);
+            drive_regions(store, &records, orphans_known);
+            self.ship(ops, store, &records);
         }
         if let Some(leader) = stores.iter().find(|s| leads_directory(s)) {
             drive_cluster(ops, leader, &records);
@@ -72,8 +80,66 @@ impl DupDriver {
     }
 }
 
+impl DupDriver {
+    /// One shipping step of every duplication in every region `store` leads.
+    fn ship(&self, ops: &ClusterOps, store: &Store, records: &[DupRecord]) {
+        let shipping =
+            |s: DupStatus| matches!(s, DupStatus::Prepare | DupStatus::App | DupStatus::Log);
+        if !records.iter().any(|r| shipping(r.status) || (r.status == DupStatus::Paused && !r.seed))
+        {
+            return;
+        }
+        for peer in store.status() {
+            if peer.role != StateRole::Leader || !peer.initialized || peer.region.id == DIRECTORY {
+                continue;
+            }
+            let table = peer.dups.unwrap_or_default();
+            for record in records.iter().filter(|r| covers(r, &peer.region)) {
+                let Some(DupEntry::Known(state)) = table.get(record.dup_id) else { continue };
+                if !depends_met(ops, &state.depends_on) {
+                    continue;
+                }
+                // Only followers in this process so far.
+                let follower = self.targets.read().get(&record.remote.name).cloned();
+                let Some(follower) = follower else { continue };
+                if let ship::Outcome::Broken(reason, why) =
+                    ship::step(store, &peer.region, record, state, &follower)
+                {
+                    tracing::warn!(dup = record.dup_id, region = peer.region.id.0, %why, "duplication broken");
+                    let a = DupAlteration {
+                        dup_id: record.dup_id,
+                        from: record.status,
+                        to: DupStatus::Broken,
+                        reason: Some(reason),
+                    };
+                    if let Err(e) = ops.directory(&DirCmd::AlterDup(a), DUP_DIRECTORY_DEADLINE) {
+                        tracing::debug!(dup = record.dup_id, error = %e, "duplication not moved to broken yet");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// True if every region this one's stream waits for confirmed the index it must (a
+/// region no store leads any more counts as done: a merged-away source).
+fn depends_met(ops: &ClusterOps, depends_on: &[(regionkv_engine::RegionId, u64)]) -> bool {
+    let backend = ops.backend();
+    depends_on.iter().all(|&(region, index)| {
+        let Some(leader) = backend.leader_of(region) else { return true };
+        let table = backend.peer_status(leader, region).and_then(|s| s.dups);
+        table.is_some_and(|t| {
+            t.iter()
+                .all(|(_, e)| matches!(e, DupEntry::Known(s) if s.confirmed.unwrap_or(0) >= index))
+        })
+    })
+}
+
+/// True if `store` leads the directory and applied all it committed.
 fn leads_directory(store: &Store) -> bool {
-    store.peer_status(DIRECTORY).is_some_and(|s| s.role == StateRole::Leader)
+    store
+        .peer_status(DIRECTORY)
+        .is_some_and(|s| s.role == StateRole::Leader && s.applied >= s.commit)
 }
 
 /// What the region's entry of `record` needs next, if anything.
@@ -97,12 +163,19 @@ pub(crate) fn region_step(record: &DupRecord, entry: Option<&DupEntry>) -> Optio
     }
 }
 
-fn drive_regions(store: &Store, records: &[DupRecord]) {
+fn drive_regions(store: &Store, records: &[DupRecord], orphans_known: bool) {
     for peer in store.status() {
         if peer.role != StateRole::Leader || !peer.initialized || peer.region.id == DIRECTORY {
             continue;
         }
         let table = peer.dups.unwrap_or_default();
+        if orphans_known {
+            for (dup_id, _) in table.iter() {
+                if !records.iter().any(|r| r.dup_id == dup_id) {
+                    propose(store, &peer.region, DupCmd::Stop { dup_id });
+                }
+            }
+        }
         for record in records {
             if !covers(record, &peer.region) {
                 continue;
@@ -158,6 +231,21 @@ fn drive_cluster(ops: &ClusterOps, leader: &Store, records: &[DupRecord]) {
                 }
                 if record.seed { DupStatus::Prepare } else { DupStatus::Log }
             }
+            DupStatus::Prepare | DupStatus::App => {
+                // Prepare moves on once every region seeds (or streams), App once
+                // every region streams.
+                let streaming_only = record.status == DupStatus::App;
+                let moved_on = |t: &DupTable| {
+                    matches!(t.get(record.dup_id),
+                        Some(DupEntry::Known(s)) if s.incarnation == record.incarnation
+                            && (s.stage == DupStage::Streaming
+                                || (!streaming_only && s.stage == DupStage::Seeding)))
+                };
+                if !all_leaders(ops, &covered, moved_on) {
+                    continue;
+                }
+                if streaming_only { DupStatus::Log } else { DupStatus::App }
+            }
             DupStatus::Removed => {
                 if all_leaders(ops, &covered, |t| t.get(record.dup_id).is_none()) {
                     let cmd = DirCmd::DropDup { dup_id: record.dup_id };
@@ -183,7 +271,8 @@ fn drive_cluster(ops: &ClusterOps, leader: &Store, records: &[DupRecord]) {
     }
 }
 
-/// True if every region's leader answers with a table that passes `check`.
+/// True if every region's leader answers with a table that passes `check`, and has
+/// applied all it committed (a new leader may not have applied the latest steps).
 fn all_leaders(
     ops: &ClusterOps,
     regions: &[&RegionRecord],
@@ -193,6 +282,10 @@ fn all_leaders(
     regions.iter().all(|r| {
         let id = r.region.id;
         let Some(leader) = backend.leader_of(id) else { return false };
-        backend.peer_status(leader, id).and_then(|s| s.dups).is_some_and(|t| check(&t))
+        backend
+            .peer_status(leader, id)
+            .filter(|s| s.applied >= s.commit)
+            .and_then(|s| s.dups)
+            .is_some_and(|t| check(&t))
     })
 }

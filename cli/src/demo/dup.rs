@@ -1,9 +1,11 @@
-//! Phase 7 of the demo: duplication, as far as it is built. A three-store cluster cut
-//! into three regions; a duplication of the keys from `m` on to another cluster is
-//! added; the background work starts every region the range covers (each keeps its
-//! log from then on for it: its floor) and moves the duplication to `Prepare`; the
-//! region before `m` takes no part. Then it is removed: every region releases its log
-//! and the record goes. (Seeding the follower and shipping the log are next.)
+//! Phase 7 of the demo: duplication to a second cluster in this process. A
+//! three-store source cluster cut into three regions; a duplication of the keys from
+//! `m` on is added; the background work starts every region the range covers (each
+//! keeps its log for it: its floor), seeds the follower with each region's image,
+//! then ships the log after it. Store 1 of the source is killed and restarted while
+//! writes go on; the follower's copy of the range must equal the source's, and its
+//! clients may not write there (a read-only standby). Then the duplication is
+//! removed: every region releases its log and the record goes.
 
 use std::io::Write;
 use std::path::Path;
@@ -40,7 +42,11 @@ fn wait_for(
 
 /// Runs the phase in `dir`, printing to `out`.
 pub(crate) fn dup_phase(dir: &Path, out: &mut dyn Write) -> Result<(), DemoError> {
-    let cluster = Cluster::builder().dir(dir).stores(3).build().map_err(verify_err)?;
+    let cluster =
+        Cluster::builder().dir(dir.join("source")).stores(3).build().map_err(verify_err)?;
+    let standby =
+        Cluster::builder().dir(dir.join("standby")).stores(3).build().map_err(verify_err)?;
+    cluster.add_duplication_target("standby", standby.db());
     let db = cluster.db();
     cluster.split_keys(&["g", "m"]).map_err(verify_err)?;
     for key in ["apple", "kiwi", "mango", "pear"] {
@@ -54,8 +60,8 @@ pub(crate) fn dup_phase(dir: &Path, out: &mut dyn Write) -> Result<(), DemoError
     };
     let id = db.add_duplication(spec).map_err(verify_err)?;
     writeln!(out, "   duplication {id} of [\"m\", ..) to \"standby\" added (Init)")?;
-    let all = wait_for(&db, "every covered region started", |all| {
-        all.iter().any(|r| r.dup_id == id && r.status == DuplicationStatus::Prepare)
+    let all = wait_for(&db, "the seed loaded", |all| {
+        all.iter().any(|r| r.dup_id == id && r.status == DuplicationStatus::Log)
     })?;
     let report = all.iter().find(|r| r.dup_id == id).ok_or_else(|| verify_err("no report"))?;
     for region in &report.regions {
@@ -71,6 +77,44 @@ pub(crate) fn dup_phase(dir: &Path, out: &mut dyn Write) -> Result<(), DemoError
     if report.regions.len() != 1 {
         return Err(DemoError::Verify(format!("[m, ..) is one region: {report:?}")));
     }
+    writeln!(
+        out,
+        "   seeded; now shipping the log; store 1 of the source is killed and restarted meanwhile"
+    )?;
+    for round in 0..30u32 {
+        if round == 10 {
+            cluster.kill_store(1).map_err(verify_err)?;
+        }
+        if round == 20 {
+            cluster.restart_store(1).map_err(verify_err)?;
+        }
+        for key in ["apple", "mango", "melon", "pear", "zucchini"] {
+            db.put(key, round.to_string()).map_err(verify_err)?;
+        }
+    }
+    db.delete("pear").map_err(verify_err)?;
+    let follower = standby.db();
+    let copy = |db: &Db| db.scan(b"m".to_vec().., usize::MAX).map_err(verify_err);
+    let deadline = Instant::now() + STEP_MAX;
+    while copy(&follower)? != copy(&db)? {
+        if Instant::now() > deadline {
+            return Err(DemoError::Verify("the follower never caught up".into()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rows = copy(&follower)?.len();
+    if follower.get("apple").map_err(verify_err)?.is_some() {
+        return Err(DemoError::Verify("a key outside the range was shipped".into()));
+    }
+    if follower.put("mango", "mine").is_ok() {
+        return Err(DemoError::Verify(
+            "the follower took a client write in its standby range".into(),
+        ));
+    }
+    writeln!(
+        out,
+        "   the follower's [\"m\", ..) equals the source's ({rows} keys, a delete included); outside it nothing; its clients may not write there"
+    )?;
     db.remove_duplication(id).map_err(verify_err)?;
     wait_for(&db, "the duplication dropped", <[DupReport]>::is_empty)?;
     writeln!(out, "   removed: every region released its log and the record is gone")?;
