@@ -221,7 +221,8 @@ pub enum DirCmd {
         /// The record (its id allocated from the directory's ids).
         record: Box<DupRecord>,
     },
-    /// Move a duplication from one status to another ([`dups::alter`]).
+    /// Move a duplication from one status to another (`dups::alter`; the statuses and
+    /// their transitions are in [`dups`]).
     AlterDup(DupAlteration),
     /// Delete a `Removed` duplication's record.
     DropDup {

@@ -389,7 +389,7 @@ impl StoreCore {
 
     /// Duplication's seed (`Store::dup_seed_image`): makes sure the region's latest
     /// checkpoint is at or past `min_index`, checkpointing it now if it is not (the
-    /// same checkpoint and compaction as [`Self::maybe_checkpoint`], whatever the bytes
+    /// same checkpoint and compaction as `maybe_checkpoint`, whatever the bytes
     /// applied since). Returns the checkpoint's index. Refused where this store does
     /// not lead the region, while it is a prepared merge source (no checkpoint then),
     /// and with [`Error::EntryUnavailable`] if it has not applied `min_index` yet.
