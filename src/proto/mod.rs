@@ -120,6 +120,8 @@
 //! silence: the outcome is unknown.
 
 mod dup;
+#[cfg(test)]
+mod dup_tests;
 mod error;
 mod health;
 mod outbox;

@@ -180,7 +180,7 @@ fn requests() -> Vec<Request> {
         Request::Health { audit: true },
     ]
     .into_iter()
-    .chain(dup_requests())
+    .chain(super::dup_tests::dup_requests())
     .collect()
 }
 
@@ -247,11 +247,6 @@ fn responses() -> Vec<Result<Response, RemoteError>> {
         Ok(Response::Directory(DirResult::ClusterVersion { active: 2 })),
         Ok(Response::ClusterVersion(Some(2))),
         Ok(Response::ClusterVersion(None)),
-        Ok(Response::Dups(None)),
-        Ok(Response::Dups(Some(Vec::new()))),
-        Ok(Response::Dups(Some(vec![dup_record(), dup_record()]))),
-        Ok(Response::Directory(DirResult::Dup { record: Some(Box::new(dup_record())) })),
-        Ok(Response::Directory(DirResult::Dup { record: None })),
         Ok(Response::UpgradeStatus(crate::UpgradeStatus {
             active: 1,
             stores: vec![
@@ -268,6 +263,9 @@ fn responses() -> Vec<Result<Response, RemoteError>> {
         Err(epoch_err),
         Err(RemoteError::new(ErrorCode::Cancelled, "stopping")),
     ]
+    .into_iter()
+    .chain(super::dup_tests::dup_responses())
+    .collect()
 }
 
 /// A health report with every kind of entry, optional fields present and absent.
@@ -967,91 +965,4 @@ fn the_golden_health_record_of_format_1_decodes_entry_by_entry_and_is_what_this_
 fn regenerate_health_golden() {
     std::fs::create_dir_all(health_golden().parent().unwrap()).unwrap();
     std::fs::write(health_golden(), health_golden_bytes()).unwrap();
-}
-
-#[test]
-fn a_raw_read_has_the_bytes_of_earlier_binaries_and_they_skip_a_read_timestamp() {
-    // Earlier binaries: region, epoch, the get; a transaction's read timestamp is an
-    // optional tag after them (absent: a raw read). An earlier node's parse of the read
-    // record skips it (`records::parse` skips unknown tags) and serves the read raw.
-    let epoch = Epoch { version: 2, conf_ver: 1 };
-    let mut old = Vec::new();
-    codec::put_u64(&mut old, Q_ID, 3);
-    codec::put_nested(&mut old, 11, |o| {
-        codec::put_u64(o, 1, 4);
-        codec::put_nested(o, 2, |o| {
-            codec::put_u64(o, 1, 2);
-            codec::put_u64(o, 2, 1);
-        });
-        codec::put_nested(o, 3, |o| codec::put_field(o, 1, b"k"));
-    });
-    let raw = Request::Read {
-        region: RegionId(4),
-        epoch,
-        query: Query::Get { key: "k".into(), read_ts: None },
-    };
-    assert_eq!(encode_request(3, &raw), old);
-    assert_eq!(decode_request(&old).unwrap(), (3, raw));
-    let at = Request::Read {
-        region: RegionId(4),
-        epoch,
-        query: Query::Get { key: "k".into(), read_ts: Some(99) },
-    };
-    let new = encode_request(3, &at);
-    assert_eq!(new.len(), old.len() + codec::FIELD_HEADER_LEN + 8, "one field more, after");
-    assert_eq!(decode_request(&new).unwrap(), (3, at));
-    let scan = Request::Read {
-        region: RegionId(4),
-        epoch,
-        query: Query::Scan { start: "a".into(), end: None, limit: 5, read_ts: Some(1 << 40) },
-    };
-    assert_eq!(decode_request(&encode_request(4, &scan)).unwrap(), (4, scan));
-}
-
-/// A duplication record with every optional field set.
-fn dup_record() -> regionkv_raft::directory::DupRecord {
-    use regionkv_raft::directory::{DupRecord, DupRemote, DupStatus};
-    DupRecord {
-        dup_id: 1000,
-        status: DupStatus::Paused,
-        incarnation: 3,
-        start: b"a".to_vec(),
-        end: None,
-        remote: DupRemote {
-            name: "10.0.0.9:7000,10.0.0.10:7000".into(),
-            cluster_id: Some(77),
-            secret: Some(b"a follower secret".to_vec()),
-        },
-        seed: false,
-        broken: None,
-        created_at_ms: Some(5),
-    }
-}
-
-/// Duplication's requests.
-fn dup_requests() -> Vec<Request> {
-    use regionkv_raft::directory::{BrokenReason, DupAlteration, DupStatus};
-    let alteration = DupAlteration {
-        dup_id: 1000,
-        from: DupStatus::Log,
-        to: DupStatus::Broken,
-        reason: Some(BrokenReason::LogGap),
-    };
-    vec![
-        Request::Dups,
-        Request::Directory { cmd: DirCmd::AddDup { record: Box::new(dup_record()) } },
-        Request::Directory { cmd: DirCmd::AlterDup(alteration) },
-        Request::Directory { cmd: DirCmd::DropDup { dup_id: 1000 } },
-        Request::DupCommand { cmd: DirCmd::AddDup { record: Box::new(dup_record()) } },
-        Request::DupCommand { cmd: DirCmd::AlterDup(alteration) },
-    ]
-}
-
-#[test]
-fn a_client_duplication_command_is_only_an_add_or_an_alteration() {
-    let req = Request::DupCommand { cmd: DirCmd::DropDup { dup_id: 1000 } };
-    let payload = encode_request(3, &req);
-    assert!(decode_request(&payload).is_err(), "a drop is the driver's, not a client's");
-    let req = Request::DupCommand { cmd: DirCmd::AllocIds { count: 1 } };
-    assert!(decode_request(&encode_request(4, &req)).is_err());
 }
