@@ -365,6 +365,10 @@ pub(crate) struct BenchOut {
     /// Directory on the disk to measure (default: a temporary directory).
     #[arg(long)]
     pub(crate) dir: Option<PathBuf>,
+    /// Also draw throughput and latency against the client count into this SVG file
+    /// (benches that measure several counts: cluster, kv, regions, wal).
+    #[arg(long, value_name = "FILE.svg")]
+    pub(crate) plot: Option<PathBuf>,
 }
 
 /// What `regionkv bench` measures.

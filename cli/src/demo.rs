@@ -36,6 +36,7 @@ use regionkv_engine::StoreId;
 use regionkv_wal::{Lsn, RealFs, RecoveryMode, Wal, WalOptions};
 
 use crate::bench::disk;
+use crate::progress::{Counter, Mode};
 use regionkv::Cluster;
 
 mod bank;
@@ -57,6 +58,8 @@ pub struct DemoOptions {
     pub keys: u64,
     /// Concurrent cluster clients.
     pub clients: usize,
+    /// How long phases show their progress (a bar on a terminal, else lines).
+    pub progress: Mode,
 }
 
 impl DemoOptions {
@@ -69,6 +72,7 @@ impl DemoOptions {
             record_bytes: 128,
             keys: 20_000,
             clients: 16,
+            progress: Mode::Lines,
         }
     }
 }
@@ -193,16 +197,12 @@ fn append_phase(
                 })
             })
             .collect();
+        let mut shown = Counter::new(opts.progress, opts.records, "records acknowledged");
         while threads.iter().any(|t| !t.is_finished()) {
-            let _ = write!(
-                out,
-                "\r   {:>9} / {} acknowledged",
-                done.load(Ordering::Relaxed),
-                opts.records
-            );
-            let _ = out.flush();
+            let _ = shown.set(done.load(Ordering::Relaxed), out);
             std::thread::sleep(Duration::from_millis(200));
         }
+        shown.finish();
         threads
             .into_iter()
             .map(|t| t.join().map_err(|_| DemoError::Verify("a writer panicked".into())))
@@ -379,14 +379,6 @@ fn print_regions(cluster: &Cluster, out: &mut dyn Write) -> io::Result<()> {
     Ok(())
 }
 
-/// A progress bar of `done` out of `total`.
-fn progress(done: u64, total: u64) -> String {
-    const WIDTH: u64 = 30;
-    let filled = (done.min(total) * WIDTH).checked_div(total).unwrap_or(WIDTH);
-    let bar: String = (0..WIDTH).map(|i| if i < filled { '#' } else { '.' }).collect();
-    format!("[{bar}] {done:>8} / {total} keys acknowledged")
-}
-
 fn build_cluster(dir: &Path) -> Result<Cluster, DemoError> {
     Cluster::builder()
         .dir(dir)
@@ -423,28 +415,26 @@ fn cluster_phase(opts: &DemoOptions, out: &mut dyn Write) -> Result<(), DemoErro
         split_at.join(", ")
     )?;
     let start = Instant::now();
+    let mut shown = Counter::new(opts.progress, opts.keys, "keys acknowledged");
     for (part, window) in bounds.windows(2).enumerate() {
+        let at = done.load(Ordering::Relaxed);
         if part == 1 {
             cluster.kill_store(victim).map_err(|e| DemoError::Verify(e.to_string()))?;
-            writeln!(
-                out,
-                "\r   store {victim} killed after {} keys; writing on with two stores",
-                done.load(Ordering::Relaxed)
-            )?;
+            let line =
+                format!("   store {victim} killed after {at} keys; writing on with two stores");
+            shown.say(&line, out)?;
         } else if part == 2 {
             cluster.restart_store(victim).map_err(|e| DemoError::Verify(e.to_string()))?;
-            writeln!(
-                out,
-                "\r   store {victim} restarted after {} keys; it recovers from its files and catches up",
-                done.load(Ordering::Relaxed)
-            )?;
+            let line = format!(
+                "   store {victim} restarted after {at} keys; it recovers from its files and catches up"
+            );
+            shown.say(&line, out)?;
         }
         let (a, l) = std::thread::scope(|s| -> Result<_, DemoError> {
             let writer =
                 s.spawn(|| write_keys(&cluster, opts.clients, window[0]..window[1], &done));
             while !writer.is_finished() {
-                let _ = write!(out, "\r   {}", progress(done.load(Ordering::Relaxed), opts.keys));
-                let _ = out.flush();
+                shown.set(done.load(Ordering::Relaxed), out)?;
                 std::thread::sleep(Duration::from_millis(100));
             }
             writer.join().map_err(|_| DemoError::Verify("writer panicked".into()))?
@@ -452,13 +442,14 @@ fn cluster_phase(opts: &DemoOptions, out: &mut dyn Write) -> Result<(), DemoErro
         acked.extend(a);
         latencies.extend(l);
     }
+    shown.finish();
     let secs = start.elapsed().as_secs_f64();
     latencies.sort_unstable();
     let pct = |p: usize| latencies.get(latencies.len() * p / 100).copied().unwrap_or_default();
     let puts_per_sec = acked.len() as f64 / secs;
     writeln!(
         out,
-        "\r   {:>8} / {} keys acknowledged in {secs:.2} s: {puts_per_sec:.0} puts/s, latency p50 {} us, p99 {} us",
+        "   {:>8} / {} keys acknowledged in {secs:.2} s: {puts_per_sec:.0} puts/s, latency p50 {} us, p99 {} us",
         acked.len(),
         opts.keys,
         pct(50),
@@ -519,7 +510,7 @@ pub fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<(), DemoError> {
     let records_per_fsync = stats.records as f64 / stats.fsyncs.max(1) as f64;
     writeln!(
         out,
-        "\r   {:>9} / {records} acknowledged in {:.2} s",
+        "   {:>9} / {records} acknowledged in {:.2} s",
         phase.acked.len(),
         phase.seconds
     )?;

@@ -8,6 +8,7 @@ mod demo;
 mod dup_cmd;
 mod health_cmd;
 mod node_cmd;
+mod progress;
 mod txn_cmd;
 
 use std::path::PathBuf;
@@ -15,8 +16,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::{BenchTarget, Cli, Command};
-use crate::bench::Report as _;
+use crate::args::{BenchOut, BenchTarget, Cli, Command};
 
 /// A fresh temporary directory, inside `dir` if given (removed when dropped).
 fn bench_dir(dir: Option<PathBuf>) -> std::io::Result<tempfile::TempDir> {
@@ -26,6 +26,27 @@ fn bench_dir(dir: Option<PathBuf>) -> std::io::Result<tempfile::TempDir> {
             tempfile::tempdir_in(dir)
         }
         None => tempfile::tempdir(),
+    }
+}
+
+/// Prints a bench's report, and draws its curves if `--plot` asked.
+fn emit<R: bench::Report>(report: &R, out: &BenchOut) -> Result<(), Box<dyn std::error::Error>> {
+    report.print(out.json)?;
+    if let Some(path) = &out.plot {
+        let chart = report.chart().ok_or("this bench measures no count to plot against")?;
+        bench::plot::draw(path, &chart)?;
+        eprintln!("regionkv: plotted to {}", path.display());
+    }
+    Ok(())
+}
+
+/// Refuses `--plot` before a bench that has no curve runs (rather than after it).
+fn no_curve(bench: &str, out: &BenchOut) -> Result<(), String> {
+    match out.plot {
+        Some(_) => Err(format!(
+            "bench {bench} measures no client count: --plot is for cluster, kv, regions and wal"
+        )),
+        None => Ok(()),
     }
 }
 
@@ -40,19 +61,21 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 records,
                 keys,
                 clients,
+                progress: progress::Mode::for_stdout(),
                 ..demo::DemoOptions::new(dir.path())
             };
             demo::run(&options, &mut std::io::stdout())?;
         }
         Command::Bench { what: BenchTarget::Engine { out, quick } } => {
-            let dir = bench_dir(out.dir)?;
+            no_curve("engine", &out)?;
+            let dir = bench_dir(out.dir.clone())?;
             let report = bench::engine::run(dir.path(), quick)?;
-            report.print(out.json)?;
+            emit(&report, &out)?;
         }
         Command::Bench {
             what: BenchTarget::Cluster { out, seconds, clients, in_process_only, no_wal_baseline },
         } => {
-            let dir = bench_dir(out.dir)?;
+            let dir = bench_dir(out.dir.clone())?;
             let clients =
                 if clients.is_empty() { bench::cluster::CLIENTS.to_vec() } else { clients };
             let options = bench::cluster::Options {
@@ -61,30 +84,31 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 wal_baseline: !no_wal_baseline,
             };
             let report = bench::cluster::run(dir.path(), &clients, &options)?;
-            report.print(out.json)?;
+            emit(&report, &out)?;
         }
         Command::Bench { what: BenchTarget::Kv { out, seconds, threads, puts_only } } => {
-            let dir = bench_dir(out.dir)?;
+            let dir = bench_dir(out.dir.clone())?;
             let threads = if threads.is_empty() { bench::kv::THREADS.to_vec() } else { threads };
             let report = bench::kv::run(dir.path(), seconds, &threads, !puts_only)?;
-            report.print(out.json)?;
+            emit(&report, &out)?;
         }
         Command::Bench { what: BenchTarget::Regions { out, seconds, idle_seconds, regions } } => {
-            let dir = bench_dir(out.dir)?;
+            let dir = bench_dir(out.dir.clone())?;
             let regions =
                 if regions.is_empty() { bench::regions::REGIONS.to_vec() } else { regions };
             let report = bench::regions::run(dir.path(), seconds, idle_seconds, &regions)?;
-            report.print(out.json)?;
+            emit(&report, &out)?;
         }
         Command::Bench { what: BenchTarget::Txn { out, seconds, clients } } => {
-            let dir = bench_dir(out.dir)?;
+            no_curve("txn", &out)?;
+            let dir = bench_dir(out.dir.clone())?;
             let report = bench::txn::run(dir.path(), seconds, clients)?;
-            report.print(out.json)?;
+            emit(&report, &out)?;
         }
         Command::Bench { what: BenchTarget::Wal { out, seconds } } => {
-            let dir = bench_dir(out.dir)?;
+            let dir = bench_dir(out.dir.clone())?;
             let report = bench::wal::run(dir.path(), seconds)?;
-            report.print(out.json)?;
+            emit(&report, &out)?;
         }
     }
     Ok(())
@@ -97,6 +121,9 @@ fn main() -> ExitCode {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    }
+    if matches!(cli.command, Command::Bench { .. }) {
+        bench::load::show_progress(progress::Mode::for_stdout());
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

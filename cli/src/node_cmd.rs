@@ -13,6 +13,7 @@ use regionkv::health::HealthConfig;
 use regionkv::{ClusterId, InitialClusterState, Node, NodeConfig, StoreId};
 
 use crate::args::{NodeArgs, read_secret};
+use crate::progress::{Mode, Spinner};
 
 /// The TOML file of `regionkv node --config`.
 #[derive(serde::Deserialize, Default)]
@@ -152,7 +153,22 @@ pub(crate) fn run_node(args: NodeArgs) -> Result<(), Box<dyn std::error::Error>>
         })?;
     }
     let id = config.store_id;
-    let node = Node::open(config)?;
+    // Opening recovers the store from its files (WAL replay, checkpoints): a spinner on
+    // a terminal, else a line before and after, on stderr (stdout's first line says
+    // where the node listens, and scripts wait for it).
+    let mut log = std::io::stderr();
+    let what = format!("regionkv node {id}: opening the store in {}", config.data_dir.display());
+    let shown = Spinner::start(Mode::for_stdout(), &what, &mut log)?;
+    let node = match Node::open(config) {
+        Ok(node) => {
+            shown.finish("ready", &mut log)?;
+            node
+        }
+        Err(e) => {
+            shown.finish("failed", &mut log)?;
+            return Err(e.into());
+        }
+    };
     say(&format!("regionkv node {id} listening on {}", node.local_addr()));
     if let Some(status) = node.status_addr() {
         say(&format!("regionkv node {id} serves /metrics and /health on http://{status}"));

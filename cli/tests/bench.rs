@@ -7,6 +7,11 @@ use std::process::Command;
 
 /// Runs `regionkv bench ARGS --json` and parses its output.
 fn bench_json(args: &[&str]) -> serde_json::Value {
+    bench_json_and_log(args).0
+}
+
+/// Runs `regionkv bench ARGS --json`: its parsed stdout and its stderr.
+fn bench_json_and_log(args: &[&str]) -> (serde_json::Value, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_regionkv"))
         .arg("bench")
         .args(args)
@@ -16,7 +21,9 @@ fn bench_json(args: &[&str]) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench {args:?} failed:\n{stdout}\n{stderr}");
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"))
+    let json =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"));
+    (json, stderr.into_owned())
 }
 
 /// `report[key]` is an object with a number under each of `counts`.
@@ -27,8 +34,18 @@ fn assert_keyed(report: &serde_json::Value, key: &str, counts: &[&str]) {
 }
 
 #[test]
-fn bench_kv_json_has_every_key() {
-    let report = bench_json(&["kv", "--seconds", "0.05", "--threads", "1,2"]);
+fn bench_kv_json_has_every_key_and_plots_its_curves() {
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("kv.svg");
+    let args = ["kv", "--seconds", "0.05", "--threads", "1,2", "--plot", plot.to_str().unwrap()];
+    let (report, log) = bench_json_and_log(&args);
+    // Not a terminal: each figure says so in one plain line on stderr, and stdout
+    // stays one JSON object (parsed above).
+    assert!(log.contains("bench: 2 clients for 0.1 s"), "{log}");
+    let svg = std::fs::read_to_string(&plot).expect("the plot was written");
+    for curve in ["durable puts", "linearizable gets", "put p99", "client threads"] {
+        assert!(svg.contains(curve), "{curve} missing from the plot");
+    }
     for key in ["put_ops_per_sec", "put_p50_us", "put_p99_us", "fsyncs_per_put"] {
         assert_keyed(&report, key, &["1", "2"]);
     }
@@ -92,4 +109,20 @@ fn bench_txn_json_has_every_key() {
         assert!(report[key].is_number(), "{key} missing in:\n{report:#}");
     }
     assert_eq!(report["clients"], 2);
+}
+
+#[test]
+fn a_plot_of_a_bench_without_counts_is_refused_before_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("e.svg");
+    let out = Command::new(env!("CARGO_BIN_EXE_regionkv"))
+        .args(["bench", "engine", "--quick", "--plot", plot.to_str().unwrap()])
+        .output()
+        .expect("run regionkv bench");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--plot is for cluster, kv, regions and wal"), "{stderr}");
+    // Refused before it ran: no table was printed.
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(!plot.exists());
 }

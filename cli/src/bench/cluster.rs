@@ -183,6 +183,19 @@ pub(super) fn percentile(sorted: &[u32], p: usize) -> f64 {
 }
 
 impl super::Report for ClusterBenchReport {
+    fn chart(&self) -> Option<super::plot::Chart> {
+        let chart = super::plot::Chart::new("regionkv bench cluster: 3 stores", "client threads")
+            .rate("puts, in process", &self.put_ops_per_sec)
+            .rate("gets, in process", &self.get_ops_per_sec)
+            .rate("puts, 3 processes over TCP", &self.put_ops_per_sec_tcp)
+            .rate("gets, 3 processes over TCP", &self.get_ops_per_sec_tcp)
+            .latency("put p50, in process", &self.put_p50_us)
+            .latency("put p99, in process", &self.put_p99_us)
+            .latency("put p50, over TCP", &self.put_p50_us_tcp)
+            .latency("put p99, over TCP", &self.put_p99_us_tcp);
+        Some(chart)
+    }
+
     fn print_table(&self) {
         println!("Replicated puts and linearizable gets (3 stores, fsync on, 128 B values):");
         println!(

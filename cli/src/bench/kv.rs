@@ -158,6 +158,15 @@ pub fn run(dir: &Path, seconds: f64, threads: &[usize], reads: bool) -> io::Resu
 }
 
 impl super::Report for KvBenchReport {
+    fn chart(&self) -> Option<super::plot::Chart> {
+        let chart = super::plot::Chart::new("regionkv bench kv: one store", "client threads")
+            .rate("durable puts", &self.put_ops_per_sec)
+            .rate("linearizable gets", &self.get_ops_per_sec)
+            .latency("put p50", &self.put_p50_us)
+            .latency("put p99", &self.put_p99_us);
+        Some(chart)
+    }
+
     fn print_table(&self) {
         println!(
             "One store (in process, fsync on, {KEY_BYTES} B keys, {VALUE_BYTES} B values, \

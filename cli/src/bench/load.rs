@@ -5,10 +5,43 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 use regionkv::Db;
+
+use crate::progress::{Counter, Mode};
+
+/// How each measured figure shows its progress; set once by `main` before a bench
+/// runs (unset, as in unit tests, nothing is shown).
+static PROGRESS: OnceLock<Mode> = OnceLock::new();
+
+/// Shows each figure's progress from now on: a bar on stdout over the figure's
+/// seconds, or one line on stderr per figure (stdout may carry `--json`).
+pub fn show_progress(mode: Mode) {
+    let _ = PROGRESS.set(mode);
+}
+
+/// Sleeps until `until`, drawing the figure's bar (from `start`) if one is shown.
+fn wait_showing(start: Instant, until: Instant, clients: usize) {
+    let total = until.saturating_duration_since(start).as_millis() as u64;
+    match PROGRESS.get() {
+        Some(Mode::Bar) => {
+            let mut out = io::stdout();
+            let mut bar = Counter::new(Mode::Bar, total, &format!("ms, {clients} clients"));
+            while Instant::now() < until {
+                let _ = bar.set(start.elapsed().as_millis() as u64, &mut out);
+                std::thread::sleep(Duration::from_millis(100).min(until - Instant::now()));
+            }
+            bar.finish();
+        }
+        Some(Mode::Lines) => {
+            eprintln!("bench: {clients} clients for {:.1} s", total as f64 / 1000.0);
+            std::thread::sleep(until.saturating_duration_since(Instant::now()));
+        }
+        None => std::thread::sleep(until.saturating_duration_since(Instant::now())),
+    }
+}
 
 /// One client operation: `(db, client thread, its call number, its random numbers)`.
 pub type Op = dyn Fn(&Db, usize, u64, &mut Rng) -> io::Result<()> + Send + Sync;
@@ -102,7 +135,7 @@ pub fn run(
     let start = Instant::now();
     std::thread::sleep(warmup);
     let before = counter()?;
-    std::thread::sleep((start + warmup + duration).saturating_duration_since(Instant::now()));
+    wait_showing(start, start + warmup + duration, clients);
     let after = counter()?;
     let mut latencies_us = Vec::new();
     for t in threads {

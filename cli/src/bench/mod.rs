@@ -11,6 +11,7 @@ pub mod disk;
 pub mod engine;
 pub mod kv;
 pub mod load;
+pub mod plot;
 pub mod procs;
 pub mod regions;
 pub mod txn;
@@ -20,6 +21,12 @@ pub mod wal;
 pub trait Report: serde::Serialize {
     /// Prints the figures as a table, each next to its baseline.
     fn print_table(&self);
+
+    /// The run's curves against its client (thread, writer, region) count, for
+    /// `--plot`; `None` for a bench that measures no count.
+    fn chart(&self) -> Option<plot::Chart> {
+        None
+    }
 
     /// Prints the figures as `json` asks.
     fn print(&self, json: bool) -> serde_json::Result<()> {

@@ -255,6 +255,15 @@ pub fn run(
 }
 
 impl super::Report for RegionsBenchReport {
+    fn chart(&self) -> Option<super::plot::Chart> {
+        let title = format!("regionkv bench regions: puts at {} clients", self.clients);
+        let chart = super::plot::Chart::new(&title, "regions per store")
+            .rate("puts", &self.put_ops_per_sec_by_regions)
+            .latency("put p50", &self.put_p50_us_by_regions)
+            .latency("put p99", &self.put_p99_us_by_regions);
+        Some(chart)
+    }
+
     fn print_table(&self) {
         println!(
             "Many regions (3 stores in one process, fsync on, {CLIENTS} clients, 128 B values):"

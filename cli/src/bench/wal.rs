@@ -178,6 +178,13 @@ pub fn run(dir: &Path, seconds: f64) -> io::Result<WalBenchReport> {
 }
 
 impl super::Report for WalBenchReport {
+    fn chart(&self) -> Option<super::plot::Chart> {
+        let chart = super::plot::Chart::new("regionkv bench wal: synced appends", "writer threads")
+            .rate("appends", &self.append_ops_per_sec)
+            .latency("append p99", &self.append_p99_us);
+        Some(chart)
+    }
+
     fn print_table(&self) {
         println!("WAL appends (128 B records, fsync on), next to the raw disk, same run:");
         println!(
