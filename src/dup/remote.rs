@@ -3,8 +3,9 @@
 //! node` processes reached over the client protocol at the record's addresses, with
 //! its cluster id and client secret (`DupRemote`).
 //!
-//! One connection ([`Client`]) per (duplication, incarnation), made on the first step
-//! that needs it and kept while the duplication ships; a reseed (a new incarnation) or
+//! One connection ([`Client`]) per (duplication, incarnation), dialed by a thread of
+//! its own on the first step that needs it (the background turn never waits on a
+//! dial; steps wait until it is made) and kept while the duplication ships; a reseed (a new incarnation) or
 //! the end of shipping drops it. A follower that cannot be reached is tried again after
 //! a backoff that doubles from [`BACKOFF_FIRST`] up to [`BACKOFF_MAX`]; the duplication
 //! stays as it is (never `Broken` for it), and the last error is what
@@ -15,6 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -54,8 +56,17 @@ pub(crate) enum Follower {
 }
 
 enum Slot {
+    /// A thread of its own dials the follower (a dial may wait for its timeouts: the
+    /// background turn does not).
+    Connecting {
+        done: Receiver<Result<Db, Error>>,
+        backoff: Duration,
+    },
     Connected(Db),
-    Waiting { next: Instant, backoff: Duration },
+    Waiting {
+        next: Instant,
+        backoff: Duration,
+    },
     Rejected(String),
 }
 
@@ -125,16 +136,38 @@ impl Remotes {
         };
         let key = (record.dup_id, record.incarnation);
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        let backoff = match slots.get(&key) {
+        let (result, backoff) = match slots.get(&key) {
             Some(Slot::Connected(db)) => return Follower::Ready(db.clone()),
             Some(Slot::Rejected(why)) => {
                 return Follower::Broken(BrokenReason::FollowerRejected, why.clone());
             }
             Some(Slot::Waiting { next, .. }) if Instant::now() < *next => return Follower::NotYet,
-            Some(Slot::Waiting { backoff, .. }) => (*backoff * 2).min(BACKOFF_MAX),
-            None => BACKOFF_FIRST,
+            Some(Slot::Connecting { done, backoff }) => match done.try_recv() {
+                Ok(result) => (result, *backoff),
+                Err(TryRecvError::Empty) => return Follower::NotYet,
+                Err(TryRecvError::Disconnected) => {
+                    (Err(Error::Io(std::io::Error::other("the dialing thread failed"))), *backoff)
+                }
+            },
+            waiting => {
+                let backoff = match waiting {
+                    Some(Slot::Waiting { backoff, .. }) => (*backoff * 2).min(BACKOFF_MAX),
+                    _ => BACKOFF_FIRST,
+                };
+                let (tx, done) = mpsc::channel();
+                let (name, secret) = (record.remote.name.clone(), secret.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("dup-follower-dial".into())
+                    .spawn(move || drop(tx.send(connect(&name, cluster_id, &secret))));
+                if let Err(e) = spawned {
+                    (Err(Error::Io(e)), backoff)
+                } else {
+                    slots.insert(key, Slot::Connecting { done, backoff });
+                    return Follower::NotYet;
+                }
+            }
         };
-        match connect(&record.remote.name, cluster_id, secret) {
+        match result {
             Ok(db) => {
                 tracing::info!(dup = record.dup_id, to = %record.remote.name, "follower connected");
                 set_link(record, |l| {

@@ -103,7 +103,7 @@ pub(super) fn put_answer(o: &mut Vec<u8>, answer: &SinkAnswer) {
                     codec::put_u64(o, F_REGION, region.0);
                     codec::put_u64(o, F_DUP_ID, *dup_id);
                     codec::put_u64(o, F_REASON, reason.code());
-                })
+                });
             }
         }
     });
