@@ -73,15 +73,9 @@ pub(crate) trait Backend: Send + Sync {
     fn dup_command(&self, cmd: &DirCmd, deadline: Duration) -> crate::Result<DirResult> {
         crate::control::directory_on(self, cmd, deadline)
     }
-    /// One duplication sink command to `store`'s replica of its region (its leader).
-    /// Only stores in this process take them so far: over the client protocol the
-    /// request is not built yet.
-    fn sink(&self, store: StoreId, req: regionkv_raft::sink::SinkRequest) {
-        let _ = store;
-        (req.reply)(Err(regionkv_raft::Error::InvalidRequest(
-            "duplication sink commands reach only a cluster in this process so far".into(),
-        )));
-    }
+    /// One duplication sink command to `store`'s replica of its region (its leader):
+    /// in process, or over the client protocol (request 82).
+    fn sink(&self, store: StoreId, req: regionkv_raft::sink::SinkRequest);
     /// The duplications `store`'s replica of the directory holds (`None`: it hosts
     /// none, or did not answer).
     fn dups_of(&self, store: StoreId) -> Option<Vec<directory::DupRecord>>;

@@ -20,10 +20,12 @@ use crate::db::Db;
 use crate::error::{Error, Result};
 
 pub(crate) mod driver;
+mod remote;
 mod ship;
 pub(crate) mod sink;
 
 pub use regionkv_raft::directory::{BrokenReason, DupStatus as DuplicationStatus};
+pub use remote::FollowerLink;
 
 /// What to duplicate, and where to.
 #[derive(Clone, Debug)]
@@ -84,6 +86,10 @@ pub struct DupReport {
     pub seed: bool,
     /// Every region the range covers.
     pub regions: Vec<RegionDupReport>,
+    /// How this process's shipper reaches a follower in other processes (`None`:
+    /// unknown here: no shipper of this process ships it, or the follower is in
+    /// process).
+    pub follower: Option<FollowerLink>,
 }
 
 /// One source region of a duplication.
@@ -256,7 +262,9 @@ impl Db {
                 };
                 reports.push(RegionDupReport { region, state, frozen, leader });
             }
+            let follower = remote::link_of(&record);
             out.push(DupReport {
+                follower,
                 dup_id: record.dup_id,
                 status: record.status,
                 incarnation: record.incarnation,

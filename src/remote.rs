@@ -52,6 +52,7 @@ use crate::region_info::RegionInfo;
 use crate::router::Router;
 
 mod health;
+mod sink;
 mod tso;
 mod txn;
 mod txn_ops;
@@ -687,6 +688,10 @@ impl Backend for RemoteStores {
 
     fn dup_command(&self, cmd: &DirCmd, deadline: Duration) -> Result<DirResult> {
         self.remote_dup_command(cmd, deadline)
+    }
+
+    fn sink(&self, store: StoreId, req: regionkv_raft::sink::SinkRequest) {
+        self.send_sink(store, req);
     }
 
     fn dups_of(&self, store: StoreId) -> Option<Vec<regionkv_raft::directory::DupRecord>> {

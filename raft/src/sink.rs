@@ -226,6 +226,23 @@ impl SinkRefusal {
     }
 }
 
+impl SinkRefusal {
+    /// The reason of `code`; an unknown code (or 0) is [`SinkRefusal::Unspecified`].
+    pub fn from_code(code: u64) -> SinkRefusal {
+        match code {
+            1 => SinkRefusal::NotFound,
+            2 => SinkRefusal::StaleIncarnation,
+            3 => SinkRefusal::WrongIncarnation,
+            4 => SinkRefusal::WrongSeed,
+            5 => SinkRefusal::Seeding,
+            6 => SinkRefusal::AlreadySeeded,
+            7 => SinkRefusal::OutOfRange,
+            8 => SinkRefusal::Frozen,
+            _ => SinkRefusal::Unspecified,
+        }
+    }
+}
+
 impl std::fmt::Display for SinkRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -240,6 +257,20 @@ impl std::fmt::Display for SinkRefusal {
             SinkRefusal::Frozen => "frozen (an entry of a format this binary does not know)",
         })
     }
+}
+
+/// A `SINK` command's fields as another protocol carries them (the client protocol's
+/// sink request): the body of tag 7, without the command's format byte.
+pub fn encode_entry_cmd(entry: &SinkEntryCmd) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(&mut out, entry);
+    out
+}
+
+/// Reads what [`encode_entry_cmd`] wrote; never panics (a kind this binary does not
+/// know is an error).
+pub fn decode_entry_cmd(buf: &[u8]) -> DecodeResult<SinkEntryCmd> {
+    decode(buf)
 }
 
 /// Writes a `SINK` command's fields (the body of tag 7).

@@ -29,6 +29,7 @@ use regionkv_raft::{StateRole, Store};
 
 use crate::backend::directory_dups;
 use crate::control::ClusterOps;
+use crate::dup::remote::{Follower, Remotes};
 use crate::dup::ship;
 
 /// How often the driver looks at the duplications.
@@ -45,11 +46,13 @@ pub(crate) struct DupDriver {
     next: Instant,
     /// Where duplications ship to (in this process).
     pub targets: Targets,
+    /// Connections to followers in other processes.
+    remotes: Remotes,
 }
 
 impl DupDriver {
     pub fn new() -> DupDriver {
-        DupDriver { next: Instant::now(), targets: Targets::default() }
+        DupDriver { next: Instant::now(), targets: Targets::default(), remotes: Remotes::default() }
     }
 
     /// One turn over `stores` (those this driver runs in process).
@@ -89,6 +92,7 @@ impl DupDriver {
         {
             return;
         }
+        self.remotes.retain(records);
         for peer in store.status() {
             if peer.role != StateRole::Leader || !peer.initialized || peer.region.id == DIRECTORY {
                 continue;
@@ -99,12 +103,14 @@ impl DupDriver {
                 if !depends_met(ops, &state.depends_on) {
                     continue;
                 }
-                // Only followers in this process so far.
-                let follower = self.targets.read().get(&record.remote.name).cloned();
-                let Some(follower) = follower else { continue };
-                if let ship::Outcome::Broken(reason, why) =
-                    ship::step(store, &peer.region, record, state, &follower)
-                {
+                let outcome = match self.remotes.follower(&self.targets, record) {
+                    Follower::Ready(follower) => {
+                        ship::step(store, &peer.region, record, state, &follower)
+                    }
+                    Follower::NotYet => continue,
+                    Follower::Broken(reason, why) => ship::Outcome::Broken(reason, why),
+                };
+                if let ship::Outcome::Broken(reason, why) = outcome {
                     tracing::warn!(dup = record.dup_id, region = peer.region.id.0, %why, "duplication broken");
                     let a = DupAlteration {
                         dup_id: record.dup_id,

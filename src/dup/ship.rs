@@ -92,11 +92,23 @@ pub(crate) fn step(
         Err(Error::Store(e @ regionkv_raft::Error::DupUnsupportedEntry { .. })) => {
             Outcome::Broken(BrokenReason::UnsupportedEntry, e.to_string())
         }
+        // Only the follower answers it (the source runs at version 7 or it holds no
+        // duplication): its nodes do not know the sink (`UnsupportedRequest`), or it
+        // runs below the version of the sink.
+        Err(e @ Error::FeatureNotActive { .. }) if is_sink_feature(&e) => {
+            Outcome::Broken(BrokenReason::FollowerTooOld, e.to_string())
+        }
         Err(e) => {
             tracing::debug!(dup = record.dup_id, region = region.id.0, error = %e, "duplication step deferred");
             Outcome::Fine
         }
     }
+}
+
+/// True for the follower's refusal of the sink's version (`duplication-v2`).
+fn is_sink_feature(e: &Error) -> bool {
+    matches!(e, Error::FeatureNotActive { feature, .. }
+        if feature == regionkv_raft::version::DUP_V2.name)
 }
 
 /// `[start, end)` cut to the duplicated range (it overlaps it: the region is covered).

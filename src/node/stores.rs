@@ -126,6 +126,10 @@ impl Backend for NodeStores {
         }
     }
 
+    fn sink(&self, store: StoreId, req: regionkv_raft::sink::SinkRequest) {
+        if self.is_local(store) { self.local.sink(req) } else { self.remote.sink(store, req) }
+    }
+
     fn locate(&self, key: &[u8]) -> Option<RegionRecord> {
         let local = self.shared.upgrade().and_then(|s| s.locate_local(key));
         let remote = self.remote.locate(key);

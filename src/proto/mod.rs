@@ -68,6 +68,9 @@
 //!            33 txn { ... }   34 txn ids { 1 count }   (since transactions: `txn.rs`;
 //!                       an older node answers unsupported)
 //!            35 txn list   36 txn recover   (the recovery daemon's: `txn_ops.rs`)
+//!            80 duplications   81 duplication command   (`dup.rs`)
+//!            82 sink { a follower region's duplication sink command } (`sink.rs`;
+//!                       an older node answers unsupported)
 //!  RESPONSE  1 id u64, and exactly one of
 //!            2 error { 1 code, 2 region, 3 leader store, 4 region*, 5 message, 6 target,
 //!                      7 reason (optional: the code of a drop or merge-abort reason),
@@ -92,6 +95,7 @@
 //!            50 health (the record in `health.rs`)
 //!            51 txn { 1 kind, 2 state } (`txn.rs`)
 //!            52 txn entries   53 txn turn   (`txn_ops.rs`)
+//!            80 duplications (`dup.rs`)   83 sink { applied | refused } (`sink.rs`)
 //!  metrics   1 regions  2 leaders  3 hibernating  4 applied lag total  5 applied lag max
 //!            6 write latency us (histogram)  7 writes proposed  8 entries proposed
 //!            9 apply { 1 rounds, 2 rounds without regions, 3 rounds with several,
@@ -128,6 +132,7 @@ mod outbox;
 mod records;
 mod request;
 mod response;
+mod sink;
 mod status;
 #[cfg(test)]
 mod status_tests;
@@ -165,6 +170,7 @@ pub(crate) use self::health::HealthAnswer;
 pub(crate) use self::outbox::Outbox;
 pub(crate) use self::request::{RequestError, decode_request, encode_request};
 pub(crate) use self::response::{decode_response, encode_response};
+pub(crate) use self::sink::SinkAnswer;
 pub use self::status::{Capacity, STATUS_SCHEMA, StoreState, StoreStatus};
 #[allow(unused_imports, reason = "the health monitor's matrix uses them")]
 pub(crate) use self::status::{StatusSchema, decode_store_status, encode_store_status};
@@ -409,6 +415,12 @@ pub(crate) enum Request {
     DupCommand {
         cmd: DirCmd,
     },
+    /// A duplication's sink command for follower region `region`, to its leader
+    /// (`sink.rs`; a shipper of another cluster sends it).
+    Sink {
+        region: RegionId,
+        cmd: regionkv_raft::sink::SinkEntryCmd,
+    },
 }
 
 /// A node's answer to one request.
@@ -451,4 +463,6 @@ pub(crate) enum Response {
     Timestamps(u64),
     /// The duplications (`None`: the node's store hosts no replica of the directory).
     Dups(Option<Vec<regionkv_raft::directory::DupRecord>>),
+    /// A sink command's outcome: applied, or refused by the follower region.
+    Sink(SinkAnswer),
 }

@@ -10,7 +10,7 @@ use super::records::{
     D, admin_cmd_of, dir_cmd_of, epoch_of, nested, opt_u64, parse, put_admin_cmd, put_dir_cmd,
     put_epoch, put_range, range_of, req_u64,
 };
-use super::{Request, dup, tso, txn, txn_ops};
+use super::{Request, dup, sink, tso, txn, txn_ops};
 
 // Request tags.
 pub(super) const Q_ID: u16 = 1;
@@ -74,6 +74,7 @@ const Q_TAGS: &[u16] = &[
     tso::Q_TIMESTAMPS,
     dup::Q_DUPS,
     dup::Q_DUP_COMMAND,
+    sink::Q_SINK,
 ];
 
 /// The request kinds added after the first release (`decode_later`).
@@ -89,6 +90,7 @@ const Q_LATER: &[u16] = &[
     tso::Q_TIMESTAMPS,
     dup::Q_DUPS,
     dup::Q_DUP_COMMAND,
+    sink::Q_SINK,
 ];
 
 // Nested request fields.
@@ -206,6 +208,7 @@ pub(crate) fn encode_request(id: u64, req: &Request) -> Vec<u8> {
         Request::Timestamps { count } => tso::put_request(&mut out, *count),
         Request::Dups => dup::put_request(&mut out),
         Request::DupCommand { cmd } => dup::put_command(&mut out, cmd),
+        Request::Sink { region, cmd } => sink::put_request(&mut out, *region, cmd),
         Request::TxnIds { count } => codec::put_nested(&mut out, Q_TXN_IDS, |o| {
             codec::put_u64(o, txn::TI_COUNT, *count);
         }),
@@ -429,6 +432,10 @@ fn decode_later(f: &Field<'_>) -> D<Request> {
         tso::Q_TIMESTAMPS => Ok(Request::Timestamps { count: tso::request_of(f)? }),
         dup::Q_DUPS => Ok(Request::Dups),
         dup::Q_DUP_COMMAND => Ok(Request::DupCommand { cmd: dup::command_of(f)? }),
+        sink::Q_SINK => {
+            let (region, cmd) = sink::request_of(f)?;
+            Ok(Request::Sink { region, cmd })
+        }
         _ => decode_upgrade(f),
     }
 }

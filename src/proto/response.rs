@@ -77,6 +77,7 @@ const R_TAGS: &[u16] = &[
     R_TXN_TURN,
     super::tso::R_TIMESTAMPS,
     super::dup::R_DUPS,
+    super::sink::R_SINK,
 ];
 const SOME: u16 = 1;
 const NONE: u16 = 2;
@@ -184,6 +185,7 @@ pub(crate) fn encode_response(id: u64, result: &Result<Response, RemoteError>) -
         Ok(Response::TxnStaged) => codec::put_nested(o, R_TXN, super::txn::put_txn_staged),
         Ok(Response::Timestamps(first)) => super::tso::put_answer(o, *first),
         Ok(Response::Dups(records)) => super::dup::put_answer(o, records.as_deref()),
+        Ok(Response::Sink(answer)) => super::sink::put_answer(o, answer),
         Ok(Response::TxnEntries(e)) => {
             codec::put_nested(o, R_TXN_ENTRIES, |o| super::txn_ops::put_entries(o, e));
         }
@@ -265,6 +267,7 @@ fn decode_response_body(f: &Field<'_>) -> D<Result<Response, RemoteError>> {
         R_ADMIN => Response::Admin(admin_result_of(f)?),
         super::tso::R_TIMESTAMPS => Response::Timestamps(super::tso::answer_of(f)?),
         super::dup::R_DUPS => Response::Dups(super::dup::answer_of(f)?),
+        super::sink::R_SINK => Response::Sink(super::sink::answer_of(f)?),
         R_DIRECTORY => Response::Directory(dir_result_of(f)?),
         R_MERGE_STATUS => Response::MergeStatus(merge_status_of(f)?),
         R_PEER_STATUS => Response::PeerStatus(

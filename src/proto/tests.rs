@@ -181,6 +181,7 @@ fn requests() -> Vec<Request> {
     ]
     .into_iter()
     .chain(super::dup_tests::dup_requests())
+    .chain(super::dup_tests::sink_requests())
     .collect()
 }
 
@@ -265,6 +266,7 @@ fn responses() -> Vec<Result<Response, RemoteError>> {
     ]
     .into_iter()
     .chain(super::dup_tests::dup_responses())
+    .chain(super::dup_tests::sink_responses())
     .collect()
 }
 

@@ -756,6 +756,7 @@ impl ClientService {
             Request::Txn { region, epoch, cmd } => self.txn(store, region, epoch, cmd, r),
             Request::Timestamps { count } => store.timestamps(count, r.reply(Response::Timestamps)),
             Request::Dups => r.send(Ok(Response::Dups(crate::backend::directory_dups(store)))),
+            Request::Sink { region, cmd } => self.sink(store, region, cmd, r),
             Request::TxnIds { count } if count == 0 || count > proto::TXN_IDS_MAX => {
                 let message = format!("txn ids: ask for 1 to {} ids at a time", proto::TXN_IDS_MAX);
                 r.send(Err(RemoteError::new(ErrorCode::InvalidRequest, message)));
@@ -843,5 +844,6 @@ impl ClientService {
 }
 
 mod older;
+mod sink;
 #[cfg(test)]
 mod tests;

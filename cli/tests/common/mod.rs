@@ -20,6 +20,8 @@ pub const SECRET: &str = "the secret of the process test cluster";
 /// failing test leaves none behind.
 pub struct Procs {
     pub dir: PathBuf,
+    /// The cluster's id (its secret is in `dir/secret`).
+    pub cluster: ClusterId,
     pub addrs: Vec<SocketAddr>,
     children: Vec<Option<Child>>,
     /// Nodes started before: they restart from their files, without `--bootstrap`.
@@ -38,9 +40,15 @@ impl Drop for Procs {
 impl Procs {
     /// `n` nodes, none started yet, with their files and the secret file in `dir`.
     pub fn new(dir: &Path, n: usize) -> Procs {
-        std::fs::write(dir.join("secret"), format!("{SECRET}\n")).unwrap();
+        Procs::of_cluster(dir, n, CLUSTER, SECRET)
+    }
+
+    /// `n` nodes of cluster `cluster` with secret `secret`, none started yet.
+    pub fn of_cluster(dir: &Path, n: usize, cluster: ClusterId, secret: &str) -> Procs {
+        std::fs::write(dir.join("secret"), format!("{secret}\n")).unwrap();
         Procs {
             dir: dir.to_path_buf(),
+            cluster,
             addrs: free_addrs(n),
             children: (0..n).map(|_| None).collect(),
             started: BTreeSet::new(),
@@ -59,7 +67,7 @@ impl Procs {
             .arg("--data-dir")
             .arg(self.data_dir(id))
             .args(["--listen", &self.addrs[id - 1].to_string()])
-            .args(["--cluster-id", &CLUSTER.0.to_string()])
+            .args(["--cluster-id", &self.cluster.0.to_string()])
             .arg("--secret-file")
             .arg(self.dir.join("secret"))
             .args(["--tick-interval-ms", "20", "--stop-on-stdin-eof"]);
@@ -108,7 +116,7 @@ impl Procs {
         Command::new(env!("CARGO_BIN_EXE_regionkv"))
             .arg("client")
             .args(["--addr", &addrs.join(",")])
-            .args(["--cluster-id", &CLUSTER.0.to_string()])
+            .args(["--cluster-id", &self.cluster.0.to_string()])
             .arg("--secret-file")
             .arg(self.dir.join("secret"))
             .args(args)
