@@ -65,7 +65,10 @@ pub use control::{ReplicaHash, StoreVersion, UpgradeStatus};
 #[doc(hidden)]
 pub use db::TxnSeams;
 pub use db::{Db, IntoBytes, IntoKeyRange, LockWait, Transaction, TxnOutcome, WriteBatch};
-pub use dup::{BrokenReason, DupReport, DupSpec, DupTarget, DuplicationStatus, RegionDupReport};
+pub use dup::{
+    BrokenReason, CutoverReport, DupReport, DupSpec, DupTarget, DuplicationStatus, RegionCutover,
+    RegionDupReport, RegionVerify, VerifyOutcome, VerifyReport,
+};
 pub use error::{Error, Result};
 pub use node::{InitialClusterState, Node, NodeConfig};
 pub use proto::{Capacity, STATUS_SCHEMA, StoreState, StoreStatus};
