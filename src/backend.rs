@@ -327,7 +327,9 @@ impl Backend for LocalStores {
         after: u64,
         max_bytes: usize,
     ) -> regionkv_raft::Result<regionkv_raft::DupLogBatch> {
-        self.store(store).ok_or(regionkv_raft::Error::Cancelled)?.dup_read_log(region, after, max_bytes)
+        self.store(store)
+            .ok_or(regionkv_raft::Error::Cancelled)?
+            .dup_read_log(region, after, max_bytes)
     }
 
     fn dup_target(&self, name: &str) -> Option<crate::Db> {

@@ -99,10 +99,7 @@ fn verify_matches_at_one_source_position_while_writes_go_on() {
     };
     let racing = a.verify_duplication(id).unwrap();
     writer.join().unwrap();
-    assert!(
-        racing.regions.iter().all(|r| r.outcome != VerifyOutcome::Mismatch),
-        "{racing:#?}"
-    );
+    assert!(racing.regions.iter().all(|r| r.outcome != VerifyOutcome::Mismatch), "{racing:#?}");
 }
 
 #[test]

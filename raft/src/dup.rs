@@ -472,7 +472,8 @@ mod tests {
         let mut t = DupTable::default();
         apply(&mut t, r, &DupCmd::Start { dup_id: 7, incarnation: 1 }, 12).unwrap();
         let before = t.clone();
-        for (cmd, want) in [(fence(1), DupRefusal::WrongStage), (fence(2), DupRefusal::WrongIncarnation)]
+        for (cmd, want) in
+            [(fence(1), DupRefusal::WrongStage), (fence(2), DupRefusal::WrongIncarnation)]
         {
             match apply(&mut t, r, &cmd, 13) {
                 Err(Error::DupRefused { reason, .. }) => assert_eq!(reason, want),

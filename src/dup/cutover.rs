@@ -104,8 +104,7 @@ impl Db {
     }
 
     fn alter_to(&self, dup_id: u64, from: DupStatus, to: DupStatus) -> Result<()> {
-        let alteration =
-            regionkv_raft::directory::DupAlteration { dup_id, from, to, reason: None };
+        let alteration = regionkv_raft::directory::DupAlteration { dup_id, from, to, reason: None };
         self.dup_command(&regionkv_raft::directory::DirCmd::AlterDup(alteration)).map(drop)
     }
 
@@ -156,7 +155,9 @@ impl Db {
                 .iter()
                 .flat_map(|r| &r.regions)
                 .filter(|r| {
-                    !r.state.as_ref().is_some_and(|s| s.incarnation == record.incarnation && done(s))
+                    !r.state
+                        .as_ref()
+                        .is_some_and(|s| s.incarnation == record.incarnation && done(s))
                 })
                 .map(|r| r.region)
                 .collect();
@@ -186,9 +187,7 @@ impl Db {
                 let state = r.state.as_ref();
                 let fenced_at = state.and_then(|s| s.fence.as_ref()).map(|f| f.at_index);
                 let confirmed = state.and_then(|s| s.confirmed);
-                let rpo_entries = fenced_at
-                    .zip(confirmed)
-                    .map(|(f, c)| f.saturating_sub(c));
+                let rpo_entries = fenced_at.zip(confirmed).map(|(f, c)| f.saturating_sub(c));
                 RegionCutover { region: r.region, fenced_at, confirmed, rpo_entries }
             })
             .collect();

@@ -85,7 +85,10 @@ impl DupDriver {
     /// One shipping step of every duplication in every region `store` leads.
     fn ship(&self, ops: &ClusterOps, store: &Store, records: &[DupRecord]) {
         let shipping = |s: DupStatus| {
-            matches!(s, DupStatus::Prepare | DupStatus::App | DupStatus::Log | DupStatus::CuttingOver)
+            matches!(
+                s,
+                DupStatus::Prepare | DupStatus::App | DupStatus::Log | DupStatus::CuttingOver
+            )
         };
         if !records.iter().any(|r| shipping(r.status) || (r.status == DupStatus::Paused && !r.seed))
         {

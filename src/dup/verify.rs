@@ -102,11 +102,7 @@ fn combine(pieces: &[Fingerprint]) -> Fingerprint {
 }
 
 /// `[start, end)` cut to `region` (`None`: they do not overlap).
-pub(crate) fn clip_to(
-    start: &[u8],
-    end: Option<&[u8]>,
-    region: &Region,
-) -> Option<KeyRange> {
+pub(crate) fn clip_to(start: &[u8], end: Option<&[u8]>, region: &Region) -> Option<KeyRange> {
     let s = start.max(region.start.as_slice()).to_vec();
     let e = match (end, region.end.as_deref()) {
         (Some(a), Some(b)) => Some(a.min(b).to_vec()),
@@ -117,7 +113,12 @@ pub(crate) fn clip_to(
 
 /// The one mark every piece of `range` holds in `fp`'s sink entry of `(dup, source)`
 /// (`None`: not covered whole, of another incarnation, or marks that differ).
-fn uniform_mark(fp: &RegionFingerprint, record: &DupRecord, source: u64, range: &KeyRange) -> Option<u64> {
+fn uniform_mark(
+    fp: &RegionFingerprint,
+    record: &DupRecord,
+    source: u64,
+    range: &KeyRange,
+) -> Option<u64> {
     let Some(SinkSlot::Known(entry)) = fp.sinks.as_ref()?.get(record.dup_id, source) else {
         return None;
     };
@@ -233,7 +234,8 @@ impl Db {
         let Some(range) = clip_to(&record.start, record.end.as_deref(), region) else {
             return Ok(Attempt::Again(VerifyOutcome::Unknown("the region left the range".into())));
         };
-        let Some((mark, pieces, follower_fps)) = Self::follower_side(follower, record, region, &range)?
+        let Some((mark, pieces, follower_fps)) =
+            Self::follower_side(follower, record, region, &range)?
         else {
             return Ok(Attempt::Again(VerifyOutcome::Lagging));
         };

@@ -457,7 +457,9 @@ fn refusal(error: &Error) -> Error {
         Error::StandbyReadOnly { region, dup_id } => {
             Error::StandbyReadOnly { region: *region, dup_id: *dup_id }
         }
-        Error::DupFenced { region, dup_id } => Error::DupFenced { region: *region, dup_id: *dup_id },
+        Error::DupFenced { region, dup_id } => {
+            Error::DupFenced { region: *region, dup_id: *dup_id }
+        }
         other => Error::InvalidRequest(other.to_string()),
     }
 }

@@ -304,7 +304,8 @@ fn ranges_overlap_as_half_open_intervals() {
 fn a_cutover_walks_log_to_cut_over_and_nothing_leads_back() {
     let engine = engine();
     run(&engine, &DirCmd::AddDup { record: Box::new(record(1000)) }).unwrap();
-    for (from, to) in [(DupStatus::Init, DupStatus::Log), (DupStatus::Log, DupStatus::CuttingOver)] {
+    for (from, to) in [(DupStatus::Init, DupStatus::Log), (DupStatus::Log, DupStatus::CuttingOver)]
+    {
         alter(&engine, 1000, from, to).unwrap();
     }
     // Codes 8 and 9, and their golden status bytes in the record.
