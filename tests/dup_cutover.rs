@@ -45,7 +45,7 @@ fn rows(db: &Db, start: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
-fn fenced(result: regionkv::Result<()>) -> bool {
+fn fenced(result: &regionkv::Result<()>) -> bool {
     matches!(result, Err(Error::Store(regionkv::StoreError::DupFenced { .. })))
 }
 
@@ -150,8 +150,8 @@ fn cutover_fences_the_source_and_promotes_the_follower_with_nothing_lost() {
     // Nothing lost: the follower holds every write of the range.
     assert_eq!(rows(&b, "k"), rows(&a, "k"));
     // The source refuses writes to the range (at once, and after a retry), not outside.
-    assert!(fenced(a.put("k01", "late")), "the source took a write after the cutover");
-    assert!(fenced(a.delete("u07")));
+    assert!(fenced(&a.put("k01", "late")), "the source took a write after the cutover");
+    assert!(fenced(&a.delete("u07")));
     a.put("a-outside", "fine").unwrap();
     assert_eq!(a.get("k01").unwrap().as_deref(), Some(b"w1".as_slice()));
     // The follower takes them.
@@ -178,7 +178,7 @@ fn a_cutover_resumes_after_every_source_store_restarts_between_fence_and_promoti
     assert_eq!(fenced_report.status, DuplicationStatus::CuttingOver);
     assert!(!fenced_report.promoted);
     assert!(fenced_report.regions.iter().all(|r| r.fenced_at.is_some()), "{fenced_report:#?}");
-    assert!(fenced(a.put("k02", "late")));
+    assert!(fenced(&a.put("k02", "late")));
     // The follower is still a standby.
     assert!(b.put("k02", "early").is_err());
     // Every source store goes down and comes back: the fence is replayed from the log
@@ -201,7 +201,7 @@ fn a_cutover_resumes_after_every_source_store_restarts_between_fence_and_promoti
     };
     assert!(report.promoted);
     assert!(report.regions.iter().all(|r| r.rpo_entries == Some(0)), "{report:#?}");
-    assert!(fenced(a.put("k02", "later")), "the fence survived the restarts");
+    assert!(fenced(&a.put("k02", "later")), "the fence survived the restarts");
     assert_eq!(rows(&b, "k"), rows(&a, "k"));
     b.put("k02", "follower").unwrap();
 }

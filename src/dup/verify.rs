@@ -86,6 +86,10 @@ impl VerifyReport {
     }
 }
 
+/// The follower's side of one source region: the mark every piece holds, the pieces
+/// (one per follower region, in key order) and their fingerprints.
+type FollowerSide = (u64, Vec<KeyRange>, Vec<Fingerprint>);
+
 /// One attempt's result in one region.
 enum Attempt {
     Done(RegionVerify),
@@ -197,7 +201,7 @@ impl Db {
         record: &DupRecord,
         source: &Region,
         range: &KeyRange,
-    ) -> Result<Option<(u64, Vec<KeyRange>, Vec<Fingerprint>)>> {
+    ) -> Result<Option<FollowerSide>> {
         let backend = follower.router().backend();
         let (mut mark, mut pieces, mut fps) = (None, Vec::new(), Vec::new());
         for f in follower.covered_regions(&range.0, range.1.as_deref()) {

@@ -184,7 +184,10 @@ fn verify_and_cut_over(
     follower.put("mango", "written on the follower").map_err(verify_err)?;
     match db.put("mango", "late") {
         Err(e) => {
-            writeln!(out, "   the follower took a write to \"mango\"; the source refused one: {e}")?
+            writeln!(
+                out,
+                "   the follower took a write to \"mango\"; the source refused one: {e}"
+            )?;
         }
         Ok(()) => {
             return Err(DemoError::Verify("the source took a write after the cutover".into()));
