@@ -288,10 +288,13 @@ impl DupEntry {
     }
 
     /// True if a split or merge of the region must wait: the entry is preparing or
-    /// seeding (its image and stream cover the region as it is), frozen, or unreadable.
+    /// seeding (its image and stream cover the region as it is), frozen, unreadable,
+    /// or fenced by a cutover (a split restarts the parts' entries at the split, which
+    /// would count the log up to the fence as shipped before it is; a fenced range is
+    /// retired, so it stays as it is).
     pub fn holds_topology(&self) -> bool {
         match self {
-            DupEntry::Known(s) => s.stage != DupStage::Streaming,
+            DupEntry::Known(s) => s.stage != DupStage::Streaming || s.fence.is_some(),
             DupEntry::Unreadable(_) => true,
         }
     }
@@ -628,6 +631,8 @@ mod tests {
         assert_eq!(table.fenced_of(b"k"), Some(9));
         assert_eq!(table.fenced_of(b"zz"), Some(9));
         assert_eq!(table.fenced_of(b"a"), None);
+        // A fenced region neither splits nor merges.
+        assert_eq!(table.holding_topology(), Some(9));
         // Split children keep it; a merge keeps it whichever side held it.
         let child = table.for_split_child(RegionId(1), 90, 5);
         assert_eq!(child.fenced_of(b"m"), Some(9));
