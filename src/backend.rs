@@ -92,6 +92,41 @@ pub(crate) trait Backend: Send + Sync {
         }
         best.map(|(_, store)| store)
     }
+    /// Duplication's verify: the fingerprint of each of `ranges` on `store`'s replica of
+    /// `region`, with its applied index and tables as of it. Only stores in this process
+    /// answer so far (over the client protocol: not built; client tags 84-87 are set
+    /// aside for it).
+    fn range_fingerprint(
+        &self,
+        store: StoreId,
+        region: RegionId,
+        ranges: &[regionkv_raft::dup_fingerprint::KeyRange],
+    ) -> regionkv_raft::Result<regionkv_raft::dup_fingerprint::RegionFingerprint> {
+        let _ = (store, region, ranges);
+        Err(regionkv_raft::Error::InvalidRequest(
+            "a range fingerprint is read only from a cluster in this process so far".into(),
+        ))
+    }
+    /// Duplication's verify: `store`'s log of `region` after `after`
+    /// (`Store::dup_read_log`). In this process only so far.
+    fn dup_read_log(
+        &self,
+        store: StoreId,
+        region: RegionId,
+        after: u64,
+        max_bytes: usize,
+    ) -> regionkv_raft::Result<regionkv_raft::DupLogBatch> {
+        let _ = (store, region, after, max_bytes);
+        Err(regionkv_raft::Error::InvalidRequest(
+            "a duplication log is read only from a cluster in this process so far".into(),
+        ))
+    }
+    /// The in-process follower cluster registered as `name` (`None`: none, or not in
+    /// this process).
+    fn dup_target(&self, name: &str) -> Option<crate::Db> {
+        let _ = name;
+        None
+    }
 }
 
 /// `count` fresh ids from the directory's leader, as `backend` reaches it (raw
@@ -160,6 +195,9 @@ pub(crate) fn local_version(store: &Store) -> StoreVersion {
 pub(crate) struct LocalStores {
     pub stores: RwLock<BTreeMap<StoreId, Arc<Store>>>,
     pub shut: AtomicBool,
+    /// The follower clusters in this process its duplications ship to (the cluster's
+    /// driver shares them).
+    pub dup_targets: crate::dup::driver::Targets,
 }
 
 impl LocalStores {
@@ -265,6 +303,31 @@ impl Backend for LocalStores {
             Some(s) => s.sink(req),
             None => (req.reply)(Err(regionkv_raft::Error::Cancelled)),
         }
+    }
+
+    fn range_fingerprint(
+        &self,
+        store: StoreId,
+        region: RegionId,
+        ranges: &[regionkv_raft::dup_fingerprint::KeyRange],
+    ) -> regionkv_raft::Result<regionkv_raft::dup_fingerprint::RegionFingerprint> {
+        self.store(store).ok_or(regionkv_raft::Error::Cancelled)?.range_fingerprint(region, ranges)
+    }
+
+    fn dup_read_log(
+        &self,
+        store: StoreId,
+        region: RegionId,
+        after: u64,
+        max_bytes: usize,
+    ) -> regionkv_raft::Result<regionkv_raft::DupLogBatch> {
+        self.store(store)
+            .ok_or(regionkv_raft::Error::Cancelled)?
+            .dup_read_log(region, after, max_bytes)
+    }
+
+    fn dup_target(&self, name: &str) -> Option<crate::Db> {
+        self.dup_targets.read().get(name).cloned()
     }
 }
 

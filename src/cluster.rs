@@ -191,7 +191,9 @@ impl ClusterBuilder {
         let local = Arc::new(LocalStores {
             stores: RwLock::new(BTreeMap::new()),
             shut: AtomicBool::new(false),
+            dup_targets: crate::dup::driver::Targets::default(),
         });
+        let dup_targets = local.dup_targets.clone();
         let inner = Arc::new(ClusterInner {
             dir,
             net: LocalNetwork::new(1),
@@ -211,7 +213,7 @@ impl ClusterBuilder {
             ),
             builder: self,
             scheduler: Mutex::new(None),
-            dup_targets: crate::dup::driver::Targets::default(),
+            dup_targets,
         });
         let ids: Vec<StoreId> = (1..=inner.builder.stores as u64).map(StoreId).collect();
         if let Some(id) = inner.builder.left_out.iter().find(|id| !ids.contains(id)) {

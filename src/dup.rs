@@ -19,10 +19,15 @@ use regionkv_raft::directory::{DirCmd, DirResult, DupAlteration, DupRecord, DupR
 use crate::db::Db;
 use crate::error::{Error, Result};
 
+mod cutover;
 pub(crate) mod driver;
 mod remote;
 mod ship;
 pub(crate) mod sink;
+mod verify;
+
+pub use cutover::{CutoverReport, RegionCutover};
+pub use verify::{RegionVerify, VerifyOutcome, VerifyReport};
 
 pub use regionkv_raft::directory::{BrokenReason, DupStatus as DuplicationStatus};
 pub use remote::FollowerLink;
@@ -113,7 +118,7 @@ fn now_ms() -> Option<u64> {
 }
 
 impl Db {
-    fn dup_command(&self, cmd: &DirCmd) -> Result<Option<DupRecord>> {
+    pub(crate) fn dup_command(&self, cmd: &DirCmd) -> Result<Option<DupRecord>> {
         match self.router().backend().dup_command(cmd, self.deadline())? {
             DirResult::Dup { record } => Ok(record.map(|r| *r)),
             other => Err(Error::Protocol(format!("a duplication command was answered {other:?}"))),
@@ -155,7 +160,7 @@ impl Db {
         self.dup_command(&DirCmd::AlterDup(alteration)).map(drop)
     }
 
-    fn dup_record(&self, dup_id: u64) -> Result<DupRecord> {
+    pub(crate) fn dup_record(&self, dup_id: u64) -> Result<DupRecord> {
         let records = self.router().backend().dups().ok_or_else(|| Error::Unavailable {
             waited: Duration::ZERO,
             last: "no replica of the directory answered".into(),

@@ -66,7 +66,8 @@ pub use control::{ReplicaHash, StoreVersion, UpgradeStatus};
 pub use db::TxnSeams;
 pub use db::{Db, IntoBytes, IntoKeyRange, LockWait, Transaction, TxnOutcome, WriteBatch};
 pub use dup::{
-    BrokenReason, DupReport, DupSpec, DupTarget, DuplicationStatus, FollowerLink, RegionDupReport,
+    BrokenReason, CutoverReport, DupReport, DupSpec, DupTarget, DuplicationStatus, FollowerLink,
+    RegionCutover, RegionDupReport, RegionVerify, VerifyOutcome, VerifyReport,
 };
 pub use error::{Error, Result};
 pub use node::{InitialClusterState, Node, NodeConfig};

@@ -252,6 +252,12 @@ pub(crate) enum DupOp {
         /// The duplication's id.
         id: u64,
     },
+    /// Fence a duplication's source range for its cutover (cluster version 8): writes
+    /// to the range are refused from then on; the log up to the fence still ships.
+    Fence {
+        /// The duplication's id.
+        id: u64,
+    },
 }
 
 /// What `regionkv client txn` does.

@@ -1,4 +1,4 @@
-//! `regionkv client dup add|list|status|pause|resume|remove|reseed`: duplications of a
+//! `regionkv client dup add|list|status|pause|resume|remove|reseed|fence`: duplications of a
 //! key range to another cluster (ARCHITECTURE.md, "Duplication (directory records,
 //! `Db` surfaces, driver)").
 
@@ -123,6 +123,19 @@ pub(crate) fn run_dup(
         DupOp::Reseed { id } => {
             db.reseed_duplication(id)?;
             done("reseeding (a new incarnation)", id)
+        }
+        DupOp::Fence { id } => {
+            let report = db.fence_duplication(id)?;
+            if !json {
+                for r in &report.regions {
+                    println!(
+                        "region {}: fenced at index {}",
+                        r.region,
+                        r.fenced_at.map_or_else(|| "-".to_owned(), |i| i.to_string())
+                    );
+                }
+            }
+            done("fenced (cutting over: writes to the range are refused)", id)
         }
     })
 }

@@ -19,6 +19,8 @@
 //!    4 min ckpt index u64         5 seed index u64 (optional)
 //!    6 confirmed u64 (optional)   7 depends on (nested, repeated: 1 region u64, 2 index u64)
 //!    8 started at index u64
+//!    9 fence (nested, optional; written from cluster version 8 only):
+//!        1 range start   2 range end  or  3 range end unbounded (empty)   4 at index u64
 //!
 //!  table (checkpoint header field 6, and a status report's dup field)
 //!    1 entry (nested, repeated): 1 dup id u64, 2 entry bytes (as above)
@@ -53,6 +55,11 @@ const E_SEED_INDEX: u16 = 5;
 const E_CONFIRMED: u16 = 6;
 const E_DEPENDS_ON: u16 = 7;
 const E_STARTED_AT: u16 = 8;
+const E_FENCE: u16 = 9;
+const FENCE_START: u16 = 1;
+const FENCE_END: u16 = 2;
+const FENCE_END_UNBOUNDED: u16 = 3;
+const FENCE_AT: u16 = 4;
 const ENTRY_TAGS: &[u16] = &[
     E_DUP_ID,
     E_INCARNATION,
@@ -62,6 +69,7 @@ const ENTRY_TAGS: &[u16] = &[
     E_CONFIRMED,
     E_DEPENDS_ON,
     E_STARTED_AT,
+    E_FENCE,
 ];
 const DEP_REGION: u16 = 1;
 const DEP_INDEX: u16 = 2;
@@ -127,6 +135,30 @@ pub struct RegionDupState {
     /// The index of the command that created the entry (its own `Start`, the split or
     /// the merge that gave it to this region).
     pub started_at_index: u64,
+    /// The cutover's fence (`None`: not fenced): from it on, the region refuses client
+    /// writes to keys of the duplicated range, so the log up to it is all the follower
+    /// misses.
+    pub fence: Option<DupFence>,
+}
+
+/// A cutover's fence in one region: the duplicated range (whole, not clipped to the
+/// region, so split children and merged regions keep it as is) and the index of the
+/// `Fence` command that set it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DupFence {
+    /// The duplicated range's first key.
+    pub start: Vec<u8>,
+    /// The key past the duplicated range (`None`: unbounded).
+    pub end: Option<Vec<u8>>,
+    /// The index of the `Fence` command: no client write to the range applies after it.
+    pub at_index: u64,
+}
+
+impl DupFence {
+    /// True if the fence holds `key`.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start.as_slice() && self.end.as_deref().is_none_or(|end| key < end)
+    }
 }
 
 impl RegionDupState {
@@ -166,6 +198,13 @@ impl RegionDupState {
             });
         }
         codec::put_u64(&mut out, E_STARTED_AT, self.started_at_index);
+        if let Some(fence) = &self.fence {
+            codec::put_nested(&mut out, E_FENCE, |out| {
+                codec::put_field(out, FENCE_START, &fence.start);
+                codec::put_range_end(out, FENCE_END, FENCE_END_UNBOUNDED, fence.end.as_deref());
+                codec::put_u64(out, FENCE_AT, fence.at_index);
+            });
+        }
         out
     }
 
@@ -209,6 +248,22 @@ fn decode_body(body: &[u8]) -> DecodeResult<RegionDupState> {
         confirmed: optional(E_CONFIRMED)?,
         depends_on,
         started_at_index: u64_of(E_STARTED_AT, "dup started at index")?,
+        fence: rec.optional(E_FENCE)?.map(decode_fence).transpose()?,
+    })
+}
+
+fn decode_fence(field: codec::Field<'_>) -> DecodeResult<DupFence> {
+    let at = |e: DecodeError| e.shifted(field.offset);
+    let f = TlvRecord::parse(
+        field.value,
+        &[FENCE_START, FENCE_END, FENCE_END_UNBOUNDED, FENCE_AT],
+        UnknownTags::Skip,
+    )
+    .map_err(at)?;
+    Ok(DupFence {
+        start: f.required(FENCE_START, "fence start").map_err(at)?.value.to_vec(),
+        end: codec::range_end(&f, FENCE_END, FENCE_END_UNBOUNDED).map_err(at)?,
+        at_index: f.required(FENCE_AT, "fence index").and_then(|f| f.as_u64()).map_err(at)?,
     })
 }
 
@@ -233,10 +288,13 @@ impl DupEntry {
     }
 
     /// True if a split or merge of the region must wait: the entry is preparing or
-    /// seeding (its image and stream cover the region as it is), frozen, or unreadable.
+    /// seeding (its image and stream cover the region as it is), frozen, unreadable,
+    /// or fenced by a cutover (a split restarts the parts' entries at the split, which
+    /// would count the log up to the fence as shipped before it is; a fenced range is
+    /// retired, so it stays as it is).
     pub fn holds_topology(&self) -> bool {
         match self {
-            DupEntry::Known(s) => s.stage != DupStage::Streaming,
+            DupEntry::Known(s) => s.stage != DupStage::Streaming || s.fence.is_some(),
             DupEntry::Unreadable(_) => true,
         }
     }
@@ -297,6 +355,15 @@ impl DupTable {
         self.entries.values().any(|e| matches!(e, DupEntry::Unreadable(_)))
     }
 
+    /// The duplication whose cutover fence holds `key` (client writes to it are
+    /// refused), if any.
+    pub fn fenced_of(&self, key: &[u8]) -> Option<u64> {
+        self.entries.iter().find_map(|(id, e)| match e {
+            DupEntry::Known(s) if s.fence.as_ref().is_some_and(|f| f.contains(key)) => Some(*id),
+            _ => None,
+        })
+    }
+
     /// The first duplication that holds splits and merges of the region back (see
     /// [`DupEntry::holds_topology`]), if any.
     pub fn holding_topology(&self) -> Option<u64> {
@@ -330,6 +397,7 @@ impl DupTable {
                             confirmed: Some(child_index),
                             depends_on: vec![(parent, split_index)],
                             started_at_index: child_index,
+                            fence: s.fence.clone(),
                         })
                     }
                     other => other.clone(),
@@ -354,7 +422,13 @@ impl DupTable {
     ) {
         for (id, entry) in &from.entries {
             match (self.entries.get_mut(id), entry) {
-                (Some(DupEntry::Known(mine)), _) => mine.depends_on.push((source, prepare_index)),
+                (Some(DupEntry::Known(mine)), source_entry) => {
+                    mine.depends_on.push((source, prepare_index));
+                    // A fence of either side holds the merged region's keys too.
+                    if let (None, DupEntry::Known(s)) = (&mine.fence, source_entry) {
+                        mine.fence.clone_from(&s.fence);
+                    }
+                }
                 (Some(DupEntry::Unreadable(_)), _) => {}
                 (None, DupEntry::Known(s)) => {
                     let moved = RegionDupState {
@@ -366,6 +440,7 @@ impl DupTable {
                         confirmed: Some(merge_index),
                         depends_on: vec![(source, prepare_index)],
                         started_at_index: merge_index,
+                        fence: s.fence.clone(),
                     };
                     self.entries.insert(*id, DupEntry::Known(moved));
                 }
@@ -442,6 +517,7 @@ mod tests {
             confirmed: Some(70),
             depends_on: vec![(RegionId(3), 12)],
             started_at_index: 40,
+            fence: None,
         }
     }
 
@@ -529,5 +605,44 @@ mod tests {
             let _ = DupTable::decode(&bytes);
             let _ = RegionDupState::decode(&bytes);
         }
+    }
+
+    #[test]
+    fn a_fence_round_trips_in_its_golden_bytes_and_moves_with_split_and_merge() {
+        let fence = DupFence { start: b"k".to_vec(), end: None, at_index: 77 };
+        let fenced = RegionDupState { fence: Some(fence.clone()), ..state(DupStage::Streaming) };
+        let bytes = fenced.encode();
+        assert_eq!(RegionDupState::decode(&bytes).unwrap(), fenced);
+        // Golden: the unfenced entry's bytes, then tag 9 holding 1 "k", 3 "", 4 77.
+        let mut expect = state(DupStage::Streaming).encode();
+        let field = |out: &mut Vec<u8>, tag: u16, v: &[u8]| {
+            out.extend_from_slice(&tag.to_le_bytes());
+            out.extend_from_slice(&u32::try_from(v.len()).unwrap().to_le_bytes());
+            out.extend_from_slice(v);
+        };
+        let mut inner = Vec::new();
+        field(&mut inner, 1, b"k");
+        field(&mut inner, 3, b"");
+        field(&mut inner, 4, &77u64.to_le_bytes());
+        field(&mut expect, 9, &inner);
+        assert_eq!(bytes, expect);
+        let mut table = DupTable::default();
+        table.set(fenced.clone());
+        assert_eq!(table.fenced_of(b"k"), Some(9));
+        assert_eq!(table.fenced_of(b"zz"), Some(9));
+        assert_eq!(table.fenced_of(b"a"), None);
+        // A fenced region neither splits nor merges.
+        assert_eq!(table.holding_topology(), Some(9));
+        // Split children keep it; a merge keeps it whichever side held it.
+        let child = table.for_split_child(RegionId(1), 90, 5);
+        assert_eq!(child.fenced_of(b"m"), Some(9));
+        let mut target = DupTable::default();
+        target.set(state(DupStage::Streaming));
+        assert_eq!(target.fenced_of(b"m"), None);
+        target.merge_from(&table, RegionId(2), 100, 101);
+        assert_eq!(target.fenced_of(b"m"), Some(9));
+        let mut empty = DupTable::default();
+        empty.merge_from(&table, RegionId(2), 100, 101);
+        assert_eq!(empty.fenced_of(b"m"), Some(9));
     }
 }

@@ -131,6 +131,7 @@ fn golden_dup(dup_id: u64, stage: DupStage) -> RegionDupState {
         confirmed: Some(41),
         depends_on: vec![(RegionId(5), 29), (RegionId(6), 17)],
         started_at_index: 30,
+        fence: None,
     }
 }
 

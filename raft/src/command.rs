@@ -512,7 +512,16 @@ impl Command {
             Command::Admin(Admin { cmd: AdminCmd::ComputeHash, .. }) => {
                 crate::version::IMAGE_HASH.since
             }
+            Command::Dup(entry) if matches!(entry.cmd, crate::dup::DupCmd::Fence { .. }) => {
+                crate::version::DUP_V3.since
+            }
             Command::Dup(_) => crate::version::DUP.since,
+            Command::Directory(DirCmd::AlterDup(a))
+                if crate::directory::dups::is_cutover_status(a.to)
+                    || crate::directory::dups::is_cutover_status(a.from) =>
+            {
+                crate::version::DUP_V3.since
+            }
             Command::Sink(_)
             | Command::Directory(
                 DirCmd::AddDup { .. } | DirCmd::AlterDup(_) | DirCmd::DropDup { .. },

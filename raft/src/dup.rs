@@ -18,6 +18,12 @@
 //!   `Streaming`; `confirmed` never goes down (from `seed_index`, then from the last
 //!   `confirmed`) nor past the index applied before it.
 //! - `Stop { dup_id }` drops the entry and releases its floor.
+//! - `Fence { dup_id, incarnation, start, end }` (cluster version 8,
+//!   `crate::version::DUP_V3`): a `Streaming` entry gets the cutover's fence at this
+//!   command's index; from it on the region refuses client writes to keys of
+//!   `[start, end)` (`Error::DupFenced`, at apply and before proposing). Fencing a
+//!   fenced entry again changes nothing (a resumed cutover). `Progress` goes on
+//!   (the log up to the fence still ships); `Stop` drops the fence with the entry.
 //!
 //! A command names the epoch it was routed with; one of another `version` is refused
 //! (`EpochNotMatch`). Only the version is compared, as for client writes: every change
@@ -37,10 +43,12 @@
 //!  |   3 dup id   4 incarnation (start, seeded, progress)                             |
 //!  |   5 reserved (a start's min ckpt index: never sent, the entry's index is it)     |
 //!  |   6 seed index (seeded)   7 confirmed (progress)                                 |
+//!  |   kind 5 fence (version 8): 3, 4, and 8 range start, 9 range end or             |
+//!  |     10 range end unbounded (empty)                                               |
 //! ```
 
 use regionkv_engine::codec::{self, DecodeError, DecodeResult, TlvRecord, UnknownTags};
-use regionkv_engine::dup::{DupEntry, DupStage, DupTable, RegionDupState};
+use regionkv_engine::dup::{DupEntry, DupFence, DupStage, DupTable, RegionDupState};
 use regionkv_engine::{Epoch, RegionId};
 
 use crate::error::{Error, Result};
@@ -52,11 +60,25 @@ const D_DUP_ID: u16 = 3;
 const D_INCARNATION: u16 = 4;
 const D_SEED_INDEX: u16 = 6;
 const D_CONFIRMED: u16 = 7;
-const TAGS: &[u16] = &[D_EPOCH, D_KIND, D_DUP_ID, D_INCARNATION, D_SEED_INDEX, D_CONFIRMED];
+const D_START: u16 = 8;
+const D_END: u16 = 9;
+const D_END_UNBOUNDED: u16 = 10;
+const TAGS: &[u16] = &[
+    D_EPOCH,
+    D_KIND,
+    D_DUP_ID,
+    D_INCARNATION,
+    D_SEED_INDEX,
+    D_CONFIRMED,
+    D_START,
+    D_END,
+    D_END_UNBOUNDED,
+];
 const KIND_START: u64 = 1;
 const KIND_SEEDED: u64 = 2;
 const KIND_PROGRESS: u64 = 3;
 const KIND_STOP: u64 = 4;
+const KIND_FENCE: u64 = 5;
 
 /// The reason of the decode error for a kind this binary does not know.
 pub(crate) const UNKNOWN_DUP: &str = "unknown dup command";
@@ -96,6 +118,18 @@ pub enum DupCmd {
         /// The duplication.
         dup_id: u64,
     },
+    /// The cutover's fence: a `Streaming` entry refuses client writes to the range
+    /// from this command on (cluster version 8).
+    Fence {
+        /// The duplication.
+        dup_id: u64,
+        /// Its incarnation.
+        incarnation: u32,
+        /// The duplicated range's first key.
+        start: Vec<u8>,
+        /// The key past the duplicated range (`None`: unbounded).
+        end: Option<Vec<u8>>,
+    },
 }
 
 impl DupCmd {
@@ -105,7 +139,8 @@ impl DupCmd {
             DupCmd::Start { dup_id, .. }
             | DupCmd::Seeded { dup_id, .. }
             | DupCmd::Progress { dup_id, .. }
-            | DupCmd::Stop { dup_id } => *dup_id,
+            | DupCmd::Stop { dup_id }
+            | DupCmd::Fence { dup_id, .. } => *dup_id,
         }
     }
 }
@@ -232,6 +267,13 @@ pub(crate) fn encode(out: &mut Vec<u8>, entry: &DupEntryCmd) {
             codec::put_u64(out, D_KIND, KIND_STOP);
             codec::put_u64(out, D_DUP_ID, *dup_id);
         }
+        DupCmd::Fence { dup_id, incarnation, start, end } => {
+            codec::put_u64(out, D_KIND, KIND_FENCE);
+            codec::put_u64(out, D_DUP_ID, *dup_id);
+            codec::put_u64(out, D_INCARNATION, u64::from(*incarnation));
+            codec::put_field(out, D_START, start);
+            codec::put_range_end(out, D_END, D_END_UNBOUNDED, end.as_deref());
+        }
     }
 }
 
@@ -260,6 +302,12 @@ pub(crate) fn decode(buf: &[u8]) -> DecodeResult<DupEntryCmd> {
             confirmed: u64_of(D_CONFIRMED, "confirmed index")?,
         },
         KIND_STOP => DupCmd::Stop { dup_id },
+        KIND_FENCE => DupCmd::Fence {
+            dup_id,
+            incarnation: incarnation()?,
+            start: rec.required(D_START, "fence start")?.value.to_vec(),
+            end: codec::range_end(&rec, D_END, D_END_UNBOUNDED)?,
+        },
         0 => return Err(DecodeError::new(0, "dup kind 0")),
         _ => return Err(DecodeError::new(0, UNKNOWN_DUP)),
     };
@@ -300,6 +348,7 @@ pub(crate) fn apply(
                 confirmed: None,
                 depends_on: Vec::new(),
                 started_at_index: index,
+                fence: None,
             }
         }
         (DupCmd::Stop { .. }, Some(_)) => {
@@ -325,6 +374,14 @@ pub(crate) fn apply(
                 return Err(refused(DupRefusal::ProgressAhead));
             }
             RegionDupState { stage: DupStage::Streaming, confirmed: Some(*confirmed), ..s }
+        }
+        (DupCmd::Fence { incarnation, start, end, .. }, Some(s)) => {
+            check_moves(&s, *incarnation, &[DupStage::Streaming]).map_err(refused)?;
+            if s.fence.is_some() {
+                return Ok(Some(s));
+            }
+            let fence = DupFence { start: start.clone(), end: end.clone(), at_index: index };
+            RegionDupState { fence: Some(fence), ..s }
         }
     };
     table.set(next.clone());
@@ -379,6 +436,66 @@ mod tests {
         round_trip(DupCmd::Seeded { dup_id: 1, incarnation: 2, seed_index: 40 });
         round_trip(DupCmd::Progress { dup_id: 1, incarnation: 2, confirmed: 50 });
         round_trip(DupCmd::Stop { dup_id: 1 });
+        round_trip(DupCmd::Fence { dup_id: 1, incarnation: 2, start: b"a".to_vec(), end: None });
+        round_trip(DupCmd::Fence {
+            dup_id: 1,
+            incarnation: 2,
+            start: Vec::new(),
+            end: Some(b"q".to_vec()),
+        });
+    }
+
+    #[test]
+    fn the_fence_golden_bytes_never_change() {
+        let cmd = DupCmd::Fence { dup_id: 3, incarnation: 1, start: b"k".to_vec(), end: None };
+        let mut out = Vec::new();
+        encode(&mut out, &DupEntryCmd { epoch: Epoch { version: 2, conf_ver: 1 }, cmd });
+        let fields = codec::fields(&out).unwrap();
+        let tags: Vec<u16> = fields.iter().map(|f| f.tag).collect();
+        assert_eq!(tags, vec![1, 2, 3, 4, 8, 10]);
+        assert_eq!(fields[1].value, 5u64.to_le_bytes(), "kind 5 is fence");
+        assert_eq!(fields[2].value, 3u64.to_le_bytes());
+        assert_eq!(fields[3].value, 1u64.to_le_bytes());
+        assert_eq!(fields[4].value, b"k");
+        assert!(fields[5].value.is_empty(), "unbounded end");
+    }
+
+    #[test]
+    fn a_fence_needs_a_streaming_entry_of_its_incarnation_and_a_second_changes_nothing() {
+        let r = RegionId(1);
+        let fence = |incarnation| DupCmd::Fence {
+            dup_id: 7,
+            incarnation,
+            start: b"b".to_vec(),
+            end: Some(b"m".to_vec()),
+        };
+        let mut t = DupTable::default();
+        apply(&mut t, r, &DupCmd::Start { dup_id: 7, incarnation: 1 }, 12).unwrap();
+        let before = t.clone();
+        for (cmd, want) in
+            [(fence(1), DupRefusal::WrongStage), (fence(2), DupRefusal::WrongIncarnation)]
+        {
+            match apply(&mut t, r, &cmd, 13) {
+                Err(Error::DupRefused { reason, .. }) => assert_eq!(reason, want),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(t, before);
+        }
+        apply(&mut t, r, &DupCmd::Seeded { dup_id: 7, incarnation: 1, seed_index: 12 }, 13)
+            .unwrap();
+        apply(&mut t, r, &DupCmd::Progress { dup_id: 7, incarnation: 1, confirmed: 13 }, 14)
+            .unwrap();
+        let s = apply(&mut t, r, &fence(1), 20).unwrap().unwrap();
+        assert_eq!(s.fence.as_ref().map(|f| f.at_index), Some(20));
+        assert_eq!((t.fenced_of(b"c"), t.fenced_of(b"m")), (Some(7), None));
+        let again = apply(&mut t, r, &fence(1), 25).unwrap().unwrap();
+        assert_eq!(again.fence.map(|f| f.at_index), Some(20), "the first fence stays");
+        // Progress goes on past the fence.
+        apply(&mut t, r, &DupCmd::Progress { dup_id: 7, incarnation: 1, confirmed: 25 }, 26)
+            .unwrap();
+        assert_eq!(t.fenced_of(b"c"), Some(7));
+        apply(&mut t, r, &DupCmd::Stop { dup_id: 7 }, 27).unwrap();
+        assert_eq!(t.fenced_of(b"c"), None);
     }
 
     #[test]

@@ -313,6 +313,20 @@ pub enum Error {
         /// The duplication whose sink holds the key.
         dup_id: u64,
     },
+    /// Refused (before it was proposed, or at apply, alike on every replica): a client
+    /// write to a key of a duplication that is cut over (or cutting over) to its
+    /// follower cluster: the source range is fenced. Nothing changed.
+    #[error(
+        "region {} is fenced by the cutover of duplication {dup_id}: cut over to the \
+         follower cluster and write there",
+        region.0
+    )]
+    DupFenced {
+        /// The source region.
+        region: RegionId,
+        /// The duplication whose cutover fences the key.
+        dup_id: u64,
+    },
     /// Refused before it was proposed: the store is shutting down (or not running).
     /// Nothing was done; safe to retry elsewhere.
     #[error("the store is stopping, stopped or unreachable; nothing was done")]
@@ -416,6 +430,7 @@ impl Error {
             | Error::DupOutcomeUnknown { .. }
             | Error::SinkRefused { .. }
             | Error::StandbyReadOnly { .. }
+            | Error::DupFenced { .. }
             | Error::ClusterVersionTooNew { .. }
             | Error::StoreVersionTooNew { .. }
             | Error::MergeAborted { .. }
@@ -470,6 +485,7 @@ impl Error {
             | Error::DupOutcomeUnknown { .. }
             | Error::SinkRefused { .. }
             | Error::StandbyReadOnly { .. }
+            | Error::DupFenced { .. }
             | Error::DuplicationSeeding { .. }
             | Error::ClusterVersionTooNew { .. }
             | Error::StoreVersionTooNew { .. }
@@ -524,6 +540,7 @@ impl Error {
             | Error::DupOutcomeUnknown { .. }
             | Error::SinkRefused { .. }
             | Error::StandbyReadOnly { .. }
+            | Error::DupFenced { .. }
             | Error::DuplicationSeeding { .. }
             | Error::ClusterVersionTooNew { .. }
             | Error::StoreVersionTooNew { .. }

@@ -21,6 +21,7 @@ mod config;
 mod core;
 pub mod directory;
 pub mod dup;
+pub mod dup_fingerprint;
 mod dup_source;
 mod error;
 pub mod identity;

@@ -100,6 +100,9 @@ enum Msg {
     PeerStatus(RegionId, Sender<Option<PeerStatus>>),
     /// Duplication's seed: a checkpoint at or past the index (`Store::dup_seed_image`).
     DupCheckpoint(RegionId, u64, Sender<Result<u64>>),
+    /// Duplication's verify: the region's data, applied index and tables as of one
+    /// index (`Store::region_view`).
+    RegionView(RegionId, Sender<Result<crate::dup_fingerprint::RegionView>>),
 }
 
 impl Msg {
@@ -116,6 +119,7 @@ impl Msg {
             | Msg::Txn(_)
             | Msg::Dup(_)
             | Msg::DupCheckpoint(..)
+            | Msg::RegionView(..)
             | Msg::Sink(_)
             | Msg::Directory(..)
             | Msg::Timestamps(..) => Lane::Client,
@@ -724,6 +728,9 @@ fn handle(core: &mut StoreCore, msg: Msg) {
         Msg::DupCheckpoint(region, min_index, reply) => {
             let _ = reply.send(core.on_dup_checkpoint(region, min_index));
         }
+        Msg::RegionView(region, reply) => {
+            let _ = reply.send(core.region_view(region));
+        }
     }
 }
 
@@ -869,6 +876,9 @@ fn refuse(msg: Msg) {
             let _ = reply.send(Err(Error::Cancelled));
         }
         Msg::DupCheckpoint(_, _, reply) => {
+            let _ = reply.send(Err(Error::Cancelled));
+        }
+        Msg::RegionView(_, reply) => {
             let _ = reply.send(Err(Error::Cancelled));
         }
         Msg::Envelopes(_)

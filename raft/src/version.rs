@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 pub const CLUSTER_VERSION_INITIAL: u32 = 1;
 
 /// The newest cluster version this binary can run at.
-pub const CLUSTER_VERSION_MAX: u32 = 7;
+pub const CLUSTER_VERSION_MAX: u32 = 8;
 
 /// A capability that needs every replica of the cluster to know a command kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,8 +70,15 @@ pub const DUP: Feature = Feature { name: "duplication", since: 6 };
 /// proposer refuses them below this version.
 pub const DUP_V2: Feature = Feature { name: "duplication-v2", since: 7 };
 
+/// Duplication, third part: cutover. A `DUP` `Fence` command (the source range refuses
+/// client writes from it on, at apply) and the directory statuses `CuttingOver` and
+/// `CutOver`. A version-7 replica cannot decode the fence nor check it, so a proposer
+/// refuses both below this version.
+pub const DUP_V3: Feature = Feature { name: "duplication-v3", since: 8 };
+
 /// Every feature, oldest first.
-pub const FEATURES: &[Feature] = &[IMAGE_HASH, HEALTH_AUDIT, TXN, TXN_V2, TXN_V3, DUP, DUP_V2];
+pub const FEATURES: &[Feature] =
+    &[IMAGE_HASH, HEALTH_AUDIT, TXN, TXN_V2, TXN_V3, DUP, DUP_V2, DUP_V3];
 
 /// A store's view of the cluster's active version: it only goes up.
 #[derive(Debug)]

@@ -289,6 +289,7 @@ fn splits_wait_for_seeding_and_streaming_entries_follow_splits_and_merges() {
         confirmed: Some(regionkv_raft::RAFT_INIT_INDEX),
         depends_on: vec![(R1, split_index)],
         started_at_index: regionkv_raft::RAFT_INIT_INDEX,
+        fence: None,
     };
     assert_everywhere(&c, child, Some(&child_entry), "the child streams from its first index");
     // Merge the child (the right part) back into the parent.

@@ -5,7 +5,8 @@
 //!   live duplication (`Init` to `Paused`) that holds no entry of it (or one of an
 //!   older incarnation) gets a `Start` proposed (its floor: the log from the `Start`
 //!   on is kept); one covered by a `Removed` or `Broken` duplication that holds an
-//!   entry gets a `Stop` (its floor released).
+//!   entry gets a `Stop` (its floor released); one covered by a duplication cutting
+//!   over (`CuttingOver`, `CutOver`) whose entry streams unfenced gets a `Fence`.
 //! - **Cluster level**, on the store that leads the directory: `Init` moves to
 //!   `Prepare` (or to `Log` without a seed) once every covered region's leader holds
 //!   an entry of this incarnation; a `Removed` record is dropped once none does.
@@ -86,8 +87,12 @@ impl DupDriver {
 impl DupDriver {
     /// One shipping step of every duplication in every region `store` leads.
     fn ship(&self, ops: &ClusterOps, store: &Store, records: &[DupRecord]) {
-        let shipping =
-            |s: DupStatus| matches!(s, DupStatus::Prepare | DupStatus::App | DupStatus::Log);
+        let shipping = |s: DupStatus| {
+            matches!(
+                s,
+                DupStatus::Prepare | DupStatus::App | DupStatus::Log | DupStatus::CuttingOver
+            )
+        };
         if !records.iter().any(|r| shipping(r.status) || (r.status == DupStatus::Paused && !r.seed))
         {
             return;
@@ -163,6 +168,23 @@ pub(crate) fn region_step(record: &DupRecord, entry: Option<&DupEntry>) -> Optio
                 Some(DupCmd::Start { dup_id, incarnation: record.incarnation })
             }
             Some(_) => None,
+        },
+        // The cutover: every streaming entry of this incarnation gets the fence (a
+        // fenced one is left as it is; nothing is started any more).
+        DupStatus::CuttingOver | DupStatus::CutOver => match entry {
+            Some(DupEntry::Known(s))
+                if s.incarnation == record.incarnation
+                    && s.stage == DupStage::Streaming
+                    && s.fence.is_none() =>
+            {
+                Some(DupCmd::Fence {
+                    dup_id,
+                    incarnation: record.incarnation,
+                    start: record.start.clone(),
+                    end: record.end.clone(),
+                })
+            }
+            _ => None,
         },
         // Frozen (a status of a newer binary), or one not listed: leave it.
         _ => None,

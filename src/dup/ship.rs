@@ -81,6 +81,12 @@ pub(crate) fn step(
             seed(store, region, record, state, follower, of)
         }
         (DupStatus::Log, DupStage::Streaming) => stream(store, region, record, state, follower, of),
+        // The cutover: the log up to the region's fence ships; past it no client write
+        // to the range applied, so nothing more ships (and nothing reaches a promoted
+        // follower).
+        (DupStatus::CuttingOver, DupStage::Streaming) if !super::cutover::shipped(state) => {
+            stream(store, region, record, state, follower, of)
+        }
         _ => Ok(()),
     };
     match result {

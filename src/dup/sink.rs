@@ -96,6 +96,12 @@ impl Db {
     }
 
     /// Ends seed `seed_id` (the source's image at `seed_index`).
+    /// Promotes the follower's regions overlapping `[start, end)`: every entry of the
+    /// duplication there is dropped (the keys become writable). Again: no-op.
+    pub(crate) fn sink_promote(&self, of: SinkOf, start: &[u8], end: Option<&[u8]>) -> Result<()> {
+        self.sink_range(start, end, of, &SinkCmd::Promote)
+    }
+
     pub(crate) fn sink_end(
         &self,
         of: SinkOf,

@@ -185,6 +185,7 @@ fn peer_variants() -> Vec<(String, PeerStatus)> {
         confirmed: Some(12),
         depends_on: vec![(regionkv_engine::RegionId(3), 40)],
         started_at_index: 5,
+        fence: None,
     });
     add(
         "dups",

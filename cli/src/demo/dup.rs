@@ -4,8 +4,11 @@
 //! keeps its log for it: its floor), seeds the follower with each region's image,
 //! then ships the log after it. Store 1 of the source is killed and restarted while
 //! writes go on; the follower's copy of the range must equal the source's, and its
-//! clients may not write there (a read-only standby). Then the duplication is
-//! removed: every region releases its log and the record goes.
+//! clients may not write there (a read-only standby). Store 2 of the follower is
+//! killed and restarted while shipping goes on; the duplication is verified (the
+//! fingerprints of source and follower at one source position, printed), then cut
+//! over: the source range is fenced, its log shipped to the fence, the follower
+//! promoted; the follower takes a write, the source refuses one.
 
 use std::io::Write;
 use std::path::Path;
@@ -115,8 +118,80 @@ pub(crate) fn dup_phase(dir: &Path, out: &mut dyn Write) -> Result<(), DemoError
         out,
         "   the follower's [\"m\", ..) equals the source's ({rows} keys, a delete included); outside it nothing; its clients may not write there"
     )?;
-    db.remove_duplication(id).map_err(verify_err)?;
-    wait_for(&db, "the duplication dropped", <[DupReport]>::is_empty)?;
-    writeln!(out, "   removed: every region released its log and the record is gone")?;
+    follower_restart(&db, &standby, out)?;
+    verify_and_cut_over(&db, &follower, id, out)
+}
+
+/// Store 2 of the follower is killed and restarted while the source writes on.
+fn follower_restart(db: &Db, standby: &Cluster, out: &mut dyn Write) -> Result<(), DemoError> {
+    writeln!(out, "   store 2 of the follower is killed and restarted while shipping")?;
+    for round in 30..50u32 {
+        if round == 35 {
+            standby.kill_store(2).map_err(verify_err)?;
+        }
+        if round == 45 {
+            standby.restart_store(2).map_err(verify_err)?;
+        }
+        for key in ["mango", "melon", "zucchini"] {
+            db.put(key, round.to_string()).map_err(verify_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Verifies the duplication (fingerprints at one source position), then cuts over:
+/// the source refuses a write to the range, the follower takes one.
+fn verify_and_cut_over(
+    db: &Db,
+    follower: &Db,
+    id: u64,
+    out: &mut dyn Write,
+) -> Result<(), DemoError> {
+    let report = db.verify_duplication(id).map_err(verify_err)?;
+    for r in &report.regions {
+        let (Some(s), Some(f)) = (r.source, r.follower) else {
+            return Err(DemoError::Verify(format!("region {} not verified: {r:?}", r.region)));
+        };
+        writeln!(
+            out,
+            "   verify: region {} at source index {}: source {:016x} ({} keys), follower {:016x} ({} keys): {:?}",
+            r.region,
+            r.source_index.unwrap_or(0),
+            s.hash,
+            s.pairs,
+            f.hash,
+            f.pairs,
+            r.outcome
+        )?;
+    }
+    if !report.all_match() {
+        return Err(DemoError::Verify(format!("the fingerprints differ: {report:?}")));
+    }
+    let cut = db.cutover_duplication(id).map_err(verify_err)?;
+    for r in &cut.regions {
+        writeln!(
+            out,
+            "   cutover: region {} fenced at index {}, confirmed {}, RPO {} entries",
+            r.region,
+            r.fenced_at.unwrap_or(0),
+            r.confirmed.unwrap_or(0),
+            r.rpo_entries.map_or_else(|| "unknown".to_owned(), |n| n.to_string())
+        )?;
+    }
+    if !cut.promoted || cut.regions.iter().any(|r| r.rpo_entries != Some(0)) {
+        return Err(DemoError::Verify(format!("the cutover lost writes: {cut:?}")));
+    }
+    follower.put("mango", "written on the follower").map_err(verify_err)?;
+    match db.put("mango", "late") {
+        Err(e) => {
+            writeln!(
+                out,
+                "   the follower took a write to \"mango\"; the source refused one: {e}"
+            )?;
+        }
+        Ok(()) => {
+            return Err(DemoError::Verify("the source took a write after the cutover".into()));
+        }
+    }
     Ok(())
 }

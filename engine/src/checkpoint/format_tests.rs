@@ -161,6 +161,7 @@ fn dup_table() -> crate::dup::DupTable {
         confirmed: None,
         depends_on: Vec::new(),
         started_at_index: 60,
+        fence: None,
     });
     t
 }

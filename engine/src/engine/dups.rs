@@ -14,6 +14,18 @@ impl Engine {
         Some(self.inner.dups.lock().get(&id).cloned().unwrap_or_default())
     }
 
+    /// The duplication whose cutover fence holds one of `keys` in region `id` (client
+    /// writes there are refused), if any.
+    pub fn fenced_of<'k>(
+        &self,
+        id: RegionId,
+        keys: impl IntoIterator<Item = &'k [u8]>,
+    ) -> Option<u64> {
+        let dups = self.inner.dups.lock();
+        let table = dups.get(&id)?;
+        keys.into_iter().find_map(|k| table.fenced_of(k))
+    }
+
     /// The lowest index whose log region `id` must keep after it for its
     /// duplications (`DupTable::floor`); `None` if it takes part in none, or is not
     /// hosted.

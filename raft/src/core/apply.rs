@@ -184,6 +184,12 @@ impl<'e> Applier<'e> {
         if let Some(dup_id) = self.engine.standby_of(region_id, write.ops.iter().map(Op::key)) {
             return Ok(Written::Refused(Error::StandbyReadOnly { region: region_id, dup_id }));
         }
+        // A key a cutover fences (ARCHITECTURE.md, "Duplication: verify and cutover"):
+        // the duplication state is set between rounds, so this is the state as of the
+        // entry before; every write applied after the fence's entry is checked here.
+        if let Some(dup_id) = self.engine.fenced_of(region_id, write.ops.iter().map(Op::key)) {
+            return Ok(Written::Refused(Error::DupFenced { region: region_id, dup_id }));
+        }
         let bytes: usize = write.ops.iter().map(|op| op.key().len() + op_value_len(op)).sum();
         if self.bytes + bytes > self.cut_bytes && !self.round.is_empty() {
             self.cut_full()?;
@@ -450,6 +456,9 @@ fn refusal(error: &Error) -> Error {
         }
         Error::StandbyReadOnly { region, dup_id } => {
             Error::StandbyReadOnly { region: *region, dup_id: *dup_id }
+        }
+        Error::DupFenced { region, dup_id } => {
+            Error::DupFenced { region: *region, dup_id: *dup_id }
         }
         other => Error::InvalidRequest(other.to_string()),
     }

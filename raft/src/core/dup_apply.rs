@@ -9,7 +9,7 @@ use super::StoreCore;
 use super::apply::Applier;
 use crate::command::{self, AdminCmd};
 use crate::directory::DIRECTORY;
-use crate::dup::{DupEntryCmd, DupReply, DupRequest, check_topology};
+use crate::dup::{DupCmd, DupEntryCmd, DupReply, DupRequest, check_topology};
 use crate::error::{Error, Result};
 use crate::replica::{Proposed, Replica, Waiting};
 
@@ -49,6 +49,12 @@ impl StoreCore {
             .ctx
             .cluster_version
             .check(crate::version::DUP)
+            .and_then(|()| match cmd {
+                // The fence is checked by every replica's apply of client writes: an
+                // older one would neither decode nor enforce it.
+                DupCmd::Fence { .. } => self.ctx.cluster_version.check(crate::version::DUP_V3),
+                _ => Ok(()),
+            })
             .and_then(|()| self.leader_at(region, epoch));
         let replica = match checked {
             Ok(replica) => replica,
@@ -175,5 +181,25 @@ impl StoreCore {
                 installed_at: r.snapshot.installed_at,
             })
             .collect()
+    }
+
+    /// Duplication's verify (`Store::region_view`): the region's data pinned, with its
+    /// applied index and its duplication and sink state, all as of that index (asked
+    /// between rounds: nothing applies meanwhile). Any replica answers; one that is not
+    /// initialized or halted is `RegionNotFound`.
+    pub fn region_view(&self, region: RegionId) -> Result<crate::dup_fingerprint::RegionView> {
+        let replica = self.replicas.get(&region).ok_or(Error::RegionNotFound { region })?;
+        if region == DIRECTORY || !replica.is_initialized() || replica.halted.is_some() {
+            return Err(Error::RegionNotFound { region });
+        }
+        let engine = self.ctx.engine_of(region);
+        Ok(crate::dup_fingerprint::RegionView {
+            region: replica.region.clone(),
+            applied: replica.applied_index,
+            leader: replica.is_leader(),
+            view: engine.read_view(),
+            dups: engine.dup_table(region),
+            sinks: engine.sink_table(region),
+        })
     }
 }

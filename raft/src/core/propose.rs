@@ -419,6 +419,14 @@ impl StoreCore {
             reply(Err(e));
             return;
         }
+        if let DirCmd::AlterDup(a) = cmd
+            && (crate::directory::dups::is_cutover_status(a.to)
+                || crate::directory::dups::is_cutover_status(a.from))
+            && let Err(e) = self.ctx.cluster_version.check(crate::version::DUP_V3)
+        {
+            reply(Err(e));
+            return;
+        }
         let replica = match self.leader(DIRECTORY) {
             Ok(replica) => replica,
             Err(e) => {

@@ -130,8 +130,13 @@ impl StoreCore {
         if region == DIRECTORY {
             return Ok(());
         }
-        match self.ctx.engine_of(region).standby_of(region, ops.iter().map(Op::key)) {
-            Some(dup_id) => Err(Error::StandbyReadOnly { region, dup_id }),
+        let engine = self.ctx.engine_of(region);
+        if let Some(dup_id) = engine.standby_of(region, ops.iter().map(Op::key)) {
+            return Err(Error::StandbyReadOnly { region, dup_id });
+        }
+        // A key a cutover fences on the source side: refused early too.
+        match engine.fenced_of(region, ops.iter().map(Op::key)) {
+            Some(dup_id) => Err(Error::DupFenced { region, dup_id }),
             None => Ok(()),
         }
     }

@@ -19,8 +19,16 @@
 //!   Init ──► Prepare ──► App ──► Log ◄──► Paused
 //!     └────────────────────────► Log            (no seed: the operator vouches)
 //!   Prepare | App | Log | Paused ──► Broken ──► Prepare   (a reseed: incarnation + 1)
+//!   Log | Paused ──► CuttingOver ──► CutOver      (cluster version 8: the cutover)
 //!   any ──► Removed   (then `DropDup` deletes the record)
 //! ```
+//!
+//! `CuttingOver` fences every covered source region (a `DUP` `Fence`: client writes in
+//! the range refused from it on), ships the log up to each fence, then promotes the
+//! follower; `CutOver` records that it was. A cutover that stops half way (a crash)
+//! resumes from the status and each region's entry: nothing else is needed. There is
+//! no way back from `CuttingOver` but `Removed` (a fenced range is not reopened by a
+//! status: the fence goes with the region's entry, when the duplication is removed).
 //!
 //! A status this binary does not know decodes as [`DupStatus::Unspecified`]: the
 //! duplication is frozen (no transition out of it but `Removed`; the drivers neither
@@ -88,6 +96,12 @@ pub enum DupStatus {
     Broken,
     /// Removed: the regions drop their state, then the record goes.
     Removed,
+    /// Cutting over (cluster version 8, `crate::version::DUP_V3`): every covered
+    /// source region is fenced (client writes in the range refused), the log up to
+    /// the fence ships, then the follower is promoted.
+    CuttingOver,
+    /// Cut over: the follower was promoted (writable); the source range stays fenced.
+    CutOver,
 }
 
 impl DupStatus {
@@ -102,6 +116,8 @@ impl DupStatus {
             DupStatus::Paused => 5,
             DupStatus::Broken => 6,
             DupStatus::Removed => 7,
+            DupStatus::CuttingOver => 8,
+            DupStatus::CutOver => 9,
         }
     }
 
@@ -115,6 +131,8 @@ impl DupStatus {
             5 => DupStatus::Paused,
             6 => DupStatus::Broken,
             7 => DupStatus::Removed,
+            8 => DupStatus::CuttingOver,
+            9 => DupStatus::CutOver,
             _ => DupStatus::Unspecified,
         }
     }
@@ -130,6 +148,8 @@ impl DupStatus {
             DupStatus::Paused => "paused",
             DupStatus::Broken => "broken",
             DupStatus::Removed => "removed",
+            DupStatus::CuttingOver => "cutting over",
+            DupStatus::CutOver => "cut over",
         }
     }
 }
@@ -246,9 +266,17 @@ impl DupRecord {
     }
 }
 
+/// True for the statuses of the cutover (cluster version 8, `crate::version::DUP_V3`):
+/// a move to or from one is refused by the proposer below that version.
+pub fn is_cutover_status(status: DupStatus) -> bool {
+    matches!(status, DupStatus::CuttingOver | DupStatus::CutOver)
+}
+
 /// True if a duplication may move from `from` to `to`.
 pub fn allowed(from: DupStatus, to: DupStatus) -> bool {
-    use DupStatus::{App, Broken, Init, Log, Paused, Prepare, Removed, Unspecified};
+    use DupStatus::{
+        App, Broken, CutOver, CuttingOver, Init, Log, Paused, Prepare, Removed, Unspecified,
+    };
     match (from, to) {
         (_, Unspecified) | (Removed, _) => false,
         (_, Removed)
@@ -257,7 +285,9 @@ pub fn allowed(from: DupStatus, to: DupStatus) -> bool {
         | (App | Paused, Log)
         | (Log, Paused)
         | (Prepare | App | Log | Paused, Broken)
-        | (Broken, Prepare) => true,
+        | (Broken, Prepare)
+        | (Log | Paused, CuttingOver)
+        | (CuttingOver, CutOver) => true,
         _ => false,
     }
 }

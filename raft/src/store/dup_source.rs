@@ -75,6 +75,33 @@ impl Store {
         Err(Error::Timeout { region })
     }
 
+    /// `region`'s data as of its applied index on this store's replica, pinned, with
+    /// its duplication and sink state as of the same index (duplication's verify:
+    /// `crate::dup_fingerprint`). Asks the region's poller, which answers between
+    /// rounds.
+    ///
+    /// # Errors
+    /// [`Error::RegionNotFound`] (no initialized replica here), [`Error::Cancelled`],
+    /// [`Error::Timeout`] if the poller does not answer.
+    pub fn region_view(&self, region: RegionId) -> Result<crate::dup_fingerprint::RegionView> {
+        let (tx, rx) = bounded(1);
+        self.send(region, Msg::RegionView(region, tx))?;
+        rx.recv_timeout(CHECKPOINT_WAIT).map_err(|_| Error::Timeout { region })?
+    }
+
+    /// [`Store::region_view`] fingerprinted over each of `ranges` (cut to the region),
+    /// on the caller's thread.
+    ///
+    /// # Errors
+    /// As [`Store::region_view`].
+    pub fn range_fingerprint(
+        &self,
+        region: RegionId,
+        ranges: &[crate::dup_fingerprint::KeyRange],
+    ) -> Result<crate::dup_fingerprint::RegionFingerprint> {
+        Ok(self.region_view(region)?.fingerprinted(ranges))
+    }
+
     /// `region`'s applied index (visible in the engine) as soon as it is above
     /// `above`: at once if it is, else when the poller publishes it (woken, no
     /// polling); `None` at `timeout`, or if the replica here is destroyed meanwhile.

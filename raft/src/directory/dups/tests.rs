@@ -96,7 +96,7 @@ fn unknown_codes_decode_as_unspecified_and_unknown_tags_are_skipped() {
     // The status code 0 is reserved.
     bytes = encode(&DupRecord { status: DupStatus::Unspecified, ..record(7) });
     assert_eq!(decode(&bytes).unwrap().status, DupStatus::Unspecified);
-    for code in 0..=8 {
+    for code in 0..=10 {
         let s = DupStatus::from_code(code);
         assert!(s == DupStatus::Unspecified || s.code() == code, "{code}");
         let r = BrokenReason::from_code(code);
@@ -136,7 +136,7 @@ fn the_golden_bytes_of_format_1_never_change() {
 #[test]
 fn the_transition_table_is_the_documented_one() {
     use DupStatus::*;
-    let all = [Unspecified, Init, Prepare, App, Log, Paused, Broken, Removed];
+    let all = [Unspecified, Init, Prepare, App, Log, Paused, Broken, Removed, CuttingOver, CutOver];
     let expected = [
         (Init, Prepare),
         (Init, Log),
@@ -149,6 +149,9 @@ fn the_transition_table_is_the_documented_one() {
         (Log, Broken),
         (Paused, Broken),
         (Broken, Prepare),
+        (Log, CuttingOver),
+        (Paused, CuttingOver),
+        (CuttingOver, CutOver),
     ];
     for from in all {
         for to in all {
@@ -295,4 +298,40 @@ fn ranges_overlap_as_half_open_intervals() {
     assert!(!r.overlaps(b"", Some(b"a")));
     let all = DupRecord { start: Vec::new(), end: None, ..record(1) };
     assert!(all.overlaps(b"zz", None) && all.contains(b""));
+}
+
+#[test]
+fn a_cutover_walks_log_to_cut_over_and_nothing_leads_back() {
+    let engine = engine();
+    run(&engine, &DirCmd::AddDup { record: Box::new(record(1000)) }).unwrap();
+    for (from, to) in [(DupStatus::Init, DupStatus::Log), (DupStatus::Log, DupStatus::CuttingOver)]
+    {
+        alter(&engine, 1000, from, to).unwrap();
+    }
+    // Codes 8 and 9, and their golden status bytes in the record.
+    assert_eq!((DupStatus::CuttingOver.code(), DupStatus::CutOver.code()), (8, 9));
+    let bytes = encode(&DupRecord { status: DupStatus::CuttingOver, ..record(1000) });
+    let body = TlvRecord::parse(&bytes[1..], FIELDS, UnknownTags::Skip).unwrap();
+    assert_eq!(body.required(F_STATUS, "status").unwrap().value, 8u64.to_le_bytes());
+    for to in [DupStatus::Log, DupStatus::Paused, DupStatus::Broken, DupStatus::Prepare] {
+        assert_eq!(
+            refusal(alter(&engine, 1000, DupStatus::CuttingOver, to)),
+            DupRefusal::InvalidTransition
+        );
+    }
+    assert_eq!(status(&engine, 1000), Some((DupStatus::CuttingOver, 1)));
+    alter(&engine, 1000, DupStatus::CuttingOver, DupStatus::CutOver).unwrap();
+    // A second cutover names a status the record left: refused, nothing changed.
+    assert_eq!(
+        refusal(alter(&engine, 1000, DupStatus::CuttingOver, DupStatus::CutOver)),
+        DupRefusal::WrongStage
+    );
+    for to in [DupStatus::Log, DupStatus::CuttingOver, DupStatus::Broken] {
+        assert_eq!(
+            refusal(alter(&engine, 1000, DupStatus::CutOver, to)),
+            DupRefusal::InvalidTransition
+        );
+    }
+    assert_eq!(status(&engine, 1000), Some((DupStatus::CutOver, 1)));
+    alter(&engine, 1000, DupStatus::CutOver, DupStatus::Removed).unwrap();
 }
