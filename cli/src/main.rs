@@ -50,7 +50,15 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             report.print(out.json)?;
         }
         Command::Bench {
-            what: BenchTarget::Cluster { out, seconds, clients, in_process_only, no_wal_baseline },
+            what:
+                BenchTarget::Cluster {
+                    out,
+                    seconds,
+                    clients,
+                    in_process_only,
+                    no_wal_baseline,
+                    insecure,
+                },
         } => {
             let dir = bench_dir(out.dir)?;
             let clients =
@@ -59,6 +67,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 seconds,
                 tcp: !in_process_only,
                 wal_baseline: !no_wal_baseline,
+                insecure,
             };
             let report = bench::cluster::run(dir.path(), &clients, &options)?;
             report.print(out.json)?;
