@@ -508,6 +508,17 @@ impl fmt::Debug for Node {
     }
 }
 
+/// The node's side of the client protocol: clients prove the client secret's key if
+/// there is one (else the cluster secret's), other nodes the cluster secret's.
+fn client_service(config: &NodeConfig) -> ClientService {
+    ClientService::new(proto::client_key(&config.secret), config.cluster_id, config.store_id)
+        .emulating(config.emulate_binary_max)
+        .securing(
+            config.client_secret.as_deref().map(proto::client_key),
+            LinkMode::from_insecure(config.insecure),
+        )
+}
+
 impl Node {
     /// Starts the node: binds its address, opens (or recovers) its store, bootstraps a
     /// fresh cluster's regions, and starts serving clients.
@@ -521,14 +532,7 @@ impl Node {
         fs.create_dir_all_durable(&config.data_dir)?;
         let first = first_start(&config)?;
         let id = config.store_id;
-        let service = Arc::new(
-            ClientService::new(proto::client_key(&config.secret), config.cluster_id, id)
-                .emulating(config.emulate_binary_max)
-                .securing(
-                    config.client_secret.as_deref().map(proto::client_key),
-                    LinkMode::from_insecure(config.insecure),
-                ),
-        );
+        let service = Arc::new(client_service(&config));
         // The store first: its incarnation goes in the transport's handshake. What it
         // sends before the transport is up is dropped (Raft resends).
         let outbound = Arc::new(TransportSlot::default());

@@ -86,15 +86,8 @@ pub(crate) struct NodeArgs {
     pub(crate) cluster_id: Option<u64>,
     #[command(flatten)]
     pub(crate) secret: SecretArgs,
-    /// A file holding the clients' secret (at least 16 bytes, not the cluster
-    /// secret): clients prove it instead of the cluster secret, and cannot act as a
-    /// store. Without it, clients use the cluster secret.
-    #[arg(long, value_name = "FILE")]
-    pub(crate) client_secret_file: Option<PathBuf>,
-    /// Plaintext links, for benchmarks only: frames between stores and with clients
-    /// go unencrypted and unauthenticated. Peers and clients must run it too.
-    #[arg(long)]
-    pub(crate) insecure: bool,
+    #[command(flatten)]
+    pub(crate) link: LinkArgs,
     /// Raft tick interval in milliseconds (default 50).
     #[arg(long)]
     pub(crate) tick_interval_ms: Option<u64>,
@@ -121,6 +114,20 @@ pub(crate) struct HealthArgs {
     /// The health monitor plans repairs and reports them, but carries none out.
     #[arg(long = "health-dry-run")]
     pub(crate) dry_run: bool,
+}
+
+/// `regionkv node`'s link settings: the clients' own secret, and plaintext links.
+#[derive(Args)]
+pub(crate) struct LinkArgs {
+    /// A file holding the clients' secret (at least 16 bytes, not the cluster
+    /// secret): clients prove it instead of the cluster secret, and cannot act as a
+    /// store. Without it, clients use the cluster secret.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) client_secret_file: Option<PathBuf>,
+    /// Plaintext links, for benchmarks only: frames between stores and with clients
+    /// go unencrypted and unauthenticated. Peers and clients must run it too.
+    #[arg(long)]
+    pub(crate) insecure: bool,
 }
 
 /// The cluster secret, from a flag or a file.

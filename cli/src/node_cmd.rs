@@ -87,10 +87,10 @@ fn node_config(args: NodeArgs) -> Result<(NodeConfig, bool), String> {
         config = config.peer(StoreId(peer), addr);
     }
     config.status_addr = args.status_addr.or(file.status_addr);
-    if let Some(f) = args.client_secret_file.or(file.client_secret_file) {
+    if let Some(f) = args.link.client_secret_file.or(file.client_secret_file) {
         config.client_secret = Some(read_secret(None, Some(f))?);
     }
-    config.insecure = args.insecure || file.insecure.unwrap_or(false);
+    config.insecure = args.link.insecure || file.insecure.unwrap_or(false);
     if let Some(ms) = args.tick_interval_ms.or(file.tick_interval_ms) {
         config.tick_interval = Duration::from_millis(ms);
     }

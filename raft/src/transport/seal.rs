@@ -125,7 +125,7 @@ pub struct Unauthenticated {
 
 /// True if `e` is a reader's [`Unauthenticated`].
 pub fn is_unauthenticated(e: &io::Error) -> bool {
-    e.get_ref().is_some_and(|inner| inner.is::<Unauthenticated>())
+    e.get_ref().is_some_and(<dyn std::error::Error + Send + Sync>::is::<Unauthenticated>)
 }
 
 /// The prologue both sides give Noise: the label and both HELLO payloads.
@@ -299,16 +299,13 @@ impl Opener {
             return Err(refused(self.next));
         }
         plain.resize(ciphertext.len() - TAG_BYTES, 0);
-        match self.state.read_message(self.next, ciphertext, plain) {
-            Ok(n) => {
-                plain.truncate(n);
-                self.next += 1;
-                Ok(())
-            }
-            Err(_) => {
-                plain.clear();
-                Err(refused(self.next))
-            }
+        if let Ok(n) = self.state.read_message(self.next, ciphertext, plain) {
+            plain.truncate(n);
+            self.next += 1;
+            Ok(())
+        } else {
+            plain.clear();
+            Err(refused(self.next))
         }
     }
 }
