@@ -74,7 +74,7 @@ pub use node::{InitialClusterState, Node, NodeConfig};
 pub use proto::{Capacity, STATUS_SCHEMA, StoreState, StoreStatus};
 pub use region_info::RegionInfo;
 pub use regionkv_raft::txn::recovery::Gate as TxnGate;
-pub use remote::Client;
+pub use remote::{Client, ClientOptions};
 pub use server::ClientStats;
 pub use txn_recovery::{TXN_RECOVER_INTERVAL, TxnEntry, TxnRecoveryStats, TxnRecoveryTurn};
 pub use version_gc::{GC_INTERVAL, GC_LIFE_TIME, VersionGcStats};

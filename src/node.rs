@@ -45,6 +45,7 @@ use regionkv_engine::{Peer, PeerId, Region, RegionId, StoreId};
 use regionkv_raft::directory::{DIRECTORY, RegionRecord};
 use regionkv_raft::transport::Transport;
 use regionkv_raft::transport::handshake::ClusterId;
+use regionkv_raft::transport::seal::LinkMode;
 use regionkv_raft::transport::tcp::{SECRET_BYTES_MIN, TcpConfig, TcpTransport};
 use regionkv_raft::{PeerStatus, Store, StoreConfig, StoreMetrics, StoreOptions};
 use regionkv_wal::{CancellationToken, FileSystem, Gate, RealFs};
@@ -109,9 +110,20 @@ pub struct NodeConfig {
     pub peers: BTreeMap<StoreId, SocketAddr>,
     /// The cluster's id: nodes and clients of another cluster are refused.
     pub cluster_id: ClusterId,
-    /// The cluster's shared secret (at least 16 bytes): nodes and clients prove they
-    /// know it without sending it.
+    /// The cluster's shared secret (at least 16 bytes): nodes prove they know it
+    /// without sending it (and clients too, unless `client_secret` is set).
     pub secret: Vec<u8>,
+    /// The clients' secret (at least 16 bytes, not the cluster secret), if clients
+    /// get one of their own (`regionkv node --client-secret-file`): then a client
+    /// proves this one, and a client holding only it can neither open a store link
+    /// nor claim a store id on the client protocol (raw admin and directory commands
+    /// stay with the stores). Default `None`: clients prove the cluster secret.
+    pub client_secret: Option<Vec<u8>>,
+    /// Plaintext links, for benchmarks (`regionkv node --insecure`): after the
+    /// handshake, frames between stores and with clients go unencrypted and
+    /// unauthenticated. Default `false`: sealed links. A node refuses peers and
+    /// clients that run the other mode.
+    pub insecure: bool,
     /// Time between Raft ticks (default 50 ms; the election timeout is 10-20 ticks).
     pub tick_interval: Duration,
     /// Poller threads of the store (default 1).
@@ -154,6 +166,8 @@ impl fmt::Debug for NodeConfig {
             .field("peers", &self.peers)
             .field("cluster_id", &self.cluster_id)
             .field("secret", &"(hidden)")
+            .field("client_secret", &self.client_secret.as_ref().map(|_| "(hidden)"))
+            .field("insecure", &self.insecure)
             .field("tick_interval", &self.tick_interval)
             .field("pollers", &self.pollers)
             .field("split_policy", &self.split_policy)
@@ -183,6 +197,8 @@ impl NodeConfig {
             peers: BTreeMap::new(),
             cluster_id,
             secret: secret.into(),
+            client_secret: None,
+            insecure: false,
             tick_interval: defaults::TICK_INTERVAL,
             pollers: defaults::POLLERS,
             split_policy: SplitPolicy::default(),
@@ -264,6 +280,10 @@ impl NodeConfig {
             Some("a peer has store id 0, which is reserved for clients".into())
         } else if self.secret.len() < SECRET_BYTES_MIN {
             Some(format!("the cluster secret must have at least {SECRET_BYTES_MIN} bytes"))
+        } else if self.client_secret.as_ref().is_some_and(|c| c.len() < SECRET_BYTES_MIN) {
+            Some(format!("the client secret must have at least {SECRET_BYTES_MIN} bytes"))
+        } else if self.client_secret.as_ref() == Some(&self.secret) {
+            Some("the client secret must differ from the cluster secret".into())
         } else if self.pollers == 0 || self.tick_interval.is_zero() {
             Some("pollers and tick_interval must not be zero".into())
         } else {
@@ -488,6 +508,17 @@ impl fmt::Debug for Node {
     }
 }
 
+/// The node's side of the client protocol: clients prove the client secret's key if
+/// there is one (else the cluster secret's), other nodes the cluster secret's.
+fn client_service(config: &NodeConfig) -> ClientService {
+    ClientService::new(proto::client_key(&config.secret), config.cluster_id, config.store_id)
+        .emulating(config.emulate_binary_max)
+        .securing(
+            config.client_secret.as_deref().map(proto::client_key),
+            LinkMode::from_insecure(config.insecure),
+        )
+}
+
 impl Node {
     /// Starts the node: binds its address, opens (or recovers) its store, bootstraps a
     /// fresh cluster's regions, and starts serving clients.
@@ -501,10 +532,7 @@ impl Node {
         fs.create_dir_all_durable(&config.data_dir)?;
         let first = first_start(&config)?;
         let id = config.store_id;
-        let service = Arc::new(
-            ClientService::new(proto::client_key(&config.secret), config.cluster_id, id)
-                .emulating(config.emulate_binary_max),
-        );
+        let service = Arc::new(client_service(&config));
         // The store first: its incarnation goes in the transport's handshake. What it
         // sends before the transport is up is dropped (Raft resends).
         let outbound = Arc::new(TransportSlot::default());
@@ -516,6 +544,7 @@ impl Node {
             config.cluster_id,
             id,
             config.peers.clone(),
+            LinkMode::from_insecure(config.insecure),
         ));
         if first == Some(InitialClusterState::Existing)
             && let Err(e) = join_floor(&remote, &store)
@@ -537,6 +566,7 @@ impl Node {
             TcpConfig::new(id, config.listen_addr, config.cluster_id, config.secret.clone());
         tcp.peers = config.peers.iter().map(|(&s, &a)| (s, a)).collect();
         tcp.inbound_connections_max = 256;
+        tcp.insecure = config.insecure;
         tcp.identity = Some(store.peer_book().clone());
         let transport = match TcpTransport::start_with(tcp, store.inbox(), Some(service.clone())) {
             Ok(t) => Arc::new(t),

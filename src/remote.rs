@@ -33,7 +33,8 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use regionkv_engine::{Region, RegionId, StoreId};
 use regionkv_raft::directory::{DIRECTORY, DirCmd, DirResult, RegionRecord};
 use regionkv_raft::transport::frame::{FrameError, FrameKind, FrameStream};
-use regionkv_raft::transport::handshake::{ClusterId, HandshakeError, HandshakeKey};
+use regionkv_raft::transport::handshake::{Authenticated, ClusterId, HandshakeError, HandshakeKey};
+use regionkv_raft::transport::seal::{LinkMode, LinkReader};
 use regionkv_raft::{
     AdminRequest, ChangePeersRequest, MergeStatus, PeerStatus, QueryResult, ReadRequest, Reply,
     TxnRequest, WriteRequest,
@@ -98,7 +99,7 @@ struct Conn {
     /// connection breaks): the reader thread's cue.
     unread: Condvar,
     /// The reading side: whoever reads answers holds it.
-    frames: Mutex<FrameStream<'static, TcpStream>>,
+    frames: Mutex<FrameStream<'static, LinkReader<TcpStream>>>,
     next_id: AtomicU64,
     broken: AtomicBool,
     /// When the last answer was read (a connection idle for longer is probed before
@@ -155,20 +156,21 @@ impl Conn {
     }
 }
 
-/// Dials `addr` and runs the client handshake; returns the stream and the node's
-/// store id.
+/// Dials `addr` and runs the client handshake on links of mode `link`; returns the
+/// stream and the node's store id (and, sealed, the connection's keys).
 fn dial(
     addr: SocketAddr,
     key: &HandshakeKey,
     cluster: ClusterId,
     me: StoreId,
-) -> Result<(TcpStream, StoreId), Error> {
+    link: LinkMode,
+) -> Result<(TcpStream, Authenticated), Error> {
     let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(POLL_INTERVAL))?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    match proto::handshake_client(&mut stream, key, cluster, me, HANDSHAKE_TIMEOUT) {
-        Ok(store) => Ok((stream, store)),
+    match proto::handshake_client(&mut stream, key, cluster, me, HANDSHAKE_TIMEOUT, link) {
+        Ok(authenticated) => Ok((stream, authenticated)),
         Err(HandshakeError::RefusedByPeer(reason) | HandshakeError::Rejected { reason, .. }) => {
             Err(Error::Refused { addr, reason })
         }
@@ -184,6 +186,8 @@ pub(crate) struct RemoteStores {
     /// Who this is in the handshake: `CLIENT_ID` for a client, a node's store id for
     /// the node's own backend (raw admin requests are answered only then).
     me: StoreId,
+    /// What this side runs after the handshake.
+    link: LinkMode,
     addrs: RwLock<BTreeMap<StoreId, SocketAddr>>,
     conns: Mutex<HashMap<StoreId, Arc<Conn>>>,
     /// Stores that could not be reached, and when they may be dialed again.
@@ -200,11 +204,13 @@ impl RemoteStores {
         cluster: ClusterId,
         me: StoreId,
         addrs: BTreeMap<StoreId, SocketAddr>,
+        link: LinkMode,
     ) -> RemoteStores {
         RemoteStores {
             key,
             cluster,
             me,
+            link,
             addrs: RwLock::new(addrs),
             conns: Mutex::default(),
             down_until: Mutex::default(),
@@ -236,13 +242,17 @@ impl RemoteStores {
         }
         let addr =
             self.addrs.read().get(&store).copied().ok_or(format!("no address of store {store}"))?;
-        let (stream, found) = match dial(addr, &self.key, self.cluster, self.me) {
-            Ok(ok) => ok,
-            Err(e) => {
-                self.down_until.lock().insert(store, Instant::now() + REDIAL_AFTER);
-                return Err(format!("store {store} at {addr}: {e}"));
-            }
-        };
+        let (stream, found, opener, sealer) =
+            match dial(addr, &self.key, self.cluster, self.me, self.link) {
+                Ok((stream, authenticated)) => {
+                    let (found, opener, sealer) = authenticated.split();
+                    (stream, found, opener, sealer)
+                }
+                Err(e) => {
+                    self.down_until.lock().insert(store, Instant::now() + REDIAL_AFTER);
+                    return Err(format!("store {store} at {addr}: {e}"));
+                }
+            };
         if found != store {
             let _ = stream.shutdown(Shutdown::Both);
             return Err(format!("{addr} is store {found}, not store {store}"));
@@ -251,12 +261,15 @@ impl RemoteStores {
         let conn = Arc::new(Conn {
             store,
             stream,
-            outbox: Outbox::default(),
+            outbox: Outbox::new(sealer),
             pending: Mutex::default(),
             slot_freed: Condvar::new(),
             unread: Condvar::new(),
             // Buffered: the answers that arrived together are taken with one read.
-            frames: Mutex::new(FrameStream::new(proto::reader(None, STALL_TIMEOUT), read_half)),
+            frames: Mutex::new(FrameStream::new(
+                proto::reader(None, STALL_TIMEOUT),
+                LinkReader::new(read_half, opener),
+            )),
             next_id: AtomicU64::new(1),
             broken: AtomicBool::new(false),
             last_read: Mutex::new(Instant::now()),
@@ -468,7 +481,7 @@ fn run_reader(conn: &Conn, cancel: &CancellationToken) {
 /// An error means the connection is over (said in the log).
 fn read_answer(
     conn: &Conn,
-    frames: &mut FrameStream<'static, TcpStream>,
+    frames: &mut FrameStream<'static, LinkReader<TcpStream>>,
     until: Instant,
     by_reader: bool,
 ) -> Result<bool, ()> {
@@ -736,6 +749,23 @@ impl Backend for RemoteStores {
     }
 }
 
+/// How a [`Client`] connects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientOptions {
+    /// Plaintext links (for benchmarks; the nodes must run `insecure` too): requests
+    /// and answers go unencrypted and unauthenticated after the handshake. `false`
+    /// (default): sealed links.
+    pub insecure: bool,
+}
+
+impl ClientOptions {
+    /// Options with plaintext links if `insecure`.
+    pub fn insecure(insecure: bool) -> ClientOptions {
+        ClientOptions { insecure }
+    }
+}
+
 /// A client of a cluster of [`Node`](crate::Node)s in other processes, over the client
 /// protocol: [`Client::db`] for reads and writes (routed to region leaders and retried
 /// exactly like [`Cluster::db`](crate::Cluster::db)), and the cluster's admin requests.
@@ -764,20 +794,33 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// Connects to the nodes at `addrs` (any of the cluster's nodes; one that answers
     /// is enough) and learns every store's address from them. `secret` is the
-    /// cluster secret the nodes were started with.
+    /// client secret the nodes were started with (their `client_secret`), or the
+    /// cluster secret if they have none. Links are sealed (encrypted and
+    /// authenticated); see [`Client::connect_with`] for plaintext ones.
     pub fn connect(
         addrs: &[SocketAddr],
         cluster: ClusterId,
         secret: impl AsRef<[u8]>,
     ) -> Result<Client> {
+        Client::connect_with(addrs, cluster, secret, &ClientOptions::default())
+    }
+
+    /// [`Client::connect`] with `options`.
+    pub fn connect_with(
+        addrs: &[SocketAddr],
+        cluster: ClusterId,
+        secret: impl AsRef<[u8]>,
+        options: &ClientOptions,
+    ) -> Result<Client> {
         let key = proto::client_key(secret.as_ref());
+        let link = LinkMode::from_insecure(options.insecure);
         let mut seeds = BTreeMap::new();
         let mut last = None;
         for &addr in addrs {
-            match dial(addr, &key, cluster, proto::CLIENT_ID) {
-                Ok((stream, store)) => {
+            match dial(addr, &key, cluster, proto::CLIENT_ID, link) {
+                Ok((stream, authenticated)) => {
                     let _ = stream.shutdown(Shutdown::Both);
-                    seeds.insert(store, addr);
+                    seeds.insert(authenticated.peer, addr);
                 }
                 Err(e) => last = Some(e),
             }
@@ -787,7 +830,8 @@ impl Client {
                 Error::InvalidRequest("Client::connect needs at least one address".into())
             }));
         }
-        let remote = Arc::new(RemoteStores::new(key, cluster, proto::CLIENT_ID, seeds.clone()));
+        let remote =
+            Arc::new(RemoteStores::new(key, cluster, proto::CLIENT_ID, seeds.clone(), link));
         // The other stores, as the nodes know them; an address this client dialed wins
         // (a node may listen on 0.0.0.0).
         let mut all = BTreeMap::new();

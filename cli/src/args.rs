@@ -51,7 +51,8 @@ pub(crate) enum Command {
 #[derive(Args)]
 pub(crate) struct NodeArgs {
     /// A TOML file with any of `store_id`, `data_dir`, `listen`, `status_addr`,
-    /// `cluster_id`, `secret` or `secret_file`, `tick_interval_ms`,
+    /// `cluster_id`, `secret` or `secret_file`, `client_secret_file`, `insecure`,
+    /// `tick_interval_ms`,
     /// `initial_cluster_state` ("new" or "existing"), and a `[peers]` table of
     /// "ID" = "IP:PORT".
     #[arg(long)]
@@ -85,6 +86,8 @@ pub(crate) struct NodeArgs {
     pub(crate) cluster_id: Option<u64>,
     #[command(flatten)]
     pub(crate) secret: SecretArgs,
+    #[command(flatten)]
+    pub(crate) link: LinkArgs,
     /// Raft tick interval in milliseconds (default 50).
     #[arg(long)]
     pub(crate) tick_interval_ms: Option<u64>,
@@ -113,6 +116,20 @@ pub(crate) struct HealthArgs {
     pub(crate) dry_run: bool,
 }
 
+/// `regionkv node`'s link settings: the clients' own secret, and plaintext links.
+#[derive(Args)]
+pub(crate) struct LinkArgs {
+    /// A file holding the clients' secret (at least 16 bytes, not the cluster
+    /// secret): clients prove it instead of the cluster secret, and cannot act as a
+    /// store. Without it, clients use the cluster secret.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) client_secret_file: Option<PathBuf>,
+    /// Plaintext links, for benchmarks only: frames between stores and with clients
+    /// go unencrypted and unauthenticated. Peers and clients must run it too.
+    #[arg(long)]
+    pub(crate) insecure: bool,
+}
+
 /// The cluster secret, from a flag or a file.
 #[derive(Args)]
 pub(crate) struct SecretArgs {
@@ -133,8 +150,13 @@ pub(crate) struct ClientArgs {
     /// The cluster's id (default 1).
     #[arg(long, default_value_t = 1)]
     pub(crate) cluster_id: u64,
+    /// The secret to prove (--secret-file): the nodes' client secret if they have
+    /// one (--client-secret-file), else the cluster secret.
     #[command(flatten)]
     pub(crate) secret: SecretArgs,
+    /// Plaintext links, to nodes that run --insecure (benchmarks only).
+    #[arg(long)]
+    pub(crate) insecure: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     pub(crate) json: bool,
@@ -406,6 +428,10 @@ pub(crate) enum BenchTarget {
         /// when only the cluster's own figures matter.
         #[arg(long)]
         no_wal_baseline: bool,
+        /// The three node processes run plaintext links (`regionkv node --insecure`):
+        /// to measure what sealed links cost.
+        #[arg(long)]
+        insecure: bool,
     },
     /// One store as an embedded key-value store: puts and gets (1, 2, 16, 64 threads),
     /// 1,000-key scans, fsyncs per put.

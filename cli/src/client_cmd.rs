@@ -4,8 +4,8 @@
 use std::ops::Bound;
 
 use regionkv::{
-    Client, ClusterId, HistogramSnapshot, Region, RegionId, StoreId, StoreMetrics, StoreStatus,
-    UpgradeStatus,
+    Client, ClientOptions, ClusterId, HistogramSnapshot, Region, RegionId, StoreId, StoreMetrics,
+    StoreStatus, UpgradeStatus,
 };
 
 use crate::args::{ClientArgs, ClientOp, HealthOp, StoreOp, TxnOp, UpgradeOp, read_secret};
@@ -273,7 +273,8 @@ fn run_upgrade(
 
 pub(crate) fn run_client(args: ClientArgs) -> Result<(), Box<dyn std::error::Error>> {
     let secret = read_secret(args.secret.secret, args.secret.secret_file)?;
-    let client = Client::connect(&args.addr, ClusterId(args.cluster_id), secret)?;
+    let options = ClientOptions::insecure(args.insecure);
+    let client = Client::connect_with(&args.addr, ClusterId(args.cluster_id), secret, &options)?;
     let db = client.db();
     // `--json` before the subcommand, or after `health` or `health audit`.
     let json = args.json

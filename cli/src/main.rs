@@ -73,7 +73,15 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             emit(&report, &out)?;
         }
         Command::Bench {
-            what: BenchTarget::Cluster { out, seconds, clients, in_process_only, no_wal_baseline },
+            what:
+                BenchTarget::Cluster {
+                    out,
+                    seconds,
+                    clients,
+                    in_process_only,
+                    no_wal_baseline,
+                    insecure,
+                },
         } => {
             let dir = bench_dir(out.dir.clone())?;
             let clients =
@@ -82,6 +90,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 seconds,
                 tcp: !in_process_only,
                 wal_baseline: !no_wal_baseline,
+                insecure,
             };
             let report = bench::cluster::run(dir.path(), &clients, &options)?;
             emit(&report, &out)?;

@@ -26,6 +26,8 @@ struct NodeFile {
     cluster_id: Option<u64>,
     secret: Option<String>,
     secret_file: Option<PathBuf>,
+    client_secret_file: Option<PathBuf>,
+    insecure: Option<bool>,
     tick_interval_ms: Option<u64>,
     /// The version GC's life time (`NodeConfig::gc_life_time`), in seconds.
     gc_life_time_s: Option<u64>,
@@ -86,6 +88,10 @@ fn node_config(args: NodeArgs) -> Result<(NodeConfig, bool), String> {
         config = config.peer(StoreId(peer), addr);
     }
     config.status_addr = args.status_addr.or(file.status_addr);
+    if let Some(f) = args.link.client_secret_file.or(file.client_secret_file) {
+        config.client_secret = Some(read_secret(None, Some(f))?);
+    }
+    config.insecure = args.link.insecure || file.insecure.unwrap_or(false);
     if let Some(ms) = args.tick_interval_ms.or(file.tick_interval_ms) {
         config.tick_interval = Duration::from_millis(ms);
     }

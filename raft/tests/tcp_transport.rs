@@ -225,11 +225,13 @@ fn read_frame(stream: &mut TcpStream) -> Result<(FrameKind, Vec<u8>), Box<dyn Er
 
 /// Dials `addr` as store `me` and completes the handshake by hand, as a real peer
 /// would; the returned stream may then carry BATCH frames.
+/// The peer must run plaintext links (`insecure`): the frames are checked as they are.
 fn raw_handshake(addr: SocketAddr, me: u64, peer: u64) -> Result<TcpStream, Box<dyn Error>> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     let nonce = [42u8; 32];
-    let hello = Hello { cluster: CLUSTER, store: StoreId(me), nonce };
+    // No link mode: a binary from before sealing, which runs plaintext links.
+    let hello = Hello { cluster: CLUSTER, store: StoreId(me), nonce, link: None };
     s.write_all(&wire::encode_frame(FrameKind::Hello, &hello.encode())?)?;
     let (kind, payload) = read_frame(&mut s)?;
     assert_eq!(kind, FrameKind::Hello);
@@ -418,10 +420,16 @@ fn a_wrong_secret_or_cluster_id_is_refused_by_both_sides() -> TestResult {
 #[test]
 fn bad_bytes_close_the_connection_and_the_transport_keeps_serving() -> TestResult {
     capture_warnings();
-    let (server, inbox) =
-        start(TcpConfig { frame_bytes_max: 1 << 20, batch_bytes_max: 1 << 20, ..config(31) })?;
+    // Plaintext links, so that raw frames reach the frame checks (a sealed link
+    // refuses them as records first: `tcp_sealed.rs`).
+    let (server, inbox) = start(TcpConfig {
+        frame_bytes_max: 1 << 20,
+        batch_bytes_max: 1 << 20,
+        insecure: true,
+        ..config(31)
+    })?;
     let addr = server.local_addr();
-    let hello = Hello { cluster: CLUSTER, store: StoreId(39), nonce: [1; 32] };
+    let hello = Hello { cluster: CLUSTER, store: StoreId(39), nonce: [1; 32], link: None };
     let good_hello = wire::encode_frame(FrameKind::Hello, &hello.encode())?;
 
     // 1. Garbage: not our protocol.
@@ -491,7 +499,7 @@ fn bad_bytes_close_the_connection_and_the_transport_keeps_serving() -> TestResul
     assert!(inbox.from(StoreId(39)) == good);
     assert_eq!(server.stats().envelopes_misaddressed, 2);
     // So is a real transport.
-    let (peer, _) = start(config(32))?;
+    let (peer, _) = start(TcpConfig { insecure: true, ..config(32) })?;
     peer.set_peer_addr(server.store(), addr)?;
     peer.send(vec![raft_msg(32, 31, 4)]);
     assert!(wait_until(Duration::from_secs(10), || inbox.len() == 3));

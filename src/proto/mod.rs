@@ -154,8 +154,9 @@ use regionkv_raft::transport::frame::{
     FrameFormat, FrameKind, FrameReader, WireError, begin_frame,
 };
 use regionkv_raft::transport::handshake::{
-    ClusterId, Expect, Handshake, HandshakeError, HandshakeKey, Names,
+    Authenticated, ClusterId, Expect, Handshake, HandshakeError, HandshakeKey, Names,
 };
+use regionkv_raft::transport::seal::LinkMode;
 use regionkv_raft::transport::wire;
 use regionkv_raft::{
     AdminCmd, AdminResult, MergeStatus, Op, PeerChange, PeerStatus, Query, QueryResult, TxnCmd,
@@ -256,19 +257,23 @@ pub(crate) fn encode_frame_into(
 }
 
 /// The client's side of the handshake, as store `me` (`CLIENT_ID` for a client, a
-/// node's own id for its backend); returns the node's store id.
+/// node's own id for its backend), on links of mode `link`; returns the node's store
+/// id and, sealed, the connection's keys.
 pub(crate) fn handshake_client(
     stream: &mut TcpStream,
     key: &HandshakeKey,
     cluster: ClusterId,
     me: StoreId,
     timeout: Duration,
-) -> Result<StoreId, HandshakeError> {
+    link: LinkMode,
+) -> Result<Authenticated, HandshakeError> {
     let mut hello_extra = Vec::new();
     codec::put_u64(&mut hello_extra, H_PROTOCOL_VERSION, u64::from(VERSION));
     let side = Handshake {
         reader: reader(None, timeout),
         key,
+        client_key: None,
+        link,
         cluster,
         me,
         timeout,
@@ -279,19 +284,33 @@ pub(crate) fn handshake_client(
     side.connect(stream, Expect::Any)
 }
 
+/// The keys a node's side of the client protocol's handshake checks.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct NodeKeys<'a> {
+    /// From the cluster secret: what another node's backend proves (it claims its
+    /// store id), and a client too when clients have no secret of their own.
+    pub stores: &'a HandshakeKey,
+    /// From the client secret, if the node has one: what a client (`CLIENT_ID`)
+    /// proves; a client holding only it cannot claim a store id.
+    pub clients: Option<&'a HandshakeKey>,
+}
+
 /// The node's side of the handshake; returns who connected: `CLIENT_ID` for a client,
-/// another store's id for a node's backend.
+/// another store's id for a node's backend; and, sealed, the connection's keys.
 pub(crate) fn handshake_node(
     stream: &mut TcpStream,
     reader: FrameReader<'_>,
-    key: &HandshakeKey,
+    keys: NodeKeys<'_>,
     cluster: ClusterId,
     me: StoreId,
     timeout: Duration,
-) -> Result<StoreId, HandshakeError> {
+    link: LinkMode,
+) -> Result<Authenticated, HandshakeError> {
     let side = Handshake {
         reader,
-        key,
+        key: keys.stores,
+        client_key: keys.clients,
+        link,
         cluster,
         me,
         timeout,

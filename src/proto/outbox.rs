@@ -6,6 +6,7 @@
 use std::io::{self, Write};
 
 use parking_lot::Mutex;
+use regionkv_raft::transport::seal::Sealer;
 
 /// Frames waiting for one connection's socket, and whether a thread is writing them.
 #[derive(Debug, Default)]
@@ -22,12 +23,23 @@ struct State {
     writing: bool,
     /// The writer's buffer between rounds (swapped with `queued`), kept to reuse.
     spare: Vec<u8>,
+    /// Seals each frame as it is queued, on a sealed link: under the lock, so records
+    /// are numbered in the order they go on the wire.
+    sealer: Option<Sealer>,
+    /// A sealing failed (sequence numbers exhausted): every later send fails.
+    broken: bool,
 }
 
 /// Spare capacity kept between writes; a larger buffer (a large write batch) is freed.
 const SPARE_BYTES_MAX: usize = 256 << 10;
 
 impl Outbox {
+    /// An outbox that seals its frames with `sealer` (a sealed link), or sends them as
+    /// they are (`None`: a plaintext link).
+    pub fn new(sealer: Option<Sealer>) -> Outbox {
+        Outbox { state: Mutex::new(State { sealer, ..State::default() }) }
+    }
+
     /// Queues `frame` (a whole frame) and, unless another thread is writing, writes
     /// everything queued to `out`, own frame and any others, until nothing is left:
     /// frames queued while it writes go out with its next `write_all`. Frames keep the
@@ -37,7 +49,17 @@ impl Outbox {
     /// requests' answers will not come), and the caller closes the connection.
     pub fn send<W: Write>(&self, frame: &[u8], mut out: W) -> io::Result<()> {
         let mut state = self.state.lock();
-        state.queued.extend_from_slice(frame);
+        let State { queued, sealer, broken, .. } = &mut *state;
+        match sealer {
+            _ if *broken => return Err(io::Error::other("the link's records ran out")),
+            Some(sealer) => {
+                if let Err(e) = sealer.seal(frame, queued) {
+                    *broken = true;
+                    return Err(e);
+                }
+            }
+            None => queued.extend_from_slice(frame),
+        }
         if state.writing {
             // The thread that writes takes this frame with the next round.
             return Ok(());

@@ -13,6 +13,12 @@
 //! takes only in part (it is full) leaves its rest to the writer thread, which sends
 //! it first: a store thread never waits on a client's socket.
 //!
+//! On a sealed link (the default; `regionkv_raft::transport::seal`) the reader opens
+//! records before the frame reader sees a byte, and each writer seals its frames
+//! holding the write turn (the inline writer before its send, the writer thread the
+//! answers it adds after the leftover, which is sealed already), so records are
+//! numbered in the order their bytes go on the wire.
+//!
 //! Every request gets exactly one answer, and no answer is dropped. A request counts
 //! as in flight from the moment its frame is read until its answer is written to the
 //! socket; at [`IN_FLIGHT_MAX`] the reader stops reading (the client's writes then
@@ -44,6 +50,7 @@ use regionkv_engine::{Epoch, Region, RegionId, StoreId};
 use regionkv_raft::directory::{DirResult, RegionRecord};
 use regionkv_raft::transport::frame::{FrameError, FrameKind, FrameStream, WireError, send_nowait};
 use regionkv_raft::transport::handshake::{ClusterId, HandshakeError, HandshakeKey};
+use regionkv_raft::transport::seal::{LinkMode, LinkReader, Sealer};
 use regionkv_raft::transport::tcp::SharedListener;
 use regionkv_raft::{
     AdminRequest, ChangePeersRequest, QueryResult, ReadRequest, Reply, Store, TxnCmd, TxnRequest,
@@ -148,6 +155,9 @@ pub struct ClientStats {
     pub handshake_failures: u64,
     /// Frames that failed their checks (each closed its connection).
     pub bad_frames: u64,
+    /// Records of sealed links that failed their authentication (bytes altered,
+    /// replayed, reordered or injected on the way), among `bad_frames`.
+    pub unauthenticated_records: u64,
     /// Requests that did not decode (each answered with an error).
     pub malformed_requests: u64,
     /// Requests served.
@@ -162,6 +172,7 @@ struct Counters {
     connections: AtomicU64,
     handshake_failures: AtomicU64,
     bad_frames: AtomicU64,
+    unauthenticated_records: AtomicU64,
     malformed_requests: AtomicU64,
     requests: AtomicU64,
     writer_writes: AtomicU64,
@@ -169,7 +180,12 @@ struct Counters {
 
 /// Serves the client protocol for one node.
 pub(crate) struct ClientService {
+    /// From the cluster secret: proven by other nodes' backends.
     key: HandshakeKey,
+    /// From the client secret, if clients have one: proven by clients.
+    client_key: Option<HandshakeKey>,
+    /// What this node runs after the handshake.
+    link: LinkMode,
     cluster: ClusterId,
     store: StoreId,
     /// The node, once it is up; requests before that (or after it is gone) are
@@ -186,6 +202,8 @@ impl ClientService {
     pub fn new(key: HandshakeKey, cluster: ClusterId, store: StoreId) -> ClientService {
         ClientService {
             key,
+            client_key: None,
+            link: LinkMode::Sealed,
             cluster,
             store,
             node: OnceLock::new(),
@@ -203,6 +221,15 @@ impl ClientService {
         self
     }
 
+    /// Clients prove `client_key` (from the client secret) instead of the cluster
+    /// secret's key, and a link mode other than sealed.
+    #[must_use]
+    pub fn securing(mut self, client_key: Option<HandshakeKey>, link: LinkMode) -> ClientService {
+        self.client_key = client_key;
+        self.link = link;
+        self
+    }
+
     pub fn bind(&self, node: Weak<dyn ClientHandler>) {
         let _ = self.node.set(node);
     }
@@ -214,6 +241,7 @@ impl ClientService {
             connections: get(&c.connections),
             handshake_failures: get(&c.handshake_failures),
             bad_frames: get(&c.bad_frames),
+            unauthenticated_records: get(&c.unauthenticated_records),
             malformed_requests: get(&c.malformed_requests),
             requests: get(&c.requests),
             writer_writes: get(&c.writer_writes),
@@ -229,15 +257,17 @@ impl SharedListener for ClientService {
     fn serve(&self, mut stream: TcpStream, remote: SocketAddr, cancel: &CancellationToken) {
         let me = self.store.0;
         let reader = proto::reader(Some(cancel), STALL_TIMEOUT);
-        let peer = match proto::handshake_node(
+        let keys = proto::NodeKeys { stores: &self.key, clients: self.client_key.as_ref() };
+        let (peer, opener, sealer) = match proto::handshake_node(
             &mut stream,
             reader,
-            &self.key,
+            keys,
             self.cluster,
             self.store,
             HANDSHAKE_TIMEOUT,
+            self.link,
         ) {
-            Ok(peer) => peer,
+            Ok(authenticated) => authenticated.split(),
             Err(e) => {
                 if !matches!(e, HandshakeError::Frame(FrameError::Cancelled)) {
                     self.counters.handshake_failures.fetch_add(1, Ordering::Relaxed);
@@ -253,7 +283,7 @@ impl SharedListener for ClientService {
         let link = Arc::new(Link {
             stream: write_half,
             in_flight: InFlight::default(),
-            turn: Mutex::default(),
+            turn: Mutex::new(Leftover { sealer, ..Leftover::default() }),
         });
         let in_flight = &link.in_flight;
         let closed = AtomicBool::new(false);
@@ -267,12 +297,15 @@ impl SharedListener for ClientService {
                 return;
             }
             // Buffered: the requests that arrived together are taken with one read.
-            let mut frames = FrameStream::new(reader, &stream);
+            let mut frames = FrameStream::new(reader, LinkReader::new(&stream, opener));
             let end = self.read_requests(&mut frames, peer, &tx, &link, &closed);
             match end {
                 e if e.is_quiet() => {}
                 e => {
                     self.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+                    if matches!(e, FrameError::Wire(WireError::Unauthenticated(_))) {
+                        self.counters.unauthenticated_records.fetch_add(1, Ordering::Relaxed);
+                    }
                     tracing::warn!(store = me, %remote, reason = %e, "closing client connection from {remote}: {e}");
                     let code = match e {
                         FrameError::Wire(WireError::FrameTooLarge { .. }) => ErrorCode::TooLarge,
@@ -419,6 +452,28 @@ struct Leftover {
     /// A [`ToWriter::Leftover`] notice is queued and not yet taken: no other is
     /// queued (the writer takes every leftover when it next holds the turn).
     noticed: bool,
+    /// Seals frames on a sealed link (only under the turn: records are numbered in
+    /// the order they go on the wire); `bytes` is sealed already.
+    sealer: Option<Sealer>,
+    /// The sealing buffer, kept to reuse.
+    scratch: Vec<u8>,
+}
+
+impl Leftover {
+    /// Seals `buf[from..]` (whole frames) in place, on a sealed link.
+    fn seal(&mut self, buf: &mut Vec<u8>, from: usize) -> std::io::Result<()> {
+        let Leftover { sealer, scratch, .. } = self;
+        match sealer {
+            Some(sealer) => {
+                let done = sealer.seal_tail(buf, from, scratch);
+                if scratch.capacity() > 4 * WRITE_BATCH_BYTES {
+                    *scratch = Vec::new();
+                }
+                done
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 impl Link {
@@ -435,7 +490,9 @@ impl Link {
         {
             let (id, result, scan) = &answer;
             let mut frame = Vec::new();
-            if encode_answer(&mut frame, *id, result) {
+            // Sealing fails only when the link's records ran out: the writer thread
+            // finds out too, and closes.
+            if encode_answer(&mut frame, *id, result) && turn.seal(&mut frame, 0).is_ok() {
                 let sent = send_nowait(&self.stream, &frame);
                 if sent == frame.len() {
                     drop(turn);
@@ -444,8 +501,8 @@ impl Link {
                 }
                 frame.drain(..sent);
                 let notice = !turn.noticed;
-                *turn =
-                    Leftover { bytes: frame, answers: 1, scans: usize::from(*scan), noticed: true };
+                (turn.bytes, turn.answers, turn.scans) = (frame, 1, usize::from(*scan));
+                turn.noticed = true;
                 drop(turn);
                 if notice {
                     push(tx, ToWriter::Leftover);
@@ -494,6 +551,7 @@ fn write_answers<W: Write>(
         let mut turn = link.turn.lock();
         // The rest of an answer written inline in part goes first.
         buf.append(&mut turn.bytes);
+        let sealed_upto = buf.len();
         let (mut answers, mut scans, mut encoded) = (turn.answers, turn.scans, true);
         (turn.answers, turn.scans) = (0, 0);
         let mut next = Some(first);
@@ -517,7 +575,8 @@ fn write_answers<W: Write>(
             continue;
         }
         // What was encoded goes out even if a later answer could not be.
-        let written = out.write_all(&buf).is_ok() && encoded;
+        let sealed = turn.seal(&mut buf, sealed_upto).is_ok();
+        let written = sealed && out.write_all(&buf).is_ok() && encoded;
         drop(turn);
         writes.fetch_add(1, Ordering::Relaxed);
         in_flight.end_many(answers, scans);
@@ -599,7 +658,7 @@ impl ClientService {
     /// Reads and dispatches requests until the connection ends; returns why it ended.
     fn read_requests(
         &self,
-        frames: &mut FrameStream<'_, &TcpStream>,
+        frames: &mut FrameStream<'_, LinkReader<&TcpStream>>,
         peer: StoreId,
         tx: &Sender<ToWriter>,
         link: &Arc<Link>,
@@ -845,5 +904,7 @@ impl ClientService {
 
 mod older;
 mod sink;
+#[cfg(test)]
+mod secure_tests;
 #[cfg(test)]
 mod tests;

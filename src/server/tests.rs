@@ -1,6 +1,8 @@
 //! Bad input on a node's client port: a wrong secret, a frame of another version,
 //! garbage, a malformed request, an oversized frame and a bad checksum each get a
-//! clear error, and the node keeps serving with nothing lost.
+//! clear error, and the node keeps serving with nothing lost. The nodes here run
+//! plaintext links (`insecure`), so that raw frames reach the frame checks; sealed
+//! links against tampering: `secure_tests.rs`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -11,10 +13,11 @@ use regionkv_engine::{Epoch, PeerId, RegionId, StoreId};
 use regionkv_raft::directory::DirCmd;
 use regionkv_raft::transport::frame::{Deadline, FrameKind};
 use regionkv_raft::transport::handshake::{ClusterId, RejectReason};
+use regionkv_raft::transport::seal::LinkMode;
 use regionkv_raft::{AdminCmd, PeerChange, Query, QueryResult};
 
 use crate::proto::{self, ErrorCode, Request, Response};
-use crate::{Client, Error, Node, NodeConfig};
+use crate::{Client, ClientOptions, Error, Node, NodeConfig};
 
 const SECRET: &[u8] = b"a secret for the bad input test";
 const CLUSTER: ClusterId = ClusterId(5);
@@ -28,9 +31,10 @@ fn connect(addr: SocketAddr) -> TcpStream {
         CLUSTER,
         proto::CLIENT_ID,
         Duration::from_secs(5),
+        LinkMode::Plain,
     )
     .unwrap();
-    assert_eq!(store, StoreId(1));
+    assert_eq!(store.peer, StoreId(1));
     s
 }
 
@@ -72,6 +76,7 @@ fn open_node(dir: &std::path::Path) -> Node {
     let mut config =
         NodeConfig::new(StoreId(1), dir, "127.0.0.1:0".parse().unwrap(), CLUSTER, SECRET.to_vec());
     config.tick_interval = Duration::from_millis(10);
+    config.insecure = true;
     Node::open(config.bootstrap()).unwrap()
 }
 
@@ -237,7 +242,9 @@ fn a_scan_without_a_limit_gets_a_capped_page_and_clients_page_on() {
     // The clients page on: every pair once, in order.
     let all: Vec<Bytes> = (0..n).map(key).collect();
     let keys = |rows: Vec<(Bytes, Bytes)>| rows.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
-    let client = Client::connect(&[node.local_addr()], CLUSTER, SECRET).unwrap();
+    let client =
+        Client::connect_with(&[node.local_addr()], CLUSTER, SECRET, &ClientOptions::insecure(true))
+            .unwrap();
     assert_eq!(keys(client.db().scan(.., usize::MAX).unwrap()), all);
     assert_eq!(keys(db.scan(.., usize::MAX).unwrap()), all);
     assert_eq!(keys(client.local_scan(StoreId(1), b"", None, usize::MAX).unwrap()), all);
@@ -277,7 +284,9 @@ fn raw_commands_are_refused_from_clients(s: &mut TcpStream, addr: SocketAddr) {
     let mut n = TcpStream::connect(addr).unwrap();
     n.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
     let key = proto::client_key(SECRET);
-    proto::handshake_client(&mut n, &key, CLUSTER, StoreId(2), Duration::from_secs(5)).unwrap();
+    let link = LinkMode::Plain;
+    proto::handshake_client(&mut n, &key, CLUSTER, StoreId(2), Duration::from_secs(5), link)
+        .unwrap();
     let alloc = Request::Directory { cmd: DirCmd::AllocIds { count: 1 } };
     let frame = proto::encode_frame(FrameKind::Request, &proto::encode_request(30, &alloc));
     n.write_all(&frame.unwrap()).unwrap();
@@ -296,6 +305,7 @@ fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
         SECRET.to_vec(),
     );
     config.tick_interval = Duration::from_millis(10);
+    config.insecure = true;
     let node = Node::open(config.bootstrap()).unwrap();
     let addr = node.local_addr();
     let db = node.db();
@@ -304,7 +314,8 @@ fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
     }
 
     // A wrong secret: refused with the reason, both sides.
-    match Client::connect(&[addr], CLUSTER, b"the wrong secret, long enough") {
+    let insecure = ClientOptions::insecure(true);
+    match Client::connect_with(&[addr], CLUSTER, b"the wrong secret, long enough", &insecure) {
         Err(Error::Refused { reason: RejectReason::BadProof, .. }) => {}
         other => panic!("not refused: {other:?}"),
     }
@@ -376,7 +387,8 @@ fn bad_input_gets_clear_errors_and_the_node_keeps_serving() {
     assert!(stats.malformed_requests >= 1, "{stats:?}");
 
     // The node still serves, and nothing was lost.
-    let client = Client::connect(&[addr], CLUSTER, SECRET).unwrap();
+    let client =
+        Client::connect_with(&[addr], CLUSTER, SECRET, &ClientOptions::insecure(true)).unwrap();
     let cdb = client.db();
     cdb.put("k99", "after").unwrap();
     let rows = cdb.scan(b"k".., 100).unwrap();
@@ -503,7 +515,8 @@ fn a_lone_answer_is_written_by_the_thread_that_has_it() {
     let dir = tempfile::tempdir().unwrap();
     let node = open_node(dir.path());
     let addr = node.local_addr();
-    let client = Client::connect(&[addr], CLUSTER, SECRET).unwrap();
+    let client =
+        Client::connect_with(&[addr], CLUSTER, SECRET, &ClientOptions::insecure(true)).unwrap();
     let db = client.db();
     db.put("warm", "up").unwrap();
     let before = node.client_stats();
@@ -553,7 +566,9 @@ fn an_answer_is_written_inline_only_when_no_other_is_awaited() {
 fn a_caller_alone_in_waiting_reads_its_own_answer() {
     let dir = tempfile::tempdir().unwrap();
     let node = open_node(dir.path());
-    let client = Client::connect(&[node.local_addr()], CLUSTER, SECRET).unwrap();
+    let client =
+        Client::connect_with(&[node.local_addr()], CLUSTER, SECRET, &ClientOptions::insecure(true))
+            .unwrap();
     let db = client.db();
     db.put("warm", "up").unwrap();
     let before = client.answers_handed_over();

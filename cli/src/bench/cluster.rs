@@ -119,11 +119,13 @@ pub struct Options {
     pub tcp: bool,
     /// Also the bare WAL (before and after the clusters).
     pub wal_baseline: bool,
+    /// The node processes run plaintext links (default: sealed).
+    pub insecure: bool,
 }
 
 /// Runs the measurements in `dir` at each count of `clients`.
 pub fn run(dir: &Path, clients: &[usize], options: &Options) -> io::Result<ClusterBenchReport> {
-    let Options { seconds, tcp, wal_baseline } = *options;
+    let Options { seconds, tcp, wal_baseline, insecure } = *options;
     let duration = Duration::from_secs_f64(seconds);
     let wal = || -> io::Result<f64> {
         if wal_baseline { super::wal::append_ops_per_sec(dir, 64, duration) } else { Ok(0.0) }
@@ -152,7 +154,7 @@ pub fn run(dir: &Path, clients: &[usize], options: &Options) -> io::Result<Clust
             continue;
         }
         let procs_dir = dir.join(format!("nodes-{clients}"));
-        let nodes = NodeProcs::start(&procs_dir, TICK_MS)?;
+        let nodes = NodeProcs::start(&procs_dir, TICK_MS, insecure)?;
         let client = nodes.client()?;
         let measured = put_then_get(&client.db(), clients, duration, &|| nodes.cpu_us());
         client.close();

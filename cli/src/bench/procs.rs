@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use regionkv::{Client, ClusterId};
+use regionkv::{Client, ClientOptions, ClusterId};
 
 /// The cluster id the bench's nodes share.
 pub const CLUSTER: ClusterId = ClusterId(13);
@@ -46,6 +46,7 @@ pub struct NodeProcs {
     dir: PathBuf,
     addrs: Vec<SocketAddr>,
     children: Vec<Child>,
+    insecure: bool,
 }
 
 impl Drop for NodeProcs {
@@ -59,14 +60,18 @@ impl Drop for NodeProcs {
 
 impl NodeProcs {
     /// Starts three nodes of a new cluster (each with `--bootstrap`, its data dir and
-    /// log in `dir`) and waits until each listens.
-    pub fn start(dir: &Path, tick_interval_ms: u64) -> io::Result<NodeProcs> {
+    /// log in `dir`) and waits until each listens; with plaintext links if `insecure`.
+    pub fn start(dir: &Path, tick_interval_ms: u64, insecure: bool) -> io::Result<NodeProcs> {
         std::fs::create_dir_all(dir)?;
         let secret_file = dir.join("secret");
         std::fs::write(&secret_file, SECRET)?;
         let exe = std::env::current_exe()?;
-        let mut procs =
-            NodeProcs { dir: dir.to_path_buf(), addrs: free_addrs(3)?, children: Vec::new() };
+        let mut procs = NodeProcs {
+            dir: dir.to_path_buf(),
+            addrs: free_addrs(3)?,
+            children: Vec::new(),
+            insecure,
+        };
         for id in 1..=procs.addrs.len() {
             let log = std::fs::File::create(procs.log(id))?;
             let mut cmd = Command::new(&exe);
@@ -79,6 +84,9 @@ impl NodeProcs {
                 .arg("--secret-file")
                 .arg(&secret_file)
                 .args(["--tick-interval-ms", &tick_interval_ms.to_string()]);
+            if insecure {
+                cmd.arg("--insecure");
+            }
             for (i, addr) in procs.addrs.iter().enumerate() {
                 if i + 1 != id {
                     cmd.args(["--peer", &format!("{}={addr}", i + 1)]);
@@ -110,7 +118,8 @@ impl NodeProcs {
 
     /// A client of the cluster (every node's address).
     pub fn client(&self) -> io::Result<Client> {
-        Client::connect(&self.addrs, CLUSTER, SECRET).map_err(io::Error::other)
+        let options = ClientOptions::insecure(self.insecure);
+        Client::connect_with(&self.addrs, CLUSTER, SECRET, &options).map_err(io::Error::other)
     }
 
     /// CPU time the three nodes used so far, in µs (see [`cpu_us`]).

@@ -330,6 +330,10 @@ pub enum WireError {
     /// A message could not be encoded.
     #[error("cannot encode {0}")]
     Encode(String),
+    /// A record of a sealed link failed its authentication (`super::seal`): bytes
+    /// altered, replayed, reordered or injected on the way. Nothing of it was decoded.
+    #[error("{0}; nothing of it was decoded")]
+    Unauthenticated(String),
 }
 
 impl WireError {
@@ -342,7 +346,8 @@ impl WireError {
             | WireError::Checksum { .. }
             | WireError::Length { .. }
             | WireError::Malformed { .. }
-            | WireError::Protobuf(_) => true,
+            | WireError::Protobuf(_)
+            | WireError::Unauthenticated(_) => true,
             WireError::UnsupportedVersion { .. }
             | WireError::UnknownKind { .. }
             | WireError::FrameTooLarge { .. }
@@ -392,6 +397,15 @@ impl FrameError {
             FrameError::Timeout { .. } | FrameError::Io(_) | FrameError::Wire(_) => false,
         }
     }
+}
+
+/// A read error as a frame error: a sealed link's refused record is a
+/// [`WireError::Unauthenticated`], anything else an I/O failure.
+fn read_error(e: io::Error) -> FrameError {
+    if super::seal::is_unauthenticated(&e) {
+        return FrameError::Wire(WireError::Unauthenticated(e.to_string()));
+    }
+    FrameError::Io(e)
 }
 
 /// True for the errors a socket read with a timeout returns when nothing arrived in
@@ -485,7 +499,7 @@ impl FrameReader<'_> {
                         return Err(FrameError::Timeout { what: "a frame", after: self.stall });
                     }
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(read_error(e)),
             }
         }
         Ok(())
@@ -595,7 +609,7 @@ impl<'a, R: Read> FrameStream<'a, R> {
                         return Ok(None);
                     }
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(read_error(e)),
             }
         }
     }

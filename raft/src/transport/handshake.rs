@@ -17,6 +17,13 @@
 //!  A -> C  ACCEPT
 //! ```
 //!
+//! Each HELLO says whether its side runs sealed or plaintext links ([`LinkMode`]); a
+//! side refuses a peer that runs the other (REJECT `LinkMismatch`: a secure node never
+//! talks plaintext to an `insecure` one, nor to a binary from before sealing, whose
+//! HELLO says nothing, so plaintext). On sealed links the connector's PROOF also
+//! carries the first message of a Noise key exchange and the ACCEPT the second
+//! ([`super::seal`]): the connection's keys, bound to both HELLOs.
+//!
 //! A protocol's own fields are vetted only once the peer proved the secret
 //! ([`Handshake::vet`]): the store transport refuses there a store whose incarnation
 //! changed (REJECT `Replaced`), and records the incarnation of one it accepts.
@@ -33,13 +40,16 @@
 //! not know (they come from a newer writer):
 //!
 //! ```text
-//!  HELLO   1 cluster id u64, 2 store id u64, 3 nonce (32 bytes);
+//!  HELLO   1 cluster id u64, 2 store id u64, 3 nonce (32 bytes),
+//!          7 link mode u64 (1 sealed, 2 plaintext; absent from older binaries:
+//!          plaintext);
 //!          a protocol's own fields from 4 on: the client protocol's client sends
 //!          4 its highest protocol version; the store transport's stores send
 //!          5 incarnation u64, 6 peer floor u64 (both optional: absent from older
 //!          stores, so unknown; the floor only from a store that joined a cluster)
-//!  PROOF   1 mac (32 bytes): keyed BLAKE3 of the transcript, see `Proof`
-//!  ACCEPT  (no fields)
+//!  PROOF   1 mac (32 bytes): keyed BLAKE3 of the transcript, see `Proof`;
+//!          the connector's on a sealed link: 2 Noise message 1
+//!  ACCEPT  on a sealed link: 1 Noise message 2 (else no fields)
 //!  REJECT  1 reason u64 (RejectReason code; 0 = unspecified)
 //! ```
 
@@ -52,6 +62,7 @@ use regionkv_engine::codec::{self, DecodeError, TlvRecord, UnknownTags};
 use regionkv_engine::{Incarnation, PeerId, StoreId};
 
 use super::frame::{Deadline, FrameError, FrameKind, FrameReader, WireError};
+use super::seal::{self, LinkKeys, LinkMode};
 
 /// Bytes of a handshake nonce.
 pub const NONCE_BYTES: usize = 32;
@@ -73,8 +84,14 @@ const H_NONCE: u16 = 3;
 /// HELLO fields of the store transport: the sending store's incarnation and peer floor.
 const H_INCARNATION: u16 = 5;
 const H_PEER_FLOOR: u16 = 6;
+/// HELLO field of both protocols: the sender's [`LinkMode`].
+const H_LINK: u16 = 7;
 // PROOF fields.
 const P_MAC: u16 = 1;
+/// The connector's PROOF on a sealed link: the first Noise message.
+const P_NOISE: u16 = 2;
+// ACCEPT fields: on a sealed link, the second Noise message.
+const A_NOISE: u16 = 1;
 // REJECT fields.
 const R_REASON: u16 = 1;
 
@@ -107,6 +124,8 @@ pub struct Hello {
     pub store: StoreId,
     /// The sender's fresh nonce.
     pub nonce: Nonce,
+    /// The sender's links; `None` from a binary that predates sealing (plaintext).
+    pub link: Option<LinkMode>,
 }
 
 impl Hello {
@@ -116,24 +135,30 @@ impl Hello {
         codec::put_u64(&mut out, H_CLUSTER, self.cluster.0);
         codec::put_u64(&mut out, H_STORE, self.store.0);
         codec::put_field(&mut out, H_NONCE, &self.nonce);
+        if let Some(link) = self.link {
+            codec::put_u64(&mut out, H_LINK, link.code());
+        }
         out
     }
 
     /// Decodes a HELLO payload; every version-1 field is required.
     pub fn decode(payload: &[u8]) -> Result<Hello, WireError> {
         let bad = WireError::malformed("hello");
-        let rec = TlvRecord::parse(payload, &[H_CLUSTER, H_STORE, H_NONCE], UnknownTags::Skip)
-            .map_err(&bad)?;
+        let tags = [H_CLUSTER, H_STORE, H_NONCE, H_LINK];
+        let rec = TlvRecord::parse(payload, &tags, UnknownTags::Skip).map_err(&bad)?;
         let cluster = rec.required(H_CLUSTER, "cluster id missing").and_then(|f| f.as_u64());
         let store = rec.required(H_STORE, "store id missing").and_then(|f| f.as_u64());
         let nonce = rec.required(H_NONCE, "nonce missing").and_then(|f| {
             Nonce::try_from(f.value)
                 .map_err(|_| DecodeError::new(f.offset, "nonce is not 32 bytes"))
         });
+        let link = rec.optional(H_LINK).map_err(&bad)?;
+        let link = link.map(|f| f.as_u64()).transpose().map_err(&bad)?;
         Ok(Hello {
             cluster: ClusterId(cluster.map_err(&bad)?),
             store: StoreId(store.map_err(&bad)?),
             nonce: nonce.map_err(&bad)?,
+            link: link.and_then(LinkMode::from_code),
         })
     }
 }
@@ -234,6 +259,11 @@ impl HandshakeKey {
         material.extend_from_slice(secret);
         HandshakeKey(blake3::derive_key(KEY_CONTEXT, &material))
     }
+
+    /// The key's bytes, for keys derived from it (`seal`'s pre-shared key).
+    pub(crate) fn material(&self) -> &[u8; 32] {
+        &self.0
+    }
 }
 
 /// A handshake proof: keyed BLAKE3 over the role's label (length-prefixed), the
@@ -311,6 +341,9 @@ pub enum RejectReason {
     /// (it was wiped or replaced) and is still a member of regions there. Remove the
     /// store and add it back (`regionkv client store remove N`, `store add N ADDR`).
     Replaced,
+    /// One side runs sealed links and the other plaintext ones (`insecure`, or a
+    /// binary from before sealing): run both sides alike.
+    LinkMismatch,
 }
 
 impl RejectReason {
@@ -325,6 +358,7 @@ impl RejectReason {
             RejectReason::ProtocolViolation => 5,
             RejectReason::Busy => 6,
             RejectReason::Replaced => 7,
+            RejectReason::LinkMismatch => 8,
         }
     }
 
@@ -338,6 +372,7 @@ impl RejectReason {
             5 => RejectReason::ProtocolViolation,
             6 => RejectReason::Busy,
             7 => RejectReason::Replaced,
+            8 => RejectReason::LinkMismatch,
             _ => RejectReason::Unspecified,
         }
     }
@@ -373,6 +408,10 @@ impl fmt::Display for RejectReason {
             RejectReason::Replaced => {
                 "the store was replaced (its data dir is not the one its peers knew): remove \
                  it and add it back"
+            }
+            RejectReason::LinkMismatch => {
+                "one side runs sealed (encrypted) links and the other plaintext ones \
+                 (--insecure, or a binary from before sealing): run both alike"
             }
         })
     }
@@ -439,8 +478,15 @@ pub enum Expect {
 pub struct Handshake<'a> {
     /// Reads the peer's frames (the protocol's format, cancellation, stall bound).
     pub reader: FrameReader<'a>,
-    /// The protocol's key for the cluster secret.
+    /// The protocol's key for the cluster secret: this side proves it, and so must a
+    /// peer (but a client, below).
     pub key: &'a HandshakeKey,
+    /// The key a peer that claims store id 0 (a client) must prove instead of `key`,
+    /// and this side's proof to it is made with (the acceptor of the client protocol,
+    /// when clients have a secret of their own); `None`: `key`.
+    pub client_key: Option<&'a HandshakeKey>,
+    /// What this side runs after the handshake; a peer that runs the other is refused.
+    pub link: LinkMode,
     /// This side's cluster.
     pub cluster: ClusterId,
     /// This side's store id (0 for a client).
@@ -463,6 +509,8 @@ impl fmt::Debug for Handshake<'_> {
         f.debug_struct("Handshake")
             .field("reader", &self.reader)
             .field("key", &self.key)
+            .field("client_key", &self.client_key)
+            .field("link", &self.link)
             .field("cluster", &self.cluster)
             .field("me", &self.me)
             .field("timeout", &self.timeout)
@@ -473,20 +521,48 @@ impl fmt::Debug for Handshake<'_> {
     }
 }
 
+/// What a finished handshake gives: who the peer is, and on a sealed link the
+/// connection's keys (the reading side opens with [`LinkKeys::opener`], the writers
+/// seal with [`LinkKeys::sealer`]).
+#[derive(Debug)]
+pub struct Authenticated {
+    /// The peer's store id (0 for a client).
+    pub peer: StoreId,
+    /// The connection's keys; `None` on a plaintext link.
+    pub keys: Option<LinkKeys>,
+}
+
+impl Authenticated {
+    /// The keys split: the opener, the sealer (both `None` on a plaintext link).
+    pub fn split(self) -> (StoreId, Option<seal::Opener>, Option<seal::Sealer>) {
+        match self.keys {
+            Some(LinkKeys { sealer, opener }) => (self.peer, Some(opener), Some(sealer)),
+            None => (self.peer, None, None),
+        }
+    }
+}
+
+/// The Noise message in field `tag` of a handshake payload.
+fn noise_field<'p>(payload: &'p [u8], tag: u16, what: &'static str) -> Result<&'p [u8], WireError> {
+    let bad = WireError::malformed(what);
+    let rec = TlvRecord::parse(payload, &[tag], UnknownTags::Skip).map_err(&bad)?;
+    Ok(rec.required(tag, "the link key exchange message is missing").map_err(&bad)?.value)
+}
+
 /// A protocol's check of an authenticated peer's HELLO; see [`Handshake::vet`].
 pub type Vet = dyn Fn(StoreId, &[u8]) -> Result<(), (RejectReason, String)> + Send + Sync;
 
 impl Handshake<'_> {
-    /// The dialing side; returns the store that answered, as `expect` allows.
+    /// The dialing side; returns the store that answered, as `expect` allows, and
+    /// the connection's keys on a sealed link.
     pub fn connect(
         &self,
         stream: &mut TcpStream,
         expect: Expect,
-    ) -> Result<StoreId, HandshakeError> {
+    ) -> Result<Authenticated, HandshakeError> {
         let deadline = Deadline::after("the handshake", self.timeout);
         let nonce = fresh_nonce()?;
-        let mut hello = Hello { cluster: self.cluster, store: self.me, nonce }.encode();
-        hello.extend_from_slice(self.hello_extra);
+        let hello = self.hello(nonce);
         self.write(stream, FrameKind::Hello, &hello)?;
 
         let their_hello = self.expect_frame(stream, FrameKind::Hello, &deadline)?;
@@ -500,20 +576,57 @@ impl Handshake<'_> {
             acceptor_nonce: theirs.nonce,
         };
         let proof = Proof::decode(&self.expect_frame(stream, FrameKind::Proof, &deadline)?)?;
-        self.check_proof(stream, &proof, Role::Acceptor, &transcript)?;
+        self.check_proof(stream, self.key, &proof, Role::Acceptor, &transcript)?;
         self.run_vet(stream, theirs.store, &their_hello)?;
-        let ours = Proof::make(self.key, Role::Connector, &transcript);
-        self.write(stream, FrameKind::Proof, &ours.encode())?;
-        self.expect_frame(stream, FrameKind::Accept, &deadline)?;
-        Ok(theirs.store)
+        let mut ours = Proof::make(self.key, Role::Connector, &transcript).encode();
+        let exchange = match self.link {
+            LinkMode::Plain => None,
+            LinkMode::Sealed => {
+                let (exchange, first) = seal::initiate(self.key, &hello, &their_hello)
+                    .map_err(|e| self.refuse(stream, RejectReason::Unspecified, e.to_string()))?;
+                codec::put_field(&mut ours, P_NOISE, &first);
+                Some(exchange)
+            }
+        };
+        self.write(stream, FrameKind::Proof, &ours)?;
+        let accept = self.expect_frame(stream, FrameKind::Accept, &deadline)?;
+        let keys = match exchange {
+            None => None,
+            Some(exchange) => {
+                let second = noise_field(&accept, A_NOISE, "accept")?;
+                // The acceptor took the connection already: nothing to tell it.
+                Some(exchange.finish(second).map_err(|e| HandshakeError::Rejected {
+                    reason: RejectReason::BadProof,
+                    detail: format!("the link key exchange failed: {e}"),
+                })?)
+            }
+        };
+        Ok(Authenticated { peer: theirs.store, keys })
     }
 
-    /// The accepting side; returns the authenticated peer store.
+    /// This side's HELLO payload with `nonce`.
+    fn hello(&self, nonce: Nonce) -> Vec<u8> {
+        let mut hello =
+            Hello { cluster: self.cluster, store: self.me, nonce, link: Some(self.link) }.encode();
+        hello.extend_from_slice(self.hello_extra);
+        hello
+    }
+
+    /// The key a peer claiming `store` proves (see [`Handshake::client_key`]).
+    fn key_for(&self, store: StoreId) -> &HandshakeKey {
+        match self.client_key {
+            Some(key) if store == StoreId(0) => key,
+            _ => self.key,
+        }
+    }
+
+    /// The accepting side; returns the authenticated peer store, and the
+    /// connection's keys on a sealed link.
     pub fn accept(
         &self,
         stream: &mut TcpStream,
         expect: Expect,
-    ) -> Result<StoreId, HandshakeError> {
+    ) -> Result<Authenticated, HandshakeError> {
         let deadline = Deadline::after("the handshake", self.timeout);
         let payload = match self.reader.frame(stream, HANDSHAKE_FRAME_BYTES_MAX, Some(&deadline)) {
             Ok((FrameKind::Hello, payload)) => payload,
@@ -531,6 +644,7 @@ impl Handshake<'_> {
         };
         let theirs = Hello::decode(&payload)?;
         self.check_hello(stream, &theirs, expect, Role::Acceptor)?;
+        let key = self.key_for(theirs.store);
         let nonce = fresh_nonce()?;
         let transcript = Transcript {
             cluster: self.cluster,
@@ -540,18 +654,33 @@ impl Handshake<'_> {
             acceptor_nonce: nonce,
         };
         let format = self.reader.format;
-        let mut hello = Hello { cluster: self.cluster, store: self.me, nonce }.encode();
-        hello.extend_from_slice(self.hello_extra);
-        let proof = Proof::make(self.key, Role::Acceptor, &transcript);
+        let hello = self.hello(nonce);
+        let proof = Proof::make(key, Role::Acceptor, &transcript);
         let mut reply = format.encode(FrameKind::Hello, &hello)?;
         reply.extend_from_slice(&format.encode(FrameKind::Proof, &proof.encode())?);
         stream.write_all(&reply)?;
-
-        let proof = Proof::decode(&self.expect_frame(stream, FrameKind::Proof, &deadline)?)?;
-        self.check_proof(stream, &proof, Role::Connector, &transcript)?;
+        let their_proof = self.expect_frame(stream, FrameKind::Proof, &deadline)?;
+        let proof = Proof::decode(&their_proof)?;
+        self.check_proof(stream, key, &proof, Role::Connector, &transcript)?;
         self.run_vet(stream, theirs.store, &payload)?;
-        self.write(stream, FrameKind::Accept, &[])?;
-        Ok(theirs.store)
+        let (keys, accept) = match self.link {
+            LinkMode::Plain => (None, Vec::new()),
+            LinkMode::Sealed => {
+                let first = noise_field(&their_proof, P_NOISE, "proof")?;
+                let (keys, second) = seal::respond(key, &payload, &hello, first).map_err(|e| {
+                    self.refuse(
+                        stream,
+                        RejectReason::BadProof,
+                        format!("the link key exchange failed: {e}"),
+                    )
+                })?;
+                let mut accept = Vec::with_capacity(second.len() + codec::FIELD_HEADER_LEN);
+                codec::put_field(&mut accept, A_NOISE, &second);
+                (Some(keys), accept)
+            }
+        };
+        self.write(stream, FrameKind::Accept, &accept)?;
+        Ok(Authenticated { peer: theirs.store, keys })
     }
 
     /// The protocol's check of the authenticated peer, if it has one.
@@ -629,6 +758,14 @@ impl Handshake<'_> {
                 format!("{peer} is in cluster {}, {me} in cluster {}", hello.cluster, self.cluster),
             ));
         }
+        let theirs = hello.link.unwrap_or(LinkMode::Plain);
+        if theirs != self.link {
+            return Err(self.refuse(
+                stream,
+                RejectReason::LinkMismatch,
+                format!("{peer} runs {theirs}, {me} runs {}", self.link),
+            ));
+        }
         let found = hello.store;
         let unexpected = match expect {
             Expect::Store(expected) if found != expected => Some(match role {
@@ -650,15 +787,16 @@ impl Handshake<'_> {
         }
     }
 
-    /// Checks the proof the peer sent as `role`.
+    /// Checks the proof the peer sent as `role`, made with `key`.
     fn check_proof(
         &self,
         stream: &mut TcpStream,
+        key: &HandshakeKey,
         proof: &Proof,
         role: Role,
         transcript: &Transcript,
     ) -> Result<(), HandshakeError> {
-        if proof.verify(self.key, role, transcript) {
+        if proof.verify(key, role, transcript) {
             return Ok(());
         }
         let Names { me, peer } = self.names;
@@ -671,209 +809,4 @@ impl Handshake<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::net::TcpListener;
-
-    use super::*;
-    use crate::transport::frame::FrameFormat;
-
-    const FORMAT: FrameFormat = FrameFormat {
-        protocol: "the test protocol",
-        magic: *b"HSHK",
-        version: 1,
-        kinds: &[
-            FrameKind::Hello,
-            FrameKind::Proof,
-            FrameKind::Accept,
-            FrameKind::Reject,
-            FrameKind::Request,
-        ],
-    };
-    const NAMES: Names = Names { me: "this side", peer: "the peer" };
-
-    fn side(key: &HandshakeKey, cluster: u64, me: u64) -> Handshake<'_> {
-        Handshake {
-            reader: FrameReader {
-                format: &FORMAT,
-                cancel: None,
-                stall: Duration::from_secs(5),
-                chunk_bytes: 1024,
-            },
-            key,
-            cluster: ClusterId(cluster),
-            me: StoreId(me),
-            timeout: Duration::from_secs(5),
-            hello_extra: &[],
-            names: NAMES,
-            vet: None,
-        }
-    }
-
-    /// Runs a handshake over loopback: the results of the connector and the acceptor.
-    fn run(
-        connector: &Handshake<'_>,
-        expect_acceptor: Expect,
-        acceptor: &Handshake<'_>,
-        expect_connector: Expect,
-    ) -> (Result<StoreId, HandshakeError>, Result<StoreId, HandshakeError>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        std::thread::scope(|s| {
-            let accepted = s.spawn(move || {
-                let (mut stream, _) = listener.accept().unwrap();
-                stream.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-                acceptor.accept(&mut stream, expect_connector)
-            });
-            let mut stream = TcpStream::connect(addr).unwrap();
-            stream.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-            let connected = connector.connect(&mut stream, expect_acceptor);
-            drop(stream);
-            (connected, accepted.join().unwrap())
-        })
-    }
-
-    #[test]
-    fn handshake_messages_round_trip_and_proofs_bind_everything() {
-        let hello = Hello { cluster: ClusterId(42), store: StoreId(3), nonce: [7; NONCE_BYTES] };
-        assert_eq!(Hello::decode(&hello.encode()), Ok(hello));
-        for r in [
-            RejectReason::ClusterMismatch,
-            RejectReason::BadProof,
-            RejectReason::Busy,
-            RejectReason::Replaced,
-        ] {
-            assert_eq!(RejectReason::decode(&r.encode()), Ok(r));
-        }
-        assert_eq!(RejectReason::decode(&[]), Ok(RejectReason::Unspecified));
-        let mut future = Vec::new();
-        codec::put_u64(&mut future, R_REASON, 999);
-        assert_eq!(RejectReason::decode(&future), Ok(RejectReason::Unspecified));
-
-        let key = HandshakeKey::derive(b"cluster secret, sixteen bytes at least");
-        let t = Transcript {
-            cluster: ClusterId(42),
-            connector: StoreId(1),
-            acceptor: StoreId(2),
-            connector_nonce: [1; NONCE_BYTES],
-            acceptor_nonce: [2; NONCE_BYTES],
-        };
-        let proof = Proof::make(&key, Role::Connector, &t);
-        assert_eq!(Proof::decode(&proof.encode()), Ok(proof));
-        assert!(proof.verify(&key, Role::Connector, &t));
-        assert!(!proof.verify(&key, Role::Acceptor, &t), "a proof is bound to its direction");
-        let other = HandshakeKey::derive(b"another secret of sixteen bytes+");
-        assert!(!proof.verify(&other, Role::Connector, &t), "and to the secret");
-        let labelled = HandshakeKey::derive_labelled(
-            b"another protocol\0",
-            b"cluster secret, sixteen bytes at least",
-        );
-        assert!(!proof.verify(&labelled, Role::Connector, &t), "and to the protocol's label");
-        let variants = [
-            Transcript { cluster: ClusterId(43), ..t },
-            Transcript { connector: StoreId(9), ..t },
-            Transcript { acceptor: StoreId(9), ..t },
-            Transcript { connector_nonce: [9; NONCE_BYTES], ..t },
-            Transcript { acceptor_nonce: [9; NONCE_BYTES], ..t },
-        ];
-        for v in variants {
-            assert!(!proof.verify(&key, Role::Connector, &v), "and to the transcript: {v:?}");
-        }
-    }
-
-    #[test]
-    fn both_halves_agree_and_refuse_with_a_reason() {
-        let key = HandshakeKey::derive_labelled(b"test\0", b"a secret of sixteen bytes");
-        let (c, a) =
-            run(&side(&key, 1, 0), Expect::Any, &side(&key, 1, 7), Expect::Store(StoreId(0)));
-        assert_eq!((c.unwrap(), a.unwrap()), (StoreId(7), StoreId(0)));
-
-        // Another protocol's key for the same secret: the connector refuses the proof.
-        let store_key = HandshakeKey::derive(b"a secret of sixteen bytes");
-        let (c, a) = run(&side(&key, 1, 0), Expect::Any, &side(&store_key, 1, 7), Expect::Any);
-        assert!(
-            matches!(c, Err(HandshakeError::Rejected { reason: RejectReason::BadProof, .. })),
-            "{c:?}"
-        );
-        assert!(matches!(a, Err(HandshakeError::RefusedByPeer(RejectReason::BadProof))), "{a:?}");
-
-        // Another cluster: the acceptor refuses.
-        let (c, a) = run(&side(&key, 2, 3), Expect::Any, &side(&key, 1, 7), Expect::NotMe);
-        assert!(
-            matches!(c, Err(HandshakeError::RefusedByPeer(RejectReason::ClusterMismatch))),
-            "{c:?}"
-        );
-        assert!(matches!(a, Err(HandshakeError::Rejected { .. })), "{a:?}");
-
-        // Our own id, and a store we did not dial.
-        let (_, a) = run(&side(&key, 1, 7), Expect::Any, &side(&key, 1, 7), Expect::NotMe);
-        assert!(
-            matches!(&a, Err(HandshakeError::Rejected { reason: RejectReason::UnexpectedStore, detail }) if detail.contains("own id")),
-            "{a:?}"
-        );
-        let (c, _) =
-            run(&side(&key, 1, 3), Expect::Store(StoreId(8)), &side(&key, 1, 7), Expect::NotMe);
-        assert!(
-            matches!(&c, Err(HandshakeError::Rejected { reason: RejectReason::UnexpectedStore, detail }) if detail.contains("dialed store 8")),
-            "{c:?}"
-        );
-    }
-
-    /// The store transport's own HELLO field travels both ways, and each side vets the
-    /// other's only once it proved the secret: a refusal there reaches the peer.
-    #[test]
-    fn both_sides_vet_the_other_s_own_fields_after_the_proof() {
-        let key = HandshakeKey::derive(b"a secret of sixteen bytes");
-        let identity = |i, floor: Option<u64>| StoreIdentity {
-            incarnation: Incarnation(i),
-            peer_floor: floor.map(PeerId),
-        };
-        let three = identity_fields(&identity(3, Some(1003)));
-        let four = identity_fields(&identity(4, None));
-        let want = |store: u64, inc: u64| {
-            move |peer: StoreId, hello: &[u8]| match identity_of(hello) {
-                Ok(Some(id)) if peer == StoreId(store) && id.incarnation == Incarnation(inc) => {
-                    Ok(())
-                }
-                other => Err((RejectReason::Replaced, format!("store {peer}: {other:?}"))),
-            }
-        };
-        let (vet_c, vet_a) = (want(7, 4), want(3, 3));
-        let connector = Handshake { hello_extra: &three, vet: Some(&vet_c), ..side(&key, 1, 3) };
-        let acceptor = Handshake { hello_extra: &four, vet: Some(&vet_a), ..side(&key, 1, 7) };
-        let (c, a) = run(&connector, Expect::Store(StoreId(7)), &acceptor, Expect::NotMe);
-        assert_eq!((c.unwrap(), a.unwrap()), (StoreId(7), StoreId(3)));
-
-        // The acceptor knew store 3 with another incarnation: it refuses, and says why.
-        let vet_a = want(3, 99);
-        let acceptor = Handshake { hello_extra: &four, vet: Some(&vet_a), ..side(&key, 1, 7) };
-        let (c, a) = run(&connector, Expect::Store(StoreId(7)), &acceptor, Expect::NotMe);
-        assert!(matches!(c, Err(HandshakeError::RefusedByPeer(RejectReason::Replaced))), "{c:?}");
-        assert!(
-            matches!(a, Err(HandshakeError::Rejected { reason: RejectReason::Replaced, .. })),
-            "{a:?}"
-        );
-        // The connector knew store 7 with another incarnation: it refuses before its
-        // proof, and the acceptor hears why.
-        let vet_c = want(7, 99);
-        let connector = Handshake { hello_extra: &three, vet: Some(&vet_c), ..side(&key, 1, 3) };
-        let acceptor = Handshake { hello_extra: &four, ..side(&key, 1, 7) };
-        let (c, a) = run(&connector, Expect::Store(StoreId(7)), &acceptor, Expect::NotMe);
-        assert!(
-            matches!(c, Err(HandshakeError::Rejected { reason: RejectReason::Replaced, .. })),
-            "{c:?}"
-        );
-        assert!(matches!(a, Err(HandshakeError::RefusedByPeer(RejectReason::Replaced))), "{a:?}");
-        // No vet is called for a peer that failed its proof.
-        let other = HandshakeKey::derive(b"another secret of sixteen bytes");
-        let never = |_: StoreId, _: &[u8]| -> Result<(), (RejectReason, String)> {
-            panic!("vetted a peer that did not prove the secret")
-        };
-        let impostor = Handshake { hello_extra: &three, ..side(&other, 1, 3) };
-        let acceptor = Handshake { vet: Some(&never), ..side(&key, 1, 7) };
-        let (_, a) = run(&impostor, Expect::Store(StoreId(7)), &acceptor, Expect::NotMe);
-        assert!(matches!(a, Err(HandshakeError::RefusedByPeer(RejectReason::BadProof))), "{a:?}");
-        assert_eq!(identity_of(&[]).unwrap(), None, "absent is unknown");
-        assert_eq!(identity_of(&three).unwrap(), Some(identity(3, Some(1003))));
-        assert_eq!(identity_of(&four).unwrap(), Some(identity(4, None)));
-    }
-}
+mod tests;

@@ -17,11 +17,14 @@
 //! Under the TCP transport, and under the facade's client protocol too, lie one
 //! framing layer ([`frame`]: header, kinds, CRC, a bounded reader) and one handshake
 //! ([`handshake`]: mutual proof of the cluster secret), each parameterised by the
-//! protocol that uses it.
+//! protocol that uses it, and one record layer ([`seal`]: every byte after the
+//! handshake encrypted and authenticated with keys of the connection's own, unless
+//! both sides run `insecure`).
 
 pub mod frame;
 pub mod handshake;
 pub mod local;
+pub mod seal;
 pub mod tcp;
 pub mod wire;
 

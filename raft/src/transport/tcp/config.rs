@@ -86,6 +86,10 @@ pub struct TcpConfig {
     /// with `RejectReason::Replaced`; see `crate::identity`). `None` (default): no
     /// incarnation is sent and none is checked.
     pub identity: Option<Arc<PeerBook>>,
+    /// Plaintext links (for benchmarks): frames go on the wire unencrypted and
+    /// unauthenticated after the handshake. `false` (default): sealed links
+    /// (`crate::transport::seal`). Stores of both kinds refuse each other.
+    pub insecure: bool,
 }
 
 impl fmt::Debug for TcpConfig {
@@ -109,6 +113,7 @@ impl fmt::Debug for TcpConfig {
             .field("poll_interval", &self.poll_interval)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("identity", &self.identity.as_ref().map(|b| b.identity()))
+            .field("insecure", &self.insecure)
             .finish()
     }
 }
@@ -140,6 +145,7 @@ impl TcpConfig {
             poll_interval: Duration::from_millis(50),
             shutdown_timeout: Duration::from_secs(10),
             identity: None,
+            insecure: false,
         }
     }
 

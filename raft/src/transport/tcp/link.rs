@@ -14,6 +14,7 @@ use super::stats::bump;
 use super::{PeerSlot, Shared};
 use crate::transport::Envelope;
 use crate::transport::frame::{FRAME_HEADER_BYTES, FrameKind, begin_frame, send_nowait};
+use crate::transport::seal::Sealer;
 use crate::transport::wire::{self, FRAMES};
 
 /// What a peer's queue carries to its sender thread.
@@ -67,6 +68,30 @@ pub(super) struct Turn {
     pub(super) leftover_envelopes: u64,
     /// The inline encoding buffer, kept to reuse.
     buf: Vec<u8>,
+    /// Seals the frames of a sealed link, while the sender thread pumps it: only
+    /// under the turn, so records are numbered in the order they go on the wire.
+    pub(super) sealer: Option<Sealer>,
+    /// The sealing buffer, kept to reuse.
+    sealed: Vec<u8>,
+}
+
+impl Turn {
+    /// Seals the whole frames in `buf` in place, on a sealed link (else leaves them).
+    /// Once sealed, the bytes must go on the wire (whole, or the rest as the
+    /// leftover): the peer expects every record number in turn.
+    pub(super) fn seal(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
+        let Turn { sealer, sealed, .. } = self;
+        match sealer {
+            Some(sealer) => {
+                let done = sealer.seal_tail(buf, 0, sealed);
+                if sealed.capacity() > SPARE_BYTES_MAX {
+                    *sealed = Vec::new();
+                }
+                done
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 /// How an inline write went.
@@ -160,9 +185,18 @@ impl Shared {
         if FRAMES.finish(buf, FrameKind::Batch).is_err() {
             return Inline::NotWritten;
         }
+        let sealed = turn.sealer.is_some();
+        let mut frame = std::mem::take(&mut turn.buf);
+        if turn.seal(&mut frame).is_err() {
+            turn.buf = frame;
+            return Inline::NotWritten;
+        }
+        turn.buf = frame;
+        let (Some(stream), buf) = (&turn.stream, &turn.buf) else { return Inline::NotWritten };
         let sent = send_nowait(stream, buf);
-        if sent == 0 {
+        if sent == 0 && !sealed {
             // The socket is full (or failed: the sender thread's write finds out).
+            // Sealed, the records are numbered already: they go out as the leftover.
             return Inline::NotWritten;
         }
         let c = &self.counters;

@@ -29,6 +29,10 @@ pub struct TcpStats {
     /// Frames that failed a check (magic, version, kind, bound, CRC, decoding); each
     /// closed its connection.
     pub bad_frames: u64,
+    /// Records of sealed links that failed their authentication (bytes altered,
+    /// replayed, reordered or injected on the way), among `bad_frames`; each closed
+    /// its connection with a warning and nothing of it was decoded.
+    pub unauthenticated_records: u64,
     /// Handshakes that failed after the TCP connection was up, either way round.
     pub handshake_rejections: u64,
     /// Handshakes that succeeded, either way round.
@@ -62,6 +66,7 @@ pub(super) struct Counters {
     pub(super) frames_sent_inline: AtomicU64,
     pub(super) frames_received: AtomicU64,
     pub(super) bad_frames: AtomicU64,
+    pub(super) unauthenticated_records: AtomicU64,
     pub(super) handshake_rejections: AtomicU64,
     pub(super) handshakes_completed: AtomicU64,
     pub(super) connect_failures: AtomicU64,
@@ -88,6 +93,7 @@ impl Counters {
             frames_sent_inline: get(&self.frames_sent_inline),
             frames_received: get(&self.frames_received),
             bad_frames: get(&self.bad_frames),
+            unauthenticated_records: get(&self.unauthenticated_records),
             handshake_rejections: get(&self.handshake_rejections),
             handshakes_completed: get(&self.handshakes_completed),
             connect_failures: get(&self.connect_failures),

@@ -22,6 +22,7 @@ use crate::transport::frame::{
     is_read_timeout,
 };
 use crate::transport::handshake::{Expect, Handshake, RejectReason};
+use crate::transport::seal::{LinkMode, LinkReader, Sealer};
 use crate::transport::wire::{self, FRAMES};
 
 /// What a sender thread owns.
@@ -182,6 +183,8 @@ impl Shared {
         Handshake {
             reader: self.reader(cancel),
             key: &self.key,
+            client_key: None,
+            link: LinkMode::from_insecure(self.config.insecure),
             cluster: self.config.cluster,
             me: self.config.store,
             timeout: self.config.handshake_timeout,
@@ -308,8 +311,11 @@ impl Shared {
             }
         }
         let accepted = self.handshake(cancel).accept(&mut stream, Expect::NotMe);
-        let peer = match accepted.map_err(TcpError::from) {
-            Ok(peer) => peer,
+        let (peer, opener) = match accepted.map_err(TcpError::from) {
+            Ok(authenticated) => {
+                let (peer, opener, _) = authenticated.split();
+                (peer, opener)
+            }
             Err(e) if e.is_cancelled() => return,
             Err(e) => {
                 self.note_rejection(remote, Direction::Inbound, &e);
@@ -320,7 +326,8 @@ impl Shared {
         bump(&self.counters.handshakes_completed, 1);
         tracing::debug!(store = me, %remote, peer = peer.0, "inbound tcp connection authenticated");
         // Buffered: the batches that arrived together are taken with one read.
-        let mut frames = FrameStream::new(self.reader(cancel), &stream);
+        // Sealed: records are opened before any byte reaches the frame reader.
+        let mut frames = FrameStream::new(self.reader(cancel), LinkReader::new(&stream, opener));
         // Bounded: ends at the first error, at the peer closing, or at cancellation.
         let end = loop {
             let (kind, payload) = match frames.frame(self.config.frame_bytes_max) {
@@ -345,6 +352,9 @@ impl Shared {
             }
             TcpError::Wire(e) => {
                 bump(&self.counters.bad_frames, 1);
+                if matches!(e, WireError::Unauthenticated(_)) {
+                    bump(&self.counters.unauthenticated_records, 1);
+                }
                 tracing::warn!(store = me, %remote, peer = peer.0, reason = %e, "closing tcp connection from {remote}: bad frame: {e}");
             }
             e => {
@@ -392,13 +402,13 @@ impl Shared {
         // turn waits a backoff delay.
         while !sender.cancel.is_cancelled() {
             let Some(addr) = self.peer_addr(peer) else { break };
-            let result = self.connect(sender, addr).and_then(|(stream, registered)| {
+            let result = self.connect(sender, addr).and_then(|(stream, registered, sealer)| {
                 if connected_before {
                     bump(&self.counters.reconnects, 1);
                 }
                 connected_before = true;
                 attempt = 0;
-                self.pump(sender, &stream, addr, registered)
+                self.pump(sender, &stream, addr, registered, sealer)
             });
             let failure = match result {
                 Ok(PumpEnd::AddressChanged) => continue,
@@ -427,7 +437,7 @@ impl Shared {
         &self,
         sender: &PeerSender,
         addr: SocketAddr,
-    ) -> Result<(TcpStream, Registered<'_>), TcpError> {
+    ) -> Result<(TcpStream, Registered<'_>, Option<Sealer>), TcpError> {
         let me = self.config.store.0;
         let peer = sender.peer;
         let mut stream = match TcpStream::connect_timeout(&addr, self.config.connect_timeout) {
@@ -441,10 +451,10 @@ impl Shared {
         let registered = self.register(&stream)?;
         let connected = self.handshake(&sender.cancel).connect(&mut stream, Expect::Store(peer));
         match connected.map_err(TcpError::from) {
-            Ok(_) => {
+            Ok(authenticated) => {
                 bump(&self.counters.handshakes_completed, 1);
                 tracing::debug!(store = me, peer = peer.0, %addr, "outbound tcp connection authenticated");
-                Ok((stream, registered))
+                Ok((stream, registered, authenticated.split().2))
             }
             Err(e) if e.is_cancelled() => Err(e),
             Err(e) => {
@@ -464,11 +474,13 @@ impl Shared {
         stream: &TcpStream,
         addr: SocketAddr,
         _registered: Registered<'_>,
+        sealer: Option<Sealer>,
     ) -> Result<PumpEnd, TcpError> {
         let link = &sender.link;
         {
             let mut turn = link.turn.lock();
             turn.stream = Some(stream.try_clone()?);
+            turn.sealer = sealer;
             // The handshake just showed the peer alive.
             turn.last_write = Some(Instant::now());
         }
@@ -478,6 +490,7 @@ impl Shared {
         // (Raft resends).
         let mut turn = link.turn.lock();
         turn.stream = None;
+        turn.sealer = None;
         turn.leftover.clear();
         let lost = std::mem::take(&mut turn.leftover_envelopes) + u64::from(carry.is_some());
         sender.settle(u64::from(carry.is_some()));
@@ -577,7 +590,8 @@ impl Shared {
                 // is found before the write, which would go to a dead socket; while
                 // frames flow, a closed peer fails a write soon enough.
                 let idle = turn.last_write.is_none_or(|t| t.elapsed() >= self.config.poll_interval);
-                FRAMES.finish(&mut buf, FrameKind::Batch).map_err(TcpError::from).and_then(|()| {
+                let finished = FRAMES.finish(&mut buf, FrameKind::Batch).map_err(TcpError::from);
+                finished.and_then(|()| turn.seal(&mut buf).map_err(TcpError::from)).and_then(|()| {
                     if idle && peer_has_closed(stream) {
                         Err(TcpError::Closed)
                     } else {
