@@ -22,6 +22,7 @@
 pub mod frame;
 pub mod handshake;
 pub mod local;
+pub mod raft_msg;
 pub mod tcp;
 pub mod wire;
 
