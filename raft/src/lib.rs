@@ -23,6 +23,8 @@ pub mod directory;
 pub mod dup;
 mod dup_source;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod image_hash;
 mod index;
