@@ -47,6 +47,8 @@ mod db;
 mod defaults;
 mod dup;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 mod node;
 mod prometheus;

@@ -77,6 +77,8 @@ pub mod codec;
 pub mod dup;
 mod engine;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod id_hash;
 pub mod manifest;
 mod memtable;

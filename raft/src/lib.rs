@@ -24,6 +24,8 @@ pub mod dup;
 pub mod dup_fingerprint;
 mod dup_source;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod image_hash;
 mod index;

@@ -57,6 +57,8 @@ const _: () = assert!(usize::BITS == 64, "regionkv supports 64-bit targets only"
 
 mod error;
 pub mod fs;
+#[doc(hidden)]
+pub mod fuzzing;
 mod group_commit;
 mod histogram;
 pub mod lifecycle;

@@ -18,11 +18,11 @@ mod load;
 mod receive;
 mod writer;
 
-pub(crate) use format::check_header_fits;
 pub use format::{
     CHECKPOINT_FORMAT_VERSION, CheckpointChunk, CheckpointChunks, CheckpointFile, CheckpointHeader,
     CheckpointStats, OLDEST_CHECKPOINT_VERSION, SnapshotMeta,
 };
+pub(crate) use format::{Encoder, check_header_fits};
 pub(crate) use load::{load_part, map_checkpoint, open_and_load_part};
 pub use receive::{CheckpointReceiver, MAX_CHECKPOINT_BYTES, ReceivedCheckpoint};
 pub(crate) use writer::CheckpointWrite;

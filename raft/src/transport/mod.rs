@@ -24,6 +24,7 @@
 pub mod frame;
 pub mod handshake;
 pub mod local;
+pub mod raft_msg;
 pub mod seal;
 pub mod tcp;
 pub mod wire;

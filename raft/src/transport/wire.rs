@@ -263,7 +263,8 @@ fn decode_envelope_fields(whole: &Bytes, buf: &[u8]) -> Result<Option<Envelope>,
     }
     let body = match present.as_slice() {
         [(E_RAFT, f)] => Body::Raft(
-            Message::parse_from_bytes(f.value).map_err(|e| WireError::Protobuf(e.to_string()))?,
+            Message::parse_from_bytes(super::raft_msg::checked(f.value)?)
+                .map_err(|e| WireError::Protobuf(e.to_string()))?,
         ),
         [(E_CHUNK, f)] => {
             Body::SnapshotChunk(decode_chunk(whole, f.value).map_err(|e| shift(e, f.offset))?)

@@ -1,0 +1,4 @@
+//! Fuzz target: `regionkv_engine::fuzzing::checkpoint` (see its doc).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| regionkv_engine::fuzzing::checkpoint(data));

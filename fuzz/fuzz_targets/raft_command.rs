@@ -1,0 +1,4 @@
+//! Fuzz target: `regionkv_raft::fuzzing::command` (see its doc).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| regionkv_raft::fuzzing::command(data));
