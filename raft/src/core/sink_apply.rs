@@ -125,9 +125,19 @@ impl StoreCore {
     }
 
     /// Refuses, before proposing, a client write to a key a sink holds on this
-    /// leader's view (the authoritative check is at apply).
+    /// leader's view (the authoritative check is at apply). Only a view that holds
+    /// every committed entry counts: a leader that has not yet committed an entry of
+    /// its term, or not applied all it committed, may miss a `Promote` (or a
+    /// removal) an earlier leader applied, and would refuse a write the apply takes;
+    /// it leaves the decision to the apply.
     pub(super) fn check_standby(&self, region: RegionId, ops: &[Op]) -> Result<()> {
         if region == DIRECTORY {
+            return Ok(());
+        }
+        let caught_up = self.replicas.get(&region).is_some_and(|r| {
+            r.has_committed_in_its_term() && r.applied_index >= r.raw.raft.raft_log.committed
+        });
+        if !caught_up {
             return Ok(());
         }
         let engine = self.ctx.engine_of(region);
