@@ -218,3 +218,22 @@ fn a_node_from_before_the_sink_sees_an_unknown_request_kind() {
     regionkv_engine::codec::put_nested(&mut payload, 999, |_| {});
     assert!(matches!(decode_request(&payload), Err(RequestError::Unsupported { id: 3 })));
 }
+
+#[test]
+fn standby_and_fence_refusals_cross_the_wire_typed() {
+    // Before their codes, both crossed as `StoreFailed` and came back `Internal`: a
+    // remote client could only match on the message.
+    use regionkv_engine::RegionId;
+    use regionkv_raft::Error as E;
+    let errors = [
+        E::StandbyReadOnly { region: RegionId(7), dup_id: 3 },
+        E::DupFenced { region: RegionId(8), dup_id: 4 },
+    ];
+    for e in errors {
+        let wire = encode_response(1, &Err(RemoteError::from(&e)));
+        let (_, back) = decode_response(&wire).unwrap();
+        let back = back.unwrap_err().into_raft();
+        assert_eq!(format!("{back:?}"), format!("{e:?}"));
+        assert_eq!(back.is_retryable(), e.is_retryable());
+    }
+}

@@ -66,6 +66,12 @@ pub(crate) enum ErrorCode {
     /// Since version GC: a snapshot below its region's GC floor (fields 19, the read
     /// timestamp, and 17, the floor).
     SnapshotTooOld,
+    /// Since duplication: a client write to a follower's read-only standby range
+    /// (field 2 the region, the reason field the duplication id).
+    StandbyReadOnly,
+    /// Since cutover: a client write to a source range fenced by a cutover (field 2
+    /// the region, the reason field the duplication id).
+    DupFenced,
 }
 
 const ERROR_CODES: &[ErrorCode] = &[
@@ -99,6 +105,8 @@ const ERROR_CODES: &[ErrorCode] = &[
     ErrorCode::WriteConflict,
     ErrorCode::ReadTsUnsynced,
     ErrorCode::SnapshotTooOld,
+    ErrorCode::StandbyReadOnly,
+    ErrorCode::DupFenced,
 ];
 
 impl ErrorCode {
@@ -380,6 +388,9 @@ impl RemoteError {
                 read_ts: t.start_ts.ok_or_else(|| missing("read timestamp"))?,
                 floor: t.floor.ok_or_else(|| missing("gc floor"))?,
             },
+            ErrorCode::StandbyReadOnly | ErrorCode::DupFenced => {
+                dup_refusal(code, region()?, reason.ok_or_else(|| missing("duplication id"))?)
+            }
             ErrorCode::Unspecified
             | ErrorCode::StoreFailed
             | ErrorCode::UnsupportedRequest
@@ -407,6 +418,15 @@ impl RemoteError {
             ErrorCode::Cancelled => Error::Shutdown,
             _ => Error::Store(self.into_raft()),
         }
+    }
+}
+
+/// The duplication refusal `code` names (`StandbyReadOnly` or `DupFenced`).
+fn dup_refusal(code: ErrorCode, region: RegionId, dup_id: u64) -> regionkv_raft::Error {
+    if code == ErrorCode::DupFenced {
+        regionkv_raft::Error::DupFenced { region, dup_id }
+    } else {
+        regionkv_raft::Error::StandbyReadOnly { region, dup_id }
     }
 }
 
@@ -515,6 +535,11 @@ impl From<&regionkv_raft::Error> for RemoteError {
                     needed: Some(u64::from(*needed)),
                     ..VersionFields::default()
                 }));
+            }
+            E::StandbyReadOnly { region, dup_id } | E::DupFenced { region, dup_id } => {
+                let fenced = matches!(e, E::DupFenced { .. });
+                out.code = if fenced { ErrorCode::DupFenced } else { ErrorCode::StandbyReadOnly };
+                (out.region, out.reason) = (Some(*region), Some(*dup_id));
             }
             E::ReadTsUnsynced { region, term } => {
                 out.code = ErrorCode::ReadTsUnsynced;
