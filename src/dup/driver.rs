@@ -93,11 +93,13 @@ impl DupDriver {
                 DupStatus::Prepare | DupStatus::App | DupStatus::Log | DupStatus::CuttingOver
             )
         };
+        // Connections of duplications that stopped shipping go even on a turn that
+        // ships nothing.
+        self.remotes.retain(records);
         if !records.iter().any(|r| shipping(r.status) || (r.status == DupStatus::Paused && !r.seed))
         {
             return;
         }
-        self.remotes.retain(records);
         for peer in store.status() {
             if peer.role != StateRole::Leader || !peer.initialized || peer.region.id == DIRECTORY {
                 continue;
