@@ -29,24 +29,28 @@ pub fn request(data: &[u8]) {
     }
 }
 
-/// A RESPONSE payload: one that decodes re-encodes to one that decodes to the same.
+/// A RESPONSE payload: one that decodes re-encodes to bytes that decode and encode to
+/// the same bytes again. (Not to the same value: what a decoder counts, such as the
+/// audit entries it skipped, is not written back.)
 pub fn response(data: &[u8]) {
     if let Ok((id, answer)) = decode_response(data) {
-        let again =
-            decode_response(&encode_response(id, &answer)).expect("an answer this binary wrote");
-        assert_eq!(again, (id, answer));
+        let bytes = encode_response(id, &answer);
+        let (id, again) = decode_response(&bytes).expect("an answer this binary wrote");
+        assert_eq!(encode_response(id, &again), bytes);
     }
 }
 
 /// A store's status record, by the first byte read as of schema 1 or 2: one that
-/// decodes re-encodes to one that decodes to the same.
+/// decodes re-encodes to bytes that decode and encode to the same bytes again. (Not
+/// to the same value: an unknown reported role decodes as `Unspecified`, which this
+/// binary, reporting only its own roles, writes as the Raft role.)
 pub fn status(data: &[u8]) {
     let Some((&schema, bytes)) = data.split_first() else { return };
     let schema = if schema % 2 == 0 { StatusSchema::V1 } else { StatusSchema::V2 };
     if let Ok(s) = decode_store_status(bytes, schema) {
-        let again = decode_store_status(&encode_store_status(&s, schema), schema)
-            .expect("a status this binary wrote");
-        assert_eq!(again, s);
+        let bytes = encode_store_status(&s, schema);
+        let again = decode_store_status(&bytes, schema).expect("a status this binary wrote");
+        assert_eq!(encode_store_status(&again, schema), bytes);
     }
 }
 
@@ -113,5 +117,14 @@ mod tests {
             assert!(decode_store_status(&data[1..], schema).is_ok(), "{name}");
             with_prefixes(&data, status);
         }
+    }
+
+    #[test]
+    fn inputs_the_fuzzer_found_pass_the_round_trip() {
+        // Both failed the first run of the targets: an audit with a skipped entry
+        // (the count is not written back) and a status with an unknown reported role
+        // (written back as the Raft role) did not decode to equal values again.
+        response(include_bytes!("../fuzz/corpus/client_response/audit-with-a-skipped-entry"));
+        status(include_bytes!("../fuzz/corpus/client_status/unknown-reported-role"));
     }
 }

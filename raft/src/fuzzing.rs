@@ -178,7 +178,7 @@ mod tests {
         write("store_batch", "raft", &batch);
         write("store_frame", "batch", &wire::encode_frame(FrameKind::Batch, &batch).unwrap());
 
-        let hello = Hello { cluster: ClusterId(7), store: StoreId(1), nonce: [9; 32] };
+        let hello = Hello { cluster: ClusterId(7), store: StoreId(1), nonce: [9; 32], link: None };
         write(
             "store_frame",
             "hello",
