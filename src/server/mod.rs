@@ -903,8 +903,8 @@ impl ClientService {
 }
 
 mod older;
-mod sink;
 #[cfg(test)]
 mod secure_tests;
+mod sink;
 #[cfg(test)]
 mod tests;
