@@ -7,7 +7,7 @@
 use std::error::Error;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use raft::eraftpb::{Message, MessageType};
@@ -17,6 +17,10 @@ use regionkv_raft::transport::wire::{
     self, ClusterId, FRAME_HEADER_BYTES, FrameKind, RejectReason,
 };
 use regionkv_raft::transport::{Body, Envelope, Inbox, Transport};
+
+#[path = "support/warn_log.rs"]
+mod warn_log;
+use warn_log::{capture_warnings, logged};
 
 type TestResult = Result<(), Box<dyn Error>>;
 
@@ -87,38 +91,6 @@ fn raft_msg(from: u64, to: u64, i: u64) -> Envelope {
         range: None,
         body: Body::Raft(m),
     }
-}
-
-/// Warn-level log lines of every test in this binary.
-static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-struct LogWriter;
-
-impl Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_warnings() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::WARN)
-            .with_writer(|| LogWriter)
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
-    });
-}
-
-fn logged(needles: &[&str]) -> bool {
-    let logs = String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned();
-    logs.lines().any(|line| needles.iter().all(|n| line.contains(n)))
 }
 
 /// What the proxy does to the first connection, after the handshake, to the

@@ -5,7 +5,7 @@
 use std::error::Error;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,6 +17,10 @@ use regionkv_raft::transport::wire::{
     Transcript,
 };
 use regionkv_raft::transport::{Body, Envelope, Inbox, KeyRange, SnapshotChunk, Transport};
+
+#[path = "support/warn_log.rs"]
+mod warn_log;
+use warn_log::{capture_warnings, logged};
 
 type TestResult = Result<(), Box<dyn Error>>;
 
@@ -165,38 +169,6 @@ fn stop(t: &TcpTransport) {
         "threads of store {store} outlived shutdown: {:?}",
         transport_threads(store)
     );
-}
-
-/// Warn-level log lines of every test in this binary.
-static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-struct LogWriter;
-
-impl Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_warnings() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::WARN)
-            .with_writer(|| LogWriter)
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("the only subscriber");
-    });
-}
-
-fn logged(needles: &[&str]) -> bool {
-    let logs = String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned();
-    logs.lines().any(|line| needles.iter().all(|n| line.contains(n)))
 }
 
 /// True once `stream`'s peer has closed it (read gives end of stream or an error).
